@@ -1,0 +1,357 @@
+//! Keys, key derivation, authenticated encryption and pseudonyms.
+//!
+//! Every byte custos stores (apart from the repository marker and signed
+//! public documents) is sealed here. The constructions are fixed by
+//! `docs/FORMAT.md`; changing one is a format change.
+//!
+//! * [`Key32`]: a 256-bit secret that zeroizes on drop and cannot be printed.
+//! * [`group_key`]: the key of a shred group, derived in memory from its
+//!   subject key (if any) and its time key (period or class-epoch key). It is
+//!   never stored.
+//! * [`ChunkKeys`]: per-group keys for chunk ids (keyed BLAKE3) and chunk
+//!   encryption (XChaCha20-Poly1305, nonce derived from the chunk id: a
+//!   synthetic-IV construction, so equal plaintext in one group gives one
+//!   ciphertext and no nonce is stored).
+//! * [`MetaKey`]: seals repository metadata (index, trees, snapshots) with a
+//!   random nonce and the object's kind and name as associated data, so an
+//!   object moved to another name fails to open.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use std::fmt;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Errors of this module. Deliberately carries no key or plaintext bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("authentication failed: the data was altered, moved, or sealed under another key")]
+    Authentication,
+    #[error("sealed object too short ({0} bytes)")]
+    Truncated(usize),
+}
+
+/// A 256-bit secret key. Zeroized on drop; `Debug` is redacted; not
+/// serializable. Clone deliberately (each clone zeroizes itself).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Key32(Box<[u8; 32]>);
+
+impl Key32 {
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn random() -> Self {
+        let mut k = Box::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(&mut k[..]);
+        Key32(k)
+    }
+
+    /// Takes ownership of key bytes; the caller should zeroize its copy.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        let mut b = bytes;
+        let k = Key32(Box::new(b));
+        b.zeroize();
+        k
+    }
+
+    /// Reads a key from a slice of exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut k = Box::new([0u8; 32]);
+        k.copy_from_slice(bytes);
+        Some(Key32(k))
+    }
+
+    /// The key bytes. Never log, print or store them outside the vault.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A public commitment to this key (for certificates): it identifies the
+    /// key without revealing it. `BLAKE3-derive("custos 2026 key commitment v1", key)`.
+    pub fn commitment(&self) -> [u8; 32] {
+        blake3::derive_key("custos 2026 key commitment v1", &self.0[..])
+    }
+}
+
+impl fmt::Debug for Key32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key32(<redacted>)")
+    }
+}
+
+/// Derives a key with BLAKE3's `derive_key` over length-prefixed parts, so
+/// that no two part lists give the same input.
+pub fn derive(context: &str, parts: &[&[u8]]) -> Key32 {
+    let mut h = blake3::Hasher::new_derive_key(context);
+    for p in parts {
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    let mut out = [0u8; 32];
+    h.finalize_xof().fill(&mut out);
+    Key32::from_bytes(out)
+}
+
+/// The key of a shred group (see DESIGN "Shred units" and FORMAT "Keys").
+///
+/// `subject` is the subject key (absent for tables without a subject column
+/// or rows whose subject is NULL), `time` the period key or class-epoch key,
+/// `table_id` the table's name in the store. Destroying either parent key
+/// makes this key underivable.
+pub fn group_key(subject: Option<&Key32>, time: &Key32, table_id: &str) -> Key32 {
+    let zero = [0u8; 32];
+    let (flag, s): (&[u8], &[u8]) = match subject {
+        Some(k) => (b"S", &k.expose()[..]),
+        None => (b"-", &zero[..]),
+    };
+    derive(
+        "custos 2026 group key v1",
+        &[flag, s, &time.expose()[..], table_id.as_bytes()],
+    )
+}
+
+/// A 32-byte object identifier, shown as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Id(pub [u8; 32]);
+
+impl Id {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn from_hex(s: &str) -> Option<Id> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(s, &mut b).ok()?;
+        Some(Id(b))
+    }
+    /// The plain BLAKE3 hash of some bytes (pack names are this, so that a
+    /// pack's integrity can be checked without any key).
+    pub fn hash(bytes: &[u8]) -> Id {
+        Id(*blake3::hash(bytes).as_bytes())
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Id({})", &self.to_hex()[..16])
+    }
+}
+
+impl serde::Serialize for Id {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
+        let s = String::deserialize(d)?;
+        Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom("invalid 64-digit hex id"))
+    }
+}
+
+/// The keys of one shred group's chunks, derived from the group key.
+pub struct ChunkKeys {
+    id_key: Key32,
+    cipher: XChaCha20Poly1305,
+    nonce_key: Key32,
+    /// The group's public identifier in manifests (unlinkable without the key).
+    pub group_id: Id,
+}
+
+impl ChunkKeys {
+    pub fn new(group_key: &Key32) -> Self {
+        let id_key = derive("custos 2026 chunk id v1", &[&group_key.expose()[..]]);
+        let enc = derive("custos 2026 chunk enc v1", &[&group_key.expose()[..]]);
+        let nonce_key = derive("custos 2026 chunk nonce v1", &[&group_key.expose()[..]]);
+        let gid = derive("custos 2026 group id v1", &[&group_key.expose()[..]]);
+        let cipher = XChaCha20Poly1305::new(enc.expose().into());
+        ChunkKeys {
+            id_key,
+            cipher,
+            nonce_key,
+            group_id: Id(*gid.expose()),
+        }
+    }
+
+    /// The chunk id: keyed BLAKE3 of the plaintext under the group's id key.
+    pub fn chunk_id(&self, plain: &[u8]) -> Id {
+        Id(*blake3::keyed_hash(self.id_key.expose(), plain).as_bytes())
+    }
+
+    fn nonce(&self, id: &Id) -> XNonce {
+        let h = blake3::keyed_hash(self.nonce_key.expose(), &id.0);
+        *XNonce::from_slice(&h.as_bytes()[..24])
+    }
+
+    fn aad(&self, id: &Id) -> [u8; 80] {
+        let mut aad = [0u8; 80];
+        aad[..16].copy_from_slice(b"custos-chunk-v1\0");
+        aad[16..48].copy_from_slice(&id.0);
+        aad[48..].copy_from_slice(&self.group_id.0);
+        aad
+    }
+
+    /// Seals a chunk body (already compressed/framed by the caller).
+    /// Output is the ciphertext followed by the 16-byte tag.
+    pub fn seal(&self, id: &Id, body: &[u8]) -> Vec<u8> {
+        let aad = self.aad(id);
+        self.cipher
+            .encrypt(&self.nonce(id), Payload { msg: body, aad: &aad })
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers")
+    }
+
+    /// Opens a sealed chunk body, checking it belongs to this id and group.
+    pub fn open(&self, id: &Id, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < 16 {
+            return Err(CryptoError::Truncated(sealed.len()));
+        }
+        let aad = self.aad(id);
+        self.cipher
+            .decrypt(&self.nonce(id), Payload { msg: sealed, aad: &aad })
+            .map_err(|_| CryptoError::Authentication)
+    }
+}
+
+/// Seals repository metadata objects under the repository metadata key.
+///
+/// Layout of a sealed object: 24-byte random nonce, ciphertext, 16-byte tag.
+/// Associated data: `"custos-meta-v1\0" || kind || "\0" || name`.
+pub struct MetaKey {
+    cipher: XChaCha20Poly1305,
+    mac: Key32,
+}
+
+impl MetaKey {
+    pub fn new(meta: &Key32) -> Self {
+        let enc = derive("custos 2026 meta enc v1", &[&meta.expose()[..]]);
+        let mac = derive("custos 2026 meta mac v1", &[&meta.expose()[..]]);
+        MetaKey {
+            cipher: XChaCha20Poly1305::new(enc.expose().into()),
+            mac,
+        }
+    }
+
+    fn aad(kind: &str, name: &str) -> Vec<u8> {
+        let mut a = b"custos-meta-v1\0".to_vec();
+        a.extend_from_slice(kind.as_bytes());
+        a.push(0);
+        a.extend_from_slice(name.as_bytes());
+        a
+    }
+
+    pub fn seal(&self, kind: &str, name: &str, plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = Self::aad(kind, name);
+        let ct = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+        let mut out = Vec::with_capacity(24 + ct.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    pub fn open(&self, kind: &str, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.len() < 24 + 16 {
+            return Err(CryptoError::Truncated(sealed.len()));
+        }
+        let aad = Self::aad(kind, name);
+        self.cipher
+            .decrypt(
+                XNonce::from_slice(&sealed[..24]),
+                Payload {
+                    msg: &sealed[24..],
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| CryptoError::Authentication)
+    }
+
+    /// A keyed hash under the metadata key, for content-addressed metadata
+    /// (tree nodes) and keyed checksums.
+    pub fn keyed_hash(&self, domain: &str, data: &[u8]) -> Id {
+        let mut h = blake3::Hasher::new_keyed(self.mac.expose());
+        h.update(domain.as_bytes());
+        h.update(&[0]);
+        h.update(data);
+        Id(*h.finalize().as_bytes())
+    }
+}
+
+/// A keyed pseudonym for a subject id: `hex(BLAKE3-keyed(pseudonym key,
+/// "subject\0" || canonical id))[..32]`. Stable for one vault, meaningless
+/// without its key.
+pub fn subject_pseudonym(pseudonym_key: &Key32, subject: &str) -> String {
+    let mut h = blake3::Hasher::new_keyed(pseudonym_key.expose());
+    h.update(b"subject\0");
+    h.update(subject.as_bytes());
+    hex::encode(&h.finalize().as_bytes()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_seal_round_trip_and_binding() {
+        let g = Key32::random();
+        let ck = ChunkKeys::new(&g);
+        let id = ck.chunk_id(b"hello");
+        let sealed = ck.seal(&id, b"hello");
+        assert_eq!(ck.open(&id, &sealed).unwrap(), b"hello");
+        let other = ck.chunk_id(b"other");
+        assert!(ck.open(&other, &sealed).is_err());
+        let ck2 = ChunkKeys::new(&Key32::random());
+        assert!(ck2.open(&id, &sealed).is_err());
+        let mut bad = sealed.clone();
+        bad[0] ^= 1;
+        assert!(ck.open(&id, &bad).is_err());
+    }
+
+    #[test]
+    fn group_key_depends_on_both_parents() {
+        let s = Key32::random();
+        let t = Key32::random();
+        let a = group_key(Some(&s), &t, "cdrs");
+        let b = group_key(None, &t, "cdrs");
+        let c = group_key(Some(&s), &Key32::random(), "cdrs");
+        let d = group_key(Some(&s), &t, "customers");
+        let all = [a.expose(), b.expose(), c.expose(), d.expose()];
+        for i in 0..4 {
+            for j in i + 1..4 {
+                assert_ne!(all[i], all[j]);
+            }
+        }
+        assert_eq!(group_key(Some(&s), &t, "cdrs").expose(), a.expose());
+    }
+
+    #[test]
+    fn meta_seal_binds_kind_and_name() {
+        let m = MetaKey::new(&Key32::random());
+        let s = m.seal("snapshot", "abc", b"{}");
+        assert_eq!(m.open("snapshot", "abc", &s).unwrap(), b"{}");
+        assert!(m.open("snapshot", "abd", &s).is_err());
+        assert!(m.open("index", "abc", &s).is_err());
+    }
+
+    #[test]
+    fn key_debug_is_redacted() {
+        let k = Key32::from_bytes([7u8; 32]);
+        assert_eq!(format!("{k:?}"), "Key32(<redacted>)");
+    }
+}

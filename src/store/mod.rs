@@ -1,0 +1,55 @@
+//! Record stores: where records live, read consistently and rebuilt on restore.
+//!
+//! * [`sqlite`]: a SQLite database read in record mode (rows grouped into shred
+//!   groups) and rebuilt row by row.
+//! * [`files`]: a directory tree read in file mode.
+//! * [`record`]: the canonical, versioned encoding of one row, shared by both
+//!   directions; it is what gets chunked and encrypted.
+
+pub mod files;
+pub mod record;
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a row belongs: the shred group coordinates the store computed for it.
+///
+/// `subject` is the canonical text of the subject column's value (integers in
+/// decimal, text as is, blobs as lowercase hex); `None` when the table has no
+/// subject column or the value is NULL. `bucket` is the period label (`2026-03`
+/// for a month, `2026-03-14` for a day, `2026` for a year); `None` when the
+/// table has no period or the value cannot be read as a time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct GroupCoords {
+    pub subject: Option<String>,
+    pub bucket: Option<String>,
+}
+
+/// The length of a period bucket, from the policy's `period = { every = .. }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Every {
+    Day,
+    Month,
+    Year,
+}
+
+impl Every {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Every::Day => "day",
+            Every::Month => "month",
+            Every::Year => "year",
+        }
+    }
+}
+
+/// How one table is to be read: which columns make the group coordinates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TablePlan {
+    pub name: String,
+    /// Column holding the subject (customer id), if any.
+    pub subject: Option<String>,
+    /// Column holding the time of the row and the bucket length, if any.
+    pub period: Option<(String, Every)>,
+}
