@@ -1,1 +1,173 @@
-//! (being written)
+//! Operations built from the pipeline: `init`, `backup`, `restore`, `check`,
+//! `snapshots`. Each takes a loaded [`Policy`] and returns a report that the
+//! binary prints (text or JSON).
+
+pub mod backup;
+pub mod check;
+pub mod fetch;
+pub mod init;
+pub mod restore;
+
+use crate::keys::KeysError;
+use crate::policy::{Policy, TargetConfig};
+use crate::repo::marker::RepoMarker;
+use crate::repo::RepoError;
+use crate::store::files::FilesError;
+use crate::store::sqlite::SqliteError;
+use crate::target::{Target, TargetError};
+use crate::vault::{Vault, VaultError, VaultLocation};
+use std::sync::Arc;
+
+/// Errors of operations. Each names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error("store: {0}")]
+    Sqlite(#[from] SqliteError),
+    #[error("store: {0}")]
+    Files(#[from] FilesError),
+    #[error("no target named `{0}` in the policy")]
+    UnknownTarget(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Converts the policy's S3 settings for one target into the target's.
+pub fn s3_settings(policy: &Policy, t: &TargetConfig) -> crate::target::S3Settings {
+    let s = policy.s3_for(t);
+    crate::target::S3Settings {
+        endpoint: s.endpoint,
+        region: s.region,
+        allow_http: s.allow_http,
+        max_retries: s.max_retries,
+    }
+}
+
+/// Opens one target of the policy.
+pub fn open_target(policy: &Policy, t: &TargetConfig, create: bool) -> Result<Target, OpsError> {
+    let store = crate::target::open_url(&t.url, &s3_settings(policy, t), create)?;
+    Ok(Target {
+        name: t.name.clone(),
+        url: t.url.clone(),
+        offsite: t.offsite,
+        store,
+    })
+}
+
+/// Opens the named target, or the primary when `name` is None.
+pub fn select_target(policy: &Policy, name: Option<&str>) -> Result<Target, OpsError> {
+    let t = match name {
+        Some(n) => policy
+            .target(n)
+            .ok_or_else(|| OpsError::UnknownTarget(n.to_string()))?,
+        None => policy.primary(),
+    };
+    open_target(policy, t, false)
+}
+
+/// Opens the policy's vault locations (S3 settings: the policy's `[s3]`).
+pub fn vault_locations(policy: &Policy, create: bool) -> Result<Vec<VaultLocation>, OpsError> {
+    let s = &policy.s3;
+    let settings = crate::target::S3Settings {
+        endpoint: s.endpoint.clone(),
+        region: s.region.clone(),
+        allow_http: s.allow_http,
+        max_retries: s.max_retries,
+    };
+    policy
+        .keys
+        .vault
+        .iter()
+        .map(|url| {
+            Ok(VaultLocation {
+                url: url.clone(),
+                store: crate::target::open_url(url, &settings, create)?,
+            })
+        })
+        .collect()
+}
+
+/// The service identity and the policy's recipients.
+pub fn load_keys(
+    policy: &Policy,
+) -> Result<(age::x25519::Identity, Vec<age::x25519::Recipient>), OpsError> {
+    let identity = crate::keys::load_identity(&policy.keys.identity)?;
+    let recipients = policy
+        .keys
+        .recipients
+        .iter()
+        .map(|r| crate::keys::parse_recipient(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((identity, recipients))
+}
+
+/// Opens the policy's vault with its identity.
+pub async fn open_vault(policy: &Policy) -> Result<Vault, OpsError> {
+    let (identity, recipients) = load_keys(policy)?;
+    let locations = vault_locations(policy, false)?;
+    Ok(Vault::open(locations, &identity, &recipients).await?)
+}
+
+/// A target with its repository marker checked and the vault open.
+pub struct OpenRepo {
+    pub target: Target,
+    pub marker: RepoMarker,
+    pub vault: Vault,
+    pub meta: crate::crypto::MetaKey,
+}
+
+impl OpenRepo {
+    pub async fn open(policy: &Policy, target: Option<&str>) -> Result<OpenRepo, OpsError> {
+        let target = select_target(policy, target)?;
+        let marker = RepoMarker::load(&target).await?;
+        let vault = open_vault(policy).await?;
+        let meta = crate::crypto::MetaKey::new(vault.meta_key());
+        Ok(OpenRepo {
+            target,
+            marker,
+            vault,
+            meta,
+        })
+    }
+
+    /// The seed of the FastCDC gear table (secret: derived from the
+    /// metadata key, so chunk boundaries do not reveal content).
+    pub fn chunk_seed(&self) -> u64 {
+        chunk_seed(&self.vault)
+    }
+}
+
+pub fn chunk_seed(vault: &Vault) -> u64 {
+    let k = crate::crypto::derive("custos 2026 chunk seed v1", &[&vault.meta_key().expose()[..]]);
+    u64::from_le_bytes(k.expose()[..8].try_into().unwrap())
+}
+
+/// Shared handle type for the vault during a backup.
+pub type SharedVault = Arc<tokio::sync::Mutex<Vault>>;
+
+/// Human-readable byte counts.
+pub fn human_bytes(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}

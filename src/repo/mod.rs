@@ -1,1 +1,84 @@
-//! (being written)
+//! The repository: what custos writes on a target (spec: docs/FORMAT.md).
+//!
+//! One file per stored object kind:
+//! * [`marker`]: `custos-repo.json`, the plaintext format marker;
+//! * [`pack`]: `data/<xx>/<pack id>`, sealed chunks of one group family;
+//! * [`index`]: `index/<pack id>`, where each chunk of a pack lies;
+//! * [`tree`]: `trees/<xx>/<tree id>`, pages of group entries or file entries;
+//! * [`snapshot`]: `snapshots/<id>`, the root of one snapshot.
+//!
+//! Order of writes (what keeps a repository valid at every instant): keys in
+//! every vault location → packs → their index objects → tree pages →
+//! snapshot. A snapshot object is written last and only when everything it
+//! refers to is stored, so a listed snapshot is always restorable.
+
+pub mod index;
+pub mod marker;
+pub mod pack;
+pub mod snapshot;
+pub mod tree;
+
+use crate::crypto::CryptoError;
+use crate::target::TargetError;
+
+/// Errors reading or writing repository objects.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("{object}: {source}")]
+    Crypto {
+        object: String,
+        #[source]
+        source: CryptoError,
+    },
+    #[error("{object}: malformed: {why}")]
+    Malformed { object: String, why: String },
+    #[error("target `{target}` holds no custos repository (no custos-repo.json); run `custos init` first")]
+    NoRepository { target: String },
+    #[error("target `{target}` already holds a custos repository; refusing to overwrite it")]
+    AlreadyExists { target: String },
+    #[error("target `{target}` holds repository format version {found}; this custos reads up to {supported}")]
+    UnsupportedVersion {
+        target: String,
+        found: u32,
+        supported: u32,
+    },
+    #[error("no snapshot matches `{0}`")]
+    NoSnapshot(String),
+    #[error("snapshot prefix `{0}` is ambiguous")]
+    AmbiguousSnapshot(String),
+}
+
+impl RepoError {
+    pub fn malformed(object: impl Into<String>, why: impl Into<String>) -> Self {
+        RepoError::Malformed {
+            object: object.into(),
+            why: why.into(),
+        }
+    }
+}
+
+/// zstd-compresses metadata before sealing.
+pub(crate) fn compress_meta(plain: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(plain, 3).expect("zstd compression of an in-memory buffer")
+}
+
+/// Bound for decompressed metadata objects: a hostile object cannot make us
+/// allocate more than this.
+pub(crate) const MAX_META_BYTES: usize = 1 << 30;
+
+pub(crate) fn decompress_meta(object: &str, data: &[u8]) -> Result<Vec<u8>, RepoError> {
+    let size = zstd::zstd_safe::get_frame_content_size(data)
+        .ok()
+        .flatten()
+        .ok_or_else(|| RepoError::malformed(object, "no zstd frame size"))?;
+    if size as usize > MAX_META_BYTES {
+        return Err(RepoError::malformed(
+            object,
+            format!("declares {size} bytes decompressed (limit {MAX_META_BYTES})"),
+        ));
+    }
+    zstd::bulk::decompress(data, size as usize)
+        .map_err(|e| RepoError::malformed(object, format!("zstd: {e}")))
+}

@@ -6,6 +6,7 @@
 //! * [`record`]: the canonical, versioned encoding of one row, shared by both
 //!   directions; it is what gets chunked and encrypted.
 
+pub mod compare;
 pub mod files;
 pub mod record;
 pub mod sqlite;

@@ -1,0 +1,57 @@
+//! `custos backup --policy P [--target NAME] [--json]`
+
+use anyhow::Result;
+use clap::Args;
+use custos::ops::backup::{BackupOptions, BackupReport};
+use custos::ops::human_bytes;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct BackupArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// Target to write to (default: the primary).
+    #[arg(long)]
+    target: Option<String>,
+    /// zstd level (1-19).
+    #[arg(long, default_value_t = 3)]
+    zstd_level: i32,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: BackupArgs) -> Result<()> {
+    let policy = super::load_policy(&a.policy)?;
+    let opts = BackupOptions {
+        target: a.target,
+        zstd_level: a.zstd_level.clamp(1, 19),
+        ..Default::default()
+    };
+    let r = custos::ops::backup::backup(&policy, &opts, super::progress::for_terminal(a.json)).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_report(&r);
+    }
+    Ok(())
+}
+
+pub fn print_report(r: &BackupReport) {
+    let what = if r.store_kind == "files" { "entries" } else { "rows" };
+    println!("snapshot {} of policy `{}` on target `{}`", r.snapshot, r.policy, r.target);
+    println!("  {what} read:        {}", r.items);
+    println!("  bytes read:       {}", human_bytes(r.bytes_read));
+    println!(
+        "  new bytes stored: {} ({} of {} chunks new)",
+        human_bytes(r.new_bytes_stored),
+        r.new_chunks,
+        r.chunks
+    );
+    if r.dedup_ratio.is_finite() {
+        println!("  dedup ratio:      {:.1}x", r.dedup_ratio);
+    } else {
+        println!("  dedup ratio:      nothing new stored");
+    }
+    println!("  duration:         {:.2} s", r.duration_s);
+}

@@ -1,0 +1,72 @@
+//! `custos check --policy P [--target NAME] [--read-data] [--json]`
+
+use super::{wrap, Failure};
+use clap::Args;
+use custos::ops::check::{CheckReport, Level};
+use custos::ops::human_bytes;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CheckArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    #[arg(long)]
+    target: Option<String>,
+    /// Download every pack and decrypt every chunk snapshots refer to.
+    #[arg(long)]
+    read_data: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: CheckArgs) -> Result<(), Failure> {
+    let policy = super::load_policy(&a.policy).map_err(wrap)?;
+    let r = custos::ops::check::check(
+        &policy,
+        a.target.as_deref(),
+        a.read_data,
+        super::progress::for_terminal(a.json),
+    )
+    .await
+    .map_err(|e| wrap(e.into()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| wrap(e.into()))?);
+    } else {
+        print_report(&r);
+    }
+    if r.ok {
+        Ok(())
+    } else {
+        let n = r.findings.iter().filter(|f| f.level == Level::Error).count();
+        Err(Failure {
+            code: 3,
+            error: anyhow::anyhow!("check found {n} error(s) on target `{}`", r.target),
+        })
+    }
+}
+
+pub fn print_report(r: &CheckReport) {
+    for f in &r.findings {
+        let l = match f.level {
+            Level::Error => "ERROR",
+            Level::Warning => "warning",
+            Level::Info => "info",
+        };
+        match &f.hint {
+            Some(h) => println!("{l}: {}: {} ({h})", f.object, f.message),
+            None => println!("{l}: {}: {}", f.object, f.message),
+        }
+    }
+    println!(
+        "checked target `{}`: {} snapshot(s), {} pack(s){}: {}",
+        r.target,
+        r.snapshots,
+        r.packs,
+        if r.read_data {
+            format!(", {} chunks decrypted, {} read", r.chunks_checked, human_bytes(r.bytes_read))
+        } else {
+            String::new()
+        },
+        if r.ok { "no errors" } else { "ERRORS FOUND" }
+    );
+}

@@ -1,0 +1,132 @@
+//! Command-line interface: one file per command. Errors are mapped to a
+//! message (what, where, what to do) and a stable exit code:
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | the operation failed (target, store, internal) |
+//! | 2 | bad input: usage, policy, keys, arguments |
+//! | 3 | integrity: `check` found errors, or data failed authentication |
+
+mod backup;
+mod check;
+mod demo;
+mod init;
+mod keys;
+mod progress;
+mod restore;
+mod snapshots;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "custos",
+    version,
+    about = "Encrypted, deduplicated, crypto-shreddable backups of customer record stores"
+)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `custos=debug`.
+    #[arg(long, global = true, default_value = "warn", env = "CUSTOS_LOG")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Service keys: an age identity (vault wrapping) and an ed25519 signing key.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
+    /// Create the repository on every target and the key vault at every location.
+    Init(init::InitArgs),
+    /// Take one snapshot of the policy's store.
+    Backup(backup::BackupArgs),
+    /// List the snapshots on a target.
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Rebuild a store from a snapshot.
+    Restore(restore::RestoreArgs),
+    /// Verify a repository (with --read-data: every byte).
+    Check(check::CheckArgs),
+    /// Run the whole story on generated demo data.
+    Demo(demo::DemoArgs),
+    /// Generate or change the telecom demo database (for benchmarks).
+    #[command(subcommand, name = "demo-data")]
+    DemoData(demo::DemoDataCmd),
+}
+
+/// An error with its exit code.
+pub struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+pub fn exit_code_for(e: &anyhow::Error) -> u8 {
+    use custos::ops::OpsError;
+    if e.downcast_ref::<custos::policy::PolicyError>().is_some() {
+        return 2;
+    }
+    if let Some(o) = e.downcast_ref::<OpsError>() {
+        return match o {
+            OpsError::Keys(_) | OpsError::UnknownTarget(_) | OpsError::Invalid(_) => 2,
+            OpsError::Repo(custos::repo::RepoError::Crypto { .. })
+            | OpsError::Repo(custos::repo::RepoError::Malformed { .. }) => 3,
+            _ => 1,
+        };
+    }
+    1
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let r: Result<(), Failure> = rt.block_on(async {
+        match cli.command {
+            Command::Keys(c) => keys::run(c).map_err(wrap),
+            Command::Init(a) => init::run(a).await.map_err(wrap),
+            Command::Backup(a) => backup::run(a).await.map_err(wrap),
+            Command::Snapshots(a) => snapshots::run(a).await.map_err(wrap),
+            Command::Restore(a) => restore::run(a).await.map_err(wrap),
+            Command::Check(a) => check::run(a).await,
+            Command::Demo(a) => demo::run(a).await,
+            Command::DemoData(c) => demo::run_data(c).map_err(wrap),
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+pub fn wrap(e: anyhow::Error) -> Failure {
+    Failure {
+        code: exit_code_for(&e),
+        error: e,
+    }
+}
+
+/// Loads a policy; its error already names file, line, key and why.
+pub fn load_policy(path: &PathBuf) -> Result<custos::policy::Policy> {
+    Ok(custos::policy::Policy::load(path)?)
+}

@@ -1,0 +1,68 @@
+//! `custos restore --policy P --snapshot ID|latest [--target NAME] --to PATH [--force]`
+
+use anyhow::Result;
+use clap::Args;
+use custos::ops::human_bytes;
+use custos::ops::restore::{RestoreOptions, RestoreReport};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// Snapshot id (or unique prefix), or `latest`.
+    #[arg(long, default_value = "latest")]
+    snapshot: String,
+    /// Target to restore from (default: the primary).
+    #[arg(long)]
+    target: Option<String>,
+    /// Where to rebuild the store: a new SQLite file, or a new directory.
+    #[arg(long)]
+    to: PathBuf,
+    /// Replace an existing file or non-empty directory.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: RestoreArgs) -> Result<()> {
+    let policy = super::load_policy(&a.policy)?;
+    let opts = RestoreOptions {
+        target: a.target,
+        snapshot: a.snapshot,
+        to: a.to,
+        force: a.force,
+    };
+    let r = custos::ops::restore::restore(&policy, &opts, super::progress::for_terminal(a.json)).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_report(&r);
+    }
+    Ok(())
+}
+
+pub fn print_report(r: &RestoreReport) {
+    println!(
+        "restored snapshot {} ({}) from target `{}` to {}",
+        r.snapshot, r.snapshot_time, r.target, r.to
+    );
+    for t in &r.tables {
+        if t.rows_shredded > 0 {
+            println!(
+                "  {:<24} {:>10} rows ({} rows in {} shredded groups omitted)",
+                t.name, t.rows_restored, t.rows_shredded, t.groups_shredded
+            );
+        } else {
+            println!("  {:<24} {:>10} rows", t.name, t.rows_restored);
+        }
+    }
+    println!(
+        "  {} items, {} of data, {} fetched, {:.2} s",
+        r.items,
+        human_bytes(r.bytes),
+        human_bytes(r.bytes_fetched),
+        r.duration_s
+    );
+}

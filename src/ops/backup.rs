@@ -1,0 +1,864 @@
+//! `custos backup`: one snapshot of the policy's store to a target.
+//!
+//! The pipeline (all stages bounded, so memory does not grow with the store):
+//!
+//! ```text
+//! reader thread: consistent read → rows in group order → group keys →
+//!   FastCDC → chunk id → already stored? skip : send
+//! worker threads (one per core): zstd → seal under the group key
+//! packer thread: one open pack per group family; full packs → vault barrier
+//!   (new keys persisted at every vault location) → upload pack → index
+//! finally: tree pages, vault persisted, snapshot object written last
+//! ```
+
+use super::{chunk_seed, OpenRepo, OpsError, SharedVault};
+use crate::chunk::{ChunkParams, Chunker};
+use crate::crypto::{group_key, subject_pseudonym, ChunkKeys, Id, Key32, MetaKey};
+use crate::policy::{Policy, StoreKind};
+use crate::progress::Progress;
+use crate::repo::index::Index;
+use crate::repo::pack::{pack_path, seal_chunk, PackWriter};
+use crate::repo::snapshot::{
+    FilesSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
+};
+use crate::repo::tree::{tree_path, FilePager, FileRecord, GroupEntry, GroupPager, Page, PAGE_VERSION};
+use crate::store::files::{self, FileKind};
+use crate::store::sqlite::{ScanError, SqliteSource};
+use crate::store::GroupCoords;
+use crate::target::Target;
+use crate::vault::{KeyId, KeyKind, Vault};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Tunables of a backup.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// Target to write to (default: the policy's primary).
+    pub target: Option<String>,
+    pub zstd_level: i32,
+    /// Pack size at which a pack is closed.
+    pub pack_size: usize,
+    /// Total bytes that open packs may buffer before the largest is closed.
+    pub open_pack_budget: usize,
+    /// Compression/encryption threads (default: number of cores).
+    pub workers: usize,
+    /// Pack uploads in flight.
+    pub uploads: usize,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            target: None,
+            zstd_level: 3,
+            pack_size: 8 << 20,
+            open_pack_budget: 96 << 20,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            uploads: 4,
+        }
+    }
+}
+
+/// What a backup did (printed by the CLI, `--json` as is).
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupReport {
+    pub snapshot: String,
+    pub policy: String,
+    pub target: String,
+    pub store_kind: String,
+    /// Rows (record mode) or files (file mode) read.
+    pub items: u64,
+    pub bytes_read: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    /// Bytes added to the target (packs, indexes, trees, snapshot).
+    pub new_bytes_stored: u64,
+    /// bytes_read / new_bytes_stored.
+    pub dedup_ratio: f64,
+    pub duration_s: f64,
+    pub tables: Vec<TableSummary>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TableSummary {
+    pub name: String,
+    pub class: String,
+    pub rows: u64,
+    pub groups: u64,
+}
+
+/// A chunk on its way to a worker.
+struct Work {
+    keys: Arc<ChunkKeys>,
+    id: Id,
+    data: Vec<u8>,
+    family: KeyId,
+}
+
+/// A sealed chunk on its way to the packer.
+struct Sealed {
+    id: Id,
+    family: KeyId,
+    sealed: Vec<u8>,
+    raw_len: u32,
+}
+
+/// Counters shared by the stages.
+#[derive(Default)]
+struct Counters {
+    stored_bytes: AtomicU64,
+    packs: AtomicU64,
+    chunks: AtomicU64,
+    new_chunks: AtomicU64,
+}
+
+/// The first error any stage hit (later ones are consequences).
+#[derive(Default, Clone)]
+struct Failure(Arc<Mutex<Option<OpsError>>>);
+
+impl Failure {
+    fn set(&self, e: OpsError) {
+        let mut g = self.0.lock().unwrap();
+        if g.is_none() {
+            *g = Some(e);
+        }
+    }
+    fn is_set(&self) -> bool {
+        self.0.lock().unwrap().is_some()
+    }
+    fn take(&self) -> Option<OpsError> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+/// Runs one backup of the policy's store.
+pub async fn backup(
+    policy: &Policy,
+    opts: &BackupOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<BackupReport, OpsError> {
+    let start = Instant::now();
+    let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
+    let seed = repo.chunk_seed();
+    let OpenRepo {
+        target,
+        marker,
+        vault,
+        meta,
+    } = repo;
+    progress.phase("loading index", None, "objects");
+    let index = Arc::new(Index::load(&target, &meta).await?);
+    progress.finish_phase();
+    let (parents, _) = Snapshot::list(&target, &meta).await?;
+    let parent = parents.last().cloned();
+    let target = Arc::new(target);
+    let meta = Arc::new(meta);
+    let vault: SharedVault = Arc::new(tokio::sync::Mutex::new(vault));
+    let counters = Arc::new(Counters::default());
+    let failure = Failure::default();
+    let handle = tokio::runtime::Handle::current();
+    let now = chrono::Utc::now();
+
+    // Workers and packer.
+    let (work_tx, work_rx) = sync_channel::<Work>(opts.workers * 16);
+    let (sealed_tx, sealed_rx) = sync_channel::<Sealed>(opts.workers * 16);
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    let mut threads = Vec::new();
+    for i in 0..opts.workers.max(1) {
+        let rx = work_rx.clone();
+        let tx = sealed_tx.clone();
+        let level = opts.zstd_level;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("custos-seal-{i}"))
+                .spawn(move || worker(rx, tx, level))
+                .map_err(|e| OpsError::Internal(format!("spawning a worker: {e}")))?,
+        );
+    }
+    drop(sealed_tx);
+    let packer = {
+        let ctx = PackerCtx {
+            target: target.clone(),
+            meta: meta.clone(),
+            vault: vault.clone(),
+            counters: counters.clone(),
+            failure: failure.clone(),
+            handle: handle.clone(),
+            pack_size: opts.pack_size,
+            budget: opts.open_pack_budget,
+            uploads: Arc::new(tokio::sync::Semaphore::new(opts.uploads.max(1))),
+        };
+        std::thread::Builder::new()
+            .name("custos-packer".into())
+            .spawn(move || packer(ctx, sealed_rx))
+            .map_err(|e| OpsError::Internal(format!("spawning the packer: {e}")))?
+    };
+
+    // The reader runs on a blocking thread: SQLite and file reads are sync.
+    let reader = ReaderCtx {
+        policy: policy.clone(),
+        vault: vault.clone(),
+        meta: meta.clone(),
+        index: index.clone(),
+        target: target.clone(),
+        handle: handle.clone(),
+        work: work_tx,
+        in_flight: HashSet::new(),
+        counters: counters.clone(),
+        failure: failure.clone(),
+        progress: progress.clone(),
+        seed,
+        params: marker.records_chunking,
+        file_params: marker.files_chunking,
+        now,
+        parent: parent.clone(),
+        page_uploads: Vec::new(),
+    };
+    let read_result = tokio::task::spawn_blocking(move || reader.run())
+        .await
+        .map_err(|e| OpsError::Internal(format!("reader thread: {e}")))?;
+    // The reader dropped its sender: workers drain and stop, then the packer.
+    for t in threads {
+        let _ = t.join();
+    }
+    let _ = packer.join();
+    let (content, page_uploads) = match read_result {
+        Ok(v) => v,
+        Err(e) => {
+            failure.set(e);
+            (ReadContent::default(), Vec::new())
+        }
+    };
+    for h in page_uploads {
+        match h.await {
+            Ok(Ok(n)) => {
+                counters.stored_bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => failure.set(e),
+            Err(e) => failure.set(OpsError::Internal(format!("tree upload task: {e}"))),
+        }
+    }
+    if let Some(e) = failure.take() {
+        return Err(e);
+    }
+    // Every key used must be in every vault location before the snapshot
+    // that needs it exists.
+    vault.lock().await.persist().await?;
+
+    let mut snapshot = Snapshot {
+        version: crate::repo::snapshot::SNAPSHOT_VERSION,
+        id: Snapshot::new_id(),
+        policy: policy.name.clone(),
+        time: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        parent: parent.map(|p| p.id),
+        custos_version: crate::VERSION.to_string(),
+        store: content.store,
+        sqlite: content.sqlite,
+        files: content.files,
+        stats: SnapshotStats {
+            items: content.items,
+            bytes_read: content.bytes_read,
+            chunks: counters.chunks.load(Ordering::Relaxed),
+            new_chunks: counters.new_chunks.load(Ordering::Relaxed),
+            new_bytes_stored: 0,
+            packs_written: counters.packs.load(Ordering::Relaxed),
+            duration_ms: 0,
+        },
+    };
+    snapshot.stats.new_bytes_stored = counters.stored_bytes.load(Ordering::Relaxed);
+    snapshot.stats.duration_ms = start.elapsed().as_millis() as u64;
+    snapshot.store(&target, &meta).await?;
+    let duration = start.elapsed().as_secs_f64();
+    let stored = snapshot.stats.new_bytes_stored;
+    let tables = snapshot
+        .sqlite
+        .as_ref()
+        .map(|s| {
+            s.tables
+                .iter()
+                .map(|t| TableSummary {
+                    name: t.name.clone(),
+                    class: t.class.clone(),
+                    rows: t.rows,
+                    groups: t.groups,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(BackupReport {
+        snapshot: snapshot.id.clone(),
+        policy: policy.name.clone(),
+        target: target.name.clone(),
+        store_kind: snapshot.store.kind.clone(),
+        items: snapshot.stats.items,
+        bytes_read: snapshot.stats.bytes_read,
+        chunks: snapshot.stats.chunks,
+        new_chunks: snapshot.stats.new_chunks,
+        new_bytes_stored: stored,
+        dedup_ratio: if stored == 0 {
+            f64::INFINITY
+        } else {
+            snapshot.stats.bytes_read as f64 / stored as f64
+        },
+        duration_s: duration,
+        tables,
+    })
+}
+
+fn worker(rx: Arc<Mutex<Receiver<Work>>>, tx: SyncSender<Sealed>, level: i32) {
+    loop {
+        let w = {
+            let g = rx.lock().unwrap();
+            g.recv()
+        };
+        let Ok(w) = w else { return };
+        let sealed = seal_chunk(&w.keys, &w.id, &w.data, level);
+        if tx
+            .send(Sealed {
+                id: w.id,
+                family: w.family,
+                sealed,
+                raw_len: w.data.len() as u32,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+struct PackerCtx {
+    target: Arc<Target>,
+    meta: Arc<MetaKey>,
+    vault: SharedVault,
+    counters: Arc<Counters>,
+    failure: Failure,
+    handle: tokio::runtime::Handle,
+    pack_size: usize,
+    budget: usize,
+    uploads: Arc<tokio::sync::Semaphore>,
+}
+
+fn packer(ctx: PackerCtx, rx: Receiver<Sealed>) {
+    let mut open: HashMap<KeyId, PackWriter> = HashMap::new();
+    let mut open_bytes = 0usize;
+    let mut tasks = Vec::new();
+    for s in rx {
+        if ctx.failure.is_set() {
+            continue; // drain so upstream stages can finish
+        }
+        let w = open.entry(s.family).or_default();
+        let before = w.len();
+        w.add(s.id, &s.sealed, s.raw_len);
+        open_bytes += w.len() - before;
+        if w.len() >= ctx.pack_size {
+            let w = open.remove(&s.family).unwrap();
+            open_bytes -= w.len();
+            tasks.push(flush(&ctx, w));
+        } else if open_bytes > ctx.budget {
+            let fam = *open
+                .iter()
+                .max_by_key(|(_, w)| w.len())
+                .map(|(k, _)| k)
+                .unwrap();
+            let w = open.remove(&fam).unwrap();
+            open_bytes -= w.len();
+            tasks.push(flush(&ctx, w));
+        }
+    }
+    if !ctx.failure.is_set() {
+        for (_, w) in open.drain() {
+            tasks.push(flush(&ctx, w));
+        }
+    }
+    for t in tasks.into_iter().flatten() {
+        match ctx.handle.block_on(t) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => ctx.failure.set(e),
+            Err(e) => ctx.failure.set(OpsError::Internal(format!("upload task: {e}"))),
+        }
+    }
+}
+
+type UploadTask = tokio::task::JoinHandle<Result<(), OpsError>>;
+
+/// Closes a pack, makes its keys durable, and starts its upload.
+fn flush(ctx: &PackerCtx, w: PackWriter) -> Option<UploadTask> {
+    if w.is_empty() {
+        return None;
+    }
+    let (id, bytes, index) = w.finish(&ctx.meta);
+    // Vault barrier: the keys of every chunk in this pack were created before
+    // the chunk was sealed, so persisting now covers them.
+    let persisted = ctx.handle.block_on(async {
+        let mut v = ctx.vault.lock().await;
+        if v.is_dirty() {
+            v.persist().await
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(e) = persisted {
+        ctx.failure.set(e.into());
+        return None;
+    }
+    let permit = ctx
+        .handle
+        .block_on(ctx.uploads.clone().acquire_owned())
+        .expect("semaphore never closed");
+    let target = ctx.target.clone();
+    let meta = ctx.meta.clone();
+    let counters = ctx.counters.clone();
+    Some(ctx.handle.spawn(async move {
+        let _permit = permit;
+        let n = bytes.len() as u64;
+        target.put(&pack_path(&id), bytes.into()).await?;
+        index.store(&target, &meta).await?;
+        counters
+            .stored_bytes
+            .fetch_add(n + 48 + 44 * index.entries.len() as u64, Ordering::Relaxed);
+        counters.packs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }))
+}
+
+#[derive(Default)]
+struct ReadContent {
+    store: StoreInfo,
+    sqlite: Option<SqliteSnapshot>,
+    files: Option<FilesSnapshot>,
+    items: u64,
+    bytes_read: u64,
+}
+
+impl Default for StoreInfo {
+    fn default() -> Self {
+        StoreInfo {
+            kind: String::new(),
+            location: String::new(),
+        }
+    }
+}
+
+type PageUpload = tokio::task::JoinHandle<Result<u64, OpsError>>;
+
+struct ReaderCtx {
+    policy: Policy,
+    vault: SharedVault,
+    meta: Arc<MetaKey>,
+    index: Arc<Index>,
+    target: Arc<Target>,
+    handle: tokio::runtime::Handle,
+    work: SyncSender<Work>,
+    in_flight: HashSet<Id>,
+    counters: Arc<Counters>,
+    failure: Failure,
+    progress: Arc<dyn Progress>,
+    seed: u64,
+    params: ChunkParams,
+    file_params: ChunkParams,
+    now: chrono::DateTime<chrono::Utc>,
+    parent: Option<Snapshot>,
+    page_uploads: Vec<PageUpload>,
+}
+
+/// The group being assembled by the reader.
+struct CurGroup {
+    coords: GroupCoords,
+    keys: Arc<ChunkKeys>,
+    s: Option<KeyId>,
+    t: KeyId,
+    unit: String,
+    rows: u64,
+    bytes: u64,
+    chunks: Vec<Id>,
+    chunker: Chunker,
+}
+
+impl ReaderCtx {
+    fn run(mut self) -> Result<(ReadContent, Vec<PageUpload>), OpsError> {
+        let r = match self.policy.store.kind {
+            StoreKind::Sqlite => self.read_sqlite(),
+            StoreKind::Files => self.read_files(),
+            StoreKind::Postgres => Err(OpsError::Unsupported(
+                "PostgreSQL stores are not supported yet by this version of custos".into(),
+            )),
+        };
+        // Dropping `self.work` lets the workers finish.
+        let uploads = std::mem::take(&mut self.page_uploads);
+        r.map(|c| (c, uploads))
+    }
+
+    /// Resolves (creating if needed) a key in the vault.
+    fn key(&self, kind: KeyKind, name: &str) -> (KeyId, Key32) {
+        let mut v = self.vault.blocking_lock();
+        let (id, k) = v.get_or_create(kind, name);
+        (id, k.clone())
+    }
+
+    fn subject_key(&self, subject: &str) -> (KeyId, Key32) {
+        let mut v = self.vault.blocking_lock();
+        let pseudo = subject_pseudonym(v.pseudonym_key(), subject);
+        let (id, k) = v.get_or_create(KeyKind::Subject, &pseudo);
+        (id, k.clone())
+    }
+
+    fn epoch_key(&self, class: &str) -> (KeyId, Key32, String) {
+        let label = self.policy.store.epoch.label(self.now);
+        let name = format!("{class}:{label}");
+        let (id, k) = self.key(KeyKind::Epoch, &name);
+        (id, k, format!("epoch:{name}"))
+    }
+
+    fn start_group(&self, table: &str, class: &str, coords: &GroupCoords) -> CurGroup {
+        let (t, tkey, unit) = match &coords.bucket {
+            Some(b) => {
+                let name = format!("{class}:{b}");
+                let (id, k) = self.key(KeyKind::Period, &name);
+                (id, k, format!("period:{name}"))
+            }
+            None => self.epoch_key(class),
+        };
+        let (s, skey) = match &coords.subject {
+            Some(subj) => {
+                let (id, k) = self.subject_key(subj);
+                (Some(id), Some(k))
+            }
+            None => (None, None),
+        };
+        let gk = group_key(skey.as_ref(), &tkey, table);
+        CurGroup {
+            coords: coords.clone(),
+            keys: Arc::new(ChunkKeys::new(&gk)),
+            s,
+            t,
+            unit,
+            rows: 0,
+            bytes: 0,
+            chunks: Vec::new(),
+            chunker: Chunker::new(self.params, self.seed),
+        }
+    }
+
+    /// Takes one chunk: id, dedup, hand to the workers.
+    fn emit(
+        work: &SyncSender<Work>,
+        index: &Index,
+        in_flight: &mut HashSet<Id>,
+        counters: &Counters,
+        keys: &Arc<ChunkKeys>,
+        family: KeyId,
+        chunks: &mut Vec<Id>,
+        data: &[u8],
+    ) -> Result<(), OpsError> {
+        let id = keys.chunk_id(data);
+        chunks.push(id);
+        counters.chunks.fetch_add(1, Ordering::Relaxed);
+        if !index.chunks.contains_key(&id) && in_flight.insert(id) {
+            counters.new_chunks.fetch_add(1, Ordering::Relaxed);
+            work.send(Work {
+                keys: keys.clone(),
+                id,
+                data: data.to_vec(),
+                family,
+            })
+            .map_err(|_| OpsError::Internal("the sealing workers stopped".into()))?;
+        }
+        Ok(())
+    }
+
+    fn finish_group(&mut self, mut g: CurGroup, pager: &mut GroupPager, table: &str, pages: &mut Vec<Id>) -> Result<(), OpsError> {
+        let (work, index, counters) = (&self.work, &self.index, &self.counters);
+        let in_flight = &mut self.in_flight;
+        let keys = g.keys.clone();
+        let fam = g.t;
+        let mut chunks = std::mem::take(&mut g.chunks);
+        g.chunker.finish(&mut |c: &[u8]| {
+            Self::emit(work, index, in_flight, counters, &keys, fam, &mut chunks, c)
+        })?;
+        let entry = GroupEntry {
+            g: g.keys.group_id,
+            s: g.s,
+            t: g.t,
+            u: g.unit,
+            rows: g.rows,
+            bytes: g.bytes,
+            chunks,
+        };
+        if let Some(p) = pager.push(entry) {
+            pages.push(self.store_page(Page::Groups {
+                version: PAGE_VERSION,
+                table: table.to_string(),
+                groups: p,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Seals a tree page and uploads it in the background (if new).
+    fn store_page(&mut self, page: Page) -> Id {
+        let (id, sealed) = page.seal(&self.meta);
+        let target = self.target.clone();
+        self.page_uploads.push(self.handle.spawn(async move {
+            let n = sealed.len() as u64;
+            if target.put_new(&tree_path(&id), sealed.into()).await? {
+                Ok(n)
+            } else {
+                Ok(0)
+            }
+        }));
+        id
+    }
+
+    fn read_sqlite(&mut self) -> Result<ReadContent, OpsError> {
+        let path = self
+            .policy
+            .store
+            .path
+            .clone()
+            .ok_or_else(|| OpsError::Invalid("the policy's store has no `path`".into()))?;
+        let src = SqliteSource::open(&path)?;
+        let schema = src.schema()?;
+        // Every listed table must exist, with its columns; checked before
+        // any data moves.
+        for t in &self.policy.store.tables {
+            let plan = self.policy.plan(&t.name);
+            src.check_plan(&schema, &plan)?;
+        }
+        let mut tables = Vec::new();
+        let mut items = 0u64;
+        let mut bytes_read = 0u64;
+        for ts in &schema.tables {
+            let plan = self.policy.plan(&ts.name);
+            let class = self.policy.class_of(&ts.name).as_str().to_string();
+            let total = src.row_count(ts).ok();
+            self.progress
+                .phase(&format!("reading {}", ts.name), total, "rows");
+            let mut pager = GroupPager::default();
+            let mut pages = Vec::new();
+            let mut cur: Option<CurGroup> = None;
+            let mut groups = 0u64;
+            let mut checksum: u128 = 0;
+            let mut rows = 0u64;
+            let mut tbytes = 0u64;
+            let mut since_progress = 0u64;
+            let name = ts.name.clone();
+            let scan = src.scan(ts, &plan, |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
+                if self.failure.is_set() {
+                    return Err(OpsError::Internal("stopping after an earlier failure".into()));
+                }
+                let same = cur.as_ref().map(|g| &g.coords == coords).unwrap_or(false);
+                if !same {
+                    if let Some(g) = cur.take() {
+                        self.finish_group(g, &mut pager, &name, &mut pages)?;
+                    }
+                    cur = Some(self.start_group(&name, &class, coords));
+                    groups += 1;
+                }
+                let g = cur.as_mut().unwrap();
+                g.rows += 1;
+                g.bytes += row.len() as u64;
+                rows += 1;
+                tbytes += row.len() as u64;
+                let h = self.meta.keyed_hash("row", row);
+                checksum = checksum
+                    .wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
+                let (work, index, counters) = (&self.work, &self.index, &self.counters);
+                let in_flight = &mut self.in_flight;
+                let keys = g.keys.clone();
+                let fam = g.t;
+                let chunks = &mut g.chunks;
+                g.chunker.push(row, &mut |c: &[u8]| {
+                    Self::emit(work, index, in_flight, counters, &keys, fam, chunks, c)
+                })?;
+                since_progress += 1;
+                if since_progress == 4096 {
+                    self.progress.advance(since_progress);
+                    since_progress = 0;
+                }
+                Ok(())
+            });
+            match scan {
+                Ok(_) => {}
+                Err(ScanError::Store(e)) => return Err(e.into()),
+                Err(ScanError::Sink(e)) => return Err(e),
+            }
+            if let Some(g) = cur.take() {
+                self.finish_group(g, &mut pager, &name, &mut pages)?;
+            }
+            if let Some(p) = pager.finish() {
+                pages.push(self.store_page(Page::Groups {
+                    version: PAGE_VERSION,
+                    table: name.clone(),
+                    groups: p,
+                }));
+            }
+            self.progress.advance(since_progress);
+            self.progress.finish_phase();
+            items += rows;
+            bytes_read += tbytes;
+            tables.push(TableEntry {
+                name: name.clone(),
+                class,
+                rows,
+                bytes: tbytes,
+                checksum: hex::encode(checksum.to_le_bytes()),
+                groups,
+                pages,
+            });
+        }
+        Ok(ReadContent {
+            store: StoreInfo {
+                kind: "sqlite".into(),
+                location: path.display().to_string(),
+            },
+            sqlite: Some(SqliteSnapshot { schema, tables }),
+            files: None,
+            items,
+            bytes_read,
+        })
+    }
+
+    fn read_files(&mut self) -> Result<ReadContent, OpsError> {
+        let root = self
+            .policy
+            .store
+            .root
+            .clone()
+            .ok_or_else(|| OpsError::Invalid("the policy's store has no `root`".into()))?;
+        let class = self.policy.store.class.as_str().to_string();
+        let walk = files::walk(&root, false)?;
+        let (key_id, key, unit) = self.epoch_key(&class);
+        let gk = group_key(None, &key, "files");
+        let keys = Arc::new(ChunkKeys::new(&gk));
+        // Change detection: entries of the parent snapshot under the same key.
+        let mut previous: HashMap<String, FileRecord> = HashMap::new();
+        if let Some(p) = self.parent.as_ref().and_then(|p| p.files.clone()) {
+            if p.key == key_id {
+                for id in &p.pages {
+                    let page = self
+                        .handle
+                        .block_on(Page::load(&self.target, &self.meta, id))?;
+                    if let Page::Files { files, .. } = page {
+                        for f in files {
+                            previous.insert(f.entry.path.clone(), f);
+                        }
+                    }
+                }
+            }
+        }
+        let total: u64 = walk.entries.iter().map(|e| e.size).sum();
+        self.progress.phase("reading files", Some(total), "bytes");
+        let mut pager = FilePager::default();
+        let mut pages = Vec::new();
+        let mut bytes_read = 0u64;
+        let mut nfiles = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        for e in &walk.entries {
+            if self.failure.is_set() {
+                break;
+            }
+            let mut rec = FileRecord {
+                entry: e.clone(),
+                chunks: Vec::new(),
+            };
+            if e.kind == FileKind::File {
+                nfiles += 1;
+                let reuse = previous.get(&e.path).filter(|p| {
+                    p.entry.size == e.size
+                        && p.entry.mtime_ns == e.mtime_ns
+                        && p.chunks.iter().all(|c| self.index.chunks.contains_key(c))
+                });
+                if let Some(p) = reuse {
+                    rec.chunks = p.chunks.clone();
+                    self.counters
+                        .chunks
+                        .fetch_add(p.chunks.len() as u64, Ordering::Relaxed);
+                } else {
+                    let mut f = files::open_entry(&root, e)?;
+                    let mut chunker = Chunker::new(self.file_params, self.seed);
+                    let (work, index, counters) = (&self.work, &self.index, &self.counters);
+                    let in_flight = &mut self.in_flight;
+                    let chunks = &mut rec.chunks;
+                    let mut read = 0u64;
+                    loop {
+                        let n = f.read(&mut buf).map_err(|err| {
+                            OpsError::Invalid(format!(
+                                "reading {}: {err}",
+                                root.join(&e.path).display()
+                            ))
+                        })?;
+                        if n == 0 {
+                            break;
+                        }
+                        read += n as u64;
+                        chunker.push(&buf[..n], &mut |c: &[u8]| {
+                            Self::emit(work, index, in_flight, counters, &keys, key_id, chunks, c)
+                        })?;
+                        self.progress.advance(n as u64);
+                    }
+                    chunker.finish(&mut |c: &[u8]| {
+                        Self::emit(work, index, in_flight, counters, &keys, key_id, chunks, c)
+                    })?;
+                    if read != e.size {
+                        return Err(OpsError::Invalid(format!(
+                            "{} changed size while being read ({} then {} bytes); run the backup again",
+                            root.join(&e.path).display(),
+                            e.size,
+                            read
+                        )));
+                    }
+                    bytes_read += read;
+                }
+            }
+            if let Some(p) = pager.push(rec) {
+                pages.push(self.store_page(Page::Files {
+                    version: PAGE_VERSION,
+                    files: p,
+                }));
+            }
+        }
+        if let Some(p) = pager.finish() {
+            pages.push(self.store_page(Page::Files {
+                version: PAGE_VERSION,
+                files: p,
+            }));
+        }
+        self.progress.finish_phase();
+        Ok(ReadContent {
+            store: StoreInfo {
+                kind: "files".into(),
+                location: root.display().to_string(),
+            },
+            sqlite: None,
+            files: Some(FilesSnapshot {
+                class,
+                key: key_id,
+                unit,
+                files: nfiles,
+                bytes: total,
+                pages,
+                skipped: walk.skipped,
+            }),
+            items: walk.entries.len() as u64,
+            bytes_read,
+        })
+    }
+}
+
+/// Used by tests and the CLI: does the vault know this key id?
+pub fn key_known(vault: &Vault, id: &KeyId) -> bool {
+    vault.key(id).is_some()
+}
+
+/// Re-exported for seed computation in tools.
+pub fn seed_of(vault: &Vault) -> u64 {
+    chunk_seed(vault)
+}

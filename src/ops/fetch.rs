@@ -1,0 +1,115 @@
+//! Reading chunks back: a small cache of whole packs, each verified against
+//! its name (BLAKE3 of the pack) the first time it is fetched.
+
+use crate::crypto::Id;
+use crate::repo::index::{ChunkLoc, Index};
+use crate::repo::pack::pack_path;
+use crate::target::Target;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+/// Why a pack could not be used.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum PackProblem {
+    #[error("{object}: missing")]
+    Missing { object: String },
+    #[error("{object}: size {got} differs from the indexed {want} (truncated or replaced)")]
+    Size { object: String, got: u64, want: u64 },
+    #[error("{object}: content does not hash to its name (corrupted or swapped)")]
+    Hash { object: String },
+    #[error("{object}: {why}")]
+    Read { object: String, why: String },
+}
+
+pub struct PackCache {
+    target: Arc<Target>,
+    capacity: usize,
+    order: VecDeque<Id>,
+    packs: HashMap<Id, Arc<Vec<u8>>>,
+    bad: HashMap<Id, PackProblem>,
+    /// Bytes fetched from the target.
+    pub fetched: u64,
+}
+
+impl PackCache {
+    pub fn new(target: Arc<Target>, capacity: usize) -> Self {
+        PackCache {
+            target,
+            capacity: capacity.max(1),
+            order: VecDeque::new(),
+            packs: HashMap::new(),
+            bad: HashMap::new(),
+            fetched: 0,
+        }
+    }
+
+    pub fn object_name(&self, pack: &Id) -> String {
+        format!("{}:{}", self.target.name, pack_path(pack))
+    }
+
+    /// Fetches (or returns the cached) pack, verified against its id/size.
+    pub async fn pack(&mut self, pack: Id, size: u64) -> Result<Arc<Vec<u8>>, PackProblem> {
+        if let Some(p) = self.packs.get(&pack) {
+            return Ok(p.clone());
+        }
+        if let Some(b) = self.bad.get(&pack) {
+            return Err(b.clone());
+        }
+        let object = self.object_name(&pack);
+        let r = match self.target.get_opt(&pack_path(&pack)).await {
+            Ok(Some(b)) => {
+                self.fetched += b.len() as u64;
+                if b.len() as u64 != size {
+                    Err(PackProblem::Size {
+                        object,
+                        got: b.len() as u64,
+                        want: size,
+                    })
+                } else if Id::hash(&b) != pack {
+                    Err(PackProblem::Hash { object })
+                } else {
+                    Ok(Arc::new(b.to_vec()))
+                }
+            }
+            Ok(None) => Err(PackProblem::Missing { object }),
+            Err(e) => Err(PackProblem::Read {
+                object,
+                why: e.to_string(),
+            }),
+        };
+        match r {
+            Ok(p) => {
+                if self.order.len() >= self.capacity {
+                    if let Some(old) = self.order.pop_front() {
+                        self.packs.remove(&old);
+                    }
+                }
+                self.order.push_back(pack);
+                self.packs.insert(pack, p.clone());
+                Ok(p)
+            }
+            Err(e) => {
+                // Transient read errors are not remembered.
+                if !matches!(e, PackProblem::Read { .. }) {
+                    self.bad.insert(pack, e.clone());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The sealed bytes of one chunk.
+    pub async fn blob(&mut self, index: &Index, loc: &ChunkLoc) -> Result<Vec<u8>, PackProblem> {
+        let (id, size) = index.pack_of(loc);
+        let p = self.pack(id, size).await?;
+        let (s, e) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
+        if e > p.len() {
+            return Err(PackProblem::Size {
+                object: self.object_name(&id),
+                got: p.len() as u64,
+                want: e as u64,
+            });
+        }
+        Ok(p[s..e].to_vec())
+    }
+}

@@ -1,0 +1,340 @@
+//! `custos restore`: rebuilds a store from a snapshot.
+//!
+//! Record mode: schema first, then rows group by group, then indexes, views
+//! and triggers (done by the SQLite restorer). Rows of groups whose keys were
+//! destroyed are omitted and counted per table, never silently. File mode:
+//! the tree with contents, modes, mtimes and links.
+//!
+//! A fetching thread reads packs and opens chunks while the writing thread
+//! inserts rows, so network, decryption and SQLite overlap.
+
+use super::fetch::PackCache;
+use super::{OpenRepo, OpsError};
+use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
+use crate::policy::Policy;
+use crate::progress::Progress;
+use crate::repo::index::Index;
+use crate::repo::pack::open_chunk;
+use crate::repo::snapshot::Snapshot;
+use crate::repo::tree::{GroupEntry, Page};
+use crate::store::files::{FileKind, FilesRestorer};
+use crate::store::sqlite::SqliteRestorer;
+use crate::target::Target;
+use crate::vault::Vault;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub target: Option<String>,
+    pub snapshot: String,
+    pub to: PathBuf,
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TableRestore {
+    pub name: String,
+    pub rows_expected: u64,
+    pub rows_restored: u64,
+    pub rows_shredded: u64,
+    pub groups_shredded: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RestoreReport {
+    pub snapshot: String,
+    pub snapshot_time: String,
+    pub target: String,
+    pub to: String,
+    pub items: u64,
+    pub bytes: u64,
+    pub bytes_fetched: u64,
+    pub rows_shredded: u64,
+    pub tables: Vec<TableRestore>,
+    pub duration_s: f64,
+}
+
+/// Why a group's keys could not be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKeyProblem {
+    /// A parent key is no longer in the vault: the group was shredded.
+    Shredded,
+    /// The keys named do not derive the group's id: the manifest is damaged
+    /// or hostile.
+    Mismatch,
+}
+
+/// Resolves a group's key from the vault.
+pub fn group_keys(vault: &Vault, g: &GroupEntry, table: &str) -> Result<ChunkKeys, GroupKeyProblem> {
+    let t = vault.key(&g.t).ok_or(GroupKeyProblem::Shredded)?;
+    let s: Option<&Key32> = match &g.s {
+        Some(id) => Some(vault.key(id).ok_or(GroupKeyProblem::Shredded)?),
+        None => None,
+    };
+    let keys = ChunkKeys::new(&group_key(s, t, table));
+    if keys.group_id != g.g {
+        return Err(GroupKeyProblem::Mismatch);
+    }
+    Ok(keys)
+}
+
+/// Fetches and opens every chunk of a group, in order.
+pub async fn read_group(
+    cache: &mut PackCache,
+    index: &Index,
+    keys: &ChunkKeys,
+    chunks: &[Id],
+    object: &str,
+) -> Result<Vec<u8>, OpsError> {
+    let mut out = Vec::new();
+    for id in chunks {
+        let loc = index.chunks.get(id).ok_or_else(|| {
+            OpsError::Invalid(format!("{object}: chunk {id} is in no index (repository damaged; run `custos check`)"))
+        })?;
+        let sealed = cache
+            .blob(index, loc)
+            .await
+            .map_err(|e| OpsError::Invalid(e.to_string()))?;
+        let plain = open_chunk(keys, id, &sealed, loc.raw_len).map_err(|e| {
+            OpsError::Invalid(format!(
+                "{}: chunk {id}: {e}",
+                cache.object_name(&index.pack_of(loc).0)
+            ))
+        })?;
+        out.extend_from_slice(&plain);
+    }
+    Ok(out)
+}
+
+pub async fn restore(
+    policy: &Policy,
+    opts: &RestoreOptions,
+    progress: Arc<dyn Progress>,
+) -> Result<RestoreReport, OpsError> {
+    let start = Instant::now();
+    let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
+    let (list, _) = Snapshot::list(&repo.target, &repo.meta).await?;
+    let snap = Snapshot::select(&list, &opts.snapshot)?.clone();
+    let index = Index::load(&repo.target, &repo.meta).await?;
+    let OpenRepo {
+        target, vault, meta, ..
+    } = repo;
+    let target = Arc::new(target);
+    let mut report = RestoreReport {
+        snapshot: snap.id.clone(),
+        snapshot_time: snap.time.clone(),
+        target: target.name.clone(),
+        to: opts.to.display().to_string(),
+        items: 0,
+        bytes: 0,
+        bytes_fetched: 0,
+        rows_shredded: 0,
+        tables: Vec::new(),
+        duration_s: 0.0,
+    };
+    if snap.sqlite.is_some() {
+        restore_sqlite(&snap, target, index, vault, meta, opts, progress, &mut report).await?;
+    } else if snap.files.is_some() {
+        restore_files(&snap, target, index, vault, meta, opts, progress, &mut report).await?;
+    } else {
+        return Err(OpsError::Invalid(format!(
+            "snapshot {} holds neither a database nor files",
+            snap.id
+        )));
+    }
+    report.duration_s = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+enum Msg {
+    Rows(String, Vec<u8>),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_sqlite(
+    snap: &Snapshot,
+    target: Arc<Target>,
+    index: Index,
+    vault: Vault,
+    meta: MetaKey,
+    opts: &RestoreOptions,
+    progress: Arc<dyn Progress>,
+    report: &mut RestoreReport,
+) -> Result<(), OpsError> {
+    let sq = snap.sqlite.as_ref().unwrap();
+    let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
+    let (tx, rx) = sync_channel::<Msg>(8);
+    let writer = std::thread::Builder::new()
+        .name("custos-restore-writer".into())
+        .spawn(move || -> Result<(SqliteRestorer, std::collections::HashMap<String, u64>), OpsError> {
+            let mut r = restorer;
+            let mut counts = std::collections::HashMap::new();
+            for Msg::Rows(table, bytes) in rx {
+                let n = r.insert_rows(&table, &bytes)?;
+                *counts.entry(table).or_insert(0) += n;
+            }
+            Ok((r, counts))
+        })
+        .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
+    let mut cache = PackCache::new(target.clone(), 8);
+    let total: u64 = sq.tables.iter().map(|t| t.rows).sum();
+    progress.phase("restoring rows", Some(total), "rows");
+    let mut fetch_err = None;
+    'tables: for t in &sq.tables {
+        let mut tr = TableRestore {
+            name: t.name.clone(),
+            rows_expected: t.rows,
+            ..Default::default()
+        };
+        for pid in &t.pages {
+            let page = match Page::load(&target, &meta, pid).await {
+                Ok(p) => p,
+                Err(e) => {
+                    fetch_err = Some(e.into());
+                    break 'tables;
+                }
+            };
+            let Page::Groups { groups, table, .. } = page else {
+                fetch_err = Some(OpsError::Invalid(format!("tree {pid} of table {} is not a group page", t.name)));
+                break 'tables;
+            };
+            if table != t.name {
+                fetch_err = Some(OpsError::Invalid(format!("tree {pid} belongs to table {table}, not {}", t.name)));
+                break 'tables;
+            }
+            for g in &groups {
+                let keys = match group_keys(&vault, g, &t.name) {
+                    Ok(k) => k,
+                    Err(GroupKeyProblem::Shredded) => {
+                        tr.rows_shredded += g.rows;
+                        tr.groups_shredded += 1;
+                        progress.advance(g.rows);
+                        continue;
+                    }
+                    Err(GroupKeyProblem::Mismatch) => {
+                        fetch_err = Some(OpsError::Invalid(format!(
+                            "{}:{}: group {} does not match the keys it names (damaged or hostile manifest)",
+                            target.name,
+                            crate::repo::tree::tree_path(pid),
+                            g.g
+                        )));
+                        break 'tables;
+                    }
+                };
+                let object = format!("{}: table {} group {}", snap.id, t.name, g.g);
+                match read_group(&mut cache, &index, &keys, &g.chunks, &object).await {
+                    Ok(bytes) => {
+                        report.bytes += bytes.len() as u64;
+                        progress.advance(g.rows);
+                        if tx.send(Msg::Rows(t.name.clone(), bytes)).is_err() {
+                            break 'tables; // the writer failed; its error follows
+                        }
+                    }
+                    Err(e) => {
+                        fetch_err = Some(e);
+                        break 'tables;
+                    }
+                }
+            }
+        }
+        report.rows_shredded += tr.rows_shredded;
+        report.tables.push(tr);
+    }
+    drop(tx);
+    progress.finish_phase();
+    let written = writer
+        .join()
+        .map_err(|_| OpsError::Internal("the restore writer panicked".into()))?;
+    if let Some(e) = fetch_err {
+        // The restorer is dropped unfinished: its temporary file goes away.
+        return Err(e);
+    }
+    let (restorer, counts) = written?;
+    for tr in &mut report.tables {
+        tr.rows_restored = counts.get(&tr.name).copied().unwrap_or(0);
+        if tr.rows_restored + tr.rows_shredded != tr.rows_expected {
+            return Err(OpsError::Invalid(format!(
+                "table {}: restored {} rows + {} shredded, but the snapshot recorded {}",
+                tr.name, tr.rows_restored, tr.rows_shredded, tr.rows_expected
+            )));
+        }
+    }
+    progress.phase("building indexes", None, "");
+    restorer.finish()?;
+    progress.finish_phase();
+    report.items = report.tables.iter().map(|t| t.rows_restored).sum();
+    report.bytes_fetched = cache.fetched;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_files(
+    snap: &Snapshot,
+    target: Arc<Target>,
+    index: Index,
+    vault: Vault,
+    meta: MetaKey,
+    opts: &RestoreOptions,
+    progress: Arc<dyn Progress>,
+    report: &mut RestoreReport,
+) -> Result<(), OpsError> {
+    let fs = snap.files.as_ref().unwrap();
+    let Some(key) = vault.key(&fs.key) else {
+        return Err(OpsError::Invalid(format!(
+            "snapshot {}: the key of unit {} was destroyed; its files cannot be restored",
+            snap.id, fs.unit
+        )));
+    };
+    let keys = ChunkKeys::new(&group_key(None, key, "files"));
+    let mut r = FilesRestorer::create(&opts.to, opts.force)?;
+    let mut cache = PackCache::new(target.clone(), 8);
+    progress.phase("restoring files", Some(fs.bytes), "bytes");
+    for pid in &fs.pages {
+        let Page::Files { files, .. } = Page::load(&target, &meta, pid).await? else {
+            return Err(OpsError::Invalid(format!("tree {pid} is not a file page")));
+        };
+        for f in &files {
+            match f.entry.kind {
+                FileKind::Dir => r.dir(&f.entry)?,
+                FileKind::Symlink => r.symlink(&f.entry)?,
+                FileKind::File => {
+                    r.begin_file(&f.entry)?;
+                    for id in &f.chunks {
+                        let object = format!("{}: file {}", snap.id, f.entry.path);
+                        let data =
+                            read_group(&mut cache, &index, &keys, std::slice::from_ref(id), &object)
+                                .await?;
+                        r.write(&data)?;
+                        report.bytes += data.len() as u64;
+                        progress.advance(data.len() as u64);
+                    }
+                    r.end_file()?;
+                }
+            }
+            report.items += 1;
+        }
+    }
+    r.finish()?;
+    progress.finish_phase();
+    report.bytes_fetched = cache.fetched;
+    Ok(())
+}
+
+/// For tests: restores the latest snapshot of a policy into `to`.
+pub async fn restore_latest(policy: &Policy, to: &Path) -> Result<RestoreReport, OpsError> {
+    restore(
+        policy,
+        &RestoreOptions {
+            target: None,
+            snapshot: "latest".into(),
+            to: to.to_path_buf(),
+            force: false,
+        },
+        Arc::new(crate::progress::NoProgress),
+    )
+    .await
+}

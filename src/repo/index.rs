@@ -1,0 +1,184 @@
+//! Index objects: `index/<pack id>`, one per pack, written right after the
+//! pack. They say where each chunk lies, so a backup knows which chunks are
+//! stored (dedup) and a restore fetches byte ranges.
+//!
+//! Sealed body (MetaKey, kind "index", name = pack id hex):
+//! ```text
+//! "CIDX" | version u8 = 1 | pack id [32] | pack size u64 LE | count u32 LE
+//! | count × (chunk id [32] | offset u32 LE | sealed len u32 LE | raw len u32 LE)
+//! ```
+
+use super::RepoError;
+use crate::crypto::{Id, MetaKey};
+use crate::target::Target;
+use std::collections::HashMap;
+
+pub const ENTRY_LEN: usize = 44;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub id: Id,
+    pub offset: u32,
+    pub len: u32,
+    pub raw_len: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexFile {
+    pub pack: Id,
+    pub pack_size: u64,
+    pub entries: Vec<IndexEntry>,
+}
+
+pub fn index_path(pack: &Id) -> String {
+    format!("index/{}", pack.to_hex())
+}
+
+impl IndexFile {
+    pub(crate) fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
+        out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for e in entries {
+            out.extend_from_slice(&e.id.0);
+            out.extend_from_slice(&e.offset.to_le_bytes());
+            out.extend_from_slice(&e.len.to_le_bytes());
+            out.extend_from_slice(&e.raw_len.to_le_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn decode_entries(object: &str, b: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
+        if b.len() < 4 {
+            return Err(RepoError::malformed(object, "entry table truncated"));
+        }
+        let count = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+        if b.len() != 4 + count.saturating_mul(ENTRY_LEN) {
+            return Err(RepoError::malformed(
+                object,
+                format!("entry table declares {count} entries but holds {} bytes", b.len()),
+            ));
+        }
+        let mut out = Vec::with_capacity(count);
+        for e in b[4..].chunks_exact(ENTRY_LEN) {
+            let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().unwrap());
+            out.push(IndexEntry {
+                id: Id(e[..32].try_into().unwrap()),
+                offset: u(32),
+                len: u(36),
+                raw_len: u(40),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(48 + self.entries.len() * ENTRY_LEN);
+        out.extend_from_slice(b"CIDX");
+        out.push(1);
+        out.extend_from_slice(&self.pack.0);
+        out.extend_from_slice(&self.pack_size.to_le_bytes());
+        out.extend_from_slice(&Self::encode_entries(&self.entries));
+        out
+    }
+
+    pub fn decode(object: &str, b: &[u8]) -> Result<IndexFile, RepoError> {
+        if b.len() < 45 || &b[..4] != b"CIDX" {
+            return Err(RepoError::malformed(object, "not an index (bad magic)"));
+        }
+        if b[4] != 1 {
+            return Err(RepoError::malformed(object, format!("index version {}", b[4])));
+        }
+        let pack = Id(b[5..37].try_into().unwrap());
+        let pack_size = u64::from_le_bytes(b[37..45].try_into().unwrap());
+        let entries = Self::decode_entries(object, &b[45..])?;
+        for e in &entries {
+            if e.offset as u64 + e.len as u64 > pack_size {
+                return Err(RepoError::malformed(object, "entry beyond the pack's size"));
+            }
+        }
+        Ok(IndexFile {
+            pack,
+            pack_size,
+            entries,
+        })
+    }
+
+    pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<(), RepoError> {
+        let name = self.pack.to_hex();
+        let sealed = meta.seal("index", &name, &self.encode());
+        target.put(&index_path(&self.pack), sealed.into()).await?;
+        Ok(())
+    }
+}
+
+/// Where one chunk lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    /// Position in [`Index::packs`].
+    pub pack: u32,
+    pub offset: u32,
+    pub len: u32,
+    pub raw_len: u32,
+}
+
+/// The in-memory index of a repository (all index objects merged).
+#[derive(Default)]
+pub struct Index {
+    pub packs: Vec<(Id, u64)>,
+    pub chunks: HashMap<Id, ChunkLoc>,
+    /// Index objects that could not be read (named), reported by check.
+    pub broken: Vec<(String, String)>,
+}
+
+impl Index {
+    pub fn add(&mut self, f: &IndexFile) {
+        let p = self.packs.len() as u32;
+        self.packs.push((f.pack, f.pack_size));
+        for e in &f.entries {
+            self.chunks.entry(e.id).or_insert(ChunkLoc {
+                pack: p,
+                offset: e.offset,
+                len: e.len,
+                raw_len: e.raw_len,
+            });
+        }
+    }
+
+    pub fn pack_of(&self, loc: &ChunkLoc) -> (Id, u64) {
+        self.packs[loc.pack as usize]
+    }
+
+    /// Loads every index object of a target. Unreadable ones are recorded in
+    /// `broken` (their chunks are then unknown, so a backup re-stores them).
+    pub async fn load(target: &Target, meta: &MetaKey) -> Result<Index, RepoError> {
+        use futures::stream::{self, StreamExt};
+        let list = target.list("index/").await?;
+        let mut idx = Index::default();
+        let mut results = stream::iter(list.into_iter().map(|(path, _)| async move {
+            let r = target.get(&path).await;
+            (path, r)
+        }))
+        .buffer_unordered(16);
+        while let Some((path, r)) = results.next().await {
+            let bytes = r?;
+            let name = path.rsplit('/').next().unwrap_or("").to_string();
+            let object = format!("{}:{}", target.name, path);
+            let parsed = meta
+                .open("index", &name, &bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|b| IndexFile::decode(&object, &b).map_err(|e| e.to_string()))
+                .and_then(|f| {
+                    if f.pack.to_hex() == name {
+                        Ok(f)
+                    } else {
+                        Err("names another pack".to_string())
+                    }
+                });
+            match parsed {
+                Ok(f) => idx.add(&f),
+                Err(why) => idx.broken.push((object, why)),
+            }
+        }
+        Ok(idx)
+    }
+}

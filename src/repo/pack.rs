@@ -1,0 +1,190 @@
+//! Packs: `data/<first two hex digits>/<pack id>`.
+//!
+//! A pack holds the sealed chunks of one group family (one period or epoch
+//! key), so that destroying a period key makes whole packs unreadable and
+//! deletable. Layout (FORMAT "Packs"):
+//!
+//! ```text
+//! "CUSTOSPK" | version u8 = 1 | blob* | sealed header | header_len u32 LE | "CUSTOSPE"
+//! blob   = XChaCha20-Poly1305(group chunk key, nonce = f(chunk id), aad = chunk id ‖ group id)
+//!          of (codec u8 ‖ data), codec 0 = stored, 1 = zstd
+//! header = MetaKey-sealed (kind "pack-header", name "") index body (see `index`)
+//! ```
+//! The pack id is the plain BLAKE3 hash of the whole pack, so anyone can
+//! check a pack's integrity without keys (replication does).
+
+use super::index::{IndexEntry, IndexFile};
+use super::RepoError;
+use crate::crypto::{ChunkKeys, CryptoError, Id, MetaKey};
+
+pub const MAGIC: &[u8; 8] = b"CUSTOSPK";
+pub const END_MAGIC: &[u8; 8] = b"CUSTOSPE";
+pub const VERSION: u8 = 1;
+pub const HEADER_OFFSET: usize = 9;
+
+pub const CODEC_STORED: u8 = 0;
+pub const CODEC_ZSTD: u8 = 1;
+
+/// Largest chunk body a blob may declare when read back (hostile input bound).
+pub const MAX_RAW_CHUNK: u32 = 64 * 1024 * 1024;
+
+/// The object path of a pack.
+pub fn pack_path(id: &Id) -> String {
+    let h = id.to_hex();
+    format!("data/{}/{}", &h[..2], h)
+}
+
+/// Compresses (when it helps) and seals one chunk.
+pub fn seal_chunk(keys: &ChunkKeys, id: &Id, plain: &[u8], level: i32) -> Vec<u8> {
+    let mut body = Vec::with_capacity(plain.len() / 2 + 16);
+    body.push(CODEC_ZSTD);
+    let compressed = zstd::bulk::compress(plain, level).ok();
+    match compressed {
+        Some(c) if c.len() + 8 < plain.len() => body.extend_from_slice(&c),
+        _ => {
+            body[0] = CODEC_STORED;
+            body.extend_from_slice(plain);
+        }
+    }
+    keys.seal(id, &body)
+}
+
+/// Why a chunk could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("unknown codec {0}")]
+    Codec(u8),
+    #[error("decompression failed: {0}")]
+    Decompress(String),
+    #[error("length {got} differs from the indexed {want}")]
+    Length { got: usize, want: usize },
+    #[error("content does not hash to its id")]
+    Hash,
+}
+
+/// Opens, decompresses and verifies one chunk against its id.
+pub fn open_chunk(
+    keys: &ChunkKeys,
+    id: &Id,
+    sealed: &[u8],
+    raw_len: u32,
+) -> Result<Vec<u8>, ChunkError> {
+    let body = keys.open(id, sealed)?;
+    let plain = match body.first() {
+        Some(&CODEC_STORED) => body[1..].to_vec(),
+        Some(&CODEC_ZSTD) => {
+            if raw_len > MAX_RAW_CHUNK {
+                return Err(ChunkError::Length {
+                    got: raw_len as usize,
+                    want: MAX_RAW_CHUNK as usize,
+                });
+            }
+            zstd::bulk::decompress(&body[1..], raw_len as usize)
+                .map_err(|e| ChunkError::Decompress(e.to_string()))?
+        }
+        Some(&c) => return Err(ChunkError::Codec(c)),
+        None => return Err(ChunkError::Codec(255)),
+    };
+    if plain.len() != raw_len as usize {
+        return Err(ChunkError::Length {
+            got: plain.len(),
+            want: raw_len as usize,
+        });
+    }
+    if keys.chunk_id(&plain) != *id {
+        return Err(ChunkError::Hash);
+    }
+    Ok(plain)
+}
+
+/// Builds one pack in memory.
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<IndexEntry>,
+}
+
+impl Default for PackWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PackWriter {
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(1 << 20);
+        buf.extend_from_slice(MAGIC);
+        buf.push(VERSION);
+        PackWriter {
+            buf,
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn add(&mut self, id: Id, sealed: &[u8], raw_len: u32) {
+        let offset = self.buf.len() as u32;
+        self.buf.extend_from_slice(sealed);
+        self.entries.push(IndexEntry {
+            id,
+            offset,
+            len: sealed.len() as u32,
+            raw_len,
+        });
+    }
+
+    /// Finishes the pack: returns its id, bytes and index.
+    pub fn finish(mut self, meta: &MetaKey) -> (Id, Vec<u8>, IndexFile) {
+        let body = IndexFile::encode_entries(&self.entries);
+        let sealed = meta.seal("pack-header", "", &body);
+        self.buf.extend_from_slice(&sealed);
+        self.buf
+            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(END_MAGIC);
+        let id = Id::hash(&self.buf);
+        let index = IndexFile {
+            pack: id,
+            pack_size: self.buf.len() as u64,
+            entries: self.entries,
+        };
+        (id, self.buf, index)
+    }
+}
+
+/// Reads the header of a whole pack (to rebuild a lost index, or to check).
+pub fn read_header(object: &str, pack: &[u8], meta: &MetaKey) -> Result<Vec<IndexEntry>, RepoError> {
+    let n = pack.len();
+    if n < HEADER_OFFSET + 12 || &pack[..8] != MAGIC || &pack[n - 8..] != END_MAGIC {
+        return Err(RepoError::malformed(object, "not a custos pack (bad magic or truncated)"));
+    }
+    if pack[8] != VERSION {
+        return Err(RepoError::malformed(object, format!("pack version {}", pack[8])));
+    }
+    let hlen = u32::from_le_bytes(pack[n - 12..n - 8].try_into().unwrap()) as usize;
+    if hlen > n - 12 - HEADER_OFFSET {
+        return Err(RepoError::malformed(object, "header length beyond the pack"));
+    }
+    let sealed = &pack[n - 12 - hlen..n - 12];
+    let body = meta
+        .open("pack-header", "", sealed)
+        .map_err(|source| RepoError::Crypto {
+            object: object.into(),
+            source,
+        })?;
+    let entries = IndexFile::decode_entries(object, &body)?;
+    let data_end = (n - 12 - hlen) as u64;
+    for e in &entries {
+        if (e.offset as u64) < HEADER_OFFSET as u64 || e.offset as u64 + e.len as u64 > data_end {
+            return Err(RepoError::malformed(object, "header entry outside the pack"));
+        }
+    }
+    Ok(entries)
+}

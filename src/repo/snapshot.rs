@@ -1,0 +1,167 @@
+//! Snapshots: `snapshots/<id>`, the root object of one snapshot.
+//!
+//! JSON, zstd-compressed, sealed under the metadata key (kind "snapshot",
+//! name = snapshot id). Written last in a backup: a snapshot that is listed
+//! refers only to stored objects.
+
+use super::{compress_meta, decompress_meta, RepoError};
+use crate::crypto::{Id, MetaKey};
+use crate::store::sqlite::SqliteSchema;
+use crate::target::Target;
+use crate::vault::KeyId;
+use serde::{Deserialize, Serialize};
+
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    pub version: u32,
+    pub id: String,
+    pub policy: String,
+    /// RFC 3339 UTC time the store was read.
+    pub time: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub custos_version: String,
+    pub store: StoreInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlite: Option<SqliteSnapshot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesSnapshot>,
+    pub stats: SnapshotStats,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreInfo {
+    /// `sqlite` or `files`.
+    pub kind: String,
+    /// The store's path as given in the policy.
+    pub location: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteSnapshot {
+    pub schema: SqliteSchema,
+    pub tables: Vec<TableEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableEntry {
+    pub name: String,
+    pub class: String,
+    pub rows: u64,
+    /// Bytes of canonical row encoding.
+    pub bytes: u64,
+    /// Order-independent keyed checksum of the rows (hex, 16 bytes): the
+    /// wrapping sum of `keyed_hash("row", encoded row)[..16]` as u128 LE.
+    pub checksum: String,
+    pub groups: u64,
+    pub pages: Vec<Id>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesSnapshot {
+    pub class: String,
+    /// The class-epoch key all file contents of this snapshot are under.
+    pub key: KeyId,
+    pub unit: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub pages: Vec<Id>,
+    #[serde(default)]
+    pub skipped: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotStats {
+    pub items: u64,
+    pub bytes_read: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub new_bytes_stored: u64,
+    pub packs_written: u64,
+    pub duration_ms: u64,
+}
+
+pub fn snapshot_path(id: &str) -> String {
+    format!("snapshots/{id}")
+}
+
+impl Snapshot {
+    pub fn new_id() -> String {
+        use rand::RngCore;
+        let mut b = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        hex::encode(b)
+    }
+
+    pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<(), RepoError> {
+        let json = serde_json::to_vec(self).expect("snapshot serializes");
+        let sealed = meta.seal("snapshot", &self.id, &compress_meta(&json));
+        target.put(&snapshot_path(&self.id), sealed.into()).await?;
+        Ok(())
+    }
+
+    pub fn open(object: &str, id: &str, meta: &MetaKey, sealed: &[u8]) -> Result<Snapshot, RepoError> {
+        let z = meta
+            .open("snapshot", id, sealed)
+            .map_err(|source| RepoError::Crypto {
+                object: object.into(),
+                source,
+            })?;
+        let json = decompress_meta(object, &z)?;
+        let s: Snapshot = serde_json::from_slice(&json)
+            .map_err(|e| RepoError::malformed(object, e.to_string()))?;
+        if s.version != SNAPSHOT_VERSION {
+            return Err(RepoError::malformed(object, format!("snapshot version {}", s.version)));
+        }
+        if s.id != id {
+            return Err(RepoError::malformed(object, "names another snapshot"));
+        }
+        Ok(s)
+    }
+
+    pub async fn load(target: &Target, meta: &MetaKey, id: &str) -> Result<Snapshot, RepoError> {
+        let path = snapshot_path(id);
+        let bytes = target.get(&path).await?;
+        Snapshot::open(&format!("{}:{}", target.name, path), id, meta, &bytes)
+    }
+
+    /// Every snapshot on a target, oldest first. Unreadable snapshot objects
+    /// are returned as errors beside the good ones.
+    pub async fn list(
+        target: &Target,
+        meta: &MetaKey,
+    ) -> Result<(Vec<Snapshot>, Vec<RepoError>), RepoError> {
+        let mut good = Vec::new();
+        let mut bad = Vec::new();
+        for (path, _) in target.list("snapshots/").await? {
+            let id = path.rsplit('/').next().unwrap_or("").to_string();
+            match Snapshot::load(target, meta, &id).await {
+                Ok(s) => good.push(s),
+                Err(e) => bad.push(e),
+            }
+        }
+        good.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+        Ok((good, bad))
+    }
+
+    /// Finds a snapshot by `latest`, a full id or a unique id prefix.
+    pub fn select<'a>(list: &'a [Snapshot], which: &str) -> Result<&'a Snapshot, RepoError> {
+        if which == "latest" {
+            return list.last().ok_or_else(|| RepoError::NoSnapshot(which.into()));
+        }
+        let m: Vec<_> = list.iter().filter(|s| s.id.starts_with(which)).collect();
+        match m.len() {
+            0 => Err(RepoError::NoSnapshot(which.into())),
+            1 => Ok(m[0]),
+            _ => Err(RepoError::AmbiguousSnapshot(which.into())),
+        }
+    }
+}
