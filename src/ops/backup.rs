@@ -51,6 +51,8 @@ pub struct BackupOptions {
     pub workers: usize,
     /// Pack uploads in flight.
     pub uploads: usize,
+    /// Bytes of rows gathered before a window's groups are stored.
+    pub window_budget: usize,
 }
 
 impl Default for BackupOptions {
@@ -59,11 +61,12 @@ impl Default for BackupOptions {
             target: None,
             zstd_level: 3,
             pack_size: 8 << 20,
-            open_pack_budget: 96 << 20,
+            open_pack_budget: 64 << 20,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
             uploads: 4,
+            window_budget: 64 << 20,
         }
     }
 }
@@ -222,6 +225,7 @@ pub async fn backup(
         now,
         parent: parent.clone(),
         page_uploads: Vec::new(),
+        window_budget: opts.window_budget,
     };
     let read_result = tokio::task::spawn_blocking(move || reader.run())
         .await
@@ -462,11 +466,38 @@ struct ReaderCtx {
     now: chrono::DateTime<chrono::Utc>,
     parent: Option<Snapshot>,
     page_uploads: Vec<PageUpload>,
+    window_budget: usize,
+}
+
+/// Rows of one table read in storage order, gathered by group until the
+/// window's byte budget is reached. Reading in storage order needs no sort
+/// (so no plaintext temporary file and a sequential read); a group whose
+/// rows span two windows is stored as two runs (FORMAT 3.4). Window limits
+/// fall at byte offsets of the table, so an edit moves only the groups near
+/// a limit into the neighbouring window.
+#[derive(Default)]
+struct Window {
+    groups: HashMap<GroupCoords, (u64, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl Window {
+    fn add(&mut self, coords: &GroupCoords, row: &[u8]) {
+        match self.groups.get_mut(coords) {
+            Some((n, b)) => {
+                *n += 1;
+                b.extend_from_slice(row);
+            }
+            None => {
+                self.groups.insert(coords.clone(), (1, row.to_vec()));
+            }
+        }
+        self.bytes += row.len();
+    }
 }
 
 /// The group being assembled by the reader.
 struct CurGroup {
-    coords: GroupCoords,
     keys: Arc<ChunkKeys>,
     s: Option<KeyId>,
     t: KeyId,
@@ -530,7 +561,6 @@ impl ReaderCtx {
         };
         let gk = group_key(skey.as_ref(), &tkey, table);
         CurGroup {
-            coords: coords.clone(),
             keys: Arc::new(ChunkKeys::new(&gk)),
             s,
             t,
@@ -586,7 +616,7 @@ impl ReaderCtx {
             Self::emit(work, index, in_flight, counters, &keys, fam, &mut chunks, c)
         })?;
         let entry = GroupEntry {
-            g: g.keys.group_id,
+            g: g.keys.group_id.0[..8].try_into().unwrap(),
             s: g.s,
             t: g.t,
             u: g.unit,
@@ -602,6 +632,37 @@ impl ReaderCtx {
             }));
         }
         Ok(())
+    }
+
+    /// Chunks and stores every group of a window, in (bucket, subject)
+    /// order; returns how many group runs it wrote.
+    fn flush_window(
+        &mut self,
+        window: &mut Window,
+        table: &str,
+        class: &str,
+        pager: &mut GroupPager,
+        pages: &mut Vec<Id>,
+    ) -> Result<u64, OpsError> {
+        let mut groups: Vec<_> = window.groups.drain().collect();
+        window.bytes = 0;
+        groups.sort_by(|a, b| (&a.0.bucket, &a.0.subject).cmp(&(&b.0.bucket, &b.0.subject)));
+        let n = groups.len() as u64;
+        for (coords, (rows, bytes)) in groups {
+            let mut g = self.start_group(table, class, &coords);
+            g.rows = rows;
+            g.bytes = bytes.len() as u64;
+            let (work, index, counters) = (&self.work, &self.index, &self.counters);
+            let in_flight = &mut self.in_flight;
+            let keys = g.keys.clone();
+            let fam = g.t;
+            let chunks = &mut g.chunks;
+            g.chunker.push(&bytes, &mut |c: &[u8]| {
+                Self::emit(work, index, in_flight, counters, &keys, fam, chunks, c)
+            })?;
+            self.finish_group(g, pager, table, pages)?;
+        }
+        Ok(n)
     }
 
     /// Seals a tree page and uploads it in the background (if new).
@@ -645,14 +706,15 @@ impl ReaderCtx {
                 .phase(&format!("reading {}", ts.name), total, "rows");
             let mut pager = GroupPager::default();
             let mut pages = Vec::new();
-            let mut cur: Option<CurGroup> = None;
+            let mut window = Window::default();
             let mut groups = 0u64;
             let mut checksum: u128 = 0;
             let mut rows = 0u64;
             let mut tbytes = 0u64;
             let mut since_progress = 0u64;
             let name = ts.name.clone();
-            let scan = src.scan(
+            let budget = self.window_budget;
+            let scan = src.scan_natural(
                 ts,
                 &plan,
                 |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
@@ -661,30 +723,16 @@ impl ReaderCtx {
                             "stopping after an earlier failure".into(),
                         ));
                     }
-                    let same = cur.as_ref().map(|g| &g.coords == coords).unwrap_or(false);
-                    if !same {
-                        if let Some(g) = cur.take() {
-                            self.finish_group(g, &mut pager, &name, &mut pages)?;
-                        }
-                        cur = Some(self.start_group(&name, &class, coords));
-                        groups += 1;
-                    }
-                    let g = cur.as_mut().unwrap();
-                    g.rows += 1;
-                    g.bytes += row.len() as u64;
+                    window.add(coords, row);
                     rows += 1;
                     tbytes += row.len() as u64;
                     let h = self.meta.keyed_hash("row", row);
                     checksum =
                         checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
-                    let (work, index, counters) = (&self.work, &self.index, &self.counters);
-                    let in_flight = &mut self.in_flight;
-                    let keys = g.keys.clone();
-                    let fam = g.t;
-                    let chunks = &mut g.chunks;
-                    g.chunker.push(row, &mut |c: &[u8]| {
-                        Self::emit(work, index, in_flight, counters, &keys, fam, chunks, c)
-                    })?;
+                    if window.bytes >= budget {
+                        groups +=
+                            self.flush_window(&mut window, &name, &class, &mut pager, &mut pages)?;
+                    }
                     since_progress += 1;
                     if since_progress == 4096 {
                         self.progress.advance(since_progress);
@@ -698,9 +746,7 @@ impl ReaderCtx {
                 Err(ScanError::Store(e)) => return Err(e.into()),
                 Err(ScanError::Sink(e)) => return Err(e),
             }
-            if let Some(g) = cur.take() {
-                self.finish_group(g, &mut pager, &name, &mut pages)?;
-            }
+            groups += self.flush_window(&mut window, &name, &class, &mut pager, &mut pages)?;
             if let Some(p) = pager.finish() {
                 pages.push(self.store_page(Page::Groups {
                     version: PAGE_VERSION,

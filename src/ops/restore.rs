@@ -80,7 +80,7 @@ pub fn group_keys(
         None => None,
     };
     let keys = ChunkKeys::new(&group_key(s, t, table));
-    if keys.group_id != g.g {
+    if keys.group_id.0[..8] != g.g {
         return Err(GroupKeyProblem::Mismatch);
     }
     Ok(keys)
@@ -255,12 +255,12 @@ async fn restore_sqlite(
                             "{}:{}: group {} does not match the keys it names (damaged or hostile manifest)",
                             target.name,
                             crate::repo::tree::tree_path(pid),
-                            g.g
+                            hex::encode(g.g)
                         )));
                         break 'tables;
                     }
                 };
-                let object = format!("{}: table {} group {}", snap.id, t.name, g.g);
+                let object = format!("{}: table {} group {}", snap.id, t.name, hex::encode(g.g));
                 match read_group(&mut cache, &index, &keys, &g.chunks, &object).await {
                     Ok(bytes) => {
                         report.bytes += bytes.len() as u64;

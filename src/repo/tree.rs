@@ -17,19 +17,18 @@ use serde::{Deserialize, Serialize};
 
 pub const PAGE_VERSION: u32 = 1;
 /// Boundary when the first two bytes of the id modulo this are zero.
-pub const GROUP_PAGE_AVG: u16 = 256;
-pub const GROUP_PAGE_MAX: usize = 4096;
+pub const GROUP_PAGE_AVG: u16 = 64;
+pub const GROUP_PAGE_MAX: usize = 1024;
 pub const FILE_PAGE_AVG: u16 = 256;
 pub const FILE_PAGE_MAX: usize = 4096;
 
 /// One shred group's share of a table in one snapshot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupEntry {
-    /// Group id (derived from the group key; unlinkable without it).
-    pub g: Id,
+    /// The first 8 bytes of the group id (derived from the group key, so
+    /// unlinkable without it): a check that the named keys are the group's.
+    pub g: [u8; 8],
     /// Subject key id, if the group has a subject.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s: Option<KeyId>,
     /// Time key id (period or class-epoch key).
     pub t: KeyId,
@@ -50,8 +49,7 @@ pub struct FileRecord {
     pub chunks: Vec<Id>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Page {
     Groups {
         version: u32,
@@ -64,6 +62,138 @@ pub enum Page {
     },
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilesBody {
+    version: u32,
+    files: Vec<FileRecord>,
+}
+
+/// Largest count or length a page may declare (hostile input bound).
+const MAX_DECLARED: u64 = 1 << 26;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.b.len() - self.at < n {
+            return Err("truncated".into());
+        }
+        let s = &self.b[self.at..self.at + n];
+        self.at += n;
+        Ok(s)
+    }
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let byte = self.take(1)?[0];
+            v |= ((byte & 0x7f) as u64) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint too long".into())
+    }
+    fn bounded(&mut self) -> Result<usize, String> {
+        let v = self.varint()?;
+        if v > MAX_DECLARED || v as usize > self.b.len() {
+            return Err(format!("declared length {v} is absurd"));
+        }
+        Ok(v as usize)
+    }
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.bounded()?;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "invalid UTF-8".to_string())
+    }
+    fn key_id(&mut self) -> Result<KeyId, String> {
+        Ok(KeyId(self.take(16)?.try_into().unwrap()))
+    }
+}
+
+/// Binary body of a group page (FORMAT 3.4). All groups of a page share one
+/// time unit and time key, written once.
+fn encode_groups(table: &str, groups: &[GroupEntry]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + groups.len() * 64);
+    out.extend_from_slice(b"G");
+    out.push(PAGE_VERSION as u8);
+    put_varint(&mut out, table.len() as u64);
+    out.extend_from_slice(table.as_bytes());
+    let (t, u) = groups
+        .first()
+        .map(|g| (g.t, g.u.as_str()))
+        .unwrap_or((KeyId([0; 16]), ""));
+    out.extend_from_slice(&t.0);
+    put_varint(&mut out, u.len() as u64);
+    out.extend_from_slice(u.as_bytes());
+    put_varint(&mut out, groups.len() as u64);
+    for g in groups {
+        debug_assert!(g.t == t && g.u == u, "a page holds one time unit");
+        out.extend_from_slice(&g.g);
+        match &g.s {
+            Some(s) => {
+                out.push(1);
+                out.extend_from_slice(&s.0);
+            }
+            None => out.push(0),
+        }
+        put_varint(&mut out, g.rows);
+        put_varint(&mut out, g.bytes);
+        put_varint(&mut out, g.chunks.len() as u64);
+        for c in &g.chunks {
+            out.extend_from_slice(&c.0);
+        }
+    }
+    out
+}
+
+fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
+    let mut r = Reader { b, at: 2 };
+    let table = r.string()?;
+    let t = r.key_id()?;
+    let u = r.string()?;
+    let n = r.bounded()?;
+    let mut groups = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let g: [u8; 8] = r.take(8)?.try_into().unwrap();
+        let s = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(r.key_id()?),
+            f => return Err(format!("unknown subject flag {f}")),
+        };
+        let rows = r.varint()?;
+        let bytes = r.varint()?;
+        let nc = r.bounded()?;
+        let mut chunks = Vec::with_capacity(nc.min(1 << 16));
+        for _ in 0..nc {
+            chunks.push(Id(r.take(32)?.try_into().unwrap()));
+        }
+        groups.push(GroupEntry {
+            g,
+            s,
+            t,
+            u: u.clone(),
+            rows,
+            bytes,
+            chunks,
+        });
+    }
+    if r.at != b.len() {
+        return Err("trailing bytes".into());
+    }
+    Ok((table, groups))
+}
+
 pub fn tree_path(id: &Id) -> String {
     let h = id.to_hex();
     format!("trees/{}/{}", &h[..2], h)
@@ -71,10 +201,56 @@ pub fn tree_path(id: &Id) -> String {
 
 impl Page {
     /// Seals the page: returns its id and sealed bytes.
+    /// The plaintext: `"G" ‖ version u8 ‖ binary body` for group pages,
+    /// `"F" ‖ JSON` for file pages.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            Page::Groups { table, groups, .. } => encode_groups(table, groups),
+            Page::Files { version, files } => {
+                let mut out = b"F".to_vec();
+                serde_json::to_writer(
+                    &mut out,
+                    &FilesBody {
+                        version: *version,
+                        files: files.clone(),
+                    },
+                )
+                .expect("page serializes");
+                out
+            }
+        }
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Page, String> {
+        match b.first() {
+            Some(b'G') => {
+                let v = *b.get(1).ok_or("truncated")? as u32;
+                if v != PAGE_VERSION {
+                    return Err(format!("group page version {v}"));
+                }
+                let (table, groups) = decode_groups(b)?;
+                Ok(Page::Groups {
+                    version: v,
+                    table,
+                    groups,
+                })
+            }
+            Some(b'F') => {
+                let body: FilesBody = serde_json::from_slice(&b[1..]).map_err(|e| e.to_string())?;
+                Ok(Page::Files {
+                    version: body.version,
+                    files: body.files,
+                })
+            }
+            _ => Err("unknown page kind".into()),
+        }
+    }
+
+    /// Seals the page: returns its id and sealed bytes.
     pub fn seal(&self, meta: &MetaKey) -> (Id, Vec<u8>) {
-        let json = serde_json::to_vec(self).expect("page serializes");
-        let id = meta.keyed_hash("tree", &json);
-        let sealed = meta.seal("tree", &id.to_hex(), &compress_meta(&json));
+        let plain = self.encode();
+        let id = meta.keyed_hash("tree", &plain);
+        let sealed = meta.seal("tree", &id.to_hex(), &compress_meta(&plain));
         (id, sealed)
     }
 
@@ -85,15 +261,14 @@ impl Page {
                 object: object.into(),
                 source,
             })?;
-        let json = decompress_meta(object, &z)?;
-        if meta.keyed_hash("tree", &json) != *id {
+        let plain = decompress_meta(object, &z)?;
+        if meta.keyed_hash("tree", &plain) != *id {
             return Err(RepoError::malformed(
                 object,
                 "content does not match its id",
             ));
         }
-        let page: Page = serde_json::from_slice(&json)
-            .map_err(|e| RepoError::malformed(object, e.to_string()))?;
+        let page = Page::decode(&plain).map_err(|why| RepoError::malformed(object, why))?;
         let v = match &page {
             Page::Groups { version, .. } | Page::Files { version, .. } => *version,
         };
@@ -125,7 +300,7 @@ impl GroupPager {
         if self.cur.last().is_some_and(|l| l.u != e.u) {
             done.push(std::mem::take(&mut self.cur));
         }
-        let b = u16::from_le_bytes([e.g.0[0], e.g.0[1]]) % GROUP_PAGE_AVG == 0;
+        let b = u16::from_le_bytes([e.g[0], e.g[1]]) % GROUP_PAGE_AVG == 0;
         self.cur.push(e);
         if b || self.cur.len() >= GROUP_PAGE_MAX {
             done.push(std::mem::take(&mut self.cur));
@@ -166,5 +341,46 @@ impl FilePager {
         } else {
             Some(std::mem::take(&mut self.cur))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u8, subject: bool) -> GroupEntry {
+        GroupEntry {
+            g: [i; 8],
+            s: subject.then_some(KeyId([i; 16])),
+            t: KeyId([9; 16]),
+            u: "period:consumption:2026-03".into(),
+            rows: 3 + i as u64,
+            bytes: 300 * i as u64,
+            chunks: vec![Id([i; 32]), Id([i + 1; 32])],
+        }
+    }
+
+    #[test]
+    fn group_page_round_trips_and_rejects_garbage() {
+        let p = Page::Groups {
+            version: PAGE_VERSION,
+            table: "cdrs".into(),
+            groups: vec![entry(1, true), entry(2, false)],
+        };
+        let b = p.encode();
+        assert_eq!(Page::decode(&b).unwrap(), p);
+        for n in 0..b.len() {
+            assert!(
+                Page::decode(&b[..n]).is_err(),
+                "prefix of {n} bytes accepted"
+            );
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(Page::decode(&long).is_err());
+        // An absurd declared count is refused without allocating it.
+        let mut absurd = b"G\x01".to_vec();
+        absurd.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(Page::decode(&absurd).is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! deduplicated and encrypted, so the encoding is *canonical*: one row has
 //! exactly one encoding, and the decoder refuses every other byte string
 //! (over-long varints, unknown flags, trailing bytes). The exact layout is
-//! specified in `docs/RECORDS.md`; in short:
+//! specified in docs/FORMAT.md section 9; in short:
 //!
 //! ```text
 //! row    = varint(len(body)) body

@@ -13,7 +13,7 @@
 //!   that is renamed into place only by [`SqliteRestorer::finish`].
 //!
 //! Grouping order, bucket and subject rules are specified in
-//! `docs/RECORDS.md`. Errors name the database path, tables and columns,
+//! docs/FORMAT.md section 9. Errors name the database path, tables and columns,
 //! never row values.
 
 use super::record::{decode_row, decode_row_ref, encode_owned_row, encode_row_with, Row};
@@ -123,7 +123,7 @@ pub struct ScanStats {
 }
 
 /// Everything needed to rebuild a database, besides its rows. Persisted in
-/// the snapshot (see `docs/RECORDS.md`).
+/// the snapshot (see docs/FORMAT.md section 9).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SqliteSchema {
     /// Shape version, [`SQLITE_SCHEMA_VERSION`].
@@ -211,7 +211,7 @@ fn ident(name: &str) -> String {
     s
 }
 
-/// The canonical subject text of a value (see `docs/RECORDS.md`): INTEGER in
+/// The canonical subject text of a value (see docs/FORMAT.md section 9): INTEGER in
 /// decimal, TEXT as is (`hex:` + lowercase hex when not UTF-8), REAL as its
 /// shortest round-trip decimal (Rust's `{:?}` of `f64`), BLOB `hex:` + hex,
 /// NULL none.
@@ -749,6 +749,35 @@ impl SqliteSource {
         &self,
         table: &TableSchema,
         plan: &TablePlan,
+        sink: F,
+    ) -> Result<ScanStats, ScanError<E>>
+    where
+        F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
+    {
+        self.scan_ordered(table, plan, true, sink)
+    }
+
+    /// Like [`scan`](Self::scan), but in storage order (rowid or primary
+    /// key): no sort, so nothing is spilled to SQLite's temporary files and
+    /// the read is sequential. Rows of one group are not contiguous; the
+    /// caller groups them (the backup engine does, in bounded windows).
+    pub fn scan_natural<E, F>(
+        &self,
+        table: &TableSchema,
+        plan: &TablePlan,
+        sink: F,
+    ) -> Result<ScanStats, ScanError<E>>
+    where
+        F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
+    {
+        self.scan_ordered(table, plan, false, sink)
+    }
+
+    fn scan_ordered<E, F>(
+        &self,
+        table: &TableSchema,
+        plan: &TablePlan,
+        grouped: bool,
         mut sink: F,
     ) -> Result<ScanStats, ScanError<E>>
     where
@@ -776,13 +805,17 @@ impl SqliteSource {
                 every.as_str()
             ));
             bucket_at = Some(select.len() - 1);
-            order.push(select.len().to_string());
+            if grouped {
+                order.push(select.len().to_string());
+            }
         }
         let mut subject_at = None;
         if let Some(col) = subject {
             select.push(format!("custos_subject({})", ident(col)));
             subject_at = Some(select.len() - 1);
-            order.push(select.len().to_string());
+            if grouped {
+                order.push(select.len().to_string());
+            }
         }
         match &table.rowid {
             Some(r) => order.push(r.clone()),
