@@ -70,6 +70,17 @@ impl Chunker {
         }
     }
 
+    fn cdc(&self) -> FastCDC<'_> {
+        FastCDC::with_level_and_seed(
+            &self.buf,
+            self.params.min,
+            self.params.avg,
+            self.params.max,
+            Normalization::Level1,
+            self.seed,
+        )
+    }
+
     /// Bytes buffered and not yet emitted.
     pub fn pending(&self) -> usize {
         self.buf.len()
@@ -88,14 +99,7 @@ impl Chunker {
         }
         // Cut while at least `max` bytes remain after the cursor, so every
         // cut found is the one a one-shot chunking of the whole stream finds.
-        let cdc = FastCDC::with_level_and_seed(
-            &self.buf,
-            self.params.min,
-            self.params.avg,
-            self.params.max,
-            Normalization::Level1,
-            self.seed,
-        );
+        let cdc = self.cdc();
         let mut start = 0usize;
         let max = self.params.max as usize;
         while self.buf.len() - start >= max {
@@ -110,14 +114,7 @@ impl Chunker {
     /// Emits the remaining bytes as the group's last chunks.
     pub fn finish<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
         if !self.buf.is_empty() {
-            let cdc = FastCDC::with_level_and_seed(
-                &self.buf,
-                self.params.min,
-                self.params.avg,
-                self.params.max,
-                Normalization::Level1,
-                self.seed,
-            );
+            let cdc = self.cdc();
             let mut start = 0usize;
             while start < self.buf.len() {
                 let (_, end) = cdc.cut(start, self.buf.len() - start);

@@ -145,30 +145,16 @@ pub async fn restore(
         tables: Vec::new(),
         duration_s: 0.0,
     };
+    let src = Source {
+        target,
+        index,
+        vault,
+        meta,
+    };
     if snap.sqlite.is_some() {
-        restore_sqlite(
-            &snap,
-            target,
-            index,
-            vault,
-            meta,
-            opts,
-            progress,
-            &mut report,
-        )
-        .await?;
+        restore_sqlite(&snap, src, opts, progress, &mut report).await?;
     } else if snap.files.is_some() {
-        restore_files(
-            &snap,
-            target,
-            index,
-            vault,
-            meta,
-            opts,
-            progress,
-            &mut report,
-        )
-        .await?;
+        restore_files(&snap, src, opts, progress, &mut report).await?;
     } else {
         return Err(OpsError::Invalid(format!(
             "snapshot {} holds neither a database nor files",
@@ -179,21 +165,31 @@ pub async fn restore(
     Ok(report)
 }
 
-enum Msg {
-    Rows(String, Vec<u8>),
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn restore_sqlite(
-    snap: &Snapshot,
+/// Where a restore reads from.
+struct Source {
     target: Arc<Target>,
     index: Index,
     vault: Vault,
     meta: MetaKey,
+}
+
+enum Msg {
+    Rows(String, Vec<u8>),
+}
+
+async fn restore_sqlite(
+    snap: &Snapshot,
+    src: Source,
     opts: &RestoreOptions,
     progress: Arc<dyn Progress>,
     report: &mut RestoreReport,
 ) -> Result<(), OpsError> {
+    let Source {
+        target,
+        index,
+        vault,
+        meta,
+    } = src;
     let sq = snap.sqlite.as_ref().unwrap();
     let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
     let (tx, rx) = sync_channel::<Msg>(8);
@@ -306,17 +302,19 @@ async fn restore_sqlite(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn restore_files(
     snap: &Snapshot,
-    target: Arc<Target>,
-    index: Index,
-    vault: Vault,
-    meta: MetaKey,
+    src: Source,
     opts: &RestoreOptions,
     progress: Arc<dyn Progress>,
     report: &mut RestoreReport,
 ) -> Result<(), OpsError> {
+    let Source {
+        target,
+        index,
+        vault,
+        meta,
+    } = src;
     let fs = snap.files.as_ref().unwrap();
     let Some(key) = vault.key(&fs.key) else {
         return Err(OpsError::Invalid(format!(
