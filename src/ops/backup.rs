@@ -11,6 +11,7 @@
 //! finally: tree pages, vault persisted, snapshot object written last
 //! ```
 
+use super::lock::BackupLock;
 use super::{chunk_seed, OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{group_key, subject_pseudonym, ChunkKeys, Id, Key32, MetaKey};
@@ -151,6 +152,22 @@ pub async fn backup(
 ) -> Result<BackupReport, OpsError> {
     let start = Instant::now();
     let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
+    let lock_target = repo.target.clone();
+    let lock = BackupLock::acquire(&lock_target).await?;
+    let r = backup_locked(policy, opts, progress, repo, start).await;
+    let released = lock.release(&lock_target).await;
+    let report = r?;
+    released?;
+    Ok(report)
+}
+
+async fn backup_locked(
+    policy: &Policy,
+    opts: &BackupOptions,
+    progress: Arc<dyn Progress>,
+    repo: OpenRepo,
+    start: Instant,
+) -> Result<BackupReport, OpsError> {
     let seed = repo.chunk_seed();
     let OpenRepo {
         target,

@@ -6,6 +6,7 @@ pub mod backup;
 pub mod check;
 pub mod fetch;
 pub mod init;
+pub mod lock;
 pub mod restore;
 
 use crate::keys::KeysError;
