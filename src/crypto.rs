@@ -203,7 +203,13 @@ impl ChunkKeys {
     pub fn seal(&self, id: &Id, body: &[u8]) -> Vec<u8> {
         let aad = self.aad(id);
         self.cipher
-            .encrypt(&self.nonce(id), Payload { msg: body, aad: &aad })
+            .encrypt(
+                &self.nonce(id),
+                Payload {
+                    msg: body,
+                    aad: &aad,
+                },
+            )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers")
     }
 
@@ -214,7 +220,13 @@ impl ChunkKeys {
         }
         let aad = self.aad(id);
         self.cipher
-            .decrypt(&self.nonce(id), Payload { msg: sealed, aad: &aad })
+            .decrypt(
+                &self.nonce(id),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CryptoError::Authentication)
     }
 }

@@ -1,1 +1,1442 @@
-//! (being written)
+//! The key vault: random 256-bit unit keys (one per subject, per (class,
+//! period), per (class, epoch)) and the two repository keys (metadata and
+//! pseudonym), wrapped with `age` and kept identically at every vault
+//! location.
+//!
+//! The layout at a location (byte-exact in `docs/FORMAT.md`, "Key vault"):
+//!
+//! ```text
+//! custos-vault.json        plaintext marker, no secrets
+//! meta.age                 the metadata and pseudonym keys
+//! keys/subject/<xx>.age    subject keys, 256 shards by the first byte of the key id
+//! keys/period/all.age      (class, period) keys
+//! keys/epoch/all.age       (class, epoch) keys
+//! ```
+//!
+//! Every `.age` object is a binary age file (x25519, to the service identity
+//! plus the policy's recovery recipients) around one shard payload. A shard
+//! also keeps tombstones (the ids of destroyed keys, never their bytes) so a
+//! location that missed a destroy cannot bring a key back when locations are
+//! merged at open.
+//!
+//! Concurrency: one writer per vault at a time (the caller holds a lease).
+//! Writes are read-modify-write of whole shards and are not conditional.
+
+use crate::crypto::Key32;
+use age::x25519::{Identity, Recipient};
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::io::{Read, Write};
+use std::str::FromStr;
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// Name of the plaintext marker object.
+pub const MARKER: &str = "custos-vault.json";
+/// Name of the object holding the repository keys.
+pub const META_OBJECT: &str = "meta.age";
+/// Magic bytes at the start of every shard payload.
+pub const PAYLOAD_MAGIC: &[u8; 8] = b"CUSTOSVK";
+/// The shard payload version this code writes.
+pub const PAYLOAD_VERSION: u16 = 1;
+/// The marker format version this code writes.
+pub const MARKER_VERSION: u32 = 1;
+
+const KIND_REPO: u8 = 0;
+const NAME_META: &str = "metadata";
+const NAME_PSEUDONYM: &str = "pseudonym";
+
+/// Errors of the vault. They name locations (URLs) and objects, never key
+/// bytes or customer values.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("no key vault found at any location ({urls}): create one with `custos init`, or check the vault URLs in the policy")]
+    NoVault { urls: String },
+    #[error("a key vault already exists at {url}: refusing to create another (nothing was written); open it instead, or choose an empty location")]
+    AlreadyExists { url: String },
+    #[error("the service identity is not a recipient of vault object `{object}` at {url}: use the identity this vault was created with, or a recovery identity")]
+    NotRecipient { url: String, object: String },
+    #[error("vault location {url} is unreachable ({object}): {source}; check the URL, credentials and network")]
+    Unreachable {
+        url: String,
+        object: String,
+        source: object_store::Error,
+    },
+    #[error("vault location {url} could not be read when the vault was opened ({reason}); refusing to write, since it may hold keys not seen here: fix it and reopen the vault")]
+    NotRead { url: String, reason: String },
+    #[error("vault object `{object}` at {url} is corrupt: {reason}; restore it from another vault location or from backup")]
+    Corrupt {
+        url: String,
+        object: String,
+        reason: String,
+    },
+    #[error("vault locations {url} and {other} hold different vaults (vault ids differ): fix the vault URLs in the policy")]
+    Mismatch { url: String, other: String },
+    #[error("vault locations disagree on key {key_id} ({url} differs from {other}): refusing to guess; investigate before any shred")]
+    Conflict {
+        url: String,
+        other: String,
+        key_id: KeyId,
+    },
+    #[error("writing vault object `{object}` to {url} failed: {source}; the change stays pending, retry persist")]
+    Write {
+        url: String,
+        object: String,
+        source: object_store::Error,
+    },
+    #[error("{failed} of {total} vault locations failed to write; first: {first}")]
+    Persist {
+        failed: usize,
+        total: usize,
+        first: Box<VaultError>,
+    },
+    #[error("cannot wrap vault object `{object}` with age: {reason}")]
+    Wrap { object: String, reason: String },
+    #[error("no {kind} key named `{name}` in the vault: nothing to destroy")]
+    UnknownKey { kind: KeyKind, name: String },
+    #[error("key {key_id} is still present at {url} after being destroyed: the shred is NOT complete; retry destroy")]
+    StillPresent { url: String, key_id: KeyId },
+    #[error("a vault needs at least one location: list the vault URLs in the policy")]
+    NoLocations,
+}
+
+/// The kind of a unit key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyKind {
+    /// One key per subject (customer); the name is the subject's pseudonym.
+    Subject,
+    /// One key per (class, period), named e.g. `consumption:2026-03`.
+    Period,
+    /// One key per (class, epoch), named e.g. `identity:2026-Q4`.
+    Epoch,
+}
+
+impl KeyKind {
+    /// The lowercase name (`subject`, `period`, `epoch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Subject => "subject",
+            KeyKind::Period => "period",
+            KeyKind::Epoch => "epoch",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            KeyKind::Subject => 1,
+            KeyKind::Period => 2,
+            KeyKind::Epoch => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<KeyKind> {
+        match c {
+            1 => Some(KeyKind::Subject),
+            2 => Some(KeyKind::Period),
+            3 => Some(KeyKind::Epoch),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A random 128-bit key identifier; shown as 32 lowercase hex digits. It
+/// names a key without revealing anything about it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; 16]);
+
+impl KeyId {
+    /// A fresh random id.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        KeyId(b)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// The error of parsing a [`KeyId`].
+#[derive(Debug, thiserror::Error)]
+#[error("invalid key id: expected 32 hex digits")]
+pub struct KeyIdParseError;
+
+impl FromStr for KeyId {
+    type Err = KeyIdParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut b = [0u8; 16];
+        hex::decode_to_slice(s, &mut b).map_err(|_| KeyIdParseError)?;
+        Ok(KeyId(b))
+    }
+}
+
+impl Serialize for KeyId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One vault location: its URL (for messages) and its opened store. Objects
+/// are written at the store's root, so give each vault its own store or
+/// prefix.
+#[derive(Clone, Debug)]
+pub struct VaultLocation {
+    pub url: String,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+/// What the vault tells about one key, without its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryInfo {
+    pub kind: KeyKind,
+    pub name: String,
+    pub key_id: KeyId,
+    /// Creation time, unix seconds.
+    pub created: i64,
+}
+
+/// The outcome of [`Vault::destroy`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DestroyReport {
+    pub kind: KeyKind,
+    pub name: String,
+    /// The ids of the destroyed keys (usually one).
+    pub key_ids: Vec<KeyId>,
+    /// [`Key32::commitment`] of each destroyed key, in hex, same order.
+    pub commitments: Vec<String>,
+    /// Every location that was re-read and found without the keys.
+    pub locations_checked: Vec<String>,
+    /// The vault objects that were re-read at each location.
+    pub objects_checked: Vec<String>,
+}
+
+/// The unit of storage: one `.age` object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Shard {
+    Meta,
+    Subject(u8),
+    Period,
+    Epoch,
+}
+
+impl Shard {
+    fn of(kind: KeyKind, id: &KeyId) -> Shard {
+        match kind {
+            KeyKind::Subject => Shard::Subject(id.0[0]),
+            KeyKind::Period => Shard::Period,
+            KeyKind::Epoch => Shard::Epoch,
+        }
+    }
+
+    fn name(self) -> String {
+        match self {
+            Shard::Meta => META_OBJECT.to_string(),
+            Shard::Subject(b) => format!("keys/subject/{b:02x}.age"),
+            Shard::Period => "keys/period/all.age".to_string(),
+            Shard::Epoch => "keys/epoch/all.age".to_string(),
+        }
+    }
+
+    fn parse(name: &str) -> Option<Shard> {
+        match name {
+            META_OBJECT => Some(Shard::Meta),
+            "keys/period/all.age" => Some(Shard::Period),
+            "keys/epoch/all.age" => Some(Shard::Epoch),
+            _ => {
+                let hx = name.strip_prefix("keys/subject/")?.strip_suffix(".age")?;
+                if hx.len() != 2 || hx.bytes().any(|c| c.is_ascii_uppercase()) {
+                    return None;
+                }
+                let mut b = [0u8; 1];
+                hex::decode_to_slice(hx, &mut b).ok()?;
+                Some(Shard::Subject(b[0]))
+            }
+        }
+    }
+
+    /// Whether an entry of this kind code and id belongs in this shard.
+    fn holds(self, code: u8, id: &KeyId) -> bool {
+        match self {
+            Shard::Meta => code == KIND_REPO,
+            Shard::Subject(b) => code == KeyKind::Subject.code() && id.0[0] == b,
+            Shard::Period => code == KeyKind::Period.code(),
+            Shard::Epoch => code == KeyKind::Epoch.code(),
+        }
+    }
+}
+
+/// One entry as stored in a shard payload.
+struct RawEntry {
+    code: u8,
+    id: KeyId,
+    name: String,
+    created: i64,
+    key: Key32,
+}
+
+/// A decoded shard payload.
+struct Payload {
+    vault_id: [u8; 16],
+    entries: Vec<RawEntry>,
+    tombstones: BTreeMap<KeyId, i64>,
+}
+
+/// An entry to encode: kind code, id, name, created, key.
+type EntryRef<'a> = (u8, &'a KeyId, &'a str, i64, &'a Key32);
+
+/// Encodes a shard payload (see docs: "Shard payload") into a zeroizing buffer
+/// allocated once at its exact size.
+fn encode_payload(
+    vault_id: &[u8; 16],
+    object: &str,
+    entries: &[EntryRef<'_>],
+    tombstones: &BTreeMap<KeyId, i64>,
+) -> Zeroizing<Vec<u8>> {
+    let size = 8
+        + 2
+        + 16
+        + 2
+        + object.len()
+        + 4
+        + entries
+            .iter()
+            .map(|e| 1 + 16 + 2 + e.2.len() + 8 + 32)
+            .sum::<usize>()
+        + 4
+        + tombstones.len() * 24;
+    let mut b = Zeroizing::new(Vec::with_capacity(size));
+    b.extend_from_slice(PAYLOAD_MAGIC);
+    b.extend_from_slice(&PAYLOAD_VERSION.to_le_bytes());
+    b.extend_from_slice(vault_id);
+    b.extend_from_slice(&(object.len() as u16).to_le_bytes());
+    b.extend_from_slice(object.as_bytes());
+    b.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (code, id, name, created, key) in entries {
+        b.push(*code);
+        b.extend_from_slice(&id.0);
+        b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(&created.to_le_bytes());
+        b.extend_from_slice(key.expose());
+    }
+    b.extend_from_slice(&(tombstones.len() as u32).to_le_bytes());
+    for (id, t) in tombstones {
+        b.extend_from_slice(&id.0);
+        b.extend_from_slice(&t.to_le_bytes());
+    }
+    debug_assert_eq!(b.len(), size);
+    b
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.b.len() < n {
+            return Err("payload is truncated".into());
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn i64(&mut self) -> Result<i64, String> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn id(&mut self) -> Result<KeyId, String> {
+        Ok(KeyId(self.take(16)?.try_into().unwrap()))
+    }
+}
+
+/// Decodes a shard payload read from `object`, checking magic, version, the
+/// object name it was written for, and that every entry belongs there.
+fn decode_payload(plain: &[u8], shard: Shard, object: &str) -> Result<Payload, String> {
+    let mut r = Reader { b: plain };
+    if r.take(8)? != PAYLOAD_MAGIC {
+        return Err("not a custos vault payload (bad magic)".into());
+    }
+    let v = r.u16()?;
+    if v != PAYLOAD_VERSION {
+        return Err(format!(
+            "payload version {v} is not supported (this build reads {PAYLOAD_VERSION}); upgrade custos"
+        ));
+    }
+    let vault_id: [u8; 16] = r.take(16)?.try_into().unwrap();
+    let n = r.u16()? as usize;
+    if r.take(n)? != object.as_bytes() {
+        return Err("payload was written for another object name (moved or copied?)".into());
+    }
+    let count = r.u32()? as usize;
+    let mut entries = Vec::with_capacity(count.min(plain.len() / 59 + 1));
+    for _ in 0..count {
+        let code = r.take(1)?[0];
+        let id = r.id()?;
+        let nl = r.u16()? as usize;
+        let name = std::str::from_utf8(r.take(nl)?)
+            .map_err(|_| "an entry name is not UTF-8".to_string())?
+            .to_owned();
+        let created = r.i64()?;
+        let key = Key32::from_slice(r.take(32)?).expect("32 bytes");
+        if !shard.holds(code, &id) {
+            return Err(format!(
+                "entry {id} (kind code {code}) does not belong in this object"
+            ));
+        }
+        entries.push(RawEntry {
+            code,
+            id,
+            name,
+            created,
+            key,
+        });
+    }
+    let tn = r.u32()? as usize;
+    let mut tombstones = BTreeMap::new();
+    for _ in 0..tn {
+        let id = r.id()?;
+        let t = r.i64()?;
+        tombstones.insert(id, t);
+    }
+    if !r.b.is_empty() {
+        return Err("trailing bytes after the payload".into());
+    }
+    Ok(Payload {
+        vault_id,
+        entries,
+        tombstones,
+    })
+}
+
+/// Wraps a payload with age (binary format) to every recipient.
+fn wrap(object: &str, plain: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>, VaultError> {
+    let err = |reason: String| VaultError::Wrap {
+        object: object.to_string(),
+        reason,
+    };
+    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| err(e.to_string()))?;
+    let mut out = Vec::with_capacity(plain.len() + 256 + 100 * recipients.len());
+    let mut w = enc.wrap_output(&mut out).map_err(|e| err(e.to_string()))?;
+    w.write_all(plain).map_err(|e| err(e.to_string()))?;
+    w.finish().map_err(|e| err(e.to_string()))?;
+    Ok(out)
+}
+
+/// Why an age object could not be unwrapped.
+enum UnwrapError {
+    NotRecipient,
+    Other(String),
+}
+
+/// Unwraps an age object with the identity into a zeroizing buffer.
+fn unwrap(identity: &Identity, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapError> {
+    let dec =
+        age::Decryptor::new_buffered(sealed).map_err(|e| UnwrapError::Other(e.to_string()))?;
+    let mut r = dec
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .map_err(|e| match e {
+            age::DecryptError::NoMatchingKeys => UnwrapError::NotRecipient,
+            e => UnwrapError::Other(e.to_string()),
+        })?;
+    // Plaintext is shorter than the ciphertext: one allocation, no copies left behind.
+    let mut plain = Zeroizing::new(Vec::with_capacity(sealed.len()));
+    r.read_to_end(&mut plain)
+        .map_err(|e| UnwrapError::Other(e.to_string()))?;
+    Ok(plain)
+}
+
+/// The plaintext marker object.
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    format: String,
+    version: u32,
+    vault_id: String,
+    policy: String,
+    created: i64,
+}
+
+/// Per shard: the ids of its entries and of its tombstones.
+type ShardSummary = BTreeMap<Shard, (BTreeSet<KeyId>, BTreeSet<KeyId>)>;
+
+/// A key being destroyed: its id and its commitment (never its bytes).
+type PendingKey = (KeyId, [u8; 32]);
+
+/// One key held in memory.
+struct Entry {
+    kind: KeyKind,
+    name: String,
+    created: i64,
+    key: Key32,
+}
+
+/// What was read from one location at open.
+struct LocationView {
+    marker: Option<Marker>,
+    shards: BTreeMap<Shard, Payload>,
+}
+
+/// The key vault, opened. See the module docs.
+pub struct Vault {
+    vault_id: [u8; 16],
+    policy: String,
+    created: i64,
+    locations: Vec<VaultLocation>,
+    /// The service identity, kept to re-read objects when verifying a destroy.
+    identity: Identity,
+    recipients: Vec<Recipient>,
+    meta: (KeyId, i64, Key32),
+    pseudonym: (KeyId, i64, Key32),
+    entries: BTreeMap<KeyId, Entry>,
+    by_name: HashMap<(KeyKind, String), KeyId>,
+    tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>>,
+    dirty: BTreeSet<Shard>,
+    /// Indexes of locations whose marker must be (re)written.
+    marker_missing: BTreeSet<usize>,
+    /// Locations that could not be read at open: (url, reason).
+    unread: Vec<(String, String)>,
+    /// Destroys started but not yet verified, so a retry can finish them.
+    pending_destroy: HashMap<(KeyKind, String), Vec<PendingKey>>,
+}
+
+impl fmt::Debug for Vault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vault")
+            .field("vault_id", &hex::encode(self.vault_id))
+            .field("policy", &self.policy)
+            .field("locations", &self.locations())
+            .field("entries", &self.entries.len())
+            .field("dirty", &self.dirty.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// The identity's recipient plus the policy's, deduplicated, in order.
+fn recipient_set(identity: &Identity, recipients: &[Recipient]) -> Vec<Recipient> {
+    let mut out = vec![identity.to_public()];
+    for r in recipients {
+        if !out.contains(r) {
+            out.push(r.clone());
+        }
+    }
+    out
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+async fn get_bytes(loc: &VaultLocation, object: &str) -> Result<Option<bytes::Bytes>, VaultError> {
+    let path = ObjPath::from(object);
+    let unreachable = |source| VaultError::Unreachable {
+        url: loc.url.clone(),
+        object: object.to_string(),
+        source,
+    };
+    match loc.store.get(&path).await {
+        Ok(r) => Ok(Some(r.bytes().await.map_err(unreachable)?)),
+        Err(e) if is_not_found(&e) => Ok(None),
+        Err(e) => Err(unreachable(e)),
+    }
+}
+
+/// Reads and unwraps one shard object at one location; `None` if absent.
+async fn read_shard(
+    loc: &VaultLocation,
+    shard: Shard,
+    identity: &Identity,
+) -> Result<Option<Payload>, VaultError> {
+    let object = shard.name();
+    let Some(sealed) = get_bytes(loc, &object).await? else {
+        return Ok(None);
+    };
+    let plain = unwrap(identity, &sealed).map_err(|e| match e {
+        UnwrapError::NotRecipient => VaultError::NotRecipient {
+            url: loc.url.clone(),
+            object: object.clone(),
+        },
+        UnwrapError::Other(reason) => VaultError::Corrupt {
+            url: loc.url.clone(),
+            object: object.clone(),
+            reason: format!("age: {reason}"),
+        },
+    })?;
+    decode_payload(&plain, shard, &object)
+        .map(Some)
+        .map_err(|reason| VaultError::Corrupt {
+            url: loc.url.clone(),
+            object,
+            reason,
+        })
+}
+
+/// Reads everything at one location. Errors other than "unreachable" are
+/// fatal for open; unreachable is remembered by the caller.
+async fn read_location(
+    loc: &VaultLocation,
+    identity: &Identity,
+) -> Result<LocationView, VaultError> {
+    let Some(raw) = get_bytes(loc, MARKER).await? else {
+        return Ok(LocationView {
+            marker: None,
+            shards: BTreeMap::new(),
+        });
+    };
+    let marker: Marker = serde_json::from_slice(&raw).map_err(|e| VaultError::Corrupt {
+        url: loc.url.clone(),
+        object: MARKER.into(),
+        reason: e.to_string(),
+    })?;
+    if marker.format != "custos-vault" || marker.version != MARKER_VERSION {
+        return Err(VaultError::Corrupt {
+            url: loc.url.clone(),
+            object: MARKER.into(),
+            reason: format!(
+                "format `{}` version {} is not a custos vault this build reads (custos-vault version {MARKER_VERSION})",
+                marker.format, marker.version
+            ),
+        });
+    }
+    let mut names = vec![META_OBJECT.to_string()];
+    let prefix = ObjPath::from("keys");
+    let listed: Vec<_> = loc
+        .store
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(|source| VaultError::Unreachable {
+            url: loc.url.clone(),
+            object: "keys/".into(),
+            source,
+        })?;
+    for m in listed {
+        let n = m.location.to_string();
+        if Shard::parse(&n).is_some() {
+            names.push(n);
+        } else {
+            tracing::warn!(url = %loc.url, object = %n, "ignoring an unknown object in the key vault");
+        }
+    }
+    let mut shards = BTreeMap::new();
+    for n in names {
+        let shard = Shard::parse(&n).expect("parsed above");
+        if let Some(p) = read_shard(loc, shard, identity).await? {
+            shards.insert(shard, p);
+        }
+    }
+    Ok(LocationView {
+        marker: Some(marker),
+        shards,
+    })
+}
+
+impl Vault {
+    /// Creates a new vault at every location. Refuses (changing nothing) if
+    /// any location already holds a vault or cannot be reached.
+    pub async fn create(
+        locations: Vec<VaultLocation>,
+        identity: &Identity,
+        recipients: &[Recipient],
+        policy: &str,
+    ) -> Result<Vault, VaultError> {
+        if locations.is_empty() {
+            return Err(VaultError::NoLocations);
+        }
+        for loc in &locations {
+            match loc.store.head(&ObjPath::from(MARKER)).await {
+                Ok(_) => {
+                    return Err(VaultError::AlreadyExists {
+                        url: loc.url.clone(),
+                    })
+                }
+                Err(e) if is_not_found(&e) => {}
+                Err(source) => {
+                    return Err(VaultError::Unreachable {
+                        url: loc.url.clone(),
+                        object: MARKER.into(),
+                        source,
+                    })
+                }
+            }
+        }
+        let mut vault_id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut vault_id);
+        let t = now();
+        let n = locations.len();
+        let mut v = Vault {
+            vault_id,
+            policy: policy.to_string(),
+            created: t,
+            locations,
+            identity: identity.clone(),
+            recipients: recipient_set(identity, recipients),
+            meta: (KeyId::random(), t, Key32::random()),
+            pseudonym: (KeyId::random(), t, Key32::random()),
+            entries: BTreeMap::new(),
+            by_name: HashMap::new(),
+            tombstones: BTreeMap::new(),
+            dirty: BTreeSet::from([Shard::Meta]),
+            marker_missing: (0..n).collect(),
+            unread: Vec::new(),
+            pending_destroy: HashMap::new(),
+        };
+        v.write_dirty(true).await?;
+        Ok(v)
+    }
+
+    /// Opens the vault: reads every reachable location and unions their
+    /// entries (minus tombstoned ones). A location that lacks entries or
+    /// tombstones others have, or lacks the vault entirely, is repaired by
+    /// the next [`persist`](Self::persist). Open succeeds if at least one
+    /// location is readable; a location that could not be read is remembered
+    /// and makes `persist` fail, since it may hold keys not seen here.
+    pub async fn open(
+        locations: Vec<VaultLocation>,
+        identity: &Identity,
+        recipients: &[Recipient],
+    ) -> Result<Vault, VaultError> {
+        if locations.is_empty() {
+            return Err(VaultError::NoLocations);
+        }
+        let mut views: Vec<Option<LocationView>> = Vec::with_capacity(locations.len());
+        let mut unread = Vec::new();
+        for loc in &locations {
+            match read_location(loc, identity).await {
+                Ok(v) => views.push(Some(v)),
+                Err(VaultError::Unreachable { url, source, .. }) => {
+                    tracing::warn!(url = %url, error = %source, "vault location unreadable");
+                    unread.push((url, source.to_string()));
+                    views.push(None);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        // The marker: every location holding one must agree on the vault id.
+        let mut first: Option<(usize, [u8; 16])> = None;
+        let mut marker_missing = BTreeSet::new();
+        for (i, v) in views.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let Some(m) = &v.marker else {
+                marker_missing.insert(i);
+                continue;
+            };
+            let mut id = [0u8; 16];
+            hex::decode_to_slice(&m.vault_id, &mut id).map_err(|_| VaultError::Corrupt {
+                url: locations[i].url.clone(),
+                object: MARKER.into(),
+                reason: "vault_id is not 32 hex digits".into(),
+            })?;
+            match first {
+                None => first = Some((i, id)),
+                Some((j, fid)) if fid != id => {
+                    return Err(VaultError::Mismatch {
+                        url: locations[i].url.clone(),
+                        other: locations[j].url.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let Some((fi, vault_id)) = first else {
+            if let Some((url, reason)) = unread.first() {
+                return Err(VaultError::NotRead {
+                    url: url.clone(),
+                    reason: format!("{reason}; and no readable location holds a vault"),
+                });
+            }
+            return Err(VaultError::NoVault {
+                urls: locations
+                    .iter()
+                    .map(|l| l.url.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        };
+        let first_marker = views[fi].as_ref().unwrap().marker.as_ref().unwrap();
+        let (policy, created) = (first_marker.policy.clone(), first_marker.created);
+
+        // Every payload must belong to this vault.
+        for (i, v) in views.iter().enumerate() {
+            let Some(v) = v else { continue };
+            for (shard, p) in &v.shards {
+                if p.vault_id != vault_id {
+                    return Err(VaultError::Corrupt {
+                        url: locations[i].url.clone(),
+                        object: shard.name(),
+                        reason: "it belongs to another vault (vault id differs)".into(),
+                    });
+                }
+            }
+        }
+
+        // What each readable location holds, by ids only, to find what needs repair.
+        let summaries: Vec<Option<ShardSummary>> = views
+            .iter()
+            .map(|v| {
+                v.as_ref().map(|v| {
+                    v.shards
+                        .iter()
+                        .map(|(s, p)| {
+                            (
+                                *s,
+                                (
+                                    p.entries.iter().map(|e| e.id).collect(),
+                                    p.tombstones.keys().copied().collect(),
+                                ),
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+
+        // Union of tombstones, then of entries not tombstoned.
+        let mut tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>> = BTreeMap::new();
+        for v in views.iter().flatten() {
+            for (shard, p) in &v.shards {
+                let t = tombstones.entry(*shard).or_default();
+                for (id, at) in &p.tombstones {
+                    let e = t.entry(*id).or_insert(*at);
+                    *e = (*e).min(*at);
+                }
+            }
+        }
+        let mut meta: Option<(KeyId, i64, Key32, usize)> = None;
+        let mut pseudonym: Option<(KeyId, i64, Key32, usize)> = None;
+        let mut entries: BTreeMap<KeyId, (Entry, usize)> = BTreeMap::new();
+        for (i, v) in views.iter_mut().enumerate() {
+            let Some(v) = v else { continue };
+            for (shard, p) in std::mem::take(&mut v.shards) {
+                let dead = tombstones.get(&shard);
+                for e in p.entries {
+                    if dead.is_some_and(|d| d.contains_key(&e.id)) {
+                        continue;
+                    }
+                    if e.code == KIND_REPO {
+                        let slot = match e.name.as_str() {
+                            NAME_META => &mut meta,
+                            NAME_PSEUDONYM => &mut pseudonym,
+                            _ => {
+                                return Err(VaultError::Corrupt {
+                                    url: locations[i].url.clone(),
+                                    object: META_OBJECT.into(),
+                                    reason: "unknown repository key name".into(),
+                                })
+                            }
+                        };
+                        match slot {
+                            None => *slot = Some((e.id, e.created, e.key, i)),
+                            Some((id, _, k, j)) => {
+                                if *id != e.id || k.expose() != e.key.expose() {
+                                    return Err(VaultError::Conflict {
+                                        url: locations[i].url.clone(),
+                                        other: locations[*j].url.clone(),
+                                        key_id: e.id,
+                                    });
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let kind = KeyKind::from_code(e.code).expect("checked by decode");
+                    match entries.get(&e.id) {
+                        Some((have, j)) => {
+                            if have.kind != kind
+                                || have.name != e.name
+                                || have.key.expose() != e.key.expose()
+                            {
+                                return Err(VaultError::Conflict {
+                                    url: locations[i].url.clone(),
+                                    other: locations[*j].url.clone(),
+                                    key_id: e.id,
+                                });
+                            }
+                        }
+                        None => {
+                            entries.insert(
+                                e.id,
+                                (
+                                    Entry {
+                                        kind,
+                                        name: e.name,
+                                        created: e.created,
+                                        key: e.key,
+                                    },
+                                    i,
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let (Some(meta), Some(pseudonym)) = (meta, pseudonym) else {
+            return Err(VaultError::Corrupt {
+                url: locations[fi].url.clone(),
+                object: META_OBJECT.into(),
+                reason: "the repository keys are missing at every readable location".into(),
+            });
+        };
+        let entries: BTreeMap<KeyId, Entry> =
+            entries.into_iter().map(|(id, (e, _))| (id, e)).collect();
+
+        let mut v = Vault {
+            vault_id,
+            policy,
+            created,
+            identity: identity.clone(),
+            recipients: recipient_set(identity, recipients),
+            meta: (meta.0, meta.1, meta.2),
+            pseudonym: (pseudonym.0, pseudonym.1, pseudonym.2),
+            entries,
+            by_name: HashMap::new(),
+            tombstones,
+            dirty: BTreeSet::new(),
+            marker_missing,
+            unread,
+            pending_destroy: HashMap::new(),
+            locations,
+        };
+        v.rebuild_names();
+
+        // Mark for repair every shard whose content differs at some readable
+        // location (or all of them where the marker is missing).
+        let wanted = v.shard_contents();
+        for (i, summary) in summaries.iter().enumerate() {
+            let Some(summary) = summary else { continue };
+            for (shard, want) in &wanted {
+                if v.marker_missing.contains(&i) || summary.get(shard) != Some(want) {
+                    if !v.marker_missing.contains(&i) {
+                        tracing::info!(url = %v.locations[i].url, object = %shard.name(), "vault object out of date; it will be repaired on the next persist");
+                    }
+                    v.dirty.insert(*shard);
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Rebuilds the name index: for each (kind, name), the earliest created
+    /// key (ties: smallest id). Other keys of the same name stay reachable
+    /// by id, since data may have been sealed under them.
+    fn rebuild_names(&mut self) {
+        self.by_name.clear();
+        for (id, e) in &self.entries {
+            let k = (e.kind, e.name.clone());
+            match self.by_name.get(&k) {
+                Some(other) => {
+                    let o = &self.entries[other];
+                    if (e.created, *id) < (o.created, *other) {
+                        self.by_name.insert(k, *id);
+                    }
+                }
+                None => {
+                    self.by_name.insert(k, *id);
+                }
+            }
+        }
+    }
+
+    /// For every shard with content: the set of entry ids and tombstone ids
+    /// it should hold.
+    fn shard_contents(&self) -> ShardSummary {
+        let mut out = ShardSummary::new();
+        out.insert(
+            Shard::Meta,
+            (
+                BTreeSet::from([self.meta.0, self.pseudonym.0]),
+                BTreeSet::new(),
+            ),
+        );
+        for (id, e) in &self.entries {
+            out.entry(Shard::of(e.kind, id)).or_default().0.insert(*id);
+        }
+        for (shard, t) in &self.tombstones {
+            out.entry(*shard).or_default().1.extend(t.keys().copied());
+        }
+        out
+    }
+
+    /// The repository metadata key (seals index, trees, snapshots).
+    pub fn meta_key(&self) -> &Key32 {
+        &self.meta.2
+    }
+
+    /// The pseudonym key (keyed pseudonyms of subject ids).
+    pub fn pseudonym_key(&self) -> &Key32 {
+        &self.pseudonym.2
+    }
+
+    /// The vault's random id, 32 hex digits.
+    pub fn vault_id(&self) -> String {
+        hex::encode(self.vault_id)
+    }
+
+    /// The policy name recorded at creation.
+    pub fn policy(&self) -> &str {
+        &self.policy
+    }
+
+    /// Creation time of the vault, unix seconds.
+    pub fn created(&self) -> i64 {
+        self.created
+    }
+
+    /// The key of a unit, if present.
+    pub fn lookup(&self, kind: KeyKind, name: &str) -> Option<(KeyId, &Key32)> {
+        let id = self.by_name.get(&(kind, name.to_string()))?;
+        Some((*id, &self.entries[id].key))
+    }
+
+    /// The key of a unit, created (from the OS CSPRNG) if absent. A new key
+    /// marks its shard dirty: call [`persist`](Self::persist) before any data
+    /// sealed under it is committed.
+    pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &Key32) {
+        let k = (kind, name.to_string());
+        if let Some(id) = self.by_name.get(&k) {
+            return (*id, &self.entries[id].key);
+        }
+        let id = loop {
+            let id = KeyId::random();
+            let taken = self.entries.contains_key(&id)
+                || id == self.meta.0
+                || id == self.pseudonym.0
+                || self
+                    .tombstones
+                    .get(&Shard::of(kind, &id))
+                    .is_some_and(|t| t.contains_key(&id));
+            if !taken {
+                break id;
+            }
+        };
+        self.entries.insert(
+            id,
+            Entry {
+                kind,
+                name: name.to_string(),
+                created: now(),
+                key: Key32::random(),
+            },
+        );
+        self.by_name.insert(k, id);
+        self.dirty.insert(Shard::of(kind, &id));
+        (id, &self.entries[&id].key)
+    }
+
+    /// The key with this id (any kind; not the repository keys).
+    pub fn key(&self, id: &KeyId) -> Option<&Key32> {
+        self.entries.get(id).map(|e| &e.key)
+    }
+
+    /// What the vault knows about one key, without its bytes.
+    pub fn entry(&self, id: &KeyId) -> Option<EntryInfo> {
+        self.entries.get(id).map(|e| EntryInfo {
+            kind: e.kind,
+            name: e.name.clone(),
+            key_id: *id,
+            created: e.created,
+        })
+    }
+
+    /// Every unit key, without its bytes, ordered by kind, name, id.
+    pub fn entries(&self) -> Vec<EntryInfo> {
+        let mut v: Vec<EntryInfo> = self
+            .entries
+            .keys()
+            .filter_map(|id| self.entry(id))
+            .collect();
+        v.sort_by(|a, b| (a.kind, &a.name, a.key_id).cmp(&(b.kind, &b.name, b.key_id)));
+        v
+    }
+
+    /// Whether anything is waiting to be written by [`persist`](Self::persist).
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || !self.marker_missing.is_empty()
+    }
+
+    /// The URLs of the vault locations, in order.
+    pub fn locations(&self) -> Vec<String> {
+        self.locations.iter().map(|l| l.url.clone()).collect()
+    }
+
+    /// Marks every object dirty, so the next persist rewraps all of them to
+    /// the current recipients (after a recovery key was added or removed).
+    pub fn rewrap_all(&mut self) {
+        let all: Vec<Shard> = self.shard_contents().into_keys().collect();
+        self.dirty.extend(all);
+    }
+
+    /// Writes every dirty shard to EVERY location. A failure at any location
+    /// is an error naming it; the shards stay dirty so a retry writes again.
+    /// Fails without writing if a location could not be read at open.
+    pub async fn persist(&mut self) -> Result<(), VaultError> {
+        if let Some((url, reason)) = self.unread.first() {
+            return Err(VaultError::NotRead {
+                url: url.clone(),
+                reason: reason.clone(),
+            });
+        }
+        self.write_dirty(false).await
+    }
+
+    /// Encodes and wraps one shard as it stands in memory.
+    /// `list` holds the shard's unit entries (ignored for the meta shard).
+    fn seal_shard(&self, shard: Shard, list: &[EntryRef<'_>]) -> Result<Vec<u8>, VaultError> {
+        let object = shard.name();
+        let none = BTreeMap::new();
+        let tomb = self.tombstones.get(&shard).unwrap_or(&none);
+        let plain = match shard {
+            Shard::Meta => encode_payload(
+                &self.vault_id,
+                &object,
+                &[
+                    (
+                        KIND_REPO,
+                        &self.meta.0,
+                        NAME_META,
+                        self.meta.1,
+                        &self.meta.2,
+                    ),
+                    (
+                        KIND_REPO,
+                        &self.pseudonym.0,
+                        NAME_PSEUDONYM,
+                        self.pseudonym.1,
+                        &self.pseudonym.2,
+                    ),
+                ],
+                tomb,
+            ),
+            _ => encode_payload(&self.vault_id, &object, list, tomb),
+        };
+        wrap(&object, &plain, &self.recipients)
+    }
+
+    async fn write_dirty(&mut self, creating: bool) -> Result<(), VaultError> {
+        // One pass over the entries groups those of the dirty shards.
+        let mut lists: BTreeMap<Shard, Vec<EntryRef<'_>>> =
+            self.dirty.iter().map(|s| (*s, Vec::new())).collect();
+        for (id, e) in &self.entries {
+            if let Some(l) = lists.get_mut(&Shard::of(e.kind, id)) {
+                l.push((e.kind.code(), id, e.name.as_str(), e.created, &e.key));
+            }
+        }
+        let mut sealed = Vec::with_capacity(lists.len());
+        for (shard, list) in &lists {
+            sealed.push((
+                shard.name(),
+                bytes::Bytes::from(self.seal_shard(*shard, list)?),
+            ));
+        }
+        drop(lists);
+        let marker = bytes::Bytes::from(
+            serde_json::to_vec_pretty(&Marker {
+                format: "custos-vault".into(),
+                version: MARKER_VERSION,
+                vault_id: hex::encode(self.vault_id),
+                policy: self.policy.clone(),
+                created: self.created,
+            })
+            .expect("marker serializes"),
+        );
+
+        let mut failures = Vec::new();
+        let mut marker_done = BTreeSet::new();
+        for (i, loc) in self.locations.iter().enumerate() {
+            let r: Result<(), VaultError> = async {
+                for (name, bytes) in &sealed {
+                    loc.store
+                        .put(
+                            &ObjPath::from(name.as_str()),
+                            PutPayload::from(bytes.clone()),
+                        )
+                        .await
+                        .map_err(|source| VaultError::Write {
+                            url: loc.url.clone(),
+                            object: name.clone(),
+                            source,
+                        })?;
+                }
+                // The marker goes last: a marker means the content is there.
+                if self.marker_missing.contains(&i) {
+                    let mode = if creating {
+                        PutMode::Create
+                    } else {
+                        PutMode::Overwrite
+                    };
+                    loc.store
+                        .put_opts(
+                            &ObjPath::from(MARKER),
+                            PutPayload::from(marker.clone()),
+                            PutOptions::from(mode),
+                        )
+                        .await
+                        .map_err(|source| match source {
+                            object_store::Error::AlreadyExists { .. } => {
+                                VaultError::AlreadyExists {
+                                    url: loc.url.clone(),
+                                }
+                            }
+                            source => VaultError::Write {
+                                url: loc.url.clone(),
+                                object: MARKER.into(),
+                                source,
+                            },
+                        })?;
+                }
+                Ok(())
+            }
+            .await;
+            match r {
+                Ok(()) => {
+                    marker_done.insert(i);
+                }
+                Err(e) => {
+                    tracing::error!(url = %loc.url, error = %e, "vault write failed");
+                    failures.push(e);
+                }
+            }
+        }
+        for i in marker_done {
+            self.marker_missing.remove(&i);
+        }
+        if failures.is_empty() {
+            self.dirty.clear();
+            return Ok(());
+        }
+        let failed = failures.len();
+        let first = failures.remove(0);
+        if failed == 1 {
+            return Err(first);
+        }
+        Err(VaultError::Persist {
+            failed,
+            total: self.locations.len(),
+            first: Box::new(first),
+        })
+    }
+
+    /// Destroys the key(s) of one unit: removes the entry, records a
+    /// tombstone (the id only), rewrites its shard at every location, then
+    /// re-reads the shard at every location with the service identity and
+    /// confirms the key id is absent. Any other pending change is persisted too. On error
+    /// the key is already gone from memory; call `destroy` again with the
+    /// same kind and name to finish.
+    pub async fn destroy(
+        &mut self,
+        kind: KeyKind,
+        name: &str,
+    ) -> Result<DestroyReport, VaultError> {
+        let k = (kind, name.to_string());
+        let ids: Vec<KeyId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.kind == kind && e.name == name)
+            .map(|(id, _)| *id)
+            .collect();
+        let t = now();
+        let mut pending = self.pending_destroy.remove(&k).unwrap_or_default();
+        for id in ids {
+            let e = self.entries.remove(&id).expect("listed above");
+            pending.push((id, e.key.commitment()));
+            let shard = Shard::of(kind, &id);
+            self.tombstones.entry(shard).or_default().insert(id, t);
+            self.dirty.insert(shard);
+            drop(e); // zeroizes the key
+        }
+        if pending.is_empty() {
+            return Err(VaultError::UnknownKey {
+                kind,
+                name: name.to_string(),
+            });
+        }
+        self.by_name.remove(&k);
+        self.rebuild_names();
+        self.pending_destroy.insert(k.clone(), pending.clone());
+
+        self.persist().await?;
+
+        let shards: BTreeSet<Shard> = pending.iter().map(|(id, _)| Shard::of(kind, id)).collect();
+        let mut checked = Vec::new();
+        for loc in &self.locations {
+            for shard in &shards {
+                if let Some(p) = read_shard(loc, *shard, &self.identity).await? {
+                    for (id, _) in &pending {
+                        if p.entries.iter().any(|e| e.id == *id) {
+                            return Err(VaultError::StillPresent {
+                                url: loc.url.clone(),
+                                key_id: *id,
+                            });
+                        }
+                    }
+                }
+            }
+            checked.push(loc.url.clone());
+        }
+        self.pending_destroy.remove(&k);
+        Ok(DestroyReport {
+            kind,
+            name: name.to_string(),
+            key_ids: pending.iter().map(|(id, _)| *id).collect(),
+            commitments: pending.iter().map(|(_, c)| hex::encode(c)).collect(),
+            locations_checked: checked,
+            objects_checked: shards.iter().map(|s| s.name()).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Zeroizing<Vec<u8>>, Key32, KeyId) {
+        let k = Key32::from_bytes([9u8; 32]);
+        let id = KeyId([0xab; 16]);
+        let mut tomb = BTreeMap::new();
+        tomb.insert(
+            KeyId([0xab, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+            77,
+        );
+        let plain = encode_payload(
+            &[1u8; 16],
+            "keys/subject/ab.age",
+            &[(KeyKind::Subject.code(), &id, "p1", 1234, &k)],
+            &tomb,
+        );
+        (plain, k, id)
+    }
+
+    #[test]
+    fn payload_round_trip() {
+        let (plain, k, id) = sample();
+        let p = decode_payload(&plain, Shard::Subject(0xab), "keys/subject/ab.age").unwrap();
+        assert_eq!(p.vault_id, [1u8; 16]);
+        assert_eq!(p.entries.len(), 1);
+        let e = &p.entries[0];
+        assert_eq!(
+            (e.code, e.id, e.name.as_str(), e.created),
+            (1, id, "p1", 1234)
+        );
+        assert_eq!(e.key.expose(), k.expose());
+        assert_eq!(p.tombstones.len(), 1);
+        assert_eq!(p.tombstones.values().next(), Some(&77));
+    }
+
+    #[test]
+    fn payload_rejects_damage_and_misplacement() {
+        let (plain, _, _) = sample();
+        // Read under another object name (moved or copied object).
+        assert!(decode_payload(&plain, Shard::Subject(0xac), "keys/subject/ac.age").is_err());
+        // Entry in the wrong shard even if the name matched.
+        assert!(decode_payload(&plain, Shard::Period, "keys/subject/ab.age").is_err());
+        // Every truncation fails.
+        for n in 0..plain.len() {
+            assert!(
+                decode_payload(&plain[..n], Shard::Subject(0xab), "keys/subject/ab.age").is_err(),
+                "truncated at {n}"
+            );
+        }
+        let mut long = plain.to_vec();
+        long.push(0);
+        assert!(decode_payload(&long, Shard::Subject(0xab), "keys/subject/ab.age").is_err());
+        let mut v2 = plain.to_vec();
+        v2[8] = 2;
+        let e = decode_payload(&v2, Shard::Subject(0xab), "keys/subject/ab.age")
+            .err()
+            .unwrap();
+        assert!(e.contains("version 2"), "{e}");
+        let mut bad = plain.to_vec();
+        bad[0] = b'X';
+        assert!(decode_payload(&bad, Shard::Subject(0xab), "keys/subject/ab.age").is_err());
+    }
+
+    #[test]
+    fn shard_names_round_trip() {
+        let mut all = vec![Shard::Meta, Shard::Period, Shard::Epoch];
+        all.extend((0..=255u8).map(Shard::Subject));
+        for s in all {
+            assert_eq!(Shard::parse(&s.name()), Some(s));
+        }
+        assert_eq!(Shard::parse("keys/subject/AB.age"), None);
+        assert_eq!(Shard::parse("keys/subject/abc.age"), None);
+        assert_eq!(Shard::parse("keys/other.age"), None);
+    }
+
+    #[test]
+    fn key_id_text_and_serde() {
+        let id = KeyId([0x0f; 16]);
+        let s = id.to_string();
+        assert_eq!(s, "0f".repeat(16));
+        assert_eq!(s.parse::<KeyId>().unwrap(), id);
+        assert!("0f".parse::<KeyId>().is_err());
+        assert!("zz".repeat(16).parse::<KeyId>().is_err());
+        let j = serde_json::to_string(&id).unwrap();
+        assert_eq!(j, format!("\"{s}\""));
+        assert_eq!(serde_json::from_str::<KeyId>(&j).unwrap(), id);
+        assert_eq!(
+            serde_json::to_string(&KeyKind::Period).unwrap(),
+            "\"period\""
+        );
+    }
+
+    #[test]
+    fn wrap_unwrap_and_wrong_identity() {
+        let a = Identity::generate();
+        let b = Identity::generate();
+        let sealed = wrap("x", b"secret payload", &recipient_set(&a, &[])).unwrap();
+        assert_eq!(&unwrap(&a, &sealed).ok().unwrap()[..], b"secret payload");
+        assert!(matches!(
+            unwrap(&b, &sealed),
+            Err(UnwrapError::NotRecipient)
+        ));
+        // Binary age format, not armored.
+        assert!(sealed.starts_with(b"age-encryption.org/v1\n"));
+    }
+
+    #[test]
+    fn recipient_set_dedups_and_starts_with_identity() {
+        let a = Identity::generate();
+        let r = Identity::generate().to_public();
+        let set = recipient_set(&a, &[r.clone(), a.to_public(), r.clone()]);
+        assert_eq!(set, vec![a.to_public(), r]);
+    }
+}

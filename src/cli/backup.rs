@@ -28,7 +28,8 @@ pub async fn run(a: BackupArgs) -> Result<()> {
         zstd_level: a.zstd_level.clamp(1, 19),
         ..Default::default()
     };
-    let r = custos::ops::backup::backup(&policy, &opts, super::progress::for_terminal(a.json)).await?;
+    let r =
+        custos::ops::backup::backup(&policy, &opts, super::progress::for_terminal(a.json)).await?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -38,8 +39,15 @@ pub async fn run(a: BackupArgs) -> Result<()> {
 }
 
 pub fn print_report(r: &BackupReport) {
-    let what = if r.store_kind == "files" { "entries" } else { "rows" };
-    println!("snapshot {} of policy `{}` on target `{}`", r.snapshot, r.policy, r.target);
+    let what = if r.store_kind == "files" {
+        "entries"
+    } else {
+        "rows"
+    };
+    println!(
+        "snapshot {} of policy `{}` on target `{}`",
+        r.snapshot, r.policy, r.target
+    );
     println!("  {what} read:        {}", r.items);
     println!("  bytes read:       {}", human_bytes(r.bytes_read));
     println!(

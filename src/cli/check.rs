@@ -37,7 +37,11 @@ pub async fn run(a: CheckArgs) -> Result<(), Failure> {
     if r.ok {
         Ok(())
     } else {
-        let n = r.findings.iter().filter(|f| f.level == Level::Error).count();
+        let n = r
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .count();
         Err(Failure {
             code: 3,
             error: anyhow::anyhow!("check found {n} error(s) on target `{}`", r.target),
@@ -63,7 +67,11 @@ pub fn print_report(r: &CheckReport) {
         r.snapshots,
         r.packs,
         if r.read_data {
-            format!(", {} chunks decrypted, {} read", r.chunks_checked, human_bytes(r.bytes_read))
+            format!(
+                ", {} chunks decrypted, {} read",
+                r.chunks_checked,
+                human_bytes(r.bytes_read)
+            )
         } else {
             String::new()
         },

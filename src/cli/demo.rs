@@ -54,7 +54,12 @@ pub fn run_data(c: DemoDataCmd) -> Result<()> {
     match c {
         DemoDataCmd::Generate { out, size, seed } => {
             let size: DemoSize = size.parse().map_err(|e| anyhow::anyhow!("--size: {e}"))?;
-            let s = demo::generate(&out, size, seed, super::progress::for_terminal(false).as_ref())?;
+            let s = demo::generate(
+                &out,
+                size,
+                seed,
+                super::progress::for_terminal(false).as_ref(),
+            )?;
             println!(
                 "generated {}: {} customers, {} subscriptions, {} tickets, {} call records, {}",
                 out.display(),
@@ -152,7 +157,10 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
     let db = dir.join("crm.db");
     let progress = super::progress::for_terminal(false);
 
-    step(1, "Generating a telecom CRM database (customers, subscriptions, tickets, call records)");
+    step(
+        1,
+        "Generating a telecom CRM database (customers, subscriptions, tickets, call records)",
+    );
     let g = demo::generate(&db, size, a.seed, progress.as_ref())?;
     println!(
         "   {} customers, {} subscriptions, {} tickets, {} call detail records: {}",
@@ -163,11 +171,17 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
         human_bytes(g.bytes)
     );
 
-    step(2, "Creating the service keys (age identity for the vault, ed25519 for signing)");
+    step(
+        2,
+        "Creating the service keys (age identity for the vault, ed25519 for signing)",
+    );
     let k = custos::keys::init_keys(&dir.join("keys"))?;
     println!("   recipient {}", k.recipient);
 
-    step(3, "Writing the policy and creating the repositories and the key vault");
+    step(
+        3,
+        "Writing the policy and creating the repositories and the key vault",
+    );
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, demo_policy(&dir))?;
     let policy = custos::policy::Policy::load(&policy_path)?;
@@ -175,7 +189,10 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
     println!("   policy {}", policy_path.display());
     println!("   targets: primary and offsite (file://), vault in two locations");
 
-    step(4, "First backup: every row encrypted under its shred group's key");
+    step(
+        4,
+        "First backup: every row encrypted under its shred group's key",
+    );
     let opts = BackupOptions::default();
     let b1 = custos::ops::backup::backup(&policy, &opts, progress.clone()).await?;
     println!(
@@ -187,12 +204,21 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
         b1.duration_s
     );
     for t in &b1.tables {
-        println!("     {:<14} {:<12} {:>9} rows in {:>7} shred groups", t.name, t.class, t.rows, t.groups);
+        println!(
+            "     {:<14} {:<12} {:>9} rows in {:>7} shred groups",
+            t.name, t.class, t.rows, t.groups
+        );
     }
 
-    step(5, "Changing about 1% of the rows (new calls, address changes, closed tickets)");
+    step(
+        5,
+        "Changing about 1% of the rows (new calls, address changes, closed tickets)",
+    );
     let m = demo::mutate(&db, 0.01, a.seed + 1)?;
-    println!("   {} updated, {} inserted, {} deleted", m.updated, m.inserted, m.deleted);
+    println!(
+        "   {} updated, {} inserted, {} deleted",
+        m.updated, m.inserted, m.deleted
+    );
 
     step(6, "Second backup: only changed groups cost storage");
     let b2 = custos::ops::backup::backup(&policy, &opts, progress.clone()).await?;
@@ -206,7 +232,10 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
         b2.duration_s
     );
 
-    step(7, "Restoring the latest snapshot to a new file and comparing it with the live database");
+    step(
+        7,
+        "Restoring the latest snapshot to a new file and comparing it with the live database",
+    );
     let restored = dir.join("restored.db");
     let r = custos::ops::restore::restore(
         &policy,
@@ -221,14 +250,20 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
     .await?;
     let cmp = custos::store::compare::compare(&db, &restored)?;
     if !cmp.differences.is_empty() {
-        bail!("the restored database differs: {}", cmp.differences.join("; "));
+        bail!(
+            "the restored database differs: {}",
+            cmp.differences.join("; ")
+        );
     }
     println!(
         "   {} rows restored in {:.1} s; identical to the source: {} tables, {} rows compared value by value",
         r.items, r.duration_s, cmp.tables, cmp.rows
     );
 
-    step(8, "Checking the repository, reading and decrypting every byte");
+    step(
+        8,
+        "Checking the repository, reading and decrypting every byte",
+    );
     let c = custos::ops::check::check(&policy, None, true, Arc::new(NoProgress)).await?;
     super::check::print_report(&c);
     if !c.ok {
@@ -237,6 +272,9 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
 
     println!("\nDone. Everything is in {}:", dir.display());
     println!("   custos snapshots --policy {}", policy_path.display());
-    println!("   custos restore --policy {} --snapshot latest --to /tmp/copy.db", policy_path.display());
+    println!(
+        "   custos restore --policy {} --snapshot latest --to /tmp/copy.db",
+        policy_path.display()
+    );
     Ok(())
 }

@@ -34,9 +34,18 @@ pub fn run(c: KeysCmd) -> Result<()> {
                     })
                 );
             } else {
-                println!("service identity: {} (keep it secret, mode 0600)", k.identity_path.display());
-                println!("signing key:      {} (mode 0600)", k.signing_key_path.display());
-                println!("public key:       {} (give it to auditors)", k.public_key_path.display());
+                println!(
+                    "service identity: {} (keep it secret, mode 0600)",
+                    k.identity_path.display()
+                );
+                println!(
+                    "signing key:      {} (mode 0600)",
+                    k.signing_key_path.display()
+                );
+                println!(
+                    "public key:       {} (give it to auditors)",
+                    k.public_key_path.display()
+                );
                 println!("recipient:        {}", k.recipient);
             }
             Ok(())

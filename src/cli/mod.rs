@@ -19,7 +19,6 @@ mod snapshots;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -72,8 +71,15 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     if let Some(o) = e.downcast_ref::<OpsError>() {
         return match o {
             OpsError::Keys(_) | OpsError::UnknownTarget(_) | OpsError::Invalid(_) => 2,
-            OpsError::Repo(custos::repo::RepoError::Crypto { .. })
-            | OpsError::Repo(custos::repo::RepoError::Malformed { .. }) => 3,
+            OpsError::Repo(r)
+                if matches!(
+                    **r,
+                    custos::repo::RepoError::Crypto { .. }
+                        | custos::repo::RepoError::Malformed { .. }
+                ) =>
+            {
+                3
+            }
             _ => 1,
         };
     }
@@ -127,6 +133,6 @@ pub fn wrap(e: anyhow::Error) -> Failure {
 }
 
 /// Loads a policy; its error already names file, line, key and why.
-pub fn load_policy(path: &PathBuf) -> Result<custos::policy::Policy> {
+pub fn load_policy(path: &std::path::Path) -> Result<custos::policy::Policy> {
     Ok(custos::policy::Policy::load(path)?)
 }

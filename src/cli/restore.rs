@@ -34,7 +34,8 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         to: a.to,
         force: a.force,
     };
-    let r = custos::ops::restore::restore(&policy, &opts, super::progress::for_terminal(a.json)).await?;
+    let r = custos::ops::restore::restore(&policy, &opts, super::progress::for_terminal(a.json))
+        .await?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

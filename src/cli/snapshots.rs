@@ -61,7 +61,10 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
         println!("no snapshots on target `{}`", repo.target.name);
         return Ok(());
     }
-    println!("{:<18} {:<26} {:<7} {:>12} {:>10} {:>10}", "ID", "TIME", "STORE", "ITEMS", "READ", "ADDED");
+    println!(
+        "{:<18} {:<26} {:<7} {:>12} {:>10} {:>10}",
+        "ID", "TIME", "STORE", "ITEMS", "READ", "ADDED"
+    );
     for r in &rows {
         println!(
             "{:<18} {:<26} {:<7} {:>12} {:>10} {:>10}",
@@ -73,6 +76,10 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
             human_bytes(r.new_bytes_stored)
         );
     }
-    println!("{} snapshot(s) on target `{}`", rows.len(), repo.target.name);
+    println!(
+        "{} snapshot(s) on target `{}`",
+        rows.len(),
+        repo.target.name
+    );
     Ok(())
 }

@@ -21,7 +21,9 @@ use crate::repo::pack::{pack_path, seal_chunk, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
 };
-use crate::repo::tree::{tree_path, FilePager, FileRecord, GroupEntry, GroupPager, Page, PAGE_VERSION};
+use crate::repo::tree::{
+    tree_path, FilePager, FileRecord, GroupEntry, GroupPager, Page, PAGE_VERSION,
+};
 use crate::store::files::{self, FileKind};
 use crate::store::sqlite::{ScanError, SqliteSource};
 use crate::store::GroupCoords;
@@ -382,7 +384,9 @@ fn packer(ctx: PackerCtx, rx: Receiver<Sealed>) {
         match ctx.handle.block_on(t) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => ctx.failure.set(e),
-            Err(e) => ctx.failure.set(OpsError::Internal(format!("upload task: {e}"))),
+            Err(e) => ctx
+                .failure
+                .set(OpsError::Internal(format!("upload task: {e}"))),
         }
     }
 }
@@ -436,15 +440,6 @@ struct ReadContent {
     files: Option<FilesSnapshot>,
     items: u64,
     bytes_read: u64,
-}
-
-impl Default for StoreInfo {
-    fn default() -> Self {
-        StoreInfo {
-            kind: String::new(),
-            location: String::new(),
-        }
-    }
 }
 
 type PageUpload = tokio::task::JoinHandle<Result<u64, OpsError>>;
@@ -548,6 +543,7 @@ impl ReaderCtx {
     }
 
     /// Takes one chunk: id, dedup, hand to the workers.
+    #[allow(clippy::too_many_arguments)]
     fn emit(
         work: &SyncSender<Work>,
         index: &Index,
@@ -574,7 +570,13 @@ impl ReaderCtx {
         Ok(())
     }
 
-    fn finish_group(&mut self, mut g: CurGroup, pager: &mut GroupPager, table: &str, pages: &mut Vec<Id>) -> Result<(), OpsError> {
+    fn finish_group(
+        &mut self,
+        mut g: CurGroup,
+        pager: &mut GroupPager,
+        table: &str,
+        pages: &mut Vec<Id>,
+    ) -> Result<(), OpsError> {
         let (work, index, counters) = (&self.work, &self.index, &self.counters);
         let in_flight = &mut self.in_flight;
         let keys = g.keys.clone();
@@ -592,7 +594,7 @@ impl ReaderCtx {
             bytes: g.bytes,
             chunks,
         };
-        if let Some(p) = pager.push(entry) {
+        for p in pager.push(entry) {
             pages.push(self.store_page(Page::Groups {
                 version: PAGE_VERSION,
                 table: table.to_string(),
@@ -650,41 +652,47 @@ impl ReaderCtx {
             let mut tbytes = 0u64;
             let mut since_progress = 0u64;
             let name = ts.name.clone();
-            let scan = src.scan(ts, &plan, |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
-                if self.failure.is_set() {
-                    return Err(OpsError::Internal("stopping after an earlier failure".into()));
-                }
-                let same = cur.as_ref().map(|g| &g.coords == coords).unwrap_or(false);
-                if !same {
-                    if let Some(g) = cur.take() {
-                        self.finish_group(g, &mut pager, &name, &mut pages)?;
+            let scan = src.scan(
+                ts,
+                &plan,
+                |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
+                    if self.failure.is_set() {
+                        return Err(OpsError::Internal(
+                            "stopping after an earlier failure".into(),
+                        ));
                     }
-                    cur = Some(self.start_group(&name, &class, coords));
-                    groups += 1;
-                }
-                let g = cur.as_mut().unwrap();
-                g.rows += 1;
-                g.bytes += row.len() as u64;
-                rows += 1;
-                tbytes += row.len() as u64;
-                let h = self.meta.keyed_hash("row", row);
-                checksum = checksum
-                    .wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
-                let (work, index, counters) = (&self.work, &self.index, &self.counters);
-                let in_flight = &mut self.in_flight;
-                let keys = g.keys.clone();
-                let fam = g.t;
-                let chunks = &mut g.chunks;
-                g.chunker.push(row, &mut |c: &[u8]| {
-                    Self::emit(work, index, in_flight, counters, &keys, fam, chunks, c)
-                })?;
-                since_progress += 1;
-                if since_progress == 4096 {
-                    self.progress.advance(since_progress);
-                    since_progress = 0;
-                }
-                Ok(())
-            });
+                    let same = cur.as_ref().map(|g| &g.coords == coords).unwrap_or(false);
+                    if !same {
+                        if let Some(g) = cur.take() {
+                            self.finish_group(g, &mut pager, &name, &mut pages)?;
+                        }
+                        cur = Some(self.start_group(&name, &class, coords));
+                        groups += 1;
+                    }
+                    let g = cur.as_mut().unwrap();
+                    g.rows += 1;
+                    g.bytes += row.len() as u64;
+                    rows += 1;
+                    tbytes += row.len() as u64;
+                    let h = self.meta.keyed_hash("row", row);
+                    checksum =
+                        checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
+                    let (work, index, counters) = (&self.work, &self.index, &self.counters);
+                    let in_flight = &mut self.in_flight;
+                    let keys = g.keys.clone();
+                    let fam = g.t;
+                    let chunks = &mut g.chunks;
+                    g.chunker.push(row, &mut |c: &[u8]| {
+                        Self::emit(work, index, in_flight, counters, &keys, fam, chunks, c)
+                    })?;
+                    since_progress += 1;
+                    if since_progress == 4096 {
+                        self.progress.advance(since_progress);
+                        since_progress = 0;
+                    }
+                    Ok(())
+                },
+            );
             match scan {
                 Ok(_) => {}
                 Err(ScanError::Store(e)) => return Err(e.into()),

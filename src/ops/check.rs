@@ -61,7 +61,10 @@ pub async fn check(
 ) -> Result<CheckReport, OpsError> {
     let repo = OpenRepo::open(policy, target).await?;
     let OpenRepo {
-        target, vault, meta, ..
+        target,
+        vault,
+        meta,
+        ..
     } = repo;
     let target = Arc::new(target);
     let mut findings = Vec::new();
@@ -118,7 +121,17 @@ pub async fn check(
     let mut groups_shredded = 0u64;
     progress.phase("checking snapshots", Some(snaps.len() as u64), "snapshots");
     for s in &snaps {
-        check_snapshot(s, &target, &meta, &vault, &index, &mut need, &mut groups_shredded, &mut findings).await;
+        check_snapshot(
+            s,
+            &target,
+            &meta,
+            &vault,
+            &index,
+            &mut need,
+            &mut groups_shredded,
+            &mut findings,
+        )
+        .await;
         progress.advance(1);
     }
     progress.finish_phase();

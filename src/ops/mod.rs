@@ -18,21 +18,22 @@ use crate::target::{Target, TargetError};
 use crate::vault::{Vault, VaultError, VaultLocation};
 use std::sync::Arc;
 
-/// Errors of operations. Each names what failed and where.
+/// Errors of operations. Each names what failed and where. The wrapped
+/// module errors are boxed to keep `Result`s small on hot paths.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
     #[error(transparent)]
-    Repo(#[from] RepoError),
+    Repo(Box<RepoError>),
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Target(Box<TargetError>),
     #[error(transparent)]
-    Vault(#[from] VaultError),
+    Vault(Box<VaultError>),
     #[error(transparent)]
-    Keys(#[from] KeysError),
+    Keys(Box<KeysError>),
     #[error("store: {0}")]
-    Sqlite(#[from] SqliteError),
+    Sqlite(Box<SqliteError>),
     #[error("store: {0}")]
-    Files(#[from] FilesError),
+    Files(Box<FilesError>),
     #[error("no target named `{0}` in the policy")]
     UnknownTarget(String),
     #[error("{0}")]
@@ -42,6 +43,18 @@ pub enum OpsError {
     #[error("internal: {0}")]
     Internal(String),
 }
+
+macro_rules! boxed_from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for OpsError {
+            fn from(e: $t) -> Self {
+                OpsError::$v(Box::new(e))
+            }
+        }
+    )*};
+}
+boxed_from!(RepoError => Repo, TargetError => Target, VaultError => Vault, KeysError => Keys,
+    SqliteError => Sqlite, FilesError => Files);
 
 /// Converts the policy's S3 settings for one target into the target's.
 pub fn s3_settings(policy: &Policy, t: &TargetConfig) -> crate::target::S3Settings {
@@ -149,7 +162,10 @@ impl OpenRepo {
 }
 
 pub fn chunk_seed(vault: &Vault) -> u64 {
-    let k = crate::crypto::derive("custos 2026 chunk seed v1", &[&vault.meta_key().expose()[..]]);
+    let k = crate::crypto::derive(
+        "custos 2026 chunk seed v1",
+        &[&vault.meta_key().expose()[..]],
+    );
     u64::from_le_bytes(k.expose()[..8].try_into().unwrap())
 }
 

@@ -69,7 +69,11 @@ pub enum GroupKeyProblem {
 }
 
 /// Resolves a group's key from the vault.
-pub fn group_keys(vault: &Vault, g: &GroupEntry, table: &str) -> Result<ChunkKeys, GroupKeyProblem> {
+pub fn group_keys(
+    vault: &Vault,
+    g: &GroupEntry,
+    table: &str,
+) -> Result<ChunkKeys, GroupKeyProblem> {
     let t = vault.key(&g.t).ok_or(GroupKeyProblem::Shredded)?;
     let s: Option<&Key32> = match &g.s {
         Some(id) => Some(vault.key(id).ok_or(GroupKeyProblem::Shredded)?),
@@ -93,7 +97,9 @@ pub async fn read_group(
     let mut out = Vec::new();
     for id in chunks {
         let loc = index.chunks.get(id).ok_or_else(|| {
-            OpsError::Invalid(format!("{object}: chunk {id} is in no index (repository damaged; run `custos check`)"))
+            OpsError::Invalid(format!(
+                "{object}: chunk {id} is in no index (repository damaged; run `custos check`)"
+            ))
         })?;
         let sealed = cache
             .blob(index, loc)
@@ -121,7 +127,10 @@ pub async fn restore(
     let snap = Snapshot::select(&list, &opts.snapshot)?.clone();
     let index = Index::load(&repo.target, &repo.meta).await?;
     let OpenRepo {
-        target, vault, meta, ..
+        target,
+        vault,
+        meta,
+        ..
     } = repo;
     let target = Arc::new(target);
     let mut report = RestoreReport {
@@ -137,9 +146,29 @@ pub async fn restore(
         duration_s: 0.0,
     };
     if snap.sqlite.is_some() {
-        restore_sqlite(&snap, target, index, vault, meta, opts, progress, &mut report).await?;
+        restore_sqlite(
+            &snap,
+            target,
+            index,
+            vault,
+            meta,
+            opts,
+            progress,
+            &mut report,
+        )
+        .await?;
     } else if snap.files.is_some() {
-        restore_files(&snap, target, index, vault, meta, opts, progress, &mut report).await?;
+        restore_files(
+            &snap,
+            target,
+            index,
+            vault,
+            meta,
+            opts,
+            progress,
+            &mut report,
+        )
+        .await?;
     } else {
         return Err(OpsError::Invalid(format!(
             "snapshot {} holds neither a database nor files",
@@ -199,11 +228,17 @@ async fn restore_sqlite(
                 }
             };
             let Page::Groups { groups, table, .. } = page else {
-                fetch_err = Some(OpsError::Invalid(format!("tree {pid} of table {} is not a group page", t.name)));
+                fetch_err = Some(OpsError::Invalid(format!(
+                    "tree {pid} of table {} is not a group page",
+                    t.name
+                )));
                 break 'tables;
             };
             if table != t.name {
-                fetch_err = Some(OpsError::Invalid(format!("tree {pid} belongs to table {table}, not {}", t.name)));
+                fetch_err = Some(OpsError::Invalid(format!(
+                    "tree {pid} belongs to table {table}, not {}",
+                    t.name
+                )));
                 break 'tables;
             }
             for g in &groups {
@@ -305,9 +340,14 @@ async fn restore_files(
                     r.begin_file(&f.entry)?;
                     for id in &f.chunks {
                         let object = format!("{}: file {}", snap.id, f.entry.path);
-                        let data =
-                            read_group(&mut cache, &index, &keys, std::slice::from_ref(id), &object)
-                                .await?;
+                        let data = read_group(
+                            &mut cache,
+                            &index,
+                            &keys,
+                            std::slice::from_ref(id),
+                            &object,
+                        )
+                        .await?;
                         r.write(&data)?;
                         report.bytes += data.len() as u64;
                         progress.advance(data.len() as u64);

@@ -55,7 +55,10 @@ impl IndexFile {
         if b.len() != 4 + count.saturating_mul(ENTRY_LEN) {
             return Err(RepoError::malformed(
                 object,
-                format!("entry table declares {count} entries but holds {} bytes", b.len()),
+                format!(
+                    "entry table declares {count} entries but holds {} bytes",
+                    b.len()
+                ),
             ));
         }
         let mut out = Vec::with_capacity(count);
@@ -86,7 +89,10 @@ impl IndexFile {
             return Err(RepoError::malformed(object, "not an index (bad magic)"));
         }
         if b[4] != 1 {
-            return Err(RepoError::malformed(object, format!("index version {}", b[4])));
+            return Err(RepoError::malformed(
+                object,
+                format!("index version {}", b[4]),
+            ));
         }
         let pack = Id(b[5..37].try_into().unwrap());
         let pack_size = u64::from_le_bytes(b[37..45].try_into().unwrap());

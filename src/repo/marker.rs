@@ -61,7 +61,10 @@ impl RepoMarker {
         let m: RepoMarker = serde_json::from_slice(&bytes)
             .map_err(|e| RepoError::malformed(&obj, e.to_string()))?;
         if m.format != FORMAT_NAME {
-            return Err(RepoError::malformed(&obj, format!("format is `{}`", m.format)));
+            return Err(RepoError::malformed(
+                &obj,
+                format!("format is `{}`", m.format),
+            ));
         }
         if m.version > FORMAT_VERSION || m.version == 0 {
             return Err(RepoError::UnsupportedVersion {

@@ -25,7 +25,7 @@ use crate::target::TargetError;
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
     #[error(transparent)]
-    Target(#[from] TargetError),
+    Target(Box<TargetError>),
     #[error("{object}: {source}")]
     Crypto {
         object: String,
@@ -48,6 +48,12 @@ pub enum RepoError {
     NoSnapshot(String),
     #[error("snapshot prefix `{0}` is ambiguous")]
     AmbiguousSnapshot(String),
+}
+
+impl From<TargetError> for RepoError {
+    fn from(e: TargetError) -> Self {
+        RepoError::Target(Box::new(e))
+    }
 }
 
 impl RepoError {

@@ -160,17 +160,30 @@ impl PackWriter {
 }
 
 /// Reads the header of a whole pack (to rebuild a lost index, or to check).
-pub fn read_header(object: &str, pack: &[u8], meta: &MetaKey) -> Result<Vec<IndexEntry>, RepoError> {
+pub fn read_header(
+    object: &str,
+    pack: &[u8],
+    meta: &MetaKey,
+) -> Result<Vec<IndexEntry>, RepoError> {
     let n = pack.len();
     if n < HEADER_OFFSET + 12 || &pack[..8] != MAGIC || &pack[n - 8..] != END_MAGIC {
-        return Err(RepoError::malformed(object, "not a custos pack (bad magic or truncated)"));
+        return Err(RepoError::malformed(
+            object,
+            "not a custos pack (bad magic or truncated)",
+        ));
     }
     if pack[8] != VERSION {
-        return Err(RepoError::malformed(object, format!("pack version {}", pack[8])));
+        return Err(RepoError::malformed(
+            object,
+            format!("pack version {}", pack[8]),
+        ));
     }
     let hlen = u32::from_le_bytes(pack[n - 12..n - 8].try_into().unwrap()) as usize;
     if hlen > n - 12 - HEADER_OFFSET {
-        return Err(RepoError::malformed(object, "header length beyond the pack"));
+        return Err(RepoError::malformed(
+            object,
+            "header length beyond the pack",
+        ));
     }
     let sealed = &pack[n - 12 - hlen..n - 12];
     let body = meta
@@ -183,7 +196,10 @@ pub fn read_header(object: &str, pack: &[u8], meta: &MetaKey) -> Result<Vec<Inde
     let data_end = (n - 12 - hlen) as u64;
     for e in &entries {
         if (e.offset as u64) < HEADER_OFFSET as u64 || e.offset as u64 + e.len as u64 > data_end {
-            return Err(RepoError::malformed(object, "header entry outside the pack"));
+            return Err(RepoError::malformed(
+                object,
+                "header entry outside the pack",
+            ));
         }
     }
     Ok(entries)

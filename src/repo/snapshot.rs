@@ -32,7 +32,7 @@ pub struct Snapshot {
     pub stats: SnapshotStats,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreInfo {
     /// `sqlite` or `files`.
@@ -108,7 +108,12 @@ impl Snapshot {
         Ok(())
     }
 
-    pub fn open(object: &str, id: &str, meta: &MetaKey, sealed: &[u8]) -> Result<Snapshot, RepoError> {
+    pub fn open(
+        object: &str,
+        id: &str,
+        meta: &MetaKey,
+        sealed: &[u8],
+    ) -> Result<Snapshot, RepoError> {
         let z = meta
             .open("snapshot", id, sealed)
             .map_err(|source| RepoError::Crypto {
@@ -119,7 +124,10 @@ impl Snapshot {
         let s: Snapshot = serde_json::from_slice(&json)
             .map_err(|e| RepoError::malformed(object, e.to_string()))?;
         if s.version != SNAPSHOT_VERSION {
-            return Err(RepoError::malformed(object, format!("snapshot version {}", s.version)));
+            return Err(RepoError::malformed(
+                object,
+                format!("snapshot version {}", s.version),
+            ));
         }
         if s.id != id {
             return Err(RepoError::malformed(object, "names another snapshot"));
@@ -155,7 +163,9 @@ impl Snapshot {
     /// Finds a snapshot by `latest`, a full id or a unique id prefix.
     pub fn select<'a>(list: &'a [Snapshot], which: &str) -> Result<&'a Snapshot, RepoError> {
         if which == "latest" {
-            return list.last().ok_or_else(|| RepoError::NoSnapshot(which.into()));
+            return list
+                .last()
+                .ok_or_else(|| RepoError::NoSnapshot(which.into()));
         }
         let m: Vec<_> = list.iter().filter(|s| s.id.starts_with(which)).collect();
         match m.len() {

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 
 pub const PAGE_VERSION: u32 = 1;
 /// Boundary when the first two bytes of the id modulo this are zero.
-pub const GROUP_PAGE_AVG: u16 = 1024;
-pub const GROUP_PAGE_MAX: usize = 8192;
+pub const GROUP_PAGE_AVG: u16 = 256;
+pub const GROUP_PAGE_MAX: usize = 4096;
 pub const FILE_PAGE_AVG: u16 = 256;
 pub const FILE_PAGE_MAX: usize = 4096;
 
@@ -87,7 +87,10 @@ impl Page {
             })?;
         let json = decompress_meta(object, &z)?;
         if meta.keyed_hash("tree", &json) != *id {
-            return Err(RepoError::malformed(object, "content does not match its id"));
+            return Err(RepoError::malformed(
+                object,
+                "content does not match its id",
+            ));
         }
         let page: Page = serde_json::from_slice(&json)
             .map_err(|e| RepoError::malformed(object, e.to_string()))?;
@@ -107,22 +110,27 @@ impl Page {
     }
 }
 
-/// Cuts a stream of group entries into pages at content-defined boundaries.
+/// Cuts a stream of group entries into pages: a page never spans two time
+/// units (so the pages of a closed month stay the same snapshot after
+/// snapshot), and within a unit pages end at content-defined boundaries.
 #[derive(Default)]
 pub struct GroupPager {
     cur: Vec<GroupEntry>,
 }
 
 impl GroupPager {
-    /// Adds an entry; returns a full page when a boundary is reached.
-    pub fn push(&mut self, e: GroupEntry) -> Option<Vec<GroupEntry>> {
+    /// Adds an entry; returns the pages completed by it (zero, one or two).
+    pub fn push(&mut self, e: GroupEntry) -> Vec<Vec<GroupEntry>> {
+        let mut done = Vec::new();
+        if self.cur.last().is_some_and(|l| l.u != e.u) {
+            done.push(std::mem::take(&mut self.cur));
+        }
         let b = u16::from_le_bytes([e.g.0[0], e.g.0[1]]) % GROUP_PAGE_AVG == 0;
         self.cur.push(e);
         if b || self.cur.len() >= GROUP_PAGE_MAX {
-            Some(std::mem::take(&mut self.cur))
-        } else {
-            None
+            done.push(std::mem::take(&mut self.cur));
         }
+        done
     }
 
     pub fn finish(&mut self) -> Option<Vec<GroupEntry>> {

@@ -14,8 +14,14 @@ pub struct Comparison {
     pub differences: Vec<String>,
 }
 
+/// type, name, tbl_name, sql of one sqlite_master row.
+type SchemaRow = (String, String, String, Option<String>);
+
 fn open(p: &Path) -> rusqlite::Result<Connection> {
-    Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    Connection::open_with_flags(
+        p,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
 }
 
 fn quote_ident(s: &str) -> String {
@@ -27,7 +33,7 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
     let ca = open(a)?;
     let cb = open(b)?;
     let mut out = Comparison::default();
-    let schema = |c: &Connection| -> rusqlite::Result<Vec<(String, String, String, Option<String>)>> {
+    let schema = |c: &Connection| -> rusqlite::Result<Vec<SchemaRow>> {
         let mut st = c.prepare(
             "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_autoindex%' ORDER BY type, name",
         )?;
@@ -38,10 +44,16 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
     let sb = schema(&cb)?;
     if sa != sb {
         for e in sa.iter().filter(|e| !sb.contains(e)) {
-            out.differences.push(format!("schema object {} `{}` differs or is missing in the copy", e.0, e.1));
+            out.differences.push(format!(
+                "schema object {} `{}` differs or is missing in the copy",
+                e.0, e.1
+            ));
         }
         for e in sb.iter().filter(|e| !sa.contains(e)) {
-            out.differences.push(format!("schema object {} `{}` exists only in the copy", e.0, e.1));
+            out.differences.push(format!(
+                "schema object {} `{}` exists only in the copy",
+                e.0, e.1
+            ));
         }
     }
     for p in ["user_version", "application_id"] {
@@ -52,16 +64,28 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
         }
     }
     for (kind, name, _, sql) in &sa {
-        if kind != "table" || sql.as_deref().map(|s| s.to_ascii_uppercase().contains("VIRTUAL TABLE")).unwrap_or(false) {
+        if kind != "table"
+            || sql
+                .as_deref()
+                .map(|s| s.to_ascii_uppercase().contains("VIRTUAL TABLE"))
+                .unwrap_or(false)
+        {
             continue;
         }
         out.tables += 1;
         let without_rowid = sql
             .as_deref()
-            .map(|s| s.to_ascii_uppercase().replace(char::is_whitespace, "").ends_with("WITHOUTROWID"))
+            .map(|s| {
+                s.to_ascii_uppercase()
+                    .replace(char::is_whitespace, "")
+                    .ends_with("WITHOUTROWID")
+            })
             .unwrap_or(false);
         let cols: Vec<String> = {
-            let mut st = ca.prepare(&format!("SELECT name FROM pragma_table_info({})", quote_string(name)))?;
+            let mut st = ca.prepare(&format!(
+                "SELECT name FROM pragma_table_info({})",
+                quote_string(name)
+            ))?;
             let r = st.query_map([], |r| r.get::<_, String>(0))?;
             r.collect::<rusqlite::Result<_>>()?
         };
@@ -70,14 +94,21 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
             .map(|c| format!("typeof({0}) || ':' || quote({0})", quote_ident(c)))
             .collect();
         let order = if without_rowid {
-            (1..=cols.len()).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+            (1..=cols.len())
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
             exprs.insert(0, "rowid".into());
             "rowid".into()
         };
         let q = format!(
             "SELECT {} FROM {} ORDER BY {}",
-            if exprs.is_empty() { "1".to_string() } else { exprs.join(", ") },
+            if exprs.is_empty() {
+                "1".to_string()
+            } else {
+                exprs.join(", ")
+            },
             quote_ident(name),
             if order.is_empty() { "1".into() } else { order }
         );
@@ -85,7 +116,8 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
         let mut st_b = match cb.prepare(&q) {
             Ok(s) => s,
             Err(e) => {
-                out.differences.push(format!("table `{name}`: cannot read the copy: {e}"));
+                out.differences
+                    .push(format!("table `{name}`: cannot read the copy: {e}"));
                 continue;
             }
         };
@@ -98,7 +130,9 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
             match (x, y) {
                 (None, None) => break,
                 (Some(_), None) | (None, Some(_)) => {
-                    out.differences.push(format!("table `{name}`: row counts differ (after {i} rows)"));
+                    out.differences.push(format!(
+                        "table `{name}`: row counts differ (after {i} rows)"
+                    ));
                     break;
                 }
                 (Some(x), Some(y)) => {
@@ -106,7 +140,11 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
                         let vx = x.get_ref(c)?;
                         let vy = y.get_ref(c)?;
                         if vx != vy {
-                            out.differences.push(format!("table `{name}`: row {} differs in column {}", i + 1, c));
+                            out.differences.push(format!(
+                                "table `{name}`: row {} differs in column {}",
+                                i + 1,
+                                c
+                            ));
                             break;
                         }
                     }

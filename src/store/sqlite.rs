@@ -1,1 +1,1475 @@
-//! (being written)
+//! SQLite in record mode: a consistent, streaming read of every table, and a
+//! faithful rebuild of the database from its rows.
+//!
+//! * [`SqliteSource`] opens a database read-only and pins one snapshot with a
+//!   read transaction, so every table is read from the same point in time
+//!   even while another process writes (WAL mode; in rollback-journal mode
+//!   writers wait until the source is dropped). [`SqliteSource::schema`]
+//!   describes what must be rebuilt; [`SqliteSource::scan`] streams one
+//!   table's rows, encoded by [`super::record`], grouped by shred-group
+//!   coordinates so that rows of one group arrive contiguously.
+//! * [`SqliteRestorer`] builds a new database from a [`SqliteSchema`] and
+//!   encoded rows fed in any order, in a temporary file next to the target
+//!   that is renamed into place only by [`SqliteRestorer::finish`].
+//!
+//! Grouping order, bucket and subject rules are specified in
+//! `docs/RECORDS.md`. Errors name the database path, tables and columns,
+//! never row values.
+
+use super::record::{decode_row, decode_row_ref, encode_owned_row, encode_row_with, Row};
+use super::{Every, GroupCoords, TablePlan};
+use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Version of the [`SqliteSchema`] shape, stored with it.
+pub const SQLITE_SCHEMA_VERSION: u32 = 1;
+
+/// Errors of the SQLite store. Messages name the path, table and column
+/// concerned and say what to do; they never contain row values.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SqliteError {
+    #[error("SQLite database {path} does not exist; check the policy's store path")]
+    NotFound { path: PathBuf },
+    #[error("{path} already exists; restore into a new path, or pass force to replace it")]
+    AlreadyExists { path: PathBuf },
+    #[error("cannot open SQLite database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("SQLite error in {path} while {doing}: {source}")]
+    Sql {
+        path: PathBuf,
+        doing: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("I/O error on {path} while {doing}: {source}")]
+    Io {
+        path: PathBuf,
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot back up or restore {object} in {path} faithfully: {reason}")]
+    Unsupported {
+        path: PathBuf,
+        object: String,
+        reason: String,
+    },
+    #[error("no table `{table}` in {path}; check the table name in the policy")]
+    NoSuchTable { path: PathBuf, table: String },
+    #[error("table `{table}` in {path} has no column `{column}` (named as the {role}); check the policy")]
+    NoSuchColumn {
+        path: PathBuf,
+        table: String,
+        column: String,
+        role: &'static str,
+    },
+    #[error(
+        "plan for table `{plan}` was used to scan table `{table}`; pass the plan of that table"
+    )]
+    PlanMismatch { plan: String, table: String },
+    #[error(
+        "encoded rows for table `{table}` are invalid at byte {offset} of the buffer: {source}"
+    )]
+    Record {
+        table: String,
+        offset: usize,
+        #[source]
+        source: super::record::RecordError,
+    },
+    #[error(
+        "a row for table `{table}` does not fit its schema ({detail}); \
+         the rows belong to another table or schema"
+    )]
+    RowShape { table: String, detail: String },
+    #[error(
+        "the saved schema is invalid: {0}; it was written by another custos version or is corrupt"
+    )]
+    BadSchema(String),
+}
+
+/// Result of a [`SqliteSource::scan`]: the store failed, or the sink did.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError<E> {
+    #[error(transparent)]
+    Store(SqliteError),
+    #[error("the row sink failed: {0}")]
+    Sink(E),
+}
+
+impl<E> From<SqliteError> for ScanError<E> {
+    fn from(e: SqliteError) -> Self {
+        ScanError::Store(e)
+    }
+}
+
+/// What one scan emitted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Rows passed to the sink.
+    pub rows: u64,
+    /// Encoded bytes passed to the sink.
+    pub bytes: u64,
+}
+
+/// Everything needed to rebuild a database, besides its rows. Persisted in
+/// the snapshot (see `docs/RECORDS.md`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SqliteSchema {
+    /// Shape version, [`SQLITE_SCHEMA_VERSION`].
+    pub version: u32,
+    /// User objects from `sqlite_schema` in creation (rowid) order: tables,
+    /// indexes, views, triggers. SQLite's own objects (`sqlite_sequence`,
+    /// `sqlite_stat*`, automatic indexes) are not listed; they are recreated.
+    pub entries: Vec<SchemaEntry>,
+    /// Every table whose rows must be restored: user tables in creation
+    /// order, then `sqlite_stat1`/`sqlite_stat4`, then `sqlite_sequence`.
+    pub tables: Vec<TableSchema>,
+    /// `PRAGMA user_version`.
+    pub user_version: i64,
+    /// `PRAGMA application_id`.
+    pub application_id: i64,
+    /// `PRAGMA page_size` in bytes.
+    pub page_size: u32,
+    /// `PRAGMA auto_vacuum`: 0 none, 1 full, 2 incremental.
+    pub auto_vacuum: u8,
+    /// `PRAGMA encoding`: `UTF-8`, `UTF-16le` or `UTF-16be`.
+    pub encoding: String,
+    /// Whether the database was in WAL journal mode (persistent in the file).
+    pub wal: bool,
+}
+
+/// One row of `sqlite_schema`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SchemaEntry {
+    /// `table`, `index`, `view` or `trigger`.
+    pub kind: String,
+    pub name: String,
+    pub tbl_name: String,
+    /// The statement that creates the object, exactly as SQLite stored it.
+    pub sql: Option<String>,
+}
+
+/// One table whose rows are backed up and restored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TableSchema {
+    pub name: String,
+    /// Restorable (non-generated) columns in table order: the values of an
+    /// encoded row, in this order.
+    pub columns: Vec<String>,
+    pub without_rowid: bool,
+    /// For rowid tables, the name by which the rowid is read and written
+    /// (`rowid`, `_rowid_` or `oid`, whichever no column shadows); every
+    /// encoded row of the table carries its rowid. `None` for WITHOUT ROWID.
+    pub rowid: Option<String>,
+    /// WITHOUT ROWID tables: primary key columns in key order (the scan's
+    /// tie-break order). Empty for rowid tables.
+    pub primary_key: Vec<String>,
+    /// Generated columns: not stored in rows, recomputed by the schema, but
+    /// usable as subject or period column.
+    pub generated: Vec<String>,
+    /// SQLite's own table (`sqlite_sequence`, `sqlite_stat1`, `sqlite_stat4`):
+    /// restored verbatim, never named by a policy.
+    pub internal: bool,
+}
+
+impl TableSchema {
+    fn find_column(&self, name: &str) -> Option<&str> {
+        self.columns
+            .iter()
+            .chain(self.generated.iter())
+            .find(|c| c.eq_ignore_ascii_case(name))
+            .map(String::as_str)
+    }
+}
+
+/// The subject column and the period column with its bucket length, as
+/// spelled in the table.
+type PlanColumns<'t> = (Option<&'t str>, Option<(&'t str, Every)>);
+
+/// `"name"` with embedded quotes doubled: a safe SQL identifier.
+fn ident(name: &str) -> String {
+    let mut s = String::with_capacity(name.len() + 2);
+    s.push('"');
+    for ch in name.chars() {
+        if ch == '"' {
+            s.push('"');
+        }
+        s.push(ch);
+    }
+    s.push('"');
+    s
+}
+
+/// The canonical subject text of a value (see `docs/RECORDS.md`): INTEGER in
+/// decimal, TEXT as is (`hex:` + lowercase hex when not UTF-8), REAL as its
+/// shortest round-trip decimal (Rust's `{:?}` of `f64`), BLOB `hex:` + hex,
+/// NULL none.
+pub fn subject_text(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(r) => Some(format!("{r:?}")),
+        ValueRef::Text(t) => Some(match std::str::from_utf8(t) {
+            Ok(s) => s.to_owned(),
+            Err(_) => format!("hex:{}", hex::encode(t)),
+        }),
+        ValueRef::Blob(b) => Some(format!("hex:{}", hex::encode(b))),
+    }
+}
+
+/// The period bucket label of a time value, or `None` when the value cannot
+/// be read as a time. INTEGER and REAL are unix seconds (UTC); TEXT is an
+/// ISO 8601 date (`2026-03-14`) or date-time (`2026-03-14T10:00:00Z`,
+/// `2026-03-14 10:00:00`, optional seconds, fraction and `Z`/`±hh:mm`
+/// offset; no offset means UTC). Labels: `2026-03-14` (day), `2026-03`
+/// (month), `2026` (year); years outside 0000–9999 give `None`.
+pub fn bucket_label(v: ValueRef<'_>, every: Every) -> Option<String> {
+    let t = match v {
+        ValueRef::Integer(i) => chrono::DateTime::from_timestamp(i, 0)?.naive_utc(),
+        ValueRef::Real(r) => {
+            if !r.is_finite() {
+                return None;
+            }
+            let s = r.floor();
+            if s < -(2f64.powi(62)) || s > 2f64.powi(62) {
+                return None;
+            }
+            chrono::DateTime::from_timestamp(s as i64, 0)?.naive_utc()
+        }
+        ValueRef::Text(b) => parse_iso8601(std::str::from_utf8(b).ok()?)?,
+        _ => return None,
+    };
+    let (y, m, d) = (t.year(), t.month(), t.day());
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    Some(match every {
+        Every::Day => format!("{y:04}-{m:02}-{d:02}"),
+        Every::Month => format!("{y:04}-{m:02}"),
+        Every::Year => format!("{y:04}"),
+    })
+}
+
+fn digits(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.iter().try_fold(0u32, |n, d| {
+        n.checked_mul(10)?.checked_add(u32::from(d - b'0'))
+    })
+}
+
+/// Parses the ISO 8601 forms accepted for periods into a UTC date-time.
+fn parse_iso8601(s: &str) -> Option<NaiveDateTime> {
+    let b = s.as_bytes();
+    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(
+        digits(&b[0..4])? as i32,
+        digits(&b[5..7])?,
+        digits(&b[8..10])?,
+    )?;
+    if b.len() == 10 {
+        return Some(date.and_time(NaiveTime::MIN));
+    }
+    if !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let rest = &b[11..];
+    if rest.len() < 5 || rest[2] != b':' {
+        return None;
+    }
+    let hour = digits(&rest[0..2])?;
+    let min = digits(&rest[3..5])?;
+    let mut i = 5;
+    let mut sec = 0;
+    if rest.get(i) == Some(&b':') {
+        sec = digits(rest.get(i + 1..i + 3)?)?;
+        i += 3;
+        if rest.get(i) == Some(&b'.') {
+            let start = i + 1;
+            i = start;
+            while rest.get(i).is_some_and(u8::is_ascii_digit) {
+                i += 1;
+            }
+            if i == start {
+                return None;
+            }
+        }
+    }
+    // A leap second stays in its minute.
+    let time = NaiveTime::from_hms_opt(hour, min, sec.min(59))?;
+    let local = date.and_time(time);
+    let zone = &rest[i..];
+    let offset_minutes: i64 = match zone {
+        [] | [b'Z'] | [b'z'] => 0,
+        [sign @ (b'+' | b'-'), tz @ ..] => {
+            let (h, m) = match tz {
+                [h1, h2] => (digits(&[*h1, *h2])?, 0),
+                [h1, h2, b':', m1, m2] | [h1, h2, m1, m2] => {
+                    (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?)
+                }
+                _ => return None,
+            };
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let o = i64::from(h * 60 + m);
+            if *sign == b'-' {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    local.checked_sub_signed(TimeDelta::try_minutes(offset_minutes)?)
+}
+
+fn register_functions(conn: &Connection) -> rusqlite::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
+    conn.create_scalar_function("custos_bucket", 2, flags, |ctx| {
+        let every = match ctx.get_raw(1) {
+            ValueRef::Text(b"day") => Every::Day,
+            ValueRef::Text(b"month") => Every::Month,
+            ValueRef::Text(b"year") => Every::Year,
+            _ => {
+                return Err(rusqlite::Error::UserFunctionError(
+                    "custos_bucket: second argument must be 'day', 'month' or 'year'".into(),
+                ))
+            }
+        };
+        Ok(bucket_label(ctx.get_raw(0), every))
+    })?;
+    conn.create_scalar_function("custos_subject", 1, flags, |ctx| {
+        Ok(subject_text(ctx.get_raw(0)))
+    })
+}
+
+/// How a [`SqliteSource`] reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceOptions {
+    /// Keep SQLite's sorter in memory. A grouped scan (subject or period)
+    /// sorts the table; by default SQLite spills a large sort to temporary
+    /// files (unlinked as soon as opened, in `SQLITE_TMPDIR` or the system
+    /// temporary directory), which hold plaintext rows while the scan runs.
+    /// `true` keeps them in memory instead: no plaintext on disk, but memory
+    /// grows with the size of the largest grouped table.
+    pub sort_in_memory: bool,
+}
+
+/// A SQLite database opened read-only, with one snapshot pinned for the
+/// lifetime of this value. Everything read through it (schema, every table,
+/// row counts) comes from that one snapshot.
+pub struct SqliteSource {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteSource")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteSource {
+    /// Opens `path` read-only (never creating it), registers the grouping
+    /// functions and starts the read transaction that pins the snapshot.
+    ///
+    /// A WAL database needs its `-shm` file or a writable directory, as for
+    /// any SQLite reader. In rollback-journal mode, writers of the database
+    /// wait (busy) until this source is dropped.
+    pub fn open(path: &Path) -> Result<Self, SqliteError> {
+        Self::open_with(path, &SourceOptions::default())
+    }
+
+    /// [`open`](Self::open) with options.
+    pub fn open_with(path: &Path, options: &SourceOptions) -> Result<Self, SqliteError> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(SqliteError::Io {
+                    path: path.to_owned(),
+                    doing: "opening the database".into(),
+                    source: std::io::Error::other("not a regular file"),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SqliteError::NotFound {
+                    path: path.to_owned(),
+                })
+            }
+            Err(e) => {
+                return Err(SqliteError::Io {
+                    path: path.to_owned(),
+                    doing: "opening the database".into(),
+                    source: e,
+                })
+            }
+        }
+        let open_err = |source| SqliteError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(open_err)?;
+        register_functions(&conn).map_err(open_err)?;
+        if options.sort_in_memory {
+            conn.execute_batch("PRAGMA temp_store = MEMORY")
+                .map_err(open_err)?;
+        }
+        conn.execute_batch("BEGIN DEFERRED").map_err(open_err)?;
+        // The first read starts the read transaction: from here on this
+        // connection sees one snapshot.
+        conn.query_row("SELECT count(*) FROM main.sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(open_err)?;
+        Ok(SqliteSource {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql_err(&self, doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> SqliteError {
+        let path = self.path.clone();
+        let doing = doing.into();
+        move |source| SqliteError::Sql {
+            path,
+            doing,
+            source,
+        }
+    }
+
+    fn unsupported(&self, object: String, reason: &str) -> SqliteError {
+        SqliteError::Unsupported {
+            path: self.path.clone(),
+            object,
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn pragma_i64(&self, name: &str) -> Result<i64, SqliteError> {
+        self.conn
+            .query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))
+            .map_err(self.sql_err(format!("reading PRAGMA {name}")))
+    }
+
+    /// Describes everything a restore must rebuild, in restore order.
+    ///
+    /// Refuses (with a message naming the object) what cannot be restored
+    /// row by row: virtual tables and their shadow tables, unknown `sqlite_`
+    /// objects, and rowid tables whose columns shadow all of `rowid`,
+    /// `_rowid_` and `oid`.
+    pub fn schema(&self) -> Result<SqliteSchema, SqliteError> {
+        let mut objects: Vec<(String, String, String, Option<String>)> = Vec::new();
+        {
+            let doing = "reading sqlite_schema";
+            let mut stmt = self
+                .conn
+                .prepare("SELECT type, name, tbl_name, sql FROM main.sqlite_schema ORDER BY rowid")
+                .map_err(self.sql_err(doing))?;
+            let mut rows = stmt.query([]).map_err(self.sql_err(doing))?;
+            while let Some(r) = rows.next().map_err(self.sql_err(doing))? {
+                let get = |i| r.get::<_, Option<String>>(i);
+                objects.push((
+                    get(0).map_err(self.sql_err(doing))?.unwrap_or_default(),
+                    get(1).map_err(self.sql_err(doing))?.unwrap_or_default(),
+                    get(2).map_err(self.sql_err(doing))?.unwrap_or_default(),
+                    get(3).map_err(self.sql_err(doing))?,
+                ));
+            }
+        }
+        // Virtual tables first: their shadow tables would otherwise be
+        // reported as ordinary tables.
+        for (kind, name, _, sql) in &objects {
+            let is_virtual = sql.as_deref().is_some_and(|s| {
+                s.trim_start()
+                    .get(..20)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("CREATE VIRTUAL TABLE"))
+            });
+            if kind == "table" && is_virtual {
+                return Err(self.unsupported(
+                    format!("virtual table `{name}`"),
+                    "virtual tables (fts, rtree, ...) are not restorable row by row; \
+                     remove it from the database or back the file up in file mode",
+                ));
+            }
+        }
+        let mut entries = Vec::new();
+        let mut user_tables = Vec::new();
+        let mut stat_tables = Vec::new();
+        let mut sequence = false;
+        for (kind, name, tbl_name, sql) in objects {
+            let lower = name.to_ascii_lowercase();
+            match kind.as_str() {
+                "table" if lower == "sqlite_sequence" => sequence = true,
+                "table" if lower == "sqlite_stat1" || lower == "sqlite_stat4" => {
+                    stat_tables.push(name)
+                }
+                "index" if sql.is_none() => {} // automatic index of a constraint
+                "table" | "index" | "view" | "trigger" => {
+                    if lower.starts_with("sqlite_") {
+                        return Err(self.unsupported(
+                            format!("{kind} `{name}`"),
+                            "it is an internal SQLite object custos does not know how to recreate",
+                        ));
+                    }
+                    if sql.is_none() {
+                        return Err(self.unsupported(
+                            format!("{kind} `{name}`"),
+                            "sqlite_schema has no SQL for it",
+                        ));
+                    }
+                    if kind == "table" {
+                        user_tables.push(name.clone());
+                    }
+                    entries.push(SchemaEntry {
+                        kind,
+                        name,
+                        tbl_name,
+                        sql,
+                    });
+                }
+                _ => {
+                    return Err(self.unsupported(
+                        format!("object `{name}` of type `{kind}`"),
+                        "unknown kind of schema object",
+                    ))
+                }
+            }
+        }
+        let mut tables = Vec::new();
+        for t in &user_tables {
+            tables.push(self.table_schema(t, false)?);
+        }
+        for t in &stat_tables {
+            tables.push(self.table_schema(t, true)?);
+        }
+        if sequence {
+            tables.push(self.table_schema("sqlite_sequence", true)?);
+        }
+        let encoding: String = self
+            .conn
+            .query_row("PRAGMA main.encoding", [], |r| r.get(0))
+            .map_err(self.sql_err("reading PRAGMA encoding"))?;
+        let journal: String = self
+            .conn
+            .query_row("PRAGMA main.journal_mode", [], |r| r.get(0))
+            .map_err(self.sql_err("reading PRAGMA journal_mode"))?;
+        Ok(SqliteSchema {
+            version: SQLITE_SCHEMA_VERSION,
+            entries,
+            tables,
+            user_version: self.pragma_i64("user_version")?,
+            application_id: self.pragma_i64("application_id")?,
+            page_size: self.pragma_i64("page_size")? as u32,
+            auto_vacuum: self.pragma_i64("auto_vacuum")? as u8,
+            encoding,
+            wal: journal.eq_ignore_ascii_case("wal"),
+        })
+    }
+
+    fn table_schema(&self, name: &str, internal: bool) -> Result<TableSchema, SqliteError> {
+        let doing = format!("reading the columns of table `{name}`");
+        let (kind, wr): (String, bool) = self
+            .conn
+            .query_row(
+                "SELECT type, wr FROM pragma_table_list(?1) WHERE schema = 'main'",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(self.sql_err(doing.clone()))?;
+        if kind != "table" {
+            return Err(self.unsupported(
+                format!("table `{name}`"),
+                &format!("SQLite lists it as a `{kind}` table, which is not restorable row by row"),
+            ));
+        }
+        let mut columns = Vec::new();
+        let mut generated = Vec::new();
+        let mut pk: Vec<(i64, String)> = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name, pk, hidden FROM pragma_table_xinfo(?1, 'main') ORDER BY cid")
+                .map_err(self.sql_err(doing.clone()))?;
+            let mut rows = stmt.query([name]).map_err(self.sql_err(doing.clone()))?;
+            while let Some(r) = rows.next().map_err(self.sql_err(doing.clone()))? {
+                let col: String = r.get(0).map_err(self.sql_err(doing.clone()))?;
+                let key: i64 = r.get(1).map_err(self.sql_err(doing.clone()))?;
+                let hidden: i64 = r.get(2).map_err(self.sql_err(doing.clone()))?;
+                match hidden {
+                    0 => columns.push(col.clone()),
+                    2 | 3 => generated.push(col.clone()),
+                    _ => {
+                        return Err(self.unsupported(
+                            format!("column `{col}` of table `{name}`"),
+                            "it is a hidden column",
+                        ))
+                    }
+                }
+                if key > 0 {
+                    pk.push((key, col));
+                }
+            }
+        }
+        if columns.is_empty() {
+            return Err(self.unsupported(format!("table `{name}`"), "it has no stored columns"));
+        }
+        let rowid = if wr {
+            None
+        } else {
+            let shadowed = |alias: &str| {
+                columns
+                    .iter()
+                    .chain(generated.iter())
+                    .any(|c| c.eq_ignore_ascii_case(alias))
+            };
+            match ["rowid", "_rowid_", "oid"].into_iter().find(|a| !shadowed(a)) {
+                Some(a) => Some(a.to_owned()),
+                None => {
+                    return Err(self.unsupported(
+                        format!("table `{name}`"),
+                        "its columns named rowid, _rowid_ and oid hide the rowid, so rowids cannot be kept",
+                    ))
+                }
+            }
+        };
+        pk.sort();
+        Ok(TableSchema {
+            name: name.to_owned(),
+            columns,
+            without_rowid: wr,
+            rowid,
+            primary_key: if wr {
+                pk.into_iter().map(|(_, c)| c).collect()
+            } else {
+                Vec::new()
+            },
+            generated,
+            internal,
+        })
+    }
+
+    fn find_table<'s>(
+        &self,
+        schema: &'s SqliteSchema,
+        name: &str,
+    ) -> Result<&'s TableSchema, SqliteError> {
+        schema
+            .tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .ok_or_else(|| SqliteError::NoSuchTable {
+                path: self.path.clone(),
+                table: name.to_owned(),
+            })
+    }
+
+    fn plan_columns<'t>(
+        &self,
+        table: &'t TableSchema,
+        plan: &TablePlan,
+    ) -> Result<PlanColumns<'t>, SqliteError> {
+        let missing = |column: &str, role| SqliteError::NoSuchColumn {
+            path: self.path.clone(),
+            table: table.name.clone(),
+            column: column.to_owned(),
+            role,
+        };
+        let subject = match &plan.subject {
+            Some(c) => Some(table.find_column(c).ok_or_else(|| missing(c, "subject"))?),
+            None => None,
+        };
+        let period = match &plan.period {
+            Some((c, every)) => Some((
+                table
+                    .find_column(c)
+                    .ok_or_else(|| missing(c, "period column"))?,
+                *every,
+            )),
+            None => None,
+        };
+        Ok((subject, period))
+    }
+
+    /// Checks a policy's plan against the schema: the table exists and its
+    /// subject and period columns exist (generated columns count).
+    pub fn check_plan(&self, schema: &SqliteSchema, plan: &TablePlan) -> Result<(), SqliteError> {
+        let table = self.find_table(schema, &plan.name)?;
+        self.plan_columns(table, plan).map(|_| ())
+    }
+
+    /// Number of rows in a table, in the pinned snapshot (for progress).
+    pub fn row_count(&self, table: &TableSchema) -> Result<u64, SqliteError> {
+        let n: i64 = self
+            .conn
+            .query_row(
+                &format!("SELECT count(*) FROM main.{}", ident(&table.name)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sql_err(format!("counting the rows of table `{}`", table.name)))?;
+        Ok(n as u64)
+    }
+
+    /// Streams every row of `table` to `sink`, one encoded row per call, with
+    /// its group coordinates. Rows come ordered by (bucket, subject, rowid or
+    /// primary key), so rows with equal coordinates are contiguous; without
+    /// subject and period they come in rowid / primary key order with
+    /// default coordinates. Memory use does not grow with the table.
+    pub fn scan<E, F>(
+        &self,
+        table: &TableSchema,
+        plan: &TablePlan,
+        mut sink: F,
+    ) -> Result<ScanStats, ScanError<E>>
+    where
+        F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
+    {
+        if !plan.name.eq_ignore_ascii_case(&table.name) {
+            return Err(ScanError::Store(SqliteError::PlanMismatch {
+                plan: plan.name.clone(),
+                table: table.name.clone(),
+            }));
+        }
+        let (subject, period) = self.plan_columns(table, plan)?;
+        let mut select: Vec<String> = Vec::new();
+        if let Some(r) = &table.rowid {
+            select.push(r.clone());
+        }
+        let first_value = select.len();
+        select.extend(table.columns.iter().map(|c| ident(c)));
+        let mut order: Vec<String> = Vec::new();
+        let mut bucket_at = None;
+        if let Some((col, every)) = period {
+            select.push(format!(
+                "custos_bucket({}, '{}')",
+                ident(col),
+                every.as_str()
+            ));
+            bucket_at = Some(select.len() - 1);
+            order.push(select.len().to_string());
+        }
+        let mut subject_at = None;
+        if let Some(col) = subject {
+            select.push(format!("custos_subject({})", ident(col)));
+            subject_at = Some(select.len() - 1);
+            order.push(select.len().to_string());
+        }
+        match &table.rowid {
+            Some(r) => order.push(r.clone()),
+            None => order.extend(table.primary_key.iter().map(|c| ident(c))),
+        }
+        let sql = format!(
+            "SELECT {} FROM main.{} ORDER BY {}",
+            select.join(", "),
+            ident(&table.name),
+            order.join(", ")
+        );
+        let doing = format!("reading table `{}`", table.name);
+        let mut stmt = self
+            .conn
+            .prepare(&sql)
+            .map_err(self.sql_err(doing.clone()))?;
+        let mut rows = stmt.query([]).map_err(self.sql_err(doing.clone()))?;
+        let ncols = table.columns.len();
+        let mut coords = GroupCoords::default();
+        let mut buf = Vec::new();
+        let mut stats = ScanStats::default();
+        while let Some(row) = rows.next().map_err(self.sql_err(doing.clone()))? {
+            let rowid = match table.rowid {
+                Some(_) => match row.get_ref(0).map_err(self.sql_err(doing.clone()))? {
+                    ValueRef::Integer(i) => Some(i),
+                    _ => {
+                        return Err(ScanError::Store(self.unsupported(
+                            format!("table `{}`", table.name),
+                            "a rowid read back as a non-integer",
+                        )))
+                    }
+                },
+                None => None,
+            };
+            buf.clear();
+            encode_row_with(
+                rowid,
+                ncols,
+                |i| row.get_ref_unwrap(first_value + i),
+                &mut buf,
+            );
+            if let Some(i) = bucket_at {
+                set_coord(&mut coords.bucket, row.get_ref_unwrap(i));
+            }
+            if let Some(i) = subject_at {
+                set_coord(&mut coords.subject, row.get_ref_unwrap(i));
+            }
+            sink(&coords, &buf).map_err(ScanError::Sink)?;
+            stats.rows += 1;
+            stats.bytes += buf.len() as u64;
+        }
+        Ok(stats)
+    }
+}
+
+/// Updates a coordinate from a computed TEXT/NULL value, allocating only when
+/// it changes.
+fn set_coord(slot: &mut Option<String>, v: ValueRef<'_>) {
+    match v {
+        ValueRef::Text(b) => {
+            if slot.as_deref().map(str::as_bytes) != Some(b) {
+                *slot = Some(String::from_utf8_lossy(b).into_owned());
+            }
+        }
+        _ => *slot = None,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TargetKind {
+    Plain,
+    Sequence,
+}
+
+struct Target {
+    insert: String,
+    ncols: usize,
+    rowid: bool,
+    kind: TargetKind,
+}
+
+/// Builds a new database from a schema and encoded rows. Until
+/// [`finish`](Self::finish) succeeds, the database is a temporary file in
+/// the target's directory, deleted if the restorer is dropped.
+pub struct SqliteRestorer {
+    conn: Option<Connection>,
+    tmp: PathBuf,
+    path: PathBuf,
+    force: bool,
+    schema: SqliteSchema,
+    targets: HashMap<String, Target>,
+    sequence: Vec<Row>,
+    done: bool,
+}
+
+impl fmt::Debug for SqliteRestorer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteRestorer")
+            .field("path", &self.path)
+            .field("tmp", &self.tmp)
+            .finish_non_exhaustive()
+    }
+}
+
+const ENCODINGS: [&str; 3] = ["UTF-8", "UTF-16le", "UTF-16be"];
+
+impl SqliteRestorer {
+    /// Starts a restore into `path`. Refuses an existing `path` unless
+    /// `force`. Creates the tables (not yet indexes, views or triggers) in a
+    /// temporary file in the same directory, set up for speed (no journal,
+    /// no sync, one transaction); CHECK constraints are not re-evaluated.
+    pub fn create(path: &Path, schema: &SqliteSchema, force: bool) -> Result<Self, SqliteError> {
+        if schema.version != SQLITE_SCHEMA_VERSION {
+            return Err(SqliteError::BadSchema(format!(
+                "shape version {} (this build reads {})",
+                schema.version, SQLITE_SCHEMA_VERSION
+            )));
+        }
+        if !schema.page_size.is_power_of_two() || !(512..=65536).contains(&schema.page_size) {
+            return Err(SqliteError::BadSchema(format!(
+                "page size {}",
+                schema.page_size
+            )));
+        }
+        if schema.auto_vacuum > 2 || !ENCODINGS.contains(&schema.encoding.as_str()) {
+            return Err(SqliteError::BadSchema(
+                "auto_vacuum or encoding out of range".into(),
+            ));
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(SqliteError::Io {
+                    path: path.to_owned(),
+                    doing: "checking the restore target".into(),
+                    source: std::io::Error::other("it is a directory"),
+                })
+            }
+            Ok(_) if !force => {
+                return Err(SqliteError::AlreadyExists {
+                    path: path.to_owned(),
+                })
+            }
+            _ => {}
+        }
+        let file_name = path.file_name().ok_or_else(|| SqliteError::Io {
+            path: path.to_owned(),
+            doing: "choosing the restore target".into(),
+            source: std::io::Error::other("the path has no file name"),
+        })?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = dir.join(format!(
+            ".{}.custos-restore-{:016x}",
+            file_name.to_string_lossy(),
+            rand::random::<u64>()
+        ));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|source| SqliteError::Io {
+                path: tmp.clone(),
+                doing: "creating the temporary restore file".into(),
+                source,
+            })?;
+        let mut r = SqliteRestorer {
+            conn: None,
+            tmp,
+            path: path.to_owned(),
+            force,
+            schema: schema.clone(),
+            targets: HashMap::new(),
+            sequence: Vec::new(),
+            done: false,
+        };
+        // From here on, dropping `r` on error removes the temporary file.
+        r.setup()?;
+        Ok(r)
+    }
+
+    fn sql_err(&self, doing: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> SqliteError {
+        let path = self.tmp.clone();
+        let doing = doing.into();
+        move |source| SqliteError::Sql {
+            path,
+            doing,
+            source,
+        }
+    }
+
+    fn conn(&self) -> &Connection {
+        self.conn.as_ref().expect("connection is open until finish")
+    }
+
+    fn setup(&mut self) -> Result<(), SqliteError> {
+        let conn = Connection::open_with_flags(
+            &self.tmp,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| SqliteError::Open {
+            path: self.tmp.clone(),
+            source,
+        })?;
+        self.conn = Some(conn);
+        let s = &self.schema;
+        let settings = format!(
+            "PRAGMA page_size = {};
+             PRAGMA auto_vacuum = {};
+             PRAGMA encoding = '{}';
+             PRAGMA journal_mode = OFF;
+             PRAGMA synchronous = OFF;
+             PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA cache_size = -65536;
+             PRAGMA foreign_keys = OFF;
+             PRAGMA ignore_check_constraints = ON;
+             BEGIN;",
+            s.page_size, s.auto_vacuum, s.encoding
+        );
+        self.conn()
+            .execute_batch(&settings)
+            .map_err(self.sql_err("setting up the new database"))?;
+        for e in &self.schema.entries {
+            if e.kind != "table" {
+                continue;
+            }
+            let sql = e
+                .sql
+                .as_deref()
+                .ok_or_else(|| SqliteError::BadSchema(format!("table `{}` has no SQL", e.name)))?;
+            self.conn()
+                .execute_batch(sql)
+                .map_err(self.sql_err(format!("creating table `{}`", e.name)))?;
+        }
+        let internal: Vec<String> = self
+            .schema
+            .tables
+            .iter()
+            .filter(|t| t.internal)
+            .map(|t| t.name.to_ascii_lowercase())
+            .collect();
+        if internal.iter().any(|n| n.starts_with("sqlite_stat")) {
+            // The documented way to create the statistics tables; then keep
+            // exactly the ones the source had, empty.
+            self.conn()
+                .execute_batch("ANALYZE sqlite_schema")
+                .map_err(self.sql_err("creating the sqlite_stat tables"))?;
+            for stat in ["sqlite_stat1", "sqlite_stat4"] {
+                if !self.table_exists(stat)? {
+                    continue;
+                }
+                let sql = if internal.iter().any(|n| n == stat) {
+                    format!("DELETE FROM main.{stat}")
+                } else {
+                    format!("DROP TABLE main.{stat}")
+                };
+                self.conn()
+                    .execute_batch(&sql)
+                    .map_err(self.sql_err(format!("preparing {stat}")))?;
+            }
+        }
+        if internal.iter().any(|n| n == "sqlite_sequence")
+            && !self.table_exists("sqlite_sequence")?
+        {
+            // sqlite_sequence cannot be created directly: an AUTOINCREMENT
+            // table creates it, and it survives that table's drop.
+            self.conn()
+                .execute_batch(
+                    "CREATE TABLE main.custos_restore_sequence_seed(x INTEGER PRIMARY KEY AUTOINCREMENT);
+                     DROP TABLE main.custos_restore_sequence_seed;",
+                )
+                .map_err(self.sql_err("creating sqlite_sequence"))?;
+        }
+        for t in &self.schema.tables {
+            if !self.table_exists(&t.name)? {
+                return Err(SqliteError::BadSchema(format!(
+                    "table `{}` is listed for rows but no entry creates it",
+                    t.name
+                )));
+            }
+            if t.without_rowid == t.rowid.is_some() {
+                return Err(SqliteError::BadSchema(format!(
+                    "table `{}` is both or neither WITHOUT ROWID and rowid",
+                    t.name
+                )));
+            }
+            let mut cols: Vec<String> = Vec::new();
+            if let Some(r) = &t.rowid {
+                if !matches!(r.as_str(), "rowid" | "_rowid_" | "oid") {
+                    return Err(SqliteError::BadSchema(format!(
+                        "table `{}` names its rowid `{r}`",
+                        t.name
+                    )));
+                }
+                cols.push(r.clone());
+            }
+            cols.extend(t.columns.iter().map(|c| ident(c)));
+            let marks = vec!["?"; cols.len()].join(", ");
+            let insert = format!(
+                "INSERT INTO main.{}({}) VALUES ({})",
+                ident(&t.name),
+                cols.join(", "),
+                marks
+            );
+            let kind = if t.internal && t.name.eq_ignore_ascii_case("sqlite_sequence") {
+                TargetKind::Sequence
+            } else {
+                TargetKind::Plain
+            };
+            // Prepare once now: a schema whose columns do not match fails
+            // here, naming the table, rather than at the first row.
+            self.conn()
+                .prepare(&insert)
+                .map_err(self.sql_err(format!("preparing inserts into table `{}`", t.name)))?;
+            self.targets.insert(
+                t.name.clone(),
+                Target {
+                    insert,
+                    ncols: t.columns.len(),
+                    rowid: t.rowid.is_some(),
+                    kind,
+                },
+            );
+        }
+        let n = self.targets.len();
+        self.conn()
+            .set_prepared_statement_cache_capacity(n.clamp(16, 1024));
+        Ok(())
+    }
+
+    fn table_exists(&self, name: &str) -> Result<bool, SqliteError> {
+        self.conn()
+            .query_row(
+                "SELECT count(*) FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+                [name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(self.sql_err("reading the new schema"))
+    }
+
+    /// Inserts a buffer of zero or more whole encoded rows of `table` (as
+    /// named in the schema). Tables may come in any order and interleaved,
+    /// one table's rows over several calls. Returns the rows inserted.
+    pub fn insert_rows(&mut self, table: &str, encoded: &[u8]) -> Result<u64, SqliteError> {
+        let target = self
+            .targets
+            .get(table)
+            .ok_or_else(|| SqliteError::NoSuchTable {
+                path: self.path.clone(),
+                table: table.to_owned(),
+            })?;
+        let shape = |detail: String| SqliteError::RowShape {
+            table: table.to_owned(),
+            detail,
+        };
+        let record = |offset: usize, source| SqliteError::Record {
+            table: table.to_owned(),
+            offset,
+            source,
+        };
+        if target.kind == TargetKind::Sequence {
+            // A handful of rows; written by finish, after every insert that
+            // could bump them.
+            let mut pos = 0;
+            let mut n = 0;
+            while pos < encoded.len() {
+                let (row, used) = decode_row(&encoded[pos..]).map_err(|e| record(pos, e))?;
+                if row.values.len() != target.ncols || row.rowid.is_some() != target.rowid {
+                    return Err(shape(format!(
+                        "{} values, rowid {}",
+                        row.values.len(),
+                        row.rowid.is_some()
+                    )));
+                }
+                self.sequence.push(row);
+                pos += used;
+                n += 1;
+            }
+            return Ok(n);
+        }
+        let conn = self.conn.as_ref().expect("connection is open until finish");
+        let doing = format!("inserting rows into table `{table}`");
+        let sql_err = |source| SqliteError::Sql {
+            path: self.tmp.clone(),
+            doing: doing.clone(),
+            source,
+        };
+        let mut stmt = conn.prepare_cached(&target.insert).map_err(sql_err)?;
+        let mut values = Vec::with_capacity(target.ncols);
+        let mut pos = 0;
+        let mut n = 0u64;
+        while pos < encoded.len() {
+            let (rowid, used) =
+                decode_row_ref(&encoded[pos..], &mut values).map_err(|e| record(pos, e))?;
+            if values.len() != target.ncols || rowid.is_some() != target.rowid {
+                return Err(shape(format!(
+                    "row at byte {pos}: {} values, rowid {}; expected {} values, rowid {}",
+                    values.len(),
+                    rowid.is_some(),
+                    target.ncols,
+                    target.rowid
+                )));
+            }
+            let mut idx = 1;
+            if let Some(r) = rowid {
+                stmt.raw_bind_parameter(idx, r).map_err(sql_err)?;
+                idx += 1;
+            }
+            for v in values.iter() {
+                stmt.raw_bind_parameter(idx, ToSqlOutput::Borrowed(*v))
+                    .map_err(sql_err)?;
+                idx += 1;
+            }
+            stmt.raw_execute().map_err(sql_err)?;
+            pos += used;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Completes the database: `sqlite_sequence` contents, indexes, views
+    /// and triggers (after the data, so triggers do not fire), `user_version`
+    /// and `application_id`, WAL mode if the source had it; then syncs the
+    /// file and renames it over the target path (removing stale `-wal`,
+    /// `-shm` and `-journal` files of that path first).
+    pub fn finish(mut self) -> Result<(), SqliteError> {
+        if let Some(t) = self
+            .schema
+            .tables
+            .iter()
+            .find(|t| t.internal && t.name.eq_ignore_ascii_case("sqlite_sequence"))
+        {
+            let insert = self.targets[&t.name].insert.clone();
+            let conn = self.conn();
+            conn.execute_batch("DELETE FROM main.sqlite_sequence")
+                .map_err(self.sql_err("writing sqlite_sequence"))?;
+            let mut stmt = conn
+                .prepare(&insert)
+                .map_err(self.sql_err("writing sqlite_sequence"))?;
+            for row in &self.sequence {
+                let mut idx = 1;
+                if let Some(r) = row.rowid {
+                    stmt.raw_bind_parameter(idx, r)
+                        .map_err(self.sql_err("writing sqlite_sequence"))?;
+                    idx += 1;
+                }
+                for v in &row.values {
+                    stmt.raw_bind_parameter(idx, ToSqlOutput::Borrowed(v.as_value_ref()))
+                        .map_err(self.sql_err("writing sqlite_sequence"))?;
+                    idx += 1;
+                }
+                stmt.raw_execute()
+                    .map_err(self.sql_err("writing sqlite_sequence"))?;
+            }
+        }
+        for e in self.schema.entries.iter().filter(|e| e.kind == "index") {
+            let sql = e.sql.as_deref().unwrap_or_default();
+            self.conn()
+                .execute_batch(sql)
+                .map_err(self.sql_err(format!("creating index `{}`", e.name)))?;
+        }
+        // Views and triggers in creation order; one that depends on an object
+        // created later is retried until no progress is made.
+        let mut pending: Vec<&SchemaEntry> = self
+            .schema
+            .entries
+            .iter()
+            .filter(|e| e.kind == "view" || e.kind == "trigger")
+            .collect();
+        while !pending.is_empty() {
+            let mut failed = Vec::new();
+            let mut last_err = None;
+            for e in &pending {
+                let sql = e.sql.as_deref().unwrap_or_default();
+                if let Err(err) = self.conn().execute_batch(sql) {
+                    last_err = Some((e, err));
+                    failed.push(*e);
+                }
+            }
+            if failed.len() == pending.len() {
+                let (e, err) = last_err.expect("a failure was recorded");
+                return Err(self.sql_err(format!("creating {} `{}`", e.kind, e.name))(
+                    err,
+                ));
+            }
+            pending = failed;
+        }
+        let meta = format!(
+            "PRAGMA main.user_version = {}; PRAGMA main.application_id = {}; COMMIT;",
+            self.schema.user_version, self.schema.application_id
+        );
+        self.conn()
+            .execute_batch(&meta)
+            .map_err(self.sql_err("committing the restored database"))?;
+        if self.schema.wal {
+            self.conn()
+                .query_row("PRAGMA main.journal_mode = WAL", [], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(self.sql_err("switching to WAL mode"))?;
+        }
+        let conn = self.conn.take().expect("connection is open until finish");
+        conn.close().map_err(|(_, source)| SqliteError::Sql {
+            path: self.tmp.clone(),
+            doing: "closing the restored database".into(),
+            source,
+        })?;
+        let io = |path: &Path, doing: &str| {
+            let path = path.to_owned();
+            let doing = doing.to_owned();
+            move |source| SqliteError::Io {
+                path,
+                doing,
+                source,
+            }
+        };
+        std::fs::File::open(&self.tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&self.tmp, "syncing the restored database"))?;
+        if !self.force && std::fs::symlink_metadata(&self.path).is_ok() {
+            return Err(SqliteError::AlreadyExists {
+                path: self.path.clone(),
+            });
+        }
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut stale = self.path.clone().into_os_string();
+            stale.push(suffix);
+            match std::fs::remove_file(&stale) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io(Path::new(&stale), "removing a stale journal file")(e))
+                }
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.tmp, &self.path)
+            .map_err(io(&self.path, "moving the restored database into place"))?;
+        self.done = true;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Best effort: makes the rename durable on filesystems that allow
+            // syncing a directory.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SqliteRestorer {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        drop(self.conn.take());
+        let _ = std::fs::remove_file(&self.tmp);
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut p = self.tmp.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Encodes owned rows into one buffer (a convenience for callers that hold
+/// rows, e.g. tests and tools).
+pub fn encode_rows<'r>(rows: impl IntoIterator<Item = &'r Row>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in rows {
+        encode_owned_row(r, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(v: ValueRef<'_>, e: Every) -> Option<String> {
+        bucket_label(v, e)
+    }
+
+    #[test]
+    fn bucket_formats() {
+        let t = |s: &'static str| ValueRef::Text(s.as_bytes());
+        assert_eq!(
+            label(t("2026-03-14"), Every::Day).as_deref(),
+            Some("2026-03-14")
+        );
+        assert_eq!(
+            label(t("2026-03-14"), Every::Month).as_deref(),
+            Some("2026-03")
+        );
+        assert_eq!(label(t("2026-03-14"), Every::Year).as_deref(), Some("2026"));
+        assert_eq!(
+            label(t("2026-03-14T10:00:00Z"), Every::Day).as_deref(),
+            Some("2026-03-14")
+        );
+        assert_eq!(
+            label(t("2026-03-14 10:00:00"), Every::Month).as_deref(),
+            Some("2026-03")
+        );
+        assert_eq!(
+            label(t("2026-03-14T10:00"), Every::Day).as_deref(),
+            Some("2026-03-14")
+        );
+        assert_eq!(
+            label(t("2026-03-14 23:59:59.999"), Every::Day).as_deref(),
+            Some("2026-03-14")
+        );
+        // Offsets move the instant to UTC.
+        assert_eq!(
+            label(t("2026-03-01T00:30:00+01:00"), Every::Month).as_deref(),
+            Some("2026-02")
+        );
+        assert_eq!(
+            label(t("2026-12-31T23:30:00-0100"), Every::Year).as_deref(),
+            Some("2027")
+        );
+        // Unix seconds, integer and real.
+        assert_eq!(
+            label(ValueRef::Integer(1_773_446_400), Every::Day).as_deref(),
+            Some("2026-03-14")
+        );
+        assert_eq!(
+            label(ValueRef::Integer(0), Every::Day).as_deref(),
+            Some("1970-01-01")
+        );
+        assert_eq!(
+            label(ValueRef::Integer(-1), Every::Day).as_deref(),
+            Some("1969-12-31")
+        );
+        assert_eq!(
+            label(ValueRef::Real(1_773_446_400.75), Every::Month).as_deref(),
+            Some("2026-03")
+        );
+        assert_eq!(
+            label(ValueRef::Real(-0.5), Every::Day).as_deref(),
+            Some("1969-12-31")
+        );
+        // Not a time.
+        for bad in [
+            "",
+            "2026",
+            "2026-3-14",
+            "2026-02-30",
+            "2026-03-14X10:00",
+            "2026-03-14T25:00",
+            "2026-03-14T10:00:00+2",
+            "2026-03-14T10:00:00.",
+            "2026-03-14 ",
+            "14/03/2026",
+            "2026-03-14T10:00:00Zjunk",
+        ] {
+            assert_eq!(label(t(bad), Every::Day), None, "{bad:?}");
+        }
+        assert_eq!(label(ValueRef::Null, Every::Day), None);
+        assert_eq!(label(ValueRef::Blob(b"2026-03-14"), Every::Day), None);
+        assert_eq!(label(ValueRef::Real(f64::INFINITY), Every::Day), None);
+        assert_eq!(label(ValueRef::Integer(i64::MAX), Every::Day), None);
+        assert_eq!(label(ValueRef::Text(b"2026-03-14\xff"), Every::Day), None);
+    }
+
+    #[test]
+    fn subject_forms() {
+        assert_eq!(subject_text(ValueRef::Integer(-42)).as_deref(), Some("-42"));
+        assert_eq!(subject_text(ValueRef::Text(b"c-1")).as_deref(), Some("c-1"));
+        assert_eq!(
+            subject_text(ValueRef::Text(b"\xff\x00")).as_deref(),
+            Some("hex:ff00")
+        );
+        assert_eq!(
+            subject_text(ValueRef::Blob(b"\x01\xab")).as_deref(),
+            Some("hex:01ab")
+        );
+        assert_eq!(subject_text(ValueRef::Real(0.1)).as_deref(), Some("0.1"));
+        assert_eq!(subject_text(ValueRef::Real(5.0)).as_deref(), Some("5.0"));
+        assert_eq!(
+            subject_text(ValueRef::Real(1e300)).as_deref(),
+            Some("1e300")
+        );
+        assert_eq!(subject_text(ValueRef::Null), None);
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident(r#"a "b""#), r#""a ""b""""#);
+    }
+}

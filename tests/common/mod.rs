@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests.
+//!
+//! Use from a test file with `mod common;` and then:
+//!
+//! * [`S3Server`]: a real S3 server (s3s-fs) over HTTP on 127.0.0.1, with
+//!   fixed credentials; `settings()` / `credentials()` for in-process use,
+//!   `env()` for a child process.
+//! * [`FaultStore`]: an `ObjectStore` wrapper that fails puts, counts
+//!   operations and corrupts reads, to test retries and verification.
+//! * [`custos_bin`], [`tempdir`], [`run`], [`run_fail`]: drive the binary.
+//!
+//! Every test binary compiles this module and uses a part of it, hence the
+//! `allow`s below.
+#![allow(dead_code, unused_imports)]
+
+pub mod fault;
+pub mod s3;
+
+pub use fault::{FaultStore, OpCounts};
+pub use s3::S3Server;
+
+use std::borrow::BorrowMut;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The path of the `custos` binary built for these tests.
+pub fn custos_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_custos"))
+}
+
+/// A `Command` for the `custos` binary.
+pub fn custos() -> Command {
+    Command::new(custos_bin())
+}
+
+/// A fresh temporary directory, removed when the returned value drops.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("custos-test-")
+        .tempdir()
+        .expect("cannot create a temporary directory")
+}
+
+/// A `file://` URL for a local path.
+pub fn file_url(path: &std::path::Path) -> String {
+    url::Url::from_directory_path(path)
+        .or_else(|()| url::Url::from_file_path(path))
+        .expect("an absolute path")
+        .to_string()
+}
+
+fn describe(cmd: &Command, out: &Output) -> String {
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    format!(
+        "command: {} {}\nstatus: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        cmd.get_program().to_string_lossy(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a command to completion and returns its output; panics with the
+/// command line, exit status, stdout and stderr if it did not succeed.
+pub fn run(mut cmd: impl BorrowMut<Command>) -> Output {
+    let cmd = cmd.borrow_mut();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    if !out.status.success() {
+        panic!("command failed\n{}", describe(cmd, &out));
+    }
+    out
+}
+
+/// Runs a command that is expected to fail; panics (showing its output) if
+/// it succeeds. Returns the output so the test can check the message.
+pub fn run_fail(mut cmd: impl BorrowMut<Command>) -> Output {
+    let cmd = cmd.borrow_mut();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()));
+    if out.status.success() {
+        panic!(
+            "command succeeded but was expected to fail\n{}",
+            describe(cmd, &out)
+        );
+    }
+    out
+}
+
+/// The stdout of an output as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The stderr of an output as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

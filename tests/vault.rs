@@ -1,0 +1,527 @@
+//! Key vault and service keys, against real files (`LocalFileSystem` in
+//! temporary directories) and `InMemory` stores.
+
+use age::x25519::Identity;
+use custos::keys::{self, KeysError};
+use custos::vault::{KeyKind, Vault, VaultError, VaultLocation};
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+fn fs_loc(dir: &Path) -> VaultLocation {
+    std::fs::create_dir_all(dir).unwrap();
+    VaultLocation {
+        url: format!("file://{}", dir.display()),
+        store: Arc::new(LocalFileSystem::new_with_prefix(dir).unwrap()),
+    }
+}
+
+fn mem_loc(name: &str) -> VaultLocation {
+    VaultLocation {
+        url: format!("memory://{name}"),
+        store: Arc::new(InMemory::new()),
+    }
+}
+
+/// Every object at a location: (name, bytes).
+async fn all_objects(loc: &VaultLocation) -> Vec<(String, Vec<u8>)> {
+    let metas: Vec<_> = loc.store.list(None).try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for m in metas {
+        let b = loc
+            .store
+            .get(&m.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        out.push((m.location.to_string(), b.to_vec()));
+    }
+    out.sort();
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn age_decrypt(identity: &Identity, bytes: &[u8]) -> Vec<u8> {
+    let d = age::Decryptor::new_buffered(bytes).unwrap();
+    let mut r = d
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Whether any object of any location holds `needle`, raw or (for `.age`
+/// objects) after decryption with `identity`.
+async fn anywhere(locs: &[VaultLocation], identity: &Identity, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for l in locs {
+        for (name, bytes) in all_objects(l).await {
+            if contains(&bytes, needle) {
+                hits.push(format!("{} {name} (raw)", l.url));
+            }
+            if name.ends_with(".age") && contains(&age_decrypt(identity, &bytes), needle) {
+                hits.push(format!("{} {name} (decrypted)", l.url));
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test]
+async fn create_open_round_trip_two_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = mem_loc("b");
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    assert!(!v.is_dirty());
+    let meta = *v.meta_key().expose();
+    let pseudo = *v.pseudonym_key().expose();
+    assert_ne!(meta, pseudo);
+
+    let subj = custos::crypto::subject_pseudonym(v.pseudonym_key(), "customer-42");
+    let (sid, sk) = v.get_or_create(KeyKind::Subject, &subj);
+    let sk = *sk.expose();
+    let (pid, pk) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
+    let pk = *pk.expose();
+    let (eid, _) = v.get_or_create(KeyKind::Epoch, "identity:2026-Q4");
+    // Asking again gives the same key.
+    assert_eq!(v.get_or_create(KeyKind::Subject, &subj).0, sid);
+    assert!(v.is_dirty());
+    v.persist().await.unwrap();
+    assert!(!v.is_dirty());
+
+    // Layout at the file location.
+    let names: Vec<String> = all_objects(&a).await.into_iter().map(|o| o.0).collect();
+    let subj_shard = format!("keys/subject/{:02x}.age", sid.0[0]);
+    for n in [
+        "custos-vault.json",
+        "meta.age",
+        "keys/period/all.age",
+        "keys/epoch/all.age",
+        subj_shard.as_str(),
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} missing in {names:?}");
+    }
+    assert_eq!(names.len(), 5, "{names:?}");
+    let marker: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("a/custos-vault.json")).unwrap())
+            .unwrap();
+    assert_eq!(marker["format"], "custos-vault");
+    assert_eq!(marker["version"], 1);
+    assert_eq!(marker["policy"], "crm");
+    assert_eq!(marker["vault_id"], v.vault_id());
+    // No raw subject id, and no key in clear, anywhere.
+    let locs = [a.clone(), b.clone()];
+    for (_, bytes) in all_objects(&a)
+        .await
+        .iter()
+        .chain(all_objects(&b).await.iter())
+    {
+        assert!(!contains(bytes, b"customer-42"));
+        assert!(!contains(bytes, &sk));
+        assert!(!contains(bytes, &meta));
+    }
+    assert!(anywhere(&locs, &id, b"customer-42").await.is_empty());
+
+    // Open from both locations, and from each alone.
+    for set in [vec![a.clone(), b.clone()], vec![a.clone()], vec![b.clone()]] {
+        let o = Vault::open(set, &id, &[]).await.unwrap();
+        assert!(!o.is_dirty());
+        assert_eq!(o.vault_id(), v.vault_id());
+        assert_eq!(o.policy(), "crm");
+        assert_eq!(o.meta_key().expose(), &meta);
+        assert_eq!(o.pseudonym_key().expose(), &pseudo);
+        assert_eq!(o.entries(), v.entries());
+        let (lid, lk) = o.lookup(KeyKind::Subject, &subj).unwrap();
+        assert_eq!((lid, lk.expose()), (sid, &sk));
+        assert_eq!(o.key(&pid).unwrap().expose(), &pk);
+        assert_eq!(o.entry(&eid).unwrap().name, "identity:2026-Q4");
+        assert!(o.lookup(KeyKind::Period, "consumption:2026-04").is_none());
+    }
+    assert_eq!(v.entries().len(), 3);
+    assert_eq!(v.locations(), vec![a.url.clone(), b.url.clone()]);
+}
+
+#[tokio::test]
+async fn open_with_other_identity_is_not_a_recipient() {
+    let a = mem_loc("a");
+    let id = Identity::generate();
+    Vault::create(vec![a.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let stranger = Identity::generate();
+    let e = Vault::open(vec![a.clone()], &stranger, &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VaultError::NotRecipient { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("not a recipient"), "{msg}");
+    assert!(msg.contains("memory://a"), "{msg}");
+}
+
+#[tokio::test]
+async fn open_without_vault_fails() {
+    let e = Vault::open(vec![mem_loc("x"), mem_loc("y")], &Identity::generate(), &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VaultError::NoVault { .. }), "{e}");
+    assert!(e.to_string().contains("memory://y"));
+}
+
+#[tokio::test]
+async fn recovery_recipient_can_open() {
+    let a = mem_loc("a");
+    let b = mem_loc("b");
+    let id = Identity::generate();
+    let recovery = Identity::generate();
+    let mut v = Vault::create(
+        vec![a.clone(), b.clone()],
+        &id,
+        &[recovery.to_public()],
+        "crm",
+    )
+    .await
+    .unwrap();
+    let (kid, k) = v.get_or_create(KeyKind::Period, "service:2026-01");
+    let k = *k.expose();
+    v.persist().await.unwrap();
+    let o = Vault::open(vec![a, b], &recovery, &[]).await.unwrap();
+    assert_eq!(o.key(&kid).unwrap().expose(), &k);
+    assert_eq!(o.meta_key().expose(), v.meta_key().expose());
+}
+
+#[tokio::test]
+async fn create_refuses_existing_vault_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = fs_loc(&dir.path().join("b"));
+    let id = Identity::generate();
+    let v = Vault::create(vec![a.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let before = all_objects(&a).await;
+    let e = Vault::create(vec![b.clone(), a.clone()], &id, &[], "crm")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VaultError::AlreadyExists { .. }), "{e}");
+    assert!(e.to_string().contains(&a.url), "{e}");
+    assert!(all_objects(&b).await.is_empty());
+    assert_eq!(all_objects(&a).await, before);
+    let o = Vault::open(vec![a], &id, &[]).await.unwrap();
+    assert_eq!(o.vault_id(), v.vault_id());
+}
+
+#[tokio::test]
+async fn missing_shard_is_repaired_by_next_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = fs_loc(&dir.path().join("b"));
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let (sid, sk) = v.get_or_create(KeyKind::Subject, "p-1");
+    let sk = *sk.expose();
+    let (pid, pk) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
+    let pk = *pk.expose();
+    v.persist().await.unwrap();
+    drop(v);
+
+    // Location b loses its subject shard and its period shard.
+    let shard = format!("keys/subject/{:02x}.age", sid.0[0]);
+    std::fs::remove_file(dir.path().join("b").join(&shard)).unwrap();
+    std::fs::remove_file(dir.path().join("b/keys/period/all.age")).unwrap();
+
+    let mut o = Vault::open(vec![a.clone(), b.clone()], &id, &[])
+        .await
+        .unwrap();
+    assert!(
+        o.is_dirty(),
+        "a location lacking entries must be marked for repair"
+    );
+    assert_eq!(o.key(&sid).unwrap().expose(), &sk);
+    assert_eq!(o.key(&pid).unwrap().expose(), &pk);
+    o.persist().await.unwrap();
+    assert!(!o.is_dirty());
+    assert!(dir.path().join("b").join(&shard).exists());
+
+    // Location b alone now holds everything.
+    let only_b = Vault::open(vec![b.clone()], &id, &[]).await.unwrap();
+    assert!(!only_b.is_dirty());
+    assert_eq!(only_b.key(&sid).unwrap().expose(), &sk);
+    assert_eq!(only_b.key(&pid).unwrap().expose(), &pk);
+    assert_eq!(only_b.lookup(KeyKind::Subject, "p-1").unwrap().0, sid);
+}
+
+#[tokio::test]
+async fn new_empty_location_is_filled_by_persist() {
+    let a = mem_loc("a");
+    let c = mem_loc("c");
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let (kid, _) = v.get_or_create(KeyKind::Epoch, "identity:2026-Q4");
+    v.persist().await.unwrap();
+    let mut o = Vault::open(vec![a.clone(), c.clone()], &id, &[])
+        .await
+        .unwrap();
+    assert!(o.is_dirty());
+    o.persist().await.unwrap();
+    let only_c = Vault::open(vec![c], &id, &[]).await.unwrap();
+    assert_eq!(only_c.vault_id(), v.vault_id());
+    assert_eq!(
+        only_c.key(&kid).unwrap().expose(),
+        v.key(&kid).unwrap().expose()
+    );
+}
+
+#[tokio::test]
+async fn open_refuses_locations_of_different_vaults() {
+    let a = mem_loc("a");
+    let b = mem_loc("b");
+    let id = Identity::generate();
+    Vault::create(vec![a.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    Vault::create(vec![b.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let e = Vault::open(vec![a, b], &id, &[]).await.unwrap_err();
+    assert!(matches!(e, VaultError::Mismatch { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn persist_failure_keeps_entries_dirty() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = fs_loc(&dir.path().join("b"));
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    // A plain file where location b needs its `keys` folder: writes there fail.
+    let blocker = dir.path().join("b/keys");
+    std::fs::write(&blocker, b"not a folder").unwrap();
+
+    let (kid, k) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
+    let k = *k.expose();
+    let e = v.persist().await.unwrap_err();
+    assert!(e.to_string().contains(&b.url), "{e}");
+    assert!(!e.to_string().contains(&a.url), "{e}");
+    assert!(v.is_dirty());
+    // Retry after the fault is gone writes again.
+    std::fs::remove_file(&blocker).unwrap();
+    v.persist().await.unwrap();
+    assert!(!v.is_dirty());
+    let only_b = Vault::open(vec![b], &id, &[]).await.unwrap();
+    assert_eq!(only_b.key(&kid).unwrap().expose(), &k);
+}
+
+#[tokio::test]
+async fn unreadable_location_lets_open_succeed_but_persist_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = fs_loc(&dir.path().join("b"));
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let (kid, _) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
+    v.persist().await.unwrap();
+    // Location b becomes unreadable: its root folder is replaced by a file.
+    std::fs::remove_dir_all(dir.path().join("b")).unwrap();
+    std::fs::write(dir.path().join("b"), b"not a folder").unwrap();
+
+    let mut o = Vault::open(vec![a.clone(), b.clone()], &id, &[])
+        .await
+        .unwrap();
+    assert!(o.key(&kid).is_some());
+    o.get_or_create(KeyKind::Period, "consumption:2026-04");
+    let e = o.persist().await.unwrap_err();
+    assert!(matches!(e, VaultError::NotRead { .. }), "{e}");
+    assert!(e.to_string().contains(&b.url), "{e}");
+    assert!(o.is_dirty());
+}
+
+#[tokio::test]
+async fn destroy_removes_key_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = mem_loc("b");
+    let locs = [a.clone(), b.clone()];
+    let id = Identity::generate();
+    let mut v = Vault::create(locs.to_vec(), &id, &[], "crm").await.unwrap();
+    let (gone, gk) = v.get_or_create(KeyKind::Subject, "p-gone");
+    let gk = *gk.expose();
+    let (kept, kk) = v.get_or_create(KeyKind::Subject, "p-kept");
+    let kk = *kk.expose();
+    let (_, pk) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
+    let pk = *pk.expose();
+    v.persist().await.unwrap();
+    // The search can find keys: before the destroy, it does.
+    assert!(!anywhere(&locs, &id, &gk).await.is_empty());
+
+    let r = v.destroy(KeyKind::Subject, "p-gone").await.unwrap();
+    assert_eq!(r.key_ids, vec![gone]);
+    assert_eq!(r.locations_checked, vec![a.url.clone(), b.url.clone()]);
+    assert_eq!(
+        r.commitments,
+        vec![hex::encode(
+            custos::crypto::Key32::from_bytes(gk).commitment()
+        )]
+    );
+    assert!(v.lookup(KeyKind::Subject, "p-gone").is_none());
+    assert!(v.key(&gone).is_none());
+    assert!(!v.is_dirty());
+
+    let hits = anywhere(&locs, &id, &gk).await;
+    assert!(hits.is_empty(), "destroyed key still stored: {hits:?}");
+    assert!(anywhere(&locs, &id, b"p-gone").await.is_empty());
+    assert!(!anywhere(&locs, &id, &kk).await.is_empty());
+    assert!(!anywhere(&locs, &id, &pk).await.is_empty());
+
+    let o = Vault::open(locs.to_vec(), &id, &[]).await.unwrap();
+    assert!(o.key(&gone).is_none());
+    assert_eq!(o.key(&kept).unwrap().expose(), &kk);
+
+    let e = v.destroy(KeyKind::Subject, "p-gone").await.unwrap_err();
+    assert!(matches!(e, VaultError::UnknownKey { .. }), "{e}");
+}
+
+#[tokio::test]
+async fn location_that_missed_a_destroy_cannot_resurrect_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = fs_loc(&dir.path().join("b"));
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let (gone, gk) = v.get_or_create(KeyKind::Period, "consumption:2020-01");
+    let gk = *gk.expose();
+    v.persist().await.unwrap();
+    let stale = std::fs::read(dir.path().join("b/keys/period/all.age")).unwrap();
+    v.destroy(KeyKind::Period, "consumption:2020-01")
+        .await
+        .unwrap();
+    // Location b comes back from an old copy that still holds the key.
+    std::fs::write(dir.path().join("b/keys/period/all.age"), &stale).unwrap();
+
+    let mut o = Vault::open(vec![a.clone(), b.clone()], &id, &[])
+        .await
+        .unwrap();
+    assert!(
+        o.key(&gone).is_none(),
+        "tombstone must win over a stale copy"
+    );
+    assert!(o.is_dirty());
+    o.persist().await.unwrap();
+    let hits = anywhere(&[a, b], &id, &gk).await;
+    assert!(hits.is_empty(), "{hits:?}");
+}
+
+#[tokio::test]
+async fn destroy_retry_after_failed_write_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b = fs_loc(&dir.path().join("b"));
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let (gone, gk) = v.get_or_create(KeyKind::Epoch, "identity:2019-Q1");
+    let gk = *gk.expose();
+    v.persist().await.unwrap();
+    // Make b's epoch shard unwritable: replace it with a non-empty folder.
+    let p = dir.path().join("b/keys/epoch/all.age");
+    std::fs::remove_file(&p).unwrap();
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join("x"), b"x").unwrap();
+    assert!(v.destroy(KeyKind::Epoch, "identity:2019-Q1").await.is_err());
+    assert!(v.key(&gone).is_none());
+    std::fs::remove_dir_all(&p).unwrap();
+    let r = v.destroy(KeyKind::Epoch, "identity:2019-Q1").await.unwrap();
+    assert_eq!(r.key_ids, vec![gone]);
+    assert!(anywhere(&[a, b], &id, &gk).await.is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn key_files_have_strict_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys::init_keys(&dir.path().join("new/keys")).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&k.identity_path), 0o600);
+    assert_eq!(mode(&k.signing_key_path), 0o600);
+    assert_eq!(mode(&k.public_key_path), 0o644);
+    assert!(k.recipient.starts_with("age1"));
+    let text = std::fs::read_to_string(&k.identity_path).unwrap();
+    assert!(text.contains("\nAGE-SECRET-KEY-1"));
+}
+
+#[test]
+fn init_keys_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys::init_keys(dir.path()).unwrap();
+    let before: Vec<Vec<u8>> = [&k.identity_path, &k.signing_key_path, &k.public_key_path]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let e = keys::init_keys(dir.path()).unwrap_err();
+    assert!(matches!(e, KeysError::Exists { .. }), "{e}");
+    assert!(e.to_string().contains("service.age"), "{e}");
+    let after: Vec<Vec<u8>> = [&k.identity_path, &k.signing_key_path, &k.public_key_path]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(before, after);
+
+    // Only one of the three present: still refused, and nothing else written.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(other.path().join("signing.pub"), b"x").unwrap();
+    let e = keys::init_keys(other.path()).unwrap_err();
+    assert!(e.to_string().contains("signing.pub"), "{e}");
+    assert!(!other.path().join("service.age").exists());
+    assert!(!other.path().join("signing.key").exists());
+}
+
+#[tokio::test]
+async fn service_keys_open_a_vault() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = keys::init_keys(&dir.path().join("keys")).unwrap();
+    let id = keys::load_identity(&k.identity_path).unwrap();
+    let recovery = keys::parse_recipient(&Identity::generate().to_public().to_string()).unwrap();
+    let a = mem_loc("a");
+    let v = Vault::create(vec![a.clone()], &id, &[recovery], "crm")
+        .await
+        .unwrap();
+    let again = keys::load_identity(&k.identity_path).unwrap();
+    let o = Vault::open(vec![a.clone()], &again, &[]).await.unwrap();
+    assert_eq!(o.meta_key().expose(), v.meta_key().expose());
+    // The marker lists no secrets.
+    let m = a
+        .store
+        .get(&ObjPath::from("custos-vault.json"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(!contains(&m, v.meta_key().expose()));
+}
