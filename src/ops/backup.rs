@@ -18,7 +18,7 @@ use crate::crypto::{group_key, subject_pseudonym, ChunkKeys, Id, Key32, MetaKey}
 use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::index::Index;
-use crate::repo::pack::{pack_path, seal_chunk, PackWriter};
+use crate::repo::pack::{pack_path, seal_chunk, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
 };
@@ -336,13 +336,14 @@ async fn backup_locked(
 }
 
 fn worker(rx: Arc<Mutex<Receiver<Work>>>, tx: SyncSender<Sealed>, level: i32) {
+    let mut codec = Codec::new(level);
     loop {
         let w = {
             let g = rx.lock().unwrap();
             g.recv()
         };
         let Ok(w) = w else { return };
-        let sealed = seal_chunk(&w.keys, &w.id, &w.data, level);
+        let sealed = seal_chunk(&mut codec, &w.keys, &w.id, &w.data);
         if tx
             .send(Sealed {
                 id: w.id,

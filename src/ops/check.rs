@@ -14,7 +14,7 @@ use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::index::Index;
-use crate::repo::pack::{open_chunk, read_header};
+use crate::repo::pack::{open_chunk, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
 use serde::Serialize;
@@ -116,63 +116,45 @@ pub async fn check(
     for e in bad {
         findings.push(err("snapshot".into(), e.to_string(), None));
     }
-    // Which chunks each snapshot needs, with the keys to open them.
-    let mut need: HashMap<Id, Arc<ChunkKeys>> = HashMap::new();
-    let mut groups_shredded = 0u64;
+    // Walk every snapshot's groups; with --read-data, open each chunk once
+    // through a small cache of whole packs (a pack is hashed against its
+    // name and its header opened the first time it is fetched).
+    let mut walk = Walk {
+        target: target.clone(),
+        meta: &meta,
+        vault: &vault,
+        index: &index,
+        read_data,
+        cache: PackCache::new(target.clone(), 16),
+        codec: Codec::new(3),
+        verified: HashSet::new(),
+        headers_checked: HashSet::new(),
+        groups_shredded: 0,
+        chunks_checked: 0,
+        findings: Vec::new(),
+    };
     progress.phase("checking snapshots", Some(snaps.len() as u64), "snapshots");
     for s in &snaps {
-        check_snapshot(
-            s,
-            &target,
-            &meta,
-            &vault,
-            &index,
-            &mut need,
-            &mut groups_shredded,
-            &mut findings,
-        )
-        .await;
+        walk.snapshot(s).await;
         progress.advance(1);
     }
     progress.finish_phase();
-    let mut chunks_checked = 0u64;
-    let mut bytes_read = 0u64;
     if read_data {
-        // Group the needed chunks by pack, then read each pack once.
-        let mut by_pack: HashMap<u32, Vec<(Id, Arc<ChunkKeys>)>> = HashMap::new();
-        for (id, keys) in need {
-            if let Some(loc) = index.chunks.get(&id) {
-                by_pack.entry(loc.pack).or_default().push((id, keys));
-            }
-        }
-        let mut cache = PackCache::new(target.clone(), 1);
+        // Packs no snapshot needed are still hashed and their headers opened.
         let total: u64 = index.packs.iter().map(|p| p.1).sum();
-        progress.phase("reading packs", Some(total), "bytes");
-        for (p, (pid, size)) in index.packs.iter().enumerate() {
-            let object = cache.object_name(pid);
-            let pack = match cache.pack(*pid, *size).await {
-                Ok(b) => b,
-                Err(e) => {
-                    findings.push(err(object, e.to_string(), Some("repair it from another target (custos replicate --verify) or run a new backup")));
-                    continue;
-                }
-            };
+        progress.phase("reading the other packs", Some(total), "bytes");
+        for (pid, size) in &index.packs {
+            if !walk.headers_checked.contains(pid) {
+                walk.fetch_pack(*pid, *size).await;
+            }
             progress.advance(*size);
-            if let Err(e) = read_header(&object, &pack, &meta) {
-                findings.push(err(object.clone(), e.to_string(), None));
-            }
-            for (id, keys) in by_pack.remove(&(p as u32)).unwrap_or_default() {
-                let loc = index.chunks[&id];
-                let sealed = &pack[loc.offset as usize..(loc.offset + loc.len) as usize];
-                chunks_checked += 1;
-                if let Err(e) = open_chunk(&keys, &id, sealed, loc.raw_len) {
-                    findings.push(err(object.clone(), format!("chunk {id}: {e}"), None));
-                }
-            }
         }
-        bytes_read = cache.fetched;
         progress.finish_phase();
     }
+    let groups_shredded = walk.groups_shredded;
+    let chunks_checked = walk.chunks_checked;
+    let bytes_read = walk.cache.fetched;
+    findings.append(&mut walk.findings);
     if groups_shredded > 0 {
         findings.push(Finding {
             level: Level::Info,
@@ -197,106 +179,169 @@ pub async fn check(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn check_snapshot(
-    s: &Snapshot,
-    target: &crate::target::Target,
-    meta: &crate::crypto::MetaKey,
-    vault: &crate::vault::Vault,
-    index: &Index,
-    need: &mut HashMap<Id, Arc<ChunkKeys>>,
-    groups_shredded: &mut u64,
-    findings: &mut Vec<Finding>,
-) {
-    let mut missing = 0u64;
-    let mut mismatched = 0u64;
-    let mut first_missing = None;
-    let mut pages: Vec<(Option<String>, Id)> = Vec::new();
-    if let Some(sq) = &s.sqlite {
-        for t in &sq.tables {
-            for p in &t.pages {
-                pages.push((Some(t.name.clone()), *p));
+struct Walk<'a> {
+    target: Arc<crate::target::Target>,
+    meta: &'a crate::crypto::MetaKey,
+    vault: &'a crate::vault::Vault,
+    index: &'a Index,
+    read_data: bool,
+    cache: PackCache,
+    codec: Codec,
+    verified: HashSet<Id>,
+    headers_checked: HashSet<Id>,
+    groups_shredded: u64,
+    chunks_checked: u64,
+    findings: Vec<Finding>,
+}
+
+impl Walk<'_> {
+    fn error(&mut self, object: String, message: String, hint: Option<&str>) {
+        self.findings.push(Finding {
+            level: Level::Error,
+            object,
+            message,
+            hint: hint.map(str::to_string),
+        });
+    }
+
+    /// Fetches a pack (verified against its name) and opens its header.
+    async fn fetch_pack(&mut self, pid: Id, size: u64) -> bool {
+        let object = self.cache.object_name(&pid);
+        match self.cache.pack(pid, size).await {
+            Ok(pack) => {
+                if self.headers_checked.insert(pid) {
+                    if let Err(e) = read_header(&object, &pack, self.meta) {
+                        self.error(object, e.to_string(), None);
+                    }
+                }
+                true
             }
-        }
-    }
-    let files_keys = s.files.as_ref().and_then(|f| {
-        vault
-            .key(&f.key)
-            .map(|k| Arc::new(ChunkKeys::new(&group_key(None, k, "files"))))
-    });
-    if let Some(f) = &s.files {
-        if files_keys.is_none() {
-            *groups_shredded += 1;
-        }
-        for p in &f.pages {
-            pages.push((None, *p));
-        }
-    }
-    for (table, pid) in pages {
-        let page = match Page::load(target, meta, &pid).await {
-            Ok(p) => p,
             Err(e) => {
-                findings.push(Finding {
-                    level: Level::Error,
-                    object: format!("{}:{}", target.name, crate::repo::tree::tree_path(&pid)),
-                    message: format!("snapshot {}: {e}", s.id),
-                    hint: None,
-                });
-                continue;
+                if self.headers_checked.insert(pid) {
+                    self.error(
+                        object,
+                        e.to_string(),
+                        Some("repair it from another target (custos replicate --verify) or run a new backup"),
+                    );
+                }
+                false
             }
+        }
+    }
+
+    /// Checks one chunk: indexed, and with read_data, authentic.
+    async fn chunk(&mut self, id: &Id, keys: &ChunkKeys) -> bool {
+        let Some(loc) = self.index.chunks.get(id).copied() else {
+            return false;
         };
-        let mut note = |id: &Id, keys: &Arc<ChunkKeys>| {
-            if !index.chunks.contains_key(id) {
-                missing += 1;
-                first_missing.get_or_insert(*id);
-            } else {
-                need.entry(*id).or_insert_with(|| keys.clone());
+        if !self.read_data || self.verified.contains(id) {
+            return true;
+        }
+        let (pid, size) = self.index.pack_of(&loc);
+        if !self.fetch_pack(pid, size).await {
+            return true; // reported once for the pack
+        }
+        let object = self.cache.object_name(&pid);
+        match self.cache.blob(self.index, &loc).await {
+            Ok(sealed) => {
+                self.chunks_checked += 1;
+                if let Err(e) = open_chunk(&mut self.codec, keys, id, &sealed, loc.raw_len) {
+                    self.error(object, format!("chunk {id}: {e}"), None);
+                }
             }
-        };
-        match page {
-            Page::Groups { groups, .. } => {
-                let table = table.unwrap_or_default();
-                for g in &groups {
-                    match group_keys(vault, g, &table) {
-                        Ok(k) => {
-                            let k = Arc::new(k);
-                            for c in &g.chunks {
-                                note(c, &k);
+            Err(e) => self.error(object, e.to_string(), None),
+        }
+        self.verified.insert(*id);
+        true
+    }
+
+    async fn snapshot(&mut self, s: &Snapshot) {
+        let mut missing = 0u64;
+        let mut mismatched = 0u64;
+        let mut first_missing = None;
+        let mut pages: Vec<(Option<String>, Id)> = Vec::new();
+        if let Some(sq) = &s.sqlite {
+            for t in &sq.tables {
+                for p in &t.pages {
+                    pages.push((Some(t.name.clone()), *p));
+                }
+            }
+        }
+        let files_keys = s.files.as_ref().and_then(|f| {
+            self.vault
+                .key(&f.key)
+                .map(|k| ChunkKeys::new(&group_key(None, k, "files")))
+        });
+        if let Some(f) = &s.files {
+            if files_keys.is_none() {
+                self.groups_shredded += 1;
+            }
+            for p in &f.pages {
+                pages.push((None, *p));
+            }
+        }
+        for (table, pid) in pages {
+            let page = match Page::load(&self.target, self.meta, &pid).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let object = format!(
+                        "{}:{}",
+                        self.target.name,
+                        crate::repo::tree::tree_path(&pid)
+                    );
+                    self.error(object, format!("snapshot {}: {e}", s.id), None);
+                    continue;
+                }
+            };
+            match page {
+                Page::Groups { groups, .. } => {
+                    let table = table.unwrap_or_default();
+                    for g in &groups {
+                        match group_keys(self.vault, g, &table) {
+                            Ok(k) => {
+                                for c in &g.chunks {
+                                    if !self.chunk(c, &k).await {
+                                        missing += 1;
+                                        first_missing.get_or_insert(*c);
+                                    }
+                                }
+                            }
+                            Err(GroupKeyProblem::Shredded) => self.groups_shredded += 1,
+                            Err(GroupKeyProblem::Mismatch) => mismatched += 1,
+                        }
+                    }
+                }
+                Page::Files { files, .. } => {
+                    if let Some(k) = &files_keys {
+                        for f in &files {
+                            for c in &f.chunks {
+                                if !self.chunk(c, k).await {
+                                    missing += 1;
+                                    first_missing.get_or_insert(*c);
+                                }
                             }
                         }
-                        Err(GroupKeyProblem::Shredded) => *groups_shredded += 1,
-                        Err(GroupKeyProblem::Mismatch) => mismatched += 1,
-                    }
-                }
-            }
-            Page::Files { files, .. } => {
-                if let Some(k) = &files_keys {
-                    for f in &files {
-                        for c in &f.chunks {
-                            note(c, k);
-                        }
                     }
                 }
             }
         }
-    }
-    if mismatched > 0 {
-        findings.push(Finding {
-            level: Level::Error,
-            object: format!("{}:snapshots/{}", target.name, s.id),
-            message: format!("{mismatched} group(s) do not match the keys they name (damaged or hostile manifest)"),
-            hint: None,
-        });
-    }
-    if missing > 0 {
-        findings.push(Finding {
-            level: Level::Error,
-            object: format!("{}:snapshots/{}", target.name, s.id),
-            message: format!(
-                "{missing} chunk(s) this snapshot needs are in no index (first: {})",
-                first_missing.unwrap()
-            ),
-            hint: Some("repair from another target (custos replicate --verify)".into()),
-        });
+        let object = format!("{}:snapshots/{}", self.target.name, s.id);
+        if mismatched > 0 {
+            self.error(
+                object.clone(),
+                format!("{mismatched} group(s) do not match the keys they name (damaged or hostile manifest)"),
+                None,
+            );
+        }
+        if missing > 0 {
+            self.error(
+                object,
+                format!(
+                    "{missing} chunk(s) this snapshot needs are in no index (first: {})",
+                    first_missing.unwrap()
+                ),
+                Some("repair from another target (custos replicate --verify)"),
+            );
+        }
     }
 }

@@ -14,7 +14,7 @@ use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::index::Index;
-use crate::repo::pack::open_chunk;
+use crate::repo::pack::{open_chunk, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::{GroupEntry, Page};
 use crate::store::files::{FileKind, FilesRestorer};
@@ -88,6 +88,7 @@ pub fn group_keys(
 
 /// Fetches and opens every chunk of a group, in order.
 pub async fn read_group(
+    codec: &mut Codec,
     cache: &mut PackCache,
     index: &Index,
     keys: &ChunkKeys,
@@ -105,7 +106,7 @@ pub async fn read_group(
             .blob(index, loc)
             .await
             .map_err(|e| OpsError::Invalid(e.to_string()))?;
-        let plain = open_chunk(keys, id, &sealed, loc.raw_len).map_err(|e| {
+        let plain = open_chunk(codec, keys, id, &sealed, loc.raw_len).map_err(|e| {
             OpsError::Invalid(format!(
                 "{}: chunk {id}: {e}",
                 cache.object_name(&index.pack_of(loc).0)
@@ -206,6 +207,7 @@ async fn restore_sqlite(
         })
         .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
     let mut cache = PackCache::new(target.clone(), 8);
+    let mut codec = Codec::new(3);
     let total: u64 = sq.tables.iter().map(|t| t.rows).sum();
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
@@ -257,7 +259,7 @@ async fn restore_sqlite(
                     }
                 };
                 let object = format!("{}: table {} group {}", snap.id, t.name, hex::encode(g.g));
-                match read_group(&mut cache, &index, &keys, &g.chunks, &object).await {
+                match read_group(&mut codec, &mut cache, &index, &keys, &g.chunks, &object).await {
                     Ok(bytes) => {
                         report.bytes += bytes.len() as u64;
                         progress.advance(g.rows);
@@ -325,6 +327,7 @@ async fn restore_files(
     let keys = ChunkKeys::new(&group_key(None, key, "files"));
     let mut r = FilesRestorer::create(&opts.to, opts.force)?;
     let mut cache = PackCache::new(target.clone(), 8);
+    let mut codec = Codec::new(3);
     progress.phase("restoring files", Some(fs.bytes), "bytes");
     for pid in &fs.pages {
         let Page::Files { files, .. } = Page::load(&target, &meta, pid).await? else {
@@ -339,6 +342,7 @@ async fn restore_files(
                     for id in &f.chunks {
                         let object = format!("{}: file {}", snap.id, f.entry.path);
                         let data = read_group(
+                            &mut codec,
                             &mut cache,
                             &index,
                             &keys,

@@ -34,11 +34,27 @@ pub fn pack_path(id: &Id) -> String {
     format!("data/{}/{}", &h[..2], h)
 }
 
+/// Reusable zstd contexts: creating one per chunk costs more than
+/// compressing a small chunk, so each thread keeps one.
+pub struct Codec {
+    c: zstd::bulk::Compressor<'static>,
+    d: zstd::bulk::Decompressor<'static>,
+}
+
+impl Codec {
+    pub fn new(level: i32) -> Self {
+        Codec {
+            c: zstd::bulk::Compressor::new(level).expect("zstd compression context"),
+            d: zstd::bulk::Decompressor::new().expect("zstd decompression context"),
+        }
+    }
+}
+
 /// Compresses (when it helps) and seals one chunk.
-pub fn seal_chunk(keys: &ChunkKeys, id: &Id, plain: &[u8], level: i32) -> Vec<u8> {
-    let mut body = Vec::with_capacity(plain.len() / 2 + 16);
+pub fn seal_chunk(codec: &mut Codec, keys: &ChunkKeys, id: &Id, plain: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(plain.len() + 32);
     body.push(CODEC_ZSTD);
-    let compressed = zstd::bulk::compress(plain, level).ok();
+    let compressed = codec.c.compress(plain).ok();
     match compressed {
         Some(c) if c.len() + 8 < plain.len() => body.extend_from_slice(&c),
         _ => {
@@ -66,6 +82,7 @@ pub enum ChunkError {
 
 /// Opens, decompresses and verifies one chunk against its id.
 pub fn open_chunk(
+    codec: &mut Codec,
     keys: &ChunkKeys,
     id: &Id,
     sealed: &[u8],
@@ -81,7 +98,9 @@ pub fn open_chunk(
                     want: MAX_RAW_CHUNK as usize,
                 });
             }
-            zstd::bulk::decompress(&body[1..], raw_len as usize)
+            codec
+                .d
+                .decompress(&body[1..], raw_len as usize)
                 .map_err(|e| ChunkError::Decompress(e.to_string()))?
         }
         Some(&c) => return Err(ChunkError::Codec(c)),
