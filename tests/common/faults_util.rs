@@ -1,0 +1,308 @@
+//! Helpers of the fault tests: a fault-injecting S3 server, policy texts,
+//! an inventory of the objects under a folder, and byte surgery on files.
+
+use crate::common::s3::{ACCESS_KEY, SECRET_KEY};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use s3s::access::{S3Access, S3AccessContext};
+use s3s::S3Result;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+
+/// Object-creating S3 operations (a put, or the start of a multipart put).
+const PUT_OPS: [&str; 2] = ["PutObject", "CreateMultipartUpload"];
+
+/// Shared counters of a [`FaultyS3`]: puts seen, and the put count after
+/// which every further put is refused with 503 Service Unavailable.
+#[derive(Default)]
+struct PutFaults {
+    puts: AtomicU64,
+    refused: AtomicU64,
+    fail_after: AtomicU64,
+}
+
+/// An access hook that refuses puts after a threshold (the store itself is
+/// untouched: a refused put writes nothing, like a crash before it).
+struct FaultAccess(Arc<PutFaults>);
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+// `S3Access` is declared with `#[async_trait]`; this is the same signature
+// written out.
+impl S3Access for FaultAccess {
+    fn check<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        cx: &'life1 mut S3AccessContext<'life2>,
+    ) -> BoxFut<'async_trait, S3Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            if cx.credentials().is_none() {
+                return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+            }
+            if PUT_OPS.contains(&cx.s3_op().name()) {
+                let n = self.0.puts.fetch_add(1, Ordering::SeqCst) + 1;
+                if n > self.0.fail_after.load(Ordering::SeqCst) {
+                    self.0.refused.fetch_add(1, Ordering::SeqCst);
+                    return Err(s3s::s3_error!(ServiceUnavailable, "injected fault"));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// An s3s-fs server over HTTP on 127.0.0.1 whose puts can be made to fail
+/// after a given count (from then on, every put fails with 503). Uses the
+/// same fixed credentials as the shared test server; stops on drop.
+pub struct FaultyS3 {
+    endpoint: String,
+    root: tempfile::TempDir,
+    faults: Arc<PutFaults>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FaultyS3 {
+    /// Starts a server with no faults set and one bucket, `bkt`.
+    pub fn start() -> FaultyS3 {
+        static EXPORT: Once = Once::new();
+        EXPORT.call_once(|| {
+            std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+        });
+        let root = tempfile::Builder::new()
+            .prefix("custos-faulty-s3-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(root.path().join("bkt")).unwrap();
+        let faults = Arc::new(PutFaults {
+            fail_after: AtomicU64::new(u64::MAX),
+            ..Default::default()
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
+        let service = {
+            let mut b = s3s::service::S3ServiceBuilder::new(fs);
+            b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            b.set_access(FaultAccess(faults.clone()));
+            b.build()
+        };
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    tokio::select! {
+                        _ = &mut rx => break,
+                        accepted = listener.accept() => {
+                            let Ok((socket, _)) = accepted else { continue };
+                            let conn = http
+                                .serve_connection(TokioIo::new(socket), service.clone())
+                                .into_owned();
+                            tokio::spawn(async move {
+                                let _ = conn.await;
+                            });
+                        }
+                    }
+                }
+            });
+        });
+        FaultyS3 {
+            endpoint: format!("http://{addr}"),
+            root,
+            faults,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    /// The folder of bucket `bkt` (one file per object).
+    pub fn bucket_dir(&self) -> PathBuf {
+        self.root.path().join("bkt")
+    }
+
+    /// From now on, the next `n` puts succeed and every later one fails.
+    pub fn fail_puts_after(&self, n: u64) {
+        let seen = self.faults.puts.load(Ordering::SeqCst);
+        self.faults.fail_after.store(seen + n, Ordering::SeqCst);
+    }
+
+    /// Removes the fault.
+    pub fn clear(&self) {
+        self.faults.fail_after.store(u64::MAX, Ordering::SeqCst);
+    }
+
+    /// Puts seen so far (refused ones included).
+    pub fn puts(&self) -> u64 {
+        self.faults.puts.load(Ordering::SeqCst)
+    }
+
+    /// Puts refused so far.
+    pub fn refused(&self) -> u64 {
+        self.faults.refused.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultyS3 {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A record-mode policy for a SQLite database at `db`: the demo's tables
+/// with subjects and a monthly period, one vault location, one target.
+/// `extra` is appended verbatim (e.g. an `[s3]` section).
+pub fn sqlite_policy(db: &Path, identity: &Path, vault: &str, target: &str, extra: &str) -> String {
+    format!(
+        r#"[policy]
+name = "faults"
+
+[store]
+kind = "sqlite"
+path = "{db}"
+
+[[store.tables]]
+name = "customers"
+class = "identity"
+subject = "id"
+
+[[store.tables]]
+name = "cdrs"
+class = "consumption"
+subject = "customer_id"
+period = {{ column = "started_at", every = "month" }}
+
+[keys]
+identity = "{id}"
+recipients = []
+vault = ["{vault}"]
+
+[[targets]]
+name = "primary"
+url = "{target}"
+{extra}
+"#,
+        db = db.display(),
+        id = identity.display(),
+    )
+}
+
+/// The relative paths of the files under `dir` (sorted), leaving out the
+/// staging files of an upload in progress (`name#N`). Tolerates files that
+/// vanish while it looks (a writer may be renaming them).
+pub fn list_files(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(base, &p, out),
+                Ok(_) => {
+                    let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                    if !rel.contains('#') {
+                        out.push(rel);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Every file under `dir` (relative path → BLAKE3 of its content); empty
+/// if `dir` does not exist. For folders nobody is writing to.
+pub fn inventory(dir: &Path) -> BTreeMap<String, String> {
+    list_files(dir)
+        .into_iter()
+        .map(|rel| {
+            let h = blake3::hash(&std::fs::read(dir.join(&rel)).unwrap());
+            (rel, h.to_hex().to_string())
+        })
+        .collect()
+}
+
+/// The relative paths of the objects under `dir/sub` (e.g. `data`), sorted.
+pub fn objects_under(dir: &Path, sub: &str) -> Vec<String> {
+    list_files(dir)
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("{sub}/")))
+        .collect()
+}
+
+/// Copies a folder tree.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
+/// Flips one bit of the byte at `at` in a file.
+pub fn flip_bit(path: &Path, at: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    b[at] ^= 0x10;
+    std::fs::write(path, b).unwrap();
+}
+
+/// Cuts a file to `len` bytes.
+pub fn truncate(path: &Path, len: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_len(len).unwrap();
+}
+
+/// Deterministic pseudo-random bytes (xorshift).
+pub fn noise(len: usize, mut s: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        v.extend_from_slice(&s.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
