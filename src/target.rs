@@ -316,9 +316,19 @@ fn open_file(
     Ok(Arc::new(fs))
 }
 
-fn memory_registry() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+fn memory_registry() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
     REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Puts `store` in the process-wide `memory://` registry under `name`, so
+/// that `memory://NAME` URLs open it. This is how tests put a wrapper (for
+/// fault injection) in front of a store; it replaces any store of that name.
+pub fn register_memory(name: &str, store: Arc<dyn ObjectStore>) {
+    memory_registry()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(name.to_string(), store);
 }
 
 fn open_memory(parsed: &url::Url, shown: &str) -> Result<Arc<dyn ObjectStore>, TargetError> {
@@ -333,9 +343,12 @@ fn open_memory(parsed: &url::Url, shown: &str) -> Result<Arc<dyn ObjectStore>, T
         let mut reg = memory_registry()
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Arc::clone(reg.entry(name).or_insert_with(|| Arc::new(InMemory::new())))
+        Arc::clone(
+            reg.entry(name)
+                .or_insert_with(|| Arc::new(InMemory::new()) as Arc<dyn ObjectStore>),
+        )
     };
-    with_prefix(store, parsed.path(), shown)
+    with_prefix(Arc::new(store), parsed.path(), shown)
 }
 
 fn with_prefix<T: ObjectStore>(

@@ -487,7 +487,6 @@ async fn damaged_packs_and_indexes_are_named_by_check_and_refused_by_restore() {
 /// The README says exit code 3 means "data failed authentication"; a
 /// restore that meets a corrupted pack should exit with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: restore exits 2 (bad input) on a corrupted pack; ops/restore.rs read_group maps pack and chunk failures to OpsError::Invalid"]
 async fn restore_of_a_corrupted_pack_exits_with_the_integrity_code() {
     let f = demo_fixture(4).await;
     backup(&f.load(), &small_packs(), Arc::new(NoProgress))
@@ -592,7 +591,6 @@ async fn damaged_snapshot_objects_are_named_by_snapshots_check_and_restore() {
 /// opened says "no snapshot matches", as if the id were mistyped: it should
 /// name the damaged object and exit with the integrity code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: restore of a damaged snapshot id says `no snapshot matches` (exit 1) instead of naming snapshots/<id> as damaged (exit 3)"]
 async fn restore_of_a_damaged_snapshot_id_names_the_damaged_object() {
     let (f, ids) = two_snapshots(25).await;
     let object = format!("snapshots/{}", ids[1]);
@@ -616,7 +614,6 @@ async fn restore_of_a_damaged_snapshot_id_names_the_damaged_object() {
 /// damaged silently restores the older snapshot: the operator asked for the
 /// latest state and gets an older database without a word.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: restore --snapshot latest skips unreadable snapshot objects silently (Snapshot::list errors are dropped in ops/restore.rs)"]
 async fn restore_latest_refuses_when_a_snapshot_object_is_unreadable() {
     let (f, ids) = two_snapshots(23).await;
     std::fs::write(

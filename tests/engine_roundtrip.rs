@@ -913,7 +913,6 @@ fn same_db_check_catches_the_changes_a_restore_could_make() {
 /// this file catches it, so the round trips above are not weakened, but the
 /// demo and other users of `compare` would miss a lost sign.
 #[test]
-#[ignore = "BUG: store::compare treats REAL -0.0 and 0.0 as equal (compare.rs: `vx != vy` on ValueRef)"]
 fn compare_tells_negative_zero_from_zero() {
     let tmp = common::tempdir();
     let d = tmp.path();

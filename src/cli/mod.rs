@@ -65,21 +65,37 @@ pub struct Failure {
 
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     use custos::ops::OpsError;
+    use custos::repo::RepoError;
+    use custos::store::sqlite::SqliteError;
+    use custos::vault::VaultError;
     if e.downcast_ref::<custos::policy::PolicyError>().is_some() {
         return 2;
+    }
+    let repo_code = |r: &RepoError| match r {
+        RepoError::Crypto { .. } | RepoError::Malformed { .. } => 3,
+        RepoError::NoSnapshot(_) | RepoError::AmbiguousSnapshot(_) => 2,
+        _ => 1,
+    };
+    if let Some(r) = e.downcast_ref::<RepoError>() {
+        return repo_code(r);
     }
     if let Some(o) = e.downcast_ref::<OpsError>() {
         return match o {
             OpsError::Keys(_) | OpsError::UnknownTarget(_) | OpsError::Invalid(_) => 2,
-            OpsError::Repo(r)
-                if matches!(
-                    **r,
-                    custos::repo::RepoError::Crypto { .. }
-                        | custos::repo::RepoError::Malformed { .. }
-                ) =>
-            {
-                3
-            }
+            OpsError::Integrity(_) => 3,
+            OpsError::Repo(r) => repo_code(r),
+            OpsError::Vault(v) => match **v {
+                VaultError::NotRecipient { .. } | VaultError::NoVault { .. } => 2,
+                _ => 1,
+            },
+            OpsError::Sqlite(s) => match **s {
+                SqliteError::NotFound { .. }
+                | SqliteError::AlreadyExists { .. }
+                | SqliteError::NoSuchTable { .. }
+                | SqliteError::NoSuchColumn { .. }
+                | SqliteError::Unsupported { .. } => 2,
+                _ => 1,
+            },
             _ => 1,
         };
     }

@@ -41,6 +41,9 @@ pub enum OpsError {
     Unsupported(String),
     #[error("{0}")]
     Invalid(String),
+    /// Stored data failed verification (missing, altered, unauthentic).
+    #[error("{0}")]
+    Integrity(String),
     #[error("internal: {0}")]
     Internal(String),
 }

@@ -98,16 +98,16 @@ pub async fn read_group(
     let mut out = Vec::new();
     for id in chunks {
         let loc = index.chunks.get(id).ok_or_else(|| {
-            OpsError::Invalid(format!(
+            OpsError::Integrity(format!(
                 "{object}: chunk {id} is in no index (repository damaged; run `custos check`)"
             ))
         })?;
         let sealed = cache
             .blob(index, loc)
             .await
-            .map_err(|e| OpsError::Invalid(e.to_string()))?;
+            .map_err(|e| OpsError::Integrity(e.to_string()))?;
         let plain = open_chunk(codec, keys, id, &sealed, loc.raw_len).map_err(|e| {
-            OpsError::Invalid(format!(
+            OpsError::Integrity(format!(
                 "{}: chunk {id}: {e}",
                 cache.object_name(&index.pack_of(loc).0)
             ))
@@ -124,8 +124,7 @@ pub async fn restore(
 ) -> Result<RestoreReport, OpsError> {
     let start = Instant::now();
     let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
-    let (list, _) = Snapshot::list(&repo.target, &repo.meta).await?;
-    let snap = Snapshot::select(&list, &opts.snapshot)?.clone();
+    let snap = Snapshot::find(&repo.target, &repo.meta, &opts.snapshot).await?;
     let index = Index::load(&repo.target, &repo.meta).await?;
     let OpenRepo {
         target,
@@ -249,7 +248,7 @@ async fn restore_sqlite(
                         continue;
                     }
                     Err(GroupKeyProblem::Mismatch) => {
-                        fetch_err = Some(OpsError::Invalid(format!(
+                        fetch_err = Some(OpsError::Integrity(format!(
                             "{}:{}: group {} does not match the keys it names (damaged or hostile manifest)",
                             target.name,
                             crate::repo::tree::tree_path(pid),

@@ -147,17 +147,54 @@ impl Snapshot {
         target: &Target,
         meta: &MetaKey,
     ) -> Result<(Vec<Snapshot>, Vec<RepoError>), RepoError> {
+        let (good, bad) = Self::list_with_ids(target, meta).await?;
+        Ok((good, bad.into_iter().map(|(_, e)| e).collect()))
+    }
+
+    /// Like [`list`](Self::list), with the id of each unreadable object.
+    pub async fn list_with_ids(
+        target: &Target,
+        meta: &MetaKey,
+    ) -> Result<(Vec<Snapshot>, Vec<(String, RepoError)>), RepoError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         for (path, _) in target.list("snapshots/").await? {
             let id = path.rsplit('/').next().unwrap_or("").to_string();
             match Snapshot::load(target, meta, &id).await {
                 Ok(s) => good.push(s),
-                Err(e) => bad.push(e),
+                Err(e) => bad.push((id, e)),
             }
         }
         good.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
         Ok((good, bad))
+    }
+
+    /// Finds a snapshot on a target by `latest`, an id or a unique id prefix,
+    /// refusing to guess when a snapshot object is unreadable: `latest`
+    /// could silently be an older snapshot, and an id may name the damaged
+    /// object itself (then its own error is returned).
+    pub async fn find(target: &Target, meta: &MetaKey, which: &str) -> Result<Snapshot, RepoError> {
+        let (good, mut bad) = Self::list_with_ids(target, meta).await?;
+        if which == "latest" {
+            if !bad.is_empty() {
+                let names: Vec<String> = bad.iter().map(|(_, e)| e.to_string()).collect();
+                return Err(RepoError::malformed(
+                    format!("{}:snapshots/", target.name),
+                    format!(
+                        "cannot tell which snapshot is the latest, {} snapshot object(s) are unreadable: {}; \
+                         name a snapshot id (custos snapshots lists the readable ones)",
+                        bad.len(),
+                        names.join("; ")
+                    ),
+                ));
+            }
+        } else if let Some(pos) = bad.iter().position(|(id, _)| id.starts_with(which)) {
+            if !good.iter().any(|s| s.id.starts_with(which)) {
+                return Err(bad.swap_remove(pos).1);
+            }
+            return Err(RepoError::AmbiguousSnapshot(which.into()));
+        }
+        Self::select(&good, which).cloned()
     }
 
     /// Finds a snapshot by `latest`, a full id or a unique id prefix.

@@ -89,10 +89,7 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
             let r = st.query_map([], |r| r.get::<_, String>(0))?;
             r.collect::<rusqlite::Result<_>>()?
         };
-        let mut exprs: Vec<String> = cols
-            .iter()
-            .map(|c| format!("typeof({0}) || ':' || quote({0})", quote_ident(c)))
-            .collect();
+        let mut exprs: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
         let order = if without_rowid {
             (1..=cols.len())
                 .map(|i| i.to_string())
@@ -139,7 +136,15 @@ pub fn compare(a: &Path, b: &Path) -> rusqlite::Result<Comparison> {
                     for c in 0..n {
                         let vx = x.get_ref(c)?;
                         let vy = y.get_ref(c)?;
-                        if vx != vy {
+                        let differ = match (vx, vy) {
+                            // Bit equality: -0.0 and 0.0 are different values.
+                            (
+                                rusqlite::types::ValueRef::Real(a),
+                                rusqlite::types::ValueRef::Real(b),
+                            ) => a.to_bits() != b.to_bits(),
+                            _ => vx != vy,
+                        };
+                        if differ {
                             out.differences.push(format!(
                                 "table `{name}`: row {} differs in column {}",
                                 i + 1,
