@@ -638,9 +638,27 @@ async fn truncated_tree_page_is_named_by_check_and_refused_by_restore() {
     backup(&f.load(), &BackupOptions::default(), Arc::new(NoProgress))
         .await
         .unwrap();
-    let trees = objects_under(&f.target_dir(), "trees");
+    // The packs that hold the snapshot's tree pages (metadata packs).
+    let policy = f.load();
+    let repo = custos::ops::OpenRepo::open(&policy, None).await.unwrap();
+    let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    let (list, _) = custos::repo::snapshot::Snapshot::list(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    let mut trees: Vec<String> = Vec::new();
+    for t in &list[0].sqlite.as_ref().unwrap().tables {
+        for pid in &t.pages {
+            let loc = index.chunks[pid];
+            let path = custos::repo::pack::pack_path(&index.pack_of(&loc).0);
+            if !trees.contains(&path) {
+                trees.push(path);
+            }
+        }
+    }
     assert!(!trees.is_empty());
-    // Damage every page, so whichever the restore reads first is damaged.
+    // Damage every such pack, so whichever page the restore reads first is damaged.
     for t in &trees {
         let path = f.target_dir().join(t);
         let n = std::fs::metadata(&path).unwrap().len();
@@ -667,7 +685,7 @@ async fn truncated_tree_page_is_named_by_check_and_refused_by_restore() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_a_keyholder_manifest_with_dotdot_paths() {
     use custos::repo::snapshot::Snapshot;
-    use custos::repo::tree::{tree_path, Page};
+    use custos::repo::tree::{store_pages, Page};
     let dir = tempdir();
     let src = dir.path().join("src");
     std::fs::create_dir_all(src.join("sub")).unwrap();
@@ -706,8 +724,14 @@ url = "{}"
     assert!(bad.is_empty());
     let good = list[0].clone();
     let mut files = Vec::new();
+    let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    let mut cache = custos::repo::cache::PackCache::new(Arc::new(repo.target.clone()), 2);
     for pid in &good.files.as_ref().unwrap().pages {
-        let Page::Files { files: f, .. } = Page::load(&repo.target, &repo.meta, pid).await.unwrap()
+        let Page::Files { files: f, .. } = Page::load(&mut cache, &index, &repo.meta, pid)
+            .await
+            .unwrap()
         else {
             panic!("not a file page")
         };
@@ -727,11 +751,9 @@ url = "{}"
             .expect("a.txt in the manifest");
         victim.entry.path = evil.clone();
         let page = Page::Files { version: 1, files };
-        let (pid, sealed) = page.seal(&repo.meta);
-        repo.target
-            .put(&tree_path(&pid), sealed.into())
+        let pid = store_pages(&repo.target, &repo.meta, &[page])
             .await
-            .unwrap();
+            .unwrap()[0];
         let mut snap = good.clone();
         snap.id = format!("{:016x}", 0xee00 + i);
         snap.parent = None;

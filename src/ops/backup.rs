@@ -17,13 +17,14 @@ use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{group_key, subject_pseudonym, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
+use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::pack::{pack_path, seal_chunk, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
 };
 use crate::repo::tree::{
-    tree_path, FilePager, FileRecord, GroupEntry, GroupPager, Page, PAGE_VERSION,
+    FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
 };
 use crate::store::files::{self, FileKind};
 use crate::store::sqlite::{ScanError, SqliteSource};
@@ -189,8 +190,8 @@ async fn backup_locked(
     let now = chrono::Utc::now();
 
     // Workers and packer.
-    let (work_tx, work_rx) = sync_channel::<Work>(opts.workers * 16);
-    let (sealed_tx, sealed_rx) = sync_channel::<Sealed>(opts.workers * 16);
+    let (work_tx, work_rx) = sync_channel::<Vec<Work>>(opts.workers * 2);
+    let (sealed_tx, sealed_rx) = sync_channel::<Vec<Sealed>>(opts.workers * 2);
     let work_rx = Arc::new(Mutex::new(work_rx));
     let mut threads = Vec::new();
     for i in 0..opts.workers.max(1) {
@@ -204,12 +205,13 @@ async fn backup_locked(
                 .map_err(|e| OpsError::Internal(format!("spawning a worker: {e}")))?,
         );
     }
+    // Tree pages go to the packer directly (metadata packs).
+    let sealed_pages = sealed_tx.clone();
     drop(sealed_tx);
     let packer = {
         let ctx = PackerCtx {
             target: target.clone(),
             meta: meta.clone(),
-            vault: vault.clone(),
             counters: counters.clone(),
             failure: failure.clone(),
             handle: handle.clone(),
@@ -231,7 +233,7 @@ async fn backup_locked(
         index: index.clone(),
         target: target.clone(),
         handle: handle.clone(),
-        work: work_tx,
+        work: WorkSender::new(work_tx),
         in_flight: HashSet::new(),
         counters: counters.clone(),
         failure: failure.clone(),
@@ -241,7 +243,7 @@ async fn backup_locked(
         file_params: marker.files_chunking,
         now,
         parent: parent.clone(),
-        page_uploads: Vec::new(),
+        pages_out: sealed_pages,
         window_budget: opts.window_budget,
     };
     let read_result = tokio::task::spawn_blocking(move || reader.run())
@@ -252,22 +254,13 @@ async fn backup_locked(
         let _ = t.join();
     }
     let _ = packer.join();
-    let (content, page_uploads) = match read_result {
+    let content = match read_result {
         Ok(v) => v,
         Err(e) => {
             failure.set(e);
-            (ReadContent::default(), Vec::new())
+            ReadContent::default()
         }
     };
-    for h in page_uploads {
-        match h.await {
-            Ok(Ok(n)) => {
-                counters.stored_bytes.fetch_add(n, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => failure.set(e),
-            Err(e) => failure.set(OpsError::Internal(format!("tree upload task: {e}"))),
-        }
-    }
     if let Some(e) = failure.take() {
         return Err(e);
     }
@@ -335,33 +328,71 @@ async fn backup_locked(
     })
 }
 
-fn worker(rx: Arc<Mutex<Receiver<Work>>>, tx: SyncSender<Sealed>, level: i32) {
+fn worker(rx: Arc<Mutex<Receiver<Vec<Work>>>>, tx: SyncSender<Vec<Sealed>>, level: i32) {
     let mut codec = Codec::new(level);
     loop {
-        let w = {
+        let batch = {
             let g = rx.lock().unwrap();
             g.recv()
         };
-        let Ok(w) = w else { return };
-        let sealed = seal_chunk(&mut codec, &w.keys, &w.id, &w.data);
-        if tx
-            .send(Sealed {
+        let Ok(batch) = batch else { return };
+        let out: Vec<Sealed> = batch
+            .into_iter()
+            .map(|w| Sealed {
                 id: w.id,
                 family: w.family,
-                sealed,
+                sealed: seal_chunk(&mut codec, &w.keys, &w.id, &w.data),
                 raw_len: w.data.len() as u32,
             })
-            .is_err()
-        {
+            .collect();
+        if tx.send(out).is_err() {
             return;
         }
+    }
+}
+
+/// Sends chunks to the workers in batches (one channel message per
+/// ~256 KiB), so the threads do not wake each other per chunk.
+struct WorkSender {
+    tx: SyncSender<Vec<Work>>,
+    buf: Vec<Work>,
+    bytes: usize,
+}
+
+impl WorkSender {
+    const BATCH_BYTES: usize = 256 << 10;
+
+    fn new(tx: SyncSender<Vec<Work>>) -> Self {
+        WorkSender {
+            tx,
+            buf: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    fn send(&mut self, w: Work) -> Result<(), OpsError> {
+        self.bytes += w.data.len();
+        self.buf.push(w);
+        if self.bytes >= Self::BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), OpsError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.bytes = 0;
+        self.tx
+            .send(std::mem::take(&mut self.buf))
+            .map_err(|_| OpsError::Internal("the sealing workers stopped".into()))
     }
 }
 
 struct PackerCtx {
     target: Arc<Target>,
     meta: Arc<MetaKey>,
-    vault: SharedVault,
     counters: Arc<Counters>,
     failure: Failure,
     handle: tokio::runtime::Handle,
@@ -370,21 +401,20 @@ struct PackerCtx {
     uploads: Arc<tokio::sync::Semaphore>,
 }
 
-fn packer(ctx: PackerCtx, rx: Receiver<Sealed>) {
+fn packer(ctx: PackerCtx, rx: Receiver<Vec<Sealed>>) {
     let mut open: HashMap<KeyId, PackWriter> = HashMap::new();
     let mut open_bytes = 0usize;
     let mut tasks = Vec::new();
-    for s in rx {
+    for s in rx.into_iter().flatten() {
         if ctx.failure.is_set() {
             continue; // drain so upstream stages can finish
         }
         let w = open.entry(s.family).or_default();
-        let before = w.len();
         w.add(s.id, &s.sealed, s.raw_len);
-        open_bytes += w.len() - before;
+        open_bytes += s.sealed.len();
         if w.len() >= ctx.pack_size {
             let w = open.remove(&s.family).unwrap();
-            open_bytes -= w.len();
+            open_bytes -= w.data_len();
             tasks.push(flush(&ctx, w));
         } else if open_bytes > ctx.budget {
             let fam = *open
@@ -393,7 +423,7 @@ fn packer(ctx: PackerCtx, rx: Receiver<Sealed>) {
                 .map(|(k, _)| k)
                 .unwrap();
             let w = open.remove(&fam).unwrap();
-            open_bytes -= w.len();
+            open_bytes -= w.data_len();
             tasks.push(flush(&ctx, w));
         }
     }
@@ -415,26 +445,14 @@ fn packer(ctx: PackerCtx, rx: Receiver<Sealed>) {
 
 type UploadTask = tokio::task::JoinHandle<Result<(), OpsError>>;
 
-/// Closes a pack, makes its keys durable, and starts its upload.
+/// Closes a pack and starts its upload.
 fn flush(ctx: &PackerCtx, w: PackWriter) -> Option<UploadTask> {
     if w.is_empty() {
         return None;
     }
     let (id, bytes, index) = w.finish(&ctx.meta);
-    // Vault barrier: the keys of every chunk in this pack were created before
-    // the chunk was sealed, so persisting now covers them.
-    let persisted = ctx.handle.block_on(async {
-        let mut v = ctx.vault.lock().await;
-        if v.is_dirty() {
-            v.persist().await
-        } else {
-            Ok(())
-        }
-    });
-    if let Err(e) = persisted {
-        ctx.failure.set(e.into());
-        return None;
-    }
+    // No vault barrier is needed here: the reader persists every key at
+    // every vault location before it hands out a chunk sealed under it.
     let permit = ctx
         .handle
         .block_on(ctx.uploads.clone().acquire_owned())
@@ -464,8 +482,6 @@ struct ReadContent {
     bytes_read: u64,
 }
 
-type PageUpload = tokio::task::JoinHandle<Result<u64, OpsError>>;
-
 struct ReaderCtx {
     policy: Policy,
     vault: SharedVault,
@@ -473,7 +489,7 @@ struct ReaderCtx {
     index: Arc<Index>,
     target: Arc<Target>,
     handle: tokio::runtime::Handle,
-    work: SyncSender<Work>,
+    work: WorkSender,
     in_flight: HashSet<Id>,
     counters: Arc<Counters>,
     failure: Failure,
@@ -483,7 +499,8 @@ struct ReaderCtx {
     file_params: ChunkParams,
     now: chrono::DateTime<chrono::Utc>,
     parent: Option<Snapshot>,
-    page_uploads: Vec<PageUpload>,
+    /// Sealed tree pages, straight to the packer.
+    pages_out: SyncSender<Vec<Sealed>>,
     window_budget: usize,
 }
 
@@ -527,7 +544,7 @@ struct CurGroup {
 }
 
 impl ReaderCtx {
-    fn run(mut self) -> Result<(ReadContent, Vec<PageUpload>), OpsError> {
+    fn run(mut self) -> Result<ReadContent, OpsError> {
         let r = match self.policy.store.kind {
             StoreKind::Sqlite => self.read_sqlite(),
             StoreKind::Files => self.read_files(),
@@ -535,9 +552,9 @@ impl ReaderCtx {
                 "PostgreSQL stores are not supported yet by this version of custos".into(),
             )),
         };
-        // Dropping `self.work` lets the workers finish.
-        let uploads = std::mem::take(&mut self.page_uploads);
-        r.map(|c| (c, uploads))
+        // Dropping `self` (the work and page senders) lets the workers and
+        // the packer finish.
+        r.and_then(|c| self.work.flush().map(|_| c))
     }
 
     /// Resolves (creating if needed) a key in the vault.
@@ -593,7 +610,7 @@ impl ReaderCtx {
     /// Takes one chunk: id, dedup, hand to the workers.
     #[allow(clippy::too_many_arguments)]
     fn emit(
-        work: &SyncSender<Work>,
+        work: &mut WorkSender,
         index: &Index,
         in_flight: &mut HashSet<Id>,
         counters: &Counters,
@@ -612,8 +629,7 @@ impl ReaderCtx {
                 id,
                 data: data.to_vec(),
                 family,
-            })
-            .map_err(|_| OpsError::Internal("the sealing workers stopped".into()))?;
+            })?;
         }
         Ok(())
     }
@@ -625,7 +641,7 @@ impl ReaderCtx {
         table: &str,
         pages: &mut Vec<Id>,
     ) -> Result<(), OpsError> {
-        let (work, index, counters) = (&self.work, &self.index, &self.counters);
+        let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
         let in_flight = &mut self.in_flight;
         let keys = g.keys.clone();
         let fam = g.t;
@@ -647,7 +663,7 @@ impl ReaderCtx {
                 version: PAGE_VERSION,
                 table: table.to_string(),
                 groups: p,
-            }));
+            })?);
         }
         Ok(())
     }
@@ -666,11 +682,17 @@ impl ReaderCtx {
         window.bytes = 0;
         groups.sort_by(|a, b| (&a.0.bucket, &a.0.subject).cmp(&(&b.0.bucket, &b.0.subject)));
         let n = groups.len() as u64;
-        for (coords, (rows, bytes)) in groups {
-            let mut g = self.start_group(table, class, &coords);
+        // Keys first: every key this window needs is created and persisted
+        // at every vault location before any chunk sealed under it exists.
+        let started: Vec<CurGroup> = groups
+            .iter()
+            .map(|(coords, _)| self.start_group(table, class, coords))
+            .collect();
+        self.persist_vault()?;
+        for (mut g, (_, (rows, bytes))) in started.into_iter().zip(groups) {
             g.rows = rows;
             g.bytes = bytes.len() as u64;
-            let (work, index, counters) = (&self.work, &self.index, &self.counters);
+            let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
             let in_flight = &mut self.in_flight;
             let keys = g.keys.clone();
             let fam = g.t;
@@ -683,19 +705,33 @@ impl ReaderCtx {
         Ok(n)
     }
 
-    /// Seals a tree page and uploads it in the background (if new).
-    fn store_page(&mut self, page: Page) -> Id {
-        let (id, sealed) = page.seal(&self.meta);
-        let target = self.target.clone();
-        self.page_uploads.push(self.handle.spawn(async move {
-            let n = sealed.len() as u64;
-            if target.put_new(&tree_path(&id), sealed.into()).await? {
-                Ok(n)
-            } else {
-                Ok(0)
+    /// Persists new keys to every vault location (a no-op when none).
+    fn persist_vault(&self) -> Result<(), OpsError> {
+        let vault = self.vault.clone();
+        self.handle.block_on(async move {
+            let mut v = vault.lock().await;
+            if v.is_dirty() {
+                v.persist().await?;
             }
-        }));
-        id
+            Ok(())
+        })
+    }
+
+    /// Seals a tree page and hands it to the packer (if not stored yet).
+    fn store_page(&mut self, page: Page) -> Result<Id, OpsError> {
+        let (id, sealed) = page.seal(&self.meta);
+        if !self.index.chunks.contains_key(&id) && self.in_flight.insert(id) {
+            let raw_len = sealed.len() as u32;
+            self.pages_out
+                .send(vec![Sealed {
+                    id,
+                    family: META_FAMILY,
+                    sealed,
+                    raw_len,
+                }])
+                .map_err(|_| OpsError::Internal("the packer stopped".into()))?;
+        }
+        Ok(id)
     }
 
     fn read_sqlite(&mut self) -> Result<ReadContent, OpsError> {
@@ -770,7 +806,7 @@ impl ReaderCtx {
                     version: PAGE_VERSION,
                     table: name.clone(),
                     groups: p,
-                }));
+                })?);
             }
             self.progress.advance(since_progress);
             self.progress.finish_phase();
@@ -808,16 +844,21 @@ impl ReaderCtx {
         let class = self.policy.store.class.as_str().to_string();
         let walk = files::walk(&root, false)?;
         let (key_id, key, unit) = self.epoch_key(&class);
+        self.persist_vault()?;
         let gk = group_key(None, &key, "files");
         let keys = Arc::new(ChunkKeys::new(&gk));
         // Change detection: entries of the parent snapshot under the same key.
         let mut previous: HashMap<String, FileRecord> = HashMap::new();
         if let Some(p) = self.parent.as_ref().and_then(|p| p.files.clone()) {
             if p.key == key_id {
+                let mut cache = PackCache::new(self.target.clone(), 2);
                 for id in &p.pages {
-                    let page = self
-                        .handle
-                        .block_on(Page::load(&self.target, &self.meta, id))?;
+                    let page = self.handle.block_on(Page::load(
+                        &mut cache,
+                        &self.index,
+                        &self.meta,
+                        id,
+                    ))?;
                     if let Page::Files { files, .. } = page {
                         for f in files {
                             previous.insert(f.entry.path.clone(), f);
@@ -856,7 +897,7 @@ impl ReaderCtx {
                 } else {
                     let mut f = files::open_entry(&root, e)?;
                     let mut chunker = Chunker::new(self.file_params, self.seed);
-                    let (work, index, counters) = (&self.work, &self.index, &self.counters);
+                    let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
                     let in_flight = &mut self.in_flight;
                     let chunks = &mut rec.chunks;
                     let mut read = 0u64;
@@ -894,14 +935,14 @@ impl ReaderCtx {
                 pages.push(self.store_page(Page::Files {
                     version: PAGE_VERSION,
                     files: p,
-                }));
+                })?);
             }
         }
         if let Some(p) = pager.finish() {
             pages.push(self.store_page(Page::Files {
                 version: PAGE_VERSION,
                 files: p,
-            }));
+            })?);
         }
         self.progress.finish_phase();
         Ok(ReadContent {

@@ -7,12 +7,12 @@
 //! chunk a snapshot refers to is decrypted, decompressed and checked against
 //! its id. Findings name the object; any error makes the check fail.
 
-use super::fetch::PackCache;
 use super::restore::{group_keys, GroupKeyProblem};
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
 use crate::progress::Progress;
+use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::pack::{open_chunk, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
@@ -281,15 +281,11 @@ impl Walk<'_> {
             }
         }
         for (table, pid) in pages {
-            let page = match Page::load(&self.target, self.meta, &pid).await {
+            let page = match Page::load(&mut self.cache, self.index, self.meta, &pid).await {
                 Ok(p) => p,
                 Err(e) => {
-                    let object = format!(
-                        "{}:{}",
-                        self.target.name,
-                        crate::repo::tree::tree_path(&pid)
-                    );
-                    self.error(object, format!("snapshot {}: {e}", s.id), None);
+                    let object = format!("{}:snapshots/{}", self.target.name, s.id);
+                    self.error(object, e.to_string(), None);
                     continue;
                 }
             };

@@ -4,7 +4,6 @@
 
 pub mod backup;
 pub mod check;
-pub mod fetch;
 pub mod init;
 pub mod lock;
 pub mod restore;

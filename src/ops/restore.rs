@@ -8,11 +8,11 @@
 //! A fetching thread reads packs and opens chunks while the writing thread
 //! inserts rows, so network, decryption and SQLite overlap.
 
-use super::fetch::PackCache;
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::Policy;
 use crate::progress::Progress;
+use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::pack::{open_chunk, Codec};
 use crate::repo::snapshot::Snapshot;
@@ -217,7 +217,7 @@ async fn restore_sqlite(
             ..Default::default()
         };
         for pid in &t.pages {
-            let page = match Page::load(&target, &meta, pid).await {
+            let page = match Page::load(&mut cache, &index, &meta, pid).await {
                 Ok(p) => p,
                 Err(e) => {
                     fetch_err = Some(e.into());
@@ -249,9 +249,8 @@ async fn restore_sqlite(
                     }
                     Err(GroupKeyProblem::Mismatch) => {
                         fetch_err = Some(OpsError::Integrity(format!(
-                            "{}:{}: group {} does not match the keys it names (damaged or hostile manifest)",
+                            "{}: tree page {pid}: group {} does not match the keys it names (damaged or hostile manifest)",
                             target.name,
-                            crate::repo::tree::tree_path(pid),
                             hex::encode(g.g)
                         )));
                         break 'tables;
@@ -329,7 +328,7 @@ async fn restore_files(
     let mut codec = Codec::new(3);
     progress.phase("restoring files", Some(fs.bytes), "bytes");
     for pid in &fs.pages {
-        let Page::Files { files, .. } = Page::load(&target, &meta, pid).await? else {
+        let Page::Files { files, .. } = Page::load(&mut cache, &index, &meta, pid).await? else {
             return Err(OpsError::Invalid(format!("tree {pid} is not a file page")));
         };
         for f in &files {

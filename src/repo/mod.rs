@@ -4,7 +4,9 @@
 //! * [`marker`]: `custos-repo.json`, the plaintext format marker;
 //! * [`pack`]: `data/<xx>/<pack id>`, sealed chunks of one group family;
 //! * [`index`]: `index/<pack id>`, where each chunk of a pack lies;
-//! * [`tree`]: `trees/<xx>/<tree id>`, pages of group entries or file entries;
+//! * [`tree`]: pages of group entries or file entries, stored as blobs in
+//!   metadata packs;
+//! * [`cache`]: reading packs back through a small verified cache;
 //! * [`snapshot`]: `snapshots/<id>`, the root of one snapshot.
 //!
 //! Order of writes (what keeps a repository valid at every instant): keys in
@@ -12,6 +14,7 @@
 //! snapshot. A snapshot object is written last and only when everything it
 //! refers to is stored, so a listed snapshot is always restorable.
 
+pub mod cache;
 pub mod index;
 pub mod marker;
 pub mod pack;

@@ -149,6 +149,11 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
+    /// Bytes of sealed chunks added so far.
+    pub fn data_len(&self) -> usize {
+        self.buf.len() - HEADER_OFFSET
+    }
+
     pub fn add(&mut self, id: Id, sealed: &[u8], raw_len: u32) {
         let offset = self.buf.len() as u32;
         self.buf.extend_from_slice(sealed);

@@ -1,6 +1,8 @@
-//! Tree pages: `trees/<xx>/<tree id>`, the content-addressed nodes under a
-//! snapshot (snapshot → table → pages of groups; or snapshot → pages of
-//! files).
+//! Tree pages: the content-addressed nodes under a snapshot (snapshot →
+//! table → pages of groups; or snapshot → pages of files), stored as blobs
+//! in metadata packs (family [`META_FAMILY`]) and found through the index
+//! like chunks, so that a snapshot of millions of groups is a few packs, not
+//! tens of thousands of small objects.
 //!
 //! A page is JSON, zstd-compressed, sealed under the metadata key (kind
 //! "tree", name = tree id). The tree id is a keyed hash of the plaintext, so
@@ -8,10 +10,11 @@
 //! content-defined (from group ids or path hashes), so one changed group
 //! rewrites one page, not every page after it.
 
+use super::cache::PackCache;
+use super::index::Index;
 use super::{compress_meta, decompress_meta, RepoError};
 use crate::crypto::{Id, MetaKey};
 use crate::store::files::FileEntry;
-use crate::target::Target;
 use crate::vault::KeyId;
 use serde::{Deserialize, Serialize};
 
@@ -194,10 +197,9 @@ fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
     Ok((table, groups))
 }
 
-pub fn tree_path(id: &Id) -> String {
-    let h = id.to_hex();
-    format!("trees/{}/{}", &h[..2], h)
-}
+/// The pack family of metadata blobs (tree pages): packs of this family
+/// hold no chunk of any shred group.
+pub const META_FAMILY: KeyId = KeyId([0u8; 16]);
 
 impl Page {
     /// Seals the page: returns its id and sealed bytes.
@@ -278,11 +280,49 @@ impl Page {
         Ok(page)
     }
 
-    pub async fn load(target: &Target, meta: &MetaKey, id: &Id) -> Result<Page, RepoError> {
-        let path = tree_path(id);
-        let bytes = target.get(&path).await?;
-        Page::open(&format!("{}:{}", target.name, path), id, meta, &bytes)
+    /// Reads a page from its metadata pack, through the index.
+    pub async fn load(
+        cache: &mut PackCache,
+        index: &Index,
+        meta: &MetaKey,
+        id: &Id,
+    ) -> Result<Page, RepoError> {
+        let Some(loc) = index.chunks.get(id) else {
+            return Err(RepoError::malformed(
+                format!("tree page {id}"),
+                "in no index (repository damaged; run `custos check`)",
+            ));
+        };
+        let pack = index.pack_of(loc).0;
+        let object = format!("{} (tree page {id})", cache.object_name(&pack));
+        let sealed = cache
+            .blob(index, loc)
+            .await
+            .map_err(|e| RepoError::malformed(&object, e.to_string()))?;
+        Page::open(&object, id, meta, &sealed)
     }
+}
+
+/// Stores pages as one metadata pack with its index object (tools and
+/// tests; a backup streams its pages through its packer instead).
+pub async fn store_pages(
+    target: &crate::target::Target,
+    meta: &MetaKey,
+    pages: &[Page],
+) -> Result<Vec<Id>, RepoError> {
+    let mut w = super::pack::PackWriter::new();
+    let mut ids = Vec::new();
+    for p in pages {
+        let (id, sealed) = p.seal(meta);
+        w.add(id, &sealed, sealed.len() as u32);
+        ids.push(id);
+    }
+    let (pack, bytes, index) = w.finish(meta);
+    target
+        .put(&super::pack::pack_path(&pack), bytes.into())
+        .await?;
+    index.store(target, meta).await?;
+    Ok(ids)
 }
 
 /// Cuts a stream of group entries into pages: a page never spans two time
