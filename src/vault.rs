@@ -521,7 +521,7 @@ pub struct Vault {
     recipients: Vec<Recipient>,
     meta: (KeyId, i64, Key32),
     pseudonym: (KeyId, i64, Key32),
-    entries: BTreeMap<KeyId, Entry>,
+    entries: HashMap<KeyId, Entry>,
     by_name: HashMap<(KeyKind, String), KeyId>,
     tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>>,
     dirty: BTreeSet<Shard>,
@@ -710,7 +710,7 @@ impl Vault {
             recipients: recipient_set(identity, recipients),
             meta: (KeyId::random(), t, Key32::random()),
             pseudonym: (KeyId::random(), t, Key32::random()),
-            entries: BTreeMap::new(),
+            entries: HashMap::new(),
             by_name: HashMap::new(),
             tombstones: BTreeMap::new(),
             dirty: BTreeSet::from([Shard::Meta]),
@@ -916,7 +916,7 @@ impl Vault {
                 reason: "the repository keys are missing at every readable location".into(),
             });
         };
-        let entries: BTreeMap<KeyId, Entry> =
+        let entries: HashMap<KeyId, Entry> =
             entries.into_iter().map(|(id, (e, _))| (id, e)).collect();
 
         let mut v = Vault {

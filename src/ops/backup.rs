@@ -63,12 +63,12 @@ impl Default for BackupOptions {
             target: None,
             zstd_level: 3,
             pack_size: 8 << 20,
-            open_pack_budget: 64 << 20,
+            open_pack_budget: 32 << 20,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            uploads: 4,
-            window_budget: 64 << 20,
+            uploads: 3,
+            window_budget: 32 << 20,
         }
     }
 }
@@ -612,7 +612,7 @@ impl ReaderCtx {
     fn emit(
         work: &mut WorkSender,
         index: &Index,
-        in_flight: &mut HashSet<Id>,
+        mut in_flight: Option<&mut HashSet<Id>>,
         counters: &Counters,
         keys: &Arc<ChunkKeys>,
         family: KeyId,
@@ -620,9 +620,16 @@ impl ReaderCtx {
         data: &[u8],
     ) -> Result<(), OpsError> {
         let id = keys.chunk_id(data);
-        chunks.push(id);
         counters.chunks.fetch_add(1, Ordering::Relaxed);
-        if !index.chunks.contains_key(&id) && in_flight.insert(id) {
+        // Dedup against what earlier backups stored. Within this run, a chunk
+        // can only repeat inside its own group (ids are keyed per group):
+        // record groups check their own list (a repeat across two read
+        // windows of one group is stored twice, harmlessly); file mode, one
+        // group for the whole tree, keeps a set (`in_flight`).
+        let new = !index.chunks.contains_key(&id)
+            && !chunks.contains(&id)
+            && in_flight.as_mut().is_none_or(|set| set.insert(id));
+        if new {
             counters.new_chunks.fetch_add(1, Ordering::Relaxed);
             work.send(Work {
                 keys: keys.clone(),
@@ -631,6 +638,7 @@ impl ReaderCtx {
                 family,
             })?;
         }
+        chunks.push(id);
         Ok(())
     }
 
@@ -642,12 +650,11 @@ impl ReaderCtx {
         pages: &mut Vec<Id>,
     ) -> Result<(), OpsError> {
         let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
-        let in_flight = &mut self.in_flight;
         let keys = g.keys.clone();
         let fam = g.t;
         let mut chunks = std::mem::take(&mut g.chunks);
         g.chunker.finish(&mut |c: &[u8]| {
-            Self::emit(work, index, in_flight, counters, &keys, fam, &mut chunks, c)
+            Self::emit(work, index, None, counters, &keys, fam, &mut chunks, c)
         })?;
         let entry = GroupEntry {
             g: g.keys.group_id.0[..8].try_into().unwrap(),
@@ -684,21 +691,33 @@ impl ReaderCtx {
         let n = groups.len() as u64;
         // Keys first: every key this window needs is created and persisted
         // at every vault location before any chunk sealed under it exists.
-        let started: Vec<CurGroup> = groups
-            .iter()
-            .map(|(coords, _)| self.start_group(table, class, coords))
-            .collect();
+        {
+            let mut v = self.vault.blocking_lock();
+            for (coords, _) in &groups {
+                match &coords.bucket {
+                    Some(b) => v.get_or_create(KeyKind::Period, &format!("{class}:{b}")),
+                    None => v.get_or_create(
+                        KeyKind::Epoch,
+                        &format!("{class}:{}", self.policy.store.epoch.label(self.now)),
+                    ),
+                };
+                if let Some(subj) = &coords.subject {
+                    let pseudo = subject_pseudonym(v.pseudonym_key(), subj);
+                    v.get_or_create(KeyKind::Subject, &pseudo);
+                }
+            }
+        }
         self.persist_vault()?;
-        for (mut g, (_, (rows, bytes))) in started.into_iter().zip(groups) {
+        for (coords, (rows, bytes)) in groups {
+            let mut g = self.start_group(table, class, &coords);
             g.rows = rows;
             g.bytes = bytes.len() as u64;
             let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
-            let in_flight = &mut self.in_flight;
             let keys = g.keys.clone();
             let fam = g.t;
             let chunks = &mut g.chunks;
             g.chunker.push(&bytes, &mut |c: &[u8]| {
-                Self::emit(work, index, in_flight, counters, &keys, fam, chunks, c)
+                Self::emit(work, index, None, counters, &keys, fam, chunks, c)
             })?;
             self.finish_group(g, pager, table, pages)?;
         }
@@ -913,12 +932,30 @@ impl ReaderCtx {
                         }
                         read += n as u64;
                         chunker.push(&buf[..n], &mut |c: &[u8]| {
-                            Self::emit(work, index, in_flight, counters, &keys, key_id, chunks, c)
+                            Self::emit(
+                                work,
+                                index,
+                                Some(&mut *in_flight),
+                                counters,
+                                &keys,
+                                key_id,
+                                chunks,
+                                c,
+                            )
                         })?;
                         self.progress.advance(n as u64);
                     }
                     chunker.finish(&mut |c: &[u8]| {
-                        Self::emit(work, index, in_flight, counters, &keys, key_id, chunks, c)
+                        Self::emit(
+                            work,
+                            index,
+                            Some(&mut *in_flight),
+                            counters,
+                            &keys,
+                            key_id,
+                            chunks,
+                            c,
+                        )
                     })?;
                     if read != e.size {
                         return Err(OpsError::Invalid(format!(

@@ -11,7 +11,6 @@
 use super::RepoError;
 use crate::crypto::{Id, MetaKey};
 use crate::target::Target;
-use std::collections::HashMap;
 
 pub const ENTRY_LEN: usize = 44;
 
@@ -127,27 +126,89 @@ pub struct ChunkLoc {
     pub raw_len: u32,
 }
 
+/// Chunk id → location, as one sorted vector: 48 bytes a chunk and no
+/// hash table overhead, so millions of chunks fit in a bounded budget.
+#[derive(Default)]
+pub struct ChunkMap {
+    entries: Vec<(Id, ChunkLoc)>,
+    sorted: bool,
+}
+
+impl ChunkMap {
+    fn push(&mut self, id: Id, loc: ChunkLoc) {
+        self.entries.push((id, loc));
+        self.sorted = false;
+    }
+
+    /// Sorts by id; of several locations of one id (a chunk stored twice)
+    /// keeps one, any being a valid copy.
+    fn seal(&mut self) {
+        if !self.sorted {
+            self.entries.sort_unstable_by_key(|a| a.0);
+            self.entries.dedup_by(|b, a| a.0 == b.0);
+            self.entries.shrink_to_fit();
+            self.sorted = true;
+        }
+    }
+
+    pub fn get(&self, id: &Id) -> Option<&ChunkLoc> {
+        debug_assert!(self.sorted || self.entries.is_empty());
+        self.entries
+            .binary_search_by(|e| e.0.cmp(id))
+            .ok()
+            .map(|i| &self.entries[i].1)
+    }
+
+    pub fn contains_key(&self, id: &Id) -> bool {
+        self.get(id).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl std::ops::Index<&Id> for ChunkMap {
+    type Output = ChunkLoc;
+    fn index(&self, id: &Id) -> &ChunkLoc {
+        self.get(id).expect("chunk id in the index")
+    }
+}
+
 /// The in-memory index of a repository (all index objects merged).
 #[derive(Default)]
 pub struct Index {
     pub packs: Vec<(Id, u64)>,
-    pub chunks: HashMap<Id, ChunkLoc>,
+    pub chunks: ChunkMap,
     /// Index objects that could not be read (named), reported by check.
     pub broken: Vec<(String, String)>,
 }
 
 impl Index {
+    /// Adds one index object; call [`Index::seal`] before looking up.
     pub fn add(&mut self, f: &IndexFile) {
         let p = self.packs.len() as u32;
         self.packs.push((f.pack, f.pack_size));
         for e in &f.entries {
-            self.chunks.entry(e.id).or_insert(ChunkLoc {
-                pack: p,
-                offset: e.offset,
-                len: e.len,
-                raw_len: e.raw_len,
-            });
+            self.chunks.push(
+                e.id,
+                ChunkLoc {
+                    pack: p,
+                    offset: e.offset,
+                    len: e.len,
+                    raw_len: e.raw_len,
+                },
+            );
         }
+    }
+
+    /// Makes the index ready for lookups.
+    pub fn seal(&mut self) {
+        self.chunks.seal();
     }
 
     pub fn pack_of(&self, loc: &ChunkLoc) -> (Id, u64) {
@@ -160,6 +221,13 @@ impl Index {
         use futures::stream::{self, StreamExt};
         let list = target.list("index/").await?;
         let mut idx = Index::default();
+        // Reserve from the objects' sizes (an entry is 44 bytes sealed), so
+        // the table is not doubled while growing.
+        let estimate: u64 = list.iter().map(|(_, n)| n / ENTRY_LEN as u64).sum();
+        idx.chunks
+            .entries
+            .reserve_exact(estimate.min(1 << 28) as usize);
+        idx.packs.reserve_exact(list.len());
         let mut results = stream::iter(list.into_iter().map(|(path, _)| async move {
             let r = target.get(&path).await;
             (path, r)
@@ -185,6 +253,58 @@ impl Index {
                 Err(why) => idx.broken.push((object, why)),
             }
         }
+        idx.seal();
         Ok(idx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(pack: u8, ids: &[u8]) -> IndexFile {
+        IndexFile {
+            pack: Id([pack; 32]),
+            pack_size: 1000,
+            entries: ids
+                .iter()
+                .enumerate()
+                .map(|(i, b)| IndexEntry {
+                    id: Id([*b; 32]),
+                    offset: 9 + 10 * i as u32,
+                    len: 10,
+                    raw_len: 5,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lookups_after_merging_index_files() {
+        let mut idx = Index::default();
+        idx.add(&file(1, &[5, 3, 9]));
+        idx.add(&file(2, &[3, 7]));
+        idx.seal();
+        assert_eq!(idx.chunks.len(), 4);
+        for b in [3u8, 5, 7, 9] {
+            assert!(idx.chunks.contains_key(&Id([b; 32])), "{b}");
+        }
+        assert!(!idx.chunks.contains_key(&Id([4; 32])));
+        let loc = idx.chunks[&Id([7; 32])];
+        assert_eq!(idx.pack_of(&loc).0, Id([2; 32]));
+        assert_eq!(loc.offset, 19);
+    }
+
+    #[test]
+    fn index_object_round_trips_and_refuses_garbage() {
+        let f = file(4, &[1, 2, 3]);
+        let b = f.encode();
+        assert_eq!(IndexFile::decode("x", &b).unwrap(), f);
+        for n in 0..b.len() {
+            assert!(IndexFile::decode("x", &b[..n]).is_err(), "{n}");
+        }
+        let mut big = f.clone();
+        big.pack_size = 10;
+        assert!(IndexFile::decode("x", &big.encode()).is_err());
     }
 }
