@@ -245,6 +245,7 @@ async fn backup_locked(
         parent: parent.clone(),
         pages_out: sealed_pages,
         window_budget: opts.window_budget,
+        threads: opts.workers.max(1),
     };
     let read_result = tokio::task::spawn_blocking(move || reader.run())
         .await
@@ -502,6 +503,8 @@ struct ReaderCtx {
     /// Sealed tree pages, straight to the packer.
     pages_out: SyncSender<Vec<Sealed>>,
     window_budget: usize,
+    /// Threads that chunk and hash a window's groups.
+    threads: usize,
 }
 
 /// Rows of one table read in storage order, gathered by group until the
@@ -531,16 +534,94 @@ impl Window {
     }
 }
 
-/// The group being assembled by the reader.
-struct CurGroup {
-    keys: Arc<ChunkKeys>,
-    s: Option<KeyId>,
-    t: KeyId,
-    unit: String,
-    rows: u64,
-    bytes: u64,
-    chunks: Vec<Id>,
-    chunker: Chunker,
+/// What the grouping threads share (read-only) while a window is stored.
+struct GroupCtx<'a> {
+    vault: &'a Vault,
+    index: &'a Index,
+    counters: &'a Counters,
+    table: &'a str,
+    class: &'a str,
+    /// `<class>:<epoch label>` of this snapshot.
+    epoch: &'a str,
+    params: ChunkParams,
+    seed: u64,
+}
+
+impl GroupCtx<'_> {
+    /// Chunks a slice of a window's groups (their keys already exist and
+    /// are persisted) and returns their entries in order.
+    fn process(
+        &self,
+        groups: &[(GroupCoords, (u64, Vec<u8>))],
+        work: &mut WorkSender,
+    ) -> Result<Vec<GroupEntry>, OpsError> {
+        let missing = || OpsError::Internal("a key vanished from the vault during a backup".into());
+        let mut out = Vec::with_capacity(groups.len());
+        let mut chunker = Chunker::new(self.params, self.seed);
+        // Groups come sorted by bucket: the time key changes rarely.
+        let mut last: Option<(Option<String>, KeyId, &Key32, String)> = None;
+        for (coords, (rows, bytes)) in groups {
+            if last.as_ref().is_none_or(|l| l.0 != coords.bucket) {
+                let (id, k, unit) = match &coords.bucket {
+                    Some(b) => {
+                        let name = format!("{}:{b}", self.class);
+                        let (id, k) = self
+                            .vault
+                            .lookup(KeyKind::Period, &name)
+                            .ok_or_else(missing)?;
+                        (id, k, format!("period:{name}"))
+                    }
+                    None => {
+                        let (id, k) = self
+                            .vault
+                            .lookup(KeyKind::Epoch, self.epoch)
+                            .ok_or_else(missing)?;
+                        (id, k, format!("epoch:{}", self.epoch))
+                    }
+                };
+                last = Some((coords.bucket.clone(), id, k, unit));
+            }
+            let (_, t, tkey, unit) = last.as_ref().unwrap();
+            let (t, tkey, unit) = (*t, *tkey, unit.clone());
+            let (s, skey) = match &coords.subject {
+                Some(subj) => {
+                    let pseudo = subject_pseudonym(self.vault.pseudonym_key(), subj);
+                    let (id, k) = self
+                        .vault
+                        .lookup(KeyKind::Subject, &pseudo)
+                        .ok_or_else(missing)?;
+                    (Some(id), Some(k))
+                }
+                None => (None, None),
+            };
+            let keys = Arc::new(ChunkKeys::new(&group_key(skey, tkey, self.table)));
+            let mut chunks = Vec::new();
+            let mut emit = |c: &[u8]| {
+                ReaderCtx::emit(
+                    work,
+                    self.index,
+                    None,
+                    self.counters,
+                    &keys,
+                    t,
+                    &mut chunks,
+                    c,
+                )
+            };
+            chunker.push(bytes, &mut emit)?;
+            chunker.finish(&mut emit)?;
+            out.push(GroupEntry {
+                g: keys.group_id.0[..8].try_into().unwrap(),
+                s,
+                t,
+                u: unit,
+                rows: *rows,
+                bytes: bytes.len() as u64,
+                chunks,
+            });
+        }
+        Ok(out)
+    }
 }
 
 impl ReaderCtx {
@@ -564,47 +645,11 @@ impl ReaderCtx {
         (id, k.clone())
     }
 
-    fn subject_key(&self, subject: &str) -> (KeyId, Key32) {
-        let mut v = self.vault.blocking_lock();
-        let pseudo = subject_pseudonym(v.pseudonym_key(), subject);
-        let (id, k) = v.get_or_create(KeyKind::Subject, &pseudo);
-        (id, k.clone())
-    }
-
     fn epoch_key(&self, class: &str) -> (KeyId, Key32, String) {
         let label = self.policy.store.epoch.label(self.now);
         let name = format!("{class}:{label}");
         let (id, k) = self.key(KeyKind::Epoch, &name);
         (id, k, format!("epoch:{name}"))
-    }
-
-    fn start_group(&self, table: &str, class: &str, coords: &GroupCoords) -> CurGroup {
-        let (t, tkey, unit) = match &coords.bucket {
-            Some(b) => {
-                let name = format!("{class}:{b}");
-                let (id, k) = self.key(KeyKind::Period, &name);
-                (id, k, format!("period:{name}"))
-            }
-            None => self.epoch_key(class),
-        };
-        let (s, skey) = match &coords.subject {
-            Some(subj) => {
-                let (id, k) = self.subject_key(subj);
-                (Some(id), Some(k))
-            }
-            None => (None, None),
-        };
-        let gk = group_key(skey.as_ref(), &tkey, table);
-        CurGroup {
-            keys: Arc::new(ChunkKeys::new(&gk)),
-            s,
-            t,
-            unit,
-            rows: 0,
-            bytes: 0,
-            chunks: Vec::new(),
-            chunker: Chunker::new(self.params, self.seed),
-        }
     }
 
     /// Takes one chunk: id, dedup, hand to the workers.
@@ -642,39 +687,6 @@ impl ReaderCtx {
         Ok(())
     }
 
-    fn finish_group(
-        &mut self,
-        mut g: CurGroup,
-        pager: &mut GroupPager,
-        table: &str,
-        pages: &mut Vec<Id>,
-    ) -> Result<(), OpsError> {
-        let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
-        let keys = g.keys.clone();
-        let fam = g.t;
-        let mut chunks = std::mem::take(&mut g.chunks);
-        g.chunker.finish(&mut |c: &[u8]| {
-            Self::emit(work, index, None, counters, &keys, fam, &mut chunks, c)
-        })?;
-        let entry = GroupEntry {
-            g: g.keys.group_id.0[..8].try_into().unwrap(),
-            s: g.s,
-            t: g.t,
-            u: g.unit,
-            rows: g.rows,
-            bytes: g.bytes,
-            chunks,
-        };
-        for p in pager.push(entry) {
-            pages.push(self.store_page(Page::Groups {
-                version: PAGE_VERSION,
-                table: table.to_string(),
-                groups: p,
-            })?);
-        }
-        Ok(())
-    }
-
     /// Chunks and stores every group of a window, in (bucket, subject)
     /// order; returns how many group runs it wrote.
     fn flush_window(
@@ -708,18 +720,56 @@ impl ReaderCtx {
             }
         }
         self.persist_vault()?;
-        for (coords, (rows, bytes)) in groups {
-            let mut g = self.start_group(table, class, &coords);
-            g.rows = rows;
-            g.bytes = bytes.len() as u64;
-            let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
-            let keys = g.keys.clone();
-            let fam = g.t;
-            let chunks = &mut g.chunks;
-            g.chunker.push(&bytes, &mut |c: &[u8]| {
-                Self::emit(work, index, None, counters, &keys, fam, chunks, c)
-            })?;
-            self.finish_group(g, pager, table, pages)?;
+        // Then the groups, in contiguous slices on several threads (key
+        // derivation, chunking and hashing are per group); their entries are
+        // put back in order.
+        let threads = self.threads.max(1);
+        let per = groups.len().div_ceil(threads).max(1);
+        let epoch = format!("{class}:{}", self.policy.store.epoch.label(self.now));
+        let results: Vec<Result<Vec<GroupEntry>, OpsError>> = {
+            let v = self.vault.blocking_lock();
+            let shared = GroupCtx {
+                vault: &v,
+                index: &self.index,
+                counters: &self.counters,
+                table,
+                class,
+                epoch: &epoch,
+                params: self.params,
+                seed: self.seed,
+            };
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = groups
+                    .chunks(per)
+                    .map(|slice| {
+                        let mut sender = WorkSender::new(self.work.tx.clone());
+                        let shared = &shared;
+                        scope.spawn(move || {
+                            let r = shared.process(slice, &mut sender);
+                            r.and_then(|e| sender.flush().map(|_| e))
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(OpsError::Internal("a grouping thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        for r in results {
+            for entry in r? {
+                for p in pager.push(entry) {
+                    pages.push(self.store_page(Page::Groups {
+                        version: PAGE_VERSION,
+                        table: table.to_string(),
+                        groups: p,
+                    })?);
+                }
+            }
         }
         Ok(n)
     }

@@ -132,6 +132,19 @@ pub struct ChunkLoc {
 pub struct ChunkMap {
     entries: Vec<(Id, ChunkLoc)>,
     sorted: bool,
+    /// `buckets[p]` is the index of the first entry whose id's top `bits`
+    /// bits are at least `p`. Ids are uniform, so a bucket holds about one
+    /// entry and a lookup is one or two comparisons, not a binary search.
+    buckets: Vec<u32>,
+    bits: u32,
+}
+
+fn top_bits(id: &Id, bits: u32) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        (u64::from_be_bytes(id.0[..8].try_into().unwrap()) >> (64 - bits)) as usize
+    }
 }
 
 impl ChunkMap {
@@ -149,14 +162,32 @@ impl ChunkMap {
             self.entries.shrink_to_fit();
             self.sorted = true;
         }
+        let n = self.entries.len();
+        self.bits = if n < 2 {
+            0
+        } else {
+            (usize::BITS - (n - 1).leading_zeros()).min(28)
+        };
+        let nb = 1usize << self.bits;
+        self.buckets = Vec::with_capacity(nb + 1);
+        let mut i = 0usize;
+        for p in 0..nb {
+            while i < n && top_bits(&self.entries[i].0, self.bits) < p {
+                i += 1;
+            }
+            self.buckets.push(i as u32);
+        }
+        self.buckets.push(n as u32);
     }
 
     pub fn get(&self, id: &Id) -> Option<&ChunkLoc> {
         debug_assert!(self.sorted || self.entries.is_empty());
-        self.entries
-            .binary_search_by(|e| e.0.cmp(id))
-            .ok()
-            .map(|i| &self.entries[i].1)
+        if self.entries.is_empty() {
+            return None;
+        }
+        let p = top_bits(id, self.bits);
+        let (a, b) = (self.buckets[p] as usize, self.buckets[p + 1] as usize);
+        self.entries[a..b].iter().find(|e| e.0 == *id).map(|e| &e.1)
     }
 
     pub fn contains_key(&self, id: &Id) -> bool {
