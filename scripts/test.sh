@@ -49,4 +49,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 cargo --version
-exec cargo test --workspace "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "suite: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"
