@@ -127,7 +127,7 @@ pub async fn check(
         read_data,
         cache: PackCache::new(target.clone(), 16),
         codec: Codec::new(3),
-        verified: HashSet::new(),
+        verified: vec![0u64; index.chunks.len().div_ceil(64)],
         headers_checked: HashSet::new(),
         groups_shredded: 0,
         chunks_checked: 0,
@@ -187,7 +187,8 @@ struct Walk<'a> {
     read_data: bool,
     cache: PackCache,
     codec: Codec,
-    verified: HashSet<Id>,
+    /// One bit per index entry: chunks already opened.
+    verified: Vec<u64>,
     headers_checked: HashSet<Id>,
     groups_shredded: u64,
     chunks_checked: u64,
@@ -231,10 +232,12 @@ impl Walk<'_> {
 
     /// Checks one chunk: indexed, and with read_data, authentic.
     async fn chunk(&mut self, id: &Id, keys: &ChunkKeys) -> bool {
-        let Some(loc) = self.index.chunks.get(id).copied() else {
+        let Some(pos) = self.index.chunks.position(id) else {
             return false;
         };
-        if !self.read_data || self.verified.contains(id) {
+        let loc = self.index.chunks[id];
+        let (word, bit) = (pos / 64, 1u64 << (pos % 64));
+        if !self.read_data || self.verified[word] & bit != 0 {
             return true;
         }
         let (pid, size) = self.index.pack_of(&loc);
@@ -251,7 +254,7 @@ impl Walk<'_> {
             }
             Err(e) => self.error(object, e.to_string(), None),
         }
-        self.verified.insert(*id);
+        self.verified[word] |= bit;
         true
     }
 

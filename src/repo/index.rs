@@ -181,13 +181,21 @@ impl ChunkMap {
     }
 
     pub fn get(&self, id: &Id) -> Option<&ChunkLoc> {
+        self.position(id).map(|i| &self.entries[i].1)
+    }
+
+    /// The entry's position (0..len), e.g. for a bitset of checked chunks.
+    pub fn position(&self, id: &Id) -> Option<usize> {
         debug_assert!(self.sorted || self.entries.is_empty());
         if self.entries.is_empty() {
             return None;
         }
         let p = top_bits(id, self.bits);
         let (a, b) = (self.buckets[p] as usize, self.buckets[p + 1] as usize);
-        self.entries[a..b].iter().find(|e| e.0 == *id).map(|e| &e.1)
+        self.entries[a..b]
+            .iter()
+            .position(|e| e.0 == *id)
+            .map(|i| a + i)
     }
 
     pub fn contains_key(&self, id: &Id) -> bool {
