@@ -969,6 +969,10 @@ impl ReaderCtx {
                     let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
                     let in_flight = &mut self.in_flight;
                     let chunks = &mut rec.chunks;
+                    let mut emit = |c: &[u8]| {
+                        let in_flight = Some(&mut *in_flight);
+                        Self::emit(work, index, in_flight, counters, &keys, key_id, chunks, c)
+                    };
                     let mut read = 0u64;
                     loop {
                         let n = f.read(&mut buf).map_err(|err| {
@@ -981,32 +985,10 @@ impl ReaderCtx {
                             break;
                         }
                         read += n as u64;
-                        chunker.push(&buf[..n], &mut |c: &[u8]| {
-                            Self::emit(
-                                work,
-                                index,
-                                Some(&mut *in_flight),
-                                counters,
-                                &keys,
-                                key_id,
-                                chunks,
-                                c,
-                            )
-                        })?;
+                        chunker.push(&buf[..n], &mut emit)?;
                         self.progress.advance(n as u64);
                     }
-                    chunker.finish(&mut |c: &[u8]| {
-                        Self::emit(
-                            work,
-                            index,
-                            Some(&mut *in_flight),
-                            counters,
-                            &keys,
-                            key_id,
-                            chunks,
-                            c,
-                        )
-                    })?;
+                    chunker.finish(&mut emit)?;
                     if read != e.size {
                         return Err(OpsError::Invalid(format!(
                             "{} changed size while being read ({} then {} bytes); run the backup again",
