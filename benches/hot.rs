@@ -1,0 +1,145 @@
+//! Criterion benches of the hot pieces of a backup: row encoding, chunking,
+//! chunk ids (keyed BLAKE3), sealing (zstd + XChaCha20-Poly1305) and pack
+//! writing. Run with `cargo bench --bench hot`; compare runs to spot
+//! regressions. Whole-system figures against restic and borg come from
+//! `scripts/bench.sh` (docs/PERFORMANCE.md).
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use custos::chunk::{ChunkParams, Chunker};
+use custos::crypto::{ChunkKeys, Key32, MetaKey};
+use custos::repo::pack::{seal_chunk, Codec, PackWriter};
+use custos::store::record::encode_row;
+use rusqlite::types::ValueRef;
+
+/// Deterministic, call-record-like bytes (compressible, not trivially).
+fn records(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n);
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let mut i = 0u64;
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        i += 1;
+        let line = format!(
+            "{i},{},2026-03-{:02}T{:02}:{:02}:00Z,{},voice,+4479{:08},{}\n",
+            x % 260_000,
+            1 + x % 28,
+            x % 24,
+            x % 60,
+            x % 3600,
+            x % 100_000_000,
+            x % 9000
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let data = records(8 << 20);
+
+    let mut g = c.benchmark_group("row encoding");
+    g.throughput(Throughput::Elements(1));
+    let text = b"+447912345678".to_vec();
+    g.bench_function("cdr row (10 values)", |b| {
+        let mut out = Vec::with_capacity(128);
+        b.iter(|| {
+            out.clear();
+            let values = [
+                ValueRef::Integer(4711),
+                ValueRef::Text(b"2026-03-14T10:00:00Z"),
+                ValueRef::Integer(184),
+                ValueRef::Text(b"voice"),
+                ValueRef::Text(&text),
+                ValueRef::Integer(30211),
+                ValueRef::Integer(0),
+                ValueRef::Integer(0),
+                ValueRef::Real(0.42),
+                ValueRef::Null,
+            ];
+            encode_row(Some(black_box(123_456)), &values, &mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("chunking");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("FastCDC records params, 8 MiB", |b| {
+        b.iter(|| {
+            let mut n = 0usize;
+            let mut ch = Chunker::new(ChunkParams::RECORDS, 7);
+            ch.push::<()>(&data, &mut |c| {
+                n += c.len();
+                Ok(())
+            })
+            .unwrap();
+            ch.finish::<()>(&mut |c| {
+                n += c.len();
+                Ok(())
+            })
+            .unwrap();
+            black_box(n)
+        })
+    });
+    g.finish();
+
+    let keys = ChunkKeys::new(&Key32::from_bytes([7; 32]));
+    let chunk = &data[..8192];
+    let mut g = c.benchmark_group("per chunk (8 KiB)");
+    g.throughput(Throughput::Bytes(chunk.len() as u64));
+    g.bench_function("chunk id (keyed BLAKE3)", |b| {
+        b.iter(|| black_box(keys.chunk_id(black_box(chunk))))
+    });
+    let mut codec = Codec::new(3);
+    let id = keys.chunk_id(chunk);
+    g.bench_function("seal (zstd -3 + XChaCha20-Poly1305)", |b| {
+        b.iter(|| black_box(seal_chunk(&mut codec, &keys, &id, black_box(chunk)).len()))
+    });
+    g.finish();
+
+    let small = &data[..256];
+    let mut g = c.benchmark_group("per group (one 256-byte chunk)");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("derive group keys", |b| {
+        let s = Key32::from_bytes([1; 32]);
+        let t = Key32::from_bytes([2; 32]);
+        b.iter(|| {
+            let k = custos::crypto::group_key(Some(&s), &t, black_box("cdrs"));
+            black_box(ChunkKeys::new(&k).group_id)
+        })
+    });
+    let sid = keys.chunk_id(small);
+    g.bench_function("seal", |b| {
+        b.iter(|| black_box(seal_chunk(&mut codec, &keys, &sid, black_box(small)).len()))
+    });
+    g.finish();
+
+    let sealed: Vec<_> = data
+        .chunks(8192)
+        .map(|c| {
+            let id = keys.chunk_id(c);
+            (id, seal_chunk(&mut codec, &keys, &id, c), c.len() as u32)
+        })
+        .collect();
+    let meta = MetaKey::new(&Key32::from_bytes([3; 32]));
+    let mut g = c.benchmark_group("pack writing");
+    g.throughput(Throughput::Bytes(
+        sealed.iter().map(|s| s.1.len() as u64).sum(),
+    ));
+    g.bench_function("1024 sealed chunks into a pack", |b| {
+        b.iter(|| {
+            let mut w = PackWriter::new();
+            for (id, s, raw) in &sealed {
+                w.add(*id, s, *raw);
+            }
+            black_box(w.finish(&meta).0)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
