@@ -83,7 +83,9 @@ pub struct BackupReport {
     /// Rows (record mode) or files (file mode) read.
     pub items: u64,
     pub bytes_read: u64,
+    /// Blobs referenced: chunks and tree pages.
     pub chunks: u64,
+    /// Blobs stored by this backup (the others were already stored).
     pub new_chunks: u64,
     /// Bytes added to the target (packs, indexes, trees, snapshot).
     pub new_bytes_stored: u64,
@@ -789,7 +791,10 @@ impl ReaderCtx {
     /// Seals a tree page and hands it to the packer (if not stored yet).
     fn store_page(&mut self, page: Page) -> Result<Id, OpsError> {
         let (id, sealed) = page.seal(&self.meta);
+        // Pages are blobs like chunks and are counted with them.
+        self.counters.chunks.fetch_add(1, Ordering::Relaxed);
         if !self.index.chunks.contains_key(&id) && self.in_flight.insert(id) {
+            self.counters.new_chunks.fetch_add(1, Ordering::Relaxed);
             let raw_len = sealed.len() as u32;
             self.pages_out
                 .send(vec![Sealed {
