@@ -12,7 +12,7 @@
 //! ```
 
 use super::lock::BackupLock;
-use super::{chunk_seed, OpenRepo, OpsError, SharedVault};
+use super::{OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{group_key, subject_pseudonym, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::{Policy, StoreKind};
@@ -542,11 +542,33 @@ struct GroupCtx<'a> {
     index: &'a Index,
     counters: &'a Counters,
     table: &'a str,
-    class: &'a str,
-    /// `<class>:<epoch label>` of this snapshot.
-    epoch: &'a str,
     params: ChunkParams,
     seed: u64,
+}
+
+/// A group's keys, resolved (and created if new) once per window: its time
+/// key, its subject key and its time unit label.
+struct GroupRef {
+    t: KeyId,
+    s: Option<KeyId>,
+    unit: Arc<str>,
+}
+
+/// The vault kind and name of the time key of a group of `class`: its
+/// period bucket, or else the class epoch (`label`) of the snapshot.
+fn time_key_name(class: &str, bucket: Option<&str>, epoch_label: &str) -> (KeyKind, String) {
+    match bucket {
+        Some(b) => (KeyKind::Period, format!("{class}:{b}")),
+        None => (KeyKind::Epoch, format!("{class}:{epoch_label}")),
+    }
+}
+
+/// The time unit label written in tree pages (FORMAT 3.4).
+fn unit_label(kind: KeyKind, name: &str) -> String {
+    match kind {
+        KeyKind::Period => format!("period:{name}"),
+        _ => format!("epoch:{name}"),
+    }
 }
 
 impl GroupCtx<'_> {
@@ -555,46 +577,17 @@ impl GroupCtx<'_> {
     fn process(
         &self,
         groups: &[(GroupCoords, (u64, Vec<u8>))],
+        refs: &[GroupRef],
         work: &mut WorkSender,
     ) -> Result<Vec<GroupEntry>, OpsError> {
         let missing = || OpsError::Internal("a key vanished from the vault during a backup".into());
         let mut out = Vec::with_capacity(groups.len());
         let mut chunker = Chunker::new(self.params, self.seed);
-        // Groups come sorted by bucket: the time key changes rarely.
-        let mut last: Option<(Option<String>, KeyId, &Key32, String)> = None;
-        for (coords, (rows, bytes)) in groups {
-            if last.as_ref().is_none_or(|l| l.0 != coords.bucket) {
-                let (id, k, unit) = match &coords.bucket {
-                    Some(b) => {
-                        let name = format!("{}:{b}", self.class);
-                        let (id, k) = self
-                            .vault
-                            .lookup(KeyKind::Period, &name)
-                            .ok_or_else(missing)?;
-                        (id, k, format!("period:{name}"))
-                    }
-                    None => {
-                        let (id, k) = self
-                            .vault
-                            .lookup(KeyKind::Epoch, self.epoch)
-                            .ok_or_else(missing)?;
-                        (id, k, format!("epoch:{}", self.epoch))
-                    }
-                };
-                last = Some((coords.bucket.clone(), id, k, unit));
-            }
-            let (_, t, tkey, unit) = last.as_ref().unwrap();
-            let (t, tkey, unit) = (*t, *tkey, unit.clone());
-            let (s, skey) = match &coords.subject {
-                Some(subj) => {
-                    let pseudo = subject_pseudonym(self.vault.pseudonym_key(), subj);
-                    let (id, k) = self
-                        .vault
-                        .lookup(KeyKind::Subject, &pseudo)
-                        .ok_or_else(missing)?;
-                    (Some(id), Some(k))
-                }
-                None => (None, None),
+        for ((_, (rows, bytes)), r) in groups.iter().zip(refs) {
+            let tkey = self.vault.key(&r.t).ok_or_else(missing)?;
+            let skey = match &r.s {
+                Some(id) => Some(self.vault.key(id).ok_or_else(missing)?),
+                None => None,
             };
             let keys = Arc::new(ChunkKeys::new(&group_key(skey, tkey, self.table)));
             let mut chunks = Vec::new();
@@ -605,7 +598,7 @@ impl GroupCtx<'_> {
                     None,
                     self.counters,
                     &keys,
-                    t,
+                    r.t,
                     &mut chunks,
                     c,
                 )
@@ -614,9 +607,9 @@ impl GroupCtx<'_> {
             chunker.finish(&mut emit)?;
             out.push(GroupEntry {
                 g: keys.group_id.0[..8].try_into().unwrap(),
-                s,
-                t,
-                u: unit,
+                s: r.s,
+                t: r.t,
+                u: r.unit.to_string(),
                 rows: *rows,
                 bytes: bytes.len() as u64,
                 chunks,
@@ -640,18 +633,14 @@ impl ReaderCtx {
         r.and_then(|c| self.work.flush().map(|_| c))
     }
 
-    /// Resolves (creating if needed) a key in the vault.
-    fn key(&self, kind: KeyKind, name: &str) -> (KeyId, Key32) {
-        let mut v = self.vault.blocking_lock();
-        let (id, k) = v.get_or_create(kind, name);
-        (id, k.clone())
-    }
-
+    /// The class-epoch key of this snapshot (created if needed), its id
+    /// and unit label.
     fn epoch_key(&self, class: &str) -> (KeyId, Key32, String) {
         let label = self.policy.store.epoch.label(self.now);
-        let name = format!("{class}:{label}");
-        let (id, k) = self.key(KeyKind::Epoch, &name);
-        (id, k, format!("epoch:{name}"))
+        let (kind, name) = time_key_name(class, None, &label);
+        let mut v = self.vault.blocking_lock();
+        let (id, k) = v.get_or_create(kind, &name);
+        (id, k.clone(), unit_label(kind, &name))
     }
 
     /// Takes one chunk: id, dedup, hand to the workers.
@@ -705,29 +694,37 @@ impl ReaderCtx {
         let n = groups.len() as u64;
         // Keys first: every key this window needs is created and persisted
         // at every vault location before any chunk sealed under it exists.
-        {
+        // Groups come sorted by bucket, so the time key changes rarely.
+        let epoch = self.policy.store.epoch.label(self.now);
+        let refs: Vec<GroupRef> = {
             let mut v = self.vault.blocking_lock();
+            let mut last: Option<(&Option<String>, KeyId, Arc<str>)> = None;
+            let mut refs = Vec::with_capacity(groups.len());
             for (coords, _) in &groups {
-                match &coords.bucket {
-                    Some(b) => v.get_or_create(KeyKind::Period, &format!("{class}:{b}")),
-                    None => v.get_or_create(
-                        KeyKind::Epoch,
-                        &format!("{class}:{}", self.policy.store.epoch.label(self.now)),
-                    ),
-                };
-                if let Some(subj) = &coords.subject {
-                    let pseudo = subject_pseudonym(v.pseudonym_key(), subj);
-                    v.get_or_create(KeyKind::Subject, &pseudo);
+                if last.as_ref().is_none_or(|l| *l.0 != coords.bucket) {
+                    let (kind, name) = time_key_name(class, coords.bucket.as_deref(), &epoch);
+                    let id = v.get_or_create(kind, &name).0;
+                    last = Some((&coords.bucket, id, unit_label(kind, &name).into()));
                 }
+                let (_, t, unit) = last.as_ref().unwrap();
+                let s = coords.subject.as_ref().map(|subj| {
+                    let pseudo = subject_pseudonym(v.pseudonym_key(), subj);
+                    v.get_or_create(KeyKind::Subject, &pseudo).0
+                });
+                refs.push(GroupRef {
+                    t: *t,
+                    s,
+                    unit: unit.clone(),
+                });
             }
-        }
+            refs
+        };
         self.persist_vault()?;
         // Then the groups, in contiguous slices on several threads (key
         // derivation, chunking and hashing are per group); their entries are
         // put back in order.
         let threads = self.threads.max(1);
         let per = groups.len().div_ceil(threads).max(1);
-        let epoch = format!("{class}:{}", self.policy.store.epoch.label(self.now));
         let results: Vec<Result<Vec<GroupEntry>, OpsError>> = {
             let v = self.vault.blocking_lock();
             let shared = GroupCtx {
@@ -735,19 +732,18 @@ impl ReaderCtx {
                 index: &self.index,
                 counters: &self.counters,
                 table,
-                class,
-                epoch: &epoch,
                 params: self.params,
                 seed: self.seed,
             };
             std::thread::scope(|scope| {
                 let handles: Vec<_> = groups
                     .chunks(per)
-                    .map(|slice| {
+                    .zip(refs.chunks(per))
+                    .map(|(slice, refs)| {
                         let mut sender = WorkSender::new(self.work.tx.clone());
                         let shared = &shared;
                         scope.spawn(move || {
-                            let r = shared.process(slice, &mut sender);
+                            let r = shared.process(slice, refs, &mut sender);
                             r.and_then(|e| sender.flush().map(|_| e))
                         })
                     })
@@ -1038,14 +1034,4 @@ impl ReaderCtx {
             bytes_read,
         })
     }
-}
-
-/// Used by tests and the CLI: does the vault know this key id?
-pub fn key_known(vault: &Vault, id: &KeyId) -> bool {
-    vault.key(id).is_some()
-}
-
-/// Re-exported for seed computation in tools.
-pub fn seed_of(vault: &Vault) -> u64 {
-    chunk_seed(vault)
 }

@@ -22,7 +22,7 @@ use crate::store::sqlite::SqliteRestorer;
 use crate::target::Target;
 use crate::vault::Vault;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Instant;
@@ -362,19 +362,4 @@ async fn restore_files(
     progress.finish_phase();
     report.bytes_fetched = cache.fetched;
     Ok(())
-}
-
-/// For tests: restores the latest snapshot of a policy into `to`.
-pub async fn restore_latest(policy: &Policy, to: &Path) -> Result<RestoreReport, OpsError> {
-    restore(
-        policy,
-        &RestoreOptions {
-            target: None,
-            snapshot: "latest".into(),
-            to: to.to_path_buf(),
-            force: false,
-        },
-        Arc::new(crate::progress::NoProgress),
-    )
-    .await
 }

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 /// Where a row belongs: the shred group coordinates the store computed for it.
 ///
 /// `subject` is the canonical text of the subject column's value (integers in
-/// decimal, text as is, blobs as lowercase hex); `None` when the table has no
+/// decimal, text as is (`hex:` + hex if not UTF-8), reals in shortest
+/// round-trip decimal, blobs as `hex:` + lowercase hex); `None` when the table has no
 /// subject column or the value is NULL. `bucket` is the period label (`2026-03`
 /// for a month, `2026-03-14` for a day, `2026` for a year); `None` when the
 /// table has no period or the value cannot be read as a time.
