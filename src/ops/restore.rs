@@ -86,20 +86,22 @@ pub fn group_keys(
     Ok(keys)
 }
 
-/// Fetches and opens every chunk of a group, in order.
+/// Fetches and opens every chunk of a group, in order. `object` names the
+/// group in an error (built only then: this is the restore's hot path).
 pub async fn read_group(
     codec: &mut Codec,
     cache: &mut PackCache,
     index: &Index,
     keys: &ChunkKeys,
     chunks: &[Id],
-    object: &str,
+    object: impl Fn() -> String,
 ) -> Result<Vec<u8>, OpsError> {
     let mut out = Vec::new();
     for id in chunks {
         let loc = index.chunks.get(id).ok_or_else(|| {
             OpsError::Integrity(format!(
-                "{object}: chunk {id} is in no index (repository damaged; run `custos check`)"
+                "{}: chunk {id} is in no index (repository damaged; run `custos check`)",
+                object()
             ))
         })?;
         let sealed = cache
@@ -173,10 +175,6 @@ struct Source {
     meta: MetaKey,
 }
 
-enum Msg {
-    Rows(String, Vec<u8>),
-}
-
 async fn restore_sqlite(
     snap: &Snapshot,
     src: Source,
@@ -192,15 +190,16 @@ async fn restore_sqlite(
     } = src;
     let sq = snap.sqlite.as_ref().unwrap();
     let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
-    let (tx, rx) = sync_channel::<Msg>(8);
+    // The writer gets (table position in the snapshot, encoded rows).
+    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(8);
+    let names: Vec<String> = sq.tables.iter().map(|t| t.name.clone()).collect();
     let writer = std::thread::Builder::new()
         .name("custos-restore-writer".into())
-        .spawn(move || -> Result<(SqliteRestorer, std::collections::HashMap<String, u64>), OpsError> {
+        .spawn(move || -> Result<(SqliteRestorer, Vec<u64>), OpsError> {
             let mut r = restorer;
-            let mut counts = std::collections::HashMap::new();
-            for Msg::Rows(table, bytes) in rx {
-                let n = r.insert_rows(&table, &bytes)?;
-                *counts.entry(table).or_insert(0) += n;
+            let mut counts = vec![0u64; names.len()];
+            for (t, bytes) in rx {
+                counts[t] += r.insert_rows(&names[t], &bytes)?;
             }
             Ok((r, counts))
         })
@@ -210,7 +209,7 @@ async fn restore_sqlite(
     let total: u64 = sq.tables.iter().map(|t| t.rows).sum();
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
-    'tables: for t in &sq.tables {
+    'tables: for (ti, t) in sq.tables.iter().enumerate() {
         let mut tr = TableRestore {
             name: t.name.clone(),
             rows_expected: t.rows,
@@ -256,12 +255,12 @@ async fn restore_sqlite(
                         break 'tables;
                     }
                 };
-                let object = format!("{}: table {} group {}", snap.id, t.name, hex::encode(g.g));
-                match read_group(&mut codec, &mut cache, &index, &keys, &g.chunks, &object).await {
+                let object = || format!("{}: table {} group {}", snap.id, t.name, hex::encode(g.g));
+                match read_group(&mut codec, &mut cache, &index, &keys, &g.chunks, object).await {
                     Ok(bytes) => {
                         report.bytes += bytes.len() as u64;
                         progress.advance(g.rows);
-                        if tx.send(Msg::Rows(t.name.clone(), bytes)).is_err() {
+                        if tx.send((ti, bytes)).is_err() {
                             break 'tables; // the writer failed; its error follows
                         }
                     }
@@ -285,10 +284,10 @@ async fn restore_sqlite(
         return Err(e);
     }
     let (restorer, counts) = written?;
-    for tr in &mut report.tables {
-        tr.rows_restored = counts.get(&tr.name).copied().unwrap_or(0);
+    for (tr, n) in report.tables.iter_mut().zip(counts) {
+        tr.rows_restored = n;
         if tr.rows_restored + tr.rows_shredded != tr.rows_expected {
-            return Err(OpsError::Invalid(format!(
+            return Err(OpsError::Integrity(format!(
                 "table {}: restored {} rows + {} shredded, but the snapshot recorded {}",
                 tr.name, tr.rows_restored, tr.rows_shredded, tr.rows_expected
             )));
@@ -337,15 +336,15 @@ async fn restore_files(
                 FileKind::Symlink => r.symlink(&f.entry)?,
                 FileKind::File => {
                     r.begin_file(&f.entry)?;
+                    let object = || format!("{}: file {}", snap.id, f.entry.path);
                     for id in &f.chunks {
-                        let object = format!("{}: file {}", snap.id, f.entry.path);
                         let data = read_group(
                             &mut codec,
                             &mut cache,
                             &index,
                             &keys,
                             std::slice::from_ref(id),
-                            &object,
+                            object,
                         )
                         .await?;
                         r.write(&data)?;
