@@ -245,19 +245,9 @@ pub struct TargetConfig {
     pub allow_http: Option<bool>,
 }
 
-/// `[s3]`: defaults for every `s3://` URL of the policy. Mirrors the target
-/// module's S3 settings field for field.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct S3Config {
-    /// The service endpoint, e.g. `https://s3.eu-west-1.amazonaws.com`.
-    pub endpoint: Option<String>,
-    /// The region.
-    pub region: Option<String>,
-    /// Permit plain-HTTP endpoints.
-    pub allow_http: Option<bool>,
-    /// object_store's per-request retries.
-    pub max_retries: Option<usize>,
-}
+/// `[s3]`: defaults for every `s3://` URL of the policy (the target
+/// module's settings; credentials never come from a policy).
+pub use crate::target::S3Settings as S3Config;
 
 /// `[schedule]`: cron expressions (6 or 7 fields, seconds first), each
 /// checked to parse with the `cron` crate. `None`: the job is not scheduled.

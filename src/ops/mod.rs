@@ -59,20 +59,9 @@ macro_rules! boxed_from {
 boxed_from!(RepoError => Repo, TargetError => Target, VaultError => Vault, KeysError => Keys,
     SqliteError => Sqlite, FilesError => Files);
 
-/// Converts the policy's S3 settings for one target into the target's.
-pub fn s3_settings(policy: &Policy, t: &TargetConfig) -> crate::target::S3Settings {
-    let s = policy.s3_for(t);
-    crate::target::S3Settings {
-        endpoint: s.endpoint,
-        region: s.region,
-        allow_http: s.allow_http,
-        max_retries: s.max_retries,
-    }
-}
-
 /// Opens one target of the policy.
 pub fn open_target(policy: &Policy, t: &TargetConfig, create: bool) -> Result<Target, OpsError> {
-    let store = crate::target::open_url(&t.url, &s3_settings(policy, t), create)?;
+    let store = crate::target::open_url(&t.url, &policy.s3_for(t), create)?;
     Ok(Target {
         name: t.name.clone(),
         url: t.url.clone(),
@@ -94,13 +83,6 @@ pub fn select_target(policy: &Policy, name: Option<&str>) -> Result<Target, OpsE
 
 /// Opens the policy's vault locations (S3 settings: the policy's `[s3]`).
 pub fn vault_locations(policy: &Policy, create: bool) -> Result<Vec<VaultLocation>, OpsError> {
-    let s = &policy.s3;
-    let settings = crate::target::S3Settings {
-        endpoint: s.endpoint.clone(),
-        region: s.region.clone(),
-        allow_http: s.allow_http,
-        max_retries: s.max_retries,
-    };
     policy
         .keys
         .vault
@@ -108,7 +90,7 @@ pub fn vault_locations(policy: &Policy, create: bool) -> Result<Vec<VaultLocatio
         .map(|url| {
             Ok(VaultLocation {
                 url: url.clone(),
-                store: crate::target::open_url(url, &settings, create)?,
+                store: crate::target::open_url(url, &policy.s3, create)?,
             })
         })
         .collect()
