@@ -67,9 +67,9 @@ pub enum Page {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FilesBody {
+struct FilesBody<F> {
     version: u32,
-    files: Vec<FileRecord>,
+    files: F,
 }
 
 /// Largest count or length a page may declare (hostile input bound).
@@ -214,7 +214,7 @@ impl Page {
                     &mut out,
                     &FilesBody {
                         version: *version,
-                        files: files.clone(),
+                        files,
                     },
                 )
                 .expect("page serializes");
@@ -238,7 +238,8 @@ impl Page {
                 })
             }
             Some(b'F') => {
-                let body: FilesBody = serde_json::from_slice(&b[1..]).map_err(|e| e.to_string())?;
+                let body: FilesBody<Vec<FileRecord>> =
+                    serde_json::from_slice(&b[1..]).map_err(|e| e.to_string())?;
                 Ok(Page::Files {
                     version: body.version,
                     files: body.files,
