@@ -53,6 +53,11 @@ pub struct CheckReport {
     pub ok: bool,
 }
 
+/// What to do about a missing or damaged pack (repair from an off-site
+/// copy is not built yet).
+const PACK_HINT: &str = "copy the pack from another target's copy of this repository, \
+or delete its index object (index/<pack id>) so that the next backup stores its chunks again";
+
 pub async fn check(
     policy: &Policy,
     target: Option<&str>,
@@ -92,7 +97,7 @@ pub async fn check(
             None => findings.push(err(
                 format!("{}:{}", target.name, path),
                 "pack missing (listed in the index)".into(),
-                Some("restore it from another target (custos replicate) or run a new backup"),
+                Some(PACK_HINT),
             )),
             Some(s) if s != size => findings.push(err(
                 format!("{}:{}", target.name, path),
@@ -112,9 +117,17 @@ pub async fn check(
             });
         }
     }
-    let (snaps, bad) = crate::repo::snapshot::Snapshot::list(&target, &meta).await?;
-    for e in bad {
-        findings.push(err("snapshot".into(), e.to_string(), None));
+    let (snaps, bad) = crate::repo::snapshot::Snapshot::list_with_ids(&target, &meta).await?;
+    for (id, e) in bad {
+        findings.push(err(
+            format!(
+                "{}:{}",
+                target.name,
+                crate::repo::snapshot::snapshot_path(&id)
+            ),
+            e.to_string(),
+            None,
+        ));
     }
     // Walk every snapshot's groups; with --read-data, open each chunk once
     // through a small cache of whole packs (a pack is hashed against its
@@ -219,11 +232,7 @@ impl Walk<'_> {
             }
             Err(e) => {
                 if self.headers_checked.insert(pid) {
-                    self.error(
-                        object,
-                        e.to_string(),
-                        Some("repair it from another target (custos replicate --verify) or run a new backup"),
-                    );
+                    self.error(object, e.to_string(), Some(PACK_HINT));
                 }
                 false
             }
@@ -339,7 +348,7 @@ impl Walk<'_> {
                     "{missing} chunk(s) this snapshot needs are in no index (first: {})",
                     first_missing.unwrap()
                 ),
-                Some("repair from another target (custos replicate --verify)"),
+                Some("copy the packs from another target's copy of this repository; until then restore from that target (--target)"),
             );
         }
     }
