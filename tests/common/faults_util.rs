@@ -1,9 +1,7 @@
 //! Helpers of the fault tests: a fault-injecting S3 server, policy texts,
 //! an inventory of the objects under a folder, and byte surgery on files.
 
-use crate::common::s3::{ACCESS_KEY, SECRET_KEY};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use crate::common::S3Server;
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::S3Result;
 use std::collections::BTreeMap;
@@ -11,8 +9,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 /// Object-creating S3 operations (a put, or the start of a multipart put).
 const PUT_OPS: [&str; 2] = ["PutObject", "CreateMultipartUpload"];
@@ -61,87 +58,35 @@ impl S3Access for FaultAccess {
     }
 }
 
-/// An s3s-fs server over HTTP on 127.0.0.1 whose puts can be made to fail
-/// after a given count (from then on, every put fails with 503). Uses the
-/// same fixed credentials as the shared test server; stops on drop.
+/// An s3s-fs server over HTTP on 127.0.0.1 (the shared test server) whose
+/// puts can be made to fail after a given count (from then on, every put
+/// fails with 503). Stops on drop.
 pub struct FaultyS3 {
-    endpoint: String,
-    root: tempfile::TempDir,
+    server: S3Server,
     faults: Arc<PutFaults>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl FaultyS3 {
     /// Starts a server with no faults set and one bucket, `bkt`.
     pub fn start() -> FaultyS3 {
-        static EXPORT: Once = Once::new();
-        EXPORT.call_once(|| {
-            std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
-        });
-        let root = tempfile::Builder::new()
-            .prefix("custos-faulty-s3-")
-            .tempdir()
-            .unwrap();
-        std::fs::create_dir_all(root.path().join("bkt")).unwrap();
         let faults = Arc::new(PutFaults {
             fail_after: AtomicU64::new(u64::MAX),
             ..Default::default()
         });
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let fs = s3s_fs::FileSystem::new(root.path()).unwrap();
-        let service = {
-            let mut b = s3s::service::S3ServiceBuilder::new(fs);
-            b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-            b.set_access(FaultAccess(faults.clone()));
-            b.build()
-        };
-        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let http = ConnBuilder::new(TokioExecutor::new());
-                loop {
-                    tokio::select! {
-                        _ = &mut rx => break,
-                        accepted = listener.accept() => {
-                            let Ok((socket, _)) = accepted else { continue };
-                            let conn = http
-                                .serve_connection(TokioIo::new(socket), service.clone())
-                                .into_owned();
-                            tokio::spawn(async move {
-                                let _ = conn.await;
-                            });
-                        }
-                    }
-                }
-            });
-        });
-        FaultyS3 {
-            endpoint: format!("http://{addr}"),
-            root,
-            faults,
-            shutdown: Some(tx),
-            thread: Some(thread),
-        }
+        let hook = FaultAccess(faults.clone());
+        let server = S3Server::start_with(move |b| b.set_access(hook));
+        server.create_bucket("bkt");
+        FaultyS3 { server, faults }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        self.endpoint.clone()
+        self.server.endpoint()
     }
 
     /// The folder of bucket `bkt` (one file per object).
     pub fn bucket_dir(&self) -> PathBuf {
-        self.root.path().join("bkt")
+        self.server.root().join("bkt")
     }
 
     /// From now on, the next `n` puts succeed and every later one fails.
@@ -163,17 +108,6 @@ impl FaultyS3 {
     /// Puts refused so far.
     pub fn refused(&self) -> u64 {
         self.faults.refused.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for FaultyS3 {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

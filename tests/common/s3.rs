@@ -49,6 +49,12 @@ impl S3Server {
     /// `open_url("s3://..", &server.settings(), ..)` works in-process
     /// without passing credentials around.
     pub fn start() -> S3Server {
+        Self::start_with(|_| {})
+    }
+
+    /// Like [`S3Server::start`], letting the caller configure the service
+    /// first (e.g. an access hook that injects faults).
+    pub fn start_with(configure: impl FnOnce(&mut s3s::service::S3ServiceBuilder)) -> S3Server {
         static EXPORT: Once = Once::new();
         EXPORT.call_once(|| {
             std::env::set_var("AWS_ACCESS_KEY_ID", ACCESS_KEY);
@@ -68,6 +74,7 @@ impl S3Server {
         let service = {
             let mut b = s3s::service::S3ServiceBuilder::new(fs);
             b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+            configure(&mut b);
             b.build()
         };
         let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
