@@ -805,12 +805,12 @@ impl ReaderCtx {
     }
 
     fn read_sqlite(&mut self) -> Result<ReadContent, OpsError> {
-        let path = self
-            .policy
-            .store
-            .path
-            .clone()
-            .ok_or_else(|| OpsError::Invalid("the policy's store has no `path`".into()))?;
+        let path = self.policy.store.path.clone().ok_or_else(|| {
+            OpsError::Invalid(format!(
+                "{}: [store] has no `path`; add it",
+                self.policy.file.display()
+            ))
+        })?;
         let src = SqliteSource::open(&path)?;
         let schema = src.schema()?;
         // Every listed table must exist, with its columns; checked before
@@ -905,12 +905,12 @@ impl ReaderCtx {
     }
 
     fn read_files(&mut self) -> Result<ReadContent, OpsError> {
-        let root = self
-            .policy
-            .store
-            .root
-            .clone()
-            .ok_or_else(|| OpsError::Invalid("the policy's store has no `root`".into()))?;
+        let root = self.policy.store.root.clone().ok_or_else(|| {
+            OpsError::Invalid(format!(
+                "{}: [store] has no `root`; add it",
+                self.policy.file.display()
+            ))
+        })?;
         let class = self.policy.store.class.as_str().to_string();
         let walk = files::walk(&root, false)?;
         let (key_id, key, unit) = self.epoch_key(&class);
