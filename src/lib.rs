@@ -5,7 +5,8 @@
 //! chunking) → `crypto` (keys, AEAD, pseudonyms) → `vault` (wrapped unit keys)
 //! → `repo` (the stored objects: packs, index, manifests) → `target` (object
 //! storage). `ops` holds the operations built from them (init, backup,
-//! restore, check), `policy` the policy file, `demo` the generated demo data.
+//! restore, check), `policy` the policy file, `state` the local state
+//! directory, `demo` the generated demo data.
 
 pub mod chunk;
 pub mod crypto;
@@ -15,6 +16,7 @@ pub mod ops;
 pub mod policy;
 pub mod progress;
 pub mod repo;
+pub mod state;
 pub mod store;
 pub mod target;
 pub mod vault;

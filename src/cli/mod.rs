@@ -31,6 +31,10 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `custos=debug`.
     #[arg(long, global = true, default_value = "warn", env = "CUSTOS_LOG")]
     log: String,
+    /// Local state directory (audit log, job state, report copies).
+    /// Default: `$XDG_STATE_HOME/custos` or `~/.local/state/custos`.
+    #[arg(long, global = true, env = "CUSTOS_STATE_DIR")]
+    state_dir: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,8 +106,19 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     1
 }
 
+static STATE_DIR: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+
+/// The local state directory chosen by `--state-dir`, the environment or the
+/// default (created if missing).
+#[allow(dead_code)]
+pub fn state_dir() -> Result<custos::state::StateDir> {
+    let explicit = STATE_DIR.get().and_then(|p| p.as_deref());
+    Ok(custos::state::StateDir::resolve(explicit)?)
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _ = STATE_DIR.set(cli.state_dir.clone());
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
