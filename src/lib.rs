@@ -6,8 +6,10 @@
 //! → `repo` (the stored objects: packs, index, manifests) → `target` (object
 //! storage). `ops` holds the operations built from them (init, backup,
 //! restore, check), `policy` the policy file, `state` the local state
-//! directory, `demo` the generated demo data.
+//! directory, `signed` signed documents (reports, certificates), `audit` the
+//! hash-chained audit trail, `demo` the generated demo data.
 
+pub mod audit;
 pub mod chunk;
 pub mod crypto;
 pub mod demo;
@@ -16,6 +18,7 @@ pub mod ops;
 pub mod policy;
 pub mod progress;
 pub mod repo;
+pub mod signed;
 pub mod state;
 pub mod store;
 pub mod target;
