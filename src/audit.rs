@@ -386,7 +386,6 @@ impl AuditLog {
             unsigned_tail: 0,
             first_break: None,
         };
-        let mut expect_seq = 1u64;
         for (i, line) in BufReader::new(f).split(b'\n').enumerate() {
             let line = line.map_err(|e| self.io(e))?;
             let lineno = i + 1;
@@ -402,7 +401,7 @@ impl AuditLog {
                     return Ok(v);
                 }
             };
-            let found = match check_entry(&e, &line, expect_seq, &v.head, key) {
+            let found = match check_entry(&e, &line, v.entries + 1, &v.head, key) {
                 Ok(signed) => signed,
                 Err(why) => {
                     v.first_break = Some(brk(Some(e.seq), why));
@@ -417,7 +416,6 @@ impl AuditLog {
             }
             v.entries += 1;
             v.head = e.hash.clone();
-            expect_seq += 1;
         }
         Ok(v)
     }
