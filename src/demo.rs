@@ -1249,7 +1249,7 @@ fn gen_customers(
             (w * 100.0) as u32,
         ));
         stats.customers += 1;
-        if id as u64 % PROGRESS_EVERY == 0 {
+        if (id as u64).is_multiple_of(PROGRESS_EVERY) {
             progress.advance(PROGRESS_EVERY);
         }
     }

@@ -341,7 +341,7 @@ impl GroupPager {
         if self.cur.last().is_some_and(|l| l.u != e.u) {
             done.push(std::mem::take(&mut self.cur));
         }
-        let b = u16::from_le_bytes([e.g[0], e.g[1]]) % GROUP_PAGE_AVG == 0;
+        let b = u16::from_le_bytes([e.g[0], e.g[1]]).is_multiple_of(GROUP_PAGE_AVG);
         self.cur.push(e);
         if b || self.cur.len() >= GROUP_PAGE_MAX {
             done.push(std::mem::take(&mut self.cur));
@@ -367,7 +367,8 @@ pub struct FilePager {
 impl FilePager {
     pub fn push(&mut self, r: FileRecord) -> Option<Vec<FileRecord>> {
         let h = blake3::hash(r.entry.path.as_bytes());
-        let b = u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]) % FILE_PAGE_AVG == 0;
+        let b =
+            u16::from_le_bytes([h.as_bytes()[0], h.as_bytes()[1]]).is_multiple_of(FILE_PAGE_AVG);
         self.cur.push(r);
         if b || self.cur.len() >= FILE_PAGE_MAX {
             Some(std::mem::take(&mut self.cur))
