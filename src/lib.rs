@@ -13,6 +13,7 @@ pub mod audit;
 pub mod chunk;
 pub mod crypto;
 pub mod demo;
+pub mod drill;
 pub mod keys;
 pub mod ops;
 pub mod policy;

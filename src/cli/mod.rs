@@ -7,13 +7,16 @@
 //! | 1 | the operation failed (target, store, internal) |
 //! | 2 | bad input: usage, policy, keys, arguments |
 //! | 3 | integrity: `check` found errors, or data failed authentication |
+//! | 130 | interrupted (`drill` on Ctrl-C or SIGTERM) |
 
 mod backup;
 mod check;
 mod demo;
+mod drill;
 mod init;
 mod keys;
 mod progress;
+mod reports;
 mod restore;
 mod snapshots;
 
@@ -54,6 +57,11 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Verify a repository (with --read-data: every byte).
     Check(check::CheckArgs),
+    /// Restore a snapshot into scratch space, verify it, and sign a report.
+    Drill(drill::DrillArgs),
+    /// List, show and verify signed drill reports.
+    #[command(subcommand)]
+    Reports(reports::ReportsCmd),
     /// Run the whole story on generated demo data.
     Demo(demo::DemoArgs),
     /// Generate or change the telecom demo database (for benchmarks).
@@ -143,6 +151,8 @@ pub fn main() -> ExitCode {
             Command::Snapshots(a) => snapshots::run(a).await.map_err(wrap),
             Command::Restore(a) => restore::run(a).await.map_err(wrap),
             Command::Check(a) => check::run(a).await,
+            Command::Drill(a) => drill::run(a).await,
+            Command::Reports(c) => reports::run(c),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
         }
