@@ -29,6 +29,7 @@ apt_install() {
 # Tools the suite uses, as "command:debian-package".
 needs=(
     "sqldiff:sqlite3-tools"
+    "chromium:chromium"
 )
 missing=()
 for need in "${needs[@]}"; do

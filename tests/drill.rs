@@ -7,6 +7,7 @@
 
 mod common;
 #[path = "common/faults_util.rs"]
+#[allow(dead_code)]
 mod util;
 
 use common::{custos, file_url, run, run_fail, stderr, stdout, tempdir, S3Server};
@@ -179,7 +180,10 @@ fn drill_passes_from_file_target_with_a_signed_report() {
     let values = customer_values(&f.db);
     assert!(values.len() > 20);
     for v in &values {
-        assert!(!local.contains(v.as_str()), "the report holds a customer value");
+        assert!(
+            !local.contains(v.as_str()),
+            "the report holds a customer value"
+        );
     }
 
     // The scratch space is gone; the audit log has the drill.
@@ -188,7 +192,10 @@ fn drill_passes_from_file_target_with_a_signed_report() {
     let last: Value = serde_json::from_str(audit.lines().last().unwrap()).unwrap();
     assert_eq!(last["op"], "drill");
     assert_eq!(last["outcome"], "ok");
-    assert!(last["objects"].as_array().unwrap().contains(&Value::from(id.clone())));
+    assert!(last["objects"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from(id.clone())));
 
     // reports list / show / verify.
     let out = run(f.cli(&["reports", "list", "--policy", &f.policy_s(), "--json"]));
@@ -268,10 +275,15 @@ fn drill_passes_from_the_s3_server() {
     let p = policy.to_str().unwrap();
     run(cli(&["init", "--policy", p]));
     run(cli(&["backup", "--policy", p]));
-    let out = run(cli(&["drill", "--policy", p, "--target", "primary", "--json"]));
+    let out = run(cli(&[
+        "drill", "--policy", p, "--target", "primary", "--json",
+    ]));
     let r = report_of(&out);
     assert_pass(&r);
-    assert!(r["target"]["url"].as_str().unwrap().starts_with("s3://drills"));
+    assert!(r["target"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("s3://drills"));
     let id = r["id"].as_str().unwrap();
     // The report object is on the S3 target.
     let obj = s3.root().join(format!("drills/crm/reports/{id}.json"));
@@ -410,7 +422,10 @@ async fn shredded_groups_are_listed_not_lost() {
     assert!(groups
         .iter()
         .all(|g| g["group"].as_str().unwrap().len() == 16
-            && g["unit"].as_str().unwrap().ends_with(victim.name.rsplit(':').next().unwrap())));
+            && g["unit"]
+                .as_str()
+                .unwrap()
+                .ends_with(victim.name.rsplit(':').next().unwrap())));
     // Tables without shredded rows still compare their checksums.
     let customers = r["tables"]
         .as_array()
@@ -510,7 +525,12 @@ fn killed_drill_leaves_scratch_that_the_next_drill_removes() {
             .unwrap();
         loop {
             let dirs: Vec<PathBuf> = std::fs::read_dir(&scratch)
-                .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.is_dir())
+                        .collect()
+                })
                 .unwrap_or_default();
             if !dirs.is_empty() {
                 child.kill().unwrap(); // SIGKILL
@@ -523,14 +543,22 @@ fn killed_drill_leaves_scratch_that_the_next_drill_removes() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let left: Vec<PathBuf> = std::fs::read_dir(&scratch)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
             .unwrap_or_default();
         if !left.is_empty() {
             caught = true;
             break;
         }
     }
-    assert!(caught, "never killed a drill while its scratch space existed");
+    assert!(
+        caught,
+        "never killed a drill while its scratch space existed"
+    );
     // The next drill removes the abandoned scratch space and its own.
     let r = report_of(&run(f.drill(&[])));
     assert_pass(&r);

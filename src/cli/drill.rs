@@ -74,10 +74,7 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     })?;
     let r = &out.report;
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(r).map_err(|e| wrap(e.into()))?
-        );
+        println!("{}", serde_json::to_string(r).map_err(|e| wrap(e.into()))?);
     } else {
         print!("{}", custos::drill::render::text(r));
         println!("  report     {}", out.local_path.display());
@@ -97,7 +94,10 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
             error: anyhow::anyhow!(
                 "drill {} FAILED: {}",
                 r.id,
-                r.reasons.first().map(String::as_str).unwrap_or("see the report")
+                r.reasons
+                    .first()
+                    .map(String::as_str)
+                    .unwrap_or("see the report")
             ),
         }),
     }

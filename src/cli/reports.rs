@@ -125,10 +125,7 @@ fn list(a: ListArgs) -> Result<(), Failure> {
                 })
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string(&v).map_err(|e| wrap(e.into()))?
-        );
+        println!("{}", serde_json::to_string(&v).map_err(|e| wrap(e.into()))?);
     } else {
         for r in &rows {
             println!(
@@ -160,7 +157,10 @@ fn show(a: ShowArgs) -> Result<(), Failure> {
                 Format::Html => print!("{}", custos::drill::render::html(&r)),
                 _ => {
                     print!("{}", custos::drill::render::text(&r));
-                    println!("  (signature not checked here: `custos reports verify {}`)", r.id);
+                    println!(
+                        "  (signature not checked here: `custos reports verify {}`)",
+                        r.id
+                    );
                 }
             }
         }

@@ -42,8 +42,8 @@ use crate::signed::SignedError;
 use crate::state::{StateDir, StateError};
 use chrono::{SecondsFormat, Utc};
 use report::{
-    DrillReport, FailureKind, Restored, Rto, ShreddedGroup, ShreddedTable, SnapshotRef,
-    TableCheck, TargetRef, Verdict, MAX_LISTED, REPORT_VERSION,
+    DrillReport, FailureKind, Restored, Rto, ShreddedGroup, ShreddedTable, SnapshotRef, TableCheck,
+    TargetRef, Verdict, MAX_LISTED, REPORT_VERSION,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,9 +161,8 @@ pub async fn run(
         })?,
         None => policy.primary(),
     };
-    let signing = crate::keys::load_signing_key(&crate::keys::signing_key_path_for(
-        &policy.keys.identity,
-    ))?;
+    let signing =
+        crate::keys::load_signing_key(&crate::keys::signing_key_path_for(&policy.keys.identity))?;
     let audit = AuditLog::open(&state.sub("audit")?)?;
     let scratch_root = state.sub("scratch")?;
     match scratch::sweep(&scratch_root) {

@@ -143,6 +143,12 @@ pub fn esc(s: &str) -> String {
 pub fn html(r: &DrillReport) -> String {
     let mut h = String::new();
     let pass = r.verdict == Verdict::Pass;
+    let target = format!(
+        "{} <code>{}</code>{}",
+        esc(&r.target.name),
+        esc(&r.target.url),
+        if r.target.offsite { " (off-site)" } else { "" }
+    );
     let _ = write!(
         h,
         r#"<!DOCTYPE html>
@@ -190,12 +196,7 @@ code {{ font-size: .9em; }}
             ),
             None => "none restored".into(),
         },
-        target = format!(
-            "{} <code>{}</code>{}",
-            esc(&r.target.name),
-            esc(&r.target.url),
-            if r.target.offsite { " (off-site)" } else { "" }
-        ),
+        target = target,
         started = esc(&r.started),
         finished = esc(&r.finished),
         rto = esc(&rto_line(r)),

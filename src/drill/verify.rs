@@ -180,7 +180,11 @@ pub fn run_assert(conn: &Connection, a: &DrillAssert) -> AssertionResult {
             None => (false, None, false),
             Some(row) => {
                 let v = row.get_ref(0)?;
-                (equals(&a.expect, v), numeric_json(v), numeric_json(v).is_some())
+                (
+                    equals(&a.expect, v),
+                    numeric_json(v),
+                    numeric_json(v).is_some(),
+                )
             }
         };
         Ok((passed, actual, numeric))
@@ -257,10 +261,13 @@ mod tests {
         assert_eq!(r.actual, Some(2.into()));
         let r = run_assert(
             &c,
-            &a("SELECT a FROM t ORDER BY a", toml::Value::String("nope".into())),
+            &a(
+                "SELECT a FROM t ORDER BY a",
+                toml::Value::String("nope".into()),
+            ),
         );
         assert!(!r.passed);
-        assert_eq!((r.expected, r.actual), (None, None));
+        assert_eq!((&r.expected, &r.actual), (&None, &None));
         let text = serde_json::to_string(&r).unwrap();
         assert!(!text.contains("secret") && !text.contains("nope"));
         let r = run_assert(&c, &a("SELECT nope FROM t", toml::Value::Integer(0)));
