@@ -42,10 +42,11 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
         target: a.target,
     };
     let progress = super::progress::for_terminal(a.json);
+    let signalled = interrupted()?;
     let drill = custos::drill::run(&policy, &state, &opts, progress);
     let out = tokio::select! {
         r = drill => r,
-        sig = interrupted() => {
+        sig = signalled => {
             // Dropping the drill removed its scratch space.
             let _ = custos::audit::AuditLog::open(&state.root().join("audit")).and_then(|l| {
                 l.append(
@@ -103,18 +104,23 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM, naming the signal.
-async fn interrupted() -> &'static str {
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, naming the signal. The handlers
+/// are installed when this is called, before the drill starts, so no signal
+/// can arrive while scratch space exists and nothing is listening.
+fn interrupted() -> Result<impl std::future::Future<Output = &'static str>, Failure> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
+    let install = |k| {
+        signal(k).map_err(|e| Failure {
+            code: 1,
+            error: anyhow::anyhow!("cannot install the signal handlers: {e}"),
+        })
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
+    let mut int = install(SignalKind::interrupt())?;
+    let mut term = install(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    })
 }
