@@ -5,7 +5,7 @@
 //! chunking) → `crypto` (keys, AEAD, pseudonyms) → `vault` (wrapped unit keys)
 //! → `repo` (the stored objects: packs, index, manifests) → `target` (object
 //! storage). `ops` holds the operations built from them (init, backup,
-//! restore, check), `policy` the policy file, `state` the local state
+//! restore, check), `replicate` the copies across targets, `policy` the policy file, `state` the local state
 //! directory, `demo` the generated demo data.
 
 pub mod chunk;
@@ -15,6 +15,7 @@ pub mod keys;
 pub mod ops;
 pub mod policy;
 pub mod progress;
+pub mod replicate;
 pub mod repo;
 pub mod state;
 pub mod store;

@@ -14,8 +14,10 @@ mod demo;
 mod init;
 mod keys;
 mod progress;
+mod replicate;
 mod restore;
 mod snapshots;
+mod targets;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -54,6 +56,10 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Verify a repository (with --read-data: every byte).
     Check(check::CheckArgs),
+    /// Copy, verify and repair the repository on every target.
+    Replicate(replicate::ReplicateArgs),
+    /// Per target: snapshots held, bytes, lag, last verification.
+    Targets(targets::TargetsArgs),
     /// Run the whole story on generated demo data.
     Demo(demo::DemoArgs),
     /// Generate or change the telecom demo database (for benchmarks).
@@ -143,6 +149,8 @@ pub fn main() -> ExitCode {
             Command::Snapshots(a) => snapshots::run(a).await.map_err(wrap),
             Command::Restore(a) => restore::run(a).await.map_err(wrap),
             Command::Check(a) => check::run(a).await,
+            Command::Replicate(a) => replicate::run(a).await,
+            Command::Targets(a) => targets::run(a).await.map_err(wrap),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
         }
