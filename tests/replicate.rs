@@ -5,6 +5,7 @@
 
 mod common;
 #[path = "common/faults_util.rs"]
+#[allow(dead_code)]
 mod util;
 
 use common::{custos, file_url, run, run_fail, stderr, stdout, tempdir, S3Server};
@@ -637,4 +638,33 @@ async fn a_target_down_leaves_new_snapshots_under_replicated_until_it_comes_back
     assert_eq!(east["snapshots"], 2);
     assert!(east["last_verified"].is_string());
     switch.down();
+}
+
+#[test]
+fn replication_settings_are_validated_with_their_key() {
+    let f = Fixture::new(11);
+    let (_, ok) = f.policy(
+        &[("dr", file_url(&f.path("dr")), "")],
+        "\n[replication]\nmin_copies = 1\nconcurrency = 8\nmax_bytes_per_sec = 1048576\n",
+    );
+    assert_eq!(ok.replication.concurrency, Some(8));
+    assert_eq!(ok.replication.max_bytes_per_sec, Some(1 << 20));
+    assert_eq!(custos::replicate::min_copies(&ok), 1);
+    let text = std::fs::read_to_string(f.path("policy.toml")).unwrap();
+    for (bad, key) in [
+        ("concurrency = 8", "concurrency = 0"),
+        ("concurrency = 8", "concurrency = 65"),
+        ("max_bytes_per_sec = 1048576", "max_bytes_per_sec = 0"),
+    ] {
+        let t = text.replace(bad, key);
+        let e = Policy::from_str(&t, Path::new("p.toml")).expect_err(key);
+        let field = key.split(' ').next().unwrap();
+        assert_eq!(e.key, format!("replication.{field}"), "{e}");
+    }
+    let (_, default) = f.policy(&[("dr", file_url(&f.path("dr")), "")], "");
+    assert_eq!(
+        custos::replicate::min_copies(&default),
+        2,
+        "default: every target"
+    );
 }
