@@ -5,9 +5,11 @@
 //! chunking) → `crypto` (keys, AEAD, pseudonyms) → `vault` (wrapped unit keys)
 //! → `repo` (the stored objects: packs, index, manifests) → `target` (object
 //! storage). `ops` holds the operations built from them (init, backup,
-//! restore, check), `policy` the policy file, `state` the local state
-//! directory, `signed` signed documents (reports, certificates), `audit` the
-//! hash-chained audit trail, `demo` the generated demo data.
+//! restore, check, prune), `policy` the policy file. After the pipeline:
+//! `replicate` (copies across targets), `drill` (restore drills and their
+//! reports), `retention` (what is due), `signed` (signed documents), `audit`
+//! (the hash-chained trail), `state` (the local state directory), `demo`
+//! (generated demo data).
 
 pub mod audit;
 pub mod chunk;
@@ -18,6 +20,7 @@ pub mod keys;
 pub mod ops;
 pub mod policy;
 pub mod progress;
+pub mod replicate;
 pub mod repo;
 pub mod signed;
 pub mod state;

@@ -312,7 +312,16 @@ pub struct ReplicationConfig {
     /// How many targets must hold a snapshot for it to count as safe
     /// (at most the number of targets).
     pub min_copies: Option<u32>,
+    /// Copies in flight at once on each target (default
+    /// [`DEFAULT_REPLICATION_CONCURRENCY`], 1 to 64).
+    pub concurrency: Option<u32>,
+    /// A cap on the bytes written to targets per second by one replication
+    /// run, all targets together (default: no cap).
+    pub max_bytes_per_sec: Option<u64>,
 }
+
+/// The default `[replication] concurrency`.
+pub const DEFAULT_REPLICATION_CONCURRENCY: u32 = 4;
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -557,6 +566,8 @@ struct RawShred {
 #[serde(deny_unknown_fields)]
 struct RawReplication {
     min_copies: Option<Spanned<u32>>,
+    concurrency: Option<Spanned<u32>>,
+    max_bytes_per_sec: Option<Spanned<u64>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -823,7 +834,33 @@ impl Checker<'_> {
 
         // [replication]
         let mut replication = ReplicationConfig::default();
-        if let Some(m) = raw.replication.and_then(|r| r.min_copies) {
+        let raw_replication = raw.replication.unwrap_or(RawReplication {
+            min_copies: None,
+            concurrency: None,
+            max_bytes_per_sec: None,
+        });
+        if let Some(c) = raw_replication.concurrency {
+            let n = *c.get_ref();
+            if !(1..=64).contains(&n) {
+                self.err(
+                    c.span(),
+                    "replication.concurrency",
+                    "must be from 1 to 64 (copies in flight per target)",
+                );
+            }
+            replication.concurrency = Some(n);
+        }
+        if let Some(b) = raw_replication.max_bytes_per_sec {
+            if *b.get_ref() == 0 {
+                self.err(
+                    b.span(),
+                    "replication.max_bytes_per_sec",
+                    "must be at least 1 (remove it for no cap)",
+                );
+            }
+            replication.max_bytes_per_sec = Some(*b.get_ref());
+        }
+        if let Some(m) = raw_replication.min_copies {
             let n = *m.get_ref();
             let have = raw.targets.get_ref().len();
             if n == 0 {

@@ -17,8 +17,10 @@ mod init;
 mod keys;
 mod progress;
 mod reports;
+mod replicate;
 mod restore;
 mod snapshots;
+mod targets;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -62,6 +64,10 @@ enum Command {
     /// List, show and verify signed drill reports.
     #[command(subcommand)]
     Reports(reports::ReportsCmd),
+    /// Copy, verify and repair the repository on every target.
+    Replicate(replicate::ReplicateArgs),
+    /// Per target: snapshots held, bytes, lag, last verification.
+    Targets(targets::TargetsArgs),
     /// Run the whole story on generated demo data.
     Demo(demo::DemoArgs),
     /// Generate or change the telecom demo database (for benchmarks).
@@ -153,6 +159,8 @@ pub fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Drill(a) => drill::run(a).await,
             Command::Reports(c) => reports::run(c),
+            Command::Replicate(a) => replicate::run(a).await,
+            Command::Targets(a) => targets::run(a).await.map_err(wrap),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
         }

@@ -1,4 +1,5 @@
-//! `custos snapshots --policy P [--target NAME] [--json]`
+//! `custos snapshots --policy P [--target NAME] [--json]`: each snapshot with
+//! its replication status (from the local replication record).
 
 use anyhow::Result;
 use clap::Args;
@@ -27,6 +28,11 @@ struct Row {
     new_bytes_stored: u64,
     tables: Vec<String>,
     parent: Option<String>,
+    /// Complete and verified on at least `[replication] min_copies`
+    /// targets (per the local replication record).
+    replicated: bool,
+    /// Targets where it is verified (per the local replication record).
+    verified_on: Vec<String>,
 }
 
 pub async fn run(a: SnapshotsArgs) -> Result<()> {
@@ -36,6 +42,8 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
     for e in &bad {
         eprintln!("warning: {e}");
     }
+    let record = custos::replicate::ReplicationRecord::load(&super::state_dir()?, &policy.name)?;
+    let min_copies = custos::replicate::min_copies(&policy);
     let rows: Vec<Row> = list
         .iter()
         .map(|s| Row {
@@ -51,6 +59,14 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
                 .map(|q| q.tables.iter().map(|t| t.name.clone()).collect())
                 .unwrap_or_default(),
             parent: s.parent.clone(),
+            replicated: false,
+            verified_on: Vec::new(),
+        })
+        .map(|mut r| {
+            let st = record.status_of(&r.id, Vec::new(), min_copies);
+            r.replicated = st.replicated;
+            r.verified_on = st.verified_on;
+            r
         })
         .collect();
     if a.json {
@@ -62,18 +78,26 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<18} {:<26} {:<7} {:>12} {:>10} {:>10}",
+        "{:<18} {:<26} {:<7} {:>12} {:>10} {:>10}  REPLICATION",
         "ID", "TIME", "STORE", "ITEMS", "READ", "ADDED"
     );
     for r in &rows {
         println!(
-            "{:<18} {:<26} {:<7} {:>12} {:>10} {:>10}",
+            "{:<18} {:<26} {:<7} {:>12} {:>10} {:>10}  {}",
             r.id,
             r.time,
             r.store,
             r.items,
             human_bytes(r.bytes_read),
-            human_bytes(r.new_bytes_stored)
+            human_bytes(r.new_bytes_stored),
+            if r.replicated {
+                "replicated".to_string()
+            } else {
+                format!(
+                    "under-replicated ({}/{min_copies} verified)",
+                    r.verified_on.len()
+                )
+            }
         );
     }
     println!(
