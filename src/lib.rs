@@ -6,7 +6,8 @@
 //! → `repo` (the stored objects: packs, index, manifests) → `target` (object
 //! storage). `ops` holds the operations built from them (init, backup,
 //! restore, check), `policy` the policy file, `state` the local state
-//! directory, `signed` signed documents (reports, certificates), `audit` the
+//! directory, `retention` what the rules keep and what is due,
+//! `signed` signed documents (reports, certificates), `audit` the
 //! hash-chained audit trail, `demo` the generated demo data.
 
 pub mod audit;
@@ -18,6 +19,7 @@ pub mod ops;
 pub mod policy;
 pub mod progress;
 pub mod repo;
+pub mod retention;
 pub mod signed;
 pub mod state;
 pub mod store;

@@ -15,6 +15,7 @@ mod init;
 mod keys;
 mod progress;
 mod restore;
+mod retention;
 mod snapshots;
 
 use anyhow::Result;
@@ -54,6 +55,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Verify a repository (with --read-data: every byte).
     Check(check::CheckArgs),
+    /// Forget and prune expired snapshots; list shred units due for destruction.
+    Retention(retention::RetentionArgs),
     /// Run the whole story on generated demo data.
     Demo(demo::DemoArgs),
     /// Generate or change the telecom demo database (for benchmarks).
@@ -143,6 +146,7 @@ pub fn main() -> ExitCode {
             Command::Snapshots(a) => snapshots::run(a).await.map_err(wrap),
             Command::Restore(a) => restore::run(a).await.map_err(wrap),
             Command::Check(a) => check::run(a).await,
+            Command::Retention(a) => retention::run(a).await.map_err(wrap),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
         }
