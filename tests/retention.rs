@@ -421,7 +421,7 @@ async fn prune_waits_for_a_running_backup_and_never_deletes_under_it() {
     forget_and_prune(&policy, &PruneOptions::default())
         .await
         .unwrap();
-    assert_eq!(snapshot_ids(&policy).await, [new_id.clone()]);
+    assert_eq!(snapshot_ids(&policy).await, [new_id.as_str()]);
     assert_check_read_data(&policy).await;
     restore_equal(&policy, &new_id, &copy, &f.path("r-new.db")).await;
 }
