@@ -22,6 +22,7 @@ pub mod policy;
 pub mod progress;
 pub mod replicate;
 pub mod repo;
+pub mod retention;
 pub mod signed;
 pub mod state;
 pub mod store;

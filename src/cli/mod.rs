@@ -19,6 +19,7 @@ mod progress;
 mod reports;
 mod replicate;
 mod restore;
+mod retention;
 mod snapshots;
 mod targets;
 
@@ -68,6 +69,8 @@ enum Command {
     Replicate(replicate::ReplicateArgs),
     /// Per target: snapshots held, bytes, lag, last verification.
     Targets(targets::TargetsArgs),
+    /// Forget and prune expired snapshots; list shred units due for destruction.
+    Retention(retention::RetentionArgs),
     /// Run the whole story on generated demo data.
     Demo(demo::DemoArgs),
     /// Generate or change the telecom demo database (for benchmarks).
@@ -161,6 +164,7 @@ pub fn main() -> ExitCode {
             Command::Reports(c) => reports::run(c),
             Command::Replicate(a) => replicate::run(a).await,
             Command::Targets(a) => targets::run(a).await.map_err(wrap),
+            Command::Retention(a) => retention::run(a).await.map_err(wrap),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
         }

@@ -81,6 +81,21 @@ impl BackupLock {
         )))
     }
 
+    /// What the lock object holds while it is ours.
+    pub fn info(&self) -> &LockInfo {
+        &self.info
+    }
+
+    /// Whether the lock object on the target is still this lock (not taken
+    /// over as stale by another process).
+    pub async fn held(&self, target: &Target) -> Result<bool, OpsError> {
+        let cur = target.get_opt(LOCK_PATH).await?;
+        Ok(
+            cur.and_then(|c| serde_json::from_slice::<LockInfo>(&c).ok())
+                == Some(self.info.clone()),
+        )
+    }
+
     /// Releases the lock if it is still ours.
     pub async fn release(self, target: &Target) -> Result<(), OpsError> {
         if let Some(cur) = target.get_opt(LOCK_PATH).await? {

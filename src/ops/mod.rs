@@ -1,11 +1,12 @@
 //! Operations built from the pipeline: `init`, `backup`, `restore`, `check`,
-//! `snapshots`. Each takes a loaded [`Policy`] and returns a report that the
+//! `snapshots`, `prune` (forget + prune). Each takes a loaded [`Policy`] and returns a report that the
 //! binary prints (text or JSON).
 
 pub mod backup;
 pub mod check;
 pub mod init;
 pub mod lock;
+pub mod prune;
 pub mod restore;
 
 use crate::keys::KeysError;

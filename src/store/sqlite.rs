@@ -235,7 +235,22 @@ pub fn subject_text(v: ValueRef<'_>) -> Option<String> {
 /// offset; no offset means UTC). Labels: `2026-03-14` (day), `2026-03`
 /// (month), `2026` (year); years outside 0000–9999 give `None`.
 pub fn bucket_label(v: ValueRef<'_>, every: Every) -> Option<String> {
-    let t = match v {
+    let t = time_value(v)?;
+    let (y, m, d) = (t.year(), t.month(), t.day());
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    Some(match every {
+        Every::Day => format!("{y:04}-{m:02}-{d:02}"),
+        Every::Month => format!("{y:04}-{m:02}"),
+        Every::Year => format!("{y:04}"),
+    })
+}
+
+/// The UTC instant of a time value as [`bucket_label`] reads it (unix
+/// seconds or ISO 8601 text), or `None` when it cannot be read as a time.
+pub fn time_value(v: ValueRef<'_>) -> Option<NaiveDateTime> {
+    Some(match v {
         ValueRef::Integer(i) => chrono::DateTime::from_timestamp(i, 0)?.naive_utc(),
         ValueRef::Real(r) => {
             if !r.is_finite() {
@@ -249,15 +264,6 @@ pub fn bucket_label(v: ValueRef<'_>, every: Every) -> Option<String> {
         }
         ValueRef::Text(b) => parse_iso8601(std::str::from_utf8(b).ok()?)?,
         _ => return None,
-    };
-    let (y, m, d) = (t.year(), t.month(), t.day());
-    if !(0..=9999).contains(&y) {
-        return None;
-    }
-    Some(match every {
-        Every::Day => format!("{y:04}-{m:02}-{d:02}"),
-        Every::Month => format!("{y:04}-{m:02}"),
-        Every::Year => format!("{y:04}"),
     })
 }
 
