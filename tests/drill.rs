@@ -600,3 +600,54 @@ fn sigterm_removes_scratch_at_once() {
     }
     panic!("never interrupted a drill while its scratch space existed");
 }
+
+#[test]
+fn damaged_pack_is_repaired_from_the_offsite_copy_and_redrilled() {
+    let dr = tempdir();
+    let f = Fixture::new(
+        15,
+        &format!(
+            "[[targets]]\nname = \"dr\"\nurl = \"{}\"\noffsite = true\n",
+            file_url(dr.path())
+        ),
+    );
+    run(f.cli(&["replicate", "--policy", &f.policy_s()]));
+    let packs = objects_under(&f.target(), "data");
+    let victim = &packs[packs.len() / 2];
+    let good = std::fs::read(dr.path().join(victim)).unwrap();
+    let n = good.len();
+    flip_bit(&f.target().join(victim), n / 3);
+    let out = run_fail(f.drill(&[]));
+    // The failure stays on record and decides the exit code.
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let reports: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 2, "{}", stdout(&out));
+    let (failed, again) = (&reports[0], &reports[1]);
+    assert_eq!(failed["verdict"], "FAIL");
+    assert_eq!(
+        failed["corrupt_objects"],
+        serde_json::json!([format!("primary:{victim}")])
+    );
+    assert!(
+        failed["repair"]
+            .as_str()
+            .unwrap()
+            .starts_with("repaired 1 "),
+        "{}",
+        failed["repair"]
+    );
+    // The primary holds the good bytes again, and the re-drill of the same
+    // snapshot passes, naming the drill it follows.
+    assert_eq!(std::fs::read(f.target().join(victim)).unwrap(), good);
+    assert_eq!(again["verdict"], "PASS", "{}", again["reasons"]);
+    assert_eq!(again["redrill_of"], failed["id"]);
+    assert_eq!(again["snapshot"]["id"], failed["snapshot"]["id"]);
+    for r in [failed, again] {
+        let id = r["id"].as_str().unwrap();
+        assert!(f.report_path(id).is_file());
+        run(f.cli(&["reports", "verify", id, "--public-key", &f.public_key()]));
+    }
+}

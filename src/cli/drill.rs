@@ -40,6 +40,7 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
     let opts = DrillOptions {
         snapshot,
         target: a.target,
+        redrill_of: None,
     };
     let progress = super::progress::for_terminal(a.json);
     let signalled = interrupted()?;
@@ -74,14 +75,27 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
         }
     })?;
     let r = &out.report;
-    if a.json {
-        println!("{}", serde_json::to_string(r).map_err(|e| wrap(e.into()))?);
-    } else {
-        print!("{}", custos::drill::render::text(r));
-        println!("  report     {}", out.local_path.display());
-        match &out.uploaded {
-            Ok(o) => println!("  stored     {o}"),
-            Err(e) => println!("  stored     locally only ({e})"),
+    show(&out, a.json)?;
+    if r.verdict == Verdict::Fail && out.repaired {
+        // Every damaged object was repaired from a good copy: drill the same
+        // snapshot again, recorded as its own report. The failure stays on
+        // record and still decides the exit code.
+        if let Some(snap) = &r.snapshot {
+            let again = DrillOptions {
+                snapshot: SnapshotChoice::Id(snap.id.clone()),
+                target: Some(r.target.name.clone()),
+                redrill_of: Some(r.id.clone()),
+            };
+            let progress = super::progress::for_terminal(a.json);
+            match custos::drill::run(&policy, &state, &again, progress).await {
+                Ok(o2) => {
+                    if !a.json {
+                        println!("re-drill after repair:");
+                    }
+                    show(&o2, a.json)?;
+                }
+                Err(e) => eprintln!("warning: the re-drill after repair could not run: {e:#}"),
+            }
         }
     }
     match r.verdict {
@@ -102,6 +116,21 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
             ),
         }),
     }
+}
+
+fn show(out: &custos::drill::DrillOutcome, json: bool) -> Result<(), Failure> {
+    let r = &out.report;
+    if json {
+        println!("{}", serde_json::to_string(r).map_err(|e| wrap(e.into()))?);
+    } else {
+        print!("{}", custos::drill::render::text(r));
+        println!("  report     {}", out.local_path.display());
+        match &out.uploaded {
+            Ok(o) => println!("  stored     {o}"),
+            Err(e) => println!("  stored     locally only ({e})"),
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, naming the signal. The handlers

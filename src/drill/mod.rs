@@ -109,6 +109,9 @@ pub struct DrillOptions {
     pub snapshot: SnapshotChoice,
     /// The target to restore from (default: the primary).
     pub target: Option<String>,
+    /// Set when this drill re-runs a failed one after its damaged objects
+    /// were repaired: the failed drill's id, recorded in the report.
+    pub redrill_of: Option<String>,
 }
 
 /// A finished drill: the report, its signed text and where it was stored.
@@ -122,21 +125,74 @@ pub struct DrillOutcome {
     /// The object on the primary target (`target:reports/<id>.json`), or
     /// why it could not be written there.
     pub uploaded: Result<String, String>,
+    /// Every damaged object was repaired from a good copy: re-drill.
+    pub repaired: bool,
 }
 
-/// The hook for damaged objects a drill found. Today it logs them (as an
-/// error) and returns the note recorded in the report's `repair` field;
-/// once replication can repair objects from a good copy, this is where the
-/// repair and the re-drill (recorded as a separate report) start.
-pub fn on_corrupt_objects(policy: &Policy, target: &str, objects: &[String]) -> String {
+/// What a drill does about the damaged objects it found: each one is
+/// repaired on every target from a good copy (see
+/// [`crate::replicate::repair_object`]; packs are checked against their
+/// content hash, other objects by majority of the copies). Returns the note
+/// recorded in the report's `repair` field and whether every object was
+/// repaired (then the caller re-drills, recorded as a separate report).
+pub async fn on_corrupt_objects(
+    policy: &Policy,
+    target: &str,
+    objects: &[String],
+) -> (String, bool) {
     for o in objects {
         tracing::error!(policy = %policy.name, target, object = %o, "drill found a damaged object");
     }
-    format!(
-        "not attempted: {} damaged object(s) on target `{target}` recorded; \
-         repair from a good copy is not available in this version",
-        objects.len()
-    )
+    if policy.targets.len() < 2 {
+        return (
+            format!(
+                "not attempted: {} damaged object(s) on target `{target}`; the policy has no other target to repair from",
+                objects.len()
+            ),
+            false,
+        );
+    }
+    let mut repaired = 0usize;
+    let mut unrepaired = Vec::new();
+    for o in objects {
+        let key = o.split_once(':').map(|(_, k)| k).unwrap_or(o);
+        match crate::replicate::repair_object(policy, key, None).await {
+            Ok((actions, problems)) => {
+                let n = actions.iter().filter(|a| a.ok && a.repair).count();
+                repaired += n;
+                for a in actions.iter().filter(|a| a.ok && a.repair) {
+                    tracing::warn!(policy = %policy.name, target = %a.target, object = %a.object, from = %a.from, "repaired a damaged object from a good copy");
+                }
+                if !problems.is_empty() || n == 0 {
+                    unrepaired.push(o.clone());
+                }
+            }
+            Err(e) => {
+                tracing::error!(policy = %policy.name, object = %o, "repair failed: {e}");
+                unrepaired.push(o.clone());
+            }
+        }
+    }
+    if unrepaired.is_empty() {
+        (
+            format!(
+                "repaired {repaired} damaged cop{} of {} object(s) from good copies on other targets; re-drill follows",
+                if repaired == 1 { "y" } else { "ies" },
+                objects.len()
+            ),
+            true,
+        )
+    } else {
+        (
+            format!(
+                "repaired {repaired} cop{}; could not repair {}: {}",
+                if repaired == 1 { "y" } else { "ies" },
+                unrepaired.len(),
+                unrepaired.join(", ")
+            ),
+            false,
+        )
+    }
 }
 
 /// Runs one drill of `policy` (see the module docs). Returns the report,
@@ -214,6 +270,7 @@ pub async fn run(
         shredded: Vec::new(),
         corrupt_objects: Vec::new(),
         repair: None,
+        redrill_of: None,
     };
     execute(policy, opts, scratch.dir(), &mut rep, progress, t0).await;
     if let Err(e) = scratch.remove() {
@@ -223,13 +280,13 @@ pub async fn run(
             format!("the scratch space could not be removed: {e}"),
         );
     }
+    let mut repaired = false;
     if !rep.corrupt_objects.is_empty() {
-        rep.repair = Some(on_corrupt_objects(
-            policy,
-            &rep.target.name,
-            &rep.corrupt_objects,
-        ));
+        let (note, all) = on_corrupt_objects(policy, &rep.target.name, &rep.corrupt_objects).await;
+        rep.repair = Some(note);
+        repaired = all;
     }
+    rep.redrill_of = opts.redrill_of.clone();
     let finished = Utc::now();
     rep.finished = rfc3339(finished);
     rep.created = rep.finished.clone();
@@ -290,6 +347,7 @@ pub async fn run(
         signed,
         local_path,
         uploaded,
+        repaired,
     })
 }
 

@@ -116,6 +116,9 @@ pub fn text(r: &DrillReport) -> String {
     if let Some(rp) = &r.repair {
         let _ = writeln!(s, "  repair     {rp}");
     }
+    if let Some(f) = &r.redrill_of {
+        let _ = writeln!(s, "  re-drill   after repair; the failed drill was {f}");
+    }
     for reason in &r.reasons {
         let _ = writeln!(s, "  reason     {reason}");
     }
@@ -283,6 +286,13 @@ code {{ font-size: .9em; }}
         if let Some(rp) = &r.repair {
             let _ = writeln!(h, "<p>Repair: {}</p>", esc(rp));
         }
+    }
+    if let Some(f) = &r.redrill_of {
+        let _ = writeln!(
+            h,
+            "<p id=\"redrill\">Re-drill after repair; the failed drill was <code>{}</code>.</p>",
+            esc(f)
+        );
     }
     h.push_str("<p>This page is a rendering of a signed report; check the signature with <code>custos reports verify</code>.</p>\n</body>\n</html>\n");
     h

@@ -202,6 +202,9 @@ pub struct DrillReport {
     pub corrupt_objects: Vec<String>,
     /// What was done about them.
     pub repair: Option<String>,
+    /// For a re-drill after a repair: the id of the failed drill it follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrill_of: Option<String>,
 }
 
 impl DrillReport {
