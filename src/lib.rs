@@ -7,7 +7,8 @@
 //! storage). `ops` holds the operations built from them (init, backup,
 //! restore, check), `policy` the policy file, `state` the local state
 //! directory, `signed` signed documents (reports, certificates), `audit` the
-//! hash-chained audit trail, `demo` the generated demo data.
+//! hash-chained audit trail, `shred` crypto-shredding (requests, holds,
+//! destruction, proof, certificates), `demo` the generated demo data.
 
 pub mod audit;
 pub mod chunk;
@@ -18,6 +19,7 @@ pub mod ops;
 pub mod policy;
 pub mod progress;
 pub mod repo;
+pub mod shred;
 pub mod signed;
 pub mod state;
 pub mod store;
