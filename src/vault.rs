@@ -114,7 +114,9 @@ pub enum VaultError {
     NoLocations,
     #[error("the {kind} unit {name} is being destroyed (fenced): no key may be created or read for it; retry after the shred run completes")]
     Fenced { kind: KeyKind, name: String },
-    #[error("vault record `{object}` is not a record name custos writes (expected `shred/<name>.age`)")]
+    #[error(
+        "vault record `{object}` is not a record name custos writes (expected `shred/<name>.age`)"
+    )]
     BadRecordName { object: String },
 }
 
@@ -1572,16 +1574,13 @@ impl Vault {
     pub async fn purge_stale(&self) -> Result<Vec<String>, VaultError> {
         let mut out = Vec::new();
         for loc in &self.locations {
-            let listed: Vec<_> = loc
-                .store
-                .list(None)
-                .try_collect()
-                .await
-                .map_err(|source| VaultError::Unreachable {
+            let listed: Vec<_> = loc.store.list(None).try_collect().await.map_err(|source| {
+                VaultError::Unreachable {
                     url: loc.url.clone(),
                     object: "/".into(),
                     source,
-                })?;
+                }
+            })?;
             for m in listed {
                 let name = m.location.to_string();
                 if known_object(&name) {
@@ -1615,22 +1614,20 @@ impl Vault {
     ) -> Result<AbsenceReport, VaultError> {
         let mut r = AbsenceReport::default();
         for loc in &self.locations {
-            let listed: Vec<_> = loc
-                .store
-                .list(None)
-                .try_collect()
-                .await
-                .map_err(|source| VaultError::Unreachable {
+            let listed: Vec<_> = loc.store.list(None).try_collect().await.map_err(|source| {
+                VaultError::Unreachable {
                     url: loc.url.clone(),
                     object: "/".into(),
                     source,
-                })?;
+                }
+            })?;
             for m in listed {
                 let name = m.location.to_string();
                 r.objects_read += 1;
                 let Some(shard) = Shard::parse(&name) else {
                     if !known_object(&name) {
-                        r.holders.push(format!("{}: {name} (not a vault object)", loc.url));
+                        r.holders
+                            .push(format!("{}: {name} (not a vault object)", loc.url));
                     }
                     continue;
                 };

@@ -9,12 +9,15 @@
 //! | 3 | integrity: `check` found errors, or data failed authentication |
 
 mod backup;
+mod certificates;
 mod check;
 mod demo;
+mod holds;
 mod init;
 mod keys;
 mod progress;
 mod restore;
+mod shred;
 mod snapshots;
 
 use anyhow::Result;
@@ -54,6 +57,14 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Verify a repository (with --read-data: every byte).
     Check(check::CheckArgs),
+    /// Crypto-shred a subject or a period (request, cancel, run, list).
+    Shred(shred::ShredArgs),
+    /// Legal holds: units that are never shredded while held.
+    #[command(subcommand)]
+    Holds(holds::HoldsCmd),
+    /// Destruction certificates: list, show, verify.
+    #[command(subcommand)]
+    Certificates(certificates::CertificatesCmd),
     /// Run the whole story on generated demo data.
     Demo(demo::DemoArgs),
     /// Generate or change the telecom demo database (for benchmarks).
@@ -74,6 +85,22 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     use custos::vault::VaultError;
     if e.downcast_ref::<custos::policy::PolicyError>().is_some() {
         return 2;
+    }
+    if let Some(s) = e.downcast_ref::<custos::shred::ShredError>() {
+        use custos::shred::ShredError as S;
+        return match s {
+            S::InvalidUnit { .. }
+            | S::UnknownUnit { .. }
+            | S::AlreadyDestroyed { .. }
+            | S::AlreadyPending { .. }
+            | S::NotPending { .. }
+            | S::InProgress { .. }
+            | S::AlreadyHeld { .. }
+            | S::NotHeld { .. }
+            | S::Keys(_) => 2,
+            S::LedgerCorrupt { .. } | S::Incomplete { .. } => 3,
+            _ => 1,
+        };
     }
     let repo_code = |r: &RepoError| match r {
         RepoError::Crypto { .. } | RepoError::Malformed { .. } => 3,
@@ -143,6 +170,9 @@ pub fn main() -> ExitCode {
             Command::Snapshots(a) => snapshots::run(a).await.map_err(wrap),
             Command::Restore(a) => restore::run(a).await.map_err(wrap),
             Command::Check(a) => check::run(a).await,
+            Command::Shred(a) => shred::run(a).await.map_err(wrap),
+            Command::Holds(c) => holds::run(c).await.map_err(wrap),
+            Command::Certificates(c) => certificates::run(c),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
         }

@@ -167,9 +167,8 @@ pub async fn issue(
             "The unit's ciphertext stays on every target listed ({sampled} sampled chunk(s) fetched and present) until the snapshots holding it are forgotten and pruned; without the destroyed key it can be neither decrypted nor identified. Shredding deletes no pack: packs may hold other units' data, and write-once (object-lock) copies keep theirs until the lock expires."
         ),
     };
-    let signing = crate::keys::load_signing_key(&crate::keys::signing_key_path_for(
-        &policy.keys.identity,
-    ))?;
+    let signing =
+        crate::keys::load_signing_key(&crate::keys::signing_key_path_for(&policy.keys.identity))?;
     let text = crate::signed::sign(&signing, KIND, &body)
         .map_err(|e| ShredError::Certificate(e.to_string()))?;
     let dir = local_dir(state, &policy.name)?;
@@ -218,7 +217,10 @@ pub fn list(state: &StateDir, policy: Option<&str>) -> Result<Vec<Listed>, Shred
     let mut out = Vec::new();
     let dirs: Vec<PathBuf> = match policy {
         Some(p) => vec![root.join(p)],
-        None => read_dir(&root)?.into_iter().filter(|p| p.is_dir()).collect(),
+        None => read_dir(&root)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .collect(),
     };
     for d in dirs {
         if !d.exists() {
@@ -235,7 +237,12 @@ pub fn list(state: &StateDir, policy: Option<&str>) -> Result<Vec<Listed>, Shred
             if kind != KIND {
                 continue;
             }
-            let s = |k: &str| body.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            let s = |k: &str| {
+                body.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
             out.push(Listed {
                 id: s("id"),
                 policy: s("policy"),
@@ -358,7 +365,10 @@ fn rows(body: &Value) -> Vec<(String, String)> {
         ("Vault objects read".into(), vg("vault_objects_read")),
         ("Key holders found".into(), vg("key_holders_found")),
         ("Stale objects purged".into(), vg("stale_objects_purged")),
-        ("Reopened vault lacks keys".into(), vg("reopened_vault_without_keys")),
+        (
+            "Reopened vault lacks keys".into(),
+            vg("reopened_vault_without_keys"),
+        ),
         ("Verification result".into(), vg("result")),
         ("Residual ciphertext".into(), g("residual_ciphertext")),
     ]);
@@ -388,7 +398,11 @@ pub fn render_html(body: &Value) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Certificate {id}</title>\n<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}th{{text-align:left;vertical-align:top;padding-right:1em}}td{{word-break:break-all}}</style></head>\n<body><h1>Certificate of cryptographic erasure</h1>\n<table>\n"
     );
     for (k, v) in rows(body) {
-        s.push_str(&format!("<tr><th>{}</th><td>{}</td></tr>\n", esc(&k), esc(&v)));
+        s.push_str(&format!(
+            "<tr><th>{}</th><td>{}</td></tr>\n",
+            esc(&k),
+            esc(&v)
+        ));
     }
     s.push_str("</table>\n<p>Verify the signed JSON form with <code>custos certificates verify</code> and the service's public key.</p>\n</body></html>\n");
     s

@@ -114,9 +114,10 @@ pub async fn destroy_unit(
     }
 
     let fresh = crate::ops::open_vault(policy).await?;
-    let still = fresh.entries().into_iter().any(|e| {
-        j.key_ids.contains(&e.key_id) || (e.kind == unit.kind && e.name == unit.name)
-    });
+    let still = fresh
+        .entries()
+        .into_iter()
+        .any(|e| j.key_ids.contains(&e.key_id) || (e.kind == unit.kind && e.name == unit.name));
     if still {
         return Err(incomplete(
             unit,
@@ -194,7 +195,8 @@ async fn scan_target(
                         continue;
                     };
                     for g in &groups {
-                        let of_unit = ids.contains(&g.t) || g.s.as_ref().is_some_and(|s| ids.contains(s));
+                        let of_unit =
+                            ids.contains(&g.t) || g.s.as_ref().is_some_and(|s| ids.contains(s));
                         if !of_unit {
                             continue;
                         }

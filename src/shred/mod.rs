@@ -68,7 +68,9 @@ pub enum ShredError {
     UnknownUnit { unit: String },
     #[error("{unit} was already destroyed (certificate {certificate})")]
     AlreadyDestroyed { unit: String, certificate: String },
-    #[error("{unit} is already pending destruction (due {due}); cancel it first to change the request")]
+    #[error(
+        "{unit} is already pending destruction (due {due}); cancel it first to change the request"
+    )]
     AlreadyPending { unit: String, due: String },
     #[error("{unit} is not pending destruction: nothing to cancel")]
     NotPending { unit: String },
@@ -78,7 +80,9 @@ pub enum ShredError {
     AlreadyHeld { unit: String, reason: String },
     #[error("{unit} is under no legal hold")]
     NotHeld { unit: String },
-    #[error("the shred ledger at {url} is unreadable: {reason}; restore it from another vault location")]
+    #[error(
+        "the shred ledger at {url} is unreadable: {reason}; restore it from another vault location"
+    )]
     LedgerCorrupt { url: String, reason: String },
     #[error("the destruction of {unit} is NOT complete: {why}; run `custos shred --run` again")]
     Incomplete { unit: String, why: String },
@@ -292,7 +296,9 @@ pub async fn request(
         } else {
             chrono::Duration::from_std(policy.shred.grace).unwrap_or(chrono::Duration::MAX)
         };
-        let due = at.checked_add_signed(grace).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let due = at
+            .checked_add_signed(grace)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         let p = Pending {
             unit,
             requested: rfc3339(at),
