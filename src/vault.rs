@@ -1467,10 +1467,29 @@ fn is_record_name(name: &str) -> bool {
 
 impl Vault {
     /// The units fenced by the ledger at any readable location (union).
+    /// A location that cannot be reached is skipped (open tolerates it;
+    /// persist refuses to write while one is unread).
     async fn read_fences(&self) -> Result<BTreeSet<(KeyKind, String)>, VaultError> {
         let mut out = BTreeSet::new();
-        for (url, plain) in self.read_record(LEDGER_RECORD).await? {
-            let Some(plain) = plain else { continue };
+        for loc in &self.locations {
+            let sealed = match get_bytes(loc, LEDGER_RECORD).await {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(VaultError::Unreachable { url, source, .. }) => {
+                    tracing::warn!(url = %url, error = %source, "cannot read the shred ledger for fences");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let url = loc.url.clone();
+            let plain = unwrap(&self.identity, &sealed).map_err(|e| VaultError::Corrupt {
+                url: url.clone(),
+                object: LEDGER_RECORD.into(),
+                reason: match e {
+                    UnwrapError::NotRecipient => "the service identity is not a recipient".into(),
+                    UnwrapError::Other(r) => format!("age: {r}"),
+                },
+            })?;
             let f: LedgerFences =
                 serde_json::from_slice(&plain).map_err(|e| VaultError::Corrupt {
                     url,
