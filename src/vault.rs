@@ -1781,4 +1781,53 @@ mod tests {
         let set = recipient_set(&a, &[r.clone(), a.to_public(), r.clone()]);
         assert_eq!(set, vec![a.to_public(), r]);
     }
+
+    fn mem_locations() -> Vec<VaultLocation> {
+        (0..2)
+            .map(|i| VaultLocation {
+                url: format!("memory://v{i}"),
+                store: Arc::new(object_store::memory::InMemory::new()),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_writer_opened_before_a_destroy_cannot_write_the_key_back() {
+        let id = Identity::generate();
+        let locs = mem_locations();
+        let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
+        a.get_or_create(KeyKind::Period, "consumption:2026-01");
+        a.persist().await.unwrap();
+        let mut stale = Vault::open(locs.clone(), &id, &[]).await.unwrap();
+        a.destroy(KeyKind::Period, "consumption:2026-01")
+            .await
+            .unwrap();
+        // The stale writer adds a key to the same shard and persists.
+        stale.get_or_create(KeyKind::Period, "consumption:2026-02");
+        stale.persist().await.unwrap();
+        let c = Vault::open(locs, &id, &[]).await.unwrap();
+        assert!(c.lookup(KeyKind::Period, "consumption:2026-01").is_none());
+        assert!(c.lookup(KeyKind::Period, "consumption:2026-02").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_fenced_unit_is_hidden_and_its_new_key_refused() {
+        let id = Identity::generate();
+        let locs = mem_locations();
+        let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
+        let (kid, _) = a.get_or_create(KeyKind::Period, "consumption:2026-03");
+        a.persist().await.unwrap();
+        a.write_record(
+            LEDGER_RECORD,
+            br#"{"fences":[{"kind":"period","name":"consumption:2026-03"}]}"#,
+        )
+        .await
+        .unwrap();
+        let mut b = Vault::open(locs, &id, &[]).await.unwrap();
+        assert!(b.lookup(KeyKind::Period, "consumption:2026-03").is_none());
+        assert!(b.key(&kid).is_none());
+        assert_eq!(b.fences().len(), 1);
+        b.get_or_create(KeyKind::Period, "consumption:2026-03");
+        assert!(matches!(b.persist().await, Err(VaultError::Fenced { .. })));
+    }
 }
