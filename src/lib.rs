@@ -9,7 +9,8 @@
 //! `replicate` (copies across targets), `drill` (restore drills and their
 //! reports), `retention` (what is due), `signed` (signed documents), `audit`
 //! (the hash-chained trail), `state` (the local state directory), `demo`
-//! (generated demo data).
+//! (generated demo data), `shred` (crypto-shredding: requests, holds,
+//! destruction, proof, certificates).
 
 pub mod audit;
 pub mod chunk;
@@ -23,6 +24,7 @@ pub mod progress;
 pub mod replicate;
 pub mod repo;
 pub mod retention;
+pub mod shred;
 pub mod signed;
 pub mod state;
 pub mod store;

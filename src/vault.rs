@@ -11,6 +11,8 @@
 //! keys/subject/<xx>.age    subject keys, 256 shards by the first byte of the key id
 //! keys/period/all.age      (class, period) keys
 //! keys/epoch/all.age       (class, epoch) keys
+//! shred/ledger.age         the shredding ledger (pending, holds, journal);
+//!                          written by `crate::shred`, read here for fences
 //! ```
 //!
 //! Every `.age` object is a binary age file (x25519, to the service identity
@@ -21,6 +23,13 @@
 //!
 //! Concurrency: one writer per vault at a time (the caller holds a lease).
 //! Writes are read-modify-write of whole shards and are not conditional.
+//! Two guards keep a writer that opened the vault earlier from undoing a
+//! shred: [`Vault::persist`] first merges the tombstones now stored at every
+//! location into the shards it writes (a destroyed key is never written
+//! back), and refuses to write a key created in this session for a unit that
+//! is *fenced* (being destroyed, per the ledger's `fences`). A fenced unit's
+//! key is also hidden from [`Vault::lookup`] and [`Vault::key`], so no job
+//! reads it while it is being destroyed.
 
 use crate::crypto::Key32;
 use age::x25519::{Identity, Recipient};
@@ -103,6 +112,12 @@ pub enum VaultError {
     StillPresent { url: String, key_id: KeyId },
     #[error("a vault needs at least one location: list the vault URLs in the policy")]
     NoLocations,
+    #[error("the {kind} unit {name} is being destroyed (fenced): no key may be created or read for it; retry after the shred run completes")]
+    Fenced { kind: KeyKind, name: String },
+    #[error(
+        "vault record `{object}` is not a record name custos writes (expected `shred/<name>.age`)"
+    )]
+    BadRecordName { object: String },
 }
 
 /// The kind of a unit key.
@@ -531,6 +546,11 @@ pub struct Vault {
     unread: Vec<(String, String)>,
     /// Destroys started but not yet verified, so a retry can finish them.
     pending_destroy: HashMap<(KeyKind, String), Vec<PendingKey>>,
+    /// Units being destroyed (from the ledger at open): their keys are
+    /// hidden and may not be created.
+    fenced: BTreeSet<(KeyKind, String)>,
+    /// Keys created by this session (not read from a location).
+    created_here: BTreeSet<KeyId>,
 }
 
 impl fmt::Debug for Vault {
@@ -717,6 +737,8 @@ impl Vault {
             marker_missing: (0..n).collect(),
             unread: Vec::new(),
             pending_destroy: HashMap::new(),
+            fenced: BTreeSet::new(),
+            created_here: BTreeSet::new(),
         };
         v.write_dirty(true).await?;
         Ok(v)
@@ -934,9 +956,12 @@ impl Vault {
             marker_missing,
             unread,
             pending_destroy: HashMap::new(),
+            fenced: BTreeSet::new(),
+            created_here: BTreeSet::new(),
             locations,
         };
         v.rebuild_names();
+        v.fenced = v.read_fences().await?;
 
         // Mark for repair every shard whose content differs at some readable
         // location (or all of them where the marker is missing).
@@ -1022,17 +1047,25 @@ impl Vault {
     }
 
     /// The key of a unit, if present.
+    /// A fenced unit (being destroyed) has none.
     pub fn lookup(&self, kind: KeyKind, name: &str) -> Option<(KeyId, &Key32)> {
-        let id = self.by_name.get(&(kind, name.to_string()))?;
+        let k = (kind, name.to_string());
+        if self.fenced.contains(&k) {
+            return None;
+        }
+        let id = self.by_name.get(&k)?;
         Some((*id, &self.entries[id].key))
     }
 
     /// The key of a unit, created (from the OS CSPRNG) if absent. A new key
     /// marks its shard dirty: call [`persist`](Self::persist) before any data
-    /// sealed under it is committed.
+    /// sealed under it is committed. For a fenced unit (being destroyed) a
+    /// new key is made but `persist` refuses to write it, so no data sealed
+    /// under it can be committed.
     pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &Key32) {
         let k = (kind, name.to_string());
-        if let Some(id) = self.by_name.get(&k) {
+        let usable = |id: &&KeyId| !self.fenced.contains(&k) || self.created_here.contains(*id);
+        if let Some(id) = self.by_name.get(&k).filter(usable) {
             return (*id, &self.entries[id].key);
         }
         let id = loop {
@@ -1057,14 +1090,19 @@ impl Vault {
                 key: Key32::random(),
             },
         );
+        self.created_here.insert(id);
         self.by_name.insert(k, id);
         self.dirty.insert(Shard::of(kind, &id));
         (id, &self.entries[&id].key)
     }
 
-    /// The key with this id (any kind; not the repository keys).
+    /// The key with this id (any kind; not the repository keys). The key
+    /// of a fenced unit (being destroyed) is not given out.
     pub fn key(&self, id: &KeyId) -> Option<&Key32> {
-        self.entries.get(id).map(|e| &e.key)
+        self.entries
+            .get(id)
+            .filter(|e| self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.clone())))
+            .map(|e| &e.key)
     }
 
     /// What the vault knows about one key, without its bytes.
@@ -1108,6 +1146,12 @@ impl Vault {
     /// Writes every dirty shard to EVERY location. A failure at any location
     /// is an error naming it; the shards stay dirty so a retry writes again.
     /// Fails without writing if a location could not be read at open.
+    ///
+    /// Before writing, the fences are re-read (a key created in this session
+    /// for a unit now being destroyed is refused with
+    /// [`VaultError::Fenced`]) and the tombstones stored at every location
+    /// for the dirty shards are merged in, so a key destroyed by another
+    /// process after this vault was opened is dropped, never written back.
     pub async fn persist(&mut self) -> Result<(), VaultError> {
         if let Some((url, reason)) = self.unread.first() {
             return Err(VaultError::NotRead {
@@ -1115,7 +1159,59 @@ impl Vault {
                 reason: reason.clone(),
             });
         }
+        if self.dirty.is_empty() {
+            return self.write_dirty(false).await;
+        }
+        let fences = self.read_fences().await?;
+        for id in &self.created_here {
+            if let Some(e) = self.entries.get(id) {
+                let k = (e.kind, e.name.clone());
+                if fences.contains(&k) {
+                    return Err(VaultError::Fenced {
+                        kind: k.0,
+                        name: k.1,
+                    });
+                }
+            }
+        }
+        self.merge_stored_tombstones().await?;
         self.write_dirty(false).await
+    }
+
+    /// Reads the tombstones of every dirty unit shard at every location and
+    /// drops the entries they name.
+    async fn merge_stored_tombstones(&mut self) -> Result<(), VaultError> {
+        let shards: Vec<Shard> = self
+            .dirty
+            .iter()
+            .copied()
+            .filter(|s| *s != Shard::Meta)
+            .collect();
+        let mut dropped = false;
+        for loc in &self.locations {
+            for shard in &shards {
+                let Some(p) = read_shard(loc, *shard, &self.identity).await? else {
+                    continue;
+                };
+                for (id, t) in p.tombstones {
+                    let slot = self.tombstones.entry(*shard).or_default();
+                    if slot.contains_key(&id) {
+                        continue;
+                    }
+                    slot.insert(id, t);
+                    if let Some(e) = self.entries.remove(&id) {
+                        tracing::info!(key_id = %id, "a key destroyed elsewhere is dropped before persist");
+                        self.created_here.remove(&id);
+                        drop(e);
+                        dropped = true;
+                    }
+                }
+            }
+        }
+        if dropped {
+            self.rebuild_names();
+        }
+        Ok(())
     }
 
     /// Encodes and wraps one shard as it stands in memory.
@@ -1324,6 +1420,252 @@ impl Vault {
     }
 }
 
+/// The fences field of the shred ledger: the only part the vault reads.
+#[derive(Deserialize)]
+struct LedgerFences {
+    #[serde(default)]
+    fences: Vec<FenceRef>,
+}
+
+/// A unit named in the ledger's `fences`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct FenceRef {
+    pub kind: KeyKind,
+    pub name: String,
+}
+
+/// The name of the shred ledger record (see [`Vault::read_record`]).
+pub const LEDGER_RECORD: &str = "shred/ledger.age";
+
+/// What [`Vault::verify_absent`] read and found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AbsenceReport {
+    /// Every location that was listed and read in full.
+    pub locations: Vec<String>,
+    /// How many objects were read (all locations together).
+    pub objects_read: u64,
+    /// How many vault payloads were unwrapped and searched.
+    pub payloads_searched: u64,
+    /// Objects (url + name) still holding one of the keys: empty on success.
+    pub holders: Vec<String>,
+}
+
+/// One object at a location as seen by [`Vault::inventory`].
+fn known_object(name: &str) -> bool {
+    name == MARKER || Shard::parse(name).is_some() || is_record_name(name)
+}
+
+fn is_record_name(name: &str) -> bool {
+    name.strip_prefix("shred/")
+        .and_then(|n| n.strip_suffix(".age"))
+        .is_some_and(|n| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        })
+}
+
+impl Vault {
+    /// The units fenced by the ledger at any readable location (union).
+    /// A location that cannot be reached is skipped (open tolerates it;
+    /// persist refuses to write while one is unread).
+    async fn read_fences(&self) -> Result<BTreeSet<(KeyKind, String)>, VaultError> {
+        let mut out = BTreeSet::new();
+        for loc in &self.locations {
+            let sealed = match get_bytes(loc, LEDGER_RECORD).await {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
+                Err(VaultError::Unreachable { url, source, .. }) => {
+                    tracing::warn!(url = %url, error = %source, "cannot read the shred ledger for fences");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let url = loc.url.clone();
+            let plain = unwrap(&self.identity, &sealed).map_err(|e| VaultError::Corrupt {
+                url: url.clone(),
+                object: LEDGER_RECORD.into(),
+                reason: match e {
+                    UnwrapError::NotRecipient => "the service identity is not a recipient".into(),
+                    UnwrapError::Other(r) => format!("age: {r}"),
+                },
+            })?;
+            let f: LedgerFences =
+                serde_json::from_slice(&plain).map_err(|e| VaultError::Corrupt {
+                    url,
+                    object: LEDGER_RECORD.into(),
+                    reason: format!("ledger fences: {e}"),
+                })?;
+            out.extend(f.fences.into_iter().map(|f| (f.kind, f.name)));
+        }
+        Ok(out)
+    }
+
+    /// The units this vault treats as fenced (read at open).
+    pub fn fences(&self) -> Vec<FenceRef> {
+        self.fenced
+            .iter()
+            .map(|(kind, name)| FenceRef {
+                kind: *kind,
+                name: name.clone(),
+            })
+            .collect()
+    }
+
+    /// Reads a sealed record (`shred/<name>.age`, age-wrapped like the key
+    /// shards) at every location: `(url, plaintext)` per location, `None`
+    /// where it is absent. An unreadable location is an error, since its
+    /// record may be the newest.
+    pub async fn read_record(
+        &self,
+        object: &str,
+    ) -> Result<Vec<(String, Option<Zeroizing<Vec<u8>>>)>, VaultError> {
+        if !is_record_name(object) {
+            return Err(VaultError::BadRecordName {
+                object: object.into(),
+            });
+        }
+        let mut out = Vec::with_capacity(self.locations.len());
+        for loc in &self.locations {
+            let Some(sealed) = get_bytes(loc, object).await? else {
+                out.push((loc.url.clone(), None));
+                continue;
+            };
+            let plain = unwrap(&self.identity, &sealed).map_err(|e| match e {
+                UnwrapError::NotRecipient => VaultError::NotRecipient {
+                    url: loc.url.clone(),
+                    object: object.into(),
+                },
+                UnwrapError::Other(reason) => VaultError::Corrupt {
+                    url: loc.url.clone(),
+                    object: object.into(),
+                    reason: format!("age: {reason}"),
+                },
+            })?;
+            out.push((loc.url.clone(), Some(plain)));
+        }
+        Ok(out)
+    }
+
+    /// Writes a sealed record (wrapped with age to the vault's recipients)
+    /// to EVERY location; fails naming the locations that failed.
+    pub async fn write_record(&self, object: &str, plain: &[u8]) -> Result<(), VaultError> {
+        if !is_record_name(object) {
+            return Err(VaultError::BadRecordName {
+                object: object.into(),
+            });
+        }
+        let sealed = bytes::Bytes::from(wrap(object, plain, &self.recipients)?);
+        let mut failures = Vec::new();
+        for loc in &self.locations {
+            if let Err(source) = loc
+                .store
+                .put(&ObjPath::from(object), PutPayload::from(sealed.clone()))
+                .await
+            {
+                failures.push(VaultError::Write {
+                    url: loc.url.clone(),
+                    object: object.into(),
+                    source,
+                });
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        let failed = failures.len();
+        let first = failures.remove(0);
+        if failed == 1 {
+            return Err(first);
+        }
+        Err(VaultError::Persist {
+            failed,
+            total: self.locations.len(),
+            first: Box::new(first),
+        })
+    }
+
+    /// Deletes every object at every location that is not part of the vault
+    /// (not the marker, a key shard or a `shred/` record): stale copies,
+    /// renamed or half-written objects that could still hold keys. Returns
+    /// `url: object` of each deleted object. A vault location must be
+    /// custos's own (see the module docs); nothing else belongs there.
+    pub async fn purge_stale(&self) -> Result<Vec<String>, VaultError> {
+        let mut out = Vec::new();
+        for loc in &self.locations {
+            let listed: Vec<_> = loc.store.list(None).try_collect().await.map_err(|source| {
+                VaultError::Unreachable {
+                    url: loc.url.clone(),
+                    object: "/".into(),
+                    source,
+                }
+            })?;
+            for m in listed {
+                let name = m.location.to_string();
+                if known_object(&name) {
+                    continue;
+                }
+                loc.store
+                    .delete(&m.location)
+                    .await
+                    .map_err(|source| VaultError::Write {
+                        url: loc.url.clone(),
+                        object: name.clone(),
+                        source,
+                    })?;
+                tracing::warn!(url = %loc.url, object = %name, "purged a stale object from the key vault");
+                out.push(format!("{}: {name}", loc.url));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Proves that no object at any location holds any of `key_ids` or a key
+    /// whose [`Key32::commitment`] is in `commitments`: lists every object at
+    /// every location, unwraps every key shard with the service identity
+    /// and searches its entries (ids and commitments of the key bytes). Any
+    /// object that is not part of the vault counts as a holder (it cannot
+    /// be searched; run [`purge_stale`](Self::purge_stale) first).
+    pub async fn verify_absent(
+        &self,
+        key_ids: &[KeyId],
+        commitments: &[[u8; 32]],
+    ) -> Result<AbsenceReport, VaultError> {
+        let mut r = AbsenceReport::default();
+        for loc in &self.locations {
+            let listed: Vec<_> = loc.store.list(None).try_collect().await.map_err(|source| {
+                VaultError::Unreachable {
+                    url: loc.url.clone(),
+                    object: "/".into(),
+                    source,
+                }
+            })?;
+            for m in listed {
+                let name = m.location.to_string();
+                r.objects_read += 1;
+                let Some(shard) = Shard::parse(&name) else {
+                    if !known_object(&name) {
+                        r.holders
+                            .push(format!("{}: {name} (not a vault object)", loc.url));
+                    }
+                    continue;
+                };
+                let Some(p) = read_shard(loc, shard, &self.identity).await? else {
+                    continue;
+                };
+                r.payloads_searched += 1;
+                for e in &p.entries {
+                    if key_ids.contains(&e.id) || commitments.contains(&e.key.commitment()) {
+                        r.holders.push(format!("{}: {name}", loc.url));
+                    }
+                }
+            }
+            r.locations.push(loc.url.clone());
+        }
+        Ok(r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1438,5 +1780,54 @@ mod tests {
         let r = Identity::generate().to_public();
         let set = recipient_set(&a, &[r.clone(), a.to_public(), r.clone()]);
         assert_eq!(set, vec![a.to_public(), r]);
+    }
+
+    fn mem_locations() -> Vec<VaultLocation> {
+        (0..2)
+            .map(|i| VaultLocation {
+                url: format!("memory://v{i}"),
+                store: Arc::new(object_store::memory::InMemory::new()),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_writer_opened_before_a_destroy_cannot_write_the_key_back() {
+        let id = Identity::generate();
+        let locs = mem_locations();
+        let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
+        a.get_or_create(KeyKind::Period, "consumption:2026-01");
+        a.persist().await.unwrap();
+        let mut stale = Vault::open(locs.clone(), &id, &[]).await.unwrap();
+        a.destroy(KeyKind::Period, "consumption:2026-01")
+            .await
+            .unwrap();
+        // The stale writer adds a key to the same shard and persists.
+        stale.get_or_create(KeyKind::Period, "consumption:2026-02");
+        stale.persist().await.unwrap();
+        let c = Vault::open(locs, &id, &[]).await.unwrap();
+        assert!(c.lookup(KeyKind::Period, "consumption:2026-01").is_none());
+        assert!(c.lookup(KeyKind::Period, "consumption:2026-02").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_fenced_unit_is_hidden_and_its_new_key_refused() {
+        let id = Identity::generate();
+        let locs = mem_locations();
+        let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
+        let (kid, _) = a.get_or_create(KeyKind::Period, "consumption:2026-03");
+        a.persist().await.unwrap();
+        a.write_record(
+            LEDGER_RECORD,
+            br#"{"fences":[{"kind":"period","name":"consumption:2026-03"}]}"#,
+        )
+        .await
+        .unwrap();
+        let mut b = Vault::open(locs, &id, &[]).await.unwrap();
+        assert!(b.lookup(KeyKind::Period, "consumption:2026-03").is_none());
+        assert!(b.key(&kid).is_none());
+        assert_eq!(b.fences().len(), 1);
+        b.get_or_create(KeyKind::Period, "consumption:2026-03");
+        assert!(matches!(b.persist().await, Err(VaultError::Fenced { .. })));
     }
 }

@@ -10,9 +10,11 @@
 //! | 130 | interrupted (`drill` on Ctrl-C or SIGTERM) |
 
 mod backup;
+mod certificates;
 mod check;
 mod demo;
 mod drill;
+mod holds;
 mod init;
 mod keys;
 mod progress;
@@ -20,6 +22,7 @@ mod replicate;
 mod reports;
 mod restore;
 mod retention;
+mod shred;
 mod snapshots;
 mod targets;
 
@@ -71,6 +74,14 @@ enum Command {
     Targets(targets::TargetsArgs),
     /// Forget and prune expired snapshots; list shred units due for destruction.
     Retention(retention::RetentionArgs),
+    /// Crypto-shred a subject or a period (request, cancel, run, list).
+    Shred(shred::ShredArgs),
+    /// Legal holds: units that are never shredded while held.
+    #[command(subcommand)]
+    Holds(holds::HoldsCmd),
+    /// Destruction certificates: list, show, verify.
+    #[command(subcommand)]
+    Certificates(certificates::CertificatesCmd),
     /// Run the whole story on generated demo data.
     Demo(demo::DemoArgs),
     /// Generate or change the telecom demo database (for benchmarks).
@@ -91,6 +102,22 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     use custos::vault::VaultError;
     if e.downcast_ref::<custos::policy::PolicyError>().is_some() {
         return 2;
+    }
+    if let Some(s) = e.downcast_ref::<custos::shred::ShredError>() {
+        use custos::shred::ShredError as S;
+        return match s {
+            S::InvalidUnit { .. }
+            | S::UnknownUnit { .. }
+            | S::AlreadyDestroyed { .. }
+            | S::AlreadyPending { .. }
+            | S::NotPending { .. }
+            | S::InProgress { .. }
+            | S::AlreadyHeld { .. }
+            | S::NotHeld { .. }
+            | S::Keys(_) => 2,
+            S::LedgerCorrupt { .. } | S::Incomplete { .. } => 3,
+            _ => 1,
+        };
     }
     let repo_code = |r: &RepoError| match r {
         RepoError::Crypto { .. } | RepoError::Malformed { .. } => 3,
@@ -165,6 +192,9 @@ pub fn main() -> ExitCode {
             Command::Replicate(a) => replicate::run(a).await,
             Command::Targets(a) => targets::run(a).await.map_err(wrap),
             Command::Retention(a) => retention::run(a).await.map_err(wrap),
+            Command::Shred(a) => shred::run(a).await.map_err(wrap),
+            Command::Holds(c) => holds::run(c).await.map_err(wrap),
+            Command::Certificates(c) => certificates::run(c),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
         }

@@ -1,0 +1,592 @@
+//! Crypto-shredding end to end: real SQLite demo data, a `file://` and an
+//! S3 target (the in-process S3 server), two vault locations (one local,
+//! one on S3); erasure of a subject, of a period, legal holds, cancel
+//! within grace, certificate verification, and a run killed after its
+//! journal was written.
+
+mod common;
+#[path = "common/roundtrip_util.rs"]
+mod util;
+
+use common::{custos, run, run_fail, stdout, S3Server};
+use custos::ops::restore::{restore, RestoreOptions};
+use custos::policy::Policy;
+use custos::progress::NoProgress;
+use custos::vault::KeyKind;
+use rusqlite::Connection;
+use serde_json::Value;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use util::{all_files, assert_same_db, contains};
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    s3: S3Server,
+    dir: PathBuf,
+    policy_path: PathBuf,
+    policy: Policy,
+    identity: PathBuf,
+    public_key: PathBuf,
+    state: PathBuf,
+    /// The database as each snapshot saw it: (snapshot id per target, copy).
+    versions: Vec<(Vec<(String, String)>, PathBuf)>,
+}
+
+const TABLES: [(&str, &str); 4] = [
+    ("customers", "id"),
+    ("subscriptions", "customer_id"),
+    ("tickets", "customer_id"),
+    ("cdrs", "customer_id"),
+];
+
+fn policy_text(d: &Path, s3: &S3Server) -> String {
+    format!(
+        r#"[policy]
+name = "crm"
+
+[store]
+kind = "sqlite"
+path = "{d}/crm.db"
+
+[[store.tables]]
+name = "customers"
+class = "identity"
+subject = "id"
+
+[[store.tables]]
+name = "subscriptions"
+class = "business"
+subject = "customer_id"
+
+[[store.tables]]
+name = "tickets"
+class = "service"
+subject = "customer_id"
+
+[[store.tables]]
+name = "cdrs"
+class = "consumption"
+subject = "customer_id"
+period = {{ column = "started_at", every = "month" }}
+
+[keys]
+identity = "{d}/keys/service.age"
+recipients = []
+vault = ["file://{d}/vault/a", "{vb}"]
+
+[[targets]]
+name = "primary"
+url = "file://{d}/targets/primary"
+
+[[targets]]
+name = "dr"
+url = "{dr}"
+offsite = true
+
+[s3]
+endpoint = "{ep}"
+region = "us-east-1"
+allow_http = true
+max_retries = 1
+
+[shred]
+grace = "7d"
+"#,
+        d = d.display(),
+        vb = s3.url("keys-b", "crm"),
+        dr = s3.url("crm-dr", "crm"),
+        ep = s3.endpoint()
+    )
+}
+
+/// Demo data, keys, init, and two snapshots on each target (the database
+/// changed by one "day" between them).
+async fn setup() -> Env {
+    let s3 = S3Server::start();
+    s3.create_bucket("keys-b");
+    s3.create_bucket("crm-dr");
+    let tmp = common::tempdir();
+    let d = tmp.path().to_path_buf();
+    for sub in ["vault/a", "targets/primary", "state"] {
+        fs::create_dir_all(d.join(sub)).unwrap();
+    }
+    let db = d.join("crm.db");
+    custos::demo::generate(&db, custos::demo::DemoSize::Bytes(700_000), 7, &NoProgress).unwrap();
+    let keys = custos::keys::init_keys(&d.join("keys")).unwrap();
+    let policy_path = d.join("policy.toml");
+    fs::write(&policy_path, policy_text(&d, &s3)).unwrap();
+    let policy = Policy::load(&policy_path).unwrap();
+    custos::ops::init::init(&policy).await.unwrap();
+    let mut versions = Vec::new();
+    for v in 0..2 {
+        if v > 0 {
+            custos::demo::mutate(&db, 0.05, 11).unwrap();
+        }
+        let mut snaps = Vec::new();
+        for t in ["primary", "dr"] {
+            let opts = custos::ops::backup::BackupOptions {
+                target: Some(t.to_string()),
+                ..Default::default()
+            };
+            let r = custos::ops::backup::backup(&policy, &opts, Arc::new(NoProgress))
+                .await
+                .unwrap();
+            snaps.push((t.to_string(), r.snapshot));
+        }
+        let copy = d.join(format!("crm-v{v}.db"));
+        fs::copy(&db, &copy).unwrap();
+        versions.push((snaps, copy));
+    }
+    Env {
+        identity: keys.identity_path,
+        public_key: keys.public_key_path,
+        state: d.join("state"),
+        _tmp: tmp,
+        s3,
+        dir: d,
+        policy_path,
+        policy,
+        versions,
+    }
+}
+
+impl Env {
+    /// The binary; `CUSTOS_TEST_BIN` runs another build of it (for a
+    /// target directory shared by several checkouts).
+    fn cli(&self) -> Command {
+        let mut c = match std::env::var_os("CUSTOS_TEST_BIN") {
+            Some(b) => Command::new(b),
+            None => custos(),
+        };
+        c.envs(self.s3.env())
+            .env("CUSTOS_ACTOR", "dpo-test")
+            .arg("--state-dir")
+            .arg(&self.state);
+        c
+    }
+
+    fn roots(&self) -> Vec<PathBuf> {
+        vec![
+            self.dir.join("vault/a"),
+            self.s3.root().join("keys-b"),
+            self.dir.join("targets/primary"),
+            self.s3.root().join("crm-dr"),
+            self.state.clone(),
+        ]
+    }
+
+    fn vault_roots(&self) -> Vec<PathBuf> {
+        vec![self.dir.join("vault/a"), self.s3.root().join("keys-b")]
+    }
+}
+
+/// A customer with rows in every subject table.
+fn busy_customer(db: &Path) -> i64 {
+    let c = Connection::open(db).unwrap();
+    c.query_row(
+        "SELECT customer_id FROM cdrs WHERE customer_id IN (SELECT customer_id FROM tickets)
+           AND customer_id IN (SELECT customer_id FROM subscriptions)
+         GROUP BY customer_id ORDER BY count(*) DESC, customer_id LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// Copies `db` and deletes rows matching `filter(table)`; returns the copy
+/// and the number of rows deleted.
+fn minus(db: &Path, out: &Path, filter: impl Fn(&str, &str) -> Option<String>) -> u64 {
+    fs::copy(db, out).unwrap();
+    let c = Connection::open(out).unwrap();
+    c.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+    let mut n = 0;
+    for (t, col) in TABLES {
+        if let Some(w) = filter(t, col) {
+            n += c
+                .execute(&format!("DELETE FROM {t} WHERE {w}"), [])
+                .unwrap() as u64;
+        }
+    }
+    n
+}
+
+async fn restore_all(env: &Env, expect: impl Fn(&Path, &Path) -> u64) {
+    for (i, (snaps, copy)) in env.versions.iter().enumerate() {
+        let expected = env.dir.join(format!("expected-{i}.db"));
+        let n = expect(copy, &expected);
+        assert!(n > 0, "the shredded unit has rows in version {i}");
+        for (target, snap) in snaps {
+            let to = env.dir.join(format!("restored-{i}-{target}.db"));
+            let opts = RestoreOptions {
+                target: Some(target.clone()),
+                snapshot: snap.clone(),
+                to: to.clone(),
+                force: true,
+            };
+            let r = restore(&env.policy, &opts, Arc::new(NoProgress))
+                .await
+                .unwrap_or_else(|e| panic!("restore of {snap} from {target} failed: {e}"));
+            assert_eq!(
+                r.rows_shredded, n,
+                "rows counted as shredded, {target} v{i}"
+            );
+            assert_same_db(&expected, &to);
+        }
+    }
+}
+
+/// Every vault key shard at every location, decrypted with the identity.
+fn vault_plaintexts(env: &Env) -> Vec<(PathBuf, Vec<u8>)> {
+    let id = custos::keys::load_identity(&env.identity).unwrap();
+    let mut out = Vec::new();
+    for root in env.vault_roots() {
+        for (p, bytes) in all_files(&root) {
+            if !bytes.starts_with(b"age-encryption.org/v1\n") {
+                continue;
+            }
+            let dec = age::Decryptor::new_buffered(&bytes[..]).unwrap();
+            let mut r = dec
+                .decrypt(std::iter::once(&id as &dyn age::Identity))
+                .unwrap();
+            let mut plain = Vec::new();
+            r.read_to_end(&mut plain).unwrap();
+            out.push((p, plain));
+        }
+    }
+    out
+}
+
+/// Every JSON string value in a document.
+fn strings(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
+        Value::Object(o) => o.iter().for_each(|(k, x)| {
+            out.push(k.clone());
+            strings(x, out)
+        }),
+        _ => {}
+    }
+}
+
+fn certificates(env: &Env) -> Vec<PathBuf> {
+    let d = env.state.join("certificates/crm");
+    let mut v: Vec<PathBuf> = fs::read_dir(&d)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+async fn key_bytes(env: &Env, kind: KeyKind, name: &str) -> Vec<u8> {
+    let v = custos::ops::open_vault(&env.policy).await.unwrap();
+    v.lookup(kind, name).unwrap().1.expose().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_subject_leaves_no_key_and_no_row_anywhere() {
+    let env = setup().await;
+    let subject = busy_customer(&env.versions[0].1);
+    let pseudo = {
+        let v = custos::ops::open_vault(&env.policy).await.unwrap();
+        custos::crypto::subject_pseudonym(v.pseudonym_key(), &subject.to_string())
+    };
+    let key = key_bytes(&env, KeyKind::Subject, &pseudo).await;
+    // The search below can find the key: it is in a vault shard now.
+    assert!(vault_plaintexts(&env)
+        .iter()
+        .any(|(_, p)| contains(p, &key)));
+
+    let out = run(env
+        .cli()
+        .args(["shred", "--policy"])
+        .arg(&env.policy_path)
+        .args([
+            "--subject",
+            &subject.to_string(),
+            "--reason",
+            "erasure request",
+            "--request-ref",
+            "DSR-2026-0042",
+            "--now",
+        ]));
+    let text = stdout(&out);
+    assert!(text.contains("destroyed subject:"), "{text}");
+    assert!(!text.contains(&format!(" {subject} ")), "{text}");
+
+    // Every snapshot from every target: the customer's rows are gone and
+    // counted, every other row is identical.
+    let id = subject.to_string();
+    restore_all(&env, |db, out| {
+        minus(db, out, |t, col| {
+            let _ = t;
+            Some(format!("{col} = {id}"))
+        })
+    })
+    .await;
+
+    // The key is in no file of any vault location, target or the state
+    // directory, raw or inside a decrypted vault shard.
+    let roots = env.roots();
+    let refs: Vec<&Path> = roots.iter().map(PathBuf::as_path).collect();
+    let n = util::assert_absent(&refs, &[("subject key".into(), key.clone())]);
+    assert!(n > 20, "searched {n} files");
+    for (p, plain) in vault_plaintexts(&env) {
+        assert!(!contains(&plain, &key), "key found in {}", p.display());
+    }
+    let v = custos::ops::open_vault(&env.policy).await.unwrap();
+    assert!(v.lookup(KeyKind::Subject, &pseudo).is_none());
+
+    // One certificate: valid, on the primary, naming the pseudonym, never the id.
+    let certs = certificates(&env);
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    let cert_text = fs::read_to_string(&certs[0]).unwrap();
+    let cert: Value = serde_json::from_str(&cert_text).unwrap();
+    let body = &cert["body"];
+    assert_eq!(cert["kind"], "custos.certificate");
+    assert_eq!(body["method"], "cryptographic erase (purge)");
+    assert_eq!(body["unit"]["name"], pseudo.as_str());
+    assert_eq!(body["request_ref"], "DSR-2026-0042");
+    assert_eq!(body["grace_skipped"], true);
+    assert_eq!(body["verification"]["key_holders_found"], 0);
+    assert_eq!(body["targets"].as_array().unwrap().len(), 2);
+    for t in body["targets"].as_array().unwrap() {
+        assert_eq!(t["snapshots_affected"].as_array().unwrap().len(), 2, "{t}");
+        assert!(t["groups"].as_u64().unwrap() > 0);
+        assert_eq!(t["groups"], t["groups_unreadable"]);
+        assert!(t["error"].is_null(), "{t}");
+    }
+    let cid = body["id"].as_str().unwrap().to_string();
+    let on_primary = env
+        .dir
+        .join(format!("targets/primary/certificates/{cid}.json"));
+    assert_eq!(fs::read_to_string(on_primary).unwrap(), cert_text);
+    let mut all = Vec::new();
+    strings(&cert, &mut all);
+    assert!(
+        !all.iter().any(|s| s == &id),
+        "subject id in the certificate"
+    );
+
+    // The audit log records the request and the shred, without the id.
+    let log = fs::read_to_string(env.state.join("audit/audit.jsonl")).unwrap();
+    let mut ops = Vec::new();
+    for line in log.lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        let mut s = Vec::new();
+        strings(&e, &mut s);
+        assert!(!s
+            .iter()
+            .any(|x| x == &id || x.contains(&format!("subject {id}"))));
+        ops.push((e["op"].as_str().unwrap().to_string(), e["objects"].clone()));
+    }
+    assert!(
+        ops.iter()
+            .any(|(op, o)| op == "shred" && o[0] == cid.as_str()),
+        "{ops:?}"
+    );
+
+    // Verify: valid as stored; one byte changed makes it fail (exit code 3).
+    run(env
+        .cli()
+        .args(["certificates", "verify"])
+        .arg(&cid)
+        .arg("--public-key")
+        .arg(&env.public_key));
+    let shown = stdout(&run(env.cli().args([
+        "certificates",
+        "show",
+        &cid,
+        "--format",
+        "html",
+    ])));
+    assert!(shown.contains("cryptographic erase (purge)") && shown.contains(&pseudo));
+    let edited = env.dir.join("edited.json");
+    let mut b = cert_text.clone().into_bytes();
+    let at = cert_text.find("\"rows_unreadable\": ").unwrap() + 19;
+    b[at] = if b[at] == b'9' { b'8' } else { b'9' };
+    fs::write(&edited, &b).unwrap();
+    let bad = run_fail(
+        env.cli()
+            .args(["certificates", "verify"])
+            .arg(&edited)
+            .arg("--public-key")
+            .arg(&env.public_key),
+    );
+    assert_eq!(bad.status.code(), Some(3));
+
+    // A second request for the same subject says it is already destroyed.
+    let again = run_fail(
+        env.cli()
+            .args(["shred", "--policy"])
+            .arg(&env.policy_path)
+            .args(["--subject", &id]),
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already destroyed"));
+    assert!(!String::from_utf8_lossy(&again.stderr).contains(&format!(" {id} ")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn period_is_shredded_after_grace_while_held_and_cancelled_units_keep_their_data() {
+    let env = setup().await;
+    let held = busy_customer(&env.versions[0].1).to_string();
+    let p = |args: &[&str]| {
+        let mut c = env.cli();
+        c.arg(args[0])
+            .args(["--policy"])
+            .arg(&env.policy_path)
+            .args(&args[1..]);
+        c
+    };
+    let mut h = env.cli();
+    h.args(["holds", "add", "--policy"])
+        .arg(&env.policy_path)
+        .args(["--subject", &held, "--reason", "litigation 7/2026"]);
+    run(h);
+    // A held subject is not shredded, even with --now.
+    let out = stdout(&run(p(&["shred", "--subject", &held, "--now"])));
+    assert!(out.contains("held"), "{out}");
+    // A period request within grace, cancelled.
+    run(p(&[
+        "shred",
+        "--period",
+        "consumption:2025-12",
+        "--reason",
+        "retention",
+    ]));
+    let list = stdout(&run(p(&["shred", "--list"])));
+    assert!(
+        list.contains("pending      period:consumption:2025-12"),
+        "{list}"
+    );
+    assert!(list.contains("[HELD]"), "{list}");
+    run(p(&["shred", "--cancel", "--period", "consumption:2025-12"]));
+    // Another period: pending, not due at the first run, destroyed by the
+    // first run after the grace.
+    run(p(&[
+        "shred",
+        "--period",
+        "consumption:2026-01",
+        "--reason",
+        "retention ended",
+    ]));
+    let first = stdout(&run(p(&["shred", "--run"])));
+    assert!(
+        first.contains("waiting   period:consumption:2026-01"),
+        "{first}"
+    );
+    assert!(first.contains("held"), "{first}");
+    assert!(certificates(&env).is_empty());
+    let key = key_bytes(&env, KeyKind::Period, "consumption:2026-01").await;
+
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let opts = custos::shred::RunOptions {
+        now: chrono::Utc::now() + chrono::Duration::days(8),
+        performer: "job:crm/retention".into(),
+        role: "retention".into(),
+        only: None,
+    };
+    let r = custos::shred::run(&env.policy, &state, &opts)
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    assert_eq!(r.destroyed[0].unit.name, "consumption:2026-01");
+    assert_eq!(r.held.len(), 1);
+    assert_eq!(certificates(&env).len(), 1);
+
+    // January's CDRs are gone from every snapshot; the held subject's rows
+    // and December's rows (cancelled) are all still there.
+    restore_all(&env, |db, out| {
+        minus(db, out, |t, _| {
+            (t == "cdrs").then(|| "started_at LIKE '2026-01%'".to_string())
+        })
+    })
+    .await;
+    let v = custos::ops::open_vault(&env.policy).await.unwrap();
+    assert!(v.lookup(KeyKind::Period, "consumption:2025-12").is_some());
+    let pseudo = custos::crypto::subject_pseudonym(v.pseudonym_key(), &held);
+    assert!(v.lookup(KeyKind::Subject, &pseudo).is_some());
+    for (path, plain) in vault_plaintexts(&env) {
+        assert!(!contains(&plain, &key), "period key in {}", path.display());
+    }
+
+    // Lifting the hold lets the next run destroy the subject.
+    let mut h = env.cli();
+    h.args(["holds", "remove", "--policy"])
+        .arg(&env.policy_path)
+        .args(["--subject", &held]);
+    run(h);
+    let out = stdout(&run(p(&["shred", "--run"])));
+    assert!(
+        out.contains(&format!("destroyed subject:{pseudo}")),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_after_its_journal_is_finished_by_the_next_run() {
+    let env = setup().await;
+    let subject = busy_customer(&env.versions[1].1).to_string();
+    let pseudo = {
+        let v = custos::ops::open_vault(&env.policy).await.unwrap();
+        custos::crypto::subject_pseudonym(v.pseudonym_key(), &subject)
+    };
+    let key = key_bytes(&env, KeyKind::Subject, &pseudo).await;
+    let mut c = env.cli();
+    c.args(["shred", "--policy"])
+        .arg(&env.policy_path)
+        .args(["--subject", &subject, "--now"])
+        .env(custos::shred::CRASH_HOOK_ENV, "journal");
+    let out = run_fail(c);
+    assert!(!out.status.success());
+
+    // In progress: listed as such; the key is still stored, but fenced: a
+    // restore meanwhile cannot read it.
+    let mut l = env.cli();
+    l.args(["shred", "--policy"])
+        .arg(&env.policy_path)
+        .arg("--list");
+    let list = stdout(&run(l));
+    assert!(
+        list.contains(&format!("IN PROGRESS  subject:{pseudo}")),
+        "{list}"
+    );
+    assert!(vault_plaintexts(&env)
+        .iter()
+        .any(|(_, p)| contains(p, &key)));
+    let v = custos::ops::open_vault(&env.policy).await.unwrap();
+    assert!(
+        v.lookup(KeyKind::Subject, &pseudo).is_none(),
+        "fenced key readable"
+    );
+    assert!(v.entries().iter().any(|e| e.name == pseudo));
+    drop(v);
+    // A cancel is refused now.
+    let mut c = env.cli();
+    c.args(["shred", "--policy"])
+        .arg(&env.policy_path)
+        .args(["--cancel", "--subject", &subject]);
+    run_fail(c);
+
+    let mut r = env.cli();
+    r.args(["shred", "--policy"])
+        .arg(&env.policy_path)
+        .arg("--run");
+    let text = stdout(&run(r));
+    assert!(text.contains("finishing an interrupted run"), "{text}");
+    for (p, plain) in vault_plaintexts(&env) {
+        assert!(!contains(&plain, &key), "key left in {}", p.display());
+    }
+    let v = custos::ops::open_vault(&env.policy).await.unwrap();
+    assert!(!v.entries().iter().any(|e| e.name == pseudo));
+    assert!(v.fences().is_empty());
+    assert_eq!(certificates(&env).len(), 1);
+    let id = subject.clone();
+    restore_all(&env, |db, out| {
+        minus(db, out, |_, col| Some(format!("{col} = {id}")))
+    })
+    .await;
+}
