@@ -16,6 +16,7 @@ pub mod ops;
 pub mod policy;
 pub mod progress;
 pub mod repo;
+pub mod schedule;
 pub mod state;
 pub mod store;
 pub mod target;
