@@ -170,12 +170,25 @@ fn stop(mut child: Child) {
     }
 }
 
-/// Waits until `f` holds (or panics after `secs`).
-fn wait_for(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+impl Setup {
+    /// Waits until `f` holds, or panics after `secs` showing the logs.
+    fn wait_for(&self, secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !f() {
+            if Instant::now() > deadline {
+                let tail = |n| {
+                    let l = self.log(n);
+                    let lines: Vec<&str> = l.lines().collect();
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                };
+                panic!(
+                    "timed out waiting for {what}\n--- daemon 1 ---\n{}\n--- daemon 2 ---\n{}",
+                    tail(1),
+                    tail(2)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
@@ -200,7 +213,7 @@ fn s3_setup(schedule: &str, rows: usize, blob_len: usize) -> (S3Server, Setup) {
 fn a_two_second_cron_takes_the_expected_number_of_snapshots() {
     let (_s3, s) = s3_setup("backup = \"*/2 * * * * *\"", 50, 64);
     let d = s.daemon(1, &[]);
-    wait_for(60, "three runs", || s.runs_ok(1) >= 3);
+    s.wait_for(60, "three runs", || s.runs_ok(1) >= 3);
     stop(d);
     let ok = s.runs_ok(1) as usize;
     let snaps = s.snapshots();
@@ -232,7 +245,7 @@ fn a_two_second_cron_takes_the_expected_number_of_snapshots() {
 fn a_killed_daemon_catches_up_once_and_duplicates_nothing() {
     let (_s3, s) = s3_setup("backup = \"*/2 * * * * *\"", 50, 64);
     let mut d = s.daemon(1, &[]);
-    wait_for(60, "two runs", || s.runs_ok(1) >= 2);
+    s.wait_for(60, "two runs", || s.runs_ok(1) >= 2);
     d.kill().unwrap(); // SIGKILL: no clean stop
     d.wait().unwrap();
     let killed_at = chrono::Utc::now();
@@ -241,7 +254,7 @@ fn a_killed_daemon_catches_up_once_and_duplicates_nothing() {
     std::thread::sleep(Duration::from_secs(5));
     let restarted_at = chrono::Utc::now();
     let d = s.daemon(1, &[]);
-    wait_for(60, "two more runs", || s.runs_ok(1) >= before + 2);
+    s.wait_for(60, "two more runs", || s.runs_ok(1) >= before + 2);
     stop(d);
 
     let log = s.log(1);
@@ -276,7 +289,7 @@ fn an_overrun_is_skipped_not_stacked() {
     // A store whose backup takes longer than the one-second cron.
     let (_s3, s) = s3_setup("backup = \"* * * * * *\"", 600, 64 * 1024);
     let d = s.daemon(1, &["--max-jobs", "4"]);
-    wait_for(120, "an overrun", || {
+    s.wait_for(120, "an overrun", || {
         s.job_state(1)["ticks_skipped"].as_u64().unwrap_or(0) >= 2 && s.runs_ok(1) >= 2
     });
     stop(d);
@@ -390,7 +403,7 @@ fn two_daemons_on_one_policy_never_take_the_same_tick() {
     let s = Setup::new(&moto.endpoint, "bkt", env, "backup = \"*/2 * * * * *\"", 50, 64);
     let a = s.daemon(1, &[]);
     let b = s.daemon(2, &[]);
-    wait_for(90, "four runs between the two", || {
+    s.wait_for(90, "four runs between the two", || {
         s.runs_ok(1) + s.runs_ok(2) >= 4
     });
     stop(a);
