@@ -1345,7 +1345,8 @@ fn probe_store(p: &Policy, text: &str) -> Vec<PolicyError> {
     if !path.is_file() {
         return out;
     }
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else {
         return out;
     };
@@ -1383,7 +1384,10 @@ fn probe_store(p: &Policy, text: &str) -> Vec<PolicyError> {
         }
         let named = [
             ("subject", t.subject.as_deref()),
-            ("period.column", t.period.as_ref().map(|x| x.column.as_str())),
+            (
+                "period.column",
+                t.period.as_ref().map(|x| x.column.as_str()),
+            ),
             ("retain.after", t.retain.as_ref().map(|x| x.after.as_str())),
         ];
         for (key, col) in named {

@@ -59,7 +59,9 @@ impl Setup {
     ) -> Setup {
         let tmp = common::tempdir();
         let dir = tmp.path().to_path_buf();
-        run(custos().args(["keys", "init", "--out"]).arg(dir.join("keys")));
+        run(custos()
+            .args(["keys", "init", "--out"])
+            .arg(dir.join("keys")));
         make_db(&dir.join("crm.db"), rows, blob_len);
         let policies = dir.join("policies");
         std::fs::create_dir_all(&policies).unwrap();
@@ -93,7 +95,10 @@ max_retries = 1
         );
         let policy = policies.join("crm.toml");
         std::fs::write(&policy, text).unwrap();
-        run(custos().envs(env.clone()).args(["init", "--policy"]).arg(&policy));
+        run(custos()
+            .envs(env.clone())
+            .args(["init", "--policy"])
+            .arg(&policy));
         Setup {
             _tmp: tmp,
             dir,
@@ -116,7 +121,13 @@ max_retries = 1
             .unwrap();
         custos()
             .envs(self.env.clone())
-            .args(["--log-format", "json", "--log", "custos=info", "--state-dir"])
+            .args([
+                "--log-format",
+                "json",
+                "--log",
+                "custos=info",
+                "--state-dir",
+            ])
             .arg(self.state(n))
             .args(["run", "--policies"])
             .arg(&self.policies)
@@ -162,10 +173,16 @@ fn stop(mut child: Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "the daemon must exit cleanly on SIGTERM: {status}");
+            assert!(
+                status.success(),
+                "the daemon must exit cleanly on SIGTERM: {status}"
+            );
             return;
         }
-        assert!(Instant::now() < deadline, "the daemon did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -267,7 +284,11 @@ fn a_killed_daemon_catches_up_once_and_duplicates_nothing() {
                 .is_some_and(|m| m.starts_with("catching up"))
         })
         .collect();
-    assert_eq!(catch_up.len(), 1, "exactly one catch-up run after the restart");
+    assert_eq!(
+        catch_up.len(),
+        1,
+        "exactly one catch-up run after the restart"
+    );
     let t: chrono::DateTime<chrono::Utc> = catch_up[0]["tick"].as_str().unwrap().parse().unwrap();
     assert!(
         t > killed_at - chrono::Duration::seconds(2) && t <= restarted_at,
@@ -400,7 +421,14 @@ fn two_daemons_on_one_policy_never_take_the_same_tick() {
         ("AWS_ACCESS_KEY_ID".to_string(), "testing".to_string()),
         ("AWS_SECRET_ACCESS_KEY".to_string(), "testing".to_string()),
     ];
-    let s = Setup::new(&moto.endpoint, "bkt", env, "backup = \"*/2 * * * * *\"", 50, 64);
+    let s = Setup::new(
+        &moto.endpoint,
+        "bkt",
+        env,
+        "backup = \"*/2 * * * * *\"",
+        50,
+        64,
+    );
     let a = s.daemon(1, &[]);
     let b = s.daemon(2, &[]);
     s.wait_for(90, "four runs between the two", || {
@@ -413,12 +441,21 @@ fn two_daemons_on_one_policy_never_take_the_same_tick() {
     let n = all.len();
     all.sort();
     all.dedup();
-    assert_eq!(all.len(), n, "a tick was run by both daemons: {la:?} / {lb:?}");
+    assert_eq!(
+        all.len(),
+        n,
+        "a tick was run by both daemons: {la:?} / {lb:?}"
+    );
     let skipped = (s.log(1) + &s.log(2))
         .lines()
-        .filter(|l| l.contains("already run by another agent") || l.contains("another agent is running"))
+        .filter(|l| {
+            l.contains("already run by another agent") || l.contains("another agent is running")
+        })
         .count();
-    assert!(skipped > 0, "the daemons never met on a tick: the test proved nothing");
+    assert!(
+        skipped > 0,
+        "the daemons never met on a tick: the test proved nothing"
+    );
     assert_eq!(
         s.snapshots(),
         n,

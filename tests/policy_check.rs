@@ -46,13 +46,21 @@ fn folder(files: &[(&str, String)]) -> tempfile::TempDir {
 /// Checks the folder and returns its only problem.
 fn only_problem(d: &Path) -> PolicyError {
     let r = check_dir(d, true).unwrap();
-    assert_eq!(r.problems.len(), 1, "expected one problem: {:#?}", r.problems);
+    assert_eq!(
+        r.problems.len(),
+        1,
+        "expected one problem: {:#?}",
+        r.problems
+    );
     r.problems[0].clone()
 }
 
 /// The 1-based line of the first line of `text` containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).expect("needle") + 1
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle")
+        + 1
 }
 
 fn assert_placed(e: &PolicyError, file: &Path, line: usize, key: &str) {
@@ -60,43 +68,86 @@ fn assert_placed(e: &PolicyError, file: &Path, line: usize, key: &str) {
     assert_eq!(e.file, file, "{msg}");
     assert_eq!(e.line, line, "{msg}");
     assert_eq!(e.key, key, "{msg}");
-    assert!(msg.starts_with(&format!("{}:{line}:", file.display())), "{msg}");
+    assert!(
+        msg.starts_with(&format!("{}:{line}:", file.display())),
+        "{msg}"
+    );
     assert!(msg.contains(&format!("`{key}`")), "{msg}");
 }
 
 #[test]
 fn unknown_key() {
-    let text = policy("crm", "crm.db", "file:///srv/b/crm", "\n[schedule]\nbakup = \"0 0 2 * * *\"\n");
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[schedule]\nbakup = \"0 0 2 * * *\"\n",
+    );
     let d = folder(&[("crm.toml", text.clone())]);
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, "bakup"), "schedule.bakup");
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "bakup"),
+        "schedule.bakup",
+    );
     assert!(e.message.contains("unknown key `bakup`"), "{e}");
 }
 
 #[test]
 fn bad_cron() {
-    let text = policy("crm", "crm.db", "file:///srv/b/crm", "\n[schedule]\nbackup = \"0 2 * * *\"\n");
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[schedule]\nbackup = \"0 2 * * *\"\n",
+    );
     let d = folder(&[("crm.toml", text.clone())]);
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, "backup ="), "schedule.backup");
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "backup ="),
+        "schedule.backup",
+    );
     assert!(e.message.contains("did you mean `0 0 2 * * *`"), "{e}");
 }
 
 #[test]
 fn bad_duration() {
-    let text = policy("crm", "crm.db", "file:///srv/b/crm", "\n[drill]\nrto = \"half an hour\"\n");
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[drill]\nrto = \"half an hour\"\n",
+    );
     let d = folder(&[("crm.toml", text.clone())]);
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, "rto"), "drill.rto");
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "rto"),
+        "drill.rto",
+    );
     assert!(e.message.contains("not a duration"), "{e}");
 }
 
 #[test]
 fn catch_up_must_be_a_boolean() {
-    let text = policy("crm", "crm.db", "file:///srv/b/crm", "\n[schedule]\ncatch_up = \"yes\"\n");
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[schedule]\ncatch_up = \"yes\"\n",
+    );
     let d = folder(&[("crm.toml", text.clone())]);
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, "catch_up"), "schedule.catch_up");
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "catch_up"),
+        "schedule.catch_up",
+    );
 }
 
 #[test]
@@ -105,7 +156,12 @@ fn duplicate_policy_names_across_files() {
     let b = policy("crm", "b.db", "file:///srv/b/b", "");
     let d = folder(&[("a.toml", a), ("b.toml", b.clone())]);
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("b.toml"), line_of(&b, "name = \"crm\""), "policy.name");
+    assert_placed(
+        &e,
+        &d.path().join("b.toml"),
+        line_of(&b, "name = \"crm\""),
+        "policy.name",
+    );
     assert!(e.message.contains("a.toml"), "names the other file: {e}");
 }
 
@@ -115,7 +171,12 @@ fn two_policies_sharing_a_target() {
     let b = policy("billing", "b.db", "file:///srv/b/shared/billing", "");
     let d = folder(&[("a.toml", a), ("b.toml", b.clone())]);
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("b.toml"), line_of(&b, "url = \"file:///srv/b/shared/billing"), "targets[0].url");
+    assert_placed(
+        &e,
+        &d.path().join("b.toml"),
+        line_of(&b, "url = \"file:///srv/b/shared/billing"),
+        "targets[0].url",
+    );
     assert!(e.message.contains("policy `crm`"), "{e}");
 }
 
@@ -144,20 +205,34 @@ fn a_table_listed_twice() {
 
 fn store_with(d: &Path, sql: &str) -> PathBuf {
     let db = d.join("crm.db");
-    rusqlite::Connection::open(&db).unwrap().execute_batch(sql).unwrap();
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
     db
 }
 
 #[test]
 fn a_subject_column_missing_from_a_reachable_store() {
     let d = common::tempdir();
-    let db = store_with(d.path(), "CREATE TABLE customers (customer_id INTEGER, name TEXT);");
+    let db = store_with(
+        d.path(),
+        "CREATE TABLE customers (customer_id INTEGER, name TEXT);",
+    );
     let text = policy("crm", db.to_str().unwrap(), "file:///srv/b/crm", "");
     std::fs::write(d.path().join("crm.toml"), &text).unwrap();
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, "subject ="), "store.tables[0].subject");
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "subject ="),
+        "store.tables[0].subject",
+    );
     assert!(e.message.contains("column `id` does not exist"), "{e}");
-    assert!(e.message.contains("customer_id"), "lists the columns there are: {e}");
+    assert!(
+        e.message.contains("customer_id"),
+        "lists the columns there are: {e}"
+    );
     // Without probing the store, the same folder passes.
     assert!(check_dir(d.path(), false).unwrap().is_ok());
 }
@@ -169,7 +244,12 @@ fn a_table_missing_from_a_reachable_store() {
     let text = policy("crm", db.to_str().unwrap(), "file:///srv/b/crm", "");
     std::fs::write(d.path().join("crm.toml"), &text).unwrap();
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, "name = \"customers\""), "store.tables[0].name");
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "name = \"customers\""),
+        "store.tables[0].name",
+    );
 }
 
 #[test]
@@ -182,14 +262,29 @@ fn replication_without_an_offsite_target() {
     );
     let d = folder(&[("crm.toml", text.clone())]);
     let e = only_problem(d.path());
-    assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, "replicate ="), "schedule.replicate");
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "replicate ="),
+        "schedule.replicate",
+    );
     assert!(e.message.contains("offsite = true"), "{e}");
 }
 
 #[test]
 fn every_problem_of_every_file_is_reported_and_the_exit_code_is_2() {
-    let a = policy("crm", "a.db", "file:///srv/b/a", "\n[shred]\ngrace = \"soon\"\n");
-    let b = policy("Billing", "b.db", "file:///srv/b/b", "\n[schedule]\nbackup = \"nightly\"\n");
+    let a = policy(
+        "crm",
+        "a.db",
+        "file:///srv/b/a",
+        "\n[shred]\ngrace = \"soon\"\n",
+    );
+    let b = policy(
+        "Billing",
+        "b.db",
+        "file:///srv/b/b",
+        "\n[schedule]\nbackup = \"nightly\"\n",
+    );
     let d = folder(&[("a.toml", a), ("b.toml", b)]);
     let r = check_dir(d.path(), true).unwrap();
     let keys: Vec<&str> = r.problems.iter().map(|p| p.key.as_str()).collect();
@@ -198,7 +293,10 @@ fn every_problem_of_every_file_is_reported_and_the_exit_code_is_2() {
     assert_eq!(out.status.code(), Some(2));
     let text = common::stdout(&out);
     assert_eq!(text.lines().count(), 3, "{text}");
-    assert!(text.contains("a.toml:") && text.contains("b.toml:"), "{text}");
+    assert!(
+        text.contains("a.toml:") && text.contains("b.toml:"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -217,6 +315,10 @@ fn the_shipped_example_policies_pass() {
             c
         })
         .collect();
-    assert_eq!(classes.len(), 4, "examples cover the four data classes: {classes:?}");
+    assert_eq!(
+        classes.len(),
+        4,
+        "examples cover the four data classes: {classes:?}"
+    );
     assert!(r.policies.len() >= 4);
 }

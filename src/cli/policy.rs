@@ -83,7 +83,11 @@ fn show(a: ShowArgs) -> Result<()> {
             s += &format!(" subject={x}");
         }
         if let Some(x) = &t.period {
-            s += &format!(" period={} every {}", x.column, format!("{:?}", x.every).to_lowercase());
+            s += &format!(
+                " period={} every {}",
+                x.column,
+                format!("{:?}", x.every).to_lowercase()
+            );
         }
         if let Some(x) = &t.retain {
             s += &format!(" retain={} after {}", d(&x.for_), x.after);
@@ -133,10 +137,7 @@ fn show(a: ShowArgs) -> Result<()> {
         k(s.keep_yearly)
     );
     println!("[drill]");
-    println!(
-        "  rto = {}",
-        p.drill.rto.as_ref().map_or("none".into(), d)
-    );
+    println!("  rto = {}", p.drill.rto.as_ref().map_or("none".into(), d));
     println!("  asserts = {}", p.drill.assert.len());
     println!("[shred]");
     println!("  grace = {}", d(&p.shred.grace));

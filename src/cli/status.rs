@@ -25,7 +25,9 @@ pub fn run(a: StatusArgs) -> Result<()> {
         return Ok(());
     }
     let t = |v: Option<chrono::DateTime<chrono::Utc>>| {
-        v.map_or("-".to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        v.map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S").to_string()
+        })
     };
     println!(
         "{:<16} {:<10} {:<20} {:<10} {:<20} {:>5} {:>5} {:>5}",

@@ -252,7 +252,10 @@ pub async fn run(opts: DaemonOptions, files: StateFiles) -> Result<(), ScheduleE
         }
     }
 
-    tracing::info!(running = tasks.len(), "stopping: no new runs; waiting for running jobs");
+    tracing::info!(
+        running = tasks.len(),
+        "stopping: no new runs; waiting for running jobs"
+    );
     let drain = async { while tasks.join_next().await.is_some() {} };
     let stopped = tokio::select! {
         _ = tokio::time::timeout(opts.stop_timeout, drain) => true,
@@ -292,7 +295,9 @@ fn start_slot(
     }
     slot.next = slot.cron.next_after(now);
     let n = slot.next;
-    runner.states.update_logged(&name, job, |st| st.next_run = n);
+    runner
+        .states
+        .update_logged(&name, job, |st| st.next_run = n);
     Ok(())
 }
 
@@ -331,19 +336,31 @@ async fn run_tick(
         Ok(t) => t,
         Err(e) => {
             tracing::error!(policy = name, job = %job, tick = %tick, error = %e, "cannot open the primary target; tick not run");
-            let rec = record(tick, Utc::now(), JobOutcome::Failed { error: e.to_string() });
+            let rec = record(
+                tick,
+                Utc::now(),
+                JobOutcome::Failed {
+                    error: e.to_string(),
+                },
+            );
             save_run(&runner.states, name, job, &rec);
             return Ok(Some(rec));
         }
     };
     let lease = match Lease::claim(&target, name, job, tick, runner.ttl).await {
-        Ok(Claim::Claimed(l)) => l,
+        Ok(Claim::Claimed(l)) => *l,
         Ok(Claim::Done { last_tick }) => {
             tracing::info!(policy = name, job = %job, tick = %tick, done = %last_tick, "tick already run by another agent");
-            runner.states.update_logged(name, job, |st| st.handled(tick));
+            runner
+                .states
+                .update_logged(name, job, |st| st.handled(tick));
             return Ok(None);
         }
-        Ok(Claim::Held { holder, tick: t, expires }) => {
+        Ok(Claim::Held {
+            holder,
+            tick: t,
+            expires,
+        }) => {
             tracing::info!(policy = name, job = %job, tick = %tick, holder = %holder, held_tick = %t, expires = %expires,
                 "another agent is running this job; tick skipped");
             runner.states.update_logged(name, job, |st| {
@@ -354,7 +371,13 @@ async fn run_tick(
         }
         Err(e) => {
             tracing::error!(policy = name, job = %job, tick = %tick, error = %e, "cannot claim the tick's lease; tick not run");
-            let rec = record(tick, Utc::now(), JobOutcome::Failed { error: e.to_string() });
+            let rec = record(
+                tick,
+                Utc::now(),
+                JobOutcome::Failed {
+                    error: e.to_string(),
+                },
+            );
             save_run(&runner.states, name, job, &rec);
             return Ok(Some(rec));
         }
@@ -457,7 +480,7 @@ pub async fn run_once(
     let tick = Utc::now().trunc_subsecs(0);
     let target = crate::ops::open_target(policy, policy.primary(), false).map_err(Box::new)?;
     let lease = match Lease::claim(&target, &policy.name, job, tick, ttl).await? {
-        Claim::Claimed(l) => l,
+        Claim::Claimed(l) => *l,
         Claim::Held {
             holder,
             tick,

@@ -102,7 +102,7 @@ impl LeaseRecord {
 #[derive(Debug)]
 pub enum Claim {
     /// This agent runs the tick; renew and finish the lease.
-    Claimed(Lease),
+    Claimed(Box<Lease>),
     /// The tick (or a later one) was already run.
     Done { last_tick: DateTime<Utc> },
     /// Another agent is running a tick of this job.
@@ -191,7 +191,7 @@ impl Lease {
                         version: v,
                         ttl,
                     };
-                    return Ok(Claim::Claimed(lease));
+                    return Ok(Claim::Claimed(Box::new(lease)));
                 }
                 Put::Conflict => continue, // someone else wrote first: look again
             }
@@ -215,7 +215,16 @@ impl Lease {
         let mut rec = self.record.clone();
         rec.expires = Some(Utc::now() + self.ttl);
         let policy = self.record.policy.clone();
-        match write(&self.target, &policy, &self.path, &rec, self.version.clone(), false).await? {
+        match write(
+            &self.target,
+            &policy,
+            &self.path,
+            &rec,
+            self.version.clone(),
+            false,
+        )
+        .await?
+        {
             Put::Written(v) => {
                 self.record = rec;
                 self.version = v;
@@ -323,7 +332,11 @@ async fn write(
     };
     match target
         .store
-        .put_opts(&p, PutPayload::from_bytes(body.clone()), PutOptions::from(mode))
+        .put_opts(
+            &p,
+            PutPayload::from_bytes(body.clone()),
+            PutOptions::from(mode),
+        )
         .await
     {
         Ok(r) => Ok(Put::Written(Some(UpdateVersion {
@@ -335,8 +348,19 @@ async fn write(
         Err(object_store::Error::NotImplemented { .. }) => {
             // No conditional update (local file system): plain put, then
             // read back to see that ours is the one that stayed.
-            target.store.put(&p, PutPayload::from_bytes(body.clone())).await.map_err(fail)?;
-            let back = target.store.get(&p).await.map_err(fail)?.bytes().await.map_err(fail)?;
+            target
+                .store
+                .put(&p, PutPayload::from_bytes(body.clone()))
+                .await
+                .map_err(fail)?;
+            let back = target
+                .store
+                .get(&p)
+                .await
+                .map_err(fail)?
+                .bytes()
+                .await
+                .map_err(fail)?;
             if back == body {
                 Ok(Put::Written(None))
             } else {
@@ -365,24 +389,33 @@ mod tests {
         let t = mem_target();
         let tick = Utc::now();
         let ttl = Duration::from_secs(60);
-        let Claim::Claimed(mut lease) = Lease::claim(&t, "crm", JobKind::Backup, tick, ttl).await.unwrap() else {
+        let Claim::Claimed(mut lease) = Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
+            .await
+            .unwrap()
+        else {
             panic!("first claim must win");
         };
         // Held while running (same agent, but running: held).
         assert!(matches!(
-            Lease::claim(&t, "crm", JobKind::Backup, tick, ttl).await.unwrap(),
+            Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
+                .await
+                .unwrap(),
             Claim::Held { .. }
         ));
         lease.renew().await.unwrap();
         lease.finish(true, "ok").await.unwrap();
         assert!(matches!(
-            Lease::claim(&t, "crm", JobKind::Backup, tick, ttl).await.unwrap(),
+            Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
+                .await
+                .unwrap(),
             Claim::Done { .. }
         ));
         // The next tick is free again.
         let next = tick + chrono::Duration::seconds(2);
         assert!(matches!(
-            Lease::claim(&t, "crm", JobKind::Backup, next, ttl).await.unwrap(),
+            Lease::claim(&t, "crm", JobKind::Backup, next, ttl)
+                .await
+                .unwrap(),
             Claim::Claimed(_)
         ));
     }
@@ -392,17 +425,24 @@ mod tests {
         let t = mem_target();
         let tick = Utc::now();
         let Claim::Claimed(mut old) =
-            Lease::claim(&t, "crm", JobKind::Drill, tick, Duration::from_millis(1)).await.unwrap()
+            Lease::claim(&t, "crm", JobKind::Drill, tick, Duration::from_millis(1))
+                .await
+                .unwrap()
         else {
             panic!("claim");
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let Claim::Claimed(new) =
-            Lease::claim(&t, "crm", JobKind::Drill, tick, Duration::from_secs(60)).await.unwrap()
+            Lease::claim(&t, "crm", JobKind::Drill, tick, Duration::from_secs(60))
+                .await
+                .unwrap()
         else {
             panic!("an expired lease must be taken over");
         };
-        assert!(old.renew().await.is_err(), "the old holder must see it lost the lease");
+        assert!(
+            old.renew().await.is_err(),
+            "the old holder must see it lost the lease"
+        );
         new.finish(true, "ok").await.unwrap();
     }
 }

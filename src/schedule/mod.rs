@@ -47,7 +47,9 @@ pub enum ScheduleError {
         why: String,
     },
     /// The job state directory or a state file.
-    #[error("job state {path}: {why}; check the state directory (--state-dir) and its permissions")]
+    #[error(
+        "job state {path}: {why}; check the state directory (--state-dir) and its permissions"
+    )]
     State { path: PathBuf, why: String },
     /// The local state directory.
     #[error(transparent)]
@@ -111,7 +113,11 @@ impl Cron {
 
     /// The last tick in `(after, until]`, if any: the run to catch up when
     /// the daemon was down between `after` and `until`.
-    pub fn last_between(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub fn last_between(
+        &self,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         let first = self.next_after(after)?;
         if first > until {
             return None;

@@ -122,12 +122,17 @@ impl StateFiles {
         };
         let st: JobState = serde_json::from_slice(&bytes).map_err(|e| ScheduleError::State {
             path: path.clone(),
-            why: format!("not a job state file ({e}); delete it to start this job's history afresh"),
+            why: format!(
+                "not a job state file ({e}); delete it to start this job's history afresh"
+            ),
         })?;
         if st.version != STATE_VERSION {
             return Err(ScheduleError::State {
                 path,
-                why: format!("version {} is not known to this custos (knows {STATE_VERSION})", st.version),
+                why: format!(
+                    "version {} is not known to this custos (knows {STATE_VERSION})",
+                    st.version
+                ),
             });
         }
         Ok(Some(st))
