@@ -49,6 +49,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
+# moto (an S3 server whose conditional puts have exactly one winner) for
+# the lease tests, in a venv under the target dir; skipped without network.
+moto_venv="${CARGO_TARGET_DIR:-target}/moto-venv"
+if [ ! -x "$moto_venv/bin/moto_server" ] && command -v python3 >/dev/null 2>&1; then
+    echo "test.sh: installing moto into $moto_venv" >&2
+    if python3 -m venv "$moto_venv" \
+        && "$moto_venv/bin/pip" install -q 'moto[s3]==5.2.5' flask flask-cors; then
+        :
+    else
+        echo "test.sh: WARNING: cannot install moto; the two-daemon lease test will be skipped" >&2
+        rm -rf "$moto_venv"
+    fi
+fi
+if [ -x "$moto_venv/bin/moto_server" ]; then
+    export CUSTOS_MOTO_SERVER="$(cd "$moto_venv/bin" && pwd)/moto_server"
+fi
+
 cargo --version
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

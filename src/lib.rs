@@ -24,6 +24,7 @@ pub mod progress;
 pub mod replicate;
 pub mod repo;
 pub mod retention;
+pub mod schedule;
 pub mod shred;
 pub mod signed;
 pub mod state;

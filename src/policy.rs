@@ -251,12 +251,27 @@ pub use crate::target::S3Settings as S3Config;
 
 /// `[schedule]`: cron expressions (6 or 7 fields, seconds first), each
 /// checked to parse with the `cron` crate. `None`: the job is not scheduled.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScheduleConfig {
     pub backup: Option<String>,
     pub replicate: Option<String>,
     pub drill: Option<String>,
     pub retention: Option<String>,
+    /// Whether the daemon, on start, runs once a job whose run was missed
+    /// while it was down (default `true`); `false` skips missed runs.
+    pub catch_up: bool,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        ScheduleConfig {
+            backup: None,
+            replicate: None,
+            drill: None,
+            retention: None,
+            catch_up: true,
+        }
+    }
 }
 
 /// `[snapshots]`: how many snapshots each retention rule keeps.
@@ -539,6 +554,7 @@ struct RawSchedule {
     replicate: Option<S>,
     drill: Option<S>,
     retention: Option<S>,
+    catch_up: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -791,7 +807,9 @@ impl Checker<'_> {
 
         // [schedule]
         let mut schedule = ScheduleConfig::default();
+        let mut replicate_span = None;
         if let Some(r) = raw.schedule {
+            replicate_span = r.replicate.as_ref().map(|v| v.span());
             let mut cron = |v: Option<S>, key: &str| -> Option<String> {
                 let v = v?;
                 if let Err(why) = parse_cron(v.get_ref()) {
@@ -803,6 +821,19 @@ impl Checker<'_> {
             schedule.replicate = cron(r.replicate, "schedule.replicate");
             schedule.drill = cron(r.drill, "schedule.drill");
             schedule.retention = cron(r.retention, "schedule.retention");
+            schedule.catch_up = r.catch_up.unwrap_or(true);
+        }
+
+        // A policy that copies off-site needs an off-site target.
+        let has_offsite = raw.targets.get_ref().iter().any(|t| t.get_ref().offsite);
+        if !has_offsite && !raw.targets.get_ref().is_empty() {
+            if let (Some(rep), Some(span)) = (&schedule.replicate, replicate_span) {
+                self.err(
+                    span,
+                    "schedule.replicate",
+                    format!("replication is scheduled (`{rep}`) but no target has `offsite = true`; add an off-site [[targets]] entry or remove the schedule"),
+                );
+            }
         }
 
         // [drill]
@@ -863,6 +894,13 @@ impl Checker<'_> {
         if let Some(m) = raw_replication.min_copies {
             let n = *m.get_ref();
             let have = raw.targets.get_ref().len();
+            if n >= 2 && !has_offsite && n as usize <= have {
+                self.err(
+                    m.span(),
+                    "replication.min_copies",
+                    format!("asks for {n} copies but no target has `offsite = true`: copies in one place are not off-site; mark the copy's target `offsite = true`"),
+                );
+            }
             if n == 0 {
                 self.err(m.span(), "replication.min_copies", "must be at least 1");
             } else if n as usize > have {
@@ -1178,6 +1216,256 @@ impl Checker<'_> {
             ),
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Checking a folder of policies
+// ---------------------------------------------------------------------------
+
+/// The result of checking every policy file (`*.toml`) of a folder: what
+/// `custos policy check DIR` prints and what the daemon loads.
+#[derive(Clone, Debug, Default)]
+pub struct DirCheck {
+    /// The files found, sorted.
+    pub files: Vec<PathBuf>,
+    /// The policies that parsed and validated on their own (a cross-file
+    /// problem such as a duplicate name is in `problems` but its policy is
+    /// still listed here).
+    pub policies: Vec<Policy>,
+    /// Every problem, in file order; each has an empty `more`.
+    pub problems: Vec<PolicyError>,
+}
+
+impl DirCheck {
+    /// True when no problem was found.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Checks every `*.toml` file of `dir` (not recursive): each file on its
+/// own (see [`Policy::load`]), then across files (duplicate policy names,
+/// two policies sharing a target location), then, when `probe_stores` is
+/// set, each reachable SQLite store (listed tables and the columns named by
+/// `subject`, `period.column` and `retain.after` exist). A store that cannot
+/// be opened is not a problem here: it may live on another machine.
+///
+/// Returns an error only when the folder itself cannot be read.
+pub fn check_dir(dir: &Path, probe_stores: bool) -> Result<DirCheck, PolicyError> {
+    let unreadable = |why: String| PolicyError {
+        file: dir.to_path_buf(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message: why,
+        more: Vec::new(),
+    };
+    let rd = std::fs::read_dir(dir).map_err(|e| {
+        unreadable(format!(
+            "cannot read the policy folder ({e}); check the path and its permissions"
+        ))
+    })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    let mut out = DirCheck {
+        files: files.clone(),
+        ..DirCheck::default()
+    };
+    if files.is_empty() {
+        out.problems.push(unreadable(
+            "no policy files (*.toml) in this folder; add one (see docs/POLICY.md)".into(),
+        ));
+        return Ok(out);
+    }
+    let mut texts: HashMap<PathBuf, String> = HashMap::new();
+    for f in &files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                out.problems.push(PolicyError {
+                    file: f.clone(),
+                    line: 0,
+                    column: 0,
+                    key: String::new(),
+                    message: format!("cannot read the policy file ({e}); check its permissions"),
+                    more: Vec::new(),
+                });
+                continue;
+            }
+        };
+        match Policy::from_str(&text, f) {
+            Ok(p) => {
+                if probe_stores {
+                    out.problems.extend(probe_store(&p, &text));
+                }
+                out.policies.push(p);
+            }
+            Err(e) => out.problems.extend(e.problems().map(|p| PolicyError {
+                more: Vec::new(),
+                ..p.clone()
+            })),
+        }
+        texts.insert(f.clone(), text);
+    }
+
+    // Across files: names and target locations must not be shared.
+    let placed = |p: &Policy, key: &str, message: String| {
+        let text = texts.get(&p.file).map(String::as_str).unwrap_or("");
+        let (line, column) = locate_key(text, key).unwrap_or((0, 0));
+        PolicyError {
+            file: p.file.clone(),
+            line,
+            column,
+            key: key.to_string(),
+            message,
+            more: Vec::new(),
+        }
+    };
+    let mut names: HashMap<&str, &Policy> = HashMap::new();
+    let mut locations: HashMap<Location, (&Policy, usize)> = HashMap::new();
+    let mut cross = Vec::new();
+    for p in &out.policies {
+        if let Some(first) = names.get(p.name.as_str()) {
+            cross.push(placed(
+                p,
+                "policy.name",
+                format!(
+                    "policy `{}` is already defined in {}; policy names must be unique (they name job state and leases): rename one",
+                    p.name,
+                    first.file.display()
+                ),
+            ));
+        } else {
+            names.insert(&p.name, p);
+        }
+        for (i, t) in p.targets.iter().enumerate() {
+            let Some(loc) = Location::parse(&t.url) else {
+                continue;
+            };
+            if let Some((q, j)) = locations
+                .iter()
+                .find(|(l, _)| l.overlaps(&loc))
+                .map(|(_, v)| *v)
+            {
+                cross.push(placed(
+                    p,
+                    &format!("targets[{i}].url"),
+                    format!(
+                        "is the same location as (or inside) target `{}` of policy `{}` in {} (targets[{j}]); each policy needs its own repository",
+                        q.targets[j].name,
+                        q.name,
+                        q.file.display()
+                    ),
+                ));
+            } else {
+                locations.insert(loc, (p, i));
+            }
+        }
+    }
+    out.problems.extend(cross);
+    out.problems
+        .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+    Ok(out)
+}
+
+/// Checks a reachable SQLite store against the policy: every listed table
+/// exists and has the columns the policy names. Nothing is reported when
+/// the store is not a SQLite file on this machine.
+fn probe_store(p: &Policy, text: &str) -> Vec<PolicyError> {
+    let mut out = Vec::new();
+    let (StoreKind::Sqlite, Some(path)) = (p.store.kind, &p.store.path) else {
+        return out;
+    };
+    if !path.is_file() {
+        return out;
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = rusqlite::Connection::open_with_flags(path, flags) else {
+        return out;
+    };
+    let mut problem = |key: String, message: String| {
+        let (line, column) = locate_key(text, &key).unwrap_or((0, 0));
+        out.push(PolicyError {
+            file: p.file.clone(),
+            line,
+            column,
+            key,
+            message,
+            more: Vec::new(),
+        });
+    };
+    for (i, t) in p.store.tables.iter().enumerate() {
+        let cols: Vec<String> = match conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .and_then(|mut st| {
+                st.query_map([&t.name], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            }) {
+            Ok(c) => c,
+            Err(_) => continue,
+        };
+        if cols.is_empty() {
+            problem(
+                format!("store.tables[{i}].name"),
+                format!(
+                    "table `{}` does not exist in the store {}; fix the name or remove the entry",
+                    t.name,
+                    path.display()
+                ),
+            );
+            continue;
+        }
+        let named = [
+            ("subject", t.subject.as_deref()),
+            (
+                "period.column",
+                t.period.as_ref().map(|x| x.column.as_str()),
+            ),
+            ("retain.after", t.retain.as_ref().map(|x| x.after.as_str())),
+        ];
+        for (key, col) in named {
+            if let Some(c) = col {
+                if !cols.iter().any(|x| x == c) {
+                    problem(
+                        format!("store.tables[{i}].{key}"),
+                        format!(
+                            "column `{c}` does not exist in table `{}` of the store {}; it has: {}",
+                            t.name,
+                            path.display(),
+                            cols.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The 1-based line and column of key path `key` (`policy.name`,
+/// `store.tables[1].subject`) in policy text: where the key or its table
+/// header is written.
+pub fn locate_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    let b = text.as_bytes();
+    let mut fallback = None;
+    for i in 0..b.len() {
+        let starts_token = i == 0 || matches!(b[i - 1], b'\n' | b' ' | b'\t' | b'{' | b',' | b'[');
+        if !starts_token || b[i].is_ascii_whitespace() || b[i] == b'#' {
+            continue;
+        }
+        let at = key_path_at(text, i);
+        if at == key {
+            return Some(line_col(text, i));
+        }
+        if fallback.is_none() && at.starts_with(key) {
+            fallback = Some(line_col(text, i));
+        }
+    }
+    fallback
 }
 
 /// Where an object-store URL points: scheme, host and path segments, for

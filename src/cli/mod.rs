@@ -17,13 +17,16 @@ mod drill;
 mod holds;
 mod init;
 mod keys;
+mod policy;
 mod progress;
 mod replicate;
 mod reports;
 mod restore;
 mod retention;
+mod run;
 mod shred;
 mod snapshots;
+mod status;
 mod targets;
 
 use anyhow::Result;
@@ -38,8 +41,12 @@ use std::process::ExitCode;
 )]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `custos=debug`.
-    #[arg(long, global = true, default_value = "warn", env = "CUSTOS_LOG")]
-    log: String,
+    /// Default: `warn`, or `info` for `run` and `run-once`.
+    #[arg(long, global = true, env = "CUSTOS_LOG")]
+    log: Option<String>,
+    /// Log format on stderr: `text` or `json` (one object per line).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Local state directory (audit log, job state, report copies).
     /// Default: `$XDG_STATE_HOME/custos` or `~/.local/state/custos`.
     #[arg(long, global = true, env = "CUSTOS_STATE_DIR")]
@@ -87,6 +94,16 @@ enum Command {
     /// Generate or change the telecom demo database (for benchmarks).
     #[command(subcommand, name = "demo-data")]
     DemoData(demo::DemoDataCmd),
+    /// Check policy files, or show one with its defaults and next runs.
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
+    /// The daemon: run every policy's jobs on their schedules.
+    Run(run::RunArgs),
+    /// Run one job of one policy now (for cron, Kubernetes CronJobs).
+    #[command(name = "run-once")]
+    RunOnce(run::RunOnceArgs),
+    /// Per policy and job: last run, outcome, next run.
+    Status(status::StatusArgs),
 }
 
 /// An error with its exit code.
@@ -100,7 +117,10 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     use custos::repo::RepoError;
     use custos::store::sqlite::SqliteError;
     use custos::vault::VaultError;
-    if e.downcast_ref::<custos::policy::PolicyError>().is_some() {
+    if e.downcast_ref::<custos::policy::PolicyError>().is_some()
+        || e.downcast_ref::<policy::Problems>().is_some()
+        || e.downcast_ref::<run::NotBuilt>().is_some()
+    {
         return 2;
     }
     if let Some(s) = e.downcast_ref::<custos::shred::ShredError>() {
@@ -116,6 +136,13 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
             | S::NotHeld { .. }
             | S::Keys(_) => 2,
             S::LedgerCorrupt { .. } | S::Incomplete { .. } => 3,
+            _ => 1,
+        };
+    }
+    if let Some(s) = e.downcast_ref::<custos::schedule::ScheduleError>() {
+        use custos::schedule::ScheduleError as S;
+        return match s {
+            S::Policy(_) | S::Policies { .. } | S::Cron { .. } => 2,
             _ => 1,
         };
     }
@@ -163,12 +190,21 @@ pub fn state_dir() -> Result<custos::state::StateDir> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let _ = STATE_DIR.set(cli.state_dir.clone());
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    let default_log = match cli.command {
+        Command::Run(_) | Command::RunOnce(_) => "info",
+        _ => "warn",
+    };
+    let log = cli.log.as_deref().unwrap_or(default_log);
+    let filter = tracing_subscriber::EnvFilter::try_new(log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -197,6 +233,10 @@ pub fn main() -> ExitCode {
             Command::Certificates(c) => certificates::run(c),
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
+            Command::Policy(c) => policy::run(c).map_err(wrap),
+            Command::Run(a) => run::run(a).await.map_err(wrap),
+            Command::RunOnce(a) => run::run_once(a).await.map_err(wrap),
+            Command::Status(a) => status::run(a).map_err(wrap),
         }
     });
     match r {

@@ -1,0 +1,324 @@
+//! `policy check DIR`: every problem of a folder of policies, each naming
+//! the file, line and key; one test per class of mistake.
+
+mod common;
+
+use custos::policy::{check_dir, PolicyError};
+use std::path::{Path, PathBuf};
+
+const RECIPIENT: &str = "age1jd62egkwa5z34vefwl5r0f4unyna4gew9ezm3se7yphp0dpfjanschuhak";
+
+/// A valid policy named `name` backing up `db` to `target`.
+fn policy(name: &str, db: &str, target: &str, extra: &str) -> String {
+    format!(
+        r#"[policy]
+name = "{name}"
+
+[store]
+kind = "sqlite"
+path = "{db}"
+
+[[store.tables]]
+name = "customers"
+class = "identity"
+subject = "id"
+
+[keys]
+identity = "service.age"
+recipients = ["{RECIPIENT}"]
+vault = ["file:///var/lib/custos/vault/{name}"]
+
+[[targets]]
+name = "primary"
+url = "{target}"
+{extra}"#
+    )
+}
+
+fn folder(files: &[(&str, String)]) -> tempfile::TempDir {
+    let d = common::tempdir();
+    for (n, text) in files {
+        std::fs::write(d.path().join(n), text).unwrap();
+    }
+    d
+}
+
+/// Checks the folder and returns its only problem.
+fn only_problem(d: &Path) -> PolicyError {
+    let r = check_dir(d, true).unwrap();
+    assert_eq!(
+        r.problems.len(),
+        1,
+        "expected one problem: {:#?}",
+        r.problems
+    );
+    r.problems[0].clone()
+}
+
+/// The 1-based line of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle")
+        + 1
+}
+
+fn assert_placed(e: &PolicyError, file: &Path, line: usize, key: &str) {
+    let msg = e.to_string();
+    assert_eq!(e.file, file, "{msg}");
+    assert_eq!(e.line, line, "{msg}");
+    assert_eq!(e.key, key, "{msg}");
+    assert!(
+        msg.starts_with(&format!("{}:{line}:", file.display())),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("`{key}`")), "{msg}");
+}
+
+#[test]
+fn unknown_key() {
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[schedule]\nbakup = \"0 0 2 * * *\"\n",
+    );
+    let d = folder(&[("crm.toml", text.clone())]);
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "bakup"),
+        "schedule.bakup",
+    );
+    assert!(e.message.contains("unknown key `bakup`"), "{e}");
+}
+
+#[test]
+fn bad_cron() {
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[schedule]\nbackup = \"0 2 * * *\"\n",
+    );
+    let d = folder(&[("crm.toml", text.clone())]);
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "backup ="),
+        "schedule.backup",
+    );
+    assert!(e.message.contains("did you mean `0 0 2 * * *`"), "{e}");
+}
+
+#[test]
+fn bad_duration() {
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[drill]\nrto = \"half an hour\"\n",
+    );
+    let d = folder(&[("crm.toml", text.clone())]);
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "rto"),
+        "drill.rto",
+    );
+    assert!(e.message.contains("not a duration"), "{e}");
+}
+
+#[test]
+fn catch_up_must_be_a_boolean() {
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[schedule]\ncatch_up = \"yes\"\n",
+    );
+    let d = folder(&[("crm.toml", text.clone())]);
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "catch_up"),
+        "schedule.catch_up",
+    );
+}
+
+#[test]
+fn duplicate_policy_names_across_files() {
+    let a = policy("crm", "a.db", "file:///srv/b/a", "");
+    let b = policy("crm", "b.db", "file:///srv/b/b", "");
+    let d = folder(&[("a.toml", a), ("b.toml", b.clone())]);
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("b.toml"),
+        line_of(&b, "name = \"crm\""),
+        "policy.name",
+    );
+    assert!(e.message.contains("a.toml"), "names the other file: {e}");
+}
+
+#[test]
+fn two_policies_sharing_a_target() {
+    let a = policy("crm", "a.db", "file:///srv/b/shared", "");
+    let b = policy("billing", "b.db", "file:///srv/b/shared/billing", "");
+    let d = folder(&[("a.toml", a), ("b.toml", b.clone())]);
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("b.toml"),
+        line_of(&b, "url = \"file:///srv/b/shared/billing"),
+        "targets[0].url",
+    );
+    assert!(e.message.contains("policy `crm`"), "{e}");
+}
+
+#[test]
+fn a_table_listed_twice() {
+    let extra = "\n[[store.tables]]\nname = \"customers\"\nclass = \"business\"\n";
+    // Tables must come before [keys] in this helper's layout: insert after the first table.
+    let text = policy("crm", "crm.db", "file:///srv/b/crm", "").replacen(
+        "\n[keys]",
+        &format!("{extra}\n[keys]"),
+        1,
+    );
+    let d = folder(&[("crm.toml", text.clone())]);
+    let e = only_problem(d.path());
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("name = \"customers\""))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    assert_placed(&e, &d.path().join("crm.toml"), line, "store.tables[1].name");
+    assert!(e.message.contains("already listed"), "{e}");
+}
+
+fn store_with(d: &Path, sql: &str) -> PathBuf {
+    let db = d.join("crm.db");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(sql)
+        .unwrap();
+    db
+}
+
+#[test]
+fn a_subject_column_missing_from_a_reachable_store() {
+    let d = common::tempdir();
+    let db = store_with(
+        d.path(),
+        "CREATE TABLE customers (customer_id INTEGER, name TEXT);",
+    );
+    let text = policy("crm", db.to_str().unwrap(), "file:///srv/b/crm", "");
+    std::fs::write(d.path().join("crm.toml"), &text).unwrap();
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "subject ="),
+        "store.tables[0].subject",
+    );
+    assert!(e.message.contains("column `id` does not exist"), "{e}");
+    assert!(
+        e.message.contains("customer_id"),
+        "lists the columns there are: {e}"
+    );
+    // Without probing the store, the same folder passes.
+    assert!(check_dir(d.path(), false).unwrap().is_ok());
+}
+
+#[test]
+fn a_table_missing_from_a_reachable_store() {
+    let d = common::tempdir();
+    let db = store_with(d.path(), "CREATE TABLE clients (id INTEGER);");
+    let text = policy("crm", db.to_str().unwrap(), "file:///srv/b/crm", "");
+    std::fs::write(d.path().join("crm.toml"), &text).unwrap();
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "name = \"customers\""),
+        "store.tables[0].name",
+    );
+}
+
+#[test]
+fn replication_without_an_offsite_target() {
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[[targets]]\nname = \"second\"\nurl = \"file:///srv/c/crm\"\n\n[schedule]\nreplicate = \"0 0 3 * * *\"\n",
+    );
+    let d = folder(&[("crm.toml", text.clone())]);
+    let e = only_problem(d.path());
+    assert_placed(
+        &e,
+        &d.path().join("crm.toml"),
+        line_of(&text, "replicate ="),
+        "schedule.replicate",
+    );
+    assert!(e.message.contains("offsite = true"), "{e}");
+}
+
+#[test]
+fn every_problem_of_every_file_is_reported_and_the_exit_code_is_2() {
+    let a = policy(
+        "crm",
+        "a.db",
+        "file:///srv/b/a",
+        "\n[shred]\ngrace = \"soon\"\n",
+    );
+    let b = policy(
+        "Billing",
+        "b.db",
+        "file:///srv/b/b",
+        "\n[schedule]\nbackup = \"nightly\"\n",
+    );
+    let d = folder(&[("a.toml", a), ("b.toml", b)]);
+    let r = check_dir(d.path(), true).unwrap();
+    let keys: Vec<&str> = r.problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(keys, ["shred.grace", "policy.name", "schedule.backup"]);
+    let out = common::run_fail(common::custos().args(["policy", "check"]).arg(d.path()));
+    assert_eq!(out.status.code(), Some(2));
+    let text = common::stdout(&out);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.contains("a.toml:") && text.contains("b.toml:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_shipped_example_policies_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies");
+    let r = check_dir(&dir, true).unwrap();
+    assert!(r.is_ok(), "{:#?}", r.problems);
+    let classes: std::collections::BTreeSet<_> = r
+        .policies
+        .iter()
+        .flat_map(|p| {
+            let mut c: Vec<_> = p.store.tables.iter().map(|t| t.class).collect();
+            if p.store.kind == custos::policy::StoreKind::Files {
+                c.push(p.store.class);
+            }
+            c
+        })
+        .collect();
+    assert_eq!(
+        classes.len(),
+        4,
+        "examples cover the four data classes: {classes:?}"
+    );
+    assert!(r.policies.len() >= 4);
+}
