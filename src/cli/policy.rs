@@ -162,7 +162,7 @@ fn humanize(secs: u64) -> String {
         (1, "s"),
     ];
     for (n, u) in UNITS {
-        if secs >= n && secs % n == 0 {
+        if secs >= n && secs.is_multiple_of(n) {
             return format!("{}{u}", secs / n);
         }
     }
