@@ -958,7 +958,10 @@ impl Checker<'_> {
             }
         }
         if kind != StoreKind::Postgres {
-            for (key, v) in [("password_file", &r.password_file), ("password_env", &r.password_env)] {
+            for (key, v) in [
+                ("password_file", &r.password_file),
+                ("password_env", &r.password_env),
+            ] {
                 if let Some(v) = v {
                     self.err(
                         v.span(),
@@ -968,7 +971,11 @@ impl Checker<'_> {
                 }
             }
             if let Some(v) = r.schemas.as_ref().and_then(|s| s.first()) {
-                self.err(v.span(), "store.schemas", "only a `postgres` store takes `schemas`");
+                self.err(
+                    v.span(),
+                    "store.schemas",
+                    "only a `postgres` store takes `schemas`",
+                );
             }
         }
         if let (Some(_), Some(b)) = (&r.password_file, &r.password_env) {
@@ -980,7 +987,11 @@ impl Checker<'_> {
         }
         for (i, v) in r.schemas.iter().flatten().enumerate() {
             if v.get_ref().trim().is_empty() {
-                self.err(v.span(), &format!("store.schemas[{i}]"), "the schema name is empty");
+                self.err(
+                    v.span(),
+                    &format!("store.schemas[{i}]"),
+                    "the schema name is empty",
+                );
             }
         }
         let record = kind != StoreKind::Files;

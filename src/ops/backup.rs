@@ -21,8 +21,7 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::pack::{pack_path, seal_chunk, Codec, PackWriter};
 use crate::repo::snapshot::{
-    FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
-    TableEntry,
+    FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
 };
 use crate::repo::tree::{
     FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
@@ -1136,7 +1135,8 @@ impl ReaderCtx {
                 checksum =
                     checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
                 if window.bytes >= self.window_budget {
-                    groups += self.flush_window(&mut window, name, class, &mut pager, &mut pages)?;
+                    groups +=
+                        self.flush_window(&mut window, name, class, &mut pager, &mut pages)?;
                 }
             }
             self.progress.advance(n);

@@ -425,8 +425,9 @@ async fn restore_postgres(
             ..Default::default()
         };
         for pid in &t.pages {
-            let Page::Groups { groups, table: pt, .. } =
-                Page::load(&mut cache, &index, &meta, pid).await?
+            let Page::Groups {
+                groups, table: pt, ..
+            } = Page::load(&mut cache, &index, &meta, pid).await?
             else {
                 return Err(OpsError::Invalid(format!(
                     "tree {pid} of table {} is not a group page",

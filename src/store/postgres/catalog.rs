@@ -38,7 +38,8 @@ impl PgTable {
     /// Whether a policy's table name means this table (`name` for schema
     /// `public`, or `schema.name`).
     pub fn matches(&self, policy_name: &str) -> bool {
-        policy_name == self.display_name() || policy_name == format!("{}.{}", self.schema, self.name)
+        policy_name == self.display_name()
+            || policy_name == format!("{}.{}", self.schema, self.name)
     }
 
     /// `"schema"."name"`.

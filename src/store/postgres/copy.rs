@@ -104,8 +104,14 @@ mod tests {
 
     #[test]
     fn escapes_of_other_writers_decode() {
-        assert_eq!(decode_copy_field(b"a\\101\\x42\\q").unwrap().unwrap(), b"aABq");
-        assert_eq!(decode_copy_field(b"\\b\\f\\v").unwrap().unwrap(), [8, 12, 11]);
+        assert_eq!(
+            decode_copy_field(b"a\\101\\x42\\q").unwrap().unwrap(),
+            b"aABq"
+        );
+        assert_eq!(
+            decode_copy_field(b"\\b\\f\\v").unwrap().unwrap(),
+            [8, 12, 11]
+        );
         assert!(decode_copy_field(b"x\\").is_err());
     }
 }

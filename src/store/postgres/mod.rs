@@ -165,19 +165,19 @@ impl PgConn {
         })?;
         let mut c = PgConn::parse(url)?;
         if let Some(path) = &store.password_file {
-            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                PgError::Password {
-                    what: format!("password_file {}", path.display()),
-                    why: format!("{e}; create it (mode 0600) or fix the path"),
-                }
-            })?);
+            let text =
+                Zeroizing::new(
+                    std::fs::read_to_string(path).map_err(|e| PgError::Password {
+                        what: format!("password_file {}", path.display()),
+                        why: format!("{e}; create it (mode 0600) or fix the path"),
+                    })?,
+                );
             let line = text.lines().next().unwrap_or("").to_string();
             c = c.with_password(Zeroizing::new(line));
         } else if let Some(var) = &store.password_env {
             let v = std::env::var(var).map_err(|_| PgError::Password {
                 what: format!("password_env {var}"),
-                why: "the environment variable is not set (or not UTF-8); set it for custos"
-                    .into(),
+                why: "the environment variable is not set (or not UTF-8); set it for custos".into(),
             })?;
             c = c.with_password(Zeroizing::new(v));
         }
@@ -684,36 +684,34 @@ async fn copy_table(
         table: t.display_name(),
         why: why.to_string(),
     };
-    let mut handle_line = |line: &[u8],
-                           batch: &mut RowBatch,
-                           batch_bytes: &mut usize|
-     -> Result<(), PgError> {
-        fields.clear();
-        for f in line.split(|b| *b == b'\t') {
-            fields.push(decode_copy_field(f).map_err(|w| bad(w))?);
-        }
-        if fields.len() != ncols {
-            return Err(bad("COPY returned a row with the wrong number of columns"));
-        }
-        let values: Vec<ValueRef<'_>> = fields
-            .iter()
-            .map(|f| match f {
-                Some(b) => ValueRef::Text(b),
-                None => ValueRef::Null,
-            })
-            .collect();
-        let mut out = Vec::with_capacity(line.len() + 2 * ncols + 4);
-        encode_row(None, &values, &mut out);
-        let c = coords(
-            plan.subject
-                .and_then(|(i, k)| fields[i].as_deref().map(|v| (v, k))),
-            plan.period
-                .and_then(|(i, k, e)| fields[i].as_deref().map(|v| (v, k, e))),
-        );
-        *batch_bytes += out.len();
-        batch.push((c, out));
-        Ok(())
-    };
+    let mut handle_line =
+        |line: &[u8], batch: &mut RowBatch, batch_bytes: &mut usize| -> Result<(), PgError> {
+            fields.clear();
+            for f in line.split(|b| *b == b'\t') {
+                fields.push(decode_copy_field(f).map_err(|w| bad(w))?);
+            }
+            if fields.len() != ncols {
+                return Err(bad("COPY returned a row with the wrong number of columns"));
+            }
+            let values: Vec<ValueRef<'_>> = fields
+                .iter()
+                .map(|f| match f {
+                    Some(b) => ValueRef::Text(b),
+                    None => ValueRef::Null,
+                })
+                .collect();
+            let mut out = Vec::with_capacity(line.len() + 2 * ncols + 4);
+            encode_row(None, &values, &mut out);
+            let c = coords(
+                plan.subject
+                    .and_then(|(i, k)| fields[i].as_deref().map(|v| (v, k))),
+                plan.period
+                    .and_then(|(i, k, e)| fields[i].as_deref().map(|v| (v, k, e))),
+            );
+            *batch_bytes += out.len();
+            batch.push((c, out));
+            Ok(())
+        };
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| conn.query_err(&format!("reading table {}", t.display_name()), &e))?;

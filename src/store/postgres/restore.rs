@@ -141,7 +141,12 @@ impl PgRestorer {
             .get(0);
         let tools = PgTools::locate(&version).await?;
         tools
-            .psql(conn.url(), "schema (pre-data)", &schema.pre_data, &conn.tool_env())
+            .psql(
+                conn.url(),
+                "schema (pre-data)",
+                &schema.pre_data,
+                &conn.tool_env(),
+            )
             .await?;
         Ok(PgRestorer {
             conn,
@@ -161,14 +166,10 @@ impl PgRestorer {
             table.qualified(),
             table.column_list()
         );
-        let sink = self
-            .client
-            .copy_in::<_, Bytes>(&sql)
-            .await
-            .map_err(|e| {
-                self.conn
-                    .query_err(&format!("loading table {}", table.display_name()), &e)
-            })?;
+        let sink = self.client.copy_in::<_, Bytes>(&sql).await.map_err(|e| {
+            self.conn
+                .query_err(&format!("loading table {}", table.display_name()), &e)
+        })?;
         self.current = Some((table.clone(), Box::pin(sink)));
         Ok(())
     }

@@ -14,8 +14,8 @@
 //! major version is below the server's is skipped.
 
 use super::PgError;
-use std::path::{Path, PathBuf};
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 /// Runs a prepared command off the async threads.
@@ -24,6 +24,7 @@ async fn run(mut cmd: Command, stdin: Option<Vec<u8>>) -> std::io::Result<Output
         if stdin.is_some() {
             cmd.stdin(Stdio::piped());
         }
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         let writer = match (stdin, child.stdin.take()) {
             (Some(body), Some(mut pipe)) => Some(std::thread::spawn(move || {
@@ -172,17 +173,15 @@ impl PgTools {
     ) -> Result<(), PgError> {
         let mut cmd = Command::new(&self.psql);
         cmd.args([
-                "--no-psqlrc",
-                "--quiet",
-                "--no-password",
-                "--single-transaction",
-                "--set=ON_ERROR_STOP=1",
-                "--file=-",
-            ])
-            .arg(format!("--dbname={url}"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            "--no-psqlrc",
+            "--quiet",
+            "--no-password",
+            "--single-transaction",
+            "--set=ON_ERROR_STOP=1",
+            "--file=-",
+        ])
+        .arg(format!("--dbname={url}"))
+        .envs(env.iter().map(|(k, v)| (k, v)));
         let out = run(cmd, Some(sql.as_bytes().to_vec()))
             .await
             .map_err(|e| PgError::Tool(format!("running {}: {e}", self.psql.display())))?;
@@ -204,7 +203,10 @@ mod tests {
 
     #[test]
     fn majors() {
-        assert_eq!(major_of("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"), Some(15));
+        assert_eq!(
+            major_of("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
         assert_eq!(major_of("16devel"), Some(16));
         assert_eq!(major_of("9.6.24"), Some(9));
         assert_eq!(major_of("x"), None);
