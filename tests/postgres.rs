@@ -341,3 +341,105 @@ async fn bad_input_is_refused_before_any_data_moves() {
     backup(&good).await.unwrap();
     assert!(stored_objects(d) > base);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_subject_and_shredded_period_are_left_out_and_counted() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
+
+    // Erase customer 7 (the subject key of its pseudonym) and shred the
+    // calls of January 2026 (the period key), as the shredding jobs will.
+    let mut vault = custos::ops::open_vault(&p).await.unwrap();
+    let pseudo = custos::crypto::subject_pseudonym(vault.pseudonym_key(), "7");
+    vault
+        .destroy(custos::vault::KeyKind::Subject, &pseudo)
+        .await
+        .unwrap();
+    vault
+        .destroy(custos::vault::KeyKind::Period, "consumption:2026-01")
+        .await
+        .unwrap();
+    drop(vault);
+
+    let count = |sql: &str| -> u64 { pg.psql("src", sql).parse().unwrap() };
+    let cdrs_gone = count(
+        "SELECT count(*) FROM cdrs WHERE customer_id = 7 \
+         OR started_at < '2026-02-01 00:00:00+00'",
+    );
+    let invoices_gone = count("SELECT count(*) FROM invoices WHERE customer_id = 7");
+    assert!(cdrs_gone > 100 && invoices_gone > 0);
+
+    pg.createdb("dst");
+    let r = restore(&p, &pg.url("dst"), false).await.unwrap();
+    let shredded = |t: &str| r.tables.iter().find(|x| x.name == t).unwrap().rows_shredded;
+    assert_eq!(shredded("customers"), 1);
+    assert_eq!(shredded("cdrs"), cdrs_gone);
+    assert_eq!(shredded("invoices"), invoices_gone);
+    assert_eq!(shredded("billing.rates"), 0);
+    assert_eq!(r.rows_shredded, 1 + cdrs_gone + invoices_gone);
+
+    // The restore equals the source without exactly those rows.
+    pg.psql("postgres", "CREATE DATABASE expected TEMPLATE src");
+    pg.psql(
+        "expected",
+        "DELETE FROM cdrs WHERE customer_id = 7 OR started_at < '2026-02-01 00:00:00+00'; \
+         DELETE FROM invoices WHERE customer_id = 7; DELETE FROM customers WHERE id = 7",
+    );
+    assert_same_dump(&pg, "expected", "dst");
+}
+
+fn policy_error(d: &Path, store: &str) -> String {
+    let keys = d.join("keys");
+    if !keys.join("service.age").exists() {
+        custos::keys::init_keys(&keys).unwrap();
+    }
+    let text = format!(
+        "[policy]\nname = \"p\"\n\n[store]\n{store}\n\n[keys]\nidentity = {:?}\nrecipients = []\n\
+         vault = [\"{}\"]\n\n[[targets]]\nname = \"primary\"\nurl = \"{}\"\n",
+        keys.join("service.age").to_str().unwrap(),
+        file_url(&d.join("vault")),
+        file_url(&d.join("target")),
+    );
+    let p = d.join("bad.toml");
+    fs::write(&p, text).unwrap();
+    match Policy::load(&p) {
+        Ok(_) => panic!("policy accepted:\n{store}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn policy_keeps_passwords_out_and_postgres_keys_on_postgres_stores() {
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    let e = policy_error(
+        d,
+        "kind = \"postgres\"\nurl = \"postgres://u:hunter2@h/db\"",
+    );
+    assert!(e.contains("store.url") && e.contains("password"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"postgres\"\nurl = \"postgres://u@h/db\"\npassword_file = \"pw\"\npassword_env = \"PW\"",
+    );
+    assert!(e.contains("not both"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"sqlite\"\npath = \"x.db\"\npassword_env = \"PW\"",
+    );
+    assert!(e.contains("only a `postgres` store"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"sqlite\"\npath = \"x.db\"\nschemas = [\"public\"]",
+    );
+    assert!(e.contains("store.schemas"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"postgres\"\nurl = \"postgres://u@h/db\"\nschemas = [\"\"]",
+    );
+    assert!(e.contains("store.schemas[0]"), "{e}");
+}

@@ -398,9 +398,9 @@ async fn restore_postgres(
                     .map_err(pg)?,
             ))
         }
-        PgRestoreTo::Script(path) => {
-            PgOutput::Script(SqlScript::create(&path, &ps.schema, opts.force).map_err(pg)?)
-        }
+        PgRestoreTo::Script(path) => PgOutput::Script(Box::new(
+            SqlScript::create(&path, &ps.schema, opts.force).map_err(pg)?,
+        )),
     };
     let mut cache = PackCache::new(target.clone(), 8);
     let mut codec = Codec::new(3);

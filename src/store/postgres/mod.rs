@@ -688,7 +688,7 @@ async fn copy_table(
         |line: &[u8], batch: &mut RowBatch, batch_bytes: &mut usize| -> Result<(), PgError> {
             fields.clear();
             for f in line.split(|b| *b == b'\t') {
-                fields.push(decode_copy_field(f).map_err(|w| bad(w))?);
+                fields.push(decode_copy_field(f).map_err(&bad)?);
             }
             if fields.len() != ncols {
                 return Err(bad("COPY returned a row with the wrong number of columns"));

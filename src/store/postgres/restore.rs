@@ -350,7 +350,7 @@ impl Drop for SqlScript {
 #[derive(Debug)]
 pub enum PgOutput {
     Database(Box<PgRestorer>),
-    Script(SqlScript),
+    Script(Box<SqlScript>),
 }
 
 impl PgOutput {
@@ -374,7 +374,7 @@ impl PgOutput {
     pub async fn finish(self) -> Result<(), PgError> {
         match self {
             PgOutput::Database(r) => r.finish().await,
-            PgOutput::Script(s) => s.finish(),
+            PgOutput::Script(s) => (*s).finish(),
         }
     }
 }
