@@ -443,3 +443,52 @@ fn policy_keeps_passwords_out_and_postgres_keys_on_postgres_stores() {
     );
     assert!(e.contains("store.schemas[0]"), "{e}");
 }
+
+/// Every row of `table` as read with parts of `part_blocks` blocks.
+async fn read_all(
+    pg: &PgCluster,
+    db: &str,
+    table: &str,
+    subject: Option<&str>,
+    part_blocks: u64,
+) -> (usize, Vec<(custos::store::GroupCoords, Vec<u8>)>) {
+    use custos::store::postgres::{PgConn, PgSource};
+    let conn = PgConn::parse(&pg.url(db))
+        .unwrap()
+        .with_password(zeroize::Zeroizing::new(PASSWORD.to_string()));
+    let src = PgSource::open(&conn).await.unwrap();
+    let plan = src
+        .check_plan(&custos::store::TablePlan {
+            name: table.into(),
+            subject: subject.map(str::to_string),
+            period: None,
+        })
+        .unwrap();
+    let mut t = src
+        .stream_with(vec![plan], 3, part_blocks)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let parts = t.parts();
+    let mut rows = Vec::new();
+    while let Some(b) = t.next().await {
+        rows.extend(b.unwrap());
+    }
+    src.close().await.unwrap();
+    (parts, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_table_read_in_parts_gives_the_rows_of_one_scan() {
+    let Some(pg) = PgCluster::start() else { return };
+    pg.createdb("src");
+    pg.pgbench_init("src", 1);
+    let (one, whole) = read_all(&pg, "src", "pgbench_accounts", Some("bid"), u64::MAX).await;
+    let (many, parted) = read_all(&pg, "src", "pgbench_accounts", Some("bid"), 100).await;
+    assert_eq!(one, 1);
+    assert!(many > 10, "{many} parts");
+    assert_eq!(whole.len(), 100_000);
+    assert!(whole == parted, "same rows, same order, same groups");
+    assert_eq!(whole[0].0.subject.as_deref(), Some("1"));
+}

@@ -1078,11 +1078,8 @@ impl ReaderCtx {
         let mut tables = Vec::new();
         let mut items = 0u64;
         let mut bytes_read = 0u64;
-        for ((name, class), mut rx) in names.into_iter().zip(receivers) {
-            let mut next = || {
-                rx.blocking_recv()
-                    .map(|r: Result<RowBatch, PgError>| r.map_err(pg))
-            };
+        for ((name, class), mut rows) in names.into_iter().zip(receivers) {
+            let mut next = || rows.blocking_next().map(|r| r.map_err(pg));
             let entry = self.store_table_rows(&name, &class, &mut next)?;
             items += entry.rows;
             bytes_read += entry.bytes;

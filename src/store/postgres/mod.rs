@@ -6,9 +6,10 @@
 //!   ACCESS SHARE locks on the tables it reads, so every table is read at
 //!   the same point in time while the database takes writes. Extra
 //!   connections join the same snapshot (`SET TRANSACTION SNAPSHOT`) and
-//!   stream tables with `COPY ... TO STDOUT` in parallel; each table's rows
-//!   reach the caller through a small bounded channel, so memory stays
-//!   bounded whatever the table size. The schema is captured by the
+//!   stream tables with `COPY ... TO STDOUT` in parallel, a large table as
+//!   several `ctid` ranges; rows reach the caller in physical order through
+//!   small bounded channels, so memory stays bounded whatever the table
+//!   size. The schema is captured by the
 //!   matching `pg_dump` on the same snapshot ([`schema`](PgSource::schema)).
 //! * [`PgRestorer`] rebuilds into an empty database: the dump's pre-data
 //!   section (types, tables, functions, views), then rows with `COPY ...
@@ -403,6 +404,54 @@ pub struct ReadPlan {
 /// canonical encoding.
 pub type RowBatch = Vec<(GroupCoords, Vec<u8>)>;
 
+/// Blocks (8 KiB by default) above which a table is read in parts over
+/// several connections: 64 MiB.
+pub const PART_BLOCKS: u64 = 8192;
+
+/// A part of a table: its first block and the block it stops before
+/// (`None`: the end of the table).
+type BlockRange = (u64, Option<u64>);
+
+/// The rows of one table, arriving from one or more parts read in
+/// parallel; yields batches in physical order, then `None`.
+#[derive(Debug)]
+pub struct TableRows {
+    parts: std::collections::VecDeque<mpsc::Receiver<Result<RowBatch, PgError>>>,
+}
+
+impl TableRows {
+    /// How many parts the table is read in.
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The next batch, waiting for it (from a thread outside the runtime).
+    pub fn blocking_next(&mut self) -> Option<Result<RowBatch, PgError>> {
+        loop {
+            let rx = self.parts.front_mut()?;
+            match rx.blocking_recv() {
+                Some(b) => return Some(b),
+                None => {
+                    self.parts.pop_front();
+                }
+            }
+        }
+    }
+
+    /// The next batch, waiting for it.
+    pub async fn next(&mut self) -> Option<Result<RowBatch, PgError>> {
+        loop {
+            let rx = self.parts.front_mut()?;
+            match rx.recv().await {
+                Some(b) => return Some(b),
+                None => {
+                    self.parts.pop_front();
+                }
+            }
+        }
+    }
+}
+
 /// Bytes of encoded rows per batch sent from a COPY reader.
 const BATCH_BYTES: usize = 256 << 10;
 /// Batches buffered per table (so at most `parallel * 8 * 256 KiB` of rows
@@ -597,24 +646,68 @@ impl PgSource {
     }
 
     /// Streams the rows of `plans`' tables over `parallel` connections that
-    /// share this snapshot. Returns one receiver per plan, in order; each
-    /// yields batches of rows and then ends, or yields an error. Tables are
-    /// started in order, so consuming the receivers in order never waits on
-    /// a table that no connection is reading.
+    /// share this snapshot, tables larger than [`PART_BLOCKS`] split into
+    /// block ranges read in parallel. See [`stream_with`](Self::stream_with).
     pub async fn stream(
         &self,
         plans: Vec<ReadPlan>,
         parallel: usize,
-    ) -> Result<Vec<mpsc::Receiver<Result<RowBatch, PgError>>>, PgError> {
-        let mut senders = Vec::with_capacity(plans.len());
-        let mut receivers = Vec::with_capacity(plans.len());
-        for _ in &plans {
-            let (tx, rx) = mpsc::channel(BATCH_QUEUE);
-            senders.push(Mutex::new(Some(tx)));
-            receivers.push(rx);
+    ) -> Result<Vec<TableRows>, PgError> {
+        self.stream_with(plans, parallel, PART_BLOCKS).await
+    }
+
+    /// Streams the rows of `plans`' tables over `parallel` connections that
+    /// share this snapshot. A table of more than `part_blocks` blocks is
+    /// read as ranges of `part_blocks` blocks (`ctid` ranges), each by the
+    /// next free connection. Returns one [`TableRows`] per plan, in order;
+    /// its rows come in physical order, as one scan would give them. Parts
+    /// are started in order, so consuming the tables in order never waits
+    /// on a part that no connection is reading; memory is bounded by
+    /// `parallel` queues of a few batches.
+    pub async fn stream_with(
+        &self,
+        plans: Vec<ReadPlan>,
+        parallel: usize,
+        part_blocks: u64,
+    ) -> Result<Vec<TableRows>, PgError> {
+        let part_blocks = part_blocks.max(1);
+        let mut work: Vec<(usize, Option<BlockRange>)> = Vec::new();
+        let mut tables = Vec::with_capacity(plans.len());
+        let mut senders = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
+            let blocks: i64 = self
+                .client
+                .query_one(
+                    "SELECT pg_catalog.pg_relation_size($1::text::regclass) \
+                     / pg_catalog.current_setting('block_size')::int8",
+                    &[&plan.table.qualified()],
+                )
+                .await
+                .map_err(|e| self.conn.query_err("measuring tables", &e))?
+                .get(0);
+            let blocks = blocks.max(0) as u64;
+            let mut parts = std::collections::VecDeque::new();
+            let mut push = |range| {
+                let (tx, rx) = mpsc::channel(BATCH_QUEUE);
+                senders.push(Mutex::new(Some(tx)));
+                work.push((i, range));
+                parts.push_back(rx);
+            };
+            if blocks <= part_blocks {
+                push(None);
+            } else {
+                let mut start = 0;
+                while start < blocks {
+                    let end = start + part_blocks;
+                    // The last range is open: it ends where the table does.
+                    push(Some((start, (end < blocks).then_some(end))));
+                    start = end;
+                }
+            }
+            tables.push(TableRows { parts });
         }
-        let shared = Arc::new((plans, senders, AtomicUsize::new(0)));
-        let n = parallel.max(1).min(shared.0.len().max(1));
+        let shared = Arc::new((plans, work, senders, AtomicUsize::new(0)));
+        let n = parallel.max(1).min(shared.1.len().max(1));
         // Join the snapshot on every connection before returning, so the
         // exporting transaction may end any time after.
         let mut clients = Vec::with_capacity(n);
@@ -632,23 +725,24 @@ impl PgSource {
             let shared = shared.clone();
             let conn = self.conn.clone();
             tokio::spawn(async move {
-                let (plans, senders, next) = &*shared;
+                let (plans, work, senders, next) = &*shared;
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= plans.len() {
+                    if i >= work.len() {
                         break;
                     }
                     let Some(tx) = senders[i].lock().unwrap().take() else {
                         continue;
                     };
-                    if let Err(e) = copy_table(&client, &conn, &plans[i], &tx).await {
+                    let (p, range) = work[i];
+                    if let Err(e) = copy_table(&client, &conn, &plans[p], range, &tx).await {
                         let _ = tx.send(Err(e)).await;
                     }
                 }
                 let _ = client.batch_execute("COMMIT").await;
             });
         }
-        Ok(receivers)
+        Ok(tables)
     }
 
     /// Ends the snapshot transaction.
@@ -666,10 +760,25 @@ async fn copy_table(
     client: &Client,
     conn: &PgConn,
     plan: &ReadPlan,
+    range: Option<BlockRange>,
     tx: &mpsc::Sender<Result<RowBatch, PgError>>,
 ) -> Result<(), PgError> {
     let t = &plan.table;
-    let sql = format!("COPY {} ({}) TO STDOUT", t.qualified(), t.column_list());
+    let sql = match range {
+        None => format!("COPY {} ({}) TO STDOUT", t.qualified(), t.column_list()),
+        Some((start, end)) => {
+            let mut q = format!(
+                "COPY (SELECT {} FROM ONLY {} WHERE ctid >= '({start},0)'::tid",
+                t.column_list(),
+                t.qualified()
+            );
+            if let Some(end) = end {
+                q.push_str(&format!(" AND ctid < '({end},0)'::tid"));
+            }
+            q.push_str(") TO STDOUT");
+            q
+        }
+    };
     let stream = client
         .copy_out(&sql)
         .await
