@@ -269,6 +269,34 @@ impl PgConn {
         Ok(client)
     }
 
+    /// An error of a statement that moves rows: the server's message can
+    /// quote a row value, so only its code and the names it gives
+    /// (table, column, constraint) are kept.
+    fn data_err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
+        let why = match e.as_db_error() {
+            Some(db) => {
+                let mut s = format!("server error {}", db.code().code());
+                for (k, v) in [
+                    ("table", db.table()),
+                    ("column", db.column()),
+                    ("constraint", db.constraint()),
+                ] {
+                    if let Some(v) = v {
+                        s.push_str(&format!(", {k} {v}"));
+                    }
+                }
+                s.push_str(" (the server's message is not shown: it may quote row values; see the server log)");
+                s
+            }
+            None => error_text(e),
+        };
+        PgError::Query {
+            server: self.server(),
+            what: what.to_string(),
+            why,
+        }
+    }
+
     fn query_err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
         PgError::Query {
             server: self.server(),
@@ -782,7 +810,7 @@ async fn copy_table(
     let stream = client
         .copy_out(&sql)
         .await
-        .map_err(|e| conn.query_err(&format!("reading table {}", t.display_name()), &e))?;
+        .map_err(|e| conn.data_err(&format!("reading table {}", t.display_name()), &e))?;
     futures::pin_mut!(stream);
     let ncols = t.columns.len();
     let mut pending: Vec<u8> = Vec::new();
@@ -822,8 +850,8 @@ async fn copy_table(
             Ok(())
         };
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| conn.query_err(&format!("reading table {}", t.display_name()), &e))?;
+        let chunk =
+            chunk.map_err(|e| conn.data_err(&format!("reading table {}", t.display_name()), &e))?;
         pending.extend_from_slice(&chunk);
         let mut start = 0;
         while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {

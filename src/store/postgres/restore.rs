@@ -168,7 +168,7 @@ impl PgRestorer {
         );
         let sink = self.client.copy_in::<_, Bytes>(&sql).await.map_err(|e| {
             self.conn
-                .query_err(&format!("loading table {}", table.display_name()), &e)
+                .data_err(&format!("loading table {}", table.display_name()), &e)
         })?;
         self.current = Some((table.clone(), Box::pin(sink)));
         Ok(())
@@ -184,7 +184,7 @@ impl PgRestorer {
         let data = Bytes::from(std::mem::take(&mut self.buf));
         sink.send(data).await.map_err(|e| {
             self.conn
-                .query_err(&format!("loading table {}", table.display_name()), &e)
+                .data_err(&format!("loading table {}", table.display_name()), &e)
         })?;
         Ok(n)
     }
@@ -194,7 +194,7 @@ impl PgRestorer {
         if let Some((table, mut sink)) = self.current.take() {
             sink.as_mut().finish().await.map_err(|e| {
                 self.conn
-                    .query_err(&format!("loading table {}", table.display_name()), &e)
+                    .data_err(&format!("loading table {}", table.display_name()), &e)
             })?;
         }
         Ok(())

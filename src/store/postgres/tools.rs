@@ -186,11 +186,17 @@ impl PgTools {
             .await
             .map_err(|e| PgError::Tool(format!("running {}: {e}", self.psql.display())))?;
         if !out.status.success() {
+            // DETAIL lines can quote row values (a duplicate key, say).
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let kept: Vec<&str> = stderr
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("DETAIL:"))
+                .collect();
             return Err(PgError::Tool(format!(
                 "restoring the {what} with {} failed ({}): {}",
                 self.psql.display(),
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                kept.join("\n").trim()
             )));
         }
         Ok(())
