@@ -97,6 +97,13 @@ impl PgRestorer {
     /// schema's pre-data section with `psql`.
     pub async fn create(conn: PgConn, schema: &PgSchema, force: bool) -> Result<Self, PgError> {
         let client = conn.connect().await?;
+        // The tools first: nothing is dropped if the restore cannot run.
+        let version: String = client
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(|e| conn.query_err("reading the server version", &e))?
+            .get(0);
+        let tools = PgTools::locate(&version).await?;
         let objects: i64 = client
             .query_one(USER_OBJECTS, &[])
             .await
@@ -134,12 +141,6 @@ impl PgRestorer {
                 .await
                 .map_err(|e| conn.query_err("emptying the database (--force)", &e))?;
         }
-        let version: String = client
-            .query_one("SHOW server_version", &[])
-            .await
-            .map_err(|e| conn.query_err("reading the server version", &e))?
-            .get(0);
-        let tools = PgTools::locate(&version).await?;
         tools
             .psql(
                 conn.url(),
