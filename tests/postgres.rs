@@ -165,6 +165,18 @@ async fn round_trip_to_database_and_sql_file_equals_source_by_pg_dump() {
     assert_eq!(table(&b, "invoices").groups, inv_groups);
     assert_eq!(table(&b, "pgbench_branches").groups, 1);
 
+    // `custos check --read-data` opens every group's chunks.
+    let c = custos::ops::check::check(&p, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(c.ok, "check found problems: {:#?}", c.findings);
+    let groups: u64 = b.tables.iter().map(|t| t.groups).sum();
+    assert!(
+        c.chunks_checked >= groups,
+        "check opened {} chunks for {groups} groups",
+        c.chunks_checked
+    );
+
     // Into an empty database.
     pg.createdb("dst");
     let r = restore(&p, &pg.url("dst"), false).await.unwrap();

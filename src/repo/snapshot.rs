@@ -107,6 +107,20 @@ pub fn snapshot_path(id: &str) -> String {
 }
 
 impl Snapshot {
+    /// The tables of a record-mode snapshot (SQLite or PostgreSQL); empty
+    /// for file mode. Everything that walks a snapshot's table pages
+    /// (prune, check, shredding proofs) goes through this, so no kind of
+    /// record store is forgotten.
+    pub fn record_tables(&self) -> &[TableEntry] {
+        if let Some(sq) = &self.sqlite {
+            &sq.tables
+        } else if let Some(pg) = &self.postgres {
+            &pg.tables
+        } else {
+            &[]
+        }
+    }
+
     pub fn new_id() -> String {
         use rand::RngCore;
         let mut b = [0u8; 8];
