@@ -65,6 +65,18 @@ fi
 if [ -x "$moto_venv/bin/moto_server" ]; then
     export CUSTOS_MOTO_SERVER="$(cd "$moto_venv/bin" && pwd)/moto_server"
 fi
+# PostgreSQL 15 (server and client tools) for tests/postgres.rs, which start
+# their own cluster; Debian's packages put them under /usr/lib/postgresql/15.
+if [ -z "${CUSTOS_PG_BINDIR:-}" ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing postgresql-15 postgresql-client-15" >&2
+        apt_install postgresql-15 postgresql-client-15
+    else
+        echo "test.sh: PostgreSQL 15 is missing and there is no apt-get to install it;" \
+            "set CUSTOS_PG_BINDIR to its bin folder (or CUSTOS_SKIP_POSTGRES=1 to skip)" >&2
+        exit 1
+    fi
+fi
 
 cargo --version
 log="$(mktemp)"

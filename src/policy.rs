@@ -169,8 +169,15 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// The database file (sqlite), resolved against the policy's folder.
     pub path: Option<PathBuf>,
-    /// The connection URL (postgres).
+    /// The connection URL (postgres), without a password.
     pub url: Option<String>,
+    /// A file whose first line is the database password (postgres),
+    /// resolved against the policy's folder.
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the database password (postgres).
+    pub password_env: Option<String>,
+    /// The schemas to back up (postgres; default: every non-system schema).
+    pub schemas: Vec<String>,
     /// The root folder (files), resolved against the policy's folder.
     pub root: Option<PathBuf>,
     /// `[[store.tables]]`: tables with a class, subject, period or retention.
@@ -485,6 +492,9 @@ struct RawStore {
     kind: Spanned<StoreKind>,
     path: Option<S>,
     url: Option<S>,
+    password_file: Option<S>,
+    password_env: Option<S>,
+    schemas: Option<Vec<S>>,
     root: Option<S>,
     tables: Option<Vec<Spanned<RawTable>>>,
     default_class: Option<Spanned<DataClass>>,
@@ -977,6 +987,49 @@ impl Checker<'_> {
                     "store.url",
                     "must start with postgres:// or postgresql://",
                 );
+            } else if url::Url::parse(s).is_ok_and(|u| u.password().is_some()) {
+                self.err(
+                    u.span(),
+                    "store.url",
+                    "holds a password; a policy never holds secrets: remove it from the URL and set `password_file` or `password_env`",
+                );
+            }
+        }
+        if kind != StoreKind::Postgres {
+            for (key, v) in [
+                ("password_file", &r.password_file),
+                ("password_env", &r.password_env),
+            ] {
+                if let Some(v) = v {
+                    self.err(
+                        v.span(),
+                        &format!("store.{key}"),
+                        format!("only a `postgres` store takes `{key}`"),
+                    );
+                }
+            }
+            if let Some(v) = r.schemas.as_ref().and_then(|s| s.first()) {
+                self.err(
+                    v.span(),
+                    "store.schemas",
+                    "only a `postgres` store takes `schemas`",
+                );
+            }
+        }
+        if let (Some(_), Some(b)) = (&r.password_file, &r.password_env) {
+            self.err(
+                b.span(),
+                "store.password_env",
+                "give either `password_file` or `password_env`, not both",
+            );
+        }
+        for (i, v) in r.schemas.iter().flatten().enumerate() {
+            if v.get_ref().trim().is_empty() {
+                self.err(
+                    v.span(),
+                    &format!("store.schemas[{i}]"),
+                    "the schema name is empty",
+                );
             }
         }
         let record = kind != StoreKind::Files;
@@ -1056,6 +1109,14 @@ impl Checker<'_> {
             kind,
             path: r.path.map(|p| resolve(base, p.get_ref())),
             url: r.url.map(Spanned::into_inner),
+            password_file: r.password_file.map(|p| resolve(base, p.get_ref())),
+            password_env: r.password_env.map(Spanned::into_inner),
+            schemas: r
+                .schemas
+                .unwrap_or_default()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
             root: r.root.map(|p| resolve(base, p.get_ref())),
             tables,
             default_class: r

@@ -53,11 +53,7 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
             items: s.stats.items,
             bytes_read: s.stats.bytes_read,
             new_bytes_stored: s.stats.new_bytes_stored,
-            tables: s
-                .sqlite
-                .as_ref()
-                .map(|q| q.tables.iter().map(|t| t.name.clone()).collect())
-                .unwrap_or_default(),
+            tables: s.record_tables().iter().map(|t| t.name.clone()).collect(),
             parent: s.parent.clone(),
             replicated: false,
             verified_on: Vec::new(),

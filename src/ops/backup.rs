@@ -21,12 +21,13 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::pack::{pack_path, seal_chunk, Codec, PackWriter};
 use crate::repo::snapshot::{
-    FilesSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
+    FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
 };
 use crate::repo::tree::{
     FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
 };
 use crate::store::files::{self, FileKind};
+use crate::store::postgres::{PgConn, PgError, PgSource, PgTools, RowBatch};
 use crate::store::sqlite::{ScanError, SqliteSource};
 use crate::store::GroupCoords;
 use crate::target::Target;
@@ -281,6 +282,7 @@ async fn backup_locked(
         store: content.store,
         sqlite: content.sqlite,
         files: content.files,
+        postgres: content.postgres,
         stats: SnapshotStats {
             items: content.items,
             bytes_read: content.bytes_read,
@@ -311,6 +313,10 @@ async fn backup_locked(
                 .collect()
         })
         .unwrap_or_default();
+    let tables = match &snapshot.postgres {
+        Some(pg) => table_summaries(&pg.tables),
+        None => tables,
+    };
     Ok(BackupReport {
         snapshot: snapshot.id.clone(),
         policy: policy.name.clone(),
@@ -481,6 +487,7 @@ struct ReadContent {
     store: StoreInfo,
     sqlite: Option<SqliteSnapshot>,
     files: Option<FilesSnapshot>,
+    postgres: Option<PostgresSnapshot>,
     items: u64,
     bytes_read: u64,
 }
@@ -624,9 +631,7 @@ impl ReaderCtx {
         let r = match self.policy.store.kind {
             StoreKind::Sqlite => self.read_sqlite(),
             StoreKind::Files => self.read_files(),
-            StoreKind::Postgres => Err(OpsError::Unsupported(
-                "PostgreSQL stores are not supported yet by this version of custos".into(),
-            )),
+            StoreKind::Postgres => self.read_postgres(),
         };
         // Dropping `self` (the work and page senders) lets the workers and
         // the packer finish.
@@ -899,6 +904,7 @@ impl ReaderCtx {
             },
             sqlite: Some(SqliteSnapshot { schema, tables }),
             files: None,
+            postgres: None,
             items,
             bytes_read,
         })
@@ -1021,6 +1027,7 @@ impl ReaderCtx {
                 location: root.display().to_string(),
             },
             sqlite: None,
+            postgres: None,
             files: Some(FilesSnapshot {
                 class,
                 key: key_id,
@@ -1034,4 +1041,133 @@ impl ReaderCtx {
             bytes_read,
         })
     }
+
+    /// Reads a PostgreSQL store on one exported snapshot (tables streamed
+    /// over several connections sharing it) and stores its rows through the
+    /// same windows and groups as SQLite.
+    fn read_postgres(&mut self) -> Result<ReadContent, OpsError> {
+        let pg = |e: PgError| OpsError::Invalid(format!("store: {e}"));
+        let handle = self.handle.clone();
+        let conn = PgConn::from_store(&self.policy.store).map_err(pg)?;
+        let src = handle.block_on(PgSource::open(&conn)).map_err(pg)?;
+        // Every listed table must exist, with its columns; checked before
+        // any data moves.
+        for t in &self.policy.store.tables {
+            src.check_plan(&self.policy.plan(&t.name)).map_err(pg)?;
+        }
+        handle.block_on(src.lock()).map_err(pg)?;
+        let tools = handle
+            .block_on(PgTools::locate(src.server_version()))
+            .map_err(pg)?;
+        let mut plans = Vec::new();
+        let mut names = Vec::new();
+        for t in src.tables() {
+            // The policy may name a table `name` or `schema.name`; the
+            // snapshot and the group keys use the display name.
+            let listed = self.policy.store.tables.iter().find(|c| t.matches(&c.name));
+            let pname = listed.map_or_else(|| t.display_name(), |c| c.name.clone());
+            plans.push(src.check_plan(&self.policy.plan(&pname)).map_err(pg)?);
+            names.push((
+                t.display_name(),
+                self.policy.class_of(&pname).as_str().to_string(),
+            ));
+        }
+        let schema = handle.block_on(src.schema(&tools)).map_err(pg)?;
+        let parallel = self.threads.clamp(1, 4);
+        let receivers = handle.block_on(src.stream(plans, parallel)).map_err(pg)?;
+        let mut tables = Vec::new();
+        let mut items = 0u64;
+        let mut bytes_read = 0u64;
+        for ((name, class), mut rows) in names.into_iter().zip(receivers) {
+            let mut next = || rows.blocking_next().map(|r| r.map_err(pg));
+            let entry = self.store_table_rows(&name, &class, &mut next)?;
+            items += entry.rows;
+            bytes_read += entry.bytes;
+            tables.push(entry);
+        }
+        handle.block_on(src.close()).map_err(pg)?;
+        Ok(ReadContent {
+            store: StoreInfo {
+                kind: "postgres".into(),
+                location: conn.url().to_string(),
+            },
+            sqlite: None,
+            files: None,
+            postgres: Some(PostgresSnapshot { schema, tables }),
+            items,
+            bytes_read,
+        })
+    }
+
+    /// Stores one table's rows, given in batches of (coordinates, encoded
+    /// row), through the read windows; returns its snapshot entry.
+    fn store_table_rows(
+        &mut self,
+        name: &str,
+        class: &str,
+        next: &mut dyn FnMut() -> Option<Result<RowBatch, OpsError>>,
+    ) -> Result<TableEntry, OpsError> {
+        self.progress
+            .phase(&format!("reading {name}"), None, "rows");
+        let mut pager = GroupPager::default();
+        let mut pages = Vec::new();
+        let mut window = Window::default();
+        let mut groups = 0u64;
+        let mut checksum: u128 = 0;
+        let mut rows = 0u64;
+        let mut tbytes = 0u64;
+        while let Some(batch) = next() {
+            if self.failure.is_set() {
+                return Err(OpsError::Internal(
+                    "stopping after an earlier failure".into(),
+                ));
+            }
+            let batch = batch?;
+            let n = batch.len() as u64;
+            for (coords, row) in &batch {
+                window.add(coords, row);
+                rows += 1;
+                tbytes += row.len() as u64;
+                let h = self.meta.keyed_hash("row", row);
+                checksum =
+                    checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
+                if window.bytes >= self.window_budget {
+                    groups +=
+                        self.flush_window(&mut window, name, class, &mut pager, &mut pages)?;
+                }
+            }
+            self.progress.advance(n);
+        }
+        groups += self.flush_window(&mut window, name, class, &mut pager, &mut pages)?;
+        if let Some(p) = pager.finish() {
+            pages.push(self.store_page(Page::Groups {
+                version: PAGE_VERSION,
+                table: name.to_string(),
+                groups: p,
+            })?);
+        }
+        self.progress.finish_phase();
+        Ok(TableEntry {
+            name: name.to_string(),
+            class: class.to_string(),
+            rows,
+            bytes: tbytes,
+            checksum: hex::encode(checksum.to_le_bytes()),
+            groups,
+            pages,
+        })
+    }
+}
+
+/// The report lines of a snapshot's tables.
+fn table_summaries(tables: &[TableEntry]) -> Vec<TableSummary> {
+    tables
+        .iter()
+        .map(|t| TableSummary {
+            name: t.name.clone(),
+            class: t.class.clone(),
+            rows: t.rows,
+            groups: t.groups,
+        })
+        .collect()
 }

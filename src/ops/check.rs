@@ -272,11 +272,9 @@ impl Walk<'_> {
         let mut mismatched = 0u64;
         let mut first_missing = None;
         let mut pages: Vec<(Option<String>, Id)> = Vec::new();
-        if let Some(sq) = &s.sqlite {
-            for t in &sq.tables {
-                for p in &t.pages {
-                    pages.push((Some(t.name.clone()), *p));
-                }
+        for t in s.record_tables() {
+            for p in &t.pages {
+                pages.push((Some(t.name.clone()), *p));
             }
         }
         let files_keys = s.files.as_ref().and_then(|f| {

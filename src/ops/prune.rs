@@ -187,9 +187,11 @@ async fn run(
     };
     for s in snaps.iter().filter(|s| keep.contains(s.id.as_str())) {
         let mut pages: Vec<Id> = Vec::new();
-        if let Some(sq) = &s.sqlite {
-            pages.extend(sq.tables.iter().flat_map(|t| t.pages.iter().copied()));
-        }
+        pages.extend(
+            s.record_tables()
+                .iter()
+                .flat_map(|t| t.pages.iter().copied()),
+        );
         if let Some(f) = &s.files {
             pages.extend(f.pages.iter().copied());
         }

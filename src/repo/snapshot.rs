@@ -6,6 +6,7 @@
 
 use super::{compress_meta, decompress_meta, RepoError};
 use crate::crypto::{Id, MetaKey};
+use crate::store::postgres::PgSchema;
 use crate::store::sqlite::SqliteSchema;
 use crate::target::Target;
 use crate::vault::KeyId;
@@ -29,13 +30,16 @@ pub struct Snapshot {
     pub sqlite: Option<SqliteSnapshot>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FilesSnapshot>,
+    /// A PostgreSQL store's schema and tables (absent for other stores).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSnapshot>,
     pub stats: SnapshotStats,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreInfo {
-    /// `sqlite` or `files`.
+    /// `sqlite`, `postgres` or `files`.
     pub kind: String,
     /// The store's path as given in the policy.
     pub location: String,
@@ -45,6 +49,15 @@ pub struct StoreInfo {
 #[serde(deny_unknown_fields)]
 pub struct SqliteSnapshot {
     pub schema: SqliteSchema,
+    pub tables: Vec<TableEntry>,
+}
+
+/// The content of a PostgreSQL snapshot: the schema (pg_dump sections,
+/// columns, sequence values) and the tables' rows, as for SQLite.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSnapshot {
+    pub schema: PgSchema,
     pub tables: Vec<TableEntry>,
 }
 
@@ -94,6 +107,20 @@ pub fn snapshot_path(id: &str) -> String {
 }
 
 impl Snapshot {
+    /// The tables of a record-mode snapshot (SQLite or PostgreSQL); empty
+    /// for file mode. Everything that walks a snapshot's table pages
+    /// (prune, check, shredding proofs) goes through this, so no kind of
+    /// record store is forgotten.
+    pub fn record_tables(&self) -> &[TableEntry] {
+        if let Some(sq) = &self.sqlite {
+            &sq.tables
+        } else if let Some(pg) = &self.postgres {
+            &pg.tables
+        } else {
+            &[]
+        }
+    }
+
     pub fn new_id() -> String {
         use rand::RngCore;
         let mut b = [0u8; 8];

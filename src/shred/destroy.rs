@@ -185,8 +185,8 @@ async fn scan_target(
     for snap in &snaps {
         cov.snapshots_scanned += 1;
         let mut affected = false;
-        if let Some(sq) = &snap.sqlite {
-            for table in &sq.tables {
+        {
+            for table in snap.record_tables() {
                 for pid in &table.pages {
                     let page = Page::load(&mut cache, &index, &meta, pid)
                         .await

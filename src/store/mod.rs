@@ -3,11 +3,14 @@
 //! * [`sqlite`]: a SQLite database read in record mode (rows grouped into shred
 //!   groups) and rebuilt row by row.
 //! * [`files`]: a directory tree read in file mode.
+//! * [`postgres`]: a PostgreSQL database read in record mode on one exported
+//!   snapshot and rebuilt (or written as a SQL script) from its rows.
 //! * [`record`]: the canonical, versioned encoding of one row, shared by both
 //!   directions; it is what gets chunked and encrypted.
 
 pub mod compare;
 pub mod files;
+pub mod postgres;
 pub mod record;
 pub mod sqlite;
 

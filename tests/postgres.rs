@@ -1,0 +1,506 @@
+//! PostgreSQL record stores, end to end through the `custos` binary against
+//! a real PostgreSQL cluster started by the test (tests/common/pg.rs).
+
+mod common;
+#[path = "common/pg.rs"]
+mod pg;
+
+use common::file_url;
+use custos::ops::backup::{BackupOptions, BackupReport, TableSummary};
+use custos::ops::restore::{RestoreOptions, RestoreReport};
+use custos::ops::OpsError;
+use custos::policy::Policy;
+use custos::progress::NoProgress;
+use pg::{PgCluster, PASSWORD, TELECOM_SQL};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A policy for the database at `url`, with `tables`, the password read
+/// from `pw_file`; initialised (keys, vault, target) on first use.
+async fn policy(d: &Path, url: &str, tables: &str, pw_file: &str) -> Policy {
+    let keys = d.join("keys");
+    let first = !keys.join("service.age").exists();
+    if first {
+        custos::keys::init_keys(&keys).unwrap();
+        fs::write(d.join("pw"), PASSWORD).unwrap();
+    }
+    let text = format!(
+        "[policy]\nname = \"billing\"\n\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\n\
+         password_file = \"{pw_file}\"\n{tables}\n\
+         [keys]\nidentity = {:?}\nrecipients = []\nvault = [\"{}\"]\n\n\
+         [[targets]]\nname = \"primary\"\nurl = \"{}\"\n",
+        keys.join("service.age").to_str().unwrap(),
+        file_url(&d.join("vault")),
+        file_url(&d.join("target")),
+    );
+    let p = d.join("policy.toml");
+    fs::write(&p, text).unwrap();
+    let policy = Policy::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    if first {
+        custos::ops::init::init(&policy).await.unwrap();
+    }
+    policy
+}
+
+async fn backup(p: &Policy) -> Result<BackupReport, OpsError> {
+    custos::ops::backup::backup(p, &BackupOptions::default(), Arc::new(NoProgress)).await
+}
+
+async fn restore(p: &Policy, to: &str, force: bool) -> Result<RestoreReport, OpsError> {
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: "latest".into(),
+        to: PathBuf::from(to),
+        force,
+    };
+    custos::ops::restore::restore(p, &opts, Arc::new(NoProgress)).await
+}
+
+const TELECOM_TABLES: &str = r#"
+[[store.tables]]
+name = "customers"
+class = "identity"
+subject = "id"
+
+[[store.tables]]
+name = "cdrs"
+class = "consumption"
+subject = "customer_id"
+period = { column = "started_at", every = "month" }
+
+[[store.tables]]
+name = "invoices"
+class = "business"
+subject = "customer_id"
+period = { column = "issued", every = "day" }
+
+[[store.tables]]
+name = "billing.rates"
+class = "business"
+"#;
+
+fn table<'a>(report: &'a BackupReport, name: &str) -> &'a TableSummary {
+    report
+        .tables
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("table {name} in {report:?}"))
+}
+
+/// Objects written under `snapshots/` and `data/` of the target.
+fn stored_objects(d: &Path) -> usize {
+    ["snapshots", "data"]
+        .iter()
+        .map(|s| walk(&d.join("target").join(s)))
+        .sum()
+}
+
+fn walk(p: &Path) -> usize {
+    match fs::read_dir(p) {
+        Ok(rd) => rd
+            .map(|e| {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum(),
+        Err(_) => 0,
+    }
+}
+
+fn assert_same_dump(pg: &PgCluster, a: &str, b: &str) {
+    let (x, y) = (pg.dump_sorted(a), pg.dump_sorted(b));
+    assert!(x.len() > 1000, "the source dump has its rows");
+    if x != y {
+        let only_x: Vec<_> = x.iter().filter(|l| !y.contains(l)).take(10).collect();
+        let only_y: Vec<_> = y.iter().filter(|l| !x.contains(l)).take(10).collect();
+        panic!(
+            "pg_dump of {a} and {b} differ:\nonly in {a}: {only_x:#?}\nonly in {b}: {only_y:#?}"
+        );
+    }
+}
+
+fn pw(d: &Path) -> String {
+    d.join("pw").to_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_to_database_and_sql_file_equals_source_by_pg_dump() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.pgbench_init("src", 1);
+    pg.psql("src", TELECOM_SQL);
+    let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    let b = backup(&p).await.unwrap();
+    assert_eq!(b.store_kind, "postgres");
+    assert_eq!(table(&b, "pgbench_accounts").rows, 100_000);
+    assert_eq!(table(&b, "customers").rows, 301);
+    assert_eq!(table(&b, "billing.rates").rows, 3);
+    // Groups are (table, subject, period) exactly as for SQLite: one per
+    // customer (the NULL id-less row has none: ids are never NULL here);
+    // one per (customer, month) of calls; one per (customer, day) of
+    // invoices; one for an unlisted table.
+    assert_eq!(table(&b, "customers").groups, 301);
+    let cdr_groups: u64 = pg
+        .psql(
+            "src",
+            "SELECT count(DISTINCT (customer_id, to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM'))) FROM cdrs",
+        )
+        .parse()
+        .unwrap();
+    assert_eq!(table(&b, "cdrs").groups, cdr_groups);
+    let inv_groups: u64 = pg
+        .psql(
+            "src",
+            "SELECT count(DISTINCT (customer_id, issued)) FROM invoices",
+        )
+        .parse()
+        .unwrap();
+    assert_eq!(table(&b, "invoices").groups, inv_groups);
+    assert_eq!(table(&b, "pgbench_branches").groups, 1);
+
+    // `custos check --read-data` opens every group's chunks.
+    let c = custos::ops::check::check(&p, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(c.ok, "check found problems: {:#?}", c.findings);
+    let groups: u64 = b.tables.iter().map(|t| t.groups).sum();
+    assert!(
+        c.chunks_checked >= groups,
+        "check opened {} chunks for {groups} groups",
+        c.chunks_checked
+    );
+
+    // Into an empty database.
+    pg.createdb("dst");
+    let r = restore(&p, &pg.url("dst"), false).await.unwrap();
+    assert_eq!(r.rows_shredded, 0);
+    assert_eq!(r.items, b.items);
+    assert_same_dump(&pg, "src", "dst");
+    // The trigger is back and works, the sequences continue.
+    pg.psql("dst", "INSERT INTO customers (name) VALUES ('new')");
+    assert_eq!(
+        pg.psql("dst", "SELECT what FROM audit ORDER BY ctid DESC LIMIT 1"),
+        "INSERT 302"
+    );
+    assert_eq!(pg.psql("dst", "SELECT nextval('cdrs_id_seq')"), "5001");
+
+    // A non-empty database is refused, then replaced with --force.
+    let e = restore(&p, &pg.url("dst"), false).await.unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    restore(&p, &pg.url("dst"), true).await.unwrap();
+    assert_same_dump(&pg, "src", "dst");
+
+    // As a plain SQL script, loaded with psql.
+    let sql = d.join("billing.sql");
+    restore(&p, sql.to_str().unwrap(), false).await.unwrap();
+    let text = fs::read_to_string(&sql).unwrap();
+    assert!(text.contains("COPY \"public\".\"cdrs\""));
+    assert!(!text.contains(PASSWORD));
+    let e = restore(&p, sql.to_str().unwrap(), false).await.unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    pg.createdb("fromfile");
+    pg.psql_file("fromfile", &sql);
+    assert_same_dump(&pg, "src", "fromfile");
+
+    // Nothing of the data or the password is stored in clear.
+    let needle = b"quote's \"double\"";
+    for f in all_files(&d.join("target")) {
+        let bytes = fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{} holds a customer name in clear",
+            f.display()
+        );
+        assert!(!bytes
+            .windows(PASSWORD.len())
+            .any(|w| w == PASSWORD.as_bytes()));
+    }
+}
+
+fn all_files(p: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = fs::read_dir(p) {
+        for e in rd {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                v.extend(all_files(&e.path()));
+            } else {
+                v.push(e.path());
+            }
+        }
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_under_concurrent_writes_restores_one_committed_state() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.pgbench_init("src", 2);
+    let p = policy(d, &pg.url("src"), "", &pw(d)).await;
+    // pgbench's TPC-B-like transaction moves `delta` into one account, its
+    // teller and its branch and logs it in history: in every committed
+    // state the four sums are equal. A read that is not one snapshot sees
+    // them differ.
+    let mut writer = pg
+        .tool("pgbench")
+        .args(["-n", "-c", "2", "-T", "600", "src"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = |db: &str| -> u64 {
+        pg.psql(db, "SELECT count(*) FROM pgbench_history")
+            .parse()
+            .unwrap()
+    };
+    while count("src") < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = count("src");
+    let b = backup(&p).await;
+    let after = count("src");
+    let _ = writer.kill();
+    let _ = writer.wait();
+    b.unwrap();
+    assert!(after > before, "the writer committed while the backup ran");
+    pg.createdb("dst");
+    restore(&p, &pg.url("dst"), false).await.unwrap();
+    let sums = pg.psql(
+        "dst",
+        "SELECT (SELECT sum(abalance) FROM pgbench_accounts) || ' ' || \
+                (SELECT sum(tbalance) FROM pgbench_tellers) || ' ' || \
+                (SELECT sum(bbalance) FROM pgbench_branches) || ' ' || \
+                (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
+    );
+    let v: Vec<&str> = sums.split(' ').collect();
+    assert_eq!(v.len(), 4, "{sums}");
+    assert!(v.iter().all(|x| *x == v[0]), "sums differ: {sums}");
+    let restored = count("dst");
+    assert!(
+        restored >= before && restored <= after,
+        "restored {restored} history rows, source had {before} before and {after} after"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_before_any_data_moves() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let good = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    let base = stored_objects(d);
+
+    // Wrong password.
+    let wrong = d.join("wrong-pw");
+    fs::write(&wrong, "not-the-password\n").unwrap();
+    let p = policy(d, &pg.url("src"), TELECOM_TABLES, wrong.to_str().unwrap()).await;
+    let e = backup(&p).await.unwrap_err().to_string();
+    assert!(e.contains("authentication failed"), "{e}");
+    assert!(
+        !e.contains("not-the-password"),
+        "the password is not shown: {e}"
+    );
+
+    // Password file missing.
+    let p = policy(d, &pg.url("src"), TELECOM_TABLES, "/nonexistent/pw").await;
+    let e = backup(&p).await.unwrap_err().to_string();
+    assert!(e.contains("password_file"), "{e}");
+
+    // Nobody listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/src");
+    let p = policy(d, &url, TELECOM_TABLES, &pw(d)).await;
+    let e = backup(&p).await.unwrap_err().to_string();
+    assert!(e.contains("cannot connect"), "{e}");
+
+    // A listed table that does not exist.
+    let t = "[[store.tables]]\nname = \"subscribers\"\nclass = \"identity\"\nsubject = \"id\"\n";
+    let p = policy(d, &pg.url("src"), t, &pw(d)).await;
+    let e = backup(&p).await.unwrap_err().to_string();
+    assert!(
+        e.contains("subscribers") && e.contains("does not exist"),
+        "{e}"
+    );
+
+    // A subject column the table does not have.
+    let t = "[[store.tables]]\nname = \"cdrs\"\nclass = \"consumption\"\nsubject = \"msisdn\"\n";
+    let p = policy(d, &pg.url("src"), t, &pw(d)).await;
+    let e = backup(&p).await.unwrap_err().to_string();
+    assert!(e.contains("cdrs") && e.contains("msisdn"), "{e}");
+
+    // A period column that is not a time.
+    let t = "[[store.tables]]\nname = \"cdrs\"\nclass = \"consumption\"\nperiod = { column = \"meta\", every = \"day\" }\n";
+    let p = policy(d, &pg.url("src"), t, &pw(d)).await;
+    let e = backup(&p).await.unwrap_err().to_string();
+    assert!(e.contains("not a time"), "{e}");
+
+    assert_eq!(stored_objects(d), base, "no data was written");
+    // And the good policy works.
+    backup(&good).await.unwrap();
+    assert!(stored_objects(d) > base);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erased_subject_and_shredded_period_are_left_out_and_counted() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
+
+    // Erase customer 7 (the subject key of its pseudonym) and shred the
+    // calls of January 2026 (the period key), as the shredding jobs will.
+    let mut vault = custos::ops::open_vault(&p).await.unwrap();
+    let pseudo = custos::crypto::subject_pseudonym(vault.pseudonym_key(), "7");
+    vault
+        .destroy(custos::vault::KeyKind::Subject, &pseudo)
+        .await
+        .unwrap();
+    vault
+        .destroy(custos::vault::KeyKind::Period, "consumption:2026-01")
+        .await
+        .unwrap();
+    drop(vault);
+
+    let count = |sql: &str| -> u64 { pg.psql("src", sql).parse().unwrap() };
+    let cdrs_gone = count(
+        "SELECT count(*) FROM cdrs WHERE customer_id = 7 \
+         OR started_at < '2026-02-01 00:00:00+00'",
+    );
+    let invoices_gone = count("SELECT count(*) FROM invoices WHERE customer_id = 7");
+    assert!(cdrs_gone > 100 && invoices_gone > 0);
+
+    pg.createdb("dst");
+    let r = restore(&p, &pg.url("dst"), false).await.unwrap();
+    let shredded = |t: &str| r.tables.iter().find(|x| x.name == t).unwrap().rows_shredded;
+    assert_eq!(shredded("customers"), 1);
+    assert_eq!(shredded("cdrs"), cdrs_gone);
+    assert_eq!(shredded("invoices"), invoices_gone);
+    assert_eq!(shredded("billing.rates"), 0);
+    assert_eq!(r.rows_shredded, 1 + cdrs_gone + invoices_gone);
+
+    // The restore equals the source without exactly those rows.
+    pg.psql("postgres", "CREATE DATABASE expected TEMPLATE src");
+    pg.psql(
+        "expected",
+        "DELETE FROM cdrs WHERE customer_id = 7 OR started_at < '2026-02-01 00:00:00+00'; \
+         DELETE FROM invoices WHERE customer_id = 7; DELETE FROM customers WHERE id = 7",
+    );
+    assert_same_dump(&pg, "expected", "dst");
+}
+
+fn policy_error(d: &Path, store: &str) -> String {
+    let keys = d.join("keys");
+    if !keys.join("service.age").exists() {
+        custos::keys::init_keys(&keys).unwrap();
+    }
+    let text = format!(
+        "[policy]\nname = \"p\"\n\n[store]\n{store}\n\n[keys]\nidentity = {:?}\nrecipients = []\n\
+         vault = [\"{}\"]\n\n[[targets]]\nname = \"primary\"\nurl = \"{}\"\n",
+        keys.join("service.age").to_str().unwrap(),
+        file_url(&d.join("vault")),
+        file_url(&d.join("target")),
+    );
+    let p = d.join("bad.toml");
+    fs::write(&p, text).unwrap();
+    match Policy::load(&p) {
+        Ok(_) => panic!("policy accepted:\n{store}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn policy_keeps_passwords_out_and_postgres_keys_on_postgres_stores() {
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    let e = policy_error(
+        d,
+        "kind = \"postgres\"\nurl = \"postgres://u:hunter2@h/db\"",
+    );
+    assert!(e.contains("store.url") && e.contains("password"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"postgres\"\nurl = \"postgres://u@h/db\"\npassword_file = \"pw\"\npassword_env = \"PW\"",
+    );
+    assert!(e.contains("not both"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"sqlite\"\npath = \"x.db\"\npassword_env = \"PW\"",
+    );
+    assert!(e.contains("only a `postgres` store"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"sqlite\"\npath = \"x.db\"\nschemas = [\"public\"]",
+    );
+    assert!(e.contains("store.schemas"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"postgres\"\nurl = \"postgres://u@h/db\"\nschemas = [\"\"]",
+    );
+    assert!(e.contains("store.schemas[0]"), "{e}");
+}
+
+/// Every row of `table` as read with parts of `part_blocks` blocks.
+async fn read_all(
+    pg: &PgCluster,
+    db: &str,
+    table: &str,
+    subject: Option<&str>,
+    part_blocks: u64,
+) -> (usize, Vec<(custos::store::GroupCoords, Vec<u8>)>) {
+    use custos::store::postgres::{PgConn, PgSource};
+    let conn = PgConn::parse(&pg.url(db))
+        .unwrap()
+        .with_password(zeroize::Zeroizing::new(PASSWORD.to_string()));
+    let src = PgSource::open(&conn).await.unwrap();
+    let plan = src
+        .check_plan(&custos::store::TablePlan {
+            name: table.into(),
+            subject: subject.map(str::to_string),
+            period: None,
+        })
+        .unwrap();
+    let mut t = src
+        .stream_with(vec![plan], 3, part_blocks)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    let parts = t.parts();
+    let mut rows = Vec::new();
+    while let Some(b) = t.next().await {
+        rows.extend(b.unwrap());
+    }
+    src.close().await.unwrap();
+    (parts, rows)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_table_read_in_parts_gives_the_rows_of_one_scan() {
+    let Some(pg) = PgCluster::start() else { return };
+    pg.createdb("src");
+    pg.pgbench_init("src", 1);
+    let (one, whole) = read_all(&pg, "src", "pgbench_accounts", Some("bid"), u64::MAX).await;
+    let (many, parted) = read_all(&pg, "src", "pgbench_accounts", Some("bid"), 100).await;
+    assert_eq!(one, 1);
+    assert!(many > 10, "{many} parts");
+    assert_eq!(whole.len(), 100_000);
+    assert!(whole == parted, "same rows, same order, same groups");
+    assert_eq!(whole[0].0.subject.as_deref(), Some("1"));
+}
