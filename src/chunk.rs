@@ -111,9 +111,31 @@ impl Chunker {
         Ok(())
     }
 
+    /// Chunks a whole stream given at once (the chunker must be empty):
+    /// the same chunks as [`Chunker::push`] then [`Chunker::finish`], but a
+    /// stream no longer than `min` (most record groups) is emitted as one
+    /// chunk without copying it or building the gear tables.
+    pub fn chunk_all<E>(
+        &mut self,
+        data: &[u8],
+        emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if self.buf.is_empty() && data.len() <= self.params.min as usize {
+            if data.is_empty() {
+                return Ok(());
+            }
+            return emit(data);
+        }
+        self.push(data, emit)?;
+        self.finish(emit)
+    }
+
     /// Emits the remaining bytes as the group's last chunks.
     pub fn finish<E>(&mut self, emit: &mut impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
-        if !self.buf.is_empty() {
+        if !self.buf.is_empty() && self.buf.len() <= self.params.min as usize {
+            // FastCDC never cuts a stream of `min` bytes or fewer.
+            emit(&self.buf)?;
+        } else if !self.buf.is_empty() {
             let cdc = self.cdc();
             let mut start = 0usize;
             while start < self.buf.len() {
@@ -184,6 +206,22 @@ mod tests {
         let set: std::collections::HashSet<_> = a.iter().collect();
         let new = b.iter().filter(|c| !set.contains(c)).count();
         assert!(new <= 3, "{new} chunks changed");
+    }
+
+    #[test]
+    fn chunk_all_cuts_as_push_and_finish_do() {
+        let d = data(300_000);
+        for n in [0, 1, 2047, 2048, 2049, 10_000, 131_072, 300_000] {
+            let mut c = Chunker::new(ChunkParams::RECORDS, 42);
+            let mut got = Vec::new();
+            c.chunk_all::<()>(&d[..n], &mut |b| {
+                got.push(b.to_vec());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(got, chunks(&d[..n], 4096), "{n} bytes");
+            assert_eq!(c.pending(), 0);
+        }
     }
 
     #[test]

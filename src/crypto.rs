@@ -80,17 +80,40 @@ impl fmt::Debug for Key32 {
     }
 }
 
+/// Contexts derived from on every group: their BLAKE3 context hashing is
+/// done once per process and the hasher state cloned (the output is the
+/// same as a fresh `new_derive_key`).
+const HOT_CONTEXTS: [&str; 5] = [
+    "custos 2026 group key v1",
+    "custos 2026 chunk id v1",
+    "custos 2026 chunk enc v1",
+    "custos 2026 chunk nonce v1",
+    "custos 2026 group id v1",
+];
+
+fn derive_hasher(context: &str) -> blake3::Hasher {
+    static BASES: std::sync::OnceLock<Vec<blake3::Hasher>> = std::sync::OnceLock::new();
+    match HOT_CONTEXTS.iter().position(|c| *c == context) {
+        Some(i) => BASES.get_or_init(|| {
+            HOT_CONTEXTS
+                .iter()
+                .map(|c| blake3::Hasher::new_derive_key(c))
+                .collect()
+        })[i]
+            .clone(),
+        None => blake3::Hasher::new_derive_key(context),
+    }
+}
+
 /// Derives a key with BLAKE3's `derive_key` over length-prefixed parts, so
 /// that no two part lists give the same input.
 pub fn derive(context: &str, parts: &[&[u8]]) -> Key32 {
-    let mut h = blake3::Hasher::new_derive_key(context);
+    let mut h = derive_hasher(context);
     for p in parts {
         h.update(&(p.len() as u64).to_le_bytes());
         h.update(p);
     }
-    let mut out = [0u8; 32];
-    h.finalize_xof().fill(&mut out);
-    Key32::from_bytes(out)
+    Key32::from_bytes(*h.finalize().as_bytes())
 }
 
 /// The key of a shred group (see DESIGN "Shred units" and FORMAT "Keys").
@@ -157,27 +180,46 @@ impl<'de> serde::Deserialize<'de> for Id {
 }
 
 /// The keys of one shred group's chunks, derived from the group key.
+///
+/// The chunk id key and group id are derived at once; the encryption and
+/// nonce keys only when a chunk is first sealed or opened, so an
+/// incremental backup that finds a group's chunks already stored derives
+/// two keys, not four.
 pub struct ChunkKeys {
     id_key: Key32,
-    cipher: XChaCha20Poly1305,
-    nonce_key: Key32,
+    group_key: Key32,
+    sealing: std::sync::OnceLock<Sealing>,
     /// The group's public identifier in manifests (unlinkable without the key).
     pub group_id: Id,
+}
+
+/// The sealing half of [`ChunkKeys`], derived on first use.
+struct Sealing {
+    cipher: XChaCha20Poly1305,
+    nonce_key: Key32,
 }
 
 impl ChunkKeys {
     pub fn new(group_key: &Key32) -> Self {
         let id_key = derive("custos 2026 chunk id v1", &[&group_key.expose()[..]]);
-        let enc = derive("custos 2026 chunk enc v1", &[&group_key.expose()[..]]);
-        let nonce_key = derive("custos 2026 chunk nonce v1", &[&group_key.expose()[..]]);
         let gid = derive("custos 2026 group id v1", &[&group_key.expose()[..]]);
-        let cipher = XChaCha20Poly1305::new(enc.expose().into());
         ChunkKeys {
             id_key,
-            cipher,
-            nonce_key,
+            group_key: group_key.clone(),
+            sealing: std::sync::OnceLock::new(),
             group_id: Id(*gid.expose()),
         }
+    }
+
+    fn sealing(&self) -> &Sealing {
+        self.sealing.get_or_init(|| {
+            let g = &self.group_key.expose()[..];
+            let enc = derive("custos 2026 chunk enc v1", &[g]);
+            Sealing {
+                cipher: XChaCha20Poly1305::new(enc.expose().into()),
+                nonce_key: derive("custos 2026 chunk nonce v1", &[g]),
+            }
+        })
     }
 
     /// The chunk id: keyed BLAKE3 of the plaintext under the group's id key.
@@ -186,7 +228,7 @@ impl ChunkKeys {
     }
 
     fn nonce(&self, id: &Id) -> XNonce {
-        let h = blake3::keyed_hash(self.nonce_key.expose(), &id.0);
+        let h = blake3::keyed_hash(self.sealing().nonce_key.expose(), &id.0);
         *XNonce::from_slice(&h.as_bytes()[..24])
     }
 
@@ -202,7 +244,8 @@ impl ChunkKeys {
     /// Output is the ciphertext followed by the 16-byte tag.
     pub fn seal(&self, id: &Id, body: &[u8]) -> Vec<u8> {
         let aad = self.aad(id);
-        self.cipher
+        self.sealing()
+            .cipher
             .encrypt(
                 &self.nonce(id),
                 Payload {
@@ -219,7 +262,8 @@ impl ChunkKeys {
             return Err(CryptoError::Truncated(sealed.len()));
         }
         let aad = self.aad(id);
-        self.cipher
+        self.sealing()
+            .cipher
             .decrypt(
                 &self.nonce(id),
                 Payload {
@@ -359,6 +403,24 @@ mod tests {
         assert_eq!(m.open("snapshot", "abc", &s).unwrap(), b"{}");
         assert!(m.open("snapshot", "abd", &s).is_err());
         assert!(m.open("index", "abc", &s).is_err());
+    }
+
+    #[test]
+    fn cached_context_hashers_derive_what_a_fresh_hasher_derives() {
+        let g = [5u8; 32];
+        for ctx in HOT_CONTEXTS
+            .iter()
+            .chain(["custos 2026 meta enc v1"].iter())
+        {
+            let mut h = blake3::Hasher::new_derive_key(ctx);
+            h.update(&32u64.to_le_bytes());
+            h.update(&g);
+            let mut want = [0u8; 32];
+            h.finalize_xof().fill(&mut want);
+            // Twice: the second call clones the cached state.
+            assert_eq!(derive(ctx, &[&g]).expose(), &want, "{ctx}");
+            assert_eq!(derive(ctx, &[&g]).expose(), &want, "{ctx}");
+        }
     }
 
     #[test]

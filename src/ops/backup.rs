@@ -522,24 +522,139 @@ struct ReaderCtx {
 /// rows span two windows is stored as two runs (FORMAT 3.4). Window limits
 /// fall at byte offsets of the table, so an edit moves only the groups near
 /// a limit into the neighbouring window.
+///
+/// Rows are appended to one buffer and linked per group, so a row costs no
+/// allocation; the buffers are kept (cleared) from one window to the next.
 #[derive(Default)]
 struct Window {
-    groups: HashMap<GroupCoords, (u64, Vec<u8>)>,
+    /// Hash of a group's coordinates → its first slot with that hash.
+    by_hash: HashMap<u64, u32, std::hash::BuildHasherDefault<PassHasher>>,
+    slots: Vec<Slot>,
+    /// Every row of the window, in arrival order.
+    arena: Vec<u8>,
+    /// Rows: (start in `arena`, length, next row of the group or `NONE`).
+    rows: Vec<(u32, u32, u32)>,
     bytes: usize,
 }
 
+/// One group of a window.
+struct Slot {
+    coords: GroupCoords,
+    /// Next slot with the same hash (a collision chain), or `NONE`.
+    same_hash: u32,
+    rows: u64,
+    bytes: usize,
+    first: u32,
+    last: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
 impl Window {
     fn add(&mut self, coords: &GroupCoords, row: &[u8]) {
-        match self.groups.get_mut(coords) {
-            Some((n, b)) => {
-                *n += 1;
-                b.extend_from_slice(row);
+        let hash = coords_hash(coords);
+        let r = self.rows.len() as u32;
+        self.rows
+            .push((self.arena.len() as u32, row.len() as u32, NONE));
+        self.arena.extend_from_slice(row);
+        self.bytes += row.len();
+        let mut at = self.by_hash.get(&hash).copied().unwrap_or(NONE);
+        let mut tail = NONE;
+        while at != NONE {
+            let s = &self.slots[at as usize];
+            if s.coords == *coords {
+                break;
             }
-            None => {
-                self.groups.insert(coords.clone(), (1, row.to_vec()));
+            tail = at;
+            at = s.same_hash;
+        }
+        if at != NONE {
+            let s = &mut self.slots[at as usize];
+            self.rows[s.last as usize].2 = r;
+            s.last = r;
+            s.rows += 1;
+            s.bytes += row.len();
+            return;
+        }
+        let slot = self.slots.len() as u32;
+        self.slots.push(Slot {
+            coords: coords.clone(),
+            same_hash: NONE,
+            rows: 1,
+            bytes: row.len(),
+            first: r,
+            last: r,
+        });
+        if tail == NONE {
+            self.by_hash.insert(hash, slot);
+        } else {
+            self.slots[tail as usize].same_hash = slot;
+        }
+    }
+
+    /// A group's rows, in read order.
+    fn group_rows<'a>(&'a self, slot: &Slot) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut at = slot.first;
+        std::iter::from_fn(move || {
+            if at == NONE {
+                return None;
+            }
+            let (start, len, next) = self.rows[at as usize];
+            at = next;
+            Some(&self.arena[start as usize..(start + len) as usize])
+        })
+    }
+
+    /// Empties the window, keeping its buffers.
+    fn clear(&mut self) {
+        self.by_hash.clear();
+        self.slots.clear();
+        self.arena.clear();
+        self.rows.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A fast, non-cryptographic hash of group coordinates (FxHash-style:
+/// rotate, xor, multiply per 8 bytes); only used inside one window.
+fn coords_hash(c: &GroupCoords) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = 0u64;
+    let mut mix = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+    for part in [&c.subject, &c.bucket] {
+        match part {
+            None => mix(0xff),
+            Some(v) => {
+                let b = v.as_bytes();
+                mix(b.len() as u64);
+                let mut it = b.chunks_exact(8);
+                for w in &mut it {
+                    mix(u64::from_le_bytes(w.try_into().unwrap()));
+                }
+                let mut last = [0u8; 8];
+                last[..it.remainder().len()].copy_from_slice(it.remainder());
+                mix(u64::from_le_bytes(last));
             }
         }
-        self.bytes += row.len();
+    }
+    h
+}
+
+/// A `Hasher` for keys that are already hashes.
+#[derive(Default)]
+struct PassHasher(u64);
+
+impl std::hash::Hasher for PassHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | *b as u64;
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
     }
 }
 
@@ -583,14 +698,17 @@ impl GroupCtx<'_> {
     /// are persisted) and returns their entries in order.
     fn process(
         &self,
-        groups: &[(GroupCoords, (u64, Vec<u8>))],
+        window: &Window,
+        order: &[u32],
         refs: &[GroupRef],
         work: &mut WorkSender,
     ) -> Result<Vec<GroupEntry>, OpsError> {
         let missing = || OpsError::Internal("a key vanished from the vault during a backup".into());
-        let mut out = Vec::with_capacity(groups.len());
+        let mut out = Vec::with_capacity(order.len());
         let mut chunker = Chunker::new(self.params, self.seed);
-        for ((_, (rows, bytes)), r) in groups.iter().zip(refs) {
+        let mut gathered = Vec::new();
+        for (&slot, r) in order.iter().zip(refs) {
+            let slot = &window.slots[slot as usize];
             let tkey = self.vault.key(&r.t).ok_or_else(missing)?;
             let skey = match &r.s {
                 Some(id) => Some(self.vault.key(id).ok_or_else(missing)?),
@@ -610,15 +728,24 @@ impl GroupCtx<'_> {
                     c,
                 )
             };
-            chunker.push(bytes, &mut emit)?;
-            chunker.finish(&mut emit)?;
+            // A one-row group is chunked in place; others are gathered.
+            let bytes: &[u8] = if slot.rows == 1 {
+                window.group_rows(slot).next().unwrap_or_default()
+            } else {
+                gathered.clear();
+                for row in window.group_rows(slot) {
+                    gathered.extend_from_slice(row);
+                }
+                &gathered
+            };
+            chunker.chunk_all(bytes, &mut emit)?;
             out.push(GroupEntry {
                 g: keys.group_id.0[..8].try_into().unwrap(),
                 s: r.s,
                 t: r.t,
-                u: r.unit.to_string(),
-                rows: *rows,
-                bytes: bytes.len() as u64,
+                u: r.unit.clone(),
+                rows: slot.rows,
+                bytes: slot.bytes as u64,
                 chunks,
             });
         }
@@ -693,10 +820,15 @@ impl ReaderCtx {
         pager: &mut GroupPager,
         pages: &mut Vec<Id>,
     ) -> Result<u64, OpsError> {
-        let mut groups: Vec<_> = window.groups.drain().collect();
-        window.bytes = 0;
-        groups.sort_by(|a, b| (&a.0.bucket, &a.0.subject).cmp(&(&b.0.bucket, &b.0.subject)));
-        let n = groups.len() as u64;
+        let mut order: Vec<u32> = (0..window.slots.len() as u32).collect();
+        {
+            let slots = &window.slots;
+            order.sort_by(|&a, &b| {
+                let (a, b) = (&slots[a as usize].coords, &slots[b as usize].coords);
+                (&a.bucket, &a.subject).cmp(&(&b.bucket, &b.subject))
+            });
+        }
+        let n = order.len() as u64;
         // Keys first: every key this window needs is created and persisted
         // at every vault location before any chunk sealed under it exists.
         // Groups come sorted by bucket, so the time key changes rarely.
@@ -704,8 +836,9 @@ impl ReaderCtx {
         let refs: Vec<GroupRef> = {
             let mut v = self.vault.blocking_lock();
             let mut last: Option<(&Option<String>, KeyId, Arc<str>)> = None;
-            let mut refs = Vec::with_capacity(groups.len());
-            for (coords, _) in &groups {
+            let mut refs = Vec::with_capacity(order.len());
+            for &slot in &order {
+                let coords = &window.slots[slot as usize].coords;
                 if last.as_ref().is_none_or(|l| *l.0 != coords.bucket) {
                     let (kind, name) = time_key_name(class, coords.bucket.as_deref(), &epoch);
                     let id = v.get_or_create(kind, &name).0;
@@ -729,7 +862,7 @@ impl ReaderCtx {
         // derivation, chunking and hashing are per group); their entries are
         // put back in order.
         let threads = self.threads.max(1);
-        let per = groups.len().div_ceil(threads).max(1);
+        let per = order.len().div_ceil(threads).max(1);
         let results: Vec<Result<Vec<GroupEntry>, OpsError>> = {
             let v = self.vault.blocking_lock();
             let shared = GroupCtx {
@@ -741,14 +874,15 @@ impl ReaderCtx {
                 seed: self.seed,
             };
             std::thread::scope(|scope| {
-                let handles: Vec<_> = groups
+                let window = &*window;
+                let handles: Vec<_> = order
                     .chunks(per)
                     .zip(refs.chunks(per))
                     .map(|(slice, refs)| {
                         let mut sender = WorkSender::new(self.work.tx.clone());
                         let shared = &shared;
                         scope.spawn(move || {
-                            let r = shared.process(slice, refs, &mut sender);
+                            let r = shared.process(window, slice, refs, &mut sender);
                             r.and_then(|e| sender.flush().map(|_| e))
                         })
                     })
@@ -774,6 +908,7 @@ impl ReaderCtx {
                 }
             }
         }
+        window.clear();
         Ok(n)
     }
 
@@ -791,10 +926,13 @@ impl ReaderCtx {
 
     /// Seals a tree page and hands it to the packer (if not stored yet).
     fn store_page(&mut self, page: Page) -> Result<Id, OpsError> {
-        let (id, sealed) = page.seal(&self.meta);
+        let (index, in_flight) = (&self.index, &mut self.in_flight);
+        let (id, sealed) = page.seal_if_new(&self.meta, |id| {
+            !index.chunks.contains_key(id) && in_flight.insert(*id)
+        });
         // Pages are blobs like chunks and are counted with them.
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
-        if !self.index.chunks.contains_key(&id) && self.in_flight.insert(id) {
+        if let Some(sealed) = sealed {
             self.counters.new_chunks.fetch_add(1, Ordering::Relaxed);
             let raw_len = sealed.len() as u32;
             self.pages_out
@@ -1170,4 +1308,83 @@ fn table_summaries(tables: &[TableEntry]) -> Vec<TableSummary> {
             groups: t.groups,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(subject: Option<&str>, bucket: Option<&str>) -> GroupCoords {
+        GroupCoords {
+            subject: subject.map(str::to_string),
+            bucket: bucket.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn window_gathers_each_groups_rows_in_order_and_reuses_its_buffers() {
+        let keys = [
+            c(Some("1"), Some("2026-03")),
+            c(Some("1"), Some("2026-04")),
+            c(Some("2"), Some("2026-03")),
+            c(None, None),
+            c(Some("1"), None),
+            c(None, Some("1")),
+        ];
+        let mut w = Window::default();
+        for round in 0..2 {
+            let mut want: HashMap<GroupCoords, Vec<u8>> = HashMap::new();
+            for i in 0..600u32 {
+                let k = &keys[(i as usize * 7 + round) % keys.len()];
+                let row = format!("row {i};");
+                w.add(k, row.as_bytes());
+                want.entry(k.clone())
+                    .or_default()
+                    .extend_from_slice(row.as_bytes());
+            }
+            assert_eq!(w.slots.len(), keys.len());
+            assert_eq!(w.bytes, want.values().map(Vec::len).sum::<usize>());
+            for s in &w.slots {
+                let got: Vec<u8> = w.group_rows(s).flatten().copied().collect();
+                assert_eq!(&got, &want[&s.coords], "{:?}", s.coords);
+                assert_eq!(s.bytes, got.len());
+                assert_eq!(s.rows as usize, w.group_rows(s).count());
+            }
+            w.clear();
+            assert!(w.slots.is_empty() && w.bytes == 0);
+        }
+    }
+
+    #[test]
+    fn window_tells_groups_apart_when_their_hashes_collide() {
+        let mut w = Window::default();
+        let (a, b) = (c(Some("a"), None), c(Some("b"), None));
+        // Force both groups into one hash chain.
+        w.add(&a, b"x");
+        let hb = coords_hash(&b);
+        w.by_hash.remove(&hb);
+        w.slots.push(Slot {
+            coords: b.clone(),
+            same_hash: NONE,
+            rows: 0,
+            bytes: 0,
+            first: NONE,
+            last: NONE,
+        });
+        w.slots[0].same_hash = 1;
+        // `b` now lives only on `a`'s chain: adding to it must walk the chain.
+        w.slots[1].first = w.rows.len() as u32;
+        w.slots[1].last = w.slots[1].first;
+        w.rows.push((w.arena.len() as u32, 1, NONE));
+        w.arena.push(b'y');
+        w.slots[1].rows = 1;
+        w.slots[1].bytes = 1;
+        w.by_hash.insert(hb, 0);
+        w.add(&b, b"z");
+        w.add(&a, b"w");
+        assert_eq!(w.slots.len(), 2);
+        let rows = |s: &Slot| w.group_rows(s).flatten().copied().collect::<Vec<u8>>();
+        assert_eq!(rows(&w.slots[0]), b"xw");
+        assert_eq!(rows(&w.slots[1]), b"yz");
+    }
 }

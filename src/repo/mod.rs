@@ -69,8 +69,21 @@ impl RepoError {
 }
 
 /// zstd-compresses metadata before sealing.
+/// Each thread keeps one zstd context: creating one per tree page costs
+/// more than compressing the page.
 pub(crate) fn compress_meta(plain: &[u8]) -> Vec<u8> {
-    zstd::bulk::compress(plain, 3).expect("zstd compression of an in-memory buffer")
+    thread_local! {
+        static META_ZSTD: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    META_ZSTD.with(|c| {
+        let mut c = c.borrow_mut();
+        let c = c.get_or_insert_with(|| {
+            zstd::bulk::Compressor::new(3).expect("zstd compression context")
+        });
+        c.compress(plain)
+            .expect("zstd compression of an in-memory buffer")
+    })
 }
 
 /// Bound for decompressed metadata objects: a hostile object cannot make us
@@ -88,6 +101,17 @@ pub(crate) fn decompress_meta(object: &str, data: &[u8]) -> Result<Vec<u8>, Repo
             format!("declares {size} bytes decompressed (limit {MAX_META_BYTES})"),
         ));
     }
-    zstd::bulk::decompress(data, size as usize)
+    thread_local! {
+        static META_UNZSTD: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    META_UNZSTD
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            let d = d.get_or_insert_with(|| {
+                zstd::bulk::Decompressor::new().expect("zstd decompression context")
+            });
+            d.decompress(data, size as usize)
+        })
         .map_err(|e| RepoError::malformed(object, format!("zstd: {e}")))
 }

@@ -38,30 +38,53 @@ pub fn pack_path(id: &Id) -> String {
 /// compressing a small chunk, so each thread keeps one.
 pub struct Codec {
     c: zstd::bulk::Compressor<'static>,
+    /// For chunks below [`SMALL_CHUNK`]: level -1, which skips building
+    /// Huffman tables for the literals (most of zstd's fixed cost per call
+    /// on a few hundred bytes); repeats within the chunk are still found.
+    small: zstd::bulk::Compressor<'static>,
     d: zstd::bulk::Decompressor<'static>,
+    /// Compressed output, reused from chunk to chunk.
+    scratch: Vec<u8>,
 }
+
+/// Chunks shorter than this are compressed with the small-chunk context.
+pub const SMALL_CHUNK: usize = 1024;
 
 impl Codec {
     pub fn new(level: i32) -> Self {
         Codec {
             c: zstd::bulk::Compressor::new(level).expect("zstd compression context"),
+            small: zstd::bulk::Compressor::new(level.min(-1)).expect("zstd compression context"),
             d: zstd::bulk::Decompressor::new().expect("zstd decompression context"),
+            scratch: Vec::new(),
         }
     }
 }
 
 /// Compresses (when it helps) and seals one chunk.
 pub fn seal_chunk(codec: &mut Codec, keys: &ChunkKeys, id: &Id, plain: &[u8]) -> Vec<u8> {
-    let mut body = Vec::with_capacity(plain.len() + 32);
-    body.push(CODEC_ZSTD);
-    let compressed = codec.c.compress(plain).ok();
-    match compressed {
-        Some(c) if c.len() + 8 < plain.len() => body.extend_from_slice(&c),
-        _ => {
-            body[0] = CODEC_STORED;
-            body.extend_from_slice(plain);
-        }
-    }
+    let c = if plain.len() < SMALL_CHUNK {
+        &mut codec.small
+    } else {
+        &mut codec.c
+    };
+    // Compressed output is kept only if it saves more than 8 bytes, so a
+    // buffer of `plain.len() - 9` bytes is enough (zstd fails early when
+    // its output would not fit, and the chunk is stored as is).
+    let room = plain.len().saturating_sub(9);
+    codec.scratch.clear();
+    codec.scratch.reserve(room);
+    let fits = room > 0
+        && c.compress_to_buffer(plain, &mut codec.scratch)
+            .is_ok_and(|n| n + 8 < plain.len());
+    let (codec_byte, data) = if fits {
+        (CODEC_ZSTD, &codec.scratch[..])
+    } else {
+        (CODEC_STORED, plain)
+    };
+    let mut body = Vec::with_capacity(data.len() + 1);
+    body.push(codec_byte);
+    body.extend_from_slice(data);
     keys.seal(id, &body)
 }
 
@@ -227,4 +250,54 @@ pub fn read_header(
         }
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Key32;
+
+    fn codec_of(keys: &ChunkKeys, id: &Id, sealed: &[u8]) -> u8 {
+        keys.open(id, sealed).unwrap()[0]
+    }
+
+    #[test]
+    fn chunks_of_every_size_round_trip_and_compress_only_when_it_pays() {
+        let keys = ChunkKeys::new(&Key32::random());
+        let mut codec = Codec::new(3);
+        let mut x: u64 = 0x2545F4914F6CDD1D;
+        let noise: Vec<u8> = (0..70_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let text: Vec<u8> = b"2026-03-14T10:00:00Z|+4915112345678|voice|60;"
+            .iter()
+            .copied()
+            .cycle()
+            .take(70_000)
+            .collect();
+        for n in [0, 1, 9, 10, 100, SMALL_CHUNK - 1, SMALL_CHUNK, 5000, 70_000] {
+            for (what, data) in [("noise", &noise[..n]), ("text", &text[..n])] {
+                let id = keys.chunk_id(data);
+                let sealed = seal_chunk(&mut codec, &keys, &id, data);
+                let back = open_chunk(&mut codec, &keys, &id, &sealed, n as u32).unwrap();
+                assert_eq!(back, data, "{what} {n}");
+                let c = codec_of(&keys, &id, &sealed);
+                if what == "noise" || n < 10 {
+                    assert_eq!(c, CODEC_STORED, "{what} {n}");
+                } else if n >= 100 {
+                    assert_eq!(c, CODEC_ZSTD, "{what} {n}");
+                    assert!(
+                        sealed.len() < n,
+                        "{what} {n}: {} bytes sealed",
+                        sealed.len()
+                    );
+                }
+            }
+        }
+    }
 }

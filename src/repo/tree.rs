@@ -36,7 +36,7 @@ pub struct GroupEntry {
     /// Time key id (period or class-epoch key).
     pub t: KeyId,
     /// The time unit: `period:<class>:<label>` or `epoch:<class>:<label>`.
-    pub u: String,
+    pub u: std::sync::Arc<str>,
     pub rows: u64,
     pub bytes: u64,
     pub chunks: Vec<Id>,
@@ -134,14 +134,14 @@ fn encode_groups(table: &str, groups: &[GroupEntry]) -> Vec<u8> {
     out.extend_from_slice(table.as_bytes());
     let (t, u) = groups
         .first()
-        .map(|g| (g.t, g.u.as_str()))
+        .map(|g| (g.t, &*g.u))
         .unwrap_or((KeyId([0; 16]), ""));
     out.extend_from_slice(&t.0);
     put_varint(&mut out, u.len() as u64);
     out.extend_from_slice(u.as_bytes());
     put_varint(&mut out, groups.len() as u64);
     for g in groups {
-        debug_assert!(g.t == t && g.u == u, "a page holds one time unit");
+        debug_assert!(g.t == t && &*g.u == u, "a page holds one time unit");
         out.extend_from_slice(&g.g);
         match &g.s {
             Some(s) => {
@@ -164,7 +164,7 @@ fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
     let mut r = Reader { b, at: 2 };
     let table = r.string()?;
     let t = r.key_id()?;
-    let u = r.string()?;
+    let u: std::sync::Arc<str> = r.string()?.into();
     let n = r.bounded()?;
     let mut groups = Vec::with_capacity(n.min(1 << 16));
     for _ in 0..n {
@@ -251,10 +251,25 @@ impl Page {
 
     /// Seals the page: returns its id and sealed bytes.
     pub fn seal(&self, meta: &MetaKey) -> (Id, Vec<u8>) {
+        let (id, sealed) = self.seal_if_new(meta, |_| true);
+        (id, sealed.expect("asked to seal"))
+    }
+
+    /// The page's id, and its sealed bytes only if `is_new(id)`: a page
+    /// already stored (most pages of an incremental backup) is hashed but
+    /// neither compressed nor encrypted again.
+    pub fn seal_if_new(
+        &self,
+        meta: &MetaKey,
+        is_new: impl FnOnce(&Id) -> bool,
+    ) -> (Id, Option<Vec<u8>>) {
         let plain = self.encode();
         let id = meta.keyed_hash("tree", &plain);
+        if !is_new(&id) {
+            return (id, None);
+        }
         let sealed = meta.seal("tree", &id.to_hex(), &compress_meta(&plain));
-        (id, sealed)
+        (id, Some(sealed))
     }
 
     pub fn open(object: &str, id: &Id, meta: &MetaKey, sealed: &[u8]) -> Result<Page, RepoError> {
