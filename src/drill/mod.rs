@@ -694,7 +694,7 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
                     if st.listed.len() < MAX_LISTED {
                         st.listed.push(ShreddedGroup {
                             group: hex::encode(g.g),
-                            unit: g.u.clone(),
+                            unit: g.u.to_string(),
                             rows: g.rows,
                         });
                     }
