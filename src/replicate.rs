@@ -751,9 +751,12 @@ pub async fn replicate(
         }
     }
     let width = concurrency * run.nodes.len().max(1);
+    let run_ref = &run;
     for (phase, keys) in by_phase.iter().enumerate() {
-        futures::stream::iter(keys.iter())
-            .map(|k| run.sync_key(k, phase))
+        // Owned keys: a closure over borrowed ones makes the future
+        // non-`Send` for the daemon's spawned jobs.
+        futures::stream::iter(keys.iter().cloned())
+            .map(move |k: String| async move { run_ref.sync_key(&k, phase).await })
             .buffer_unordered(width)
             .collect::<Vec<()>>()
             .await;

@@ -581,7 +581,8 @@ async fn retention_command_lists_due_units_by_pseudonym_and_audits_the_run() {
     assert!(!out.contains("C-4") && !out.contains("C-6"), "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["dry_run"], true);
-    assert_eq!(v["snapshots"]["forgotten"].as_array().unwrap().len(), 1);
+    assert_eq!(v["snapshots"][0]["forgotten"].as_array().unwrap().len(), 1);
+    assert!(v["scheduled"].as_array().unwrap().is_empty());
     let kinds: BTreeMap<String, usize> =
         v["due"]
             .as_array()
@@ -607,10 +608,64 @@ async fn retention_command_lists_due_units_by_pseudonym_and_audits_the_run() {
     assert!(!text.contains("C-4"), "{text}");
     assert_eq!(snapshot_ids(&policy).await.len(), 1);
 
+    // The real run scheduled every due unit for destruction after the grace
+    // (default 7 days); nothing is destroyed yet.
+    let v: serde_json::Value = serde_json::from_str(&stdout(&run(cmd(&["--json"])))).unwrap();
+    let pending = v["pending"].as_array().unwrap();
+    assert_eq!(pending.len(), 4, "{v}");
+    assert!(v["shred"]["destroyed"].as_array().unwrap().is_empty());
+    // After the grace, the next run destroys them, with a certificate each.
+    let mut later = custos();
+    later
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["retention", "--policy"])
+        .arg(&f.policy)
+        .args(["--as-of", "2026-06-09T00:00:00Z", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&run(later))).unwrap();
+    let destroyed = v["shred"]["destroyed"].as_array().unwrap();
+    assert_eq!(destroyed.len(), 4, "{v}");
+    assert!(v["pending"].as_array().unwrap().is_empty());
+    for d in destroyed {
+        let id = d["certificate"].as_str().unwrap();
+        assert!(state
+            .join("certificates/crm")
+            .join(format!("{id}.json"))
+            .is_file());
+    }
+    // The latest snapshot now restores without the expired customers' rows
+    // (C-4, C-6) and without the expired months, and with everything else.
+    let to = f.path("restored.db");
+    let mut r = custos();
+    r.arg("--state-dir")
+        .arg(&state)
+        .args(["restore", "--policy"])
+        .arg(&f.policy)
+        .args(["--snapshot", "latest", "--to"])
+        .arg(&to);
+    run(r);
+    let c = Connection::open(&to).unwrap();
+    let ids: Vec<String> = c
+        .prepare("SELECT id FROM customers ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(ids, ["C-1", "C-2", "C-3", "C-5"]);
+    let contracts: Vec<String> = c
+        .prepare("SELECT customer_id FROM contracts ORDER BY customer_id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(contracts, ["C-1", "C-5"]);
+
     let log = custos::audit::AuditLog::open(&state.join("audit")).unwrap();
     let entries = log.entries().unwrap();
     let ours: Vec<_> = entries.iter().filter(|e| e.op == "retention").collect();
-    assert_eq!(ours.len(), 2);
+    assert_eq!(ours.len(), 4);
     assert!(ours[0].flags.contains(&"dry-run".to_string()));
     let all = std::fs::read_to_string(log.path()).unwrap_or_default();
     assert!(!all.contains("C-4"));

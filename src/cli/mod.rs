@@ -119,7 +119,6 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     use custos::vault::VaultError;
     if e.downcast_ref::<custos::policy::PolicyError>().is_some()
         || e.downcast_ref::<policy::Problems>().is_some()
-        || e.downcast_ref::<run::NotBuilt>().is_some()
     {
         return 2;
     }

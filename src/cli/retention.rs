@@ -1,17 +1,19 @@
 //! `custos retention --policy P [--target NAME] [--dry-run] [--json] [--as-of TIME]`
 //!
-//! Applies the `[snapshots] keep_*` rules on one target (forget + prune,
-//! unless `--dry-run`) and lists the shred units whose retention has ended:
-//! periods, subjects (by pseudonym, never by id) and class epochs. Listing
-//! destroys nothing. One audit entry per run, also on failure.
+//! Applies the `[snapshots] keep_*` rules on every target (or `--target`):
+//! forget + prune; lists the shred units whose retention has ended (periods,
+//! subjects by pseudonym, never by id, class epochs), schedules them for
+//! destruction after the `[shred] grace`, and destroys what is past its
+//! grace and not held (see `custos::retention::apply`). `--dry-run` changes
+//! nothing. One audit entry per run, also on failure.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use custos::audit::{AuditLog, Event, Outcome};
 use custos::ops::human_bytes;
-use custos::ops::prune::{forget_and_prune, PruneOptions, PruneReport};
-use custos::retention::{due_units, open_live_store, DueUnit, UnitKind};
-use serde::Serialize;
+use custos::ops::prune::PruneReport;
+use custos::retention::apply::{apply, ApplyOptions, ApplyReport};
+use custos::retention::UnitKind;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,69 +38,17 @@ pub struct RetentionArgs {
     lock_wait: u64,
 }
 
-#[derive(Serialize)]
-struct Output<'a> {
-    policy: &'a str,
-    as_of: String,
-    dry_run: bool,
-    snapshots: &'a PruneReport,
-    due: &'a [DueUnit],
-}
-
 pub async fn run(a: RetentionArgs) -> Result<()> {
     let policy = super::load_policy(&a.policy)?;
     let state = super::state_dir()?;
     let audit = AuditLog::open(&state.sub("audit")?)?;
-    let target_name = a
-        .target
-        .clone()
-        .unwrap_or_else(|| policy.primary().name.clone());
-    let mut event = Event::new("retention", "operator")
-        .policy(&policy.name)
-        .object(format!("target:{target_name}"));
+    let mut event = Event::new("retention", "operator").policy(&policy.name);
+    if let Some(t) = &a.target {
+        event = event.object(format!("target:{t}"));
+    }
     if a.dry_run {
         event = event.flag("dry-run");
     }
-    match work(&a, &policy).await {
-        Ok((report, due, now)) => {
-            let count = |k: UnitKind| due.iter().filter(|u| u.kind == k).count();
-            let detail = format!(
-                "{}forgot {} snapshot(s), deleted {} pack(s) ({} bytes); due: {} period(s), {} subject(s), {} epoch(s)",
-                if a.dry_run { "dry run: would have " } else { "" },
-                report.forgotten.len(),
-                report.packs_deleted + report.unindexed_packs_deleted,
-                report.bytes_deleted,
-                count(UnitKind::Period),
-                count(UnitKind::Subject),
-                count(UnitKind::Epoch),
-            );
-            audit.append(&event.detail(detail))?;
-            if a.json {
-                let out = Output {
-                    policy: &policy.name,
-                    as_of: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    dry_run: a.dry_run,
-                    snapshots: &report,
-                    due: &due,
-                };
-                println!("{}", serde_json::to_string(&out)?);
-            } else {
-                print_text(&report, &due, now);
-            }
-            Ok(())
-        }
-        Err(e) => {
-            // The message names objects and tables, never a value of a row.
-            let _ = audit.append(&event.outcome(Outcome::Failed).detail(format!("{e:#}")));
-            Err(e)
-        }
-    }
-}
-
-async fn work(
-    a: &RetentionArgs,
-    policy: &custos::policy::Policy,
-) -> Result<(PruneReport, Vec<DueUnit>, chrono::DateTime<chrono::Utc>)> {
     let now = match &a.as_of {
         Some(t) => chrono::DateTime::parse_from_rfc3339(t)
             .with_context(|| {
@@ -107,19 +57,78 @@ async fn work(
             .with_timezone(&chrono::Utc),
         None => chrono::Utc::now(),
     };
-    let opts = PruneOptions {
-        target: a.target.clone(),
+    let opts = ApplyOptions {
+        now,
         dry_run: a.dry_run,
+        target: a.target.clone(),
         lock_wait: Duration::from_secs(a.lock_wait),
+        actor: event.actor.clone(),
+        role: "operator".into(),
     };
-    let report = forget_and_prune(policy, &opts).await?;
-    let vault = custos::ops::open_vault(policy).await?;
-    let store = open_live_store(policy)?;
-    let due = due_units(policy, store.as_ref(), &vault, now)?;
-    Ok((report, due, now))
+    let r = match apply(&policy, &state, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            // The message names objects and tables, never a value of a row.
+            let _ = audit.append(&event.outcome(Outcome::Failed).detail(format!("{e:#}")));
+            return Err(e.into());
+        }
+    };
+    audit.append(
+        &event
+            .outcome(if r.ok() { Outcome::Ok } else { Outcome::Failed })
+            .detail(summary(&r)),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print_text(&r);
+    }
+    if r.ok() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "retention of policy `{}` did not complete: {}",
+            policy.name,
+            r.errors
+                .iter()
+                .cloned()
+                .chain(
+                    r.shred
+                        .iter()
+                        .flat_map(|s| s.failed.iter().map(|(u, why)| format!("{}: {why}", u.name)))
+                )
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    }
 }
 
-fn print_text(r: &PruneReport, due: &[DueUnit], now: chrono::DateTime<chrono::Utc>) {
+/// One line for the audit trail: counts only.
+fn summary(r: &ApplyReport) -> String {
+    let count = |k: UnitKind| r.due.iter().filter(|u| u.kind == k).count();
+    let forgotten: usize = r.snapshots.iter().map(|p| p.forgotten.len()).sum();
+    let packs: u64 = r
+        .snapshots
+        .iter()
+        .map(|p| p.packs_deleted + p.unindexed_packs_deleted)
+        .sum();
+    let bytes: u64 = r.snapshots.iter().map(|p| p.bytes_deleted).sum();
+    format!(
+        "{}forgot {forgotten} snapshot(s), deleted {packs} pack(s) ({bytes} bytes) on {} target(s); due: {} period(s), {} subject(s), {} epoch(s); scheduled {}, destroyed {}, pending {}, held {}, errors {}",
+        if r.dry_run { "dry run: would have " } else { "" },
+        r.snapshots.len(),
+        count(UnitKind::Period),
+        count(UnitKind::Subject),
+        count(UnitKind::Epoch),
+        r.scheduled.len(),
+        r.shred.as_ref().map_or(0, |s| s.destroyed.len()),
+        r.pending.len(),
+        r.held.len(),
+        r.errors.len(),
+    )
+}
+
+fn print_prune(r: &PruneReport) {
     let kept = r.snapshots.iter().filter(|d| d.keep).count();
     let verb = if r.dry_run { "would forget" } else { "forgot" };
     println!(
@@ -149,12 +158,18 @@ fn print_text(r: &PruneReport, due: &[DueUnit], now: chrono::DateTime<chrono::Ut
         r.packs_kept,
         human_bytes(r.bytes_kept)
     );
+}
+
+fn print_text(r: &ApplyReport) {
+    for p in &r.snapshots {
+        print_prune(p);
+    }
     println!(
         "due for destruction as of {}: {}",
-        now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        if due.is_empty() { "nothing" } else { "" }
+        r.as_of,
+        if r.due.is_empty() { "nothing" } else { "" }
     );
-    for u in due {
+    for u in &r.due {
         println!(
             "  {:<7} {:<11} {:<32} since {}{}",
             format!("{:?}", u.kind).to_lowercase(),
@@ -168,5 +183,47 @@ fn print_text(r: &PruneReport, due: &[DueUnit], now: chrono::DateTime<chrono::Ut
                 "  (key already gone)"
             }
         );
+    }
+    let unit = |u: &custos::shred::Unit| format!("{} {}", u.kind.as_str(), u.name);
+    for p in &r.scheduled {
+        println!("scheduled  {}  destroyed after {}", unit(&p.unit), p.due);
+    }
+    if let Some(s) = &r.shred {
+        for d in &s.destroyed {
+            println!(
+                "destroyed  {}  certificate {}{}",
+                unit(&d.unit),
+                d.certificate,
+                if d.resumed {
+                    " (finished an interrupted run)"
+                } else {
+                    ""
+                }
+            );
+        }
+        for (u, why) in &s.failed {
+            println!("FAILED     {}: {why}", unit(u));
+        }
+    }
+    for p in &r.pending {
+        println!(
+            "pending    {}  due {}{}",
+            unit(&p.unit),
+            p.due,
+            if r.held.contains(&p.unit) {
+                "  (held)"
+            } else {
+                ""
+            }
+        );
+    }
+    for u in &r.in_progress {
+        println!(
+            "IN PROGRESS {}  (journalled; the next run finishes it)",
+            unit(u)
+        );
+    }
+    for e in &r.errors {
+        println!("error      {e}");
     }
 }

@@ -45,11 +45,6 @@ fn duration(s: &str) -> Result<Duration, String> {
     custos::policy::parse_duration(s)
 }
 
-/// A job that this version does not run (exit code 2).
-#[derive(Debug, thiserror::Error)]
-#[error("job {0} is not built in this version of custos; nothing was done")]
-pub struct NotBuilt(pub JobKind);
-
 fn state_files() -> Result<StateFiles> {
     let dir = super::state_dir()?;
     Ok(StateFiles::open(&dir)?)
@@ -60,21 +55,20 @@ pub async fn run(a: RunArgs) -> Result<()> {
     opts.max_jobs = a.max_jobs.max(1);
     opts.lease_ttl = a.lease_ttl;
     opts.stop_timeout = a.stop_timeout;
+    opts.ctx.state = Some(super::state_dir()?);
     daemon::run(opts, state_files()?).await?;
     Ok(())
 }
 
 pub async fn run_once(a: RunOnceArgs) -> Result<()> {
     let policy = super::load_policy(&a.policy)?;
-    let rec = daemon::run_once(
-        &policy,
-        a.job,
-        &Default::default(),
-        state_files()?,
-        a.lease_ttl,
-    )
-    .await
-    .with_context(|| format!("run-once {} of {}", a.job, a.policy.display()))?;
+    let ctx = custos::schedule::jobs::JobContext {
+        state: Some(super::state_dir()?),
+        ..Default::default()
+    };
+    let rec = daemon::run_once(&policy, a.job, &ctx, state_files()?, a.lease_ttl)
+        .await
+        .with_context(|| format!("run-once {} of {}", a.job, a.policy.display()))?;
     if a.json {
         println!("{}", serde_json::to_string(&rec)?);
     }
@@ -88,7 +82,6 @@ pub async fn run_once(a: RunOnceArgs) -> Result<()> {
             }
             Ok(())
         }
-        JobOutcome::NotBuilt => Err(NotBuilt(a.job).into()),
         other => anyhow::bail!("{} of policy `{}`: {}", a.job, policy.name, other.word()),
     }
 }

@@ -53,8 +53,7 @@ pub struct CheckReport {
     pub ok: bool,
 }
 
-/// What to do about a missing or damaged pack (repair from an off-site
-/// copy is not built yet).
+/// What to do about a missing or damaged pack.
 const PACK_HINT: &str = "copy the pack from another target's copy of this repository, \
 or delete its index object (index/<pack id>) so that the next backup stores its chunks again";
 

@@ -430,8 +430,6 @@ async fn run_leased(
             duration_s = rec.duration_s, outcome = "ok", detail = %detail, "job finished"),
         JobOutcome::Failed { error } => tracing::error!(policy = name, job = %job, tick = %tick,
             duration_s = rec.duration_s, outcome = "failed", error = %error, "job failed"),
-        JobOutcome::NotBuilt => tracing::warn!(policy = name, job = %job, tick = %tick,
-            outcome = "not-built", "job is not built in this version; nothing done"),
         JobOutcome::Aborted => tracing::warn!(policy = name, job = %job, tick = %tick,
             duration_s = rec.duration_s, outcome = "aborted", "job aborted"),
     }

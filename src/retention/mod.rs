@@ -17,6 +17,8 @@
 //! Time is always a parameter (`now`), never read from the system clock
 //! here, so results are reproducible.
 
+pub mod apply;
+
 use crate::crypto::subject_pseudonym;
 use crate::policy::{DataClass, Policy, SnapshotsConfig, StoreKind, TableConfig};
 use crate::store::sqlite::{subject_text, time_value};
