@@ -7,10 +7,12 @@
 //! storage). `ops` holds the operations built from them (init, backup,
 //! restore, check), `policy` the policy file, `state` the local state
 //! directory, `signed` signed documents (reports, certificates), `audit` the
-//! hash-chained audit trail, `demo` the generated demo data.
+//! hash-chained audit trail, `users` roles and API tokens, `console` the
+//! auditor console and metrics (`custos serve`), `demo` the generated demo data.
 
 pub mod audit;
 pub mod chunk;
+pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod keys;
@@ -22,6 +24,7 @@ pub mod signed;
 pub mod state;
 pub mod store;
 pub mod target;
+pub mod users;
 pub mod vault;
 
 /// The version string written into reports, manifests and certificates.
