@@ -8,6 +8,7 @@
 //! | 2 | bad input: usage, policy, keys, arguments |
 //! | 3 | integrity: `check` found errors, or data failed authentication |
 
+mod audit;
 mod backup;
 mod check;
 mod demo;
@@ -15,7 +16,9 @@ mod init;
 mod keys;
 mod progress;
 mod restore;
+mod serve;
 mod snapshots;
+mod users;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -59,6 +62,13 @@ enum Command {
     /// Generate or change the telecom demo database (for benchmarks).
     #[command(subcommand, name = "demo-data")]
     DemoData(demo::DemoDataCmd),
+    /// The audit trail: verify the chain, show entries, checkpoint, replicate.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Users, roles and API tokens of the console.
+    Users(users::UsersArgs),
+    /// Serve the auditor console, JSON API and metrics.
+    Serve(serve::ServeArgs),
 }
 
 /// An error with its exit code.
@@ -145,6 +155,9 @@ pub fn main() -> ExitCode {
             Command::Check(a) => check::run(a).await,
             Command::Demo(a) => demo::run(a).await,
             Command::DemoData(c) => demo::run_data(c).map_err(wrap),
+            Command::Audit(c) => audit::run(c).await,
+            Command::Users(a) => users::run(a).map_err(wrap),
+            Command::Serve(a) => serve::run(a).await.map_err(wrap),
         }
     });
     match r {
