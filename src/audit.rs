@@ -266,7 +266,9 @@ impl Filter {
             }
         }
         if let Some(op) = &self.op {
-            let dotted = e.op.strip_prefix(op.as_str()).is_some_and(|r| r.starts_with('.'));
+            let dotted =
+                e.op.strip_prefix(op.as_str())
+                    .is_some_and(|r| r.starts_with('.'));
             if &e.op != op && !dotted {
                 return false;
             }
@@ -895,9 +897,12 @@ mod tests {
     #[test]
     fn filters_select_by_time_actor_and_op() {
         let (_d, l) = log();
-        l.append(&Event::new("users.add", "admin").actor("ann")).unwrap();
-        l.append(&Event::new("backup", "operator").actor("bob")).unwrap();
-        l.append(&Event::new("users", "admin").actor("bob")).unwrap();
+        l.append(&Event::new("users.add", "admin").actor("ann"))
+            .unwrap();
+        l.append(&Event::new("backup", "operator").actor("bob"))
+            .unwrap();
+        l.append(&Event::new("users", "admin").actor("bob"))
+            .unwrap();
         let f = Filter {
             op: Some("users".into()),
             ..Default::default()
@@ -915,7 +920,10 @@ mod tests {
         };
         assert!(l.show(&f).unwrap().is_empty());
         let now = Utc::now();
-        assert_eq!(parse_since("2h", now).unwrap(), now - chrono::Duration::hours(2));
+        assert_eq!(
+            parse_since("2h", now).unwrap(),
+            now - chrono::Duration::hours(2)
+        );
         assert!(parse_since("2026-03-01", now).is_ok());
         assert!(parse_since("yesterday", now).is_err());
     }
@@ -934,13 +942,25 @@ mod tests {
         assert!(r1.flags.is_empty() && r2.flags.is_empty());
         assert_eq!(r3.flags, vec![FLAG_BURST_RESTORE.to_string()]);
         let d1 = l
-            .append(&Event::new("shred", "auditor").actor("eve").outcome(Outcome::Denied))
+            .append(
+                &Event::new("shred", "auditor")
+                    .actor("eve")
+                    .outcome(Outcome::Denied),
+            )
             .unwrap();
         let other = l
-            .append(&Event::new("shred", "auditor").actor("ann").outcome(Outcome::Denied))
+            .append(
+                &Event::new("shred", "auditor")
+                    .actor("ann")
+                    .outcome(Outcome::Denied),
+            )
             .unwrap();
         let d2 = l
-            .append(&Event::new("shred", "auditor").actor("eve").outcome(Outcome::Denied))
+            .append(
+                &Event::new("shred", "auditor")
+                    .actor("eve")
+                    .outcome(Outcome::Denied),
+            )
             .unwrap();
         assert!(d1.flags.is_empty() && other.flags.is_empty());
         assert!(d2.flags.contains(&FLAG_REPEATED_DENIED.to_string()));
@@ -968,9 +988,14 @@ mod tests {
 
     #[test]
     fn measurements_go_into_detail() {
-        let e = Event::new("backup", "job").detail("snapshot taken").measure("bytes", 10.0);
+        let e = Event::new("backup", "job")
+            .detail("snapshot taken")
+            .measure("bytes", 10.0);
         assert_eq!(e.detail.as_deref(), Some("snapshot taken bytes=10"));
-        assert_eq!(segment_range("audit/000000000001-000000000042.jsonl"), Some((1, 42)));
+        assert_eq!(
+            segment_range("audit/000000000001-000000000042.jsonl"),
+            Some((1, 42))
+        );
         assert_eq!(segment_range("audit/x.jsonl"), None);
     }
 }

@@ -250,7 +250,10 @@ impl Users {
         if f.version != VERSION {
             return Err(UsersError::Malformed {
                 path: self.path.clone(),
-                why: format!("version {} is not known (this custos reads {VERSION})", f.version),
+                why: format!(
+                    "version {} is not known (this custos reads {VERSION})",
+                    f.version
+                ),
             });
         }
         Ok(f.users)
@@ -422,10 +425,19 @@ mod tests {
         let text = std::fs::read_to_string(us.path()).unwrap();
         assert!(!text.contains(&t1.0) && !text.contains(&t1.0[4..]));
         assert_eq!(us.authenticate(&t1.0).unwrap().unwrap().name, "ann");
-        assert_eq!(us.authenticate(&t2.0).unwrap().unwrap().role, Role::Operator);
+        assert_eq!(
+            us.authenticate(&t2.0).unwrap().unwrap().role,
+            Role::Operator
+        );
         assert!(us.authenticate("cst_00").unwrap().is_none());
-        assert!(matches!(us.add("ann", Role::Admin), Err(UsersError::Exists(_))));
-        assert!(matches!(us.add("Ann!", Role::Admin), Err(UsersError::BadName(_))));
+        assert!(matches!(
+            us.add("ann", Role::Admin),
+            Err(UsersError::Exists(_))
+        ));
+        assert!(matches!(
+            us.add("Ann!", Role::Admin),
+            Err(UsersError::BadName(_))
+        ));
 
         let t3 = us.rotate_token("ann").unwrap();
         assert!(us.authenticate(&t1.0).unwrap().is_none());

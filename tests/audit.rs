@@ -10,7 +10,9 @@ use std::path::Path;
 
 fn cmd(state: &Path) -> std::process::Command {
     let mut c = custos();
-    c.arg("--state-dir").arg(state).env("CUSTOS_ACTOR", "tester");
+    c.arg("--state-dir")
+        .arg(state)
+        .env("CUSTOS_ACTOR", "tester");
     c
 }
 
@@ -21,7 +23,9 @@ fn show(state: &Path, args: &[&str]) -> Vec<Value> {
 
 fn setup(root: &Path) -> std::path::PathBuf {
     let state = root.join("state");
-    run(cmd(&state).args(["keys", "init", "--out"]).arg(root.join("keys")));
+    run(cmd(&state)
+        .args(["keys", "init", "--out"])
+        .arg(root.join("keys")));
     let policy = root.join("crm.toml");
     std::fs::write(
         &policy,
@@ -79,8 +83,15 @@ fn show_filters_checkpoint_and_replication() {
     let state = d.path().join("state");
 
     assert_eq!(show(&state, &["--op", "users"]).len(), 2);
-    assert_eq!(show(&state, &["--op", "init"]).len(), 1, "exact op, not a prefix match");
-    assert_eq!(show(&state, &["--actor", "tester", "--since", "1h"]).len(), 4);
+    assert_eq!(
+        show(&state, &["--op", "init"]).len(),
+        1,
+        "exact op, not a prefix match"
+    );
+    assert_eq!(
+        show(&state, &["--actor", "tester", "--since", "1h"]).len(),
+        4
+    );
     assert!(show(&state, &["--actor", "nobody"]).is_empty());
     assert!(show(&state, &["--since", "2999-01-01"]).is_empty());
     let out = run_fail(cmd(&state).args(["audit", "show", "--since", "soon"]));
@@ -101,8 +112,12 @@ fn show_filters_checkpoint_and_replication() {
     assert_eq!(r[0]["flags"][0], "restore-outside-drill");
 
     // Checkpoint, then verify the signature with the policy's public key.
-    run(cmd(&state).args(["audit", "checkpoint", "--policy"]).arg(&policy));
-    let out = run(cmd(&state).args(["audit", "verify", "--json", "--policy"]).arg(&policy));
+    run(cmd(&state)
+        .args(["audit", "checkpoint", "--policy"])
+        .arg(&policy));
+    let out = run(cmd(&state)
+        .args(["audit", "verify", "--json", "--policy"])
+        .arg(&policy));
     let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v["ok"], true);
     assert_eq!(v["signatures_checked"], true);
@@ -110,7 +125,9 @@ fn show_filters_checkpoint_and_replication() {
     assert_eq!(v["verification"]["unsigned_tail"], 0);
 
     // Another key does not verify the checkpoint.
-    run(cmd(&state).args(["keys", "init", "--out"]).arg(d.path().join("other")));
+    run(cmd(&state)
+        .args(["keys", "init", "--out"])
+        .arg(d.path().join("other")));
     let out = run_fail(
         cmd(&state)
             .args(["audit", "verify", "--public-key"])
@@ -119,18 +136,27 @@ fn show_filters_checkpoint_and_replication() {
     assert!(stderr(&out).contains("another key"), "{}", stderr(&out));
 
     // Replication: the whole log as one segment, then only what is new.
-    let out = run(cmd(&state).args(["audit", "replicate", "--json", "--policy"]).arg(&policy));
+    let out = run(cmd(&state)
+        .args(["audit", "replicate", "--json", "--policy"])
+        .arg(&policy));
     let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
     let n = r["entries"].as_u64().unwrap();
     assert!(n >= 7, "{r}");
-    let seg = d.path().join("primary").join(r["segment"].as_str().unwrap());
+    let seg = d
+        .path()
+        .join("primary")
+        .join(r["segment"].as_str().unwrap());
     let local = std::fs::read_to_string(state.join("audit/audit.jsonl")).unwrap();
     assert!(local.starts_with(&std::fs::read_to_string(&seg).unwrap()));
-    let out = run(cmd(&state).args(["audit", "replicate", "--json", "--policy"]).arg(&policy));
+    let out = run(cmd(&state)
+        .args(["audit", "replicate", "--json", "--policy"])
+        .arg(&policy));
     let r2: Value = serde_json::from_str(&stdout(&out)).unwrap();
     // The first replicate run itself was not in the log when it copied it.
     assert!(r2["entries"].as_u64().unwrap() <= 1, "{r2}");
-    let segs = std::fs::read_dir(d.path().join("primary/audit")).unwrap().count();
+    let segs = std::fs::read_dir(d.path().join("primary/audit"))
+        .unwrap()
+        .count();
     assert!(segs >= 1);
 }
 
@@ -158,7 +184,13 @@ fn users_commands_and_access_review() {
     assert_eq!(stdout(&out).trim(), "[]");
     let ops: Vec<String> = show(&state, &["--op", "users"])
         .iter()
-        .map(|e| format!("{}:{}", e["op"].as_str().unwrap(), e["outcome"].as_str().unwrap()))
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["op"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(
         ops,

@@ -26,8 +26,7 @@ struct Resp {
 
 impl Resp {
     fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
@@ -37,7 +36,13 @@ impl Resp {
     }
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Resp {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Resp {
     let mut s = TcpStream::connect(addr).expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = token {
@@ -67,7 +72,14 @@ fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: O
     };
     let head = String::from_utf8(raw[..head_end].to_vec()).expect("a UTF-8 head");
     let mut lines = head.lines();
-    let status: u16 = lines.next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
@@ -169,7 +181,12 @@ fn fixture() -> Fixture {
         (older, "2026-03-01T04:00:00Z", "FAIL", 2400),
         (latest, "2026-03-08T04:00:00Z", "PASS", 610),
     ] {
-        let text = custos::signed::sign(&sk, "custos.drill-report", &report_body(id, created, verdict, rto)).unwrap();
+        let text = custos::signed::sign(
+            &sk,
+            "custos.drill-report",
+            &report_body(id, created, verdict, rto),
+        )
+        .unwrap();
         write_doc(&state, "reports", id, &text);
     }
     let cert = "cert-20260305T120000Z-aabbccdd";
@@ -179,14 +196,24 @@ fn fixture() -> Fixture {
         "verification": {"result": "key unrecoverable at every vault location"},
         "residual": "none",
     });
-    write_doc(&state, "certificates", cert, &custos::signed::sign(&sk, "custos.certificate", &body).unwrap());
+    write_doc(
+        &state,
+        "certificates",
+        cert,
+        &custos::signed::sign(&sk, "custos.certificate", &body).unwrap(),
+    );
     let bad = "cert-20260306T120000Z-deadbeef";
     let mut body2 = body.clone();
     body2["id"] = json!(bad);
     body2["created"] = json!("2026-03-06T12:00:00Z");
     let text = custos::signed::sign(&sk, "custos.certificate", &body2).unwrap();
     // One byte changed after signing.
-    write_doc(&state, "certificates", bad, &text.replacen("2025-09", "2025-08", 1));
+    write_doc(
+        &state,
+        "certificates",
+        bad,
+        &text.replacen("2025-09", "2025-08", 1),
+    );
 
     let users = Users::at(policies.join("users.json"), &state);
     let mut tokens = BTreeMap::new();
@@ -265,7 +292,10 @@ fn start(f: &Fixture) -> Server {
 }
 
 fn audit_entries(f: &Fixture) -> Vec<custos::audit::Entry> {
-    AuditLog::open(&f.state.join("audit")).unwrap().entries().unwrap()
+    AuditLog::open(&f.state.join("audit"))
+        .unwrap()
+        .entries()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------
@@ -280,9 +310,15 @@ fn auditor_reads_reports_and_certificates_with_their_verification_state() {
 
     assert_eq!(http(s.addr, "GET", "/healthz", None, None).status, 200);
     assert_eq!(http(s.addr, "GET", "/readyz", None, None).status, 200);
-    assert_eq!(http(s.addr, "GET", "/api/v1/policies", None, None).status, 401);
+    assert_eq!(
+        http(s.addr, "GET", "/api/v1/policies", None, None).status,
+        401
+    );
     let r = http(s.addr, "GET", "/", None, None);
-    assert_eq!(r.status, 303, "pages send an unauthenticated browser to the login page");
+    assert_eq!(
+        r.status, 303,
+        "pages send an unauthenticated browser to the login page"
+    );
     assert_eq!(r.header("location"), Some("/login"));
 
     let r = http(s.addr, "POST", "/api/v1/login", Some(ann), None);
@@ -291,7 +327,14 @@ fn auditor_reads_reports_and_certificates_with_their_verification_state() {
     let ps = http(s.addr, "GET", "/api/v1/policies", Some(ann), None).json();
     assert_eq!(ps[0]["name"], "crm");
 
-    let reports = http(s.addr, "GET", "/api/v1/policies/crm/reports", Some(ann), None).json();
+    let reports = http(
+        s.addr,
+        "GET",
+        "/api/v1/policies/crm/reports",
+        Some(ann),
+        None,
+    )
+    .json();
     let reports = reports.as_array().unwrap();
     assert_eq!(reports.len(), 2);
     assert_eq!(reports[0]["id"], f.latest_report.as_str(), "newest first");
@@ -321,7 +364,14 @@ fn auditor_reads_reports_and_certificates_with_their_verification_state() {
     let pk = custos::keys::load_public_key(&f.root.join("keys/signing.pub")).unwrap();
     custos::signed::verify(&dl.body, &pk, Some("custos.drill-report")).unwrap();
 
-    let certs = http(s.addr, "GET", "/api/v1/policies/crm/certificates", Some(ann), None).json();
+    let certs = http(
+        s.addr,
+        "GET",
+        "/api/v1/policies/crm/certificates",
+        Some(ann),
+        None,
+    )
+    .json();
     let by_id: BTreeMap<String, String> = certs
         .as_array()
         .unwrap()
@@ -349,11 +399,23 @@ fn auditor_reads_reports_and_certificates_with_their_verification_state() {
         out
     };
     let html = page(&format!("/policies/crm/reports/{}", f.latest_report));
-    assert!(html.contains("id=\"verdict\" class=\"PASS\">PASS<"), "{html}");
-    let html = page(&format!("/policies/crm/certificates/{}", f.tampered_certificate));
+    assert!(
+        html.contains("id=\"verdict\" class=\"PASS\">PASS<"),
+        "{html}"
+    );
+    let html = page(&format!(
+        "/policies/crm/certificates/{}",
+        f.tampered_certificate
+    ));
     assert!(html.contains("class=\"invalid\""), "{html}");
     // Path traversal in a document id is refused.
-    let r = http(s.addr, "GET", "/api/v1/policies/crm/reports/..%2F..%2Fusers", Some(ann), None);
+    let r = http(
+        s.addr,
+        "GET",
+        "/api/v1/policies/crm/reports/..%2F..%2Fusers",
+        Some(ann),
+        None,
+    );
     assert!(r.status == 400 || r.status == 404, "{}", r.status);
 }
 
@@ -365,7 +427,13 @@ fn auditor_is_denied_restore_shred_and_policy_change_and_each_is_audited() {
     let policy_before = std::fs::read_to_string(f.policies.join("crm.toml")).unwrap();
 
     let restore_body = json!({"to": f.root.join("restored.db")}).to_string();
-    let r = http(s.addr, "POST", "/api/v1/policies/crm/restore", Some(ann), Some(&restore_body));
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/v1/policies/crm/restore",
+        Some(ann),
+        Some(&restore_body),
+    );
     assert_eq!(r.status, 403, "{}", r.body);
     let r = http(
         s.addr,
@@ -376,12 +444,27 @@ fn auditor_is_denied_restore_shred_and_policy_change_and_each_is_audited() {
     );
     assert_eq!(r.status, 403, "{}", r.body);
     let new_text = policy_text(&f.root, "\n[shred]\ngrace = \"1d\"\n");
-    let r = http(s.addr, "PUT", "/api/v1/policies/crm", Some(ann), Some(&new_text));
+    let r = http(
+        s.addr,
+        "PUT",
+        "/api/v1/policies/crm",
+        Some(ann),
+        Some(&new_text),
+    );
     assert_eq!(r.status, 403, "{}", r.body);
-    let r = http(s.addr, "POST", "/api/v1/policies/crm/jobs/backup", Some(ann), None);
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/v1/policies/crm/jobs/backup",
+        Some(ann),
+        None,
+    );
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(!f.root.join("restored.db").exists());
-    assert_eq!(std::fs::read_to_string(f.policies.join("crm.toml")).unwrap(), policy_before);
+    assert_eq!(
+        std::fs::read_to_string(f.policies.join("crm.toml")).unwrap(),
+        policy_before
+    );
 
     let denied: Vec<(String, String)> = audit_entries(&f)
         .into_iter()
@@ -416,30 +499,71 @@ fn auditor_is_denied_restore_shred_and_policy_change_and_each_is_audited() {
         Some(r#"{"unit": "consumption/2025-09", "reason": "retention ended"}"#),
     );
     assert_eq!(r.status, 202, "{}", r.body);
-    let r = http(s.addr, "PUT", "/api/v1/policies/crm", Some(&f.tokens["adam"]), Some(&new_text));
+    let r = http(
+        s.addr,
+        "PUT",
+        "/api/v1/policies/crm",
+        Some(&f.tokens["adam"]),
+        Some(&new_text),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(std::fs::read_to_string(f.policies.join("crm.toml")).unwrap(), new_text);
-    let r = http(s.addr, "PUT", "/api/v1/policies/crm", Some(&f.tokens["adam"]), Some("[policy]\nname = 1\n"));
+    assert_eq!(
+        std::fs::read_to_string(f.policies.join("crm.toml")).unwrap(),
+        new_text
+    );
+    let r = http(
+        s.addr,
+        "PUT",
+        "/api/v1/policies/crm",
+        Some(&f.tokens["adam"]),
+        Some("[policy]\nname = 1\n"),
+    );
     assert_eq!(r.status, 422, "a broken policy is refused: {}", r.body);
-    assert_eq!(std::fs::read_to_string(f.policies.join("crm.toml")).unwrap(), new_text);
+    assert_eq!(
+        std::fs::read_to_string(f.policies.join("crm.toml")).unwrap(),
+        new_text
+    );
 
     // An unknown token is refused and audited too.
-    assert_eq!(http(s.addr, "GET", "/api/v1/policies", Some("cst_nope"), None).status, 401);
+    assert_eq!(
+        http(s.addr, "GET", "/api/v1/policies", Some("cst_nope"), None).status,
+        401
+    );
     let es = audit_entries(&f);
-    assert!(es.iter().any(|e| e.actor == "unknown-token" && e.outcome == Outcome::Denied));
-    assert!(es.iter().any(|e| e.op == "shred.request" && e.actor == "rita" && e.outcome == Outcome::Ok));
-    assert!(es.iter().any(|e| e.op == "policy.change" && e.actor == "adam" && e.outcome == Outcome::Ok));
+    assert!(es
+        .iter()
+        .any(|e| e.actor == "unknown-token" && e.outcome == Outcome::Denied));
+    assert!(es
+        .iter()
+        .any(|e| e.op == "shred.request" && e.actor == "rita" && e.outcome == Outcome::Ok));
+    assert!(es
+        .iter()
+        .any(|e| e.op == "policy.change" && e.actor == "adam" && e.outcome == Outcome::Ok));
 
     // The auditor reads the trail and the access review through the API.
     let a = http(s.addr, "GET", "/api/v1/audit?op=policy", Some(ann), None).json();
     assert_eq!(a["ok"], true);
-    assert!(a["entries"].as_array().unwrap().iter().all(|e| e["op"] == "policy.change"));
+    assert!(a["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["op"] == "policy.change"));
     let review = http(s.addr, "GET", "/api/v1/access-review", Some(ann), None).json();
     let users = review["users"].as_array().unwrap();
     assert_eq!(users.len(), 4);
     let ann_line = users.iter().find(|u| u["name"] == "ann").unwrap();
     assert!(ann_line["last_used"].is_string());
-    assert_eq!(http(s.addr, "GET", "/api/v1/access-review", Some(&f.tokens["otto"]), None).status, 403);
+    assert_eq!(
+        http(
+            s.addr,
+            "GET",
+            "/api/v1/access-review",
+            Some(&f.tokens["otto"]),
+            None
+        )
+        .status,
+        403
+    );
 }
 
 /// A strict parser of the Prometheus text format (0.0.4): every family has
@@ -463,8 +587,14 @@ fn parse_prometheus(text: &str) -> Vec<(String, BTreeMap<String, String>, f64)> 
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (n, t) = rest.split_once(' ').expect(&ctx);
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&t), "{ctx}");
-            assert!(typed.insert(n.to_string(), t.to_string()).is_none(), "TYPE twice: {ctx}");
+            assert!(
+                ["counter", "gauge", "histogram", "summary", "untyped"].contains(&t),
+                "{ctx}"
+            );
+            assert!(
+                typed.insert(n.to_string(), t.to_string()).is_none(),
+                "TYPE twice: {ctx}"
+            );
             continue;
         }
         assert!(!line.starts_with('#') && !line.is_empty(), "{ctx}");
@@ -546,45 +676,108 @@ fn metrics_parse_and_carry_drills_documents_audit_and_jobs() {
             .measure("bytes", 4096.0),
     )
     .unwrap();
-    log.append(&custos::audit::Event::new("backup", "job").policy("crm").outcome(Outcome::Failed))
-        .unwrap();
+    log.append(
+        &custos::audit::Event::new("backup", "job")
+            .policy("crm")
+            .outcome(Outcome::Failed),
+    )
+    .unwrap();
     let s = start(&f);
     let r = http(s.addr, "GET", "/metrics", None, None);
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
     let samples = parse_prometheus(&r.body);
     let get = |name: &str, want: &[(&str, &str)]| -> Option<f64> {
         samples
             .iter()
-            .find(|(n, l, _)| n == name && want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .find(|(n, l, _)| {
+                n == name
+                    && want
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|x| x.2)
     };
-    assert_eq!(get("custos_drill_last_verdict", &[("policy", "crm"), ("verdict", "PASS"), ("signature", "valid")]), Some(1.0));
-    assert_eq!(get("custos_drill_last_rto_seconds", &[("policy", "crm")]), Some(610.0));
-    assert_eq!(get("custos_documents", &[("kind", "certificate"), ("signature", "invalid")]), Some(1.0));
+    assert_eq!(
+        get(
+            "custos_drill_last_verdict",
+            &[
+                ("policy", "crm"),
+                ("verdict", "PASS"),
+                ("signature", "valid")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("custos_drill_last_rto_seconds", &[("policy", "crm")]),
+        Some(610.0)
+    );
+    assert_eq!(
+        get(
+            "custos_documents",
+            &[("kind", "certificate"), ("signature", "invalid")]
+        ),
+        Some(1.0)
+    );
     assert_eq!(get("custos_audit_chain_ok", &[]), Some(1.0));
     assert_eq!(get("custos_audit_entries", &[]), Some(2.0));
-    assert_eq!(get("custos_job_last_duration_seconds", &[("policy", "crm"), ("job", "backup")]), Some(2.5));
-    assert_eq!(get("custos_job_last_bytes", &[("policy", "crm"), ("job", "backup")]), Some(4096.0));
-    assert_eq!(get("custos_job_failures_total", &[("policy", "crm"), ("job", "backup")]), Some(1.0));
-    assert!(get("custos_job_last_success_timestamp_seconds", &[("job", "backup")]).unwrap() > 1.7e9);
-    assert_eq!(get("custos_shred_requests_pending", &[("policy", "crm")]), Some(0.0));
+    assert_eq!(
+        get(
+            "custos_job_last_duration_seconds",
+            &[("policy", "crm"), ("job", "backup")]
+        ),
+        Some(2.5)
+    );
+    assert_eq!(
+        get(
+            "custos_job_last_bytes",
+            &[("policy", "crm"), ("job", "backup")]
+        ),
+        Some(4096.0)
+    );
+    assert_eq!(
+        get(
+            "custos_job_failures_total",
+            &[("policy", "crm"), ("job", "backup")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        get(
+            "custos_job_last_success_timestamp_seconds",
+            &[("job", "backup")]
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(
+        get("custos_shred_requests_pending", &[("policy", "crm")]),
+        Some(0.0)
+    );
 
     // A broken chain shows in the metrics.
     let text = std::fs::read_to_string(log.path()).unwrap();
     std::fs::write(log.path(), text.replacen("\"s-1\"", "\"s-2\"", 1)).unwrap();
     let samples2 = parse_prometheus(&http(s.addr, "GET", "/metrics", None, None).body);
-    let ok = samples2.iter().find(|x| x.0 == "custos_audit_chain_ok").unwrap().2;
+    let ok = samples2
+        .iter()
+        .find(|x| x.0 == "custos_audit_chain_ok")
+        .unwrap()
+        .2;
     assert_eq!(ok, 0.0);
 }
 
 #[test]
 fn the_strict_prometheus_parser_refuses_bad_text() {
     for bad in [
-        "custos_x 1\n",                                             // no TYPE
-        "# TYPE custos_x gauge\ncustos_x{a=\"b} 1\n",               // unterminated
-        "# TYPE custos_x gauge\ncustos_x one\n",                    // not a number
-        "# TYPE custos_x gauge\ncustos_x{a=\"\\q\"} 1\n",           // bad escape
+        "custos_x 1\n",                                   // no TYPE
+        "# TYPE custos_x gauge\ncustos_x{a=\"b} 1\n",     // unterminated
+        "# TYPE custos_x gauge\ncustos_x one\n",          // not a number
+        "# TYPE custos_x gauge\ncustos_x{a=\"\\q\"} 1\n", // bad escape
     ] {
         let r = std::panic::catch_unwind(|| parse_prometheus(bad));
         assert!(r.is_err(), "accepted: {bad:?}");
@@ -605,7 +798,13 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = http(self.addr, "DELETE", &format!("/session/{}", self.session), None, None);
+        let _ = http(
+            self.addr,
+            "DELETE",
+            &format!("/session/{}", self.session),
+            None,
+            None,
+        );
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -722,7 +921,11 @@ impl Driver {
 
     fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css);
-        self.cmd("POST", &format!("/element/{e}/value"), Some(json!({"text": text})));
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        );
     }
 }
 
@@ -756,13 +959,21 @@ fn browser_auditor_logs_in_and_sees_verdict_and_verification() {
         Some(json!({"using": "css selector", "value": "#certificates a.certificate-link"})),
     );
     assert_eq!(links.as_array().unwrap().len(), 2);
-    d.go(&format!("{base}/policies/crm/certificates/{}", f.certificate));
+    d.go(&format!(
+        "{base}/policies/crm/certificates/{}",
+        f.certificate
+    ));
     assert_eq!(d.text("#verification"), "valid");
     assert!(d.text("#result").contains("unrecoverable"));
-    d.go(&format!("{base}/policies/crm/certificates/{}", f.tampered_certificate));
+    d.go(&format!(
+        "{base}/policies/crm/certificates/{}",
+        f.tampered_certificate
+    ));
     assert_eq!(d.text("#verification"), "invalid");
     d.go(&format!("{base}/audit"));
     assert_eq!(d.text("#audit-verification"), "intact");
     // The login is in the trail.
-    assert!(audit_entries(&f).iter().any(|e| e.op == "login" && e.actor == "ann"));
+    assert!(audit_entries(&f)
+        .iter()
+        .any(|e| e.op == "login" && e.actor == "ann"));
 }

@@ -129,7 +129,9 @@ fn verify(a: VerifyArgs) -> Result<(), Failure> {
             error: anyhow::anyhow!(
                 "the audit chain breaks at line {}{}: {}",
                 b.line,
-                b.seq.map(|s| format!(" (entry seq {s})")).unwrap_or_default(),
+                b.seq
+                    .map(|s| format!(" (entry seq {s})"))
+                    .unwrap_or_default(),
                 b.why
             ),
         }),
@@ -143,12 +145,7 @@ fn print_entry(e: &Entry) {
         .unwrap_or_default();
     let mut line = format!(
         "{:>6} {} {}/{} {} {}",
-        e.seq,
-        e.time,
-        e.actor,
-        e.role,
-        e.op,
-        outcome
+        e.seq, e.time, e.actor, e.role, e.op, outcome
     );
     if let Some(p) = &e.policy {
         line.push_str(&format!(" policy={p}"));
@@ -189,9 +186,8 @@ fn show(a: ShowArgs) -> Result<()> {
 
 fn checkpoint(a: PolicyArg) -> Result<()> {
     let policy = super::load_policy(&a.policy)?;
-    let key = custos::keys::load_signing_key(&custos::keys::signing_key_path_for(
-        &policy.keys.identity,
-    ))?;
+    let key =
+        custos::keys::load_signing_key(&custos::keys::signing_key_path_for(&policy.keys.identity))?;
     let e = open_log()?.checkpoint(&key, &custos::audit::cli_actor())?;
     if a.json {
         println!("{}", serde_json::to_string(&e)?);

@@ -45,10 +45,11 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         .filter_map(|p| p.policy.ok())
         .filter_map(|p| p.keys.identity.parent().map(|d| d.to_path_buf()))
         .find(|d| d.join(custos::keys::PUBLIC_KEY_FILE).exists());
-    let pubkey_path = a
-        .audit_public_key
-        .clone()
-        .or_else(|| key_dir.as_ref().map(|d| d.join(custos::keys::PUBLIC_KEY_FILE)));
+    let pubkey_path = a.audit_public_key.clone().or_else(|| {
+        key_dir
+            .as_ref()
+            .map(|d| d.join(custos::keys::PUBLIC_KEY_FILE))
+    });
     let audit_public_key = match &pubkey_path {
         Some(p) => Some(custos::keys::load_public_key(p)?),
         None => None,
@@ -80,7 +81,9 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     if pubkey_path.is_none() {
         println!("warning: no public key found; audit checkpoints will not be checked");
     }
-    super::audit::record(custos::audit::Event::new("serve", "admin").detail(format!("listening on {addr}")));
+    super::audit::record(
+        custos::audit::Event::new("serve", "admin").detail(format!("listening on {addr}")),
+    );
     custos::console::serve(cfg, listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -70,7 +70,10 @@ pub fn run(a: UsersArgs) -> Result<()> {
                     serde_json::json!({"name": name, "role": role, "token": t.0, "file": us.path()})
                 );
             } else {
-                println!("added user `{name}` with role {role} to {}", us.path().display());
+                println!(
+                    "added user `{name}` with role {role} to {}",
+                    us.path().display()
+                );
                 println!("token (shown once, store it now): {}", t.0);
             }
         }
@@ -97,7 +100,10 @@ pub fn run(a: UsersArgs) -> Result<()> {
             if a.json {
                 println!("{}", serde_json::json!({"name": name, "token": t.0}));
             } else {
-                println!("new token for `{name}` (shown once; the old one no longer works): {}", t.0);
+                println!(
+                    "new token for `{name}` (shown once; the old one no longer works): {}",
+                    t.0
+                );
             }
         }
         UsersCmd::List => {

@@ -84,7 +84,9 @@ pub(crate) fn policy_json(p: &data::PolicyEntry) -> Value {
             "drill_rto_seconds": pol.drill.rto.map(|d| d.as_secs()),
             "error": null,
         }),
-        Err(e) => json!({"name": p.name, "file": p.file.file_name().map(|f| f.to_string_lossy().into_owned()), "error": e}),
+        Err(e) => {
+            json!({"name": p.name, "file": p.file.file_name().map(|f| f.to_string_lossy().into_owned()), "error": e})
+        }
     }
 }
 
@@ -291,8 +293,13 @@ pub(crate) async fn audit(State(app): S, h: HeaderMap, Query(q): Query<AuditQuer
     let v = data::audit_state(&app.audit, app.cfg.audit_public_key.as_ref());
     let entries = app.audit.show(&f);
     match (v, entries) {
-        (Ok(v), Ok(es)) => Json(json!({"verification": v, "ok": v.ok(), "entries": es})).into_response(),
-        (Ok(v), Err(e)) => Json(json!({"verification": v, "ok": false, "entries": [], "error": e.to_string()})).into_response(),
+        (Ok(v), Ok(es)) => {
+            Json(json!({"verification": v, "ok": v.ok(), "entries": es})).into_response()
+        }
+        (Ok(v), Err(e)) => {
+            Json(json!({"verification": v, "ok": false, "entries": [], "error": e.to_string()}))
+                .into_response()
+        }
         (Err(e), _) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
@@ -309,13 +316,21 @@ pub(crate) async fn audit_verify(State(app): S, h: HeaderMap) -> Response {
 
 pub(crate) async fn access_review(State(app): S, h: HeaderMap) -> Response {
     if let Err(r) = app
-        .authorize(&h, Via::HeaderOrCookie, Action::AccessReview, "access-review", None)
+        .authorize(
+            &h,
+            Via::HeaderOrCookie,
+            Action::AccessReview,
+            "access-review",
+            None,
+        )
         .map_err(refused)
     {
         return r;
     }
     match app.users.review() {
-        Ok(r) => Json(json!({"generated": chrono::Utc::now().to_rfc3339(), "users": r})).into_response(),
+        Ok(r) => {
+            Json(json!({"generated": chrono::Utc::now().to_rfc3339(), "users": r})).into_response()
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -329,8 +344,13 @@ fn act(app: &App, h: &HeaderMap, action: Action, op: &str, policy: &str) -> Resu
         .map_err(refused)
 }
 
-fn done(app: &App, u: &User, op: &str, policy: &str, r: Result<(Vec<String>, Option<String>, Vec<&str>), String>) -> Result<(), String> {
-    let mut ev = Event::new(op, u.role.as_str()).actor(u.name.clone()).policy(policy);
+/// What an action did: objects, detail, flags; or why it failed.
+type Done<'a> = Result<(Vec<String>, Option<String>, Vec<&'a str>), String>;
+
+fn done(app: &App, u: &User, op: &str, policy: &str, r: Done<'_>) -> Result<(), String> {
+    let mut ev = Event::new(op, u.role.as_str())
+        .actor(u.name.clone())
+        .policy(policy);
     match r {
         Ok((objects, detail, flags)) => {
             for o in objects {
@@ -449,7 +469,11 @@ pub(crate) async fn restore(
                 &u,
                 "restore",
                 &name,
-                Ok((vec![rep.snapshot.clone()], None, vec![FLAG_RESTORE_OUTSIDE_DRILL])),
+                Ok((
+                    vec![rep.snapshot.clone()],
+                    None,
+                    vec![FLAG_RESTORE_OUTSIDE_DRILL],
+                )),
             );
             Json(serde_json::to_value(&rep).unwrap_or(Value::Null)).into_response()
         }
@@ -505,12 +529,23 @@ pub(crate) async fn shred(
         "requested_by": u.name, "unit": b.unit, "reason": b.reason, "status": "pending",
     });
     let r = (|| {
-        let dir = app.cfg.state.sub("shred-requests").map_err(|e| e.to_string())?.join(&name);
+        let dir = app
+            .cfg
+            .state
+            .sub("shred-requests")
+            .map_err(|e| e.to_string())?
+            .join(&name);
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         std::fs::write(dir.join(format!("{id}.json")), crate::signed::pretty(&doc))
             .map_err(|e| e.to_string())
     })();
-    match done(&app, &u, "shred.request", &name, r.map(|()| (vec![id.clone()], None, vec![]))) {
+    match done(
+        &app,
+        &u,
+        "shred.request",
+        &name,
+        r.map(|()| (vec![id.clone()], None, vec![])),
+    ) {
         Ok(()) => (StatusCode::ACCEPTED, Json(doc)).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
@@ -535,7 +570,13 @@ pub(crate) async fn change_policy(
     let new = match crate::policy::Policy::from_str(&body, &entry.file) {
         Ok(p) => p,
         Err(e) => {
-            let _ = done(&app, &u, "policy.change", &name, Err(format!("refused: {e}")));
+            let _ = done(
+                &app,
+                &u,
+                "policy.change",
+                &name,
+                Err(format!("refused: {e}")),
+            );
             return error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string());
         }
     };

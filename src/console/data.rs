@@ -150,7 +150,10 @@ fn read_doc(path: &Path, kind: &str, key: Option<&VerifyingKey>, key_err: &str) 
     Some(Doc {
         id,
         kind: found_kind,
-        created: body.get("created").and_then(Value::as_str).map(String::from),
+        created: body
+            .get("created")
+            .and_then(Value::as_str)
+            .map(String::from),
         verification,
         body,
         text,

@@ -101,7 +101,10 @@ pub(crate) async fn logout() -> Response {
     (
         [(
             header::SET_COOKIE,
-            format!("{}=; Path=/; Max-Age=0; SameSite=Strict", super::TOKEN_COOKIE),
+            format!(
+                "{}=; Path=/; Max-Age=0; SameSite=Strict",
+                super::TOKEN_COOKIE
+            ),
         )],
         Redirect::to("/login"),
     )
@@ -145,7 +148,11 @@ pub(crate) async fn index(State(app): S, h: HeaderMap) -> Response {
                     .first()
                     .map(|r| {
                         let v = r.field("verdict").unwrap_or("?");
-                        format!("<span class=\"{0}\">{0}</span> ({1})", esc(v), r.created.as_deref().map(esc).unwrap_or_default())
+                        format!(
+                            "<span class=\"{0}\">{0}</span> ({1})",
+                            esc(v),
+                            r.created.as_deref().map(esc).unwrap_or_default()
+                        )
                     })
                     .unwrap_or_else(|| "none".into());
                 let _ = write!(
@@ -357,7 +364,11 @@ pub(crate) async fn audit(State(app): S, h: HeaderMap, Query(q): Query<AuditQuer
             }
         }
         Err(e) => {
-            let _ = write!(b, "<p class=\"broken\">cannot read the audit log: {}</p>", esc(&e));
+            let _ = write!(
+                b,
+                "<p class=\"broken\">cannot read the audit log: {}</p>",
+                esc(&e)
+            );
         }
     }
     let _ = write!(
@@ -426,7 +437,11 @@ pub(crate) async fn access_review(State(app): S, h: HeaderMap) -> Response {
             }
         }
         Err(e) => {
-            let _ = write!(b, "<tr><td colspan=\"5\" class=\"broken\">{}</td></tr>", esc(&e.to_string()));
+            let _ = write!(
+                b,
+                "<tr><td colspan=\"5\" class=\"broken\">{}</td></tr>",
+                esc(&e.to_string())
+            );
         }
     }
     b.push_str("</table>");

@@ -112,32 +112,76 @@ pub(crate) fn render(app: &App) -> String {
         }
     }
 
-    o.family("custos_policies", "gauge", "Policy files in the policy directory, by whether they load.");
+    o.family(
+        "custos_policies",
+        "gauge",
+        "Policy files in the policy directory, by whether they load.",
+    );
     let ok = policies.iter().filter(|p| p.policy.is_ok()).count();
     o.sample("custos_policies", &[("state", "loaded")], ok as f64);
-    o.sample("custos_policies", &[("state", "invalid")], (policies.len() - ok) as f64);
+    o.sample(
+        "custos_policies",
+        &[("state", "invalid")],
+        (policies.len() - ok) as f64,
+    );
 
-    o.family("custos_job_runs_total", "counter", "Job runs recorded in the audit log (ok or failed).");
+    o.family(
+        "custos_job_runs_total",
+        "counter",
+        "Job runs recorded in the audit log (ok or failed).",
+    );
     for ((p, j), s) in &jobs {
-        o.sample("custos_job_runs_total", &[("policy", p), ("job", j)], s.runs as f64);
+        o.sample(
+            "custos_job_runs_total",
+            &[("policy", p), ("job", j)],
+            s.runs as f64,
+        );
     }
-    o.family("custos_job_failures_total", "counter", "Failed job runs recorded in the audit log.");
+    o.family(
+        "custos_job_failures_total",
+        "counter",
+        "Failed job runs recorded in the audit log.",
+    );
     for ((p, j), s) in &jobs {
-        o.sample("custos_job_failures_total", &[("policy", p), ("job", j)], s.failures as f64);
+        o.sample(
+            "custos_job_failures_total",
+            &[("policy", p), ("job", j)],
+            s.failures as f64,
+        );
     }
-    o.family("custos_job_last_success_timestamp_seconds", "gauge", "Unix time of the last successful run.");
+    o.family(
+        "custos_job_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful run.",
+    );
     for ((p, j), s) in &jobs {
         if let Some(t) = s.last_ok {
-            o.sample("custos_job_last_success_timestamp_seconds", &[("policy", p), ("job", j)], t);
+            o.sample(
+                "custos_job_last_success_timestamp_seconds",
+                &[("policy", p), ("job", j)],
+                t,
+            );
         }
     }
-    o.family("custos_job_last_duration_seconds", "gauge", "Duration of the last successful run.");
+    o.family(
+        "custos_job_last_duration_seconds",
+        "gauge",
+        "Duration of the last successful run.",
+    );
     for ((p, j), s) in &jobs {
         if let Some(d) = s.duration {
-            o.sample("custos_job_last_duration_seconds", &[("policy", p), ("job", j)], d);
+            o.sample(
+                "custos_job_last_duration_seconds",
+                &[("policy", p), ("job", j)],
+                d,
+            );
         }
     }
-    o.family("custos_job_last_bytes", "gauge", "Bytes read by the last successful run.");
+    o.family(
+        "custos_job_last_bytes",
+        "gauge",
+        "Bytes read by the last successful run.",
+    );
     for ((p, j), s) in &jobs {
         if let Some(b) = s.bytes {
             o.sample("custos_job_last_bytes", &[("policy", p), ("job", j)], b);
@@ -145,24 +189,48 @@ pub(crate) fn render(app: &App) -> String {
     }
 
     let cache = app.targets.lock().expect("targets lock").clone();
-    o.family("custos_target_snapshots", "gauge", "Snapshots on each target at the last listing.");
+    o.family(
+        "custos_target_snapshots",
+        "gauge",
+        "Snapshots on each target at the last listing.",
+    );
     for (p, states) in &cache {
         for t in states.iter().filter(|t| t.error.is_none()) {
-            o.sample("custos_target_snapshots", &[("policy", p), ("target", &t.target)], t.snapshots.len() as f64);
+            o.sample(
+                "custos_target_snapshots",
+                &[("policy", p), ("target", &t.target)],
+                t.snapshots.len() as f64,
+            );
         }
     }
-    o.family("custos_replication_lag_seconds", "gauge", "How far each target's latest snapshot is behind the primary's (when known).");
+    o.family(
+        "custos_replication_lag_seconds",
+        "gauge",
+        "How far each target's latest snapshot is behind the primary's (when known).",
+    );
     for (p, states) in &cache {
         for t in states {
             if let Some(l) = t.lag_seconds {
-                o.sample("custos_replication_lag_seconds", &[("policy", p), ("target", &t.target)], l as f64);
+                o.sample(
+                    "custos_replication_lag_seconds",
+                    &[("policy", p), ("target", &t.target)],
+                    l as f64,
+                );
             }
         }
     }
-    o.family("custos_target_up", "gauge", "Whether the target could be listed at the last listing.");
+    o.family(
+        "custos_target_up",
+        "gauge",
+        "Whether the target could be listed at the last listing.",
+    );
     for (p, states) in &cache {
         for t in states {
-            o.sample("custos_target_up", &[("policy", p), ("target", &t.target)], if t.error.is_none() { 1.0 } else { 0.0 });
+            o.sample(
+                "custos_target_up",
+                &[("policy", p), ("target", &t.target)],
+                if t.error.is_none() { 1.0 } else { 0.0 },
+            );
         }
     }
 
@@ -174,7 +242,10 @@ pub(crate) fn render(app: &App) -> String {
         if let Some(r) = d.reports.first() {
             drill.push((p.name.clone(), r.clone()));
         }
-        for (kind, list) in [("drill-report", &d.reports), ("certificate", &d.certificates)] {
+        for (kind, list) in [
+            ("drill-report", &d.reports),
+            ("certificate", &d.certificates),
+        ] {
             let mut by: BTreeMap<&'static str, u64> = BTreeMap::new();
             for x in list.iter() {
                 *by.entry(x.verification.label()).or_default() += 1;
@@ -183,48 +254,119 @@ pub(crate) fn render(app: &App) -> String {
                 docs.push((p.name.clone(), kind, state, n));
             }
         }
-        pending.push((p.name.clone(), data::pending_shreds(app.cfg.state.root(), &p.name)));
+        pending.push((
+            p.name.clone(),
+            data::pending_shreds(app.cfg.state.root(), &p.name),
+        ));
     }
-    o.family("custos_drill_last_verdict", "gauge", "1 for the verdict of the latest drill report of each policy.");
+    o.family(
+        "custos_drill_last_verdict",
+        "gauge",
+        "1 for the verdict of the latest drill report of each policy.",
+    );
     for (p, r) in &drill {
         let v = r.field("verdict").unwrap_or("unknown");
-        o.sample("custos_drill_last_verdict", &[("policy", p), ("verdict", v), ("signature", r.verification.label())], 1.0);
+        o.sample(
+            "custos_drill_last_verdict",
+            &[
+                ("policy", p),
+                ("verdict", v),
+                ("signature", r.verification.label()),
+            ],
+            1.0,
+        );
     }
-    o.family("custos_drill_last_timestamp_seconds", "gauge", "Unix time of the latest drill report.");
+    o.family(
+        "custos_drill_last_timestamp_seconds",
+        "gauge",
+        "Unix time of the latest drill report.",
+    );
     for (p, r) in &drill {
         if let Some(t) = r.created.as_deref().and_then(ts) {
             o.sample("custos_drill_last_timestamp_seconds", &[("policy", p)], t);
         }
     }
-    o.family("custos_drill_last_rto_seconds", "gauge", "Measured restore time of the latest drill.");
+    o.family(
+        "custos_drill_last_rto_seconds",
+        "gauge",
+        "Measured restore time of the latest drill.",
+    );
     for (p, r) in &drill {
         if let Some(x) = r.body.get("rto_seconds").and_then(|v| v.as_f64()) {
             o.sample("custos_drill_last_rto_seconds", &[("policy", p)], x);
         }
     }
-    o.family("custos_documents", "gauge", "Signed documents in the state directory, by kind and signature state.");
+    o.family(
+        "custos_documents",
+        "gauge",
+        "Signed documents in the state directory, by kind and signature state.",
+    );
     for (p, kind, state, n) in &docs {
-        o.sample("custos_documents", &[("policy", p), ("kind", kind), ("signature", state)], *n as f64);
+        o.sample(
+            "custos_documents",
+            &[("policy", p), ("kind", kind), ("signature", state)],
+            *n as f64,
+        );
     }
-    o.family("custos_shred_requests_pending", "gauge", "Shred requests queued through the console and not yet taken.");
+    o.family(
+        "custos_shred_requests_pending",
+        "gauge",
+        "Shred requests queued through the console and not yet taken.",
+    );
     for (p, n) in &pending {
         o.sample("custos_shred_requests_pending", &[("policy", p)], *n as f64);
     }
 
     let v = data::audit_state(&app.audit, app.cfg.audit_public_key.as_ref());
-    o.family("custos_audit_chain_ok", "gauge", "1 when the audit chain verifies end to end.");
-    o.sample("custos_audit_chain_ok", &[], if v.as_ref().is_ok_and(|v| v.ok()) { 1.0 } else { 0.0 });
+    o.family(
+        "custos_audit_chain_ok",
+        "gauge",
+        "1 when the audit chain verifies end to end.",
+    );
+    o.sample(
+        "custos_audit_chain_ok",
+        &[],
+        if v.as_ref().is_ok_and(|v| v.ok()) {
+            1.0
+        } else {
+            0.0
+        },
+    );
     if let Ok(v) = &v {
-        o.family("custos_audit_entries", "gauge", "Entries in the audit log (up to the first break).");
+        o.family(
+            "custos_audit_entries",
+            "gauge",
+            "Entries in the audit log (up to the first break).",
+        );
         o.sample("custos_audit_entries", &[], v.entries as f64);
-        o.family("custos_audit_checkpoints_verified", "gauge", "Signed checkpoints verified.");
-        o.sample("custos_audit_checkpoints_verified", &[], v.checkpoints_verified as f64);
-        o.family("custos_audit_unsigned_entries", "gauge", "Entries after the last verified checkpoint.");
+        o.family(
+            "custos_audit_checkpoints_verified",
+            "gauge",
+            "Signed checkpoints verified.",
+        );
+        o.sample(
+            "custos_audit_checkpoints_verified",
+            &[],
+            v.checkpoints_verified as f64,
+        );
+        o.family(
+            "custos_audit_unsigned_entries",
+            "gauge",
+            "Entries after the last verified checkpoint.",
+        );
         o.sample("custos_audit_unsigned_entries", &[], v.unsigned_tail as f64);
     }
-    o.family("custos_audit_denied_total", "counter", "Denied requests recorded in the audit log.");
+    o.family(
+        "custos_audit_denied_total",
+        "counter",
+        "Denied requests recorded in the audit log.",
+    );
     o.sample("custos_audit_denied_total", &[], denied as f64);
-    o.family("custos_audit_anomalies_total", "counter", "Audit entries carrying each anomaly flag.");
+    o.family(
+        "custos_audit_anomalies_total",
+        "counter",
+        "Audit entries carrying each anomaly flag.",
+    );
     for flag in [
         crate::audit::FLAG_RESTORE_OUTSIDE_DRILL,
         crate::audit::FLAG_BURST_RESTORE,
@@ -239,7 +381,10 @@ pub(crate) fn render(app: &App) -> String {
 
 pub(crate) async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render(&app),
     )
         .into_response()
