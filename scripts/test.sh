@@ -29,6 +29,8 @@ apt_install() {
 # Tools the suite uses, as "command:debian-package".
 needs=(
     "sqldiff:sqlite3-tools"
+    "chromium:chromium"
+    "chromedriver:chromium-driver"
 )
 missing=()
 for need in "${needs[@]}"; do
