@@ -30,6 +30,7 @@ apt_install() {
 needs=(
     "sqldiff:sqlite3-tools"
     "chromium:chromium"
+    "chromedriver:chromium-driver"
 )
 missing=()
 for need in "${needs[@]}"; do

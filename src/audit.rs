@@ -27,9 +27,31 @@
 //!
 //! Writers take an exclusive lock on the file while appending, so the
 //! daemon and command-line invocations can share one log.
+//!
+//! ## Anomaly flags
+//! [`AuditLog::append`] adds flags to the entry it writes when the recent
+//! tail of the log (see [`AnomalyRules`]) shows abnormal activity:
+//!
+//! | flag | when |
+//! |---|---|
+//! | `restore-outside-drill` | set by the caller on a restore that is not part of a drill |
+//! | `burst-restore` | the entry is a restore and at least `burst` restores fell in the window |
+//! | `burst-shred` | the same for `shred` operations (any `shred*` op) |
+//! | `repeated-denied` | the entry is denied and the same actor was denied at least `denied` times in the window |
+//!
+//! ## Measurements
+//! `detail` may carry `key=number` measurements separated by spaces (e.g.
+//! `duration_s=1.2 bytes=1024`), added with [`Event::measure`]; the
+//! console's metrics read them.
+//!
+//! ## Replication
+//! [`replicate`] copies the log to a target as append-only segment objects
+//! `audit/<first seq>-<last seq>.jsonl` (both 12 digits, zero-padded), each
+//! holding the exact lines of those entries; a later run uploads only the
+//! entries after the highest segment.
 
 use crate::signed::compact;
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -129,6 +151,147 @@ impl Event {
         self.actor = a.into();
         self
     }
+
+    /// Adds a `name=value` measurement to `detail` (see the module docs).
+    pub fn measure(mut self, name: &str, value: f64) -> Event {
+        let m = format!("{name}={value}");
+        self.detail = Some(match self.detail.take() {
+            Some(d) if !d.is_empty() => format!("{d} {m}"),
+            _ => m,
+        });
+        self
+    }
+}
+
+/// Thresholds of the anomaly flags written by [`AuditLog::append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AnomalyRules {
+    /// The look-back window.
+    pub window: chrono::Duration,
+    /// Restores (or shreds) in the window, this one included, that make a burst.
+    pub burst: usize,
+    /// Denied requests by one actor in the window, this one included, that
+    /// are flagged.
+    pub denied: usize,
+}
+
+impl Default for AnomalyRules {
+    fn default() -> Self {
+        AnomalyRules {
+            window: chrono::Duration::minutes(10),
+            burst: 5,
+            denied: 3,
+        }
+    }
+}
+
+/// Flag: a restore that is not part of a drill (set by the caller).
+pub const FLAG_RESTORE_OUTSIDE_DRILL: &str = "restore-outside-drill";
+/// Flag: a burst of restores.
+pub const FLAG_BURST_RESTORE: &str = "burst-restore";
+/// Flag: a burst of shreds.
+pub const FLAG_BURST_SHRED: &str = "burst-shred";
+/// Flag: repeated denied requests by one actor.
+pub const FLAG_REPEATED_DENIED: &str = "repeated-denied";
+
+fn is_shred(op: &str) -> bool {
+    op == "shred" || op.starts_with("shred.")
+}
+
+/// The anomaly flags `ev` earns at `now` given the recent entries `tail`.
+pub fn anomaly_flags(
+    rules: &AnomalyRules,
+    ev: &Event,
+    tail: &[Entry],
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let recent: Vec<&Entry> = tail
+        .iter()
+        .filter(|e| {
+            DateTime::parse_from_rfc3339(&e.time)
+                .map(|t| now.signed_duration_since(t.with_timezone(&Utc)) <= rules.window)
+                .unwrap_or(false)
+        })
+        .collect();
+    let mut flags = Vec::new();
+    if ev.op == "restore" {
+        let n = recent.iter().filter(|e| e.op == "restore").count() + 1;
+        if n >= rules.burst {
+            flags.push(FLAG_BURST_RESTORE.to_string());
+        }
+    }
+    if is_shred(&ev.op) {
+        let n = recent.iter().filter(|e| is_shred(&e.op)).count() + 1;
+        if n >= rules.burst {
+            flags.push(FLAG_BURST_SHRED.to_string());
+        }
+    }
+    if ev.outcome == Outcome::Denied {
+        let n = recent
+            .iter()
+            .filter(|e| e.outcome == Outcome::Denied && e.actor == ev.actor)
+            .count()
+            + 1;
+        if n >= rules.denied {
+            flags.push(FLAG_REPEATED_DENIED.to_string());
+        }
+    }
+    flags
+}
+
+/// Which entries `audit show` prints.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries by this actor (exact).
+    pub actor: Option<String>,
+    /// Only this operation: exact, or a prefix before a dot (`users`
+    /// matches `users.add`).
+    pub op: Option<String>,
+}
+
+impl Filter {
+    /// Whether `e` passes the filter.
+    pub fn matches(&self, e: &Entry) -> bool {
+        if let Some(since) = self.since {
+            match DateTime::parse_from_rfc3339(&e.time) {
+                Ok(t) if t.with_timezone(&Utc) >= since => {}
+                _ => return false,
+            }
+        }
+        if let Some(a) = &self.actor {
+            if &e.actor != a {
+                return false;
+            }
+        }
+        if let Some(op) = &self.op {
+            let dotted =
+                e.op.strip_prefix(op.as_str())
+                    .is_some_and(|r| r.starts_with('.'));
+            if &e.op != op && !dotted {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Parses a `--since` value: an RFC 3339 time, a date (`2026-03-01`, UTC
+/// midnight) or an age like `90m`, `24h`, `7d` (before `now`).
+pub fn parse_since(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc());
+    }
+    match crate::policy::parse_duration(s) {
+        Ok(d) => Ok(now - chrono::Duration::from_std(d).map_err(|e| e.to_string())?),
+        Err(_) => Err(format!(
+            "`{s}` is not a time: give an RFC 3339 time (2026-03-01T12:00:00Z), a date (2026-03-01) or an age (90m, 24h, 7d)"
+        )),
+    }
 }
 
 /// The actor of a command-line invocation: `CUSTOS_ACTOR`, else the OS
@@ -214,7 +377,11 @@ impl Verification {
 #[derive(Clone, Debug)]
 pub struct AuditLog {
     path: PathBuf,
+    rules: AnomalyRules,
 }
+
+/// How much of the log's end [`AuditLog::append`] reads to find anomalies.
+const TAIL_BYTES: u64 = 256 * 1024;
 
 impl AuditLog {
     /// The log in directory `dir` (usually `StateDir::sub("audit")`),
@@ -233,7 +400,74 @@ impl AuditLog {
                 path: path.clone(),
                 source,
             })?;
-        Ok(AuditLog { path })
+        Ok(AuditLog {
+            path,
+            rules: AnomalyRules::default(),
+        })
+    }
+
+    /// The same log with other anomaly thresholds.
+    pub fn with_rules(mut self, rules: AnomalyRules) -> AuditLog {
+        self.rules = rules;
+        self
+    }
+
+    /// The entries that pass `filter`, in order.
+    pub fn show(&self, filter: &Filter) -> Result<Vec<Entry>, AuditError> {
+        Ok(self
+            .entries()?
+            .into_iter()
+            .filter(|e| filter.matches(e))
+            .collect())
+    }
+
+    /// Appends a checkpoint if the chain has entries not yet covered by one
+    /// and either `max_entries` of them are waiting or the last checkpoint
+    /// (or the first uncovered entry) is older than `max_age`. Returns the
+    /// checkpoint written, if any.
+    pub fn checkpoint_if_due(
+        &self,
+        key: &SigningKey,
+        actor: &str,
+        max_entries: u64,
+        max_age: chrono::Duration,
+    ) -> Result<Option<Entry>, AuditError> {
+        let es = self.entries()?;
+        let since = es
+            .iter()
+            .rposition(|e| e.op == CHECKPOINT_OP)
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let waiting = &es[since..];
+        let Some(first) = waiting.first() else {
+            return Ok(None);
+        };
+        let oldest = DateTime::parse_from_rfc3339(&first.time)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        if waiting.len() as u64 >= max_entries || Utc::now() - oldest >= max_age {
+            return self.checkpoint(key, actor).map(Some);
+        }
+        Ok(None)
+    }
+
+    fn tail_entries(&self, f: &mut File, max: u64) -> Result<Vec<Entry>, AuditError> {
+        let len = f.metadata().map_err(|e| self.io(e))?.len();
+        let start = len.saturating_sub(max);
+        f.seek(SeekFrom::Start(start)).map_err(|e| self.io(e))?;
+        let mut buf = Vec::new();
+        Read::by_ref(f)
+            .take(len - start)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io(e))?;
+        let mut lines: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
+        if start > 0 && !lines.is_empty() {
+            lines.remove(0); // a partial first line
+        }
+        Ok(lines
+            .into_iter()
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect())
     }
 
     /// The log file.
@@ -262,9 +496,20 @@ impl AuditLog {
             Some(e) => (e.seq + 1, e.hash),
             None => (1, GENESIS.to_string()),
         };
+        let now = Utc::now();
+        let mut flags = ev.flags.clone();
+        let watched = ev.op == "restore" || is_shred(&ev.op) || ev.outcome == Outcome::Denied;
+        if watched {
+            let tail = self.tail_entries(&mut f, TAIL_BYTES)?;
+            for fl in anomaly_flags(&self.rules, ev, &tail, now) {
+                if !flags.contains(&fl) {
+                    flags.push(fl);
+                }
+            }
+        }
         let mut entry = Entry {
             seq,
-            time: Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true),
+            time: now.to_rfc3339_opts(SecondsFormat::Micros, true),
             actor: ev.actor.clone(),
             role: ev.role.clone(),
             policy: ev.policy.clone(),
@@ -272,7 +517,7 @@ impl AuditLog {
             objects: ev.objects.clone(),
             outcome: ev.outcome,
             detail: ev.detail.clone(),
-            flags: ev.flags.clone(),
+            flags,
             prev,
             hash: String::new(),
         };
@@ -469,6 +714,85 @@ fn head_message(seq: u64, prev: &str) -> String {
     format!("{HEAD_DOMAIN}{seq}\n{prev}")
 }
 
+/// The prefix of the audit segments on a target.
+pub const TARGET_PREFIX: &str = "audit/";
+
+/// What [`replicate`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Replicated {
+    pub target: String,
+    /// The segment written, if there were new entries.
+    pub segment: Option<String>,
+    /// Entries uploaded by this run.
+    pub entries: u64,
+    /// The highest `seq` on the target after this run.
+    pub last_seq: u64,
+}
+
+/// Errors of [`replicate`].
+#[derive(Debug, Error)]
+pub enum ReplicateError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Target(#[from] crate::target::TargetError),
+    #[error("the target's audit segments go up to seq {remote} but the local log has only {local} entries: the local log was replaced or truncated; keep it and compare it with the target's audit/ objects")]
+    Ahead { remote: u64, local: u64 },
+}
+
+/// The `(first, last)` seq of a segment object name, if it is one.
+pub fn segment_range(path: &str) -> Option<(u64, u64)> {
+    let name = path.rsplit('/').next()?.strip_suffix(".jsonl")?;
+    let (a, b) = name.split_once('-')?;
+    if a.len() != 12 || b.len() != 12 {
+        return None;
+    }
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Copies the entries of `log` that `target` does not hold yet as one new
+/// segment object (see the module docs). The segment is written with
+/// create-only semantics, so an existing object is never replaced.
+pub async fn replicate(
+    log: &AuditLog,
+    target: &crate::target::Target,
+) -> Result<Replicated, ReplicateError> {
+    let remote = target
+        .list(TARGET_PREFIX)
+        .await?
+        .iter()
+        .filter_map(|(p, _)| segment_range(p))
+        .map(|(_, last)| last)
+        .max()
+        .unwrap_or(0);
+    let entries = log.entries()?;
+    let local = entries.last().map(|e| e.seq).unwrap_or(0);
+    if remote > local {
+        return Err(ReplicateError::Ahead { remote, local });
+    }
+    let new: Vec<&Entry> = entries.iter().filter(|e| e.seq > remote).collect();
+    let (Some(first), Some(last)) = (new.first(), new.last()) else {
+        return Ok(Replicated {
+            target: target.name.clone(),
+            segment: None,
+            entries: 0,
+            last_seq: remote,
+        });
+    };
+    let name = format!("{TARGET_PREFIX}{:012}-{:012}.jsonl", first.seq, last.seq);
+    let mut body = Vec::new();
+    for e in &new {
+        body.extend_from_slice(&e.line());
+    }
+    target.put_new(&name, bytes::Bytes::from(body)).await?;
+    Ok(Replicated {
+        target: target.name.clone(),
+        segment: Some(name),
+        entries: new.len() as u64,
+        last_seq: last.seq,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,5 +892,110 @@ mod tests {
         let v = l.verify(None).unwrap();
         assert!(v.ok(), "{v:?}");
         assert_eq!(v.entries, 100);
+    }
+
+    #[test]
+    fn filters_select_by_time_actor_and_op() {
+        let (_d, l) = log();
+        l.append(&Event::new("users.add", "admin").actor("ann"))
+            .unwrap();
+        l.append(&Event::new("backup", "operator").actor("bob"))
+            .unwrap();
+        l.append(&Event::new("users", "admin").actor("bob"))
+            .unwrap();
+        let f = Filter {
+            op: Some("users".into()),
+            ..Default::default()
+        };
+        assert_eq!(l.show(&f).unwrap().len(), 2);
+        let f = Filter {
+            actor: Some("bob".into()),
+            op: Some("backup".into()),
+            ..Default::default()
+        };
+        assert_eq!(l.show(&f).unwrap().len(), 1);
+        let f = Filter {
+            since: Some(Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        };
+        assert!(l.show(&f).unwrap().is_empty());
+        let now = Utc::now();
+        assert_eq!(
+            parse_since("2h", now).unwrap(),
+            now - chrono::Duration::hours(2)
+        );
+        assert!(parse_since("2026-03-01", now).is_ok());
+        assert!(parse_since("yesterday", now).is_err());
+    }
+
+    #[test]
+    fn bursts_and_repeated_denials_are_flagged() {
+        let (_d, l) = log();
+        let l = l.with_rules(AnomalyRules {
+            window: chrono::Duration::minutes(10),
+            burst: 3,
+            denied: 2,
+        });
+        let r1 = l.append(&Event::new("restore", "operator")).unwrap();
+        let r2 = l.append(&Event::new("restore", "operator")).unwrap();
+        let r3 = l.append(&Event::new("restore", "operator")).unwrap();
+        assert!(r1.flags.is_empty() && r2.flags.is_empty());
+        assert_eq!(r3.flags, vec![FLAG_BURST_RESTORE.to_string()]);
+        let d1 = l
+            .append(
+                &Event::new("shred", "auditor")
+                    .actor("eve")
+                    .outcome(Outcome::Denied),
+            )
+            .unwrap();
+        let other = l
+            .append(
+                &Event::new("shred", "auditor")
+                    .actor("ann")
+                    .outcome(Outcome::Denied),
+            )
+            .unwrap();
+        let d2 = l
+            .append(
+                &Event::new("shred", "auditor")
+                    .actor("eve")
+                    .outcome(Outcome::Denied),
+            )
+            .unwrap();
+        assert!(d1.flags.is_empty() && other.flags.is_empty());
+        assert!(d2.flags.contains(&FLAG_REPEATED_DENIED.to_string()));
+        // Three shred ops in the window: a shred burst too.
+        assert!(d2.flags.contains(&FLAG_BURST_SHRED.to_string()));
+        assert!(l.verify(None).unwrap().ok());
+    }
+
+    #[test]
+    fn checkpoint_when_due() {
+        let (_d, l) = log();
+        let k = SigningKey::generate(&mut rand::rngs::OsRng);
+        let day = chrono::Duration::days(1);
+        assert!(l.checkpoint_if_due(&k, "t", 3, day).unwrap().is_none());
+        l.append(&Event::new("backup", "job")).unwrap();
+        assert!(l.checkpoint_if_due(&k, "t", 3, day).unwrap().is_none());
+        assert!(l
+            .checkpoint_if_due(&k, "t", 3, chrono::Duration::zero())
+            .unwrap()
+            .is_some());
+        assert!(l.checkpoint_if_due(&k, "t", 1, day).unwrap().is_none());
+        let v = l.verify(Some(&k.verifying_key())).unwrap();
+        assert_eq!((v.checkpoints_verified, v.unsigned_tail), (1, 0));
+    }
+
+    #[test]
+    fn measurements_go_into_detail() {
+        let e = Event::new("backup", "job")
+            .detail("snapshot taken")
+            .measure("bytes", 10.0);
+        assert_eq!(e.detail.as_deref(), Some("snapshot taken bytes=10"));
+        assert_eq!(
+            segment_range("audit/000000000001-000000000042.jsonl"),
+            Some((1, 42))
+        );
+        assert_eq!(segment_range("audit/x.jsonl"), None);
     }
 }

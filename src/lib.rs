@@ -10,10 +10,13 @@
 //! reports), `retention` (what is due), `signed` (signed documents), `audit`
 //! (the hash-chained trail), `state` (the local state directory), `demo`
 //! (generated demo data), `shred` (crypto-shredding: requests, holds,
-//! destruction, proof, certificates).
+//! destruction, proof, certificates), `schedule` (the daemon: cron, job
+//! state, leases), `users` (roles and API tokens), `console` (the auditor
+//! console, JSON API and metrics of `custos serve`).
 
 pub mod audit;
 pub mod chunk;
+pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod drill;
@@ -30,6 +33,7 @@ pub mod signed;
 pub mod state;
 pub mod store;
 pub mod target;
+pub mod users;
 pub mod vault;
 
 /// The version string written into reports, manifests and certificates.

@@ -29,7 +29,17 @@ pub async fn run(a: BackupArgs) -> Result<()> {
         ..Default::default()
     };
     let r =
-        custos::ops::backup::backup(&policy, &opts, super::progress::for_terminal(a.json)).await?;
+        custos::ops::backup::backup(&policy, &opts, super::progress::for_terminal(a.json)).await;
+    let mut ev = custos::audit::Event::new("backup", "operator").policy(&policy.name);
+    if let Ok(r) = &r {
+        ev = ev
+            .object(r.snapshot.clone())
+            .measure("duration_s", r.duration_s)
+            .measure("bytes", r.bytes_read as f64)
+            .measure("new_bytes", r.new_bytes_stored as f64);
+    }
+    super::audit::record(super::audit::outcome_event(ev, &r));
+    let r = r?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

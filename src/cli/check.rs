@@ -27,8 +27,16 @@ pub async fn run(a: CheckArgs) -> Result<(), Failure> {
         a.read_data,
         super::progress::for_terminal(a.json),
     )
-    .await
-    .map_err(|e| wrap(e.into()))?;
+    .await;
+    let ev = custos::audit::Event::new("check", "operator").policy(&policy.name);
+    let ev = match &r {
+        Ok(c) if !c.ok => ev
+            .outcome(custos::audit::Outcome::Failed)
+            .detail("check found errors"),
+        _ => super::audit::outcome_event(ev, &r),
+    };
+    super::audit::record(ev);
+    let r = r.map_err(|e| wrap(e.into()))?;
     if a.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| wrap(e.into()))?);
     } else {

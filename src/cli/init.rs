@@ -14,7 +14,12 @@ pub struct InitArgs {
 
 pub async fn run(a: InitArgs) -> Result<()> {
     let policy = super::load_policy(&a.policy)?;
-    let r = custos::ops::init::init(&policy).await?;
+    let r = custos::ops::init::init(&policy).await;
+    super::audit::record(super::audit::outcome_event(
+        custos::audit::Event::new("init", "admin").policy(&policy.name),
+        &r,
+    ));
+    let r = r?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

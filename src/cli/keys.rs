@@ -22,7 +22,12 @@ pub struct KeysInitArgs {
 pub fn run(c: KeysCmd) -> Result<()> {
     match c {
         KeysCmd::Init(a) => {
-            let k = custos::keys::init_keys(&a.out)?;
+            let k = custos::keys::init_keys(&a.out);
+            super::audit::record(super::audit::outcome_event(
+                custos::audit::Event::new("keys.init", "admin"),
+                &k,
+            ));
+            let k = k?;
             if a.json {
                 println!(
                     "{}",

@@ -9,6 +9,7 @@
 //! | 3 | integrity: `check` found errors, or data failed authentication |
 //! | 130 | interrupted (`drill` on Ctrl-C or SIGTERM) |
 
+mod audit;
 mod backup;
 mod certificates;
 mod check;
@@ -24,10 +25,12 @@ mod reports;
 mod restore;
 mod retention;
 mod run;
+mod serve;
 mod shred;
 mod snapshots;
 mod status;
 mod targets;
+mod users;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -104,6 +107,13 @@ enum Command {
     RunOnce(run::RunOnceArgs),
     /// Per policy and job: last run, outcome, next run.
     Status(status::StatusArgs),
+    /// The audit trail: verify the chain, show entries, checkpoint, replicate.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
+    /// Users, roles and API tokens of the console.
+    Users(users::UsersArgs),
+    /// Serve the auditor console, JSON API and metrics.
+    Serve(serve::ServeArgs),
 }
 
 /// An error with its exit code.
@@ -236,6 +246,9 @@ pub fn main() -> ExitCode {
             Command::Run(a) => run::run(a).await.map_err(wrap),
             Command::RunOnce(a) => run::run_once(a).await.map_err(wrap),
             Command::Status(a) => status::run(a).map_err(wrap),
+            Command::Audit(c) => audit::run(c).await,
+            Command::Users(a) => users::run(a).map_err(wrap),
+            Command::Serve(a) => serve::run(a).await.map_err(wrap),
         }
     });
     match r {

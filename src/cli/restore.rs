@@ -34,8 +34,18 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         to: a.to,
         force: a.force,
     };
-    let r = custos::ops::restore::restore(&policy, &opts, super::progress::for_terminal(a.json))
-        .await?;
+    let r =
+        custos::ops::restore::restore(&policy, &opts, super::progress::for_terminal(a.json)).await;
+    let mut ev = custos::audit::Event::new("restore", "operator")
+        .policy(&policy.name)
+        .flag(custos::audit::FLAG_RESTORE_OUTSIDE_DRILL);
+    if let Ok(r) = &r {
+        ev = ev
+            .object(r.snapshot.clone())
+            .measure("duration_s", r.duration_s);
+    }
+    super::audit::record(super::audit::outcome_event(ev, &r));
+    let r = r?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
