@@ -9,7 +9,9 @@
 //! # Order of writes
 //! On every target, in phases: the marker (if missing), then packs
 //! (`data/`), then index objects (`index/`), then snapshot objects
-//! (`snapshots/`). A phase starts when the previous one has finished on
+//! (`snapshots/`), then the public documents: signed drill reports
+//! (`reports/`), destruction certificates (`certificates/`) and audit log
+//! segments (`audit/`). A phase starts when the previous one has finished on
 //! every target, and snapshots are copied to a target only if every pack and
 //! index object of the earlier phases reached it. Each target is listed
 //! snapshots first, packs after: a snapshot found in a listing was written
@@ -23,6 +25,8 @@
 //! * An index or snapshot object is good when it opens under the metadata
 //!   key (if [`ReplicateOptions::meta`] is given); without the key, copies
 //!   are compared by their bytes and the majority wins (ties: the primary).
+//!   Reports, certificates and audit segments are always compared so (they
+//!   are signed, but replication does not hold the public key).
 //! * Without `verify`, only copies whose listed size differs from the
 //!   others are read and checked; with `verify`, every copy on every target
 //!   is read.
@@ -33,8 +37,9 @@
 //! # The replication record
 //! Which snapshots are complete and verified on which target is kept in the
 //! local state directory (`replication/<policy>.json`, [`ReplicationRecord`]),
-//! not on the targets: nothing unencrypted is written to a target but its
-//! marker.
+//! not on the targets: replication writes nothing unencrypted to a target
+//! but copies of its marker and of the public documents the other
+//! commands wrote.
 
 use crate::crypto::{Id, MetaKey};
 use crate::ops::{open_target, OpsError};
@@ -240,12 +245,20 @@ fn phase_of(key: &str) -> Option<usize> {
             Some(1)
         }
         ["index", id] if Id::from_hex(id).is_some() => Some(2),
-        ["snapshots", id] if !id.is_empty() => Some(3),
+        ["snapshots", id] if !id.is_empty() => Some(SNAPSHOT_PHASE),
+        ["reports" | "certificates", f] if f.ends_with(".json") && f.len() > 5 => Some(DOC_PHASE),
+        ["audit", f] if f.ends_with(".jsonl") && f.len() > 6 => Some(DOC_PHASE),
         _ => None,
     }
 }
 
-const PHASES: usize = 4;
+/// The phase of snapshot objects: written last of the repository's own
+/// objects, held back on a target that missed an earlier object.
+const SNAPSHOT_PHASE: usize = 3;
+/// Public signed documents (drill reports, certificates) and audit log
+/// segments: plaintext, write-once, needed by no snapshot.
+const DOC_PHASE: usize = 4;
+const PHASES: usize = 5;
 
 /// What a check of one copy found.
 enum Verdict {
@@ -276,6 +289,12 @@ fn check_copy(key: &str, bytes: &[u8], meta: Option<&MetaKey>) -> Verdict {
             },
             None => Verdict::Unknown,
         },
+        ["reports" | "certificates" | "audit", _] => {
+            // Signed documents and audit segments: their signatures need
+            // the public key, which replication does not hold; copies are
+            // compared by bytes (the majority wins, ties go to the primary).
+            Verdict::Unknown
+        }
         _ => {
             // The marker: plaintext JSON. Each target has its own (a target
             // initialised later may carry another repo id), so only its
@@ -419,7 +438,7 @@ impl Run<'_> {
             match size {
                 Some(s) => holders.push((i, s)),
                 None => {
-                    if phase == PHASES - 1 && n.failed.load(Ordering::SeqCst) {
+                    if phase == SNAPSHOT_PHASE && n.failed.load(Ordering::SeqCst) {
                         continue; // held back: earlier objects are missing there
                     }
                     wanting.push((i, Reason::Missing));
@@ -613,7 +632,14 @@ async fn list_target(
     loop {
         let r = async {
             let mut all: BTreeMap<String, u64> = BTreeMap::new();
-            for prefix in ["snapshots/", "data/", "index/"] {
+            for prefix in [
+                "snapshots/",
+                "data/",
+                "index/",
+                "reports/",
+                "certificates/",
+                "audit/",
+            ] {
                 all.extend(t.list(prefix).await?);
             }
             if let Some(size) = t.head(MARKER_PATH).await? {
@@ -901,7 +927,7 @@ pub async fn repair_object(
         actions: Mutex::new(Vec::new()),
         problems: Mutex::new(Vec::new()),
     };
-    run.sync_key(key, phase.min(PHASES - 2)).await;
+    run.sync_key(key, phase.min(SNAPSHOT_PHASE - 1)).await;
     problems.extend(run.problems.into_inner().unwrap_or_else(|p| p.into_inner()));
     Ok((
         run.actions.into_inner().unwrap_or_else(|p| p.into_inner()),
@@ -1211,6 +1237,13 @@ mod tests {
         assert_eq!(phase_of(&format!("index/{id}")), Some(2));
         assert_eq!(phase_of("snapshots/0123456789abcdef"), Some(3));
         assert_eq!(phase_of("locks/backup.json"), None);
+        assert_eq!(phase_of("reports/drill-x.json"), Some(DOC_PHASE));
+        assert_eq!(phase_of("certificates/cert-x.json"), Some(DOC_PHASE));
+        assert_eq!(
+            phase_of("audit/000000000001-000000000009.jsonl"),
+            Some(DOC_PHASE)
+        );
+        assert_eq!(phase_of("reports/"), None);
         assert_eq!(phase_of("index/zz"), None);
     }
 

@@ -8,6 +8,9 @@
 //!   reports/        local copies of signed drill reports
 //!   certificates/   local copies of signed destruction certificates
 //!   scratch/        drill scratch space (removed after each drill)
+//!   replication/    per policy: which snapshots are complete and verified where
+//!   users/          console users' last use (the users file itself sits in
+//!                   the policy folder, or here as users.json)
 //! ```
 //!
 //! It is chosen, first match wins, by the global `--state-dir` flag, the

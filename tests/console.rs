@@ -481,24 +481,16 @@ fn auditor_is_denied_restore_shred_and_policy_change_and_each_is_audited() {
     // The third denial by one actor in the window is flagged.
     assert!(denied[2].1.contains("repeated-denied"), "{denied:?}");
 
-    // The roles that may: retention queues a shred, admin changes the policy;
-    // an operator may not shred.
+    // The roles that may: admin changes the policy; an operator may not
+    // shred (retention may: see the next test, which has a real vault).
     let r = http(
         s.addr,
         "POST",
         "/api/v1/policies/crm/shred",
         Some(&f.tokens["otto"]),
-        Some(r#"{"unit": "consumption/2025-09"}"#),
+        Some(r#"{"unit": "consumption:2025-09"}"#),
     );
     assert_eq!(r.status, 403);
-    let r = http(
-        s.addr,
-        "POST",
-        "/api/v1/policies/crm/shred",
-        Some(&f.tokens["rita"]),
-        Some(r#"{"unit": "consumption/2025-09", "reason": "retention ended"}"#),
-    );
-    assert_eq!(r.status, 202, "{}", r.body);
     let r = http(
         s.addr,
         "PUT",
@@ -533,9 +525,6 @@ fn auditor_is_denied_restore_shred_and_policy_change_and_each_is_audited() {
     assert!(es
         .iter()
         .any(|e| e.actor == "unknown-token" && e.outcome == Outcome::Denied));
-    assert!(es
-        .iter()
-        .any(|e| e.op == "shred.request" && e.actor == "rita" && e.outcome == Outcome::Ok));
     assert!(es
         .iter()
         .any(|e| e.op == "policy.change" && e.actor == "adam" && e.outcome == Outcome::Ok));
@@ -976,4 +965,102 @@ fn browser_auditor_logs_in_and_sees_verdict_and_verification() {
     assert!(audit_entries(&f)
         .iter()
         .any(|e| e.op == "login" && e.actor == "ann"));
+}
+
+/// With a real store, vault and repository: an operator runs jobs from the
+/// console (the daemon's own jobs), and the retention role's shred request
+/// lands in the shred ledger as a pending destruction with the policy's
+/// grace; a second request for the same unit is a conflict.
+#[test]
+fn operator_runs_jobs_and_retention_requests_a_real_shred() {
+    let f = fixture();
+    let db = f.root.join("crm.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE cdrs (id INTEGER PRIMARY KEY, customer_id INTEGER, started_at TEXT);
+         INSERT INTO customers VALUES (1, 'a'), (2, 'b');
+         INSERT INTO cdrs VALUES (1, 1, '2025-09-03T10:00:00Z'), (2, 2, '2025-10-01T08:00:00Z');",
+    )
+    .unwrap();
+    drop(c);
+    let tables = "\n[[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"id\"\n\
+                  [[store.tables]]\nname = \"cdrs\"\nclass = \"consumption\"\nsubject = \"customer_id\"\n\
+                  period = { column = \"started_at\", every = \"month\" }\n";
+    std::fs::write(f.policies.join("crm.toml"), policy_text(&f.root, tables)).unwrap();
+    common::run(
+        common::custos()
+            .arg("--state-dir")
+            .arg(&f.state)
+            .args(["init", "--policy"])
+            .arg(f.policies.join("crm.toml")),
+    );
+    let s = start(&f);
+    let otto = f.tokens["otto"].as_str();
+    for job in ["backup", "drill"] {
+        let r = http(
+            s.addr,
+            "POST",
+            &format!("/api/v1/policies/crm/jobs/{job}"),
+            Some(otto),
+            Some(""),
+        );
+        assert_eq!(r.status, 200, "{job}: {}", r.body);
+        assert_eq!(r.json()["outcome"], "ok", "{job}: {}", r.body);
+    }
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/v1/policies/crm/jobs/nonsense",
+        Some(otto),
+        Some(""),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    let rita = f.tokens["rita"].as_str();
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/v1/policies/crm/shred",
+        Some(rita),
+        Some(r#"{"unit": "consumption:2025-09", "reason": "retention ended"}"#),
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let p = r.json();
+    assert_eq!(p["unit"]["name"], "consumption:2025-09", "{p}");
+    assert_eq!(p["requester"], "rita");
+    let again = http(
+        s.addr,
+        "POST",
+        "/api/v1/policies/crm/shred",
+        Some(rita),
+        Some(r#"{"unit": "consumption:2025-09"}"#),
+    );
+    assert_eq!(again.status, 409, "{}", again.body);
+    let unknown = http(
+        s.addr,
+        "POST",
+        "/api/v1/policies/crm/shred",
+        Some(rita),
+        Some(r#"{"unit": "consumption:1999-01"}"#),
+    );
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
+    // The ledger in the vault holds it, pending.
+    let out = common::run(
+        common::custos()
+            .arg("--state-dir")
+            .arg(&f.state)
+            .args(["shred", "--list", "--policy"])
+            .arg(f.policies.join("crm.toml")),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("consumption:2025-09"), "{text}");
+    let es = audit_entries(&f);
+    assert!(es
+        .iter()
+        .any(|e| e.op == "shred.request" && e.actor == "rita" && e.outcome == Outcome::Ok));
+    assert!(es
+        .iter()
+        .any(|e| e.actor == "job:crm/drill" && e.outcome == Outcome::Ok));
 }

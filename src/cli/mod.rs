@@ -148,6 +148,12 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
             _ => 1,
         };
     }
+    if let Some(u) = e.downcast_ref::<custos::users::UsersError>() {
+        return match u {
+            custos::users::UsersError::Io { .. } => 1,
+            _ => 2,
+        };
+    }
     if let Some(s) = e.downcast_ref::<custos::schedule::ScheduleError>() {
         use custos::schedule::ScheduleError as S;
         return match s {

@@ -133,7 +133,7 @@ pub(crate) async fn policy(State(app): S, h: HeaderMap, Path(name): Path<String>
         let docs = data::policy_docs(app.cfg.state.root(), p);
         v["reports"] = docs.reports.iter().map(doc_summary).collect();
         v["certificates"] = docs.certificates.iter().map(doc_summary).collect();
-        v["pending_shred_requests"] = data::pending_shreds(app.cfg.state.root(), &name).into();
+        v["pending_shred_requests"] = data::pending_shreds(&app, &name).into();
     }
     Json(v).into_response()
 }
@@ -389,38 +389,39 @@ pub(crate) async fn run_job(
     let Some(p) = app.policy(&name) else {
         return no_policy(&name);
     };
-    match job.as_str() {
-        "backup" => {
-            let r = crate::ops::backup::backup(
-                &p,
-                &crate::ops::backup::BackupOptions::default(),
-                Arc::new(crate::progress::NoProgress),
-            )
-            .await;
-            match r {
-                Ok(rep) => {
-                    let ev = Event::new("backup", u.role.as_str())
-                        .actor(u.name.clone())
-                        .policy(&name)
-                        .object(rep.snapshot.clone())
-                        .measure("duration_s", rep.duration_s)
-                        .measure("bytes", rep.bytes_read as f64)
-                        .measure("new_bytes", rep.new_bytes_stored as f64);
-                    app.record(ev);
-                    Json(serde_json::to_value(&rep).unwrap_or(Value::Null)).into_response()
-                }
-                Err(e) => {
-                    let _ = done(&app, &u, "backup", &name, Err(e.to_string()));
-                    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                }
-            }
+    let kind: crate::schedule::JobKind = match job.parse() {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = done(&app, &u, &op, &name, Err(e.clone()));
+            return error(StatusCode::BAD_REQUEST, e);
         }
-        other => {
-            let msg = format!(
-                "job `{other}` cannot be run from the console in this version (only `backup`); run it with the custos command"
+    };
+    // The same job the daemon runs (it audits itself as
+    // `job:<policy>/<job>`); the requesting user is audited here too.
+    let ctx = crate::schedule::jobs::JobContext {
+        state: Some(app.cfg.state.clone()),
+        ..Default::default()
+    };
+    let out = crate::schedule::jobs::run_job(&ctx, &p, kind).await;
+    let body = serde_json::to_value(&out).unwrap_or(Value::Null);
+    match out {
+        crate::schedule::JobOutcome::Ok { detail } => {
+            let _ = done(
+                &app,
+                &u,
+                &op,
+                &name,
+                Ok((vec![], Some(truncate(&detail)), vec![])),
             );
-            let _ = done(&app, &u, other, &name, Err(msg.clone()));
-            error(StatusCode::NOT_IMPLEMENTED, msg)
+            Json(body).into_response()
+        }
+        crate::schedule::JobOutcome::Failed { error: e } => {
+            let _ = done(&app, &u, &op, &name, Err(e.clone()));
+            error(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
+        crate::schedule::JobOutcome::Aborted => {
+            let _ = done(&app, &u, &op, &name, Err("aborted".into()));
+            error(StatusCode::INTERNAL_SERVER_ERROR, "the job was aborted")
         }
     }
 }
@@ -515,39 +516,54 @@ pub(crate) async fn shred(
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("shred body: {e}")),
     };
-    if app.policy(&name).is_none() {
+    let Some(p) = app.policy(&name) else {
         return no_policy(&name);
-    }
-    let now = chrono::Utc::now();
-    let id = format!(
-        "shreq-{}-{}",
-        now.format("%Y%m%dT%H%M%SZ"),
-        hex::encode(rand::random::<[u8; 4]>())
-    );
-    let doc = json!({
-        "id": id, "policy": name, "created": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "requested_by": u.name, "unit": b.unit, "reason": b.reason, "status": "pending",
-    });
-    let r = (|| {
-        let dir = app
-            .cfg
-            .state
-            .sub("shred-requests")
-            .map_err(|e| e.to_string())?
-            .join(&name);
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join(format!("{id}.json")), crate::signed::pretty(&doc))
-            .map_err(|e| e.to_string())
-    })();
-    match done(
-        &app,
-        &u,
-        "shred.request",
-        &name,
-        r.map(|()| (vec![id.clone()], None, vec![])),
-    ) {
-        Ok(()) => (StatusCode::ACCEPTED, Json(doc)).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    };
+    // `CLASS:PERIOD` names a period or epoch key; anything else is taken as
+    // a subject pseudonym (the console never takes a subject id in clear).
+    let unit = if b.unit.contains(':') {
+        crate::shred::UnitSpec::Period(b.unit.clone())
+    } else {
+        crate::shred::UnitSpec::Unit(crate::shred::Unit {
+            kind: crate::vault::KeyKind::Subject,
+            name: b.unit.clone(),
+        })
+    };
+    let req = crate::shred::Request {
+        unit,
+        reason: b.reason.clone(),
+        request_ref: Some(format!("console:{}", u.name)),
+        requester: u.name.clone(),
+        now: false,
+    };
+    match crate::shred::request(&p, &app.cfg.state, &req, chrono::Utc::now()).await {
+        Ok(pending) => {
+            let _ = done(
+                &app,
+                &u,
+                "shred.request",
+                &name,
+                Ok((vec![pending.unit.name.clone()], None, vec![])),
+            );
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::to_value(&pending).unwrap_or(Value::Null)),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            use crate::shred::ShredError as E;
+            let code = match &e {
+                E::InvalidUnit { .. } => StatusCode::BAD_REQUEST,
+                E::UnknownUnit { .. } => StatusCode::NOT_FOUND,
+                E::AlreadyDestroyed { .. } | E::AlreadyPending { .. } | E::InProgress { .. } => {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let _ = done(&app, &u, "shred.request", &name, Err(e.to_string()));
+            error(code, e.to_string())
+        }
     }
 }
 

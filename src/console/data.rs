@@ -296,13 +296,13 @@ pub fn audit_state(log: &AuditLog, key: Option<&VerifyingKey>) -> Result<Verific
     log.verify(key).map_err(|e| e.to_string())
 }
 
-/// Pending shred requests queued by the console for `policy`.
-pub fn pending_shreds(state: &Path, policy: &str) -> usize {
-    std::fs::read_dir(state.join("shred-requests").join(policy))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
-                .count()
-        })
+/// Pending destructions of `policy` as of the last background refresh
+/// (0 before the first).
+pub fn pending_shreds(app: &super::App, policy: &str) -> usize {
+    app.pending_shreds
+        .lock()
+        .expect("pending lock")
+        .get(policy)
+        .copied()
         .unwrap_or(0)
 }

@@ -254,10 +254,7 @@ pub(crate) fn render(app: &App) -> String {
                 docs.push((p.name.clone(), kind, state, n));
             }
         }
-        pending.push((
-            p.name.clone(),
-            data::pending_shreds(app.cfg.state.root(), &p.name),
-        ));
+        pending.push((p.name.clone(), data::pending_shreds(app, &p.name)));
     }
     o.family(
         "custos_drill_last_verdict",

@@ -85,6 +85,9 @@ pub struct App {
     pub(crate) audit: AuditLog,
     /// The last snapshot listing per policy (for metrics).
     pub(crate) targets: Mutex<BTreeMap<String, Vec<data::TargetState>>>,
+    /// Pending destructions per policy, from the shred ledger at the last
+    /// background refresh (for metrics and the API).
+    pub(crate) pending_shreds: Mutex<BTreeMap<String, usize>>,
 }
 
 impl App {
@@ -100,6 +103,7 @@ impl App {
             users,
             audit,
             targets: Mutex::new(BTreeMap::new()),
+            pending_shreds: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -227,6 +231,15 @@ pub async fn run_background_once(app: &App) {
             if let Err(e) = r {
                 tracing::warn!("audit replication to policy `{}`: {e}", policy.name);
             }
+        }
+        match crate::shred::status(&policy).await {
+            Ok(l) => {
+                app.pending_shreds
+                    .lock()
+                    .expect("pending lock")
+                    .insert(policy.name.clone(), l.pending.len());
+            }
+            Err(e) => tracing::warn!("shred ledger of policy `{}`: {e}", policy.name),
         }
         let states = data::target_states(&policy).await;
         app.targets

@@ -28,9 +28,21 @@ pub fn custos_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_custos"))
 }
 
-/// A `Command` for the `custos` binary.
+/// A `Command` for the `custos` binary. Its state directory (audit log,
+/// job state) defaults to one temporary folder per test process, so that no
+/// test writes into the home directory; tests that look at the state pass
+/// `--state-dir` themselves.
 pub fn custos() -> Command {
-    Command::new(custos_bin())
+    static STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("custos-test-state-")
+            .tempdir()
+            .expect("a temporary state directory")
+    });
+    let mut c = Command::new(custos_bin());
+    c.env("CUSTOS_STATE_DIR", state.path());
+    c
 }
 
 /// A fresh temporary directory, removed when the returned value drops.
