@@ -34,7 +34,7 @@ pub const DB_PREFIX: &str = "custos_drill_";
 
 /// The advisory lock key a running drill holds in its scratch database
 /// (the bytes of `custos`).
-pub const GUARD_LOCK: i64 = 0x0063_7573_746f_73;
+pub const GUARD_LOCK: i64 = 0x0000_6375_7374_6f73;
 
 /// A scratch database named by a drill younger than this is never swept.
 pub const YOUNG_SECS: i64 = 600;
