@@ -300,6 +300,9 @@ pub struct DrillConfig {
     pub rto: Option<Duration>,
     /// `[[drill.assert]]`: queries run on the restored store.
     pub assert: Vec<DrillAssert>,
+    /// PostgreSQL stores: the server drills make their scratch database
+    /// on (default: the store's own server). No password in it.
+    pub scratch_url: Option<String>,
 }
 
 /// One `[[drill.assert]]`: a query whose single value must equal `expect`.
@@ -571,6 +574,7 @@ struct RawSchedule {
 #[serde(deny_unknown_fields)]
 struct RawDrill {
     rto: Option<S>,
+    scratch_url: Option<S>,
     #[serde(default)]
     assert: Vec<RawAssert>,
 }
@@ -850,6 +854,16 @@ impl Checker<'_> {
         let mut drill = DrillConfig::default();
         if let Some(r) = raw.drill {
             drill.rto = r.rto.and_then(|v| self.duration(&v, "drill.rto"));
+            if let Some(u) = r.scratch_url {
+                if url::Url::parse(u.get_ref()).is_ok_and(|x| x.password().is_some()) {
+                    self.err(
+                        u.span(),
+                        "drill.scratch_url",
+                        "holds a password; a policy never holds secrets: the store's password_file / password_env is used",
+                    );
+                }
+                drill.scratch_url = Some(u.into_inner());
+            }
             for (i, a) in r.assert.into_iter().enumerate() {
                 if a.sql.get_ref().trim().is_empty() {
                     self.err(

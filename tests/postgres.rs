@@ -504,3 +504,276 @@ async fn a_large_table_read_in_parts_gives_the_rows_of_one_scan() {
     assert!(whole == parted, "same rows, same order, same groups");
     assert_eq!(whole[0].0.subject.as_deref(), Some("1"));
 }
+
+/// Scratch databases of drills left on the cluster.
+fn scratch_dbs(pg: &PgCluster) -> Vec<String> {
+    let out = pg.psql(
+        "postgres",
+        "SELECT datname FROM pg_database WHERE datname LIKE 'custos\\_drill\\_%' ORDER BY 1",
+    );
+    out.lines().map(str::to_string).collect()
+}
+
+async fn drill(p: &Policy, d: &Path) -> custos::drill::DrillOutcome {
+    let state = custos::state::StateDir::at(d.join("state")).unwrap();
+    let opts = custos::drill::DrillOptions {
+        snapshot: custos::drill::SnapshotChoice::Latest,
+        target: None,
+        redrill_of: None,
+    };
+    custos::drill::run(p, &state, &opts, Arc::new(NoProgress))
+        .await
+        .unwrap()
+}
+
+const DRILL_OK: &str = r#"
+[drill]
+rto = "10m"
+[[drill.assert]]
+sql = "SELECT count(*) FROM customers"
+expect = 301
+[[drill.assert]]
+sql = "SELECT count(*) = 3 FROM billing.rates"
+expect = true
+"#;
+
+const DRILL_FALSE: &str = r#"
+[drill]
+[[drill.assert]]
+sql = "SELECT count(*) FROM cdrs WHERE duration IS NULL"
+expect = 0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_restores_into_a_scratch_database_verifies_and_drops_it() {
+    use custos::drill::report::{FailureKind, Verdict};
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let tables = format!("{TELECOM_TABLES}{DRILL_OK}");
+    let p = policy(d, &pg.url("src"), &tables, &pw(d)).await;
+    backup(&p).await.unwrap();
+
+    // A database left by a drill killed long ago, and one by a drill that
+    // is (as far as anyone can tell) starting right now.
+    let young = custos::drill::pg::db_name(&custos::drill::report::new_id(chrono::Utc::now()));
+    pg.psql(
+        "postgres",
+        "CREATE DATABASE custos_drill_20200101t000000z_deadbeef",
+    );
+    pg.psql("postgres", &format!("CREATE DATABASE {young}"));
+
+    let out = drill(&p, d).await;
+    let r = &out.report;
+    assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reasons);
+    assert_eq!(r.store, "postgres");
+    assert_eq!(r.tables.len(), 5, "{:?}", r.tables);
+    for t in &r.tables {
+        assert!(t.count_ok && t.checksum_ok == Some(true), "{t:?}");
+        assert_eq!(t.rows_restored, t.rows_expected);
+    }
+    let customers = r.tables.iter().find(|t| t.name == "customers").unwrap();
+    assert_eq!(customers.rows_restored, 301);
+    assert_eq!(r.assertions.len(), 2);
+    assert!(r.assertions.iter().all(|a| a.passed), "{:?}", r.assertions);
+    assert_eq!(r.assertions[0].actual, Some(301.into()));
+    assert!(r.rto.measured_ms.is_some() && r.rto.met == Some(true));
+    // The signed report is stored and verifies.
+    let key = custos::keys::load_public_key(&d.join("keys/signing.pub")).unwrap();
+    custos::signed::verify(&out.signed, &key, None).unwrap();
+    // The old leftover was swept, the young one left alone, ours dropped.
+    assert_eq!(scratch_dbs(&pg), vec![young.clone()]);
+    pg.psql("postgres", &format!("DROP DATABASE {young}"));
+
+    // A false assertion: FAIL (other), and still no scratch database.
+    let tables = format!("{TELECOM_TABLES}{DRILL_FALSE}");
+    let p = policy(d, &pg.url("src"), &tables, &pw(d)).await;
+    let out = drill(&p, d).await;
+    let r = &out.report;
+    assert_eq!(r.verdict, Verdict::Fail);
+    assert_eq!(r.failure, Some(FailureKind::Other));
+    assert_eq!(r.reasons.len(), 1, "{:?}", r.reasons);
+    assert!(r.reasons[0].contains("drill.assert[0]"), "{:?}", r.reasons);
+    let nulls: i64 = pg
+        .psql("src", "SELECT count(*) FROM cdrs WHERE duration IS NULL")
+        .parse()
+        .unwrap();
+    assert!(nulls > 0);
+    assert_eq!(r.assertions[0].actual, Some(nulls.into()));
+    assert!(r
+        .tables
+        .iter()
+        .all(|t| t.count_ok && t.checksum_ok == Some(true)));
+    assert!(scratch_dbs(&pg).is_empty());
+    assert!(!out.signed.contains(PASSWORD));
+}
+
+/// Runs the `custos` binary and checks it succeeded.
+fn cli(args: &[&str]) -> String {
+    let out = common::run(common::custos().args(args));
+    common::stdout(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shred_cli_erases_a_subject_and_a_period_of_postgres_data() {
+    use custos::drill::report::Verdict;
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
+    let pf = d.join("policy.toml");
+    let pf = pf.to_str().unwrap();
+
+    cli(&[
+        "shred",
+        "--policy",
+        pf,
+        "--subject",
+        "7",
+        "--now",
+        "--reason",
+        "erasure request",
+    ]);
+    cli(&[
+        "shred",
+        "--policy",
+        pf,
+        "--period",
+        "consumption:2026-02",
+        "--now",
+    ]);
+    cli(&["shred", "--policy", pf, "--run"]);
+
+    let count = |sql: &str| -> u64 { pg.psql("src", sql).parse().unwrap() };
+    let feb = "started_at >= '2026-02-01 00:00:00+00' AND started_at < '2026-03-01 00:00:00+00'";
+    let cdrs_gone = count(&format!(
+        "SELECT count(*) FROM cdrs WHERE customer_id = 7 OR ({feb})"
+    ));
+    let invoices_gone = count("SELECT count(*) FROM invoices WHERE customer_id = 7");
+    assert!(cdrs_gone > 100 && invoices_gone > 0);
+
+    pg.createdb("dst");
+    let r = restore(&p, &pg.url("dst"), false).await.unwrap();
+    let shredded = |t: &str| r.tables.iter().find(|x| x.name == t).unwrap().rows_shredded;
+    assert_eq!(shredded("customers"), 1);
+    assert_eq!(shredded("cdrs"), cdrs_gone);
+    assert_eq!(shredded("invoices"), invoices_gone);
+    assert_eq!(shredded("billing.rates") + shredded("audit"), 0);
+    assert_eq!(r.rows_shredded, 1 + cdrs_gone + invoices_gone);
+
+    pg.psql("postgres", "CREATE DATABASE expected TEMPLATE src");
+    pg.psql(
+        "expected",
+        &format!(
+            "DELETE FROM cdrs WHERE customer_id = 7 OR ({feb}); \
+             DELETE FROM invoices WHERE customer_id = 7; DELETE FROM customers WHERE id = 7"
+        ),
+    );
+    assert_same_dump(&pg, "expected", "dst");
+
+    // A drill counts the shredded rows as shredded, not lost, and passes.
+    let out = drill(&p, d).await;
+    let rep = &out.report;
+    assert_eq!(rep.verdict, Verdict::Pass, "{:?}", rep.reasons);
+    let t = rep.tables.iter().find(|t| t.name == "cdrs").unwrap();
+    assert_eq!(
+        (
+            t.rows_shredded,
+            t.rows_restored + t.rows_shredded,
+            t.checksum_ok
+        ),
+        (cdrs_gone, t.rows_expected, None)
+    );
+    let listed: u64 = rep.shredded.iter().map(|s| s.rows).sum();
+    assert_eq!(listed, 1 + cdrs_gone + invoices_gone);
+    assert!(scratch_dbs(&pg).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_units_of_a_postgres_store_at_a_fixed_clock() {
+    use custos::retention::{due_units, open_live_store, UnitKind};
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let tables = r#"
+[[store.tables]]
+name = "customers"
+class = "identity"
+subject = "id"
+retain = { after = "closed_at", for = "30d" }
+
+[[store.tables]]
+name = "cdrs"
+class = "consumption"
+subject = "customer_id"
+period = { column = "started_at", every = "month" }
+retain = { after = "started_at", for = "90d" }
+"#;
+    let p = policy(d, &pg.url("src"), tables, &pw(d)).await;
+    let vault = custos::ops::open_vault(&p).await.unwrap();
+    let t = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .with_timezone(&chrono::Utc)
+    };
+    let now = t("2026-06-01T00:00:00Z");
+    let store = open_live_store(&p).unwrap();
+    let due = due_units(&p, store.as_ref(), &vault, now).unwrap();
+
+    // Calls run from 2026-01-01 for about 110 days: January and February
+    // (month end + 90 days = 2026-05-02 and 2026-05-30) are due, March
+    // (2026-06-30) is not.
+    let periods: Vec<(String, chrono::DateTime<chrono::Utc>)> = due
+        .iter()
+        .filter(|u| u.kind == UnitKind::Period)
+        .map(|u| (u.key_name.clone(), u.due_since))
+        .collect();
+    assert_eq!(
+        periods,
+        vec![
+            ("consumption:2026-01".to_string(), t("2026-05-02T00:00:00Z")),
+            ("consumption:2026-02".to_string(), t("2026-05-30T00:00:00Z")),
+        ]
+    );
+    // Customer i (id i) closed on 2026-01-01 + i days when i % 4 = 0, else
+    // still open: due when closed_at + 30 days <= now, i.e. i <= 121.
+    let mut expected: Vec<(String, chrono::DateTime<chrono::Utc>)> = (1..=300)
+        .filter(|i| i % 4 == 0 && *i <= 121)
+        .map(|i: i64| {
+            (
+                custos::crypto::subject_pseudonym(vault.pseudonym_key(), &i.to_string()),
+                t("2026-01-01T00:00:00Z") + chrono::TimeDelta::days(i + 30),
+            )
+        })
+        .collect();
+    expected.sort();
+    let mut subjects: Vec<(String, chrono::DateTime<chrono::Utc>)> = due
+        .iter()
+        .filter(|u| u.kind == UnitKind::Subject)
+        .map(|u| (u.key_name.clone(), u.due_since))
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects.len(), 30);
+    assert_eq!(subjects, expected);
+    assert!(due.iter().all(|u| u.kind != UnitKind::Epoch));
+    // One second earlier than the last due time: that subject is not due.
+    let last = expected.iter().map(|e| e.1).max().unwrap();
+    let due = due_units(
+        &p,
+        store.as_ref(),
+        &vault,
+        last - chrono::TimeDelta::seconds(1),
+    )
+    .unwrap();
+    assert_eq!(
+        due.iter().filter(|u| u.kind == UnitKind::Subject).count(),
+        29
+    );
+}

@@ -22,6 +22,7 @@
 //! stored locally (`<state>/reports/<policy>/<id>.json`) and on the primary
 //! target (`reports/<id>.json`), and the drill is appended to the audit log.
 
+pub mod pg;
 pub mod render;
 pub mod report;
 pub mod scratch;
@@ -423,15 +424,101 @@ async fn execute(
         selection: selection.into(),
     });
     rep.store = snap.store.kind.clone();
+    if snap.postgres.is_some() {
+        let Some(db) = pg_scratch(policy, rep).await else {
+            return;
+        };
+        let to = PathBuf::from(db.conn().url());
+        let conn = db.conn().clone();
+        restore_and_verify(
+            policy,
+            repo,
+            snap,
+            RestoreTo::Postgres(&to, &conn),
+            rep,
+            progress,
+            t0,
+        )
+        .await;
+        let name = db.name().to_string();
+        if let Err(e) = db.drop_now().await {
+            fail(
+                rep,
+                FailureKind::Other,
+                format!("the scratch database {name} could not be dropped: {e}; the next drill drops it"),
+            );
+        }
+        return;
+    }
     let to = if snap.sqlite.is_some() {
         scratch.join("restored.db")
     } else {
         scratch.join("restored")
     };
+    restore_and_verify(policy, repo, snap, RestoreTo::Path(&to), rep, progress, t0).await;
+}
+
+/// Where a drill restores to.
+enum RestoreTo<'a> {
+    /// A SQLite file or a folder.
+    Path(&'a std::path::Path),
+    /// The URL of the scratch database (as `--to`) and how to connect to it.
+    Postgres(&'a std::path::Path, &'a crate::store::postgres::PgConn),
+}
+
+/// Sweeps abandoned scratch databases off the scratch server and creates
+/// this drill's; `None` (with a reason in `rep`) if it cannot.
+async fn pg_scratch(policy: &Policy, rep: &mut DrillReport) -> Option<pg::ScratchDb> {
+    let server = match pg::scratch_server(policy) {
+        Ok(s) => s,
+        Err(e) => {
+            fail(
+                rep,
+                FailureKind::Other,
+                format!("the server for the scratch database: {e}"),
+            );
+            return None;
+        }
+    };
+    match pg::sweep(&server, Utc::now()).await {
+        Ok(gone) => {
+            for n in gone {
+                tracing::warn!("dropped the scratch database of an interrupted drill: {n}");
+            }
+        }
+        Err(e) => tracing::warn!("cannot sweep abandoned scratch databases: {e}"),
+    }
+    match pg::ScratchDb::create(&server, &pg::db_name(&rep.id)).await {
+        Ok(db) => Some(db),
+        Err(e) => {
+            fail(
+                rep,
+                FailureKind::Other,
+                format!("creating the scratch database: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// Restores `snap` to `to` and verifies what was restored.
+async fn restore_and_verify(
+    policy: &Policy,
+    repo: OpenRepo,
+    snap: Snapshot,
+    to: RestoreTo<'_>,
+    rep: &mut DrillReport,
+    progress: Arc<dyn Progress>,
+    t0: Instant,
+) {
+    let target_name = rep.target.name.clone();
+    let to_path = match to {
+        RestoreTo::Path(p) | RestoreTo::Postgres(p, _) => p.to_path_buf(),
+    };
     let ropts = RestoreOptions {
         target: Some(target_name.clone()),
         snapshot: snap.id.clone(),
-        to: to.clone(),
+        to: to_path.clone(),
         force: false,
     };
     let restored = crate::ops::restore::restore(policy, &ropts, progress).await;
@@ -460,9 +547,9 @@ async fn execute(
     }
     rep.restored = restored_stats(&restored, rto_ms);
 
-    if let Some(sq) = &snap.sqlite {
-        let tables: Vec<TableCheck> = sq
-            .tables
+    if snap.sqlite.is_some() || snap.postgres.is_some() {
+        let tables: Vec<TableCheck> = snap
+            .record_tables()
             .iter()
             .map(|t| {
                 let r = restored.tables.iter().find(|r| r.name == t.name);
@@ -480,13 +567,37 @@ async fn execute(
             .collect();
         let any_shredded = tables.iter().any(|t| t.rows_shredded > 0);
         let meta = crate::crypto::MetaKey::new(repo.vault.meta_key());
-        let sq2 = sq.clone();
         let asserts = policy.drill.assert.clone();
-        let db = to.clone();
-        let findings = tokio::task::spawn_blocking(move || {
-            verify::verify_sqlite(&db, &sq2, &meta, tables, &asserts)
-        })
-        .await;
+        let findings = match (to, &snap.postgres, &snap.sqlite) {
+            (RestoreTo::Postgres(_, conn), Some(ps), _) => {
+                let f = pg::verify_postgres(conn, ps, &meta, tables, &asserts).await;
+                Ok(verify::SqliteFindings {
+                    tables: f.tables,
+                    assertions: f.assertions,
+                    errors: f.errors,
+                    // PostgreSQL checks every constraint and builds every
+                    // index in the restore's post-data step: a violation
+                    // fails the restore itself.
+                    integrity_check: None,
+                    foreign_key_check: None,
+                })
+            }
+            (_, _, Some(sq)) => {
+                let sq2 = sq.clone();
+                let db = to_path.clone();
+                tokio::task::spawn_blocking(move || {
+                    verify::verify_sqlite(&db, &sq2, &meta, tables, &asserts)
+                })
+                .await
+            }
+            _ => {
+                return fail(
+                    rep,
+                    FailureKind::Other,
+                    "a PostgreSQL snapshot restored outside a database".into(),
+                )
+            }
+        };
         let findings = match findings {
             Ok(f) => f,
             Err(e) => {
@@ -662,9 +773,10 @@ async fn find_damage(policy: &Policy, target: &str, rep: &mut DrillReport) {
 
 /// Lists the groups left out of the restore because their keys are gone.
 async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTable>, OpsError> {
-    let Some(sq) = &snap.sqlite else {
+    let tables = snap.record_tables();
+    if tables.is_empty() {
         return Ok(Vec::new());
-    };
+    }
     let OpenRepo {
         target,
         vault,
@@ -674,7 +786,7 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
     let index = Index::load(&target, &meta).await?;
     let mut cache = PackCache::new(Arc::new(target), 4);
     let mut out = Vec::new();
-    for t in &sq.tables {
+    for t in tables {
         let mut st = ShreddedTable {
             table: t.name.clone(),
             ..Default::default()

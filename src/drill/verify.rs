@@ -208,7 +208,7 @@ pub fn run_assert(conn: &Connection, a: &DrillAssert) -> AssertionResult {
     res
 }
 
-fn toml_to_json(v: &toml::Value) -> Option<serde_json::Value> {
+pub(super) fn toml_to_json(v: &toml::Value) -> Option<serde_json::Value> {
     match v {
         toml::Value::Integer(i) => Some((*i).into()),
         toml::Value::Boolean(b) => Some((*b).into()),

@@ -47,6 +47,8 @@ pub enum RetentionError {
     UnsupportedStore(&'static str),
     #[error("policy `{0}`: the store has no path; set [store] path")]
     NoPath(String),
+    #[error("{0}")]
+    Postgres(#[from] crate::store::postgres::PgError),
 }
 
 // ---------------------------------------------------------------------------
@@ -426,8 +428,230 @@ pub fn open_live_store(policy: &Policy) -> Result<Box<dyn LiveStore>, RetentionE
                 .ok_or_else(|| RetentionError::NoPath(policy.name.clone()))?;
             Ok(Box::new(SqliteLive::open(path)?))
         }
-        StoreKind::Postgres => Err(RetentionError::UnsupportedStore("postgres")),
+        StoreKind::Postgres => Ok(Box::new(PgLive::open(
+            &crate::store::postgres::PgConn::from_store(&policy.store)?,
+        )?)),
         StoreKind::Files => Ok(Box::new(NoRecords)),
+    }
+}
+
+/// A PostgreSQL store opened for retention queries. [`LiveStore`] is a
+/// blocking interface; each query runs on a runtime of its own on a helper
+/// thread, so it may be called from inside or outside a tokio runtime.
+/// Aggregation runs on the server where order is time order (date,
+/// timestamp, timestamptz, integer and float columns: `min`/`max` per
+/// subject, distinct days per period); text columns are read value by value
+/// and parsed as ISO 8601 here, as the SQLite store does. Values are read
+/// by their text output and canonicalised with the backup's own rules, so
+/// subjects and labels match the shred units the backup wrote.
+pub struct PgLive {
+    rt: Option<tokio::runtime::Runtime>,
+    conn: crate::store::postgres::PgConn,
+    client: tokio_postgres::Client,
+    tables: Vec<crate::store::postgres::PgTable>,
+}
+
+impl PgLive {
+    /// Connects and reads the catalog (tables and column types).
+    pub fn open(conn: &crate::store::postgres::PgConn) -> Result<PgLive, RetentionError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                crate::store::postgres::PgError::Tool(format!("cannot start a runtime: {e}"))
+            })?;
+        let conn = conn.clone();
+        let (client, tables) = std::thread::scope(|s| {
+            s.spawn(|| {
+                rt.block_on(async {
+                    let client = conn.connect().await?;
+                    let (tables, _) = crate::store::postgres::read_catalog(&client, &conn).await?;
+                    Ok::<_, crate::store::postgres::PgError>((client, tables))
+                })
+            })
+            .join()
+            .expect("the retention query thread does not panic")
+        })?;
+        Ok(PgLive {
+            rt: Some(rt),
+            conn,
+            client,
+            tables,
+        })
+    }
+
+    fn block<T: Send>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, RetentionError>> + Send,
+    ) -> Result<T, RetentionError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("the runtime lives as long as the store");
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(f))
+                .join()
+                .expect("the retention query thread does not panic")
+        })
+    }
+
+    /// The table and the base type of `column`, or an error naming them.
+    fn column(&self, table: &str, column: &str) -> Result<(String, String), RetentionError> {
+        use crate::store::postgres::PgError;
+        let t = self
+            .tables
+            .iter()
+            .find(|t| t.matches(table))
+            .ok_or_else(|| PgError::MissingTable {
+                server: self.conn.server(),
+                table: table.to_string(),
+                schemas: if self.conn.schemas.is_empty() {
+                    "all user schemas".into()
+                } else {
+                    self.conn.schemas.join(", ")
+                },
+            })?;
+        let c =
+            t.columns
+                .iter()
+                .find(|c| c.name == column)
+                .ok_or_else(|| PgError::MissingColumn {
+                    server: self.conn.server(),
+                    table: t.display_name(),
+                    column: column.to_string(),
+                    role: "retention",
+                })?;
+        Ok((t.qualified(), c.base_type.clone()))
+    }
+}
+
+impl Drop for PgLive {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Base types whose order is time order (for `min`/`max` on the server).
+fn ordered_as_time(base_type: &str) -> bool {
+    matches!(
+        base_type,
+        "date" | "timestamp" | "timestamptz" | "int2" | "int4" | "int8" | "float4" | "float8"
+    )
+}
+
+impl LiveStore for PgLive {
+    fn period_labels(
+        &self,
+        table: &str,
+        column: &str,
+        every: Every,
+    ) -> Result<BTreeSet<String>, RetentionError> {
+        let (qt, base) = self.column(table, column)?;
+        let col = ident(column);
+        let sql = if matches!(base.as_str(), "date" | "timestamp" | "timestamptz") {
+            // Whole days (UTC: the session's time zone) give every bucket.
+            format!("SELECT DISTINCT pg_catalog.date_trunc('day', {col})::text FROM {qt} WHERE {col} IS NOT NULL")
+        } else {
+            format!("SELECT DISTINCT {col}::text FROM {qt} WHERE {col} IS NOT NULL")
+        };
+        let what = format!("reading the periods of table `{table}`");
+        self.block(async {
+            let rows = self
+                .client
+                .query(&sql, &[])
+                .await
+                .map_err(|e| self.conn.data_err(&what, &e))?;
+            let mut out = BTreeSet::new();
+            for r in rows {
+                let v: &str = r.get(0);
+                if let Some(l) = crate::store::postgres::period_label_of(v.as_bytes(), &base, every)
+                {
+                    out.insert(l);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn subject_times(
+        &self,
+        table: &str,
+        subject: &str,
+        after: &str,
+        each: &mut dyn FnMut(SubjectTimes),
+    ) -> Result<(), RetentionError> {
+        use crate::store::postgres::{subject_of, time_of};
+        let (qt, sbase) = self.column(table, subject)?;
+        let (_, abase) = self.column(table, after)?;
+        let (s, a) = (ident(subject), ident(after));
+        let what = format!("reading the retention times of table `{table}`");
+        let mut found: Vec<SubjectTimes> = Vec::new();
+        if ordered_as_time(&abase) {
+            // A subject is open if some row has no time or one outside the
+            // readable range; readable times form one interval, so the
+            // ends (min, max) decide.
+            let sql = format!(
+                "SELECT {s}::text, min({a})::text, max({a})::text, bool_or({a} IS NULL)                  FROM {qt} WHERE {s} IS NOT NULL GROUP BY {s}"
+            );
+            let rows = self.block(async {
+                self.client
+                    .query(&sql, &[])
+                    .await
+                    .map_err(|e| self.conn.data_err(&what, &e).into())
+            })?;
+            for r in rows {
+                let Some(subject) = subject_of(r.get::<_, &str>(0).as_bytes(), &sbase) else {
+                    continue;
+                };
+                let t = |i: usize| {
+                    r.get::<_, Option<&str>>(i)
+                        .and_then(|v| time_of(v.as_bytes(), &abase))
+                };
+                let (min, max) = (t(1), t(2));
+                let null: Option<bool> = r.get(3);
+                found.push(SubjectTimes {
+                    subject,
+                    latest: max.map(|m| m.and_utc()),
+                    open: null.unwrap_or(true) || min.is_none() || max.is_none(),
+                });
+            }
+        } else {
+            let sql = format!("SELECT {s}::text, {a}::text FROM {qt} WHERE {s} IS NOT NULL");
+            let rows = self.block(async {
+                self.client
+                    .query(&sql, &[])
+                    .await
+                    .map_err(|e| self.conn.data_err(&what, &e).into())
+            })?;
+            let mut per: BTreeMap<String, (Option<DateTime<Utc>>, bool)> = BTreeMap::new();
+            for r in rows {
+                let Some(subject) = subject_of(r.get::<_, &str>(0).as_bytes(), &sbase) else {
+                    continue;
+                };
+                let t = r
+                    .get::<_, Option<&str>>(1)
+                    .and_then(|v| time_of(v.as_bytes(), &abase))
+                    .map(|t| t.and_utc());
+                let e = per.entry(subject).or_insert((None, false));
+                match t {
+                    Some(t) => e.0 = Some(e.0.map_or(t, |c| c.max(t))),
+                    None => e.1 = true,
+                }
+            }
+            for (subject, (latest, open)) in per {
+                found.push(SubjectTimes {
+                    subject,
+                    latest,
+                    open,
+                });
+            }
+        }
+        for st in found {
+            each(st);
+        }
+        Ok(())
     }
 }
 

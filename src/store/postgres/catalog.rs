@@ -102,7 +102,7 @@ const USER_SCHEMAS: &str = "n.nspname <> 'information_schema' AND n.nspname NOT 
 
 /// Reads the tables (with columns) and sequences of the connection's
 /// schemas, inside the caller's transaction.
-pub(super) async fn read(
+pub async fn read(
     client: &Client,
     conn: &PgConn,
 ) -> Result<(Vec<PgTable>, Vec<PgSequence>), PgError> {

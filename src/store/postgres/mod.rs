@@ -33,6 +33,7 @@ mod copy;
 mod restore;
 mod tools;
 
+pub use catalog::read as read_catalog;
 pub use catalog::{PgColumn, PgSchema, PgSequence, PgTable};
 pub use copy::{decode_copy_field, encode_copy_field};
 pub use restore::{restore_conn, PgOutput, PgRestorer, SqlScript};
@@ -193,6 +194,29 @@ impl PgConn {
         self
     }
 
+    /// The same server, role, password and schemas, connected to database
+    /// `db` instead (drills use it for their scratch database).
+    pub fn with_database(&self, db: &str) -> Result<PgConn, PgError> {
+        let mut u = url::Url::parse(&self.url).map_err(|e| PgError::BadUrl {
+            url: redact_url(&self.url),
+            why: e.to_string(),
+        })?;
+        u.set_path(&format!("/{db}"));
+        let mut c = self.clone();
+        c.url = u.to_string();
+        c.config.dbname(db);
+        Ok(c)
+    }
+
+    /// Runs a statement that names objects only (no row values), such as
+    /// `CREATE DATABASE`, mapping a failure to [`PgError::Query`].
+    pub async fn execute_ddl(&self, client: &Client, what: &str, sql: &str) -> Result<(), PgError> {
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| self.query_err(what, &e))
+    }
+
     /// Whether a password is set.
     pub fn has_password(&self) -> bool {
         self.password.is_some()
@@ -272,7 +296,7 @@ impl PgConn {
     /// An error of a statement that moves rows: the server's message can
     /// quote a row value, so only its code and the names it gives
     /// (table, column, constraint) are kept.
-    fn data_err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
+    pub(crate) fn data_err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
         let why = match e.as_db_error() {
             Some(db) => {
                 let mut s = format!("server error {}", db.code().code());
@@ -297,7 +321,7 @@ impl PgConn {
         }
     }
 
-    fn query_err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
+    pub(crate) fn query_err(&self, what: &str, e: &tokio_postgres::Error) -> PgError {
         PgError::Query {
             server: self.server(),
             what: what.to_string(),
@@ -416,6 +440,35 @@ fn coords(
         ValueKind::Text => bucket_label(ValueRef::Text(t), every),
     });
     GroupCoords { subject, bucket }
+}
+
+/// The canonical subject text of a value (its text output) of a column of
+/// base type `base_type`, as the backup groups it; `None` for none.
+pub fn subject_of(text: &[u8], base_type: &str) -> Option<String> {
+    coords(Some((text, ValueKind::of(base_type))), None).subject
+}
+
+/// The period label of a value (its text output) of a column of base type
+/// `base_type` for buckets of `every`, as the backup groups it.
+pub fn period_label_of(text: &[u8], base_type: &str, every: crate::store::Every) -> Option<String> {
+    coords(None, Some((text, ValueKind::of(base_type), every))).bucket
+}
+
+/// The time (UTC) of a value (its text output) of a column of base type
+/// `base_type`, read as the SQLite store reads a time: integers and reals
+/// as unix seconds, anything else as ISO 8601 text.
+pub fn time_of(text: &[u8], base_type: &str) -> Option<chrono::NaiveDateTime> {
+    use crate::store::sqlite::time_value;
+    match ValueKind::of(base_type) {
+        ValueKind::Integer => time_value(ValueRef::Integer(
+            std::str::from_utf8(text).ok()?.parse().ok()?,
+        )),
+        ValueKind::Real => time_value(ValueRef::Real(
+            std::str::from_utf8(text).ok()?.parse().ok()?,
+        )),
+        ValueKind::Bytes => None,
+        ValueKind::Text => time_value(ValueRef::Text(text)),
+    }
 }
 
 /// One table as it will be read: which columns, and where the subject and
