@@ -96,9 +96,23 @@ pub async fn apply(
     };
 
     // 1. Snapshots, target by target.
+    // The primary first: replication copies only snapshots the primary
+    // still lists, so once it has forgotten one, no replication can bring
+    // it back to an off-site target not yet pruned.
     let names: Vec<String> = match &opts.target {
         Some(t) => vec![t.clone()],
-        None => policy.targets.iter().map(|t| t.name.clone()).collect(),
+        None => {
+            let primary = policy.primary().name.clone();
+            std::iter::once(primary.clone())
+                .chain(
+                    policy
+                        .targets
+                        .iter()
+                        .map(|t| t.name.clone())
+                        .filter(|n| *n != primary),
+                )
+                .collect()
+        }
     };
     for name in names {
         let po = crate::ops::prune::PruneOptions {
