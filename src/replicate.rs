@@ -20,6 +20,16 @@
 //! cannot restore. `locks/` are never copied, and the key vault is not a
 //! target (its locations are kept by the vault itself).
 //!
+//! # Snapshots and retention
+//! Retention forgets snapshots target by target, primary first. So that a
+//! run in between never copies a forgotten snapshot back, the primary's
+//! listing decides which snapshots are replicated: one it does not list is
+//! neither copied nor checked (reported in
+//! [`ReplicationReport::offsite_only`]), and a snapshot copied off-site is
+//! deleted again if the primary no longer holds it once the copy is
+//! written. [`ReplicateOptions::restore_primary`] lifts this for the
+//! recovery of a primary that lost snapshots.
+//!
 //! # What is checked
 //! * A pack is good when its bytes hash (plain BLAKE3) to its name.
 //! * An index or snapshot object is good when it opens under the metadata
@@ -1463,6 +1473,60 @@ mod tests {
             check_copy(&other, &sealed, Some(&m)),
             Verdict::Bad(Reason::Unauthentic)
         ));
+    }
+
+    #[test]
+    fn an_unreachable_target_backs_off_doubling_and_a_reach_resets_it() {
+        let mut r = ReplicationRecord::new("p");
+        let t = |reachable: bool, skipped: bool| TargetReport {
+            name: "dr".into(),
+            url: String::new(),
+            offsite: true,
+            reachable,
+            error: (!reachable).then(|| "down".to_string()),
+            snapshots: Vec::new(),
+            objects: 0,
+            bytes: 0,
+            objects_copied: 0,
+            bytes_copied: 0,
+            objects_repaired: 0,
+            objects_checked: 0,
+            lag: 0,
+            snapshots_held_back: false,
+            skipped,
+        };
+        use chrono::SubsecRound;
+        let now = chrono::Utc::now().trunc_subsecs(0);
+        let base = Duration::from_secs(10);
+        let after = |r: &ReplicationRecord| {
+            let s = r.targets["dr"].retry_after.clone().unwrap();
+            (chrono::DateTime::parse_from_rfc3339(&s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+                - now)
+                .num_seconds()
+        };
+        r.note_reachability(&[t(false, false)], base, now);
+        assert_eq!((r.targets["dr"].failures, after(&r)), (1, 10));
+        r.note_reachability(&[t(false, false)], base, now);
+        assert_eq!((r.targets["dr"].failures, after(&r)), (2, 20));
+        // A run that skipped it changes nothing.
+        r.note_reachability(&[t(false, true)], base, now);
+        assert_eq!(r.targets["dr"].failures, 2);
+        for _ in 0..10 {
+            r.note_reachability(&[t(false, false)], base, now);
+        }
+        assert_eq!(after(&r), 640, "at most 64 times the base");
+        r.note_reachability(&[t(true, false)], base, now);
+        let d = &r.targets["dr"];
+        assert_eq!(
+            (d.failures, &d.unreachable_since, &d.retry_after),
+            (0, &None, &None)
+        );
+        // An older record without these fields still reads.
+        let old = r#"{"version":1,"policy":"p","targets":{"dr":{"last_run":null,"last_ok":null,"last_verified":null,"last_error":null,"complete":[],"verified":[]}}}"#;
+        let r: ReplicationRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.targets["dr"].failures, 0);
     }
 
     #[test]
