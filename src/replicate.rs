@@ -20,6 +20,16 @@
 //! cannot restore. `locks/` are never copied, and the key vault is not a
 //! target (its locations are kept by the vault itself).
 //!
+//! # Snapshots and retention
+//! Retention forgets snapshots target by target, primary first. So that a
+//! run in between never copies a forgotten snapshot back, the primary's
+//! listing decides which snapshots are replicated: one it does not list is
+//! neither copied nor checked (reported in
+//! [`ReplicationReport::offsite_only`]), and a snapshot copied off-site is
+//! deleted again if the primary no longer holds it once the copy is
+//! written. [`ReplicateOptions::restore_primary`] lifts this for the
+//! recovery of a primary that lost snapshots.
+//!
 //! # What is checked
 //! * A pack is good when its bytes hash (plain BLAKE3) to its name.
 //! * An index or snapshot object is good when it opens under the metadata
@@ -101,6 +111,16 @@ pub struct ReplicateOptions {
     pub concurrency: Option<u32>,
     /// Overrides `[replication] max_bytes_per_sec`.
     pub max_bytes_per_sec: Option<u64>,
+    /// Copy snapshots the primary does not list to it too (disaster
+    /// recovery of a primary that lost them). Off by default: the primary's
+    /// snapshot listing decides which snapshots are replicated, so that a
+    /// snapshot forgotten there is never copied back (see the module docs).
+    pub restore_primary: bool,
+    /// Skip, without trying, a target that earlier runs found unreachable
+    /// until its `retry_after` in the record has passed; after each run
+    /// that cannot reach it, wait `base × 2^(failures-1)` (at most 64 ×
+    /// `base`). The daemon sets it; `custos replicate` tries every target.
+    pub retry_backoff: Option<Duration>,
 }
 
 /// Why an object was written to a target.
@@ -181,6 +201,10 @@ pub struct TargetReport {
     /// New snapshots were held back from it because an earlier object
     /// failed to reach it.
     pub snapshots_held_back: bool,
+    /// Not tried in this run: earlier runs found it unreachable and its
+    /// retry time has not come (see [`ReplicateOptions::retry_backoff`]).
+    #[serde(default)]
+    pub skipped: bool,
 }
 
 /// Whether one snapshot is safe.
@@ -209,6 +233,12 @@ pub struct ReplicationReport {
     pub actions: Vec<Action>,
     pub problems: Vec<Problem>,
     pub snapshots: Vec<SnapshotStatus>,
+    /// Snapshots an off-site target lists but the primary does not
+    /// (forgotten there and not yet pruned off-site, or lost on the
+    /// primary): neither copied nor checked, see
+    /// [`ReplicateOptions::restore_primary`].
+    #[serde(default)]
+    pub offsite_only: Vec<String>,
     /// Every target reachable and every object good everywhere.
     pub ok: bool,
     pub duration_s: f64,
@@ -399,6 +429,8 @@ struct Run<'a> {
     primary: usize,
     meta: Option<&'a MetaKey>,
     verify: bool,
+    /// See [`ReplicateOptions::restore_primary`].
+    restore_primary: bool,
     rate: RateLimit,
     actions: Mutex<Vec<Action>>,
     problems: Mutex<Vec<Problem>>,
@@ -420,8 +452,60 @@ impl Run<'_> {
             });
     }
 
+    /// Whether the primary listed `key` when the run started (false when
+    /// the primary is not reachable).
+    fn primary_holds(&self, key: &str) -> bool {
+        self.nodes.get(self.primary).is_some_and(|n| {
+            n.is_up()
+                && n.listing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains_key(key)
+        })
+    }
+
+    /// After a snapshot object was copied to off-site target `node`: if
+    /// the primary no longer holds it (a prune forgot it meanwhile), the
+    /// copy is deleted again, so that no target gains a snapshot the
+    /// primary has forgotten. Returns whether the copy stays.
+    async fn keep_snapshot_copy(&self, node: usize, key: &str) -> bool {
+        let Some(p) = self.nodes.get(self.primary) else {
+            return false;
+        };
+        let why = match p.target.head(key).await {
+            Ok(Some(_)) => return true,
+            Ok(None) => "the primary forgot it while it was being copied".to_string(),
+            Err(e) => format!("the primary cannot confirm it still holds it ({e})"),
+        };
+        let n = &self.nodes[node];
+        tracing::info!(target: "custos::replicate", target_name = %n.target.name, object = key, "copy withdrawn: {why}");
+        match n.target.delete(key).await {
+            Ok(()) => {
+                n.listing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(key);
+            }
+            Err(e) => {
+                n.note_target_error(&e);
+                self.problem(
+                    node,
+                    key,
+                    format!("{why}, and the copy cannot be deleted again: {e}; run `custos retention --target {}`", n.target.name),
+                );
+            }
+        }
+        false
+    }
+
     /// Brings one object to a good state on every reachable target.
     async fn sync_key(&self, key: &str, phase: usize) {
+        // The primary decides which snapshots exist: one it does not list
+        // was forgotten there (or lost: `restore_primary`) and is neither
+        // copied nor checked anywhere.
+        if phase == SNAPSHOT_PHASE && !self.restore_primary && !self.primary_holds(key) {
+            return;
+        }
         // Who holds it, and at what size.
         let mut holders: Vec<(usize, u64)> = Vec::new();
         let mut wanting: Vec<(usize, Reason)> = Vec::new();
@@ -582,6 +666,14 @@ impl Run<'_> {
                 };
                 let repair = reason != Reason::Missing || i == self.primary;
                 let ok = r.is_ok();
+                if ok
+                    && phase == SNAPSHOT_PHASE
+                    && i != self.primary
+                    && !self.restore_primary
+                    && !self.keep_snapshot_copy(i, key).await
+                {
+                    return;
+                }
                 match r {
                     Ok(()) => {
                         n.listing
@@ -699,18 +791,45 @@ pub async fn replicate(
 
     let mut nodes = Vec::new();
     let mut unreachable: Vec<TargetReport> = Vec::new();
+    // Targets whose retry time has not come are not tried (daemon only).
+    let now = chrono::Utc::now();
+    let waiting: BTreeMap<String, String> = match (&opts.retry_backoff, &opts.state) {
+        (Some(_), Some(s)) => ReplicationRecord::load(s, &policy.name)?
+            .targets
+            .into_iter()
+            .filter_map(|(name, r)| {
+                let until = r.retry_after.as_deref()?;
+                let t = chrono::DateTime::parse_from_rfc3339(until).ok()?;
+                (t > now).then(|| {
+                    (
+                        name,
+                        format!(
+                            "not tried: unreachable since {} ({} failed run(s)); next try after {until}",
+                            r.unreachable_since.as_deref().unwrap_or("?"),
+                            r.failures
+                        ),
+                    )
+                })
+            })
+            .collect(),
+        _ => BTreeMap::new(),
+    };
     let opened = open_all(policy);
+    let waiting_ref = &waiting;
     let listings = futures::future::join_all(opened.into_iter().map(|(cfg, t)| async move {
+        if let Some(why) = waiting_ref.get(&cfg.name) {
+            return (cfg, true, Err(why.clone()), Err(String::new()));
+        }
         match t {
             Ok(t) => {
                 let l = list_target(&t, attempts, backoff).await;
-                (cfg, Ok(t), l.map_err(|e| e.to_string()))
+                (cfg, false, Ok(t), l.map_err(|e| e.to_string()))
             }
-            Err(e) => (cfg, Err(e), Err(String::new())),
+            Err(e) => (cfg, false, Err(e), Err(String::new())),
         }
     }))
     .await;
-    for (cfg, t, l) in listings {
+    for (cfg, skipped, t, l) in listings {
         match (t, l) {
             (Ok(target), Ok(listing)) => nodes.push(Node {
                 target,
@@ -730,7 +849,11 @@ pub async fn replicate(
                     (_, Err(e)) => e,
                     _ => unreachable!(),
                 };
-                tracing::error!(target: "custos::replicate", target_name = %cfg.name, "target unreachable: {error}");
+                if skipped {
+                    tracing::warn!(target: "custos::replicate", target_name = %cfg.name, "target {error}");
+                } else {
+                    tracing::error!(target: "custos::replicate", target_name = %cfg.name, "target unreachable: {error}");
+                }
                 unreachable.push(TargetReport {
                     name: cfg.name.clone(),
                     url: redact_url(&cfg.url),
@@ -746,6 +869,7 @@ pub async fn replicate(
                     objects_checked: 0,
                     lag: 0,
                     snapshots_held_back: false,
+                    skipped,
                 });
             }
         }
@@ -759,6 +883,7 @@ pub async fn replicate(
         primary,
         meta: opts.meta.as_deref(),
         verify: opts.verify,
+        restore_primary: opts.restore_primary,
         rate: RateLimit::new(
             opts.max_bytes_per_sec
                 .or(policy.replication.max_bytes_per_sec),
@@ -823,6 +948,7 @@ pub async fn replicate(
             objects_repaired: n.repaired.load(Ordering::Relaxed),
             objects_checked: n.checked.load(Ordering::Relaxed),
             snapshots_held_back: failed,
+            skipped: false,
         });
     }
     targets.extend(unreachable);
@@ -840,6 +966,11 @@ pub async fn replicate(
         None => ReplicationRecord::new(&policy.name),
     };
     record.update(&targets, opts.verify);
+    record.note_reachability(
+        &targets,
+        opts.retry_backoff.unwrap_or(DEFAULT_RETRY_BACKOFF),
+        chrono::Utc::now(),
+    );
     if let Some(s) = &opts.state {
         record.save(s)?;
     }
@@ -849,6 +980,22 @@ pub async fn replicate(
     actions.sort_by(|a, b| (&a.object, &a.target).cmp(&(&b.object, &b.target)));
     let problems = run.problems.into_inner().unwrap_or_else(|p| p.into_inner());
     let ok = targets.iter().all(|t| t.reachable && t.error.is_none()) && problems.is_empty();
+    let offsite_only: Vec<String> = match targets.iter().find(|t| t.name == primary_name) {
+        Some(p) if p.reachable && !opts.restore_primary => {
+            let on_primary: BTreeSet<&String> = p.snapshots.iter().collect();
+            let mut ids: BTreeSet<String> = BTreeSet::new();
+            for t in targets.iter().filter(|t| t.name != primary_name) {
+                ids.extend(
+                    t.snapshots
+                        .iter()
+                        .filter(|s| !on_primary.contains(s))
+                        .cloned(),
+                );
+            }
+            ids.into_iter().collect()
+        }
+        _ => Vec::new(),
+    };
     Ok(ReplicationReport {
         policy: policy.name.clone(),
         verify: opts.verify,
@@ -858,6 +1005,7 @@ pub async fn replicate(
         actions,
         problems,
         snapshots,
+        offsite_only,
         ok,
         duration_s: started.elapsed().as_secs_f64(),
     })
@@ -923,6 +1071,7 @@ pub async fn repair_object(
         nodes,
         meta: meta.as_deref(),
         verify: true,
+        restore_primary: false,
         rate: RateLimit::new(policy.replication.max_bytes_per_sec),
         actions: Mutex::new(Vec::new()),
         problems: Mutex::new(Vec::new()),
@@ -958,6 +1107,10 @@ pub fn min_copies(policy: &Policy) -> u32 {
 /// The record format version.
 pub const RECORD_VERSION: u32 = 1;
 
+/// The daemon's first pause before trying an unreachable target again
+/// (doubled per failed run, at most 64 times).
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(60);
+
 /// What is known of one target.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -976,6 +1129,16 @@ pub struct TargetRecord {
     /// Snapshots listed on it after the last `--verify` run without a
     /// problem (and still listed since).
     pub verified: Vec<String>,
+    /// Runs in a row that could not reach it (0 once one does).
+    #[serde(default)]
+    pub failures: u32,
+    /// The first of those runs.
+    #[serde(default)]
+    pub unreachable_since: Option<String>,
+    /// Until when the daemon's replication does not try it again (backoff
+    /// doubling per failed run, see [`ReplicateOptions::retry_backoff`]).
+    #[serde(default)]
+    pub retry_after: Option<String>,
 }
 
 /// `<state>/replication/<policy>.json`: per target, which snapshots are
@@ -1049,6 +1212,9 @@ impl ReplicationRecord {
     fn update(&mut self, targets: &[TargetReport], verified_run: bool) {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         for t in targets {
+            if t.skipped {
+                continue;
+            }
             let r = self.targets.entry(t.name.clone()).or_default();
             if !t.reachable {
                 r.last_error = t.error.clone();
@@ -1073,6 +1239,34 @@ impl ReplicationRecord {
                 r.complete.retain(|s| listed.contains(s));
                 r.verified.clear();
             }
+        }
+    }
+
+    /// Counts the runs in a row that could not reach each target and sets
+    /// when the daemon tries it next; a target reached resets both. A
+    /// target skipped by its backoff is left as it was.
+    fn note_reachability(
+        &mut self,
+        targets: &[TargetReport],
+        base: Duration,
+        now: chrono::DateTime<chrono::Utc>,
+    ) {
+        let fmt =
+            |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        for t in targets.iter().filter(|t| !t.skipped) {
+            let r = self.targets.entry(t.name.clone()).or_default();
+            if t.reachable {
+                r.failures = 0;
+                r.unreachable_since = None;
+                r.retry_after = None;
+                continue;
+            }
+            r.failures = r.failures.saturating_add(1);
+            r.unreachable_since.get_or_insert_with(|| fmt(now));
+            let factor = 1u32 << (r.failures - 1).min(6);
+            let wait = chrono::Duration::from_std(base * factor)
+                .unwrap_or_else(|_| chrono::Duration::hours(1));
+            r.retry_after = Some(fmt(now + wait));
         }
     }
 
@@ -1213,6 +1407,7 @@ pub async fn overview(
             objects_checked: 0,
             lag: 0,
             snapshots_held_back: false,
+            skipped: false,
         });
     }
     let min_copies = min_copies(policy);
@@ -1281,6 +1476,60 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_target_backs_off_doubling_and_a_reach_resets_it() {
+        let mut r = ReplicationRecord::new("p");
+        let t = |reachable: bool, skipped: bool| TargetReport {
+            name: "dr".into(),
+            url: String::new(),
+            offsite: true,
+            reachable,
+            error: (!reachable).then(|| "down".to_string()),
+            snapshots: Vec::new(),
+            objects: 0,
+            bytes: 0,
+            objects_copied: 0,
+            bytes_copied: 0,
+            objects_repaired: 0,
+            objects_checked: 0,
+            lag: 0,
+            snapshots_held_back: false,
+            skipped,
+        };
+        use chrono::SubsecRound;
+        let now = chrono::Utc::now().trunc_subsecs(0);
+        let base = Duration::from_secs(10);
+        let after = |r: &ReplicationRecord| {
+            let s = r.targets["dr"].retry_after.clone().unwrap();
+            (chrono::DateTime::parse_from_rfc3339(&s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+                - now)
+                .num_seconds()
+        };
+        r.note_reachability(&[t(false, false)], base, now);
+        assert_eq!((r.targets["dr"].failures, after(&r)), (1, 10));
+        r.note_reachability(&[t(false, false)], base, now);
+        assert_eq!((r.targets["dr"].failures, after(&r)), (2, 20));
+        // A run that skipped it changes nothing.
+        r.note_reachability(&[t(false, true)], base, now);
+        assert_eq!(r.targets["dr"].failures, 2);
+        for _ in 0..10 {
+            r.note_reachability(&[t(false, false)], base, now);
+        }
+        assert_eq!(after(&r), 640, "at most 64 times the base");
+        r.note_reachability(&[t(true, false)], base, now);
+        let d = &r.targets["dr"];
+        assert_eq!(
+            (d.failures, &d.unreachable_since, &d.retry_after),
+            (0, &None, &None)
+        );
+        // An older record without these fields still reads.
+        let old = r#"{"version":1,"policy":"p","targets":{"dr":{"last_run":null,"last_ok":null,"last_verified":null,"last_error":null,"complete":[],"verified":[]}}}"#;
+        let r: ReplicationRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.targets["dr"].failures, 0);
+    }
+
+    #[test]
     fn a_snapshot_is_replicated_once_verified_on_min_copies() {
         let mut r = ReplicationRecord::new("p");
         let t = |name: &str, snaps: &[&str], err: Option<&str>| TargetReport {
@@ -1298,6 +1547,7 @@ mod tests {
             objects_checked: 0,
             lag: 0,
             snapshots_held_back: false,
+            skipped: false,
         };
         let ts = vec![t("a", &["s1"], None), t("b", &["s1"], None)];
         r.update(&ts, false);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{custos, run, S3Server};
+use common::{custos, run, stdout, S3Server};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -251,11 +251,16 @@ fn a_two_second_cron_takes_the_expected_number_of_snapshots() {
         .args(["status", "--json", "--policies"])
         .arg(&s.policies));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v[0]["policy"], "crm");
-    assert_eq!(v[0]["job"], "backup");
-    assert_eq!(v[0]["last_run"]["outcome"], "ok");
-    assert_eq!(v[0]["runs_ok"].as_u64().unwrap() as usize, ok);
-    assert!(v[0]["next_run"].is_string());
+    let j = &v["jobs"][0];
+    assert_eq!(j["policy"], "crm");
+    assert_eq!(j["job"], "backup");
+    assert_eq!(j["last_run"]["outcome"], "ok");
+    assert_eq!(j["runs_ok"].as_u64().unwrap() as usize, ok);
+    assert!(j["next_run"].is_string());
+    // One target: every snapshot is on min_copies (1) targets once verified;
+    // no replication ran, so the record is empty.
+    assert_eq!(v["replication"][0]["min_copies"], 1);
+    assert_eq!(v["replication"][0]["snapshots"], 0);
 }
 
 #[test]
@@ -460,5 +465,210 @@ fn two_daemons_on_one_policy_never_take_the_same_tick() {
         s.snapshots(),
         n,
         "snapshots == ticks run, across both daemons"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Signals, replication state and backoff
+// ---------------------------------------------------------------------------
+
+impl Setup {
+    /// Replaces the `[schedule]` lines of the policy file (they are last).
+    fn set_schedule(&self, schedule: &str) {
+        let text = std::fs::read_to_string(&self.policy).unwrap();
+        let at = text.find("[schedule]\n").unwrap();
+        let new = format!("{}[schedule]\n{schedule}\n", &text[..at]);
+        std::fs::write(&self.policy, new).unwrap();
+    }
+
+    /// The JSON log lines of daemon `n` whose message starts with `m`.
+    fn messages(&self, n: usize, m: &str) -> Vec<serde_json::Value> {
+        self.log(n)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"].as_str().is_some_and(|s| s.starts_with(m)))
+            .collect()
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn sighup_applies_a_valid_edit_and_refuses_a_broken_one() {
+    // At first the backup runs once a year: nothing happens.
+    let (_s3, s) = s3_setup("backup = \"0 0 0 1 1 *\"", 50, 64);
+    let d = s.daemon(1, &[]);
+    s.wait_for(30, "the daemon to start", || {
+        !s.messages(1, "daemon started").is_empty()
+    });
+    s.set_schedule("backup = \"*/2 * * * * *\"");
+    signal(&d, "-HUP");
+    s.wait_for(60, "the new schedule to run twice", || s.runs_ok(1) >= 2);
+    assert_eq!(s.messages(1, "policies reloaded").len(), 1);
+
+    // A broken edit: refused, logged with the file and key, the old
+    // schedule keeps running.
+    s.set_schedule("backup = \"every two seconds\"");
+    signal(&d, "-HUP");
+    s.wait_for(30, "the reload to be refused", || {
+        !s.messages(1, "reload refused").is_empty()
+    });
+    let refused = &s.messages(1, "reload refused")[0];
+    let err = refused["error"].as_str().unwrap();
+    assert!(
+        err.contains("crm.toml") && err.contains("schedule.backup"),
+        "the refusal names the file and the key: {err}"
+    );
+    let before = s.runs_ok(1);
+    s.wait_for(60, "two more runs on the old schedule", || {
+        s.runs_ok(1) >= before + 2
+    });
+    stop(d);
+    assert_eq!(s.messages(1, "policies reloaded").len(), 1);
+    s.set_schedule("backup = \"*/2 * * * * *\"");
+    assert_eq!(s.snapshots(), s.runs_ok(1) as usize);
+}
+
+#[test]
+fn sigterm_during_a_backup_aborts_it_cleanly_and_the_next_start_catches_the_tick_up() {
+    // A backup that takes a while (about 75 MiB of incompressible rows).
+    let (_s3, s) = s3_setup("backup = \"0 0 0 1 1 *\"", 1200, 64 * 1024);
+    // One tick a day, a few seconds from now.
+    let t = chrono::Utc::now() + chrono::Duration::seconds(4);
+    s.set_schedule(&format!(
+        "backup = \"{} {} {} * * *\"",
+        t.format("%-S"),
+        t.format("%-M"),
+        t.format("%-H")
+    ));
+    let mut d = s.daemon(1, &["--stop-timeout", "1s"]);
+    s.wait_for(60, "the backup to start", || {
+        !s.messages(1, "job started").is_empty()
+    });
+    signal(&d, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = d.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        s.messages(1, "job finished").is_empty(),
+        "the backup finished before the stop timeout: the test proved nothing"
+    );
+    assert_eq!(s.messages(1, "aborting running jobs").len(), 1);
+    let aborted = s.messages(1, "job aborted");
+    assert_eq!(aborted.len(), 1, "{}", s.log(1));
+    let tick = aborted[0]["tick"].as_str().unwrap().to_string();
+    assert_eq!(s.snapshots(), 0, "an aborted backup lists no snapshot");
+    // The repository is valid: every pack uploaded so far reads back.
+    run(custos()
+        .envs(s.env.clone())
+        .args(["--state-dir"])
+        .arg(s.state(1))
+        .args(["check", "--read-data", "--policy"])
+        .arg(&s.policy));
+
+    // The next start runs the aborted tick once.
+    let d = s.daemon(1, &[]);
+    s.wait_for(180, "the caught-up backup", || s.runs_ok(1) >= 1);
+    stop(d);
+    let caught = s.messages(1, "catching up");
+    assert_eq!(caught.len(), 1);
+    assert_eq!(caught[0]["tick"].as_str().unwrap(), tick);
+    assert_eq!(finished_ticks(&s.log(1)), vec![tick]);
+    assert_eq!(s.snapshots(), 1);
+    run(custos()
+        .envs(s.env.clone())
+        .args(["check", "--read-data", "--policy"])
+        .arg(&s.policy));
+}
+
+#[test]
+fn an_unreachable_target_is_retried_with_backoff_and_shown_in_status() {
+    let (_s3, s) = s3_setup("backup = \"0 0 0 1 1 *\"", 50, 64);
+    // An off-site target on a port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&s.policy).unwrap();
+    let at = text.find("[s3]\n").unwrap();
+    let text = format!(
+        "{}[[targets]]\nname = \"dr\"\nurl = \"s3://bkt/dr\"\noffsite = true\nendpoint = \"http://127.0.0.1:{port}\"\nallow_http = true\n\n{}",
+        &text[..at],
+        &text[at..]
+    );
+    std::fs::write(&s.policy, text).unwrap();
+    run(custos()
+        .envs(s.env.clone())
+        .args(["--state-dir"])
+        .arg(s.state(1))
+        .args(["backup", "--policy"])
+        .arg(&s.policy));
+    s.set_schedule("replicate = \"* * * * * *\"");
+    let d = s.daemon(1, &["--replication-retry", "3s"]);
+    let record = || -> serde_json::Value {
+        std::fs::read(s.state(1).join("replication/crm.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    };
+    s.wait_for(120, "two failed tries of the target", || {
+        record()["targets"]["dr"]["failures"].as_u64().unwrap_or(0) >= 2
+            && !s.messages(1, "target not tried").is_empty()
+    });
+    stop(d);
+    let tried = s.messages(1, "target unreachable").len();
+    let runs = s.messages(1, "job started").len();
+    let skipped = s.messages(1, "target not tried").len();
+    assert!(
+        skipped > 0 && tried < runs,
+        "runs {runs}, tries {tried}, skipped {skipped}: the target was not backed off"
+    );
+    // Each run still served the primary and failed naming the target.
+    let failed = s.messages(1, "job failed");
+    assert!(!failed.is_empty());
+    assert!(failed
+        .iter()
+        .all(|f| f["error"].as_str().unwrap().contains("`dr` unreachable")));
+
+    let out = run(custos()
+        .args(["--state-dir"])
+        .arg(s.state(1))
+        .args(["status", "--json", "--policies"])
+        .arg(&s.policies));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["jobs"][0]["job"], "replicate");
+    let rep = &v["replication"][0];
+    assert_eq!(rep["policy"], "crm");
+    assert_eq!(rep["min_copies"], 2);
+    let under = rep["under_replicated"].as_array().unwrap();
+    assert_eq!(under.len(), 1, "{rep}");
+    assert_eq!(under[0]["verified_on"], serde_json::json!(["primary"]));
+    let dr = &rep["targets"][1];
+    assert_eq!(dr["name"], "dr");
+    assert!(dr["failures"].as_u64().unwrap() >= 2, "{dr}");
+    assert!(dr["unreachable_since"].is_string() && dr["retry_after"].is_string());
+    assert!(dr["last_verified"].is_null());
+    assert!(rep["targets"][0]["last_verified"].is_string());
+    let text = stdout(&run(custos()
+        .args(["--state-dir"])
+        .arg(s.state(1))
+        .args(["status", "--policies"])
+        .arg(&s.policies)));
+    assert!(
+        text.contains("1 under-replicated") && text.contains("UNREACHABLE since"),
+        "{text}"
     );
 }

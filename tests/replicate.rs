@@ -668,3 +668,348 @@ fn replication_settings_are_validated_with_their_key() {
         "default: every target"
     );
 }
+
+fn snapshot_ids_on(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = objects_under(dir, "snapshots")
+        .iter()
+        .map(|p| p.trim_start_matches("snapshots/").to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+async fn prune_one(policy: &Policy, target: &str) -> Vec<String> {
+    let r = custos::ops::prune::forget_and_prune(
+        policy,
+        &custos::ops::prune::PruneOptions {
+            target: Some(target.into()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("prune of {target}: {e}"));
+    r.forgotten
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_forgotten_on_the_primary_is_never_copied_back_while_others_await_their_prune() {
+    let f = Fixture::new(12);
+    let dr = f.path("dr");
+    let (policy_file, policy) = f.policy(
+        &[("dr", file_url(&dr), "")],
+        "\n[snapshots]\nkeep_last = 1\n",
+    );
+    custos::ops::init::init(&policy).await.unwrap();
+    let s1 = backup(&policy, &small_packs(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let c = rusqlite::Connection::open(&f.db).unwrap();
+    c.execute("DELETE FROM cdrs WHERE rowid % 3 = 0", [])
+        .unwrap();
+    drop(c);
+    let s2 = backup(&policy, &small_packs(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let meta = meta_key(&policy).await;
+    assert!(
+        replicate(&policy, &opts(&f, true, Some(meta.clone())))
+            .await
+            .unwrap()
+            .ok
+    );
+    let mut both = vec![s1.snapshot.clone(), s2.snapshot.clone()];
+    both.sort();
+    assert_eq!(snapshot_ids_on(&dr), both);
+
+    // Retention prunes the primary first; a replication runs before it
+    // reaches the off-site target.
+    assert_eq!(
+        prune_one(&policy, "primary").await,
+        vec![s1.snapshot.clone()]
+    );
+    for verify in [false, true] {
+        let r = replicate(&policy, &opts(&f, verify, Some(meta.clone())))
+            .await
+            .unwrap();
+        assert!(r.ok, "{r:?}");
+        assert_eq!(
+            snapshot_ids_on(&f.primary_dir()),
+            vec![s2.snapshot.clone()],
+            "the forgotten snapshot came back to the primary"
+        );
+        assert!(
+            !r.actions
+                .iter()
+                .any(|a| a.object == format!("snapshots/{}", s1.snapshot)),
+            "{:?}",
+            r.actions
+        );
+        assert_eq!(r.offsite_only, vec![s1.snapshot.clone()]);
+        assert_eq!(target(&r, "primary").snapshots, vec![s2.snapshot.clone()]);
+    }
+    // Replication never deletes: the off-site copy waits for its prune.
+    assert_eq!(snapshot_ids_on(&dr), both);
+    assert_eq!(prune_one(&policy, "dr").await, vec![s1.snapshot.clone()]);
+    let r = replicate(&policy, &opts(&f, true, Some(meta.clone())))
+        .await
+        .unwrap();
+    assert!(r.ok && r.offsite_only.is_empty(), "{r:?}");
+    for (name, dir) in [("primary", f.primary_dir()), ("dr", dr.clone())] {
+        assert_eq!(snapshot_ids_on(&dir), vec![s2.snapshot.clone()], "{name}");
+        assert_check_clean(&policy, name).await;
+    }
+    let to = f.path("after-prune.db");
+    restore_and_compare(&policy, "dr", &s2.snapshot, &f.db, &to).await;
+
+    // A primary that lost a snapshot object (not forgotten) gets it back
+    // only when asked: `replicate --restore-primary`.
+    let lost = f.primary_dir().join(format!("snapshots/{}", s2.snapshot));
+    std::fs::remove_file(&lost).unwrap();
+    let r = replicate(&policy, &opts(&f, false, Some(meta.clone())))
+        .await
+        .unwrap();
+    assert_eq!(r.offsite_only, vec![s2.snapshot.clone()]);
+    assert!(!lost.exists());
+    let out = run(custos()
+        .env("CUSTOS_STATE_DIR", f.path("state"))
+        .args(["replicate", "--policy"])
+        .arg(&policy_file));
+    assert!(
+        stdout(&out).contains("--restore-primary") && stdout(&out).contains(&s2.snapshot),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(custos()
+        .env("CUSTOS_STATE_DIR", f.path("state"))
+        .args(["replicate", "--restore-primary", "--json", "--policy"])
+        .arg(&policy_file));
+    let r: ReplicationReport = serde_json::from_str(&stdout(&out)).unwrap();
+    let a = r
+        .actions
+        .iter()
+        .find(|a| a.object == format!("snapshots/{}", s2.snapshot))
+        .expect("the snapshot is copied back");
+    assert!(a.target == "primary" && a.repair && a.ok, "{a:?}");
+    assert!(lost.exists());
+    assert_check_clean(&policy, "primary").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_object_mends_one_object_from_an_offsite_copy() {
+    let s3 = S3Server::start();
+    s3.create_bucket("east");
+    let f = Fixture::new(13);
+    let (_, policy) = f.policy(
+        &[("dr-east", s3.url("east", "crm"), "")],
+        &s3_section(&s3.endpoint()),
+    );
+    custos::ops::init::init(&policy).await.unwrap();
+    backup(&policy, &small_packs(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let meta = meta_key(&policy).await;
+    assert!(
+        replicate(&policy, &opts(&f, true, Some(meta.clone())))
+            .await
+            .unwrap()
+            .ok
+    );
+    let east = s3.root().join("east/crm");
+    // A drill of the primary found a pack with a flipped bit.
+    let pack = objects_under(&f.primary_dir(), "data")[1].clone();
+    let len = std::fs::metadata(f.primary_dir().join(&pack))
+        .unwrap()
+        .len() as usize;
+    flip_bit(&f.primary_dir().join(&pack), len / 3);
+    // Another pack is damaged too, but nobody asked about it.
+    let other = objects_under(&f.primary_dir(), "data")[2].clone();
+    flip_bit(&f.primary_dir().join(&other), 10);
+
+    let (actions, problems) = custos::replicate::repair_object(&policy, &pack, Some(meta.clone()))
+        .await
+        .unwrap();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let a = &actions[0];
+    assert_eq!(
+        (
+            a.target.as_str(),
+            a.object.as_str(),
+            a.reason,
+            a.from.as_str(),
+            a.repair,
+            a.ok
+        ),
+        (
+            "primary",
+            pack.as_str(),
+            Reason::HashMismatch,
+            "dr-east",
+            true,
+            true
+        )
+    );
+    assert_eq!(
+        std::fs::read(f.primary_dir().join(&pack)).unwrap(),
+        std::fs::read(east.join(&pack)).unwrap()
+    );
+    // Only that object: the other damaged pack is still damaged.
+    assert_ne!(
+        std::fs::read(f.primary_dir().join(&other)).unwrap(),
+        std::fs::read(east.join(&other)).unwrap()
+    );
+
+    // An index object missing off-site comes from the primary; a snapshot
+    // object with a flipped bit off-site is authenticated and replaced.
+    let index = objects_under(&east, "index")[0].clone();
+    std::fs::remove_file(east.join(&index)).unwrap();
+    let (actions, _) = custos::replicate::repair_object(&policy, &index, Some(meta.clone()))
+        .await
+        .unwrap();
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(
+        (actions[0].target.as_str(), actions[0].reason, actions[0].ok),
+        ("dr-east", Reason::Missing, true)
+    );
+    let snap = objects_under(&east, "snapshots")[0].clone();
+    flip_bit(&east.join(&snap), 33);
+    let (actions, _) = custos::replicate::repair_object(&policy, &snap, Some(meta.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        actions
+            .iter()
+            .map(|a| (a.target.as_str(), a.reason, a.repair))
+            .collect::<Vec<_>>(),
+        vec![("dr-east", Reason::Unauthentic, true)]
+    );
+    assert_check_clean(&policy, "dr-east").await;
+
+    // Not a replicated object.
+    let e = custos::replicate::repair_object(&policy, "locks/backup.json", None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("locks/backup.json"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_certificates_and_audit_segments_reach_every_target_and_the_majority_repairs_them()
+{
+    let s3 = S3Server::start();
+    s3.create_bucket("east");
+    let f = Fixture::new(14);
+    let west = f.path("west");
+    let (_, policy) = f.policy(
+        &[
+            ("dr-east", s3.url("east", "crm"), ""),
+            ("dr-west", file_url(&west), ""),
+        ],
+        &s3_section(&s3.endpoint()),
+    );
+    custos::ops::init::init(&policy).await.unwrap();
+    backup(&policy, &small_packs(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let state = f.state();
+    // A real drill stores its signed report on the primary.
+    let drill = custos::drill::run(
+        &policy,
+        &state,
+        &custos::drill::DrillOptions {
+            snapshot: custos::drill::SnapshotChoice::Latest,
+            target: None,
+            redrill_of: None,
+        },
+        Arc::new(NoProgress),
+    )
+    .await
+    .unwrap();
+    let report = format!("reports/{}.json", drill.report.id);
+    // An audit segment, as `audit replicate` writes it.
+    let log = custos::audit::AuditLog::open(&f.path("state/audit")).unwrap();
+    let primary = custos::ops::open_target(&policy, policy.primary(), false).unwrap();
+    let seg = custos::audit::replicate(&log, &primary)
+        .await
+        .unwrap()
+        .segment
+        .expect("the drill left audit entries to replicate");
+    // A signed certificate document.
+    let signing =
+        custos::keys::load_signing_key(&custos::keys::signing_key_path_for(&f.identity)).unwrap();
+    let cert_text = custos::signed::sign(
+        &signing,
+        "custos-certificate",
+        &serde_json::json!({"unit": "identity:2024", "method": "cryptographic erase (purge)"}),
+    )
+    .unwrap();
+    let cert = "certificates/cert-0001.json".to_string();
+    primary
+        .put(&cert, bytes::Bytes::from(cert_text.clone().into_bytes()))
+        .await
+        .unwrap();
+    let docs = [report.clone(), seg.clone(), cert.clone()];
+    let originals: Vec<Vec<u8>> = docs
+        .iter()
+        .map(|d| std::fs::read(f.primary_dir().join(d)).unwrap())
+        .collect();
+
+    let east = s3.root().join("east/crm");
+    let r = replicate(&policy, &opts(&f, false, None)).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    for (d, want) in docs.iter().zip(&originals) {
+        for (name, root) in [("dr-east", &east), ("dr-west", &west)] {
+            assert_eq!(&std::fs::read(root.join(d)).unwrap(), want, "{d} on {name}");
+            assert!(r
+                .actions
+                .iter()
+                .any(|a| &a.object == d && a.target == name && a.reason == Reason::Missing));
+        }
+    }
+    // The copies still verify with the public key alone.
+    let public =
+        custos::keys::load_public_key(&f.identity.parent().unwrap().join("signing.pub")).unwrap();
+    let west_report = std::fs::read_to_string(west.join(&report)).unwrap();
+    custos::signed::verify(&west_report, &public, None).unwrap();
+
+    // Damage one copy of each: a flipped bit off-site (same size: found by
+    // --verify), a truncated certificate, and the primary's own audit
+    // segment, which the two off-site copies outvote.
+    flip_bit(&west.join(&report), 20);
+    truncate(&east.join(&cert), 10);
+    flip_bit(&f.primary_dir().join(&seg), 5);
+    let r = replicate(&policy, &opts(&f, true, Some(meta_key(&policy).await)))
+        .await
+        .unwrap();
+    assert!(r.ok, "{r:?}");
+    let found = |t: &str, o: &str| {
+        r.actions
+            .iter()
+            .find(|a| a.target == t && a.object == o)
+            .map(|a| (a.reason, a.repair, a.ok))
+    };
+    assert_eq!(
+        found("dr-west", &report),
+        Some((Reason::Differs, true, true))
+    );
+    assert_eq!(
+        found("dr-east", &cert),
+        Some((Reason::SizeMismatch, true, true))
+    );
+    assert_eq!(found("primary", &seg), Some((Reason::Differs, true, true)));
+    assert_eq!(r.repairs().count(), 3, "{:?}", r.actions);
+    for (d, want) in docs.iter().zip(&originals) {
+        for root in [&f.primary_dir(), &east, &west] {
+            assert_eq!(
+                &std::fs::read(root.join(d)).unwrap(),
+                want,
+                "{d} under {root:?}"
+            );
+        }
+    }
+    custos::signed::verify(
+        &std::fs::read_to_string(west.join(&report)).unwrap(),
+        &public,
+        None,
+    )
+    .unwrap();
+}

@@ -19,6 +19,11 @@ pub struct ReplicateArgs {
     /// authenticating them (no vault access needed).
     #[arg(long)]
     no_keys: bool,
+    /// Disaster recovery: also copy to the primary the snapshots only
+    /// off-site targets list (by default the primary's listing decides
+    /// which snapshots are replicated, so a forgotten one never comes back).
+    #[arg(long)]
+    restore_primary: bool,
     #[arg(long)]
     json: bool,
 }
@@ -42,6 +47,7 @@ pub async fn run(a: ReplicateArgs) -> Result<(), Failure> {
         verify: a.verify,
         meta,
         state: Some(super::state_dir().map_err(wrap)?),
+        restore_primary: a.restore_primary,
         ..Default::default()
     };
     let r = custos::replicate::replicate(&policy, &opts)
@@ -120,6 +126,13 @@ pub fn print_report(r: &ReplicationReport) {
             } else {
                 String::new()
             }
+        );
+    }
+    if !r.offsite_only.is_empty() {
+        println!(
+            "{} snapshot(s) listed off-site but not on the primary (forgotten there; the next retention run removes them off-site), not copied: {}; if the primary lost them, run `custos replicate --restore-primary`",
+            r.offsite_only.len(),
+            r.offsite_only.join(", ")
         );
     }
     let under = r.snapshots.iter().filter(|s| !s.replicated).count();

@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// On SIGTERM, how long running jobs may take before they are aborted.
     #[arg(long, default_value = "60s", value_parser = duration)]
     stop_timeout: Duration,
+    /// How long replication waits before trying again an off-site target
+    /// it found unreachable (doubled per failed run, at most 64 times).
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    replication_retry: Duration,
 }
 
 #[derive(Args)]
@@ -56,6 +60,7 @@ pub async fn run(a: RunArgs) -> Result<()> {
     opts.lease_ttl = a.lease_ttl;
     opts.stop_timeout = a.stop_timeout;
     opts.ctx.state = Some(super::state_dir()?);
+    opts.ctx.replication_retry = Some(a.replication_retry);
     daemon::run(opts, state_files()?).await?;
     Ok(())
 }

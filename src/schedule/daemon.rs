@@ -563,3 +563,113 @@ pub fn status(dir: &Path, files: &StateFiles) -> Result<Vec<JobStatus>, Schedule
     }
     Ok(out)
 }
+
+/// One target of a policy as `custos status` shows it, from the local
+/// replication record (nothing is read from the target).
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetReplication {
+    pub name: String,
+    pub offsite: bool,
+    /// When a replication last reached it, finished on it without a
+    /// problem, and read back and checked everything on it.
+    pub last_run: Option<String>,
+    pub last_ok: Option<String>,
+    pub last_verified: Option<String>,
+    pub last_error: Option<String>,
+    /// Snapshots complete and verified there as of the last run.
+    pub snapshots_complete: u64,
+    pub snapshots_verified: u64,
+    /// Replication runs in a row that could not reach it, since when, and
+    /// when the daemon tries it next.
+    pub failures: u32,
+    pub unreachable_since: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+/// The replication state of one policy, as of its last replication run.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicyReplication {
+    pub policy: String,
+    pub min_copies: u32,
+    /// Snapshots the record knows (complete or verified on some target).
+    pub snapshots: u64,
+    /// Those verified on fewer than `min_copies` targets.
+    pub under_replicated: Vec<crate::replicate::SnapshotStatus>,
+    pub targets: Vec<TargetReplication>,
+}
+
+/// What `custos status` shows: every job, and per policy its replication.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub jobs: Vec<JobStatus>,
+    pub replication: Vec<PolicyReplication>,
+}
+
+/// The replication state of one policy from the record in `state`.
+pub fn replication_status(
+    policy: &Policy,
+    state: &crate::state::StateDir,
+) -> Result<PolicyReplication, ScheduleError> {
+    use crate::replicate::ReplicationRecord;
+    let record = ReplicationRecord::load(state, &policy.name).map_err(Box::new)?;
+    let min_copies = crate::replicate::min_copies(policy);
+    let mut ids: std::collections::BTreeSet<&String> = std::collections::BTreeSet::new();
+    for r in record.targets.values() {
+        ids.extend(r.complete.iter().chain(r.verified.iter()));
+    }
+    let under_replicated = ids
+        .iter()
+        .map(|id| {
+            let on = record
+                .targets
+                .iter()
+                .filter(|(_, r)| r.complete.contains(id))
+                .map(|(n, _)| n.clone())
+                .collect();
+            record.status_of(id, on, min_copies)
+        })
+        .filter(|s| !s.replicated)
+        .collect();
+    let targets = policy
+        .targets
+        .iter()
+        .map(|t| {
+            let r = record.targets.get(&t.name).cloned().unwrap_or_default();
+            TargetReplication {
+                name: t.name.clone(),
+                offsite: t.offsite,
+                snapshots_complete: r.complete.len() as u64,
+                snapshots_verified: r.verified.len() as u64,
+                last_run: r.last_run,
+                last_ok: r.last_ok,
+                last_verified: r.last_verified,
+                last_error: r.last_error,
+                failures: r.failures,
+                unreachable_since: r.unreachable_since,
+                retry_after: r.retry_after,
+            }
+        })
+        .collect();
+    Ok(PolicyReplication {
+        policy: policy.name.clone(),
+        min_copies,
+        snapshots: ids.len() as u64,
+        under_replicated,
+        targets,
+    })
+}
+
+/// Everything `custos status --policies DIR` shows: [`status`] and, per
+/// policy, [`replication_status`].
+pub fn full_status(
+    dir: &Path,
+    files: &StateFiles,
+    state: &crate::state::StateDir,
+) -> Result<Status, ScheduleError> {
+    let jobs = status(dir, files)?;
+    let replication = load_policies(dir)?
+        .iter()
+        .map(|p| replication_status(p, state))
+        .collect::<Result<_, _>>()?;
+    Ok(Status { jobs, replication })
+}

@@ -114,6 +114,11 @@ pub struct JobContext {
     /// records). Without it, drill and retention jobs fail and backups are
     /// not audited.
     pub state: Option<StateDir>,
+    /// The first pause before replication tries again a target it found
+    /// unreachable, doubled per failed run (default
+    /// [`crate::replicate::DEFAULT_RETRY_BACKOFF`]). Until then the target
+    /// is reported, not tried, and the others are served.
+    pub replication_retry: Option<std::time::Duration>,
 }
 
 fn actor(policy: &Policy, kind: JobKind) -> String {
@@ -209,6 +214,10 @@ async fn replicate_job(ctx: &JobContext, policy: &Policy, verify: bool) -> JobOu
         verify,
         meta,
         state: ctx.state.clone(),
+        retry_backoff: Some(
+            ctx.replication_retry
+                .unwrap_or(crate::replicate::DEFAULT_RETRY_BACKOFF),
+        ),
         ..Default::default()
     };
     match crate::replicate::replicate(policy, &opts).await {
@@ -228,12 +237,13 @@ async fn replicate_job(ctx: &JobContext, policy: &Policy, verify: bool) -> JobOu
                 .problems
                 .iter()
                 .map(|p| format!("{}: {}: {}", p.target, p.object, p.message))
-                .chain(
-                    r.targets
-                        .iter()
-                        .filter(|t| !t.reachable)
-                        .map(|t| format!("target `{}` unreachable", t.name)),
-                )
+                .chain(r.targets.iter().filter(|t| !t.reachable).map(|t| {
+                    format!(
+                        "target `{}` unreachable: {}",
+                        t.name,
+                        t.error.as_deref().unwrap_or("no answer")
+                    )
+                }))
                 .collect();
             failed(format!("replication incomplete: {}", problems.join("; ")))
         }

@@ -74,6 +74,9 @@ pub enum ScheduleError {
         tick: String,
         expires: String,
     },
+    /// The local replication record of a policy (for `status`).
+    #[error(transparent)]
+    Replication(#[from] Box<crate::replicate::ReplicateError>),
     /// `run-once` of a job whose outcome was a failure.
     #[error("policy `{policy}`: job {job} failed after {secs:.1} s: {error}")]
     JobFailed {
