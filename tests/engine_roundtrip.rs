@@ -536,7 +536,10 @@ fn demo_runs_and_says_the_restore_is_identical() {
             .unwrap()
     };
     assert_eq!(count(&after, "customers"), count(&src, "customers") - 1);
-    assert_eq!(count(&after, "ticket_history"), count(&src, "ticket_history"));
+    assert_eq!(
+        count(&after, "ticket_history"),
+        count(&src, "ticket_history")
+    );
     // Signed documents the demo made verify with the public key alone.
     let state = dir.join("state");
     for (kind, cmd) in [("reports", "reports"), ("certificates", "certificates")] {

@@ -742,27 +742,73 @@ async fn select(
     }
 }
 
+/// The objects `target:data/..`/`target:index/..` a check message names.
+fn damaged_objects_named(target: &str, message: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for kind in ["data/", "index/"] {
+        let needle = format!("{target}:{kind}");
+        let mut rest = message;
+        while let Some(i) = rest.find(&needle) {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| {
+                    !(c.is_ascii_alphanumeric()
+                        || c == '/'
+                        || c == ':'
+                        || c == '-'
+                        || c == '_'
+                        || c == '.')
+                })
+                .unwrap_or(tail.len());
+            let o = tail[..end].trim_end_matches([':', '.']).to_string();
+            if !out.contains(&o) {
+                out.push(o);
+            }
+            rest = &tail[end..];
+        }
+    }
+    out
+}
+
 /// After a restore hit damaged data: a full data check of the target names
 /// every damaged object.
 async fn find_damage(policy: &Policy, target: &str, rep: &mut DrillReport) {
     match crate::ops::check::check(policy, Some(target), true, Arc::new(NoProgress)).await {
         Ok(c) => {
-            let mut objects: Vec<String> = c
-                .findings
-                .iter()
-                .filter(|f| f.level == crate::ops::check::Level::Error)
-                .map(|f| f.object.clone())
-                .collect();
-            objects.sort();
-            objects.dedup();
+            // A snapshot whose tree page sits in a damaged pack is reported
+            // against the snapshot, naming the pack: the pack is what is
+            // damaged (and what repair must replace).
+            let mut by_object: std::collections::BTreeMap<String, (String, usize)> =
+                std::collections::BTreeMap::new();
             for f in c
                 .findings
                 .iter()
                 .filter(|f| f.level == crate::ops::check::Level::Error)
             {
-                rep.reasons
-                    .push(format!("damaged object {}: {}", f.object, f.message));
+                let named = damaged_objects_named(target, &f.message);
+                let objs = if named.is_empty() {
+                    vec![f.object.clone()]
+                } else {
+                    named
+                };
+                for o in objs {
+                    by_object
+                        .entry(o)
+                        .and_modify(|(_, n)| *n += 1)
+                        .or_insert_with(|| (f.message.clone(), 1));
+                }
             }
+            for (o, (msg, n)) in &by_object {
+                rep.reasons.push(if *n > 1 {
+                    format!(
+                        "damaged object {o}: {msg} (and {} more finding(s) about it)",
+                        n - 1
+                    )
+                } else {
+                    format!("damaged object {o}: {msg}")
+                });
+            }
+            let objects: Vec<String> = by_object.into_keys().collect();
             rep.corrupt_objects = objects;
         }
         Err(e) => rep.reasons.push(format!(
@@ -818,4 +864,21 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn damage_is_attributed_to_the_named_pack() {
+        let m = "primary:data/67/67cb (tree page 9b5b): malformed: primary:data/67/67cb: content does not hash";
+        assert_eq!(
+            super::damaged_objects_named("primary", m),
+            ["primary:data/67/67cb"]
+        );
+        assert!(super::damaged_objects_named("primary", "no pack here").is_empty());
+        assert_eq!(
+            super::damaged_objects_named("dr", "dr:index/ab12 missing; dr:data/cd/cd34."),
+            ["dr:data/cd/cd34", "dr:index/ab12"]
+        );
+    }
 }
