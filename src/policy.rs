@@ -244,6 +244,10 @@ pub struct TargetConfig {
     pub url: String,
     /// An off-site copy (not eligible as primary).
     pub offsite: bool,
+    /// A write-once target (S3 Object Lock, WORM storage): custos never
+    /// deletes from it when shredding; the destroyed unit's ciphertext stays
+    /// there, unreadable, until the lock expires.
+    pub worm: bool,
     /// S3 endpoint override (s3:// targets only).
     pub endpoint: Option<String>,
     /// S3 region override (s3:// targets only).
@@ -543,6 +547,8 @@ struct RawTarget {
     url: S,
     #[serde(default)]
     offsite: bool,
+    #[serde(default)]
+    worm: bool,
     endpoint: Option<S>,
     region: Option<S>,
     allow_http: Option<Spanned<bool>>,
@@ -1242,6 +1248,7 @@ impl Checker<'_> {
                 name: n.clone(),
                 url: url.clone(),
                 offsite: t.offsite,
+                worm: t.worm,
                 endpoint: t.endpoint.as_ref().map(|s| s.get_ref().clone()),
                 region: t.region.as_ref().map(|s| s.get_ref().clone()),
                 allow_http: t.allow_http.as_ref().map(|a| *a.get_ref()),
