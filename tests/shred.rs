@@ -645,7 +645,9 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
     custos::shred::request(
         &env.policy,
         &state,
-        &req(custos::shred::UnitSpec::Period("consumption:2026-01".into())),
+        &req(custos::shred::UnitSpec::Period(
+            "consumption:2026-01".into(),
+        )),
         chrono::Utc::now(),
     )
     .await
@@ -675,8 +677,15 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
     assert_eq!(d["packs_deleted"], 0, "{d}");
     assert_eq!(d["residual"]["remains"], true, "{d}");
     let why = d["residual"]["why"].as_str().unwrap();
-    assert!(why.contains("write-once") && why.contains("lock expires"), "{why}");
-    assert_eq!(packs(&dr_root), dr_before, "nothing deleted from the worm target");
+    assert!(
+        why.contains("write-once") && why.contains("lock expires"),
+        "{why}"
+    );
+    assert_eq!(
+        packs(&dr_root),
+        dr_before,
+        "nothing deleted from the worm target"
+    );
     assert!(
         cert["residual_ciphertext"].as_str().unwrap().contains("dr"),
         "{cert}"
@@ -685,7 +694,10 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
     let mut show = env.cli();
     show.args(["certificates", "show"]).arg(&cert_path);
     let text = stdout(&run(show));
-    assert!(text.contains("residual ciphertext: remains (write-once"), "{text}");
+    assert!(
+        text.contains("residual ciphertext: remains (write-once"),
+        "{text}"
+    );
 
     // Both targets still check clean and restore everything else.
     for t in ["primary", "dr"] {
@@ -733,4 +745,167 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
         "{p}"
     );
     assert_eq!(packs(&primary_root), primary_after);
+}
+
+/// Rewrites the policy file with `extra` appended to `[shred]` (the last
+/// table) and loads it.
+fn with_shred_extra(env: &Env, extra: &str) -> Policy {
+    let text = policy_text_with(&env.dir, &env.s3, false) + extra;
+    fs::write(&env.policy_path, text).unwrap();
+    Policy::load(&env.policy_path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimum_retention_refuses_young_units_and_a_policy_edit_cannot_lower_it() {
+    let env = setup().await;
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let req = |unit: custos::shred::UnitSpec, now: bool| custos::shred::Request {
+        unit,
+        reason: Some("test".into()),
+        request_ref: None,
+        requester: "dpo-test".into(),
+        now,
+    };
+    let period = |p: &str| custos::shred::UnitSpec::Period(p.into());
+    let t0 = chrono::Utc::now();
+
+    // A request made while the policy had no floor: pending, due in 7 days.
+    let plain = env.policy.clone();
+    custos::shred::request(
+        &plain,
+        &state,
+        &req(period("consumption:2026-02"), false),
+        t0,
+    )
+    .await
+    .unwrap();
+
+    // The floor appears: 400 days after the end of the period.
+    let strict = with_shred_extra(&env, "min_retention = { consumption = \"400d\" }\n");
+    let e = custos::shred::request(
+        &strict,
+        &state,
+        &req(period("consumption:2026-01"), true),
+        t0,
+    )
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, custos::shred::ShredError::BelowFloor { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("2027-03-08T00:00:00Z"), "{msg}");
+    assert!(
+        msg.contains("consumption records of period 2026-01 must be kept 400d"),
+        "{msg}"
+    );
+    // An old enough period is accepted (2025-04 ends 2025-05-01; + 400d
+    // is 2026-06-05).
+    if t0 > chrono::DateTime::parse_from_rfc3339("2026-06-06T00:00:00Z").unwrap() {
+        custos::shred::request(
+            &strict,
+            &state,
+            &req(period("consumption:2025-04"), true),
+            t0,
+        )
+        .await
+        .unwrap();
+    }
+    // A subject whose usage records are young cannot be erased either, and
+    // the error names no subject id.
+    let subject = busy_customer(&env.versions[1].1).to_string();
+    let e = custos::shred::request(
+        &strict,
+        &state,
+        &req(custos::shred::UnitSpec::Subject(subject.clone()), true),
+        t0,
+    )
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the subject has consumption records of period 2026-03"),
+        "{msg}"
+    );
+    assert!(!msg.contains(&subject), "{msg}");
+
+    // The request made before the floor was recorded is due after its
+    // grace, but a run keeps it pending: too young.
+    let later = t0 + chrono::Duration::days(8);
+    let opts = custos::shred::RunOptions {
+        now: later,
+        performer: "job:crm/retention".into(),
+        role: "retention".into(),
+        only: None,
+    };
+    let r = custos::shred::run(&strict, &state, &opts).await.unwrap();
+    assert!(
+        r.destroyed
+            .iter()
+            .all(|d| d.unit.name != "consumption:2026-02"),
+        "{r:?}"
+    );
+    assert_eq!(r.below_floor.len(), 1, "{r:?}");
+    assert_eq!(r.below_floor[0].0.name, "consumption:2026-02");
+
+    // Lowering the policy value (or removing it) does not lower the floor.
+    for extra in ["min_retention = { consumption = \"1d\" }\n", ""] {
+        let lowered = with_shred_extra(&env, extra);
+        assert!(lowered
+            .shred
+            .min_retention
+            .values()
+            .all(|d| d.as_secs() == 86_400));
+        let e = custos::shred::request(
+            &lowered,
+            &state,
+            &req(period("consumption:2026-01"), true),
+            t0,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, custos::shred::ShredError::BelowFloor { .. }),
+            "{e}"
+        );
+        let r = custos::shred::run(&lowered, &state, &opts).await.unwrap();
+        assert_eq!(r.below_floor.len(), 1, "{r:?}");
+        let l = custos::shred::status(&lowered).await.unwrap();
+        assert_eq!(l.version, 2);
+        assert_eq!(l.floors.len(), 1);
+        assert_eq!(l.floors[0].class, "consumption");
+        assert_eq!(l.floors[0].seconds, 400 * 86_400);
+    }
+    // The CLI says so and exits 2 (bad input).
+    let mut c = env.cli();
+    c.args(["shred", "--policy"]).arg(&env.policy_path).args([
+        "--period",
+        "consumption:2026-01",
+        "--now",
+    ]);
+    let out = run_fail(c);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("may not be destroyed before 2027-03-08"),
+        "{err}"
+    );
+    // The period key is still there.
+    let v = custos::ops::open_vault(&env.policy).await.unwrap();
+    assert!(v.lookup(KeyKind::Period, "consumption:2026-01").is_some());
+    assert!(v.lookup(KeyKind::Period, "consumption:2026-02").is_some());
+
+    // Raising it is recorded.
+    let raised = with_shred_extra(&env, "min_retention = { consumption = \"500d\" }\n");
+    let _ = custos::shred::request(
+        &raised,
+        &state,
+        &req(period("consumption:2026-01"), true),
+        t0,
+    )
+    .await;
+    let l = custos::shred::status(&raised).await.unwrap();
+    assert_eq!(l.floors[0].seconds, 500 * 86_400);
+    assert!(l.floors[0].raised.is_some());
 }
