@@ -128,7 +128,7 @@ pub fn label_end(label: &str) -> Option<DateTime<Utc>> {
 }
 
 fn human(secs: u64) -> String {
-    if secs % 86_400 == 0 {
+    if secs.is_multiple_of(86_400) {
         format!("{}d", secs / 86_400)
     } else {
         format!("{secs}s")
