@@ -282,4 +282,44 @@ mod tests {
         assert_eq!(t("2026-13"), None);
         assert_eq!(t("26-03"), None);
     }
+
+    const POLICY: &str = "[policy]\nname = \"crm\"\n\n[store]\nkind = \"sqlite\"\npath = \"/x/crm.db\"\n\n[[store.tables]]\nname = \"cdrs\"\nclass = \"consumption\"\nretain = { after = \"t\", for = \"90d\" }\n\n[keys]\nidentity = \"/x/service.age\"\nrecipients = []\nvault = [\"file:///x/v\"]\n\n[[targets]]\nname = \"p\"\nurl = \"file:///x/t\"\n\n[shred]\n";
+
+    fn load(extra: &str) -> Result<Policy, String> {
+        Policy::from_str(&format!("{POLICY}{extra}"), std::path::Path::new("p.toml"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn policy_min_retention_is_checked() {
+        let p = load("min_retention = { consumption = \"60d\" }\n").unwrap();
+        assert_eq!(
+            p.shred.min_retention[&crate::policy::DataClass::Consumption].as_secs(),
+            60 * 86_400
+        );
+        let e = load("min_retention = { usage = \"60d\" }\n").unwrap_err();
+        assert!(e.contains("`usage` is not a data class"), "{e}");
+        let e = load("min_retention = { consumption = \"180d\" }\n").unwrap_err();
+        assert!(
+            e.contains("shred.min_retention.consumption") && e.contains("retain.for"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sync_records_and_only_raises() {
+        let mut l = Ledger::default();
+        let t = Utc::now();
+        let p60 = load("min_retention = { consumption = \"60d\" }\n").unwrap();
+        let p30 = load("min_retention = { consumption = \"30d\" }\n").unwrap();
+        let p80 = load("min_retention = { consumption = \"80d\" }\n").unwrap();
+        let none = load("").unwrap();
+        assert!(sync(&mut l, &p60, "a", t));
+        assert!(!sync(&mut l, &p30, "b", t));
+        assert!(!sync(&mut l, &none, "b", t));
+        assert_eq!(l.floors[0].seconds, 60 * 86_400);
+        assert!(sync(&mut l, &p80, "c", t));
+        assert_eq!(l.floors[0].seconds, 80 * 86_400);
+        assert_eq!(l.floors[0].by, "c");
+    }
 }
