@@ -15,7 +15,7 @@
 use crate::store::{Every, TablePlan};
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -244,6 +244,10 @@ pub struct TargetConfig {
     pub url: String,
     /// An off-site copy (not eligible as primary).
     pub offsite: bool,
+    /// A write-once target (S3 Object Lock, WORM storage): custos never
+    /// deletes from it when shredding; the destroyed unit's ciphertext stays
+    /// there, unreadable, until the lock expires.
+    pub worm: bool,
     /// S3 endpoint override (s3:// targets only).
     pub endpoint: Option<String>,
     /// S3 region override (s3:// targets only).
@@ -318,12 +322,19 @@ pub struct ShredConfig {
     /// Time between a shred request and the key's destruction (default 7d);
     /// the request can be cancelled meanwhile.
     pub grace: Duration,
+    /// `min_retention = { consumption = "180d", ... }`: the minimum time a
+    /// class's records are kept after their period ends (a legal floor).
+    /// The shredding ledger records the highest value ever configured and
+    /// enforces that, so a later edit cannot lower it (see
+    /// `docs/SHREDDING.md`).
+    pub min_retention: BTreeMap<DataClass, Duration>,
 }
 
 impl Default for ShredConfig {
     fn default() -> Self {
         ShredConfig {
             grace: DEFAULT_GRACE,
+            min_retention: BTreeMap::new(),
         }
     }
 }
@@ -546,6 +557,8 @@ struct RawTarget {
     url: S,
     #[serde(default)]
     offsite: bool,
+    #[serde(default)]
+    worm: bool,
     endpoint: Option<S>,
     region: Option<S>,
     allow_http: Option<Spanned<bool>>,
@@ -590,6 +603,7 @@ struct RawAssert {
 #[serde(deny_unknown_fields)]
 struct RawShred {
     grace: Option<S>,
+    min_retention: Option<BTreeMap<String, S>>,
 }
 
 #[derive(Deserialize)]
@@ -881,10 +895,46 @@ impl Checker<'_> {
 
         // [shred]
         let mut shred = ShredConfig::default();
-        if let Some(g) = raw.shred.and_then(|r| r.grace) {
+        let (grace, min_retention) = raw
+            .shred
+            .map(|r| (r.grace, r.min_retention))
+            .unwrap_or_default();
+        if let Some(g) = grace {
             if let Some(d) = self.duration(&g, "shred.grace") {
                 shred.grace = d;
             }
+        }
+        for (class, v) in min_retention.unwrap_or_default() {
+            let key = format!("shred.min_retention.{class}");
+            let Some(c) = DataClass::ALL.iter().find(|c| c.as_str() == class) else {
+                self.err(
+                    v.span(),
+                    &key,
+                    format!("`{class}` is not a data class; use identity, business, service or consumption"),
+                );
+                continue;
+            };
+            let Some(d) = self.duration(&v, &key) else {
+                continue;
+            };
+            for (i, t) in store.tables.iter().enumerate() {
+                if t.class != *c {
+                    continue;
+                }
+                if let Some(rt) = t.retain.as_ref().filter(|rt| rt.for_ < d) {
+                    self.err(
+                        v.span(),
+                        &key,
+                        format!(
+                            "is longer than store.tables[{i}].retain.for ({}s, table `{}`): the retention job would schedule those rows before the minimum retention ends; raise `retain.for` to at least `{}`",
+                            rt.for_.as_secs(),
+                            t.name,
+                            v.get_ref()
+                        ),
+                    );
+                }
+            }
+            shred.min_retention.insert(*c, d);
         }
 
         // [replication]
@@ -1256,6 +1306,7 @@ impl Checker<'_> {
                 name: n.clone(),
                 url: url.clone(),
                 offsite: t.offsite,
+                worm: t.worm,
                 endpoint: t.endpoint.as_ref().map(|s| s.get_ref().clone()),
                 region: t.region.as_ref().map(|s| s.get_ref().clone()),
                 allow_http: t.allow_http.as_ref().map(|a| *a.get_ref()),

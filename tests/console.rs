@@ -1064,3 +1064,189 @@ fn operator_runs_jobs_and_retention_requests_a_real_shred() {
         .iter()
         .any(|e| e.actor == "job:crm/drill" && e.outcome == Outcome::Ok));
 }
+
+// ---------------------------------------------------------------------------
+// TLS (`custos serve --tls-cert --tls-key`)
+// ---------------------------------------------------------------------------
+
+/// Kills the child process it holds when dropped (a test that panics must
+/// not leave a server running).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary; `CUSTOS_TEST_BIN` runs another build of it (for a target
+/// directory shared by several checkouts).
+fn serve_cmd() -> std::process::Command {
+    let mut c = common::custos();
+    if let Some(b) = std::env::var_os("CUSTOS_TEST_BIN") {
+        let mut own = std::process::Command::new(b);
+        for (k, v) in c.get_envs() {
+            if let Some(v) = v {
+                own.env(k, v);
+            }
+        }
+        c = own;
+    }
+    c
+}
+
+fn tls_client(trusted: Option<&rcgen::Certificate>) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(c) = trusted {
+        roots.add(c.der().clone()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
+/// One HTTPS request (Connection: close); the whole response as text.
+async fn https_get(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    req.push_str("\r\n");
+    tls.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tls.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            // A peer that closes without close_notify: keep what came.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_tls_with_the_given_certificate_and_only_tls() {
+    let f = fixture();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = f.root.join("console.crt");
+    let key = f.root.join("console.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+
+    // A key that is not PEM is refused before listening, naming the file.
+    let bad = f.root.join("bad.key");
+    std::fs::write(&bad, "not a key").unwrap();
+    let out = serve_cmd()
+        .arg("--state-dir")
+        .arg(&f.state)
+        .args(["serve", "--policies"])
+        .arg(&f.policies)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--background-secs",
+            "0",
+            "--tls-cert",
+        ])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.key") && err.contains("private key"),
+        "{err}"
+    );
+
+    let mut child = serve_cmd();
+    child
+        .arg("--state-dir")
+        .arg(&f.state)
+        .args(["serve", "--policies"])
+        .arg(&f.policies)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--background-secs",
+            "0",
+            "--tls-cert",
+        ])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(std::process::Stdio::piped());
+    let mut child = Child(child.spawn().unwrap());
+    // Keep reading its stdout (a closed pipe would end the server).
+    let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let url = first
+        .trim()
+        .strip_prefix("custos console listening on https://")
+        .unwrap_or_else(|| panic!("first line: {first}"));
+    let addr: SocketAddr = url.trim_end_matches('/').parse().unwrap();
+
+    // A client that trusts the certificate gets answers, with roles checked.
+    let trusting = tls_client(Some(&ck.cert));
+    let health = https_get(&trusting, addr, "/healthz", None).await.unwrap();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("ok\n"), "{health}");
+    let who = https_get(&trusting, addr, "/api/v1/whoami", Some(&f.tokens["ann"]))
+        .await
+        .unwrap();
+    assert!(who.starts_with("HTTP/1.1 200"), "{who}");
+    assert!(who.contains("\"ann\"") && who.contains("auditor"), "{who}");
+    let denied = https_get(&trusting, addr, "/api/v1/whoami", Some("cst_0"))
+        .await
+        .unwrap();
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+
+    // A client that does not trust it fails the handshake.
+    let wary = tls_client(None);
+    let e = https_get(&wary, addr, "/healthz", None).await.unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+
+    // Plain HTTP gets no HTTP answer on the TLS port; the server keeps
+    // serving TLS clients afterwards.
+    let plain = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    })
+    .await
+    .unwrap();
+    assert!(
+        !plain.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&plain)
+    );
+    let again = https_get(&trusting, addr, "/healthz", None).await.unwrap();
+    assert!(again.starts_with("HTTP/1.1 200"), "{again}");
+    drop(child);
+}

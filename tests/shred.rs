@@ -42,7 +42,8 @@ const TABLES: [(&str, &str); 4] = [
     ("cdrs", "customer_id"),
 ];
 
-fn policy_text(d: &Path, s3: &S3Server) -> String {
+/// The policy; `worm_dr` declares the off-site target write-once.
+fn policy_text_with(d: &Path, s3: &S3Server, worm_dr: bool) -> String {
     format!(
         r#"[policy]
 name = "crm"
@@ -85,6 +86,7 @@ url = "file://{d}/targets/primary"
 name = "dr"
 url = "{dr}"
 offsite = true
+worm = {worm_dr}
 
 [s3]
 endpoint = "{ep}"
@@ -98,13 +100,18 @@ grace = "7d"
         d = d.display(),
         vb = s3.url("keys-b", "crm"),
         dr = s3.url("crm-dr", "crm"),
-        ep = s3.endpoint()
+        ep = s3.endpoint(),
     )
 }
 
 /// Demo data, keys, init, and two snapshots on each target (the database
 /// changed by one "day" between them).
 async fn setup() -> Env {
+    setup_with(false).await
+}
+
+/// [`setup`], with the off-site target declared `worm = true` if asked.
+async fn setup_with(worm_dr: bool) -> Env {
     let s3 = S3Server::start();
     s3.create_bucket("keys-b");
     s3.create_bucket("crm-dr");
@@ -117,7 +124,7 @@ async fn setup() -> Env {
     custos::demo::generate(&db, custos::demo::DemoSize::Bytes(700_000), 7, &NoProgress).unwrap();
     let keys = custos::keys::init_keys(&d.join("keys")).unwrap();
     let policy_path = d.join("policy.toml");
-    fs::write(&policy_path, policy_text(&d, &s3)).unwrap();
+    fs::write(&policy_path, policy_text_with(&d, &s3, worm_dr)).unwrap();
     let policy = Policy::load(&policy_path).unwrap();
     custos::ops::init::init(&policy).await.unwrap();
     let mut versions = Vec::new();
@@ -589,4 +596,316 @@ async fn a_run_killed_after_its_journal_is_finished_by_the_next_run() {
         minus(db, out, |_, col| Some(format!("{col} = {id}")))
     })
     .await;
+}
+
+/// The pack objects under a target's root folder.
+fn packs(root: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = all_files(&root.join("data"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    v.sort();
+    v
+}
+
+fn target_cov<'a>(cert: &'a Value, name: &str) -> &'a Value {
+    cert["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == name)
+        .unwrap_or_else(|| panic!("no target {name} in {cert}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
+    let env = setup_with(true).await;
+    assert!(env.policy.targets[1].worm && !env.policy.targets[0].worm);
+    let primary_root = env.dir.join("targets/primary");
+    let dr_root = env.s3.root().join("crm-dr/crm");
+    let primary_before = packs(&primary_root);
+    let dr_before = packs(&dr_root);
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let req = |unit| custos::shred::Request {
+        unit,
+        reason: Some("test".into()),
+        request_ref: None,
+        requester: "dpo-test".into(),
+        now: true,
+    };
+    let run_opts = || custos::shred::RunOptions {
+        now: chrono::Utc::now(),
+        performer: "dpo-test".into(),
+        role: "retention".into(),
+        only: None,
+    };
+
+    // A period owns whole packs (one time key per pack): deleted on the
+    // primary, kept on the write-once copy.
+    custos::shred::request(
+        &env.policy,
+        &state,
+        &req(custos::shred::UnitSpec::Period(
+            "consumption:2026-01".into(),
+        )),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = custos::shred::run(&env.policy, &state, &run_opts())
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    let cert_path = certificates(&env).pop().unwrap();
+    let cert: Value = serde_json::from_str(&fs::read_to_string(&cert_path).unwrap()).unwrap();
+    let cert = &cert["body"];
+    let p = target_cov(cert, "primary");
+    let deleted = p["packs_deleted"].as_u64().unwrap();
+    assert!(deleted > 0, "{p}");
+    assert_eq!(p["packs_of_unit"].as_u64().unwrap(), deleted, "{p}");
+    assert_eq!(p["packs_shared"], 0, "{p}");
+    assert_eq!(p["worm"], false);
+    assert_eq!(p["residual"]["remains"], false, "{p}");
+    let primary_after = packs(&primary_root);
+    assert_eq!(
+        primary_after.len() as u64,
+        primary_before.len() as u64 - deleted
+    );
+    let d = target_cov(cert, "dr");
+    assert_eq!(d["worm"], true);
+    assert!(d["packs_of_unit"].as_u64().unwrap() > 0, "{d}");
+    assert_eq!(d["packs_deleted"], 0, "{d}");
+    assert_eq!(d["residual"]["remains"], true, "{d}");
+    let why = d["residual"]["why"].as_str().unwrap();
+    assert!(
+        why.contains("write-once") && why.contains("lock expires"),
+        "{why}"
+    );
+    assert_eq!(
+        packs(&dr_root),
+        dr_before,
+        "nothing deleted from the worm target"
+    );
+    assert!(
+        cert["residual_ciphertext"].as_str().unwrap().contains("dr"),
+        "{cert}"
+    );
+    // The text form names the residual per target.
+    let mut show = env.cli();
+    show.args(["certificates", "show"]).arg(&cert_path);
+    let text = stdout(&run(show));
+    assert!(
+        text.contains("residual ciphertext: remains (write-once"),
+        "{text}"
+    );
+
+    // Both targets still check clean and restore everything else.
+    for t in ["primary", "dr"] {
+        let c = custos::ops::check::check(&env.policy, Some(t), true, Arc::new(NoProgress))
+            .await
+            .unwrap();
+        assert!(c.ok, "check of {t} after the shred: {:?}", c.findings);
+    }
+    restore_all(&env, |db, out| {
+        minus(db, out, |t, _| {
+            (t == "cdrs").then(|| "started_at LIKE '2026-01%'".to_string())
+        })
+    })
+    .await;
+
+    // A subject's chunks share packs with other subjects: none is deleted
+    // and the certificate says why ciphertext remains.
+    let subject = busy_customer(&env.versions[0].1).to_string();
+    custos::shred::request(
+        &env.policy,
+        &state,
+        &req(custos::shred::UnitSpec::Subject(subject)),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = custos::shred::run(&env.policy, &state, &run_opts())
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    let cert_path = certificates(&env)
+        .into_iter()
+        .find(|c| c != &cert_path)
+        .unwrap();
+    let cert: Value = serde_json::from_str(&fs::read_to_string(&cert_path).unwrap()).unwrap();
+    let p = target_cov(&cert["body"], "primary");
+    assert!(p["packs_shared"].as_u64().unwrap() > 0, "{p}");
+    assert_eq!(p["packs_deleted"], 0, "{p}");
+    assert_eq!(p["residual"]["remains"], true, "{p}");
+    assert!(
+        p["residual"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("forgotten and pruned"),
+        "{p}"
+    );
+    assert_eq!(packs(&primary_root), primary_after);
+}
+
+/// Rewrites the policy file with `extra` appended to `[shred]` (the last
+/// table) and loads it.
+fn with_shred_extra(env: &Env, extra: &str) -> Policy {
+    let text = policy_text_with(&env.dir, &env.s3, false) + extra;
+    fs::write(&env.policy_path, text).unwrap();
+    Policy::load(&env.policy_path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimum_retention_refuses_young_units_and_a_policy_edit_cannot_lower_it() {
+    let env = setup().await;
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let req = |unit: custos::shred::UnitSpec, now: bool| custos::shred::Request {
+        unit,
+        reason: Some("test".into()),
+        request_ref: None,
+        requester: "dpo-test".into(),
+        now,
+    };
+    let period = |p: &str| custos::shred::UnitSpec::Period(p.into());
+    let t0 = chrono::Utc::now();
+
+    // A request made while the policy had no floor: pending, due in 7 days.
+    let plain = env.policy.clone();
+    custos::shred::request(
+        &plain,
+        &state,
+        &req(period("consumption:2026-02"), false),
+        t0,
+    )
+    .await
+    .unwrap();
+
+    // The floor appears: 400 days after the end of the period.
+    let strict = with_shred_extra(&env, "min_retention = { consumption = \"400d\" }\n");
+    let e = custos::shred::request(
+        &strict,
+        &state,
+        &req(period("consumption:2026-01"), true),
+        t0,
+    )
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(e, custos::shred::ShredError::BelowFloor { .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("2027-03-08T00:00:00Z"), "{msg}");
+    assert!(
+        msg.contains("consumption records of period 2026-01 must be kept 400d"),
+        "{msg}"
+    );
+    // An old enough period is accepted (2025-04 ends 2025-05-01; + 400d
+    // is 2026-06-05).
+    if t0 > chrono::DateTime::parse_from_rfc3339("2026-06-06T00:00:00Z").unwrap() {
+        custos::shred::request(
+            &strict,
+            &state,
+            &req(period("consumption:2025-04"), true),
+            t0,
+        )
+        .await
+        .unwrap();
+    }
+    // A subject whose usage records are young cannot be erased either, and
+    // the error names no subject id.
+    let subject = busy_customer(&env.versions[1].1).to_string();
+    let e = custos::shred::request(
+        &strict,
+        &state,
+        &req(custos::shred::UnitSpec::Subject(subject.clone()), true),
+        t0,
+    )
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the subject has consumption records of period 2026-03"),
+        "{msg}"
+    );
+    assert!(!msg.contains(&subject), "{msg}");
+
+    // The request made before the floor was recorded is due after its
+    // grace, but a run keeps it pending: too young.
+    let later = t0 + chrono::Duration::days(8);
+    let opts = custos::shred::RunOptions {
+        now: later,
+        performer: "job:crm/retention".into(),
+        role: "retention".into(),
+        only: None,
+    };
+    let r = custos::shred::run(&strict, &state, &opts).await.unwrap();
+    assert!(
+        r.destroyed
+            .iter()
+            .all(|d| d.unit.name != "consumption:2026-02"),
+        "{r:?}"
+    );
+    assert_eq!(r.below_floor.len(), 1, "{r:?}");
+    assert_eq!(r.below_floor[0].0.name, "consumption:2026-02");
+
+    // Lowering the policy value (or removing it) does not lower the floor.
+    for extra in ["min_retention = { consumption = \"1d\" }\n", ""] {
+        let lowered = with_shred_extra(&env, extra);
+        assert!(lowered
+            .shred
+            .min_retention
+            .values()
+            .all(|d| d.as_secs() == 86_400));
+        let e = custos::shred::request(
+            &lowered,
+            &state,
+            &req(period("consumption:2026-01"), true),
+            t0,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(e, custos::shred::ShredError::BelowFloor { .. }),
+            "{e}"
+        );
+        let r = custos::shred::run(&lowered, &state, &opts).await.unwrap();
+        assert_eq!(r.below_floor.len(), 1, "{r:?}");
+        let l = custos::shred::status(&lowered).await.unwrap();
+        assert_eq!(l.version, 2);
+        assert_eq!(l.floors.len(), 1);
+        assert_eq!(l.floors[0].class, "consumption");
+        assert_eq!(l.floors[0].seconds, 400 * 86_400);
+    }
+    // The CLI says so and exits 2 (bad input).
+    let mut c = env.cli();
+    c.args(["shred", "--policy"]).arg(&env.policy_path).args([
+        "--period",
+        "consumption:2026-01",
+        "--now",
+    ]);
+    let out = run_fail(c);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("may not be destroyed before 2027-03-08"),
+        "{err}"
+    );
+    // The period key is still there.
+    let v = custos::ops::open_vault(&env.policy).await.unwrap();
+    assert!(v.lookup(KeyKind::Period, "consumption:2026-01").is_some());
+    assert!(v.lookup(KeyKind::Period, "consumption:2026-02").is_some());
+
+    // Raising it is recorded.
+    let raised = with_shred_extra(&env, "min_retention = { consumption = \"500d\" }\n");
+    let _ = custos::shred::request(
+        &raised,
+        &state,
+        &req(period("consumption:2026-01"), true),
+        t0,
+    )
+    .await;
+    let l = custos::shred::status(&raised).await.unwrap();
+    assert_eq!(l.floors[0].seconds, 500 * 86_400);
+    assert!(l.floors[0].raised.is_some());
 }

@@ -143,6 +143,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
             | S::InProgress { .. }
             | S::AlreadyHeld { .. }
             | S::NotHeld { .. }
+            | S::BelowFloor { .. }
             | S::Keys(_) => 2,
             S::LedgerCorrupt { .. } | S::Incomplete { .. } => 3,
             _ => 1,

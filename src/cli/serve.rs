@@ -11,9 +11,16 @@ pub struct ServeArgs {
     /// Folder of the policy files (*.toml).
     #[arg(long)]
     policies: PathBuf,
-    /// Address to listen on (plain HTTP; put a TLS proxy in front).
+    /// Address to listen on (plain HTTP unless --tls-cert and --tls-key
+    /// are given).
     #[arg(long, default_value = "127.0.0.1:8470")]
     listen: String,
+    /// PEM certificate chain (leaf first): serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Users file (default: <policies>/users.json if present, else <state>/users.json).
     #[arg(long)]
     users: Option<PathBuf>,
@@ -71,22 +78,32 @@ pub async fn run(a: ServeArgs) -> Result<()> {
             .then(|| std::time::Duration::from_secs(a.background_secs)),
         replicate_audit: !a.no_audit_replication,
     };
+    // Read the certificate before listening: a bad file fails at once.
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(custos::console::tls::load_server_config(c, k)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     // The first line tells scripts and tests where to connect.
-    println!("custos console listening on http://{addr}/");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    println!("custos console listening on {scheme}://{addr}/");
     println!("users file: {}", users_file.display());
     if pubkey_path.is_none() {
         println!("warning: no public key found; audit checkpoints will not be checked");
     }
     super::audit::record(
-        custos::audit::Event::new("serve", "admin").detail(format!("listening on {addr}")),
+        custos::audit::Event::new("serve", "admin")
+            .detail(format!("listening on {scheme}://{addr}")),
     );
-    custos::console::serve(cfg, listener, async {
+    let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    };
+    match tls {
+        Some(tls) => custos::console::serve_tls(cfg, listener, tls, shutdown).await?,
+        None => custos::console::serve(cfg, listener, shutdown).await?,
+    }
     Ok(())
 }

@@ -164,7 +164,14 @@ fn print_run(r: &RunReport, json: bool) -> Result<()> {
         for (u, why) in &r.failed {
             println!("FAILED    {u}: {why}");
         }
-        if r.destroyed.is_empty() && r.held.is_empty() && r.failed.is_empty() {
+        for (_, why) in &r.below_floor {
+            println!("too young {why}");
+        }
+        if r.destroyed.is_empty()
+            && r.held.is_empty()
+            && r.failed.is_empty()
+            && r.below_floor.is_empty()
+        {
             println!("nothing due");
         }
     }

@@ -556,9 +556,10 @@ pub(crate) async fn shred(
             let code = match &e {
                 E::InvalidUnit { .. } => StatusCode::BAD_REQUEST,
                 E::UnknownUnit { .. } => StatusCode::NOT_FOUND,
-                E::AlreadyDestroyed { .. } | E::AlreadyPending { .. } | E::InProgress { .. } => {
-                    StatusCode::CONFLICT
-                }
+                E::AlreadyDestroyed { .. }
+                | E::AlreadyPending { .. }
+                | E::InProgress { .. }
+                | E::BelowFloor { .. } => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
             let _ = done(&app, &u, "shred.request", &name, Err(e.to_string()));

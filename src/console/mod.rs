@@ -20,6 +20,7 @@ mod api;
 pub mod data;
 mod html;
 mod metrics;
+pub mod tls;
 
 use crate::audit::{AuditLog, Event, Outcome};
 use crate::state::StateDir;
@@ -49,6 +50,8 @@ pub enum ConsoleError {
     },
     #[error("console server: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("TLS: {path}: {why}")]
+    Tls { path: PathBuf, why: String },
     #[error("policy directory {0} is not a readable directory; pass --policies with the folder of the policy files")]
     NoPolicies(PathBuf),
     #[error(transparent)]
@@ -179,6 +182,30 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ConsoleError> {
+    serve_on(cfg, listener, shutdown).await
+}
+
+/// [`serve`] over TLS: every connection accepted on `listener` is a TLS
+/// connection with `tls` (see [`tls::load_server_config`]).
+pub async fn serve_tls(
+    cfg: ConsoleConfig,
+    listener: tokio::net::TcpListener,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ConsoleError> {
+    let l = tls::TlsListener::new(listener, tls).map_err(ConsoleError::Serve)?;
+    serve_on(cfg, l, shutdown).await
+}
+
+async fn serve_on<L>(
+    cfg: ConsoleConfig,
+    listener: L,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ConsoleError>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let app = App::new(cfg)?;
     let bg = app
         .cfg

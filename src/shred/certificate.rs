@@ -76,6 +76,29 @@ pub struct Verification {
     pub result: String,
 }
 
+/// The certificate's overall residual statement, built from the per-target
+/// ones (`targets[].residual`).
+fn residual_summary(targets: &[TargetCoverage], sampled: u64) -> String {
+    let remaining: Vec<&str> = targets
+        .iter()
+        .filter(|t| t.residual.remains)
+        .map(|t| t.name.as_str())
+        .collect();
+    let deleted: u64 = targets.iter().map(|t| t.packs_deleted).sum();
+    let mut s = format!(
+        "{sampled} sampled chunk(s) of the unit were fetched before any deletion; {deleted} pack(s) holding only the unit's ciphertext were deleted. "
+    );
+    if remaining.is_empty() {
+        s.push_str("No ciphertext of the unit remains on any target listed.");
+    } else {
+        s.push_str(&format!(
+            "Unreadable ciphertext of the unit remains on: {} (see each target's `residual` for why); without the destroyed key it can be neither decrypted nor identified.",
+            remaining.join(", ")
+        ));
+    }
+    s
+}
+
 /// A stored certificate.
 #[derive(Clone, Debug, Serialize)]
 pub struct Issued {
@@ -163,9 +186,7 @@ pub async fn issue(
             targets_unverified: unverified,
             result: "passed: no vault object holds the key; no group of the unit resolves to a key".into(),
         },
-        residual_ciphertext: format!(
-            "The unit's ciphertext stays on every target listed ({sampled} sampled chunk(s) fetched and present) until the snapshots holding it are forgotten and pruned; without the destroyed key it can be neither decrypted nor identified. Shredding deletes no pack: packs may hold other units' data, and write-once (object-lock) copies keep theirs until the lock expires."
-        ),
+        residual_ciphertext: residual_summary(&o.targets, sampled),
     };
     let signing =
         crate::keys::load_signing_key(&crate::keys::signing_key_path_for(&policy.keys.identity))?;
@@ -343,15 +364,25 @@ fn rows(body: &Value) -> Vec<(String, String)> {
             out.push((
                 format!("Target {}", tg("name")),
                 format!(
-                    "{} ({}): {} snapshot(s) scanned, {} affected, {} group(s) / {} row(s), {} unreadable, {} chunk(s) sampled{}",
+                    "{} ({}{}): {} snapshot(s) scanned, {} affected, {} group(s) / {} row(s), {} unreadable, {} chunk(s) sampled; {} pack(s) deleted; residual ciphertext: {}{}",
                     tg("url"),
                     if t.get("offsite") == Some(&Value::Bool(true)) { "off-site" } else { "primary" },
+                    if t.get("worm") == Some(&Value::Bool(true)) { ", write-once" } else { "" },
                     tg("snapshots_scanned"),
                     t.get("snapshots_affected").and_then(Value::as_array).map_or(0, |a| a.len()),
                     tg("groups"),
                     tg("rows"),
                     tg("groups_unreadable"),
                     tg("sampled_chunks"),
+                    field(t.get("packs_deleted").unwrap_or(&Value::Null)),
+                    match t.get("residual") {
+                        Some(r) => format!(
+                            "{} ({})",
+                            if r.get("remains") == Some(&Value::Bool(true)) { "remains" } else { "none" },
+                            field(r.get("why").unwrap_or(&Value::Null))
+                        ),
+                        None => "-".into(),
+                    },
                     match t.get("error") {
                         Some(Value::String(e)) => format!("; NOT VERIFIED: {e}"),
                         _ => String::new(),

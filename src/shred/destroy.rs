@@ -12,18 +12,28 @@
 //!   under the unit's keys are counted, each must now fail to resolve to a
 //!   key through the fresh vault, and a sample of their chunks is fetched to
 //!   record what ciphertext remains (unreadable) on the target.
+//!
+//! Then, on every target where deletion is allowed (not `worm = true`), it
+//! deletes the packs that hold only chunks of the unit's groups
+//! ([`delete_unit_packs`]): packs are per group family (one time key), so a
+//! period or epoch unit usually owns whole packs, while a subject's chunks
+//! share packs with other subjects of the same period and stay until the
+//! snapshots holding them are forgotten and pruned. The certificate says,
+//! per target, what ciphertext remains and why.
 
 use super::ledger::JournalEntry;
 use super::{ShredError, Unit};
-use crate::crypto::MetaKey;
+use crate::crypto::{Id, MetaKey};
 use crate::ops::restore::{group_keys, GroupKeyProblem};
 use crate::policy::Policy;
 use crate::repo::cache::PackCache;
-use crate::repo::index::Index;
+use crate::repo::index::{index_path, Index, IndexFile};
+use crate::repo::pack::pack_path;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
 use crate::vault::{AbsenceReport, DestroyReport, KeyId, Vault, VaultError};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// How many chunks of the unit are fetched per target as a sample.
@@ -51,6 +61,27 @@ pub struct TargetCoverage {
     pub sampled_bytes: u64,
     /// Why the target could not be verified, if so.
     pub error: Option<String>,
+    /// The target is write-once (`worm = true`): nothing is deleted from it.
+    pub worm: bool,
+    /// Packs that hold only chunks of the unit (deleted unless `worm`).
+    pub packs_of_unit: u64,
+    /// Of those, the packs deleted by this destruction, and their bytes.
+    pub packs_deleted: u64,
+    pub bytes_deleted: u64,
+    /// Packs holding chunks of the unit and of other units (kept).
+    pub packs_shared: u64,
+    /// Whether ciphertext of the unit remains on the target, and why.
+    pub residual: Residual,
+}
+
+/// What ciphertext of a destroyed unit remains on one target.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Residual {
+    /// Unreadable ciphertext of the unit is still stored on the target.
+    pub remains: bool,
+    /// Why (write-once until lock expiry; shared packs until prune; ...),
+    /// or what was removed.
+    pub why: String,
 }
 
 /// The outcome of destroying one unit.
@@ -133,7 +164,8 @@ pub async fn destroy_unit(
             offsite: t.offsite,
             ..Default::default()
         };
-        if let Err(e) = scan_target(policy, t, &fresh, &j.key_ids, &mut cov).await {
+        let mut chunks = HashSet::new();
+        if let Err(e) = scan_target(policy, t, &fresh, &j.key_ids, &mut cov, &mut chunks).await {
             cov.error = Some(e.to_string());
         }
         if cov.groups_unreadable != cov.groups {
@@ -146,6 +178,21 @@ pub async fn destroy_unit(
                     cov.groups
                 ),
             ));
+        }
+        if cov.error.is_none() {
+            if let Err(e) = delete_unit_packs(policy, t, &fresh, &chunks, &mut cov).await {
+                cov.residual = Residual {
+                    remains: true,
+                    why: format!(
+                        "deleting the unit's packs failed ({e}); they stay, unreadable, until the snapshots holding them are forgotten and pruned"
+                    ),
+                };
+            }
+        } else {
+            cov.residual = Residual {
+                remains: true,
+                why: "the target could not be fully read, so no pack was deleted; its ciphertext of the unit stays, unreadable, until the snapshots holding it are forgotten and pruned".into(),
+            };
         }
         targets.push(cov);
     }
@@ -165,6 +212,7 @@ async fn scan_target(
     vault: &Vault,
     ids: &[KeyId],
     cov: &mut TargetCoverage,
+    chunks: &mut HashSet<Id>,
 ) -> Result<(), ShredError> {
     let target = crate::ops::open_target(policy, t, false)?;
     let meta = MetaKey::new(vault.meta_key());
@@ -203,6 +251,7 @@ async fn scan_target(
                         affected = true;
                         cov.groups += 1;
                         cov.rows += g.rows;
+                        chunks.extend(g.chunks.iter().copied());
                         if matches!(
                             group_keys(vault, g, &table.name),
                             Err(GroupKeyProblem::Shredded)
@@ -233,6 +282,16 @@ async fn scan_target(
                 if vault.key(&fs.key).is_none() {
                     cov.groups_unreadable += 1;
                 }
+                for pid in &fs.pages {
+                    let page = Page::load(&mut cache, &index, &meta, pid)
+                        .await
+                        .map_err(crate::ops::OpsError::from)?;
+                    if let Page::Files { files, .. } = page {
+                        for f in &files {
+                            chunks.extend(f.chunks.iter().copied());
+                        }
+                    }
+                }
             }
         }
         if affected {
@@ -240,4 +299,102 @@ async fn scan_target(
         }
     }
     Ok(())
+}
+
+/// Deletes, on one target, the packs that hold only chunks of the unit
+/// (`chunks`: every chunk of the unit's groups in any snapshot of the
+/// target), and records what remains in `cov.residual`.
+///
+/// Every index object is read afresh and its entry table compared with
+/// `chunks`: a pack all of whose chunks belong to the unit is the unit's
+/// alone; a pack with some is shared and kept. The caller holds the backup
+/// lock of the target, so no backup adds to or relies on these packs
+/// meanwhile. Each pack goes as prune deletes one: its index object first,
+/// then the pack, so an interruption leaves at most a pack in no index
+/// (deleted by the next prune). Nothing is deleted from a `worm` target.
+pub async fn delete_unit_packs(
+    policy: &Policy,
+    t: &crate::policy::TargetConfig,
+    vault: &Vault,
+    chunks: &HashSet<Id>,
+    cov: &mut TargetCoverage,
+) -> Result<(), ShredError> {
+    cov.worm = t.worm;
+    if chunks.is_empty() {
+        cov.residual = Residual {
+            remains: false,
+            why: "no chunk of the unit is stored on this target".into(),
+        };
+        return Ok(());
+    }
+    let target = crate::ops::open_target(policy, t, false)?;
+    let meta = MetaKey::new(vault.meta_key());
+    let mut own: Vec<(Id, u64)> = Vec::new();
+    for (path, _) in target.list("index/").await? {
+        let name = path.rsplit('/').next().unwrap_or("").to_string();
+        let bytes = target.get(&path).await?;
+        let object = format!("{}:{}", t.name, path);
+        let f = meta
+            .open("index", &name, &bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|b| IndexFile::decode(&object, &b).map_err(|e| e.to_string()))
+            .map_err(|why| {
+                ShredError::Certificate(format!(
+                    "index object {object} is unreadable ({why}); no pack of the target was deleted"
+                ))
+            })?;
+        let of_unit = f.entries.iter().filter(|e| chunks.contains(&e.id)).count();
+        if of_unit == 0 {
+            continue;
+        }
+        if of_unit == f.entries.len() {
+            own.push((f.pack, f.pack_size));
+        } else {
+            cov.packs_shared += 1;
+        }
+    }
+    cov.packs_of_unit = own.len() as u64;
+    if !t.worm {
+        for (pack, size) in &own {
+            target.delete(&index_path(pack)).await?;
+            target.delete(&pack_path(pack)).await?;
+            if target.head(&pack_path(pack)).await?.is_some() {
+                return Err(ShredError::Certificate(format!(
+                    "pack {} is still listed on target `{}` after its deletion",
+                    pack_path(pack),
+                    t.name
+                )));
+            }
+            cov.packs_deleted += 1;
+            cov.bytes_deleted += size;
+        }
+    }
+    cov.residual = residual(t.worm, cov.packs_of_unit, cov.packs_shared);
+    Ok(())
+}
+
+/// The residual statement of one target.
+fn residual(worm: bool, own: u64, shared: u64) -> Residual {
+    let mut why = Vec::new();
+    if worm && own > 0 {
+        why.push(format!(
+            "write-once target: {own} pack(s) holding only the unit's ciphertext are kept, unreadable, until their object lock expires (custos deletes nothing from a `worm` target)"
+        ));
+    } else if own > 0 {
+        why.push(format!(
+            "{own} pack(s) holding only the unit's ciphertext were deleted"
+        ));
+    }
+    if shared > 0 {
+        why.push(format!(
+            "{shared} pack(s) also hold other units' data: the unit's ciphertext in them stays, unreadable, until the snapshots holding it are forgotten and pruned"
+        ));
+    }
+    if own == 0 && shared == 0 {
+        why.push("no indexed pack holds the unit's chunks".into());
+    }
+    Residual {
+        remains: shared > 0 || (worm && own > 0),
+        why: why.join("; "),
+    }
 }

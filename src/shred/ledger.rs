@@ -14,8 +14,10 @@ use super::{ShredError, Unit};
 use crate::vault::{FenceRef, KeyId, Vault, LEDGER_RECORD};
 use serde::{Deserialize, Serialize};
 
-/// The ledger format version this code writes.
-pub const LEDGER_VERSION: u32 = 1;
+/// The ledger format version this code writes (2 added `floors`; version
+/// 1 is still read). A build that knows only version 1 refuses a version 2
+/// ledger, so it cannot ignore the recorded floors.
+pub const LEDGER_VERSION: u32 = 2;
 
 /// A destruction waiting for its grace period to end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +89,10 @@ pub struct Ledger {
     pub holds: Vec<Hold>,
     pub journal: Vec<JournalEntry>,
     pub history: Vec<Done>,
+    /// Minimum retention floors (version 2; absent in version 1), only
+    /// ever raised: see [`super::floor`].
+    #[serde(default)]
+    pub floors: Vec<super::floor::Floor>,
 }
 
 impl Ledger {
@@ -101,7 +107,7 @@ impl Ledger {
                     url: url.clone(),
                     reason: e.to_string(),
                 })?;
-            if l.format != "custos-shred-ledger" || l.version != LEDGER_VERSION {
+            if l.format != "custos-shred-ledger" || !(1..=LEDGER_VERSION).contains(&l.version) {
                 return Err(ShredError::LedgerCorrupt {
                     url,
                     reason: format!(
@@ -125,6 +131,7 @@ impl Ledger {
     /// vault location.
     pub async fn save(&mut self, vault: &Vault) -> Result<(), ShredError> {
         self.seq += 1;
+        self.version = LEDGER_VERSION;
         self.fences = self
             .journal
             .iter()

@@ -26,6 +26,7 @@
 
 pub mod certificate;
 pub mod destroy;
+pub mod floor;
 pub mod ledger;
 
 use crate::audit::{AuditError, AuditLog, Event, Outcome};
@@ -88,6 +89,14 @@ pub enum ShredError {
     Incomplete { unit: String, why: String },
     #[error("certificate: {0}")]
     Certificate(String),
+    #[error("{unit} may not be destroyed before {earliest}: {why}; the minimum retention recorded in the shred ledger cannot be lowered by editing the policy, so request it again after that time")]
+    BelowFloor {
+        unit: String,
+        earliest: String,
+        why: String,
+    },
+    #[error("cannot check the minimum retention of {unit}: {why}; nothing was scheduled; repair the primary target and try again")]
+    FloorUnverifiable { unit: String, why: String },
 }
 
 macro_rules! boxed_from {
@@ -291,6 +300,9 @@ pub async fn request(
                 unit: unit.to_string(),
             });
         }
+        if floor::sync(&mut ledger, policy, &req.requester, at) {
+            ledger.save(&vault).await?;
+        }
         let grace = if req.now {
             chrono::Duration::zero()
         } else {
@@ -299,6 +311,7 @@ pub async fn request(
         let due = at
             .checked_add_signed(grace)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        floor::check(policy, &vault, &ledger, &unit, due).await?;
         let p = Pending {
             unit,
             requested: rfc3339(at),
@@ -488,6 +501,9 @@ pub struct RunReport {
     pub waiting: Vec<Pending>,
     /// Failures: (unit, why). They stay pending or journalled.
     pub failed: Vec<(Unit, String)>,
+    /// Due, but their records are younger than the minimum retention
+    /// recorded in the ledger: kept pending, (unit, why).
+    pub below_floor: Vec<(Unit, String)>,
 }
 
 /// Destroys every journalled unit (finishing interrupted runs) and every
@@ -541,6 +557,7 @@ async fn run_locked(
     let mut vault = crate::ops::open_vault(policy).await?;
     let mut ledger = Ledger::load(&vault).await?;
     let mut report = RunReport::default();
+    floor::sync(&mut ledger, policy, &opts.performer, opts.now);
 
     // 1. Journal every due, unheld pending unit (one save for all).
     let mut keep = Vec::new();
@@ -557,6 +574,11 @@ async fn run_locked(
         }
         if ledger.hold_of(&p.unit).is_some() {
             report.held.push(p.unit.clone());
+            keep.push(p);
+            continue;
+        }
+        if let Err(e) = floor::check(policy, &vault, &ledger, &p.unit, opts.now).await {
+            report.below_floor.push((p.unit.clone(), e.to_string()));
             keep.push(p);
             continue;
         }

@@ -1,0 +1,325 @@
+//! Minimum retention floors (`[shred] min_retention`): per data class, the
+//! time a record must be kept after its period ends, set by law (e.g.
+//! usage records at least 180 days). A policy edit must not be able to
+//! undercut it, so the floor that counts is the one recorded in the
+//! shredding ledger (sealed at every vault location), not the policy's:
+//!
+//! * [`sync`] copies the policy's value into the ledger the first time a
+//!   class has one, and raises the recorded value when the policy asks for
+//!   more; a lower or missing policy value never lowers it.
+//! * [`check`] refuses to destroy a unit before its floor has passed:
+//!   a period or epoch unit `class:label` not before the end of the label's
+//!   period plus the class's floor; a subject (whose key covers every class)
+//!   not before the latest such time over every group of the subject in any
+//!   snapshot of the primary target (newest data is written there first),
+//!   so erasing a customer cannot destroy usage records the law still
+//!   requires.
+
+use super::ledger::Ledger;
+use super::{rfc3339, ShredError, Unit};
+use crate::crypto::{Id, MetaKey};
+use crate::policy::Policy;
+use crate::repo::cache::PackCache;
+use crate::repo::index::Index;
+use crate::repo::snapshot::Snapshot;
+use crate::repo::tree::Page;
+use crate::vault::{KeyKind, Vault};
+use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// One recorded floor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Floor {
+    /// The data class (`consumption`, ...).
+    pub class: String,
+    /// The minimum retention after the end of a period, in seconds.
+    pub seconds: u64,
+    /// When it was first recorded (RFC 3339 UTC).
+    pub recorded: String,
+    /// When it was last raised, if ever (RFC 3339 UTC).
+    pub raised: Option<String>,
+    /// Who recorded or last raised it.
+    pub by: String,
+}
+
+/// Records the policy's `min_retention` values in the ledger: a class seen
+/// for the first time is added, a higher value raises the recorded one, a
+/// lower or missing one changes nothing. Returns whether the ledger changed
+/// (the caller saves it).
+pub fn sync(ledger: &mut Ledger, policy: &Policy, actor: &str, at: DateTime<Utc>) -> bool {
+    let mut changed = false;
+    for (class, d) in &policy.shred.min_retention {
+        let secs = d.as_secs();
+        match ledger.floors.iter_mut().find(|f| f.class == class.as_str()) {
+            Some(f) if f.seconds >= secs => {
+                if f.seconds > secs {
+                    tracing::warn!(
+                        policy = %policy.name,
+                        class = class.as_str(),
+                        "[shred] min_retention is lower than the floor recorded in the shred ledger; the recorded floor stays in force"
+                    );
+                }
+            }
+            Some(f) => {
+                f.seconds = secs;
+                f.raised = Some(rfc3339(at));
+                f.by = actor.to_string();
+                changed = true;
+            }
+            None => {
+                ledger.floors.push(Floor {
+                    class: class.as_str().to_string(),
+                    seconds: secs,
+                    recorded: rfc3339(at),
+                    raised: None,
+                    by: actor.to_string(),
+                });
+                changed = true;
+            }
+        }
+    }
+    ledger.floors.sort_by(|a, b| a.class.cmp(&b.class));
+    changed
+}
+
+/// The recorded floor of a class.
+pub fn floor_of<'a>(ledger: &'a Ledger, class: &str) -> Option<&'a Floor> {
+    ledger.floors.iter().find(|f| f.class == class)
+}
+
+/// The end (exclusive, UTC) of a period or epoch label: `YYYY`, `YYYY-MM`,
+/// `YYYY-MM-DD` or `YYYY-Qn`.
+pub fn label_end(label: &str) -> Option<DateTime<Utc>> {
+    let start = |y: i32, m: u32, d: u32| {
+        NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(0, 0, 0))
+    };
+    let next_month = |y: i32, m: u32| if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let end = match label.len() {
+        4 => start(label.parse::<i32>().ok()? + 1, 1, 1)?,
+        7 if &label[4..6] == "-Q" => {
+            let y: i32 = label[..4].parse().ok()?;
+            let q: u32 = label[6..].parse().ok()?;
+            if !(1..=4).contains(&q) {
+                return None;
+            }
+            let (y, m) = next_month(y, q * 3);
+            start(y, m, 1)?
+        }
+        7 => {
+            let y: i32 = label[..4].parse().ok()?;
+            let m: u32 = label[5..].parse().ok()?;
+            start(y, m, 1)?;
+            let (y, m) = next_month(y, m);
+            start(y, m, 1)?
+        }
+        10 => {
+            let d = NaiveDate::parse_from_str(label, "%Y-%m-%d").ok()?;
+            d.succ_opt()?.and_hms_opt(0, 0, 0)?
+        }
+        _ => return None,
+    };
+    if end.year() < 1 {
+        return None;
+    }
+    Some(Utc.from_utc_datetime(&end))
+}
+
+fn human(secs: u64) -> String {
+    if secs.is_multiple_of(86_400) {
+        format!("{}d", secs / 86_400)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// The earliest time a record of `class` in period `label` may be
+/// destroyed, with the reason, if the class has a floor.
+fn earliest(ledger: &Ledger, class: &str, label: &str) -> Option<(DateTime<Utc>, String)> {
+    let f = floor_of(ledger, class)?;
+    let Some(end) = label_end(label) else {
+        // A label this code cannot place in time: keep it for the floor
+        // from now on, never destroy it early.
+        return Some((
+            DateTime::<Utc>::MAX_UTC,
+            format!("its {class} period `{label}` has no known end"),
+        ));
+    };
+    let t = end
+        .checked_add_signed(chrono::Duration::seconds(f.seconds as i64))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    Some((
+        t,
+        format!(
+            "{class} records of period {label} must be kept {} after the period ends (floor recorded {} in the shred ledger)",
+            human(f.seconds),
+            f.raised.as_deref().unwrap_or(&f.recorded)
+        ),
+    ))
+}
+
+/// Refuses (with [`ShredError::BelowFloor`]) to destroy `unit` at `when`
+/// if that would destroy records younger than their class's recorded floor.
+pub async fn check(
+    policy: &Policy,
+    vault: &Vault,
+    ledger: &Ledger,
+    unit: &Unit,
+    when: DateTime<Utc>,
+) -> Result<(), ShredError> {
+    if ledger.floors.is_empty() {
+        return Ok(());
+    }
+    let worst = match unit.kind {
+        KeyKind::Period | KeyKind::Epoch => {
+            let (class, label) = unit.name.split_once(':').unwrap_or((&unit.name, ""));
+            earliest(ledger, class, label)
+        }
+        KeyKind::Subject => subject_earliest(policy, vault, ledger, unit).await?,
+    };
+    match worst {
+        Some((t, why)) if t > when => Err(ShredError::BelowFloor {
+            unit: unit.to_string(),
+            earliest: if t == DateTime::<Utc>::MAX_UTC {
+                "never (see why)".to_string()
+            } else {
+                rfc3339(t)
+            },
+            why,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The latest "earliest destruction time" over every group of a subject in
+/// any snapshot of the primary target.
+async fn subject_earliest(
+    policy: &Policy,
+    vault: &Vault,
+    ledger: &Ledger,
+    unit: &Unit,
+) -> Result<Option<(DateTime<Utc>, String)>, ShredError> {
+    let ids: Vec<_> = vault
+        .entries()
+        .into_iter()
+        .filter(|e| e.kind == KeyKind::Subject && e.name == unit.name)
+        .map(|e| e.key_id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let target = crate::ops::open_target(policy, policy.primary(), false)?;
+    let meta = MetaKey::new(vault.meta_key());
+    let (snaps, bad) = Snapshot::list(&target, &meta)
+        .await
+        .map_err(crate::ops::OpsError::from)?;
+    if let Some(e) = bad.first() {
+        return Err(ShredError::FloorUnverifiable {
+            unit: unit.to_string(),
+            why: format!("a snapshot of the primary target is unreadable ({e})"),
+        });
+    }
+    let index = Index::load(&target, &meta)
+        .await
+        .map_err(crate::ops::OpsError::from)?;
+    let mut cache = PackCache::new(Arc::new(target), 8);
+    let mut seen: HashSet<Id> = HashSet::new();
+    let mut seen_units: HashSet<Arc<str>> = HashSet::new();
+    let mut worst: Option<(DateTime<Utc>, String)> = None;
+    for snap in &snaps {
+        for table in snap.record_tables() {
+            for pid in &table.pages {
+                if !seen.insert(*pid) {
+                    continue;
+                }
+                let page = Page::load(&mut cache, &index, &meta, pid)
+                    .await
+                    .map_err(crate::ops::OpsError::from)?;
+                let Page::Groups { groups, .. } = page else {
+                    continue;
+                };
+                for g in &groups {
+                    if !g.s.as_ref().is_some_and(|s| ids.contains(s)) {
+                        continue;
+                    }
+                    if !seen_units.insert(g.u.clone()) {
+                        continue;
+                    }
+                    // `period:<class>:<label>` or `epoch:<class>:<label>`.
+                    let mut parts = g.u.splitn(3, ':');
+                    let (_, class, label) = (parts.next(), parts.next(), parts.next());
+                    let (Some(class), Some(label)) = (class, label) else {
+                        continue;
+                    };
+                    if let Some((t, why)) = earliest(ledger, class, label) {
+                        if worst.as_ref().is_none_or(|(w, _)| t > *w) {
+                            worst = Some((t, format!("the subject has {why}")));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(worst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_ends() {
+        let t = |s: &str| label_end(s).map(rfc3339);
+        assert_eq!(t("2026").as_deref(), Some("2027-01-01T00:00:00Z"));
+        assert_eq!(t("2026-03").as_deref(), Some("2026-04-01T00:00:00Z"));
+        assert_eq!(t("2026-12").as_deref(), Some("2027-01-01T00:00:00Z"));
+        assert_eq!(t("2026-02-28").as_deref(), Some("2026-03-01T00:00:00Z"));
+        assert_eq!(t("2026-Q4").as_deref(), Some("2027-01-01T00:00:00Z"));
+        assert_eq!(t("2026-Q1").as_deref(), Some("2026-04-01T00:00:00Z"));
+        assert_eq!(t("2026-Q5"), None);
+        assert_eq!(t("2026-13"), None);
+        assert_eq!(t("26-03"), None);
+    }
+
+    const POLICY: &str = "[policy]\nname = \"crm\"\n\n[store]\nkind = \"sqlite\"\npath = \"/x/crm.db\"\n\n[[store.tables]]\nname = \"cdrs\"\nclass = \"consumption\"\nretain = { after = \"t\", for = \"90d\" }\n\n[keys]\nidentity = \"/x/service.age\"\nrecipients = []\nvault = [\"file:///x/v\"]\n\n[[targets]]\nname = \"p\"\nurl = \"file:///x/t\"\n\n[shred]\n";
+
+    fn load(extra: &str) -> Result<Policy, String> {
+        Policy::from_str(&format!("{POLICY}{extra}"), std::path::Path::new("p.toml"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn policy_min_retention_is_checked() {
+        let p = load("min_retention = { consumption = \"60d\" }\n").unwrap();
+        assert_eq!(
+            p.shred.min_retention[&crate::policy::DataClass::Consumption].as_secs(),
+            60 * 86_400
+        );
+        let e = load("min_retention = { usage = \"60d\" }\n").unwrap_err();
+        assert!(e.contains("`usage` is not a data class"), "{e}");
+        let e = load("min_retention = { consumption = \"180d\" }\n").unwrap_err();
+        assert!(
+            e.contains("shred.min_retention.consumption") && e.contains("retain.for"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sync_records_and_only_raises() {
+        let mut l = Ledger::default();
+        let t = Utc::now();
+        let p60 = load("min_retention = { consumption = \"60d\" }\n").unwrap();
+        let p30 = load("min_retention = { consumption = \"30d\" }\n").unwrap();
+        let p80 = load("min_retention = { consumption = \"80d\" }\n").unwrap();
+        let none = load("").unwrap();
+        assert!(sync(&mut l, &p60, "a", t));
+        assert!(!sync(&mut l, &p30, "b", t));
+        assert!(!sync(&mut l, &none, "b", t));
+        assert_eq!(l.floors[0].seconds, 60 * 86_400);
+        assert!(sync(&mut l, &p80, "c", t));
+        assert_eq!(l.floors[0].seconds, 80 * 86_400);
+        assert_eq!(l.floors[0].by, "c");
+    }
+}
