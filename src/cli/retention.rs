@@ -164,6 +164,9 @@ fn print_text(r: &ApplyReport) {
     for p in &r.snapshots {
         print_prune(p);
     }
+    for t in &r.write_once_skipped {
+        println!("target {t}: write-once, nothing forgotten or pruned (objects stay until the lock expires)");
+    }
     println!(
         "due for destruction as of {}: {}",
         r.as_of,

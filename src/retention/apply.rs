@@ -50,6 +50,9 @@ pub struct ApplyReport {
     pub dry_run: bool,
     /// Forget + prune, per target.
     pub snapshots: Vec<crate::ops::prune::PruneReport>,
+    /// Write-once (`worm = true`) targets: nothing is forgotten or pruned
+    /// there (their objects stay until the bucket's lock expires).
+    pub write_once_skipped: Vec<String>,
     /// Units whose retention has ended (subjects by pseudonym only).
     pub due: Vec<DueUnit>,
     /// Due units newly scheduled for destruction by this run.
@@ -86,6 +89,7 @@ pub async fn apply(
         as_of: opts.now.to_rfc3339_opts(SecondsFormat::Secs, true),
         dry_run: opts.dry_run,
         snapshots: Vec::new(),
+        write_once_skipped: Vec::new(),
         due: Vec::new(),
         scheduled: Vec::new(),
         pending: Vec::new(),
@@ -115,6 +119,10 @@ pub async fn apply(
         }
     };
     for name in names {
+        if policy.target(&name).is_some_and(|t| t.worm) {
+            rep.write_once_skipped.push(name);
+            continue;
+        }
         let po = crate::ops::prune::PruneOptions {
             target: Some(name.clone()),
             dry_run: opts.dry_run,
