@@ -260,6 +260,7 @@ async fn backup_locked(
         window_budget: opts.window_budget,
         threads: opts.workers.max(1),
         pack_cache: None,
+        scratch: Vec::new(),
     };
     let read_result = tokio::task::spawn_blocking(move || reader.run())
         .await
@@ -528,6 +529,8 @@ struct ReaderCtx {
     threads: usize,
     /// Metadata packs read to reuse the parent's tree pages.
     pack_cache: Option<PackCache>,
+    /// A buffer for window digests, kept from one window to the next.
+    scratch: Vec<u8>,
 }
 
 /// Rows of one table read in storage order, gathered by group until the
@@ -962,7 +965,7 @@ impl ReaderCtx {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
         }
-        let digest = hex::encode(window.digest(h, &mut Vec::new()));
+        let digest = hex::encode(window.digest(h, &mut self.scratch));
         let rows = window.rows.len() as u64;
         if let Some((mark, pages)) = prior.get(&digest) {
             let sum = parse_sum(&mark.checksum);
@@ -1014,31 +1017,31 @@ impl ReaderCtx {
         let cache = self
             .pack_cache
             .get_or_insert_with(|| PackCache::new(target, 4));
-        let mut loaded = Vec::with_capacity(pages.len());
+        let mut chunks = 0u64;
+        // One page at a time: the vault is locked only between loads.
         for id in pages {
-            match self
+            let groups = match self
                 .handle
                 .block_on(Page::load(cache, &self.index, &self.meta, id))
             {
                 Ok(Page::Groups {
                     table: t, groups, ..
-                }) if t == table => loaded.push(groups),
+                }) if t == table => groups,
                 Ok(_) => return Ok(false),
                 Err(e) => {
                     tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored again");
                     return Ok(false);
                 }
+            };
+            let vault = self.vault.blocking_lock();
+            for g in &groups {
+                let keys_there = vault.key(&g.t).is_some()
+                    && g.s.as_ref().is_none_or(|s| vault.key(s).is_some());
+                if !keys_there || !g.chunks.iter().all(|c| self.index.chunks.contains_key(c)) {
+                    return Ok(false);
+                }
+                chunks += g.chunks.len() as u64;
             }
-        }
-        let vault = self.vault.blocking_lock();
-        let mut chunks = 0u64;
-        for g in loaded.iter().flatten() {
-            let keys_there =
-                vault.key(&g.t).is_some() && g.s.as_ref().is_none_or(|s| vault.key(s).is_some());
-            if !keys_there || !g.chunks.iter().all(|c| self.index.chunks.contains_key(c)) {
-                return Ok(false);
-            }
-            chunks += g.chunks.len() as u64;
         }
         self.counters
             .chunks
@@ -1564,6 +1567,48 @@ mod tests {
             w.clear();
             assert!(w.slots.is_empty() && w.bytes == 0);
         }
+    }
+
+    fn digest_of(rows: &[(GroupCoords, &[u8])]) -> [u8; 32] {
+        let mut w = Window::default();
+        for (c, r) in rows {
+            w.add(c, r);
+        }
+        w.digest(blake3::Hasher::new_keyed(&[7; 32]), &mut Vec::new())
+    }
+
+    #[test]
+    fn window_digest_changes_with_any_row_byte_split_or_group() {
+        let (a, b) = (c(Some("a"), Some("2026-01")), c(Some("b"), Some("2026-01")));
+        let base = digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-2")]);
+        assert_eq!(
+            base,
+            digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-2")])
+        );
+        let variants = [
+            digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-3")]),
+            digest_of(&[(a.clone(), b"row-1r"), (b.clone(), b"ow-2")]),
+            digest_of(&[(a.clone(), b"row-1"), (a.clone(), b"row-2")]),
+            digest_of(&[(b.clone(), b"row-2"), (a.clone(), b"row-1")]),
+            digest_of(&[(a.clone(), b"row-1"), (c(Some("b"), None), b"row-2")]),
+            digest_of(&[(a.clone(), b"row-1")]),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(&base, v, "variant {i}");
+        }
+    }
+
+    #[test]
+    fn anchors_are_about_one_per_8_kib_of_rows() {
+        let mut n = 0;
+        let mut bytes = 0usize;
+        for i in 0..200_000u64 {
+            let row = format!("{i:>12}-{}", "x".repeat((i % 90) as usize));
+            bytes += row.len();
+            n += is_anchor(row.as_bytes()) as usize;
+        }
+        let per = bytes / n.max(1);
+        assert!((4096..16384).contains(&per), "{per} bytes per anchor");
     }
 
     #[test]
