@@ -340,6 +340,16 @@ impl MetaKey {
 
     /// A keyed hash under the metadata key, for content-addressed metadata
     /// (tree nodes) and keyed checksums.
+    /// A keyed BLAKE3 hasher for `domain` (the same key and domain
+    /// separation as [`keyed_hash`](Self::keyed_hash)), for digests of data
+    /// fed in pieces.
+    pub fn keyed_hasher(&self, domain: &str) -> blake3::Hasher {
+        let mut h = blake3::Hasher::new_keyed(self.mac.expose());
+        h.update(domain.as_bytes());
+        h.update(&[0]);
+        h
+    }
+
     pub fn keyed_hash(&self, domain: &str, data: &[u8]) -> Id {
         let mut h = blake3::Hasher::new_keyed(self.mac.expose());
         h.update(domain.as_bytes());

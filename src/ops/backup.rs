@@ -21,7 +21,8 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::pack::{pack_path, seal_chunk, Codec, PackWriter};
 use crate::repo::snapshot::{
-    FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo, TableEntry,
+    FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
+    TableEntry, WindowMark,
 };
 use crate::repo::tree::{
     FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
@@ -92,6 +93,9 @@ pub struct BackupReport {
     pub new_bytes_stored: u64,
     /// bytes_read / new_bytes_stored.
     pub dedup_ratio: f64,
+    /// Rows in read windows whose content matched a window of the parent
+    /// snapshot, whose tree pages were reused without chunking them again.
+    pub rows_reused: u64,
     pub duration_s: f64,
     pub tables: Vec<TableSummary>,
 }
@@ -127,6 +131,7 @@ struct Counters {
     packs: AtomicU64,
     chunks: AtomicU64,
     new_chunks: AtomicU64,
+    rows_reused: AtomicU64,
 }
 
 /// The first error any stage hit (later ones are consequences).
@@ -183,7 +188,12 @@ async fn backup_locked(
     let index = Arc::new(Index::load(&target, &meta).await?);
     progress.finish_phase();
     let (parents, _) = Snapshot::list(&target, &meta).await?;
-    let parent = parents.last().cloned();
+    // The parent: this policy's latest snapshot (a target may hold others).
+    let parent = parents
+        .iter()
+        .rev()
+        .find(|p| p.policy == policy.name)
+        .cloned();
     let target = Arc::new(target);
     let meta = Arc::new(meta);
     let vault: SharedVault = Arc::new(tokio::sync::Mutex::new(vault));
@@ -249,6 +259,8 @@ async fn backup_locked(
         pages_out: sealed_pages,
         window_budget: opts.window_budget,
         threads: opts.workers.max(1),
+        pack_cache: None,
+        scratch: Vec::new(),
     };
     let read_result = tokio::task::spawn_blocking(move || reader.run())
         .await
@@ -332,6 +344,7 @@ async fn backup_locked(
         } else {
             snapshot.stats.bytes_read as f64 / stored as f64
         },
+        rows_reused: counters.rows_reused.load(Ordering::Relaxed),
         duration_s: duration,
         tables,
     })
@@ -514,6 +527,10 @@ struct ReaderCtx {
     window_budget: usize,
     /// Threads that chunk and hash a window's groups.
     threads: usize,
+    /// Metadata packs read to reuse the parent's tree pages.
+    pack_cache: Option<PackCache>,
+    /// A buffer for window digests, kept from one window to the next.
+    scratch: Vec<u8>,
 }
 
 /// Rows of one table read in storage order, gathered by group until the
@@ -605,6 +622,60 @@ impl Window {
         })
     }
 
+    /// Whether the window ends after `row`, just added: once it holds
+    /// `budget` bytes, at the next anchor row (one every 8 KiB of rows on
+    /// average, chosen by the row's content), or at twice the budget. Because anchors are
+    /// rows, not offsets, window limits fall at the same rows from one
+    /// backup to the next even after earlier rows changed size, so the
+    /// windows after a change line up with the parent's again.
+    fn full(&self, budget: usize, row: &[u8]) -> bool {
+        self.bytes >= budget && (is_anchor(row) || self.bytes >= budget.saturating_mul(2))
+    }
+
+    /// The window's content, digested: every row in read order with its
+    /// length and group (the rows' links and each group's coordinates and
+    /// first row), after what `h` already holds. Two windows have the same
+    /// digest only if they hold the same rows in the same order under the
+    /// same group coordinates.
+    fn digest(&self, mut h: blake3::Hasher, scratch: &mut Vec<u8>) -> [u8; 32] {
+        h.update(&(self.rows.len() as u64).to_le_bytes());
+        h.update(&(self.arena.len() as u64).to_le_bytes());
+        h.update(&self.arena);
+        scratch.clear();
+        for &(_, len, next) in &self.rows {
+            scratch.extend_from_slice(&len.to_le_bytes());
+            scratch.extend_from_slice(&next.to_le_bytes());
+        }
+        h.update(scratch);
+        h.update(&(self.slots.len() as u64).to_le_bytes());
+        for s in &self.slots {
+            for part in [&s.coords.subject, &s.coords.bucket] {
+                match part {
+                    None => {
+                        h.update(&[0]);
+                    }
+                    Some(v) => {
+                        h.update(&[1]);
+                        h.update(&(v.len() as u64).to_le_bytes());
+                        h.update(v.as_bytes());
+                    }
+                }
+            }
+            h.update(&s.first.to_le_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+
+    /// The window's share of the table checksum (FORMAT: the wrapping sum
+    /// of `keyed_hash("row", row)[..16]`).
+    fn checksum(&self, meta: &MetaKey) -> u128 {
+        self.rows.iter().fold(0u128, |sum, &(start, len, _)| {
+            let row = &self.arena[start as usize..(start + len) as usize];
+            let h = meta.keyed_hash("row", row);
+            sum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()))
+        })
+    }
+
     /// Empties the window, keeping its buffers.
     fn clear(&mut self) {
         self.by_hash.clear();
@@ -638,6 +709,69 @@ fn coords_hash(c: &GroupCoords) -> u64 {
         }
     }
     h
+}
+
+/// Whether a row ends a full window: about one in every 8 KiB of rows, by a
+/// fast hash of its encoding (which starts with its rowid or key).
+fn is_anchor(row: &[u8]) -> bool {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let mut h = row.len() as u64;
+    let mut it = row.chunks_exact(8);
+    for w in &mut it {
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(K);
+    }
+    let mut last = [0u8; 8];
+    last[..it.remainder().len()].copy_from_slice(it.remainder());
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    // One byte in 8 KiB: a row is an anchor with probability len / 8192,
+    // so anchors are about 8 KiB of rows apart whatever the row size.
+    (h >> 51) < row.len() as u64
+}
+
+/// What a table's windows add up to, window by window.
+#[derive(Default)]
+struct TableAcc {
+    pages: Vec<Id>,
+    groups: u64,
+    checksum: u128,
+    windows: Vec<WindowMark>,
+}
+
+/// The parent snapshot's windows of one table, by digest, each with its
+/// tree pages.
+type PriorWindows = HashMap<String, (WindowMark, Vec<Id>)>;
+
+/// The windows of `table` (same class) in the parent snapshot; none if the
+/// parent has no such table, recorded no windows, or its window page
+/// counts do not add up to its pages.
+fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWindows {
+    let mut out = HashMap::new();
+    let Some(t) = parent.and_then(|p| {
+        p.record_tables()
+            .iter()
+            .find(|t| t.name == table && t.class == class)
+    }) else {
+        return out;
+    };
+    let mut at = 0usize;
+    for w in &t.windows {
+        let end = at.saturating_add(w.pages as usize);
+        if end > t.pages.len() {
+            return HashMap::new();
+        }
+        out.insert(w.digest.clone(), (w.clone(), t.pages[at..end].to_vec()));
+        at = end;
+    }
+    if at != t.pages.len() {
+        return HashMap::new();
+    }
+    out
+}
+
+/// A checksum share written as hex of a u128 LE.
+fn parse_sum(hex_sum: &str) -> Option<u128> {
+    let b: [u8; 16] = hex::decode(hex_sum).ok()?.try_into().ok()?;
+    Some(u128::from_le_bytes(b))
 }
 
 /// A `Hasher` for keys that are already hashes.
@@ -810,9 +944,114 @@ impl ReaderCtx {
         Ok(())
     }
 
+    /// Stores a window: reuses the parent's tree pages of a window with the
+    /// same digest when every key and blob they name is still there, or else
+    /// chunks and stores every group, in (bucket, subject) order, on pages
+    /// of its own.
+    fn flush_window(
+        &mut self,
+        window: &mut Window,
+        table: &str,
+        class: &str,
+        acc: &mut TableAcc,
+        prior: &PriorWindows,
+    ) -> Result<(), OpsError> {
+        if window.rows.is_empty() {
+            return Ok(());
+        }
+        let epoch = self.policy.store.epoch.label(self.now);
+        let mut h = self.meta.keyed_hasher("window");
+        for part in [table, class, epoch.as_str()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        let digest = hex::encode(window.digest(h, &mut self.scratch));
+        let rows = window.rows.len() as u64;
+        if let Some((mark, pages)) = prior.get(&digest) {
+            let sum = parse_sum(&mark.checksum);
+            if let Some(sum) =
+                sum.filter(|_| mark.rows == rows && mark.bytes == window.bytes as u64)
+            {
+                if self.reusable(table, pages)? {
+                    acc.pages.extend_from_slice(pages);
+                    acc.groups += mark.groups;
+                    acc.checksum = acc.checksum.wrapping_add(sum);
+                    acc.windows.push(mark.clone());
+                    self.counters.rows_reused.fetch_add(rows, Ordering::Relaxed);
+                    window.clear();
+                    return Ok(());
+                }
+            }
+        }
+        let checksum = window.checksum(&self.meta);
+        let pages_before = acc.pages.len();
+        let mut pager = GroupPager::default();
+        let n = self.store_groups(window, table, class, &mut pager, &mut acc.pages)?;
+        if let Some(p) = pager.finish() {
+            acc.pages.push(self.store_page(Page::Groups {
+                version: PAGE_VERSION,
+                table: table.to_string(),
+                groups: p,
+            })?);
+        }
+        acc.groups += n;
+        acc.checksum = acc.checksum.wrapping_add(checksum);
+        acc.windows.push(WindowMark {
+            digest,
+            rows,
+            bytes: window.bytes as u64,
+            groups: n,
+            checksum: hex::encode(checksum.to_le_bytes()),
+            pages: (acc.pages.len() - pages_before) as u64,
+        });
+        window.clear();
+        Ok(())
+    }
+
+    /// Whether the parent's tree pages of a window can stand in this
+    /// snapshot: each is a readable page of `table` whose every group's
+    /// keys are still in the vault (not destroyed, not being destroyed) and
+    /// whose every chunk is indexed. Counts their blobs when they can.
+    fn reusable(&mut self, table: &str, pages: &[Id]) -> Result<bool, OpsError> {
+        let target = self.target.clone();
+        let cache = self
+            .pack_cache
+            .get_or_insert_with(|| PackCache::new(target, 4));
+        let mut chunks = 0u64;
+        // One page at a time: the vault is locked only between loads.
+        for id in pages {
+            let groups = match self
+                .handle
+                .block_on(Page::load(cache, &self.index, &self.meta, id))
+            {
+                Ok(Page::Groups {
+                    table: t, groups, ..
+                }) if t == table => groups,
+                Ok(_) => return Ok(false),
+                Err(e) => {
+                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored again");
+                    return Ok(false);
+                }
+            };
+            let vault = self.vault.blocking_lock();
+            for g in &groups {
+                let keys_there = vault.key(&g.t).is_some()
+                    && g.s.as_ref().is_none_or(|s| vault.key(s).is_some());
+                if !keys_there || !g.chunks.iter().all(|c| self.index.chunks.contains_key(c)) {
+                    return Ok(false);
+                }
+                chunks += g.chunks.len() as u64;
+            }
+        }
+        self.counters
+            .chunks
+            .fetch_add(chunks + pages.len() as u64, Ordering::Relaxed);
+        Ok(true)
+    }
+
     /// Chunks and stores every group of a window, in (bucket, subject)
     /// order; returns how many group runs it wrote.
-    fn flush_window(
+    fn store_groups(
         &mut self,
         window: &mut Window,
         table: &str,
@@ -908,7 +1147,6 @@ impl ReaderCtx {
                 }
             }
         }
-        window.clear();
         Ok(n)
     }
 
@@ -971,11 +1209,9 @@ impl ReaderCtx {
             let total = src.row_count(ts).ok();
             self.progress
                 .phase(&format!("reading {}", ts.name), total, "rows");
-            let mut pager = GroupPager::default();
-            let mut pages = Vec::new();
+            let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
+            let mut acc = TableAcc::default();
             let mut window = Window::default();
-            let mut groups = 0u64;
-            let mut checksum: u128 = 0;
             let mut rows = 0u64;
             let mut tbytes = 0u64;
             let mut since_progress = 0u64;
@@ -993,12 +1229,8 @@ impl ReaderCtx {
                     window.add(coords, row);
                     rows += 1;
                     tbytes += row.len() as u64;
-                    let h = self.meta.keyed_hash("row", row);
-                    checksum =
-                        checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
-                    if window.bytes >= budget {
-                        groups +=
-                            self.flush_window(&mut window, &name, &class, &mut pager, &mut pages)?;
+                    if window.full(budget, row) {
+                        self.flush_window(&mut window, &name, &class, &mut acc, &prior)?;
                     }
                     since_progress += 1;
                     if since_progress == 4096 {
@@ -1013,14 +1245,7 @@ impl ReaderCtx {
                 Err(ScanError::Store(e)) => return Err(e.into()),
                 Err(ScanError::Sink(e)) => return Err(e),
             }
-            groups += self.flush_window(&mut window, &name, &class, &mut pager, &mut pages)?;
-            if let Some(p) = pager.finish() {
-                pages.push(self.store_page(Page::Groups {
-                    version: PAGE_VERSION,
-                    table: name.clone(),
-                    groups: p,
-                })?);
-            }
+            self.flush_window(&mut window, &name, &class, &mut acc, &prior)?;
             self.progress.advance(since_progress);
             self.progress.finish_phase();
             items += rows;
@@ -1030,9 +1255,10 @@ impl ReaderCtx {
                 class,
                 rows,
                 bytes: tbytes,
-                checksum: hex::encode(checksum.to_le_bytes()),
-                groups,
-                pages,
+                checksum: hex::encode(acc.checksum.to_le_bytes()),
+                groups: acc.groups,
+                pages: acc.pages,
+                windows: acc.windows,
             });
         }
         Ok(ReadContent {
@@ -1247,11 +1473,9 @@ impl ReaderCtx {
     ) -> Result<TableEntry, OpsError> {
         self.progress
             .phase(&format!("reading {name}"), None, "rows");
-        let mut pager = GroupPager::default();
-        let mut pages = Vec::new();
+        let prior = prior_windows(self.parent.as_ref(), name, class);
+        let mut acc = TableAcc::default();
         let mut window = Window::default();
-        let mut groups = 0u64;
-        let mut checksum: u128 = 0;
         let mut rows = 0u64;
         let mut tbytes = 0u64;
         while let Some(batch) = next() {
@@ -1266,33 +1490,23 @@ impl ReaderCtx {
                 window.add(coords, row);
                 rows += 1;
                 tbytes += row.len() as u64;
-                let h = self.meta.keyed_hash("row", row);
-                checksum =
-                    checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
-                if window.bytes >= self.window_budget {
-                    groups +=
-                        self.flush_window(&mut window, name, class, &mut pager, &mut pages)?;
+                if window.full(self.window_budget, row) {
+                    self.flush_window(&mut window, name, class, &mut acc, &prior)?;
                 }
             }
             self.progress.advance(n);
         }
-        groups += self.flush_window(&mut window, name, class, &mut pager, &mut pages)?;
-        if let Some(p) = pager.finish() {
-            pages.push(self.store_page(Page::Groups {
-                version: PAGE_VERSION,
-                table: name.to_string(),
-                groups: p,
-            })?);
-        }
+        self.flush_window(&mut window, name, class, &mut acc, &prior)?;
         self.progress.finish_phase();
         Ok(TableEntry {
             name: name.to_string(),
             class: class.to_string(),
             rows,
             bytes: tbytes,
-            checksum: hex::encode(checksum.to_le_bytes()),
-            groups,
-            pages,
+            checksum: hex::encode(acc.checksum.to_le_bytes()),
+            groups: acc.groups,
+            pages: acc.pages,
+            windows: acc.windows,
         })
     }
 }
@@ -1353,6 +1567,48 @@ mod tests {
             w.clear();
             assert!(w.slots.is_empty() && w.bytes == 0);
         }
+    }
+
+    fn digest_of(rows: &[(GroupCoords, &[u8])]) -> [u8; 32] {
+        let mut w = Window::default();
+        for (c, r) in rows {
+            w.add(c, r);
+        }
+        w.digest(blake3::Hasher::new_keyed(&[7; 32]), &mut Vec::new())
+    }
+
+    #[test]
+    fn window_digest_changes_with_any_row_byte_split_or_group() {
+        let (a, b) = (c(Some("a"), Some("2026-01")), c(Some("b"), Some("2026-01")));
+        let base = digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-2")]);
+        assert_eq!(
+            base,
+            digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-2")])
+        );
+        let variants = [
+            digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-3")]),
+            digest_of(&[(a.clone(), b"row-1r"), (b.clone(), b"ow-2")]),
+            digest_of(&[(a.clone(), b"row-1"), (a.clone(), b"row-2")]),
+            digest_of(&[(b.clone(), b"row-2"), (a.clone(), b"row-1")]),
+            digest_of(&[(a.clone(), b"row-1"), (c(Some("b"), None), b"row-2")]),
+            digest_of(&[(a.clone(), b"row-1")]),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(&base, v, "variant {i}");
+        }
+    }
+
+    #[test]
+    fn anchors_are_about_one_per_8_kib_of_rows() {
+        let mut n = 0;
+        let mut bytes = 0usize;
+        for i in 0..200_000u64 {
+            let row = format!("{i:>12}-{}", "x".repeat((i % 90) as usize));
+            bytes += row.len();
+            n += is_anchor(row.as_bytes()) as usize;
+        }
+        let per = bytes / n.max(1);
+        assert!((4096..16384).contains(&per), "{per} bytes per anchor");
     }
 
     #[test]

@@ -74,6 +74,30 @@ pub struct TableEntry {
     pub checksum: String,
     pub groups: u64,
     pub pages: Vec<Id>,
+    /// The table's read windows in order (FORMAT 3.3a), so the next backup
+    /// can reuse the pages of a window whose content did not change. Empty
+    /// in snapshots written before windows were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub windows: Vec<WindowMark>,
+}
+
+/// One read window of a table: what a later backup needs to recognise the
+/// same content and reuse the window's tree pages whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowMark {
+    /// Keyed digest (hex, 32 bytes; metadata key, domain `window`) of the
+    /// window's rows in read order with their group coordinates, the
+    /// table, its class and the class epoch label.
+    pub digest: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Group runs written for the window.
+    pub groups: u64,
+    /// The window's share of the table checksum (hex, u128 LE).
+    pub checksum: String,
+    /// How many consecutive ids of the table's `pages` hold its groups.
+    pub pages: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,220 @@
+//! Incremental backups reuse the tree pages of read windows whose content
+//! did not change since the parent snapshot, and never anything else: a
+//! changed row (even one of the same size), an insertion or deletion, or a
+//! key destroyed since the parent makes its window be stored again, and
+//! every restore equals the database it was taken from.
+
+mod common;
+#[path = "common/roundtrip_util.rs"]
+mod util;
+
+use custos::ops::backup::{backup, BackupOptions, BackupReport};
+use custos::ops::restore::{restore, RestoreOptions};
+use custos::policy::Policy;
+use custos::progress::NoProgress;
+use custos::vault::KeyKind;
+use rusqlite::{params, Connection};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use util::{assert_different_db, assert_same_db, keys_and_targets, toml_str};
+
+const CALLS: i64 = 20000;
+
+/// A database of customers and calls (12 months, 40 customers), rows of
+/// varying size so windows hold varying row counts.
+fn build(path: &Path) {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, name TEXT);
+         CREATE TABLE calls (id INTEGER PRIMARY KEY, customer_ref TEXT NOT NULL,
+                             started_at TEXT NOT NULL, seconds INTEGER, note TEXT);",
+    )
+    .unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for i in 0..40 {
+        tx.execute(
+            "INSERT INTO customers (ref, name) VALUES (?1, ?2)",
+            params![format!("C{i:03}"), format!("Customer number {i}")],
+        )
+        .unwrap();
+    }
+    for i in 0..CALLS {
+        let month = 1 + i * 12 / CALLS;
+        tx.execute(
+            "INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                format!("C{:03}", (i * 7919) % 40),
+                format!("2026-{month:02}-{:02}T10:00:00Z", 1 + i % 28),
+                (i * 37) % 3600,
+                "n".repeat((i % 17) as usize)
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+fn policy(d: &Path, db: &Path) -> Policy {
+    let keys = custos::keys::init_keys(&d.join("keys")).unwrap();
+    let vault = common::file_url(&d.join("vault"));
+    fs::create_dir_all(d.join("vault")).unwrap();
+    fs::create_dir_all(d.join("target")).unwrap();
+    let target = common::file_url(&d.join("target"));
+    let text = format!(
+        "[policy]\nname = \"calls\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n\
+         [[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
+         [[store.tables]]\nname = \"calls\"\nclass = \"consumption\"\nsubject = \"customer_ref\"\n\
+         period = {{ column = \"started_at\", every = \"month\" }}\n{}",
+        toml_str(db),
+        keys_and_targets(&keys.identity_path, &[vault], &[("primary", target, false)])
+    );
+    let path = d.join("policy.toml");
+    fs::write(&path, &text).unwrap();
+    Policy::load(&path).unwrap()
+}
+
+/// Small windows (32 KiB of rows), so the calls table spans many of them.
+async fn backup_small(policy: &Policy) -> BackupReport {
+    let opts = BackupOptions {
+        window_budget: 32 << 10,
+        ..Default::default()
+    };
+    backup(policy, &opts, Arc::new(NoProgress)).await.unwrap()
+}
+
+async fn restore_to(policy: &Policy, snapshot: &str, to: &Path) {
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: snapshot.to_string(),
+        to: to.to_path_buf(),
+        force: false,
+    };
+    let r = restore(policy, &opts, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(r.rows_shredded, 0);
+}
+
+async fn check_ok(policy: &Policy) {
+    let c = custos::ops::check::check(policy, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(c.ok, "check --read-data found problems: {:#?}", c.findings);
+    assert!(c.chunks_checked > 0, "check decrypted nothing");
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, Policy) {
+    let tmp = common::tempdir();
+    let db = tmp.path().join("calls.db");
+    build(&db);
+    let p = policy(tmp.path(), &db);
+    (tmp, db, p)
+}
+
+fn exec(db: &Path, sql: &str) {
+    Connection::open(db).unwrap().execute_batch(sql).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_database_reuses_every_window() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    assert_eq!(first.rows_reused, 0, "nothing to reuse in a first backup");
+    let second = backup_small(&policy).await;
+    assert_eq!(second.items, CALLS as u64 + 40);
+    assert_eq!(second.rows_reused, second.items, "{second:?}");
+    assert_eq!(second.new_chunks, 0, "nothing new to store: {second:?}");
+    assert_eq!(second.chunks, first.chunks, "same blobs referenced");
+    let out = tmp.path().join("restored.db");
+    restore_to(&policy, &second.snapshot, &out).await;
+    assert_same_db(&db, &out);
+    check_ok(&policy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_row_of_the_same_size_is_backed_up() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    let before = tmp.path().join("before.db");
+    fs::copy(&db, &before).unwrap();
+    // One value of one row in the middle of the table, same encoded size.
+    exec(
+        &db,
+        "UPDATE calls SET seconds = seconds + 1 WHERE id = 3001",
+    );
+    let second = backup_small(&policy).await;
+    assert!(second.rows_reused > 0, "other windows reused: {second:?}");
+    assert!(
+        second.rows_reused < second.items,
+        "the changed row's window must not be reused: {second:?}"
+    );
+    assert!(second.new_chunks > 0, "the changed group is stored");
+    let out = tmp.path().join("restored.db");
+    restore_to(&policy, &second.snapshot, &out).await;
+    assert_same_db(&db, &out);
+    // The comparison can fail: the old snapshot holds the old value.
+    let old = tmp.path().join("restored-old.db");
+    restore_to(&policy, &first.snapshot, &old).await;
+    assert_same_db(&before, &old);
+    assert_different_db(&out, &old);
+    check_ok(&policy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_after_an_insertion_and_a_deletion_line_up_again() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    backup_small(&policy).await;
+    // Early rows change size; rows after them are the same.
+    exec(
+        &db,
+        "UPDATE calls SET note = note || 'longer note' WHERE id BETWEEN 100 AND 110;
+         DELETE FROM calls WHERE id BETWEEN 200 AND 240;",
+    );
+    let second = backup_small(&policy).await;
+    let rows = second.items;
+    assert!(
+        second.rows_reused * 10 > rows * 7,
+        "most windows after the change line up with the parent's: {second:?}"
+    );
+    assert!(second.rows_reused < rows);
+    let out = tmp.path().join("restored.db");
+    restore_to(&policy, &second.snapshot, &out).await;
+    assert_same_db(&db, &out);
+    // Appended rows: the tail window changes, the rest is reused.
+    exec(
+        &db,
+        "INSERT INTO calls (customer_ref, started_at, seconds, note)
+         SELECT customer_ref, '2026-12-30T10:00:00Z', seconds, note FROM calls WHERE id < 50;",
+    );
+    let third = backup_small(&policy).await;
+    assert!(third.rows_reused * 10 > third.items * 8, "{third:?}");
+    let out3 = tmp.path().join("restored3.db");
+    restore_to(&policy, &third.snapshot, &out3).await;
+    assert_same_db(&db, &out3);
+    check_ok(&policy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_under_a_destroyed_key_is_stored_again() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    backup_small(&policy).await;
+    // The March key is destroyed while March's calls are still in the
+    // database: the parent's pages for them are unreadable now, so the next
+    // backup must store those rows again under a new key.
+    let mut vault = custos::ops::open_vault(&policy).await.unwrap();
+    vault
+        .destroy(KeyKind::Period, "consumption:2026-03")
+        .await
+        .unwrap();
+    drop(vault);
+    let second = backup_small(&policy).await;
+    assert!(second.rows_reused > 0, "{second:?}");
+    assert!(second.rows_reused < second.items, "{second:?}");
+    let out = tmp.path().join("restored.db");
+    restore_to(&policy, &second.snapshot, &out).await;
+    assert_same_db(&db, &out);
+    check_ok(&policy).await;
+}
