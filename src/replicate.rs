@@ -207,6 +207,30 @@ pub struct TargetReport {
     pub skipped: bool,
 }
 
+impl TargetReport {
+    /// A target about which nothing has been listed, copied or checked yet:
+    /// reachable, no error, every count zero.
+    pub fn empty(name: impl Into<String>, url: impl Into<String>, offsite: bool) -> TargetReport {
+        TargetReport {
+            name: name.into(),
+            url: url.into(),
+            offsite,
+            reachable: true,
+            error: None,
+            snapshots: Vec::new(),
+            objects: 0,
+            bytes: 0,
+            objects_copied: 0,
+            bytes_copied: 0,
+            objects_repaired: 0,
+            objects_checked: 0,
+            lag: 0,
+            snapshots_held_back: false,
+            skipped: false,
+        }
+    }
+}
+
 /// Whether one snapshot is safe.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnapshotStatus {
@@ -855,21 +879,10 @@ pub async fn replicate(
                     tracing::error!(target: "custos::replicate", target_name = %cfg.name, "target unreachable: {error}");
                 }
                 unreachable.push(TargetReport {
-                    name: cfg.name.clone(),
-                    url: redact_url(&cfg.url),
-                    offsite: cfg.offsite,
                     reachable: false,
                     error: Some(error),
-                    snapshots: Vec::new(),
-                    objects: 0,
-                    bytes: 0,
-                    objects_copied: 0,
-                    bytes_copied: 0,
-                    objects_repaired: 0,
-                    objects_checked: 0,
-                    lag: 0,
-                    snapshots_held_back: false,
                     skipped,
+                    ..TargetReport::empty(cfg.name.clone(), redact_url(&cfg.url), cfg.offsite)
                 });
             }
         }
@@ -1393,21 +1406,10 @@ pub async fn overview(
             last_ok: r.last_ok,
         });
         reports.push(TargetReport {
-            name: cfg.name,
-            url: String::new(),
-            offsite: cfg.offsite,
             reachable,
             error,
             snapshots: snaps.into_iter().collect(),
-            objects: 0,
-            bytes: 0,
-            objects_copied: 0,
-            bytes_copied: 0,
-            objects_repaired: 0,
-            objects_checked: 0,
-            lag: 0,
-            snapshots_held_back: false,
-            skipped: false,
+            ..TargetReport::empty(cfg.name, String::new(), cfg.offsite)
         });
     }
     let min_copies = min_copies(policy);
@@ -1479,21 +1481,10 @@ mod tests {
     fn an_unreachable_target_backs_off_doubling_and_a_reach_resets_it() {
         let mut r = ReplicationRecord::new("p");
         let t = |reachable: bool, skipped: bool| TargetReport {
-            name: "dr".into(),
-            url: String::new(),
-            offsite: true,
             reachable,
             error: (!reachable).then(|| "down".to_string()),
-            snapshots: Vec::new(),
-            objects: 0,
-            bytes: 0,
-            objects_copied: 0,
-            bytes_copied: 0,
-            objects_repaired: 0,
-            objects_checked: 0,
-            lag: 0,
-            snapshots_held_back: false,
             skipped,
+            ..TargetReport::empty("dr", String::new(), true)
         };
         use chrono::SubsecRound;
         let now = chrono::Utc::now().trunc_subsecs(0);
@@ -1533,21 +1524,9 @@ mod tests {
     fn a_snapshot_is_replicated_once_verified_on_min_copies() {
         let mut r = ReplicationRecord::new("p");
         let t = |name: &str, snaps: &[&str], err: Option<&str>| TargetReport {
-            name: name.into(),
-            url: String::new(),
-            offsite: false,
-            reachable: true,
             error: err.map(str::to_string),
             snapshots: snaps.iter().map(|s| s.to_string()).collect(),
-            objects: 0,
-            bytes: 0,
-            objects_copied: 0,
-            bytes_copied: 0,
-            objects_repaired: 0,
-            objects_checked: 0,
-            lag: 0,
-            snapshots_held_back: false,
-            skipped: false,
+            ..TargetReport::empty(name, String::new(), false)
         };
         let ts = vec![t("a", &["s1"], None), t("b", &["s1"], None)];
         r.update(&ts, false);
