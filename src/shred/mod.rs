@@ -261,6 +261,30 @@ fn audit_failure(state: &StateDir, policy: &Policy, op: &str, role: &str, e: &Sh
     }
 }
 
+/// Appends the audit entry of a ledger operation (cancel, hold add/remove)
+/// by `actor` on `unit`, or of its failure.
+fn audit_ledger_op(
+    state: &StateDir,
+    policy: &Policy,
+    op: &str,
+    actor: &str,
+    r: Result<&Unit, &ShredError>,
+) -> Result<(), ShredError> {
+    match r {
+        Ok(unit) => audit(
+            state,
+            Event::new(op, "operator")
+                .actor(actor.to_string())
+                .policy(&policy.name)
+                .object(unit.to_string()),
+        ),
+        Err(e) => {
+            audit_failure(state, policy, op, "operator", e);
+            Ok(())
+        }
+    }
+}
+
 /// Records a destruction request as pending (due after the grace, or at
 /// once with `now`). Refuses a unit that has no key, is already pending,
 /// in progress or destroyed. Appends an audit entry (also on failure).
@@ -370,16 +394,13 @@ pub async fn cancel(
         Ok(p)
     }
     .await;
-    match &r {
-        Ok(p) => audit(
-            state,
-            Event::new("shred.cancel", "operator")
-                .actor(actor.to_string())
-                .policy(&policy.name)
-                .object(p.unit.to_string()),
-        )?,
-        Err(e) => audit_failure(state, policy, "shred.cancel", "operator", e),
-    }
+    audit_ledger_op(
+        state,
+        policy,
+        "shred.cancel",
+        actor,
+        r.as_ref().map(|p| &p.unit),
+    )?;
     r
 }
 
@@ -413,16 +434,13 @@ pub async fn hold_add(
         Ok(h)
     }
     .await;
-    match &r {
-        Ok(h) => audit(
-            state,
-            Event::new("hold.add", "operator")
-                .actor(actor.to_string())
-                .policy(&policy.name)
-                .object(h.unit.to_string()),
-        )?,
-        Err(e) => audit_failure(state, policy, "hold.add", "operator", e),
-    }
+    audit_ledger_op(
+        state,
+        policy,
+        "hold.add",
+        actor,
+        r.as_ref().map(|h| &h.unit),
+    )?;
     r
 }
 
@@ -447,16 +465,13 @@ pub async fn hold_remove(
         Ok(h)
     }
     .await;
-    match &r {
-        Ok(h) => audit(
-            state,
-            Event::new("hold.remove", "operator")
-                .actor(actor.to_string())
-                .policy(&policy.name)
-                .object(h.unit.to_string()),
-        )?,
-        Err(e) => audit_failure(state, policy, "hold.remove", "operator", e),
-    }
+    audit_ledger_op(
+        state,
+        policy,
+        "hold.remove",
+        actor,
+        r.as_ref().map(|h| &h.unit),
+    )?;
     r
 }
 
