@@ -13,9 +13,9 @@ use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::Index;
+use crate::repo::index::{ChunkLoc, Index};
 use crate::repo::pack::{open_chunk, Codec};
-use crate::repo::snapshot::Snapshot;
+use crate::repo::snapshot::{Snapshot, TableEntry};
 use crate::repo::tree::{GroupEntry, Page};
 use crate::store::files::{FileKind, FilesRestorer};
 use crate::store::postgres::{
@@ -100,6 +100,20 @@ pub async fn read_group(
     object: impl Fn() -> String,
 ) -> Result<Vec<u8>, OpsError> {
     let mut out = Vec::new();
+    read_group_into(&mut out, codec, cache, index, keys, chunks, object).await?;
+    Ok(out)
+}
+
+/// Like [`read_group`], appending the group's bytes to `out`.
+pub async fn read_group_into(
+    out: &mut Vec<u8>,
+    codec: &mut Codec,
+    cache: &mut PackCache,
+    index: &Index,
+    keys: &ChunkKeys,
+    chunks: &[Id],
+    object: impl Fn() -> String,
+) -> Result<(), OpsError> {
     for id in chunks {
         let loc = index.chunks.get(id).ok_or_else(|| {
             OpsError::Integrity(format!(
@@ -119,7 +133,28 @@ pub async fn read_group(
         })?;
         out.extend_from_slice(&plain);
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The table's pages cut into read windows (ranges of `pages`), so that a
+/// window's rows reach the writer together and go in in rowid order. A
+/// snapshot without window marks, or with marks that do not add up to its
+/// pages, gives one page a batch.
+fn window_batches(t: &TableEntry) -> Vec<std::ops::Range<usize>> {
+    let marked: u64 = t.windows.iter().map(|w| w.pages).sum();
+    if t.windows.is_empty() || marked != t.pages.len() as u64 {
+        return (0..t.pages.len()).map(|i| i..i + 1).collect();
+    }
+    let mut at = 0usize;
+    t.windows
+        .iter()
+        .filter(|w| w.pages > 0)
+        .map(|w| {
+            let r = at..at + w.pages as usize;
+            at = r.end;
+            r
+        })
+        .collect()
 }
 
 pub async fn restore(
@@ -196,7 +231,9 @@ async fn restore_sqlite(
     let sq = snap.sqlite.as_ref().unwrap();
     let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
     // The writer gets (table position in the snapshot, encoded rows).
-    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(8);
+    // A message is a whole read window (tens of MiB): handed over, never
+    // queued, so one window is being written while the next is read.
+    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(0);
     let names: Vec<String> = sq.tables.iter().map(|t| t.name.clone()).collect();
     let writer = std::thread::Builder::new()
         .name("custos-restore-writer".into())
@@ -210,70 +247,64 @@ async fn restore_sqlite(
         })
         .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
     let mut cache = PackCache::new(target.clone(), 8);
-    let mut codec = Codec::new(3);
     let total: u64 = sq.tables.iter().map(|t| t.rows).sum();
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
+    let mut reader = WindowReader::new(&index, &vault);
     'tables: for (ti, t) in sq.tables.iter().enumerate() {
         let mut tr = TableRestore {
             name: t.name.clone(),
             rows_expected: t.rows,
             ..Default::default()
         };
-        for pid in &t.pages {
-            let page = match Page::load(&mut cache, &index, &meta, pid).await {
-                Ok(p) => p,
-                Err(e) => {
-                    fetch_err = Some(e.into());
-                    break 'tables;
-                }
-            };
-            let Page::Groups { groups, table, .. } = page else {
-                fetch_err = Some(OpsError::Invalid(format!(
-                    "tree {pid} of table {} is not a group page",
-                    t.name
-                )));
-                break 'tables;
-            };
-            if table != t.name {
-                fetch_err = Some(OpsError::Invalid(format!(
-                    "tree {pid} belongs to table {table}, not {}",
-                    t.name
-                )));
-                break 'tables;
-            }
-            for g in &groups {
-                let keys = match group_keys(&vault, g, &t.name) {
-                    Ok(k) => k,
-                    Err(GroupKeyProblem::Shredded) => {
-                        tr.rows_shredded += g.rows;
-                        tr.groups_shredded += 1;
-                        progress.advance(g.rows);
-                        continue;
-                    }
-                    Err(GroupKeyProblem::Mismatch) => {
-                        fetch_err = Some(OpsError::Integrity(format!(
-                            "{}: tree page {pid}: group {} does not match the keys it names (damaged or hostile manifest)",
-                            target.name,
-                            hex::encode(g.g)
-                        )));
+        for batch in window_batches(t) {
+            // The window's groups, with the tree page naming each.
+            let mut groups = Vec::new();
+            for pid in &t.pages[batch] {
+                let page = match Page::load(&mut cache, &index, &meta, pid).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        fetch_err = Some(e.into());
                         break 'tables;
                     }
                 };
-                let object = || format!("{}: table {} group {}", snap.id, t.name, hex::encode(g.g));
-                match read_group(&mut codec, &mut cache, &index, &keys, &g.chunks, object).await {
-                    Ok(bytes) => {
-                        report.bytes += bytes.len() as u64;
-                        progress.advance(g.rows);
-                        if tx.send((ti, bytes)).is_err() {
-                            break 'tables; // the writer failed; its error follows
-                        }
-                    }
-                    Err(e) => {
-                        fetch_err = Some(e);
-                        break 'tables;
-                    }
+                let Page::Groups {
+                    groups: gs, table, ..
+                } = page
+                else {
+                    fetch_err = Some(OpsError::Invalid(format!(
+                        "tree {pid} of table {} is not a group page",
+                        t.name
+                    )));
+                    break 'tables;
+                };
+                if table != t.name {
+                    fetch_err = Some(OpsError::Invalid(format!(
+                        "tree {pid} belongs to table {table}, not {}",
+                        t.name
+                    )));
+                    break 'tables;
                 }
+                groups.extend(gs.into_iter().map(|g| (*pid, g)));
+            }
+            let place = Place {
+                snapshot: &snap.id,
+                target: &target.name,
+                table: &t.name,
+            };
+            let rows = match reader
+                .read(&mut cache, place, &groups, &mut tr, progress.as_ref())
+                .await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    fetch_err = Some(e);
+                    break 'tables;
+                }
+            };
+            report.bytes += rows.len() as u64;
+            if !rows.is_empty() && tx.send((ti, rows)).is_err() {
+                break 'tables; // the writer failed; its error follows
             }
         }
         report.rows_shredded += tr.rows_shredded;
@@ -304,6 +335,221 @@ async fn restore_sqlite(
     report.items = report.tables.iter().map(|t| t.rows_restored).sum();
     report.bytes_fetched = cache.fetched;
     Ok(())
+}
+
+/// Names a window's rows in errors.
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    snapshot: &'a str,
+    target: &'a str,
+    table: &'a str,
+}
+
+/// Packs a part of a window may need at once: the part's chunks are opened
+/// from these, held in memory together.
+const PACKS_AT_ONCE: usize = 8;
+
+/// Reads a read window's groups: keys and chunk locations are resolved in
+/// order on the calling task, the packs of a part of the window fetched
+/// (each verified against its name, as always), and then the part's chunks
+/// opened on every core, each thread taking a contiguous run of groups so
+/// the rows come out in the order of the groups.
+struct WindowReader<'a> {
+    index: &'a Index,
+    vault: &'a Vault,
+    codecs: Vec<Codec>,
+}
+
+/// One group of a part: its keys (from the vault) and where its chunks are.
+struct Pending<'v> {
+    group: usize,
+    subject: Option<&'v Key32>,
+    time: &'v Key32,
+    locs: std::ops::Range<usize>,
+}
+
+impl<'a> WindowReader<'a> {
+    fn new(index: &'a Index, vault: &'a Vault) -> Self {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        WindowReader {
+            index,
+            vault,
+            codecs: (0..threads.clamp(1, 16)).map(|_| Codec::new(3)).collect(),
+        }
+    }
+
+    /// The window's rows, group after group; shredded groups are counted in
+    /// `tr` and skipped.
+    async fn read(
+        &mut self,
+        cache: &mut PackCache,
+        place: Place<'_>,
+        groups: &[(Id, GroupEntry)],
+        tr: &mut TableRestore,
+        progress: &dyn Progress,
+    ) -> Result<Vec<u8>, OpsError> {
+        let (index, vault) = (self.index, self.vault);
+        let mut out = Vec::new();
+        let mut next = 0;
+        while next < groups.len() {
+            // A part: as many groups as fit in PACKS_AT_ONCE packs.
+            let mut part: Vec<Pending<'a>> = Vec::new();
+            let mut locs: Vec<ChunkLoc> = Vec::new();
+            let mut packs: Vec<u32> = Vec::new();
+            let mut rows = 0u64;
+            while next < groups.len() {
+                let (_, g) = &groups[next];
+                let time = vault.key(&g.t);
+                let subject = g.s.as_ref().map(|id| vault.key(id));
+                let (Some(time), None | Some(Some(_))) = (time, subject) else {
+                    tr.rows_shredded += g.rows;
+                    tr.groups_shredded += 1;
+                    rows += g.rows;
+                    next += 1;
+                    continue;
+                };
+                let start = locs.len();
+                let mut added = 0;
+                for id in &g.chunks {
+                    let loc = *index.chunks.get(id).ok_or_else(|| {
+                        OpsError::Integrity(format!(
+                            "{}: table {} group {}: chunk {id} is in no index (repository damaged; run `custos check`)",
+                            place.snapshot,
+                            place.table,
+                            hex::encode(g.g)
+                        ))
+                    })?;
+                    if !packs.contains(&loc.pack)
+                        && !locs[start..].iter().any(|l| l.pack == loc.pack)
+                    {
+                        added += 1;
+                    }
+                    locs.push(loc);
+                }
+                if !part.is_empty() && packs.len() + added > PACKS_AT_ONCE {
+                    locs.truncate(start);
+                    break;
+                }
+                for l in &locs[start..] {
+                    if !packs.contains(&l.pack) {
+                        packs.push(l.pack);
+                    }
+                }
+                part.push(Pending {
+                    group: next,
+                    subject: subject.flatten(),
+                    time,
+                    locs: start..locs.len(),
+                });
+                rows += g.rows;
+                next += 1;
+            }
+            // The part's packs, verified, held while its chunks are opened.
+            let mut fetched: Vec<(u32, Arc<Vec<u8>>)> = Vec::with_capacity(packs.len());
+            for p in &packs {
+                let (pid, size) = index.packs[*p as usize];
+                let bytes = cache
+                    .pack(pid, size)
+                    .await
+                    .map_err(|e| OpsError::Integrity(e.to_string()))?;
+                fetched.push((*p, bytes));
+            }
+            let object = |pack: u32| cache.object_name(&index.packs[pack as usize].0);
+            let pieces = open_parts(
+                &mut self.codecs,
+                &part,
+                groups,
+                &locs,
+                &fetched,
+                place,
+                &object,
+            );
+            for piece in pieces {
+                out.extend_from_slice(&piece?);
+            }
+            progress.advance(rows);
+        }
+        Ok(out)
+    }
+}
+
+/// Opens the chunks of a part on one thread per codec, each taking a
+/// contiguous run of groups of about the same number of chunks; returns the
+/// runs' bytes in order (or the error of each run).
+fn open_parts(
+    codecs: &mut [Codec],
+    part: &[Pending<'_>],
+    groups: &[(Id, GroupEntry)],
+    locs: &[ChunkLoc],
+    packs: &[(u32, Arc<Vec<u8>>)],
+    place: Place<'_>,
+    object: &(dyn Fn(u32) -> String + Sync),
+) -> Vec<Result<Vec<u8>, OpsError>> {
+    let threads = codecs.len().min(part.len().div_ceil(64)).max(1);
+    let per = locs.len().div_ceil(threads).max(1);
+    let mut runs = Vec::with_capacity(threads);
+    let mut from = 0;
+    for _ in 0..threads {
+        let mut to = from;
+        let mut n = 0;
+        while to < part.len() && (n < per || runs.len() + 1 == threads) {
+            n += part[to].locs.len();
+            to += 1;
+        }
+        runs.push(from..to);
+        from = to;
+    }
+    let open_run = |codec: &mut Codec, run: std::ops::Range<usize>| -> Result<Vec<u8>, OpsError> {
+        let mut out = Vec::new();
+        for p in &part[run] {
+            let (pid, g) = &groups[p.group];
+            let keys = ChunkKeys::new(&group_key(p.subject, p.time, place.table));
+            if keys.group_id.0[..8] != g.g {
+                return Err(OpsError::Integrity(format!(
+                    "{}: tree page {pid}: group {} does not match the keys it names (damaged or hostile manifest)",
+                    place.target,
+                    hex::encode(g.g)
+                )));
+            }
+            for (id, loc) in g.chunks.iter().zip(&locs[p.locs.clone()]) {
+                let pack = &packs
+                    .iter()
+                    .find(|(n, _)| *n == loc.pack)
+                    .expect("the part's packs were fetched")
+                    .1;
+                let (s, e) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
+                let Some(sealed) = pack.get(s..e) else {
+                    return Err(OpsError::Integrity(format!(
+                        "{}: size {} differs from the indexed {e} (truncated or replaced)",
+                        object(loc.pack),
+                        pack.len()
+                    )));
+                };
+                let plain = open_chunk(codec, &keys, id, sealed, loc.raw_len).map_err(|e| {
+                    OpsError::Integrity(format!("{}: chunk {id}: {e}", object(loc.pack)))
+                })?;
+                out.extend_from_slice(&plain);
+            }
+        }
+        Ok(out)
+    };
+    if runs.len() == 1 {
+        return vec![open_run(&mut codecs[0], runs.pop().unwrap())];
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = codecs
+            .iter_mut()
+            .zip(runs)
+            .map(|(codec, run)| scope.spawn(|| open_run(codec, run)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(OpsError::Internal("a restore thread panicked".into())))
+            })
+            .collect()
+    })
 }
 
 async fn restore_files(

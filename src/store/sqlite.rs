@@ -16,7 +16,7 @@
 //! docs/FORMAT.md section 9. Errors name the database path, tables and columns,
 //! never row values.
 
-use super::record::{decode_row, decode_row_ref, encode_owned_row, encode_row_with, Row};
+use super::record::{decode_row, decode_row_ref, encode_owned_row, encode_row_with, row_span, Row};
 use super::{Every, GroupCoords, TablePlan};
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use rusqlite::functions::FunctionFlags;
@@ -1039,8 +1039,13 @@ impl SqliteRestorer {
              PRAGMA cache_size = -65536;
              PRAGMA foreign_keys = OFF;
              PRAGMA ignore_check_constraints = ON;
+             PRAGMA threads = {};
              BEGIN;",
-            s.page_size, s.auto_vacuum, s.encoding
+            s.page_size,
+            s.auto_vacuum,
+            s.encoding,
+            // Helper threads for the sorts of CREATE INDEX at the end.
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
         );
         self.conn()
             .execute_batch(&settings)
@@ -1212,10 +1217,43 @@ impl SqliteRestorer {
             source,
         };
         let mut stmt = conn.prepare_cached(&target.insert).map_err(sql_err)?;
+        // Rows of a rowid table go in in rowid order: appending to the end
+        // of the table's b-tree is several times cheaper than inserting
+        // into its middle, and a buffer holds a whole read window, whose
+        // rows the backup read in rowid order but stored by group.
+        let order = if target.rowid {
+            let mut spans = Vec::new();
+            let mut pos = 0;
+            while pos < encoded.len() {
+                let (rowid, used) = row_span(&encoded[pos..]).map_err(|e| record(pos, e))?;
+                spans.push((rowid.unwrap_or(i64::MIN), pos));
+                pos += used;
+            }
+            if spans.windows(2).all(|w| w[0].0 < w[1].0) {
+                None
+            } else {
+                spans.sort_unstable();
+                Some(spans)
+            }
+        } else {
+            None
+        };
         let mut values = Vec::with_capacity(target.ncols);
+        let mut next = 0;
         let mut pos = 0;
         let mut n = 0u64;
-        while pos < encoded.len() {
+        loop {
+            match &order {
+                Some(spans) => match spans.get(next) {
+                    Some(&(_, at)) => {
+                        pos = at;
+                        next += 1;
+                    }
+                    None => break,
+                },
+                None if pos >= encoded.len() => break,
+                None => {}
+            }
             let (rowid, used) =
                 decode_row_ref(&encoded[pos..], &mut values).map_err(|e| record(pos, e))?;
             if values.len() != target.ncols || rowid.is_some() != target.rowid {
