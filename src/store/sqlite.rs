@@ -1039,13 +1039,8 @@ impl SqliteRestorer {
              PRAGMA cache_size = -65536;
              PRAGMA foreign_keys = OFF;
              PRAGMA ignore_check_constraints = ON;
-             PRAGMA threads = {};
              BEGIN;",
-            s.page_size,
-            s.auto_vacuum,
-            s.encoding,
-            // Helper threads for the sorts of CREATE INDEX at the end.
-            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+            s.page_size, s.auto_vacuum, s.encoding
         );
         self.conn()
             .execute_batch(&settings)
