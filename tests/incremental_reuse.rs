@@ -13,65 +13,26 @@ use custos::ops::restore::{restore, RestoreOptions};
 use custos::policy::Policy;
 use custos::progress::NoProgress;
 use custos::vault::KeyKind;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use util::{assert_different_db, assert_same_db, keys_and_targets, toml_str};
+use util::{assert_different_db, assert_same_db, build_calls_db, write_local_policy};
 
 const CALLS: i64 = 20000;
 
 /// A database of customers and calls (12 months, 40 customers), rows of
 /// varying size so windows hold varying row counts.
 fn build(path: &Path) {
-    let c = Connection::open(path).unwrap();
-    c.execute_batch(
-        "CREATE TABLE customers (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, name TEXT);
-         CREATE TABLE calls (id INTEGER PRIMARY KEY, customer_ref TEXT NOT NULL,
-                             started_at TEXT NOT NULL, seconds INTEGER, note TEXT);",
-    )
-    .unwrap();
-    let tx = c.unchecked_transaction().unwrap();
-    for i in 0..40 {
-        tx.execute(
-            "INSERT INTO customers (ref, name) VALUES (?1, ?2)",
-            params![format!("C{i:03}"), format!("Customer number {i}")],
-        )
-        .unwrap();
-    }
-    for i in 0..CALLS {
-        let month = 1 + i * 12 / CALLS;
-        tx.execute(
-            "INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                format!("C{:03}", (i * 7919) % 40),
-                format!("2026-{month:02}-{:02}T10:00:00Z", 1 + i % 28),
-                (i * 37) % 3600,
-                "n".repeat((i % 17) as usize)
-            ],
-        )
-        .unwrap();
-    }
-    tx.commit().unwrap();
+    build_calls_db(path, 40, CALLS);
 }
 
 fn policy(d: &Path, db: &Path) -> Policy {
-    let keys = custos::keys::init_keys(&d.join("keys")).unwrap();
-    let vault = common::file_url(&d.join("vault"));
-    fs::create_dir_all(d.join("vault")).unwrap();
-    fs::create_dir_all(d.join("target")).unwrap();
-    let target = common::file_url(&d.join("target"));
-    let text = format!(
-        "[policy]\nname = \"calls\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n\
-         [[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
+    let tables =
+        "[[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
          [[store.tables]]\nname = \"calls\"\nclass = \"consumption\"\nsubject = \"customer_ref\"\n\
-         period = {{ column = \"started_at\", every = \"month\" }}\n{}",
-        toml_str(db),
-        keys_and_targets(&keys.identity_path, &[vault], &[("primary", target, false)])
-    );
-    let path = d.join("policy.toml");
-    fs::write(&path, &text).unwrap();
-    Policy::load(&path).unwrap()
+         period = { column = \"started_at\", every = \"month\" }\n";
+    Policy::load(&write_local_policy(d, "calls", db, tables)).unwrap()
 }
 
 /// Small windows (32 KiB of rows), so the calls table spans many of them.

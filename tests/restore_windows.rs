@@ -18,80 +18,46 @@ use rusqlite::{params, Connection};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use util::{assert_same_db, keys_and_targets, toml_str};
+use util::{assert_same_db, build_calls_db, write_local_policy};
 
 const CUSTOMERS: i64 = 60;
 const CALLS: i64 = 24000;
 
 /// Customers, calls interleaved across customers and months (so a window
-/// holds hundreds of groups whose rows alternate), and a WITHOUT ROWID table
-/// (inserted in key order, not rowid order).
+/// holds hundreds of groups whose rows alternate), an index, gaps in the
+/// rowids, and a WITHOUT ROWID table (inserted in key order, not rowid
+/// order).
 fn build(path: &Path) {
+    build_calls_db(path, CUSTOMERS, CALLS);
     let c = Connection::open(path).unwrap();
     c.execute_batch(
-        "CREATE TABLE customers (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, name TEXT);
-         CREATE TABLE calls (id INTEGER PRIMARY KEY, customer_ref TEXT NOT NULL,
-                             started_at TEXT NOT NULL, seconds INTEGER, note TEXT);
-         CREATE INDEX calls_by_customer ON calls(customer_ref, started_at);
+        "CREATE INDEX calls_by_customer ON calls(customer_ref, started_at);
          CREATE TABLE tags (customer_ref TEXT NOT NULL, tag TEXT NOT NULL, since TEXT,
-                            PRIMARY KEY (customer_ref, tag)) WITHOUT ROWID;",
+                            PRIMARY KEY (customer_ref, tag)) WITHOUT ROWID;
+         DELETE FROM calls WHERE id % 97 = 0;",
     )
     .unwrap();
-    let tx = c.unchecked_transaction().unwrap();
     for i in 0..CUSTOMERS {
-        tx.execute(
-            "INSERT INTO customers (ref, name) VALUES (?1, ?2)",
-            params![format!("C{i:03}"), format!("Customer number {i}")],
-        )
-        .unwrap();
         for t in ["roaming", "business", "prepaid"]
             .iter()
             .take(1 + (i % 3) as usize)
         {
-            tx.execute(
+            c.execute(
                 "INSERT INTO tags (customer_ref, tag, since) VALUES (?1, ?2, ?3)",
                 params![format!("C{i:03}"), t, "2026-01-01"],
             )
             .unwrap();
         }
     }
-    for i in 0..CALLS {
-        let month = 1 + i * 12 / CALLS;
-        tx.execute(
-            "INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                format!("C{:03}", (i * 7919) % CUSTOMERS),
-                format!("2026-{month:02}-{:02}T10:00:00Z", 1 + i % 28),
-                (i * 37) % 3600,
-                "x".repeat((i % 23) as usize)
-            ],
-        )
-        .unwrap();
-    }
-    // Gaps in the rowids, so the order is not simply dense.
-    tx.execute("DELETE FROM calls WHERE id % 97 = 0", [])
-        .unwrap();
-    tx.commit().unwrap();
 }
 
 fn policy(d: &Path, db: &Path) -> Policy {
-    let keys = custos::keys::init_keys(&d.join("keys")).unwrap();
-    fs::create_dir_all(d.join("vault")).unwrap();
-    fs::create_dir_all(d.join("target")).unwrap();
-    let vault = common::file_url(&d.join("vault"));
-    let target = common::file_url(&d.join("target"));
-    let text = format!(
-        "[policy]\nname = \"windows\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n\
-         [[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
+    let tables =
+        "[[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
          [[store.tables]]\nname = \"tags\"\nclass = \"identity\"\nsubject = \"customer_ref\"\n\n\
          [[store.tables]]\nname = \"calls\"\nclass = \"consumption\"\nsubject = \"customer_ref\"\n\
-         period = {{ column = \"started_at\", every = \"month\" }}\n{}",
-        toml_str(db),
-        keys_and_targets(&keys.identity_path, &[vault], &[("primary", target, false)])
-    );
-    let path = d.join("policy.toml");
-    fs::write(&path, &text).unwrap();
-    Policy::load(&path).unwrap()
+         period = { column = \"started_at\", every = \"month\" }\n";
+    Policy::load(&write_local_policy(d, "windows", db, tables)).unwrap()
 }
 
 async fn backup_with(policy: &Policy, pack_size: usize) -> BackupReport {

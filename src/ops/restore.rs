@@ -100,20 +100,6 @@ pub async fn read_group(
     object: impl Fn() -> String,
 ) -> Result<Vec<u8>, OpsError> {
     let mut out = Vec::new();
-    read_group_into(&mut out, codec, cache, index, keys, chunks, object).await?;
-    Ok(out)
-}
-
-/// Like [`read_group`], appending the group's bytes to `out`.
-pub async fn read_group_into(
-    out: &mut Vec<u8>,
-    codec: &mut Codec,
-    cache: &mut PackCache,
-    index: &Index,
-    keys: &ChunkKeys,
-    chunks: &[Id],
-    object: impl Fn() -> String,
-) -> Result<(), OpsError> {
     for id in chunks {
         let loc = index.chunks.get(id).ok_or_else(|| {
             OpsError::Integrity(format!(
@@ -133,7 +119,7 @@ pub async fn read_group_into(
         })?;
         out.extend_from_slice(&plain);
     }
-    Ok(())
+    Ok(out)
 }
 
 /// The table's pages cut into read windows (ranges of `pages`), so that a

@@ -325,6 +325,20 @@ impl<'a> Cursor<'a> {
 /// number of bytes it uses. The values are not checked (the full decode
 /// does that when the row is used); this is what ordering rows needs.
 pub fn row_span(buf: &[u8]) -> Result<(Option<i64>, usize), RecordError> {
+    let f = row_frame(buf)?;
+    Ok((f.rowid, f.used))
+}
+
+/// A row's frame: its rowid, where its values start and how long it is.
+struct Frame<'a> {
+    rowid: Option<i64>,
+    /// The body after the header and rowid.
+    values: Cursor<'a>,
+    body_start: usize,
+    used: usize,
+}
+
+fn row_frame(buf: &[u8]) -> Result<Frame<'_>, RecordError> {
     let mut outer = Cursor { buf, pos: 0 };
     let body_len = outer.varint()?;
     let body_start = outer.pos;
@@ -343,7 +357,12 @@ pub fn row_span(buf: &[u8]) -> Result<(Option<i64>, usize), RecordError> {
     } else {
         None
     };
-    Ok((rowid, outer.pos))
+    Ok(Frame {
+        rowid,
+        values: c,
+        body_start,
+        used: outer.pos,
+    })
 }
 
 /// Decodes one row at the start of `buf` without copying text or blobs:
@@ -354,25 +373,13 @@ pub fn decode_row_ref<'a>(
     values: &mut Vec<ValueRef<'a>>,
 ) -> Result<(Option<i64>, usize), RecordError> {
     values.clear();
-    let mut outer = Cursor { buf, pos: 0 };
-    let body_len = outer.varint()?;
-    let body_start = outer.pos;
-    let body = outer.take(body_len)?;
-    let mut c = Cursor { buf: body, pos: 0 };
+    let Frame {
+        rowid,
+        values: mut c,
+        body_start,
+        used,
+    } = row_frame(buf)?;
     let err = |e: RecordError| e.shifted(body_start);
-
-    let header = c.byte().map_err(err)?;
-    if header & !FLAG_ROWID != HEADER_V1 {
-        return Err(RecordError::Header {
-            offset: body_start,
-            header,
-        });
-    }
-    let rowid = if header & FLAG_ROWID != 0 {
-        Some(unzigzag(c.varint().map_err(err)?))
-    } else {
-        None
-    };
     let ncols = c.varint().map_err(err)?;
     // Every value takes at least one byte: a count above what is left is a
     // lie, and must not drive an allocation.
@@ -413,11 +420,11 @@ pub fn decode_row_ref<'a>(
     }
     if c.remaining() != 0 {
         return Err(RecordError::Trailing {
-            offset: outer.pos,
+            offset: used,
             extra: c.remaining() as u64,
         });
     }
-    Ok((rowid, outer.pos))
+    Ok((rowid, used))
 }
 
 /// Decodes one row at the start of `buf`; returns it and the number of bytes

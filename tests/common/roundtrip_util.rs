@@ -293,6 +293,60 @@ pub fn sqlite_policy(
     s
 }
 
+/// A database of `customers` customers (`ref` C000, C001, ...) and `calls`
+/// calls spread over the 12 months of 2026, interleaved across customers,
+/// rows of varying size.
+pub fn build_calls_db(path: &Path, customers: i64, calls: i64) {
+    let c = Connection::open(path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, name TEXT);
+         CREATE TABLE calls (id INTEGER PRIMARY KEY, customer_ref TEXT NOT NULL,
+                             started_at TEXT NOT NULL, seconds INTEGER, note TEXT);",
+    )
+    .unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for i in 0..customers {
+        tx.execute(
+            "INSERT INTO customers (ref, name) VALUES (?1, ?2)",
+            params![format!("C{i:03}"), format!("Customer number {i}")],
+        )
+        .unwrap();
+    }
+    for i in 0..calls {
+        let month = 1 + i * 12 / calls;
+        tx.execute(
+            "INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                format!("C{:03}", (i * 7919) % customers),
+                format!("2026-{month:02}-{:02}T10:00:00Z", 1 + i % 28),
+                (i * 37) % 3600,
+                "n".repeat((i % 17) as usize)
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// A policy file in `d` for the SQLite database `db` with the given
+/// `[[store.tables]]` sections: fresh keys, a vault folder and one
+/// `file://` target folder (`d/vault`, `d/target`). Returns its path.
+pub fn write_local_policy(d: &Path, name: &str, db: &Path, tables: &str) -> PathBuf {
+    let keys = custos::keys::init_keys(&d.join("keys")).unwrap();
+    fs::create_dir_all(d.join("vault")).unwrap();
+    fs::create_dir_all(d.join("target")).unwrap();
+    let vault = crate::common::file_url(&d.join("vault"));
+    let target = crate::common::file_url(&d.join("target"));
+    let text = format!(
+        "[policy]\nname = \"{name}\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n{tables}\n{}",
+        toml_str(db),
+        keys_and_targets(&keys.identity_path, &[vault], &[("primary", target, false)])
+    );
+    let path = d.join("policy.toml");
+    fs::write(&path, &text).unwrap();
+    path
+}
+
 /// The `[keys]` and `[[targets]]` sections.
 pub fn keys_and_targets(
     identity: &Path,
