@@ -1210,42 +1210,81 @@ impl ReaderCtx {
             self.progress
                 .phase(&format!("reading {}", ts.name), total, "rows");
             let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
-            let mut acc = TableAcc::default();
-            let mut window = Window::default();
             let mut rows = 0u64;
             let mut tbytes = 0u64;
             let mut since_progress = 0u64;
             let name = ts.name.clone();
             let budget = self.window_budget;
-            let scan = src.scan_natural(
-                ts,
-                &plan,
-                |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
-                    if self.failure.is_set() {
-                        return Err(OpsError::Internal(
-                            "stopping after an earlier failure".into(),
-                        ));
-                    }
-                    window.add(coords, row);
-                    rows += 1;
-                    tbytes += row.len() as u64;
-                    if window.full(budget, row) {
-                        self.flush_window(&mut window, &name, &class, &mut acc, &prior)?;
-                    }
-                    since_progress += 1;
-                    if since_progress == 4096 {
-                        self.progress.advance(since_progress);
-                        since_progress = 0;
-                    }
-                    Ok(())
-                },
-            );
-            match scan {
-                Ok(_) => {}
-                Err(ScanError::Store(e)) => return Err(e.into()),
-                Err(ScanError::Sink(e)) => return Err(e),
+            let failure = self.failure.clone();
+            let progress = self.progress.clone();
+            // Two windows: this thread reads rows into one while another
+            // thread stores the one before (digest, reuse or keys, chunks,
+            // pages). A full window is handed over, never queued, and comes
+            // back cleared for reuse.
+            let (full_tx, full_rx) = sync_channel::<Window>(0);
+            let (free_tx, free_rx) = sync_channel::<Window>(2);
+            for _ in 0..2 {
+                free_tx
+                    .send(Window::default())
+                    .expect("the channel has room");
             }
-            self.flush_window(&mut window, &name, &class, &mut acc, &prior)?;
+            let handed_over = || OpsError::Internal("the window store stopped".into());
+            let this = &mut *self;
+            let (scan, stored) = std::thread::scope(|scope| {
+                let (name, class, prior) = (&name, &class, &prior);
+                let storer = scope.spawn(move || -> Result<TableAcc, OpsError> {
+                    let mut acc = TableAcc::default();
+                    for mut window in full_rx {
+                        this.flush_window(&mut window, name, class, &mut acc, prior)?;
+                        // The reader may be gone (it failed); then nothing
+                        // needs the buffer.
+                        let _ = free_tx.send(window);
+                    }
+                    Ok(acc)
+                });
+                let mut window = free_rx.recv().expect("two windows were queued");
+                let scan = src.scan_natural(
+                    ts,
+                    &plan,
+                    |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
+                        if failure.is_set() {
+                            return Err(OpsError::Internal(
+                                "stopping after an earlier failure".into(),
+                            ));
+                        }
+                        window.add(coords, row);
+                        rows += 1;
+                        tbytes += row.len() as u64;
+                        if window.full(budget, row) {
+                            let next = free_rx.recv().map_err(|_| handed_over())?;
+                            let full = std::mem::replace(&mut window, next);
+                            full_tx.send(full).map_err(|_| handed_over())?;
+                        }
+                        since_progress += 1;
+                        if since_progress == 4096 {
+                            progress.advance(since_progress);
+                            since_progress = 0;
+                        }
+                        Ok(())
+                    },
+                );
+                if scan.is_ok() && !window.rows.is_empty() {
+                    // Fails only if the store stopped, whose error follows.
+                    let _ = full_tx.send(window);
+                }
+                drop(full_tx);
+                let stored = storer.join().unwrap_or_else(|_| {
+                    Err(OpsError::Internal("the window store panicked".into()))
+                });
+                (scan, stored)
+            });
+            // The store's own error explains a reader stopped by it.
+            let acc = match (scan, stored) {
+                (_, Err(e)) => return Err(e),
+                (Err(ScanError::Store(e)), Ok(_)) => return Err(e.into()),
+                (Err(ScanError::Sink(e)), Ok(_)) => return Err(e),
+                (Ok(_), Ok(acc)) => acc,
+            };
             self.progress.advance(since_progress);
             self.progress.finish_phase();
             items += rows;
