@@ -17,6 +17,7 @@ use crate::repo::index::Index;
 use crate::repo::pack::{open_chunk, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
+use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -264,7 +265,7 @@ struct Queued {
 /// Fetched packs and the chunks to open in them, for the opening threads.
 struct Wave {
     /// Each pack's bytes (verified against its name) and its object name.
-    packs: Vec<(Arc<Vec<u8>>, String)>,
+    packs: Vec<(Bytes, String)>,
     /// `(position in packs, chunk)`, in pack order.
     chunks: Vec<(u32, Queued)>,
 }
@@ -333,7 +334,8 @@ struct Walk<'a> {
     read_data: bool,
     /// Packs holding tree pages.
     cache: PackCache,
-    /// Packs whose chunks are opened (few: a batch fetches each once).
+    /// Fetches the packs whose chunks are opened (a batch fetches each
+    /// once, and none is kept after its wave).
     data: PackCache,
     /// One bit per index entry: chunks already opened or queued.
     verified: Vec<u64>,
@@ -359,9 +361,9 @@ impl Walk<'_> {
     }
 
     /// Fetches a pack (verified against its name) and opens its header.
-    async fn fetch_pack(&mut self, pid: Id, size: u64) -> Option<Arc<Vec<u8>>> {
+    async fn fetch_pack(&mut self, pid: Id, size: u64) -> Option<Bytes> {
         let object = self.data.object_name(&pid);
-        match self.data.pack(pid, size).await {
+        match self.data.fetch(pid, size).await {
             Ok(pack) => {
                 if self.headers_checked.insert(pid) {
                     if let Err(e) = read_header(&object, &pack, self.meta) {
