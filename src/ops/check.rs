@@ -12,11 +12,12 @@ use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
 use crate::progress::Progress;
-use crate::repo::cache::PackCache;
+use crate::repo::cache::{PackCache, PackProblem};
 use crate::repo::index::Index;
 use crate::repo::pack::{open_chunk, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
+use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -57,10 +58,45 @@ pub struct CheckReport {
 const PACK_HINT: &str = "copy the pack from another target's copy of this repository, \
 or delete its index object (index/<pack id>) so that the next backup stores its chunks again";
 
+/// How `--read-data` batches its work. The defaults suit any repository;
+/// tests use tiny bounds to cross every batch and wave boundary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// Chunks queued while walking the trees before they are opened.
+    pub chunks: usize,
+    /// Bytes of packs handed to the opening threads at once.
+    pub wave_bytes: usize,
+    /// Threads that open chunks.
+    pub threads: usize,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            chunks: BATCH_CHUNKS,
+            wave_bytes: WAVE_BYTES,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Checks the repository on `target` (the primary if `None`); with
+/// `read_data`, reads and authenticates every pack and chunk.
 pub async fn check(
     policy: &Policy,
     target: Option<&str>,
     read_data: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<CheckReport, OpsError> {
+    check_with(policy, target, read_data, Batching::default(), progress).await
+}
+
+/// [`check`] with the given batching.
+pub async fn check_with(
+    policy: &Policy,
+    target: Option<&str>,
+    read_data: bool,
+    batching: Batching,
     progress: Arc<dyn Progress>,
 ) -> Result<CheckReport, OpsError> {
     let repo = OpenRepo::open(policy, target).await?;
@@ -138,8 +174,19 @@ pub async fn check(
         index: &index,
         read_data,
         cache: PackCache::new(target.clone(), 16),
-        codec: Codec::new(3),
-        verified: vec![0u64; index.chunks.len().div_ceil(64)],
+        data: PackCache::new(target.clone(), 1),
+        verified: if read_data {
+            vec![0u64; index.chunks.len().div_ceil(64)]
+        } else {
+            Vec::new()
+        },
+        queue: Vec::new(),
+        opening: None,
+        batching: Batching {
+            chunks: batching.chunks.max(1),
+            wave_bytes: batching.wave_bytes.max(1),
+            threads: batching.threads.max(1),
+        },
         headers_checked: HashSet::new(),
         groups_shredded: 0,
         chunks_checked: 0,
@@ -150,6 +197,8 @@ pub async fn check(
         walk.snapshot(s).await;
         progress.advance(1);
     }
+    walk.flush().await;
+    walk.collect().await;
     progress.finish_phase();
     if read_data {
         // Packs no snapshot needed are still hashed and their headers opened.
@@ -165,7 +214,7 @@ pub async fn check(
     }
     let groups_shredded = walk.groups_shredded;
     let chunks_checked = walk.chunks_checked;
-    let bytes_read = walk.cache.fetched;
+    let bytes_read = walk.cache.fetched + walk.data.fetched;
     findings.append(&mut walk.findings);
     if groups_shredded > 0 {
         findings.push(Finding {
@@ -191,16 +240,110 @@ pub async fn check(
     })
 }
 
+/// Chunks queued while walking the trees before they are opened: the queue
+/// is sorted by pack, so each pack of a batch is fetched once. About 100
+/// bytes a chunk (its id, location and a share of its group's keys).
+const BATCH_CHUNKS: usize = 1 << 17;
+
+/// Bytes of packs handed to the opening threads at once. At most two such
+/// waves are held (one being opened, one being fetched).
+const WAVE_BYTES: usize = 64 << 20;
+
+/// Chunks a thread takes from a wave at a time.
+const GRAB: usize = 512;
+
+/// A chunk to open: where it lies and the keys of the group that needs it.
+struct Queued {
+    pack: u32,
+    offset: u32,
+    len: u32,
+    raw_len: u32,
+    id: Id,
+    keys: Arc<ChunkKeys>,
+}
+
+/// Fetched packs and the chunks to open in them, for the opening threads.
+struct Wave {
+    /// Each pack's bytes (verified against its name) and its object name.
+    packs: Vec<(Bytes, String)>,
+    /// `(position in packs, chunk)`, in pack order.
+    chunks: Vec<(u32, Queued)>,
+}
+
+/// What the opening threads found in one wave.
+#[derive(Default)]
+struct Opened {
+    checked: u64,
+    /// `(position in the wave, finding)`.
+    findings: Vec<(usize, Finding)>,
+}
+
+/// Opens every chunk of a wave on `threads` threads, each with its own
+/// zstd context; findings come back in the wave's order.
+fn open_wave(wave: &Wave, threads: usize) -> Opened {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let work = || {
+        let mut codec = Codec::new(3);
+        let mut out = Opened::default();
+        loop {
+            let from = next.fetch_add(GRAB, Ordering::Relaxed);
+            if from >= wave.chunks.len() {
+                break;
+            }
+            let to = (from + GRAB).min(wave.chunks.len());
+            for (i, (p, c)) in wave.chunks[from..to].iter().enumerate() {
+                let (pack, object) = &wave.packs[*p as usize];
+                let (s, e) = (c.offset as usize, c.offset as usize + c.len as usize);
+                out.checked += 1;
+                if let Err(e) = open_chunk(&mut codec, &c.keys, &c.id, &pack[s..e], c.raw_len) {
+                    out.findings.push((
+                        from + i,
+                        Finding {
+                            level: Level::Error,
+                            object: object.clone(),
+                            message: format!("chunk {}: {e}", c.id),
+                            hint: None,
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    };
+    let threads = threads.clamp(1, wave.chunks.len().div_ceil(GRAB).max(1));
+    let mut all = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut all = work();
+        for h in handles {
+            let o = h.join().expect("a chunk-opening thread panicked");
+            all.checked += o.checked;
+            all.findings.extend(o.findings);
+        }
+        all
+    });
+    all.findings.sort_by_key(|f| f.0);
+    all
+}
+
 struct Walk<'a> {
     target: Arc<crate::target::Target>,
     meta: &'a crate::crypto::MetaKey,
     vault: &'a crate::vault::Vault,
     index: &'a Index,
     read_data: bool,
+    /// Packs holding tree pages.
     cache: PackCache,
-    codec: Codec,
-    /// One bit per index entry: chunks already opened.
+    /// Fetches the packs whose chunks are opened (a batch fetches each
+    /// once, and none is kept after its wave).
+    data: PackCache,
+    /// One bit per index entry: chunks already opened or queued.
     verified: Vec<u64>,
+    /// Chunks waiting to be opened, at most `batching.chunks`.
+    queue: Vec<Queued>,
+    /// The wave being opened in the background.
+    opening: Option<tokio::task::JoinHandle<Opened>>,
+    batching: Batching,
     headers_checked: HashSet<Id>,
     groups_shredded: u64,
     chunks_checked: u64,
@@ -218,52 +361,133 @@ impl Walk<'_> {
     }
 
     /// Fetches a pack (verified against its name) and opens its header.
-    async fn fetch_pack(&mut self, pid: Id, size: u64) -> bool {
-        let object = self.cache.object_name(&pid);
-        match self.cache.pack(pid, size).await {
+    async fn fetch_pack(&mut self, pid: Id, size: u64) -> Option<Bytes> {
+        let object = self.data.object_name(&pid);
+        match self.data.fetch(pid, size).await {
             Ok(pack) => {
                 if self.headers_checked.insert(pid) {
                     if let Err(e) = read_header(&object, &pack, self.meta) {
                         self.error(object, e.to_string(), None);
                     }
                 }
-                true
+                Some(pack)
             }
             Err(e) => {
                 if self.headers_checked.insert(pid) {
                     self.error(object, e.to_string(), Some(PACK_HINT));
                 }
-                false
+                None
             }
         }
     }
 
-    /// Checks one chunk: indexed, and with read_data, authentic.
-    async fn chunk(&mut self, id: &Id, keys: &ChunkKeys) -> bool {
+    /// Checks one chunk: indexed, and with read_data, queued to be opened
+    /// once (by the first group that needs it).
+    fn chunk(&mut self, id: &Id, keys: &Arc<ChunkKeys>) -> bool {
         let Some(pos) = self.index.chunks.position(id) else {
             return false;
         };
-        let loc = self.index.chunks[id];
         let (word, bit) = (pos / 64, 1u64 << (pos % 64));
         if !self.read_data || self.verified[word] & bit != 0 {
             return true;
         }
-        let (pid, size) = self.index.pack_of(&loc);
-        if !self.fetch_pack(pid, size).await {
-            return true; // reported once for the pack
-        }
-        let object = self.cache.object_name(&pid);
-        match self.cache.blob(self.index, &loc).await {
-            Ok(sealed) => {
-                self.chunks_checked += 1;
-                if let Err(e) = open_chunk(&mut self.codec, keys, id, &sealed, loc.raw_len) {
-                    self.error(object, format!("chunk {id}: {e}"), None);
-                }
-            }
-            Err(e) => self.error(object, e.to_string(), None),
-        }
         self.verified[word] |= bit;
+        let loc = self.index.chunks.loc_at(pos);
+        self.queue.push(Queued {
+            pack: loc.pack,
+            offset: loc.offset,
+            len: loc.len,
+            raw_len: loc.raw_len,
+            id: *id,
+            keys: keys.clone(),
+        });
         true
+    }
+
+    /// Opens the queued chunks if there are enough of them.
+    async fn maybe_flush(&mut self) {
+        if self.queue.len() >= self.batching.chunks {
+            self.flush().await;
+        }
+    }
+
+    /// Opens every queued chunk: fetches each pack the batch needs once, in
+    /// waves of about `batching.wave_bytes`, each wave opened on every core while
+    /// the next is fetched.
+    async fn flush(&mut self) {
+        let mut queue = std::mem::take(&mut self.queue);
+        queue.sort_unstable_by_key(|c| (c.pack, c.offset));
+        let mut wave = Wave {
+            packs: Vec::new(),
+            chunks: Vec::new(),
+        };
+        let mut wave_bytes = 0usize;
+        let mut current: Option<(u32, Option<u32>)> = None;
+        for c in queue {
+            let slot = match current {
+                Some((p, slot)) if p == c.pack => slot,
+                _ => {
+                    if wave_bytes >= self.batching.wave_bytes {
+                        let full = std::mem::replace(
+                            &mut wave,
+                            Wave {
+                                packs: Vec::new(),
+                                chunks: Vec::new(),
+                            },
+                        );
+                        self.dispatch(full).await;
+                        wave_bytes = 0;
+                    }
+                    let (pid, size) = self.index.packs[c.pack as usize];
+                    let slot = match self.fetch_pack(pid, size).await {
+                        Some(pack) => {
+                            wave_bytes += pack.len();
+                            wave.packs.push((pack, self.data.object_name(&pid)));
+                            Some(wave.packs.len() as u32 - 1)
+                        }
+                        None => None, // reported once for the pack
+                    };
+                    current = Some((c.pack, slot));
+                    slot
+                }
+            };
+            let Some(slot) = slot else { continue };
+            let (pack, object) = &wave.packs[slot as usize];
+            let end = c.offset as u64 + c.len as u64;
+            if end > pack.len() as u64 {
+                let problem = PackProblem::Size {
+                    object: object.clone(),
+                    got: pack.len() as u64,
+                    want: end,
+                };
+                self.error(object.clone(), problem.to_string(), None);
+                continue;
+            }
+            wave.chunks.push((slot, c));
+        }
+        if !wave.chunks.is_empty() {
+            self.dispatch(wave).await;
+        }
+    }
+
+    /// Hands a wave to the opening threads, after collecting the previous
+    /// one (so at most one wave is opened while the next is fetched).
+    async fn dispatch(&mut self, wave: Wave) {
+        self.collect().await;
+        let threads = self.batching.threads;
+        self.opening = Some(tokio::task::spawn_blocking(move || {
+            open_wave(&wave, threads)
+        }));
+    }
+
+    /// Waits for the wave being opened and records what it found.
+    async fn collect(&mut self) {
+        if let Some(h) = self.opening.take() {
+            let opened = h.await.expect("the chunk-opening task panicked");
+            self.chunks_checked += opened.checked;
+            self.findings
+                .extend(opened.findings.into_iter().map(|(_, f)| f));
+        }
     }
 
     async fn snapshot(&mut self, s: &Snapshot) {
@@ -279,7 +503,7 @@ impl Walk<'_> {
         let files_keys = s.files.as_ref().and_then(|f| {
             self.vault
                 .key(&f.key)
-                .map(|k| ChunkKeys::new(&group_key(None, k, "files")))
+                .map(|k| Arc::new(ChunkKeys::new(&group_key(None, k, "files"))))
         });
         if let Some(f) = &s.files {
             if files_keys.is_none() {
@@ -304,8 +528,9 @@ impl Walk<'_> {
                     for g in &groups {
                         match group_keys(self.vault, g, &table) {
                             Ok(k) => {
+                                let k = Arc::new(k);
                                 for c in &g.chunks {
-                                    if !self.chunk(c, &k).await {
+                                    if !self.chunk(c, &k) {
                                         missing += 1;
                                         first_missing.get_or_insert(*c);
                                     }
@@ -320,7 +545,7 @@ impl Walk<'_> {
                     if let Some(k) = &files_keys {
                         for f in &files {
                             for c in &f.chunks {
-                                if !self.chunk(c, k).await {
+                                if !self.chunk(c, k) {
                                     missing += 1;
                                     first_missing.get_or_insert(*c);
                                 }
@@ -329,6 +554,7 @@ impl Walk<'_> {
                     }
                 }
             }
+            self.maybe_flush().await;
         }
         let object = format!("{}:snapshots/{}", self.target.name, s.id);
         if mismatched > 0 {

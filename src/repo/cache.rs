@@ -5,6 +5,7 @@ use crate::crypto::Id;
 use crate::repo::index::{ChunkLoc, Index};
 use crate::repo::pack::pack_path;
 use crate::target::Target;
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -55,6 +56,28 @@ impl PackCache {
         if let Some(b) = self.bad.get(&pack) {
             return Err(b.clone());
         }
+        let p = Arc::new(self.fetch_verified(pack, size).await?.to_vec());
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.packs.remove(&old);
+            }
+        }
+        self.order.push_back(pack);
+        self.packs.insert(pack, p.clone());
+        Ok(p)
+    }
+
+    /// Fetches a pack verified against its id and size like
+    /// [`PackCache::pack`], without copying or keeping it: for one pass over
+    /// each pack (check). A pack found bad is remembered as with `pack`.
+    pub async fn fetch(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
+        if let Some(b) = self.bad.get(&pack) {
+            return Err(b.clone());
+        }
+        self.fetch_verified(pack, size).await
+    }
+
+    async fn fetch_verified(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
         let object = self.object_name(&pack);
         let r = match self.target.get_opt(&pack_path(&pack)).await {
             Ok(Some(b)) => {
@@ -68,7 +91,7 @@ impl PackCache {
                 } else if Id::hash(&b) != pack {
                     Err(PackProblem::Hash { object })
                 } else {
-                    Ok(Arc::new(b.to_vec()))
+                    Ok(b)
                 }
             }
             Ok(None) => Err(PackProblem::Missing { object }),
@@ -77,25 +100,13 @@ impl PackCache {
                 why: e.to_string(),
             }),
         };
-        match r {
-            Ok(p) => {
-                if self.order.len() >= self.capacity {
-                    if let Some(old) = self.order.pop_front() {
-                        self.packs.remove(&old);
-                    }
-                }
-                self.order.push_back(pack);
-                self.packs.insert(pack, p.clone());
-                Ok(p)
-            }
-            Err(e) => {
-                // Transient read errors are not remembered.
-                if !matches!(e, PackProblem::Read { .. }) {
-                    self.bad.insert(pack, e.clone());
-                }
-                Err(e)
+        if let Err(e) = &r {
+            // Transient read errors are not remembered.
+            if !matches!(e, PackProblem::Read { .. }) {
+                self.bad.insert(pack, e.clone());
             }
         }
+        r
     }
 
     /// The sealed bytes of one chunk.

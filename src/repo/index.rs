@@ -198,6 +198,12 @@ impl ChunkMap {
             .map(|i| a + i)
     }
 
+    /// The location of the entry at `pos` (from [`ChunkMap::position`]),
+    /// so that a caller needing both does one lookup, not two.
+    pub fn loc_at(&self, pos: usize) -> &ChunkLoc {
+        &self.entries[pos].1
+    }
+
     pub fn contains_key(&self, id: &Id) -> bool {
         self.get(id).is_some()
     }
