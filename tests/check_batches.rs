@@ -4,8 +4,10 @@
 //! named once however many batches need it.
 
 mod common;
+#[path = "common/roundtrip_util.rs"]
+mod util;
 
-use common::{file_url, tempdir};
+use common::tempdir;
 use custos::crypto::Id;
 use custos::demo::{generate, DemoSize};
 use custos::ops::backup::{backup, BackupOptions};
@@ -20,6 +22,7 @@ use custos::repo::snapshot::Snapshot;
 use custos::repo::tree::Page;
 use std::collections::HashSet;
 use std::sync::Arc;
+use util::write_local_policy;
 
 /// Bounds from one chunk a batch and one pack a wave up to the defaults.
 fn batchings() -> Vec<Batching> {
@@ -43,42 +46,11 @@ fn batchings() -> Vec<Batching> {
 async fn backed_up(dir: &std::path::Path) -> Policy {
     let db = dir.join("crm.db");
     generate(&db, DemoSize::Bytes(2 << 20), 11, &NoProgress).unwrap();
-    let keys = custos::keys::init_keys(&dir.join("keys")).unwrap();
-    let target = dir.join("target");
-    std::fs::create_dir_all(&target).unwrap();
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            r#"[policy]
-name = "batches"
-[store]
-kind = "sqlite"
-path = "{db}"
-[[store.tables]]
-name = "customers"
-class = "identity"
-subject = "id"
-[[store.tables]]
-name = "cdrs"
-class = "consumption"
-subject = "customer_id"
-period = {{ column = "started_at", every = "month" }}
-[keys]
-identity = "{id}"
-recipients = []
-vault = ["{vault}"]
-[[targets]]
-name = "primary"
-url = "{target}"
-"#,
-            db = db.display(),
-            id = keys.identity_path.display(),
-            vault = file_url(&dir.join("vault")),
-            target = file_url(&target),
-        ),
-    )
-    .unwrap();
+    let tables =
+        "[[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"id\"\n\n\
+         [[store.tables]]\nname = \"cdrs\"\nclass = \"consumption\"\nsubject = \"customer_id\"\n\
+         period = { column = \"started_at\", every = \"month\" }\n";
+    let policy = write_local_policy(dir, "batches", &db, tables);
     let policy = Policy::load(&policy).unwrap();
     custos::ops::init::init(&policy).await.unwrap();
     let opts = BackupOptions {

@@ -64,11 +64,7 @@ async fn check_ok(policy: &Policy) {
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf, Policy) {
-    let tmp = common::tempdir();
-    let db = tmp.path().join("calls.db");
-    build(&db);
-    let p = policy(tmp.path(), &db);
-    (tmp, db, p)
+    util::calls_setup(build, policy)
 }
 
 fn exec(db: &Path, sql: &str) {
@@ -165,12 +161,7 @@ async fn a_window_under_a_destroyed_key_is_stored_again() {
     // The March key is destroyed while March's calls are still in the
     // database: the parent's pages for them are unreadable now, so the next
     // backup must store those rows again under a new key.
-    let mut vault = custos::ops::open_vault(&policy).await.unwrap();
-    vault
-        .destroy(KeyKind::Period, "consumption:2026-03")
-        .await
-        .unwrap();
-    drop(vault);
+    util::destroy_key(&policy, KeyKind::Period, "consumption:2026-03").await;
     let second = backup_small(&policy).await;
     assert!(second.rows_reused > 0, "{second:?}");
     assert!(second.rows_reused < second.items, "{second:?}");

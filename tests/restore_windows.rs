@@ -97,11 +97,7 @@ fn packs(target: &Path) -> usize {
 }
 
 fn setup() -> (tempfile::TempDir, PathBuf, Policy) {
-    let tmp = common::tempdir();
-    let db = tmp.path().join("calls.db");
-    build(&db);
-    let p = policy(tmp.path(), &db);
-    (tmp, db, p)
+    util::calls_setup(build, policy)
 }
 
 /// Restores, then destroys the March key and restores again: the second
@@ -127,12 +123,7 @@ async fn restore_whole_then_without_march(pack_size: usize, min_packs: usize) {
         .unwrap();
     assert_eq!(ok, "ok");
 
-    let mut vault = custos::ops::open_vault(&policy).await.unwrap();
-    vault
-        .destroy(KeyKind::Period, "consumption:2026-03")
-        .await
-        .unwrap();
-    drop(vault);
+    util::destroy_key(&policy, KeyKind::Period, "consumption:2026-03").await;
     let expected = tmp.path().join("expected.db");
     fs::copy(&db, &expected).unwrap();
     let march: u64 = {

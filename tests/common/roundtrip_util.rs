@@ -328,6 +328,30 @@ pub fn build_calls_db(path: &Path, customers: i64, calls: i64) {
     tx.commit().unwrap();
 }
 
+/// A temporary folder holding `calls.db`, made by `build`, and the policy
+/// `policy` writes for it there.
+pub fn calls_setup(
+    build: fn(&Path),
+    policy: fn(&Path, &Path) -> custos::policy::Policy,
+) -> (tempfile::TempDir, PathBuf, custos::policy::Policy) {
+    let tmp = crate::common::tempdir();
+    let db = tmp.path().join("calls.db");
+    build(&db);
+    let p = policy(tmp.path(), &db);
+    (tmp, db, p)
+}
+
+/// Destroys one key of the policy's vault directly (what a shred does at
+/// its core), at every vault location.
+pub async fn destroy_key(
+    policy: &custos::policy::Policy,
+    kind: custos::vault::KeyKind,
+    name: &str,
+) {
+    let mut vault = custos::ops::open_vault(policy).await.unwrap();
+    vault.destroy(kind, name).await.unwrap();
+}
+
 /// A policy file in `d` for the SQLite database `db` with the given
 /// `[[store.tables]]` sections: fresh keys, a vault folder and one
 /// `file://` target folder (`d/vault`, `d/target`). Returns its path.
