@@ -1057,9 +1057,24 @@ fn operator_runs_jobs_and_retention_requests_a_real_shred() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(text.contains("consumption:2025-09"), "{text}");
     let es = audit_entries(&f);
-    assert!(es
-        .iter()
-        .any(|e| e.op == "shred.request" && e.actor == "rita" && e.outcome == Outcome::Ok));
+    // One entry per request, hers with her role: the accepted one, the
+    // refused repeat and the unknown unit (not the server's user's).
+    let requests: Vec<_> = es.iter().filter(|e| e.op == "shred.request").collect();
+    assert_eq!(requests.len(), 3, "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .all(|e| e.actor == "rita" && e.role == "retention"),
+        "{requests:?}"
+    );
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|e| e.outcome == Outcome::Failed)
+            .count(),
+        2,
+        "{requests:?}"
+    );
     assert!(es
         .iter()
         .any(|e| e.actor == "job:crm/drill" && e.outcome == Outcome::Ok));

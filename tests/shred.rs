@@ -631,6 +631,7 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
         reason: Some("test".into()),
         request_ref: None,
         requester: "dpo-test".into(),
+        role: "operator".into(),
         now: true,
     };
     let run_opts = || custos::shred::RunOptions {
@@ -764,6 +765,7 @@ async fn minimum_retention_refuses_young_units_and_a_policy_edit_cannot_lower_it
         reason: Some("test".into()),
         request_ref: None,
         requester: "dpo-test".into(),
+        role: "operator".into(),
         now,
     };
     let period = |p: &str| custos::shred::UnitSpec::Period(p.into());

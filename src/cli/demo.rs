@@ -346,6 +346,7 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
             reason: Some("erasure request (demo)".into()),
             request_ref: Some("DEMO-1".into()),
             requester: custos::audit::cli_actor(),
+            role: "operator".into(),
             now: true,
         },
         at,

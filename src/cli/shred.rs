@@ -113,6 +113,7 @@ pub async fn run(a: ShredArgs) -> Result<()> {
         reason: a.reason.clone(),
         request_ref: a.request_ref.clone(),
         requester: actor.clone(),
+        role: "operator".into(),
         now: a.now,
     };
     let p = shred::request(&policy, &state, &req, now).await?;

@@ -534,23 +534,16 @@ pub(crate) async fn shred(
         reason: b.reason.clone(),
         request_ref: Some(format!("console:{}", u.name)),
         requester: u.name.clone(),
+        role: u.role.as_str().to_string(),
         now: false,
     };
+    // The shred module appends the audit entry (actor, role, outcome).
     match crate::shred::request(&p, &app.cfg.state, &req, chrono::Utc::now()).await {
-        Ok(pending) => {
-            let _ = done(
-                &app,
-                &u,
-                "shred.request",
-                &name,
-                Ok((vec![pending.unit.name.clone()], None, vec![])),
-            );
-            (
-                StatusCode::ACCEPTED,
-                Json(serde_json::to_value(&pending).unwrap_or(Value::Null)),
-            )
-                .into_response()
-        }
+        Ok(pending) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::to_value(&pending).unwrap_or(Value::Null)),
+        )
+            .into_response(),
         Err(e) => {
             use crate::shred::ShredError as E;
             let code = match &e {
@@ -562,7 +555,6 @@ pub(crate) async fn shred(
                 | E::BelowFloor { .. } => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            let _ = done(&app, &u, "shred.request", &name, Err(e.to_string()));
             error(code, e.to_string())
         }
     }

@@ -167,6 +167,7 @@ pub async fn apply(
                 )),
                 request_ref: Some(format!("retention:{}", policy.name)),
                 requester: opts.actor.clone(),
+                role: opts.role.clone(),
                 now: false,
             };
             match shred::request(policy, state, &req, opts.now).await {

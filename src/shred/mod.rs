@@ -241,6 +241,8 @@ pub struct Request {
     pub request_ref: Option<String>,
     /// Who asks (user name or `job:<policy>/retention`).
     pub requester: String,
+    /// The requester's audit role (`operator`, `retention`, `admin`, `job`).
+    pub role: String,
     /// Skip the grace period (an explicit erasure request).
     pub now: bool,
 }
@@ -251,8 +253,16 @@ fn audit(state: &StateDir, ev: Event) -> Result<(), ShredError> {
 }
 
 /// Appends a failure entry for `op`, keeping the original error.
-fn audit_failure(state: &StateDir, policy: &Policy, op: &str, role: &str, e: &ShredError) {
+/// Appends the audit entry of a failed shred operation by `actor`.
+fn audit_failure(
+    state: &StateDir,
+    policy: &Policy,
+    op: &str,
+    (role, actor): (&str, &str),
+    e: &ShredError,
+) {
     let ev = Event::new(op, role)
+        .actor(actor.to_string())
         .policy(&policy.name)
         .outcome(Outcome::Failed)
         .detail(e.to_string());
@@ -279,7 +289,7 @@ fn audit_ledger_op(
                 .object(unit.to_string()),
         ),
         Err(e) => {
-            audit_failure(state, policy, op, "operator", e);
+            audit_failure(state, policy, op, ("operator", actor), e);
             Ok(())
         }
     }
@@ -352,7 +362,7 @@ pub async fn request(
     .await;
     match &r {
         Ok(p) => {
-            let mut ev = Event::new("shred.request", "operator")
+            let mut ev = Event::new("shred.request", &req.role)
                 .actor(req.requester.clone())
                 .policy(&policy.name)
                 .object(p.unit.to_string())
@@ -362,7 +372,13 @@ pub async fn request(
             }
             audit(state, ev)?;
         }
-        Err(e) => audit_failure(state, policy, "shred.request", "operator", e),
+        Err(e) => audit_failure(
+            state,
+            policy,
+            "shred.request",
+            (&req.role, &req.requester),
+            e,
+        ),
     }
     r
 }
@@ -532,7 +548,7 @@ pub async fn run(
 ) -> Result<RunReport, ShredError> {
     let r = run_inner(policy, state, opts).await;
     if let Err(e) = &r {
-        audit_failure(state, policy, "shred.run", &opts.role, e);
+        audit_failure(state, policy, "shred.run", (&opts.role, &opts.performer), e);
     }
     r
 }
