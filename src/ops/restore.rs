@@ -24,6 +24,7 @@ use crate::store::postgres::{
 use crate::store::sqlite::SqliteRestorer;
 use crate::target::Target;
 use crate::vault::Vault;
+use bytes::Bytes;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
@@ -431,7 +432,7 @@ impl<'a> WindowReader<'a> {
                 next += 1;
             }
             // The part's packs, verified, held while its chunks are opened.
-            let mut fetched: Vec<(u32, Arc<Vec<u8>>)> = Vec::with_capacity(packs.len());
+            let mut fetched: Vec<(u32, Bytes)> = Vec::with_capacity(packs.len());
             for p in &packs {
                 let (pid, size) = index.packs[*p as usize];
                 let bytes = cache
@@ -467,7 +468,7 @@ fn open_parts(
     part: &[Pending<'_>],
     groups: &[(Id, GroupEntry)],
     locs: &[ChunkLoc],
-    packs: &[(u32, Arc<Vec<u8>>)],
+    packs: &[(u32, Bytes)],
     place: Place<'_>,
     object: &(dyn Fn(u32) -> String + Sync),
 ) -> Vec<Result<Vec<u8>, OpsError>> {

@@ -26,7 +26,7 @@ pub struct PackCache {
     target: Arc<Target>,
     capacity: usize,
     order: VecDeque<Id>,
-    packs: HashMap<Id, Arc<Vec<u8>>>,
+    packs: HashMap<Id, Bytes>,
     bad: HashMap<Id, PackProblem>,
     /// Bytes fetched from the target.
     pub fetched: u64,
@@ -49,14 +49,14 @@ impl PackCache {
     }
 
     /// Fetches (or returns the cached) pack, verified against its id/size.
-    pub async fn pack(&mut self, pack: Id, size: u64) -> Result<Arc<Vec<u8>>, PackProblem> {
+    pub async fn pack(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
         if let Some(p) = self.packs.get(&pack) {
             return Ok(p.clone());
         }
         if let Some(b) = self.bad.get(&pack) {
             return Err(b.clone());
         }
-        let p = Arc::new(self.fetch_verified(pack, size).await?.to_vec());
+        let p = self.fetch_verified(pack, size).await?;
         if self.order.len() >= self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.packs.remove(&old);
@@ -68,8 +68,8 @@ impl PackCache {
     }
 
     /// Fetches a pack verified against its id and size like
-    /// [`PackCache::pack`], without copying or keeping it: for one pass over
-    /// each pack (check). A pack found bad is remembered as with `pack`.
+    /// [`PackCache::pack`], without keeping it: for one pass over each pack
+    /// (check). A pack found bad is remembered as with `pack`.
     pub async fn fetch(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
         if let Some(b) = self.bad.get(&pack) {
             return Err(b.clone());
