@@ -1097,6 +1097,22 @@ impl Drop for Child {
 
 /// The binary; `CUSTOS_TEST_BIN` runs another build of it (for a target
 /// directory shared by several checkouts).
+/// `custos serve` of the fixture's policies over TLS with `cert` and
+/// `key`, on a free port, without background refresh.
+fn tls_serve(f: &Fixture, cert: &std::path::Path, key: &std::path::Path) -> std::process::Command {
+    let mut c = serve_cmd();
+    c.arg("--state-dir")
+        .arg(&f.state)
+        .args(["serve", "--policies"])
+        .arg(&f.policies)
+        .args(["--listen", "127.0.0.1:0", "--background-secs", "0"])
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key);
+    c
+}
+
 fn serve_cmd() -> std::process::Command {
     let mut c = common::custos();
     if let Some(b) = std::env::var_os("CUSTOS_TEST_BIN") {
@@ -1169,23 +1185,7 @@ async fn serve_speaks_tls_with_the_given_certificate_and_only_tls() {
     // A key that is not PEM is refused before listening, naming the file.
     let bad = f.root.join("bad.key");
     std::fs::write(&bad, "not a key").unwrap();
-    let out = serve_cmd()
-        .arg("--state-dir")
-        .arg(&f.state)
-        .args(["serve", "--policies"])
-        .arg(&f.policies)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--background-secs",
-            "0",
-            "--tls-cert",
-        ])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = tls_serve(&f, &cert, &bad).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1193,23 +1193,8 @@ async fn serve_speaks_tls_with_the_given_certificate_and_only_tls() {
         "{err}"
     );
 
-    let mut child = serve_cmd();
-    child
-        .arg("--state-dir")
-        .arg(&f.state)
-        .args(["serve", "--policies"])
-        .arg(&f.policies)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--background-secs",
-            "0",
-            "--tls-cert",
-        ])
-        .arg(&cert)
-        .arg("--tls-key")
-        .arg(&key)
-        .stdout(std::process::Stdio::piped());
+    let mut child = tls_serve(&f, &cert, &key);
+    child.stdout(std::process::Stdio::piped());
     let mut child = Child(child.spawn().unwrap());
     // Keep reading its stdout (a closed pipe would end the server).
     let mut stdout = std::io::BufReader::new(child.0.stdout.take().unwrap());

@@ -108,6 +108,16 @@ max_retries = 1
         }
     }
 
+    /// `custos status --json` as agent `n` sees it.
+    fn status_json(&self, n: usize) -> serde_json::Value {
+        let out = run(custos()
+            .args(["--state-dir"])
+            .arg(self.state(n))
+            .args(["status", "--json", "--policies"])
+            .arg(&self.policies));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn state(&self, n: usize) -> PathBuf {
         self.dir.join(format!("state{n}"))
     }
@@ -245,12 +255,7 @@ fn a_two_second_cron_takes_the_expected_number_of_snapshots() {
         assert_eq!(secs % 2, 0, "tick {t} is not on the cron");
     }
     // `status` reads the same state.
-    let out = run(custos()
-        .args(["--state-dir"])
-        .arg(s.state(1))
-        .args(["status", "--json", "--policies"])
-        .arg(&s.policies));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = s.status_json(1);
     let j = &v["jobs"][0];
     assert_eq!(j["policy"], "crm");
     assert_eq!(j["job"], "backup");
@@ -643,12 +648,7 @@ fn an_unreachable_target_is_retried_with_backoff_and_shown_in_status() {
         .iter()
         .all(|f| f["error"].as_str().unwrap().contains("`dr` unreachable")));
 
-    let out = run(custos()
-        .args(["--state-dir"])
-        .arg(s.state(1))
-        .args(["status", "--json", "--policies"])
-        .arg(&s.policies));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = s.status_json(1);
     assert_eq!(v["jobs"][0]["job"], "replicate");
     let rep = &v["replication"][0];
     assert_eq!(rep["policy"], "crm");

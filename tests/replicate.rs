@@ -130,6 +130,22 @@ fn small_packs() -> BackupOptions {
     }
 }
 
+/// One backup in small packs.
+async fn backup_small(policy: &Policy) -> custos::ops::backup::BackupReport {
+    backup(policy, &small_packs(), Arc::new(NoProgress))
+        .await
+        .unwrap()
+}
+
+/// Deletes every `n`th call record of the fixture's database, so the next
+/// backup is an incremental with a change.
+fn delete_every(db: &Path, n: u32) {
+    rusqlite::Connection::open(db)
+        .unwrap()
+        .execute(&format!("DELETE FROM cdrs WHERE rowid % {n} = 0"), [])
+        .unwrap();
+}
+
 async fn restore_and_compare(policy: &Policy, target: &str, snapshot: &str, db: &Path, to: &Path) {
     restore(
         policy,
@@ -191,9 +207,7 @@ async fn replicated_copies_restore_alone_and_a_verify_marks_them_replicated() {
         &s3_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
-    let b = backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let b = backup_small(&policy).await;
     assert!(objects_under(&s3.root().join("east/crm"), "snapshots").is_empty());
 
     let meta = meta_key(&policy).await;
@@ -275,9 +289,7 @@ async fn verify_finds_and_repairs_deleted_truncated_and_bit_flipped_objects() {
         &s3_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
-    let b = backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let b = backup_small(&policy).await;
     let meta = meta_key(&policy).await;
     assert!(
         replicate(&policy, &opts(&f, true, Some(meta.clone())))
@@ -406,17 +418,10 @@ async fn a_replication_cut_off_midway_lists_only_restorable_snapshots_and_the_ne
     let f = Fixture::new(9);
     let (_, base) = f.policy(&[], &s3_section(&s3.endpoint()));
     custos::ops::init::init(&base).await.unwrap();
-    let s1 = backup(&base, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let s1 = backup_small(&base).await;
     // A second, incremental snapshot after a change.
-    let c = rusqlite::Connection::open(&f.db).unwrap();
-    c.execute("DELETE FROM cdrs WHERE rowid % 7 = 0", [])
-        .unwrap();
-    drop(c);
-    let s2 = backup(&base, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    delete_every(&f.db, 7);
+    let s2 = backup_small(&base).await;
     let objects = ["data", "index", "snapshots"]
         .iter()
         .map(|d| objects_under(&f.primary_dir(), d).len() as u64)
@@ -549,19 +554,12 @@ async fn a_target_down_leaves_new_snapshots_under_replicated_until_it_comes_back
         "\n[s3]\nregion = \"us-east-1\"\nmax_retries = 0\n\n[replication]\nmin_copies = 2\nconcurrency = 2\nmax_bytes_per_sec = 100000000\n",
     );
     custos::ops::init::init(&policy).await.unwrap();
-    let s1 = backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let s1 = backup_small(&policy).await;
     assert!(replicate(&policy, &opts(&f, true, None)).await.unwrap().ok);
 
     switch.down();
-    let c = rusqlite::Connection::open(&f.db).unwrap();
-    c.execute("DELETE FROM cdrs WHERE rowid % 5 = 0", [])
-        .unwrap();
-    drop(c);
-    let s2 = backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    delete_every(&f.db, 5);
+    let s2 = backup_small(&policy).await;
     let r = replicate(&policy, &opts(&f, true, None)).await.unwrap();
     assert!(!r.ok);
     let east = target(&r, "dr-east");
@@ -700,16 +698,9 @@ async fn a_snapshot_forgotten_on_the_primary_is_never_copied_back_while_others_a
         "\n[snapshots]\nkeep_last = 1\n",
     );
     custos::ops::init::init(&policy).await.unwrap();
-    let s1 = backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
-    let c = rusqlite::Connection::open(&f.db).unwrap();
-    c.execute("DELETE FROM cdrs WHERE rowid % 3 = 0", [])
-        .unwrap();
-    drop(c);
-    let s2 = backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    let s1 = backup_small(&policy).await;
+    delete_every(&f.db, 3);
+    let s2 = backup_small(&policy).await;
     let meta = meta_key(&policy).await;
     assert!(
         replicate(&policy, &opts(&f, true, Some(meta.clone())))
@@ -804,9 +795,7 @@ async fn repair_object_mends_one_object_from_an_offsite_copy() {
         &s3_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
-    backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    backup_small(&policy).await;
     let meta = meta_key(&policy).await;
     assert!(
         replicate(&policy, &opts(&f, true, Some(meta.clone())))
@@ -907,9 +896,7 @@ async fn reports_certificates_and_audit_segments_reach_every_target_and_the_majo
         &s3_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
-    backup(&policy, &small_packs(), Arc::new(NoProgress))
-        .await
-        .unwrap();
+    backup_small(&policy).await;
     let state = f.state();
     // A real drill stores its signed report on the primary.
     let drill = custos::drill::run(

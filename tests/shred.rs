@@ -617,6 +617,45 @@ fn target_cov<'a>(cert: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no target {name} in {cert}"))
 }
 
+/// A destruction request by the tests' data-protection officer.
+fn dpo_request(unit: custos::shred::UnitSpec, now: bool) -> custos::shred::Request {
+    custos::shred::Request {
+        unit,
+        reason: Some("test".into()),
+        request_ref: None,
+        requester: "dpo-test".into(),
+        role: "operator".into(),
+        now,
+    }
+}
+
+/// Run options of the retention role at `now`.
+fn retention_run(now: chrono::DateTime<chrono::Utc>) -> custos::shred::RunOptions {
+    custos::shred::RunOptions {
+        now,
+        performer: "dpo-test".into(),
+        role: "retention".into(),
+        only: None,
+    }
+}
+
+/// Requests the destruction of `unit` without grace and runs it at once;
+/// exactly one unit must be destroyed.
+async fn destroy_now(env: &Env, state: &custos::state::StateDir, unit: custos::shred::UnitSpec) {
+    custos::shred::request(
+        &env.policy,
+        state,
+        &dpo_request(unit, true),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = custos::shred::run(&env.policy, state, &retention_run(chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
     let env = setup_with(true).await;
@@ -626,37 +665,11 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
     let primary_before = packs(&primary_root);
     let dr_before = packs(&dr_root);
     let state = custos::state::StateDir::at(&env.state).unwrap();
-    let req = |unit| custos::shred::Request {
-        unit,
-        reason: Some("test".into()),
-        request_ref: None,
-        requester: "dpo-test".into(),
-        role: "operator".into(),
-        now: true,
-    };
-    let run_opts = || custos::shred::RunOptions {
-        now: chrono::Utc::now(),
-        performer: "dpo-test".into(),
-        role: "retention".into(),
-        only: None,
-    };
 
     // A period owns whole packs (one time key per pack): deleted on the
     // primary, kept on the write-once copy.
-    custos::shred::request(
-        &env.policy,
-        &state,
-        &req(custos::shred::UnitSpec::Period(
-            "consumption:2026-01".into(),
-        )),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
-    let r = custos::shred::run(&env.policy, &state, &run_opts())
-        .await
-        .unwrap();
-    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    let period = custos::shred::UnitSpec::Period("consumption:2026-01".into());
+    destroy_now(&env, &state, period).await;
     let cert_path = certificates(&env).pop().unwrap();
     let cert: Value = serde_json::from_str(&fs::read_to_string(&cert_path).unwrap()).unwrap();
     let cert = &cert["body"];
@@ -717,18 +730,7 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
     // A subject's chunks share packs with other subjects: none is deleted
     // and the certificate says why ciphertext remains.
     let subject = busy_customer(&env.versions[0].1).to_string();
-    custos::shred::request(
-        &env.policy,
-        &state,
-        &req(custos::shred::UnitSpec::Subject(subject)),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
-    let r = custos::shred::run(&env.policy, &state, &run_opts())
-        .await
-        .unwrap();
-    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    destroy_now(&env, &state, custos::shred::UnitSpec::Subject(subject)).await;
     let cert_path = certificates(&env)
         .into_iter()
         .find(|c| c != &cert_path)
@@ -760,14 +762,7 @@ fn with_shred_extra(env: &Env, extra: &str) -> Policy {
 async fn minimum_retention_refuses_young_units_and_a_policy_edit_cannot_lower_it() {
     let env = setup().await;
     let state = custos::state::StateDir::at(&env.state).unwrap();
-    let req = |unit: custos::shred::UnitSpec, now: bool| custos::shred::Request {
-        unit,
-        reason: Some("test".into()),
-        request_ref: None,
-        requester: "dpo-test".into(),
-        role: "operator".into(),
-        now,
-    };
+    let req = dpo_request;
     let period = |p: &str| custos::shred::UnitSpec::Period(p.into());
     let t0 = chrono::Utc::now();
 

@@ -233,43 +233,41 @@ async fn scan_target(
     for snap in &snaps {
         cov.snapshots_scanned += 1;
         let mut affected = false;
-        {
-            for table in snap.record_tables() {
-                for pid in &table.pages {
-                    let page = Page::load(&mut cache, &index, &meta, pid)
-                        .await
-                        .map_err(crate::ops::OpsError::from)?;
-                    let Page::Groups { groups, .. } = page else {
+        for table in snap.record_tables() {
+            for pid in &table.pages {
+                let page = Page::load(&mut cache, &index, &meta, pid)
+                    .await
+                    .map_err(crate::ops::OpsError::from)?;
+                let Page::Groups { groups, .. } = page else {
+                    continue;
+                };
+                for g in &groups {
+                    let of_unit =
+                        ids.contains(&g.t) || g.s.as_ref().is_some_and(|s| ids.contains(s));
+                    if !of_unit {
                         continue;
-                    };
-                    for g in &groups {
-                        let of_unit =
-                            ids.contains(&g.t) || g.s.as_ref().is_some_and(|s| ids.contains(s));
-                        if !of_unit {
-                            continue;
-                        }
-                        affected = true;
-                        cov.groups += 1;
-                        cov.rows += g.rows;
-                        chunks.extend(g.chunks.iter().copied());
-                        if matches!(
-                            group_keys(vault, g, &table.name),
-                            Err(GroupKeyProblem::Shredded)
-                        ) {
-                            cov.groups_unreadable += 1;
-                        }
-                        if sampled < SAMPLE_CHUNKS {
-                            if let Some(loc) = g.chunks.first().and_then(|c| index.chunks.get(c)) {
-                                let blob = cache.blob(&index, loc).await.map_err(|e| {
-                                    ShredError::Certificate(format!(
-                                        "target `{}`: fetching a sample chunk: {e}",
-                                        t.name
-                                    ))
-                                })?;
-                                sampled += 1;
-                                cov.sampled_chunks += 1;
-                                cov.sampled_bytes += blob.len() as u64;
-                            }
+                    }
+                    affected = true;
+                    cov.groups += 1;
+                    cov.rows += g.rows;
+                    chunks.extend(g.chunks.iter().copied());
+                    if matches!(
+                        group_keys(vault, g, &table.name),
+                        Err(GroupKeyProblem::Shredded)
+                    ) {
+                        cov.groups_unreadable += 1;
+                    }
+                    if sampled < SAMPLE_CHUNKS {
+                        if let Some(loc) = g.chunks.first().and_then(|c| index.chunks.get(c)) {
+                            let blob = cache.blob(&index, loc).await.map_err(|e| {
+                                ShredError::Certificate(format!(
+                                    "target `{}`: fetching a sample chunk: {e}",
+                                    t.name
+                                ))
+                            })?;
+                            sampled += 1;
+                            cov.sampled_chunks += 1;
+                            cov.sampled_bytes += blob.len() as u64;
                         }
                     }
                 }
