@@ -134,22 +134,30 @@ struct Counters {
     rows_reused: AtomicU64,
 }
 
-/// The first error any stage hit (later ones are consequences).
+/// The first error any stage hit (later ones are consequences). The flag
+/// mirrors whether an error is held, so the per-row check of the reading
+/// thread takes no lock.
 #[derive(Default, Clone)]
-struct Failure(Arc<Mutex<Option<OpsError>>>);
+struct Failure {
+    first: Arc<Mutex<Option<OpsError>>>,
+    set: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Failure {
     fn set(&self, e: OpsError) {
-        let mut g = self.0.lock().unwrap();
+        let mut g = self.first.lock().unwrap();
         if g.is_none() {
             *g = Some(e);
+            self.set.store(true, Ordering::Release);
         }
     }
     fn is_set(&self) -> bool {
-        self.0.lock().unwrap().is_some()
+        self.set.load(Ordering::Acquire)
     }
     fn take(&self) -> Option<OpsError> {
-        self.0.lock().unwrap().take()
+        let mut g = self.first.lock().unwrap();
+        self.set.store(false, Ordering::Release);
+        g.take()
     }
 }
 
