@@ -16,7 +16,9 @@
 //! docs/FORMAT.md section 9. Errors name the database path, tables and columns,
 //! never row values.
 
-use super::record::{decode_row, decode_row_ref, encode_owned_row, encode_row_with, row_span, Row};
+use super::record::{
+    decode_row, decode_row_ref, encode_owned_row, encode_row, encode_row_with, row_span, Row,
+};
 use super::{Every, GroupCoords, TablePlan};
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeDelta};
 use rusqlite::functions::FunctionFlags;
@@ -803,25 +805,32 @@ impl SqliteSource {
         let first_value = select.len();
         select.extend(table.columns.iter().map(|c| ident(c)));
         let mut order: Vec<String> = Vec::new();
+        // A grouped scan sorts by the computed coordinates, so SQLite
+        // computes them (the registered functions); a natural scan reads
+        // the raw columns and computes them here, once per change of value.
         let mut bucket_at = None;
         if let Some((col, every)) = period {
-            select.push(format!(
-                "custos_bucket({}, '{}')",
-                ident(col),
-                every.as_str()
-            ));
-            bucket_at = Some(select.len() - 1);
             if grouped {
-                order.push(select.len().to_string());
+                select.push(format!(
+                    "custos_bucket({}, '{}')",
+                    ident(col),
+                    every.as_str()
+                ));
+                order.push((select.len()).to_string());
+            } else {
+                select.push(ident(col));
             }
+            bucket_at = Some((select.len() - 1, every));
         }
         let mut subject_at = None;
         if let Some(col) = subject {
-            select.push(format!("custos_subject({})", ident(col)));
-            subject_at = Some(select.len() - 1);
             if grouped {
+                select.push(format!("custos_subject({})", ident(col)));
                 order.push(select.len().to_string());
+            } else {
+                select.push(ident(col));
             }
+            subject_at = Some(select.len() - 1);
         }
         match &table.rowid {
             Some(r) => order.push(r.clone()),
@@ -841,6 +850,8 @@ impl SqliteSource {
         let mut rows = stmt.query([]).map_err(self.sql_err(doing.clone()))?;
         let ncols = table.columns.len();
         let mut coords = GroupCoords::default();
+        let mut bucket_cache = BucketCache::default();
+        let mut subject_cache = LastValue::default();
         let mut buf = Vec::new();
         let mut stats = ScanStats::default();
         while let Some(row) = rows.next().map_err(self.sql_err(doing.clone()))? {
@@ -857,17 +868,37 @@ impl SqliteSource {
                 None => None,
             };
             buf.clear();
-            encode_row_with(
-                rowid,
-                ncols,
-                |i| row.get_ref_unwrap(first_value + i),
-                &mut buf,
-            );
-            if let Some(i) = bucket_at {
-                set_coord(&mut coords.bucket, row.get_ref_unwrap(i));
+            // Each value is fetched once (encoding sizes, then writes, the
+            // row); wide tables fetch twice rather than allocate.
+            if ncols <= VALUES_ON_STACK {
+                let mut values = [ValueRef::Null; VALUES_ON_STACK];
+                for (i, v) in values[..ncols].iter_mut().enumerate() {
+                    *v = row.get_ref_unwrap(first_value + i);
+                }
+                encode_row(rowid, &values[..ncols], &mut buf);
+            } else {
+                encode_row_with(
+                    rowid,
+                    ncols,
+                    |i| row.get_ref_unwrap(first_value + i),
+                    &mut buf,
+                );
+            }
+            if let Some((i, every)) = bucket_at {
+                let v = row.get_ref_unwrap(i);
+                if grouped {
+                    set_coord(&mut coords.bucket, v);
+                } else {
+                    bucket_cache.update(&mut coords.bucket, v, every);
+                }
             }
             if let Some(i) = subject_at {
-                set_coord(&mut coords.subject, row.get_ref_unwrap(i));
+                let v = row.get_ref_unwrap(i);
+                if grouped {
+                    set_coord(&mut coords.subject, v);
+                } else if subject_cache.changed(v) {
+                    coords.subject = subject_text(v);
+                }
             }
             sink(&coords, &buf).map_err(ScanError::Sink)?;
             stats.rows += 1;
@@ -876,6 +907,102 @@ impl SqliteSource {
         Ok(stats)
     }
 }
+
+/// The last raw value of a column, to skip recomputing a coordinate when
+/// the next row holds the same value.
+#[derive(Default)]
+enum LastValue {
+    #[default]
+    Unset,
+    Null,
+    Integer(i64),
+    Real(u64),
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+}
+
+impl LastValue {
+    /// Whether `v` differs from the last value; remembers `v`.
+    fn changed(&mut self, v: ValueRef<'_>) -> bool {
+        let same = match (&*self, v) {
+            (LastValue::Null, ValueRef::Null) => true,
+            (LastValue::Integer(a), ValueRef::Integer(b)) => *a == b,
+            (LastValue::Real(a), ValueRef::Real(b)) => *a == b.to_bits(),
+            (LastValue::Text(a), ValueRef::Text(b)) => a.as_slice() == b,
+            (LastValue::Blob(a), ValueRef::Blob(b)) => a.as_slice() == b,
+            _ => false,
+        };
+        if !same {
+            *self = match v {
+                ValueRef::Null => LastValue::Null,
+                ValueRef::Integer(i) => LastValue::Integer(i),
+                ValueRef::Real(r) => LastValue::Real(r.to_bits()),
+                ValueRef::Text(t) => LastValue::Text(t.to_vec()),
+                ValueRef::Blob(b) => LastValue::Blob(b.to_vec()),
+            };
+        }
+        !same
+    }
+}
+
+/// Period buckets computed row by row, as [`bucket_label`] would: an
+/// INTEGER time inside the current bucket's span of seconds keeps the
+/// label without any date arithmetic; other values are recomputed when
+/// they change.
+#[derive(Default)]
+struct BucketCache {
+    /// Unix seconds `[start, end)` of the current label, for INTEGER times.
+    span: Option<(i64, i64)>,
+    last: LastValue,
+}
+
+impl BucketCache {
+    fn update(&mut self, slot: &mut Option<String>, v: ValueRef<'_>, every: Every) {
+        if let (ValueRef::Integer(i), Some((start, end))) = (v, self.span) {
+            if (start..end).contains(&i) {
+                return;
+            }
+        }
+        if !self.last.changed(v) {
+            return;
+        }
+        let label = bucket_label(v, every);
+        self.span = match (v, &label) {
+            (ValueRef::Integer(i), Some(_)) => bucket_span(i, every),
+            _ => None,
+        };
+        if *slot != label {
+            *slot = label;
+        }
+    }
+}
+
+/// The unix seconds `[start, end)` of the UTC day, month or year that
+/// holds `t`.
+fn bucket_span(t: i64, every: Every) -> Option<(i64, i64)> {
+    let d = chrono::DateTime::from_timestamp(t, 0)?.date_naive();
+    let (start, end) = match every {
+        Every::Day => (d, d.succ_opt()?),
+        Every::Month => {
+            let first = d.with_day(1)?;
+            let next = if first.month() == 12 {
+                NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)?
+            } else {
+                NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)?
+            };
+            (first, next)
+        }
+        Every::Year => (
+            NaiveDate::from_ymd_opt(d.year(), 1, 1)?,
+            NaiveDate::from_ymd_opt(d.year() + 1, 1, 1)?,
+        ),
+    };
+    let secs = |d: NaiveDate| d.and_time(NaiveTime::MIN).and_utc().timestamp();
+    Some((secs(start), secs(end)))
+}
+
+/// Columns read into a stack array per row (wider tables are read twice).
+const VALUES_ON_STACK: usize = 32;
 
 /// Updates a coordinate from a computed TEXT/NULL value, allocating only when
 /// it changes.
@@ -1436,6 +1563,48 @@ mod tests {
 
     fn label(v: ValueRef<'_>, e: Every) -> Option<String> {
         bucket_label(v, e)
+    }
+
+    #[test]
+    fn cached_buckets_and_subjects_match_a_fresh_computation_on_every_row() {
+        let year = 365 * 86_400;
+        let mut values: Vec<ValueRef<'static>> = Vec::new();
+        // Integer times around day, month and year ends, repeated and out
+        // of order, mixed with text, reals, NULLs and out-of-range seconds.
+        for base in [0i64, 1_709_251_199, 1_711_929_600, 1_735_689_599, -1] {
+            for d in [0, 1, -1, 86_399, 86_400, 31 * 86_400, year, 0, -86_400] {
+                values.push(ValueRef::Integer(base + d));
+            }
+        }
+        values.extend([
+            ValueRef::Text(b"2026-03-14T23:30:00-01:00"),
+            ValueRef::Integer(1_773_532_800),
+            ValueRef::Text(b"2026-03-14T23:30:00-01:00"),
+            ValueRef::Null,
+            ValueRef::Integer(1_773_532_800),
+            ValueRef::Real(1_773_532_799.5),
+            ValueRef::Integer(i64::MAX),
+            ValueRef::Integer(253_402_300_800),
+            ValueRef::Integer(253_402_300_799),
+            ValueRef::Blob(b"2026-03-14"),
+            ValueRef::Text(b"not a time"),
+            ValueRef::Integer(-62_167_219_201),
+            ValueRef::Integer(-62_167_219_200),
+        ]);
+        for every in [Every::Day, Every::Month, Every::Year] {
+            let mut cache = BucketCache::default();
+            let mut slot = None;
+            let mut subject_cache = LastValue::default();
+            let mut subject = None;
+            for (i, v) in values.iter().enumerate() {
+                cache.update(&mut slot, *v, every);
+                assert_eq!(slot, bucket_label(*v, every), "row {i}: {v:?} {every:?}");
+                if subject_cache.changed(*v) {
+                    subject = subject_text(*v);
+                }
+                assert_eq!(subject, subject_text(*v), "row {i}: {v:?}");
+            }
+        }
     }
 
     #[test]
