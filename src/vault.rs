@@ -192,6 +192,33 @@ impl fmt::Debug for KeyId {
     }
 }
 
+/// A map by key id. Key ids are drawn from the OS CSPRNG, so their first 8
+/// bytes are already a uniform hash; SipHash over them cost a backup more
+/// than the lookups themselves. (Only the service identity can write the
+/// sealed vault the ids are read from.)
+type KeyMap<V> = HashMap<KeyId, V, std::hash::BuildHasherDefault<KeyIdHasher>>;
+
+/// Takes the first 8 bytes of a [`KeyId`] as its hash.
+#[derive(Default)]
+struct KeyIdHasher(u64);
+
+impl std::hash::Hasher for KeyIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(first);
+    }
+
+    fn write_usize(&mut self, _len: usize) {
+        // The length prefix of the id's bytes: always 16.
+    }
+}
+
 /// The error of parsing a [`KeyId`].
 #[derive(Debug, thiserror::Error)]
 #[error("invalid key id: expected 32 hex digits")]
@@ -536,7 +563,7 @@ pub struct Vault {
     recipients: Vec<Recipient>,
     meta: (KeyId, i64, Key32),
     pseudonym: (KeyId, i64, Key32),
-    entries: HashMap<KeyId, Entry>,
+    entries: KeyMap<Entry>,
     by_name: HashMap<(KeyKind, String), KeyId>,
     tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>>,
     dirty: BTreeSet<Shard>,
@@ -551,6 +578,8 @@ pub struct Vault {
     fenced: BTreeSet<(KeyKind, String)>,
     /// Keys created by this session (not read from a location).
     created_here: BTreeSet<KeyId>,
+    /// Reused for name lookups in [`Vault::get_or_create`].
+    name_buf: String,
 }
 
 impl fmt::Debug for Vault {
@@ -730,7 +759,7 @@ impl Vault {
             recipients: recipient_set(identity, recipients),
             meta: (KeyId::random(), t, Key32::random()),
             pseudonym: (KeyId::random(), t, Key32::random()),
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             by_name: HashMap::new(),
             tombstones: BTreeMap::new(),
             dirty: BTreeSet::from([Shard::Meta]),
@@ -738,6 +767,7 @@ impl Vault {
             unread: Vec::new(),
             pending_destroy: HashMap::new(),
             fenced: BTreeSet::new(),
+            name_buf: String::new(),
             created_here: BTreeSet::new(),
         };
         v.write_dirty(true).await?;
@@ -938,8 +968,7 @@ impl Vault {
                 reason: "the repository keys are missing at every readable location".into(),
             });
         };
-        let entries: HashMap<KeyId, Entry> =
-            entries.into_iter().map(|(id, (e, _))| (id, e)).collect();
+        let entries: KeyMap<Entry> = entries.into_iter().map(|(id, (e, _))| (id, e)).collect();
 
         let mut v = Vault {
             vault_id,
@@ -957,6 +986,7 @@ impl Vault {
             unread,
             pending_destroy: HashMap::new(),
             fenced: BTreeSet::new(),
+            name_buf: String::new(),
             created_here: BTreeSet::new(),
             locations,
         };
@@ -1063,10 +1093,16 @@ impl Vault {
     /// new key is made but `persist` refuses to write it, so no data sealed
     /// under it can be committed.
     pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &Key32) {
-        let k = (kind, name.to_string());
-        let usable = |id: &&KeyId| !self.fenced.contains(&k) || self.created_here.contains(*id);
-        if let Some(id) = self.by_name.get(&k).filter(usable) {
-            return (*id, &self.entries[id].key);
+        // The lookup key reuses one buffer: a backup asks once per group.
+        let mut k = (kind, std::mem::take(&mut self.name_buf));
+        k.1.clear();
+        k.1.push_str(name);
+        let usable = |id: &&KeyId| {
+            self.fenced.is_empty() || !self.fenced.contains(&k) || self.created_here.contains(*id)
+        };
+        if let Some(id) = self.by_name.get(&k).filter(usable).copied() {
+            self.name_buf = k.1;
+            return (id, &self.entries[&id].key);
         }
         let id = loop {
             let id = KeyId::random();
@@ -1163,7 +1199,8 @@ impl Vault {
             return self.write_dirty(false).await;
         }
         let fences = self.read_fences().await?;
-        for id in &self.created_here {
+        // Usually no unit is fenced; then there is nothing to compare.
+        for id in self.created_here.iter().filter(|_| !fences.is_empty()) {
             if let Some(e) = self.entries.get(id) {
                 let k = (e.kind, e.name.clone());
                 if fences.contains(&k) {
