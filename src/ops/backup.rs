@@ -32,7 +32,7 @@ use crate::store::postgres::{PgConn, PgError, PgSource, PgTools, RowBatch};
 use crate::store::sqlite::{ScanError, SqliteSource};
 use crate::store::GroupCoords;
 use crate::target::Target;
-use crate::vault::{KeyId, KeyKind, Vault};
+use crate::vault::{KeyId, KeyKind};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -192,9 +192,6 @@ async fn backup_locked(
         vault,
         meta,
     } = repo;
-    progress.phase("loading index", None, "objects");
-    let index = Arc::new(Index::load(&target, &meta).await?);
-    progress.finish_phase();
     let (parents, _) = Snapshot::list(&target, &meta).await?;
     // The parent: this policy's latest snapshot (a target may hold others).
     let parent = parents
@@ -204,6 +201,12 @@ async fn backup_locked(
         .cloned();
     let target = Arc::new(target);
     let meta = Arc::new(meta);
+    // The index loads while the first read window fills: reading needs no
+    // index, storing does (ReaderCtx::ready_index).
+    let index_load = {
+        let (target, meta) = (target.clone(), meta.clone());
+        tokio::spawn(async move { Index::load(&target, &meta).await })
+    };
     let vault: SharedVault = Arc::new(tokio::sync::Mutex::new(vault));
     let counters = Arc::new(Counters::default());
     let failure = Failure::default();
@@ -251,7 +254,8 @@ async fn backup_locked(
         policy: policy.clone(),
         vault: vault.clone(),
         meta: meta.clone(),
-        index: index.clone(),
+        index: Arc::new(Index::default()),
+        index_load: Some(index_load),
         target: target.clone(),
         handle: handle.clone(),
         work: WorkSender::new(work_tx),
@@ -439,7 +443,9 @@ fn packer(ctx: PackerCtx, rx: Receiver<Vec<Sealed>>) {
         if ctx.failure.is_set() {
             continue; // drain so upstream stages can finish
         }
-        let w = open.entry(s.family).or_default();
+        let w = open
+            .entry(s.family)
+            .or_insert_with(|| PackWriter::for_pack(ctx.pack_size));
         w.add(s.id, &s.sealed, s.raw_len);
         open_bytes += s.sealed.len();
         if w.len() >= ctx.pack_size {
@@ -517,7 +523,9 @@ struct ReaderCtx {
     policy: Policy,
     vault: SharedVault,
     meta: Arc<MetaKey>,
+    /// Empty until [`ReaderCtx::ready_index`] has taken `index_load`.
     index: Arc<Index>,
+    index_load: Option<tokio::task::JoinHandle<Result<Index, crate::repo::RepoError>>>,
     target: Arc<Target>,
     handle: tokio::runtime::Handle,
     work: WorkSender,
@@ -548,18 +556,35 @@ struct ReaderCtx {
 /// fall at byte offsets of the table, so an edit moves only the groups near
 /// a limit into the neighbouring window.
 ///
-/// Rows are appended to one buffer and linked per group, so a row costs no
-/// allocation; the buffers are kept (cleared) from one window to the next.
+/// The reading thread only appends: each row to one buffer, and each run
+/// of consecutive rows with the same coordinates as one entry. Rows are
+/// linked per group later, by [`Window::group`], and only for a window that
+/// is stored anew: a window whose digest matches the parent's is never
+/// grouped. The buffers are kept (cleared) from one window to the next.
 #[derive(Default)]
 struct Window {
     /// Hash of a group's coordinates → its first slot with that hash.
     by_hash: HashMap<u64, u32, std::hash::BuildHasherDefault<PassHasher>>,
+    /// The groups, once [`Window::group`] has run.
     slots: Vec<Slot>,
     /// Every row of the window, in arrival order.
     arena: Vec<u8>,
-    /// Rows: (start in `arena`, length, next row of the group or `NONE`).
+    /// Rows: (start in `arena`, length, next row of the group or `NONE`;
+    /// the links are set by [`Window::group`]).
     rows: Vec<(u32, u32, u32)>,
+    /// Runs of consecutive rows with equal coordinates, in read order.
+    runs: Vec<Run>,
+    /// The coordinates' text of every run.
+    coord_bytes: Vec<u8>,
     bytes: usize,
+}
+
+/// Consecutive rows with the same coordinates: where the subject and the
+/// bucket are in `Window::coord_bytes` (start, length), and how many rows.
+struct Run {
+    subject: Option<(u32, u32)>,
+    bucket: Option<(u32, u32)>,
+    rows: u32,
 }
 
 /// One group of a window.
@@ -576,45 +601,117 @@ struct Slot {
 const NONE: u32 = u32::MAX;
 
 impl Window {
+    /// A window whose row buffer is reserved for `budget` up front (pages
+    /// are only touched as rows arrive), so it never grows by copying.
+    fn with_budget(budget: usize) -> Self {
+        Window {
+            arena: Vec::with_capacity(budget.saturating_mul(2).saturating_add(1 << 16)),
+            ..Window::default()
+        }
+    }
+
     fn add(&mut self, coords: &GroupCoords, row: &[u8]) {
-        let hash = coords_hash(coords);
-        let r = self.rows.len() as u32;
         self.rows
             .push((self.arena.len() as u32, row.len() as u32, NONE));
         self.arena.extend_from_slice(row);
         self.bytes += row.len();
+        let (subject, bucket) = (coords.subject.as_deref(), coords.bucket.as_deref());
+        if let Some(last) = self.runs.last() {
+            if self.text(last.subject) == subject && self.text(last.bucket) == bucket {
+                self.runs.last_mut().expect("just seen").rows += 1;
+                return;
+            }
+        }
+        let subject = subject.map(|t| self.keep(t));
+        let bucket = bucket.map(|t| self.keep(t));
+        self.runs.push(Run {
+            subject,
+            bucket,
+            rows: 1,
+        });
+    }
+
+    /// Appends a coordinate's text; returns where it is.
+    fn keep(&mut self, text: &str) -> (u32, u32) {
+        let at = (self.coord_bytes.len() as u32, text.len() as u32);
+        self.coord_bytes.extend_from_slice(text.as_bytes());
+        at
+    }
+
+    /// A run's coordinate text.
+    fn text(&self, at: Option<(u32, u32)>) -> Option<&str> {
+        at.map(|(start, len)| {
+            let b = &self.coord_bytes[start as usize..(start + len) as usize];
+            // Only ever appended from `&str`.
+            std::str::from_utf8(b).unwrap_or_default()
+        })
+    }
+
+    /// Links every row to its group: fills `slots`, one per distinct
+    /// coordinates in order of first row, each with its rows in read order.
+    fn group(&mut self) {
+        let mut r = 0u32;
+        for i in 0..self.runs.len() {
+            let (subject, bucket, n) = {
+                let run = &self.runs[i];
+                (run.subject, run.bucket, run.rows)
+            };
+            let slot = self.slot_for(subject, bucket) as usize;
+            let (first, last) = (r, r + n - 1);
+            for k in first..last {
+                self.rows[k as usize].2 = k + 1;
+            }
+            let bytes: usize = self.rows[first as usize..=last as usize]
+                .iter()
+                .map(|&(_, len, _)| len as usize)
+                .sum();
+            let s = &mut self.slots[slot];
+            let before = s.last;
+            if s.first == NONE {
+                s.first = first;
+            }
+            s.last = last;
+            s.rows += u64::from(n);
+            s.bytes += bytes;
+            if before != NONE {
+                self.rows[before as usize].2 = first;
+            }
+            r += n;
+        }
+    }
+
+    /// The slot of these coordinates, created (empty) if new.
+    fn slot_for(&mut self, subject: Option<(u32, u32)>, bucket: Option<(u32, u32)>) -> u32 {
+        let (subj, buck) = (self.text(subject), self.text(bucket));
+        let hash = coords_hash(subj, buck);
         let mut at = self.by_hash.get(&hash).copied().unwrap_or(NONE);
         let mut tail = NONE;
         while at != NONE {
             let s = &self.slots[at as usize];
-            if s.coords == *coords {
-                break;
+            if s.coords.subject.as_deref() == subj && s.coords.bucket.as_deref() == buck {
+                return at;
             }
             tail = at;
             at = s.same_hash;
         }
-        if at != NONE {
-            let s = &mut self.slots[at as usize];
-            self.rows[s.last as usize].2 = r;
-            s.last = r;
-            s.rows += 1;
-            s.bytes += row.len();
-            return;
-        }
         let slot = self.slots.len() as u32;
         self.slots.push(Slot {
-            coords: coords.clone(),
+            coords: GroupCoords {
+                subject: subj.map(str::to_owned),
+                bucket: buck.map(str::to_owned),
+            },
             same_hash: NONE,
-            rows: 1,
-            bytes: row.len(),
-            first: r,
-            last: r,
+            rows: 0,
+            bytes: 0,
+            first: NONE,
+            last: NONE,
         });
         if tail == NONE {
             self.by_hash.insert(hash, slot);
         } else {
             self.slots[tail as usize].same_hash = slot;
         }
+        slot
     }
 
     /// A group's rows, in read order.
@@ -640,48 +737,37 @@ impl Window {
         self.bytes >= budget && (is_anchor(row) || self.bytes >= budget.saturating_mul(2))
     }
 
-    /// The window's content, digested: every row in read order with its
-    /// length and group (the rows' links and each group's coordinates and
-    /// first row), after what `h` already holds. Two windows have the same
+    /// The window's content, digested (FORMAT 4, "Window reuse"): every
+    /// row in read order with its length, and the runs of rows with equal
+    /// coordinates, after what `h` already holds. Two windows have the same
     /// digest only if they hold the same rows in the same order under the
-    /// same group coordinates.
+    /// same coordinates, hence the same groups.
     fn digest(&self, mut h: blake3::Hasher, scratch: &mut Vec<u8>) -> [u8; 32] {
         h.update(&(self.rows.len() as u64).to_le_bytes());
         h.update(&(self.arena.len() as u64).to_le_bytes());
         h.update(&self.arena);
         scratch.clear();
-        for &(_, len, next) in &self.rows {
+        for &(_, len, _) in &self.rows {
             scratch.extend_from_slice(&len.to_le_bytes());
-            scratch.extend_from_slice(&next.to_le_bytes());
         }
         h.update(scratch);
-        h.update(&(self.slots.len() as u64).to_le_bytes());
-        for s in &self.slots {
-            for part in [&s.coords.subject, &s.coords.bucket] {
-                match part {
-                    None => {
-                        h.update(&[0]);
-                    }
+        scratch.clear();
+        scratch.extend_from_slice(&(self.runs.len() as u64).to_le_bytes());
+        for run in &self.runs {
+            for part in [run.subject, run.bucket] {
+                match self.text(part) {
+                    None => scratch.push(0),
                     Some(v) => {
-                        h.update(&[1]);
-                        h.update(&(v.len() as u64).to_le_bytes());
-                        h.update(v.as_bytes());
+                        scratch.push(1);
+                        scratch.extend_from_slice(&(v.len() as u64).to_le_bytes());
+                        scratch.extend_from_slice(v.as_bytes());
                     }
                 }
             }
-            h.update(&s.first.to_le_bytes());
+            scratch.extend_from_slice(&run.rows.to_le_bytes());
         }
+        h.update(scratch);
         *h.finalize().as_bytes()
-    }
-
-    /// The window's share of the table checksum (FORMAT: the wrapping sum
-    /// of `keyed_hash("row", row)[..16]`).
-    fn checksum(&self, meta: &MetaKey) -> u128 {
-        self.rows.iter().fold(0u128, |sum, &(start, len, _)| {
-            let row = &self.arena[start as usize..(start + len) as usize];
-            let h = meta.keyed_hash("row", row);
-            sum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()))
-        })
     }
 
     /// Empties the window, keeping its buffers.
@@ -690,17 +776,19 @@ impl Window {
         self.slots.clear();
         self.arena.clear();
         self.rows.clear();
+        self.runs.clear();
+        self.coord_bytes.clear();
         self.bytes = 0;
     }
 }
 
 /// A fast, non-cryptographic hash of group coordinates (FxHash-style:
 /// rotate, xor, multiply per 8 bytes); only used inside one window.
-fn coords_hash(c: &GroupCoords) -> u64 {
+fn coords_hash(subject: Option<&str>, bucket: Option<&str>) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mut h = 0u64;
     let mut mix = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
-    for part in [&c.subject, &c.bucket] {
+    for part in [subject, bucket] {
         match part {
             None => mix(0xff),
             Some(v) => {
@@ -802,7 +890,7 @@ impl std::hash::Hasher for PassHasher {
 
 /// What the grouping threads share (read-only) while a window is stored.
 struct GroupCtx<'a> {
-    vault: &'a Vault,
+    meta: &'a MetaKey,
     index: &'a Index,
     counters: &'a Counters,
     table: &'a str,
@@ -811,10 +899,13 @@ struct GroupCtx<'a> {
 }
 
 /// A group's keys, resolved (and created if new) once per window: its time
-/// key, its subject key and its time unit label.
+/// key, its subject key and its time unit label. The key bytes travel with
+/// the ids, so the grouping threads never look them up again.
 struct GroupRef {
     t: KeyId,
     s: Option<KeyId>,
+    tkey: Arc<Key32>,
+    skey: Option<Key32>,
     unit: Arc<str>,
 }
 
@@ -844,19 +935,24 @@ impl GroupCtx<'_> {
         order: &[u32],
         refs: &[GroupRef],
         work: &mut WorkSender,
-    ) -> Result<Vec<GroupEntry>, OpsError> {
-        let missing = || OpsError::Internal("a key vanished from the vault during a backup".into());
+    ) -> Result<(Vec<GroupEntry>, u128), OpsError> {
         let mut out = Vec::with_capacity(order.len());
+        // These groups' share of the table checksum (a wrapping sum, so
+        // the threads' shares add up in any order).
+        let mut checksum = 0u128;
+        let mut add_row = |row: &[u8]| {
+            let h = self.meta.keyed_hash("row", row);
+            checksum = checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
+        };
         let mut chunker = Chunker::new(self.params, self.seed);
         let mut gathered = Vec::new();
         for (&slot, r) in order.iter().zip(refs) {
             let slot = &window.slots[slot as usize];
-            let tkey = self.vault.key(&r.t).ok_or_else(missing)?;
-            let skey = match &r.s {
-                Some(id) => Some(self.vault.key(id).ok_or_else(missing)?),
-                None => None,
-            };
-            let keys = Arc::new(ChunkKeys::new(&group_key(skey, tkey, self.table)));
+            let keys = Arc::new(ChunkKeys::new(&group_key(
+                r.skey.as_ref(),
+                &r.tkey,
+                self.table,
+            )));
             let mut chunks = Vec::new();
             let mut emit = |c: &[u8]| {
                 ReaderCtx::emit(
@@ -872,10 +968,13 @@ impl GroupCtx<'_> {
             };
             // A one-row group is chunked in place; others are gathered.
             let bytes: &[u8] = if slot.rows == 1 {
-                window.group_rows(slot).next().unwrap_or_default()
+                let row = window.group_rows(slot).next().unwrap_or_default();
+                add_row(row);
+                row
             } else {
                 gathered.clear();
                 for row in window.group_rows(slot) {
+                    add_row(row);
                     gathered.extend_from_slice(row);
                 }
                 &gathered
@@ -891,20 +990,36 @@ impl GroupCtx<'_> {
                 chunks,
             });
         }
-        Ok(out)
+        Ok((out, checksum))
     }
 }
 
 impl ReaderCtx {
     fn run(mut self) -> Result<ReadContent, OpsError> {
         let r = match self.policy.store.kind {
+            // SQLite reads its first window while the index loads.
             StoreKind::Sqlite => self.read_sqlite(),
-            StoreKind::Files => self.read_files(),
-            StoreKind::Postgres => self.read_postgres(),
+            StoreKind::Files => self.ready_index().and_then(|_| self.read_files()),
+            StoreKind::Postgres => self.ready_index().and_then(|_| self.read_postgres()),
         };
+        // A load error is reported even if nothing needed the index.
+        let r = r.and_then(|c| self.ready_index().map(|_| c));
         // Dropping `self` (the work and page senders) lets the workers and
         // the packer finish.
         r.and_then(|c| self.work.flush().map(|_| c))
+    }
+
+    /// Waits for the index (loading since the backup started) if it is not
+    /// there yet. Everything that looks chunks up calls this first.
+    fn ready_index(&mut self) -> Result<(), OpsError> {
+        if let Some(load) = self.index_load.take() {
+            let index = self
+                .handle
+                .block_on(load)
+                .map_err(|e| OpsError::Internal(format!("loading the index: {e}")))??;
+            self.index = Arc::new(index);
+        }
+        Ok(())
     }
 
     /// The class-epoch key of this snapshot (created if needed), its id
@@ -967,8 +1082,9 @@ impl ReaderCtx {
         if window.rows.is_empty() {
             return Ok(());
         }
+        self.ready_index()?;
         let epoch = self.policy.store.epoch.label(self.now);
-        let mut h = self.meta.keyed_hasher("window");
+        let mut h = self.meta.keyed_hasher("window-v2");
         for part in [table, class, epoch.as_str()] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part.as_bytes());
@@ -991,10 +1107,10 @@ impl ReaderCtx {
                 }
             }
         }
-        let checksum = window.checksum(&self.meta);
+        window.group();
         let pages_before = acc.pages.len();
         let mut pager = GroupPager::default();
-        let n = self.store_groups(window, table, class, &mut pager, &mut acc.pages)?;
+        let (n, checksum) = self.store_groups(window, table, class, &mut pager, &mut acc.pages)?;
         if let Some(p) = pager.finish() {
             acc.pages.push(self.store_page(Page::Groups {
                 version: PAGE_VERSION,
@@ -1058,7 +1174,8 @@ impl ReaderCtx {
     }
 
     /// Chunks and stores every group of a window, in (bucket, subject)
-    /// order; returns how many group runs it wrote.
+    /// order; returns how many group runs it wrote and their rows' share
+    /// of the table checksum.
     fn store_groups(
         &mut self,
         window: &mut Window,
@@ -1066,7 +1183,7 @@ impl ReaderCtx {
         class: &str,
         pager: &mut GroupPager,
         pages: &mut Vec<Id>,
-    ) -> Result<u64, OpsError> {
+    ) -> Result<(u64, u128), OpsError> {
         let mut order: Vec<u32> = (0..window.slots.len() as u32).collect();
         {
             let slots = &window.slots;
@@ -1082,23 +1199,31 @@ impl ReaderCtx {
         let epoch = self.policy.store.epoch.label(self.now);
         let refs: Vec<GroupRef> = {
             let mut v = self.vault.blocking_lock();
-            let mut last: Option<(&Option<String>, KeyId, Arc<str>)> = None;
+            type TimeKey<'w> = (&'w Option<String>, KeyId, Arc<Key32>, Arc<str>);
+            let mut last: Option<TimeKey> = None;
             let mut refs = Vec::with_capacity(order.len());
             for &slot in &order {
                 let coords = &window.slots[slot as usize].coords;
                 if last.as_ref().is_none_or(|l| *l.0 != coords.bucket) {
                     let (kind, name) = time_key_name(class, coords.bucket.as_deref(), &epoch);
-                    let id = v.get_or_create(kind, &name).0;
-                    last = Some((&coords.bucket, id, unit_label(kind, &name).into()));
+                    let (id, key) = v.get_or_create(kind, &name);
+                    let key = Arc::new(key.clone());
+                    last = Some((&coords.bucket, id, key, unit_label(kind, &name).into()));
                 }
-                let (_, t, unit) = last.as_ref().unwrap();
-                let s = coords.subject.as_ref().map(|subj| {
-                    let pseudo = subject_pseudonym(v.pseudonym_key(), subj);
-                    v.get_or_create(KeyKind::Subject, &pseudo).0
-                });
+                let (_, t, tkey, unit) = last.as_ref().unwrap();
+                let (s, skey) = match &coords.subject {
+                    Some(subj) => {
+                        let pseudo = subject_pseudonym(v.pseudonym_key(), subj);
+                        let (id, key) = v.get_or_create(KeyKind::Subject, &pseudo);
+                        (Some(id), Some(key.clone()))
+                    }
+                    None => (None, None),
+                };
                 refs.push(GroupRef {
                     t: *t,
                     s,
+                    tkey: tkey.clone(),
+                    skey,
                     unit: unit.clone(),
                 });
             }
@@ -1110,10 +1235,9 @@ impl ReaderCtx {
         // put back in order.
         let threads = self.threads.max(1);
         let per = order.len().div_ceil(threads).max(1);
-        let results: Vec<Result<Vec<GroupEntry>, OpsError>> = {
-            let v = self.vault.blocking_lock();
+        let results: Vec<Result<(Vec<GroupEntry>, u128), OpsError>> = {
             let shared = GroupCtx {
-                vault: &v,
+                meta: &self.meta,
                 index: &self.index,
                 counters: &self.counters,
                 table,
@@ -1144,8 +1268,11 @@ impl ReaderCtx {
                     .collect()
             })
         };
+        let mut checksum = 0u128;
         for r in results {
-            for entry in r? {
+            let (entries, sum) = r?;
+            checksum = checksum.wrapping_add(sum);
+            for entry in entries {
                 for p in pager.push(entry) {
                     pages.push(self.store_page(Page::Groups {
                         version: PAGE_VERSION,
@@ -1155,7 +1282,7 @@ impl ReaderCtx {
                 }
             }
         }
-        Ok(n)
+        Ok((n, checksum))
     }
 
     /// Persists new keys to every vault location (a no-op when none).
@@ -1233,7 +1360,7 @@ impl ReaderCtx {
             let (free_tx, free_rx) = sync_channel::<Window>(2);
             for _ in 0..2 {
                 free_tx
-                    .send(Window::default())
+                    .send(Window::with_budget(budget))
                     .expect("the channel has room");
             }
             let handed_over = || OpsError::Internal("the window store stopped".into());
@@ -1596,13 +1723,17 @@ mod tests {
         for round in 0..2 {
             let mut want: HashMap<GroupCoords, Vec<u8>> = HashMap::new();
             for i in 0..600u32 {
-                let k = &keys[(i as usize * 7 + round) % keys.len()];
+                // Runs of one to three rows with the same coordinates.
+                let k = &keys[(i as usize / (1 + i as usize % 3) * 7 + round) % keys.len()];
                 let row = format!("row {i};");
                 w.add(k, row.as_bytes());
                 want.entry(k.clone())
                     .or_default()
                     .extend_from_slice(row.as_bytes());
             }
+            assert!(w.runs.len() < 600 && w.runs.len() > 100, "{}", w.runs.len());
+            assert!(w.slots.is_empty(), "grouping waits for `group`");
+            w.group();
             assert_eq!(w.slots.len(), keys.len());
             assert_eq!(w.bytes, want.values().map(Vec::len).sum::<usize>());
             for s in &w.slots {
@@ -1612,7 +1743,7 @@ mod tests {
                 assert_eq!(s.rows as usize, w.group_rows(s).count());
             }
             w.clear();
-            assert!(w.slots.is_empty() && w.bytes == 0);
+            assert!(w.slots.is_empty() && w.runs.is_empty() && w.bytes == 0);
         }
     }
 
@@ -1627,18 +1758,56 @@ mod tests {
     #[test]
     fn window_digest_changes_with_any_row_byte_split_or_group() {
         let (a, b) = (c(Some("a"), Some("2026-01")), c(Some("b"), Some("2026-01")));
-        let base = digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-2")]);
+        let base = digest_of(&[
+            (a.clone(), b"row-1"),
+            (b.clone(), b"row-2"),
+            (b.clone(), b"row-3"),
+        ]);
         assert_eq!(
             base,
-            digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-2")])
+            digest_of(&[
+                (a.clone(), b"row-1"),
+                (b.clone(), b"row-2"),
+                (b.clone(), b"row-3")
+            ])
         );
         let variants = [
-            digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-3")]),
-            digest_of(&[(a.clone(), b"row-1r"), (b.clone(), b"ow-2")]),
-            digest_of(&[(a.clone(), b"row-1"), (a.clone(), b"row-2")]),
-            digest_of(&[(b.clone(), b"row-2"), (a.clone(), b"row-1")]),
-            digest_of(&[(a.clone(), b"row-1"), (c(Some("b"), None), b"row-2")]),
-            digest_of(&[(a.clone(), b"row-1")]),
+            digest_of(&[
+                (a.clone(), b"row-1"),
+                (b.clone(), b"row-2"),
+                (b.clone(), b"row-4"),
+            ]),
+            digest_of(&[
+                (a.clone(), b"row-1r"),
+                (b.clone(), b"ow-2"),
+                (b.clone(), b"row-3"),
+            ]),
+            digest_of(&[
+                (a.clone(), b"row-1"),
+                (a.clone(), b"row-2"),
+                (b.clone(), b"row-3"),
+            ]),
+            digest_of(&[
+                (a.clone(), b"row-1"),
+                (b.clone(), b"row-2"),
+                (a.clone(), b"row-3"),
+            ]),
+            digest_of(&[
+                (b.clone(), b"row-2"),
+                (a.clone(), b"row-1"),
+                (b.clone(), b"row-3"),
+            ]),
+            digest_of(&[
+                (a.clone(), b"row-1"),
+                (c(Some("b"), None), b"row-2"),
+                (b.clone(), b"row-3"),
+            ]),
+            digest_of(&[
+                (a.clone(), b"row-1"),
+                (c(Some("b2026-01"), None), b"row-2"),
+                (b.clone(), b"row-3"),
+            ]),
+            digest_of(&[(a.clone(), b"row-1"), (b.clone(), b"row-2")]),
         ];
         for (i, v) in variants.iter().enumerate() {
             assert_ne!(&base, v, "variant {i}");
@@ -1661,30 +1830,22 @@ mod tests {
     #[test]
     fn window_tells_groups_apart_when_their_hashes_collide() {
         let mut w = Window::default();
-        let (a, b) = (c(Some("a"), None), c(Some("b"), None));
-        // Force both groups into one hash chain.
-        w.add(&a, b"x");
-        let hb = coords_hash(&b);
-        w.by_hash.remove(&hb);
-        w.slots.push(Slot {
-            coords: b.clone(),
-            same_hash: NONE,
-            rows: 0,
-            bytes: 0,
-            first: NONE,
-            last: NONE,
-        });
-        w.slots[0].same_hash = 1;
-        // `b` now lives only on `a`'s chain: adding to it must walk the chain.
-        w.slots[1].first = w.rows.len() as u32;
-        w.slots[1].last = w.slots[1].first;
-        w.rows.push((w.arena.len() as u32, 1, NONE));
-        w.arena.push(b'y');
-        w.slots[1].rows = 1;
-        w.slots[1].bytes = 1;
+        w.add(&c(Some("a"), None), b"x");
+        w.add(&c(Some("b"), None), b"y");
+        w.add(&c(Some("b"), None), b"z");
+        w.add(&c(Some("a"), None), b"w");
+        assert_eq!(w.runs.len(), 3);
+        // Put `b`'s slot on `a`'s hash chain before grouping: finding it
+        // must walk the chain and compare coordinates.
+        let (sa, sb) = (w.runs[0].subject, w.runs[1].subject);
+        assert_eq!(w.slot_for(sa, None), 0);
+        let hb = coords_hash(Some("b"), None);
+        assert_eq!(w.slot_for(sb, None), 1);
         w.by_hash.insert(hb, 0);
-        w.add(&b, b"z");
-        w.add(&a, b"w");
+        w.slots[0].same_hash = 1;
+        assert_eq!(w.slot_for(sb, None), 1, "found on the chain");
+        assert_eq!(w.slots.len(), 2);
+        w.group();
         assert_eq!(w.slots.len(), 2);
         let rows = |s: &Slot| w.group_rows(s).flatten().copied().collect::<Vec<u8>>();
         assert_eq!(rows(&w.slots[0]), b"xw");

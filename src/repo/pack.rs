@@ -155,7 +155,21 @@ impl Default for PackWriter {
 
 impl PackWriter {
     pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(1 << 20);
+        Self::with_capacity(1 << 20)
+    }
+
+    /// A writer whose buffer is reserved for a pack of about `pack_size`
+    /// bytes: the chunks, the largest chunk that can overshoot and the
+    /// header (about 52 bytes per chunk, a fifth of the pack at worst).
+    /// Growing an 8 MiB pack from a small buffer copied it several times
+    /// and faulted in fresh pages at every step; reserved pages are only
+    /// touched as the pack fills.
+    pub fn for_pack(pack_size: usize) -> Self {
+        Self::with_capacity(pack_size + pack_size / 4 + (4 << 20))
+    }
+
+    fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(MAGIC);
         buf.push(VERSION);
         PackWriter {
