@@ -1439,6 +1439,12 @@ impl SqliteRestorer {
                     .map_err(self.sql_err("writing sqlite_sequence"))?;
             }
         }
+        // Index builds sort every key; one helper thread sorts the sorter's
+        // batches while the main thread fills the next (the rows are all
+        // in, so the other cores are idle by now).
+        self.conn()
+            .execute_batch("PRAGMA threads = 2")
+            .map_err(self.sql_err("setting PRAGMA threads"))?;
         for e in self.schema.entries.iter().filter(|e| e.kind == "index") {
             let sql = e.sql.as_deref().unwrap_or_default();
             self.conn()
