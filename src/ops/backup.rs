@@ -1649,7 +1649,7 @@ impl ReaderCtx {
             .phase(&format!("reading {name}"), None, "rows");
         let prior = prior_windows(self.parent.as_ref(), name, class);
         let mut acc = TableAcc::default();
-        let mut window = Window::default();
+        let mut window = Window::with_budget(self.window_budget);
         let mut rows = 0u64;
         let mut tbytes = 0u64;
         while let Some(batch) = next() {
