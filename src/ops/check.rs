@@ -384,7 +384,12 @@ impl Walk<'_> {
     /// Checks one chunk: indexed, and with read_data, queued to be opened
     /// once (by the first group that needs it).
     fn chunk(&mut self, id: &Id, keys: &Arc<ChunkKeys>) -> bool {
-        let Some(pos) = self.index.chunks.position(id) else {
+        self.chunk_at(self.index.chunks.position(id), id, keys)
+    }
+
+    /// [`Walk::chunk`] with the id's index position already looked up.
+    fn chunk_at(&mut self, pos: Option<usize>, id: &Id, keys: &Arc<ChunkKeys>) -> bool {
+        let Some(pos) = pos else {
             return false;
         };
         let (word, bit) = (pos / 64, 1u64 << (pos % 64));
@@ -513,6 +518,7 @@ impl Walk<'_> {
                 pages.push((None, *p));
             }
         }
+        let (mut ids, mut found) = (Vec::new(), Vec::new());
         for (table, pid) in pages {
             let page = match Page::load(&mut self.cache, self.index, self.meta, &pid).await {
                 Ok(p) => p,
@@ -525,19 +531,29 @@ impl Walk<'_> {
             match page {
                 Page::Groups { groups, .. } => {
                     let table = table.unwrap_or_default();
+                    let mut keyed = Vec::with_capacity(groups.len());
                     for g in &groups {
                         match group_keys(self.vault, g, &table) {
-                            Ok(k) => {
-                                let k = Arc::new(k);
-                                for c in &g.chunks {
-                                    if !self.chunk(c, &k) {
-                                        missing += 1;
-                                        first_missing.get_or_insert(*c);
-                                    }
-                                }
-                            }
+                            Ok(k) => keyed.push((Arc::new(k), &g.chunks)),
                             Err(GroupKeyProblem::Shredded) => self.groups_shredded += 1,
                             Err(GroupKeyProblem::Mismatch) => mismatched += 1,
+                        }
+                    }
+                    // The page's chunks are looked up together (their index
+                    // reads overlap), then taken in order.
+                    ids.clear();
+                    for (_, chunks) in &keyed {
+                        ids.extend_from_slice(chunks);
+                    }
+                    self.index.chunks.positions(&ids, &mut found);
+                    let mut at = found.iter();
+                    for (k, chunks) in &keyed {
+                        for c in chunks.iter() {
+                            let pos = at.next().copied().flatten();
+                            if !self.chunk_at(pos, c, k) {
+                                missing += 1;
+                                first_missing.get_or_insert(*c);
+                            }
                         }
                     }
                 }

@@ -198,6 +198,32 @@ impl ChunkMap {
             .map(|i| a + i)
     }
 
+    /// The positions of many ids, as [`ChunkMap::position`] gives each, into
+    /// `out` (cleared first). Every id's bucket is read before any entry is
+    /// compared: the reads do not depend on each other, so their cache
+    /// misses overlap instead of queueing one behind the other.
+    pub fn positions(&self, ids: &[Id], out: &mut Vec<Option<usize>>) {
+        out.clear();
+        if self.entries.is_empty() {
+            out.resize(ids.len(), None);
+            return;
+        }
+        debug_assert!(self.sorted);
+        let ranges: Vec<(u32, u32)> = ids
+            .iter()
+            .map(|id| {
+                let p = top_bits(id, self.bits);
+                (self.buckets[p], self.buckets[p + 1])
+            })
+            .collect();
+        out.extend(ids.iter().zip(&ranges).map(|(id, &(a, b))| {
+            self.entries[a as usize..b as usize]
+                .iter()
+                .position(|e| e.0 == *id)
+                .map(|i| a as usize + i)
+        }));
+    }
+
     /// The location of the entry at `pos` (from [`ChunkMap::position`]),
     /// so that a caller needing both does one lookup, not two.
     pub fn loc_at(&self, pos: usize) -> &ChunkLoc {
@@ -322,6 +348,34 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn batched_positions_match_single_lookups() {
+        let mut idx = Index::default();
+        let mut present = Vec::new();
+        for pack in 0..40u8 {
+            let ids: Vec<u8> = (0..6)
+                .map(|i| pack.wrapping_mul(6).wrapping_add(i))
+                .collect();
+            present.extend(ids.iter().map(|b| Id([*b; 32])));
+            idx.add(&file(pack, &ids));
+        }
+        idx.seal();
+        let mut ids = present.clone();
+        for b in [240u8, 241, 250, 255] {
+            ids.push(Id([b; 32]));
+        }
+        ids.reverse();
+        let mut out = Vec::new();
+        idx.chunks.positions(&ids, &mut out);
+        assert_eq!(out.len(), ids.len());
+        for (id, got) in ids.iter().zip(&out) {
+            assert_eq!(*got, idx.chunks.position(id), "{id}");
+        }
+        assert_eq!(out.iter().filter(|p| p.is_some()).count(), present.len());
+        Index::default().chunks.positions(&ids[..3], &mut out);
+        assert_eq!(out, vec![None; 3]);
     }
 
     #[test]
