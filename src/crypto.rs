@@ -350,6 +350,14 @@ impl MetaKey {
         h
     }
 
+    /// One encoded row's term of a table checksum (FORMAT: the table
+    /// checksum is the wrapping sum of `keyed_hash("row", row)[..16]` as
+    /// u128 LE over its rows, so any order of rows gives the same sum).
+    pub fn row_term(&self, row: &[u8]) -> u128 {
+        let h = self.keyed_hash("row", row);
+        u128::from_le_bytes(h.0[..16].try_into().expect("16 of 32 bytes"))
+    }
+
     pub fn keyed_hash(&self, domain: &str, data: &[u8]) -> Id {
         let mut h = blake3::Hasher::new_keyed(self.mac.expose());
         h.update(domain.as_bytes());

@@ -355,10 +355,7 @@ async fn read_back(
                 Ok(b) => {
                     for (_, row) in &b {
                         rows += 1;
-                        let h = meta.keyed_hash("row", row);
-                        sum = sum.wrapping_add(u128::from_le_bytes(
-                            h.0[..16].try_into().expect("16 bytes"),
-                        ));
+                        sum = sum.wrapping_add(meta.row_term(row));
                     }
                 }
                 Err(e) => {

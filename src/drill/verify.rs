@@ -55,8 +55,7 @@ pub fn verify_sqlite(
                 let mut sum: u128 = 0;
                 let r = src.scan_natural(ts, &plan, |_, row: &[u8]| -> Result<(), ()> {
                     rows += 1;
-                    let h = meta.keyed_hash("row", row);
-                    sum = sum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
+                    sum = sum.wrapping_add(meta.row_term(row));
                     Ok(())
                 });
                 match r {

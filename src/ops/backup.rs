@@ -940,10 +940,7 @@ impl GroupCtx<'_> {
         // These groups' share of the table checksum (a wrapping sum, so
         // the threads' shares add up in any order).
         let mut checksum = 0u128;
-        let mut add_row = |row: &[u8]| {
-            let h = self.meta.keyed_hash("row", row);
-            checksum = checksum.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
-        };
+        let mut add_row = |row: &[u8]| checksum = checksum.wrapping_add(self.meta.row_term(row));
         let mut chunker = Chunker::new(self.params, self.seed);
         let mut gathered = Vec::new();
         for (&slot, r) in order.iter().zip(refs) {
