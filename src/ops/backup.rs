@@ -615,7 +615,8 @@ impl Window {
             .push((self.arena.len() as u32, row.len() as u32, NONE));
         self.arena.extend_from_slice(row);
         self.bytes += row.len();
-        let (subject, bucket) = (coords.subject.as_deref(), coords.bucket.as_deref());
+        let subject = coords.subject.as_deref().map(str::as_bytes);
+        let bucket = coords.bucket.as_deref().map(str::as_bytes);
         if let Some(last) = self.runs.last() {
             if self.text(last.subject) == subject && self.text(last.bucket) == bucket {
                 self.runs.last_mut().expect("just seen").rows += 1;
@@ -632,19 +633,16 @@ impl Window {
     }
 
     /// Appends a coordinate's text; returns where it is.
-    fn keep(&mut self, text: &str) -> (u32, u32) {
+    fn keep(&mut self, text: &[u8]) -> (u32, u32) {
         let at = (self.coord_bytes.len() as u32, text.len() as u32);
-        self.coord_bytes.extend_from_slice(text.as_bytes());
+        self.coord_bytes.extend_from_slice(text);
         at
     }
 
-    /// A run's coordinate text.
-    fn text(&self, at: Option<(u32, u32)>) -> Option<&str> {
-        at.map(|(start, len)| {
-            let b = &self.coord_bytes[start as usize..(start + len) as usize];
-            // Only ever appended from `&str`.
-            std::str::from_utf8(b).unwrap_or_default()
-        })
+    /// A run's coordinate text, as bytes (appended from `&str`, so UTF-8;
+    /// compared and hashed as bytes, so never validated row by row).
+    fn text(&self, at: Option<(u32, u32)>) -> Option<&[u8]> {
+        at.map(|(start, len)| &self.coord_bytes[start as usize..(start + len) as usize])
     }
 
     /// Links every row to its group: fills `slots`, one per distinct
@@ -688,7 +686,8 @@ impl Window {
         let mut tail = NONE;
         while at != NONE {
             let s = &self.slots[at as usize];
-            if s.coords.subject.as_deref() == subj && s.coords.bucket.as_deref() == buck {
+            let same = |c: &Option<String>, b: Option<&[u8]>| c.as_deref().map(str::as_bytes) == b;
+            if same(&s.coords.subject, subj) && same(&s.coords.bucket, buck) {
                 return at;
             }
             tail = at;
@@ -697,8 +696,8 @@ impl Window {
         let slot = self.slots.len() as u32;
         self.slots.push(Slot {
             coords: GroupCoords {
-                subject: subj.map(str::to_owned),
-                bucket: buck.map(str::to_owned),
+                subject: subj.map(|b| String::from_utf8_lossy(b).into_owned()),
+                bucket: buck.map(|b| String::from_utf8_lossy(b).into_owned()),
             },
             same_hash: NONE,
             rows: 0,
@@ -760,7 +759,7 @@ impl Window {
                     Some(v) => {
                         scratch.push(1);
                         scratch.extend_from_slice(&(v.len() as u64).to_le_bytes());
-                        scratch.extend_from_slice(v.as_bytes());
+                        scratch.extend_from_slice(v);
                     }
                 }
             }
@@ -784,15 +783,14 @@ impl Window {
 
 /// A fast, non-cryptographic hash of group coordinates (FxHash-style:
 /// rotate, xor, multiply per 8 bytes); only used inside one window.
-fn coords_hash(subject: Option<&str>, bucket: Option<&str>) -> u64 {
+fn coords_hash(subject: Option<&[u8]>, bucket: Option<&[u8]>) -> u64 {
     const K: u64 = 0x517c_c1b7_2722_0a95;
     let mut h = 0u64;
     let mut mix = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
     for part in [subject, bucket] {
         match part {
             None => mix(0xff),
-            Some(v) => {
-                let b = v.as_bytes();
+            Some(b) => {
                 mix(b.len() as u64);
                 let mut it = b.chunks_exact(8);
                 for w in &mut it {
@@ -1836,7 +1834,7 @@ mod tests {
         // must walk the chain and compare coordinates.
         let (sa, sb) = (w.runs[0].subject, w.runs[1].subject);
         assert_eq!(w.slot_for(sa, None), 0);
-        let hb = coords_hash(Some("b"), None);
+        let hb = coords_hash(Some(b"b"), None);
         assert_eq!(w.slot_for(sb, None), 1);
         w.by_hash.insert(hb, 0);
         w.slots[0].same_hash = 1;
