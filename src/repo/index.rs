@@ -126,30 +126,44 @@ pub struct ChunkLoc {
     pub raw_len: u32,
 }
 
-/// Chunk id → location, as one sorted vector: 48 bytes a chunk and no
-/// hash table overhead, so millions of chunks fit in a bounded budget.
+/// Chunk id → location, as one sorted vector of 32-byte entries (no hash
+/// table overhead), so millions of chunks fit in a bounded budget.
+///
+/// An entry keeps the first 16 bytes of the id, not all 32: ids are keyed
+/// BLAKE3 outputs, so two different chunks share a 128-bit prefix with
+/// probability below 2^-65 even at 2^32 chunks. Every reader checks what it
+/// opens against the whole id it asked for (a chunk's content must hash to
+/// it), so such a collision would surface as an integrity error, never as
+/// wrong data.
 #[derive(Default)]
 pub struct ChunkMap {
-    entries: Vec<(Id, ChunkLoc)>,
+    entries: Vec<(u128, ChunkLoc)>,
     sorted: bool,
-    /// `buckets[p]` is the index of the first entry whose id's top `bits`
-    /// bits are at least `p`. Ids are uniform, so a bucket holds about one
-    /// entry and a lookup is one or two comparisons, not a binary search.
+    /// `buckets[p]` is the index of the first entry whose key's top `bits`
+    /// bits are at least `p`. Ids are uniform, so a bucket holds about four
+    /// entries (two cache lines) and a lookup is a short scan, not a binary
+    /// search, for about one byte of bucket table per entry.
     buckets: Vec<u32>,
     bits: u32,
 }
 
-fn top_bits(id: &Id, bits: u32) -> usize {
+/// The in-memory key of an id: its first 16 bytes, big-endian, so keys
+/// sort as the ids do.
+fn key_of(id: &Id) -> u128 {
+    u128::from_be_bytes(id.0[..16].try_into().unwrap())
+}
+
+fn top_bits(key: u128, bits: u32) -> usize {
     if bits == 0 {
         0
     } else {
-        (u64::from_be_bytes(id.0[..8].try_into().unwrap()) >> (64 - bits)) as usize
+        (key >> (128 - bits)) as usize
     }
 }
 
 impl ChunkMap {
     fn push(&mut self, id: Id, loc: ChunkLoc) {
-        self.entries.push((id, loc));
+        self.entries.push((key_of(&id), loc));
         self.sorted = false;
     }
 
@@ -163,16 +177,17 @@ impl ChunkMap {
             self.sorted = true;
         }
         let n = self.entries.len();
-        self.bits = if n < 2 {
+        // About four entries a bucket: 2^bits ≥ n / 4.
+        self.bits = if n < 8 {
             0
         } else {
-            (usize::BITS - (n - 1).leading_zeros()).min(28)
+            (usize::BITS - (n / 4 - 1).leading_zeros()).min(28)
         };
         let nb = 1usize << self.bits;
         self.buckets = Vec::with_capacity(nb + 1);
         let mut i = 0usize;
         for p in 0..nb {
-            while i < n && top_bits(&self.entries[i].0, self.bits) < p {
+            while i < n && top_bits(self.entries[i].0, self.bits) < p {
                 i += 1;
             }
             self.buckets.push(i as u32);
@@ -184,18 +199,22 @@ impl ChunkMap {
         self.position(id).map(|i| &self.entries[i].1)
     }
 
+    fn find(&self, key: u128, a: usize, b: usize) -> Option<usize> {
+        self.entries[a..b]
+            .iter()
+            .position(|e| e.0 == key)
+            .map(|i| a + i)
+    }
+
     /// The entry's position (0..len), e.g. for a bitset of checked chunks.
     pub fn position(&self, id: &Id) -> Option<usize> {
         debug_assert!(self.sorted || self.entries.is_empty());
         if self.entries.is_empty() {
             return None;
         }
-        let p = top_bits(id, self.bits);
-        let (a, b) = (self.buckets[p] as usize, self.buckets[p + 1] as usize);
-        self.entries[a..b]
-            .iter()
-            .position(|e| e.0 == *id)
-            .map(|i| a + i)
+        let key = key_of(id);
+        let p = top_bits(key, self.bits);
+        self.find(key, self.buckets[p] as usize, self.buckets[p + 1] as usize)
     }
 
     /// The positions of many ids, as [`ChunkMap::position`] gives each, into
@@ -209,19 +228,19 @@ impl ChunkMap {
             return;
         }
         debug_assert!(self.sorted);
-        let ranges: Vec<(u32, u32)> = ids
+        let ranges: Vec<(u128, u32, u32)> = ids
             .iter()
             .map(|id| {
-                let p = top_bits(id, self.bits);
-                (self.buckets[p], self.buckets[p + 1])
+                let key = key_of(id);
+                let p = top_bits(key, self.bits);
+                (key, self.buckets[p], self.buckets[p + 1])
             })
             .collect();
-        out.extend(ids.iter().zip(&ranges).map(|(id, &(a, b))| {
-            self.entries[a as usize..b as usize]
+        out.extend(
+            ranges
                 .iter()
-                .position(|e| e.0 == *id)
-                .map(|i| a as usize + i)
-        }));
+                .map(|&(key, a, b)| self.find(key, a as usize, b as usize)),
+        );
     }
 
     /// The location of the entry at `pos` (from [`ChunkMap::position`]),
@@ -240,6 +259,12 @@ impl ChunkMap {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Bytes held by the map (entries and bucket table), for reports.
+    pub fn heap_bytes(&self) -> usize {
+        self.entries.capacity() * std::mem::size_of::<(u128, ChunkLoc)>()
+            + self.buckets.capacity() * 4
     }
 }
 
@@ -325,6 +350,13 @@ impl Index {
             }
         }
         idx.seal();
+        tracing::debug!(
+            target = %target.name,
+            chunks = idx.chunks.len(),
+            packs = idx.packs.len(),
+            mib = idx.chunks.heap_bytes() >> 20,
+            "chunk index loaded"
+        );
         Ok(idx)
     }
 }
@@ -376,6 +408,37 @@ mod tests {
         assert_eq!(out.iter().filter(|p| p.is_some()).count(), present.len());
         Index::default().chunks.positions(&ids[..3], &mut out);
         assert_eq!(out, vec![None; 3]);
+    }
+
+    #[test]
+    fn many_uniform_ids_are_found_through_the_buckets() {
+        let id = |i: u32| Id(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        let mut idx = Index::default();
+        for pack in 0..50u32 {
+            idx.add(&IndexFile {
+                pack: id(1_000_000 + pack),
+                pack_size: 1 << 20,
+                entries: (pack * 100..pack * 100 + 100)
+                    .map(|i| IndexEntry {
+                        id: id(i),
+                        offset: i,
+                        len: 1,
+                        raw_len: 1,
+                    })
+                    .collect(),
+            });
+        }
+        idx.seal();
+        assert_eq!(idx.chunks.len(), 5000);
+        assert!(idx.chunks.bits > 0);
+        for i in 0..5000 {
+            let loc = idx.chunks.get(&id(i)).expect("stored id");
+            assert_eq!(loc.offset, i);
+            assert_eq!(idx.pack_of(loc).0, id(1_000_000 + i / 100));
+        }
+        for i in 5000..10_000 {
+            assert!(!idx.chunks.contains_key(&id(i)), "{i}");
+        }
     }
 
     #[test]
