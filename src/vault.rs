@@ -546,6 +546,59 @@ struct Entry {
     key: Key32,
 }
 
+/// (kind, name) → the id of the unit's key. It holds only ids: each name
+/// lives once, in its entry, and a lookup compares the asked name with the
+/// entry's. (A vault holds a key per customer; keeping every name twice
+/// cost about 80 bytes a key.)
+#[derive(Default)]
+struct NameIndex {
+    table: hashbrown::HashTable<KeyId>,
+    state: std::hash::RandomState,
+}
+
+fn names_entry(entries: &KeyMap<Entry>, id: &KeyId, kind: KeyKind, name: &str) -> bool {
+    entries
+        .get(id)
+        .is_some_and(|e| e.kind == kind && e.name == name)
+}
+
+impl NameIndex {
+    fn hash(state: &std::hash::RandomState, kind: KeyKind, name: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(state, (kind, name))
+    }
+
+    fn get(&self, entries: &KeyMap<Entry>, kind: KeyKind, name: &str) -> Option<KeyId> {
+        let h = Self::hash(&self.state, kind, name);
+        self.table
+            .find(h, |id| names_entry(entries, id, kind, name))
+            .copied()
+    }
+
+    /// Points (kind, name) at `id`, whose entry must already be in `entries`.
+    fn insert(&mut self, entries: &KeyMap<Entry>, kind: KeyKind, name: &str, id: KeyId) {
+        let state = &self.state;
+        let h = Self::hash(state, kind, name);
+        let rehash = |x: &KeyId| {
+            entries
+                .get(x)
+                .map_or(0, |e| Self::hash(state, e.kind, &e.name))
+        };
+        match self
+            .table
+            .entry(h, |x| names_entry(entries, x, kind, name), rehash)
+        {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = id,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.table.clear();
+    }
+}
+
 /// What was read from one location at open.
 struct LocationView {
     marker: Option<Marker>,
@@ -564,7 +617,7 @@ pub struct Vault {
     meta: (KeyId, i64, Key32),
     pseudonym: (KeyId, i64, Key32),
     entries: KeyMap<Entry>,
-    by_name: HashMap<(KeyKind, String), KeyId>,
+    by_name: NameIndex,
     tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>>,
     dirty: BTreeSet<Shard>,
     /// Indexes of locations whose marker must be (re)written.
@@ -760,7 +813,7 @@ impl Vault {
             meta: (KeyId::random(), t, Key32::random()),
             pseudonym: (KeyId::random(), t, Key32::random()),
             entries: KeyMap::default(),
-            by_name: HashMap::new(),
+            by_name: NameIndex::default(),
             tombstones: BTreeMap::new(),
             dirty: BTreeSet::from([Shard::Meta]),
             marker_missing: (0..n).collect(),
@@ -979,7 +1032,7 @@ impl Vault {
             meta: (meta.0, meta.1, meta.2),
             pseudonym: (pseudonym.0, pseudonym.1, pseudonym.2),
             entries,
-            by_name: HashMap::new(),
+            by_name: NameIndex::default(),
             tombstones,
             dirty: BTreeSet::new(),
             marker_missing,
@@ -1016,17 +1069,15 @@ impl Vault {
     fn rebuild_names(&mut self) {
         self.by_name.clear();
         for (id, e) in &self.entries {
-            let k = (e.kind, e.name.clone());
-            match self.by_name.get(&k) {
+            let keep = match self.by_name.get(&self.entries, e.kind, &e.name) {
                 Some(other) => {
-                    let o = &self.entries[other];
-                    if (e.created, *id) < (o.created, *other) {
-                        self.by_name.insert(k, *id);
-                    }
+                    let o = &self.entries[&other];
+                    (e.created, *id) < (o.created, other)
                 }
-                None => {
-                    self.by_name.insert(k, *id);
-                }
+                None => true,
+            };
+            if keep {
+                self.by_name.insert(&self.entries, e.kind, &e.name, *id);
             }
         }
     }
@@ -1083,8 +1134,8 @@ impl Vault {
         if self.fenced.contains(&k) {
             return None;
         }
-        let id = self.by_name.get(&k)?;
-        Some((*id, &self.entries[id].key))
+        let id = self.by_name.get(&self.entries, kind, name)?;
+        Some((id, &self.entries[&id].key))
     }
 
     /// The key of a unit, created (from the OS CSPRNG) if absent. A new key
@@ -1100,7 +1151,11 @@ impl Vault {
         let usable = |id: &&KeyId| {
             self.fenced.is_empty() || !self.fenced.contains(&k) || self.created_here.contains(*id)
         };
-        if let Some(id) = self.by_name.get(&k).filter(usable).copied() {
+        if let Some(id) = self
+            .by_name
+            .get(&self.entries, kind, name)
+            .filter(|id| usable(&id))
+        {
             self.name_buf = k.1;
             return (id, &self.entries[&id].key);
         }
@@ -1127,7 +1182,8 @@ impl Vault {
             },
         );
         self.created_here.insert(id);
-        self.by_name.insert(k, id);
+        self.by_name.insert(&self.entries, kind, name, id);
+        self.name_buf = k.1;
         self.dirty.insert(Shard::of(kind, &id));
         (id, &self.entries[&id].key)
     }
@@ -1422,7 +1478,6 @@ impl Vault {
                 name: name.to_string(),
             });
         }
-        self.by_name.remove(&k);
         self.rebuild_names();
         self.pending_destroy.insert(k.clone(), pending.clone());
 
