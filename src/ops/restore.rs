@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{ChunkLoc, Index};
-use crate::repo::pack::{open_chunk, Codec};
+use crate::repo::pack::{open_chunk, Codec, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
 use crate::repo::tree::{GroupEntry, Page};
 use crate::store::files::{FileKind, FilesRestorer};
@@ -217,18 +217,21 @@ async fn restore_sqlite(
     } = src;
     let sq = snap.sqlite.as_ref().unwrap();
     let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
-    // The writer gets (table position in the snapshot, encoded rows).
-    // A message is a whole read window (tens of MiB): handed over, never
-    // queued, so one window is being written while the next is read.
-    let (tx, rx) = sync_channel::<(usize, Vec<u8>)>(0);
+    // The writer gets (table position in the snapshot, encoded rows in
+    // pieces, each a run of whole rows). A message is a whole read window
+    // (tens of MiB): handed over, never queued, so one window is being
+    // written while the next is read.
+    let (tx, rx) = sync_channel::<(usize, Vec<Vec<u8>>)>(0);
     let names: Vec<String> = sq.tables.iter().map(|t| t.name.clone()).collect();
     let writer = std::thread::Builder::new()
         .name("custos-restore-writer".into())
         .spawn(move || -> Result<(SqliteRestorer, Vec<u64>), OpsError> {
             let mut r = restorer;
             let mut counts = vec![0u64; names.len()];
-            for (t, bytes) in rx {
-                counts[t] += r.insert_rows(&names[t], &bytes)?;
+            for (t, pieces) in rx {
+                for bytes in pieces {
+                    counts[t] += r.insert_rows(&names[t], &bytes)?;
+                }
             }
             Ok((r, counts))
         })
@@ -289,7 +292,7 @@ async fn restore_sqlite(
                     break 'tables;
                 }
             };
-            report.bytes += rows.len() as u64;
+            report.bytes += rows.iter().map(|p| p.len() as u64).sum::<u64>();
             if !rows.is_empty() && tx.send((ti, rows)).is_err() {
                 break 'tables; // the writer failed; its error follows
             }
@@ -316,11 +319,15 @@ async fn restore_sqlite(
             )));
         }
     }
+    report.bytes_fetched = cache.fetched;
+    // Every row is in: the chunk index, the keys and the cached packs are
+    // freed before SQLite builds the indexes, its hungriest step.
+    drop(reader);
+    drop((cache, index, vault));
     progress.phase("building indexes", None, "");
     restorer.finish()?;
     progress.finish_phase();
     report.items = report.tables.iter().map(|t| t.rows_restored).sum();
-    report.bytes_fetched = cache.fetched;
     Ok(())
 }
 
@@ -365,8 +372,9 @@ impl<'a> WindowReader<'a> {
         }
     }
 
-    /// The window's rows, group after group; shredded groups are counted in
-    /// `tr` and skipped.
+    /// The window's rows, group after group, in pieces of whole rows (one
+    /// per opening thread and part, not copied together); shredded groups
+    /// are counted in `tr` and skipped.
     async fn read(
         &mut self,
         cache: &mut PackCache,
@@ -374,7 +382,7 @@ impl<'a> WindowReader<'a> {
         groups: &[(Id, GroupEntry)],
         tr: &mut TableRestore,
         progress: &dyn Progress,
-    ) -> Result<Vec<u8>, OpsError> {
+    ) -> Result<Vec<Vec<u8>>, OpsError> {
         let (index, vault) = (self.index, self.vault);
         let mut out = Vec::new();
         let mut next = 0;
@@ -452,7 +460,10 @@ impl<'a> WindowReader<'a> {
                 &object,
             );
             for piece in pieces {
-                out.extend_from_slice(&piece?);
+                let piece = piece?;
+                if !piece.is_empty() {
+                    out.push(piece);
+                }
             }
             progress.advance(rows);
         }
@@ -487,7 +498,15 @@ fn open_parts(
         from = to;
     }
     let open_run = |codec: &mut Codec, run: std::ops::Range<usize>| -> Result<Vec<u8>, OpsError> {
-        let mut out = Vec::new();
+        // Sized from the index's plain lengths, so it is not copied while
+        // it grows (a piece can be tens of MiB); capped, as a hostile
+        // index could declare anything.
+        let size: u64 = part[run.clone()]
+            .iter()
+            .flat_map(|p| &locs[p.locs.clone()])
+            .map(|l| l.raw_len.min(MAX_RAW_CHUNK) as u64)
+            .sum();
+        let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
         for p in &part[run] {
             let (pid, g) = &groups[p.group];
             let keys = ChunkKeys::new(&group_key(p.subject, p.time, place.table));
