@@ -173,7 +173,7 @@ pub async fn check_with(
         vault: &vault,
         index: &index,
         read_data,
-        cache: PackCache::new(target.clone(), 16),
+        cache: PackCache::new(target.clone(), TREE_PACKS),
         data: PackCache::new(target.clone(), 1),
         verified: if read_data {
             vec![0u64; index.chunks.len().div_ceil(64)]
@@ -239,6 +239,12 @@ pub async fn check_with(
         ok,
     })
 }
+
+/// Packs of tree pages kept while walking. A snapshot's pages were written
+/// in the order they are walked, and the reused pages of a child lie in its
+/// parent's packs in the same order, so a few suffice: at 1 GiB, 4 read as
+/// many bytes as 16, for about 100 MiB less peak memory.
+const TREE_PACKS: usize = 4;
 
 /// Chunks queued while walking the trees before they are opened: the queue
 /// is sorted by pack, so each pack of a batch is fetched once. About 100

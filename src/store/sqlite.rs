@@ -816,7 +816,7 @@ impl SqliteSource {
                     ident(col),
                     every.as_str()
                 ));
-                order.push((select.len()).to_string());
+                order.push(select.len().to_string());
             } else {
                 select.push(ident(col));
             }
@@ -1163,7 +1163,7 @@ impl SqliteRestorer {
              PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
              PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA cache_size = -65536;
+             PRAGMA cache_size = -16384;
              PRAGMA foreign_keys = OFF;
              PRAGMA ignore_check_constraints = ON;
              BEGIN;",
@@ -1441,9 +1441,12 @@ impl SqliteRestorer {
         }
         // Index builds sort every key; one helper thread sorts the sorter's
         // batches while the main thread fills the next (the rows are all
-        // in, so the other cores are idle by now).
+        // in, so the other cores are idle by now). The sorter's batches are
+        // as large as the page cache, which grows here from the 16 MiB the
+        // inserts need (they append in rowid order) to 64 MiB: by now the
+        // restore has freed its chunk index and packs.
         self.conn()
-            .execute_batch("PRAGMA threads = 2")
+            .execute_batch("PRAGMA threads = 2; PRAGMA cache_size = -65536")
             .map_err(self.sql_err("setting PRAGMA threads"))?;
         for e in self.schema.entries.iter().filter(|e| e.kind == "index") {
             let sql = e.sql.as_deref().unwrap_or_default();
