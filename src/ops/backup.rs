@@ -202,10 +202,17 @@ async fn backup_locked(
     let target = Arc::new(target);
     let meta = Arc::new(meta);
     // The index loads while the first read window fills: reading needs no
-    // index, storing does (ReaderCtx::ready_index).
+    // index, storing does (ReaderCtx::ready_index). A backup asks of a chunk
+    // only whether it is stored, and reads no page but its parent's, so it
+    // loads a membership index with the locations of those pages alone.
     let index_load = {
         let (target, meta) = (target.clone(), meta.clone());
-        tokio::spawn(async move { Index::load(&target, &meta).await })
+        let pages: Vec<Id> = parent.as_ref().map_or_else(Vec::new, |p| {
+            let tables = p.record_tables().iter().flat_map(|t| t.pages.iter());
+            let files = p.files.iter().flat_map(|f| f.pages.iter());
+            tables.chain(files).copied().collect()
+        });
+        tokio::spawn(async move { Index::load_membership(&target, &meta, pages).await })
     };
     let vault: SharedVault = Arc::new(tokio::sync::Mutex::new(vault));
     let counters = Arc::new(Counters::default());

@@ -11,6 +11,7 @@
 use super::RepoError;
 use crate::crypto::{Id, MetaKey};
 use crate::target::Target;
+use std::collections::{HashMap, HashSet};
 
 pub const ENTRY_LEN: usize = 44;
 
@@ -135,9 +136,22 @@ pub struct ChunkLoc {
 /// opens against the whole id it asked for (a chunk's content must hash to
 /// it), so such a collision would surface as an integrity error, never as
 /// wrong data.
+///
+/// A *membership* map ([`Index::load_membership`], for a backup) keeps only
+/// the sorted keys, 16 bytes a chunk, and the locations of the few ids
+/// named at load (the parent's tree pages): a backup asks of every other
+/// chunk only whether it is stored.
 #[derive(Default)]
 pub struct ChunkMap {
+    /// Sorted keys with their locations (a full map).
     entries: Vec<(u128, ChunkLoc)>,
+    /// Sorted keys (a membership map).
+    keys: Vec<u128>,
+    /// In a membership map: the locations of the ids named at load.
+    located: HashMap<u128, ChunkLoc>,
+    /// In a membership map, while loading: the keys to keep locations of.
+    wanted: HashSet<u128>,
+    membership: bool,
     sorted: bool,
     /// `buckets[p]` is the index of the first entry whose key's top `bits`
     /// bits are at least `p`. Ids are uniform, so a bucket holds about four
@@ -163,20 +177,43 @@ fn top_bits(key: u128, bits: u32) -> usize {
 
 impl ChunkMap {
     fn push(&mut self, id: Id, loc: ChunkLoc) {
-        self.entries.push((key_of(&id), loc));
+        let key = key_of(&id);
+        if self.membership {
+            self.keys.push(key);
+            if self.wanted.contains(&key) {
+                self.located.insert(key, loc);
+            }
+        } else {
+            self.entries.push((key, loc));
+        }
         self.sorted = false;
+    }
+
+    fn key_at(&self, i: usize) -> u128 {
+        if self.membership {
+            self.keys[i]
+        } else {
+            self.entries[i].0
+        }
     }
 
     /// Sorts by id; of several locations of one id (a chunk stored twice)
     /// keeps one, any being a valid copy.
     fn seal(&mut self) {
         if !self.sorted {
-            self.entries.sort_unstable_by_key(|a| a.0);
-            self.entries.dedup_by(|b, a| a.0 == b.0);
-            self.entries.shrink_to_fit();
+            if self.membership {
+                self.keys.sort_unstable();
+                self.keys.dedup();
+                self.keys.shrink_to_fit();
+                self.wanted = HashSet::new();
+            } else {
+                self.entries.sort_unstable_by_key(|a| a.0);
+                self.entries.dedup_by(|b, a| a.0 == b.0);
+                self.entries.shrink_to_fit();
+            }
             self.sorted = true;
         }
-        let n = self.entries.len();
+        let n = self.len();
         // About four entries a bucket: 2^bits ≥ n / 4.
         self.bits = if n < 8 {
             0
@@ -187,7 +224,7 @@ impl ChunkMap {
         self.buckets = Vec::with_capacity(nb + 1);
         let mut i = 0usize;
         for p in 0..nb {
-            while i < n && top_bits(self.entries[i].0, self.bits) < p {
+            while i < n && top_bits(self.key_at(i), self.bits) < p {
                 i += 1;
             }
             self.buckets.push(i as u32);
@@ -195,21 +232,28 @@ impl ChunkMap {
         self.buckets.push(n as u32);
     }
 
+    /// Where a chunk lies. In a membership map, only the ids named at load
+    /// have a location.
     pub fn get(&self, id: &Id) -> Option<&ChunkLoc> {
+        if self.membership {
+            return self.located.get(&key_of(id));
+        }
         self.position(id).map(|i| &self.entries[i].1)
     }
 
     fn find(&self, key: u128, a: usize, b: usize) -> Option<usize> {
-        self.entries[a..b]
-            .iter()
-            .position(|e| e.0 == key)
-            .map(|i| a + i)
+        let found = if self.membership {
+            self.keys[a..b].iter().position(|k| *k == key)
+        } else {
+            self.entries[a..b].iter().position(|e| e.0 == key)
+        };
+        found.map(|i| a + i)
     }
 
     /// The entry's position (0..len), e.g. for a bitset of checked chunks.
     pub fn position(&self, id: &Id) -> Option<usize> {
-        debug_assert!(self.sorted || self.entries.is_empty());
-        if self.entries.is_empty() {
+        debug_assert!(self.sorted || self.is_empty());
+        if self.is_empty() {
             return None;
         }
         let key = key_of(id);
@@ -223,7 +267,7 @@ impl ChunkMap {
     /// misses overlap instead of queueing one behind the other.
     pub fn positions(&self, ids: &[Id], out: &mut Vec<Option<usize>>) {
         out.clear();
-        if self.entries.is_empty() {
+        if self.is_empty() {
             out.resize(ids.len(), None);
             return;
         }
@@ -244,26 +288,35 @@ impl ChunkMap {
     }
 
     /// The location of the entry at `pos` (from [`ChunkMap::position`]),
-    /// so that a caller needing both does one lookup, not two.
+    /// so that a caller needing both does one lookup, not two. Full maps
+    /// only.
     pub fn loc_at(&self, pos: usize) -> &ChunkLoc {
+        assert!(!self.membership, "a membership map holds no locations");
         &self.entries[pos].1
     }
 
     pub fn contains_key(&self, id: &Id) -> bool {
-        self.get(id).is_some()
+        self.position(id).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        if self.membership {
+            self.keys.len()
+        } else {
+            self.entries.len()
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// Bytes held by the map (entries and bucket table), for reports.
+    /// Bytes held by the map (entries or keys and the bucket table), for
+    /// reports.
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(u128, ChunkLoc)>()
+            + self.keys.capacity() * 16
+            + self.located.capacity() * 48
             + self.buckets.capacity() * 4
     }
 }
@@ -314,15 +367,42 @@ impl Index {
     /// Loads every index object of a target. Unreadable ones are recorded in
     /// `broken` (their chunks are then unknown, so a backup re-stores them).
     pub async fn load(target: &Target, meta: &MetaKey) -> Result<Index, RepoError> {
+        Self::load_into(target, meta, Index::default()).await
+    }
+
+    /// Loads a membership index (see [`ChunkMap`]): whether any chunk is
+    /// stored, and where the chunks of `located` are (a backup names its
+    /// parent's tree pages). Half the memory of [`Index::load`].
+    pub async fn load_membership(
+        target: &Target,
+        meta: &MetaKey,
+        located: impl IntoIterator<Item = Id>,
+    ) -> Result<Index, RepoError> {
+        let mut idx = Index::default();
+        idx.chunks.membership = true;
+        idx.chunks.wanted = located.into_iter().map(|id| key_of(&id)).collect();
+        Self::load_into(target, meta, idx).await
+    }
+
+    async fn load_into(
+        target: &Target,
+        meta: &MetaKey,
+        mut idx: Index,
+    ) -> Result<Index, RepoError> {
         use futures::stream::{self, StreamExt};
         let list = target.list("index/").await?;
-        let mut idx = Index::default();
         // Reserve from the objects' sizes (an entry is 44 bytes sealed), so
         // the table is not doubled while growing.
-        let estimate: u64 = list.iter().map(|(_, n)| n / ENTRY_LEN as u64).sum();
-        idx.chunks
-            .entries
-            .reserve_exact(estimate.min(1 << 28) as usize);
+        let estimate = list
+            .iter()
+            .map(|(_, n)| n / ENTRY_LEN as u64)
+            .sum::<u64>()
+            .min(1 << 28) as usize;
+        if idx.chunks.membership {
+            idx.chunks.keys.reserve_exact(estimate);
+        } else {
+            idx.chunks.entries.reserve_exact(estimate);
+        }
         idx.packs.reserve_exact(list.len());
         let mut results = stream::iter(list.into_iter().map(|(path, _)| async move {
             let r = target.get(&path).await;
@@ -439,6 +519,51 @@ mod tests {
         for i in 5000..10_000 {
             assert!(!idx.chunks.contains_key(&id(i)), "{i}");
         }
+    }
+
+    #[test]
+    fn a_membership_index_knows_every_id_and_locates_only_the_named_ones() {
+        let id = |i: u32| Id(*blake3::hash(&i.to_le_bytes()).as_bytes());
+        let files: Vec<IndexFile> = (0..20u32)
+            .map(|pack| IndexFile {
+                pack: id(1_000_000 + pack),
+                pack_size: 1 << 20,
+                entries: (pack * 50..pack * 50 + 50)
+                    .map(|i| IndexEntry {
+                        id: id(i),
+                        offset: i,
+                        len: 1,
+                        raw_len: 1,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut full = Index::default();
+        let mut member = Index::default();
+        member.chunks.membership = true;
+        member.chunks.wanted = [7u32, 512, 999].iter().map(|i| key_of(&id(*i))).collect();
+        for f in &files {
+            full.add(f);
+            member.add(f);
+        }
+        // A chunk stored twice is one key.
+        member.add(&files[3]);
+        full.seal();
+        member.seal();
+        assert_eq!(member.chunks.len(), 1000);
+        assert!(member.chunks.heap_bytes() < full.chunks.heap_bytes() * 2 / 3);
+        for i in 0..1000 {
+            assert!(member.chunks.contains_key(&id(i)), "{i}");
+        }
+        for i in 1000..3000 {
+            assert!(!member.chunks.contains_key(&id(i)), "{i}");
+        }
+        for i in [7u32, 512, 999] {
+            let (a, b) = (member.chunks.get(&id(i)), full.chunks.get(&id(i)));
+            assert_eq!(a.map(|l| l.offset), Some(i));
+            assert_eq!(member.pack_of(a.unwrap()), full.pack_of(b.unwrap()));
+        }
+        assert!(member.chunks.get(&id(8)).is_none());
     }
 
     #[test]
