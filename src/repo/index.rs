@@ -490,15 +490,19 @@ mod tests {
         assert_eq!(out, vec![None; 3]);
     }
 
-    #[test]
-    fn many_uniform_ids_are_found_through_the_buckets() {
-        let id = |i: u32| Id(*blake3::hash(&i.to_le_bytes()).as_bytes());
-        let mut idx = Index::default();
-        for pack in 0..50u32 {
-            idx.add(&IndexFile {
+    /// A uniform id, as keyed BLAKE3 ids are.
+    fn id(i: u32) -> Id {
+        Id(*blake3::hash(&i.to_le_bytes()).as_bytes())
+    }
+
+    /// `packs` index objects of `per` chunks each: chunk `i` is at offset
+    /// `i` of pack `id(1_000_000 + i / per)`.
+    fn uniform_files(packs: u32, per: u32) -> Vec<IndexFile> {
+        (0..packs)
+            .map(|pack| IndexFile {
                 pack: id(1_000_000 + pack),
                 pack_size: 1 << 20,
-                entries: (pack * 100..pack * 100 + 100)
+                entries: (pack * per..pack * per + per)
                     .map(|i| IndexEntry {
                         id: id(i),
                         offset: i,
@@ -506,7 +510,15 @@ mod tests {
                         raw_len: 1,
                     })
                     .collect(),
-            });
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_uniform_ids_are_found_through_the_buckets() {
+        let mut idx = Index::default();
+        for f in uniform_files(50, 100) {
+            idx.add(&f);
         }
         idx.seal();
         assert_eq!(idx.chunks.len(), 5000);
@@ -523,21 +535,7 @@ mod tests {
 
     #[test]
     fn a_membership_index_knows_every_id_and_locates_only_the_named_ones() {
-        let id = |i: u32| Id(*blake3::hash(&i.to_le_bytes()).as_bytes());
-        let files: Vec<IndexFile> = (0..20u32)
-            .map(|pack| IndexFile {
-                pack: id(1_000_000 + pack),
-                pack_size: 1 << 20,
-                entries: (pack * 50..pack * 50 + 50)
-                    .map(|i| IndexEntry {
-                        id: id(i),
-                        offset: i,
-                        len: 1,
-                        raw_len: 1,
-                    })
-                    .collect(),
-            })
-            .collect();
+        let files = uniform_files(20, 50);
         let mut full = Index::default();
         let mut member = Index::default();
         member.chunks.membership = true;
