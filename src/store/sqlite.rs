@@ -1163,7 +1163,7 @@ impl SqliteRestorer {
              PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
              PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA cache_size = -16384;
+             PRAGMA cache_size = -65536;
              PRAGMA foreign_keys = OFF;
              PRAGMA ignore_check_constraints = ON;
              BEGIN;",
@@ -1441,12 +1441,9 @@ impl SqliteRestorer {
         }
         // Index builds sort every key; one helper thread sorts the sorter's
         // batches while the main thread fills the next (the rows are all
-        // in, so the other cores are idle by now). The sorter's batches are
-        // as large as the page cache, which grows here from the 16 MiB the
-        // inserts need (they append in rowid order) to 64 MiB: by now the
-        // restore has freed its chunk index and packs.
+        // in, so the other cores are idle by now).
         self.conn()
-            .execute_batch("PRAGMA threads = 2; PRAGMA cache_size = -65536")
+            .execute_batch("PRAGMA threads = 2")
             .map_err(self.sql_err("setting PRAGMA threads"))?;
         for e in self.schema.entries.iter().filter(|e| e.kind == "index") {
             let sql = e.sql.as_deref().unwrap_or_default();
