@@ -631,8 +631,6 @@ pub struct Vault {
     fenced: BTreeSet<(KeyKind, String)>,
     /// Keys created by this session (not read from a location).
     created_here: BTreeSet<KeyId>,
-    /// Reused for name lookups in [`Vault::get_or_create`].
-    name_buf: String,
 }
 
 impl fmt::Debug for Vault {
@@ -820,7 +818,6 @@ impl Vault {
             unread: Vec::new(),
             pending_destroy: HashMap::new(),
             fenced: BTreeSet::new(),
-            name_buf: String::new(),
             created_here: BTreeSet::new(),
         };
         v.write_dirty(true).await?;
@@ -1039,7 +1036,6 @@ impl Vault {
             unread,
             pending_destroy: HashMap::new(),
             fenced: BTreeSet::new(),
-            name_buf: String::new(),
             created_here: BTreeSet::new(),
             locations,
         };
@@ -1144,19 +1140,14 @@ impl Vault {
     /// new key is made but `persist` refuses to write it, so no data sealed
     /// under it can be committed.
     pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &Key32) {
-        // The lookup key reuses one buffer: a backup asks once per group.
-        let mut k = (kind, std::mem::take(&mut self.name_buf));
-        k.1.clear();
-        k.1.push_str(name);
-        let usable = |id: &&KeyId| {
-            self.fenced.is_empty() || !self.fenced.contains(&k) || self.created_here.contains(*id)
+        // A backup asks once per group: the lookup allocates nothing unless
+        // some unit is fenced.
+        let usable = |id: &KeyId| {
+            self.fenced.is_empty()
+                || self.created_here.contains(id)
+                || !self.fenced.contains(&(kind, name.to_string()))
         };
-        if let Some(id) = self
-            .by_name
-            .get(&self.entries, kind, name)
-            .filter(|id| usable(&id))
-        {
-            self.name_buf = k.1;
+        if let Some(id) = self.by_name.get(&self.entries, kind, name).filter(usable) {
             return (id, &self.entries[&id].key);
         }
         let id = loop {
@@ -1183,7 +1174,6 @@ impl Vault {
         );
         self.created_here.insert(id);
         self.by_name.insert(&self.entries, kind, name, id);
-        self.name_buf = k.1;
         self.dirty.insert(Shard::of(kind, &id));
         (id, &self.entries[&id].key)
     }
