@@ -192,32 +192,11 @@ impl fmt::Debug for KeyId {
     }
 }
 
-/// A map by key id. Key ids are drawn from the OS CSPRNG, so their first 8
-/// bytes are already a uniform hash; SipHash over them cost a backup more
-/// than the lookups themselves. (Only the service identity can write the
-/// sealed vault the ids are read from.)
-type KeyMap<V> = HashMap<KeyId, V, std::hash::BuildHasherDefault<KeyIdHasher>>;
-
-/// Takes the first 8 bytes of a [`KeyId`] as its hash.
-#[derive(Default)]
-struct KeyIdHasher(u64);
-
-impl std::hash::Hasher for KeyIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut first = [0u8; 8];
-        let n = bytes.len().min(8);
-        first[..n].copy_from_slice(&bytes[..n]);
-        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(first);
-    }
-
-    fn write_usize(&mut self, _len: usize) {
-        // The length prefix of the id's bytes: always 16.
-    }
-}
+/// A map by key id. Key ids are drawn from the OS CSPRNG, so their bytes
+/// are already a uniform hash; SipHash over them cost a backup more than
+/// the lookups themselves. (Only the service identity can write the sealed
+/// vault the ids are read from.)
+type KeyMap<V> = HashMap<KeyId, V, std::hash::BuildHasherDefault<crate::crypto::PassHasher>>;
 
 /// The error of parsing a [`KeyId`].
 #[derive(Debug, thiserror::Error)]

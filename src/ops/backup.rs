@@ -571,7 +571,7 @@ struct ReaderCtx {
 #[derive(Default)]
 struct Window {
     /// Hash of a group's coordinates → its first slot with that hash.
-    by_hash: HashMap<u64, u32, std::hash::BuildHasherDefault<PassHasher>>,
+    by_hash: HashMap<u64, u32, std::hash::BuildHasherDefault<crate::crypto::PassHasher>>,
     /// The groups, once [`Window::group`] has run.
     slots: Vec<Slot>,
     /// Every row of the window, in arrival order.
@@ -873,24 +873,6 @@ fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWi
 fn parse_sum(hex_sum: &str) -> Option<u128> {
     let b: [u8; 16] = hex::decode(hex_sum).ok()?.try_into().ok()?;
     Some(u128::from_le_bytes(b))
-}
-
-/// A `Hasher` for keys that are already hashes.
-#[derive(Default)]
-struct PassHasher(u64);
-
-impl std::hash::Hasher for PassHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | *b as u64;
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
 }
 
 /// What the grouping threads share (read-only) while a window is stored.
