@@ -29,8 +29,8 @@ use crate::repo::tree::{
 };
 use crate::store::files::{self, FileKind};
 use crate::store::postgres::{PgConn, PgError, PgSource, PgTools, RowBatch};
-use crate::store::sqlite::{ScanError, SqliteSource};
-use crate::store::GroupCoords;
+use crate::store::sqlite::{RowidRange, ScanError, SqliteSource};
+use crate::store::{GroupCoords, TablePlan};
 use crate::target::Target;
 use crate::vault::{KeyId, KeyKind};
 use serde::Serialize;
@@ -96,6 +96,9 @@ pub struct BackupReport {
     /// Rows in read windows whose content matched a window of the parent
     /// snapshot, whose tree pages were reused without chunking them again.
     pub rows_reused: u64,
+    /// Of those, rows in stretches of a table whose b-tree pages matched the
+    /// parent's: reused without being read at all.
+    pub rows_unread: u64,
     pub duration_s: f64,
     pub tables: Vec<TableSummary>,
 }
@@ -132,6 +135,7 @@ struct Counters {
     chunks: AtomicU64,
     new_chunks: AtomicU64,
     rows_reused: AtomicU64,
+    rows_unread: AtomicU64,
 }
 
 /// The first error any stage hit (later ones are consequences). The flag
@@ -364,6 +368,7 @@ async fn backup_locked(
             snapshot.stats.bytes_read as f64 / stored as f64
         },
         rows_reused: counters.rows_reused.load(Ordering::Relaxed),
+        rows_unread: counters.rows_unread.load(Ordering::Relaxed),
         duration_s: duration,
         tables,
     })
@@ -584,6 +589,9 @@ struct Window {
     /// The coordinates' text of every run.
     coord_bytes: Vec<u8>,
     bytes: usize,
+    /// Rowid table: the rowids the window stands for (set by the reader
+    /// when it hands the window over).
+    range: RowidRange,
 }
 
 /// Consecutive rows with the same coordinates: where the subject and the
@@ -785,6 +793,7 @@ impl Window {
         self.runs.clear();
         self.coord_bytes.clear();
         self.bytes = 0;
+        self.range = RowidRange::ALL;
     }
 }
 
@@ -838,15 +847,25 @@ struct TableAcc {
     windows: Vec<WindowMark>,
 }
 
-/// The parent snapshot's windows of one table, by digest, each with its
-/// tree pages.
-type PriorWindows = HashMap<String, (WindowMark, Vec<Id>)>;
+/// The parent snapshot's windows of one table, in order, each with its
+/// tree pages, and where each is by digest.
+#[derive(Default)]
+struct PriorWindows {
+    list: Vec<(WindowMark, Vec<Id>)>,
+    by_digest: HashMap<String, usize>,
+}
+
+impl PriorWindows {
+    fn get(&self, digest: &str) -> Option<&(WindowMark, Vec<Id>)> {
+        self.by_digest.get(digest).map(|&i| &self.list[i])
+    }
+}
 
 /// The windows of `table` (same class) in the parent snapshot; none if the
 /// parent has no such table, recorded no windows, or its window page
 /// counts do not add up to its pages.
 fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWindows {
-    let mut out = HashMap::new();
+    let mut out = PriorWindows::default();
     let Some(t) = parent.and_then(|p| {
         p.record_tables()
             .iter()
@@ -858,15 +877,86 @@ fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWi
     for w in &t.windows {
         let end = at.saturating_add(w.pages as usize);
         if end > t.pages.len() {
-            return HashMap::new();
+            return PriorWindows::default();
         }
-        out.insert(w.digest.clone(), (w.clone(), t.pages[at..end].to_vec()));
+        out.by_digest.insert(w.digest.clone(), out.list.len());
+        out.list.push((w.clone(), t.pages[at..end].to_vec()));
         at = end;
     }
     if at != t.pages.len() {
-        return HashMap::new();
+        return PriorWindows::default();
     }
     out
+}
+
+/// What the reading thread hands the storing thread, in rowid order.
+enum Handover {
+    /// A read window.
+    Rows(Window),
+    /// A window of the parent (its index in [`PriorWindows::list`]) not read.
+    Unread(usize),
+}
+
+/// A stretch of a table, in rowid order: rows to read, or a window of the
+/// parent (its index in [`PriorWindows::list`]) whose b-tree leaves are
+/// unchanged, reused without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stretch {
+    Read(RowidRange),
+    Unread(usize),
+}
+
+/// Splits a table into stretches: each window of the parent whose leaves
+/// digest as they did (`same`) is unread, the rowids between them are
+/// read. The windows taken are in order and disjoint, and the read ranges
+/// are exactly the rest, so every rowid is read or in an unread window,
+/// whatever the parent's marks say.
+fn plan_stretches(
+    prior: &PriorWindows,
+    mut same: impl FnMut(usize, &WindowMark) -> Result<bool, OpsError>,
+) -> Result<Vec<Stretch>, OpsError> {
+    let mut out = Vec::new();
+    // The next rowid not yet covered; `None` before the first window, and
+    // `done` once a window reaches the end of the rowids.
+    let mut start: Option<i64> = None;
+    let mut done = false;
+    for (i, (mark, _)) in prior.list.iter().enumerate() {
+        if done {
+            break;
+        }
+        let ordered = match (start, mark.from) {
+            (_, None) => out.is_empty(),
+            (None, Some(_)) => true,
+            (Some(s), Some(f)) => f >= s,
+        };
+        let nonempty = match (mark.from, mark.to) {
+            (Some(f), Some(t)) => f < t,
+            _ => true,
+        };
+        if mark.stretch.is_none() || !ordered || !nonempty || !same(i, mark)? {
+            continue;
+        }
+        if let Some(f) = mark.from {
+            if start.is_none_or(|s| s < f) {
+                out.push(Stretch::Read(RowidRange {
+                    from: start,
+                    to: Some(f),
+                }));
+            }
+        }
+        out.push(Stretch::Unread(i));
+        match mark.to {
+            Some(t) => start = Some(t),
+            None => done = true,
+        }
+    }
+    if !done {
+        out.push(Stretch::Read(RowidRange {
+            from: start,
+            to: None,
+        }));
+    }
+    Ok(out)
 }
 
 /// A checksum share written as hex of a u128 LE.
@@ -1084,7 +1174,12 @@ impl ReaderCtx {
                     acc.pages.extend_from_slice(pages);
                     acc.groups += mark.groups;
                     acc.checksum = acc.checksum.wrapping_add(sum);
-                    acc.windows.push(mark.clone());
+                    acc.windows.push(WindowMark {
+                        from: window.range.from,
+                        to: window.range.to,
+                        stretch: None,
+                        ..mark.clone()
+                    });
                     self.counters.rows_reused.fetch_add(rows, Ordering::Relaxed);
                     window.clear();
                     return Ok(());
@@ -1111,9 +1206,56 @@ impl ReaderCtx {
             groups: n,
             checksum: hex::encode(checksum.to_le_bytes()),
             pages: (acc.pages.len() - pages_before) as u64,
+            from: window.range.from,
+            to: window.range.to,
+            stretch: None,
         });
         window.clear();
         Ok(())
+    }
+
+    /// The keyed hasher every stretch digest of `table` starts from: what
+    /// besides the b-tree pages decides a window's rows, groups and keys
+    /// (the table, its class and plan, the class epoch).
+    fn stretch_hasher(&self, table: &str, class: &str, plan: &TablePlan) -> blake3::Hasher {
+        let epoch = self.policy.store.epoch.label(self.now);
+        let mut h = self.meta.keyed_hasher("stretch-v1");
+        let period = plan.period.as_ref();
+        let parts = [
+            Some(table),
+            Some(class),
+            Some(epoch.as_str()),
+            plan.subject.as_deref(),
+            period.map(|(col, _)| col.as_str()),
+            period.map(|(_, every)| every.as_str()),
+        ];
+        for part in parts {
+            match part {
+                None => h.update(&[0]),
+                Some(p) => h
+                    .update(&[1])
+                    .update(&(p.len() as u64).to_le_bytes())
+                    .update(p.as_bytes()),
+            };
+        }
+        h
+    }
+
+    /// Takes a window of the parent whose rows were not read because its
+    /// b-tree leaves are unchanged (checked with [`Self::reusable`] when the
+    /// stretches were planned).
+    fn take_unread(&self, acc: &mut TableAcc, mark: &WindowMark, pages: &[Id]) {
+        let sum = parse_sum(&mark.checksum).expect("checked when planned");
+        acc.pages.extend_from_slice(pages);
+        acc.groups += mark.groups;
+        acc.checksum = acc.checksum.wrapping_add(sum);
+        acc.windows.push(mark.clone());
+        self.counters
+            .rows_reused
+            .fetch_add(mark.rows, Ordering::Relaxed);
+        self.counters
+            .rows_unread
+            .fetch_add(mark.rows, Ordering::Relaxed);
     }
 
     /// Whether the parent's tree pages of a window can stand in this
@@ -1329,6 +1471,28 @@ impl ReaderCtx {
             self.progress
                 .phase(&format!("reading {}", ts.name), total, "rows");
             let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
+            // The table's b-tree leaves, to skip stretches unchanged since
+            // the parent and to mark this snapshot's windows for the next.
+            let leaves = match src.table_leaves(ts) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading all its rows");
+                    None
+                }
+            };
+            let fingerprint = self.stretch_hasher(&ts.name, &class, &plan);
+            let stretches = match &leaves {
+                Some(l) if !prior.list.is_empty() => {
+                    self.ready_index()?;
+                    plan_stretches(&prior, |i, mark| {
+                        let now = hex::encode(l.stretch(mark.from, mark.to, fingerprint.clone()));
+                        Ok(mark.stretch.as_deref() == Some(now.as_str())
+                            && parse_sum(&mark.checksum).is_some()
+                            && self.reusable(&ts.name, &prior.list[i].1)?)
+                    })?
+                }
+                _ => vec![Stretch::Read(RowidRange::ALL)],
+            };
             let mut rows = 0u64;
             let mut tbytes = 0u64;
             let mut since_progress = 0u64;
@@ -1336,11 +1500,13 @@ impl ReaderCtx {
             let budget = self.window_budget;
             let failure = self.failure.clone();
             let progress = self.progress.clone();
+            let has_rowid = ts.rowid.is_some();
             // Two windows: this thread reads rows into one while another
             // thread stores the one before (digest, reuse or keys, chunks,
             // pages). A full window is handed over, never queued, and comes
-            // back cleared for reuse.
-            let (full_tx, full_rx) = sync_channel::<Window>(0);
+            // back cleared for reuse. Unread stretches go the same way, so
+            // the store takes every window in rowid order.
+            let (full_tx, full_rx) = sync_channel::<Handover>(0);
             let (free_tx, free_rx) = sync_channel::<Window>(2);
             for _ in 0..2 {
                 free_tx
@@ -1353,43 +1519,94 @@ impl ReaderCtx {
                 let (name, class, prior) = (&name, &class, &prior);
                 let storer = scope.spawn(move || -> Result<TableAcc, OpsError> {
                     let mut acc = TableAcc::default();
-                    for mut window in full_rx {
-                        this.flush_window(&mut window, name, class, &mut acc, prior)?;
-                        // The reader may be gone (it failed); then nothing
-                        // needs the buffer.
-                        let _ = free_tx.send(window);
+                    for item in full_rx {
+                        match item {
+                            Handover::Rows(mut window) => {
+                                this.flush_window(&mut window, name, class, &mut acc, prior)?;
+                                // The reader may be gone (it failed); then
+                                // nothing needs the buffer.
+                                let _ = free_tx.send(window);
+                            }
+                            Handover::Unread(i) => {
+                                let (mark, pages) = &prior.list[i];
+                                this.take_unread(&mut acc, mark, pages);
+                            }
+                        }
                     }
                     Ok(acc)
                 });
                 let mut window = free_rx.recv().expect("two windows were queued");
-                let scan = src.scan_natural(
-                    ts,
-                    &plan,
-                    |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
-                        if failure.is_set() {
-                            return Err(OpsError::Internal(
-                                "stopping after an earlier failure".into(),
-                            ));
+                let mut scan = Ok(());
+                for stretch in &stretches {
+                    let range = match *stretch {
+                        Stretch::Unread(i) => {
+                            let mark = &prior.list[i].0;
+                            if full_tx.send(Handover::Unread(i)).is_err() {
+                                break; // the store failed; its error follows
+                            }
+                            rows += mark.rows;
+                            tbytes += mark.bytes;
+                            progress.advance(mark.rows);
+                            continue;
                         }
-                        window.add(coords, row);
-                        rows += 1;
-                        tbytes += row.len() as u64;
-                        if window.full(budget, row) {
-                            let next = free_rx.recv().map_err(|_| handed_over())?;
-                            let full = std::mem::replace(&mut window, next);
-                            full_tx.send(full).map_err(|_| handed_over())?;
+                        Stretch::Read(range) => range,
+                    };
+                    window.range = RowidRange {
+                        from: range.from,
+                        to: None,
+                    };
+                    let r = src.scan_natural_range(
+                        ts,
+                        &plan,
+                        range,
+                        |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
+                            if failure.is_set() {
+                                return Err(OpsError::Internal(
+                                    "stopping after an earlier failure".into(),
+                                ));
+                            }
+                            window.add(coords, row);
+                            rows += 1;
+                            tbytes += row.len() as u64;
+                            if window.full(budget, row) {
+                                // The window ends after this row's rowid.
+                                let to = has_rowid
+                                    .then(|| crate::store::record::row_span(row).ok())
+                                    .flatten()
+                                    .and_then(|(rowid, _)| rowid?.checked_add(1));
+                                window.range.to = to;
+                                let next = free_rx.recv().map_err(|_| handed_over())?;
+                                let full = std::mem::replace(&mut window, next);
+                                window.range.from = to;
+                                full_tx
+                                    .send(Handover::Rows(full))
+                                    .map_err(|_| handed_over())?;
+                            }
+                            since_progress += 1;
+                            if since_progress == 4096 {
+                                progress.advance(since_progress);
+                                since_progress = 0;
+                            }
+                            Ok(())
+                        },
+                    );
+                    if let Err(e) = r {
+                        scan = Err(e);
+                        break;
+                    }
+                    if !window.rows.is_empty() {
+                        // A read stretch ends its last window, so the
+                        // unread window after it starts a window too.
+                        window.range.to = range.to;
+                        let next = match free_rx.recv() {
+                            Ok(w) => w,
+                            Err(_) => break, // the store failed
+                        };
+                        let full = std::mem::replace(&mut window, next);
+                        if full_tx.send(Handover::Rows(full)).is_err() {
+                            break;
                         }
-                        since_progress += 1;
-                        if since_progress == 4096 {
-                            progress.advance(since_progress);
-                            since_progress = 0;
-                        }
-                        Ok(())
-                    },
-                );
-                if scan.is_ok() && !window.rows.is_empty() {
-                    // Fails only if the store stopped, whose error follows.
-                    let _ = full_tx.send(window);
+                    }
                 }
                 drop(full_tx);
                 let stored = storer.join().unwrap_or_else(|_| {
@@ -1398,12 +1615,19 @@ impl ReaderCtx {
                 (scan, stored)
             });
             // The store's own error explains a reader stopped by it.
-            let acc = match (scan, stored) {
+            let mut acc = match (scan, stored) {
                 (_, Err(e)) => return Err(e),
                 (Err(ScanError::Store(e)), Ok(_)) => return Err(e.into()),
                 (Err(ScanError::Sink(e)), Ok(_)) => return Err(e),
-                (Ok(_), Ok(acc)) => acc,
+                (Ok(()), Ok(acc)) => acc,
             };
+            // Each window's stretch digest, for the next backup.
+            if let Some(l) = leaves.as_ref().filter(|_| has_rowid) {
+                for m in &mut acc.windows {
+                    m.stretch = Some(hex::encode(l.stretch(m.from, m.to, fingerprint.clone())));
+                }
+            }
+            drop(leaves);
             self.progress.advance(since_progress);
             self.progress.finish_phase();
             items += rows;
@@ -1691,6 +1915,58 @@ mod tests {
             subject: subject.map(str::to_string),
             bucket: bucket.map(str::to_string),
         }
+    }
+
+    fn prior(ranges: &[(Option<i64>, Option<i64>)]) -> PriorWindows {
+        let mut p = PriorWindows::default();
+        for &(from, to) in ranges {
+            let mark = WindowMark {
+                digest: String::new(),
+                rows: 1,
+                bytes: 1,
+                groups: 1,
+                checksum: String::new(),
+                pages: 0,
+                from,
+                to,
+                stretch: Some(String::new()),
+            };
+            p.list.push((mark, Vec::new()));
+        }
+        p
+    }
+
+    fn read(from: Option<i64>, to: Option<i64>) -> Stretch {
+        Stretch::Read(RowidRange { from, to })
+    }
+
+    #[test]
+    fn stretches_read_every_rowid_no_unread_window_covers() {
+        let p = prior(&[(None, Some(10)), (Some(10), Some(20)), (Some(30), None)]);
+        let plan = |same: &[bool]| plan_stretches(&p, |i, _| Ok(same[i])).unwrap();
+        use Stretch::Unread;
+        assert_eq!(
+            plan(&[true, true, true]),
+            [Unread(0), Unread(1), read(Some(20), Some(30)), Unread(2)]
+        );
+        assert_eq!(
+            plan(&[false, true, false]),
+            [read(None, Some(10)), Unread(1), read(Some(20), None)]
+        );
+        assert_eq!(plan(&[false, false, false]), [read(None, None)]);
+        assert_eq!(
+            plan(&[true, false, true]),
+            [Unread(0), read(Some(10), Some(30)), Unread(2)]
+        );
+        // Marks out of order or overlapping are read, never trusted.
+        let p = prior(&[(Some(5), Some(20)), (Some(10), Some(30)), (None, Some(40))]);
+        let plan = plan_stretches(&p, |_, _| Ok(true)).unwrap();
+        assert_eq!(plan, [read(None, Some(5)), Unread(0), read(Some(20), None)]);
+        // An empty or unmarked window is read.
+        let mut p = prior(&[(Some(5), Some(5)), (Some(7), Some(9))]);
+        p.list[1].0.stretch = None;
+        let plan = plan_stretches(&p, |_, _| Ok(true)).unwrap();
+        assert_eq!(plan, [read(None, None)]);
     }
 
     #[test]

@@ -98,6 +98,20 @@ pub struct WindowMark {
     pub checksum: String,
     /// How many consecutive ids of the table's `pages` hold its groups.
     pub pages: u64,
+    /// Rowid table: the window holds the table's rows with rowid in
+    /// `[from, to)` (absent: unbounded). Absent for WITHOUT ROWID tables
+    /// and in snapshots written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<i64>,
+    /// Keyed digest (hex; metadata key, domain `stretch-v1`) of the b-tree
+    /// leaves holding rowids `[from, to)` when the window was read
+    /// (FORMAT 4, "Unread stretches"): a later backup whose leaves give the
+    /// same digest reuses the window without reading its rows. Absent when
+    /// the pages could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stretch: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,9 +5,12 @@
 //! * [`files`]: a directory tree read in file mode.
 //! * [`postgres`]: a PostgreSQL database read in record mode on one exported
 //!   snapshot and rebuilt (or written as a SQL script) from its rows.
+//! * [`btree`]: a rowid table's b-tree leaves read page by page and digested,
+//!   so a backup can skip stretches unchanged since its parent.
 //! * [`record`]: the canonical, versioned encoding of one row, shared by both
 //!   directions; it is what gets chunked and encrypted.
 
+pub mod btree;
 pub mod compare;
 pub mod files;
 pub mod postgres;

@@ -762,7 +762,7 @@ impl SqliteSource {
     where
         F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
     {
-        self.scan_ordered(table, plan, true, sink)
+        self.scan_ordered(table, plan, true, RowidRange::ALL, sink)
     }
 
     /// Like [`scan`](Self::scan), but in storage order (rowid or primary
@@ -778,7 +778,36 @@ impl SqliteSource {
     where
         F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
     {
-        self.scan_ordered(table, plan, false, sink)
+        self.scan_ordered(table, plan, false, RowidRange::ALL, sink)
+    }
+
+    /// Like [`scan_natural`](Self::scan_natural), but only the rows whose
+    /// rowid is in `range` (a rowid table; a WITHOUT ROWID table is read
+    /// whole whatever the range).
+    pub fn scan_natural_range<E, F>(
+        &self,
+        table: &TableSchema,
+        plan: &TablePlan,
+        range: RowidRange,
+        sink: F,
+    ) -> Result<ScanStats, ScanError<E>>
+    where
+        F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
+    {
+        self.scan_ordered(table, plan, false, range, sink)
+    }
+
+    /// The leaves of a rowid table's b-tree, read through `sqlite_dbpage`
+    /// in this source's read transaction ([`btree::walk`]). `None` for a
+    /// WITHOUT ROWID table or without `sqlite_dbpage`.
+    pub fn table_leaves(
+        &self,
+        table: &TableSchema,
+    ) -> Result<Option<super::btree::TableLeaves>, super::btree::BtreeError> {
+        if table.rowid.is_none() {
+            return Ok(None);
+        }
+        super::btree::walk(&self.conn, &table.name)
     }
 
     fn scan_ordered<E, F>(
@@ -786,6 +815,7 @@ impl SqliteSource {
         table: &TableSchema,
         plan: &TablePlan,
         grouped: bool,
+        range: RowidRange,
         mut sink: F,
     ) -> Result<ScanStats, ScanError<E>>
     where
@@ -836,8 +866,22 @@ impl SqliteSource {
             Some(r) => order.push(r.clone()),
             None => order.extend(table.primary_key.iter().map(|c| ident(c))),
         }
+        let mut filter = Vec::new();
+        if let Some(r) = &table.rowid {
+            if let Some(from) = range.from {
+                filter.push(format!("{r} >= {from}"));
+            }
+            if let Some(to) = range.to {
+                filter.push(format!("{r} < {to}"));
+            }
+        }
+        let filter = if filter.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", filter.join(" AND "))
+        };
         let sql = format!(
-            "SELECT {} FROM main.{} ORDER BY {}",
+            "SELECT {} FROM main.{}{filter} ORDER BY {}",
             select.join(", "),
             ident(&table.name),
             order.join(", ")
@@ -906,6 +950,20 @@ impl SqliteSource {
         }
         Ok(stats)
     }
+}
+
+/// Rowids `[from, to)`; `None` is unbounded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RowidRange {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+impl RowidRange {
+    pub const ALL: RowidRange = RowidRange {
+        from: None,
+        to: None,
+    };
 }
 
 /// The last raw value of a column, to skip recomputing a coordinate when

@@ -1,0 +1,548 @@
+//! A rowid table's b-tree, read page by page: the leaves in rowid order,
+//! each with its rowid range and a digest of its bytes and overflow pages.
+//!
+//! A backup compares these digests with the parent snapshot's to skip
+//! reading stretches of a table that did not change (FORMAT 4, "Unread
+//! stretches"). Pages are read through SQLite's `sqlite_dbpage` virtual
+//! table on the backup's own connection, inside its read transaction, so
+//! the pages are those of the snapshot the rows are read from (WAL frames
+//! included). The walk only reads and hashes: any page that does not parse
+//! as the SQLite file format says is an error, and the caller then reads
+//! the table row by row as it would without the walk.
+
+use rusqlite::{Connection, OptionalExtension};
+
+/// Why a table's b-tree could not be walked. Never fatal to a backup: it
+/// reads the table's rows instead.
+#[derive(Debug, thiserror::Error)]
+pub enum BtreeError {
+    #[error("SQLite error while {doing}: {source}")]
+    Sql {
+        doing: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("page {page} of the table's b-tree is malformed: {why}")]
+    Malformed { page: u32, why: &'static str },
+}
+
+/// One leaf of a table's b-tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Smallest and largest rowid on the leaf.
+    pub min: i64,
+    pub max: i64,
+    /// BLAKE3 of the leaf page and, in cell order, every overflow page its
+    /// cells spill into.
+    pub digest: [u8; 32],
+}
+
+/// A table's leaves in rowid order, with what else decides how its rows
+/// read back (its `CREATE` statement, the text encoding, the page layout).
+#[derive(Clone, Debug)]
+pub struct TableLeaves {
+    pub leaves: Vec<Leaf>,
+    sql: String,
+    encoding: String,
+    page_size: u32,
+    usable: u32,
+}
+
+impl TableLeaves {
+    /// The digest of the leaves holding rowids in `[from, to)` (`None`:
+    /// unbounded), after what `h` already holds. Any change to a row in the
+    /// range (update, insert, delete, a spilled value's tail) changes a
+    /// leaf or overflow page, or which leaves the range meets, so it
+    /// changes the digest; rows outside the range may change it too.
+    pub fn stretch(&self, from: Option<i64>, to: Option<i64>, mut h: blake3::Hasher) -> [u8; 32] {
+        for part in [self.sql.as_bytes(), self.encoding.as_bytes()] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(&self.page_size.to_le_bytes());
+        h.update(&self.usable.to_le_bytes());
+        let start = match from {
+            Some(f) => self.leaves.partition_point(|l| l.max < f),
+            None => 0,
+        };
+        let mut n = 0u64;
+        for leaf in &self.leaves[start..] {
+            if to.is_some_and(|t| leaf.min >= t) {
+                break;
+            }
+            h.update(&leaf.digest);
+            n += 1;
+        }
+        h.update(&n.to_le_bytes());
+        *h.finalize().as_bytes()
+    }
+
+    /// Heap bytes held (for the memory figures).
+    pub fn heap_bytes(&self) -> usize {
+        self.leaves.capacity() * std::mem::size_of::<Leaf>()
+    }
+}
+
+/// Interior and leaf page types of a table b-tree.
+const INTERIOR: u8 = 0x05;
+const LEAF: u8 = 0x0d;
+/// Deeper than any real b-tree (SQLite itself stops at 20).
+const MAX_DEPTH: usize = 40;
+
+/// Walks `table`'s b-tree on `conn` (inside its read transaction). `None`
+/// when the table has no b-tree of its own to walk (a virtual table, a
+/// WITHOUT ROWID table) or the SQLite build has no `sqlite_dbpage`.
+pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, BtreeError> {
+    let sql_err = |doing| move |source| BtreeError::Sql { doing, source };
+    let row: Option<(Option<i64>, Option<String>)> = conn
+        .query_row(
+            "SELECT rootpage, sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+            [table],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql_err("reading the table's root page"))?;
+    let Some((Some(root), sql)) = row else {
+        return Ok(None);
+    };
+    let sql = sql.unwrap_or_default();
+    if root <= 0 || sql.to_ascii_uppercase().contains("WITHOUT ROWID") {
+        return Ok(None);
+    }
+    let mut stmt = match conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1") {
+        Ok(s) => s,
+        Err(e) if e.to_string().contains("no such table") => return Ok(None),
+        Err(e) => {
+            return Err(BtreeError::Sql {
+                doing: "preparing to read pages",
+                source: e,
+            })
+        }
+    };
+    let pragma = |name: &str| -> Result<i64, BtreeError> {
+        conn.query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))
+            .map_err(|source| BtreeError::Sql {
+                doing: "reading the page layout",
+                source,
+            })
+    };
+    let page_size = pragma("page_size")? as u32;
+    let page_count = pragma("page_count")?.clamp(0, u32::MAX as i64) as u32;
+    let encoding: String = conn
+        .query_row("PRAGMA main.encoding", [], |r| r.get(0))
+        .map_err(sql_err("reading the text encoding"))?;
+    let mut buf = Vec::with_capacity(page_size as usize);
+    let mut read = |pgno: u32, buf: &mut Vec<u8>| -> Result<(), BtreeError> {
+        if pgno == 0 || pgno > page_count {
+            return Err(BtreeError::Malformed {
+                page: pgno,
+                why: "a page number outside the database",
+            });
+        }
+        buf.clear();
+        stmt.query_row([pgno], |r| {
+            buf.extend_from_slice(r.get_ref(0)?.as_blob()?);
+            Ok(())
+        })
+        .map_err(sql_err("reading a page"))?;
+        if buf.len() != page_size as usize {
+            return Err(BtreeError::Malformed {
+                page: pgno,
+                why: "a page of the wrong size",
+            });
+        }
+        Ok(())
+    };
+    // Reserved bytes at the end of each page (database header offset 20).
+    read(1, &mut buf)?;
+    let usable = page_size - u32::from(buf[20]);
+    if usable < 480 {
+        return Err(BtreeError::Malformed {
+            page: 1,
+            why: "a usable page size below 480 bytes",
+        });
+    }
+    let root = u32::try_from(root).map_err(|_| BtreeError::Malformed {
+        page: 0,
+        why: "a root page number out of range",
+    })?;
+
+    let mut leaves = Vec::new();
+    let mut stack = vec![(root, 0usize)];
+    let mut visited = 0u64;
+    let mut overflow = Vec::with_capacity(page_size as usize);
+    let mut last_max: Option<i64> = None;
+    while let Some((pgno, depth)) = stack.pop() {
+        visited += 1;
+        if visited > u64::from(page_count) || depth > MAX_DEPTH {
+            return Err(BtreeError::Malformed {
+                page: pgno,
+                why: "the b-tree has a cycle or is too deep",
+            });
+        }
+        read(pgno, &mut buf)?;
+        let page = Page::new(&buf, pgno, usable)?;
+        match page.kind {
+            INTERIOR => {
+                // Children in key order; pushed in reverse so the leftmost
+                // pops first.
+                stack.push((page.right_most()?, depth + 1));
+                for i in (0..page.cells).rev() {
+                    let at = page.cell(i)?;
+                    stack.push((page.u32_at(at)?, depth + 1));
+                }
+            }
+            LEAF => {
+                let mut h = blake3::Hasher::new();
+                h.update(&buf);
+                let mut min_max: Option<(i64, i64)> = None;
+                let mut spilled = Vec::new();
+                for i in 0..page.cells {
+                    let cell = page.leaf_cell(i)?;
+                    if last_max.is_some_and(|m| cell.rowid <= m)
+                        || min_max.is_some_and(|(_, m)| cell.rowid <= m)
+                    {
+                        return Err(page.malformed("rowids out of order"));
+                    }
+                    min_max = Some((min_max.map_or(cell.rowid, |(a, _)| a), cell.rowid));
+                    if let Some(first) = cell.overflow {
+                        spilled.push((first, cell.overflow_pages));
+                    }
+                }
+                for (mut next, n) in spilled {
+                    for _ in 0..n {
+                        visited += 1;
+                        if visited > u64::from(page_count) {
+                            return Err(page.malformed("an overflow chain loops"));
+                        }
+                        read(next, &mut overflow)?;
+                        h.update(&overflow);
+                        next = u32::from_be_bytes(overflow[..4].try_into().expect("4 bytes"));
+                    }
+                }
+                if let Some((min, max)) = min_max {
+                    last_max = Some(max);
+                    leaves.push(Leaf {
+                        min,
+                        max,
+                        digest: *h.finalize().as_bytes(),
+                    });
+                }
+            }
+            _ => return Err(page.malformed("not a table b-tree page")),
+        }
+    }
+    Ok(Some(TableLeaves {
+        leaves,
+        sql,
+        encoding,
+        page_size,
+        usable,
+    }))
+}
+
+/// One b-tree page's header and cell pointers (FORMAT of SQLite, 1.6).
+struct Page<'a> {
+    bytes: &'a [u8],
+    pgno: u32,
+    usable: u32,
+    /// Where the page header starts (100 on page 1).
+    header: usize,
+    kind: u8,
+    cells: usize,
+}
+
+/// A table leaf cell: its rowid and where its payload spills.
+struct LeafCell {
+    rowid: i64,
+    overflow: Option<u32>,
+    overflow_pages: u64,
+}
+
+impl<'a> Page<'a> {
+    fn new(bytes: &'a [u8], pgno: u32, usable: u32) -> Result<Self, BtreeError> {
+        let header = if pgno == 1 { 100 } else { 0 };
+        let mut p = Page {
+            bytes,
+            pgno,
+            usable,
+            header,
+            kind: 0,
+            cells: 0,
+        };
+        p.kind = *bytes
+            .get(header)
+            .ok_or_else(|| p.malformed("no page header"))?;
+        p.cells = usize::from(p.u16_at(header + 3)?);
+        Ok(p)
+    }
+
+    fn malformed(&self, why: &'static str) -> BtreeError {
+        BtreeError::Malformed {
+            page: self.pgno,
+            why,
+        }
+    }
+
+    fn u16_at(&self, at: usize) -> Result<u16, BtreeError> {
+        self.bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| self.malformed("a field past the page end"))
+    }
+
+    fn u32_at(&self, at: usize) -> Result<u32, BtreeError> {
+        self.bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+            .ok_or_else(|| self.malformed("a field past the page end"))
+    }
+
+    fn right_most(&self) -> Result<u32, BtreeError> {
+        self.u32_at(self.header + 8)
+    }
+
+    /// Offset of cell `i` (from the cell pointer array).
+    fn cell(&self, i: usize) -> Result<usize, BtreeError> {
+        let array = self.header + if self.kind == INTERIOR { 12 } else { 8 };
+        let at = usize::from(self.u16_at(array + 2 * i)?);
+        if at >= self.usable as usize {
+            return Err(self.malformed("a cell pointer past the usable page"));
+        }
+        Ok(at)
+    }
+
+    /// SQLite's varint at `at`: its value and length.
+    fn varint(&self, at: usize) -> Result<(u64, usize), BtreeError> {
+        let mut v = 0u64;
+        for i in 0..9 {
+            let b = *self
+                .bytes
+                .get(at + i)
+                .ok_or_else(|| self.malformed("a varint past the page end"))?;
+            if i == 8 {
+                return Ok(((v << 8) | u64::from(b), 9));
+            }
+            v = (v << 7) | u64::from(b & 0x7f);
+            if b & 0x80 == 0 {
+                return Ok((v, i + 1));
+            }
+        }
+        unreachable!("the ninth byte returns")
+    }
+
+    fn leaf_cell(&self, i: usize) -> Result<LeafCell, BtreeError> {
+        let at = self.cell(i)?;
+        let (payload, n1) = self.varint(at)?;
+        let (rowid, n2) = self.varint(at + n1)?;
+        let u = u64::from(self.usable);
+        // How much of the payload stays on the page (SQLite file format,
+        // 1.6, "table b-tree leaf cell").
+        let x = u - 35;
+        let local = if payload <= x {
+            payload
+        } else {
+            let m = ((u - 12) * 32 / 255) - 23;
+            let k = m + ((payload - m) % (u - 4));
+            if k <= x {
+                k
+            } else {
+                m
+            }
+        };
+        let (overflow, overflow_pages) = if payload > local {
+            let ptr = at + n1 + n2 + local as usize;
+            if ptr + 4 > self.usable as usize {
+                return Err(self.malformed("a cell past the usable page"));
+            }
+            (Some(self.u32_at(ptr)?), (payload - local).div_ceil(u - 4))
+        } else {
+            if at + n1 + n2 + local as usize > self.usable as usize {
+                return Err(self.malformed("a cell past the usable page"));
+            }
+            (None, 0)
+        };
+        Ok(LeafCell {
+            rowid: rowid as i64,
+            overflow,
+            overflow_pages,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database of 3000 rows, every 100th with a value that spills into
+    /// overflow pages.
+    fn db(dir: &std::path::Path, wal: bool) -> std::path::PathBuf {
+        let path = dir.join("t.db");
+        let c = Connection::open(&path).unwrap();
+        if wal {
+            c.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        }
+        c.execute_batch(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, big BLOB);
+             CREATE TABLE k (a TEXT PRIMARY KEY, b INT) WITHOUT ROWID;",
+        )
+        .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 1..=3000i64 {
+            let big = (i % 100 == 0).then(|| vec![(i % 251) as u8; 20_000]);
+            tx.execute(
+                "INSERT INTO t VALUES (?1, ?2, ?3)",
+                rusqlite::params![i * 2, format!("row {i}"), big],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        path
+    }
+
+    fn leaves(path: &std::path::Path) -> TableLeaves {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        walk(&c, "t").unwrap().expect("a rowid table")
+    }
+
+    fn digest(l: &TableLeaves, from: Option<i64>, to: Option<i64>) -> [u8; 32] {
+        l.stretch(from, to, blake3::Hasher::new())
+    }
+
+    #[test]
+    fn leaves_cover_every_row_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), false);
+        let l = leaves(&path);
+        assert!(l.leaves.len() > 10, "{} leaves", l.leaves.len());
+        for w in l.leaves.windows(2) {
+            assert!(w[0].min <= w[0].max && w[0].max < w[1].min);
+        }
+        let c = Connection::open(&path).unwrap();
+        let mut st = c.prepare("SELECT id FROM t").unwrap();
+        let ids: Vec<i64> = st
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(ids.len(), 3000);
+        for id in ids {
+            let i = l.leaves.partition_point(|x| x.max < id);
+            assert!(l.leaves[i].min <= id, "rowid {id} on no leaf");
+        }
+        assert_eq!(l.leaves[0].min, 2);
+        assert_eq!(l.leaves.last().unwrap().max, 6000);
+        let c = Connection::open(&path).unwrap();
+        assert!(walk(&c, "k").unwrap().is_none(), "WITHOUT ROWID");
+        assert!(walk(&c, "nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_change_moves_only_the_digest_of_its_stretch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), false);
+        let before = leaves(&path);
+        let c = Connection::open(&path).unwrap();
+        // The last byte of a spilled value: only an overflow page changes.
+        let mut big = vec![(1500 % 251) as u8; 20_000];
+        big[19_999] = 0xff;
+        c.execute("UPDATE t SET big = ?1 WHERE id = 3000", [big])
+            .unwrap();
+        let after = leaves(&path);
+        let near = (Some(2900), Some(3100));
+        let far = (Some(100), Some(1000));
+        assert_ne!(
+            digest(&before, near.0, near.1),
+            digest(&after, near.0, near.1)
+        );
+        assert_eq!(digest(&before, far.0, far.1), digest(&after, far.0, far.1));
+        // A small update, an insert into a gap, a delete: each seen.
+        for sql in [
+            "UPDATE t SET v = 'changed' WHERE id = 4000",
+            "INSERT INTO t (id, v) VALUES (4501, 'new')",
+            "DELETE FROM t WHERE id = 5000",
+        ] {
+            let before = leaves(&path);
+            c.execute(sql, []).unwrap();
+            let after = leaves(&path);
+            let at: i64 = sql
+                .split(|ch: char| !ch.is_ascii_digit())
+                .find_map(|w| w.parse().ok())
+                .unwrap();
+            let r = (Some(at - 50), Some(at + 50));
+            assert_ne!(digest(&before, r.0, r.1), digest(&after, r.0, r.1), "{sql}");
+            assert_eq!(digest(&before, far.0, far.1), digest(&after, far.0, far.1));
+        }
+        // What decides how rows read back is part of every digest.
+        let before = leaves(&path);
+        c.execute("ALTER TABLE t ADD COLUMN w INT DEFAULT 7", [])
+            .unwrap();
+        let after = leaves(&path);
+        assert_ne!(digest(&before, far.0, far.1), digest(&after, far.0, far.1));
+    }
+
+    #[test]
+    fn pages_come_from_the_read_transaction_wal_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), true);
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .unwrap();
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let first = walk(&reader, "t").unwrap().unwrap();
+        // Committed to the WAL after the reader's snapshot: not seen by it.
+        writer
+            .execute("UPDATE t SET v = 'later' WHERE id = 200", [])
+            .unwrap();
+        let same = walk(&reader, "t").unwrap().unwrap();
+        assert_eq!(first.leaves, same.leaves);
+        reader.execute_batch("COMMIT").unwrap();
+        // A new read transaction sees the WAL frame.
+        reader.execute_batch("BEGIN").unwrap();
+        let now = walk(&reader, "t").unwrap().unwrap();
+        let r = (Some(150), Some(250));
+        assert_ne!(digest(&first, r.0, r.1), digest(&now, r.0, r.1));
+        assert_eq!(
+            digest(&first, Some(3000), None),
+            digest(&now, Some(3000), None)
+        );
+    }
+
+    #[test]
+    fn a_hostile_page_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), false);
+        let c = Connection::open(&path).unwrap();
+        let root: i64 = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(c);
+        // Point the root's right-most child back at the root: a cycle.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096 * (root as usize - 1);
+        assert_eq!(bytes[page], INTERIOR);
+        bytes[page + 8..page + 12].copy_from_slice(&(root as u32).to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        let e = walk(&c, "t").unwrap_err();
+        assert!(matches!(e, BtreeError::Malformed { .. }), "{e}");
+        // Garbage in every cell pointer of every page.
+        for (i, b) in bytes.iter_mut().enumerate().skip(4096) {
+            if i % 4096 > 12 && i % 4096 < 200 {
+                *b = 0xff;
+            }
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        assert!(walk(&c, "t").is_err());
+    }
+}
