@@ -1268,6 +1268,7 @@ impl ReaderCtx {
             .pack_cache
             .get_or_insert_with(|| PackCache::new(target, 4));
         let mut chunks = 0u64;
+        let (mut ids, mut found) = (Vec::new(), Vec::new());
         // One page at a time: the vault is locked only between loads.
         for id in pages {
             let groups = match self
@@ -1283,15 +1284,32 @@ impl ReaderCtx {
                     return Ok(false);
                 }
             };
-            let vault = self.vault.blocking_lock();
-            for g in &groups {
-                let keys_there = vault.key(&g.t).is_some()
-                    && g.s.as_ref().is_none_or(|s| vault.key(s).is_some());
-                if !keys_there || !g.chunks.iter().all(|c| self.index.chunks.contains_key(c)) {
-                    return Ok(false);
+            {
+                let vault = self.vault.blocking_lock();
+                // A page's groups share one time unit, hence (mostly) one
+                // time key: each distinct one is looked up once.
+                let mut last_t = None;
+                ids.clear();
+                for g in &groups {
+                    if last_t != Some(&g.t) {
+                        if vault.key(&g.t).is_none() {
+                            return Ok(false);
+                        }
+                        last_t = Some(&g.t);
+                    }
+                    if g.s.as_ref().is_some_and(|s| vault.key(s).is_none()) {
+                        return Ok(false);
+                    }
+                    ids.extend_from_slice(&g.chunks);
                 }
-                chunks += g.chunks.len() as u64;
             }
+            // The page's chunks looked up together, so the index's cache
+            // misses overlap.
+            self.index.chunks.positions(&ids, &mut found);
+            if found.iter().any(Option::is_none) {
+                return Ok(false);
+            }
+            chunks += ids.len() as u64;
         }
         self.counters
             .chunks
@@ -1473,6 +1491,7 @@ impl ReaderCtx {
             let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
             // The table's b-tree leaves, to skip stretches unchanged since
             // the parent and to mark this snapshot's windows for the next.
+            let began = Instant::now();
             let leaves = match src.table_leaves(ts) {
                 Ok(l) => l,
                 Err(e) => {
@@ -1480,6 +1499,7 @@ impl ReaderCtx {
                     None
                 }
             };
+            let walked = Instant::now();
             let fingerprint = self.stretch_hasher(&ts.name, &class, &plan);
             let stretches = match &leaves {
                 Some(l) if !prior.list.is_empty() => {
@@ -1493,6 +1513,7 @@ impl ReaderCtx {
                 }
                 _ => vec![Stretch::Read(RowidRange::ALL)],
             };
+            let planned = Instant::now();
             let mut rows = 0u64;
             let mut tbytes = 0u64;
             let mut since_progress = 0u64;
@@ -1627,6 +1648,24 @@ impl ReaderCtx {
                     m.stretch = Some(hex::encode(l.stretch(m.from, m.to, fingerprint.clone())));
                 }
             }
+            let unread: u64 = stretches
+                .iter()
+                .filter_map(|s| match *s {
+                    Stretch::Unread(i) => Some(prior.list[i].0.rows),
+                    Stretch::Read(_) => None,
+                })
+                .sum();
+            tracing::debug!(
+                table = %ts.name,
+                rows,
+                unread,
+                leaves = leaves.as_ref().map_or(0, |l| l.leaves.len()),
+                leaves_mib = leaves.as_ref().map_or(0, |l| l.heap_bytes() >> 20),
+                walk_ms = (walked - began).as_millis() as u64,
+                plan_ms = (planned - walked).as_millis() as u64,
+                read_ms = planned.elapsed().as_millis() as u64,
+                "table read"
+            );
             drop(leaves);
             self.progress.advance(since_progress);
             self.progress.finish_phase();
