@@ -27,9 +27,10 @@ use crate::repo::snapshot::{
 use crate::repo::tree::{
     FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
 };
+use crate::store::btree::TableLeaves;
 use crate::store::files::{self, FileKind};
 use crate::store::postgres::{PgConn, PgError, PgSource, PgTools, RowBatch};
-use crate::store::sqlite::{RowidRange, ScanError, SqliteSource};
+use crate::store::sqlite::{RowidRange, ScanError, SqliteSource, TableSchema};
 use crate::store::{GroupCoords, TablePlan};
 use crate::target::Target;
 use crate::vault::{KeyId, KeyKind};
@@ -889,6 +890,83 @@ fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWi
     out
 }
 
+/// Checks the parent's tree pages of a window before they stand in a new
+/// snapshot.
+struct ReuseCheck {
+    handle: tokio::runtime::Handle,
+    index: Arc<Index>,
+    meta: Arc<MetaKey>,
+    vault: SharedVault,
+}
+
+impl ReuseCheck {
+    /// The blobs (pages and chunks) a window's `pages` refer to, if they
+    /// can stand: each is a readable page of `table` whose every group's
+    /// keys are still in the vault (not destroyed, not being destroyed)
+    /// and whose every chunk is indexed. `None` if one cannot.
+    fn blobs(&self, cache: &mut PackCache, table: &str, pages: &[Id]) -> Option<u64> {
+        let mut chunks = 0u64;
+        let (mut ids, mut found) = (Vec::new(), Vec::new());
+        // One page at a time: the vault is locked only between loads.
+        for id in pages {
+            let groups = match self
+                .handle
+                .block_on(Page::load(cache, &self.index, &self.meta, id))
+            {
+                Ok(Page::Groups {
+                    table: t, groups, ..
+                }) if t == table => groups,
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored again");
+                    return None;
+                }
+            };
+            {
+                let vault = self.vault.blocking_lock();
+                // A page's groups share one time unit, hence (mostly) one
+                // time key: each distinct one is looked up once.
+                let mut last_t = None;
+                ids.clear();
+                for g in &groups {
+                    if last_t != Some(&g.t) {
+                        vault.key(&g.t)?;
+                        last_t = Some(&g.t);
+                    }
+                    if let Some(s) = &g.s {
+                        vault.key(s)?;
+                    }
+                    ids.extend_from_slice(&g.chunks);
+                }
+            }
+            // The page's chunks looked up together, so the index's cache
+            // misses overlap.
+            self.index.chunks.positions(&ids, &mut found);
+            if found.iter().any(Option::is_none) {
+                return None;
+            }
+            chunks += ids.len() as u64;
+        }
+        Some(chunks + pages.len() as u64)
+    }
+}
+
+/// Windows of the parent (their index in [`PriorWindows::list`]) with
+/// their tree pages.
+type WindowPages = Vec<(usize, Vec<Id>)>;
+
+/// A table prepared before any table is read ([`ReaderCtx::prepare_table`]).
+struct TablePrep {
+    plan: TablePlan,
+    class: String,
+    prior: PriorWindows,
+    leaves: Option<TableLeaves>,
+    fingerprint: blake3::Hasher,
+    /// The parent's windows whose leaves digest as they did.
+    same: Vec<usize>,
+    walk_ms: u64,
+}
+
 /// What the reading thread hands the storing thread, in rowid order.
 enum Handover {
     /// A read window.
@@ -911,10 +989,7 @@ enum Stretch {
 /// read. The windows taken are in order and disjoint, and the read ranges
 /// are exactly the rest, so every rowid is read or in an unread window,
 /// whatever the parent's marks say.
-fn plan_stretches(
-    prior: &PriorWindows,
-    mut same: impl FnMut(usize, &WindowMark) -> Result<bool, OpsError>,
-) -> Result<Vec<Stretch>, OpsError> {
+fn plan_stretches(prior: &PriorWindows, mut same: impl FnMut(usize) -> bool) -> Vec<Stretch> {
     let mut out = Vec::new();
     // The next rowid not yet covered; `None` before the first window, and
     // `done` once a window reaches the end of the rowids.
@@ -933,7 +1008,7 @@ fn plan_stretches(
             (Some(f), Some(t)) => f < t,
             _ => true,
         };
-        if mark.stretch.is_none() || !ordered || !nonempty || !same(i, mark)? {
+        if mark.stretch.is_none() || !ordered || !nonempty || !same(i) {
             continue;
         }
         if let Some(f) = mark.from {
@@ -956,7 +1031,7 @@ fn plan_stretches(
             to: None,
         }));
     }
-    Ok(out)
+    out
 }
 
 /// A checksum share written as hex of a u128 LE.
@@ -1258,63 +1333,31 @@ impl ReaderCtx {
             .fetch_add(mark.rows, Ordering::Relaxed);
     }
 
+    /// What checking the parent's pages needs, owned, so a thread of its
+    /// own can check while this one reads.
+    fn reuse_check(&self) -> ReuseCheck {
+        ReuseCheck {
+            handle: self.handle.clone(),
+            index: self.index.clone(),
+            meta: self.meta.clone(),
+            vault: self.vault.clone(),
+        }
+    }
+
     /// Whether the parent's tree pages of a window can stand in this
-    /// snapshot: each is a readable page of `table` whose every group's
-    /// keys are still in the vault (not destroyed, not being destroyed) and
-    /// whose every chunk is indexed. Counts their blobs when they can.
+    /// snapshot ([`ReuseCheck::blobs`]). Counts their blobs when they can.
     fn reusable(&mut self, table: &str, pages: &[Id]) -> Result<bool, OpsError> {
         let target = self.target.clone();
-        let cache = self
+        let mut cache = self
             .pack_cache
-            .get_or_insert_with(|| PackCache::new(target, 4));
-        let mut chunks = 0u64;
-        let (mut ids, mut found) = (Vec::new(), Vec::new());
-        // One page at a time: the vault is locked only between loads.
-        for id in pages {
-            let groups = match self
-                .handle
-                .block_on(Page::load(cache, &self.index, &self.meta, id))
-            {
-                Ok(Page::Groups {
-                    table: t, groups, ..
-                }) if t == table => groups,
-                Ok(_) => return Ok(false),
-                Err(e) => {
-                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored again");
-                    return Ok(false);
-                }
-            };
-            {
-                let vault = self.vault.blocking_lock();
-                // A page's groups share one time unit, hence (mostly) one
-                // time key: each distinct one is looked up once.
-                let mut last_t = None;
-                ids.clear();
-                for g in &groups {
-                    if last_t != Some(&g.t) {
-                        if vault.key(&g.t).is_none() {
-                            return Ok(false);
-                        }
-                        last_t = Some(&g.t);
-                    }
-                    if g.s.as_ref().is_some_and(|s| vault.key(s).is_none()) {
-                        return Ok(false);
-                    }
-                    ids.extend_from_slice(&g.chunks);
-                }
-            }
-            // The page's chunks looked up together, so the index's cache
-            // misses overlap.
-            self.index.chunks.positions(&ids, &mut found);
-            if found.iter().any(Option::is_none) {
-                return Ok(false);
-            }
-            chunks += ids.len() as u64;
+            .take()
+            .unwrap_or_else(|| PackCache::new(target, 4));
+        let blobs = self.reuse_check().blobs(&mut cache, table, pages);
+        self.pack_cache = Some(cache);
+        if let Some(n) = blobs {
+            self.counters.chunks.fetch_add(n, Ordering::Relaxed);
         }
-        self.counters
-            .chunks
-            .fetch_add(chunks + pages.len() as u64, Ordering::Relaxed);
-        Ok(true)
+        Ok(blobs.is_some())
     }
 
     /// Chunks and stores every group of a window, in (bucket, subject)
@@ -1479,209 +1522,58 @@ impl ReaderCtx {
             let plan = self.policy.plan(&t.name);
             src.check_plan(&schema, &plan)?;
         }
+        // Every table's b-tree is walked first, while the index loads;
+        // then one thread checks the parent's pages of the windows whose
+        // leaves are unchanged, table by table, while this one reads.
+        let preps: Vec<TablePrep> = schema
+            .tables
+            .iter()
+            .map(|ts| self.prepare_table(&src, ts))
+            .collect();
+        let to_check: Vec<(String, WindowPages)> = schema
+            .tables
+            .iter()
+            .zip(&preps)
+            .map(|(ts, p)| {
+                let windows = p.same.iter().map(|&i| (i, p.prior.list[i].1.clone()));
+                (ts.name.clone(), windows.collect())
+            })
+            .collect();
+        if to_check.iter().any(|(_, w)| !w.is_empty()) {
+            self.ready_index()?;
+        }
+        let check = self.reuse_check();
+        let target = self.target.clone();
+        let (blobs_tx, blobs_rx) = sync_channel::<Vec<Option<u64>>>(1);
+        let counts: Vec<usize> = preps.iter().map(|p| p.prior.list.len()).collect();
         let mut tables = Vec::new();
         let mut items = 0u64;
         let mut bytes_read = 0u64;
-        for ts in &schema.tables {
-            let plan = self.policy.plan(&ts.name);
-            let class = self.policy.class_of(&ts.name).as_str().to_string();
-            let total = src.row_count(ts).ok();
-            self.progress
-                .phase(&format!("reading {}", ts.name), total, "rows");
-            let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
-            // The table's b-tree leaves, to skip stretches unchanged since
-            // the parent and to mark this snapshot's windows for the next.
-            let began = Instant::now();
-            let leaves = match src.table_leaves(ts) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading all its rows");
-                    None
-                }
-            };
-            let walked = Instant::now();
-            let fingerprint = self.stretch_hasher(&ts.name, &class, &plan);
-            let stretches = match &leaves {
-                Some(l) if !prior.list.is_empty() => {
-                    self.ready_index()?;
-                    plan_stretches(&prior, |i, mark| {
-                        let now = hex::encode(l.stretch(mark.from, mark.to, fingerprint.clone()));
-                        Ok(mark.stretch.as_deref() == Some(now.as_str())
-                            && parse_sum(&mark.checksum).is_some()
-                            && self.reusable(&ts.name, &prior.list[i].1)?)
-                    })?
-                }
-                _ => vec![Stretch::Read(RowidRange::ALL)],
-            };
-            let planned = Instant::now();
-            let mut rows = 0u64;
-            let mut tbytes = 0u64;
-            let mut since_progress = 0u64;
-            let name = ts.name.clone();
-            let budget = self.window_budget;
-            let failure = self.failure.clone();
-            let progress = self.progress.clone();
-            let has_rowid = ts.rowid.is_some();
-            // Two windows: this thread reads rows into one while another
-            // thread stores the one before (digest, reuse or keys, chunks,
-            // pages). A full window is handed over, never queued, and comes
-            // back cleared for reuse. Unread stretches go the same way, so
-            // the store takes every window in rowid order.
-            let (full_tx, full_rx) = sync_channel::<Handover>(0);
-            let (free_tx, free_rx) = sync_channel::<Window>(2);
-            for _ in 0..2 {
-                free_tx
-                    .send(Window::with_budget(budget))
-                    .expect("the channel has room");
-            }
-            let handed_over = || OpsError::Internal("the window store stopped".into());
-            let this = &mut *self;
-            let (scan, stored) = std::thread::scope(|scope| {
-                let (name, class, prior) = (&name, &class, &prior);
-                let storer = scope.spawn(move || -> Result<TableAcc, OpsError> {
-                    let mut acc = TableAcc::default();
-                    for item in full_rx {
-                        match item {
-                            Handover::Rows(mut window) => {
-                                this.flush_window(&mut window, name, class, &mut acc, prior)?;
-                                // The reader may be gone (it failed); then
-                                // nothing needs the buffer.
-                                let _ = free_tx.send(window);
-                            }
-                            Handover::Unread(i) => {
-                                let (mark, pages) = &prior.list[i];
-                                this.take_unread(&mut acc, mark, pages);
-                            }
-                        }
+        std::thread::scope(|scope| -> Result<(), OpsError> {
+            scope.spawn(move || {
+                let mut cache = PackCache::new(target, 2);
+                for ((table, windows), n) in to_check.into_iter().zip(counts) {
+                    let mut blobs = vec![None; n];
+                    for (i, pages) in windows {
+                        blobs[i] = check.blobs(&mut cache, &table, &pages);
                     }
-                    Ok(acc)
-                });
-                let mut window = free_rx.recv().expect("two windows were queued");
-                let mut scan = Ok(());
-                for stretch in &stretches {
-                    let range = match *stretch {
-                        Stretch::Unread(i) => {
-                            let mark = &prior.list[i].0;
-                            if full_tx.send(Handover::Unread(i)).is_err() {
-                                break; // the store failed; its error follows
-                            }
-                            rows += mark.rows;
-                            tbytes += mark.bytes;
-                            progress.advance(mark.rows);
-                            continue;
-                        }
-                        Stretch::Read(range) => range,
-                    };
-                    window.range = RowidRange {
-                        from: range.from,
-                        to: None,
-                    };
-                    let r = src.scan_natural_range(
-                        ts,
-                        &plan,
-                        range,
-                        |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
-                            if failure.is_set() {
-                                return Err(OpsError::Internal(
-                                    "stopping after an earlier failure".into(),
-                                ));
-                            }
-                            window.add(coords, row);
-                            rows += 1;
-                            tbytes += row.len() as u64;
-                            if window.full(budget, row) {
-                                // The window ends after this row's rowid.
-                                let to = has_rowid
-                                    .then(|| crate::store::record::row_span(row).ok())
-                                    .flatten()
-                                    .and_then(|(rowid, _)| rowid?.checked_add(1));
-                                window.range.to = to;
-                                let next = free_rx.recv().map_err(|_| handed_over())?;
-                                let full = std::mem::replace(&mut window, next);
-                                window.range.from = to;
-                                full_tx
-                                    .send(Handover::Rows(full))
-                                    .map_err(|_| handed_over())?;
-                            }
-                            since_progress += 1;
-                            if since_progress == 4096 {
-                                progress.advance(since_progress);
-                                since_progress = 0;
-                            }
-                            Ok(())
-                        },
-                    );
-                    if let Err(e) = r {
-                        scan = Err(e);
-                        break;
-                    }
-                    if !window.rows.is_empty() {
-                        // A read stretch ends its last window, so the
-                        // unread window after it starts a window too.
-                        window.range.to = range.to;
-                        let next = match free_rx.recv() {
-                            Ok(w) => w,
-                            Err(_) => break, // the store failed
-                        };
-                        let full = std::mem::replace(&mut window, next);
-                        if full_tx.send(Handover::Rows(full)).is_err() {
-                            break;
-                        }
+                    if blobs_tx.send(blobs).is_err() {
+                        return; // the reader stopped
                     }
                 }
-                drop(full_tx);
-                let stored = storer.join().unwrap_or_else(|_| {
-                    Err(OpsError::Internal("the window store panicked".into()))
-                });
-                (scan, stored)
             });
-            // The store's own error explains a reader stopped by it.
-            let mut acc = match (scan, stored) {
-                (_, Err(e)) => return Err(e),
-                (Err(ScanError::Store(e)), Ok(_)) => return Err(e.into()),
-                (Err(ScanError::Sink(e)), Ok(_)) => return Err(e),
-                (Ok(()), Ok(acc)) => acc,
-            };
-            // Each window's stretch digest, for the next backup.
-            if let Some(l) = leaves.as_ref().filter(|_| has_rowid) {
-                for m in &mut acc.windows {
-                    m.stretch = Some(hex::encode(l.stretch(m.from, m.to, fingerprint.clone())));
-                }
+            let blobs_rx = blobs_rx;
+            for (ts, prep) in schema.tables.iter().zip(preps) {
+                let blobs = blobs_rx
+                    .recv()
+                    .map_err(|_| OpsError::Internal("the page check stopped".into()))?;
+                let entry = self.read_table(&src, ts, prep, &blobs)?;
+                items += entry.rows;
+                bytes_read += entry.bytes;
+                tables.push(entry);
             }
-            let unread: u64 = stretches
-                .iter()
-                .filter_map(|s| match *s {
-                    Stretch::Unread(i) => Some(prior.list[i].0.rows),
-                    Stretch::Read(_) => None,
-                })
-                .sum();
-            tracing::debug!(
-                table = %ts.name,
-                rows,
-                unread,
-                leaves = leaves.as_ref().map_or(0, |l| l.leaves.len()),
-                leaves_mib = leaves.as_ref().map_or(0, |l| l.heap_bytes() >> 20),
-                walk_ms = (walked - began).as_millis() as u64,
-                plan_ms = (planned - walked).as_millis() as u64,
-                read_ms = planned.elapsed().as_millis() as u64,
-                "table read"
-            );
-            drop(leaves);
-            self.progress.advance(since_progress);
-            self.progress.finish_phase();
-            items += rows;
-            bytes_read += tbytes;
-            tables.push(TableEntry {
-                name: name.clone(),
-                class,
-                rows,
-                bytes: tbytes,
-                checksum: hex::encode(acc.checksum.to_le_bytes()),
-                groups: acc.groups,
-                pages: acc.pages,
-                windows: acc.windows,
-            });
-        }
+            Ok(())
+        })?;
         Ok(ReadContent {
             store: StoreInfo {
                 kind: "sqlite".into(),
@@ -1692,6 +1584,246 @@ impl ReaderCtx {
             postgres: None,
             items,
             bytes_read,
+        })
+    }
+
+    /// What a table needs before any table is read: its plan, its
+    /// parent's windows, its b-tree leaves (to skip stretches unchanged
+    /// since the parent and to mark this snapshot's windows for the next)
+    /// and which of the parent's windows digest as they did.
+    fn prepare_table(&self, src: &SqliteSource, ts: &TableSchema) -> TablePrep {
+        let plan = self.policy.plan(&ts.name);
+        let class = self.policy.class_of(&ts.name).as_str().to_string();
+        let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
+        let began = Instant::now();
+        let leaves = match src.table_leaves(ts) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading all its rows");
+                None
+            }
+        };
+        let fingerprint = self.stretch_hasher(&ts.name, &class, &plan);
+        let same = match &leaves {
+            Some(l) => (0..prior.list.len())
+                .filter(|&i| {
+                    let mark = &prior.list[i].0;
+                    let now = l.stretch(mark.from, mark.to, fingerprint.clone());
+                    mark.stretch.as_deref() == Some(hex::encode(now).as_str())
+                        && parse_sum(&mark.checksum).is_some()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        TablePrep {
+            plan,
+            class,
+            prior,
+            leaves,
+            fingerprint,
+            same,
+            walk_ms: began.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Reads one table: the parent's windows whose pages can stand
+    /// (`blobs`, from the page check) unread, every other rowid read into
+    /// windows and stored.
+    fn read_table(
+        &mut self,
+        src: &SqliteSource,
+        ts: &TableSchema,
+        prep: TablePrep,
+        blobs: &[Option<u64>],
+    ) -> Result<TableEntry, OpsError> {
+        let TablePrep {
+            plan,
+            class,
+            prior,
+            leaves,
+            fingerprint,
+            walk_ms,
+            ..
+        } = prep;
+        let total = src.row_count(ts).ok();
+        self.progress
+            .phase(&format!("reading {}", ts.name), total, "rows");
+        let stretches = if leaves.is_some() && !prior.list.is_empty() {
+            let plan = plan_stretches(&prior, |i| blobs[i].is_some());
+            for s in &plan {
+                if let Stretch::Unread(i) = *s {
+                    let n = blobs[i].expect("planned only if its pages can stand");
+                    self.counters.chunks.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            plan
+        } else {
+            vec![Stretch::Read(RowidRange::ALL)]
+        };
+        let planned = Instant::now();
+        let mut rows = 0u64;
+        let mut tbytes = 0u64;
+        let mut since_progress = 0u64;
+        let name = ts.name.clone();
+        let budget = self.window_budget;
+        let failure = self.failure.clone();
+        let progress = self.progress.clone();
+        let has_rowid = ts.rowid.is_some();
+        // Two windows: this thread reads rows into one while another
+        // thread stores the one before (digest, reuse or keys, chunks,
+        // pages). A full window is handed over, never queued, and comes
+        // back cleared for reuse. Unread stretches go the same way, so
+        // the store takes every window in rowid order.
+        let (full_tx, full_rx) = sync_channel::<Handover>(0);
+        let (free_tx, free_rx) = sync_channel::<Window>(2);
+        for _ in 0..2 {
+            free_tx
+                .send(Window::with_budget(budget))
+                .expect("the channel has room");
+        }
+        let handed_over = || OpsError::Internal("the window store stopped".into());
+        let this = &mut *self;
+        let (scan, stored) = std::thread::scope(|scope| {
+            let (name, class, prior) = (&name, &class, &prior);
+            let storer = scope.spawn(move || -> Result<TableAcc, OpsError> {
+                let mut acc = TableAcc::default();
+                for item in full_rx {
+                    match item {
+                        Handover::Rows(mut window) => {
+                            this.flush_window(&mut window, name, class, &mut acc, prior)?;
+                            // The reader may be gone (it failed); then
+                            // nothing needs the buffer.
+                            let _ = free_tx.send(window);
+                        }
+                        Handover::Unread(i) => {
+                            let (mark, pages) = &prior.list[i];
+                            this.take_unread(&mut acc, mark, pages);
+                        }
+                    }
+                }
+                Ok(acc)
+            });
+            let mut window = free_rx.recv().expect("two windows were queued");
+            let mut scan = Ok(());
+            for stretch in &stretches {
+                let range = match *stretch {
+                    Stretch::Unread(i) => {
+                        let mark = &prior.list[i].0;
+                        if full_tx.send(Handover::Unread(i)).is_err() {
+                            break; // the store failed; its error follows
+                        }
+                        rows += mark.rows;
+                        tbytes += mark.bytes;
+                        progress.advance(mark.rows);
+                        continue;
+                    }
+                    Stretch::Read(range) => range,
+                };
+                window.range = RowidRange {
+                    from: range.from,
+                    to: None,
+                };
+                let r = src.scan_natural_range(
+                    ts,
+                    &plan,
+                    range,
+                    |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
+                        if failure.is_set() {
+                            return Err(OpsError::Internal(
+                                "stopping after an earlier failure".into(),
+                            ));
+                        }
+                        window.add(coords, row);
+                        rows += 1;
+                        tbytes += row.len() as u64;
+                        if window.full(budget, row) {
+                            // The window ends after this row's rowid.
+                            let to = has_rowid
+                                .then(|| crate::store::record::row_span(row).ok())
+                                .flatten()
+                                .and_then(|(rowid, _)| rowid?.checked_add(1));
+                            window.range.to = to;
+                            let next = free_rx.recv().map_err(|_| handed_over())?;
+                            let full = std::mem::replace(&mut window, next);
+                            window.range.from = to;
+                            full_tx
+                                .send(Handover::Rows(full))
+                                .map_err(|_| handed_over())?;
+                        }
+                        since_progress += 1;
+                        if since_progress == 4096 {
+                            progress.advance(since_progress);
+                            since_progress = 0;
+                        }
+                        Ok(())
+                    },
+                );
+                if let Err(e) = r {
+                    scan = Err(e);
+                    break;
+                }
+                if !window.rows.is_empty() {
+                    // A read stretch ends its last window, so the
+                    // unread window after it starts a window too.
+                    window.range.to = range.to;
+                    let next = match free_rx.recv() {
+                        Ok(w) => w,
+                        Err(_) => break, // the store failed
+                    };
+                    let full = std::mem::replace(&mut window, next);
+                    if full_tx.send(Handover::Rows(full)).is_err() {
+                        break;
+                    }
+                }
+            }
+            drop(full_tx);
+            let stored = storer
+                .join()
+                .unwrap_or_else(|_| Err(OpsError::Internal("the window store panicked".into())));
+            (scan, stored)
+        });
+        // The store's own error explains a reader stopped by it.
+        let mut acc = match (scan, stored) {
+            (_, Err(e)) => return Err(e),
+            (Err(ScanError::Store(e)), Ok(_)) => return Err(e.into()),
+            (Err(ScanError::Sink(e)), Ok(_)) => return Err(e),
+            (Ok(()), Ok(acc)) => acc,
+        };
+        // Each window's stretch digest, for the next backup.
+        if let Some(l) = leaves.as_ref().filter(|_| has_rowid) {
+            for m in &mut acc.windows {
+                m.stretch = Some(hex::encode(l.stretch(m.from, m.to, fingerprint.clone())));
+            }
+        }
+        let unread: u64 = stretches
+            .iter()
+            .filter_map(|s| match *s {
+                Stretch::Unread(i) => Some(prior.list[i].0.rows),
+                Stretch::Read(_) => None,
+            })
+            .sum();
+        tracing::debug!(
+            table = %ts.name,
+            rows,
+            unread,
+            leaves = leaves.as_ref().map_or(0, |l| l.leaves.len()),
+            leaves_mib = leaves.as_ref().map_or(0, |l| l.heap_bytes() >> 20),
+            walk_ms,
+            read_ms = planned.elapsed().as_millis() as u64,
+            "table read"
+        );
+        drop(leaves);
+        self.progress.advance(since_progress);
+        self.progress.finish_phase();
+        Ok(TableEntry {
+            name: name.clone(),
+            class,
+            rows,
+            bytes: tbytes,
+            checksum: hex::encode(acc.checksum.to_le_bytes()),
+            groups: acc.groups,
+            pages: acc.pages,
+            windows: acc.windows,
         })
     }
 
@@ -1982,7 +2114,7 @@ mod tests {
     #[test]
     fn stretches_read_every_rowid_no_unread_window_covers() {
         let p = prior(&[(None, Some(10)), (Some(10), Some(20)), (Some(30), None)]);
-        let plan = |same: &[bool]| plan_stretches(&p, |i, _| Ok(same[i])).unwrap();
+        let plan = |same: &[bool]| plan_stretches(&p, |i| same[i]);
         use Stretch::Unread;
         assert_eq!(
             plan(&[true, true, true]),
@@ -1999,12 +2131,12 @@ mod tests {
         );
         // Marks out of order or overlapping are read, never trusted.
         let p = prior(&[(Some(5), Some(20)), (Some(10), Some(30)), (None, Some(40))]);
-        let plan = plan_stretches(&p, |_, _| Ok(true)).unwrap();
+        let plan = plan_stretches(&p, |_| true);
         assert_eq!(plan, [read(None, Some(5)), Unread(0), read(Some(20), None)]);
         // An empty or unmarked window is read.
         let mut p = prior(&[(Some(5), Some(5)), (Some(7), Some(9))]);
         p.list[1].0.stretch = None;
-        let plan = plan_stretches(&p, |_, _| Ok(true)).unwrap();
+        let plan = plan_stretches(&p, |_| true);
         assert_eq!(plan, [read(None, None)]);
     }
 
