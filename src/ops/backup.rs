@@ -1317,8 +1317,8 @@ impl ReaderCtx {
     }
 
     /// Takes a window of the parent whose rows were not read because its
-    /// b-tree leaves are unchanged (checked with [`Self::reusable`] when the
-    /// stretches were planned).
+    /// b-tree leaves are unchanged (its pages checked with
+    /// [`ReuseCheck::blobs`] before the stretches were planned).
     fn take_unread(&self, acc: &mut TableAcc, mark: &WindowMark, pages: &[Id]) {
         let sum = parse_sum(&mark.checksum).expect("checked when planned");
         acc.pages.extend_from_slice(pages);
