@@ -848,6 +848,22 @@ struct TableAcc {
     windows: Vec<WindowMark>,
 }
 
+impl TableAcc {
+    /// The snapshot's entry for the table these windows add up to.
+    fn into_entry(self, name: String, class: String, rows: u64, bytes: u64) -> TableEntry {
+        TableEntry {
+            name,
+            class,
+            rows,
+            bytes,
+            checksum: hex::encode(self.checksum.to_le_bytes()),
+            groups: self.groups,
+            pages: self.pages,
+            windows: self.windows,
+        }
+    }
+}
+
 /// The parent snapshot's windows of one table, in order, each with its
 /// tree pages, and where each is by digest.
 #[derive(Default)]
@@ -1815,16 +1831,7 @@ impl ReaderCtx {
         drop(leaves);
         self.progress.advance(since_progress);
         self.progress.finish_phase();
-        Ok(TableEntry {
-            name: name.clone(),
-            class,
-            rows,
-            bytes: tbytes,
-            checksum: hex::encode(acc.checksum.to_le_bytes()),
-            groups: acc.groups,
-            pages: acc.pages,
-            windows: acc.windows,
-        })
+        Ok(acc.into_entry(name, class, rows, tbytes))
     }
 
     fn read_files(&mut self) -> Result<ReadContent, OpsError> {
@@ -2051,16 +2058,7 @@ impl ReaderCtx {
         }
         self.flush_window(&mut window, name, class, &mut acc, &prior)?;
         self.progress.finish_phase();
-        Ok(TableEntry {
-            name: name.to_string(),
-            class: class.to_string(),
-            rows,
-            bytes: tbytes,
-            checksum: hex::encode(acc.checksum.to_le_bytes()),
-            groups: acc.groups,
-            pages: acc.pages,
-            windows: acc.windows,
-        })
+        Ok(acc.into_entry(name.to_string(), class.to_string(), rows, tbytes))
     }
 }
 
