@@ -58,8 +58,14 @@ pub fn print_report(r: &BackupReport) {
         "snapshot {} of policy `{}` on target `{}`",
         r.snapshot, r.policy, r.target
     );
-    println!("  {what} read:        {}", r.items);
-    println!("  bytes read:       {}", human_bytes(r.bytes_read));
+    println!("  {what}:{:pad$}{}", "", r.items, pad = 17 - what.len());
+    if r.rows_reused > 0 {
+        println!(
+            "  reused:           {} rows in windows unchanged since the parent ({} of them not read)",
+            r.rows_reused, r.rows_unread
+        );
+    }
+    println!("  bytes:            {}", human_bytes(r.bytes_read));
     println!(
         "  new bytes stored: {} ({} of {} chunks new)",
         human_bytes(r.new_bytes_stored),

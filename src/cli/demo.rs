@@ -226,9 +226,13 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
     let b2 = custos::ops::backup::backup(&policy, &opts, progress.clone()).await?;
     let db_size = std::fs::metadata(&db)?.len();
     println!(
-        "   snapshot {}: {} rows read, {} new bytes stored ({:.2}% of the database file), {:.1} s",
+        "   snapshot {}: {} rows{}, {} new bytes stored ({:.2}% of the database file), {:.1} s",
         b2.snapshot,
         b2.items,
+        match b2.rows_unread {
+            0 => String::new(),
+            n => format!(" ({n} unchanged, not read again)"),
+        },
         human_bytes(b2.new_bytes_stored),
         100.0 * b2.new_bytes_stored as f64 / db_size.max(1) as f64,
         b2.duration_s

@@ -83,8 +83,10 @@ pub struct BackupReport {
     pub policy: String,
     pub target: String,
     pub store_kind: String,
-    /// Rows (record mode) or files (file mode) read.
+    /// Rows (record mode) or files (file mode) in the snapshot, including
+    /// rows taken unread from the parent (`rows_unread`).
     pub items: u64,
+    /// Bytes of those rows' canonical encoding (or of the files).
     pub bytes_read: u64,
     /// Blobs referenced: chunks and tree pages.
     pub chunks: u64,
