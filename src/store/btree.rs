@@ -83,9 +83,11 @@ impl TableLeaves {
     }
 }
 
-/// Interior and leaf page types of a table b-tree.
+/// Interior and leaf page types of a table b-tree, and of an index b-tree.
 const INTERIOR: u8 = 0x05;
 const LEAF: u8 = 0x0d;
+const INDEX_INTERIOR: u8 = 0x02;
+const INDEX_LEAF: u8 = 0x0a;
 /// Deeper than any real b-tree (SQLite itself stops at 20).
 const MAX_DEPTH: usize = 40;
 
@@ -106,25 +108,18 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
         return Ok(None);
     };
     let sql = sql.unwrap_or_default();
-    if root <= 0 || sql.to_ascii_uppercase().contains("WITHOUT ROWID") {
+    if root <= 0 {
         return Ok(None);
     }
     let mut stmt = match conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1") {
         Ok(s) => s,
+        // A build without SQLITE_ENABLE_DBPAGE_VTAB.
         Err(e) if e.to_string().contains("no such table") => return Ok(None),
-        Err(e) => {
-            return Err(BtreeError::Sql {
-                doing: "preparing to read pages",
-                source: e,
-            })
-        }
+        Err(e) => return Err(sql_err("preparing to read pages")(e)),
     };
     let pragma = |name: &str| -> Result<i64, BtreeError> {
         conn.query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))
-            .map_err(|source| BtreeError::Sql {
-                doing: "reading the page layout",
-                source,
-            })
+            .map_err(sql_err("reading the page layout"))
     };
     let page_size = pragma("page_size")? as u32;
     let page_count = pragma("page_count")?.clamp(0, u32::MAX as i64) as u32;
@@ -171,7 +166,8 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
     let mut stack = vec![(root, 0usize)];
     let mut visited = 0u64;
     let mut overflow = Vec::with_capacity(page_size as usize);
-    let mut last_max: Option<i64> = None;
+    // The last rowid seen: rowids must rise from cell to cell, leaf to leaf.
+    let mut prev: Option<i64> = None;
     while let Some((pgno, depth)) = stack.pop() {
         visited += 1;
         if visited > u64::from(page_count) || depth > MAX_DEPTH {
@@ -183,6 +179,8 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
         read(pgno, &mut buf)?;
         let page = Page::new(&buf, pgno, usable)?;
         match page.kind {
+            // A WITHOUT ROWID table is an index b-tree: nothing to walk.
+            INDEX_INTERIOR | INDEX_LEAF if depth == 0 => return Ok(None),
             INTERIOR => {
                 // Children in key order; pushed in reverse so the leftmost
                 // pops first.
@@ -195,16 +193,15 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
             LEAF => {
                 let mut h = blake3::Hasher::new();
                 h.update(&buf);
-                let mut min_max: Option<(i64, i64)> = None;
+                let mut min = None;
                 let mut spilled = Vec::new();
                 for i in 0..page.cells {
                     let cell = page.leaf_cell(i)?;
-                    if last_max.is_some_and(|m| cell.rowid <= m)
-                        || min_max.is_some_and(|(_, m)| cell.rowid <= m)
-                    {
+                    if prev.is_some_and(|p| cell.rowid <= p) {
                         return Err(page.malformed("rowids out of order"));
                     }
-                    min_max = Some((min_max.map_or(cell.rowid, |(a, _)| a), cell.rowid));
+                    prev = Some(cell.rowid);
+                    min = min.or(Some(cell.rowid));
                     if let Some(first) = cell.overflow {
                         spilled.push((first, cell.overflow_pages));
                     }
@@ -220,8 +217,7 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
                         next = u32::from_be_bytes(overflow[..4].try_into().expect("4 bytes"));
                     }
                 }
-                if let Some((min, max)) = min_max {
-                    last_max = Some(max);
+                if let (Some(min), Some(max)) = (min, prev) {
                     leaves.push(Leaf {
                         min,
                         max,
