@@ -183,10 +183,7 @@ async fn a_window_under_a_destroyed_key_is_stored_again() {
 /// connection open), backs up again, and checks that some rows were left
 /// unread but the restore of the second snapshot equals the database and
 /// differs from the first's.
-async fn changed_and_restored(
-    before: &str,
-    change: impl FnOnce(&Path) -> Option<Connection>,
-) -> BackupReport {
+async fn changed_and_restored(before: &str, change: impl FnOnce(&Path) -> Option<Connection>) {
     let (tmp, db, policy) = setup();
     exec(&db, before);
     custos::ops::init::init(&policy).await.unwrap();
@@ -203,7 +200,6 @@ async fn changed_and_restored(
     assert_different_db(&out, &old);
     drop(held);
     check_ok(&policy).await;
-    second
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ pub fn print_report(r: &BackupReport) {
         "snapshot {} of policy `{}` on target `{}`",
         r.snapshot, r.policy, r.target
     );
-    println!("  {what}:{:pad$}{}", "", r.items, pad = 17 - what.len());
+    println!("  {:<18}{}", format!("{what}:"), r.items);
     if r.rows_reused > 0 {
         println!(
             "  reused:           {} rows in windows unchanged since the parent ({} of them not read)",

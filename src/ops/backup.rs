@@ -1680,6 +1680,7 @@ impl ReaderCtx {
         };
         let planned = Instant::now();
         let mut rows = 0u64;
+        let mut unread = 0u64;
         let mut tbytes = 0u64;
         let mut since_progress = 0u64;
         let name = ts.name.clone();
@@ -1731,6 +1732,7 @@ impl ReaderCtx {
                             break; // the store failed; its error follows
                         }
                         rows += mark.rows;
+                        unread += mark.rows;
                         tbytes += mark.bytes;
                         progress.advance(mark.rows);
                         continue;
@@ -1808,18 +1810,11 @@ impl ReaderCtx {
             (Ok(()), Ok(acc)) => acc,
         };
         // Each window's stretch digest, for the next backup.
-        if let Some(l) = leaves.as_ref().filter(|_| has_rowid) {
+        if let Some(l) = &leaves {
             for m in &mut acc.windows {
                 m.stretch = Some(hex::encode(l.stretch(m.from, m.to, fingerprint.clone())));
             }
         }
-        let unread: u64 = stretches
-            .iter()
-            .filter_map(|s| match *s {
-                Stretch::Unread(i) => Some(prior.list[i].0.rows),
-                Stretch::Read(_) => None,
-            })
-            .sum();
         tracing::debug!(
             table = %ts.name,
             rows,
