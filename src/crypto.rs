@@ -16,7 +16,7 @@
 //!   random nonce and the object's kind and name as associated data, so an
 //!   object moved to another name fails to open.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use std::fmt;
@@ -326,23 +326,39 @@ impl MetaKey {
     }
 
     pub fn seal(&self, kind: &str, name: &str, plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::NONCE_ROOM + plain.len() + 16);
+        out.extend_from_slice(&[0; Self::NONCE_ROOM]);
+        out.extend_from_slice(plain);
+        self.seal_tail(kind, name, &mut out, 0);
+        out
+    }
+
+    /// Room a sealed object keeps for its nonce, before the ciphertext.
+    pub const NONCE_ROOM: usize = 24;
+
+    /// Seals `buf[start..]` in place, as [`seal`](Self::seal) would seal
+    /// `buf[start + NONCE_ROOM..]`: the `NONCE_ROOM` bytes at `start` (their
+    /// value does not matter) become the nonce, the rest is encrypted where
+    /// it lies and the tag is appended. No copy of the plaintext is made, so
+    /// a pack header or an index is sealed in the buffer it was encoded in.
+    pub fn seal_tail(&self, kind: &str, name: &str, buf: &mut Vec<u8>, start: usize) {
+        assert!(
+            buf.len() >= start + Self::NONCE_ROOM,
+            "seal_tail needs room for the nonce"
+        );
         let mut nonce = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
+        buf[start..start + Self::NONCE_ROOM].copy_from_slice(&nonce);
         let aad = Self::aad(kind, name);
-        let ct = self
+        let tag = self
             .cipher
-            .encrypt(
+            .encrypt_in_place_detached(
                 XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
+                &aad,
+                &mut buf[start + Self::NONCE_ROOM..],
             )
             .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
-        let mut out = Vec::with_capacity(24 + ct.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ct);
-        out
+        buf.extend_from_slice(&tag);
     }
 
     pub fn open(&self, kind: &str, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -444,6 +460,23 @@ mod tests {
         assert_eq!(m.open("snapshot", "abc", &s).unwrap(), b"{}");
         assert!(m.open("snapshot", "abd", &s).is_err());
         assert!(m.open("index", "abc", &s).is_err());
+    }
+
+    #[test]
+    fn seal_tail_seals_in_place_what_seal_seals() {
+        let m = MetaKey::new(&Key32::random());
+        let plain = b"entries of a pack header".repeat(40);
+        let mut buf = b"pack body".to_vec();
+        let start = buf.len();
+        buf.extend_from_slice(&[7; MetaKey::NONCE_ROOM]);
+        buf.extend_from_slice(&plain);
+        m.seal_tail("pack-header", "", &mut buf, start);
+        assert_eq!(&buf[..start], b"pack body");
+        let sealed = &buf[start..];
+        assert_eq!(sealed.len(), MetaKey::NONCE_ROOM + plain.len() + 16);
+        assert!(!sealed.windows(plain.len()).any(|w| w == &plain[..]));
+        assert_eq!(m.open("pack-header", "", sealed).unwrap(), plain);
+        assert!(m.open("index", "", sealed).is_err());
     }
 
     #[test]

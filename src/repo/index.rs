@@ -35,8 +35,9 @@ pub fn index_path(pack: &Id) -> String {
 }
 
 impl IndexFile {
-    pub(crate) fn encode_entries(entries: &[IndexEntry]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + entries.len() * ENTRY_LEN);
+    /// Appends the entry table (a count, then the entries) to `out`.
+    pub(crate) fn encode_entries_into(entries: &[IndexEntry], out: &mut Vec<u8>) {
+        out.reserve(4 + entries.len() * ENTRY_LEN);
         out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
         for e in entries {
             out.extend_from_slice(&e.id.0);
@@ -44,7 +45,6 @@ impl IndexFile {
             out.extend_from_slice(&e.len.to_le_bytes());
             out.extend_from_slice(&e.raw_len.to_le_bytes());
         }
-        out
     }
 
     pub(crate) fn decode_entries(object: &str, b: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
@@ -76,12 +76,16 @@ impl IndexFile {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.entries.len() * ENTRY_LEN);
+        self.encode_into(&mut out);
+        out
+    }
+
+    fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"CIDX");
         out.push(1);
         out.extend_from_slice(&self.pack.0);
         out.extend_from_slice(&self.pack_size.to_le_bytes());
-        out.extend_from_slice(&Self::encode_entries(&self.entries));
-        out
+        Self::encode_entries_into(&self.entries, out);
     }
 
     pub fn decode(object: &str, b: &[u8]) -> Result<IndexFile, RepoError> {
@@ -111,7 +115,12 @@ impl IndexFile {
 
     pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<(), RepoError> {
         let name = self.pack.to_hex();
-        let sealed = meta.seal("index", &name, &self.encode());
+        // Encoded after room for the nonce and sealed in place: one buffer.
+        let mut sealed =
+            Vec::with_capacity(MetaKey::NONCE_ROOM + 48 + self.entries.len() * ENTRY_LEN + 16);
+        sealed.extend_from_slice(&[0; MetaKey::NONCE_ROOM]);
+        self.encode_into(&mut sealed);
+        meta.seal_tail("index", &name, &mut sealed, 0);
         target.put(&index_path(&self.pack), sealed.into()).await?;
         Ok(())
     }

@@ -204,11 +204,14 @@ impl PackWriter {
 
     /// Finishes the pack: returns its id, bytes and index.
     pub fn finish(mut self, meta: &MetaKey) -> (Id, Vec<u8>, IndexFile) {
-        let body = IndexFile::encode_entries(&self.entries);
-        let sealed = meta.seal("pack-header", "", &body);
-        self.buf.extend_from_slice(&sealed);
+        // The header is encoded and sealed in place at the pack's end.
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; MetaKey::NONCE_ROOM]);
+        IndexFile::encode_entries_into(&self.entries, &mut self.buf);
+        meta.seal_tail("pack-header", "", &mut self.buf, start);
+        let sealed_len = self.buf.len() - start;
         self.buf
-            .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+            .extend_from_slice(&(sealed_len as u32).to_le_bytes());
         self.buf.extend_from_slice(END_MAGIC);
         let id = Id::hash(&self.buf);
         let index = IndexFile {
