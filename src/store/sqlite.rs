@@ -1113,6 +1113,18 @@ impl fmt::Debug for SqliteRestorer {
 
 const ENCODINGS: [&str; 3] = ["UTF-8", "UTF-16le", "UTF-16be"];
 
+/// The restoring connection's page cache while rows go in, in KiB. Rows
+/// go in in rowid order, but a `UNIQUE` column's index is updated in random
+/// order by every insert; at 4 GiB the benchmark's outgrows 16 MiB, and
+/// the restore was about 20% slower with it (PERFORMANCE.md, 4 GiB).
+const INSERT_CACHE_KIB: u32 = 64 << 10;
+
+/// The page cache while the indexes are built, in KiB. SQLite's sorter
+/// sorts its keys in batches as large as the page cache, and 8 MiB batches
+/// sort within the CPU's caches: a restore at 1 GiB took about 2 s less
+/// than with 64 MiB (PERFORMANCE.md, "Restore: smaller sort batches for the indexes").
+const INDEX_BUILD_CACHE_KIB: u32 = 8 << 10;
+
 impl SqliteRestorer {
     /// Starts a restore into `path`. Refuses an existing `path` unless
     /// `force`. Creates the tables (not yet indexes, views or triggers) in a
@@ -1221,11 +1233,11 @@ impl SqliteRestorer {
              PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
              PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA cache_size = -65536;
+             PRAGMA cache_size = -{};
              PRAGMA foreign_keys = OFF;
              PRAGMA ignore_check_constraints = ON;
              BEGIN;",
-            s.page_size, s.auto_vacuum, s.encoding
+            s.page_size, s.auto_vacuum, s.encoding, INSERT_CACHE_KIB
         );
         self.conn()
             .execute_batch(&settings)
@@ -1499,10 +1511,13 @@ impl SqliteRestorer {
         }
         // Index builds sort every key; one helper thread sorts the sorter's
         // batches while the main thread fills the next (the rows are all
-        // in, so the other cores are idle by now).
+        // in, so the other cores are idle by now), in batches as large as
+        // the page cache, which shrinks for them.
         self.conn()
-            .execute_batch("PRAGMA threads = 2")
-            .map_err(self.sql_err("setting PRAGMA threads"))?;
+            .execute_batch(&format!(
+                "PRAGMA threads = 2; PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}"
+            ))
+            .map_err(self.sql_err("setting up the index builds"))?;
         for e in self.schema.entries.iter().filter(|e| e.kind == "index") {
             let sql = e.sql.as_deref().unwrap_or_default();
             self.conn()
