@@ -1121,7 +1121,7 @@ const INSERT_CACHE_KIB: u32 = 64 << 10;
 
 /// The page cache while the indexes are built, in KiB. SQLite's sorter
 /// sorts its keys in batches as large as the page cache, and 8 MiB batches
-/// sort within the CPU's caches: a restore at 1 GiB took about 2 s less
+/// sort within the CPU's caches: a restore at 1 GiB took 4 to 7 s less
 /// than with 64 MiB (PERFORMANCE.md, "Restore: smaller sort batches for the indexes").
 const INDEX_BUILD_CACHE_KIB: u32 = 8 << 10;
 
