@@ -1263,7 +1263,7 @@ impl ReaderCtx {
             if let Some(sum) =
                 sum.filter(|_| mark.rows == rows && mark.bytes == window.bytes as u64)
             {
-                if self.reusable(table, pages)? {
+                if self.reusable(table, pages) {
                     acc.pages.extend_from_slice(pages);
                     acc.groups += mark.groups;
                     acc.checksum = acc.checksum.wrapping_add(sum);
@@ -1364,18 +1364,17 @@ impl ReaderCtx {
 
     /// Whether the parent's tree pages of a window can stand in this
     /// snapshot ([`ReuseCheck::blobs`]). Counts their blobs when they can.
-    fn reusable(&mut self, table: &str, pages: &[Id]) -> Result<bool, OpsError> {
+    fn reusable(&mut self, table: &str, pages: &[Id]) -> bool {
+        let check = self.reuse_check();
         let target = self.target.clone();
-        let mut cache = self
+        let cache = self
             .pack_cache
-            .take()
-            .unwrap_or_else(|| PackCache::new(target, 4));
-        let blobs = self.reuse_check().blobs(&mut cache, table, pages);
-        self.pack_cache = Some(cache);
+            .get_or_insert_with(|| PackCache::new(target, 4));
+        let blobs = check.blobs(cache, table, pages);
         if let Some(n) = blobs {
             self.counters.chunks.fetch_add(n, Ordering::Relaxed);
         }
-        Ok(blobs.is_some())
+        blobs.is_some()
     }
 
     /// Chunks and stores every group of a window, in (bucket, subject)
@@ -1548,29 +1547,30 @@ impl ReaderCtx {
             .iter()
             .map(|ts| self.prepare_table(&src, ts))
             .collect();
-        let to_check: Vec<(String, WindowPages)> = schema
+        // Per table: its name, how many windows its parent had, and those
+        // to check.
+        let to_check: Vec<(String, usize, WindowPages)> = schema
             .tables
             .iter()
             .zip(&preps)
             .map(|(ts, p)| {
                 let windows = p.same.iter().map(|&i| (i, p.prior.list[i].1.clone()));
-                (ts.name.clone(), windows.collect())
+                (ts.name.clone(), p.prior.list.len(), windows.collect())
             })
             .collect();
-        if to_check.iter().any(|(_, w)| !w.is_empty()) {
+        if to_check.iter().any(|(_, _, w)| !w.is_empty()) {
             self.ready_index()?;
         }
         let check = self.reuse_check();
         let target = self.target.clone();
         let (blobs_tx, blobs_rx) = sync_channel::<Vec<Option<u64>>>(1);
-        let counts: Vec<usize> = preps.iter().map(|p| p.prior.list.len()).collect();
         let mut tables = Vec::new();
         let mut items = 0u64;
         let mut bytes_read = 0u64;
         std::thread::scope(|scope| -> Result<(), OpsError> {
             scope.spawn(move || {
                 let mut cache = PackCache::new(target, 2);
-                for ((table, windows), n) in to_check.into_iter().zip(counts) {
+                for (table, n, windows) in to_check {
                     let mut blobs = vec![None; n];
                     for (i, pages) in windows {
                         blobs[i] = check.blobs(&mut cache, &table, &pages);
@@ -1580,6 +1580,9 @@ impl ReaderCtx {
                     }
                 }
             });
+            // Moved in, so that a table failing drops it here: the check's
+            // next send then fails and its thread ends, instead of the
+            // scope waiting on a send nobody receives.
             let blobs_rx = blobs_rx;
             for (ts, prep) in schema.tables.iter().zip(preps) {
                 let blobs = blobs_rx
