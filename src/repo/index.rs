@@ -74,7 +74,10 @@ impl IndexFile {
         Ok(out)
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    /// The plaintext of the index object (what [`store`](Self::store)
+    /// seals, encoded there after room for the nonce).
+    #[cfg(test)]
+    fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(48 + self.entries.len() * ENTRY_LEN);
         self.encode_into(&mut out);
         out
