@@ -7,7 +7,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use custos::chunk::{ChunkParams, Chunker};
 use custos::crypto::{ChunkKeys, Key32, MetaKey};
-use custos::repo::pack::{seal_chunk, Codec, PackWriter};
+use custos::repo::pack::{open_chunk, seal_chunk, Codec, PackWriter};
 use custos::store::record::encode_row;
 use rusqlite::types::ValueRef;
 
@@ -114,6 +114,16 @@ fn bench(c: &mut Criterion) {
     let sid = keys.chunk_id(small);
     g.bench_function("seal", |b| {
         b.iter(|| black_box(seal_chunk(&mut codec, &keys, &sid, black_box(small)).len()))
+    });
+    g.bench_function("XChaCha20-Poly1305 only", |b| {
+        b.iter(|| black_box(keys.seal(&sid, black_box(small)).len()))
+    });
+    let small_sealed = seal_chunk(&mut codec, &keys, &sid, small);
+    g.bench_function("open (decrypt, decompress, verify id)", |b| {
+        b.iter(|| {
+            let plain = open_chunk(&mut codec, &keys, &sid, black_box(&small_sealed), 256);
+            black_box(plain.unwrap().len())
+        })
     });
     g.finish();
 

@@ -82,10 +82,11 @@ pub fn seal_chunk(codec: &mut Codec, keys: &ChunkKeys, id: &Id, plain: &[u8]) ->
     } else {
         (CODEC_STORED, plain)
     };
-    let mut body = Vec::with_capacity(data.len() + 1);
+    let mut body = Vec::with_capacity(data.len() + 1 + 16);
     body.push(codec_byte);
     body.extend_from_slice(data);
-    keys.seal(id, &body)
+    keys.seal_in_place(id, &mut body);
+    body
 }
 
 /// Why a chunk could not be read back.
