@@ -86,7 +86,7 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let keys = ChunkKeys::new(&Key32::from_bytes([7; 32]));
+    let keys = ChunkKeys::new(Key32::from_bytes([7; 32]));
     let chunk = &data[..8192];
     let mut g = c.benchmark_group("per chunk (8 KiB)");
     g.throughput(Throughput::Bytes(chunk.len() as u64));
@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
         let t = Key32::from_bytes([2; 32]);
         b.iter(|| {
             let k = custos::crypto::group_key(Some(&s), &t, black_box("cdrs"));
-            black_box(ChunkKeys::new(&k).group_id)
+            black_box(ChunkKeys::new(k).group_id)
         })
     });
     let sid = keys.chunk_id(small);

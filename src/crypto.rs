@@ -257,12 +257,13 @@ struct Sealing {
 }
 
 impl ChunkKeys {
-    pub fn new(group_key: &Key32) -> Self {
+    /// Takes the group key (it is kept to derive the sealing keys later).
+    pub fn new(group_key: Key32) -> Self {
         let id_key = derive("custos 2026 chunk id v1", &[&group_key.expose()[..]]);
         let gid = derive("custos 2026 group id v1", &[&group_key.expose()[..]]);
         ChunkKeys {
             id_key,
-            group_key: group_key.clone(),
+            group_key,
             sealing: std::sync::OnceLock::new(),
             group_id: Id(*gid.expose()),
         }
@@ -527,13 +528,13 @@ mod tests {
     #[test]
     fn chunk_seal_round_trip_and_binding() {
         let g = Key32::random();
-        let ck = ChunkKeys::new(&g);
+        let ck = ChunkKeys::new(g);
         let id = ck.chunk_id(b"hello");
         let sealed = ck.seal(&id, b"hello");
         assert_eq!(ck.open(&id, &sealed).unwrap(), b"hello");
         let other = ck.chunk_id(b"other");
         assert!(ck.open(&other, &sealed).is_err());
-        let ck2 = ChunkKeys::new(&Key32::random());
+        let ck2 = ChunkKeys::new(Key32::random());
         assert!(ck2.open(&id, &sealed).is_err());
         let mut bad = sealed.clone();
         bad[0] ^= 1;

@@ -1115,7 +1115,7 @@ impl GroupCtx<'_> {
         let mut gathered = Vec::new();
         for (&slot, r) in order.iter().zip(refs) {
             let slot = &window.slots[slot as usize];
-            let keys = Arc::new(ChunkKeys::new(&group_key(
+            let keys = Arc::new(ChunkKeys::new(group_key(
                 r.skey.as_ref(),
                 &r.tkey,
                 self.table,
@@ -1846,7 +1846,7 @@ impl ReaderCtx {
         let (key_id, key, unit) = self.epoch_key(&class);
         self.persist_vault()?;
         let gk = group_key(None, &key, "files");
-        let keys = Arc::new(ChunkKeys::new(&gk));
+        let keys = Arc::new(ChunkKeys::new(gk));
         // Change detection: entries of the parent snapshot under the same key.
         let mut previous: HashMap<String, FileRecord> = HashMap::new();
         if let Some(p) = self.parent.as_ref().and_then(|p| p.files.clone()) {

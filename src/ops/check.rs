@@ -514,7 +514,7 @@ impl Walk<'_> {
         let files_keys = s.files.as_ref().and_then(|f| {
             self.vault
                 .key(&f.key)
-                .map(|k| Arc::new(ChunkKeys::new(&group_key(None, k, "files"))))
+                .map(|k| Arc::new(ChunkKeys::new(group_key(None, k, "files"))))
         });
         if let Some(f) = &s.files {
             if files_keys.is_none() {

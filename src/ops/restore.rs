@@ -83,7 +83,7 @@ pub fn group_keys(
         Some(id) => Some(vault.key(id).ok_or(GroupKeyProblem::Shredded)?),
         None => None,
     };
-    let keys = ChunkKeys::new(&group_key(s, t, table));
+    let keys = ChunkKeys::new(group_key(s, t, table));
     if keys.group_id.0[..8] != g.g {
         return Err(GroupKeyProblem::Mismatch);
     }
@@ -509,7 +509,7 @@ fn open_parts(
         let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
         for p in &part[run] {
             let (pid, g) = &groups[p.group];
-            let keys = ChunkKeys::new(&group_key(p.subject, p.time, place.table));
+            let keys = ChunkKeys::new(group_key(p.subject, p.time, place.table));
             if keys.group_id.0[..8] != g.g {
                 return Err(OpsError::Integrity(format!(
                     "{}: tree page {pid}: group {} does not match the keys it names (damaged or hostile manifest)",
@@ -578,7 +578,7 @@ async fn restore_files(
             snap.id, fs.unit
         )));
     };
-    let keys = ChunkKeys::new(&group_key(None, key, "files"));
+    let keys = ChunkKeys::new(group_key(None, key, "files"));
     let mut r = FilesRestorer::create(&opts.to, opts.force)?;
     let mut cache = PackCache::new(target.clone(), 8);
     let mut codec = Codec::new(3);

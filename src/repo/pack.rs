@@ -281,7 +281,7 @@ mod tests {
 
     #[test]
     fn chunks_of_every_size_round_trip_and_compress_only_when_it_pays() {
-        let keys = ChunkKeys::new(&Key32::random());
+        let keys = ChunkKeys::new(Key32::random());
         let mut codec = Codec::new(3);
         let mut x: u64 = 0x2545F4914F6CDD1D;
         let noise: Vec<u8> = (0..70_000)
