@@ -5,6 +5,8 @@
 //! exactly one winner; skipped loudly when moto is not installed).
 
 mod common;
+#[path = "common/faults_util.rs"]
+mod util;
 
 use common::{custos, run, stdout, S3Server};
 use std::collections::HashSet;
@@ -542,8 +544,19 @@ fn sighup_applies_a_valid_edit_and_refuses_a_broken_one() {
 
 #[test]
 fn sigterm_during_a_backup_aborts_it_cleanly_and_the_next_start_catches_the_tick_up() {
-    // A backup that takes a while (about 75 MiB of incompressible rows).
-    let (_s3, s) = s3_setup("backup = \"0 0 0 1 1 *\"", 1200, 64 * 1024);
+    // A backup that takes a while however fast the machine: about 75 MiB
+    // of incompressible rows (about ten packs), each put to a slow link
+    // (half a second a put), so it outlasts the one-second stop timeout.
+    let s3 = util::FaultyS3::start();
+    s3.delay_puts(500);
+    let s = Setup::new(
+        &s3.endpoint(),
+        "bkt",
+        s3.env(),
+        "backup = \"0 0 0 1 1 *\"",
+        1200,
+        64 * 1024,
+    );
     // One tick a day, a few seconds from now.
     let t = chrono::Utc::now() + chrono::Duration::seconds(4);
     s.set_schedule(&format!(
@@ -583,7 +596,8 @@ fn sigterm_during_a_backup_aborts_it_cleanly_and_the_next_start_catches_the_tick
         .args(["check", "--read-data", "--policy"])
         .arg(&s.policy));
 
-    // The next start runs the aborted tick once.
+    // The next start runs the aborted tick once (at full speed).
+    s3.clear();
     let d = s.daemon(1, &[]);
     s.wait_for(180, "the caught-up backup", || s.runs_ok(1) >= 1);
     stop(d);

@@ -6,7 +6,6 @@
 
 mod common;
 #[path = "common/faults_util.rs"]
-#[allow(dead_code)]
 mod util;
 
 use common::{custos, file_url, run, stdout, tempdir};

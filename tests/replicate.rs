@@ -5,7 +5,6 @@
 
 mod common;
 #[path = "common/faults_util.rs"]
-#[allow(dead_code)]
 mod util;
 
 use common::{custos, file_url, run, run_fail, stderr, stdout, tempdir, S3Server};

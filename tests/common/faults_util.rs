@@ -1,5 +1,7 @@
 //! Helpers of the fault tests: a fault-injecting S3 server, policy texts,
 //! an inventory of the objects under a folder, and byte surgery on files.
+//! Each test file uses a part of them.
+#![allow(dead_code)]
 
 use crate::common::S3Server;
 use s3s::access::{S3Access, S3AccessContext};
@@ -21,6 +23,8 @@ struct PutFaults {
     puts: AtomicU64,
     refused: AtomicU64,
     fail_after: AtomicU64,
+    /// Milliseconds every put waits before it is served (a slow link).
+    put_delay_ms: AtomicU64,
 }
 
 /// An access hook that refuses puts after a threshold (the store itself is
@@ -47,6 +51,10 @@ impl S3Access for FaultAccess {
                 return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
             }
             if PUT_OPS.contains(&cx.s3_op().name()) {
+                let delay = self.0.put_delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 let n = self.0.puts.fetch_add(1, Ordering::SeqCst) + 1;
                 if n > self.0.fail_after.load(Ordering::SeqCst) {
                     self.0.refused.fetch_add(1, Ordering::SeqCst);
@@ -95,8 +103,21 @@ impl FaultyS3 {
         self.faults.fail_after.store(seen + n, Ordering::SeqCst);
     }
 
-    /// Removes the fault.
+    /// Every put from now on waits `ms` milliseconds before it is served,
+    /// so that an upload takes a while however fast the machine is.
+    pub fn delay_puts(&self, ms: u64) {
+        self.faults.put_delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The environment a `custos` child process needs to reach this server
+    /// (credentials), as [`S3Server::env`].
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.server.env()
+    }
+
+    /// Removes the faults.
     pub fn clear(&self) {
+        self.faults.put_delay_ms.store(0, Ordering::SeqCst);
         self.faults.fail_after.store(u64::MAX, Ordering::SeqCst);
     }
 
