@@ -39,6 +39,7 @@ pub enum CryptoError {
 /// short messages. The output is the same bytes (a unit test compares the
 /// two).
 mod xchacha {
+    use super::CryptoError;
     use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
     use zeroize::Zeroize;
 
@@ -53,22 +54,31 @@ mod xchacha {
         (LessSafeKey::new(unbound), Nonce::assume_unique_for_key(n))
     }
 
-    /// Encrypts `buf` in place and returns the 16-byte tag.
-    pub fn seal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
+    /// Encrypts `buf[from..]` in place and appends the 16-byte tag.
+    pub fn seal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], buf: &mut Vec<u8>, from: usize) {
         let (k, n) = ietf_key(key, nonce);
         let tag = k
-            .seal_in_place_separate_tag(n, Aad::from(aad), buf)
+            .seal_in_place_separate_tag(n, Aad::from(aad), &mut buf[from..])
             .expect("ChaCha20-Poly1305 sealing cannot fail for in-memory buffers");
-        tag.as_ref().try_into().expect("a 16-byte tag")
+        buf.extend_from_slice(tag.as_ref());
     }
 
-    /// Checks and decrypts `buf` (ciphertext then tag) in place; returns the
-    /// plaintext's length (the start of `buf`). `None` if the tag is wrong.
-    pub fn open(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], buf: &mut [u8]) -> Option<usize> {
+    /// Checks and decrypts `sealed` (ciphertext then tag) into a new
+    /// buffer.
+    pub fn open(
+        key: &[u8; 32],
+        nonce: &[u8; 24],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let (k, n) = ietf_key(key, nonce);
-        k.open_in_place(n, Aad::from(aad), buf)
-            .ok()
-            .map(|p| p.len())
+        let mut buf = sealed.to_vec();
+        let len = k
+            .open_in_place(n, Aad::from(aad), &mut buf)
+            .map_err(|_| CryptoError::Authentication)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 }
 
@@ -310,8 +320,7 @@ impl ChunkKeys {
     /// the body is encrypted in place and the tag appended.
     pub fn seal_in_place(&self, id: &Id, buf: &mut Vec<u8>) {
         let s = self.sealing();
-        let tag = xchacha::seal(s.enc_key.expose(), &self.nonce(id), &self.aad(id), buf);
-        buf.extend_from_slice(&tag);
+        xchacha::seal(s.enc_key.expose(), &self.nonce(id), &self.aad(id), buf, 0);
     }
 
     /// Opens a sealed chunk body, checking it belongs to this id and group.
@@ -319,12 +328,8 @@ impl ChunkKeys {
         if sealed.len() < 16 {
             return Err(CryptoError::Truncated(sealed.len()));
         }
-        let mut buf = sealed.to_vec();
         let s = self.sealing();
-        let n = xchacha::open(s.enc_key.expose(), &self.nonce(id), &self.aad(id), &mut buf)
-            .ok_or(CryptoError::Authentication)?;
-        buf.truncate(n);
-        Ok(buf)
+        xchacha::open(s.enc_key.expose(), &self.nonce(id), &self.aad(id), sealed)
     }
 }
 
@@ -400,13 +405,13 @@ impl MetaKey {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         buf[start..start + Self::NONCE_ROOM].copy_from_slice(&nonce);
         let aad = Self::aad(kind, name);
-        let tag = xchacha::seal(
+        xchacha::seal(
             self.enc_key.expose(),
             &nonce,
             &aad,
-            &mut buf[start + Self::NONCE_ROOM..],
+            buf,
+            start + Self::NONCE_ROOM,
         );
-        buf.extend_from_slice(&tag);
     }
 
     pub fn open(&self, kind: &str, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
@@ -414,12 +419,8 @@ impl MetaKey {
             return Err(CryptoError::Truncated(sealed.len()));
         }
         let aad = Self::aad(kind, name);
-        let nonce: [u8; 24] = sealed[..24].try_into().expect("24 bytes");
-        let mut buf = sealed[24..].to_vec();
-        let n = xchacha::open(self.enc_key.expose(), &nonce, &aad, &mut buf)
-            .ok_or(CryptoError::Authentication)?;
-        buf.truncate(n);
-        Ok(buf)
+        let nonce: &[u8; 24] = sealed[..24].try_into().expect("24 bytes");
+        xchacha::open(self.enc_key.expose(), nonce, &aad, &sealed[24..])
     }
 
     /// A keyed hash under the metadata key, for content-addressed metadata
@@ -498,30 +499,36 @@ mod tests {
                 .unwrap();
             want.extend_from_slice(&want_tag);
 
-            let mut got = msg.clone();
-            let tag = xchacha::seal(&key, &nonce, &aad, &mut got);
-            got.extend_from_slice(&tag);
-            assert_eq!(got, want, "length {len}");
+            // Sealed after a prefix, which stays as it was.
+            let mut got = b"prefix".to_vec();
+            got.extend_from_slice(&msg);
+            xchacha::seal(&key, &nonce, &aad, &mut got, 6);
+            assert_eq!(&got[..6], b"prefix");
+            let got = &got[6..];
+            assert_eq!(got, &want[..], "length {len}");
             if len > 0 {
                 assert_ne!(got[..len], msg[..], "length {len}: not encrypted");
             }
 
-            let n = xchacha::open(&key, &nonce, &aad, &mut got).unwrap();
-            assert_eq!(&got[..n], &msg[..], "length {len}");
+            assert_eq!(
+                xchacha::open(&key, &nonce, &aad, got).unwrap(),
+                msg,
+                "length {len}"
+            );
 
             // Any flipped bit (ciphertext, tag, aad or nonce) fails.
             let mut bad = want.clone();
             bad[len / 2] ^= 1;
-            assert!(xchacha::open(&key, &nonce, &aad, &mut bad).is_none());
+            assert!(xchacha::open(&key, &nonce, &aad, &bad).is_err());
             let mut bad_nonce = nonce;
             bad_nonce[23] ^= 0x80;
-            assert!(xchacha::open(&key, &bad_nonce, &aad, &mut want.clone()).is_none());
+            assert!(xchacha::open(&key, &bad_nonce, &aad, &want).is_err());
             let mut bad_nonce = nonce;
             bad_nonce[0] ^= 1;
-            assert!(xchacha::open(&key, &bad_nonce, &aad, &mut want.clone()).is_none());
+            assert!(xchacha::open(&key, &bad_nonce, &aad, &want).is_err());
             let mut bad_aad = aad.clone();
             bad_aad.push(0);
-            assert!(xchacha::open(&key, &nonce, &bad_aad, &mut want.clone()).is_none());
+            assert!(xchacha::open(&key, &nonce, &bad_aad, &want).is_err());
         }
     }
 

@@ -79,16 +79,12 @@ pub fn seal_chunk(codec: &mut Codec, keys: &ChunkKeys, id: &Id, plain: &[u8]) ->
     // Compressed output is kept only if it saves more than 8 bytes, so a
     // buffer of `plain.len() - 9` bytes is enough (zstd fails early when
     // its output would not fit, and the chunk is stored as is).
-    let room = if plain.len() < MIN_COMPRESSED {
-        0
-    } else {
-        plain.len() - 9
+    let fits = plain.len() >= MIN_COMPRESSED && {
+        codec.scratch.clear();
+        codec.scratch.reserve(plain.len() - 9);
+        c.compress_to_buffer(plain, &mut codec.scratch)
+            .is_ok_and(|n| n + 8 < plain.len())
     };
-    codec.scratch.clear();
-    codec.scratch.reserve(room);
-    let fits = room > 0
-        && c.compress_to_buffer(plain, &mut codec.scratch)
-            .is_ok_and(|n| n + 8 < plain.len());
     let (codec_byte, data) = if fits {
         (CODEC_ZSTD, &codec.scratch[..])
     } else {
