@@ -27,6 +27,7 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(a: RestoreArgs) -> Result<()> {
+    crate::prefer_base_pages();
     let policy = super::load_policy(&a.policy)?;
     let opts = RestoreOptions {
         target: a.target,
