@@ -618,20 +618,6 @@ struct Slot {
 
 const NONE: u32 = u32::MAX;
 
-/// A hint to start loading the cache line at `p` (no effect on results;
-/// a no-op where the CPU has no such hint).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults and reads nothing into
-    // the program, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 impl Window {
     /// A window whose row buffer is reserved for `budget` up front (pages
     /// are only touched as rows arrive), so it never grows by copying.
@@ -755,10 +741,7 @@ impl Window {
             }
             let (start, len, next) = self.rows[at as usize];
             if let Some(row) = self.arena.get(start as usize..(start + len) as usize) {
-                prefetch(row.as_ptr());
-                if row.len() > 64 {
-                    prefetch(row[64..].as_ptr());
-                }
+                crate::store::record::prefetch_row(row);
             }
             at = next;
         }
@@ -1154,7 +1137,7 @@ impl GroupCtx<'_> {
                 window.prefetch_rows(&window.slots[next as usize]);
             }
             if let Some(&after) = order.get(i + 2) {
-                prefetch(&window.slots[after as usize]);
+                crate::store::record::prefetch(&window.slots[after as usize]);
             }
             let slot = &window.slots[slot as usize];
             let keys = Arc::new(ChunkKeys::new(group_key(

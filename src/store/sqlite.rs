@@ -1438,6 +1438,11 @@ impl SqliteRestorer {
             match &order {
                 Some(spans) => match spans.get(next) {
                     Some(&(_, at)) => {
+                        // Out of order in a buffer larger than the caches:
+                        // start loading a row a few inserts ahead.
+                        if let Some(&(_, ahead)) = spans.get(next + 4) {
+                            super::record::prefetch_row(&encoded[ahead..]);
+                        }
                         pos = at;
                         next += 1;
                     }
