@@ -228,3 +228,178 @@ async fn damaged_chunks_and_packs_are_found_once_whatever_the_batching() {
     assert!(named[0].message.contains("does not hash to its name"));
     assert_eq!(errors.len(), damaged.len() + 1, "{errors:#?}");
 }
+
+/// What walking one snapshot alone finds, computed here from its pages:
+/// chunks in no index (count and first, in walk order) and groups whose
+/// keys are destroyed.
+async fn walk_alone(
+    repo: &OpenRepo,
+    cache: &mut PackCache,
+    index: &Index,
+    snap: &Snapshot,
+) -> (u64, Option<Id>, u64) {
+    let (mut missing, mut first, mut shredded) = (0, None, 0);
+    for t in snap.record_tables() {
+        for p in &t.pages {
+            let Page::Groups { groups, .. } =
+                Page::load(cache, index, &repo.meta, p).await.unwrap()
+            else {
+                unreachable!("a SQLite snapshot")
+            };
+            for g in groups {
+                let gone = repo.vault.key(&g.t).is_none()
+                    || g.s.is_some_and(|s| repo.vault.key(&s).is_none());
+                if gone {
+                    shredded += 1;
+                    continue;
+                }
+                for c in g.chunks {
+                    if index.chunks.get(&c).is_none() {
+                        missing += 1;
+                        first.get_or_insert(c);
+                    }
+                }
+            }
+        }
+    }
+    (missing, first, shredded)
+}
+
+/// A child snapshot shares most tree pages with its parent, and the walk
+/// takes a page it has seen from what it found the first time. Each
+/// snapshot must still be reported as if it were walked alone: its own
+/// count of chunks in no index (and the first of them), and every
+/// destroyed group counted once per snapshot that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sharing_pages_with_its_parent_is_reported_as_if_walked_alone() {
+    let dir = tempdir();
+    let policy = backed_up(dir.path()).await;
+    let db = dir.path().join("crm.db");
+    // A small change: the child rewrites a few pages and reuses the rest.
+    let busy: i64 = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute(
+            "UPDATE customers SET email = 'x' || email WHERE id % 40 = 0",
+            [],
+        )
+        .unwrap();
+        c.query_row(
+            "SELECT customer_id FROM cdrs GROUP BY customer_id ORDER BY count(*) DESC, customer_id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let opts = BackupOptions {
+        pack_size: 128 << 10,
+        ..BackupOptions::default()
+    };
+    backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
+
+    // Destroy one busy customer's key (their groups are on shared pages)...
+    let state = custos::state::StateDir::at(dir.path().join("state")).unwrap();
+    let request = custos::shred::Request {
+        unit: custos::shred::UnitSpec::Subject(busy.to_string()),
+        reason: Some("test".into()),
+        request_ref: None,
+        requester: "dpo-test".into(),
+        role: "operator".into(),
+        now: true,
+    };
+    custos::shred::request(&policy, &state, &request, chrono::Utc::now())
+        .await
+        .unwrap();
+    let run = custos::shred::RunOptions {
+        now: chrono::Utc::now(),
+        performer: "dpo-test".into(),
+        role: "retention".into(),
+        only: None,
+    };
+    let r = custos::shred::run(&policy, &state, &run).await.unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+
+    // ...and lose the index object of the data pack most chunks need.
+    let repo = OpenRepo::open(&policy, None).await.unwrap();
+    let index = Index::load(&repo.target, &repo.meta).await.unwrap();
+    let needed = data_chunks(&policy, &repo, &index).await;
+    let lost = index
+        .packs
+        .iter()
+        .map(|(pid, _)| pid)
+        .max_by_key(|pid| {
+            needed
+                .iter()
+                .filter(|c| {
+                    index
+                        .chunks
+                        .get(c)
+                        .is_some_and(|l| index.pack_of(l).0 == **pid)
+                })
+                .count()
+        })
+        .copied()
+        .unwrap();
+    repo.target
+        .delete(&custos::repo::index::index_path(&lost))
+        .await
+        .unwrap();
+    let index = Index::load(&repo.target, &repo.meta).await.unwrap();
+
+    let (snaps, bad) = Snapshot::list_with_ids(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(snaps.len(), 2);
+    let pages = |s: &Snapshot| -> HashSet<Id> {
+        s.record_tables()
+            .iter()
+            .flat_map(|t| t.pages.iter().copied())
+            .collect()
+    };
+    let shared = pages(&snaps[0]).intersection(&pages(&snaps[1])).count();
+    assert!(
+        shared > 0 && shared < pages(&snaps[1]).len(),
+        "the child must share some pages and rewrite others ({shared} shared)"
+    );
+
+    let target = Arc::new(custos::ops::select_target(&policy, None).unwrap());
+    let mut cache = PackCache::new(target, 4);
+    let mut want_shredded = 0;
+    let mut want = Vec::new();
+    for s in &snaps {
+        let (missing, first, shredded) = walk_alone(&repo, &mut cache, &index, s).await;
+        assert!(
+            missing > 0 && shredded > 0,
+            "the damage must reach every snapshot"
+        );
+        want_shredded += shredded;
+        want.push((
+            format!("primary:snapshots/{}", s.id),
+            format!(
+                "{missing} chunk(s) this snapshot needs are in no index (first: {})",
+                first.unwrap()
+            ),
+        ));
+    }
+    for read_data in [false, true] {
+        let r = check_with(
+            &policy,
+            None,
+            read_data,
+            Batching::default(),
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.groups_shredded, want_shredded, "read_data {read_data}");
+        for (object, message) in &want {
+            let n = r
+                .findings
+                .iter()
+                .filter(|f| &f.object == object && &f.message == message)
+                .count();
+            assert_eq!(n, 1, "{object}: {message}: {:#?}", r.findings);
+        }
+    }
+}

@@ -188,6 +188,7 @@ pub async fn check_with(
             threads: batching.threads.max(1),
         },
         headers_checked: HashSet::new(),
+        pages_seen: HashMap::new(),
         groups_shredded: 0,
         chunks_checked: 0,
         findings: Vec::new(),
@@ -351,9 +352,25 @@ struct Walk<'a> {
     opening: Option<tokio::task::JoinHandle<Opened>>,
     batching: Batching,
     headers_checked: HashSet<Id>,
+    /// Tree pages of groups already walked, under a table name, and what
+    /// they gave (see [`PageTally`]).
+    pages_seen: HashMap<(Id, String), PageTally>,
     groups_shredded: u64,
     chunks_checked: u64,
     findings: Vec<Finding>,
+}
+
+/// What walking a tree page of groups found. A page is named by its
+/// content, and the vault does not change during a check, so a later
+/// snapshot that names the same page under the same table finds the same:
+/// it adds the tally instead of deriving every group's keys again (a child
+/// snapshot shares most of its pages with its parent).
+#[derive(Clone, Copy, Default)]
+struct PageTally {
+    missing: u64,
+    first_missing: Option<Id>,
+    mismatched: u64,
+    shredded: u64,
 }
 
 impl Walk<'_> {
@@ -526,6 +543,16 @@ impl Walk<'_> {
         }
         let (mut ids, mut found) = (Vec::new(), Vec::new());
         for (table, pid) in pages {
+            let seen_key = table.as_ref().map(|t| (pid, t.clone()));
+            if let Some(tally) = seen_key.as_ref().and_then(|k| self.pages_seen.get(k)) {
+                missing += tally.missing;
+                mismatched += tally.mismatched;
+                self.groups_shredded += tally.shredded;
+                if first_missing.is_none() {
+                    first_missing = tally.first_missing;
+                }
+                continue;
+            }
             let page = match Page::load(&mut self.cache, self.index, self.meta, &pid).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -537,12 +564,13 @@ impl Walk<'_> {
             match page {
                 Page::Groups { groups, .. } => {
                     let table = table.unwrap_or_default();
+                    let mut tally = PageTally::default();
                     let mut keyed = Vec::with_capacity(groups.len());
                     for g in &groups {
                         match group_keys(self.vault, g, &table) {
                             Ok(k) => keyed.push((Arc::new(k), &g.chunks)),
-                            Err(GroupKeyProblem::Shredded) => self.groups_shredded += 1,
-                            Err(GroupKeyProblem::Mismatch) => mismatched += 1,
+                            Err(GroupKeyProblem::Shredded) => tally.shredded += 1,
+                            Err(GroupKeyProblem::Mismatch) => tally.mismatched += 1,
                         }
                     }
                     // The page's chunks are looked up together (their index
@@ -557,10 +585,19 @@ impl Walk<'_> {
                         for c in chunks.iter() {
                             let pos = at.next().copied().flatten();
                             if !self.chunk_at(pos, c, k) {
-                                missing += 1;
-                                first_missing.get_or_insert(*c);
+                                tally.missing += 1;
+                                tally.first_missing.get_or_insert(*c);
                             }
                         }
+                    }
+                    missing += tally.missing;
+                    mismatched += tally.mismatched;
+                    self.groups_shredded += tally.shredded;
+                    if first_missing.is_none() {
+                        first_missing = tally.first_missing;
+                    }
+                    if let Some(k) = seen_key {
+                        self.pages_seen.insert(k, tally);
                     }
                 }
                 Page::Files { files, .. } => {
