@@ -248,12 +248,14 @@ impl<'de> serde::Deserialize<'de> for Id {
 
 /// The keys of one shred group's chunks, derived from the group key.
 ///
-/// The chunk id key and group id are derived at once; the encryption and
-/// nonce keys only when a chunk is first sealed or opened, so an
-/// incremental backup that finds a group's chunks already stored derives
-/// two keys, not four.
+/// The group id is derived at once; the chunk id key when a chunk id is
+/// first computed, and the encryption and nonce keys when a chunk is first
+/// sealed or opened. So an incremental backup that finds a group's chunks
+/// already stored derives two keys, not four, and a check or restore
+/// derives on the thread that walks the snapshot only what it needs to
+/// match the group's id (the rest on the threads that open chunks).
 pub struct ChunkKeys {
-    id_key: Key32,
+    id_key: std::sync::OnceLock<Key32>,
     group_key: Key32,
     sealing: std::sync::OnceLock<Sealing>,
     /// The group's public identifier in manifests (unlinkable without the key).
@@ -269,10 +271,9 @@ struct Sealing {
 impl ChunkKeys {
     /// Takes the group key (it is kept to derive the sealing keys later).
     pub fn new(group_key: Key32) -> Self {
-        let id_key = derive("custos 2026 chunk id v1", &[&group_key.expose()[..]]);
         let gid = derive("custos 2026 group id v1", &[&group_key.expose()[..]]);
         ChunkKeys {
-            id_key,
+            id_key: std::sync::OnceLock::new(),
             group_key,
             sealing: std::sync::OnceLock::new(),
             group_id: Id(*gid.expose()),
@@ -291,7 +292,10 @@ impl ChunkKeys {
 
     /// The chunk id: keyed BLAKE3 of the plaintext under the group's id key.
     pub fn chunk_id(&self, plain: &[u8]) -> Id {
-        Id(*blake3::keyed_hash(self.id_key.expose(), plain).as_bytes())
+        let key = self
+            .id_key
+            .get_or_init(|| derive("custos 2026 chunk id v1", &[&self.group_key.expose()[..]]));
+        Id(*blake3::keyed_hash(key.expose(), plain).as_bytes())
     }
 
     fn nonce(&self, id: &Id) -> [u8; 24] {

@@ -23,6 +23,7 @@ pub mod drill;
 pub mod keys;
 pub mod ops;
 pub mod policy;
+pub mod prefetch;
 pub mod progress;
 pub mod replicate;
 pub mod repo;

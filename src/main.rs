@@ -28,12 +28,13 @@ fn main() -> std::process::ExitCode {
 /// rest of the process, unless the operator set `MIMALLOC_ALLOW_THP`.
 ///
 /// With THP enabled, a 2 MiB page is resident as soon as one byte of it is
-/// touched, and a purge of part of it keeps the rest resident. A restore at
-/// 1 GiB peaked about 50 MiB lower with base pages, in the same wall time;
-/// a check also peaked 50 MiB lower but took about 5% longer, and a backup
-/// about 8% longer (its short-lived grouping threads fault in fresh
-/// memory), so only the restore asks (docs/PERFORMANCE.md, "Restore: base
-/// pages").
+/// touched, and a purge of part of it keeps the rest resident. At 1 GiB a
+/// restore peaked about 50 MiB lower with base pages in the same wall time,
+/// and a check about 80 MiB lower (below 512 MiB) for about 8% more time.
+/// A backup keeps huge pages: its short-lived grouping threads fault in
+/// fresh memory, and with base pages it took about 8% longer, for a peak
+/// already well below 512 MiB (docs/PERFORMANCE.md, "Restore and check:
+/// base pages").
 pub(crate) fn prefer_base_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;

@@ -741,7 +741,7 @@ impl Window {
             }
             let (start, len, next) = self.rows[at as usize];
             if let Some(row) = self.arena.get(start as usize..(start + len) as usize) {
-                crate::store::record::prefetch_row(row);
+                crate::prefetch::head(row);
             }
             at = next;
         }
@@ -1137,7 +1137,7 @@ impl GroupCtx<'_> {
                 window.prefetch_rows(&window.slots[next as usize]);
             }
             if let Some(&after) = order.get(i + 2) {
-                crate::store::record::prefetch(&window.slots[after as usize]);
+                crate::prefetch::line(&window.slots[after as usize]);
             }
             let slot = &window.slots[slot as usize];
             let keys = Arc::new(ChunkKeys::new(group_key(

@@ -7,7 +7,7 @@
 //! chunk a snapshot refers to is decrypted, decompressed and checked against
 //! its id. Findings name the object; any error makes the check fail.
 
-use super::restore::{group_keys, GroupKeyProblem};
+use super::restore::{keys_from_parents, parent_keys, GroupKeyProblem};
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
@@ -566,8 +566,20 @@ impl Walk<'_> {
                     let table = table.unwrap_or_default();
                     let mut tally = PageTally::default();
                     let mut keyed = Vec::with_capacity(groups.len());
-                    for g in &groups {
-                        match group_keys(self.vault, g, &table) {
+                    // Every parent key first (their look-ups overlap), the
+                    // subject keys' bytes prefetched; then the derivations.
+                    let parents: Vec<_> = groups
+                        .iter()
+                        .map(|g| {
+                            let p = parent_keys(self.vault, g);
+                            if let Ok((Some(s), _)) = &p {
+                                crate::prefetch::line(s.expose());
+                            }
+                            p
+                        })
+                        .collect();
+                    for (g, p) in groups.iter().zip(parents) {
+                        match p.and_then(|p| keys_from_parents(p, g, &table)) {
                             Ok(k) => keyed.push((Arc::new(k), &g.chunks)),
                             Err(GroupKeyProblem::Shredded) => tally.shredded += 1,
                             Err(GroupKeyProblem::Mismatch) => tally.mismatched += 1,

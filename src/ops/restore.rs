@@ -78,11 +78,35 @@ pub fn group_keys(
     g: &GroupEntry,
     table: &str,
 ) -> Result<ChunkKeys, GroupKeyProblem> {
+    parent_keys(vault, g).and_then(|p| keys_from_parents(p, g, table))
+}
+
+/// The keys a group's key derives from: its subject key (if it has a
+/// subject) and its time key, both from the vault.
+pub fn parent_keys<'v>(
+    vault: &'v Vault,
+    g: &GroupEntry,
+) -> Result<ParentKeys<'v>, GroupKeyProblem> {
     let t = vault.key(&g.t).ok_or(GroupKeyProblem::Shredded)?;
     let s: Option<&Key32> = match &g.s {
         Some(id) => Some(vault.key(id).ok_or(GroupKeyProblem::Shredded)?),
         None => None,
     };
+    Ok((s, t))
+}
+
+/// A group's subject key (if any) and time key.
+pub type ParentKeys<'v> = (Option<&'v Key32>, &'v Key32);
+
+/// The second half of [`group_keys`]: derives the group's keys and checks
+/// them against the group id the manifest names. A walk over many groups
+/// looks all their parent keys up first (the look-ups are cache misses in
+/// the vault's table, and back to back they overlap), then derives.
+pub fn keys_from_parents(
+    (s, t): ParentKeys<'_>,
+    g: &GroupEntry,
+    table: &str,
+) -> Result<ChunkKeys, GroupKeyProblem> {
     let keys = ChunkKeys::new(group_key(s, t, table));
     if keys.group_id.0[..8] != g.g {
         return Err(GroupKeyProblem::Mismatch);

@@ -480,31 +480,6 @@ impl Iterator for RowReader<'_> {
     }
 }
 
-/// A hint to start loading the cache line at `p` into the CPU's caches
-/// (it changes no result; a no-op where the CPU has no such hint). For
-/// rows read out of order from a large buffer, issued a row or two ahead.
-#[inline(always)]
-pub fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint: it never faults and loads nothing into
-    // the program, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
-/// [`prefetch`] for the first two cache lines of an encoded row (most rows
-/// are shorter than 128 bytes).
-#[inline(always)]
-pub fn prefetch_row(row: &[u8]) {
-    prefetch(row.as_ptr());
-    if let Some(rest) = row.get(64..) {
-        prefetch(rest.as_ptr());
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

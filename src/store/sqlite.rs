@@ -1441,7 +1441,7 @@ impl SqliteRestorer {
                         // Out of order in a buffer larger than the caches:
                         // start loading a row a few inserts ahead.
                         if let Some(&(_, ahead)) = spans.get(next + 4) {
-                            super::record::prefetch_row(&encoded[ahead..]);
+                            crate::prefetch::head(&encoded[ahead..]);
                         }
                         pos = at;
                         next += 1;
