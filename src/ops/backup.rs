@@ -199,13 +199,16 @@ async fn backup_locked(
         vault,
         meta,
     } = repo;
-    let (parents, _) = Snapshot::list(&target, &meta).await?;
-    // The parent: this policy's latest snapshot (a target may hold others).
-    let parent = parents
-        .iter()
-        .rev()
-        .find(|p| p.policy == policy.name)
-        .cloned();
+    // The parent: this policy's latest readable snapshot (a target may hold
+    // others). Only the snapshots' heads are read to choose it.
+    let (heads, _) = Snapshot::heads_with_ids(&target, &meta).await?;
+    let mut parent = None;
+    for head in heads.iter().rev().filter(|h| h.policy == policy.name) {
+        if let Ok(p) = Snapshot::load(&target, &meta, &head.id).await {
+            parent = Some(p);
+            break;
+        }
+    }
     let target = Arc::new(target);
     let meta = Arc::new(meta);
     // The index loads while the first read window fills: reading needs no

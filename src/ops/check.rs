@@ -152,7 +152,10 @@ pub async fn check_with(
             });
         }
     }
-    let (snaps, bad) = crate::repo::snapshot::Snapshot::list_with_ids(&target, &meta).await?;
+    // Snapshots are read one at a time as they are walked (a target may
+    // hold hundreds, each listing tens of thousands of pages); their heads
+    // first, to walk them oldest first.
+    let (heads, bad) = Snapshot::heads_with_ids(&target, &meta).await?;
     for (id, e) in bad {
         findings.push(err(
             format!(
@@ -193,9 +196,24 @@ pub async fn check_with(
         chunks_checked: 0,
         findings: Vec::new(),
     };
-    progress.phase("checking snapshots", Some(snaps.len() as u64), "snapshots");
-    for s in &snaps {
-        walk.snapshot(s).await;
+    progress.phase("checking snapshots", Some(heads.len() as u64), "snapshots");
+    let mut snapshots = 0u64;
+    for h in &heads {
+        match Snapshot::load(&target, &meta, &h.id).await {
+            Ok(s) => {
+                walk.snapshot(&s).await;
+                snapshots += 1;
+            }
+            Err(e) => walk.findings.push(err(
+                format!(
+                    "{}:{}",
+                    target.name,
+                    crate::repo::snapshot::snapshot_path(&h.id)
+                ),
+                e.to_string(),
+                None,
+            )),
+        }
         progress.advance(1);
     }
     walk.flush().await;
@@ -231,7 +249,7 @@ pub async fn check_with(
     Ok(CheckReport {
         target: target.name.clone(),
         read_data,
-        snapshots: snaps.len() as u64,
+        snapshots,
         packs: index.packs.len() as u64,
         chunks_checked,
         bytes_read,
