@@ -179,9 +179,7 @@ impl Snapshot {
         meta: &MetaKey,
         sealed: &[u8],
     ) -> Result<Snapshot, RepoError> {
-        let s: Snapshot = open_json(object, id, meta, sealed)?;
-        check_names(object, s.version, &s.id, id)?;
-        Ok(s)
+        open_as(object, id, meta, sealed)
     }
 
     pub async fn load(target: &Target, meta: &MetaKey, id: &str) -> Result<Snapshot, RepoError> {
@@ -205,17 +203,7 @@ impl Snapshot {
         target: &Target,
         meta: &MetaKey,
     ) -> Result<(Vec<Snapshot>, Vec<(String, RepoError)>), RepoError> {
-        let mut good = Vec::new();
-        let mut bad = Vec::new();
-        for (path, _) in target.list("snapshots/").await? {
-            let id = path.rsplit('/').next().unwrap_or("").to_string();
-            match Snapshot::load(target, meta, &id).await {
-                Ok(s) => good.push(s),
-                Err(e) => bad.push((id, e)),
-            }
-        }
-        good.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        Ok((good, bad))
+        read_all(target, meta).await
     }
 
     /// The head ([`SnapshotHead`]) of every snapshot on a target, oldest
@@ -225,24 +213,7 @@ impl Snapshot {
         target: &Target,
         meta: &MetaKey,
     ) -> Result<(Vec<SnapshotHead>, Vec<(String, RepoError)>), RepoError> {
-        let mut good = Vec::new();
-        let mut bad = Vec::new();
-        for (path, _) in target.list("snapshots/").await? {
-            let id = path.rsplit('/').next().unwrap_or("").to_string();
-            let object = format!("{}:{}", target.name, path);
-            let head = async {
-                let bytes = target.get(&snapshot_path(&id)).await?;
-                let h: SnapshotHead = open_json(&object, &id, meta, &bytes)?;
-                check_names(&object, h.version, &h.id, &id)?;
-                Ok::<_, RepoError>(h)
-            };
-            match head.await {
-                Ok(h) => good.push(h),
-                Err(e) => bad.push((id, e)),
-            }
-        }
-        good.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
-        Ok((good, bad))
+        read_all(target, meta).await
     }
 
     /// Finds a snapshot on a target by `latest`, an id or a unique id prefix,
@@ -292,6 +263,72 @@ pub struct SnapshotHead {
     pub time: String,
 }
 
+/// What both a [`Snapshot`] and its [`SnapshotHead`] say of themselves:
+/// (format version, id, time).
+trait Named: serde::de::DeserializeOwned {
+    fn named(&self) -> (u32, &str, &str);
+}
+
+impl Named for Snapshot {
+    fn named(&self) -> (u32, &str, &str) {
+        (self.version, &self.id, &self.time)
+    }
+}
+
+impl Named for SnapshotHead {
+    fn named(&self) -> (u32, &str, &str) {
+        (self.version, &self.id, &self.time)
+    }
+}
+
+/// Every snapshot object on a target read as `T`, oldest first, and the
+/// id of each unreadable one with why.
+async fn read_all<T: Named>(
+    target: &Target,
+    meta: &MetaKey,
+) -> Result<(Vec<T>, Vec<(String, RepoError)>), RepoError> {
+    let mut good: Vec<T> = Vec::new();
+    let mut bad = Vec::new();
+    for (path, _) in target.list("snapshots/").await? {
+        let id = path.rsplit('/').next().unwrap_or("").to_string();
+        let read = async {
+            let bytes = target.get(&snapshot_path(&id)).await?;
+            open_as(&format!("{}:{}", target.name, path), &id, meta, &bytes)
+        };
+        match read.await {
+            Ok(s) => good.push(s),
+            Err(e) => bad.push((id, e)),
+        }
+    }
+    good.sort_by(|a, b| {
+        let ((_, ia, ta), (_, ib, tb)) = (a.named(), b.named());
+        ta.cmp(tb).then(ia.cmp(ib))
+    });
+    Ok((good, bad))
+}
+
+/// Opens a sealed snapshot object as `T`; it must be of this format's
+/// version and name itself.
+fn open_as<T: Named>(
+    object: &str,
+    id: &str,
+    meta: &MetaKey,
+    sealed: &[u8],
+) -> Result<T, RepoError> {
+    let t: T = open_json(object, id, meta, sealed)?;
+    let (version, named, _) = t.named();
+    if version != SNAPSHOT_VERSION {
+        return Err(RepoError::malformed(
+            object,
+            format!("snapshot version {version}"),
+        ));
+    }
+    if named != id {
+        return Err(RepoError::malformed(object, "names another snapshot"));
+    }
+    Ok(t)
+}
+
 /// Opens a sealed snapshot object into `T` (all of it, or its head).
 fn open_json<T: serde::de::DeserializeOwned>(
     object: &str,
@@ -307,20 +344,6 @@ fn open_json<T: serde::de::DeserializeOwned>(
         })?;
     let json = decompress_meta(object, &z)?;
     serde_json::from_slice(&json).map_err(|e| RepoError::malformed(object, e.to_string()))
-}
-
-/// A snapshot object must be of this format's version and name itself.
-fn check_names(object: &str, version: u32, named: &str, id: &str) -> Result<(), RepoError> {
-    if version != SNAPSHOT_VERSION {
-        return Err(RepoError::malformed(
-            object,
-            format!("snapshot version {version}"),
-        ));
-    }
-    if named != id {
-        return Err(RepoError::malformed(object, "names another snapshot"));
-    }
-    Ok(())
 }
 
 /// The entry of `list` (oldest first) named by `latest`, a full id or a
