@@ -391,6 +391,23 @@ struct PageTally {
     shredded: u64,
 }
 
+impl PageTally {
+    /// A chunk in no index.
+    fn miss(&mut self, chunk: Id) {
+        self.missing += 1;
+        self.first_missing.get_or_insert(chunk);
+    }
+
+    /// Adds what a later page found (its first missing chunk comes after
+    /// ours).
+    fn add(&mut self, other: &PageTally) {
+        self.missing += other.missing;
+        self.first_missing = self.first_missing.or(other.first_missing);
+        self.mismatched += other.mismatched;
+        self.shredded += other.shredded;
+    }
+}
+
 impl Walk<'_> {
     fn error(&mut self, object: String, message: String, hint: Option<&str>) {
         self.findings.push(Finding {
@@ -537,9 +554,8 @@ impl Walk<'_> {
     }
 
     async fn snapshot(&mut self, s: &Snapshot) {
-        let mut missing = 0u64;
-        let mut mismatched = 0u64;
-        let mut first_missing = None;
+        // What this snapshot's pages found, each page's tally added in turn.
+        let mut found_here = PageTally::default();
         let mut pages: Vec<(Option<String>, Id)> = Vec::new();
         for t in s.record_tables() {
             for p in &t.pages {
@@ -563,12 +579,7 @@ impl Walk<'_> {
         for (table, pid) in pages {
             let seen_key = table.as_ref().map(|t| (pid, t.clone()));
             if let Some(tally) = seen_key.as_ref().and_then(|k| self.pages_seen.get(k)) {
-                missing += tally.missing;
-                mismatched += tally.mismatched;
-                self.groups_shredded += tally.shredded;
-                if first_missing.is_none() {
-                    first_missing = tally.first_missing;
-                }
+                found_here.add(tally);
                 continue;
             }
             let page = match Page::load(&mut self.cache, self.index, self.meta, &pid).await {
@@ -615,17 +626,11 @@ impl Walk<'_> {
                         for c in chunks.iter() {
                             let pos = at.next().copied().flatten();
                             if !self.chunk_at(pos, c, k) {
-                                tally.missing += 1;
-                                tally.first_missing.get_or_insert(*c);
+                                tally.miss(*c);
                             }
                         }
                     }
-                    missing += tally.missing;
-                    mismatched += tally.mismatched;
-                    self.groups_shredded += tally.shredded;
-                    if first_missing.is_none() {
-                        first_missing = tally.first_missing;
-                    }
+                    found_here.add(&tally);
                     if let Some(k) = seen_key {
                         self.pages_seen.insert(k, tally);
                     }
@@ -635,8 +640,7 @@ impl Walk<'_> {
                         for f in &files {
                             for c in &f.chunks {
                                 if !self.chunk(c, k) {
-                                    missing += 1;
-                                    first_missing.get_or_insert(*c);
+                                    found_here.miss(*c);
                                 }
                             }
                         }
@@ -645,6 +649,13 @@ impl Walk<'_> {
             }
             self.maybe_flush().await;
         }
+        let PageTally {
+            missing,
+            first_missing,
+            mismatched,
+            shredded,
+        } = found_here;
+        self.groups_shredded += shredded;
         let object = format!("{}:snapshots/{}", self.target.name, s.id);
         if mismatched > 0 {
             self.error(
