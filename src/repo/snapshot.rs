@@ -183,9 +183,7 @@ impl Snapshot {
     }
 
     pub async fn load(target: &Target, meta: &MetaKey, id: &str) -> Result<Snapshot, RepoError> {
-        let path = snapshot_path(id);
-        let bytes = target.get(&path).await?;
-        Snapshot::open(&format!("{}:{}", target.name, path), id, meta, &bytes)
+        load_as(target, meta, id).await
     }
 
     /// Every snapshot on a target, oldest first. Unreadable snapshot objects
@@ -291,11 +289,7 @@ async fn read_all<T: Named>(
     let mut bad = Vec::new();
     for (path, _) in target.list("snapshots/").await? {
         let id = path.rsplit('/').next().unwrap_or("").to_string();
-        let read = async {
-            let bytes = target.get(&snapshot_path(&id)).await?;
-            open_as(&format!("{}:{}", target.name, path), &id, meta, &bytes)
-        };
-        match read.await {
+        match load_as(target, meta, &id).await {
             Ok(s) => good.push(s),
             Err(e) => bad.push((id, e)),
         }
@@ -305,6 +299,13 @@ async fn read_all<T: Named>(
         ta.cmp(tb).then(ia.cmp(ib))
     });
     Ok((good, bad))
+}
+
+/// Reads the snapshot object `id` as `T`.
+async fn load_as<T: Named>(target: &Target, meta: &MetaKey, id: &str) -> Result<T, RepoError> {
+    let path = snapshot_path(id);
+    let bytes = target.get(&path).await?;
+    open_as(&format!("{}:{}", target.name, path), id, meta, &bytes)
 }
 
 /// Opens a sealed snapshot object as `T`; it must be of this format's
