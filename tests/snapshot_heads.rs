@@ -28,7 +28,7 @@ async fn a_snapshot_whose_body_is_unreadable_is_named_and_never_stands_in() {
     let policy = Policy::load(&write_local_policy(dir.path(), "heads", &db, tables)).unwrap();
     custos::ops::init::init(&policy).await.unwrap();
     let opts = BackupOptions::default();
-    let first = backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
+    backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
     let second = backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
     assert_eq!(second.rows_reused, second.items);
 
@@ -95,5 +95,4 @@ async fn a_snapshot_whose_body_is_unreadable_is_named_and_never_stands_in() {
         .filter(|f| f.object.ends_with(&format!("snapshots/{forged}")))
         .collect();
     assert_eq!(named.len(), 1, "{:?}", c.findings);
-    assert!(first.snapshot != forged);
 }
