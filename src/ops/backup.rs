@@ -1774,9 +1774,10 @@ impl ReaderCtx {
                     from: range.from,
                     to: None,
                 };
-                let r = src.scan_natural_range(
+                let r = src.scan_natural_pages(
                     ts,
                     &plan,
+                    leaves.as_ref(),
                     range,
                     |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
                         if failure.is_set() {

@@ -32,6 +32,9 @@ pub struct Leaf {
     /// Smallest and largest rowid on the leaf.
     pub min: i64,
     pub max: i64,
+    /// The leaf's page number (rows are read back from it, in the same
+    /// read transaction).
+    pub pgno: u32,
     /// BLAKE3 of the leaf page and, in cell order, every overflow page its
     /// cells spill into.
     pub digest: [u8; 32],
@@ -85,7 +88,7 @@ impl TableLeaves {
 
 /// Interior and leaf page types of a table b-tree, and of an index b-tree.
 const INTERIOR: u8 = 0x05;
-const LEAF: u8 = 0x0d;
+pub(super) const LEAF: u8 = 0x0d;
 const INDEX_INTERIOR: u8 = 0x02;
 const INDEX_LEAF: u8 = 0x0a;
 /// Deeper than any real b-tree (SQLite itself stops at 20).
@@ -111,52 +114,15 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
     if root <= 0 {
         return Ok(None);
     }
-    let mut stmt = match conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1") {
-        Ok(s) => s,
-        // A build without SQLITE_ENABLE_DBPAGE_VTAB.
-        Err(e) if e.to_string().contains("no such table") => return Ok(None),
-        Err(e) => return Err(sql_err("preparing to read pages")(e)),
+    let Some(mut pages) = PageReader::open(conn)? else {
+        return Ok(None);
     };
-    let pragma = |name: &str| -> Result<i64, BtreeError> {
-        conn.query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))
-            .map_err(sql_err("reading the page layout"))
-    };
-    let page_size = pragma("page_size")? as u32;
-    let page_count = pragma("page_count")?.clamp(0, u32::MAX as i64) as u32;
+    let (page_size, page_count, usable) = (pages.page_size, pages.page_count, pages.usable);
     let encoding: String = conn
         .query_row("PRAGMA main.encoding", [], |r| r.get(0))
         .map_err(sql_err("reading the text encoding"))?;
     let mut buf = Vec::with_capacity(page_size as usize);
-    let mut read = |pgno: u32, buf: &mut Vec<u8>| -> Result<(), BtreeError> {
-        if pgno == 0 || pgno > page_count {
-            return Err(BtreeError::Malformed {
-                page: pgno,
-                why: "a page number outside the database",
-            });
-        }
-        buf.clear();
-        stmt.query_row([pgno], |r| {
-            buf.extend_from_slice(r.get_ref(0)?.as_blob()?);
-            Ok(())
-        })
-        .map_err(sql_err("reading a page"))?;
-        if buf.len() != page_size as usize {
-            return Err(BtreeError::Malformed {
-                page: pgno,
-                why: "a page of the wrong size",
-            });
-        }
-        Ok(())
-    };
-    // Reserved bytes at the end of each page (database header offset 20).
-    read(1, &mut buf)?;
-    let usable = page_size - u32::from(buf[20]);
-    if usable < 480 {
-        return Err(BtreeError::Malformed {
-            page: 1,
-            why: "a usable page size below 480 bytes",
-        });
-    }
+    let mut read = |pgno: u32, buf: &mut Vec<u8>| pages.read(pgno, buf);
     let root = u32::try_from(root).map_err(|_| BtreeError::Malformed {
         page: 0,
         why: "a root page number out of range",
@@ -221,6 +187,7 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
                     leaves.push(Leaf {
                         min,
                         max,
+                        pgno,
                         digest: *h.finalize().as_bytes(),
                     });
                 }
@@ -237,26 +204,104 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
     }))
 }
 
+/// Pages of the database, read through `sqlite_dbpage` on one connection
+/// (inside its read transaction), with the page layout they share.
+pub(super) struct PageReader<'c> {
+    stmt: rusqlite::Statement<'c>,
+    pub(super) page_size: u32,
+    pub(super) page_count: u32,
+    /// Page size less the reserved bytes at the end of each page.
+    pub(super) usable: u32,
+}
+
+impl<'c> PageReader<'c> {
+    /// `None` when the SQLite build has no `sqlite_dbpage`.
+    pub(super) fn open(conn: &'c Connection) -> Result<Option<Self>, BtreeError> {
+        let sql_err = |doing| move |source| BtreeError::Sql { doing, source };
+        let stmt = match conn.prepare("SELECT data FROM sqlite_dbpage WHERE pgno = ?1") {
+            Ok(s) => s,
+            // A build without SQLITE_ENABLE_DBPAGE_VTAB.
+            Err(e) if e.to_string().contains("no such table") => return Ok(None),
+            Err(e) => return Err(sql_err("preparing to read pages")(e)),
+        };
+        let pragma = |name: &str| -> Result<i64, BtreeError> {
+            conn.query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))
+                .map_err(sql_err("reading the page layout"))
+        };
+        let page_size = pragma("page_size")?.clamp(0, 1 << 16) as u32;
+        let page_count = pragma("page_count")?.clamp(0, u32::MAX as i64) as u32;
+        let mut pages = PageReader {
+            stmt,
+            page_size,
+            page_count,
+            usable: page_size,
+        };
+        // Reserved bytes at the end of each page (database header offset 20).
+        let mut buf = Vec::with_capacity(page_size as usize);
+        pages.read(1, &mut buf)?;
+        pages.usable = page_size.saturating_sub(u32::from(buf[20]));
+        if pages.usable < 480 {
+            return Err(BtreeError::Malformed {
+                page: 1,
+                why: "a usable page size below 480 bytes",
+            });
+        }
+        Ok(Some(pages))
+    }
+
+    /// Reads page `pgno` into `buf` (replacing its content).
+    pub(super) fn read(&mut self, pgno: u32, buf: &mut Vec<u8>) -> Result<(), BtreeError> {
+        if pgno == 0 || pgno > self.page_count {
+            return Err(BtreeError::Malformed {
+                page: pgno,
+                why: "a page number outside the database",
+            });
+        }
+        buf.clear();
+        self.stmt
+            .query_row([pgno], |r| {
+                buf.extend_from_slice(r.get_ref(0)?.as_blob()?);
+                Ok(())
+            })
+            .map_err(|source| BtreeError::Sql {
+                doing: "reading a page",
+                source,
+            })?;
+        if buf.len() != self.page_size as usize || buf.len() < 100 {
+            return Err(BtreeError::Malformed {
+                page: pgno,
+                why: "a page of the wrong size",
+            });
+        }
+        Ok(())
+    }
+}
+
 /// One b-tree page's header and cell pointers (FORMAT of SQLite, 1.6).
-struct Page<'a> {
+pub(super) struct Page<'a> {
     bytes: &'a [u8],
     pgno: u32,
     usable: u32,
     /// Where the page header starts (100 on page 1).
     header: usize,
-    kind: u8,
-    cells: usize,
+    pub(super) kind: u8,
+    pub(super) cells: usize,
 }
 
-/// A table leaf cell: its rowid and where its payload spills.
-struct LeafCell {
-    rowid: i64,
-    overflow: Option<u32>,
-    overflow_pages: u64,
+/// A table leaf cell: its rowid, its payload and where the payload spills.
+pub(super) struct LeafCell {
+    pub(super) rowid: i64,
+    /// The payload's whole length, on the page and in overflow pages.
+    pub(super) payload: u64,
+    /// Where the payload starts on the page, and how much of it is there.
+    pub(super) start: usize,
+    pub(super) local: usize,
+    pub(super) overflow: Option<u32>,
+    pub(super) overflow_pages: u64,
 }
 
 impl<'a> Page<'a> {
-    fn new(bytes: &'a [u8], pgno: u32, usable: u32) -> Result<Self, BtreeError> {
+    pub(super) fn new(bytes: &'a [u8], pgno: u32, usable: u32) -> Result<Self, BtreeError> {
         let header = if pgno == 1 { 100 } else { 0 };
         let mut p = Page {
             bytes,
@@ -273,7 +318,7 @@ impl<'a> Page<'a> {
         Ok(p)
     }
 
-    fn malformed(&self, why: &'static str) -> BtreeError {
+    pub(super) fn malformed(&self, why: &'static str) -> BtreeError {
         BtreeError::Malformed {
             page: self.pgno,
             why,
@@ -327,7 +372,7 @@ impl<'a> Page<'a> {
         unreachable!("the ninth byte returns")
     }
 
-    fn leaf_cell(&self, i: usize) -> Result<LeafCell, BtreeError> {
+    pub(super) fn leaf_cell(&self, i: usize) -> Result<LeafCell, BtreeError> {
         let at = self.cell(i)?;
         let (payload, n1) = self.varint(at)?;
         let (rowid, n2) = self.varint(at + n1)?;
@@ -360,6 +405,9 @@ impl<'a> Page<'a> {
         };
         Ok(LeafCell {
             rowid: rowid as i64,
+            payload,
+            start: at + n1 + n2,
+            local: local as usize,
             overflow,
             overflow_pages,
         })

@@ -7,12 +7,15 @@
 //!   snapshot and rebuilt (or written as a SQL script) from its rows.
 //! * [`btree`]: a rowid table's b-tree leaves read page by page and digested,
 //!   so a backup can skip stretches unchanged since its parent.
+//! * [`pages`]: rows decoded straight from a rowid table's leaf pages (the
+//!   backup's fast read path; a query reads what it cannot).
 //! * [`record`]: the canonical, versioned encoding of one row, shared by both
 //!   directions; it is what gets chunked and encrypted.
 
 pub mod btree;
 pub mod compare;
 pub mod files;
+pub mod pages;
 pub mod postgres;
 pub mod record;
 pub mod sqlite;

@@ -1,0 +1,613 @@
+//! Rows read straight from a rowid table's leaf pages, without running a
+//! query: the record of each leaf cell (SQLite file format, 2.1 "Record
+//! Format") decoded into the values a `SELECT` of the table's columns
+//! returns.
+//!
+//! A backup reads most of its rows this way: SQLite's statement machinery,
+//! column accessors and per-value calls cost several times the decoding
+//! itself. Pages come through [`PageReader`] (`sqlite_dbpage`, on the
+//! source's own connection and read transaction), so the rows are those of
+//! the pinned snapshot, WAL frames included.
+//!
+//! What a `SELECT` would do beyond reading a record is reproduced or
+//! refused, never guessed:
+//! - a column that aliases the rowid (`INTEGER PRIMARY KEY`) reads as the
+//!   rowid, whatever the record holds there;
+//! - a column of REAL affinity reads an integer stored in the record (SQLite
+//!   stores whole reals so) as a real;
+//! - a NaN reads as NULL (as SQLite reads it);
+//! - a record with fewer fields than columns (rows older than an `ALTER
+//!   TABLE ADD COLUMN`) reads NULL for a missing column without a default.
+//!
+//! Anything else is [`ReadError::Unsupported`]: a record with more fields
+//! than columns, a missing column with a default value, a reserved serial
+//! type. The caller then reads the rest of the range with a query, from
+//! the row that stopped this reader. A table the reader cannot describe
+//! (generated columns, a non-UTF-8 database, WITHOUT ROWID) is never
+//! given to it.
+
+use super::btree::{BtreeError, Page, PageReader, TableLeaves, LEAF};
+use rusqlite::types::ValueRef;
+
+/// How one column of a table reads back from a record field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColumnRead {
+    /// The column aliases the rowid.
+    pub rowid: bool,
+    /// The column has REAL affinity: integers read as reals.
+    pub real: bool,
+    /// A record too short to hold this column reads NULL for it (the
+    /// column has no default value).
+    pub missing_is_null: bool,
+}
+
+/// How a table's records read back: one entry per column, in record order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub columns: Vec<ColumnRead>,
+}
+
+/// Why the reader stopped before the end of its range.
+#[derive(Debug)]
+pub enum ReadError<E> {
+    /// A page does not parse as the file format says.
+    Btree(BtreeError),
+    /// The record of the row with this rowid is one this reader does not
+    /// decode (see the module docs); no row from it on was given to the
+    /// sink.
+    Unsupported { rowid: i64, why: &'static str },
+    /// The sink failed.
+    Sink(E),
+}
+
+impl<E> From<BtreeError> for ReadError<E> {
+    fn from(e: BtreeError) -> Self {
+        ReadError::Btree(e)
+    }
+}
+
+/// Columns decoded into a stack array per row (wider tables use a vector).
+const ON_STACK: usize = 32;
+
+/// Reads every row of `leaves` with a rowid in `[from, to)` (`None`:
+/// unbounded), in rowid order, and gives the sink its rowid and values.
+pub(super) fn read_rows<E>(
+    pages: &mut PageReader<'_>,
+    leaves: &TableLeaves,
+    layout: &Layout,
+    from: Option<i64>,
+    to: Option<i64>,
+    mut sink: impl FnMut(i64, &[ValueRef<'_>]) -> Result<(), E>,
+) -> Result<(), ReadError<E>> {
+    let usable = pages.usable;
+    let start = match from {
+        Some(f) => leaves.leaves.partition_point(|l| l.max < f),
+        None => 0,
+    };
+    let mut buf = Vec::with_capacity(pages.page_size as usize);
+    let mut spill = Vec::new();
+    let mut overflow = Vec::with_capacity(pages.page_size as usize);
+    let mut prev: Option<i64> = None;
+    for leaf in &leaves.leaves[start..] {
+        if to.is_some_and(|t| leaf.min >= t) {
+            break;
+        }
+        pages.read(leaf.pgno, &mut buf)?;
+        let page = Page::new(&buf, leaf.pgno, usable)?;
+        if page.kind != LEAF {
+            return Err(page.malformed("not a table leaf page").into());
+        }
+        for i in 0..page.cells {
+            let cell = page.leaf_cell(i)?;
+            let rowid = cell.rowid;
+            if prev.is_some_and(|p| rowid <= p) {
+                return Err(page.malformed("rowids out of order").into());
+            }
+            prev = Some(rowid);
+            if from.is_some_and(|f| rowid < f) {
+                continue;
+            }
+            if to.is_some_and(|t| rowid >= t) {
+                return Ok(());
+            }
+            let local = &buf[cell.start..cell.start + cell.local];
+            let payload: &[u8] = match cell.overflow {
+                None => local,
+                Some(first) => {
+                    if cell.overflow_pages > u64::from(pages.page_count) {
+                        return Err(page.malformed("a payload larger than the database").into());
+                    }
+                    spill.clear();
+                    spill.extend_from_slice(local);
+                    let mut next = first;
+                    for _ in 0..cell.overflow_pages {
+                        pages.read(next, &mut overflow)?;
+                        let want = (cell.payload as usize - spill.len()).min(usable as usize - 4);
+                        spill.extend_from_slice(&overflow[4..4 + want]);
+                        next = u32::from_be_bytes(overflow[..4].try_into().expect("4 bytes"));
+                    }
+                    if spill.len() as u64 != cell.payload {
+                        return Err(page.malformed("an overflow chain ends early").into());
+                    }
+                    &spill
+                }
+            };
+            let n = layout.columns.len();
+            let r = if n <= ON_STACK {
+                let mut values = [ValueRef::Null; ON_STACK];
+                decode(payload, rowid, layout, &mut values[..n]).map(|()| sink(rowid, &values[..n]))
+            } else {
+                let mut wide = vec![ValueRef::Null; n];
+                decode(payload, rowid, layout, &mut wide).map(|()| sink(rowid, &wide))
+            };
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(ReadError::Sink(e)),
+                Err(why) => return Err(ReadError::Unsupported { rowid, why }),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// SQLite's record varint (big-endian, 7 bits a byte, the ninth byte whole)
+/// at `at`: its value and length.
+fn varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..9 {
+        let byte = *b.get(at + i)?;
+        if i == 8 {
+            return Some(((v << 8) | u64::from(byte), 9));
+        }
+        v = (v << 7) | u64::from(byte & 0x7f);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// A big-endian two's complement integer of 1 to 8 bytes.
+fn int_be(b: &[u8]) -> i64 {
+    let mut v = if b[0] & 0x80 != 0 { -1i64 } else { 0 };
+    for &byte in b {
+        v = (v << 8) | i64::from(byte);
+    }
+    v
+}
+
+/// Decodes one record into `values` (one per column of the layout).
+fn decode<'p>(
+    payload: &'p [u8],
+    rowid: i64,
+    layout: &Layout,
+    values: &mut [ValueRef<'p>],
+) -> Result<(), &'static str> {
+    const MALFORMED: &str = "a malformed record";
+    let (header_len, mut at) = varint(payload, 0).ok_or(MALFORMED)?;
+    let header_len = usize::try_from(header_len).map_err(|_| MALFORMED)?;
+    if header_len > payload.len() || header_len < at {
+        return Err(MALFORMED);
+    }
+    let mut body = header_len;
+    let mut field = 0usize;
+    while at < header_len {
+        let (serial, n) = varint(&payload[..header_len], at).ok_or(MALFORMED)?;
+        at += n;
+        let col = layout
+            .columns
+            .get(field)
+            .ok_or("a record with more fields than the table has columns")?;
+        let size = match serial {
+            0 | 8 | 9 => 0,
+            1..=4 => serial as usize,
+            5 => 6,
+            6 | 7 => 8,
+            10 | 11 => return Err("a reserved serial type"),
+            n => ((n - 12) / 2) as usize,
+        };
+        let bytes = payload.get(body..body + size).ok_or(MALFORMED)?;
+        body += size;
+        let v = match serial {
+            0 => ValueRef::Null,
+            1..=6 => ValueRef::Integer(int_be(bytes)),
+            7 => {
+                let r = f64::from_bits(u64::from_be_bytes(bytes.try_into().expect("8 bytes")));
+                if r.is_nan() {
+                    ValueRef::Null
+                } else {
+                    ValueRef::Real(r)
+                }
+            }
+            8 => ValueRef::Integer(0),
+            9 => ValueRef::Integer(1),
+            n if n % 2 == 0 => ValueRef::Blob(bytes),
+            _ => ValueRef::Text(bytes),
+        };
+        values[field] = match (v, col) {
+            (_, c) if c.rowid => ValueRef::Integer(rowid),
+            (ValueRef::Integer(i), c) if c.real => ValueRef::Real(i as f64),
+            (v, _) => v,
+        };
+        field += 1;
+    }
+    if body != payload.len() {
+        return Err(MALFORMED);
+    }
+    for (i, col) in layout.columns.iter().enumerate().skip(field) {
+        values[i] = if col.rowid {
+            ValueRef::Integer(rowid)
+        } else if col.missing_is_null {
+            ValueRef::Null
+        } else {
+            return Err("a record without a column that has a default value");
+        };
+    }
+    Ok(())
+}
+
+/// The affinity SQLite gives a declared column type is REAL (SQLite's
+/// "Determination Of Column Affinity": the first rule that matches wins).
+pub fn is_real_affinity(declared: &str) -> bool {
+    let t = declared.to_ascii_uppercase();
+    if t.contains("INT") || t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+        return false;
+    }
+    if t.contains("BLOB") || t.is_empty() {
+        return false;
+    }
+    t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::{RowidRange, ScanStats, SqliteSource};
+    use crate::store::{Every, GroupCoords, TablePlan};
+    use rand::{Rng, SeedableRng};
+    use rusqlite::Connection;
+
+    type Rows = Vec<(GroupCoords, Vec<u8>)>;
+
+    fn plan(table: &str, subject: Option<&str>, period: Option<&str>) -> TablePlan {
+        TablePlan {
+            name: table.into(),
+            subject: subject.map(Into::into),
+            period: period.map(|p| (p.into(), Every::Month)),
+        }
+    }
+
+    /// The rows of `range` as a query reads them and as the pages do.
+    fn both(src: &SqliteSource, plan: &TablePlan, range: RowidRange) -> (Rows, Rows, ScanStats) {
+        let schema = src.schema().unwrap();
+        let ts = schema.tables.iter().find(|t| t.name == plan.name).unwrap();
+        let mut query = Vec::new();
+        src.scan_natural_range(ts, plan, range, |c: &GroupCoords, r: &[u8]| {
+            query.push((c.clone(), r.to_vec()));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        let leaves = src.table_leaves(ts).unwrap();
+        let mut pages = Vec::new();
+        let stats = src
+            .scan_natural_pages(
+                ts,
+                plan,
+                leaves.as_ref(),
+                range,
+                |c: &GroupCoords, r: &[u8]| {
+                    pages.push((c.clone(), r.to_vec()));
+                    Ok::<_, ()>(())
+                },
+            )
+            .unwrap();
+        assert_eq!(stats.rows, pages.len() as u64);
+        (query, pages, stats)
+    }
+
+    /// Asserts both reads agree on every range, and returns the rows read
+    /// from pages over the whole table.
+    fn agree(path: &std::path::Path, plan: &TablePlan) -> (u64, u64) {
+        let src = SqliteSource::open(path).unwrap();
+        let (query, pages, stats) = both(&src, plan, RowidRange::ALL);
+        assert!(!query.is_empty());
+        assert_eq!(query.len(), pages.len(), "{}", plan.name);
+        for (i, (q, p)) in query.iter().zip(&pages).enumerate() {
+            assert_eq!(q, p, "{}: row {i} differs", plan.name);
+        }
+        for (from, to) in [
+            (Some(1), Some(2)),
+            (Some(17), Some(400)),
+            (None, Some(50)),
+            (Some(333), None),
+            (Some(-5), Some(0)),
+            (Some(10_000_000), None),
+        ] {
+            let (q, p, _) = both(&src, plan, RowidRange { from, to });
+            assert_eq!(q, p, "{} [{from:?}, {to:?})", plan.name);
+        }
+        (stats.from_pages, stats.rows)
+    }
+
+    /// A value of every storage class and width SQLite stores differently.
+    fn value(rng: &mut rand::rngs::StdRng) -> rusqlite::types::Value {
+        use rusqlite::types::Value;
+        match rng.gen_range(0..14) {
+            0 => Value::Null,
+            1 => Value::Integer(rng.gen_range(-1..=1)),
+            2 => Value::Integer(rng.gen_range(-200..200)),
+            3 => Value::Integer(rng.gen_range(-40_000..40_000)),
+            4 => Value::Integer(rng.gen_range(-(1 << 23)..(1 << 23)) << 8),
+            5 => Value::Integer(rng.gen()),
+            6 => Value::Integer(
+                *[i64::MIN, i64::MAX, 1 << 47, -(1 << 47)]
+                    .get(rng.gen_range(0..4))
+                    .unwrap(),
+            ),
+            7 => Value::Real(rng.gen_range(-1e6..1e6)),
+            8 => Value::Real(f64::from(rng.gen_range(-1000i32..1000))),
+            9 => Value::Real(
+                *[-0.0, f64::INFINITY, f64::NEG_INFINITY, 1e300, 5e-324]
+                    .get(rng.gen_range(0..5))
+                    .unwrap(),
+            ),
+            10 => Value::Text(String::new()),
+            11 => {
+                let n = if rng.gen_bool(0.1) {
+                    rng.gen_range(3000..30_000)
+                } else {
+                    rng.gen_range(1..40)
+                };
+                Value::Text(
+                    (0..n)
+                        .map(|i| ['a', 'é', '\0', '語', 'z'][(i * 7 + n) % 5])
+                        .collect(),
+                )
+            }
+            12 => Value::Blob(Vec::new()),
+            _ => {
+                let n = if rng.gen_bool(0.1) {
+                    rng.gen_range(3000..30_000)
+                } else {
+                    rng.gen_range(1..40)
+                };
+                Value::Blob((0..n).map(|_| rng.gen()).collect())
+            }
+        }
+    }
+
+    fn fill(c: &Connection, table: &str, cols: usize, rows: i64, seed: u64) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let marks = vec!["?"; cols].join(", ");
+        let tx = c.unchecked_transaction().unwrap();
+        {
+            let mut st = tx
+                .prepare(&format!("INSERT INTO {table} VALUES ({marks})"))
+                .unwrap();
+            for _ in 0..rows {
+                let vals: Vec<_> = (0..cols).map(|_| value(&mut rng)).collect();
+                st.execute(rusqlite::params_from_iter(vals)).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+    }
+
+    #[test]
+    fn rows_from_pages_are_the_rows_a_query_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "PRAGMA page_size = 1024;
+             CREATE TABLE t (a INT, r REAL, n NUMERIC, s TEXT, b BLOB, d DOUBLE, x, f FLOAT);",
+        )
+        .unwrap();
+        fill(&c, "t", 8, 2000, 1);
+        // Customers and their calls: coordinates from the pages too.
+        c.execute_batch(
+            "CREATE TABLE calls (id INTEGER PRIMARY KEY, customer_id INT, started_at INT, v TEXT);",
+        )
+        .unwrap();
+        let tx = c.unchecked_transaction().unwrap();
+        for i in 0..3000i64 {
+            let customer: rusqlite::types::Value = match i % 97 {
+                0 => rusqlite::types::Value::Null,
+                1 => rusqlite::types::Value::Text(format!("c{}", i % 13)),
+                _ => rusqlite::types::Value::Integer(i % 41),
+            };
+            tx.execute(
+                "INSERT INTO calls (id, customer_id, started_at, v) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![
+                    i * 3 + 1,
+                    customer,
+                    1_700_000_000 + i * 5000,
+                    "x".repeat((i % 300) as usize)
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        drop(c);
+        let (from_pages, rows) = agree(&path, &plan("t", Some("s"), Some("a")));
+        assert_eq!((from_pages, rows), (2000, 2000));
+        let (from_pages, rows) = agree(
+            &path,
+            &plan("calls", Some("customer_id"), Some("started_at")),
+        );
+        assert_eq!((from_pages, rows), (3000, 3000));
+    }
+
+    #[test]
+    fn a_rowid_alias_reads_as_the_rowid_and_a_look_alike_as_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE alias (id INTEGER PRIMARY KEY, v TEXT);
+             CREATE TABLE desc_key (id INTEGER PRIMARY KEY DESC, v TEXT);
+             CREATE TABLE int_key (id INT PRIMARY KEY, v TEXT);
+             CREATE TABLE wide (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
+                                c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26, c27, c28, c29,
+                                c30, c31, c32, c33, c34, c35, c36, c37, c38, c39);",
+        )
+        .unwrap();
+        for t in ["alias", "desc_key", "int_key"] {
+            c.execute_batch(&format!(
+                "INSERT INTO {t} (id, v) VALUES (5, 'five'), (NULL, 'null'), (-7, 'neg'), (900, 'big');"
+            ))
+            .unwrap();
+        }
+        fill(&c, "wide", 40, 300, 2);
+        drop(c);
+        for t in ["alias", "desc_key", "int_key"] {
+            let (from_pages, rows) = agree(&path, &plan(t, Some("v"), None));
+            assert_eq!((from_pages, rows), (4, 4), "{t}");
+        }
+        assert_eq!(agree(&path, &plan("wide", Some("c3"), None)), (300, 300));
+    }
+
+    #[test]
+    fn rows_older_than_an_added_column_read_its_null_and_stop_at_a_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alter.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE t (a INT, b TEXT); CREATE TABLE u (a INT, b TEXT);")
+            .unwrap();
+        fill(&c, "t", 2, 500, 3);
+        fill(&c, "u", 2, 500, 4);
+        c.execute_batch(
+            "ALTER TABLE t ADD COLUMN c REAL;
+             ALTER TABLE u ADD COLUMN c REAL DEFAULT 2.5;",
+        )
+        .unwrap();
+        fill(&c, "t", 3, 500, 5);
+        fill(&c, "u", 3, 500, 6);
+        drop(c);
+        // No default: the missing column reads NULL, every row from pages.
+        assert_eq!(agree(&path, &plan("t", Some("b"), None)), (1000, 1000));
+        // A default: the first old row stops the page reader, a query
+        // reads the rest.
+        assert_eq!(agree(&path, &plan("u", Some("b"), None)), (0, 1000));
+    }
+
+    #[test]
+    fn tables_the_pages_cannot_describe_are_read_with_a_query() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE g (a INT, b INT GENERATED ALWAYS AS (a * 2) STORED, s TEXT);
+             CREATE TABLE k (a TEXT PRIMARY KEY, b INT) WITHOUT ROWID;",
+        )
+        .unwrap();
+        for i in 0..100 {
+            c.execute("INSERT INTO g (a, s) VALUES (?1, 'x')", [i])
+                .unwrap();
+            c.execute(
+                "INSERT INTO k VALUES (?1, ?2)",
+                rusqlite::params![format!("k{i}"), i],
+            )
+            .unwrap();
+        }
+        drop(c);
+        assert_eq!(agree(&path, &plan("g", Some("s"), None)), (0, 100));
+        assert_eq!(agree(&path, &plan("k", Some("a"), None)), (0, 100));
+        // A UTF-16 database.
+        let path16 = dir.path().join("u16.db");
+        let c = Connection::open(&path16).unwrap();
+        c.execute_batch("PRAGMA encoding = 'UTF-16le'; CREATE TABLE t (s TEXT);")
+            .unwrap();
+        for i in 0..100 {
+            c.execute("INSERT INTO t VALUES (?1)", [format!("é{i}")])
+                .unwrap();
+        }
+        drop(c);
+        assert_eq!(agree(&path16, &plan("t", Some("s"), None)), (0, 100));
+    }
+
+    #[test]
+    fn pages_are_those_of_the_read_transaction_wal_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+                 CREATE TABLE t (k INT, v TEXT);",
+            )
+            .unwrap();
+        fill(&writer, "t", 2, 800, 7);
+        let src = SqliteSource::open(&path).unwrap();
+        // Committed after the source's snapshot: seen by neither read.
+        writer.execute("UPDATE t SET v = 'later'", []).unwrap();
+        writer
+            .execute("DELETE FROM t WHERE rowid % 3 = 0", [])
+            .unwrap();
+        let p = plan("t", Some("v"), None);
+        let (query, pages, stats) = both(&src, &p, RowidRange::ALL);
+        assert_eq!(query, pages);
+        assert_eq!(stats.from_pages, 800);
+        assert!(pages
+            .iter()
+            .all(|(c, _)| c.subject.as_deref() != Some("later")));
+    }
+
+    #[test]
+    fn affinity_follows_sqlites_rules_in_order() {
+        for (t, real) in [
+            ("REAL", true),
+            ("double precision", true),
+            ("FLOAT", true),
+            ("FLOATING POINT", false), // "INT" wins
+            ("NUMERIC", false),
+            ("", false),
+            ("BLOB REAL", false),
+            ("CHARREAL", false),
+            ("decimal(10,2)", false),
+        ] {
+            assert_eq!(is_real_affinity(t), real, "{t}");
+        }
+    }
+
+    #[test]
+    fn integers_sign_extend_from_every_width() {
+        assert_eq!(int_be(&[0xff]), -1);
+        assert_eq!(int_be(&[0x7f]), 127);
+        assert_eq!(int_be(&[0x80, 0, 0]), -(1 << 23));
+        assert_eq!(int_be(&[0, 0x80, 0, 0, 0, 0]), 1 << 39);
+        assert_eq!(int_be(&i64::MIN.to_be_bytes()), i64::MIN);
+    }
+
+    #[test]
+    fn a_hostile_record_is_refused_not_read_past() {
+        let layout = Layout {
+            columns: vec![
+                ColumnRead {
+                    rowid: false,
+                    real: false,
+                    missing_is_null: true,
+                };
+                2
+            ],
+        };
+        let mut v = [ValueRef::Null; 2];
+        for bad in [
+            &[][..],
+            &[0x05, 0x01][..],             // header longer than the payload
+            &[0x02, 0x20, 0x00][..],       // a text past the payload
+            &[0x02, 0x01, 0x05, 0x06][..], // trailing bytes
+            &[0x04, 0x01, 0x01, 0x01, 1, 2, 3][..], // three fields, two columns
+            &[0x02, 0x0a][..],             // reserved serial type
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+        ] {
+            assert!(decode(bad, 1, &layout, &mut v).is_err(), "{bad:?}");
+        }
+        assert!(decode(&[0x03, 0x01, 0x0f, 7, b'a'], 1, &layout, &mut v).is_ok());
+        assert_eq!(v, [ValueRef::Integer(7), ValueRef::Text(b"a")]);
+        // A NaN (which SQLite never writes) reads as NULL, as SQLite reads it.
+        let mut nan = vec![0x02, 0x07];
+        nan.extend_from_slice(&f64::NAN.to_bits().to_be_bytes());
+        assert!(decode(&nan, 1, &layout, &mut v).is_ok());
+        assert_eq!(v, [ValueRef::Null, ValueRef::Null]);
+    }
+}
