@@ -469,15 +469,70 @@ impl MetaKey {
 /// "subject\0" || canonical id))[..32]`. Stable for one vault, meaningless
 /// without its key.
 pub fn subject_pseudonym(pseudonym_key: &Key32, subject: &str) -> String {
-    let mut h = blake3::Hasher::new_keyed(pseudonym_key.expose());
-    h.update(b"subject\0");
-    h.update(subject.as_bytes());
-    hex::encode(&h.finalize().as_bytes()[..16])
+    subject_pseudonym_hex(pseudonym_key, subject)
+        .as_str()
+        .to_owned()
+}
+
+/// [`subject_pseudonym`] in a buffer of its own: the same 32 hex digits,
+/// without allocating (a backup asks once per shred group).
+pub fn subject_pseudonym_hex(pseudonym_key: &Key32, subject: &str) -> PseudonymHex {
+    const DOMAIN: &[u8] = b"subject\0";
+    let mut buf = [0u8; 128];
+    let n = DOMAIN.len() + subject.len();
+    let digest = if n <= buf.len() {
+        buf[..DOMAIN.len()].copy_from_slice(DOMAIN);
+        buf[DOMAIN.len()..n].copy_from_slice(subject.as_bytes());
+        let d = blake3::keyed_hash(pseudonym_key.expose(), &buf[..n]);
+        buf.zeroize();
+        d
+    } else {
+        let mut h = blake3::Hasher::new_keyed(pseudonym_key.expose());
+        h.update(DOMAIN);
+        h.update(subject.as_bytes());
+        h.finalize()
+    };
+    let mut out = [0u8; 32];
+    hex::encode_to_slice(&digest.as_bytes()[..16], &mut out).expect("32 digits for 16 bytes");
+    PseudonymHex(out)
+}
+
+/// A subject pseudonym's 32 lowercase hex digits.
+pub struct PseudonymHex([u8; 32]);
+
+impl PseudonymHex {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_pseudonyms_are_the_keyed_hash_of_the_spec() {
+        let key = Key32::from_bytes([9; 32]);
+        for subject in [
+            "",
+            "42",
+            "ü-customer",
+            &"x".repeat(119),
+            &"y".repeat(120),
+            &"z".repeat(5000),
+        ] {
+            let mut h = blake3::Hasher::new_keyed(key.expose());
+            h.update(b"subject\0");
+            h.update(subject.as_bytes());
+            let want = hex::encode(&h.finalize().as_bytes()[..16]);
+            assert_eq!(
+                subject_pseudonym_hex(&key, subject).as_str(),
+                want,
+                "{subject:.8}"
+            );
+            assert_eq!(subject_pseudonym(&key, subject), want);
+        }
+    }
 
     /// Our XChaCha20-Poly1305 (HChaCha20 + aws-lc's ChaCha20-Poly1305)
     /// gives the bytes of an independent implementation (RustCrypto's), so

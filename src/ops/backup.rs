@@ -14,7 +14,7 @@
 use super::lock::BackupLock;
 use super::{OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
-use crate::crypto::{group_key, subject_pseudonym, ChunkKeys, Id, Key32, MetaKey};
+use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
@@ -610,7 +610,10 @@ struct Run {
 
 /// One group of a window.
 struct Slot {
-    coords: GroupCoords,
+    /// The group's coordinates: where their text is in
+    /// `Window::coord_bytes` (that of the group's first run).
+    subject: Option<(u32, u32)>,
+    bucket: Option<(u32, u32)>,
     /// Next slot with the same hash (a collision chain), or `NONE`.
     same_hash: u32,
     rows: u64,
@@ -660,6 +663,11 @@ impl Window {
         at
     }
 
+    /// A coordinate as text (it was appended from `&str`, so it borrows).
+    fn coord(&self, at: Option<(u32, u32)>) -> Option<std::borrow::Cow<'_, str>> {
+        self.text(at).map(String::from_utf8_lossy)
+    }
+
     /// A run's coordinate text, as bytes (appended from `&str`, so UTF-8;
     /// compared and hashed as bytes, so never validated row by row).
     fn text(&self, at: Option<(u32, u32)>) -> Option<&[u8]> {
@@ -707,8 +715,7 @@ impl Window {
         let mut tail = NONE;
         while at != NONE {
             let s = &self.slots[at as usize];
-            let same = |c: &Option<String>, b: Option<&[u8]>| c.as_deref().map(str::as_bytes) == b;
-            if same(&s.coords.subject, subj) && same(&s.coords.bucket, buck) {
+            if self.text(s.subject) == subj && self.text(s.bucket) == buck {
                 return at;
             }
             tail = at;
@@ -716,10 +723,8 @@ impl Window {
         }
         let slot = self.slots.len() as u32;
         self.slots.push(Slot {
-            coords: GroupCoords {
-                subject: subj.map(|b| String::from_utf8_lossy(b).into_owned()),
-                bucket: buck.map(|b| String::from_utf8_lossy(b).into_owned()),
-            },
+            subject,
+            bucket,
             same_hash: NONE,
             rows: 0,
             bytes: 0,
@@ -1419,9 +1424,12 @@ impl ReaderCtx {
         let mut order: Vec<u32> = (0..window.slots.len() as u32).collect();
         {
             let slots = &window.slots;
-            order.sort_by(|&a, &b| {
-                let (a, b) = (&slots[a as usize].coords, &slots[b as usize].coords);
-                (&a.bucket, &a.subject).cmp(&(&b.bucket, &b.subject))
+            // Coordinates are unique per slot, so an unstable sort gives
+            // the one order there is.
+            order.sort_unstable_by(|&a, &b| {
+                let (a, b) = (&slots[a as usize], &slots[b as usize]);
+                (window.text(a.bucket), window.text(a.subject))
+                    .cmp(&(window.text(b.bucket), window.text(b.subject)))
             });
         }
         let n = order.len() as u64;
@@ -1431,22 +1439,24 @@ impl ReaderCtx {
         let epoch = self.policy.store.epoch.label(self.now);
         let refs: Vec<GroupRef> = {
             let mut v = self.vault.blocking_lock();
-            type TimeKey<'w> = (&'w Option<String>, KeyId, Arc<Key32>, Arc<str>);
+            type TimeKey<'w> = (Option<&'w [u8]>, KeyId, Arc<Key32>, Arc<str>);
             let mut last: Option<TimeKey> = None;
             let mut refs = Vec::with_capacity(order.len());
             for &slot in &order {
-                let coords = &window.slots[slot as usize].coords;
-                if last.as_ref().is_none_or(|l| *l.0 != coords.bucket) {
-                    let (kind, name) = time_key_name(class, coords.bucket.as_deref(), &epoch);
+                let slot = &window.slots[slot as usize];
+                let bucket = window.text(slot.bucket);
+                if last.as_ref().is_none_or(|l| l.0 != bucket) {
+                    let text = window.coord(slot.bucket);
+                    let (kind, name) = time_key_name(class, text.as_deref(), &epoch);
                     let (id, key) = v.get_or_create(kind, &name);
                     let key = Arc::new(key.clone());
-                    last = Some((&coords.bucket, id, key, unit_label(kind, &name).into()));
+                    last = Some((bucket, id, key, unit_label(kind, &name).into()));
                 }
                 let (_, t, tkey, unit) = last.as_ref().unwrap();
-                let (s, skey) = match &coords.subject {
+                let (s, skey) = match window.coord(slot.subject) {
                     Some(subj) => {
-                        let pseudo = subject_pseudonym(v.pseudonym_key(), subj);
-                        let (id, key) = v.get_or_create(KeyKind::Subject, &pseudo);
+                        let pseudo = subject_pseudonym_hex(v.pseudonym_key(), &subj);
+                        let (id, key) = v.get_or_create(KeyKind::Subject, pseudo.as_str());
                         (Some(id), Some(key.clone()))
                     }
                     None => (None, None),
@@ -2196,7 +2206,11 @@ mod tests {
             assert_eq!(w.bytes, want.values().map(Vec::len).sum::<usize>());
             for s in &w.slots {
                 let got: Vec<u8> = w.group_rows(s).flatten().copied().collect();
-                assert_eq!(&got, &want[&s.coords], "{:?}", s.coords);
+                let coords = GroupCoords {
+                    subject: w.coord(s.subject).map(String::from),
+                    bucket: w.coord(s.bucket).map(String::from),
+                };
+                assert_eq!(&got, &want[&coords], "{coords:?}");
                 assert_eq!(s.bytes, got.len());
                 assert_eq!(s.rows as usize, w.group_rows(s).count());
             }
