@@ -376,6 +376,14 @@ mod tests {
         }
     }
 
+    /// A new database `name` in `dir`, set up with `sql`.
+    fn create(dir: &tempfile::TempDir, name: &str, sql: &str) -> (std::path::PathBuf, Connection) {
+        let path = dir.path().join(name);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(sql).unwrap();
+        (path, c)
+    }
+
     fn fill(c: &Connection, table: &str, cols: usize, rows: i64, seed: u64) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let marks = vec!["?"; cols].join(", ");
@@ -395,13 +403,12 @@ mod tests {
     #[test]
     fn rows_from_pages_are_the_rows_a_query_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.db");
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch(
+        let (path, c) = create(
+            &dir,
+            "p.db",
             "PRAGMA page_size = 1024;
              CREATE TABLE t (a INT, r REAL, n NUMERIC, s TEXT, b BLOB, d DOUBLE, x, f FLOAT);",
-        )
-        .unwrap();
+        );
         fill(&c, "t", 8, 2000, 1);
         // Customers and their calls: coordinates from the pages too.
         c.execute_batch(
@@ -440,17 +447,16 @@ mod tests {
     #[test]
     fn a_rowid_alias_reads_as_the_rowid_and_a_look_alike_as_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("a.db");
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch(
+        let (path, c) = create(
+            &dir,
+            "a.db",
             "CREATE TABLE alias (id INTEGER PRIMARY KEY, v TEXT);
              CREATE TABLE desc_key (id INTEGER PRIMARY KEY DESC, v TEXT);
              CREATE TABLE int_key (id INT PRIMARY KEY, v TEXT);
              CREATE TABLE wide (c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15,
                                 c16, c17, c18, c19, c20, c21, c22, c23, c24, c25, c26, c27, c28, c29,
                                 c30, c31, c32, c33, c34, c35, c36, c37, c38, c39);",
-        )
-        .unwrap();
+        );
         for t in ["alias", "desc_key", "int_key"] {
             c.execute_batch(&format!(
                 "INSERT INTO {t} (id, v) VALUES (5, 'five'), (NULL, 'null'), (-7, 'neg'), (900, 'big');"
@@ -469,10 +475,11 @@ mod tests {
     #[test]
     fn rows_older_than_an_added_column_read_its_null_and_stop_at_a_default() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("alter.db");
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch("CREATE TABLE t (a INT, b TEXT); CREATE TABLE u (a INT, b TEXT);")
-            .unwrap();
+        let (path, c) = create(
+            &dir,
+            "alter.db",
+            "CREATE TABLE t (a INT, b TEXT); CREATE TABLE u (a INT, b TEXT);",
+        );
         fill(&c, "t", 2, 500, 3);
         fill(&c, "u", 2, 500, 4);
         c.execute_batch(
@@ -493,13 +500,12 @@ mod tests {
     #[test]
     fn tables_the_pages_cannot_describe_are_read_with_a_query() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("g.db");
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch(
+        let (path, c) = create(
+            &dir,
+            "g.db",
             "CREATE TABLE g (a INT, b INT GENERATED ALWAYS AS (a * 2) STORED, s TEXT);
              CREATE TABLE k (a TEXT PRIMARY KEY, b INT) WITHOUT ROWID;",
-        )
-        .unwrap();
+        );
         for i in 0..100 {
             c.execute("INSERT INTO g (a, s) VALUES (?1, 'x')", [i])
                 .unwrap();
@@ -528,14 +534,12 @@ mod tests {
     #[test]
     fn pages_are_those_of_the_read_transaction_wal_included() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("w.db");
-        let writer = Connection::open(&path).unwrap();
-        writer
-            .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
+        let (path, writer) = create(
+            &dir,
+            "w.db",
+            "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0;
                  CREATE TABLE t (k INT, v TEXT);",
-            )
-            .unwrap();
+        );
         fill(&writer, "t", 2, 800, 7);
         let src = SqliteSource::open(&path).unwrap();
         // Committed after the source's snapshot: seen by neither read.
