@@ -80,6 +80,11 @@ impl TableLeaves {
         *h.finalize().as_bytes()
     }
 
+    /// The database's text encoding in the walk's read transaction.
+    pub(super) fn encoding(&self) -> &str {
+        &self.encoding
+    }
+
     /// Heap bytes held (for the memory figures).
     pub fn heap_bytes(&self) -> usize {
         self.leaves.capacity() * std::mem::size_of::<Leaf>()
@@ -122,7 +127,6 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
         .query_row("PRAGMA main.encoding", [], |r| r.get(0))
         .map_err(sql_err("reading the text encoding"))?;
     let mut buf = Vec::with_capacity(page_size as usize);
-    let mut read = |pgno: u32, buf: &mut Vec<u8>| pages.read(pgno, buf);
     let root = u32::try_from(root).map_err(|_| BtreeError::Malformed {
         page: 0,
         why: "a root page number out of range",
@@ -142,7 +146,7 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
                 why: "the b-tree has a cycle or is too deep",
             });
         }
-        read(pgno, &mut buf)?;
+        pages.read(pgno, &mut buf)?;
         let page = Page::new(&buf, pgno, usable)?;
         match page.kind {
             // A WITHOUT ROWID table is an index b-tree: nothing to walk.
@@ -178,7 +182,7 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
                         if visited > u64::from(page_count) {
                             return Err(page.malformed("an overflow chain loops"));
                         }
-                        read(next, &mut overflow)?;
+                        pages.read(next, &mut overflow)?;
                         h.update(&overflow);
                         next = u32::from_be_bytes(overflow[..4].try_into().expect("4 bytes"));
                     }
@@ -202,6 +206,23 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
         page_size,
         usable,
     }))
+}
+
+/// SQLite's varint at `at` of `b` (big-endian, 7 bits a byte, the ninth
+/// byte whole): its value and length; `None` if it runs past the end.
+pub(super) fn varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for i in 0..9 {
+        let byte = *b.get(at + i)?;
+        if i == 8 {
+            return Some(((v << 8) | u64::from(byte), 9));
+        }
+        v = (v << 7) | u64::from(byte & 0x7f);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 /// Pages of the database, read through `sqlite_dbpage` on one connection
@@ -355,21 +376,7 @@ impl<'a> Page<'a> {
 
     /// SQLite's varint at `at`: its value and length.
     fn varint(&self, at: usize) -> Result<(u64, usize), BtreeError> {
-        let mut v = 0u64;
-        for i in 0..9 {
-            let b = *self
-                .bytes
-                .get(at + i)
-                .ok_or_else(|| self.malformed("a varint past the page end"))?;
-            if i == 8 {
-                return Ok(((v << 8) | u64::from(b), 9));
-            }
-            v = (v << 7) | u64::from(b & 0x7f);
-            if b & 0x80 == 0 {
-                return Ok((v, i + 1));
-            }
-        }
-        unreachable!("the ninth byte returns")
+        varint(self.bytes, at).ok_or_else(|| self.malformed("a varint past the page end"))
     }
 
     pub(super) fn leaf_cell(&self, i: usize) -> Result<LeafCell, BtreeError> {

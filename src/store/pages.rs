@@ -26,7 +26,7 @@
 //! (generated columns, a non-UTF-8 database, WITHOUT ROWID) is never
 //! given to it.
 
-use super::btree::{BtreeError, Page, PageReader, TableLeaves, LEAF};
+use super::btree::{varint, BtreeError, Page, PageReader, TableLeaves, LEAF};
 use rusqlite::types::ValueRef;
 
 /// How one column of a table reads back from a record field.
@@ -148,23 +148,6 @@ pub(super) fn read_rows<E>(
         }
     }
     Ok(())
-}
-
-/// SQLite's record varint (big-endian, 7 bits a byte, the ninth byte whole)
-/// at `at`: its value and length.
-fn varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for i in 0..9 {
-        let byte = *b.get(at + i)?;
-        if i == 8 {
-            return Some(((v << 8) | u64::from(byte), 9));
-        }
-        v = (v << 7) | u64::from(byte & 0x7f);
-        if byte & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
 }
 
 /// A big-endian two's complement integer of 1 to 8 bytes.

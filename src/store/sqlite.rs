@@ -834,8 +834,8 @@ impl SqliteSource {
         F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
     {
         let read = match leaves {
-            Some(_) => self.page_layout(table, plan)?,
-            None => None,
+            Some(l) if l.encoding() == "UTF-8" => self.page_layout(table, plan)?,
+            _ => None,
         };
         let (Some(leaves), Some(read)) = (leaves, read) else {
             return self.scan_natural_range(table, plan, range, sink);
@@ -880,13 +880,16 @@ impl SqliteSource {
             }
             Err(ReadError::Btree(e)) => {
                 tracing::warn!(table = %table.name, error = %e, "cannot read rows from the table's pages; reading the rest with a query");
-                last.map_or(range.from, |l| l.checked_add(1))
+                match last {
+                    None => range.from,
+                    Some(l) => match l.checked_add(1) {
+                        Some(next) => Some(next),
+                        None => return Ok(stats), // the largest rowid there is
+                    },
+                }
             }
         };
-        // Rows up to `resume` went to the sink; a query reads the rest.
-        if resume.is_none() && last.is_some() {
-            return Ok(stats); // the last row had the largest rowid
-        }
+        // Rows before `resume` went to the sink; a query reads the rest.
         let rest = RowidRange {
             from: resume,
             to: range.to,
@@ -899,8 +902,8 @@ impl SqliteSource {
 
     /// How `table`'s records read back as its columns, or `None` when the
     /// page reader cannot tell (see [`pages`](super::pages)): a WITHOUT
-    /// ROWID table, generated columns, a text encoding other than UTF-8, a
-    /// rowid alias it cannot confirm.
+    /// ROWID table, generated columns, a rowid alias it cannot confirm.
+    /// (The caller checks the text encoding: the walk read it.)
     fn page_layout(
         &self,
         table: &TableSchema,
@@ -910,13 +913,6 @@ impl SqliteSource {
             return Ok(None);
         }
         let doing = format!("reading the columns of table `{}`", table.name);
-        let encoding: String = self
-            .conn
-            .query_row("PRAGMA main.encoding", [], |r| r.get(0))
-            .map_err(self.sql_err(doing.clone()))?;
-        if encoding != "UTF-8" {
-            return Ok(None);
-        }
         let (subject, period) = self.plan_columns(table, plan)?;
         let at = |c: &str| table.columns.iter().position(|x| x == c);
         let subject = match subject {
