@@ -46,6 +46,9 @@ pub struct TableRestore {
     pub rows_restored: u64,
     pub rows_shredded: u64,
     pub groups_shredded: u64,
+    /// Of the rows restored into SQLite, those written straight into the
+    /// table's pages (the others went in through SQL inserts).
+    pub rows_by_pages: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -253,9 +256,8 @@ async fn restore_sqlite(
             let mut r = restorer;
             let mut counts = vec![0u64; names.len()];
             for (t, pieces) in rx {
-                for bytes in pieces {
-                    counts[t] += r.insert_rows(&names[t], &bytes)?;
-                }
+                let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+                counts[t] += r.insert_pieces(&names[t], &pieces)?;
             }
             Ok((r, counts))
         })
@@ -334,6 +336,11 @@ async fn restore_sqlite(
         return Err(e);
     }
     let (restorer, counts) = written?;
+    for (name, rows) in restorer.written_by_pages() {
+        if let Some(tr) = report.tables.iter_mut().find(|t| t.name == name) {
+            tr.rows_by_pages = rows;
+        }
+    }
     for (tr, n) in report.tables.iter_mut().zip(counts) {
         tr.rows_restored = n;
         if tr.rows_restored + tr.rows_shredded != tr.rows_expected {

@@ -9,10 +9,13 @@
 //!   so a backup can skip stretches unchanged since its parent.
 //! * [`pages`]: rows decoded straight from a rowid table's leaf pages (the
 //!   backup's fast read path; a query reads what it cannot).
+//! * [`bulkload`]: a rowid table's b-tree written page by page from rows in
+//!   rowid order (the restore's fast write path).
 //! * [`record`]: the canonical, versioned encoding of one row, shared by both
 //!   directions; it is what gets chunked and encrypted.
 
 pub mod btree;
+pub mod bulkload;
 pub mod compare;
 pub mod files;
 pub mod pages;

@@ -17,6 +17,7 @@
 //! never row values.
 
 use super::btree::{PageReader, TableLeaves};
+use super::bulkload::{LoadError, PageFile, TableLoad};
 use super::pages::{is_real_affinity, read_rows, ColumnRead, Layout, ReadError};
 use super::record::{
     decode_row, decode_row_ref, encode_owned_row, encode_row, encode_row_with, row_span, Row,
@@ -96,6 +97,12 @@ pub enum SqliteError {
          the rows belong to another table or schema"
     )]
     RowShape { table: String, detail: String },
+    #[error("cannot write the pages of the new database {path}: {source}")]
+    Load {
+        path: PathBuf,
+        #[source]
+        source: super::bulkload::LoadError,
+    },
     #[error(
         "the saved schema is invalid: {0}; it was written by another custos version or is corrupt"
     )]
@@ -929,67 +936,11 @@ impl SqliteSource {
             },
             None => None,
         };
-        // (name, declared type, no default, primary key position, hidden)
-        type Info = (String, String, bool, i64, i64);
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT name, type, dflt_value IS NULL, pk, hidden \
-                 FROM pragma_table_xinfo(?1, 'main') ORDER BY cid",
-            )
-            .map_err(self.sql_err(doing.clone()))?;
-        let info: Vec<Info> = stmt
-            .query_map([&table.name], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })
-            .and_then(|rows| rows.collect())
-            .map_err(self.sql_err(doing.clone()))?;
-        if info.len() != table.columns.len()
-            || info
-                .iter()
-                .zip(&table.columns)
-                .any(|(i, c)| i.0 != *c || i.4 != 0)
-        {
+        let Some(layout) = record_layout(&self.conn, table).map_err(self.sql_err(doing))? else {
             return Ok(None);
-        }
-        // A rowid alias is the one primary key column declared INTEGER
-        // (but not every such column is one): SQLite reads it with its
-        // `Rowid` opcode, an ordinary column with `Column`.
-        let keys: Vec<&Info> = info.iter().filter(|i| i.3 > 0).collect();
-        let alias = match keys.as_slice() {
-            [k] if k.1.eq_ignore_ascii_case("INTEGER") => {
-                let sql = format!(
-                    "EXPLAIN SELECT {} FROM main.{} NOT INDEXED",
-                    ident(&k.0),
-                    ident(&table.name)
-                );
-                let mut stmt = self
-                    .conn
-                    .prepare(&sql)
-                    .map_err(self.sql_err(doing.clone()))?;
-                let ops: Vec<String> = stmt
-                    .query_map([], |r| r.get::<_, String>(1))
-                    .and_then(|rows| rows.collect())
-                    .map_err(self.sql_err(doing.clone()))?;
-                let reads = |op: &str| ops.iter().any(|o| o == op);
-                match (reads("Rowid"), reads("Column")) {
-                    (true, false) => Some(k.0.as_str()),
-                    (false, true) => None,
-                    _ => return Ok(None),
-                }
-            }
-            _ => None,
         };
-        let columns = info
-            .iter()
-            .map(|(name, declared, no_default, _, _)| ColumnRead {
-                rowid: alias == Some(name.as_str()),
-                real: is_real_affinity(declared),
-                missing_is_null: *no_default,
-            })
-            .collect();
         Ok(Some(PageRead {
-            layout: Layout { columns },
+            layout,
             subject,
             bucket,
         }))
@@ -1241,6 +1192,69 @@ impl NaturalCoords {
     }
 }
 
+/// How `table`'s records read back, from the database `conn` has open:
+/// `None` for a table whose records do not hold exactly its columns in
+/// order (WITHOUT ROWID, generated or hidden columns) or whose rowid alias
+/// SQLite does not confirm. Shared by the backup's page reader and the
+/// restore's bulk load.
+fn record_layout(conn: &Connection, table: &TableSchema) -> rusqlite::Result<Option<Layout>> {
+    if table.rowid.is_none() || table.without_rowid || !table.generated.is_empty() {
+        return Ok(None);
+    }
+    // (name, declared type, no default, primary key position, hidden)
+    type Info = (String, String, bool, i64, i64);
+    let mut stmt = conn.prepare(
+        "SELECT name, type, dflt_value IS NULL, pk, hidden \
+                 FROM pragma_table_xinfo(?1, 'main') ORDER BY cid",
+    )?;
+    let info: Vec<Info> = stmt
+        .query_map([&table.name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .and_then(|rows| rows.collect())?;
+    if info.len() != table.columns.len()
+        || info
+            .iter()
+            .zip(&table.columns)
+            .any(|(i, c)| i.0 != *c || i.4 != 0)
+    {
+        return Ok(None);
+    }
+    // A rowid alias is the one primary key column declared INTEGER
+    // (but not every such column is one): SQLite reads it with its
+    // `Rowid` opcode, an ordinary column with `Column`.
+    let keys: Vec<&Info> = info.iter().filter(|i| i.3 > 0).collect();
+    let alias = match keys.as_slice() {
+        [k] if k.1.eq_ignore_ascii_case("INTEGER") => {
+            let sql = format!(
+                "EXPLAIN SELECT {} FROM main.{} NOT INDEXED",
+                ident(&k.0),
+                ident(&table.name)
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let ops: Vec<String> = stmt
+                .query_map([], |r| r.get::<_, String>(1))
+                .and_then(|rows| rows.collect())?;
+            let reads = |op: &str| ops.iter().any(|o| o == op);
+            match (reads("Rowid"), reads("Column")) {
+                (true, false) => Some(k.0.as_str()),
+                (false, true) => None,
+                _ => return Ok(None),
+            }
+        }
+        _ => None,
+    };
+    let columns = info
+        .iter()
+        .map(|(name, declared, no_default, _, _)| ColumnRead {
+            rowid: alias == Some(name.as_str()),
+            real: is_real_affinity(declared),
+            missing_is_null: *no_default,
+        })
+        .collect();
+    Ok(Some(Layout { columns }))
+}
+
 /// How [`SqliteSource::scan_natural_pages`] reads a table from its pages:
 /// the records' layout and where the coordinates' columns are.
 struct PageRead {
@@ -1300,13 +1314,25 @@ struct Target {
     ncols: usize,
     rowid: bool,
     kind: TargetKind,
+    /// Until the table's rows start: its root page and record layout, when
+    /// its pages can be written directly ([`bulkload`]).
+    bulk: Option<(u32, Layout)>,
 }
 
 /// Builds a new database from a schema and encoded rows. Until
 /// [`finish`](Self::finish) succeeds, the database is a temporary file in
 /// the target's directory, deleted if the restorer is dropped.
 pub struct SqliteRestorer {
+    /// Open while rows go in through SQL, and for the final steps; closed
+    /// while a table's pages are written directly.
     conn: Option<Connection>,
+    /// The file, while pages are written directly, and the table whose
+    /// b-tree is being built.
+    pages: Option<PageFile>,
+    loading: Option<(String, TableLoad)>,
+    /// Tables built page by page, and their rows loaded so: their indexes
+    /// are rebuilt at the end.
+    loaded: Vec<(String, u64)>,
     tmp: PathBuf,
     path: PathBuf,
     force: bool,
@@ -1402,6 +1428,9 @@ impl SqliteRestorer {
             })?;
         let mut r = SqliteRestorer {
             conn: None,
+            pages: None,
+            loading: None,
+            loaded: Vec::new(),
             tmp,
             path: path.to_owned(),
             force,
@@ -1429,7 +1458,10 @@ impl SqliteRestorer {
         self.conn.as_ref().expect("connection is open until finish")
     }
 
-    fn setup(&mut self) -> Result<(), SqliteError> {
+    /// Opens the connection to the new database, set up for speed (no
+    /// journal, no sync, one transaction). The file's own settings (page
+    /// size, auto-vacuum, encoding) are given before its first table.
+    fn connect(&mut self, file_settings: &str) -> Result<(), SqliteError> {
         let conn = Connection::open_with_flags(
             &self.tmp,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -1439,23 +1471,34 @@ impl SqliteRestorer {
             source,
         })?;
         self.conn = Some(conn);
-        let s = &self.schema;
         let settings = format!(
-            "PRAGMA page_size = {};
-             PRAGMA auto_vacuum = {};
-             PRAGMA encoding = '{}';
+            "{file_settings}
              PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
              PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA cache_size = -{};
+             PRAGMA cache_size = -{INSERT_CACHE_KIB};
              PRAGMA foreign_keys = OFF;
              PRAGMA ignore_check_constraints = ON;
-             BEGIN;",
-            s.page_size, s.auto_vacuum, s.encoding, INSERT_CACHE_KIB
+             BEGIN;"
         );
         self.conn()
             .execute_batch(&settings)
             .map_err(self.sql_err("setting up the new database"))?;
+        let n = self.schema.tables.len();
+        self.conn()
+            .set_prepared_statement_cache_capacity(n.clamp(16, 1024));
+        Ok(())
+    }
+
+    fn setup(&mut self) -> Result<(), SqliteError> {
+        let s = &self.schema;
+        let file_settings = format!(
+            "PRAGMA page_size = {};
+             PRAGMA auto_vacuum = {};
+             PRAGMA encoding = '{}';",
+            s.page_size, s.auto_vacuum, s.encoding
+        );
+        self.connect(&file_settings)?;
         for e in &self.schema.entries {
             if e.kind != "table" {
                 continue;
@@ -1507,6 +1550,9 @@ impl SqliteRestorer {
                 )
                 .map_err(self.sql_err("creating sqlite_sequence"))?;
         }
+        // Pages are written directly only where no pointer-map pages
+        // (auto-vacuum) need keeping and text is stored as the rows hold it.
+        let bulk_file = self.schema.encoding == "UTF-8" && self.schema.auto_vacuum == 0;
         for t in &self.schema.tables {
             if !self.table_exists(&t.name)? {
                 return Err(SqliteError::BadSchema(format!(
@@ -1548,6 +1594,11 @@ impl SqliteRestorer {
             self.conn()
                 .prepare(&insert)
                 .map_err(self.sql_err(format!("preparing inserts into table `{}`", t.name)))?;
+            let bulk = if kind == TargetKind::Plain && !t.internal && bulk_file {
+                self.bulk_target(t)?
+            } else {
+                None
+            };
             self.targets.insert(
                 t.name.clone(),
                 Target {
@@ -1555,12 +1606,90 @@ impl SqliteRestorer {
                     ncols: t.columns.len(),
                     rowid: t.rowid.is_some(),
                     kind,
+                    bulk,
                 },
             );
         }
-        let n = self.targets.len();
-        self.conn()
-            .set_prepared_statement_cache_capacity(n.clamp(16, 1024));
+        Ok(())
+    }
+
+    /// The root page and record layout of a table whose pages can be
+    /// written directly, read from the new database.
+    fn bulk_target(&self, t: &TableSchema) -> Result<Option<(u32, Layout)>, SqliteError> {
+        let doing = format!("reading the columns of table `{}`", t.name);
+        let Some(layout) = record_layout(self.conn(), t).map_err(self.sql_err(doing.clone()))?
+        else {
+            return Ok(None);
+        };
+        let root: i64 = self
+            .conn()
+            .query_row(
+                "SELECT rootpage FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+                [&t.name],
+                |r| r.get(0),
+            )
+            .map_err(self.sql_err(doing))?;
+        Ok(u32::try_from(root)
+            .ok()
+            .filter(|&r| r > 1)
+            .map(|r| (r, layout)))
+    }
+
+    /// Closes the connection (committing) so pages can be written
+    /// directly; opens the file for that.
+    fn pages(&mut self) -> Result<&mut PageFile, SqliteError> {
+        if self.pages.is_none() {
+            if let Some(conn) = self.conn.take() {
+                conn.execute_batch("COMMIT")
+                    .map_err(|source| SqliteError::Sql {
+                        path: self.tmp.clone(),
+                        doing: "committing before writing pages".into(),
+                        source,
+                    })?;
+                conn.close().map_err(|(_, source)| SqliteError::Sql {
+                    path: self.tmp.clone(),
+                    doing: "closing before writing pages".into(),
+                    source,
+                })?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.tmp)
+                .map_err(|source| SqliteError::Io {
+                    path: self.tmp.clone(),
+                    doing: "opening the new database to write pages".into(),
+                    source,
+                })?;
+            self.pages = Some(PageFile::open(file).map_err(self.load_err())?);
+        }
+        Ok(self.pages.as_mut().expect("opened above"))
+    }
+
+    fn load_err(&self) -> impl FnOnce(LoadError) -> SqliteError {
+        let path = self.tmp.clone();
+        move |source| SqliteError::Load { path, source }
+    }
+
+    /// Completes the table being built, if any.
+    fn finish_load(&mut self) -> Result<(), SqliteError> {
+        if let Some((name, load)) = self.loading.take() {
+            let pages = self.pages.as_mut().expect("pages are open while loading");
+            let rows = load.rows();
+            let done = load.finish(pages);
+            done.map_err(self.load_err())?;
+            self.loaded.push((name, rows));
+        }
+        Ok(())
+    }
+
+    /// Completes any table being built and reopens the connection.
+    fn sql(&mut self) -> Result<(), SqliteError> {
+        self.finish_load()?;
+        if let Some(pages) = self.pages.take() {
+            pages.close().map_err(self.load_err())?;
+            self.connect("")?;
+        }
         Ok(())
     }
 
@@ -1579,6 +1708,14 @@ impl SqliteRestorer {
     /// named in the schema). Tables may come in any order and interleaved,
     /// one table's rows over several calls. Returns the rows inserted.
     pub fn insert_rows(&mut self, table: &str, encoded: &[u8]) -> Result<u64, SqliteError> {
+        self.insert_pieces(table, &[encoded])
+    }
+
+    /// Inserts the rows of several buffers of whole encoded rows of `table`
+    /// together, as one buffer holding them all: a restore hands over a
+    /// read window's rows in pieces (one per thread that opened them), each
+    /// a run of groups, so the window's rowids interleave across pieces.
+    pub fn insert_pieces(&mut self, table: &str, pieces: &[&[u8]]) -> Result<u64, SqliteError> {
         let target = self
             .targets
             .get(table)
@@ -1598,23 +1735,98 @@ impl SqliteRestorer {
         if target.kind == TargetKind::Sequence {
             // A handful of rows; written by finish, after every insert that
             // could bump them.
-            let mut pos = 0;
             let mut n = 0;
-            while pos < encoded.len() {
-                let (row, used) = decode_row(&encoded[pos..]).map_err(|e| record(pos, e))?;
-                if row.values.len() != target.ncols || row.rowid.is_some() != target.rowid {
-                    return Err(shape(format!(
-                        "{} values, rowid {}",
-                        row.values.len(),
-                        row.rowid.is_some()
-                    )));
+            for encoded in pieces {
+                let mut pos = 0;
+                while pos < encoded.len() {
+                    let (row, used) = decode_row(&encoded[pos..]).map_err(|e| record(pos, e))?;
+                    if row.values.len() != target.ncols || row.rowid.is_some() != target.rowid {
+                        return Err(shape(format!(
+                            "{} values, rowid {}",
+                            row.values.len(),
+                            row.rowid.is_some()
+                        )));
+                    }
+                    self.sequence.push(row);
+                    pos += used;
+                    n += 1;
                 }
-                self.sequence.push(row);
-                pos += used;
-                n += 1;
             }
             return Ok(n);
         }
+        // Rows of a rowid table go in in rowid order: appending to the end
+        // of the table's b-tree is several times cheaper than inserting
+        // into its middle, and the pieces hold a whole read window, whose
+        // rows the backup read in rowid order but stored by group. A row is
+        // named by its piece and its offset in it, (piece << 40) | offset.
+        let at = |span: u64| ((span >> 40) as usize, (span & ((1 << 40) - 1)) as usize);
+        let mut spans: Vec<(i64, u64)> = Vec::new();
+        for (i, encoded) in pieces.iter().enumerate() {
+            let mut pos = 0;
+            while pos < encoded.len() {
+                let (rowid, used) = row_span(&encoded[pos..]).map_err(|e| record(pos, e))?;
+                let key = rowid.filter(|_| target.rowid).unwrap_or(i64::MIN);
+                spans.push((key, ((i as u64) << 40) | pos as u64));
+                pos += used;
+            }
+        }
+        let ordered = |spans: &[(i64, u64)]| spans.windows(2).all(|w| w[0].0 < w[1].0);
+        if target.rowid && !ordered(&spans) {
+            spans.sort_unstable();
+        }
+        // The table's pages are written directly while its rows come in
+        // rowid order, each window after the last; otherwise its tree is
+        // completed and the rest goes in through SQL.
+        let loading = matches!(&self.loading, Some((t, _)) if t == table);
+        let last = match &self.loading {
+            Some((t, load)) if t == table => load.last(),
+            _ => None,
+        };
+        let bulk = (loading || target.bulk.is_some())
+            && target.rowid
+            && ordered(&spans)
+            && spans.first().is_none_or(|f| last.is_none_or(|l| f.0 > l));
+        let ncols = target.ncols;
+        let mut values = Vec::with_capacity(ncols);
+        if bulk {
+            if !loading {
+                self.finish_load()?;
+                self.pages()?;
+                let target = self.targets.get_mut(table).expect("looked up above");
+                let (root, layout) = target.bulk.take().expect("bulk checked above");
+                self.loading = Some((table.to_owned(), TableLoad::new(root, layout)));
+            }
+            let pages = self.pages.as_mut().expect("opened above");
+            let (_, load) = self.loading.as_mut().expect("started above");
+            for (k, &(_, span)) in spans.iter().enumerate() {
+                if let Some(&(_, ahead)) = spans.get(k + 4) {
+                    let (i, pos) = at(ahead);
+                    crate::prefetch::head(&pieces[i][pos..]);
+                }
+                let (i, pos) = at(span);
+                let (rowid, _) =
+                    decode_row_ref(&pieces[i][pos..], &mut values).map_err(|e| record(pos, e))?;
+                let Some(rowid) = rowid.filter(|_| values.len() == ncols) else {
+                    return Err(shape(format!(
+                        "row at byte {pos}: {} values, rowid {}; expected {ncols} values and a rowid",
+                        values.len(),
+                        rowid.is_some(),
+                    )));
+                };
+                if let Err(source) = load.push(pages, rowid, &values) {
+                    return Err(SqliteError::Load {
+                        path: self.tmp.clone(),
+                        source,
+                    });
+                }
+            }
+            return Ok(spans.len() as u64);
+        }
+        if let Some(t) = self.targets.get_mut(table) {
+            t.bulk = None;
+        }
+        self.sql()?;
+        let target = &self.targets[table];
         let conn = self.conn.as_ref().expect("connection is open until finish");
         let doing = format!("inserting rows into table `{table}`");
         let sql_err = |source| SqliteError::Sql {
@@ -1623,50 +1835,16 @@ impl SqliteRestorer {
             source,
         };
         let mut stmt = conn.prepare_cached(&target.insert).map_err(sql_err)?;
-        // Rows of a rowid table go in in rowid order: appending to the end
-        // of the table's b-tree is several times cheaper than inserting
-        // into its middle, and a buffer holds a whole read window, whose
-        // rows the backup read in rowid order but stored by group.
-        let order = if target.rowid {
-            let mut spans = Vec::new();
-            let mut pos = 0;
-            while pos < encoded.len() {
-                let (rowid, used) = row_span(&encoded[pos..]).map_err(|e| record(pos, e))?;
-                spans.push((rowid.unwrap_or(i64::MIN), pos));
-                pos += used;
+        for (k, &(_, span)) in spans.iter().enumerate() {
+            // Rows out of order in buffers larger than the caches: start
+            // loading a row a few inserts ahead.
+            if let Some(&(_, ahead)) = spans.get(k + 4) {
+                let (i, pos) = at(ahead);
+                crate::prefetch::head(&pieces[i][pos..]);
             }
-            if spans.windows(2).all(|w| w[0].0 < w[1].0) {
-                None
-            } else {
-                spans.sort_unstable();
-                Some(spans)
-            }
-        } else {
-            None
-        };
-        let mut values = Vec::with_capacity(target.ncols);
-        let mut next = 0;
-        let mut pos = 0;
-        let mut n = 0u64;
-        loop {
-            match &order {
-                Some(spans) => match spans.get(next) {
-                    Some(&(_, at)) => {
-                        // Out of order in a buffer larger than the caches:
-                        // start loading a row a few inserts ahead.
-                        if let Some(&(_, ahead)) = spans.get(next + 4) {
-                            crate::prefetch::head(&encoded[ahead..]);
-                        }
-                        pos = at;
-                        next += 1;
-                    }
-                    None => break,
-                },
-                None if pos >= encoded.len() => break,
-                None => {}
-            }
-            let (rowid, used) =
-                decode_row_ref(&encoded[pos..], &mut values).map_err(|e| record(pos, e))?;
+            let (i, pos) = at(span);
+            let (rowid, _) =
+                decode_row_ref(&pieces[i][pos..], &mut values).map_err(|e| record(pos, e))?;
             if values.len() != target.ncols || rowid.is_some() != target.rowid {
                 return Err(shape(format!(
                     "row at byte {pos}: {} values, rowid {}; expected {} values, rowid {}",
@@ -1687,10 +1865,22 @@ impl SqliteRestorer {
                 idx += 1;
             }
             stmt.raw_execute().map_err(sql_err)?;
-            pos += used;
-            n += 1;
         }
-        Ok(n)
+        Ok(spans.len() as u64)
+    }
+
+    /// The tables whose b-trees were written page by page so far, the one
+    /// being built included, with the rows written so (the rest went in
+    /// through SQL).
+    pub fn written_by_pages(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.loaded
+            .iter()
+            .map(|(name, rows)| (name.as_str(), *rows))
+            .chain(
+                self.loading
+                    .iter()
+                    .map(|(name, l)| (name.as_str(), l.rows())),
+            )
     }
 
     /// Completes the database: `sqlite_sequence` contents, indexes, views
@@ -1699,6 +1889,7 @@ impl SqliteRestorer {
     /// file and renames it over the target path (removing stale `-wal`,
     /// `-shm` and `-journal` files of that path first).
     pub fn finish(mut self) -> Result<(), SqliteError> {
+        self.sql()?;
         if let Some(t) = self
             .schema
             .tables
@@ -1737,6 +1928,14 @@ impl SqliteRestorer {
                 "PRAGMA threads = 2; PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}"
             ))
             .map_err(self.sql_err("setting up the index builds"))?;
+        // A table built page by page has empty automatic indexes (UNIQUE,
+        // PRIMARY KEY): each is built now from the table, as the indexes
+        // below are.
+        for (name, _) in &self.loaded {
+            self.conn()
+                .execute_batch(&format!("REINDEX main.{}", ident(name)))
+                .map_err(self.sql_err(format!("building the indexes of table `{name}`")))?;
+        }
         for e in self.schema.entries.iter().filter(|e| e.kind == "index") {
             let sql = e.sql.as_deref().unwrap_or_default();
             self.conn()

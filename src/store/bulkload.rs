@@ -1,0 +1,814 @@
+//! A rowid table's b-tree written page by page, from rows in rowid order,
+//! into a database file no connection has open (SQLite file format, 1.6
+//! "B-tree Pages" and 2.1 "Record Format").
+//!
+//! A restore builds most tables this way: inserting through SQLite's
+//! statement machinery (bind, step, the b-tree's search for the insert
+//! point) cost several times more than encoding the records and filling
+//! the pages. The tree is built bottom up: leaves are filled in rowid order
+//! and appended to the file, overflow pages as a cell needs them, then each
+//! level of interior pages above them; the top page is written over the
+//! table's root page, which `CREATE TABLE` allocated (empty). A table that
+//! fits one leaf is written straight into its root.
+//!
+//! The records hold what a `SELECT` of the columns returns, so a `SELECT`
+//! of the new table returns the same values: NULL in the field of a column
+//! that aliases the rowid (the rowid is the cell's key), whole reals of a
+//! REAL-affinity column as integers (as SQLite stores them; they read back
+//! as reals), NaN as NULL (SQLite cannot store a NaN). Indexes are not
+//! written: the caller rebuilds them from the table (`REINDEX`,
+//! `CREATE INDEX`).
+//!
+//! The caller (the restore) uses this only for a UTF-8 database without
+//! auto-vacuum (no pointer-map pages), for tables whose [`Layout`] it read
+//! from the new database, and only while no connection has the file open;
+//! it then records the new page count in the header ([`PageFile::close`]).
+
+use super::pages::Layout;
+use rusqlite::types::ValueRef;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Bytes of consecutive pages gathered before one write.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// A database file's pages, written directly.
+pub struct PageFile {
+    file: File,
+    page_size: u32,
+    /// Page size less the reserved bytes at the end of each page.
+    usable: u32,
+    /// The database's size in pages; the next page allocated is this + 1.
+    pages: u32,
+    /// Consecutive pages waiting to be written, the first numbered `batch_at`.
+    batch: Vec<u8>,
+    batch_at: u32,
+}
+
+/// Why a page file cannot be used or written.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("the database header {0}")]
+    Header(&'static str),
+    /// (The rowids stay out of the message: a rowid may be a customer's id.)
+    #[error("a row's rowid is not above the last row's: pages are written in rowid order")]
+    Order { rowid: i64, last: i64 },
+    #[error("a row has {got} values, the table {want} columns")]
+    Shape { got: usize, want: usize },
+    #[error("the database would exceed 2^32 - 2 pages")]
+    Full,
+}
+
+impl PageFile {
+    /// Opens a database file that SQLite created and closed (its header
+    /// names its size).
+    pub fn open(file: File) -> Result<Self, LoadError> {
+        let mut h = [0u8; 100];
+        file.read_exact_at(&mut h, 0)?;
+        if &h[..16] != b"SQLite format 3\0" {
+            return Err(LoadError::Header("is not a SQLite header"));
+        }
+        let page_size = match u16::from_be_bytes([h[16], h[17]]) {
+            1 => 65536,
+            n => u32::from(n),
+        };
+        if !page_size.is_power_of_two() || page_size < 512 {
+            return Err(LoadError::Header("has an invalid page size"));
+        }
+        let usable = page_size - u32::from(h[20]);
+        if usable < 480 {
+            return Err(LoadError::Header("reserves too much of each page"));
+        }
+        let counter = u32::from_be_bytes(h[24..28].try_into().expect("4 bytes"));
+        let valid_for = u32::from_be_bytes(h[92..96].try_into().expect("4 bytes"));
+        let in_header = u32::from_be_bytes(h[28..32].try_into().expect("4 bytes"));
+        let len = file.metadata()?.len();
+        if len % u64::from(page_size) != 0 {
+            return Err(LoadError::Header("names a size the file does not have"));
+        }
+        let pages = u32::try_from(len / u64::from(page_size)).map_err(|_| LoadError::Full)?;
+        if counter != valid_for || in_header != pages {
+            return Err(LoadError::Header("names a size the file does not have"));
+        }
+        Ok(PageFile {
+            file,
+            page_size,
+            usable,
+            pages,
+            batch: Vec::with_capacity(WRITE_BATCH),
+            batch_at: 0,
+        })
+    }
+
+    fn alloc(&mut self) -> Result<u32, LoadError> {
+        // The page the lock byte falls in (at 1 GiB) is never used.
+        let lock_page = (1u64 << 30) / u64::from(self.page_size) + 1;
+        self.pages = self.pages.checked_add(1).ok_or(LoadError::Full)?;
+        if u64::from(self.pages) == lock_page {
+            self.put(self.pages, &vec![0; self.page_size as usize])?;
+            self.pages = self.pages.checked_add(1).ok_or(LoadError::Full)?;
+        }
+        if self.pages == u32::MAX {
+            return Err(LoadError::Full);
+        }
+        Ok(self.pages)
+    }
+
+    /// Writes page `pgno` (1-based); consecutive pages go out in batches.
+    fn put(&mut self, pgno: u32, page: &[u8]) -> Result<(), LoadError> {
+        debug_assert_eq!(page.len(), self.page_size as usize);
+        let size = self.page_size as usize;
+        let next = self.batch_at + (self.batch.len() / size) as u32;
+        if self.batch.is_empty() || pgno != next || self.batch.len() + size > WRITE_BATCH {
+            self.flush()?;
+            self.batch_at = pgno;
+        }
+        self.batch.extend_from_slice(page);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), LoadError> {
+        if !self.batch.is_empty() {
+            let at = u64::from(self.batch_at - 1) * u64::from(self.page_size);
+            self.file.write_all_at(&self.batch, at)?;
+            self.batch.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending and records the database's new size in its
+    /// header (and a new change counter, so a connection that cached the
+    /// old pages reads them again).
+    pub fn close(mut self) -> Result<(), LoadError> {
+        self.flush()?;
+        let mut h = [0u8; 100];
+        self.file.read_exact_at(&mut h, 0)?;
+        let counter = u32::from_be_bytes(h[24..28].try_into().expect("4 bytes")).wrapping_add(1);
+        h[24..28].copy_from_slice(&counter.to_be_bytes());
+        h[28..32].copy_from_slice(&self.pages.to_be_bytes());
+        h[92..96].copy_from_slice(&counter.to_be_bytes());
+        self.file.write_all_at(&h, 0)?;
+        Ok(())
+    }
+}
+
+/// Page flags (file format 1.6).
+const INTERIOR: u8 = 0x05;
+const LEAF: u8 = 0x0d;
+
+/// A page being filled: cells from the end backwards, their pointers after
+/// the header.
+struct PageBuf {
+    bytes: Vec<u8>,
+    header: usize,
+    cells: usize,
+    /// Start of the cell content area.
+    content: usize,
+}
+
+impl PageBuf {
+    fn new(size: u32, usable: u32, kind: u8) -> Self {
+        let mut bytes = vec![0u8; size as usize];
+        bytes[0] = kind;
+        PageBuf {
+            bytes,
+            header: if kind == LEAF { 8 } else { 12 },
+            cells: 0,
+            content: usable as usize,
+        }
+    }
+
+    fn fits(&self, cell: usize) -> bool {
+        self.header + 2 * (self.cells + 1) + cell <= self.content
+    }
+
+    fn push(&mut self, cell: &[u8]) {
+        self.content -= cell.len();
+        self.bytes[self.content..self.content + cell.len()].copy_from_slice(cell);
+        let ptr = self.header + 2 * self.cells;
+        self.bytes[ptr..ptr + 2].copy_from_slice(&(self.content as u16).to_be_bytes());
+        self.cells += 1;
+    }
+
+    /// The finished page; the buffer is left empty for the next one.
+    fn seal(&mut self, right: Option<u32>) -> &[u8] {
+        self.bytes[1..3].fill(0); // no freeblocks
+        self.bytes[3..5].copy_from_slice(&(self.cells as u16).to_be_bytes());
+        // 65536 is written as 0.
+        self.bytes[5..7].copy_from_slice(&(self.content as u16).to_be_bytes());
+        self.bytes[7] = 0;
+        if let Some(r) = right {
+            self.bytes[8..12].copy_from_slice(&r.to_be_bytes());
+        }
+        &self.bytes
+    }
+
+    fn reset(&mut self, usable: u32) {
+        let kind = self.bytes[0];
+        self.bytes.fill(0);
+        self.bytes[0] = kind;
+        self.cells = 0;
+        self.content = usable as usize;
+    }
+}
+
+/// One table's b-tree being built.
+pub struct TableLoad {
+    root: u32,
+    layout: Layout,
+    leaf: Option<PageBuf>,
+    /// Leaves written so far: page number and largest rowid.
+    leaves: Vec<(u32, i64)>,
+    last: Option<i64>,
+    rows: u64,
+    /// Scratch for one row: the record header, the body, the cell.
+    head: Vec<u8>,
+    body: Vec<u8>,
+    cell: Vec<u8>,
+}
+
+impl TableLoad {
+    /// Starts the table whose (empty) root page is `root`.
+    pub fn new(root: u32, layout: Layout) -> Self {
+        TableLoad {
+            root,
+            layout,
+            leaf: None,
+            leaves: Vec::new(),
+            last: None,
+            rows: 0,
+            head: Vec::new(),
+            body: Vec::new(),
+            cell: Vec::new(),
+        }
+    }
+
+    /// The largest rowid loaded so far.
+    pub fn last(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// The rows loaded so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Appends one row; its rowid must be above every rowid before it.
+    pub fn push(
+        &mut self,
+        file: &mut PageFile,
+        rowid: i64,
+        values: &[ValueRef<'_>],
+    ) -> Result<(), LoadError> {
+        if let Some(last) = self.last.filter(|&l| rowid <= l) {
+            return Err(LoadError::Order { rowid, last });
+        }
+        if values.len() != self.layout.columns.len() {
+            return Err(LoadError::Shape {
+                got: values.len(),
+                want: self.layout.columns.len(),
+            });
+        }
+        self.record(values);
+        let usable = u64::from(file.usable);
+        let payload = (self.head.len() + self.body.len()) as u64;
+        // How much of the payload stays on the leaf (file format 1.6,
+        // "table b-tree leaf cell").
+        let x = usable - 35;
+        let local = if payload <= x {
+            payload
+        } else {
+            let m = ((usable - 12) * 32 / 255) - 23;
+            let k = m + (payload - m) % (usable - 4);
+            if k <= x {
+                k
+            } else {
+                m
+            }
+        } as usize;
+        self.cell.clear();
+        put_varint(&mut self.cell, payload);
+        put_varint(&mut self.cell, rowid as u64);
+        let spill = local < payload as usize;
+        let cell_len = self.cell.len() + local + if spill { 4 } else { 0 };
+        let leaf = self
+            .leaf
+            .get_or_insert_with(|| PageBuf::new(file.page_size, file.usable, LEAF));
+        if !leaf.fits(cell_len) {
+            let max = self.last.expect("a full leaf holds rows");
+            let pgno = file.alloc()?;
+            file.put(pgno, leaf.seal(None))?;
+            leaf.reset(file.usable);
+            self.leaves.push((pgno, max));
+        }
+        // The payload: header then body, split between the cell and its
+        // overflow pages.
+        let mut rest = Payload {
+            parts: [&self.head, &self.body],
+            at: 0,
+        };
+        rest.take(local, &mut self.cell);
+        if spill {
+            let first = file.alloc()?;
+            self.cell.extend_from_slice(&first.to_be_bytes());
+            let mut page = vec![0u8; file.page_size as usize];
+            let mut pgno = first;
+            loop {
+                page.fill(0);
+                let mut data = Vec::with_capacity(file.usable as usize - 4);
+                rest.take(file.usable as usize - 4, &mut data);
+                page[4..4 + data.len()].copy_from_slice(&data);
+                let next = if rest.left() > 0 { file.alloc()? } else { 0 };
+                page[..4].copy_from_slice(&next.to_be_bytes());
+                file.put(pgno, &page)?;
+                if next == 0 {
+                    break;
+                }
+                pgno = next;
+            }
+        }
+        let leaf = self.leaf.as_mut().expect("made above");
+        leaf.push(&self.cell);
+        self.last = Some(rowid);
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// The record of one row into `head` and `body`.
+    fn record(&mut self, values: &[ValueRef<'_>]) {
+        self.head.clear();
+        self.body.clear();
+        for (v, col) in values.iter().zip(&self.layout.columns) {
+            let serial = if col.rowid {
+                0
+            } else {
+                match *v {
+                    ValueRef::Null => 0,
+                    ValueRef::Integer(i) => int_serial(i, &mut self.body),
+                    ValueRef::Real(r) if r.is_nan() => 0,
+                    ValueRef::Real(r) if col.real && whole(r) => {
+                        int_serial(r as i64, &mut self.body)
+                    }
+                    ValueRef::Real(r) => {
+                        self.body.extend_from_slice(&r.to_bits().to_be_bytes());
+                        7
+                    }
+                    ValueRef::Text(t) => {
+                        self.body.extend_from_slice(t);
+                        t.len() as u64 * 2 + 13
+                    }
+                    ValueRef::Blob(b) => {
+                        self.body.extend_from_slice(b);
+                        b.len() as u64 * 2 + 12
+                    }
+                }
+            };
+            put_varint(&mut self.head, serial);
+        }
+        // The header starts with its own length, that varint included.
+        let types = self.head.len() as u64;
+        let mut total = types + 1;
+        while varint_len(total) as u64 + types != total {
+            total = varint_len(total) as u64 + types;
+        }
+        let mut len = Vec::with_capacity(9);
+        put_varint(&mut len, total);
+        self.head.splice(0..0, len);
+    }
+
+    /// Writes the rest of the tree and its root.
+    pub fn finish(mut self, file: &mut PageFile) -> Result<(), LoadError> {
+        let Some(mut leaf) = self.leaf.take() else {
+            return Ok(()); // no rows: the root stays an empty leaf
+        };
+        let max = self.last.expect("a leaf holds rows");
+        if self.leaves.is_empty() {
+            file.put(self.root, leaf.seal(None))?;
+            return file.flush();
+        }
+        let pgno = file.alloc()?;
+        file.put(pgno, leaf.seal(None))?;
+        self.leaves.push((pgno, max));
+        let mut level = std::mem::take(&mut self.leaves);
+        let mut cell = Vec::with_capacity(13);
+        loop {
+            // Split the level's children into interior pages, each as full
+            // as it goes, but never leaving one child alone on the last.
+            let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+            let mut start = 0;
+            let mut page = PageBuf::new(file.page_size, file.usable, INTERIOR);
+            for (i, &(_, key)) in level.iter().enumerate() {
+                cell.clear();
+                cell.extend_from_slice(&[0; 4]);
+                put_varint(&mut cell, key as u64);
+                if i > start && !page.fits(cell.len()) {
+                    groups.push(start..i);
+                    start = i;
+                    page.reset(file.usable);
+                }
+                page.push(&cell);
+            }
+            groups.push(start..level.len());
+            if groups.len() > 1 && groups.last().is_some_and(|g| g.len() == 1) {
+                let n = groups.len();
+                groups[n - 2].end -= 1;
+                groups[n - 1].start -= 1;
+            }
+            let top = groups.len() == 1;
+            let mut up = Vec::with_capacity(groups.len());
+            for g in groups {
+                let mut page = PageBuf::new(file.page_size, file.usable, INTERIOR);
+                let children = &level[g];
+                let (right, key) = *children.last().expect("a page has children");
+                for &(child, max) in &children[..children.len() - 1] {
+                    cell.clear();
+                    cell.extend_from_slice(&child.to_be_bytes());
+                    put_varint(&mut cell, max as u64);
+                    page.push(&cell);
+                }
+                let pgno = if top { self.root } else { file.alloc()? };
+                file.put(pgno, page.seal(Some(right)))?;
+                up.push((pgno, key));
+            }
+            if top {
+                return file.flush();
+            }
+            level = up;
+        }
+    }
+}
+
+/// A payload in two parts, taken from the front.
+struct Payload<'a> {
+    parts: [&'a [u8]; 2],
+    at: usize,
+}
+
+impl Payload<'_> {
+    fn left(&self) -> usize {
+        self.parts[0].len() + self.parts[1].len() - self.at
+    }
+
+    fn take(&mut self, n: usize, out: &mut Vec<u8>) {
+        let n = n.min(self.left());
+        let mut need = n;
+        let mut at = self.at;
+        for part in self.parts {
+            if at >= part.len() {
+                at -= part.len();
+                continue;
+            }
+            let k = need.min(part.len() - at);
+            out.extend_from_slice(&part[at..at + k]);
+            need -= k;
+            at = 0;
+            if need == 0 {
+                break;
+            }
+        }
+        self.at += n;
+    }
+}
+
+/// A real SQLite stores as an integer in a REAL-affinity column: a whole
+/// number within 6-byte integers (not -0.0, whose sign an integer loses).
+fn whole(r: f64) -> bool {
+    const LIMIT: f64 = (1u64 << 47) as f64;
+    r.fract() == 0.0 && r.abs() < LIMIT && !(r == 0.0 && r.is_sign_negative())
+}
+
+/// Appends an integer's big-endian bytes to `body`; returns its serial type.
+fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
+    let (serial, width) = match i {
+        0 => return 8,
+        1 => return 9,
+        -0x80..=0x7f => (1, 1),
+        -0x8000..=0x7fff => (2, 2),
+        -0x80_0000..=0x7f_ffff => (3, 3),
+        -0x8000_0000..=0x7fff_ffff => (4, 4),
+        -0x8000_0000_0000..=0x7fff_ffff_ffff => (5, 6),
+        _ => (6, 8),
+    };
+    body.extend_from_slice(&i.to_be_bytes()[8 - width..]);
+    serial
+}
+
+/// Appends a SQLite varint (big-endian groups of 7 bits, the ninth byte
+/// whole).
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    if v > 0x00ff_ffff_ffff_ffff {
+        let mut b = [0u8; 9];
+        b[8] = v as u8;
+        let mut rest = v >> 8;
+        for i in (0..8).rev() {
+            b[i] = (rest as u8 & 0x7f) | 0x80;
+            rest >>= 7;
+        }
+        out.extend_from_slice(&b);
+        return;
+    }
+    let n = varint_len(v);
+    for i in (0..n).rev() {
+        let byte = ((v >> (7 * i)) & 0x7f) as u8;
+        out.push(if i > 0 { byte | 0x80 } else { byte });
+    }
+}
+
+fn varint_len(v: u64) -> usize {
+    if v > 0x00ff_ffff_ffff_ffff {
+        9
+    } else {
+        (64 - v.leading_zeros() as usize).div_ceil(7).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::pages::ColumnRead;
+    use rand::{Rng, SeedableRng};
+    use rusqlite::types::Value;
+    use rusqlite::Connection;
+    use std::path::Path;
+
+    /// `t(id INTEGER PRIMARY KEY, a, r REAL, x TEXT, b BLOB)`: the rowid
+    /// alias, a column of no affinity, REAL, TEXT and BLOB.
+    const TABLE: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, a, r REAL, x TEXT, b BLOB)";
+
+    fn layout() -> Layout {
+        let col = |rowid, real| ColumnRead {
+            rowid,
+            real,
+            missing_is_null: true,
+        };
+        Layout {
+            columns: vec![
+                col(true, false),
+                col(false, false),
+                col(false, true),
+                col(false, false),
+                col(false, false),
+            ],
+        }
+    }
+
+    /// A new database of `page_size` holding the empty table; its root page.
+    fn create(path: &Path, page_size: u32) -> u32 {
+        let c = Connection::open(path).unwrap();
+        c.execute_batch(&format!("PRAGMA page_size = {page_size}; {TABLE};"))
+            .unwrap();
+        c.query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    fn open(path: &Path) -> PageFile {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        PageFile::open(f).unwrap()
+    }
+
+    fn load(path: &Path, root: u32, rows: &[(i64, Vec<Value>)]) {
+        let mut file = open(path);
+        let mut t = TableLoad::new(root, layout());
+        for (rowid, values) in rows {
+            let refs: Vec<ValueRef<'_>> = values.iter().map(ValueRef::from).collect();
+            t.push(&mut file, *rowid, &refs).unwrap();
+        }
+        t.finish(&mut file).unwrap();
+        file.close().unwrap();
+    }
+
+    fn value(rng: &mut rand::rngs::StdRng, page: usize) -> Value {
+        let len = |rng: &mut rand::rngs::StdRng| match rng.gen_range(0..10) {
+            0 => rng.gen_range(page / 2..page * 3), // spills, sometimes over pages
+            1 => 0,
+            _ => rng.gen_range(1..40),
+        };
+        match rng.gen_range(0..9) {
+            0 => Value::Null,
+            1 => Value::Integer(rng.gen_range(-2..3)),
+            2 => {
+                let bits = rng.gen_range(0..64);
+                Value::Integer(rng.gen::<i64>() >> bits)
+            }
+            3 => Value::Real(rng.gen_range(-1e6..1e6)),
+            4 => Value::Real(f64::from(rng.gen_range(-1000..1000))),
+            5 => Value::Real([-0.0, f64::INFINITY, f64::MIN, 5e-324][rng.gen_range(0..4)]),
+            6 => {
+                let n = len(rng);
+                Value::Text((0..n).map(|_| rng.gen_range('a'..='ж')).collect())
+            }
+            _ => {
+                let n = len(rng);
+                Value::Blob((0..n).map(|_| rng.gen()).collect())
+            }
+        }
+    }
+
+    /// What a `SELECT` of the row returns.
+    fn expected(rowid: i64, values: &[Value]) -> Vec<Value> {
+        let mut v = values.to_vec();
+        v[0] = Value::Integer(rowid);
+        if let Value::Integer(i) = v[2] {
+            v[2] = Value::Real(i as f64);
+        }
+        v
+    }
+
+    fn select(path: &Path) -> Vec<(i64, Vec<Value>)> {
+        let c = Connection::open(path).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let mut stmt = c
+            .prepare("SELECT rowid, id, a, r, x, b FROM t ORDER BY rowid")
+            .unwrap();
+        stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                (1..6).map(|i| r.get(i)).collect::<Result<_, _>>()?,
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    #[test]
+    fn a_table_written_page_by_page_reads_back_as_its_rows() {
+        for (seed, page_size, n) in [(1u64, 512u32, 3000), (2, 4096, 2000), (3, 65536, 400)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("t.db");
+            let root = create(&path, page_size);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut rowid = -(1i64 << 40);
+            let mut rows = Vec::new();
+            for i in 0..n {
+                rowid += match i % 7 {
+                    0 => rng.gen_range(1..1 << 30),
+                    _ => rng.gen_range(1..4),
+                };
+                if i == n - 1 {
+                    rowid = i64::MAX;
+                }
+                let mut values: Vec<Value> = (0..5)
+                    .map(|_| value(&mut rng, page_size as usize))
+                    .collect();
+                values[0] = Value::Integer(rowid);
+                // As affinity leaves them: no text in the REAL column, no
+                // numbers in the TEXT one.
+                if let Value::Text(_) | Value::Blob(_) = values[2] {
+                    values[2] = Value::Null;
+                }
+                if let Value::Integer(_) | Value::Real(_) = values[3] {
+                    values[3] = Value::Null;
+                }
+                if i % 11 == 0 {
+                    values[2] = Value::Real(f64::NAN);
+                }
+                rows.push((rowid, values));
+            }
+            load(&path, root, &rows);
+            let got = select(&path);
+            assert_eq!(got.len(), rows.len(), "page size {page_size}");
+            for ((rowid, values), (got_rowid, got_values)) in rows.iter().zip(&got) {
+                assert_eq!(rowid, got_rowid);
+                let mut want = expected(*rowid, values);
+                if matches!(values[2], Value::Real(r) if r.is_nan()) {
+                    want[2] = Value::Null;
+                }
+                assert_eq!(&want, got_values, "row {rowid}, page size {page_size}");
+                // -0.0 keeps its sign.
+                if let (Value::Real(w), Value::Real(g)) = (&want[1], &got_values[1]) {
+                    assert_eq!(w.to_bits(), g.to_bits());
+                }
+            }
+            // The tree has interior pages, and SQLite can add to it.
+            let c = Connection::open(&path).unwrap();
+            c.execute("INSERT INTO t(a) VALUES ('after')", []).unwrap();
+            c.execute("DELETE FROM t WHERE id % 3 = 0 AND a IS NOT 'after'", [])
+                .unwrap();
+            drop(c);
+            let after = Value::Text("after".into());
+            assert_eq!(select(&path).iter().filter(|r| r.1[1] == after).count(), 1);
+        }
+    }
+
+    #[test]
+    fn whole_reals_are_stored_as_sqlite_stores_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let root = create(&path, 4096);
+        let rows: Vec<(i64, Vec<Value>)> = [2.0, -3.0, 1e15, 1e300, 0.5, -0.0]
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                let v = vec![
+                    Value::Null,
+                    Value::Null,
+                    Value::Real(r),
+                    Value::Null,
+                    Value::Null,
+                ];
+                (i as i64 + 1, v)
+            })
+            .collect();
+        // On disk: a whole real within 6-byte integers is an integer
+        // (serial types 1 to 5, 8, 9); others, and -0.0, are 8-byte reals (7).
+        let mut t = TableLoad::new(root, layout());
+        for ((_, v), serial) in rows.iter().zip([1u8, 1, 7, 7, 7, 7]) {
+            let refs: Vec<ValueRef<'_>> = v.iter().map(ValueRef::from).collect();
+            t.record(&refs);
+            assert_eq!(t.head, [6, 0, 0, serial, 0, 0], "{v:?}");
+        }
+        load(&path, root, &rows);
+        let c = Connection::open(&path).unwrap();
+        let got: Vec<f64> = c
+            .prepare("SELECT r FROM t ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want = [2.0f64, -3.0, 1e15, 1e300, 0.5, -0.0];
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g.to_bits(), w.to_bits());
+        }
+        // And they compare as the source's do, through an index too.
+        c.execute_batch("CREATE INDEX t_r ON t(r)").unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t WHERE r = 2", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn rows_out_of_order_or_of_another_shape_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let root = create(&path, 4096);
+        let mut file = open(&path);
+        let mut t = TableLoad::new(root, layout());
+        let row = [ValueRef::Null; 5];
+        t.push(&mut file, 5, &row).unwrap();
+        assert!(matches!(
+            t.push(&mut file, 5, &row),
+            Err(LoadError::Order { rowid: 5, last: 5 })
+        ));
+        assert!(matches!(
+            t.push(&mut file, 6, &row[..4]),
+            Err(LoadError::Shape { got: 4, want: 5 })
+        ));
+        assert_eq!(t.last(), Some(5));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_closed_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        create(&path, 4096);
+        let f = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap()
+        };
+        // One page more than the header names.
+        f().set_len(3 * 4096).unwrap();
+        assert!(matches!(PageFile::open(f()), Err(LoadError::Header(_))));
+        std::fs::write(&path, vec![0u8; 4096]).unwrap();
+        assert!(matches!(PageFile::open(f()), Err(LoadError::Header(_))));
+    }
+
+    #[test]
+    fn varints_round_trip_through_the_reader() {
+        for v in [
+            0u64,
+            127,
+            128,
+            16383,
+            16384,
+            1 << 56,
+            (1 << 56) - 1,
+            u64::MAX,
+            1 << 63,
+        ] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), varint_len(v));
+            assert_eq!(super::super::btree::varint(&b, 0), Some((v, b.len())));
+        }
+    }
+}
