@@ -224,8 +224,10 @@ pub struct TableLoad {
     leaves: Vec<(u32, i64)>,
     last: Option<i64>,
     rows: u64,
-    /// Scratch for one row: the record header, the body, the cell.
+    /// Scratch for one row: the record header (from `head_at`), the body,
+    /// the cell.
     head: Vec<u8>,
+    head_at: usize,
     body: Vec<u8>,
     cell: Vec<u8>,
 }
@@ -241,6 +243,7 @@ impl TableLoad {
             last: None,
             rows: 0,
             head: Vec::new(),
+            head_at: 0,
             body: Vec::new(),
             cell: Vec::new(),
         }
@@ -274,7 +277,7 @@ impl TableLoad {
         }
         self.record(values);
         let usable = u64::from(file.usable);
-        let payload = (self.head.len() + self.body.len()) as u64;
+        let payload = (self.header().len() + self.body.len()) as u64;
         // How much of the payload stays on the leaf (file format 1.6,
         // "table b-tree leaf cell").
         let x = usable - 35;
@@ -307,7 +310,7 @@ impl TableLoad {
         // The payload: header then body, split between the cell and its
         // overflow pages.
         let mut rest = Payload {
-            parts: [&self.head, &self.body],
+            parts: [&self.head[self.head_at..], &self.body],
             at: 0,
         };
         rest.take(local, &mut self.cell);
@@ -339,7 +342,9 @@ impl TableLoad {
 
     /// The record of one row into `head` and `body`.
     fn record(&mut self, values: &[ValueRef<'_>]) {
+        // Room for the header's length, written last, in front.
         self.head.clear();
+        self.head.resize(9, 0);
         self.body.clear();
         for (v, col) in values.iter().zip(&self.layout.columns) {
             let serial = if col.rowid {
@@ -369,14 +374,25 @@ impl TableLoad {
             put_varint(&mut self.head, serial);
         }
         // The header starts with its own length, that varint included.
-        let types = self.head.len() as u64;
+        let types = self.head.len() as u64 - 9;
         let mut total = types + 1;
         while varint_len(total) as u64 + types != total {
             total = varint_len(total) as u64 + types;
         }
-        let mut len = Vec::with_capacity(9);
-        put_varint(&mut len, total);
-        self.head.splice(0..0, len);
+        if total < 0x80 {
+            self.head[8] = total as u8;
+            self.head_at = 8;
+        } else {
+            let mut len = Vec::with_capacity(9);
+            put_varint(&mut len, total);
+            self.head_at = 9 - len.len();
+            self.head[self.head_at..9].copy_from_slice(&len);
+        }
+    }
+
+    /// The record header [`record`](Self::record) made.
+    fn header(&self) -> &[u8] {
+        &self.head[self.head_at..]
     }
 
     /// Writes the rest of the tree and its root.
@@ -499,6 +515,10 @@ fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
 /// Appends a SQLite varint (big-endian groups of 7 bits, the ninth byte
 /// whole).
 fn put_varint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+        return;
+    }
     if v > 0x00ff_ffff_ffff_ffff {
         let mut b = [0u8; 9];
         b[8] = v as u8;
@@ -706,6 +726,61 @@ mod tests {
     }
 
     #[test]
+    fn a_record_header_longer_than_one_varint_byte_reads_back() {
+        // 100 text columns of 100 bytes: two-byte serial types, a header
+        // of 202 bytes whose length takes two bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let cols: Vec<String> = (0..100).map(|i| format!("c{i} TEXT")).collect();
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch(&format!("CREATE TABLE w({})", cols.join(", ")))
+            .unwrap();
+        let root: u32 = c
+            .query_row("SELECT rootpage FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        drop(c);
+        let plain = ColumnRead {
+            rowid: false,
+            real: false,
+            missing_is_null: true,
+        };
+        let mut file = open(&path);
+        let mut t = TableLoad::new(
+            root,
+            Layout {
+                columns: vec![plain; 100],
+            },
+        );
+        let rows: Vec<Vec<Value>> = (0..50)
+            .map(|r| {
+                (0..100)
+                    .map(|i| Value::Text(format!("{r:03}{i:03}").repeat(17)[..100].to_owned()))
+                    .collect()
+            })
+            .collect();
+        for (i, row) in rows.iter().enumerate() {
+            let refs: Vec<ValueRef<'_>> = row.iter().map(ValueRef::from).collect();
+            t.push(&mut file, i as i64 + 1, &refs).unwrap();
+        }
+        assert_eq!(t.header().len(), 202);
+        t.finish(&mut file).unwrap();
+        file.close().unwrap();
+        let c = Connection::open(&path).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let got: Vec<Vec<Value>> = c
+            .prepare("SELECT * FROM w ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| (0..100).map(|i| r.get(i)).collect())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got, rows);
+    }
+
+    #[test]
     fn whole_reals_are_stored_as_sqlite_stores_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
@@ -730,7 +805,7 @@ mod tests {
         for ((_, v), serial) in rows.iter().zip([1u8, 1, 7, 7, 7, 7]) {
             let refs: Vec<ValueRef<'_>> = v.iter().map(ValueRef::from).collect();
             t.record(&refs);
-            assert_eq!(t.head, [6, 0, 0, serial, 0, 0], "{v:?}");
+            assert_eq!(t.header(), [6, 0, 0, serial, 0, 0], "{v:?}");
         }
         load(&path, root, &rows);
         let c = Connection::open(&path).unwrap();
