@@ -33,6 +33,10 @@ use std::os::unix::fs::FileExt;
 /// Bytes of consecutive pages gathered before one write.
 const WRITE_BATCH: usize = 1 << 20;
 
+/// SQLite's default limit on a row's record (`SQLITE_MAX_LENGTH`): an
+/// `INSERT` of a longer one fails, and so does reading one back.
+const MAX_RECORD: u64 = 1_000_000_000;
+
 /// A database file's pages, written directly.
 pub struct PageFile {
     file: File,
@@ -60,6 +64,8 @@ pub enum LoadError {
     Shape { got: usize, want: usize },
     #[error("the database would exceed 2^32 - 2 pages")]
     Full,
+    #[error("a row of {0} bytes is longer than SQLite reads (SQLITE_MAX_LENGTH, 10^9 bytes)")]
+    TooLong(u64),
 }
 
 impl PageFile {
@@ -224,6 +230,7 @@ pub struct TableLoad {
     leaves: Vec<(u32, i64)>,
     last: Option<i64>,
     rows: u64,
+    max_record: u64,
     /// Scratch for one row: the record header (from `head_at`), the body,
     /// the cell.
     head: Vec<u8>,
@@ -242,6 +249,7 @@ impl TableLoad {
             leaves: Vec::new(),
             last: None,
             rows: 0,
+            max_record: MAX_RECORD,
             head: Vec::new(),
             head_at: 0,
             body: Vec::new(),
@@ -278,6 +286,9 @@ impl TableLoad {
         self.record(values);
         let usable = u64::from(file.usable);
         let payload = (self.header().len() + self.body.len()) as u64;
+        if payload > self.max_record {
+            return Err(LoadError::TooLong(payload));
+        }
         // How much of the payload stays on the leaf (file format 1.6,
         // "table b-tree leaf cell").
         let x = usable - 35;
@@ -844,6 +855,14 @@ mod tests {
         assert!(matches!(
             t.push(&mut file, 6, &row[..4]),
             Err(LoadError::Shape { got: 4, want: 5 })
+        ));
+        // A record longer than SQLite reads (the limit lowered for the test).
+        t.max_record = 100;
+        let mut long = row;
+        long[3] = ValueRef::Text(&[b'x'; 100]);
+        assert!(matches!(
+            t.push(&mut file, 7, &long),
+            Err(LoadError::TooLong(107))
         ));
         assert_eq!(t.last(), Some(5));
     }
