@@ -840,6 +840,69 @@ mod tests {
     }
 
     #[test]
+    fn a_strict_tables_whole_reals_pass_its_type_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE s(id INTEGER PRIMARY KEY, r REAL, a ANY) STRICT")
+            .unwrap();
+        let root: u32 = c
+            .query_row("SELECT rootpage FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        drop(c);
+        let col = |rowid, real| ColumnRead {
+            rowid,
+            real,
+            missing_is_null: true,
+        };
+        let mut file = open(&path);
+        let mut t = TableLoad::new(
+            root,
+            Layout {
+                columns: vec![col(true, false), col(false, true), col(false, false)],
+            },
+        );
+        for (i, r) in [2.0, -7.0, 0.25].into_iter().enumerate() {
+            let a = ValueRef::Real(r);
+            t.push(
+                &mut file,
+                i as i64 + 1,
+                &[ValueRef::Null, ValueRef::Real(r), a],
+            )
+            .unwrap();
+        }
+        t.finish(&mut file).unwrap();
+        file.close().unwrap();
+        let c = Connection::open(&path).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let got: Vec<(String, f64, String, f64)> = c
+            .prepare("SELECT typeof(r), r, typeof(a), a FROM s ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let real = |v: f64| ("real".to_owned(), v, "real".to_owned(), v);
+        assert_eq!(got, [real(2.0), real(-7.0), real(0.25)]);
+    }
+
+    #[test]
+    fn the_page_of_the_lock_byte_is_never_allocated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        create(&path, 65536);
+        let mut file = open(&path);
+        // The lock byte (offset 2^30) is on page 16385 of 64 KiB pages.
+        file.pages = 16383;
+        assert_eq!(file.alloc().unwrap(), 16384);
+        assert_eq!(file.alloc().unwrap(), 16386);
+        assert_eq!(file.pages, 16386);
+    }
+
+    #[test]
     fn rows_out_of_order_or_of_another_shape_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
