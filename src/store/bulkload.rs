@@ -24,6 +24,7 @@
 //! from the new database, and only while no connection has the file open;
 //! it then records the new page count in the header ([`PageFile::close`]).
 
+use super::indexbuild::IndexBuild;
 use super::pages::Layout;
 use rusqlite::types::ValueRef;
 use std::fs::File;
@@ -40,9 +41,9 @@ const MAX_RECORD: u64 = 1_000_000_000;
 /// A database file's pages, written directly.
 pub struct PageFile {
     file: File,
-    page_size: u32,
+    pub(super) page_size: u32,
     /// Page size less the reserved bytes at the end of each page.
-    usable: u32,
+    pub(super) usable: u32,
     /// The database's size in pages; the next page allocated is this + 1.
     pages: u32,
     /// Consecutive pages waiting to be written, the first numbered `batch_at`.
@@ -109,7 +110,7 @@ impl PageFile {
         })
     }
 
-    fn alloc(&mut self) -> Result<u32, LoadError> {
+    pub(super) fn alloc(&mut self) -> Result<u32, LoadError> {
         // The page the lock byte falls in (at 1 GiB) is never used.
         let lock_page = (1u64 << 30) / u64::from(self.page_size) + 1;
         self.pages = self.pages.checked_add(1).ok_or(LoadError::Full)?;
@@ -124,7 +125,7 @@ impl PageFile {
     }
 
     /// Writes page `pgno` (1-based); consecutive pages go out in batches.
-    fn put(&mut self, pgno: u32, page: &[u8]) -> Result<(), LoadError> {
+    pub(super) fn put(&mut self, pgno: u32, page: &[u8]) -> Result<(), LoadError> {
         debug_assert_eq!(page.len(), self.page_size as usize);
         let size = self.page_size as usize;
         let next = self.batch_at + (self.batch.len() / size) as u32;
@@ -136,7 +137,7 @@ impl PageFile {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), LoadError> {
+    pub(super) fn flush(&mut self) -> Result<(), LoadError> {
         if !self.batch.is_empty() {
             let at = u64::from(self.batch_at - 1) * u64::from(self.page_size);
             self.file.write_all_at(&self.batch, at)?;
@@ -164,10 +165,12 @@ impl PageFile {
 /// Page flags (file format 1.6).
 const INTERIOR: u8 = 0x05;
 const LEAF: u8 = 0x0d;
+pub(super) const INDEX_INTERIOR: u8 = 0x02;
+pub(super) const INDEX_LEAF: u8 = 0x0a;
 
 /// A page being filled: cells from the end backwards, their pointers after
 /// the header.
-struct PageBuf {
+pub(super) struct PageBuf {
     bytes: Vec<u8>,
     header: usize,
     cells: usize,
@@ -176,22 +179,26 @@ struct PageBuf {
 }
 
 impl PageBuf {
-    fn new(size: u32, usable: u32, kind: u8) -> Self {
+    pub(super) fn new(size: u32, usable: u32, kind: u8) -> Self {
         let mut bytes = vec![0u8; size as usize];
         bytes[0] = kind;
         PageBuf {
             bytes,
-            header: if kind == LEAF { 8 } else { 12 },
+            header: if kind == LEAF || kind == INDEX_LEAF {
+                8
+            } else {
+                12
+            },
             cells: 0,
             content: usable as usize,
         }
     }
 
-    fn fits(&self, cell: usize) -> bool {
+    pub(super) fn fits(&self, cell: usize) -> bool {
         self.header + 2 * (self.cells + 1) + cell <= self.content
     }
 
-    fn push(&mut self, cell: &[u8]) {
+    pub(super) fn push(&mut self, cell: &[u8]) {
         self.content -= cell.len();
         self.bytes[self.content..self.content + cell.len()].copy_from_slice(cell);
         let ptr = self.header + 2 * self.cells;
@@ -200,7 +207,7 @@ impl PageBuf {
     }
 
     /// The finished page; the buffer is left empty for the next one.
-    fn seal(&mut self, right: Option<u32>) -> &[u8] {
+    pub(super) fn seal(&mut self, right: Option<u32>) -> &[u8] {
         self.bytes[1..3].fill(0); // no freeblocks
         self.bytes[3..5].copy_from_slice(&(self.cells as u16).to_be_bytes());
         // 65536 is written as 0.
@@ -212,7 +219,7 @@ impl PageBuf {
         &self.bytes
     }
 
-    fn reset(&mut self, usable: u32) {
+    pub(super) fn reset(&mut self, usable: u32) {
         let kind = self.bytes[0];
         self.bytes.fill(0);
         self.bytes[0] = kind;
@@ -231,6 +238,8 @@ pub struct TableLoad {
     last: Option<i64>,
     rows: u64,
     max_record: u64,
+    /// The table's indexes, gathered as the rows come.
+    indexes: Vec<IndexBuild>,
     /// Scratch for one row: the record header (from `head_at`), the body,
     /// the cell.
     head: Vec<u8>,
@@ -250,11 +259,18 @@ impl TableLoad {
             last: None,
             rows: 0,
             max_record: MAX_RECORD,
+            indexes: Vec::new(),
             head: Vec::new(),
             head_at: 0,
             body: Vec::new(),
             cell: Vec::new(),
         }
+    }
+
+    /// Builds these indexes of the table too, from its rows.
+    pub fn with_indexes(mut self, indexes: Vec<IndexBuild>) -> Self {
+        self.indexes = indexes;
+        self
     }
 
     /// The largest rowid loaded so far.
@@ -289,20 +305,7 @@ impl TableLoad {
         if payload > self.max_record {
             return Err(LoadError::TooLong(payload));
         }
-        // How much of the payload stays on the leaf (file format 1.6,
-        // "table b-tree leaf cell").
-        let x = usable - 35;
-        let local = if payload <= x {
-            payload
-        } else {
-            let m = ((usable - 12) * 32 / 255) - 23;
-            let k = m + (payload - m) % (usable - 4);
-            if k <= x {
-                k
-            } else {
-                m
-            }
-        } as usize;
+        let local = local_size(payload, usable, usable - 35);
         self.cell.clear();
         put_varint(&mut self.cell, payload);
         put_varint(&mut self.cell, rowid as u64);
@@ -326,23 +329,11 @@ impl TableLoad {
         };
         rest.take(local, &mut self.cell);
         if spill {
-            let first = file.alloc()?;
+            let first = write_overflow(file, &mut rest)?;
             self.cell.extend_from_slice(&first.to_be_bytes());
-            let mut page = vec![0u8; file.page_size as usize];
-            let mut pgno = first;
-            loop {
-                page.fill(0);
-                let mut data = Vec::with_capacity(file.usable as usize - 4);
-                rest.take(file.usable as usize - 4, &mut data);
-                page[4..4 + data.len()].copy_from_slice(&data);
-                let next = if rest.left() > 0 { file.alloc()? } else { 0 };
-                page[..4].copy_from_slice(&next.to_be_bytes());
-                file.put(pgno, &page)?;
-                if next == 0 {
-                    break;
-                }
-                pgno = next;
-            }
+        }
+        for ix in &mut self.indexes {
+            ix.push(rowid, values, &self.layout)?;
         }
         let leaf = self.leaf.as_mut().expect("made above");
         leaf.push(&self.cell);
@@ -406,8 +397,23 @@ impl TableLoad {
         &self.head[self.head_at..]
     }
 
-    /// Writes the rest of the tree and its root.
-    pub fn finish(mut self, file: &mut PageFile) -> Result<(), LoadError> {
+    /// Writes the rest of the tree and its root, then the indexes'. Returns
+    /// each index's name and, if it was left to SQLite, why.
+    pub fn finish(
+        mut self,
+        file: &mut PageFile,
+    ) -> Result<Vec<(String, Option<&'static str>)>, LoadError> {
+        let indexes = std::mem::take(&mut self.indexes);
+        self.finish_table(file)?;
+        let mut out = Vec::with_capacity(indexes.len());
+        for ix in indexes {
+            let name = ix.spec().name.clone();
+            out.push((name, ix.finish(file)?));
+        }
+        Ok(out)
+    }
+
+    fn finish_table(mut self, file: &mut PageFile) -> Result<(), LoadError> {
         let Some(mut leaf) = self.leaf.take() else {
             return Ok(()); // no rows: the root stays an empty leaf
         };
@@ -468,18 +474,60 @@ impl TableLoad {
     }
 }
 
+/// How much of a payload stays on its page (file format 1.6): all of it up
+/// to `x` (`usable - 35` on a table leaf, `(usable - 12) * 64 / 255 - 23`
+/// on an index page), else a part chosen so the overflow pages fill.
+pub(super) fn local_size(payload: u64, usable: u64, x: u64) -> usize {
+    (if payload <= x {
+        payload
+    } else {
+        let m = ((usable - 12) * 32 / 255) - 23;
+        let k = m + (payload - m) % (usable - 4);
+        if k <= x {
+            k
+        } else {
+            m
+        }
+    }) as usize
+}
+
+/// Writes the rest of a payload to a chain of overflow pages; returns the
+/// first.
+pub(super) fn write_overflow(
+    file: &mut PageFile,
+    rest: &mut Payload<'_>,
+) -> Result<u32, LoadError> {
+    let first = file.alloc()?;
+    let mut page = vec![0u8; file.page_size as usize];
+    let mut data = Vec::with_capacity(file.usable as usize - 4);
+    let mut pgno = first;
+    loop {
+        page.fill(0);
+        data.clear();
+        rest.take(file.usable as usize - 4, &mut data);
+        page[4..4 + data.len()].copy_from_slice(&data);
+        let next = if rest.left() > 0 { file.alloc()? } else { 0 };
+        page[..4].copy_from_slice(&next.to_be_bytes());
+        file.put(pgno, &page)?;
+        if next == 0 {
+            return Ok(first);
+        }
+        pgno = next;
+    }
+}
+
 /// A payload in two parts, taken from the front.
-struct Payload<'a> {
-    parts: [&'a [u8]; 2],
-    at: usize,
+pub(super) struct Payload<'a> {
+    pub(super) parts: [&'a [u8]; 2],
+    pub(super) at: usize,
 }
 
 impl Payload<'_> {
-    fn left(&self) -> usize {
+    pub(super) fn left(&self) -> usize {
         self.parts[0].len() + self.parts[1].len() - self.at
     }
 
-    fn take(&mut self, n: usize, out: &mut Vec<u8>) {
+    pub(super) fn take(&mut self, n: usize, out: &mut Vec<u8>) {
         let n = n.min(self.left());
         let mut need = n;
         let mut at = self.at;
@@ -508,7 +556,7 @@ fn whole(r: f64) -> bool {
 }
 
 /// Appends an integer's big-endian bytes to `body`; returns its serial type.
-fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
+pub(super) fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
     let (serial, width) = match i {
         0 => return 8,
         1 => return 9,
@@ -525,7 +573,7 @@ fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
 
 /// Appends a SQLite varint (big-endian groups of 7 bits, the ninth byte
 /// whole).
-fn put_varint(out: &mut Vec<u8>, v: u64) {
+pub(super) fn put_varint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
         return;

@@ -11,6 +11,8 @@
 //!   backup's fast read path; a query reads what it cannot).
 //! * [`bulkload`]: a rowid table's b-tree written page by page from rows in
 //!   rowid order (the restore's fast write path).
+//! * [`indexbuild`]: an index's b-tree built from the keys of the rows a
+//!   bulk load wrote (sorted runs, merged).
 //! * [`record`]: the canonical, versioned encoding of one row, shared by both
 //!   directions; it is what gets chunked and encrypted.
 
@@ -18,6 +20,7 @@ pub mod btree;
 pub mod bulkload;
 pub mod compare;
 pub mod files;
+pub mod indexbuild;
 pub mod pages;
 pub mod postgres;
 pub mod record;

@@ -18,6 +18,7 @@
 
 use super::btree::{PageReader, TableLeaves};
 use super::bulkload::{LoadError, PageFile, TableLoad};
+use super::indexbuild::{IndexBuild, IndexSpec};
 use super::pages::{is_real_affinity, read_rows, ColumnRead, Layout, ReadError};
 use super::record::{
     decode_row, decode_row_ref, encode_owned_row, encode_row, encode_row_with, row_span, Row,
@@ -1314,9 +1315,10 @@ struct Target {
     ncols: usize,
     rowid: bool,
     kind: TargetKind,
-    /// Until the table's rows start: its root page and record layout, when
-    /// its pages can be written directly ([`bulkload`]).
-    bulk: Option<(u32, Layout)>,
+    /// Until the table's rows start: its root page, record layout and the
+    /// indexes to build with it, when its pages can be written directly
+    /// ([`bulkload`]).
+    bulk: Option<(u32, Layout, Vec<IndexSpec>)>,
 }
 
 /// Builds a new database from a schema and encoded rows. Until
@@ -1330,9 +1332,15 @@ pub struct SqliteRestorer {
     /// b-tree is being built.
     pages: Option<PageFile>,
     loading: Option<(String, TableLoad)>,
-    /// Tables built page by page, and their rows loaded so: their indexes
-    /// are rebuilt at the end.
+    /// Tables built page by page, and their rows loaded so.
     loaded: Vec<(String, u64)>,
+    /// Indexes created with the tables, to be built with their rows.
+    early: std::collections::HashSet<String>,
+    /// Indexes whose entries SQLite must build at the end: automatic ones
+    /// of tables built page by page that were not built with them.
+    reindex: Vec<String>,
+    /// Indexes built with their tables' rows.
+    built: Vec<String>,
     tmp: PathBuf,
     path: PathBuf,
     force: bool,
@@ -1431,6 +1439,9 @@ impl SqliteRestorer {
             pages: None,
             loading: None,
             loaded: Vec::new(),
+            early: Default::default(),
+            reindex: Vec::new(),
+            built: Vec::new(),
             tmp,
             path: path.to_owned(),
             force,
@@ -1553,7 +1564,8 @@ impl SqliteRestorer {
         // Pages are written directly only where no pointer-map pages
         // (auto-vacuum) need keeping and text is stored as the rows hold it.
         let bulk_file = self.schema.encoding == "UTF-8" && self.schema.auto_vacuum == 0;
-        for t in &self.schema.tables {
+        let tables = self.schema.tables.clone();
+        for t in &tables {
             if !self.table_exists(&t.name)? {
                 return Err(SqliteError::BadSchema(format!(
                     "table `{}` is listed for rows but no entry creates it",
@@ -1595,7 +1607,13 @@ impl SqliteRestorer {
                 .prepare(&insert)
                 .map_err(self.sql_err(format!("preparing inserts into table `{}`", t.name)))?;
             let bulk = if kind == TargetKind::Plain && !t.internal && bulk_file {
-                self.bulk_target(t)?
+                match self.bulk_target(t)? {
+                    Some((root, layout)) => {
+                        let specs = self.index_specs(t)?;
+                        Some((root, layout, specs))
+                    }
+                    None => None,
+                }
             } else {
                 None
             };
@@ -1633,6 +1651,78 @@ impl SqliteRestorer {
             .ok()
             .filter(|&r| r > 1)
             .map(|r| (r, layout)))
+    }
+
+    /// The indexes to build with a table written page by page: its
+    /// automatic indexes and its others, created now (on the empty table)
+    /// so they have root pages. An index [`indexbuild`] does not cover is
+    /// dropped again to be created at the end, or (automatic) rebuilt then.
+    fn index_specs(&mut self, t: &TableSchema) -> Result<Vec<IndexSpec>, SqliteError> {
+        let doing = format!("reading the indexes of table `{}`", t.name);
+        for e in &self.schema.entries {
+            if e.kind == "index" && e.tbl_name.eq_ignore_ascii_case(&t.name) {
+                // One that fails here is created (and its error reported)
+                // at the end, as every index was.
+                if let Some(sql) = &e.sql {
+                    if self.conn().execute_batch(sql).is_ok() {
+                        self.early.insert(e.name.clone());
+                    }
+                }
+            }
+        }
+        let list: Vec<(String, bool, bool)> = self
+            .conn()
+            .prepare("SELECT name, \"unique\", partial FROM pragma_index_list(?1, 'main')")
+            .and_then(|mut st| {
+                st.query_map([&t.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(self.sql_err(doing.clone()))?;
+        let mut specs = Vec::new();
+        for (name, unique, partial) in list {
+            let keys: Vec<(i64, bool, String)> = self
+                .conn()
+                .prepare(
+                    "SELECT cid, \"desc\", coll FROM pragma_index_xinfo(?1, 'main') \
+                     WHERE key ORDER BY seqno",
+                )
+                .and_then(|mut st| {
+                    st.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect()
+                })
+                .map_err(self.sql_err(doing.clone()))?;
+            let root: i64 = self
+                .conn()
+                .query_row(
+                    "SELECT rootpage FROM main.sqlite_schema WHERE type = 'index' AND name = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .map_err(self.sql_err(doing.clone()))?;
+            let covered = !partial
+                && !keys.is_empty()
+                && keys.iter().all(|(cid, desc, coll)| {
+                    *cid >= 0
+                        && (*cid as usize) < t.columns.len()
+                        && !desc
+                        && coll.eq_ignore_ascii_case("BINARY")
+                });
+            match u32::try_from(root).ok().filter(|&r| r > 1 && covered) {
+                Some(root) => specs.push(IndexSpec {
+                    name,
+                    root,
+                    columns: keys.iter().map(|k| k.0 as usize).collect(),
+                    unique,
+                }),
+                None if self.early.remove(&name) => {
+                    self.conn()
+                        .execute_batch(&format!("DROP INDEX main.{}", ident(&name)))
+                        .map_err(self.sql_err(doing.clone()))?;
+                }
+                None => self.reindex.push(name),
+            }
+        }
+        Ok(specs)
     }
 
     /// Closes the connection (committing) so pages can be written
@@ -1677,8 +1767,14 @@ impl SqliteRestorer {
             let pages = self.pages.as_mut().expect("pages are open while loading");
             let rows = load.rows();
             let done = load.finish(pages);
-            done.map_err(self.load_err())?;
+            let indexes = done.map_err(self.load_err())?;
             self.loaded.push((name, rows));
+            for (index, left) in indexes {
+                match left {
+                    Some(_) => self.reindex.push(index),
+                    None => self.built.push(index),
+                }
+            }
         }
         Ok(())
     }
@@ -1793,8 +1889,17 @@ impl SqliteRestorer {
                 self.finish_load()?;
                 self.pages()?;
                 let target = self.targets.get_mut(table).expect("looked up above");
-                let (root, layout) = target.bulk.take().expect("bulk checked above");
-                self.loading = Some((table.to_owned(), TableLoad::new(root, layout)));
+                let (root, layout, specs) = target.bulk.take().expect("bulk checked above");
+                let dir = match self.tmp.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+                    _ => PathBuf::from("."),
+                };
+                let builds = specs
+                    .into_iter()
+                    .map(|spec| IndexBuild::new(spec, &dir))
+                    .collect();
+                let load = TableLoad::new(root, layout).with_indexes(builds);
+                self.loading = Some((table.to_owned(), load));
             }
             let pages = self.pages.as_mut().expect("opened above");
             let (_, load) = self.loading.as_mut().expect("started above");
@@ -1887,8 +1992,10 @@ impl SqliteRestorer {
     /// and triggers (after the data, so triggers do not fire), `user_version`
     /// and `application_id`, WAL mode if the source had it; then syncs the
     /// file and renames it over the target path (removing stale `-wal`,
-    /// `-shm` and `-journal` files of that path first).
-    pub fn finish(mut self) -> Result<(), SqliteError> {
+    /// `-shm` and `-journal` files of that path first). Returns the indexes
+    /// built from the rows of tables written page by page (SQLite built
+    /// the others).
+    pub fn finish(mut self) -> Result<Vec<String>, SqliteError> {
         self.sql()?;
         if let Some(t) = self
             .schema
@@ -1928,15 +2035,17 @@ impl SqliteRestorer {
                 "PRAGMA threads = 2; PRAGMA cache_size = -{INDEX_BUILD_CACHE_KIB}"
             ))
             .map_err(self.sql_err("setting up the index builds"))?;
-        // A table built page by page has empty automatic indexes (UNIQUE,
-        // PRIMARY KEY): each is built now from the table, as the indexes
-        // below are.
-        for (name, _) in &self.loaded {
+        // Indexes of tables built page by page that were not built with
+        // them are built now from the table, as the indexes below are.
+        for name in &self.reindex {
             self.conn()
                 .execute_batch(&format!("REINDEX main.{}", ident(name)))
-                .map_err(self.sql_err(format!("building the indexes of table `{name}`")))?;
+                .map_err(self.sql_err(format!("building index `{name}`")))?;
         }
         for e in self.schema.entries.iter().filter(|e| e.kind == "index") {
+            if self.early.contains(&e.name) {
+                continue; // created with its table, built with its rows
+            }
             let sql = e.sql.as_deref().unwrap_or_default();
             self.conn()
                 .execute_batch(sql)
@@ -2025,7 +2134,7 @@ impl SqliteRestorer {
                 let _ = d.sync_all();
             }
         }
-        Ok(())
+        Ok(std::mem::take(&mut self.built))
     }
 }
 
