@@ -1256,6 +1256,30 @@ fn record_layout(conn: &Connection, table: &TableSchema) -> rusqlite::Result<Opt
     Ok(Some(Layout { columns }))
 }
 
+/// Decodes the rows of `pieces` in the order of `spans` (key, then
+/// `piece << 40 | offset`) and gives each to `f` with its offset. Rows
+/// taken out of the order in which they lie, in buffers larger than the
+/// caches, are loaded a few rows ahead.
+fn each_row<'p>(
+    pieces: &[&'p [u8]],
+    spans: &[(i64, u64)],
+    values: &mut Vec<ValueRef<'p>>,
+    record: impl Fn(usize, super::record::RecordError) -> SqliteError,
+    mut f: impl FnMut(Option<i64>, &[ValueRef<'p>], usize) -> Result<(), SqliteError>,
+) -> Result<(), SqliteError> {
+    let at = |span: u64| ((span >> 40) as usize, (span & ((1 << 40) - 1)) as usize);
+    for (k, &(_, span)) in spans.iter().enumerate() {
+        if let Some(&(_, ahead)) = spans.get(k + 4) {
+            let (i, pos) = at(ahead);
+            crate::prefetch::head(&pieces[i][pos..]);
+        }
+        let (i, pos) = at(span);
+        let (rowid, _) = decode_row_ref(&pieces[i][pos..], values).map_err(|e| record(pos, e))?;
+        f(rowid, values, pos)?;
+    }
+    Ok(())
+}
+
 /// How [`SqliteSource::scan_natural_pages`] reads a table from its pages:
 /// the records' layout and where the coordinates' columns are.
 struct PageRead {
@@ -1855,7 +1879,6 @@ impl SqliteRestorer {
         // into its middle, and the pieces hold a whole read window, whose
         // rows the backup read in rowid order but stored by group. A row is
         // named by its piece and its offset in it, (piece << 40) | offset.
-        let at = |span: u64| ((span >> 40) as usize, (span & ((1 << 40) - 1)) as usize);
         let mut spans: Vec<(i64, u64)> = Vec::new();
         for (i, encoded) in pieces.iter().enumerate() {
             let mut pos = 0;
@@ -1903,14 +1926,7 @@ impl SqliteRestorer {
             }
             let pages = self.pages.as_mut().expect("opened above");
             let (_, load) = self.loading.as_mut().expect("started above");
-            for (k, &(_, span)) in spans.iter().enumerate() {
-                if let Some(&(_, ahead)) = spans.get(k + 4) {
-                    let (i, pos) = at(ahead);
-                    crate::prefetch::head(&pieces[i][pos..]);
-                }
-                let (i, pos) = at(span);
-                let (rowid, _) =
-                    decode_row_ref(&pieces[i][pos..], &mut values).map_err(|e| record(pos, e))?;
+            each_row(pieces, &spans, &mut values, record, |rowid, values, pos| {
                 let Some(rowid) = rowid.filter(|_| values.len() == ncols) else {
                     return Err(shape(format!(
                         "row at byte {pos}: {} values, rowid {}; expected {ncols} values and a rowid",
@@ -1918,13 +1934,12 @@ impl SqliteRestorer {
                         rowid.is_some(),
                     )));
                 };
-                if let Err(source) = load.push(pages, rowid, &values) {
-                    return Err(SqliteError::Load {
+                load.push(pages, rowid, values)
+                    .map_err(|source| SqliteError::Load {
                         path: self.tmp.clone(),
                         source,
-                    });
-                }
-            }
+                    })
+            })?;
             return Ok(spans.len() as u64);
         }
         if let Some(t) = self.targets.get_mut(table) {
@@ -1940,16 +1955,7 @@ impl SqliteRestorer {
             source,
         };
         let mut stmt = conn.prepare_cached(&target.insert).map_err(sql_err)?;
-        for (k, &(_, span)) in spans.iter().enumerate() {
-            // Rows out of order in buffers larger than the caches: start
-            // loading a row a few inserts ahead.
-            if let Some(&(_, ahead)) = spans.get(k + 4) {
-                let (i, pos) = at(ahead);
-                crate::prefetch::head(&pieces[i][pos..]);
-            }
-            let (i, pos) = at(span);
-            let (rowid, _) =
-                decode_row_ref(&pieces[i][pos..], &mut values).map_err(|e| record(pos, e))?;
+        each_row(pieces, &spans, &mut values, record, |rowid, values, pos| {
             if values.len() != target.ncols || rowid.is_some() != target.rowid {
                 return Err(shape(format!(
                     "row at byte {pos}: {} values, rowid {}; expected {} values, rowid {}",
@@ -1970,7 +1976,8 @@ impl SqliteRestorer {
                 idx += 1;
             }
             stmt.raw_execute().map_err(sql_err)?;
-        }
+            Ok(())
+        })?;
         Ok(spans.len() as u64)
     }
 
