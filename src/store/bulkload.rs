@@ -596,7 +596,8 @@ pub(super) fn put_varint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
-fn varint_len(v: u64) -> usize {
+/// The bytes [`put_varint`] writes for `v`.
+pub(super) fn varint_len(v: u64) -> usize {
     if v > 0x00ff_ffff_ffff_ffff {
         9
     } else {

@@ -413,9 +413,7 @@ fn escape(b: &[u8], out: &mut Vec<u8>) {
 }
 
 fn varint_len(v: u64) -> u64 {
-    let mut b = Vec::with_capacity(9);
-    put_varint(&mut b, v);
-    b.len() as u64
+    super::bulkload::varint_len(v) as u64
 }
 
 /// Fills an index b-tree bottom up from entries in order.
