@@ -31,6 +31,7 @@ async fn a_snapshot_whose_body_is_unreadable_is_named_and_never_stands_in() {
     backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
     let second = backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
     assert_eq!(second.rows_reused, second.items);
+    assert!(second.parents_unreadable.is_empty());
 
     // A snapshot object, newest of all, sealed under the repository's key,
     // whose head is well formed and whose body is not.
@@ -82,6 +83,8 @@ async fn a_snapshot_whose_body_is_unreadable_is_named_and_never_stands_in() {
         .unwrap();
     assert_eq!(third_snap.parent.as_deref(), Some(second.snapshot.as_str()));
     assert_eq!(third.rows_reused, third.items);
+    // And says which newer one it passed over.
+    assert_eq!(third.parents_unreadable, [forged]);
 
     // A check walks the readable ones and names the other.
     let c = check(&policy, None, false, Arc::new(NoProgress))

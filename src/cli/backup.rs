@@ -65,6 +65,12 @@ pub fn print_report(r: &BackupReport) {
             r.rows_reused, r.rows_unread
         );
     }
+    if !r.parents_unreadable.is_empty() {
+        println!(
+            "  warning:          newer snapshots unreadable, not used as parent: {} (run `custos check`)",
+            r.parents_unreadable.join(", ")
+        );
+    }
     println!("  bytes:            {}", human_bytes(r.bytes_read));
     println!(
         "  new bytes stored: {} ({} of {} chunks new)",

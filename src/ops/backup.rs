@@ -102,6 +102,9 @@ pub struct BackupReport {
     /// Of those, rows in stretches of a table whose b-tree pages matched the
     /// parent's: reused without being read at all.
     pub rows_unread: u64,
+    /// Snapshots of this policy newer than the parent whose bodies could
+    /// not be read, so an older one served as parent (`check` says why).
+    pub parents_unreadable: Vec<String>,
     pub duration_s: f64,
     pub tables: Vec<TableSummary>,
 }
@@ -203,10 +206,17 @@ async fn backup_locked(
     // others). Only the snapshots' heads are read to choose it.
     let (heads, _) = Snapshot::heads_with_ids(&target, &meta).await?;
     let mut parent = None;
+    let mut parents_unreadable = Vec::new();
     for head in heads.iter().rev().filter(|h| h.policy == policy.name) {
-        if let Ok(p) = Snapshot::load(&target, &meta, &head.id).await {
-            parent = Some(p);
-            break;
+        match Snapshot::load(&target, &meta, &head.id).await {
+            Ok(p) => {
+                parent = Some(p);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %head.id, error = %e, "a snapshot of this policy is unreadable; the backup takes an older one as its parent");
+                parents_unreadable.push(head.id.clone());
+            }
         }
     }
     let target = Arc::new(target);
@@ -375,6 +385,7 @@ async fn backup_locked(
         },
         rows_reused: counters.rows_reused.load(Ordering::Relaxed),
         rows_unread: counters.rows_unread.load(Ordering::Relaxed),
+        parents_unreadable,
         duration_s: duration,
         tables,
     })
