@@ -176,6 +176,8 @@ pub(super) struct PageBuf {
     cells: usize,
     /// Start of the cell content area.
     content: usize,
+    /// Length of the cell pushed last (0 once taken back).
+    last: usize,
 }
 
 impl PageBuf {
@@ -191,6 +193,7 @@ impl PageBuf {
             },
             cells: 0,
             content: usable as usize,
+            last: 0,
         }
     }
 
@@ -204,6 +207,21 @@ impl PageBuf {
         let ptr = self.header + 2 * self.cells;
         self.bytes[ptr..ptr + 2].copy_from_slice(&(self.content as u16).to_be_bytes());
         self.cells += 1;
+        self.last = cell.len();
+    }
+
+    /// Takes back the cell pushed last (once; cells are written from the
+    /// end of the page backwards, so it starts the content area).
+    pub(super) fn pop(&mut self, out: &mut Vec<u8>) {
+        debug_assert!(self.cells > 0 && self.last > 0, "one push to take back");
+        out.clear();
+        out.extend_from_slice(&self.bytes[self.content..self.content + self.last]);
+        self.bytes[self.content..self.content + self.last].fill(0);
+        self.content += self.last;
+        self.cells -= 1;
+        let ptr = self.header + 2 * self.cells;
+        self.bytes[ptr..ptr + 2].fill(0);
+        self.last = 0;
     }
 
     /// The finished page; the buffer is left empty for the next one.
@@ -225,6 +243,7 @@ impl PageBuf {
         self.bytes[0] = kind;
         self.cells = 0;
         self.content = usable as usize;
+        self.last = 0;
     }
 }
 

@@ -420,10 +420,6 @@ fn varint_len(v: u64) -> u64 {
 struct TreeWriter {
     root: u32,
     leaf: PageBuf,
-    /// Each cell of the current leaf: its start in `cells` (to take the
-    /// last one back as a separator).
-    cells: Vec<u8>,
-    lens: Vec<usize>,
     /// Leaves written, and the separator after each (a cell without its
     /// child pointer).
     children: Vec<u32>,
@@ -436,8 +432,6 @@ impl TreeWriter {
         TreeWriter {
             root,
             leaf: PageBuf::new(file.page_size, file.usable, INDEX_LEAF),
-            cells: Vec::new(),
-            lens: Vec::new(),
             children: Vec::new(),
             seps: Vec::new(),
             cell: Vec::new(),
@@ -469,26 +463,15 @@ impl TreeWriter {
         if !self.leaf.fits(cell.len()) {
             // The leaf is full: its last entry goes up as the separator
             // before the next leaf (an index page holds at least four).
-            let last = self.lens.pop().expect("a full leaf holds entries");
-            let sep = self.cells[self.cells.len() - last..].to_vec();
-            self.cells.truncate(self.cells.len() - last);
-            let mut page = PageBuf::new(file.page_size, file.usable, INDEX_LEAF);
-            let mut at = 0;
-            for &len in &self.lens {
-                page.push(&self.cells[at..at + len]);
-                at += len;
-            }
+            let mut sep = Vec::new();
+            self.leaf.pop(&mut sep);
             let pgno = file.alloc()?;
-            file.put(pgno, page.seal(None))?;
+            file.put(pgno, self.leaf.seal(None))?;
             self.children.push(pgno);
             self.seps.push(sep);
             self.leaf.reset(file.usable);
-            self.cells.clear();
-            self.lens.clear();
         }
         self.leaf.push(&cell);
-        self.cells.extend_from_slice(&cell);
-        self.lens.push(cell.len());
         self.cell = cell;
         Ok(())
     }
