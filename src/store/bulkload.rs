@@ -394,12 +394,7 @@ impl TableLoad {
             };
             put_varint(&mut self.head, serial);
         }
-        // The header starts with its own length, that varint included.
-        let types = self.head.len() as u64 - 9;
-        let mut total = types + 1;
-        while varint_len(total) as u64 + types != total {
-            total = varint_len(total) as u64 + types;
-        }
+        let total = header_len(self.head.len() as u64 - 9);
         if total < 0x80 {
             self.head[8] = total as u8;
             self.head_at = 8;
@@ -615,8 +610,18 @@ pub(super) fn put_varint(out: &mut Vec<u8>, v: u64) {
     }
 }
 
+/// The length of a record header whose serial types take `types` bytes:
+/// the header starts with its own length, that varint included.
+pub(super) fn header_len(types: u64) -> u64 {
+    let mut total = types + 1;
+    while varint_len(total) as u64 + types != total {
+        total = varint_len(total) as u64 + types;
+    }
+    total
+}
+
 /// The bytes [`put_varint`] writes for `v`.
-pub(super) fn varint_len(v: u64) -> usize {
+fn varint_len(v: u64) -> usize {
     if v > 0x00ff_ffff_ffff_ffff {
         9
     } else {

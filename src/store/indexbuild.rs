@@ -24,8 +24,8 @@
 //! then reports the constraint).
 
 use super::bulkload::{
-    int_serial, local_size, put_varint, write_overflow, LoadError, PageBuf, PageFile, Payload,
-    INDEX_INTERIOR, INDEX_LEAF,
+    header_len, int_serial, local_size, put_varint, write_overflow, LoadError, PageBuf, PageFile,
+    Payload, INDEX_INTERIOR, INDEX_LEAF,
 };
 use super::pages::Layout;
 use rusqlite::types::ValueRef;
@@ -124,14 +124,8 @@ fn record_of(key: &[u8], head: &mut Vec<u8>, body: &mut Vec<u8>, out: &mut Vec<u
     let rowid = u64::from_be_bytes(key[fields..].try_into().expect("8 bytes")) ^ (1 << 63);
     let serial = int_serial(rowid as i64, body);
     put_varint(head, serial);
-    // The header's length counts its own varint.
-    let types = head.len() as u64;
-    let mut total = types + 1;
-    while varint_len(total) + types != total {
-        total = varint_len(total) + types;
-    }
     out.clear();
-    put_varint(out, total);
+    put_varint(out, header_len(head.len() as u64));
     out.extend_from_slice(head);
     out.extend_from_slice(body);
     null
@@ -410,10 +404,6 @@ fn escape(b: &[u8], out: &mut Vec<u8>) {
         }
     }
     out.extend_from_slice(&[0, 0]);
-}
-
-fn varint_len(v: u64) -> u64 {
-    super::bulkload::varint_len(v) as u64
 }
 
 /// Fills an index b-tree bottom up from entries in order.
