@@ -98,9 +98,10 @@ pub enum SqliteError {
          the rows belong to another table or schema"
     )]
     RowShape { table: String, detail: String },
-    #[error("cannot write the pages of the new database {path}: {source}")]
+    #[error("cannot write the new database {path} while {doing}: {source}")]
     Load {
         path: PathBuf,
+        doing: String,
         #[source]
         source: super::bulkload::LoadError,
     },
@@ -1633,7 +1634,7 @@ impl SqliteRestorer {
             let bulk = if kind == TargetKind::Plain && !t.internal && bulk_file {
                 match self.bulk_target(t)? {
                     Some((root, layout)) => {
-                        let specs = self.index_specs(t)?;
+                        let specs = self.prepare_indexes(t)?;
                         Some((root, layout, specs))
                     }
                     None => None,
@@ -1681,7 +1682,7 @@ impl SqliteRestorer {
     /// automatic indexes and its others, created now (on the empty table)
     /// so they have root pages. An index [`indexbuild`] does not cover is
     /// dropped again to be created at the end, or (automatic) rebuilt then.
-    fn index_specs(&mut self, t: &TableSchema) -> Result<Vec<IndexSpec>, SqliteError> {
+    fn prepare_indexes(&mut self, t: &TableSchema) -> Result<Vec<IndexSpec>, SqliteError> {
         let doing = format!("reading the indexes of table `{}`", t.name);
         for e in &self.schema.entries {
             if e.kind == "index" && e.tbl_name.eq_ignore_ascii_case(&t.name) {
@@ -1751,7 +1752,7 @@ impl SqliteRestorer {
 
     /// Closes the connection (committing) so pages can be written
     /// directly; opens the file for that.
-    fn pages(&mut self) -> Result<&mut PageFile, SqliteError> {
+    fn open_pages(&mut self) -> Result<(), SqliteError> {
         if self.pages.is_none() {
             if let Some(conn) = self.conn.take() {
                 conn.execute_batch("COMMIT")
@@ -1775,14 +1776,20 @@ impl SqliteRestorer {
                     doing: "opening the new database to write pages".into(),
                     source,
                 })?;
-            self.pages = Some(PageFile::open(file).map_err(self.load_err())?);
+            let pages = PageFile::open(file).map_err(self.load_err("opening it to write pages"))?;
+            self.pages = Some(pages);
         }
-        Ok(self.pages.as_mut().expect("opened above"))
+        Ok(())
     }
 
-    fn load_err(&self) -> impl FnOnce(LoadError) -> SqliteError {
+    fn load_err(&self, doing: impl Into<String>) -> impl FnOnce(LoadError) -> SqliteError {
         let path = self.tmp.clone();
-        move |source| SqliteError::Load { path, source }
+        let doing = doing.into();
+        move |source| SqliteError::Load {
+            path,
+            doing,
+            source,
+        }
     }
 
     /// Completes the table being built, if any.
@@ -1791,7 +1798,8 @@ impl SqliteRestorer {
             let pages = self.pages.as_mut().expect("pages are open while loading");
             let rows = load.rows();
             let done = load.finish(pages);
-            let indexes = done.map_err(self.load_err())?;
+            let doing = format!("completing table `{name}` and its indexes");
+            let indexes = done.map_err(self.load_err(doing))?;
             self.loaded.push((name, rows));
             for (index, left) in indexes {
                 match left {
@@ -1807,7 +1815,9 @@ impl SqliteRestorer {
     fn sql(&mut self) -> Result<(), SqliteError> {
         self.finish_load()?;
         if let Some(pages) = self.pages.take() {
-            pages.close().map_err(self.load_err())?;
+            pages
+                .close()
+                .map_err(self.load_err("recording its size in its header"))?;
             self.connect("")?;
         }
         Ok(())
@@ -1910,7 +1920,7 @@ impl SqliteRestorer {
         if bulk {
             if !loading {
                 self.finish_load()?;
-                self.pages()?;
+                self.open_pages()?;
                 let target = self.targets.get_mut(table).expect("looked up above");
                 let (root, layout, specs) = target.bulk.take().expect("bulk checked above");
                 let dir = match self.tmp.parent() {
@@ -1937,6 +1947,7 @@ impl SqliteRestorer {
                 load.push(pages, rowid, values)
                     .map_err(|source| SqliteError::Load {
                         path: self.tmp.clone(),
+                        doing: format!("writing row at byte {pos} of table `{table}`"),
                         source,
                     })
             })?;
