@@ -1664,18 +1664,21 @@ impl SqliteRestorer {
         else {
             return Ok(None);
         };
-        let root: i64 = self
-            .conn()
-            .query_row(
-                "SELECT rootpage FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
-                [&t.name],
-                |r| r.get(0),
-            )
-            .map_err(self.sql_err(doing))?;
-        Ok(u32::try_from(root)
-            .ok()
-            .filter(|&r| r > 1)
+        Ok(self
+            .root_page("table", &t.name)
+            .map_err(self.sql_err(doing))?
             .map(|r| (r, layout)))
+    }
+
+    /// The root page of a table or index of the new database (`None` for
+    /// page 1 or a number out of range, which no page writer may touch).
+    fn root_page(&self, kind: &str, name: &str) -> rusqlite::Result<Option<u32>> {
+        let root: i64 = self.conn().query_row(
+            "SELECT rootpage FROM main.sqlite_schema WHERE type = ?1 AND name = ?2",
+            [kind, name],
+            |r| r.get(0),
+        )?;
+        Ok(u32::try_from(root).ok().filter(|&r| r > 1))
     }
 
     /// The indexes to build with a table written page by page: its
@@ -1716,13 +1719,8 @@ impl SqliteRestorer {
                         .collect()
                 })
                 .map_err(self.sql_err(doing.clone()))?;
-            let root: i64 = self
-                .conn()
-                .query_row(
-                    "SELECT rootpage FROM main.sqlite_schema WHERE type = 'index' AND name = ?1",
-                    [&name],
-                    |r| r.get(0),
-                )
+            let root = self
+                .root_page("index", &name)
                 .map_err(self.sql_err(doing.clone()))?;
             let covered = !partial
                 && !keys.is_empty()
@@ -1732,7 +1730,7 @@ impl SqliteRestorer {
                         && !desc
                         && coll.eq_ignore_ascii_case("BINARY")
                 });
-            match u32::try_from(root).ok().filter(|&r| r > 1 && covered) {
+            match root.filter(|_| covered) {
                 Some(root) => specs.push(IndexSpec {
                     name,
                     root,
