@@ -30,11 +30,13 @@ use super::bulkload::{
 use super::pages::Layout;
 use rusqlite::types::ValueRef;
 use std::cmp::Ordering;
+use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Bytes of entries sorted in memory before they are written out as a run.
 pub const RUN_BYTES: usize = 16 << 20;
@@ -56,6 +58,8 @@ pub struct IndexSpec {
 pub struct IndexBuild {
     spec: IndexSpec,
     run_bytes: usize,
+    /// Bytes of entries in a batch from the merge to the page writer.
+    batch_bytes: usize,
     /// Why the index is left to SQLite, once known.
     refused: Option<&'static str>,
     /// The current run: entries, each `klen u32, key`, and where each
@@ -138,6 +142,7 @@ impl IndexBuild {
         IndexBuild {
             spec,
             run_bytes: RUN_BYTES,
+            batch_bytes: MERGE_BATCH,
             refused: None,
             buf: Vec::new(),
             starts: Vec::new(),
@@ -282,42 +287,127 @@ impl IndexBuild {
         } else {
             self.spill_run()?;
             let f = self.spill.as_ref().expect("runs were spilled");
-            let mut heap = BinaryHeap::new();
-            let mut readers: Vec<RunReader<'_>> = self
-                .runs
-                .iter()
-                .map(|&(at, len)| RunReader::new(f, at, len))
-                .collect();
-            for (i, r) in readers.iter_mut().enumerate() {
-                let mut first = Head {
-                    run: i,
-                    entry: Vec::new(),
-                };
-                if r.next(&mut first.entry)? {
-                    heap.push(first);
-                }
+            let (runs, batch_bytes) = (&self.runs, self.batch_bytes);
+            // Two threads: this one merges the runs into batches of keys in
+            // order, a second rebuilds their records and writes the pages.
+            // Three batches circulate (filled, handed over, handed back), so
+            // the memory is under 1 MiB whatever the index's size.
+            let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>, LoadError>>(1);
+            let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(3);
+            for _ in 0..3 {
+                empty_tx
+                    .send(Vec::with_capacity(MERGE_BATCH + 4096))
+                    .expect("room for 3");
             }
-            while let Some(mut top) = heap.pop() {
-                let (key, _) = entry(&top.entry, 0);
-                let null = record_of(key, &mut head, &mut body, &mut rec);
-                if repeats(key, null) {
-                    return Ok(Some("a UNIQUE key repeats"));
+            let written = std::thread::scope(|s| {
+                let writer = s.spawn(move || -> Result<Option<&'static str>, LoadError> {
+                    for batch in full_rx {
+                        let batch = batch?;
+                        let mut at = 0;
+                        while at < batch.len() {
+                            let (key, next) = entry(&batch, at);
+                            at = next;
+                            let null = record_of(key, &mut head, &mut body, &mut rec);
+                            if repeats(key, null) {
+                                return Ok(Some("a UNIQUE key repeats"));
+                            }
+                            tree.add(file, &rec)?;
+                        }
+                        // The merge may have stopped; then the batch is dropped.
+                        let _ = empty_tx.send(batch);
+                    }
+                    tree.finish(file)?;
+                    Ok(None)
+                });
+                if let Err(e) = merge_runs(f, runs, batch_bytes, &empty_rx, &full_tx) {
+                    // The writer may have stopped first (a repeated key, a
+                    // write error): its result says why, not this send.
+                    let _ = full_tx.send(Err(e));
                 }
-                tree.add(file, &rec)?;
-                if readers[top.run].next(&mut top.entry)? {
-                    heap.push(top);
-                }
-            }
+                drop(full_tx);
+                writer.join().expect("the index writer thread panicked")
+            });
+            return written;
         }
         tree.finish(file)?;
         Ok(None)
     }
 }
 
-/// A run's next entry, ordered for a min-heap on the key.
+/// Bytes of keys in a batch handed from the merge to the page writer.
+const MERGE_BATCH: usize = 256 << 10;
+
+/// Merges the sorted runs at `runs` of `f` into batches of entries in key
+/// order (each at least `batch_bytes`, but the last), sent on `full`;
+/// stops when the receiver has gone.
+fn merge_runs(
+    f: &File,
+    runs: &[(u64, u64)],
+    batch_bytes: usize,
+    empty: &Receiver<Vec<u8>>,
+    full: &SyncSender<Result<Vec<u8>, LoadError>>,
+) -> Result<(), LoadError> {
+    let mut readers: Vec<RunReader<'_>> = runs
+        .iter()
+        .map(|&(at, len)| RunReader::new(f, at, len))
+        .collect();
+    let mut heap = BinaryHeap::with_capacity(readers.len());
+    for (i, r) in readers.iter_mut().enumerate() {
+        let mut first = Head {
+            prefix: 0,
+            run: i,
+            entry: Vec::new(),
+        };
+        if r.next(&mut first.entry)? {
+            first.set_prefix();
+            heap.push(first);
+        }
+    }
+    let Ok(mut batch) = empty.recv() else {
+        return Ok(());
+    };
+    while let Some(mut top) = heap.peek_mut() {
+        batch.extend_from_slice(&top.entry);
+        if readers[top.run].next(&mut top.entry)? {
+            // The replaced head sinks to its place when `top` drops.
+            top.set_prefix();
+        } else {
+            PeekMut::pop(top);
+        }
+        if batch.len() >= batch_bytes {
+            if full.send(Ok(batch)).is_err() {
+                return Ok(());
+            }
+            let Ok(next) = empty.recv() else {
+                return Ok(());
+            };
+            batch = next;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        let _ = full.send(Ok(batch));
+    }
+    Ok(())
+}
+
+/// A run's next entry, ordered for a min-heap on the key. The key's first
+/// eight bytes, big-endian (zeros past a shorter key), order most pairs
+/// without reading the entries.
 struct Head {
+    prefix: u64,
     run: usize,
     entry: Vec<u8>,
+}
+
+impl Head {
+    fn set_prefix(&mut self) {
+        let key = entry(&self.entry, 0).0;
+        let mut p = [0u8; 8];
+        let n = key.len().min(8);
+        p[..n].copy_from_slice(&key[..n]);
+        self.prefix = u64::from_be_bytes(p);
+    }
 }
 
 impl PartialEq for Head {
@@ -333,7 +423,11 @@ impl PartialOrd for Head {
 }
 impl Ord for Head {
     fn cmp(&self, other: &Self) -> Ordering {
-        entry(&other.entry, 0).0.cmp(entry(&self.entry, 0).0)
+        // Reversed: the heap's greatest is the smallest key.
+        other
+            .prefix
+            .cmp(&self.prefix)
+            .then_with(|| entry(&other.entry, 0).0.cmp(entry(&self.entry, 0).0))
     }
 }
 
@@ -602,6 +696,8 @@ mod tests {
                     dir,
                 );
                 b.run_bytes = run_bytes;
+                // Many batches from the merge to the page writer.
+                b.batch_bytes = run_bytes / 3;
                 b
             })
             .collect();
