@@ -341,6 +341,9 @@ impl ChunkKeys {
 ///
 /// Layout of a sealed object: 24-byte random nonce, ciphertext, 16-byte tag.
 /// Associated data: `"custos-meta-v1\0" || kind || "\0" || name`.
+/// Clone deliberately, as [`Key32`] (each clone zeroizes itself), e.g. to
+/// open objects on several threads.
+#[derive(Clone)]
 pub struct MetaKey {
     enc_key: Key32,
     mac: Key32,

@@ -178,8 +178,12 @@ pub async fn restore(
 ) -> Result<RestoreReport, OpsError> {
     let start = Instant::now();
     let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
-    let snap = Snapshot::find(&repo.target, &repo.meta, &opts.snapshot).await?;
-    let index = Index::load(&repo.target, &repo.meta).await?;
+    // The snapshot and the chunk index load together (a missing snapshot
+    // stops both).
+    let (snap, index) = tokio::try_join!(
+        Snapshot::find(&repo.target, &repo.meta, &opts.snapshot),
+        Index::load(&repo.target, &repo.meta)
+    )?;
     let OpenRepo {
         target,
         vault,

@@ -187,6 +187,39 @@ fn top_bits(key: u128, bits: u32) -> usize {
     }
 }
 
+/// Sorts `v` with `sort`, on two threads when it is long: the items are
+/// first split in place by `high` (the key's top bit: ids are uniform, so
+/// about half each side), then each side is sorted on its own thread.
+fn sort_on_two_threads<T: Send>(
+    v: &mut [T],
+    high: impl Fn(&T) -> bool,
+    sort: impl Fn(&mut [T]) + Sync,
+) {
+    if v.len() < 1 << 16 {
+        return sort(v);
+    }
+    let (mut i, mut j) = (0, v.len());
+    loop {
+        while i < j && !high(&v[i]) {
+            i += 1;
+        }
+        while i < j && high(&v[j - 1]) {
+            j -= 1;
+        }
+        if i >= j {
+            break;
+        }
+        v.swap(i, j - 1);
+        i += 1;
+        j -= 1;
+    }
+    let (low, upper) = v.split_at_mut(i);
+    std::thread::scope(|s| {
+        s.spawn(|| sort(upper));
+        sort(low);
+    });
+}
+
 impl ChunkMap {
     fn push(&mut self, id: Id, loc: ChunkLoc) {
         let key = key_of(&id);
@@ -214,12 +247,20 @@ impl ChunkMap {
     fn seal(&mut self) {
         if !self.sorted {
             if self.membership {
-                self.keys.sort_unstable();
+                sort_on_two_threads(
+                    &mut self.keys,
+                    |k| *k >> 127 == 1,
+                    |half| half.sort_unstable(),
+                );
                 self.keys.dedup();
                 self.keys.shrink_to_fit();
                 self.wanted = HashSet::new();
             } else {
-                self.entries.sort_unstable_by_key(|a| a.0);
+                sort_on_two_threads(
+                    &mut self.entries,
+                    |e| e.0 >> 127 == 1,
+                    |half| half.sort_unstable_by_key(|e| e.0),
+                );
                 self.entries.dedup_by(|b, a| a.0 == b.0);
                 self.entries.shrink_to_fit();
             }
@@ -416,26 +457,42 @@ impl Index {
             idx.chunks.entries.reserve_exact(estimate);
         }
         idx.packs.reserve_exact(list.len());
-        let mut results = stream::iter(list.into_iter().map(|(path, _)| async move {
-            let r = target.get(&path).await;
-            (path, r)
+        // Objects are opened and decoded on the blocking threads, several at
+        // once, and merged here as they come.
+        let opener = std::sync::Arc::new(meta.clone());
+        let mut results = stream::iter(list.into_iter().map(|(path, _)| {
+            let opener = opener.clone();
+            async move {
+                let object = format!("{}:{}", target.name, path);
+                let bytes = target.get(&path).await?;
+                let object_name = object.clone();
+                let opening = tokio::task::spawn_blocking(move || {
+                    let name = path.rsplit('/').next().unwrap_or("");
+                    opener
+                        .open("index", name, &bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| {
+                            IndexFile::decode(&object_name, &b).map_err(|e| e.to_string())
+                        })
+                        .and_then(|f| {
+                            if f.pack.to_hex() == name {
+                                Ok(f)
+                            } else {
+                                Err("names another pack".to_string())
+                            }
+                        })
+                });
+                let parsed = match opening.await {
+                    Ok(parsed) => parsed,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => Err(format!("was not opened: {e}")),
+                };
+                Ok::<_, RepoError>((object, parsed))
+            }
         }))
         .buffer_unordered(16);
-        while let Some((path, r)) = results.next().await {
-            let bytes = r?;
-            let name = path.rsplit('/').next().unwrap_or("").to_string();
-            let object = format!("{}:{}", target.name, path);
-            let parsed = meta
-                .open("index", &name, &bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|b| IndexFile::decode(&object, &b).map_err(|e| e.to_string()))
-                .and_then(|f| {
-                    if f.pack.to_hex() == name {
-                        Ok(f)
-                    } else {
-                        Err("names another pack".to_string())
-                    }
-                });
+        while let Some(r) = results.next().await {
+            let (object, parsed) = r?;
             match parsed {
                 Ok(f) => idx.add(&f),
                 Err(why) => idx.broken.push((object, why)),
@@ -528,20 +585,45 @@ mod tests {
 
     #[test]
     fn many_uniform_ids_are_found_through_the_buckets() {
-        let mut idx = Index::default();
-        for f in uniform_files(50, 100) {
-            idx.add(&f);
+        // Below and above the length sorted on two threads; a pack stored
+        // twice holds the same chunks at another place.
+        for (packs, per) in [(50u32, 100u32), (100, 1000)] {
+            let n = packs * per;
+            let files = uniform_files(packs, per);
+            let mut idx = Index::default();
+            for f in &files {
+                idx.add(f);
+            }
+            idx.add(&files[1]);
+            idx.seal();
+            assert_eq!(idx.chunks.len(), n as usize);
+            assert!(idx.chunks.bits > 0);
+            assert!(idx.chunks.entries.windows(2).all(|w| w[0].0 < w[1].0));
+            for i in 0..n {
+                let loc = idx.chunks.get(&id(i)).expect("stored id");
+                assert_eq!(loc.offset, i);
+                if i / per != 1 {
+                    assert_eq!(idx.pack_of(loc).0, id(1_000_000 + i / per));
+                }
+            }
+            for i in n..n + 5000 {
+                assert!(!idx.chunks.contains_key(&id(i)), "{i}");
+            }
         }
-        idx.seal();
-        assert_eq!(idx.chunks.len(), 5000);
-        assert!(idx.chunks.bits > 0);
-        for i in 0..5000 {
-            let loc = idx.chunks.get(&id(i)).expect("stored id");
-            assert_eq!(loc.offset, i);
-            assert_eq!(idx.pack_of(loc).0, id(1_000_000 + i / 100));
-        }
-        for i in 5000..10_000 {
-            assert!(!idx.chunks.contains_key(&id(i)), "{i}");
+    }
+
+    #[test]
+    fn sorting_on_two_threads_sorts_as_one_thread() {
+        let uniform: Vec<u128> = (0..200_000u32).map(|i| key_of(&id(i))).collect();
+        let high: Vec<u128> = uniform.iter().map(|k| k | 1 << 127).collect();
+        let low: Vec<u128> = uniform.iter().map(|k| k >> 1).collect();
+        let mut repeated = uniform[..70_000].to_vec();
+        repeated.extend_from_slice(&uniform[..70_000]);
+        for mut v in [uniform, high, low, repeated] {
+            let mut want = v.clone();
+            want.sort_unstable();
+            sort_on_two_threads(&mut v, |k| *k >> 127 == 1, |half| half.sort_unstable());
+            assert_eq!(v, want);
         }
     }
 
