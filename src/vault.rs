@@ -576,6 +576,16 @@ impl NameIndex {
     fn clear(&mut self) {
         self.table.clear();
     }
+
+    /// Makes room for a name per entry of `entries`.
+    fn reserve(&mut self, entries: &KeyMap<Entry>) {
+        let state = &self.state;
+        self.table.reserve(entries.len(), |x: &KeyId| {
+            entries
+                .get(x)
+                .map_or(0, |e| Self::hash(state, e.kind, &e.name))
+        });
+    }
 }
 
 /// What was read from one location at open.
@@ -923,7 +933,14 @@ impl Vault {
         }
         let mut meta: Option<(KeyId, i64, Key32, usize)> = None;
         let mut pseudonym: Option<(KeyId, i64, Key32, usize)> = None;
-        let mut entries: BTreeMap<KeyId, (Entry, usize)> = BTreeMap::new();
+        let count = views
+            .iter()
+            .flatten()
+            .map(|v| v.shards.values().map(|p| p.entries.len()).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        let mut entries: KeyMap<Entry> =
+            KeyMap::with_capacity_and_hasher(count, Default::default());
         for (i, v) in views.iter_mut().enumerate() {
             let Some(v) = v else { continue };
             for (shard, p) in std::mem::take(&mut v.shards) {
@@ -960,14 +977,22 @@ impl Vault {
                     }
                     let kind = KeyKind::from_code(e.code).expect("checked by decode");
                     match entries.get(&e.id) {
-                        Some((have, j)) => {
+                        Some(have) => {
                             if have.kind != kind
                                 || have.name != e.name
                                 || have.key.expose() != e.key.expose()
                             {
+                                // The first location that listed the id.
+                                let j = (0..i)
+                                    .find(|&j| {
+                                        summaries[j].as_ref().is_some_and(|s| {
+                                            s.values().any(|(ids, _)| ids.contains(&e.id))
+                                        })
+                                    })
+                                    .unwrap_or(i);
                                 return Err(VaultError::Conflict {
                                     url: locations[i].url.clone(),
-                                    other: locations[*j].url.clone(),
+                                    other: locations[j].url.clone(),
                                     key_id: e.id,
                                 });
                             }
@@ -975,15 +1000,12 @@ impl Vault {
                         None => {
                             entries.insert(
                                 e.id,
-                                (
-                                    Entry {
-                                        kind,
-                                        name: e.name,
-                                        created: e.created,
-                                        key: e.key,
-                                    },
-                                    i,
-                                ),
+                                Entry {
+                                    kind,
+                                    name: e.name,
+                                    created: e.created,
+                                    key: e.key,
+                                },
                             );
                         }
                     }
@@ -997,7 +1019,6 @@ impl Vault {
                 reason: "the repository keys are missing at every readable location".into(),
             });
         };
-        let entries: KeyMap<Entry> = entries.into_iter().map(|(id, (e, _))| (id, e)).collect();
 
         let mut v = Vault {
             vault_id,
@@ -1043,6 +1064,9 @@ impl Vault {
     /// by id, since data may have been sealed under them.
     fn rebuild_names(&mut self) {
         self.by_name.clear();
+        // Room for every name at once: growing the table would hash every
+        // name again at each doubling (a third of the open at 260 k keys).
+        self.by_name.reserve(&self.entries);
         for (id, e) in &self.entries {
             let keep = match self.by_name.get(&self.entries, e.kind, &e.name) {
                 Some(other) => {

@@ -525,3 +525,62 @@ async fn service_keys_open_a_vault() {
         .unwrap();
     assert!(!contains(&m, v.meta_key().expose()));
 }
+
+/// Age-encrypts `plain` to `identity` (the vault's own wrapping, forged).
+fn age_encrypt(identity: &Identity, plain: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let r = identity.to_public();
+    let e = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient)).unwrap();
+    let mut out = Vec::new();
+    let mut w = e.wrap_output(&mut out).unwrap();
+    w.write_all(plain).unwrap();
+    w.finish().unwrap();
+    out
+}
+
+#[tokio::test]
+async fn locations_that_disagree_on_a_key_are_refused_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let locs: Vec<VaultLocation> = ["a", "b", "c"]
+        .iter()
+        .map(|n| fs_loc(&dir.path().join(n)))
+        .collect();
+    let id = Identity::generate();
+    let mut v = Vault::create(locs.clone(), &id, &[], "crm").await.unwrap();
+    let (pid, pk) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
+    let pk = *pk.expose();
+    v.persist().await.unwrap();
+    drop(v);
+
+    // Location c's copy of the key is changed (a forged, validly wrapped
+    // shard).
+    let shard = dir.path().join("c/keys/period/all.age");
+    let mut plain = age_decrypt(&id, &std::fs::read(&shard).unwrap());
+    let at = plain.windows(32).position(|w| w == pk).expect("the key");
+    plain[at] ^= 1;
+    std::fs::write(&shard, age_encrypt(&id, &plain)).unwrap();
+
+    // The error names the location that differs and the first that listed
+    // the key, whichever order the policy gives.
+    let (a, b, c) = (&locs[0], &locs[1], &locs[2]);
+    for (set, url, other) in [
+        (vec![a.clone(), b.clone(), c.clone()], &c.url, &a.url),
+        (vec![c.clone(), b.clone()], &b.url, &c.url),
+    ] {
+        match Vault::open(set, &id, &[]).await {
+            Err(VaultError::Conflict {
+                url: u,
+                other: o,
+                key_id,
+            }) => {
+                assert_eq!((&u, &o, key_id), (url, other, pid));
+            }
+            Err(e) => panic!("expected a conflict, got {e}"),
+            Ok(_) => panic!("expected a conflict, the vault opened"),
+        }
+    }
+    // Each alone opens.
+    for l in [a, c] {
+        Vault::open(vec![l.clone()], &id, &[]).await.unwrap();
+    }
+}
