@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::{PackCache, PackProblem};
 use crate::repo::index::Index;
-use crate::repo::pack::{open_chunk, read_header, Codec};
+use crate::repo::pack::{open_chunk_into, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
 use bytes::Bytes;
@@ -311,6 +311,8 @@ fn open_wave(wave: &Wave, threads: usize) -> Opened {
     let work = || {
         let mut codec = Codec::new(3);
         let mut out = Opened::default();
+        // Reused from chunk to chunk: the decrypted body and the plaintext.
+        let (mut body, mut plain) = (Vec::new(), Vec::new());
         loop {
             let from = next.fetch_add(GRAB, Ordering::Relaxed);
             if from >= wave.chunks.len() {
@@ -321,7 +323,11 @@ fn open_wave(wave: &Wave, threads: usize) -> Opened {
                 let (pack, object) = &wave.packs[*p as usize];
                 let (s, e) = (c.offset as usize, c.offset as usize + c.len as usize);
                 out.checked += 1;
-                if let Err(e) = open_chunk(&mut codec, &c.keys, &c.id, &pack[s..e], c.raw_len) {
+                plain.clear();
+                let sealed = &pack[s..e];
+                if let Err(e) = open_chunk_into(
+                    &mut codec, &c.keys, &c.id, sealed, c.raw_len, &mut body, &mut plain,
+                ) {
                     out.findings.push((
                         from + i,
                         Finding {

@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{ChunkLoc, Index};
-use crate::repo::pack::{open_chunk, Codec, MAX_RAW_CHUNK};
+use crate::repo::pack::{open_chunk, open_chunk_into, Codec, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
 use crate::repo::tree::{GroupEntry, Page};
 use crate::store::files::{FileKind, FilesRestorer};
@@ -542,6 +542,7 @@ fn open_parts(
             .map(|l| l.raw_len.min(MAX_RAW_CHUNK) as u64)
             .sum();
         let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
+        let mut body = Vec::new();
         for p in &part[run] {
             let (pid, g) = &groups[p.group];
             let keys = ChunkKeys::new(group_key(p.subject, p.time, place.table));
@@ -566,10 +567,10 @@ fn open_parts(
                         pack.len()
                     )));
                 };
-                let plain = open_chunk(codec, &keys, id, sealed, loc.raw_len).map_err(|e| {
-                    OpsError::Integrity(format!("{}: chunk {id}: {e}", object(loc.pack)))
-                })?;
-                out.extend_from_slice(&plain);
+                open_chunk_into(codec, &keys, id, sealed, loc.raw_len, &mut body, &mut out)
+                    .map_err(|e| {
+                        OpsError::Integrity(format!("{}: chunk {id}: {e}", object(loc.pack)))
+                    })?;
             }
         }
         Ok(out)

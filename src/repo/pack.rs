@@ -120,9 +120,27 @@ pub fn open_chunk(
     sealed: &[u8],
     raw_len: u32,
 ) -> Result<Vec<u8>, ChunkError> {
-    let body = keys.open(id, sealed)?;
-    let plain = match body.first() {
-        Some(&CODEC_STORED) => body[1..].to_vec(),
+    let mut out = Vec::with_capacity(raw_len.min(MAX_RAW_CHUNK) as usize);
+    open_chunk_into(codec, keys, id, sealed, raw_len, &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+/// As [`open_chunk`], appending the plaintext to `out` (left as it was if
+/// the chunk does not open); `body` is scratch space for the decrypted
+/// body, kept between calls so that a chunk costs no new buffer.
+pub fn open_chunk_into(
+    codec: &mut Codec,
+    keys: &ChunkKeys,
+    id: &Id,
+    sealed: &[u8],
+    raw_len: u32,
+    body: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), ChunkError> {
+    keys.open_into(id, sealed, body)?;
+    let start = out.len();
+    match body.first() {
+        Some(&CODEC_STORED) => out.extend_from_slice(&body[1..]),
         Some(&CODEC_ZSTD) => {
             if raw_len > MAX_RAW_CHUNK {
                 return Err(ChunkError::Length {
@@ -130,24 +148,32 @@ pub fn open_chunk(
                     want: MAX_RAW_CHUNK as usize,
                 });
             }
-            codec
-                .d
-                .decompress(&body[1..], raw_len as usize)
-                .map_err(|e| ChunkError::Decompress(e.to_string()))?
+            out.resize(start + raw_len as usize, 0);
+            match codec.d.decompress_to_buffer(&body[1..], &mut out[start..]) {
+                Ok(n) => out.truncate(start + n),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(ChunkError::Decompress(e.to_string()));
+                }
+            }
         }
         Some(&c) => return Err(ChunkError::Codec(c)),
         None => return Err(ChunkError::Codec(255)),
     };
+    let plain = &out[start..];
     if plain.len() != raw_len as usize {
+        let got = plain.len();
+        out.truncate(start);
         return Err(ChunkError::Length {
-            got: plain.len(),
+            got,
             want: raw_len as usize,
         });
     }
-    if keys.chunk_id(&plain) != *id {
+    if keys.chunk_id(plain) != *id {
+        out.truncate(start);
         return Err(ChunkError::Hash);
     }
-    Ok(plain)
+    Ok(())
 }
 
 /// Builds one pack in memory.
@@ -319,12 +345,20 @@ mod tests {
             5000,
             70_000,
         ];
+        let (mut all, mut body) = (Vec::new(), Vec::new());
         for n in sizes {
             for (what, data) in [("noise", &noise[..n]), ("text", &text[..n])] {
                 let id = keys.chunk_id(data);
                 let sealed = seal_chunk(&mut codec, &keys, &id, data);
                 let back = open_chunk(&mut codec, &keys, &id, &sealed, n as u32).unwrap();
                 assert_eq!(back, data, "{what} {n}");
+                // Appended to one buffer, through one scratch body.
+                let at = all.len();
+                open_chunk_into(
+                    &mut codec, &keys, &id, &sealed, n as u32, &mut body, &mut all,
+                )
+                .unwrap();
+                assert_eq!(&all[at..], data, "{what} {n}");
                 let c = codec_of(&keys, &id, &sealed);
                 if what == "noise" || n < MIN_COMPRESSED {
                     // Too short to try (even the repetitive text).
@@ -337,6 +371,44 @@ mod tests {
                         sealed.len()
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_that_does_not_open_leaves_the_buffer_as_it_was() {
+        let keys = ChunkKeys::new(Key32::random());
+        let other = ChunkKeys::new(Key32::random());
+        let mut codec = Codec::new(3);
+        let text: Vec<u8> = b"2026-03-14T10:00:00Z|+4915112345678|voice|60;"
+            .iter()
+            .copied()
+            .cycle()
+            .take(3000)
+            .collect();
+        let mut out = b"rows before".to_vec();
+        let mut body = Vec::new();
+        for data in [&text[..50], &text[..]] {
+            let id = keys.chunk_id(data);
+            let sealed = seal_chunk(&mut codec, &keys, &id, data);
+            let n = data.len() as u32;
+            let mut flipped = sealed.clone();
+            flipped[3] ^= 1;
+            let wrong_id = keys.chunk_id(b"another chunk");
+            let wrong_id_sealed = seal_chunk(&mut codec, &keys, &wrong_id, data);
+            let failures: [(&ChunkKeys, &Id, &[u8], u32, &str); 5] = [
+                (&keys, &id, &flipped, n, "authentication"),
+                (&other, &id, &sealed, n, "authentication"),
+                (&keys, &id, &sealed, n + 1, "length"),
+                (&keys, &id, &sealed, n - 1, ""),
+                (&keys, &wrong_id, &wrong_id_sealed, n, "hash"),
+            ];
+            for (k, id, sealed, raw, why) in failures {
+                let e = open_chunk_into(&mut codec, k, id, sealed, raw, &mut body, &mut out)
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(why), "{e}");
+                assert_eq!(out, b"rows before");
             }
         }
     }
