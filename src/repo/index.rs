@@ -457,19 +457,29 @@ impl Index {
             idx.chunks.entries.reserve_exact(estimate);
         }
         idx.packs.reserve_exact(list.len());
-        // Objects are opened and decoded on the blocking threads, several at
-        // once, and merged here as they come.
+        // Objects are opened and decoded on the blocking threads, one per
+        // core at a time (an object in decoding is held three times: sealed,
+        // opened, decoded), and merged here as they come; up to 16 are
+        // fetched meanwhile.
         let opener = std::sync::Arc::new(meta.clone());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let decoding = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
         let mut results = stream::iter(list.into_iter().map(|(path, _)| {
-            let opener = opener.clone();
+            let (opener, decoding) = (opener.clone(), decoding.clone());
             async move {
                 let object = format!("{}:{}", target.name, path);
                 let bytes = target.get(&path).await?;
                 let object_name = object.clone();
+                let permit = decoding
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
                 let opening = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
                     let name = path.rsplit('/').next().unwrap_or("");
-                    opener
-                        .open("index", name, &bytes)
+                    let opened = opener.open("index", name, &bytes);
+                    drop(bytes);
+                    opened
                         .map_err(|e| e.to_string())
                         .and_then(|b| {
                             IndexFile::decode(&object_name, &b).map_err(|e| e.to_string())
