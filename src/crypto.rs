@@ -462,6 +462,23 @@ impl MetaKey {
         xchacha::open(self.enc_key.expose(), nonce, &aad, &sealed[24..])
     }
 
+    /// As [`open`](Self::open), into `out` (replacing what it held), so the
+    /// caller chooses where the plaintext's buffer comes from.
+    pub fn open_into(
+        &self,
+        kind: &str,
+        name: &str,
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        if sealed.len() < 24 + 16 {
+            return Err(CryptoError::Truncated(sealed.len()));
+        }
+        let aad = Self::aad(kind, name);
+        let nonce: &[u8; 24] = sealed[..24].try_into().expect("24 bytes");
+        xchacha::open_into(self.enc_key.expose(), nonce, &aad, &sealed[24..], out)
+    }
+
     /// A keyed hash under the metadata key, for content-addressed metadata
     /// (tree nodes) and keyed checksums.
     /// A keyed BLAKE3 hasher for `domain` (the same key and domain

@@ -457,52 +457,55 @@ impl Index {
             idx.chunks.entries.reserve_exact(estimate);
         }
         idx.packs.reserve_exact(list.len());
-        // Objects are opened and decoded on the blocking threads, one per
-        // core at a time (an object in decoding is held three times: sealed,
-        // opened, decoded), and merged here as they come; up to 16 are
-        // fetched meanwhile.
+        // Objects are decrypted on the blocking threads, one per core at a
+        // time, while up to 16 are fetched; each is decoded and merged here.
+        // The plaintext's buffer is allocated and freed here too: memory an
+        // idle blocking thread allocated and another thread freed stays in
+        // that thread's heap until it allocates again.
         let opener = std::sync::Arc::new(meta.clone());
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let decoding = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
+        let decrypting = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
         let mut results = stream::iter(list.into_iter().map(|(path, _)| {
-            let (opener, decoding) = (opener.clone(), decoding.clone());
+            let (opener, decrypting) = (opener.clone(), decrypting.clone());
             async move {
-                let object = format!("{}:{}", target.name, path);
                 let bytes = target.get(&path).await?;
-                let object_name = object.clone();
-                let permit = decoding
+                let permit = decrypting
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
+                let mut plain = Vec::with_capacity(bytes.len());
+                let path_name = path.clone();
                 let opening = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    let name = path.rsplit('/').next().unwrap_or("");
-                    let opened = opener.open("index", name, &bytes);
-                    drop(bytes);
-                    opened
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| {
-                            IndexFile::decode(&object_name, &b).map_err(|e| e.to_string())
-                        })
-                        .and_then(|f| {
-                            if f.pack.to_hex() == name {
-                                Ok(f)
-                            } else {
-                                Err("names another pack".to_string())
-                            }
-                        })
+                    let name = path_name.rsplit('/').next().unwrap_or("");
+                    let opened = opener.open_into("index", name, &bytes, &mut plain);
+                    (opened, plain)
                 });
-                let parsed = match opening.await {
-                    Ok(parsed) => parsed,
+                let (opened, plain) = match opening.await {
+                    Ok(done) => done,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(e) => Err(format!("was not opened: {e}")),
+                    Err(e) => {
+                        let object = format!("{}:{}", target.name, path);
+                        return Ok((object, Err(format!("was not opened: {e}")), Vec::new()));
+                    }
                 };
-                Ok::<_, RepoError>((object, parsed))
+                let object = format!("{}:{}", target.name, path);
+                Ok::<_, RepoError>((object, opened.map_err(|e| e.to_string()), plain))
             }
         }))
         .buffer_unordered(16);
         while let Some(r) = results.next().await {
-            let (object, parsed) = r?;
+            let (object, opened, plain) = r?;
+            let name = object.rsplit('/').next().unwrap_or("");
+            let parsed = opened
+                .and_then(|()| IndexFile::decode(&object, &plain).map_err(|e| e.to_string()))
+                .and_then(|f| {
+                    if f.pack.to_hex() == name {
+                        Ok(f)
+                    } else {
+                        Err("names another pack".to_string())
+                    }
+                });
             match parsed {
                 Ok(f) => idx.add(&f),
                 Err(why) => idx.broken.push((object, why)),
