@@ -260,77 +260,103 @@ impl IndexBuild {
         if let Some(why) = self.refused {
             return Ok(Some(why));
         }
-        let mut tree = TreeWriter::new(self.spec.root, file);
-        let (mut head, mut body, mut rec) = (Vec::new(), Vec::new(), Vec::new());
-        let mut last: Vec<u8> = Vec::new();
-        let mut last_null = true;
-        let unique = self.spec.unique;
-        // A repeated key (less the rowid's 8 bytes) without a NULL.
-        let mut repeats = |key: &[u8], null: bool| {
-            let prefix = &key[..key.len() - 8];
-            let dup = unique && !null && !last_null && prefix == last.as_slice();
-            last.clear();
-            last.extend_from_slice(prefix);
-            last_null = null;
-            dup
-        };
+        let mut out = EntryWriter::new(&self.spec, file);
         if self.runs.is_empty() {
             self.sort_run();
             for &at in &self.starts {
-                let (key, _) = entry(&self.buf, at);
-                let null = record_of(key, &mut head, &mut body, &mut rec);
-                if repeats(key, null) {
-                    return Ok(Some("a UNIQUE key repeats"));
+                if !out.add(file, entry(&self.buf, at).0)? {
+                    return Ok(Some(REPEATS));
                 }
-                tree.add(file, &rec)?;
             }
-        } else {
-            self.spill_run()?;
-            let f = self.spill.as_ref().expect("runs were spilled");
-            let (runs, batch_bytes) = (&self.runs, self.batch_bytes);
-            // Two threads: this one merges the runs into batches of keys in
-            // order, a second rebuilds their records and writes the pages.
-            // Three batches circulate (filled, handed over, handed back), so
-            // the memory is under 1 MiB whatever the index's size.
-            let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>, LoadError>>(1);
-            let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(3);
-            for _ in 0..3 {
-                empty_tx
-                    .send(Vec::with_capacity(MERGE_BATCH + 4096))
-                    .expect("room for 3");
-            }
-            let written = std::thread::scope(|s| {
-                let writer = s.spawn(move || -> Result<Option<&'static str>, LoadError> {
-                    for batch in full_rx {
-                        let batch = batch?;
-                        let mut at = 0;
-                        while at < batch.len() {
-                            let (key, next) = entry(&batch, at);
-                            at = next;
-                            let null = record_of(key, &mut head, &mut body, &mut rec);
-                            if repeats(key, null) {
-                                return Ok(Some("a UNIQUE key repeats"));
-                            }
-                            tree.add(file, &rec)?;
-                        }
-                        // The merge may have stopped; then the batch is dropped.
-                        let _ = empty_tx.send(batch);
-                    }
-                    tree.finish(file)?;
-                    Ok(None)
-                });
-                if let Err(e) = merge_runs(f, runs, batch_bytes, &empty_rx, &full_tx) {
-                    // The writer may have stopped first (a repeated key, a
-                    // write error): its result says why, not this send.
-                    let _ = full_tx.send(Err(e));
-                }
-                drop(full_tx);
-                writer.join().expect("the index writer thread panicked")
-            });
-            return written;
+            out.tree.finish(file)?;
+            return Ok(None);
         }
-        tree.finish(file)?;
-        Ok(None)
+        self.spill_run()?;
+        let f = self.spill.as_ref().expect("runs were spilled");
+        let (runs, batch_bytes) = (&self.runs, self.batch_bytes);
+        // Two threads: this one merges the runs into batches of keys in
+        // order, a second rebuilds their records and writes the pages.
+        // Three batches circulate (filled, handed over, handed back), so
+        // the memory is under 1 MiB whatever the index's size.
+        let (full_tx, full_rx) = sync_channel::<Result<Vec<u8>, LoadError>>(1);
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(3);
+        for _ in 0..3 {
+            empty_tx
+                .send(Vec::with_capacity(batch_bytes + 4096))
+                .expect("room for 3");
+        }
+        std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<Option<&'static str>, LoadError> {
+                for batch in full_rx {
+                    let batch = batch?;
+                    let mut at = 0;
+                    while at < batch.len() {
+                        let (key, next) = entry(&batch, at);
+                        at = next;
+                        if !out.add(file, key)? {
+                            return Ok(Some(REPEATS));
+                        }
+                    }
+                    // The merge may have stopped; then the batch is dropped.
+                    let _ = empty_tx.send(batch);
+                }
+                out.tree.finish(file)?;
+                Ok(None)
+            });
+            if let Err(e) = merge_runs(f, runs, batch_bytes, &empty_rx, &full_tx) {
+                // The writer may have stopped first (a repeated key, a
+                // write error): its result says why, not this send.
+                let _ = full_tx.send(Err(e));
+            }
+            drop(full_tx);
+            writer.join().expect("the index writer thread panicked")
+        })
+    }
+}
+
+/// Why an index whose keys repeat is left to SQLite.
+const REPEATS: &str = "a UNIQUE key repeats";
+
+/// Turns keys, in order, into the index's records on its pages, and
+/// watches a UNIQUE index for a repeated key.
+struct EntryWriter {
+    tree: TreeWriter,
+    unique: bool,
+    /// The last key less its rowid, and whether a value of it was NULL.
+    last: Vec<u8>,
+    last_null: bool,
+    head: Vec<u8>,
+    body: Vec<u8>,
+    rec: Vec<u8>,
+}
+
+impl EntryWriter {
+    fn new(spec: &IndexSpec, file: &PageFile) -> Self {
+        EntryWriter {
+            tree: TreeWriter::new(spec.root, file),
+            unique: spec.unique,
+            last: Vec::new(),
+            last_null: true,
+            head: Vec::new(),
+            body: Vec::new(),
+            rec: Vec::new(),
+        }
+    }
+
+    /// Writes the entry of `key`; false, with nothing written, when a
+    /// UNIQUE index repeats a key without a NULL.
+    fn add(&mut self, file: &mut PageFile, key: &[u8]) -> Result<bool, LoadError> {
+        let null = record_of(key, &mut self.head, &mut self.body, &mut self.rec);
+        let prefix = &key[..key.len() - 8];
+        let repeated = self.unique && !null && !self.last_null && prefix == self.last.as_slice();
+        if repeated {
+            return Ok(false);
+        }
+        self.last.clear();
+        self.last.extend_from_slice(prefix);
+        self.last_null = null;
+        self.tree.add(file, &self.rec)?;
+        Ok(true)
     }
 }
 
