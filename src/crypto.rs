@@ -63,21 +63,9 @@ mod xchacha {
         buf.extend_from_slice(tag.as_ref());
     }
 
-    /// Checks and decrypts `sealed` (ciphertext then tag) into a new
-    /// buffer.
-    pub fn open(
-        key: &[u8; 32],
-        nonce: &[u8; 24],
-        aad: &[u8],
-        sealed: &[u8],
-    ) -> Result<Vec<u8>, CryptoError> {
-        let mut buf = Vec::with_capacity(sealed.len());
-        open_into(key, nonce, aad, sealed, &mut buf)?;
-        Ok(buf)
-    }
-
-    /// As [`open`], into `out` (replacing what it held, emptied if the
-    /// check fails), so that a buffer is reused from message to message.
+    /// Checks and decrypts `sealed` (ciphertext then tag) into `out`
+    /// (replacing what it held, emptied if the check fails), so that a
+    /// buffer is reused from message to message.
     pub fn open_into(
         key: &[u8; 32],
         nonce: &[u8; 24],
@@ -454,12 +442,9 @@ impl MetaKey {
     }
 
     pub fn open(&self, kind: &str, name: &str, sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        if sealed.len() < 24 + 16 {
-            return Err(CryptoError::Truncated(sealed.len()));
-        }
-        let aad = Self::aad(kind, name);
-        let nonce: &[u8; 24] = sealed[..24].try_into().expect("24 bytes");
-        xchacha::open(self.enc_key.expose(), nonce, &aad, &sealed[24..])
+        let mut out = Vec::with_capacity(sealed.len());
+        self.open_into(kind, name, sealed, &mut out)?;
+        Ok(out)
     }
 
     /// As [`open`](Self::open), into `out` (replacing what it held), so the
@@ -591,6 +576,10 @@ mod tests {
     /// repositories written with either open with the other.
     #[test]
     fn xchacha_matches_an_independent_implementation() {
+        let open = |key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], sealed: &[u8]| {
+            let mut out = Vec::new();
+            xchacha::open_into(key, nonce, aad, sealed, &mut out).map(|()| out)
+        };
         use chacha20poly1305::aead::{AeadInPlace, KeyInit};
         let mut rng = rand::rngs::OsRng;
         for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 250, 1000, 4096, 70_001] {
@@ -622,25 +611,21 @@ mod tests {
                 assert_ne!(got[..len], msg[..], "length {len}: not encrypted");
             }
 
-            assert_eq!(
-                xchacha::open(&key, &nonce, &aad, got).unwrap(),
-                msg,
-                "length {len}"
-            );
+            assert_eq!(open(&key, &nonce, &aad, got).unwrap(), msg, "length {len}");
 
             // Any flipped bit (ciphertext, tag, aad or nonce) fails.
             let mut bad = want.clone();
             bad[len / 2] ^= 1;
-            assert!(xchacha::open(&key, &nonce, &aad, &bad).is_err());
+            assert!(open(&key, &nonce, &aad, &bad).is_err());
             let mut bad_nonce = nonce;
             bad_nonce[23] ^= 0x80;
-            assert!(xchacha::open(&key, &bad_nonce, &aad, &want).is_err());
+            assert!(open(&key, &bad_nonce, &aad, &want).is_err());
             let mut bad_nonce = nonce;
             bad_nonce[0] ^= 1;
-            assert!(xchacha::open(&key, &bad_nonce, &aad, &want).is_err());
+            assert!(open(&key, &bad_nonce, &aad, &want).is_err());
             let mut bad_aad = aad.clone();
             bad_aad.push(0);
-            assert!(xchacha::open(&key, &nonce, &bad_aad, &want).is_err());
+            assert!(open(&key, &nonce, &bad_aad, &want).is_err());
         }
     }
 

@@ -469,28 +469,24 @@ impl Index {
             let (opener, decrypting) = (opener.clone(), decrypting.clone());
             async move {
                 let bytes = target.get(&path).await?;
+                let object = format!("{}:{}", target.name, path);
                 let permit = decrypting
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
                 let mut plain = Vec::with_capacity(bytes.len());
-                let path_name = path.clone();
                 let opening = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
-                    let name = path_name.rsplit('/').next().unwrap_or("");
+                    let name = path.rsplit('/').next().unwrap_or("");
                     let opened = opener.open_into("index", name, &bytes, &mut plain);
-                    (opened, plain)
+                    (opened.map_err(|e| e.to_string()), plain)
                 });
                 let (opened, plain) = match opening.await {
                     Ok(done) => done,
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(e) => {
-                        let object = format!("{}:{}", target.name, path);
-                        return Ok((object, Err(format!("was not opened: {e}")), Vec::new()));
-                    }
+                    Err(e) => (Err(format!("was not opened: {e}")), Vec::new()),
                 };
-                let object = format!("{}:{}", target.name, path);
-                Ok::<_, RepoError>((object, opened.map_err(|e| e.to_string()), plain))
+                Ok::<_, RepoError>((object, opened, plain))
             }
         }))
         .buffer_unordered(16);
