@@ -555,13 +555,8 @@ impl NameIndex {
 
     /// Points (kind, name) at `id`, whose entry must already be in `entries`.
     fn insert(&mut self, entries: &KeyMap<Entry>, kind: KeyKind, name: &str, id: KeyId) {
-        let state = &self.state;
-        let h = Self::hash(state, kind, name);
-        let rehash = |x: &KeyId| {
-            entries
-                .get(x)
-                .map_or(0, |e| Self::hash(state, e.kind, &e.name))
-        };
+        let h = Self::hash(&self.state, kind, name);
+        let rehash = Self::rehasher(&self.state, entries);
         match self
             .table
             .entry(h, |x| names_entry(entries, x, kind, name), rehash)
@@ -579,12 +574,21 @@ impl NameIndex {
 
     /// Makes room for a name per entry of `entries`.
     fn reserve(&mut self, entries: &KeyMap<Entry>) {
-        let state = &self.state;
-        self.table.reserve(entries.len(), |x: &KeyId| {
+        self.table
+            .reserve(entries.len(), Self::rehasher(&self.state, entries));
+    }
+
+    /// The hash of the name an id stands for, as the table needs when it
+    /// moves its ids to a larger table.
+    fn rehasher<'a>(
+        state: &'a std::hash::RandomState,
+        entries: &'a KeyMap<Entry>,
+    ) -> impl Fn(&KeyId) -> u64 + 'a {
+        move |x| {
             entries
                 .get(x)
                 .map_or(0, |e| Self::hash(state, e.kind, &e.name))
-        });
+        }
     }
 }
 
