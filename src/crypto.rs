@@ -330,8 +330,20 @@ impl ChunkKeys {
     /// Seals `buf` where it lies, as [`seal`](Self::seal) would seal it:
     /// the body is encrypted in place and the tag appended.
     pub fn seal_in_place(&self, id: &Id, buf: &mut Vec<u8>) {
+        self.seal_tail(id, buf, 0);
+    }
+
+    /// As [`seal_in_place`](Self::seal_in_place), for the body that starts
+    /// at `start` in `buf`; the bytes before it stay as they were.
+    pub fn seal_tail(&self, id: &Id, buf: &mut Vec<u8>, start: usize) {
         let s = self.sealing();
-        xchacha::seal(s.enc_key.expose(), &self.nonce(id), &self.aad(id), buf, 0);
+        xchacha::seal(
+            s.enc_key.expose(),
+            &self.nonce(id),
+            &self.aad(id),
+            buf,
+            start,
+        );
     }
 
     /// Opens a sealed chunk body, checking it belongs to this id and group.

@@ -19,7 +19,7 @@ use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
-use crate::repo::pack::{pack_path, seal_chunk, Codec, PackWriter};
+use crate::repo::pack::{pack_path, seal_chunk_into, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
     TableEntry, WindowMark,
@@ -117,20 +117,117 @@ pub struct TableSummary {
     pub groups: u64,
 }
 
-/// A chunk on its way to a worker.
+/// Chunks on their way to a worker: their plaintexts end to end in one
+/// buffer, in the order of `items`.
+#[derive(Default)]
+struct WorkBatch {
+    data: Vec<u8>,
+    items: Vec<Work>,
+}
+
+/// A chunk of a [`WorkBatch`]: its plaintext is the next `len` bytes.
 struct Work {
     keys: Arc<ChunkKeys>,
     id: Id,
-    data: Vec<u8>,
     family: KeyId,
+    len: u32,
 }
 
-/// A sealed chunk on its way to the packer.
+/// Sealed chunks (and tree pages) on their way to the packer, end to end
+/// in one buffer, in the order of `items`.
+#[derive(Default)]
+struct SealedBatch {
+    data: Vec<u8>,
+    items: Vec<Sealed>,
+}
+
+/// A blob of a [`SealedBatch`]: its sealed bytes are the next `len`.
 struct Sealed {
     id: Id,
     family: KeyId,
-    sealed: Vec<u8>,
+    len: u32,
     raw_len: u32,
+}
+
+/// Batch buffers that go back to the stage that fills them instead of
+/// being freed. Freed memory returns to the system at once (see `main`),
+/// so a buffer allocated per chunk, or per batch, was faulted in and
+/// zeroed again each time. At most `keep` batches wait here, and one that
+/// grew past four times the batch size (a large file chunk) is freed.
+struct Pool<T> {
+    free: Mutex<Vec<T>>,
+    keep: usize,
+}
+
+/// A batch that can be emptied for reuse, keeping its buffers.
+trait Batch: Default {
+    fn clear(&mut self);
+    fn capacity(&self) -> usize;
+}
+
+impl Batch for WorkBatch {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
+    fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+}
+
+impl Batch for SealedBatch {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
+    fn capacity(&self) -> usize {
+        self.data.capacity()
+    }
+}
+
+impl<T: Batch> Pool<T> {
+    fn new(keep: usize) -> Self {
+        Pool {
+            free: Mutex::new(Vec::with_capacity(keep)),
+            keep,
+        }
+    }
+
+    fn take(&self) -> T {
+        self.free
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give(&self, mut batch: T) {
+        if batch.capacity() > 4 * WorkSender::BATCH_BYTES {
+            return;
+        }
+        batch.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < self.keep {
+            free.push(batch);
+        }
+    }
+}
+
+/// The two pools of the sealing pipeline.
+struct Pools {
+    work: Pool<WorkBatch>,
+    sealed: Pool<SealedBatch>,
+}
+
+impl Pools {
+    /// Enough for every batch the channels hold and each stage has in hand.
+    fn new(workers: usize) -> Arc<Self> {
+        let keep = 3 * workers + 4;
+        Arc::new(Pools {
+            work: Pool::new(keep),
+            sealed: Pool::new(keep),
+        })
+    }
 }
 
 /// Counters shared by the stages.
@@ -241,18 +338,20 @@ async fn backup_locked(
     let now = chrono::Utc::now();
 
     // Workers and packer.
-    let (work_tx, work_rx) = sync_channel::<Vec<Work>>(opts.workers * 2);
-    let (sealed_tx, sealed_rx) = sync_channel::<Vec<Sealed>>(opts.workers * 2);
+    let (work_tx, work_rx) = sync_channel::<WorkBatch>(opts.workers * 2);
+    let (sealed_tx, sealed_rx) = sync_channel::<SealedBatch>(opts.workers * 2);
     let work_rx = Arc::new(Mutex::new(work_rx));
+    let pools = Pools::new(opts.workers.max(1));
     let mut threads = Vec::new();
     for i in 0..opts.workers.max(1) {
         let rx = work_rx.clone();
         let tx = sealed_tx.clone();
         let level = opts.zstd_level;
+        let pools = pools.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("custos-seal-{i}"))
-                .spawn(move || worker(rx, tx, level))
+                .spawn(move || worker(rx, tx, level, &pools))
                 .map_err(|e| OpsError::Internal(format!("spawning a worker: {e}")))?,
         );
     }
@@ -269,6 +368,7 @@ async fn backup_locked(
             pack_size: opts.pack_size,
             budget: opts.open_pack_budget,
             uploads: Arc::new(tokio::sync::Semaphore::new(opts.uploads.max(1))),
+            pools: pools.clone(),
         };
         std::thread::Builder::new()
             .name("custos-packer".into())
@@ -285,7 +385,7 @@ async fn backup_locked(
         index_load: Some(index_load),
         target: target.clone(),
         handle: handle.clone(),
-        work: WorkSender::new(work_tx),
+        work: WorkSender::new(work_tx, pools.clone()),
         in_flight: HashSet::new(),
         counters: counters.clone(),
         failure: failure.clone(),
@@ -391,7 +491,12 @@ async fn backup_locked(
     })
 }
 
-fn worker(rx: Arc<Mutex<Receiver<Vec<Work>>>>, tx: SyncSender<Vec<Sealed>>, level: i32) {
+fn worker(
+    rx: Arc<Mutex<Receiver<WorkBatch>>>,
+    tx: SyncSender<SealedBatch>,
+    level: i32,
+    pools: &Pools,
+) {
     let mut codec = Codec::new(level);
     loop {
         let batch = {
@@ -399,15 +504,22 @@ fn worker(rx: Arc<Mutex<Receiver<Vec<Work>>>>, tx: SyncSender<Vec<Sealed>>, leve
             g.recv()
         };
         let Ok(batch) = batch else { return };
-        let out: Vec<Sealed> = batch
-            .into_iter()
-            .map(|w| Sealed {
+        let mut out = pools.sealed.take();
+        out.data.reserve(batch.data.len() + 17 * batch.items.len());
+        let mut at = 0;
+        for w in &batch.items {
+            let plain = &batch.data[at..at + w.len as usize];
+            at += w.len as usize;
+            let before = out.data.len();
+            seal_chunk_into(&mut codec, &w.keys, &w.id, plain, &mut out.data);
+            out.items.push(Sealed {
                 id: w.id,
                 family: w.family,
-                sealed: seal_chunk(&mut codec, &w.keys, &w.id, &w.data),
-                raw_len: w.data.len() as u32,
-            })
-            .collect();
+                len: (out.data.len() - before) as u32,
+                raw_len: w.len,
+            });
+        }
+        pools.work.give(batch);
         if tx.send(out).is_err() {
             return;
         }
@@ -415,40 +527,60 @@ fn worker(rx: Arc<Mutex<Receiver<Vec<Work>>>>, tx: SyncSender<Vec<Sealed>>, leve
 }
 
 /// Sends chunks to the workers in batches (one channel message per
-/// ~256 KiB), so the threads do not wake each other per chunk.
+/// ~256 KiB), so the threads do not wake each other per chunk; a chunk's
+/// plaintext is copied once, into the batch.
 struct WorkSender {
-    tx: SyncSender<Vec<Work>>,
-    buf: Vec<Work>,
-    bytes: usize,
+    tx: SyncSender<WorkBatch>,
+    pools: Arc<Pools>,
+    batch: WorkBatch,
 }
 
 impl WorkSender {
     const BATCH_BYTES: usize = 256 << 10;
 
-    fn new(tx: SyncSender<Vec<Work>>) -> Self {
+    fn new(tx: SyncSender<WorkBatch>, pools: Arc<Pools>) -> Self {
         WorkSender {
             tx,
-            buf: Vec::new(),
-            bytes: 0,
+            pools,
+            batch: WorkBatch::default(),
         }
     }
 
-    fn send(&mut self, w: Work) -> Result<(), OpsError> {
-        self.bytes += w.data.len();
-        self.buf.push(w);
-        if self.bytes >= Self::BATCH_BYTES {
+    /// A sender of its own to the same workers (one per grouping thread).
+    fn fork(&self) -> Self {
+        WorkSender::new(self.tx.clone(), self.pools.clone())
+    }
+
+    fn send(
+        &mut self,
+        keys: &Arc<ChunkKeys>,
+        id: Id,
+        family: KeyId,
+        data: &[u8],
+    ) -> Result<(), OpsError> {
+        if self.batch.items.is_empty() && self.batch.data.capacity() == 0 {
+            self.batch = self.pools.work.take();
+            self.batch.data.reserve(Self::BATCH_BYTES + data.len());
+        }
+        self.batch.data.extend_from_slice(data);
+        self.batch.items.push(Work {
+            keys: keys.clone(),
+            id,
+            family,
+            len: data.len() as u32,
+        });
+        if self.batch.data.len() >= Self::BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), OpsError> {
-        if self.buf.is_empty() {
+        if self.batch.items.is_empty() {
             return Ok(());
         }
-        self.bytes = 0;
         self.tx
-            .send(std::mem::take(&mut self.buf))
+            .send(std::mem::take(&mut self.batch))
             .map_err(|_| OpsError::Internal("the sealing workers stopped".into()))
     }
 }
@@ -462,35 +594,42 @@ struct PackerCtx {
     pack_size: usize,
     budget: usize,
     uploads: Arc<tokio::sync::Semaphore>,
+    pools: Arc<Pools>,
 }
 
-fn packer(ctx: PackerCtx, rx: Receiver<Vec<Sealed>>) {
+fn packer(ctx: PackerCtx, rx: Receiver<SealedBatch>) {
     let mut open: HashMap<KeyId, PackWriter> = HashMap::new();
     let mut open_bytes = 0usize;
     let mut tasks = Vec::new();
-    for s in rx.into_iter().flatten() {
+    for batch in rx {
         if ctx.failure.is_set() {
             continue; // drain so upstream stages can finish
         }
-        let w = open
-            .entry(s.family)
-            .or_insert_with(|| PackWriter::for_pack(ctx.pack_size));
-        w.add(s.id, &s.sealed, s.raw_len);
-        open_bytes += s.sealed.len();
-        if w.len() >= ctx.pack_size {
-            let w = open.remove(&s.family).unwrap();
-            open_bytes -= w.data_len();
-            tasks.push(flush(&ctx, w));
-        } else if open_bytes > ctx.budget {
-            let fam = *open
-                .iter()
-                .max_by_key(|(_, w)| w.len())
-                .map(|(k, _)| k)
-                .unwrap();
-            let w = open.remove(&fam).unwrap();
-            open_bytes -= w.data_len();
-            tasks.push(flush(&ctx, w));
+        let mut at = 0;
+        for s in &batch.items {
+            let sealed = &batch.data[at..at + s.len as usize];
+            at += s.len as usize;
+            let w = open
+                .entry(s.family)
+                .or_insert_with(|| PackWriter::for_pack(ctx.pack_size));
+            w.add(s.id, sealed, s.raw_len);
+            open_bytes += sealed.len();
+            if w.len() >= ctx.pack_size {
+                let w = open.remove(&s.family).unwrap();
+                open_bytes -= w.data_len();
+                tasks.push(flush(&ctx, w));
+            } else if open_bytes > ctx.budget {
+                let fam = *open
+                    .iter()
+                    .max_by_key(|(_, w)| w.len())
+                    .map(|(k, _)| k)
+                    .unwrap();
+                let w = open.remove(&fam).unwrap();
+                open_bytes -= w.data_len();
+                tasks.push(flush(&ctx, w));
+            }
         }
+        ctx.pools.sealed.give(batch);
     }
     if !ctx.failure.is_set() {
         for (_, w) in open.drain() {
@@ -568,7 +707,7 @@ struct ReaderCtx {
     now: chrono::DateTime<chrono::Utc>,
     parent: Option<Snapshot>,
     /// Sealed tree pages, straight to the packer.
-    pages_out: SyncSender<Vec<Sealed>>,
+    pages_out: SyncSender<SealedBatch>,
     window_budget: usize,
     /// Threads that chunk and hash a window's groups.
     threads: usize,
@@ -1267,12 +1406,7 @@ impl ReaderCtx {
             && in_flight.as_mut().is_none_or(|set| set.insert(id));
         if new {
             counters.new_chunks.fetch_add(1, Ordering::Relaxed);
-            work.send(Work {
-                keys: keys.clone(),
-                id,
-                data: data.to_vec(),
-                family,
-            })?;
+            work.send(keys, id, family, data)?;
         }
         chunks.push(id);
         Ok(())
@@ -1503,7 +1637,7 @@ impl ReaderCtx {
                     .chunks(per)
                     .zip(refs.chunks(per))
                     .map(|(slice, refs)| {
-                        let mut sender = WorkSender::new(self.work.tx.clone());
+                        let mut sender = self.work.fork();
                         let shared = &shared;
                         scope.spawn(move || {
                             let r = shared.process(window, slice, refs, &mut sender);
@@ -1560,14 +1694,17 @@ impl ReaderCtx {
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
         if let Some(sealed) = sealed {
             self.counters.new_chunks.fetch_add(1, Ordering::Relaxed);
-            let raw_len = sealed.len() as u32;
+            let len = sealed.len() as u32;
             self.pages_out
-                .send(vec![Sealed {
-                    id,
-                    family: META_FAMILY,
-                    sealed,
-                    raw_len,
-                }])
+                .send(SealedBatch {
+                    data: sealed,
+                    items: vec![Sealed {
+                        id,
+                        family: META_FAMILY,
+                        len,
+                        raw_len: len,
+                    }],
+                })
                 .map_err(|_| OpsError::Internal("the packer stopped".into()))?;
         }
         Ok(id)

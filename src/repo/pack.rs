@@ -71,6 +71,20 @@ impl Codec {
 
 /// Compresses (when it helps) and seals one chunk.
 pub fn seal_chunk(codec: &mut Codec, keys: &ChunkKeys, id: &Id, plain: &[u8]) -> Vec<u8> {
+    let mut body = Vec::with_capacity(plain.len() + 1 + 16);
+    seal_chunk_into(codec, keys, id, plain, &mut body);
+    body
+}
+
+/// As [`seal_chunk`], appending the sealed chunk to `out` (what `out`
+/// held before stays as it was), so that many chunks can share one buffer.
+pub fn seal_chunk_into(
+    codec: &mut Codec,
+    keys: &ChunkKeys,
+    id: &Id,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) {
     let c = if plain.len() < SMALL_CHUNK {
         &mut codec.small
     } else {
@@ -90,11 +104,11 @@ pub fn seal_chunk(codec: &mut Codec, keys: &ChunkKeys, id: &Id, plain: &[u8]) ->
     } else {
         (CODEC_STORED, plain)
     };
-    let mut body = Vec::with_capacity(data.len() + 1 + 16);
-    body.push(codec_byte);
-    body.extend_from_slice(data);
-    keys.seal_in_place(id, &mut body);
-    body
+    let start = out.len();
+    out.reserve(data.len() + 1 + 16);
+    out.push(codec_byte);
+    out.extend_from_slice(data);
+    keys.seal_tail(id, out, start);
 }
 
 /// Why a chunk could not be read back.
@@ -346,10 +360,17 @@ mod tests {
             70_000,
         ];
         let (mut all, mut body) = (Vec::new(), Vec::new());
+        // Sealed end to end in one buffer after a prefix, as a backup's
+        // batches are: each the same bytes as sealed alone.
+        let mut batch = b"sealed before".to_vec();
         for n in sizes {
             for (what, data) in [("noise", &noise[..n]), ("text", &text[..n])] {
                 let id = keys.chunk_id(data);
                 let sealed = seal_chunk(&mut codec, &keys, &id, data);
+                let at = batch.len();
+                seal_chunk_into(&mut codec, &keys, &id, data, &mut batch);
+                assert_eq!(&batch[at..], &sealed[..], "{what} {n}");
+                assert!(batch.starts_with(b"sealed before"));
                 let back = open_chunk(&mut codec, &keys, &id, &sealed, n as u32).unwrap();
                 assert_eq!(back, data, "{what} {n}");
                 // Appended to one buffer, through one scratch body.
