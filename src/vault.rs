@@ -1147,14 +1147,7 @@ impl Vault {
     /// new key is made but `persist` refuses to write it, so no data sealed
     /// under it can be committed.
     pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &Key32) {
-        // A backup asks once per group: the lookup allocates nothing unless
-        // some unit is fenced.
-        let usable = |id: &KeyId| {
-            self.fenced.is_empty()
-                || self.created_here.contains(id)
-                || !self.fenced.contains(&(kind, name.to_string()))
-        };
-        if let Some(id) = self.by_name.get(&self.entries, kind, name).filter(usable) {
+        if let Some(id) = self.usable_id(kind, name) {
             return (id, &self.entries[&id].key);
         }
         let id = loop {
@@ -1183,6 +1176,27 @@ impl Vault {
         self.by_name.insert(&self.entries, kind, name, id);
         self.dirty.insert(Shard::of(kind, &id));
         (id, &self.entries[&id].key)
+    }
+
+    /// The key [`get_or_create`](Self::get_or_create) would give without
+    /// creating one, if there is one. Takes `&self`, so that several
+    /// threads can look keys up at once under one lock and leave only the
+    /// keys missing to be created.
+    pub fn get_existing(&self, kind: KeyKind, name: &str) -> Option<(KeyId, &Key32)> {
+        self.usable_id(kind, name)
+            .map(|id| (id, &self.entries[&id].key))
+    }
+
+    /// The id of the unit's key, unless it is absent or (made before this
+    /// process and) fenced. A backup asks once per group: the lookup
+    /// allocates nothing unless some unit is fenced.
+    fn usable_id(&self, kind: KeyKind, name: &str) -> Option<KeyId> {
+        let usable = |id: &KeyId| {
+            self.fenced.is_empty()
+                || self.created_here.contains(id)
+                || !self.fenced.contains(&(kind, name.to_string()))
+        };
+        self.by_name.get(&self.entries, kind, name).filter(usable)
     }
 
     /// The key with this id (any kind; not the repository keys). The key

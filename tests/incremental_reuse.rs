@@ -271,3 +271,127 @@ async fn rows_put_where_a_window_was_emptied_are_read() {
     assert_different_db(&out, &out3);
     check_ok(&policy).await;
 }
+
+/// A window of many subjects (more than 1024 groups, so a backup looks
+/// their keys up on several threads and creates the missing ones after):
+/// a second backup, after new customers joined, finds every key it made
+/// before and makes one per new customer only; and each group is sealed
+/// under its own subject's key, so destroying one old and one new
+/// customer's key takes exactly their rows out of the restore.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_of_many_subjects_finds_their_keys_and_makes_only_the_new_ones() {
+    let tmp = common::tempdir();
+    let db = tmp.path().join("calls.db");
+    build_calls_db(&db, 3000, 6000);
+    let policy = policy(tmp.path(), &db);
+    custos::ops::init::init(&policy).await.unwrap();
+    // One window per table, two threads.
+    let opts = BackupOptions {
+        workers: 2,
+        ..Default::default()
+    };
+    let subject_keys = || async {
+        let v = custos::ops::open_vault(&policy).await.unwrap();
+        let mut ids: Vec<_> = v
+            .entries()
+            .into_iter()
+            .filter(|e| e.kind == KeyKind::Subject)
+            .map(|e| e.key_id)
+            .collect();
+        ids.sort();
+        ids
+    };
+    backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
+    let before = subject_keys().await;
+    assert_eq!(before.len(), 3000, "one key per customer");
+
+    // 500 new customers with calls, and one old row changed, so that both
+    // tables' windows are stored again (not reused).
+    let c = Connection::open(&db).unwrap();
+    let tx = c.unchecked_transaction().unwrap();
+    for i in 0..500 {
+        tx.execute(
+            "INSERT INTO customers (ref, name) VALUES (?1, 'new')",
+            [format!("N{i:03}")],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO calls (customer_ref, started_at, seconds, note) \
+             VALUES (?1, '2026-06-15T10:00:00Z', ?2, 'n')",
+            rusqlite::params![format!("N{i:03}"), i],
+        )
+        .unwrap();
+    }
+    tx.execute(
+        "UPDATE customers SET name = 'changed' WHERE ref = 'C001'",
+        [],
+    )
+    .unwrap();
+    tx.execute("UPDATE calls SET seconds = 1 WHERE id = 1", [])
+        .unwrap();
+    tx.commit().unwrap();
+    drop(c);
+    let second = backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(
+        second.rows_reused, 0,
+        "every window stored again: {second:?}"
+    );
+    let after = subject_keys().await;
+    assert_eq!(after.len(), 3500, "one new key per new customer");
+    assert!(
+        before.iter().all(|id| after.binary_search(id).is_ok()),
+        "every old customer's key was found, not made again"
+    );
+    let out = tmp.path().join("restored.db");
+    restore_to(&policy, &second.snapshot, &out).await;
+    assert_same_db(&db, &out);
+
+    // An old customer found by the look-ups and a new one created after.
+    let gone = ["C1234", "N321"];
+    let v = custos::ops::open_vault(&policy).await.unwrap();
+    let pseudos: Vec<String> = gone
+        .iter()
+        .map(|s| custos::crypto::subject_pseudonym(v.pseudonym_key(), s))
+        .collect();
+    drop(v);
+    for p in &pseudos {
+        util::destroy_key(&policy, KeyKind::Subject, p).await;
+    }
+    let shredded = tmp.path().join("shredded.db");
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: second.snapshot.clone(),
+        to: shredded.clone(),
+        force: false,
+    };
+    let r = restore(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
+    let rows = |path: &Path, sql: &str| -> Vec<String> {
+        let c = Connection::open(path).unwrap();
+        let mut st = c.prepare(sql).unwrap();
+        let out = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        out
+    };
+    let list = "SELECT ref || '|' || coalesce(name, '') FROM customers ORDER BY id";
+    let calls = "SELECT id || '|' || customer_ref || '|' || started_at || '|' || seconds FROM calls ORDER BY id";
+    let is_gone = |row: &String| gone.iter().any(|g| row.split('|').any(|f| f == *g));
+    for sql in [list, calls] {
+        let want: Vec<String> = rows(&db, sql).into_iter().filter(|r| !is_gone(r)).collect();
+        let total = rows(&db, sql).len();
+        assert!(want.len() < total, "the two customers have rows in {sql}");
+        let got = rows(&shredded, sql);
+        let have: std::collections::HashSet<&String> = got.iter().collect();
+        let lost: Vec<_> = want.iter().filter(|r| !have.contains(r)).take(3).collect();
+        let kept: Vec<_> = got.iter().filter(|r| is_gone(r)).take(3).collect();
+        assert!(
+            lost.is_empty() && kept.is_empty() && got.len() == want.len(),
+            "{sql}: rows of other customers lost {lost:?}, of the two kept {kept:?}, {} rows for {}",
+            got.len(),
+            want.len()
+        );
+    }
+    assert!(r.rows_shredded > 2, "{r:?}");
+}

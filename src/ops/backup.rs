@@ -33,7 +33,7 @@ use crate::store::postgres::{PgConn, PgError, PgSource, PgTools, RowBatch};
 use crate::store::sqlite::{RowidRange, ScanError, SqliteSource, TableSchema};
 use crate::store::{GroupCoords, TablePlan};
 use crate::target::Target;
-use crate::vault::{KeyId, KeyKind};
+use crate::vault::{KeyId, KeyKind, Vault};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -1598,21 +1598,25 @@ impl ReaderCtx {
                     last = Some((bucket, id, key, unit_label(kind, &name).into()));
                 }
                 let (_, t, tkey, unit) = last.as_ref().unwrap();
-                let (s, skey) = match window.coord(slot.subject) {
-                    Some(subj) => {
-                        let pseudo = subject_pseudonym_hex(v.pseudonym_key(), &subj);
-                        let (id, key) = v.get_or_create(KeyKind::Subject, pseudo.as_str());
-                        (Some(id), Some(key.clone()))
-                    }
-                    None => (None, None),
-                };
                 refs.push(GroupRef {
                     t: *t,
-                    s,
+                    s: None,
                     tkey: tkey.clone(),
-                    skey,
+                    skey: None,
                     unit: unit.clone(),
                 });
+            }
+            // Then the subject keys, looked up on several threads (a keyed
+            // pseudonym and a few cache misses each, most of this thread's
+            // work per group); the ones missing are created here after, in
+            // order.
+            for i in self.subject_keys(&v, window, &order, &mut refs) {
+                let slot = &window.slots[order[i] as usize];
+                let subj = window.coord(slot.subject).expect("listed for its subject");
+                let pseudo = subject_pseudonym_hex(v.pseudonym_key(), &subj);
+                let (id, key) = v.get_or_create(KeyKind::Subject, pseudo.as_str());
+                refs[i].s = Some(id);
+                refs[i].skey = Some(key.clone());
             }
             refs
         };
@@ -1670,6 +1674,57 @@ impl ReaderCtx {
             }
         }
         Ok((n, checksum))
+    }
+
+    /// Sets the subject key of each group in `order` (`refs`, in the same
+    /// order) that has a subject and whose key the vault has now, looking
+    /// them up on the grouping threads. Returns the positions of the groups
+    /// whose subject has no key yet, in order.
+    fn subject_keys(
+        &self,
+        vault: &Vault,
+        window: &Window,
+        order: &[u32],
+        refs: &mut [GroupRef],
+    ) -> Vec<usize> {
+        let lookup = |first: usize, slots: &[u32], refs: &mut [GroupRef]| -> Vec<usize> {
+            let mut missing = Vec::new();
+            for (i, (&slot, r)) in slots.iter().zip(refs).enumerate() {
+                let slot = &window.slots[slot as usize];
+                if let Some(subj) = window.coord(slot.subject) {
+                    let pseudo = subject_pseudonym_hex(vault.pseudonym_key(), &subj);
+                    match vault.get_existing(KeyKind::Subject, pseudo.as_str()) {
+                        Some((id, key)) => {
+                            r.s = Some(id);
+                            r.skey = Some(key.clone());
+                        }
+                        None => missing.push(first + i),
+                    }
+                }
+            }
+            missing
+        };
+        let threads = self.threads.max(1);
+        if threads == 1 || order.len() < 1024 {
+            return lookup(0, order, refs);
+        }
+        let per = order.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = order
+                .chunks(per)
+                .zip(refs.chunks_mut(per))
+                .enumerate()
+                .map(|(n, (part, refs))| scope.spawn(move || lookup(n * per, part, refs)))
+                .collect();
+            let mut missing = Vec::new();
+            for h in handles {
+                match h.join() {
+                    Ok(part) => missing.extend(part),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            missing
+        })
     }
 
     /// Persists new keys to every vault location (a no-op when none).
