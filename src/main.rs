@@ -12,6 +12,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> std::process::ExitCode {
+    prefer_base_pages();
     // Freed memory goes back to the system at once instead of after 10 ms:
     // a restore or check at 1 GiB otherwise peaks 100 to 200 MiB higher on
     // memory it no longer uses, for no measurable gain in time. An
@@ -30,12 +31,11 @@ fn main() -> std::process::ExitCode {
 /// With THP enabled, a 2 MiB page is resident as soon as one byte of it is
 /// touched, and a purge of part of it keeps the rest resident. At 1 GiB a
 /// restore peaked about 50 MiB lower with base pages in the same wall time,
-/// and a check about 80 MiB lower (below 512 MiB) for about 8% more time.
-/// A backup keeps huge pages: its short-lived grouping threads fault in
-/// fresh memory, and with base pages it took about 8% longer, for a peak
-/// already well below 512 MiB (docs/PERFORMANCE.md, "Restore and check:
-/// base pages").
-pub(crate) fn prefer_base_pages() {
+/// a check about 80 MiB lower for about 8% more time, an initial backup
+/// about 70 MiB lower in the same time, and an incremental backup about
+/// 100 MiB lower and 15% faster (docs/PERFORMANCE.md, "Restore and check:
+/// base pages" and "Backup: base pages too"). Every command asks for them.
+fn prefer_base_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
     }

@@ -20,7 +20,6 @@ pub struct CheckArgs {
 }
 
 pub async fn run(a: CheckArgs) -> Result<(), Failure> {
-    crate::prefer_base_pages();
     let policy = super::load_policy(&a.policy).map_err(wrap)?;
     let r = custos::ops::check::check(
         &policy,

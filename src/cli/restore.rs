@@ -27,7 +27,6 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(a: RestoreArgs) -> Result<()> {
-    crate::prefer_base_pages();
     let policy = super::load_policy(&a.policy)?;
     let opts = RestoreOptions {
         target: a.target,
