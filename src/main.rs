@@ -34,7 +34,8 @@ fn main() -> std::process::ExitCode {
 /// a check about 80 MiB lower for about 8% more time, an initial backup
 /// about 70 MiB lower in the same time, and an incremental backup about
 /// 100 MiB lower and 15% faster (docs/PERFORMANCE.md, "Restore and check:
-/// base pages" and "Backup: base pages too"). Every command asks for them.
+/// base pages" and "Backup: batches, subject keys on two threads, base
+/// pages"). Every command asks for them.
 fn prefer_base_pages() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
         return;
