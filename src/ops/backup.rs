@@ -117,15 +117,48 @@ pub struct TableSummary {
     pub groups: u64,
 }
 
-/// Chunks on their way to a worker: their plaintexts end to end in one
-/// buffer, in the order of `items`.
-#[derive(Default)]
-struct WorkBatch {
+/// Blobs on their way from one stage of the sealing pipeline to the next:
+/// their bytes end to end in one buffer, in the order of `items`, each
+/// item saying how many bytes are its own.
+struct Batch<I> {
     data: Vec<u8>,
-    items: Vec<Work>,
+    items: Vec<I>,
 }
 
-/// A chunk of a [`WorkBatch`]: its plaintext is the next `len` bytes.
+// Not derived: that would ask `I: Default`.
+impl<I> Default for Batch<I> {
+    fn default() -> Self {
+        Batch {
+            data: Vec::new(),
+            items: Vec::new(),
+        }
+    }
+}
+
+/// An item of a [`Batch`], which knows how many of its bytes are the item's.
+trait Part {
+    fn len(&self) -> usize;
+}
+
+impl<I: Part> Batch<I> {
+    /// Each item with its bytes.
+    fn parts(&self) -> impl Iterator<Item = (&I, &[u8])> {
+        let mut at = 0;
+        self.items.iter().map(move |item| {
+            let bytes = &self.data[at..at + item.len()];
+            at += item.len();
+            (item, bytes)
+        })
+    }
+}
+
+/// Bytes of chunks a [`WorkSender`] gathers before it hands them over.
+const BATCH_BYTES: usize = 256 << 10;
+
+/// Chunks on their way to a worker (their plaintexts).
+type WorkBatch = Batch<Work>;
+
+/// A chunk of a [`WorkBatch`].
 struct Work {
     keys: Arc<ChunkKeys>,
     id: Id,
@@ -133,15 +166,16 @@ struct Work {
     len: u32,
 }
 
-/// Sealed chunks (and tree pages) on their way to the packer, end to end
-/// in one buffer, in the order of `items`.
-#[derive(Default)]
-struct SealedBatch {
-    data: Vec<u8>,
-    items: Vec<Sealed>,
+impl Part for Work {
+    fn len(&self) -> usize {
+        self.len as usize
+    }
 }
 
-/// A blob of a [`SealedBatch`]: its sealed bytes are the next `len`.
+/// Sealed chunks (and tree pages) on their way to the packer.
+type SealedBatch = Batch<Sealed>;
+
+/// A blob of a [`SealedBatch`].
 struct Sealed {
     id: Id,
     family: KeyId,
@@ -149,43 +183,23 @@ struct Sealed {
     raw_len: u32,
 }
 
+impl Part for Sealed {
+    fn len(&self) -> usize {
+        self.len as usize
+    }
+}
+
 /// Batch buffers that go back to the stage that fills them instead of
 /// being freed. Freed memory returns to the system at once (see `main`),
 /// so a buffer allocated per chunk, or per batch, was faulted in and
 /// zeroed again each time. At most `keep` batches wait here, and one that
 /// grew past four times the batch size (a large file chunk) is freed.
-struct Pool<T> {
-    free: Mutex<Vec<T>>,
+struct Pool<I> {
+    free: Mutex<Vec<Batch<I>>>,
     keep: usize,
 }
 
-/// A batch that can be emptied for reuse, keeping its buffers.
-trait Batch: Default {
-    fn clear(&mut self);
-    fn capacity(&self) -> usize;
-}
-
-impl Batch for WorkBatch {
-    fn clear(&mut self) {
-        self.data.clear();
-        self.items.clear();
-    }
-    fn capacity(&self) -> usize {
-        self.data.capacity()
-    }
-}
-
-impl Batch for SealedBatch {
-    fn clear(&mut self) {
-        self.data.clear();
-        self.items.clear();
-    }
-    fn capacity(&self) -> usize {
-        self.data.capacity()
-    }
-}
-
-impl<T: Batch> Pool<T> {
+impl<I> Pool<I> {
     fn new(keep: usize) -> Self {
         Pool {
             free: Mutex::new(Vec::with_capacity(keep)),
@@ -193,7 +207,7 @@ impl<T: Batch> Pool<T> {
         }
     }
 
-    fn take(&self) -> T {
+    fn take(&self) -> Batch<I> {
         self.free
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -201,11 +215,12 @@ impl<T: Batch> Pool<T> {
             .unwrap_or_default()
     }
 
-    fn give(&self, mut batch: T) {
-        if batch.capacity() > 4 * WorkSender::BATCH_BYTES {
+    fn give(&self, mut batch: Batch<I>) {
+        if batch.data.capacity() > 4 * BATCH_BYTES {
             return;
         }
-        batch.clear();
+        batch.data.clear();
+        batch.items.clear();
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         if free.len() < self.keep {
             free.push(batch);
@@ -215,8 +230,8 @@ impl<T: Batch> Pool<T> {
 
 /// The two pools of the sealing pipeline.
 struct Pools {
-    work: Pool<WorkBatch>,
-    sealed: Pool<SealedBatch>,
+    work: Pool<Work>,
+    sealed: Pool<Sealed>,
 }
 
 impl Pools {
@@ -506,10 +521,7 @@ fn worker(
         let Ok(batch) = batch else { return };
         let mut out = pools.sealed.take();
         out.data.reserve(batch.data.len() + 17 * batch.items.len());
-        let mut at = 0;
-        for w in &batch.items {
-            let plain = &batch.data[at..at + w.len as usize];
-            at += w.len as usize;
+        for (w, plain) in batch.parts() {
             let before = out.data.len();
             seal_chunk_into(&mut codec, &w.keys, &w.id, plain, &mut out.data);
             out.items.push(Sealed {
@@ -536,8 +548,6 @@ struct WorkSender {
 }
 
 impl WorkSender {
-    const BATCH_BYTES: usize = 256 << 10;
-
     fn new(tx: SyncSender<WorkBatch>, pools: Arc<Pools>) -> Self {
         WorkSender {
             tx,
@@ -560,7 +570,7 @@ impl WorkSender {
     ) -> Result<(), OpsError> {
         if self.batch.items.is_empty() && self.batch.data.capacity() == 0 {
             self.batch = self.pools.work.take();
-            self.batch.data.reserve(Self::BATCH_BYTES + data.len());
+            self.batch.data.reserve(BATCH_BYTES + data.len());
         }
         self.batch.data.extend_from_slice(data);
         self.batch.items.push(Work {
@@ -569,7 +579,7 @@ impl WorkSender {
             family,
             len: data.len() as u32,
         });
-        if self.batch.data.len() >= Self::BATCH_BYTES {
+        if self.batch.data.len() >= BATCH_BYTES {
             self.flush()?;
         }
         Ok(())
@@ -605,10 +615,7 @@ fn packer(ctx: PackerCtx, rx: Receiver<SealedBatch>) {
         if ctx.failure.is_set() {
             continue; // drain so upstream stages can finish
         }
-        let mut at = 0;
-        for s in &batch.items {
-            let sealed = &batch.data[at..at + s.len as usize];
-            at += s.len as usize;
+        for (s, sealed) in batch.parts() {
             let w = open
                 .entry(s.family)
                 .or_insert_with(|| PackWriter::for_pack(ctx.pack_size));
