@@ -1154,6 +1154,58 @@ impl ReuseCheck {
 /// their tree pages.
 type WindowPages = Vec<(usize, Vec<Id>)>;
 
+/// The page check's verdict on one window of the parent: the blobs its
+/// pages refer to if they can stand ([`ReuseCheck::blobs`]).
+struct Verdict {
+    /// The table's position in the schema.
+    t: usize,
+    /// The window's index in the table's [`PriorWindows::list`].
+    i: usize,
+    blobs: Option<u64>,
+}
+
+/// The verdicts on one table's windows, as the reader asks for them.
+struct Verdicts<'a> {
+    rx: &'a Receiver<Verdict>,
+    t: usize,
+    /// The windows checked, in increasing order ([`TablePrep::same`]).
+    checked: Vec<usize>,
+    /// How many of their verdicts were received.
+    received: usize,
+}
+
+impl Verdicts<'_> {
+    /// The verdict on window `i` (asked in increasing `i`); those on
+    /// earlier windows the reader did not ask about are passed over. A
+    /// window not checked (its leaves changed), or whose verdict cannot
+    /// come (the check stopped), is read.
+    fn get(&mut self, i: usize) -> Option<u64> {
+        if self.checked[self.received..].binary_search(&i).is_err() {
+            return None;
+        }
+        while self.received < self.checked.len() {
+            let v = self.rx.recv().ok()?;
+            self.received += 1;
+            debug_assert_eq!(v.t, self.t, "verdicts come table by table");
+            if v.i == i {
+                return v.blobs;
+            }
+        }
+        None
+    }
+
+    /// Receives the verdicts the reader did not ask for, so that the
+    /// next table's are next.
+    fn drain(&mut self) {
+        while self.received < self.checked.len() {
+            if self.rx.recv().is_err() {
+                return;
+            }
+            self.received += 1;
+        }
+    }
+}
+
 /// A table prepared before any table is read ([`ReaderCtx::prepare_table`]).
 struct TablePrep {
     plan: TablePlan,
@@ -1188,49 +1240,96 @@ enum Stretch {
 /// read. The windows taken are in order and disjoint, and the read ranges
 /// are exactly the rest, so every rowid is read or in an unread window,
 /// whatever the parent's marks say.
-fn plan_stretches(prior: &PriorWindows, mut same: impl FnMut(usize) -> bool) -> Vec<Stretch> {
-    let mut out = Vec::new();
-    // The next rowid not yet covered; `None` before the first window, and
-    // `done` once a window reaches the end of the rowids.
-    let mut start: Option<i64> = None;
-    let mut done = false;
-    for (i, (mark, _)) in prior.list.iter().enumerate() {
-        if done {
-            break;
+#[cfg(test)]
+fn plan_stretches(prior: &PriorWindows, same: impl FnMut(usize) -> bool) -> Vec<Stretch> {
+    Stretches::new(prior, same).collect()
+}
+
+/// The stretches of a table one at a time, in rowid order (see
+/// `plan_stretches`). `same(i)` is asked in increasing `i`, and only
+/// when the stretch before window `i` is needed, so the verdict on a
+/// window may arrive while the stretches before it are read.
+struct Stretches<'p, F> {
+    prior: &'p PriorWindows,
+    same: F,
+    /// The next window to consider.
+    next: usize,
+    /// The next rowid not yet covered; `None` before the first window.
+    start: Option<i64>,
+    /// Whether a stretch was given yet.
+    given: bool,
+    /// A window reaches the end of the rowids, or the last read was given.
+    done: bool,
+    /// An unread window to give after the read stretch just given.
+    pending: Option<usize>,
+}
+
+impl<'p, F: FnMut(usize) -> bool> Stretches<'p, F> {
+    fn new(prior: &'p PriorWindows, same: F) -> Self {
+        Stretches {
+            prior,
+            same,
+            next: 0,
+            start: None,
+            given: false,
+            done: false,
+            pending: None,
         }
-        let ordered = match (start, mark.from) {
-            (_, None) => out.is_empty(),
-            (None, Some(_)) => true,
-            (Some(s), Some(f)) => f >= s,
-        };
-        let nonempty = match (mark.from, mark.to) {
-            (Some(f), Some(t)) => f < t,
-            _ => true,
-        };
-        if mark.stretch.is_none() || !ordered || !nonempty || !same(i) {
-            continue;
+    }
+}
+
+impl<F: FnMut(usize) -> bool> Iterator for Stretches<'_, F> {
+    type Item = Stretch;
+
+    fn next(&mut self) -> Option<Stretch> {
+        if let Some(i) = self.pending.take() {
+            return Some(Stretch::Unread(i));
         }
-        if let Some(f) = mark.from {
-            if start.is_none_or(|s| s < f) {
-                out.push(Stretch::Read(RowidRange {
-                    from: start,
-                    to: Some(f),
-                }));
+        if self.done {
+            return None;
+        }
+        while let Some((mark, _)) = self.prior.list.get(self.next) {
+            let i = self.next;
+            self.next += 1;
+            let ordered = match (self.start, mark.from) {
+                (_, None) => !self.given,
+                (None, Some(_)) => true,
+                (Some(s), Some(f)) => f >= s,
+            };
+            let nonempty = match (mark.from, mark.to) {
+                (Some(f), Some(t)) => f < t,
+                _ => true,
+            };
+            if mark.stretch.is_none() || !ordered || !nonempty || !(self.same)(i) {
+                continue;
             }
+            let gap = match mark.from {
+                Some(f) if self.start.is_none_or(|s| s < f) => Some(RowidRange {
+                    from: self.start,
+                    to: Some(f),
+                }),
+                _ => None,
+            };
+            match mark.to {
+                Some(t) => self.start = Some(t),
+                None => self.done = true,
+            }
+            self.given = true;
+            return Some(match gap {
+                Some(range) => {
+                    self.pending = Some(i);
+                    Stretch::Read(range)
+                }
+                None => Stretch::Unread(i),
+            });
         }
-        out.push(Stretch::Unread(i));
-        match mark.to {
-            Some(t) => start = Some(t),
-            None => done = true,
-        }
-    }
-    if !done {
-        out.push(Stretch::Read(RowidRange {
-            from: start,
+        self.done = true;
+        self.given = true;
+        Some(Stretch::Read(RowidRange {
+            from: self.start,
             to: None,
-        }));
+        }))
     }
-    out
 }
 
 /// A checksum share written as hex of a u128 LE.
@@ -1795,48 +1894,54 @@ impl ReaderCtx {
             .iter()
             .map(|ts| self.prepare_table(&src, ts))
             .collect();
-        // Per table: its name, how many windows its parent had, and those
-        // to check.
-        let to_check: Vec<(String, usize, WindowPages)> = schema
+        // Per table: its name and the parent's windows to check.
+        let to_check: Vec<(String, WindowPages)> = schema
             .tables
             .iter()
             .zip(&preps)
             .map(|(ts, p)| {
                 let windows = p.same.iter().map(|&i| (i, p.prior.list[i].1.clone()));
-                (ts.name.clone(), p.prior.list.len(), windows.collect())
+                (ts.name.clone(), windows.collect())
             })
             .collect();
-        if to_check.iter().any(|(_, _, w)| !w.is_empty()) {
+        if to_check.iter().any(|(_, w)| !w.is_empty()) {
             self.ready_index()?;
         }
         let check = self.reuse_check();
         let target = self.target.clone();
-        let (blobs_tx, blobs_rx) = sync_channel::<Vec<Option<u64>>>(1);
+        // One verdict per window checked, in table order and, within a
+        // table, in window order; bounded, so the check runs at most a few
+        // thousand windows ahead of the reader.
+        let (verdict_tx, verdict_rx) = sync_channel::<Verdict>(4096);
         let mut tables = Vec::new();
         let mut items = 0u64;
         let mut bytes_read = 0u64;
         std::thread::scope(|scope| -> Result<(), OpsError> {
             scope.spawn(move || {
                 let mut cache = PackCache::new(target, 2);
-                for (table, n, windows) in to_check {
-                    let mut blobs = vec![None; n];
+                for (t, (table, windows)) in to_check.into_iter().enumerate() {
                     for (i, pages) in windows {
-                        blobs[i] = check.blobs(&mut cache, &table, &pages);
-                    }
-                    if blobs_tx.send(blobs).is_err() {
-                        return; // the reader stopped
+                        let blobs = check.blobs(&mut cache, &table, &pages);
+                        if verdict_tx.send(Verdict { t, i, blobs }).is_err() {
+                            return; // the reader stopped
+                        }
                     }
                 }
             });
             // Moved in, so that a table failing drops it here: the check's
             // next send then fails and its thread ends, instead of the
             // scope waiting on a send nobody receives.
-            let blobs_rx = blobs_rx;
-            for (ts, prep) in schema.tables.iter().zip(preps) {
-                let blobs = blobs_rx
-                    .recv()
-                    .map_err(|_| OpsError::Internal("the page check stopped".into()))?;
-                let entry = self.read_table(&src, ts, prep, &blobs)?;
+            let verdict_rx = verdict_rx;
+            for (t, (ts, prep)) in schema.tables.iter().zip(preps).enumerate() {
+                let mut verdicts = Verdicts {
+                    rx: &verdict_rx,
+                    t,
+                    checked: prep.same.clone(),
+                    received: 0,
+                };
+                let entry = self.read_table(&src, ts, prep, &mut |i| verdicts.get(i))?;
+                // The verdicts of windows the plan did not ask about.
+                verdicts.drain();
                 items += entry.rows;
                 bytes_read += entry.bytes;
                 tables.push(entry);
@@ -1903,7 +2008,7 @@ impl ReaderCtx {
         src: &SqliteSource,
         ts: &TableSchema,
         prep: TablePrep,
-        blobs: &[Option<u64>],
+        verdict: &mut dyn FnMut(usize) -> Option<u64>,
     ) -> Result<TableEntry, OpsError> {
         let TablePrep {
             plan,
@@ -1917,18 +2022,24 @@ impl ReaderCtx {
         let total = src.row_count(ts).ok();
         self.progress
             .phase(&format!("reading {}", ts.name), total, "rows");
-        let stretches = if leaves.is_some() && !prior.list.is_empty() {
-            let plan = plan_stretches(&prior, |i| blobs[i].is_some());
-            for s in &plan {
-                if let Stretch::Unread(i) = *s {
-                    let n = blobs[i].expect("planned only if its pages can stand");
-                    self.counters.chunks.fetch_add(n, Ordering::Relaxed);
-                }
+        // The stretches are planned as they are read: the verdict on a
+        // window of the parent (its pages can stand, with how many blobs)
+        // is asked for only when the stretch before it has been read, so
+        // the page check runs ahead of this thread instead of before it.
+        let counters = self.counters.clone();
+        let same = |i: usize| match verdict(i) {
+            Some(n) => {
+                counters.chunks.fetch_add(n, Ordering::Relaxed);
+                true
             }
-            plan
-        } else {
-            vec![Stretch::Read(RowidRange::ALL)]
+            None => false,
         };
+        let stretches: Box<dyn Iterator<Item = Stretch> + '_> =
+            if leaves.is_some() && !prior.list.is_empty() {
+                Box::new(Stretches::new(&prior, same))
+            } else {
+                Box::new(std::iter::once(Stretch::Read(RowidRange::ALL)))
+            };
         let planned = Instant::now();
         let mut rows = 0u64;
         let mut unread = 0u64;
@@ -1975,8 +2086,8 @@ impl ReaderCtx {
             });
             let mut window = free_rx.recv().expect("two windows were queued");
             let mut scan = Ok(());
-            for stretch in &stretches {
-                let range = match *stretch {
+            for stretch in stretches {
+                let range = match stretch {
                     Stretch::Unread(i) => {
                         let mark = &prior.list[i].0;
                         if full_tx.send(Handover::Unread(i)).is_err() {
@@ -2385,6 +2496,71 @@ mod tests {
         p.list[1].0.stretch = None;
         let plan = plan_stretches(&p, |_| true);
         assert_eq!(plan, [read(None, None)]);
+    }
+
+    #[test]
+    fn stretches_ask_each_verdict_once_in_order_when_the_reader_reaches_it() {
+        let p = prior(&[(None, Some(10)), (Some(20), Some(30)), (Some(40), None)]);
+        let asked = std::cell::RefCell::new(Vec::new());
+        let mut it = Stretches::new(&p, |i| {
+            asked.borrow_mut().push(i);
+            i != 1
+        });
+        // Nothing is asked before the first stretch is wanted, and the
+        // first stretch needs only the first verdict.
+        assert!(asked.borrow().is_empty());
+        assert_eq!(it.next(), Some(Stretch::Unread(0)));
+        assert_eq!(*asked.borrow(), [0]);
+        // Window 1 cannot stand: the read runs on to window 2, which is
+        // asked about before the read stretch is given.
+        assert_eq!(it.next(), Some(read(Some(10), Some(40))));
+        assert_eq!(*asked.borrow(), [0, 1, 2]);
+        assert_eq!(it.next(), Some(Stretch::Unread(2)));
+        assert_eq!(it.next(), None);
+        assert_eq!(it.next(), None);
+        assert_eq!(*asked.borrow(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn verdicts_pass_over_windows_not_asked_and_keep_tables_apart() {
+        let (tx, rx) = sync_channel(16);
+        for (t, i, blobs) in [
+            (0, 1, Some(5)),
+            (0, 3, None),
+            (0, 4, Some(7)),
+            (1, 0, Some(2)),
+        ] {
+            tx.send(Verdict { t, i, blobs }).unwrap();
+        }
+        let mut first = Verdicts {
+            rx: &rx,
+            t: 0,
+            checked: vec![1, 3, 4],
+            received: 0,
+        };
+        // Window 0 was not checked: read, and no verdict is taken.
+        assert_eq!(first.get(0), None);
+        assert_eq!(first.received, 0);
+        // Window 1's verdict is passed over when window 3 is asked first.
+        assert_eq!(first.get(3), None);
+        assert_eq!(first.received, 2);
+        first.drain();
+        let mut second = Verdicts {
+            rx: &rx,
+            t: 1,
+            checked: vec![0],
+            received: 0,
+        };
+        assert_eq!(second.get(0), Some(2));
+        // A check that stopped leaves the window to be read.
+        drop(tx);
+        let mut third = Verdicts {
+            rx: &rx,
+            t: 2,
+            checked: vec![0],
+            received: 0,
+        };
+        assert_eq!(third.get(0), None);
     }
 
     #[test]
