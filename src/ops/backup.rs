@@ -25,7 +25,7 @@ use crate::repo::snapshot::{
     TableEntry, WindowMark,
 };
 use crate::repo::tree::{
-    FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
+    self, FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
 };
 use crate::store::btree::TableLeaves;
 use crate::store::files::{self, FileKind};
@@ -1105,37 +1105,44 @@ impl ReuseCheck {
     /// and whose every chunk is indexed. `None` if one cannot.
     fn blobs(&self, cache: &mut PackCache, table: &str, pages: &[Id]) -> Option<u64> {
         let mut chunks = 0u64;
-        let (mut ids, mut found) = (Vec::new(), Vec::new());
+        let (mut ids, mut subjects, mut found) = (Vec::new(), Vec::new(), Vec::new());
         // One page at a time: the vault is locked only between loads.
         for id in pages {
-            let groups = match self
-                .handle
-                .block_on(Page::load(cache, &self.index, &self.meta, id))
-            {
-                Ok(Page::Groups {
-                    table: t, groups, ..
-                }) if t == table => groups,
-                Ok(_) => return None,
+            let (object, plain) = match self.handle.block_on(Page::load_plain(
+                cache,
+                &self.index,
+                &self.meta,
+                id,
+            )) {
+                Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored again");
                     return None;
                 }
             };
+            // Walked in place: a page's groups are not copied out.
+            ids.clear();
+            subjects.clear();
+            let head = tree::scan_groups(&plain, |_, g| {
+                subjects.extend(g.s);
+                ids.extend(g.chunks());
+            });
+            let (t, groups) = match head {
+                Ok(head) if head.table == table => (head.t, head.count),
+                Ok(_) => return None,
+                Err(why) => {
+                    tracing::warn!(page = %id, object = %object, error = %why, "a tree page of the parent snapshot is unreadable; the window is stored again");
+                    return None;
+                }
+            };
             {
+                // A page's groups share one time key.
                 let vault = self.vault.blocking_lock();
-                // A page's groups share one time unit, hence (mostly) one
-                // time key: each distinct one is looked up once.
-                let mut last_t = None;
-                ids.clear();
-                for g in &groups {
-                    if last_t != Some(&g.t) {
-                        vault.key(&g.t)?;
-                        last_t = Some(&g.t);
-                    }
-                    if let Some(s) = &g.s {
-                        vault.key(s)?;
-                    }
-                    ids.extend_from_slice(&g.chunks);
+                if groups > 0 {
+                    vault.key(&t)?;
+                }
+                for s in &subjects {
+                    vault.key(s)?;
                 }
             }
             // The page's chunks looked up together, so the index's cache

@@ -115,9 +115,9 @@ impl<'a> Reader<'a> {
         }
         Ok(v as usize)
     }
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<&'a str, String> {
         let n = self.bounded()?;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| "invalid UTF-8".to_string())
+        std::str::from_utf8(self.take(n)?).map_err(|_| "invalid UTF-8".to_string())
     }
     fn key_id(&mut self) -> Result<KeyId, String> {
         Ok(KeyId(self.take(16)?.try_into().unwrap()))
@@ -160,14 +160,63 @@ fn encode_groups(table: &str, groups: &[GroupEntry]) -> Vec<u8> {
     out
 }
 
-fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
+/// The head of a group page, borrowed from its plaintext.
+pub struct GroupsHead<'a> {
+    pub table: &'a str,
+    /// The time key id all the page's groups share.
+    pub t: KeyId,
+    /// The time unit all the page's groups share.
+    pub unit: &'a str,
+    /// How many groups the page declares.
+    pub count: usize,
+}
+
+/// One group of a group page, borrowed from its plaintext.
+pub struct GroupRef<'a> {
+    pub g: [u8; 8],
+    pub s: Option<KeyId>,
+    pub rows: u64,
+    pub bytes: u64,
+    /// The chunk ids, 32 bytes each.
+    chunks: &'a [u8],
+}
+
+impl GroupRef<'_> {
+    /// The group's chunk ids, in order.
+    pub fn chunks(&self) -> impl ExactSizeIterator<Item = Id> + '_ {
+        self.chunks
+            .chunks_exact(32)
+            .map(|c| Id(c.try_into().expect("32 bytes")))
+    }
+}
+
+/// Walks a group page's plaintext (FORMAT 3.4, from its `"G"`) without
+/// copying it: `each` sees the head and every group, in order. The whole
+/// page is checked as [`Page::decode`] checks it, so an error may come
+/// after some groups were seen.
+pub fn scan_groups<'a>(
+    b: &'a [u8],
+    mut each: impl FnMut(&GroupsHead<'a>, GroupRef<'a>),
+) -> Result<GroupsHead<'a>, String> {
+    if b.first() != Some(&b'G') {
+        return Err("not a group page".into());
+    }
+    let v = *b.get(1).ok_or("truncated")? as u32;
+    if v != PAGE_VERSION {
+        return Err(format!("group page version {v}"));
+    }
     let mut r = Reader { b, at: 2 };
     let table = r.string()?;
     let t = r.key_id()?;
-    let u: std::sync::Arc<str> = r.string()?.into();
-    let n = r.bounded()?;
-    let mut groups = Vec::with_capacity(n.min(1 << 16));
-    for _ in 0..n {
+    let unit = r.string()?;
+    let count = r.bounded()?;
+    let head = GroupsHead {
+        table,
+        t,
+        unit,
+        count,
+    };
+    for _ in 0..count {
         let g: [u8; 8] = r.take(8)?.try_into().unwrap();
         let s = match r.take(1)?[0] {
             0 => None,
@@ -177,24 +226,43 @@ fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
         let rows = r.varint()?;
         let bytes = r.varint()?;
         let nc = r.bounded()?;
-        let mut chunks = Vec::with_capacity(nc.min(1 << 16));
-        for _ in 0..nc {
-            chunks.push(Id(r.take(32)?.try_into().unwrap()));
-        }
-        groups.push(GroupEntry {
-            g,
-            s,
-            t,
-            u: u.clone(),
-            rows,
-            bytes,
-            chunks,
-        });
+        let chunks = r.take(nc.checked_mul(32).ok_or("truncated")?)?;
+        each(
+            &head,
+            GroupRef {
+                g,
+                s,
+                rows,
+                bytes,
+                chunks,
+            },
+        );
     }
     if r.at != b.len() {
         return Err("trailing bytes".into());
     }
-    Ok((table, groups))
+    Ok(head)
+}
+
+fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
+    let mut groups = Vec::new();
+    let mut u: Option<std::sync::Arc<str>> = None;
+    let head = scan_groups(b, |head, g| {
+        if groups.is_empty() {
+            groups.reserve_exact(head.count.min(1 << 16));
+        }
+        let u = u.get_or_insert_with(|| head.unit.into());
+        groups.push(GroupEntry {
+            g: g.g,
+            s: g.s,
+            t: head.t,
+            u: u.clone(),
+            rows: g.rows,
+            bytes: g.bytes,
+            chunks: g.chunks().collect(),
+        });
+    })?;
+    Ok((head.table.to_string(), groups))
 }
 
 /// The pack family of metadata blobs (tree pages): packs of this family
@@ -273,6 +341,25 @@ impl Page {
     }
 
     pub fn open(object: &str, id: &Id, meta: &MetaKey, sealed: &[u8]) -> Result<Page, RepoError> {
+        let plain = Page::open_plain(object, id, meta, sealed)?;
+        let page = Page::decode(&plain).map_err(|why| RepoError::malformed(object, why))?;
+        let v = match &page {
+            Page::Groups { version, .. } | Page::Files { version, .. } => *version,
+        };
+        if v != PAGE_VERSION {
+            return Err(RepoError::malformed(object, format!("page version {v}")));
+        }
+        Ok(page)
+    }
+
+    /// A sealed page's plaintext, checked against its id, not decoded
+    /// (see [`scan_groups`]).
+    pub fn open_plain(
+        object: &str,
+        id: &Id,
+        meta: &MetaKey,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, RepoError> {
         let z = meta
             .open("tree", &id.to_hex(), sealed)
             .map_err(|source| RepoError::Crypto {
@@ -286,14 +373,7 @@ impl Page {
                 "content does not match its id",
             ));
         }
-        let page = Page::decode(&plain).map_err(|why| RepoError::malformed(object, why))?;
-        let v = match &page {
-            Page::Groups { version, .. } | Page::Files { version, .. } => *version,
-        };
-        if v != PAGE_VERSION {
-            return Err(RepoError::malformed(object, format!("page version {v}")));
-        }
-        Ok(page)
+        Ok(plain)
     }
 
     /// Reads a page from its metadata pack, through the index.
@@ -303,6 +383,25 @@ impl Page {
         meta: &MetaKey,
         id: &Id,
     ) -> Result<Page, RepoError> {
+        let (object, plain) = Page::load_plain(cache, index, meta, id).await?;
+        let page = Page::decode(&plain).map_err(|why| RepoError::malformed(&object, why))?;
+        let v = match &page {
+            Page::Groups { version, .. } | Page::Files { version, .. } => *version,
+        };
+        if v != PAGE_VERSION {
+            return Err(RepoError::malformed(object, format!("page version {v}")));
+        }
+        Ok(page)
+    }
+
+    /// As [`load`](Self::load), the plaintext not decoded, with the name
+    /// of the page for messages.
+    pub async fn load_plain(
+        cache: &mut PackCache,
+        index: &Index,
+        meta: &MetaKey,
+        id: &Id,
+    ) -> Result<(String, Vec<u8>), RepoError> {
         let Some(loc) = index.chunks.get(id) else {
             return Err(RepoError::malformed(
                 format!("tree page {id}"),
@@ -315,7 +414,8 @@ impl Page {
             .blob(index, loc)
             .await
             .map_err(|e| RepoError::malformed(&object, e.to_string()))?;
-        Page::open(&object, id, meta, &sealed)
+        let plain = Page::open_plain(&object, id, meta, &sealed)?;
+        Ok((object, plain))
     }
 }
 
@@ -439,5 +539,35 @@ mod tests {
         let mut absurd = b"G\x01".to_vec();
         absurd.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(Page::decode(&absurd).is_err());
+    }
+
+    #[test]
+    fn scanning_a_group_page_sees_what_decoding_gives() {
+        let groups = vec![entry(1, true), entry(2, false), entry(3, true)];
+        let b = encode_groups("cdrs", &groups);
+        let mut seen = Vec::new();
+        let head = scan_groups(&b, |head, g| {
+            seen.push(GroupEntry {
+                g: g.g,
+                s: g.s,
+                t: head.t,
+                u: head.unit.into(),
+                rows: g.rows,
+                bytes: g.bytes,
+                chunks: g.chunks().collect(),
+            })
+        })
+        .unwrap();
+        assert_eq!((head.table, head.count), ("cdrs", 3));
+        assert_eq!(seen, groups);
+        // A file page, or a page of another version, is not a group page.
+        let files = Page::Files {
+            version: PAGE_VERSION,
+            files: Vec::new(),
+        };
+        assert!(scan_groups(&files.encode(), |_, _| {}).is_err());
+        let mut other = b.clone();
+        other[1] = 2;
+        assert!(scan_groups(&other, |_, _| {}).is_err());
     }
 }
