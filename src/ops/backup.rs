@@ -2031,8 +2031,10 @@ impl ReaderCtx {
             .phase(&format!("reading {}", ts.name), total, "rows");
         // The stretches are planned as they are read: the verdict on a
         // window of the parent (its pages can stand, with how many blobs)
-        // is asked for only when the stretch before it has been read, so
-        // the page check runs ahead of this thread instead of before it.
+        // is asked for only when this thread wants the next stretch and
+        // every stretch before that window was read (the read that leads
+        // up to a window ends where the window starts only if it stands),
+        // so the page check runs ahead of this thread instead of before it.
         let counters = self.counters.clone();
         let same = |i: usize| match verdict(i) {
             Some(n) => {
