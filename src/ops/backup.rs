@@ -1108,30 +1108,25 @@ impl ReuseCheck {
         let (mut ids, mut subjects, mut found) = (Vec::new(), Vec::new(), Vec::new());
         // One page at a time: the vault is locked only between loads.
         for id in pages {
-            let (object, plain) = match self.handle.block_on(Page::load_plain(
-                cache,
-                &self.index,
-                &self.meta,
-                id,
-            )) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored again");
-                    return None;
-                }
-            };
             // Walked in place: a page's groups are not copied out.
             ids.clear();
             subjects.clear();
-            let head = tree::scan_groups(&plain, |_, g| {
-                subjects.extend(g.s);
-                ids.extend(g.chunks());
-            });
-            let (t, groups) = match head {
-                Ok(head) if head.table == table => (head.t, head.count),
-                Ok(_) => return None,
-                Err(why) => {
-                    tracing::warn!(page = %id, object = %object, error = %why, "a tree page of the parent snapshot is unreadable; the window is stored again");
+            let scanned = self
+                .handle
+                .block_on(Page::load_plain(cache, &self.index, &self.meta, id))
+                .and_then(|(object, plain)| {
+                    let head = tree::scan_groups(&plain, |_, g| {
+                        subjects.extend(g.s);
+                        ids.extend(g.chunks());
+                    })
+                    .map_err(|why| crate::repo::RepoError::malformed(object, why))?;
+                    Ok((head.table == table).then_some((head.t, head.count)))
+                });
+            let (t, groups) = match scanned {
+                Ok(Some(head)) => head,
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored again");
                     return None;
                 }
             };
@@ -1939,11 +1934,11 @@ impl ReaderCtx {
             // next send then fails and its thread ends, instead of the
             // scope waiting on a send nobody receives.
             let verdict_rx = verdict_rx;
-            for (t, (ts, prep)) in schema.tables.iter().zip(preps).enumerate() {
+            for (t, (ts, mut prep)) in schema.tables.iter().zip(preps).enumerate() {
                 let mut verdicts = Verdicts {
                     rx: &verdict_rx,
                     t,
-                    checked: prep.same.clone(),
+                    checked: std::mem::take(&mut prep.same),
                     received: 0,
                 };
                 let entry = self.read_table(&src, ts, prep, &mut |i| verdicts.get(i))?;

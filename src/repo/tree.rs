@@ -341,8 +341,12 @@ impl Page {
     }
 
     pub fn open(object: &str, id: &Id, meta: &MetaKey, sealed: &[u8]) -> Result<Page, RepoError> {
-        let plain = Page::open_plain(object, id, meta, sealed)?;
-        let page = Page::decode(&plain).map_err(|why| RepoError::malformed(object, why))?;
+        Page::decode_opened(object, &Page::open_plain(object, id, meta, sealed)?)
+    }
+
+    /// Decodes an opened page's plaintext; errors name `object`.
+    fn decode_opened(object: &str, plain: &[u8]) -> Result<Page, RepoError> {
+        let page = Page::decode(plain).map_err(|why| RepoError::malformed(object, why))?;
         let v = match &page {
             Page::Groups { version, .. } | Page::Files { version, .. } => *version,
         };
@@ -384,14 +388,7 @@ impl Page {
         id: &Id,
     ) -> Result<Page, RepoError> {
         let (object, plain) = Page::load_plain(cache, index, meta, id).await?;
-        let page = Page::decode(&plain).map_err(|why| RepoError::malformed(&object, why))?;
-        let v = match &page {
-            Page::Groups { version, .. } | Page::Files { version, .. } => *version,
-        };
-        if v != PAGE_VERSION {
-            return Err(RepoError::malformed(object, format!("page version {v}")));
-        }
-        Ok(page)
+        Page::decode_opened(&object, &plain)
     }
 
     /// As [`load`](Self::load), the plaintext not decoded, with the name
