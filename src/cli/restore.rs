@@ -76,4 +76,12 @@ pub fn print_report(r: &RestoreReport) {
         human_bytes(r.bytes_fetched),
         r.duration_s
     );
+    if r.whole_index {
+        println!("  chunk index: whole (the snapshot's read windows list no packs)");
+    } else {
+        println!(
+            "  chunk index: the read windows' packs ({} index objects read)",
+            r.index_objects_read
+        );
+    }
 }

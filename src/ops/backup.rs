@@ -164,6 +164,8 @@ struct Work {
     id: Id,
     family: KeyId,
     len: u32,
+    /// The read window it belongs to ([`NO_WINDOW`] in file mode).
+    window: u32,
 }
 
 impl Part for Work {
@@ -181,6 +183,50 @@ struct Sealed {
     family: KeyId,
     len: u32,
     raw_len: u32,
+    window: u32,
+}
+
+/// The window of blobs that belong to no read window (file mode).
+const NO_WINDOW: u32 = u32::MAX;
+
+/// Packs some of a read window's blobs are in: positions in the index's
+/// `packs` (blobs stored before) or packs written now, each once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PackSet(Vec<u32>);
+
+impl PackSet {
+    fn add(&mut self, pack: u32) {
+        if self.0.last() != Some(&pack) && !self.0.contains(&pack) {
+            self.0.push(pack);
+        }
+    }
+
+    fn merge(&mut self, other: &PackSet) {
+        for &p in &other.0 {
+            self.add(p);
+        }
+    }
+}
+
+/// What the reader knows of the packs of one read window: those of blobs
+/// stored before this run (positions in the index's `packs`; `None` when it
+/// cannot tell), and windows of this run whose new packs hold some of its
+/// blobs (a tree page identical to one another window sent). The packs
+/// written for the window itself come from the packer.
+#[derive(Clone, Debug, Default)]
+struct WindowHint {
+    known: Option<PackSet>,
+    borrowed: Vec<u32>,
+}
+
+/// What a backup knows, per read window in the order their marks are
+/// written, of the packs holding the window's blobs: those stored before
+/// (`known`, `None` if it cannot tell), and windows whose new packs hold
+/// some of them (a tree page identical to one another window sent).
+#[derive(Debug, Default)]
+struct WindowPacks {
+    known: Option<Vec<Id>>,
+    borrowed: Vec<u32>,
 }
 
 impl Part for Sealed {
@@ -372,6 +418,7 @@ async fn backup_locked(
     }
     // Tree pages go to the packer directly (metadata packs).
     let sealed_pages = sealed_tx.clone();
+    let placed = Arc::new(Mutex::new(Vec::new()));
     drop(sealed_tx);
     let packer = {
         let ctx = PackerCtx {
@@ -384,6 +431,7 @@ async fn backup_locked(
             budget: opts.open_pack_budget,
             uploads: Arc::new(tokio::sync::Semaphore::new(opts.uploads.max(1))),
             pools: pools.clone(),
+            placed: placed.clone(),
         };
         std::thread::Builder::new()
             .name("custos-packer".into())
@@ -402,6 +450,10 @@ async fn backup_locked(
         handle: handle.clone(),
         work: WorkSender::new(work_tx, pools.clone()),
         in_flight: HashSet::new(),
+        pages_in_flight: HashMap::new(),
+        window: NO_WINDOW,
+        hint: WindowHint::default(),
+        hints: Vec::new(),
         counters: counters.clone(),
         failure: failure.clone(),
         progress: progress.clone(),
@@ -424,7 +476,7 @@ async fn backup_locked(
         let _ = t.join();
     }
     let _ = packer.join();
-    let content = match read_result {
+    let mut content = match read_result {
         Ok(v) => v,
         Err(e) => {
             failure.set(e);
@@ -433,6 +485,15 @@ async fn backup_locked(
     };
     if let Some(e) = failure.take() {
         return Err(e);
+    }
+    let placed = std::mem::take(&mut *placed.lock().unwrap());
+    let tables = match (&mut content.sqlite, &mut content.postgres) {
+        (Some(s), _) => Some(&mut s.tables),
+        (_, Some(p)) => Some(&mut p.tables),
+        _ => None,
+    };
+    if let Some(tables) = tables {
+        mark_window_packs(tables, &content.window_packs, &placed);
     }
     // Every key used must be in every vault location before the snapshot
     // that needs it exists.
@@ -529,6 +590,7 @@ fn worker(
                 family: w.family,
                 len: (out.data.len() - before) as u32,
                 raw_len: w.len,
+                window: w.window,
             });
         }
         pools.work.give(batch);
@@ -545,6 +607,8 @@ struct WorkSender {
     tx: SyncSender<WorkBatch>,
     pools: Arc<Pools>,
     batch: WorkBatch,
+    /// The read window the chunks sent belong to.
+    window: u32,
 }
 
 impl WorkSender {
@@ -553,12 +617,15 @@ impl WorkSender {
             tx,
             pools,
             batch: WorkBatch::default(),
+            window: NO_WINDOW,
         }
     }
 
     /// A sender of its own to the same workers (one per grouping thread).
     fn fork(&self) -> Self {
-        WorkSender::new(self.tx.clone(), self.pools.clone())
+        let mut s = WorkSender::new(self.tx.clone(), self.pools.clone());
+        s.window = self.window;
+        s
     }
 
     fn send(
@@ -578,6 +645,7 @@ impl WorkSender {
             id,
             family,
             len: data.len() as u32,
+            window: self.window,
         });
         if self.batch.data.len() >= BATCH_BYTES {
             self.flush()?;
@@ -605,10 +673,12 @@ struct PackerCtx {
     budget: usize,
     uploads: Arc<tokio::sync::Semaphore>,
     pools: Arc<Pools>,
+    /// Each pack written, with the read windows whose blobs it holds.
+    placed: Arc<Mutex<Vec<(Id, PackSet)>>>,
 }
 
 fn packer(ctx: PackerCtx, rx: Receiver<SealedBatch>) {
-    let mut open: HashMap<KeyId, PackWriter> = HashMap::new();
+    let mut open: HashMap<KeyId, (PackWriter, PackSet)> = HashMap::new();
     let mut open_bytes = 0usize;
     let mut tasks = Vec::new();
     for batch in rx {
@@ -616,23 +686,26 @@ fn packer(ctx: PackerCtx, rx: Receiver<SealedBatch>) {
             continue; // drain so upstream stages can finish
         }
         for (s, sealed) in batch.parts() {
-            let w = open
+            let (w, windows) = open
                 .entry(s.family)
-                .or_insert_with(|| PackWriter::for_pack(ctx.pack_size));
+                .or_insert_with(|| (PackWriter::for_pack(ctx.pack_size), PackSet::default()));
             w.add(s.id, sealed, s.raw_len);
+            if s.window != NO_WINDOW {
+                windows.add(s.window);
+            }
             open_bytes += sealed.len();
             if w.len() >= ctx.pack_size {
                 let w = open.remove(&s.family).unwrap();
-                open_bytes -= w.data_len();
+                open_bytes -= w.0.data_len();
                 tasks.push(flush(&ctx, w));
             } else if open_bytes > ctx.budget {
                 let fam = *open
                     .iter()
-                    .max_by_key(|(_, w)| w.len())
+                    .max_by_key(|(_, w)| w.0.len())
                     .map(|(k, _)| k)
                     .unwrap();
                 let w = open.remove(&fam).unwrap();
-                open_bytes -= w.data_len();
+                open_bytes -= w.0.data_len();
                 tasks.push(flush(&ctx, w));
             }
         }
@@ -657,11 +730,12 @@ fn packer(ctx: PackerCtx, rx: Receiver<SealedBatch>) {
 type UploadTask = tokio::task::JoinHandle<Result<(), OpsError>>;
 
 /// Closes a pack and starts its upload.
-fn flush(ctx: &PackerCtx, w: PackWriter) -> Option<UploadTask> {
+fn flush(ctx: &PackerCtx, (w, windows): (PackWriter, PackSet)) -> Option<UploadTask> {
     if w.is_empty() {
         return None;
     }
     let (id, bytes, index) = w.finish(&ctx.meta);
+    ctx.placed.lock().unwrap().push((id, windows));
     // No vault barrier is needed here: the reader persists every key at
     // every vault location before it hands out a chunk sealed under it.
     let permit = ctx
@@ -692,6 +766,8 @@ struct ReadContent {
     postgres: Option<PostgresSnapshot>,
     items: u64,
     bytes_read: u64,
+    /// Per window mark written, in order: the packs of blobs stored before.
+    window_packs: Vec<WindowPacks>,
 }
 
 struct ReaderCtx {
@@ -705,6 +781,15 @@ struct ReaderCtx {
     handle: tokio::runtime::Handle,
     work: WorkSender,
     in_flight: HashSet<Id>,
+    /// Tree pages sent to the packer in this run, with their window.
+    pages_in_flight: HashMap<Id, u32>,
+    /// The read window being stored (its position in `hints`), or
+    /// [`NO_WINDOW`].
+    window: u32,
+    /// What is known so far of the packs of the window being stored.
+    hint: WindowHint,
+    /// The same, for every window whose mark is written, in order.
+    hints: Vec<WindowHint>,
     counters: Arc<Counters>,
     failure: Failure,
     progress: Arc<dyn Progress>,
@@ -1102,9 +1187,11 @@ impl ReuseCheck {
     /// The blobs (pages and chunks) a window's `pages` refer to, if they
     /// can stand: each is a readable page of `table` whose every group's
     /// keys are still in the vault (not destroyed, not being destroyed)
-    /// and whose every chunk is indexed. `None` if one cannot.
-    fn blobs(&self, cache: &mut PackCache, table: &str, pages: &[Id]) -> Option<u64> {
+    /// and whose every chunk is indexed. `None` if one cannot. With the
+    /// count come the packs holding them.
+    fn blobs(&self, cache: &mut PackCache, table: &str, pages: &[Id]) -> Option<Reuse> {
         let mut chunks = 0u64;
+        let mut packs = PackSet::default();
         let (mut ids, mut subjects, mut found) = (Vec::new(), Vec::new(), Vec::new());
         // One page at a time: the vault is locked only between loads.
         for id in pages {
@@ -1122,6 +1209,7 @@ impl ReuseCheck {
                     .map_err(|why| crate::repo::RepoError::malformed(object, why))?;
                     Ok((head.table == table).then_some((head.t, head.count)))
                 });
+            packs.add(self.index.chunks.get(id)?.pack);
             let (t, groups) = match scanned {
                 Ok(Some(head)) => head,
                 Ok(None) => return None,
@@ -1143,13 +1231,24 @@ impl ReuseCheck {
             // The page's chunks looked up together, so the index's cache
             // misses overlap.
             self.index.chunks.positions(&ids, &mut found);
-            if found.iter().any(Option::is_none) {
-                return None;
+            for pos in &found {
+                packs.add(self.index.chunks.pack_at((*pos)?));
             }
             chunks += ids.len() as u64;
         }
-        Some(chunks + pages.len() as u64)
+        Some(Reuse {
+            blobs: chunks + pages.len() as u64,
+            packs,
+        })
     }
+}
+
+/// A window of the parent whose pages can stand: how many blobs they refer
+/// to, and the packs holding them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reuse {
+    blobs: u64,
+    packs: PackSet,
 }
 
 /// Windows of the parent (their index in [`PriorWindows::list`]) with
@@ -1163,7 +1262,7 @@ struct Verdict {
     t: usize,
     /// The window's index in the table's [`PriorWindows::list`].
     i: usize,
-    blobs: Option<u64>,
+    reuse: Option<Reuse>,
 }
 
 /// The verdicts on one table's windows, as the reader asks for them.
@@ -1181,7 +1280,7 @@ impl Verdicts<'_> {
     /// earlier windows the reader did not ask about are passed over. A
     /// window not checked (its leaves changed), or whose verdict cannot
     /// come (the check stopped), is read.
-    fn get(&mut self, i: usize) -> Option<u64> {
+    fn get(&mut self, i: usize) -> Option<Reuse> {
         if self.checked[self.received..].binary_search(&i).is_err() {
             return None;
         }
@@ -1190,7 +1289,7 @@ impl Verdicts<'_> {
             self.received += 1;
             debug_assert_eq!(v.t, self.t, "verdicts come table by table");
             if v.i == i {
-                return v.blobs;
+                return v.reuse;
             }
         }
         None
@@ -1224,8 +1323,9 @@ struct TablePrep {
 enum Handover {
     /// A read window.
     Rows(Window),
-    /// A window of the parent (its index in [`PriorWindows::list`]) not read.
-    Unread(usize),
+    /// A window of the parent (its index in [`PriorWindows::list`]) not
+    /// read, with the packs holding its blobs (from the page check).
+    Unread(usize, Option<PackSet>),
 }
 
 /// A stretch of a table, in rowid order: rows to read, or a window of the
@@ -1387,6 +1487,7 @@ impl GroupCtx<'_> {
         order: &[u32],
         refs: &[GroupRef],
         work: &mut WorkSender,
+        packs: &mut PackSet,
     ) -> Result<(Vec<GroupEntry>, u128), OpsError> {
         let mut out = Vec::with_capacity(order.len());
         // These groups' share of the table checksum (a wrapping sum, so
@@ -1417,6 +1518,7 @@ impl GroupCtx<'_> {
                     work,
                     self.index,
                     None,
+                    packs,
                     self.counters,
                     &keys,
                     r.t,
@@ -1462,6 +1564,19 @@ impl ReaderCtx {
         };
         // A load error is reported even if nothing needed the index.
         let r = r.and_then(|c| self.ready_index().map(|_| c));
+        let r = r.map(|mut c| {
+            let packs = &self.index.packs;
+            c.window_packs = std::mem::take(&mut self.hints)
+                .into_iter()
+                .map(|h| WindowPacks {
+                    known: h
+                        .known
+                        .map(|k| k.0.iter().map(|&p| packs[p as usize].0).collect()),
+                    borrowed: h.borrowed,
+                })
+                .collect();
+            c
+        });
         // Dropping `self` (the work and page senders) lets the workers and
         // the packer finish.
         r.and_then(|c| self.work.flush().map(|_| c))
@@ -1496,6 +1611,7 @@ impl ReaderCtx {
         work: &mut WorkSender,
         index: &Index,
         mut in_flight: Option<&mut HashSet<Id>>,
+        packs: &mut PackSet,
         counters: &Counters,
         keys: &Arc<ChunkKeys>,
         family: KeyId,
@@ -1509,7 +1625,11 @@ impl ReaderCtx {
         // record groups check their own list (a repeat across two read
         // windows of one group is stored twice, harmlessly); file mode, one
         // group for the whole tree, keeps a set (`in_flight`).
-        let new = !index.chunks.contains_key(&id)
+        let stored = index.chunks.pack(&id);
+        if let Some(p) = stored {
+            packs.add(p);
+        }
+        let new = stored.is_none()
             && !chunks.contains(&id)
             && in_flight.as_mut().is_none_or(|set| set.insert(id));
         if new {
@@ -1549,7 +1669,7 @@ impl ReaderCtx {
             if let Some(sum) =
                 sum.filter(|_| mark.rows == rows && mark.bytes == window.bytes as u64)
             {
-                if self.reusable(table, pages) {
+                if let Some(packs) = self.reusable(table, pages) {
                     acc.pages.extend_from_slice(pages);
                     acc.groups += mark.groups;
                     acc.checksum = acc.checksum.wrapping_add(sum);
@@ -1559,6 +1679,10 @@ impl ReaderCtx {
                         stretch: None,
                         ..mark.clone()
                     });
+                    self.hints.push(WindowHint {
+                        known: Some(packs),
+                        borrowed: Vec::new(),
+                    });
                     self.counters.rows_reused.fetch_add(rows, Ordering::Relaxed);
                     window.clear();
                     return Ok(());
@@ -1566,6 +1690,13 @@ impl ReaderCtx {
             }
         }
         window.group();
+        // Chunks and pages sent from here on belong to this window.
+        self.window = self.hints.len() as u32;
+        self.work.window = self.window;
+        self.hint = WindowHint {
+            known: Some(PackSet::default()),
+            borrowed: Vec::new(),
+        };
         let pages_before = acc.pages.len();
         let mut pager = GroupPager::default();
         let (n, checksum) = self.store_groups(window, table, class, &mut pager, &mut acc.pages)?;
@@ -1588,7 +1719,9 @@ impl ReaderCtx {
             from: window.range.from,
             to: window.range.to,
             stretch: None,
+            packs: None,
         });
+        self.hints.push(std::mem::take(&mut self.hint));
         window.clear();
         Ok(())
     }
@@ -1623,12 +1756,22 @@ impl ReaderCtx {
     /// Takes a window of the parent whose rows were not read because its
     /// b-tree leaves are unchanged (its pages checked with
     /// [`ReuseCheck::blobs`] before the stretches were planned).
-    fn take_unread(&self, acc: &mut TableAcc, mark: &WindowMark, pages: &[Id]) {
+    fn take_unread(
+        &mut self,
+        acc: &mut TableAcc,
+        mark: &WindowMark,
+        pages: &[Id],
+        packs: Option<PackSet>,
+    ) {
         let sum = parse_sum(&mark.checksum).expect("checked when planned");
         acc.pages.extend_from_slice(pages);
         acc.groups += mark.groups;
         acc.checksum = acc.checksum.wrapping_add(sum);
         acc.windows.push(mark.clone());
+        self.hints.push(WindowHint {
+            known: packs,
+            borrowed: Vec::new(),
+        });
         self.counters
             .rows_reused
             .fetch_add(mark.rows, Ordering::Relaxed);
@@ -1649,18 +1792,19 @@ impl ReaderCtx {
     }
 
     /// Whether the parent's tree pages of a window can stand in this
-    /// snapshot ([`ReuseCheck::blobs`]). Counts their blobs when they can.
-    fn reusable(&mut self, table: &str, pages: &[Id]) -> bool {
+    /// snapshot ([`ReuseCheck::blobs`]): the packs holding their blobs if
+    /// they can. Counts their blobs when they can.
+    fn reusable(&mut self, table: &str, pages: &[Id]) -> Option<PackSet> {
         let check = self.reuse_check();
         let target = self.target.clone();
         let cache = self
             .pack_cache
             .get_or_insert_with(|| PackCache::new(target, 4));
-        let blobs = check.blobs(cache, table, pages);
-        if let Some(n) = blobs {
-            self.counters.chunks.fetch_add(n, Ordering::Relaxed);
-        }
-        blobs.is_some()
+        let reuse = check.blobs(cache, table, pages)?;
+        self.counters
+            .chunks
+            .fetch_add(reuse.blobs, Ordering::Relaxed);
+        Some(reuse.packs)
     }
 
     /// Chunks and stores every group of a window, in (bucket, subject)
@@ -1734,7 +1878,8 @@ impl ReaderCtx {
         // put back in order.
         let threads = self.threads.max(1);
         let per = order.len().div_ceil(threads).max(1);
-        let results: Vec<Result<(Vec<GroupEntry>, u128), OpsError>> = {
+        type Done = (Vec<GroupEntry>, u128, PackSet);
+        let results: Vec<Result<Done, OpsError>> = {
             let shared = GroupCtx {
                 meta: &self.meta,
                 index: &self.index,
@@ -1752,8 +1897,9 @@ impl ReaderCtx {
                         let mut sender = self.work.fork();
                         let shared = &shared;
                         scope.spawn(move || {
-                            let r = shared.process(window, slice, refs, &mut sender);
-                            r.and_then(|e| sender.flush().map(|_| e))
+                            let mut packs = PackSet::default();
+                            let r = shared.process(window, slice, refs, &mut sender, &mut packs);
+                            r.and_then(|(e, sum)| sender.flush().map(|_| (e, sum, packs)))
                         })
                     })
                     .collect();
@@ -1769,8 +1915,11 @@ impl ReaderCtx {
         };
         let mut checksum = 0u128;
         for r in results {
-            let (entries, sum) = r?;
+            let (entries, sum, packs) = r?;
             checksum = checksum.wrapping_add(sum);
+            if let Some(known) = self.hint.known.as_mut() {
+                known.merge(&packs);
+            }
             for entry in entries {
                 for p in pager.push(entry) {
                     pages.push(self.store_page(Page::Groups {
@@ -1849,9 +1998,29 @@ impl ReaderCtx {
 
     /// Seals a tree page and hands it to the packer (if not stored yet).
     fn store_page(&mut self, page: Page) -> Result<Id, OpsError> {
-        let (index, in_flight) = (&self.index, &mut self.in_flight);
+        let (index, in_flight, hint) = (&self.index, &mut self.pages_in_flight, &mut self.hint);
+        let window = self.window;
         let (id, sealed) = page.seal_if_new(&self.meta, |id| {
-            !index.chunks.contains_key(id) && in_flight.insert(*id)
+            if let Some(p) = index.chunks.pack(id) {
+                if let Some(known) = hint.known.as_mut() {
+                    known.add(p);
+                }
+                return false;
+            }
+            match in_flight.entry(*id) {
+                // Sent with another window: the pack that window's blobs
+                // went to holds it.
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    if *o.get() != window && !hint.borrowed.contains(o.get()) {
+                        hint.borrowed.push(*o.get());
+                    }
+                    false
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(window);
+                    true
+                }
+            }
         });
         // Pages are blobs like chunks and are counted with them.
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
@@ -1866,6 +2035,7 @@ impl ReaderCtx {
                         family: META_FAMILY,
                         len,
                         raw_len: len,
+                        window,
                     }],
                 })
                 .map_err(|_| OpsError::Internal("the packer stopped".into()))?;
@@ -1923,8 +2093,8 @@ impl ReaderCtx {
                 let mut cache = PackCache::new(target, 2);
                 for (t, (table, windows)) in to_check.into_iter().enumerate() {
                     for (i, pages) in windows {
-                        let blobs = check.blobs(&mut cache, &table, &pages);
-                        if verdict_tx.send(Verdict { t, i, blobs }).is_err() {
+                        let reuse = check.blobs(&mut cache, &table, &pages);
+                        if verdict_tx.send(Verdict { t, i, reuse }).is_err() {
                             return; // the reader stopped
                         }
                     }
@@ -1960,6 +2130,7 @@ impl ReaderCtx {
             postgres: None,
             items,
             bytes_read,
+            window_packs: Vec::new(),
         })
     }
 
@@ -2010,7 +2181,7 @@ impl ReaderCtx {
         src: &SqliteSource,
         ts: &TableSchema,
         prep: TablePrep,
-        verdict: &mut dyn FnMut(usize) -> Option<u64>,
+        verdict: &mut dyn FnMut(usize) -> Option<Reuse>,
     ) -> Result<TableEntry, OpsError> {
         let TablePrep {
             plan,
@@ -2031,9 +2202,13 @@ impl ReaderCtx {
         // up to a window ends where the window starts only if it stands),
         // so the page check runs ahead of this thread instead of before it.
         let counters = self.counters.clone();
+        // The packs of the windows left unread, from their verdicts, until
+        // their marks are written.
+        let unread_packs = std::cell::RefCell::new(HashMap::new());
         let same = |i: usize| match verdict(i) {
-            Some(n) => {
-                counters.chunks.fetch_add(n, Ordering::Relaxed);
+            Some(r) => {
+                counters.chunks.fetch_add(r.blobs, Ordering::Relaxed);
+                unread_packs.borrow_mut().insert(i, r.packs);
                 true
             }
             None => false,
@@ -2080,9 +2255,9 @@ impl ReaderCtx {
                             // nothing needs the buffer.
                             let _ = free_tx.send(window);
                         }
-                        Handover::Unread(i) => {
+                        Handover::Unread(i, packs) => {
                             let (mark, pages) = &prior.list[i];
-                            this.take_unread(&mut acc, mark, pages);
+                            this.take_unread(&mut acc, mark, pages, packs);
                         }
                     }
                 }
@@ -2094,7 +2269,8 @@ impl ReaderCtx {
                 let range = match stretch {
                     Stretch::Unread(i) => {
                         let mark = &prior.list[i].0;
-                        if full_tx.send(Handover::Unread(i)).is_err() {
+                        let packs = unread_packs.borrow_mut().remove(&i);
+                        if full_tx.send(Handover::Unread(i, packs)).is_err() {
                             break; // the store failed; its error follows
                         }
                         rows += mark.rows;
@@ -2264,9 +2440,14 @@ impl ReaderCtx {
                     let (work, index, counters) = (&mut self.work, &self.index, &self.counters);
                     let in_flight = &mut self.in_flight;
                     let chunks = &mut rec.chunks;
+                    // File mode has no read windows, so no pack lists.
+                    let mut packs = PackSet::default();
                     let mut emit = |c: &[u8]| {
                         let in_flight = Some(&mut *in_flight);
-                        Self::emit(work, index, in_flight, counters, &keys, key_id, chunks, c)
+                        let packs = &mut packs;
+                        Self::emit(
+                            work, index, in_flight, packs, counters, &keys, key_id, chunks, c,
+                        )
                     };
                     let mut read = 0u64;
                     loop {
@@ -2327,6 +2508,7 @@ impl ReaderCtx {
             }),
             items: walk.entries.len() as u64,
             bytes_read,
+            window_packs: Vec::new(),
         })
     }
 
@@ -2384,6 +2566,7 @@ impl ReaderCtx {
             postgres: Some(PostgresSnapshot { schema, tables }),
             items,
             bytes_read,
+            window_packs: Vec::new(),
         })
     }
 
@@ -2426,6 +2609,47 @@ impl ReaderCtx {
     }
 }
 
+/// Writes each window mark's pack list (FORMAT 3.5): the packs of its
+/// blobs stored before this backup, those written for it (and for windows
+/// it shares a tree page with), sorted. A window whose packs are not all
+/// known gets none, and a restore reads it through the whole index.
+fn mark_window_packs(tables: &mut [TableEntry], known: &[WindowPacks], placed: &[(Id, PackSet)]) {
+    let marks = tables.iter().map(|t| t.windows.len()).sum::<usize>();
+    if marks != known.len() {
+        // Cannot happen: every mark written records what it knows.
+        debug_assert_eq!(marks, known.len(), "a pack list per window mark");
+        tracing::warn!("the read windows' pack lists do not line up; none are written");
+        return;
+    }
+    let mut written: Vec<Vec<Id>> = vec![Vec::new(); known.len()];
+    for (id, windows) in placed {
+        for &w in &windows.0 {
+            if let Some(list) = written.get_mut(w as usize) {
+                list.push(*id);
+            }
+        }
+    }
+    let mut seq = 0usize;
+    for t in tables.iter_mut() {
+        for mark in &mut t.windows {
+            let k = &known[seq];
+            mark.packs = k.known.as_ref().map(|before| {
+                let mut list = before.clone();
+                list.extend_from_slice(&written[seq]);
+                for &b in &k.borrowed {
+                    if let Some(w) = written.get(b as usize) {
+                        list.extend_from_slice(w);
+                    }
+                }
+                list.sort_unstable();
+                list.dedup();
+                list
+            });
+            seq += 1;
+        }
+    }
+}
+
 /// The report lines of a snapshot's tables.
 fn table_summaries(tables: &[TableEntry]) -> Vec<TableSummary> {
     tables
@@ -2463,6 +2687,7 @@ mod tests {
                 from,
                 to,
                 stretch: Some(String::new()),
+                packs: None,
             };
             p.list.push((mark, Vec::new()));
         }
@@ -2534,7 +2759,11 @@ mod tests {
             (0, 4, Some(7)),
             (1, 0, Some(2)),
         ] {
-            tx.send(Verdict { t, i, blobs }).unwrap();
+            let reuse = blobs.map(|blobs| Reuse {
+                blobs,
+                packs: PackSet(vec![i as u32]),
+            });
+            tx.send(Verdict { t, i, reuse }).unwrap();
         }
         let mut first = Verdicts {
             rx: &rx,
@@ -2555,7 +2784,8 @@ mod tests {
             checked: vec![0],
             received: 0,
         };
-        assert_eq!(second.get(0), Some(2));
+        let reuse = second.get(0).expect("window 0 of table 1 stands");
+        assert_eq!((reuse.blobs, reuse.packs), (2, PackSet(vec![0])));
         // A check that stopped leaves the window to be read.
         drop(tx);
         let mut third = Verdicts {

@@ -13,7 +13,7 @@ use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{ChunkLoc, Index};
+use crate::repo::index::{ChunkLoc, Index, IndexObjects, MAX_WINDOW_PACKS};
 use crate::repo::pack::{open_chunk, open_chunk_into, Codec, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
 use crate::repo::tree::{GroupEntry, Page};
@@ -63,6 +63,13 @@ pub struct RestoreReport {
     pub rows_shredded: u64,
     pub tables: Vec<TableRestore>,
     pub duration_s: f64,
+    /// Whether the whole chunk index was loaded: for a file snapshot, and
+    /// for read windows that list no packs (snapshots written before the
+    /// lists existed, FORMAT 3.5) or whose list misses a blob. Otherwise
+    /// each window's blobs were found through its packs' index objects.
+    pub whole_index: bool,
+    /// Index objects read for the windows' packs.
+    pub index_objects_read: u64,
 }
 
 /// Why a group's keys could not be had.
@@ -150,14 +157,15 @@ pub async fn read_group(
     Ok(out)
 }
 
-/// The table's pages cut into read windows (ranges of `pages`), so that a
-/// window's rows reach the writer together and go in in rowid order. A
-/// snapshot without window marks, or with marks that do not add up to its
-/// pages, gives one page a batch.
-fn window_batches(t: &TableEntry) -> Vec<std::ops::Range<usize>> {
+/// The table's pages cut into read windows (ranges of `pages`), each with
+/// the packs its mark lists, so that a window's rows reach the writer
+/// together and go in in rowid order. A snapshot without window marks, or
+/// with marks that do not add up to its pages, gives one page a batch, and
+/// no pack lists.
+fn window_batches(t: &TableEntry) -> Vec<(std::ops::Range<usize>, Option<&[Id]>)> {
     let marked: u64 = t.windows.iter().map(|w| w.pages).sum();
     if t.windows.is_empty() || marked != t.pages.len() as u64 {
-        return (0..t.pages.len()).map(|i| i..i + 1).collect();
+        return (0..t.pages.len()).map(|i| (i..i + 1, None)).collect();
     }
     let mut at = 0usize;
     t.windows
@@ -166,7 +174,7 @@ fn window_batches(t: &TableEntry) -> Vec<std::ops::Range<usize>> {
         .map(|w| {
             let r = at..at + w.pages as usize;
             at = r.end;
-            r
+            (r, w.packs.as_deref())
         })
         .collect()
 }
@@ -178,12 +186,7 @@ pub async fn restore(
 ) -> Result<RestoreReport, OpsError> {
     let start = Instant::now();
     let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
-    // The snapshot and the chunk index load together (a missing snapshot
-    // stops both).
-    let (snap, index) = tokio::try_join!(
-        Snapshot::find(&repo.target, &repo.meta, &opts.snapshot),
-        Index::load(&repo.target, &repo.meta)
-    )?;
+    let snap = Snapshot::find(&repo.target, &repo.meta, &opts.snapshot).await?;
     let OpenRepo {
         target,
         vault,
@@ -191,6 +194,7 @@ pub async fn restore(
         ..
     } = repo;
     let target = Arc::new(target);
+    let meta = Arc::new(meta);
     let mut report = RestoreReport {
         snapshot: snap.id.clone(),
         snapshot_time: snap.time.clone(),
@@ -202,10 +206,12 @@ pub async fn restore(
         rows_shredded: 0,
         tables: Vec::new(),
         duration_s: 0.0,
+        whole_index: false,
+        index_objects_read: 0,
     };
     let src = Source {
+        index: Locator::new(target.clone(), meta.clone()),
         target,
-        index,
         vault,
         meta,
     };
@@ -228,9 +234,143 @@ pub async fn restore(
 /// Where a restore reads from.
 struct Source {
     target: Arc<Target>,
-    index: Index,
+    index: Locator,
     vault: Vault,
-    meta: MetaKey,
+    meta: Arc<MetaKey>,
+}
+
+/// Index entries of the windows' packs kept from one window to the next
+/// (consecutive windows share packs): about 44 MiB at most.
+const KEPT_INDEX_ENTRIES: usize = 1 << 20;
+
+/// Where a restore finds blobs. A read window lists the packs holding its
+/// tree pages and chunks (FORMAT 3.5), so only those packs' index objects
+/// are read and memory follows the window, not the repository. A window
+/// listing none (written before the lists existed), or whose list misses a
+/// blob, is read through the whole index, loaded once when first needed.
+struct Locator {
+    target: Arc<Target>,
+    meta: Arc<MetaKey>,
+    objects: IndexObjects,
+    whole: Option<Arc<Index>>,
+}
+
+impl Locator {
+    fn new(target: Arc<Target>, meta: Arc<MetaKey>) -> Self {
+        Locator {
+            objects: IndexObjects::new(target.clone(), meta.clone(), KEPT_INDEX_ENTRIES),
+            target,
+            meta,
+            whole: None,
+        }
+    }
+
+    /// The whole index (every index object of the target).
+    async fn whole(&mut self) -> Result<Arc<Index>, OpsError> {
+        if let Some(w) = &self.whole {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(Index::load(&self.target, &self.meta).await?);
+        self.whole = Some(w.clone());
+        Ok(w)
+    }
+
+    /// An index for a window listing `packs`: of those packs alone, or the
+    /// whole index if it lists none (or too many to be honest), or once
+    /// the whole index is loaded anyway.
+    async fn window(&mut self, packs: Option<&[Id]>) -> Result<Arc<Index>, OpsError> {
+        match packs {
+            Some(p) if self.whole.is_none() && p.len() <= MAX_WINDOW_PACKS => {
+                Ok(Arc::new(self.objects.index_of(p).await?))
+            }
+            _ => self.whole().await,
+        }
+    }
+
+    fn report(&self, report: &mut RestoreReport) {
+        report.whole_index = self.whole.is_some();
+        report.index_objects_read = self.objects.fetched;
+    }
+}
+
+/// Whether `index` locates every chunk the window's restore will open: the
+/// chunks of each group whose keys are still in the vault.
+fn locates(index: &Index, vault: &Vault, groups: &[(Id, GroupEntry)]) -> bool {
+    // The vault is asked only about a group whose chunks are not all
+    // found (a shred may have deleted their packs).
+    groups.iter().all(|(_, g)| {
+        g.chunks.iter().all(|c| index.chunks.contains_key(c))
+            || vault.key(&g.t).is_none()
+            || g.s.as_ref().is_some_and(|s| vault.key(s).is_none())
+    })
+}
+
+/// A window's groups from its tree pages, each with the page naming it;
+/// `Ok(None)` if `index` does not locate every page.
+async fn window_groups(
+    cache: &mut PackCache,
+    index: &Index,
+    meta: &MetaKey,
+    table: &str,
+    pages: &[Id],
+) -> Result<Option<Vec<(Id, GroupEntry)>>, OpsError> {
+    if !pages.iter().all(|p| index.chunks.contains_key(p)) {
+        return Ok(None);
+    }
+    let mut groups = Vec::new();
+    for pid in pages {
+        let Page::Groups {
+            groups: gs,
+            table: pt,
+            ..
+        } = Page::load(cache, index, meta, pid).await?
+        else {
+            return Err(OpsError::Invalid(format!(
+                "tree {pid} of table {table} is not a group page"
+            )));
+        };
+        if pt != table {
+            return Err(OpsError::Invalid(format!(
+                "tree {pid} belongs to table {pt}, not {table}"
+            )));
+        }
+        groups.extend(gs.into_iter().map(|g| (*pid, g)));
+    }
+    Ok(Some(groups))
+}
+
+/// A window's index and groups: through its packs when it lists them and
+/// they locate everything, or else through the whole index.
+async fn open_window(
+    locator: &mut Locator,
+    cache: &mut PackCache,
+    vault: &Vault,
+    table: &str,
+    pages: &[Id],
+    packs: Option<&[Id]>,
+) -> Result<(Arc<Index>, Vec<(Id, GroupEntry)>), OpsError> {
+    let meta = locator.meta.clone();
+    let index = locator.window(packs).await?;
+    if let Some(groups) = window_groups(cache, &index, &meta, table, pages).await? {
+        if locates(&index, vault, &groups) {
+            return Ok((index, groups));
+        }
+    }
+    if locator.whole.is_none() {
+        tracing::warn!(
+            table,
+            "a read window's pack list misses some of its blobs; reading through the whole index"
+        );
+    }
+    let index = locator.whole().await?;
+    let groups = window_groups(cache, &index, &meta, table, pages)
+        .await?
+        .ok_or_else(|| {
+            OpsError::Integrity(format!(
+                "table {table}: a tree page is in no index (repository damaged; run `custos check`)"
+            ))
+        })?;
+    Ok((index, groups))
 }
 
 async fn restore_sqlite(
@@ -242,9 +382,9 @@ async fn restore_sqlite(
 ) -> Result<(), OpsError> {
     let Source {
         target,
-        index,
+        index: mut locator,
         vault,
-        meta,
+        ..
     } = src;
     let sq = snap.sqlite.as_ref().unwrap();
     let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
@@ -270,50 +410,38 @@ async fn restore_sqlite(
     let total: u64 = sq.tables.iter().map(|t| t.rows).sum();
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
-    let mut reader = WindowReader::new(&index, &vault);
+    let mut reader = WindowReader::new(&vault);
     'tables: for (ti, t) in sq.tables.iter().enumerate() {
         let mut tr = TableRestore {
             name: t.name.clone(),
             rows_expected: t.rows,
             ..Default::default()
         };
-        for batch in window_batches(t) {
-            // The window's groups, with the tree page naming each.
-            let mut groups = Vec::new();
-            for pid in &t.pages[batch] {
-                let page = match Page::load(&mut cache, &index, &meta, pid).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        fetch_err = Some(e.into());
-                        break 'tables;
-                    }
-                };
-                let Page::Groups {
-                    groups: gs, table, ..
-                } = page
-                else {
-                    fetch_err = Some(OpsError::Invalid(format!(
-                        "tree {pid} of table {} is not a group page",
-                        t.name
-                    )));
-                    break 'tables;
-                };
-                if table != t.name {
-                    fetch_err = Some(OpsError::Invalid(format!(
-                        "tree {pid} belongs to table {table}, not {}",
-                        t.name
-                    )));
+        for (batch, packs) in window_batches(t) {
+            // The window's index and groups, with the tree page naming each.
+            let pages = &t.pages[batch];
+            let opened = open_window(&mut locator, &mut cache, &vault, &t.name, pages, packs).await;
+            let (index, groups) = match opened {
+                Ok(w) => w,
+                Err(e) => {
+                    fetch_err = Some(e);
                     break 'tables;
                 }
-                groups.extend(gs.into_iter().map(|g| (*pid, g)));
-            }
+            };
             let place = Place {
                 snapshot: &snap.id,
                 target: &target.name,
                 table: &t.name,
             };
             let rows = match reader
-                .read(&mut cache, place, &groups, &mut tr, progress.as_ref())
+                .read(
+                    &index,
+                    &mut cache,
+                    place,
+                    &groups,
+                    &mut tr,
+                    progress.as_ref(),
+                )
                 .await
             {
                 Ok(rows) => rows,
@@ -355,10 +483,11 @@ async fn restore_sqlite(
         }
     }
     report.bytes_fetched = cache.fetched;
+    locator.report(report);
     // Every row is in: the chunk index, the keys and the cached packs are
     // freed before SQLite builds the indexes, its hungriest step.
     drop(reader);
-    drop((cache, index, vault));
+    drop((cache, locator, vault));
     progress.phase("building indexes", None, "");
     restorer.finish()?;
     progress.finish_phase();
@@ -384,7 +513,6 @@ const PACKS_AT_ONCE: usize = 8;
 /// opened on every core, each thread taking a contiguous run of groups so
 /// the rows come out in the order of the groups.
 struct WindowReader<'a> {
-    index: &'a Index,
     vault: &'a Vault,
     codecs: Vec<Codec>,
 }
@@ -398,10 +526,9 @@ struct Pending<'v> {
 }
 
 impl<'a> WindowReader<'a> {
-    fn new(index: &'a Index, vault: &'a Vault) -> Self {
+    fn new(vault: &'a Vault) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         WindowReader {
-            index,
             vault,
             codecs: (0..threads.clamp(1, 16)).map(|_| Codec::new(3)).collect(),
         }
@@ -412,13 +539,14 @@ impl<'a> WindowReader<'a> {
     /// are counted in `tr` and skipped.
     async fn read(
         &mut self,
+        index: &Index,
         cache: &mut PackCache,
         place: Place<'_>,
         groups: &[(Id, GroupEntry)],
         tr: &mut TableRestore,
         progress: &dyn Progress,
     ) -> Result<Vec<Vec<u8>>, OpsError> {
-        let (index, vault) = (self.index, self.vault);
+        let vault = self.vault;
         let mut out = Vec::new();
         let mut next = 0;
         while next < groups.len() {
@@ -603,11 +731,14 @@ async fn restore_files(
 ) -> Result<(), OpsError> {
     let Source {
         target,
-        index,
+        index: mut locator,
         vault,
         meta,
     } = src;
     let fs = snap.files.as_ref().unwrap();
+    // File snapshots list no packs: the whole index.
+    let index = locator.whole().await?;
+    locator.report(report);
     let Some(key) = vault.key(&fs.key) else {
         return Err(OpsError::Invalid(format!(
             "snapshot {}: the key of unit {} was destroyed; its files cannot be restored",
@@ -670,9 +801,9 @@ async fn restore_postgres(
     let pg = |e: PgError| OpsError::Invalid(format!("restore: {e}"));
     let Source {
         target,
-        index,
+        index: mut locator,
         vault,
-        meta,
+        ..
     } = src;
     let ps = snap.postgres.as_ref().unwrap();
     let mut out = match PgRestoreTo::parse(&opts.to) {
@@ -712,23 +843,11 @@ async fn restore_postgres(
             rows_expected: t.rows,
             ..Default::default()
         };
-        for pid in &t.pages {
-            let Page::Groups {
-                groups, table: pt, ..
-            } = Page::load(&mut cache, &index, &meta, pid).await?
-            else {
-                return Err(OpsError::Invalid(format!(
-                    "tree {pid} of table {} is not a group page",
-                    t.name
-                )));
-            };
-            if pt != t.name {
-                return Err(OpsError::Invalid(format!(
-                    "tree {pid} belongs to table {pt}, not {}",
-                    t.name
-                )));
-            }
-            for g in &groups {
+        for (batch, packs) in window_batches(t) {
+            let pages = &t.pages[batch];
+            let (index, groups) =
+                open_window(&mut locator, &mut cache, &vault, &t.name, pages, packs).await?;
+            for (pid, g) in &groups {
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,
                     Err(GroupKeyProblem::Shredded) => {
@@ -768,5 +887,6 @@ async fn restore_postgres(
     progress.finish_phase();
     report.items = report.tables.iter().map(|t| t.rows_restored).sum();
     report.bytes_fetched = cache.fetched;
+    locator.report(report);
     Ok(())
 }

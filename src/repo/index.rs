@@ -150,15 +150,16 @@ pub struct ChunkLoc {
 /// wrong data.
 ///
 /// A *membership* map ([`Index::load_membership`], for a backup) keeps only
-/// the sorted keys, 16 bytes a chunk, and the locations of the few ids
-/// named at load (the parent's tree pages): a backup asks of every other
-/// chunk only whether it is stored.
+/// the sorted keys with the pack each is in, 20 bytes a chunk, and the
+/// locations of the few ids named at load (the parent's tree pages): a
+/// backup asks of every other chunk only whether it is stored, and where
+/// (which pack, for the read window's pack list, FORMAT 3.5).
 #[derive(Default)]
 pub struct ChunkMap {
     /// Sorted keys with their locations (a full map).
     entries: Vec<(u128, ChunkLoc)>,
-    /// Sorted keys (a membership map).
-    keys: Vec<u128>,
+    /// Sorted keys with their packs (a membership map).
+    keys: Vec<Member>,
     /// In a membership map: the locations of the ids named at load.
     located: HashMap<u128, ChunkLoc>,
     /// In a membership map, while loading: the keys to keep locations of.
@@ -171,6 +172,22 @@ pub struct ChunkMap {
     /// search, for about one byte of bucket table per entry.
     buckets: Vec<u32>,
     bits: u32,
+}
+
+/// An entry of a membership map: a key ([`key_of`], as bytes so that an
+/// entry is 20 bytes, not 32 with a `u128`'s alignment) and its pack's
+/// position in [`Index::packs`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+struct Member {
+    key: [u8; 16],
+    pack: u32,
+}
+
+impl Member {
+    fn key(&self) -> u128 {
+        u128::from_be_bytes(self.key)
+    }
 }
 
 /// The in-memory key of an id: its first 16 bytes, big-endian, so keys
@@ -224,7 +241,10 @@ impl ChunkMap {
     fn push(&mut self, id: Id, loc: ChunkLoc) {
         let key = key_of(&id);
         if self.membership {
-            self.keys.push(key);
+            self.keys.push(Member {
+                key: key.to_be_bytes(),
+                pack: loc.pack,
+            });
             if self.wanted.contains(&key) {
                 self.located.insert(key, loc);
             }
@@ -236,7 +256,7 @@ impl ChunkMap {
 
     fn key_at(&self, i: usize) -> u128 {
         if self.membership {
-            self.keys[i]
+            self.keys[i].key()
         } else {
             self.entries[i].0
         }
@@ -249,10 +269,10 @@ impl ChunkMap {
             if self.membership {
                 sort_on_two_threads(
                     &mut self.keys,
-                    |k| *k >> 127 == 1,
-                    |half| half.sort_unstable(),
+                    |m| m.key[0] >> 7 == 1,
+                    |half| half.sort_unstable_by_key(Member::key),
                 );
-                self.keys.dedup();
+                self.keys.dedup_by(|b, a| a.key == b.key);
                 self.keys.shrink_to_fit();
                 self.wanted = HashSet::new();
             } else {
@@ -296,7 +316,7 @@ impl ChunkMap {
 
     fn find(&self, key: u128, a: usize, b: usize) -> Option<usize> {
         let found = if self.membership {
-            self.keys[a..b].iter().position(|k| *k == key)
+            self.keys[a..b].iter().position(|m| m.key() == key)
         } else {
             self.entries[a..b].iter().position(|e| e.0 == key)
         };
@@ -352,6 +372,21 @@ impl ChunkMap {
         self.position(id).is_some()
     }
 
+    /// The pack of the entry at `pos` (from [`ChunkMap::position`]).
+    pub fn pack_at(&self, pos: usize) -> u32 {
+        if self.membership {
+            self.keys[pos].pack
+        } else {
+            self.entries[pos].1.pack
+        }
+    }
+
+    /// The pack a chunk is in (its position in [`Index::packs`]), in a full
+    /// map or a membership map alike.
+    pub fn pack(&self, id: &Id) -> Option<u32> {
+        self.position(id).map(|i| self.pack_at(i))
+    }
+
     pub fn len(&self) -> usize {
         if self.membership {
             self.keys.len()
@@ -368,7 +403,7 @@ impl ChunkMap {
     /// reports.
     pub fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<(u128, ChunkLoc)>()
-            + self.keys.capacity() * 16
+            + self.keys.capacity() * std::mem::size_of::<Member>()
             + self.located.capacity() * 48
             + self.buckets.capacity() * 4
     }
@@ -378,6 +413,127 @@ impl std::ops::Index<&Id> for ChunkMap {
     type Output = ChunkLoc;
     fn index(&self, id: &Id) -> &ChunkLoc {
         self.get(id).expect("chunk id in the index")
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<Member>() == 20);
+
+/// Index objects read one pack at a time, for a reader that knows which
+/// packs it needs (a restore: each read window of a snapshot lists its
+/// packs, FORMAT 3.5), the most recently used kept up to a budget of
+/// entries. Memory follows the window, not the repository.
+pub struct IndexObjects {
+    target: std::sync::Arc<Target>,
+    meta: std::sync::Arc<MetaKey>,
+    kept: std::collections::VecDeque<std::sync::Arc<IndexFile>>,
+    kept_entries: usize,
+    budget: usize,
+    /// Index objects fetched (cache misses), for reports and tests.
+    pub fetched: u64,
+}
+
+/// A window naming more packs than this is read through the whole index
+/// instead (a hostile snapshot could name any number).
+pub const MAX_WINDOW_PACKS: usize = 4096;
+
+impl IndexObjects {
+    /// `budget`: entries kept across calls (44 bytes each in memory).
+    pub fn new(
+        target: std::sync::Arc<Target>,
+        meta: std::sync::Arc<MetaKey>,
+        budget: usize,
+    ) -> Self {
+        IndexObjects {
+            target,
+            meta,
+            kept: Default::default(),
+            kept_entries: 0,
+            budget,
+            fetched: 0,
+        }
+    }
+
+    /// An index of just `packs` (duplicates ignored). A pack whose index
+    /// object is gone (a shred deleted it with its pack) is left out, and
+    /// so is one whose object is unreadable, named in `broken` as
+    /// [`Index::load`] does: a lookup of their chunks then fails, and the
+    /// caller decides.
+    pub async fn index_of(&mut self, packs: &[Id]) -> Result<Index, RepoError> {
+        use futures::stream::{self, StreamExt};
+        let mut idx = Index::default();
+        let mut files: Vec<std::sync::Arc<IndexFile>> = Vec::with_capacity(packs.len());
+        let mut missing = Vec::new();
+        for p in packs {
+            if files.iter().any(|f| f.pack == *p) || missing.contains(p) {
+                continue;
+            }
+            match self.kept.iter().position(|f| f.pack == *p) {
+                Some(i) => {
+                    let f = self.kept.remove(i).expect("position is in range");
+                    self.kept.push_back(f.clone());
+                    files.push(f);
+                }
+                None => missing.push(*p),
+            }
+        }
+        let (target, meta) = (&self.target, &self.meta);
+        let mut loads = stream::iter(missing.into_iter().map(|p| async move {
+            let path = index_path(&p);
+            let object = format!("{}:{}", target.name, path);
+            let bytes = match target.get(&path).await {
+                Ok(b) => b,
+                Err(e) if e.is_not_found() => return Ok(None),
+                Err(e) => return Err(RepoError::from(e)),
+            };
+            let meta = meta.clone();
+            let opened = tokio::task::spawn_blocking(move || {
+                let mut plain = Vec::with_capacity(bytes.len());
+                meta.open_into("index", &p.to_hex(), &bytes, &mut plain)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| IndexFile::decode(&object, &plain).map_err(|e| e.to_string()))
+                    .and_then(|f| {
+                        if f.pack == p {
+                            Ok(f)
+                        } else {
+                            Err("names another pack".to_string())
+                        }
+                    })
+                    .map_err(|why| (object, why))
+            })
+            .await
+            .map_err(|e| RepoError::malformed(index_path(&p), format!("was not opened: {e}")))?;
+            Ok(Some(opened))
+        }))
+        .buffer_unordered(8);
+        while let Some(r) = loads.next().await {
+            match r? {
+                None => {}
+                Some(Ok(f)) => {
+                    self.fetched += 1;
+                    let f = std::sync::Arc::new(f);
+                    self.kept_entries += f.entries.len();
+                    self.kept.push_back(f.clone());
+                    files.push(f);
+                }
+                Some(Err(broken)) => idx.broken.push(broken),
+            }
+        }
+        idx.chunks
+            .entries
+            .reserve_exact(files.iter().map(|f| f.entries.len()).sum());
+        for f in &files {
+            idx.add(f);
+        }
+        idx.seal();
+        // Kept for the next windows (consecutive windows share packs),
+        // oldest first out, within the budget.
+        while self.kept_entries > self.budget {
+            let Some(f) = self.kept.pop_front() else {
+                break;
+            };
+            self.kept_entries -= f.entries.len();
+        }
+        Ok(idx)
     }
 }
 
@@ -425,7 +581,7 @@ impl Index {
 
     /// Loads a membership index (see [`ChunkMap`]): whether any chunk is
     /// stored, and where the chunks of `located` are (a backup names its
-    /// parent's tree pages). Half the memory of [`Index::load`].
+    /// parent's tree pages). About 60% of the memory of [`Index::load`].
     pub async fn load_membership(
         target: &Target,
         meta: &MetaKey,
@@ -655,9 +811,15 @@ mod tests {
         assert!(member.chunks.heap_bytes() < full.chunks.heap_bytes() * 2 / 3);
         for i in 0..1000 {
             assert!(member.chunks.contains_key(&id(i)), "{i}");
+            // Each key knows its pack (files[3], added twice, by either
+            // position: the same pack).
+            let pack = |idx: &Index| idx.packs[idx.chunks.pack(&id(i)).unwrap() as usize].0;
+            assert_eq!(pack(&member), pack(&full), "{i}");
+            assert_eq!(pack(&full), files[(i / 50) as usize].pack, "{i}");
         }
         for i in 1000..3000 {
             assert!(!member.chunks.contains_key(&id(i)), "{i}");
+            assert_eq!(member.chunks.pack(&id(i)), None);
         }
         for i in [7u32, 512, 999] {
             let (a, b) = (member.chunks.get(&id(i)), full.chunks.get(&id(i)));

@@ -112,6 +112,12 @@ pub struct WindowMark {
     /// the pages could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stretch: Option<String>,
+    /// The packs holding the window's tree pages and every chunk they name
+    /// (FORMAT 3.5), so a restore reads the index objects of these packs
+    /// alone instead of the whole index. Absent in snapshots written before
+    /// it existed; a reader then uses the whole index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs: Option<Vec<Id>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,245 @@
+//! Each read window of a snapshot lists the packs holding its tree pages and
+//! every chunk they name (FORMAT 3.5), so a restore reads those packs'
+//! index objects, not the whole index: memory follows the window, not the
+//! repository. These tests check the lists against the whole index after a
+//! first backup, an incremental with windows read again, reused and left
+//! unread, and a backup of an unchanged database; restore each snapshot
+//! through its lists and compare it with its source; and show that a
+//! window listing no packs, or a list missing a pack, is read through the
+//! whole index instead, with the same result.
+
+mod common;
+#[path = "common/roundtrip_util.rs"]
+mod util;
+
+use custos::crypto::Id;
+use custos::ops::backup::{backup, BackupOptions, BackupReport};
+use custos::ops::restore::{restore, RestoreOptions, RestoreReport};
+use custos::ops::OpenRepo;
+use custos::policy::Policy;
+use custos::progress::NoProgress;
+use custos::repo::cache::PackCache;
+use custos::repo::index::Index;
+use custos::repo::snapshot::Snapshot;
+use custos::repo::tree::Page;
+use rusqlite::Connection;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use util::{assert_same_db, build_calls_db, write_local_policy};
+
+fn build(path: &Path) {
+    build_calls_db(path, 50, 20000);
+}
+
+fn policy(d: &Path, db: &Path) -> Policy {
+    let tables =
+        "[[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
+         [[store.tables]]\nname = \"calls\"\nclass = \"consumption\"\nsubject = \"customer_ref\"\n\
+         period = { column = \"started_at\", every = \"month\" }\n";
+    Policy::load(&write_local_policy(d, "packs", db, tables)).unwrap()
+}
+
+/// Small windows and small packs: many of each, and packs shared by
+/// windows.
+async fn backup_small(policy: &Policy) -> BackupReport {
+    let opts = BackupOptions {
+        window_budget: 32 << 10,
+        pack_size: 48 << 10,
+        ..Default::default()
+    };
+    backup(policy, &opts, Arc::new(NoProgress)).await.unwrap()
+}
+
+async fn restore_to(policy: &Policy, snapshot: &str, to: &Path) -> RestoreReport {
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: snapshot.to_string(),
+        to: to.to_path_buf(),
+        force: false,
+    };
+    restore(policy, &opts, Arc::new(NoProgress)).await.unwrap()
+}
+
+/// Checks every window of `snapshot` against the whole index: it lists its
+/// packs, and each of its tree pages and each chunk they name is in one of
+/// them. Returns how many windows and how many distinct packs were listed.
+async fn assert_lists_complete(policy: &Policy, snapshot: &str) -> (usize, usize) {
+    let repo = OpenRepo::open(policy, None).await.unwrap();
+    let index = Index::load(&repo.target, &repo.meta).await.unwrap();
+    let snap = Snapshot::find(&repo.target, &repo.meta, snapshot)
+        .await
+        .unwrap();
+    let target = Arc::new(repo.target);
+    let mut cache = PackCache::new(target, 4);
+    let pack_id = |id: &Id| index.packs[index.chunks.pack(id).expect("indexed") as usize].0;
+    let (mut windows, mut all) = (0, std::collections::BTreeSet::new());
+    for t in snap.record_tables() {
+        assert!(!t.windows.is_empty(), "table {} has window marks", t.name);
+        let mut at = 0usize;
+        for (wi, w) in t.windows.iter().enumerate() {
+            let packs = w
+                .packs
+                .as_ref()
+                .unwrap_or_else(|| panic!("table {} window {wi} lists no packs", t.name));
+            let mut sorted = packs.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(&sorted, packs, "a window's list is sorted, each pack once");
+            let pages = &t.pages[at..at + w.pages as usize];
+            at += w.pages as usize;
+            for pid in pages {
+                assert!(
+                    packs.contains(&pack_id(pid)),
+                    "table {} window {wi}: the pack of tree page {pid} is not listed",
+                    t.name
+                );
+                let Page::Groups { groups, .. } = Page::load(&mut cache, &index, &repo.meta, pid)
+                    .await
+                    .unwrap()
+                else {
+                    panic!("not a group page")
+                };
+                for g in &groups {
+                    for c in &g.chunks {
+                        assert!(
+                            packs.contains(&pack_id(c)),
+                            "table {} window {wi}: the pack of chunk {c} is not listed",
+                            t.name
+                        );
+                    }
+                }
+            }
+            windows += 1;
+            all.extend(packs.iter().copied());
+        }
+        assert_eq!(at, t.pages.len(), "the windows' pages add up");
+    }
+    (windows, all.len())
+}
+
+/// Rewrites a snapshot object with `edit` applied to its record tables.
+async fn rewrite(policy: &Policy, snapshot: &str, edit: impl Fn(&mut Snapshot)) {
+    let repo = OpenRepo::open(policy, None).await.unwrap();
+    let mut snap = Snapshot::find(&repo.target, &repo.meta, snapshot)
+        .await
+        .unwrap();
+    edit(&mut snap);
+    snap.store(&repo.target, &repo.meta).await.unwrap();
+}
+
+fn tables_mut(snap: &mut Snapshot) -> &mut Vec<custos::repo::snapshot::TableEntry> {
+    &mut snap.sqlite.as_mut().expect("a SQLite snapshot").tables
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, Policy) {
+    util::calls_setup(build, policy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_window_lists_its_packs_and_a_restore_reads_only_those() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    let first_db = tmp.path().join("first.db");
+    fs::copy(&db, &first_db).unwrap();
+    let (windows, packs) = assert_lists_complete(&policy, &first.snapshot).await;
+    assert!(windows > 20, "many windows: {windows}");
+    assert!(packs > 10, "many packs: {packs}");
+
+    // Updates spread over customers and calls, new calls, deletions: some
+    // windows are read again (their unchanged groups' chunks are stored
+    // already, in the first backup's packs), others are left unread.
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "UPDATE customers SET name = name || ' (moved)' WHERE rowid % 7 = 0;
+             UPDATE calls SET seconds = seconds + 1 WHERE id % 1500 = 0;
+             DELETE FROM calls WHERE id % 2900 = 0;
+             INSERT INTO calls (customer_ref, started_at, seconds, note)
+               SELECT customer_ref, started_at, seconds + 3, note FROM calls WHERE id % 400 = 0;",
+        )
+        .unwrap();
+    let second = backup_small(&policy).await;
+    assert!(second.rows_unread > 0, "some windows unread: {second:?}");
+    assert!(
+        second.rows_reused < second.items,
+        "some read again: {second:?}"
+    );
+    assert!(second.new_chunks > 0);
+    assert_lists_complete(&policy, &second.snapshot).await;
+    let second_db = tmp.path().join("second.db");
+    fs::copy(&db, &second_db).unwrap();
+
+    // Nothing changed: every window is taken unread from the parent.
+    let third = backup_small(&policy).await;
+    assert_eq!(third.rows_unread, third.items, "{third:?}");
+    assert_lists_complete(&policy, &third.snapshot).await;
+
+    for (snap, source) in [
+        (&first.snapshot, &first_db),
+        (&second.snapshot, &second_db),
+        (&third.snapshot, &second_db),
+    ] {
+        let out = tmp.path().join(format!("restored-{snap}.db"));
+        let r = restore_to(&policy, snap, &out).await;
+        assert!(!r.whole_index, "{snap}: read through its windows' packs");
+        assert!(r.index_objects_read > 0, "{snap}: {r:?}");
+        assert_same_db(source, &out);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_without_its_list_or_with_a_pack_missing_is_read_through_the_whole_index() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+
+    // As written before the lists existed: no window lists its packs.
+    rewrite(&policy, &first.snapshot, |s| {
+        for t in tables_mut(s) {
+            for w in &mut t.windows {
+                w.packs = None;
+            }
+        }
+    })
+    .await;
+    let out = tmp.path().join("without-lists.db");
+    let r = restore_to(&policy, &first.snapshot, &out).await;
+    assert!(r.whole_index, "{r:?}");
+    assert_same_db(&db, &out);
+
+    // One window's list misses a pack (damaged or hostile): its blobs are
+    // found through the whole index, and the restore is the same.
+    let second = backup_small(&policy).await;
+    rewrite(&policy, &second.snapshot, |s| {
+        let calls = tables_mut(s)
+            .iter_mut()
+            .find(|t| t.name == "calls")
+            .unwrap();
+        let mid = calls.windows.len() / 2;
+        let w = &mut calls.windows[mid];
+        let list = w.packs.as_mut().expect("listed");
+        assert!(list.len() > 1, "the window spans several packs");
+        list.remove(0);
+    })
+    .await;
+    let out = tmp.path().join("one-pack-missing.db");
+    let r = restore_to(&policy, &second.snapshot, &out).await;
+    assert!(r.whole_index, "{r:?}");
+    assert_same_db(&db, &out);
+
+    // A list naming a pack that does not exist is no worse than a short one.
+    rewrite(&policy, &second.snapshot, |s| {
+        for t in tables_mut(s) {
+            for w in &mut t.windows {
+                w.packs = Some(vec![Id([7; 32])]);
+            }
+        }
+    })
+    .await;
+    let out = tmp.path().join("unknown-pack.db");
+    let r = restore_to(&policy, &second.snapshot, &out).await;
+    assert!(r.whole_index, "{r:?}");
+    assert_same_db(&db, &out);
+}
