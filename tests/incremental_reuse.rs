@@ -31,11 +31,7 @@ fn build(path: &Path) {
 }
 
 fn policy(d: &Path, db: &Path) -> Policy {
-    let tables =
-        "[[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
-         [[store.tables]]\nname = \"calls\"\nclass = \"consumption\"\nsubject = \"customer_ref\"\n\
-         period = { column = \"started_at\", every = \"month\" }\n";
-    Policy::load(&write_local_policy(d, "calls", db, tables)).unwrap()
+    Policy::load(&write_local_policy(d, "calls", db, util::CALLS_TABLES)).unwrap()
 }
 
 /// Small windows (32 KiB of rows), so the calls table spans many of them.

@@ -352,6 +352,13 @@ pub async fn destroy_key(
     vault.destroy(kind, name).await.unwrap();
 }
 
+/// The `[[store.tables]]` of a [`build_calls_db`] database: customers by
+/// subject, calls by subject and month.
+pub const CALLS_TABLES: &str =
+    "[[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"ref\"\n\n\
+     [[store.tables]]\nname = \"calls\"\nclass = \"consumption\"\nsubject = \"customer_ref\"\n\
+     period = { column = \"started_at\", every = \"month\" }\n";
+
 /// A policy file in `d` for the SQLite database `db` with the given
 /// `[[store.tables]]` sections: fresh keys, a vault folder and one
 /// `file://` target folder (`d/vault`, `d/target`). Returns its path.
