@@ -124,6 +124,20 @@ async fn rewrite(policy: &Policy, snapshot: &str, edit: impl Fn(&mut Snapshot)) 
     snap.store(&repo.target, &repo.meta).await.unwrap();
 }
 
+/// `check --read-data`'s findings about read windows' pack lists; the
+/// check must pass otherwise.
+async fn pack_list_findings(policy: &Policy) -> Vec<String> {
+    let c = custos::ops::check::check(policy, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(c.ok, "check --read-data found problems: {:#?}", c.findings);
+    c.findings
+        .iter()
+        .filter(|f| f.message.contains("do not list every pack"))
+        .map(|f| f.message.clone())
+        .collect()
+}
+
 fn tables_mut(snap: &mut Snapshot) -> &mut Vec<custos::repo::snapshot::TableEntry> {
     &mut snap.sqlite.as_mut().expect("a SQLite snapshot").tables
 }
@@ -183,6 +197,7 @@ async fn every_window_lists_its_packs_and_a_restore_reads_only_those() {
         assert!(r.index_objects_read > 0, "{snap}: {r:?}");
         assert_same_db(source, &out);
     }
+    assert_eq!(pack_list_findings(&policy).await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,6 +235,9 @@ async fn a_window_without_its_list_or_with_a_pack_missing_is_read_through_the_wh
         list.remove(0);
     })
     .await;
+    let found = pack_list_findings(&policy).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].contains("table calls"), "{found:?}");
     let out = tmp.path().join("one-pack-missing.db");
     let r = restore_to(&policy, &second.snapshot, &out).await;
     assert!(r.whole_index, "{r:?}");

@@ -192,6 +192,11 @@ pub async fn check_with(
         },
         headers_checked: HashSet::new(),
         pages_seen: HashMap::new(),
+        page_packs: HashMap::new(),
+        pack_pos: (0u32..)
+            .zip(&index.packs)
+            .map(|(i, (id, _))| (*id, i))
+            .collect(),
         groups_shredded: 0,
         chunks_checked: 0,
         findings: Vec::new(),
@@ -379,6 +384,12 @@ struct Walk<'a> {
     /// Tree pages of groups already walked, under a table name, and what
     /// they gave (see [`PageTally`]).
     pages_seen: HashMap<(Id, String), PageTally>,
+    /// Of each tree page of groups walked: the packs holding it and the
+    /// chunks of its readable groups (positions in the index's packs),
+    /// to check the read windows' pack lists (FORMAT 3.5).
+    page_packs: HashMap<Id, Vec<u32>>,
+    /// Each pack's position in the index's packs.
+    pack_pos: HashMap<Id, u32>,
     groups_shredded: u64,
     chunks_checked: u64,
     findings: Vec<Finding>,
@@ -415,6 +426,47 @@ impl PageTally {
 }
 
 impl Walk<'_> {
+    /// Checks that each read window listing its packs lists every pack
+    /// holding its tree pages and the chunks of their readable groups. A
+    /// short list is a warning, not an error: a restore reads such a
+    /// window through the whole index, with the same result.
+    fn window_packs(&mut self, s: &Snapshot, object: &str) {
+        let (mut short, mut first) = (0u64, None);
+        for t in s.record_tables() {
+            let mut at = 0usize;
+            for (wi, w) in t.windows.iter().enumerate() {
+                let pages = t.pages.get(at..at.saturating_add(w.pages as usize));
+                at = at.saturating_add(w.pages as usize);
+                let (Some(list), Some(pages)) = (&w.packs, pages) else {
+                    continue;
+                };
+                let listed: HashSet<u32> = list
+                    .iter()
+                    .filter_map(|p| self.pack_pos.get(p).copied())
+                    .collect();
+                let missing = pages
+                    .iter()
+                    .filter_map(|p| self.page_packs.get(p))
+                    .flatten()
+                    .find(|p| !listed.contains(p));
+                if let Some(&p) = missing {
+                    short += 1;
+                    first.get_or_insert((t.name.clone(), wi, self.index.packs[p as usize].0));
+                }
+            }
+        }
+        if let Some((table, wi, pack)) = first {
+            self.findings.push(Finding {
+                level: Level::Warning,
+                object: object.to_string(),
+                message: format!(
+                    "{short} read window(s) do not list every pack holding their blobs (first: table {table}, window {wi}, pack {pack}); a restore reads them through the whole index"
+                ),
+                hint: None,
+            });
+        }
+    }
+
     fn error(&mut self, object: String, message: String, hint: Option<&str>) {
         self.findings.push(Finding {
             level: Level::Error,
@@ -627,6 +679,17 @@ impl Walk<'_> {
                         ids.extend_from_slice(chunks);
                     }
                     self.index.chunks.positions(&ids, &mut found);
+                    if !self.page_packs.contains_key(&pid) {
+                        let mut packs: Vec<u32> =
+                            self.index.chunks.pack(&pid).into_iter().collect();
+                        for pos in found.iter().flatten() {
+                            let p = self.index.chunks.pack_at(*pos);
+                            if packs.last() != Some(&p) && !packs.contains(&p) {
+                                packs.push(p);
+                            }
+                        }
+                        self.page_packs.insert(pid, packs);
+                    }
                     let mut at = found.iter();
                     for (k, chunks) in &keyed {
                         for c in chunks.iter() {
@@ -663,6 +726,7 @@ impl Walk<'_> {
         } = found_here;
         self.groups_shredded += shredded;
         let object = format!("{}:snapshots/{}", self.target.name, s.id);
+        self.window_packs(s, &object);
         if mismatched > 0 {
             self.error(
                 object.clone(),
