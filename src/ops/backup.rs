@@ -18,7 +18,7 @@ use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, Meta
 use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::Index;
+use crate::repo::index::{Index, PackSet};
 use crate::repo::pack::{pack_path, seal_chunk_into, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
@@ -188,25 +188,6 @@ struct Sealed {
 
 /// The window of blobs that belong to no read window (file mode).
 const NO_WINDOW: u32 = u32::MAX;
-
-/// Packs some of a read window's blobs are in: positions in the index's
-/// `packs` (blobs stored before) or packs written now, each once.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct PackSet(Vec<u32>);
-
-impl PackSet {
-    fn add(&mut self, pack: u32) {
-        if self.0.last() != Some(&pack) && !self.0.contains(&pack) {
-            self.0.push(pack);
-        }
-    }
-
-    fn merge(&mut self, other: &PackSet) {
-        for &p in &other.0 {
-            self.add(p);
-        }
-    }
-}
 
 /// What the reader knows of the packs of one read window: those of blobs
 /// stored before this run (positions in the index's `packs`; `None` when it

@@ -13,7 +13,7 @@ use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::{PackCache, PackProblem};
-use crate::repo::index::Index;
+use crate::repo::index::{Index, PackSet};
 use crate::repo::pack::{open_chunk_into, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
@@ -680,15 +680,11 @@ impl Walk<'_> {
                     }
                     self.index.chunks.positions(&ids, &mut found);
                     if !self.page_packs.contains_key(&pid) {
-                        let mut packs: Vec<u32> =
-                            self.index.chunks.pack(&pid).into_iter().collect();
+                        let mut packs = PackSet(self.index.chunks.pack(&pid).into_iter().collect());
                         for pos in found.iter().flatten() {
-                            let p = self.index.chunks.pack_at(*pos);
-                            if packs.last() != Some(&p) && !packs.contains(&p) {
-                                packs.push(p);
-                            }
+                            packs.add(self.index.chunks.pack_at(*pos));
                         }
-                        self.page_packs.insert(pid, packs);
+                        self.page_packs.insert(pid, packs.0);
                     }
                     let mut at = found.iter();
                     for (k, chunks) in &keyed {

@@ -418,6 +418,26 @@ impl std::ops::Index<&Id> for ChunkMap {
 
 const _: () = assert!(std::mem::size_of::<Member>() == 20);
 
+/// A small set of packs (positions in [`Index::packs`], or packs a backup
+/// writes), each once, in the order first added: the packs of a read
+/// window's or a tree page's blobs (FORMAT 3.5).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PackSet(pub Vec<u32>);
+
+impl PackSet {
+    pub fn add(&mut self, pack: u32) {
+        if self.0.last() != Some(&pack) && !self.0.contains(&pack) {
+            self.0.push(pack);
+        }
+    }
+
+    pub fn merge(&mut self, other: &PackSet) {
+        for &p in &other.0 {
+            self.add(p);
+        }
+    }
+}
+
 /// Index objects read one pack at a time, for a reader that knows which
 /// packs it needs (a restore: each read window of a snapshot lists its
 /// packs, FORMAT 3.5), the most recently used kept up to a budget of
