@@ -85,4 +85,12 @@ pub fn print_report(r: &CheckReport) {
         },
         if r.ok { "no errors" } else { "ERRORS FOUND" }
     );
+    if r.whole_index {
+        println!("  chunk index: whole (snapshots of files, or read windows listing no packs)");
+    } else {
+        println!(
+            "  chunk index: the read windows' packs ({} index objects read)",
+            r.index_objects_read
+        );
+    }
 }

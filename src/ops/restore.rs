@@ -162,7 +162,7 @@ pub async fn read_group(
 /// together and go in in rowid order. A snapshot without window marks, or
 /// with marks that do not add up to its pages, gives one page a batch, and
 /// no pack lists.
-fn window_batches(t: &TableEntry) -> Vec<(std::ops::Range<usize>, Option<&[Id]>)> {
+pub(super) fn window_batches(t: &TableEntry) -> Vec<(std::ops::Range<usize>, Option<&[Id]>)> {
     let marked: u64 = t.windows.iter().map(|w| w.pages).sum();
     if t.windows.is_empty() || marked != t.pages.len() as u64 {
         return (0..t.pages.len()).map(|i| (i..i + 1, None)).collect();
@@ -281,7 +281,7 @@ impl Locator {
     async fn window(&mut self, packs: Option<&[Id]>) -> Result<Arc<Index>, OpsError> {
         match packs {
             Some(p) if self.whole.is_none() && p.len() <= MAX_WINDOW_PACKS => {
-                Ok(Arc::new(self.objects.index_of(p).await?))
+                Ok(self.objects.index_of(p).await?.index.clone())
             }
             _ => self.whole().await,
         }

@@ -12,6 +12,7 @@ use super::RepoError;
 use crate::crypto::{Id, MetaKey};
 use crate::target::Target;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 pub const ENTRY_LEN: usize = 44;
 
@@ -443,13 +444,28 @@ impl PackSet {
 /// packs, FORMAT 3.5), the most recently used kept up to a budget of
 /// entries. Memory follows the window, not the repository.
 pub struct IndexObjects {
-    target: std::sync::Arc<Target>,
-    meta: std::sync::Arc<MetaKey>,
-    kept: std::collections::VecDeque<std::sync::Arc<IndexFile>>,
+    target: Arc<Target>,
+    meta: Arc<MetaKey>,
+    kept: std::collections::VecDeque<Arc<IndexFile>>,
+    /// The index the last call built.
+    last: Option<Arc<PacksIndex>>,
     kept_entries: usize,
     budget: usize,
     /// Index objects fetched (cache misses), for reports and tests.
     pub fetched: u64,
+    /// Indexes built, and given again (see [`IndexObjects::index_of`]).
+    pub built: u64,
+    pub reused: u64,
+}
+
+/// An index of some packs (see [`IndexObjects::index_of`]).
+pub struct PacksIndex {
+    pub index: Arc<Index>,
+    /// The index objects it was built from: the index's pack `i` is
+    /// `files[i]`'s.
+    pub files: Vec<Arc<IndexFile>>,
+    /// The packs asked for, sorted, each once.
+    packs: Vec<Id>,
 }
 
 /// A window naming more packs than this is read through the whole index
@@ -458,18 +474,17 @@ pub const MAX_WINDOW_PACKS: usize = 4096;
 
 impl IndexObjects {
     /// `budget`: entries kept across calls (44 bytes each in memory).
-    pub fn new(
-        target: std::sync::Arc<Target>,
-        meta: std::sync::Arc<MetaKey>,
-        budget: usize,
-    ) -> Self {
+    pub fn new(target: Arc<Target>, meta: Arc<MetaKey>, budget: usize) -> Self {
         IndexObjects {
             target,
             meta,
             kept: Default::default(),
+            last: None,
             kept_entries: 0,
             budget,
             fetched: 0,
+            built: 0,
+            reused: 0,
         }
     }
 
@@ -478,10 +493,36 @@ impl IndexObjects {
     /// so is one whose object is unreadable, named in `broken` as
     /// [`Index::load`] does: a lookup of their chunks then fails, and the
     /// caller decides.
-    pub async fn index_of(&mut self, packs: &[Id]) -> Result<Index, RepoError> {
+    ///
+    /// If every pack asked for was in the last call's packs, the last index
+    /// is given again: consecutive read windows often list the same packs,
+    /// and an index of more packs locates as well.
+    pub async fn index_of(&mut self, packs: &[Id]) -> Result<Arc<PacksIndex>, RepoError> {
+        if let Some(last) = &self.last {
+            if packs.iter().all(|p| last.packs.binary_search(p).is_ok()) {
+                self.reused += 1;
+                return Ok(last.clone());
+            }
+        }
+        self.last = None;
+        let mut asked = packs.to_vec();
+        asked.sort_unstable();
+        asked.dedup();
+        let (index, files) = self.build(&asked).await?;
+        self.built += 1;
+        let built = Arc::new(PacksIndex {
+            index: Arc::new(index),
+            files,
+            packs: asked,
+        });
+        self.last = Some(built.clone());
+        Ok(built)
+    }
+
+    async fn build(&mut self, packs: &[Id]) -> Result<(Index, Vec<Arc<IndexFile>>), RepoError> {
         use futures::stream::{self, StreamExt};
         let mut idx = Index::default();
-        let mut files: Vec<std::sync::Arc<IndexFile>> = Vec::with_capacity(packs.len());
+        let mut files: Vec<Arc<IndexFile>> = Vec::with_capacity(packs.len());
         let mut missing = Vec::new();
         for p in packs {
             if files.iter().any(|f| f.pack == *p) || missing.contains(p) {
@@ -530,7 +571,7 @@ impl IndexObjects {
                 None => {}
                 Some(Ok(f)) => {
                     self.fetched += 1;
-                    let f = std::sync::Arc::new(f);
+                    let f = Arc::new(f);
                     self.kept_entries += f.entries.len();
                     self.kept.push_back(f.clone());
                     files.push(f);
@@ -553,7 +594,7 @@ impl IndexObjects {
             };
             self.kept_entries -= f.entries.len();
         }
-        Ok(idx)
+        Ok((idx, files))
     }
 }
 
@@ -561,7 +602,11 @@ impl IndexObjects {
 #[derive(Default)]
 pub struct Index {
     pub packs: Vec<(Id, u64)>,
+    /// How many entries each pack's index object holds (as `packs`).
+    pub entry_counts: Vec<u32>,
     pub chunks: ChunkMap,
+    /// Packs alone: no chunk is kept (see [`Index::load_packs`]).
+    packs_only: bool,
     /// Index objects that could not be read (named), reported by check.
     pub broken: Vec<(String, String)>,
 }
@@ -571,6 +616,11 @@ impl Index {
     pub fn add(&mut self, f: &IndexFile) {
         let p = self.packs.len() as u32;
         self.packs.push((f.pack, f.pack_size));
+        self.entry_counts
+            .push(u32::try_from(f.entries.len()).unwrap_or(u32::MAX));
+        if self.packs_only {
+            return;
+        }
         for e in &f.entries {
             self.chunks.push(
                 e.id,
@@ -597,6 +647,17 @@ impl Index {
     /// `broken` (their chunks are then unknown, so a backup re-stores them).
     pub async fn load(target: &Target, meta: &MetaKey) -> Result<Index, RepoError> {
         Self::load_into(target, meta, Index::default()).await
+    }
+
+    /// Reads every index object of a target but keeps only its pack, the
+    /// pack's size and its entry count (and the unreadable objects): a few
+    /// dozen bytes a pack, whatever the chunks.
+    pub async fn load_packs(target: &Target, meta: &MetaKey) -> Result<Index, RepoError> {
+        let idx = Index {
+            packs_only: true,
+            ..Index::default()
+        };
+        Self::load_into(target, meta, idx).await
     }
 
     /// Loads a membership index (see [`ChunkMap`]): whether any chunk is
@@ -627,7 +688,9 @@ impl Index {
             .map(|(_, n)| n / ENTRY_LEN as u64)
             .sum::<u64>()
             .min(1 << 28) as usize;
-        if idx.chunks.membership {
+        if idx.packs_only {
+            // No chunk is kept.
+        } else if idx.chunks.membership {
             idx.chunks.keys.reserve_exact(estimate);
         } else {
             idx.chunks.entries.reserve_exact(estimate);
@@ -638,9 +701,9 @@ impl Index {
         // The plaintext's buffer is allocated and freed here too: memory an
         // idle blocking thread allocated and another thread freed stays in
         // that thread's heap until it allocates again.
-        let opener = std::sync::Arc::new(meta.clone());
+        let opener = Arc::new(meta.clone());
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let decrypting = std::sync::Arc::new(tokio::sync::Semaphore::new(cores));
+        let decrypting = Arc::new(tokio::sync::Semaphore::new(cores));
         let mut results = stream::iter(list.into_iter().map(|(path, _)| {
             let (opener, decrypting) = (opener.clone(), decrypting.clone());
             async move {
