@@ -13,7 +13,7 @@ use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::{PackCache, PackProblem};
-use crate::repo::index::{Index, IndexFile, IndexObjects, PackSet, MAX_WINDOW_PACKS};
+use crate::repo::index::{Index, IndexFile, IndexObjects, PackSet, PacksIndex, MAX_WINDOW_PACKS};
 use crate::repo::pack::{open_chunk_into, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
@@ -454,7 +454,7 @@ struct Through<'i> {
     /// `files[i]`'s); none for the whole index.
     files: Option<&'i [Arc<IndexFile>]>,
     /// Each of the index's packs' position in [`Walk::packs`].
-    packs: Vec<u32>,
+    packs: &'i [u32],
 }
 
 /// A page or a chunk the index tried does not locate.
@@ -621,23 +621,13 @@ impl Walk<'_> {
         true
     }
 
-    /// `index` (built from `files`, if a window's) with its packs'
-    /// positions in `packs`.
-    fn through<'i>(
-        &mut self,
-        index: &'i Index,
-        files: Option<&'i [Arc<IndexFile>]>,
-    ) -> Through<'i> {
-        let packs = index
+    /// The positions in `packs` of `index`'s packs.
+    fn positions(&mut self, index: &Index) -> Vec<u32> {
+        index
             .packs
             .iter()
             .map(|(id, size)| self.pack_position(*id, *size))
-            .collect();
-        Through {
-            index,
-            files,
-            packs,
-        }
+            .collect()
     }
 
     /// Opens the queued chunks if there are enough of them.
@@ -849,42 +839,58 @@ impl Walk<'_> {
         found_here: &mut PageTally,
         object: &str,
     ) -> Option<Id> {
-        let mut todo: Vec<Id> = Vec::new();
+        let mut listed = packs.filter(|p| p.len() <= MAX_WINDOW_PACKS);
+        // The window's index and its packs' positions, once it is needed.
+        let mut through_list: Option<(Arc<PacksIndex>, Vec<u32>)> = None;
+        let mut through_whole: Option<(Arc<Index>, Vec<u32>)> = None;
+        // Pages in order, so that the first missing chunk named is the
+        // snapshot's first.
         for pid in pages {
-            match self.pages_seen.get(&(*pid, table.to_string())) {
-                Some(tally) => found_here.add(tally),
-                None if !todo.contains(pid) => todo.push(*pid),
-                None => {}
+            if let Some(tally) = self.pages_seen.get(&(*pid, table.to_string())) {
+                found_here.add(tally);
+                continue;
             }
-        }
-        let mut rest = &todo[..];
-        let listed = packs.filter(|p| p.len() <= MAX_WINDOW_PACKS);
-        if let (false, Some(list)) = (rest.is_empty(), listed) {
-            match self.objects.index_of(list).await {
-                Ok(packs) => {
-                    let at = self.through(&packs.index, Some(&packs.files));
-                    while let Some((pid, more)) = rest.split_first() {
-                        match self.walk_page(&packs.index, table, pid, true, object).await {
-                            Ok(w) => {
-                                if let Some(w) = w {
-                                    self.take_page(&at, table, w, found_here).await;
-                                }
-                                rest = more;
-                            }
-                            Err(NotHere) => break,
+            if through_list.is_none() {
+                if let Some(list) = listed.take() {
+                    match self.objects.index_of(list).await {
+                        Ok(packs) => {
+                            let at = self.positions(&packs.index);
+                            through_list = Some((packs, at));
                         }
+                        Err(e) => tracing::debug!(table, error = %e, "a window's index objects"),
                     }
                 }
-                Err(e) => tracing::debug!(table, error = %e, "a window's index objects"),
             }
-        }
-        if !rest.is_empty() {
-            let whole = self.whole().await;
-            let at = self.through(&whole, None);
-            for pid in rest {
-                if let Ok(Some(w)) = self.walk_page(&whole, table, pid, false, object).await {
-                    self.take_page(&at, table, w, found_here).await;
+            if let Some((packs, positions)) = &through_list {
+                if let Ok(w) = self.walk_page(&packs.index, table, pid, true, object).await {
+                    if let Some(w) = w {
+                        let at = Through {
+                            index: &packs.index,
+                            files: Some(&packs.files),
+                            packs: positions,
+                        };
+                        self.take_page(&at, table, w, found_here).await;
+                    }
+                    continue;
                 }
+                // From here on, the whole index.
+                through_list = None;
+            }
+            if through_whole.is_none() {
+                let whole = self.whole().await;
+                let at = self.positions(&whole);
+                through_whole = Some((whole, at));
+            }
+            let Some((whole, positions)) = &through_whole else {
+                unreachable!("set above")
+            };
+            if let Ok(Some(w)) = self.walk_page(whole, table, pid, false, object).await {
+                let at = Through {
+                    index: whole,
+                    files: None,
+                    packs: positions,
+                };
+                self.take_page(&at, table, w, found_here).await;
             }
         }
         // Whether the list holds every pack of the window's pages (walked
@@ -928,7 +934,12 @@ impl Walk<'_> {
                 self.groups_shredded += 1;
             }
             let index = self.whole().await;
-            let at = self.through(&index, None);
+            let positions = self.positions(&index);
+            let at = Through {
+                index: &index,
+                files: None,
+                packs: &positions,
+            };
             for pid in &f.pages {
                 let page = match Page::load(&mut self.cache, &index, self.meta, pid).await {
                     Ok(p) => p,
