@@ -286,3 +286,36 @@ async fn a_window_without_its_list_or_with_a_pack_missing_is_read_through_the_wh
     assert!(r.whole_index, "{r:?}");
     assert_same_db(&db, &out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_page_in_no_index_is_named_with_its_snapshot() {
+    let (tmp, _db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    let repo = OpenRepo::open(&policy, None).await.unwrap();
+    let snap = Snapshot::find(&repo.target, &repo.meta, &first.snapshot)
+        .await
+        .unwrap();
+    let page = snap.record_tables()[0].pages[0];
+    let index = Index::load(&repo.target, &repo.meta).await.unwrap();
+    let pack = index.packs[index.chunks.pack(&page).expect("indexed") as usize].0;
+    repo.target
+        .delete(&custos::repo::index::index_path(&pack))
+        .await
+        .unwrap();
+
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: first.snapshot.clone(),
+        to: tmp.path().join("never.db"),
+        force: false,
+    };
+    match restore(&policy, &opts, Arc::new(NoProgress)).await {
+        Err(custos::ops::OpsError::Integrity(m)) => {
+            assert!(m.contains(&first.snapshot), "names the snapshot: {m}");
+            assert!(m.contains(&page.to_string()), "names the page: {m}");
+        }
+        other => panic!("want an integrity error, got {other:?}"),
+    }
+    assert!(!tmp.path().join("never.db").exists());
+}

@@ -189,26 +189,20 @@ struct Sealed {
 /// The window of blobs that belong to no read window (file mode).
 const NO_WINDOW: u32 = u32::MAX;
 
-/// What the reader knows of the packs of one read window: those of blobs
-/// stored before this run (positions in the index's `packs`; `None` when it
-/// cannot tell), and windows of this run whose new packs hold some of its
-/// blobs (a tree page identical to one another window sent). The packs
-/// written for the window itself come from the packer.
+/// What is known of the packs of one read window: those of blobs stored
+/// before this run (`known`: as positions in the index's `packs` while the
+/// reader works, [`WindowHint`], then as pack ids, [`WindowPacks`]; `None`
+/// when it cannot tell), and windows of this run whose new packs hold some
+/// of its blobs (a tree page identical to one another window sent). The
+/// packs written for the window itself come from the packer.
 #[derive(Clone, Debug, Default)]
-struct WindowHint {
-    known: Option<PackSet>,
+struct KnownPacks<P> {
+    known: Option<P>,
     borrowed: Vec<u32>,
 }
 
-/// What a backup knows, per read window in the order their marks are
-/// written, of the packs holding the window's blobs: those stored before
-/// (`known`, `None` if it cannot tell), and windows whose new packs hold
-/// some of them (a tree page identical to one another window sent).
-#[derive(Debug, Default)]
-struct WindowPacks {
-    known: Option<Vec<Id>>,
-    borrowed: Vec<u32>,
-}
+type WindowHint = KnownPacks<PackSet>;
+type WindowPacks = KnownPacks<Vec<Id>>;
 
 impl Part for Sealed {
     fn len(&self) -> usize {
@@ -1549,7 +1543,7 @@ impl ReaderCtx {
             let packs = &self.index.packs;
             c.window_packs = std::mem::take(&mut self.hints)
                 .into_iter()
-                .map(|h| WindowPacks {
+                .map(|h| KnownPacks {
                     known: h
                         .known
                         .map(|k| k.0.iter().map(|&p| packs[p as usize].0).collect()),
@@ -1660,7 +1654,7 @@ impl ReaderCtx {
                         stretch: None,
                         ..mark.clone()
                     });
-                    self.hints.push(WindowHint {
+                    self.hints.push(KnownPacks {
                         known: Some(packs),
                         borrowed: Vec::new(),
                     });
@@ -1674,7 +1668,7 @@ impl ReaderCtx {
         // Chunks and pages sent from here on belong to this window.
         self.window = self.hints.len() as u32;
         self.work.window = self.window;
-        self.hint = WindowHint {
+        self.hint = KnownPacks {
             known: Some(PackSet::default()),
             borrowed: Vec::new(),
         };
@@ -1749,7 +1743,7 @@ impl ReaderCtx {
         acc.groups += mark.groups;
         acc.checksum = acc.checksum.wrapping_add(sum);
         acc.windows.push(mark.clone());
-        self.hints.push(WindowHint {
+        self.hints.push(KnownPacks {
             known: packs,
             borrowed: Vec::new(),
         });

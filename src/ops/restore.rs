@@ -306,16 +306,16 @@ fn locates(index: &Index, vault: &Vault, groups: &[(Id, GroupEntry)]) -> bool {
 }
 
 /// A window's groups from its tree pages, each with the page naming it;
-/// `Ok(None)` if `index` does not locate every page.
+/// `Ok(Err(page))` if `index` does not locate `page`.
 async fn window_groups(
     cache: &mut PackCache,
     index: &Index,
     meta: &MetaKey,
     table: &str,
     pages: &[Id],
-) -> Result<Option<Vec<(Id, GroupEntry)>>, OpsError> {
-    if !pages.iter().all(|p| index.chunks.contains_key(p)) {
-        return Ok(None);
+) -> Result<Result<Vec<(Id, GroupEntry)>, Id>, OpsError> {
+    if let Some(p) = pages.iter().find(|p| !index.chunks.contains_key(p)) {
+        return Ok(Err(*p));
     }
     let mut groups = Vec::new();
     for pid in pages {
@@ -336,40 +336,47 @@ async fn window_groups(
         }
         groups.extend(gs.into_iter().map(|g| (*pid, g)));
     }
-    Ok(Some(groups))
+    Ok(Ok(groups))
 }
 
 /// A window's index and groups: through its packs when it lists them and
-/// they locate everything, or else through the whole index.
+/// they locate everything, or else through the whole index (the pages
+/// read through the window's packs are kept: a page is the same whichever
+/// index located it).
 async fn open_window(
     locator: &mut Locator,
     cache: &mut PackCache,
     vault: &Vault,
-    table: &str,
+    (snapshot, table): (&str, &str),
     pages: &[Id],
     packs: Option<&[Id]>,
 ) -> Result<(Arc<Index>, Vec<(Id, GroupEntry)>), OpsError> {
     let meta = locator.meta.clone();
     let index = locator.window(packs).await?;
-    if let Some(groups) = window_groups(cache, &index, &meta, table, pages).await? {
-        if locates(&index, vault, &groups) {
-            return Ok((index, groups));
+    let read = window_groups(cache, &index, &meta, table, pages).await?;
+    if let Ok(groups) = &read {
+        if locates(&index, vault, groups) {
+            return Ok((index, read.expect("matched above")));
         }
     }
     if locator.whole.is_none() {
         tracing::warn!(
+            snapshot,
             table,
             "a read window's pack list misses some of its blobs; reading through the whole index"
         );
     }
     let index = locator.whole().await?;
-    let groups = window_groups(cache, &index, &meta, table, pages)
-        .await?
-        .ok_or_else(|| {
-            OpsError::Integrity(format!(
-                "table {table}: a tree page is in no index (repository damaged; run `custos check`)"
-            ))
-        })?;
+    let groups = match read {
+        Ok(groups) => groups,
+        Err(_) => window_groups(cache, &index, &meta, table, pages)
+            .await?
+            .map_err(|page| {
+                OpsError::Integrity(format!(
+                    "snapshot {snapshot}, table {table}: tree page {page} is in no index (repository damaged; run `custos check`)"
+                ))
+            })?,
+    };
     Ok((index, groups))
 }
 
@@ -420,7 +427,15 @@ async fn restore_sqlite(
         for (batch, packs) in window_batches(t) {
             // The window's index and groups, with the tree page naming each.
             let pages = &t.pages[batch];
-            let opened = open_window(&mut locator, &mut cache, &vault, &t.name, pages, packs).await;
+            let opened = open_window(
+                &mut locator,
+                &mut cache,
+                &vault,
+                (&snap.id, &t.name),
+                pages,
+                packs,
+            )
+            .await;
             let (index, groups) = match opened {
                 Ok(w) => w,
                 Err(e) => {
@@ -845,8 +860,15 @@ async fn restore_postgres(
         };
         for (batch, packs) in window_batches(t) {
             let pages = &t.pages[batch];
-            let (index, groups) =
-                open_window(&mut locator, &mut cache, &vault, &t.name, pages, packs).await?;
+            let (index, groups) = open_window(
+                &mut locator,
+                &mut cache,
+                &vault,
+                (&snap.id, &t.name),
+                pages,
+                packs,
+            )
+            .await?;
             for (pid, g) in &groups {
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,
