@@ -182,6 +182,15 @@ async fn every_window_lists_its_packs_and_a_restore_reads_only_those() {
         )
         .unwrap();
     let second = backup_small(&policy).await;
+    assert!(first.whole_index, "a first backup has no lists to go by");
+    // Stored against the index objects its parent's windows list, not the
+    // whole index: the unchanged groups of the windows read again are
+    // found there, and only the changed ones are stored.
+    assert!(!second.whole_index, "stored against its parent's lists");
+    assert!(
+        second.new_chunks * 10 < second.chunks,
+        "the unchanged groups are not stored again: {second:?}"
+    );
     assert!(second.rows_unread > 0, "some windows unread: {second:?}");
     assert!(
         second.rows_reused < second.items,
@@ -195,6 +204,7 @@ async fn every_window_lists_its_packs_and_a_restore_reads_only_those() {
     // Nothing changed: every window is taken unread from the parent.
     let third = backup_small(&policy).await;
     assert_eq!(third.rows_unread, third.items, "{third:?}");
+    assert!(!third.whole_index, "{third:?}");
     assert_lists_complete(&policy, &third.snapshot, &mut chunks).await;
 
     for (snap, source) in [
@@ -248,6 +258,7 @@ async fn a_window_without_its_list_or_with_a_pack_missing_is_read_through_the_wh
     // the same. (The pack is taken out of every list: a window's index may
     // be the one built for an earlier window whose list held all of its.)
     let second = backup_small(&policy).await;
+    assert!(second.whole_index, "its parent lists no packs: {second:?}");
     rewrite(&policy, &second.snapshot, |s| {
         let calls = tables_mut(s)
             .iter_mut()

@@ -83,5 +83,13 @@ pub fn print_report(r: &BackupReport) {
     } else {
         println!("  dedup ratio:      nothing new stored");
     }
+    println!(
+        "  chunk index:      {}",
+        if r.whole_index {
+            "whole"
+        } else {
+            "the parent's read windows' packs"
+        }
+    );
     println!("  duration:         {:.2} s", r.duration_s);
 }

@@ -18,7 +18,7 @@ use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, Meta
 use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{Index, PackSet};
+use crate::repo::index::{Index, IndexObjects, PackSet};
 use crate::repo::pack::{pack_path, seal_chunk_into, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
@@ -105,6 +105,11 @@ pub struct BackupReport {
     /// Snapshots of this policy newer than the parent whose bodies could
     /// not be read, so an older one served as parent (`check` says why).
     pub parents_unreadable: Vec<String>,
+    /// Whether the whole repository's chunk index was loaded (a first
+    /// backup, files, or a parent whose windows do not list their packs);
+    /// otherwise each read window was stored against the index objects of
+    /// the packs its parent's windows list.
+    pub whole_index: bool,
     pub duration_s: f64,
     pub tables: Vec<TableSummary>,
 }
@@ -358,7 +363,22 @@ async fn backup_locked(
     // index, storing does (ReaderCtx::ready_index). A backup asks of a chunk
     // only whether it is stored, and reads no page but its parent's, so it
     // loads a membership index with the locations of those pages alone.
-    let index_load = {
+    // A parent whose read windows all list their packs (FORMAT 3.5) says
+    // where every chunk of its rows is: each window is then stored against
+    // the index objects of the packs its rows' windows list, and no index
+    // of the whole repository is loaded (its memory grows with the
+    // repository). Files, a first backup and older parents load it.
+    let windowed = policy.store.kind != StoreKind::Files
+        && parent.as_ref().is_some_and(|p| {
+            let tables = p.record_tables();
+            !tables.is_empty()
+                && tables.iter().all(|t| {
+                    !t.windows.is_empty()
+                        && t.windows.iter().map(|w| w.pages).sum::<u64>() == t.pages.len() as u64
+                        && t.windows.iter().all(|w| w.packs.is_some())
+                })
+        });
+    let index_load = (!windowed).then(|| {
         let (target, meta) = (target.clone(), meta.clone());
         let pages: Vec<Id> = parent.as_ref().map_or_else(Vec::new, |p| {
             let tables = p.record_tables().iter().flat_map(|t| t.pages.iter());
@@ -366,7 +386,7 @@ async fn backup_locked(
             tables.chain(files).copied().collect()
         });
         tokio::spawn(async move { Index::load_membership(&target, &meta, pages).await })
-    };
+    });
     let vault: SharedVault = Arc::new(tokio::sync::Mutex::new(vault));
     let counters = Arc::new(Counters::default());
     let failure = Failure::default();
@@ -420,7 +440,9 @@ async fn backup_locked(
         vault: vault.clone(),
         meta: meta.clone(),
         index: Arc::new(Index::default()),
-        index_load: Some(index_load),
+        index_load,
+        lists: windowed
+            .then(|| IndexObjects::new(target.clone(), meta.clone(), BACKUP_KEPT_ENTRIES)),
         target: target.clone(),
         handle: handle.clone(),
         work: WorkSender::new(work_tx, pools.clone()),
@@ -537,6 +559,7 @@ async fn backup_locked(
         rows_reused: counters.rows_reused.load(Ordering::Relaxed),
         rows_unread: counters.rows_unread.load(Ordering::Relaxed),
         parents_unreadable,
+        whole_index: !windowed,
         duration_s: duration,
         tables,
     })
@@ -763,8 +786,14 @@ struct ReaderCtx {
     window: u32,
     /// What is known so far of the packs of the window being stored.
     hint: WindowHint,
-    /// The same, for every window whose mark is written, in order.
-    hints: Vec<WindowHint>,
+    /// The same, as pack ids, for every window whose mark is written, in
+    /// order.
+    hints: Vec<WindowPacks>,
+    /// With a parent whose windows all list their packs: their index
+    /// objects. Each window is then stored against an index of the packs
+    /// the parent's windows over the same rows list (`index` is that),
+    /// and no index of the whole repository is loaded.
+    lists: Option<IndexObjects>,
     counters: Arc<Counters>,
     failure: Failure,
     progress: Arc<dyn Progress>,
@@ -1107,6 +1136,24 @@ impl TableAcc {
     }
 }
 
+/// Whether a window of the parent holds rows of `range` (a missing limit is
+/// unbounded, so a table without rowids overlaps everywhere).
+fn overlaps(mark: &WindowMark, range: &RowidRange) -> bool {
+    let starts_before_end = match (mark.from, range.to) {
+        (Some(f), Some(t)) => f < t,
+        _ => true,
+    };
+    let ends_after_start = match (mark.to, range.from) {
+        (Some(t), Some(f)) => f < t,
+        _ => true,
+    };
+    starts_before_end && ends_after_start
+}
+
+/// Index entries of the parent's windows' packs kept from one window to
+/// the next, by the reader and by the page check each (about 11 MiB).
+const BACKUP_KEPT_ENTRIES: usize = 1 << 18;
+
 /// The parent snapshot's windows of one table, in order, each with its
 /// tree pages, and where each is by digest.
 #[derive(Default)]
@@ -1154,6 +1201,9 @@ fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWi
 struct ReuseCheck {
     handle: tokio::runtime::Handle,
     index: Arc<Index>,
+    /// With the parent's windows' pack lists: their index objects (a
+    /// window is checked through its own list, `index` is then empty).
+    lists: Option<IndexObjects>,
     meta: Arc<MetaKey>,
     vault: SharedVault,
 }
@@ -1164,7 +1214,23 @@ impl ReuseCheck {
     /// keys are still in the vault (not destroyed, not being destroyed)
     /// and whose every chunk is indexed. `None` if one cannot. With the
     /// count come the packs holding them.
-    fn blobs(&self, cache: &mut PackCache, table: &str, pages: &[Id]) -> Option<Reuse> {
+    fn blobs(
+        &mut self,
+        cache: &mut PackCache,
+        table: &str,
+        pages: &[Id],
+        listed: Option<&[Id]>,
+    ) -> Option<Reuse> {
+        let index = match (&mut self.lists, listed) {
+            (Some(objects), Some(list)) => match self.handle.block_on(objects.index_of(list)) {
+                Ok(p) => p.index.clone(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the index objects of a window of the parent are unreadable; the window is stored again");
+                    return None;
+                }
+            },
+            _ => self.index.clone(),
+        };
         let mut chunks = 0u64;
         let mut packs = PackSet::default();
         let (mut ids, mut subjects, mut found) = (Vec::new(), Vec::new(), Vec::new());
@@ -1175,7 +1241,7 @@ impl ReuseCheck {
             subjects.clear();
             let scanned = self
                 .handle
-                .block_on(Page::load_plain(cache, &self.index, &self.meta, id))
+                .block_on(Page::load_plain(cache, &index, &self.meta, id))
                 .and_then(|(object, plain)| {
                     let head = tree::scan_groups(&plain, |_, g| {
                         subjects.extend(g.s);
@@ -1184,7 +1250,7 @@ impl ReuseCheck {
                     .map_err(|why| crate::repo::RepoError::malformed(object, why))?;
                     Ok((head.table == table).then_some((head.t, head.count)))
                 });
-            packs.add(self.index.chunks.get(id)?.pack);
+            packs.add(index.chunks.get(id)?.pack);
             let (t, groups) = match scanned {
                 Ok(Some(head)) => head,
                 Ok(None) => return None,
@@ -1205,15 +1271,15 @@ impl ReuseCheck {
             }
             // The page's chunks looked up together, so the index's cache
             // misses overlap.
-            self.index.chunks.positions(&ids, &mut found);
+            index.chunks.positions(&ids, &mut found);
             for pos in &found {
-                packs.add(self.index.chunks.pack_at((*pos)?));
+                packs.add(index.chunks.pack_at((*pos)?));
             }
             chunks += ids.len() as u64;
         }
         Some(Reuse {
             blobs: chunks + pages.len() as u64,
-            packs,
+            packs: packs.0.iter().map(|&p| index.packs[p as usize].0).collect(),
         })
     }
 }
@@ -1223,12 +1289,12 @@ impl ReuseCheck {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Reuse {
     blobs: u64,
-    packs: PackSet,
+    packs: Vec<Id>,
 }
 
 /// Windows of the parent (their index in [`PriorWindows::list`]) with
-/// their tree pages.
-type WindowPages = Vec<(usize, Vec<Id>)>;
+/// their tree pages and the packs their marks list.
+type WindowPages = Vec<(usize, Vec<Id>, Option<Vec<Id>>)>;
 
 /// The page check's verdict on one window of the parent: the blobs its
 /// pages refer to if they can stand ([`ReuseCheck::blobs`]).
@@ -1300,7 +1366,7 @@ enum Handover {
     Rows(Window),
     /// A window of the parent (its index in [`PriorWindows::list`]) not
     /// read, with the packs holding its blobs (from the page check).
-    Unread(usize, Option<PackSet>),
+    Unread(usize, Option<Vec<Id>>),
 }
 
 /// A stretch of a table, in rowid order: rows to read, or a window of the
@@ -1540,21 +1606,36 @@ impl ReaderCtx {
         // A load error is reported even if nothing needed the index.
         let r = r.and_then(|c| self.ready_index().map(|_| c));
         let r = r.map(|mut c| {
-            let packs = &self.index.packs;
-            c.window_packs = std::mem::take(&mut self.hints)
-                .into_iter()
-                .map(|h| KnownPacks {
-                    known: h
-                        .known
-                        .map(|k| k.0.iter().map(|&p| packs[p as usize].0).collect()),
-                    borrowed: h.borrowed,
-                })
-                .collect();
+            c.window_packs = std::mem::take(&mut self.hints);
             c
         });
         // Dropping `self` (the work and page senders) lets the workers and
         // the packer finish.
         r.and_then(|c| self.work.flush().map(|_| c))
+    }
+
+    /// With the parent's windows' lists (`lists`): makes `index` an index
+    /// of the packs listed by the parent's windows over the rows of
+    /// `range`, which hold every chunk of those rows stored before
+    /// (FORMAT 3.5). A chunk stored by another window is then stored again.
+    fn window_index(&mut self, range: &RowidRange, prior: &PriorWindows) -> Result<(), OpsError> {
+        let Some(objects) = self.lists.as_mut() else {
+            return Ok(());
+        };
+        let mut list: Vec<Id> = prior
+            .list
+            .iter()
+            .filter(|(mark, _)| overlaps(mark, range))
+            .flat_map(|(mark, _)| mark.packs.iter().flatten().copied())
+            .collect();
+        list.sort_unstable();
+        list.dedup();
+        let built = self
+            .handle
+            .block_on(objects.index_of(&list))
+            .map_err(|e| OpsError::Internal(format!("loading the index: {e}")))?;
+        self.index = built.index.clone();
+        Ok(())
     }
 
     /// Waits for the index (loading since the backup started) if it is not
@@ -1644,7 +1725,7 @@ impl ReaderCtx {
             if let Some(sum) =
                 sum.filter(|_| mark.rows == rows && mark.bytes == window.bytes as u64)
             {
-                if let Some(packs) = self.reusable(table, pages) {
+                if let Some(packs) = self.reusable(table, pages, mark.packs.as_deref()) {
                     acc.pages.extend_from_slice(pages);
                     acc.groups += mark.groups;
                     acc.checksum = acc.checksum.wrapping_add(sum);
@@ -1664,6 +1745,7 @@ impl ReaderCtx {
                 }
             }
         }
+        self.window_index(&window.range, prior)?;
         window.group();
         // Chunks and pages sent from here on belong to this window.
         self.window = self.hints.len() as u32;
@@ -1696,7 +1778,14 @@ impl ReaderCtx {
             stretch: None,
             packs: None,
         });
-        self.hints.push(std::mem::take(&mut self.hint));
+        let hint = std::mem::take(&mut self.hint);
+        let packs = &self.index.packs;
+        self.hints.push(KnownPacks {
+            known: hint
+                .known
+                .map(|k| k.0.iter().map(|&p| packs[p as usize].0).collect()),
+            borrowed: hint.borrowed,
+        });
         window.clear();
         Ok(())
     }
@@ -1736,7 +1825,7 @@ impl ReaderCtx {
         acc: &mut TableAcc,
         mark: &WindowMark,
         pages: &[Id],
-        packs: Option<PackSet>,
+        packs: Option<Vec<Id>>,
     ) {
         let sum = parse_sum(&mark.checksum).expect("checked when planned");
         acc.pages.extend_from_slice(pages);
@@ -1761,6 +1850,9 @@ impl ReaderCtx {
         ReuseCheck {
             handle: self.handle.clone(),
             index: self.index.clone(),
+            lists: self.lists.as_ref().map(|_| {
+                IndexObjects::new(self.target.clone(), self.meta.clone(), BACKUP_KEPT_ENTRIES)
+            }),
             meta: self.meta.clone(),
             vault: self.vault.clone(),
         }
@@ -1769,13 +1861,13 @@ impl ReaderCtx {
     /// Whether the parent's tree pages of a window can stand in this
     /// snapshot ([`ReuseCheck::blobs`]): the packs holding their blobs if
     /// they can. Counts their blobs when they can.
-    fn reusable(&mut self, table: &str, pages: &[Id]) -> Option<PackSet> {
-        let check = self.reuse_check();
+    fn reusable(&mut self, table: &str, pages: &[Id], listed: Option<&[Id]>) -> Option<Vec<Id>> {
+        let mut check = self.reuse_check();
         let target = self.target.clone();
         let cache = self
             .pack_cache
             .get_or_insert_with(|| PackCache::new(target, 4));
-        let reuse = check.blobs(cache, table, pages)?;
+        let reuse = check.blobs(cache, table, pages, listed)?;
         self.counters
             .chunks
             .fetch_add(reuse.blobs, Ordering::Relaxed);
@@ -2047,14 +2139,17 @@ impl ReaderCtx {
             .iter()
             .zip(&preps)
             .map(|(ts, p)| {
-                let windows = p.same.iter().map(|&i| (i, p.prior.list[i].1.clone()));
+                let windows = p.same.iter().map(|&i| {
+                    let (mark, pages) = &p.prior.list[i];
+                    (i, pages.clone(), mark.packs.clone())
+                });
                 (ts.name.clone(), windows.collect())
             })
             .collect();
         if to_check.iter().any(|(_, w)| !w.is_empty()) {
             self.ready_index()?;
         }
-        let check = self.reuse_check();
+        let mut check = self.reuse_check();
         let target = self.target.clone();
         // One verdict per window checked, in table order and, within a
         // table, in window order; bounded, so the check runs at most a few
@@ -2067,8 +2162,8 @@ impl ReaderCtx {
             scope.spawn(move || {
                 let mut cache = PackCache::new(target, 2);
                 for (t, (table, windows)) in to_check.into_iter().enumerate() {
-                    for (i, pages) in windows {
-                        let reuse = check.blobs(&mut cache, &table, &pages);
+                    for (i, pages, listed) in windows {
+                        let reuse = check.blobs(&mut cache, &table, &pages, listed.as_deref());
                         if verdict_tx.send(Verdict { t, i, reuse }).is_err() {
                             return; // the reader stopped
                         }
@@ -2736,7 +2831,7 @@ mod tests {
         ] {
             let reuse = blobs.map(|blobs| Reuse {
                 blobs,
-                packs: PackSet(vec![i as u32]),
+                packs: vec![Id([i as u8; 32])],
             });
             tx.send(Verdict { t, i, reuse }).unwrap();
         }
@@ -2760,7 +2855,7 @@ mod tests {
             received: 0,
         };
         let reuse = second.get(0).expect("window 0 of table 1 stands");
-        assert_eq!((reuse.blobs, reuse.packs), (2, PackSet(vec![0])));
+        assert_eq!((reuse.blobs, reuse.packs), (2, vec![Id([0; 32])]));
         // A check that stopped leaves the window to be read.
         drop(tx);
         let mut third = Verdicts {
