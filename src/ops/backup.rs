@@ -367,7 +367,10 @@ async fn backup_locked(
     // where every chunk of its rows is: each window is then stored against
     // the index objects of the packs its rows' windows list, and no index
     // of the whole repository is loaded (its memory grows with the
-    // repository). Files, a first backup and older parents load it.
+    // repository). Files, a first backup and older parents load it, and so
+    // does a parent with a table of several windows without rowid ranges
+    // (PostgreSQL, WITHOUT ROWID): every window of it would need the
+    // whole table's packs.
     let windowed = policy.store.kind != StoreKind::Files
         && parent.as_ref().is_some_and(|p| {
             let tables = p.record_tables();
@@ -376,6 +379,8 @@ async fn backup_locked(
                     !t.windows.is_empty()
                         && t.windows.iter().map(|w| w.pages).sum::<u64>() == t.pages.len() as u64
                         && t.windows.iter().all(|w| w.packs.is_some())
+                        && (t.windows.len() == 1
+                            || t.windows.iter().all(|w| w.from.is_some() || w.to.is_some()))
                 })
         });
     let index_load = (!windowed).then(|| {
@@ -2818,6 +2823,39 @@ mod tests {
         assert_eq!(it.next(), None);
         assert_eq!(it.next(), None);
         assert_eq!(*asked.borrow(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_parent_window_overlaps_the_rowids_it_shares_with_a_range() {
+        let mark = |from, to| WindowMark {
+            digest: String::new(),
+            rows: 0,
+            bytes: 0,
+            groups: 0,
+            checksum: String::new(),
+            pages: 0,
+            from,
+            to,
+            stretch: None,
+            packs: None,
+        };
+        let range = |from, to| RowidRange { from, to };
+        // [10, 20) against ranges touching, inside, around and apart.
+        let m = mark(Some(10), Some(20));
+        assert!(overlaps(&m, &range(Some(19), Some(30))));
+        assert!(overlaps(&m, &range(Some(0), Some(11))));
+        assert!(overlaps(&m, &range(Some(12), Some(13))));
+        assert!(overlaps(&m, &range(None, None)));
+        assert!(!overlaps(&m, &range(Some(20), Some(30))));
+        assert!(!overlaps(&m, &range(Some(0), Some(10))));
+        assert!(!overlaps(&m, &range(None, Some(10))));
+        assert!(!overlaps(&m, &range(Some(20), None)));
+        // Unbounded marks: the first and the last window of a table.
+        assert!(overlaps(&mark(None, Some(10)), &range(Some(9), None)));
+        assert!(!overlaps(&mark(None, Some(10)), &range(Some(10), None)));
+        assert!(overlaps(&mark(Some(10), None), &range(None, Some(11))));
+        assert!(!overlaps(&mark(Some(10), None), &range(None, Some(10))));
+        assert!(overlaps(&mark(None, None), &range(Some(5), Some(6))));
     }
 
     #[test]
