@@ -1868,11 +1868,20 @@ impl ReaderCtx {
     /// they can. Counts their blobs when they can.
     fn reusable(&mut self, table: &str, pages: &[Id], listed: Option<&[Id]>) -> Option<Vec<Id>> {
         let mut check = self.reuse_check();
+        // On this thread, the reader's own index objects (and what they
+        // keep) serve.
+        if self.lists.is_some() {
+            check.lists = self.lists.take();
+        }
         let target = self.target.clone();
         let cache = self
             .pack_cache
             .get_or_insert_with(|| PackCache::new(target, 4));
-        let reuse = check.blobs(cache, table, pages, listed)?;
+        let reuse = check.blobs(cache, table, pages, listed);
+        if check.lists.is_some() {
+            self.lists = check.lists.take();
+        }
+        let reuse = reuse?;
         self.counters
             .chunks
             .fetch_add(reuse.blobs, Ordering::Relaxed);
