@@ -13,7 +13,9 @@ use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::{PackCache, PackProblem};
-use crate::repo::index::{Index, IndexFile, IndexObjects, PackSet, PacksIndex, MAX_WINDOW_PACKS};
+use crate::repo::index::{
+    Index, IndexFile, IndexObjects, PackSet, PacksIndex, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS,
+};
 use crate::repo::pack::{open_chunk_into, read_header, Codec};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
@@ -442,10 +444,6 @@ struct Walk<'a> {
     ids: Vec<Id>,
     found: Vec<Option<usize>>,
 }
-
-/// Index entries of the windows' packs kept from one window to the next, as
-/// a restore keeps them.
-const KEPT_INDEX_ENTRIES: usize = 1 << 20;
 
 /// An index the walk looks chunks up in.
 struct Through<'i> {

@@ -13,7 +13,7 @@ use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{ChunkLoc, Index, IndexObjects, MAX_WINDOW_PACKS};
+use crate::repo::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
 use crate::repo::pack::{open_chunk, open_chunk_into, Codec, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
 use crate::repo::tree::{GroupEntry, Page};
@@ -238,10 +238,6 @@ struct Source {
     vault: Vault,
     meta: Arc<MetaKey>,
 }
-
-/// Index entries of the windows' packs kept from one window to the next
-/// (consecutive windows share packs): about 44 MiB at most.
-const KEPT_INDEX_ENTRIES: usize = 1 << 20;
 
 /// Where a restore finds blobs. A read window lists the packs holding its
 /// tree pages and chunks (FORMAT 3.5), so only those packs' index objects

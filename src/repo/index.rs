@@ -468,6 +468,10 @@ pub struct PacksIndex {
     packs: Vec<Id>,
 }
 
+/// Index entries a restore or a check keeps from one read window to the
+/// next (consecutive windows share packs): about 44 MiB at most.
+pub const KEPT_INDEX_ENTRIES: usize = 1 << 20;
+
 /// A window naming more packs than this is read through the whole index
 /// instead (a hostile snapshot could name any number).
 pub const MAX_WINDOW_PACKS: usize = 4096;
