@@ -283,6 +283,47 @@ impl Locator {
         }
     }
 
+    /// A window's index and groups: through its packs when it lists them and
+    /// they locate everything, or else through the whole index (the pages
+    /// read through the window's packs are kept: a page is the same whichever
+    /// index located it).
+    async fn open(
+        &mut self,
+        cache: &mut PackCache,
+        vault: &Vault,
+        (snapshot, table): (&str, &str),
+        pages: &[Id],
+        packs: Option<&[Id]>,
+    ) -> Result<(Arc<Index>, Vec<(Id, GroupEntry)>), OpsError> {
+        let meta = self.meta.clone();
+        let index = self.window(packs).await?;
+        let read = window_groups(cache, &index, &meta, table, pages).await?;
+        if let Ok(groups) = &read {
+            if locates(&index, vault, groups) {
+                return Ok((index, read.expect("matched above")));
+            }
+        }
+        if self.whole.is_none() {
+            tracing::warn!(
+                snapshot,
+                table,
+                "a read window's pack list misses some of its blobs; reading through the whole index"
+            );
+        }
+        let index = self.whole().await?;
+        let groups = match read {
+            Ok(groups) => groups,
+            Err(_) => window_groups(cache, &index, &meta, table, pages)
+                .await?
+                .map_err(|page| {
+                    OpsError::Integrity(format!(
+                        "snapshot {snapshot}, table {table}: tree page {page} is in no index (repository damaged; run `custos check`)"
+                    ))
+                })?,
+        };
+        Ok((index, groups))
+    }
+
     fn report(&self, report: &mut RestoreReport) {
         report.whole_index = self.whole.is_some();
         report.index_objects_read = self.objects.fetched;
@@ -335,47 +376,6 @@ async fn window_groups(
     Ok(Ok(groups))
 }
 
-/// A window's index and groups: through its packs when it lists them and
-/// they locate everything, or else through the whole index (the pages
-/// read through the window's packs are kept: a page is the same whichever
-/// index located it).
-async fn open_window(
-    locator: &mut Locator,
-    cache: &mut PackCache,
-    vault: &Vault,
-    (snapshot, table): (&str, &str),
-    pages: &[Id],
-    packs: Option<&[Id]>,
-) -> Result<(Arc<Index>, Vec<(Id, GroupEntry)>), OpsError> {
-    let meta = locator.meta.clone();
-    let index = locator.window(packs).await?;
-    let read = window_groups(cache, &index, &meta, table, pages).await?;
-    if let Ok(groups) = &read {
-        if locates(&index, vault, groups) {
-            return Ok((index, read.expect("matched above")));
-        }
-    }
-    if locator.whole.is_none() {
-        tracing::warn!(
-            snapshot,
-            table,
-            "a read window's pack list misses some of its blobs; reading through the whole index"
-        );
-    }
-    let index = locator.whole().await?;
-    let groups = match read {
-        Ok(groups) => groups,
-        Err(_) => window_groups(cache, &index, &meta, table, pages)
-            .await?
-            .map_err(|page| {
-                OpsError::Integrity(format!(
-                    "snapshot {snapshot}, table {table}: tree page {page} is in no index (repository damaged; run `custos check`)"
-                ))
-            })?,
-    };
-    Ok((index, groups))
-}
-
 async fn restore_sqlite(
     snap: &Snapshot,
     src: Source,
@@ -423,15 +423,8 @@ async fn restore_sqlite(
         for (batch, packs) in window_batches(t) {
             // The window's index and groups, with the tree page naming each.
             let pages = &t.pages[batch];
-            let opened = open_window(
-                &mut locator,
-                &mut cache,
-                &vault,
-                (&snap.id, &t.name),
-                pages,
-                packs,
-            )
-            .await;
+            let at = (snap.id.as_str(), t.name.as_str());
+            let opened = locator.open(&mut cache, &vault, at, pages, packs).await;
             let (index, groups) = match opened {
                 Ok(w) => w,
                 Err(e) => {
@@ -856,15 +849,8 @@ async fn restore_postgres(
         };
         for (batch, packs) in window_batches(t) {
             let pages = &t.pages[batch];
-            let (index, groups) = open_window(
-                &mut locator,
-                &mut cache,
-                &vault,
-                (&snap.id, &t.name),
-                pages,
-                packs,
-            )
-            .await?;
+            let at = (snap.id.as_str(), t.name.as_str());
+            let (index, groups) = locator.open(&mut cache, &vault, at, pages, packs).await?;
             for (pid, g) in &groups {
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,
