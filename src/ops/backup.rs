@@ -777,7 +777,9 @@ struct ReaderCtx {
     policy: Policy,
     vault: SharedVault,
     meta: Arc<MetaKey>,
-    /// Empty until [`ReaderCtx::ready_index`] has taken `index_load`.
+    /// The index chunks are looked up in: the whole membership index once
+    /// [`ReaderCtx::ready_index`] has taken `index_load` (empty until
+    /// then), or with `lists`, the index of the window being stored.
     index: Arc<Index>,
     index_load: Option<tokio::task::JoinHandle<Result<Index, crate::repo::RepoError>>>,
     target: Arc<Target>,
@@ -1206,8 +1208,9 @@ fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWi
 struct ReuseCheck {
     handle: tokio::runtime::Handle,
     index: Arc<Index>,
-    /// With the parent's windows' pack lists: their index objects (a
-    /// window is checked through its own list, `index` is then empty).
+    /// With the parent's windows' pack lists: their index objects, and a
+    /// window is checked through its own list (all of them list theirs;
+    /// `index` serves a window that lists none).
     lists: Option<IndexObjects>,
     meta: Arc<MetaKey>,
     vault: SharedVault,
@@ -1284,7 +1287,7 @@ impl ReuseCheck {
         }
         Some(Reuse {
             blobs: chunks + pages.len() as u64,
-            packs: packs.0.iter().map(|&p| index.packs[p as usize].0).collect(),
+            packs: index.pack_ids(&packs),
         })
     }
 }
@@ -1784,11 +1787,8 @@ impl ReaderCtx {
             packs: None,
         });
         let hint = std::mem::take(&mut self.hint);
-        let packs = &self.index.packs;
         self.hints.push(KnownPacks {
-            known: hint
-                .known
-                .map(|k| k.0.iter().map(|&p| packs[p as usize].0).collect()),
+            known: hint.known.map(|k| self.index.pack_ids(&k)),
             borrowed: hint.borrowed,
         });
         window.clear();
@@ -1851,13 +1851,11 @@ impl ReaderCtx {
 
     /// What checking the parent's pages needs, owned, so a thread of its
     /// own can check while this one reads.
-    fn reuse_check(&self) -> ReuseCheck {
+    fn reuse_check(&self, lists: Option<IndexObjects>) -> ReuseCheck {
         ReuseCheck {
             handle: self.handle.clone(),
             index: self.index.clone(),
-            lists: self.lists.as_ref().map(|_| {
-                IndexObjects::new(self.target.clone(), self.meta.clone(), BACKUP_KEPT_ENTRIES)
-            }),
+            lists,
             meta: self.meta.clone(),
             vault: self.vault.clone(),
         }
@@ -1867,20 +1865,16 @@ impl ReaderCtx {
     /// snapshot ([`ReuseCheck::blobs`]): the packs holding their blobs if
     /// they can. Counts their blobs when they can.
     fn reusable(&mut self, table: &str, pages: &[Id], listed: Option<&[Id]>) -> Option<Vec<Id>> {
-        let mut check = self.reuse_check();
         // On this thread, the reader's own index objects (and what they
-        // keep) serve.
-        if self.lists.is_some() {
-            check.lists = self.lists.take();
-        }
+        // keep) serve; they come back after the check.
+        let lists = self.lists.take();
+        let mut check = self.reuse_check(lists);
         let target = self.target.clone();
         let cache = self
             .pack_cache
             .get_or_insert_with(|| PackCache::new(target, 4));
         let reuse = check.blobs(cache, table, pages, listed);
-        if check.lists.is_some() {
-            self.lists = check.lists.take();
-        }
+        self.lists = check.lists;
         let reuse = reuse?;
         self.counters
             .chunks
@@ -2163,7 +2157,11 @@ impl ReaderCtx {
         if to_check.iter().any(|(_, w)| !w.is_empty()) {
             self.ready_index()?;
         }
-        let mut check = self.reuse_check();
+        // The page check's thread has index objects of its own.
+        let lists = self.lists.as_ref().map(|_| {
+            IndexObjects::new(self.target.clone(), self.meta.clone(), BACKUP_KEPT_ENTRIES)
+        });
+        let mut check = self.reuse_check(lists);
         let target = self.target.clone();
         // One verdict per window checked, in table order and, within a
         // table, in window order; bounded, so the check runs at most a few

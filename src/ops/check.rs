@@ -855,7 +855,11 @@ impl Walk<'_> {
                             let at = self.positions(&packs.index);
                             through_list = Some((packs, at));
                         }
-                        Err(e) => tracing::debug!(table, error = %e, "a window's index objects"),
+                        Err(e) => tracing::warn!(
+                            table,
+                            error = %e,
+                            "the index objects a read window lists could not be read; walking it through the whole index"
+                        ),
                     }
                 }
             }

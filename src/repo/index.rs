@@ -643,6 +643,11 @@ impl Index {
         self.chunks.seal();
     }
 
+    /// The ids of a set of this index's packs.
+    pub fn pack_ids(&self, packs: &PackSet) -> Vec<Id> {
+        packs.0.iter().map(|&p| self.packs[p as usize].0).collect()
+    }
+
     pub fn pack_of(&self, loc: &ChunkLoc) -> (Id, u64) {
         self.packs[loc.pack as usize]
     }
