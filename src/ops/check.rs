@@ -455,8 +455,9 @@ struct Through<'i> {
     packs: &'i [u32],
 }
 
-/// A page or a chunk the index tried does not locate.
-struct NotHere;
+/// A page or a chunk the index tried does not locate; with the page, read
+/// and keyed, if it was a chunk (only its chunks need locating again).
+struct NotHere(Option<WalkedPage>);
 
 /// A tree page of groups, read and keyed, its chunks looked up.
 struct WalkedPage {
@@ -728,11 +729,11 @@ impl Walk<'_> {
         object: &str,
     ) -> Result<Option<WalkedPage>, NotHere> {
         if strict && !index.chunks.contains_key(pid) {
-            return Err(NotHere);
+            return Err(NotHere(None));
         }
         let page = match Page::load(&mut self.cache, index, self.meta, pid).await {
             Ok(p) => p,
-            Err(_) if strict => return Err(NotHere),
+            Err(_) if strict => return Err(NotHere(None)),
             Err(e) => {
                 self.error(object.to_string(), e.to_string(), None);
                 return Ok(None);
@@ -768,26 +769,29 @@ impl Walk<'_> {
                 Err(GroupKeyProblem::Mismatch) => tally.mismatched += 1,
             }
         }
-        // The page's chunks are looked up together (their index reads
-        // overlap).
-        let mut ids = std::mem::take(&mut self.ids);
-        ids.clear();
-        for (_, c) in &keyed {
-            ids.extend_from_slice(c);
-        }
-        let mut found = std::mem::take(&mut self.found);
-        index.chunks.positions(&ids, &mut found);
-        self.ids = ids;
-        if strict && found.iter().any(Option::is_none) {
-            self.found = found;
-            return Err(NotHere);
-        }
-        Ok(Some(WalkedPage {
+        let mut w = WalkedPage {
             pid: *pid,
             keyed,
-            found,
+            found: std::mem::take(&mut self.found),
             tally,
-        }))
+        };
+        self.locate(index, &mut w);
+        if strict && w.found.iter().any(Option::is_none) {
+            return Err(NotHere(Some(w)));
+        }
+        Ok(Some(w))
+    }
+
+    /// Looks a walked page's chunks up in `index`, together (their index
+    /// reads overlap).
+    fn locate(&mut self, index: &Index, w: &mut WalkedPage) {
+        let mut ids = std::mem::take(&mut self.ids);
+        ids.clear();
+        for (_, c) in &w.keyed {
+            ids.extend_from_slice(c);
+        }
+        index.chunks.positions(&ids, &mut w.found);
+        self.ids = ids;
     }
 
     /// Takes what [`Walk::walk_page`] found through `at`: queues the
@@ -841,6 +845,8 @@ impl Walk<'_> {
         // The window's index and its packs' positions, once it is needed.
         let mut through_list: Option<(Arc<PacksIndex>, Vec<u32>)> = None;
         let mut through_whole: Option<(Arc<Index>, Vec<u32>)> = None;
+        // A page the list located but not all of whose chunks it did.
+        let mut half_walked = None;
         // Pages in order, so that the first missing chunk named is the
         // snapshot's first.
         for pid in pages {
@@ -864,16 +870,19 @@ impl Walk<'_> {
                 }
             }
             if let Some((packs, positions)) = &through_list {
-                if let Ok(w) = self.walk_page(&packs.index, table, pid, true, object).await {
-                    if let Some(w) = w {
-                        let at = Through {
-                            index: &packs.index,
-                            files: Some(&packs.files),
-                            packs: positions,
-                        };
-                        self.take_page(&at, table, w, found_here).await;
+                match self.walk_page(&packs.index, table, pid, true, object).await {
+                    Ok(w) => {
+                        if let Some(w) = w {
+                            let at = Through {
+                                index: &packs.index,
+                                files: Some(&packs.files),
+                                packs: positions,
+                            };
+                            self.take_page(&at, table, w, found_here).await;
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(NotHere(w)) => half_walked = w,
                 }
                 // From here on, the whole index.
                 through_list = None;
@@ -886,7 +895,18 @@ impl Walk<'_> {
             let Some((whole, positions)) = &through_whole else {
                 unreachable!("set above")
             };
-            if let Ok(Some(w)) = self.walk_page(whole, table, pid, false, object).await {
+            let walked = match half_walked.take() {
+                Some(mut w) => {
+                    self.locate(whole, &mut w);
+                    Some(w)
+                }
+                None => self
+                    .walk_page(whole, table, pid, false, object)
+                    .await
+                    .ok()
+                    .flatten(),
+            };
+            if let Some(w) = walked {
                 let at = Through {
                     index: whole,
                     files: None,
