@@ -1,6 +1,8 @@
 //! Key vault and service keys, against real files (`LocalFileSystem` in
 //! temporary directories) and `InMemory` stores.
 
+mod common;
+
 use age::x25519::Identity;
 use custos::keys::{self, KeysError};
 use custos::vault::{KeyKind, Vault, VaultError, VaultLocation};
@@ -356,6 +358,69 @@ async fn unreadable_location_lets_open_succeed_but_persist_fail() {
     assert!(matches!(e, VaultError::NotRead { .. }), "{e}");
     assert!(e.to_string().contains(&b.url), "{e}");
     assert!(o.is_dirty());
+}
+
+/// A location that fails part-way through its shards gives nothing: the
+/// keys read from it before the failure are not used, nor its tombstones,
+/// and persist refuses to write until it is readable.
+#[tokio::test]
+async fn a_location_failing_mid_read_gives_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let b_files = fs_loc(&dir.path().join("b"));
+    let id = Identity::generate();
+    let mut v = Vault::create(vec![a.clone(), b_files.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for n in 0..64 {
+        ids.push(v.get_or_create(KeyKind::Subject, &format!("{n:032x}")).0);
+    }
+    let (period, _) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
+    v.persist().await.unwrap();
+    let objects = all_objects(&b_files).await;
+    let holding: Vec<&String> = objects
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.starts_with("keys/subject/"))
+        .collect();
+    assert!(holding.len() > 2, "{holding:?}");
+    // b fails on its last subject shard, after the others were read; a
+    // loses its subject shards, so the subject keys are only in b.
+    let last = holding.iter().max().unwrap().to_string();
+    let fault = common::FaultStore::new(b_files.store.clone());
+    fault.fail_gets_of(&last);
+    let b = VaultLocation {
+        url: b_files.url.clone(),
+        store: fault.store(),
+    };
+    for (name, _) in &objects {
+        if name.starts_with("keys/subject/") {
+            a.store.delete(&ObjPath::from(name.as_str())).await.unwrap();
+        }
+    }
+    let mut o = Vault::open(vec![a.clone(), b.clone()], &id, &[])
+        .await
+        .unwrap();
+    for kid in &ids {
+        assert!(
+            o.key(kid).is_none(),
+            "a key read from the failed location is used"
+        );
+    }
+    assert!(o.key(&period).is_some());
+    assert_eq!(o.entries().len(), 1);
+    o.get_or_create(KeyKind::Period, "consumption:2026-04");
+    let e = o.persist().await.unwrap_err();
+    assert!(matches!(e, VaultError::NotRead { .. }), "{e}");
+    assert!(e.to_string().contains(&b.url), "{e}");
+
+    // Readable again, b gives every key back.
+    fault.clear_faults();
+    let o = Vault::open(vec![a, b], &id, &[]).await.unwrap();
+    for kid in &ids {
+        assert!(o.key(kid).is_some());
+    }
 }
 
 #[tokio::test]

@@ -47,6 +47,7 @@ pub struct OpCounts {
 struct Faults {
     fail_nth_put: Option<u64>,
     fail_puts_after: Option<u64>,
+    fail_gets_of: Option<String>,
 }
 
 #[derive(Default)]
@@ -100,6 +101,12 @@ impl FaultStore {
     /// Every put after the first `n` fails (`n = 0`: every put fails).
     pub fn fail_puts_after(&self, n: u64) -> &Self {
         self.state.faults.lock().unwrap().fail_puts_after = Some(n);
+        self
+    }
+
+    /// Every get (not head) of the object named `name` fails.
+    pub fn fail_gets_of(&self, name: &str) -> &Self {
+        self.state.faults.lock().unwrap().fail_gets_of = Some(name.to_string());
         self
     }
 
@@ -245,6 +252,11 @@ impl ObjectStore for FaultStore {
                 self.state.heads.fetch_add(1, Ordering::SeqCst);
             } else {
                 self.state.gets.fetch_add(1, Ordering::SeqCst);
+                let fail = self.state.faults.lock().unwrap().fail_gets_of.as_deref()
+                    == Some(location.as_ref());
+                if fail {
+                    return Err(injected(&format!("get of {location}")));
+                }
             }
             let res = self.inner.get_opts(location, options).await?;
             if head || !self.corrupting() {

@@ -30,6 +30,12 @@
 //! is *fenced* (being destroyed, per the ledger's `fences`). A fenced unit's
 //! key is also hidden from [`Vault::lookup`] and [`Vault::key`], so no job
 //! reads it while it is being destroyed.
+//!
+//! In memory the unit keys are one [`table::KeyTable`] (about 110 bytes a
+//! key), and [`Vault::open`] reads each location a shard at a time into it,
+//! so opening holds no location's payloads in full.
+
+mod table;
 
 use crate::crypto::Key32;
 use age::x25519::{Identity, Recipient};
@@ -43,6 +49,7 @@ use std::fmt;
 use std::io::{Read, Write};
 use std::str::FromStr;
 use std::sync::Arc;
+use table::{KeyName, KeyTable, NameRef, Slot};
 use zeroize::Zeroizing;
 
 /// Name of the plaintext marker object.
@@ -196,8 +203,6 @@ impl fmt::Debug for KeyId {
 /// are already a uniform hash; SipHash over them cost a backup more than
 /// the lookups themselves. (Only the service identity can write the sealed
 /// vault the ids are read from.)
-type KeyMap<V> = HashMap<KeyId, V, std::hash::BuildHasherDefault<crate::crypto::PassHasher>>;
-
 /// The error of parsing a [`KeyId`].
 #[derive(Debug, thiserror::Error)]
 #[error("invalid key id: expected 32 hex digits")]
@@ -318,7 +323,7 @@ impl Shard {
 struct RawEntry {
     code: u8,
     id: KeyId,
-    name: String,
+    name: KeyName,
     created: i64,
     key: Key32,
 }
@@ -331,7 +336,7 @@ struct Payload {
 }
 
 /// An entry to encode: kind code, id, name, created, key.
-type EntryRef<'a> = (u8, &'a KeyId, &'a str, i64, &'a Key32);
+type EntryRef<'a> = (u8, &'a KeyId, NameRef<'a>, i64, &'a Key32);
 
 /// Encodes a shard payload (see docs: "Shard payload") into a zeroizing buffer
 /// allocated once at its exact size.
@@ -364,7 +369,7 @@ fn encode_payload(
         b.push(*code);
         b.extend_from_slice(&id.0);
         b.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        b.extend_from_slice(name.as_bytes());
+        name.write_to(&mut b);
         b.extend_from_slice(&created.to_le_bytes());
         b.extend_from_slice(key.expose());
     }
@@ -428,9 +433,10 @@ fn decode_payload(plain: &[u8], shard: Shard, object: &str) -> Result<Payload, S
         let code = r.take(1)?[0];
         let id = r.id()?;
         let nl = r.u16()? as usize;
-        let name = std::str::from_utf8(r.take(nl)?)
-            .map_err(|_| "an entry name is not UTF-8".to_string())?
-            .to_owned();
+        let name = KeyName::new(
+            std::str::from_utf8(r.take(nl)?)
+                .map_err(|_| "an entry name is not UTF-8".to_string())?,
+        );
         let created = r.i64()?;
         let key = Key32::from_slice(r.take(32)?).expect("32 bytes");
         if !shard.holds(code, &id) {
@@ -511,91 +517,37 @@ struct Marker {
     created: i64,
 }
 
+/// A set of key ids, as far as telling two locations' shards apart needs:
+/// the count, the sum and the xor of the ids (ids are random, so two
+/// different sets agree on all three with probability about 2^-128). It
+/// takes no memory per id, where the sets themselves took about 30 MiB a
+/// location for a million keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct IdSet {
+    count: u64,
+    sum: u128,
+    xor: u128,
+}
+
+impl IdSet {
+    fn add(&mut self, id: &KeyId) {
+        let v = u128::from_le_bytes(id.0);
+        self.count += 1;
+        self.sum = self.sum.wrapping_add(v);
+        self.xor ^= v;
+    }
+}
+
 /// Per shard: the ids of its entries and of its tombstones.
-type ShardSummary = BTreeMap<Shard, (BTreeSet<KeyId>, BTreeSet<KeyId>)>;
+type ShardSummary = BTreeMap<Shard, (IdSet, IdSet)>;
 
 /// A key being destroyed: its id and its commitment (never its bytes).
 type PendingKey = (KeyId, [u8; 32]);
 
-/// One key held in memory.
-struct Entry {
-    kind: KeyKind,
-    name: String,
-    created: i64,
-    key: Key32,
-}
-
-/// (kind, name) → the id of the unit's key. It holds only ids: each name
-/// lives once, in its entry, and a lookup compares the asked name with the
-/// entry's. (A vault holds a key per customer; keeping every name twice
-/// cost about 80 bytes a key.)
-#[derive(Default)]
-struct NameIndex {
-    table: hashbrown::HashTable<KeyId>,
-    state: std::hash::RandomState,
-}
-
-fn names_entry(entries: &KeyMap<Entry>, id: &KeyId, kind: KeyKind, name: &str) -> bool {
-    entries
-        .get(id)
-        .is_some_and(|e| e.kind == kind && e.name == name)
-}
-
-impl NameIndex {
-    fn hash(state: &std::hash::RandomState, kind: KeyKind, name: &str) -> u64 {
-        std::hash::BuildHasher::hash_one(state, (kind, name))
-    }
-
-    fn get(&self, entries: &KeyMap<Entry>, kind: KeyKind, name: &str) -> Option<KeyId> {
-        let h = Self::hash(&self.state, kind, name);
-        self.table
-            .find(h, |id| names_entry(entries, id, kind, name))
-            .copied()
-    }
-
-    /// Points (kind, name) at `id`, whose entry must already be in `entries`.
-    fn insert(&mut self, entries: &KeyMap<Entry>, kind: KeyKind, name: &str, id: KeyId) {
-        let h = Self::hash(&self.state, kind, name);
-        let rehash = Self::rehasher(&self.state, entries);
-        match self
-            .table
-            .entry(h, |x| names_entry(entries, x, kind, name), rehash)
-        {
-            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = id,
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(id);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.table.clear();
-    }
-
-    /// Makes room for a name per entry of `entries`.
-    fn reserve(&mut self, entries: &KeyMap<Entry>) {
-        self.table
-            .reserve(entries.len(), Self::rehasher(&self.state, entries));
-    }
-
-    /// The hash of the name an id stands for, as the table needs when it
-    /// moves its ids to a larger table.
-    fn rehasher<'a>(
-        state: &'a std::hash::RandomState,
-        entries: &'a KeyMap<Entry>,
-    ) -> impl Fn(&KeyId) -> u64 + 'a {
-        move |x| {
-            entries
-                .get(x)
-                .map_or(0, |e| Self::hash(state, e.kind, &e.name))
-        }
-    }
-}
-
-/// What was read from one location at open.
+/// What was found at one location at open, before its shards are read.
 struct LocationView {
     marker: Option<Marker>,
-    shards: BTreeMap<Shard, Payload>,
+    shards: Vec<Shard>,
 }
 
 /// The key vault, opened. See the module docs.
@@ -609,8 +561,7 @@ pub struct Vault {
     recipients: Vec<Recipient>,
     meta: (KeyId, i64, Key32),
     pseudonym: (KeyId, i64, Key32),
-    entries: KeyMap<Entry>,
-    by_name: NameIndex,
+    entries: KeyTable,
     tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>>,
     dirty: BTreeSet<Shard>,
     /// Indexes of locations whose marker must be (re)written.
@@ -701,16 +652,14 @@ async fn read_shard(
         })
 }
 
-/// Reads everything at one location. Errors other than "unreachable" are
-/// fatal for open; unreachable is remembered by the caller.
-async fn read_location(
-    loc: &VaultLocation,
-    identity: &Identity,
-) -> Result<LocationView, VaultError> {
+/// Reads one location's marker and lists its shards. Errors other than
+/// "unreachable" are fatal for open; unreachable is remembered by the
+/// caller.
+async fn read_location(loc: &VaultLocation) -> Result<LocationView, VaultError> {
     let Some(raw) = get_bytes(loc, MARKER).await? else {
         return Ok(LocationView {
             marker: None,
-            shards: BTreeMap::new(),
+            shards: Vec::new(),
         });
     };
     let marker: Marker = serde_json::from_slice(&raw).map_err(|e| VaultError::Corrupt {
@@ -728,7 +677,7 @@ async fn read_location(
             ),
         });
     }
-    let mut names = vec![META_OBJECT.to_string()];
+    let mut shards = vec![Shard::Meta];
     let prefix = ObjPath::from("keys");
     let listed: Vec<_> = loc
         .store
@@ -742,17 +691,10 @@ async fn read_location(
         })?;
     for m in listed {
         let n = m.location.to_string();
-        if Shard::parse(&n).is_some() {
-            names.push(n);
+        if let Some(shard) = Shard::parse(&n) {
+            shards.push(shard);
         } else {
             tracing::warn!(url = %loc.url, object = %n, "ignoring an unknown object in the key vault");
-        }
-    }
-    let mut shards = BTreeMap::new();
-    for n in names {
-        let shard = Shard::parse(&n).expect("parsed above");
-        if let Some(p) = read_shard(loc, shard, identity).await? {
-            shards.insert(shard, p);
         }
     }
     Ok(LocationView {
@@ -803,8 +745,7 @@ impl Vault {
             recipients: recipient_set(identity, recipients),
             meta: (KeyId::random(), t, Key32::random()),
             pseudonym: (KeyId::random(), t, Key32::random()),
-            entries: KeyMap::default(),
-            by_name: NameIndex::default(),
+            entries: KeyTable::default(),
             tombstones: BTreeMap::new(),
             dirty: BTreeSet::from([Shard::Meta]),
             marker_missing: (0..n).collect(),
@@ -831,47 +772,159 @@ impl Vault {
         if locations.is_empty() {
             return Err(VaultError::NoLocations);
         }
-        let mut views: Vec<Option<LocationView>> = Vec::with_capacity(locations.len());
+        // Each location is read a shard at a time, straight into one key
+        // table: at no point are the payloads of a whole location held
+        // beside it (a location of a million keys decodes to about 100 MiB).
+        let mut entries = KeyTable::default();
+        let mut meta: Option<(KeyId, i64, Key32, usize)> = None;
+        let mut pseudonym: Option<(KeyId, i64, Key32, usize)> = None;
+        // Union of the tombstones of the locations read in full.
+        let mut tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>> = BTreeMap::new();
+        // Ids two locations disagree on: (id, location, first location).
+        // Only an error if the id is not tombstoned somewhere.
+        let mut conflicts: Vec<(KeyId, usize, usize)> = Vec::new();
+        // What each location read in full holds, by ids only, to find what
+        // needs repair.
+        let mut summaries: Vec<Option<ShardSummary>> = vec![None; locations.len()];
+        let mut first: Option<(usize, [u8; 16], Marker)> = None;
+        let mut marker_missing = BTreeSet::new();
         let mut unread = Vec::new();
-        for loc in &locations {
-            match read_location(loc, identity).await {
-                Ok(v) => views.push(Some(v)),
+        for (i, loc) in locations.iter().enumerate() {
+            let view = match read_location(loc).await {
+                Ok(v) => v,
                 Err(VaultError::Unreachable { url, source, .. }) => {
                     tracing::warn!(url = %url, error = %source, "vault location unreadable");
                     unread.push((url, source.to_string()));
-                    views.push(None);
+                    continue;
                 }
                 Err(e) => return Err(e),
-            }
-        }
-
-        // The marker: every location holding one must agree on the vault id.
-        let mut first: Option<(usize, [u8; 16])> = None;
-        let mut marker_missing = BTreeSet::new();
-        for (i, v) in views.iter().enumerate() {
-            let Some(v) = v else { continue };
-            let Some(m) = &v.marker else {
+            };
+            // The marker: every location holding one must agree on the vault id.
+            let Some(marker) = view.marker else {
                 marker_missing.insert(i);
+                summaries[i] = Some(ShardSummary::new());
                 continue;
             };
             let mut id = [0u8; 16];
-            hex::decode_to_slice(&m.vault_id, &mut id).map_err(|_| VaultError::Corrupt {
-                url: locations[i].url.clone(),
+            hex::decode_to_slice(&marker.vault_id, &mut id).map_err(|_| VaultError::Corrupt {
+                url: loc.url.clone(),
                 object: MARKER.into(),
                 reason: "vault_id is not 32 hex digits".into(),
             })?;
-            match first {
-                None => first = Some((i, id)),
-                Some((j, fid)) if fid != id => {
+            if let Some((j, fid, _)) = &first {
+                if *fid != id {
                     return Err(VaultError::Mismatch {
-                        url: locations[i].url.clone(),
-                        other: locations[j].url.clone(),
-                    })
+                        url: loc.url.clone(),
+                        other: locations[*j].url.clone(),
+                    });
                 }
-                Some(_) => {}
+            }
+            let mut summary = ShardSummary::new();
+            let mut dead: BTreeMap<Shard, BTreeMap<KeyId, i64>> = BTreeMap::new();
+            let mut failed = None;
+            for shard in view.shards {
+                let p = match read_shard(loc, shard, identity).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) => continue,
+                    Err(VaultError::Unreachable { url, source, .. }) => {
+                        failed = Some((url, source));
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                };
+                // Every payload must belong to this vault.
+                if p.vault_id != id {
+                    return Err(VaultError::Corrupt {
+                        url: loc.url.clone(),
+                        object: shard.name(),
+                        reason: "it belongs to another vault (vault id differs)".into(),
+                    });
+                }
+                let (ids, tomb_ids) = summary.entry(shard).or_default();
+                for t in p.tombstones.keys() {
+                    tomb_ids.add(t);
+                }
+                dead.entry(shard).or_default().extend(p.tombstones);
+                for e in p.entries {
+                    ids.add(&e.id);
+                    if e.code == KIND_REPO {
+                        let slot = match e.name.to_string().as_str() {
+                            NAME_META => &mut meta,
+                            NAME_PSEUDONYM => &mut pseudonym,
+                            _ => {
+                                return Err(VaultError::Corrupt {
+                                    url: loc.url.clone(),
+                                    object: META_OBJECT.into(),
+                                    reason: "unknown repository key name".into(),
+                                })
+                            }
+                        };
+                        match slot {
+                            None => *slot = Some((e.id, e.created, e.key, i)),
+                            Some((id, _, k, j)) => {
+                                if *id != e.id || k.expose() != e.key.expose() {
+                                    conflicts.push((e.id, i, *j));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let kind = KeyKind::from_code(e.code).expect("checked by decode");
+                    match entries.get(&e.id) {
+                        Some(have) => {
+                            if have.kind != kind
+                                || have.name != e.name
+                                || have.key.expose() != e.key.expose()
+                            {
+                                conflicts.push((e.id, i, usize::from(have.from)));
+                            }
+                        }
+                        None => entries.insert(Slot {
+                            id: e.id,
+                            name: e.name,
+                            created: e.created,
+                            key: e.key,
+                            kind,
+                            from: u16::try_from(i).unwrap_or(u16::MAX),
+                        }),
+                    }
+                }
+            }
+            if let Some((url, source)) = failed {
+                // What this location gave is taken back: the vault opens as
+                // if it had not been reached.
+                tracing::warn!(url = %url, error = %source, "vault location unreadable");
+                unread.push((url, source.to_string()));
+                let from = u16::try_from(i).unwrap_or(u16::MAX);
+                let added: Vec<KeyId> = entries
+                    .iter()
+                    .filter(|s| s.from == from)
+                    .map(|s| s.id)
+                    .collect();
+                for id in added {
+                    entries.remove(&id);
+                }
+                conflicts.retain(|c| c.1 != i);
+                for slot in [&mut meta, &mut pseudonym] {
+                    if slot.as_ref().is_some_and(|s| s.3 == i) {
+                        *slot = None;
+                    }
+                }
+                continue;
+            }
+            for (shard, d) in dead {
+                let t = tombstones.entry(shard).or_default();
+                for (id, at) in d {
+                    let e = t.entry(id).or_insert(at);
+                    *e = (*e).min(at);
+                }
+            }
+            summaries[i] = Some(summary);
+            if first.is_none() {
+                first = Some((i, id, marker));
             }
         }
-        let Some((fi, vault_id)) = first else {
+        let Some((fi, vault_id, first_marker)) = first else {
             if let Some((url, reason)) = unread.first() {
                 return Err(VaultError::NotRead {
                     url: url.clone(),
@@ -886,134 +939,36 @@ impl Vault {
                     .join(", "),
             });
         };
-        let first_marker = views[fi].as_ref().unwrap().marker.as_ref().unwrap();
-        let (policy, created) = (first_marker.policy.clone(), first_marker.created);
+        let (policy, created) = (first_marker.policy, first_marker.created);
 
-        // Every payload must belong to this vault.
-        for (i, v) in views.iter().enumerate() {
-            let Some(v) = v else { continue };
-            for (shard, p) in &v.shards {
-                if p.vault_id != vault_id {
-                    return Err(VaultError::Corrupt {
-                        url: locations[i].url.clone(),
-                        object: shard.name(),
-                        reason: "it belongs to another vault (vault id differs)".into(),
-                    });
-                }
-            }
+        // Tombstoned keys are dropped; locations may disagree on them.
+        let is_dead = |id: &KeyId| tombstones.values().any(|t| t.contains_key(id));
+        if let Some(&(key_id, i, j)) = conflicts.iter().find(|c| !is_dead(&c.0)) {
+            return Err(VaultError::Conflict {
+                url: locations[i].url.clone(),
+                other: locations[j].url.clone(),
+                key_id,
+            });
         }
-
-        // What each readable location holds, by ids only, to find what needs repair.
-        let summaries: Vec<Option<ShardSummary>> = views
+        let dead: Vec<KeyId> = entries
             .iter()
-            .map(|v| {
-                v.as_ref().map(|v| {
-                    v.shards
-                        .iter()
-                        .map(|(s, p)| {
-                            (
-                                *s,
-                                (
-                                    p.entries.iter().map(|e| e.id).collect(),
-                                    p.tombstones.keys().copied().collect(),
-                                ),
-                            )
-                        })
-                        .collect()
-                })
+            .filter(|e| {
+                tombstones
+                    .get(&Shard::of(e.kind, &e.id))
+                    .is_some_and(|t| t.contains_key(&e.id))
             })
+            .map(|e| e.id)
             .collect();
-
-        // Union of tombstones, then of entries not tombstoned.
-        let mut tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>> = BTreeMap::new();
-        for v in views.iter().flatten() {
-            for (shard, p) in &v.shards {
-                let t = tombstones.entry(*shard).or_default();
-                for (id, at) in &p.tombstones {
-                    let e = t.entry(*id).or_insert(*at);
-                    *e = (*e).min(*at);
-                }
-            }
+        for id in dead {
+            entries.remove(&id);
         }
-        let mut meta: Option<(KeyId, i64, Key32, usize)> = None;
-        let mut pseudonym: Option<(KeyId, i64, Key32, usize)> = None;
-        let count = views
-            .iter()
-            .flatten()
-            .map(|v| v.shards.values().map(|p| p.entries.len()).sum::<usize>())
-            .max()
-            .unwrap_or(0);
-        let mut entries: KeyMap<Entry> =
-            KeyMap::with_capacity_and_hasher(count, Default::default());
-        for (i, v) in views.iter_mut().enumerate() {
-            let Some(v) = v else { continue };
-            for (shard, p) in std::mem::take(&mut v.shards) {
-                let dead = tombstones.get(&shard);
-                for e in p.entries {
-                    if dead.is_some_and(|d| d.contains_key(&e.id)) {
-                        continue;
-                    }
-                    if e.code == KIND_REPO {
-                        let slot = match e.name.as_str() {
-                            NAME_META => &mut meta,
-                            NAME_PSEUDONYM => &mut pseudonym,
-                            _ => {
-                                return Err(VaultError::Corrupt {
-                                    url: locations[i].url.clone(),
-                                    object: META_OBJECT.into(),
-                                    reason: "unknown repository key name".into(),
-                                })
-                            }
-                        };
-                        match slot {
-                            None => *slot = Some((e.id, e.created, e.key, i)),
-                            Some((id, _, k, j)) => {
-                                if *id != e.id || k.expose() != e.key.expose() {
-                                    return Err(VaultError::Conflict {
-                                        url: locations[i].url.clone(),
-                                        other: locations[*j].url.clone(),
-                                        key_id: e.id,
-                                    });
-                                }
-                            }
-                        }
-                        continue;
-                    }
-                    let kind = KeyKind::from_code(e.code).expect("checked by decode");
-                    match entries.get(&e.id) {
-                        Some(have) => {
-                            if have.kind != kind
-                                || have.name != e.name
-                                || have.key.expose() != e.key.expose()
-                            {
-                                // The first location that listed the id.
-                                let j = (0..i)
-                                    .find(|&j| {
-                                        summaries[j].as_ref().is_some_and(|s| {
-                                            s.values().any(|(ids, _)| ids.contains(&e.id))
-                                        })
-                                    })
-                                    .unwrap_or(i);
-                                return Err(VaultError::Conflict {
-                                    url: locations[i].url.clone(),
-                                    other: locations[j].url.clone(),
-                                    key_id: e.id,
-                                });
-                            }
-                        }
-                        None => {
-                            entries.insert(
-                                e.id,
-                                Entry {
-                                    kind,
-                                    name: e.name,
-                                    created: e.created,
-                                    key: e.key,
-                                },
-                            );
-                        }
-                    }
-                }
+        let meta_dead = tombstones.get(&Shard::Meta);
+        for slot in [&mut meta, &mut pseudonym] {
+            if slot
+                .as_ref()
+                .is_some_and(|s| meta_dead.is_some_and(|t| t.contains_key(&s.0)))
+            {
+                *slot = None;
             }
         }
         let (Some(meta), Some(pseudonym)) = (meta, pseudonym) else {
@@ -1033,7 +988,6 @@ impl Vault {
             meta: (meta.0, meta.1, meta.2),
             pseudonym: (pseudonym.0, pseudonym.1, pseudonym.2),
             entries,
-            by_name: NameIndex::default(),
             tombstones,
             dirty: BTreeSet::new(),
             marker_missing,
@@ -1043,7 +997,7 @@ impl Vault {
             created_here: BTreeSet::new(),
             locations,
         };
-        v.rebuild_names();
+        v.entries.rebuild_names();
         v.fenced = v.read_fences().await?;
 
         // Mark for repair every shard whose content differs at some readable
@@ -1063,44 +1017,25 @@ impl Vault {
         Ok(v)
     }
 
-    /// Rebuilds the name index: for each (kind, name), the earliest created
-    /// key (ties: smallest id). Other keys of the same name stay reachable
-    /// by id, since data may have been sealed under them.
-    fn rebuild_names(&mut self) {
-        self.by_name.clear();
-        // Room for every name at once: growing the table would hash every
-        // name again at each doubling (a third of the open at 260 k keys).
-        self.by_name.reserve(&self.entries);
-        for (id, e) in &self.entries {
-            let keep = match self.by_name.get(&self.entries, e.kind, &e.name) {
-                Some(other) => {
-                    let o = &self.entries[&other];
-                    (e.created, *id) < (o.created, other)
-                }
-                None => true,
-            };
-            if keep {
-                self.by_name.insert(&self.entries, e.kind, &e.name, *id);
-            }
-        }
-    }
-
     /// For every shard with content: the set of entry ids and tombstone ids
     /// it should hold.
     fn shard_contents(&self) -> ShardSummary {
         let mut out = ShardSummary::new();
-        out.insert(
-            Shard::Meta,
-            (
-                BTreeSet::from([self.meta.0, self.pseudonym.0]),
-                BTreeSet::new(),
-            ),
-        );
-        for (id, e) in &self.entries {
-            out.entry(Shard::of(e.kind, id)).or_default().0.insert(*id);
+        let mut repo_keys = IdSet::default();
+        repo_keys.add(&self.meta.0);
+        repo_keys.add(&self.pseudonym.0);
+        out.insert(Shard::Meta, (repo_keys, IdSet::default()));
+        for e in self.entries.iter() {
+            out.entry(Shard::of(e.kind, &e.id))
+                .or_default()
+                .0
+                .add(&e.id);
         }
         for (shard, t) in &self.tombstones {
-            out.entry(*shard).or_default().1.extend(t.keys().copied());
+            let ids = &mut out.entry(*shard).or_default().1;
+            for id in t.keys() {
+                ids.add(id);
+            }
         }
         out
     }
@@ -1137,8 +1072,8 @@ impl Vault {
         if self.fenced.contains(&k) {
             return None;
         }
-        let id = self.by_name.get(&self.entries, kind, name)?;
-        Some((id, &self.entries[&id].key))
+        let e = self.entries.named(kind, name)?;
+        Some((e.id, &e.key))
     }
 
     /// The key of a unit, created (from the OS CSPRNG) if absent. A new key
@@ -1147,12 +1082,15 @@ impl Vault {
     /// new key is made but `persist` refuses to write it, so no data sealed
     /// under it can be committed.
     pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &Key32) {
-        if let Some(id) = self.usable_id(kind, name) {
-            return (id, &self.entries[&id].key);
+        if let Some(e) = self.usable(kind, name) {
+            // Reborrowed: the borrow checker cannot see that `e` ends here
+            // on the other path.
+            let id = e.id;
+            return (id, &self.entries.get(&id).expect("just found").key);
         }
         let id = loop {
             let id = KeyId::random();
-            let taken = self.entries.contains_key(&id)
+            let taken = self.entries.contains(&id)
                 || id == self.meta.0
                 || id == self.pseudonym.0
                 || self
@@ -1163,19 +1101,18 @@ impl Vault {
                 break id;
             }
         };
-        self.entries.insert(
+        self.entries.insert(Slot {
             id,
-            Entry {
-                kind,
-                name: name.to_string(),
-                created: now(),
-                key: Key32::random(),
-            },
-        );
+            name: KeyName::new(name),
+            created: now(),
+            key: Key32::random(),
+            kind,
+            from: 0,
+        });
+        self.entries.point_name(&id);
         self.created_here.insert(id);
-        self.by_name.insert(&self.entries, kind, name, id);
         self.dirty.insert(Shard::of(kind, &id));
-        (id, &self.entries[&id].key)
+        (id, &self.entries.get(&id).expect("just added").key)
     }
 
     /// The key [`get_or_create`](Self::get_or_create) would give without
@@ -1183,20 +1120,19 @@ impl Vault {
     /// threads can look keys up at once under one lock and leave only the
     /// keys missing to be created.
     pub fn get_existing(&self, kind: KeyKind, name: &str) -> Option<(KeyId, &Key32)> {
-        self.usable_id(kind, name)
-            .map(|id| (id, &self.entries[&id].key))
+        self.usable(kind, name).map(|e| (e.id, &e.key))
     }
 
-    /// The id of the unit's key, unless it is absent or (made before this
-    /// process and) fenced. A backup asks once per group: the lookup
-    /// allocates nothing unless some unit is fenced.
-    fn usable_id(&self, kind: KeyKind, name: &str) -> Option<KeyId> {
-        let usable = |id: &KeyId| {
+    /// The unit's key, unless it is absent or (made before this process
+    /// and) fenced. A backup asks once per group: the lookup allocates
+    /// nothing unless some unit is fenced.
+    fn usable(&self, kind: KeyKind, name: &str) -> Option<&Slot> {
+        let usable = |e: &&Slot| {
             self.fenced.is_empty()
-                || self.created_here.contains(id)
+                || self.created_here.contains(&e.id)
                 || !self.fenced.contains(&(kind, name.to_string()))
         };
-        self.by_name.get(&self.entries, kind, name).filter(usable)
+        self.entries.named(kind, name).filter(usable)
     }
 
     /// The key with this id (any kind; not the repository keys). The key
@@ -1204,7 +1140,9 @@ impl Vault {
     pub fn key(&self, id: &KeyId) -> Option<&Key32> {
         self.entries
             .get(id)
-            .filter(|e| self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.clone())))
+            .filter(|e| {
+                self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string()))
+            })
             .map(|e| &e.key)
     }
 
@@ -1212,7 +1150,7 @@ impl Vault {
     pub fn entry(&self, id: &KeyId) -> Option<EntryInfo> {
         self.entries.get(id).map(|e| EntryInfo {
             kind: e.kind,
-            name: e.name.clone(),
+            name: e.name.to_string(),
             key_id: *id,
             created: e.created,
         })
@@ -1222,8 +1160,8 @@ impl Vault {
     pub fn entries(&self) -> Vec<EntryInfo> {
         let mut v: Vec<EntryInfo> = self
             .entries
-            .keys()
-            .filter_map(|id| self.entry(id))
+            .iter()
+            .filter_map(|e| self.entry(&e.id))
             .collect();
         v.sort_by(|a, b| (a.kind, &a.name, a.key_id).cmp(&(b.kind, &b.name, b.key_id)));
         v
@@ -1269,7 +1207,7 @@ impl Vault {
         // Usually no unit is fenced; then there is nothing to compare.
         for id in self.created_here.iter().filter(|_| !fences.is_empty()) {
             if let Some(e) = self.entries.get(id) {
-                let k = (e.kind, e.name.clone());
+                let k = (e.kind, e.name.to_string());
                 if fences.contains(&k) {
                     return Err(VaultError::Fenced {
                         kind: k.0,
@@ -1313,7 +1251,7 @@ impl Vault {
             }
         }
         if dropped {
-            self.rebuild_names();
+            self.entries.rebuild_names();
         }
         Ok(())
     }
@@ -1332,14 +1270,14 @@ impl Vault {
                     (
                         KIND_REPO,
                         &self.meta.0,
-                        NAME_META,
+                        NameRef::Text(NAME_META),
                         self.meta.1,
                         &self.meta.2,
                     ),
                     (
                         KIND_REPO,
                         &self.pseudonym.0,
-                        NAME_PSEUDONYM,
+                        NameRef::Text(NAME_PSEUDONYM),
                         self.pseudonym.1,
                         &self.pseudonym.2,
                     ),
@@ -1355,9 +1293,9 @@ impl Vault {
         // One pass over the entries groups those of the dirty shards.
         let mut lists: BTreeMap<Shard, Vec<EntryRef<'_>>> =
             self.dirty.iter().map(|s| (*s, Vec::new())).collect();
-        for (id, e) in &self.entries {
-            if let Some(l) = lists.get_mut(&Shard::of(e.kind, id)) {
-                l.push((e.kind.code(), id, e.name.as_str(), e.created, &e.key));
+        for e in self.entries.iter() {
+            if let Some(l) = lists.get_mut(&Shard::of(e.kind, &e.id)) {
+                l.push((e.kind.code(), &e.id, e.name.as_ref(), e.created, &e.key));
             }
         }
         let mut sealed = Vec::with_capacity(lists.len());
@@ -1470,8 +1408,8 @@ impl Vault {
         let ids: Vec<KeyId> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.kind == kind && e.name == name)
-            .map(|(id, _)| *id)
+            .filter(|e| e.kind == kind && e.name.is(name))
+            .map(|e| e.id)
             .collect();
         let t = now();
         let mut pending = self.pending_destroy.remove(&k).unwrap_or_default();
@@ -1489,7 +1427,7 @@ impl Vault {
                 name: name.to_string(),
             });
         }
-        self.rebuild_names();
+        self.entries.rebuild_names();
         self.pending_destroy.insert(k.clone(), pending.clone());
 
         self.persist().await?;
@@ -1784,7 +1722,7 @@ mod tests {
         let plain = encode_payload(
             &[1u8; 16],
             "keys/subject/ab.age",
-            &[(KeyKind::Subject.code(), &id, "p1", 1234, &k)],
+            &[(KeyKind::Subject.code(), &id, NameRef::Text("p1"), 1234, &k)],
             &tomb,
         );
         (plain, k, id)
@@ -1798,7 +1736,7 @@ mod tests {
         assert_eq!(p.entries.len(), 1);
         let e = &p.entries[0];
         assert_eq!(
-            (e.code, e.id, e.name.as_str(), e.created),
+            (e.code, e.id, e.name.to_string().as_str(), e.created),
             (1, id, "p1", 1234)
         );
         assert_eq!(e.key.expose(), k.expose());

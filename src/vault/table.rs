@@ -1,0 +1,426 @@
+//! The vault's unit keys in memory: one slot per key, found by id and by
+//! (kind, name).
+//!
+//! A vault holds a key per customer, so this is the one structure of a
+//! backup, restore or check that grows with the number of customers. A
+//! slot is 64 bytes (the key's 32 bytes are boxed beside it, so they are
+//! never moved), and the two lookups are tables of slot numbers: about
+//! 110 bytes a key in all, where a map from id to entry plus a name index
+//! took about 190. Slots live in fixed segments, so growing the table never
+//! copies it.
+
+use super::{KeyId, KeyKind};
+use crate::crypto::Key32;
+use hashbrown::HashTable;
+use std::fmt;
+use std::hash::BuildHasher;
+
+/// Slots per segment: 256 KiB.
+const SEGMENT: usize = 4096;
+
+/// A unit key's name as held in memory. A subject's name is its pseudonym,
+/// 32 lowercase hex digits, kept as its 16 bytes; any other name as text.
+/// A name has one form only (see [`NameRef::of`]), so equal names have
+/// equal forms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum KeyName {
+    Hex([u8; 16]),
+    Text(Box<str>),
+}
+
+/// A name in the form [`KeyName`] keeps, borrowed: what a lookup compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum NameRef<'a> {
+    Hex([u8; 16]),
+    Text(&'a str),
+}
+
+impl<'a> NameRef<'a> {
+    /// The form of a name: `Hex` for exactly 32 lowercase hex digits.
+    pub fn of(name: &'a str) -> NameRef<'a> {
+        let b = name.as_bytes();
+        if b.len() == 32 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+            let mut out = [0u8; 16];
+            hex::decode_to_slice(b, &mut out).expect("32 hex digits");
+            NameRef::Hex(out)
+        } else {
+            NameRef::Text(name)
+        }
+    }
+
+    /// The length of the name's text.
+    pub fn len(self) -> usize {
+        match self {
+            NameRef::Hex(_) => 32,
+            NameRef::Text(t) => t.len(),
+        }
+    }
+
+    /// Appends the name's text (UTF-8) to `out`.
+    pub fn write_to(self, out: &mut Vec<u8>) {
+        match self {
+            NameRef::Hex(b) => {
+                let mut text = [0u8; 32];
+                hex::encode_to_slice(b, &mut text).expect("32 bytes of room");
+                out.extend_from_slice(&text);
+            }
+            NameRef::Text(t) => out.extend_from_slice(t.as_bytes()),
+        }
+    }
+}
+
+impl KeyName {
+    pub fn new(name: &str) -> KeyName {
+        match NameRef::of(name) {
+            NameRef::Hex(b) => KeyName::Hex(b),
+            NameRef::Text(t) => KeyName::Text(t.into()),
+        }
+    }
+
+    pub fn as_ref(&self) -> NameRef<'_> {
+        match self {
+            KeyName::Hex(b) => NameRef::Hex(*b),
+            KeyName::Text(t) => NameRef::Text(t),
+        }
+    }
+
+    /// Whether this is the name `name`.
+    pub fn is(&self, name: &str) -> bool {
+        self.as_ref() == NameRef::of(name)
+    }
+}
+
+impl fmt::Display for KeyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyName::Hex(b) => {
+                let mut text = [0u8; 32];
+                hex::encode_to_slice(b, &mut text).expect("32 bytes of room");
+                f.write_str(std::str::from_utf8(&text).expect("hex is ASCII"))
+            }
+            KeyName::Text(t) => f.write_str(t),
+        }
+    }
+}
+
+/// One unit key.
+pub(super) struct Slot {
+    pub id: KeyId,
+    pub name: KeyName,
+    pub created: i64,
+    pub key: Key32,
+    pub kind: KeyKind,
+    /// The first vault location it was read from (its position in the
+    /// vault's list), to name it when another location disagrees.
+    pub from: u16,
+}
+
+/// The unit keys, by id and by (kind, name). See the module docs.
+#[derive(Default)]
+pub(super) struct KeyTable {
+    segments: Vec<Vec<Slot>>,
+    len: usize,
+    /// Slot numbers, hashed by id.
+    by_id: HashTable<u32>,
+    /// Slot numbers, hashed by (kind, name); one per name (see
+    /// [`KeyTable::point_name`]).
+    by_name: HashTable<u32>,
+    names: std::hash::RandomState,
+}
+
+/// Ids are random (drawn by [`KeyId::random`] from the OS CSPRNG), so
+/// their first bytes are a hash already.
+fn id_hash(id: &KeyId) -> u64 {
+    u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
+}
+
+impl KeyTable {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    fn at(&self, i: u32) -> &Slot {
+        let i = i as usize;
+        &self.segments[i / SEGMENT][i % SEGMENT]
+    }
+
+    fn at_mut(&mut self, i: u32) -> &mut Slot {
+        let i = i as usize;
+        &mut self.segments[i / SEGMENT][i % SEGMENT]
+    }
+
+    fn name_hash(&self, kind: KeyKind, name: NameRef<'_>) -> u64 {
+        self.names.hash_one((kind, name))
+    }
+
+    fn find_id(&self, id: &KeyId) -> Option<u32> {
+        self.by_id
+            .find(id_hash(id), |&i| self.at(i).id == *id)
+            .copied()
+    }
+
+    /// The key with this id.
+    pub fn get(&self, id: &KeyId) -> Option<&Slot> {
+        self.find_id(id).map(|i| self.at(i))
+    }
+
+    pub fn contains(&self, id: &KeyId) -> bool {
+        self.find_id(id).is_some()
+    }
+
+    /// The key the name points at (see [`KeyTable::point_name`]).
+    pub fn named(&self, kind: KeyKind, name: &str) -> Option<&Slot> {
+        let name = NameRef::of(name);
+        let h = self.name_hash(kind, name);
+        self.by_name
+            .find(h, |&i| {
+                let s = self.at(i);
+                s.kind == kind && s.name.as_ref() == name
+            })
+            .map(|&i| self.at(i))
+    }
+
+    /// Adds a key whose id is not in the table yet. Its name points at it
+    /// only through [`KeyTable::point_name`] or [`KeyTable::rebuild_names`].
+    pub fn insert(&mut self, slot: Slot) {
+        debug_assert!(!self.contains(&slot.id), "a key id is added twice");
+        let i = u32::try_from(self.len).expect("fewer than 2^32 keys");
+        let h = id_hash(&slot.id);
+        if self.segments.last().is_none_or(|s| s.len() == SEGMENT) {
+            self.segments.push(Vec::with_capacity(SEGMENT));
+        }
+        self.segments.last_mut().expect("pushed").push(slot);
+        self.len += 1;
+        let segments = &self.segments;
+        self.by_id.insert_unique(h, i, |&j| {
+            let j = j as usize;
+            id_hash(&segments[j / SEGMENT][j % SEGMENT].id)
+        });
+    }
+
+    /// Points the key's (kind, name) at it, in place of any other key of
+    /// that name. `id` must be in the table.
+    pub fn point_name(&mut self, id: &KeyId) {
+        let i = self.find_id(id).expect("the key is in the table");
+        let (segments, names) = (&self.segments, &self.names);
+        let at = |j: u32| {
+            let j = j as usize;
+            &segments[j / SEGMENT][j % SEGMENT]
+        };
+        let (kind, name) = (at(i).kind, at(i).name.as_ref());
+        let h = names.hash_one((kind, name));
+        match self.by_name.entry(
+            h,
+            |&j| {
+                let s = at(j);
+                s.kind == kind && s.name.as_ref() == name
+            },
+            |&j| {
+                let s = at(j);
+                names.hash_one((s.kind, s.name.as_ref()))
+            },
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = i,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+        }
+    }
+
+    /// Points every name at its earliest created key (ties: the smallest
+    /// id). Other keys of the same name stay reachable by id, since data
+    /// may have been sealed under them.
+    pub fn rebuild_names(&mut self) {
+        self.by_name.clear();
+        let (segments, names) = (&self.segments, &self.names);
+        let at = |j: u32| {
+            let j = j as usize;
+            &segments[j / SEGMENT][j % SEGMENT]
+        };
+        let rehash = |&j: &u32| {
+            let s = at(j);
+            names.hash_one((s.kind, s.name.as_ref()))
+        };
+        // Room for every name at once: growing the table would hash every
+        // name again at each doubling.
+        self.by_name.reserve(self.len, rehash);
+        for i in 0..self.len as u32 {
+            let s = at(i);
+            let name = s.name.as_ref();
+            let h = names.hash_one((s.kind, name));
+            match self.by_name.entry(
+                h,
+                |&j| {
+                    let o = at(j);
+                    o.kind == s.kind && o.name.as_ref() == name
+                },
+                rehash,
+            ) {
+                hashbrown::hash_table::Entry::Occupied(mut o) => {
+                    let other = at(*o.get());
+                    if (s.created, s.id) < (other.created, other.id) {
+                        *o.get_mut() = i;
+                    }
+                }
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
+            }
+        }
+    }
+
+    /// Takes a key out of the table. If its name pointed at it, the name
+    /// now points nowhere: call [`KeyTable::rebuild_names`] after removing.
+    pub fn remove(&mut self, id: &KeyId) -> Option<Slot> {
+        let i = self.find_id(id)?;
+        let (segments, names) = (&self.segments, &self.names);
+        let at = |j: u32| {
+            let j = j as usize;
+            &segments[j / SEGMENT][j % SEGMENT]
+        };
+        let s = at(i);
+        let name_hash = names.hash_one((s.kind, s.name.as_ref()));
+        if let Ok(o) = self.by_id.find_entry(id_hash(id), |&j| j == i) {
+            o.remove();
+        }
+        if let Ok(o) = self.by_name.find_entry(name_hash, |&j| j == i) {
+            o.remove();
+        }
+        // The last slot moves into the hole.
+        let last = (self.len - 1) as u32;
+        if i != last {
+            let s = at(last);
+            let (idh, nameh) = (id_hash(&s.id), names.hash_one((s.kind, s.name.as_ref())));
+            if let Some(j) = self.by_id.find_mut(idh, |&j| j == last) {
+                *j = i;
+            }
+            if let Some(j) = self.by_name.find_mut(nameh, |&j| j == last) {
+                *j = i;
+            }
+        }
+        let moved = {
+            let seg = self.segments.last_mut().expect("not empty");
+            let moved = seg.pop().expect("not empty");
+            if seg.is_empty() {
+                self.segments.pop();
+            }
+            moved
+        };
+        self.len -= 1;
+        if i == last {
+            return Some(moved);
+        }
+        Some(std::mem::replace(self.at_mut(i), moved))
+    }
+
+    /// Every key, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.segments.iter().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(kind: KeyKind, name: &str, created: i64) -> Slot {
+        Slot {
+            id: KeyId::random(),
+            name: KeyName::new(name),
+            created,
+            key: Key32::random(),
+            kind,
+            from: 0,
+        }
+    }
+
+    #[test]
+    fn names_keep_one_form() {
+        let hex = "0123456789abcdef0123456789abcdef";
+        let n = KeyName::new(hex);
+        assert!(matches!(n, KeyName::Hex(_)));
+        assert_eq!(n.to_string(), hex);
+        assert_eq!(n.as_ref().len(), 32);
+        let mut out = Vec::new();
+        n.as_ref().write_to(&mut out);
+        assert_eq!(out, hex.as_bytes());
+        assert!(n.is(hex));
+        // Upper case, another length, or other text are text, and differ.
+        for other in [
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "consumption:2026-03",
+            "",
+        ] {
+            let t = KeyName::new(other);
+            assert!(matches!(t, KeyName::Text(_)), "{other}");
+            assert_eq!(t.to_string(), other);
+            assert_eq!(t.as_ref().len(), other.len());
+            assert!(!n.is(other) && t.is(other));
+        }
+    }
+
+    #[test]
+    fn lookups_survive_removals_and_many_segments() {
+        let mut t = KeyTable::default();
+        let n = SEGMENT * 2 + 17;
+        let mut ids = Vec::new();
+        for k in 0..n {
+            let s = slot(KeyKind::Subject, &format!("{k:032x}"), 5);
+            ids.push(s.id);
+            t.insert(s);
+        }
+        t.rebuild_names();
+        assert_eq!(t.len(), n);
+        // Remove every third key, the last one included.
+        let mut gone = Vec::new();
+        for (k, id) in ids.iter().enumerate() {
+            if k % 3 == 0 || k == n - 1 {
+                let s = t.remove(id).expect("present");
+                assert_eq!(s.id, *id);
+                gone.push(k);
+            }
+        }
+        assert_eq!(t.len(), n - gone.len());
+        assert_eq!(t.iter().count(), t.len());
+        for (k, id) in ids.iter().enumerate() {
+            let name = format!("{k:032x}");
+            if gone.contains(&k) {
+                assert!(t.get(id).is_none() && t.named(KeyKind::Subject, &name).is_none());
+            } else {
+                assert_eq!(t.get(id).map(|s| s.name.to_string()), Some(name.clone()));
+                assert_eq!(t.named(KeyKind::Subject, &name).map(|s| s.id), Some(*id));
+                assert!(t.named(KeyKind::Period, &name).is_none());
+            }
+        }
+        let left: Vec<KeyId> = t.iter().map(|s| s.id).collect();
+        for id in left {
+            t.remove(&id).expect("present");
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.segments.is_empty());
+    }
+
+    #[test]
+    fn a_name_points_at_its_earliest_key_until_pointed_elsewhere() {
+        let mut t = KeyTable::default();
+        let late = slot(KeyKind::Period, "consumption:2026-03", 20);
+        let early = slot(KeyKind::Period, "consumption:2026-03", 10);
+        let (late_id, early_id) = (late.id, early.id);
+        t.insert(late);
+        t.insert(early);
+        assert!(t.named(KeyKind::Period, "consumption:2026-03").is_none());
+        t.rebuild_names();
+        let named = |t: &KeyTable| {
+            t.named(KeyKind::Period, "consumption:2026-03")
+                .map(|s| s.id)
+        };
+        assert_eq!(named(&t), Some(early_id));
+        t.point_name(&late_id);
+        assert_eq!(named(&t), Some(late_id));
+        t.remove(&late_id);
+        assert_eq!(named(&t), None);
+        t.rebuild_names();
+        assert_eq!(named(&t), Some(early_id));
+    }
+}
