@@ -1290,22 +1290,52 @@ impl Vault {
     }
 
     async fn write_dirty(&mut self, creating: bool) -> Result<(), VaultError> {
-        // One pass over the entries groups those of the dirty shards.
-        let mut lists: BTreeMap<Shard, Vec<EntryRef<'_>>> =
+        // One pass over the keys finds those of the dirty shards (by slot
+        // number, 4 bytes a key). Then one shard at a time is sealed and
+        // written to every location, so only one sealed shard is held: a
+        // first backup of a million customers dirties every subject shard,
+        // about 90 MB sealed in all.
+        let mut members: BTreeMap<Shard, Vec<u32>> =
             self.dirty.iter().map(|s| (*s, Vec::new())).collect();
-        for e in self.entries.iter() {
-            if let Some(l) = lists.get_mut(&Shard::of(e.kind, &e.id)) {
-                l.push((e.kind.code(), &e.id, e.name.as_ref(), e.created, &e.key));
+        for (i, e) in self.entries.numbered() {
+            if let Some(l) = members.get_mut(&Shard::of(e.kind, &e.id)) {
+                l.push(i);
             }
         }
-        let mut sealed = Vec::with_capacity(lists.len());
-        for (shard, list) in &lists {
-            sealed.push((
-                shard.name(),
-                bytes::Bytes::from(self.seal_shard(*shard, list)?),
-            ));
+        // Per location, the first write that failed; a location that
+        // failed is not written again in this call.
+        let mut failed: Vec<Option<VaultError>> = self.locations.iter().map(|_| None).collect();
+        for (shard, numbers) in members {
+            let list: Vec<EntryRef<'_>> = numbers
+                .iter()
+                .map(|&i| {
+                    let e = self.entries.slot(i);
+                    (e.kind.code(), &e.id, e.name.as_ref(), e.created, &e.key)
+                })
+                .collect();
+            let name = shard.name();
+            let bytes = bytes::Bytes::from(self.seal_shard(shard, &list)?);
+            drop(list);
+            for (loc, f) in self.locations.iter().zip(failed.iter_mut()) {
+                if f.is_some() {
+                    continue;
+                }
+                let r = loc
+                    .store
+                    .put(
+                        &ObjPath::from(name.as_str()),
+                        PutPayload::from(bytes.clone()),
+                    )
+                    .await;
+                if let Err(source) = r {
+                    *f = Some(VaultError::Write {
+                        url: loc.url.clone(),
+                        object: name.clone(),
+                        source,
+                    });
+                }
+            }
         }
-        drop(lists);
         let marker = bytes::Bytes::from(
             serde_json::to_vec_pretty(&Marker {
                 format: "custos-vault".into(),
@@ -1319,20 +1349,10 @@ impl Vault {
 
         let mut failures = Vec::new();
         let mut marker_done = BTreeSet::new();
-        for (i, loc) in self.locations.iter().enumerate() {
+        for ((i, loc), f) in self.locations.iter().enumerate().zip(failed) {
             let r: Result<(), VaultError> = async {
-                for (name, bytes) in &sealed {
-                    loc.store
-                        .put(
-                            &ObjPath::from(name.as_str()),
-                            PutPayload::from(bytes.clone()),
-                        )
-                        .await
-                        .map_err(|source| VaultError::Write {
-                            url: loc.url.clone(),
-                            object: name.clone(),
-                            source,
-                        })?;
+                if let Some(e) = f {
+                    return Err(e);
                 }
                 // The marker goes last: a marker means the content is there.
                 if self.marker_missing.contains(&i) {

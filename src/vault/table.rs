@@ -317,6 +317,16 @@ impl KeyTable {
     pub fn iter(&self) -> impl Iterator<Item = &Slot> {
         self.segments.iter().flatten()
     }
+
+    /// Every key with its slot number, valid until the next removal.
+    pub fn numbered(&self) -> impl Iterator<Item = (u32, &Slot)> {
+        (0..).zip(self.iter())
+    }
+
+    /// The key in slot `i` (a number [`KeyTable::numbered`] gave).
+    pub fn slot(&self, i: u32) -> &Slot {
+        self.at(i)
+    }
 }
 
 #[cfg(test)]
