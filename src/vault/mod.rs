@@ -1399,18 +1399,8 @@ impl Vault {
         }
         if failures.is_empty() {
             self.dirty.clear();
-            return Ok(());
         }
-        let failed = failures.len();
-        let first = failures.remove(0);
-        if failed == 1 {
-            return Err(first);
-        }
-        Err(VaultError::Persist {
-            failed,
-            total: self.locations.len(),
-            first: Box::new(first),
-        })
+        all_written(failures, self.locations.len())
     }
 
     /// Destroys the key(s) of one unit: removes the entry, records a
@@ -1479,6 +1469,25 @@ impl Vault {
             objects_checked: shards.iter().map(|s| s.name()).collect(),
         })
     }
+}
+
+/// The outcome of writing to `total` locations, from the write failures
+/// (in location order): one failure as itself, several as
+/// [`VaultError::Persist`] naming the first.
+fn all_written(mut failures: Vec<VaultError>, total: usize) -> Result<(), VaultError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let failed = failures.len();
+    let first = failures.remove(0);
+    if failed == 1 {
+        return Err(first);
+    }
+    Err(VaultError::Persist {
+        failed,
+        total,
+        first: Box::new(first),
+    })
 }
 
 /// The fences field of the shred ledger: the only part the vault reads.
@@ -1631,19 +1640,7 @@ impl Vault {
                 });
             }
         }
-        if failures.is_empty() {
-            return Ok(());
-        }
-        let failed = failures.len();
-        let first = failures.remove(0);
-        if failed == 1 {
-            return Err(first);
-        }
-        Err(VaultError::Persist {
-            failed,
-            total: self.locations.len(),
-            first: Box::new(first),
-        })
+        all_written(failures, self.locations.len())
     }
 
     /// Deletes every object at every location that is not part of the vault
