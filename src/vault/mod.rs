@@ -622,6 +622,24 @@ async fn get_bytes(loc: &VaultLocation, object: &str) -> Result<Option<bytes::By
     }
 }
 
+/// Every object at a location under `prefix` (a folder name; `None`:
+/// all of them).
+async fn list_at(
+    loc: &VaultLocation,
+    prefix: Option<&str>,
+) -> Result<Vec<object_store::ObjectMeta>, VaultError> {
+    let path = prefix.map(ObjPath::from);
+    loc.store
+        .list(path.as_ref())
+        .try_collect()
+        .await
+        .map_err(|source| VaultError::Unreachable {
+            url: loc.url.clone(),
+            object: prefix.map_or_else(|| "/".to_string(), |p| format!("{p}/")),
+            source,
+        })
+}
+
 /// Reads and unwraps one shard object at one location; `None` if absent.
 async fn read_shard(
     loc: &VaultLocation,
@@ -678,17 +696,7 @@ async fn read_location(loc: &VaultLocation) -> Result<LocationView, VaultError> 
         });
     }
     let mut shards = vec![Shard::Meta];
-    let prefix = ObjPath::from("keys");
-    let listed: Vec<_> = loc
-        .store
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(|source| VaultError::Unreachable {
-            url: loc.url.clone(),
-            object: "keys/".into(),
-            source,
-        })?;
+    let listed = list_at(loc, Some("keys")).await?;
     for m in listed {
         let n = m.location.to_string();
         if let Some(shard) = Shard::parse(&n) {
@@ -1651,13 +1659,7 @@ impl Vault {
     pub async fn purge_stale(&self) -> Result<Vec<String>, VaultError> {
         let mut out = Vec::new();
         for loc in &self.locations {
-            let listed: Vec<_> = loc.store.list(None).try_collect().await.map_err(|source| {
-                VaultError::Unreachable {
-                    url: loc.url.clone(),
-                    object: "/".into(),
-                    source,
-                }
-            })?;
+            let listed = list_at(loc, None).await?;
             for m in listed {
                 let name = m.location.to_string();
                 if known_object(&name) {
@@ -1691,13 +1693,7 @@ impl Vault {
     ) -> Result<AbsenceReport, VaultError> {
         let mut r = AbsenceReport::default();
         for loc in &self.locations {
-            let listed: Vec<_> = loc.store.list(None).try_collect().await.map_err(|source| {
-                VaultError::Unreachable {
-                    url: loc.url.clone(),
-                    object: "/".into(),
-                    source,
-                }
-            })?;
+            let listed = list_at(loc, None).await?;
             for m in listed {
                 let name = m.location.to_string();
                 r.objects_read += 1;
