@@ -853,24 +853,41 @@ struct Window {
     range: RowidRange,
 }
 
+/// Where a coordinate's text is in `Window::coord_bytes` (start, length),
+/// or no coordinate: 8 bytes, where `Option<(u32, u32)>` takes 12. A
+/// window holds one per run and per group for its subject and bucket
+/// each (about a million at 1 GiB of call records, every call its own run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Coord {
+    start: u32,
+    len: u32,
+}
+
+impl Coord {
+    const NONE: Coord = Coord {
+        start: 0,
+        len: u32::MAX,
+    };
+}
+
 /// Consecutive rows with the same coordinates: where the subject and the
-/// bucket are in `Window::coord_bytes` (start, length), and how many rows.
+/// bucket are, and how many rows.
 struct Run {
-    subject: Option<(u32, u32)>,
-    bucket: Option<(u32, u32)>,
+    subject: Coord,
+    bucket: Coord,
     rows: u32,
 }
 
 /// One group of a window.
 struct Slot {
-    /// The group's coordinates: where their text is in
-    /// `Window::coord_bytes` (that of the group's first run).
-    subject: Option<(u32, u32)>,
-    bucket: Option<(u32, u32)>,
+    /// The group's coordinates (those of the group's first run).
+    subject: Coord,
+    bucket: Coord,
     /// Next slot with the same hash (a collision chain), or `NONE`.
     same_hash: u32,
-    rows: u64,
-    bytes: usize,
+    /// Its rows and their bytes (a window's offsets are 32-bit too).
+    rows: u32,
+    bytes: u32,
     first: u32,
     last: u32,
 }
@@ -900,8 +917,8 @@ impl Window {
                 return;
             }
         }
-        let subject = subject.map(|t| self.keep(t));
-        let bucket = bucket.map(|t| self.keep(t));
+        let subject = subject.map_or(Coord::NONE, |t| self.keep(t));
+        let bucket = bucket.map_or(Coord::NONE, |t| self.keep(t));
         self.runs.push(Run {
             subject,
             bucket,
@@ -910,21 +927,28 @@ impl Window {
     }
 
     /// Appends a coordinate's text; returns where it is.
-    fn keep(&mut self, text: &[u8]) -> (u32, u32) {
-        let at = (self.coord_bytes.len() as u32, text.len() as u32);
+    fn keep(&mut self, text: &[u8]) -> Coord {
+        let at = Coord {
+            start: self.coord_bytes.len() as u32,
+            len: u32::try_from(text.len())
+                .ok()
+                .filter(|&n| n != u32::MAX)
+                .expect("a coordinate shorter than 4 GiB"),
+        };
         self.coord_bytes.extend_from_slice(text);
         at
     }
 
     /// A coordinate as text (it was appended from `&str`, so it borrows).
-    fn coord(&self, at: Option<(u32, u32)>) -> Option<std::borrow::Cow<'_, str>> {
+    fn coord(&self, at: Coord) -> Option<std::borrow::Cow<'_, str>> {
         self.text(at).map(String::from_utf8_lossy)
     }
 
     /// A run's coordinate text, as bytes (appended from `&str`, so UTF-8;
     /// compared and hashed as bytes, so never validated row by row).
-    fn text(&self, at: Option<(u32, u32)>) -> Option<&[u8]> {
-        at.map(|(start, len)| &self.coord_bytes[start as usize..(start + len) as usize])
+    fn text(&self, at: Coord) -> Option<&[u8]> {
+        (at != Coord::NONE)
+            .then(|| &self.coord_bytes[at.start as usize..(at.start + at.len) as usize])
     }
 
     /// Links every row to its group: fills `slots`, one per distinct
@@ -941,9 +965,9 @@ impl Window {
             for k in first..last {
                 self.rows[k as usize].2 = k + 1;
             }
-            let bytes: usize = self.rows[first as usize..=last as usize]
+            let bytes: u32 = self.rows[first as usize..=last as usize]
                 .iter()
-                .map(|&(_, len, _)| len as usize)
+                .map(|&(_, len, _)| len)
                 .sum();
             let s = &mut self.slots[slot];
             let before = s.last;
@@ -951,7 +975,7 @@ impl Window {
                 s.first = first;
             }
             s.last = last;
-            s.rows += u64::from(n);
+            s.rows += n;
             s.bytes += bytes;
             if before != NONE {
                 self.rows[before as usize].2 = first;
@@ -961,7 +985,7 @@ impl Window {
     }
 
     /// The slot of these coordinates, created (empty) if new.
-    fn slot_for(&mut self, subject: Option<(u32, u32)>, bucket: Option<(u32, u32)>) -> u32 {
+    fn slot_for(&mut self, subject: Coord, bucket: Coord) -> u32 {
         let (subj, buck) = (self.text(subject), self.text(bucket));
         let hash = coords_hash(subj, buck);
         let mut at = self.by_hash.get(&hash).copied().unwrap_or(NONE);
@@ -1594,8 +1618,8 @@ impl GroupCtx<'_> {
                 s: r.s,
                 t: r.t,
                 u: r.unit.clone(),
-                rows: slot.rows,
-                bytes: slot.bytes as u64,
+                rows: u64::from(slot.rows),
+                bytes: u64::from(slot.bytes),
                 chunks,
             });
         }
@@ -2946,7 +2970,7 @@ mod tests {
                     bucket: w.coord(s.bucket).map(String::from),
                 };
                 assert_eq!(&got, &want[&coords], "{coords:?}");
-                assert_eq!(s.bytes, got.len());
+                assert_eq!(s.bytes as usize, got.len());
                 assert_eq!(s.rows as usize, w.group_rows(s).count());
             }
             w.clear();
@@ -3035,6 +3059,21 @@ mod tests {
     }
 
     #[test]
+    fn a_window_keeps_its_runs_and_groups_small() {
+        // A window holds one run per row of call records and one slot per
+        // group: their size is a backup's memory (PERFORMANCE, "Memory: a
+        // compact key vault").
+        assert_eq!(std::mem::size_of::<Coord>(), 8);
+        assert_eq!(std::mem::size_of::<Run>(), 20);
+        assert_eq!(std::mem::size_of::<Slot>(), 36);
+        let mut w = Window::default();
+        w.add(&c(None, Some("2026-03")), b"x");
+        assert_eq!(w.runs[0].subject, Coord::NONE);
+        assert_eq!(w.coord(w.runs[0].bucket).as_deref(), Some("2026-03"));
+        assert_eq!(w.text(w.runs[0].subject), None);
+    }
+
+    #[test]
     fn window_tells_groups_apart_when_their_hashes_collide() {
         let mut w = Window::default();
         w.add(&c(Some("a"), None), b"x");
@@ -3045,12 +3084,12 @@ mod tests {
         // Put `b`'s slot on `a`'s hash chain before grouping: finding it
         // must walk the chain and compare coordinates.
         let (sa, sb) = (w.runs[0].subject, w.runs[1].subject);
-        assert_eq!(w.slot_for(sa, None), 0);
+        assert_eq!(w.slot_for(sa, Coord::NONE), 0);
         let hb = coords_hash(Some(b"b"), None);
-        assert_eq!(w.slot_for(sb, None), 1);
+        assert_eq!(w.slot_for(sb, Coord::NONE), 1);
         w.by_hash.insert(hb, 0);
         w.slots[0].same_hash = 1;
-        assert_eq!(w.slot_for(sb, None), 1, "found on the chain");
+        assert_eq!(w.slot_for(sb, Coord::NONE), 1, "found on the chain");
         assert_eq!(w.slots.len(), 2);
         w.group();
         assert_eq!(w.slots.len(), 2);
