@@ -199,10 +199,6 @@ impl fmt::Debug for KeyId {
     }
 }
 
-/// A map by key id. Key ids are drawn from the OS CSPRNG, so their bytes
-/// are already a uniform hash; SipHash over them cost a backup more than
-/// the lookups themselves. (Only the service identity can write the sealed
-/// vault the ids are read from.)
 /// The error of parsing a [`KeyId`].
 #[derive(Debug, thiserror::Error)]
 #[error("invalid key id: expected 32 hex digits")]
@@ -640,6 +636,11 @@ async fn list_at(
         })
 }
 
+/// A location's position in the vault's list, as a key's slot records it.
+fn location_number(i: usize) -> u32 {
+    u32::try_from(i).expect("fewer than 2^32 vault locations")
+}
+
 /// Reads and unwraps one shard object at one location; `None` if absent.
 async fn read_shard(
     loc: &VaultLocation,
@@ -884,7 +885,7 @@ impl Vault {
                                 || have.name != e.name
                                 || have.key.expose() != e.key.expose()
                             {
-                                conflicts.push((e.id, i, usize::from(have.from)));
+                                conflicts.push((e.id, i, have.from as usize));
                             }
                         }
                         None => entries.insert(Slot {
@@ -893,7 +894,7 @@ impl Vault {
                             created: e.created,
                             key: e.key,
                             kind,
-                            from: u16::try_from(i).unwrap_or(u16::MAX),
+                            from: location_number(i),
                         }),
                     }
                 }
@@ -903,7 +904,7 @@ impl Vault {
                 // if it had not been reached.
                 tracing::warn!(url = %url, error = %source, "vault location unreadable");
                 unread.push((url, source.to_string()));
-                let from = u16::try_from(i).unwrap_or(u16::MAX);
+                let from = location_number(i);
                 let added: Vec<KeyId> = entries
                     .iter()
                     .filter(|s| s.from == from)
@@ -1423,10 +1424,11 @@ impl Vault {
         name: &str,
     ) -> Result<DestroyReport, VaultError> {
         let k = (kind, name.to_string());
+        let asked = NameRef::of(name);
         let ids: Vec<KeyId> = self
             .entries
             .iter()
-            .filter(|e| e.kind == kind && e.name.is(name))
+            .filter(|e| e.kind == kind && e.name.as_ref() == asked)
             .map(|e| e.id)
             .collect();
         let t = now();

@@ -83,11 +83,6 @@ impl KeyName {
             KeyName::Text(t) => NameRef::Text(t),
         }
     }
-
-    /// Whether this is the name `name`.
-    pub fn is(&self, name: &str) -> bool {
-        self.as_ref() == NameRef::of(name)
-    }
 }
 
 impl fmt::Display for KeyName {
@@ -111,8 +106,10 @@ pub(super) struct Slot {
     pub key: Key32,
     pub kind: KeyKind,
     /// The first vault location it was read from (its position in the
-    /// vault's list), to name it when another location disagrees.
-    pub from: u16,
+    /// vault's list), to name it when another location disagrees and to
+    /// take its keys back if that location fails part-way. (In the
+    /// padding: a slot is 64 bytes with or without it.)
+    pub from: u32,
 }
 
 /// The unit keys, by id and by (kind, name). See the module docs.
@@ -129,9 +126,23 @@ pub(super) struct KeyTable {
 }
 
 /// Ids are random (drawn by [`KeyId::random`] from the OS CSPRNG), so
-/// their first bytes are a hash already.
+/// their first bytes are a hash already; SipHash over them cost a backup
+/// more than the lookups themselves. (Only the service identity can write
+/// the sealed vault the ids are read from.)
 fn id_hash(id: &KeyId) -> u64 {
     u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
+}
+
+/// The slot numbered `i`. A free function, so that the tables of slot
+/// numbers can be changed while slots are read.
+fn slot_at(segments: &[Vec<Slot>], i: u32) -> &Slot {
+    let i = i as usize;
+    &segments[i / SEGMENT][i % SEGMENT]
+}
+
+/// The hash a slot is found by in the name table.
+fn name_hash(names: &std::hash::RandomState, s: &Slot) -> u64 {
+    names.hash_one((s.kind, s.name.as_ref()))
 }
 
 impl KeyTable {
@@ -139,12 +150,12 @@ impl KeyTable {
         self.len
     }
 
-    fn at(&self, i: u32) -> &Slot {
-        let i = i as usize;
-        &self.segments[i / SEGMENT][i % SEGMENT]
+    /// The key in slot `i` (a number [`KeyTable::numbered`] gave).
+    pub fn slot(&self, i: u32) -> &Slot {
+        slot_at(&self.segments, i)
     }
 
-    fn at_mut(&mut self, i: u32) -> &mut Slot {
+    fn slot_mut(&mut self, i: u32) -> &mut Slot {
         let i = i as usize;
         &mut self.segments[i / SEGMENT][i % SEGMENT]
     }
@@ -155,13 +166,13 @@ impl KeyTable {
 
     fn find_id(&self, id: &KeyId) -> Option<u32> {
         self.by_id
-            .find(id_hash(id), |&i| self.at(i).id == *id)
+            .find(id_hash(id), |&i| self.slot(i).id == *id)
             .copied()
     }
 
     /// The key with this id.
     pub fn get(&self, id: &KeyId) -> Option<&Slot> {
-        self.find_id(id).map(|i| self.at(i))
+        self.find_id(id).map(|i| self.slot(i))
     }
 
     pub fn contains(&self, id: &KeyId) -> bool {
@@ -174,10 +185,10 @@ impl KeyTable {
         let h = self.name_hash(kind, name);
         self.by_name
             .find(h, |&i| {
-                let s = self.at(i);
+                let s = self.slot(i);
                 s.kind == kind && s.name.as_ref() == name
             })
-            .map(|&i| self.at(i))
+            .map(|&i| self.slot(i))
     }
 
     /// Adds a key whose id is not in the table yet. Its name points at it
@@ -192,10 +203,8 @@ impl KeyTable {
         self.segments.last_mut().expect("pushed").push(slot);
         self.len += 1;
         let segments = &self.segments;
-        self.by_id.insert_unique(h, i, |&j| {
-            let j = j as usize;
-            id_hash(&segments[j / SEGMENT][j % SEGMENT].id)
-        });
+        self.by_id
+            .insert_unique(h, i, |&j| id_hash(&slot_at(segments, j).id));
     }
 
     /// Points the key's (kind, name) at it, in place of any other key of
@@ -203,10 +212,7 @@ impl KeyTable {
     pub fn point_name(&mut self, id: &KeyId) {
         let i = self.find_id(id).expect("the key is in the table");
         let (segments, names) = (&self.segments, &self.names);
-        let at = |j: u32| {
-            let j = j as usize;
-            &segments[j / SEGMENT][j % SEGMENT]
-        };
+        let at = |j: u32| slot_at(segments, j);
         let (kind, name) = (at(i).kind, at(i).name.as_ref());
         let h = names.hash_one((kind, name));
         match self.by_name.entry(
@@ -215,10 +221,7 @@ impl KeyTable {
                 let s = at(j);
                 s.kind == kind && s.name.as_ref() == name
             },
-            |&j| {
-                let s = at(j);
-                names.hash_one((s.kind, s.name.as_ref()))
-            },
+            |&j| name_hash(names, at(j)),
         ) {
             hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = i,
             hashbrown::hash_table::Entry::Vacant(v) => {
@@ -233,21 +236,15 @@ impl KeyTable {
     pub fn rebuild_names(&mut self) {
         self.by_name.clear();
         let (segments, names) = (&self.segments, &self.names);
-        let at = |j: u32| {
-            let j = j as usize;
-            &segments[j / SEGMENT][j % SEGMENT]
-        };
-        let rehash = |&j: &u32| {
-            let s = at(j);
-            names.hash_one((s.kind, s.name.as_ref()))
-        };
+        let at = |j: u32| slot_at(segments, j);
+        let rehash = |&j: &u32| name_hash(names, at(j));
         // Room for every name at once: growing the table would hash every
         // name again at each doubling.
         self.by_name.reserve(self.len, rehash);
         for i in 0..self.len as u32 {
             let s = at(i);
             let name = s.name.as_ref();
-            let h = names.hash_one((s.kind, name));
+            let h = name_hash(names, s);
             match self.by_name.entry(
                 h,
                 |&j| {
@@ -274,23 +271,19 @@ impl KeyTable {
     pub fn remove(&mut self, id: &KeyId) -> Option<Slot> {
         let i = self.find_id(id)?;
         let (segments, names) = (&self.segments, &self.names);
-        let at = |j: u32| {
-            let j = j as usize;
-            &segments[j / SEGMENT][j % SEGMENT]
-        };
-        let s = at(i);
-        let name_hash = names.hash_one((s.kind, s.name.as_ref()));
+        let at = |j: u32| slot_at(segments, j);
+        let nameh = name_hash(names, at(i));
         if let Ok(o) = self.by_id.find_entry(id_hash(id), |&j| j == i) {
             o.remove();
         }
-        if let Ok(o) = self.by_name.find_entry(name_hash, |&j| j == i) {
+        if let Ok(o) = self.by_name.find_entry(nameh, |&j| j == i) {
             o.remove();
         }
         // The last slot moves into the hole.
         let last = (self.len - 1) as u32;
         if i != last {
             let s = at(last);
-            let (idh, nameh) = (id_hash(&s.id), names.hash_one((s.kind, s.name.as_ref())));
+            let (idh, nameh) = (id_hash(&s.id), name_hash(names, s));
             if let Some(j) = self.by_id.find_mut(idh, |&j| j == last) {
                 *j = i;
             }
@@ -310,7 +303,7 @@ impl KeyTable {
         if i == last {
             return Some(moved);
         }
-        Some(std::mem::replace(self.at_mut(i), moved))
+        Some(std::mem::replace(self.slot_mut(i), moved))
     }
 
     /// Every key, in no particular order.
@@ -321,11 +314,6 @@ impl KeyTable {
     /// Every key with its slot number, valid until the next removal.
     pub fn numbered(&self) -> impl Iterator<Item = (u32, &Slot)> {
         (0..).zip(self.iter())
-    }
-
-    /// The key in slot `i` (a number [`KeyTable::numbered`] gave).
-    pub fn slot(&self, i: u32) -> &Slot {
-        self.at(i)
     }
 }
 
@@ -345,6 +333,12 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_is_64_bytes() {
+        // The vault holds a slot per customer (module docs).
+        assert_eq!(std::mem::size_of::<Slot>(), 64);
+    }
+
+    #[test]
     fn names_keep_one_form() {
         let hex = "0123456789abcdef0123456789abcdef";
         let n = KeyName::new(hex);
@@ -354,7 +348,7 @@ mod tests {
         let mut out = Vec::new();
         n.as_ref().write_to(&mut out);
         assert_eq!(out, hex.as_bytes());
-        assert!(n.is(hex));
+        assert_eq!(n.as_ref(), NameRef::of(hex));
         // Upper case, another length, or other text are text, and differ.
         for other in [
             "0123456789ABCDEF0123456789abcdef",
@@ -366,7 +360,8 @@ mod tests {
             assert!(matches!(t, KeyName::Text(_)), "{other}");
             assert_eq!(t.to_string(), other);
             assert_eq!(t.as_ref().len(), other.len());
-            assert!(!n.is(other) && t.is(other));
+            assert_ne!(n.as_ref(), NameRef::of(other));
+            assert_eq!(t.as_ref(), NameRef::of(other));
         }
     }
 
