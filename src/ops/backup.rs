@@ -1662,10 +1662,7 @@ impl ReaderCtx {
             .collect();
         list.sort_unstable();
         list.dedup();
-        let built = self
-            .handle
-            .block_on(objects.index_of(&list))
-            .map_err(|e| OpsError::Internal(format!("loading the index: {e}")))?;
+        let built = self.handle.block_on(objects.index_of(&list))?;
         self.index = built.index.clone();
         Ok(())
     }

@@ -297,12 +297,10 @@ impl Locator {
     ) -> Result<(Arc<Index>, Vec<(Id, GroupEntry)>), OpsError> {
         let meta = self.meta.clone();
         let index = self.window(packs).await?;
-        let read = window_groups(cache, &index, &meta, table, pages).await?;
-        if let Ok(groups) = &read {
-            if locates(&index, vault, groups) {
-                return Ok((index, read.expect("matched above")));
-            }
-        }
+        let read = match window_groups(cache, &index, &meta, table, pages).await? {
+            Ok(groups) if locates(&index, vault, &groups) => return Ok((index, groups)),
+            read => read,
+        };
         if self.whole.is_none() {
             tracing::warn!(
                 snapshot,
