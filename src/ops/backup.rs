@@ -35,10 +35,11 @@ use crate::store::{GroupCoords, TablePlan};
 use crate::target::Target;
 use crate::vault::{KeyId, KeyKind, Vault};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -1514,25 +1515,45 @@ fn parse_sum(hex_sum: &str) -> Option<u128> {
 }
 
 /// What the grouping threads share (read-only) while a window is stored.
+/// It owns what it holds, so the storing thread can page a batch's groups
+/// while the grouping threads chunk the next ones.
 struct GroupCtx<'a> {
-    meta: &'a MetaKey,
-    index: &'a Index,
-    counters: &'a Counters,
+    meta: Arc<MetaKey>,
+    index: Arc<Index>,
+    counters: Arc<Counters>,
     table: &'a str,
     params: ChunkParams,
     seed: u64,
+    /// The window's time keys; a [`GroupRef`] names one by position.
+    times: Vec<TimeRef>,
+}
+
+/// A time key of a window: its id, its key and the time unit label
+/// written in tree pages. Shared by every group of a bucket.
+struct TimeRef {
+    id: KeyId,
+    key: Key32,
+    unit: Arc<str>,
 }
 
 /// A group's keys, resolved (and created if new) once per window: its time
-/// key, its subject key and its time unit label. The key bytes travel with
-/// the ids, so the grouping threads never look them up again.
+/// key (a position in [`GroupCtx::times`]) and its subject key. The subject
+/// key's bytes travel with its id, so the grouping threads never look it up
+/// again. One per group of the window being stored: kept small.
 struct GroupRef {
-    t: KeyId,
     s: Option<KeyId>,
-    tkey: Arc<Key32>,
     skey: Option<Key32>,
-    unit: Arc<str>,
+    time: u32,
 }
+
+/// Groups a grouping thread chunks at a time. The storing thread pages a
+/// batch's entries as soon as the batches before it are in, so a window's
+/// entries are never all held at once.
+const GROUP_BATCH: usize = 2048;
+
+/// A batch of groups chunked: its number, and its entries in order with
+/// their rows' share of the table checksum.
+type GroupBatch = (usize, Result<(Vec<GroupEntry>, u128), OpsError>);
 
 /// The vault kind and name of the time key of a group of `class`: its
 /// period bucket, or else the class epoch (`label`) of the snapshot.
@@ -1580,21 +1601,22 @@ impl GroupCtx<'_> {
                 crate::prefetch::line(&window.slots[after as usize]);
             }
             let slot = &window.slots[slot as usize];
+            let time = &self.times[r.time as usize];
             let keys = Arc::new(ChunkKeys::new(group_key(
                 r.skey.as_ref(),
-                &r.tkey,
+                &time.key,
                 self.table,
             )));
             let mut chunks = Vec::new();
             let mut emit = |c: &[u8]| {
                 ReaderCtx::emit(
                     work,
-                    self.index,
+                    &self.index,
                     None,
                     packs,
-                    self.counters,
+                    &self.counters,
                     &keys,
-                    r.t,
+                    time.id,
                     &mut chunks,
                     c,
                 )
@@ -1616,8 +1638,8 @@ impl GroupCtx<'_> {
             out.push(GroupEntry {
                 g: keys.group_id.0[..8].try_into().unwrap(),
                 s: r.s,
-                t: r.t,
-                u: r.unit.clone(),
+                t: time.id,
+                u: time.unit.clone(),
                 rows: u64::from(slot.rows),
                 bytes: u64::from(slot.bytes),
                 chunks,
@@ -1930,28 +1952,29 @@ impl ReaderCtx {
         // at every vault location before any chunk sealed under it exists.
         // Groups come sorted by bucket, so the time key changes rarely.
         let epoch = self.policy.store.epoch.label(self.now);
+        let mut times: Vec<TimeRef> = Vec::new();
         let refs: Vec<GroupRef> = {
             let mut v = self.vault.blocking_lock();
-            type TimeKey<'w> = (Option<&'w [u8]>, KeyId, Arc<Key32>, Arc<str>);
-            let mut last: Option<TimeKey> = None;
+            let mut last: Option<Option<&[u8]>> = None;
             let mut refs = Vec::with_capacity(order.len());
             for &slot in &order {
                 let slot = &window.slots[slot as usize];
                 let bucket = window.text(slot.bucket);
-                if last.as_ref().is_none_or(|l| l.0 != bucket) {
+                if last != Some(bucket) {
                     let text = window.coord(slot.bucket);
                     let (kind, name) = time_key_name(class, text.as_deref(), &epoch);
                     let (id, key) = v.get_or_create(kind, &name);
-                    let key = Arc::new(key.clone());
-                    last = Some((bucket, id, key, unit_label(kind, &name).into()));
+                    times.push(TimeRef {
+                        id,
+                        key: key.clone(),
+                        unit: unit_label(kind, &name).into(),
+                    });
+                    last = Some(bucket);
                 }
-                let (_, t, tkey, unit) = last.as_ref().unwrap();
                 refs.push(GroupRef {
-                    t: *t,
                     s: None,
-                    tkey: tkey.clone(),
                     skey: None,
-                    unit: unit.clone(),
+                    time: (times.len() - 1) as u32,
                 });
             }
             // Then the subject keys, looked up on several threads (a keyed
@@ -1969,64 +1992,136 @@ impl ReaderCtx {
             refs
         };
         self.persist_vault()?;
-        // Then the groups, in contiguous slices on several threads (key
-        // derivation, chunking and hashing are per group); their entries are
-        // put back in order.
-        let threads = self.threads.max(1);
-        let per = order.len().div_ceil(threads).max(1);
-        type Done = (Vec<GroupEntry>, u128, PackSet);
-        let results: Vec<Result<Done, OpsError>> = {
-            let shared = GroupCtx {
-                meta: &self.meta,
-                index: &self.index,
-                counters: &self.counters,
-                table,
-                params: self.params,
-                seed: self.seed,
-            };
-            std::thread::scope(|scope| {
-                let window = &*window;
-                let handles: Vec<_> = order
-                    .chunks(per)
-                    .zip(refs.chunks(per))
-                    .map(|(slice, refs)| {
-                        let mut sender = self.work.fork();
-                        let shared = &shared;
-                        scope.spawn(move || {
-                            let mut packs = PackSet::default();
-                            let r = shared.process(window, slice, refs, &mut sender, &mut packs);
-                            r.and_then(|(e, sum)| sender.flush().map(|_| (e, sum, packs)))
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(OpsError::Internal("a grouping thread panicked".into()))
-                        })
-                    })
-                    .collect()
-            })
+        // Then the groups, in batches on several threads (key derivation,
+        // chunking and hashing are per group). This thread pages each
+        // batch's entries in order as the batches come in, while the
+        // threads chunk the next ones; a batch is handed out only when it
+        // is at most `ahead` batches past the first one not paged yet.
+        let ctx = GroupCtx {
+            meta: self.meta.clone(),
+            index: self.index.clone(),
+            counters: self.counters.clone(),
+            table,
+            params: self.params,
+            seed: self.seed,
+            times,
         };
-        let mut checksum = 0u128;
-        for r in results {
-            let (entries, sum, packs) = r?;
-            checksum = checksum.wrapping_add(sum);
-            if let Some(known) = self.hint.known.as_mut() {
-                known.merge(&packs);
+        let batches = order.len().div_ceil(GROUP_BATCH);
+        let threads = self.threads.max(1).min(batches.max(1));
+        let ahead = 2 * threads;
+        let senders: Vec<WorkSender> = (0..threads).map(|_| self.work.fork()).collect();
+        let (done_tx, done_rx) = channel::<GroupBatch>();
+        let (ticket_tx, ticket_rx) = channel::<usize>();
+        let ticket_rx = Mutex::new(ticket_rx);
+        let window = &*window;
+        let (order, refs, ctx) = (&order, &refs, &ctx);
+        std::thread::scope(|scope| -> Result<(u64, u128), OpsError> {
+            let handles: Vec<_> = senders
+                .into_iter()
+                .map(|mut sender| {
+                    let (done_tx, ticket_rx) = (done_tx.clone(), &ticket_rx);
+                    scope.spawn(move || {
+                        let mut packs = PackSet::default();
+                        loop {
+                            let next = ticket_rx
+                                .lock()
+                                .map_err(|_| ())
+                                .and_then(|rx| rx.recv().map_err(|_| ()));
+                            let Ok(k) = next else { break };
+                            let range = k * GROUP_BATCH..((k + 1) * GROUP_BATCH).min(order.len());
+                            // A panic is reported as the batch's error, so
+                            // the storing thread never waits for it.
+                            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                ctx.process(
+                                    window,
+                                    &order[range.clone()],
+                                    &refs[range],
+                                    &mut sender,
+                                    &mut packs,
+                                )
+                            }))
+                            .unwrap_or_else(|_| {
+                                Err(OpsError::Internal("a grouping thread panicked".into()))
+                            });
+                            let failed = r.is_err();
+                            if done_tx.send((k, r)).is_err() || failed {
+                                break;
+                            }
+                        }
+                        sender.flush().map(|_| packs)
+                    })
+                })
+                .collect();
+            drop(done_tx);
+            let paged =
+                self.page_batches((batches, ahead), &ticket_tx, &done_rx, table, pager, pages);
+            // The threads end once no batch is left to hand out.
+            drop(ticket_tx);
+            let mut joined = Ok(());
+            for h in handles {
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(OpsError::Internal("a grouping thread panicked".into()))
+                });
+                match r {
+                    Ok(packs) => {
+                        if let Some(known) = self.hint.known.as_mut() {
+                            known.merge(&packs);
+                        }
+                    }
+                    Err(e) => joined = joined.and(Err(e)),
+                }
             }
-            for entry in entries {
-                for p in pager.push(entry) {
-                    pages.push(self.store_page(Page::Groups {
-                        version: PAGE_VERSION,
-                        table: table.to_string(),
-                        groups: p,
-                    })?);
+            let checksum = paged?;
+            joined?;
+            Ok((n, checksum))
+        })
+    }
+
+    /// Hands out the batches of a window's groups (`batches` of them, at
+    /// most `ahead` past the first not paged yet) and pages their entries
+    /// in order as they come in. Returns their rows' share of the table
+    /// checksum, or the first error a batch reported.
+    fn page_batches(
+        &mut self,
+        (batches, ahead): (usize, usize),
+        tickets: &Sender<usize>,
+        done: &Receiver<GroupBatch>,
+        table: &str,
+        pager: &mut GroupPager,
+        pages: &mut Vec<Id>,
+    ) -> Result<u128, OpsError> {
+        let stopped = || OpsError::Internal("the grouping threads stopped".into());
+        let mut handed = 0;
+        while handed < batches.min(ahead) {
+            tickets.send(handed).map_err(|_| stopped())?;
+            handed += 1;
+        }
+        let mut waiting: BTreeMap<usize, Vec<GroupEntry>> = BTreeMap::new();
+        let mut checksum = 0u128;
+        let mut next = 0;
+        while next < batches {
+            let (k, r) = done.recv().map_err(|_| stopped())?;
+            let (entries, sum) = r?;
+            checksum = checksum.wrapping_add(sum);
+            waiting.insert(k, entries);
+            while let Some(entries) = waiting.remove(&next) {
+                next += 1;
+                for entry in entries {
+                    for p in pager.push(entry) {
+                        pages.push(self.store_page(Page::Groups {
+                            version: PAGE_VERSION,
+                            table: table.to_string(),
+                            groups: p,
+                        })?);
+                    }
+                }
+                if handed < batches {
+                    tickets.send(handed).map_err(|_| stopped())?;
+                    handed += 1;
                 }
             }
         }
-        Ok((n, checksum))
+        Ok(checksum)
     }
 
     /// Sets the subject key of each group in `order` (`refs`, in the same
