@@ -40,7 +40,7 @@ use std::io::Read;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 /// Tunables of a backup.
@@ -1573,6 +1573,49 @@ fn unit_label(kind: KeyKind, name: &str) -> String {
 }
 
 impl GroupCtx<'_> {
+    /// A grouping thread: chunks the batches of `order` (and `refs`) whose
+    /// numbers it takes from `tickets`, sending each batch's result to
+    /// `done`, until no batch is left or one failed. Returns the packs its
+    /// chunks went to, once its last chunks are handed to the workers.
+    fn serve(
+        &self,
+        window: &Window,
+        order: &[u32],
+        refs: &[GroupRef],
+        tickets: &Mutex<Receiver<usize>>,
+        done: Sender<GroupBatch>,
+        mut sender: WorkSender,
+    ) -> Result<PackSet, OpsError> {
+        let mut packs = PackSet::default();
+        loop {
+            // The lock is held only while waiting for a number (a guard in
+            // a `while let` would be held through the batch).
+            let next = tickets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .recv();
+            let Ok(k) = next else { break };
+            let range = k * GROUP_BATCH..((k + 1) * GROUP_BATCH).min(order.len());
+            // A panic is reported as the batch's error, so the storing
+            // thread never waits for it.
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.process(
+                    window,
+                    &order[range.clone()],
+                    &refs[range],
+                    &mut sender,
+                    &mut packs,
+                )
+            }))
+            .unwrap_or_else(|_| Err(OpsError::Internal("a grouping thread panicked".into())));
+            let failed = r.is_err();
+            if done.send((k, r)).is_err() || failed {
+                break;
+            }
+        }
+        sender.flush().map(|_| packs)
+    }
+
     /// Chunks a slice of a window's groups (their keys already exist and
     /// are persisted) and returns their entries in order.
     fn process(
@@ -2007,7 +2050,7 @@ impl ReaderCtx {
             times,
         };
         let batches = order.len().div_ceil(GROUP_BATCH);
-        let threads = self.threads.max(1).min(batches.max(1));
+        let threads = self.threads.clamp(1, batches.max(1));
         let ahead = 2 * threads;
         let senders: Vec<WorkSender> = (0..threads).map(|_| self.work.fork()).collect();
         let (done_tx, done_rx) = channel::<GroupBatch>();
@@ -2018,38 +2061,9 @@ impl ReaderCtx {
         std::thread::scope(|scope| -> Result<(u64, u128), OpsError> {
             let handles: Vec<_> = senders
                 .into_iter()
-                .map(|mut sender| {
-                    let (done_tx, ticket_rx) = (done_tx.clone(), &ticket_rx);
-                    scope.spawn(move || {
-                        let mut packs = PackSet::default();
-                        loop {
-                            let next = ticket_rx
-                                .lock()
-                                .map_err(|_| ())
-                                .and_then(|rx| rx.recv().map_err(|_| ()));
-                            let Ok(k) = next else { break };
-                            let range = k * GROUP_BATCH..((k + 1) * GROUP_BATCH).min(order.len());
-                            // A panic is reported as the batch's error, so
-                            // the storing thread never waits for it.
-                            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                                ctx.process(
-                                    window,
-                                    &order[range.clone()],
-                                    &refs[range],
-                                    &mut sender,
-                                    &mut packs,
-                                )
-                            }))
-                            .unwrap_or_else(|_| {
-                                Err(OpsError::Internal("a grouping thread panicked".into()))
-                            });
-                            let failed = r.is_err();
-                            if done_tx.send((k, r)).is_err() || failed {
-                                break;
-                            }
-                        }
-                        sender.flush().map(|_| packs)
-                    })
+                .map(|sender| {
+                    let (done, tickets) = (done_tx.clone(), &ticket_rx);
+                    scope.spawn(move || ctx.serve(window, order, refs, tickets, done, sender))
                 })
                 .collect();
             drop(done_tx);
