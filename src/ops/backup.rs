@@ -852,6 +852,9 @@ struct Window {
     /// Rowid table: the rowids the window stands for (set by the reader
     /// when it hands the window over).
     range: RowidRange,
+    /// The digest of the leaves the window's rowids meet, for the next
+    /// backup ([`TableLeaves::stretch`]; set by the reader with `range`).
+    stretch: Option<[u8; 32]>,
 }
 
 /// Where a coordinate's text is in `Window::coord_bytes` (start, length),
@@ -1099,6 +1102,7 @@ impl Window {
         self.coord_bytes.clear();
         self.bytes = 0;
         self.range = RowidRange::ALL;
+        self.stretch = None;
     }
 }
 
@@ -1386,7 +1390,12 @@ struct TablePrep {
     plan: TablePlan,
     class: String,
     prior: PriorWindows,
-    leaves: Option<TableLeaves>,
+    /// Whether to read rows from the table's leaf pages (a failed walk
+    /// reads them with a query).
+    pages: bool,
+    /// Whether the table is read in stretches around the parent's windows
+    /// whose leaves digest as they did (`same`).
+    stretched: bool,
     fingerprint: blake3::Hasher,
     /// The parent's windows whose leaves digest as they did.
     same: Vec<usize>,
@@ -1419,6 +1428,26 @@ enum Stretch {
 #[cfg(test)]
 fn plan_stretches(prior: &PriorWindows, same: impl FnMut(usize) -> bool) -> Vec<Stretch> {
     Stretches::new(prior, same).collect()
+}
+
+/// The stretch digest of a read window (`window`, inside the read
+/// stretch `stretch`) from the stretch's leaves: what the whole table's
+/// leaves give for it. `None` without leaves, or for a window that does not
+/// lie inside the stretch (a row whose rowid could not be read ends it).
+fn window_stretch(
+    leaves: Option<&TableLeaves>,
+    stretch: RowidRange,
+    window: RowidRange,
+    h: &blake3::Hasher,
+) -> Option<[u8; 32]> {
+    let starts_inside = stretch
+        .from
+        .is_none_or(|f| window.from.is_some_and(|w| w >= f));
+    let ends_inside = stretch.to.is_none_or(|t| window.to.is_some_and(|w| w <= t));
+    if !(starts_inside && ends_inside) {
+        return None;
+    }
+    leaves.map(|l| l.stretch(window.from, window.to, h.clone()))
 }
 
 /// The stretches of a table one at a time, in rowid order (see
@@ -1826,7 +1855,7 @@ impl ReaderCtx {
                     acc.windows.push(WindowMark {
                         from: window.range.from,
                         to: window.range.to,
-                        stretch: None,
+                        stretch: window.stretch.map(hex::encode),
                         ..mark.clone()
                     });
                     self.hints.push(KnownPacks {
@@ -1869,7 +1898,7 @@ impl ReaderCtx {
             pages: (acc.pages.len() - pages_before) as u64,
             from: window.range.from,
             to: window.range.to,
-            stretch: None,
+            stretch: window.stretch.map(hex::encode),
             packs: None,
         });
         let hint = std::mem::take(&mut self.hint);
@@ -2347,38 +2376,64 @@ impl ReaderCtx {
     }
 
     /// What a table needs before any table is read: its plan, its
-    /// parent's windows, its b-tree leaves (to skip stretches unchanged
-    /// since the parent and to mark this snapshot's windows for the next)
-    /// and which of the parent's windows digest as they did.
+    /// parent's windows, and which of them digest as they did (a walk of
+    /// the table's b-tree that keeps no leaf: the leaves of the stretches
+    /// that are read are walked again just before they are, so no
+    /// table's leaves wait in memory while the tables before it are read).
     fn prepare_table(&self, src: &SqliteSource, ts: &TableSchema) -> TablePrep {
         let plan = self.policy.plan(&ts.name);
         let class = self.policy.class_of(&ts.name).as_str().to_string();
         let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
         let began = Instant::now();
-        let leaves = match src.table_leaves(ts) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading all its rows");
-                None
+        let fingerprint = self.stretch_hasher(&ts.name, &class, &plan);
+        // The parent's windows that can stand unread if their leaves digest
+        // as they did.
+        let candidates: Vec<usize> = (0..prior.list.len())
+            .filter(|&i| {
+                let mark = &prior.list[i].0;
+                mark.stretch.is_some() && parse_sum(&mark.checksum).is_some()
+            })
+            .collect();
+        let (pages, same) = if candidates.is_empty() {
+            // Every row is read; the walk comes then.
+            (true, Vec::new())
+        } else {
+            let ranges: Vec<RowidRange> = candidates
+                .iter()
+                .map(|&i| {
+                    let mark = &prior.list[i].0;
+                    RowidRange {
+                        from: mark.from,
+                        to: mark.to,
+                    }
+                })
+                .collect();
+            match src.stretch_digests(ts, &ranges, &fingerprint) {
+                Ok(Some(digests)) => {
+                    let same = candidates
+                        .into_iter()
+                        .zip(digests)
+                        .filter(|(i, now)| {
+                            prior.list[*i].0.stretch.as_deref() == Some(hex::encode(now).as_str())
+                        })
+                        .map(|(i, _)| i)
+                        .collect();
+                    (true, same)
+                }
+                Ok(None) => (false, Vec::new()),
+                Err(e) => {
+                    tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading all its rows");
+                    (false, Vec::new())
+                }
             }
         };
-        let fingerprint = self.stretch_hasher(&ts.name, &class, &plan);
-        let same = match &leaves {
-            Some(l) => (0..prior.list.len())
-                .filter(|&i| {
-                    let mark = &prior.list[i].0;
-                    let now = l.stretch(mark.from, mark.to, fingerprint.clone());
-                    mark.stretch.as_deref() == Some(hex::encode(now).as_str())
-                        && parse_sum(&mark.checksum).is_some()
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let stretched = !same.is_empty();
         TablePrep {
             plan,
             class,
             prior,
-            leaves,
+            pages,
+            stretched,
             fingerprint,
             same,
             walk_ms: began.elapsed().as_millis() as u64,
@@ -2399,7 +2454,8 @@ impl ReaderCtx {
             plan,
             class,
             prior,
-            leaves,
+            pages,
+            stretched,
             fingerprint,
             walk_ms,
             ..
@@ -2425,12 +2481,11 @@ impl ReaderCtx {
             }
             None => false,
         };
-        let stretches: Box<dyn Iterator<Item = Stretch> + '_> =
-            if leaves.is_some() && !prior.list.is_empty() {
-                Box::new(Stretches::new(&prior, same))
-            } else {
-                Box::new(std::iter::once(Stretch::Read(RowidRange::ALL)))
-            };
+        let stretches: Box<dyn Iterator<Item = Stretch> + '_> = if stretched {
+            Box::new(Stretches::new(&prior, same))
+        } else {
+            Box::new(std::iter::once(Stretch::Read(RowidRange::ALL)))
+        };
         let planned = Instant::now();
         let mut rows = 0u64;
         let mut unread = 0u64;
@@ -2441,6 +2496,9 @@ impl ReaderCtx {
         let failure = self.failure.clone();
         let progress = self.progress.clone();
         let has_rowid = ts.rowid.is_some();
+        // The most leaves one stretch held, for the debug line.
+        let mut walked = (0usize, 0usize);
+        let mut pages = pages;
         // Two windows: this thread reads rows into one while another
         // thread stores the one before (digest, reuse or keys, chunks,
         // pages). A full window is handed over, never queued, and comes
@@ -2493,6 +2551,25 @@ impl ReaderCtx {
                     }
                     Stretch::Read(range) => range,
                 };
+                // The leaves of the stretch: its rows are read from them,
+                // and its windows' stretch digests come from them.
+                let leaves = if pages {
+                    match src.table_leaves(ts, range) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading its rows with a query");
+                            pages = false;
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                if let Some(l) = &leaves {
+                    walked.0 = walked.0.max(l.leaves.len());
+                    walked.1 = walked.1.max(l.heap_bytes());
+                }
+                let leaves = leaves.as_ref();
                 window.range = RowidRange {
                     from: range.from,
                     to: None,
@@ -2500,7 +2577,7 @@ impl ReaderCtx {
                 let r = src.scan_natural_pages(
                     ts,
                     &plan,
-                    leaves.as_ref(),
+                    leaves,
                     range,
                     |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
                         if failure.is_set() {
@@ -2518,6 +2595,8 @@ impl ReaderCtx {
                                 .flatten()
                                 .and_then(|(rowid, _)| rowid?.checked_add(1));
                             window.range.to = to;
+                            window.stretch =
+                                window_stretch(leaves, range, window.range, &fingerprint);
                             let next = free_rx.recv().map_err(|_| handed_over())?;
                             let full = std::mem::replace(&mut window, next);
                             window.range.from = to;
@@ -2541,6 +2620,7 @@ impl ReaderCtx {
                     // A read stretch ends its last window, so the
                     // unread window after it starts a window too.
                     window.range.to = range.to;
+                    window.stretch = window_stretch(leaves, range, window.range, &fingerprint);
                     let next = match free_rx.recv() {
                         Ok(w) => w,
                         Err(_) => break, // the store failed
@@ -2558,29 +2638,22 @@ impl ReaderCtx {
             (scan, stored)
         });
         // The store's own error explains a reader stopped by it.
-        let mut acc = match (scan, stored) {
+        let acc = match (scan, stored) {
             (_, Err(e)) => return Err(e),
             (Err(ScanError::Store(e)), Ok(_)) => return Err(e.into()),
             (Err(ScanError::Sink(e)), Ok(_)) => return Err(e),
             (Ok(()), Ok(acc)) => acc,
         };
-        // Each window's stretch digest, for the next backup.
-        if let Some(l) = &leaves {
-            for m in &mut acc.windows {
-                m.stretch = Some(hex::encode(l.stretch(m.from, m.to, fingerprint.clone())));
-            }
-        }
         tracing::debug!(
             table = %ts.name,
             rows,
             unread,
-            leaves = leaves.as_ref().map_or(0, |l| l.leaves.len()),
-            leaves_mib = leaves.as_ref().map_or(0, |l| l.heap_bytes() >> 20),
+            leaves = walked.0,
+            leaves_mib = walked.1 >> 20,
             walk_ms,
             read_ms = planned.elapsed().as_millis() as u64,
             "table read"
         );
-        drop(leaves);
         self.progress.advance(since_progress);
         self.progress.finish_phase();
         Ok(acc.into_entry(name, class, rows, tbytes))

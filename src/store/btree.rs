@@ -40,30 +40,57 @@ pub struct Leaf {
     pub digest: [u8; 32],
 }
 
-/// A table's leaves in rowid order, with what else decides how its rows
-/// read back (its `CREATE` statement, the text encoding, the page layout).
+impl Leaf {
+    /// Whether the leaf meets the rowids `[from, to)` (`None`: unbounded):
+    /// its rowid span overlaps them, whether or not a row of it falls in.
+    fn meets(&self, from: Option<i64>, to: Option<i64>) -> bool {
+        from.is_none_or(|f| self.max >= f) && to.is_none_or(|t| self.min < t)
+    }
+}
+
+/// What besides its leaves decides how a table's rows read back: its
+/// `CREATE` statement, the text encoding, the page layout.
 #[derive(Clone, Debug)]
-pub struct TableLeaves {
-    pub leaves: Vec<Leaf>,
+struct TableHead {
     sql: String,
     encoding: String,
     page_size: u32,
     usable: u32,
 }
 
-impl TableLeaves {
-    /// The digest of the leaves holding rowids in `[from, to)` (`None`:
-    /// unbounded), after what `h` already holds. Any change to a row in the
-    /// range (update, insert, delete, a spilled value's tail) changes a
-    /// leaf or overflow page, or which leaves the range meets, so it
-    /// changes the digest; rows outside the range may change it too.
-    pub fn stretch(&self, from: Option<i64>, to: Option<i64>, mut h: blake3::Hasher) -> [u8; 32] {
+impl TableHead {
+    /// `h` with the head added: every stretch digest starts so.
+    fn begin(&self, mut h: blake3::Hasher) -> blake3::Hasher {
         for part in [self.sql.as_bytes(), self.encoding.as_bytes()] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
         h.update(&self.page_size.to_le_bytes());
         h.update(&self.usable.to_le_bytes());
+        h
+    }
+}
+
+/// The leaves of a table (all of them, or those meeting a range of
+/// rowids) in rowid order, with what else decides how its rows read back.
+#[derive(Clone, Debug)]
+pub struct TableLeaves {
+    pub leaves: Vec<Leaf>,
+    head: TableHead,
+}
+
+impl TableLeaves {
+    /// The digest of the leaves holding rowids in `[from, to)` (`None`:
+    /// unbounded), after what `h` already holds: every leaf that meets the
+    /// range, in order, then their count. Any change to a row in the
+    /// range (update, insert, delete, a spilled value's tail) changes a
+    /// leaf or overflow page, or which leaves the range meets, so it
+    /// changes the digest; rows outside the range may change it too.
+    ///
+    /// Leaves walked for a range ([`walk_range`]) give the digest of any
+    /// range inside it that the whole table's leaves give.
+    pub fn stretch(&self, from: Option<i64>, to: Option<i64>, h: blake3::Hasher) -> [u8; 32] {
+        let mut h = self.head.begin(h);
         let start = match from {
             Some(f) => self.leaves.partition_point(|l| l.max < f),
             None => 0,
@@ -82,7 +109,7 @@ impl TableLeaves {
 
     /// The database's text encoding in the walk's read transaction.
     pub(super) fn encoding(&self) -> &str {
-        &self.encoding
+        &self.head.encoding
     }
 
     /// Heap bytes held (for the memory figures).
@@ -99,10 +126,90 @@ const INDEX_LEAF: u8 = 0x0a;
 /// Deeper than any real b-tree (SQLite itself stops at 20).
 const MAX_DEPTH: usize = 40;
 
-/// Walks `table`'s b-tree on `conn` (inside its read transaction). `None`
-/// when the table has no b-tree of its own to walk (a virtual table, a
-/// WITHOUT ROWID table) or the SQLite build has no `sqlite_dbpage`.
+/// Walks `table`'s b-tree on `conn` (inside its read transaction): every
+/// leaf. `None` when the table has no b-tree of its own to walk (a
+/// virtual table, a WITHOUT ROWID table) or the SQLite build has no
+/// `sqlite_dbpage`.
 pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, BtreeError> {
+    walk_range(conn, table, None, None)
+}
+
+/// Like [`walk`], but only the leaves that meet the rowids `[from, to)`
+/// (`None`: unbounded): subtrees whose keys keep them outside are not
+/// read. Only a walk of the whole table checks every page, so a range is
+/// walked after the whole table was, in the same read transaction.
+pub fn walk_range(
+    conn: &Connection,
+    table: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<Option<TableLeaves>, BtreeError> {
+    let mut leaves = Vec::new();
+    let head = walk_each(conn, table, from, to, |_, leaf| leaves.push(leaf))?;
+    Ok(head.map(|head| TableLeaves { leaves, head }))
+}
+
+/// The digest [`TableLeaves::stretch`] gives each of `ranges` (rowids
+/// `[from, to)`, in any order, overlapping or not), after `h`, from one walk
+/// of the whole table that keeps no leaf. `None` as for [`walk`].
+pub fn stretch_digests(
+    conn: &Connection,
+    table: &str,
+    ranges: &[(Option<i64>, Option<i64>)],
+    h: &blake3::Hasher,
+) -> Result<Option<Vec<[u8; 32]>>, BtreeError> {
+    // The ranges by where they start (unbounded first); those that may
+    // still meet a leaf are active. Leaves come in rowid order, so a range
+    // whose end a leaf has passed meets no later leaf.
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].0);
+    let mut next = 0;
+    let mut active: Vec<usize> = Vec::new();
+    let mut sums: Vec<(blake3::Hasher, u64)> = Vec::new();
+    let head = walk_each(conn, table, None, None, |head, leaf| {
+        if sums.is_empty() {
+            sums = vec![(head.begin(h.clone()), 0); ranges.len()];
+        }
+        while let Some(&i) = order.get(next) {
+            if ranges[i].0.is_some_and(|f| f > leaf.max) {
+                break;
+            }
+            active.push(i);
+            next += 1;
+        }
+        active.retain(|&i| ranges[i].1.is_none_or(|t| t > leaf.min));
+        for &i in &active {
+            sums[i].0.update(&leaf.digest);
+            sums[i].1 += 1;
+        }
+    })?;
+    let Some(head) = head else {
+        return Ok(None);
+    };
+    if sums.is_empty() {
+        sums = vec![(head.begin(h.clone()), 0); ranges.len()];
+    }
+    Ok(Some(
+        sums.into_iter()
+            .map(|(mut h, n)| {
+                h.update(&n.to_le_bytes());
+                *h.finalize().as_bytes()
+            })
+            .collect(),
+    ))
+}
+
+/// The walk behind [`walk_range`] and [`stretch_digests`]: gives `visit`
+/// every leaf that meets `[from, to)`, in rowid order, and returns the
+/// table's head. Each page's rows must lie within the keys its parents
+/// give it, and rowids must rise from leaf to leaf.
+fn walk_each(
+    conn: &Connection,
+    table: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    mut visit: impl FnMut(&TableHead, Leaf),
+) -> Result<Option<TableHead>, BtreeError> {
     let sql_err = |doing| move |source| BtreeError::Sql { doing, source };
     let row: Option<(Option<i64>, Option<String>)> = conn
         .query_row(
@@ -126,19 +233,50 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
     let encoding: String = conn
         .query_row("PRAGMA main.encoding", [], |r| r.get(0))
         .map_err(sql_err("reading the text encoding"))?;
+    let head = TableHead {
+        sql,
+        encoding,
+        page_size,
+        usable,
+    };
     let mut buf = Vec::with_capacity(page_size as usize);
     let root = u32::try_from(root).map_err(|_| BtreeError::Malformed {
         page: 0,
         why: "a root page number out of range",
     })?;
 
-    let mut leaves = Vec::new();
-    let mut stack = vec![(root, 0usize)];
+    // A page to visit, its depth, and the keys its parents give its rows:
+    // above `lo` (if any), at most `hi` (if any).
+    struct Visit {
+        pgno: u32,
+        depth: usize,
+        lo: Option<i64>,
+        hi: Option<i64>,
+    }
+    // Whether a subtree of keys (lo, hi] can hold a leaf meeting the range.
+    let wanted = |lo: Option<i64>, hi: Option<i64>| {
+        let below = matches!((hi, from), (Some(h), Some(f)) if h < f);
+        let above = matches!((lo, to), (Some(l), Some(t)) if l >= t.saturating_sub(1));
+        !below && !above
+    };
+    let mut stack = vec![Visit {
+        pgno: root,
+        depth: 0,
+        lo: None,
+        hi: None,
+    }];
     let mut visited = 0u64;
     let mut overflow = Vec::with_capacity(page_size as usize);
+    let mut children = Vec::new();
     // The last rowid seen: rowids must rise from cell to cell, leaf to leaf.
     let mut prev: Option<i64> = None;
-    while let Some((pgno, depth)) = stack.pop() {
+    while let Some(Visit {
+        pgno,
+        depth,
+        lo,
+        hi,
+    }) = stack.pop()
+    {
         visited += 1;
         if visited > u64::from(page_count) || depth > MAX_DEPTH {
             return Err(BtreeError::Malformed {
@@ -152,12 +290,29 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
             // A WITHOUT ROWID table is an index b-tree: nothing to walk.
             INDEX_INTERIOR | INDEX_LEAF if depth == 0 => return Ok(None),
             INTERIOR => {
-                // Children in key order; pushed in reverse so the leftmost
-                // pops first.
-                stack.push((page.right_most()?, depth + 1));
-                for i in (0..page.cells).rev() {
+                // Child `i` holds the keys above the key of cell `i - 1`
+                // (or the page's own lower bound) up to its cell's key; the
+                // right-most child the keys above the last cell's.
+                children.clear();
+                let mut below = lo;
+                for i in 0..page.cells {
                     let at = page.cell(i)?;
-                    stack.push((page.u32_at(at)?, depth + 1));
+                    let child = page.u32_at(at)?;
+                    let key = page.varint(at + 4)?.0 as i64;
+                    children.push((child, below, Some(key)));
+                    below = Some(key);
+                }
+                children.push((page.right_most()?, below, hi));
+                // Pushed in reverse so the leftmost pops first.
+                for &(pgno, lo, hi) in children.iter().rev() {
+                    if wanted(lo, hi) {
+                        stack.push(Visit {
+                            pgno,
+                            depth: depth + 1,
+                            lo,
+                            hi,
+                        });
+                    }
                 }
             }
             LEAF => {
@@ -170,11 +325,27 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
                     if prev.is_some_and(|p| cell.rowid <= p) {
                         return Err(page.malformed("rowids out of order"));
                     }
+                    if lo.is_some_and(|l| cell.rowid <= l) || hi.is_some_and(|h| cell.rowid > h) {
+                        return Err(page.malformed("a rowid outside its parent's keys"));
+                    }
                     prev = Some(cell.rowid);
                     min = min.or(Some(cell.rowid));
                     if let Some(first) = cell.overflow {
                         spilled.push((first, cell.overflow_pages));
                     }
+                }
+                let (Some(min), Some(max)) = (min, prev) else {
+                    continue;
+                };
+                let leaf = Leaf {
+                    min,
+                    max,
+                    pgno,
+                    digest: [0; 32],
+                };
+                // A leaf of a wanted subtree may still miss the range.
+                if !leaf.meets(from, to) {
+                    continue;
                 }
                 for (mut next, n) in spilled {
                     for _ in 0..n {
@@ -187,25 +358,18 @@ pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, Btree
                         next = u32::from_be_bytes(overflow[..4].try_into().expect("4 bytes"));
                     }
                 }
-                if let (Some(min), Some(max)) = (min, prev) {
-                    leaves.push(Leaf {
-                        min,
-                        max,
-                        pgno,
+                visit(
+                    &head,
+                    Leaf {
                         digest: *h.finalize().as_bytes(),
-                    });
-                }
+                        ..leaf
+                    },
+                );
             }
             _ => return Err(page.malformed("not a table b-tree page")),
         }
     }
-    Ok(Some(TableLeaves {
-        leaves,
-        sql,
-        encoding,
-        page_size,
-        usable,
-    }))
+    Ok(Some(head))
 }
 
 /// SQLite's varint at `at` of `b` (big-endian, 7 bits a byte, the ninth
@@ -531,6 +695,84 @@ mod tests {
             .unwrap();
         let after = leaves(&path);
         assert_ne!(digest(&before, far.0, far.1), digest(&after, far.0, far.1));
+    }
+
+    #[test]
+    fn a_range_walk_and_a_walk_keeping_no_leaf_digest_as_the_whole_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), false);
+        let all = leaves(&path);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        let h = blake3::Hasher::new_keyed(&[7; 32]);
+        // Bounds on, between and beyond rows and leaves, open or not.
+        let mut edges = vec![None, Some(i64::MIN), Some(i64::MAX), Some(-5)];
+        for l in all.leaves.iter().step_by(7) {
+            edges.extend([Some(l.min), Some(l.max), Some(l.max + 1), Some(l.min + 1)]);
+        }
+        edges.extend([Some(2999), Some(3000), Some(6000), Some(6001)]);
+        let mut ranges = Vec::new();
+        for (i, &from) in edges.iter().enumerate() {
+            for &to in edges.iter().skip(i % 5).step_by(5) {
+                ranges.push((from, to));
+            }
+        }
+        let streamed = stretch_digests(&c, "t", &ranges, &h).unwrap().unwrap();
+        assert_eq!(streamed.len(), ranges.len());
+        for (&(from, to), got) in ranges.iter().zip(&streamed) {
+            let want = all.stretch(from, to, h.clone());
+            assert_eq!(*got, want, "[{from:?}, {to:?}) streamed");
+            let part = walk_range(&c, "t", from, to).unwrap().unwrap();
+            assert!(part.leaves.iter().all(|l| l.meets(from, to)));
+            let inside = [
+                (from, to),
+                (from.map(|f| f.saturating_add(3)), to),
+                (from, to.map(|t| t.saturating_sub(3))),
+            ];
+            for (f, t) in inside {
+                assert_eq!(
+                    part.stretch(f, t, h.clone()),
+                    all.stretch(f, t, h.clone()),
+                    "[{f:?}, {t:?}) inside [{from:?}, {to:?})"
+                );
+            }
+        }
+        // A range walk reads only the subtrees it needs.
+        let l = &all.leaves[all.leaves.len() / 2];
+        let part = walk_range(&c, "t", Some(l.min), Some(l.max + 1))
+            .unwrap()
+            .unwrap();
+        assert_eq!(part.leaves, vec![l.clone()]);
+        assert!(stretch_digests(&c, "k", &ranges, &h).unwrap().is_none());
+        assert_eq!(stretch_digests(&c, "t", &[], &h).unwrap(), Some(vec![]));
+    }
+
+    #[test]
+    fn a_rowid_outside_its_parents_keys_is_malformed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), false);
+        let c = Connection::open(&path).unwrap();
+        let root: i64 = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(c);
+        // The root's first divider key lowered below its left child's rows.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096 * (root as usize - 1);
+        assert_eq!(bytes[page], INTERIOR);
+        let cell = u16::from_be_bytes([bytes[page + 12], bytes[page + 13]]) as usize;
+        let key = page + cell + 4;
+        assert!(bytes[key] & 0x80 != 0, "a key of two bytes or more");
+        bytes[key] = 0x80;
+        std::fs::write(&path, &bytes).unwrap();
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        let e = walk(&c, "t").unwrap_err();
+        assert!(e.to_string().contains("outside its parent's keys"), "{e}");
     }
 
     #[test]

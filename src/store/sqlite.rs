@@ -811,17 +811,38 @@ impl SqliteSource {
         self.scan_ordered(table, plan, false, range, sink)
     }
 
-    /// The leaves of a rowid table's b-tree, read through `sqlite_dbpage`
-    /// in this source's read transaction ([`btree::walk`]). `None` for a
-    /// WITHOUT ROWID table or without `sqlite_dbpage`.
+    /// The leaves of a rowid table's b-tree that meet `range`, read
+    /// through `sqlite_dbpage` in this source's read transaction
+    /// ([`btree::walk_range`](super::btree::walk_range); a range short of
+    /// [`RowidRange::ALL`] only after the whole table was walked, in the
+    /// same transaction). `None` for a WITHOUT ROWID table or without
+    /// `sqlite_dbpage`.
     pub fn table_leaves(
         &self,
         table: &TableSchema,
+        range: RowidRange,
     ) -> Result<Option<super::btree::TableLeaves>, super::btree::BtreeError> {
         if table.rowid.is_none() {
             return Ok(None);
         }
-        super::btree::walk(&self.conn, &table.name)
+        super::btree::walk_range(&self.conn, &table.name, range.from, range.to)
+    }
+
+    /// The stretch digest of each of `ranges` after `h`, from a walk of
+    /// the whole table that keeps no leaf
+    /// ([`btree::stretch_digests`](super::btree::stretch_digests)). `None`
+    /// as for [`table_leaves`](Self::table_leaves).
+    pub fn stretch_digests(
+        &self,
+        table: &TableSchema,
+        ranges: &[RowidRange],
+        h: &blake3::Hasher,
+    ) -> Result<Option<Vec<[u8; 32]>>, super::btree::BtreeError> {
+        if table.rowid.is_none() {
+            return Ok(None);
+        }
+        let ranges: Vec<_> = ranges.iter().map(|r| (r.from, r.to)).collect();
+        super::btree::stretch_digests(&self.conn, &table.name, &ranges, h)
     }
 
     /// Like [`scan_natural_range`](Self::scan_natural_range), the same rows
