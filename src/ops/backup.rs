@@ -27,7 +27,7 @@ use crate::repo::snapshot::{
 use crate::repo::tree::{
     self, FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
 };
-use crate::store::btree::TableLeaves;
+use crate::store::btree::StretchLeaves;
 use crate::store::files::{self, FileKind};
 use crate::store::postgres::{PgConn, PgError, PgSource, PgTools, RowBatch};
 use crate::store::sqlite::{RowidRange, ScanError, SqliteSource, TableSchema};
@@ -853,7 +853,7 @@ struct Window {
     /// when it hands the window over).
     range: RowidRange,
     /// The digest of the leaves the window's rowids meet, for the next
-    /// backup ([`TableLeaves::stretch`]; set by the reader with `range`).
+    /// backup ([`TableLeaves::stretch`](crate::store::btree::TableLeaves::stretch); set by the reader with `range`).
     stretch: Option<[u8; 32]>,
 }
 
@@ -1434,8 +1434,10 @@ fn plan_stretches(prior: &PriorWindows, same: impl FnMut(usize) -> bool) -> Vec<
 /// stretch `stretch`) from the stretch's leaves: what the whole table's
 /// leaves give for it. `None` without leaves, or for a window that does not
 /// lie inside the stretch (a row whose rowid could not be read ends it).
+/// Windows are asked in rowid order; the leaves below each window's end
+/// are forgotten then.
 fn window_stretch(
-    leaves: Option<&TableLeaves>,
+    leaves: Option<&std::cell::RefCell<StretchLeaves<'_>>>,
     stretch: RowidRange,
     window: RowidRange,
     h: &blake3::Hasher,
@@ -1447,7 +1449,7 @@ fn window_stretch(
     if !(starts_inside && ends_inside) {
         return None;
     }
-    leaves.map(|l| l.stretch(window.from, window.to, h.clone()))
+    leaves?.borrow_mut().window(window.from, window.to, h)
 }
 
 /// The stretches of a table one at a time, in rowid order (see
@@ -2496,8 +2498,8 @@ impl ReaderCtx {
         let failure = self.failure.clone();
         let progress = self.progress.clone();
         let has_rowid = ts.rowid.is_some();
-        // The most leaves one stretch held, for the debug line.
-        let mut walked = (0usize, 0usize);
+        // The most leaves a stretch held at once, for the debug line.
+        let mut most_leaves = 0usize;
         let mut pages = pages;
         // Two windows: this thread reads rows into one while another
         // thread stores the one before (digest, reuse or keys, chunks,
@@ -2554,8 +2556,8 @@ impl ReaderCtx {
                 // The leaves of the stretch: its rows are read from them,
                 // and its windows' stretch digests come from them.
                 let leaves = if pages {
-                    match src.table_leaves(ts, range) {
-                        Ok(l) => l,
+                    match src.stretch_leaves(ts, range) {
+                        Ok(l) => l.map(std::cell::RefCell::new),
                         Err(e) => {
                             tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading its rows with a query");
                             pages = false;
@@ -2565,11 +2567,7 @@ impl ReaderCtx {
                 } else {
                     None
                 };
-                if let Some(l) = &leaves {
-                    walked.0 = walked.0.max(l.leaves.len());
-                    walked.1 = walked.1.max(l.heap_bytes());
-                }
-                let leaves = leaves.as_ref();
+                let leaves_ref = leaves.as_ref();
                 window.range = RowidRange {
                     from: range.from,
                     to: None,
@@ -2577,7 +2575,7 @@ impl ReaderCtx {
                 let r = src.scan_natural_pages(
                     ts,
                     &plan,
-                    leaves,
+                    leaves_ref,
                     range,
                     |coords: &GroupCoords, row: &[u8]| -> Result<(), OpsError> {
                         if failure.is_set() {
@@ -2596,7 +2594,7 @@ impl ReaderCtx {
                                 .and_then(|(rowid, _)| rowid?.checked_add(1));
                             window.range.to = to;
                             window.stretch =
-                                window_stretch(leaves, range, window.range, &fingerprint);
+                                window_stretch(leaves_ref, range, window.range, &fingerprint);
                             let next = free_rx.recv().map_err(|_| handed_over())?;
                             let full = std::mem::replace(&mut window, next);
                             window.range.from = to;
@@ -2612,6 +2610,9 @@ impl ReaderCtx {
                         Ok(())
                     },
                 );
+                if let Some(l) = &leaves {
+                    most_leaves = most_leaves.max(l.borrow().most);
+                }
                 if let Err(e) = r {
                     scan = Err(e);
                     break;
@@ -2620,7 +2621,7 @@ impl ReaderCtx {
                     // A read stretch ends its last window, so the
                     // unread window after it starts a window too.
                     window.range.to = range.to;
-                    window.stretch = window_stretch(leaves, range, window.range, &fingerprint);
+                    window.stretch = window_stretch(leaves_ref, range, window.range, &fingerprint);
                     let next = match free_rx.recv() {
                         Ok(w) => w,
                         Err(_) => break, // the store failed
@@ -2648,8 +2649,7 @@ impl ReaderCtx {
             table = %ts.name,
             rows,
             unread,
-            leaves = walked.0,
-            leaves_mib = walked.1 >> 20,
+            most_leaves,
             walk_ms,
             read_ms = planned.elapsed().as_millis() as u64,
             "table read"

@@ -107,11 +107,6 @@ impl TableLeaves {
         *h.finalize().as_bytes()
     }
 
-    /// The database's text encoding in the walk's read transaction.
-    pub(super) fn encoding(&self) -> &str {
-        &self.head.encoding
-    }
-
     /// Heap bytes held (for the memory figures).
     pub fn heap_bytes(&self) -> usize {
         self.leaves.capacity() * std::mem::size_of::<Leaf>()
@@ -201,8 +196,7 @@ pub fn stretch_digests(
 
 /// The walk behind [`walk_range`] and [`stretch_digests`]: gives `visit`
 /// every leaf that meets `[from, to)`, in rowid order, and returns the
-/// table's head. Each page's rows must lie within the keys its parents
-/// give it, and rowids must rise from leaf to leaf.
+/// table's head.
 fn walk_each(
     conn: &Connection,
     table: &str,
@@ -210,166 +204,359 @@ fn walk_each(
     to: Option<i64>,
     mut visit: impl FnMut(&TableHead, Leaf),
 ) -> Result<Option<TableHead>, BtreeError> {
-    let sql_err = |doing| move |source| BtreeError::Sql { doing, source };
-    let row: Option<(Option<i64>, Option<String>)> = conn
-        .query_row(
-            "SELECT rootpage, sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
-            [table],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(sql_err("reading the table's root page"))?;
-    let Some((Some(root), sql)) = row else {
+    let Some(mut leaves) = LeafStream::open(conn, table, from, to)? else {
         return Ok(None);
     };
-    let sql = sql.unwrap_or_default();
-    if root <= 0 {
-        return Ok(None);
+    while let Some(leaf) = leaves.next_leaf()? {
+        visit(&leaves.head, leaf);
     }
-    let Some(mut pages) = PageReader::open(conn)? else {
-        return Ok(None);
-    };
-    let (page_size, page_count, usable) = (pages.page_size, pages.page_count, pages.usable);
-    let encoding: String = conn
-        .query_row("PRAGMA main.encoding", [], |r| r.get(0))
-        .map_err(sql_err("reading the text encoding"))?;
-    let head = TableHead {
-        sql,
-        encoding,
-        page_size,
-        usable,
-    };
-    let mut buf = Vec::with_capacity(page_size as usize);
-    let root = u32::try_from(root).map_err(|_| BtreeError::Malformed {
-        page: 0,
-        why: "a root page number out of range",
-    })?;
+    Ok(Some(leaves.head))
+}
 
-    // A page to visit, its depth, and the keys its parents give its rows:
-    // above `lo` (if any), at most `hi` (if any).
-    struct Visit {
-        pgno: u32,
-        depth: usize,
-        lo: Option<i64>,
-        hi: Option<i64>,
+/// A page to visit, its depth, and the keys its parents give its rows:
+/// above `lo` (if any), at most `hi` (if any).
+struct Visit {
+    pgno: u32,
+    depth: usize,
+    lo: Option<i64>,
+    hi: Option<i64>,
+}
+
+/// The leaves of a table that meet the rowids `[from, to)`, walked one at
+/// a time: the walk holds the path it is on, not the leaves. Each page's
+/// rows must lie within the keys its parents give it, and rowids must
+/// rise from leaf to leaf; subtrees whose keys keep them outside the range
+/// are not read.
+pub struct LeafStream<'c> {
+    pages: PageReader<'c>,
+    head: TableHead,
+    from: Option<i64>,
+    to: Option<i64>,
+    stack: Vec<Visit>,
+    visited: u64,
+    /// The last rowid seen.
+    prev: Option<i64>,
+    buf: Vec<u8>,
+    overflow: Vec<u8>,
+    children: Vec<(u32, Option<i64>, Option<i64>)>,
+}
+
+impl<'c> LeafStream<'c> {
+    /// Opens the walk of `table` on `conn` (inside its read transaction).
+    /// `None` when the table has no b-tree of its own to walk (a virtual
+    /// table, a WITHOUT ROWID table) or the SQLite build has no
+    /// `sqlite_dbpage`.
+    pub fn open(
+        conn: &'c Connection,
+        table: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Option<Self>, BtreeError> {
+        let sql_err = |doing| move |source| BtreeError::Sql { doing, source };
+        let row: Option<(Option<i64>, Option<String>)> = conn
+            .query_row(
+                "SELECT rootpage, sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1",
+                [table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql_err("reading the table's root page"))?;
+        let Some((Some(root), sql)) = row else {
+            return Ok(None);
+        };
+        let sql = sql.unwrap_or_default();
+        if root <= 0 {
+            return Ok(None);
+        }
+        let Some(mut pages) = PageReader::open(conn)? else {
+            return Ok(None);
+        };
+        let (page_size, usable) = (pages.page_size, pages.usable);
+        let encoding: String = conn
+            .query_row("PRAGMA main.encoding", [], |r| r.get(0))
+            .map_err(sql_err("reading the text encoding"))?;
+        let root = u32::try_from(root).map_err(|_| BtreeError::Malformed {
+            page: 0,
+            why: "a root page number out of range",
+        })?;
+        let mut buf = Vec::with_capacity(page_size as usize);
+        pages.read(root, &mut buf)?;
+        // A WITHOUT ROWID table is an index b-tree: nothing to walk.
+        if matches!(
+            Page::new(&buf, root, usable)?.kind,
+            INDEX_INTERIOR | INDEX_LEAF
+        ) {
+            return Ok(None);
+        }
+        Ok(Some(LeafStream {
+            pages,
+            head: TableHead {
+                sql,
+                encoding,
+                page_size,
+                usable,
+            },
+            from,
+            to,
+            stack: vec![Visit {
+                pgno: root,
+                depth: 0,
+                lo: None,
+                hi: None,
+            }],
+            visited: 0,
+            prev: None,
+            buf,
+            overflow: Vec::with_capacity(page_size as usize),
+            children: Vec::new(),
+        }))
     }
-    // Whether a subtree of keys (lo, hi] can hold a leaf meeting the range.
-    let wanted = |lo: Option<i64>, hi: Option<i64>| {
-        let below = matches!((hi, from), (Some(h), Some(f)) if h < f);
-        let above = matches!((lo, to), (Some(l), Some(t)) if l >= t.saturating_sub(1));
+
+    /// The database's text encoding in the walk's read transaction.
+    pub fn encoding(&self) -> &str {
+        &self.head.encoding
+    }
+
+    /// Whether a subtree of keys (lo, hi] can hold a leaf meeting the range.
+    fn wanted(&self, lo: Option<i64>, hi: Option<i64>) -> bool {
+        let below = matches!((hi, self.from), (Some(h), Some(f)) if h < f);
+        let above = matches!((lo, self.to), (Some(l), Some(t)) if l >= t.saturating_sub(1));
         !below && !above
-    };
-    let mut stack = vec![Visit {
-        pgno: root,
-        depth: 0,
-        lo: None,
-        hi: None,
-    }];
-    let mut visited = 0u64;
-    let mut overflow = Vec::with_capacity(page_size as usize);
-    let mut children = Vec::new();
-    // The last rowid seen: rowids must rise from cell to cell, leaf to leaf.
-    let mut prev: Option<i64> = None;
-    while let Some(Visit {
-        pgno,
-        depth,
-        lo,
-        hi,
-    }) = stack.pop()
-    {
-        visited += 1;
-        if visited > u64::from(page_count) || depth > MAX_DEPTH {
-            return Err(BtreeError::Malformed {
-                page: pgno,
-                why: "the b-tree has a cycle or is too deep",
-            });
+    }
+
+    /// The next leaf that meets the range, in rowid order; `None` after
+    /// the last. After an error the walk is over.
+    pub fn next_leaf(&mut self) -> Result<Option<Leaf>, BtreeError> {
+        let r = self.step();
+        if r.is_err() {
+            self.stack.clear();
         }
-        pages.read(pgno, &mut buf)?;
-        let page = Page::new(&buf, pgno, usable)?;
-        match page.kind {
-            // A WITHOUT ROWID table is an index b-tree: nothing to walk.
-            INDEX_INTERIOR | INDEX_LEAF if depth == 0 => return Ok(None),
-            INTERIOR => {
-                // Child `i` holds the keys above the key of cell `i - 1`
-                // (or the page's own lower bound) up to its cell's key; the
-                // right-most child the keys above the last cell's.
-                children.clear();
-                let mut below = lo;
-                for i in 0..page.cells {
-                    let at = page.cell(i)?;
-                    let child = page.u32_at(at)?;
-                    let key = page.varint(at + 4)?.0 as i64;
-                    children.push((child, below, Some(key)));
-                    below = Some(key);
-                }
-                children.push((page.right_most()?, below, hi));
-                // Pushed in reverse so the leftmost pops first.
-                for &(pgno, lo, hi) in children.iter().rev() {
-                    if wanted(lo, hi) {
-                        stack.push(Visit {
-                            pgno,
-                            depth: depth + 1,
-                            lo,
-                            hi,
-                        });
-                    }
-                }
+        r
+    }
+
+    fn step(&mut self) -> Result<Option<Leaf>, BtreeError> {
+        let page_count = u64::from(self.pages.page_count);
+        while let Some(Visit {
+            pgno,
+            depth,
+            lo,
+            hi,
+        }) = self.stack.pop()
+        {
+            self.visited += 1;
+            if self.visited > page_count || depth > MAX_DEPTH {
+                return Err(BtreeError::Malformed {
+                    page: pgno,
+                    why: "the b-tree has a cycle or is too deep",
+                });
             }
-            LEAF => {
-                let mut h = blake3::Hasher::new();
-                h.update(&buf);
-                let mut min = None;
-                let mut spilled = Vec::new();
-                for i in 0..page.cells {
-                    let cell = page.leaf_cell(i)?;
-                    if prev.is_some_and(|p| cell.rowid <= p) {
-                        return Err(page.malformed("rowids out of order"));
+            self.pages.read(pgno, &mut self.buf)?;
+            let page = Page::new(&self.buf, pgno, self.head.usable)?;
+            match page.kind {
+                INTERIOR => {
+                    // Child `i` holds the keys above the key of cell `i - 1`
+                    // (or the page's own lower bound) up to its cell's key;
+                    // the right-most child the keys above the last cell's.
+                    self.children.clear();
+                    let mut below = lo;
+                    for i in 0..page.cells {
+                        let at = page.cell(i)?;
+                        let child = page.u32_at(at)?;
+                        let key = page.varint(at + 4)?.0 as i64;
+                        self.children.push((child, below, Some(key)));
+                        below = Some(key);
                     }
-                    if lo.is_some_and(|l| cell.rowid <= l) || hi.is_some_and(|h| cell.rowid > h) {
-                        return Err(page.malformed("a rowid outside its parent's keys"));
-                    }
-                    prev = Some(cell.rowid);
-                    min = min.or(Some(cell.rowid));
-                    if let Some(first) = cell.overflow {
-                        spilled.push((first, cell.overflow_pages));
-                    }
-                }
-                let (Some(min), Some(max)) = (min, prev) else {
-                    continue;
-                };
-                let leaf = Leaf {
-                    min,
-                    max,
-                    pgno,
-                    digest: [0; 32],
-                };
-                // A leaf of a wanted subtree may still miss the range.
-                if !leaf.meets(from, to) {
-                    continue;
-                }
-                for (mut next, n) in spilled {
-                    for _ in 0..n {
-                        visited += 1;
-                        if visited > u64::from(page_count) {
-                            return Err(page.malformed("an overflow chain loops"));
+                    self.children.push((page.right_most()?, below, hi));
+                    // Pushed in reverse so the leftmost pops first.
+                    for i in (0..self.children.len()).rev() {
+                        let (pgno, lo, hi) = self.children[i];
+                        if self.wanted(lo, hi) {
+                            self.stack.push(Visit {
+                                pgno,
+                                depth: depth + 1,
+                                lo,
+                                hi,
+                            });
                         }
-                        pages.read(next, &mut overflow)?;
-                        h.update(&overflow);
-                        next = u32::from_be_bytes(overflow[..4].try_into().expect("4 bytes"));
                     }
                 }
-                visit(
-                    &head,
-                    Leaf {
-                        digest: *h.finalize().as_bytes(),
-                        ..leaf
-                    },
-                );
+                LEAF => {
+                    let mut min = None;
+                    let mut spilled = Vec::new();
+                    for i in 0..page.cells {
+                        let cell = page.leaf_cell(i)?;
+                        if self.prev.is_some_and(|p| cell.rowid <= p) {
+                            return Err(page.malformed("rowids out of order"));
+                        }
+                        if lo.is_some_and(|l| cell.rowid <= l) || hi.is_some_and(|h| cell.rowid > h)
+                        {
+                            return Err(page.malformed("a rowid outside its parent's keys"));
+                        }
+                        self.prev = Some(cell.rowid);
+                        min = min.or(Some(cell.rowid));
+                        if let Some(first) = cell.overflow {
+                            spilled.push((first, cell.overflow_pages));
+                        }
+                    }
+                    let (Some(min), Some(max)) = (min, self.prev) else {
+                        continue;
+                    };
+                    let mut leaf = Leaf {
+                        min,
+                        max,
+                        pgno,
+                        digest: [0; 32],
+                    };
+                    // A leaf of a wanted subtree may still miss the range.
+                    if !leaf.meets(self.from, self.to) {
+                        continue;
+                    }
+                    let mut h = blake3::Hasher::new();
+                    h.update(&self.buf);
+                    for (mut next, n) in spilled {
+                        for _ in 0..n {
+                            self.visited += 1;
+                            if self.visited > page_count {
+                                return Err(BtreeError::Malformed {
+                                    page: pgno,
+                                    why: "an overflow chain loops",
+                                });
+                            }
+                            self.pages.read(next, &mut self.overflow)?;
+                            h.update(&self.overflow);
+                            next =
+                                u32::from_be_bytes(self.overflow[..4].try_into().expect("4 bytes"));
+                        }
+                    }
+                    leaf.digest = *h.finalize().as_bytes();
+                    return Ok(Some(leaf));
+                }
+                _ => return Err(page.malformed("not a table b-tree page")),
             }
-            _ => return Err(page.malformed("not a table b-tree page")),
+        }
+        Ok(None)
+    }
+}
+
+/// The leaves of a stretch being read, shared by its reader and the
+/// digests of its windows: the reader takes them one at a time
+/// ([`next_leaf`](Self::next_leaf)), and each window's stretch digest
+/// ([`window`](Self::window)) is computed from those kept since the
+/// window's start. So a stretch holds about one window's leaves, not all
+/// of its own.
+pub struct StretchLeaves<'c> {
+    stream: LeafStream<'c>,
+    /// Leaves walked and not yet forgotten, in rowid order.
+    kept: std::collections::VecDeque<Leaf>,
+    /// How many of `kept` the reader has taken.
+    taken: usize,
+    /// Rowids below this were forgotten (the end of the last window).
+    floor: Option<i64>,
+    /// The walk failed: no more digests.
+    failed: bool,
+    /// The most leaves kept at once (for the memory figures).
+    pub most: usize,
+}
+
+impl<'c> StretchLeaves<'c> {
+    /// The leaves of `table` that meet `[from, to)`, walked as they are
+    /// needed. `None` as for [`LeafStream::open`].
+    pub fn open(
+        conn: &'c Connection,
+        table: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Option<Self>, BtreeError> {
+        Ok(
+            LeafStream::open(conn, table, from, to)?.map(|stream| StretchLeaves {
+                stream,
+                kept: Default::default(),
+                taken: 0,
+                floor: None,
+                failed: false,
+                most: 0,
+            }),
+        )
+    }
+
+    /// The database's text encoding in the walk's read transaction.
+    pub fn encoding(&self) -> &str {
+        self.stream.encoding()
+    }
+
+    fn pull(&mut self) -> Result<Option<()>, BtreeError> {
+        match self.stream.next_leaf() {
+            Ok(Some(leaf)) => {
+                self.kept.push_back(leaf);
+                self.most = self.most.max(self.kept.len());
+                Ok(Some(()))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
         }
     }
-    Ok(Some(head))
+
+    /// The reader's next leaf, in rowid order.
+    pub fn next_leaf(&mut self) -> Result<Option<Leaf>, BtreeError> {
+        if self.taken == self.kept.len() && self.pull()?.is_none() {
+            return Ok(None);
+        }
+        self.taken += 1;
+        Ok(Some(self.kept[self.taken - 1].clone()))
+    }
+
+    /// The digest [`TableLeaves::stretch`] gives the rowids `[from, to)`
+    /// after `h`; then the leaves below `to` are forgotten. Windows are
+    /// asked in rowid order, each starting where the last ended. `None`
+    /// when the walk failed or `from` lies below what was forgotten.
+    pub fn window(
+        &mut self,
+        from: Option<i64>,
+        to: Option<i64>,
+        h: &blake3::Hasher,
+    ) -> Option<[u8; 32]> {
+        // Every leaf that meets the window: walked until one starts at or
+        // after its end.
+        while !self.failed
+            && self
+                .kept
+                .back()
+                .is_none_or(|l| to.is_none_or(|t| l.min < t))
+        {
+            if !matches!(self.pull(), Ok(Some(()))) {
+                break;
+            }
+        }
+        let below_floor = self
+            .floor
+            .is_some_and(|floor| from.is_none_or(|f| f < floor));
+        let digest = (!self.failed && !below_floor).then(|| {
+            let mut h = self.stream.head.begin(h.clone());
+            let mut n = 0u64;
+            for leaf in self.kept.iter().filter(|l| l.meets(from, to)) {
+                h.update(&leaf.digest);
+                n += 1;
+            }
+            h.update(&n.to_le_bytes());
+            *h.finalize().as_bytes()
+        });
+        // Leaves wholly below the window's end meet no later window.
+        while self
+            .kept
+            .front()
+            .is_some_and(|l| to.is_none_or(|t| l.max < t))
+        {
+            self.kept.pop_front();
+            self.taken = self.taken.saturating_sub(1);
+        }
+        if to.is_some() {
+            self.floor = self.floor.max(to);
+        }
+        digest
+    }
 }
 
 /// SQLite's varint at `at` of `b` (big-endian, 7 bits a byte, the ninth
@@ -745,6 +932,68 @@ mod tests {
         assert_eq!(part.leaves, vec![l.clone()]);
         assert!(stretch_digests(&c, "k", &ranges, &h).unwrap().is_none());
         assert_eq!(stretch_digests(&c, "t", &[], &h).unwrap(), Some(vec![]));
+    }
+
+    #[test]
+    fn a_stretch_walked_as_it_is_read_digests_each_window_as_the_whole_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), false);
+        let all = leaves(&path);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        let h = blake3::Hasher::new_keyed(&[9; 32]);
+        let mid = all.leaves[all.leaves.len() / 3].max;
+        let ranges = [(None, None), (Some(mid - 1), Some(5001)), (Some(101), None)];
+        for (from, to) in ranges {
+            let ids: Vec<i64> = c
+                .prepare("SELECT id FROM t WHERE id >= ?1 AND id < ?2 ORDER BY id")
+                .unwrap()
+                .query_map([from.unwrap_or(i64::MIN), to.unwrap_or(i64::MAX)], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let meets = all.leaves.iter().filter(|l| l.meets(from, to)).count();
+            // Windows of a few rows, of about a leaf, of many leaves; read
+            // from the leaves, or (a query) without taking any.
+            for (every, reads) in [
+                (1, true),
+                (7, true),
+                (150, true),
+                (1000, true),
+                (150, false),
+            ] {
+                let mut s = StretchLeaves::open(&c, "t", from, to).unwrap().unwrap();
+                let mut at: Option<Leaf> = None;
+                let mut start = from;
+                for (n, &id) in ids.iter().enumerate() {
+                    while reads && at.as_ref().is_none_or(|l| l.max < id) {
+                        at = Some(s.next_leaf().unwrap().expect("a leaf holds every row"));
+                    }
+                    if (n + 1) % every == 0 {
+                        let end = Some(id + 1);
+                        let want = all.stretch(start, end, h.clone());
+                        assert_eq!(s.window(start, end, &h), Some(want), "[{start:?}, {end:?})");
+                        start = end;
+                    }
+                }
+                assert_eq!(
+                    s.window(start, to, &h),
+                    Some(all.stretch(start, to, h.clone()))
+                );
+                // About a window's leaves were kept, not the stretch's.
+                let per_leaf = (ids.len() / meets).max(1);
+                let bound = (every / per_leaf + 3).min(meets);
+                assert!(
+                    s.most <= bound,
+                    "{} kept, every {every}, {meets} in all",
+                    s.most
+                );
+                // Rowids forgotten cannot be digested again.
+                assert_eq!(s.window(from, to, &h), None);
+            }
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! (generated columns, a non-UTF-8 database, WITHOUT ROWID) is never
 //! given to it.
 
-use super::btree::{varint, BtreeError, Page, PageReader, TableLeaves, LEAF};
+use super::btree::{varint, BtreeError, Leaf, Page, PageReader, LEAF};
 use rusqlite::types::ValueRef;
 
 /// How one column of a table reads back from a record field.
@@ -69,26 +69,26 @@ impl<E> From<BtreeError> for ReadError<E> {
 /// Columns decoded into a stack array per row (wider tables use a vector).
 const ON_STACK: usize = 32;
 
-/// Reads every row of `leaves` with a rowid in `[from, to)` (`None`:
-/// unbounded), in rowid order, and gives the sink its rowid and values.
+/// Reads every row with a rowid in `[from, to)` (`None`: unbounded) from
+/// the leaves `next_leaf` gives in rowid order, and gives the sink its
+/// rowid and values.
 pub(super) fn read_rows<E>(
     pages: &mut PageReader<'_>,
-    leaves: &TableLeaves,
+    mut next_leaf: impl FnMut() -> Result<Option<Leaf>, BtreeError>,
     layout: &Layout,
     from: Option<i64>,
     to: Option<i64>,
     mut sink: impl FnMut(i64, &[ValueRef<'_>]) -> Result<(), E>,
 ) -> Result<(), ReadError<E>> {
     let usable = pages.usable;
-    let start = match from {
-        Some(f) => leaves.leaves.partition_point(|l| l.max < f),
-        None => 0,
-    };
     let mut buf = Vec::with_capacity(pages.page_size as usize);
     let mut spill = Vec::new();
     let mut overflow = Vec::with_capacity(pages.page_size as usize);
     let mut prev: Option<i64> = None;
-    for leaf in &leaves.leaves[start..] {
+    while let Some(leaf) = next_leaf()? {
+        if from.is_some_and(|f| leaf.max < f) {
+            continue;
+        }
         if to.is_some_and(|t| leaf.min >= t) {
             break;
         }
@@ -271,9 +271,12 @@ mod tests {
         })
         .unwrap();
         // The whole table is walked first, as a backup does; the rows are
-        // read from the leaves of the range alone.
+        // read from the leaves of the range alone, walked as they are read.
         src.table_leaves(ts, RowidRange::ALL).unwrap();
-        let leaves = src.table_leaves(ts, range).unwrap();
+        let leaves = src
+            .stretch_leaves(ts, range)
+            .unwrap()
+            .map(std::cell::RefCell::new);
         let mut pages = Vec::new();
         let stats = src
             .scan_natural_pages(

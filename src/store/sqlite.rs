@@ -16,7 +16,7 @@
 //! docs/FORMAT.md section 9. Errors name the database path, tables and columns,
 //! never row values.
 
-use super::btree::{PageReader, TableLeaves};
+use super::btree::{PageReader, StretchLeaves};
 use super::bulkload::{LoadError, PageFile, TableLoad};
 use super::indexbuild::{IndexBuild, IndexSpec};
 use super::pages::{is_real_affinity, read_rows, ColumnRead, Layout, ReadError};
@@ -29,6 +29,7 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -828,6 +829,21 @@ impl SqliteSource {
         super::btree::walk_range(&self.conn, &table.name, range.from, range.to)
     }
 
+    /// The leaves of a rowid table's b-tree that meet `range`, walked as
+    /// they are read ([`StretchLeaves`](super::btree::StretchLeaves); after
+    /// the whole table was walked in this read transaction). `None` as for
+    /// [`table_leaves`](Self::table_leaves).
+    pub fn stretch_leaves(
+        &self,
+        table: &TableSchema,
+        range: RowidRange,
+    ) -> Result<Option<super::btree::StretchLeaves<'_>>, super::btree::BtreeError> {
+        if table.rowid.is_none() {
+            return Ok(None);
+        }
+        super::btree::StretchLeaves::open(&self.conn, &table.name, range.from, range.to)
+    }
+
     /// The stretch digest of each of `ranges` after `h`, from a walk of
     /// the whole table that keeps no leaf
     /// ([`btree::stretch_digests`](super::btree::stretch_digests)). `None`
@@ -847,8 +863,8 @@ impl SqliteSource {
 
     /// Like [`scan_natural_range`](Self::scan_natural_range), the same rows
     /// with the same coordinates in the same order, but decoded straight
-    /// from the leaf pages of `leaves` (walked by [`table_leaves`](Self::table_leaves)
-    /// on this source) where [`pages`](super::pages) can read them: several
+    /// from the leaf pages of `leaves` (from [`stretch_leaves`](Self::stretch_leaves)
+    /// on this source, for `range`) where [`pages`](super::pages) can read them: several
     /// times cheaper than a query. Without leaves, for a table the page
     /// reader cannot describe, and from the first row it cannot decode, the
     /// rows are read with a query.
@@ -856,7 +872,7 @@ impl SqliteSource {
         &self,
         table: &TableSchema,
         plan: &TablePlan,
-        leaves: Option<&TableLeaves>,
+        leaves: Option<&RefCell<StretchLeaves<'_>>>,
         range: RowidRange,
         mut sink: F,
     ) -> Result<ScanStats, ScanError<E>>
@@ -864,7 +880,7 @@ impl SqliteSource {
         F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
     {
         let read = match leaves {
-            Some(l) if l.encoding() == "UTF-8" => self.page_layout(table, plan)?,
+            Some(l) if l.borrow().encoding() == "UTF-8" => self.page_layout(table, plan)?,
             _ => None,
         };
         let (Some(leaves), Some(read)) = (leaves, read) else {
@@ -880,7 +896,7 @@ impl SqliteSource {
         let mut last: Option<i64> = None;
         let r = read_rows(
             &mut reader,
-            leaves,
+            || leaves.borrow_mut().next_leaf(),
             &read.layout,
             range.from,
             range.to,
