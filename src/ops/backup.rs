@@ -853,7 +853,7 @@ struct Window {
     /// when it hands the window over).
     range: RowidRange,
     /// The digest of the leaves the window's rowids meet, for the next
-    /// backup ([`TableLeaves::stretch`](crate::store::btree::TableLeaves::stretch); set by the reader with `range`).
+    /// backup (FORMAT, "Unread stretches"; set by the reader with `range`).
     stretch: Option<[u8; 32]>,
 }
 
@@ -2380,8 +2380,8 @@ impl ReaderCtx {
     /// What a table needs before any table is read: its plan, its
     /// parent's windows, and which of them digest as they did (a walk of
     /// the table's b-tree that keeps no leaf: the leaves of the stretches
-    /// that are read are walked again just before they are, so no
-    /// table's leaves wait in memory while the tables before it are read).
+    /// that are read are walked again as their rows are, so no table's
+    /// leaves wait in memory while the tables before it are read).
     fn prepare_table(&self, src: &SqliteSource, ts: &TableSchema) -> TablePrep {
         let plan = self.policy.plan(&ts.name);
         let class = self.policy.class_of(&ts.name).as_str().to_string();
