@@ -808,6 +808,34 @@ mod tests {
         walk(&c, "t").unwrap().expect("a rowid table")
     }
 
+    /// The database file's bytes, where table `t`'s root page starts in
+    /// them (an interior page), and its page number.
+    fn root_page(path: &std::path::Path) -> (Vec<u8>, usize, i64) {
+        let c = Connection::open(path).unwrap();
+        let root: i64 = c
+            .query_row(
+                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let bytes = std::fs::read(path).unwrap();
+        let page = 4096 * (root as usize - 1);
+        assert_eq!(bytes[page], INTERIOR);
+        (bytes, page, root)
+    }
+
+    /// The test database, its table's leaves, and a connection in a read
+    /// transaction on it.
+    fn walked() -> (tempfile::TempDir, TableLeaves, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = db(dir.path(), false);
+        let all = leaves(&path);
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("BEGIN").unwrap();
+        (dir, all, c)
+    }
+
     fn digest(l: &TableLeaves, from: Option<i64>, to: Option<i64>) -> [u8; 32] {
         l.stretch(from, to, blake3::Hasher::new())
     }
@@ -886,11 +914,7 @@ mod tests {
 
     #[test]
     fn a_range_walk_and_a_walk_keeping_no_leaf_digest_as_the_whole_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = db(dir.path(), false);
-        let all = leaves(&path);
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch("BEGIN").unwrap();
+        let (_dir, all, c) = walked();
         let h = blake3::Hasher::new_keyed(&[7; 32]);
         // Bounds on, between and beyond rows and leaves, open or not.
         let mut edges = vec![None, Some(i64::MIN), Some(i64::MAX), Some(-5)];
@@ -936,11 +960,7 @@ mod tests {
 
     #[test]
     fn a_stretch_walked_as_it_is_read_digests_each_window_as_the_whole_table() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = db(dir.path(), false);
-        let all = leaves(&path);
-        let c = Connection::open(&path).unwrap();
-        c.execute_batch("BEGIN").unwrap();
+        let (_dir, all, c) = walked();
         let h = blake3::Hasher::new_keyed(&[9; 32]);
         let mid = all.leaves[all.leaves.len() / 3].max;
         let ranges = [(None, None), (Some(mid - 1), Some(5001)), (Some(101), None)];
@@ -1000,19 +1020,8 @@ mod tests {
     fn a_rowid_outside_its_parents_keys_is_malformed() {
         let dir = tempfile::tempdir().unwrap();
         let path = db(dir.path(), false);
-        let c = Connection::open(&path).unwrap();
-        let root: i64 = c
-            .query_row(
-                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        drop(c);
         // The root's first divider key lowered below its left child's rows.
-        let mut bytes = std::fs::read(&path).unwrap();
-        let page = 4096 * (root as usize - 1);
-        assert_eq!(bytes[page], INTERIOR);
+        let (mut bytes, page, _) = root_page(&path);
         let cell = u16::from_be_bytes([bytes[page + 12], bytes[page + 13]]) as usize;
         let key = page + cell + 4;
         assert!(bytes[key] & 0x80 != 0, "a key of two bytes or more");
@@ -1057,19 +1066,8 @@ mod tests {
     fn a_hostile_page_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let path = db(dir.path(), false);
-        let c = Connection::open(&path).unwrap();
-        let root: i64 = c
-            .query_row(
-                "SELECT rootpage FROM sqlite_schema WHERE name = 't'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        drop(c);
         // Point the root's right-most child back at the root: a cycle.
-        let mut bytes = std::fs::read(&path).unwrap();
-        let page = 4096 * (root as usize - 1);
-        assert_eq!(bytes[page], INTERIOR);
+        let (mut bytes, page, root) = root_page(&path);
         bytes[page + 8..page + 12].copy_from_slice(&(root as u32).to_be_bytes());
         std::fs::write(&path, &bytes).unwrap();
         let c = Connection::open(&path).unwrap();
