@@ -59,15 +59,36 @@ struct TableHead {
 }
 
 impl TableHead {
-    /// `h` with the head added: every stretch digest starts so.
-    fn begin(&self, mut h: blake3::Hasher) -> blake3::Hasher {
+    /// A stretch digest begun after `h`: the head first (FORMAT,
+    /// "Unread stretches"), then the leaves it is given.
+    fn begin(&self, mut h: blake3::Hasher) -> StretchSum {
         for part in [self.sql.as_bytes(), self.encoding.as_bytes()] {
             h.update(&(part.len() as u64).to_le_bytes());
             h.update(part);
         }
         h.update(&self.page_size.to_le_bytes());
         h.update(&self.usable.to_le_bytes());
-        h
+        StretchSum { h, leaves: 0 }
+    }
+}
+
+/// A stretch digest being computed: every leaf the range meets, in rowid
+/// order, then their count.
+#[derive(Clone)]
+struct StretchSum {
+    h: blake3::Hasher,
+    leaves: u64,
+}
+
+impl StretchSum {
+    fn add(&mut self, leaf: &Leaf) {
+        self.h.update(&leaf.digest);
+        self.leaves += 1;
+    }
+
+    fn finish(mut self) -> [u8; 32] {
+        self.h.update(&self.leaves.to_le_bytes());
+        *self.h.finalize().as_bytes()
     }
 }
 
@@ -90,21 +111,18 @@ impl TableLeaves {
     /// Leaves walked for a range ([`walk_range`]) give the digest of any
     /// range inside it that the whole table's leaves give.
     pub fn stretch(&self, from: Option<i64>, to: Option<i64>, h: blake3::Hasher) -> [u8; 32] {
-        let mut h = self.head.begin(h);
+        let mut sum = self.head.begin(h);
         let start = match from {
             Some(f) => self.leaves.partition_point(|l| l.max < f),
             None => 0,
         };
-        let mut n = 0u64;
         for leaf in &self.leaves[start..] {
             if to.is_some_and(|t| leaf.min >= t) {
                 break;
             }
-            h.update(&leaf.digest);
-            n += 1;
+            sum.add(leaf);
         }
-        h.update(&n.to_le_bytes());
-        *h.finalize().as_bytes()
+        sum.finish()
     }
 
     /// Heap bytes held (for the memory figures).
@@ -160,10 +178,10 @@ pub fn stretch_digests(
     order.sort_by_key(|&i| ranges[i].0);
     let mut next = 0;
     let mut active: Vec<usize> = Vec::new();
-    let mut sums: Vec<(blake3::Hasher, u64)> = Vec::new();
+    let mut sums: Vec<StretchSum> = Vec::new();
     let head = walk_each(conn, table, None, None, |head, leaf| {
         if sums.is_empty() {
-            sums = vec![(head.begin(h.clone()), 0); ranges.len()];
+            sums = vec![head.begin(h.clone()); ranges.len()];
         }
         while let Some(&i) = order.get(next) {
             if ranges[i].0.is_some_and(|f| f > leaf.max) {
@@ -174,24 +192,16 @@ pub fn stretch_digests(
         }
         active.retain(|&i| ranges[i].1.is_none_or(|t| t > leaf.min));
         for &i in &active {
-            sums[i].0.update(&leaf.digest);
-            sums[i].1 += 1;
+            sums[i].add(&leaf);
         }
     })?;
     let Some(head) = head else {
         return Ok(None);
     };
     if sums.is_empty() {
-        sums = vec![(head.begin(h.clone()), 0); ranges.len()];
+        sums = vec![head.begin(h.clone()); ranges.len()];
     }
-    Ok(Some(
-        sums.into_iter()
-            .map(|(mut h, n)| {
-                h.update(&n.to_le_bytes());
-                *h.finalize().as_bytes()
-            })
-            .collect(),
-    ))
+    Ok(Some(sums.into_iter().map(StretchSum::finish).collect()))
 }
 
 /// The walk behind [`walk_range`] and [`stretch_digests`]: gives `visit`
@@ -484,14 +494,15 @@ impl<'c> StretchLeaves<'c> {
         self.stream.encoding()
     }
 
-    fn pull(&mut self) -> Result<Option<()>, BtreeError> {
+    /// Walks one more leaf into `kept`; `false` after the last.
+    fn pull(&mut self) -> Result<bool, BtreeError> {
         match self.stream.next_leaf() {
             Ok(Some(leaf)) => {
                 self.kept.push_back(leaf);
                 self.most = self.most.max(self.kept.len());
-                Ok(Some(()))
+                Ok(true)
             }
-            Ok(None) => Ok(None),
+            Ok(None) => Ok(false),
             Err(e) => {
                 self.failed = true;
                 Err(e)
@@ -501,7 +512,7 @@ impl<'c> StretchLeaves<'c> {
 
     /// The reader's next leaf, in rowid order.
     pub fn next_leaf(&mut self) -> Result<Option<Leaf>, BtreeError> {
-        if self.taken == self.kept.len() && self.pull()?.is_none() {
+        if self.taken == self.kept.len() && !self.pull()? {
             return Ok(None);
         }
         self.taken += 1;
@@ -526,7 +537,7 @@ impl<'c> StretchLeaves<'c> {
                 .back()
                 .is_none_or(|l| to.is_none_or(|t| l.min < t))
         {
-            if !matches!(self.pull(), Ok(Some(()))) {
+            if !matches!(self.pull(), Ok(true)) {
                 break;
             }
         }
@@ -534,14 +545,11 @@ impl<'c> StretchLeaves<'c> {
             .floor
             .is_some_and(|floor| from.is_none_or(|f| f < floor));
         let digest = (!self.failed && !below_floor).then(|| {
-            let mut h = self.stream.head.begin(h.clone());
-            let mut n = 0u64;
+            let mut sum = self.stream.head.begin(h.clone());
             for leaf in self.kept.iter().filter(|l| l.meets(from, to)) {
-                h.update(&leaf.digest);
-                n += 1;
+                sum.add(leaf);
             }
-            h.update(&n.to_le_bytes());
-            *h.finalize().as_bytes()
+            sum.finish()
         });
         // Leaves wholly below the window's end meet no later window.
         while self
