@@ -73,7 +73,10 @@ impl TableHead {
 }
 
 /// A stretch digest being computed: every leaf the range meets, in rowid
-/// order, then their count.
+/// order, then their count. Any change to a row in the range (update,
+/// insert, delete, a spilled value's tail) changes a leaf or overflow page,
+/// or which leaves the range meets, so it changes the digest; rows outside
+/// the range may change it too.
 #[derive(Clone)]
 struct StretchSum {
     h: blake3::Hasher,
@@ -92,45 +95,6 @@ impl StretchSum {
     }
 }
 
-/// The leaves of a table (all of them, or those meeting a range of
-/// rowids) in rowid order, with what else decides how its rows read back.
-#[derive(Clone, Debug)]
-pub struct TableLeaves {
-    pub leaves: Vec<Leaf>,
-    head: TableHead,
-}
-
-impl TableLeaves {
-    /// The digest of the leaves holding rowids in `[from, to)` (`None`:
-    /// unbounded), after what `h` already holds: every leaf that meets the
-    /// range, in order, then their count. Any change to a row in the
-    /// range (update, insert, delete, a spilled value's tail) changes a
-    /// leaf or overflow page, or which leaves the range meets, so it
-    /// changes the digest; rows outside the range may change it too.
-    ///
-    /// Leaves walked for a range ([`walk_range`]) give the digest of any
-    /// range inside it that the whole table's leaves give.
-    pub fn stretch(&self, from: Option<i64>, to: Option<i64>, h: blake3::Hasher) -> [u8; 32] {
-        let mut sum = self.head.begin(h);
-        let start = match from {
-            Some(f) => self.leaves.partition_point(|l| l.max < f),
-            None => 0,
-        };
-        for leaf in &self.leaves[start..] {
-            if to.is_some_and(|t| leaf.min >= t) {
-                break;
-            }
-            sum.add(leaf);
-        }
-        sum.finish()
-    }
-
-    /// Heap bytes held (for the memory figures).
-    pub fn heap_bytes(&self) -> usize {
-        self.leaves.capacity() * std::mem::size_of::<Leaf>()
-    }
-}
-
 /// Interior and leaf page types of a table b-tree, and of an index b-tree.
 const INTERIOR: u8 = 0x05;
 pub(super) const LEAF: u8 = 0x0d;
@@ -139,32 +103,10 @@ const INDEX_LEAF: u8 = 0x0a;
 /// Deeper than any real b-tree (SQLite itself stops at 20).
 const MAX_DEPTH: usize = 40;
 
-/// Walks `table`'s b-tree on `conn` (inside its read transaction): every
-/// leaf. `None` when the table has no b-tree of its own to walk (a
-/// virtual table, a WITHOUT ROWID table) or the SQLite build has no
-/// `sqlite_dbpage`.
-pub fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, BtreeError> {
-    walk_range(conn, table, None, None)
-}
-
-/// Like [`walk`], but only the leaves that meet the rowids `[from, to)`
-/// (`None`: unbounded): subtrees whose keys keep them outside are not
-/// read. Only a walk of the whole table checks every page, so a range is
-/// walked after the whole table was, in the same read transaction.
-pub fn walk_range(
-    conn: &Connection,
-    table: &str,
-    from: Option<i64>,
-    to: Option<i64>,
-) -> Result<Option<TableLeaves>, BtreeError> {
-    let mut leaves = Vec::new();
-    let head = walk_each(conn, table, from, to, |_, leaf| leaves.push(leaf))?;
-    Ok(head.map(|head| TableLeaves { leaves, head }))
-}
-
-/// The digest [`TableLeaves::stretch`] gives each of `ranges` (rowids
-/// `[from, to)`, in any order, overlapping or not), after `h`, from one walk
-/// of the whole table that keeps no leaf. `None` as for [`walk`].
+/// The stretch digest (FORMAT, "Unread stretches") of each of `ranges`
+/// (rowids `[from, to)`, in any order, overlapping or not) after `h`, from
+/// one walk of the whole table that keeps no leaf (and checks every page).
+/// `None` as for [`LeafStream::open`].
 pub fn stretch_digests(
     conn: &Connection,
     table: &str,
@@ -204,7 +146,7 @@ pub fn stretch_digests(
     Ok(Some(sums.into_iter().map(StretchSum::finish).collect()))
 }
 
-/// The walk behind [`walk_range`] and [`stretch_digests`]: gives `visit`
+/// The walk behind [`stretch_digests`]: gives `visit`
 /// every leaf that meets `[from, to)`, in rowid order, and returns the
 /// table's head.
 fn walk_each(
@@ -519,8 +461,9 @@ impl<'c> StretchLeaves<'c> {
         Ok(Some(self.kept[self.taken - 1].clone()))
     }
 
-    /// The digest [`TableLeaves::stretch`] gives the rowids `[from, to)`
-    /// after `h`; then the leaves below `to` are forgotten. Windows are
+    /// The stretch digest of the rowids `[from, to)` after `h`, as a walk
+    /// of the whole table gives it; then the leaves below `to` are
+    /// forgotten. Windows are
     /// asked in rowid order, each starting where the last ended. `None`
     /// when the walk failed or `from` lies below what was forgotten.
     pub fn window(
@@ -783,6 +726,60 @@ impl<'a> Page<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The leaves of a table (all of them, or those meeting a range of
+    /// rowids) in rowid order, with what else decides how its rows read back:
+    /// the reference the streamed digests are held to.
+    #[derive(Clone, Debug)]
+    struct TableLeaves {
+        leaves: Vec<Leaf>,
+        head: TableHead,
+    }
+
+    impl TableLeaves {
+        /// The digest of the leaves holding rowids in `[from, to)` (`None`:
+        /// unbounded), after what `h` already holds.
+        ///
+        /// Leaves walked for a range ([`walk_range`]) give the digest of any
+        /// range inside it that the whole table's leaves give.
+        fn stretch(&self, from: Option<i64>, to: Option<i64>, h: blake3::Hasher) -> [u8; 32] {
+            let mut sum = self.head.begin(h);
+            let start = match from {
+                Some(f) => self.leaves.partition_point(|l| l.max < f),
+                None => 0,
+            };
+            for leaf in &self.leaves[start..] {
+                if to.is_some_and(|t| leaf.min >= t) {
+                    break;
+                }
+                sum.add(leaf);
+            }
+            sum.finish()
+        }
+    }
+
+    /// Walks `table`'s b-tree on `conn` (inside its read transaction): every
+    /// leaf. `None` when the table has no b-tree of its own to walk (a
+    /// virtual table, a WITHOUT ROWID table) or the SQLite build has no
+    /// `sqlite_dbpage`.
+    fn walk(conn: &Connection, table: &str) -> Result<Option<TableLeaves>, BtreeError> {
+        walk_range(conn, table, None, None)
+    }
+
+    /// Like [`walk`], but only the leaves that meet the rowids `[from, to)`
+    /// (`None`: unbounded): subtrees whose keys keep them outside are not
+    /// read. Only a walk of the whole table checks every page, so a range is
+    /// walked after the whole table was, in the same read transaction.
+    fn walk_range(
+        conn: &Connection,
+        table: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Option<TableLeaves>, BtreeError> {
+        let mut leaves = Vec::new();
+        let head = walk_each(conn, table, from, to, |_, leaf| leaves.push(leaf))?;
+        Ok(head.map(|head| TableLeaves { leaves, head }))
+    }
 
     /// A database of 3000 rows, every 100th with a value that spills into
     /// overflow pages.

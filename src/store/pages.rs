@@ -272,7 +272,8 @@ mod tests {
         .unwrap();
         // The whole table is walked first, as a backup does; the rows are
         // read from the leaves of the range alone, walked as they are read.
-        src.table_leaves(ts, RowidRange::ALL).unwrap();
+        src.stretch_digests(ts, &[], &blake3::Hasher::new())
+            .unwrap();
         let leaves = src
             .stretch_leaves(ts, range)
             .unwrap()

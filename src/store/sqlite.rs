@@ -812,42 +812,25 @@ impl SqliteSource {
         self.scan_ordered(table, plan, false, range, sink)
     }
 
-    /// The leaves of a rowid table's b-tree that meet `range`, read
-    /// through `sqlite_dbpage` in this source's read transaction
-    /// ([`btree::walk_range`](super::btree::walk_range); a range short of
-    /// [`RowidRange::ALL`] only after the whole table was walked, in the
-    /// same transaction). `None` for a WITHOUT ROWID table or without
-    /// `sqlite_dbpage`.
-    pub fn table_leaves(
-        &self,
-        table: &TableSchema,
-        range: RowidRange,
-    ) -> Result<Option<super::btree::TableLeaves>, super::btree::BtreeError> {
-        if table.rowid.is_none() {
-            return Ok(None);
-        }
-        super::btree::walk_range(&self.conn, &table.name, range.from, range.to)
-    }
-
     /// The leaves of a rowid table's b-tree that meet `range`, walked as
-    /// they are read ([`StretchLeaves`](super::btree::StretchLeaves); after
-    /// the whole table was walked in this read transaction). `None` as for
-    /// [`table_leaves`](Self::table_leaves).
+    /// they are read ([`StretchLeaves`]; after
+    /// the whole table was walked in this read transaction). `None` for a
+    /// WITHOUT ROWID table or without `sqlite_dbpage`.
     pub fn stretch_leaves(
         &self,
         table: &TableSchema,
         range: RowidRange,
-    ) -> Result<Option<super::btree::StretchLeaves<'_>>, super::btree::BtreeError> {
+    ) -> Result<Option<StretchLeaves<'_>>, super::btree::BtreeError> {
         if table.rowid.is_none() {
             return Ok(None);
         }
-        super::btree::StretchLeaves::open(&self.conn, &table.name, range.from, range.to)
+        StretchLeaves::open(&self.conn, &table.name, range.from, range.to)
     }
 
     /// The stretch digest of each of `ranges` after `h`, from a walk of
     /// the whole table that keeps no leaf
     /// ([`btree::stretch_digests`](super::btree::stretch_digests)). `None`
-    /// as for [`table_leaves`](Self::table_leaves).
+    /// for a WITHOUT ROWID table or without `sqlite_dbpage`.
     pub fn stretch_digests(
         &self,
         table: &TableSchema,
