@@ -959,6 +959,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(part.leaves, vec![l.clone()]);
+        let mut one = LeafStream::open(&c, "t", Some(l.min), Some(l.max + 1))
+            .unwrap()
+            .unwrap();
+        while one.next_leaf().unwrap().is_some() {}
+        let pages = all.leaves.len() as u64;
+        assert!(
+            one.visited < pages / 4,
+            "{} pages read for one leaf of {pages}",
+            one.visited
+        );
         assert!(stretch_digests(&c, "k", &ranges, &h).unwrap().is_none());
         assert_eq!(stretch_digests(&c, "t", &[], &h).unwrap(), Some(vec![]));
     }
