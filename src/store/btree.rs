@@ -411,24 +411,16 @@ pub struct StretchLeaves<'c> {
 }
 
 impl<'c> StretchLeaves<'c> {
-    /// The leaves of `table` that meet `[from, to)`, walked as they are
-    /// needed. `None` as for [`LeafStream::open`].
-    pub fn open(
-        conn: &'c Connection,
-        table: &str,
-        from: Option<i64>,
-        to: Option<i64>,
-    ) -> Result<Option<Self>, BtreeError> {
-        Ok(
-            LeafStream::open(conn, table, from, to)?.map(|stream| StretchLeaves {
-                stream,
-                kept: Default::default(),
-                taken: 0,
-                floor: None,
-                failed: false,
-                most: 0,
-            }),
-        )
+    /// The leaves `stream` walks, as they are needed.
+    pub fn new(stream: LeafStream<'c>) -> Self {
+        StretchLeaves {
+            stream,
+            kept: Default::default(),
+            taken: 0,
+            floor: None,
+            failed: false,
+            most: 0,
+        }
     }
 
     /// The database's text encoding in the walk's read transaction.
@@ -999,7 +991,8 @@ mod tests {
                 (1000, true),
                 (150, false),
             ] {
-                let mut s = StretchLeaves::open(&c, "t", from, to).unwrap().unwrap();
+                let mut s =
+                    StretchLeaves::new(LeafStream::open(&c, "t", from, to).unwrap().unwrap());
                 let mut at: Option<Leaf> = None;
                 let mut start = from;
                 for (n, &id) in ids.iter().enumerate() {

@@ -16,7 +16,7 @@
 //! docs/FORMAT.md section 9. Errors name the database path, tables and columns,
 //! never row values.
 
-use super::btree::{PageReader, StretchLeaves};
+use super::btree::{LeafStream, PageReader, StretchLeaves};
 use super::bulkload::{LoadError, PageFile, TableLoad};
 use super::indexbuild::{IndexBuild, IndexSpec};
 use super::pages::{is_real_affinity, read_rows, ColumnRead, Layout, ReadError};
@@ -824,7 +824,8 @@ impl SqliteSource {
         if table.rowid.is_none() {
             return Ok(None);
         }
-        StretchLeaves::open(&self.conn, &table.name, range.from, range.to)
+        let stream = LeafStream::open(&self.conn, &table.name, range.from, range.to)?;
+        Ok(stream.map(StretchLeaves::new))
     }
 
     /// The stretch digest of each of `ranges` after `h`, from a walk of
