@@ -85,7 +85,11 @@ struct StretchSum {
 
 impl StretchSum {
     fn add(&mut self, leaf: &Leaf) {
-        self.h.update(&leaf.digest);
+        self.add_digest(&leaf.digest);
+    }
+
+    fn add_digest(&mut self, digest: &[u8; 32]) {
+        self.h.update(digest);
         self.leaves += 1;
     }
 
@@ -107,12 +111,33 @@ const MAX_DEPTH: usize = 40;
 /// (rowids `[from, to)`, in any order, overlapping or not) after `h`, from
 /// one walk of the whole table that keeps no leaf (and checks every page).
 /// `None` as for [`LeafStream::open`].
+///
+/// This thread reads and parses the pages; another hashes them and adds
+/// each leaf to the digests of the ranges it meets, a batch of leaves at a
+/// time, in leaf order. Hashing was about a third of the walk, which a
+/// backup runs before it reads any table.
 pub fn stretch_digests(
     conn: &Connection,
     table: &str,
     ranges: &[(Option<i64>, Option<i64>)],
     h: &blake3::Hasher,
 ) -> Result<Option<Vec<[u8; 32]>>, BtreeError> {
+    stretch_digests_in(conn, table, ranges, h, LEAF_BATCH_BYTES)
+}
+
+/// [`stretch_digests`], handing leaves over once a batch holds `batch`
+/// bytes of them.
+fn stretch_digests_in(
+    conn: &Connection,
+    table: &str,
+    ranges: &[(Option<i64>, Option<i64>)],
+    h: &blake3::Hasher,
+    batch_bytes: usize,
+) -> Result<Option<Vec<[u8; 32]>>, BtreeError> {
+    let Some(mut leaves) = LeafStream::open(conn, table, None, None)? else {
+        return Ok(None);
+    };
+    let sums = vec![leaves.head.begin(h.clone()); ranges.len()];
     // The ranges by where they start (unbounded first); those that may
     // still meet a leaf are active. Leaves come in rowid order, so a range
     // whose end a leaf has passed meets no later leaf.
@@ -120,49 +145,86 @@ pub fn stretch_digests(
     order.sort_by_key(|&i| ranges[i].0);
     let mut next = 0;
     let mut active: Vec<usize> = Vec::new();
-    let mut sums: Vec<StretchSum> = Vec::new();
-    let head = walk_each(conn, table, None, None, |head, leaf| {
-        if sums.is_empty() {
-            sums = vec![head.begin(h.clone()); ranges.len()];
-        }
-        while let Some(&i) = order.get(next) {
-            if ranges[i].0.is_some_and(|f| f > leaf.max) {
-                break;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<LeafBatch>(2);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<LeafBatch>();
+        let hashing = scope.spawn(move || {
+            let mut sums = sums;
+            for mut batch in full_rx {
+                batch.add_to(&mut sums);
+                batch.clear();
+                // The walk may have ended: the batch is then dropped.
+                let _ = empty_tx.send(batch);
             }
-            active.push(i);
-            next += 1;
+            sums
+        });
+        let mut batch = LeafBatch::default();
+        let walked = (|| -> Result<(), BtreeError> {
+            while let Some(leaf) = leaves.next_leaf_bytes(&mut batch.bytes)? {
+                while let Some(&i) = order.get(next) {
+                    if ranges[i].0.is_some_and(|f| f > leaf.max) {
+                        break;
+                    }
+                    active.push(i);
+                    next += 1;
+                }
+                active.retain(|&i| ranges[i].1.is_none_or(|t| t > leaf.min));
+                batch.targets.extend(active.iter().map(|&i| i as u32));
+                batch.leaves.push((batch.bytes.len(), batch.targets.len()));
+                if batch.bytes.len() >= batch_bytes {
+                    let fresh = empty_rx.try_recv().unwrap_or_default();
+                    if full_tx.send(std::mem::replace(&mut batch, fresh)).is_err() {
+                        break; // the hashing thread panicked; join says so
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if walked.is_ok() && !batch.leaves.is_empty() {
+            let _ = full_tx.send(batch);
         }
-        active.retain(|&i| ranges[i].1.is_none_or(|t| t > leaf.min));
-        for &i in &active {
-            sums[i].add(&leaf);
-        }
-    })?;
-    let Some(head) = head else {
-        return Ok(None);
-    };
-    if sums.is_empty() {
-        sums = vec![head.begin(h.clone()); ranges.len()];
-    }
-    Ok(Some(sums.into_iter().map(StretchSum::finish).collect()))
+        drop(full_tx);
+        let sums = match hashing.join() {
+            Ok(sums) => sums,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        walked?;
+        Ok(Some(sums.into_iter().map(StretchSum::finish).collect()))
+    })
 }
 
-/// The walk behind [`stretch_digests`]: gives `visit`
-/// every leaf that meets `[from, to)`, in rowid order, and returns the
-/// table's head.
-fn walk_each(
-    conn: &Connection,
-    table: &str,
-    from: Option<i64>,
-    to: Option<i64>,
-    mut visit: impl FnMut(&TableHead, Leaf),
-) -> Result<Option<TableHead>, BtreeError> {
-    let Some(mut leaves) = LeafStream::open(conn, table, from, to)? else {
-        return Ok(None);
-    };
-    while let Some(leaf) = leaves.next_leaf()? {
-        visit(&leaves.head, leaf);
+/// Bytes of leaf pages (with their overflow pages) per batch handed to
+/// the hashing thread of [`stretch_digests`]: 64 pages of 4 KiB.
+const LEAF_BATCH_BYTES: usize = 256 << 10;
+
+/// Leaves walked and not yet hashed: each leaf's bytes (its page, then its
+/// overflow pages in cell order), and the ranges whose digests it goes in.
+#[derive(Default)]
+struct LeafBatch {
+    bytes: Vec<u8>,
+    targets: Vec<u32>,
+    /// Per leaf, in rowid order: where its bytes and its targets end.
+    leaves: Vec<(usize, usize)>,
+}
+
+impl LeafBatch {
+    /// Hashes each leaf and adds it to its ranges' digests, in leaf order.
+    fn add_to(&self, sums: &mut [StretchSum]) {
+        let (mut byte, mut target) = (0, 0);
+        for &(bytes_end, targets_end) in &self.leaves {
+            let digest = *blake3::hash(&self.bytes[byte..bytes_end]).as_bytes();
+            for &i in &self.targets[target..targets_end] {
+                sums[i as usize].add_digest(&digest);
+            }
+            (byte, target) = (bytes_end, targets_end);
+        }
     }
-    Ok(Some(leaves.head))
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.targets.clear();
+        self.leaves.clear();
+    }
 }
 
 /// A page to visit, its depth, and the keys its parents give its rows:
@@ -279,14 +341,38 @@ impl<'c> LeafStream<'c> {
     /// The next leaf that meets the range, in rowid order; `None` after
     /// the last. After an error the walk is over.
     pub fn next_leaf(&mut self) -> Result<Option<Leaf>, BtreeError> {
-        let r = self.step();
+        let mut h = blake3::Hasher::new();
+        let r = self.step(&mut |bytes| {
+            h.update(bytes);
+        });
+        match r {
+            Ok(Some(mut leaf)) => {
+                leaf.digest = *h.finalize().as_bytes();
+                Ok(Some(leaf))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                self.stack.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// Like [`next_leaf`](Self::next_leaf), but appends the leaf's bytes
+    /// (its page, then its overflow pages in cell order: what its digest
+    /// hashes) to `out` instead of hashing them; the leaf's `digest` is
+    /// left zero. After an error `out` may hold part of a leaf.
+    fn next_leaf_bytes(&mut self, out: &mut Vec<u8>) -> Result<Option<Leaf>, BtreeError> {
+        let r = self.step(&mut |bytes| out.extend_from_slice(bytes));
         if r.is_err() {
             self.stack.clear();
         }
         r
     }
 
-    fn step(&mut self) -> Result<Option<Leaf>, BtreeError> {
+    /// Walks on to the next leaf that meets the range and gives `feed` its
+    /// bytes; its `digest` is left for the caller.
+    fn step(&mut self, feed: &mut dyn FnMut(&[u8])) -> Result<Option<Leaf>, BtreeError> {
         let page_count = u64::from(self.pages.page_count);
         while let Some(Visit {
             pgno,
@@ -353,7 +439,7 @@ impl<'c> LeafStream<'c> {
                     let (Some(min), Some(max)) = (min, self.prev) else {
                         continue;
                     };
-                    let mut leaf = Leaf {
+                    let leaf = Leaf {
                         min,
                         max,
                         pgno,
@@ -363,8 +449,7 @@ impl<'c> LeafStream<'c> {
                     if !leaf.meets(self.from, self.to) {
                         continue;
                     }
-                    let mut h = blake3::Hasher::new();
-                    h.update(&self.buf);
+                    feed(&self.buf);
                     for (mut next, n) in spilled {
                         for _ in 0..n {
                             self.visited += 1;
@@ -375,12 +460,11 @@ impl<'c> LeafStream<'c> {
                                 });
                             }
                             self.pages.read(next, &mut self.overflow)?;
-                            h.update(&self.overflow);
+                            feed(&self.overflow);
                             next =
                                 u32::from_be_bytes(self.overflow[..4].try_into().expect("4 bytes"));
                         }
                     }
-                    leaf.digest = *h.finalize().as_bytes();
                     return Ok(Some(leaf));
                 }
                 _ => return Err(page.malformed("not a table b-tree page")),
@@ -758,6 +842,24 @@ mod tests {
         walk_range(conn, table, None, None)
     }
 
+    /// Gives `visit` every leaf that meets `[from, to)`, in rowid order,
+    /// hashed as it is walked, and returns the table's head.
+    fn walk_each(
+        conn: &Connection,
+        table: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+        mut visit: impl FnMut(&TableHead, Leaf),
+    ) -> Result<Option<TableHead>, BtreeError> {
+        let Some(mut leaves) = LeafStream::open(conn, table, from, to)? else {
+            return Ok(None);
+        };
+        while let Some(leaf) = leaves.next_leaf()? {
+            visit(&leaves.head, leaf);
+        }
+        Ok(Some(leaves.head))
+    }
+
     /// Like [`walk`], but only the leaves that meet the rowids `[from, to)`
     /// (`None`: unbounded): subtrees whose keys keep them outside are not
     /// read. Only a walk of the whole table checks every page, so a range is
@@ -927,9 +1029,21 @@ mod tests {
         }
         let streamed = stretch_digests(&c, "t", &ranges, &h).unwrap().unwrap();
         assert_eq!(streamed.len(), ranges.len());
-        for (&(from, to), got) in ranges.iter().zip(&streamed) {
+        // The leaves reach the hashing thread one at a time, a few at a
+        // time (some spill into overflow pages), or all at once.
+        let batched: Vec<_> = [0, 3 * 4096, usize::MAX]
+            .map(|b| {
+                stretch_digests_in(&c, "t", &ranges, &h, b)
+                    .unwrap()
+                    .unwrap()
+            })
+            .into();
+        for (n, (&(from, to), got)) in ranges.iter().zip(&streamed).enumerate() {
             let want = all.stretch(from, to, h.clone());
             assert_eq!(*got, want, "[{from:?}, {to:?}) streamed");
+            for b in &batched {
+                assert_eq!(b[n], want, "[{from:?}, {to:?}) in batches");
+            }
             let part = walk_range(&c, "t", from, to).unwrap().unwrap();
             assert!(part.leaves.iter().all(|l| l.meets(from, to)));
             let inside = [
