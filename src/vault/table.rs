@@ -28,6 +28,39 @@ pub(super) enum KeyName {
     Text(Box<str>),
 }
 
+/// The 16 bytes that 32 lowercase hex digits spell, or `None` for any
+/// other text. One pass with a table: every name read from a vault and
+/// every subject a backup looks up comes through here (the `hex` crate's
+/// decoder, after a separate check of the digits, was a tenth of opening
+/// a vault of 260 k keys).
+fn lower_hex16(text: &[u8]) -> Option<[u8; 16]> {
+    /// A lowercase hex digit's value, or 16 for any other byte.
+    const NIBBLE: [u8; 256] = {
+        let mut t = [16u8; 256];
+        let mut c = 0;
+        while c < 10 {
+            t[b'0' as usize + c] = c as u8;
+            c += 1;
+        }
+        while c < 16 {
+            t[b'a' as usize + c - 10] = c as u8;
+            c += 1;
+        }
+        t
+    };
+    if text.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0x10 == 0).then_some(out)
+}
+
 /// A name in the form [`KeyName`] keeps, borrowed: what a lookup compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum NameRef<'a> {
@@ -38,13 +71,9 @@ pub(super) enum NameRef<'a> {
 impl<'a> NameRef<'a> {
     /// The form of a name: `Hex` for exactly 32 lowercase hex digits.
     pub fn of(name: &'a str) -> NameRef<'a> {
-        let b = name.as_bytes();
-        if b.len() == 32 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-            let mut out = [0u8; 16];
-            hex::decode_to_slice(b, &mut out).expect("32 hex digits");
-            NameRef::Hex(out)
-        } else {
-            NameRef::Text(name)
+        match lower_hex16(name.as_bytes()) {
+            Some(b) => NameRef::Hex(b),
+            None => NameRef::Text(name),
         }
     }
 
@@ -142,7 +171,22 @@ fn slot_at(segments: &[Vec<Slot>], i: u32) -> &Slot {
 
 /// The hash a slot is found by in the name table.
 fn name_hash(names: &std::hash::RandomState, s: &Slot) -> u64 {
-    names.hash_one((s.kind, s.name.as_ref()))
+    hash_name(names, s.kind, s.name.as_ref())
+}
+
+/// The hash of a (kind, name). A hex name is a subject's pseudonym, a
+/// keyed hash of the subject, so its first bytes are a hash already, as
+/// ids are (see [`id_hash`]); SipHash over it was a fifth of opening a
+/// vault. Other names (a few, one per period or epoch) go through SipHash.
+fn hash_name(names: &std::hash::RandomState, kind: KeyKind, name: NameRef<'_>) -> u64 {
+    match name {
+        NameRef::Hex(b) => {
+            let kind = kind as u64 + 1;
+            u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
+                ^ kind.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        }
+        NameRef::Text(_) => names.hash_one((kind, name)),
+    }
 }
 
 impl KeyTable {
@@ -161,7 +205,7 @@ impl KeyTable {
     }
 
     fn name_hash(&self, kind: KeyKind, name: NameRef<'_>) -> u64 {
-        self.names.hash_one((kind, name))
+        hash_name(&self.names, kind, name)
     }
 
     fn find_id(&self, id: &KeyId) -> Option<u32> {
@@ -214,7 +258,7 @@ impl KeyTable {
         let (segments, names) = (&self.segments, &self.names);
         let at = |j: u32| slot_at(segments, j);
         let (kind, name) = (at(i).kind, at(i).name.as_ref());
-        let h = names.hash_one((kind, name));
+        let h = hash_name(names, kind, name);
         match self.by_name.entry(
             h,
             |&j| {
@@ -333,6 +377,38 @@ mod tests {
     }
 
     #[test]
+    fn a_name_is_hex_only_as_32_lowercase_digits() {
+        use rand::RngCore;
+        let mut rng = rand::thread_rng();
+        for _ in 0..2000 {
+            let mut b = [0u8; 16];
+            rng.fill_bytes(&mut b);
+            let text = hex::encode(b);
+            assert_eq!(NameRef::of(&text), NameRef::Hex(b));
+            assert_eq!(NameRef::of(&text).len(), 32);
+            let mut out = Vec::new();
+            NameRef::of(&text).write_to(&mut out);
+            assert_eq!(out, text.as_bytes());
+            // One byte changed to any non-digit keeps the name as text.
+            let at = (rng.next_u32() % 32) as usize;
+            for c in [b'A', b'F', b'g', b'/', b':', b'`', b' ', 0, 0xff] {
+                let mut bad = text.clone().into_bytes();
+                bad[at] = c;
+                let bad = String::from_utf8_lossy(&bad).into_owned();
+                assert!(matches!(NameRef::of(&bad), NameRef::Text(_)), "{bad:?}");
+            }
+        }
+        for text in ["", "0", &"0".repeat(31), &"0".repeat(33), &"f".repeat(64)] {
+            assert_eq!(NameRef::of(text), NameRef::Text(text));
+        }
+        assert_eq!(NameRef::of(&"f".repeat(32)), NameRef::Hex([0xff; 16]));
+        assert_eq!(
+            NameRef::of(&"09af".repeat(8)),
+            NameRef::Hex([0x09, 0xaf].repeat(8).try_into().unwrap())
+        );
+    }
+
+    #[test]
     fn a_slot_is_64_bytes() {
         // The vault holds a slot per customer (module docs).
         assert_eq!(std::mem::size_of::<Slot>(), 64);
@@ -408,24 +484,30 @@ mod tests {
 
     #[test]
     fn a_name_points_at_its_earliest_key_until_pointed_elsewhere() {
-        let mut t = KeyTable::default();
-        let late = slot(KeyKind::Period, "consumption:2026-03", 20);
-        let early = slot(KeyKind::Period, "consumption:2026-03", 10);
-        let (late_id, early_id) = (late.id, early.id);
-        t.insert(late);
-        t.insert(early);
-        assert!(t.named(KeyKind::Period, "consumption:2026-03").is_none());
-        t.rebuild_names();
-        let named = |t: &KeyTable| {
-            t.named(KeyKind::Period, "consumption:2026-03")
-                .map(|s| s.id)
-        };
-        assert_eq!(named(&t), Some(early_id));
-        t.point_name(&late_id);
-        assert_eq!(named(&t), Some(late_id));
-        t.remove(&late_id);
-        assert_eq!(named(&t), None);
-        t.rebuild_names();
-        assert_eq!(named(&t), Some(early_id));
+        // A name kept as text and one kept as its bytes (hashed apart).
+        let pseudonym = "0123456789abcdef0123456789abcdef";
+        for (kind, name) in [
+            (KeyKind::Period, "consumption:2026-03"),
+            (KeyKind::Subject, pseudonym),
+        ] {
+            let mut t = KeyTable::default();
+            let late = slot(kind, name, 20);
+            let early = slot(kind, name, 10);
+            let (late_id, early_id) = (late.id, early.id);
+            t.insert(late);
+            t.insert(early);
+            assert!(t.named(kind, name).is_none());
+            t.rebuild_names();
+            let named = |t: &KeyTable| t.named(kind, name).map(|s| s.id);
+            assert_eq!(named(&t), Some(early_id), "{name}");
+            t.point_name(&late_id);
+            assert_eq!(named(&t), Some(late_id), "{name}");
+            t.remove(&late_id);
+            assert_eq!(named(&t), None, "{name}");
+            t.rebuild_names();
+            assert_eq!(named(&t), Some(early_id), "{name}");
+            // The same name under another kind is another unit.
+            assert!(t.named(KeyKind::Epoch, name).is_none(), "{name}");
+        }
     }
 }
