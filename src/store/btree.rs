@@ -342,20 +342,13 @@ impl<'c> LeafStream<'c> {
     /// the last. After an error the walk is over.
     pub fn next_leaf(&mut self) -> Result<Option<Leaf>, BtreeError> {
         let mut h = blake3::Hasher::new();
-        let r = self.step(&mut |bytes| {
+        let leaf = self.step(&mut |bytes| {
             h.update(bytes);
-        });
-        match r {
-            Ok(Some(mut leaf)) => {
-                leaf.digest = *h.finalize().as_bytes();
-                Ok(Some(leaf))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                self.stack.clear();
-                Err(e)
-            }
-        }
+        })?;
+        Ok(leaf.map(|mut leaf| {
+            leaf.digest = *h.finalize().as_bytes();
+            leaf
+        }))
     }
 
     /// Like [`next_leaf`](Self::next_leaf), but appends the leaf's bytes
@@ -363,16 +356,21 @@ impl<'c> LeafStream<'c> {
     /// hashes) to `out` instead of hashing them; the leaf's `digest` is
     /// left zero. After an error `out` may hold part of a leaf.
     fn next_leaf_bytes(&mut self, out: &mut Vec<u8>) -> Result<Option<Leaf>, BtreeError> {
-        let r = self.step(&mut |bytes| out.extend_from_slice(bytes));
+        self.step(&mut |bytes| out.extend_from_slice(bytes))
+    }
+
+    /// Walks on to the next leaf that meets the range and gives `feed` its
+    /// bytes; its `digest` is left for the caller. After an error the walk
+    /// is over.
+    fn step(&mut self, feed: &mut dyn FnMut(&[u8])) -> Result<Option<Leaf>, BtreeError> {
+        let r = self.walk_on(feed);
         if r.is_err() {
             self.stack.clear();
         }
         r
     }
 
-    /// Walks on to the next leaf that meets the range and gives `feed` its
-    /// bytes; its `digest` is left for the caller.
-    fn step(&mut self, feed: &mut dyn FnMut(&[u8])) -> Result<Option<Leaf>, BtreeError> {
+    fn walk_on(&mut self, feed: &mut dyn FnMut(&[u8])) -> Result<Option<Leaf>, BtreeError> {
         let page_count = u64::from(self.pages.page_count);
         while let Some(Visit {
             pgno,
