@@ -294,12 +294,15 @@ impl Locator {
         (snapshot, table): (&str, &str),
         pages: &[Id],
         packs: Option<&[Id]>,
-    ) -> Result<(Arc<Index>, Vec<(Id, GroupEntry)>), OpsError> {
+    ) -> Result<OpenWindow, OpsError> {
         let meta = self.meta.clone();
         let index = self.window(packs).await?;
         let read = match window_groups(cache, &index, &meta, table, pages).await? {
-            Ok(groups) if locates(&index, vault, &groups) => return Ok((index, groups)),
-            read => read,
+            Ok(groups) => match Located::of(&index, &groups) {
+                l if l.complete(vault, &groups) => return Ok((index, groups, l)),
+                _ => Ok(groups),
+            },
+            Err(page) => Err(page),
         };
         if self.whole.is_none() {
             tracing::warn!(
@@ -319,7 +322,8 @@ impl Locator {
                     ))
                 })?,
         };
-        Ok((index, groups))
+        let located = Located::of(&index, &groups);
+        Ok((index, groups, located))
     }
 
     fn report(&self, report: &mut RestoreReport) {
@@ -328,16 +332,83 @@ impl Locator {
     }
 }
 
-/// Whether `index` locates every chunk the window's restore will open: the
-/// chunks of each group whose keys are still in the vault.
-fn locates(index: &Index, vault: &Vault, groups: &[(Id, GroupEntry)]) -> bool {
-    // The vault is asked only about a group whose chunks are not all
-    // found (a shred may have deleted their packs).
-    groups.iter().all(|(_, g)| {
-        g.chunks.iter().all(|c| index.chunks.contains_key(c))
-            || vault.key(&g.t).is_none()
-            || g.s.as_ref().is_some_and(|s| vault.key(s).is_none())
-    })
+/// A window's index, its groups (each with the tree page naming it) and
+/// where their chunks are.
+type OpenWindow = (Arc<Index>, Vec<(Id, GroupEntry)>, Located);
+
+/// Where a window's chunks are: every chunk of every group, group after
+/// group, looked up back to back so that the index's cache misses overlap
+/// (one group at a time, each look-up waited alone). `None` where the
+/// index does not locate a chunk.
+struct Located {
+    locs: Vec<Option<ChunkLoc>>,
+}
+
+/// Chunks located per call, to bound the look-ups' scratch space.
+const LOCATE_BATCH: usize = 1 << 14;
+
+impl Located {
+    fn of(index: &Index, groups: &[(Id, GroupEntry)]) -> Self {
+        let mut ids = groups.iter().flat_map(|(_, g)| &g.chunks);
+        let mut locs = Vec::new();
+        loop {
+            let before = locs.len();
+            index
+                .chunks
+                .locs(ids.by_ref().take(LOCATE_BATCH), &mut locs);
+            if locs.len() - before < LOCATE_BATCH {
+                break;
+            }
+        }
+        Located { locs }
+    }
+
+    /// Whether every chunk the window's restore will open is located: the
+    /// chunks of each group whose keys are still in the vault. The vault
+    /// is asked only about a group whose chunks are not all located (a
+    /// shred may have deleted their packs).
+    fn complete(&self, vault: &Vault, groups: &[(Id, GroupEntry)]) -> bool {
+        let mut at = 0;
+        groups.iter().all(|(_, g)| {
+            let found = &self.locs[at..at + g.chunks.len()];
+            at += g.chunks.len();
+            found.iter().all(Option::is_some) || parent_keys(vault, g).is_err()
+        })
+    }
+}
+
+/// The parent keys of a run of a window's groups, looked up back to back
+/// (their misses in the vault's table overlap) just before the run is
+/// read. `None` for a group whose subject or time key was shredded.
+struct Parents<'v> {
+    from: usize,
+    keys: Vec<Option<ParentKeys<'v>>>,
+}
+
+/// Groups whose parent keys are looked up together.
+const PARENTS_BATCH: usize = 4096;
+
+impl<'v> Parents<'v> {
+    /// The keys of group `i`, looking up the next batch when `i` is past
+    /// the current one (groups are asked for in order).
+    fn of(
+        &mut self,
+        vault: &'v Vault,
+        groups: &[(Id, GroupEntry)],
+        i: usize,
+    ) -> Option<ParentKeys<'v>> {
+        if i < self.from || i >= self.from + self.keys.len() {
+            self.from = i;
+            self.keys.clear();
+            let to = (i + PARENTS_BATCH).min(groups.len());
+            self.keys.extend(
+                groups[i..to]
+                    .iter()
+                    .map(|(_, g)| parent_keys(vault, g).ok()),
+            );
+        }
+        self.keys[i - self.from]
+    }
 }
 
 /// A window's groups from its tree pages, each with the page naming it;
@@ -411,7 +482,7 @@ async fn restore_sqlite(
     let total: u64 = sq.tables.iter().map(|t| t.rows).sum();
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
-    let mut reader = WindowReader::new(&vault);
+    let mut reader = WindowReader::new();
     'tables: for (ti, t) in sq.tables.iter().enumerate() {
         let mut tr = TableRestore {
             name: t.name.clone(),
@@ -423,7 +494,7 @@ async fn restore_sqlite(
             let pages = &t.pages[batch];
             let at = (snap.id.as_str(), t.name.as_str());
             let opened = locator.open(&mut cache, &vault, at, pages, packs).await;
-            let (index, groups) = match opened {
+            let window = match opened {
                 Ok(w) => w,
                 Err(e) => {
                     fetch_err = Some(e);
@@ -437,10 +508,10 @@ async fn restore_sqlite(
             };
             let rows = match reader
                 .read(
-                    &index,
+                    &window,
                     &mut cache,
                     place,
-                    &groups,
+                    &vault,
                     &mut tr,
                     progress.as_ref(),
                 )
@@ -509,13 +580,12 @@ struct Place<'a> {
 /// from these, held in memory together.
 const PACKS_AT_ONCE: usize = 8;
 
-/// Reads a read window's groups: keys and chunk locations are resolved in
-/// order on the calling task, the packs of a part of the window fetched
+/// Reads a read window's groups: with their keys and chunk locations
+/// resolved beforehand ([`Located`], [`Parents`]), the packs of a part of the window fetched
 /// (each verified against its name, as always), and then the part's chunks
 /// opened on every core, each thread taking a contiguous run of groups so
 /// the rows come out in the order of the groups.
-struct WindowReader<'a> {
-    vault: &'a Vault,
+struct WindowReader {
     codecs: Vec<Codec>,
 }
 
@@ -527,11 +597,10 @@ struct Pending<'v> {
     locs: std::ops::Range<usize>,
 }
 
-impl<'a> WindowReader<'a> {
-    fn new(vault: &'a Vault) -> Self {
+impl WindowReader {
+    fn new() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         WindowReader {
-            vault,
             codecs: (0..threads.clamp(1, 16)).map(|_| Codec::new(3)).collect(),
         }
     }
@@ -539,39 +608,44 @@ impl<'a> WindowReader<'a> {
     /// The window's rows, group after group, in pieces of whole rows (one
     /// per opening thread and part, not copied together); shredded groups
     /// are counted in `tr` and skipped.
-    async fn read(
+    async fn read<'v>(
         &mut self,
-        index: &Index,
+        (index, groups, located): &OpenWindow,
         cache: &mut PackCache,
         place: Place<'_>,
-        groups: &[(Id, GroupEntry)],
+        vault: &'v Vault,
         tr: &mut TableRestore,
         progress: &dyn Progress,
     ) -> Result<Vec<Vec<u8>>, OpsError> {
-        let vault = self.vault;
         let mut out = Vec::new();
         let mut next = 0;
+        // Where the next group's chunks are in `located.locs`.
+        let mut at = 0;
+        let mut parents = Parents {
+            from: 0,
+            keys: Vec::with_capacity(PARENTS_BATCH),
+        };
         while next < groups.len() {
             // A part: as many groups as fit in PACKS_AT_ONCE packs.
-            let mut part: Vec<Pending<'a>> = Vec::new();
+            let mut part: Vec<Pending<'v>> = Vec::new();
             let mut locs: Vec<ChunkLoc> = Vec::new();
             let mut packs: Vec<u32> = Vec::new();
             let mut rows = 0u64;
             while next < groups.len() {
                 let (_, g) = &groups[next];
-                let time = vault.key(&g.t);
-                let subject = g.s.as_ref().map(|id| vault.key(id));
-                let (Some(time), None | Some(Some(_))) = (time, subject) else {
+                let Some((subject, time)) = parents.of(vault, groups, next) else {
                     tr.rows_shredded += g.rows;
                     tr.groups_shredded += 1;
                     rows += g.rows;
                     next += 1;
+                    at += g.chunks.len();
                     continue;
                 };
                 let start = locs.len();
                 let mut added = 0;
-                for id in &g.chunks {
-                    let loc = *index.chunks.get(id).ok_or_else(|| {
+                let found = &located.locs[at..at + g.chunks.len()];
+                for (id, loc) in g.chunks.iter().zip(found) {
+                    let loc = loc.ok_or_else(|| {
                         OpsError::Integrity(format!(
                             "{}: table {} group {}: chunk {id} is in no index (repository damaged; run `custos check`)",
                             place.snapshot,
@@ -597,12 +671,13 @@ impl<'a> WindowReader<'a> {
                 }
                 part.push(Pending {
                     group: next,
-                    subject: subject.flatten(),
+                    subject,
                     time,
                     locs: start..locs.len(),
                 });
                 rows += g.rows;
                 next += 1;
+                at += g.chunks.len();
             }
             // The part's packs, verified, held while its chunks are opened.
             let mut fetched: Vec<(u32, Bytes)> = Vec::with_capacity(packs.len());
@@ -848,7 +923,7 @@ async fn restore_postgres(
         for (batch, packs) in window_batches(t) {
             let pages = &t.pages[batch];
             let at = (snap.id.as_str(), t.name.as_str());
-            let (index, groups) = locator.open(&mut cache, &vault, at, pages, packs).await?;
+            let (index, groups, _) = locator.open(&mut cache, &vault, at, pages, packs).await?;
             for (pid, g) in &groups {
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,

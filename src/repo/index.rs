@@ -345,20 +345,40 @@ impl ChunkMap {
             out.resize(ids.len(), None);
             return;
         }
-        debug_assert!(self.sorted);
-        let ranges: Vec<(u128, u32, u32)> = ids
-            .iter()
-            .map(|id| {
-                let key = key_of(id);
-                let p = top_bits(key, self.bits);
-                (key, self.buckets[p], self.buckets[p + 1])
-            })
-            .collect();
+        let ranges = self.bucket_ranges(ids);
         out.extend(
             ranges
                 .iter()
                 .map(|&(key, a, b)| self.find(key, a as usize, b as usize)),
         );
+    }
+
+    /// The locations of many ids, as [`ChunkMap::get`] gives each, appended
+    /// to `out`. In a full map the buckets are read first, as in
+    /// [`ChunkMap::positions`], and each location is taken from the entry
+    /// just compared (a second look-up would miss the cache again).
+    pub fn locs<'a>(&self, ids: impl IntoIterator<Item = &'a Id>, out: &mut Vec<Option<ChunkLoc>>) {
+        if self.membership || self.is_empty() {
+            out.extend(ids.into_iter().map(|id| self.get(id).copied()));
+            return;
+        }
+        let ranges = self.bucket_ranges(ids);
+        out.extend(ranges.iter().map(|&(key, a, b)| {
+            self.find(key, a as usize, b as usize)
+                .map(|i| self.entries[i].1)
+        }));
+    }
+
+    /// Each id's key with the range of entries its bucket spans.
+    fn bucket_ranges<'a>(&self, ids: impl IntoIterator<Item = &'a Id>) -> Vec<(u128, u32, u32)> {
+        debug_assert!(self.sorted);
+        ids.into_iter()
+            .map(|id| {
+                let key = key_of(id);
+                let p = top_bits(key, self.bits);
+                (key, self.buckets[p], self.buckets[p + 1])
+            })
+            .collect()
     }
 
     /// The location of the entry at `pos` (from [`ChunkMap::position`]),
@@ -812,8 +832,17 @@ mod tests {
             assert_eq!(*got, idx.chunks.position(id), "{id}");
         }
         assert_eq!(out.iter().filter(|p| p.is_some()).count(), present.len());
+        let mut locs = vec![None];
+        idx.chunks.locs(&ids, &mut locs);
+        assert_eq!(locs.len(), ids.len() + 1, "appended");
+        for (id, got) in ids.iter().zip(&locs[1..]) {
+            assert_eq!(*got, idx.chunks.get(id).copied(), "{id}");
+        }
         Index::default().chunks.positions(&ids[..3], &mut out);
         assert_eq!(out, vec![None; 3]);
+        locs.clear();
+        Index::default().chunks.locs(&ids[..3], &mut locs);
+        assert_eq!(locs, vec![None; 3]);
     }
 
     /// A uniform id, as keyed BLAKE3 ids are.
