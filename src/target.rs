@@ -45,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use zeroize::Zeroizing;
@@ -776,6 +777,18 @@ impl Target {
         let p = self.path("get", path)?;
         self.retry("get", path, |_| async {
             self.store.get(&p).await?.bytes().await
+        })
+        .await
+    }
+
+    /// Reads bytes `range` of an object. A missing object is
+    /// [`TargetError::NotFound`]; a range past its end is an error (or, on
+    /// some servers, fewer bytes: callers compare the length).
+    pub async fn get_range(&self, path: &str, range: Range<u64>) -> Result<Bytes, TargetError> {
+        let p = self.path("get", path)?;
+        self.retry("get", path, |_| {
+            let (p, range) = (&p, range.clone());
+            async move { self.store.get_range(p, range).await }
         })
         .await
     }

@@ -140,6 +140,23 @@ async fn conformance(t: &Target) {
     assert_eq!(t.head("packs/big").await.unwrap(), Some(8 << 20));
     let back = t.get("packs/big").await.unwrap();
     assert!(back == big, "8 MiB object came back different");
+    // Ranges of it (check reads the span of a pack its chunks lie in).
+    assert_eq!(
+        t.get_range("packs/big", 0..10).await.unwrap(),
+        big.slice(0..10)
+    );
+    let mid = (5 << 20) as u64;
+    assert!(
+        t.get_range("packs/big", mid..mid + 4097).await.unwrap()
+            == big.slice(5 << 20..(5 << 20) + 4097)
+    );
+    let err = t.get_range("packs/none", 0..4).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    // Past the end: an error, or the bytes there are (never other bytes).
+    let end = (8 << 20) as u64;
+    if let Ok(b) = t.get_range("packs/big", end - 4..end + 4).await {
+        assert_eq!(b, big.slice((8 << 20) - 4..));
+    }
 
     // Paths that escape or are malformed are refused, not normalised.
     let err = t

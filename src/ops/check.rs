@@ -22,6 +22,7 @@ use crate::repo::tree::Page;
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -187,6 +188,11 @@ pub async fn check_with(
         base.push(base.last().copied().unwrap_or(0) + u64::from(*n));
     }
     let entries = base.last().copied().unwrap_or(0) as usize;
+    let batching = Batching {
+        chunks: batching.chunks.max(1),
+        wave_bytes: batching.wave_bytes.max(1),
+        threads: batching.threads.max(1),
+    };
     let mut walk = Walk {
         target: target.clone(),
         meta: &meta,
@@ -195,7 +201,6 @@ pub async fn check_with(
         whole: None,
         read_data,
         cache: PackCache::new(target.clone(), TREE_PACKS),
-        data: PackCache::new(target.clone(), 1),
         verified: if read_data {
             vec![0u64; entries.div_ceil(64)]
         } else {
@@ -209,17 +214,20 @@ pub async fn check_with(
             .collect(),
         packs: index.packs.clone(),
         queue: Vec::new(),
-        opening: None,
-        batching: Batching {
-            chunks: batching.chunks.max(1),
-            wave_bytes: batching.wave_bytes.max(1),
-            threads: batching.threads.max(1),
-        },
-        headers_checked: HashSet::new(),
+        batching,
+        opener: Some(Opener {
+            data: PackCache::new(target.clone(), 1),
+            meta: meta.clone(),
+            batching,
+            headers_checked: HashSet::new(),
+            opening: None,
+            chunks_checked: 0,
+            findings: Vec::new(),
+        }),
+        opening_batch: None,
         pages_seen: HashMap::new(),
         page_packs: HashMap::new(),
         groups_shredded: 0,
-        chunks_checked: 0,
         findings: Vec::new(),
         ids: Vec::new(),
         found: Vec::new(),
@@ -245,31 +253,35 @@ pub async fn check_with(
         progress.advance(1);
     }
     walk.flush().await;
-    walk.collect().await;
+    let mut opener = walk.take_opener().await;
+    opener.collect().await;
     progress.finish_phase();
     if read_data {
         // Packs no snapshot needed are still hashed and their headers opened.
         let total: u64 = index.packs.iter().map(|p| p.1).sum();
         progress.phase("reading the other packs", Some(total), "bytes");
         for (pid, size) in &index.packs {
-            if !walk.headers_checked.contains(pid) {
-                walk.fetch_pack(*pid, *size).await;
+            if !opener.headers_checked.contains(pid) {
+                opener.fetch_pack(*pid, *size).await;
             }
             progress.advance(*size);
         }
         progress.finish_phase();
     }
+    walk.findings.append(&mut opener.findings);
     let groups_shredded = walk.groups_shredded;
-    let chunks_checked = walk.chunks_checked;
+    let chunks_checked = opener.chunks_checked;
     let whole_index = walk.whole.is_some();
     let index_objects_read = walk.objects.fetched;
     tracing::debug!(
         index_objects_read,
         windows_indexed = walk.objects.built,
         windows_reusing = walk.objects.reused,
-        "read windows' indexes"
+        tree_bytes_read = walk.cache.fetched,
+        data_bytes_read = opener.data.fetched,
+        "read windows' indexes and packs"
     );
-    let bytes_read = walk.cache.fetched + walk.data.fetched;
+    let bytes_read = walk.cache.fetched + opener.data.fetched;
     findings.append(&mut walk.findings);
     if groups_shredded > 0 {
         findings.push(Finding {
@@ -310,7 +322,7 @@ const BATCH_CHUNKS: usize = 1 << 17;
 
 /// Bytes of packs handed to the opening threads at once. At most two such
 /// waves are held (one being opened, one being fetched).
-const WAVE_BYTES: usize = 64 << 20;
+const WAVE_BYTES: usize = 32 << 20;
 
 /// Chunks a thread takes from a wave at a time.
 const GRAB: usize = 512;
@@ -325,10 +337,23 @@ struct Queued {
     keys: Arc<ChunkKeys>,
 }
 
+/// A pack that chunks of a batch lie in.
+struct BatchPack {
+    /// Its position in [`Walk::packs`].
+    position: u32,
+    id: Id,
+    /// Its size in the index.
+    size: u64,
+    /// Where the batch's chunks lie in it.
+    span: Range<u64>,
+}
+
 /// Fetched packs and the chunks to open in them, for the opening threads.
 struct Wave {
-    /// Each pack's bytes (verified against its name) and its object name.
-    packs: Vec<(Bytes, String)>,
+    /// The bytes of each pack its chunks lie in (the whole pack, verified
+    /// against its name, or a span of it), their offset in the pack, and
+    /// the pack's object name.
+    packs: Vec<(Bytes, u64, String)>,
     /// `(position in packs, chunk)`, in pack order.
     chunks: Vec<(u32, Queued)>,
 }
@@ -358,8 +383,9 @@ fn open_wave(wave: &Wave, threads: usize) -> Opened {
             }
             let to = (from + GRAB).min(wave.chunks.len());
             for (i, (p, c)) in wave.chunks[from..to].iter().enumerate() {
-                let (pack, object) = &wave.packs[*p as usize];
-                let (s, e) = (c.offset as usize, c.offset as usize + c.len as usize);
+                let (pack, base, object) = &wave.packs[*p as usize];
+                let s = (u64::from(c.offset) - base) as usize;
+                let e = s + c.len as usize;
                 out.checked += 1;
                 plain.clear();
                 let sealed = &pack[s..e];
@@ -395,6 +421,160 @@ fn open_wave(wave: &Wave, threads: usize) -> Opened {
     all
 }
 
+/// Fetches the packs of queued chunks and opens the chunks on every core.
+/// The walk hands it one batch at a time and goes on walking meanwhile.
+struct Opener {
+    /// Fetches the packs whose chunks are opened: a batch fetches each
+    /// once, whole and verified against its name the first time, then only
+    /// the span its chunks lie in; none is kept after its wave.
+    data: PackCache,
+    meta: Arc<crate::crypto::MetaKey>,
+    batching: Batching,
+    headers_checked: HashSet<Id>,
+    /// The wave being opened on the blocking threads.
+    opening: Option<tokio::task::JoinHandle<Opened>>,
+    chunks_checked: u64,
+    findings: Vec<Finding>,
+}
+
+impl Opener {
+    fn error(&mut self, object: String, message: String, hint: Option<&str>) {
+        self.findings.push(Finding {
+            level: Level::Error,
+            object,
+            message,
+            hint: hint.map(str::to_string),
+        });
+    }
+
+    /// The bytes `span` of a pack, and their offset in it: the whole pack
+    /// the first time (verified against its name, its header opened), the
+    /// span only after that.
+    async fn fetch_span(&mut self, pid: Id, size: u64, span: Range<u64>) -> Option<(Bytes, u64)> {
+        let object = self.data.object_name(&pid);
+        match self.data.fetch_span(pid, size, span).await {
+            Ok((bytes, base)) => {
+                if self.headers_checked.insert(pid) {
+                    if let Err(e) = read_header(&object, &bytes, &self.meta) {
+                        self.error(object, e.to_string(), None);
+                    }
+                }
+                Some((bytes, base))
+            }
+            Err(e) => {
+                if self.headers_checked.insert(pid) {
+                    self.error(object, e.to_string(), Some(PACK_HINT));
+                }
+                None
+            }
+        }
+    }
+
+    /// Fetches a pack (verified against its name) and opens its header.
+    async fn fetch_pack(&mut self, pid: Id, size: u64) -> Option<Bytes> {
+        let object = self.data.object_name(&pid);
+        match self.data.fetch(pid, size).await {
+            Ok(pack) => {
+                if self.headers_checked.insert(pid) {
+                    if let Err(e) = read_header(&object, &pack, &self.meta) {
+                        self.error(object, e.to_string(), None);
+                    }
+                }
+                Some(pack)
+            }
+            Err(e) => {
+                if self.headers_checked.insert(pid) {
+                    self.error(object, e.to_string(), Some(PACK_HINT));
+                }
+                None
+            }
+        }
+    }
+
+    /// Opens a batch of chunks, sorted by pack and offset (`packs`: each
+    /// pack they lie in, in that order): fetches each pack (or, after the
+    /// first time, the span of it that they lie in) once, in waves of about
+    /// `batching.wave_bytes`, each wave opened on every core while the next
+    /// is fetched.
+    async fn open_batch(&mut self, queue: Vec<Queued>, packs: Vec<BatchPack>) {
+        let mut packs = packs.into_iter();
+        let mut wave = Wave {
+            packs: Vec::new(),
+            chunks: Vec::new(),
+        };
+        let mut wave_bytes = 0usize;
+        let mut current: Option<(u32, Option<u32>)> = None;
+        for c in queue {
+            let slot = match current {
+                Some((p, slot)) if p == c.pack => slot,
+                _ => {
+                    if wave_bytes >= self.batching.wave_bytes {
+                        let full = std::mem::replace(
+                            &mut wave,
+                            Wave {
+                                packs: Vec::new(),
+                                chunks: Vec::new(),
+                            },
+                        );
+                        self.dispatch(full).await;
+                        wave_bytes = 0;
+                    }
+                    let p = packs
+                        .find(|p| p.position == c.pack)
+                        .expect("every pack of the batch is listed");
+                    let slot = match self.fetch_span(p.id, p.size, p.span).await {
+                        Some((bytes, base)) => {
+                            wave_bytes += bytes.len();
+                            let object = self.data.object_name(&p.id);
+                            wave.packs.push((bytes, base, object));
+                            Some(wave.packs.len() as u32 - 1)
+                        }
+                        None => None, // reported once for the pack
+                    };
+                    current = Some((c.pack, slot));
+                    slot
+                }
+            };
+            let Some(slot) = slot else { continue };
+            let (bytes, base, object) = &wave.packs[slot as usize];
+            let end = c.offset as u64 + c.len as u64;
+            if end > base + bytes.len() as u64 {
+                let problem = PackProblem::Size {
+                    object: object.clone(),
+                    got: base + bytes.len() as u64,
+                    want: end,
+                };
+                self.error(object.clone(), problem.to_string(), None);
+                continue;
+            }
+            wave.chunks.push((slot, c));
+        }
+        if !wave.chunks.is_empty() {
+            self.dispatch(wave).await;
+        }
+    }
+
+    /// Hands a wave to the opening threads, after collecting the previous
+    /// one (so at most one wave is opened while the next is fetched).
+    async fn dispatch(&mut self, wave: Wave) {
+        self.collect().await;
+        let threads = self.batching.threads;
+        self.opening = Some(tokio::task::spawn_blocking(move || {
+            open_wave(&wave, threads)
+        }));
+    }
+
+    /// Waits for the wave being opened and records what it found.
+    async fn collect(&mut self) {
+        if let Some(h) = self.opening.take() {
+            let opened = h.await.expect("the chunk-opening task panicked");
+            self.chunks_checked += opened.checked;
+            self.findings
+                .extend(opened.findings.into_iter().map(|(_, f)| f));
+        }
+    }
+}
+
 struct Walk<'a> {
     target: Arc<crate::target::Target>,
     meta: &'a crate::crypto::MetaKey,
@@ -408,9 +588,6 @@ struct Walk<'a> {
     read_data: bool,
     /// Packs holding tree pages.
     cache: PackCache,
-    /// Fetches the packs whose chunks are opened (a batch fetches each
-    /// once, and none is kept after its wave).
-    data: PackCache,
     /// One bit per index entry of the target (`base` numbers them): chunks
     /// already opened or queued, found through a window's packs.
     verified: Vec<u64>,
@@ -426,10 +603,11 @@ struct Walk<'a> {
     pack_pos: HashMap<Id, u32>,
     /// Chunks waiting to be opened, at most `batching.chunks`.
     queue: Vec<Queued>,
-    /// The wave being opened in the background.
-    opening: Option<tokio::task::JoinHandle<Opened>>,
     batching: Batching,
-    headers_checked: HashSet<Id>,
+    /// Opens the queued chunks: here between batches, or in
+    /// `opening_batch` while it opens one as the walk goes on.
+    opener: Option<Opener>,
+    opening_batch: Option<tokio::task::JoinHandle<Opener>>,
     /// Tree pages of groups already walked, under a table name, and what
     /// they gave (see [`PageTally`]).
     pages_seen: HashMap<(Id, String), PageTally>,
@@ -438,7 +616,6 @@ struct Walk<'a> {
     /// read windows' pack lists.
     page_packs: HashMap<Id, Vec<u32>>,
     groups_shredded: u64,
-    chunks_checked: u64,
     findings: Vec<Finding>,
     /// Reused from page to page: the chunks looked up and where.
     ids: Vec<Id>,
@@ -548,27 +725,6 @@ impl Walk<'_> {
         p
     }
 
-    /// Fetches a pack (verified against its name) and opens its header.
-    async fn fetch_pack(&mut self, pid: Id, size: u64) -> Option<Bytes> {
-        let object = self.data.object_name(&pid);
-        match self.data.fetch(pid, size).await {
-            Ok(pack) => {
-                if self.headers_checked.insert(pid) {
-                    if let Err(e) = read_header(&object, &pack, self.meta) {
-                        self.error(object, e.to_string(), None);
-                    }
-                }
-                Some(pack)
-            }
-            Err(e) => {
-                if self.headers_checked.insert(pid) {
-                    self.error(object, e.to_string(), Some(PACK_HINT));
-                }
-                None
-            }
-        }
-    }
-
     /// Checks one chunk at `pos` of `at`'s index (false if it is in none),
     /// and with read_data queues it to be opened once, by the first group
     /// that needs it.
@@ -636,82 +792,55 @@ impl Walk<'_> {
         }
     }
 
-    /// Opens every queued chunk: fetches each pack the batch needs once, in
-    /// waves of about `batching.wave_bytes`, each wave opened on every core while
-    /// the next is fetched.
+    /// Hands the queued chunks to the opener, which fetches their packs
+    /// and opens them in the background while the walk goes on; first
+    /// waits for the batch before (so one batch is opened at a time).
     async fn flush(&mut self) {
+        let mut opener = self.take_opener().await;
         let mut queue = std::mem::take(&mut self.queue);
+        if queue.is_empty() {
+            self.opener = Some(opener);
+            return;
+        }
+        // Its findings so far, in the order they were found.
+        self.findings.append(&mut opener.findings);
         queue.sort_unstable_by_key(|c| (c.pack, c.offset));
-        let mut wave = Wave {
-            packs: Vec::new(),
-            chunks: Vec::new(),
-        };
-        let mut wave_bytes = 0usize;
-        let mut current: Option<(u32, Option<u32>)> = None;
-        for c in queue {
-            let slot = match current {
-                Some((p, slot)) if p == c.pack => slot,
+        let mut packs: Vec<BatchPack> = Vec::new();
+        for c in &queue {
+            let (start, end) = (u64::from(c.offset), u64::from(c.offset) + u64::from(c.len));
+            match packs.last_mut() {
+                Some(p) if p.position == c.pack => p.span.end = p.span.end.max(end),
                 _ => {
-                    if wave_bytes >= self.batching.wave_bytes {
-                        let full = std::mem::replace(
-                            &mut wave,
-                            Wave {
-                                packs: Vec::new(),
-                                chunks: Vec::new(),
-                            },
-                        );
-                        self.dispatch(full).await;
-                        wave_bytes = 0;
-                    }
-                    let (pid, size) = self.packs[c.pack as usize];
-                    let slot = match self.fetch_pack(pid, size).await {
-                        Some(pack) => {
-                            wave_bytes += pack.len();
-                            wave.packs.push((pack, self.data.object_name(&pid)));
-                            Some(wave.packs.len() as u32 - 1)
-                        }
-                        None => None, // reported once for the pack
-                    };
-                    current = Some((c.pack, slot));
-                    slot
+                    let (id, size) = self.packs[c.pack as usize];
+                    packs.push(BatchPack {
+                        position: c.pack,
+                        id,
+                        size,
+                        span: start..end,
+                    });
                 }
-            };
-            let Some(slot) = slot else { continue };
-            let (pack, object) = &wave.packs[slot as usize];
-            let end = c.offset as u64 + c.len as u64;
-            if end > pack.len() as u64 {
-                let problem = PackProblem::Size {
-                    object: object.clone(),
-                    got: pack.len() as u64,
-                    want: end,
-                };
-                self.error(object.clone(), problem.to_string(), None);
-                continue;
             }
-            wave.chunks.push((slot, c));
         }
-        if !wave.chunks.is_empty() {
-            self.dispatch(wave).await;
+        for p in &mut packs {
+            // An entry past the pack's end is reported chunk by chunk.
+            p.span.end = p.span.end.min(p.size);
+            p.span.start = p.span.start.min(p.span.end);
         }
-    }
-
-    /// Hands a wave to the opening threads, after collecting the previous
-    /// one (so at most one wave is opened while the next is fetched).
-    async fn dispatch(&mut self, wave: Wave) {
-        self.collect().await;
-        let threads = self.batching.threads;
-        self.opening = Some(tokio::task::spawn_blocking(move || {
-            open_wave(&wave, threads)
+        self.opening_batch = Some(tokio::spawn(async move {
+            opener.open_batch(queue, packs).await;
+            opener
         }));
     }
 
-    /// Waits for the wave being opened and records what it found.
-    async fn collect(&mut self) {
-        if let Some(h) = self.opening.take() {
-            let opened = h.await.expect("the chunk-opening task panicked");
-            self.chunks_checked += opened.checked;
-            self.findings
-                .extend(opened.findings.into_iter().map(|(_, f)| f));
+    /// The opener, once the batch it is opening (if any) is fetched and
+    /// handed to the opening threads.
+    async fn take_opener(&mut self) -> Opener {
+        match self.opening_batch.take() {
+            Some(h) => h.await.expect("the batch-opening task panicked"),
+            None => self
+                .opener
+                .take()
+                .expect("the opener is here between batches"),
         }
     }
 

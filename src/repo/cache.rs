@@ -6,7 +6,8 @@ use crate::repo::index::{ChunkLoc, Index};
 use crate::repo::pack::pack_path;
 use crate::target::Target;
 use bytes::Bytes;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// Why a pack could not be used.
@@ -28,6 +29,8 @@ pub struct PackCache {
     order: VecDeque<Id>,
     packs: HashMap<Id, Bytes>,
     bad: HashMap<Id, PackProblem>,
+    /// Packs [`PackCache::fetch_span`] fetched whole and verified.
+    verified: HashSet<Id>,
     /// Bytes fetched from the target.
     pub fetched: u64,
 }
@@ -40,6 +43,7 @@ impl PackCache {
             order: VecDeque::new(),
             packs: HashMap::new(),
             bad: HashMap::new(),
+            verified: HashSet::new(),
             fetched: 0,
         }
     }
@@ -75,6 +79,56 @@ impl PackCache {
             return Err(b.clone());
         }
         self.fetch_verified(pack, size).await
+    }
+
+    /// For a reader that comes back to a pack for more of its chunks
+    /// (check): the first time, the whole pack, verified against its id and
+    /// size as with [`PackCache::fetch`]; after that only the bytes `span`
+    /// of it (each chunk in them is authenticated on its own). Returns the
+    /// bytes and the offset in the pack of the first.
+    pub async fn fetch_span(
+        &mut self,
+        pack: Id,
+        size: u64,
+        span: Range<u64>,
+    ) -> Result<(Bytes, u64), PackProblem> {
+        if let Some(b) = self.bad.get(&pack) {
+            return Err(b.clone());
+        }
+        if self.verified.insert(pack) {
+            let b = self.fetch_verified(pack, size).await;
+            if b.is_err() {
+                self.verified.remove(&pack);
+            }
+            return b.map(|b| (b, 0));
+        }
+        let object = self.object_name(&pack);
+        let want = span.end.saturating_sub(span.start);
+        let r = match self.target.get_range(&pack_path(&pack), span.clone()).await {
+            Ok(b) => {
+                self.fetched += b.len() as u64;
+                if b.len() as u64 == want {
+                    Ok((b, span.start))
+                } else {
+                    Err(PackProblem::Size {
+                        object,
+                        got: span.start + b.len() as u64,
+                        want: size,
+                    })
+                }
+            }
+            Err(e) if e.is_not_found() => Err(PackProblem::Missing { object }),
+            Err(e) => Err(PackProblem::Read {
+                object,
+                why: e.to_string(),
+            }),
+        };
+        if let Err(e) = &r {
+            if !matches!(e, PackProblem::Read { .. }) {
+                self.bad.insert(pack, e.clone());
+            }
+        }
+        r
     }
 
     async fn fetch_verified(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
@@ -122,5 +176,59 @@ impl PackCache {
             });
         }
         Ok(p[s..e].to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::S3Settings;
+
+    fn target(name: &str) -> Arc<Target> {
+        let url = format!("memory://{name}");
+        Arc::new(Target::open("t", &url, false, &S3Settings::default(), true).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_span_is_read_after_the_whole_pack_was_verified() {
+        let t = target("cache-span");
+        let good = Bytes::from_static(b"a pack's bytes");
+        let good_id = Id::hash(&good);
+        t.put(&pack_path(&good_id), good.clone()).await.unwrap();
+        // Stored under a name its bytes do not hash to.
+        let wrong_id = Id::hash(b"other bytes");
+        t.put(&pack_path(&wrong_id), good.clone()).await.unwrap();
+        let size = good.len() as u64;
+
+        let mut cache = PackCache::new(t.clone(), 1);
+        // First: the whole pack, hashed against its name.
+        assert_eq!(
+            cache.fetch_span(good_id, size, 2..6).await.unwrap(),
+            (good.clone(), 0)
+        );
+        for _ in 0..2 {
+            assert!(matches!(
+                cache.fetch_span(wrong_id, size, 2..6).await,
+                Err(PackProblem::Hash { .. })
+            ));
+        }
+        // Then the span only.
+        assert_eq!(
+            cache.fetch_span(good_id, size, 2..6).await.unwrap(),
+            (good.slice(2..6), 2)
+        );
+        // A pack cut short since is refused, and remembered as bad.
+        t.put(&pack_path(&good_id), good.slice(..8)).await.unwrap();
+        let e = cache.fetch_span(good_id, size, 4..12).await.unwrap_err();
+        assert!(
+            matches!(e, PackProblem::Size { .. } | PackProblem::Read { .. }),
+            "{e}"
+        );
+        t.delete(&pack_path(&good_id)).await.unwrap();
+        assert!(matches!(
+            cache.fetch_span(good_id, size, 2..6).await,
+            Err(PackProblem::Missing { .. } | PackProblem::Size { .. })
+        ));
+        assert!(cache.fetched >= 2 * size + 4);
     }
 }
