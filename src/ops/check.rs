@@ -337,6 +337,15 @@ struct Queued {
     keys: Arc<ChunkKeys>,
 }
 
+fn error_finding(object: String, message: String, hint: Option<&str>) -> Finding {
+    Finding {
+        level: Level::Error,
+        object,
+        message,
+        hint: hint.map(str::to_string),
+    }
+}
+
 /// A pack that chunks of a batch lie in.
 struct BatchPack {
     /// Its position in [`Walk::packs`].
@@ -439,12 +448,7 @@ struct Opener {
 
 impl Opener {
     fn error(&mut self, object: String, message: String, hint: Option<&str>) {
-        self.findings.push(Finding {
-            level: Level::Error,
-            object,
-            message,
-            hint: hint.map(str::to_string),
-        });
+        self.findings.push(error_finding(object, message, hint));
     }
 
     /// The bytes `span` of a pack, and their offset in it: the whole pack
@@ -679,12 +683,7 @@ impl PageTally {
 
 impl Walk<'_> {
     fn error(&mut self, object: String, message: String, hint: Option<&str>) {
-        self.findings.push(Finding {
-            level: Level::Error,
-            object,
-            message,
-            hint: hint.map(str::to_string),
-        });
+        self.findings.push(error_finding(object, message, hint));
     }
 
     /// The whole chunk index, loaded once. If it cannot be loaded, that is

@@ -123,12 +123,7 @@ impl PackCache {
                 why: e.to_string(),
             }),
         };
-        if let Err(e) = &r {
-            if !matches!(e, PackProblem::Read { .. }) {
-                self.bad.insert(pack, e.clone());
-            }
-        }
-        r
+        self.remember(pack, r)
     }
 
     async fn fetch_verified(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
@@ -154,8 +149,12 @@ impl PackCache {
                 why: e.to_string(),
             }),
         };
+        self.remember(pack, r)
+    }
+
+    /// Remembers a pack found bad; transient read errors are not.
+    fn remember<T>(&mut self, pack: Id, r: Result<T, PackProblem>) -> Result<T, PackProblem> {
         if let Err(e) = &r {
-            // Transient read errors are not remembered.
             if !matches!(e, PackProblem::Read { .. }) {
                 self.bad.insert(pack, e.clone());
             }
