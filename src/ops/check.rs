@@ -262,7 +262,7 @@ pub async fn check_with(
         progress.phase("reading the other packs", Some(total), "bytes");
         for (pid, size) in &index.packs {
             if !opener.headers_checked.contains(pid) {
-                opener.fetch_pack(*pid, *size).await;
+                opener.fetch_span(*pid, *size, 0..*size).await;
             }
             progress.advance(*size);
         }
@@ -464,27 +464,6 @@ impl Opener {
                     }
                 }
                 Some((bytes, base))
-            }
-            Err(e) => {
-                if self.headers_checked.insert(pid) {
-                    self.error(object, e.to_string(), Some(PACK_HINT));
-                }
-                None
-            }
-        }
-    }
-
-    /// Fetches a pack (verified against its name) and opens its header.
-    async fn fetch_pack(&mut self, pid: Id, size: u64) -> Option<Bytes> {
-        let object = self.data.object_name(&pid);
-        match self.data.fetch(pid, size).await {
-            Ok(pack) => {
-                if self.headers_checked.insert(pid) {
-                    if let Err(e) = read_header(&object, &pack, &self.meta) {
-                        self.error(object, e.to_string(), None);
-                    }
-                }
-                Some(pack)
             }
             Err(e) => {
                 if self.headers_checked.insert(pid) {

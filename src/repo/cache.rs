@@ -102,8 +102,11 @@ impl PackCache {
             }
             return b.map(|b| (b, 0));
         }
-        let object = self.object_name(&pack);
         let want = span.end.saturating_sub(span.start);
+        if want == 0 {
+            return Ok((Bytes::new(), span.start));
+        }
+        let object = self.object_name(&pack);
         let r = match self.target.get_range(&pack_path(&pack), span.clone()).await {
             Ok(b) => {
                 self.fetched += b.len() as u64;
@@ -215,6 +218,11 @@ mod tests {
         assert_eq!(
             cache.fetch_span(good_id, size, 2..6).await.unwrap(),
             (good.slice(2..6), 2)
+        );
+        // An empty span reads nothing.
+        assert_eq!(
+            cache.fetch_span(good_id, size, size..size).await.unwrap(),
+            (Bytes::new(), size)
         );
         // A pack cut short since is refused, and remembered as bad.
         t.put(&pack_path(&good_id), good.slice(..8)).await.unwrap();
