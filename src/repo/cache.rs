@@ -71,21 +71,12 @@ impl PackCache {
         Ok(p)
     }
 
-    /// Fetches a pack verified against its id and size like
-    /// [`PackCache::pack`], without keeping it: for one pass over each pack
-    /// (check). A pack found bad is remembered as with `pack`.
-    pub async fn fetch(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
-        if let Some(b) = self.bad.get(&pack) {
-            return Err(b.clone());
-        }
-        self.fetch_verified(pack, size).await
-    }
-
     /// For a reader that comes back to a pack for more of its chunks
-    /// (check): the first time, the whole pack, verified against its id and
-    /// size as with [`PackCache::fetch`]; after that only the bytes `span`
-    /// of it (each chunk in them is authenticated on its own). Returns the
-    /// bytes and the offset in the pack of the first.
+    /// (check), without keeping it: the first time, the whole pack,
+    /// verified against its id and size as with [`PackCache::pack`]; after
+    /// that only the bytes `span` of it (each chunk in them is
+    /// authenticated on its own). Returns the bytes and the offset in the
+    /// pack of the first. A pack found bad is remembered as with `pack`.
     pub async fn fetch_span(
         &mut self,
         pack: Id,
@@ -95,12 +86,10 @@ impl PackCache {
         if let Some(b) = self.bad.get(&pack) {
             return Err(b.clone());
         }
-        if self.verified.insert(pack) {
-            let b = self.fetch_verified(pack, size).await;
-            if b.is_err() {
-                self.verified.remove(&pack);
-            }
-            return b.map(|b| (b, 0));
+        if !self.verified.contains(&pack) {
+            let b = self.fetch_verified(pack, size).await?;
+            self.verified.insert(pack);
+            return Ok((b, 0));
         }
         let want = span.end.saturating_sub(span.start);
         if want == 0 {
