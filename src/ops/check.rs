@@ -348,16 +348,17 @@ fn error_finding(object: String, message: String, hint: Option<&str>) -> Finding
 
 /// A pack that chunks of a batch lie in.
 struct BatchPack {
-    /// Its position in [`Walk::packs`].
-    position: u32,
     id: Id,
     /// Its size in the index.
     size: u64,
     /// Where the batch's chunks lie in it.
     span: Range<u64>,
+    /// How many of the batch's chunks (sorted by pack) lie in it.
+    chunks: usize,
 }
 
 /// Fetched packs and the chunks to open in them, for the opening threads.
+#[derive(Default)]
 struct Wave {
     /// The bytes of each pack its chunks lie in (the whole pack, verified
     /// against its name, or a span of it), their offset in the pack, and
@@ -480,57 +481,37 @@ impl Opener {
     /// `batching.wave_bytes`, each wave opened on every core while the next
     /// is fetched.
     async fn open_batch(&mut self, queue: Vec<Queued>, packs: Vec<BatchPack>) {
-        let mut packs = packs.into_iter();
-        let mut wave = Wave {
-            packs: Vec::new(),
-            chunks: Vec::new(),
-        };
+        let mut queue = queue.into_iter();
+        let mut wave = Wave::default();
         let mut wave_bytes = 0usize;
-        let mut current: Option<(u32, Option<u32>)> = None;
-        for c in queue {
-            let slot = match current {
-                Some((p, slot)) if p == c.pack => slot,
-                _ => {
-                    if wave_bytes >= self.batching.wave_bytes {
-                        let full = std::mem::replace(
-                            &mut wave,
-                            Wave {
-                                packs: Vec::new(),
-                                chunks: Vec::new(),
-                            },
-                        );
-                        self.dispatch(full).await;
-                        wave_bytes = 0;
-                    }
-                    let p = packs
-                        .find(|p| p.position == c.pack)
-                        .expect("every pack of the batch is listed");
-                    let slot = match self.fetch_span(p.id, p.size, p.span).await {
-                        Some((bytes, base)) => {
-                            wave_bytes += bytes.len();
-                            let object = self.data.object_name(&p.id);
-                            wave.packs.push((bytes, base, object));
-                            Some(wave.packs.len() as u32 - 1)
-                        }
-                        None => None, // reported once for the pack
-                    };
-                    current = Some((c.pack, slot));
-                    slot
-                }
-            };
-            let Some(slot) = slot else { continue };
-            let (bytes, base, object) = &wave.packs[slot as usize];
-            let end = c.offset as u64 + c.len as u64;
-            if end > base + bytes.len() as u64 {
-                let problem = PackProblem::Size {
-                    object: object.clone(),
-                    got: base + bytes.len() as u64,
-                    want: end,
-                };
-                self.error(object.clone(), problem.to_string(), None);
-                continue;
+        for p in packs {
+            if wave_bytes >= self.batching.wave_bytes {
+                self.dispatch(std::mem::take(&mut wave)).await;
+                wave_bytes = 0;
             }
-            wave.chunks.push((slot, c));
+            let fetched = self.fetch_span(p.id, p.size, p.span).await;
+            let chunks = queue.by_ref().take(p.chunks);
+            let Some((bytes, base)) = fetched else {
+                chunks.for_each(drop); // reported once for the pack
+                continue;
+            };
+            let (object, have) = (self.data.object_name(&p.id), base + bytes.len() as u64);
+            let slot = wave.packs.len() as u32;
+            for c in chunks {
+                let end = c.offset as u64 + c.len as u64;
+                if end > have {
+                    let problem = PackProblem::Size {
+                        object: object.clone(),
+                        got: have,
+                        want: end,
+                    };
+                    self.error(object.clone(), problem.to_string(), None);
+                    continue;
+                }
+                wave.chunks.push((slot, c));
+            }
+            wave_bytes += bytes.len();
+            wave.packs.push((bytes, base, object));
         }
         if !wave.chunks.is_empty() {
             self.dispatch(wave).await;
@@ -783,27 +764,23 @@ impl Walk<'_> {
         // Its findings so far, in the order they were found.
         self.findings.append(&mut opener.findings);
         queue.sort_unstable_by_key(|c| (c.pack, c.offset));
-        let mut packs: Vec<BatchPack> = Vec::new();
-        for c in &queue {
-            let (start, end) = (u64::from(c.offset), u64::from(c.offset) + u64::from(c.len));
-            match packs.last_mut() {
-                Some(p) if p.position == c.pack => p.span.end = p.span.end.max(end),
-                _ => {
-                    let (id, size) = self.packs[c.pack as usize];
-                    packs.push(BatchPack {
-                        position: c.pack,
-                        id,
-                        size,
-                        span: start..end,
-                    });
+        let packs: Vec<BatchPack> = queue
+            .chunk_by(|a, b| a.pack == b.pack)
+            .map(|chunks| {
+                let (id, size) = self.packs[chunks[0].pack as usize];
+                let end = chunks
+                    .iter()
+                    .map(|c| u64::from(c.offset) + u64::from(c.len));
+                // An entry past the pack's end is reported chunk by chunk.
+                let end = end.max().unwrap_or(0).min(size);
+                BatchPack {
+                    id,
+                    size,
+                    span: u64::from(chunks[0].offset).min(end)..end,
+                    chunks: chunks.len(),
                 }
-            }
-        }
-        for p in &mut packs {
-            // An entry past the pack's end is reported chunk by chunk.
-            p.span.end = p.span.end.min(p.size);
-            p.span.start = p.span.start.min(p.span.end);
-        }
+            })
+            .collect();
         self.opening_batch = Some(tokio::spawn(async move {
             opener.open_batch(queue, packs).await;
             opener
