@@ -236,25 +236,39 @@ impl Id {
 /// a snapshot names each of its tree pages by an id in hex (tens of
 /// thousands a snapshot), and that decoder was a fifth of listing the
 /// 4 GiB benchmark's snapshots.
-pub fn hex_decode_into(text: &[u8], out: &mut [u8]) -> bool {
-    /// A hex digit's value, or 16 for any other byte.
-    const NIBBLE: [u8; 256] = {
-        let mut t = [16u8; 256];
-        let mut c = 0;
-        while c < 16 {
-            let digit = if c < 10 { b'0' + c } else { b'a' + c - 10 };
-            t[digit as usize] = c;
+pub(crate) fn hex_decode_into(text: &[u8], out: &mut [u8]) -> bool {
+    const EITHER: [u8; 256] = nibbles(true);
+    decode_nibbles(&EITHER, text, out)
+}
+
+/// As [`hex_decode_into`], for lowercase digits only.
+pub(crate) fn lower_hex_decode_into(text: &[u8], out: &mut [u8]) -> bool {
+    const LOWER: [u8; 256] = nibbles(false);
+    decode_nibbles(&LOWER, text, out)
+}
+
+/// Each byte's value as a hex digit, or 16 for any other byte.
+const fn nibbles(upper_too: bool) -> [u8; 256] {
+    let mut t = [16u8; 256];
+    let mut c = 0;
+    while c < 16 {
+        let digit = if c < 10 { b'0' + c } else { b'a' + c - 10 };
+        t[digit as usize] = c;
+        if upper_too {
             t[digit.to_ascii_uppercase() as usize] = c;
-            c += 1;
         }
-        t
-    };
+        c += 1;
+    }
+    t
+}
+
+fn decode_nibbles(table: &[u8; 256], text: &[u8], out: &mut [u8]) -> bool {
     if text.len() != 2 * out.len() {
         return false;
     }
     let mut bad = 0u8;
     for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+        let (hi, lo) = (table[pair[0] as usize], table[pair[1] as usize]);
         bad |= hi | lo;
         *o = (hi << 4) | (lo & 0x0f);
     }

@@ -29,36 +29,13 @@ pub(super) enum KeyName {
 }
 
 /// The 16 bytes that 32 lowercase hex digits spell, or `None` for any
-/// other text. One pass with a table: every name read from a vault and
-/// every subject a backup looks up comes through here (the `hex` crate's
-/// decoder, after a separate check of the digits, was a tenth of opening
-/// a vault of 260 k keys).
+/// other text. Every name read from a vault and every subject a backup
+/// looks up comes through here (the `hex` crate's decoder, after a
+/// separate check of the digits, was a tenth of opening a vault of 260 k
+/// keys; this is one pass with a table).
 fn lower_hex16(text: &[u8]) -> Option<[u8; 16]> {
-    /// A lowercase hex digit's value, or 16 for any other byte.
-    const NIBBLE: [u8; 256] = {
-        let mut t = [16u8; 256];
-        let mut c = 0;
-        while c < 10 {
-            t[b'0' as usize + c] = c as u8;
-            c += 1;
-        }
-        while c < 16 {
-            t[b'a' as usize + c - 10] = c as u8;
-            c += 1;
-        }
-        t
-    };
-    if text.len() != 32 {
-        return None;
-    }
     let mut out = [0u8; 16];
-    let mut bad = 0u8;
-    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
-        bad |= hi | lo;
-        *o = (hi << 4) | (lo & 0x0f);
-    }
-    (bad & 0x10 == 0).then_some(out)
+    crate::crypto::lower_hex_decode_into(text, &mut out).then_some(out)
 }
 
 /// A name in the form [`KeyName`] keeps, borrowed: what a lookup compares.
