@@ -23,7 +23,7 @@ use custos::repo::snapshot::Snapshot;
 use custos::repo::tree::Page;
 use std::collections::HashSet;
 use std::sync::Arc;
-use util::{keys_and_targets, toml_str, write_local_policy};
+use util::{write_local_policy, write_policy};
 
 /// Bounds from one chunk a batch and one pack a wave up to the defaults.
 fn batchings() -> Vec<Batching> {
@@ -415,22 +415,14 @@ async fn packs_read_again_by_later_batches_are_read_in_spans_over_s3() {
     s3.create_bucket("checks");
     let db = dir.path().join("crm.db");
     generate(&db, DemoSize::Bytes(1 << 20), 12, &NoProgress).unwrap();
-    let keys = custos::keys::init_keys(&dir.path().join("keys")).unwrap();
-    std::fs::create_dir_all(dir.path().join("vault")).unwrap();
-    let vault = common::file_url(&dir.path().join("vault"));
-    let text = format!(
-        "[policy]\nname = \"spans\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n{TABLES}\n{}\n\
-         [s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\nmax_retries = 0\n",
-        toml_str(&db),
-        keys_and_targets(
-            &keys.identity_path,
-            &[vault],
-            &[("primary", s3.url("checks", "repo"), false)]
-        ),
-        s3.endpoint()
+    let path = write_policy(
+        dir.path(),
+        "spans",
+        &db,
+        TABLES,
+        s3.url("checks", "repo"),
+        &common::s3::policy_section(&s3.endpoint()),
     );
-    let path = dir.path().join("policy.toml");
-    std::fs::write(&path, text).unwrap();
     let policy = Policy::load(&path).unwrap();
     store_in_small_packs(&policy).await;
 

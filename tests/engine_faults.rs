@@ -167,10 +167,7 @@ fn p(path: &Path) -> &str {
 async fn backups_cut_off_after_n_puts_leave_a_valid_repository_that_the_next_backup_reuses() {
     let s3 = FaultyS3::start();
     let f = demo_fixture(11).await;
-    let extra = format!(
-        "\n[s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\nallow_http = true\nmax_retries = 0\n",
-        s3.endpoint()
-    );
+    let extra = common::s3::policy_section(&s3.endpoint());
     let policy_for = |prefix: &str| {
         let text = sqlite_policy(
             &f.db,

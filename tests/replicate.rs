@@ -100,12 +100,6 @@ url = "{primary}"
     }
 }
 
-fn s3_section(endpoint: &str) -> String {
-    format!(
-        "\n[s3]\nendpoint = \"{endpoint}\"\nregion = \"us-east-1\"\nallow_http = true\nmax_retries = 0\n"
-    )
-}
-
 async fn meta_key(policy: &Policy) -> Arc<custos::crypto::MetaKey> {
     let v = custos::ops::open_vault(policy).await.unwrap();
     Arc::new(custos::crypto::MetaKey::new(v.meta_key()))
@@ -203,7 +197,7 @@ async fn replicated_copies_restore_alone_and_a_verify_marks_them_replicated() {
             ("dr-east", s3.url("east", "crm"), ""),
             ("dr-west", s3.url("west", "crm"), ""),
         ],
-        &s3_section(&s3.endpoint()),
+        &common::s3::policy_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
     let b = backup_small(&policy).await;
@@ -285,7 +279,7 @@ async fn verify_finds_and_repairs_deleted_truncated_and_bit_flipped_objects() {
             ("dr-east", s3.url("east", "crm"), ""),
             ("dr-west", s3.url("west", "crm"), ""),
         ],
-        &s3_section(&s3.endpoint()),
+        &common::s3::policy_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
     let b = backup_small(&policy).await;
@@ -415,7 +409,7 @@ async fn verify_finds_and_repairs_deleted_truncated_and_bit_flipped_objects() {
 async fn a_replication_cut_off_midway_lists_only_restorable_snapshots_and_the_next_run_completes() {
     let s3 = FaultyS3::start();
     let f = Fixture::new(9);
-    let (_, base) = f.policy(&[], &s3_section(&s3.endpoint()));
+    let (_, base) = f.policy(&[], &common::s3::policy_section(&s3.endpoint()));
     custos::ops::init::init(&base).await.unwrap();
     let s1 = backup_small(&base).await;
     // A second, incremental snapshot after a change.
@@ -432,7 +426,7 @@ async fn a_replication_cut_off_midway_lists_only_restorable_snapshots_and_the_ne
         let prefix = format!("dr{n}");
         let (_, policy) = f.policy(
             &[("dr", format!("s3://bkt/{prefix}"), "")],
-            &s3_section(&s3.endpoint()),
+            &common::s3::policy_section(&s3.endpoint()),
         );
         s3.fail_puts_after(n);
         let r = replicate(&policy, &opts(&f, false, None)).await.unwrap();
@@ -791,7 +785,7 @@ async fn repair_object_mends_one_object_from_an_offsite_copy() {
     let f = Fixture::new(13);
     let (_, policy) = f.policy(
         &[("dr-east", s3.url("east", "crm"), "")],
-        &s3_section(&s3.endpoint()),
+        &common::s3::policy_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
     backup_small(&policy).await;
@@ -892,7 +886,7 @@ async fn reports_certificates_and_audit_segments_reach_every_target_and_the_majo
             ("dr-east", s3.url("east", "crm"), ""),
             ("dr-west", file_url(&west), ""),
         ],
-        &s3_section(&s3.endpoint()),
+        &common::s3::policy_section(&s3.endpoint()),
     );
     custos::ops::init::init(&policy).await.unwrap();
     backup_small(&policy).await;

@@ -363,13 +363,26 @@ pub const CALLS_TABLES: &str =
 /// `[[store.tables]]` sections: fresh keys, a vault folder and one
 /// `file://` target folder (`d/vault`, `d/target`). Returns its path.
 pub fn write_local_policy(d: &Path, name: &str, db: &Path, tables: &str) -> PathBuf {
+    fs::create_dir_all(d.join("target")).unwrap();
+    let target = crate::common::file_url(&d.join("target"));
+    write_policy(d, name, db, tables, target, "")
+}
+
+/// As [`write_local_policy`], with the one target at `target` and `extra`
+/// appended (an `[s3]` section, say).
+pub fn write_policy(
+    d: &Path,
+    name: &str,
+    db: &Path,
+    tables: &str,
+    target: String,
+    extra: &str,
+) -> PathBuf {
     let keys = custos::keys::init_keys(&d.join("keys")).unwrap();
     fs::create_dir_all(d.join("vault")).unwrap();
-    fs::create_dir_all(d.join("target")).unwrap();
     let vault = crate::common::file_url(&d.join("vault"));
-    let target = crate::common::file_url(&d.join("target"));
     let text = format!(
-        "[policy]\nname = \"{name}\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n{tables}\n{}",
+        "[policy]\nname = \"{name}\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n{tables}\n{}{extra}",
         toml_str(db),
         keys_and_targets(&keys.identity_path, &[vault], &[("primary", target, false)])
     );
