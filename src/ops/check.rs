@@ -771,7 +771,9 @@ impl Walk<'_> {
                 let end = chunks
                     .iter()
                     .map(|c| u64::from(c.offset) + u64::from(c.len));
-                // An entry past the pack's end is reported chunk by chunk.
+                // Index objects with an entry past the pack's end are refused
+                // when read; should one get here, it is reported chunk by chunk
+                // (`open_batch`), never sliced past the bytes.
                 let end = end.max().unwrap_or(0).min(size);
                 BatchPack {
                     id,
