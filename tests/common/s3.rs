@@ -25,7 +25,6 @@ use std::path::Path;
 use std::sync::Once;
 use std::thread::JoinHandle;
 
-/// The fixed access key id every test server accepts.
 /// The `[s3]` section of a policy for a test server at `endpoint`: plain
 /// HTTP and no client-level retries, so failures show at once.
 pub fn policy_section(endpoint: &str) -> String {
@@ -34,6 +33,7 @@ pub fn policy_section(endpoint: &str) -> String {
     )
 }
 
+/// The fixed access key id every test server accepts.
 pub const ACCESS_KEY: &str = "custos-test-access-key";
 /// The fixed secret every test server accepts.
 pub const SECRET_KEY: &str = "custos-test-secret-key-0123456789";
