@@ -213,18 +213,31 @@ mod tests {
             cache.fetch_span(good_id, size, size..size).await.unwrap(),
             (Bytes::new(), size)
         );
-        // A pack cut short since is refused, and remembered as bad.
+        // A pack cut short since is refused, and remembered as bad: asked
+        // again, it is not read again.
         t.put(&pack_path(&good_id), good.slice(..8)).await.unwrap();
         let e = cache.fetch_span(good_id, size, 4..12).await.unwrap_err();
-        assert!(
-            matches!(e, PackProblem::Size { .. } | PackProblem::Read { .. }),
-            "{e}"
-        );
-        t.delete(&pack_path(&good_id)).await.unwrap();
+        assert!(matches!(e, PackProblem::Size { got: 8, .. }), "{e}");
+        let read = cache.fetched;
+        assert_eq!(read, 2 * size + 4 + 4, "two whole packs, two spans");
         assert!(matches!(
             cache.fetch_span(good_id, size, 2..6).await,
-            Err(PackProblem::Missing { .. } | PackProblem::Size { .. })
+            Err(PackProblem::Size { .. })
         ));
-        assert!(cache.fetched >= 2 * size + 4);
+        assert_eq!(cache.fetched, read);
+        // A pack deleted since it was verified is missing.
+        let other = Bytes::from_static(b"another pack");
+        let other_id = Id::hash(&other);
+        let other_size = other.len() as u64;
+        t.put(&pack_path(&other_id), other.clone()).await.unwrap();
+        assert_eq!(
+            cache.fetch_span(other_id, other_size, 0..4).await.unwrap(),
+            (other, 0)
+        );
+        t.delete(&pack_path(&other_id)).await.unwrap();
+        assert!(matches!(
+            cache.fetch_span(other_id, other_size, 2..6).await,
+            Err(PackProblem::Missing { .. })
+        ));
     }
 }
