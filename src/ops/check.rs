@@ -226,7 +226,9 @@ pub async fn check_with(
         }),
         opening_batch: None,
         pages_seen: HashMap::new(),
-        page_packs: HashMap::new(),
+        tallies: Vec::new(),
+        tables: Vec::new(),
+        pack_lists: Vec::new(),
         groups_shredded: 0,
         findings: Vec::new(),
         ids: Vec::new(),
@@ -572,13 +574,15 @@ struct Walk<'a> {
     /// `opening_batch` while it opens one as the walk goes on.
     opener: Option<Opener>,
     opening_batch: Option<tokio::task::JoinHandle<Opener>>,
-    /// Tree pages of groups already walked, under a table name, and what
-    /// they gave (see [`PageTally`]).
-    pages_seen: HashMap<(Id, String), PageTally>,
-    /// Of each tree page of groups walked: the packs holding it and the
-    /// chunks of its readable groups (positions in `packs`), to check the
-    /// read windows' pack lists.
-    page_packs: HashMap<Id, Vec<u32>>,
+    /// Tree pages of groups already walked: under which table, what they
+    /// gave and which packs they need (see [`PageMemo`]).
+    pages_seen: HashMap<Id, PageMemo>,
+    /// The tallies of walked pages that found anything ([`PageMemo::tally`]).
+    tallies: Vec<PageTally>,
+    /// The table names pages were walked under ([`PageMemo::table`]).
+    tables: Vec<String>,
+    /// The walked pages' pack positions, end to end ([`PageMemo::packs`]).
+    pack_lists: Vec<u32>,
     groups_shredded: u64,
     findings: Vec<Finding>,
     /// Reused from page to page: the chunks looked up and where.
@@ -611,12 +615,43 @@ struct WalkedPage {
     tally: PageTally,
 }
 
+/// What the walk keeps of a tree page of groups it walked. It is kept for
+/// every page of every snapshot checked (about half a million at 4 GiB),
+/// so it is small: the table is a number, the tally kept apart only when
+/// it found something, and the packs a range of one shared list. (As
+/// two maps, one keyed by the page and its table's name, it took about
+/// three times the memory.)
+#[derive(Clone, Copy)]
+struct PageMemo {
+    /// The table it was walked under (a position in `Walk::tables`). A
+    /// page named under another table is walked again (the table is part
+    /// of what the walk checks).
+    table: u32,
+    /// Its tally's position in `Walk::tallies`, or [`CLEAN`] if it found
+    /// nothing.
+    tally: u32,
+    /// The packs holding it and the chunks of its readable groups
+    /// (positions in `Walk::packs`), to check the read windows' pack
+    /// lists: `Walk::pack_lists[start..start + len]`.
+    packs: (u32, u32),
+}
+
+/// [`PageMemo::tally`] of a page that found nothing.
+const CLEAN: u32 = u32::MAX;
+
+/// A position in one of the walk's lists, as kept in a [`PageMemo`]. The
+/// lists grow by a page or less at a time and hold a few entries a page,
+/// so they stay far below 2^32 (that would take 16 GiB of pack lists).
+fn position(n: usize) -> u32 {
+    u32::try_from(n).expect("a walk list past 2^32 entries")
+}
+
 /// What walking a tree page of groups found. A page is named by its
 /// content, and the vault does not change during a check, so a later
 /// snapshot that names the same page under the same table finds the same:
 /// it adds the tally instead of deriving every group's keys again (a child
 /// snapshot shares most of its pages with its parent).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq)]
 struct PageTally {
     missing: u64,
     first_missing: Option<Id>,
@@ -885,20 +920,26 @@ impl Walk<'_> {
     async fn take_page(
         &mut self,
         at: &Through<'_>,
-        table: &str,
+        table: u32,
         w: WalkedPage,
         found_here: &mut PageTally,
     ) {
         let index = at.index;
         let mut tally = w.tally;
-        self.page_packs.entry(w.pid).or_insert_with(|| {
-            let mut packs = PackSet::default();
-            let page = index.chunks.position(&w.pid);
-            for pos in page.iter().chain(w.found.iter().flatten()) {
-                packs.add(at.packs[index.chunks.pack_at(*pos) as usize]);
+        // A page walked before (under another table) keeps its packs.
+        let packs = match self.pages_seen.get(&w.pid) {
+            Some(m) => m.packs,
+            None => {
+                let mut packs = PackSet::default();
+                let page = index.chunks.position(&w.pid);
+                for pos in page.iter().chain(w.found.iter().flatten()) {
+                    packs.add(at.packs[index.chunks.pack_at(*pos) as usize]);
+                }
+                let start = self.pack_lists.len();
+                self.pack_lists.extend_from_slice(&packs.0);
+                (position(start), position(packs.0.len()))
             }
-            packs.0
-        });
+        };
         let mut found = w.found.iter();
         for (k, chunks) in &w.keyed {
             for c in chunks {
@@ -910,8 +951,47 @@ impl Walk<'_> {
         }
         self.found = w.found;
         found_here.add(&tally);
-        self.pages_seen.insert((w.pid, table.to_string()), tally);
+        let tally = if tally == PageTally::default() {
+            CLEAN
+        } else {
+            self.tallies.push(tally);
+            position(self.tallies.len() - 1)
+        };
+        let memo = PageMemo {
+            table,
+            tally,
+            packs,
+        };
+        self.pages_seen.insert(w.pid, memo);
         self.maybe_flush().await;
+    }
+
+    /// The number of a table's name in `tables`.
+    fn table_number(&mut self, table: &str) -> u32 {
+        match self.tables.iter().position(|t| t == table) {
+            Some(n) => position(n),
+            None => {
+                self.tables.push(table.to_string());
+                position(self.tables.len() - 1)
+            }
+        }
+    }
+
+    /// What a page gave when walked before under the same table.
+    fn seen(&self, pid: &Id, table: u32) -> Option<PageTally> {
+        let m = self.pages_seen.get(pid).filter(|m| m.table == table)?;
+        Some(match m.tally {
+            CLEAN => PageTally::default(),
+            n => self.tallies[n as usize],
+        })
+    }
+
+    /// The packs a walked page needs.
+    fn page_packs(&self, pid: &Id) -> &[u32] {
+        match self.pages_seen.get(pid) {
+            Some(m) => &self.pack_lists[m.packs.0 as usize..][..m.packs.1 as usize],
+            None => &[],
+        }
     }
 
     /// Walks one read window of `table`: its pages not walked before,
@@ -935,9 +1015,10 @@ impl Walk<'_> {
         let mut half_walked = None;
         // Pages in order, so that the first missing chunk named is the
         // snapshot's first.
+        let table_no = self.table_number(table);
         for pid in pages {
-            if let Some(tally) = self.pages_seen.get(&(*pid, table.to_string())) {
-                found_here.add(tally);
+            if let Some(tally) = self.seen(pid, table_no) {
+                found_here.add(&tally);
                 continue;
             }
             if through_list.is_none() {
@@ -964,7 +1045,7 @@ impl Walk<'_> {
                                 files: Some(&packs.files),
                                 packs: positions,
                             };
-                            self.take_page(&at, table, w, found_here).await;
+                            self.take_page(&at, table_no, w, found_here).await;
                         }
                         continue;
                     }
@@ -998,7 +1079,7 @@ impl Walk<'_> {
                     files: None,
                     packs: positions,
                 };
-                self.take_page(&at, table, w, found_here).await;
+                self.take_page(&at, table_no, w, found_here).await;
             }
         }
         // Whether the list holds every pack of the window's pages (walked
@@ -1010,8 +1091,7 @@ impl Walk<'_> {
             .collect();
         let missing = pages
             .iter()
-            .filter_map(|p| self.page_packs.get(p))
-            .flatten()
+            .flat_map(|p| self.page_packs(p))
             .find(|p| !listed.contains(p));
         missing.map(|p| self.packs[*p as usize].0)
     }
