@@ -19,8 +19,16 @@ use crate::vault::KeyId;
 use serde::{Deserialize, Serialize};
 
 pub const PAGE_VERSION: u32 = 1;
-/// Boundary when the first two bytes of the id modulo this are zero.
-pub const GROUP_PAGE_AVG: u16 = 64;
+/// A group page of a period unit ends after a group whose tag's first two
+/// bytes (u16 LE) are zero modulo this. A closed period's pages never
+/// change, so they are larger: fewer ids for every snapshot to list.
+pub const PERIOD_PAGE_AVG: u16 = 64;
+/// The same for an epoch unit (a table without a period: its rows change
+/// anywhere, every snapshot). An update rewrites the page around it, so
+/// these pages are smaller: an incremental rewrites less, for more page
+/// ids in the snapshot (see PERFORMANCE, "Incremental: smaller pages where
+/// rows change in place").
+pub const EPOCH_PAGE_AVG: u16 = 16;
 pub const GROUP_PAGE_MAX: usize = 1024;
 pub const FILE_PAGE_AVG: u16 = 256;
 pub const FILE_PAGE_MAX: usize = 4096;
@@ -453,7 +461,7 @@ impl GroupPager {
         if self.cur.last().is_some_and(|l| l.u != e.u) {
             done.push(std::mem::take(&mut self.cur));
         }
-        let b = u16::from_le_bytes([e.g[0], e.g[1]]).is_multiple_of(GROUP_PAGE_AVG);
+        let b = u16::from_le_bytes([e.g[0], e.g[1]]).is_multiple_of(page_avg(&e.u));
         self.cur.push(e);
         if b || self.cur.len() >= GROUP_PAGE_MAX {
             done.push(std::mem::take(&mut self.cur));
@@ -467,6 +475,16 @@ impl GroupPager {
         } else {
             Some(std::mem::take(&mut self.cur))
         }
+    }
+}
+
+/// The boundary modulus of a unit's group pages: [`EPOCH_PAGE_AVG`] for an
+/// epoch unit, [`PERIOD_PAGE_AVG`] for a period unit.
+pub fn page_avg(unit: &str) -> u16 {
+    if unit.starts_with("epoch:") {
+        EPOCH_PAGE_AVG
+    } else {
+        PERIOD_PAGE_AVG
     }
 }
 
@@ -536,6 +554,60 @@ mod tests {
         let mut absurd = b"G\x01".to_vec();
         absurd.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
         assert!(Page::decode(&absurd).is_err());
+    }
+
+    /// An entry of `unit` whose tag starts with `tag` (u16 LE).
+    fn tagged(tag: u16, unit: &str) -> GroupEntry {
+        let mut e = entry(1, true);
+        e.g[..2].copy_from_slice(&tag.to_le_bytes());
+        e.u = unit.into();
+        e
+    }
+
+    /// Feeds the entries and returns each page's (unit, tags).
+    fn pages_of(entries: Vec<GroupEntry>) -> Vec<(String, Vec<u16>)> {
+        let mut pager = GroupPager::default();
+        let mut pages: Vec<Vec<GroupEntry>> = Vec::new();
+        for e in entries {
+            pages.extend(pager.push(e));
+        }
+        pages.extend(pager.finish());
+        pages
+            .iter()
+            .map(|p| {
+                assert!(p.iter().all(|e| e.u == p[0].u), "a page spans two units");
+                let tags = p.iter().map(|e| u16::from_le_bytes([e.g[0], e.g[1]]));
+                (p[0].u.to_string(), tags.collect())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_end_at_tag_boundaries_smaller_in_epoch_units() {
+        let (epoch, month) = ("epoch:service:2026-Q1", "period:consumption:2026-03");
+        // 16 divides 48 but 64 does not: a boundary in an epoch unit only.
+        let tags = [1, 48, 2, 128, 3];
+        let pages = pages_of(tags.iter().map(|&t| tagged(t, epoch)).collect());
+        assert_eq!(
+            pages,
+            [
+                (epoch.into(), vec![1, 48]),
+                (epoch.into(), vec![2, 128]),
+                (epoch.into(), vec![3])
+            ]
+        );
+        let pages = pages_of(tags.iter().map(|&t| tagged(t, month)).collect());
+        assert_eq!(
+            pages,
+            [(month.into(), vec![1, 48, 2, 128]), (month.into(), vec![3])]
+        );
+        // A new unit starts a page; a page holds at most GROUP_PAGE_MAX groups.
+        let mut entries = vec![tagged(1, epoch), tagged(2, month)];
+        entries.extend((0..GROUP_PAGE_MAX + 1).map(|_| tagged(1, month)));
+        let pages = pages_of(entries);
+        let lens: Vec<usize> = pages.iter().map(|(_, t)| t.len()).collect();
+        assert_eq!(lens, [1, GROUP_PAGE_MAX, 2]);
+        assert_eq!((pages[0].0.as_str(), pages[1].0.as_str()), (epoch, month));
     }
 
     #[test]
