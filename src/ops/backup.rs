@@ -358,6 +358,7 @@ async fn backup_locked(
             }
         }
     }
+    let parent_id = parent.as_ref().map(|p| p.id.clone());
     let target = Arc::new(target);
     let meta = Arc::new(meta);
     // The index loads while the first read window fills: reading needs no
@@ -464,7 +465,10 @@ async fn backup_locked(
         params: marker.records_chunking,
         file_params: marker.files_chunking,
         now,
-        parent: parent.clone(),
+        // Moved, not cloned: at 4 GiB a parent lists half a million
+        // tree pages, and a copy held all through the backup cost its
+        // size again at the peak.
+        parent,
         pages_out: sealed_pages,
         window_budget: opts.window_budget,
         threads: opts.workers.max(1),
@@ -507,7 +511,7 @@ async fn backup_locked(
         id: Snapshot::new_id(),
         policy: policy.name.clone(),
         time: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        parent: parent.map(|p| p.id),
+        parent: parent_id,
         custos_version: crate::VERSION.to_string(),
         store: content.store,
         sqlite: content.sqlite,
@@ -1206,28 +1210,31 @@ impl PriorWindows {
 
 /// The windows of `table` (same class) in the parent snapshot; none if the
 /// parent has no such table, recorded no windows, or its window page
-/// counts do not add up to its pages.
-fn prior_windows(parent: Option<&Snapshot>, table: &str, class: &str) -> PriorWindows {
+/// counts do not add up to its pages. The table's page ids are taken out
+/// of the parent, not copied (a table is read once, and nothing else
+/// reads the parent's record pages once the backup has begun reading):
+/// at 4 GiB they are some 16 MB, and a copy was held all through the
+/// backup.
+fn prior_windows(parent: Option<&mut Snapshot>, table: &str, class: &str) -> PriorWindows {
     let mut out = PriorWindows::default();
     let Some(t) = parent.and_then(|p| {
-        p.record_tables()
-            .iter()
+        p.record_tables_mut()
+            .iter_mut()
             .find(|t| t.name == table && t.class == class)
     }) else {
         return out;
     };
-    let mut at = 0usize;
-    for w in &t.windows {
-        let end = at.saturating_add(w.pages as usize);
-        if end > t.pages.len() {
-            return PriorWindows::default();
-        }
-        out.by_digest.insert(w.digest.clone(), out.list.len());
-        out.list.push((w.clone(), t.pages[at..end].to_vec()));
-        at = end;
+    let counted = t.windows.iter().try_fold(0usize, |at, w| {
+        at.checked_add(usize::try_from(w.pages).ok()?)
+    });
+    if counted != Some(t.pages.len()) {
+        return out;
     }
-    if at != t.pages.len() {
-        return PriorWindows::default();
+    let mut pages = std::mem::take(&mut t.pages).into_iter();
+    for w in &t.windows {
+        out.by_digest.insert(w.digest.clone(), out.list.len());
+        let own: Vec<Id> = pages.by_ref().take(w.pages as usize).collect();
+        out.list.push((w.clone(), own));
     }
     out
 }
@@ -2382,10 +2389,10 @@ impl ReaderCtx {
     /// the table's b-tree that keeps no leaf: the leaves of the stretches
     /// that are read are walked again as their rows are, so no table's
     /// leaves wait in memory while the tables before it are read).
-    fn prepare_table(&self, src: &SqliteSource, ts: &TableSchema) -> TablePrep {
+    fn prepare_table(&mut self, src: &SqliteSource, ts: &TableSchema) -> TablePrep {
         let plan = self.policy.plan(&ts.name);
         let class = self.policy.class_of(&ts.name).as_str().to_string();
-        let prior = prior_windows(self.parent.as_ref(), &ts.name, &class);
+        let prior = prior_windows(self.parent.as_mut(), &ts.name, &class);
         let began = Instant::now();
         let fingerprint = self.stretch_hasher(&ts.name, &class, &plan);
         // The parent's windows that can stand unread if their leaves digest
@@ -2865,7 +2872,7 @@ impl ReaderCtx {
     ) -> Result<TableEntry, OpsError> {
         self.progress
             .phase(&format!("reading {name}"), None, "rows");
-        let prior = prior_windows(self.parent.as_ref(), name, class);
+        let prior = prior_windows(self.parent.as_mut(), name, class);
         let mut acc = TableAcc::default();
         let mut window = Window::with_budget(self.window_budget);
         let mut rows = 0u64;
@@ -2981,6 +2988,85 @@ mod tests {
 
     fn read(from: Option<i64>, to: Option<i64>) -> Stretch {
         Stretch::Read(RowidRange { from, to })
+    }
+
+    /// A parent snapshot of one table `t` (class `c`) whose windows hold
+    /// `counts` pages each, over `pages` page ids.
+    fn parent(counts: &[u64], pages: usize) -> Snapshot {
+        let window = |i: usize, n: u64| WindowMark {
+            digest: format!("w{i}"),
+            rows: 1,
+            bytes: 1,
+            groups: 1,
+            checksum: String::new(),
+            pages: n,
+            from: None,
+            to: None,
+            stretch: None,
+            packs: None,
+        };
+        let table = TableEntry {
+            name: "t".into(),
+            class: "c".into(),
+            rows: 1,
+            bytes: 1,
+            checksum: String::new(),
+            groups: 1,
+            pages: (0..pages).map(|i| Id([i as u8; 32])).collect(),
+            windows: counts
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| window(i, n))
+                .collect(),
+        };
+        let schema = crate::store::sqlite::SqliteSchema {
+            version: 1,
+            entries: Vec::new(),
+            tables: Vec::new(),
+            user_version: 0,
+            application_id: 0,
+            page_size: 4096,
+            auto_vacuum: 0,
+            encoding: "UTF-8".into(),
+            wal: false,
+        };
+        Snapshot {
+            version: 1,
+            id: "p".into(),
+            policy: "p".into(),
+            time: String::new(),
+            parent: None,
+            custos_version: String::new(),
+            store: Default::default(),
+            sqlite: Some(crate::repo::snapshot::SqliteSnapshot {
+                schema,
+                tables: vec![table],
+            }),
+            files: None,
+            postgres: None,
+            stats: Default::default(),
+        }
+    }
+
+    #[test]
+    fn prior_windows_take_their_pages_from_the_parent_in_order() {
+        let mut p = parent(&[2, 0, 3], 5);
+        let prior = prior_windows(Some(&mut p), "t", "c");
+        let ids = |r: std::ops::Range<u8>| r.map(|i| Id([i; 32])).collect::<Vec<_>>();
+        let got: Vec<Vec<Id>> = prior.list.iter().map(|(_, pages)| pages.clone()).collect();
+        assert_eq!(got, [ids(0..2), ids(2..2), ids(2..5)]);
+        assert_eq!(prior.get("w2").map(|(m, _)| m.pages), Some(3));
+        // Taken, not copied: the parent keeps no page list of the table.
+        assert!(p.record_tables()[0].pages.is_empty());
+        // Another class, or counts that do not add up to the pages: no
+        // windows, and the parent's pages stay where they were.
+        let mut p = parent(&[2, 3], 5);
+        assert!(prior_windows(Some(&mut p), "t", "other").list.is_empty());
+        for (counts, n) in [(&[2, 2][..], 5), (&[2, 4][..], 5), (&[u64::MAX, 6][..], 5)] {
+            let mut p = parent(counts, n);
+            assert!(prior_windows(Some(&mut p), "t", "c").list.is_empty());
+            assert_eq!(p.record_tables()[0].pages.len(), n);
+        }
     }
 
     #[test]

@@ -165,6 +165,18 @@ impl Snapshot {
         }
     }
 
+    /// As [`record_tables`](Self::record_tables), to change them (a backup
+    /// takes its parent's page lists instead of copying them).
+    pub fn record_tables_mut(&mut self) -> &mut [TableEntry] {
+        if let Some(sq) = &mut self.sqlite {
+            &mut sq.tables
+        } else if let Some(pg) = &mut self.postgres {
+            &mut pg.tables
+        } else {
+            &mut []
+        }
+    }
+
     pub fn new_id() -> String {
         use rand::RngCore;
         let mut b = [0u8; 8];
