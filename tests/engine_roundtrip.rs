@@ -402,6 +402,22 @@ period = {{ column = "started_at", every = "month" }}
     )
 }
 
+/// The bytes of every file under `dir`.
+fn folder_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                folder_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
 #[test]
 fn cli_backup_mutate_backup_restore_both_and_check() {
     let tmp = common::tempdir();
@@ -459,11 +475,16 @@ fn cli_backup_mutate_backup_restore_both_and_check() {
         .arg(&db));
     assert_different_db(&before, &db);
 
+    let primary = d.join("t/primary");
+    let held = folder_bytes(&primary);
     let b2 = json(&run(custos()
         .args(["backup", "--json", "--policy"])
         .arg(&p)));
     let id2 = b2["snapshot"].as_str().unwrap().to_string();
     let stored2 = b2["new_bytes_stored"].as_u64().unwrap();
+    // What the report says it stored is what the target grew by: packs,
+    // index objects and the snapshot object.
+    assert_eq!(folder_bytes(&primary) - held, stored2);
     assert_ne!(id1, id2);
     assert!(
         stored2 * 4 < stored1,

@@ -93,7 +93,9 @@ pub struct BackupReport {
     pub chunks: u64,
     /// Blobs stored by this backup (the others were already stored).
     pub new_chunks: u64,
-    /// Bytes added to the target (packs, indexes, trees, snapshot).
+    /// Bytes added to the target: packs (chunks and tree pages), index
+    /// objects and the snapshot object. (The snapshot's own `stats` count
+    /// all but the snapshot object.)
     pub new_bytes_stored: u64,
     /// bytes_read / new_bytes_stored.
     pub dedup_ratio: f64,
@@ -529,9 +531,11 @@ async fn backup_locked(
     };
     snapshot.stats.new_bytes_stored = counters.stored_bytes.load(Ordering::Relaxed);
     snapshot.stats.duration_ms = start.elapsed().as_millis() as u64;
-    snapshot.store(&target, &meta).await?;
+    // The snapshot's own stats cannot count the object they are in; the
+    // report does (a backup with nothing new still writes it).
+    let snapshot_bytes = snapshot.store(&target, &meta).await?;
     let duration = start.elapsed().as_secs_f64();
-    let stored = snapshot.stats.new_bytes_stored;
+    let stored = snapshot.stats.new_bytes_stored + snapshot_bytes;
     let tables = snapshot
         .sqlite
         .as_ref()
@@ -757,10 +761,10 @@ fn flush(ctx: &PackerCtx, (w, windows): (PackWriter, PackSet)) -> Option<UploadT
         let _permit = permit;
         let n = bytes.len() as u64;
         target.put(&pack_path(&id), bytes.into()).await?;
-        index.store(&target, &meta).await?;
+        let index_bytes = index.store(&target, &meta).await?;
         counters
             .stored_bytes
-            .fetch_add(n + 48 + 44 * index.entries.len() as u64, Ordering::Relaxed);
+            .fetch_add(n + index_bytes, Ordering::Relaxed);
         counters.packs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }))

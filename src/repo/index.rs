@@ -117,7 +117,8 @@ impl IndexFile {
         })
     }
 
-    pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<(), RepoError> {
+    /// Writes the index object; returns its size in bytes.
+    pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<u64, RepoError> {
         let name = self.pack.to_hex();
         // Encoded after room for the nonce and sealed in place: one buffer.
         let mut sealed =
@@ -125,8 +126,9 @@ impl IndexFile {
         sealed.extend_from_slice(&[0; MetaKey::NONCE_ROOM]);
         self.encode_into(&mut sealed);
         meta.seal_tail("index", &name, &mut sealed, 0);
+        let bytes = sealed.len() as u64;
         target.put(&index_path(&self.pack), sealed.into()).await?;
-        Ok(())
+        Ok(bytes)
     }
 }
 

@@ -184,11 +184,13 @@ impl Snapshot {
         hex::encode(b)
     }
 
-    pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<(), RepoError> {
+    /// Writes the snapshot object; returns its size in bytes.
+    pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<u64, RepoError> {
         let json = serde_json::to_vec(self).expect("snapshot serializes");
         let sealed = meta.seal("snapshot", &self.id, &compress_meta(&json));
+        let bytes = sealed.len() as u64;
         target.put(&snapshot_path(&self.id), sealed.into()).await?;
-        Ok(())
+        Ok(bytes)
     }
 
     pub fn open(
