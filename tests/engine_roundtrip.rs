@@ -7,7 +7,7 @@ mod common;
 #[path = "common/roundtrip_util.rs"]
 mod util;
 
-use common::{custos, run, run_fail, stderr, stdout, S3Server};
+use common::{bytes_under, custos, run, run_fail, stderr, stdout, S3Server};
 use custos::ops::backup::{backup, BackupOptions, BackupReport};
 use custos::ops::restore::{restore, RestoreOptions};
 use custos::policy::Policy;
@@ -402,22 +402,6 @@ period = {{ column = "started_at", every = "month" }}
     )
 }
 
-/// The bytes of every file under `dir`.
-fn folder_bytes(dir: &Path) -> u64 {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let meta = e.metadata().unwrap();
-            if meta.is_dir() {
-                folder_bytes(&e.path())
-            } else {
-                meta.len()
-            }
-        })
-        .sum()
-}
-
 #[test]
 fn cli_backup_mutate_backup_restore_both_and_check() {
     let tmp = common::tempdir();
@@ -476,7 +460,7 @@ fn cli_backup_mutate_backup_restore_both_and_check() {
     assert_different_db(&before, &db);
 
     let primary = d.join("t/primary");
-    let held = folder_bytes(&primary);
+    let held = bytes_under(&primary);
     let b2 = json(&run(custos()
         .args(["backup", "--json", "--policy"])
         .arg(&p)));
@@ -484,7 +468,7 @@ fn cli_backup_mutate_backup_restore_both_and_check() {
     let stored2 = b2["new_bytes_stored"].as_u64().unwrap();
     // What the report says it stored is what the target grew by: packs,
     // index objects and the snapshot object.
-    assert_eq!(folder_bytes(&primary) - held, stored2);
+    assert_eq!(bytes_under(&primary) - held, stored2);
     assert_ne!(id1, id2);
     assert!(
         stored2 * 4 < stored1,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{custos, file_url, run, stdout, tempdir, S3Server};
+use common::{bytes_under, custos, file_url, run, stdout, tempdir, S3Server};
 use custos::ops::backup::{backup, BackupOptions};
 use custos::ops::check::{check, Level};
 use custos::ops::lock::BackupLock;
@@ -144,23 +144,6 @@ fn add_month(c: &Connection, ym: &str, seed: u64) {
         ])
         .unwrap();
     }
-}
-
-fn bytes_under(dir: &Path) -> u64 {
-    let mut n = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let m = e.metadata().unwrap();
-            if m.is_dir() {
-                stack.push(e.path());
-            } else {
-                n += m.len();
-            }
-        }
-    }
-    n
 }
 
 async fn restore_equal(policy: &Policy, snapshot: &str, source: &Path, to: &Path) {

@@ -8,6 +8,7 @@
 //! * [`FaultStore`]: an `ObjectStore` wrapper that fails puts, counts
 //!   operations and corrupts reads, to test retries and verification.
 //! * [`custos_bin`], [`tempdir`], [`run`], [`run_fail`]: drive the binary.
+//! * [`bytes_under`]: what a folder holds, to compare a target's growth.
 //!
 //! Every test binary compiles this module and uses a part of it, hence the
 //! `allow`s below.
@@ -54,6 +55,25 @@ pub fn tempdir() -> tempfile::TempDir {
 }
 
 /// A `file://` URL for a local path.
+/// The bytes of every file under `dir`, at any depth (what a `file://`
+/// target or vault location holds).
+pub fn bytes_under(dir: &std::path::Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                n += m.len();
+            }
+        }
+    }
+    n
+}
+
 pub fn file_url(path: &std::path::Path) -> String {
     url::Url::from_directory_path(path)
         .or_else(|()| url::Url::from_file_path(path))
