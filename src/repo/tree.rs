@@ -479,8 +479,9 @@ impl GroupPager {
 }
 
 /// The boundary modulus of a unit's group pages: [`EPOCH_PAGE_AVG`] for an
-/// epoch unit, [`PERIOD_PAGE_AVG`] for a period unit.
-pub fn page_avg(unit: &str) -> u16 {
+/// epoch unit, [`PERIOD_PAGE_AVG`] for a period unit (the unit label's
+/// prefix, FORMAT 3.4, as the backup writes it).
+fn page_avg(unit: &str) -> u16 {
     if unit.starts_with("epoch:") {
         EPOCH_PAGE_AVG
     } else {
