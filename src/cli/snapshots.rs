@@ -38,8 +38,8 @@ struct Row {
 pub async fn run(a: SnapshotsArgs) -> Result<()> {
     let policy = super::load_policy(&a.policy)?;
     let repo = OpenRepo::open(&policy, a.target.as_deref()).await?;
-    let (list, bad) = Snapshot::list(&repo.target, &repo.meta).await?;
-    for e in &bad {
+    let (list, bad) = Snapshot::summaries_with_ids(&repo.target, &repo.meta).await?;
+    for (_, e) in &bad {
         eprintln!("warning: {e}");
     }
     let record = custos::replicate::ReplicationRecord::load(&super::state_dir()?, &policy.name)?;
@@ -53,7 +53,7 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
             items: s.stats.items,
             bytes_read: s.stats.bytes_read,
             new_bytes_stored: s.stats.new_bytes_stored,
-            tables: s.record_tables().iter().map(|t| t.name.clone()).collect(),
+            tables: s.table_names().map(str::to_string).collect(),
             parent: s.parent.clone(),
             replicated: false,
             verified_on: Vec::new(),

@@ -234,9 +234,10 @@ pub async fn target_states(policy: &Policy) -> Vec<TargetState> {
             let repo = crate::ops::OpenRepo::open(policy, Some(&t.name))
                 .await
                 .map_err(|e| e.to_string())?;
-            let (list, _bad) = crate::repo::snapshot::Snapshot::list(&repo.target, &repo.meta)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (list, _bad) =
+                crate::repo::snapshot::Snapshot::summaries_with_ids(&repo.target, &repo.meta)
+                    .await
+                    .map_err(|e| e.to_string())?;
             Ok::<_, String>(list)
         }
         .await;

@@ -18,10 +18,10 @@ use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, Meta
 use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{Index, IndexObjects, PackSet};
+use crate::repo::index::{Index, IndexFile, IndexObjects, PackSet};
 use crate::repo::pack::{pack_path, seal_chunk_into, Codec, PackWriter};
 use crate::repo::snapshot::{
-    FilesSnapshot, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
+    FilesSnapshot, PageList, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
     TableEntry, WindowMark,
 };
 use crate::repo::tree::{
@@ -503,6 +503,8 @@ async fn backup_locked(
     };
     if let Some(tables) = tables {
         mark_window_packs(tables, &content.window_packs, &placed);
+        let stored = content.index.take();
+        store_page_lists(&target, &meta, tables, stored, opts.pack_size, &counters).await?;
     }
     // Every key used must be in every vault location before the snapshot
     // that needs it exists.
@@ -780,6 +782,10 @@ struct ReadContent {
     bytes_read: u64,
     /// Per window mark written, in order: the packs of blobs stored before.
     window_packs: Vec<WindowPacks>,
+    /// The index the reader stored against last (the whole membership
+    /// index, or the last window's): page lists already stored are found
+    /// in it and not stored again.
+    index: Option<Arc<Index>>,
 }
 
 struct ReaderCtx {
@@ -1746,6 +1752,7 @@ impl ReaderCtx {
         let r = r.and_then(|c| self.ready_index().map(|_| c));
         let r = r.map(|mut c| {
             c.window_packs = std::mem::take(&mut self.hints);
+            c.index = Some(self.index.clone());
             c
         });
         // Dropping `self` (the work and page senders) lets the workers and
@@ -1913,6 +1920,7 @@ impl ReaderCtx {
             to: window.range.to,
             stretch: window.stretch.map(hex::encode),
             packs: None,
+            list: None,
         });
         let hint = std::mem::take(&mut self.hint);
         self.hints.push(KnownPacks {
@@ -2385,6 +2393,7 @@ impl ReaderCtx {
             items,
             bytes_read,
             window_packs: Vec::new(),
+            index: None,
         })
     }
 
@@ -2805,6 +2814,7 @@ impl ReaderCtx {
             items: walk.entries.len() as u64,
             bytes_read,
             window_packs: Vec::new(),
+            index: None,
         })
     }
 
@@ -2863,6 +2873,7 @@ impl ReaderCtx {
             items,
             bytes_read,
             window_packs: Vec::new(),
+            index: None,
         })
     }
 
@@ -2946,6 +2957,146 @@ fn mark_window_packs(tables: &mut [TableEntry], known: &[WindowPacks], placed: &
     }
 }
 
+/// Writes a page list (FORMAT 3.4) for every read window that has pages
+/// and names no list yet, in metadata packs of their own, and records each
+/// list's place in its window mark and its pack in the mark's pack list.
+/// A window reused from the parent keeps the parent's list: the parent was
+/// read through it, and packs of the metadata family are never deleted
+/// while a snapshot needs them.
+async fn store_page_lists(
+    target: &Target,
+    meta: &MetaKey,
+    tables: &mut [TableEntry],
+    stored: Option<Arc<Index>>,
+    pack_size: usize,
+    counters: &Counters,
+) -> Result<(), OpsError> {
+    let mut found = StoredLists {
+        index: stored,
+        entries: HashMap::new(),
+    };
+    let mut writer = PackWriter::new();
+    // (table, window, list id, offset, sealed len) of the open pack's lists.
+    let mut pending: Vec<(usize, usize, Id, u32, u32)> = Vec::new();
+    for ti in 0..tables.len() {
+        let mut at = 0usize;
+        for wi in 0..tables[ti].windows.len() {
+            let n = tables[ti].windows[wi].pages as usize;
+            let t = &tables[ti];
+            if let Some(l) = t.windows[wi].list {
+                counters.chunks.fetch_add(1, Ordering::Relaxed);
+                add_pack(&mut tables[ti].windows[wi], l.pack);
+            } else if n > 0 {
+                let (id, sealed) = tree::seal_list(meta, &t.pages[at..at + n]);
+                // The same pages listed by an earlier backup (a window
+                // read again with nothing to reuse it from).
+                if let Some(l) = found.place(target, meta, &id).await {
+                    counters.chunks.fetch_add(1, Ordering::Relaxed);
+                    let mark = &mut tables[ti].windows[wi];
+                    mark.list = Some(l);
+                    add_pack(mark, l.pack);
+                    at += n;
+                    continue;
+                }
+                if !writer.is_empty() && writer.len() + sealed.len() > pack_size {
+                    let full = std::mem::take(&mut writer);
+                    put_lists(target, meta, tables, full, &mut pending, counters).await?;
+                }
+                pending.push((ti, wi, id, writer.len() as u32, sealed.len() as u32));
+                writer.add(id, &sealed, sealed.len() as u32);
+                counters.chunks.fetch_add(1, Ordering::Relaxed);
+                counters.new_chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            at += n;
+        }
+    }
+    if !writer.is_empty() {
+        put_lists(target, meta, tables, writer, &mut pending, counters).await?;
+    }
+    Ok(())
+}
+
+/// Page lists an earlier backup stored: found through the reader's index,
+/// placed through their pack's index object.
+struct StoredLists {
+    index: Option<Arc<Index>>,
+    /// Each index object read: its entries by id (none if unreadable).
+    entries: HashMap<Id, HashMap<Id, (u32, u32)>>,
+}
+
+impl StoredLists {
+    /// Where list `id` is stored already, if it is and its pack's index
+    /// object says where.
+    async fn place(&mut self, target: &Target, meta: &MetaKey, id: &Id) -> Option<PageList> {
+        let index = self.index.as_ref()?;
+        let pack = index.packs.get(index.chunks.pack(id)? as usize)?.0;
+        if let std::collections::hash_map::Entry::Vacant(v) = self.entries.entry(pack) {
+            let path = crate::repo::index::index_path(&pack);
+            let read = async {
+                let sealed = target.get(&path).await.ok()?;
+                let plain = meta.open("index", &pack.to_hex(), &sealed).ok()?;
+                let file = IndexFile::decode(&path, &plain).ok()?;
+                (file.pack == pack).then_some(file)
+            };
+            v.insert(match read.await {
+                Some(f) => f
+                    .entries
+                    .iter()
+                    .map(|e| (e.id, (e.offset, e.len)))
+                    .collect(),
+                None => HashMap::new(),
+            });
+        }
+        let &(offset, len) = self.entries.get(&pack)?.get(id)?;
+        Some(PageList {
+            id: *id,
+            pack,
+            offset,
+            len,
+        })
+    }
+}
+
+/// Stores a pack of page lists and its index object, then names each
+/// list's place in its window mark.
+async fn put_lists(
+    target: &Target,
+    meta: &MetaKey,
+    tables: &mut [TableEntry],
+    writer: PackWriter,
+    pending: &mut Vec<(usize, usize, Id, u32, u32)>,
+    counters: &Counters,
+) -> Result<(), OpsError> {
+    let (pack, bytes, index) = writer.finish(meta);
+    let n = bytes.len() as u64;
+    target.put(&pack_path(&pack), bytes.into()).await?;
+    let index_bytes = index.store(target, meta).await?;
+    counters
+        .stored_bytes
+        .fetch_add(n + index_bytes, Ordering::Relaxed);
+    counters.packs.fetch_add(1, Ordering::Relaxed);
+    for (ti, wi, id, offset, len) in pending.drain(..) {
+        let mark = &mut tables[ti].windows[wi];
+        mark.list = Some(PageList {
+            id,
+            pack,
+            offset,
+            len,
+        });
+        add_pack(mark, pack);
+    }
+    Ok(())
+}
+
+/// Adds `pack` to a window mark's pack list, if it has one.
+fn add_pack(mark: &mut WindowMark, pack: Id) {
+    if let Some(packs) = &mut mark.packs {
+        if let Err(at) = packs.binary_search(&pack) {
+            packs.insert(at, pack);
+        }
+    }
+}
+
 /// The report lines of a snapshot's tables.
 fn table_summaries(tables: &[TableEntry]) -> Vec<TableSummary> {
     tables
@@ -2984,6 +3135,7 @@ mod tests {
                 to,
                 stretch: Some(String::new()),
                 packs: None,
+                list: None,
             };
             p.list.push((mark, Vec::new()));
         }
@@ -3008,6 +3160,7 @@ mod tests {
             to: None,
             stretch: None,
             packs: None,
+            list: None,
         };
         let table = TableEntry {
             name: "t".into(),
@@ -3138,6 +3291,7 @@ mod tests {
             to,
             stretch: None,
             packs: None,
+            list: None,
         };
         let range = |from, to| RowidRange { from, to };
         // [10, 20) against ranges touching, inside, around and apart.

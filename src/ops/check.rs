@@ -1101,6 +1101,20 @@ impl Walk<'_> {
         // What this snapshot's pages found, each page's tally added in turn.
         let mut found_here = PageTally::default();
         let (mut short, mut first_short) = (0u64, None);
+        // Its page lists were read by place when it was loaded; a prune
+        // keeps their packs only while an index object lists them.
+        for l in s.page_lists() {
+            if !self.pack_pos.contains_key(&l.pack) {
+                self.error(
+                    object.clone(),
+                    format!(
+                        "page list {} lies in pack {}, which no index object lists",
+                        l.id, l.pack
+                    ),
+                    Some("copy the index object from another target's copy of this repository (`custos replicate` repairs it); until then prune refuses to run"),
+                );
+            }
+        }
         for t in s.record_tables() {
             for (wi, (range, packs)) in window_batches(t).into_iter().enumerate() {
                 let pages = &t.pages[range];

@@ -185,7 +185,25 @@ async fn run(
             used[loc.pack as usize] = true;
         }
     };
+    let pack_at: HashMap<Id, usize> = index
+        .packs
+        .iter()
+        .enumerate()
+        .map(|(i, (id, _))| (*id, i))
+        .collect();
     for s in snaps.iter().filter(|s| keep.contains(s.id.as_str())) {
+        // Its page lists are read by place, not through the index: their
+        // packs are kept by name.
+        for l in s.page_lists() {
+            let Some(&i) = pack_at.get(&l.pack) else {
+                return Err(OpsError::Integrity(format!(
+                    "snapshot {} on target `{}`: its page list {} lies in pack {}, which no index object lists; \
+                     prune deletes nothing until `custos check` passes",
+                    s.id, target.name, l.id, l.pack
+                )));
+            };
+            used[i] = true;
+        }
         let mut pages: Vec<Id> = Vec::new();
         pages.extend(
             s.record_tables()

@@ -4,6 +4,8 @@
 //! name = snapshot id). Written last in a backup: a snapshot that is listed
 //! refers only to stored objects.
 
+use super::pack::pack_path;
+use super::tree;
 use super::{compress_meta, decompress_meta, RepoError};
 use crate::crypto::{Id, MetaKey};
 use crate::store::postgres::PgSchema;
@@ -11,6 +13,7 @@ use crate::store::sqlite::SqliteSchema;
 use crate::target::Target;
 use crate::vault::KeyId;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 
 pub const SNAPSHOT_VERSION: u32 = 1;
 
@@ -61,7 +64,9 @@ pub struct PostgresSnapshot {
     pub tables: Vec<TableEntry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Serialized by hand: the pages of a window that names a page list are
+/// left out of the object (FORMAT 3.5); loading puts them back.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableEntry {
     pub name: String,
@@ -73,6 +78,8 @@ pub struct TableEntry {
     /// wrapping sum of `keyed_hash("row", encoded row)[..16]` as u128 LE.
     pub checksum: String,
     pub groups: u64,
+    /// Every tree page of the table, the windows' in order. Complete in a
+    /// loaded snapshot, whether the object lists them or names page lists.
     pub pages: Vec<Id>,
     /// The table's read windows in order (FORMAT 3.3a), so the next backup
     /// can reuse the pages of a window whose content did not change. Empty
@@ -118,6 +125,76 @@ pub struct WindowMark {
     /// it existed; a reader then uses the whole index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packs: Option<Vec<Id>>,
+    /// Where the window's page ids are stored as one list page (FORMAT
+    /// 3.4), instead of in the snapshot object. Absent in snapshots
+    /// written before it existed, and for a window of no pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<PageList>,
+}
+
+/// A list page's place: its tree id and where its sealed bytes lie, so a
+/// snapshot is read without the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageList {
+    pub id: Id,
+    pub pack: Id,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// The largest sealed list page a reader accepts (2^21 page ids).
+pub const MAX_LIST_BYTES: u32 = 64 << 20;
+
+impl TableEntry {
+    /// The page ids the snapshot object itself lists: those of the windows
+    /// that name no page list (all of them in older snapshots).
+    fn stored_pages(&self) -> impl Iterator<Item = &Id> + '_ {
+        let mut at = 0usize;
+        let listed = self.windows.iter().any(|w| w.list.is_some());
+        let mut spans = Vec::new();
+        if listed {
+            for w in &self.windows {
+                let n = w.pages as usize;
+                if w.list.is_none() {
+                    spans.push(at..at + n);
+                }
+                at += n;
+            }
+            debug_assert_eq!(at, self.pages.len(), "the windows' pages add up");
+        } else {
+            spans.push(0..self.pages.len());
+        }
+        spans
+            .into_iter()
+            .flat_map(move |r| self.pages.get(r).unwrap_or(&[]).iter())
+    }
+}
+
+impl Serialize for TableEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        struct Stored<'a>(&'a TableEntry);
+        impl Serialize for Stored<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.stored_pages())
+            }
+        }
+        let mut st = s.serialize_struct("TableEntry", 8)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("class", &self.class)?;
+        st.serialize_field("rows", &self.rows)?;
+        st.serialize_field("bytes", &self.bytes)?;
+        st.serialize_field("checksum", &self.checksum)?;
+        st.serialize_field("groups", &self.groups)?;
+        st.serialize_field("pages", &Stored(self))?;
+        if self.windows.is_empty() {
+            st.skip_field("windows")?;
+        } else {
+            st.serialize_field("windows", &self.windows)?;
+        }
+        st.end()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +222,11 @@ pub struct SnapshotStats {
     pub packs_written: u64,
     pub duration_ms: u64,
 }
+
+/// Lists this close together in one pack are read with one request.
+const LIST_GAP: u64 = 256 << 10;
+/// The most bytes one request for lists reads.
+const LIST_RUN: u64 = 32 << 20;
 
 pub fn snapshot_path(id: &str) -> String {
     format!("snapshots/{id}")
@@ -193,17 +275,136 @@ impl Snapshot {
         Ok(bytes)
     }
 
-    pub fn open(
-        object: &str,
-        id: &str,
-        meta: &MetaKey,
-        sealed: &[u8],
-    ) -> Result<Snapshot, RepoError> {
-        open_as(object, id, meta, sealed)
+    /// Reads snapshot `id`, its windows' page lists included: every
+    /// table's `pages` is complete.
+    pub async fn load(target: &Target, meta: &MetaKey, id: &str) -> Result<Snapshot, RepoError> {
+        let mut s: Snapshot = load_as(target, meta, id).await?;
+        s.read_page_lists(target, meta).await?;
+        Ok(s)
     }
 
-    pub async fn load(target: &Target, meta: &MetaKey, id: &str) -> Result<Snapshot, RepoError> {
-        load_as(target, meta, id).await
+    /// The page lists the snapshot's windows name (FORMAT 3.4): blobs it
+    /// needs beside its pages.
+    pub fn page_lists(&self) -> impl Iterator<Item = &PageList> + '_ {
+        self.record_tables()
+            .iter()
+            .flat_map(|t| t.windows.iter().filter_map(|w| w.list.as_ref()))
+    }
+
+    /// Puts back the pages of every window that names a page list (FORMAT
+    /// 3.5), read from their packs by place. Nearby lists in one pack are
+    /// read with one request (a backup writes its lists together).
+    async fn read_page_lists(&mut self, target: &Target, meta: &MetaKey) -> Result<(), RepoError> {
+        let object = format!("{}:{}", target.name, snapshot_path(&self.id));
+        let tables = self.record_tables_mut();
+        // (table, window, list) of every list, checked against the marks.
+        let mut refs: Vec<(usize, usize, PageList)> = Vec::new();
+        for (ti, t) in tables.iter().enumerate() {
+            if !t.windows.iter().any(|w| w.list.is_some()) {
+                continue;
+            }
+            let inline = t
+                .windows
+                .iter()
+                .filter(|w| w.list.is_none())
+                .fold(0u64, |n, w| n.saturating_add(w.pages));
+            if inline != t.pages.len() as u64 {
+                return Err(RepoError::malformed(
+                    &object,
+                    format!(
+                        "table `{}`: its windows without a page list hold {inline} pages, the snapshot lists {}",
+                        t.name,
+                        t.pages.len()
+                    ),
+                ));
+            }
+            for (wi, w) in t.windows.iter().enumerate() {
+                if let Some(l) = w.list {
+                    if l.len > MAX_LIST_BYTES || w.pages > u64::from(MAX_LIST_BYTES / 32) {
+                        return Err(RepoError::malformed(
+                            &object,
+                            format!(
+                                "table `{}`: a page list of {} bytes for {} pages is absurd",
+                                t.name, l.len, w.pages
+                            ),
+                        ));
+                    }
+                    refs.push((ti, wi, l));
+                }
+            }
+        }
+        if refs.is_empty() {
+            return Ok(());
+        }
+        refs.sort_by_key(|(_, _, l)| (l.pack, l.offset));
+        let mut got: HashMap<(usize, usize), Vec<Id>> = HashMap::with_capacity(refs.len());
+        let mut i = 0;
+        while i < refs.len() {
+            let pack = refs[i].2.pack;
+            let start = u64::from(refs[i].2.offset);
+            let mut end = start + u64::from(refs[i].2.len);
+            let mut j = i + 1;
+            while let Some((_, _, l)) = refs.get(j) {
+                let (at, to) = (u64::from(l.offset), u64::from(l.offset) + u64::from(l.len));
+                if l.pack != pack || at > end + LIST_GAP || to.max(end) - start > LIST_RUN {
+                    break;
+                }
+                end = end.max(to);
+                j += 1;
+            }
+            let path = pack_path(&pack);
+            let bytes = target.get_range(&path, start..end).await.map_err(|e| {
+                RepoError::malformed(
+                    &object,
+                    format!("its page list {} cannot be read: {e}", refs[i].2.id),
+                )
+            })?;
+            if (bytes.len() as u64) < end - start {
+                return Err(RepoError::malformed(
+                    &object,
+                    format!(
+                        "its page list {} lies past the end of pack {pack}",
+                        refs[i].2.id
+                    ),
+                ));
+            }
+            for &(ti, wi, l) in &refs[i..j] {
+                let at = (u64::from(l.offset) - start) as usize;
+                let sealed = &bytes[at..at + l.len as usize];
+                let name = format!(
+                    "{object}: page list {} of table `{}` in {path}",
+                    l.id, tables[ti].name
+                );
+                let pages = tree::open_list(&name, &l.id, meta, sealed)?;
+                let want = tables[ti].windows[wi].pages;
+                if pages.len() as u64 != want {
+                    return Err(RepoError::malformed(
+                        name,
+                        format!("lists {} pages, its read window {want}", pages.len()),
+                    ));
+                }
+                got.insert((ti, wi), pages);
+            }
+            i = j;
+        }
+        for (ti, t) in tables.iter_mut().enumerate() {
+            if !t.windows.iter().any(|w| w.list.is_some()) {
+                continue;
+            }
+            let listed: usize = (0..t.windows.len())
+                .filter_map(|wi| got.get(&(ti, wi)).map(Vec::len))
+                .sum();
+            let mut pages = Vec::with_capacity(t.pages.len() + listed);
+            let mut inline = std::mem::take(&mut t.pages).into_iter();
+            for (wi, w) in t.windows.iter().enumerate() {
+                match got.remove(&(ti, wi)) {
+                    Some(p) => pages.extend(p),
+                    None => pages.extend(inline.by_ref().take(w.pages as usize)),
+                }
+            }
+            t.pages = pages;
+        }
+        Ok(())
     }
 
     /// Every snapshot on a target, oldest first. Unreadable snapshot objects
@@ -221,7 +422,15 @@ impl Snapshot {
         target: &Target,
         meta: &MetaKey,
     ) -> Result<(Vec<Snapshot>, Vec<(String, RepoError)>), RepoError> {
-        read_all(target, meta).await
+        let (read, mut bad) = read_all::<Snapshot>(target, meta).await?;
+        let mut good = Vec::with_capacity(read.len());
+        for mut s in read {
+            match s.read_page_lists(target, meta).await {
+                Ok(()) => good.push(s),
+                Err(e) => bad.push((s.id, e)),
+            }
+        }
+        Ok((good, bad))
     }
 
     /// The head ([`SnapshotHead`]) of every snapshot on a target, oldest
@@ -231,6 +440,15 @@ impl Snapshot {
         target: &Target,
         meta: &MetaKey,
     ) -> Result<(Vec<SnapshotHead>, Vec<(String, RepoError)>), RepoError> {
+        read_all(target, meta).await
+    }
+
+    /// The [`SnapshotSummary`] of every snapshot on a target, oldest first,
+    /// with the id of each unreadable object: what listings show.
+    pub async fn summaries_with_ids(
+        target: &Target,
+        meta: &MetaKey,
+    ) -> Result<(Vec<SnapshotSummary>, Vec<(String, RepoError)>), RepoError> {
         read_all(target, meta).await
     }
 
@@ -279,6 +497,51 @@ pub struct SnapshotHead {
     pub policy: String,
     /// RFC 3339 UTC time the store was read.
     pub time: String,
+}
+
+/// What a listing of snapshots shows: the head, the store, the stats and
+/// the tables' names, read without the page ids or the windows' page
+/// lists (a listing does not vouch for them; `custos check` does).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SnapshotSummary {
+    pub version: u32,
+    pub id: String,
+    pub policy: String,
+    pub time: String,
+    #[serde(default)]
+    pub parent: Option<String>,
+    pub store: StoreInfo,
+    pub stats: SnapshotStats,
+    #[serde(default)]
+    sqlite: Option<TableNames>,
+    #[serde(default)]
+    postgres: Option<TableNames>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct TableNames {
+    tables: Vec<TableName>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct TableName {
+    name: String,
+}
+
+impl SnapshotSummary {
+    /// The names of a record-mode snapshot's tables; empty for file mode.
+    pub fn table_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.sqlite
+            .iter()
+            .chain(self.postgres.iter())
+            .flat_map(|t| t.tables.iter().map(|n| n.name.as_str()))
+    }
+}
+
+impl Named for SnapshotSummary {
+    fn named(&self) -> (u32, &str, &str) {
+        (self.version, &self.id, &self.time)
+    }
 }
 
 /// What both a [`Snapshot`] and its [`SnapshotHead`] say of themselves:

@@ -1,0 +1,341 @@
+//! A snapshot object names each read window's page list (FORMAT 3.4, 3.5)
+//! instead of listing every tree page, so a backup that reuses a window
+//! writes nothing for it and a snapshot of an unchanged store is small.
+//! These tests check that a loaded snapshot has every page back in order
+//! (a restore equals its source), that an unchanged backup stores no pack,
+//! that prune keeps the lists a kept snapshot borrowed from a forgotten
+//! one, that snapshots without lists still read, and that a damaged or
+//! hostile list is refused with the snapshot and the list named, and
+//! changes nothing.
+
+mod common;
+#[path = "common/roundtrip_util.rs"]
+mod util;
+
+use custos::ops::backup::{backup, BackupOptions, BackupReport};
+use custos::ops::prune::{forget_and_prune, PruneOptions};
+use custos::ops::restore::{restore, RestoreOptions};
+use custos::ops::OpenRepo;
+use custos::policy::Policy;
+use custos::progress::NoProgress;
+use custos::repo::snapshot::{PageList, Snapshot};
+use rusqlite::Connection;
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use util::{assert_same_db, build_calls_db, write_local_policy};
+
+fn setup() -> (tempfile::TempDir, PathBuf, Policy) {
+    util::calls_setup(
+        |p| build_calls_db(p, 50, 20000),
+        |d, db| Policy::load(&write_local_policy(d, "lists", db, util::CALLS_TABLES)).unwrap(),
+    )
+}
+
+/// Small windows and packs: many windows, and lists in several packs.
+async fn backup_small(policy: &Policy) -> BackupReport {
+    let opts = BackupOptions {
+        window_budget: 32 << 10,
+        pack_size: 48 << 10,
+        ..Default::default()
+    };
+    backup(policy, &opts, Arc::new(NoProgress)).await.unwrap()
+}
+
+async fn try_restore(
+    policy: &Policy,
+    snapshot: &str,
+    to: &Path,
+) -> Result<(), custos::ops::OpsError> {
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: snapshot.to_string(),
+        to: to.to_path_buf(),
+        force: false,
+    };
+    restore(policy, &opts, Arc::new(NoProgress))
+        .await
+        .map(|_| ())
+}
+
+/// The snapshot object as stored, decrypted: its JSON.
+async fn stored_json(policy: &Policy, id: &str) -> serde_json::Value {
+    let repo = OpenRepo::open(policy, None).await.unwrap();
+    let sealed = repo.target.get(&format!("snapshots/{id}")).await.unwrap();
+    let z = repo.meta.open("snapshot", id, &sealed).unwrap();
+    serde_json::from_slice(&zstd::decode_all(&z[..]).unwrap()).unwrap()
+}
+
+/// Writes `json` as snapshot `id`'s object, sealed as a backup would.
+async fn store_json(policy: &Policy, id: &str, json: &serde_json::Value) {
+    let repo = OpenRepo::open(policy, None).await.unwrap();
+    let z = zstd::bulk::compress(&serde_json::to_vec(json).unwrap(), 3).unwrap();
+    let sealed = repo.meta.seal("snapshot", id, &z);
+    repo.target
+        .put(&format!("snapshots/{id}"), sealed.into())
+        .await
+        .unwrap();
+}
+
+async fn load(policy: &Policy, id: &str) -> Result<Snapshot, custos::repo::RepoError> {
+    let repo = OpenRepo::open(policy, None).await.unwrap();
+    Snapshot::find(&repo.target, &repo.meta, id).await
+}
+
+fn lists(s: &Snapshot) -> Vec<PageList> {
+    s.page_lists().copied().collect()
+}
+
+/// Every object under the repository folder with its bytes.
+fn repo_files(tmp: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    util::all_files(&tmp.join("target"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_name_their_page_lists_and_an_unchanged_backup_stores_no_pack() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+
+    // The object lists no page: every window of pages names its list.
+    let json = stored_json(&policy, &first.snapshot).await;
+    let tables = json["sqlite"]["tables"].as_array().unwrap();
+    assert!(tables.len() >= 2, "{json}");
+    for t in tables {
+        assert_eq!(t["pages"], serde_json::json!([]), "table {}", t["name"]);
+        for w in t["windows"].as_array().unwrap() {
+            assert!(w["pages"].as_u64().unwrap() > 0);
+            assert!(w["list"].is_object(), "a window names its list: {w}");
+        }
+    }
+    // Loaded, every table's pages are back, the windows' in order, and
+    // each list's pack is in its window's pack list.
+    let snap = load(&policy, &first.snapshot).await.unwrap();
+    let mut pages = 0;
+    for t in snap.record_tables() {
+        let n: u64 = t.windows.iter().map(|w| w.pages).sum();
+        assert_eq!(t.pages.len() as u64, n, "table {}", t.name);
+        for w in &t.windows {
+            let l = w.list.expect("a list");
+            assert!(w.packs.as_ref().unwrap().contains(&l.pack));
+        }
+        pages += t.pages.len();
+    }
+    let calls = snap.record_tables().iter().find(|t| t.name == "calls");
+    assert!(calls.unwrap().windows.len() > 3, "several windows of calls");
+    let first_lists = lists(&snap);
+    let out = tmp.path().join("first.db");
+    try_restore(&policy, &first.snapshot, &out).await.unwrap();
+    assert_same_db(&db, &out);
+
+    // Nothing changed: the next backup reuses every window and its list,
+    // and writes its snapshot object alone, which lists no page.
+    let data_before: Vec<_> = repo_files(tmp.path())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(tmp.path().join("target/snapshots")))
+        .map(|(p, _)| p)
+        .collect();
+    let second = backup_small(&policy).await;
+    assert_eq!(second.new_chunks, 0, "{second:?}");
+    let data_after: Vec<_> = repo_files(tmp.path())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(tmp.path().join("target/snapshots")))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(data_before, data_after, "no pack or index object written");
+    let object = fs::metadata(
+        tmp.path()
+            .join(format!("target/snapshots/{}", second.snapshot)),
+    )
+    .unwrap()
+    .len();
+    assert_eq!(second.new_bytes_stored, object, "{second:?}");
+    let json = stored_json(&policy, &second.snapshot).await;
+    for t in json["sqlite"]["tables"].as_array().unwrap() {
+        assert_eq!(t["pages"], serde_json::json!([]), "table {}", t["name"]);
+    }
+    assert!(pages > 20, "{pages} pages");
+    let again = load(&policy, &second.snapshot).await.unwrap();
+    assert_eq!(lists(&again), first_lists, "the parent's lists, reused");
+    for (a, b) in snap.record_tables().iter().zip(again.record_tables()) {
+        assert_eq!(a.pages, b.pages, "table {}", a.name);
+    }
+    let out = tmp.path().join("second.db");
+    try_restore(&policy, &second.snapshot, &out).await.unwrap();
+    assert_same_db(&db, &out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_the_lists_a_kept_snapshot_shares_with_a_forgotten_one() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "UPDATE customers SET name = name || ' (moved)' WHERE rowid % 9 = 0;
+             INSERT INTO calls (customer_ref, started_at, seconds, note)
+               SELECT customer_ref, started_at, seconds + 3, note FROM calls WHERE id % 400 = 0;",
+        )
+        .unwrap();
+    let second = backup_small(&policy).await;
+    let (a, b) = (
+        lists(&load(&policy, &first.snapshot).await.unwrap()),
+        lists(&load(&policy, &second.snapshot).await.unwrap()),
+    );
+    let shared = b.iter().filter(|l| a.contains(l)).count();
+    let packs: BTreeSet<_> = b.iter().map(|l| l.pack).collect();
+    assert!(
+        packs.len() > 1,
+        "the second's lists lie in two packs at least"
+    );
+    assert!(shared > 0, "some windows reused with their lists");
+    assert!(shared < b.len(), "some windows written again");
+
+    // Forget the first snapshot (its object gone), then prune: the packs
+    // of the lists the second borrowed stay.
+    let repo = OpenRepo::open(&policy, None).await.unwrap();
+    repo.target
+        .delete(&format!("snapshots/{}", first.snapshot))
+        .await
+        .unwrap();
+    let r = forget_and_prune(&policy, &PruneOptions::default())
+        .await
+        .unwrap();
+    // Each list pack of the second holds lists alone, so only the lists
+    // keep it.
+    assert_eq!(r.forgotten, Vec::<String>::new(), "{r:?}");
+    let snap = load(&policy, &second.snapshot).await.unwrap();
+    assert_eq!(lists(&snap), b);
+    let out = tmp.path().join("second.db");
+    try_restore(&policy, &second.snapshot, &out).await.unwrap();
+    assert_same_db(&db, &out);
+    let c = custos::ops::check::check(&policy, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(c.ok, "{:#?}", c.findings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_listing_every_page_itself_still_reads() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    // As written before lists existed: the pages in the object, no lists.
+    let repo = OpenRepo::open(&policy, None).await.unwrap();
+    let mut snap = load(&policy, &first.snapshot).await.unwrap();
+    let pages: Vec<_> = snap
+        .record_tables()
+        .iter()
+        .map(|t| t.pages.clone())
+        .collect();
+    for t in snap.record_tables_mut() {
+        for w in &mut t.windows {
+            w.list = None;
+        }
+    }
+    snap.store(&repo.target, &repo.meta).await.unwrap();
+    let json = stored_json(&policy, &first.snapshot).await;
+    assert!(!json.to_string().contains("\"list\""));
+    let again = load(&policy, &first.snapshot).await.unwrap();
+    let back: Vec<_> = again
+        .record_tables()
+        .iter()
+        .map(|t| t.pages.clone())
+        .collect();
+    assert_eq!(back, pages);
+    let out = tmp.path().join("restored.db");
+    try_restore(&policy, &first.snapshot, &out).await.unwrap();
+    assert_same_db(&db, &out);
+    // Its child writes lists for the windows it reuses.
+    let second = backup_small(&policy).await;
+    let child = load(&policy, &second.snapshot).await.unwrap();
+    assert!(child
+        .record_tables()
+        .iter()
+        .all(|t| t.windows.iter().all(|w| w.list.is_some())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_or_hostile_list_is_refused_naming_it_and_changes_nothing() {
+    let (tmp, _db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    let id = first.snapshot.clone();
+    let snap = load(&policy, &id).await.unwrap();
+    let l = lists(&snap)[3];
+
+    // One byte of one list flipped in its pack.
+    let pack = tmp.path().join(format!(
+        "target/data/{}/{}",
+        &l.pack.to_string()[..2],
+        l.pack
+    ));
+    let good = fs::read(&pack).unwrap();
+    let mut bad = good.clone();
+    bad[l.offset as usize + l.len as usize / 2] ^= 0x40;
+    fs::write(&pack, &bad).unwrap();
+    let before = repo_files(tmp.path());
+    let e = load(&policy, &id).await.unwrap_err().to_string();
+    assert!(e.contains(&id), "names the snapshot: {e}");
+    assert!(e.contains(&l.id.to_string()), "names the list: {e}");
+    let e = try_restore(&policy, &id, &tmp.path().join("never.db"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&l.id.to_string()), "{e}");
+    assert!(!tmp.path().join("never.db").exists());
+    let e = forget_and_prune(&policy, &PruneOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unreadable") && e.contains(&id), "{e}");
+    let c = custos::ops::check::check(&policy, None, false, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(!c.ok);
+    assert!(
+        c.findings
+            .iter()
+            .any(|f| f.object.contains(&id) && f.message.contains(&l.id.to_string())),
+        "{:#?}",
+        c.findings
+    );
+    assert_eq!(repo_files(tmp.path()), before, "nothing changed");
+    fs::write(&pack, &good).unwrap();
+    load(&policy, &id).await.unwrap();
+
+    // Hostile objects: a window claiming another page count, a list past
+    // its pack's end, an absurd list length.
+    let json = stored_json(&policy, &id).await;
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit); 3] = [
+        ("its read window", |w| {
+            let n = w["pages"].as_u64().unwrap();
+            w["pages"] = (n + 1).into();
+        }),
+        ("past the end", |w| {
+            w["list"]["offset"] = (u32::MAX - 100).into();
+        }),
+        ("absurd", |w| {
+            w["list"]["len"] = u32::MAX.into();
+        }),
+    ];
+    for (want, edit) in edits {
+        let mut forged = json.clone();
+        let tables = forged["sqlite"]["tables"].as_array_mut().unwrap();
+        let calls = tables.iter_mut().find(|t| t["name"] == "calls").unwrap();
+        edit(&mut calls["windows"][1]);
+        store_json(&policy, &id, &forged).await;
+        let e = load(&policy, &id).await.unwrap_err().to_string();
+        assert!(e.contains(&id), "{want}: names the snapshot: {e}");
+        assert!(
+            e.contains(want) || e.contains("cannot be read"),
+            "{want}: {e}"
+        );
+    }
+    store_json(&policy, &id, &json).await;
+    let out = tmp.path().join("restored.db");
+    try_restore(&policy, &id, &out).await.unwrap();
+}
