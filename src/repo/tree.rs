@@ -26,9 +26,10 @@ pub const PERIOD_PAGE_AVG: u16 = 64;
 /// The same for an epoch unit (a table without a period: its rows change
 /// anywhere, every snapshot). An update rewrites the page around it, so
 /// these pages are smaller: an incremental rewrites less, for more page
-/// ids in the snapshot (see PERFORMANCE, "Incremental: smaller pages where
-/// rows change in place").
-pub const EPOCH_PAGE_AVG: u16 = 16;
+/// ids in the page lists of the read windows it touches (see PERFORMANCE,
+/// "Incremental: smaller pages where rows change in place" and "Snapshots:
+/// page lists instead of page ids").
+pub const EPOCH_PAGE_AVG: u16 = 8;
 pub const GROUP_PAGE_MAX: usize = 1024;
 pub const FILE_PAGE_AVG: u16 = 256;
 pub const FILE_PAGE_MAX: usize = 4096;
@@ -668,13 +669,14 @@ mod tests {
     #[test]
     fn pages_end_at_tag_boundaries_smaller_in_epoch_units() {
         let (epoch, month) = ("epoch:service:2026-Q1", "period:consumption:2026-03");
-        // 16 divides 48 but 64 does not: a boundary in an epoch unit only.
-        let tags = [1, 48, 2, 128, 3];
+        // 8 divides 24 but 16 and 64 do not: a boundary in an epoch unit
+        // only.
+        let tags = [1, 24, 2, 128, 3];
         let pages = pages_of(tags.iter().map(|&t| tagged(t, epoch)).collect());
         assert_eq!(
             pages,
             [
-                (epoch.into(), vec![1, 48]),
+                (epoch.into(), vec![1, 24]),
                 (epoch.into(), vec![2, 128]),
                 (epoch.into(), vec![3])
             ]
@@ -682,7 +684,7 @@ mod tests {
         let pages = pages_of(tags.iter().map(|&t| tagged(t, month)).collect());
         assert_eq!(
             pages,
-            [(month.into(), vec![1, 48, 2, 128]), (month.into(), vec![3])]
+            [(month.into(), vec![1, 24, 2, 128]), (month.into(), vec![3])]
         );
         // A new unit starts a page; a page holds at most GROUP_PAGE_MAX groups.
         let mut entries = vec![tagged(1, epoch), tagged(2, month)];
