@@ -1,6 +1,8 @@
-//! A snapshot object names each read window's page list (FORMAT 3.4, 3.5)
+//! A snapshot object names each read window's page lists (FORMAT 3.4, 3.5)
 //! instead of listing every tree page, so a backup that reuses a window
-//! writes nothing for it and a snapshot of an unchanged store is small.
+//! writes nothing for it, one that reads a window again writes the parts
+//! of its list that changed, and a snapshot of an unchanged store is
+//! small.
 //! These tests check that a loaded snapshot has every page back in order
 //! (a restore equals its source), that an unchanged backup stores no pack,
 //! that prune keeps the lists a kept snapshot borrowed from a forgotten
@@ -106,7 +108,8 @@ async fn windows_name_their_page_lists_and_an_unchanged_backup_stores_no_pack() 
         assert_eq!(t["pages"], serde_json::json!([]), "table {}", t["name"]);
         for w in t["windows"].as_array().unwrap() {
             assert!(w["pages"].as_u64().unwrap() > 0);
-            assert!(w["list"].is_object(), "a window names its list: {w}");
+            let lists = w["lists"].as_array().expect("a window names its lists");
+            assert!(!lists.is_empty(), "{w}");
         }
     }
     // Loaded, every table's pages are back, the windows' in order, and
@@ -117,8 +120,10 @@ async fn windows_name_their_page_lists_and_an_unchanged_backup_stores_no_pack() 
         let n: u64 = t.windows.iter().map(|w| w.pages).sum();
         assert_eq!(t.pages.len() as u64, n, "table {}", t.name);
         for w in &t.windows {
-            let l = w.list.expect("a list");
-            assert!(w.packs.as_ref().unwrap().contains(&l.pack));
+            assert!(!w.lists.is_empty());
+            for l in &w.lists {
+                assert!(w.packs.as_ref().unwrap().contains(&l.pack));
+            }
         }
         pages += t.pages.len();
     }
@@ -232,12 +237,17 @@ async fn a_snapshot_listing_every_page_itself_still_reads() {
         .collect();
     for t in snap.record_tables_mut() {
         for w in &mut t.windows {
-            w.list = None;
+            w.lists.clear();
         }
     }
     snap.store(&repo.target, &repo.meta).await.unwrap();
     let json = stored_json(&policy, &first.snapshot).await;
-    assert!(!json.to_string().contains("\"list\""));
+    for t in json["sqlite"]["tables"].as_array().unwrap() {
+        for w in t["windows"].as_array().unwrap() {
+            assert!(w.get("lists").is_none(), "{w}");
+        }
+        assert_ne!(t["pages"], serde_json::json!([]));
+    }
     let again = load(&policy, &first.snapshot).await.unwrap();
     let back: Vec<_> = again
         .record_tables()
@@ -254,7 +264,7 @@ async fn a_snapshot_listing_every_page_itself_still_reads() {
     assert!(child
         .record_tables()
         .iter()
-        .all(|t| t.windows.iter().all(|w| w.list.is_some())));
+        .all(|t| t.windows.iter().all(|w| !w.lists.is_empty())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,10 +326,10 @@ async fn a_damaged_or_hostile_list_is_refused_naming_it_and_changes_nothing() {
             w["pages"] = (n + 1).into();
         }),
         ("past the end", |w| {
-            w["list"]["offset"] = (u32::MAX - 100).into();
+            w["lists"][0]["offset"] = (u32::MAX - 100).into();
         }),
         ("absurd", |w| {
-            w["list"]["len"] = u32::MAX.into();
+            w["lists"][0]["len"] = u32::MAX.into();
         }),
     ];
     for (want, edit) in edits {
@@ -338,4 +348,60 @@ async fn a_damaged_or_hostile_list_is_refused_naming_it_and_changes_nothing() {
     store_json(&policy, &id, &json).await;
     let out = tmp.path().join("restored.db");
     try_restore(&policy, &id, &out).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_a_large_window_rewrites_the_part_of_its_list_around_it() {
+    let tmp = common::tempdir();
+    let db = tmp.path().join("calls.db");
+    // 20,000 customers: one read window of some 2,500 pages.
+    build_calls_db(&db, 20000, 2000);
+    let policy = Policy::load(&write_local_policy(
+        tmp.path(),
+        "parts",
+        &db,
+        util::CALLS_TABLES,
+    ))
+    .unwrap();
+    custos::ops::init::init(&policy).await.unwrap();
+    let opts = BackupOptions::default();
+    let first = backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
+    let customers = |s: &Snapshot| {
+        let t = s
+            .record_tables()
+            .iter()
+            .find(|t| t.name == "customers")
+            .unwrap();
+        assert_eq!(t.windows.len(), 1, "one window");
+        (t.pages.clone(), t.windows[0].lists.clone())
+    };
+    let (pages, parts) = customers(&load(&policy, &first.snapshot).await.unwrap());
+    assert!(
+        parts.len() > 5,
+        "{} parts for {} pages",
+        parts.len(),
+        pages.len()
+    );
+
+    Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE customers SET name = name || '!' WHERE rowid = 7777",
+            [],
+        )
+        .unwrap();
+    let second = backup(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
+    let (pages2, parts2) = customers(&load(&policy, &second.snapshot).await.unwrap());
+    let changed_pages = pages2.iter().filter(|p| !pages.contains(p)).count();
+    assert_eq!(changed_pages, 1, "one page rewritten");
+    let new_parts = parts2.iter().filter(|l| !parts.contains(l)).count();
+    assert!(
+        (1..=2).contains(&new_parts),
+        "{new_parts} of {} parts written again",
+        parts2.len()
+    );
+    assert_eq!(parts2.len(), parts.len());
+    let out = tmp.path().join("restored.db");
+    try_restore(&policy, &second.snapshot, &out).await.unwrap();
+    assert_same_db(&db, &out);
 }

@@ -89,8 +89,8 @@ async fn assert_lists_complete(
             sorted.sort();
             sorted.dedup();
             assert_eq!(&sorted, packs, "a window's list is sorted, each pack once");
-            if let Some(l) = w.list {
-                assert!(packs.contains(&l.pack), "the page list's pack is listed");
+            for l in &w.lists {
+                assert!(packs.contains(&l.pack), "a page list's pack is listed");
             }
             let pages = &t.pages[at..at + w.pages as usize];
             at += w.pages as usize;
@@ -273,8 +273,8 @@ async fn a_window_without_its_list_or_with_a_pack_missing_is_read_through_the_wh
         assert!(list.len() > 2, "the window spans several packs");
         // A pack of its pages or chunks, not of its page list (read by
         // place, not through the index).
-        let own = w.list.expect("a page list").pack;
-        let gone = *list.iter().find(|p| **p != own).unwrap();
+        let own: Vec<Id> = w.lists.iter().map(|l| l.pack).collect();
+        let gone = *list.iter().find(|p| !own.contains(p)).unwrap();
         for t in tables_mut(s) {
             for w in &mut t.windows {
                 w.packs.as_mut().expect("listed").retain(|p| *p != gone);

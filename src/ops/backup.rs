@@ -361,6 +361,13 @@ async fn backup_locked(
         }
     }
     let parent_id = parent.as_ref().map(|p| p.id.clone());
+    // The parent's page lists: the parts of a window read again that did
+    // not change are named, not stored again.
+    let parent_lists: HashMap<Id, PageList> = parent
+        .iter()
+        .flat_map(|p| p.page_lists())
+        .map(|l| (l.id, *l))
+        .collect();
     let target = Arc::new(target);
     let meta = Arc::new(meta);
     // The index loads while the first read window fills: reading needs no
@@ -503,8 +510,20 @@ async fn backup_locked(
     };
     if let Some(tables) = tables {
         mark_window_packs(tables, &content.window_packs, &placed);
-        let stored = content.index.take();
-        store_page_lists(&target, &meta, tables, stored, opts.pack_size, &counters).await?;
+        let mut found = StoredLists {
+            parent: parent_lists,
+            index: content.index.take(),
+            entries: HashMap::new(),
+        };
+        store_page_lists(
+            &target,
+            &meta,
+            tables,
+            &mut found,
+            opts.pack_size,
+            &counters,
+        )
+        .await?;
     }
     // Every key used must be in every vault location before the snapshot
     // that needs it exists.
@@ -1920,7 +1939,7 @@ impl ReaderCtx {
             to: window.range.to,
             stretch: window.stretch.map(hex::encode),
             packs: None,
-            list: None,
+            lists: Vec::new(),
         });
         let hint = std::mem::take(&mut self.hint);
         self.hints.push(KnownPacks {
@@ -2957,61 +2976,89 @@ fn mark_window_packs(tables: &mut [TableEntry], known: &[WindowPacks], placed: &
     }
 }
 
-/// Writes a page list (FORMAT 3.4) for every read window that has pages
-/// and names no list yet, in metadata packs of their own, and records each
-/// list's place in its window mark and its pack in the mark's pack list.
-/// A window reused from the parent keeps the parent's list: the parent was
-/// read through it, and packs of the metadata family are never deleted
-/// while a snapshot needs them.
+/// Writes the page lists (FORMAT 3.4) of every read window that has pages
+/// and names none yet: its pages cut into parts at content-defined
+/// boundaries ([`tree::list_parts`]), each part a list page. A part the
+/// parent names, or that an earlier backup stored (found through the
+/// reader's index), is named where it lies; the others go in metadata packs
+/// of their own. Records each window's lists in its mark, and their packs
+/// in the mark's pack list. A window reused from the parent keeps the
+/// parent's lists: the parent was read through them, and packs of the
+/// metadata family are never deleted while a snapshot needs them.
 async fn store_page_lists(
     target: &Target,
     meta: &MetaKey,
     tables: &mut [TableEntry],
-    stored: Option<Arc<Index>>,
+    found: &mut StoredLists,
     pack_size: usize,
     counters: &Counters,
 ) -> Result<(), OpsError> {
-    let mut found = StoredLists {
-        index: stored,
-        entries: HashMap::new(),
-    };
+    enum Part {
+        Known(PageList),
+        New(usize),
+    }
     let mut writer = PackWriter::new();
-    // (table, window, list id, offset, sealed len) of the open pack's lists.
-    let mut pending: Vec<(usize, usize, Id, u32, u32)> = Vec::new();
-    for ti in 0..tables.len() {
+    // Where each new part went, once its pack is stored.
+    let mut written: Vec<Option<PageList>> = Vec::new();
+    let mut new_ids: HashMap<Id, usize> = HashMap::new();
+    // (new part, id, offset, sealed len) of the open pack's parts.
+    let mut pending: Vec<(usize, Id, u32, u32)> = Vec::new();
+    // Per window whose lists are made here: (table, window, parts).
+    let mut made: Vec<(usize, usize, Vec<Part>)> = Vec::new();
+    for (ti, table) in tables.iter_mut().enumerate() {
+        let (pages, windows) = (&table.pages, &mut table.windows);
         let mut at = 0usize;
-        for wi in 0..tables[ti].windows.len() {
-            let n = tables[ti].windows[wi].pages as usize;
-            let t = &tables[ti];
-            if let Some(l) = t.windows[wi].list {
-                counters.chunks.fetch_add(1, Ordering::Relaxed);
-                add_pack(&mut tables[ti].windows[wi], l.pack);
+        for (wi, mark) in windows.iter_mut().enumerate() {
+            let n = mark.pages as usize;
+            if !mark.lists.is_empty() {
+                counters
+                    .chunks
+                    .fetch_add(mark.lists.len() as u64, Ordering::Relaxed);
+                let packs: Vec<Id> = mark.lists.iter().map(|l| l.pack).collect();
+                packs.into_iter().for_each(|p| add_pack(mark, p));
             } else if n > 0 {
-                let (id, sealed) = tree::seal_list(meta, &t.pages[at..at + n]);
-                // The same pages listed by an earlier backup (a window
-                // read again with nothing to reuse it from).
-                if let Some(l) = found.place(target, meta, &id).await {
+                let mut parts = Vec::new();
+                for part in tree::list_parts(&pages[at..at + n]) {
+                    let (id, sealed) = tree::seal_list(meta, part);
                     counters.chunks.fetch_add(1, Ordering::Relaxed);
-                    let mark = &mut tables[ti].windows[wi];
-                    mark.list = Some(l);
-                    add_pack(mark, l.pack);
-                    at += n;
-                    continue;
+                    if let Some(&k) = new_ids.get(&id) {
+                        parts.push(Part::New(k));
+                        continue;
+                    }
+                    if let Some(l) = found.place(target, meta, &id).await {
+                        parts.push(Part::Known(l));
+                        continue;
+                    }
+                    if !writer.is_empty() && writer.len() + sealed.len() > pack_size {
+                        let full = std::mem::take(&mut writer);
+                        put_lists(target, meta, full, &mut pending, &mut written, counters).await?;
+                    }
+                    let k = written.len();
+                    written.push(None);
+                    new_ids.insert(id, k);
+                    pending.push((k, id, writer.len() as u32, sealed.len() as u32));
+                    writer.add(id, &sealed, sealed.len() as u32);
+                    counters.new_chunks.fetch_add(1, Ordering::Relaxed);
+                    parts.push(Part::New(k));
                 }
-                if !writer.is_empty() && writer.len() + sealed.len() > pack_size {
-                    let full = std::mem::take(&mut writer);
-                    put_lists(target, meta, tables, full, &mut pending, counters).await?;
-                }
-                pending.push((ti, wi, id, writer.len() as u32, sealed.len() as u32));
-                writer.add(id, &sealed, sealed.len() as u32);
-                counters.chunks.fetch_add(1, Ordering::Relaxed);
-                counters.new_chunks.fetch_add(1, Ordering::Relaxed);
+                made.push((ti, wi, parts));
             }
             at += n;
         }
     }
     if !writer.is_empty() {
-        put_lists(target, meta, tables, writer, &mut pending, counters).await?;
+        put_lists(target, meta, writer, &mut pending, &mut written, counters).await?;
+    }
+    for (ti, wi, parts) in made {
+        let mark = &mut tables[ti].windows[wi];
+        for part in parts {
+            let l = match part {
+                Part::Known(l) => l,
+                Part::New(k) => written[k].expect("every new part is stored"),
+            };
+            mark.lists.push(l);
+            add_pack(mark, l.pack);
+        }
     }
     Ok(())
 }
@@ -3019,6 +3066,8 @@ async fn store_page_lists(
 /// Page lists an earlier backup stored: found through the reader's index,
 /// placed through their pack's index object.
 struct StoredLists {
+    /// The parent's lists by id: most parts of a window read again.
+    parent: HashMap<Id, PageList>,
     index: Option<Arc<Index>>,
     /// Each index object read: its entries by id (none if unreadable).
     entries: HashMap<Id, HashMap<Id, (u32, u32)>>,
@@ -3028,6 +3077,9 @@ impl StoredLists {
     /// Where list `id` is stored already, if it is and its pack's index
     /// object says where.
     async fn place(&mut self, target: &Target, meta: &MetaKey, id: &Id) -> Option<PageList> {
+        if let Some(l) = self.parent.get(id) {
+            return Some(*l);
+        }
         let index = self.index.as_ref()?;
         let pack = index.packs.get(index.chunks.pack(id)? as usize)?.0;
         if let std::collections::hash_map::Entry::Vacant(v) = self.entries.entry(pack) {
@@ -3057,14 +3109,14 @@ impl StoredLists {
     }
 }
 
-/// Stores a pack of page lists and its index object, then names each
-/// list's place in its window mark.
+/// Stores a pack of page lists and its index object, then records where
+/// each of its parts lies.
 async fn put_lists(
     target: &Target,
     meta: &MetaKey,
-    tables: &mut [TableEntry],
     writer: PackWriter,
-    pending: &mut Vec<(usize, usize, Id, u32, u32)>,
+    pending: &mut Vec<(usize, Id, u32, u32)>,
+    written: &mut [Option<PageList>],
     counters: &Counters,
 ) -> Result<(), OpsError> {
     let (pack, bytes, index) = writer.finish(meta);
@@ -3075,15 +3127,13 @@ async fn put_lists(
         .stored_bytes
         .fetch_add(n + index_bytes, Ordering::Relaxed);
     counters.packs.fetch_add(1, Ordering::Relaxed);
-    for (ti, wi, id, offset, len) in pending.drain(..) {
-        let mark = &mut tables[ti].windows[wi];
-        mark.list = Some(PageList {
+    for (k, id, offset, len) in pending.drain(..) {
+        written[k] = Some(PageList {
             id,
             pack,
             offset,
             len,
         });
-        add_pack(mark, pack);
     }
     Ok(())
 }
@@ -3135,7 +3185,7 @@ mod tests {
                 to,
                 stretch: Some(String::new()),
                 packs: None,
-                list: None,
+                lists: Vec::new(),
             };
             p.list.push((mark, Vec::new()));
         }
@@ -3160,7 +3210,7 @@ mod tests {
             to: None,
             stretch: None,
             packs: None,
-            list: None,
+            lists: Vec::new(),
         };
         let table = TableEntry {
             name: "t".into(),
@@ -3291,7 +3341,7 @@ mod tests {
             to,
             stretch: None,
             packs: None,
-            list: None,
+            lists: Vec::new(),
         };
         let range = |from, to| RowidRange { from, to };
         // [10, 20) against ranges touching, inside, around and apart.

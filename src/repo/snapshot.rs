@@ -125,11 +125,13 @@ pub struct WindowMark {
     /// it existed; a reader then uses the whole index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packs: Option<Vec<Id>>,
-    /// Where the window's page ids are stored as one list page (FORMAT
-    /// 3.4), instead of in the snapshot object. Absent in snapshots
-    /// written before it existed, and for a window of no pages.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub list: Option<PageList>,
+    /// Where the window's page ids are stored, in order, as list pages
+    /// (FORMAT 3.4: the window's pages cut at content-defined boundaries,
+    /// so a change rewrites the part around it), instead of in the
+    /// snapshot object. Empty in snapshots written before they existed,
+    /// and for a window of no pages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lists: Vec<PageList>,
 }
 
 /// A list page's place: its tree id and where its sealed bytes lie, so a
@@ -151,12 +153,12 @@ impl TableEntry {
     /// that name no page list (all of them in older snapshots).
     fn stored_pages(&self) -> impl Iterator<Item = &Id> + '_ {
         let mut at = 0usize;
-        let listed = self.windows.iter().any(|w| w.list.is_some());
+        let listed = self.windows.iter().any(|w| !w.lists.is_empty());
         let mut spans = Vec::new();
         if listed {
             for w in &self.windows {
                 let n = w.pages as usize;
-                if w.list.is_none() {
+                if w.lists.is_empty() {
                     spans.push(at..at + n);
                 }
                 at += n;
@@ -288,63 +290,63 @@ impl Snapshot {
     pub fn page_lists(&self) -> impl Iterator<Item = &PageList> + '_ {
         self.record_tables()
             .iter()
-            .flat_map(|t| t.windows.iter().filter_map(|w| w.list.as_ref()))
+            .flat_map(|t| t.windows.iter().flat_map(|w| w.lists.iter()))
     }
 
-    /// Puts back the pages of every window that names a page list (FORMAT
+    /// Puts back the pages of every window that names page lists (FORMAT
     /// 3.5), read from their packs by place. Nearby lists in one pack are
     /// read with one request (a backup writes its lists together).
     async fn read_page_lists(&mut self, target: &Target, meta: &MetaKey) -> Result<(), RepoError> {
         let object = format!("{}:{}", target.name, snapshot_path(&self.id));
         let tables = self.record_tables_mut();
-        // (table, window, list) of every list, checked against the marks.
-        let mut refs: Vec<(usize, usize, PageList)> = Vec::new();
+        // (table, window, part, list) of every list.
+        let mut refs: Vec<(usize, usize, usize, PageList)> = Vec::new();
         for (ti, t) in tables.iter().enumerate() {
-            if !t.windows.iter().any(|w| w.list.is_some()) {
+            if t.windows.iter().all(|w| w.lists.is_empty()) {
                 continue;
             }
             let inline = t
                 .windows
                 .iter()
-                .filter(|w| w.list.is_none())
+                .filter(|w| w.lists.is_empty())
                 .fold(0u64, |n, w| n.saturating_add(w.pages));
             if inline != t.pages.len() as u64 {
                 return Err(RepoError::malformed(
                     &object,
                     format!(
-                        "table `{}`: its windows without a page list hold {inline} pages, the snapshot lists {}",
+                        "table `{}`: its windows without page lists hold {inline} pages, the snapshot lists {}",
                         t.name,
                         t.pages.len()
                     ),
                 ));
             }
             for (wi, w) in t.windows.iter().enumerate() {
-                if let Some(l) = w.list {
-                    if l.len > MAX_LIST_BYTES || w.pages > u64::from(MAX_LIST_BYTES / 32) {
+                for (k, l) in w.lists.iter().enumerate() {
+                    if l.len > MAX_LIST_BYTES {
                         return Err(RepoError::malformed(
                             &object,
                             format!(
-                                "table `{}`: a page list of {} bytes for {} pages is absurd",
-                                t.name, l.len, w.pages
+                                "table `{}`: page list {} of {} bytes is absurd",
+                                t.name, l.id, l.len
                             ),
                         ));
                     }
-                    refs.push((ti, wi, l));
+                    refs.push((ti, wi, k, *l));
                 }
             }
         }
         if refs.is_empty() {
             return Ok(());
         }
-        refs.sort_by_key(|(_, _, l)| (l.pack, l.offset));
-        let mut got: HashMap<(usize, usize), Vec<Id>> = HashMap::with_capacity(refs.len());
+        refs.sort_by_key(|(.., l)| (l.pack, l.offset));
+        let mut got: HashMap<(usize, usize, usize), Vec<Id>> = HashMap::with_capacity(refs.len());
         let mut i = 0;
         while i < refs.len() {
-            let pack = refs[i].2.pack;
-            let start = u64::from(refs[i].2.offset);
-            let mut end = start + u64::from(refs[i].2.len);
+            let pack = refs[i].3.pack;
+            let start = u64::from(refs[i].3.offset);
+            let mut end = start + u64::from(refs[i].3.len);
             let mut j = i + 1;
-            while let Some((_, _, l)) = refs.get(j) {
+            while let Some((.., l)) = refs.get(j) {
                 let (at, to) = (u64::from(l.offset), u64::from(l.offset) + u64::from(l.len));
                 if l.pack != pack || at > end + LIST_GAP || to.max(end) - start > LIST_RUN {
                     break;
@@ -356,7 +358,7 @@ impl Snapshot {
             let bytes = target.get_range(&path, start..end).await.map_err(|e| {
                 RepoError::malformed(
                     &object,
-                    format!("its page list {} cannot be read: {e}", refs[i].2.id),
+                    format!("its page list {} cannot be read: {e}", refs[i].3.id),
                 )
             })?;
             if (bytes.len() as u64) < end - start {
@@ -364,42 +366,55 @@ impl Snapshot {
                     &object,
                     format!(
                         "its page list {} lies past the end of pack {pack}",
-                        refs[i].2.id
+                        refs[i].3.id
                     ),
                 ));
             }
-            for &(ti, wi, l) in &refs[i..j] {
+            for &(ti, wi, k, l) in &refs[i..j] {
                 let at = (u64::from(l.offset) - start) as usize;
                 let sealed = &bytes[at..at + l.len as usize];
                 let name = format!(
                     "{object}: page list {} of table `{}` in {path}",
                     l.id, tables[ti].name
                 );
-                let pages = tree::open_list(&name, &l.id, meta, sealed)?;
-                let want = tables[ti].windows[wi].pages;
-                if pages.len() as u64 != want {
-                    return Err(RepoError::malformed(
-                        name,
-                        format!("lists {} pages, its read window {want}", pages.len()),
-                    ));
-                }
-                got.insert((ti, wi), pages);
+                got.insert((ti, wi, k), tree::open_list(&name, &l.id, meta, sealed)?);
             }
             i = j;
         }
+        // Each window's parts hold its pages, no more, no fewer.
+        let mut listed = vec![0usize; tables.len()];
+        for (ti, t) in tables.iter().enumerate() {
+            for (wi, w) in t.windows.iter().enumerate() {
+                if w.lists.is_empty() {
+                    continue;
+                }
+                let n: usize = (0..w.lists.len())
+                    .map(|k| got.get(&(ti, wi, k)).map_or(0, Vec::len))
+                    .sum();
+                if n as u64 != w.pages {
+                    return Err(RepoError::malformed(
+                        &object,
+                        format!(
+                            "table `{}`: the page lists of read window {wi} hold {n} pages, its read window {}",
+                            t.name, w.pages
+                        ),
+                    ));
+                }
+                listed[ti] += n;
+            }
+        }
         for (ti, t) in tables.iter_mut().enumerate() {
-            if !t.windows.iter().any(|w| w.list.is_some()) {
+            if listed[ti] == 0 && t.windows.iter().all(|w| w.lists.is_empty()) {
                 continue;
             }
-            let listed: usize = (0..t.windows.len())
-                .filter_map(|wi| got.get(&(ti, wi)).map(Vec::len))
-                .sum();
-            let mut pages = Vec::with_capacity(t.pages.len() + listed);
+            let mut pages = Vec::with_capacity(t.pages.len() + listed[ti]);
             let mut inline = std::mem::take(&mut t.pages).into_iter();
             for (wi, w) in t.windows.iter().enumerate() {
-                match got.remove(&(ti, wi)) {
-                    Some(p) => pages.extend(p),
-                    None => pages.extend(inline.by_ref().take(w.pages as usize)),
+                if w.lists.is_empty() {
+                    pages.extend(inline.by_ref().take(w.pages as usize));
+                }
+                for k in 0..w.lists.len() {
+                    pages.extend(got.remove(&(ti, wi, k)).unwrap_or_default());
                 }
             }
             t.pages = pages;

@@ -460,6 +460,31 @@ pub fn decode_list(b: &[u8]) -> Result<Vec<Id>, String> {
         .collect())
 }
 
+/// A read window's page ids are cut into list pages after a page whose
+/// id's first two bytes (u16 LE) are zero modulo this, or at
+/// [`LIST_PART_MAX`] ids: a changed page changes its part (and at most the
+/// next, if its id was a boundary), not the whole window's list. The cut
+/// is the writer's; a reader concatenates a window's parts.
+pub const LIST_PART_AVG: u16 = 128;
+pub const LIST_PART_MAX: usize = 1024;
+
+/// A window's page ids cut into parts (see [`LIST_PART_AVG`]).
+pub fn list_parts(pages: &[Id]) -> Vec<&[Id]> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for (i, p) in pages.iter().enumerate() {
+        let n = i + 1 - start;
+        if u16::from_le_bytes([p.0[0], p.0[1]]) % LIST_PART_AVG == 0 || n == LIST_PART_MAX {
+            parts.push(&pages[start..=i]);
+            start = i + 1;
+        }
+    }
+    if start < pages.len() {
+        parts.push(&pages[start..]);
+    }
+    parts
+}
+
 /// Seals a list page: its id and sealed bytes.
 pub fn seal_list(meta: &MetaKey, pages: &[Id]) -> (Id, Vec<u8>) {
     let plain = encode_list(pages);
@@ -586,6 +611,37 @@ mod tests {
             bytes: 300 * i as u64,
             chunks: vec![Id([i; 32]), Id([i + 1; 32])],
         }
+    }
+
+    #[test]
+    fn list_parts_end_at_page_id_boundaries_and_cover_every_page_once() {
+        let id = |lo: u16, n: u8| {
+            let mut b = [n; 32];
+            b[..2].copy_from_slice(&lo.to_le_bytes());
+            Id(b)
+        };
+        // 128 and 256 are boundaries, 64 is not.
+        let pages = [
+            id(1, 0),
+            id(128, 1),
+            id(64, 2),
+            id(3, 3),
+            id(256, 4),
+            id(5, 5),
+        ];
+        let parts = list_parts(&pages);
+        assert_eq!(parts, [&pages[..2], &pages[2..5], &pages[5..]]);
+        // A change inside a part leaves the others as they were.
+        let mut changed = pages;
+        changed[3] = id(7, 9);
+        let again = list_parts(&changed);
+        assert_eq!((again[0], again[2]), (parts[0], parts[2]));
+        assert_ne!(again[1], parts[1]);
+        // No boundary: parts of LIST_PART_MAX.
+        let long: Vec<Id> = (0..LIST_PART_MAX * 2 + 3).map(|i| id(1, i as u8)).collect();
+        let lens: Vec<usize> = list_parts(&long).iter().map(|p| p.len()).collect();
+        assert_eq!(lens, [LIST_PART_MAX, LIST_PART_MAX, 3]);
+        assert!(list_parts(&[]).is_empty());
     }
 
     #[test]
