@@ -400,7 +400,14 @@ async fn a_change_in_a_large_window_rewrites_the_part_of_its_list_around_it() {
         "{new_parts} of {} parts written again",
         parts2.len()
     );
-    assert_eq!(parts2.len(), parts.len());
+    // One more or one fewer if the changed page's id was a part's end or
+    // now is one.
+    assert!(
+        parts2.len().abs_diff(parts.len()) <= 1,
+        "{} and {}",
+        parts.len(),
+        parts2.len()
+    );
     let out = tmp.path().join("restored.db");
     try_restore(&policy, &second.snapshot, &out).await.unwrap();
     assert_same_db(&db, &out);

@@ -64,7 +64,7 @@ pub struct PostgresSnapshot {
     pub tables: Vec<TableEntry>,
 }
 
-/// Serialized by hand: the pages of a window that names a page list are
+/// Serialized by hand: the pages of a window that names page lists are
 /// left out of the object (FORMAT 3.5); loading puts them back.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
