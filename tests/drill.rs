@@ -326,6 +326,36 @@ fn bit_flip_in_a_pack_fails_the_drill_naming_the_object() {
 }
 
 #[test]
+fn bit_flip_in_a_page_list_fails_the_drill_naming_its_pack() {
+    let f = Fixture::new(12, "");
+    let policy = custos::policy::Policy::load(&f.policy).unwrap();
+    let list = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let repo = custos::ops::OpenRepo::open(&policy, None).await.unwrap();
+        let s = custos::repo::snapshot::Snapshot::find(&repo.target, &repo.meta, "latest")
+            .await
+            .unwrap();
+        let first = *s.page_lists().next().expect("a page list");
+        first
+    });
+    let victim = format!("data/{}/{}", &list.pack.to_string()[..2], list.pack);
+    flip_bit(
+        &f.target().join(&victim),
+        (list.offset + list.len / 2) as usize,
+    );
+    let out = run_fail(f.drill(&[]));
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let r = report_of(&out);
+    assert_eq!(r["verdict"], "FAIL");
+    assert_eq!(r["failure"], "integrity");
+    assert_eq!(
+        r["corrupt_objects"],
+        serde_json::json!([format!("primary:{victim}")]),
+        "{}",
+        r["reasons"]
+    );
+}
+
+#[test]
 fn failing_assertion_fails_the_drill() {
     let f = Fixture::new(
         13,

@@ -290,6 +290,8 @@ async fn a_damaged_or_hostile_list_is_refused_naming_it_and_changes_nothing() {
     let e = load(&policy, &id).await.unwrap_err().to_string();
     assert!(e.contains(&id), "names the snapshot: {e}");
     assert!(e.contains(&l.id.to_string()), "names the list: {e}");
+    let object = format!("primary:data/{}/{}", &l.pack.to_string()[..2], l.pack);
+    assert!(e.contains(&object), "names the pack as target:path: {e}");
     let e = try_restore(&policy, &id, &tmp.path().join("never.db"))
         .await
         .unwrap_err()

@@ -415,7 +415,13 @@ async fn execute(
         Ok(s) => s,
         Err(e) => {
             let e = OpsError::from(e);
-            return fail_ops(rep, "choosing the snapshot", &e);
+            fail_ops(rep, "choosing the snapshot", &e);
+            // A snapshot that cannot be read (its object, or a page list
+            // in a damaged pack): name what is damaged, as for a restore.
+            if is_integrity(&e) {
+                find_damage(policy, &target_name, rep).await;
+            }
+            return;
         }
     };
     rep.snapshot = Some(SnapshotRef {
@@ -728,16 +734,19 @@ async fn select(
         )),
         SnapshotChoice::Id(id) => Ok((Snapshot::find(&repo.target, &repo.meta, id).await?, "id")),
         SnapshotChoice::Random => {
-            let (mut good, _bad) = Snapshot::list(&repo.target, &repo.meta).await?;
-            if good.is_empty() {
+            // Chosen among the heads, then only that one is read (with its
+            // page lists): a damaged one fails the drill, as it should.
+            let (heads, _bad) = Snapshot::heads_with_ids(&repo.target, &repo.meta).await?;
+            if heads.is_empty() {
                 return Err(RepoError::NoSnapshot("random".into()));
             }
-            let pick = if good.len() == 1 {
+            let pick = if heads.len() == 1 {
                 0
             } else {
-                rand::Rng::gen_range(&mut rand::thread_rng(), 0..good.len() - 1)
+                rand::Rng::gen_range(&mut rand::thread_rng(), 0..heads.len() - 1)
             };
-            Ok((good.swap_remove(pick), "random"))
+            let s = Snapshot::load(&repo.target, &repo.meta, &heads[pick].id).await?;
+            Ok((s, "random"))
         }
     }
 }
@@ -770,8 +779,8 @@ fn damaged_objects_named(target: &str, message: &str) -> Vec<String> {
     out
 }
 
-/// After a restore hit damaged data: a full data check of the target names
-/// every damaged object.
+/// After a restore (or reading the snapshot) hit damaged data: a full data
+/// check of the target names every damaged object.
 async fn find_damage(policy: &Policy, target: &str, rep: &mut DrillReport) {
     match crate::ops::check::check(policy, Some(target), true, Arc::new(NoProgress)).await {
         Ok(c) => {

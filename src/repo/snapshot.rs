@@ -354,20 +354,24 @@ impl Snapshot {
                 end = end.max(to);
                 j += 1;
             }
-            let path = pack_path(&pack);
-            let bytes = target.get_range(&path, start..end).await.map_err(|e| {
-                RepoError::malformed(
-                    &object,
-                    format!("its page list {} cannot be read: {e}", refs[i].3.id),
-                )
-            })?;
+            // Named as `target:path`, as every damaged object is.
+            let path = format!("{}:{}", target.name, pack_path(&pack));
+            let bytes = target
+                .get_range(&pack_path(&pack), start..end)
+                .await
+                .map_err(|e| {
+                    RepoError::malformed(
+                        &object,
+                        format!(
+                            "its page list {} in {path} cannot be read: {e}",
+                            refs[i].3.id
+                        ),
+                    )
+                })?;
             if (bytes.len() as u64) < end - start {
                 return Err(RepoError::malformed(
                     &object,
-                    format!(
-                        "its page list {} lies past the end of pack {pack}",
-                        refs[i].3.id
-                    ),
+                    format!("its page list {} lies past the end of {path}", refs[i].3.id),
                 ));
             }
             for &(ti, wi, k, l) in &refs[i..j] {
