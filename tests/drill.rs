@@ -301,17 +301,7 @@ fn bit_flip_in_a_pack_fails_the_drill_naming_the_object() {
     let victim = &packs[packs.len() / 2];
     let n = std::fs::metadata(f.target().join(victim)).unwrap().len() as usize;
     flip_bit(&f.target().join(victim), n / 3);
-    let out = run_fail(f.drill(&[]));
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    let r = report_of(&out);
-    assert_eq!(r["verdict"], "FAIL");
-    assert_eq!(r["failure"], "integrity");
-    assert_eq!(
-        r["corrupt_objects"],
-        serde_json::json!([format!("primary:{victim}")]),
-        "{}",
-        r["reasons"]
-    );
+    let (out, r) = fails_naming(&f, victim);
     let reasons = r["reasons"].to_string();
     assert!(reasons.contains(victim.as_str()), "{reasons}");
     assert!(r["repair"].as_str().unwrap().contains("not attempted"));
@@ -342,6 +332,12 @@ fn bit_flip_in_a_page_list_fails_the_drill_naming_its_pack() {
         &f.target().join(&victim),
         (list.offset + list.len / 2) as usize,
     );
+    fails_naming(&f, &victim);
+}
+
+/// Runs a drill that must fail on integrity, naming `victim` (a path
+/// under the primary target) as the one damaged object.
+fn fails_naming(f: &Fixture, victim: &str) -> (Output, Value) {
     let out = run_fail(f.drill(&[]));
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let r = report_of(&out);
@@ -353,6 +349,7 @@ fn bit_flip_in_a_page_list_fails_the_drill_naming_its_pack() {
         "{}",
         r["reasons"]
     );
+    (out, r)
 }
 
 #[test]
