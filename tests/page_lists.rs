@@ -350,6 +350,31 @@ async fn a_damaged_or_hostile_list_is_refused_naming_it_and_changes_nothing() {
     store_json(&policy, &id, &json).await;
     let out = tmp.path().join("restored.db");
     try_restore(&policy, &id, &out).await.unwrap();
+
+    // A writer whose counts do not add up is refused before it writes:
+    // the object would lose pages.
+    let repo = OpenRepo::open(&policy, None).await.unwrap();
+    let before = repo_files(tmp.path());
+    for more in [true, false] {
+        let mut s = load(&policy, &id).await.unwrap();
+        let calls = s
+            .record_tables_mut()
+            .iter_mut()
+            .find(|t| t.name == "calls")
+            .unwrap();
+        if more {
+            calls.windows[0].pages += 1;
+        } else {
+            calls.pages.push(calls.pages[0]);
+        }
+        let e = s
+            .store(&repo.target, &repo.meta)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not written") && e.contains("calls"), "{e}");
+    }
+    assert_eq!(repo_files(tmp.path()), before, "nothing written");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

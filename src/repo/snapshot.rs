@@ -268,8 +268,29 @@ impl Snapshot {
         hex::encode(b)
     }
 
-    /// Writes the snapshot object; returns its size in bytes.
+    /// Writes the snapshot object; returns its size in bytes. Refuses, and
+    /// writes nothing, if a table names page lists and its windows' page
+    /// counts do not add up to its pages: the object would lose pages.
     pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<u64, RepoError> {
+        for t in self.record_tables() {
+            if t.windows.iter().all(|w| w.lists.is_empty()) {
+                continue;
+            }
+            let n = t
+                .windows
+                .iter()
+                .fold(0u64, |n, w| n.saturating_add(w.pages));
+            if n != t.pages.len() as u64 {
+                return Err(RepoError::malformed(
+                    format!("{}:{}", target.name, snapshot_path(&self.id)),
+                    format!(
+                        "not written: table `{}`'s read windows count {n} pages, it holds {}",
+                        t.name,
+                        t.pages.len()
+                    ),
+                ));
+            }
+        }
         let json = serde_json::to_vec(self).expect("snapshot serializes");
         let sealed = meta.seal("snapshot", &self.id, &compress_meta(&json));
         let bytes = sealed.len() as u64;
