@@ -18,7 +18,7 @@ use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, Meta
 use crate::policy::{Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{Index, IndexFile, IndexObjects, PackSet};
+use crate::repo::index::{Index, IndexObjects, PackSet};
 use crate::repo::pack::{pack_path, seal_chunk_into, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, PageList, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
@@ -513,7 +513,7 @@ async fn backup_locked(
         let mut found = StoredLists {
             parent: parent_lists,
             index: content.index.take(),
-            entries: HashMap::new(),
+            objects: IndexObjects::new(target.clone(), meta.clone(), BACKUP_KEPT_ENTRIES),
         };
         store_page_lists(
             &target,
@@ -3019,16 +3019,18 @@ async fn store_page_lists(
             } else if n > 0 {
                 let mut parts = Vec::new();
                 for part in tree::list_parts(&pages[at..at + n]) {
-                    let (id, sealed) = tree::seal_list(meta, part);
+                    let (id, plain) = tree::list_page(meta, part);
                     counters.chunks.fetch_add(1, Ordering::Relaxed);
                     if let Some(&k) = new_ids.get(&id) {
                         parts.push(Part::New(k));
                         continue;
                     }
-                    if let Some(l) = found.place(target, meta, &id).await {
+                    if let Some(l) = found.place(&id).await {
                         parts.push(Part::Known(l));
                         continue;
                     }
+                    // Sealed only when it is new.
+                    let sealed = tree::seal_list(meta, &id, &plain);
                     if !writer.is_empty() && writer.len() + sealed.len() > pack_size {
                         let full = std::mem::take(&mut writer);
                         put_lists(target, meta, full, &mut pending, &mut written, counters).await?;
@@ -3063,48 +3065,34 @@ async fn store_page_lists(
     Ok(())
 }
 
-/// Page lists an earlier backup stored: found through the reader's index,
-/// placed through their pack's index object.
+/// Page lists an earlier backup stored: named by the parent, or found
+/// through the reader's index and placed through their pack's index
+/// object.
 struct StoredLists {
     /// The parent's lists by id: most parts of a window read again.
     parent: HashMap<Id, PageList>,
     index: Option<Arc<Index>>,
-    /// Each index object read: its entries by id (none if unreadable).
-    entries: HashMap<Id, HashMap<Id, (u32, u32)>>,
+    objects: IndexObjects,
 }
 
 impl StoredLists {
     /// Where list `id` is stored already, if it is and its pack's index
     /// object says where.
-    async fn place(&mut self, target: &Target, meta: &MetaKey, id: &Id) -> Option<PageList> {
+    async fn place(&mut self, id: &Id) -> Option<PageList> {
         if let Some(l) = self.parent.get(id) {
             return Some(*l);
         }
         let index = self.index.as_ref()?;
         let pack = index.packs.get(index.chunks.pack(id)? as usize)?.0;
-        if let std::collections::hash_map::Entry::Vacant(v) = self.entries.entry(pack) {
-            let path = crate::repo::index::index_path(&pack);
-            let read = async {
-                let sealed = target.get(&path).await.ok()?;
-                let plain = meta.open("index", &pack.to_hex(), &sealed).ok()?;
-                let file = IndexFile::decode(&path, &plain).ok()?;
-                (file.pack == pack).then_some(file)
-            };
-            v.insert(match read.await {
-                Some(f) => f
-                    .entries
-                    .iter()
-                    .map(|e| (e.id, (e.offset, e.len)))
-                    .collect(),
-                None => HashMap::new(),
-            });
-        }
-        let &(offset, len) = self.entries.get(&pack)?.get(id)?;
+        // A list pack's lists are asked for one after another: the last
+        // index built serves them.
+        let of_pack = self.objects.index_of(&[pack]).await.ok()?;
+        let loc = of_pack.index.chunks.get(id)?;
         Some(PageList {
             id: *id,
             pack,
-            offset,
-            len,
+            offset: loc.offset,
+            len: loc.len,
         })
     }
 }

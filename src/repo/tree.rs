@@ -485,12 +485,16 @@ pub fn list_parts(pages: &[Id]) -> Vec<&[Id]> {
     parts
 }
 
-/// Seals a list page: its id and sealed bytes.
-pub fn seal_list(meta: &MetaKey, pages: &[Id]) -> (Id, Vec<u8>) {
+/// A list page's id and plaintext; [`seal_list`] seals it, once the
+/// writer knows it is not stored yet.
+pub fn list_page(meta: &MetaKey, pages: &[Id]) -> (Id, Vec<u8>) {
     let plain = encode_list(pages);
-    let id = meta.keyed_hash("tree", &plain);
-    let sealed = meta.seal("tree", &id.to_hex(), &compress_meta(&plain));
-    (id, sealed)
+    (meta.keyed_hash("tree", &plain), plain)
+}
+
+/// Seals a list page's plaintext under its id (see [`list_page`]).
+pub fn seal_list(meta: &MetaKey, id: &Id, plain: &[u8]) -> Vec<u8> {
+    meta.seal("tree", &id.to_hex(), &compress_meta(plain))
 }
 
 /// Opens a sealed list page, checked against its id.
@@ -648,7 +652,8 @@ mod tests {
     fn list_page_round_trips_and_rejects_garbage() {
         let meta = MetaKey::new(&crate::crypto::Key32::from_bytes([7; 32]));
         let pages: Vec<Id> = (0..5u8).map(|i| Id([i; 32])).collect();
-        let (id, sealed) = seal_list(&meta, &pages);
+        let (id, plain) = list_page(&meta, &pages);
+        let sealed = seal_list(&meta, &id, &plain);
         assert_eq!(open_list("x", &id, &meta, &sealed).unwrap(), pages);
         assert_eq!(decode_list(&encode_list(&[])).unwrap(), Vec::<Id>::new());
         // Another id, a page, a short or padded body, a lying count.
