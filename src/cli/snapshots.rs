@@ -47,8 +47,8 @@ pub async fn run(a: SnapshotsArgs) -> Result<()> {
     let rows: Vec<Row> = list
         .iter()
         .map(|s| Row {
-            id: s.id.clone(),
-            time: s.time.clone(),
+            id: s.head.id.clone(),
+            time: s.head.time.clone(),
             store: s.store.kind.clone(),
             items: s.stats.items,
             bytes_read: s.stats.bytes_read,

@@ -245,8 +245,8 @@ pub async fn target_states(policy: &Policy) -> Vec<TargetState> {
             Ok(list) => (
                 list.into_iter()
                     .map(|s| SnapRow {
-                        id: s.id,
-                        time: s.time,
+                        id: s.head.id,
+                        time: s.head.time,
                         items: s.stats.items,
                         bytes_read: s.stats.bytes_read,
                         new_bytes_stored: s.stats.new_bytes_stored,

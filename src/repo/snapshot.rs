@@ -544,10 +544,8 @@ pub struct SnapshotHead {
 /// lists (a listing does not vouch for them; `custos check` does).
 #[derive(Clone, Debug, Deserialize)]
 pub struct SnapshotSummary {
-    pub version: u32,
-    pub id: String,
-    pub policy: String,
-    pub time: String,
+    #[serde(flatten)]
+    pub head: SnapshotHead,
     #[serde(default)]
     pub parent: Option<String>,
     pub store: StoreInfo,
@@ -580,7 +578,7 @@ impl SnapshotSummary {
 
 impl Named for SnapshotSummary {
     fn named(&self) -> (u32, &str, &str) {
-        (self.version, &self.id, &self.time)
+        self.head.named()
     }
 }
 
