@@ -14,9 +14,8 @@ mod common;
 #[path = "common/roundtrip_util.rs"]
 mod util;
 
-use custos::ops::backup::{backup, BackupOptions, BackupReport};
+use custos::ops::backup::{backup, BackupOptions};
 use custos::ops::prune::{forget_and_prune, PruneOptions};
-use custos::ops::restore::{restore, RestoreOptions};
 use custos::ops::OpenRepo;
 use custos::policy::Policy;
 use custos::progress::NoProgress;
@@ -26,39 +25,13 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use util::{assert_same_db, build_calls_db, write_local_policy};
+use util::{assert_same_db, backup_small, build_calls_db, try_restore, write_local_policy};
 
 fn setup() -> (tempfile::TempDir, PathBuf, Policy) {
     util::calls_setup(
         |p| build_calls_db(p, 50, 20000),
         |d, db| Policy::load(&write_local_policy(d, "lists", db, util::CALLS_TABLES)).unwrap(),
     )
-}
-
-/// Small windows and packs: many windows, and lists in several packs.
-async fn backup_small(policy: &Policy) -> BackupReport {
-    let opts = BackupOptions {
-        window_budget: 32 << 10,
-        pack_size: 48 << 10,
-        ..Default::default()
-    };
-    backup(policy, &opts, Arc::new(NoProgress)).await.unwrap()
-}
-
-async fn try_restore(
-    policy: &Policy,
-    snapshot: &str,
-    to: &Path,
-) -> Result<(), custos::ops::OpsError> {
-    let opts = RestoreOptions {
-        target: None,
-        snapshot: snapshot.to_string(),
-        to: to.to_path_buf(),
-        force: false,
-    };
-    restore(policy, &opts, Arc::new(NoProgress))
-        .await
-        .map(|_| ())
 }
 
 /// The snapshot object as stored, decrypted: its JSON.

@@ -13,7 +13,6 @@ mod common;
 mod util;
 
 use custos::crypto::Id;
-use custos::ops::backup::{backup, BackupOptions, BackupReport};
 use custos::ops::check::CheckReport;
 use custos::ops::restore::{restore, RestoreOptions, RestoreReport};
 use custos::ops::OpenRepo;
@@ -28,7 +27,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use util::{assert_same_db, build_calls_db, write_local_policy};
+use util::{assert_same_db, backup_small, build_calls_db, write_local_policy};
 
 fn build(path: &Path) {
     build_calls_db(path, 50, 20000);
@@ -38,25 +37,8 @@ fn policy(d: &Path, db: &Path) -> Policy {
     Policy::load(&write_local_policy(d, "packs", db, util::CALLS_TABLES)).unwrap()
 }
 
-/// Small windows and small packs: many of each, and packs shared by
-/// windows.
-async fn backup_small(policy: &Policy) -> BackupReport {
-    let opts = BackupOptions {
-        window_budget: 32 << 10,
-        pack_size: 48 << 10,
-        ..Default::default()
-    };
-    backup(policy, &opts, Arc::new(NoProgress)).await.unwrap()
-}
-
 async fn restore_to(policy: &Policy, snapshot: &str, to: &Path) -> RestoreReport {
-    let opts = RestoreOptions {
-        target: None,
-        snapshot: snapshot.to_string(),
-        to: to.to_path_buf(),
-        force: false,
-    };
-    restore(policy, &opts, Arc::new(NoProgress)).await.unwrap()
+    util::try_restore(policy, snapshot, to).await.unwrap()
 }
 
 /// Checks every window of `snapshot` against the whole index: it lists its

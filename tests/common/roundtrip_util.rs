@@ -685,3 +685,40 @@ pub fn tree_state(root: &Path) -> BTreeMap<PathBuf, Node> {
     }
     out
 }
+
+/// A backup with small read windows (32 KiB of rows) and small packs
+/// (48 KiB): many of each, and packs shared by windows.
+pub async fn backup_small(policy: &custos::policy::Policy) -> custos::ops::backup::BackupReport {
+    let opts = custos::ops::backup::BackupOptions {
+        window_budget: 32 << 10,
+        pack_size: 48 << 10,
+        ..Default::default()
+    };
+    custos::ops::backup::backup(
+        policy,
+        &opts,
+        std::sync::Arc::new(custos::progress::NoProgress),
+    )
+    .await
+    .unwrap()
+}
+
+/// Restores `snapshot` of the policy's primary target to the new file `to`.
+pub async fn try_restore(
+    policy: &custos::policy::Policy,
+    snapshot: &str,
+    to: &Path,
+) -> Result<custos::ops::restore::RestoreReport, custos::ops::OpsError> {
+    let opts = custos::ops::restore::RestoreOptions {
+        target: None,
+        snapshot: snapshot.to_string(),
+        to: to.to_path_buf(),
+        force: false,
+    };
+    custos::ops::restore::restore(
+        policy,
+        &opts,
+        std::sync::Arc::new(custos::progress::NoProgress),
+    )
+    .await
+}
