@@ -412,3 +412,70 @@ async fn a_change_in_a_large_window_rewrites_the_part_of_its_list_around_it() {
     try_restore(&policy, &second.snapshot, &out).await.unwrap();
     assert_same_db(&db, &out);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_pack_no_index_object_lists_is_found_by_check_and_stops_prune() {
+    let (tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    let snap = load(&policy, &first.snapshot).await.unwrap();
+    let l = lists(&snap)[0];
+    let in_pack = lists(&snap).iter().filter(|x| x.pack == l.pack).count();
+
+    // The list pack's index object is lost (a copy that missed it, a hand
+    // that deleted it). The lists are read by place, so the snapshot still
+    // loads and restores; prune would delete the pack as unreferenced.
+    let index = tmp
+        .path()
+        .join("target")
+        .join(custos::repo::index::index_path(&l.pack));
+    let kept = fs::read(&index).unwrap();
+    fs::remove_file(&index).unwrap();
+    let out = tmp.path().join("restored.db");
+    try_restore(&policy, &first.snapshot, &out).await.unwrap();
+    assert_same_db(&db, &out);
+
+    let c = custos::ops::check::check(&policy, None, false, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(!c.ok, "{:#?}", c.findings);
+    let about_lists: Vec<_> = c
+        .findings
+        .iter()
+        .filter(|f| f.message.contains("which no index object lists"))
+        .collect();
+    assert_eq!(about_lists.len(), in_pack, "{:#?}", c.findings);
+    assert!(
+        about_lists
+            .iter()
+            .all(|f| f.object.contains(&first.snapshot) && f.message.contains(&l.pack.to_string())),
+        "{about_lists:#?}"
+    );
+    assert!(
+        about_lists
+            .iter()
+            .any(|f| f.message.contains(&l.id.to_string())),
+        "{about_lists:#?}"
+    );
+
+    let before = repo_files(tmp.path());
+    let e = forget_and_prune(&policy, &PruneOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    for part in [first.snapshot.as_str(), &l.pack.to_string(), "custos check"] {
+        assert!(e.contains(part), "names {part}: {e}");
+    }
+    assert_eq!(repo_files(tmp.path()), before, "prune changed nothing");
+
+    // The index object back, both pass.
+    fs::write(&index, kept).unwrap();
+    let r = forget_and_prune(&policy, &PruneOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.forgotten, Vec::<String>::new(), "{r:?}");
+    let c = custos::ops::check::check(&policy, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(c.ok, "{:#?}", c.findings);
+}
