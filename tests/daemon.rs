@@ -319,8 +319,19 @@ fn a_killed_daemon_catches_up_once_and_duplicates_nothing() {
 
 #[test]
 fn an_overrun_is_skipped_not_stacked() {
-    // A store whose backup takes longer than the one-second cron.
-    let (_s3, s) = s3_setup("backup = \"* * * * * *\"", 600, 64 * 1024);
+    // A backup that takes longer than the one-second cron however fast
+    // the machine: its puts (several packs, the index objects, the
+    // snapshot, one after another in part) each wait 400 ms.
+    let s3 = util::FaultyS3::start();
+    s3.delay_puts(400);
+    let s = Setup::new(
+        &s3.endpoint(),
+        "bkt",
+        s3.env(),
+        "backup = \"* * * * * *\"",
+        600,
+        64 * 1024,
+    );
     let d = s.daemon(1, &["--max-jobs", "4"]);
     s.wait_for(120, "an overrun", || {
         s.job_state(1)["ticks_skipped"].as_u64().unwrap_or(0) >= 2 && s.runs_ok(1) >= 2

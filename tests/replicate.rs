@@ -513,9 +513,11 @@ impl Switch {
                     _ = &mut rx => break,
                     a = l.accept() => {
                         let Ok((mut down, _)) = a else { continue };
+                        let _ = down.set_nodelay(true);
                         let upstream = upstream.clone();
                         tokio::spawn(async move {
                             if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                                let _ = up.set_nodelay(true);
                                 let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
                             }
                         });

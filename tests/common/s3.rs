@@ -103,6 +103,10 @@ impl S3Server {
                             _ = &mut rx => break,
                             accepted = listener.accept() => {
                                 let Ok((socket, _)) = accepted else { continue };
+                                // Without it a response written in two
+                                // segments waits for the client's delayed
+                                // ACK: 40 ms a request, most of a test's time.
+                                let _ = socket.set_nodelay(true);
                                 let conn = http
                                     .serve_connection(TokioIo::new(socket), service.clone())
                                     .into_owned();
