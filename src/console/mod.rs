@@ -182,6 +182,12 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ConsoleError> {
+    use axum::serve::ListenerExt;
+    // A response is often written in two segments (head, then body):
+    // without TCP_NODELAY the second waits for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     serve_on(cfg, listener, shutdown).await
 }
 

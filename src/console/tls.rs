@@ -91,6 +91,9 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // A response is often written in two segments: without
+                // this the second waits for the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
