@@ -238,6 +238,20 @@ fn s3_setup(schedule: &str, rows: usize, blob_len: usize) -> (S3Server, Setup) {
     (s3, s)
 }
 
+/// [`s3_setup`] on a slow link: every put waits `put_delay_ms`, so a backup
+/// takes a while however fast the machine.
+fn slow_s3_setup(
+    put_delay_ms: u64,
+    schedule: &str,
+    rows: usize,
+    blob_len: usize,
+) -> (util::FaultyS3, Setup) {
+    let s3 = util::FaultyS3::start();
+    s3.delay_puts(put_delay_ms);
+    let s = Setup::new(&s3.endpoint(), "bkt", s3.env(), schedule, rows, blob_len);
+    (s3, s)
+}
+
 #[test]
 fn a_two_second_cron_takes_the_expected_number_of_snapshots() {
     let (_s3, s) = s3_setup("backup = \"*/2 * * * * *\"", 50, 64);
@@ -322,16 +336,7 @@ fn an_overrun_is_skipped_not_stacked() {
     // A backup that takes longer than the one-second cron however fast
     // the machine: its puts (several packs, the index objects, the
     // snapshot, one after another in part) each wait 400 ms.
-    let s3 = util::FaultyS3::start();
-    s3.delay_puts(400);
-    let s = Setup::new(
-        &s3.endpoint(),
-        "bkt",
-        s3.env(),
-        "backup = \"* * * * * *\"",
-        600,
-        64 * 1024,
-    );
+    let (_s3, s) = slow_s3_setup(400, "backup = \"* * * * * *\"", 600, 64 * 1024);
     let d = s.daemon(1, &["--max-jobs", "4"]);
     s.wait_for(120, "an overrun", || {
         s.job_state(1)["ticks_skipped"].as_u64().unwrap_or(0) >= 2 && s.runs_ok(1) >= 2
@@ -558,16 +563,7 @@ fn sigterm_during_a_backup_aborts_it_cleanly_and_the_next_start_catches_the_tick
     // A backup that takes a while however fast the machine: about 75 MiB
     // of incompressible rows (about ten packs), each put to a slow link
     // (half a second a put), so it outlasts the one-second stop timeout.
-    let s3 = util::FaultyS3::start();
-    s3.delay_puts(500);
-    let s = Setup::new(
-        &s3.endpoint(),
-        "bkt",
-        s3.env(),
-        "backup = \"0 0 0 1 1 *\"",
-        1200,
-        64 * 1024,
-    );
+    let (s3, s) = slow_s3_setup(500, "backup = \"0 0 0 1 1 *\"", 1200, 64 * 1024);
     // One tick a day, a few seconds from now.
     let t = chrono::Utc::now() + chrono::Duration::seconds(4);
     s.set_schedule(&format!(
