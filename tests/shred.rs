@@ -750,6 +750,154 @@ async fn shred_deletes_the_units_own_packs_except_on_write_once_targets() {
     assert_eq!(packs(&primary_root), primary_after);
 }
 
+/// Rows of `where_` in each table of `db` (the rows a unit's groups hold).
+fn rows_where(db: &Path, where_: impl Fn(&str) -> String) -> u64 {
+    let c = Connection::open(db).unwrap();
+    TABLES
+        .iter()
+        .map(|(t, col)| {
+            c.query_row(
+                &format!("SELECT count(*) FROM {t} WHERE {}", where_(col)),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap() as u64
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_run_destroys_several_units_and_certifies_each_as_its_own() {
+    let env = setup().await;
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let v0 = &env.versions[0].1;
+    // Two customers with calls in January 2026, and January itself: the
+    // customers' January groups are of two units at once.
+    let c = Connection::open(v0).unwrap();
+    let two: Vec<i64> = c
+        .prepare(
+            "SELECT customer_id FROM cdrs WHERE started_at LIKE '2026-01%'
+             GROUP BY customer_id ORDER BY count(*) DESC, customer_id LIMIT 2",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(two.len(), 2);
+    let period = "consumption:2026-01";
+    let units = [
+        custos::shred::UnitSpec::Subject(two[0].to_string()),
+        custos::shred::UnitSpec::Period(period.into()),
+        custos::shred::UnitSpec::Subject(two[1].to_string()),
+    ];
+    for u in &units {
+        let req = dpo_request(u.clone(), true);
+        custos::shred::request(&env.policy, &state, &req, chrono::Utc::now())
+            .await
+            .unwrap();
+    }
+    let primary_before = packs(&env.dir.join("targets/primary"));
+    let r = custos::shred::run(&env.policy, &state, &retention_run(chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 3, "{r:?}");
+    assert!(r.failed.is_empty(), "{r:?}");
+
+    // Each certificate counts its own unit's rows in every snapshot of
+    // every target, as the databases the snapshots were taken of hold them
+    // (a customer's January calls in the customer's and in January's).
+    let vault = custos::ops::open_vault(&env.policy).await.unwrap();
+    let customer = |id: i64| {
+        let pseudo = custos::crypto::subject_pseudonym(vault.pseudonym_key(), &id.to_string());
+        let rows: u64 = env
+            .versions
+            .iter()
+            .map(|(_, db)| rows_where(db, |col| format!("{col} = {id}")))
+            .sum();
+        (pseudo, rows)
+    };
+    let january: u64 = env
+        .versions
+        .iter()
+        .map(|(_, db)| {
+            Connection::open(db)
+                .unwrap()
+                .query_row(
+                    "SELECT count(*) FROM cdrs WHERE started_at LIKE '2026-01%'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap() as u64
+        })
+        .sum();
+    let expected = [
+        customer(two[0]),
+        (period.to_string(), january),
+        customer(two[1]),
+    ];
+    let certs: Vec<Value> = certificates(&env)
+        .iter()
+        .map(|p| serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    assert_eq!(certs.len(), 3);
+    let mut deleted = 0;
+    for (name, rows) in &expected {
+        let cert = certs
+            .iter()
+            .map(|c| &c["body"])
+            .find(|b| b["unit"]["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no certificate for {name}"));
+        assert_eq!(
+            cert["rows_unreadable"].as_u64().unwrap(),
+            2 * rows,
+            "{name}"
+        );
+        for t in ["primary", "dr"] {
+            let cov = target_cov(cert, t);
+            assert_eq!(cov["rows"].as_u64().unwrap(), *rows, "{name} on {t}: {cov}");
+            assert_eq!(cov["groups"], cov["groups_unreadable"], "{cov}");
+            assert_eq!(cov["snapshots_affected"].as_array().unwrap().len(), 2);
+            assert!(cov["error"].is_null(), "{cov}");
+            if name == period {
+                // The period owns whole packs; the customers share theirs.
+                assert!(cov["packs_deleted"].as_u64().unwrap() > 0, "{cov}");
+                assert_eq!(cov["packs_deleted"], cov["packs_of_unit"], "{cov}");
+                if t == "primary" {
+                    deleted = cov["packs_deleted"].as_u64().unwrap();
+                }
+            } else {
+                assert_eq!(cov["packs_deleted"], 0, "{cov}");
+                assert!(cov["packs_shared"].as_u64().unwrap() > 0, "{cov}");
+            }
+        }
+    }
+    assert_eq!(
+        packs(&env.dir.join("targets/primary")).len() as u64,
+        primary_before.len() as u64 - deleted
+    );
+
+    // Every snapshot restores without the three units' rows, and nothing
+    // else is missing; both targets still check clean.
+    let (a, b) = (two[0], two[1]);
+    restore_all(&env, |db, out| {
+        minus(db, out, |t, col| {
+            Some(if t == "cdrs" {
+                format!("{col} IN ({a}, {b}) OR started_at LIKE '2026-01%'")
+            } else {
+                format!("{col} IN ({a}, {b})")
+            })
+        })
+    })
+    .await;
+    for t in ["primary", "dr"] {
+        let c = custos::ops::check::check(&env.policy, Some(t), true, Arc::new(NoProgress))
+            .await
+            .unwrap();
+        assert!(c.ok, "check of {t} after the shred: {:?}", c.findings);
+    }
+}
+
 /// Rewrites the policy file with `extra` appended to `[shred]` (the last
 /// table) and loads it.
 fn with_shred_extra(env: &Env, extra: &str) -> Policy {

@@ -128,6 +128,7 @@ pub fn local_dir(state: &StateDir, policy: &str) -> Result<PathBuf, ShredError> 
 pub async fn issue(
     policy: &Policy,
     state: &StateDir,
+    targets: &[crate::target::Target],
     j: &JournalEntry,
     o: &Outcome,
     _run_now: DateTime<Utc>,
@@ -199,9 +200,8 @@ pub async fn issue(
         source,
     })?;
     let object = format!("certificates/{id}.json");
-    for t in &policy.targets {
+    for (t, target) in policy.targets.iter().zip(targets) {
         let r = async {
-            let target = crate::ops::open_target(policy, t, false)?;
             target
                 .put(&object, bytes::Bytes::from(text.clone().into_bytes()))
                 .await?;

@@ -1,8 +1,9 @@
-//! Destruction of one journalled unit and its proof.
+//! Destruction of journalled units and its proof.
 //!
-//! [`destroy_unit`] deletes the unit's keys from every vault location (or
-//! finds them already deleted by an interrupted run), purges stale vault
-//! objects, then proves the result three ways:
+//! [`destroy_keys`] deletes each unit's keys from every vault location (or
+//! finds them already deleted by an interrupted run) and purges stale
+//! vault objects; then it and [`prove`] prove the result three ways, for
+//! all the units of a run together:
 //!
 //! * every object at every vault location is listed and every key shard is
 //!   unwrapped and searched for the key ids and for any key with one of the
@@ -31,7 +32,7 @@ use crate::repo::index::{index_path, Index, IndexFile};
 use crate::repo::pack::pack_path;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
-use crate::vault::{AbsenceReport, DestroyReport, KeyId, Vault, VaultError};
+use crate::vault::{AbsenceReport, DestroyReport, KeyId, KeyKind, Vault, VaultError};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -115,124 +116,323 @@ fn incomplete(unit: &Unit, why: impl Into<String>) -> ShredError {
     }
 }
 
-/// Destroys the keys of a journalled unit and proves it (see the module
-/// docs). Any failure leaves the journal entry in place for the next run.
-pub async fn destroy_unit(
-    policy: &Policy,
+/// What deleting one unit's keys from the vault found (the first half of
+/// a destruction; [`prove`] is the second).
+pub struct KeysGone {
+    /// The vault's own report, absent when an earlier run had already
+    /// deleted the keys before it was interrupted.
+    pub destroy: Option<DestroyReport>,
+    /// Stale vault objects deleted (`url: object`).
+    pub purged: Vec<String>,
+    /// The search of every vault object.
+    pub vault: AbsenceReport,
+}
+
+/// Deletes the keys of journalled units from every vault location, one
+/// unit after the other (or finds them deleted by an interrupted run),
+/// purges stale vault objects, then searches every vault object once for
+/// the keys of all of them (each unit again alone only if a key is found,
+/// to name the unit whose it is). One result per unit, in order; a failure
+/// leaves the unit's journal entry in place for the next run.
+pub async fn destroy_keys(
     vault: &mut Vault,
-    j: &JournalEntry,
-) -> Result<Outcome, ShredError> {
-    let unit = &j.request.unit;
-    let destroy = match vault.destroy(unit.kind, &unit.name).await {
-        Ok(r) => Some(r),
-        Err(VaultError::UnknownKey { .. }) => None, // an earlier run got this far
-        Err(e) => return Err(incomplete(unit, format!("deleting the key: {e}"))),
+    journal: &[&JournalEntry],
+) -> Vec<Result<KeysGone, ShredError>> {
+    // Per unit: the vault's report and the decoded commitments.
+    type Deleted = (Option<DestroyReport>, Vec<[u8; 32]>);
+    let mut done: Vec<Result<Deleted, ShredError>> = Vec::new();
+    for j in journal {
+        let unit = &j.request.unit;
+        let destroy = match vault.destroy(unit.kind, &unit.name).await {
+            Ok(r) => Some(r),
+            Err(VaultError::UnknownKey { .. }) => None, // an earlier run got this far
+            Err(e) => {
+                done.push(Err(incomplete(unit, format!("deleting the key: {e}"))));
+                continue;
+            }
+        };
+        let mut commitments = Vec::with_capacity(j.commitments.len());
+        let mut bad = false;
+        for c in &j.commitments {
+            let mut b = [0u8; 32];
+            bad |= hex::decode_to_slice(c, &mut b).is_err();
+            commitments.push(b);
+        }
+        done.push(if bad {
+            Err(incomplete(
+                unit,
+                "a journalled commitment is not 64 hex digits",
+            ))
+        } else {
+            Ok((destroy, commitments))
+        });
+    }
+    let searched = async {
+        let purged = vault.purge_stale().await?;
+        let mut ids = Vec::new();
+        let mut commitments = Vec::new();
+        for (j, d) in journal.iter().zip(&done) {
+            if let Ok((_, c)) = d {
+                ids.extend(j.key_ids.iter().copied());
+                commitments.extend(c.iter().copied());
+            }
+        }
+        let all = vault.verify_absent(&ids, &commitments).await?;
+        Ok::<_, ShredError>((purged, all))
+    }
+    .await;
+    let (purged, all) = match searched {
+        Ok(x) => x,
+        Err(e) => {
+            let why = e.to_string();
+            return journal
+                .iter()
+                .zip(done)
+                .map(|(j, d)| {
+                    d.and_then(|_| {
+                        Err(incomplete(
+                            &j.request.unit,
+                            format!("searching the vault: {why}"),
+                        ))
+                    })
+                })
+                .collect();
+        }
     };
-    let purged = vault.purge_stale().await?;
-    let mut commitments = Vec::with_capacity(j.commitments.len());
-    for c in &j.commitments {
-        let mut b = [0u8; 32];
-        hex::decode_to_slice(c, &mut b)
-            .map_err(|_| incomplete(unit, "a journalled commitment is not 64 hex digits"))?;
-        commitments.push(b);
+    let mut out = Vec::with_capacity(journal.len());
+    for (j, d) in journal.iter().zip(done) {
+        let (destroy, commitments) = match d {
+            Ok(x) => x,
+            Err(e) => {
+                out.push(Err(e));
+                continue;
+            }
+        };
+        let abs = if all.holders.is_empty() {
+            all.clone()
+        } else {
+            match vault.verify_absent(&j.key_ids, &commitments).await {
+                Ok(a) => a,
+                Err(e) => {
+                    out.push(Err(e.into()));
+                    continue;
+                }
+            }
+        };
+        if !abs.holders.is_empty() {
+            out.push(Err(incomplete(
+                &j.request.unit,
+                format!("the key is still held by {}", abs.holders.join(", ")),
+            )));
+            continue;
+        }
+        out.push(Ok(KeysGone {
+            destroy,
+            purged: purged.clone(),
+            vault: abs,
+        }));
     }
-    let abs = vault.verify_absent(&j.key_ids, &commitments).await?;
-    if !abs.holders.is_empty() {
-        return Err(incomplete(
-            unit,
-            format!("the key is still held by {}", abs.holders.join(", ")),
-        ));
-    }
+    out
+}
 
-    let fresh = crate::ops::open_vault(policy).await?;
-    let still = fresh
-        .entries()
+/// Proves the destruction of units whose keys [`destroy_keys`] deleted
+/// (see the module docs), all of them together: the vault is opened afresh
+/// once, and each target's snapshots are walked and its index objects read
+/// once for every unit, not once a unit (a retention run may destroy
+/// hundreds). `targets` are the policy's targets, opened, in the policy's
+/// order. One result per unit, in order; a unit that fails keeps its
+/// journal entry, and no pack is deleted for it on a later target.
+pub async fn prove(
+    policy: &Policy,
+    targets: &[crate::target::Target],
+    units: Vec<(&JournalEntry, KeysGone)>,
+) -> Vec<Result<Outcome, ShredError>> {
+    let fresh = match crate::ops::open_vault(policy).await {
+        Ok(v) => v,
+        Err(e) => {
+            let why = e.to_string();
+            return units
+                .iter()
+                .map(|(j, _)| {
+                    Err(incomplete(
+                        &j.request.unit,
+                        format!("opening the vault afresh: {why}"),
+                    ))
+                })
+                .collect();
+        }
+    };
+    // Every key the fresh vault holds, fenced or not, looked up once.
+    let held = fresh.entries();
+    let held_ids: HashSet<KeyId> = held.iter().map(|e| e.key_id).collect();
+    let held_units: HashSet<(KeyKind, &str)> =
+        held.iter().map(|e| (e.kind, e.name.as_str())).collect();
+    let mut failed: Vec<Option<ShredError>> = units
+        .iter()
+        .map(|(j, _)| {
+            let unit = &j.request.unit;
+            let still = j.key_ids.iter().any(|k| held_ids.contains(k))
+                || held_units.contains(&(unit.kind, unit.name.as_str()));
+            still.then(|| {
+                incomplete(
+                    unit,
+                    "a vault opened afresh from every location still has a key of the unit",
+                )
+            })
+        })
+        .collect();
+    let ids: Vec<&[KeyId]> = units.iter().map(|(j, _)| &j.key_ids[..]).collect();
+    let mut covs: Vec<Vec<TargetCoverage>> = units.iter().map(|_| Vec::new()).collect();
+    for (t, target) in policy.targets.iter().zip(targets) {
+        let mut scan = Scan::new(t, &ids);
+        if let Err(e) = scan_target(target, &fresh, &mut scan).await {
+            for c in &mut scan.covs {
+                c.error = Some(e.to_string());
+            }
+        }
+        let Scan {
+            covs: mut these,
+            chunks,
+            ..
+        } = scan;
+        for (u, cov) in these.iter().enumerate() {
+            if failed[u].is_none() && cov.groups_unreadable != cov.groups {
+                failed[u] = Some(incomplete(
+                    &units[u].0.request.unit,
+                    format!(
+                        "on target `{}`, {} of {} groups of the unit still resolve to a key",
+                        t.name,
+                        cov.groups - cov.groups_unreadable,
+                        cov.groups
+                    ),
+                ));
+            }
+        }
+        let scanned = these.iter().all(|c| c.error.is_none());
+        if scanned {
+            // Units that failed keep their packs (the next run retries).
+            let live: Vec<usize> = (0..units.len()).filter(|u| failed[*u].is_none()).collect();
+            if let Err(e) = delete_unit_packs(t, target, &fresh, &chunks, &live, &mut these).await {
+                for u in &live {
+                    these[*u].residual = Residual {
+                        remains: true,
+                        why: format!(
+                            "deleting the unit's packs failed ({e}); they stay, unreadable, until the snapshots holding them are forgotten and pruned"
+                        ),
+                    };
+                }
+            }
+        } else {
+            for c in &mut these {
+                c.residual = Residual {
+                    remains: true,
+                    why: "the target could not be fully read, so no pack was deleted; its ciphertext of the unit stays, unreadable, until the snapshots holding it are forgotten and pruned".into(),
+                };
+            }
+        }
+        for (u, cov) in these.into_iter().enumerate() {
+            covs[u].push(cov);
+        }
+    }
+    units
         .into_iter()
-        .any(|e| j.key_ids.contains(&e.key_id) || (e.kind == unit.kind && e.name == unit.name));
-    if still {
-        return Err(incomplete(
-            unit,
-            "a vault opened afresh from every location still has a key of the unit",
-        ));
-    }
+        .zip(covs)
+        .zip(failed)
+        .map(|(((_, gone), targets), failed)| match failed {
+            Some(e) => Err(e),
+            None => Ok(Outcome {
+                destroy: gone.destroy,
+                purged: gone.purged,
+                vault: gone.vault,
+                reopened_without_keys: true,
+                targets,
+            }),
+        })
+        .collect()
+}
 
-    let mut targets = Vec::new();
-    for t in &policy.targets {
-        let mut cov = TargetCoverage {
+/// The walk of one target for several units at once.
+struct Scan<'a> {
+    target: &'a crate::policy::TargetConfig,
+    /// Each unit's key ids.
+    ids: &'a [&'a [KeyId]],
+    /// Each key id's units (a group has a time key and may have a subject
+    /// key, so it can be of two units).
+    of_key: std::collections::HashMap<KeyId, Vec<usize>>,
+    covs: Vec<TargetCoverage>,
+    /// Every chunk of each unit's groups in any snapshot of the target.
+    chunks: Vec<HashSet<Id>>,
+    sampled: Vec<usize>,
+}
+
+impl<'a> Scan<'a> {
+    fn new(t: &'a crate::policy::TargetConfig, ids: &'a [&'a [KeyId]]) -> Scan<'a> {
+        let mut of_key: std::collections::HashMap<KeyId, Vec<usize>> = Default::default();
+        for (u, keys) in ids.iter().enumerate() {
+            for k in keys.iter() {
+                of_key.entry(*k).or_default().push(u);
+            }
+        }
+        let cov = TargetCoverage {
             name: t.name.clone(),
             url: crate::target::redact_url(&t.url),
             offsite: t.offsite,
+            worm: t.worm,
             ..Default::default()
         };
-        let mut chunks = HashSet::new();
-        if let Err(e) = scan_target(policy, t, &fresh, &j.key_ids, &mut cov, &mut chunks).await {
-            cov.error = Some(e.to_string());
+        Scan {
+            target: t,
+            ids,
+            of_key,
+            covs: vec![cov; ids.len()],
+            chunks: vec![HashSet::new(); ids.len()],
+            sampled: vec![0; ids.len()],
         }
-        if cov.groups_unreadable != cov.groups {
-            return Err(incomplete(
-                unit,
-                format!(
-                    "on target `{}`, {} of {} groups of the unit still resolve to a key",
-                    t.name,
-                    cov.groups - cov.groups_unreadable,
-                    cov.groups
-                ),
-            ));
-        }
-        if cov.error.is_none() {
-            if let Err(e) = delete_unit_packs(policy, t, &fresh, &chunks, &mut cov).await {
-                cov.residual = Residual {
-                    remains: true,
-                    why: format!(
-                        "deleting the unit's packs failed ({e}); they stay, unreadable, until the snapshots holding them are forgotten and pruned"
-                    ),
-                };
-            }
-        } else {
-            cov.residual = Residual {
-                remains: true,
-                why: "the target could not be fully read, so no pack was deleted; its ciphertext of the unit stays, unreadable, until the snapshots holding it are forgotten and pruned".into(),
-            };
-        }
-        targets.push(cov);
     }
-    Ok(Outcome {
-        destroy,
-        purged,
-        vault: abs,
-        reopened_without_keys: true,
-        targets,
-    })
+
+    /// The units a group sealed under time key `t` and subject key `s` is
+    /// of (at most two, in order, no repeats).
+    fn units_of(&self, t: &KeyId, s: Option<&KeyId>) -> Vec<usize> {
+        let mut us: Vec<usize> = self.of_key.get(t).cloned().unwrap_or_default();
+        if let Some(more) = s.and_then(|s| self.of_key.get(s)) {
+            for u in more {
+                if !us.contains(u) {
+                    us.push(*u);
+                }
+            }
+        }
+        us
+    }
 }
 
-/// Walks every snapshot of one target and counts the unit's groups.
+/// Walks every snapshot of one target and counts each unit's groups.
 async fn scan_target(
-    policy: &Policy,
-    t: &crate::policy::TargetConfig,
+    target: &crate::target::Target,
     vault: &Vault,
-    ids: &[KeyId],
-    cov: &mut TargetCoverage,
-    chunks: &mut HashSet<Id>,
+    scan: &mut Scan<'_>,
 ) -> Result<(), ShredError> {
-    let target = crate::ops::open_target(policy, t, false)?;
     let meta = MetaKey::new(vault.meta_key());
-    let (snaps, bad) = Snapshot::list(&target, &meta)
+    let (snaps, bad) = Snapshot::list(target, &meta)
         .await
         .map_err(crate::ops::OpsError::from)?;
     if let Some(e) = bad.first() {
-        cov.error = Some(format!(
-            "{} snapshot object(s) unreadable (first: {e})",
-            bad.len()
-        ));
+        for c in &mut scan.covs {
+            c.error = Some(format!(
+                "{} snapshot object(s) unreadable (first: {e})",
+                bad.len()
+            ));
+        }
     }
-    let index = Index::load(&target, &meta)
+    let index = Index::load(target, &meta)
         .await
         .map_err(crate::ops::OpsError::from)?;
-    let mut cache = PackCache::new(Arc::new(target), 8);
-    let mut sampled = 0usize;
+    let mut cache = PackCache::new(Arc::new(target.clone()), 8);
+    let name = &scan.target.name;
     for snap in &snaps {
-        cov.snapshots_scanned += 1;
-        let mut affected = false;
+        let mut affected = vec![false; scan.ids.len()];
+        for c in &mut scan.covs {
+            c.snapshots_scanned += 1;
+        }
         for table in snap.record_tables() {
             for pid in &table.pages {
                 let page = Page::load(&mut cache, &index, &meta, pid)
@@ -242,92 +442,128 @@ async fn scan_target(
                     continue;
                 };
                 for g in &groups {
-                    let of_unit =
-                        ids.contains(&g.t) || g.s.as_ref().is_some_and(|s| ids.contains(s));
-                    if !of_unit {
+                    let us = scan.units_of(&g.t, g.s.as_ref());
+                    if us.is_empty() {
                         continue;
                     }
-                    affected = true;
-                    cov.groups += 1;
-                    cov.rows += g.rows;
-                    chunks.extend(g.chunks.iter().copied());
-                    if matches!(
+                    let shredded = matches!(
                         group_keys(vault, g, &table.name),
                         Err(GroupKeyProblem::Shredded)
-                    ) {
-                        cov.groups_unreadable += 1;
-                    }
-                    if sampled < SAMPLE_CHUNKS {
-                        if let Some(loc) = g.chunks.first().and_then(|c| index.chunks.get(c)) {
-                            let blob = cache.blob(&index, loc).await.map_err(|e| {
-                                ShredError::Certificate(format!(
-                                    "target `{}`: fetching a sample chunk: {e}",
-                                    t.name
-                                ))
-                            })?;
-                            sampled += 1;
-                            cov.sampled_chunks += 1;
-                            cov.sampled_bytes += blob.len() as u64;
+                    );
+                    for u in us {
+                        affected[u] = true;
+                        let cov = &mut scan.covs[u];
+                        cov.groups += 1;
+                        cov.rows += g.rows;
+                        scan.chunks[u].extend(g.chunks.iter().copied());
+                        if shredded {
+                            cov.groups_unreadable += 1;
+                        }
+                        if scan.sampled[u] < SAMPLE_CHUNKS {
+                            if let Some(loc) = g.chunks.first().and_then(|c| index.chunks.get(c)) {
+                                let blob = cache.blob(&index, loc).await.map_err(|e| {
+                                    ShredError::Certificate(format!(
+                                        "target `{name}`: fetching a sample chunk: {e}"
+                                    ))
+                                })?;
+                                scan.sampled[u] += 1;
+                                cov.sampled_chunks += 1;
+                                cov.sampled_bytes += blob.len() as u64;
+                            }
                         }
                     }
                 }
             }
         }
         if let Some(fs) = &snap.files {
-            if ids.contains(&fs.key) {
-                affected = true;
-                cov.groups += 1;
-                if vault.key(&fs.key).is_none() {
-                    cov.groups_unreadable += 1;
-                }
+            let us = scan.units_of(&fs.key, None);
+            if !us.is_empty() {
+                let unreadable = vault.key(&fs.key).is_none();
+                let mut file_chunks = Vec::new();
                 for pid in &fs.pages {
                     let page = Page::load(&mut cache, &index, &meta, pid)
                         .await
                         .map_err(crate::ops::OpsError::from)?;
                     if let Page::Files { files, .. } = page {
                         for f in &files {
-                            chunks.extend(f.chunks.iter().copied());
+                            file_chunks.extend(f.chunks.iter().copied());
                         }
                     }
                 }
+                for u in us {
+                    affected[u] = true;
+                    scan.covs[u].groups += 1;
+                    if unreadable {
+                        scan.covs[u].groups_unreadable += 1;
+                    }
+                    scan.chunks[u].extend(file_chunks.iter().copied());
+                }
             }
         }
-        if affected {
-            cov.snapshots_affected.push(snap.id.clone());
+        for (u, a) in affected.into_iter().enumerate() {
+            if a {
+                scan.covs[u].snapshots_affected.push(snap.id.clone());
+            }
         }
     }
     Ok(())
 }
 
-/// Deletes, on one target, the packs that hold only chunks of the unit
-/// (`chunks`: every chunk of the unit's groups in any snapshot of the
-/// target), and records what remains in `cov.residual`.
+/// Deletes, on one target, the packs that hold only chunks of one unit
+/// (`chunks[u]`: every chunk of unit `u`'s groups in any snapshot of the
+/// target; `live`: the units to do this for), and records what remains in
+/// each `covs[u].residual`.
 ///
-/// Every index object is read afresh and its entry table compared with
-/// `chunks`: a pack all of whose chunks belong to the unit is the unit's
-/// alone; a pack with some is shared and kept. The caller holds the backup
-/// lock of the target, so no backup adds to or relies on these packs
-/// meanwhile. Each pack goes as prune deletes one: its index object first,
-/// then the pack, so an interruption leaves at most a pack in no index
-/// (deleted by the next prune). Nothing is deleted from a `worm` target.
-pub async fn delete_unit_packs(
-    policy: &Policy,
+/// Every index object is read afresh, once for all the units, and its
+/// entry table compared with each unit's chunks: a pack all of whose
+/// chunks belong to a unit is that unit's alone; a pack with some is
+/// shared and kept. Should a pack be wholly of two units (a subject's
+/// groups of a period, both destroyed), it is counted and deleted for the
+/// first, as if the units had been destroyed one after the other. The
+/// caller holds the backup lock of the target, so no backup adds to or
+/// relies on these packs meanwhile. Each pack goes as prune deletes one:
+/// its index object first, then the pack, so an interruption leaves at
+/// most a pack in no index (deleted by the next prune). Nothing is deleted
+/// from a `worm` target.
+async fn delete_unit_packs(
     t: &crate::policy::TargetConfig,
+    target: &crate::target::Target,
     vault: &Vault,
-    chunks: &HashSet<Id>,
-    cov: &mut TargetCoverage,
+    chunks: &[HashSet<Id>],
+    live: &[usize],
+    covs: &mut [TargetCoverage],
 ) -> Result<(), ShredError> {
-    cov.worm = t.worm;
-    if chunks.is_empty() {
-        cov.residual = Residual {
-            remains: false,
-            why: "no chunk of the unit is stored on this target".into(),
-        };
+    // Each chunk's unit, and its second unit in the rare case of two.
+    let mut first: std::collections::HashMap<Id, u32> = Default::default();
+    let mut second: std::collections::HashMap<Id, u32> = Default::default();
+    let mut with_chunks = Vec::new();
+    for &u in live {
+        if chunks[u].is_empty() {
+            covs[u].residual = Residual {
+                remains: false,
+                why: "no chunk of the unit is stored on this target".into(),
+            };
+            continue;
+        }
+        with_chunks.push(u);
+        for c in &chunks[u] {
+            if let Some(&v) = first.get(c) {
+                if v as usize != u {
+                    second.insert(*c, u as u32);
+                }
+            } else {
+                first.insert(*c, u as u32);
+            }
+        }
+    }
+    if with_chunks.is_empty() {
         return Ok(());
     }
-    let target = crate::ops::open_target(policy, t, false)?;
     let meta = MetaKey::new(vault.meta_key());
-    let mut own: Vec<(Id, u64)> = Vec::new();
+    // Per unit: packs it owns (id, size), packs it shares.
+    let mut own: Vec<Vec<(Id, u64)>> = vec![Vec::new(); covs.len()];
+    let mut shared = vec![0u64; covs.len()];
+    let mut tally: Vec<(u32, usize)> = Vec::new();
     for (path, _) in target.list("index/").await? {
         let name = path.rsplit('/').next().unwrap_or("").to_string();
         let bytes = target.get(&path).await?;
@@ -341,33 +577,56 @@ pub async fn delete_unit_packs(
                     "index object {object} is unreadable ({why}); no pack of the target was deleted"
                 ))
             })?;
-        let of_unit = f.entries.iter().filter(|e| chunks.contains(&e.id)).count();
-        if of_unit == 0 {
+        tally.clear();
+        for e in &f.entries {
+            for u in [first.get(&e.id), second.get(&e.id)].into_iter().flatten() {
+                match tally.iter_mut().find(|(v, _)| v == u) {
+                    Some((_, n)) => *n += 1,
+                    None => tally.push((*u, 1)),
+                }
+            }
+        }
+        if tally.is_empty() {
             continue;
         }
-        if of_unit == f.entries.len() {
-            own.push((f.pack, f.pack_size));
-        } else {
-            cov.packs_shared += 1;
-        }
-    }
-    cov.packs_of_unit = own.len() as u64;
-    if !t.worm {
-        for (pack, size) in &own {
-            target.delete(&index_path(pack)).await?;
-            target.delete(&pack_path(pack)).await?;
-            if target.head(&pack_path(pack)).await?.is_some() {
-                return Err(ShredError::Certificate(format!(
-                    "pack {} is still listed on target `{}` after its deletion",
-                    pack_path(pack),
-                    t.name
-                )));
+        tally.sort_unstable();
+        let whole = |n: usize| n == f.entries.len();
+        let owner = tally.iter().find(|(_, n)| whole(*n)).map(|(u, _)| *u);
+        for &(u, n) in &tally {
+            let u = u as usize;
+            if whole(n) && (t.worm || owner == Some(u as u32)) {
+                own[u].push((f.pack, f.pack_size));
+            } else if t.worm || owner.is_none_or(|o| (u as u32) < o) {
+                shared[u] += 1;
             }
-            cov.packs_deleted += 1;
-            cov.bytes_deleted += size;
+            // Otherwise an earlier unit owns the pack and deletes it: the
+            // units after it would not find it.
         }
     }
-    cov.residual = residual(t.worm, cov.packs_of_unit, cov.packs_shared);
+    for &u in &with_chunks {
+        covs[u].packs_of_unit = own[u].len() as u64;
+        covs[u].packs_shared = shared[u];
+    }
+    if !t.worm {
+        for &u in &with_chunks {
+            for (pack, size) in &own[u] {
+                target.delete(&index_path(pack)).await?;
+                target.delete(&pack_path(pack)).await?;
+                if target.head(&pack_path(pack)).await?.is_some() {
+                    return Err(ShredError::Certificate(format!(
+                        "pack {} is still listed on target `{}` after its deletion",
+                        pack_path(pack),
+                        t.name
+                    )));
+                }
+                covs[u].packs_deleted += 1;
+                covs[u].bytes_deleted += size;
+            }
+        }
+    }
+    for &u in &with_chunks {
+        covs[u].residual = residual(t.worm, covs[u].packs_of_unit, covs[u].packs_shared);
+    }
     Ok(())
 }
 

@@ -23,10 +23,10 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
-use crate::vault::{KeyKind, Vault};
+use crate::vault::{KeyId, KeyKind, Vault};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// One recorded floor.
@@ -162,12 +162,31 @@ fn earliest(ledger: &Ledger, class: &str, label: &str) -> Option<(DateTime<Utc>,
 
 /// Refuses (with [`ShredError::BelowFloor`]) to destroy `unit` at `when`
 /// if that would destroy records younger than their class's recorded floor.
+/// A subject's records are found on `primary`, the primary target.
 pub async fn check(
-    policy: &Policy,
+    primary: &crate::target::Target,
     vault: &Vault,
     ledger: &Ledger,
     unit: &Unit,
     when: DateTime<Utc>,
+) -> Result<(), ShredError> {
+    if ledger.floors.is_empty() {
+        return Ok(());
+    }
+    let subjects = match unit.kind {
+        KeyKind::Subject => subject_floors(primary, vault, ledger, &[unit]).await?,
+        KeyKind::Period | KeyKind::Epoch => SubjectFloors::default(),
+    };
+    check_with(ledger, unit, when, &subjects)
+}
+
+/// As [`check`], with the subjects' floors found beforehand by
+/// [`subject_floors`] (a subject it was not asked about has none).
+pub fn check_with(
+    ledger: &Ledger,
+    unit: &Unit,
+    when: DateTime<Utc>,
+    subjects: &SubjectFloors,
 ) -> Result<(), ShredError> {
     if ledger.floors.is_empty() {
         return Ok(());
@@ -177,7 +196,7 @@ pub async fn check(
             let (class, label) = unit.name.split_once(':').unwrap_or((&unit.name, ""));
             earliest(ledger, class, label)
         }
-        KeyKind::Subject => subject_earliest(policy, vault, ledger, unit).await?,
+        KeyKind::Subject => subjects.worst.get(&unit.name).cloned().flatten(),
     };
     match worst {
         Some((t, why)) if t > when => Err(ShredError::BelowFloor {
@@ -193,41 +212,62 @@ pub async fn check(
     }
 }
 
-/// The latest "earliest destruction time" over every group of a subject in
-/// any snapshot of the primary target.
-async fn subject_earliest(
-    policy: &Policy,
+/// Each subject's latest "earliest destruction time" (and why), over
+/// every group of the subject in any snapshot of the primary target.
+#[derive(Default)]
+pub struct SubjectFloors {
+    worst: HashMap<String, Option<(DateTime<Utc>, String)>>,
+}
+
+/// Finds [`SubjectFloors`] of the subject units among `units` in one walk
+/// of the primary target, however many they are (a retention run may
+/// check hundreds). Nothing is read when no class has a floor.
+pub async fn subject_floors(
+    target: &crate::target::Target,
     vault: &Vault,
     ledger: &Ledger,
-    unit: &Unit,
-) -> Result<Option<(DateTime<Utc>, String)>, ShredError> {
-    let ids: Vec<_> = vault
-        .entries()
-        .into_iter()
-        .filter(|e| e.kind == KeyKind::Subject && e.name == unit.name)
-        .map(|e| e.key_id)
-        .collect();
-    if ids.is_empty() {
-        return Ok(None);
+    units: &[&Unit],
+) -> Result<SubjectFloors, ShredError> {
+    let mut out = SubjectFloors::default();
+    // Each subject key id's unit name.
+    let mut of_key: HashMap<KeyId, String> = HashMap::new();
+    if !ledger.floors.is_empty() {
+        for u in units.iter().filter(|u| u.kind == KeyKind::Subject) {
+            out.worst.insert(u.name.clone(), None);
+        }
+        for e in vault.entries() {
+            if e.kind == KeyKind::Subject && out.worst.contains_key(&e.name) {
+                of_key.insert(e.key_id, e.name.clone());
+            }
+        }
     }
-    let target = crate::ops::open_target(policy, policy.primary(), false)?;
+    if of_key.is_empty() {
+        return Ok(out);
+    }
     let meta = MetaKey::new(vault.meta_key());
-    let (snaps, bad) = Snapshot::list(&target, &meta)
+    let (snaps, bad) = Snapshot::list(target, &meta)
         .await
         .map_err(crate::ops::OpsError::from)?;
     if let Some(e) = bad.first() {
+        let mut names: Vec<&String> = of_key.values().collect();
+        names.sort();
+        names.dedup();
         return Err(ShredError::FloorUnverifiable {
-            unit: unit.to_string(),
+            unit: names
+                .iter()
+                .map(|n| format!("subject:{n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             why: format!("a snapshot of the primary target is unreadable ({e})"),
         });
     }
-    let index = Index::load(&target, &meta)
+    let index = Index::load(target, &meta)
         .await
         .map_err(crate::ops::OpsError::from)?;
-    let mut cache = PackCache::new(Arc::new(target), 8);
+    let mut cache = PackCache::new(Arc::new(target.clone()), 8);
     let mut seen: HashSet<Id> = HashSet::new();
-    let mut seen_units: HashSet<Arc<str>> = HashSet::new();
-    let mut worst: Option<(DateTime<Utc>, String)> = None;
+    // (subject, unit label) pairs already weighed.
+    let mut seen_units: HashSet<(KeyId, Arc<str>)> = HashSet::new();
     for snap in &snaps {
         for table in snap.record_tables() {
             for pid in &table.pages {
@@ -241,10 +281,10 @@ async fn subject_earliest(
                     continue;
                 };
                 for g in &groups {
-                    if !g.s.as_ref().is_some_and(|s| ids.contains(s)) {
+                    let Some((s, name)) = g.s.as_ref().and_then(|s| of_key.get_key_value(s)) else {
                         continue;
-                    }
-                    if !seen_units.insert(g.u.clone()) {
+                    };
+                    if !seen_units.insert((*s, g.u.clone())) {
                         continue;
                     }
                     // `period:<class>:<label>` or `epoch:<class>:<label>`.
@@ -254,15 +294,16 @@ async fn subject_earliest(
                         continue;
                     };
                     if let Some((t, why)) = earliest(ledger, class, label) {
+                        let worst = out.worst.entry(name.clone()).or_default();
                         if worst.as_ref().is_none_or(|(w, _)| t > *w) {
-                            worst = Some((t, format!("the subject has {why}")));
+                            *worst = Some((t, format!("the subject has {why}")));
                         }
                     }
                 }
             }
         }
     }
-    Ok(worst)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ use crate::vault::{KeyKind, Vault, VaultError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger::{Hold, JournalEntry, Ledger, Pending};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::fmt;
 
 /// Environment variable of a test hook: `journal` makes a run abort the
@@ -345,7 +346,10 @@ pub async fn request(
         let due = at
             .checked_add_signed(grace)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        floor::check(policy, &vault, &ledger, &unit, due).await?;
+        if !ledger.floors.is_empty() {
+            let primary = crate::ops::open_target(policy, policy.primary(), false)?;
+            floor::check(&primary, &vault, &ledger, &unit, due).await?;
+        }
         let p = Pending {
             unit,
             requested: rfc3339(at),
@@ -571,7 +575,8 @@ async fn run_inner(
             }
         }
     }
-    let r = run_locked(policy, state, opts).await;
+    let targets: Vec<crate::target::Target> = locks.iter().map(|(t, _)| t.clone()).collect();
+    let r = run_locked(policy, state, opts, &targets).await;
     for (t, l) in locks {
         if let Err(e) = l.release(&t).await {
             tracing::warn!(target = %t.name, error = %e, "cannot release the backup lock");
@@ -580,17 +585,67 @@ async fn run_inner(
     r
 }
 
+/// Records a unit whose destruction failed in this run (it stays
+/// journalled for the next).
+fn failed_unit(
+    state: &StateDir,
+    policy: &Policy,
+    opts: &RunOptions,
+    report: &mut RunReport,
+    unit: &Unit,
+    e: &ShredError,
+) -> Result<(), ShredError> {
+    let ev = Event::new("shred", &opts.role)
+        .actor(opts.performer.clone())
+        .policy(&policy.name)
+        .object(unit.to_string())
+        .outcome(Outcome::Failed)
+        .detail(e.to_string());
+    audit(state, ev)?;
+    report.failed.push((unit.clone(), e.to_string()));
+    Ok(())
+}
+
+/// `targets`: the policy's targets, opened, in its order.
 async fn run_locked(
     policy: &Policy,
     state: &StateDir,
     opts: &RunOptions,
+    targets: &[crate::target::Target],
 ) -> Result<RunReport, ShredError> {
+    let primary = policy
+        .targets
+        .iter()
+        .position(|t| !t.offsite)
+        .and_then(|i| targets.get(i))
+        .ok_or_else(|| ShredError::Certificate("the policy has no primary target".into()))?;
     let mut vault = crate::ops::open_vault(policy).await?;
     let mut ledger = Ledger::load(&vault).await?;
     let mut report = RunReport::default();
     floor::sync(&mut ledger, policy, &opts.performer, opts.now);
 
-    // 1. Journal every due, unheld pending unit (one save for all).
+    // 1. Journal every due, unheld pending unit (one save for all). The
+    // subjects' minimum retention is found in one walk of the primary
+    // target for all of them, the units' keys in one listing of the vault.
+    let due: Vec<&Unit> = ledger
+        .pending
+        .iter()
+        .filter(|p| opts.only.as_ref().is_none_or(|u| *u == p.unit))
+        .filter(|p| parse_time(&p.due) <= opts.now && ledger.hold_of(&p.unit).is_none())
+        .map(|p| &p.unit)
+        .collect();
+    let subject_floors = floor::subject_floors(primary, &vault, &ledger, &due)
+        .await
+        .map_err(|e| e.to_string());
+    let mut unit_keys: HashMap<(KeyKind, String), Vec<crate::vault::KeyId>> = HashMap::new();
+    if !due.is_empty() {
+        for e in vault.entries() {
+            unit_keys
+                .entry((e.kind, e.name))
+                .or_default()
+                .push(e.key_id);
+        }
+    }
     let mut keep = Vec::new();
     for p in std::mem::take(&mut ledger.pending) {
         let selected = opts.only.as_ref().is_none_or(|u| *u == p.unit);
@@ -608,19 +663,29 @@ async fn run_locked(
             keep.push(p);
             continue;
         }
-        if let Err(e) = floor::check(policy, &vault, &ledger, &p.unit, opts.now).await {
-            report.below_floor.push((p.unit.clone(), e.to_string()));
+        let floor = match &subject_floors {
+            Ok(f) => floor::check_with(&ledger, &p.unit, opts.now, f).map_err(|e| e.to_string()),
+            Err(e) if p.unit.kind == KeyKind::Subject => Err(e.clone()),
+            Err(_) => {
+                floor::check_with(&ledger, &p.unit, opts.now, &floor::SubjectFloors::default())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        if let Err(e) = floor {
+            report.below_floor.push((p.unit.clone(), e));
             keep.push(p);
             continue;
         }
         let mut key_ids = Vec::new();
         let mut commitments = Vec::new();
-        for e in vault.entries() {
-            if e.kind == p.unit.kind && e.name == p.unit.name {
-                if let Some(k) = vault.key(&e.key_id) {
-                    key_ids.push(e.key_id);
-                    commitments.push(hex::encode(k.commitment()));
-                }
+        for id in unit_keys
+            .get(&(p.unit.kind, p.unit.name.clone()))
+            .into_iter()
+            .flatten()
+        {
+            if let Some(k) = vault.key(id) {
+                key_ids.push(*id);
+                commitments.push(hex::encode(k.commitment()));
             }
         }
         if key_ids.is_empty() {
@@ -655,12 +720,30 @@ async fn run_locked(
             name: f.name,
         })
         .collect();
-    for j in journal {
+    // The keys of every unit first, one unit after the other (each is
+    // persisted at every vault location), then one search of the vault for
+    // all of them; then the proof of all of them together, one walk of
+    // each target for every unit.
+    let entries: Vec<&JournalEntry> = journal.iter().collect();
+    let mut gone = Vec::new();
+    for (j, r) in entries
+        .iter()
+        .zip(destroy::destroy_keys(&mut vault, &entries).await)
+    {
+        match r {
+            Ok(g) => gone.push((*j, g)),
+            Err(e) => failed_unit(state, policy, opts, &mut report, &j.request.unit, &e)?,
+        }
+    }
+    let proved: Vec<&JournalEntry> = gone.iter().map(|(j, _)| *j).collect();
+    let outcomes = destroy::prove(policy, targets, gone).await;
+    for (j, r) in proved.into_iter().zip(outcomes) {
         let unit = j.request.unit.clone();
         let resumed = fenced_before.contains(&unit);
-        match destroy::destroy_unit(policy, &mut vault, &j).await {
+        match r {
             Ok(outcome) => {
-                let cert = certificate::issue(policy, state, &j, &outcome, opts.now).await?;
+                let cert =
+                    certificate::issue(policy, state, targets, j, &outcome, opts.now).await?;
                 let mut ev = Event::new("shred", &opts.role)
                     .actor(opts.performer.clone())
                     .policy(&policy.name)
@@ -695,16 +778,7 @@ async fn run_locked(
                     rows_unreadable: outcome.rows_unreadable(),
                 });
             }
-            Err(e) => {
-                let ev = Event::new("shred", &opts.role)
-                    .actor(opts.performer.clone())
-                    .policy(&policy.name)
-                    .object(unit.to_string())
-                    .outcome(Outcome::Failed)
-                    .detail(e.to_string());
-                audit(state, ev)?;
-                report.failed.push((unit, e.to_string()));
-            }
+            Err(e) => failed_unit(state, policy, opts, &mut report, &unit, &e)?,
         }
     }
     Ok(report)

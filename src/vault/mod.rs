@@ -44,7 +44,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io::{Read, Write};
 use std::str::FromStr;
@@ -1693,6 +1693,8 @@ impl Vault {
         key_ids: &[KeyId],
         commitments: &[[u8; 32]],
     ) -> Result<AbsenceReport, VaultError> {
+        let key_ids: HashSet<&KeyId> = key_ids.iter().collect();
+        let commitments: HashSet<&[u8; 32]> = commitments.iter().collect();
         let mut r = AbsenceReport::default();
         for loc in &self.locations {
             let listed = list_at(loc, None).await?;
