@@ -898,6 +898,119 @@ async fn one_run_destroys_several_units_and_certifies_each_as_its_own() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_at_once_are_each_decided_as_alone() {
+    use custos::shred::{ShredError, UnitSpec};
+    let env = setup().await;
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    // 2026-03 ends 2026-04-01, + 280 days is 2027-01-06: young at `at`;
+    // 2025-12 ends 2026-01-01, + 280 days is 2026-10-08: old enough.
+    let strict = with_shred_extra(&env, "min_retention = { consumption = \"280d\" }\n");
+    let at = chrono::DateTime::parse_from_rfc3339("2026-12-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let young = busy_customer(&env.versions[1].1).to_string();
+    // A customer whose last call, in every snapshot, is before February.
+    let old: i64 = {
+        let last = |db: &Path| -> Vec<i64> {
+            Connection::open(db)
+                .unwrap()
+                .prepare(
+                    "SELECT customer_id FROM cdrs GROUP BY customer_id
+                     HAVING max(started_at) < '2026-02' ORDER BY customer_id",
+                )
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let later = last(&env.versions[1].1);
+        *last(&env.versions[0].1)
+            .iter()
+            .find(|c| later.contains(c))
+            .expect("a customer without recent calls")
+    };
+    let units = [
+        UnitSpec::Subject(old.to_string()),
+        UnitSpec::Subject(young.clone()),
+        UnitSpec::Period("consumption:2025-12".into()),
+        UnitSpec::Subject(old.to_string()),
+        UnitSpec::Subject("no-such-customer".into()),
+        UnitSpec::Period("consumption:2026-03".into()),
+    ];
+    let reqs: Vec<_> = units.iter().map(|u| dpo_request(u.clone(), true)).collect();
+    let r = custos::shred::request_many(&strict, &state, &reqs, at)
+        .await
+        .unwrap();
+    assert_eq!(r.len(), 6);
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+    assert!(
+        matches!(r[1], Err(ShredError::BelowFloor { .. })),
+        "{:?}",
+        r[1]
+    );
+    assert!(r[2].is_ok(), "{:?}", r[2]);
+    assert!(
+        matches!(r[3], Err(ShredError::AlreadyPending { .. })),
+        "{:?}",
+        r[3]
+    );
+    assert!(
+        matches!(r[4], Err(ShredError::UnknownUnit { .. })),
+        "{:?}",
+        r[4]
+    );
+    assert!(
+        matches!(r[5], Err(ShredError::BelowFloor { .. })),
+        "{:?}",
+        r[5]
+    );
+    let msg = r[1].as_ref().unwrap_err().to_string();
+    assert!(
+        msg.contains("the subject has consumption records of period 2026-03"),
+        "{msg}"
+    );
+
+    // The ledger holds the two accepted requests, and only them.
+    let vault = custos::ops::open_vault(&env.policy).await.unwrap();
+    let pseudo = custos::crypto::subject_pseudonym(vault.pseudonym_key(), &old.to_string());
+    let ledger = custos::shred::status(&strict).await.unwrap();
+    let mut pending: Vec<String> = ledger.pending.iter().map(|p| p.unit.to_string()).collect();
+    pending.sort();
+    let mut want = vec![
+        format!("subject:{pseudo}"),
+        "period:consumption:2025-12".to_string(),
+    ];
+    want.sort();
+    assert_eq!(pending, want);
+
+    // One audit entry per request, four of them failures.
+    let log = fs::read_to_string(env.state.join("audit/audit.jsonl")).unwrap();
+    let entries: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["op"] == "shred.request")
+        .collect();
+    assert_eq!(entries.len(), 6, "{log}");
+    assert_eq!(
+        entries.iter().filter(|e| e["outcome"] == "failed").count(),
+        4,
+        "{log}"
+    );
+
+    // The young customer alone is refused the same way.
+    let e = custos::shred::request(
+        &strict,
+        &state,
+        &dpo_request(UnitSpec::Subject(young), true),
+        at,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, ShredError::BelowFloor { .. }), "{e}");
+}
+
 /// Rewrites the policy file with `extra` appended to `[shred]` (the last
 /// table) and loads it.
 fn with_shred_extra(env: &Env, extra: &str) -> Policy {

@@ -150,8 +150,10 @@ pub async fn apply(
 
     // 3. Schedule them.
     if !opts.dry_run {
-        for u in rep.due.iter().filter(|u| u.key_present) {
-            let req = Request {
+        let scheduled: Vec<&DueUnit> = rep.due.iter().filter(|u| u.key_present).collect();
+        let reqs: Vec<Request> = scheduled
+            .iter()
+            .map(|u| Request {
                 unit: UnitSpec::Unit(Unit {
                     kind: u.kind.key_kind(),
                     name: u.key_name.clone(),
@@ -169,20 +171,36 @@ pub async fn apply(
                 requester: opts.actor.clone(),
                 role: opts.role.clone(),
                 now: false,
-            };
-            match shred::request(policy, state, &req, opts.now).await {
-                Ok(p) => rep.scheduled.push(p),
-                Err(
-                    ShredError::AlreadyPending { .. }
-                    | ShredError::AlreadyDestroyed { .. }
-                    | ShredError::InProgress { .. },
-                ) => {}
-                Err(e) => rep.errors.push(format!(
-                    "scheduling the destruction of {} `{}` failed: {e}",
-                    u.kind.key_kind().as_str(),
-                    u.label
-                )),
+            })
+            .collect();
+        // All at once: one vault, one ledger save, one walk for the floors.
+        let results = if reqs.is_empty() {
+            Ok(Vec::new())
+        } else {
+            shred::request_many(policy, state, &reqs, opts.now).await
+        };
+        match results {
+            Ok(results) => {
+                for (u, r) in scheduled.iter().zip(results) {
+                    match r {
+                        Ok(p) => rep.scheduled.push(p),
+                        Err(
+                            ShredError::AlreadyPending { .. }
+                            | ShredError::AlreadyDestroyed { .. }
+                            | ShredError::InProgress { .. },
+                        ) => {}
+                        Err(e) => rep.errors.push(format!(
+                            "scheduling the destruction of {} `{}` failed: {e}",
+                            u.kind.key_kind().as_str(),
+                            u.label
+                        )),
+                    }
+                }
             }
+            Err(e) => rep.errors.push(format!(
+                "scheduling the destruction of {} due unit(s) failed: {e}",
+                reqs.len()
+            )),
         }
 
         // 4. Destroy what is past its grace.

@@ -161,27 +161,9 @@ fn earliest(ledger: &Ledger, class: &str, label: &str) -> Option<(DateTime<Utc>,
 }
 
 /// Refuses (with [`ShredError::BelowFloor`]) to destroy `unit` at `when`
-/// if that would destroy records younger than their class's recorded floor.
-/// A subject's records are found on `primary`, the primary target.
-pub async fn check(
-    primary: &crate::target::Target,
-    vault: &Vault,
-    ledger: &Ledger,
-    unit: &Unit,
-    when: DateTime<Utc>,
-) -> Result<(), ShredError> {
-    if ledger.floors.is_empty() {
-        return Ok(());
-    }
-    let subjects = match unit.kind {
-        KeyKind::Subject => subject_floors(primary, vault, ledger, &[unit]).await?,
-        KeyKind::Period | KeyKind::Epoch => SubjectFloors::default(),
-    };
-    check_with(ledger, unit, when, &subjects)
-}
-
-/// As [`check`], with the subjects' floors found beforehand by
-/// [`subject_floors`] (a subject it was not asked about has none).
+/// if that would destroy records younger than their class's recorded
+/// floor; a subject's records are the ones [`subject_floors`] found (a
+/// subject it was not asked about has none).
 pub fn check_with(
     ledger: &Ledger,
     unit: &Unit,

@@ -305,86 +305,144 @@ pub async fn request(
     req: &Request,
     at: DateTime<Utc>,
 ) -> Result<Pending, ShredError> {
-    let r = async {
-        let vault = crate::ops::open_vault(policy).await?;
-        let unit = req.unit.resolve(&vault)?;
-        let mut ledger = Ledger::load(&vault).await?;
-        if let Some(d) = ledger.done_of(&unit) {
-            return Err(ShredError::AlreadyDestroyed {
-                unit: unit.to_string(),
-                certificate: d.certificate.clone(),
-            });
-        }
-        if ledger.journal_of(&unit).is_some() {
-            return Err(ShredError::InProgress {
-                unit: unit.to_string(),
-            });
-        }
-        if let Some(p) = ledger.pending_of(&unit) {
-            return Err(ShredError::AlreadyPending {
-                unit: unit.to_string(),
-                due: p.due.clone(),
-            });
-        }
-        if !vault
-            .entries()
-            .iter()
-            .any(|e| e.kind == unit.kind && e.name == unit.name)
-        {
-            return Err(ShredError::UnknownUnit {
-                unit: unit.to_string(),
-            });
-        }
-        if floor::sync(&mut ledger, policy, &req.requester, at) {
-            ledger.save(&vault).await?;
-        }
-        let grace = if req.now {
-            chrono::Duration::zero()
-        } else {
-            chrono::Duration::from_std(policy.shred.grace).unwrap_or(chrono::Duration::MAX)
-        };
-        let due = at
-            .checked_add_signed(grace)
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        if !ledger.floors.is_empty() {
-            let primary = crate::ops::open_target(policy, policy.primary(), false)?;
-            floor::check(&primary, &vault, &ledger, &unit, due).await?;
-        }
-        let p = Pending {
-            unit,
-            requested: rfc3339(at),
-            due: rfc3339(due),
-            now: req.now,
-            requester: req.requester.clone(),
-            reason: req.reason.clone(),
-            request_ref: req.request_ref.clone(),
-        };
-        ledger.pending.push(p.clone());
-        ledger.save(&vault).await?;
-        Ok(p)
-    }
-    .await;
+    let mut r = request_many(policy, state, std::slice::from_ref(req), at).await?;
+    r.pop().expect("one result per request")
+}
+
+/// Records several destruction requests (the retention job's, which may
+/// be thousands of customers at once): each as [`request`] would, in
+/// order, with the vault opened, the ledger loaded and saved, and the
+/// subjects' minimum retention found in one walk of the primary target,
+/// once for all of them. One result per request; each gets its audit
+/// entry. The error is a failure of what they share (nothing is
+/// recorded then, and each request is audited as failed).
+pub async fn request_many(
+    policy: &Policy,
+    state: &StateDir,
+    reqs: &[Request],
+    at: DateTime<Utc>,
+) -> Result<Vec<Result<Pending, ShredError>>, ShredError> {
+    let r = request_many_inner(policy, reqs, at).await;
     match &r {
-        Ok(p) => {
-            let mut ev = Event::new("shred.request", &req.role)
-                .actor(req.requester.clone())
-                .policy(&policy.name)
-                .object(p.unit.to_string())
-                .detail(format!("due {}", p.due));
-            if p.now {
-                ev = ev.flag("grace-skipped");
+        Ok(results) => {
+            for (req, r) in reqs.iter().zip(results) {
+                match r {
+                    Ok(p) => {
+                        let mut ev = Event::new("shred.request", &req.role)
+                            .actor(req.requester.clone())
+                            .policy(&policy.name)
+                            .object(p.unit.to_string())
+                            .detail(format!("due {}", p.due));
+                        if p.now {
+                            ev = ev.flag("grace-skipped");
+                        }
+                        audit(state, ev)?;
+                    }
+                    Err(e) => audit_failure(
+                        state,
+                        policy,
+                        "shred.request",
+                        (&req.role, &req.requester),
+                        e,
+                    ),
+                }
             }
-            audit(state, ev)?;
         }
-        Err(e) => audit_failure(
-            state,
-            policy,
-            "shred.request",
-            (&req.role, &req.requester),
-            e,
-        ),
+        Err(e) => {
+            for req in reqs {
+                audit_failure(
+                    state,
+                    policy,
+                    "shred.request",
+                    (&req.role, &req.requester),
+                    e,
+                );
+            }
+        }
     }
     r
+}
+
+async fn request_many_inner(
+    policy: &Policy,
+    reqs: &[Request],
+    at: DateTime<Utc>,
+) -> Result<Vec<Result<Pending, ShredError>>, ShredError> {
+    let vault = crate::ops::open_vault(policy).await?;
+    let mut ledger = Ledger::load(&vault).await?;
+    let mut changed = match reqs.first() {
+        Some(r) => floor::sync(&mut ledger, policy, &r.requester, at),
+        None => false,
+    };
+    // Each request's unit, if it may be scheduled (but for its floor).
+    let mut results: Vec<Result<Unit, ShredError>> = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        let r = req.unit.resolve(&vault).and_then(|unit| {
+            if let Some(d) = ledger.done_of(&unit) {
+                return Err(ShredError::AlreadyDestroyed {
+                    unit: unit.to_string(),
+                    certificate: d.certificate.clone(),
+                });
+            }
+            if ledger.journal_of(&unit).is_some() {
+                return Err(ShredError::InProgress {
+                    unit: unit.to_string(),
+                });
+            }
+            if !vault.holds(unit.kind, &unit.name) {
+                return Err(ShredError::UnknownUnit {
+                    unit: unit.to_string(),
+                });
+            }
+            Ok(unit)
+        });
+        results.push(r);
+    }
+    let subjects = if ledger.floors.is_empty() {
+        floor::SubjectFloors::default()
+    } else {
+        let units: Vec<&Unit> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let primary = crate::ops::open_target(policy, policy.primary(), false)?;
+        floor::subject_floors(&primary, &vault, &ledger, &units).await?
+    };
+    let mut out = Vec::with_capacity(reqs.len());
+    for (req, r) in reqs.iter().zip(results) {
+        let r = r.and_then(|unit| {
+            // Also a request earlier in this batch.
+            if let Some(p) = ledger.pending_of(&unit) {
+                return Err(ShredError::AlreadyPending {
+                    unit: unit.to_string(),
+                    due: p.due.clone(),
+                });
+            }
+            let grace = if req.now {
+                chrono::Duration::zero()
+            } else {
+                chrono::Duration::from_std(policy.shred.grace).unwrap_or(chrono::Duration::MAX)
+            };
+            let due = at
+                .checked_add_signed(grace)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC);
+            floor::check_with(&ledger, &unit, due, &subjects)?;
+            let p = Pending {
+                unit,
+                requested: rfc3339(at),
+                due: rfc3339(due),
+                now: req.now,
+                requester: req.requester.clone(),
+                reason: req.reason.clone(),
+                request_ref: req.request_ref.clone(),
+            };
+            ledger.pending.push(p.clone());
+            changed = true;
+            Ok(p)
+        });
+        out.push(r);
+    }
+    if changed {
+        ledger.save(&vault).await?;
+    }
+    Ok(out)
 }
 
 /// Cancels a pending destruction (within its grace period: once a run has

@@ -1085,6 +1085,12 @@ impl Vault {
         Some((e.id, &e.key))
     }
 
+    /// Whether the vault holds a key of the unit, fenced (being destroyed)
+    /// or not.
+    pub fn holds(&self, kind: KeyKind, name: &str) -> bool {
+        self.entries.named(kind, name).is_some()
+    }
+
     /// The key of a unit, created (from the OS CSPRNG) if absent. A new key
     /// marks its shard dirty: call [`persist`](Self::persist) before any data
     /// sealed under it is committed. For a fenced unit (being destroyed) a
