@@ -535,6 +535,11 @@ async fn period_is_shredded_after_grace_while_held_and_cancelled_units_keep_thei
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_after_its_journal_is_finished_by_the_next_run() {
+    if !cfg!(debug_assertions) {
+        // The binary is built like this test: a release build has no hook.
+        eprintln!("skipped: the crash hook exists only in debug builds");
+        return;
+    }
     let env = setup().await;
     let subject = busy_customer(&env.versions[1].1).to_string();
     let pseudo = {
