@@ -1016,6 +1016,80 @@ async fn many_requests_at_once_are_each_decided_as_alone() {
     assert!(matches!(e, ShredError::BelowFloor { .. }), "{e}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_nothing_due_does_not_read_the_repository() {
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    let db = d.join("crm.db");
+    custos::demo::generate(&db, custos::demo::DemoSize::Bytes(200_000), 3, &NoProgress).unwrap();
+    custos::keys::init_keys(&d.join("keys")).unwrap();
+    fs::create_dir_all(d.join("vault")).unwrap();
+    // The target is a counting wrapper around an in-memory store.
+    let name = format!("shred-idle-{}", std::process::id());
+    let counted = common::FaultStore::new(
+        custos::target::open_url(
+            &format!("memory://{name}-inner"),
+            &Default::default(),
+            false,
+        )
+        .unwrap(),
+    );
+    custos::target::register_memory(&name, counted.store());
+    let text = format!(
+        r#"[policy]
+name = "idle"
+
+[store]
+kind = "sqlite"
+path = "{db}"
+
+[[store.tables]]
+name = "customers"
+class = "identity"
+subject = "id"
+
+[keys]
+identity = "{d}/keys/service.age"
+recipients = []
+vault = ["file://{d}/vault"]
+
+[[targets]]
+name = "primary"
+url = "memory://{name}"
+"#,
+        db = db.display(),
+        d = d.display(),
+    );
+    let policy_path = d.join("policy.toml");
+    fs::write(&policy_path, text).unwrap();
+    let policy = Policy::load(&policy_path).unwrap();
+    custos::ops::init::init(&policy).await.unwrap();
+    custos::ops::backup::backup(&policy, &Default::default(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let state = custos::state::StateDir::at(d.join("state")).unwrap();
+    // A request still within its grace: the run has nothing to destroy.
+    custos::shred::request(
+        &policy,
+        &state,
+        &dpo_request(custos::shred::UnitSpec::Subject("1".into()), false),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let before = counted.counts();
+    let r = custos::shred::run(&policy, &state, &retention_run(chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(r.waiting.len(), 1, "{r:?}");
+    assert!(r.destroyed.is_empty() && r.failed.is_empty(), "{r:?}");
+    let after = counted.counts();
+    // Only the backup lock was taken and given back: nothing listed (no
+    // snapshot, no index object), nothing deleted but the lock.
+    assert_eq!(after.lists, before.lists, "{before:?} -> {after:?}");
+    assert_eq!(after.deletes, before.deletes + 1, "{before:?} -> {after:?}");
+}
+
 /// Rewrites the policy file with `extra` appended to `[shred]` (the last
 /// table) and loads it.
 fn with_shred_extra(env: &Env, extra: &str) -> Policy {

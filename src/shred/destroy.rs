@@ -138,6 +138,9 @@ pub async fn destroy_keys(
     vault: &mut Vault,
     journal: &[&JournalEntry],
 ) -> Vec<Result<KeysGone, ShredError>> {
+    if journal.is_empty() {
+        return Vec::new();
+    }
     // Per unit: the vault's report and the decoded commitments.
     type Deleted = (Option<DestroyReport>, Vec<[u8; 32]>);
     let mut done: Vec<Result<Deleted, ShredError>> = Vec::new();
@@ -247,6 +250,9 @@ pub async fn prove(
     targets: &[crate::target::Target],
     units: Vec<(&JournalEntry, KeysGone)>,
 ) -> Vec<Result<Outcome, ShredError>> {
+    if units.is_empty() {
+        return Vec::new();
+    }
     let fresh = match crate::ops::open_vault(policy).await {
         Ok(v) => v,
         Err(e) => {
