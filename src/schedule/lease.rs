@@ -319,16 +319,18 @@ async fn write(
 ) -> Result<Put, ScheduleError> {
     let p = object_store::path::Path::from(path);
     let body = bytes::Bytes::from(serde_json::to_vec_pretty(rec).expect("lease serializes"));
-    let mode = match (&version, create) {
-        (_, true) | (None, _) => PutMode::Create,
-        (Some(v), false) => PutMode::Update(v.clone()),
-    };
     let fail = |e: object_store::Error| {
         lease_err(
             policy,
             path,
             crate::target::map_err(&target.name, "put", path, e).to_string(),
         )
+    };
+    let mode = match (&version, create) {
+        (_, true) => PutMode::Create,
+        (Some(v), false) => PutMode::Update(v.clone()),
+        // No version to condition on: the fallback below.
+        (None, false) => return overwrite_and_read_back(target, &p, body, fail).await,
     };
     match target
         .store
@@ -346,28 +348,44 @@ async fn write(
         Err(object_store::Error::AlreadyExists { .. })
         | Err(object_store::Error::Precondition { .. }) => Ok(Put::Conflict),
         Err(object_store::Error::NotImplemented { .. }) => {
-            // No conditional update (local file system): plain put, then
-            // read back to see that ours is the one that stayed.
-            target
-                .store
-                .put(&p, PutPayload::from_bytes(body.clone()))
-                .await
-                .map_err(fail)?;
-            let back = target
-                .store
-                .get(&p)
-                .await
-                .map_err(fail)?
-                .bytes()
-                .await
-                .map_err(fail)?;
-            if back == body {
-                Ok(Put::Written(None))
-            } else {
-                Ok(Put::Conflict)
-            }
+            overwrite_and_read_back(target, &p, body, fail).await
         }
         Err(e) => Err(fail(e)),
+    }
+}
+
+/// For stores without conditional update (local file system): a plain put,
+/// then a read-back to see that ours is the one that stayed. The version
+/// returned is the put's, so the next write (a renewal, the finish) comes
+/// here again; a `None` would have made it a create, which fails on the
+/// existing object: the lease looked lost at its second renewal, or at its
+/// first when the object existed before the claim.
+async fn overwrite_and_read_back(
+    target: &Target,
+    p: &object_store::path::Path,
+    body: bytes::Bytes,
+    fail: impl Fn(object_store::Error) -> ScheduleError,
+) -> Result<Put, ScheduleError> {
+    let r = target
+        .store
+        .put(p, PutPayload::from_bytes(body.clone()))
+        .await
+        .map_err(&fail)?;
+    let back = target
+        .store
+        .get(p)
+        .await
+        .map_err(&fail)?
+        .bytes()
+        .await
+        .map_err(&fail)?;
+    if back == body {
+        Ok(Put::Written(Some(UpdateVersion {
+            e_tag: r.e_tag,
+            version: r.version,
+        })))
+    } else {
+        Ok(Put::Conflict)
     }
 }
 
@@ -418,6 +436,41 @@ mod tests {
                 .unwrap(),
             Claim::Claimed(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_lease_on_a_local_folder_renews_and_finishes_tick_after_tick() {
+        // The local file system has no conditional update: every write
+        // after the first is a plain put and a read-back.
+        let dir = tempfile::tempdir().unwrap();
+        let t = Target {
+            name: "primary".into(),
+            url: "file://".into(),
+            offsite: false,
+            store: std::sync::Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+            ),
+        };
+        let ttl = Duration::from_secs(60);
+        let first = Utc::now();
+        for tick in [first, first + chrono::Duration::seconds(2)] {
+            let Claim::Claimed(mut lease) = Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
+                .await
+                .unwrap()
+            else {
+                panic!("the tick must be free");
+            };
+            for _ in 0..3 {
+                lease.renew().await.unwrap();
+            }
+            lease.finish(true, "ok").await.unwrap();
+            assert!(matches!(
+                Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
+                    .await
+                    .unwrap(),
+                Claim::Done { .. }
+            ));
+        }
     }
 
     #[tokio::test]
