@@ -1008,6 +1008,49 @@ fn operator_runs_jobs_and_retention_requests_a_real_shred() {
         assert_eq!(r.status, 200, "{job}: {}", r.body);
         assert_eq!(r.json()["outcome"], "ok", "{job}: {}", r.body);
     }
+
+    // A job another agent is running (its lease is held) is refused, not
+    // run beside it; once the lease is given back, it runs and is recorded
+    // in the lease like the daemon's runs.
+    use custos::schedule::lease::{lease_path, read, Claim, Lease};
+    use custos::schedule::JobKind;
+    let policy = custos::policy::Policy::load(&f.policies.join("crm.toml")).unwrap();
+    let target = custos::ops::open_target(&policy, policy.primary(), false).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let ttl = std::time::Duration::from_secs(60);
+    let lease = match rt
+        .block_on(Lease::claim(&target, "crm", JobKind::Backup, later, ttl))
+        .unwrap()
+    {
+        Claim::Claimed(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let backup = |token: &str| {
+        http(
+            s.addr,
+            "POST",
+            "/api/v1/policies/crm/jobs/backup",
+            Some(token),
+            Some(""),
+        )
+    };
+    let r = backup(otto);
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("is being run by"), "{}", r.body);
+    rt.block_on(lease.finish(false, "given back")).unwrap();
+    // (A run records its second as done: the next one must start in a
+    // later second.)
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = backup(otto);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["outcome"], "ok", "{}", r.body);
+    let (rec, _) = rt
+        .block_on(read(&target, "crm", &lease_path(JobKind::Backup)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(rec.last_outcome.as_deref(), Some("ok"), "{rec:?}");
+    assert!(rec.holder.is_none(), "{rec:?}");
     let r = http(
         s.addr,
         "POST",

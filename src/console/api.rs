@@ -397,15 +397,29 @@ pub(crate) async fn run_job(
         }
     };
     // The same job the daemon runs (it audits itself as
-    // `job:<policy>/<job>`); the requesting user is audited here too.
+    // `job:<policy>/<job>`), under the same lease as `custos run-once`, so
+    // it never runs beside the daemon's run of the job on any agent; the
+    // requesting user is audited here too.
     let ctx = crate::schedule::jobs::JobContext {
         state: Some(app.cfg.state.clone()),
         ..Default::default()
     };
-    let out = crate::schedule::jobs::run_job(&ctx, &p, kind).await;
-    let body = serde_json::to_value(&out).unwrap_or(Value::Null);
-    match out {
-        crate::schedule::JobOutcome::Ok { detail } => {
+    let files = match crate::schedule::state::StateFiles::open(&app.cfg.state) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = e.to_string();
+            let _ = done(&app, &u, &op, &name, Err(e.clone()));
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e);
+        }
+    };
+    let r = crate::schedule::daemon::run_once(&p, kind, &ctx, files, JOB_LEASE_TTL).await;
+    match r {
+        Ok(rec) => {
+            let body = serde_json::to_value(&rec).unwrap_or(Value::Null);
+            let detail = match &rec.outcome {
+                crate::schedule::JobOutcome::Ok { detail } => detail.clone(),
+                other => other.word().to_string(),
+            };
             let _ = done(
                 &app,
                 &u,
@@ -415,16 +429,25 @@ pub(crate) async fn run_job(
             );
             Json(body).into_response()
         }
-        crate::schedule::JobOutcome::Failed { error: e } => {
-            let _ = done(&app, &u, &op, &name, Err(e.clone()));
-            error(StatusCode::INTERNAL_SERVER_ERROR, e)
-        }
-        crate::schedule::JobOutcome::Aborted => {
-            let _ = done(&app, &u, &op, &name, Err("aborted".into()));
-            error(StatusCode::INTERNAL_SERVER_ERROR, "the job was aborted")
+        Err(e) => {
+            let status = match &e {
+                crate::schedule::ScheduleError::Held { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            // A failed job's own error, not the run-once wrapper's.
+            let msg = match &e {
+                crate::schedule::ScheduleError::JobFailed { error, .. } => error.clone(),
+                other => other.to_string(),
+            };
+            let _ = done(&app, &u, &op, &name, Err(msg.clone()));
+            error(status, msg)
         }
     }
 }
+
+/// How long a job run from the console holds its lease unless renewed
+/// (the daemon's and `run-once`'s default).
+const JOB_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Body of `POST /api/v1/policies/{name}/restore`.
 #[derive(Debug, Deserialize)]
