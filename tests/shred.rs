@@ -5,6 +5,8 @@
 //! journal was written.
 
 mod common;
+#[path = "common/faults_util.rs"]
+mod faults_util;
 #[path = "common/roundtrip_util.rs"]
 mod util;
 
@@ -1035,30 +1037,12 @@ async fn a_run_with_nothing_due_does_not_read_the_repository() {
         .unwrap(),
     );
     custos::target::register_memory(&name, counted.store());
-    let text = format!(
-        r#"[policy]
-name = "idle"
-
-[store]
-kind = "sqlite"
-path = "{db}"
-
-[[store.tables]]
-name = "customers"
-class = "identity"
-subject = "id"
-
-[keys]
-identity = "{d}/keys/service.age"
-recipients = []
-vault = ["file://{d}/vault"]
-
-[[targets]]
-name = "primary"
-url = "memory://{name}"
-"#,
-        db = db.display(),
-        d = d.display(),
+    let text = faults_util::sqlite_policy(
+        &db,
+        &d.join("keys/service.age"),
+        &format!("file://{}/vault", d.display()),
+        &format!("memory://{name}"),
+        "",
     );
     let policy_path = d.join("policy.toml");
     fs::write(&policy_path, text).unwrap();

@@ -402,6 +402,13 @@ mod tests {
         }
     }
 
+    /// A claim of the backup job's tick `tick`.
+    async fn backup_claim(t: &Target, tick: DateTime<Utc>, ttl: Duration) -> Claim {
+        Lease::claim(t, "crm", JobKind::Backup, tick, ttl)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn one_claim_per_tick_then_done() {
         let t = mem_target();
@@ -415,25 +422,19 @@ mod tests {
         };
         // Held while running (same agent, but running: held).
         assert!(matches!(
-            Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
-                .await
-                .unwrap(),
+            backup_claim(&t, tick, ttl).await,
             Claim::Held { .. }
         ));
         lease.renew().await.unwrap();
         lease.finish(true, "ok").await.unwrap();
         assert!(matches!(
-            Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
-                .await
-                .unwrap(),
+            backup_claim(&t, tick, ttl).await,
             Claim::Done { .. }
         ));
         // The next tick is free again.
         let next = tick + chrono::Duration::seconds(2);
         assert!(matches!(
-            Lease::claim(&t, "crm", JobKind::Backup, next, ttl)
-                .await
-                .unwrap(),
+            backup_claim(&t, next, ttl).await,
             Claim::Claimed(_)
         ));
     }
@@ -454,10 +455,7 @@ mod tests {
         let ttl = Duration::from_secs(60);
         let first = Utc::now();
         for tick in [first, first + chrono::Duration::seconds(2)] {
-            let Claim::Claimed(mut lease) = Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
-                .await
-                .unwrap()
-            else {
+            let Claim::Claimed(mut lease) = backup_claim(&t, tick, ttl).await else {
                 panic!("the tick must be free");
             };
             for _ in 0..3 {
@@ -465,9 +463,7 @@ mod tests {
             }
             lease.finish(true, "ok").await.unwrap();
             assert!(matches!(
-                Lease::claim(&t, "crm", JobKind::Backup, tick, ttl)
-                    .await
-                    .unwrap(),
+                backup_claim(&t, tick, ttl).await,
                 Claim::Done { .. }
             ));
         }
