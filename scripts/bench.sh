@@ -2,10 +2,16 @@
 # Benchmark custos against restic and borg on the telecom demo database.
 #
 #   scripts/bench.sh [--size small|1g|4g] [--json] [--keep] [--tools custos,restic,borg]
+#                    [--history N]
 #
 # In one run, on the same warm data, each tool backs the database up into a
 # local repository folder, backs it up again after a ~1% change, restores the
 # latest snapshot in full and verifies its repository reading every byte.
+# With --history N, N more ~1% changes are each backed up (measured as
+# `backup_history`, not in the table) between the initial and the measured
+# incremental backup, so the incremental is measured in the steady state of
+# a daily schedule (a repository of N+1 snapshots); its "added" bytes then
+# count from the last of them.
 # Each step is measured (wall and CPU seconds, peak RSS, bytes stored), next
 # to the machine's own limits on the same file (warm read, zstd -3, BLAKE3).
 # Restores are verified: custos's with sqldiff (logical), the peers' with cmp.
@@ -22,9 +28,10 @@ SIZE=small
 JSON=0
 KEEP=0
 TOOLS="custos,restic,borg"
+HISTORY=0
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -35,10 +42,15 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1; shift ;;
         --tools) TOOLS="${2:?--tools needs a list, e.g. custos,restic}"; shift 2 ;;
         --tools=*) TOOLS="${1#--tools=}"; shift ;;
+        --history) HISTORY="${2:?--history needs a number of rounds}"; shift 2 ;;
+        --history=*) HISTORY="${1#--history=}"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
+case "$HISTORY" in
+    ''|*[!0-9]*) echo "bench: --history must be a number of rounds (0 or more), not '$HISTORY'" >&2; exit 2 ;;
+esac
 case "$SIZE" in
     small|1g|4g) ;;
     *) echo "bench: --size must be small, 1g or 4g, not '$SIZE'" >&2; exit 2 ;;
@@ -203,9 +215,9 @@ if has_tool borg; then
         { cat "$WORK/logs/borg-init.log" >&2; exit 1; }
 fi
 
-# backup STEP INPUT_BYTES
+# backup STEP INPUT_BYTES [ARCHIVE]: ARCHIVE names borg's archive (default STEP)
 backup() {
-    local step="$1" input="$2"
+    local step="$1" input="$2" archive="${3:-$1}"
     if has_tool custos; then
         log "custos: $step"
         measure custos "$step" "$input" --stored "$CDIR/target" --stored "$CDIR/vault" \
@@ -221,11 +233,20 @@ backup() {
         log "borg: $step"
         (cd "$WORK/data" && measure borg "$step" "$input" --stored "$BORG_REPO" \
             --stdout "$WORK/logs/borg-$step.out" \
-            -- borg create --compression zstd,3 "$BORG_REPO::$step" crm.db)
+            -- borg create --compression zstd,3 "$BORG_REPO::$archive" crm.db)
     fi
 }
 
 backup backup_initial "$DB_BYTES"
+
+for ((round = 1; round <= HISTORY; round++)); do
+    log "history round $round of $HISTORY: changing about 1% (seed $((100 + round))), then backing up"
+    "$CUSTOS" demo-data mutate --db "$DB" --fraction 0.01 --seed "$((100 + round))" >&2
+    backup backup_history "$(file_bytes "$DB")" "history-$round"
+done
+if [ "$HISTORY" -gt 0 ]; then
+    NOTES+=("history: $HISTORY change-and-backup rounds before the measured incremental (a repository of $((HISTORY + 1)) snapshots); its added bytes count from the last round")
+fi
 
 log "changing about 1% of the database (seed 2)"
 # Every tool backs up the same changed file next.

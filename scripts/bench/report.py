@@ -7,7 +7,9 @@
               [--note TEXT]... [--json]
 
 RESULTS.jsonl holds the lines written by measure.py. Steps are
-`backup_initial`, `backup_incremental`, `restore`, `check`; the tool
+`backup_initial`, `backup_incremental`, `restore`, `check` (and
+`backup_history`, the rounds of `bench.sh --history`, of which the last
+line counts, as the base of the incremental's added bytes); the tool
 `reference` holds the machine's limits (`read`, `zstd3_single`, `zstd3_all`,
 `blake3_single`, `blake3_all`).
 
@@ -91,9 +93,14 @@ def build(a):
             if "stored_bytes" in r:
                 e["stored_bytes"] = r["stored_bytes"]
             t[step] = e
-        if "backup_initial" in t and "backup_incremental" in t:
+        # "Added" counts from the backup before the measured incremental:
+        # the last history round (bench.sh --history), else the initial.
+        base = by.get((tool, "backup_history"))
+        if base is None and "backup_initial" in t:
+            base = t["backup_initial"]
+        if base is not None and "backup_incremental" in t:
             t["backup_incremental"]["added_bytes"] = (
-                t["backup_incremental"]["stored_bytes"] - t["backup_initial"]["stored_bytes"]
+                t["backup_incremental"]["stored_bytes"] - base["stored_bytes"]
             )
         if t:
             results[tool] = t
