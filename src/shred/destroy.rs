@@ -34,7 +34,7 @@ use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
 use crate::vault::{AbsenceReport, DestroyReport, KeyId, KeyKind, Vault, VaultError};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// How many chunks of the unit are fetched per target as a sample.
@@ -360,23 +360,24 @@ pub async fn prove(
 /// The walk of one target for several units at once.
 struct Scan<'a> {
     target: &'a crate::policy::TargetConfig,
-    /// Each unit's key ids.
-    ids: &'a [&'a [KeyId]],
-    /// Each key id's units (a group has a time key and may have a subject
-    /// key, so it can be of two units).
-    of_key: std::collections::HashMap<KeyId, Vec<usize>>,
+    /// Each key id's unit (a key belongs to one unit).
+    of_key: HashMap<KeyId, u32>,
     covs: Vec<TargetCoverage>,
-    /// Every chunk of each unit's groups in any snapshot of the target.
-    chunks: Vec<HashSet<Id>>,
-    sampled: Vec<usize>,
+    /// Every chunk of the units' groups in any snapshot of the target, with
+    /// its units: a group has a time key and may have a subject key, so it
+    /// can be of two units (the second `NO_UNIT` when it is of one).
+    chunks: HashMap<Id, [u32; 2]>,
 }
 
+/// The empty place of [`Scan::chunks`]'s second unit.
+const NO_UNIT: u32 = u32::MAX;
+
 impl<'a> Scan<'a> {
-    fn new(t: &'a crate::policy::TargetConfig, ids: &'a [&'a [KeyId]]) -> Scan<'a> {
-        let mut of_key: std::collections::HashMap<KeyId, Vec<usize>> = Default::default();
+    fn new(t: &'a crate::policy::TargetConfig, ids: &[&[KeyId]]) -> Scan<'a> {
+        let mut of_key = HashMap::new();
         for (u, keys) in ids.iter().enumerate() {
             for k in keys.iter() {
-                of_key.entry(*k).or_default().push(u);
+                of_key.insert(*k, u as u32);
             }
         }
         let cov = TargetCoverage {
@@ -388,27 +389,38 @@ impl<'a> Scan<'a> {
         };
         Scan {
             target: t,
-            ids,
             of_key,
             covs: vec![cov; ids.len()],
-            chunks: vec![HashSet::new(); ids.len()],
-            sampled: vec![0; ids.len()],
+            chunks: HashMap::new(),
         }
     }
 
     /// The units a group sealed under time key `t` and subject key `s` is
-    /// of (at most two, in order, no repeats).
-    fn units_of(&self, t: &KeyId, s: Option<&KeyId>) -> Vec<usize> {
-        let mut us: Vec<usize> = self.of_key.get(t).cloned().unwrap_or_default();
-        if let Some(more) = s.and_then(|s| self.of_key.get(s)) {
-            for u in more {
-                if !us.contains(u) {
-                    us.push(*u);
-                }
-            }
+    /// of: one or two (`NO_UNIT` in the second place when one), or none.
+    fn units_of(&self, t: &KeyId, s: Option<&KeyId>) -> Option<[u32; 2]> {
+        let a = self.of_key.get(t).copied();
+        let b = s.and_then(|s| self.of_key.get(s)).copied();
+        match (a, b) {
+            (Some(a), Some(b)) if a != b => Some([a, b]),
+            (Some(u), _) | (None, Some(u)) => Some([u, NO_UNIT]),
+            (None, None) => None,
         }
-        us
     }
+
+    /// Counts a chunk as of `units`.
+    fn add_chunks(&mut self, chunks: &[Id], units: [u32; 2]) {
+        for c in chunks {
+            self.chunks.insert(*c, units);
+        }
+    }
+}
+
+/// The units in `units` (one or two).
+fn each(units: [u32; 2]) -> impl Iterator<Item = usize> {
+    units
+        .into_iter()
+        .filter(|u| *u != NO_UNIT)
+        .map(|u| u as usize)
 }
 
 /// Walks every snapshot of one target and counts each unit's groups.
@@ -435,7 +447,7 @@ async fn scan_target(
     let mut cache = PackCache::new(Arc::new(target.clone()), 8);
     let name = &scan.target.name;
     for snap in &snaps {
-        let mut affected = vec![false; scan.ids.len()];
+        let mut affected = vec![false; scan.covs.len()];
         for c in &mut scan.covs {
             c.snapshots_scanned += 1;
         }
@@ -448,31 +460,29 @@ async fn scan_target(
                     continue;
                 };
                 for g in &groups {
-                    let us = scan.units_of(&g.t, g.s.as_ref());
-                    if us.is_empty() {
+                    let Some(us) = scan.units_of(&g.t, g.s.as_ref()) else {
                         continue;
-                    }
+                    };
                     let shredded = matches!(
                         group_keys(vault, g, &table.name),
                         Err(GroupKeyProblem::Shredded)
                     );
-                    for u in us {
+                    scan.add_chunks(&g.chunks, us);
+                    for u in each(us) {
                         affected[u] = true;
                         let cov = &mut scan.covs[u];
                         cov.groups += 1;
                         cov.rows += g.rows;
-                        scan.chunks[u].extend(g.chunks.iter().copied());
                         if shredded {
                             cov.groups_unreadable += 1;
                         }
-                        if scan.sampled[u] < SAMPLE_CHUNKS {
+                        if cov.sampled_chunks < SAMPLE_CHUNKS as u64 {
                             if let Some(loc) = g.chunks.first().and_then(|c| index.chunks.get(c)) {
                                 let blob = cache.blob(&index, loc).await.map_err(|e| {
                                     ShredError::Certificate(format!(
                                         "target `{name}`: fetching a sample chunk: {e}"
                                     ))
                                 })?;
-                                scan.sampled[u] += 1;
                                 cov.sampled_chunks += 1;
                                 cov.sampled_bytes += blob.len() as u64;
                             }
@@ -482,27 +492,24 @@ async fn scan_target(
             }
         }
         if let Some(fs) = &snap.files {
-            let us = scan.units_of(&fs.key, None);
-            if !us.is_empty() {
+            if let Some(us) = scan.units_of(&fs.key, None) {
                 let unreadable = vault.key(&fs.key).is_none();
-                let mut file_chunks = Vec::new();
                 for pid in &fs.pages {
                     let page = Page::load(&mut cache, &index, &meta, pid)
                         .await
                         .map_err(crate::ops::OpsError::from)?;
                     if let Page::Files { files, .. } = page {
                         for f in &files {
-                            file_chunks.extend(f.chunks.iter().copied());
+                            scan.add_chunks(&f.chunks, us);
                         }
                     }
                 }
-                for u in us {
+                for u in each(us) {
                     affected[u] = true;
                     scan.covs[u].groups += 1;
                     if unreadable {
                         scan.covs[u].groups_unreadable += 1;
                     }
-                    scan.chunks[u].extend(file_chunks.iter().copied());
                 }
             }
         }
@@ -516,9 +523,9 @@ async fn scan_target(
 }
 
 /// Deletes, on one target, the packs that hold only chunks of one unit
-/// (`chunks[u]`: every chunk of unit `u`'s groups in any snapshot of the
-/// target; `live`: the units to do this for), and records what remains in
-/// each `covs[u].residual`.
+/// (`chunks`: every chunk of the units' groups in any snapshot of the
+/// target, with its units, as [`Scan::chunks`]; `live`: the units to do
+/// this for), and records what remains in each `covs[u].residual`.
 ///
 /// Every index object is read afresh, once for all the units, and its
 /// entry table compared with each unit's chunks: a pack all of whose
@@ -535,32 +542,26 @@ async fn delete_unit_packs(
     t: &crate::policy::TargetConfig,
     target: &crate::target::Target,
     vault: &Vault,
-    chunks: &[HashSet<Id>],
+    chunks: &HashMap<Id, [u32; 2]>,
     live: &[usize],
     covs: &mut [TargetCoverage],
 ) -> Result<(), ShredError> {
-    // Each chunk's unit, and its second unit in the rare case of two.
-    let mut first: std::collections::HashMap<Id, u32> = Default::default();
-    let mut second: std::collections::HashMap<Id, u32> = Default::default();
-    let mut with_chunks = Vec::new();
+    let mut is_live = vec![false; covs.len()];
+    let mut has_chunks = vec![false; covs.len()];
     for &u in live {
-        if chunks[u].is_empty() {
-            covs[u].residual = Residual {
-                remains: false,
-                why: "no chunk of the unit is stored on this target".into(),
-            };
-            continue;
+        is_live[u] = true;
+    }
+    for us in chunks.values() {
+        for u in each(*us) {
+            has_chunks[u] = true;
         }
-        with_chunks.push(u);
-        for c in &chunks[u] {
-            if let Some(&v) = first.get(c) {
-                if v as usize != u {
-                    second.insert(*c, u as u32);
-                }
-            } else {
-                first.insert(*c, u as u32);
-            }
-        }
+    }
+    let with_chunks: Vec<usize> = live.iter().copied().filter(|u| has_chunks[*u]).collect();
+    for &u in live.iter().filter(|u| !has_chunks[**u]) {
+        covs[u].residual = Residual {
+            remains: false,
+            why: "no chunk of the unit is stored on this target".into(),
+        };
     }
     if with_chunks.is_empty() {
         return Ok(());
@@ -585,10 +586,14 @@ async fn delete_unit_packs(
             })?;
         tally.clear();
         for e in &f.entries {
-            for u in [first.get(&e.id), second.get(&e.id)].into_iter().flatten() {
-                match tally.iter_mut().find(|(v, _)| v == u) {
+            let Some(us) = chunks.get(&e.id) else {
+                continue;
+            };
+            for u in each(*us).filter(|u| is_live[*u]) {
+                let u = u as u32;
+                match tally.iter_mut().find(|(v, _)| *v == u) {
                     Some((_, n)) => *n += 1,
-                    None => tally.push((*u, 1)),
+                    None => tally.push((u, 1)),
                 }
             }
         }
