@@ -211,18 +211,16 @@ pub async fn subject_floors(
     units: &[&Unit],
 ) -> Result<SubjectFloors, ShredError> {
     let mut out = SubjectFloors::default();
-    // Each subject key id's unit name.
-    let mut of_key: HashMap<KeyId, String> = HashMap::new();
-    if !ledger.floors.is_empty() {
-        for u in units.iter().filter(|u| u.kind == KeyKind::Subject) {
-            out.worst.insert(u.name.clone(), None);
-        }
-        for e in vault.entries() {
-            if e.kind == KeyKind::Subject && out.worst.contains_key(&e.name) {
-                of_key.insert(e.key_id, e.name.clone());
-            }
-        }
+    if ledger.floors.is_empty() {
+        return Ok(out);
     }
+    // Each subject key id's unit name.
+    let subjects = units.iter().filter(|u| u.kind == KeyKind::Subject);
+    let of_key: HashMap<KeyId, String> = vault
+        .key_ids_of(subjects.map(|u| (u.kind, u.name.as_str())))
+        .into_iter()
+        .flat_map(|((_, name), ids)| ids.into_iter().map(move |id| (id, name.clone())))
+        .collect();
     if of_key.is_empty() {
         return Ok(out);
     }

@@ -37,7 +37,6 @@ use crate::vault::{KeyKind, Vault, VaultError};
 use chrono::{DateTime, SecondsFormat, Utc};
 use ledger::{Hold, JournalEntry, Ledger, Pending};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::fmt;
 
 /// Environment variable of a test hook: `journal` makes a run abort the
@@ -686,50 +685,41 @@ async fn run_locked(
 
     // 1. Journal every due, unheld pending unit (one save for all). The
     // subjects' minimum retention is found in one walk of the primary
-    // target for all of them, the units' keys in one listing of the vault.
-    let due: Vec<&Unit> = ledger
-        .pending
-        .iter()
-        .filter(|p| opts.only.as_ref().is_none_or(|u| *u == p.unit))
-        .filter(|p| parse_time(&p.due) <= opts.now && ledger.hold_of(&p.unit).is_none())
-        .map(|p| &p.unit)
-        .collect();
-    let subject_floors = floor::subject_floors(primary, &vault, &ledger, &due)
-        .await
-        .map_err(|e| e.to_string());
-    let mut unit_keys: HashMap<(KeyKind, String), Vec<crate::vault::KeyId>> = HashMap::new();
-    if !due.is_empty() {
-        for e in vault.entries() {
-            unit_keys
-                .entry((e.kind, e.name))
-                .or_default()
-                .push(e.key_id);
-        }
-    }
-    let mut keep = Vec::new();
+    // target for all of them, their keys in one pass over the vault.
+    let mut sorted = Vec::new();
     for p in std::mem::take(&mut ledger.pending) {
-        let selected = opts.only.as_ref().is_none_or(|u| *u == p.unit);
-        if !selected {
-            keep.push(p);
-            continue;
-        }
-        if parse_time(&p.due) > opts.now {
+        let due = if opts.only.as_ref().is_some_and(|u| *u != p.unit) {
+            false
+        } else if parse_time(&p.due) > opts.now {
             report.waiting.push(p.clone());
-            keep.push(p);
-            continue;
-        }
-        if ledger.hold_of(&p.unit).is_some() {
+            false
+        } else if ledger.hold_of(&p.unit).is_some() {
             report.held.push(p.unit.clone());
+            false
+        } else {
+            true
+        };
+        sorted.push((p, due));
+    }
+    let due: Vec<&Unit> = sorted
+        .iter()
+        .filter(|(_, d)| *d)
+        .map(|(p, _)| &p.unit)
+        .collect();
+    let (floors, walk_failed) = match floor::subject_floors(primary, &vault, &ledger, &due).await {
+        Ok(f) => (f, None),
+        Err(e) => (floor::SubjectFloors::default(), Some(e.to_string())),
+    };
+    let unit_keys = vault.key_ids_of(due.iter().map(|u| (u.kind, u.name.as_str())));
+    let mut keep = Vec::new();
+    for (p, due) in sorted {
+        if !due {
             keep.push(p);
             continue;
         }
-        let floor = match &subject_floors {
-            Ok(f) => floor::check_with(&ledger, &p.unit, opts.now, f).map_err(|e| e.to_string()),
-            Err(e) if p.unit.kind == KeyKind::Subject => Err(e.clone()),
-            Err(_) => {
-                floor::check_with(&ledger, &p.unit, opts.now, &floor::SubjectFloors::default())
-                    .map_err(|e| e.to_string())
-            }
+        let floor = match &walk_failed {
+            Some(e) if p.unit.kind == KeyKind::Subject => Err(e.clone()),
+            _ => floor::check_with(&ledger, &p.unit, opts.now, &floors).map_err(|e| e.to_string()),
         };
         if let Err(e) = floor {
             report.below_floor.push((p.unit.clone(), e));

@@ -1085,6 +1085,30 @@ impl Vault {
         Some((e.id, &e.key))
     }
 
+    /// The ids of the keys of each unit asked for (fenced or not), in one
+    /// pass over the vault; a unit with no key has no entry.
+    pub fn key_ids_of<'n>(
+        &self,
+        units: impl IntoIterator<Item = (KeyKind, &'n str)>,
+    ) -> HashMap<(KeyKind, String), Vec<KeyId>> {
+        let asked: HashMap<(KeyKind, NameRef<'n>), &'n str> = units
+            .into_iter()
+            .map(|(kind, name)| ((kind, NameRef::of(name)), name))
+            .collect();
+        let mut out: HashMap<(KeyKind, String), Vec<KeyId>> = HashMap::new();
+        if asked.is_empty() {
+            return out;
+        }
+        for e in self.entries.iter() {
+            if let Some(name) = asked.get(&(e.kind, e.name.as_ref())) {
+                out.entry((e.kind, name.to_string()))
+                    .or_default()
+                    .push(e.id);
+            }
+        }
+        out
+    }
+
     /// Whether the vault holds a key of the unit, fenced (being destroyed)
     /// or not.
     pub fn holds(&self, kind: KeyKind, name: &str) -> bool {
