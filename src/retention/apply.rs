@@ -174,12 +174,7 @@ pub async fn apply(
             })
             .collect();
         // All at once: one vault, one ledger save, one walk for the floors.
-        let results = if reqs.is_empty() {
-            Ok(Vec::new())
-        } else {
-            shred::request_many(policy, state, &reqs, opts.now).await
-        };
-        match results {
+        match shred::request_many(policy, state, &reqs, opts.now).await {
             Ok(results) => {
                 for (u, r) in scheduled.iter().zip(results) {
                     match r {

@@ -32,9 +32,9 @@ use crate::repo::index::{index_path, Index, IndexFile};
 use crate::repo::pack::pack_path;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
-use crate::vault::{AbsenceReport, DestroyReport, KeyId, KeyKind, Vault, VaultError};
+use crate::vault::{AbsenceReport, DestroyReport, KeyId, Vault, VaultError};
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How many chunks of the unit are fetched per target as a sample.
@@ -268,17 +268,19 @@ pub async fn prove(
                 .collect();
         }
     };
-    // Every key the fresh vault holds, fenced or not, looked up once.
-    let held = fresh.entries();
-    let held_ids: HashSet<KeyId> = held.iter().map(|e| e.key_id).collect();
-    let held_units: HashSet<(KeyKind, &str)> =
-        held.iter().map(|e| (e.kind, e.name.as_str())).collect();
+    // The units' keys the fresh vault holds, fenced or not, by id and by
+    // name, in one pass.
+    let named = fresh.key_ids_of(
+        units
+            .iter()
+            .map(|(j, _)| (j.request.unit.kind, j.request.unit.name.as_str())),
+    );
     let mut failed: Vec<Option<ShredError>> = units
         .iter()
         .map(|(j, _)| {
             let unit = &j.request.unit;
-            let still = j.key_ids.iter().any(|k| held_ids.contains(k))
-                || held_units.contains(&(unit.kind, unit.name.as_str()));
+            let still = j.key_ids.iter().any(|k| fresh.entry(k).is_some())
+                || named.contains_key(&(unit.kind, unit.name.clone()));
             still.then(|| {
                 incomplete(
                     unit,

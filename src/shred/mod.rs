@@ -314,7 +314,7 @@ pub async fn request(
 /// be thousands of customers at once): each as [`request`] would, in
 /// order, with the vault opened, the ledger loaded and saved, and the
 /// subjects' minimum retention found in one walk of the primary target,
-/// once for all of them. One result per request; each gets its audit
+/// once for all of them (none of it for no request). One result per request; each gets its audit
 /// entry. The error is a failure of what they share (nothing is
 /// recorded then, and each request is audited as failed).
 pub async fn request_many(
@@ -369,12 +369,12 @@ async fn request_many_inner(
     reqs: &[Request],
     at: DateTime<Utc>,
 ) -> Result<Vec<Result<Pending, ShredError>>, ShredError> {
+    if reqs.is_empty() {
+        return Ok(Vec::new());
+    }
     let vault = crate::ops::open_vault(policy).await?;
     let mut ledger = Ledger::load(&vault).await?;
-    let mut changed = match reqs.first() {
-        Some(r) => floor::sync(&mut ledger, policy, &r.requester, at),
-        None => false,
-    };
+    let mut changed = floor::sync(&mut ledger, policy, &reqs[0].requester, at);
     // Each request's unit, if it may be scheduled (but for its floor).
     let mut results: Vec<Result<Unit, ShredError>> = Vec::with_capacity(reqs.len());
     for req in reqs {
