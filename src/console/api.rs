@@ -412,23 +412,34 @@ pub(crate) async fn run_job(
             return error(StatusCode::INTERNAL_SERVER_ERROR, e);
         }
     };
-    let r = crate::schedule::daemon::run_once(&p, kind, &ctx, files, JOB_LEASE_TTL).await;
+    let r = crate::schedule::daemon::run_once(
+        &p,
+        kind,
+        &ctx,
+        files,
+        crate::schedule::daemon::DEFAULT_LEASE_TTL,
+    )
+    .await;
     match r {
-        Ok(rec) => {
-            let body = serde_json::to_value(&rec).unwrap_or(Value::Null);
-            let detail = match &rec.outcome {
-                crate::schedule::JobOutcome::Ok { detail } => detail.clone(),
-                other => other.word().to_string(),
-            };
-            let _ = done(
-                &app,
-                &u,
-                &op,
-                &name,
-                Ok((vec![], Some(truncate(&detail)), vec![])),
-            );
-            Json(body).into_response()
-        }
+        Ok(rec) => match &rec.outcome {
+            crate::schedule::JobOutcome::Ok { detail } => {
+                let _ = done(
+                    &app,
+                    &u,
+                    &op,
+                    &name,
+                    Ok((vec![], Some(truncate(detail)), vec![])),
+                );
+                Json(serde_json::to_value(&rec).unwrap_or(Value::Null)).into_response()
+            }
+            // Stopped before it finished: its lease was lost (run-once
+            // returns failures as errors, below).
+            _ => {
+                let e = "the job was aborted: its lease was lost (taken over by another agent, or the target became unreachable)";
+                let _ = done(&app, &u, &op, &name, Err(e.into()));
+                error(StatusCode::INTERNAL_SERVER_ERROR, e)
+            }
+        },
         Err(e) => {
             let status = match &e {
                 crate::schedule::ScheduleError::Held { .. } => StatusCode::CONFLICT,
@@ -444,10 +455,6 @@ pub(crate) async fn run_job(
         }
     }
 }
-
-/// How long a job run from the console holds its lease unless renewed
-/// (the daemon's and `run-once`'s default).
-const JOB_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Body of `POST /api/v1/policies/{name}/restore`.
 #[derive(Debug, Deserialize)]

@@ -46,13 +46,17 @@ pub struct DaemonOptions {
     pub ctx: JobContext,
 }
 
+/// How long a claim on a tick lasts unless renewed, by default (the
+/// daemon's, `run-once`'s and the console's).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+
 impl DaemonOptions {
-    /// Defaults: 2 jobs at once, 60 s leases, 60 s to stop.
+    /// Defaults: 2 jobs at once, [`DEFAULT_LEASE_TTL`] leases, 60 s to stop.
     pub fn new(policies: impl Into<PathBuf>) -> DaemonOptions {
         DaemonOptions {
             policies: policies.into(),
             max_jobs: 2,
-            lease_ttl: Duration::from_secs(60),
+            lease_ttl: DEFAULT_LEASE_TTL,
             stop_timeout: Duration::from_secs(60),
             ctx: JobContext::default(),
         }
