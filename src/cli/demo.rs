@@ -281,7 +281,7 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
         9,
         "Replicating to the off-site target and re-reading every copy",
     );
-    let meta = custos::ops::open_vault(&policy)
+    let meta = custos::ops::open_repository_keys(&policy)
         .await
         .ok()
         .map(|v| Arc::new(custos::crypto::MetaKey::new(v.meta_key())));

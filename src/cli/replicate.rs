@@ -33,7 +33,7 @@ pub async fn run(a: ReplicateArgs) -> Result<(), Failure> {
     let meta = if a.no_keys {
         None
     } else {
-        match custos::ops::open_vault(&policy).await {
+        match custos::ops::open_repository_keys(&policy).await {
             Ok(v) => Some(Arc::new(custos::crypto::MetaKey::new(v.meta_key()))),
             Err(e) => {
                 eprintln!(

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Args;
 use custos::ops::human_bytes;
-use custos::ops::OpenRepo;
+use custos::ops::MetaRepo;
 use custos::repo::snapshot::Snapshot;
 use std::path::PathBuf;
 
@@ -37,7 +37,7 @@ struct Row {
 
 pub async fn run(a: SnapshotsArgs) -> Result<()> {
     let policy = super::load_policy(&a.policy)?;
-    let repo = OpenRepo::open(&policy, a.target.as_deref()).await?;
+    let repo = MetaRepo::open(&policy, a.target.as_deref()).await?;
     let (list, bad) = Snapshot::summaries_with_ids(&repo.target, &repo.meta).await?;
     for (_, e) in &bad {
         eprintln!("warning: {e}");

@@ -225,13 +225,13 @@ pub struct TargetState {
     pub error: Option<String>,
 }
 
-/// Lists the snapshots of every target of `policy` (opens the vault to
-/// read the encrypted manifests).
+/// Lists the snapshots of every target of `policy` (reads the vault's
+/// repository keys, not its unit keys, to open the encrypted manifests).
 pub async fn target_states(policy: &Policy) -> Vec<TargetState> {
     let mut out = Vec::new();
     for t in &policy.targets {
         let r = async {
-            let repo = crate::ops::OpenRepo::open(policy, Some(&t.name))
+            let repo = crate::ops::MetaRepo::open(policy, Some(&t.name))
                 .await
                 .map_err(|e| e.to_string())?;
             let (list, _bad) =

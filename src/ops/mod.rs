@@ -118,6 +118,39 @@ pub async fn open_vault(policy: &Policy) -> Result<Vault, OpsError> {
     Ok(Vault::open(locations, &identity, &recipients).await?)
 }
 
+/// The repository keys alone (see [`Vault::open_repository_keys`]): for
+/// the commands that read snapshots and index objects but no chunk, so
+/// that they do not load every unit key of the vault.
+pub async fn open_repository_keys(
+    policy: &Policy,
+) -> Result<crate::vault::RepositoryKeys, OpsError> {
+    let identity = crate::keys::load_identity(&policy.keys.identity)?;
+    let locations = vault_locations(policy, false)?;
+    Ok(Vault::open_repository_keys(&locations, &identity).await?)
+}
+
+/// A target with its repository marker checked and the metadata key: what
+/// listing snapshots and pruning need (no unit key is read).
+pub struct MetaRepo {
+    pub target: Target,
+    pub marker: RepoMarker,
+    pub meta: crate::crypto::MetaKey,
+}
+
+impl MetaRepo {
+    pub async fn open(policy: &Policy, target: Option<&str>) -> Result<MetaRepo, OpsError> {
+        let target = select_target(policy, target)?;
+        let marker = RepoMarker::load(&target).await?;
+        let keys = open_repository_keys(policy).await?;
+        let meta = crate::crypto::MetaKey::new(keys.meta_key());
+        Ok(MetaRepo {
+            target,
+            marker,
+            meta,
+        })
+    }
+}
+
 /// A target with its repository marker checked and the vault open.
 pub struct OpenRepo {
     pub target: Target,

@@ -20,7 +20,7 @@
 //! refer to.
 
 use super::lock::BackupLock;
-use super::{OpenRepo, OpsError};
+use super::{MetaRepo, OpsError};
 use crate::crypto::Id;
 use crate::policy::Policy;
 use crate::repo::cache::PackCache;
@@ -85,7 +85,7 @@ pub async fn forget_and_prune(
     policy: &Policy,
     opts: &PruneOptions,
 ) -> Result<PruneReport, OpsError> {
-    let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
+    let repo = MetaRepo::open(policy, opts.target.as_deref()).await?;
     if opts.dry_run {
         return run(policy, opts, &repo, None).await;
     }
@@ -134,7 +134,7 @@ async fn still_ours(target: &Target, lock: Option<&BackupLock>) -> Result<(), Op
 async fn run(
     policy: &Policy,
     opts: &PruneOptions,
-    repo: &OpenRepo,
+    repo: &MetaRepo,
     lock: Option<&BackupLock>,
 ) -> Result<PruneReport, OpsError> {
     let target = &repo.target;

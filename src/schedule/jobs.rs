@@ -203,7 +203,7 @@ async fn backup_job(ctx: &JobContext, policy: &Policy) -> JobOutcome {
 }
 
 async fn replicate_job(ctx: &JobContext, policy: &Policy, verify: bool) -> JobOutcome {
-    let meta = match crate::ops::open_vault(policy).await {
+    let meta = match crate::ops::open_repository_keys(policy).await {
         Ok(v) => Some(Arc::new(crate::crypto::MetaKey::new(v.meta_key()))),
         Err(e) => {
             tracing::warn!(policy = %policy.name, "replication without the metadata key (vault: {e}): objects compared by bytes");

@@ -540,6 +540,64 @@ type ShardSummary = BTreeMap<Shard, (IdSet, IdSet)>;
 /// A key being destroyed: its id and its commitment (never its bytes).
 type PendingKey = (KeyId, [u8; 32]);
 
+/// What an open reads at each location.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// Every shard: the whole vault.
+    All,
+    /// The marker and `meta.age` alone: the repository keys.
+    Repository,
+}
+
+/// The repository keys alone, read by [`Vault::open_repository_keys`]
+/// without the unit keys: what listing snapshots, pruning and replicating
+/// need. Not a vault: it can neither give out nor write a unit key.
+pub struct RepositoryKeys {
+    vault_id: [u8; 16],
+    meta: Key32,
+    pseudonym: Key32,
+}
+
+impl RepositoryKeys {
+    /// The repository metadata key (seals index, trees, snapshots).
+    pub fn meta_key(&self) -> &Key32 {
+        &self.meta
+    }
+
+    /// The key that names subjects by pseudonym.
+    pub fn pseudonym_key(&self) -> &Key32 {
+        &self.pseudonym
+    }
+
+    /// The vault id, as 32 lowercase hex digits.
+    pub fn vault_id(&self) -> String {
+        hex::encode(self.vault_id)
+    }
+}
+
+impl fmt::Debug for RepositoryKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RepositoryKeys")
+            .field("vault_id", &hex::encode(self.vault_id))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the locations hold, merged, before the vault is built from it
+/// (see [`Vault::open`] for the rules).
+struct Merged {
+    vault_id: [u8; 16],
+    policy: String,
+    created: i64,
+    meta: (KeyId, i64, Key32),
+    pseudonym: (KeyId, i64, Key32),
+    entries: KeyTable,
+    tombstones: BTreeMap<Shard, BTreeMap<KeyId, i64>>,
+    summaries: Vec<Option<ShardSummary>>,
+    marker_missing: BTreeSet<usize>,
+    unread: Vec<(String, String)>,
+}
+
 /// What was found at one location at open, before its shards are read.
 struct LocationView {
     marker: Option<Marker>,
@@ -674,7 +732,7 @@ async fn read_shard(
 /// Reads one location's marker and lists its shards. Errors other than
 /// "unreachable" are fatal for open; unreachable is remembered by the
 /// caller.
-async fn read_location(loc: &VaultLocation) -> Result<LocationView, VaultError> {
+async fn read_location(loc: &VaultLocation, scope: Scope) -> Result<LocationView, VaultError> {
     let Some(raw) = get_bytes(loc, MARKER).await? else {
         return Ok(LocationView {
             marker: None,
@@ -697,6 +755,12 @@ async fn read_location(loc: &VaultLocation) -> Result<LocationView, VaultError> 
         });
     }
     let mut shards = vec![Shard::Meta];
+    if scope == Scope::Repository {
+        return Ok(LocationView {
+            marker: Some(marker),
+            shards,
+        });
+    }
     let listed = list_at(loc, Some("keys")).await?;
     for m in listed {
         let n = m.location.to_string();
@@ -778,6 +842,79 @@ impl Vault {
         identity: &Identity,
         recipients: &[Recipient],
     ) -> Result<Vault, VaultError> {
+        let Merged {
+            vault_id,
+            policy,
+            created,
+            meta,
+            pseudonym,
+            entries,
+            tombstones,
+            summaries,
+            marker_missing,
+            unread,
+        } = Self::read_merged(&locations, identity, Scope::All).await?;
+        let mut v = Vault {
+            vault_id,
+            policy,
+            created,
+            identity: identity.clone(),
+            recipients: recipient_set(identity, recipients),
+            meta,
+            pseudonym,
+            entries,
+            tombstones,
+            dirty: BTreeSet::new(),
+            marker_missing,
+            unread,
+            pending_destroy: HashMap::new(),
+            fenced: BTreeSet::new(),
+            created_here: BTreeSet::new(),
+            locations,
+        };
+        v.entries.rebuild_names();
+        v.fenced = v.read_fences().await?;
+
+        // Mark for repair every shard whose content differs at some readable
+        // location (or all of them where the marker is missing).
+        let wanted = v.shard_contents();
+        for (i, summary) in summaries.iter().enumerate() {
+            let Some(summary) = summary else { continue };
+            for (shard, want) in &wanted {
+                if v.marker_missing.contains(&i) || summary.get(shard) != Some(want) {
+                    if !v.marker_missing.contains(&i) {
+                        tracing::info!(url = %v.locations[i].url, object = %shard.name(), "vault object out of date; it will be repaired on the next persist");
+                    }
+                    v.dirty.insert(*shard);
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    /// Reads the repository keys alone: every location's marker and
+    /// `meta.age`, merged by the rules of [`Vault::open`], and none of the
+    /// unit keys' shards. A vault of ten million subjects takes as long and
+    /// as little memory to open this way as an empty one. Nothing is
+    /// repaired: a later full open does that.
+    pub async fn open_repository_keys(
+        locations: &[VaultLocation],
+        identity: &Identity,
+    ) -> Result<RepositoryKeys, VaultError> {
+        let m = Self::read_merged(locations, identity, Scope::Repository).await?;
+        Ok(RepositoryKeys {
+            vault_id: m.vault_id,
+            meta: m.meta.2,
+            pseudonym: m.pseudonym.2,
+        })
+    }
+
+    /// Reads the `scope` of every location and merges them.
+    async fn read_merged(
+        locations: &[VaultLocation],
+        identity: &Identity,
+        scope: Scope,
+    ) -> Result<Merged, VaultError> {
         if locations.is_empty() {
             return Err(VaultError::NoLocations);
         }
@@ -799,7 +936,7 @@ impl Vault {
         let mut marker_missing = BTreeSet::new();
         let mut unread = Vec::new();
         for (i, loc) in locations.iter().enumerate() {
-            let view = match read_location(loc).await {
+            let view = match read_location(loc, scope).await {
                 Ok(v) => v,
                 Err(VaultError::Unreachable { url, source, .. }) => {
                     tracing::warn!(url = %url, error = %source, "vault location unreadable");
@@ -988,42 +1125,18 @@ impl Vault {
             });
         };
 
-        let mut v = Vault {
+        Ok(Merged {
             vault_id,
             policy,
             created,
-            identity: identity.clone(),
-            recipients: recipient_set(identity, recipients),
             meta: (meta.0, meta.1, meta.2),
             pseudonym: (pseudonym.0, pseudonym.1, pseudonym.2),
             entries,
             tombstones,
-            dirty: BTreeSet::new(),
+            summaries,
             marker_missing,
             unread,
-            pending_destroy: HashMap::new(),
-            fenced: BTreeSet::new(),
-            created_here: BTreeSet::new(),
-            locations,
-        };
-        v.entries.rebuild_names();
-        v.fenced = v.read_fences().await?;
-
-        // Mark for repair every shard whose content differs at some readable
-        // location (or all of them where the marker is missing).
-        let wanted = v.shard_contents();
-        for (i, summary) in summaries.iter().enumerate() {
-            let Some(summary) = summary else { continue };
-            for (shard, want) in &wanted {
-                if v.marker_missing.contains(&i) || summary.get(shard) != Some(want) {
-                    if !v.marker_missing.contains(&i) {
-                        tracing::info!(url = %v.locations[i].url, object = %shard.name(), "vault object out of date; it will be repaired on the next persist");
-                    }
-                    v.dirty.insert(*shard);
-                }
-            }
-        }
-        Ok(v)
+        })
     }
 
     /// For every shard with content: the set of entry ids and tombstone ids
@@ -1896,6 +2009,65 @@ mod tests {
         let c = Vault::open(locs, &id, &[]).await.unwrap();
         assert!(c.lookup(KeyKind::Period, "consumption:2026-01").is_none());
         assert!(c.lookup(KeyKind::Period, "consumption:2026-02").is_some());
+    }
+
+    #[tokio::test]
+    async fn the_repository_keys_open_without_reading_a_unit_key() {
+        let id = Identity::generate();
+        let locs = mem_locations();
+        let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
+        let mut shards = BTreeSet::new();
+        for i in 0..64 {
+            let (kid, _) = a.get_or_create(KeyKind::Subject, &format!("s{i}"));
+            shards.insert(Shard::Subject(kid.0[0]));
+        }
+        a.get_or_create(KeyKind::Period, "consumption:2026-03");
+        a.persist().await.unwrap();
+        let keys = Vault::open_repository_keys(&locs, &id).await.unwrap();
+        assert_eq!(keys.meta_key().expose(), a.meta_key().expose());
+        assert_eq!(keys.pseudonym_key().expose(), a.pseudonym_key().expose());
+        assert_eq!(keys.vault_id(), a.vault_id());
+        // Every unit-key shard at every location replaced by garbage: a
+        // full open refuses, the repository keys still open (so they read
+        // none of those objects).
+        for loc in &locs {
+            for shard in shards.iter().chain([&Shard::Period]) {
+                loc.store
+                    .put(&ObjPath::from(shard.name()), b"not age".to_vec().into())
+                    .await
+                    .unwrap();
+            }
+        }
+        assert!(matches!(
+            Vault::open(locs.clone(), &id, &[]).await,
+            Err(VaultError::Corrupt { .. })
+        ));
+        let again = Vault::open_repository_keys(&locs, &id).await.unwrap();
+        assert_eq!(again.meta_key().expose(), a.meta_key().expose());
+        // What the repository keys do read is checked as a full open checks
+        // it: another identity, another vault at one location, no vault.
+        let other = Identity::generate();
+        assert!(matches!(
+            Vault::open_repository_keys(&locs, &other).await,
+            Err(VaultError::NotRecipient { .. })
+        ));
+        let elsewhere = mem_locations();
+        Vault::create(elsewhere.clone(), &id, &[], "q")
+            .await
+            .unwrap();
+        let mixed = vec![locs[0].clone(), elsewhere[1].clone()];
+        assert!(matches!(
+            Vault::open_repository_keys(&mixed, &id).await,
+            Err(VaultError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            Vault::open_repository_keys(&mem_locations(), &id).await,
+            Err(VaultError::NoVault { .. })
+        ));
+        assert!(matches!(
+            Vault::open_repository_keys(&[], &id).await,
+            Err(VaultError::NoLocations)
+        ));
     }
 
     #[tokio::test]
