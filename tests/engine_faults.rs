@@ -512,6 +512,35 @@ async fn restore_of_a_corrupted_pack_exits_with_the_integrity_code() {
     assert_eq!(code(&rst), 3, "{}", all_output(&rst));
 }
 
+/// A damaged subject-key shard of the vault: listing snapshots needs only
+/// the repository keys and still works; a restore, which needs the unit
+/// keys, refuses naming the shard; neither changes a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_subject_shard_stops_a_restore_but_not_a_listing() {
+    let f = demo_fixture(6).await;
+    backup(&f.load(), &BackupOptions::default(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let shard = objects_under(&f.vault_dir(), "keys/subject")
+        .into_iter()
+        .next()
+        .expect("a subject shard");
+    std::fs::write(f.vault_dir().join(&shard), b"not an age file").unwrap();
+    let before = (inventory(&f.target_dir()), inventory(&f.vault_dir()));
+
+    let out = run(cli(&["snapshots", "--policy", p(&f.policy), "--json"]));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+
+    let to = f.path("restored.db");
+    let rst = run_fail(cli(&["restore", "--policy", p(&f.policy), "--to", p(&to)]));
+    let text = all_output(&rst);
+    assert!(text.contains(shard.as_str()), "{text}");
+    assert!(!to.exists(), "a refused restore left {}", to.display());
+    let after = (inventory(&f.target_dir()), inventory(&f.vault_dir()));
+    assert_eq!(before, after, "a command changed the target or the vault");
+}
+
 // ---------------------------------------------------------------------------
 // 4. Damaged or hostile metadata.
 
