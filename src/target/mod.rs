@@ -4,7 +4,7 @@
 //!
 //! | URL | store |
 //! |---|---|
-//! | `file:///abs/path` | a local directory (`LocalFileSystem` rooted there) |
+//! | `file:///abs/path` | a local directory (`LocalFileSystem` rooted there; objects of 1 MiB or more written around the page cache, see the `local` module) |
 //! | `memory://NAME[/prefix]` | a process-wide in-memory store shared by every opener of `NAME` |
 //! | `s3://bucket[/prefix]` | S3 or an S3-compatible service (path-style requests) |
 //!
@@ -31,6 +31,8 @@
 //! URL custos prints, of an error, or of a log line. Error texts coming from
 //! the object store are scrubbed of every secret this process handed to an
 //! S3 client, and URLs are shown without user info or query.
+
+mod local;
 
 use bytes::Bytes;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
@@ -314,7 +316,7 @@ fn open_file(
         path: display,
         reason: e.to_string(),
     })?;
-    Ok(Arc::new(fs))
+    Ok(Arc::new(local::LocalStore::new(fs)))
 }
 
 fn memory_registry() -> &'static Mutex<HashMap<String, Arc<dyn ObjectStore>>> {

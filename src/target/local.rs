@@ -1,0 +1,474 @@
+//! `file://` targets: `object_store`'s local file system, with large
+//! objects (packs) written around the page cache.
+//!
+//! A backup writes its packs once and does not read them back; through the
+//! page cache each written byte is first copied into a cache page the
+//! kernel must find (evicting something else: the database being backed
+//! up, say) and then written back. Objects of [`DIRECT_MIN`] bytes or more
+//! are instead written with `O_DIRECT` from a reused, aligned buffer: the
+//! device reads them straight from it. Everything else (small objects,
+//! create-only and conditional puts, reads, listings) is the local file
+//! system's own code, and the on-disk layout is the same: a staging file
+//! `<object>#<digits>` (which listings skip) renamed over the object, so a
+//! reader sees the old object or the new one, never a part.
+//!
+//! A file system that refuses `O_DIRECT` (tmpfs, some network mounts) is
+//! written through the page cache as before, from the first refusal on.
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
+    Result,
+};
+use std::fmt;
+use std::future::Future;
+use std::io::{self, Write};
+use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// Objects at least this large are written around the page cache.
+pub const DIRECT_MIN: usize = 1 << 20;
+/// The alignment `O_DIRECT` asks of buffers, lengths and file offsets
+/// (the largest logical block size in common use).
+const ALIGN: usize = 4096;
+/// Aligned buffers kept between puts (one per upload in flight; a backup
+/// has a few).
+const KEPT_BUFFERS: usize = 4;
+
+/// The local file system with large puts written around the page cache.
+pub struct LocalStore {
+    inner: LocalFileSystem,
+    /// False once the file system refused `O_DIRECT`.
+    direct: AtomicBool,
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+impl LocalStore {
+    pub fn new(inner: LocalFileSystem) -> LocalStore {
+        LocalStore {
+            inner,
+            direct: AtomicBool::new(true),
+            buffers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take_buffer(&self) -> Vec<u8> {
+        self.buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut kept = self.buffers.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < KEPT_BUFFERS {
+            kept.push(buf);
+        }
+    }
+
+    /// Writes `payload` to `location` around the page cache; `Ok(None)` if
+    /// the file system refuses `O_DIRECT` (nothing was written).
+    async fn put_direct(&self, location: &Path, payload: PutPayload) -> Result<Option<PutResult>> {
+        let dest = self.inner.path_to_filesystem(location)?;
+        let mut buf = self.take_buffer();
+        let (written, buf) = tokio::task::spawn_blocking(move || {
+            let r = write_direct(&dest, &payload, &mut buf);
+            (r, buf)
+        })
+        .await
+        .map_err(|e| generic(io::Error::other(format!("the writing task failed: {e}"))))?;
+        self.give_back(buf);
+        match written {
+            Ok(true) => {
+                // The entity tag the local file system gives this file, so
+                // that a later head or get agrees with what the put said.
+                let meta = self.inner.head(location).await?;
+                Ok(Some(PutResult {
+                    e_tag: meta.e_tag,
+                    version: None,
+                    extensions: Default::default(),
+                }))
+            }
+            Ok(false) => {
+                self.direct.store(false, Ordering::Relaxed);
+                tracing::debug!(
+                    store = %self.inner,
+                    "the file system refuses O_DIRECT; large objects go through the page cache"
+                );
+                Ok(None)
+            }
+            Err(e) => Err(generic(e)),
+        }
+    }
+}
+
+fn generic(e: io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(e),
+    }
+}
+
+/// Writes `payload` to a staging file next to `dest` with `O_DIRECT`, from
+/// `buf` (grown to fit and aligned within), cuts the padding of the last
+/// block off and renames the file over `dest`. `Ok(false)`: the file
+/// system refuses `O_DIRECT`, and nothing is left behind.
+fn write_direct(
+    dest: &std::path::Path,
+    payload: &PutPayload,
+    buf: &mut Vec<u8>,
+) -> io::Result<bool> {
+    let len = payload.content_length();
+    let padded = len.div_ceil(ALIGN) * ALIGN;
+    if buf.len() < padded + ALIGN {
+        // Rounded up, so that a buffer fits the next pack too.
+        let want = (padded + ALIGN).next_multiple_of(1 << 20);
+        buf.clear();
+        buf.resize(want, 0);
+    }
+    let off = buf.as_ptr().align_offset(ALIGN);
+    let aligned = &mut buf[off..off + padded];
+    let mut at = 0;
+    for part in payload.iter() {
+        aligned[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    aligned[len..].fill(0);
+
+    let (mut file, staging) = match open_staging(dest)? {
+        Some(f) => f,
+        None => return Ok(false),
+    };
+    let written = file
+        .write_all(aligned)
+        .and_then(|()| file.set_len(len as u64))
+        .and_then(|()| {
+            drop(file);
+            std::fs::rename(&staging, dest)
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&staging);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Creates a staging file `<dest>#<digits>` opened for `O_DIRECT` writes,
+/// creating the parent folders if needed; `None` if the file system
+/// refuses `O_DIRECT`.
+fn open_staging(dest: &std::path::Path) -> io::Result<Option<(std::fs::File, std::path::PathBuf)>> {
+    let mut n: u32 = 1;
+    loop {
+        let mut staging = dest.as_os_str().to_owned();
+        staging.push(format!("#{n}"));
+        let staging = std::path::PathBuf::from(staging);
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&staging);
+        match opened {
+            Ok(f) => return Ok(Some((f, staging))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let parent = dest.parent().ok_or(e)?;
+                std::fs::create_dir_all(parent)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                // Created, then refused: the flag is checked at open on
+                // some file systems, after creation.
+                let _ = std::fs::remove_file(&staging);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl fmt::Display for LocalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("inner", &self.inner)
+            .field("direct", &self.direct.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+// `ObjectStore` is declared with `#[async_trait]`; these are the same
+// signatures written out. Everything but a large overwrite goes to the
+// local file system as it is.
+impl ObjectStore for LocalStore {
+    fn put_opts<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        location: &'life1 Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> BoxFut<'async_trait, Result<PutResult>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            if matches!(opts.mode, PutMode::Overwrite)
+                && opts.attributes.is_empty()
+                && payload.content_length() >= DIRECT_MIN
+                && self.direct.load(Ordering::Relaxed)
+            {
+                if let Some(r) = self.put_direct(location, payload.clone()).await? {
+                    return Ok(r);
+                }
+            }
+            self.inner.put_opts(location, payload, opts).await
+        })
+    }
+
+    fn put_multipart_opts<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        location: &'life1 Path,
+        opts: PutMultipartOptions,
+    ) -> BoxFut<'async_trait, Result<Box<dyn MultipartUpload>>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.put_multipart_opts(location, opts)
+    }
+
+    fn get_opts<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        location: &'life1 Path,
+        options: GetOptions,
+    ) -> BoxFut<'async_trait, Result<GetResult>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.get_opts(location, options)
+    }
+
+    fn get_ranges<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        location: &'life1 Path,
+        ranges: &'life2 [Range<u64>],
+    ) -> BoxFut<'async_trait, Result<Vec<Bytes>>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.get_ranges(location, ranges)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    fn list_with_delimiter<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        prefix: Option<&'life1 Path>,
+    ) -> BoxFut<'async_trait, Result<ListResult>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.list_with_delimiter(prefix)
+    }
+
+    fn copy_opts<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        from: &'life1 Path,
+        to: &'life2 Path,
+        options: CopyOptions,
+    ) -> BoxFut<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.copy_opts(from, to, options)
+    }
+
+    fn rename_opts<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        from: &'life1 Path,
+        to: &'life2 Path,
+        options: RenameOptions,
+    ) -> BoxFut<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.inner.rename_opts(from, to, options)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+
+    fn store(dir: &std::path::Path) -> LocalStore {
+        LocalStore::new(LocalFileSystem::new_with_prefix(dir).unwrap())
+    }
+
+    /// Every file under `dir`, relative, sorted.
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        fn walk(base: &std::path::Path, d: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(base, &p, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out);
+        out.sort();
+        out
+    }
+
+    fn bytes(n: usize, seed: u8) -> Bytes {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    #[tokio::test]
+    async fn a_large_object_written_around_the_cache_reads_back_and_replaces_atomically() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let path = Path::from("data/ab/pack");
+        // Not a multiple of the block size, in two parts.
+        let (a, b) = (bytes(3 << 20, 1), bytes(17, 2));
+        let payload = PutPayload::from_iter([a.clone(), b.clone()]);
+        let r = s.put(&path, payload).await.unwrap();
+        let want: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        let got = s.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the object read back differs");
+        // The put's entity tag is the one the store gives the object.
+        let head = s.head(&path).await.unwrap();
+        assert_eq!(r.e_tag, head.e_tag);
+        assert_eq!(head.size, want.len() as u64);
+        // No staging file is left, and (where the file system takes
+        // O_DIRECT) the buffer was kept for the next put.
+        assert_eq!(files(tmp.path()), vec!["data/ab/pack".to_string()]);
+        if s.direct.load(Ordering::Relaxed) {
+            assert_eq!(s.buffers.lock().unwrap().len(), 1);
+        } else {
+            eprintln!(
+                "the temporary folder's file system refuses O_DIRECT: written through the cache"
+            );
+        }
+
+        // An overwrite replaces it whole, even when shorter.
+        let c = bytes((1 << 20) + 5, 3);
+        s.put(&path, c.clone().into()).await.unwrap();
+        assert_eq!(s.get(&path).await.unwrap().bytes().await.unwrap(), c);
+        assert_eq!(files(tmp.path()), vec!["data/ab/pack".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_staging_file_left_by_a_crash_is_not_listed_and_does_not_block_a_put() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        std::fs::create_dir_all(tmp.path().join("data/cd")).unwrap();
+        std::fs::write(tmp.path().join("data/cd/pack#1"), b"torn").unwrap();
+        let listed: Vec<ObjectMeta> = s.list(None).try_collect().await.unwrap();
+        assert!(listed.is_empty(), "{listed:?}");
+        let path = Path::from("data/cd/pack");
+        let data = bytes(2 << 20, 4);
+        s.put(&path, data.clone().into()).await.unwrap();
+        assert_eq!(s.get(&path).await.unwrap().bytes().await.unwrap(), data);
+        let listed: Vec<ObjectMeta> = s.list(None).try_collect().await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].location, path);
+        // The torn file is left as it was: it is not this put's.
+        assert_eq!(
+            std::fs::read(tmp.path().join("data/cd/pack#1")).unwrap(),
+            b"torn"
+        );
+    }
+
+    #[tokio::test]
+    async fn small_objects_and_refusing_file_systems_go_through_the_page_cache() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let small = bytes(4000, 5);
+        s.put(&Path::from("index/x"), small.clone().into())
+            .await
+            .unwrap();
+        assert!(
+            s.buffers.lock().unwrap().is_empty(),
+            "a small put took a buffer"
+        );
+        // As after a refusal of O_DIRECT: large objects are written by the
+        // local file system itself, and still read back.
+        s.direct.store(false, Ordering::Relaxed);
+        let large = bytes(2 << 20, 6);
+        s.put(&Path::from("data/ef/pack"), large.clone().into())
+            .await
+            .unwrap();
+        assert!(s.buffers.lock().unwrap().is_empty());
+        assert_eq!(
+            s.get(&Path::from("data/ef/pack"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+            large
+        );
+        assert_eq!(
+            s.get(&Path::from("index/x"))
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap(),
+            small
+        );
+    }
+}
