@@ -327,6 +327,17 @@ async fn bad_input_is_refused_before_any_data_moves() {
     let e = backup(&p).await.unwrap_err().to_string();
     assert!(e.contains("cannot connect"), "{e}");
 
+    // TLS required of a server that has none.
+    let p = policy(
+        d,
+        &format!("{}?sslmode=require", pg.url("src")),
+        TELECOM_TABLES,
+        &pw(d),
+    )
+    .await;
+    let e = backup(&p).await.unwrap_err().to_string();
+    assert!(e.contains("TLS") && e.contains("sslmode"), "{e}");
+
     // A listed table that does not exist.
     let t = "[[store.tables]]\nname = \"subscribers\"\nclass = \"identity\"\nsubject = \"id\"\n";
     let p = policy(d, &pg.url("src"), t, &pw(d)).await;
@@ -776,4 +787,103 @@ retain = { after = "started_at", for = "90d" }
         due.iter().filter(|u| u.kind == UnitKind::Subject).count(),
         29
     );
+}
+
+/// A new CA (its certificate PEM, and what it needs to sign) and a server
+/// certificate it signs for `names`.
+fn ca_and_server(names: &[&str]) -> (String, pg::ServerTls) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "custos test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let server = rcgen::CertificateParams::new(names).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    (
+        ca_cert.pem(),
+        pg::ServerTls {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_server_is_verified_as_sslmode_says_and_refusals_write_nothing() {
+    // The server's certificate names 127.0.0.1 only, and it takes TCP
+    // clients over TLS only (hostssl).
+    let (ca_pem, server) = ca_and_server(&["127.0.0.1"]);
+    let Some(pg) = PgCluster::start_tls(&server) else {
+        return;
+    };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let ca = d.join("ca.pem");
+    fs::write(&ca, &ca_pem).unwrap();
+    let (other_pem, _) = ca_and_server(&["127.0.0.1"]);
+    let other = d.join("other-ca.pem");
+    fs::write(&other, other_pem).unwrap();
+    let url = |host: &str, db: &str, query: &str| {
+        format!("postgres://postgres@{host}:{}/{db}?{query}", pg.port)
+    };
+    let full = format!("sslmode=verify-full&sslrootcert={}", ca.display());
+
+    // Each refusal names TLS (or the server's rule) and writes nothing.
+    let refusals = [
+        (
+            url(
+                "127.0.0.1",
+                "src",
+                &format!("sslmode=verify-full&sslrootcert={}", other.display()),
+            ),
+            "TLS",
+        ),
+        (url("localhost", "src", &full), "TLS"),
+        (
+            url("127.0.0.1", "src", "sslmode=verify-full"),
+            "sslrootcert",
+        ),
+        (url("127.0.0.1", "src", "sslmode=allow"), "sslmode"),
+        (url("127.0.0.1", "src", "sslmode=disable"), "only over TLS"),
+    ];
+    policy(d, &url("127.0.0.1", "src", &full), TELECOM_TABLES, &pw(d)).await;
+    let base = stored_objects(d);
+    for (u, why) in &refusals {
+        let p = policy(d, u, TELECOM_TABLES, &pw(d)).await;
+        let e = backup(&p).await.unwrap_err().to_string();
+        assert!(e.contains(why), "{u}: {e}");
+        assert!(!e.contains(PASSWORD), "{e}");
+        assert_eq!(stored_objects(d), base, "{u}: data was written");
+    }
+
+    // verify-full with the CA that signed it: a backup, and a restore
+    // whose tools (psql) connect with the same parameters.
+    let p = policy(d, &url("127.0.0.1", "src", &full), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
+    assert!(stored_objects(d) > base);
+    pg.createdb("dst");
+    restore(&p, &url("127.0.0.1", "dst", &full), false)
+        .await
+        .unwrap();
+    assert_same_dump(&pg, "src", "dst");
+
+    // verify-ca checks the chain and not the name: `localhost` is accepted.
+    let ca_only = format!("sslmode=verify-ca&sslrootcert={}", ca.display());
+    let p = policy(
+        d,
+        &url("localhost", "src", &ca_only),
+        TELECOM_TABLES,
+        &pw(d),
+    )
+    .await;
+    backup(&p).await.unwrap();
+    // No sslmode: `prefer`, encrypted without checking the certificate,
+    // as libpq does (the server takes nothing else).
+    let p = policy(d, &url("127.0.0.1", "src", ""), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
 }

@@ -24,6 +24,14 @@ pub struct PgCluster {
     bindir: PathBuf,
     pub port: u16,
     as_postgres: bool,
+    /// Whether TCP clients must use TLS (`hostssl` only).
+    tls: bool,
+}
+
+/// A server certificate and its private key, PEM.
+pub struct ServerTls {
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 fn bindir() -> Option<PathBuf> {
@@ -76,6 +84,16 @@ impl PgCluster {
     /// Starts a cluster, or returns `None` (after a loud SKIPPED line) when
     /// the binaries are missing and `CUSTOS_SKIP_POSTGRES=1`.
     pub fn start() -> Option<PgCluster> {
+        PgCluster::start_with(None)
+    }
+
+    /// As [`start`](Self::start), with TLS on and required of every TCP
+    /// client (`pg_hba.conf` allows `hostssl` only), with this certificate.
+    pub fn start_tls(server: &ServerTls) -> Option<PgCluster> {
+        PgCluster::start_with(Some(server))
+    }
+
+    fn start_with(tls: Option<&ServerTls>) -> Option<PgCluster> {
         let Some(bindir) = bindir() else {
             if std::env::var("CUSTOS_SKIP_POSTGRES").as_deref() == Ok("1") {
                 eprintln!(
@@ -116,6 +134,7 @@ impl PgCluster {
             bindir,
             port: 0,
             as_postgres,
+            tls: tls.is_some(),
         };
         let data = cluster.data_dir();
         let initdb = cluster.server_cmd("initdb", |c| {
@@ -134,6 +153,32 @@ impl PgCluster {
                 .arg(format!("--pwfile={}", pwfile.display()));
         });
         check("initdb", initdb);
+        let mut server_options = String::new();
+        if let Some(t) = tls {
+            let (crt, key) = (data.join("server.crt"), data.join("server.key"));
+            std::fs::write(&crt, &t.cert_pem).unwrap();
+            std::fs::write(&key, &t.key_pem).unwrap();
+            let mut c = Command::new("chmod");
+            c.arg("0600").arg(&key);
+            check("chmod", c.output());
+            if as_postgres {
+                let mut c = Command::new("chown");
+                c.arg("postgres:postgres").arg(&crt).arg(&key);
+                check("chown", c.output());
+            }
+            let hba = data.join("pg_hba.conf");
+            let text = std::fs::read_to_string(&hba).unwrap();
+            let only_tls: String = text
+                .lines()
+                .map(|l| match l.strip_prefix("host ") {
+                    Some(rest) => format!("hostssl {rest}\n"),
+                    None => format!("{l}\n"),
+                })
+                .collect();
+            std::fs::write(&hba, only_tls).unwrap();
+            server_options =
+                " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+        }
         for attempt in 0..5 {
             let port = free_port();
             let log = cluster.dir.path().join("server.log");
@@ -147,7 +192,7 @@ impl PgCluster {
                     .arg("-o")
                     .arg(format!(
                         "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                         -c synchronous_commit=off -c full_page_writes=off",
+                         -c synchronous_commit=off -c full_page_writes=off{server_options}",
                         sock.display()
                     ))
                     .arg("start");
@@ -204,6 +249,9 @@ impl PgCluster {
             .env("PGPORT", self.port.to_string())
             .env("PGUSER", "postgres")
             .stdin(Stdio::null());
+        if self.tls {
+            c.env("PGSSLMODE", "require");
+        }
         c
     }
 

@@ -31,6 +31,7 @@
 mod catalog;
 mod copy;
 mod restore;
+pub mod tls;
 mod tools;
 
 pub use catalog::read as read_catalog;
@@ -69,6 +70,9 @@ pub enum PgError {
     /// The server cannot be reached.
     #[error("{server}: cannot connect: {why}; check that the server runs and the host and port are right")]
     Unreachable { server: String, why: String },
+    /// TLS could not be set up or the server's certificate was refused.
+    #[error("{server}: TLS: {why}; check the store url's sslmode and sslrootcert (docs/POSTGRES.md, \"TLS\")")]
+    Tls { server: String, why: String },
     /// A query or statement failed.
     #[error("{server}: {what}: {why}")]
     Query {
@@ -122,6 +126,8 @@ pub enum PgError {
 pub struct PgConn {
     url: String,
     config: Config,
+    /// TLS as the URL's `sslmode` asks (`None`: `disable`).
+    tls: Option<tls::PgTls>,
     password: Option<Arc<Zeroizing<String>>>,
     /// Schemas to read (empty: every non-system schema).
     pub schemas: Vec<String>,
@@ -144,15 +150,30 @@ impl PgConn {
             url: redact_url(url),
             why,
         };
-        let config: Config = url.parse().map_err(|e| bad(format!("{e}")))?;
+        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        // tokio-postgres knows neither `sslrootcert` nor the verify modes:
+        // it gets the URL without them, and TLS is set up here.
+        let (driver, ssl, root) = tls::split_url(&parsed).map_err(bad)?;
+        let mut config: Config = driver.as_str().parse().map_err(|e| bad(format!("{e}")))?;
+        config.ssl_mode(ssl.driver_mode());
         let password = config
             .get_password()
             .map(|p| Arc::new(Zeroizing::new(String::from_utf8_lossy(p).into_owned())));
-        let mut clean = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let mut clean = parsed;
         let _ = clean.set_password(None);
+        let tls = match ssl {
+            tls::SslMode::Disable => None,
+            _ => Some(
+                tls::PgTls::new(ssl, root.as_deref()).map_err(|e| PgError::Tls {
+                    server: format!("store url `{}`", redact_url(url)),
+                    why: e.0,
+                })?,
+            ),
+        };
         Ok(PgConn {
             url: clean.to_string(),
             config,
+            tls,
             password,
             schemas: Vec::new(),
         })
@@ -265,22 +286,49 @@ impl PgConn {
     /// Opens one connection (driven on the current runtime) with the
     /// session settings that fix the text output of values.
     pub async fn connect(&self) -> Result<Client, PgError> {
-        let (client, conn) = self.config.connect(NoTls).await.map_err(|e| {
+        let mapped = |e: tokio_postgres::Error| {
             let code = e.code().map(|c| c.code().to_string());
+            let why = error_text(&e);
             match code.as_deref() {
+                // pg_hba.conf has only `hostssl` lines for this client.
+                Some("28000") if why.contains("no encryption") => PgError::Tls {
+                    server: self.server(),
+                    why: "the server takes this connection only over TLS (pg_hba.conf), and sslmode=disable".into(),
+                },
                 Some("28P01") | Some("28000") => PgError::Auth {
                     server: self.server(),
                     user: self.user(),
                 },
+                _ if why.contains(tls::HANDSHAKE_FAILED)
+                    || why.contains("server does not support TLS") =>
+                {
+                    PgError::Tls {
+                        server: self.server(),
+                        why,
+                    }
+                }
                 _ => PgError::Unreachable {
                     server: self.server(),
-                    why: error_text(&e),
+                    why,
                 },
             }
-        })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        };
+        let client = match &self.tls {
+            None => {
+                let (client, conn) = self.config.connect(NoTls).await.map_err(mapped)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client
+            }
+            Some(t) => {
+                let (client, conn) = self.config.connect(t.clone()).await.map_err(mapped)?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                client
+            }
+        };
         client
             .batch_execute(
                 "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'; \

@@ -1,0 +1,436 @@
+//! TLS to PostgreSQL servers (rustls through tokio-rustls), chosen by the
+//! store URL's libpq parameters `sslmode` and `sslrootcert`:
+//!
+//! | `sslmode` | TLS | the server's certificate |
+//! |---|---|---|
+//! | `disable` | never | |
+//! | `prefer` (default, as libpq) | if the server offers it | not checked |
+//! | `require` | always | not checked; with `sslrootcert`, as `verify-ca` (as libpq) |
+//! | `verify-ca` | always | signed by a CA of `sslrootcert` |
+//! | `verify-full` | always | as `verify-ca`, and issued for the URL's host |
+//!
+//! `verify-ca` and `verify-full` need `sslrootcert` (a PEM file of CA
+//! certificates): custos reads no default trust store. The same URL goes to
+//! the libpq tools (`pg_dump`, `psql`), which read the same parameters.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::client::danger::{
+    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
+};
+use tokio_rustls::rustls::client::WebPkiServerVerifier;
+use tokio_rustls::rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider,
+};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// What a connection asks of TLS (the URL's `sslmode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq name of a mode.
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// What tokio-postgres is told: whether TLS may be skipped.
+    pub fn driver_mode(self) -> tokio_postgres::config::SslMode {
+        match self {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        }
+    }
+}
+
+/// A TLS client configuration for one store, built once from its URL.
+#[derive(Clone)]
+pub struct PgTls {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for PgTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgTls")
+    }
+}
+
+/// Why a TLS configuration cannot be built (names the file, never a key).
+#[derive(Debug)]
+pub struct TlsSetupError(pub String);
+
+impl PgTls {
+    /// The configuration for `mode` with the CA certificates of `root`
+    /// (`sslrootcert`), if given.
+    pub fn new(mode: SslMode, root: Option<&Path>) -> Result<PgTls, TlsSetupError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let roots = match root {
+            Some(p) => Some(Arc::new(load_roots(p)?)),
+            None => None,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(TlsSetupError(format!(
+                    "sslmode={} needs sslrootcert (a PEM file of the CA certificates that sign the server's); custos reads no default trust store",
+                    if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
+                )))
+            }
+            (SslMode::VerifyFull, Some(roots)) => web_pki(roots, &provider)?,
+            (SslMode::VerifyCa | SslMode::Require, Some(roots)) => Arc::new(AnyName {
+                inner: web_pki(roots, &provider)?,
+            }),
+            (_, _) => Arc::new(Unchecked {
+                provider: provider.clone(),
+            }),
+        };
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsSetupError(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(PgTls {
+            config: Arc::new(config),
+        })
+    }
+}
+
+fn web_pki(
+    roots: Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsSetupError> {
+    let v = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsSetupError(format!("building the certificate verifier: {e}")))?;
+    Ok(v)
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
+    let named = |why: String| TlsSetupError(format!("sslrootcert {}: {why}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| named(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| named(format!("not a PEM file of certificates ({e})")))?;
+    if certs.is_empty() {
+        return Err(named("holds no CERTIFICATE block".into()));
+    }
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| named(format!("a certificate cannot be used as a CA ({e})")))?;
+    }
+    Ok(roots)
+}
+
+/// `verify-ca`: the chain must lead to a given CA; the name is not checked.
+#[derive(Debug)]
+struct AnyName {
+    inner: Arc<dyn ServerCertVerifier>,
+}
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require` without `sslrootcert`: the channel is encrypted
+/// but the server is not authenticated (as libpq does); the handshake's
+/// signatures are still checked against the certificate presented.
+#[derive(Debug)]
+struct Unchecked {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The prefix of every TLS handshake failure's text, so that the store can
+/// tell it from an unreachable server.
+pub const HANDSHAKE_FAILED: &str = "TLS handshake with the server failed";
+
+impl<S> MakeTlsConnect<S> for PgTls
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type TlsConnect = PgTlsConnect;
+    type Error = io::Error;
+
+    fn make_tls_connect(&mut self, domain: &str) -> Result<PgTlsConnect, io::Error> {
+        let name = ServerName::try_from(domain.to_string()).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{HANDSHAKE_FAILED}: host `{domain}` is not a TLS server name ({e})"),
+            )
+        })?;
+        Ok(PgTlsConnect {
+            config: self.config.clone(),
+            name,
+        })
+    }
+}
+
+/// One connection's TLS handshake.
+pub struct PgTlsConnect {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl<S> TlsConnect<S> for PgTlsConnect
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Stream = PgTlsStream<S>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<PgTlsStream<S>>> + Send>>;
+
+    fn connect(self, stream: S) -> Self::Future {
+        Box::pin(async move {
+            let connector = tokio_rustls::TlsConnector::from(self.config);
+            let tls = connector
+                .connect(self.name, stream)
+                .await
+                .map_err(|e| io::Error::new(e.kind(), format!("{HANDSHAKE_FAILED}: {e}")))?;
+            Ok(PgTlsStream(Box::new(tls)))
+        })
+    }
+}
+
+/// An encrypted connection to the server.
+pub struct PgTlsStream<S>(Box<tokio_rustls::client::TlsStream<S>>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for PgTlsStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for PgTlsStream<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        // SCRAM runs without channel binding (SCRAM-SHA-256, not -PLUS).
+        ChannelBinding::none()
+    }
+}
+
+/// The `sslmode` and `sslrootcert` of a libpq URL, and the URL without
+/// them for tokio-postgres (which knows neither `verify-*` nor
+/// `sslrootcert`). A relative `sslrootcert` is relative to the working
+/// folder, as for libpq.
+pub fn split_url(url: &url::Url) -> Result<(url::Url, SslMode, Option<PathBuf>), String> {
+    let mut mode = SslMode::Prefer;
+    let mut root = None;
+    let mut rest = Vec::new();
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => {
+                mode = SslMode::parse(&v).ok_or_else(|| {
+                    format!("sslmode `{v}` is not one of disable, prefer, require, verify-ca, verify-full")
+                })?;
+            }
+            "sslrootcert" => root = Some(PathBuf::from(v.as_ref())),
+            "sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" | "sslsni" => {
+                return Err(format!(
+                    "`{k}` is not supported (custos connects without a client certificate)"
+                ));
+            }
+            _ => rest.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    let mut driver = url.clone();
+    driver.set_query(None);
+    if !rest.is_empty() {
+        driver.query_pairs_mut().extend_pairs(rest);
+    }
+    Ok((driver, mode, root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(u: &str) -> Result<(String, SslMode, Option<PathBuf>), String> {
+        split_url(&url::Url::parse(u).unwrap()).map(|(d, m, r)| (d.to_string(), m, r))
+    }
+
+    #[test]
+    fn the_url_keeps_what_tokio_postgres_reads_and_gives_the_rest_to_tls() {
+        let (d, m, r) = split(
+            "postgres://u@db:5432/crm?connect_timeout=5&sslmode=verify-full&sslrootcert=/ca.pem",
+        )
+        .unwrap();
+        assert_eq!(d, "postgres://u@db:5432/crm?connect_timeout=5");
+        assert_eq!(m, SslMode::VerifyFull);
+        assert_eq!(r, Some(PathBuf::from("/ca.pem")));
+        let (d, m, r) = split("postgres://u@db/crm").unwrap();
+        assert_eq!(
+            (d.as_str(), m, r),
+            ("postgres://u@db/crm", SslMode::Prefer, None)
+        );
+        for (mode, want) in [
+            ("disable", SslMode::Disable),
+            ("prefer", SslMode::Prefer),
+            ("require", SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa),
+        ] {
+            assert_eq!(
+                split(&format!("postgres://u@db/crm?sslmode={mode}"))
+                    .unwrap()
+                    .1,
+                want
+            );
+        }
+        let e = split("postgres://u@db/crm?sslmode=allow").unwrap_err();
+        assert!(e.contains("allow"), "{e}");
+        let e = split("postgres://u@db/crm?sslcert=/c.pem").unwrap_err();
+        assert!(e.contains("sslcert") && e.contains("not supported"), "{e}");
+    }
+
+    #[test]
+    fn a_root_file_that_holds_no_certificate_is_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path().join("ca.pem");
+        std::fs::write(&p, "not a certificate").unwrap();
+        let e = PgTls::new(SslMode::VerifyFull, Some(&p)).unwrap_err().0;
+        assert!(e.contains("ca.pem") && e.contains("CERTIFICATE"), "{e}");
+        let e = PgTls::new(SslMode::VerifyCa, Some(&tmp.path().join("absent.pem")))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("absent.pem"), "{e}");
+        // Without verification no file is needed.
+        PgTls::new(SslMode::Require, None).unwrap();
+    }
+}
