@@ -93,21 +93,25 @@ impl PgTls {
             Some(p) => Some(Arc::new(load_roots(p)?)),
             None => None,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match (mode, roots) {
+        let chain = match (mode, roots) {
             (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
                 return Err(TlsSetupError(format!(
                     "sslmode={} needs sslrootcert (a PEM file of the CA certificates that sign the server's); custos reads no default trust store",
                     if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" }
                 )))
             }
-            (SslMode::VerifyFull, Some(roots)) => web_pki(roots, &provider)?,
-            (SslMode::VerifyCa | SslMode::Require, Some(roots)) => Arc::new(AnyName {
-                inner: web_pki(roots, &provider)?,
-            }),
-            (_, _) => Arc::new(Unchecked {
-                provider: provider.clone(),
-            }),
+            (SslMode::VerifyFull | SslMode::VerifyCa | SslMode::Require, Some(roots)) => Some(
+                WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                    .build()
+                    .map_err(|e| TlsSetupError(format!("building the certificate verifier: {e}")))?,
+            ),
+            (_, _) => None,
         };
+        let verifier = Arc::new(ServerCheck {
+            chain,
+            name: mode == SslMode::VerifyFull,
+            provider: provider.clone(),
+        });
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsSetupError(e.to_string()))?
@@ -118,16 +122,6 @@ impl PgTls {
             config: Arc::new(config),
         })
     }
-}
-
-fn web_pki(
-    roots: Arc<RootCertStore>,
-    provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ServerCertVerifier>, TlsSetupError> {
-    let v = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|e| TlsSetupError(format!("building the certificate verifier: {e}")))?;
-    Ok(v)
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
@@ -148,13 +142,20 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
     Ok(roots)
 }
 
-/// `verify-ca`: the chain must lead to a given CA; the name is not checked.
+/// How the server's certificate is checked: against the CAs of
+/// `sslrootcert` (`chain`), with or without its name (`verify-full` or
+/// `verify-ca`), or not at all (`prefer` and `require` without
+/// `sslrootcert`: the channel is encrypted but the server is not
+/// authenticated, as with libpq). The handshake's signatures are always
+/// checked against the certificate presented.
 #[derive(Debug)]
-struct AnyName {
-    inner: Arc<dyn ServerCertVerifier>,
+struct ServerCheck {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    name: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for ServerCheck {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -163,62 +164,16 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) if !self.name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without `sslrootcert`: the channel is encrypted
-/// but the server is not authenticated (as libpq does); the handshake's
-/// signatures are still checked against the certificate presented.
-#[derive(Debug)]
-struct Unchecked {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
