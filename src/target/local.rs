@@ -12,8 +12,10 @@
 //! `<object>#<digits>` (which listings skip) renamed over the object, so a
 //! reader sees the old object or the new one, never a part.
 //!
-//! A file system that refuses `O_DIRECT` (tmpfs, some network mounts) is
-//! written through the page cache as before, from the first refusal on.
+//! A file system that refuses `O_DIRECT` (at open, or with `EINVAL` at the
+//! first write: older tmpfs, some network and FUSE mounts, blocks larger
+//! than 4 KiB) is written through the page cache as before, from the first
+//! refusal on.
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -147,13 +149,19 @@ fn write_direct(
         Some(f) => f,
         None => return Ok(false),
     };
-    let written = file
-        .write_all(aligned)
-        .and_then(|()| file.set_len(len as u64))
-        .and_then(|()| {
-            drop(file);
-            std::fs::rename(&staging, dest)
-        });
+    if let Err(e) = file.write_all(aligned) {
+        let _ = std::fs::remove_file(&staging);
+        // Taken at open, refused at the write (a block size above ALIGN,
+        // some FUSE file systems): as a refusal at open.
+        return match e.raw_os_error() {
+            Some(libc::EINVAL) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    let written = file.set_len(len as u64).and_then(|()| {
+        drop(file);
+        std::fs::rename(&staging, dest)
+    });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&staging);
         return Err(e);
