@@ -627,11 +627,33 @@ fn sigterm_removes_scratch_at_once() {
     panic!("never interrupted a drill while its scratch space existed");
 }
 
-#[test]
-fn damaged_pack_is_repaired_from_the_offsite_copy_and_redrilled() {
+/// The packs of the latest snapshot's page lists (read by place when the
+/// snapshot is loaded, before any data).
+fn list_packs(f: &Fixture) -> Vec<String> {
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let policy = custos::policy::Policy::load(&f.policy).unwrap();
+        let repo = custos::ops::MetaRepo::open(&policy, None).await.unwrap();
+        let snap = custos::repo::snapshot::Snapshot::find(&repo.target, &repo.meta, "latest")
+            .await
+            .unwrap();
+        let mut packs: Vec<String> = snap.page_lists().map(|l| l.pack.to_string()).collect();
+        packs.sort();
+        packs.dedup();
+        packs
+    })
+}
+
+/// Replicates to an off-site target, flips a bit in the pack `pick`
+/// chooses on the primary, and drills: the drill fails naming the pack,
+/// repairs it from the off-site copy and drills again, which passes.
+/// Returns the two reports.
+fn damaged_pack_is_repaired_and_redrilled(
+    seed: u64,
+    pick: impl FnOnce(&Fixture, &[String]) -> String,
+) -> (Value, Value) {
     let dr = tempdir();
     let f = Fixture::new(
-        15,
+        seed,
         &format!(
             "[[targets]]\nname = \"dr\"\nurl = \"{}\"\noffsite = true\n",
             file_url(dr.path())
@@ -639,10 +661,10 @@ fn damaged_pack_is_repaired_from_the_offsite_copy_and_redrilled() {
     );
     run(f.cli(&["replicate", "--policy", &f.policy_s()]));
     let packs = objects_under(&f.target(), "data");
-    let victim = &packs[packs.len() / 2];
-    let good = std::fs::read(dr.path().join(victim)).unwrap();
+    let victim = pick(&f, &packs);
+    let good = std::fs::read(dr.path().join(&victim)).unwrap();
     let n = good.len();
-    flip_bit(&f.target().join(victim), n / 3);
+    flip_bit(&f.target().join(&victim), n / 3);
     let out = run_fail(f.drill(&[]));
     // The failure stays on record and decides the exit code.
     assert_eq!(code(&out), 3, "{}", stderr(&out));
@@ -651,7 +673,7 @@ fn damaged_pack_is_repaired_from_the_offsite_copy_and_redrilled() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(reports.len(), 2, "{}", stdout(&out));
-    let (failed, again) = (&reports[0], &reports[1]);
+    let (failed, again) = (reports[0].clone(), reports[1].clone());
     assert_eq!(failed["verdict"], "FAIL");
     assert_eq!(
         failed["corrupt_objects"],
@@ -665,15 +687,48 @@ fn damaged_pack_is_repaired_from_the_offsite_copy_and_redrilled() {
         "{}",
         failed["repair"]
     );
-    // The primary holds the good bytes again, and the re-drill of the same
-    // snapshot passes, naming the drill it follows.
-    assert_eq!(std::fs::read(f.target().join(victim)).unwrap(), good);
+    // The primary holds the good bytes again, and the re-drill passes,
+    // naming the drill it follows.
+    assert_eq!(std::fs::read(f.target().join(&victim)).unwrap(), good);
     assert_eq!(again["verdict"], "PASS", "{}", again["reasons"]);
     assert_eq!(again["redrill_of"], failed["id"]);
-    assert_eq!(again["snapshot"]["id"], failed["snapshot"]["id"]);
-    for r in [failed, again] {
+    for r in [&failed, &again] {
         let id = r["id"].as_str().unwrap();
         assert!(f.report_path(id).is_file());
         run(f.cli(&["reports", "verify", id, "--public-key", &f.public_key()]));
     }
+    (failed, again)
+}
+
+#[test]
+fn damaged_pack_is_repaired_from_the_offsite_copy_and_redrilled() {
+    // A pack of chunks or tree pages: the drill chose its snapshot, and
+    // the re-drill restores that same snapshot.
+    let (failed, again) = damaged_pack_is_repaired_and_redrilled(15, |f, packs| {
+        let lists = list_packs(f);
+        packs
+            .iter()
+            .find(|p| !lists.iter().any(|l| p.ends_with(l.as_str())))
+            .expect("a pack without page lists")
+            .clone()
+    });
+    assert!(failed["snapshot"]["id"].is_string(), "{failed}");
+    assert_eq!(again["snapshot"]["id"], failed["snapshot"]["id"]);
+}
+
+#[test]
+fn a_damaged_page_list_pack_is_repaired_and_the_same_choice_drilled_again() {
+    // The snapshot's page lists are in the damaged pack: the drill fails
+    // while choosing its snapshot, so the re-drill makes the same choice
+    // (the latest) once the pack is repaired.
+    let (failed, again) = damaged_pack_is_repaired_and_redrilled(16, |f, packs| {
+        let lists = list_packs(f);
+        packs
+            .iter()
+            .find(|p| p.ends_with(lists[0].as_str()))
+            .expect("the page-list pack is on the primary")
+            .clone()
+    });
+    assert!(failed["snapshot"].is_null(), "{failed}");
+    assert!(again["snapshot"]["id"].is_string(), "{again}");
 }

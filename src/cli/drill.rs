@@ -80,22 +80,16 @@ pub async fn run(a: DrillArgs) -> Result<(), Failure> {
         // Every damaged object was repaired from a good copy: drill the same
         // snapshot again, recorded as its own report. The failure stays on
         // record and still decides the exit code.
-        if let Some(snap) = &r.snapshot {
-            let again = DrillOptions {
-                snapshot: SnapshotChoice::Id(snap.id.clone()),
-                target: Some(r.target.name.clone()),
-                redrill_of: Some(r.id.clone()),
-            };
-            let progress = super::progress::for_terminal(a.json);
-            match custos::drill::run(&policy, &state, &again, progress).await {
-                Ok(o2) => {
-                    if !a.json {
-                        println!("re-drill after repair:");
-                    }
-                    show(&o2, a.json)?;
+        let again = opts.again_after_repair(r);
+        let progress = super::progress::for_terminal(a.json);
+        match custos::drill::run(&policy, &state, &again, progress).await {
+            Ok(o2) => {
+                if !a.json {
+                    println!("re-drill after repair:");
                 }
-                Err(e) => eprintln!("warning: the re-drill after repair could not run: {e:#}"),
+                show(&o2, a.json)?;
             }
+            Err(e) => eprintln!("warning: the re-drill after repair could not run: {e:#}"),
         }
     }
     match r.verdict {

@@ -115,6 +115,23 @@ pub struct DrillOptions {
     pub redrill_of: Option<String>,
 }
 
+impl DrillOptions {
+    /// The drill to run again after every damaged object `failed` found
+    /// was repaired: the same snapshot (by id) from the same target, or
+    /// this drill's own choice when the damage kept it from choosing one
+    /// (a snapshot's page lists in a damaged pack).
+    pub fn again_after_repair(&self, failed: &DrillReport) -> DrillOptions {
+        DrillOptions {
+            snapshot: match &failed.snapshot {
+                Some(s) => SnapshotChoice::Id(s.id.clone()),
+                None => self.snapshot.clone(),
+            },
+            target: Some(failed.target.name.clone()),
+            redrill_of: Some(failed.id.clone()),
+        }
+    }
+}
+
 /// A finished drill: the report, its signed text and where it was stored.
 #[derive(Debug)]
 pub struct DrillOutcome {

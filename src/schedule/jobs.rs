@@ -274,21 +274,15 @@ async fn drill_job(ctx: &JobContext, policy: &Policy) -> JobOutcome {
                 if r.verdict != crate::drill::report::Verdict::Pass {
                     fail.push(format!("drill {} FAILED: {}", r.id, r.reasons.join("; ")));
                     if o.repaired {
-                        if let Some(s) = &r.snapshot {
-                            let again = DrillOptions {
-                                snapshot: SnapshotChoice::Id(s.id.clone()),
-                                target: Some(target.clone()),
-                                redrill_of: Some(r.id.clone()),
-                            };
-                            if let Ok(o2) =
-                                crate::drill::run(policy, state, &again, Arc::new(NoProgress)).await
-                            {
-                                verdicts.push(format!(
-                                    "re-drill {} {}",
-                                    o2.report.id,
-                                    o2.report.verdict.as_str()
-                                ));
-                            }
+                        let again = opts.again_after_repair(r);
+                        if let Ok(o2) =
+                            crate::drill::run(policy, state, &again, Arc::new(NoProgress)).await
+                        {
+                            verdicts.push(format!(
+                                "re-drill {} {}",
+                                o2.report.id,
+                                o2.report.verdict.as_str()
+                            ));
                         }
                     }
                 }
