@@ -29,10 +29,13 @@ use super::pages::Layout;
 use rusqlite::types::ValueRef;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
 
 /// Bytes of consecutive pages gathered before one write.
 const WRITE_BATCH: usize = 1 << 20;
+/// The alignment `O_DIRECT` asks of buffers, lengths and offsets.
+const DIRECT_ALIGN: usize = 4096;
 
 /// SQLite's default limit on a row's record (`SQLITE_MAX_LENGTH`): an
 /// `INSERT` of a longer one fails, and so does reading one back.
@@ -41,13 +44,20 @@ const MAX_RECORD: u64 = 1_000_000_000;
 /// A database file's pages, written directly.
 pub struct PageFile {
     file: File,
+    /// The same file opened with `O_DIRECT`, once asked for
+    /// ([`PageFile::write_around_cache`]) and taken by the file system:
+    /// the batches of pages go through it, not through the page cache.
+    direct: Option<File>,
     pub(super) page_size: u32,
     /// Page size less the reserved bytes at the end of each page.
     pub(super) usable: u32,
     /// The database's size in pages; the next page allocated is this + 1.
     pages: u32,
-    /// Consecutive pages waiting to be written, the first numbered `batch_at`.
+    /// Consecutive pages waiting to be written (from byte `lead` on, which
+    /// is aligned for `O_DIRECT`; the vector never grows past its first
+    /// capacity, so it never moves), the first numbered `batch_at`.
     batch: Vec<u8>,
+    lead: usize,
     batch_at: u32,
 }
 
@@ -100,14 +110,39 @@ impl PageFile {
         if counter != valid_for || in_header != pages {
             return Err(LoadError::Header("names a size the file does not have"));
         }
+        let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH + DIRECT_ALIGN);
+        let lead = batch.as_ptr().align_offset(DIRECT_ALIGN);
+        batch.resize(lead, 0);
         Ok(PageFile {
             file,
+            direct: None,
             page_size,
             usable,
             pages,
-            batch: Vec::with_capacity(WRITE_BATCH),
+            batch,
+            lead,
             batch_at: 0,
         })
+    }
+
+    /// Writes the pages of `path` (this file) around the page cache from
+    /// now on, where the file system and the page size allow it: a restore
+    /// writes each page once, and a cache page taken for it would evict
+    /// something else. The header is still read and written through the
+    /// cache ([`close`](Self::close)); pages written here are never
+    /// written through it, so the two never overlap.
+    pub fn write_around_cache(&mut self, path: &Path) {
+        if !(self.page_size as usize).is_multiple_of(DIRECT_ALIGN) {
+            return;
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => self.direct = Some(f),
+            Err(e) => tracing::debug!(error = %e, "pages written through the page cache"),
+        }
     }
 
     pub(super) fn alloc(&mut self) -> Result<u32, LoadError> {
@@ -128,8 +163,9 @@ impl PageFile {
     pub(super) fn put(&mut self, pgno: u32, page: &[u8]) -> Result<(), LoadError> {
         debug_assert_eq!(page.len(), self.page_size as usize);
         let size = self.page_size as usize;
-        let next = self.batch_at + (self.batch.len() / size) as u32;
-        if self.batch.is_empty() || pgno != next || self.batch.len() + size > WRITE_BATCH {
+        let held = self.batch.len() - self.lead;
+        let next = self.batch_at + (held / size) as u32;
+        if held == 0 || pgno != next || held + size > WRITE_BATCH {
             self.flush()?;
             self.batch_at = pgno;
         }
@@ -138,10 +174,23 @@ impl PageFile {
     }
 
     pub(super) fn flush(&mut self) -> Result<(), LoadError> {
-        if !self.batch.is_empty() {
+        if self.batch.len() > self.lead {
             let at = u64::from(self.batch_at - 1) * u64::from(self.page_size);
-            self.file.write_all_at(&self.batch, at)?;
-            self.batch.clear();
+            let data = &self.batch[self.lead..];
+            let mut done = false;
+            if let Some(d) = &self.direct {
+                match d.write_all_at(data, at) {
+                    Ok(()) => done = true,
+                    // Taken at open, refused at the write: through the
+                    // cache from now on (this batch whole, again).
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = None,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !done {
+                self.file.write_all_at(&self.batch[self.lead..], at)?;
+            }
+            self.batch.truncate(self.lead);
         }
         Ok(())
     }
@@ -672,13 +721,21 @@ mod tests {
         .unwrap()
     }
 
+    /// The file as the restore opens it: pages of 4 KiB or more written
+    /// around the page cache (where the file system takes `O_DIRECT`),
+    /// smaller ones through it, so the tests' page sizes cover both.
     fn open(path: &Path) -> PageFile {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .unwrap();
-        PageFile::open(f).unwrap()
+        let mut file = PageFile::open(f).unwrap();
+        file.write_around_cache(path);
+        if file.page_size < 4096 {
+            assert!(file.direct.is_none(), "pages of {} bytes", file.page_size);
+        }
+        file
     }
 
     fn load(path: &Path, root: u32, rows: &[(i64, Vec<Value>)]) {

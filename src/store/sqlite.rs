@@ -1795,7 +1795,9 @@ impl SqliteRestorer {
                     doing: "opening the new database to write pages".into(),
                     source,
                 })?;
-            let pages = PageFile::open(file).map_err(self.load_err("opening it to write pages"))?;
+            let mut pages =
+                PageFile::open(file).map_err(self.load_err("opening it to write pages"))?;
+            pages.write_around_cache(&self.tmp);
             self.pages = Some(pages);
         }
         Ok(())
