@@ -314,21 +314,10 @@ impl PgConn {
             }
         };
         let client = match &self.tls {
-            None => {
-                let (client, conn) = self.config.connect(NoTls).await.map_err(mapped)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                client
-            }
-            Some(t) => {
-                let (client, conn) = self.config.connect(t.clone()).await.map_err(mapped)?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                client
-            }
-        };
+            None => driven(&self.config, NoTls).await,
+            Some(t) => driven(&self.config, t.clone()).await,
+        }
+        .map_err(mapped)?;
         client
             .batch_execute(
                 "SET DateStyle = 'ISO, YMD'; SET TimeZone = 'UTC'; SET IntervalStyle = 'postgres'; \
@@ -393,6 +382,20 @@ pub fn redact_url(url: &str) -> String {
 
 /// The message of a driver error, with the server's own message when it
 /// sent one (those name objects, not row values, for the statements used).
+/// Connects with `tls` and drives the connection on the current runtime
+/// (the two `tls` kinds give two connection types, hence generic).
+async fn driven<T>(config: &Config, tls: T) -> Result<Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, conn) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
 fn error_text(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
