@@ -630,17 +630,10 @@ fn sigterm_removes_scratch_at_once() {
 /// The packs of the latest snapshot's page lists (read by place when the
 /// snapshot is loaded, before any data).
 fn list_packs(f: &Fixture) -> Vec<String> {
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let policy = custos::policy::Policy::load(&f.policy).unwrap();
-        let repo = custos::ops::MetaRepo::open(&policy, None).await.unwrap();
-        let snap = custos::repo::snapshot::Snapshot::find(&repo.target, &repo.meta, "latest")
-            .await
-            .unwrap();
-        let mut packs: Vec<String> = snap.page_lists().map(|l| l.pack.to_string()).collect();
-        packs.sort();
-        packs.dedup();
-        packs
-    })
+    let policy = custos::policy::Policy::load(&f.policy).unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(util::page_list_packs(&policy, "latest"))
 }
 
 /// Replicates to an off-site target, flips a bit in the pack `pick`
@@ -708,7 +701,7 @@ fn damaged_pack_is_repaired_from_the_offsite_copy_and_redrilled() {
         let lists = list_packs(f);
         packs
             .iter()
-            .find(|p| !lists.iter().any(|l| p.ends_with(l.as_str())))
+            .find(|p| !lists.contains(p))
             .expect("a pack without page lists")
             .clone()
     });
@@ -725,7 +718,7 @@ fn a_damaged_page_list_pack_is_repaired_and_the_same_choice_drilled_again() {
         let lists = list_packs(f);
         packs
             .iter()
-            .find(|p| p.ends_with(lists[0].as_str()))
+            .find(|p| **p == lists[0])
             .expect("the page-list pack is on the primary")
             .clone()
     });

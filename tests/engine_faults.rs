@@ -380,14 +380,10 @@ async fn damaged_packs_and_indexes_are_named_by_check_and_refused_by_restore() {
     assert!(packs.len() >= 3, "want several packs, got {}", packs.len());
     // The packs of the snapshot's page lists, which a restore reads by
     // place (FORMAT 3.4): their index objects are not needed to restore.
-    let repo = custos::ops::MetaRepo::open(&f.load(), None).await.unwrap();
-    let snap = custos::repo::snapshot::Snapshot::find(&repo.target, &repo.meta, &made.snapshot)
-        .await
-        .unwrap();
-    let list_packs: Vec<String> = snap.page_lists().map(|l| l.pack.to_string()).collect();
+    let list_packs = page_list_packs(&f.load(), &made.snapshot).await;
     let chunk_pack = packs
         .iter()
-        .find(|o| !list_packs.iter().any(|l| o.ends_with(l.as_str())))
+        .find(|o| !list_packs.contains(o))
         .expect("a pack that holds no page list")
         .clone();
     let size = |dir: &Path, o: &str| std::fs::metadata(dir.join(o)).unwrap().len();

@@ -216,6 +216,26 @@ pub fn objects_under(dir: &Path, sub: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pack objects (`data/<xx>/<id>`) holding the page lists of snapshot
+/// `snapshot` (an id or `latest`) on the policy's primary target, sorted:
+/// a reader loads them by place, without their index objects.
+pub async fn page_list_packs(policy: &custos::policy::Policy, snapshot: &str) -> Vec<String> {
+    let repo = custos::ops::MetaRepo::open(policy, None).await.unwrap();
+    let snap = custos::repo::snapshot::Snapshot::find(&repo.target, &repo.meta, snapshot)
+        .await
+        .unwrap();
+    let mut packs: Vec<String> = snap
+        .page_lists()
+        .map(|l| {
+            let id = l.pack.to_string();
+            format!("data/{}/{id}", &id[..2])
+        })
+        .collect();
+    packs.sort();
+    packs.dedup();
+    packs
+}
+
 /// Copies a folder tree.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
