@@ -444,13 +444,13 @@ mod tests {
         // The local file system has no conditional update: every write
         // after the first is a plain put and a read-back.
         let dir = tempfile::tempdir().unwrap();
+        // The store a `file://` target opens, as the daemon gets it.
+        let url = format!("file://{}", dir.path().display());
         let t = Target {
             name: "primary".into(),
-            url: "file://".into(),
+            store: crate::target::open_url(&url, &Default::default(), false).unwrap(),
+            url,
             offsite: false,
-            store: std::sync::Arc::new(
-                object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
-            ),
         };
         let ttl = Duration::from_secs(60);
         let first = Utc::now();
