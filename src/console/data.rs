@@ -229,9 +229,14 @@ pub struct TargetState {
 /// repository keys, not its unit keys, to open the encrypted manifests).
 pub async fn target_states(policy: &Policy) -> Vec<TargetState> {
     let mut out = Vec::new();
+    // Read once for every target.
+    let keys = crate::ops::open_repository_keys(policy)
+        .await
+        .map_err(|e| e.to_string());
     for t in &policy.targets {
         let r = async {
-            let repo = crate::ops::MetaRepo::open(policy, Some(&t.name))
+            let keys = keys.as_ref().map_err(Clone::clone)?;
+            let repo = crate::ops::MetaRepo::with_keys(policy, Some(&t.name), keys)
                 .await
                 .map_err(|e| e.to_string())?;
             let (list, _bad) =

@@ -139,16 +139,39 @@ pub struct MetaRepo {
 
 impl MetaRepo {
     pub async fn open(policy: &Policy, target: Option<&str>) -> Result<MetaRepo, OpsError> {
-        let target = select_target(policy, target)?;
-        let marker = RepoMarker::load(&target).await?;
+        let (target, marker) = marked_target(policy, target).await?;
         let keys = open_repository_keys(policy).await?;
-        let meta = crate::crypto::MetaKey::new(keys.meta_key());
         Ok(MetaRepo {
             target,
             marker,
-            meta,
+            meta: crate::crypto::MetaKey::new(keys.meta_key()),
         })
     }
+
+    /// As [`open`](Self::open), with repository keys already read (a
+    /// caller going over several targets reads the vault once).
+    pub async fn with_keys(
+        policy: &Policy,
+        target: Option<&str>,
+        keys: &crate::vault::RepositoryKeys,
+    ) -> Result<MetaRepo, OpsError> {
+        let (target, marker) = marked_target(policy, target).await?;
+        Ok(MetaRepo {
+            target,
+            marker,
+            meta: crate::crypto::MetaKey::new(keys.meta_key()),
+        })
+    }
+}
+
+/// The target named (or the primary) with its repository marker checked.
+async fn marked_target(
+    policy: &Policy,
+    target: Option<&str>,
+) -> Result<(Target, RepoMarker), OpsError> {
+    let target = select_target(policy, target)?;
+    let marker = RepoMarker::load(&target).await?;
+    Ok((target, marker))
 }
 
 /// A target with its repository marker checked and the vault open.
@@ -161,8 +184,7 @@ pub struct OpenRepo {
 
 impl OpenRepo {
     pub async fn open(policy: &Policy, target: Option<&str>) -> Result<OpenRepo, OpsError> {
-        let target = select_target(policy, target)?;
-        let marker = RepoMarker::load(&target).await?;
+        let (target, marker) = marked_target(policy, target).await?;
         let vault = open_vault(policy).await?;
         let meta = crate::crypto::MetaKey::new(vault.meta_key());
         Ok(OpenRepo {
