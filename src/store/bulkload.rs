@@ -188,7 +188,7 @@ impl PageFile {
                 }
             }
             if !done {
-                self.file.write_all_at(&self.batch[self.lead..], at)?;
+                self.file.write_all_at(data, at)?;
             }
             self.batch.truncate(self.lead);
         }
