@@ -188,6 +188,21 @@ pub struct StoreConfig {
     pub epoch: Epoch,
     /// The class of all files in file mode (default `business`).
     pub class: DataClass,
+    /// What a postgres backup does when the database holds large objects.
+    pub large_objects: LargeObjects,
+}
+
+/// `[store] large_objects`: large objects (`pg_largeobject`) are not backed
+/// up, so a database that holds any is refused unless the policy says to
+/// back up without them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LargeObjects {
+    /// The backup stops, before any data moves (the default).
+    #[default]
+    Refuse,
+    /// The backup goes on without them and reports how many it left out.
+    Skip,
 }
 
 /// `[[store.tables]]`: one table of a record store.
@@ -514,6 +529,7 @@ struct RawStore {
     default_class: Option<Spanned<DataClass>>,
     epoch: Option<Epoch>,
     class: Option<Spanned<DataClass>>,
+    large_objects: Option<Spanned<LargeObjects>>,
 }
 
 #[derive(Deserialize)]
@@ -1079,6 +1095,13 @@ impl Checker<'_> {
                     "only a `postgres` store takes `schemas`",
                 );
             }
+            if let Some(v) = &r.large_objects {
+                self.err(
+                    v.span(),
+                    "store.large_objects",
+                    "only a `postgres` store takes `large_objects`",
+                );
+            }
         }
         if let (Some(_), Some(b)) = (&r.password_file, &r.password_env) {
             self.err(
@@ -1192,6 +1215,7 @@ impl Checker<'_> {
                 .class
                 .map(Spanned::into_inner)
                 .unwrap_or(DataClass::Business),
+            large_objects: r.large_objects.map(Spanned::into_inner).unwrap_or_default(),
         }
     }
 

@@ -365,6 +365,57 @@ async fn bad_input_is_refused_before_any_data_moves() {
     assert!(stored_objects(d) > base);
 }
 
+/// Large objects are not backed up: a database holding one is refused
+/// before any data moves, unless the policy says `large_objects = "skip"`;
+/// then the restore has the tables and no large object at all (not an
+/// empty one where the source had a customer's letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_are_refused_unless_skipped_and_never_restored_empty() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    pg.psql(
+        "src",
+        "CREATE TABLE letters (id int PRIMARY KEY, customer_id int, body oid);\n\
+         INSERT INTO letters VALUES (1, 7, lo_from_bytea(0, 'dear customer 7'::bytea)),\n\
+         (2, 8, lo_from_bytea(0, 'dear customer 8'::bytea));",
+    );
+    let refused = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    let before = stored_objects(d);
+    let e = backup(&refused).await.unwrap_err().to_string();
+    assert!(
+        e.contains("2 large objects") && e.contains("large_objects = \"skip\""),
+        "{e}"
+    );
+    assert!(!e.contains("dear customer"), "no content in the error: {e}");
+    assert_eq!(stored_objects(d), before, "nothing was written");
+
+    let skip = format!("large_objects = \"skip\"\n{TELECOM_TABLES}");
+    let p = policy(d, &pg.url("src"), &skip, &pw(d)).await;
+    let b = backup(&p).await.unwrap();
+    assert_eq!(b.large_objects_skipped, 2);
+    assert_eq!(table(&b, "letters").rows, 2);
+
+    pg.createdb("dst");
+    restore(&p, &pg.url("dst"), false).await.unwrap();
+    assert_eq!(
+        pg.psql("dst", "SELECT count(*) FROM pg_largeobject_metadata"),
+        "0",
+        "no large object is created empty"
+    );
+    // Everything but the large objects is the source's.
+    pg.psql("src", "SELECT lo_unlink(body) FROM letters");
+    assert_same_dump(&pg, "src", "dst");
+
+    // A database without large objects needs no setting.
+    pg.createdb("plain");
+    pg.psql("plain", TELECOM_SQL);
+    let p = policy(d, &pg.url("plain"), TELECOM_TABLES, &pw(d)).await;
+    assert_eq!(backup(&p).await.unwrap().large_objects_skipped, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_subject_and_shredded_period_are_left_out_and_counted() {
     let Some(pg) = PgCluster::start() else { return };
@@ -465,6 +516,19 @@ fn policy_keeps_passwords_out_and_postgres_keys_on_postgres_stores() {
         "kind = \"postgres\"\nurl = \"postgres://u@h/db\"\nschemas = [\"\"]",
     );
     assert!(e.contains("store.schemas[0]"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"sqlite\"\npath = \"x.db\"\nlarge_objects = \"skip\"",
+    );
+    assert!(e.contains("store.large_objects"), "{e}");
+    let e = policy_error(
+        d,
+        "kind = \"postgres\"\nurl = \"postgres://u@h/db\"\nlarge_objects = \"keep\"",
+    );
+    assert!(
+        e.contains("large_objects") && e.contains("refuse") && e.contains("skip"),
+        "{e}"
+    );
 }
 
 /// Every row of `table` as read with parts of `part_blocks` blocks.

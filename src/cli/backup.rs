@@ -71,6 +71,12 @@ pub fn print_report(r: &BackupReport) {
             r.parents_unreadable.join(", ")
         );
     }
+    if r.large_objects_skipped > 0 {
+        println!(
+            "  warning:          {} large objects of the database left out (large_objects = \"skip\")",
+            r.large_objects_skipped
+        );
+    }
     println!("  bytes:            {}", human_bytes(r.bytes_read));
     println!(
         "  new bytes stored: {} ({} of {} chunks new)",

@@ -15,7 +15,7 @@ use super::lock::BackupLock;
 use super::{OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, MetaKey};
-use crate::policy::{Policy, StoreKind};
+use crate::policy::{LargeObjects, Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{Index, IndexObjects, PackSet};
@@ -108,6 +108,9 @@ pub struct BackupReport {
     /// Snapshots of this policy newer than the parent whose bodies could
     /// not be read, so an older one served as parent (`check` says why).
     pub parents_unreadable: Vec<String>,
+    /// Large objects of a postgres store left out of the snapshot, as the
+    /// policy's `large_objects = "skip"` allows (0 otherwise).
+    pub large_objects_skipped: u64,
     /// Whether the whole repository's chunk index was loaded (a first
     /// backup, files, or a parent whose windows do not list their packs);
     /// otherwise each read window was stored against the index objects of
@@ -283,6 +286,8 @@ struct Counters {
     new_chunks: AtomicU64,
     rows_reused: AtomicU64,
     rows_unread: AtomicU64,
+    /// Large objects of a postgres store left out (`large_objects = "skip"`).
+    large_objects_skipped: AtomicU64,
 }
 
 /// The first error any stage hit (later ones are consequences). The flag
@@ -594,6 +599,7 @@ async fn backup_locked(
         rows_reused: counters.rows_reused.load(Ordering::Relaxed),
         rows_unread: counters.rows_unread.load(Ordering::Relaxed),
         parents_unreadable,
+        large_objects_skipped: counters.large_objects_skipped.load(Ordering::Relaxed),
         whole_index: !windowed,
         duration_s: duration,
         tables,
@@ -2849,6 +2855,24 @@ impl ReaderCtx {
         // any data moves.
         for t in &self.policy.store.tables {
             src.check_plan(&self.policy.plan(&t.name)).map_err(pg)?;
+        }
+        // Large objects are not backed up: refused, unless the policy says
+        // to go on without them.
+        let large = handle.block_on(src.large_objects()).map_err(pg)?;
+        if large > 0 {
+            if self.policy.store.large_objects == LargeObjects::Refuse {
+                return Err(pg(PgError::LargeObjects {
+                    server: conn.server(),
+                    count: large,
+                }));
+            }
+            tracing::warn!(
+                count = large,
+                "the database's large objects are left out, as the policy's large_objects = \"skip\" says"
+            );
+            self.counters
+                .large_objects_skipped
+                .store(large as u64, Ordering::Relaxed);
         }
         handle.block_on(src.lock()).map_err(pg)?;
         let tools = handle

@@ -103,6 +103,10 @@ pub enum PgError {
         column: String,
         ty: String,
     },
+    /// The database holds large objects, which are not backed up, and the
+    /// policy does not say to go on without them.
+    #[error("{server}: the database holds {count} large objects (pg_largeobject), which custos does not back up: a restore would not have their contents. Move their contents into a bytea column of a table, or set `large_objects = \"skip\"` in [store] to back up without them")]
+    LargeObjects { server: String, count: i64 },
     /// A PostgreSQL client tool (`pg_dump`, `psql`) is missing or failed.
     #[error("{0}")]
     Tool(String),
@@ -722,6 +726,20 @@ impl PgSource {
         })
     }
 
+    /// How many large objects the database holds (they belong to the
+    /// database, not to a schema), as of the snapshot.
+    pub async fn large_objects(&self) -> Result<i64, PgError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_largeobject_metadata",
+                &[],
+            )
+            .await
+            .map_err(|e| self.conn.query_err("counting the large objects", &e))?;
+        Ok(row.get(0))
+    }
+
     /// Takes ACCESS SHARE locks on the tables (as `pg_dump` does), so no
     /// table read can be dropped or rewritten until the read ends.
     pub async fn lock(&self) -> Result<(), PgError> {
@@ -741,7 +759,13 @@ impl PgSource {
     /// columns, and the sequences with their current values.
     pub async fn schema(&self, tools: &PgTools) -> Result<PgSchema, PgError> {
         let env = self.conn.tool_env();
-        let mut args = vec![format!("--snapshot={}", self.snapshot)];
+        // Large objects' contents are never backed up, so their definitions
+        // (`lo_create`, owners, grants) are left out too: a restore must not
+        // create them empty.
+        let mut args = vec![
+            format!("--snapshot={}", self.snapshot),
+            "--no-blobs".to_string(),
+        ];
         for s in &self.conn.schemas {
             args.push(format!("--schema={s}"));
         }
