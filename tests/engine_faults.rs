@@ -267,6 +267,7 @@ async fn backups_cut_off_after_n_puts_leave_a_valid_repository_that_the_next_bac
                 snapshot: "latest".into(),
                 to: to.clone(),
                 force: false,
+                only: Default::default(),
             },
             Arc::new(NoProgress),
         )
@@ -806,6 +807,7 @@ url = "{}"
                 snapshot: snap.id.clone(),
                 to: root.clone(),
                 force: false,
+                only: Default::default(),
             },
             Arc::new(NoProgress),
         )

@@ -48,6 +48,7 @@ async fn restore_to(policy: &Policy, target: Option<&str>, snapshot: &str, to: &
         snapshot: snapshot.to_string(),
         to: to.to_path_buf(),
         force: false,
+        only: Default::default(),
     };
     let r = restore(policy, &opts, Arc::new(NoProgress))
         .await
@@ -675,6 +676,25 @@ async fn files_round_trip_keeps_contents_modes_and_mtimes_of_both_snapshots() {
     assert_eq!(tree_state(&out1), state1, "first snapshot");
     assert_eq!(tree_state(&out2), state2, "second snapshot");
     check_ok(&policy, None).await;
+
+    // A file snapshot has no tables or subjects to select.
+    let out3 = d.join("out3");
+    let opts = custos::ops::restore::RestoreOptions {
+        target: None,
+        snapshot: "latest".into(),
+        to: out3.clone(),
+        force: false,
+        only: custos::ops::restore::Selection {
+            tables: vec!["accounts".into()],
+            subject: None,
+        },
+    };
+    let e = custos::ops::restore::restore(&policy, &opts, Arc::new(NoProgress))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds files"), "{e}");
+    assert!(!out3.exists());
 }
 
 // 5. Nothing leaks.

@@ -51,6 +51,7 @@ async fn restore_to(policy: &Policy, snapshot: &str, to: &Path) {
         snapshot: snapshot.to_string(),
         to: to.to_path_buf(),
         force: false,
+        only: Default::default(),
     };
     let r = restore(policy, &opts, Arc::new(NoProgress)).await.unwrap();
     assert_eq!(r.rows_shredded, 0);
@@ -395,6 +396,7 @@ async fn a_window_of_many_subjects_finds_their_keys_and_makes_only_the_new_ones(
         snapshot: second.snapshot.clone(),
         to: shredded.clone(),
         force: false,
+        only: Default::default(),
     };
     let r = restore(&policy, &opts, Arc::new(NoProgress)).await.unwrap();
     let rows = |path: &Path, sql: &str| -> Vec<String> {

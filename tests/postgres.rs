@@ -53,6 +53,7 @@ async fn restore(p: &Policy, to: &str, force: bool) -> Result<RestoreReport, Ops
         snapshot: "latest".into(),
         to: PathBuf::from(to),
         force,
+        only: Default::default(),
     };
     custos::ops::restore::restore(p, &opts, Arc::new(NoProgress)).await
 }
@@ -408,6 +409,32 @@ async fn large_objects_are_refused_unless_skipped_and_never_restored_empty() {
     // Everything but the large objects is the source's.
     pg.psql("src", "SELECT lo_unlink(body) FROM letters");
     assert_same_dump(&pg, "src", "dst");
+
+    // A PostgreSQL snapshot is restored whole: a selection is refused
+    // before the database is touched.
+    pg.createdb("part");
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: "latest".into(),
+        to: PathBuf::from(pg.url("part")),
+        force: false,
+        only: custos::ops::restore::Selection {
+            tables: vec!["cdrs".into()],
+            subject: None,
+        },
+    };
+    let e = custos::ops::restore::restore(&p, &opts, Arc::new(NoProgress))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not supported"), "{e}");
+    assert_eq!(
+        pg.psql(
+            "part",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
 
     // A database without large objects needs no setting.
     pg.createdb("plain");

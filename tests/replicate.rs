@@ -147,6 +147,7 @@ async fn restore_and_compare(policy: &Policy, target: &str, snapshot: &str, db: 
             snapshot: snapshot.into(),
             to: to.to_path_buf(),
             force: true,
+            only: Default::default(),
         },
         Arc::new(NoProgress),
     )
@@ -460,6 +461,7 @@ async fn a_replication_cut_off_midway_lists_only_restorable_snapshots_and_the_ne
                     snapshot: id.clone(),
                     to,
                     force: true,
+                    only: Default::default(),
                 },
                 Arc::new(NoProgress),
             )

@@ -76,6 +76,7 @@ async fn restore_to(policy: &Policy, to: &Path) -> RestoreReport {
         snapshot: "latest".into(),
         to: to.to_path_buf(),
         force: false,
+        only: Default::default(),
     };
     restore(policy, &opts, Arc::new(NoProgress)).await.unwrap()
 }

@@ -154,6 +154,7 @@ async fn restore_equal(policy: &Policy, snapshot: &str, source: &Path, to: &Path
             snapshot: snapshot.to_string(),
             to: to.to_path_buf(),
             force: false,
+            only: Default::default(),
         },
         Arc::new(NoProgress),
     )
@@ -295,6 +296,7 @@ async fn forget_and_prune_scenario(f: &Fixture, bytes: impl Fn() -> u64) {
             snapshot: ids[0].clone(),
             to: f.path("restored-0.db"),
             force: false,
+            only: Default::default(),
         },
         Arc::new(NoProgress),
     )

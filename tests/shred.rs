@@ -234,6 +234,7 @@ async fn restore_all(env: &Env, expect: impl Fn(&Path, &Path) -> u64) {
                 snapshot: snap.clone(),
                 to: to.clone(),
                 force: true,
+                only: Default::default(),
             };
             let r = restore(&env.policy, &opts, Arc::new(NoProgress))
                 .await

@@ -63,6 +63,7 @@ async fn a_snapshot_whose_body_is_unreadable_is_named_and_never_stands_in() {
         snapshot: snapshot.into(),
         to: to.clone(),
         force: true,
+        only: Default::default(),
     };
     let e = restore(&policy, &ropts("latest"), Arc::new(NoProgress))
         .await

@@ -309,6 +309,7 @@ async fn a_tree_page_in_no_index_is_named_with_its_snapshot() {
         snapshot: first.snapshot.clone(),
         to: tmp.path().join("never.db"),
         force: false,
+        only: Default::default(),
     };
     match restore(&policy, &opts, Arc::new(NoProgress)).await {
         Err(custos::ops::OpsError::Integrity(m)) => {

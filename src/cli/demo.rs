@@ -250,6 +250,7 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
             snapshot: "latest".into(),
             to: restored.clone(),
             force: false,
+            only: Default::default(),
         },
         progress.clone(),
     )
@@ -384,6 +385,7 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
             snapshot: "latest".into(),
             to: after.clone(),
             force: false,
+            only: Default::default(),
         },
         Arc::new(NoProgress),
     )

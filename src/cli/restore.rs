@@ -1,4 +1,5 @@
-//! `custos restore --policy P --snapshot ID|latest [--target NAME] --to PATH [--force]`
+//! `custos restore --policy P --snapshot ID|latest [--target NAME] --to PATH [--force]
+//! [--table NAME]... [--subject ID]`
 
 use anyhow::Result;
 use clap::Args;
@@ -22,6 +23,15 @@ pub struct RestoreArgs {
     /// Replace an existing file or non-empty directory.
     #[arg(long)]
     force: bool,
+    /// Restore only this table (repeat for more; SQLite snapshots). The
+    /// other tables are created empty.
+    #[arg(long = "table", value_name = "NAME")]
+    tables: Vec<String>,
+    /// Restore only the rows of this customer (subject id, as for `custos
+    /// shred --subject`; SQLite snapshots). Tables without a subject are
+    /// created empty.
+    #[arg(long, value_name = "ID")]
+    subject: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -33,6 +43,10 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         snapshot: a.snapshot,
         to: a.to,
         force: a.force,
+        only: custos::ops::restore::Selection {
+            tables: a.tables,
+            subject: a.subject,
+        },
     };
     let r =
         custos::ops::restore::restore(&policy, &opts, super::progress::for_terminal(a.json)).await;
@@ -59,6 +73,9 @@ pub fn print_report(r: &RestoreReport) {
         "restored snapshot {} ({}) from target `{}` to {}",
         r.snapshot, r.snapshot_time, r.target, r.to
     );
+    if r.partial {
+        println!("  partial: only the tables and rows selected; the other tables are empty");
+    }
     for t in &r.tables {
         if t.rows_shredded > 0 {
             println!(

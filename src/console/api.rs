@@ -491,6 +491,7 @@ pub(crate) async fn restore(
         snapshot: b.snapshot.unwrap_or_else(|| "latest".into()),
         to: b.to.into(),
         force: b.force,
+        only: Default::default(),
     };
     let r = crate::ops::restore::restore(&p, &opts, Arc::new(crate::progress::NoProgress)).await;
     match r {

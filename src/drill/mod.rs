@@ -543,6 +543,7 @@ async fn restore_and_verify(
         snapshot: snap.id.clone(),
         to: to_path.clone(),
         force: false,
+        only: Default::default(),
     };
     let restored = crate::ops::restore::restore(policy, &ropts, progress).await;
     let restored = match restored {

@@ -23,7 +23,7 @@ use crate::store::postgres::{
 };
 use crate::store::sqlite::SqliteRestorer;
 use crate::target::Target;
-use crate::vault::Vault;
+use crate::vault::{KeyId, KeyKind, Vault};
 use bytes::Bytes;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -37,6 +37,57 @@ pub struct RestoreOptions {
     pub snapshot: String,
     pub to: PathBuf,
     pub force: bool,
+    /// What to take from a record snapshot (default: everything).
+    pub only: Selection,
+}
+
+/// A part of a record snapshot to restore: some tables, the rows of one
+/// customer, or both. The new database has the snapshot's whole schema;
+/// tables (and rows) left out are empty. Only what is selected is opened:
+/// the tree pages of the tables selected are read, and only the chunks of
+/// the groups selected (DESIGN "Scale": a restore of one table or one
+/// subject reads only what it needs).
+#[derive(Clone, Default)]
+pub struct Selection {
+    /// Only these tables, named as in the snapshot; empty: every table.
+    pub tables: Vec<String>,
+    /// Only the rows of this customer: the subject id, as for `custos
+    /// shred --subject`. Tables without a subject give no rows.
+    pub subject: Option<String>,
+}
+
+impl Selection {
+    /// Whether everything is selected.
+    pub fn is_all(&self) -> bool {
+        self.tables.is_empty() && self.subject.is_none()
+    }
+}
+
+/// A subject id is a customer value: never printed.
+impl std::fmt::Debug for Selection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Selection")
+            .field("tables", &self.tables)
+            .field("subject", &self.subject.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The groups a restore opens: every group, or those keyed by one of the
+/// selected subject's keys (a subject has one key, two after concurrent
+/// writers, FORMAT 7).
+enum GroupFilter {
+    All,
+    Subject(Vec<KeyId>),
+}
+
+impl GroupFilter {
+    fn keeps(&self, g: &GroupEntry) -> bool {
+        match self {
+            GroupFilter::All => true,
+            GroupFilter::Subject(ids) => g.s.as_ref().is_some_and(|s| ids.contains(s)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -70,6 +121,10 @@ pub struct RestoreReport {
     pub whole_index: bool,
     /// Index objects read for the windows' packs.
     pub index_objects_read: u64,
+    /// Whether only a part of the snapshot was restored (`--table`,
+    /// `--subject`); `tables` then lists the tables selected, and a
+    /// table's `rows_expected` counts the rows selected.
+    pub partial: bool,
 }
 
 /// Why a group's keys could not be had.
@@ -208,7 +263,19 @@ pub async fn restore(
         duration_s: 0.0,
         whole_index: false,
         index_objects_read: 0,
+        partial: !opts.only.is_all(),
     };
+    if !opts.only.is_all() && snap.sqlite.is_none() {
+        let what = if snap.files.is_some() {
+            "it holds files, not tables"
+        } else {
+            "a partial restore of a PostgreSQL snapshot is not supported: its foreign keys and constraints would be checked against the tables left out"
+        };
+        return Err(OpsError::Invalid(format!(
+            "snapshot {}: --table and --subject select part of a SQLite snapshot; {what}",
+            snap.id
+        )));
+    }
     let src = Source {
         index: Locator::new(target.clone(), meta.clone()),
         target,
@@ -294,14 +361,24 @@ impl Locator {
         (snapshot, table): (&str, &str),
         pages: &[Id],
         packs: Option<&[Id]>,
+        filter: &GroupFilter,
     ) -> Result<OpenWindow, OpsError> {
         let meta = self.meta.clone();
         let index = self.window(packs).await?;
+        let kept = |mut groups: Vec<(Id, GroupEntry)>| {
+            if !matches!(filter, GroupFilter::All) {
+                groups.retain(|(_, g)| filter.keeps(g));
+            }
+            groups
+        };
         let read = match window_groups(cache, &index, &meta, table, pages).await? {
-            Ok(groups) => match Located::of(&index, &groups) {
-                l if l.complete(vault, &groups) => return Ok((index, groups, l)),
-                _ => Ok(groups),
-            },
+            Ok(groups) => {
+                let groups = kept(groups);
+                match Located::of(&index, &groups) {
+                    l if l.complete(vault, &groups) => return Ok((index, groups, l)),
+                    _ => Ok(groups),
+                }
+            }
             Err(page) => Err(page),
         };
         if self.whole.is_none() {
@@ -314,13 +391,15 @@ impl Locator {
         let index = self.whole().await?;
         let groups = match read {
             Ok(groups) => groups,
-            Err(_) => window_groups(cache, &index, &meta, table, pages)
-                .await?
-                .map_err(|page| {
-                    OpsError::Integrity(format!(
-                        "snapshot {snapshot}, table {table}: tree page {page} is in no index (repository damaged; run `custos check`)"
-                    ))
-                })?,
+            Err(_) => kept(
+                window_groups(cache, &index, &meta, table, pages)
+                    .await?
+                    .map_err(|page| {
+                        OpsError::Integrity(format!(
+                            "snapshot {snapshot}, table {table}: tree page {page} is in no index (repository damaged; run `custos check`)"
+                        ))
+                    })?,
+            ),
         };
         let located = Located::of(&index, &groups);
         Ok((index, groups, located))
@@ -459,6 +538,51 @@ async fn restore_sqlite(
         ..
     } = src;
     let sq = snap.sqlite.as_ref().unwrap();
+    // The selection is checked before the new file is made.
+    let only = &opts.only;
+    if let Some(t) = only
+        .tables
+        .iter()
+        .find(|t| !sq.tables.iter().any(|s| &s.name == *t))
+    {
+        let names: Vec<&str> = sq.tables.iter().map(|t| t.name.as_str()).collect();
+        return Err(OpsError::Invalid(format!(
+            "snapshot {}: no table `{t}` (--table); it holds {}",
+            snap.id,
+            names.join(", ")
+        )));
+    }
+    let filter = match &only.subject {
+        None => GroupFilter::All,
+        Some(id) if id.is_empty() => {
+            return Err(OpsError::Invalid(
+                "--subject: the subject id is empty".into(),
+            ))
+        }
+        Some(id) => {
+            let name = crate::crypto::subject_pseudonym(vault.pseudonym_key(), id);
+            let ids = vault
+                .key_ids_of([(KeyKind::Subject, name.as_str())])
+                .into_values()
+                .flatten()
+                .collect::<Vec<_>>();
+            if ids.is_empty() {
+                return Err(OpsError::Invalid(
+                    "--subject: the vault holds no key of the subject given: no snapshot holds rows of it, or they were shredded (`custos certificates list`)"
+                        .into(),
+                ));
+            }
+            GroupFilter::Subject(ids)
+        }
+    };
+    // A table selection keeps `sqlite_sequence`, so that an AUTOINCREMENT
+    // table goes on from its counter (a subject's rows keep none: the
+    // counters are not the customer's).
+    let selected = |name: &str| {
+        only.tables.is_empty()
+            || only.tables.iter().any(|t| t == name)
+            || (only.subject.is_none() && name == "sqlite_sequence")
+    };
     let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
     // The writer gets (table position in the snapshot, encoded rows in
     // pieces, each a run of whole rows). A message is a whole read window
@@ -479,21 +603,36 @@ async fn restore_sqlite(
         })
         .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
     let mut cache = PackCache::new(target.clone(), 8);
-    let total: u64 = sq.tables.iter().map(|t| t.rows).sum();
+    let total: u64 = sq
+        .tables
+        .iter()
+        .filter(|t| selected(&t.name))
+        .map(|t| t.rows)
+        .sum();
+    // Of a subject's rows, how many there are is known only as the pages
+    // are read: the progress shows the selected tables' rows then.
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
-    let mut reader = WindowReader::new();
+    let mut reader = WindowReader::new(matches!(filter, GroupFilter::Subject(_)));
     'tables: for (ti, t) in sq.tables.iter().enumerate() {
+        if !selected(&t.name) {
+            continue;
+        }
         let mut tr = TableRestore {
             name: t.name.clone(),
-            rows_expected: t.rows,
+            rows_expected: match filter {
+                GroupFilter::All => t.rows,
+                GroupFilter::Subject(_) => 0,
+            },
             ..Default::default()
         };
         for (batch, packs) in window_batches(t) {
             // The window's index and groups, with the tree page naming each.
             let pages = &t.pages[batch];
             let at = (snap.id.as_str(), t.name.as_str());
-            let opened = locator.open(&mut cache, &vault, at, pages, packs).await;
+            let opened = locator
+                .open(&mut cache, &vault, at, pages, packs, &filter)
+                .await;
             let window = match opened {
                 Ok(w) => w,
                 Err(e) => {
@@ -501,6 +640,9 @@ async fn restore_sqlite(
                     break 'tables;
                 }
             };
+            if let GroupFilter::Subject(_) = filter {
+                tr.rows_expected += window.1.iter().map(|(_, g)| g.rows).sum::<u64>();
+            }
             let place = Place {
                 snapshot: &snap.id,
                 target: &target.name,
@@ -546,7 +688,8 @@ async fn restore_sqlite(
             tr.rows_by_pages = rows;
         }
     }
-    for (tr, n) in report.tables.iter_mut().zip(counts) {
+    for tr in report.tables.iter_mut() {
+        let n = names_at(&sq.tables, &tr.name).map_or(0, |i| counts[i]);
         tr.rows_restored = n;
         if tr.rows_restored + tr.rows_shredded != tr.rows_expected {
             return Err(OpsError::Integrity(format!(
@@ -568,6 +711,11 @@ async fn restore_sqlite(
     Ok(())
 }
 
+/// The position of table `name` in the snapshot's tables.
+fn names_at(tables: &[TableEntry], name: &str) -> Option<usize> {
+    tables.iter().position(|t| t.name == name)
+}
+
 /// Names a window's rows in errors.
 #[derive(Clone, Copy)]
 struct Place<'a> {
@@ -587,6 +735,9 @@ const PACKS_AT_ONCE: usize = 8;
 /// the rows come out in the order of the groups.
 struct WindowReader {
     codecs: Vec<Codec>,
+    /// Fetch only the spans of packs that hold the groups read (a few
+    /// groups of each pack: one customer's), not whole packs.
+    sparse: bool,
 }
 
 /// One group of a part: its keys (from the vault) and where its chunks are.
@@ -598,10 +749,11 @@ struct Pending<'v> {
 }
 
 impl WindowReader {
-    fn new() -> Self {
+    fn new(sparse: bool) -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         WindowReader {
             codecs: (0..threads.clamp(1, 16)).map(|_| Codec::new(3)).collect(),
+            sparse,
         }
     }
 
@@ -617,6 +769,7 @@ impl WindowReader {
         tr: &mut TableRestore,
         progress: &dyn Progress,
     ) -> Result<Vec<Vec<u8>>, OpsError> {
+        let sparse = self.sparse;
         let mut out = Vec::new();
         let mut next = 0;
         // Where the next group's chunks are in `located.locs`.
@@ -679,15 +832,27 @@ impl WindowReader {
                 next += 1;
                 at += g.chunks.len();
             }
-            // The part's packs, verified, held while its chunks are opened.
-            let mut fetched: Vec<(u32, Bytes)> = Vec::with_capacity(packs.len());
+            // The part's packs, verified, held while its chunks are opened;
+            // for a few groups of each pack (`sparse`), the span of the
+            // pack that holds them (each chunk is authenticated as it is
+            // opened), with the offset it starts at.
+            let mut fetched: Vec<(u32, Bytes, u64)> = Vec::with_capacity(packs.len());
             for p in &packs {
                 let (pid, size) = index.packs[*p as usize];
-                let bytes = cache
-                    .pack(pid, size)
-                    .await
-                    .map_err(|e| OpsError::Integrity(e.to_string()))?;
-                fetched.push((*p, bytes));
+                let got = if sparse {
+                    let in_pack = locs.iter().filter(|l| l.pack == *p);
+                    let start = in_pack.clone().map(|l| u64::from(l.offset)).min();
+                    let end = in_pack
+                        .map(|l| u64::from(l.offset) + u64::from(l.len))
+                        .max();
+                    cache
+                        .span(pid, size, start.unwrap_or(0)..end.unwrap_or(0))
+                        .await
+                } else {
+                    cache.pack(pid, size).await.map(|b| (b, 0))
+                };
+                let (bytes, base) = got.map_err(|e| OpsError::Integrity(e.to_string()))?;
+                fetched.push((*p, bytes, base));
             }
             let object = |pack: u32| cache.object_name(&index.packs[pack as usize].0);
             let pieces = open_parts(
@@ -719,7 +884,7 @@ fn open_parts(
     part: &[Pending<'_>],
     groups: &[(Id, GroupEntry)],
     locs: &[ChunkLoc],
-    packs: &[(u32, Bytes)],
+    packs: &[(u32, Bytes, u64)],
     place: Place<'_>,
     object: &(dyn Fn(u32) -> String + Sync),
 ) -> Vec<Result<Vec<u8>, OpsError>> {
@@ -759,17 +924,17 @@ fn open_parts(
                 )));
             }
             for (id, loc) in g.chunks.iter().zip(&locs[p.locs.clone()]) {
-                let pack = &packs
+                let (_, pack, base) = packs
                     .iter()
-                    .find(|(n, _)| *n == loc.pack)
-                    .expect("the part's packs were fetched")
-                    .1;
+                    .find(|(n, _, _)| *n == loc.pack)
+                    .expect("the part's packs were fetched");
                 let (s, e) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
-                let Some(sealed) = pack.get(s..e) else {
+                let base = *base as usize;
+                let Some(sealed) = s.checked_sub(base).and_then(|s| pack.get(s..e - base)) else {
                     return Err(OpsError::Integrity(format!(
                         "{}: size {} differs from the indexed {e} (truncated or replaced)",
                         object(loc.pack),
-                        pack.len()
+                        base + pack.len()
                     )));
                 };
                 open_chunk_into(codec, &keys, id, sealed, loc.raw_len, &mut body, &mut out)
@@ -923,7 +1088,9 @@ async fn restore_postgres(
         for (batch, packs) in window_batches(t) {
             let pages = &t.pages[batch];
             let at = (snap.id.as_str(), t.name.as_str());
-            let (index, groups, _) = locator.open(&mut cache, &vault, at, pages, packs).await?;
+            let (index, groups, _) = locator
+                .open(&mut cache, &vault, at, pages, packs, &GroupFilter::All)
+                .await?;
             for (pid, g) in &groups {
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,

@@ -93,6 +93,43 @@ impl PackCache {
             self.verified.insert(pack);
             return Ok((b, 0));
         }
+        self.range(pack, size, span).await
+    }
+
+    /// The bytes `span` of a pack alone, never the whole pack: for a reader
+    /// that needs a few of a pack's chunks (the restore of one customer).
+    /// The pack is not verified against its name, so each chunk in the
+    /// span must be authenticated on its own when it is opened (chunks
+    /// always are). From the pack when it is cached whole.
+    pub async fn span(
+        &mut self,
+        pack: Id,
+        size: u64,
+        span: Range<u64>,
+    ) -> Result<(Bytes, u64), PackProblem> {
+        if let Some(b) = self.bad.get(&pack) {
+            return Err(b.clone());
+        }
+        if span.end > size {
+            return Err(PackProblem::Size {
+                object: self.object_name(&pack),
+                got: size,
+                want: span.end,
+            });
+        }
+        if let Some(p) = self.packs.get(&pack) {
+            return Ok((p.slice(span.start as usize..span.end as usize), span.start));
+        }
+        self.range(pack, size, span).await
+    }
+
+    /// Fetches the bytes `span` of a pack of `size` bytes.
+    async fn range(
+        &mut self,
+        pack: Id,
+        size: u64,
+        span: Range<u64>,
+    ) -> Result<(Bytes, u64), PackProblem> {
         let want = span.end.saturating_sub(span.start);
         if want == 0 {
             return Ok((Bytes::new(), span.start));
@@ -266,6 +303,48 @@ mod tests {
             cache.fetch_span(other_id, other_size, 2..6).await,
             Err(PackProblem::Missing { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_span_alone_is_read_without_the_whole_pack() {
+        let t = target("cache-span-alone");
+        let pack = Bytes::from_static(b"the bytes of a pack of chunks");
+        let id = Id::hash(&pack);
+        let size = pack.len() as u64;
+        t.put(&pack_path(&id), pack.clone()).await.unwrap();
+
+        let mut cache = PackCache::new(t.clone(), 2);
+        assert_eq!(
+            cache.span(id, size, 4..9).await.unwrap(),
+            (pack.slice(4..9), 4)
+        );
+        assert_eq!(cache.fetched, 5, "the span alone was read");
+        // Past the pack's indexed size: refused without a read.
+        assert!(matches!(
+            cache.span(id, size, 20..size + 1).await,
+            Err(PackProblem::Size { .. })
+        ));
+        assert_eq!(cache.fetched, 5);
+        // A pack cached whole is sliced, not read again.
+        cache.pack(id, size).await.unwrap();
+        let read = cache.fetched;
+        assert_eq!(
+            cache.span(id, size, 10..14).await.unwrap(),
+            (pack.slice(10..14), 10)
+        );
+        assert_eq!(cache.fetched, read);
+        // A pack gone is missing, and remembered so.
+        let gone = Id::hash(b"a pack deleted");
+        t.put(&pack_path(&gone), Bytes::from_static(b"a pack deleted"))
+            .await
+            .unwrap();
+        t.delete(&pack_path(&gone)).await.unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                cache.span(gone, 14, 0..4).await,
+                Err(PackProblem::Missing { .. })
+            ));
+        }
     }
 
     #[tokio::test]

@@ -714,6 +714,7 @@ pub async fn try_restore(
         snapshot: snapshot.to_string(),
         to: to.to_path_buf(),
         force: false,
+        only: Default::default(),
     };
     custos::ops::restore::restore(
         policy,
