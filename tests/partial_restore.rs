@@ -149,9 +149,38 @@ async fn one_table_or_one_customer_is_restored_alone_and_equals_the_source_rows(
 
     // One customer: every table with a subject holds exactly the source's
     // rows of that customer, the others are empty.
+    let vault = custos::ops::open_vault(&loaded).await.unwrap();
+    let name = custos::crypto::subject_pseudonym(vault.pseudonym_key(), &id);
+    drop(vault);
     let sub = d.join("subject.db");
     let r = restore(&policy, &sub, &["--subject", &id]);
     assert_eq!(r["partial"], true);
+    // The report and the audit log name the customer by pseudonym.
+    assert_eq!(r["subject"], name.as_str());
+    let out = run(custos().args(["audit", "show", "--op", "restore", "--json"]));
+    let audit: Json = serde_json::from_slice(&out.stdout).unwrap();
+    let details: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["detail"].as_str())
+        .filter_map(|d| d.split(" duration_s=").next())
+        .filter(|d| d.starts_with("partial"))
+        .collect();
+    let tables: Vec<&str> = r["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        details,
+        vec![format!(
+            "partial: tables {}; subject {name}",
+            tables.join(", ")
+        )],
+        "{audit}"
+    );
     assert_schema_kept(&db, &sub);
     let mut restored_rows = 0;
     for (table, col) in SUBJECT_TABLES {
@@ -234,9 +263,6 @@ async fn one_table_or_one_customer_is_restored_alone_and_equals_the_source_rows(
     }
 
     // A customer whose key was destroyed has nothing left to restore.
-    let vault = custos::ops::open_vault(&loaded).await.unwrap();
-    let name = custos::crypto::subject_pseudonym(vault.pseudonym_key(), &id);
-    drop(vault);
     util::destroy_key(&loaded, KeyKind::Subject, &name).await;
     let to = d.join("shredded.db");
     let out = run_fail(

@@ -54,9 +54,17 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         .policy(&policy.name)
         .flag(custos::audit::FLAG_RESTORE_OUTSIDE_DRILL);
     if let Ok(r) = &r {
-        ev = ev
-            .object(r.snapshot.clone())
-            .measure("duration_s", r.duration_s);
+        ev = ev.object(r.snapshot.clone());
+        if r.partial {
+            let tables: Vec<&str> = r.tables.iter().map(|t| t.name.as_str()).collect();
+            ev = ev.detail(match &r.subject {
+                Some(pseudonym) => {
+                    format!("partial: tables {}; subject {pseudonym}", tables.join(", "))
+                }
+                None => format!("partial: tables {}", tables.join(", ")),
+            });
+        }
+        ev = ev.measure("duration_s", r.duration_s);
     }
     super::audit::record(super::audit::outcome_event(ev, &r));
     let r = r?;

@@ -125,6 +125,11 @@ pub struct RestoreReport {
     /// `--subject`); `tables` then lists the tables selected, and a
     /// table's `rows_expected` counts the rows selected.
     pub partial: bool,
+    /// The pseudonym (FORMAT 1.3) of the customer selected with
+    /// `--subject`, never the subject id: what the audit log and the shred
+    /// ledger name a customer by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// Why a group's keys could not be had.
@@ -264,6 +269,7 @@ pub async fn restore(
         whole_index: false,
         index_objects_read: 0,
         partial: !opts.only.is_all(),
+        subject: None,
     };
     if !opts.only.is_all() && snap.sqlite.is_none() {
         let what = if snap.files.is_some() {
@@ -572,6 +578,7 @@ async fn restore_sqlite(
                         .into(),
                 ));
             }
+            report.subject = Some(name);
             GroupFilter::Subject(ids)
         }
     };
