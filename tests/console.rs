@@ -1009,6 +1009,45 @@ fn operator_runs_jobs_and_retention_requests_a_real_shred() {
         assert_eq!(r.json()["outcome"], "ok", "{job}: {}", r.body);
     }
 
+    // An operator restores one customer's rows: those alone, and the
+    // audit entry names the customer by pseudonym.
+    let one = f.root.join("customer-2.db");
+    let body = json!({"to": one, "subject": "2"}).to_string();
+    let r = http(
+        s.addr,
+        "POST",
+        "/api/v1/policies/crm/restore",
+        Some(otto),
+        Some(&body),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rep = r.json();
+    assert_eq!(rep["partial"], true, "{rep}");
+    let pseudonym = rep["subject"].as_str().unwrap().to_string();
+    assert_eq!(pseudonym.len(), 32, "{rep}");
+    let c = rusqlite::Connection::open(&one).unwrap();
+    let rows = |sql: &str| -> Vec<String> {
+        let mut st = c.prepare(sql).unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(rows("SELECT id || ':' || name FROM customers"), ["2:b"]);
+    assert_eq!(rows("SELECT id || ':' || customer_id FROM cdrs"), ["2:2"]);
+    drop(c);
+    let detail = audit_entries(&f)
+        .into_iter()
+        .filter(|e| e.op == "restore" && e.actor == "otto")
+        .filter_map(|e| e.detail)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        detail,
+        [format!(
+            "partial: tables customers, cdrs; subject {pseudonym}"
+        )]
+    );
+
     // A job another agent is running (its lease is held) is refused, not
     // run beside it; once the lease is given back, it runs and is recorded
     // in the lease like the daemon's runs.

@@ -55,14 +55,8 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         .flag(custos::audit::FLAG_RESTORE_OUTSIDE_DRILL);
     if let Ok(r) = &r {
         ev = ev.object(r.snapshot.clone());
-        if r.partial {
-            let tables: Vec<&str> = r.tables.iter().map(|t| t.name.as_str()).collect();
-            ev = ev.detail(match &r.subject {
-                Some(pseudonym) => {
-                    format!("partial: tables {}; subject {pseudonym}", tables.join(", "))
-                }
-                None => format!("partial: tables {}", tables.join(", ")),
-            });
+        if let Some(d) = r.partial_detail() {
+            ev = ev.detail(d);
         }
         ev = ev.measure("duration_s", r.duration_s);
     }

@@ -456,8 +456,9 @@ pub(crate) async fn run_job(
     }
 }
 
-/// Body of `POST /api/v1/policies/{name}/restore`.
-#[derive(Debug, Deserialize)]
+/// Body of `POST /api/v1/policies/{name}/restore`. (No `Debug`: it may
+/// hold a subject id, a customer value.)
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RestoreBody {
     #[serde(default)]
@@ -467,6 +468,12 @@ pub(crate) struct RestoreBody {
     to: String,
     #[serde(default)]
     force: bool,
+    /// Only these tables (SQLite snapshots).
+    #[serde(default)]
+    tables: Vec<String>,
+    /// Only this customer's rows (SQLite snapshots).
+    #[serde(default)]
+    subject: Option<String>,
 }
 
 pub(crate) async fn restore(
@@ -491,7 +498,10 @@ pub(crate) async fn restore(
         snapshot: b.snapshot.unwrap_or_else(|| "latest".into()),
         to: b.to.into(),
         force: b.force,
-        only: Default::default(),
+        only: crate::ops::restore::Selection {
+            tables: b.tables,
+            subject: b.subject,
+        },
     };
     let r = crate::ops::restore::restore(&p, &opts, Arc::new(crate::progress::NoProgress)).await;
     match r {
@@ -503,7 +513,7 @@ pub(crate) async fn restore(
                 &name,
                 Ok((
                     vec![rep.snapshot.clone()],
-                    None,
+                    rep.partial_detail(),
                     vec![FLAG_RESTORE_OUTSIDE_DRILL],
                 )),
             );

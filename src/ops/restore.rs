@@ -132,6 +132,23 @@ pub struct RestoreReport {
     pub subject: Option<String>,
 }
 
+impl RestoreReport {
+    /// For the audit log: what a partial restore took (`partial: tables
+    /// customers, cdrs; subject <pseudonym>`), or `None` for a whole one.
+    pub fn partial_detail(&self) -> Option<String> {
+        if !self.partial {
+            return None;
+        }
+        let tables: Vec<&str> = self.tables.iter().map(|t| t.name.as_str()).collect();
+        Some(match &self.subject {
+            Some(pseudonym) => {
+                format!("partial: tables {}; subject {pseudonym}", tables.join(", "))
+            }
+            None => format!("partial: tables {}", tables.join(", ")),
+        })
+    }
+}
+
 /// Why a group's keys could not be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKeyProblem {
