@@ -97,11 +97,14 @@ pub fn label_end(label: &str) -> Option<DateTime<Utc>> {
         NaiveDate::from_ymd_opt(y, m, d).and_then(|d| d.and_hms_opt(0, 0, 0))
     };
     let next_month = |y: i32, m: u32| if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    // A label comes from a vault key name or a tree page's unit, either
+    // of which may be hostile: sliced with `get`, so a multi-byte character
+    // across a cut is "no known end", not a panic.
     let end = match label.len() {
         4 => start(label.parse::<i32>().ok()? + 1, 1, 1)?,
-        7 if &label[4..6] == "-Q" => {
-            let y: i32 = label[..4].parse().ok()?;
-            let q: u32 = label[6..].parse().ok()?;
+        7 if label.get(4..6) == Some("-Q") => {
+            let y: i32 = label.get(..4)?.parse().ok()?;
+            let q: u32 = label.get(6..)?.parse().ok()?;
             if !(1..=4).contains(&q) {
                 return None;
             }
@@ -109,8 +112,8 @@ pub fn label_end(label: &str) -> Option<DateTime<Utc>> {
             start(y, m, 1)?
         }
         7 => {
-            let y: i32 = label[..4].parse().ok()?;
-            let m: u32 = label[5..].parse().ok()?;
+            let y: i32 = label.get(..4)?.parse().ok()?;
+            let m: u32 = label.get(5..)?.parse().ok()?;
             start(y, m, 1)?;
             let (y, m) = next_month(y, m);
             start(y, m, 1)?
@@ -302,6 +305,12 @@ mod tests {
         assert_eq!(t("2026-Q5"), None);
         assert_eq!(t("2026-13"), None);
         assert_eq!(t("26-03"), None);
+        // Seven bytes with a multi-byte character across a cut (hostile
+        // unit labels): no known end, not a panic.
+        for bad in ["abc\u{e9}xy", "2026\u{e9}1", "202\u{e9}-1", "2026-\u{e9}"] {
+            assert_eq!(bad.len(), 7, "{bad}");
+            assert_eq!(t(bad), None, "{bad}");
+        }
     }
 
     const POLICY: &str = "[policy]\nname = \"crm\"\n\n[store]\nkind = \"sqlite\"\npath = \"/x/crm.db\"\n\n[[store.tables]]\nname = \"cdrs\"\nclass = \"consumption\"\nretain = { after = \"t\", for = \"90d\" }\n\n[keys]\nidentity = \"/x/service.age\"\nrecipients = []\nvault = [\"file:///x/v\"]\n\n[[targets]]\nname = \"p\"\nurl = \"file:///x/t\"\n\n[shred]\n";
