@@ -150,8 +150,13 @@ fn earliest(ledger: &Ledger, class: &str, label: &str) -> Option<(DateTime<Utc>,
             format!("its {class} period `{label}` has no known end"),
         ));
     };
-    let t = end
-        .checked_add_signed(chrono::Duration::seconds(f.seconds as i64))
+    // A floor read from the ledger may be any u64: one past what a time
+    // can hold keeps the records for ever (never a wrap to a negative
+    // floor, nor a panic in the conversion).
+    let t = i64::try_from(f.seconds)
+        .ok()
+        .and_then(chrono::TimeDelta::try_seconds)
+        .and_then(|d| end.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     Some((
         t,
@@ -334,6 +339,32 @@ mod tests {
             e.contains("shred.min_retention.consumption") && e.contains("retain.for"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_floor_beyond_any_time_keeps_the_records_for_ever() {
+        let unit = Unit {
+            kind: KeyKind::Period,
+            name: "consumption:2026-03".into(),
+        };
+        let now = Utc::now();
+        // Past i64 (read as negative before), past what a TimeDelta holds
+        // (a panic before), and past the last representable time.
+        for seconds in [u64::MAX, 1 << 63, 10_000_000_000_000_000, 1 << 60] {
+            let mut l = Ledger::default();
+            l.floors.push(Floor {
+                class: "consumption".into(),
+                seconds,
+                recorded: rfc3339(now),
+                raised: None,
+                by: "hostile".into(),
+            });
+            let e = check_with(&l, &unit, now, &SubjectFloors::default()).unwrap_err();
+            assert!(
+                matches!(&e, ShredError::BelowFloor { earliest, .. } if earliest.starts_with("never")),
+                "{seconds}: {e}"
+            );
+        }
     }
 
     #[test]
