@@ -102,20 +102,7 @@ impl Ledger {
         let mut best: Option<Ledger> = None;
         for (url, plain) in vault.read_record(LEDGER_RECORD).await? {
             let Some(plain) = plain else { continue };
-            let l: Ledger =
-                serde_json::from_slice(&plain).map_err(|e| ShredError::LedgerCorrupt {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
-            if l.format != "custos-shred-ledger" || !(1..=LEDGER_VERSION).contains(&l.version) {
-                return Err(ShredError::LedgerCorrupt {
-                    url,
-                    reason: format!(
-                        "format `{}` version {} is not one this build reads (custos-shred-ledger {LEDGER_VERSION}); upgrade custos",
-                        l.format, l.version
-                    ),
-                });
-            }
+            let l = Ledger::decode(&url, &plain)?;
             if best.as_ref().is_none_or(|b| l.seq > b.seq) {
                 best = Some(l);
             }
@@ -125,6 +112,27 @@ impl Ledger {
             version: LEDGER_VERSION,
             ..Default::default()
         }))
+    }
+
+    /// Decodes one location's copy (`url` names it in errors).
+    fn decode(url: &str, plain: &[u8]) -> Result<Ledger, ShredError> {
+        let corrupt = |reason: String| ShredError::LedgerCorrupt {
+            url: url.to_string(),
+            reason,
+        };
+        let l: Ledger = serde_json::from_slice(plain).map_err(|e| corrupt(e.to_string()))?;
+        if l.format != "custos-shred-ledger" || !(1..=LEDGER_VERSION).contains(&l.version) {
+            return Err(corrupt(format!(
+                "format `{}` version {} is not one this build reads (custos-shred-ledger {LEDGER_VERSION}); upgrade custos",
+                l.format, l.version
+            )));
+        }
+        // The next save writes seq + 1: a copy at the top of the range
+        // would wrap to 0 (or panic) and lose to any stale copy.
+        if l.seq == u64::MAX {
+            return Err(corrupt(format!("seq {} cannot be incremented", l.seq)));
+        }
+        Ok(l)
     }
 
     /// Writes the ledger (seq + 1, fences = the journal's units) to every
@@ -165,5 +173,29 @@ impl Ledger {
     /// The completed destruction of a unit.
     pub fn done_of(&self, unit: &Unit) -> Option<&Done> {
         self.history.iter().find(|d| &d.unit == unit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_whose_seq_cannot_be_incremented_is_refused() {
+        let mut l = Ledger {
+            format: "custos-shred-ledger".into(),
+            version: LEDGER_VERSION,
+            seq: u64::MAX - 1,
+            ..Default::default()
+        };
+        let ok = serde_json::to_vec(&l).unwrap();
+        assert_eq!(Ledger::decode("file:///v", &ok).unwrap(), l);
+        l.seq = u64::MAX;
+        let top = serde_json::to_vec(&l).unwrap();
+        let e = Ledger::decode("file:///v", &top).unwrap_err().to_string();
+        assert!(
+            e.contains("file:///v") && e.contains("cannot be incremented"),
+            "{e}"
+        );
     }
 }
