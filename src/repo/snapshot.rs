@@ -586,11 +586,42 @@ impl Named for SnapshotSummary {
 /// (format version, id, time).
 trait Named: serde::de::DeserializeOwned {
     fn named(&self) -> (u32, &str, &str);
+
+    /// Why the decoded object cannot be what it says, if it cannot.
+    fn refused(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Named for Snapshot {
     fn named(&self) -> (u32, &str, &str) {
         (self.version, &self.id, &self.time)
+    }
+
+    /// A snapshot holds one store's contents (FORMAT 3.5), the kind its
+    /// `store` names: a restore, a prune or a check reading another part
+    /// than the one listed would silently use the wrong contents.
+    fn refused(&self) -> Option<String> {
+        let held: Vec<&str> = [
+            ("sqlite", self.sqlite.is_some()),
+            ("postgres", self.postgres.is_some()),
+            ("files", self.files.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, held)| held.then_some(kind))
+        .collect();
+        match held[..] {
+            [] => None,
+            [kind] if kind == self.store.kind => None,
+            [kind] => Some(format!(
+                "store kind `{}` but it holds {kind} contents",
+                self.store.kind
+            )),
+            _ => Some(format!(
+                "it holds the contents of several stores ({})",
+                held.join(", ")
+            )),
+        }
     }
 }
 
@@ -648,6 +679,9 @@ fn open_as<T: Named>(
     if named != id {
         return Err(RepoError::malformed(object, "names another snapshot"));
     }
+    if let Some(why) = t.refused() {
+        return Err(RepoError::malformed(object, why));
+    }
     Ok(t)
 }
 
@@ -685,5 +719,56 @@ fn select_by<'a, T>(
         0 => Err(RepoError::NoSnapshot(which.into())),
         1 => Ok(m[0]),
         _ => Err(RepoError::AmbiguousSnapshot(which.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::Key32;
+
+    /// A files snapshot as JSON, `extra` fields added at its top level.
+    fn files_snapshot(kind: &str, extra: &str) -> String {
+        format!(
+            r#"{{"version":1,"id":"0123456789abcdef","policy":"p","time":"2026-03-01T00:00:00Z",
+            "parent":null,"custos_version":"0.1.0","store":{{"kind":"{kind}","location":"/x"}},
+            "files":{{"class":"c","key":"{key}","unit":"epoch:c:2026","files":0,"bytes":0,"pages":[]}},
+            "stats":{{"items":0,"bytes_read":0,"chunks":0,"new_chunks":0,"new_bytes_stored":0,
+            "packs_written":0,"duration_ms":0}}{extra}}}"#,
+            key = "00".repeat(16)
+        )
+    }
+
+    fn open(meta: &MetaKey, json: &str) -> Result<Snapshot, RepoError> {
+        let id = "0123456789abcdef";
+        let sealed = meta.seal("snapshot", id, &compress_meta(json.as_bytes()));
+        open_as::<Snapshot>("t:snapshots/x", id, meta, &sealed)
+    }
+
+    #[test]
+    fn a_snapshot_holding_another_store_s_contents_is_refused() {
+        let meta = MetaKey::new(&Key32::from_bytes([7; 32]));
+        let s = open(&meta, &files_snapshot("files", "")).unwrap();
+        assert!(s.files.is_some() && s.sqlite.is_none());
+        // The kind names SQLite, the contents are files.
+        let e = open(&meta, &files_snapshot("sqlite", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("t:snapshots/x") && e.contains("holds files contents"),
+            "{e}"
+        );
+        // Files and a SQLite part side by side: restore would take one,
+        // a check or a prune both or another.
+        let sqlite = r#","sqlite":{"schema":{"version":1,"entries":[],"tables":[],"user_version":0,
+            "application_id":0,"page_size":4096,"auto_vacuum":0,"encoding":"UTF-8","wal":false},
+            "tables":[]}"#;
+        let two = files_snapshot("files", sqlite);
+        assert!(
+            serde_json::from_str::<Snapshot>(&two).is_ok(),
+            "decodes alone"
+        );
+        let e = open(&meta, &two).unwrap_err().to_string();
+        assert!(e.contains("several stores"), "{e}");
     }
 }
