@@ -129,14 +129,42 @@ pub(super) struct KeyTable {
     /// [`KeyTable::point_name`]).
     by_name: HashTable<u32>,
     names: std::hash::RandomState,
+    seed: Seed,
 }
 
-/// Ids are random (drawn by [`KeyId::random`] from the OS CSPRNG), so
-/// their first bytes are a hash already; SipHash over them cost a backup
-/// more than the lookups themselves. (Only the service identity can write
-/// the sealed vault the ids are read from.)
-fn id_hash(id: &KeyId) -> u64 {
-    u64::from_le_bytes(id.0[..8].try_into().expect("8 bytes"))
+/// A per-table random key for hashing ids and pseudonyms: their bytes
+/// are random when custos draws them, but a vault's shards can be written
+/// by anyone holding a recipient's public key, and a shard of ids alike
+/// in the bytes hashed would make every lookup a walk through all of them
+/// (quadratic to open).
+#[derive(Clone, Copy)]
+struct Seed([u64; 2]);
+
+impl Default for Seed {
+    fn default() -> Self {
+        let r = std::hash::RandomState::new();
+        Seed([r.hash_one(0u8), r.hash_one(1u8)])
+    }
+}
+
+impl Seed {
+    /// All 16 bytes, keyed, folded by one wide multiplication (as
+    /// foldhash does): far cheaper than SipHash, and without the seed no
+    /// one can choose values that collide.
+    fn fold(self, b: &[u8; 16]) -> u64 {
+        let lo = u64::from_le_bytes(b[..8].try_into().expect("8 bytes")) ^ self.0[0];
+        let hi = u64::from_le_bytes(b[8..].try_into().expect("8 bytes")) ^ self.0[1];
+        let p = u128::from(lo) * u128::from(hi);
+        (p as u64) ^ ((p >> 64) as u64)
+    }
+}
+
+/// Ids are random (drawn by [`KeyId::random`] from the OS CSPRNG);
+/// SipHash over them cost a backup more than the lookups themselves, so
+/// they are folded under the table's [`Seed`] instead (a hostile shard
+/// cannot choose ids that collide).
+fn id_hash(seed: Seed, id: &KeyId) -> u64 {
+    seed.fold(&id.0)
 }
 
 /// The slot numbered `i`. A free function, so that the tables of slot
@@ -147,20 +175,19 @@ fn slot_at(segments: &[Vec<Slot>], i: u32) -> &Slot {
 }
 
 /// The hash a slot is found by in the name table.
-fn name_hash(names: &std::hash::RandomState, s: &Slot) -> u64 {
-    hash_name(names, s.kind, s.name.as_ref())
+fn name_hash(names: &std::hash::RandomState, seed: Seed, s: &Slot) -> u64 {
+    hash_name(names, seed, s.kind, s.name.as_ref())
 }
 
 /// The hash of a (kind, name). A hex name is a subject's pseudonym, a
-/// keyed hash of the subject, so its first bytes are a hash already, as
-/// ids are (see [`id_hash`]); SipHash over it was a fifth of opening a
-/// vault. Other names (a few, one per period or epoch) go through SipHash.
-fn hash_name(names: &std::hash::RandomState, kind: KeyKind, name: NameRef<'_>) -> u64 {
+/// keyed hash of the subject, folded under the seed as ids are (see
+/// [`id_hash`]); SipHash over it was a fifth of opening a vault. Other
+/// names (a few, one per period or epoch) go through SipHash.
+fn hash_name(names: &std::hash::RandomState, seed: Seed, kind: KeyKind, name: NameRef<'_>) -> u64 {
     match name {
         NameRef::Hex(b) => {
             let kind = kind as u64 + 1;
-            u64::from_le_bytes(b[..8].try_into().expect("8 bytes"))
-                ^ kind.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            seed.fold(&b) ^ kind.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         }
         NameRef::Text(_) => names.hash_one((kind, name)),
     }
@@ -182,12 +209,12 @@ impl KeyTable {
     }
 
     fn name_hash(&self, kind: KeyKind, name: NameRef<'_>) -> u64 {
-        hash_name(&self.names, kind, name)
+        hash_name(&self.names, self.seed, kind, name)
     }
 
     fn find_id(&self, id: &KeyId) -> Option<u32> {
         self.by_id
-            .find(id_hash(id), |&i| self.slot(i).id == *id)
+            .find(id_hash(self.seed, id), |&i| self.slot(i).id == *id)
             .copied()
     }
 
@@ -217,7 +244,8 @@ impl KeyTable {
     pub fn insert(&mut self, slot: Slot) {
         debug_assert!(!self.contains(&slot.id), "a key id is added twice");
         let i = u32::try_from(self.len).expect("fewer than 2^32 keys");
-        let h = id_hash(&slot.id);
+        let seed = self.seed;
+        let h = id_hash(seed, &slot.id);
         if self.segments.last().is_none_or(|s| s.len() == SEGMENT) {
             self.segments.push(Vec::with_capacity(SEGMENT));
         }
@@ -225,24 +253,24 @@ impl KeyTable {
         self.len += 1;
         let segments = &self.segments;
         self.by_id
-            .insert_unique(h, i, |&j| id_hash(&slot_at(segments, j).id));
+            .insert_unique(h, i, |&j| id_hash(seed, &slot_at(segments, j).id));
     }
 
     /// Points the key's (kind, name) at it, in place of any other key of
     /// that name. `id` must be in the table.
     pub fn point_name(&mut self, id: &KeyId) {
         let i = self.find_id(id).expect("the key is in the table");
-        let (segments, names) = (&self.segments, &self.names);
+        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
         let at = |j: u32| slot_at(segments, j);
         let (kind, name) = (at(i).kind, at(i).name.as_ref());
-        let h = hash_name(names, kind, name);
+        let h = hash_name(names, seed, kind, name);
         match self.by_name.entry(
             h,
             |&j| {
                 let s = at(j);
                 s.kind == kind && s.name.as_ref() == name
             },
-            |&j| name_hash(names, at(j)),
+            |&j| name_hash(names, seed, at(j)),
         ) {
             hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = i,
             hashbrown::hash_table::Entry::Vacant(v) => {
@@ -256,16 +284,16 @@ impl KeyTable {
     /// may have been sealed under them.
     pub fn rebuild_names(&mut self) {
         self.by_name.clear();
-        let (segments, names) = (&self.segments, &self.names);
+        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
         let at = |j: u32| slot_at(segments, j);
-        let rehash = |&j: &u32| name_hash(names, at(j));
+        let rehash = |&j: &u32| name_hash(names, seed, at(j));
         // Room for every name at once: growing the table would hash every
         // name again at each doubling.
         self.by_name.reserve(self.len, rehash);
         for i in 0..self.len as u32 {
             let s = at(i);
             let name = s.name.as_ref();
-            let h = name_hash(names, s);
+            let h = name_hash(names, seed, s);
             match self.by_name.entry(
                 h,
                 |&j| {
@@ -291,10 +319,10 @@ impl KeyTable {
     /// now points nowhere: call [`KeyTable::rebuild_names`] after removing.
     pub fn remove(&mut self, id: &KeyId) -> Option<Slot> {
         let i = self.find_id(id)?;
-        let (segments, names) = (&self.segments, &self.names);
+        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
         let at = |j: u32| slot_at(segments, j);
-        let nameh = name_hash(names, at(i));
-        if let Ok(o) = self.by_id.find_entry(id_hash(id), |&j| j == i) {
+        let nameh = name_hash(names, seed, at(i));
+        if let Ok(o) = self.by_id.find_entry(id_hash(seed, id), |&j| j == i) {
             o.remove();
         }
         if let Ok(o) = self.by_name.find_entry(nameh, |&j| j == i) {
@@ -304,7 +332,7 @@ impl KeyTable {
         let last = (self.len - 1) as u32;
         if i != last {
             let s = at(last);
-            let (idh, nameh) = (id_hash(&s.id), name_hash(names, s));
+            let (idh, nameh) = (id_hash(seed, &s.id), name_hash(names, seed, s));
             if let Some(j) = self.by_id.find_mut(idh, |&j| j == last) {
                 *j = i;
             }
@@ -389,6 +417,40 @@ mod tests {
             NameRef::of(&"09af".repeat(8)),
             NameRef::Hex([0x09, 0xaf].repeat(8).try_into().unwrap())
         );
+    }
+
+    #[test]
+    fn ids_and_pseudonyms_alike_in_their_first_bytes_hash_apart() {
+        // A hostile shard's ids (or subject names) sharing their first 8
+        // bytes hashed alike: every insert and lookup walked all of them.
+        let t = KeyTable::default();
+        let alike = |k: u32| {
+            let mut b = [0xab; 16];
+            b[12..].copy_from_slice(&k.to_le_bytes());
+            b
+        };
+        let n = 4096u32;
+        let ids: std::collections::HashSet<u64> =
+            (0..n).map(|k| id_hash(t.seed, &KeyId(alike(k)))).collect();
+        let names: std::collections::HashSet<u64> = (0..n)
+            .map(|k| t.name_hash(KeyKind::Subject, NameRef::Hex(alike(k))))
+            .collect();
+        assert_eq!((ids.len(), names.len()), (n as usize, n as usize));
+        // And such keys still go in and come out.
+        let mut t = KeyTable::default();
+        for k in 0..n {
+            let mut s = slot(KeyKind::Subject, &hex::encode(alike(k)), 5);
+            s.id = KeyId(alike(k));
+            t.insert(s);
+        }
+        t.rebuild_names();
+        for k in 0..n {
+            let name = hex::encode(alike(k));
+            assert_eq!(
+                t.named(KeyKind::Subject, &name).map(|s| s.id),
+                Some(KeyId(alike(k)))
+            );
+        }
     }
 
     #[test]
