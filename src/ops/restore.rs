@@ -240,8 +240,14 @@ pub async fn read_group(
 /// with marks that do not add up to its pages, gives one page a batch, and
 /// no pack lists.
 pub(super) fn window_batches(t: &TableEntry) -> Vec<(std::ops::Range<usize>, Option<&[Id]>)> {
-    let marked: u64 = t.windows.iter().map(|w| w.pages).sum();
-    if t.windows.is_empty() || marked != t.pages.len() as u64 {
+    // Counts read from the snapshot may be anything: a sum that wraps
+    // must not pass for the number of pages (the ranges below would then
+    // reach past them).
+    let marked = t
+        .windows
+        .iter()
+        .try_fold(0u64, |n, w| n.checked_add(w.pages));
+    if t.windows.is_empty() || marked != Some(t.pages.len() as u64) {
         return (0..t.pages.len()).map(|i| (i..i + 1, None)).collect();
     }
     let mut at = 0usize;
@@ -1157,4 +1163,38 @@ async fn restore_postgres(
     report.bytes_fetched = cache.fetched;
     locator.report(report);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A table of `pages` pages whose windows count `counts` pages.
+    fn table(pages: usize, counts: &[u64]) -> TableEntry {
+        let window = |n: u64| {
+            serde_json::json!({"digest": "", "rows": 0, "bytes": 0, "groups": 0,
+                "checksum": "", "pages": n})
+        };
+        serde_json::from_value(serde_json::json!({
+            "name": "t", "class": "c", "rows": 0, "bytes": 0, "checksum": "", "groups": 0,
+            "pages": (0..pages).map(|i| Id([i as u8; 32])).collect::<Vec<_>>(),
+            "windows": counts.iter().map(|&n| window(n)).collect::<Vec<_>>(),
+        }))
+        .expect("a table entry")
+    }
+
+    #[test]
+    fn window_counts_that_wrap_do_not_pass_for_the_pages() {
+        let ranges = |t: &TableEntry| -> Vec<(usize, usize)> {
+            window_batches(t)
+                .into_iter()
+                .map(|(r, _)| (r.start, r.end))
+                .collect()
+        };
+        assert_eq!(ranges(&table(3, &[2, 0, 1])), [(0, 2), (2, 3)]);
+        // u64::MAX + 2 wraps to 1, the number of pages: the windows were
+        // taken as they were, and the first range reached past the page.
+        assert_eq!(ranges(&table(1, &[u64::MAX, 2])), [(0, 1)]);
+        assert_eq!(ranges(&table(2, &[u64::MAX, 3])), [(0, 1), (1, 2)]);
+    }
 }
