@@ -151,17 +151,19 @@ pub fn open_chunk_into(
     body: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), ChunkError> {
+    // FORMAT 3.3: a reader refuses a chunk of more than 64 MiB, stored or
+    // compressed (no writer makes one: chunks end at 16 MiB).
+    if raw_len > MAX_RAW_CHUNK {
+        return Err(ChunkError::Length {
+            got: raw_len as usize,
+            want: MAX_RAW_CHUNK as usize,
+        });
+    }
     keys.open_into(id, sealed, body)?;
     let start = out.len();
     match body.first() {
         Some(&CODEC_STORED) => out.extend_from_slice(&body[1..]),
         Some(&CODEC_ZSTD) => {
-            if raw_len > MAX_RAW_CHUNK {
-                return Err(ChunkError::Length {
-                    got: raw_len as usize,
-                    want: MAX_RAW_CHUNK as usize,
-                });
-            }
             out.resize(start + raw_len as usize, 0);
             match codec.d.decompress_to_buffer(&body[1..], &mut out[start..]) {
                 Ok(n) => out.truncate(start + n),
@@ -394,6 +396,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_stored_chunk_over_64_mib_is_refused_as_a_compressed_one_is() {
+        let keys = ChunkKeys::new(Key32::random());
+        let mut codec = Codec::new(3);
+        // Noise, so it is stored: only a compressed chunk's size was checked.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let big: Vec<u8> = (0..MAX_RAW_CHUNK as usize + 1)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let id = keys.chunk_id(&big);
+        let sealed = seal_chunk(&mut codec, &keys, &id, &big);
+        assert_eq!(codec_of(&keys, &id, &sealed), CODEC_STORED);
+        let e = open_chunk(&mut codec, &keys, &id, &sealed, big.len() as u32).unwrap_err();
+        assert!(
+            matches!(e, ChunkError::Length { got, want } if got == big.len() && want == MAX_RAW_CHUNK as usize),
+            "{e}"
+        );
     }
 
     #[test]
