@@ -1000,7 +1000,9 @@ mod tests {
         let mut idx = Index::default();
         idx.add(&f);
         idx.seal();
-        let start = std::time::Instant::now();
+        // (Scanned, this took minutes in a debug build; found by halves,
+        // about a second. The time is not asserted: the suite never
+        // asserts times.)
         for i in (0..n).rev() {
             assert_eq!(idx.chunks.get(&alike(i)).map(|l| l.offset), Some(i));
         }
@@ -1012,8 +1014,6 @@ mod tests {
             .iter()
             .zip(0..)
             .all(|(l, i)| l.map(|l| l.offset) == Some(i)));
-        // Linear scans took minutes; halving takes milliseconds.
-        assert!(start.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
