@@ -388,6 +388,17 @@ impl<'c> LeafStream<'c> {
             }
             self.pages.read(pgno, &mut self.buf)?;
             let page = Page::new(&self.buf, pgno, self.head.usable)?;
+            // Only a root leaf may be empty (an empty table). SQLite
+            // refuses any other page without cells as corrupt; the walk
+            // would skip an empty leaf, or follow an empty interior page
+            // to its right-most child alone, and read the table without
+            // the rows it lost.
+            if page.cells == 0 && page.kind == INTERIOR {
+                return Err(page.malformed("an interior page without cells"));
+            }
+            if page.cells == 0 && depth > 0 {
+                return Err(page.malformed("an empty page below the root"));
+            }
             match page.kind {
                 INTERIOR => {
                     // Child `i` holds the keys above the key of cell `i - 1`
@@ -1151,6 +1162,43 @@ mod tests {
         c.execute_batch("BEGIN").unwrap();
         let e = walk(&c, "t").unwrap_err();
         assert!(e.to_string().contains("outside its parent's keys"), "{e}");
+    }
+
+    #[test]
+    fn a_page_without_cells_other_than_an_empty_root_is_malformed() {
+        // Page `pgno` of the test database loses its cells: SQLite calls
+        // that corrupt, and the walk must not read the table without them.
+        fn emptied(pgno: impl Fn(&[u8], usize, i64) -> u32, why: &str) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = db(dir.path(), false);
+            let (mut bytes, page, root) = root_page(&path);
+            let pgno = pgno(&bytes, page, root);
+            let at = 4096 * (pgno as usize - 1);
+            bytes[at + 3..at + 5].copy_from_slice(&[0, 0]);
+            std::fs::write(&path, &bytes).unwrap();
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("BEGIN").unwrap();
+            let e = walk(&c, "t").unwrap_err();
+            assert!(
+                matches!(e, BtreeError::Malformed { page, .. } if page == pgno),
+                "{e}"
+            );
+            assert!(e.to_string().contains(why), "{e}");
+            let q = c.query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0));
+            assert!(q.is_err(), "SQLite reads it: {q:?}");
+        }
+        // The root's first child, a leaf: skipped, its rows lost.
+        emptied(
+            |bytes, page, _| {
+                let cell = u16::from_be_bytes([bytes[page + 12], bytes[page + 13]]) as usize;
+                let child = u32::from_be_bytes(bytes[page + cell..][..4].try_into().unwrap());
+                assert_eq!(bytes[4096 * (child as usize - 1)], LEAF);
+                child
+            },
+            "an empty page below the root",
+        );
+        // The root, an interior page: only its right-most child was read.
+        emptied(|_, _, root| root as u32, "an interior page without cells");
     }
 
     #[test]
