@@ -169,7 +169,9 @@ fn decode<'p>(
     const MALFORMED: &str = "a malformed record";
     let (header_len, mut at) = varint(payload, 0).ok_or(MALFORMED)?;
     let header_len = usize::try_from(header_len).map_err(|_| MALFORMED)?;
-    if header_len > payload.len() || header_len < at {
+    // A header of its own length alone holds no field: SQLite never
+    // writes one (a table has a column) and reads it as corrupt.
+    if header_len > payload.len() || header_len <= at {
         return Err(MALFORMED);
     }
     let mut body = header_len;
@@ -245,7 +247,7 @@ pub fn is_real_affinity(declared: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::{RowidRange, ScanStats, SqliteSource};
+    use crate::store::sqlite::{RowidRange, ScanError, ScanStats, SqliteSource};
     use crate::store::{Every, GroupCoords, TablePlan};
     use rand::{Rng, SeedableRng};
     use rusqlite::Connection;
@@ -547,6 +549,52 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_fields_is_not_read_as_a_row_of_nulls() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, c) = create(
+            &dir,
+            "n.db",
+            "PRAGMA page_size = 1024; CREATE TABLE t (a TEXT);
+             INSERT INTO t VALUES ('x'), (NULL), ('z');",
+        );
+        let root: i64 = c
+            .query_row("SELECT rootpage FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        drop(c);
+        // The NULL row's record [02 00] becomes [01]: its payload one
+        // byte, its header that byte alone. SQLite calls it corrupt.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 1024 * (root as usize - 1);
+        assert_eq!(bytes[page], LEAF);
+        let ptr = page + 8 + 2;
+        let cell = page + u16::from_be_bytes([bytes[ptr], bytes[ptr + 1]]) as usize;
+        assert_eq!(bytes[cell..cell + 4], [2, 2, 2, 0]);
+        bytes[cell] = 1;
+        bytes[cell + 2] = 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let src = SqliteSource::open(&path).unwrap();
+        let schema = src.schema().unwrap();
+        let ts = &schema.tables[0];
+        let p = plan("t", Some("a"), None);
+        let leaves = src
+            .stretch_leaves(ts, RowidRange::ALL)
+            .unwrap()
+            .map(std::cell::RefCell::new);
+        let mut rows = Vec::new();
+        let r = src.scan_natural_pages(ts, &p, leaves.as_ref(), RowidRange::ALL, |c, _| {
+            rows.push(c.subject.clone());
+            Ok::<_, ()>(())
+        });
+        // The pages give up at that row, and the query that reads on
+        // stops at it with SQLite's own error.
+        let Err(ScanError::Store(e)) = r else {
+            panic!("read as a row: {r:?}");
+        };
+        assert!(e.to_string().contains("malformed"), "{e}");
+        assert_eq!(rows, [Some("x".to_string())]);
+    }
+
+    #[test]
     fn affinity_follows_sqlites_rules_in_order() {
         for (t, real) in [
             ("REAL", true),
@@ -593,6 +641,7 @@ mod tests {
             &[0x04, 0x01, 0x01, 0x01, 1, 2, 3][..], // three fields, two columns
             &[0x02, 0x0a][..],             // reserved serial type
             &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff][..],
+            &[0x01][..], // a header without fields
         ] {
             assert!(decode(bad, 1, &layout, &mut v).is_err(), "{bad:?}");
         }
