@@ -110,6 +110,15 @@ pub enum SqliteError {
         "the saved schema is invalid: {0}; it was written by another custos version or is corrupt"
     )]
     BadSchema(String),
+    #[error(
+        "SQLite database {path} is corrupt: table `{table}` reads otherwise from its pages than \
+         with a query ({detail}); check it with PRAGMA integrity_check and back up a repaired copy"
+    )]
+    Corrupt {
+        path: PathBuf,
+        table: String,
+        detail: String,
+    },
 }
 
 /// Result of a [`SqliteSource::scan`]: the store failed, or the sink did.
@@ -901,32 +910,87 @@ impl SqliteSource {
             },
         );
         stats.from_pages = stats.rows;
-        let resume = match r {
+        let failed = match r {
             Ok(()) => return Ok(stats),
             Err(ReadError::Sink(e)) => return Err(ScanError::Sink(e)),
             Err(ReadError::Unsupported { rowid, why }) => {
                 tracing::debug!(table = %table.name, rowid, why, "reading the rest of the range with a query");
-                Some(rowid)
+                format!("the pages cannot read the row with rowid {rowid}: {why}")
             }
             Err(ReadError::Btree(e)) => {
                 tracing::warn!(table = %table.name, error = %e, "cannot read rows from the table's pages; reading the rest with a query");
-                match last {
-                    None => range.from,
-                    Some(l) => match l.checked_add(1) {
-                        Some(next) => Some(next),
-                        None => return Ok(stats), // the largest rowid there is
-                    },
-                }
+                e.to_string()
             }
         };
-        // Rows before `resume` went to the sink; a query reads the rest.
-        let rest = RowidRange {
-            from: resume,
-            to: range.to,
+        self.scan_after_pages(table, plan, range, stats, last, &failed, sink)
+    }
+
+    /// The rest of `range` after the pages gave the first `given.rows` of
+    /// it (the last with rowid `last`) and then stopped (`failed` says why:
+    /// a row they cannot decode, or a malformed page).
+    ///
+    /// A query from where the pages stopped would seek that rowid through
+    /// interior keys the walk had not checked yet, and a malformed b-tree
+    /// can send the seek past rows a scan of the range reads (a row moved
+    /// out of order, a key further on): those rows would be lost without a
+    /// word. So the query reads the range again from its start, in the
+    /// b-tree's order as the pages did, and skips the rows they gave; if
+    /// the rows it skips do not end at `last`, the two reads disagree and
+    /// the database is corrupt. (Rows the pages cannot decode are rare past
+    /// a range's first: rows older than an added column with a default
+    /// come first, in rowid order.)
+    #[allow(clippy::too_many_arguments)]
+    fn scan_after_pages<E, F>(
+        &self,
+        table: &TableSchema,
+        plan: &TablePlan,
+        range: RowidRange,
+        given: ScanStats,
+        last: Option<i64>,
+        failed: &str,
+        mut sink: F,
+    ) -> Result<ScanStats, ScanError<E>>
+    where
+        F: FnMut(&GroupCoords, &[u8]) -> Result<(), E>,
+    {
+        /// The sink failed, or the query's rows part from the pages'.
+        enum Resumed<E> {
+            Sink(E),
+            Differs,
+        }
+        let mut skipped = 0u64;
+        let mut skipped_to = None;
+        let mut stats = given;
+        let r = self.scan_natural_range(table, plan, range, |coords: &GroupCoords, row: &[u8]| {
+            if skipped < given.rows {
+                skipped += 1;
+                skipped_to = row_span(row).ok().and_then(|(rowid, _)| rowid);
+                return Ok(());
+            }
+            if skipped_to != last {
+                return Err(Resumed::Differs);
+            }
+            sink(coords, row).map_err(Resumed::Sink)?;
+            stats.rows += 1;
+            stats.bytes += row.len() as u64;
+            Ok(())
+        });
+        let corrupt = || {
+            ScanError::Store(SqliteError::Corrupt {
+                path: self.path.clone(),
+                table: table.name.clone(),
+                detail: failed.to_string(),
+            })
         };
-        let more = self.scan_natural_range(table, plan, rest, &mut sink)?;
-        stats.rows += more.rows;
-        stats.bytes += more.bytes;
+        match r {
+            Ok(_) => {}
+            Err(ScanError::Sink(Resumed::Sink(e))) => return Err(ScanError::Sink(e)),
+            Err(ScanError::Sink(Resumed::Differs)) => return Err(corrupt()),
+            Err(ScanError::Store(e)) => return Err(ScanError::Store(e)),
+        }
+        if skipped != given.rows || skipped_to != last {
+            return Err(corrupt());
+        }
         Ok(stats)
     }
 
