@@ -629,7 +629,27 @@ mod tests {
         bytes[first + 1] = 1;
         std::fs::write(&path, &bytes).unwrap();
 
-        let src = SqliteSource::open(&path).unwrap();
+        let (query, pages, stats) = query_and_pages(&path);
+        assert_eq!(query.len(), 60);
+        // The first leaf from the pages, the rest from a query that read
+        // the table again and skipped them: the rows a query reads.
+        assert!(stats.from_pages > 0 && stats.from_pages < 60, "{stats:?}");
+        assert_eq!(stats.rows, 60);
+        assert_eq!(pages, query);
+    }
+
+    /// The rows of table `t` (column `v` its subject) of the database at
+    /// `path` as a query reads them, and as the pages read them (with the
+    /// page read's counts).
+    #[allow(clippy::type_complexity)]
+    fn query_and_pages(
+        path: &std::path::Path,
+    ) -> (
+        Vec<(GroupCoords, Vec<u8>)>,
+        Vec<(GroupCoords, Vec<u8>)>,
+        crate::store::sqlite::ScanStats,
+    ) {
+        let src = SqliteSource::open(path).unwrap();
         let schema = src.schema().unwrap();
         let ts = &schema.tables[0];
         let p = plan("t", Some("v"), None);
@@ -639,7 +659,6 @@ mod tests {
             Ok::<_, ()>(())
         })
         .unwrap();
-        assert_eq!(query.len(), 60);
         let leaves = src
             .stretch_leaves(ts, RowidRange::ALL)
             .unwrap()
@@ -651,11 +670,7 @@ mod tests {
                 Ok::<_, ()>(())
             })
             .unwrap();
-        // The first leaf from the pages, the rest from a query that read
-        // the table again and skipped them: the rows a query reads.
-        assert!(stats.from_pages > 0 && stats.from_pages < 60, "{stats:?}");
-        assert_eq!(stats.rows, 60);
-        assert_eq!(pages, query);
+        (query, pages, stats)
     }
 
     #[test]
@@ -708,28 +723,8 @@ mod tests {
         }
         std::fs::write(&path, &bytes).unwrap();
 
-        let src = SqliteSource::open(&path).unwrap();
-        let schema = src.schema().unwrap();
-        let ts = &schema.tables[0];
-        let p = plan("t", Some("v"), None);
-        let mut query = Vec::new();
-        src.scan_natural_range(ts, &p, RowidRange::ALL, |c: &GroupCoords, r: &[u8]| {
-            query.push((c.clone(), r.to_vec()));
-            Ok::<_, ()>(())
-        })
-        .unwrap();
+        let (query, pages, stats) = query_and_pages(&path);
         assert_eq!(query.len(), 175);
-        let leaves = src
-            .stretch_leaves(ts, RowidRange::ALL)
-            .unwrap()
-            .map(std::cell::RefCell::new);
-        let mut pages = Vec::new();
-        let stats = src
-            .scan_natural_pages(ts, &p, leaves.as_ref(), RowidRange::ALL, |c, r| {
-                pages.push((c.clone(), r.to_vec()));
-                Ok::<_, ()>(())
-            })
-            .unwrap();
         assert_eq!(stats.from_pages, 99, "{stats:?}");
         assert_eq!(pages.len(), 175);
         assert_eq!(pages, query);
