@@ -329,19 +329,23 @@ mod tests {
         keys.open(id, sealed).unwrap()[0]
     }
 
-    #[test]
-    fn chunks_of_every_size_round_trip_and_compress_only_when_it_pays() {
-        let keys = ChunkKeys::new(Key32::random());
-        let mut codec = Codec::new(3);
-        let mut x: u64 = 0x2545F4914F6CDD1D;
-        let noise: Vec<u8> = (0..70_000)
+    /// `len` bytes of xorshift noise from `seed` (incompressible).
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 x as u8
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn chunks_of_every_size_round_trip_and_compress_only_when_it_pays() {
+        let keys = ChunkKeys::new(Key32::random());
+        let mut codec = Codec::new(3);
+        let noise = noise(70_000, 0x2545F4914F6CDD1D);
         let text: Vec<u8> = b"2026-03-14T10:00:00Z|+4915112345678|voice|60;"
             .iter()
             .copied()
@@ -403,15 +407,7 @@ mod tests {
         let keys = ChunkKeys::new(Key32::random());
         let mut codec = Codec::new(3);
         // Noise, so it is stored: only a compressed chunk's size was checked.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let big: Vec<u8> = (0..MAX_RAW_CHUNK as usize + 1)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let big = noise(MAX_RAW_CHUNK as usize + 1, 0x9E37_79B9_7F4A_7C15);
         let id = keys.chunk_id(&big);
         let sealed = seal_chunk(&mut codec, &keys, &id, &big);
         assert_eq!(codec_of(&keys, &id, &sealed), CODEC_STORED);
