@@ -76,24 +76,25 @@ impl PackCache {
     /// For a reader that comes back to a pack for more of its chunks
     /// (check), without keeping it: the first time, the whole pack,
     /// verified against its id and size as with [`PackCache::pack`]; after
-    /// that only the bytes `span` of it (each chunk in them is
-    /// authenticated on its own). Returns the bytes and the offset in the
-    /// pack of the first. A pack found bad is remembered as with `pack`.
+    /// that only the bytes `span` of it, as [`PackCache::span`] reads them
+    /// (each chunk in them is authenticated on its own). Returns the bytes
+    /// and the offset in the pack of the first. A pack found bad is
+    /// remembered as with `pack`.
     pub async fn fetch_span(
         &mut self,
         pack: Id,
         size: u64,
         span: Range<u64>,
     ) -> Result<(Bytes, u64), PackProblem> {
+        if self.verified.contains(&pack) {
+            return self.span(pack, size, span).await;
+        }
         if let Some(b) = self.bad.get(&pack) {
             return Err(b.clone());
         }
-        if !self.verified.contains(&pack) {
-            let b = self.fetch_verified(pack, size).await?;
-            self.verified.insert(pack);
-            return Ok((b, 0));
-        }
-        self.range(pack, size, span).await
+        let b = self.fetch_verified(pack, size).await?;
+        self.verified.insert(pack);
+        Ok((b, 0))
     }
 
     /// The bytes `span` of a pack alone, never the whole pack: for a reader
