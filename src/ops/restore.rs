@@ -395,9 +395,7 @@ impl Locator {
         let meta = self.meta.clone();
         let index = self.window(packs).await?;
         let kept = |mut groups: Vec<(Id, GroupEntry)>| {
-            if !matches!(filter, GroupFilter::All) {
-                groups.retain(|(_, g)| filter.keeps(g));
-            }
+            groups.retain(|(_, g)| filter.keeps(g));
             groups
         };
         let read = match window_groups(cache, &index, &meta, table, pages).await? {
@@ -719,8 +717,11 @@ async fn restore_sqlite(
         }
     }
     for tr in report.tables.iter_mut() {
-        let n = names_at(&sq.tables, &tr.name).map_or(0, |i| counts[i]);
-        tr.rows_restored = n;
+        tr.rows_restored = sq
+            .tables
+            .iter()
+            .position(|t| t.name == tr.name)
+            .map_or(0, |i| counts[i]);
         if tr.rows_restored + tr.rows_shredded != tr.rows_expected {
             return Err(OpsError::Integrity(format!(
                 "table {}: restored {} rows + {} shredded, but the snapshot recorded {}",
@@ -739,11 +740,6 @@ async fn restore_sqlite(
     progress.finish_phase();
     report.items = report.tables.iter().map(|t| t.rows_restored).sum();
     Ok(())
-}
-
-/// The position of table `name` in the snapshot's tables.
-fn names_at(tables: &[TableEntry], name: &str) -> Option<usize> {
-    tables.iter().position(|t| t.name == name)
 }
 
 /// Names a window's rows in errors.
