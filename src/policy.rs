@@ -195,7 +195,7 @@ pub struct StoreConfig {
 /// `[store] large_objects`: large objects (`pg_largeobject`) are not backed
 /// up, so a database that holds any is refused unless the policy says to
 /// back up without them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LargeObjects {
     /// The backup stops, before any data moves (the default).
