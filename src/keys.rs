@@ -1,5 +1,6 @@
 //! Service keys: the service's `age` identity (it unwraps the key vault) and
-//! its ed25519 signing key (it signs drill reports and certificates).
+//! its ed25519 signing key (it signs the key vault's objects, drill reports
+//! and certificates).
 //!
 //! [`init_keys`] writes three files into one directory:
 //!
@@ -51,6 +52,8 @@ pub enum KeysError {
         "`{value}` is not an age x25519 recipient ({reason}): expected an `age1...` public key"
     )]
     Recipient { value: String, reason: &'static str },
+    #[error("neither signing.key nor signing.pub is beside the identity {identity}, so the key vault's signatures cannot be checked: keep the three files of `custos keys init` together; to read with a recovery identity, copy the service's signing.pub beside it")]
+    NoSigner { identity: PathBuf },
 }
 
 /// The paths and public recipient written by [`init_keys`].
@@ -248,6 +251,30 @@ pub fn signing_key_path_for(identity_path: &Path) -> PathBuf {
         Some(dir) => dir.join(SIGNING_KEY_FILE),
         None => PathBuf::from(SIGNING_KEY_FILE),
     }
+}
+
+/// The keys the key vault is opened with: the identity at `identity_path`
+/// and the `signing.key` beside it (reads and writes), or, without one,
+/// the `signing.pub` beside it (reads only: a recovery identity).
+pub fn load_vault_keys(identity_path: &Path) -> Result<crate::vault::VaultKeys, KeysError> {
+    let identity = load_identity(identity_path)?;
+    let signing = signing_key_path_for(identity_path);
+    if signing.exists() {
+        return Ok(crate::vault::VaultKeys::new(
+            identity,
+            load_signing_key(&signing)?,
+        ));
+    }
+    let public = signing.with_file_name(PUBLIC_KEY_FILE);
+    if public.exists() {
+        return Ok(crate::vault::VaultKeys::read_only(
+            identity,
+            load_public_key(&public)?,
+        ));
+    }
+    Err(KeysError::NoSigner {
+        identity: identity_path.to_path_buf(),
+    })
 }
 
 /// Loads the ed25519 signing key (PKCS#8 PEM, `-----BEGIN PRIVATE KEY-----`).

@@ -5,7 +5,8 @@ mod common;
 
 use age::x25519::Identity;
 use custos::keys::{self, KeysError};
-use custos::vault::{KeyKind, Vault, VaultError, VaultLocation};
+use custos::vault::{KeyKind, Vault, VaultError, VaultKeys, VaultLocation};
+use ed25519_dalek::SigningKey;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
@@ -14,6 +15,14 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Fresh service keys: an identity and a signing key.
+fn service() -> VaultKeys {
+    VaultKeys::new(
+        Identity::generate(),
+        SigningKey::generate(&mut rand::rngs::OsRng),
+    )
+}
 
 fn fs_loc(dir: &Path) -> VaultLocation {
     std::fs::create_dir_all(dir).unwrap();
@@ -65,7 +74,8 @@ fn age_decrypt(identity: &Identity, bytes: &[u8]) -> Vec<u8> {
 
 /// Whether any object of any location holds `needle`, raw or (for `.age`
 /// objects) after decryption with `identity`.
-async fn anywhere(locs: &[VaultLocation], identity: &Identity, needle: &[u8]) -> Vec<String> {
+async fn anywhere(locs: &[VaultLocation], keys: &VaultKeys, needle: &[u8]) -> Vec<String> {
+    let identity = keys.identity();
     let mut hits = Vec::new();
     for l in locs {
         for (name, bytes) in all_objects(l).await {
@@ -85,7 +95,7 @@ async fn create_open_round_trip_two_locations() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b = mem_loc("b");
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -161,11 +171,11 @@ async fn create_open_round_trip_two_locations() {
 #[tokio::test]
 async fn open_with_other_identity_is_not_a_recipient() {
     let a = mem_loc("a");
-    let id = Identity::generate();
+    let id = service();
     Vault::create(vec![a.clone()], &id, &[], "crm")
         .await
         .unwrap();
-    let stranger = Identity::generate();
+    let stranger = service();
     let e = Vault::open(vec![a.clone()], &stranger, &[])
         .await
         .unwrap_err();
@@ -177,7 +187,7 @@ async fn open_with_other_identity_is_not_a_recipient() {
 
 #[tokio::test]
 async fn open_without_vault_fails() {
-    let e = Vault::open(vec![mem_loc("x"), mem_loc("y")], &Identity::generate(), &[])
+    let e = Vault::open(vec![mem_loc("x"), mem_loc("y")], &service(), &[])
         .await
         .unwrap_err();
     assert!(matches!(e, VaultError::NoVault { .. }), "{e}");
@@ -188,7 +198,7 @@ async fn open_without_vault_fails() {
 async fn recovery_recipient_can_open() {
     let a = mem_loc("a");
     let b = mem_loc("b");
-    let id = Identity::generate();
+    let id = service();
     let recovery = Identity::generate();
     let mut v = Vault::create(
         vec![a.clone(), b.clone()],
@@ -201,9 +211,27 @@ async fn recovery_recipient_can_open() {
     let (kid, k) = v.get_or_create(KeyKind::Period, "service:2026-01");
     let k = *k.expose();
     v.persist().await.unwrap();
-    let o = Vault::open(vec![a, b], &recovery, &[]).await.unwrap();
+    // The recovery identity with the service's public key reads...
+    let reader = VaultKeys::read_only(recovery, id.verifying_key());
+    let before = (all_objects(&a).await, all_objects(&b).await);
+    let mut o = Vault::open(vec![a.clone(), b.clone()], &reader, &[])
+        .await
+        .unwrap();
     assert_eq!(o.key(&kid).unwrap().expose(), &k);
     assert_eq!(o.meta_key().expose(), v.meta_key().expose());
+    // ...and cannot write: it cannot sign.
+    o.get_or_create(KeyKind::Period, "service:2026-02");
+    assert!(matches!(o.persist().await, Err(VaultError::ReadOnly)));
+    assert_eq!((all_objects(&a).await, all_objects(&b).await), before);
+    // Another service's public key verifies nothing.
+    let e = Vault::open(
+        vec![a, b],
+        &VaultKeys::read_only(reader.identity().clone(), service().verifying_key()),
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(e, VaultError::BadSignature { .. }), "{e}");
 }
 
 #[tokio::test]
@@ -211,7 +239,7 @@ async fn create_refuses_existing_vault_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b = fs_loc(&dir.path().join("b"));
-    let id = Identity::generate();
+    let id = service();
     let v = Vault::create(vec![a.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -232,7 +260,7 @@ async fn missing_shard_is_repaired_by_next_persist() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b = fs_loc(&dir.path().join("b"));
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -273,7 +301,7 @@ async fn missing_shard_is_repaired_by_next_persist() {
 async fn new_empty_location_is_filled_by_persist() {
     let a = mem_loc("a");
     let c = mem_loc("c");
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -296,7 +324,7 @@ async fn new_empty_location_is_filled_by_persist() {
 async fn open_refuses_locations_of_different_vaults() {
     let a = mem_loc("a");
     let b = mem_loc("b");
-    let id = Identity::generate();
+    let id = service();
     Vault::create(vec![a.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -312,7 +340,7 @@ async fn persist_failure_keeps_entries_dirty() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b = fs_loc(&dir.path().join("b"));
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -339,7 +367,7 @@ async fn unreadable_location_lets_open_succeed_but_persist_fail() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b = fs_loc(&dir.path().join("b"));
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -368,7 +396,7 @@ async fn a_location_failing_mid_read_gives_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b_files = fs_loc(&dir.path().join("b"));
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone(), b_files.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -429,7 +457,7 @@ async fn destroy_removes_key_everywhere() {
     let a = fs_loc(&dir.path().join("a"));
     let b = mem_loc("b");
     let locs = [a.clone(), b.clone()];
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(locs.to_vec(), &id, &[], "crm").await.unwrap();
     let (gone, gk) = v.get_or_create(KeyKind::Subject, "p-gone");
     let gk = *gk.expose();
@@ -473,7 +501,7 @@ async fn location_that_missed_a_destroy_cannot_resurrect_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b = fs_loc(&dir.path().join("b"));
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -505,7 +533,7 @@ async fn destroy_retry_after_failed_write_completes() {
     let dir = tempfile::tempdir().unwrap();
     let a = fs_loc(&dir.path().join("a"));
     let b = fs_loc(&dir.path().join("b"));
-    let id = Identity::generate();
+    let id = service();
     let mut v = Vault::create(vec![a.clone(), b.clone()], &id, &[], "crm")
         .await
         .unwrap();
@@ -570,13 +598,14 @@ fn init_keys_refuses_to_overwrite() {
 async fn service_keys_open_a_vault() {
     let dir = tempfile::tempdir().unwrap();
     let k = keys::init_keys(&dir.path().join("keys")).unwrap();
-    let id = keys::load_identity(&k.identity_path).unwrap();
+    let id = keys::load_vault_keys(&k.identity_path).unwrap();
+    assert!(id.can_sign());
     let recovery = keys::parse_recipient(&Identity::generate().to_public().to_string()).unwrap();
     let a = mem_loc("a");
     let v = Vault::create(vec![a.clone()], &id, &[recovery], "crm")
         .await
         .unwrap();
-    let again = keys::load_identity(&k.identity_path).unwrap();
+    let again = keys::load_vault_keys(&k.identity_path).unwrap();
     let o = Vault::open(vec![a.clone()], &again, &[]).await.unwrap();
     assert_eq!(o.meta_key().expose(), v.meta_key().expose());
     // The marker lists no secrets.
@@ -589,6 +618,17 @@ async fn service_keys_open_a_vault() {
         .await
         .unwrap();
     assert!(!contains(&m, v.meta_key().expose()));
+}
+
+/// A payload followed by its signature by `sk`, as FORMAT.md 7 defines it:
+/// ed25519 over the context line and the payload's BLAKE3 hash.
+fn signed(sk: &SigningKey, payload: &[u8]) -> Vec<u8> {
+    use ed25519_dalek::Signer;
+    let mut m = b"custos vault payload\n".to_vec();
+    m.extend_from_slice(blake3::hash(payload).as_bytes());
+    let mut out = payload.to_vec();
+    out.extend_from_slice(&sk.sign(&m).to_bytes());
+    out
 }
 
 /// Age-encrypts `plain` to `identity` (the vault's own wrapping, forged).
@@ -610,20 +650,22 @@ async fn locations_that_disagree_on_a_key_are_refused_naming_both() {
         .iter()
         .map(|n| fs_loc(&dir.path().join(n)))
         .collect();
-    let id = Identity::generate();
+    let sk = SigningKey::generate(&mut rand::rngs::OsRng);
+    let id = VaultKeys::new(Identity::generate(), sk.clone());
     let mut v = Vault::create(locs.clone(), &id, &[], "crm").await.unwrap();
     let (pid, pk) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
     let pk = *pk.expose();
     v.persist().await.unwrap();
     drop(v);
 
-    // Location c's copy of the key is changed (a forged, validly wrapped
-    // shard).
+    // Location c's copy of the key is changed (a validly wrapped shard,
+    // signed with the service's key: what two writers could leave).
     let shard = dir.path().join("c/keys/period/all.age");
-    let mut plain = age_decrypt(&id, &std::fs::read(&shard).unwrap());
+    let mut plain = age_decrypt(id.identity(), &std::fs::read(&shard).unwrap());
+    plain.truncate(plain.len() - 64);
     let at = plain.windows(32).position(|w| w == pk).expect("the key");
     plain[at] ^= 1;
-    std::fs::write(&shard, age_encrypt(&id, &plain)).unwrap();
+    std::fs::write(&shard, age_encrypt(id.identity(), &signed(&sk, &plain))).unwrap();
 
     // The error names the location that differs and the first that listed
     // the key, whichever order the policy gives.
@@ -647,5 +689,190 @@ async fn locations_that_disagree_on_a_key_are_refused_naming_both() {
     // Each alone opens.
     for l in [a, c] {
         Vault::open(vec![l.clone()], &id, &[]).await.unwrap();
+    }
+}
+
+/// A shard payload as FORMAT.md 7 lays it out, with one period entry and
+/// no tombstone (version 1 has no signature; version 2 is then signed).
+fn period_payload(
+    version: u16,
+    vault_id: &[u8],
+    name: &str,
+    created: i64,
+    key: &[u8; 32],
+) -> Vec<u8> {
+    let object = "keys/period/all.age";
+    let mut b = b"CUSTOSVK".to_vec();
+    b.extend_from_slice(&version.to_le_bytes());
+    b.extend_from_slice(vault_id);
+    b.extend_from_slice(&(object.len() as u16).to_le_bytes());
+    b.extend_from_slice(object.as_bytes());
+    b.extend_from_slice(&1u32.to_le_bytes());
+    b.push(2);
+    b.extend_from_slice(&[0x5a; 16]);
+    b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(&created.to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&0u32.to_le_bytes());
+    b
+}
+
+/// The vault id a location's plaintext marker gives away.
+async fn marker_vault_id(loc: &VaultLocation) -> Vec<u8> {
+    let m = loc
+        .store
+        .get(&ObjPath::from("custos-vault.json"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    hex::decode(v["vault_id"].as_str().unwrap()).unwrap()
+}
+
+/// Someone who can write one vault location and knows the service's
+/// public recipient plants a key for next month's unit, dated early so
+/// that a lookup would prefer it, and a tombstone for a live key. Neither
+/// is taken: unsigned or signed with any other key, the planted object is
+/// refused by name, nothing of it is used, and once it is replaced from
+/// the other location the vault opens as the service left it.
+#[tokio::test]
+async fn planted_keys_and_tombstones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (fs_loc(&dir.path().join("a")), fs_loc(&dir.path().join("b")));
+    let locs = vec![a.clone(), b.clone()];
+    let id = service();
+    let mut v = Vault::create(locs.clone(), &id, &[], "crm").await.unwrap();
+    let (kid, _) = v.get_or_create(KeyKind::Period, "consumption:2026-04");
+    let (sid, _) = v.get_or_create(KeyKind::Subject, "p-42");
+    v.persist().await.unwrap();
+    drop(v);
+
+    let vault_id = marker_vault_id(&b).await;
+    let recipient = id.identity().to_public();
+    let wrap_to_service = |plain: &[u8]| {
+        use std::io::Write;
+        let e = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut w = e.wrap_output(&mut out).unwrap();
+        w.write_all(plain).unwrap();
+        w.finish().unwrap();
+        out
+    };
+    let planted_key = [0x77u8; 32];
+    let attacker = SigningKey::generate(&mut rand::rngs::OsRng);
+    let period = dir.path().join("b/keys/period/all.age");
+    let good_period = std::fs::read(&period).unwrap();
+    let v1 = period_payload(1, &vault_id, "consumption:2026-05", 0, &planted_key);
+    let v2 = signed(
+        &attacker,
+        &period_payload(2, &vault_id, "consumption:2026-05", 0, &planted_key),
+    );
+    for (plain, unsigned) in [(v1, true), (v2, false)] {
+        std::fs::write(&period, wrap_to_service(&plain)).unwrap();
+        let e = Vault::open(locs.clone(), &id, &[]).await.unwrap_err();
+        match (&e, unsigned) {
+            (VaultError::Unsigned { url, object }, true)
+            | (VaultError::BadSignature { url, object }, false) => {
+                assert_eq!(
+                    (url.as_str(), object.as_str()),
+                    (b.url.as_str(), "keys/period/all.age")
+                );
+            }
+            _ => panic!("expected a refusal of the planted shard, got {e}"),
+        }
+        let msg = e.to_string();
+        assert!(!msg.contains("consumption:2026-05"), "{msg}");
+        // The repository keys alone do not read the period shard.
+        Vault::open_repository_keys(&locs, &id).await.unwrap();
+    }
+
+    // A tombstone for the live subject key, signed by another key.
+    let shard = format!("b/keys/subject/{:02x}.age", sid.0[0]);
+    let good_subject = std::fs::read(dir.path().join(&shard)).unwrap();
+    let object = format!("keys/subject/{:02x}.age", sid.0[0]);
+    let mut t = b"CUSTOSVK\x02\x00".to_vec();
+    t.extend_from_slice(&vault_id);
+    t.extend_from_slice(&(object.len() as u16).to_le_bytes());
+    t.extend_from_slice(object.as_bytes());
+    t.extend_from_slice(&0u32.to_le_bytes());
+    t.extend_from_slice(&1u32.to_le_bytes());
+    t.extend_from_slice(&sid.0);
+    t.extend_from_slice(&0i64.to_le_bytes());
+    std::fs::write(&period, &good_period).unwrap();
+    std::fs::write(
+        dir.path().join(&shard),
+        wrap_to_service(&signed(&attacker, &t)),
+    )
+    .unwrap();
+    let e = Vault::open(locs.clone(), &id, &[]).await.unwrap_err();
+    assert!(
+        matches!(&e, VaultError::BadSignature { object: o, .. } if *o == object),
+        "{e}"
+    );
+
+    // Replaced from the other location, the vault is as the service left it.
+    std::fs::write(dir.path().join(&shard), &good_subject).unwrap();
+    let o = Vault::open(locs.clone(), &id, &[]).await.unwrap();
+    assert!(o.lookup(KeyKind::Period, "consumption:2026-05").is_none());
+    assert_eq!(
+        o.lookup(KeyKind::Period, "consumption:2026-04").unwrap().0,
+        kid
+    );
+    assert!(o.key(&sid).is_some());
+    assert!(!o.is_dirty());
+}
+
+/// A shred record is signed like a shard: a ledger planted as plain JSON
+/// (format 1) or signed by another key is refused by name.
+#[tokio::test]
+async fn a_planted_ledger_is_refused() {
+    let a = mem_loc("a");
+    let id = service();
+    let v = Vault::create(vec![a.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    v.write_record("shred/ledger.age", b"{\"seq\":1}")
+        .await
+        .unwrap();
+    let back = v.read_record("shred/ledger.age").await.unwrap();
+    assert_eq!(&back[0].1.as_ref().unwrap()[..], b"{\"seq\":1}");
+    let recipient = id.identity().to_public();
+    let plant = |plain: Vec<u8>| {
+        use std::io::Write;
+        let e = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
+            .unwrap();
+        let mut out = Vec::new();
+        let mut w = e.wrap_output(&mut out).unwrap();
+        w.write_all(&plain).unwrap();
+        w.finish().unwrap();
+        out
+    };
+    let forged =
+        b"{\"format\":\"custos-shred-ledger\",\"version\":2,\"seq\":99,\"holds\":[]}".to_vec();
+    let mut framed = b"CUSTOSVR\x02\x00".to_vec();
+    framed.extend_from_slice(&marker_vault_id(&a).await);
+    framed.extend_from_slice(&16u16.to_le_bytes());
+    framed.extend_from_slice(b"shred/ledger.age");
+    framed.extend_from_slice(&forged);
+    let attacker = SigningKey::generate(&mut rand::rngs::OsRng);
+    for (plain, unsigned) in [(forged.clone(), true), (signed(&attacker, &framed), false)] {
+        a.store
+            .put(&ObjPath::from("shred/ledger.age"), plant(plain).into())
+            .await
+            .unwrap();
+        let e = v.read_record("shred/ledger.age").await.unwrap_err();
+        assert!(
+            matches!(
+                (&e, unsigned),
+                (VaultError::Unsigned { .. }, true) | (VaultError::BadSignature { .. }, false)
+            ),
+            "{e}"
+        );
+        // A job opening the vault reads the ledger's fences: refused too.
+        assert!(Vault::open(vec![a.clone()], &id, &[]).await.is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! `custos keys init --out DIR`
+//! `custos keys init --out DIR`, `custos keys sign-vault --policy P`
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -8,6 +8,17 @@ use std::path::PathBuf;
 pub enum KeysCmd {
     /// Create the service age identity (0600) and ed25519 signing key; prints the recipient.
     Init(KeysInitArgs),
+    /// Sign a key vault written before custos signed its objects, as it
+    /// stands (once, after upgrading; see docs/SHREDDING.md).
+    SignVault(SignVaultArgs),
+}
+
+#[derive(Args)]
+pub struct SignVaultArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -19,8 +30,9 @@ pub struct KeysInitArgs {
     json: bool,
 }
 
-pub fn run(c: KeysCmd) -> Result<()> {
+pub async fn run(c: KeysCmd) -> Result<()> {
     match c {
+        KeysCmd::SignVault(a) => sign_vault(a).await,
         KeysCmd::Init(a) => {
             let k = custos::keys::init_keys(&a.out);
             super::audit::record(super::audit::outcome_event(
@@ -56,4 +68,39 @@ pub fn run(c: KeysCmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+async fn sign_vault(a: SignVaultArgs) -> Result<()> {
+    let policy = super::load_policy(&a.policy)?;
+    let r = custos::ops::sign_vault(&policy).await;
+    let ev = custos::audit::Event::new("keys.sign-vault", "admin").policy(&policy.name);
+    let ev = match &r {
+        Ok(r) => ev.detail(format!("{} unsigned objects signed", r.signed.len())),
+        Err(_) => ev,
+    };
+    super::audit::record(super::audit::outcome_event(ev, &r));
+    let r = r?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
+    if r.signed.is_empty() {
+        println!("the key vault is signed already: nothing to do");
+    } else {
+        println!(
+            "signed {} vault objects that were unsigned:",
+            r.signed.len()
+        );
+        for o in &r.signed {
+            println!("  {o}");
+        }
+    }
+    println!(
+        "the vault holds {} subject, {} period and {} epoch keys and {} tombstones, at:",
+        r.subject_keys, r.period_keys, r.epoch_keys, r.tombstones
+    );
+    for l in &r.locations {
+        println!("  {l}");
+    }
+    Ok(())
 }

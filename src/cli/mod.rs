@@ -176,7 +176,12 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
             OpsError::Integrity(_) => 3,
             OpsError::Repo(r) => repo_code(r),
             OpsError::Vault(v) => match **v {
-                VaultError::NotRecipient { .. } | VaultError::NoVault { .. } => 2,
+                VaultError::NotRecipient { .. }
+                | VaultError::NoVault { .. }
+                | VaultError::ReadOnly => 2,
+                VaultError::Unsigned { .. }
+                | VaultError::BadSignature { .. }
+                | VaultError::UnsignedInSignedVault { .. } => 3,
                 _ => 1,
             },
             OpsError::Sqlite(s) => match **s {
@@ -233,7 +238,7 @@ pub fn main() -> ExitCode {
     };
     let r: Result<(), Failure> = rt.block_on(async {
         match cli.command {
-            Command::Keys(c) => keys::run(c).map_err(wrap),
+            Command::Keys(c) => keys::run(c).await.map_err(wrap),
             Command::Init(a) => init::run(a).await.map_err(wrap),
             Command::Backup(a) => backup::run(a).await.map_err(wrap),
             Command::Snapshots(a) => snapshots::run(a).await.map_err(wrap),

@@ -325,6 +325,10 @@ pub async fn backup(
 ) -> Result<BackupReport, OpsError> {
     let start = Instant::now();
     let repo = OpenRepo::open(policy, opts.target.as_deref()).await?;
+    if !repo.vault.can_write() {
+        // Refused before anything is read or written: a backup creates keys.
+        return Err(crate::vault::VaultError::ReadOnly.into());
+    }
     let lock_target = repo.target.clone();
     let lock = BackupLock::acquire(&lock_target).await?;
     let r = backup_locked(policy, opts, progress, repo, start).await;

@@ -20,7 +20,7 @@ pub struct InitReport {
 }
 
 pub async fn init(policy: &Policy) -> Result<InitReport, OpsError> {
-    let (identity, recipients) = load_keys(policy)?;
+    let (keys, recipients) = load_keys(policy)?;
     let mut targets = Vec::new();
     for t in &policy.targets {
         targets.push(open_target(policy, t, true)?);
@@ -33,7 +33,7 @@ pub async fn init(policy: &Policy) -> Result<InitReport, OpsError> {
     }
     let locations = vault_locations(policy, true)?;
     let vault_urls: Vec<String> = locations.iter().map(|l| l.url.clone()).collect();
-    let resumed = match Vault::create(locations, &identity, &recipients, &policy.name).await {
+    let resumed = match Vault::create(locations, &keys, &recipients, &policy.name).await {
         Ok(_) => {
             if missing.len() != targets.len() {
                 // Fresh vault but some targets hold a repository already:
@@ -52,7 +52,7 @@ pub async fn init(policy: &Policy) -> Result<InitReport, OpsError> {
         Err(VaultError::AlreadyExists { .. }) if !missing.is_empty() => {
             // An interrupted init: the vault must open with our identity.
             let locations = vault_locations(policy, false)?;
-            Vault::open(locations, &identity, &recipients).await?;
+            Vault::open(locations, &keys, &recipients).await?;
             true
         }
         Err(VaultError::AlreadyExists { .. }) => {

@@ -106,3 +106,48 @@ impl BackupLock {
         Ok(())
     }
 }
+
+/// The backup lock of every target of a policy, held together: what a job
+/// that writes the vault outside a backup (a shred run, signing the vault)
+/// takes, so that no backup writes it meanwhile.
+pub struct AllLocks {
+    held: Vec<(Target, BackupLock)>,
+}
+
+impl AllLocks {
+    /// Takes the lock of every target of `policy`, in its order; on a
+    /// failure, releases those taken and returns the error.
+    pub async fn acquire(policy: &crate::policy::Policy) -> Result<AllLocks, OpsError> {
+        let mut all = AllLocks { held: Vec::new() };
+        for t in &policy.targets {
+            let r = async {
+                let target = super::open_target(policy, t, false)?;
+                let lock = BackupLock::acquire(&target).await?;
+                Ok::<_, OpsError>((target, lock))
+            }
+            .await;
+            match r {
+                Ok(l) => all.held.push(l),
+                Err(e) => {
+                    all.release().await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// The targets, opened, in the policy's order.
+    pub fn targets(&self) -> Vec<Target> {
+        self.held.iter().map(|(t, _)| t.clone()).collect()
+    }
+
+    /// Releases every lock; a failure is logged, not returned.
+    pub async fn release(self) {
+        for (t, l) in self.held {
+            if let Err(e) = l.release(&t).await {
+                tracing::warn!(target = %t.name, error = %e, "cannot release the backup lock");
+            }
+        }
+    }
+}

@@ -97,25 +97,26 @@ pub fn vault_locations(policy: &Policy, create: bool) -> Result<Vec<VaultLocatio
         .collect()
 }
 
-/// The service identity and the policy's recipients.
+/// The vault keys (the service identity and its signing key, or its public
+/// key alone for a recovery identity) and the policy's recipients.
 pub fn load_keys(
     policy: &Policy,
-) -> Result<(age::x25519::Identity, Vec<age::x25519::Recipient>), OpsError> {
-    let identity = crate::keys::load_identity(&policy.keys.identity)?;
+) -> Result<(crate::vault::VaultKeys, Vec<age::x25519::Recipient>), OpsError> {
+    let keys = crate::keys::load_vault_keys(&policy.keys.identity)?;
     let recipients = policy
         .keys
         .recipients
         .iter()
         .map(|r| crate::keys::parse_recipient(r))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((identity, recipients))
+    Ok((keys, recipients))
 }
 
-/// Opens the policy's vault with its identity.
+/// Opens the policy's vault with its keys.
 pub async fn open_vault(policy: &Policy) -> Result<Vault, OpsError> {
-    let (identity, recipients) = load_keys(policy)?;
+    let (keys, recipients) = load_keys(policy)?;
     let locations = vault_locations(policy, false)?;
-    Ok(Vault::open(locations, &identity, &recipients).await?)
+    Ok(Vault::open(locations, &keys, &recipients).await?)
 }
 
 /// The repository keys alone (see [`Vault::open_repository_keys`]): for
@@ -124,9 +125,21 @@ pub async fn open_vault(policy: &Policy) -> Result<Vault, OpsError> {
 pub async fn open_repository_keys(
     policy: &Policy,
 ) -> Result<crate::vault::RepositoryKeys, OpsError> {
-    let identity = crate::keys::load_identity(&policy.keys.identity)?;
+    let keys = crate::keys::load_vault_keys(&policy.keys.identity)?;
     let locations = vault_locations(policy, false)?;
-    Ok(Vault::open_repository_keys(&locations, &identity).await?)
+    Ok(Vault::open_repository_keys(&locations, &keys).await?)
+}
+
+/// Signs the policy's vault as it stands (see
+/// [`Vault::sign_as_it_stands`]), holding the backup lock of every target
+/// meanwhile so that no backup or shred run writes the vault.
+pub async fn sign_vault(policy: &Policy) -> Result<crate::vault::SignReport, OpsError> {
+    let (keys, recipients) = load_keys(policy)?;
+    let locations = vault_locations(policy, false)?;
+    let locks = lock::AllLocks::acquire(policy).await?;
+    let r = Vault::sign_as_it_stands(locations, &keys, &recipients).await;
+    locks.release().await;
+    Ok(r?)
 }
 
 /// A target with its repository marker checked and the metadata key: what

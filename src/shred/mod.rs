@@ -621,26 +621,9 @@ async fn run_inner(
     state: &StateDir,
     opts: &RunOptions,
 ) -> Result<RunReport, ShredError> {
-    let mut locks = Vec::new();
-    for t in &policy.targets {
-        let target = crate::ops::open_target(policy, t, false)?;
-        match crate::ops::lock::BackupLock::acquire(&target).await {
-            Ok(l) => locks.push((target, l)),
-            Err(e) => {
-                for (t, l) in locks {
-                    let _ = l.release(&t).await;
-                }
-                return Err(e.into());
-            }
-        }
-    }
-    let targets: Vec<crate::target::Target> = locks.iter().map(|(t, _)| t.clone()).collect();
-    let r = run_locked(policy, state, opts, &targets).await;
-    for (t, l) in locks {
-        if let Err(e) = l.release(&t).await {
-            tracing::warn!(target = %t.name, error = %e, "cannot release the backup lock");
-        }
-    }
+    let locks = crate::ops::lock::AllLocks::acquire(policy).await?;
+    let r = run_locked(policy, state, opts, &locks.targets()).await;
+    locks.release().await;
     r
 }
 

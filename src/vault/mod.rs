@@ -16,7 +16,10 @@
 //! ```
 //!
 //! Every `.age` object is a binary age file (x25519, to the service identity
-//! plus the policy's recovery recipients) around one shard payload. A shard
+//! plus the policy's recovery recipients) around one payload signed with the
+//! service's ed25519 key ([`seal`]): age keeps it secret, the signature
+//! tells the service's objects from planted ones. A vault opened with the
+//! public key alone ([`VaultKeys::read_only`]) reads and never writes. A shard
 //! also keeps tombstones (the ids of destroyed keys, never their bytes) so a
 //! location that missed a destroy cannot bring a key back when locations are
 //! merged at open.
@@ -35,7 +38,10 @@
 //! key), and [`Vault::open`] reads each location a shard at a time into it,
 //! so opening holds no location's payloads in full.
 
+mod seal;
 mod table;
+
+pub use seal::VaultKeys;
 
 use crate::crypto::Key32;
 use age::x25519::{Identity, Recipient};
@@ -43,10 +49,10 @@ use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use rand::RngCore;
+use seal::{signed_part, unwrap, wrap, SignatureError, UnwrapError, SIGNATURE_LEN};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
-use std::io::{Read, Write};
 use std::str::FromStr;
 use std::sync::Arc;
 use table::{KeyName, KeyTable, NameRef, Slot};
@@ -58,8 +64,11 @@ pub const MARKER: &str = "custos-vault.json";
 pub const META_OBJECT: &str = "meta.age";
 /// Magic bytes at the start of every shard payload.
 pub const PAYLOAD_MAGIC: &[u8; 8] = b"CUSTOSVK";
-/// The shard payload version this code writes.
-pub const PAYLOAD_VERSION: u16 = 1;
+/// Magic bytes at the start of every record payload (`shred/<name>.age`).
+pub const RECORD_MAGIC: &[u8; 8] = b"CUSTOSVR";
+/// The payload version this code writes (shards and records): 2, signed.
+/// Version 1 (unsigned) is read only by [`Vault::sign_as_it_stands`].
+pub const PAYLOAD_VERSION: u16 = 2;
 /// The marker format version this code writes.
 pub const MARKER_VERSION: u32 = 1;
 
@@ -125,6 +134,14 @@ pub enum VaultError {
         "vault record `{object}` is not a record name custos writes (expected `shred/<name>.age`)"
     )]
     BadRecordName { object: String },
+    #[error("vault object `{object}` at {url} is not signed, so nothing was read from it. A vault written before custos signed its objects is signed once, as it stands, with `custos keys sign-vault`; in a vault already signed, this object was planted or copied back from an old copy: replace it from another vault location")]
+    Unsigned { url: String, object: String },
+    #[error("vault object `{object}` at {url} does not carry this service's signature (planted, damaged, or written by another service's keys), so nothing was read from it: replace it from another vault location, and find out who could write there")]
+    BadSignature { url: String, object: String },
+    #[error("the vault was opened with the service's public key alone (no signing.key beside the identity), which reads the vault but cannot write it: run this with the service's keys")]
+    ReadOnly,
+    #[error("vault object `{object}` at {url} is not signed, but the vault already is (its meta.age is signed): custos did not write it, so it is not signed now; replace it from another vault location, and find out who could write there")]
+    UnsignedInSignedVault { url: String, object: String },
 }
 
 /// The kind of a unit key.
@@ -335,7 +352,7 @@ struct Payload {
 type EntryRef<'a> = (u8, &'a KeyId, NameRef<'a>, i64, &'a Key32);
 
 /// Encodes a shard payload (see docs: "Shard payload") into a zeroizing buffer
-/// allocated once at its exact size.
+/// allocated once at its exact size and room for the signature.
 fn encode_payload(
     vault_id: &[u8; 16],
     object: &str,
@@ -354,7 +371,7 @@ fn encode_payload(
             .sum::<usize>()
         + 4
         + tombstones.len() * 24;
-    let mut b = Zeroizing::new(Vec::with_capacity(size));
+    let mut b = Zeroizing::new(Vec::with_capacity(size + SIGNATURE_LEN));
     b.extend_from_slice(PAYLOAD_MAGIC);
     b.extend_from_slice(&PAYLOAD_VERSION.to_le_bytes());
     b.extend_from_slice(vault_id);
@@ -405,17 +422,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a shard payload read from `object`, checking magic, version, the
-/// object name it was written for, and that every entry belongs there.
+/// Decodes a shard payload read from `object` (its signature already
+/// checked and cut off), checking magic, version, the object name it was
+/// written for, and that every entry belongs there.
 fn decode_payload(plain: &[u8], shard: Shard, object: &str) -> Result<Payload, String> {
     let mut r = Reader { b: plain };
     if r.take(8)? != PAYLOAD_MAGIC {
         return Err("not a custos vault payload (bad magic)".into());
     }
     let v = r.u16()?;
-    if v != PAYLOAD_VERSION {
+    if !(1..=PAYLOAD_VERSION).contains(&v) {
         return Err(format!(
-            "payload version {v} is not supported (this build reads {PAYLOAD_VERSION}); upgrade custos"
+            "payload version {v} is not supported (this build reads 1 to {PAYLOAD_VERSION}); upgrade custos"
         ));
     }
     let vault_id: [u8; 16] = r.take(16)?.try_into().unwrap();
@@ -465,42 +483,111 @@ fn decode_payload(plain: &[u8], shard: Shard, object: &str) -> Result<Payload, S
     })
 }
 
-/// Wraps a payload with age (binary format) to every recipient.
-fn wrap(object: &str, plain: &[u8], recipients: &[Recipient]) -> Result<Vec<u8>, VaultError> {
-    let err = |reason: String| VaultError::Wrap {
+/// Encodes a record payload (format 2): magic, version, vault id, object
+/// name, then the record's content, with room for the signature.
+fn encode_record(vault_id: &[u8; 16], object: &str, content: &[u8]) -> Zeroizing<Vec<u8>> {
+    let size = 8 + 2 + 16 + 2 + object.len() + content.len();
+    let mut b = Zeroizing::new(Vec::with_capacity(size + SIGNATURE_LEN));
+    b.extend_from_slice(RECORD_MAGIC);
+    b.extend_from_slice(&PAYLOAD_VERSION.to_le_bytes());
+    b.extend_from_slice(vault_id);
+    b.extend_from_slice(&(object.len() as u16).to_le_bytes());
+    b.extend_from_slice(object.as_bytes());
+    b.extend_from_slice(content);
+    b
+}
+
+/// The content of a record payload read from `object` (its signature
+/// already checked and cut off), after checking that it was written for
+/// this vault and this object.
+fn decode_record<'a>(
+    payload: &'a [u8],
+    vault_id: &[u8; 16],
+    object: &str,
+) -> Result<&'a [u8], String> {
+    let mut r = Reader { b: payload };
+    if r.take(8)? != RECORD_MAGIC {
+        return Err("not a custos vault record (bad magic)".into());
+    }
+    let v = r.u16()?;
+    if v != PAYLOAD_VERSION {
+        return Err(format!(
+            "record version {v} is not supported (this build reads {PAYLOAD_VERSION}); upgrade custos"
+        ));
+    }
+    if r.take(16)? != vault_id {
+        return Err("it belongs to another vault (vault id differs)".into());
+    }
+    let n = r.u16()? as usize;
+    if r.take(n)? != object.as_bytes() {
+        return Err("record was written for another object name (moved or copied?)".into());
+    }
+    Ok(r.b)
+}
+
+/// Whether unsigned (format 1) objects are read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signatures {
+    /// Every object must carry the service's signature: always, except
+    /// while [`Vault::sign_as_it_stands`] reads the vault.
+    Required,
+    /// Unsigned objects are read too (a signed one must still verify).
+    Migrating,
+}
+
+/// Unwraps an object read from `url` and checks its signature. Returns the
+/// signed payload without its signature (or, when `signatures` allows
+/// it, an unsigned payload whole) and whether it was signed.
+fn open_object(
+    keys: &VaultKeys,
+    signatures: Signatures,
+    url: &str,
+    object: &str,
+    sealed: &[u8],
+    magic: &[u8; 8],
+) -> Result<(Zeroizing<Vec<u8>>, bool), VaultError> {
+    let mut plain = unwrap(keys.identity(), sealed).map_err(|e| match e {
+        UnwrapError::NotRecipient => VaultError::NotRecipient {
+            url: url.to_string(),
+            object: object.to_string(),
+        },
+        UnwrapError::Other(reason) => VaultError::Corrupt {
+            url: url.to_string(),
+            object: object.to_string(),
+            reason: format!("age: {reason}"),
+        },
+    })?;
+    match signed_part(keys, &plain, magic) {
+        Ok(p) => {
+            let n = p.len();
+            plain.truncate(n);
+            Ok((plain, true))
+        }
+        Err(SignatureError::Unsigned) if signatures == Signatures::Migrating => Ok((plain, false)),
+        Err(SignatureError::Unsigned) => Err(VaultError::Unsigned {
+            url: url.to_string(),
+            object: object.to_string(),
+        }),
+        Err(SignatureError::Invalid) => Err(VaultError::BadSignature {
+            url: url.to_string(),
+            object: object.to_string(),
+        }),
+    }
+}
+
+/// Signs a payload (encoded with room for the signature) and wraps it.
+fn seal_payload(
+    keys: &VaultKeys,
+    recipients: &[Recipient],
+    object: &str,
+    mut payload: Zeroizing<Vec<u8>>,
+) -> Result<Vec<u8>, VaultError> {
+    let sig = keys.sign(&payload).ok_or(VaultError::ReadOnly)?;
+    payload.extend_from_slice(&sig);
+    wrap(&payload, recipients).map_err(|reason| VaultError::Wrap {
         object: object.to_string(),
         reason,
-    };
-    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
-        .map_err(|e| err(e.to_string()))?;
-    let mut out = Vec::with_capacity(plain.len() + 256 + 100 * recipients.len());
-    let mut w = enc.wrap_output(&mut out).map_err(|e| err(e.to_string()))?;
-    w.write_all(plain).map_err(|e| err(e.to_string()))?;
-    w.finish().map_err(|e| err(e.to_string()))?;
-    Ok(out)
-}
-
-/// Why an age object could not be unwrapped.
-enum UnwrapError {
-    NotRecipient,
-    Other(String),
-}
-
-/// Unwraps an age object with the identity into a zeroizing buffer.
-fn unwrap(identity: &Identity, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, UnwrapError> {
-    let dec =
-        age::Decryptor::new_buffered(sealed).map_err(|e| UnwrapError::Other(e.to_string()))?;
-    let mut r = dec
-        .decrypt(std::iter::once(identity as &dyn age::Identity))
-        .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => UnwrapError::NotRecipient,
-            e => UnwrapError::Other(e.to_string()),
-        })?;
-    // Plaintext is shorter than the ciphertext: one allocation, no copies left behind.
-    let mut plain = Zeroizing::new(Vec::with_capacity(sealed.len()));
-    r.read_to_end(&mut plain)
-        .map_err(|e| UnwrapError::Other(e.to_string()))?;
-    Ok(plain)
+    })
 }
 
 /// The plaintext marker object.
@@ -596,6 +683,10 @@ struct Merged {
     summaries: Vec<Option<ShardSummary>>,
     marker_missing: BTreeSet<usize>,
     unread: Vec<(String, String)>,
+    /// Unsigned objects read, as (url, object): only when migrating.
+    unsigned: Vec<(String, String)>,
+    /// Whether `meta.age` was signed at some location.
+    meta_signed: bool,
 }
 
 /// What was found at one location at open, before its shards are read.
@@ -610,8 +701,11 @@ pub struct Vault {
     policy: String,
     created: i64,
     locations: Vec<VaultLocation>,
-    /// The service identity, kept to re-read objects when verifying a destroy.
-    identity: Identity,
+    /// The service's keys: to re-read objects (when verifying a destroy,
+    /// reading records) and to sign what is written.
+    keys: VaultKeys,
+    /// Whether unsigned objects are read (only while signing them).
+    signatures: Signatures,
     recipients: Vec<Recipient>,
     meta: (KeyId, i64, Key32),
     pseudonym: (KeyId, i64, Key32),
@@ -699,29 +793,22 @@ fn location_number(i: usize) -> u32 {
     u32::try_from(i).expect("fewer than 2^32 vault locations")
 }
 
-/// Reads and unwraps one shard object at one location; `None` if absent.
+/// Reads, unwraps and checks one shard object at one location; `None` if
+/// absent. The flag tells whether it was signed (always, unless
+/// `signatures` is [`Signatures::Migrating`]).
 async fn read_shard(
     loc: &VaultLocation,
     shard: Shard,
-    identity: &Identity,
-) -> Result<Option<Payload>, VaultError> {
+    keys: &VaultKeys,
+    signatures: Signatures,
+) -> Result<Option<(Payload, bool)>, VaultError> {
     let object = shard.name();
     let Some(sealed) = get_bytes(loc, &object).await? else {
         return Ok(None);
     };
-    let plain = unwrap(identity, &sealed).map_err(|e| match e {
-        UnwrapError::NotRecipient => VaultError::NotRecipient {
-            url: loc.url.clone(),
-            object: object.clone(),
-        },
-        UnwrapError::Other(reason) => VaultError::Corrupt {
-            url: loc.url.clone(),
-            object: object.clone(),
-            reason: format!("age: {reason}"),
-        },
-    })?;
+    let (plain, signed) = open_object(keys, signatures, &loc.url, &object, &sealed, PAYLOAD_MAGIC)?;
     decode_payload(&plain, shard, &object)
-        .map(Some)
+        .map(|p| Some((p, signed)))
         .map_err(|reason| VaultError::Corrupt {
             url: loc.url.clone(),
             object,
@@ -781,12 +868,15 @@ impl Vault {
     /// any location already holds a vault or cannot be reached.
     pub async fn create(
         locations: Vec<VaultLocation>,
-        identity: &Identity,
+        keys: &VaultKeys,
         recipients: &[Recipient],
         policy: &str,
     ) -> Result<Vault, VaultError> {
         if locations.is_empty() {
             return Err(VaultError::NoLocations);
+        }
+        if !keys.can_sign() {
+            return Err(VaultError::ReadOnly);
         }
         for loc in &locations {
             match loc.store.head(&ObjPath::from(MARKER)).await {
@@ -814,8 +904,9 @@ impl Vault {
             policy: policy.to_string(),
             created: t,
             locations,
-            identity: identity.clone(),
-            recipients: recipient_set(identity, recipients),
+            keys: keys.clone(),
+            signatures: Signatures::Required,
+            recipients: recipient_set(keys.identity(), recipients),
             meta: (KeyId::random(), t, Key32::random()),
             pseudonym: (KeyId::random(), t, Key32::random()),
             entries: KeyTable::default(),
@@ -839,9 +930,23 @@ impl Vault {
     /// and makes `persist` fail, since it may hold keys not seen here.
     pub async fn open(
         locations: Vec<VaultLocation>,
-        identity: &Identity,
+        keys: &VaultKeys,
         recipients: &[Recipient],
     ) -> Result<Vault, VaultError> {
+        Self::open_with(locations, keys, recipients, Signatures::Required)
+            .await
+            .map(|(v, _)| v)
+    }
+
+    /// [`Vault::open`], reading unsigned objects too if `signatures` says
+    /// so; also returns the unsigned objects read and whether `meta.age`
+    /// was signed anywhere.
+    async fn open_with(
+        locations: Vec<VaultLocation>,
+        keys: &VaultKeys,
+        recipients: &[Recipient],
+        signatures: Signatures,
+    ) -> Result<(Vault, (Vec<(String, String)>, bool)), VaultError> {
         let Merged {
             vault_id,
             policy,
@@ -853,13 +958,16 @@ impl Vault {
             summaries,
             marker_missing,
             unread,
-        } = Self::read_merged(&locations, identity, Scope::All).await?;
+            unsigned,
+            meta_signed,
+        } = Self::read_merged(&locations, keys, Scope::All, signatures).await?;
         let mut v = Vault {
             vault_id,
             policy,
             created,
-            identity: identity.clone(),
-            recipients: recipient_set(identity, recipients),
+            keys: keys.clone(),
+            signatures,
+            recipients: recipient_set(keys.identity(), recipients),
             meta,
             pseudonym,
             entries,
@@ -889,7 +997,116 @@ impl Vault {
                 }
             }
         }
-        Ok(v)
+        Ok((v, (unsigned, meta_signed)))
+    }
+
+    /// Signs a vault written before vault objects were signed (payload
+    /// format 1), as it stands: reads every location accepting unsigned
+    /// objects, then writes every shard and record signed (unit shards,
+    /// then records, then `meta.age`, so a run that stops part way leaves
+    /// `meta.age` unsigned and the next run signs the rest), and opens the
+    /// vault again as every job does to confirm that it reads.
+    ///
+    /// This trusts whatever the locations hold now, so it is refused once
+    /// the vault is signed (`meta.age` signed at any location): an unsigned
+    /// unit shard or record in a signed vault was not written by custos.
+    /// The caller holds the backup lock of every target, as for a shred run.
+    pub async fn sign_as_it_stands(
+        locations: Vec<VaultLocation>,
+        keys: &VaultKeys,
+        recipients: &[Recipient],
+    ) -> Result<SignReport, VaultError> {
+        if !keys.can_sign() {
+            return Err(VaultError::ReadOnly);
+        }
+        let (mut v, (mut unsigned, meta_signed)) =
+            Self::open_with(locations.clone(), keys, recipients, Signatures::Migrating).await?;
+        if let Some((url, reason)) = v.unread.first() {
+            return Err(VaultError::NotRead {
+                url: url.clone(),
+                reason: reason.clone(),
+            });
+        }
+        // Records: every `shred/<name>.age` at every location.
+        let mut records = Vec::new();
+        for (i, loc) in v.locations.iter().enumerate() {
+            for m in list_at(loc, Some("shred")).await? {
+                let name = m.location.to_string();
+                if !is_record_name(&name) {
+                    continue;
+                }
+                let Some(sealed) = get_bytes(loc, &name).await? else {
+                    continue;
+                };
+                let (plain, signed) = v.open_record(&loc.url, &name, &sealed)?;
+                v.record_content(&loc.url, &name, &plain, signed)?;
+                if !signed {
+                    unsigned.push((loc.url.clone(), name.clone()));
+                    records.push((i, name, plain));
+                }
+            }
+        }
+        if meta_signed {
+            // A copy of meta.age left unsigned by a run that stopped while
+            // writing it is harmless: open compared its keys with the signed
+            // copy's. Anything else unsigned was planted.
+            if let Some((url, object)) = unsigned.iter().find(|(_, o)| o != META_OBJECT) {
+                return Err(VaultError::UnsignedInSignedVault {
+                    url: url.clone(),
+                    object: object.clone(),
+                });
+            }
+        }
+        let signed: Vec<String> = unsigned
+            .iter()
+            .map(|(url, object)| format!("{url}: {object}"))
+            .collect();
+        if !signed.is_empty() {
+            v.rewrap_all();
+            // A shard that holds nothing in the merged view is written
+            // (empty and signed) too, so no unsigned copy stays behind.
+            v.dirty
+                .extend(unsigned.iter().filter_map(|(_, o)| Shard::parse(o)));
+            v.dirty.remove(&Shard::Meta);
+            v.persist().await?;
+            for (i, name, plain) in records {
+                let loc = &v.locations[i];
+                let sealed = v.seal_record(&name, &plain)?;
+                loc.store
+                    .put(&ObjPath::from(name.as_str()), PutPayload::from(sealed))
+                    .await
+                    .map_err(|source| VaultError::Write {
+                        url: loc.url.clone(),
+                        object: name.clone(),
+                        source,
+                    })?;
+            }
+            v.dirty.insert(Shard::Meta);
+            v.persist().await?;
+        }
+        drop(v);
+        // Confirm as every job reads: signatures required.
+        let o = Vault::open(locations, keys, recipients).await?;
+        if o.dirty.contains(&Shard::Meta) {
+            tracing::warn!(
+                "a vault location's meta.age differs from the others; the next persist repairs it"
+            );
+        }
+        o.read_record(LEDGER_RECORD).await?;
+        let mut report = SignReport {
+            locations: o.locations(),
+            signed,
+            ..SignReport::default()
+        };
+        for e in o.entries.iter() {
+            match e.kind {
+                KeyKind::Subject => report.subject_keys += 1,
+                KeyKind::Period => report.period_keys += 1,
+                KeyKind::Epoch => report.epoch_keys += 1,
+            }
+        }
+        report.tombstones = o.tombstones.values().map(|t| t.len() as u64).sum();
+        Ok(report)
     }
 
     /// Reads the repository keys alone: every location's marker and
@@ -899,9 +1116,9 @@ impl Vault {
     /// repaired: a later full open does that.
     pub async fn open_repository_keys(
         locations: &[VaultLocation],
-        identity: &Identity,
+        keys: &VaultKeys,
     ) -> Result<RepositoryKeys, VaultError> {
-        let m = Self::read_merged(locations, identity, Scope::Repository).await?;
+        let m = Self::read_merged(locations, keys, Scope::Repository, Signatures::Required).await?;
         Ok(RepositoryKeys {
             vault_id: m.vault_id,
             meta: m.meta.2,
@@ -912,8 +1129,9 @@ impl Vault {
     /// Reads the `scope` of every location and merges them.
     async fn read_merged(
         locations: &[VaultLocation],
-        identity: &Identity,
+        keys: &VaultKeys,
         scope: Scope,
+        signatures: Signatures,
     ) -> Result<Merged, VaultError> {
         if locations.is_empty() {
             return Err(VaultError::NoLocations);
@@ -935,6 +1153,8 @@ impl Vault {
         let mut first: Option<(usize, [u8; 16], Marker)> = None;
         let mut marker_missing = BTreeSet::new();
         let mut unread = Vec::new();
+        let mut unsigned = Vec::new();
+        let mut meta_signed = false;
         for (i, loc) in locations.iter().enumerate() {
             let view = match read_location(loc, scope).await {
                 Ok(v) => v,
@@ -969,8 +1189,15 @@ impl Vault {
             let mut dead: BTreeMap<Shard, BTreeMap<KeyId, i64>> = BTreeMap::new();
             let mut failed = None;
             for shard in view.shards {
-                let p = match read_shard(loc, shard, identity).await {
-                    Ok(Some(p)) => p,
+                let p = match read_shard(loc, shard, keys, signatures).await {
+                    Ok(Some((p, true))) => {
+                        meta_signed |= shard == Shard::Meta;
+                        p
+                    }
+                    Ok(Some((p, false))) => {
+                        unsigned.push((loc.url.clone(), shard.name()));
+                        p
+                    }
                     Ok(None) => continue,
                     Err(VaultError::Unreachable { url, source, .. }) => {
                         failed = Some((url, source));
@@ -1136,6 +1363,8 @@ impl Vault {
             summaries,
             marker_missing,
             unread,
+            unsigned,
+            meta_signed,
         })
     }
 
@@ -1329,6 +1558,12 @@ impl Vault {
         self.locations.iter().map(|l| l.url.clone()).collect()
     }
 
+    /// Whether this vault can be written: it was opened with the service's
+    /// signing key, not its public key alone.
+    pub fn can_write(&self) -> bool {
+        self.keys.can_sign()
+    }
+
     /// Marks every object dirty, so the next persist rewraps all of them to
     /// the current recipients (after a recovery key was added or removed).
     pub fn rewrap_all(&mut self) {
@@ -1384,7 +1619,8 @@ impl Vault {
         let mut dropped = false;
         for loc in &self.locations {
             for shard in &shards {
-                let Some(p) = read_shard(loc, *shard, &self.identity).await? else {
+                let Some((p, _)) = read_shard(loc, *shard, &self.keys, self.signatures).await?
+                else {
                     continue;
                 };
                 for (id, t) in p.tombstones {
@@ -1438,10 +1674,13 @@ impl Vault {
             ),
             _ => encode_payload(&self.vault_id, &object, list, tomb),
         };
-        wrap(&object, &plain, &self.recipients)
+        seal_payload(&self.keys, &self.recipients, &object, plain)
     }
 
     async fn write_dirty(&mut self, creating: bool) -> Result<(), VaultError> {
+        if (!self.dirty.is_empty() || !self.marker_missing.is_empty()) && !self.keys.can_sign() {
+            return Err(VaultError::ReadOnly);
+        }
         // One pass over the keys finds those of the dirty shards (by slot
         // number, 4 bytes a key). Then one shard at a time is sealed and
         // written to every location, so only one sealed shard is held: a
@@ -1599,7 +1838,7 @@ impl Vault {
         let mut checked = Vec::new();
         for loc in &self.locations {
             for shard in &shards {
-                if let Some(p) = read_shard(loc, *shard, &self.identity).await? {
+                if let Some((p, _)) = read_shard(loc, *shard, &self.keys, self.signatures).await? {
                     for (id, _) in &pending {
                         if p.entries.iter().any(|e| e.id == *id) {
                             return Err(VaultError::StillPresent {
@@ -1660,6 +1899,23 @@ pub struct FenceRef {
 /// The name of the shred ledger record (see [`Vault::read_record`]).
 pub const LEDGER_RECORD: &str = "shred/ledger.age";
 
+/// What [`Vault::sign_as_it_stands`] signed, and what the vault holds now
+/// (what was trusted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SignReport {
+    /// Every location, read and written.
+    pub locations: Vec<String>,
+    /// The unsigned objects found and signed, as `url: object`; empty if
+    /// the vault was signed already.
+    pub signed: Vec<String>,
+    /// Keys in the vault now, by kind.
+    pub subject_keys: u64,
+    pub period_keys: u64,
+    pub epoch_keys: u64,
+    /// Destroyed keys' tombstones in the vault now.
+    pub tombstones: u64,
+}
+
 /// What [`Vault::verify_absent`] read and found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AbsenceReport {
@@ -1705,16 +1961,10 @@ impl Vault {
                 Err(e) => return Err(e),
             };
             let url = loc.url.clone();
-            let plain = unwrap(&self.identity, &sealed).map_err(|e| VaultError::Corrupt {
-                url: url.clone(),
-                object: LEDGER_RECORD.into(),
-                reason: match e {
-                    UnwrapError::NotRecipient => "the service identity is not a recipient".into(),
-                    UnwrapError::Other(r) => format!("age: {r}"),
-                },
-            })?;
+            let (plain, signed) = self.open_record(&url, LEDGER_RECORD, &sealed)?;
+            let content = self.record_content(&url, LEDGER_RECORD, &plain, signed)?;
             let f: LedgerFences =
-                serde_json::from_slice(&plain).map_err(|e| VaultError::Corrupt {
+                serde_json::from_slice(content).map_err(|e| VaultError::Corrupt {
                     url,
                     object: LEDGER_RECORD.into(),
                     reason: format!("ledger fences: {e}"),
@@ -1754,20 +2004,48 @@ impl Vault {
                 out.push((loc.url.clone(), None));
                 continue;
             };
-            let plain = unwrap(&self.identity, &sealed).map_err(|e| match e {
-                UnwrapError::NotRecipient => VaultError::NotRecipient {
-                    url: loc.url.clone(),
-                    object: object.into(),
-                },
-                UnwrapError::Other(reason) => VaultError::Corrupt {
-                    url: loc.url.clone(),
-                    object: object.into(),
-                    reason: format!("age: {reason}"),
-                },
-            })?;
-            out.push((loc.url.clone(), Some(plain)));
+            let (plain, signed) = self.open_record(&loc.url, object, &sealed)?;
+            let content = self.record_content(&loc.url, object, &plain, signed)?;
+            let content = Zeroizing::new(content.to_vec());
+            out.push((loc.url.clone(), Some(content)));
         }
         Ok(out)
+    }
+
+    /// Unwraps a record read from `url` and checks its signature.
+    fn open_record(
+        &self,
+        url: &str,
+        object: &str,
+        sealed: &[u8],
+    ) -> Result<(Zeroizing<Vec<u8>>, bool), VaultError> {
+        open_object(
+            &self.keys,
+            self.signatures,
+            url,
+            object,
+            sealed,
+            RECORD_MAGIC,
+        )
+    }
+
+    /// The content of an opened record: a signed payload's after its
+    /// header, an unsigned (format 1) payload whole.
+    fn record_content<'a>(
+        &self,
+        url: &str,
+        object: &str,
+        plain: &'a [u8],
+        signed: bool,
+    ) -> Result<&'a [u8], VaultError> {
+        if !signed {
+            return Ok(plain);
+        }
+        decode_record(plain, &self.vault_id, object).map_err(|reason| VaultError::Corrupt {
+            url: url.to_string(),
+            object: object.to_string(),
+            reason,
+        })
     }
 
     /// Writes a sealed record (wrapped with age to the vault's recipients)
@@ -1778,7 +2056,7 @@ impl Vault {
                 object: object.into(),
             });
         }
-        let sealed = bytes::Bytes::from(wrap(object, plain, &self.recipients)?);
+        let sealed = bytes::Bytes::from(self.seal_record(object, plain)?);
         let mut failures = Vec::new();
         for loc in &self.locations {
             if let Err(source) = loc
@@ -1794,6 +2072,12 @@ impl Vault {
             }
         }
         all_written(failures, self.locations.len())
+    }
+
+    /// Signs and wraps a record's content for `object`.
+    fn seal_record(&self, object: &str, content: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let payload = encode_record(&self.vault_id, object, content);
+        seal_payload(&self.keys, &self.recipients, object, payload)
     }
 
     /// Deletes every object at every location that is not part of the vault
@@ -1851,7 +2135,8 @@ impl Vault {
                     }
                     continue;
                 };
-                let Some(p) = read_shard(loc, shard, &self.identity).await? else {
+                let Some((p, _)) = read_shard(loc, shard, &self.keys, self.signatures).await?
+                else {
                     continue;
                 };
                 r.payloads_searched += 1;
@@ -1921,12 +2206,16 @@ mod tests {
         let mut long = plain.to_vec();
         long.push(0);
         assert!(decode_payload(&long, Shard::Subject(0xab), "keys/subject/ab.age").is_err());
-        let mut v2 = plain.to_vec();
-        v2[8] = 2;
-        let e = decode_payload(&v2, Shard::Subject(0xab), "keys/subject/ab.age")
+        let mut v3 = plain.to_vec();
+        v3[8] = 3;
+        let e = decode_payload(&v3, Shard::Subject(0xab), "keys/subject/ab.age")
             .err()
             .unwrap();
-        assert!(e.contains("version 2"), "{e}");
+        assert!(e.contains("version 3"), "{e}");
+        // Version 1 (unsigned, read only to sign it) has the same layout.
+        let mut v1 = plain.to_vec();
+        v1[8] = 1;
+        assert!(decode_payload(&v1, Shard::Subject(0xab), "keys/subject/ab.age").is_ok());
         let mut bad = plain.to_vec();
         bad[0] = b'X';
         assert!(decode_payload(&bad, Shard::Subject(0xab), "keys/subject/ab.age").is_err());
@@ -1965,7 +2254,7 @@ mod tests {
     fn wrap_unwrap_and_wrong_identity() {
         let a = Identity::generate();
         let b = Identity::generate();
-        let sealed = wrap("x", b"secret payload", &recipient_set(&a, &[])).unwrap();
+        let sealed = wrap(b"secret payload", &recipient_set(&a, &[])).unwrap();
         assert_eq!(&unwrap(&a, &sealed).ok().unwrap()[..], b"secret payload");
         assert!(matches!(
             unwrap(&b, &sealed),
@@ -1983,6 +2272,13 @@ mod tests {
         assert_eq!(set, vec![a.to_public(), r]);
     }
 
+    fn service_keys() -> VaultKeys {
+        VaultKeys::new(
+            Identity::generate(),
+            ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng),
+        )
+    }
+
     fn mem_locations() -> Vec<VaultLocation> {
         (0..2)
             .map(|i| VaultLocation {
@@ -1994,7 +2290,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_opened_before_a_destroy_cannot_write_the_key_back() {
-        let id = Identity::generate();
+        let id = service_keys();
         let locs = mem_locations();
         let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
         a.get_or_create(KeyKind::Period, "consumption:2026-01");
@@ -2013,7 +2309,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_repository_keys_open_without_reading_a_unit_key() {
-        let id = Identity::generate();
+        let id = service_keys();
         let locs = mem_locations();
         let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
         let mut shards = BTreeSet::new();
@@ -2046,7 +2342,7 @@ mod tests {
         assert_eq!(again.meta_key().expose(), a.meta_key().expose());
         // What the repository keys do read is checked as a full open checks
         // it: another identity, another vault at one location, no vault.
-        let other = Identity::generate();
+        let other = service_keys();
         assert!(matches!(
             Vault::open_repository_keys(&locs, &other).await,
             Err(VaultError::NotRecipient { .. })
@@ -2072,7 +2368,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fenced_unit_is_hidden_and_its_new_key_refused() {
-        let id = Identity::generate();
+        let id = service_keys();
         let locs = mem_locations();
         let mut a = Vault::create(locs.clone(), &id, &[], "p").await.unwrap();
         let (kid, _) = a.get_or_create(KeyKind::Period, "consumption:2026-03");

@@ -54,7 +54,6 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("cannot create a temporary directory")
 }
 
-/// A `file://` URL for a local path.
 /// The bytes of every file under `dir`, at any depth (what a `file://`
 /// target or vault location holds).
 pub fn bytes_under(dir: &std::path::Path) -> u64 {
@@ -74,6 +73,7 @@ pub fn bytes_under(dir: &std::path::Path) -> u64 {
     n
 }
 
+/// A `file://` URL for a local path.
 pub fn file_url(path: &std::path::Path) -> String {
     url::Url::from_directory_path(path)
         .or_else(|()| url::Url::from_file_path(path))
