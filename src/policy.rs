@@ -189,15 +189,19 @@ pub struct StoreConfig {
     /// The class of all files in file mode (default `business`).
     pub class: DataClass,
     /// What a postgres backup does when the database holds large objects.
-    pub large_objects: LargeObjects,
+    pub large_objects: NotBackedUp,
+    /// What a postgres backup does when extension configuration tables
+    /// (`pg_extension_config_dump`) hold rows.
+    pub extension_config: NotBackedUp,
 }
 
-/// `[store] large_objects`: large objects (`pg_largeobject`) are not backed
-/// up, so a database that holds any is refused unless the policy says to
-/// back up without them.
+/// `[store] large_objects` and `[store] extension_config`: data of a
+/// PostgreSQL database that custos does not back up (large objects, rows
+/// of extension configuration tables), so a database that holds any is
+/// refused unless the policy says to back up without it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LargeObjects {
+pub enum NotBackedUp {
     /// The backup stops, before any data moves (the default).
     #[default]
     Refuse,
@@ -529,7 +533,8 @@ struct RawStore {
     default_class: Option<Spanned<DataClass>>,
     epoch: Option<Epoch>,
     class: Option<Spanned<DataClass>>,
-    large_objects: Option<Spanned<LargeObjects>>,
+    large_objects: Option<Spanned<NotBackedUp>>,
+    extension_config: Option<Spanned<NotBackedUp>>,
 }
 
 #[derive(Deserialize)]
@@ -1102,6 +1107,13 @@ impl Checker<'_> {
                     "only a `postgres` store takes `large_objects`",
                 );
             }
+            if let Some(v) = &r.extension_config {
+                self.err(
+                    v.span(),
+                    "store.extension_config",
+                    "only a `postgres` store takes `extension_config`",
+                );
+            }
         }
         if let (Some(_), Some(b)) = (&r.password_file, &r.password_env) {
             self.err(
@@ -1216,6 +1228,10 @@ impl Checker<'_> {
                 .map(Spanned::into_inner)
                 .unwrap_or(DataClass::Business),
             large_objects: r.large_objects.map(Spanned::into_inner).unwrap_or_default(),
+            extension_config: r
+                .extension_config
+                .map(Spanned::into_inner)
+                .unwrap_or_default(),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use chrono::{TimeZone, Utc};
 use custos::policy::{
-    parse_cron, parse_duration, DataClass, Epoch, Policy, PolicyError, StoreKind,
+    parse_cron, parse_duration, DataClass, Epoch, NotBackedUp, Policy, PolicyError, StoreKind,
 };
 use custos::store::Every;
 use std::path::{Path, PathBuf};
@@ -231,6 +231,25 @@ fn postgres_and_files_stores_are_accepted_with_their_location() {
     let p = Policy::from_str(&pg, Path::new(FILE)).unwrap();
     assert_eq!(p.store.kind, StoreKind::Postgres);
     assert_eq!(p.store.url.as_deref(), Some("postgres://custos@db/crm"));
+    assert_eq!(p.store.large_objects, NotBackedUp::Refuse);
+    assert_eq!(p.store.extension_config, NotBackedUp::Refuse);
+    let skip = pg.replacen(
+        "url = \"postgres://custos@db/crm\"",
+        "url = \"postgres://custos@db/crm\"\nlarge_objects = \"skip\"\nextension_config = \"skip\"",
+        1,
+    );
+    let p = Policy::from_str(&skip, Path::new(FILE)).unwrap();
+    assert_eq!(p.store.large_objects, NotBackedUp::Skip);
+    assert_eq!(p.store.extension_config, NotBackedUp::Skip);
+    // A SQLite store takes neither.
+    for key in ["large_objects", "extension_config"] {
+        let text = with(
+            "path = \"/var/lib/crm/crm.db\"",
+            &format!("path = \"/var/lib/crm/crm.db\"\n{key} = \"skip\""),
+        );
+        let m = refused_at(&text, &format!("{key} ="), &format!("store.{key}"));
+        assert!(m.contains("only a `postgres` store"), "{m}");
+    }
 
     let files = r#"
 [policy]

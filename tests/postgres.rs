@@ -443,6 +443,51 @@ async fn large_objects_are_refused_unless_skipped_and_never_restored_empty() {
     assert_eq!(backup(&p).await.unwrap().large_objects_skipped, 0);
 }
 
+/// Rows of an extension's configuration table (what
+/// `pg_extension_config_dump` marks, e.g. pg_cron's jobs) are in pg_dump's
+/// data section, which custos does not run, and extension members are not
+/// read as tables: a database whose configuration tables hold rows is
+/// refused before any data moves, unless the policy says
+/// `extension_config = "skip"`. Only rows the extension's condition
+/// selects count, as for pg_dump. (No contrib extension marks a table, so
+/// the test marks one in the catalog as an extension's script would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_configuration_rows_are_refused_unless_skipped() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    pg.psql(
+        "src",
+        "CREATE EXTENSION pg_trgm;\n\
+         CREATE TABLE public.trgm_jobs (id int PRIMARY KEY, command text, builtin bool);\n\
+         INSERT INTO trgm_jobs VALUES (1, 'vacuum customer 7', false), (2, 'vacuum customer 8', false), (3, 'default', true);\n\
+         ALTER EXTENSION pg_trgm ADD TABLE public.trgm_jobs;\n\
+         UPDATE pg_extension SET extconfig = ARRAY['public.trgm_jobs'::regclass::oid],\n\
+           extcondition = ARRAY['WHERE NOT builtin'] WHERE extname = 'pg_trgm';",
+    );
+    let refused = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    let before = stored_objects(d);
+    let e = backup(&refused).await.unwrap_err().to_string();
+    assert!(
+        e.contains("public.trgm_jobs of extension pg_trgm: 2 rows")
+            && e.contains("extension_config = \"skip\""),
+        "{e}"
+    );
+    assert!(!e.contains("customer 7"), "no content in the error: {e}");
+    assert_eq!(stored_objects(d), before, "nothing was written");
+
+    let skip = format!("extension_config = \"skip\"\n{TELECOM_TABLES}");
+    let p = policy(d, &pg.url("src"), &skip, &pw(d)).await;
+    assert_eq!(backup(&p).await.unwrap().extension_config_skipped, 2);
+
+    // Rows the extension's condition leaves out do not count.
+    pg.psql("src", "UPDATE trgm_jobs SET builtin = true");
+    let b = backup(&refused).await.unwrap();
+    assert_eq!(b.extension_config_skipped, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_subject_and_shredded_period_are_left_out_and_counted() {
     let Some(pg) = PgCluster::start() else { return };

@@ -77,6 +77,12 @@ pub fn print_report(r: &BackupReport) {
             r.large_objects_skipped
         );
     }
+    if r.extension_config_skipped > 0 {
+        println!(
+            "  warning:          {} rows of extension configuration tables left out (extension_config = \"skip\")",
+            r.extension_config_skipped
+        );
+    }
     println!("  bytes:            {}", human_bytes(r.bytes_read));
     println!(
         "  new bytes stored: {} ({} of {} chunks new)",

@@ -15,7 +15,7 @@ use super::lock::BackupLock;
 use super::{OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, MetaKey};
-use crate::policy::{LargeObjects, Policy, StoreKind};
+use crate::policy::{NotBackedUp, Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{Index, IndexObjects, PackSet};
@@ -111,6 +111,10 @@ pub struct BackupReport {
     /// Large objects of a postgres store left out of the snapshot, as the
     /// policy's `large_objects = "skip"` allows (0 otherwise).
     pub large_objects_skipped: u64,
+    /// Rows of extension configuration tables of a postgres store left
+    /// out, as the policy's `extension_config = "skip"` allows (0
+    /// otherwise).
+    pub extension_config_skipped: u64,
     /// Whether the whole repository's chunk index was loaded (a first
     /// backup, files, or a parent whose windows do not list their packs);
     /// otherwise each read window was stored against the index objects of
@@ -288,6 +292,9 @@ struct Counters {
     rows_unread: AtomicU64,
     /// Large objects of a postgres store left out (`large_objects = "skip"`).
     large_objects_skipped: AtomicU64,
+    /// Rows of extension configuration tables left out
+    /// (`extension_config = "skip"`).
+    extension_config_skipped: AtomicU64,
 }
 
 /// The first error any stage hit (later ones are consequences). The flag
@@ -604,6 +611,7 @@ async fn backup_locked(
         rows_unread: counters.rows_unread.load(Ordering::Relaxed),
         parents_unreadable,
         large_objects_skipped: counters.large_objects_skipped.load(Ordering::Relaxed),
+        extension_config_skipped: counters.extension_config_skipped.load(Ordering::Relaxed),
         whole_index: !windowed,
         duration_s: duration,
         tables,
@@ -2864,7 +2872,7 @@ impl ReaderCtx {
         // to go on without them.
         let large = handle.block_on(src.large_objects()).map_err(pg)?;
         if large > 0 {
-            if self.policy.store.large_objects == LargeObjects::Refuse {
+            if self.policy.store.large_objects == NotBackedUp::Refuse {
                 return Err(pg(PgError::LargeObjects {
                     server: conn.server(),
                     count: large,
@@ -2877,6 +2885,29 @@ impl ReaderCtx {
             self.counters
                 .large_objects_skipped
                 .store(large as u64, Ordering::Relaxed);
+        }
+        // So are rows of extension configuration tables.
+        let config = handle.block_on(src.extension_config()).map_err(pg)?;
+        if !config.is_empty() {
+            let tables = config
+                .iter()
+                .map(|(ext, t, n)| format!("{t} of extension {ext}: {n} rows"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if self.policy.store.extension_config == NotBackedUp::Refuse {
+                return Err(pg(PgError::ExtensionConfig {
+                    server: conn.server(),
+                    tables,
+                }));
+            }
+            tracing::warn!(
+                tables = %tables,
+                "rows of extension configuration tables are left out, as the policy's extension_config = \"skip\" says"
+            );
+            let rows: i64 = config.iter().map(|c| c.2).sum();
+            self.counters
+                .extension_config_skipped
+                .store(rows as u64, Ordering::Relaxed);
         }
         handle.block_on(src.lock()).map_err(pg)?;
         let tools = handle

@@ -107,6 +107,10 @@ pub enum PgError {
     /// policy does not say to go on without them.
     #[error("{server}: the database holds {count} large objects (pg_largeobject), which custos does not back up: a restore would not have their contents. Move their contents into a bytea column of a table, or set `large_objects = \"skip\"` in [store] to back up without them")]
     LargeObjects { server: String, count: i64 },
+    /// Extension configuration tables hold rows, which are not backed up,
+    /// and the policy does not say to go on without them.
+    #[error("{server}: extension configuration tables hold rows that custos does not back up ({tables}): pg_dump keeps them with the data, not the schema, so a restore would recreate the extension without them. Set `extension_config = \"skip\"` in [store] to back up without them")]
+    ExtensionConfig { server: String, tables: String },
     /// A PostgreSQL client tool (`pg_dump`, `psql`) is missing or failed.
     #[error("{0}")]
     Tool(String),
@@ -738,6 +742,44 @@ impl PgSource {
             .await
             .map_err(|e| self.conn.query_err("counting the large objects", &e))?;
         Ok(row.get(0))
+    }
+
+    /// The extension configuration tables of the connection's schemas
+    /// (`pg_extension.extconfig`, marked by `pg_extension_config_dump`)
+    /// that hold rows `pg_dump` would dump (those its `extcondition`
+    /// selects), as of the snapshot: `(extension, schema.table, rows)`.
+    /// Extension members are not read as tables, and `pg_dump`'s schema
+    /// sections do not carry these rows.
+    pub async fn extension_config(&self) -> Result<Vec<(String, String, i64)>, PgError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT e.extname, n.nspname, c.relname, coalesce(e.extcondition[cfg.i], '')                  FROM pg_catalog.pg_extension e                  CROSS JOIN LATERAL generate_subscripts(e.extconfig, 1) AS cfg(i)                  JOIN pg_catalog.pg_class c ON c.oid = e.extconfig[cfg.i]                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace                  WHERE c.relkind IN ('r', 'p')                    AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))                  ORDER BY 1, 2, 3",
+                &[&self.conn.schemas],
+            )
+            .await
+            .map_err(|e| self.conn.query_err("listing extension configuration tables", &e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (ext, schema, table, cond): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
+            // The condition is the extension's own WHERE clause, as pg_dump
+            // applies it.
+            let n: i64 = self
+                .client
+                .query_one(&format!("SELECT count(*) FROM ONLY {name} {cond}"), &[])
+                .await
+                .map_err(|e| {
+                    self.conn
+                        .query_err("counting extension configuration rows", &e)
+                })?
+                .get(0);
+            if n > 0 {
+                out.push((ext, format!("{schema}.{table}"), n));
+            }
+        }
+        Ok(out)
     }
 
     /// Takes ACCESS SHARE locks on the tables (as `pg_dump` does), so no
