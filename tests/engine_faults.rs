@@ -7,7 +7,7 @@ mod common;
 #[path = "common/faults_util.rs"]
 mod util;
 
-use common::{custos, file_url, run, run_fail, stderr, stdout, tempdir};
+use common::{copy_tree, custos, file_url, run, run_fail, stderr, stdout, tempdir};
 use custos::demo::{generate, DemoSize};
 use custos::ops::backup::{backup, BackupOptions};
 use custos::ops::check::{check, Level};

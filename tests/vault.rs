@@ -751,17 +751,7 @@ async fn planted_keys_and_tombstones_are_refused() {
     drop(v);
 
     let vault_id = marker_vault_id(&b).await;
-    let recipient = id.identity().to_public();
-    let wrap_to_service = |plain: &[u8]| {
-        use std::io::Write;
-        let e = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-            .unwrap();
-        let mut out = Vec::new();
-        let mut w = e.wrap_output(&mut out).unwrap();
-        w.write_all(plain).unwrap();
-        w.finish().unwrap();
-        out
-    };
+    let wrap_to_service = |plain: &[u8]| age_encrypt(id.identity(), plain);
     let planted_key = [0x77u8; 32];
     let attacker = SigningKey::generate(&mut rand::rngs::OsRng);
     let period = dir.path().join("b/keys/period/all.age");
@@ -840,17 +830,7 @@ async fn a_planted_ledger_is_refused() {
         .unwrap();
     let back = v.read_record("shred/ledger.age").await.unwrap();
     assert_eq!(&back[0].1.as_ref().unwrap()[..], b"{\"seq\":1}");
-    let recipient = id.identity().to_public();
-    let plant = |plain: Vec<u8>| {
-        use std::io::Write;
-        let e = age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-            .unwrap();
-        let mut out = Vec::new();
-        let mut w = e.wrap_output(&mut out).unwrap();
-        w.write_all(&plain).unwrap();
-        w.finish().unwrap();
-        out
-    };
+    let plant = |plain: Vec<u8>| age_encrypt(id.identity(), &plain);
     let forged =
         b"{\"format\":\"custos-shred-ledger\",\"version\":2,\"seq\":99,\"holds\":[]}".to_vec();
     let mut framed = b"CUSTOSVR\x02\x00".to_vec();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{custos, file_url, run, run_fail, stderr, stdout, tempdir};
+use common::{copy_tree, custos, file_url, run, run_fail, stderr, stdout, tempdir};
 use rusqlite::types::Value;
 use rusqlite::Connection;
 use serde_json::Value as Json;
@@ -17,19 +17,6 @@ use std::path::{Path, PathBuf};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vault-v1")
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
 }
 
 /// Every file under `dir` and its bytes, by relative path.
@@ -52,7 +39,7 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// The fixture copied into `d`, with its policy.
 fn setup(d: &Path) -> PathBuf {
-    copy_dir(&fixture(), d);
+    copy_tree(&fixture(), d);
     use std::os::unix::fs::PermissionsExt;
     for f in ["service.age", "signing.key"] {
         std::fs::set_permissions(

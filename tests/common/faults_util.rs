@@ -236,20 +236,6 @@ pub async fn page_list_packs(policy: &custos::policy::Policy, snapshot: &str) ->
     packs
 }
 
-/// Copies a folder tree.
-pub fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), &dst).unwrap();
-        }
-    }
-}
-
 /// Flips one bit of the byte at `at` in a file.
 pub fn flip_bit(path: &Path, at: usize) {
     let mut b = std::fs::read(path).unwrap();

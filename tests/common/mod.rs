@@ -73,6 +73,20 @@ pub fn bytes_under(dir: &std::path::Path) -> u64 {
     n
 }
 
+/// Copies a folder tree.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).unwrap();
+        }
+    }
+}
+
 /// A `file://` URL for a local path.
 pub fn file_url(path: &std::path::Path) -> String {
     url::Url::from_directory_path(path)
