@@ -39,6 +39,17 @@ fn mem_loc(name: &str) -> VaultLocation {
     }
 }
 
+/// One object of a location.
+async fn object(loc: &VaultLocation, name: &str) -> bytes::Bytes {
+    loc.store
+        .get(&ObjPath::from(name))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap()
+}
+
 /// Every object at a location: (name, bytes).
 async fn all_objects(loc: &VaultLocation) -> Vec<(String, Vec<u8>)> {
     let metas: Vec<_> = loc.store.list(None).try_collect().await.unwrap();
@@ -609,14 +620,7 @@ async fn service_keys_open_a_vault() {
     let o = Vault::open(vec![a.clone()], &again, &[]).await.unwrap();
     assert_eq!(o.meta_key().expose(), v.meta_key().expose());
     // The marker lists no secrets.
-    let m = a
-        .store
-        .get(&ObjPath::from("custos-vault.json"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let m = object(&a, "custos-vault.json").await;
     assert!(!contains(&m, v.meta_key().expose()));
 }
 
@@ -720,14 +724,7 @@ fn period_payload(
 
 /// The vault id a location's plaintext marker gives away.
 async fn marker_vault_id(loc: &VaultLocation) -> Vec<u8> {
-    let m = loc
-        .store
-        .get(&ObjPath::from("custos-vault.json"))
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let m = object(loc, "custos-vault.json").await;
     let v: serde_json::Value = serde_json::from_slice(&m).unwrap();
     hex::decode(v["vault_id"].as_str().unwrap()).unwrap()
 }
