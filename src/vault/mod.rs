@@ -497,14 +497,10 @@ fn encode_record(vault_id: &[u8; 16], object: &str, content: &[u8]) -> Zeroizing
     b
 }
 
-/// The content of a record payload read from `object` (its signature
-/// already checked and cut off), after checking that it was written for
-/// this vault and this object.
-fn decode_record<'a>(
-    payload: &'a [u8],
-    vault_id: &[u8; 16],
-    object: &str,
-) -> Result<&'a [u8], String> {
+/// The length of a record payload's header (the content follows it), read
+/// from `object` with its signature already checked and cut off, after
+/// checking that it was written for this vault and this object.
+fn record_header(payload: &[u8], vault_id: &[u8; 16], object: &str) -> Result<usize, String> {
     let mut r = Reader { b: payload };
     if r.take(8)? != RECORD_MAGIC {
         return Err("not a custos vault record (bad magic)".into());
@@ -522,7 +518,7 @@ fn decode_record<'a>(
     if r.take(n)? != object.as_bytes() {
         return Err("record was written for another object name (moved or copied?)".into());
     }
-    Ok(r.b)
+    Ok(payload.len() - r.b.len())
 }
 
 /// Whether unsigned (format 1) objects are read.
@@ -1039,7 +1035,6 @@ impl Vault {
                     continue;
                 };
                 let (plain, signed) = v.open_record(&loc.url, &name, &sealed)?;
-                v.record_content(&loc.url, &name, &plain, signed)?;
                 if !signed {
                     unsigned.push((loc.url.clone(), name.clone()));
                     records.push((i, name, plain));
@@ -1961,10 +1956,9 @@ impl Vault {
                 Err(e) => return Err(e),
             };
             let url = loc.url.clone();
-            let (plain, signed) = self.open_record(&url, LEDGER_RECORD, &sealed)?;
-            let content = self.record_content(&url, LEDGER_RECORD, &plain, signed)?;
+            let (content, _) = self.open_record(&url, LEDGER_RECORD, &sealed)?;
             let f: LedgerFences =
-                serde_json::from_slice(content).map_err(|e| VaultError::Corrupt {
+                serde_json::from_slice(&content).map_err(|e| VaultError::Corrupt {
                     url,
                     object: LEDGER_RECORD.into(),
                     reason: format!("ledger fences: {e}"),
@@ -2004,48 +1998,40 @@ impl Vault {
                 out.push((loc.url.clone(), None));
                 continue;
             };
-            let (plain, signed) = self.open_record(&loc.url, object, &sealed)?;
-            let content = self.record_content(&loc.url, object, &plain, signed)?;
-            let content = Zeroizing::new(content.to_vec());
+            let (content, _) = self.open_record(&loc.url, object, &sealed)?;
             out.push((loc.url.clone(), Some(content)));
         }
         Ok(out)
     }
 
-    /// Unwraps a record read from `url` and checks its signature.
+    /// Unwraps a record read from `url`, checks its signature and header,
+    /// and returns its content (a signed payload's after its header, an
+    /// unsigned format 1 payload whole) and whether it was signed.
     fn open_record(
         &self,
         url: &str,
         object: &str,
         sealed: &[u8],
     ) -> Result<(Zeroizing<Vec<u8>>, bool), VaultError> {
-        open_object(
+        let (mut plain, signed) = open_object(
             &self.keys,
             self.signatures,
             url,
             object,
             sealed,
             RECORD_MAGIC,
-        )
-    }
-
-    /// The content of an opened record: a signed payload's after its
-    /// header, an unsigned (format 1) payload whole.
-    fn record_content<'a>(
-        &self,
-        url: &str,
-        object: &str,
-        plain: &'a [u8],
-        signed: bool,
-    ) -> Result<&'a [u8], VaultError> {
-        if !signed {
-            return Ok(plain);
+        )?;
+        if signed {
+            let n = record_header(&plain, &self.vault_id, object).map_err(|reason| {
+                VaultError::Corrupt {
+                    url: url.to_string(),
+                    object: object.to_string(),
+                    reason,
+                }
+            })?;
+            plain.drain(..n);
         }
-        decode_record(plain, &self.vault_id, object).map_err(|reason| VaultError::Corrupt {
-            url: url.to_string(),
-            object: object.to_string(),
-            reason,
-        })
+        Ok((plain, signed))
     }
 
     /// Writes a sealed record (wrapped with age to the vault's recipients)
