@@ -7,7 +7,7 @@ mod common;
 #[path = "common/roundtrip_util.rs"]
 mod util;
 
-use common::{custos, file_url, run, run_fail, stderr, stdout, tempdir};
+use common::{custos, file_url, rows, run, run_fail, stderr, stdout, tempdir};
 use custos::demo::{generate, DemoSize};
 use custos::ops::backup::{backup, BackupOptions};
 use custos::policy::Policy;
@@ -64,22 +64,6 @@ fn restore(policy: &Path, to: &Path, args: &[&str]) -> Json {
         .args(["restore", "--policy", p(policy), "--to", p(to), "--json"])
         .args(args));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
-}
-
-/// Every row of `table` (rowid order where there is one), `filter` an SQL
-/// condition.
-fn rows(db: &Path, table: &str, filter: &str) -> Vec<Vec<Value>> {
-    let c = Connection::open(db).unwrap();
-    let mut st = c
-        .prepare(&format!(
-            "SELECT * FROM \"{table}\" WHERE {filter} ORDER BY rowid"
-        ))
-        .unwrap();
-    let n = st.column_count();
-    st.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
 }
 
 fn one(db: &Path, sql: &str) -> String {

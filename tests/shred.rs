@@ -18,7 +18,6 @@ use custos::vault::KeyKind;
 use rusqlite::Connection;
 use serde_json::Value;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -257,13 +256,7 @@ fn vault_plaintexts(env: &Env) -> Vec<(PathBuf, Vec<u8>)> {
             if !bytes.starts_with(b"age-encryption.org/v1\n") {
                 continue;
             }
-            let dec = age::Decryptor::new_buffered(&bytes[..]).unwrap();
-            let mut r = dec
-                .decrypt(std::iter::once(&id as &dyn age::Identity))
-                .unwrap();
-            let mut plain = Vec::new();
-            r.read_to_end(&mut plain).unwrap();
-            out.push((p, plain));
+            out.push((p, common::age_decrypt(&id, &bytes)));
         }
     }
     out

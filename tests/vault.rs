@@ -4,6 +4,7 @@
 mod common;
 
 use age::x25519::Identity;
+use common::age_decrypt;
 use custos::keys::{self, KeysError};
 use custos::vault::{KeyKind, Vault, VaultError, VaultKeys, VaultLocation};
 use ed25519_dalek::SigningKey;
@@ -12,7 +13,6 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -71,16 +71,6 @@ async fn all_objects(loc: &VaultLocation) -> Vec<(String, Vec<u8>)> {
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-fn age_decrypt(identity: &Identity, bytes: &[u8]) -> Vec<u8> {
-    let d = age::Decryptor::new_buffered(bytes).unwrap();
-    let mut r = d
-        .decrypt(std::iter::once(identity as &dyn age::Identity))
-        .unwrap();
-    let mut out = Vec::new();
-    r.read_to_end(&mut out).unwrap();
-    out
 }
 
 /// Whether any object of any location holds `needle`, raw or (for `.age`

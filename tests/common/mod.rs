@@ -73,6 +73,34 @@ pub fn bytes_under(dir: &std::path::Path) -> u64 {
     n
 }
 
+/// Decrypts an age file with `identity`.
+pub fn age_decrypt(identity: &age::x25519::Identity, bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let d = age::Decryptor::new_buffered(bytes).unwrap();
+    let mut r = d
+        .decrypt(std::iter::once(identity as &dyn age::Identity))
+        .unwrap();
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).unwrap();
+    out
+}
+
+/// Every row of a SQLite table (rowid order where there is one), `filter`
+/// an SQL condition.
+pub fn rows(db: &std::path::Path, table: &str, filter: &str) -> Vec<Vec<rusqlite::types::Value>> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut st = c
+        .prepare(&format!(
+            "SELECT * FROM \"{table}\" WHERE {filter} ORDER BY rowid"
+        ))
+        .unwrap();
+    let n = st.column_count();
+    st.query_map([], |r| (0..n).map(|i| r.get(i)).collect())
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
 /// Copies a folder tree.
 pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
