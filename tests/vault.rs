@@ -224,6 +224,12 @@ async fn recovery_recipient_can_open() {
     o.get_or_create(KeyKind::Period, "service:2026-02");
     assert!(matches!(o.persist().await, Err(VaultError::ReadOnly)));
     assert_eq!((all_objects(&a).await, all_objects(&b).await), before);
+    let fresh = mem_loc("fresh");
+    assert!(matches!(
+        Vault::create(vec![fresh.clone()], &reader, &[], "crm").await,
+        Err(VaultError::ReadOnly)
+    ));
+    assert!(all_objects(&fresh).await.is_empty());
     // Another service's public key verifies nothing.
     let e = Vault::open(
         vec![a, b],

@@ -871,9 +871,6 @@ impl Vault {
         if locations.is_empty() {
             return Err(VaultError::NoLocations);
         }
-        if !keys.can_sign() {
-            return Err(VaultError::ReadOnly);
-        }
         for loc in &locations {
             match loc.store.head(&ObjPath::from(MARKER)).await {
                 Ok(_) => {
@@ -931,7 +928,7 @@ impl Vault {
     ) -> Result<Vault, VaultError> {
         Self::open_with(locations, keys, recipients, Signatures::Required)
             .await
-            .map(|(v, _)| v)
+            .map(|(v, _, _)| v)
     }
 
     /// [`Vault::open`], reading unsigned objects too if `signatures` says
@@ -942,7 +939,7 @@ impl Vault {
         keys: &VaultKeys,
         recipients: &[Recipient],
         signatures: Signatures,
-    ) -> Result<(Vault, (Vec<(String, String)>, bool)), VaultError> {
+    ) -> Result<(Vault, Vec<(String, String)>, bool), VaultError> {
         let Merged {
             vault_id,
             policy,
@@ -993,7 +990,7 @@ impl Vault {
                 }
             }
         }
-        Ok((v, (unsigned, meta_signed)))
+        Ok((v, unsigned, meta_signed))
     }
 
     /// Signs a vault written before vault objects were signed (payload
@@ -1015,7 +1012,7 @@ impl Vault {
         if !keys.can_sign() {
             return Err(VaultError::ReadOnly);
         }
-        let (mut v, (mut unsigned, meta_signed)) =
+        let (mut v, mut unsigned, meta_signed) =
             Self::open_with(locations.clone(), keys, recipients, Signatures::Migrating).await?;
         if let Some((url, reason)) = v.unread.first() {
             return Err(VaultError::NotRead {
