@@ -874,7 +874,7 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
                     group_keys(&vault, g, &t.name),
                     Err(GroupKeyProblem::Shredded)
                 ) {
-                    st.rows += g.rows;
+                    st.rows = st.rows.saturating_add(g.rows);
                     st.groups += 1;
                     if st.listed.len() < MAX_LISTED {
                         st.listed.push(ShreddedGroup {

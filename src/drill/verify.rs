@@ -61,7 +61,7 @@ pub fn verify_sqlite(
                 match r {
                     Ok(_) => {
                         tc.rows_restored = rows;
-                        tc.count_ok = rows + tc.rows_shredded == tc.rows_expected;
+                        tc.count_ok = rows.saturating_add(tc.rows_shredded) == tc.rows_expected;
                         let got = hex::encode(sum.to_le_bytes());
                         tc.checksum_ok = if tc.rows_shredded == 0 {
                             Some(got == tc.checksum_expected)

@@ -2602,9 +2602,11 @@ impl ReaderCtx {
                         if full_tx.send(Handover::Unread(i, packs)).is_err() {
                             break; // the store failed; its error follows
                         }
-                        rows += mark.rows;
-                        unread += mark.rows;
-                        tbytes += mark.bytes;
+                        // The parent's counts: authenticated, but summed
+                        // without overflow whatever they say.
+                        rows = rows.saturating_add(mark.rows);
+                        unread = unread.saturating_add(mark.rows);
+                        tbytes = tbytes.saturating_add(mark.bytes);
                         progress.advance(mark.rows);
                         continue;
                     }

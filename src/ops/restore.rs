@@ -669,7 +669,10 @@ async fn restore_sqlite(
                 }
             };
             if let GroupFilter::Subject(_) = filter {
-                tr.rows_expected += window.1.iter().map(|(_, g)| g.rows).sum::<u64>();
+                tr.rows_expected = window
+                    .1
+                    .iter()
+                    .fold(tr.rows_expected, |n, (_, g)| n.saturating_add(g.rows));
             }
             let place = Place {
                 snapshot: &snap.id,
@@ -698,7 +701,7 @@ async fn restore_sqlite(
                 break 'tables; // the writer failed; its error follows
             }
         }
-        report.rows_shredded += tr.rows_shredded;
+        report.rows_shredded = report.rows_shredded.saturating_add(tr.rows_shredded);
         report.tables.push(tr);
     }
     drop(tx);
@@ -722,7 +725,7 @@ async fn restore_sqlite(
             .iter()
             .position(|t| t.name == tr.name)
             .map_or(0, |i| counts[i]);
-        if tr.rows_restored + tr.rows_shredded != tr.rows_expected {
+        if tr.rows_restored.saturating_add(tr.rows_shredded) != tr.rows_expected {
             return Err(OpsError::Integrity(format!(
                 "table {}: restored {} rows + {} shredded, but the snapshot recorded {}",
                 tr.name, tr.rows_restored, tr.rows_shredded, tr.rows_expected
@@ -813,9 +816,9 @@ impl WindowReader {
             while next < groups.len() {
                 let (_, g) = &groups[next];
                 let Some((subject, time)) = parents.of(vault, groups, next) else {
-                    tr.rows_shredded += g.rows;
+                    tr.rows_shredded = tr.rows_shredded.saturating_add(g.rows);
                     tr.groups_shredded += 1;
-                    rows += g.rows;
+                    rows = rows.saturating_add(g.rows);
                     next += 1;
                     at += g.chunks.len();
                     continue;
@@ -854,7 +857,7 @@ impl WindowReader {
                     time,
                     locs: start..locs.len(),
                 });
-                rows += g.rows;
+                rows = rows.saturating_add(g.rows);
                 next += 1;
                 at += g.chunks.len();
             }
@@ -1091,7 +1094,7 @@ async fn restore_postgres(
     };
     let mut cache = PackCache::new(target.clone(), 8);
     let mut codec = Codec::new(3);
-    let total: u64 = ps.tables.iter().map(|t| t.rows).sum();
+    let total = ps.tables.iter().fold(0u64, |n, t| n.saturating_add(t.rows));
     progress.phase("restoring rows", Some(total), "rows");
     for t in &ps.tables {
         let table = ps
@@ -1121,7 +1124,7 @@ async fn restore_postgres(
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,
                     Err(GroupKeyProblem::Shredded) => {
-                        tr.rows_shredded += g.rows;
+                        tr.rows_shredded = tr.rows_shredded.saturating_add(g.rows);
                         tr.groups_shredded += 1;
                         progress.advance(g.rows);
                         continue;
@@ -1142,13 +1145,13 @@ async fn restore_postgres(
                 progress.advance(g.rows);
             }
         }
-        if tr.rows_restored + tr.rows_shredded != tr.rows_expected {
+        if tr.rows_restored.saturating_add(tr.rows_shredded) != tr.rows_expected {
             return Err(OpsError::Integrity(format!(
                 "table {}: restored {} rows + {} shredded, but the snapshot recorded {}",
                 tr.name, tr.rows_restored, tr.rows_shredded, tr.rows_expected
             )));
         }
-        report.rows_shredded += tr.rows_shredded;
+        report.rows_shredded = report.rows_shredded.saturating_add(tr.rows_shredded);
         report.tables.push(tr);
     }
     progress.finish_phase();

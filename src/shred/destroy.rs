@@ -105,7 +105,7 @@ impl Outcome {
         self.targets.iter().map(|t| t.groups_unreadable).sum()
     }
     pub fn rows_unreadable(&self) -> u64 {
-        self.targets.iter().map(|t| t.rows).sum()
+        self.targets.iter().fold(0, |n, t| n.saturating_add(t.rows))
     }
 }
 
@@ -474,7 +474,7 @@ async fn scan_target(
                         affected[u] = true;
                         let cov = &mut scan.covs[u];
                         cov.groups += 1;
-                        cov.rows += g.rows;
+                        cov.rows = cov.rows.saturating_add(g.rows);
                         if shredded {
                             cov.groups_unreadable += 1;
                         }
