@@ -479,3 +479,41 @@ async fn a_list_pack_no_index_object_lists_is_found_by_check_and_stops_prune() {
         .unwrap();
     assert!(c.ok, "{:#?}", c.findings);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_counts_a_hostile_parent_declares_are_summed_without_overflow() {
+    let (tmp, _db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let id = backup_small(&policy).await.snapshot;
+    // A writer holding the metadata key declares absurd row counts for
+    // the windows of an unchanged table.
+    let mut json = stored_json(&policy, &id).await;
+    let tables = json["sqlite"]["tables"].as_array_mut().unwrap();
+    let calls = tables.iter_mut().find(|t| t["name"] == "calls").unwrap();
+    let windows = calls["windows"].as_array_mut().unwrap();
+    assert!(windows.len() > 1);
+    for w in windows {
+        w["rows"] = u64::MAX.into();
+    }
+    store_json(&policy, &id, &json).await;
+
+    // The next backup leaves those windows unread and sums the parent's
+    // counts: saturating (a debug build used to panic here), and the
+    // restore of what it wrote is refused as not adding up, naming the
+    // table.
+    let b = backup_small(&policy).await;
+    assert_eq!(b.items, u64::MAX);
+    let e = try_restore(&policy, &b.snapshot, &tmp.path().join("restored.db"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("table calls") && e.contains("snapshot recorded"),
+        "{e}"
+    );
+    // A check reads both snapshots to the end.
+    let c = custos::ops::check::check(&policy, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(c.snapshots >= 2, "{c:?}");
+}

@@ -2413,7 +2413,7 @@ impl ReaderCtx {
                 let entry = self.read_table(&src, ts, prep, &mut |i| verdicts.get(i))?;
                 // The verdicts of windows the plan did not ask about.
                 verdicts.drain();
-                items += entry.rows;
+                items = items.saturating_add(entry.rows);
                 bytes_read += entry.bytes;
                 tables.push(entry);
             }
@@ -2937,7 +2937,7 @@ impl ReaderCtx {
         for ((name, class), mut rows) in names.into_iter().zip(receivers) {
             let mut next = || rows.blocking_next().map(|r| r.map_err(pg));
             let entry = self.store_table_rows(&name, &class, &mut next)?;
-            items += entry.rows;
+            items = items.saturating_add(entry.rows);
             bytes_read += entry.bytes;
             tables.push(entry);
         }

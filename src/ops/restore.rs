@@ -631,12 +631,11 @@ async fn restore_sqlite(
         })
         .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
     let mut cache = PackCache::new(target.clone(), 8);
-    let total: u64 = sq
+    let total = sq
         .tables
         .iter()
         .filter(|t| selected(&t.name))
-        .map(|t| t.rows)
-        .sum();
+        .fold(0u64, |n, t| n.saturating_add(t.rows));
     // Of a subject's rows, how many there are is known only as the pages
     // are read: the progress shows the selected tables' rows then.
     progress.phase("restoring rows", Some(total), "rows");
