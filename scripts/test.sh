@@ -78,6 +78,17 @@ if [ -z "${CUSTOS_PG_BINDIR:-}" ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ];
         exit 1
     fi
 fi
+# pgq, an extension with configuration tables and a configuration sequence,
+# for the test of extension configuration rows (Debian's package, matching
+# the server above; not installable without apt-get).
+if [ -z "${CUSTOS_PG_BINDIR:-}" ] && [ ! -f /usr/share/postgresql/15/extension/pgq.control ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "test.sh: installing postgresql-15-pgq3" >&2
+        apt_install postgresql-15-pgq3
+    else
+        echo "test.sh: WARNING: cannot install postgresql-15-pgq3; the pgq test will fail" >&2
+    fi
+fi
 
 cargo --version
 log="$(mktemp)"

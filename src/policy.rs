@@ -190,15 +190,32 @@ pub struct StoreConfig {
     pub class: DataClass,
     /// What a postgres backup does when the database holds large objects.
     pub large_objects: NotBackedUp,
-    /// What a postgres backup does when extension configuration tables
-    /// (`pg_extension_config_dump`) hold rows.
-    pub extension_config: NotBackedUp,
+    /// What a postgres backup does with the rows of extension
+    /// configuration tables (`pg_extension_config_dump`).
+    pub extension_config: ExtensionConfig,
 }
 
-/// `[store] large_objects` and `[store] extension_config`: data of a
-/// PostgreSQL database that custos does not back up (large objects, rows
-/// of extension configuration tables), so a database that holds any is
-/// refused unless the policy says to back up without it.
+/// `[store] extension_config`: the rows of a PostgreSQL extension's
+/// configuration tables (pg_cron's jobs, pg_partman's settings), which
+/// `pg_dump` keeps with the data, not the schema.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtensionConfig {
+    /// Backed up like a table and restored after the extension is
+    /// created (the default). Only when every schema is read: a dump of
+    /// chosen schemas leaves extensions out, so a backup with `schemas`
+    /// whose configuration tables hold rows is refused.
+    #[default]
+    Include,
+    /// The backup goes on without them and reports how many it left out.
+    Skip,
+    /// The backup stops, before any data moves, if they hold rows.
+    Refuse,
+}
+
+/// `[store] large_objects`: data of a PostgreSQL database that custos
+/// does not back up, so a database that holds any is refused unless the
+/// policy says to back up without it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NotBackedUp {
@@ -534,7 +551,7 @@ struct RawStore {
     epoch: Option<Epoch>,
     class: Option<Spanned<DataClass>>,
     large_objects: Option<Spanned<NotBackedUp>>,
-    extension_config: Option<Spanned<NotBackedUp>>,
+    extension_config: Option<Spanned<ExtensionConfig>>,
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,8 @@
 
 use chrono::{TimeZone, Utc};
 use custos::policy::{
-    parse_cron, parse_duration, DataClass, Epoch, NotBackedUp, Policy, PolicyError, StoreKind,
+    parse_cron, parse_duration, DataClass, Epoch, ExtensionConfig, NotBackedUp, Policy,
+    PolicyError, StoreKind,
 };
 use custos::store::Every;
 use std::path::{Path, PathBuf};
@@ -232,7 +233,7 @@ fn postgres_and_files_stores_are_accepted_with_their_location() {
     assert_eq!(p.store.kind, StoreKind::Postgres);
     assert_eq!(p.store.url.as_deref(), Some("postgres://custos@db/crm"));
     assert_eq!(p.store.large_objects, NotBackedUp::Refuse);
-    assert_eq!(p.store.extension_config, NotBackedUp::Refuse);
+    assert_eq!(p.store.extension_config, ExtensionConfig::Include);
     let skip = pg.replacen(
         "url = \"postgres://custos@db/crm\"",
         "url = \"postgres://custos@db/crm\"\nlarge_objects = \"skip\"\nextension_config = \"skip\"",
@@ -240,7 +241,14 @@ fn postgres_and_files_stores_are_accepted_with_their_location() {
     );
     let p = Policy::from_str(&skip, Path::new(FILE)).unwrap();
     assert_eq!(p.store.large_objects, NotBackedUp::Skip);
-    assert_eq!(p.store.extension_config, NotBackedUp::Skip);
+    assert_eq!(p.store.extension_config, ExtensionConfig::Skip);
+    let refuse = pg.replacen(
+        "url = \"postgres://custos@db/crm\"",
+        "url = \"postgres://custos@db/crm\"\nextension_config = \"refuse\"",
+        1,
+    );
+    let p = Policy::from_str(&refuse, Path::new(FILE)).unwrap();
+    assert_eq!(p.store.extension_config, ExtensionConfig::Refuse);
     // A SQLite store takes neither.
     for key in ["large_objects", "extension_config"] {
         let text = with(

@@ -452,7 +452,116 @@ async fn large_objects_are_refused_unless_skipped_and_never_restored_empty() {
 /// selects count, as for pg_dump. (No contrib extension marks a table, so
 /// the test marks one in the catalog as an extension's script would.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extension_configuration_rows_are_refused_unless_skipped() {
+async fn extension_configuration_rows_are_backed_up_restored_and_drilled() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    assert_eq!(
+        pg.psql(
+            "src",
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'pgq'"
+        ),
+        "1",
+        "the extension pgq is missing: install Debian's postgresql-15-pgq3 (scripts/test.sh does)"
+    );
+    pg.psql("src", TELECOM_SQL);
+    // pgq keeps its queues, consumers, subscriptions and ticks in
+    // configuration tables (with foreign keys between them) and its batch
+    // ids in a configuration sequence: CREATE EXTENSION makes them empty.
+    // One transaction each: a tick takes the snapshot of the events
+    // committed before it.
+    for sql in [
+        "CREATE EXTENSION pgq",
+        "SELECT pgq.create_queue('invoices')",
+        "SELECT pgq.register_consumer('invoices', 'billing')",
+        "SELECT pgq.insert_event('invoices', 'issued', 'customer 7')",
+        "SELECT pgq.force_tick('invoices')",
+        "SELECT pgq.ticker('invoices')",
+        "SELECT pgq.finish_batch(pgq.next_batch('invoices', 'billing'))",
+        "SELECT pgq.insert_event('invoices', 'issued', 'customer 8')",
+        "SELECT pgq.force_tick('invoices')",
+        "SELECT pgq.ticker('invoices')",
+        "SELECT pgq.next_batch('invoices', 'billing')",
+    ] {
+        pg.psql("src", sql);
+    }
+    assert_eq!(
+        pg.psql("src", "SELECT ev_data FROM pgq.get_batch_events(2)"),
+        "customer 8"
+    );
+    let tables = format!("{TELECOM_TABLES}{DRILL_PGQ}");
+    let p = policy(d, &pg.url("src"), &tables, &pw(d)).await;
+    let b = backup(&p).await.unwrap();
+    assert_eq!(b.extension_config_skipped, 0);
+    assert_eq!(table(&b, "pgq.queue").rows, 1);
+    assert_eq!(table(&b, "pgq.subscription").rows, 1);
+    assert_eq!(table(&b, "pgq.tick").rows, 3);
+    // Configuration tables come after the others, a table after those its
+    // foreign keys point at.
+    let at = |n: &str| b.tables.iter().position(|t| t.name == n).unwrap();
+    assert!(at("billing.rates") < at("pgq.consumer"));
+    assert!(
+        at("pgq.queue") < at("pgq.subscription") && at("pgq.consumer") < at("pgq.subscription")
+    );
+    assert!(at("pgq.queue") < at("pgq.tick"));
+
+    // A restore creates the extension, then fills its tables and sets its
+    // sequence: pg_dump (which dumps configuration rows and sequences) of
+    // the restore equals the source's.
+    pg.createdb("dst");
+    restore(&p, &pg.url("dst"), false).await.unwrap();
+    assert_same_dump(&pg, "src", "dst");
+    assert_eq!(
+        pg.psql("dst", "SELECT last_value FROM pgq.batch_id_seq"),
+        pg.psql("src", "SELECT last_value FROM pgq.batch_id_seq")
+    );
+    // The restored queue goes on: its consumer gets the open batch and its
+    // events again, and the next batch id follows the source's.
+    let dst = |sql: &str| pg.psql("dst", sql);
+    assert_eq!(dst("SELECT pgq.next_batch('invoices', 'billing')"), "2");
+    assert_eq!(
+        dst("SELECT ev_data FROM pgq.get_batch_events(2)"),
+        "customer 8"
+    );
+    dst("SELECT pgq.finish_batch(2)");
+    dst("SELECT pgq.insert_event('invoices', 'issued', 'customer 9')");
+    dst("SELECT pgq.force_tick('invoices')");
+    dst("SELECT pgq.ticker('invoices')");
+    assert_eq!(dst("SELECT pgq.next_batch('invoices', 'billing')"), "3");
+    // The script form holds them too.
+    let script = d.join("restore.sql");
+    restore(&p, script.to_str().unwrap(), false).await.unwrap();
+    pg.createdb("from_script");
+    pg.psql_file("from_script", &script);
+    assert_same_dump(&pg, "src", "from_script");
+
+    // A drill reads them back from its scratch database and compares.
+    let out = drill(&p, d).await;
+    let r = &out.report;
+    assert_eq!(
+        r.verdict,
+        custos::drill::report::Verdict::Pass,
+        "{:?}",
+        r.reasons
+    );
+    let queue = r.tables.iter().find(|t| t.name == "pgq.queue").unwrap();
+    assert!(
+        queue.count_ok && queue.checksum_ok == Some(true),
+        "{queue:?}"
+    );
+    assert!(r.assertions.iter().all(|a| a.passed), "{:?}", r.assertions);
+}
+
+const DRILL_PGQ: &str = r#"
+[drill]
+[[drill.assert]]
+sql = "SELECT count(*) FROM pgq.subscription"
+expect = 1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_configuration_rows_that_cannot_be_kept_are_refused_unless_skipped() {
     let Some(pg) = PgCluster::start() else { return };
     let tmp = common::tempdir();
     let d = tmp.path();
@@ -467,25 +576,40 @@ async fn extension_configuration_rows_are_refused_unless_skipped() {
          UPDATE pg_extension SET extconfig = ARRAY['public.trgm_jobs'::regclass::oid],\n\
            extcondition = ARRAY['WHERE NOT builtin'] WHERE extname = 'pg_trgm';",
     );
-    let refused = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
-    let before = stored_objects(d);
-    let e = backup(&refused).await.unwrap_err().to_string();
-    assert!(
-        e.contains("public.trgm_jobs of extension pg_trgm: 2 rows")
-            && e.contains("extension_config = \"skip\""),
-        "{e}"
-    );
-    assert!(!e.contains("customer 7"), "no content in the error: {e}");
-    assert_eq!(stored_objects(d), before, "nothing was written");
+    // The policy refuses them; or it reads chosen schemas, whose dump
+    // leaves the extension out, so a restore could not create the table.
+    let refuse = format!("extension_config = \"refuse\"\n{TELECOM_TABLES}");
+    let schemas = format!("schemas = [\"public\", \"billing\"]\n{TELECOM_TABLES}");
+    for (tables, why) in [
+        (&refuse, "the policy says"),
+        (&schemas, "with `schemas` set"),
+    ] {
+        let p = policy(d, &pg.url("src"), tables, &pw(d)).await;
+        let before = stored_objects(d);
+        let e = backup(&p).await.unwrap_err().to_string();
+        assert!(
+            e.contains("public.trgm_jobs of extension pg_trgm: 2 rows")
+                && e.contains(why)
+                && e.contains("extension_config = \"skip\""),
+            "{e}"
+        );
+        assert!(!e.contains("customer 7"), "no content in the error: {e}");
+        assert_eq!(stored_objects(d), before, "nothing was written");
+    }
 
     let skip = format!("extension_config = \"skip\"\n{TELECOM_TABLES}");
     let p = policy(d, &pg.url("src"), &skip, &pw(d)).await;
-    assert_eq!(backup(&p).await.unwrap().extension_config_skipped, 2);
+    let b = backup(&p).await.unwrap();
+    assert_eq!(b.extension_config_skipped, 2);
+    assert!(b.tables.iter().all(|t| t.name != "trgm_jobs"), "{b:?}");
 
-    // Rows the extension's condition leaves out do not count.
+    // Rows the extension's condition leaves out do not count, and an
+    // empty configuration table is no reason to refuse.
     pg.psql("src", "UPDATE trgm_jobs SET builtin = true");
-    let b = backup(&refused).await.unwrap();
+    let p = policy(d, &pg.url("src"), &schemas, &pw(d)).await;
+    let b = backup(&p).await.unwrap();
     assert_eq!(b.extension_config_skipped, 0);
+    assert!(b.tables.iter().all(|t| t.name != "trgm_jobs"), "{b:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

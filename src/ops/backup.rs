@@ -15,7 +15,7 @@ use super::lock::BackupLock;
 use super::{OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, MetaKey};
-use crate::policy::{NotBackedUp, Policy, StoreKind};
+use crate::policy::{ExtensionConfig, NotBackedUp, Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{Index, IndexObjects, PackSet};
@@ -2864,12 +2864,7 @@ impl ReaderCtx {
         let pg = |e: PgError| OpsError::Invalid(format!("store: {e}"));
         let handle = self.handle.clone();
         let conn = PgConn::from_store(&self.policy.store).map_err(pg)?;
-        let src = handle.block_on(PgSource::open(&conn)).map_err(pg)?;
-        // Every listed table must exist, with its columns; checked before
-        // any data moves.
-        for t in &self.policy.store.tables {
-            src.check_plan(&self.policy.plan(&t.name)).map_err(pg)?;
-        }
+        let mut src = handle.block_on(PgSource::open(&conn)).map_err(pg)?;
         // Large objects are not backed up: refused, unless the policy says
         // to go on without them.
         let large = handle.block_on(src.large_objects()).map_err(pg)?;
@@ -2888,28 +2883,46 @@ impl ReaderCtx {
                 .large_objects_skipped
                 .store(large as u64, Ordering::Relaxed);
         }
-        // So are rows of extension configuration tables.
-        let config = handle.block_on(src.extension_config()).map_err(pg)?;
-        if !config.is_empty() {
-            let tables = config
-                .iter()
-                .map(|(ext, t, n)| format!("{t} of extension {ext}: {n} rows"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            if self.policy.store.extension_config == NotBackedUp::Refuse {
-                return Err(pg(PgError::ExtensionConfig {
-                    server: conn.server(),
-                    tables,
-                }));
+        // Rows of extension configuration tables are read like a table's
+        // when every schema is read (the schema dump then creates the
+        // extensions, so a restore can fill their tables); else, if there
+        // are any, refused unless the policy says to go on without them.
+        let choice = self.policy.store.extension_config;
+        if choice != ExtensionConfig::Include || !conn.schemas.is_empty() {
+            let config = handle.block_on(src.extension_config()).map_err(pg)?;
+            if !config.is_empty() {
+                let tables = config
+                    .iter()
+                    .map(|(ext, t, n)| format!("{t} of extension {ext}: {n} rows"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let why = match choice {
+                    ExtensionConfig::Refuse => Some("the policy says extension_config = \"refuse\""),
+                    ExtensionConfig::Include => Some("with `schemas` set, pg_dump leaves the extensions out of the schema, so a restore could not create these tables; read every schema (no `schemas`) to keep them"),
+                    ExtensionConfig::Skip => None,
+                };
+                if let Some(why) = why {
+                    return Err(pg(PgError::ExtensionConfig {
+                        server: conn.server(),
+                        tables,
+                        why: why.into(),
+                    }));
+                }
+                tracing::warn!(
+                    tables = %tables,
+                    "rows of extension configuration tables are left out, as the policy's extension_config = \"skip\" says"
+                );
+                let rows: i64 = config.iter().map(|c| c.2).sum();
+                self.counters
+                    .extension_config_skipped
+                    .store(rows as u64, Ordering::Relaxed);
             }
-            tracing::warn!(
-                tables = %tables,
-                "rows of extension configuration tables are left out, as the policy's extension_config = \"skip\" says"
-            );
-            let rows: i64 = config.iter().map(|c| c.2).sum();
-            self.counters
-                .extension_config_skipped
-                .store(rows as u64, Ordering::Relaxed);
+            src.leave_out_extension_config();
+        }
+        // Every listed table must exist, with its columns; checked before
+        // any data moves.
+        for t in &self.policy.store.tables {
+            src.check_plan(&self.policy.plan(&t.name)).map_err(pg)?;
         }
         handle.block_on(src.lock()).map_err(pg)?;
         let tools = handle

@@ -107,10 +107,15 @@ pub enum PgError {
     /// policy does not say to go on without them.
     #[error("{server}: the database holds {count} large objects (pg_largeobject), which custos does not back up: a restore would not have their contents. Move their contents into a bytea column of a table, or set `large_objects = \"skip\"` in [store] to back up without them")]
     LargeObjects { server: String, count: i64 },
-    /// Extension configuration tables hold rows, which are not backed up,
-    /// and the policy does not say to go on without them.
-    #[error("{server}: extension configuration tables hold rows that custos does not back up ({tables}): pg_dump keeps them with the data, not the schema, so a restore would recreate the extension without them. Set `extension_config = \"skip\"` in [store] to back up without them")]
-    ExtensionConfig { server: String, tables: String },
+    /// Extension configuration tables hold rows that this backup would
+    /// not keep (`why`), and the policy does not say to go on without
+    /// them.
+    #[error("{server}: extension configuration tables hold rows ({tables}) that this backup cannot keep: {why}. Set `extension_config = \"skip\"` in [store] to back up without them")]
+    ExtensionConfig {
+        server: String,
+        tables: String,
+        why: String,
+    },
     /// A PostgreSQL client tool (`pg_dump`, `psql`) is missing or failed.
     #[error("{0}")]
     Tool(String),
@@ -649,8 +654,9 @@ impl PgSource {
         })
     }
 
-    /// The tables read (ordinary tables and partitions of the schemas, not
-    /// extension members), in (schema, name) order.
+    /// The tables read: ordinary tables and partitions of the schemas that
+    /// belong to no extension, in (schema, name) order, then the
+    /// extensions' configuration tables (see [`catalog::read`]).
     pub fn tables(&self) -> &[PgTable] {
         &self.tables
     }
@@ -744,31 +750,26 @@ impl PgSource {
         Ok(row.get(0))
     }
 
-    /// The extension configuration tables of the connection's schemas
-    /// (`pg_extension.extconfig`, marked by `pg_extension_config_dump`)
-    /// that hold rows `pg_dump` would dump (those its `extcondition`
-    /// selects), as of the snapshot: `(extension, schema.table, rows)`.
-    /// Extension members are not read as tables, and `pg_dump`'s schema
-    /// sections do not carry these rows.
+    /// The extension configuration tables read (`pg_extension.extconfig`,
+    /// marked by `pg_extension_config_dump`) that hold rows `pg_dump`
+    /// would dump (those the extension's condition selects), as of the
+    /// snapshot: `(extension, schema.table, rows)`.
     pub async fn extension_config(&self) -> Result<Vec<(String, String, i64)>, PgError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT e.extname, n.nspname, c.relname, coalesce(e.extcondition[cfg.i], '')                  FROM pg_catalog.pg_extension e                  CROSS JOIN LATERAL generate_subscripts(e.extconfig, 1) AS cfg(i)                  JOIN pg_catalog.pg_class c ON c.oid = e.extconfig[cfg.i]                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace                  WHERE c.relkind IN ('r', 'p')                    AND (cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))                  ORDER BY 1, 2, 3",
-                &[&self.conn.schemas],
-            )
-            .await
-            .map_err(|e| self.conn.query_err("listing extension configuration tables", &e))?;
         let mut out = Vec::new();
-        for r in rows {
-            let (ext, schema, table, cond): (String, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            let name = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
-            // The condition is the extension's own WHERE clause, as pg_dump
-            // applies it.
+        for t in &self.tables {
+            let Some(cfg) = &t.config else { continue };
+            // The condition is the extension's own WHERE clause, applied
+            // as pg_dump applies it.
             let n: i64 = self
                 .client
-                .query_one(&format!("SELECT count(*) FROM ONLY {name} {cond}"), &[])
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM ONLY {} {}",
+                        t.qualified(),
+                        cfg.condition
+                    ),
+                    &[],
+                )
                 .await
                 .map_err(|e| {
                     self.conn
@@ -776,10 +777,17 @@ impl PgSource {
                 })?
                 .get(0);
             if n > 0 {
-                out.push((ext, format!("{schema}.{table}"), n));
+                out.push((cfg.extension.clone(), format!("{}.{}", t.schema, t.name), n));
             }
         }
         Ok(out)
+    }
+
+    /// Leaves the extensions' configuration tables and sequences out of
+    /// what is read and of the snapshot's schema.
+    pub fn leave_out_extension_config(&mut self) {
+        self.tables.retain(|t| t.config.is_none());
+        self.sequences.retain(|s| s.extension.is_none());
     }
 
     /// Takes ACCESS SHARE locks on the tables (as `pg_dump` does), so no
@@ -891,7 +899,7 @@ impl PgSource {
                 work.push((i, range));
                 parts.push_back(rx);
             };
-            if blocks <= part_blocks {
+            if blocks <= part_blocks || plan.table.config.is_some() {
                 push(None);
             } else {
                 let mut start = 0;
@@ -962,9 +970,18 @@ async fn copy_table(
     tx: &mpsc::Sender<Result<RowBatch, PgError>>,
 ) -> Result<(), PgError> {
     let t = &plan.table;
-    let sql = match range {
-        None => format!("COPY {} ({}) TO STDOUT", t.qualified(), t.column_list()),
-        Some((start, end)) => {
+    let sql = match (range, &t.config) {
+        // An extension's configuration table: the rows its condition
+        // selects, as pg_dump reads them (never split: such tables are
+        // settings, and a range would not combine with the condition).
+        (_, Some(cfg)) => format!(
+            "COPY (SELECT {} FROM ONLY {} {}) TO STDOUT",
+            t.column_list(),
+            t.qualified(),
+            cfg.condition
+        ),
+        (None, None) => format!("COPY {} ({}) TO STDOUT", t.qualified(), t.column_list()),
+        (Some((start, end)), None) => {
             let mut q = format!(
                 "COPY (SELECT {} FROM ONLY {} WHERE ctid >= '({start},0)'::tid",
                 t.column_list(),
