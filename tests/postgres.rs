@@ -410,32 +410,6 @@ async fn large_objects_are_refused_unless_skipped_and_never_restored_empty() {
     pg.psql("src", "SELECT lo_unlink(body) FROM letters");
     assert_same_dump(&pg, "src", "dst");
 
-    // A PostgreSQL snapshot is restored whole: a selection is refused
-    // before the database is touched.
-    pg.createdb("part");
-    let opts = RestoreOptions {
-        target: None,
-        snapshot: "latest".into(),
-        to: PathBuf::from(pg.url("part")),
-        force: false,
-        only: custos::ops::restore::Selection {
-            tables: vec!["cdrs".into()],
-            subject: None,
-        },
-    };
-    let e = custos::ops::restore::restore(&p, &opts, Arc::new(NoProgress))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("not supported"), "{e}");
-    assert_eq!(
-        pg.psql(
-            "part",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        ),
-        "0"
-    );
-
     // A database without large objects needs no setting.
     pg.createdb("plain");
     pg.psql("plain", TELECOM_SQL);
@@ -610,6 +584,139 @@ async fn extension_configuration_rows_that_cannot_be_kept_are_refused_unless_ski
     let b = backup(&p).await.unwrap();
     assert_eq!(b.extension_config_skipped, 0);
     assert!(b.tables.iter().all(|t| t.name != "trgm_jobs"), "{b:?}");
+}
+
+async fn restore_only(
+    p: &Policy,
+    to: &str,
+    tables: &[&str],
+    subject: Option<&str>,
+) -> Result<RestoreReport, OpsError> {
+    let opts = RestoreOptions {
+        target: None,
+        snapshot: "latest".into(),
+        to: PathBuf::from(to),
+        force: false,
+        only: custos::ops::restore::Selection {
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+            subject: subject.map(str::to_string),
+        },
+    };
+    custos::ops::restore::restore(p, &opts, Arc::new(NoProgress)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_restores_take_one_customer_or_some_tables_without_foreign_keys() {
+    let Some(pg) = PgCluster::start() else { return };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
+    let rows = |db: &str, sql: &str| pg.psql(db, sql);
+    let fks = |db: &str| rows(db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'");
+
+    // One customer: its rows in every table with a subject, equal to the
+    // source's; the other tables empty; no foreign key, the other
+    // constraints and indexes there; no trigger fired on the rows.
+    pg.createdb("one");
+    let r = restore_only(&p, &pg.url("one"), &[], Some("7"))
+        .await
+        .unwrap();
+    assert!(r.partial && r.subject.is_some());
+    let mut left_out = r.foreign_keys_left_out.clone();
+    left_out.sort();
+    assert_eq!(
+        left_out,
+        [
+            "public.cdrs cdrs_customer_id_fkey",
+            "public.invoices invoices_customer_id_fkey"
+        ]
+    );
+    for (table, filter) in [
+        ("customers", "id"),
+        ("cdrs", "customer_id"),
+        ("invoices", "customer_id"),
+    ] {
+        let sql = format!("SELECT * FROM {table} WHERE {filter} = 7 ORDER BY 1");
+        let want = rows("src", &sql);
+        assert!(!want.is_empty(), "customer 7 has rows in {table}");
+        assert_eq!(rows("one", &sql), want, "{table}");
+        assert_eq!(
+            rows(
+                "one",
+                &format!("SELECT count(*) FROM {table} WHERE {filter} <> 7")
+            ),
+            "0",
+            "{table}: only customer 7"
+        );
+        let t = r.tables.iter().find(|t| t.name == table).unwrap();
+        assert_eq!(t.rows_restored, t.rows_expected);
+    }
+    for table in ["audit", "billing.rates"] {
+        assert_eq!(rows("one", &format!("SELECT count(*) FROM {table}")), "0");
+    }
+    assert_eq!(fks("one"), "0");
+    assert_ne!(fks("src"), "0");
+    assert_eq!(rows("one", "SELECT count(*) FROM pg_indexes WHERE indexname IN ('cdrs_customer', 'customers_pkey')"), "2");
+    assert_eq!(
+        rows(
+            "one",
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'customers_audit'"
+        ),
+        "1"
+    );
+
+    // Some tables: the call records alone restore (their foreign key to
+    // the customers, left empty, would refuse them), as a database and
+    // as a script.
+    pg.createdb("calls");
+    let r = restore_only(&p, &pg.url("calls"), &["cdrs", "billing.rates"], None)
+        .await
+        .unwrap();
+    assert_eq!(r.tables.len(), 2);
+    for table in ["cdrs", "billing.rates"] {
+        let sql = format!("SELECT * FROM {table} ORDER BY 1");
+        assert_eq!(rows("calls", &sql), rows("src", &sql), "{table}");
+    }
+    assert_eq!(rows("calls", "SELECT count(*) FROM customers"), "0");
+    let script = d.join("calls.sql");
+    restore_only(&p, script.to_str().unwrap(), &["cdrs"], None)
+        .await
+        .unwrap();
+    pg.createdb("calls_script");
+    pg.psql_file("calls_script", &script);
+    let sql = "SELECT * FROM cdrs ORDER BY 1";
+    assert_eq!(rows("calls_script", sql), rows("src", sql));
+    assert_eq!(fks("calls_script"), "0");
+
+    // A selection that names no table of the snapshot, or a customer the
+    // vault has no key of, is refused before the database is touched.
+    pg.createdb("untouched");
+    let e = restore_only(&p, &pg.url("untouched"), &["nope"], None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no table `nope`") && e.contains("billing.rates"),
+        "{e}"
+    );
+    let e = restore_only(&p, &pg.url("untouched"), &[], Some("999999"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("no key of the subject") && !e.contains("999999"),
+        "{e}"
+    );
+    assert_eq!(
+        rows(
+            "untouched",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

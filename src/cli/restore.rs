@@ -23,13 +23,14 @@ pub struct RestoreArgs {
     /// Replace an existing file or non-empty directory.
     #[arg(long)]
     force: bool,
-    /// Restore only this table (repeat for more; SQLite snapshots). The
-    /// other tables are created empty.
+    /// Restore only this table (repeat for more; SQLite and PostgreSQL
+    /// snapshots). The other tables are created empty.
     #[arg(long = "table", value_name = "NAME")]
     tables: Vec<String>,
     /// Restore only the rows of this customer (subject id, as for `custos
-    /// shred --subject`; SQLite snapshots). Tables without a subject are
-    /// created empty.
+    /// shred --subject`; SQLite and PostgreSQL snapshots). Tables without a
+    /// subject are created empty. A partial PostgreSQL restore creates no
+    /// foreign keys (the report lists them).
     #[arg(long, value_name = "ID")]
     subject: Option<String>,
     #[arg(long)]
@@ -77,6 +78,12 @@ pub fn print_report(r: &RestoreReport) {
     );
     if r.partial {
         println!("  partial: only the tables and rows selected; the other tables are empty");
+    }
+    if !r.foreign_keys_left_out.is_empty() {
+        println!(
+            "  foreign keys not created (they may point at rows left out): {}",
+            r.foreign_keys_left_out.join(", ")
+        );
     }
     for t in &r.tables {
         if t.rows_shredded > 0 {

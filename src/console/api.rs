@@ -468,10 +468,10 @@ pub(crate) struct RestoreBody {
     to: String,
     #[serde(default)]
     force: bool,
-    /// Only these tables (SQLite snapshots).
+    /// Only these tables (SQLite and PostgreSQL snapshots).
     #[serde(default)]
     tables: Vec<String>,
-    /// Only this customer's rows (SQLite snapshots).
+    /// Only this customer's rows (SQLite and PostgreSQL snapshots).
     #[serde(default)]
     subject: Option<String>,
 }

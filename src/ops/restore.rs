@@ -130,6 +130,11 @@ pub struct RestoreReport {
     /// ledger name a customer by.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Foreign keys a partial PostgreSQL restore did not create (rows they
+    /// point at may be left out), as pg_dump names them: `schema.table
+    /// constraint`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign_keys_left_out: Vec<String>,
 }
 
 impl RestoreReport {
@@ -293,15 +298,11 @@ pub async fn restore(
         index_objects_read: 0,
         partial: !opts.only.is_all(),
         subject: None,
+        foreign_keys_left_out: Vec::new(),
     };
-    if !opts.only.is_all() && snap.sqlite.is_none() {
-        let what = if snap.files.is_some() {
-            "it holds files, not tables"
-        } else {
-            "a partial restore of a PostgreSQL snapshot is not supported: its foreign keys and constraints would be checked against the tables left out"
-        };
+    if !opts.only.is_all() && snap.files.is_some() {
         return Err(OpsError::Invalid(format!(
-            "snapshot {}: --table and --subject select part of a SQLite snapshot; {what}",
+            "snapshot {}: --table and --subject select part of a database snapshot; it holds files, not tables",
             snap.id
         )));
     }
@@ -325,6 +326,81 @@ pub async fn restore(
     }
     report.duration_s = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Checks a selection against the snapshot's tables (`names`) and turns
+/// its subject into the filter of the groups to open (the subject's key
+/// ids, its pseudonym noted in `report`).
+fn selection(
+    snap_id: &str,
+    names: &[&str],
+    only: &Selection,
+    vault: &Vault,
+    report: &mut RestoreReport,
+) -> Result<GroupFilter, OpsError> {
+    if let Some(t) = only.tables.iter().find(|t| !names.contains(&t.as_str())) {
+        return Err(OpsError::Invalid(format!(
+            "snapshot {snap_id}: no table `{t}` (--table); it holds {}",
+            names.join(", ")
+        )));
+    }
+    match &only.subject {
+        None => Ok(GroupFilter::All),
+        Some(id) if id.is_empty() => Err(OpsError::Invalid(
+            "--subject: the subject id is empty".into(),
+        )),
+        Some(id) => {
+            let name = crate::crypto::subject_pseudonym(vault.pseudonym_key(), id);
+            let ids = vault
+                .key_ids_of([(KeyKind::Subject, name.as_str())])
+                .into_values()
+                .flatten()
+                .collect::<Vec<_>>();
+            if ids.is_empty() {
+                return Err(OpsError::Invalid(
+                    "--subject: the vault holds no key of the subject given: no snapshot holds rows of it, or they were shredded (`custos certificates list`)"
+                        .into(),
+                ));
+            }
+            report.subject = Some(name);
+            Ok(GroupFilter::Subject(ids))
+        }
+    }
+}
+
+/// `post_data` (pg_dump's plain post-data section) without its foreign
+/// keys, and the names of those left out (`schema.table constraint`).
+/// pg_dump opens each object with a comment block whose `-- Name: ...;
+/// Type: ...; Schema: ...` line says what it is; a foreign key's block
+/// (`Type: FK CONSTRAINT`) runs to the next object's block.
+fn without_foreign_keys(post_data: &str) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(post_data.len());
+    let mut left_out = Vec::new();
+    let mut skipping = false;
+    let mut lines = post_data.split_inclusive('\n').peekable();
+    while let Some(line) = lines.next() {
+        // An object's block (or the closing one) starts with a bare `--`
+        // followed by a comment line.
+        let header =
+            line.trim_end() == "--" && lines.peek().is_some_and(|next| next.starts_with("-- "));
+        if header {
+            let next = lines.peek().copied().unwrap_or_default();
+            let fields: Vec<&str> = next.trim_end().split("; ").collect();
+            skipping = fields.get(1) == Some(&"Type: FK CONSTRAINT");
+            if skipping {
+                let name = fields[0].trim_start_matches("-- Name: ");
+                let schema = fields
+                    .get(2)
+                    .and_then(|f| f.strip_prefix("Schema: "))
+                    .unwrap_or("-");
+                left_out.push(format!("{schema}.{name}"));
+            }
+        }
+        if !skipping {
+            out.push_str(line);
+        }
+    }
+    (out, left_out)
 }
 
 /// Where a restore reads from.
@@ -567,42 +643,8 @@ async fn restore_sqlite(
     let sq = snap.sqlite.as_ref().unwrap();
     // The selection is checked before the new file is made.
     let only = &opts.only;
-    if let Some(t) = only
-        .tables
-        .iter()
-        .find(|t| !sq.tables.iter().any(|s| &s.name == *t))
-    {
-        let names: Vec<&str> = sq.tables.iter().map(|t| t.name.as_str()).collect();
-        return Err(OpsError::Invalid(format!(
-            "snapshot {}: no table `{t}` (--table); it holds {}",
-            snap.id,
-            names.join(", ")
-        )));
-    }
-    let filter = match &only.subject {
-        None => GroupFilter::All,
-        Some(id) if id.is_empty() => {
-            return Err(OpsError::Invalid(
-                "--subject: the subject id is empty".into(),
-            ))
-        }
-        Some(id) => {
-            let name = crate::crypto::subject_pseudonym(vault.pseudonym_key(), id);
-            let ids = vault
-                .key_ids_of([(KeyKind::Subject, name.as_str())])
-                .into_values()
-                .flatten()
-                .collect::<Vec<_>>();
-            if ids.is_empty() {
-                return Err(OpsError::Invalid(
-                    "--subject: the vault holds no key of the subject given: no snapshot holds rows of it, or they were shredded (`custos certificates list`)"
-                        .into(),
-                ));
-            }
-            report.subject = Some(name);
-            GroupFilter::Subject(ids)
-        }
-    };
+    let names: Vec<&str> = sq.tables.iter().map(|t| t.name.as_str()).collect();
+    let filter = selection(&snap.id, &names, only, &vault, report)?;
     // A table selection keeps `sqlite_sequence`, so that an AUTOINCREMENT
     // table goes on from its counter (a subject's rows keep none: the
     // counters are not the customer's).
@@ -1076,26 +1118,47 @@ async fn restore_postgres(
         ..
     } = src;
     let ps = snap.postgres.as_ref().unwrap();
+    // The selection is checked before the database or file is touched.
+    let only = &opts.only;
+    let names: Vec<&str> = ps.tables.iter().map(|t| t.name.as_str()).collect();
+    let filter = selection(&snap.id, &names, only, &vault, report)?;
+    let selected = |name: &str| only.tables.is_empty() || only.tables.iter().any(|t| t == name);
+    // A part of the database may hold rows whose foreign keys point at
+    // rows left out, so its foreign keys are not created (listed in the
+    // report; the whole restore's schema has them).
+    let schema = if only.is_all() {
+        std::borrow::Cow::Borrowed(&ps.schema)
+    } else {
+        let mut schema = ps.schema.clone();
+        let (post, left_out) = without_foreign_keys(&schema.post_data);
+        schema.post_data = post;
+        report.foreign_keys_left_out = left_out;
+        std::borrow::Cow::Owned(schema)
+    };
     let mut out = match PgRestoreTo::parse(&opts.to) {
         PgRestoreTo::Database(url) => {
             report.to = redact_url(&url);
             let source = PgConn::from_store(&policy.store).ok();
             let conn = restore_conn(&url, source.as_ref()).map_err(pg)?;
             PgOutput::Database(Box::new(
-                PgRestorer::create(conn, &ps.schema, opts.force)
+                PgRestorer::create(conn, &schema, opts.force)
                     .await
                     .map_err(pg)?,
             ))
         }
         PgRestoreTo::Script(path) => PgOutput::Script(Box::new(
-            SqlScript::create(&path, &ps.schema, opts.force).map_err(pg)?,
+            SqlScript::create(&path, &schema, opts.force).map_err(pg)?,
         )),
     };
     let mut cache = PackCache::new(target.clone(), 8);
     let mut codec = Codec::new(3);
-    let total = ps.tables.iter().fold(0u64, |n, t| n.saturating_add(t.rows));
+    let total = ps
+        .tables
+        .iter()
+        .filter(|t| selected(&t.name))
+        .fold(0u64, |n, t| n.saturating_add(t.rows));
     progress.phase("restoring rows", Some(total), "rows");
-    for t in &ps.tables {
+    for t in ps.tables.iter().filter(|t| selected(&t.name)) {
         let table = ps
             .schema
             .tables
@@ -1110,15 +1173,23 @@ async fn restore_postgres(
         out.begin_table(table).await.map_err(pg)?;
         let mut tr = TableRestore {
             name: t.name.clone(),
-            rows_expected: t.rows,
+            rows_expected: match filter {
+                GroupFilter::All => t.rows,
+                GroupFilter::Subject(_) => 0,
+            },
             ..Default::default()
         };
         for (batch, packs) in window_batches(t) {
             let pages = &t.pages[batch];
             let at = (snap.id.as_str(), t.name.as_str());
             let (index, groups, _) = locator
-                .open(&mut cache, &vault, at, pages, packs, &GroupFilter::All)
+                .open(&mut cache, &vault, at, pages, packs, &filter)
                 .await?;
+            if let GroupFilter::Subject(_) = filter {
+                tr.rows_expected = groups
+                    .iter()
+                    .fold(tr.rows_expected, |n, (_, g)| n.saturating_add(g.rows));
+            }
             for (pid, g) in &groups {
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,
@@ -1179,6 +1250,45 @@ mod tests {
             "windows": counts.iter().map(|&n| window(n)).collect::<Vec<_>>(),
         }))
         .expect("a table entry")
+    }
+
+    #[test]
+    fn foreign_keys_are_cut_out_of_the_post_data_section() {
+        let post = "--\n-- PostgreSQL database dump\n--\n\n\\restrict abc\n\nSET lock_timeout = 0;\n\n\
+            --\n-- Name: cdrs cdrs_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres\n--\n\n\
+            ALTER TABLE ONLY public.cdrs\n    ADD CONSTRAINT cdrs_pkey PRIMARY KEY (id);\n\n\n\
+            --\n-- Name: cdrs cdrs_customer_id_fkey; Type: FK CONSTRAINT; Schema: public; Owner: postgres\n--\n\n\
+            ALTER TABLE ONLY public.cdrs\n    ADD CONSTRAINT cdrs_customer_id_fkey FOREIGN KEY (customer_id) REFERENCES public.customers(id);\n\n\n\
+            --\n-- Name: cdrs_started; Type: INDEX; Schema: public; Owner: postgres\n--\n\n\
+            CREATE INDEX cdrs_started ON public.cdrs USING btree (started_at);\n\n\n\
+            --\n-- Name: rates rates_plan_fkey; Type: FK CONSTRAINT; Schema: billing; Owner: postgres\n--\n\n\
+            ALTER TABLE ONLY billing.rates\n    ADD CONSTRAINT rates_plan_fkey FOREIGN KEY (plan) REFERENCES billing.plans(id);\n\n\n\
+            --\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict abc\n";
+        let (kept, left_out) = without_foreign_keys(post);
+        assert_eq!(
+            left_out,
+            [
+                "public.cdrs cdrs_customer_id_fkey",
+                "billing.rates rates_plan_fkey"
+            ]
+        );
+        assert!(
+            !kept.contains("FOREIGN KEY") && !kept.contains("FK CONSTRAINT"),
+            "{kept}"
+        );
+        for part in [
+            "\\restrict abc",
+            "SET lock_timeout",
+            "PRIMARY KEY (id);",
+            "CREATE INDEX cdrs_started",
+            "dump complete",
+            "\\unrestrict abc",
+        ] {
+            assert!(kept.contains(part), "{part} kept: {kept}");
+        }
+        // Without foreign keys, nothing changes.
+        let (same, none) = without_foreign_keys(&kept);
+        assert_eq!((same.as_str(), none.len()), (kept.as_str(), 0));
     }
 
     #[test]
