@@ -1156,9 +1156,17 @@ retain = { after = "started_at", for = "90d" }
     );
 }
 
-/// A new CA (its certificate PEM, and what it needs to sign) and a server
-/// certificate it signs for `names`.
+/// A new CA (its certificate PEM) and a server certificate it signs for
+/// `names`.
 fn ca_and_server(names: &[&str]) -> (String, pg::ServerTls) {
+    let (ca, server, _) = ca_with_certs(names, "nobody");
+    (ca, server)
+}
+
+/// A new CA (its certificate PEM), a server certificate it signs for
+/// `names`, and a client certificate it signs for common name `cn`
+/// (certificate and key, PEM).
+fn ca_with_certs(names: &[&str], cn: &str) -> (String, pg::ServerTls, (String, String)) {
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca.distinguished_name
@@ -1169,13 +1177,103 @@ fn ca_and_server(names: &[&str]) -> (String, pg::ServerTls) {
     let server = rcgen::CertificateParams::new(names).unwrap();
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = server.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    client
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert = client.signed_by(&client_key, &ca_cert, &ca_key).unwrap();
     (
         ca_cert.pem(),
         pg::ServerTls {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            client_ca_pem: None,
         },
+        (client_cert.pem(), client_key.serialize_pem()),
     )
+}
+
+/// Writes a PEM file with `mode`.
+fn write_pem(path: &Path, pem: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, pem).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_logs_in_where_the_server_asks_for_one() {
+    // The server takes role custos_cert by a certificate its CA signed,
+    // and no password.
+    let (ca_pem, mut server, (cert_pem, key_pem)) = ca_with_certs(&["127.0.0.1"], pg::CERT_USER);
+    server.client_ca_pem = Some(ca_pem.clone());
+    let Some(pg) = PgCluster::start_tls(&server) else {
+        return;
+    };
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    let ca = d.join("ca.pem");
+    write_pem(&ca, &ca_pem, 0o644);
+    let (crt, key, loose) = (
+        d.join("client.crt"),
+        d.join("client.key"),
+        d.join("loose.key"),
+    );
+    write_pem(&crt, &cert_pem, 0o644);
+    write_pem(&key, &key_pem, 0o600);
+    write_pem(&loose, &key_pem, 0o644);
+    // The same common name, signed by a CA the server does not know.
+    let (_, _, (other_crt_pem, other_key_pem)) = ca_with_certs(&["127.0.0.1"], pg::CERT_USER);
+    let (other_crt, other_key) = (d.join("other.crt"), d.join("other.key"));
+    write_pem(&other_crt, &other_crt_pem, 0o644);
+    write_pem(&other_key, &other_key_pem, 0o600);
+    let url = |db: &str, client: &str| {
+        format!(
+            "postgres://{}@127.0.0.1:{}/{db}?sslmode=verify-full&sslrootcert={}{client}",
+            pg::CERT_USER,
+            pg.port,
+            ca.display()
+        )
+    };
+    let with = |c: &Path, k: &Path| format!("&sslcert={}&sslkey={}", c.display(), k.display());
+
+    // Each refusal says why and writes nothing; none shows the key.
+    let refusals = [
+        (url("src", ""), "certificate"),
+        (url("src", &with(&other_crt, &other_key)), "TLS"),
+        (url("src", &with(&crt, &loose)), "mode 0644"),
+        (
+            url("src", &format!("&sslcert={}", crt.display())),
+            "needs `sslkey`",
+        ),
+        (url("src", &with(&crt, &d.join("absent.key"))), "absent.key"),
+    ];
+    policy(d, &url("src", &with(&crt, &key)), TELECOM_TABLES, &pw(d)).await;
+    let base = stored_objects(d);
+    let secret = key_pem.lines().nth(1).unwrap();
+    for (u, why) in &refusals {
+        let p = policy(d, u, TELECOM_TABLES, &pw(d)).await;
+        let e = backup(&p).await.unwrap_err().to_string();
+        assert!(e.contains(why), "{u}: {e}");
+        assert!(
+            !e.contains(secret) && !e.contains("PRIVATE KEY-----"),
+            "{e}"
+        );
+        assert_eq!(stored_objects(d), base, "{u}: data was written");
+    }
+
+    // With its certificate: a backup, and a restore whose psql presents
+    // the same certificate from the same URL.
+    let p = policy(d, &url("src", &with(&crt, &key)), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
+    assert!(stored_objects(d) > base);
+    pg.createdb("dst");
+    restore(&p, &url("dst", &with(&crt, &key)), false)
+        .await
+        .unwrap();
+    assert_same_dump(&pg, "src", "dst");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,11 +28,18 @@ pub struct PgCluster {
     tls: bool,
 }
 
-/// A server certificate and its private key, PEM.
+/// A server certificate and its private key, PEM; with `client_ca_pem`,
+/// the server also takes client certificates signed by that CA, and role
+/// [`CERT_USER`] logs in by certificate alone (`cert` authentication).
 pub struct ServerTls {
     pub cert_pem: String,
     pub key_pem: String,
+    pub client_ca_pem: Option<String>,
 }
+
+/// The role that logs in with a client certificate (its common name) when
+/// the cluster takes them; a superuser, without a password.
+pub const CERT_USER: &str = "custos_cert";
 
 fn bindir() -> Option<PathBuf> {
     let mut dirs = Vec::new();
@@ -168,16 +175,31 @@ impl PgCluster {
             }
             let hba = data.join("pg_hba.conf");
             let text = std::fs::read_to_string(&hba).unwrap();
-            let only_tls: String = text
+            let mut only_tls: String = text
                 .lines()
                 .map(|l| match l.strip_prefix("host ") {
                     Some(rest) => format!("hostssl {rest}\n"),
                     None => format!("{l}\n"),
                 })
                 .collect();
-            std::fs::write(&hba, only_tls).unwrap();
             server_options =
                 " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key".into();
+            if let Some(ca) = &t.client_ca_pem {
+                let root = data.join("client-ca.crt");
+                std::fs::write(&root, ca).unwrap();
+                if as_postgres {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(&root);
+                    check("chown", c.output());
+                }
+                // The first matching line wins: the certificate role by
+                // certificate, everyone else as before.
+                only_tls = format!(
+                    "hostssl all {CERT_USER} 127.0.0.1/32 cert\nhostssl all {CERT_USER} ::1/128 cert\n{only_tls}"
+                );
+                server_options.push_str(" -c ssl_ca_file=client-ca.crt");
+            }
+            std::fs::write(&hba, only_tls).unwrap();
         }
         for attempt in 0..5 {
             let port = free_port();
@@ -200,6 +222,12 @@ impl PgCluster {
             match out {
                 Ok(o) if o.status.success() => {
                     cluster.port = port;
+                    if tls.is_some_and(|t| t.client_ca_pem.is_some()) {
+                        cluster.psql(
+                            "postgres",
+                            &format!("CREATE ROLE {CERT_USER} LOGIN SUPERUSER"),
+                        );
+                    }
                     return Some(cluster);
                 }
                 _ if attempt < 4 => continue,

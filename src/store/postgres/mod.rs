@@ -166,8 +166,13 @@ impl PgConn {
         let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
         // tokio-postgres knows neither `sslrootcert` nor the verify modes:
         // it gets the URL without them, and TLS is set up here.
-        let (driver, ssl, root) = tls::split_url(&parsed).map_err(bad)?;
-        let mut config: Config = driver.as_str().parse().map_err(|e| bad(format!("{e}")))?;
+        let split = tls::split_url(&parsed).map_err(bad)?;
+        let ssl = split.mode;
+        let mut config: Config = split
+            .driver
+            .as_str()
+            .parse()
+            .map_err(|e| bad(format!("{e}")))?;
         config.ssl_mode(ssl.driver_mode());
         let password = config
             .get_password()
@@ -177,10 +182,12 @@ impl PgConn {
         let tls = match ssl {
             tls::SslMode::Disable => None,
             _ => Some(
-                tls::PgTls::new(ssl, root.as_deref()).map_err(|e| PgError::Tls {
-                    server: format!("store url `{}`", redact_url(url)),
-                    why: e.0,
-                })?,
+                tls::PgTls::new(ssl, split.root.as_deref(), split.client.as_ref()).map_err(
+                    |e| PgError::Tls {
+                        server: format!("store url `{}`", redact_url(url)),
+                        why: e.0,
+                    },
+                )?,
             ),
         };
         Ok(PgConn {
@@ -308,9 +315,26 @@ impl PgConn {
                     server: self.server(),
                     why: "the server takes this connection only over TLS (pg_hba.conf), and sslmode=disable".into(),
                 },
+                // `cert` authentication, or `clientcert=` on the line.
+                Some("28000") if why.contains("certificate") => PgError::Tls {
+                    server: self.server(),
+                    why: format!(
+                        "the server wants a client certificate it accepts (pg_hba.conf), for user `{}`: set sslcert and sslkey in the URL ({why})",
+                        self.user()
+                    ),
+                },
                 Some("28P01") | Some("28000") => PgError::Auth {
                     server: self.server(),
                     user: self.user(),
+                },
+                // Under TLS 1.3 the server judges a client certificate
+                // after the client's side of the handshake is done: its
+                // refusal arrives as an alert on the first read.
+                _ if why.contains("received fatal alert") => PgError::Tls {
+                    server: self.server(),
+                    why: format!(
+                        "the server ended the TLS session ({why}); if it asks for client certificates, it does not accept the one given (sslcert)"
+                    ),
                 },
                 _ if why.contains(tls::HANDSHAKE_FAILED)
                     || why.contains("server does not support TLS") =>

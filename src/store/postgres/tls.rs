@@ -10,8 +10,10 @@
 //! | `verify-full` | always | as `verify-ca`, and issued for the URL's host |
 //!
 //! `verify-ca` and `verify-full` need `sslrootcert` (a PEM file of CA
-//! certificates): custos reads no default trust store. The same URL goes to
-//! the libpq tools (`pg_dump`, `psql`), which read the same parameters.
+//! certificates): custos reads no default trust store. `sslcert` and
+//! `sslkey` (PEM files, given together) present a client certificate to a
+//! server that asks for one. The same URL goes to the libpq tools
+//! (`pg_dump`, `psql`), which read the same parameters.
 
 use std::future::Future;
 use std::io;
@@ -30,7 +32,7 @@ use tokio_rustls::rustls::crypto::{
     verify_tls12_signature, verify_tls13_signature, CryptoProvider,
 };
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_rustls::rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 /// What a connection asks of TLS (the URL's `sslmode`).
@@ -86,8 +88,12 @@ pub struct TlsSetupError(pub String);
 
 impl PgTls {
     /// The configuration for `mode` with the CA certificates of `root`
-    /// (`sslrootcert`), if given.
-    pub fn new(mode: SslMode, root: Option<&Path>) -> Result<PgTls, TlsSetupError> {
+    /// (`sslrootcert`) and the client certificate of `client`, if given.
+    pub fn new(
+        mode: SslMode,
+        root: Option<&Path>,
+        client: Option<&ClientCert>,
+    ) -> Result<PgTls, TlsSetupError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let roots = match root {
             Some(p) => Some(Arc::new(load_roots(p)?)),
@@ -112,15 +118,73 @@ impl PgTls {
             name: mode == SslMode::VerifyFull,
             provider: provider.clone(),
         });
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsSetupError(e.to_string()))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(verifier);
+        let config = match client {
+            None => builder.with_no_client_auth(),
+            Some(c) => {
+                let (chain, key) = c.load()?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    TlsSetupError(format!(
+                        "sslcert {} and sslkey {}: {e}",
+                        c.cert.display(),
+                        c.key.display()
+                    ))
+                })?
+            }
+        };
         Ok(PgTls {
             config: Arc::new(config),
         })
+    }
+}
+
+/// A client certificate (`sslcert`) and its private key (`sslkey`), PEM
+/// files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl ClientCert {
+    /// Reads the certificate chain and the key. The key must not be
+    /// readable by others (as libpq requires: mode 0600 or less, or 0640
+    /// when root owns it), since the same file goes to `pg_dump`; errors
+    /// name the files, never a key.
+    fn load(
+        &self,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
+        let cert = |why: String| TlsSetupError(format!("sslcert {}: {why}", self.cert.display()));
+        let key = |why: String| TlsSetupError(format!("sslkey {}: {why}", self.key.display()));
+        let pem = std::fs::read(&self.cert).map_err(|e| cert(e.to_string()))?;
+        let chain = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| cert(format!("not a PEM file of certificates ({e})")))?;
+        if chain.is_empty() {
+            return Err(cert("holds no CERTIFICATE block".into()));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(&self.key).map_err(|e| key(e.to_string()))?;
+            let mode = meta.mode() & 0o777;
+            let allowed = if meta.uid() == 0 { 0o640 } else { 0o600 };
+            if mode & !allowed != 0 {
+                return Err(key(format!(
+                    "has mode {mode:04o}, readable by others; make it 0600 (libpq refuses it too)"
+                )));
+            }
+        }
+        let pem =
+            zeroize::Zeroizing::new(std::fs::read(&self.key).map_err(|e| key(e.to_string()))?);
+        let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+            key("holds no unencrypted PRIVATE KEY block (PKCS#8, PKCS#1 or SEC1; encrypted keys and sslpassword are not supported)".into())
+        })?;
+        Ok((chain, private))
     }
 }
 
@@ -301,13 +365,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for PgTlsStream<S> {
     }
 }
 
-/// The `sslmode` and `sslrootcert` of a libpq URL, and the URL without
-/// them for tokio-postgres (which knows neither `verify-*` nor
-/// `sslrootcert`). A relative `sslrootcert` is relative to the working
-/// folder, as for libpq.
-pub fn split_url(url: &url::Url) -> Result<(url::Url, SslMode, Option<PathBuf>), String> {
+/// The TLS parameters of a libpq URL, and the URL without them for
+/// tokio-postgres (which knows neither `verify-*` nor the file
+/// parameters).
+#[derive(Debug)]
+pub struct UrlTls {
+    /// The URL tokio-postgres gets.
+    pub driver: url::Url,
+    pub mode: SslMode,
+    /// `sslrootcert`.
+    pub root: Option<PathBuf>,
+    /// `sslcert` with `sslkey`.
+    pub client: Option<ClientCert>,
+}
+
+/// Splits the TLS parameters off a libpq URL. A relative file path is
+/// relative to the working folder, as for libpq.
+pub fn split_url(url: &url::Url) -> Result<UrlTls, String> {
     let mut mode = SslMode::Prefer;
     let mut root = None;
+    let (mut cert, mut key) = (None, None);
     let mut rest = Vec::new();
     for (k, v) in url.query_pairs() {
         match k.as_ref() {
@@ -317,20 +394,35 @@ pub fn split_url(url: &url::Url) -> Result<(url::Url, SslMode, Option<PathBuf>),
                 })?;
             }
             "sslrootcert" => root = Some(PathBuf::from(v.as_ref())),
-            "sslcert" | "sslkey" | "sslpassword" | "sslcrl" | "sslcrldir" | "sslsni" => {
-                return Err(format!(
-                    "`{k}` is not supported (custos connects without a client certificate)"
-                ));
+            "sslcert" => cert = Some(PathBuf::from(v.as_ref())),
+            "sslkey" => key = Some(PathBuf::from(v.as_ref())),
+            "sslpassword" | "sslcrl" | "sslcrldir" | "sslsni" => {
+                return Err(format!("`{k}` is not supported"));
             }
             _ => rest.push((k.into_owned(), v.into_owned())),
         }
     }
+    let client = match (cert, key) {
+        (Some(cert), Some(key)) => Some(ClientCert { cert, key }),
+        (None, None) => None,
+        // libpq would look for ~/.postgresql/postgresql.{crt,key}; custos
+        // reads only the files named.
+        (Some(_), None) => {
+            return Err("`sslcert` needs `sslkey` (the client certificate's private key)".into())
+        }
+        (None, Some(_)) => return Err("`sslkey` needs `sslcert` (the client certificate)".into()),
+    };
     let mut driver = url.clone();
     driver.set_query(None);
     if !rest.is_empty() {
         driver.query_pairs_mut().extend_pairs(rest);
     }
-    Ok((driver, mode, root))
+    Ok(UrlTls {
+        driver,
+        mode,
+        root,
+        client,
+    })
 }
 
 #[cfg(test)]
@@ -338,7 +430,7 @@ mod tests {
     use super::*;
 
     fn split(u: &str) -> Result<(String, SslMode, Option<PathBuf>), String> {
-        split_url(&url::Url::parse(u).unwrap()).map(|(d, m, r)| (d.to_string(), m, r))
+        split_url(&url::Url::parse(u).unwrap()).map(|t| (t.driver.to_string(), t.mode, t.root))
     }
 
     #[test]
@@ -370,8 +462,28 @@ mod tests {
         }
         let e = split("postgres://u@db/crm?sslmode=allow").unwrap_err();
         assert!(e.contains("allow"), "{e}");
+        let e = split("postgres://u@db/crm?sslpassword=x").unwrap_err();
+        assert!(
+            e.contains("sslpassword") && e.contains("not supported"),
+            "{e}"
+        );
         let e = split("postgres://u@db/crm?sslcert=/c.pem").unwrap_err();
-        assert!(e.contains("sslcert") && e.contains("not supported"), "{e}");
+        assert!(e.contains("needs `sslkey`"), "{e}");
+        let e = split("postgres://u@db/crm?sslkey=/k.pem").unwrap_err();
+        assert!(e.contains("needs `sslcert`"), "{e}");
+        let t = split_url(
+            &url::Url::parse("postgres://u@db/crm?sslcert=/c.pem&sslkey=/k.pem&sslmode=require")
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(t.driver.as_str(), "postgres://u@db/crm");
+        assert_eq!(
+            t.client,
+            Some(ClientCert {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into()
+            })
+        );
     }
 
     #[test]
@@ -379,13 +491,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("ca.pem");
         std::fs::write(&p, "not a certificate").unwrap();
-        let e = PgTls::new(SslMode::VerifyFull, Some(&p)).unwrap_err().0;
-        assert!(e.contains("ca.pem") && e.contains("CERTIFICATE"), "{e}");
-        let e = PgTls::new(SslMode::VerifyCa, Some(&tmp.path().join("absent.pem")))
+        let e = PgTls::new(SslMode::VerifyFull, Some(&p), None)
             .unwrap_err()
             .0;
+        assert!(e.contains("ca.pem") && e.contains("CERTIFICATE"), "{e}");
+        let e = PgTls::new(
+            SslMode::VerifyCa,
+            Some(&tmp.path().join("absent.pem")),
+            None,
+        )
+        .unwrap_err()
+        .0;
         assert!(e.contains("absent.pem"), "{e}");
         // Without verification no file is needed.
-        PgTls::new(SslMode::Require, None).unwrap();
+        PgTls::new(SslMode::Require, None, None).unwrap();
     }
 }
