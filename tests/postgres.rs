@@ -125,6 +125,15 @@ fn assert_same_dump(pg: &PgCluster, a: &str, b: &str) {
     }
 }
 
+/// A cluster whose database `src` holds the telecom schema and rows, and
+/// a folder for the test's keys, vault and target.
+fn telecom_source() -> Option<(PgCluster, tempfile::TempDir)> {
+    let pg = PgCluster::start()?;
+    pg.createdb("src");
+    pg.psql("src", TELECOM_SQL);
+    Some((pg, common::tempdir()))
+}
+
 fn pw(d: &Path) -> String {
     d.join("pw").to_str().unwrap().to_string()
 }
@@ -295,11 +304,10 @@ async fn backup_under_concurrent_writes_restores_one_committed_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_before_any_data_moves() {
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let good = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
     let base = stored_objects(d);
 
@@ -372,11 +380,10 @@ async fn bad_input_is_refused_before_any_data_moves() {
 /// empty one where the source had a customer's letter).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_objects_are_refused_unless_skipped_and_never_restored_empty() {
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     pg.psql(
         "src",
         "CREATE TABLE letters (id int PRIMARY KEY, customer_id int, body oid);\n\
@@ -536,11 +543,10 @@ expect = 1
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extension_configuration_rows_that_cannot_be_kept_are_refused_unless_skipped() {
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     pg.psql(
         "src",
         "CREATE EXTENSION pg_trgm;\n\
@@ -607,11 +613,10 @@ async fn restore_only(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_restores_take_one_customer_or_some_tables_without_foreign_keys() {
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
     backup(&p).await.unwrap();
     let rows = |db: &str, sql: &str| pg.psql(db, sql);
@@ -721,11 +726,10 @@ async fn partial_restores_take_one_customer_or_some_tables_without_foreign_keys(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erased_subject_and_shredded_period_are_left_out_and_counted() {
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
     backup(&p).await.unwrap();
 
@@ -925,11 +929,10 @@ expect = 0
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_restores_into_a_scratch_database_verifies_and_drops_it() {
     use custos::drill::report::{FailureKind, Verdict};
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let tables = format!("{TELECOM_TABLES}{DRILL_OK}");
     let p = policy(d, &pg.url("src"), &tables, &pw(d)).await;
     backup(&p).await.unwrap();
@@ -997,11 +1000,10 @@ fn cli(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shred_cli_erases_a_subject_and_a_period_of_postgres_data() {
     use custos::drill::report::Verdict;
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
     backup(&p).await.unwrap();
     let pf = d.join("policy.toml");
@@ -1075,11 +1077,10 @@ async fn shred_cli_erases_a_subject_and_a_period_of_postgres_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_units_of_a_postgres_store_at_a_fixed_clock() {
     use custos::retention::{due_units, open_live_store, UnitKind};
-    let Some(pg) = PgCluster::start() else { return };
-    let tmp = common::tempdir();
+    let Some((pg, tmp)) = telecom_source() else {
+        return;
+    };
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let tables = r#"
 [[store.tables]]
 name = "customers"
