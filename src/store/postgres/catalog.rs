@@ -123,8 +123,8 @@ const SCHEMAS: &str = "n.nspname <> 'information_schema' AND n.nspname NOT LIKE 
 const NOT_MEMBER: &str = "NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
         WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')";
 
-/// Relations marked as an extension's configuration, with the extension's
-/// name and condition (`$2` is the relkind).
+/// Relations marked as an extension's configuration (`pg_extension.
+/// extconfig`), with the extension's name and its condition for each.
 const CONFIG: &str = "SELECT c.oid, n.nspname, c.relname, e.extname, \
        coalesce(e.extcondition[cfg.i], '') \
      FROM pg_catalog.pg_extension e \
