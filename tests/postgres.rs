@@ -1338,6 +1338,19 @@ async fn tls_to_the_server_is_verified_as_sslmode_says_and_refusals_write_nothin
         .unwrap();
     assert_same_dump(&pg, "src", "dst");
 
+    // SCRAM bound to the TLS session (SCRAM-SHA-256-PLUS with the server
+    // certificate's hash): required here, and taken by both custos and the
+    // libpq tools (psql) of a restore. Without the binding custos would be
+    // refused.
+    let bound = format!("{full}&channel_binding=require");
+    let p = policy(d, &url("127.0.0.1", "src", &bound), TELECOM_TABLES, &pw(d)).await;
+    backup(&p).await.unwrap();
+    pg.createdb("dst_bound");
+    restore(&p, &url("127.0.0.1", "dst_bound", &bound), false)
+        .await
+        .unwrap();
+    assert_same_dump(&pg, "src", "dst_bound");
+
     // verify-ca checks the chain and not the name: `localhost` is accepted.
     let ca_only = format!("sslmode=verify-ca&sslrootcert={}", ca.display());
     let p = policy(

@@ -327,6 +327,12 @@ impl PgConn {
                     server: self.server(),
                     user: self.user(),
                 },
+                _ if why.contains("channel binding") => PgError::Tls {
+                    server: self.server(),
+                    why: format!(
+                        "the password exchange was not bound to the TLS session, which channel_binding=require asks ({why})"
+                    ),
+                },
                 // Under TLS 1.3 the server judges a client certificate
                 // after the client's side of the handshake is done: its
                 // refusal arrives as an alert on the first read.

@@ -13,7 +13,8 @@
 //! certificates): custos reads no default trust store. `sslcert` and
 //! `sslkey` (PEM files, given together) present a client certificate to a
 //! server that asks for one. The same URL goes to the libpq tools
-//! (`pg_dump`, `psql`), which read the same parameters.
+//! (`pg_dump`, `psql`), which read the same parameters. SCRAM is bound to
+//! the TLS session (`tls-server-end-point`) when the server offers it.
 
 use std::future::Future;
 use std::io;
@@ -359,10 +360,80 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for PgTlsStream<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for PgTlsStream<S> {
+    /// `tls-server-end-point` (RFC 5929): the hash of the server's
+    /// certificate, so that SCRAM-SHA-256-PLUS ties the password exchange
+    /// to this TLS session and a man in the middle cannot relay it. None
+    /// for a certificate whose signature names no hash this knows (as the
+    /// server then offers no -PLUS either).
     fn channel_binding(&self) -> ChannelBinding {
-        // SCRAM runs without channel binding (SCRAM-SHA-256, not -PLUS).
-        ChannelBinding::none()
+        let (_, session) = self.0.get_ref();
+        match session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| end_point_hash(cert.as_ref()))
+        {
+            Some(hash) => ChannelBinding::tls_server_end_point(hash),
+            None => ChannelBinding::none(),
+        }
     }
+}
+
+/// The `tls-server-end-point` channel binding of a DER certificate: its
+/// hash under the hash function of its signature algorithm, SHA-256 for
+/// MD5 and SHA-1 (RFC 5929, 4.1). `None` for other algorithms (Ed25519,
+/// RSA-PSS), for which the rule names no hash.
+fn end_point_hash(der: &[u8]) -> Option<Vec<u8>> {
+    use aws_lc_rs::digest;
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+    const ECDSA_SHA1: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01];
+    const ECDSA_SHA2: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03];
+    let oid = signature_algorithm(der)?;
+    let hash = match oid.split_last()? {
+        // md5WithRSAEncryption, sha1WithRSAEncryption
+        (4 | 5, arc) if arc == RSA => &digest::SHA256,
+        (11, arc) if arc == RSA => &digest::SHA256,
+        (12, arc) if arc == RSA => &digest::SHA384,
+        (13, arc) if arc == RSA => &digest::SHA512,
+        _ if oid == ECDSA_SHA1 => &digest::SHA256,
+        (2, arc) if arc == ECDSA_SHA2 => &digest::SHA256,
+        (3, arc) if arc == ECDSA_SHA2 => &digest::SHA384,
+        (4, arc) if arc == ECDSA_SHA2 => &digest::SHA512,
+        _ => return None,
+    };
+    Some(digest::digest(hash, der).as_ref().to_vec())
+}
+
+/// The signature algorithm's OID (its content bytes) of a DER
+/// certificate: `SEQUENCE { tbsCertificate, SEQUENCE { OID, ... }, ... }`.
+fn signature_algorithm(der: &[u8]) -> Option<&[u8]> {
+    let (0x30, cert, _) = der_tlv(der)? else {
+        return None;
+    };
+    let (_, _, rest) = der_tlv(cert)?;
+    let (0x30, algorithm, _) = der_tlv(rest)? else {
+        return None;
+    };
+    let (0x06, oid, _) = der_tlv(algorithm)? else {
+        return None;
+    };
+    Some(oid)
+}
+
+/// One DER element: its tag, its content and what follows it.
+fn der_tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &x| l << 8 | x as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// The TLS parameters of a libpq URL, and the URL without them for
@@ -484,6 +555,43 @@ mod tests {
                 key: "/k.pem".into()
             })
         );
+    }
+
+    #[test]
+    fn the_end_point_hash_follows_the_certificate_signature() {
+        use aws_lc_rs::digest;
+        // rcgen signs with ECDSA P-256 and SHA-256 by default.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        assert_eq!(
+            end_point_hash(&der).unwrap(),
+            digest::digest(&digest::SHA256, &der).as_ref()
+        );
+        // ECDSA P-384 with SHA-384.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = cert.der().to_vec();
+        assert_eq!(
+            end_point_hash(&der).unwrap(),
+            digest::digest(&digest::SHA384, &der).as_ref()
+        );
+        // Ed25519 names no hash: no binding.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["db".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(end_point_hash(cert.der()), None);
+        // Nothing that is not a certificate.
+        assert_eq!(end_point_hash(b"not DER"), None);
+        assert_eq!(end_point_hash(&der[..der.len() / 2]), None);
     }
 
     #[test]
