@@ -560,38 +560,27 @@ mod tests {
     #[test]
     fn the_end_point_hash_follows_the_certificate_signature() {
         use aws_lc_rs::digest;
-        // rcgen signs with ECDSA P-256 and SHA-256 by default.
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["db".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
-        assert_eq!(
-            end_point_hash(&der).unwrap(),
-            digest::digest(&digest::SHA256, &der).as_ref()
-        );
-        // ECDSA P-384 with SHA-384.
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["db".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let der = cert.der().to_vec();
-        assert_eq!(
-            end_point_hash(&der).unwrap(),
-            digest::digest(&digest::SHA384, &der).as_ref()
-        );
+        // A self-signed certificate whose signature is `alg`'s.
+        let signed = |alg: &'static rcgen::SignatureAlgorithm| -> Vec<u8> {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let params = rcgen::CertificateParams::new(vec!["db".to_string()]).unwrap();
+            params.self_signed(&key).unwrap().der().to_vec()
+        };
+        for (alg, hash) in [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, &digest::SHA256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, &digest::SHA384),
+        ] {
+            let der = signed(alg);
+            assert_eq!(
+                end_point_hash(&der).unwrap(),
+                digest::digest(hash, &der).as_ref()
+            );
+            // Nothing that is not a whole certificate.
+            assert_eq!(end_point_hash(&der[..der.len() / 2]), None);
+        }
         // Ed25519 names no hash: no binding.
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["db".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        assert_eq!(end_point_hash(cert.der()), None);
-        // Nothing that is not a certificate.
+        assert_eq!(end_point_hash(&signed(&rcgen::PKCS_ED25519)), None);
         assert_eq!(end_point_hash(b"not DER"), None);
-        assert_eq!(end_point_hash(&der[..der.len() / 2]), None);
     }
 
     #[test]
