@@ -617,7 +617,9 @@ async fn partial_restores_take_one_customer_or_some_tables_without_foreign_keys(
         return;
     };
     let d = tmp.path();
-    let p = policy(d, &pg.url("src"), TELECOM_TABLES, &pw(d)).await;
+    // (`allow` against a server without TLS connects without it.)
+    let url = format!("{}?sslmode=allow", pg.url("src"));
+    let p = policy(d, &url, TELECOM_TABLES, &pw(d)).await;
     backup(&p).await.unwrap();
     let rows = |db: &str, sql: &str| pg.psql(db, sql);
     let fks = |db: &str| rows(db, "SELECT count(*) FROM pg_constraint WHERE contype = 'f'");
@@ -1314,7 +1316,7 @@ async fn tls_to_the_server_is_verified_as_sslmode_says_and_refusals_write_nothin
             url("127.0.0.1", "src", "sslmode=verify-full"),
             "sslrootcert",
         ),
-        (url("127.0.0.1", "src", "sslmode=allow"), "sslmode"),
+        (url("127.0.0.1", "src", "sslmode=sometimes"), "sslmode"),
         (url("127.0.0.1", "src", "sslmode=disable"), "only over TLS"),
     ];
     policy(d, &url("127.0.0.1", "src", &full), TELECOM_TABLES, &pw(d)).await;
@@ -1350,6 +1352,22 @@ async fn tls_to_the_server_is_verified_as_sslmode_says_and_refusals_write_nothin
         .await
         .unwrap();
     assert_same_dump(&pg, "src", "dst_bound");
+
+    // `allow` tries without TLS, is refused by the server's hostssl lines,
+    // and connects again with TLS, as libpq (a restore's psql) does.
+    let p = policy(
+        d,
+        &url("127.0.0.1", "src", "sslmode=allow"),
+        TELECOM_TABLES,
+        &pw(d),
+    )
+    .await;
+    backup(&p).await.unwrap();
+    pg.createdb("dst_allow");
+    restore(&p, &url("127.0.0.1", "dst_allow", "sslmode=allow"), false)
+        .await
+        .unwrap();
+    assert_same_dump(&pg, "src", "dst_allow");
 
     // verify-ca checks the chain and not the name: `localhost` is accepted.
     let ca_only = format!("sslmode=verify-ca&sslrootcert={}", ca.display());

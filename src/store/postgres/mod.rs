@@ -141,6 +141,9 @@ pub struct PgConn {
     config: Config,
     /// TLS as the URL's `sslmode` asks (`None`: `disable`).
     tls: Option<tls::PgTls>,
+    /// `sslmode=allow`: connect without TLS, and with it only if the
+    /// server refuses the connection without.
+    allow: bool,
     password: Option<Arc<Zeroizing<String>>>,
     /// Schemas to read (empty: every non-system schema).
     pub schemas: Vec<String>,
@@ -194,6 +197,7 @@ impl PgConn {
             url: clean.to_string(),
             config,
             tls,
+            allow: ssl == tls::SslMode::Allow,
             password,
             schemas: Vec::new(),
         })
@@ -357,8 +361,22 @@ impl PgConn {
             }
         };
         let client = match &self.tls {
-            None => driven(&self.config, NoTls).await,
-            Some(t) => driven(&self.config, t.clone()).await,
+            Some(t) if !self.allow => driven(&self.config, t.clone()).await,
+            _ => driven(&self.config, NoTls).await,
+        };
+        // `allow`, as libpq: a server that takes this client only over
+        // TLS (pg_hba.conf `hostssl`) is asked again, with TLS.
+        let client = match (client, &self.tls) {
+            (Err(e), Some(t))
+                if self.allow
+                    && e.code().map(|c| c.code()) == Some("28000")
+                    && error_text(&e).contains("no encryption") =>
+            {
+                let mut config = self.config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                driven(&config, t.clone()).await
+            }
+            (r, _) => r,
         }
         .map_err(mapped)?;
         client

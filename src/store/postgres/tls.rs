@@ -4,6 +4,7 @@
 //! | `sslmode` | TLS | the server's certificate |
 //! |---|---|---|
 //! | `disable` | never | |
+//! | `allow` | only if the server refuses the connection without it | not checked |
 //! | `prefer` (default, as libpq) | if the server offers it | not checked |
 //! | `require` | always | not checked; with `sslrootcert`, as `verify-ca` (as libpq) |
 //! | `verify-ca` | always | signed by a CA of `sslrootcert` |
@@ -40,6 +41,7 @@ use tokio_rustls::rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SslMode {
     Disable,
+    Allow,
     Prefer,
     Require,
     VerifyCa,
@@ -51,6 +53,7 @@ impl SslMode {
     pub fn parse(s: &str) -> Option<SslMode> {
         Some(match s {
             "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
             "prefer" => SslMode::Prefer,
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
@@ -59,10 +62,11 @@ impl SslMode {
         })
     }
 
-    /// What tokio-postgres is told: whether TLS may be skipped.
+    /// What tokio-postgres is told first: whether TLS may be skipped
+    /// (`allow` tries without, then with; see `PgConn::connect`).
     pub fn driver_mode(self) -> tokio_postgres::config::SslMode {
         match self {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Disable | SslMode::Allow => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
             SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
                 tokio_postgres::config::SslMode::Require
@@ -461,7 +465,7 @@ pub fn split_url(url: &url::Url) -> Result<UrlTls, String> {
         match k.as_ref() {
             "sslmode" => {
                 mode = SslMode::parse(&v).ok_or_else(|| {
-                    format!("sslmode `{v}` is not one of disable, prefer, require, verify-ca, verify-full")
+                    format!("sslmode `{v}` is not one of disable, allow, prefer, require, verify-ca, verify-full")
                 })?;
             }
             "sslrootcert" => root = Some(PathBuf::from(v.as_ref())),
@@ -531,8 +535,12 @@ mod tests {
                 want
             );
         }
-        let e = split("postgres://u@db/crm?sslmode=allow").unwrap_err();
-        assert!(e.contains("allow"), "{e}");
+        assert_eq!(
+            split("postgres://u@db/crm?sslmode=allow").unwrap().1,
+            SslMode::Allow
+        );
+        let e = split("postgres://u@db/crm?sslmode=sometimes").unwrap_err();
+        assert!(e.contains("sometimes") && e.contains("allow"), "{e}");
         let e = split("postgres://u@db/crm?sslpassword=x").unwrap_err();
         assert!(
             e.contains("sslpassword") && e.contains("not supported"),
