@@ -28,12 +28,12 @@ pub struct PgTable {
     /// catalog, not stored: a restore fills such a table like any other,
     /// after the pre-data section has created the extension.
     #[serde(skip)]
-    pub config: Option<ExtensionConfig>,
+    pub config: Option<ConfigTable>,
 }
 
-/// What makes a table or sequence an extension's configuration.
+/// What makes a table an extension's configuration table.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExtensionConfig {
+pub struct ConfigTable {
     /// The extension's name.
     pub extension: String,
     /// The extension's `WHERE` clause for the user's rows (`""`: all).
@@ -179,7 +179,7 @@ pub async fn read(
                 schema: r.get(1),
                 name: r.get(2),
                 columns: columns(client, conn, oid).await?,
-                config: Some(ExtensionConfig {
+                config: Some(ConfigTable {
                     extension: r.get(3),
                     condition: r.get(4),
                 }),
@@ -264,31 +264,22 @@ async fn columns(client: &Client, conn: &PgConn, oid: u32) -> Result<Vec<PgColum
 fn referenced_first<T>(tables: Vec<(u32, T)>, refs: &[(u32, u32)]) -> Vec<T> {
     let mut left: Vec<Option<(u32, T)>> = tables.into_iter().map(Some).collect();
     let mut out = Vec::with_capacity(left.len());
-    let mut done: Vec<u32> = Vec::new();
-    loop {
-        let ready = left.iter().position(|t| {
-            t.as_ref().is_some_and(|(oid, _)| {
-                refs.iter()
-                    .filter(|(from, _)| from == oid)
-                    .all(|(_, to)| done.contains(to) || !left_has(&left, *to))
-            })
-        });
-        match ready {
-            Some(i) => {
-                let (oid, t) = left[i].take().expect("a table left");
-                done.push(oid);
-                out.push(t);
-            }
-            None => break,
-        }
+    // A table is ready when no table its keys point at is still left
+    // (placed already, or not among these).
+    let waits = |left: &[Option<(u32, T)>], oid: u32| {
+        refs.iter()
+            .filter(|(from, _)| *from == oid)
+            .any(|(_, to)| left.iter().flatten().any(|(o, _)| o == to))
+    };
+    while let Some(i) = left
+        .iter()
+        .position(|t| t.as_ref().is_some_and(|(oid, _)| !waits(&left, *oid)))
+    {
+        let (_, t) = left[i].take().expect("a table left");
+        out.push(t);
     }
     out.extend(left.into_iter().flatten().map(|(_, t)| t));
     out
-}
-
-/// Whether `oid` is still among the tables `left` to order.
-fn left_has<T>(left: &[Option<(u32, T)>], oid: u32) -> bool {
-    left.iter().flatten().any(|(o, _)| *o == oid)
 }
 
 #[cfg(test)]
