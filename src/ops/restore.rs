@@ -61,6 +61,12 @@ impl Selection {
     pub fn is_all(&self) -> bool {
         self.tables.is_empty() && self.subject.is_none()
     }
+
+    /// Whether the table named is selected (every table when none is
+    /// named).
+    pub fn takes(&self, table: &str) -> bool {
+        self.tables.is_empty() || self.tables.iter().any(|t| t == table)
+    }
 }
 
 /// A subject id is a customer value: never printed.
@@ -648,11 +654,8 @@ async fn restore_sqlite(
     // A table selection keeps `sqlite_sequence`, so that an AUTOINCREMENT
     // table goes on from its counter (a subject's rows keep none: the
     // counters are not the customer's).
-    let selected = |name: &str| {
-        only.tables.is_empty()
-            || only.tables.iter().any(|t| t == name)
-            || (only.subject.is_none() && name == "sqlite_sequence")
-    };
+    let selected =
+        |name: &str| only.takes(name) || (only.subject.is_none() && name == "sqlite_sequence");
     let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
     // The writer gets (table position in the snapshot, encoded rows in
     // pieces, each a run of whole rows). A message is a whole read window
@@ -1122,7 +1125,6 @@ async fn restore_postgres(
     let only = &opts.only;
     let names: Vec<&str> = ps.tables.iter().map(|t| t.name.as_str()).collect();
     let filter = selection(&snap.id, &names, only, &vault, report)?;
-    let selected = |name: &str| only.tables.is_empty() || only.tables.iter().any(|t| t == name);
     // A part of the database may hold rows whose foreign keys point at
     // rows left out, so its foreign keys are not created (listed in the
     // report; the whole restore's schema has them).
@@ -1155,10 +1157,10 @@ async fn restore_postgres(
     let total = ps
         .tables
         .iter()
-        .filter(|t| selected(&t.name))
+        .filter(|t| only.takes(&t.name))
         .fold(0u64, |n, t| n.saturating_add(t.rows));
     progress.phase("restoring rows", Some(total), "rows");
-    for t in ps.tables.iter().filter(|t| selected(&t.name)) {
+    for t in ps.tables.iter().filter(|t| only.takes(&t.name)) {
         let table = ps
             .schema
             .tables

@@ -314,8 +314,7 @@ impl PgConn {
             let code = e.code().map(|c| c.code().to_string());
             let why = error_text(&e);
             match code.as_deref() {
-                // pg_hba.conf has only `hostssl` lines for this client.
-                Some("28000") if why.contains("no encryption") => PgError::Tls {
+                _ if refused_without_tls(&e) => PgError::Tls {
                     server: self.server(),
                     why: "the server takes this connection only over TLS (pg_hba.conf), and sslmode=disable".into(),
                 },
@@ -361,22 +360,18 @@ impl PgConn {
             }
         };
         let client = match &self.tls {
+            None => driven(&self.config, NoTls).await,
             Some(t) if !self.allow => driven(&self.config, t.clone()).await,
-            _ => driven(&self.config, NoTls).await,
-        };
-        // `allow`, as libpq: a server that takes this client only over
-        // TLS (pg_hba.conf `hostssl`) is asked again, with TLS.
-        let client = match (client, &self.tls) {
-            (Err(e), Some(t))
-                if self.allow
-                    && e.code().map(|c| c.code()) == Some("28000")
-                    && error_text(&e).contains("no encryption") =>
-            {
-                let mut config = self.config.clone();
-                config.ssl_mode(tokio_postgres::config::SslMode::Require);
-                driven(&config, t.clone()).await
-            }
-            (r, _) => r,
+            // `allow`, as libpq: without TLS first, and again with it if
+            // the server takes this client only over TLS.
+            Some(t) => match driven(&self.config, NoTls).await {
+                Err(e) if refused_without_tls(&e) => {
+                    let mut config = self.config.clone();
+                    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                    driven(&config, t.clone()).await
+                }
+                r => r,
+            },
         }
         .map_err(mapped)?;
         client
@@ -455,6 +450,12 @@ where
         let _ = conn.await;
     });
     Ok(client)
+}
+
+/// Whether the server refused a connection for want of TLS (pg_hba.conf
+/// has only `hostssl` lines for this client).
+fn refused_without_tls(e: &tokio_postgres::Error) -> bool {
+    e.code().map(|c| c.code()) == Some("28000") && error_text(e).contains("no encryption")
 }
 
 fn error_text(e: &tokio_postgres::Error) -> String {

@@ -163,15 +163,8 @@ impl ClientCert {
     fn load(
         &self,
     ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsSetupError> {
-        let cert = |why: String| TlsSetupError(format!("sslcert {}: {why}", self.cert.display()));
         let key = |why: String| TlsSetupError(format!("sslkey {}: {why}", self.key.display()));
-        let pem = std::fs::read(&self.cert).map_err(|e| cert(e.to_string()))?;
-        let chain = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| cert(format!("not a PEM file of certificates ({e})")))?;
-        if chain.is_empty() {
-            return Err(cert("holds no CERTIFICATE block".into()));
-        }
+        let chain = read_certificates("sslcert", &self.cert)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
@@ -193,8 +186,13 @@ impl ClientCert {
     }
 }
 
-fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
-    let named = |why: String| TlsSetupError(format!("sslrootcert {}: {why}", path.display()));
+/// The certificates of a PEM file, at least one; errors name the URL
+/// parameter (`param`) and the file.
+fn read_certificates(
+    param: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let named = |why: String| TlsSetupError(format!("{param} {}: {why}", path.display()));
     let pem = std::fs::read(path).map_err(|e| named(e.to_string()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -202,6 +200,12 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
     if certs.is_empty() {
         return Err(named("holds no CERTIFICATE block".into()));
     }
+    Ok(certs)
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, TlsSetupError> {
+    let named = |why: String| TlsSetupError(format!("sslrootcert {}: {why}", path.display()));
+    let certs = read_certificates("sslrootcert", path)?;
     let mut roots = RootCertStore::empty();
     for c in certs {
         roots
