@@ -234,21 +234,17 @@ fn postgres_and_files_stores_are_accepted_with_their_location() {
     assert_eq!(p.store.url.as_deref(), Some("postgres://custos@db/crm"));
     assert_eq!(p.store.large_objects, NotBackedUp::Refuse);
     assert_eq!(p.store.extension_config, ExtensionConfig::Include);
-    let skip = pg.replacen(
-        "url = \"postgres://custos@db/crm\"",
-        "url = \"postgres://custos@db/crm\"\nlarge_objects = \"skip\"\nextension_config = \"skip\"",
-        1,
-    );
-    let p = Policy::from_str(&skip, Path::new(FILE)).unwrap();
-    assert_eq!(p.store.large_objects, NotBackedUp::Skip);
-    assert_eq!(p.store.extension_config, ExtensionConfig::Skip);
-    let refuse = pg.replacen(
-        "url = \"postgres://custos@db/crm\"",
-        "url = \"postgres://custos@db/crm\"\nextension_config = \"refuse\"",
-        1,
-    );
-    let p = Policy::from_str(&refuse, Path::new(FILE)).unwrap();
-    assert_eq!(p.store.extension_config, ExtensionConfig::Refuse);
+    // The store of that policy with more keys after its url.
+    let store_with = |keys: &str| {
+        let url = "url = \"postgres://custos@db/crm\"";
+        let text = pg.replacen(url, &format!("{url}\n{keys}"), 1);
+        Policy::from_str(&text, Path::new(FILE)).unwrap().store
+    };
+    let s = store_with("large_objects = \"skip\"\nextension_config = \"skip\"");
+    assert_eq!(s.large_objects, NotBackedUp::Skip);
+    assert_eq!(s.extension_config, ExtensionConfig::Skip);
+    let s = store_with("extension_config = \"refuse\"");
+    assert_eq!(s.extension_config, ExtensionConfig::Refuse);
     // A SQLite store takes neither.
     for key in ["large_objects", "extension_config"] {
         let text = with(
