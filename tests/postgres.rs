@@ -128,10 +128,15 @@ fn assert_same_dump(pg: &PgCluster, a: &str, b: &str) {
 /// A cluster whose database `src` holds the telecom schema and rows, and
 /// a folder for the test's keys, vault and target.
 fn telecom_source() -> Option<(PgCluster, tempfile::TempDir)> {
-    let pg = PgCluster::start()?;
+    PgCluster::start().map(with_telecom)
+}
+
+/// `pg` with database `src` holding the telecom schema and rows, and a
+/// folder for the test's keys, vault and target.
+fn with_telecom(pg: PgCluster) -> (PgCluster, tempfile::TempDir) {
     pg.createdb("src");
     pg.psql("src", TELECOM_SQL);
-    Some((pg, common::tempdir()))
+    (pg, common::tempdir())
 }
 
 fn pw(d: &Path) -> String {
@@ -1212,13 +1217,10 @@ async fn a_client_certificate_logs_in_where_the_server_asks_for_one() {
     // and no password.
     let (ca_pem, mut server, (cert_pem, key_pem)) = ca_with_certs(&["127.0.0.1"], pg::CERT_USER);
     server.client_ca_pem = Some(ca_pem.clone());
-    let Some(pg) = PgCluster::start_tls(&server) else {
+    let Some((pg, tmp)) = PgCluster::start_tls(&server).map(with_telecom) else {
         return;
     };
-    let tmp = common::tempdir();
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let ca = d.join("ca.pem");
     write_pem(&ca, &ca_pem, 0o644);
     let (crt, key, loose) = (
@@ -1289,13 +1291,10 @@ async fn tls_to_the_server_is_verified_as_sslmode_says_and_refusals_write_nothin
     // The server's certificate names 127.0.0.1 only, and it takes TCP
     // clients over TLS only (hostssl).
     let (ca_pem, server) = ca_and_server(&["127.0.0.1"]);
-    let Some(pg) = PgCluster::start_tls(&server) else {
+    let Some((pg, tmp)) = PgCluster::start_tls(&server).map(with_telecom) else {
         return;
     };
-    let tmp = common::tempdir();
     let d = tmp.path();
-    pg.createdb("src");
-    pg.psql("src", TELECOM_SQL);
     let ca = d.join("ca.pem");
     fs::write(&ca, &ca_pem).unwrap();
     let (other_pem, _) = ca_and_server(&["127.0.0.1"]);
