@@ -6,7 +6,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use custos::chunk::{ChunkParams, Chunker};
-use custos::crypto::{ChunkKeys, Key32, MetaKey};
+use custos::crypto::{lanes, ChunkKeys, Key32, MetaKey};
 use custos::repo::pack::{open_chunk, seal_chunk, Codec, PackWriter};
 use custos::store::record::encode_row;
 use rusqlite::types::ValueRef;
@@ -125,6 +125,37 @@ fn bench(c: &mut Criterion) {
             black_box(plain.unwrap().len())
         })
     });
+    g.finish();
+
+    // Many short messages, each under its own key: one at a time through
+    // the blake3 crate, and side by side in SIMD lanes.
+    let mut g = c.benchmark_group("BLAKE3, 1024 messages");
+    g.throughput(Throughput::Elements(1024));
+    let lane_keys: Vec<[u8; 32]> = (0..1024u32)
+        .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+        .collect();
+    for len in [40usize, 250] {
+        let jobs: Vec<(&[u8; 32], &[u8])> = lane_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k, &data[i..i + len]))
+            .collect();
+        let mut out = vec![[0u8; 32]; jobs.len()];
+        g.bench_function(format!("{len} bytes, one at a time"), |b| {
+            b.iter(|| {
+                for (o, (k, m)) in out.iter_mut().zip(&jobs) {
+                    *o = *blake3::keyed_hash(k, m).as_bytes();
+                }
+                black_box(out[0][0])
+            })
+        });
+        g.bench_function(format!("{len} bytes, in lanes"), |b| {
+            b.iter(|| {
+                lanes::hash_many(lanes::Mode::Keyed, black_box(&jobs), &mut out);
+                black_box(out[0][0])
+            })
+        });
+    }
     g.finish();
 
     let sealed: Vec<_> = data

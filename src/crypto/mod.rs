@@ -15,6 +15,12 @@
 //! * [`MetaKey`]: seals repository metadata (index, trees, snapshots) with a
 //!   random nonce and the object's kind and name as associated data, so an
 //!   object moved to another name fails to open.
+//! * [`lanes`]: BLAKE3 over many short messages side by side in SIMD lanes;
+//!   the batch forms ([`group_keys`], [`ChunkKeys::new_many`],
+//!   [`ChunkKeys::prepare`], [`ChunkKeys::chunk_ids`], [`ChunkKeys::nonces`],
+//!   [`MetaKey::row_terms`]) give the same bytes as the one-at-a-time ones.
+
+pub mod lanes;
 
 use rand::RngCore;
 use std::fmt;
@@ -152,15 +158,56 @@ const HOT_CONTEXTS: [&str; 5] = [
     "custos 2026 group id v1",
 ];
 
-fn derive_hasher(context: &str) -> blake3::Hasher {
-    use blake3::hazmat::{hash_derive_key_context, ContextKey, HasherExt};
+/// The BLAKE3 context key of `HOT_CONTEXTS[i]`.
+fn context_key(i: usize) -> &'static [u8; 32] {
+    use blake3::hazmat::{hash_derive_key_context, ContextKey};
     static KEYS: std::sync::OnceLock<[ContextKey; 5]> = std::sync::OnceLock::new();
+    &KEYS.get_or_init(|| HOT_CONTEXTS.map(hash_derive_key_context))[i]
+}
+
+const GROUP_KEY: usize = 0;
+const CHUNK_ID: usize = 1;
+const CHUNK_ENC: usize = 2;
+const CHUNK_NONCE: usize = 3;
+const GROUP_ID: usize = 4;
+
+fn derive_hasher(context: &str) -> blake3::Hasher {
+    use blake3::hazmat::HasherExt;
     match HOT_CONTEXTS.iter().position(|c| *c == context) {
-        Some(i) => blake3::Hasher::new_from_context_key(
-            &KEYS.get_or_init(|| HOT_CONTEXTS.map(hash_derive_key_context))[i],
-        ),
+        Some(i) => blake3::Hasher::new_from_context_key(context_key(i)),
         None => blake3::Hasher::new_derive_key(context),
     }
+}
+
+/// The input [`derive`] hashes for one 32-byte part.
+fn one_part(key: &Key32) -> [u8; 40] {
+    let mut m = [0u8; 40];
+    m[..8].copy_from_slice(&32u64.to_le_bytes());
+    m[8..].copy_from_slice(key.expose());
+    m
+}
+
+/// [`derive`] of one 32-byte part under hot contexts, many at once (in
+/// SIMD lanes, [`lanes`]): `out[i]` = `derive(HOT_CONTEXTS[jobs[i].0],
+/// &[jobs[i].1])`.
+fn derive_many(jobs: &[(usize, &Key32)]) -> Vec<Key32> {
+    let mut inputs: Vec<[u8; 40]> = jobs.iter().map(|(_, k)| one_part(k)).collect();
+    let work: Vec<(&[u8; 32], &[u8])> = jobs
+        .iter()
+        .zip(&inputs)
+        .map(|((c, _), m)| (context_key(*c), &m[..]))
+        .collect();
+    let mut out = vec![[0u8; 32]; jobs.len()];
+    lanes::hash_many(lanes::Mode::DeriveKey, &work, &mut out);
+    drop(work);
+    for m in &mut inputs {
+        m.zeroize();
+    }
+    let keys = out.iter().map(|k| Key32::from_bytes(*k)).collect();
+    for k in &mut out {
+        k.zeroize();
+    }
+    keys
 }
 
 /// Derives a key with BLAKE3's `derive_key` over length-prefixed parts, so
@@ -209,6 +256,37 @@ pub fn group_key(subject: Option<&Key32>, time: &Key32, table_id: &str) -> Key32
         "custos 2026 group key v1",
         &[flag, s, &time.expose()[..], table_id.as_bytes()],
     )
+}
+
+/// [`group_key`] of many groups of one table at once (in SIMD lanes):
+/// `out[i]` = `group_key(groups[i].0, groups[i].1, table_id)`.
+pub fn group_keys(groups: &[(Option<&Key32>, &Key32)], table_id: &str) -> Vec<Key32> {
+    // The input `derive` lays out: each part length-prefixed.
+    let n = 4 * 8 + 1 + 32 + 32 + table_id.len();
+    let mut input = vec![0u8; n * groups.len()];
+    for (m, (subject, time)) in input.chunks_exact_mut(n).zip(groups) {
+        m[..8].copy_from_slice(&1u64.to_le_bytes());
+        m[8] = if subject.is_some() { b'S' } else { b'-' };
+        m[9..17].copy_from_slice(&32u64.to_le_bytes());
+        if let Some(k) = subject {
+            m[17..49].copy_from_slice(k.expose());
+        }
+        m[49..57].copy_from_slice(&32u64.to_le_bytes());
+        m[57..89].copy_from_slice(time.expose());
+        m[89..97].copy_from_slice(&(table_id.len() as u64).to_le_bytes());
+        m[97..].copy_from_slice(table_id.as_bytes());
+    }
+    let ctx = context_key(GROUP_KEY);
+    let work: Vec<(&[u8; 32], &[u8])> = input.chunks_exact(n).map(|m| (ctx, m)).collect();
+    let mut out = vec![[0u8; 32]; groups.len()];
+    lanes::hash_many(lanes::Mode::DeriveKey, &work, &mut out);
+    drop(work);
+    input.zeroize();
+    let keys = out.iter().map(|k| Key32::from_bytes(*k)).collect();
+    for k in &mut out {
+        k.zeroize();
+    }
+    keys
 }
 
 /// A 32-byte object identifier, shown as 64 lowercase hex digits.
@@ -344,6 +422,98 @@ impl ChunkKeys {
         }
     }
 
+    /// As [`new`](Self::new) for many groups, their ids derived side by
+    /// side (in SIMD lanes).
+    pub fn new_many(group_keys: Vec<Key32>) -> Vec<ChunkKeys> {
+        let jobs: Vec<(usize, &Key32)> = group_keys.iter().map(|k| (GROUP_ID, k)).collect();
+        let ids = derive_many(&jobs);
+        drop(jobs);
+        group_keys
+            .into_iter()
+            .zip(ids)
+            .map(|(group_key, gid)| ChunkKeys {
+                id_key: std::sync::OnceLock::new(),
+                group_key,
+                sealing: std::sync::OnceLock::new(),
+                group_id: Id(*gid.expose()),
+            })
+            .collect()
+    }
+
+    /// Derives, side by side, the chunk id and sealing keys of those of
+    /// `keys` that have not derived them yet (the same keys the first
+    /// chunk id, seal or open would derive one at a time).
+    pub fn prepare(keys: &[&ChunkKeys]) {
+        let mut jobs: Vec<(usize, &Key32)> = Vec::with_capacity(3 * keys.len());
+        // What each of `keys` lacked when the jobs were listed (another
+        // thread may derive the same keys meanwhile: the same values).
+        let lacked: Vec<(bool, bool)> = keys
+            .iter()
+            .map(|k| {
+                let lacks = (k.id_key.get().is_none(), k.sealing.get().is_none());
+                if lacks.0 {
+                    jobs.push((CHUNK_ID, &k.group_key));
+                }
+                if lacks.1 {
+                    jobs.push((CHUNK_ENC, &k.group_key));
+                    jobs.push((CHUNK_NONCE, &k.group_key));
+                }
+                lacks
+            })
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let mut derived = derive_many(&jobs).into_iter();
+        drop(jobs);
+        for (k, (id, sealing)) in keys.iter().zip(lacked) {
+            if id {
+                let id_key = derived.next().expect("one derivation a job");
+                let _ = k.id_key.set(id_key);
+            }
+            if sealing {
+                let enc_key = derived.next().expect("one derivation a job");
+                let nonce_key = derived.next().expect("one derivation a job");
+                let _ = k.sealing.set(Sealing { enc_key, nonce_key });
+            }
+        }
+    }
+
+    /// The chunk ids of many plaintexts, each under its group's keys,
+    /// side by side: `out[i]` = `items[i].0.chunk_id(items[i].1)`.
+    pub fn chunk_ids(items: &[(&ChunkKeys, &[u8])], out: &mut Vec<Id>) {
+        let work: Vec<(&[u8; 32], &[u8])> = items
+            .iter()
+            .map(|(k, plain)| (k.id_key().expose(), *plain))
+            .collect();
+        let mut ids = vec![[0u8; 32]; items.len()];
+        lanes::hash_many(lanes::Mode::Keyed, &work, &mut ids);
+        out.clear();
+        out.extend(ids.into_iter().map(Id));
+    }
+
+    /// The nonces of many chunks, side by side: `out[i]` is the nonce
+    /// chunk `items[i].1` of group `items[i].0` is sealed under.
+    pub fn nonces(items: &[(&ChunkKeys, &Id)], out: &mut Vec<ChunkNonce>) {
+        let work: Vec<(&[u8; 32], &[u8])> = items
+            .iter()
+            .map(|(k, id)| (k.sealing().nonce_key.expose(), &id.0[..]))
+            .collect();
+        let mut hashes = vec![[0u8; 32]; items.len()];
+        lanes::hash_many(lanes::Mode::Keyed, &work, &mut hashes);
+        out.clear();
+        out.extend(
+            hashes
+                .iter()
+                .map(|h| ChunkNonce(h[..24].try_into().expect("24 of 32 bytes"))),
+        );
+    }
+
+    fn id_key(&self) -> &Key32 {
+        self.id_key
+            .get_or_init(|| derive("custos 2026 chunk id v1", &[&self.group_key.expose()[..]]))
+    }
+
     fn sealing(&self) -> &Sealing {
         self.sealing.get_or_init(|| {
             let g = &self.group_key.expose()[..];
@@ -356,15 +526,14 @@ impl ChunkKeys {
 
     /// The chunk id: keyed BLAKE3 of the plaintext under the group's id key.
     pub fn chunk_id(&self, plain: &[u8]) -> Id {
-        let key = self
-            .id_key
-            .get_or_init(|| derive("custos 2026 chunk id v1", &[&self.group_key.expose()[..]]));
-        Id(*blake3::keyed_hash(key.expose(), plain).as_bytes())
+        Id(*blake3::keyed_hash(self.id_key().expose(), plain).as_bytes())
     }
 
-    fn nonce(&self, id: &Id) -> [u8; 24] {
+    /// The nonce chunk `id` is sealed under (see [`nonces`](Self::nonces)
+    /// for many at once).
+    pub fn nonce(&self, id: &Id) -> ChunkNonce {
         let h = blake3::keyed_hash(self.sealing().nonce_key.expose(), &id.0);
-        h.as_bytes()[..24].try_into().expect("24 of 32 bytes")
+        ChunkNonce(h.as_bytes()[..24].try_into().expect("24 of 32 bytes"))
     }
 
     fn aad(&self, id: &Id) -> [u8; 80] {
@@ -393,14 +562,14 @@ impl ChunkKeys {
     /// As [`seal_in_place`](Self::seal_in_place), for the body that starts
     /// at `start` in `buf`; the bytes before it stay as they were.
     pub fn seal_tail(&self, id: &Id, buf: &mut Vec<u8>, start: usize) {
+        self.seal_tail_with(id, &self.nonce(id), buf, start);
+    }
+
+    /// As [`seal_tail`](Self::seal_tail), with the chunk's nonce given
+    /// (from [`nonces`](Self::nonces)).
+    pub fn seal_tail_with(&self, id: &Id, nonce: &ChunkNonce, buf: &mut Vec<u8>, start: usize) {
         let s = self.sealing();
-        xchacha::seal(
-            s.enc_key.expose(),
-            &self.nonce(id),
-            &self.aad(id),
-            buf,
-            start,
-        );
+        xchacha::seal(s.enc_key.expose(), &nonce.0, &self.aad(id), buf, start);
     }
 
     /// Opens a sealed chunk body, checking it belongs to this id and group.
@@ -412,19 +581,30 @@ impl ChunkKeys {
 
     /// As [`open`](Self::open), into `out` (replacing what it held).
     pub fn open_into(&self, id: &Id, sealed: &[u8], out: &mut Vec<u8>) -> Result<(), CryptoError> {
+        self.open_into_with(id, &self.nonce(id), sealed, out)
+    }
+
+    /// As [`open_into`](Self::open_into), with the chunk's nonce given
+    /// (from [`nonces`](Self::nonces)).
+    pub fn open_into_with(
+        &self,
+        id: &Id,
+        nonce: &ChunkNonce,
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         if sealed.len() < 16 {
             return Err(CryptoError::Truncated(sealed.len()));
         }
         let s = self.sealing();
-        xchacha::open_into(
-            s.enc_key.expose(),
-            &self.nonce(id),
-            &self.aad(id),
-            sealed,
-            out,
-        )
+        xchacha::open_into(s.enc_key.expose(), &nonce.0, &self.aad(id), sealed, out)
     }
 }
+
+/// The nonce a chunk is sealed under: derived from its id under the
+/// group's nonce key (FORMAT "Chunks"), so it is never stored.
+#[derive(Clone, Copy)]
+pub struct ChunkNonce([u8; 24]);
 
 /// Seals repository metadata objects under the repository metadata key.
 ///
@@ -553,6 +733,17 @@ impl MetaKey {
         u128::from_le_bytes(h.0[..16].try_into().expect("16 of 32 bytes"))
     }
 
+    /// A sum of [`row_term`](Self::row_term)s gathered many rows at a
+    /// time, so that their hashes are computed side by side.
+    pub fn row_terms(&self) -> RowTerms<'_> {
+        RowTerms {
+            mac: self.mac.expose(),
+            input: Vec::new(),
+            ends: Vec::new(),
+            sum: 0,
+        }
+    }
+
     pub fn keyed_hash(&self, domain: &str, data: &[u8]) -> Id {
         // A short input (a row, most often: one per row for the table
         // checksum) is hashed from one buffer, in one call.
@@ -569,6 +760,60 @@ impl MetaKey {
         let mut h = self.keyed_hasher(domain);
         h.update(data);
         Id(*h.finalize().as_bytes())
+    }
+}
+
+/// Rows gathered for their table-checksum terms ([`MetaKey::row_terms`]).
+pub struct RowTerms<'a> {
+    mac: &'a [u8; 32],
+    /// `"row\0" || row` of each row gathered, back to back.
+    input: Vec<u8>,
+    ends: Vec<usize>,
+    sum: u128,
+}
+
+impl RowTerms<'_> {
+    /// Rows hashed at a time.
+    const ROWS: usize = 256;
+
+    /// Adds `row`'s term to the sum.
+    pub fn add(&mut self, row: &[u8]) {
+        self.input.extend_from_slice(b"row\0");
+        self.input.extend_from_slice(row);
+        self.ends.push(self.input.len());
+        if self.ends.len() == Self::ROWS {
+            self.hash();
+        }
+    }
+
+    /// The wrapping sum of the terms of every row added.
+    pub fn sum(mut self) -> u128 {
+        self.hash();
+        self.sum
+    }
+
+    fn hash(&mut self) {
+        let mut start = 0;
+        let work: Vec<(&[u8; 32], &[u8])> = self
+            .ends
+            .iter()
+            .map(|&end| {
+                let m = &self.input[start..end];
+                start = end;
+                (self.mac, m)
+            })
+            .collect();
+        let mut out = vec![[0u8; 32]; work.len()];
+        lanes::hash_many(lanes::Mode::Keyed, &work, &mut out);
+        drop(work);
+        for h in &out {
+            let term = u128::from_le_bytes(h[..16].try_into().expect("16 of 32 bytes"));
+            self.sum = self.sum.wrapping_add(term);
+        }
+        // Only the bytes written (see `derive`).
+        self.input.as_mut_slice().zeroize();
+        self.input.clear();
+        self.ends.clear();
     }
 }
 
@@ -776,6 +1021,68 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn keys_derived_side_by_side_are_those_derived_one_at_a_time() {
+        let subjects: Vec<Key32> = (0..40u8).map(|i| Key32::from_bytes([i; 32])).collect();
+        let time = Key32::from_bytes([200; 32]);
+        for table in ["cdrs", "a table with a long name", ""] {
+            let parents: Vec<(Option<&Key32>, &Key32)> = subjects
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (if i % 3 == 0 { None } else { Some(s) }, &time))
+                .collect();
+            let many = group_keys(&parents, table);
+            for ((s, t), k) in parents.iter().zip(&many) {
+                assert_eq!(k.expose(), group_key(*s, t, table).expose(), "{table}");
+            }
+        }
+        let group_key = |i: u8| Key32::from_bytes([i.wrapping_mul(7); 32]);
+        let lazy: Vec<ChunkKeys> = (0..40).map(|i| ChunkKeys::new(group_key(i))).collect();
+        let many = ChunkKeys::new_many((0..40).map(group_key).collect());
+        // A group listed twice (not next to itself), and one whose keys
+        // were derived before: the derivations after them still go to the
+        // keys they belong to.
+        many[5].chunk_id(b"derived before");
+        let mut listed: Vec<&ChunkKeys> = many.iter().collect();
+        listed.insert(9, &many[3]);
+        ChunkKeys::prepare(&listed);
+        let plains: Vec<Vec<u8>> = (0..40).map(|i| vec![i as u8; 30 + 50 * i]).collect();
+        let items: Vec<(&ChunkKeys, &[u8])> =
+            many.iter().zip(&plains).map(|(k, p)| (k, &p[..])).collect();
+        let mut ids = Vec::new();
+        ChunkKeys::chunk_ids(&items, &mut ids);
+        let pairs: Vec<(&ChunkKeys, &Id)> = many.iter().zip(&ids).collect();
+        let mut nonces = Vec::new();
+        ChunkKeys::nonces(&pairs, &mut nonces);
+        for (i, (a, b)) in lazy.iter().zip(&many).enumerate() {
+            assert_eq!(a.group_id, b.group_id, "group {i}");
+            let id = a.chunk_id(&plains[i]);
+            assert_eq!(id, ids[i], "chunk id of group {i}");
+            assert_eq!(a.nonce(&id).0, nonces[i].0, "nonce of group {i}");
+            let mut sealed = plains[i].clone();
+            b.seal_tail_with(&id, &nonces[i], &mut sealed, 0);
+            assert_eq!(
+                a.seal(&id, &plains[i]),
+                sealed,
+                "sealed under group {i}'s keys"
+            );
+        }
+    }
+
+    #[test]
+    fn row_terms_gathered_sum_to_the_terms_one_at_a_time() {
+        let m = MetaKey::new(&Key32::from_bytes([9; 32]));
+        let rows: Vec<Vec<u8>> = (0..1000).map(|i| vec![(i % 251) as u8; i % 1100]).collect();
+        let mut terms = m.row_terms();
+        let mut want = 0u128;
+        for r in &rows {
+            terms.add(r);
+            want = want.wrapping_add(m.row_term(r));
+        }
+        assert_eq!(terms.sum(), want);
+        assert_eq!(m.row_terms().sum(), 0);
     }
 
     #[test]
