@@ -348,14 +348,14 @@ async fn read_back(
     for (rows_of, &i) in streams.iter_mut().zip(&which) {
         let tc = &mut tables[i];
         let mut rows = 0u64;
-        let mut sum: u128 = 0;
+        let mut terms = meta.row_terms();
         let mut failed = None;
         while let Some(batch) = rows_of.next().await {
             match batch {
                 Ok(b) => {
                     for (_, row) in &b {
                         rows += 1;
-                        sum = sum.wrapping_add(meta.row_term(row));
+                        terms.add(row);
                     }
                 }
                 Err(e) => {
@@ -364,6 +364,7 @@ async fn read_back(
                 }
             }
         }
+        let sum = terms.sum();
         if let Some(e) = failed {
             tc.count_ok = false;
             errors.push(format!("table {}: cannot read it back: {e}", tc.name));

@@ -52,12 +52,13 @@ pub fn verify_sqlite(
                     period: None,
                 };
                 let mut rows = 0u64;
-                let mut sum: u128 = 0;
+                let mut terms = meta.row_terms();
                 let r = src.scan_natural(ts, &plan, |_, row: &[u8]| -> Result<(), ()> {
                     rows += 1;
-                    sum = sum.wrapping_add(meta.row_term(row));
+                    terms.add(row);
                     Ok(())
                 });
+                let sum = terms.sum();
                 match r {
                     Ok(_) => {
                         tc.rows_restored = rows;

@@ -19,7 +19,7 @@ use crate::policy::{ExtensionConfig, NotBackedUp, Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{Index, IndexObjects, PackSet};
-use crate::repo::pack::{pack_path, seal_chunk_into, Codec, PackWriter};
+use crate::repo::pack::{pack_path, seal_chunks_into, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, PageList, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
     TableEntry, WindowMark,
@@ -625,6 +625,7 @@ fn worker(
     pools: &Pools,
 ) {
     let mut codec = Codec::new(level);
+    let mut lens = Vec::new();
     loop {
         let batch = {
             let g = rx.lock().unwrap();
@@ -633,13 +634,18 @@ fn worker(
         let Ok(batch) = batch else { return };
         let mut out = pools.sealed.take();
         out.data.reserve(batch.data.len() + 17 * batch.items.len());
-        for (w, plain) in batch.parts() {
-            let before = out.data.len();
-            seal_chunk_into(&mut codec, &w.keys, &w.id, plain, &mut out.data);
+        let chunks: Vec<(&ChunkKeys, &Id, &[u8])> = batch
+            .parts()
+            .map(|(w, plain)| (&*w.keys, &w.id, plain))
+            .collect();
+        lens.clear();
+        seal_chunks_into(&mut codec, &chunks, &mut out.data, &mut lens);
+        drop(chunks);
+        for (w, &len) in batch.items.iter().zip(&lens) {
             out.items.push(Sealed {
                 id: w.id,
                 family: w.family,
-                len: (out.data.len() - before) as u32,
+                len,
                 raw_len: w.len,
                 window: w.window,
             });
@@ -1631,6 +1637,29 @@ struct GroupRef {
     time: u32,
 }
 
+/// Where the bytes of a group that makes one chunk are: its one row in
+/// the window, or its rows gathered.
+enum OneChunk<'w> {
+    Row(&'w [u8]),
+    Gathered(std::ops::Range<usize>),
+}
+
+impl<'w> OneChunk<'w> {
+    fn bytes<'a>(&self, gathered: &'a [u8]) -> &'a [u8]
+    where
+        'w: 'a,
+    {
+        match self {
+            OneChunk::Row(row) => row,
+            OneChunk::Gathered(r) => &gathered[r.clone()],
+        }
+    }
+}
+
+/// Groups whose keys and one-chunk ids a grouping thread computes side by
+/// side ([`crate::crypto::lanes`]).
+const KEYS_AT_ONCE: usize = 256;
+
 /// Groups a grouping thread chunks at a time. The storing thread pages a
 /// batch's entries as soon as the batches before it are in, so a window's
 /// entries are never all held at once.
@@ -1713,66 +1742,133 @@ impl GroupCtx<'_> {
     ) -> Result<(Vec<GroupEntry>, u128), OpsError> {
         let mut out = Vec::with_capacity(order.len());
         // These groups' share of the table checksum (a wrapping sum, so
-        // the threads' shares add up in any order).
-        let mut checksum = 0u128;
-        let mut add_row = |row: &[u8]| checksum = checksum.wrapping_add(self.meta.row_term(row));
+        // the threads' shares add up in any order), their rows hashed side
+        // by side.
+        let mut terms = self.meta.row_terms();
         let mut chunker = Chunker::new(self.params, self.seed);
+        let min = self.params.min as usize;
         let mut gathered = Vec::new();
-        for (i, (&slot, r)) in order.iter().zip(refs).enumerate() {
-            // The rows of a group are scattered over the window (read in
-            // rowid order, stored by group): start loading the next group's
-            // rows, and the slot of the one after, while this one is chunked.
-            if let Some(&next) = order.get(i + 1) {
-                window.prefetch_rows(&window.slots[next as usize]);
-            }
-            if let Some(&after) = order.get(i + 2) {
-                crate::prefetch::line(&window.slots[after as usize]);
-            }
-            let slot = &window.slots[slot as usize];
-            let time = &self.times[r.time as usize];
-            let keys = Arc::new(ChunkKeys::new(group_key(
-                r.skey.as_ref(),
-                &time.key,
-                self.table,
-            )));
-            let mut chunks = Vec::new();
-            let mut emit = |c: &[u8]| {
-                ReaderCtx::emit(
-                    work,
-                    &self.index,
-                    None,
-                    packs,
-                    &self.counters,
-                    &keys,
-                    time.id,
-                    &mut chunks,
-                    c,
-                )
-            };
-            // A one-row group is chunked in place; others are gathered.
-            let bytes: &[u8] = if slot.rows == 1 {
-                let row = window.group_rows(slot).next().unwrap_or_default();
-                add_row(row);
-                row
-            } else {
-                gathered.clear();
+        // A run of groups at a time: their keys, and the chunk ids of the
+        // groups that make one chunk each (most of them), are computed side
+        // by side.
+        // (group in the run, its bytes)
+        let mut small: Vec<(usize, OneChunk<'_>)> = Vec::new();
+        let mut ids = Vec::new();
+        for (run_order, run_refs) in order.chunks(KEYS_AT_ONCE).zip(refs.chunks(KEYS_AT_ONCE)) {
+            let parents: Vec<(Option<&Key32>, &Key32)> = run_refs
+                .iter()
+                .map(|r| (r.skey.as_ref(), &self.times[r.time as usize].key))
+                .collect();
+            let keys: Vec<Arc<ChunkKeys>> =
+                ChunkKeys::new_many(crate::crypto::group_keys(&parents, self.table))
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
+            drop(parents);
+            ChunkKeys::prepare(&keys.iter().map(|k| &**k).collect::<Vec<_>>());
+            // The groups of one chunk: their rows gathered (a one-row
+            // group stays in place), their ids computed together.
+            gathered.clear();
+            small.clear();
+            for (i, &slot) in run_order.iter().enumerate() {
+                let slot = &window.slots[slot as usize];
+                if slot.bytes as usize > min {
+                    continue;
+                }
+                if slot.rows == 1 {
+                    let row = window.group_rows(slot).next().unwrap_or_default();
+                    terms.add(row);
+                    small.push((i, OneChunk::Row(row)));
+                    continue;
+                }
+                let from = gathered.len();
                 for row in window.group_rows(slot) {
-                    add_row(row);
+                    terms.add(row);
                     gathered.extend_from_slice(row);
                 }
-                &gathered
-            };
-            chunker.chunk_all(bytes, &mut emit)?;
-            out.push(GroupEntry {
-                g: keys.group_id.0[..8].try_into().unwrap(),
-                s: r.s,
-                t: time.id,
-                u: time.unit.clone(),
-                rows: u64::from(slot.rows),
-                bytes: u64::from(slot.bytes),
-                chunks,
-            });
+                small.push((i, OneChunk::Gathered(from..gathered.len())));
+            }
+            {
+                let plains: Vec<(&ChunkKeys, &[u8])> = small
+                    .iter()
+                    .map(|(i, c)| (&*keys[*i], c.bytes(&gathered)))
+                    .collect();
+                ChunkKeys::chunk_ids(&plains, &mut ids);
+            }
+            let mut small_ids = small.iter().zip(&ids).peekable();
+            for (i, (&slot, r)) in run_order.iter().zip(run_refs).enumerate() {
+                // The rows of a group are scattered over the window (read
+                // in rowid order, stored by group): start loading the next
+                // group's rows, and the slot of the one after, while this
+                // one is chunked.
+                if let Some(&next) = run_order.get(i + 1) {
+                    window.prefetch_rows(&window.slots[next as usize]);
+                }
+                if let Some(&after) = run_order.get(i + 2) {
+                    crate::prefetch::line(&window.slots[after as usize]);
+                }
+                let slot = &window.slots[slot as usize];
+                let time = &self.times[r.time as usize];
+                let keys = &keys[i];
+                let mut chunks = Vec::new();
+                let mut emit = |c: &[u8], id: Id| {
+                    ReaderCtx::emit(
+                        work,
+                        &self.index,
+                        None,
+                        packs,
+                        &self.counters,
+                        keys,
+                        time.id,
+                        &mut chunks,
+                        c,
+                        id,
+                    )
+                };
+                match small_ids.next_if(|((j, _), _)| *j == i) {
+                    // Gathered above, one chunk, its id known.
+                    Some(((_, c), id)) => {
+                        let bytes = c.bytes(&gathered);
+                        if bytes.len() <= min {
+                            if !bytes.is_empty() {
+                                emit(bytes, *id)?;
+                            }
+                        } else {
+                            chunker.chunk_all(bytes, &mut |c| emit(c, keys.chunk_id(c)))?;
+                        }
+                    }
+                    None => {
+                        // A one-row group is chunked in place; others are
+                        // gathered.
+                        let from = gathered.len();
+                        let bytes: &[u8] = if slot.rows == 1 {
+                            let row = window.group_rows(slot).next().unwrap_or_default();
+                            terms.add(row);
+                            row
+                        } else {
+                            for row in window.group_rows(slot) {
+                                terms.add(row);
+                                gathered.extend_from_slice(row);
+                            }
+                            &gathered[from..]
+                        };
+                        chunker.chunk_all(bytes, &mut |c| emit(c, keys.chunk_id(c)))?;
+                        // Only the run's one-chunk groups stay gathered.
+                        gathered.truncate(from);
+                    }
+                }
+                out.push(GroupEntry {
+                    g: keys.group_id.0[..8].try_into().unwrap(),
+                    s: r.s,
+                    t: time.id,
+                    u: time.unit.clone(),
+                    rows: u64::from(slot.rows),
+                    bytes: u64::from(slot.bytes),
+                    chunks,
+                });
+            }
         }
+        let checksum = terms.sum();
         Ok((out, checksum))
     }
 }
@@ -1841,7 +1937,8 @@ impl ReaderCtx {
         (id, k.clone(), unit_label(kind, &name))
     }
 
-    /// Takes one chunk: id, dedup, hand to the workers.
+    /// Takes one chunk (`id` is its chunk id under `keys`): dedup, hand to
+    /// the workers.
     #[allow(clippy::too_many_arguments)]
     fn emit(
         work: &mut WorkSender,
@@ -1853,8 +1950,8 @@ impl ReaderCtx {
         family: KeyId,
         chunks: &mut Vec<Id>,
         data: &[u8],
+        id: Id,
     ) -> Result<(), OpsError> {
-        let id = keys.chunk_id(data);
         counters.chunks.fetch_add(1, Ordering::Relaxed);
         // Dedup against what earlier backups stored. Within this run, a chunk
         // can only repeat inside its own group (ids are keyed per group):
@@ -2789,8 +2886,9 @@ impl ReaderCtx {
                     let mut emit = |c: &[u8]| {
                         let in_flight = Some(&mut *in_flight);
                         let packs = &mut packs;
+                        let id = keys.chunk_id(c);
                         Self::emit(
-                            work, index, in_flight, packs, counters, &keys, key_id, chunks, c,
+                            work, index, in_flight, packs, counters, &keys, key_id, chunks, c, id,
                         )
                     };
                     let mut read = 0u64;

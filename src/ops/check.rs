@@ -7,7 +7,7 @@
 //! chunk a snapshot refers to is decrypted, decompressed and checked against
 //! its id. Findings name the object; any error makes the check fail.
 
-use super::restore::{keys_from_parents, parent_keys, window_batches, GroupKeyProblem};
+use super::restore::{keys_from_parents_many, parent_keys, window_batches, GroupKeyProblem};
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
@@ -16,7 +16,7 @@ use crate::repo::cache::{PackCache, PackProblem};
 use crate::repo::index::{
     Index, IndexFile, IndexObjects, PackSet, PacksIndex, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS,
 };
-use crate::repo::pack::{open_chunk_into, read_header, Codec};
+use crate::repo::pack::{open_chunks_into, read_header, Codec, ToOpen};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
 use bytes::Bytes;
@@ -329,6 +329,10 @@ const WAVE_BYTES: usize = 32 << 20;
 /// Chunks a thread takes from a wave at a time.
 const GRAB: usize = 512;
 
+/// Plaintext bytes a chunk-opening thread holds at a time (at least one
+/// chunk): the chunks up to it are opened side by side.
+const OPEN_BYTES: u64 = 1 << 20;
+
 /// A chunk to open: where it lies and the keys of the group that needs it.
 struct Queued {
     pack: u32,
@@ -386,34 +390,51 @@ fn open_wave(wave: &Wave, threads: usize) -> Opened {
     let work = || {
         let mut codec = Codec::new(3);
         let mut out = Opened::default();
-        // Reused from chunk to chunk: the decrypted body and the plaintext.
-        let (mut body, mut plain) = (Vec::new(), Vec::new());
+        // Reused from grab to grab: the decrypted body, the plaintexts
+        // and what became of each chunk.
+        let (mut body, mut plain, mut opened) = (Vec::new(), Vec::new(), Vec::new());
         loop {
             let from = next.fetch_add(GRAB, Ordering::Relaxed);
             if from >= wave.chunks.len() {
                 break;
             }
             let to = (from + GRAB).min(wave.chunks.len());
-            for (i, (p, c)) in wave.chunks[from..to].iter().enumerate() {
-                let (pack, base, object) = &wave.packs[*p as usize];
-                let s = (u64::from(c.offset) - base) as usize;
-                let e = s + c.len as usize;
-                out.checked += 1;
-                plain.clear();
-                let sealed = &pack[s..e];
-                if let Err(e) = open_chunk_into(
-                    &mut codec, &c.keys, &c.id, sealed, c.raw_len, &mut body, &mut plain,
-                ) {
-                    out.findings.push((
-                        from + i,
-                        Finding {
-                            level: Level::Error,
-                            object: object.clone(),
-                            message: format!("chunk {}: {e}", c.id),
-                            hint: None,
-                        },
-                    ));
+            // A grab's chunks side by side, up to OPEN_BYTES of plaintext at
+            // a time (chunks of files can be megabytes).
+            let mut at = from;
+            while at < to {
+                let mut end = at;
+                let mut bytes = 0u64;
+                while end < to && (end == at || bytes < OPEN_BYTES) {
+                    bytes += u64::from(wave.chunks[end].1.raw_len);
+                    end += 1;
                 }
+                let part = &wave.chunks[at..end];
+                let chunks: Vec<ToOpen<'_>> = part
+                    .iter()
+                    .map(|(p, c)| {
+                        let (pack, base, _) = &wave.packs[*p as usize];
+                        let s = (u64::from(c.offset) - base) as usize;
+                        (&*c.keys, &c.id, &pack[s..s + c.len as usize], c.raw_len)
+                    })
+                    .collect();
+                plain.clear();
+                open_chunks_into(&mut codec, &chunks, &mut body, &mut plain, &mut opened);
+                out.checked += part.len() as u64;
+                for (i, ((p, c), r)) in part.iter().zip(&opened).enumerate() {
+                    if let Err(e) = r {
+                        out.findings.push((
+                            at + i,
+                            Finding {
+                                level: Level::Error,
+                                object: wave.packs[*p as usize].2.clone(),
+                                message: format!("chunk {}: {e}", c.id),
+                                hint: None,
+                            },
+                        ));
+                    }
+                }
+                at = end;
             }
         }
         out
@@ -878,11 +899,7 @@ impl Walk<'_> {
                 p
             })
             .collect();
-        let keys: Vec<_> = groups
-            .iter()
-            .zip(parents)
-            .map(|(g, p)| p.and_then(|p| keys_from_parents(p, g, table)))
-            .collect();
+        let keys = keys_from_parents_many(parents, &groups, table);
         for (g, k) in groups.into_iter().zip(keys) {
             match k {
                 Ok(k) => keyed.push((Arc::new(k), g.chunks)),

@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
-use crate::repo::pack::{open_chunk, open_chunk_into, Codec, MAX_RAW_CHUNK};
+use crate::repo::pack::{open_chunk, open_chunks_into, Codec, ToOpen, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
 use crate::repo::tree::{GroupEntry, Page};
 use crate::store::files::{FileKind, FilesRestorer};
@@ -210,6 +210,34 @@ pub fn keys_from_parents(
         return Err(GroupKeyProblem::Mismatch);
     }
     Ok(keys)
+}
+
+/// [`keys_from_parents`] of many groups of one table, their keys derived
+/// side by side ([`crate::crypto::lanes`]); a group whose parent keys
+/// could not be had keeps its problem.
+pub fn keys_from_parents_many(
+    parents: Vec<Result<ParentKeys<'_>, GroupKeyProblem>>,
+    groups: &[GroupEntry],
+    table: &str,
+) -> Vec<Result<ChunkKeys, GroupKeyProblem>> {
+    let found: Vec<(Option<&Key32>, &Key32)> = parents
+        .iter()
+        .filter_map(|p| p.as_ref().ok().copied())
+        .collect();
+    let mut keys = ChunkKeys::new_many(crate::crypto::group_keys(&found, table)).into_iter();
+    drop(found);
+    parents
+        .into_iter()
+        .zip(groups)
+        .map(|(p, g)| {
+            p?;
+            let keys = keys.next().expect("one key a group with parents");
+            if keys.group_id.0[..8] != g.g {
+                return Err(GroupKeyProblem::Mismatch);
+            }
+            Ok(keys)
+        })
+        .collect()
 }
 
 /// Fetches and opens every chunk of a group, in order. `object` names the
@@ -949,6 +977,10 @@ impl WindowReader {
     }
 }
 
+/// Groups whose keys, nonces and chunk ids a restore thread computes side
+/// by side ([`crate::crypto::lanes`]).
+const KEYS_AT_ONCE: usize = 256;
+
 /// Opens the chunks of a part on one thread per codec, each taking a
 /// contiguous run of groups of about the same number of chunks; returns the
 /// runs' bytes in order (or the error of each run).
@@ -985,35 +1017,52 @@ fn open_parts(
             .map(|l| l.raw_len.min(MAX_RAW_CHUNK) as u64)
             .sum();
         let mut out = Vec::with_capacity(size.min(256 << 20) as usize);
-        let mut body = Vec::new();
-        for p in &part[run] {
-            let (pid, g) = &groups[p.group];
-            let keys = ChunkKeys::new(group_key(p.subject, p.time, place.table));
-            if keys.group_id.0[..8] != g.g {
-                return Err(OpsError::Integrity(format!(
-                    "{}: tree page {pid}: group {} does not match the keys it names (damaged or hostile manifest)",
-                    place.target,
-                    hex::encode(g.g)
-                )));
-            }
-            for (id, loc) in g.chunks.iter().zip(&locs[p.locs.clone()]) {
-                let (_, pack, base) = packs
-                    .iter()
-                    .find(|(n, _, _)| *n == loc.pack)
-                    .expect("the part's packs were fetched");
-                let (s, e) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
-                let base = *base as usize;
-                let Some(sealed) = s.checked_sub(base).and_then(|s| pack.get(s..e - base)) else {
+        let (mut body, mut opened) = (Vec::new(), Vec::new());
+        // A run of groups at a time: their keys, nonces and chunk ids are
+        // computed side by side.
+        for groups_run in part[run].chunks(KEYS_AT_ONCE) {
+            let parents: Vec<(Option<&Key32>, &Key32)> =
+                groups_run.iter().map(|p| (p.subject, p.time)).collect();
+            let keys = ChunkKeys::new_many(crate::crypto::group_keys(&parents, place.table));
+            drop(parents);
+            let mut chunks: Vec<ToOpen<'_>> = Vec::new();
+            let mut names: Vec<u32> = Vec::new();
+            for (p, keys) in groups_run.iter().zip(&keys) {
+                let (pid, g) = &groups[p.group];
+                if keys.group_id.0[..8] != g.g {
                     return Err(OpsError::Integrity(format!(
-                        "{}: size {} differs from the indexed {e} (truncated or replaced)",
-                        object(loc.pack),
-                        base + pack.len()
+                        "{}: tree page {pid}: group {} does not match the keys it names (damaged or hostile manifest)",
+                        place.target,
+                        hex::encode(g.g)
                     )));
-                };
-                open_chunk_into(codec, &keys, id, sealed, loc.raw_len, &mut body, &mut out)
-                    .map_err(|e| {
-                        OpsError::Integrity(format!("{}: chunk {id}: {e}", object(loc.pack)))
-                    })?;
+                }
+                for (id, loc) in g.chunks.iter().zip(&locs[p.locs.clone()]) {
+                    let (_, pack, base) = packs
+                        .iter()
+                        .find(|(n, _, _)| *n == loc.pack)
+                        .expect("the part's packs were fetched");
+                    let (s, e) = (loc.offset as usize, loc.offset as usize + loc.len as usize);
+                    let base = *base as usize;
+                    let Some(sealed) = s.checked_sub(base).and_then(|s| pack.get(s..e - base))
+                    else {
+                        return Err(OpsError::Integrity(format!(
+                            "{}: size {} differs from the indexed {e} (truncated or replaced)",
+                            object(loc.pack),
+                            base + pack.len()
+                        )));
+                    };
+                    chunks.push((keys, id, sealed, loc.raw_len));
+                    names.push(loc.pack);
+                }
+            }
+            open_chunks_into(codec, &chunks, &mut body, &mut out, &mut opened);
+            for ((_, id, _, _), (r, pack)) in chunks.iter().zip(opened.iter().zip(&names)) {
+                if let Err(e) = r {
+                    return Err(OpsError::Integrity(format!(
+                        "{}: chunk {id}: {e}",
+                        object(*pack)
+                    )));
+                }
             }
         }
         Ok(out)

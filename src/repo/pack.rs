@@ -85,6 +85,48 @@ pub fn seal_chunk_into(
     plain: &[u8],
     out: &mut Vec<u8>,
 ) {
+    let start = frame_chunk(codec, plain, out);
+    keys.seal_tail(id, out, start);
+}
+
+/// As [`seal_chunk_into`] for many chunks, appended to `out` in order,
+/// each one's sealed length pushed to `lens`. The keys' derivations and
+/// the nonces are computed side by side ([`ChunkKeys::prepare`],
+/// [`ChunkKeys::nonces`]); the bytes are those of one call a chunk.
+pub fn seal_chunks_into(
+    codec: &mut Codec,
+    chunks: &[(&ChunkKeys, &Id, &[u8])],
+    out: &mut Vec<u8>,
+    lens: &mut Vec<u32>,
+) {
+    prepare_keys(chunks.iter().map(|c| c.0));
+    let mut nonces = Vec::with_capacity(chunks.len());
+    let pairs: Vec<(&ChunkKeys, &Id)> = chunks.iter().map(|c| (c.0, c.1)).collect();
+    ChunkKeys::nonces(&pairs, &mut nonces);
+    for ((keys, id, plain), nonce) in chunks.iter().zip(&nonces) {
+        let before = out.len();
+        let start = frame_chunk(codec, plain, out);
+        keys.seal_tail_with(id, nonce, out, start);
+        lens.push((out.len() - before) as u32);
+    }
+}
+
+/// Derives, side by side, the keys the chunks of these groups need (a
+/// group's chunks come together, so a repeat of the previous group is
+/// passed over).
+fn prepare_keys<'a>(keys: impl Iterator<Item = &'a ChunkKeys>) {
+    let mut groups: Vec<&ChunkKeys> = Vec::new();
+    for k in keys {
+        if groups.last().is_none_or(|last| !std::ptr::eq(*last, k)) {
+            groups.push(k);
+        }
+    }
+    ChunkKeys::prepare(&groups);
+}
+
+/// Appends the codec byte and the chunk's data (compressed when it
+/// helps) to `out`, and returns where they start.
+fn frame_chunk(codec: &mut Codec, plain: &[u8], out: &mut Vec<u8>) -> usize {
     let c = if plain.len() < SMALL_CHUNK {
         &mut codec.small
     } else {
@@ -108,7 +150,7 @@ pub fn seal_chunk_into(
     out.reserve(data.len() + 1 + 16);
     out.push(codec_byte);
     out.extend_from_slice(data);
-    keys.seal_tail(id, out, start);
+    start
 }
 
 /// Why a chunk could not be read back.
@@ -151,15 +193,85 @@ pub fn open_chunk_into(
     body: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<(), ChunkError> {
-    // FORMAT 3.3: a reader refuses a chunk of more than 64 MiB, stored or
-    // compressed (no writer makes one: chunks end at 16 MiB).
+    let start = out.len();
+    check_raw_len(raw_len)?;
+    keys.open_into(id, sealed, body)?;
+    decode_body(codec, body, raw_len, out)?;
+    if keys.chunk_id(&out[start..]) != *id {
+        out.truncate(start);
+        return Err(ChunkError::Hash);
+    }
+    Ok(())
+}
+
+/// A chunk to open: its group's keys, its id, its sealed bytes and its
+/// indexed plaintext length.
+pub type ToOpen<'a> = (&'a ChunkKeys, &'a Id, &'a [u8], u32);
+
+/// As [`open_chunk_into`] for many chunks: each plaintext is appended to
+/// `out` in order, and `opened[i]` is chunk `i`'s range in `out`, or why
+/// it did not open (the plaintext of a chunk whose content did not hash
+/// to its id stays in `out`, named by no range). The keys'
+/// derivations, the nonces and the chunk ids are computed side by side;
+/// the checks are those of one call a chunk.
+pub fn open_chunks_into(
+    codec: &mut Codec,
+    chunks: &[ToOpen<'_>],
+    body: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    opened: &mut Vec<Result<std::ops::Range<usize>, ChunkError>>,
+) {
+    opened.clear();
+    prepare_keys(chunks.iter().map(|c| c.0));
+    let mut nonces = Vec::with_capacity(chunks.len());
+    let pairs: Vec<(&ChunkKeys, &Id)> = chunks.iter().map(|c| (c.0, c.1)).collect();
+    ChunkKeys::nonces(&pairs, &mut nonces);
+    for ((keys, id, sealed, raw_len), nonce) in chunks.iter().zip(&nonces) {
+        let start = out.len();
+        let r = check_raw_len(*raw_len)
+            .and_then(|_| Ok(keys.open_into_with(id, nonce, sealed, body)?))
+            .and_then(|_| decode_body(codec, body, *raw_len, out));
+        opened.push(r.map(|_| start..out.len()));
+    }
+    // The chunk ids of the chunks that opened, side by side.
+    let done: Vec<usize> = (0..chunks.len()).filter(|&i| opened[i].is_ok()).collect();
+    let plains: Vec<(&ChunkKeys, &[u8])> = done
+        .iter()
+        .map(|&i| {
+            let range = opened[i].as_ref().expect("opened").clone();
+            (chunks[i].0, &out[range])
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(done.len());
+    ChunkKeys::chunk_ids(&plains, &mut ids);
+    drop(plains);
+    for (&i, got) in done.iter().zip(&ids) {
+        if got != chunks[i].1 {
+            opened[i] = Err(ChunkError::Hash);
+        }
+    }
+}
+
+/// FORMAT 3.3: a reader refuses a chunk of more than 64 MiB, stored or
+/// compressed (no writer makes one: chunks end at 16 MiB).
+fn check_raw_len(raw_len: u32) -> Result<(), ChunkError> {
     if raw_len > MAX_RAW_CHUNK {
         return Err(ChunkError::Length {
             got: raw_len as usize,
             want: MAX_RAW_CHUNK as usize,
         });
     }
-    keys.open_into(id, sealed, body)?;
+    Ok(())
+}
+
+/// Appends the plaintext of a decrypted body (codec byte, data) to `out`,
+/// which is left as it was if the body does not decode to `raw_len` bytes.
+fn decode_body(
+    codec: &mut Codec,
+    body: &[u8],
+    raw_len: u32,
+    out: &mut Vec<u8>,
+) -> Result<(), ChunkError> {
     let start = out.len();
     match body.first() {
         Some(&CODEC_STORED) => out.extend_from_slice(&body[1..]),
@@ -176,18 +288,13 @@ pub fn open_chunk_into(
         Some(&c) => return Err(ChunkError::Codec(c)),
         None => return Err(ChunkError::Codec(255)),
     };
-    let plain = &out[start..];
-    if plain.len() != raw_len as usize {
-        let got = plain.len();
+    let got = out.len() - start;
+    if got != raw_len as usize {
         out.truncate(start);
         return Err(ChunkError::Length {
             got,
             want: raw_len as usize,
         });
-    }
-    if keys.chunk_id(plain) != *id {
-        out.truncate(start);
-        return Err(ChunkError::Hash);
     }
     Ok(())
 }
