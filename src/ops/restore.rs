@@ -656,6 +656,13 @@ async fn window_groups(
                 "tree {pid} belongs to table {pt}, not {table}"
             )));
         }
+        if groups.capacity() == 0 {
+            // A window's pages list about as many groups each: room for
+            // all of them at once (capped, as the pages are not trusted),
+            // instead of growing a vector of a few hundred thousand
+            // entries by copies into fresh memory.
+            groups.reserve(gs.len().saturating_mul(pages.len()).min(1 << 20));
+        }
         groups.extend(gs.into_iter().map(|g| (*pid, g)));
     }
     Ok(Ok(groups))
