@@ -886,10 +886,14 @@ impl WindowReader {
             from: 0,
             keys: Vec::with_capacity(PARENTS_BATCH),
         };
+        // A part's groups and chunk locations; their room is kept from
+        // part to part (a part of call records holds some 100 k groups).
+        let mut part: Vec<Pending<'v>> = Vec::new();
+        let mut locs: Vec<ChunkLoc> = Vec::new();
         while next < groups.len() {
             // A part: as many groups as fit in PACKS_AT_ONCE packs.
-            let mut part: Vec<Pending<'v>> = Vec::new();
-            let mut locs: Vec<ChunkLoc> = Vec::new();
+            part.clear();
+            locs.clear();
             let mut packs: Vec<u32> = Vec::new();
             let mut rows = 0u64;
             while next < groups.len() {

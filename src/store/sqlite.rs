@@ -1457,6 +1457,8 @@ pub struct SqliteRestorer {
     schema: SqliteSchema,
     targets: HashMap<String, Target>,
     sequence: Vec<Row>,
+    /// Scratch for [`insert_pieces`](Self::insert_pieces).
+    spans: Vec<(i64, u64)>,
     done: bool,
 }
 
@@ -1558,6 +1560,7 @@ impl SqliteRestorer {
             schema: schema.clone(),
             targets: HashMap::new(),
             sequence: Vec::new(),
+            spans: Vec::new(),
             done: false,
         };
         // From here on, dropping `r` on error removes the temporary file.
@@ -1931,6 +1934,21 @@ impl SqliteRestorer {
     /// read window's rows in pieces (one per thread that opened them), each
     /// a run of groups, so the window's rowids interleave across pieces.
     pub fn insert_pieces(&mut self, table: &str, pieces: &[&[u8]]) -> Result<u64, SqliteError> {
+        // The rows' order is worked out in a vector kept from window to
+        // window (a window of call records holds some 700 k rows).
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
+        let r = self.insert_spans(table, pieces, &mut spans);
+        self.spans = spans;
+        r
+    }
+
+    fn insert_spans(
+        &mut self,
+        table: &str,
+        pieces: &[&[u8]],
+        spans: &mut Vec<(i64, u64)>,
+    ) -> Result<u64, SqliteError> {
         let target = self
             .targets
             .get(table)
@@ -1974,7 +1992,6 @@ impl SqliteRestorer {
         // into its middle, and the pieces hold a whole read window, whose
         // rows the backup read in rowid order but stored by group. A row is
         // named by its piece and its offset in it, (piece << 40) | offset.
-        let mut spans: Vec<(i64, u64)> = Vec::new();
         for (i, encoded) in pieces.iter().enumerate() {
             let mut pos = 0;
             while pos < encoded.len() {
@@ -1985,7 +2002,7 @@ impl SqliteRestorer {
             }
         }
         let ordered = |spans: &[(i64, u64)]| spans.windows(2).all(|w| w[0].0 < w[1].0);
-        if target.rowid && !ordered(&spans) {
+        if target.rowid && !ordered(spans) {
             spans.sort_unstable();
         }
         // The table's pages are written directly while its rows come in
@@ -1998,7 +2015,7 @@ impl SqliteRestorer {
         };
         let bulk = (loading || target.bulk.is_some())
             && target.rowid
-            && ordered(&spans)
+            && ordered(spans)
             && spans.first().is_none_or(|f| last.is_none_or(|l| f.0 > l));
         let ncols = target.ncols;
         let mut values = Vec::with_capacity(ncols);
@@ -2021,7 +2038,7 @@ impl SqliteRestorer {
             }
             let pages = self.pages.as_mut().expect("opened above");
             let (_, load) = self.loading.as_mut().expect("started above");
-            each_row(pieces, &spans, &mut values, record, |rowid, values, pos| {
+            each_row(pieces, spans, &mut values, record, |rowid, values, pos| {
                 let Some(rowid) = rowid.filter(|_| values.len() == ncols) else {
                     return Err(shape(format!(
                         "row at byte {pos}: {} values, rowid {}; expected {ncols} values and a rowid",
@@ -2051,7 +2068,7 @@ impl SqliteRestorer {
             source,
         };
         let mut stmt = conn.prepare_cached(&target.insert).map_err(sql_err)?;
-        each_row(pieces, &spans, &mut values, record, |rowid, values, pos| {
+        each_row(pieces, spans, &mut values, record, |rowid, values, pos| {
             if values.len() != target.ncols || rowid.is_some() != target.rowid {
                 return Err(shape(format!(
                     "row at byte {pos}: {} values, rowid {}; expected {} values, rowid {}",
