@@ -14,7 +14,9 @@
 use super::lock::BackupLock;
 use super::{OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
-use crate::crypto::{group_key, subject_pseudonym_hex, ChunkKeys, Id, Key32, MetaKey};
+use crate::crypto::{
+    group_key, subject_pseudonyms_hex, ChunkKeys, Id, Key32, MetaKey, PseudonymHex,
+};
 use crate::policy::{ExtensionConfig, NotBackedUp, Policy, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
@@ -2251,10 +2253,7 @@ impl ReaderCtx {
             // pseudonym and a few cache misses each, most of this thread's
             // work per group); the ones missing are created here after, in
             // order.
-            for i in self.subject_keys(&v, window, &order, &mut refs) {
-                let slot = &window.slots[order[i] as usize];
-                let subj = window.coord(slot.subject).expect("listed for its subject");
-                let pseudo = subject_pseudonym_hex(v.pseudonym_key(), &subj);
+            for (i, pseudo) in self.subject_keys(&v, window, &order, &mut refs) {
                 let (id, key) = v.get_or_create(KeyKind::Subject, pseudo.as_str());
                 refs[i].s = Some(id);
                 refs[i].skey = Some(key.clone());
@@ -2368,31 +2367,48 @@ impl ReaderCtx {
     /// Sets the subject key of each group in `order` (`refs`, in the same
     /// order) that has a subject and whose key the vault has now, looking
     /// them up on the grouping threads. Returns the positions of the groups
-    /// whose subject has no key yet, in order.
+    /// whose subject has no key yet, in order, with their pseudonyms.
     fn subject_keys(
         &self,
         vault: &Vault,
         window: &Window,
         order: &[u32],
         refs: &mut [GroupRef],
-    ) -> Vec<usize> {
-        let lookup = |first: usize, slots: &[u32], refs: &mut [GroupRef]| -> Vec<usize> {
-            let mut missing = Vec::new();
-            for (i, (&slot, r)) in slots.iter().zip(refs).enumerate() {
-                let slot = &window.slots[slot as usize];
-                if let Some(subj) = window.coord(slot.subject) {
-                    let pseudo = subject_pseudonym_hex(vault.pseudonym_key(), &subj);
-                    match vault.get_existing(KeyKind::Subject, pseudo.as_str()) {
-                        Some((id, key)) => {
-                            r.s = Some(id);
-                            r.skey = Some(key.clone());
+    ) -> Vec<(usize, PseudonymHex)> {
+        let lookup =
+            |first: usize, slots: &[u32], refs: &mut [GroupRef]| -> Vec<(usize, PseudonymHex)> {
+                let mut missing = Vec::new();
+                let mut pseudonyms = Vec::new();
+                // A run of groups at a time: their pseudonyms are computed side
+                // by side, then looked up.
+                for (run, (slots, refs)) in slots
+                    .chunks(KEYS_AT_ONCE)
+                    .zip(refs.chunks_mut(KEYS_AT_ONCE))
+                    .enumerate()
+                {
+                    let subjects: Vec<(usize, std::borrow::Cow<'_, str>)> = slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, &slot)| {
+                            window
+                                .coord(window.slots[slot as usize].subject)
+                                .map(|s| (i, s))
+                        })
+                        .collect();
+                    let texts: Vec<&str> = subjects.iter().map(|(_, s)| s.as_ref()).collect();
+                    subject_pseudonyms_hex(vault.pseudonym_key(), &texts, &mut pseudonyms);
+                    for ((i, _), pseudo) in subjects.iter().zip(&pseudonyms) {
+                        match vault.get_existing(KeyKind::Subject, pseudo.as_str()) {
+                            Some((id, key)) => {
+                                refs[*i].s = Some(id);
+                                refs[*i].skey = Some(key.clone());
+                            }
+                            None => missing.push((first + run * KEYS_AT_ONCE + i, *pseudo)),
                         }
-                        None => missing.push(first + i),
                     }
                 }
-            }
-            missing
-        };
+                missing
+            };
         let threads = self.threads.max(1);
         if threads == 1 || order.len() < 1024 {
             return lookup(0, order, refs);
