@@ -253,6 +253,26 @@ impl<const L: usize> Drop for Block<L> {
     }
 }
 
+/// The most blocks any of these messages has (an empty message is one).
+fn most_blocks(jobs: &[(&[u8; 32], &[u8])]) -> usize {
+    jobs.iter()
+        .map(|j| j.1.len().div_ceil(64).max(1))
+        .max()
+        .unwrap_or(0)
+}
+
+/// Each lane's output bytes from the chaining values' words (`words[w][l]`
+/// is word `w` of lane `l`), for the first `n` lanes; `words` is wiped.
+fn write_out<const L: usize>(words: &mut [[u32; L]; 8], n: usize, out: &mut [[u8; 32]; 16]) {
+    for (l, o) in out.iter_mut().enumerate().take(n) {
+        for (w, word) in words.iter().enumerate() {
+            o[4 * w..4 * w + 4].copy_from_slice(&word[l].to_le_bytes());
+        }
+    }
+    // SAFETY: a valid, exclusive reference.
+    unsafe { std::ptr::write_volatile(words, [[0; L]; 8]) };
+}
+
 /// The keys of up to `L` messages, one row of 8 words a lane.
 fn key_words<const L: usize>(jobs: &[(&[u8; 32], &[u8])]) -> [[u32; 8]; L] {
     let mut k = [[0u32; 8]; L];
@@ -266,7 +286,7 @@ fn key_words<const L: usize>(jobs: &[(&[u8; 32], &[u8])]) -> [[u32; 8]; L] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{key_words, Block, IV, SCHEDULE};
+    use super::{key_words, most_blocks, write_out, Block, IV, SCHEDULE};
     use std::arch::x86_64::*;
 
     /// One G mixing step over four state vectors and two message vectors.
@@ -320,11 +340,7 @@ mod x86 {
     ) {
         let n = jobs.len();
         debug_assert!(n <= 16);
-        let count = jobs
-            .iter()
-            .map(|j| j.1.len().div_ceil(64).max(1))
-            .max()
-            .unwrap_or(0);
+        let count = most_blocks(jobs);
         let mut keys = key_words::<16>(jobs);
         let mut cv = [_mm512_setzero_si512(); 8];
         for (w, c) in cv.iter_mut().enumerate() {
@@ -392,13 +408,7 @@ mod x86 {
             unsafe { _mm512_storeu_si512(words[w].as_mut_ptr().cast(), *c) };
         }
         wipe(&mut cv);
-        for (l, o) in out.iter_mut().enumerate().take(n) {
-            for w in 0..8 {
-                o[4 * w..4 * w + 4].copy_from_slice(&words[w][l].to_le_bytes());
-            }
-        }
-        // SAFETY: a valid, exclusive reference.
-        unsafe { std::ptr::write_volatile(&mut words, Default::default()) };
+        write_out(&mut words, n, out);
     }
 
     /// `m[w]` = word `w` of every row (a 16 by 16 transpose of 32-bit words).
@@ -470,11 +480,7 @@ mod x86 {
     ) {
         let n = jobs.len();
         debug_assert!(n <= 8);
-        let count = jobs
-            .iter()
-            .map(|j| j.1.len().div_ceil(64).max(1))
-            .max()
-            .unwrap_or(0);
+        let count = most_blocks(jobs);
         let mut keys = key_words::<8>(jobs);
         let mut cv = [_mm256_setzero_si256(); 8];
         for (w, c) in cv.iter_mut().enumerate() {
@@ -550,13 +556,7 @@ mod x86 {
             unsafe { _mm256_storeu_si256(words[w].as_mut_ptr().cast(), *c) };
         }
         wipe(&mut cv);
-        for (l, o) in out.iter_mut().enumerate().take(n) {
-            for w in 0..8 {
-                o[4 * w..4 * w + 4].copy_from_slice(&words[w][l].to_le_bytes());
-            }
-        }
-        // SAFETY: a valid, exclusive reference.
-        unsafe { std::ptr::write_volatile(&mut words, Default::default()) };
+        write_out(&mut words, n, out);
     }
 
     /// `m[w]` = word `w` of every row (an 8 by 8 transpose of 32-bit words).
