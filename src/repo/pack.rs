@@ -560,6 +560,65 @@ mod tests {
                 assert!(why.split('|').any(|w| e.contains(w)), "{e}");
                 assert_eq!(out, b"rows before");
             }
+            // In a batch, each failure is its own chunk's, between good
+            // chunks whose plaintext is where their ranges say.
+            let mut batch: Vec<ToOpen<'_>> = vec![(&keys, &id, &sealed, n)];
+            for (bad_keys, bad_id, bad_sealed, bad_raw, _) in failures {
+                batch.push((bad_keys, bad_id, bad_sealed, bad_raw));
+                batch.push((&keys, &id, &sealed, n));
+            }
+            let mut opened = Vec::new();
+            open_chunks_into(&mut codec, &batch, &mut body, &mut out, &mut opened);
+            assert_eq!(opened.len(), batch.len());
+            assert_eq!(&out[..11], b"rows before");
+            for (i, r) in opened.iter().enumerate() {
+                match (i % 2, r) {
+                    (0, Ok(range)) => assert_eq!(&out[range.clone()], data, "chunk {i}"),
+                    (1, Err(e)) => {
+                        let why = failures[i / 2].4;
+                        assert!(why.split('|').any(|w| e.to_string().contains(w)), "{e}");
+                    }
+                    (_, r) => panic!("chunk {i}: {r:?}"),
+                }
+            }
+            out.truncate(b"rows before".len());
         }
+    }
+
+    #[test]
+    fn chunks_sealed_together_are_the_chunks_sealed_one_at_a_time() {
+        let groups: Vec<ChunkKeys> = (0..5).map(|_| ChunkKeys::new(Key32::random())).collect();
+        let data: Vec<Vec<u8>> = (0..40usize)
+            .map(|i| {
+                b"2026-03-14T10:00:00Z|+4915112345678|voice|60;"
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(20 + 97 * i)
+                    .collect()
+            })
+            .collect();
+        let ids: Vec<Id> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| groups[i / 8].chunk_id(d))
+            .collect();
+        let chunks: Vec<(&ChunkKeys, &Id, &[u8])> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (&groups[i / 8], &ids[i], &d[..]))
+            .collect();
+        let mut codec = Codec::new(3);
+        let (mut together, mut lens) = (b"head".to_vec(), Vec::new());
+        seal_chunks_into(&mut codec, &chunks, &mut together, &mut lens);
+        let mut one_by_one = b"head".to_vec();
+        for (k, id, d) in &chunks {
+            seal_chunk_into(&mut codec, k, id, d, &mut one_by_one);
+        }
+        assert_eq!(together, one_by_one);
+        assert_eq!(
+            lens.iter().map(|&l| l as usize).sum::<usize>(),
+            together.len() - 4
+        );
     }
 }
