@@ -1805,8 +1805,7 @@ impl GroupCtx<'_> {
         let mut gathered = Vec::new();
         // A run of groups at a time: their keys, and the chunk ids of the
         // groups that make one chunk each (most of them), are computed side
-        // by side.
-        // (group in the run, its bytes)
+        // by side. `small` lists those groups (position in the run, bytes).
         let mut small: Vec<(usize, OneChunk<'_>)> = Vec::new();
         let mut ids = Vec::new();
         for (run_order, run_refs) in order.chunks(KEYS_AT_ONCE).zip(refs.chunks(KEYS_AT_ONCE)) {
