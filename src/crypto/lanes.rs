@@ -103,15 +103,6 @@ fn kernel() -> Kernel {
     })
 }
 
-/// How many messages a call should bring for the lanes to be full.
-pub fn width() -> usize {
-    match kernel() {
-        Kernel::Avx512 => 16,
-        Kernel::Avx2 => 8,
-        Kernel::Portable => 1,
-    }
-}
-
 /// Hashes `jobs[i].1` under `jobs[i].0` (as `mode` says) into `out[i]`.
 /// Messages of similar length should come together: the lanes of a batch
 /// run as many blocks as its longest message (the messages are taken in
@@ -162,35 +153,21 @@ fn hash_many_with(k: Kernel, mode: Mode, jobs: &[(&[u8; 32], &[u8])], out: &mut 
         unsafe { std::ptr::write_volatile(&mut lane_out, [[0; 32]; 16]) };
         batch.clear();
     };
-    let first = jobs.first().map(|j| blocks(j.1));
-    if jobs.iter().all(|j| Some(blocks(j.1)) == first) {
-        // One length class (derivations, nonces): in order.
-        for (i, (key, msg)) in jobs.iter().enumerate() {
-            if msg.len() > CHUNK_LEN {
-                out[i] = mode.one(key, msg);
-                continue;
-            }
-            batch.push(i);
-            if batch.len() == lanes {
-                run(&mut batch, out);
-            }
+    // By block count, so that a batch's lanes finish together (messages of
+    // one length, as derivations and nonces are, stay in order).
+    let mut order: Vec<(u8, u32)> = Vec::with_capacity(jobs.len());
+    for (i, (key, msg)) in jobs.iter().enumerate() {
+        if msg.len() > CHUNK_LEN {
+            out[i] = mode.one(key, msg);
+        } else {
+            order.push((blocks(msg) as u8, i as u32));
         }
-    } else {
-        // By block count, so that a batch's lanes finish together.
-        let mut order: Vec<(u8, u32)> = Vec::with_capacity(jobs.len());
-        for (i, (key, msg)) in jobs.iter().enumerate() {
-            if msg.len() > CHUNK_LEN {
-                out[i] = mode.one(key, msg);
-            } else {
-                order.push((blocks(msg) as u8, i as u32));
-            }
-        }
-        order.sort_unstable();
-        for (_, i) in order {
-            batch.push(i as usize);
-            if batch.len() == lanes {
-                run(&mut batch, out);
-            }
+    }
+    order.sort_unstable();
+    for (_, i) in order {
+        batch.push(i as usize);
+        if batch.len() == lanes {
+            run(&mut batch, out);
         }
     }
     if !batch.is_empty() {
