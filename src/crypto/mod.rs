@@ -189,8 +189,9 @@ fn one_part(key: &Key32) -> [u8; 40] {
 
 /// [`derive`] of one 32-byte part under hot contexts, many at once (in
 /// SIMD lanes, [`lanes`]): `out[i]` = `derive(HOT_CONTEXTS[jobs[i].0],
-/// &[jobs[i].1])`.
-fn derive_many(jobs: &[(usize, &Key32)]) -> Vec<Key32> {
+/// &[jobs[i].1])`, as bytes (for outputs that are not secret, such as
+/// group ids; [`derive_many`] for keys).
+fn derive_many_bytes(jobs: &[(usize, &Key32)]) -> Vec<[u8; 32]> {
     let mut inputs: Vec<[u8; 40]> = jobs.iter().map(|(_, k)| one_part(k)).collect();
     let work: Vec<(&[u8; 32], &[u8])> = jobs
         .iter()
@@ -203,11 +204,41 @@ fn derive_many(jobs: &[(usize, &Key32)]) -> Vec<Key32> {
     for m in &mut inputs {
         m.zeroize();
     }
-    let keys = out.iter().map(|k| Key32::from_bytes(*k)).collect();
-    for k in &mut out {
+    out
+}
+
+/// As [`derive_many_bytes`], for keys.
+fn derive_many(jobs: &[(usize, &Key32)]) -> Vec<Key32> {
+    into_keys(derive_many_bytes(jobs))
+}
+
+/// Derived bytes as keys; the bytes are zeroized.
+fn into_keys(mut derived: Vec<[u8; 32]>) -> Vec<Key32> {
+    let keys = derived.iter().map(|k| Key32::from_bytes(*k)).collect();
+    for k in &mut derived {
         k.zeroize();
     }
     keys
+}
+
+/// The keyed BLAKE3 of many messages under one key, laid back to back in
+/// `input` (message `i` ends at `ends[i]`), side by side in SIMD lanes.
+/// `input` is zeroized: it held rows or subject ids.
+fn keyed_many(key: &[u8; 32], input: &mut [u8], ends: &[usize]) -> Vec<[u8; 32]> {
+    let mut start = 0;
+    let work: Vec<(&[u8; 32], &[u8])> = ends
+        .iter()
+        .map(|&end| {
+            let m = &input[start..end];
+            start = end;
+            (key, m)
+        })
+        .collect();
+    let mut out = vec![[0u8; 32]; ends.len()];
+    lanes::hash_many(lanes::Mode::Keyed, &work, &mut out);
+    drop(work);
+    input.zeroize();
+    out
 }
 
 /// Derives a key with BLAKE3's `derive_key` over length-prefixed parts, so
@@ -282,11 +313,7 @@ pub fn group_keys(groups: &[(Option<&Key32>, &Key32)], table_id: &str) -> Vec<Ke
     lanes::hash_many(lanes::Mode::DeriveKey, &work, &mut out);
     drop(work);
     input.zeroize();
-    let keys = out.iter().map(|k| Key32::from_bytes(*k)).collect();
-    for k in &mut out {
-        k.zeroize();
-    }
-    keys
+    into_keys(out)
 }
 
 /// A 32-byte object identifier, shown as 64 lowercase hex digits.
@@ -426,7 +453,7 @@ impl ChunkKeys {
     /// side (in SIMD lanes).
     pub fn new_many(group_keys: Vec<Key32>) -> Vec<ChunkKeys> {
         let jobs: Vec<(usize, &Key32)> = group_keys.iter().map(|k| (GROUP_ID, k)).collect();
-        let ids = derive_many(&jobs);
+        let ids = derive_many_bytes(&jobs);
         drop(jobs);
         group_keys
             .into_iter()
@@ -435,7 +462,7 @@ impl ChunkKeys {
                 id_key: std::sync::OnceLock::new(),
                 group_key,
                 sealing: std::sync::OnceLock::new(),
-                group_id: Id(*gid.expose()),
+                group_id: Id(gid),
             })
             .collect()
     }
@@ -531,7 +558,7 @@ impl ChunkKeys {
 
     /// The nonce chunk `id` is sealed under (see [`nonces`](Self::nonces)
     /// for many at once).
-    pub fn nonce(&self, id: &Id) -> ChunkNonce {
+    fn nonce(&self, id: &Id) -> ChunkNonce {
         let h = blake3::keyed_hash(self.sealing().nonce_key.expose(), &id.0);
         ChunkNonce(h.as_bytes()[..24].try_into().expect("24 of 32 bytes"))
     }
@@ -725,16 +752,10 @@ impl MetaKey {
         h
     }
 
-    /// One encoded row's term of a table checksum (FORMAT: the table
-    /// checksum is the wrapping sum of `keyed_hash("row", row)[..16]` as
-    /// u128 LE over its rows, so any order of rows gives the same sum).
-    pub fn row_term(&self, row: &[u8]) -> u128 {
-        let h = self.keyed_hash("row", row);
-        u128::from_le_bytes(h.0[..16].try_into().expect("16 of 32 bytes"))
-    }
-
-    /// A sum of [`row_term`](Self::row_term)s gathered many rows at a
-    /// time, so that their hashes are computed side by side.
+    /// A table checksum (FORMAT: the wrapping sum of `keyed_hash("row",
+    /// row)[..16]` as u128 LE over its rows, so any order of rows gives
+    /// the same sum), its rows gathered many at a time so that their
+    /// hashes are computed side by side.
     pub fn row_terms(&self) -> RowTerms<'_> {
         RowTerms {
             mac: self.mac.expose(),
@@ -793,25 +814,10 @@ impl RowTerms<'_> {
     }
 
     fn hash(&mut self) {
-        let mut start = 0;
-        let work: Vec<(&[u8; 32], &[u8])> = self
-            .ends
-            .iter()
-            .map(|&end| {
-                let m = &self.input[start..end];
-                start = end;
-                (self.mac, m)
-            })
-            .collect();
-        let mut out = vec![[0u8; 32]; work.len()];
-        lanes::hash_many(lanes::Mode::Keyed, &work, &mut out);
-        drop(work);
-        for h in &out {
+        for h in keyed_many(self.mac, &mut self.input, &self.ends) {
             let term = u128::from_le_bytes(h[..16].try_into().expect("16 of 32 bytes"));
             self.sum = self.sum.wrapping_add(term);
         }
-        // Only the bytes written (see `derive`).
-        self.input.as_mut_slice().zeroize();
         self.input.clear();
         self.ends.clear();
     }
@@ -864,19 +870,7 @@ pub fn subject_pseudonyms_hex(
         input.extend_from_slice(s.as_bytes());
         ends.push(input.len());
     }
-    let mut start = 0;
-    let work: Vec<(&[u8; 32], &[u8])> = ends
-        .iter()
-        .map(|&end| {
-            let m = &input[start..end];
-            start = end;
-            (pseudonym_key.expose(), m)
-        })
-        .collect();
-    let mut digests = vec![[0u8; 32]; subjects.len()];
-    lanes::hash_many(lanes::Mode::Keyed, &work, &mut digests);
-    drop(work);
-    input.as_mut_slice().zeroize();
+    let digests = keyed_many(pseudonym_key.expose(), &mut input, &ends);
     out.clear();
     out.extend(digests.iter().map(|d| {
         let mut hex = [0u8; 32];
@@ -1129,7 +1123,8 @@ mod tests {
         let mut want = 0u128;
         for r in &rows {
             terms.add(r);
-            want = want.wrapping_add(m.row_term(r));
+            let h = m.keyed_hash("row", r);
+            want = want.wrapping_add(u128::from_le_bytes(h.0[..16].try_into().unwrap()));
         }
         assert_eq!(terms.sum(), want);
         assert_eq!(m.row_terms().sum(), 0);
