@@ -15,7 +15,7 @@
 
 use super::index::{IndexEntry, IndexFile};
 use super::RepoError;
-use crate::crypto::{ChunkKeys, CryptoError, Id, MetaKey};
+use crate::crypto::{ChunkKeys, ChunkNonce, CryptoError, Id, MetaKey};
 
 pub const MAGIC: &[u8; 8] = b"CUSTOSPK";
 pub const END_MAGIC: &[u8; 8] = b"CUSTOSPE";
@@ -99,10 +99,7 @@ pub fn seal_chunks_into(
     out: &mut Vec<u8>,
     lens: &mut Vec<u32>,
 ) {
-    prepare_keys(chunks.iter().map(|c| c.0));
-    let mut nonces = Vec::with_capacity(chunks.len());
-    let pairs: Vec<(&ChunkKeys, &Id)> = chunks.iter().map(|c| (c.0, c.1)).collect();
-    ChunkKeys::nonces(&pairs, &mut nonces);
+    let nonces = nonces_of(chunks.iter().map(|c| (c.0, c.1)));
     for ((keys, id, plain), nonce) in chunks.iter().zip(&nonces) {
         let before = out.len();
         let start = frame_chunk(codec, plain, out);
@@ -111,17 +108,21 @@ pub fn seal_chunks_into(
     }
 }
 
-/// Derives, side by side, the keys the chunks of these groups need (a
-/// group's chunks come together, so a repeat of the previous group is
-/// passed over).
-fn prepare_keys<'a>(keys: impl Iterator<Item = &'a ChunkKeys>) {
+/// The nonces of these chunks (group keys, chunk id), their groups' keys
+/// derived first, all side by side (a group's chunks come together, so a
+/// repeat of the previous group is passed over when preparing its keys).
+fn nonces_of<'a>(chunks: impl Iterator<Item = (&'a ChunkKeys, &'a Id)>) -> Vec<ChunkNonce> {
+    let pairs: Vec<(&ChunkKeys, &Id)> = chunks.collect();
     let mut groups: Vec<&ChunkKeys> = Vec::new();
-    for k in keys {
-        if groups.last().is_none_or(|last| !std::ptr::eq(*last, k)) {
+    for (k, _) in &pairs {
+        if groups.last().is_none_or(|last| !std::ptr::eq(*last, *k)) {
             groups.push(k);
         }
     }
     ChunkKeys::prepare(&groups);
+    let mut nonces = Vec::with_capacity(pairs.len());
+    ChunkKeys::nonces(&pairs, &mut nonces);
+    nonces
 }
 
 /// Appends the codec byte and the chunk's data (compressed when it
@@ -222,10 +223,7 @@ pub fn open_chunks_into(
     opened: &mut Vec<Result<std::ops::Range<usize>, ChunkError>>,
 ) {
     opened.clear();
-    prepare_keys(chunks.iter().map(|c| c.0));
-    let mut nonces = Vec::with_capacity(chunks.len());
-    let pairs: Vec<(&ChunkKeys, &Id)> = chunks.iter().map(|c| (c.0, c.1)).collect();
-    ChunkKeys::nonces(&pairs, &mut nonces);
+    let nonces = nonces_of(chunks.iter().map(|c| (c.0, c.1)));
     for ((keys, id, sealed, raw_len), nonce) in chunks.iter().zip(&nonces) {
         let start = out.len();
         let r = check_raw_len(*raw_len)
