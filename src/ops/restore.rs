@@ -205,7 +205,11 @@ pub fn keys_from_parents(
     g: &GroupEntry,
     table: &str,
 ) -> Result<ChunkKeys, GroupKeyProblem> {
-    let keys = ChunkKeys::new(group_key(s, t, table));
+    named_by(ChunkKeys::new(group_key(s, t, table)), g)
+}
+
+/// The keys, if they derive the group id the manifest names for `g`.
+fn named_by(keys: ChunkKeys, g: &GroupEntry) -> Result<ChunkKeys, GroupKeyProblem> {
     if keys.group_id.0[..8] != g.g {
         return Err(GroupKeyProblem::Mismatch);
     }
@@ -215,9 +219,9 @@ pub fn keys_from_parents(
 /// [`keys_from_parents`] of many groups of one table, their keys derived
 /// side by side ([`crate::crypto::lanes`]); a group whose parent keys
 /// could not be had keeps its problem.
-pub fn keys_from_parents_many(
+pub fn keys_from_parents_many<'g>(
     parents: Vec<Result<ParentKeys<'_>, GroupKeyProblem>>,
-    groups: &[GroupEntry],
+    groups: impl IntoIterator<Item = &'g GroupEntry>,
     table: &str,
 ) -> Vec<Result<ChunkKeys, GroupKeyProblem>> {
     let found: Vec<(Option<&Key32>, &Key32)> = parents
@@ -231,11 +235,7 @@ pub fn keys_from_parents_many(
         .zip(groups)
         .map(|(p, g)| {
             p?;
-            let keys = keys.next().expect("one key a group with parents");
-            if keys.group_id.0[..8] != g.g {
-                return Err(GroupKeyProblem::Mismatch);
-            }
-            Ok(keys)
+            named_by(keys.next().expect("one key a group with parents"), g)
         })
         .collect()
 }
@@ -1032,21 +1032,22 @@ fn open_parts(
         // A run of groups at a time: their keys, nonces and chunk ids are
         // computed side by side.
         for groups_run in part[run].chunks(KEYS_AT_ONCE) {
-            let parents: Vec<(Option<&Key32>, &Key32)> =
-                groups_run.iter().map(|p| (p.subject, p.time)).collect();
-            let keys = ChunkKeys::new_many(crate::crypto::group_keys(&parents, place.table));
-            drop(parents);
+            let keys = keys_from_parents_many(
+                groups_run.iter().map(|p| Ok((p.subject, p.time))).collect(),
+                groups_run.iter().map(|p| &groups[p.group].1),
+                place.table,
+            );
             let mut chunks: Vec<ToOpen<'_>> = Vec::new();
             let mut names: Vec<u32> = Vec::new();
             for (p, keys) in groups_run.iter().zip(&keys) {
                 let (pid, g) = &groups[p.group];
-                if keys.group_id.0[..8] != g.g {
+                let Ok(keys) = keys else {
                     return Err(OpsError::Integrity(format!(
                         "{}: tree page {pid}: group {} does not match the keys it names (damaged or hostile manifest)",
                         place.target,
                         hex::encode(g.g)
                     )));
-                }
+                };
                 for (id, loc) in g.chunks.iter().zip(&locs[p.locs.clone()]) {
                     let (_, pack, base) = packs
                         .iter()
