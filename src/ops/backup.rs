@@ -1882,13 +1882,12 @@ impl GroupCtx<'_> {
                 match small_ids.next_if(|((j, _), _)| *j == i) {
                     // Gathered above, one chunk, its id known.
                     Some(((_, c), id)) => {
+                        // At most `min` bytes (`slot.bytes`): the one chunk
+                        // `chunk_all` would cut.
                         let bytes = c.bytes(&gathered);
-                        if bytes.len() <= min {
-                            if !bytes.is_empty() {
-                                emit(bytes, *id)?;
-                            }
-                        } else {
-                            chunker.chunk_all(bytes, &mut |c| emit(c, keys.chunk_id(c)))?;
+                        debug_assert!(bytes.len() <= min, "a slot's bytes are its rows'");
+                        if !bytes.is_empty() {
+                            emit(bytes, *id)?;
                         }
                     }
                     None => {
