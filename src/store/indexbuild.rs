@@ -13,10 +13,11 @@
 //!
 //! Entries sort by a byte string that compares as SQLite compares index
 //! records under the BINARY collation: per key column a class byte (NULL,
-//! integer, text, blob, in SQLite's order), then the value (integers
-//! big-endian with the sign bit flipped; text and blobs with 0x00 escaped
-//! as 0x00 0x01 and ended by 0x00 0x00, so a prefix sorts first), then the
-//! rowid. Only what that covers is built here: a key of table columns,
+//! integer, text, blob, in SQLite's order), then the value (integers in
+//! as few bytes as keep their order, see `put_int`; text and blobs with
+//! 0x00 escaped as 0x00 0x01 and ended by 0x00 0x00, so a prefix sorts
+//! first), then the rowid (eight bytes big-endian, the sign bit flipped).
+//! These keys live only in memory and in the build's temporary file. Only what that covers is built here: a key of table columns,
 //! ascending, BINARY, not partial, with no REAL value in a key (a real
 //! compares with integers by value, which this order does not reproduce).
 //! Anything else is refused and left to SQLite (`REINDEX`); so is a UNIQUE
@@ -38,8 +39,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-/// Bytes of entries sorted in memory before they are written out as a run.
-pub const RUN_BYTES: usize = 16 << 20;
+/// Bytes of entries, counting each one's [`Start`], sorted in memory before
+/// they are written out as a run. The sort takes up to as much again.
+pub const RUN_BYTES: usize = 24 << 20;
 
 /// What an index holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,15 +64,39 @@ pub struct IndexBuild {
     batch_bytes: usize,
     /// Why the index is left to SQLite, once known.
     refused: Option<&'static str>,
-    /// The current run: entries, each `klen u32, key`, and where each
-    /// starts.
+    /// The current run: entries, each `klen u32, key`, and for each its
+    /// key's first bytes and where it starts (see [`Start`]).
     buf: Vec<u8>,
-    starts: Vec<usize>,
+    starts: Vec<Start>,
     dir: PathBuf,
     spill: Option<File>,
     spilled: u64,
     runs: Vec<(u64, u64)>,
     key: Vec<u8>,
+}
+
+/// An entry in a run: its key's first 16 bytes, big-endian in two words
+/// (zeros past a shorter key), and where it starts in the run buffer.
+/// Sorting by the words orders most pairs without reading the buffer; the
+/// keys are compared only when the words tie. Zeros past a shorter key
+/// never misorder: where the words differ, either both keys have bytes
+/// there, or the shorter key is a prefix of the longer up to that point
+/// and sorts first on both counts.
+#[derive(Clone, Copy)]
+struct Start {
+    prefix: [u64; 2],
+    at: u32,
+}
+
+/// The first 16 bytes of `key` as [`Start::prefix`] takes them.
+fn prefix_of(key: &[u8]) -> [u64; 2] {
+    let mut p = [0u8; 16];
+    let n = key.len().min(16);
+    p[..n].copy_from_slice(&key[..n]);
+    [
+        u64::from_be_bytes(p[..8].try_into().expect("8 bytes")),
+        u64::from_be_bytes(p[8..].try_into().expect("8 bytes")),
+    ]
 }
 
 /// An entry's key in a run buffer (`klen u32, key`), and where the next
@@ -96,11 +122,7 @@ fn record_of(key: &[u8], head: &mut Vec<u8>, body: &mut Vec<u8>, out: &mut Vec<u
                 null = true;
                 0
             }
-            2 => {
-                let v = u64::from_be_bytes(key[at..at + 8].try_into().expect("8 bytes"));
-                at += 8;
-                int_serial((v ^ (1 << 63)) as i64, body)
-            }
+            2 => int_serial(take_int(key, &mut at), body),
             _ => {
                 let start = body.len();
                 loop {
@@ -179,8 +201,7 @@ impl IndexBuild {
                 ValueRef::Null => self.key.push(1),
                 ValueRef::Integer(i) => {
                     self.key.push(2);
-                    self.key
-                        .extend_from_slice(&((i as u64) ^ (1 << 63)).to_be_bytes());
+                    put_int(i, &mut self.key);
                 }
                 ValueRef::Text(t) => {
                     self.key.push(3);
@@ -200,11 +221,14 @@ impl IndexBuild {
         }
         self.key
             .extend_from_slice(&((rowid as u64) ^ (1 << 63)).to_be_bytes());
-        self.starts.push(self.buf.len());
+        self.starts.push(Start {
+            prefix: prefix_of(&self.key),
+            at: u32::try_from(self.buf.len()).expect("a run is under 4 GiB"),
+        });
         self.buf
             .extend_from_slice(&(self.key.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&self.key);
-        if self.buf.len() >= self.run_bytes {
+        if self.buf.len() + self.starts.len() * std::mem::size_of::<Start>() >= self.run_bytes {
             self.spill_run()?;
         }
         Ok(())
@@ -212,8 +236,11 @@ impl IndexBuild {
 
     fn sort_run(&mut self) {
         let buf = &self.buf;
-        self.starts
-            .sort_unstable_by(|&a, &b| entry(buf, a).0.cmp(entry(buf, b).0));
+        self.starts.sort_unstable_by(|a, b| {
+            a.prefix
+                .cmp(&b.prefix)
+                .then_with(|| entry(buf, a.at as usize).0.cmp(entry(buf, b.at as usize).0))
+        });
     }
 
     /// Sorts the current run and appends it to the temporary file.
@@ -239,7 +266,8 @@ impl IndexBuild {
         let f = self.spill.as_mut().expect("opened above");
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &*f);
         let start = self.spilled;
-        for &at in &self.starts {
+        for s in &self.starts {
+            let at = s.at as usize;
             let (_, end) = entry(&self.buf, at);
             out.write_all(&self.buf[at..end])?;
             self.spilled += (end - at) as u64;
@@ -263,8 +291,8 @@ impl IndexBuild {
         let mut out = EntryWriter::new(&self.spec, file);
         if self.runs.is_empty() {
             self.sort_run();
-            for &at in &self.starts {
-                if !out.add(file, entry(&self.buf, at).0)? {
+            for s in &self.starts {
+                if !out.add(file, entry(&self.buf, s.at as usize).0)? {
                     return Ok(Some(REPEATS));
                 }
             }
@@ -380,7 +408,7 @@ fn merge_runs(
     let mut heap = BinaryHeap::with_capacity(readers.len());
     for (i, r) in readers.iter_mut().enumerate() {
         let mut first = Head {
-            prefix: 0,
+            prefix: [0; 2],
             run: i,
             entry: Vec::new(),
         };
@@ -418,21 +446,16 @@ fn merge_runs(
 }
 
 /// A run's next entry, ordered for a min-heap on the key. The key's first
-/// eight bytes, big-endian (zeros past a shorter key), order most pairs
-/// without reading the entries.
+/// bytes ([`prefix_of`]) order most pairs without reading the entries.
 struct Head {
-    prefix: u64,
+    prefix: [u64; 2],
     run: usize,
     entry: Vec<u8>,
 }
 
 impl Head {
     fn set_prefix(&mut self) {
-        let key = entry(&self.entry, 0).0;
-        let mut p = [0u8; 8];
-        let n = key.len().min(8);
-        p[..n].copy_from_slice(&key[..n]);
-        self.prefix = u64::from_be_bytes(p);
+        self.prefix = prefix_of(entry(&self.entry, 0).0);
     }
 }
 
@@ -516,6 +539,40 @@ impl<'f> RunReader<'f> {
 }
 
 /// Appends `b` with 0x00 escaped as 0x00 0x01, then 0x00 0x00.
+/// An integer key value, in as few bytes as keep the order: a length
+/// byte, then the value's low bytes big-endian. The length byte is
+/// `0x80 + n` for a value of `n` bytes that is not negative, `0x7f - n`
+/// for a negative one (whose bytes are its two's complement), so negative
+/// values sort first, the most bytes first among them, and the fewest
+/// first among the others. Small keys put more of themselves in a run's
+/// 16 leading bytes ([`Start`]) and take less room than eight fixed bytes.
+fn put_int(i: i64, out: &mut Vec<u8>) {
+    // Bytes that a sign extension gives back: n for the value's magnitude.
+    let m = if i < 0 { !i } else { i } as u64;
+    let n = (8 - m.leading_zeros() as usize / 8).max(1);
+    out.push(if i < 0 {
+        0x7f - n as u8
+    } else {
+        0x80 + n as u8
+    });
+    out.extend_from_slice(&i.to_be_bytes()[8 - n..]);
+}
+
+/// The integer [`put_int`] wrote at `*at`; moves `*at` past it.
+fn take_int(key: &[u8], at: &mut usize) -> i64 {
+    let len = key[*at];
+    let (n, mut v) = if len >= 0x80 {
+        ((len - 0x80) as usize, 0i64)
+    } else {
+        ((0x7f - len) as usize, -1i64)
+    };
+    for &b in &key[*at + 1..*at + 1 + n] {
+        v = (v << 8) | b as i64;
+    }
+    *at += 1 + n;
+    v
+}
+
 fn escape(b: &[u8], out: &mut Vec<u8>) {
     for &byte in b {
         out.push(byte);
@@ -847,9 +904,30 @@ mod tests {
         assert_eq!(why, Some("a UNIQUE key repeats"));
     }
 
+    /// An integer comes back as it went in, whatever its size and sign.
+    #[test]
+    fn integer_keys_come_back() {
+        let mut values = vec![i64::MIN, i64::MIN + 1, i64::MAX, 0, -1, 1];
+        for shift in 0..64 {
+            for base in [1i64 << shift, (1i64 << shift).wrapping_neg()] {
+                values.extend([base.wrapping_sub(1), base, base.wrapping_add(1)]);
+            }
+        }
+        let mut key = Vec::new();
+        for &v in &values {
+            put_int(v, &mut key);
+        }
+        let mut at = 0;
+        for &v in &values {
+            assert_eq!(take_int(&key, &mut at), v);
+        }
+        assert_eq!(at, key.len());
+    }
+
     /// The byte order of the keys is SQLite's order of the values (BINARY
     /// collation): classes, integers by value, text and blobs bytewise
-    /// with a prefix first.
+    /// with a prefix first; so is the order of a sorted run, whose keys
+    /// are first compared by their leading 16 bytes.
     #[test]
     fn key_bytes_sort_as_sqlite_orders_values() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -857,8 +935,29 @@ mod tests {
         c.execute_batch("CREATE TABLE v(x)").unwrap();
         let mut values = Vec::new();
         for _ in 0..3000 {
-            let v = match rng.gen_range(0..5) {
+            let v = match rng.gen_range(0..7) {
                 0 => Value::Null,
+                6 => Value::Integer(
+                    [
+                        i64::MIN,
+                        i64::MIN + 1,
+                        -257,
+                        -256,
+                        -255,
+                        -1,
+                        0,
+                        255,
+                        256,
+                        i64::MAX,
+                    ][rng.gen_range(0..10)],
+                ),
+                // Keys that share their first 16 bytes, or end inside them.
+                5 => Value::Text(
+                    "0123456789abcdefghij"[..rng.gen_range(8..20)]
+                        .chars()
+                        .chain((0..rng.gen_range(0..3)).map(|_| rng.gen_range('\0'..'c')))
+                        .collect(),
+                ),
                 1 => Value::Integer(rng.gen_range(-300..300)),
                 2 => Value::Integer(rng.gen::<i64>() >> rng.gen_range(0..64)),
                 3 => Value::Text(
@@ -903,8 +1002,8 @@ mod tests {
         let ours: Vec<Value> = b
             .starts
             .iter()
-            .map(|&at| {
-                let key = entry(&b.buf, at).0;
+            .map(|s| {
+                let key = entry(&b.buf, s.at as usize).0;
                 let rowid = (u64::from_be_bytes(key[key.len() - 8..].try_into().unwrap())
                     ^ (1 << 63)) as i64;
                 values[rowid as usize - 1].clone()
