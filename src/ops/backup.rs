@@ -894,14 +894,14 @@ struct ReaderCtx {
 /// grouped. The buffers are kept (cleared) from one window to the next.
 #[derive(Default)]
 struct Window {
-    /// Hash of a group's coordinates → its first slot with that hash.
-    by_hash: HashMap<u64, u32, std::hash::BuildHasherDefault<crate::crypto::PassHasher>>,
-    /// The groups, once [`Window::group`] has run.
+    /// The groups, once [`Window::group`] has run, in the order they are
+    /// stored in.
     slots: Vec<Slot>,
     /// Every row of the window, in arrival order.
     arena: Vec<u8>,
     /// Rows: (start in `arena`, length, next row of the group or `NONE`;
-    /// the links are set by [`Window::group`]).
+    /// [`Window::add`] links the rows of a run, [`Window::group`] the
+    /// runs of a group).
     rows: Vec<(u32, u32, u32)>,
     /// Runs of consecutive rows with equal coordinates, in read order.
     runs: Vec<Run>,
@@ -934,11 +934,13 @@ impl Coord {
 }
 
 /// Consecutive rows with the same coordinates: where the subject and the
-/// bucket are, and how many rows.
+/// bucket are, the first row, and how many rows and bytes.
 struct Run {
     subject: Coord,
     bucket: Coord,
+    first: u32,
     rows: u32,
+    bytes: u32,
 }
 
 /// One group of a window.
@@ -946,8 +948,6 @@ struct Slot {
     /// The group's coordinates (those of the group's first run).
     subject: Coord,
     bucket: Coord,
-    /// Next slot with the same hash (a collision chain), or `NONE`.
-    same_hash: u32,
     /// Its rows and their bytes (a window's offsets are 32-bit too).
     rows: u32,
     bytes: u32,
@@ -968,15 +968,19 @@ impl Window {
     }
 
     fn add(&mut self, coords: &GroupCoords, row: &[u8]) {
-        self.rows
-            .push((self.arena.len() as u32, row.len() as u32, NONE));
+        let at = self.rows.len() as u32;
+        let len = row.len() as u32;
+        self.rows.push((self.arena.len() as u32, len, NONE));
         self.arena.extend_from_slice(row);
         self.bytes += row.len();
         let subject = coords.subject.as_deref().map(str::as_bytes);
         let bucket = coords.bucket.as_deref().map(str::as_bytes);
         if let Some(last) = self.runs.last() {
             if self.text(last.subject) == subject && self.text(last.bucket) == bucket {
-                self.runs.last_mut().expect("just seen").rows += 1;
+                let run = self.runs.last_mut().expect("just seen");
+                run.rows += 1;
+                run.bytes += len;
+                self.rows[at as usize - 1].2 = at;
                 return;
             }
         }
@@ -985,7 +989,9 @@ impl Window {
         self.runs.push(Run {
             subject,
             bucket,
+            first: at,
             rows: 1,
+            bytes: len,
         });
     }
 
@@ -1010,126 +1016,111 @@ impl Window {
     /// A run's coordinate text, as bytes (appended from `&str`, so UTF-8;
     /// compared and hashed as bytes, so never validated row by row).
     fn text(&self, at: Coord) -> Option<&[u8]> {
-        (at != Coord::NONE)
-            .then(|| &self.coord_bytes[at.start as usize..(at.start + at.len) as usize])
+        coord_text(&self.coord_bytes, at)
     }
 
-    /// The slots in (bucket, subject) order, the order their groups are
-    /// stored in: by their coordinates' texts, a missing one first.
-    ///
-    /// Sorted by integers (the bucket's rank among the window's few
-    /// buckets, then the subject's first eight bytes), then by the whole
-    /// subject only where those tie: comparing the texts themselves was a
-    /// few million string comparisons a window, on the thread every other
-    /// waits on. Coordinates are unique per slot, so an unstable sort
-    /// gives the one order there is.
+    /// The slots in the order their groups are stored in: [`Window::group`]
+    /// made them in it.
     fn order(&self) -> Vec<u32> {
-        let mut buckets: Vec<Option<&[u8]>> =
-            self.slots.iter().map(|s| self.text(s.bucket)).collect();
-        buckets.sort_unstable();
-        buckets.dedup();
-        let rank = |slot: &Slot| {
-            buckets
-                .binary_search(&self.text(slot.bucket))
-                .expect("every bucket ranked") as u32
-        };
-        // The first eight bytes, big-endian, zero-padded: where two
-        // subjects differ in them, they order as the texts do; a tie
-        // (equal or zero-padded bytes) is settled by the texts.
-        let head = |text: Option<&[u8]>| match text {
-            None => (false, 0u64),
-            Some(t) => {
-                let mut b = [0u8; 8];
-                let n = t.len().min(8);
-                b[..n].copy_from_slice(&t[..n]);
-                (true, u64::from_be_bytes(b))
-            }
-        };
-        let mut keyed: Vec<(u32, (bool, u64), u32)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (rank(s), head(self.text(s.subject)), i as u32))
-            .collect();
-        keyed.sort_unstable();
-        let subject = |i: u32| self.text(self.slots[i as usize].subject);
-        let mut at = 0;
-        while at < keyed.len() {
-            let mut end = at + 1;
-            while end < keyed.len() && keyed[end].0 == keyed[at].0 && keyed[end].1 == keyed[at].1 {
-                end += 1;
-            }
-            if end - at > 1 {
-                keyed[at..end].sort_unstable_by(|a, b| subject(a.2).cmp(&subject(b.2)));
-            }
-            at = end;
-        }
-        keyed.into_iter().map(|k| k.2).collect()
+        (0..self.slots.len() as u32).collect()
     }
 
     /// Links every row to its group: fills `slots`, one per distinct
-    /// coordinates in order of first row, each with its rows in read order.
+    /// coordinates, in (bucket, subject) order by their texts, a missing
+    /// one first (the order the groups are stored in), each with its rows
+    /// in read order.
+    ///
+    /// The runs are sorted by one 128-bit integer each ([`run_key`]): the
+    /// bucket's rank among the window's few buckets, the subject's head,
+    /// the run's number. Looking each run up in a hash table of the
+    /// window's groups instead cost three cache misses a run (the table,
+    /// the group, its text), a third of the storing thread's time, which
+    /// every other thread waits on; the sort reads the runs in order.
+    /// Where heads tie on subjects of 8 bytes or more, the texts settle it.
     fn group(&mut self) {
-        let mut r = 0u32;
-        for i in 0..self.runs.len() {
-            let (subject, bucket, n) = {
-                let run = &self.runs[i];
-                (run.subject, run.bucket, run.rows)
-            };
-            let slot = self.slot_for(subject, bucket) as usize;
-            let (first, last) = (r, r + n - 1);
-            for k in first..last {
-                self.rows[k as usize].2 = k + 1;
+        debug_assert!(self.slots.is_empty(), "a window is grouped once");
+        let Window {
+            slots,
+            rows,
+            runs,
+            coord_bytes,
+            ..
+        } = self;
+        let text = |at: Coord| coord_text(coord_bytes, at);
+        let mut keys: Vec<u128> = {
+            // The distinct buckets, sorted (runs mostly repeat the last).
+            let mut buckets: Vec<Option<&[u8]>> = Vec::new();
+            let mut last = None;
+            for run in runs.iter() {
+                let b = text(run.bucket);
+                if last != Some(b) {
+                    buckets.push(b);
+                    last = Some(b);
+                }
             }
-            let bytes: u32 = self.rows[first as usize..=last as usize]
-                .iter()
-                .map(|&(_, len, _)| len)
-                .sum();
-            let s = &mut self.slots[slot];
-            let before = s.last;
-            if s.first == NONE {
-                s.first = first;
+            buckets.sort_unstable();
+            buckets.dedup();
+            let mut last: Option<(Option<&[u8]>, u32)> = None;
+            (0u32..)
+                .zip(runs.iter())
+                .map(|(i, run)| {
+                    let b = text(run.bucket);
+                    let rank = match last {
+                        Some((t, r)) if t == b => r,
+                        _ => {
+                            let r = buckets.binary_search(&b).expect("every bucket ranked") as u32;
+                            last = Some((b, r));
+                            r
+                        }
+                    };
+                    run_key(rank, text(run.subject), i)
+                })
+                .collect()
+        };
+        keys.sort_unstable();
+        // Heads that tie on subjects of 8 bytes or more: by the texts,
+        // then (for equal texts) the run's number, so read order.
+        let subject = |k: u128| text(runs[k as u32 as usize].subject);
+        let mut at = 0;
+        while at < keys.len() {
+            let mut end = at + 1;
+            while end < keys.len() && keys[end] >> 32 == keys[at] >> 32 {
+                end += 1;
             }
-            s.last = last;
-            s.rows += n;
-            s.bytes += bytes;
-            if before != NONE {
-                self.rows[before as usize].2 = first;
+            if end - at > 1 && head_is_partial(keys[at]) {
+                keys[at..end]
+                    .sort_unstable_by(|&a, &b| subject(a).cmp(&subject(b)).then(a.cmp(&b)));
             }
-            r += n;
+            at = end;
         }
-    }
-
-    /// The slot of these coordinates, created (empty) if new.
-    fn slot_for(&mut self, subject: Coord, bucket: Coord) -> u32 {
-        let (subj, buck) = (self.text(subject), self.text(bucket));
-        let hash = coords_hash(subj, buck);
-        let mut at = self.by_hash.get(&hash).copied().unwrap_or(NONE);
-        let mut tail = NONE;
-        while at != NONE {
-            let s = &self.slots[at as usize];
-            if self.text(s.subject) == subj && self.text(s.bucket) == buck {
-                return at;
+        let mut prev: Option<u128> = None;
+        for (i, &k) in keys.iter().enumerate() {
+            // Load the run this loop reads four runs on.
+            if let Some(&ahead) = keys.get(i + 4) {
+                crate::prefetch::line(&runs[ahead as u32 as usize]);
             }
-            tail = at;
-            at = s.same_hash;
+            let run = &runs[k as u32 as usize];
+            let same = prev.is_some_and(|p| {
+                p >> 32 == k >> 32 && (!head_is_partial(k) || subject(p) == text(run.subject))
+            });
+            if same {
+                let s = slots.last_mut().expect("a group started");
+                rows[s.last as usize].2 = run.first;
+                s.last = run.first + run.rows - 1;
+                s.rows += run.rows;
+                s.bytes += run.bytes;
+            } else {
+                slots.push(Slot {
+                    subject: run.subject,
+                    bucket: run.bucket,
+                    rows: run.rows,
+                    bytes: run.bytes,
+                    first: run.first,
+                    last: run.first + run.rows - 1,
+                });
+            }
+            prev = Some(k);
         }
-        let slot = self.slots.len() as u32;
-        self.slots.push(Slot {
-            subject,
-            bucket,
-            same_hash: NONE,
-            rows: 0,
-            bytes: 0,
-            first: NONE,
-            last: NONE,
-        });
-        if tail == NONE {
-            self.by_hash.insert(hash, slot);
-        } else {
-            self.slots[tail as usize].same_hash = slot;
-        }
-        slot
     }
 
     /// Asks the CPU to start loading a group's rows (at most the first 8,
@@ -1206,7 +1197,6 @@ impl Window {
 
     /// Empties the window, keeping its buffers.
     fn clear(&mut self) {
-        self.by_hash.clear();
         self.slots.clear();
         self.arena.clear();
         self.rows.clear();
@@ -1218,28 +1208,45 @@ impl Window {
     }
 }
 
-/// A fast, non-cryptographic hash of group coordinates (FxHash-style:
-/// rotate, xor, multiply per 8 bytes); only used inside one window.
-fn coords_hash(subject: Option<&[u8]>, bucket: Option<&[u8]>) -> u64 {
-    const K: u64 = 0x517c_c1b7_2722_0a95;
-    let mut h = 0u64;
-    let mut mix = |w: u64| h = (h.rotate_left(5) ^ w).wrapping_mul(K);
-    for part in [subject, bucket] {
-        match part {
-            None => mix(0xff),
-            Some(b) => {
-                mix(b.len() as u64);
-                let mut it = b.chunks_exact(8);
-                for w in &mut it {
-                    mix(u64::from_le_bytes(w.try_into().unwrap()));
-                }
-                let mut last = [0u8; 8];
-                last[..it.remainder().len()].copy_from_slice(it.remainder());
-                mix(u64::from_le_bytes(last));
-            }
+/// A coordinate's text in a window's `coord_bytes`.
+fn coord_text(bytes: &[u8], at: Coord) -> Option<&[u8]> {
+    (at != Coord::NONE).then(|| &bytes[at.start as usize..(at.start + at.len) as usize])
+}
+
+/// A run's place in the order groups are stored in, as one integer, high
+/// bits first: the bucket's rank (32 bits, with the subject's presence as
+/// its lowest: a missing subject first), the subject's head (64 bits),
+/// the run's number (32 bits, so read order among a group's runs).
+///
+/// The head is the subject's first 7 bytes, zero-padded, then a byte that
+/// is the text's length up to 7, or 8 for a longer one. Where two heads
+/// differ, the texts order the same way: either they differ in those 7
+/// bytes, or one is a prefix of the other and the shorter comes first.
+/// Heads that end in 8 can tie on different texts ([`head_is_partial`]);
+/// any other head is its whole text.
+fn run_key(rank: u32, subject: Option<&[u8]>, run: u32) -> u128 {
+    let (present, head) = match subject {
+        None => (0u128, 0u64),
+        Some(t) => {
+            let mut b = [0u8; 8];
+            let n = t.len().min(7);
+            b[..n].copy_from_slice(&t[..n]);
+            b[7] = t.len().min(8) as u8;
+            (1, u64::from_be_bytes(b))
         }
-    }
-    h
+    };
+    let rank = u128::from(rank) * 2 + present;
+    assert!(
+        rank <= u128::from(u32::MAX),
+        "fewer than 2^31 buckets a window"
+    );
+    rank << 96 | u128::from(head) << 32 | u128::from(run)
+}
+
+/// Whether a [`run_key`]'s head stands for a subject of 8 bytes or more,
+/// which the head does not hold whole.
+fn head_is_partial(key: u128) -> bool {
+    (key >> 96) & 1 == 1 && (key >> 32) as u8 == 8
 }
 
 /// Whether a row ends a full window: about one in every 8 KiB of rows, by a
@@ -3796,8 +3803,8 @@ mod tests {
         // group: their size is a backup's memory (PERFORMANCE, "Memory: a
         // compact key vault").
         assert_eq!(std::mem::size_of::<Coord>(), 8);
-        assert_eq!(std::mem::size_of::<Run>(), 20);
-        assert_eq!(std::mem::size_of::<Slot>(), 36);
+        assert_eq!(std::mem::size_of::<Run>(), 28);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
         let mut w = Window::default();
         w.add(&c(None, Some("2026-03")), b"x");
         assert_eq!(w.runs[0].subject, Coord::NONE);
@@ -3806,27 +3813,33 @@ mod tests {
     }
 
     #[test]
-    fn window_tells_groups_apart_when_their_hashes_collide() {
+    fn window_tells_apart_subjects_whose_heads_tie() {
+        // Subjects of 8 bytes or more that share their first 7: the sort
+        // key cannot hold them whole, so the texts must settle the order
+        // and the groups, with each group's rows in read order.
+        let subjects = ["12345678", "1234567", "123456789", "1234567\0", "12345679"];
         let mut w = Window::default();
-        w.add(&c(Some("a"), None), b"x");
-        w.add(&c(Some("b"), None), b"y");
-        w.add(&c(Some("b"), None), b"z");
-        w.add(&c(Some("a"), None), b"w");
-        assert_eq!(w.runs.len(), 3);
-        // Put `b`'s slot on `a`'s hash chain before grouping: finding it
-        // must walk the chain and compare coordinates.
-        let (sa, sb) = (w.runs[0].subject, w.runs[1].subject);
-        assert_eq!(w.slot_for(sa, Coord::NONE), 0);
-        let hb = coords_hash(Some(b"b"), None);
-        assert_eq!(w.slot_for(sb, Coord::NONE), 1);
-        w.by_hash.insert(hb, 0);
-        w.slots[0].same_hash = 1;
-        assert_eq!(w.slot_for(sb, Coord::NONE), 1, "found on the chain");
-        assert_eq!(w.slots.len(), 2);
+        let mut want: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+        for i in 0..40u8 {
+            let s = subjects[(i as usize * 3 + i as usize / 7) % subjects.len()];
+            w.add(&c(Some(s), Some("2026-03")), &[i]);
+            want.entry(s).or_default().push(i);
+        }
         w.group();
-        assert_eq!(w.slots.len(), 2);
-        let rows = |s: &Slot| w.group_rows(s).flatten().copied().collect::<Vec<u8>>();
-        assert_eq!(rows(&w.slots[0]), b"xw");
-        assert_eq!(rows(&w.slots[1]), b"yz");
+        let got: Vec<(String, Vec<u8>)> = w
+            .order()
+            .iter()
+            .map(|&i| {
+                let s = &w.slots[i as usize];
+                let rows: Vec<u8> = w.group_rows(s).flatten().copied().collect();
+                assert_eq!(
+                    (s.rows as usize, s.bytes as usize),
+                    (rows.len(), rows.len())
+                );
+                (w.coord(s.subject).unwrap().into_owned(), rows)
+            })
+            .collect();
+        let want: Vec<(String, Vec<u8>)> = want.into_iter().map(|(s, r)| (s.into(), r)).collect();
+        assert_eq!(got, want);
     }
 }
