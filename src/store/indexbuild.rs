@@ -41,7 +41,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Bytes of entries, counting each one's [`Start`], sorted in memory before
 /// they are written out as a run. The sort takes up to as much again.
-pub const RUN_BYTES: usize = 24 << 20;
+pub const RUN_BYTES: usize = 16 << 20;
 
 /// What an index holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
