@@ -17,7 +17,8 @@
 //! as few bytes as keep their order, see `put_int`; text and blobs with
 //! 0x00 escaped as 0x00 0x01 and ended by 0x00 0x00, so a prefix sorts
 //! first), then the rowid (eight bytes big-endian, the sign bit flipped).
-//! These keys live only in memory and in the build's temporary file. Only what that covers is built here: a key of table columns,
+//! These keys live only in memory and in the build's temporary file.
+//! Only what that covers is built here: a key of table columns,
 //! ascending, BINARY, not partial, with no REAL value in a key (a real
 //! compares with integers by value, which this order does not reproduce).
 //! Anything else is refused and left to SQLite (`REINDEX`); so is a UNIQUE
@@ -538,7 +539,6 @@ impl<'f> RunReader<'f> {
     }
 }
 
-/// Appends `b` with 0x00 escaped as 0x00 0x01, then 0x00 0x00.
 /// An integer key value, in as few bytes as keep the order: a length
 /// byte, then the value's low bytes big-endian. The length byte is
 /// `0x80 + n` for a value of `n` bytes that is not negative, `0x7f - n`
@@ -573,6 +573,7 @@ fn take_int(key: &[u8], at: &mut usize) -> i64 {
     v
 }
 
+/// Appends `b` with 0x00 escaped as 0x00 0x01, then 0x00 0x00.
 fn escape(b: &[u8], out: &mut Vec<u8>) {
     for &byte in b {
         out.push(byte);
