@@ -645,29 +645,6 @@ pub struct MetaKey {
     mac: Key32,
 }
 
-/// A `Hasher` for map keys that already are uniform hashes: keyed-hash
-/// outputs, or ids drawn from the OS CSPRNG. The hash is the `u64` written,
-/// or the last 8 bytes written, unmixed. Only for keys nobody can choose to
-/// collide: it offers no defence against crafted keys.
-#[derive(Default)]
-pub struct PassHasher(u64);
-
-impl std::hash::Hasher for PassHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
 impl MetaKey {
     pub fn new(meta: &Key32) -> Self {
         let enc = derive("custos 2026 meta enc v1", &[&meta.expose()[..]]);
