@@ -103,6 +103,11 @@ fn kernel() -> Kernel {
     })
 }
 
+/// How many messages a caller gathers for one [`hash_many`] (groups whose
+/// keys it derives, rows whose checksum terms it sums): many lanefuls, and
+/// still little memory (the keys, inputs and outputs of 256 messages).
+pub const BATCH: usize = 256;
+
 /// Hashes `jobs[i].1` under `jobs[i].0` (as `mode` says) into `out[i]`.
 /// Messages of similar length should come together: the lanes of a batch
 /// run as many blocks as its longest message (the messages are taken in

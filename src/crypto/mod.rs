@@ -772,7 +772,7 @@ pub struct RowTerms<'a> {
 
 impl RowTerms<'_> {
     /// Rows hashed at a time.
-    const ROWS: usize = 256;
+    const ROWS: usize = lanes::BATCH;
 
     /// Adds `row`'s term to the sum.
     pub fn add(&mut self, row: &[u8]) {

@@ -1719,8 +1719,8 @@ impl<'w> OneChunk<'w> {
 }
 
 /// Groups whose keys and one-chunk ids a grouping thread computes side by
-/// side ([`crate::crypto::lanes`]).
-const KEYS_AT_ONCE: usize = 256;
+/// side.
+const KEYS_AT_ONCE: usize = crate::crypto::lanes::BATCH;
 
 /// Groups a grouping thread chunks at a time. The storing thread pages a
 /// batch's entries as soon as the batches before it are in, so a window's

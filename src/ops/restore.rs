@@ -989,8 +989,8 @@ impl WindowReader {
 }
 
 /// Groups whose keys, nonces and chunk ids a restore thread computes side
-/// by side ([`crate::crypto::lanes`]).
-const KEYS_AT_ONCE: usize = 256;
+/// by side.
+const KEYS_AT_ONCE: usize = crate::crypto::lanes::BATCH;
 
 /// Opens the chunks of a part on one thread per codec, each taking a
 /// contiguous run of groups of about the same number of chunks; returns the
