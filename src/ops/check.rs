@@ -7,7 +7,7 @@
 //! chunk a snapshot refers to is decrypted, decompressed and checked against
 //! its id. Findings name the object; any error makes the check fail.
 
-use super::restore::{keys_from_parents_many, parent_keys, window_batches, GroupKeyProblem};
+use super::restore::{keys_from_parents_many, parent_keys_many, window_batches, GroupKeyProblem};
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
@@ -913,18 +913,9 @@ impl Walk<'_> {
         };
         let mut tally = PageTally::default();
         let mut keyed = Vec::with_capacity(groups.len());
-        // Every parent key first (their look-ups overlap), the subject keys'
-        // bytes prefetched; then the derivations.
-        let parents: Vec<_> = groups
-            .iter()
-            .map(|g| {
-                let p = parent_keys(self.vault, g);
-                if let Ok((Some(s), _)) = &p {
-                    crate::prefetch::line(s.expose());
-                }
-                p
-            })
-            .collect();
+        // Every parent key first (their look-ups overlap, the subject keys'
+        // bytes prefetched); then the derivations.
+        let parents = parent_keys_many(self.vault, groups.iter());
         let keys = keys_from_parents_many(parents, &groups, table);
         for (g, k) in groups.into_iter().zip(keys) {
             match k {

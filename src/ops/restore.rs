@@ -193,6 +193,30 @@ pub fn parent_keys<'v>(
     Ok((s, t))
 }
 
+/// [`parent_keys`] of many groups, their subject keys looked up together
+/// ([`Vault::keys_many`]: the look-ups are cache misses in the vault's
+/// table, and asked for ahead they overlap). Time keys are few, and stay
+/// in the cache.
+pub fn parent_keys_many<'v, 'g>(
+    vault: &'v Vault,
+    groups: impl Iterator<Item = &'g GroupEntry> + Clone,
+) -> Vec<Result<ParentKeys<'v>, GroupKeyProblem>> {
+    let ids: Vec<Option<&KeyId>> = groups.clone().map(|g| g.s.as_ref()).collect();
+    let subjects = vault.keys_many(&ids);
+    drop(ids);
+    groups
+        .zip(subjects)
+        .map(|(g, s)| {
+            let t = vault.key(&g.t).ok_or(GroupKeyProblem::Shredded)?;
+            let s = match g.s {
+                Some(_) => Some(s.ok_or(GroupKeyProblem::Shredded)?),
+                None => None,
+            };
+            Ok((s, t))
+        })
+        .collect()
+}
+
 /// A group's subject key (if any) and time key.
 pub type ParentKeys<'v> = (Option<&'v Key32>, &'v Key32);
 
@@ -617,11 +641,8 @@ impl<'v> Parents<'v> {
             self.from = i;
             self.keys.clear();
             let to = (i + PARENTS_BATCH).min(groups.len());
-            self.keys.extend(
-                groups[i..to]
-                    .iter()
-                    .map(|(_, g)| parent_keys(vault, g).ok()),
-            );
+            let found = parent_keys_many(vault, groups[i..to].iter().map(|(_, g)| g));
+            self.keys.extend(found.into_iter().map(Result::ok));
         }
         self.keys[i - self.from]
     }

@@ -38,6 +38,7 @@
 //! key), and [`Vault::open`] reads each location a shard at a time into it,
 //! so opening holds no location's payloads in full.
 
+mod ids;
 mod seal;
 mod table;
 
@@ -1517,6 +1518,22 @@ impl Vault {
                 self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string()))
             })
             .map(|e| &e.key)
+    }
+
+    /// [`Vault::key`] of many ids (`None` for `None`), looked up together
+    /// so that their cache misses overlap (the table's `get_many`);
+    /// each key's bytes are prefetched.
+    pub fn keys_many<'a>(&'a self, ids: &[Option<&KeyId>]) -> Vec<Option<&'a Key32>> {
+        self.entries
+            .get_many(ids)
+            .into_iter()
+            .map(|e| {
+                e.filter(|e| {
+                    self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string()))
+                })
+                .map(|e| &e.key)
+            })
+            .collect()
     }
 
     /// What the vault knows about one key, without its bytes.

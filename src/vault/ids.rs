@@ -1,0 +1,249 @@
+//! Slot numbers by key id: the vault table's id lookup, an open-addressed
+//! table of our own so that a batch of lookups can be prefetched.
+//!
+//! A check or a restore looks up a subject key for every group it walks:
+//! random reads in a table of hundreds of thousands of keys, each a chain
+//! of cache misses (the table's entry, then the slot it names, then the
+//! key). One at a time, the CPU overlaps only a few chains; `hashbrown`
+//! offers no way to start them early. Here an entry's place is known from
+//! the hash alone, so [`IdIndex::prefetch`] can ask for it a batch ahead.
+//!
+//! Each entry is one `u64`: the hash's top 32 bits (a tag, so most probes
+//! that miss never read a slot) over the slot number plus one (0: empty).
+//! Linear probing, at most three quarters full, and removal by shifting
+//! the entries after it back (no tombstones), so a long life of inserts
+//! and removals (shredding) does not slow lookups.
+
+/// Entries in a fresh table: a small vault takes 512 bytes.
+const MIN_CAPACITY: usize = 64;
+
+#[derive(Default)]
+pub(super) struct IdIndex {
+    /// A power of two long (or empty).
+    entries: Vec<u64>,
+    len: usize,
+}
+
+fn tag(h: u64) -> u64 {
+    h >> 32
+}
+
+fn entry(h: u64, slot: u32) -> u64 {
+    (tag(h) << 32) | (u64::from(slot) + 1)
+}
+
+fn slot_of(e: u64) -> u32 {
+    (e as u32).wrapping_sub(1)
+}
+
+impl IdIndex {
+    fn mask(&self) -> usize {
+        self.entries.len().wrapping_sub(1)
+    }
+
+    /// Where the probe for hash `h` starts.
+    fn home(&self, h: u64) -> usize {
+        h as usize & self.mask()
+    }
+
+    /// Starts loading the entry a lookup of hash `h` reads first.
+    #[inline]
+    pub fn prefetch(&self, h: u64) {
+        if let Some(e) = self.entries.get(self.home(h)) {
+            crate::prefetch::line(e);
+        }
+    }
+
+    /// The first slot, in probe order, whose tag matches `h` and for which
+    /// `eq` holds.
+    #[inline]
+    pub fn find(&self, h: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let (mask, t) = (self.mask(), tag(h));
+        let mut i = self.home(h);
+        loop {
+            let e = self.entries[i];
+            if e == 0 {
+                return None;
+            }
+            if tag_of(e) == t && eq(slot_of(e)) {
+                return Some(slot_of(e));
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The first slot, in probe order, whose tag matches `h`: the one
+    /// [`IdIndex::find`] will most likely give (tags of 32 bits seldom
+    /// match by chance), to prefetch.
+    #[inline]
+    pub fn candidate(&self, h: u64) -> Option<u32> {
+        self.find(h, |_| true)
+    }
+
+    /// Adds slot `slot` under hash `h`. `rehash` gives the hash of any slot
+    /// already in (the table grows by placing every entry again).
+    pub fn insert(&mut self, h: u64, slot: u32, rehash: impl Fn(u32) -> u64) {
+        if (self.len + 1) * 4 > self.entries.len() * 3 {
+            self.grow(rehash);
+        }
+        let mask = self.mask();
+        let mut i = self.home(h);
+        while self.entries[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.entries[i] = entry(h, slot);
+        self.len += 1;
+    }
+
+    fn grow(&mut self, rehash: impl Fn(u32) -> u64) {
+        let size = (self.entries.len() * 2).max(MIN_CAPACITY);
+        let old = std::mem::replace(&mut self.entries, vec![0; size]);
+        let mask = self.mask();
+        for e in old.into_iter().filter(|&e| e != 0) {
+            let h = rehash(slot_of(e));
+            debug_assert_eq!(tag(h), tag_of(e), "a slot's hash changed");
+            let mut i = self.home(h);
+            while self.entries[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.entries[i] = e;
+        }
+    }
+
+    /// Where slot `slot`, under hash `h`, is.
+    fn position(&self, h: u64, slot: u32) -> Option<usize> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let mask = self.mask();
+        let mut i = self.home(h);
+        loop {
+            let e = self.entries[i];
+            if e == 0 {
+                return None;
+            }
+            if slot_of(e) == slot {
+                return Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Takes slot `slot` (under hash `h`) out; false if it was not in.
+    /// The entries after it in its run move back to where a lookup finds
+    /// them; `rehash` as for [`IdIndex::insert`].
+    pub fn remove(&mut self, h: u64, slot: u32, rehash: impl Fn(u32) -> u64) -> bool {
+        let Some(mut hole) = self.position(h, slot) else {
+            return false;
+        };
+        let mask = self.mask();
+        let mut i = hole;
+        loop {
+            i = (i + 1) & mask;
+            let e = self.entries[i];
+            if e == 0 {
+                break;
+            }
+            // An entry may fill the hole if its probe passes the hole on
+            // the way to `i`: its home lies cyclically outside (hole, i].
+            let home = self.home(rehash(slot_of(e)));
+            if (i.wrapping_sub(home) & mask) >= (i.wrapping_sub(hole) & mask) {
+                self.entries[hole] = e;
+                hole = i;
+            }
+        }
+        self.entries[hole] = 0;
+        self.len -= 1;
+        true
+    }
+
+    /// Renames slot `from` (under hash `h`) to `to`, as when the last slot
+    /// moves into a removed one's place.
+    pub fn renumber(&mut self, h: u64, from: u32, to: u32) {
+        if let Some(i) = self.position(h, from) {
+            self.entries[i] = entry(h, to);
+        }
+    }
+}
+
+fn tag_of(e: u64) -> u64 {
+    e >> 32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use std::collections::HashMap;
+
+    /// Hashes that collide a lot: `spread` homes (some near the table's
+    /// end, so runs wrap around), tags that often match.
+    fn hash(key: u32, spread: u32) -> u64 {
+        let k = u64::from(key % spread);
+        let home = (k * 7).wrapping_sub(40) & 0xffff_ffff;
+        (k.wrapping_mul(0x9e37_79b9_7f4a_7c15) & 0xffff_0000_0000_0000) | home
+    }
+
+    #[test]
+    fn inserts_lookups_and_removals_agree_with_a_map() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for spread in [3u32, 61, 1 << 20] {
+            let mut t = IdIndex::default();
+            // slot -> key; the keys are what a lookup compares.
+            let mut keys: Vec<u32> = Vec::new();
+            let mut model: HashMap<u32, u32> = HashMap::new();
+            // Few homes make every lookup walk a long run: fewer steps.
+            let steps = if spread < 100 { 1500 } else { 20_000 };
+            for step in 0..steps {
+                if rng.gen_bool(0.6) || keys.is_empty() {
+                    let key = step;
+                    let slot = keys.len() as u32;
+                    keys.push(key);
+                    t.insert(hash(key, spread), slot, |s| hash(keys[s as usize], spread));
+                    model.insert(key, slot);
+                } else {
+                    // Remove a random slot; the last one moves into it.
+                    let slot = rng.gen_range(0..keys.len()) as u32;
+                    let key = keys[slot as usize];
+                    let rehash = |s: u32| hash(keys[s as usize], spread);
+                    assert!(t.remove(hash(key, spread), slot, rehash));
+                    assert!(!t.remove(hash(key, spread), slot, rehash));
+                    model.remove(&key);
+                    let last = keys.len() as u32 - 1;
+                    let moved = keys[last as usize];
+                    if slot != last {
+                        t.renumber(hash(moved, spread), last, slot);
+                        model.insert(moved, slot);
+                    }
+                    keys.swap_remove(slot as usize);
+                }
+                if step % 1000 == 0 || spread < 100 {
+                    for (&key, &slot) in &model {
+                        let got = t.find(hash(key, spread), |s| keys[s as usize] == key);
+                        assert_eq!(got, Some(slot), "key {key}, spread {spread}");
+                    }
+                    let gone = step + 1_000_000;
+                    let got = t.find(hash(gone, spread), |s| keys[s as usize] == gone);
+                    assert_eq!(got, None);
+                }
+            }
+            assert_eq!(t.len, model.len());
+            assert!(t.len * 4 <= t.entries.len() * 3);
+        }
+    }
+
+    #[test]
+    fn an_empty_index_finds_nothing() {
+        let mut t = IdIndex::default();
+        assert_eq!(t.find(5, |_| true), None);
+        assert!(!t.remove(5, 0, |_| 5));
+        t.prefetch(5);
+        t.renumber(5, 0, 1);
+        t.insert(5, 0, |_| 5);
+        assert_eq!(t.find(5, |_| true), Some(0));
+        assert_eq!(t.find(5, |_| false), None);
+    }
+}
