@@ -5,7 +5,7 @@
 //! backup, restore or check that grows with the number of customers. A
 //! slot is 64 bytes (the key's 32 bytes are boxed beside it, so they are
 //! never moved), and the two lookups are tables of slot numbers: about
-//! 115 bytes a key in all, where a map from id to entry plus a name index
+//! 110 bytes a key in all, where a map from id to entry plus a name index
 //! took about 190. Slots live in fixed segments, so growing the table never
 //! copies it. The id lookup is a table of our own ([`super::ids`]), so that
 //! a walk's many lookups can be prefetched ([`KeyTable::get_many`]).
