@@ -1019,12 +1019,6 @@ impl Window {
         coord_text(&self.coord_bytes, at)
     }
 
-    /// The slots in the order their groups are stored in: [`Window::group`]
-    /// made them in it.
-    fn order(&self) -> Vec<u32> {
-        (0..self.slots.len() as u32).collect()
-    }
-
     /// Links every row to its group: fills `slots`, one per distinct
     /// coordinates, in (bucket, subject) order by their texts, a missing
     /// one first (the order the groups are stored in), each with its rows
@@ -1749,14 +1743,14 @@ fn unit_label(kind: KeyKind, name: &str) -> String {
 }
 
 impl GroupCtx<'_> {
-    /// A grouping thread: chunks the batches of `order` (and `refs`) whose
+    /// A grouping thread: chunks the batches of `slots` (and `refs`) whose
     /// numbers it takes from `tickets`, sending each batch's result to
     /// `done`, until no batch is left or one failed. Returns the packs its
     /// chunks went to, once its last chunks are handed to the workers.
     fn serve(
         &self,
         window: &Window,
-        order: &[u32],
+        slots: &[Slot],
         refs: &[GroupRef],
         tickets: &Mutex<Receiver<usize>>,
         done: Sender<GroupBatch>,
@@ -1771,13 +1765,13 @@ impl GroupCtx<'_> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .recv();
             let Ok(k) = next else { break };
-            let range = k * GROUP_BATCH..((k + 1) * GROUP_BATCH).min(order.len());
+            let range = k * GROUP_BATCH..((k + 1) * GROUP_BATCH).min(slots.len());
             // A panic is reported as the batch's error, so the storing
             // thread never waits for it.
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 self.process(
                     window,
-                    &order[range.clone()],
+                    &slots[range.clone()],
                     &refs[range],
                     &mut sender,
                     &mut packs,
@@ -1797,12 +1791,12 @@ impl GroupCtx<'_> {
     fn process(
         &self,
         window: &Window,
-        order: &[u32],
+        slots: &[Slot],
         refs: &[GroupRef],
         work: &mut WorkSender,
         packs: &mut PackSet,
     ) -> Result<(Vec<GroupEntry>, u128), OpsError> {
-        let mut out = Vec::with_capacity(order.len());
+        let mut out = Vec::with_capacity(slots.len());
         // These groups' share of the table checksum (a wrapping sum, so
         // the threads' shares add up in any order), their rows hashed side
         // by side.
@@ -1815,7 +1809,7 @@ impl GroupCtx<'_> {
         // by side. `small` lists those groups (position in the run, bytes).
         let mut small: Vec<(usize, OneChunk<'_>)> = Vec::new();
         let mut ids = Vec::new();
-        for (run_order, run_refs) in order.chunks(KEYS_AT_ONCE).zip(refs.chunks(KEYS_AT_ONCE)) {
+        for (run_slots, run_refs) in slots.chunks(KEYS_AT_ONCE).zip(refs.chunks(KEYS_AT_ONCE)) {
             let parents: Vec<(Option<&Key32>, &Key32)> = run_refs
                 .iter()
                 .map(|r| (r.skey.as_ref(), &self.times[r.time as usize].key))
@@ -1831,8 +1825,7 @@ impl GroupCtx<'_> {
             // group stays in place), their ids computed together.
             gathered.clear();
             small.clear();
-            for (i, &slot) in run_order.iter().enumerate() {
-                let slot = &window.slots[slot as usize];
+            for (i, slot) in run_slots.iter().enumerate() {
                 if slot.bytes as usize > min {
                     continue;
                 }
@@ -1857,18 +1850,13 @@ impl GroupCtx<'_> {
                 ChunkKeys::chunk_ids(&plains, &mut ids);
             }
             let mut small_ids = small.iter().zip(&ids).peekable();
-            for (i, (&slot, r)) in run_order.iter().zip(run_refs).enumerate() {
+            for (i, (slot, r)) in run_slots.iter().zip(run_refs).enumerate() {
                 // The rows of a group are scattered over the window (read
                 // in rowid order, stored by group): start loading the next
-                // group's rows, and the slot of the one after, while this
-                // one is chunked.
-                if let Some(&next) = run_order.get(i + 1) {
-                    window.prefetch_rows(&window.slots[next as usize]);
+                // group's rows while this one is chunked.
+                if let Some(next) = run_slots.get(i + 1) {
+                    window.prefetch_rows(next);
                 }
-                if let Some(&after) = run_order.get(i + 2) {
-                    crate::prefetch::line(&window.slots[after as usize]);
-                }
-                let slot = &window.slots[slot as usize];
                 let time = &self.times[r.time as usize];
                 let keys = &keys[i];
                 let mut chunks = Vec::new();
@@ -2223,8 +2211,9 @@ impl ReaderCtx {
         pager: &mut GroupPager,
         pages: &mut Vec<Id>,
     ) -> Result<(u64, u128), OpsError> {
-        let order = window.order();
-        let n = order.len() as u64;
+        let window = &*window;
+        let slots = &window.slots[..];
+        let n = slots.len() as u64;
         // Keys first: every key this window needs is created and persisted
         // at every vault location before any chunk sealed under it exists.
         // Groups come sorted by bucket, so the time key changes rarely.
@@ -2233,9 +2222,8 @@ impl ReaderCtx {
         let refs: Vec<GroupRef> = {
             let mut v = self.vault.blocking_lock();
             let mut last: Option<Option<&[u8]>> = None;
-            let mut refs = Vec::with_capacity(order.len());
-            for &slot in &order {
-                let slot = &window.slots[slot as usize];
+            let mut refs = Vec::with_capacity(slots.len());
+            for slot in slots {
                 let bucket = window.text(slot.bucket);
                 if last != Some(bucket) {
                     let text = window.coord(slot.bucket);
@@ -2258,7 +2246,7 @@ impl ReaderCtx {
             // pseudonym and a few cache misses each, most of this thread's
             // work per group); the ones missing are created here after, in
             // order.
-            for (i, pseudo) in self.subject_keys(&v, window, &order, &mut refs) {
+            for (i, pseudo) in self.subject_keys(&v, window, &mut refs) {
                 let (id, key) = v.get_or_create(KeyKind::Subject, pseudo.as_str());
                 refs[i].s = Some(id);
                 refs[i].skey = Some(key.clone());
@@ -2280,21 +2268,20 @@ impl ReaderCtx {
             seed: self.seed,
             times,
         };
-        let batches = order.len().div_ceil(GROUP_BATCH);
+        let batches = slots.len().div_ceil(GROUP_BATCH);
         let threads = self.threads.clamp(1, batches.max(1));
         let ahead = 2 * threads;
         let senders: Vec<WorkSender> = (0..threads).map(|_| self.work.fork()).collect();
         let (done_tx, done_rx) = channel::<GroupBatch>();
         let (ticket_tx, ticket_rx) = channel::<usize>();
         let ticket_rx = Mutex::new(ticket_rx);
-        let window = &*window;
-        let (order, refs, ctx) = (&order, &refs, &ctx);
+        let (refs, ctx) = (&refs, &ctx);
         std::thread::scope(|scope| -> Result<(u64, u128), OpsError> {
             let handles: Vec<_> = senders
                 .into_iter()
                 .map(|sender| {
                     let (done, tickets) = (done_tx.clone(), &ticket_rx);
-                    scope.spawn(move || ctx.serve(window, order, refs, tickets, done, sender))
+                    scope.spawn(move || ctx.serve(window, slots, refs, tickets, done, sender))
                 })
                 .collect();
             drop(done_tx);
@@ -2369,19 +2356,19 @@ impl ReaderCtx {
         Ok(checksum)
     }
 
-    /// Sets the subject key of each group in `order` (`refs`, in the same
-    /// order) that has a subject and whose key the vault has now, looking
-    /// them up on the grouping threads. Returns the positions of the groups
-    /// whose subject has no key yet, in order, with their pseudonyms.
+    /// Sets the subject key of each group of the window (`refs`, in the
+    /// same order) that has a subject and whose key the vault has now,
+    /// looking them up on the grouping threads. Returns the positions of
+    /// the groups whose subject has no key yet, in order, with their
+    /// pseudonyms.
     fn subject_keys(
         &self,
         vault: &Vault,
         window: &Window,
-        order: &[u32],
         refs: &mut [GroupRef],
     ) -> Vec<(usize, PseudonymHex)> {
         let lookup =
-            |first: usize, slots: &[u32], refs: &mut [GroupRef]| -> Vec<(usize, PseudonymHex)> {
+            |first: usize, slots: &[Slot], refs: &mut [GroupRef]| -> Vec<(usize, PseudonymHex)> {
                 let mut missing = Vec::new();
                 let mut pseudonyms = Vec::new();
                 // A run of groups at a time: their pseudonyms are computed side
@@ -2394,11 +2381,7 @@ impl ReaderCtx {
                     let subjects: Vec<(usize, std::borrow::Cow<'_, str>)> = slots
                         .iter()
                         .enumerate()
-                        .filter_map(|(i, &slot)| {
-                            window
-                                .coord(window.slots[slot as usize].subject)
-                                .map(|s| (i, s))
-                        })
+                        .filter_map(|(i, slot)| window.coord(slot.subject).map(|s| (i, s)))
                         .collect();
                     let texts: Vec<&str> = subjects.iter().map(|(_, s)| s.as_ref()).collect();
                     subject_pseudonyms_hex(vault.pseudonym_key(), &texts, &mut pseudonyms);
@@ -2415,12 +2398,13 @@ impl ReaderCtx {
                 missing
             };
         let threads = self.threads.max(1);
-        if threads == 1 || order.len() < 1024 {
-            return lookup(0, order, refs);
+        let slots = &window.slots[..];
+        if threads == 1 || slots.len() < 1024 {
+            return lookup(0, slots, refs);
         }
-        let per = order.len().div_ceil(threads);
+        let per = slots.len().div_ceil(threads);
         std::thread::scope(|scope| {
-            let handles: Vec<_> = order
+            let handles: Vec<_> = slots
                 .chunks(per)
                 .zip(refs.chunks_mut(per))
                 .enumerate()
@@ -3672,7 +3656,9 @@ mod tests {
             (w.text(a.bucket), w.text(a.subject)).cmp(&(w.text(b.bucket), w.text(b.subject)))
         });
         assert!(w.slots.len() > 40, "{}", w.slots.len());
-        assert_eq!(w.order(), want);
+        // The slots are in that order: the order they are stored in.
+        let made: Vec<u32> = (0..w.slots.len() as u32).collect();
+        assert_eq!(made, want);
     }
 
     #[test]
@@ -3827,10 +3813,9 @@ mod tests {
         }
         w.group();
         let got: Vec<(String, Vec<u8>)> = w
-            .order()
+            .slots
             .iter()
-            .map(|&i| {
-                let s = &w.slots[i as usize];
+            .map(|s| {
                 let rows: Vec<u8> = w.group_rows(s).flatten().copied().collect();
                 assert_eq!(
                     (s.rows as usize, s.bytes as usize),
