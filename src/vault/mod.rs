@@ -1512,12 +1512,7 @@ impl Vault {
     /// The key with this id (any kind; not the repository keys). The key
     /// of a fenced unit (being destroyed) is not given out.
     pub fn key(&self, id: &KeyId) -> Option<&Key32> {
-        self.entries
-            .get(id)
-            .filter(|e| {
-                self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string()))
-            })
-            .map(|e| &e.key)
+        self.entries.get(id).and_then(|e| self.unfenced(e))
     }
 
     /// [`Vault::key`] of many ids (`None` for `None`), looked up together
@@ -1527,13 +1522,14 @@ impl Vault {
         self.entries
             .get_many(ids)
             .into_iter()
-            .map(|e| {
-                e.filter(|e| {
-                    self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string()))
-                })
-                .map(|e| &e.key)
-            })
+            .map(|e| e.and_then(|e| self.unfenced(e)))
             .collect()
+    }
+
+    /// A slot's key, unless its unit is fenced (being destroyed).
+    fn unfenced<'a>(&self, e: &'a Slot) -> Option<&'a Key32> {
+        (self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string())))
+            .then_some(&e.key)
     }
 
     /// What the vault knows about one key, without its bytes.
