@@ -206,20 +206,13 @@ struct Sealed {
 /// The window of blobs that belong to no read window (file mode).
 const NO_WINDOW: u32 = u32::MAX;
 
-/// What is known of the packs of one read window: those of blobs stored
-/// before this run (`known`: as positions in the index's `packs` while the
-/// reader works, [`WindowHint`], then as pack ids, [`WindowPacks`]; `None`
-/// when it cannot tell), and windows of this run whose new packs hold some
-/// of its blobs (a tree page identical to one another window sent). The
-/// packs written for the window itself come from the packer.
-#[derive(Clone, Debug, Default)]
-struct KnownPacks<P> {
-    known: Option<P>,
-    borrowed: Vec<u32>,
-}
-
-type WindowHint = KnownPacks<PackSet>;
-type WindowPacks = KnownPacks<Vec<Id>>;
+/// The packs of one read window's blobs stored before this run, as
+/// positions in the index's `packs` while the reader works; `None` when it
+/// cannot tell. The packs written for the window itself come from the
+/// packer.
+type WindowHint = Option<PackSet>;
+/// The same as pack ids, once the window's mark is written.
+type WindowPacks = Option<Vec<Id>>;
 
 impl Part for Sealed {
     fn len(&self) -> usize {
@@ -481,7 +474,6 @@ async fn backup_locked(
         handle: handle.clone(),
         work: WorkSender::new(work_tx, pools.clone()),
         in_flight: HashSet::new(),
-        pages_in_flight: HashMap::new(),
         window: NO_WINDOW,
         hint: WindowHint::default(),
         hints: Vec::new(),
@@ -846,8 +838,6 @@ struct ReaderCtx {
     handle: tokio::runtime::Handle,
     work: WorkSender,
     in_flight: HashSet<Id>,
-    /// Tree pages sent to the packer in this run, with their window.
-    pages_in_flight: HashMap<Id, u32>,
     /// The read window being stored (its position in `hints`), or
     /// [`NO_WINDOW`].
     window: u32,
@@ -2060,10 +2050,7 @@ impl ReaderCtx {
                         stretch: window.stretch.map(hex::encode),
                         ..mark.clone()
                     });
-                    self.hints.push(KnownPacks {
-                        known: Some(packs),
-                        borrowed: Vec::new(),
-                    });
+                    self.hints.push(Some(packs));
                     self.counters.rows_reused.fetch_add(rows, Ordering::Relaxed);
                     window.clear();
                     return Ok(());
@@ -2075,10 +2062,7 @@ impl ReaderCtx {
         // Chunks and pages sent from here on belong to this window.
         self.window = self.hints.len() as u32;
         self.work.window = self.window;
-        self.hint = KnownPacks {
-            known: Some(PackSet::default()),
-            borrowed: Vec::new(),
-        };
+        self.hint = Some(PackSet::default());
         let pages_before = acc.pages.len();
         let mut pager = GroupPager::default();
         let (n, checksum) = self.store_groups(window, table, class, &mut pager, &mut acc.pages)?;
@@ -2105,10 +2089,7 @@ impl ReaderCtx {
             lists: Vec::new(),
         });
         let hint = std::mem::take(&mut self.hint);
-        self.hints.push(KnownPacks {
-            known: hint.known.map(|k| self.index.pack_ids(&k)),
-            borrowed: hint.borrowed,
-        });
+        self.hints.push(hint.map(|k| self.index.pack_ids(&k)));
         window.clear();
         Ok(())
     }
@@ -2155,10 +2136,7 @@ impl ReaderCtx {
         acc.groups += mark.groups;
         acc.checksum = acc.checksum.wrapping_add(sum);
         acc.windows.push(mark.clone());
-        self.hints.push(KnownPacks {
-            known: packs,
-            borrowed: Vec::new(),
-        });
+        self.hints.push(packs);
         self.counters
             .rows_reused
             .fetch_add(mark.rows, Ordering::Relaxed);
@@ -2296,7 +2274,7 @@ impl ReaderCtx {
                 });
                 match r {
                     Ok(packs) => {
-                        if let Some(known) = self.hint.known.as_mut() {
+                        if let Some(known) = self.hint.as_mut() {
                             known.merge(&packs);
                         }
                     }
@@ -2433,31 +2411,26 @@ impl ReaderCtx {
         })
     }
 
-    /// Seals a tree page and hands it to the packer (if not stored yet).
+    /// Seals a tree page and hands it to the packer (if not stored before
+    /// this run).
+    ///
+    /// Pages sent in this run are not remembered: a page lists chunk ids
+    /// keyed per group, so two windows of one run make the same page only
+    /// if they hold the same groups' same rows, and such a page is then
+    /// stored twice, harmlessly, like a chunk repeated across two windows
+    /// of one group. A map of them took 37 MiB at 4 GiB (685 k pages in a
+    /// table of 1 M buckets) and kept no page out.
     fn store_page(&mut self, page: Page) -> Result<Id, OpsError> {
-        let (index, in_flight, hint) = (&self.index, &mut self.pages_in_flight, &mut self.hint);
+        let (index, hint) = (&self.index, &mut self.hint);
         let window = self.window;
         let (id, sealed) = page.seal_if_new(&self.meta, |id| {
             if let Some(p) = index.chunks.pack(id) {
-                if let Some(known) = hint.known.as_mut() {
+                if let Some(known) = hint.as_mut() {
                     known.add(p);
                 }
                 return false;
             }
-            match in_flight.entry(*id) {
-                // Sent with another window: the pack that window's blobs
-                // went to holds it.
-                std::collections::hash_map::Entry::Occupied(o) => {
-                    if *o.get() != window && !hint.borrowed.contains(o.get()) {
-                        hint.borrowed.push(*o.get());
-                    }
-                    false
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(window);
-                    true
-                }
-            }
+            true
         });
         // Pages are blobs like chunks and are counted with them.
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
@@ -3156,8 +3129,7 @@ impl ReaderCtx {
 }
 
 /// Writes each window mark's pack list (FORMAT 3.5): the packs of its
-/// blobs stored before this backup, those written for it (and for windows
-/// it shares a tree page with), sorted. A window whose packs are not all
+/// blobs stored before this backup and those written for it, sorted. A window whose packs are not all
 /// known gets none, and a restore reads it through the whole index.
 fn mark_window_packs(tables: &mut [TableEntry], known: &[WindowPacks], placed: &[(Id, PackSet)]) {
     let marks = tables.iter().map(|t| t.windows.len()).sum::<usize>();
@@ -3179,14 +3151,9 @@ fn mark_window_packs(tables: &mut [TableEntry], known: &[WindowPacks], placed: &
     for t in tables.iter_mut() {
         for mark in &mut t.windows {
             let k = &known[seq];
-            mark.packs = k.known.as_ref().map(|before| {
+            mark.packs = k.as_ref().map(|before| {
                 let mut list = before.clone();
                 list.extend_from_slice(&written[seq]);
-                for &b in &k.borrowed {
-                    if let Some(w) = written.get(b as usize) {
-                        list.extend_from_slice(w);
-                    }
-                }
                 list.sort_unstable();
                 list.dedup();
                 list
