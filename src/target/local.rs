@@ -1,5 +1,5 @@
 //! `file://` targets: `object_store`'s local file system, with large
-//! objects (packs) written around the page cache.
+//! objects (packs) written around the page cache and large reads mapped.
 //!
 //! A backup writes its packs once and does not read them back; through the
 //! page cache each written byte is first copied into a cache page the
@@ -16,15 +16,27 @@
 //! first write: older tmpfs, some network and FUSE mounts, blocks larger
 //! than 4 KiB) is written through the page cache as before, from the first
 //! refusal on.
+//!
+//! A restore or a check reads packs whole or in large spans. Read into a
+//! buffer, each span costs a fresh zeroed allocation (page faults, the
+//! kernel clearing each page, the allocator zeroing it again) and a copy
+//! out of the page cache; freed at once (see `main`), the next span pays
+//! again. Reads of [`MAP_MIN`] bytes or more instead map the file's range
+//! and hand out the page cache's own pages (`map_range`). At 1 GiB this
+//! took a check's system time from about 3.2 to 2.1 s and its wall time
+//! down by 13%, a restore's system time from about 4.3 to 3.4 s, with the
+//! same peak memory (docs/PERFORMANCE.md). custos never truncates or
+//! rewrites a pack in place (a put renames a new file over the old), which
+//! a mapping needs: a file cut short under a live mapping would fault.
 
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
-    Result,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RenameOptions, Result,
 };
 use std::fmt;
 use std::future::Future;
@@ -40,6 +52,9 @@ pub const DIRECT_MIN: usize = 1 << 20;
 /// The alignment `O_DIRECT` asks of buffers, lengths and file offsets
 /// (the largest logical block size in common use).
 const ALIGN: usize = 4096;
+/// Reads of at least this many bytes map the file instead of copying it
+/// into a buffer (see [`map_range`]).
+pub const MAP_MIN: usize = 256 << 10;
 /// Aligned buffers kept between puts (one per upload in flight; a backup
 /// has a few).
 const KEPT_BUFFERS: usize = 4;
@@ -110,6 +125,80 @@ impl LocalStore {
             Err(e) => Err(generic(e)),
         }
     }
+}
+
+/// A read of `range` of `file` as a mapping of the file, its pages
+/// mapped before it returns (`MAP_POPULATE`, which reads what the page
+/// cache lacks). The bytes are the page cache's own: no buffer is zeroed
+/// and none copied into. The mapping goes when the last `Bytes` made from
+/// it drops. A file shorter than `range` is an error, never a mapping past
+/// its end.
+fn map_range(file: &std::fs::File, range: Range<u64>) -> io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let size = file.metadata()?.len();
+    if range.end > size || range.start >= range.end {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("bytes {range:?} of a file of {size} bytes"),
+        ));
+    }
+    // SAFETY: sysconf takes no pointers.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let start = range.start - range.start % page;
+    let len = usize::try_from(range.end - start).map_err(io::Error::other)?;
+    let offset = libc::off_t::try_from(start).map_err(io::Error::other)?;
+    // SAFETY: a new private read-only mapping of an open file, at an
+    // address the kernel chooses; nothing else refers to that memory.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE | libc::MAP_POPULATE,
+            file.as_raw_fd(),
+            offset,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let skip = (range.start - start) as usize;
+    Ok(Bytes::from_owner(Mapped { ptr, len }).slice(skip..))
+}
+
+/// A read-only mapping of a file, unmapped on drop.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and owned by this value alone; reading
+// it from any thread is as safe as reading any immutable memory.
+unsafe impl Send for Mapped {}
+// SAFETY: as above: nothing writes to it.
+unsafe impl Sync for Mapped {}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `len` readable bytes until
+        // drop. Pack files are never truncated or written in place (a put
+        // renames a new file over the old), so no page of it goes away.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `map_range`, once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+fn read_error(e: io::Error, path: &std::path::Path) -> object_store::Error {
+    generic(io::Error::new(
+        e.kind(),
+        format!("reading {}: {e}", path.display()),
+    ))
 }
 
 fn generic(e: io::Error) -> object_store::Error {
@@ -270,7 +359,30 @@ impl ObjectStore for LocalStore {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        self.inner.get_opts(location, options)
+        Box::pin(async move {
+            let head = options.head;
+            let got = self.inner.get_opts(location, options).await?;
+            if head || got.range.end - got.range.start < MAP_MIN as u64 {
+                return Ok(got);
+            }
+            let GetResultPayload::File(file, path) = got.payload else {
+                return Ok(got);
+            };
+            let range = got.range.clone();
+            let read = move || map_range(&file, range).map_err(|e| read_error(e, &path));
+            let bytes = match tokio::runtime::Handle::try_current() {
+                Ok(h) => h.spawn_blocking(read).await.map_err(|e| {
+                    generic(io::Error::other(format!("the reading task failed: {e}")))
+                })??,
+                Err(_) => read()?,
+            };
+            Ok(GetResult {
+                payload: GetResultPayload::Stream(
+                    futures::stream::once(async { Ok(bytes) }).boxed(),
+                ),
+                ..got
+            })
+        })
     }
 
     fn get_ranges<'life0, 'life1, 'life2, 'async_trait>(
@@ -416,6 +528,62 @@ mod tests {
         s.put(&path, c.clone().into()).await.unwrap();
         assert_eq!(s.get(&path).await.unwrap().bytes().await.unwrap(), c);
         assert_eq!(files(tmp.path()), vec!["data/ab/pack".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn large_reads_are_mapped_and_equal_the_file_at_any_offset() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = store(tmp.path());
+        let path = Path::from("data/ef/pack");
+        let want = bytes(3 * MAP_MIN + 4099, 5);
+        std::fs::create_dir_all(tmp.path().join("data/ef")).unwrap();
+        std::fs::write(tmp.path().join("data/ef/pack"), &want).unwrap();
+        // Whole, from unaligned offsets to the end and short of it, and
+        // just under the size that maps (read into a buffer instead).
+        let n = want.len() as u64;
+        let ranges = [
+            0..n,
+            1..n,
+            4097..n - 3,
+            n - MAP_MIN as u64 - 1..n,
+            5..5 + MAP_MIN as u64 - 1,
+        ];
+        let mut kept = Vec::new();
+        for r in ranges {
+            let got = s.get_range(&path, r.clone()).await.unwrap();
+            assert!(got == want[r.start as usize..r.end as usize], "{r:?}");
+            kept.push((r, got));
+        }
+        let whole = s.get(&path).await.unwrap().bytes().await.unwrap();
+        assert!(whole == want);
+        // They are mappings of the file while their bytes live.
+        let file = tmp.path().join("data/ef/pack").display().to_string();
+        let mapped = || {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines().filter(|l| l.contains(&file)).count()
+        };
+        assert!(mapped() >= 4, "the reads are not mappings of the file");
+        drop(whole);
+        // A range past the end gives what the file has (the local file
+        // system's way; callers compare lengths), never a mapping of pages
+        // the file lacks.
+        let from = n - MAP_MIN as u64 - 10;
+        let got = s.get_range(&path, from..n + 5).await.unwrap();
+        assert!(got == want[from as usize..], "a range past the end");
+        drop(got);
+        assert!(map_range(
+            &std::fs::File::open(tmp.path().join("data/ef/pack")).unwrap(),
+            0..n + 1
+        )
+        .is_err());
+        // A mapping outlives the object's deletion and its replacement.
+        s.delete(&path).await.unwrap();
+        s.put(&path, bytes(MAP_MIN, 6).into()).await.unwrap();
+        for (r, got) in &kept {
+            assert!(got == &want[r.start as usize..r.end as usize], "{r:?}");
+        }
+        drop(kept);
+        assert_eq!(mapped(), 0, "a mapping outlived its bytes");
     }
 
     #[tokio::test]
