@@ -1408,8 +1408,10 @@ impl ReuseCheck {
                 if groups > 0 {
                     vault.key(&t)?;
                 }
-                for s in &subjects {
-                    vault.key(s)?;
+                // Looked up together, so the vault's cache misses overlap.
+                let wanted: Vec<Option<&KeyId>> = subjects.iter().map(Some).collect();
+                if vault.keys_many(&wanted).iter().any(Option::is_none) {
+                    return None;
                 }
             }
             // The page's chunks looked up together, so the index's cache
@@ -2363,8 +2365,10 @@ impl ReaderCtx {
                         .collect();
                     let texts: Vec<&str> = subjects.iter().map(|(_, s)| s.as_ref()).collect();
                     subject_pseudonyms_hex(vault.pseudonym_key(), &texts, &mut pseudonyms);
-                    for ((i, _), pseudo) in subjects.iter().zip(&pseudonyms) {
-                        match vault.get_existing(KeyKind::Subject, pseudo.as_str()) {
+                    let names: Vec<&str> = pseudonyms.iter().map(|p| p.as_str()).collect();
+                    let found = vault.get_existing_many(KeyKind::Subject, &names);
+                    for (((i, _), pseudo), found) in subjects.iter().zip(&pseudonyms).zip(found) {
+                        match found {
                             Some((id, key)) => {
                                 refs[*i].s = Some(id);
                                 refs[*i].skey = Some(key.clone());

@@ -1,12 +1,14 @@
-//! Slot numbers by key id: the vault table's id lookup, an open-addressed
-//! table of our own so that a batch of lookups can be prefetched.
+//! Slot numbers by hash: the vault table's lookups by key id and by name,
+//! open-addressed tables of our own so that a batch of lookups can be
+//! prefetched.
 //!
-//! A check or a restore looks up a subject key for every group it walks:
-//! random reads in a table of hundreds of thousands of keys, each a chain
-//! of cache misses (the table's entry, then the slot it names, then the
-//! key). One at a time, the CPU overlaps only a few chains; `hashbrown`
-//! offers no way to start them early. Here an entry's place is known from
-//! the hash alone, so [`IdIndex::prefetch`] can ask for it a batch ahead.
+//! A check or a restore looks up a subject key by id for every group it
+//! walks, a backup by name (the subject's pseudonym): random reads in a
+//! table of hundreds of thousands of keys, each a chain of cache misses
+//! (the table's entry, then the slot it names, then the key). One at a
+//! time, the CPU overlaps only a few chains; `hashbrown` offers no way to
+//! start them early. Here an entry's place is known from the hash alone,
+//! so [`IdIndex::prefetch`] can ask for it a batch ahead.
 //!
 //! Linear probing, at most three quarters full, and removal by shifting
 //! the entries after the removed one back (no tombstones), so a long life
@@ -73,6 +75,17 @@ impl IdIndex {
     }
 
     /// Starts loading the entry a lookup of hash `h` reads first.
+    /// An empty table with room for `n` entries before it grows.
+    pub fn with_capacity(n: usize) -> IdIndex {
+        let size = (n.saturating_mul(4).div_ceil(3) + 1)
+            .next_power_of_two()
+            .max(MIN_CAPACITY);
+        IdIndex {
+            entries: vec![EMPTY; size],
+            len: 0,
+        }
+    }
+
     #[inline]
     pub fn prefetch(&self, h: u64) {
         if let Some(e) = self.entries.get(self.home(h)) {

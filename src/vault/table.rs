@@ -13,7 +13,6 @@
 use super::ids::IdIndex;
 use super::{KeyId, KeyKind};
 use crate::crypto::Key32;
-use hashbrown::HashTable;
 use std::fmt;
 use std::hash::BuildHasher;
 
@@ -129,7 +128,7 @@ pub(super) struct KeyTable {
     by_id: IdIndex,
     /// Slot numbers, hashed by (kind, name); one per name (see
     /// [`KeyTable::point_name`]).
-    by_name: HashTable<u32>,
+    by_name: IdIndex,
     names: std::hash::RandomState,
     seed: Seed,
 }
@@ -267,13 +266,46 @@ impl KeyTable {
     /// The key the name points at (see [`KeyTable::point_name`]).
     pub fn named(&self, kind: KeyKind, name: &str) -> Option<&Slot> {
         let name = NameRef::of(name);
-        let h = self.name_hash(kind, name);
-        self.by_name
-            .find(h, |&i| {
-                let s = self.slot(i);
-                s.kind == kind && s.name.as_ref() == name
-            })
-            .map(|&i| self.slot(i))
+        self.find_name(self.name_hash(kind, name), kind, name)
+            .map(|i| self.slot(i))
+    }
+
+    fn find_name(&self, h: u64, kind: KeyKind, name: NameRef<'_>) -> Option<u32> {
+        self.by_name.find(h, |i| {
+            let s = self.slot(i);
+            s.kind == kind && s.name.as_ref() == name
+        })
+    }
+
+    /// [`KeyTable::named`] of many names of one kind, looked up as
+    /// [`KeyTable::get_many`] looks up ids: a few at a time, each one's
+    /// entry, then its slot, then its key's bytes asked for before the
+    /// first is read.
+    pub fn named_many<'a>(&'a self, kind: KeyKind, names: &[&str]) -> Vec<Option<&'a Slot>> {
+        const AHEAD: usize = 16;
+        let mut out = Vec::with_capacity(names.len());
+        let mut hashes = [0u64; AHEAD];
+        for run in names.chunks(AHEAD) {
+            for (h, name) in hashes.iter_mut().zip(run) {
+                *h = self.name_hash(kind, NameRef::of(name));
+                self.by_name.prefetch(*h);
+            }
+            for h in &hashes[..run.len()] {
+                if let Some(i) = self.by_name.candidate(*h) {
+                    crate::prefetch::line(self.slot(i));
+                }
+            }
+            for (h, name) in hashes.iter().zip(run) {
+                let slot = self
+                    .find_name(*h, kind, NameRef::of(name))
+                    .map(|i| self.slot(i));
+                if let Some(s) = slot {
+                    crate::prefetch::line(s.key.expose());
+                }
+                out.push(slot);
+            }
+        }
+        out
     }
 
     /// Adds a key whose id is not in the table yet. Its name points at it
@@ -301,18 +333,13 @@ impl KeyTable {
         let at = |j: u32| slot_at(segments, j);
         let (kind, name) = (at(i).kind, at(i).name.as_ref());
         let h = hash_name(names, seed, kind, name);
-        match self.by_name.entry(
-            h,
-            |&j| {
-                let s = at(j);
-                s.kind == kind && s.name.as_ref() == name
-            },
-            |&j| name_hash(names, seed, at(j)),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = i,
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(i);
-            }
+        let pointed = self.by_name.find(h, |j| {
+            let s = at(j);
+            s.kind == kind && s.name.as_ref() == name
+        });
+        match pointed {
+            Some(j) => self.by_name.renumber(h, j, i),
+            None => self.by_name.insert(h, i, |j| name_hash(names, seed, at(j))),
         }
     }
 
@@ -320,34 +347,27 @@ impl KeyTable {
     /// id). Other keys of the same name stay reachable by id, since data
     /// may have been sealed under them.
     pub fn rebuild_names(&mut self) {
-        self.by_name.clear();
-        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
-        let at = |j: u32| slot_at(segments, j);
-        let rehash = |&j: &u32| name_hash(names, seed, at(j));
         // Room for every name at once: growing the table would hash every
         // name again at each doubling.
-        self.by_name.reserve(self.len, rehash);
+        self.by_name = IdIndex::with_capacity(self.len);
+        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
+        let at = |j: u32| slot_at(segments, j);
         for i in 0..self.len as u32 {
             let s = at(i);
             let name = s.name.as_ref();
             let h = name_hash(names, seed, s);
-            match self.by_name.entry(
-                h,
-                |&j| {
-                    let o = at(j);
-                    o.kind == s.kind && o.name.as_ref() == name
-                },
-                rehash,
-            ) {
-                hashbrown::hash_table::Entry::Occupied(mut o) => {
-                    let other = at(*o.get());
+            let pointed = self.by_name.find(h, |j| {
+                let o = at(j);
+                o.kind == s.kind && o.name.as_ref() == name
+            });
+            match pointed {
+                Some(j) => {
+                    let other = at(j);
                     if (s.created, s.id) < (other.created, other.id) {
-                        *o.get_mut() = i;
+                        self.by_name.renumber(h, j, i);
                     }
                 }
-                hashbrown::hash_table::Entry::Vacant(v) => {
-                    v.insert(i);
-                }
+                None => self.by_name.insert(h, i, |j| name_hash(names, seed, at(j))),
             }
         }
     }
@@ -361,18 +381,15 @@ impl KeyTable {
         let nameh = name_hash(names, seed, at(i));
         self.by_id
             .remove(id_hash(seed, id), i, |j| id_hash(seed, &at(j).id));
-        if let Ok(o) = self.by_name.find_entry(nameh, |&j| j == i) {
-            o.remove();
-        }
+        self.by_name
+            .remove(nameh, i, |j| name_hash(names, seed, at(j)));
         // The last slot moves into the hole.
         let last = (self.len - 1) as u32;
         if i != last {
             let s = at(last);
             let (idh, nameh) = (id_hash(seed, &s.id), name_hash(names, seed, s));
             self.by_id.renumber(idh, last, i);
-            if let Some(j) = self.by_name.find_mut(nameh, |&j| j == last) {
-                *j = i;
-            }
+            self.by_name.renumber(nameh, last, i);
         }
         let moved = {
             let seg = self.segments.last_mut().expect("not empty");
@@ -564,6 +581,23 @@ mod tests {
             let one = id.and_then(|id| t.get(id));
             assert_eq!(got.map(|s| s.id), one.map(|s| s.id));
             assert_eq!(got.is_none(), id.is_none_or(|id| !t.contains(id)));
+        }
+        // Names looked up together, with names never added and runs that
+        // end part-way: as one at a time.
+        let mut names: Vec<String> = (0..n + 40).map(|k| format!("{k:032x}")).collect();
+        names.push("consumption:2026-03".into());
+        let asked: Vec<&str> = names.iter().map(String::as_str).collect();
+        for kind in [KeyKind::Subject, KeyKind::Period] {
+            let many = t.named_many(kind, &asked);
+            assert_eq!(many.len(), asked.len());
+            let mut found = 0;
+            for (name, got) in asked.iter().zip(&many) {
+                let one = t.named(kind, name);
+                assert_eq!(got.map(|s| s.id), one.map(|s| s.id), "{name}");
+                found += usize::from(got.is_some());
+            }
+            let want = if kind == KeyKind::Subject { t.len() } else { 0 };
+            assert_eq!(found, want);
         }
         let left: Vec<KeyId> = t.iter().map(|s| s.id).collect();
         for id in left {
