@@ -6,9 +6,10 @@
 //! These tests check that a loaded snapshot has every page back in order
 //! (a restore equals its source), that an unchanged backup stores no pack,
 //! that prune keeps the lists a kept snapshot borrowed from a forgotten
-//! one, that snapshots without lists still read, and that a damaged or
+//! one, that snapshots without lists still read, that a damaged or
 //! hostile list is refused with the snapshot and the list named, and
-//! changes nothing.
+//! changes nothing, and that so is a page whose group does not match the
+//! keys it names.
 
 mod common;
 #[path = "common/roundtrip_util.rs"]
@@ -20,6 +21,7 @@ use custos::ops::OpenRepo;
 use custos::policy::Policy;
 use custos::progress::NoProgress;
 use custos::repo::snapshot::{PageList, Snapshot};
+use custos::repo::tree::{store_pages, Page};
 use rusqlite::Connection;
 use std::collections::BTreeSet;
 use std::fs;
@@ -348,6 +350,78 @@ async fn a_damaged_or_hostile_list_is_refused_naming_it_and_changes_nothing() {
         assert!(e.contains("not written") && e.contains("calls"), "{e}");
     }
     assert_eq!(repo_files(tmp.path()), before, "nothing written");
+}
+
+/// A tree page that names keys its group was not sealed under (a hostile
+/// writer holding the repository keys, or a page damaged before it was
+/// sealed): the keys derived do not give the group id the page names. The
+/// restore refuses, naming the page, and writes no database; the check
+/// reports the group; nothing in the repository changes but the forged
+/// objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_does_not_match_its_keys_is_refused_by_restore_and_check() {
+    let (tmp, _db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    let id = backup_small(&policy).await.snapshot;
+    let json = stored_json(&policy, &id).await;
+    let snap = load(&policy, &id).await.unwrap();
+    let calls = snap
+        .record_tables()
+        .iter()
+        .find(|t| t.name == "calls")
+        .unwrap();
+    // The first call-record page again, one group id byte changed, stored
+    // as a new page that the calls table lists in place of the first.
+    let repo = OpenRepo::open(&policy, None).await.unwrap();
+    let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    let mut cache = custos::repo::cache::PackCache::new(Arc::new(repo.target.clone()), 1);
+    let mut page = Page::load(&mut cache, &index, &repo.meta, &calls.pages[0])
+        .await
+        .unwrap();
+    let Page::Groups { groups, .. } = &mut page else {
+        panic!("a record table's page lists groups")
+    };
+    groups[0].g[0] ^= 1;
+    let forged_id = store_pages(&repo.target, &repo.meta, &[page])
+        .await
+        .unwrap()[0];
+    let mut pages: Vec<String> = calls.pages.iter().map(|p| p.to_string()).collect();
+    pages[0] = forged_id.to_string();
+    let mut forged = json.clone();
+    let tables = forged["sqlite"]["tables"].as_array_mut().unwrap();
+    let t = tables.iter_mut().find(|t| t["name"] == "calls").unwrap();
+    t.as_object_mut().unwrap().remove("windows");
+    t["pages"] = pages.into();
+    store_json(&policy, &id, &forged).await;
+    let before = repo_files(tmp.path());
+
+    let to = tmp.path().join("never.db");
+    let e = try_restore(&policy, &id, &to)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not match the keys it names"), "{e}");
+    assert!(e.contains(&forged_id.to_string()), "names the page: {e}");
+    assert!(!to.exists(), "a refused restore left {}", to.display());
+
+    let c = custos::ops::check::check(&policy, None, true, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(!c.ok);
+    assert!(
+        c.findings.iter().any(|f| f
+            .message
+            .starts_with("1 group(s) do not match the keys they name")),
+        "{:#?}",
+        c.findings
+    );
+    assert_eq!(repo_files(tmp.path()), before, "nothing changed");
+
+    // The object as the backup wrote it restores again.
+    store_json(&policy, &id, &json).await;
+    try_restore(&policy, &id, &to).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
