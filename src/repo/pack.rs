@@ -274,8 +274,14 @@ fn decode_body(
     match body.first() {
         Some(&CODEC_STORED) => out.extend_from_slice(&body[1..]),
         Some(&CODEC_ZSTD) => {
-            out.resize(start + raw_len as usize, 0);
-            match codec.d.decompress_to_buffer(&body[1..], &mut out[start..]) {
+            // Into `out`'s spare room, not zeroed first: a cursor at its
+            // end appends what zstd writes (at most the room there is, so
+            // a chunk that inflates past `raw_len` fails the length check
+            // below or runs out of room).
+            out.reserve(raw_len as usize);
+            let mut tail = std::io::Cursor::new(&mut *out);
+            tail.set_position(start as u64);
+            match codec.d.decompress_to_buffer(&body[1..], &mut tail) {
                 Ok(n) => out.truncate(start + n),
                 Err(e) => {
                     out.truncate(start);
