@@ -1778,6 +1778,10 @@ impl GroupCtx<'_> {
         sender.flush().map(|_| packs)
     }
 
+    /// How many one-chunk groups ahead [`Self::process`] asks for the rows
+    /// of while it gathers a group's.
+    const PREFETCH_AHEAD: usize = 4;
+
     /// Chunks a slice of a window's groups (their keys already exist and
     /// are persisted) and returns their entries in order.
     fn process(
@@ -1817,7 +1821,20 @@ impl GroupCtx<'_> {
             // group stays in place), their ids computed together.
             gathered.clear();
             small.clear();
+            // Their rows lie scattered over the window (read in rowid
+            // order, stored by group), and this is where they are first
+            // read: the rows of the groups a few ahead start loading while
+            // these are gathered.
+            let ahead = |slot: &Slot| {
+                if slot.bytes as usize <= min {
+                    window.prefetch_rows(slot);
+                }
+            };
+            run_slots.iter().take(Self::PREFETCH_AHEAD).for_each(ahead);
             for (i, slot) in run_slots.iter().enumerate() {
+                if let Some(next) = run_slots.get(i + Self::PREFETCH_AHEAD) {
+                    ahead(next);
+                }
                 if slot.bytes as usize > min {
                     continue;
                 }
@@ -1845,8 +1862,9 @@ impl GroupCtx<'_> {
             for (i, (slot, r)) in run_slots.iter().zip(run_refs).enumerate() {
                 // The rows of a group are scattered over the window (read
                 // in rowid order, stored by group): start loading the next
-                // group's rows while this one is chunked.
-                if let Some(next) = run_slots.get(i + 1) {
+                // group's rows while this one is chunked (those of a
+                // one-chunk group were gathered above).
+                if let Some(next) = run_slots.get(i + 1).filter(|n| n.bytes as usize > min) {
                     window.prefetch_rows(next);
                 }
                 let time = &self.times[r.time as usize];
@@ -2358,12 +2376,12 @@ impl ReaderCtx {
                     .zip(refs.chunks_mut(KEYS_AT_ONCE))
                     .enumerate()
                 {
-                    let subjects: Vec<(usize, std::borrow::Cow<'_, str>)> = slots
+                    let subjects: Vec<(usize, &[u8])> = slots
                         .iter()
                         .enumerate()
-                        .filter_map(|(i, slot)| window.coord(slot.subject).map(|s| (i, s)))
+                        .filter_map(|(i, slot)| window.text(slot.subject).map(|s| (i, s)))
                         .collect();
-                    let texts: Vec<&str> = subjects.iter().map(|(_, s)| s.as_ref()).collect();
+                    let texts: Vec<&[u8]> = subjects.iter().map(|(_, s)| *s).collect();
                     subject_pseudonyms_hex(vault.pseudonym_key(), &texts, &mut pseudonyms);
                     let names: Vec<&str> = pseudonyms.iter().map(|p| p.as_str()).collect();
                     let found = vault.get_existing_many(KeyKind::Subject, &names);
