@@ -16,7 +16,7 @@ use crate::repo::cache::{PackCache, PackProblem};
 use crate::repo::index::{
     Index, IndexFile, IndexObjects, PackSet, PacksIndex, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS,
 };
-use crate::repo::pack::{open_chunks_into, read_header, Codec, ToOpen};
+use crate::repo::pack::{check_header, open_chunks_into, Codec, ToOpen};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
 use bytes::Bytes;
@@ -225,6 +225,7 @@ pub async fn check_with(
             findings: Vec::new(),
             spare_queue: Vec::new(),
             spare_chunks: Vec::new(),
+            header: Vec::new(),
         }),
         opening_batch: None,
         pages_seen: HashMap::new(),
@@ -478,6 +479,10 @@ struct Opener {
     /// check's page faults.
     spare_queue: Vec<Queued>,
     spare_chunks: Vec<(u32, Queued)>,
+    /// A pack header's plaintext, kept from pack to pack (a header lists
+    /// every chunk of its pack: each opened into fresh memory, they were a
+    /// fifth of the check's page faults).
+    header: Vec<u8>,
 }
 
 impl Opener {
@@ -493,7 +498,7 @@ impl Opener {
         match self.data.fetch_span(pid, size, span).await {
             Ok((bytes, base)) => {
                 if self.headers_checked.insert(pid) {
-                    if let Err(e) = read_header(&object, &bytes, &self.meta) {
+                    if let Err(e) = check_header(&object, &bytes, &self.meta, &mut self.header) {
                         self.error(object, e.to_string(), None);
                     }
                 }

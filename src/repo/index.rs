@@ -49,6 +49,23 @@ impl IndexFile {
     }
 
     pub(crate) fn decode_entries(object: &str, b: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
+        let table = Self::entry_table(object, b)?;
+        let mut out = Vec::with_capacity(table.len() / ENTRY_LEN);
+        for e in table.chunks_exact(ENTRY_LEN) {
+            let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().unwrap());
+            out.push(IndexEntry {
+                id: Id(e[..32].try_into().unwrap()),
+                offset: u(32),
+                len: u(36),
+                raw_len: u(40),
+            });
+        }
+        Ok(out)
+    }
+
+    /// An encoded entry table's entries, [`ENTRY_LEN`] bytes each, once
+    /// its count is found to match its length.
+    pub(crate) fn entry_table<'b>(object: &str, b: &'b [u8]) -> Result<&'b [u8], RepoError> {
         if b.len() < 4 {
             return Err(RepoError::malformed(object, "entry table truncated"));
         }
@@ -62,17 +79,7 @@ impl IndexFile {
                 ),
             ));
         }
-        let mut out = Vec::with_capacity(count);
-        for e in b[4..].chunks_exact(ENTRY_LEN) {
-            let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().unwrap());
-            out.push(IndexEntry {
-                id: Id(e[..32].try_into().unwrap()),
-                offset: u(32),
-                len: u(36),
-                raw_len: u(40),
-            });
-        }
-        Ok(out)
+        Ok(&b[4..])
     }
 
     /// The plaintext of the index object (what [`store`](Self::store)

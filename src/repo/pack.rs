@@ -391,6 +391,42 @@ pub fn read_header(
     pack: &[u8],
     meta: &MetaKey,
 ) -> Result<Vec<IndexEntry>, RepoError> {
+    let mut body = Vec::new();
+    let data_end = open_header(object, pack, meta, &mut body)?;
+    let entries = IndexFile::decode_entries(object, &body)?;
+    for e in &entries {
+        entry_in_pack(object, e.offset, e.len, data_end)?;
+    }
+    Ok(entries)
+}
+
+/// Checks the header of a whole pack as [`read_header`] does, its
+/// plaintext opened into `body` (kept by the caller from pack to pack: a
+/// header lists every chunk of the pack, some megabytes for a full one)
+/// and its entries checked where they lie. Returns how many it lists.
+pub fn check_header(
+    object: &str,
+    pack: &[u8],
+    meta: &MetaKey,
+    body: &mut Vec<u8>,
+) -> Result<usize, RepoError> {
+    let data_end = open_header(object, pack, meta, body)?;
+    let entries = IndexFile::entry_table(object, body)?;
+    for e in entries.chunks_exact(crate::repo::index::ENTRY_LEN) {
+        let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
+        entry_in_pack(object, u(32), u(36), data_end)?;
+    }
+    Ok(entries.len() / crate::repo::index::ENTRY_LEN)
+}
+
+/// Opens a pack's sealed header into `body`; returns where the pack's
+/// chunks end (the header starts there).
+fn open_header(
+    object: &str,
+    pack: &[u8],
+    meta: &MetaKey,
+    body: &mut Vec<u8>,
+) -> Result<u64, RepoError> {
     let n = pack.len();
     if n < HEADER_OFFSET + 12 || &pack[..8] != MAGIC || &pack[n - 8..] != END_MAGIC {
         return Err(RepoError::malformed(
@@ -412,23 +448,23 @@ pub fn read_header(
         ));
     }
     let sealed = &pack[n - 12 - hlen..n - 12];
-    let body = meta
-        .open("pack-header", "", sealed)
+    meta.open_into("pack-header", "", sealed, body)
         .map_err(|source| RepoError::Crypto {
             object: object.into(),
             source,
         })?;
-    let entries = IndexFile::decode_entries(object, &body)?;
-    let data_end = (n - 12 - hlen) as u64;
-    for e in &entries {
-        if (e.offset as u64) < HEADER_OFFSET as u64 || e.offset as u64 + e.len as u64 > data_end {
-            return Err(RepoError::malformed(
-                object,
-                "header entry outside the pack",
-            ));
-        }
+    Ok((n - 12 - hlen) as u64)
+}
+
+/// A header entry's chunk must lie between the pack's prefix and its header.
+fn entry_in_pack(object: &str, offset: u32, len: u32, data_end: u64) -> Result<(), RepoError> {
+    if (offset as u64) < HEADER_OFFSET as u64 || offset as u64 + len as u64 > data_end {
+        return Err(RepoError::malformed(
+            object,
+            "header entry outside the pack",
+        ));
     }
-    Ok(entries)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -623,6 +659,73 @@ mod tests {
         assert_eq!(
             lens.iter().map(|&l| l as usize).sum::<usize>(),
             together.len() - 4
+        );
+    }
+
+    /// `check_header` finds what `read_header` finds, without the entries:
+    /// the same count for a good pack, the same error for a damaged or
+    /// hostile one, with its buffer reused from pack to pack.
+    #[test]
+    fn a_header_checked_in_place_agrees_with_the_header_read() {
+        let meta = MetaKey::new(&Key32::from_bytes([3; 32]));
+        let keys = ChunkKeys::new(Key32::from_bytes([4; 32]));
+        let mut codec = Codec::new(3);
+        let mut w = PackWriter::new();
+        for i in 0..50u32 {
+            let plain = noise(100 + i as usize * 7, u64::from(i) + 1);
+            let id = keys.chunk_id(&plain);
+            let sealed = seal_chunk(&mut codec, &keys, &id, &plain);
+            w.add(id, &sealed, plain.len() as u32);
+        }
+        let (_, good, _) = w.finish(&meta);
+        // A header whose one entry runs past the chunks, sealed as a
+        // writer holding the metadata key would.
+        let hostile = {
+            let mut p = good[..HEADER_OFFSET + 10].to_vec();
+            let entry = IndexEntry {
+                id: Id([7; 32]),
+                offset: HEADER_OFFSET as u32,
+                len: 11,
+                raw_len: 11,
+            };
+            let mut plain = Vec::new();
+            IndexFile::encode_entries_into(&[entry], &mut plain);
+            let sealed = meta.seal("pack-header", "", &plain);
+            p.extend_from_slice(&sealed);
+            p.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+            p.extend_from_slice(END_MAGIC);
+            p
+        };
+        let mut flipped = good.clone();
+        let at = good.len() - 30;
+        flipped[at] ^= 1;
+        let mut long = good.clone();
+        let n = long.len();
+        long[n - 12..n - 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut body = Vec::new();
+        assert_eq!(
+            check_header("p", &good, &meta, &mut body).unwrap(),
+            read_header("p", &good, &meta).unwrap().len()
+        );
+        let cases: [(&[u8], &str); 5] = [
+            (&good[..good.len() - 1], "bad magic"),
+            (&good[..20], "bad magic"),
+            (&long, "header length beyond the pack"),
+            (&flipped, "authentication failed"),
+            (&hostile, "header entry outside the pack"),
+        ];
+        for (pack, want) in cases {
+            let got = check_header("p", pack, &meta, &mut body)
+                .unwrap_err()
+                .to_string();
+            let read = read_header("p", pack, &meta).unwrap_err().to_string();
+            assert!(got.contains(want), "{want}: {got}");
+            assert_eq!(got, read);
+        }
+        assert_eq!(
+            check_header("p", &good, &meta, &mut body).unwrap(),
+            50,
+            "the buffer serves the next pack"
         );
     }
 }
