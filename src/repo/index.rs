@@ -24,6 +24,19 @@ pub struct IndexEntry {
     pub raw_len: u32,
 }
 
+impl IndexEntry {
+    /// One entry of an encoded entry table ([`ENTRY_LEN`] bytes).
+    pub(crate) fn decode(e: &[u8]) -> IndexEntry {
+        let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
+        IndexEntry {
+            id: Id(e[..32].try_into().expect("32 bytes")),
+            offset: u(32),
+            len: u(36),
+            raw_len: u(40),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexFile {
     pub pack: Id,
@@ -50,17 +63,10 @@ impl IndexFile {
 
     pub(crate) fn decode_entries(object: &str, b: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
         let table = Self::entry_table(object, b)?;
-        let mut out = Vec::with_capacity(table.len() / ENTRY_LEN);
-        for e in table.chunks_exact(ENTRY_LEN) {
-            let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().unwrap());
-            out.push(IndexEntry {
-                id: Id(e[..32].try_into().unwrap()),
-                offset: u(32),
-                len: u(36),
-                raw_len: u(40),
-            });
-        }
-        Ok(out)
+        Ok(table
+            .chunks_exact(ENTRY_LEN)
+            .map(IndexEntry::decode)
+            .collect())
     }
 
     /// An encoded entry table's entries, [`ENTRY_LEN`] bytes each, once

@@ -385,19 +385,16 @@ impl PackWriter {
     }
 }
 
-/// Reads the header of a whole pack (to rebuild a lost index, or to check).
+/// Reads the header of a whole pack (to rebuild a lost index): checked as
+/// [`check_header`] checks it, then its entries.
 pub fn read_header(
     object: &str,
     pack: &[u8],
     meta: &MetaKey,
 ) -> Result<Vec<IndexEntry>, RepoError> {
     let mut body = Vec::new();
-    let data_end = open_header(object, pack, meta, &mut body)?;
-    let entries = IndexFile::decode_entries(object, &body)?;
-    for e in &entries {
-        entry_in_pack(object, e.offset, e.len, data_end)?;
-    }
-    Ok(entries)
+    check_header(object, pack, meta, &mut body)?;
+    IndexFile::decode_entries(object, &body)
 }
 
 /// Checks the header of a whole pack as [`read_header`] does, its
@@ -411,12 +408,13 @@ pub fn check_header(
     body: &mut Vec<u8>,
 ) -> Result<usize, RepoError> {
     let data_end = open_header(object, pack, meta, body)?;
-    let entries = IndexFile::entry_table(object, body)?;
-    for e in entries.chunks_exact(crate::repo::index::ENTRY_LEN) {
-        let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
-        entry_in_pack(object, u(32), u(36), data_end)?;
+    let table = IndexFile::entry_table(object, body)?;
+    let mut n = 0;
+    for e in table.chunks_exact(crate::repo::index::ENTRY_LEN) {
+        entry_in_pack(object, &IndexEntry::decode(e), data_end)?;
+        n += 1;
     }
-    Ok(entries.len() / crate::repo::index::ENTRY_LEN)
+    Ok(n)
 }
 
 /// Opens a pack's sealed header into `body`; returns where the pack's
@@ -457,8 +455,8 @@ fn open_header(
 }
 
 /// A header entry's chunk must lie between the pack's prefix and its header.
-fn entry_in_pack(object: &str, offset: u32, len: u32, data_end: u64) -> Result<(), RepoError> {
-    if (offset as u64) < HEADER_OFFSET as u64 || offset as u64 + len as u64 > data_end {
+fn entry_in_pack(object: &str, e: &IndexEntry, data_end: u64) -> Result<(), RepoError> {
+    if (e.offset as u64) < HEADER_OFFSET as u64 || e.offset as u64 + e.len as u64 > data_end {
         return Err(RepoError::malformed(
             object,
             "header entry outside the pack",
