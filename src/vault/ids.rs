@@ -74,7 +74,6 @@ impl IdIndex {
         h as usize & self.mask()
     }
 
-    /// Starts loading the entry a lookup of hash `h` reads first.
     /// An empty table with room for `n` entries before it grows.
     pub fn with_capacity(n: usize) -> IdIndex {
         let size = (n.saturating_mul(4).div_ceil(3) + 1)
@@ -86,6 +85,7 @@ impl IdIndex {
         }
     }
 
+    /// Starts loading the entry a lookup of hash `h` reads first.
     #[inline]
     pub fn prefetch(&self, h: u64) {
         if let Some(e) = self.entries.get(self.home(h)) {

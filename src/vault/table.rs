@@ -223,28 +223,47 @@ impl KeyTable {
     /// its slot, then its key's bytes are asked for before the first is
     /// read, so that their cache misses overlap (see [`super::ids`]).
     pub fn get_many<'a>(&'a self, ids: &[Option<&KeyId>]) -> Vec<Option<&'a Slot>> {
+        self.find_many(
+            &self.by_id,
+            ids,
+            |id| id.map(|id| id_hash(self.seed, id)),
+            |s| crate::prefetch::line(&s.id),
+            |id, s| id.is_some_and(|id| s.id == *id),
+        )
+    }
+
+    /// Looks many items up through `index` a few at a time, so that their
+    /// cache misses overlap: each one's entry, then its slot (`touch`
+    /// asks for the part of it `is` reads), then its key's bytes are asked
+    /// for before the first is read. `hash` gives an item's hash (`None`:
+    /// nothing to look up); `is` tells whether a slot is the item's.
+    fn find_many<'a, T>(
+        &'a self,
+        index: &IdIndex,
+        items: &[T],
+        hash: impl Fn(&T) -> Option<u64>,
+        touch: impl Fn(&Slot),
+        is: impl Fn(&T, &Slot) -> bool,
+    ) -> Vec<Option<&'a Slot>> {
         const AHEAD: usize = 16;
-        let mut out = Vec::with_capacity(ids.len());
-        let mut hashes = [0u64; AHEAD];
-        for run in ids.chunks(AHEAD) {
-            for (h, id) in hashes.iter_mut().zip(run) {
-                if let Some(id) = id {
-                    *h = id_hash(self.seed, id);
-                    self.by_id.prefetch(*h);
+        let mut out = Vec::with_capacity(items.len());
+        let mut hashes = [None; AHEAD];
+        for run in items.chunks(AHEAD) {
+            for (h, item) in hashes.iter_mut().zip(run) {
+                *h = hash(item);
+                if let Some(h) = *h {
+                    index.prefetch(h);
                 }
             }
-            for (h, id) in hashes.iter().zip(run) {
-                if id.is_some() {
-                    if let Some(i) = self.by_id.candidate(*h) {
-                        crate::prefetch::line(&self.slot(i).id);
-                    }
+            for h in hashes[..run.len()].iter().flatten() {
+                if let Some(i) = index.candidate(*h) {
+                    touch(self.slot(i));
                 }
             }
-            for (h, id) in hashes.iter().zip(run) {
-                let slot = id.and_then(|id| {
-                    let i = self.by_id.find(*h, |i| self.slot(i).id == *id)?;
-                    Some(self.slot(i))
-                });
+            for (h, item) in hashes.iter().zip(run) {
+                let slot = h
+                    .and_then(|h| index.find(h, |i| is(item, self.slot(i))))
+                    .map(|i| self.slot(i));
                 if let Some(s) = slot {
                     crate::prefetch::line(s.key.expose());
                 }
@@ -277,35 +296,16 @@ impl KeyTable {
         })
     }
 
-    /// [`KeyTable::named`] of many names of one kind, looked up as
-    /// [`KeyTable::get_many`] looks up ids: a few at a time, each one's
-    /// entry, then its slot, then its key's bytes asked for before the
-    /// first is read.
+    /// [`KeyTable::named`] of many names of one kind, looked up together
+    /// as [`KeyTable::get_many`] looks up ids.
     pub fn named_many<'a>(&'a self, kind: KeyKind, names: &[&str]) -> Vec<Option<&'a Slot>> {
-        const AHEAD: usize = 16;
-        let mut out = Vec::with_capacity(names.len());
-        let mut hashes = [0u64; AHEAD];
-        for run in names.chunks(AHEAD) {
-            for (h, name) in hashes.iter_mut().zip(run) {
-                *h = self.name_hash(kind, NameRef::of(name));
-                self.by_name.prefetch(*h);
-            }
-            for h in &hashes[..run.len()] {
-                if let Some(i) = self.by_name.candidate(*h) {
-                    crate::prefetch::line(self.slot(i));
-                }
-            }
-            for (h, name) in hashes.iter().zip(run) {
-                let slot = self
-                    .find_name(*h, kind, NameRef::of(name))
-                    .map(|i| self.slot(i));
-                if let Some(s) = slot {
-                    crate::prefetch::line(s.key.expose());
-                }
-                out.push(slot);
-            }
-        }
-        out
+        self.find_many(
+            &self.by_name,
+            names,
+            |name| Some(self.name_hash(kind, NameRef::of(name))),
+            |s| crate::prefetch::line(s),
+            |name, s| s.kind == kind && s.name.as_ref() == NameRef::of(name),
+        )
     }
 
     /// Adds a key whose id is not in the table yet. Its name points at it
