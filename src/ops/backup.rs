@@ -3151,8 +3151,9 @@ impl ReaderCtx {
 }
 
 /// Writes each window mark's pack list (FORMAT 3.5): the packs of its
-/// blobs stored before this backup and those written for it, sorted. A window whose packs are not all
-/// known gets none, and a restore reads it through the whole index.
+/// blobs stored before this backup and those written for it, sorted. A
+/// window whose packs are not all known gets none, and a restore reads it
+/// through the whole index.
 fn mark_window_packs(tables: &mut [TableEntry], known: &[WindowPacks], placed: &[(Id, PackSet)]) {
     let marks = tables.iter().map(|t| t.windows.len()).sum::<usize>();
     if marks != known.len() {

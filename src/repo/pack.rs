@@ -385,8 +385,9 @@ impl PackWriter {
     }
 }
 
-/// Reads the header of a whole pack (to rebuild a lost index): checked as
-/// [`check_header`] checks it, then its entries.
+/// Reads the header of a whole pack: checked as [`check_header`] checks
+/// it, then its entries (for tools and tests that read a pack's contents;
+/// `check` needs only [`check_header`]).
 pub fn read_header(
     object: &str,
     pack: &[u8],
