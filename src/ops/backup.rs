@@ -177,7 +177,7 @@ type WorkBatch = Batch<Work>;
 
 /// A chunk of a [`WorkBatch`].
 struct Work {
-    keys: Arc<ChunkKeys>,
+    keys: ChunkKeys,
     id: Id,
     family: KeyId,
     len: u32,
@@ -630,7 +630,7 @@ fn worker(
         out.data.reserve(batch.data.len() + 17 * batch.items.len());
         let chunks: Vec<(&ChunkKeys, &Id, &[u8])> = batch
             .parts()
-            .map(|(w, plain)| (&*w.keys, &w.id, plain))
+            .map(|(w, plain)| (&w.keys, &w.id, plain))
             .collect();
         lens.clear();
         seal_chunks_into(&mut codec, &chunks, &mut out.data, &mut lens);
@@ -681,7 +681,7 @@ impl WorkSender {
 
     fn send(
         &mut self,
-        keys: &Arc<ChunkKeys>,
+        keys: &ChunkKeys,
         id: Id,
         family: KeyId,
         data: &[u8],
@@ -1810,13 +1810,9 @@ impl GroupCtx<'_> {
                 .iter()
                 .map(|r| (r.skey.as_ref(), &self.times[r.time as usize].key))
                 .collect();
-            let keys: Vec<Arc<ChunkKeys>> =
-                ChunkKeys::new_many(crate::crypto::group_keys(&parents, self.table))
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect();
+            let keys: Vec<ChunkKeys> = ChunkKeys::of_groups(&parents, self.table);
             drop(parents);
-            ChunkKeys::prepare(&keys.iter().map(|k| &**k).collect::<Vec<_>>());
+            ChunkKeys::prepare(&keys.iter().collect::<Vec<_>>());
             // The groups of one chunk: their rows gathered (a one-row
             // group stays in place), their ids computed together.
             gathered.clear();
@@ -1854,7 +1850,7 @@ impl GroupCtx<'_> {
             {
                 let plains: Vec<(&ChunkKeys, &[u8])> = small
                     .iter()
-                    .map(|(i, c)| (&*keys[*i], c.bytes(&gathered)))
+                    .map(|(i, c)| (&keys[*i], c.bytes(&gathered)))
                     .collect();
                 ChunkKeys::chunk_ids(&plains, &mut ids);
             }
@@ -2004,7 +2000,7 @@ impl ReaderCtx {
         mut in_flight: Option<&mut HashSet<Id>>,
         packs: &mut PackSet,
         counters: &Counters,
-        keys: &Arc<ChunkKeys>,
+        keys: &ChunkKeys,
         family: KeyId,
         chunks: &mut Vec<Id>,
         data: &[u8],
@@ -2870,7 +2866,7 @@ impl ReaderCtx {
         let (key_id, key, unit) = self.epoch_key(&class);
         self.persist_vault()?;
         let gk = group_key(None, &key, "files");
-        let keys = Arc::new(ChunkKeys::new(gk));
+        let keys = ChunkKeys::new(gk);
         // Change detection: entries of the parent snapshot under the same key.
         let mut previous: HashMap<String, FileRecord> = HashMap::new();
         if let Some(p) = self.parent.as_ref().and_then(|p| p.files.clone()) {

@@ -343,7 +343,7 @@ struct Queued {
     len: u32,
     raw_len: u32,
     id: Id,
-    keys: Arc<ChunkKeys>,
+    keys: ChunkKeys,
 }
 
 fn error_finding(object: String, message: String, hint: Option<&str>) -> Finding {
@@ -420,7 +420,7 @@ fn open_wave(wave: &Wave, threads: usize) -> Opened {
                     .map(|(p, c)| {
                         let (pack, base, _) = &wave.packs[*p as usize];
                         let s = (u64::from(c.offset) - base) as usize;
-                        (&*c.keys, &c.id, &pack[s..s + c.len as usize], c.raw_len)
+                        (&c.keys, &c.id, &pack[s..s + c.len as usize], c.raw_len)
                     })
                     .collect();
                 plain.clear();
@@ -659,7 +659,7 @@ struct NotHere(Option<WalkedPage>);
 struct WalkedPage {
     pid: Id,
     /// The readable groups' keys and chunks.
-    keyed: Vec<(Arc<ChunkKeys>, Vec<Id>)>,
+    keyed: Vec<(ChunkKeys, Vec<Id>)>,
     /// Each chunk's position in the index walked, in `keyed`'s order.
     found: Vec<Option<usize>>,
     /// Shredded and mismatched groups (chunks missing are added later).
@@ -773,13 +773,7 @@ impl Walk<'_> {
     /// Checks one chunk at `pos` of `at`'s index (false if it is in none),
     /// and with read_data queues it to be opened once, by the first group
     /// that needs it.
-    fn chunk_at(
-        &mut self,
-        at: &Through,
-        pos: Option<usize>,
-        id: &Id,
-        keys: &Arc<ChunkKeys>,
-    ) -> bool {
+    fn chunk_at(&mut self, at: &Through, pos: Option<usize>, id: &Id, keys: &ChunkKeys) -> bool {
         let Some(pos) = pos else {
             return false;
         };
@@ -924,7 +918,7 @@ impl Walk<'_> {
         let keys = keys_from_parents_many(parents, &groups, table);
         for (g, k) in groups.into_iter().zip(keys) {
             match k {
-                Ok(k) => keyed.push((Arc::new(k), g.chunks)),
+                Ok(k) => keyed.push((k, g.chunks)),
                 Err(GroupKeyProblem::Shredded) => tally.shredded += 1,
                 Err(GroupKeyProblem::Mismatch) => tally.mismatched += 1,
             }
@@ -1170,7 +1164,7 @@ impl Walk<'_> {
             let keys = self
                 .vault
                 .key(&f.key)
-                .map(|k| Arc::new(ChunkKeys::new(group_key(None, k, "files"))));
+                .map(|k| ChunkKeys::new(group_key(None, k, "files")));
             if keys.is_none() {
                 self.groups_shredded += 1;
             }

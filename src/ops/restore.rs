@@ -252,7 +252,7 @@ pub fn keys_from_parents_many<'g>(
         .iter()
         .filter_map(|p| p.as_ref().ok().copied())
         .collect();
-    let mut keys = ChunkKeys::new_many(crate::crypto::group_keys(&found, table)).into_iter();
+    let mut keys = ChunkKeys::of_groups(&found, table).into_iter();
     drop(found);
     parents
         .into_iter()
