@@ -96,10 +96,11 @@ pub fn print_report(r: &RestoreReport) {
         }
     }
     println!(
-        "  {} items, {} of data, {} fetched, {:.2} s",
+        "  {} items, {} of data, {} fetched in {} reads, {:.2} s",
         r.items,
         human_bytes(r.bytes),
         human_bytes(r.bytes_fetched),
+        r.pack_reads,
         r.duration_s
     );
     if r.whole_index {

@@ -16,7 +16,7 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
 use crate::repo::pack::{open_chunk, open_chunks_into, Codec, ToOpen, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
-use crate::repo::tree::{GroupEntry, Page};
+use crate::repo::tree::{GroupEntry, Page, PagesRead};
 use crate::store::files::{FileKind, FilesRestorer};
 use crate::store::postgres::{
     redact_url, restore_conn, PgConn, PgError, PgOutput, PgRestoreTo, PgRestorer, SqlScript,
@@ -117,6 +117,8 @@ pub struct RestoreReport {
     pub items: u64,
     pub bytes: u64,
     pub bytes_fetched: u64,
+    /// Reads of pack objects, whole or a span of one.
+    pub pack_reads: u64,
     pub rows_shredded: u64,
     pub tables: Vec<TableRestore>,
     pub duration_s: f64,
@@ -349,6 +351,7 @@ pub async fn restore(
         items: 0,
         bytes: 0,
         bytes_fetched: 0,
+        pack_reads: 0,
         rows_shredded: 0,
         tables: Vec::new(),
         duration_s: 0.0,
@@ -660,13 +663,14 @@ async fn window_groups(
     if let Some(p) = pages.iter().find(|p| !index.chunks.contains_key(p)) {
         return Ok(Err(*p));
     }
+    let read = PagesRead::fetch(cache, index, pages).await?;
     let mut groups = Vec::new();
-    for pid in pages {
+    for (i, pid) in pages.iter().enumerate() {
         let Page::Groups {
             groups: gs,
             table: pt,
             ..
-        } = Page::load(cache, index, meta, pid).await?
+        } = read.page(cache, meta, pages, i)?
         else {
             return Err(OpsError::Invalid(format!(
                 "tree {pid} of table {table} is not a group page"
@@ -833,6 +837,7 @@ async fn restore_sqlite(
         }
     }
     report.bytes_fetched = cache.fetched;
+    report.pack_reads = cache.reads;
     locator.report(report);
     // Every row is in: the chunk index, the keys and the cached packs are
     // freed before SQLite builds the indexes, its hungriest step.
@@ -1181,6 +1186,7 @@ async fn restore_files(
     r.finish()?;
     progress.finish_phase();
     report.bytes_fetched = cache.fetched;
+    report.pack_reads = cache.reads;
     Ok(())
 }
 
@@ -1314,6 +1320,7 @@ async fn restore_postgres(
     progress.finish_phase();
     report.items = report.tables.iter().map(|t| t.rows_restored).sum();
     report.bytes_fetched = cache.fetched;
+    report.pack_reads = cache.reads;
     locator.report(report);
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct PackCache {
     verified: HashSet<Id>,
     /// Bytes fetched from the target.
     pub fetched: u64,
+    /// Reads of pack objects (whole or a span), successful or not.
+    pub reads: u64,
 }
 
 impl PackCache {
@@ -46,6 +48,7 @@ impl PackCache {
             bad: HashMap::new(),
             verified: HashSet::new(),
             fetched: 0,
+            reads: 0,
         }
     }
 
@@ -136,6 +139,7 @@ impl PackCache {
             return Ok((Bytes::new(), span.start));
         }
         let object = self.object_name(&pack);
+        self.reads += 1;
         let r = match self.target.get_range(&pack_path(&pack), span.clone()).await {
             Ok(b) => {
                 self.fetched += b.len() as u64;
@@ -160,6 +164,7 @@ impl PackCache {
 
     async fn fetch_verified(&mut self, pack: Id, size: u64) -> Result<Bytes, PackProblem> {
         let object = self.object_name(&pack);
+        self.reads += 1;
         let r = match self.target.get_opt(&pack_path(&pack)).await {
             Ok(Some(b)) => {
                 self.fetched += b.len() as u64;
@@ -218,7 +223,22 @@ impl PackCache {
         size: u64,
         span: Range<u64>,
     ) -> Result<Vec<u8>, PackProblem> {
-        if span.end > size {
+        let (b, _) = self.blobs_at(id, size, span).await?;
+        Ok(b.to_vec())
+    }
+
+    /// The bytes `span` of a pack of `size` bytes (several blobs that lie
+    /// together, read at once), with the offset in the pack they start
+    /// at: from the cached pack; or, for a pack verified whole before, the
+    /// span alone (each blob in it is authenticated when opened); or else
+    /// the whole pack, fetched, verified against its name and cached.
+    pub async fn blobs_at(
+        &mut self,
+        id: Id,
+        size: u64,
+        span: Range<u64>,
+    ) -> Result<(Bytes, u64), PackProblem> {
+        if span.end > size || span.start > span.end {
             return Err(PackProblem::Size {
                 object: self.object_name(&id),
                 got: size,
@@ -226,12 +246,11 @@ impl PackCache {
             });
         }
         if !self.packs.contains_key(&id) && self.verified.contains(&id) {
-            let (b, _) = self.fetch_span(id, size, span).await?;
-            return Ok(b.to_vec());
+            return self.span(id, size, span).await;
         }
         // Of `size` bytes: a pack of another size is refused when fetched.
         let p = self.pack(id, size).await?;
-        Ok(p[span.start as usize..span.end as usize].to_vec())
+        Ok((p.slice(span.start as usize..span.end as usize), span.start))
     }
 }
 
