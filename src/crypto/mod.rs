@@ -16,7 +16,7 @@
 //!   random nonce and the object's kind and name as associated data, so an
 //!   object moved to another name fails to open.
 //! * [`lanes`]: BLAKE3 over many short messages side by side in SIMD lanes;
-//!   the batch forms ([`group_keys`], [`ChunkKeys::of_groups`],
+//!   the batch forms ([`ChunkKeys::of_groups`],
 //!   [`ChunkKeys::prepare`], [`ChunkKeys::chunk_ids`], [`ChunkKeys::nonces`],
 //!   [`MetaKey::row_terms`]) give the same bytes as the one-at-a-time ones.
 
@@ -202,8 +202,7 @@ fn derive_bytes(context: usize, key: &[u8; 32]) -> [u8; 32] {
 
 /// [`derive`] of one 32-byte part under hot contexts, many at once (in
 /// SIMD lanes, [`lanes`]): `out[i]` = `derive(HOT_CONTEXTS[jobs[i].0],
-/// &[jobs[i].1])`, as bytes (for outputs that are not secret, such as
-/// group ids; [`derive_many`] for keys).
+/// &[jobs[i].1])`, as bytes (the caller zeroizes those that are keys).
 fn derive_many_bytes(jobs: &[(usize, &[u8; 32])]) -> Vec<[u8; 32]> {
     let mut inputs: Vec<[u8; 40]> = jobs.iter().map(|(_, k)| one_part(k)).collect();
     let work: Vec<(&[u8; 32], &[u8])> = jobs
@@ -218,15 +217,6 @@ fn derive_many_bytes(jobs: &[(usize, &[u8; 32])]) -> Vec<[u8; 32]> {
         m.zeroize();
     }
     out
-}
-
-/// Derived bytes as keys; the bytes are zeroized.
-fn into_keys(mut derived: Vec<[u8; 32]>) -> Vec<Key32> {
-    let keys = derived.iter().map(|k| Key32::from_bytes(*k)).collect();
-    for k in &mut derived {
-        k.zeroize();
-    }
-    keys
 }
 
 /// The keyed BLAKE3 of many messages under one key, laid back to back in
@@ -297,13 +287,9 @@ pub fn group_key(subject: Option<&Key32>, time: &Key32, table_id: &str) -> Key32
     )
 }
 
-/// [`group_key`] of many groups of one table at once (in SIMD lanes):
-/// `out[i]` = `group_key(groups[i].0, groups[i].1, table_id)`.
-pub fn group_keys(groups: &[(Option<&Key32>, &Key32)], table_id: &str) -> Vec<Key32> {
-    into_keys(group_keys_bytes(groups, table_id))
-}
-
-/// As [`group_keys`], as bytes (the caller zeroizes them).
+/// [`group_key`] of many groups of one table at once (in SIMD lanes), as
+/// bytes (the caller zeroizes them): `out[i]` = `group_key(groups[i].0,
+/// groups[i].1, table_id)`.
 fn group_keys_bytes(groups: &[(Option<&Key32>, &Key32)], table_id: &str) -> Vec<[u8; 32]> {
     // The input `derive` lays out: each part length-prefixed.
     let n = 4 * 8 + 1 + 32 + 32 + table_id.len();
@@ -473,10 +459,9 @@ impl Drop for GroupSecrets {
 impl ChunkKeys {
     /// Takes the group key (it is kept to derive the sealing keys later).
     pub fn new(group_key: Key32) -> Self {
-        let gid = derive("custos 2026 group id v1", &[&group_key.expose()[..]]);
         ChunkKeys {
             secrets: Self::secrets(group_key.expose()),
-            group_id: Id(*gid.expose()),
+            group_id: Id(derive_bytes(GROUP_ID, group_key.expose())),
         }
     }
 
@@ -1092,9 +1077,9 @@ mod tests {
                 .enumerate()
                 .map(|(i, s)| (if i % 3 == 0 { None } else { Some(s) }, &time))
                 .collect();
-            let many = group_keys(&parents, table);
+            let many = group_keys_bytes(&parents, table);
             for ((s, t), k) in parents.iter().zip(&many) {
-                assert_eq!(k.expose(), group_key(*s, t, table).expose(), "{table}");
+                assert_eq!(k, group_key(*s, t, table).expose(), "{table}");
             }
         }
         let parents: Vec<(Option<&Key32>, &Key32)> = subjects

@@ -670,7 +670,7 @@ async fn window_groups(
             groups: gs,
             table: pt,
             ..
-        } = read.page(cache, meta, pages, i)?
+        } = read.page(meta, i)?
         else {
             return Err(OpsError::Invalid(format!(
                 "tree {pid} of table {table} is not a group page"

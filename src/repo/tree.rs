@@ -437,10 +437,11 @@ const READ_TOGETHER_GAP: u64 = 64 << 10;
 /// of the cache (31 k reads of a few KiB at 1 GiB after five backups).
 /// Each page is authenticated when [`page`](Self::page) opens it.
 pub struct PagesRead {
-    /// The runs' bytes and the offset in their pack each starts at.
-    runs: Vec<(Bytes, u64)>,
-    /// Each page's run, where it lies in its pack and the pack's name.
-    at: Vec<(usize, ChunkLoc, Id)>,
+    /// The runs' bytes, the offset in their pack each starts at, and the
+    /// pack's object name (for errors).
+    runs: Vec<(Bytes, u64, String)>,
+    /// Each page's id, where it lies in its pack, and its run.
+    at: Vec<(Id, ChunkLoc, usize)>,
 }
 
 impl PagesRead {
@@ -464,8 +465,8 @@ impl PagesRead {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_unstable_by_key(|&i| (locs[i].pack, locs[i].offset));
         let mut runs = Vec::new();
-        let mut at: Vec<(usize, ChunkLoc, Id)> =
-            locs.iter().map(|l| (0, *l, Id([0; 32]))).collect();
+        let mut at: Vec<(Id, ChunkLoc, usize)> =
+            ids.iter().zip(&locs).map(|(id, l)| (*id, *l, 0)).collect();
         let mut i = 0;
         while i < order.len() {
             let first = locs[order[i]];
@@ -481,38 +482,32 @@ impl PagesRead {
                 j += 1;
             }
             let (pack, size) = index.pack_of(&first);
-            let read = cache.blobs_at(pack, size, start..end).await.map_err(|e| {
+            let object = cache.object_name(&pack);
+            let (bytes, base) = cache.blobs_at(pack, size, start..end).await.map_err(|e| {
                 RepoError::malformed(
-                    format!("{} (tree page {})", cache.object_name(&pack), ids[order[i]]),
+                    format!("{object} (tree page {})", ids[order[i]]),
                     e.to_string(),
                 )
             })?;
             for &k in &order[i..j] {
-                at[k].0 = runs.len();
-                at[k].2 = pack;
+                at[k].2 = runs.len();
             }
-            runs.push(read);
+            runs.push((bytes, base, object));
             i = j;
         }
         Ok(PagesRead { runs, at })
     }
 
     /// Page `i` of the ids fetched, opened and checked against its id.
-    pub fn page(
-        &self,
-        cache: &PackCache,
-        meta: &MetaKey,
-        ids: &[Id],
-        i: usize,
-    ) -> Result<Page, RepoError> {
-        let (run, loc, pack) = &self.at[i];
-        let (bytes, base) = &self.runs[*run];
-        let object = format!("{} (tree page {})", cache.object_name(pack), ids[i]);
+    pub fn page(&self, meta: &MetaKey, i: usize) -> Result<Page, RepoError> {
+        let (id, loc, run) = &self.at[i];
+        let (bytes, base, pack) = &self.runs[*run];
+        let object = format!("{pack} (tree page {id})");
         let from = (u64::from(loc.offset) - base) as usize;
         let sealed = bytes
             .get(from..from + loc.len as usize)
             .ok_or_else(|| RepoError::malformed(&object, "shorter than indexed"))?;
-        Page::open(&object, &ids[i], meta, sealed)
+        Page::open(&object, id, meta, sealed)
     }
 }
 
@@ -754,11 +749,7 @@ mod tests {
         let read = PagesRead::fetch(&mut cache, &index, &ids).await.unwrap();
         assert_eq!(cache.reads, 3, "one read for the twenty pages of a pack");
         for (i, page) in want.iter().enumerate() {
-            assert_eq!(
-                &read.page(&cache, &meta, &ids, i).unwrap(),
-                *page,
-                "page {i}"
-            );
+            assert_eq!(&read.page(&meta, i).unwrap(), *page, "page {i}");
         }
 
         // A page whose bytes changed in the pack: the others still open,
@@ -770,8 +761,8 @@ mod tests {
         bytes[loc.offset as usize + 3] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let read = PagesRead::fetch(&mut cache, &index, &ids_a).await.unwrap();
-        assert_eq!(read.page(&cache, &meta, &ids_a, 3).unwrap(), a[3]);
-        let e = read.page(&cache, &meta, &ids_a, 4).unwrap_err().to_string();
+        assert_eq!(read.page(&meta, 3).unwrap(), a[3]);
+        let e = read.page(&meta, 4).unwrap_err().to_string();
         assert!(e.contains(&format!("tree page {}", ids_a[4])), "{e}");
     }
 
