@@ -610,12 +610,21 @@ mod tests {
         .is_err());
         // Pages past the end of a file cut short after its size was read
         // are an error, never a mapping whose first touch raises SIGBUS.
+        // (A kernel before 5.14 cannot tell: it maps them, as before.)
         let cut = std::fs::File::open(tmp.path().join("data/ef/pack")).unwrap();
-        let page = 4096usize;
-        assert!(map_pages(&cut, 0, page).is_ok());
+        // SAFETY: sysconf takes no pointers.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let one = map_pages(&cut, 0, page).unwrap();
+        // SAFETY: `one` is a live mapping of `page` bytes.
+        let can_tell = unsafe { libc::madvise(one.ptr, page, libc::MADV_POPULATE_READ) } == 0;
+        drop(one);
         let past = map_pages(&cut, 0, (n as usize).div_ceil(page) * page + 2 * page);
-        let e = past.err().expect("pages past the end mapped");
-        assert!(e.to_string().contains("cut short"), "{e}");
+        if can_tell {
+            let e = past.err().expect("pages past the end mapped");
+            assert!(e.to_string().contains("cut short"), "{e}");
+        } else {
+            eprintln!("this kernel has no MADV_POPULATE_READ: pages past the end not checked");
+        }
         // A mapping outlives the object's deletion and its replacement.
         s.delete(&path).await.unwrap();
         s.put(&path, bytes(MAP_MIN, 6).into()).await.unwrap();
