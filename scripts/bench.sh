@@ -139,6 +139,13 @@ measure() {
         --input-bytes "$input" --stderr "$WORK/logs/$tool-$step.err" "$@"
 }
 file_bytes() { stat -c %s "$1"; }
+# Reads a repository folder once, so that a restore or a check starts with
+# its repository in the page cache, as every backup starts with the
+# database there. Without it the figure depends on how much of the
+# repository the kernel has evicted since it was written (some kernels
+# page out cache untouched for a minute; custos writes packs around the
+# cache) and on the disk's latency that day (docs/PERFORMANCE.md, "Method").
+warm() { find "$@" -type f -exec cat {} + >/dev/null 2>&1 || true; }
 
 # --- data ------------------------------------------------------------------
 log "generating the $SIZE telecom database (seed 1)"
@@ -260,6 +267,7 @@ backup backup_incremental "$DB_BYTES_MUTATED"
 VERIFY=()
 if has_tool custos; then
     log "custos: restore"
+    warm "$CDIR/target" "$CDIR/vault"
     measure custos restore "$DB_BYTES_MUTATED" --stdout "$WORK/custos-restore.json" \
         -- "$CUSTOS" restore --policy "$POLICY" --snapshot latest --to "$WORK/restore/custos.db" --json
     diff_out="$(sqldiff "$DB" "$WORK/restore/custos.db" 2>&1)" || diff_out="sqldiff failed: $diff_out"
@@ -272,6 +280,7 @@ if has_tool custos; then
 fi
 if has_tool restic; then
     log "restic: restore"
+    warm "$RESTIC_REPO"
     mkdir -p "$WORK/restore/restic"
     measure restic restore "$DB_BYTES_MUTATED" --stdout "$WORK/logs/restic-restore.out" \
         -- restic -r "$RESTIC_REPO" restore latest --target "$WORK/restore/restic"
@@ -284,6 +293,7 @@ if has_tool restic; then
 fi
 if has_tool borg; then
     log "borg: restore"
+    warm "$BORG_REPO"
     mkdir -p "$WORK/restore/borg"
     (cd "$WORK/restore/borg" && measure borg restore "$DB_BYTES_MUTATED" \
         -- borg extract "$BORG_REPO::backup_incremental")
@@ -298,16 +308,19 @@ rm -rf "$WORK/restore"
 # --- full verification -----------------------------------------------------
 if has_tool custos; then
     log "custos: check --read-data"
+    warm "$CDIR/target" "$CDIR/vault"
     measure custos check "$DB_BYTES_MUTATED" --stdout "$WORK/custos-check.json" \
         -- "$CUSTOS" check --policy "$POLICY" --read-data --json
 fi
 if has_tool restic; then
     log "restic: check --read-data"
+    warm "$RESTIC_REPO"
     measure restic check "$DB_BYTES_MUTATED" --stdout "$WORK/logs/restic-check.out" \
         -- restic -r "$RESTIC_REPO" check --read-data
 fi
 if has_tool borg; then
     log "borg: check --verify-data"
+    warm "$BORG_REPO"
     measure borg check "$DB_BYTES_MUTATED" -- borg check --verify-data "$BORG_REPO"
 fi
 
