@@ -267,6 +267,29 @@ async fn a_window_without_its_list_or_with_a_pack_missing_is_read_through_the_wh
     let (_, found) = pack_list_findings(&policy).await;
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("table calls"), "{found:?}");
+    // A second snapshot naming the same windows (the check walks a window
+    // once and remembers what it found) is warned about as well.
+    let repo = OpenRepo::open(&policy, None).await.unwrap();
+    let mut twin = Snapshot::find(&repo.target, &repo.meta, &second.snapshot)
+        .await
+        .unwrap();
+    twin.id = Snapshot::new_id();
+    twin.store(&repo.target, &repo.meta).await.unwrap();
+    let (c, found) = pack_list_findings(&policy).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert_eq!(found[0], found[1]);
+    for id in [&second.snapshot, &twin.id] {
+        let object = format!("primary:snapshots/{id}");
+        assert!(
+            c.findings.iter().any(|f| f.object == object),
+            "{object}: {:#?}",
+            c.findings
+        );
+    }
+    repo.target
+        .delete(&custos::repo::snapshot::snapshot_path(&twin.id))
+        .await
+        .unwrap();
     let out = tmp.path().join("one-pack-missing.db");
     let r = restore_to(&policy, &second.snapshot, &out).await;
     assert!(r.whole_index, "{r:?}");

@@ -234,6 +234,8 @@ pub async fn check_with(
         tallies: Vec::new(),
         tables: Vec::new(),
         pack_lists: Vec::new(),
+        windows_seen: HashMap::new(),
+        errors: 0,
         groups_shredded: 0,
         findings: Vec::new(),
         ids: Vec::new(),
@@ -653,6 +655,29 @@ impl EntryPages {
     }
 }
 
+/// What names a read window for [`Walk::window`]'s memo: its table, its
+/// pages in order and the packs it lists. The walk of a window depends on
+/// these alone (pages are named by their content, and neither the vault
+/// nor the index changes during a check), so a window named again finds
+/// what it found.
+fn window_key(table: u32, pages: &[Id], packs: Option<&[Id]>) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&table.to_le_bytes());
+    h.update(&(pages.len() as u64).to_le_bytes());
+    for p in pages {
+        h.update(&p.0);
+    }
+    if let Some(packs) = packs {
+        h.update(&(packs.len() as u64).to_le_bytes());
+        for p in packs {
+            h.update(&p.0);
+        }
+    } else {
+        h.update(b"no list");
+    }
+    *h.finalize().as_bytes()
+}
+
 /// Puts a batch of queued chunks in pack and offset order and gives the
 /// span of each pack they need (`packs`: the walk's packs, by position).
 fn plan_batch(mut queue: Vec<Queued>, packs: &[(Id, u64)]) -> (Vec<Queued>, Vec<BatchPack>) {
@@ -724,6 +749,13 @@ struct Walk<'a> {
     tables: Vec<String>,
     /// The walked pages' pack positions, end to end ([`PageMemo::packs`]).
     pack_lists: Vec<u32>,
+    /// Read windows walked before, by [`window_key`]: what they found and
+    /// the first pack their list missed. A later snapshot lists most of
+    /// its parent's windows unchanged; their pages are then not looked up
+    /// one by one again.
+    windows_seen: HashMap<[u8; 32], (PageTally, Option<Id>)>,
+    /// Errors reported by the walk itself (not by the opener).
+    errors: u64,
     groups_shredded: u64,
     findings: Vec<Finding>,
     /// Reused from page to page: the chunks looked up and where.
@@ -819,6 +851,7 @@ impl PageTally {
 
 impl Walk<'_> {
     fn error(&mut self, object: String, message: String, hint: Option<&str>) {
+        self.errors += 1;
         self.findings.push(error_finding(object, message, hint));
     }
 
@@ -1027,14 +1060,15 @@ impl Walk<'_> {
     }
 
     /// Takes what [`Walk::walk_page`] found through `at`: queues the
-    /// chunks, counts the missing ones, remembers the page.
+    /// chunks, counts the missing ones, remembers the page. Returns the
+    /// packs it needs ([`PageMemo::packs`]).
     async fn take_page(
         &mut self,
         at: &Through<'_>,
         table: u32,
         w: WalkedPage,
         found_here: &mut PageTally,
-    ) {
+    ) -> (u32, u32) {
         let index = at.index;
         let mut tally = w.tally;
         // A page walked before (under another table) keeps its packs.
@@ -1075,6 +1109,7 @@ impl Walk<'_> {
         };
         self.pages_seen.insert(w.pid, memo);
         self.maybe_flush().await;
+        packs
     }
 
     /// The number of a table's name in `tables`.
@@ -1088,13 +1123,15 @@ impl Walk<'_> {
         }
     }
 
-    /// What a page gave when walked before under the same table.
-    fn seen(&self, pid: &Id, table: u32) -> Option<PageTally> {
+    /// What a page gave when walked before under the same table, and the
+    /// packs it needs ([`PageMemo::packs`]).
+    fn seen(&self, pid: &Id, table: u32) -> Option<(PageTally, (u32, u32))> {
         let m = self.pages_seen.get(pid).filter(|m| m.table == table)?;
-        Some(match m.tally {
+        let tally = match m.tally {
             CLEAN => PageTally::default(),
             n => self.tallies[n as usize],
-        })
+        };
+        Some((tally, m.packs))
     }
 
     /// The packs a walked page needs.
@@ -1118,18 +1155,52 @@ impl Walk<'_> {
         found_here: &mut PageTally,
         object: &str,
     ) -> Option<Id> {
+        let table_no = self.table_number(table);
+        // A window of one page (as every page of a snapshot that records
+        // no windows is) has its page's memo already.
+        let key = (pages.len() > 1).then(|| window_key(table_no, pages, packs));
+        if let Some((tally, missing)) = key.and_then(|k| self.windows_seen.get(&k)) {
+            found_here.add(tally);
+            return *missing;
+        }
+        let errors = self.errors;
+        let mut here = PageTally::default();
+        let missing = self
+            .walk_window(table, table_no, pages, packs, &mut here, object)
+            .await;
+        found_here.add(&here);
+        // A window whose walk reported an error is walked again where it is
+        // named again, so each snapshot's report names the error.
+        if let Some(key) = key.filter(|_| self.errors == errors) {
+            self.windows_seen.insert(key, (here, missing));
+        }
+        missing
+    }
+
+    /// [`Walk::window`], page by page.
+    async fn walk_window(
+        &mut self,
+        table: &str,
+        table_no: u32,
+        pages: &[Id],
+        packs: Option<&[Id]>,
+        found_here: &mut PageTally,
+        object: &str,
+    ) -> Option<Id> {
         let mut listed = packs.filter(|p| p.len() <= MAX_WINDOW_PACKS);
         // The window's index and its packs' positions, once it is needed.
         let mut through_list: Option<(Arc<PacksIndex>, Vec<u32>)> = None;
         let mut through_whole: Option<(Arc<Index>, Vec<u32>)> = None;
         // A page the list located but not all of whose chunks it did.
         let mut half_walked = None;
+        // Each page's packs (a range of `pack_lists`), as walked.
+        let mut ranges: Vec<Option<(u32, u32)>> = Vec::with_capacity(pages.len());
         // Pages in order, so that the first missing chunk named is the
         // snapshot's first.
-        let table_no = self.table_number(table);
         for pid in pages {
-            if let Some(tally) = self.seen(pid, table_no) {
+            if let Some((tally, packs)) = self.seen(pid, table_no) {
                 found_here.add(&tally);
+                ranges.push(Some(packs));
                 continue;
             }
             if through_list.is_none() {
@@ -1156,7 +1227,10 @@ impl Walk<'_> {
                                 files: Some(&packs.files),
                                 packs: positions,
                             };
-                            self.take_page(&at, table_no, w, found_here).await;
+                            let packs = self.take_page(&at, table_no, w, found_here).await;
+                            ranges.push(Some(packs));
+                        } else {
+                            ranges.push(None);
                         }
                         continue;
                     }
@@ -1190,11 +1264,15 @@ impl Walk<'_> {
                     files: None,
                     packs: positions,
                 };
-                self.take_page(&at, table_no, w, found_here).await;
+                let packs = self.take_page(&at, table_no, w, found_here).await;
+                ranges.push(Some(packs));
+            } else {
+                ranges.push(None);
             }
         }
         // Whether the list holds every pack of the window's pages (walked
-        // now or before).
+        // now or before): each page's packs as its memo gave them above,
+        // or, for a page not walked now, as any memo of it has them.
         let list = packs?;
         let listed: HashSet<u32> = list
             .iter()
@@ -1202,7 +1280,11 @@ impl Walk<'_> {
             .collect();
         let missing = pages
             .iter()
-            .flat_map(|p| self.page_packs(p))
+            .zip(ranges)
+            .flat_map(|(pid, r)| match r {
+                Some((start, len)) => &self.pack_lists[start as usize..][..len as usize],
+                None => self.page_packs(pid),
+            })
             .find(|p| !listed.contains(p));
         missing.map(|p| self.packs[*p as usize].0)
     }
