@@ -799,18 +799,68 @@ async fn read_shard(
     keys: &VaultKeys,
     signatures: Signatures,
 ) -> Result<Option<(Payload, bool)>, VaultError> {
-    let object = shard.name();
-    let Some(sealed) = get_bytes(loc, &object).await? else {
+    let Some(sealed) = get_bytes(loc, &shard.name()).await? else {
         return Ok(None);
     };
-    let (plain, signed) = open_object(keys, signatures, &loc.url, &object, &sealed, PAYLOAD_MAGIC)?;
+    open_shard(keys, signatures, &loc.url, shard, &sealed).map(Some)
+}
+
+/// Opens a shard's sealed bytes (age, then the signature) and decodes its
+/// payload.
+fn open_shard(
+    keys: &VaultKeys,
+    signatures: Signatures,
+    url: &str,
+    shard: Shard,
+    sealed: &[u8],
+) -> Result<(Payload, bool), VaultError> {
+    let object = shard.name();
+    let (plain, signed) = open_object(keys, signatures, url, &object, sealed, PAYLOAD_MAGIC)?;
     decode_payload(&plain, shard, &object)
-        .map(|p| Some((p, signed)))
+        .map(|p| (p, signed))
         .map_err(|reason| VaultError::Corrupt {
-            url: loc.url.clone(),
+            url: url.to_string(),
             object,
             reason,
         })
+}
+
+/// Shards read and opened ahead of the one the caller takes.
+const SHARDS_AHEAD: usize = 2;
+
+/// [`read_shard`] of each of `shards` in turn, the next ones read and
+/// opened on blocking threads while the caller takes one (opening a
+/// vault merges a few hundred shards, each opened and decoded, on the
+/// path of every command). At most [`SHARDS_AHEAD`] payloads wait beside
+/// the one taken.
+fn read_shards<'a>(
+    loc: &'a VaultLocation,
+    shards: Vec<Shard>,
+    keys: &'a Arc<VaultKeys>,
+    signatures: Signatures,
+) -> impl futures::Stream<Item = (Shard, Result<Option<(Payload, bool)>, VaultError>)> + 'a {
+    use futures::stream::{self, StreamExt};
+    stream::iter(shards)
+        .map(move |shard| async move {
+            let read = async {
+                let Some(sealed) = get_bytes(loc, &shard.name()).await? else {
+                    return Ok(None);
+                };
+                let (keys, url) = (keys.clone(), loc.url.clone());
+                tokio::task::spawn_blocking(move || {
+                    open_shard(&keys, signatures, &url, shard, &sealed)
+                })
+                .await
+                .map_err(|e| VaultError::Corrupt {
+                    url: loc.url.clone(),
+                    object: shard.name(),
+                    reason: format!("was not opened: {e}"),
+                })?
+                .map(Some)
+            };
+            (shard, read.await)
+        })
+        .buffered(SHARDS_AHEAD)
 }
 
 /// Reads one location's marker and lists its shards. Errors other than
@@ -1148,6 +1198,9 @@ impl Vault {
         let mut unread = Vec::new();
         let mut unsigned = Vec::new();
         let mut meta_signed = false;
+        // One copy of the service's keys, shared by the threads that open
+        // shards.
+        let shared_keys = Arc::new(keys.clone());
         for (i, loc) in locations.iter().enumerate() {
             let view = match read_location(loc, scope).await {
                 Ok(v) => v,
@@ -1181,8 +1234,10 @@ impl Vault {
             let mut summary = ShardSummary::new();
             let mut dead: BTreeMap<Shard, BTreeMap<KeyId, i64>> = BTreeMap::new();
             let mut failed = None;
-            for shard in view.shards {
-                let p = match read_shard(loc, shard, keys, signatures).await {
+            let mut shards =
+                std::pin::pin!(read_shards(loc, view.shards, &shared_keys, signatures));
+            while let Some((shard, read)) = futures::StreamExt::next(&mut shards).await {
+                let p = match read {
                     Ok(Some((p, true))) => {
                         meta_signed |= shard == Shard::Meta;
                         p
