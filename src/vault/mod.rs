@@ -1179,9 +1179,10 @@ impl Vault {
         if locations.is_empty() {
             return Err(VaultError::NoLocations);
         }
-        // Each location is read a shard at a time, straight into one key
-        // table: at no point are the payloads of a whole location held
-        // beside it (a location of a million keys decodes to about 100 MiB).
+        // Each location is read a shard at a time (the next few opened
+        // ahead, see `read_shards`), straight into one key table: at no
+        // point are the payloads of a whole location held beside it (a
+        // location of a million keys decodes to about 100 MiB).
         let mut entries = KeyTable::default();
         let mut meta: Option<(KeyId, i64, Key32, usize)> = None;
         let mut pseudonym: Option<(KeyId, i64, Key32, usize)> = None;
