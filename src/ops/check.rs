@@ -1137,16 +1137,22 @@ impl Walk<'_> {
     /// The packs a walked page needs.
     fn page_packs(&self, pid: &Id) -> &[u32] {
         match self.pages_seen.get(pid) {
-            Some(m) => &self.pack_lists[m.packs.0 as usize..][..m.packs.1 as usize],
+            Some(m) => self.pack_list(m.packs),
             None => &[],
         }
+    }
+
+    /// The packs a [`PageMemo::packs`] range names.
+    fn pack_list(&self, (start, len): (u32, u32)) -> &[u32] {
+        &self.pack_lists[start as usize..][..len as usize]
     }
 
     /// Walks one read window of `table`: its pages not walked before,
     /// through the index objects of the packs it lists; from the first page
     /// they do not locate (or all, if it lists none), through the whole
     /// index. Returns the first pack holding one of its blobs that its
-    /// list misses, if any.
+    /// list misses, if any. A window named again (by [`window_key`]) gives
+    /// what it gave the first time, without its pages being looked up.
     async fn window(
         &mut self,
         table: &str,
@@ -1282,7 +1288,7 @@ impl Walk<'_> {
             .iter()
             .zip(ranges)
             .flat_map(|(pid, r)| match r {
-                Some((start, len)) => &self.pack_lists[start as usize..][..len as usize],
+                Some(range) => self.pack_list(range),
                 None => self.page_packs(pid),
             })
             .find(|p| !listed.contains(p));
