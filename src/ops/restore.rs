@@ -660,10 +660,10 @@ async fn window_groups(
     table: &str,
     pages: &[Id],
 ) -> Result<Result<Vec<(Id, GroupEntry)>, Id>, OpsError> {
-    if let Some(p) = pages.iter().find(|p| !index.chunks.contains_key(p)) {
-        return Ok(Err(*p));
-    }
-    let read = PagesRead::fetch(cache, index, pages).await?;
+    let read = match PagesRead::fetch_located(cache, index, pages).await? {
+        Ok(read) => read,
+        Err(page) => return Ok(Err(page)),
+    };
     let mut groups = Vec::new();
     for (i, pid) in pages.iter().enumerate() {
         let Page::Groups {

@@ -452,13 +452,26 @@ impl PagesRead {
         index: &Index,
         ids: &[Id],
     ) -> Result<PagesRead, RepoError> {
+        match Self::fetch_located(cache, index, ids).await? {
+            Ok(read) => Ok(read),
+            Err(id) => Err(RepoError::malformed(
+                format!("tree page {id}"),
+                "in no index (repository damaged; run `custos check`)",
+            )),
+        }
+    }
+
+    /// As [`PagesRead::fetch`], but a page `index` does not locate is
+    /// given back (`Ok(Err(page))`, nothing read) for the caller to name.
+    pub async fn fetch_located(
+        cache: &mut PackCache,
+        index: &Index,
+        ids: &[Id],
+    ) -> Result<Result<PagesRead, Id>, RepoError> {
         let mut locs = Vec::with_capacity(ids.len());
         for id in ids {
             let Some(loc) = index.chunks.get(id) else {
-                return Err(RepoError::malformed(
-                    format!("tree page {id}"),
-                    "in no index (repository damaged; run `custos check`)",
-                ));
+                return Ok(Err(*id));
             };
             locs.push(*loc);
         }
@@ -495,7 +508,7 @@ impl PagesRead {
             runs.push((bytes, base, object));
             i = j;
         }
-        Ok(PagesRead { runs, at })
+        Ok(Ok(PagesRead { runs, at }))
     }
 
     /// Page `i` of the ids fetched, opened and checked against its id.
