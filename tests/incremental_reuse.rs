@@ -160,6 +160,55 @@ async fn windows_after_an_insertion_and_a_deletion_line_up_again() {
     check_ok(&policy).await;
 }
 
+/// Progress that keeps each phase's name and announced total.
+#[derive(Default)]
+struct Totals(std::sync::Mutex<Vec<(String, Option<u64>)>>);
+
+impl custos::progress::Progress for Totals {
+    fn phase(&self, name: &str, total: Option<u64>, _unit: &'static str) {
+        self.0.lock().unwrap().push((name.to_string(), total));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_announces_each_tables_rows_as_they_are_now() {
+    // The walk that finds the unchanged stretches counts the rows too, in
+    // place of a `count(*)`: its total is the table's, not the parent's.
+    let (_tmp, db, policy) = setup();
+    custos::ops::init::init(&policy).await.unwrap();
+    backup_small(&policy).await;
+    exec(
+        &db,
+        "DELETE FROM calls WHERE id BETWEEN 200 AND 260;
+         INSERT INTO calls (customer_ref, started_at, seconds, note)
+         SELECT customer_ref, '2026-12-30T10:00:00Z', seconds, note FROM calls WHERE id < 20;",
+    );
+    let totals = Arc::new(Totals::default());
+    let opts = BackupOptions {
+        window_budget: 32 << 10,
+        ..Default::default()
+    };
+    let second = backup(&policy, &opts, totals.clone()).await.unwrap();
+    assert!(second.rows_unread > 0, "the walk ran: {second:?}");
+    let conn = Connection::open(&db).unwrap();
+    let phases = totals.0.lock().unwrap().clone();
+    for table in ["customers", "calls"] {
+        let rows: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        let name = format!("reading {table}");
+        let announced: Vec<_> = phases.iter().filter(|(n, _)| *n == name).collect();
+        assert_eq!(announced.len(), 1, "{phases:?}");
+        assert_eq!(announced[0].1, Some(rows as u64), "{table}: {phases:?}");
+    }
+    assert_eq!(CALLS - 61 + 19, {
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
+            .unwrap();
+        n
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_under_a_destroyed_key_is_stored_again() {
     let (tmp, db, policy) = setup();

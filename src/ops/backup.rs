@@ -1507,6 +1507,9 @@ struct TablePrep {
     fingerprint: blake3::Hasher,
     /// The parent's windows whose leaves digest as they did.
     same: Vec<usize>,
+    /// The table's rows, counted by the walk (for the progress), if it
+    /// walked the table.
+    rows: Option<u64>,
     walk_ms: u64,
 }
 
@@ -2589,9 +2592,9 @@ impl ReaderCtx {
                 mark.stretch.is_some() && parse_sum(&mark.checksum).is_some()
             })
             .collect();
-        let (pages, same) = if candidates.is_empty() {
+        let (pages, same, rows) = if candidates.is_empty() {
             // Every row is read; the walk comes then.
-            (true, Vec::new())
+            (true, Vec::new(), None)
         } else {
             let ranges: Vec<RowidRange> = candidates
                 .iter()
@@ -2604,21 +2607,21 @@ impl ReaderCtx {
                 })
                 .collect();
             match src.stretch_digests(ts, &ranges, &fingerprint) {
-                Ok(Some(digests)) => {
+                Ok(Some(walked)) => {
                     let same = candidates
                         .into_iter()
-                        .zip(digests)
+                        .zip(walked.digests)
                         .filter(|(i, now)| {
                             prior.list[*i].0.stretch.as_deref() == Some(hex::encode(now).as_str())
                         })
                         .map(|(i, _)| i)
                         .collect();
-                    (true, same)
+                    (true, same, Some(walked.rows))
                 }
-                Ok(None) => (false, Vec::new()),
+                Ok(None) => (false, Vec::new(), None),
                 Err(e) => {
                     tracing::warn!(table = %ts.name, error = %e, "cannot read the table's b-tree pages; reading all its rows");
-                    (false, Vec::new())
+                    (false, Vec::new(), None)
                 }
             }
         };
@@ -2631,6 +2634,7 @@ impl ReaderCtx {
             stretched,
             fingerprint,
             same,
+            rows,
             walk_ms: began.elapsed().as_millis() as u64,
         }
     }
@@ -2652,10 +2656,13 @@ impl ReaderCtx {
             pages,
             stretched,
             fingerprint,
+            rows: walked_rows,
             walk_ms,
             ..
         } = prep;
-        let total = src.row_count(ts).ok();
+        // A walk of the table counted its rows; otherwise SQLite counts
+        // them (a pass over every leaf, on this thread, before any is read).
+        let total = walked_rows.or_else(|| src.row_count(ts).ok());
         self.progress
             .phase(&format!("reading {}", ts.name), total, "rows");
         // The stretches are planned as they are read: the verdict on a

@@ -35,6 +35,8 @@ pub struct Leaf {
     /// The leaf's page number (rows are read back from it, in the same
     /// read transaction).
     pub pgno: u32,
+    /// How many rows (cells) the leaf holds.
+    pub rows: u32,
     /// BLAKE3 of the leaf page and, in cell order, every overflow page its
     /// cells spill into.
     pub digest: [u8; 32],
@@ -107,10 +109,21 @@ const INDEX_LEAF: u8 = 0x0a;
 /// Deeper than any real b-tree (SQLite itself stops at 20).
 const MAX_DEPTH: usize = 40;
 
+/// What one walk of a whole table gives ([`stretch_digests`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Walked {
+    /// The stretch digest of each range asked for, in the order asked.
+    pub digests: Vec<[u8; 32]>,
+    /// The rows of the table (the cells of its leaves), in the read
+    /// transaction walked: what `SELECT count(*)` would say, without a
+    /// second pass over every leaf.
+    pub rows: u64,
+}
+
 /// The stretch digest (FORMAT, "Unread stretches") of each of `ranges`
 /// (rowids `[from, to)`, in any order, overlapping or not) after `h`, from
-/// one walk of the whole table that keeps no leaf (and checks every page).
-/// `None` as for [`LeafStream::open`].
+/// one walk of the whole table that keeps no leaf (and checks every page),
+/// and the table's row count. `None` as for [`LeafStream::open`].
 ///
 /// This thread reads and parses the pages; another hashes them and adds
 /// each leaf to the digests of the ranges it meets, a batch of leaves at a
@@ -121,7 +134,7 @@ pub fn stretch_digests(
     table: &str,
     ranges: &[(Option<i64>, Option<i64>)],
     h: &blake3::Hasher,
-) -> Result<Option<Vec<[u8; 32]>>, BtreeError> {
+) -> Result<Option<Walked>, BtreeError> {
     stretch_digests_in(conn, table, ranges, h, LEAF_BATCH_BYTES)
 }
 
@@ -133,7 +146,7 @@ fn stretch_digests_in(
     ranges: &[(Option<i64>, Option<i64>)],
     h: &blake3::Hasher,
     batch_bytes: usize,
-) -> Result<Option<Vec<[u8; 32]>>, BtreeError> {
+) -> Result<Option<Walked>, BtreeError> {
     let Some(mut leaves) = LeafStream::open(conn, table, None, None)? else {
         return Ok(None);
     };
@@ -145,6 +158,7 @@ fn stretch_digests_in(
     order.sort_by_key(|&i| ranges[i].0);
     let mut next = 0;
     let mut active: Vec<usize> = Vec::new();
+    let mut rows = 0u64;
     std::thread::scope(|scope| {
         let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<LeafBatch>(2);
         let (empty_tx, empty_rx) = std::sync::mpsc::channel::<LeafBatch>();
@@ -161,6 +175,7 @@ fn stretch_digests_in(
         let mut batch = LeafBatch::default();
         let walked = (|| -> Result<(), BtreeError> {
             while let Some(leaf) = leaves.next_leaf_bytes(&mut batch.bytes)? {
+                rows += u64::from(leaf.rows);
                 while let Some(&i) = order.get(next) {
                     if ranges[i].0.is_some_and(|f| f > leaf.max) {
                         break;
@@ -189,7 +204,10 @@ fn stretch_digests_in(
             Err(panic) => std::panic::resume_unwind(panic),
         };
         walked?;
-        Ok(Some(sums.into_iter().map(StretchSum::finish).collect()))
+        Ok(Some(Walked {
+            digests: sums.into_iter().map(StretchSum::finish).collect(),
+            rows,
+        }))
     })
 }
 
@@ -452,6 +470,7 @@ impl<'c> LeafStream<'c> {
                         min,
                         max,
                         pgno,
+                        rows: page.cells as u32,
                         digest: [0; 32],
                     };
                     // A leaf of a wanted subtree may still miss the range.
@@ -1036,15 +1055,22 @@ mod tests {
                 ranges.push((from, to));
             }
         }
-        let streamed = stretch_digests(&c, "t", &ranges, &h).unwrap().unwrap();
+        let walked = stretch_digests(&c, "t", &ranges, &h).unwrap().unwrap();
+        let count: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(walked.rows, count as u64, "the walk counts the rows");
+        let streamed = walked.digests;
         assert_eq!(streamed.len(), ranges.len());
         // The leaves reach the hashing thread one at a time, a few at a
         // time (some spill into overflow pages), or all at once.
         let batched: Vec<_> = [0, 3 * 4096, usize::MAX]
             .map(|b| {
-                stretch_digests_in(&c, "t", &ranges, &h, b)
+                let w = stretch_digests_in(&c, "t", &ranges, &h, b)
                     .unwrap()
-                    .unwrap()
+                    .unwrap();
+                assert_eq!(w.rows, count as u64);
+                w.digests
             })
             .into();
         for (n, (&(from, to), got)) in ranges.iter().zip(&streamed).enumerate() {
@@ -1085,7 +1111,13 @@ mod tests {
             one.visited
         );
         assert!(stretch_digests(&c, "k", &ranges, &h).unwrap().is_none());
-        assert_eq!(stretch_digests(&c, "t", &[], &h).unwrap(), Some(vec![]));
+        assert_eq!(
+            stretch_digests(&c, "t", &[], &h).unwrap(),
+            Some(Walked {
+                digests: vec![],
+                rows: count as u64
+            })
+        );
     }
 
     #[test]

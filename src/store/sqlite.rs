@@ -837,8 +837,8 @@ impl SqliteSource {
         Ok(stream.map(StretchLeaves::new))
     }
 
-    /// The stretch digest of each of `ranges` after `h`, from a walk of
-    /// the whole table that keeps no leaf
+    /// The stretch digest of each of `ranges` after `h`, and the table's
+    /// row count, from a walk of the whole table that keeps no leaf
     /// ([`btree::stretch_digests`](super::btree::stretch_digests)). `None`
     /// for a WITHOUT ROWID table or without `sqlite_dbpage`.
     pub fn stretch_digests(
@@ -846,7 +846,7 @@ impl SqliteSource {
         table: &TableSchema,
         ranges: &[RowidRange],
         h: &blake3::Hasher,
-    ) -> Result<Option<Vec<[u8; 32]>>, super::btree::BtreeError> {
+    ) -> Result<Option<super::btree::Walked>, super::btree::BtreeError> {
         if table.rowid.is_none() {
             return Ok(None);
         }
