@@ -1,6 +1,8 @@
 //! Criterion benches of the hot pieces of a backup: row encoding, chunking,
 //! chunk ids (keyed BLAKE3), sealing (zstd + XChaCha20-Poly1305) and pack
-//! writing. Run with `cargo bench --bench hot`; compare runs to spot
+//! writing; and of a restore's row path: stored rows decoded and written
+//! into a table's pages, with the entries of an index gathered and built.
+//! Run with `cargo bench --bench hot`; compare runs to spot
 //! regressions. Whole-system figures against restic and borg come from
 //! `scripts/bench.sh` (docs/PERFORMANCE.md).
 
@@ -8,7 +10,10 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 use custos::chunk::{ChunkParams, Chunker};
 use custos::crypto::{lanes, ChunkKeys, Key32, MetaKey};
 use custos::repo::pack::{open_chunk, seal_chunk, Codec, PackWriter};
-use custos::store::record::encode_row;
+use custos::store::bulkload::{PageFile, TableLoad};
+use custos::store::indexbuild::{IndexBuild, IndexSpec};
+use custos::store::pages::{ColumnRead, Layout};
+use custos::store::record::{decode_row_ref, encode_row};
 use rusqlite::types::ValueRef;
 
 /// Deterministic, call-record-like bytes (compressible, not trivially).
@@ -182,5 +187,108 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// Call records as a restore receives them: custos's row encoding, one
+/// after another.
+fn stored_cdrs(n: i64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut x: u64 = 0x9E3779B97F4A7C15;
+    for rowid in 1..=n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let started = format!(
+            "2026-{:02}-{:02}T{:02}:{:02}:00Z",
+            1 + x % 12,
+            1 + x % 28,
+            x % 24,
+            x % 60
+        );
+        let peer = format!("+4479{:08}", x % 100_000_000);
+        let values = [
+            ValueRef::Integer(rowid),
+            ValueRef::Integer((x % 260_000) as i64),
+            ValueRef::Text(started.as_bytes()),
+            ValueRef::Integer((x % 3600) as i64),
+            ValueRef::Text(b"voice"),
+            ValueRef::Text(peer.as_bytes()),
+            ValueRef::Integer((x % 9000) as i64),
+        ];
+        encode_row(Some(rowid), &values, &mut out);
+    }
+    out
+}
+
+/// A restore's writer: `rows` (custos's encoding) decoded and loaded into
+/// the pages of a fresh database's `cdrs` table, with its index on
+/// `(customer_id, started_at)` built from the same rows.
+fn load_cdrs(dir: &std::path::Path, rows: &[u8]) -> u64 {
+    let path = dir.join("restore.db");
+    let _ = std::fs::remove_file(&path);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE cdrs (id INTEGER PRIMARY KEY, customer_id INTEGER, started_at TEXT,
+             seconds INTEGER, kind TEXT, peer TEXT, cell INTEGER);
+         CREATE INDEX cdrs_customer ON cdrs (customer_id, started_at);",
+    )
+    .unwrap();
+    let root = |name: &str| -> u32 {
+        c.query_row(
+            "SELECT rootpage FROM sqlite_schema WHERE name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let (table, index) = (root("cdrs"), root("cdrs_customer"));
+    drop(c);
+    let col = |rowid| ColumnRead {
+        rowid,
+        real: false,
+        missing_is_null: true,
+    };
+    let mut columns = vec![col(true)];
+    columns.extend((1..7).map(|_| col(false)));
+    let build = IndexBuild::new(
+        IndexSpec {
+            name: "cdrs_customer".into(),
+            root: index,
+            columns: vec![1, 2],
+            unique: false,
+        },
+        dir,
+    );
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut file = PageFile::open(f).unwrap();
+    let mut load = TableLoad::new(table, Layout { columns }).with_indexes(vec![build]);
+    let mut values = Vec::new();
+    let mut at = 0;
+    while at < rows.len() {
+        let (rowid, used) = decode_row_ref(&rows[at..], &mut values).unwrap();
+        load.push(&mut file, rowid.unwrap(), &values).unwrap();
+        at += used;
+    }
+    let n = load.rows();
+    load.finish(&mut file).unwrap();
+    file.close().unwrap();
+    n
+}
+
+fn bench_restore(c: &mut Criterion) {
+    const ROWS: i64 = 100_000;
+    let rows = stored_cdrs(ROWS);
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("restore rows");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(ROWS as u64));
+    g.bench_function("100k call records into pages, with an index", |b| {
+        b.iter(|| black_box(load_cdrs(dir.path(), &rows)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_restore);
 criterion_main!(benches);
