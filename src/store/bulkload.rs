@@ -635,12 +635,19 @@ pub(super) fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
 }
 
 /// Appends a SQLite varint (big-endian groups of 7 bits, the ninth byte
-/// whole).
+/// whole). Inlined for the one-byte case, nearly every serial type of a
+/// record header (a restore writes one a value).
+#[inline]
 pub(super) fn put_varint(out: &mut Vec<u8>, v: u64) {
     if v < 0x80 {
         out.push(v as u8);
-        return;
+    } else {
+        put_long_varint(out, v);
     }
+}
+
+#[inline(never)]
+fn put_long_varint(out: &mut Vec<u8>, v: u64) {
     if v > 0x00ff_ffff_ffff_ffff {
         let mut b = [0u8; 9];
         b[8] = v as u8;
@@ -653,10 +660,12 @@ pub(super) fn put_varint(out: &mut Vec<u8>, v: u64) {
         return;
     }
     let n = varint_len(v);
-    for i in (0..n).rev() {
+    let mut b = [0u8; 8];
+    for (k, i) in (0..n).rev().enumerate() {
         let byte = ((v >> (7 * i)) & 0x7f) as u8;
-        out.push(if i > 0 { byte | 0x80 } else { byte });
+        b[k] = if i > 0 { byte | 0x80 } else { byte };
     }
+    out.extend_from_slice(&b[..n]);
 }
 
 /// The length of a record header whose serial types take `types` bytes:
@@ -1088,6 +1097,12 @@ mod tests {
             128,
             16383,
             16384,
+            (1 << 21) - 1,
+            1 << 21,
+            (1 << 28) + 5,
+            (1 << 35) - 1,
+            1 << 42,
+            (1 << 49) + 77,
             1 << 56,
             (1 << 56) - 1,
             u64::MAX,

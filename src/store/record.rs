@@ -298,8 +298,21 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    /// Minimal unsigned LEB128, at most 10 bytes, no overflow.
+    /// Minimal unsigned LEB128, at most 10 bytes, no overflow. Inlined
+    /// for a one-byte varint (most of a row's integers and lengths).
+    #[inline]
     fn varint(&mut self) -> Result<u64, RecordError> {
+        match self.buf.get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u64::from(b))
+            }
+            _ => self.long_varint(),
+        }
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Result<u64, RecordError> {
         let start = self.pos;
         let mut n: u64 = 0;
         for i in 0..10u32 {
