@@ -38,11 +38,18 @@ fn policy(d: &Path, db: &Path) -> Policy {
 
 /// Small windows (32 KiB of rows), so the calls table spans many of them.
 async fn backup_small(policy: &Policy) -> BackupReport {
+    backup_small_telling(policy, Arc::new(NoProgress)).await
+}
+
+async fn backup_small_telling(
+    policy: &Policy,
+    progress: Arc<dyn custos::progress::Progress>,
+) -> BackupReport {
     let opts = BackupOptions {
         window_budget: 32 << 10,
         ..Default::default()
     };
-    backup(policy, &opts, Arc::new(NoProgress)).await.unwrap()
+    backup(policy, &opts, progress).await.unwrap()
 }
 
 async fn restore_to(policy: &Policy, snapshot: &str, to: &Path) {
@@ -184,29 +191,23 @@ async fn an_incremental_announces_each_tables_rows_as_they_are_now() {
          SELECT customer_ref, '2026-12-30T10:00:00Z', seconds, note FROM calls WHERE id < 20;",
     );
     let totals = Arc::new(Totals::default());
-    let opts = BackupOptions {
-        window_budget: 32 << 10,
-        ..Default::default()
-    };
-    let second = backup(&policy, &opts, totals.clone()).await.unwrap();
+    let second = backup_small_telling(&policy, totals.clone()).await;
     assert!(second.rows_unread > 0, "the walk ran: {second:?}");
     let conn = Connection::open(&db).unwrap();
-    let phases = totals.0.lock().unwrap().clone();
-    for table in ["customers", "calls"] {
-        let rows: i64 = conn
+    let rows = |table: &str| -> u64 {
+        let n: i64 = conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap();
+        n as u64
+    };
+    assert_eq!(rows("calls"), (CALLS - 61 + 19) as u64, "the change took");
+    let phases = totals.0.lock().unwrap().clone();
+    for table in ["customers", "calls"] {
         let name = format!("reading {table}");
         let announced: Vec<_> = phases.iter().filter(|(n, _)| *n == name).collect();
         assert_eq!(announced.len(), 1, "{phases:?}");
-        assert_eq!(announced[0].1, Some(rows as u64), "{table}: {phases:?}");
+        assert_eq!(announced[0].1, Some(rows(table)), "{table}: {phases:?}");
     }
-    assert_eq!(CALLS - 61 + 19, {
-        let n: i64 = conn
-            .query_row("SELECT count(*) FROM calls", [], |r| r.get(0))
-            .unwrap();
-        n
-    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
