@@ -627,6 +627,48 @@ mod tests {
         ));
     }
 
+    /// Every length of varint reads back, at the end of the buffer and
+    /// with bytes after it (the one-byte form has a path of its own), and
+    /// a non-minimal one is refused either way.
+    #[test]
+    fn varints_of_every_length_read_back_and_overlong_ones_are_refused() {
+        let mut values = vec![0u64, 1, 127, u64::MAX];
+        for shift in 7..64 {
+            values.extend([(1u64 << shift) - 1, 1 << shift, (1 << shift) + 1]);
+        }
+        for v in values {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            let len = b.len();
+            for tail in [0usize, 1, 2, 9] {
+                let mut buf = b.clone();
+                buf.extend(std::iter::repeat_n(0x55, tail));
+                let mut c = Cursor { buf: &buf, pos: 0 };
+                assert_eq!(c.varint(), Ok(v), "{v} with {tail} bytes after");
+                assert_eq!(c.pos, len);
+            }
+        }
+        // Non-minimal: a zero last byte after continuation bytes.
+        for bad in [&[0x80u8, 0x00][..], &[0x81, 0x80, 0x00], &[0xff, 0x00]] {
+            for tail in [0usize, 1, 4] {
+                let mut buf = bad.to_vec();
+                buf.extend(std::iter::repeat_n(0x01, tail));
+                let mut c = Cursor { buf: &buf, pos: 0 };
+                assert_eq!(
+                    c.varint(),
+                    Err(RecordError::Varint { offset: 0 }),
+                    "{bad:?} with {tail} bytes after"
+                );
+            }
+        }
+        // Cut short: continuation bytes and then nothing.
+        let mut c = Cursor {
+            buf: &[0x80, 0x80],
+            pos: 0,
+        };
+        assert!(matches!(c.varint(), Err(RecordError::Truncated { .. })));
+    }
+
     #[test]
     fn lies_about_sizes_are_refused_without_allocation() {
         // Body claims 2^62 bytes.
