@@ -660,7 +660,7 @@ async fn window_groups(
     table: &str,
     pages: &[Id],
 ) -> Result<Result<Vec<(Id, GroupEntry)>, Id>, OpsError> {
-    let read = match PagesRead::fetch_located(cache, index, pages).await? {
+    let read = match PagesRead::fetch(cache, index, pages).await? {
         Ok(read) => read,
         Err(page) => return Ok(Err(page)),
     };

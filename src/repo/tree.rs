@@ -445,25 +445,9 @@ pub struct PagesRead {
 }
 
 impl PagesRead {
-    /// Reads the pages `ids` (every one must be in `index`, or the page
-    /// missing is named).
+    /// Reads the pages `ids`. A page `index` does not locate is given
+    /// back (`Ok(Err(page))`, nothing read) for the caller to name.
     pub async fn fetch(
-        cache: &mut PackCache,
-        index: &Index,
-        ids: &[Id],
-    ) -> Result<PagesRead, RepoError> {
-        match Self::fetch_located(cache, index, ids).await? {
-            Ok(read) => Ok(read),
-            Err(id) => Err(RepoError::malformed(
-                format!("tree page {id}"),
-                "in no index (repository damaged; run `custos check`)",
-            )),
-        }
-    }
-
-    /// As [`PagesRead::fetch`], but a page `index` does not locate is
-    /// given back (`Ok(Err(page))`, nothing read) for the caller to name.
-    pub async fn fetch_located(
         cache: &mut PackCache,
         index: &Index,
         ids: &[Id],
@@ -745,10 +729,19 @@ mod tests {
         let mut cache = PackCache::new(target.clone(), 1);
         PagesRead::fetch(&mut cache, &index, &ids_a[..1])
             .await
+            .unwrap()
             .unwrap();
         PagesRead::fetch(&mut cache, &index, &ids_b[..1])
             .await
+            .unwrap()
             .unwrap();
+        assert_eq!(cache.reads, 2);
+        // A page no index locates is given back, nothing read.
+        let stray = Id([9; 32]);
+        let missing = PagesRead::fetch(&mut cache, &index, &[ids_a[0], stray])
+            .await
+            .unwrap();
+        assert!(matches!(missing, Err(id) if id == stray));
         assert_eq!(cache.reads, 2);
 
         // A window's pages: the first pack's in another order, one of the
@@ -759,7 +752,10 @@ mod tests {
         ids.insert(7, ids_b[3]);
         let mut want: Vec<&Page> = a.iter().rev().collect();
         want.insert(7, &b[3]);
-        let read = PagesRead::fetch(&mut cache, &index, &ids).await.unwrap();
+        let read = PagesRead::fetch(&mut cache, &index, &ids)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(cache.reads, 3, "one read for the twenty pages of a pack");
         for (i, page) in want.iter().enumerate() {
             assert_eq!(&read.page(&meta, i).unwrap(), *page, "page {i}");
@@ -773,7 +769,10 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[loc.offset as usize + 3] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        let read = PagesRead::fetch(&mut cache, &index, &ids_a).await.unwrap();
+        let read = PagesRead::fetch(&mut cache, &index, &ids_a)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(read.page(&meta, 3).unwrap(), a[3]);
         let e = read.page(&meta, 4).unwrap_err().to_string();
         assert!(e.contains(&format!("tree page {}", ids_a[4])), "{e}");
