@@ -11,7 +11,7 @@ use custos::chunk::{ChunkParams, Chunker};
 use custos::crypto::{lanes, ChunkKeys, Key32, MetaKey};
 use custos::repo::pack::{open_chunk, seal_chunk, Codec, PackWriter};
 use custos::store::bulkload::{PageFile, TableLoad};
-use custos::store::indexbuild::{IndexBuild, IndexSpec};
+use custos::store::indexbuild::{IndexBuild, IndexSpec, KeyColumn};
 use custos::store::pages::{ColumnRead, Layout};
 use custos::store::record::{decode_row_ref, encode_row};
 use rusqlite::types::ValueRef;
@@ -252,7 +252,7 @@ fn load_cdrs(dir: &std::path::Path, rows: &[u8]) -> u64 {
         IndexSpec {
             name: "cdrs_customer".into(),
             root: index,
-            columns: vec![1, 2],
+            columns: vec![KeyColumn::binary(1), KeyColumn::binary(2)],
             unique: false,
         },
         dir,

@@ -112,14 +112,22 @@ fn restore_in_order(
     }
     let paged = r.written_by_pages().map(|(t, _)| t.to_owned()).collect();
     // The index SQLite made for the UNIQUE column is built with its rows
-    // (the last table, so its load is complete only at finish); the
-    // partial, expression and DESC ones are left to SQLite.
+    // (the last table, so its load is complete only at finish), so are
+    // those of reals, DESC columns and the NOCASE and RTRIM collations;
+    // the partial and expression ones are left to SQLite, and so is a
+    // NOCASE index of a text holding a 0x00 byte.
     let built = r.finish().unwrap();
-    assert!(
-        built.iter().any(|i| i == "sqlite_autoindex_uniq_1"),
-        "{built:?}"
-    );
-    for left in ["uniq_partial", "uniq_expr", "odd idx \"q\""] {
+    for made in [
+        "sqlite_autoindex_uniq_1",
+        "odd idx \"q\"",
+        "plain_r_desc",
+        "plain_a",
+        "plain_t_rtrim",
+        "order_from",
+    ] {
+        assert!(built.iter().any(|i| i == made), "{made} not in {built:?}");
+    }
+    for left in ["uniq_partial", "uniq_expr", "plain_t_nocase"] {
         assert!(!built.iter().any(|i| i == left), "{left} in {built:?}");
     }
     paged
@@ -306,6 +314,11 @@ fn build_awkward(path: &Path, auto_vacuum: &str) {
         CREATE INDEX uniq_partial ON uniq(b) WHERE b IS NOT NULL;
         CREATE INDEX uniq_expr ON uniq(lower(a), b + 1);
         CREATE INDEX "odd idx ""q""" ON "odd ""name"" täble 表"("col with space" DESC);
+        CREATE INDEX plain_r_desc ON plain(r DESC, n);
+        CREATE INDEX plain_a ON plain(a, i DESC);
+        CREATE INDEX plain_t_nocase ON plain(t COLLATE NOCASE);
+        CREATE INDEX plain_t_rtrim ON plain(t COLLATE RTRIM DESC);
+        CREATE INDEX order_from ON "order"("from" COLLATE NOCASE, "group" DESC);
         CREATE VIEW v_plain AS SELECT id, t FROM plain WHERE id > 0;
         CREATE VIEW v_v AS SELECT count(*) AS n FROM v_plain;
         CREATE TRIGGER v_plain_ins INSTEAD OF INSERT ON v_plain BEGIN
@@ -398,7 +411,7 @@ fn build_awkward(path: &Path, auto_vacuum: &str) {
         DELETE FROM plain WHERE id = 1000003;
         INSERT INTO "odd ""name"" täble 表"(_rowid_, "rowid", "col with space", "select", "ünïcode 列")
             VALUES (10, 'not the rowid', 1, x'00ff', 1.0), (3, NULL, 2, NULL, 'x'), (-2, '7', NULL, x'', x'01');
-        INSERT INTO "order" VALUES (1, 'from'), (NULL, NULL), (1, 'from');
+        INSERT INTO "order" VALUES (1, 'from'), (NULL, NULL), (1, 'from'), (2, 'From'), (2.5, 'FROM  ');
         INSERT INTO nopk VALUES (1, 1), (1, 1), (NULL, 'dup'), (NULL, 'dup');
         DELETE FROM nopk WHERE rowid = 2;
         INSERT INTO nopk VALUES (2, 2);

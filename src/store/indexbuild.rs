@@ -12,22 +12,40 @@
 //! at one run however large the table.
 //!
 //! Entries sort by a byte string that compares as SQLite compares index
-//! records under the BINARY collation: per key column a class byte (NULL,
-//! integer, text, blob, in SQLite's order), then the value (integers in
-//! as few bytes as keep their order, see `put_int`; text and blobs with
-//! 0x00 escaped as 0x00 0x01 and ended by 0x00 0x00, so a prefix sorts
-//! first), then the rowid (eight bytes big-endian, the sign bit flipped).
-//! These keys live only in memory and in the build's temporary file.
-//! Only what that covers is built here: a key of table columns,
-//! ascending, BINARY, not partial, with no REAL value in a key (a real
-//! compares with integers by value, which this order does not reproduce).
-//! Anything else is refused and left to SQLite (`REINDEX`); so is a UNIQUE
-//! index whose entries turn out to repeat a key without a NULL (SQLite
-//! then reports the constraint).
+//! records. Per key column a class byte (NULL, number, text, blob, in
+//! SQLite's order), then the value:
+//!
+//! - a number (integer or real, compared by value as SQLite compares
+//!   them): its integer part toward zero in as few bytes as keep the order
+//!   (see `put_int`), then a byte saying whether a fraction follows and of
+//!   which sign, then the fraction's eight bytes (see `put_real`); a real
+//!   beyond the range of 64-bit integers is a byte below or above every
+//!   integer part, then its eight bytes;
+//! - a text or blob: its bytes with 0x00 escaped as 0x00 0x01 and ended by
+//!   0x00 0x00, so a prefix sorts first; a text under NOCASE with its ASCII
+//!   letters in lower case, under RTRIM without its trailing spaces (the
+//!   orders of SQLite's built-in collations; BINARY as it is).
+//!
+//! A DESC column's bytes are inverted. Then comes the rowid (eight bytes
+//! big-endian, the sign bit flipped), which no two entries share, and
+//! after it what the order does not keep but the record needs (the
+//! trailer): the original text of a column whose collation changed it,
+//! and the eight bytes of a real whose value is an integer (it sorts with
+//! that integer, but is written as a real). The key's last byte says
+//! whether it has a trailer (0: none; 1: the trailer's length precedes
+//! it, four bytes). These keys live only in memory and in the build's
+//! temporary file.
+//!
+//! Only what that covers is built here: a key of table columns, not
+//! partial, under the BINARY, NOCASE or RTRIM collation. Anything else is
+//! refused and left to SQLite (`REINDEX`); so is a NOCASE text holding a
+//! 0x00 byte (SQLite's NOCASE stops comparing there), and a UNIQUE index
+//! whose entries turn out to repeat a key without a NULL (SQLite then
+//! reports the constraint).
 
 use super::bulkload::{
-    header_len, int_serial, local_size, put_varint, write_overflow, LoadError, PageBuf, PageFile,
-    Payload, INDEX_INTERIOR, INDEX_LEAF,
+    header_len, int_serial, local_size, put_varint, whole, write_overflow, LoadError, PageBuf,
+    PageFile, Payload, INDEX_INTERIOR, INDEX_LEAF,
 };
 use super::pages::Layout;
 use rusqlite::types::ValueRef;
@@ -41,8 +59,13 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Bytes of entries, counting each one's [`Start`], sorted in memory before
-/// they are written out as a run. The sort takes up to as much again.
+/// they are written out as a run: what a table's indexes share while its
+/// rows load (see [`IndexBuild::with_run_bytes`]). The sort takes up to as
+/// much again.
 pub const RUN_BYTES: usize = 16 << 20;
+
+/// The least an index's runs are given, however many share [`RUN_BYTES`].
+const MIN_RUN_BYTES: usize = 1 << 20;
 
 /// What an index holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,10 +73,57 @@ pub struct IndexSpec {
     pub name: String,
     /// The index's root page (empty until the build).
     pub root: u32,
-    /// Key columns, as positions in the table's columns.
-    pub columns: Vec<usize>,
+    /// Key columns, in the index's order.
+    pub columns: Vec<KeyColumn>,
     /// No two entries may share a key without a NULL in it.
     pub unique: bool,
+}
+
+/// One key column of an index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyColumn {
+    /// Its position in the table's columns.
+    pub column: usize,
+    /// Sorted in descending order.
+    pub desc: bool,
+    /// How its texts compare.
+    pub collation: Collation,
+}
+
+impl KeyColumn {
+    /// Table column `column`, ascending, BINARY.
+    pub fn binary(column: usize) -> Self {
+        KeyColumn {
+            column,
+            desc: false,
+            collation: Collation::Binary,
+        }
+    }
+}
+
+/// SQLite's built-in collations, the ones a key here can follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collation {
+    /// Bytewise.
+    Binary,
+    /// Bytewise with ASCII upper-case letters as lower-case ones.
+    NoCase,
+    /// Bytewise without trailing spaces.
+    Rtrim,
+}
+
+impl Collation {
+    /// The collation SQLite names `name` (any case), if it is one of these.
+    pub fn named(name: &str) -> Option<Self> {
+        [
+            ("BINARY", Collation::Binary),
+            ("NOCASE", Collation::NoCase),
+            ("RTRIM", Collation::Rtrim),
+        ]
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, c)| c)
+    }
 }
 
 /// One index being gathered while its table loads. An entry is kept as its
@@ -74,6 +144,10 @@ pub struct IndexBuild {
     spilled: u64,
     runs: Vec<(u64, u64)>,
     key: Vec<u8>,
+    /// The key's trailer while it is made, and a text in its collation's
+    /// order.
+    trailer: Vec<u8>,
+    scratch: Vec<u8>,
 }
 
 /// An entry in a run: its key's first 16 bytes, big-endian in two words
@@ -108,37 +182,90 @@ fn entry(buf: &[u8], at: usize) -> (&[u8], usize) {
 }
 
 /// The index record a key stands for (key values, then the rowid), into
-/// `out`; whether a key value is NULL. The key is one this module made.
-fn record_of(key: &[u8], head: &mut Vec<u8>, body: &mut Vec<u8>, out: &mut Vec<u8>) -> bool {
+/// `out`. `inv` holds a byte a key column that its bytes were XORed with
+/// (0xff for a DESC column, else 0). Returns whether a key value is NULL,
+/// and the length of the part of the key that orders it before the rowid.
+/// The key is one this module made.
+fn record_of(
+    key: &[u8],
+    inv: &[u8],
+    head: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> (bool, usize) {
     head.clear();
     body.clear();
+    let n = key.len();
+    let (order_len, trailer) = if key[n - 1] == 0 {
+        (n - 9, &key[..0])
+    } else {
+        let tlen = u32::from_le_bytes(key[n - 5..n - 1].try_into().expect("4 bytes")) as usize;
+        let t = n - 5 - tlen;
+        (t - 8, &key[t..n - 5])
+    };
     let mut null = false;
-    let fields = key.len() - 8;
     let mut at = 0;
-    while at < fields {
-        let class = key[at];
+    // The next item of the trailer, whose first byte names its column.
+    let mut tat = 0;
+    for (k, &inv) in inv.iter().enumerate() {
+        let own = trailer.get(tat) == Some(&(k as u8));
+        let class = key[at] ^ inv;
         at += 1;
         let serial = match class {
             1 => {
                 null = true;
                 0
             }
-            2 => int_serial(take_int(key, &mut at), body),
-            _ => {
-                // Runs of bytes up to each 0x00: an escaped 0x00 (0x00
-                // 0x01) puts one back, the end (0x00 0x00) stops.
-                let start = body.len();
-                loop {
-                    let run = key[at..]
-                        .iter()
-                        .position(|&b| b == 0)
-                        .expect("a key's text ends with 0x00 0x00");
-                    body.extend_from_slice(&key[at..at + run]);
-                    at += run + 2;
-                    if key[at - 1] == 0 {
-                        break;
+            2 => {
+                let real = match key[at] ^ inv {
+                    REAL_BELOW => {
+                        at += 9;
+                        f64::from_bits(!take_u64(key, at - 8, inv))
                     }
-                    body.push(0);
+                    REAL_ABOVE => {
+                        at += 9;
+                        f64::from_bits(take_u64(key, at - 8, inv))
+                    }
+                    _ => {
+                        let i = take_int(key, &mut at, inv);
+                        let mark = key[at] ^ inv;
+                        at += 1;
+                        match mark {
+                            WHOLE if own => {
+                                let bits = &trailer[tat + 1..tat + 9];
+                                tat += 9;
+                                f64::from_bits(u64::from_be_bytes(
+                                    bits.try_into().expect("8 bytes"),
+                                ))
+                            }
+                            WHOLE => {
+                                put_varint(head, int_serial(i, body));
+                                continue;
+                            }
+                            FRACTION_UP => {
+                                at += 8;
+                                i as f64 + f64::from_bits(take_u64(key, at - 8, inv))
+                            }
+                            _ => {
+                                at += 8;
+                                i as f64 - f64::from_bits(!take_u64(key, at - 8, inv))
+                            }
+                        }
+                    }
+                };
+                body.extend_from_slice(&real.to_bits().to_be_bytes());
+                7
+            }
+            _ => {
+                let start = body.len();
+                if own {
+                    // The original is in the trailer; the key has the
+                    // collation's form.
+                    skip_escaped(key, &mut at, inv);
+                    tat += 1;
+                    unescape(trailer, &mut tat, 0, body);
+                } else {
+                    unescape(key, &mut at, inv, body);
                 }
                 let n = (body.len() - start) as u64;
                 if class == 3 {
@@ -150,25 +277,97 @@ fn record_of(key: &[u8], head: &mut Vec<u8>, body: &mut Vec<u8>, out: &mut Vec<u
         };
         put_varint(head, serial);
     }
-    let rowid = u64::from_be_bytes(key[fields..].try_into().expect("8 bytes")) ^ (1 << 63);
+    let rowid =
+        u64::from_be_bytes(key[order_len..order_len + 8].try_into().expect("8 bytes")) ^ (1 << 63);
     let serial = int_serial(rowid as i64, body);
     put_varint(head, serial);
     out.clear();
     put_varint(out, header_len(head.len() as u64));
     out.extend_from_slice(head);
     out.extend_from_slice(body);
-    null
+    (null, order_len)
+}
+
+/// Inverts a DESC column's key bytes.
+#[inline]
+fn invert_if(desc: bool, bytes: &mut [u8]) {
+    if desc {
+        for b in bytes {
+            *b = !*b;
+        }
+    }
+}
+
+/// Eight bytes of `key` at `at`, XORed with `inv`, big-endian.
+fn take_u64(key: &[u8], at: usize, inv: u8) -> u64 {
+    let v = u64::from_be_bytes(key[at..at + 8].try_into().expect("8 bytes"));
+    if inv == 0 {
+        v
+    } else {
+        !v
+    }
+}
+
+/// The bytes [`escape`] wrote at `*at` (XORed with `inv`), into `body`;
+/// moves `*at` past them.
+#[inline]
+fn unescape(key: &[u8], at: &mut usize, inv: u8, body: &mut Vec<u8>) {
+    if inv == 0 {
+        // Runs of bytes up to each 0x00: an escaped 0x00 (0x00 0x01) puts
+        // one back, the end (0x00 0x00) stops.
+        loop {
+            let run = key[*at..]
+                .iter()
+                .position(|&b| b == 0)
+                .expect("a key's text ends with 0x00 0x00");
+            body.extend_from_slice(&key[*at..*at + run]);
+            *at += run + 2;
+            if key[*at - 1] == 0 {
+                return;
+            }
+            body.push(0);
+        }
+    }
+    loop {
+        let b = key[*at] ^ inv;
+        *at += 1;
+        if b != 0 {
+            body.push(b);
+        } else if key[*at] ^ inv == 0 {
+            *at += 1;
+            return;
+        } else {
+            *at += 1;
+            body.push(0);
+        }
+    }
+}
+
+/// Moves `*at` past the bytes [`escape`] wrote there (XORed with `inv`).
+fn skip_escaped(key: &[u8], at: &mut usize, inv: u8) {
+    loop {
+        let zero = key[*at..]
+            .iter()
+            .position(|&b| b == inv)
+            .expect("a key's text ends with 0x00 0x00");
+        *at += zero + 2;
+        if key[*at - 1] == inv {
+            return;
+        }
+    }
 }
 
 impl IndexBuild {
     /// Gathers `spec`'s entries; runs that do not fit in memory go to an
     /// unlinked file in `dir`.
     pub fn new(spec: IndexSpec, dir: &Path) -> Self {
+        // A trailer names its columns by a byte.
+        let refused = (spec.columns.len() > 256).then_some("more than 256 key columns");
         IndexBuild {
             spec,
             run_bytes: RUN_BYTES,
             batch_bytes: MERGE_BATCH,
-            refused: None,
+            refused,
             buf: Vec::new(),
             starts: Vec::new(),
             dir: dir.to_owned(),
@@ -176,7 +375,16 @@ impl IndexBuild {
             spilled: 0,
             runs: Vec::new(),
             key: Vec::new(),
+            trailer: Vec::new(),
+            scratch: Vec::new(),
         }
+    }
+
+    /// Runs of `bytes` (at least 1 MiB), for a table whose indexes share
+    /// [`RUN_BYTES`].
+    pub fn with_run_bytes(mut self, bytes: usize) -> Self {
+        self.run_bytes = bytes.max(MIN_RUN_BYTES);
+        self
     }
 
     pub fn spec(&self) -> &IndexSpec {
@@ -194,36 +402,74 @@ impl IndexBuild {
             return Ok(());
         }
         self.key.clear();
-        for &c in &self.spec.columns {
-            let v = if layout.columns[c].rowid {
+        self.trailer.clear();
+        for k in 0..self.spec.columns.len() {
+            let kc = self.spec.columns[k];
+            let col = &layout.columns[kc.column];
+            let v = if col.rowid {
                 ValueRef::Integer(rowid)
             } else {
-                values[c]
+                values[kc.column]
             };
+            let start = self.key.len();
             match v {
                 ValueRef::Null => self.key.push(1),
-                ValueRef::Integer(i) => {
+                ValueRef::Integer(i) => put_int_key(i, &mut self.key),
+                // SQLite stores a NaN as NULL.
+                ValueRef::Real(r) if r.is_nan() => self.key.push(1),
+                ValueRef::Real(r) => {
                     self.key.push(2);
-                    put_int(i, &mut self.key);
+                    if put_real(r, &mut self.key) && !(col.real && whole(r)) {
+                        // Sorted as its integer, written as a real.
+                        self.trailer.push(k as u8);
+                        self.trailer.extend_from_slice(&r.to_bits().to_be_bytes());
+                    }
                 }
                 ValueRef::Text(t) => {
                     self.key.push(3);
-                    escape(t, &mut self.key);
+                    let ordered: &[u8] = match kc.collation {
+                        Collation::Binary => {
+                            escape(t, &mut self.key);
+                            invert_if(kc.desc, &mut self.key[start..]);
+                            continue;
+                        }
+                        Collation::NoCase => {
+                            if t.contains(&0) {
+                                self.refuse("a NOCASE text with a 0x00 byte in a key column");
+                                return Ok(());
+                            }
+                            self.scratch.clear();
+                            self.scratch.extend(t.iter().map(u8::to_ascii_lowercase));
+                            &self.scratch
+                        }
+                        Collation::Rtrim => {
+                            let end = t.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+                            &t[..end]
+                        }
+                    };
+                    escape(ordered, &mut self.key);
+                    if ordered != t {
+                        self.trailer.push(k as u8);
+                        escape(t, &mut self.trailer);
+                    }
                 }
                 ValueRef::Blob(b) => {
                     self.key.push(4);
                     escape(b, &mut self.key);
                 }
-                ValueRef::Real(_) => {
-                    self.refused = Some("a REAL value in a key column");
-                    self.buf = Vec::new();
-                    self.starts = Vec::new();
-                    return Ok(());
-                }
             }
+            invert_if(kc.desc, &mut self.key[start..]);
         }
         self.key
             .extend_from_slice(&((rowid as u64) ^ (1 << 63)).to_be_bytes());
+        if self.trailer.is_empty() {
+            self.key.push(0);
+        } else {
+            self.key.extend_from_slice(&self.trailer);
+            self.key
+                .extend_from_slice(&(self.trailer.len() as u32).to_le_bytes());
+            self.key.push(1);
+        }
         self.starts.push(Start {
             prefix: prefix_of(&self.key),
             at: u32::try_from(self.buf.len()).expect("a run is under 4 GiB"),
@@ -235,6 +481,13 @@ impl IndexBuild {
             self.spill_run()?;
         }
         Ok(())
+    }
+
+    /// Leaves the index to SQLite, for `why`; what was gathered is dropped.
+    fn refuse(&mut self, why: &'static str) {
+        self.refused = Some(why);
+        self.buf = Vec::new();
+        self.starts = Vec::new();
     }
 
     fn sort_run(&mut self) {
@@ -352,8 +605,11 @@ const REPEATS: &str = "a UNIQUE key repeats";
 /// watches a UNIQUE index for a repeated key.
 struct EntryWriter {
     tree: TreeWriter,
+    /// Each key column's inversion (see [`record_of`]).
+    inv: Vec<u8>,
     unique: bool,
-    /// The last key less its rowid, and whether a value of it was NULL.
+    /// The last key's ordering part (before its rowid), and whether a
+    /// value of it was NULL.
     last: Vec<u8>,
     last_null: bool,
     head: Vec<u8>,
@@ -365,6 +621,11 @@ impl EntryWriter {
     fn new(spec: &IndexSpec, file: &PageFile) -> Self {
         EntryWriter {
             tree: TreeWriter::new(spec.root, file),
+            inv: spec
+                .columns
+                .iter()
+                .map(|c| if c.desc { 0xff } else { 0 })
+                .collect(),
             unique: spec.unique,
             last: Vec::new(),
             last_null: true,
@@ -377,10 +638,16 @@ impl EntryWriter {
     /// Writes the entry of `key`; false, with nothing written, when a
     /// UNIQUE index repeats a key without a NULL.
     fn add(&mut self, file: &mut PageFile, key: &[u8]) -> Result<bool, LoadError> {
-        let null = record_of(key, &mut self.head, &mut self.body, &mut self.rec);
+        let (null, order_len) = record_of(
+            key,
+            &self.inv,
+            &mut self.head,
+            &mut self.body,
+            &mut self.rec,
+        );
         if self.unique {
             // Only a UNIQUE index needs the key before to compare with.
-            let prefix = &key[..key.len() - 8];
+            let prefix = &key[..order_len];
             if !null && !self.last_null && prefix == self.last.as_slice() {
                 return Ok(false);
             }
@@ -562,19 +829,94 @@ fn put_int(i: i64, out: &mut Vec<u8>) {
     out.extend_from_slice(&i.to_be_bytes()[8 - n..]);
 }
 
-/// The integer [`put_int`] wrote at `*at`; moves `*at` past it.
-fn take_int(key: &[u8], at: &mut usize) -> i64 {
-    let len = key[*at];
-    let (n, mut v) = if len >= 0x80 {
-        ((len - 0x80) as usize, 0i64)
+/// An integer key value whole: its class byte, [`put_int`]'s bytes and
+/// [`WHOLE`], written at once.
+#[inline]
+fn put_int_key(i: i64, out: &mut Vec<u8>) {
+    let m = if i < 0 { !i } else { i } as u64;
+    let n = (8 - m.leading_zeros() as usize / 8).max(1);
+    let mut b = [0u8; 11];
+    b[0] = 2;
+    b[1] = if i < 0 {
+        0x7f - n as u8
     } else {
-        ((0x7f - len) as usize, -1i64)
+        0x80 + n as u8
     };
-    for &b in &key[*at + 1..*at + 1 + n] {
-        v = (v << 8) | b as i64;
+    // The value's low n bytes first, then the byte after them.
+    b[2..10].copy_from_slice(&((i as u64) << (8 * (8 - n))).to_be_bytes());
+    b[2 + n] = WHOLE;
+    out.extend_from_slice(&b[..3 + n]);
+}
+
+/// The integer [`put_int`] wrote at `*at` (XORed with `inv`); moves `*at`
+/// past it. At least eight bytes follow its length byte in a key (the
+/// rowid comes after it), so they are read as one word.
+#[inline]
+fn take_int(key: &[u8], at: &mut usize, inv: u8) -> i64 {
+    let len = key[*at] ^ inv;
+    // 1 to 8 in the keys put_int writes.
+    let n = if len >= 0x80 { len - 0x80 } else { 0x7f - len }.min(8) as u32;
+    let mut word = u64::from_be_bytes(key[*at + 1..*at + 9].try_into().expect("8 bytes"));
+    if inv != 0 {
+        word = !word;
     }
-    *at += 1 + n;
-    v
+    // The value's n bytes, moved down; a negative one's sign extended.
+    let low = word.checked_shr(64 - 8 * n).unwrap_or(0);
+    let v = if len >= 0x80 || n == 8 {
+        low
+    } else {
+        low | (u64::MAX << (8 * n))
+    };
+    *at += 1 + n as usize;
+    v as i64
+}
+
+/// A number's byte after its integer part: a fraction below zero follows
+/// (its magnitude's bits inverted), none, or one above zero.
+const FRACTION_DOWN: u8 = 0x7f;
+const WHOLE: u8 = 0x80;
+const FRACTION_UP: u8 = 0x81;
+/// In place of an integer part (whose first byte is 0x77 to 0x88, see
+/// [`put_int`]): a real below every 64-bit integer (its bits inverted),
+/// or one at or above 2^63.
+const REAL_BELOW: u8 = 0x10;
+const REAL_ABOVE: u8 = 0xf0;
+
+/// A real key value (not a NaN), after its class byte, so that it sorts
+/// among integers by value: within the range of 64-bit integers its
+/// integer part toward zero ([`put_int`]), then the fraction (exact: the
+/// difference of a double and its truncation is one), after a byte that
+/// orders it below, at or above the integer; beyond that range a byte
+/// below or above every integer part, then its bits in an order that
+/// sorts. True when the value is a whole number: its key is that
+/// integer's.
+fn put_real(r: f64, out: &mut Vec<u8>) -> bool {
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0; // 2^63
+    if r < -LIMIT {
+        out.push(REAL_BELOW);
+        out.extend_from_slice(&(!r.to_bits()).to_be_bytes());
+        return false;
+    }
+    if r >= LIMIT {
+        out.push(REAL_ABOVE);
+        out.extend_from_slice(&r.to_bits().to_be_bytes());
+        return false;
+    }
+    let t = r.trunc();
+    put_int(t as i64, out);
+    let f = r - t;
+    if f > 0.0 {
+        out.push(FRACTION_UP);
+        out.extend_from_slice(&f.to_bits().to_be_bytes());
+        false
+    } else if f < 0.0 {
+        out.push(FRACTION_DOWN);
+        out.extend_from_slice(&(!(-f).to_bits()).to_be_bytes());
+        false
+    } else {
+        out.push(WHOLE);
+        true
+    }
 }
 
 /// Appends `b` with 0x00 escaped as 0x00 0x01, then 0x00 0x00.
@@ -781,7 +1123,7 @@ mod tests {
                     IndexSpec {
                         name: name.to_string(),
                         root: root(&c, name),
-                        columns: columns.clone(),
+                        columns: columns.iter().map(|&c| KeyColumn::binary(c)).collect(),
                         unique: *unique,
                     },
                     dir,
@@ -885,21 +1227,300 @@ mod tests {
         }
     }
 
+    /// Every key column a value of every class: integers, reals (whole,
+    /// fractional, beyond 64-bit integers, signed zeros, infinities),
+    /// texts differing in case and trailing spaces, blobs.
+    fn any_value(rng: &mut rand::rngs::StdRng) -> Value {
+        const EDGES: [f64; 22] = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -18446744073709551616.0,
+            -9223372036854775808.0,
+            -9007199254740994.0,
+            -140737488355328.0,
+            -1.5,
+            -1.0,
+            -0.5,
+            -5e-324,
+            -0.0,
+            0.0,
+            5e-324,
+            0.5,
+            1.0,
+            140737488355327.0,
+            140737488355328.0,
+            9007199254740992.0,
+            9223372036854774784.0,
+            9223372036854775808.0,
+            1e300,
+            f64::INFINITY,
+        ];
+        const INTS: [i64; 8] = [
+            i64::MIN,
+            -9007199254740993,
+            -1,
+            0,
+            1,
+            9007199254740993,
+            9223372036854774784,
+            i64::MAX,
+        ];
+        match rng.gen_range(0..9) {
+            0 => Value::Null,
+            1 => Value::Integer(rng.gen_range(-3..3)),
+            2 => Value::Integer(INTS[rng.gen_range(0..INTS.len())]),
+            3 => Value::Real(EDGES[rng.gen_range(0..EDGES.len())]),
+            4 => Value::Real(f64::from(rng.gen_range(-3..3)) + rng.gen_range(-1.0..1.0)),
+            5 => Value::Real(f64::from(rng.gen_range(-3i32..3))),
+            6 | 7 => Value::Text(
+                (0..rng.gen_range(0..5))
+                    .map(|_| ['a', 'A', 'b', 'B', ' ', 'é', '0'][rng.gen_range(0..7)])
+                    .collect(),
+            ),
+            _ => Value::Blob(
+                (0..rng.gen_range(0..4))
+                    .map(|_| [0u8, b' ', b'a', b'A'][rng.gen_range(0..4)])
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The records of an index b-tree in order, read off the file (none
+    /// may spill to overflow pages).
+    fn index_records(path: &Path, root: u32) -> Vec<Vec<u8>> {
+        fn walk(data: &[u8], size: usize, usable: usize, pgno: u32, out: &mut Vec<Vec<u8>>) {
+            let page = &data[(pgno as usize - 1) * size..pgno as usize * size];
+            let kind = page[0];
+            let cells = u16::from_be_bytes([page[3], page[4]]) as usize;
+            let at = if kind == INDEX_INTERIOR { 12 } else { 8 };
+            for i in 0..cells {
+                let mut off = u16::from_be_bytes([page[at + 2 * i], page[at + 2 * i + 1]]) as usize;
+                if kind == INDEX_INTERIOR {
+                    let child = u32::from_be_bytes(page[off..off + 4].try_into().unwrap());
+                    walk(data, size, usable, child, out);
+                    off += 4;
+                }
+                let (len, used) = crate::store::btree::varint(page, off).unwrap();
+                assert!(len as usize <= (usable - 12) * 64 / 255 - 23, "no overflow");
+                out.push(page[off + used..off + used + len as usize].to_vec());
+            }
+            if kind == INDEX_INTERIOR {
+                let right = u32::from_be_bytes(page[8..12].try_into().unwrap());
+                walk(data, size, usable, right, out);
+            } else {
+                assert_eq!(kind, INDEX_LEAF);
+            }
+        }
+        let data = std::fs::read(path).unwrap();
+        let size = match u16::from_be_bytes([data[16], data[17]]) {
+            1 => 65536,
+            s => s as usize,
+        };
+        let mut out = Vec::new();
+        walk(&data, size, size - data[20] as usize, root, &mut out);
+        out
+    }
+
+    /// The key columns of index `name` as SQLite lists them.
+    fn key_columns(c: &Connection, name: &str) -> Vec<KeyColumn> {
+        c.prepare("SELECT cid, \"desc\", coll FROM pragma_index_xinfo(?1) WHERE key ORDER BY seqno")
+            .unwrap()
+            .query_map([name], |r| {
+                Ok(KeyColumn {
+                    column: r.get::<_, i64>(0)? as usize,
+                    desc: r.get(1)?,
+                    collation: Collation::named(&r.get::<_, String>(2)?).unwrap(),
+                })
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Indexes of reals among integers, DESC columns and the NOCASE and
+    /// RTRIM collations, built here from the rows as SQLite returns them,
+    /// hold the very records SQLite's own `CREATE INDEX` writes, in its
+    /// order: REAL affinity's whole numbers written as integers, a real
+    /// equal to an integer still a real elsewhere, texts as they were.
     #[test]
-    fn a_real_key_or_a_repeated_unique_key_is_left_to_sqlite() {
+    fn indexes_of_reals_desc_and_collations_hold_sqlites_records() {
+        const TABLE: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, r REAL, n NUMERIC, a, s TEXT);";
+        const INDEXES: &str = "
+            CREATE INDEX t_r ON t(r);
+            CREATE INDEX t_r_desc ON t(r DESC, s);
+            CREATE INDEX t_a ON t(a, r);
+            CREATE INDEX t_n_desc ON t(n DESC);
+            CREATE INDEX t_s_nocase ON t(s COLLATE NOCASE, a DESC);
+            CREATE INDEX t_s_rtrim ON t(s COLLATE RTRIM DESC);
+            CREATE INDEX t_a_nocase ON t(a COLLATE NOCASE DESC, id);
+            CREATE UNIQUE INDEX t_id_r ON t(id DESC, r);";
+        const NAMES: [&str; 8] = [
+            "t_r",
+            "t_r_desc",
+            "t_a",
+            "t_n_desc",
+            "t_s_nocase",
+            "t_s_rtrim",
+            "t_a_nocase",
+            "t_id_r",
+        ];
+        for (seed, n, run_bytes) in [(11u64, 3000, 4096), (12, 2000, RUN_BYTES)] {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let dir = tempfile::tempdir().unwrap();
+            // SQLite's: the rows, then its indexes.
+            let twin = dir.path().join("twin.db");
+            let c = Connection::open(&twin).unwrap();
+            c.execute_batch(&format!("PRAGMA page_size = 4096; {TABLE}"))
+                .unwrap();
+            for i in 0..n {
+                // Texts without 0x00 (NOCASE stops at one; see below).
+                let mut text = || loop {
+                    let v = any_value(&mut rng);
+                    match &v {
+                        Value::Text(t) if t.contains('\0') => continue,
+                        _ => return v,
+                    }
+                };
+                let row = [text(), text(), text(), text()];
+                c.execute(
+                    "INSERT INTO t VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![i * 3 - 1000, row[0], row[1], row[2], row[3]],
+                )
+                .unwrap();
+            }
+            c.execute_batch(INDEXES).unwrap();
+            let rows: Vec<(i64, Vec<Value>)> = c
+                .prepare("SELECT id, r, n, a, s FROM t ORDER BY id")
+                .unwrap()
+                .query_map([], |r| {
+                    let values: Vec<Value> = (0..5).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+                    Ok((r.get(0)?, values))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            drop(c);
+
+            // Ours: the same schema, its indexes built with the rows.
+            let path = dir.path().join("t.db");
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(&format!("PRAGMA page_size = 4096; {TABLE} {INDEXES}"))
+                .unwrap();
+            let builds = NAMES
+                .iter()
+                .map(|name| {
+                    let mut b = IndexBuild::new(
+                        IndexSpec {
+                            name: name.to_string(),
+                            root: root(&c, name),
+                            columns: key_columns(&c, name),
+                            unique: *name == "t_id_r",
+                        },
+                        dir.path(),
+                    );
+                    b.run_bytes = run_bytes;
+                    b.batch_bytes = run_bytes / 3;
+                    b
+                })
+                .collect();
+            let table = root(&c, "t");
+            drop(c);
+            let col = |rowid, real| ColumnRead {
+                rowid,
+                real,
+                missing_is_null: true,
+            };
+            let layout = Layout {
+                columns: vec![
+                    col(true, false),
+                    col(false, true),
+                    col(false, false),
+                    col(false, false),
+                    col(false, false),
+                ],
+            };
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            let mut file = PageFile::open(f).unwrap();
+            let mut t = TableLoad::new(table, layout).with_indexes(builds);
+            for (rowid, values) in &rows {
+                let refs: Vec<ValueRef<'_>> = values.iter().map(ValueRef::from).collect();
+                t.push(&mut file, *rowid, &refs).unwrap();
+            }
+            let built = t.finish(&mut file).unwrap();
+            file.close().unwrap();
+            assert!(built.iter().all(|(_, why)| why.is_none()), "{built:?}");
+            assert_eq!(integrity(&path), "ok", "seed {seed}");
+
+            let (ours, theirs) = (
+                Connection::open(&path).unwrap(),
+                Connection::open(&twin).unwrap(),
+            );
+            for name in NAMES {
+                let mine = index_records(&path, root(&ours, name));
+                let sqlites = index_records(&twin, root(&theirs, name));
+                assert_eq!(mine.len(), n as usize, "{name}");
+                if let Some(i) = (0..mine.len()).find(|&i| mine[i] != sqlites[i]) {
+                    panic!(
+                        "{name}, seed {seed}: entry {i} is {:02x?}, SQLite's {:02x?}",
+                        mine[i], sqlites[i]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_repeated_unique_key_or_a_nocase_text_with_a_zero_byte_is_left_to_sqlite() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
-        let mut rows = rows(5, 200, 100);
-        rows[10].1[1] = Value::Real(1.5);
-        let built = load(&path, 4096, &rows, RUN_BYTES);
-        let why = |name: &str| built.iter().find(|(n, _)| n == name).unwrap().1;
-        assert_eq!(why("t_ab"), Some("a REAL value in a key column"));
-        assert_eq!(why("t_id_a"), Some("a REAL value in a key column"));
-        assert_eq!(why("t_c"), None);
-        // Until SQLite rebuilds them, the refused indexes are empty.
+        let c = Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, s TEXT); CREATE INDEX t_s ON t(s COLLATE NOCASE);")
+            .unwrap();
+        let spec = IndexSpec {
+            name: "t_s".into(),
+            root: root(&c, "t_s"),
+            columns: key_columns(&c, "t_s"),
+            unique: false,
+        };
+        let table = root(&c, "t");
+        drop(c);
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut file = PageFile::open(f).unwrap();
+        let col = |rowid| ColumnRead {
+            rowid,
+            real: false,
+            missing_is_null: true,
+        };
+        let layout = Layout {
+            columns: vec![col(true), col(false)],
+        };
+        let mut t =
+            TableLoad::new(table, layout).with_indexes(vec![IndexBuild::new(spec, dir.path())]);
+        for (rowid, s) in [(1, "Abc"), (2, "a\0b"), (3, "abd")] {
+            let values = [ValueRef::Integer(rowid), ValueRef::Text(s.as_bytes())];
+            t.push(&mut file, rowid, &values).unwrap();
+        }
+        let built = t.finish(&mut file).unwrap();
+        file.close().unwrap();
+        assert_eq!(
+            built,
+            [(
+                "t_s".to_string(),
+                Some("a NOCASE text with a 0x00 byte in a key column")
+            )]
+        );
+        // Until SQLite rebuilds it, the refused index is empty.
         assert_ne!(integrity(&path), "ok");
         let c = Connection::open(&path).unwrap();
-        c.execute_batch("REINDEX t_ab; REINDEX t_id_a;").unwrap();
+        c.execute_batch("REINDEX t_s").unwrap();
         assert_eq!(integrity(&path), "ok");
 
         let dir = tempfile::tempdir().unwrap();
@@ -930,9 +1551,12 @@ mod tests {
             for class in [3u8, 4] {
                 let mut key = vec![class];
                 escape(v, &mut key);
+                let order_len = key.len();
                 key.extend_from_slice(&(7u64 ^ (1 << 63)).to_be_bytes());
+                key.push(0);
                 let (mut head, mut body, mut rec) = (Vec::new(), Vec::new(), Vec::new());
-                assert!(!record_of(&key, &mut head, &mut body, &mut rec));
+                let got = record_of(&key, &[0], &mut head, &mut body, &mut rec);
+                assert_eq!(got, (false, order_len));
                 let serial = v.len() as u64 * 2 + if class == 3 { 13 } else { 12 };
                 let mut want_head = Vec::new();
                 put_varint(&mut want_head, serial);
@@ -944,7 +1568,8 @@ mod tests {
         }
     }
 
-    /// An integer comes back as it went in, whatever its size and sign.
+    /// An integer comes back as it went in, whatever its size and sign,
+    /// from ascending and DESC (inverted) keys.
     #[test]
     fn integer_keys_come_back() {
         let mut values = vec![i64::MIN, i64::MIN + 1, i64::MAX, 0, -1, 1];
@@ -956,12 +1581,27 @@ mod tests {
         let mut key = Vec::new();
         for &v in &values {
             put_int(v, &mut key);
+            // The form a key column takes, class and whole mark around it.
+            let mut want = vec![2];
+            put_int(v, &mut want);
+            want.push(WHOLE);
+            let mut got = Vec::new();
+            put_int_key(v, &mut got);
+            assert_eq!(got, want, "{v}");
         }
-        let mut at = 0;
-        for &v in &values {
-            assert_eq!(take_int(&key, &mut at), v);
+        let end = key.len();
+        // A rowid's eight bytes follow in a key.
+        key.extend_from_slice(&[0xa5; 8]);
+        let mut inverted: Vec<u8> = key.iter().map(|b| !b).collect();
+        inverted.truncate(end);
+        inverted.extend_from_slice(&[0x5a; 8]);
+        for (bytes, inv) in [(&key, 0), (&inverted, 0xff)] {
+            let mut at = 0;
+            for &v in &values {
+                assert_eq!(take_int(bytes, &mut at, inv), v);
+            }
+            assert_eq!(at, end);
         }
-        assert_eq!(at, key.len());
     }
 
     /// The byte order of the keys is SQLite's order of the values (BINARY
@@ -1031,7 +1671,7 @@ mod tests {
         let spec = IndexSpec {
             name: "v".into(),
             root: 2,
-            columns: vec![0],
+            columns: vec![KeyColumn::binary(0)],
             unique: false,
         };
         let mut b = IndexBuild::new(spec, Path::new("."));
@@ -1044,8 +1684,9 @@ mod tests {
             .iter()
             .map(|s| {
                 let key = entry(&b.buf, s.at as usize).0;
-                let rowid = (u64::from_be_bytes(key[key.len() - 8..].try_into().unwrap())
-                    ^ (1 << 63)) as i64;
+                let rowid =
+                    (u64::from_be_bytes(key[key.len() - 9..key.len() - 1].try_into().unwrap())
+                        ^ (1 << 63)) as i64;
                 values[rowid as usize - 1].clone()
             })
             .collect();

@@ -18,7 +18,7 @@
 
 use super::btree::{LeafStream, PageReader, StretchLeaves};
 use super::bulkload::{LoadError, PageFile, TableLoad};
-use super::indexbuild::{IndexBuild, IndexSpec};
+use super::indexbuild::{Collation, IndexBuild, IndexSpec, KeyColumn, RUN_BYTES};
 use super::pages::{is_real_affinity, read_rows, ColumnRead, Layout, ReadError};
 use super::record::{
     decode_row, decode_row_ref, encode_owned_row, encode_row, encode_row_with, row_span, Row,
@@ -1810,27 +1810,37 @@ impl SqliteRestorer {
             let root = self
                 .root_page("index", &name)
                 .map_err(self.sql_err(doing.clone()))?;
-            let covered = !partial
-                && !keys.is_empty()
-                && keys.iter().all(|(cid, desc, coll)| {
-                    *cid >= 0
-                        && (*cid as usize) < t.columns.len()
-                        && !desc
-                        && coll.eq_ignore_ascii_case("BINARY")
-                });
-            match root.filter(|_| covered) {
-                Some(root) => specs.push(IndexSpec {
+            let columns: Option<Vec<KeyColumn>> = keys
+                .iter()
+                .map(|(cid, desc, coll)| {
+                    let column = usize::try_from(*cid)
+                        .ok()
+                        .filter(|&c| c < t.columns.len())?;
+                    Some(KeyColumn {
+                        column,
+                        desc: *desc,
+                        collation: Collation::named(coll)?,
+                    })
+                })
+                .collect();
+            let columns = columns.filter(|c| !partial && !c.is_empty());
+            match (root, columns) {
+                (Some(root), Some(columns)) => specs.push(IndexSpec {
                     name,
                     root,
-                    columns: keys.iter().map(|k| k.0 as usize).collect(),
+                    columns,
                     unique,
                 }),
-                None if self.early.remove(&name) => {
+                _ if self.early.remove(&name) => {
+                    tracing::debug!(index = %name, "index not built with its rows (an expression, a partial index or another collation): created after the tables");
                     self.conn()
                         .execute_batch(&format!("DROP INDEX main.{}", ident(&name)))
                         .map_err(self.sql_err(doing.clone()))?;
                 }
-                None => self.reindex.push(name),
+                _ => {
+                    tracing::debug!(index = %name, "index not built with its rows (an expression, a partial index or another collation): rebuilt after the tables");
+                    self.reindex.push(name)
+                }
             }
         }
         Ok(specs)
@@ -1891,7 +1901,10 @@ impl SqliteRestorer {
             self.loaded.push((name, rows));
             for (index, left) in indexes {
                 match left {
-                    Some(_) => self.reindex.push(index),
+                    Some(why) => {
+                        tracing::debug!(%index, why, "index left to SQLite: rebuilt after the tables");
+                        self.reindex.push(index)
+                    }
                     None => self.built.push(index),
                 }
             }
@@ -2029,9 +2042,12 @@ impl SqliteRestorer {
                     Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
                     _ => PathBuf::from("."),
                 };
+                // The table's indexes share one run budget, so memory does
+                // not grow with their number.
+                let share = RUN_BYTES / specs.len().max(1);
                 let builds = specs
                     .into_iter()
-                    .map(|spec| IndexBuild::new(spec, &dir))
+                    .map(|spec| IndexBuild::new(spec, &dir).with_run_bytes(share))
                     .collect();
                 let load = TableLoad::new(root, layout).with_indexes(builds);
                 self.loading = Some((table.to_owned(), load));
