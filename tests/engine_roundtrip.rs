@@ -186,6 +186,35 @@ fn assert_awkward_restored(db: &Path) {
         )
         .unwrap();
     assert!(n > 0 && m >= n);
+    // Indexes of reals, DESC columns and NOCASE/RTRIM texts find what the
+    // table holds.
+    for (index, cond, want) in [
+        ("customers_balance", "balance < 0", None),
+        ("customers_balance", "balance = 0", Some(1)),
+        (
+            "customers_balance",
+            "balance = -25 AND ref > 's' COLLATE NOCASE",
+            Some(1),
+        ),
+        ("calls_note", "note = 'no time' COLLATE RTRIM", Some(1)),
+        ("calls_note", "note > 'call 9' COLLATE RTRIM", None),
+    ] {
+        let table = index.split('_').next().unwrap();
+        let count = |how: &str| -> i64 {
+            c.query_row(
+                &format!("SELECT count(*) FROM {table} {how} WHERE {cond}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let found = count(&format!("INDEXED BY {index}"));
+        assert_eq!(found, count("NOT INDEXED"), "{index}: {cond}");
+        assert!(
+            found > 0 && want.is_none_or(|w| w == found),
+            "{index}: {cond}: {found}"
+        );
+    }
     let ok: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();

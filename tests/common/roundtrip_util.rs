@@ -103,6 +103,8 @@ pub fn build_awkward(path: &Path) {
         CREATE TABLE audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT);
         CREATE INDEX calls_long ON calls (seconds) WHERE seconds > 600;
         CREATE INDEX customers_lower_name ON customers (lower(name));
+        CREATE INDEX customers_balance ON customers (balance DESC, ref COLLATE NOCASE);
+        CREATE INDEX calls_note ON calls (note COLLATE RTRIM, seconds DESC);
         CREATE VIEW long_calls AS
             SELECT c.name, k.started_at, k.seconds FROM calls k JOIN customers c ON c.ref = k.customer_ref
             WHERE k.seconds > 600;
@@ -178,7 +180,7 @@ pub fn build_awkward(path: &Path) {
     c.execute_batch(
         r#"
         INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES (NULL, '2026-01-02T00:00:00Z', 5, 'no subject');
-        INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES ('SUBJ-7f3a9-0002', NULL, 6, 'no time');
+        INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES ('SUBJ-7f3a9-0002', NULL, 6, 'no time  ');
         INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES ('SUBJ-7f3a9-0003', 'not a date', 7, NULL);
         INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES ('SUBJ-7f3a9-0004', 1767225600, 8, 'unix time');
         INSERT INTO calls (customer_ref, started_at, seconds, note) VALUES ('SUBJ-7f3a9-9999', '2026-02-01', 9, 'unknown customer');
