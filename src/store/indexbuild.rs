@@ -1136,13 +1136,25 @@ mod tests {
             .collect();
         let table = root(&c, "t");
         drop(c);
+        load_table(path, table, layout(), builds, rows)
+    }
+
+    /// Writes `rows` into the empty table at root `table` of the database
+    /// at `path`, building `builds` with them; returns what each build said.
+    fn load_table(
+        path: &Path,
+        table: u32,
+        layout: Layout,
+        builds: Vec<IndexBuild>,
+        rows: &[(i64, Vec<Value>)],
+    ) -> Vec<(String, Option<&'static str>)> {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(path)
             .unwrap();
         let mut file = PageFile::open(f).unwrap();
-        let mut t = TableLoad::new(table, layout()).with_indexes(builds);
+        let mut t = TableLoad::new(table, layout).with_indexes(builds);
         for (rowid, values) in rows {
             let refs: Vec<ValueRef<'_>> = values.iter().map(ValueRef::from).collect();
             t.push(&mut file, *rowid, &refs).unwrap();
@@ -1439,19 +1451,7 @@ mod tests {
                     col(false, false),
                 ],
             };
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .unwrap();
-            let mut file = PageFile::open(f).unwrap();
-            let mut t = TableLoad::new(table, layout).with_indexes(builds);
-            for (rowid, values) in &rows {
-                let refs: Vec<ValueRef<'_>> = values.iter().map(ValueRef::from).collect();
-                t.push(&mut file, *rowid, &refs).unwrap();
-            }
-            let built = t.finish(&mut file).unwrap();
-            file.close().unwrap();
+            let built = load_table(&path, table, layout, builds, &rows);
             assert!(built.iter().all(|(_, why)| why.is_none()), "{built:?}");
             assert_eq!(integrity(&path), "ok", "seed {seed}");
 
@@ -1488,12 +1488,6 @@ mod tests {
         };
         let table = root(&c, "t");
         drop(c);
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap();
-        let mut file = PageFile::open(f).unwrap();
         let col = |rowid| ColumnRead {
             rowid,
             real: false,
@@ -1502,14 +1496,12 @@ mod tests {
         let layout = Layout {
             columns: vec![col(true), col(false)],
         };
-        let mut t =
-            TableLoad::new(table, layout).with_indexes(vec![IndexBuild::new(spec, dir.path())]);
-        for (rowid, s) in [(1, "Abc"), (2, "a\0b"), (3, "abd")] {
-            let values = [ValueRef::Integer(rowid), ValueRef::Text(s.as_bytes())];
-            t.push(&mut file, rowid, &values).unwrap();
-        }
-        let built = t.finish(&mut file).unwrap();
-        file.close().unwrap();
+        let rows: Vec<(i64, Vec<Value>)> = [(1, "Abc"), (2, "a\0b"), (3, "abd")]
+            .into_iter()
+            .map(|(rowid, s)| (rowid, vec![Value::Integer(rowid), Value::Text(s.into())]))
+            .collect();
+        let builds = vec![IndexBuild::new(spec, dir.path())];
+        let built = load_table(&path, table, layout, builds, &rows);
         assert_eq!(
             built,
             [(
