@@ -323,10 +323,7 @@ fn unescape(key: &[u8], at: &mut usize, inv: u8, body: &mut Vec<u8>) {
         // Runs of bytes up to each 0x00: an escaped 0x00 (0x00 0x01) puts
         // one back, the end (0x00 0x00) stops.
         loop {
-            let run = key[*at..]
-                .iter()
-                .position(|&b| b == 0)
-                .expect("a key's text ends with 0x00 0x00");
+            let run = memchr::memchr(0, &key[*at..]).expect("a key's text ends with 0x00 0x00");
             body.extend_from_slice(&key[*at..*at + run]);
             *at += run + 2;
             if key[*at - 1] == 0 {
@@ -353,10 +350,7 @@ fn unescape(key: &[u8], at: &mut usize, inv: u8, body: &mut Vec<u8>) {
 /// Moves `*at` past the bytes [`escape`] wrote there (XORed with `inv`).
 fn skip_escaped(key: &[u8], at: &mut usize, inv: u8) {
     loop {
-        let zero = key[*at..]
-            .iter()
-            .position(|&b| b == inv)
-            .expect("a key's text ends with 0x00 0x00");
+        let zero = memchr::memchr(inv, &key[*at..]).expect("a key's text ends with 0x00 0x00");
         *at += zero + 2;
         if key[*at - 1] == inv {
             return;
@@ -929,14 +923,13 @@ fn put_real(r: f64, out: &mut Vec<u8>) -> bool {
 /// Appends `b` with 0x00 escaped as 0x00 0x01, then 0x00 0x00.
 fn escape(b: &[u8], out: &mut Vec<u8>) {
     // Copied in runs between its 0x00 bytes (most texts have none).
-    let mut runs = b.split(|&byte| byte == 0);
-    if let Some(first) = runs.next() {
-        out.extend_from_slice(first);
-    }
-    for run in runs {
+    let mut rest = b;
+    while let Some(zero) = memchr::memchr(0, rest) {
+        out.extend_from_slice(&rest[..zero]);
         out.extend_from_slice(&[0, 1]);
-        out.extend_from_slice(run);
+        rest = &rest[zero + 1..];
     }
+    out.extend_from_slice(rest);
     out.extend_from_slice(&[0, 0]);
 }
 
