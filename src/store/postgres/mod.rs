@@ -1090,7 +1090,7 @@ async fn copy_table(
             chunk.map_err(|e| conn.data_err(&format!("reading table {}", t.display_name()), &e))?;
         pending.extend_from_slice(&chunk);
         let mut start = 0;
-        while let Some(pos) = pending[start..].iter().position(|b| *b == b'\n') {
+        while let Some(pos) = memchr::memchr(b'\n', &pending[start..]) {
             handle_line(&pending[start..start + pos], &mut batch, &mut batch_bytes)?;
             start += pos + 1;
         }
