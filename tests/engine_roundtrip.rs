@@ -289,6 +289,36 @@ async fn sqlite_round_trip_on_file_targets_is_exact() {
     check_ok(&policy, Some("dr")).await;
 }
 
+/// An auto-vacuum database (pointer-map pages, which the restore's page
+/// writer keeps) comes back exact, its mode kept and its file sound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_vacuum_database_round_trips_exactly() {
+    let tmp = common::tempdir();
+    let d = tmp.path();
+    let (identity, db) = setup(d);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA auto_vacuum = FULL; VACUUM;")
+        .unwrap();
+    let vault = [folder_url(&d.join("vault/a"))];
+    let targets = [("primary", folder_url(&d.join("t/primary")), false)];
+    let (_, policy) = load(
+        d,
+        &sqlite_policy("crm", &db, &identity, &vault, &targets, ""),
+    );
+    custos::ops::init::init(&policy).await.unwrap();
+    backup_to(&policy, None).await;
+    let out = d.join("restored.db");
+    restore_to(&policy, None, "latest", &out).await;
+    assert_same_db(&db, &out);
+    let mode: i64 = rusqlite::Connection::open(&out)
+        .unwrap()
+        .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, 1, "FULL kept");
+    assert_awkward_restored(&out);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_round_trip_on_s3_targets_is_exact() {
     let s3 = S3Server::start();

@@ -59,7 +59,25 @@ pub struct PageFile {
     batch: Vec<u8>,
     lead: usize,
     batch_at: u32,
+    /// In a database with pointer-map pages (auto-vacuum), each page
+    /// written here and its parent, found in the pages as they are
+    /// written; the map's pages are written at [`close`](Self::close).
+    ptrmap: Option<Vec<PtrEntry>>,
 }
+
+/// A pointer-map entry (file format 1.7, "Pointer Map or Ptrmap Pages"):
+/// a page, its kind, and the page that points to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PtrEntry {
+    page: u32,
+    kind: u8,
+    parent: u32,
+}
+
+/// Pointer-map kinds of the pages written here.
+const PTRMAP_OVERFLOW1: u8 = 3;
+const PTRMAP_OVERFLOW2: u8 = 4;
+const PTRMAP_BTREE: u8 = 5;
 
 /// Why a page file cannot be used or written.
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +125,18 @@ impl PageFile {
             return Err(LoadError::Header("names a size the file does not have"));
         }
         let pages = u32::try_from(len / u64::from(page_size)).map_err(|_| LoadError::Full)?;
-        if counter != valid_for || in_header != pages {
+        // The file may run past the size the header names (an auto-vacuum
+        // commit leaves it so); SQLite reads the header's, as here, and
+        // pages appended go over the rest.
+        if counter != valid_for || in_header == 0 || in_header > pages {
             return Err(LoadError::Header("names a size the file does not have"));
         }
+        let pages = in_header;
         let mut batch: Vec<u8> = Vec::with_capacity(WRITE_BATCH + DIRECT_ALIGN);
         let lead = batch.as_ptr().align_offset(DIRECT_ALIGN);
         batch.resize(lead, 0);
+        // A largest root page is set only where pointer-map pages are kept.
+        let largest_root = u32::from_be_bytes(h[52..56].try_into().expect("4 bytes"));
         Ok(PageFile {
             file,
             direct: None,
@@ -122,7 +146,26 @@ impl PageFile {
             batch,
             lead,
             batch_at: 0,
+            ptrmap: (largest_root != 0).then(Vec::new),
         })
+    }
+
+    /// The page the lock byte falls in (at 1 GiB), which is never used.
+    fn lock_page(&self) -> u64 {
+        (1u64 << 30) / u64::from(self.page_size) + 1
+    }
+
+    /// The pointer-map page that holds `pgno`'s entry (SQLite's
+    /// `ptrmapPageno`): page 2, then one every `usable / 5 + 1` pages, the
+    /// lock byte's page skipped.
+    fn ptrmap_page(&self, pgno: u32) -> u32 {
+        let per = self.usable / 5 + 1;
+        let at = (pgno - 2) / per * per + 2;
+        if u64::from(at) == self.lock_page() {
+            at + 1
+        } else {
+            at
+        }
     }
 
     /// Writes the pages of `path` (this file) around the page cache from
@@ -146,21 +189,50 @@ impl PageFile {
     }
 
     pub(super) fn alloc(&mut self) -> Result<u32, LoadError> {
-        // The page the lock byte falls in (at 1 GiB) is never used.
-        let lock_page = (1u64 << 30) / u64::from(self.page_size) + 1;
-        self.pages = self.pages.checked_add(1).ok_or(LoadError::Full)?;
-        if u64::from(self.pages) == lock_page {
-            self.put(self.pages, &vec![0; self.page_size as usize])?;
+        let lock_page = self.lock_page();
+        loop {
             self.pages = self.pages.checked_add(1).ok_or(LoadError::Full)?;
+            if self.pages == u32::MAX {
+                return Err(LoadError::Full);
+            }
+            if u64::from(self.pages) == lock_page {
+                self.put_raw(self.pages, &vec![0; self.page_size as usize])?;
+            } else if self.ptrmap.is_some() && self.ptrmap_page(self.pages) == self.pages {
+                // A pointer-map page: written at close (through the page
+                // cache, like the header; never through the batches).
+            } else {
+                return Ok(self.pages);
+            }
         }
-        if self.pages == u32::MAX {
-            return Err(LoadError::Full);
-        }
-        Ok(self.pages)
     }
 
-    /// Writes page `pgno` (1-based); consecutive pages go out in batches.
+    /// Writes b-tree page `pgno` (1-based); consecutive pages go out in
+    /// batches. With a pointer map, its children and its cells' first
+    /// overflow pages are noted as pointed to from it.
     pub(super) fn put(&mut self, pgno: u32, page: &[u8]) -> Result<(), LoadError> {
+        if let Some(map) = &mut self.ptrmap {
+            note_btree_page(map, self.usable, pgno, page);
+        }
+        self.put_raw(pgno, page)
+    }
+
+    /// Writes overflow page `pgno`; with a pointer map, the next page of
+    /// its chain is noted as pointed to from it.
+    pub(super) fn put_overflow(&mut self, pgno: u32, page: &[u8]) -> Result<(), LoadError> {
+        if let Some(map) = &mut self.ptrmap {
+            let next = u32::from_be_bytes(page[..4].try_into().expect("4 bytes"));
+            if next != 0 {
+                map.push(PtrEntry {
+                    page: next,
+                    kind: PTRMAP_OVERFLOW2,
+                    parent: pgno,
+                });
+            }
+        }
+        self.put_raw(pgno, page)
+    }
+
+    fn put_raw(&mut self, pgno: u32, page: &[u8]) -> Result<(), LoadError> {
         debug_assert_eq!(page.len(), self.page_size as usize);
         let size = self.page_size as usize;
         let held = self.batch.len() - self.lead;
@@ -200,6 +272,7 @@ impl PageFile {
     /// old pages reads them again).
     pub fn close(mut self) -> Result<(), LoadError> {
         self.flush()?;
+        self.write_ptrmap()?;
         let mut h = [0u8; 100];
         self.file.read_exact_at(&mut h, 0)?;
         let counter = u32::from_be_bytes(h[24..28].try_into().expect("4 bytes")).wrapping_add(1);
@@ -208,6 +281,103 @@ impl PageFile {
         h[92..96].copy_from_slice(&counter.to_be_bytes());
         self.file.write_all_at(&h, 0)?;
         Ok(())
+    }
+}
+
+impl PageFile {
+    /// Writes the noted entries into the pointer-map pages: those the
+    /// file had are read and updated, new ones start empty.
+    fn write_ptrmap(&mut self) -> Result<(), LoadError> {
+        let Some(mut map) = self.ptrmap.take() else {
+            return Ok(());
+        };
+        map.sort_unstable();
+        let size = self.page_size as usize;
+        let mut page = vec![0u8; size];
+        let mut i = 0;
+        while i < map.len() {
+            let at = self.ptrmap_page(map[i].page);
+            let offset = u64::from(at - 1) * u64::from(self.page_size);
+            page.fill(0);
+            if at <= self.pages {
+                // A hole past what was written reads as zeros too.
+                let n = self.file.read_at(&mut page, offset)?;
+                if n < size {
+                    page[n..].fill(0);
+                }
+            }
+            while i < map.len() && self.ptrmap_page(map[i].page) == at {
+                let e = map[i];
+                let o = 5 * (e.page - at - 1) as usize;
+                if o + 5 > self.usable as usize {
+                    return Err(LoadError::Io(std::io::Error::other(
+                        "a pointer-map entry falls outside its page",
+                    )));
+                }
+                page[o] = e.kind;
+                page[o + 1..o + 5].copy_from_slice(&e.parent.to_be_bytes());
+                i += 1;
+            }
+            self.file.write_all_at(&page, offset)?;
+        }
+        Ok(())
+    }
+}
+
+/// Notes what b-tree page `pgno` points to: its children, and the first
+/// overflow page of each cell that spills (file format 1.6).
+fn note_btree_page(map: &mut Vec<PtrEntry>, usable: u32, pgno: u32, page: &[u8]) {
+    let kind = page[0];
+    let interior = kind == INTERIOR || kind == INDEX_INTERIOR;
+    let cells = usize::from(u16::from_be_bytes([page[3], page[4]]));
+    let header = if interior { 12 } else { 8 };
+    let mut child = |page_no: u32, kind: u8| {
+        map.push(PtrEntry {
+            page: page_no,
+            kind,
+            parent: pgno,
+        })
+    };
+    if interior {
+        child(
+            u32::from_be_bytes(page[8..12].try_into().expect("4 bytes")),
+            PTRMAP_BTREE,
+        );
+    }
+    let usable = u64::from(usable);
+    let max_local = if kind == LEAF {
+        usable - 35
+    } else {
+        (usable - 12) * 64 / 255 - 23
+    };
+    for c in 0..cells {
+        let mut at = usize::from(u16::from_be_bytes([
+            page[header + 2 * c],
+            page[header + 2 * c + 1],
+        ]));
+        if interior {
+            child(
+                u32::from_be_bytes(page[at..at + 4].try_into().expect("4 bytes")),
+                PTRMAP_BTREE,
+            );
+            if kind == INTERIOR {
+                continue; // a rowid, no payload
+            }
+            at += 4;
+        }
+        let (payload, n) = super::btree::varint(page, at).expect("a cell this module wrote");
+        at += n;
+        if kind == LEAF {
+            let (_, n) = super::btree::varint(page, at).expect("a cell this module wrote");
+            at += n;
+        }
+        if payload > max_local {
+            at += local_size(payload, usable, max_local);
+            child(
+                u32::from_be_bytes(page[at..at + 4].try_into().expect("4 bytes")),
+                PTRMAP_OVERFLOW1,
+            );
+        }
     }
 }
 
@@ -571,7 +741,7 @@ pub(super) fn write_overflow(
         page[4..4 + data.len()].copy_from_slice(&data);
         let next = if rest.left() > 0 { file.alloc()? } else { 0 };
         page[..4].copy_from_slice(&next.to_be_bytes());
-        file.put(pgno, &page)?;
+        file.put_overflow(pgno, &page)?;
         if next == 0 {
             return Ok(first);
         }
@@ -1097,9 +1267,15 @@ mod tests {
                 .open(&path)
                 .unwrap()
         };
-        // One page more than the header names.
-        f().set_len(3 * 4096).unwrap();
+        // One page fewer than the header names.
+        let named = std::fs::metadata(&path).unwrap().len();
+        f().set_len(named - 4096).unwrap();
         assert!(matches!(PageFile::open(f()), Err(LoadError::Header(_))));
+        // One page more is SQLite's file still (an auto-vacuum commit
+        // leaves one so): the header's size counts, pages go after it.
+        f().set_len(named + 4096).unwrap();
+        let mut pf = PageFile::open(f()).unwrap();
+        assert_eq!(u64::from(pf.alloc().unwrap()), named / 4096 + 1);
         std::fs::write(&path, vec![0u8; 4096]).unwrap();
         assert!(matches!(PageFile::open(f()), Err(LoadError::Header(_))));
     }

@@ -1674,9 +1674,9 @@ impl SqliteRestorer {
                 )
                 .map_err(self.sql_err("creating sqlite_sequence"))?;
         }
-        // Pages are written directly only where no pointer-map pages
-        // (auto-vacuum) need keeping and text is stored as the rows hold it.
-        let bulk_file = self.schema.encoding == "UTF-8" && self.schema.auto_vacuum == 0;
+        // Pages are written directly only where text is stored as the rows
+        // hold it (with auto-vacuum, the page writer keeps the pointer map).
+        let bulk_file = self.schema.encoding == "UTF-8";
         let tables = self.schema.tables.clone();
         for t in &tables {
             if !self.table_exists(&t.name)? {
@@ -1740,6 +1740,52 @@ impl SqliteRestorer {
                     bulk,
                 },
             );
+        }
+        self.reread_roots()
+    }
+
+    /// Reads the root pages of the tables and indexes to be written page
+    /// by page again, now that every table's indexes are made: in an
+    /// auto-vacuum database, dropping an index moves the last root page
+    /// into the one freed (SQLite renumbers it in `sqlite_schema`), so a
+    /// root read before a later drop may name another b-tree's page. A
+    /// table whose root is no longer one to write goes in through SQL (its
+    /// indexes, made already, follow its rows); such an index is rebuilt
+    /// at the end.
+    fn reread_roots(&mut self) -> Result<(), SqliteError> {
+        let names: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.bulk.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let doing = format!("reading the root pages of table `{name}`");
+            let target = self.targets.get_mut(&name).expect("listed above");
+            let Some((_, layout, specs)) = target.bulk.take() else {
+                continue;
+            };
+            let Some(root) = self
+                .root_page("table", &name)
+                .map_err(self.sql_err(doing.clone()))?
+            else {
+                continue;
+            };
+            let mut kept = Vec::with_capacity(specs.len());
+            for mut spec in specs {
+                match self
+                    .root_page("index", &spec.name)
+                    .map_err(self.sql_err(doing.clone()))?
+                {
+                    Some(r) => {
+                        spec.root = r;
+                        kept.push(spec);
+                    }
+                    None => self.reindex.push(spec.name),
+                }
+            }
+            let target = self.targets.get_mut(&name).expect("listed above");
+            target.bulk = Some((root, layout, kept));
         }
         Ok(())
     }
