@@ -60,8 +60,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 /// Bytes of entries, counting each one's [`Start`], sorted in memory before
 /// they are written out as a run: what a table's indexes share while its
-/// rows load (see [`IndexBuild::with_run_bytes`]). The sort takes up to as
-/// much again.
+/// rows load (see [`IndexBuild::with_run_bytes`]). The run is sorted in
+/// place.
 pub const RUN_BYTES: usize = 16 << 20;
 
 /// The least an index's runs are given, however many share [`RUN_BYTES`].
@@ -819,30 +819,33 @@ impl<'f> RunReader<'f> {
 /// first among the others. Small keys put more of themselves in a run's
 /// 16 leading bytes ([`Start`]) and take less room than eight fixed bytes.
 fn put_int(i: i64, out: &mut Vec<u8>) {
-    // Bytes that a sign extension gives back: n for the value's magnitude.
+    let (len, n) = int_head(i);
+    out.push(len);
+    out.extend_from_slice(&i.to_be_bytes()[8 - n..]);
+}
+
+/// [`put_int`]'s length byte for `i`, and how many of its bytes follow:
+/// as many as a sign extension gives the value back from.
+#[inline]
+fn int_head(i: i64) -> (u8, usize) {
     let m = if i < 0 { !i } else { i } as u64;
     let n = (8 - m.leading_zeros() as usize / 8).max(1);
-    out.push(if i < 0 {
+    let len = if i < 0 {
         0x7f - n as u8
     } else {
         0x80 + n as u8
-    });
-    out.extend_from_slice(&i.to_be_bytes()[8 - n..]);
+    };
+    (len, n)
 }
 
 /// An integer key value whole: its class byte, [`put_int`]'s bytes and
 /// [`WHOLE`], written at once.
 #[inline]
 fn put_int_key(i: i64, out: &mut Vec<u8>) {
-    let m = if i < 0 { !i } else { i } as u64;
-    let n = (8 - m.leading_zeros() as usize / 8).max(1);
+    let (len, n) = int_head(i);
     let mut b = [0u8; 11];
     b[0] = 2;
-    b[1] = if i < 0 {
-        0x7f - n as u8
-    } else {
-        0x80 + n as u8
-    };
+    b[1] = len;
     // The value's low n bytes first, then the byte after them.
     b[2..10].copy_from_slice(&((i as u64) << (8 * (8 - n))).to_be_bytes());
     b[2 + n] = WHOLE;
