@@ -63,6 +63,9 @@ pub struct PageFile {
     /// written here and its parent, found in the pages as they are
     /// written; the map's pages are written at [`close`](Self::close).
     ptrmap: Option<Vec<PtrEntry>>,
+    /// The pages the file had when opened (pointer-map pages among them
+    /// hold SQLite's entries; later ones start empty).
+    had: u32,
 }
 
 /// A pointer-map entry (file format 1.7, "Pointer Map or Ptrmap Pages"):
@@ -147,6 +150,7 @@ impl PageFile {
             lead,
             batch_at: 0,
             ptrmap: (largest_root != 0).then(Vec::new),
+            had: pages,
         })
     }
 
@@ -282,9 +286,7 @@ impl PageFile {
         self.file.write_all_at(&h, 0)?;
         Ok(())
     }
-}
 
-impl PageFile {
     /// Writes the noted entries into the pointer-map pages: those the
     /// file had are read and updated, new ones start empty.
     fn write_ptrmap(&mut self) -> Result<(), LoadError> {
@@ -298,13 +300,12 @@ impl PageFile {
         while i < map.len() {
             let at = self.ptrmap_page(map[i].page);
             let offset = u64::from(at - 1) * u64::from(self.page_size);
-            page.fill(0);
-            if at <= self.pages {
-                // A hole past what was written reads as zeros too.
-                let n = self.file.read_at(&mut page, offset)?;
-                if n < size {
-                    page[n..].fill(0);
-                }
+            if at <= self.had {
+                self.file.read_exact_at(&mut page, offset)?;
+            } else {
+                // New: past what the header named (the file may hold an
+                // old page there, which is not the map's).
+                page.fill(0);
             }
             while i < map.len() && self.ptrmap_page(map[i].page) == at {
                 let e = map[i];
@@ -346,9 +347,9 @@ fn note_btree_page(map: &mut Vec<PtrEntry>, usable: u32, pgno: u32, page: &[u8])
     }
     let usable = u64::from(usable);
     let max_local = if kind == LEAF {
-        usable - 35
+        table_max_local(usable)
     } else {
-        (usable - 12) * 64 / 255 - 23
+        index_max_local(usable)
     };
     for c in 0..cells {
         let mut at = usize::from(u16::from_be_bytes([
@@ -543,7 +544,7 @@ impl TableLoad {
         if payload > self.max_record {
             return Err(LoadError::TooLong(payload));
         }
-        let local = local_size(payload, usable, usable - 35);
+        let local = local_size(payload, usable, table_max_local(usable));
         self.cell.clear();
         put_varint(&mut self.cell, payload);
         put_varint(&mut self.cell, rowid as u64);
@@ -707,9 +708,19 @@ impl TableLoad {
     }
 }
 
+/// The most of a payload a table leaf keeps on the page (file format 1.6).
+pub(super) fn table_max_local(usable: u64) -> u64 {
+    usable - 35
+}
+
+/// The most of a payload an index page keeps on the page (file format 1.6).
+pub(super) fn index_max_local(usable: u64) -> u64 {
+    (usable - 12) * 64 / 255 - 23
+}
+
 /// How much of a payload stays on its page (file format 1.6): all of it up
-/// to `x` (`usable - 35` on a table leaf, `(usable - 12) * 64 / 255 - 23`
-/// on an index page), else a part chosen so the overflow pages fill.
+/// to `x` ([`table_max_local`] or [`index_max_local`]), else a part chosen
+/// so the overflow pages fill.
 pub(super) fn local_size(payload: u64, usable: u64, x: u64) -> usize {
     (if payload <= x {
         payload

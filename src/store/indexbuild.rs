@@ -44,8 +44,8 @@
 //! reports the constraint).
 
 use super::bulkload::{
-    header_len, int_serial, local_size, put_varint, whole, write_overflow, LoadError, PageBuf,
-    PageFile, Payload, INDEX_INTERIOR, INDEX_LEAF,
+    header_len, index_max_local, int_serial, local_size, put_varint, whole, write_overflow,
+    LoadError, PageBuf, PageFile, Payload, INDEX_INTERIOR, INDEX_LEAF,
 };
 use super::pages::Layout;
 use rusqlite::types::ValueRef;
@@ -962,7 +962,7 @@ impl TreeWriter {
     fn make_cell(file: &mut PageFile, payload: &[u8], cell: &mut Vec<u8>) -> Result<(), LoadError> {
         let usable = u64::from(file.usable);
         let p = payload.len() as u64;
-        let local = local_size(p, usable, (usable - 12) * 64 / 255 - 23);
+        let local = local_size(p, usable, index_max_local(usable));
         cell.clear();
         put_varint(cell, p);
         cell.extend_from_slice(&payload[..local]);
@@ -1330,7 +1330,7 @@ mod tests {
                     off += 4;
                 }
                 let (len, used) = crate::store::btree::varint(page, off).unwrap();
-                assert!(len as usize <= (usable - 12) * 64 / 255 - 23, "no overflow");
+                assert!(len <= index_max_local(usable as u64), "no overflow");
                 out.push(page[off + used..off + used + len as usize].to_vec());
             }
             if kind == INDEX_INTERIOR {
