@@ -1745,7 +1745,7 @@ impl SqliteRestorer {
     }
 
     /// Reads the root pages of the tables and indexes to be written page
-    /// by page again, now that every table's indexes are made: in an
+    /// by page, now that every table's indexes are made: in an
     /// auto-vacuum database, dropping an index moves the last root page
     /// into the one freed (SQLite renumbers it in `sqlite_schema`), so a
     /// root read before a later drop may name another b-tree's page. A
@@ -1791,7 +1791,8 @@ impl SqliteRestorer {
     }
 
     /// The root page and record layout of a table whose pages can be
-    /// written directly, read from the new database.
+    /// written directly, read from the new database (the root is read
+    /// again once every table's indexes are made, see `reread_roots`).
     fn bulk_target(&self, t: &TableSchema) -> Result<Option<(u32, Layout)>, SqliteError> {
         let doing = format!("reading the columns of table `{}`", t.name);
         let Some(layout) = record_layout(self.conn(), t).map_err(self.sql_err(doing.clone()))?
@@ -1853,9 +1854,6 @@ impl SqliteRestorer {
                         .collect()
                 })
                 .map_err(self.sql_err(doing.clone()))?;
-            let root = self
-                .root_page("index", &name)
-                .map_err(self.sql_err(doing.clone()))?;
             let columns: Option<Vec<KeyColumn>> = keys
                 .iter()
                 .map(|(cid, desc, coll)| {
@@ -1870,23 +1868,29 @@ impl SqliteRestorer {
                 })
                 .collect();
             let columns = columns.filter(|c| !partial && !c.is_empty());
-            match (root, columns) {
-                (Some(root), Some(columns)) => specs.push(IndexSpec {
+            if let Some(columns) = columns {
+                // Its root is read once every table's indexes are made
+                // (`reread_roots`).
+                specs.push(IndexSpec {
                     name,
-                    root,
+                    root: 0,
                     columns,
                     unique,
-                }),
-                _ if self.early.remove(&name) => {
-                    tracing::debug!(index = %name, "index not built with its rows (an expression, a partial index or another collation): created after the tables");
-                    self.conn()
-                        .execute_batch(&format!("DROP INDEX main.{}", ident(&name)))
-                        .map_err(self.sql_err(doing.clone()))?;
-                }
-                _ => {
-                    tracing::debug!(index = %name, "index not built with its rows (an expression, a partial index or another collation): rebuilt after the tables");
-                    self.reindex.push(name)
-                }
+                });
+                continue;
+            }
+            let early = self.early.remove(&name);
+            tracing::debug!(
+                index = %name,
+                after = if early { "created" } else { "rebuilt" },
+                "index not built with its rows (an expression, a partial index or another collation)"
+            );
+            if early {
+                self.conn()
+                    .execute_batch(&format!("DROP INDEX main.{}", ident(&name)))
+                    .map_err(self.sql_err(doing.clone()))?;
+            } else {
+                self.reindex.push(name);
             }
         }
         Ok(specs)
