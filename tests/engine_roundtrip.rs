@@ -186,8 +186,8 @@ fn assert_awkward_restored(db: &Path) {
         )
         .unwrap();
     assert!(n > 0 && m >= n);
-    // Indexes of reals, DESC columns and NOCASE/RTRIM texts find what the
-    // table holds.
+    // Indexes of reals, DESC columns, NOCASE/RTRIM texts and lower() find
+    // what the table holds.
     for (index, cond, want) in [
         ("customers_balance", "balance < 0", None),
         ("customers_balance", "balance = 0", Some(1)),
@@ -198,6 +198,7 @@ fn assert_awkward_restored(db: &Path) {
         ),
         ("calls_note", "note = 'no time' COLLATE RTRIM", Some(1)),
         ("calls_note", "note > 'call 9' COLLATE RTRIM", None),
+        ("customers_lower_name", "lower(name) > 'm'", None),
     ] {
         let table = index.split('_').next().unwrap();
         let count = |how: &str| -> i64 {

@@ -341,11 +341,12 @@ fn build(path: &Path, seed: u64) -> (String, bool) {
                 let expr = if encoding == "UTF-8" {
                     rng.gen_range(0..12)
                 } else {
-                    2
+                    3
                 };
                 let mut k = match expr {
                     0 => format!("lower({})", q(col)),
                     1 => format!("{} || 'x'", q(col)),
+                    2 => format!("UPPER( {} )", q(col)),
                     _ => q(col),
                 };
                 k += match rng.gen_range(0..6) {
@@ -364,10 +365,12 @@ fn build(path: &Path, seed: u64) -> (String, bool) {
             } else {
                 ""
             };
-            let partial = if rng.gen_range(0..8) == 0 {
-                format!(" WHERE {} IS NOT NULL", q(picked[0]))
-            } else {
-                String::new()
+            let partial = match rng.gen_range(0..16) {
+                0 => format!(" WHERE {} IS NOT NULL", q(picked[0])),
+                1 => format!(" WHERE {} isnull", q(picked[0])),
+                2 => format!(" where {} NOTNULL", q(cols.choose(&mut rng).unwrap())),
+                3 => format!(" WHERE {} > 0", q(picked[0])),
+                _ => String::new(),
             };
             indexes.push(format!(
                 "CREATE {unique}INDEX {table}_i{i} ON {table} ({}){partial}",

@@ -21,6 +21,7 @@ pub mod bulkload;
 pub mod compare;
 pub mod files;
 pub mod indexbuild;
+pub mod indexsql;
 pub mod pages;
 pub mod postgres;
 pub mod record;

@@ -18,7 +18,8 @@
 
 use super::btree::{LeafStream, PageReader, StretchLeaves};
 use super::bulkload::{LoadError, PageFile, TableLoad};
-use super::indexbuild::{Collation, IndexBuild, IndexSpec, KeyColumn, RUN_BYTES};
+use super::indexbuild::{Collation, IndexBuild, IndexSpec, KeyColumn, NullFilter, RUN_BYTES};
+use super::indexsql::{self, Key, Where};
 use super::pages::{is_real_affinity, read_rows, ColumnRead, Layout, ReadError};
 use super::record::{
     decode_row, decode_row_ref, encode_owned_row, encode_row, encode_row_with, row_span, Row,
@@ -1854,21 +1855,7 @@ impl SqliteRestorer {
                         .collect()
                 })
                 .map_err(self.sql_err(doing.clone()))?;
-            let columns: Option<Vec<KeyColumn>> = keys
-                .iter()
-                .map(|(cid, desc, coll)| {
-                    let column = usize::try_from(*cid)
-                        .ok()
-                        .filter(|&c| c < t.columns.len())?;
-                    Some(KeyColumn {
-                        column,
-                        desc: *desc,
-                        collation: Collation::named(coll)?,
-                    })
-                })
-                .collect();
-            let columns = columns.filter(|c| !partial && !c.is_empty());
-            if let Some(columns) = columns {
+            if let Some((columns, only)) = self.key_spec(t, &name, &keys, partial) {
                 // Its root is read once every table's indexes are made
                 // (`reread_roots`).
                 specs.push(IndexSpec {
@@ -1876,6 +1863,7 @@ impl SqliteRestorer {
                     root: 0,
                     columns,
                     unique,
+                    only,
                 });
                 continue;
             }
@@ -1883,7 +1871,7 @@ impl SqliteRestorer {
             tracing::debug!(
                 index = %name,
                 after = if early { "created" } else { "rebuilt" },
-                "index not built with its rows (an expression, a partial index or another collation)"
+                "index not built with its rows (an expression, a condition or a collation it does not follow)"
             );
             if early {
                 self.conn()
@@ -1894,6 +1882,67 @@ impl SqliteRestorer {
             }
         }
         Ok(specs)
+    }
+
+    /// The key columns of index `name` of `t` (from `pragma_index_xinfo`:
+    /// column number, DESC, collation) and its condition, if the build
+    /// covers them: each key a column or `lower()` / `upper()` of one,
+    /// under BINARY, NOCASE or RTRIM, and a partial index's condition
+    /// `column IS [NOT] NULL`. `None` leaves the index to SQLite.
+    fn key_spec(
+        &self,
+        t: &TableSchema,
+        name: &str,
+        keys: &[(i64, bool, String)],
+        partial: bool,
+    ) -> Option<(Vec<KeyColumn>, Option<NullFilter>)> {
+        // Automatic indexes have no statement; they are all columns.
+        let parsed = self
+            .schema
+            .entries
+            .iter()
+            .find(|e| e.kind == "index" && e.name == name)
+            .and_then(|e| e.sql.as_deref())
+            .and_then(indexsql::parse);
+        let find = |n: &str| t.columns.iter().position(|c| c.eq_ignore_ascii_case(n));
+        let columns: Vec<KeyColumn> = keys
+            .iter()
+            .enumerate()
+            .map(|(k, (cid, desc, coll))| {
+                let (column, fold) = match *cid {
+                    // An expression: SQLite gives no column for it.
+                    -2 => match parsed.as_ref()?.keys.get(k)? {
+                        Key::Fold(f, n) => (find(n)?, Some(*f)),
+                        _ => return None,
+                    },
+                    c => (
+                        usize::try_from(c).ok().filter(|&c| c < t.columns.len())?,
+                        None,
+                    ),
+                };
+                Some(KeyColumn {
+                    column,
+                    desc: *desc,
+                    collation: Collation::named(coll)?,
+                    fold,
+                })
+            })
+            .collect::<Option<_>>()?;
+        if columns.is_empty() {
+            return None;
+        }
+        let only = if partial {
+            match parsed?.condition? {
+                Where::Null { column, not_null } => Some(NullFilter {
+                    column: find(&column)?,
+                    not_null,
+                }),
+                Where::Other => return None,
+            }
+        } else {
+            None
+        };
+        Some((columns, only))
     }
 
     /// Closes the connection (committing) so pages can be written
