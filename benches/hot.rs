@@ -255,6 +255,7 @@ fn load_cdrs(dir: &std::path::Path, rows: &[u8]) -> u64 {
             columns: vec![KeyColumn::binary(1), KeyColumn::binary(2)],
             unique: false,
             only: None,
+            clustered: false,
         },
         dir,
     );

@@ -523,7 +523,8 @@ fn awkward_database_round_trips_exactly() {
     assert_eq!(id, 5);
 }
 
-/// Without auto-vacuum, rowid tables are written page by page: whole
+/// Without auto-vacuum, rowid and WITHOUT ROWID tables are written page
+/// by page (a WITHOUT ROWID table's rows sorted by its primary key): whole
 /// tables one after the other, or one buffer before a table's rows arrive
 /// interleaved or out of order (the rest then goes in through SQL). Every
 /// way gives the source's rows, an intact file (automatic indexes rebuilt:
@@ -551,19 +552,22 @@ fn written_page_by_page(auto_vacuum: &str, mode: u8) {
     build_awkward(&src, auto_vacuum);
     let (schema, tables) = backup(&src);
     assert_eq!(schema.auto_vacuum, mode);
-    let rowid_user_tables: Vec<&str> = schema
+    // Rowid and WITHOUT ROWID tables alike, but those with generated
+    // columns.
+    let user_tables: Vec<&str> = schema
         .tables
         .iter()
-        .filter(|t| !t.internal && t.rowid.is_some() && t.generated.is_empty())
+        .filter(|t| !t.internal && t.generated.is_empty())
         .map(|t| t.name.as_str())
         .collect();
-    assert!(rowid_user_tables.len() >= 8, "{rowid_user_tables:?}");
+    assert!(user_tables.len() >= 10, "{user_tables:?}");
+    assert!(user_tables.contains(&"wr") && user_tables.contains(&"coll"));
 
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v
     };
-    let mut want: Vec<String> = rowid_user_tables.iter().map(|s| s.to_string()).collect();
+    let mut want: Vec<String> = user_tables.iter().map(|s| s.to_string()).collect();
     want.sort();
     for (i, per) in [1000, 1, 2].into_iter().enumerate() {
         let dst = dir.path().join(format!("in-order-{per}.db"));
@@ -581,6 +585,28 @@ fn written_page_by_page(auto_vacuum: &str, mode: u8) {
             .unwrap();
             let dup = c.execute("INSERT INTO uniq VALUES ('A', 0, 0)", []);
             assert!(dup.is_err(), "the rebuilt UNIQUE index holds the rows");
+            // The WITHOUT ROWID tables' b-trees are their primary keys.
+            let (k1, k2): (String, i64) = c
+                .query_row(
+                    "SELECT k1, k2 FROM wr ORDER BY k2 DESC, k1 LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            let dup = c.execute(
+                "INSERT INTO wr VALUES (?1, ?2, 'again')",
+                rusqlite::params![k1, k2],
+            );
+            assert!(dup.is_err(), "the primary key is the table's b-tree");
+            let a: String = c
+                .query_row("SELECT a FROM coll LIMIT 1", [], |r| r.get(0))
+                .unwrap();
+            let found: i64 = c
+                .query_row("SELECT count(*) FROM coll WHERE a = upper(?1)", [&a], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(found, 1, "a NOCASE key is found in any case");
             let ok: String = c
                 .query_row("PRAGMA integrity_check", [], |r| r.get(0))
                 .unwrap();

@@ -25,7 +25,7 @@
 //! it then records the new page count in the header ([`PageFile::close`]).
 
 use super::indexbuild::IndexBuild;
-use super::pages::Layout;
+use super::pages::{ColumnRead, Layout};
 use rusqlite::types::ValueRef;
 use std::fs::File;
 use std::io;
@@ -467,6 +467,57 @@ impl PageBuf {
     }
 }
 
+/// The record of `values`, each with how its column is read, into `head`
+/// (from the returned offset: the header's length, then the serial types)
+/// and `body`, as SQLite writes it: a rowid alias as NULL, a NaN as NULL,
+/// a whole real of a REAL-affinity column as an integer.
+pub(super) fn put_record<'v>(
+    values: impl Iterator<Item = (ValueRef<'v>, &'v ColumnRead)>,
+    head: &mut Vec<u8>,
+    body: &mut Vec<u8>,
+) -> usize {
+    // Room for the header's length, written last, in front.
+    head.clear();
+    head.resize(9, 0);
+    body.clear();
+    for (v, col) in values {
+        let serial = if col.rowid {
+            0
+        } else {
+            match v {
+                ValueRef::Null => 0,
+                ValueRef::Integer(i) => int_serial(i, body),
+                ValueRef::Real(r) if r.is_nan() => 0,
+                ValueRef::Real(r) if col.real && whole(r) => int_serial(r as i64, body),
+                ValueRef::Real(r) => {
+                    body.extend_from_slice(&r.to_bits().to_be_bytes());
+                    7
+                }
+                ValueRef::Text(t) => {
+                    body.extend_from_slice(t);
+                    t.len() as u64 * 2 + 13
+                }
+                ValueRef::Blob(b) => {
+                    body.extend_from_slice(b);
+                    b.len() as u64 * 2 + 12
+                }
+            }
+        };
+        put_varint(head, serial);
+    }
+    let total = header_len(head.len() as u64 - 9);
+    if total < 0x80 {
+        head[8] = total as u8;
+        8
+    } else {
+        let mut len = Vec::with_capacity(9);
+        put_varint(&mut len, total);
+        let at = 9 - len.len();
+        head[at..9].copy_from_slice(&len);
+        at
+    }
+}
+
 /// One table's b-tree being built.
 pub struct TableLoad {
     root: u32,
@@ -583,47 +634,11 @@ impl TableLoad {
 
     /// The record of one row into `head` and `body`.
     fn record(&mut self, values: &[ValueRef<'_>]) {
-        // Room for the header's length, written last, in front.
-        self.head.clear();
-        self.head.resize(9, 0);
-        self.body.clear();
-        for (v, col) in values.iter().zip(&self.layout.columns) {
-            let serial = if col.rowid {
-                0
-            } else {
-                match *v {
-                    ValueRef::Null => 0,
-                    ValueRef::Integer(i) => int_serial(i, &mut self.body),
-                    ValueRef::Real(r) if r.is_nan() => 0,
-                    ValueRef::Real(r) if col.real && whole(r) => {
-                        int_serial(r as i64, &mut self.body)
-                    }
-                    ValueRef::Real(r) => {
-                        self.body.extend_from_slice(&r.to_bits().to_be_bytes());
-                        7
-                    }
-                    ValueRef::Text(t) => {
-                        self.body.extend_from_slice(t);
-                        t.len() as u64 * 2 + 13
-                    }
-                    ValueRef::Blob(b) => {
-                        self.body.extend_from_slice(b);
-                        b.len() as u64 * 2 + 12
-                    }
-                }
-            };
-            put_varint(&mut self.head, serial);
-        }
-        let total = header_len(self.head.len() as u64 - 9);
-        if total < 0x80 {
-            self.head[8] = total as u8;
-            self.head_at = 8;
-        } else {
-            let mut len = Vec::with_capacity(9);
-            put_varint(&mut len, total);
-            self.head_at = 9 - len.len();
-            self.head[self.head_at..9].copy_from_slice(&len);
-        }
+        self.head_at = put_record(
+            values.iter().copied().zip(&self.layout.columns),
+            &mut self.head,
+            &mut self.body,
+        );
     }
 
     /// The record header [`record`](Self::record) made.

@@ -90,6 +90,10 @@ pub struct IndexSpec {
     pub unique: bool,
     /// A partial index's condition: only the rows it holds have entries.
     pub only: Option<NullFilter>,
+    /// A WITHOUT ROWID table's own b-tree, keyed by its primary key: each
+    /// entry's record is the whole row, given with it
+    /// ([`IndexBuild::push_row`]), and there is no rowid.
+    pub clustered: bool,
 }
 
 /// A partial index's condition that the build follows: the rows whose
@@ -426,6 +430,27 @@ impl IndexBuild {
         values: &[ValueRef<'_>],
         layout: &Layout,
     ) -> Result<(), LoadError> {
+        self.push_entry(rowid, values, layout, None)
+    }
+
+    /// Adds a row of a WITHOUT ROWID table (a [`IndexSpec::clustered`]
+    /// build): its values in table order, for the key, and its record.
+    pub fn push_row(
+        &mut self,
+        values: &[ValueRef<'_>],
+        layout: &Layout,
+        record: &[u8],
+    ) -> Result<(), LoadError> {
+        self.push_entry(0, values, layout, Some(record))
+    }
+
+    fn push_entry(
+        &mut self,
+        rowid: i64,
+        values: &[ValueRef<'_>],
+        layout: &Layout,
+        record: Option<&[u8]>,
+    ) -> Result<(), LoadError> {
         if self.refused.is_some() {
             return Ok(());
         }
@@ -542,6 +567,11 @@ impl IndexBuild {
         self.folded = folded;
         self.key
             .extend_from_slice(&((rowid as u64) ^ (1 << 63)).to_be_bytes());
+        if let Some(record) = record {
+            // The record is the row's own; nothing else is needed.
+            self.trailer.clear();
+            self.trailer.extend_from_slice(record);
+        }
         if self.trailer.is_empty() {
             self.key.push(0);
         } else {
@@ -688,6 +718,8 @@ struct EntryWriter {
     /// Each key column's inversion (see [`record_of`]).
     inv: Vec<u8>,
     unique: bool,
+    /// Records are the keys' trailers ([`IndexSpec::clustered`]).
+    clustered: bool,
     /// The last key's ordering part (before its rowid), and whether a
     /// value of it was NULL.
     last: Vec<u8>,
@@ -707,6 +739,7 @@ impl EntryWriter {
                 .map(|c| if c.desc { 0xff } else { 0 })
                 .collect(),
             unique: spec.unique,
+            clustered: spec.clustered,
             last: Vec::new(),
             last_null: true,
             head: Vec::new(),
@@ -718,6 +751,13 @@ impl EntryWriter {
     /// Writes the entry of `key`; false, with nothing written, when a
     /// UNIQUE index repeats a key without a NULL.
     fn add(&mut self, file: &mut PageFile, key: &[u8]) -> Result<bool, LoadError> {
+        if self.clustered {
+            // A row's record is its key's trailer (never empty).
+            let n = key.len();
+            let tlen = u32::from_le_bytes(key[n - 5..n - 1].try_into().expect("4 bytes")) as usize;
+            self.tree.add(file, &key[n - 5 - tlen..n - 5])?;
+            return Ok(true);
+        }
         let (null, order_len) = record_of(
             key,
             &self.inv,
@@ -1222,6 +1262,7 @@ mod tests {
                         columns: columns.iter().map(|&c| KeyColumn::binary(c)).collect(),
                         unique: *unique,
                         only: None,
+                        clustered: false,
                     },
                     dir,
                 );
@@ -1472,6 +1513,7 @@ mod tests {
             columns,
             unique,
             only,
+            clustered: false,
         }
     }
 
@@ -1799,6 +1841,7 @@ mod tests {
             columns: vec![KeyColumn::binary(0)],
             unique: false,
             only: None,
+            clustered: false,
         };
         let mut b = IndexBuild::new(spec, Path::new("."));
         for (i, v) in values.iter().enumerate() {

@@ -17,7 +17,7 @@
 //! never row values.
 
 use super::btree::{LeafStream, PageReader, StretchLeaves};
-use super::bulkload::{LoadError, PageFile, TableLoad};
+use super::bulkload::{put_record, LoadError, PageFile, TableLoad};
 use super::indexbuild::{Collation, IndexBuild, IndexSpec, KeyColumn, NullFilter, RUN_BYTES};
 use super::indexsql::{self, Key, Where};
 use super::pages::{is_real_affinity, read_rows, ColumnRead, Layout, ReadError};
@@ -1430,6 +1430,53 @@ struct Target {
     /// indexes to build with it, when its pages can be written directly
     /// ([`bulkload`]).
     bulk: Option<(u32, Layout, Vec<IndexSpec>)>,
+    /// Until a WITHOUT ROWID table's rows start: how its b-tree is built
+    /// from them, when it can be.
+    cluster: Option<ClusterPlan>,
+}
+
+/// How a WITHOUT ROWID table's b-tree is built from its rows: sorted by
+/// its primary key as an index's entries are ([`IndexSpec::clustered`]),
+/// each row's record in the table's storage order (the primary key's
+/// columns first, then the others in table order).
+struct ClusterPlan {
+    spec: IndexSpec,
+    layout: Layout,
+    /// The table's columns in the record's order.
+    order: Vec<usize>,
+    /// Its automatic indexes (`UNIQUE` constraints), made with the table
+    /// and rebuilt by SQLite after its rows.
+    automatic: Vec<String>,
+}
+
+/// A WITHOUT ROWID table whose rows are being gathered.
+struct ClusterLoad {
+    build: IndexBuild,
+    layout: Layout,
+    order: Vec<usize>,
+    automatic: Vec<String>,
+    rows: u64,
+    head: Vec<u8>,
+    body: Vec<u8>,
+    record: Vec<u8>,
+}
+
+impl ClusterLoad {
+    fn push(&mut self, values: &[ValueRef<'_>]) -> Result<(), LoadError> {
+        let at = put_record(
+            self.order
+                .iter()
+                .map(|&c| (values[c], &self.layout.columns[c])),
+            &mut self.head,
+            &mut self.body,
+        );
+        self.record.clear();
+        self.record.extend_from_slice(&self.head[at..]);
+        self.record.extend_from_slice(&self.body);
+        self.build.push_row(values, &self.layout, &self.record)?;
+        self.rows += 1;
+        Ok(())
+    }
 }
 
 /// Builds a new database from a schema and encoded rows. Until
@@ -1443,6 +1490,8 @@ pub struct SqliteRestorer {
     /// b-tree is being built.
     pages: Option<PageFile>,
     loading: Option<(String, TableLoad)>,
+    /// The WITHOUT ROWID table whose rows are being gathered.
+    clustering: Option<(String, ClusterLoad)>,
     /// Tables built page by page, and their rows loaded so.
     loaded: Vec<(String, u64)>,
     /// Indexes created with the tables, to be built with their rows.
@@ -1551,6 +1600,7 @@ impl SqliteRestorer {
             conn: None,
             pages: None,
             loading: None,
+            clustering: None,
             loaded: Vec::new(),
             early: Default::default(),
             reindex: Vec::new(),
@@ -1731,6 +1781,11 @@ impl SqliteRestorer {
             } else {
                 None
             };
+            let cluster = if kind == TargetKind::Plain && !t.internal && bulk_file {
+                self.cluster_plan(t)?
+            } else {
+                None
+            };
             self.targets.insert(
                 t.name.clone(),
                 Target {
@@ -1739,6 +1794,7 @@ impl SqliteRestorer {
                     rowid: t.rowid.is_some(),
                     kind,
                     bulk,
+                    cluster,
                 },
             );
         }
@@ -1788,7 +1844,131 @@ impl SqliteRestorer {
             let target = self.targets.get_mut(&name).expect("listed above");
             target.bulk = Some((root, layout, kept));
         }
+        let names: Vec<String> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.cluster.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let doing = format!("reading the root page of table `{name}`");
+            let root = self
+                .root_page("table", &name)
+                .map_err(self.sql_err(doing))?;
+            let target = self.targets.get_mut(&name).expect("listed above");
+            match (root, target.cluster.as_mut()) {
+                (Some(root), Some(plan)) => plan.spec.root = root,
+                _ => target.cluster = None,
+            }
+        }
         Ok(())
+    }
+
+    /// How WITHOUT ROWID table `t`'s b-tree is built from its rows, if it
+    /// can be: every column stored (none generated), its primary key's
+    /// columns under a collation the build follows. The root is read by
+    /// `reread_roots`.
+    fn cluster_plan(&self, t: &TableSchema) -> Result<Option<ClusterPlan>, SqliteError> {
+        if !t.without_rowid || !t.generated.is_empty() {
+            return Ok(None);
+        }
+        let doing = format!("reading the primary key of table `{}`", t.name);
+        let conn = self.conn();
+        let info: Vec<(String, String, i64)> = conn
+            .prepare("SELECT name, type, hidden FROM pragma_table_xinfo(?1, 'main') ORDER BY cid")
+            .and_then(|mut st| {
+                st.query_map([&t.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect()
+            })
+            .map_err(self.sql_err(doing.clone()))?;
+        if info.len() != t.columns.len()
+            || info
+                .iter()
+                .zip(&t.columns)
+                .any(|(i, c)| i.0 != *c || i.2 != 0)
+        {
+            return Ok(None);
+        }
+        let indexes: Vec<(String, String)> = conn
+            .prepare("SELECT name, origin FROM pragma_index_list(?1, 'main')")
+            .and_then(|mut st| {
+                st.query_map([&t.name], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(self.sql_err(doing.clone()))?;
+        let Some(pk) = indexes.iter().find(|i| i.1 == "pk").map(|i| i.0.clone()) else {
+            return Ok(None);
+        };
+        let automatic = indexes
+            .into_iter()
+            .filter(|i| i.1 != "pk")
+            .map(|i| i.0)
+            .collect();
+        // Every column, in the record's order; the key's first.
+        let stored: Vec<(i64, bool, String, bool)> = conn
+            .prepare(
+                "SELECT cid, \"desc\", coll, key FROM pragma_index_xinfo(?1, 'main') \
+                 ORDER BY seqno",
+            )
+            .and_then(|mut st| {
+                st.query_map([&pk], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                    .collect()
+            })
+            .map_err(self.sql_err(doing))?;
+        let ncols = t.columns.len();
+        let order: Option<Vec<usize>> = stored
+            .iter()
+            .map(|s| usize::try_from(s.0).ok().filter(|&c| c < ncols))
+            .collect();
+        let Some(order) = order else {
+            return Ok(None);
+        };
+        let mut seen = vec![false; ncols];
+        for &c in &order {
+            seen[c] = true;
+        }
+        if order.len() != ncols || seen.contains(&false) {
+            return Ok(None);
+        }
+        let columns: Option<Vec<KeyColumn>> = stored
+            .iter()
+            .zip(&order)
+            .filter(|(s, _)| s.3)
+            .map(|(s, &column)| {
+                Some(KeyColumn {
+                    column,
+                    desc: s.1,
+                    collation: Collation::named(&s.2)?,
+                    fold: None,
+                })
+            })
+            .collect();
+        let Some(columns) = columns.filter(|c| !c.is_empty() && c.len() <= 256) else {
+            return Ok(None);
+        };
+        let layout = Layout {
+            columns: info
+                .iter()
+                .map(|(_, declared, _)| ColumnRead {
+                    rowid: false,
+                    real: is_real_affinity(declared),
+                    missing_is_null: true,
+                })
+                .collect(),
+        };
+        Ok(Some(ClusterPlan {
+            spec: IndexSpec {
+                name: t.name.clone(),
+                root: 0,
+                columns,
+                unique: false,
+                only: None,
+                clustered: true,
+            },
+            layout,
+            order,
+            automatic,
+        }))
     }
 
     /// The root page and record layout of a table whose pages can be
@@ -1864,6 +2044,7 @@ impl SqliteRestorer {
                     columns,
                     unique,
                     only,
+                    clustered: false,
                 });
                 continue;
             }
@@ -2008,6 +2189,23 @@ impl SqliteRestorer {
                 }
             }
         }
+        if let Some((name, load)) = self.clustering.take() {
+            self.open_pages()?;
+            let pages = self.pages.as_mut().expect("opened above");
+            let doing = format!("writing the b-tree of table `{name}`");
+            match load.build.finish(pages).map_err(self.load_err(doing))? {
+                None => {
+                    self.loaded.push((name, load.rows));
+                    self.reindex.extend(load.automatic);
+                }
+                Some(why) => {
+                    // Cannot be, by the plan; the rows must not be lost.
+                    return Err(SqliteError::BadSchema(format!(
+                        "table `{name}`: its rows could not be written ({why})"
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -2120,6 +2318,44 @@ impl SqliteRestorer {
         // The table's pages are written directly while its rows come in
         // rowid order, each window after the last; otherwise its tree is
         // completed and the rest goes in through SQL.
+        let clustering = matches!(&self.clustering, Some((t, _)) if t == table);
+        if !target.rowid && (clustering || target.cluster.is_some()) {
+            let ncols = target.ncols;
+            if !clustering {
+                self.finish_load()?;
+                let target = self.targets.get_mut(table).expect("looked up above");
+                let plan = target.cluster.take().expect("checked above");
+                let build = IndexBuild::new(plan.spec, &self.tmp_dir());
+                let load = ClusterLoad {
+                    build,
+                    layout: plan.layout,
+                    order: plan.order,
+                    automatic: plan.automatic,
+                    rows: 0,
+                    head: Vec::new(),
+                    body: Vec::new(),
+                    record: Vec::new(),
+                };
+                self.clustering = Some((table.to_owned(), load));
+            }
+            let (_, load) = self.clustering.as_mut().expect("started above");
+            let mut values = Vec::with_capacity(ncols);
+            each_row(pieces, spans, &mut values, record, |rowid, values, pos| {
+                if rowid.is_some() || values.len() != ncols {
+                    return Err(shape(format!(
+                        "row at byte {pos}: {} values, rowid {}; expected {ncols} values and no rowid",
+                        values.len(),
+                        rowid.is_some(),
+                    )));
+                }
+                load.push(values).map_err(|source| SqliteError::Load {
+                    path: self.tmp.clone(),
+                    doing: format!("gathering row at byte {pos} of table `{table}`"),
+                    source,
+                })
+            })?;
+            return Ok(spans.len() as u64);
+        }
         let loading = matches!(&self.loading, Some((t, _)) if t == table);
         let last = match &self.loading {
             Some((t, load)) if t == table => load.last(),
@@ -2137,10 +2373,7 @@ impl SqliteRestorer {
                 self.open_pages()?;
                 let target = self.targets.get_mut(table).expect("looked up above");
                 let (root, layout, specs) = target.bulk.take().expect("bulk checked above");
-                let dir = match self.tmp.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-                    _ => PathBuf::from("."),
-                };
+                let dir = self.tmp_dir();
                 // The table's indexes share one run budget, so memory does
                 // not grow with their number.
                 let share = RUN_BYTES / specs.len().max(1);
@@ -2221,6 +2454,19 @@ impl SqliteRestorer {
                     .iter()
                     .map(|(name, l)| (name.as_str(), l.rows())),
             )
+            .chain(
+                self.clustering
+                    .iter()
+                    .map(|(name, l)| (name.as_str(), l.rows)),
+            )
+    }
+
+    /// The directory of the new database, where index runs are spilled.
+    fn tmp_dir(&self) -> PathBuf {
+        match self.tmp.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        }
     }
 
     /// Completes the database: `sqlite_sequence` contents, indexes, views
