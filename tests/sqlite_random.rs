@@ -297,8 +297,18 @@ fn build(path: &Path, seed: u64) -> (String, bool) {
             };
             defs.push(format!("{} {ty}{coll}{nn}{unique}", q(col)));
         }
-        if rng.gen_range(0..6) == 0 && !strict {
-            defs.push(format!("gen AS (length({})) VIRTUAL", q(&cols[ncols - 1])));
+        // A generated column: VIRTUAL ones are not in the records, STORED
+        // ones are (computed by SQLite); either may be indexed.
+        let generated = rng.gen_range(0..5) == 0 && !strict;
+        if generated {
+            let how = if rng.gen() { "VIRTUAL" } else { "STORED" };
+            // Anywhere among the columns: an index names columns by
+            // their number, which counts it.
+            let at = rng.gen_range(0..=defs.len());
+            defs.insert(
+                at,
+                format!("gen AS (length({})) {how}", q(&cols[ncols - 1])),
+            );
         }
         let pk_desc = rng.gen_bool(0.3);
         if without_rowid {
@@ -331,7 +341,11 @@ fn build(path: &Path, seed: u64) -> (String, bool) {
         let mut indexes = Vec::new();
         for i in 0..rng.gen_range(0..=3) {
             let n = rng.gen_range(1..=ncols.min(3));
+            let gen = "gen".to_string();
             let mut picked: Vec<&String> = cols.iter().collect();
+            if generated {
+                picked.push(&gen);
+            }
             picked.shuffle(&mut rng);
             let mut keys = Vec::new();
             for col in &picked[..n] {

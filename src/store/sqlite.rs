@@ -1286,7 +1286,7 @@ impl NaturalCoords {
 /// SQLite does not confirm. Shared by the backup's page reader and the
 /// restore's bulk load.
 fn record_layout(conn: &Connection, table: &TableSchema) -> rusqlite::Result<Option<Layout>> {
-    if table.rowid.is_none() || table.without_rowid || !table.generated.is_empty() {
+    if table.rowid.is_none() || table.without_rowid {
         return Ok(None);
     }
     // (name, declared type, no default, primary key position, hidden)
@@ -1300,6 +1300,10 @@ fn record_layout(conn: &Connection, table: &TableSchema) -> rusqlite::Result<Opt
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .and_then(|rows| rows.collect())?;
+    // A VIRTUAL generated column (hidden 2) is not in the records; a
+    // STORED one (3) is, with a value the rows do not hold.
+    let mut info = info;
+    info.retain(|i| i.4 != 2);
     if info.len() != table.columns.len()
         || info
             .iter()
@@ -1434,6 +1438,11 @@ struct Target {
     /// from them, when it can be.
     cluster: Option<ClusterPlan>,
 }
+
+/// A key column of an index, from `pragma_index_xinfo`: the table
+/// column's number (-1 the rowid, -2 an expression), DESC, collation, and
+/// the column's name.
+type IndexKey = (i64, bool, String, Option<String>);
 
 /// How a WITHOUT ROWID table's b-tree is built from its rows: sorted by
 /// its primary key as an index's entries are ([`IndexSpec::clustered`]),
@@ -2024,15 +2033,17 @@ impl SqliteRestorer {
             .map_err(self.sql_err(doing.clone()))?;
         let mut specs = Vec::new();
         for (name, unique, partial) in list {
-            let keys: Vec<(i64, bool, String)> = self
+            let keys: Vec<IndexKey> = self
                 .conn()
                 .prepare(
-                    "SELECT cid, \"desc\", coll FROM pragma_index_xinfo(?1, 'main') \
+                    "SELECT cid, \"desc\", coll, name FROM pragma_index_xinfo(?1, 'main') \
                      WHERE key ORDER BY seqno",
                 )
                 .and_then(|mut st| {
-                    st.query_map([&name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                        .collect()
+                    st.query_map([&name], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?
+                    .collect()
                 })
                 .map_err(self.sql_err(doing.clone()))?;
             if let Some((columns, only)) = self.key_spec(t, &name, &keys, partial) {
@@ -2074,7 +2085,7 @@ impl SqliteRestorer {
         &self,
         t: &TableSchema,
         name: &str,
-        keys: &[(i64, bool, String)],
+        keys: &[IndexKey],
         partial: bool,
     ) -> Option<(Vec<KeyColumn>, Option<NullFilter>)> {
         // Automatic indexes have no statement; they are all columns.
@@ -2089,17 +2100,20 @@ impl SqliteRestorer {
         let columns: Vec<KeyColumn> = keys
             .iter()
             .enumerate()
-            .map(|(k, (cid, desc, coll))| {
+            .map(|(k, (cid, desc, coll, column))| {
                 let (column, fold) = match *cid {
                     // An expression: SQLite gives no column for it.
                     -2 => match parsed.as_ref()?.keys.get(k)? {
                         Key::Fold(f, n) => (find(n)?, Some(*f)),
                         _ => return None,
                     },
-                    c => (
-                        usize::try_from(c).ok().filter(|&c| c < t.columns.len())?,
+                    // A column, by name: `cid` counts generated columns,
+                    // which the rows do not hold (nor an index of one).
+                    c if c >= 0 => (
+                        t.columns.iter().position(|n| Some(n) == column.as_ref())?,
                         None,
                     ),
+                    _ => return None,
                 };
                 Some(KeyColumn {
                     column,
