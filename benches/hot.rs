@@ -256,6 +256,7 @@ fn load_cdrs(dir: &std::path::Path, rows: &[u8]) -> u64 {
             unique: false,
             only: None,
             clustered: false,
+            without_rowid: false,
         },
         dir,
     );

@@ -94,6 +94,10 @@ pub struct IndexSpec {
     /// entry's record is the whole row, given with it
     /// ([`IndexBuild::push_row`]), and there is no rowid.
     pub clustered: bool,
+    /// An index of a WITHOUT ROWID table: its last key columns are the
+    /// table's primary key (SQLite appends them to every entry), and its
+    /// records have no rowid.
+    pub without_rowid: bool,
 }
 
 /// A partial index's condition that the build follows: the rows whose
@@ -226,6 +230,7 @@ fn entry(buf: &[u8], at: usize) -> (&[u8], usize) {
 fn record_of(
     key: &[u8],
     inv: &[u8],
+    rowid: bool,
     head: &mut Vec<u8>,
     body: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -314,10 +319,12 @@ fn record_of(
         };
         put_varint(head, serial);
     }
-    let rowid =
-        u64::from_be_bytes(key[order_len..order_len + 8].try_into().expect("8 bytes")) ^ (1 << 63);
-    let serial = int_serial(rowid as i64, body);
-    put_varint(head, serial);
+    if rowid {
+        let rowid = u64::from_be_bytes(key[order_len..order_len + 8].try_into().expect("8 bytes"))
+            ^ (1 << 63);
+        let serial = int_serial(rowid as i64, body);
+        put_varint(head, serial);
+    }
     out.clear();
     put_varint(out, header_len(head.len() as u64));
     out.extend_from_slice(head);
@@ -474,7 +481,6 @@ impl IndexBuild {
         }
         self.key.clear();
         self.trailer.clear();
-        let mut folded = std::mem::take(&mut self.folded);
         for k in 0..self.spec.columns.len() {
             let kc = self.spec.columns[k];
             let col = &layout.columns[kc.column];
@@ -483,26 +489,25 @@ impl IndexBuild {
                 // SQLite's lower() and upper(): NULL stays NULL, anything
                 // else becomes text (an integer its decimal digits, a blob
                 // its bytes), ASCII letters folded.
-                folded.clear();
+                self.folded.clear();
                 match v {
                     ValueRef::Null => {}
                     ValueRef::Real(r) if r.is_nan() => v = ValueRef::Null,
                     ValueRef::Real(_) => {
                         // SQLite's own text of a real is not reproduced here.
                         self.refuse("lower() or upper() of a real");
-                        self.folded = folded;
                         return Ok(());
                     }
                     ValueRef::Integer(i) => {
                         use std::io::Write as _;
-                        write!(folded, "{i}").expect("writing to a vector");
+                        write!(self.folded, "{i}").expect("writing to a vector");
                     }
                     ValueRef::Text(t) | ValueRef::Blob(t) => {
-                        folded.extend(t.iter().map(|&b| fold.byte(b)));
+                        self.folded.extend(t.iter().map(|&b| fold.byte(b)));
                     }
                 }
                 if !matches!(v, ValueRef::Null) {
-                    v = ValueRef::Text(&folded);
+                    v = ValueRef::Text(&self.folded);
                 }
             }
             let start = self.key.len();
@@ -564,7 +569,6 @@ impl IndexBuild {
             }
             invert_if(kc.desc, &mut self.key[start..]);
         }
-        self.folded = folded;
         self.key
             .extend_from_slice(&((rowid as u64) ^ (1 << 63)).to_be_bytes());
         if let Some(record) = record {
@@ -720,6 +724,8 @@ struct EntryWriter {
     unique: bool,
     /// Records are the keys' trailers ([`IndexSpec::clustered`]).
     clustered: bool,
+    /// Records end with the rowid.
+    rowid: bool,
     /// The last key's ordering part (before its rowid), and whether a
     /// value of it was NULL.
     last: Vec<u8>,
@@ -740,6 +746,7 @@ impl EntryWriter {
                 .collect(),
             unique: spec.unique,
             clustered: spec.clustered,
+            rowid: !spec.without_rowid,
             last: Vec::new(),
             last_null: true,
             head: Vec::new(),
@@ -761,6 +768,7 @@ impl EntryWriter {
         let (null, order_len) = record_of(
             key,
             &self.inv,
+            self.rowid,
             &mut self.head,
             &mut self.body,
             &mut self.rec,
@@ -1263,6 +1271,7 @@ mod tests {
                         unique: *unique,
                         only: None,
                         clustered: false,
+                        without_rowid: false,
                     },
                     dir,
                 );
@@ -1514,6 +1523,7 @@ mod tests {
             unique,
             only,
             clustered: false,
+            without_rowid: false,
         }
     }
 
@@ -1722,7 +1732,7 @@ mod tests {
                 key.extend_from_slice(&(7u64 ^ (1 << 63)).to_be_bytes());
                 key.push(0);
                 let (mut head, mut body, mut rec) = (Vec::new(), Vec::new(), Vec::new());
-                let got = record_of(&key, &[0], &mut head, &mut body, &mut rec);
+                let got = record_of(&key, &[0], true, &mut head, &mut body, &mut rec);
                 assert_eq!(got, (false, order_len));
                 let serial = v.len() as u64 * 2 + if class == 3 { 13 } else { 12 };
                 let mut want_head = Vec::new();
@@ -1842,6 +1852,7 @@ mod tests {
             unique: false,
             only: None,
             clustered: false,
+            without_rowid: false,
         };
         let mut b = IndexBuild::new(spec, Path::new("."));
         for (i, v) in values.iter().enumerate() {

@@ -1453,9 +1453,8 @@ struct ClusterPlan {
     layout: Layout,
     /// The table's columns in the record's order.
     order: Vec<usize>,
-    /// Its automatic indexes (`UNIQUE` constraints), made with the table
-    /// and rebuilt by SQLite after its rows.
-    automatic: Vec<String>,
+    /// The indexes to build with it.
+    indexes: Vec<IndexSpec>,
 }
 
 /// A WITHOUT ROWID table whose rows are being gathered.
@@ -1463,7 +1462,7 @@ struct ClusterLoad {
     build: IndexBuild,
     layout: Layout,
     order: Vec<usize>,
-    automatic: Vec<String>,
+    indexes: Vec<IndexBuild>,
     rows: u64,
     head: Vec<u8>,
     body: Vec<u8>,
@@ -1483,6 +1482,9 @@ impl ClusterLoad {
         self.record.extend_from_slice(&self.head[at..]);
         self.record.extend_from_slice(&self.body);
         self.build.push_row(values, &self.layout, &self.record)?;
+        for ix in &mut self.indexes {
+            ix.push(0, values, &self.layout)?;
+        }
         self.rows += 1;
         Ok(())
     }
@@ -1791,7 +1793,13 @@ impl SqliteRestorer {
                 None
             };
             let cluster = if kind == TargetKind::Plain && !t.internal && bulk_file {
-                self.cluster_plan(t)?
+                match self.cluster_plan(t)? {
+                    Some(mut plan) => {
+                        plan.indexes = self.prepare_indexes(t)?;
+                        Some(plan)
+                    }
+                    None => None,
+                }
             } else {
                 None
             };
@@ -1865,10 +1873,31 @@ impl SqliteRestorer {
                 .root_page("table", &name)
                 .map_err(self.sql_err(doing))?;
             let target = self.targets.get_mut(&name).expect("listed above");
-            match (root, target.cluster.as_mut()) {
-                (Some(root), Some(plan)) => plan.spec.root = root,
-                _ => target.cluster = None,
+            let Some(mut plan) = target.cluster.take() else {
+                continue;
+            };
+            let Some(root) = root else {
+                // In through SQL; its indexes, made already, follow.
+                continue;
+            };
+            plan.spec.root = root;
+            let mut kept = Vec::with_capacity(plan.indexes.len());
+            for mut spec in std::mem::take(&mut plan.indexes) {
+                let doing = format!("reading the root pages of table `{name}`");
+                match self
+                    .root_page("index", &spec.name)
+                    .map_err(self.sql_err(doing))?
+                {
+                    Some(r) => {
+                        spec.root = r;
+                        kept.push(spec);
+                    }
+                    None => self.reindex.push(spec.name),
+                }
             }
+            plan.indexes = kept;
+            let target = self.targets.get_mut(&name).expect("listed above");
+            target.cluster = Some(plan);
         }
         Ok(())
     }
@@ -1908,11 +1937,7 @@ impl SqliteRestorer {
         let Some(pk) = indexes.iter().find(|i| i.1 == "pk").map(|i| i.0.clone()) else {
             return Ok(None);
         };
-        let automatic = indexes
-            .into_iter()
-            .filter(|i| i.1 != "pk")
-            .map(|i| i.0)
-            .collect();
+
         // Every column, in the record's order; the key's first.
         let stored: Vec<(i64, bool, String, bool)> = conn
             .prepare(
@@ -1973,10 +1998,11 @@ impl SqliteRestorer {
                 unique: false,
                 only: None,
                 clustered: true,
+                without_rowid: false,
             },
             layout,
             order,
-            automatic,
+            indexes: Vec::new(),
         }))
     }
 
@@ -2023,30 +2049,54 @@ impl SqliteRestorer {
                 }
             }
         }
+        // A WITHOUT ROWID table's primary key is the table itself.
         let list: Vec<(String, bool, bool)> = self
             .conn()
-            .prepare("SELECT name, \"unique\", partial FROM pragma_index_list(?1, 'main')")
+            .prepare(
+                "SELECT name, \"unique\", partial FROM pragma_index_list(?1, 'main') \
+                 WHERE origin <> 'pk' OR ?2 = 0",
+            )
             .and_then(|mut st| {
-                st.query_map([&t.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect()
+                st.query_map(rusqlite::params![&t.name, t.without_rowid], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect()
             })
             .map_err(self.sql_err(doing.clone()))?;
         let mut specs = Vec::new();
         for (name, unique, partial) in list {
-            let keys: Vec<IndexKey> = self
+            // The key columns, then what SQLite appends: the rowid, or a
+            // WITHOUT ROWID table's primary key columns.
+            let stored: Vec<(IndexKey, bool)> = self
                 .conn()
                 .prepare(
-                    "SELECT cid, \"desc\", coll, name FROM pragma_index_xinfo(?1, 'main') \
-                     WHERE key ORDER BY seqno",
+                    "SELECT cid, \"desc\", coll, name, key FROM pragma_index_xinfo(?1, 'main') \
+                     ORDER BY seqno",
                 )
                 .and_then(|mut st| {
                     st.query_map([&name], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        Ok(((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?), r.get(4)?))
                     })?
                     .collect()
                 })
                 .map_err(self.sql_err(doing.clone()))?;
-            if let Some((columns, only)) = self.key_spec(t, &name, &keys, partial) {
+            let (keys, tail): (Vec<_>, Vec<_>) = stored.into_iter().partition(|(_, key)| *key);
+            let keys: Vec<IndexKey> = keys.into_iter().map(|(k, _)| k).collect();
+            let tail: Vec<IndexKey> = tail.into_iter().map(|(k, _)| k).collect();
+            let spec = self
+                .key_spec(t, &name, &keys, partial)
+                .and_then(|(mut columns, only)| {
+                    if t.without_rowid {
+                        // Keys are unique with the primary key appended; a
+                        // UNIQUE one is left to SQLite, which checks it.
+                        if unique {
+                            return None;
+                        }
+                        columns.extend(self.key_spec(t, &name, &tail, false)?.0);
+                    }
+                    Some((columns, only))
+                });
+            if let Some((columns, only)) = spec {
                 // Its root is read once every table's indexes are made
                 // (`reread_roots`).
                 specs.push(IndexSpec {
@@ -2056,6 +2106,7 @@ impl SqliteRestorer {
                     unique,
                     only,
                     clustered: false,
+                    without_rowid: t.without_rowid,
                 });
                 continue;
             }
@@ -2210,7 +2261,18 @@ impl SqliteRestorer {
             match load.build.finish(pages).map_err(self.load_err(doing))? {
                 None => {
                     self.loaded.push((name, load.rows));
-                    self.reindex.extend(load.automatic);
+                    for ix in load.indexes {
+                        let index = ix.spec().name.clone();
+                        let doing = format!("writing index `{index}`");
+                        let pages = self.pages.as_mut().expect("opened above");
+                        match ix.finish(pages).map_err(self.load_err(doing))? {
+                            Some(why) => {
+                                tracing::debug!(%index, why, "index left to SQLite: rebuilt after the tables");
+                                self.reindex.push(index)
+                            }
+                            None => self.built.push(index),
+                        }
+                    }
                 }
                 Some(why) => {
                     // Cannot be, by the plan; the rows must not be lost.
@@ -2339,12 +2401,20 @@ impl SqliteRestorer {
                 self.finish_load()?;
                 let target = self.targets.get_mut(table).expect("looked up above");
                 let plan = target.cluster.take().expect("checked above");
-                let build = IndexBuild::new(plan.spec, &self.tmp_dir());
+                // The table and its indexes share one run budget.
+                let dir = self.tmp_dir();
+                let share = RUN_BYTES / (1 + plan.indexes.len());
+                let build = IndexBuild::new(plan.spec, &dir).with_run_bytes(share);
+                let indexes = plan
+                    .indexes
+                    .into_iter()
+                    .map(|spec| IndexBuild::new(spec, &dir).with_run_bytes(share))
+                    .collect();
                 let load = ClusterLoad {
                     build,
                     layout: plan.layout,
                     order: plan.order,
-                    automatic: plan.automatic,
+                    indexes,
                     rows: 0,
                     head: Vec::new(),
                     body: Vec::new(),
