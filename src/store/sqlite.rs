@@ -262,7 +262,11 @@ pub fn subject_text(v: ValueRef<'_>) -> Option<String> {
 /// offset; no offset means UTC). Labels: `2026-03-14` (day), `2026-03`
 /// (month), `2026` (year); years outside 0000–9999 give `None`.
 pub fn bucket_label(v: ValueRef<'_>, every: Every) -> Option<String> {
-    let t = time_value(v)?;
+    label_of(time_value(v)?, every)
+}
+
+/// The label of the period holding the UTC instant `t`.
+fn label_of(t: NaiveDateTime, every: Every) -> Option<String> {
     let (y, m, d) = (t.year(), t.month(), t.day());
     if !(0..=9999).contains(&y) {
         return None;
@@ -1215,12 +1219,23 @@ impl LastValue {
             _ => false,
         };
         if !same {
-            *self = match v {
-                ValueRef::Null => LastValue::Null,
-                ValueRef::Integer(i) => LastValue::Integer(i),
-                ValueRef::Real(r) => LastValue::Real(r.to_bits()),
-                ValueRef::Text(t) => LastValue::Text(t.to_vec()),
-                ValueRef::Blob(b) => LastValue::Blob(b.to_vec()),
+            *self = match (std::mem::take(self), v) {
+                // A text or blob after one of its kind reuses its buffer.
+                (LastValue::Text(mut a), ValueRef::Text(t)) => {
+                    a.clear();
+                    a.extend_from_slice(t);
+                    LastValue::Text(a)
+                }
+                (LastValue::Blob(mut a), ValueRef::Blob(b)) => {
+                    a.clear();
+                    a.extend_from_slice(b);
+                    LastValue::Blob(a)
+                }
+                (_, ValueRef::Null) => LastValue::Null,
+                (_, ValueRef::Integer(i)) => LastValue::Integer(i),
+                (_, ValueRef::Real(r)) => LastValue::Real(r.to_bits()),
+                (_, ValueRef::Text(t)) => LastValue::Text(t.to_vec()),
+                (_, ValueRef::Blob(b)) => LastValue::Blob(b.to_vec()),
             };
         }
         !same
@@ -1229,11 +1244,12 @@ impl LastValue {
 
 /// Period buckets computed row by row, as [`bucket_label`] would: an
 /// INTEGER time inside the current bucket's span of seconds keeps the
-/// label without any date arithmetic; other values are recomputed when
-/// they change.
+/// label without any date arithmetic; a text or real time is read as an
+/// instant and keeps the label if it falls in the span (no label is
+/// formatted); other values are recomputed when they change.
 #[derive(Default)]
 struct BucketCache {
-    /// Unix seconds `[start, end)` of the current label, for INTEGER times.
+    /// Unix seconds `[start, end)` of the current label.
     span: Option<(i64, i64)>,
     last: LastValue,
 }
@@ -1248,9 +1264,17 @@ impl BucketCache {
         if !self.last.changed(v) {
             return;
         }
-        let label = bucket_label(v, every);
-        self.span = match (v, &label) {
-            (ValueRef::Integer(i), Some(_)) => bucket_span(i, every),
+        let t = time_value(v);
+        // Whole seconds, rounded down: the second `label_of` dates.
+        let secs = t.map(|t| t.and_utc().timestamp());
+        if let (Some(s), Some((start, end))) = (secs, self.span) {
+            if (start..end).contains(&s) {
+                return;
+            }
+        }
+        let label = t.and_then(|t| label_of(t, every));
+        self.span = match (secs, &label) {
+            (Some(s), Some(_)) => bucket_span(s, every),
             _ => None,
         };
         if *slot != label {
@@ -2761,6 +2785,40 @@ mod tests {
             ValueRef::Text(b"not a time"),
             ValueRef::Integer(-62_167_219_201),
             ValueRef::Integer(-62_167_219_200),
+        ]);
+        // Texts in one span and across its ends: offsets that move the
+        // UTC day or month, fractions of a second, times before 1970,
+        // texts and integers of the same span interleaved.
+        values.extend(
+            [
+                "2026-03-31T10:00:00Z",
+                "2026-03-31T23:59:59Z",
+                "2026-03-31T23:59:59.999",
+                "2026-03-31T22:30:00-02:00",
+                "2026-03-31T12:00:00Z",
+                "2026-04-01T00:30:00+01:00",
+                "2026-04-01 00:00:00",
+                "2026-04-01",
+                "2026-12-31T23:59:59Z",
+                "2027-01-01T00:00:00+00:00",
+                "1969-12-31T23:59:59.5Z",
+                "1970-01-01T00:00:00Z",
+                "1969-12-31",
+                "9999-12-31T23:59:59Z",
+                "9999-12-31T23:00:00-02:00",
+                "0000-01-01T00:00:00Z",
+                "2026-02-30",
+            ]
+            .map(|t| ValueRef::Text(t.as_bytes())),
+        );
+        values.extend([
+            ValueRef::Integer(1_774_915_200),
+            ValueRef::Text(b"2026-03-31T10:00:00Z"),
+            ValueRef::Real(1_774_915_199.25),
+            ValueRef::Text(b"2026-03-31T10:00:00Z"),
+            ValueRef::Integer(1_774_915_199),
+            ValueRef::Real(-0.5),
+            ValueRef::Text(b"1970-01-01T00:00:00Z"),
         ]);
         for every in [Every::Day, Every::Month, Every::Year] {
             let mut cache = BucketCache::default();
