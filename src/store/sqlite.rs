@@ -1304,6 +1304,18 @@ impl NaturalCoords {
     }
 }
 
+/// Whether the columns `pragma_table_xinfo` lists (name, hidden) are
+/// `columns`, in order, none of them hidden or generated.
+fn stored_columns_are<'a>(
+    info: impl ExactSizeIterator<Item = (&'a str, i64)>,
+    columns: &[String],
+) -> bool {
+    info.len() == columns.len()
+        && info
+            .zip(columns)
+            .all(|((name, hidden), c)| name == c && hidden == 0)
+}
+
 /// How `table`'s records read back, from the database `conn` has open:
 /// `None` for a table whose records do not hold exactly its columns in
 /// order (WITHOUT ROWID, generated or hidden columns) or whose rowid alias
@@ -1328,12 +1340,7 @@ fn record_layout(conn: &Connection, table: &TableSchema) -> rusqlite::Result<Opt
     // STORED one (3) is, with a value the rows do not hold.
     let mut info = info;
     info.retain(|i| i.4 != 2);
-    if info.len() != table.columns.len()
-        || info
-            .iter()
-            .zip(&table.columns)
-            .any(|(i, c)| i.0 != *c || i.4 != 0)
-    {
+    if !stored_columns_are(info.iter().map(|i| (&*i.0, i.4)), &table.columns) {
         return Ok(None);
     }
     // A rowid alias is the one primary key column declared INTEGER
@@ -1851,13 +1858,15 @@ impl SqliteRestorer {
     /// indexes, made already, follow its rows); such an index is rebuilt
     /// at the end.
     fn reread_roots(&mut self) -> Result<(), SqliteError> {
-        let names: Vec<String> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| t.bulk.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in names {
+        let named = |f: fn(&Target) -> bool| -> Vec<String> {
+            self.targets
+                .iter()
+                .filter(|(_, t)| f(t))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        let (bulk, cluster) = (named(|t| t.bulk.is_some()), named(|t| t.cluster.is_some()));
+        for name in bulk {
             let doing = format!("reading the root pages of table `{name}`");
             let target = self.targets.get_mut(&name).expect("listed above");
             let Some((_, layout, specs)) = target.bulk.take() else {
@@ -1869,29 +1878,11 @@ impl SqliteRestorer {
             else {
                 continue;
             };
-            let mut kept = Vec::with_capacity(specs.len());
-            for mut spec in specs {
-                match self
-                    .root_page("index", &spec.name)
-                    .map_err(self.sql_err(doing.clone()))?
-                {
-                    Some(r) => {
-                        spec.root = r;
-                        kept.push(spec);
-                    }
-                    None => self.reindex.push(spec.name),
-                }
-            }
+            let kept = self.reread_index_roots(specs, &doing)?;
             let target = self.targets.get_mut(&name).expect("listed above");
             target.bulk = Some((root, layout, kept));
         }
-        let names: Vec<String> = self
-            .targets
-            .iter()
-            .filter(|(_, t)| t.cluster.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in names {
+        for name in cluster {
             let doing = format!("reading the root page of table `{name}`");
             let root = self
                 .root_page("table", &name)
@@ -1905,25 +1896,35 @@ impl SqliteRestorer {
                 continue;
             };
             plan.spec.root = root;
-            let mut kept = Vec::with_capacity(plan.indexes.len());
-            for mut spec in std::mem::take(&mut plan.indexes) {
-                let doing = format!("reading the root pages of table `{name}`");
-                match self
-                    .root_page("index", &spec.name)
-                    .map_err(self.sql_err(doing))?
-                {
-                    Some(r) => {
-                        spec.root = r;
-                        kept.push(spec);
-                    }
-                    None => self.reindex.push(spec.name),
-                }
-            }
-            plan.indexes = kept;
+            let doing = format!("reading the root pages of table `{name}`");
+            plan.indexes = self.reread_index_roots(std::mem::take(&mut plan.indexes), &doing)?;
             let target = self.targets.get_mut(&name).expect("listed above");
             target.cluster = Some(plan);
         }
         Ok(())
+    }
+
+    /// The indexes of `specs` with their root pages read again; one that
+    /// has none any more is left out, to be rebuilt at the end.
+    fn reread_index_roots(
+        &mut self,
+        specs: Vec<IndexSpec>,
+        doing: &str,
+    ) -> Result<Vec<IndexSpec>, SqliteError> {
+        let mut kept = Vec::with_capacity(specs.len());
+        for mut spec in specs {
+            match self
+                .root_page("index", &spec.name)
+                .map_err(self.sql_err(doing.to_owned()))?
+            {
+                Some(r) => {
+                    spec.root = r;
+                    kept.push(spec);
+                }
+                None => self.reindex.push(spec.name),
+            }
+        }
+        Ok(kept)
     }
 
     /// How WITHOUT ROWID table `t`'s b-tree is built from its rows, if it
@@ -1943,12 +1944,7 @@ impl SqliteRestorer {
                     .collect()
             })
             .map_err(self.sql_err(doing.clone()))?;
-        if info.len() != t.columns.len()
-            || info
-                .iter()
-                .zip(&t.columns)
-                .any(|(i, c)| i.0 != *c || i.2 != 0)
-        {
+        if !stored_columns_are(info.iter().map(|i| (&*i.0, i.2)), &t.columns) {
             return Ok(None);
         }
         let indexes: Vec<(String, String)> = conn
