@@ -7,13 +7,22 @@
 /// \v \\`, `\` + 1–3 octal digits, `\x` + 1–2 hex digits; any other escaped
 /// character stands for itself).
 pub fn decode_copy_field(f: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
+    let mut out = Vec::new();
+    Ok(decode_copy_field_into(f, &mut out)?.then_some(out))
+}
+
+/// [`decode_copy_field`] into `out` (cleared first, its memory reused):
+/// `false` for NULL.
+pub fn decode_copy_field_into(f: &[u8], out: &mut Vec<u8>) -> Result<bool, &'static str> {
+    out.clear();
     if f == b"\\N" {
-        return Ok(None);
+        return Ok(false);
     }
     if !f.contains(&b'\\') {
-        return Ok(Some(f.to_vec()));
+        out.extend_from_slice(f);
+        return Ok(true);
     }
-    let mut out = Vec::with_capacity(f.len());
+    out.reserve(f.len());
     let mut i = 0;
     while i < f.len() {
         let b = f[i];
@@ -56,7 +65,7 @@ pub fn decode_copy_field(f: &[u8]) -> Result<Option<Vec<u8>>, &'static str> {
             other => out.push(other),
         }
     }
-    Ok(Some(out))
+    Ok(true)
 }
 
 /// Appends one field in `COPY ... FROM STDIN` text form: `\N` for NULL,

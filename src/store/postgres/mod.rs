@@ -36,13 +36,13 @@ mod tools;
 
 pub use catalog::read as read_catalog;
 pub use catalog::{PgColumn, PgSchema, PgSequence, PgTable};
-pub use copy::{decode_copy_field, encode_copy_field};
+pub use copy::{decode_copy_field, decode_copy_field_into, encode_copy_field};
 pub use restore::{restore_conn, PgOutput, PgRestorer, SqlScript};
 pub use tools::PgTools;
 
 use crate::policy::StoreConfig;
 use crate::store::record::encode_row;
-use crate::store::sqlite::{bucket_label, subject_text};
+use crate::store::sqlite::{bucket_label, subject_text, BucketCache};
 use crate::store::{GroupCoords, TablePlan};
 use futures::StreamExt;
 use rusqlite::types::ValueRef;
@@ -555,6 +555,42 @@ fn coords(
     GroupCoords { subject, bucket }
 }
 
+/// [`coords`] of the rows of one stream: the period's label is kept while
+/// the rows' times stay in its span, as the SQLite reader keeps it.
+#[derive(Default)]
+struct RowCoords {
+    bucket: BucketCache,
+    /// The label the cache last set.
+    label: Option<String>,
+}
+
+impl RowCoords {
+    fn of(
+        &mut self,
+        subject: Option<(&[u8], ValueKind)>,
+        period: Option<(&[u8], ValueKind, crate::store::Every)>,
+    ) -> GroupCoords {
+        let mut c = coords(subject, None);
+        c.bucket = period.and_then(|(t, k, every)| {
+            let v = match k {
+                ValueKind::Integer => std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .map(ValueRef::Integer)?,
+                ValueKind::Real => std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .map(ValueRef::Real)?,
+                ValueKind::Bytes => return None,
+                ValueKind::Text => ValueRef::Text(t),
+            };
+            self.bucket.update(&mut self.label, v, every);
+            self.label.clone()
+        });
+        c
+    }
+}
+
 /// The canonical subject text of a value (its text output) of a column of
 /// base type `base_type`, as the backup groups it; `None` for none.
 pub fn subject_of(text: &[u8], base_type: &str) -> Option<String> {
@@ -1052,34 +1088,40 @@ async fn copy_table(
     let mut pending: Vec<u8> = Vec::new();
     let mut batch: RowBatch = Vec::new();
     let mut batch_bytes = 0usize;
-    let mut fields: Vec<Option<Vec<u8>>> = Vec::with_capacity(ncols);
+    // Each column's value of the current row, its buffer reused from row
+    // to row, and whether it is NULL.
+    let mut fields: Vec<(Vec<u8>, bool)> = vec![(Vec::new(), false); ncols];
+    let mut row_coords = RowCoords::default();
     let bad = |why: &str| PgError::Rows {
         table: t.display_name(),
         why: why.to_string(),
     };
     let mut handle_line =
         |line: &[u8], batch: &mut RowBatch, batch_bytes: &mut usize| -> Result<(), PgError> {
-            fields.clear();
+            let mut n = 0;
             for f in line.split(|b| *b == b'\t') {
-                fields.push(decode_copy_field(f).map_err(&bad)?);
+                let Some((buf, present)) = fields.get_mut(n) else {
+                    return Err(bad("COPY returned a row with the wrong number of columns"));
+                };
+                *present = decode_copy_field_into(f, buf).map_err(&bad)?;
+                n += 1;
             }
-            if fields.len() != ncols {
+            if n != ncols {
                 return Err(bad("COPY returned a row with the wrong number of columns"));
             }
-            let values: Vec<ValueRef<'_>> = fields
-                .iter()
-                .map(|f| match f {
-                    Some(b) => ValueRef::Text(b),
-                    None => ValueRef::Null,
-                })
+            let field = |i: usize| {
+                let (buf, present) = &fields[i];
+                present.then_some(buf.as_slice())
+            };
+            let row: Vec<ValueRef<'_>> = (0..ncols)
+                .map(|i| field(i).map_or(ValueRef::Null, ValueRef::Text))
                 .collect();
             let mut out = Vec::with_capacity(line.len() + 2 * ncols + 4);
-            encode_row(None, &values, &mut out);
-            let c = coords(
-                plan.subject
-                    .and_then(|(i, k)| fields[i].as_deref().map(|v| (v, k))),
+            encode_row(None, &row, &mut out);
+            let c = row_coords.of(
+                plan.subject.and_then(|(i, k)| field(i).map(|v| (v, k))),
                 plan.period
-                    .and_then(|(i, k, e)| fields[i].as_deref().map(|v| (v, k, e))),
+                    .and_then(|(i, k, e)| field(i).map(|v| (v, k, e))),
             );
             *batch_bytes += out.len();
             batch.push((c, out));
@@ -1164,6 +1206,41 @@ mod tests {
         assert_eq!(c.subject.as_deref(), Some("MSISDN 1"));
         assert_eq!(c.bucket.as_deref(), Some("2026-03-14"));
         assert_eq!(coords(None, None), GroupCoords::default());
+    }
+
+    #[test]
+    fn a_streams_coords_are_each_rows_own() {
+        // Times of every kind a column can have, in and out of one span,
+        // with offsets that move the UTC day, NULLs and unreadable values
+        // between them.
+        let rows: &[(Option<&[u8]>, ValueKind)] = &[
+            (Some(b"2026-03-31 10:00:00+00"), ValueKind::Text),
+            (Some(b"2026-03-31 23:59:59.5+00"), ValueKind::Text),
+            (Some(b"2026-03-31 22:30:00-02"), ValueKind::Text),
+            (None, ValueKind::Text),
+            (Some(b"2026-03-31 12:00:00+00"), ValueKind::Text),
+            (Some(b"1774915199"), ValueKind::Integer),
+            (Some(b"1774915200"), ValueKind::Integer),
+            (Some(b"not a number"), ValueKind::Integer),
+            (Some(b"2026-04-01"), ValueKind::Text),
+            (Some(b"1774915199.75"), ValueKind::Real),
+            (Some(b"\\x00"), ValueKind::Bytes),
+            (Some(b"2026-03-31"), ValueKind::Text),
+            (Some(b"0044-03-15 BC"), ValueKind::Text),
+            (Some(b"2026-03-31 01:00:00+00"), ValueKind::Text),
+        ];
+        for every in [Every::Day, Every::Month, Every::Year] {
+            let mut stream = RowCoords::default();
+            for (i, (v, k)) in rows.iter().enumerate() {
+                let subject = v.map(|v| (v, ValueKind::Text));
+                let period = v.map(|v| (v, *k, every));
+                assert_eq!(
+                    stream.of(subject, period),
+                    coords(subject, period),
+                    "row {i} {every:?}"
+                );
+            }
+        }
     }
 
     #[test]
