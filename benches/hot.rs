@@ -1,7 +1,8 @@
 //! Criterion benches of the hot pieces of a backup: row encoding, chunking,
 //! chunk ids (keyed BLAKE3), sealing (zstd + XChaCha20-Poly1305) and pack
 //! writing; and of a restore's row path: stored rows decoded and written
-//! into a table's pages, with the entries of an index gathered and built.
+//! into a table's pages, with the entries of an index gathered and built;
+//! and the period labels a reader puts on each row.
 //! Run with `cargo bench --bench hot`; compare runs to spot
 //! regressions. Whole-system figures against restic and borg come from
 //! `scripts/bench.sh` (docs/PERFORMANCE.md).
@@ -14,6 +15,8 @@ use custos::store::bulkload::{PageFile, TableLoad};
 use custos::store::indexbuild::{IndexBuild, IndexSpec, KeyColumn};
 use custos::store::pages::{ColumnRead, Layout};
 use custos::store::record::{decode_row_ref, encode_row};
+use custos::store::sqlite::{bucket_label, BucketCache};
+use custos::store::Every;
 use rusqlite::types::ValueRef;
 
 /// Deterministic, call-record-like bytes (compressible, not trivially).
@@ -293,5 +296,50 @@ fn bench_restore(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, bench_restore);
+/// 100 k call-record times as ISO 8601 texts, in time order (as a table
+/// appended to over time holds them), 20 to 40 s apart.
+fn call_times() -> Vec<String> {
+    let mut t: i64 = 1_735_689_600;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t += 20 + (x % 21) as i64;
+            chrono::DateTime::from_timestamp(t, 0)
+                .expect("in range")
+                .format("%Y-%m-%dT%H:%M:%SZ")
+                .to_string()
+        })
+        .collect()
+}
+
+fn bench_periods(c: &mut Criterion) {
+    let times = call_times();
+    let mut g = c.benchmark_group("period labels (100k texts, by month)");
+    g.throughput(Throughput::Elements(times.len() as u64));
+    g.bench_function("as the reader keeps them (span cache)", |b| {
+        b.iter(|| {
+            let mut cache = BucketCache::default();
+            let mut label = None;
+            for t in &times {
+                cache.update(&mut label, ValueRef::Text(t.as_bytes()), Every::Month);
+            }
+            black_box(label)
+        })
+    });
+    g.bench_function("each row's own (bucket_label)", |b| {
+        b.iter(|| {
+            let mut last = None;
+            for t in &times {
+                last = bucket_label(ValueRef::Text(t.as_bytes()), Every::Month);
+            }
+            black_box(last)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, bench_restore, bench_periods);
 criterion_main!(benches);

@@ -1248,7 +1248,7 @@ impl LastValue {
 /// instant and keeps the label if it falls in the span (no label is
 /// formatted); other values are recomputed when they change.
 #[derive(Default)]
-pub(crate) struct BucketCache {
+pub struct BucketCache {
     /// Unix seconds `[start, end)` of the current label.
     span: Option<(i64, i64)>,
     last: LastValue,
@@ -1257,7 +1257,7 @@ pub(crate) struct BucketCache {
 impl BucketCache {
     /// Sets `slot` to `v`'s label; `slot` must hold what the last call
     /// left there.
-    pub(crate) fn update(&mut self, slot: &mut Option<String>, v: ValueRef<'_>, every: Every) {
+    pub fn update(&mut self, slot: &mut Option<String>, v: ValueRef<'_>, every: Every) {
         if let (ValueRef::Integer(i), Some((start, end))) = (v, self.span) {
             if (start..end).contains(&i) {
                 return;
