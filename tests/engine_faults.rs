@@ -538,6 +538,41 @@ async fn a_damaged_subject_shard_stops_a_restore_but_not_a_listing() {
     assert_eq!(before, after, "a command changed the target or the vault");
 }
 
+/// A subject shard deleted from the vault (its keys and any tombstones
+/// with it) is damage, not a destruction: check and restore fail with the
+/// integrity code naming the shard, and no row is counted as shredded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_subject_shard_is_not_taken_for_a_shred() {
+    let f = demo_fixture(7).await;
+    backup(&f.load(), &BackupOptions::default(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let shard = objects_under(&f.vault_dir(), "keys/subject")
+        .into_iter()
+        .next()
+        .expect("a subject shard");
+    std::fs::remove_file(f.vault_dir().join(&shard)).unwrap();
+
+    let chk = run_fail(cli(&["check", "--policy", p(&f.policy), "--json"]));
+    assert_eq!(code(&chk), 3, "{}", all_output(&chk));
+    let report: serde_json::Value = serde_json::from_slice(&chk.stdout).unwrap();
+    assert_eq!(report["groups_shredded"], 0, "{report}");
+    assert!(stdout(&chk).contains(shard.as_str()), "{report}");
+
+    let to = f.path("restored.db");
+    let rst = run_fail(cli(&["restore", "--policy", p(&f.policy), "--to", p(&to)]));
+    let text = all_output(&rst);
+    assert_eq!(code(&rst), 3, "{text}");
+    assert!(text.contains(shard.as_str()), "{text}");
+    assert!(text.contains("nothing was shredded"), "{text}");
+    assert_nothing_restored(&to);
+    eprintln!(
+        "check: {}\nrestore: {}",
+        stdout(&chk).trim(),
+        stderr(&rst).trim()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. Damaged or hostile metadata.
 

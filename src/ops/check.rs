@@ -7,7 +7,9 @@
 //! chunk a snapshot refers to is decrypted, decompressed and checked against
 //! its id. Findings name the object; any error makes the check fail.
 
-use super::restore::{keys_from_parents_many, parent_keys_many, window_batches, GroupKeyProblem};
+use super::restore::{
+    keys_from_parents_many, missing_key_message, parent_keys_many, window_batches, GroupKeyProblem,
+};
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
 use crate::policy::Policy;
@@ -20,6 +22,7 @@ use crate::repo::index::{
 use crate::repo::pack::{check_header, open_chunks_into, Codec, ToOpen};
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
+use crate::vault::KeyId;
 use bytes::Bytes;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -830,6 +833,10 @@ struct PageTally {
     first_missing: Option<Id>,
     mismatched: u64,
     shredded: u64,
+    /// Groups whose keys are neither in the vault nor destroyed, and the
+    /// first such key (and whether it is a subject key).
+    keys_missing: u64,
+    first_key_missing: Option<(KeyId, bool)>,
 }
 
 impl PageTally {
@@ -846,6 +853,8 @@ impl PageTally {
         self.first_missing = self.first_missing.or(other.first_missing);
         self.mismatched += other.mismatched;
         self.shredded += other.shredded;
+        self.keys_missing += other.keys_missing;
+        self.first_key_missing = self.first_key_missing.or(other.first_key_missing);
     }
 }
 
@@ -1031,6 +1040,10 @@ impl Walk<'_> {
             match k {
                 Ok(k) => keyed.push((k, g.chunks)),
                 Err(GroupKeyProblem::Shredded) => tally.shredded += 1,
+                Err(GroupKeyProblem::Missing { key, subject }) => {
+                    tally.keys_missing += 1;
+                    tally.first_key_missing.get_or_insert((key, subject));
+                }
                 Err(GroupKeyProblem::Mismatch) => tally.mismatched += 1,
             }
         }
@@ -1332,7 +1345,12 @@ impl Walk<'_> {
                 .key(&f.key)
                 .map(|k| ChunkKeys::new(group_key(None, k, "files")));
             if keys.is_none() {
-                self.groups_shredded += 1;
+                if self.vault.destroyed(&f.key) {
+                    self.groups_shredded += 1;
+                } else {
+                    found_here.keys_missing += 1;
+                    found_here.first_key_missing.get_or_insert((f.key, false));
+                }
             }
             let index = self.whole().await;
             let positions = self.positions(&index);
@@ -1367,6 +1385,8 @@ impl Walk<'_> {
             first_missing,
             mismatched,
             shredded,
+            keys_missing,
+            first_key_missing,
         } = found_here;
         self.groups_shredded += shredded;
         if let Some((table, wi, pack)) = first_short {
@@ -1383,6 +1403,16 @@ impl Walk<'_> {
             self.error(
                 object.clone(),
                 format!("{mismatched} group(s) do not match the keys they name (damaged or hostile manifest)"),
+                None,
+            );
+        }
+        if let Some((key, subject)) = first_key_missing {
+            self.error(
+                object.clone(),
+                format!(
+                    "{keys_missing} group(s) cannot be read; the first: {}",
+                    missing_key_message(&key, subject)
+                ),
                 None,
             );
         }

@@ -165,11 +165,42 @@ impl RestoreReport {
 /// Why a group's keys could not be had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupKeyProblem {
-    /// A parent key is no longer in the vault: the group was shredded.
+    /// A parent key is no longer in the vault and a tombstone names it (or
+    /// its unit is being destroyed): the group was shredded.
     Shredded,
+    /// A parent key is neither in the vault nor destroyed: the vault object
+    /// that held it is damaged or was deleted. The group's rows are out of
+    /// reach, not gone by design: an integrity error, never a shred.
+    Missing {
+        /// The key's id.
+        key: KeyId,
+        /// Whether it is the group's subject key (else its time key).
+        subject: bool,
+    },
     /// The keys named do not derive the group's id: the manifest is damaged
     /// or hostile.
     Mismatch,
+}
+
+impl GroupKeyProblem {
+    /// Why a key the vault does not give out is missing: shredded if the
+    /// vault recorded its destruction, else [`GroupKeyProblem::Missing`].
+    pub fn absent(vault: &Vault, key: &KeyId, subject: bool) -> GroupKeyProblem {
+        if vault.destroyed(key) {
+            GroupKeyProblem::Shredded
+        } else {
+            GroupKeyProblem::Missing { key: *key, subject }
+        }
+    }
+}
+
+/// The message of a key that is neither in the vault nor destroyed.
+pub fn missing_key_message(key: &KeyId, subject: bool) -> String {
+    format!(
+        "{} key {key} is neither in the key vault nor destroyed: {} at a vault location is damaged or was deleted (restore it from another vault location or a copy; nothing was shredded)",
+        if subject { "subject" } else { "time" },
+        Vault::object_of(key, subject)
+    )
 }
 
 /// Resolves a group's key from the vault.
@@ -187,9 +218,15 @@ pub fn parent_keys<'v>(
     vault: &'v Vault,
     g: &GroupEntry,
 ) -> Result<ParentKeys<'v>, GroupKeyProblem> {
-    let t = vault.key(&g.t).ok_or(GroupKeyProblem::Shredded)?;
+    let t = vault
+        .key(&g.t)
+        .ok_or_else(|| GroupKeyProblem::absent(vault, &g.t, false))?;
     let s: Option<&Key32> = match &g.s {
-        Some(id) => Some(vault.key(id).ok_or(GroupKeyProblem::Shredded)?),
+        Some(id) => Some(
+            vault
+                .key(id)
+                .ok_or_else(|| GroupKeyProblem::absent(vault, id, true))?,
+        ),
         None => None,
     };
     Ok((s, t))
@@ -209,9 +246,11 @@ pub fn parent_keys_many<'v, 'g>(
     groups
         .zip(subjects)
         .map(|(g, s)| {
-            let t = vault.key(&g.t).ok_or(GroupKeyProblem::Shredded)?;
-            let s = match g.s {
-                Some(_) => Some(s.ok_or(GroupKeyProblem::Shredded)?),
+            let t = vault
+                .key(&g.t)
+                .ok_or_else(|| GroupKeyProblem::absent(vault, &g.t, false))?;
+            let s = match &g.s {
+                Some(id) => Some(s.ok_or_else(|| GroupKeyProblem::absent(vault, id, true))?),
                 None => None,
             };
             Ok((s, t))
@@ -622,10 +661,10 @@ impl Located {
 
 /// The parent keys of a run of a window's groups, looked up back to back
 /// (their misses in the vault's table overlap) just before the run is
-/// read. `None` for a group whose subject or time key was shredded.
+/// read, or why a group's could not be had.
 struct Parents<'v> {
     from: usize,
-    keys: Vec<Option<ParentKeys<'v>>>,
+    keys: Vec<Result<ParentKeys<'v>, GroupKeyProblem>>,
 }
 
 /// Groups whose parent keys are looked up together.
@@ -639,13 +678,13 @@ impl<'v> Parents<'v> {
         vault: &'v Vault,
         groups: &[(Id, GroupEntry)],
         i: usize,
-    ) -> Option<ParentKeys<'v>> {
+    ) -> Result<ParentKeys<'v>, GroupKeyProblem> {
         if i < self.from || i >= self.from + self.keys.len() {
             self.from = i;
             self.keys.clear();
             let to = (i + PARENTS_BATCH).min(groups.len());
             let found = parent_keys_many(vault, groups[i..to].iter().map(|(_, g)| g));
-            self.keys.extend(found.into_iter().map(Result::ok));
+            self.keys.extend(found);
         }
         self.keys[i - self.from]
     }
@@ -924,13 +963,25 @@ impl WindowReader {
             let mut rows = 0u64;
             while next < groups.len() {
                 let (_, g) = &groups[next];
-                let Some((subject, time)) = parents.of(vault, groups, next) else {
-                    tr.rows_shredded = tr.rows_shredded.saturating_add(g.rows);
-                    tr.groups_shredded += 1;
-                    rows = rows.saturating_add(g.rows);
-                    next += 1;
-                    at += g.chunks.len();
-                    continue;
+                let (subject, time) = match parents.of(vault, groups, next) {
+                    Ok(keys) => keys,
+                    Err(GroupKeyProblem::Missing { key, subject }) => {
+                        return Err(OpsError::Integrity(format!(
+                            "{}: table {} group {}: {}",
+                            place.snapshot,
+                            place.table,
+                            hex::encode(g.g),
+                            missing_key_message(&key, subject)
+                        )));
+                    }
+                    Err(_) => {
+                        tr.rows_shredded = tr.rows_shredded.saturating_add(g.rows);
+                        tr.groups_shredded += 1;
+                        rows = rows.saturating_add(g.rows);
+                        next += 1;
+                        at += g.chunks.len();
+                        continue;
+                    }
                 };
                 let start = locs.len();
                 let mut added = 0;
@@ -1142,6 +1193,14 @@ async fn restore_files(
     let index = locator.whole().await?;
     locator.report(report);
     let Some(key) = vault.key(&fs.key) else {
+        if !vault.destroyed(&fs.key) {
+            return Err(OpsError::Integrity(format!(
+                "snapshot {}: unit {}: {}",
+                snap.id,
+                fs.unit,
+                missing_key_message(&fs.key, false)
+            )));
+        }
         return Err(OpsError::Invalid(format!(
             "snapshot {}: the key of unit {} was destroyed; its files cannot be restored",
             snap.id, fs.unit
@@ -1288,6 +1347,14 @@ async fn restore_postgres(
                         tr.groups_shredded += 1;
                         progress.advance(g.rows);
                         continue;
+                    }
+                    Err(GroupKeyProblem::Missing { key, subject }) => {
+                        return Err(OpsError::Integrity(format!(
+                            "{}: tree page {pid}: group {}: {}",
+                            target.name,
+                            hex::encode(g.g),
+                            missing_key_message(&key, subject)
+                        )));
                     }
                     Err(GroupKeyProblem::Mismatch) => {
                         return Err(OpsError::Integrity(format!(

@@ -1590,6 +1590,28 @@ impl Vault {
         self.entries.get(id).and_then(|e| self.unfenced(e))
     }
 
+    /// Whether a key this vault does not give out ([`Vault::key`] is
+    /// `None`) was destroyed: a tombstone names its id, or its unit is
+    /// being destroyed. A key that is neither was never in this vault or
+    /// went with a damaged or deleted shard: what it seals is out of
+    /// reach, not shredded, and must not be reported as a destruction.
+    pub fn destroyed(&self, id: &KeyId) -> bool {
+        self.entries.get(id).is_some()
+            || [Shard::Subject(id.0[0]), Shard::Period, Shard::Epoch]
+                .iter()
+                .any(|s| self.tombstones.get(s).is_some_and(|t| t.contains_key(id)))
+    }
+
+    /// The vault object that holds key `id` at every location: a
+    /// customer's (`subject`), or a period's or epoch's.
+    pub fn object_of(id: &KeyId, subject: bool) -> String {
+        if subject {
+            Shard::Subject(id.0[0]).name()
+        } else {
+            format!("{} or {}", Shard::Period.name(), Shard::Epoch.name())
+        }
+    }
+
     /// [`Vault::key`] of many ids (`None` for `None`), looked up together
     /// so that their cache misses overlap (the table's `get_many`);
     /// each key's bytes are prefetched.
