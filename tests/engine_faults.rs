@@ -533,6 +533,11 @@ async fn a_damaged_subject_shard_stops_a_restore_but_not_a_listing() {
     let rst = run_fail(cli(&["restore", "--policy", p(&f.policy), "--to", p(&to)]));
     let text = all_output(&rst);
     assert!(text.contains(shard.as_str()), "{text}");
+    assert_eq!(
+        code(&rst),
+        3,
+        "a damaged vault object is an integrity failure\n{text}"
+    );
     assert!(!to.exists(), "a refused restore left {}", to.display());
     let after = (inventory(&f.target_dir()), inventory(&f.vault_dir()));
     assert_eq!(before, after, "a command changed the target or the vault");

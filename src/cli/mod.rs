@@ -170,20 +170,26 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
     if let Some(r) = e.downcast_ref::<RepoError>() {
         return repo_code(r);
     }
+    // A vault object that does not decode, or locations that disagree on
+    // a key, is stored data altered: the integrity code, as for a pack.
+    let vault_code = |v: &VaultError| match v {
+        VaultError::NotRecipient { .. } | VaultError::NoVault { .. } | VaultError::ReadOnly => 2,
+        VaultError::Unsigned { .. }
+        | VaultError::BadSignature { .. }
+        | VaultError::UnsignedInSignedVault { .. }
+        | VaultError::Corrupt { .. }
+        | VaultError::Conflict { .. } => 3,
+        _ => 1,
+    };
+    if let Some(v) = e.downcast_ref::<VaultError>() {
+        return vault_code(v);
+    }
     if let Some(o) = e.downcast_ref::<OpsError>() {
         return match o {
             OpsError::Keys(_) | OpsError::UnknownTarget(_) | OpsError::Invalid(_) => 2,
             OpsError::Integrity(_) => 3,
             OpsError::Repo(r) => repo_code(r),
-            OpsError::Vault(v) => match **v {
-                VaultError::NotRecipient { .. }
-                | VaultError::NoVault { .. }
-                | VaultError::ReadOnly => 2,
-                VaultError::Unsigned { .. }
-                | VaultError::BadSignature { .. }
-                | VaultError::UnsignedInSignedVault { .. } => 3,
-                _ => 1,
-            },
+            OpsError::Vault(v) => vault_code(v),
             OpsError::Sqlite(s) => match **s {
                 SqliteError::NotFound { .. }
                 | SqliteError::AlreadyExists { .. }
