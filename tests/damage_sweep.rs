@@ -15,7 +15,9 @@
 //! - a restore that succeeds has restored exactly the latest snapshot's
 //!   database (compared row by row), and one that fails leaves nothing
 //!   behind: damage is never restored as data, and a key that cannot be
-//!   read is never taken for a destroyed one.
+//!   read is never taken for a destroyed one;
+//! - a backup into the damaged copy exits as documented and changes no
+//!   object that was there (it only adds).
 //!
 //! `CUSTOS_DAMAGE_CASES=N` runs N cases (default 24);
 //! `CUSTOS_DAMAGE_SEED=S` starts at case seed S (a failure names its seed).
@@ -34,7 +36,7 @@ use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
-use util::{list_files, noise, sqlite_policy};
+use util::{inventory, list_files, noise, sqlite_policy};
 
 /// What was done to the chosen object.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -286,6 +288,31 @@ async fn random_damage_is_found_and_never_restored_as_data() {
             chk.status.code(),
             rst.status.code()
         );
+        // A backup into the damaged copy exits as documented and leaves
+        // every object that was there as it was (it only adds).
+        let before = inventory(&t);
+        let p = root.join(format!("{name}.toml"));
+        let bk = custos()
+            .args(["backup", "--policy", p.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let text = describe("backup", &bk);
+        assert!(
+            !text.contains("panicked"),
+            "{case}: backup panicked\n{text}"
+        );
+        assert!(
+            bk.status.code().is_some_and(|c| DOCUMENTED.contains(&c)),
+            "{case}: backup exit code not documented\n{text}"
+        );
+        let after = inventory(&t);
+        for (object, hash) in before.iter().filter(|(o, _)| !o.starts_with("locks/")) {
+            assert_eq!(
+                after.get(object),
+                Some(hash),
+                "{case}: the backup changed or removed {object}\n{text}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&t);
         let _ = std::fs::remove_dir_all(&v);
         let _ = std::fs::remove_dir_all(to.parent().unwrap());
