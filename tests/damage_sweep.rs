@@ -223,6 +223,10 @@ async fn random_damage_is_found_and_never_restored_as_data() {
                 !text.contains("panicked"),
                 "{case}: {what} panicked\n{text}"
             );
+            assert!(
+                !text.contains("upgrading"),
+                "{case}: {what} suggests an upgrade for damage\n{text}"
+            );
             let code = out.status.code();
             assert!(
                 code.is_some_and(|c| DOCUMENTED.contains(&c)),

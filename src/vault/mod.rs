@@ -551,7 +551,7 @@ fn open_object(
         UnwrapError::Other(reason) => VaultError::Corrupt {
             url: url.to_string(),
             object: object.to_string(),
-            reason: format!("age: {reason}"),
+            reason,
         },
     })?;
     match signed_part(keys, &plain, magic) {

@@ -164,23 +164,40 @@ pub(super) enum UnwrapError {
     Other(String),
 }
 
+/// What an age error says about the object, in one line. age's own text
+/// for a header it cannot parse suggests upgrading, which misleads here:
+/// custos wrote the object, so an unreadable header is damage.
+fn damage(e: &age::DecryptError) -> String {
+    use age::DecryptError as E;
+    match e {
+        E::UnknownFormat | E::InvalidHeader => "its age header is damaged or missing".into(),
+        E::InvalidMac => "its age header does not authenticate (damaged)".into(),
+        E::KeyDecryptionFailed => "its file key does not decrypt (damaged)".into(),
+        E::DecryptionFailed => "its payload does not decrypt (damaged or cut short)".into(),
+        E::Io(e) => format!("it does not read as age ({e}): damaged or cut short"),
+        e => e.to_string().lines().next().unwrap_or_default().to_string(),
+    }
+}
+
 /// Unwraps an age object with the identity into a zeroizing buffer.
 pub(super) fn unwrap(
     identity: &Identity,
     sealed: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, UnwrapError> {
-    let dec =
-        age::Decryptor::new_buffered(sealed).map_err(|e| UnwrapError::Other(e.to_string()))?;
+    let dec = age::Decryptor::new_buffered(sealed).map_err(|e| UnwrapError::Other(damage(&e)))?;
     let mut r = dec
         .decrypt(std::iter::once(identity as &dyn age::Identity))
         .map_err(|e| match e {
             age::DecryptError::NoMatchingKeys => UnwrapError::NotRecipient,
-            e => UnwrapError::Other(e.to_string()),
+            e => UnwrapError::Other(damage(&e)),
         })?;
     // Plaintext is shorter than the ciphertext: one allocation, no copies left behind.
     let mut plain = Zeroizing::new(Vec::with_capacity(sealed.len()));
-    r.read_to_end(&mut plain)
-        .map_err(|e| UnwrapError::Other(e.to_string()))?;
+    r.read_to_end(&mut plain).map_err(|e| {
+        UnwrapError::Other(format!(
+            "its payload does not decrypt (damaged or cut short: {e})"
+        ))
+    })?;
     Ok(plain)
 }
 
@@ -259,5 +276,33 @@ mod tests {
         use age::secrecy::ExposeSecret;
         assert!(!d.contains(k.identity().to_string().expose_secret()));
         assert!(d.contains("can_sign: true"));
+    }
+
+    #[test]
+    fn a_damaged_object_is_called_damaged_in_one_line() {
+        let id = Identity::generate();
+        let sealed = wrap(&[7u8; 3000], &[id.to_public()]).unwrap();
+        let reason = |bytes: &[u8]| match unwrap(&id, bytes) {
+            Ok(_) => panic!("a damaged object unwrapped"),
+            Err(UnwrapError::NotRecipient) => panic!("damage taken for another identity"),
+            Err(UnwrapError::Other(r)) => r,
+        };
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for at in [0, 5, 30, sealed.len() / 2, sealed.len() - 3] {
+            let mut b = sealed.clone();
+            b[at] ^= 0x20;
+            cases.push(b);
+        }
+        cases.push(sealed[..sealed.len() - 40].to_vec());
+        cases.push(sealed[..20].to_vec());
+        cases.push(Vec::new());
+        for (n, b) in cases.iter().enumerate() {
+            let r = reason(b);
+            assert!(
+                r.contains("damaged") || r.contains("cut short"),
+                "case {n}: {r}"
+            );
+            assert!(!r.contains('\n') && !r.contains("upgrad"), "case {n}: {r}");
+        }
     }
 }
