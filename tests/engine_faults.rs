@@ -509,12 +509,10 @@ async fn restore_of_a_corrupted_pack_exits_with_the_integrity_code() {
     assert_eq!(code(&rst), 3, "{}", all_output(&rst));
 }
 
-/// A damaged subject-key shard of the vault: listing snapshots needs only
-/// the repository keys and still works; a restore, which needs the unit
-/// keys, refuses naming the shard; neither changes a file.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_subject_shard_stops_a_restore_but_not_a_listing() {
-    let f = demo_fixture(6).await;
+/// A demo fixture backed up once, and the vault object name of one of its
+/// subject-key shards.
+async fn backed_up_with_a_subject_shard(seed: u64) -> (Fixture, String) {
+    let f = demo_fixture(seed).await;
     backup(&f.load(), &BackupOptions::default(), Arc::new(NoProgress))
         .await
         .unwrap();
@@ -522,6 +520,15 @@ async fn a_damaged_subject_shard_stops_a_restore_but_not_a_listing() {
         .into_iter()
         .next()
         .expect("a subject shard");
+    (f, shard)
+}
+
+/// A damaged subject-key shard of the vault: listing snapshots needs only
+/// the repository keys and still works; a restore, which needs the unit
+/// keys, refuses naming the shard; neither changes a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_subject_shard_stops_a_restore_but_not_a_listing() {
+    let (f, shard) = backed_up_with_a_subject_shard(6).await;
     std::fs::write(f.vault_dir().join(&shard), b"not an age file").unwrap();
     let before = (inventory(&f.target_dir()), inventory(&f.vault_dir()));
 
@@ -548,14 +555,7 @@ async fn a_damaged_subject_shard_stops_a_restore_but_not_a_listing() {
 /// integrity code naming the shard, and no row is counted as shredded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_subject_shard_is_not_taken_for_a_shred() {
-    let f = demo_fixture(7).await;
-    backup(&f.load(), &BackupOptions::default(), Arc::new(NoProgress))
-        .await
-        .unwrap();
-    let shard = objects_under(&f.vault_dir(), "keys/subject")
-        .into_iter()
-        .next()
-        .expect("a subject shard");
+    let (f, shard) = backed_up_with_a_subject_shard(7).await;
     std::fs::remove_file(f.vault_dir().join(&shard)).unwrap();
 
     let chk = run_fail(cli(&["check", "--policy", p(&f.policy), "--json"]));
