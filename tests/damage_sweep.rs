@@ -19,7 +19,8 @@
 //! - a backup into the damaged copy exits as documented and changes no
 //!   object that was there (it only adds).
 //!
-//! `CUSTOS_DAMAGE_CASES=N` runs N cases (default 24);
+//! The repository is in a folder, and again on an S3 server over HTTP.
+//! `CUSTOS_DAMAGE_CASES=N` runs N cases (default 24 in a folder, 12 on S3);
 //! `CUSTOS_DAMAGE_SEED=S` starts at case seed S (a failure names its seed).
 
 mod common;
@@ -28,7 +29,8 @@ mod same;
 #[path = "common/faults_util.rs"]
 mod util;
 
-use common::{copy_tree, custos, file_url, stderr, stdout, tempdir};
+use common::s3::policy_section;
+use common::{copy_tree, custos, file_url, stderr, stdout, tempdir, S3Server};
 use custos::demo::{generate, mutate, DemoSize};
 use custos::ops::backup::{backup, BackupOptions};
 use custos::policy::Policy;
@@ -105,10 +107,25 @@ fn damage(dir: &Path, object: &str, kind: Damage, rng: &mut StdRng) -> Option<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_damage_is_found_and_never_restored_as_data() {
+    sweep(None, 24).await;
+}
+
+/// The same over real HTTP: the repository on an S3 server on 127.0.0.1
+/// (its objects are files, damaged in place), the vault in a folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_damage_over_s3_is_found_and_never_restored_as_data() {
+    let s3 = S3Server::start();
+    s3.create_bucket("bkt");
+    sweep(Some(&s3), 12).await;
+}
+
+/// Runs the sweep with the repository in a folder, or with `s3` in bucket
+/// `bkt` of that server; `default_cases` unless `CUSTOS_DAMAGE_CASES`.
+async fn sweep(s3: Option<&S3Server>, default_cases: u64) {
     let cases: u64 = std::env::var("CUSTOS_DAMAGE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(24);
+        .unwrap_or(default_cases);
     let start: u64 = std::env::var("CUSTOS_DAMAGE_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -120,13 +137,29 @@ async fn random_damage_is_found_and_never_restored_as_data() {
     let db = root.join("crm.db");
     generate(&db, DemoSize::Bytes(1 << 20), 21, &NoProgress).unwrap();
     let keys = custos::keys::init_keys(&root.join("keys")).unwrap();
-    let (target, vault) = (root.join("target"), root.join("vault"));
+    // Where a repository named `name` keeps its objects, as files.
+    let repo_dir = |name: &str| match s3 {
+        Some(s3) => s3.root().join("bkt").join(name),
+        None => root.join(name),
+    };
+    let (target, vault) = (repo_dir("target"), root.join("vault"));
     std::fs::create_dir_all(&target).unwrap();
+    let extra = s3.map_or(String::new(), |s3| policy_section(&s3.endpoint()));
     let policy_for = |name: &str, t: &Path, v: &Path| {
         let p = root.join(name);
-        let text = sqlite_policy(&db, &keys.identity_path, &file_url(v), &file_url(t), "");
+        let url = match s3 {
+            Some(_) => format!("s3://bkt/{}", t.file_name().unwrap().to_str().unwrap()),
+            None => file_url(t),
+        };
+        let text = sqlite_policy(&db, &keys.identity_path, &file_url(v), &url, &extra);
         std::fs::write(&p, text).unwrap();
         p
+    };
+    let env = s3.map_or(Vec::new(), |s3| s3.env());
+    let custos = || {
+        let mut c = custos();
+        c.envs(env.iter().cloned());
+        c
     };
     let policy = policy_for("policy.toml", &target, &vault);
     let load = || Policy::load(&policy).unwrap();
@@ -175,7 +208,7 @@ async fn random_damage_is_found_and_never_restored_as_data() {
 
     // The undamaged copy passes both: the sweep below can tell damage
     // from a harness that always fails.
-    let (t0, v0) = (root.join("t-clean"), root.join("v-clean"));
+    let (t0, v0) = (repo_dir("t-clean"), root.join("v-clean"));
     copy_tree(&target, &t0);
     copy_tree(&vault, &v0);
     let (chk, rst, to) = run_case("clean", &t0, &v0);
@@ -208,7 +241,7 @@ async fn random_damage_is_found_and_never_restored_as_data() {
         }
         let name = format!("case{seed}");
         let (t, v) = (
-            root.join(format!("t-{name}")),
+            repo_dir(&format!("t-{name}")),
             root.join(format!("v-{name}")),
         );
         copy_tree(&target, &t);
