@@ -493,6 +493,81 @@ async fn damaged_packs_and_indexes_are_named_by_check_and_refused_by_restore() {
     }
 }
 
+/// `check --repair-index` rebuilds index objects deleted or damaged from
+/// their packs' headers, after which the repository checks clean and
+/// restores exactly; the index object of a damaged pack is not rebuilt,
+/// and the check still fails naming the pack. Nothing is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_objects_are_rebuilt_from_whole_packs_only() {
+    let f = demo_fixture(8).await;
+    backup(&f.load(), &small_packs(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let packs = objects_under(&f.target_dir(), "data");
+    assert!(packs.len() >= 3, "want several packs, got {}", packs.len());
+    let index_of = |pack: &str| format!("index/{}", pack.rsplit('/').next().unwrap());
+    let (p0, p1, p2) = (&packs[0], &packs[1], &packs[2]);
+
+    // Two index objects lost with their packs whole: repaired.
+    let whole = f.path("t-whole");
+    copy_tree(&f.target_dir(), &whole);
+    std::fs::remove_file(whole.join(index_of(p0))).unwrap();
+    flip_bit(&whole.join(index_of(p1)), 60);
+    let policy = f.policy_for_target("whole.toml", &whole);
+    let broken = run_fail(cli(&["check", "--policy", p(&policy), "--read-data"]));
+    assert_eq!(code(&broken), 3, "{}", all_output(&broken));
+    let fixed = run(cli(&[
+        "check",
+        "--policy",
+        p(&policy),
+        "--read-data",
+        "--repair-index",
+        "--json",
+    ]));
+    let report: serde_json::Value = serde_json::from_slice(&fixed.stdout).unwrap();
+    let mut rebuilt: Vec<&str> = report["repair"]["rebuilt"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    rebuilt.sort();
+    let mut want = vec![index_of(p0), index_of(p1)];
+    want.sort();
+    assert_eq!(rebuilt, want, "{report}");
+    assert_eq!(report["check"]["ok"], true, "{report}");
+    let to = f.path("out-whole/restored.db");
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    run(cli(&["restore", "--policy", p(&policy), "--to", p(&to)]));
+    assert_same_db(&f.db, &to);
+
+    // A damaged pack's index object is not rebuilt from it.
+    let damaged = f.path("t-damaged");
+    copy_tree(&f.target_dir(), &damaged);
+    std::fs::remove_file(damaged.join(index_of(p2))).unwrap();
+    flip_bit(&damaged.join(p2), 200);
+    let policy = f.policy_for_target("damaged.toml", &damaged);
+    let before = inventory(&damaged);
+    let out = run_fail(cli(&[
+        "check",
+        "--policy",
+        p(&policy),
+        "--read-data",
+        "--repair-index",
+    ]));
+    let text = all_output(&out);
+    assert_eq!(code(&out), 3, "{text}");
+    assert!(
+        text.contains(&format!("not repaired: primary:{p2}")),
+        "{text}"
+    );
+    assert_eq!(
+        inventory(&damaged),
+        before,
+        "a refused repair changed the target"
+    );
+}
+
 /// The README says exit code 3 means "data failed authentication"; a
 /// restore that meets a corrupted pack should exit with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

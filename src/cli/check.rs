@@ -1,4 +1,4 @@
-//! `custos check --policy P [--target NAME] [--read-data] [--json]`
+//! `custos check --policy P [--target NAME] [--read-data] [--repair-index] [--json]`
 
 use super::{wrap, Failure};
 use clap::Args;
@@ -15,12 +15,44 @@ pub struct CheckArgs {
     /// Download every pack and decrypt every chunk snapshots refer to.
     #[arg(long)]
     read_data: bool,
+    /// First rebuild index objects that are missing or unreadable from
+    /// their packs' headers (under the backup lock; nothing is deleted).
+    #[arg(long)]
+    repair_index: bool,
     #[arg(long)]
     json: bool,
 }
 
 pub async fn run(a: CheckArgs) -> Result<(), Failure> {
     let policy = super::load_policy(&a.policy).map_err(wrap)?;
+    let repair = if a.repair_index {
+        let r = custos::ops::repair::repair_index(&policy, a.target.as_deref()).await;
+        let ev = custos::audit::Event::new("repair-index", "operator").policy(&policy.name);
+        let ev = match &r {
+            Ok(rep) => ev.detail(format!(
+                "{} index object(s) rebuilt, {} pack(s) unrepairable",
+                rep.rebuilt.len(),
+                rep.unrepairable.len()
+            )),
+            Err(_) => super::audit::outcome_event(ev, &r),
+        };
+        super::audit::record(ev);
+        let rep = r.map_err(|e| wrap(e.into()))?;
+        if !a.json {
+            for o in &rep.rebuilt {
+                println!(
+                    "repaired: {}:{o}: rebuilt from its pack's header",
+                    rep.target
+                );
+            }
+            for u in &rep.unrepairable {
+                println!("not repaired: {}: {}", u.object, u.why);
+            }
+        }
+        Some(rep)
+    } else {
+        None
+    };
     let r = custos::ops::check::check(
         &policy,
         a.target.as_deref(),
@@ -38,7 +70,12 @@ pub async fn run(a: CheckArgs) -> Result<(), Failure> {
     super::audit::record(ev);
     let r = r.map_err(|e| wrap(e.into()))?;
     if a.json {
-        println!("{}", serde_json::to_string(&r).map_err(|e| wrap(e.into()))?);
+        let out = match &repair {
+            // With --repair-index: {"repair": {...}, "check": {...}}.
+            Some(rep) => serde_json::to_string(&serde_json::json!({ "repair": rep, "check": &r })),
+            None => serde_json::to_string(&r),
+        };
+        println!("{}", out.map_err(|e| wrap(e.into()))?);
     } else {
         print_report(&r);
     }

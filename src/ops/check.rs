@@ -134,7 +134,7 @@ pub async fn check_with(
         findings.push(err(
             object.clone(),
             format!("index object unreadable: {why}"),
-            Some("the chunks it lists will be stored again by the next backup"),
+            Some("`custos check --repair-index` rebuilds it from its pack; until then the next backup stores its chunks again"),
         ));
     }
     // Packs present on the target.
@@ -162,7 +162,7 @@ pub async fn check_with(
             findings.push(Finding {
                 level: Level::Info,
                 object: format!("{}:{}", target.name, path),
-                message: "pack not in any index (left by an interrupted backup); unused".into(),
+                message: "pack not in any index (left by an interrupted backup, or its index object was lost: `check --repair-index` rebuilds it)".into(),
                 hint: None,
             });
         }
@@ -1423,7 +1423,7 @@ impl Walk<'_> {
                     "{missing} chunk(s) this snapshot needs are in no index (first: {})",
                     first_missing.unwrap()
                 ),
-                Some("copy the packs from another target's copy of this repository; until then restore from that target (--target)"),
+                Some("if their packs are here, `custos check --repair-index` rebuilds their index objects; else copy the packs from another target (`custos replicate --verify`), and until then restore from that target (--target)"),
             );
         }
     }

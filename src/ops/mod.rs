@@ -7,6 +7,7 @@ pub mod check;
 pub mod init;
 pub mod lock;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 
 use crate::keys::KeysError;
