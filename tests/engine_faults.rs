@@ -495,10 +495,11 @@ async fn damaged_packs_and_indexes_are_named_by_check_and_refused_by_restore() {
 
 /// `check --repair-index` rebuilds index objects deleted or damaged from
 /// their packs' headers, after which the repository checks clean and
-/// restores exactly; the index object of a damaged pack is not rebuilt,
-/// and the check still fails naming the pack. Nothing is deleted.
+/// restores exactly. The index object of a damaged pack is dropped (the
+/// pack is kept): the check still fails for the snapshot that needs it,
+/// and the next backup stores those rows again and restores exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn index_objects_are_rebuilt_from_whole_packs_only() {
+async fn index_objects_are_rebuilt_from_whole_packs_and_dropped_for_damaged_ones() {
     let f = demo_fixture(8).await;
     backup(&f.load(), &small_packs(), Arc::new(NoProgress))
         .await
@@ -541,13 +542,12 @@ async fn index_objects_are_rebuilt_from_whole_packs_only() {
     run(cli(&["restore", "--policy", p(&policy), "--to", p(&to)]));
     assert_same_db(&f.db, &to);
 
-    // A damaged pack's index object is not rebuilt from it.
+    // A damaged pack's index object is dropped, never rebuilt from it;
+    // the pack stays.
     let damaged = f.path("t-damaged");
     copy_tree(&f.target_dir(), &damaged);
-    std::fs::remove_file(damaged.join(index_of(p2))).unwrap();
     flip_bit(&damaged.join(p2), 200);
     let policy = f.policy_for_target("damaged.toml", &damaged);
-    let before = inventory(&damaged);
     let out = run_fail(cli(&[
         "check",
         "--policy",
@@ -558,14 +558,25 @@ async fn index_objects_are_rebuilt_from_whole_packs_only() {
     let text = all_output(&out);
     assert_eq!(code(&out), 3, "{text}");
     assert!(
+        text.contains(&format!("repaired: primary:{}: dropped", index_of(p2))),
+        "{text}"
+    );
+    assert!(!damaged.join(index_of(p2)).exists(), "{text}");
+    assert!(damaged.join(p2).exists(), "the damaged pack was deleted");
+    // Run again: the pack is in no index and cannot give one.
+    let again = run_fail(cli(&["check", "--policy", p(&policy), "--repair-index"]));
+    let text = all_output(&again);
+    assert!(
         text.contains(&format!("not repaired: primary:{p2}")),
         "{text}"
     );
-    assert_eq!(
-        inventory(&damaged),
-        before,
-        "a refused repair changed the target"
-    );
+    assert!(!damaged.join(index_of(p2)).exists(), "{text}");
+    // The next backup stores the pack's rows again.
+    run(cli(&["backup", "--policy", p(&policy)]));
+    let to = f.path("out-damaged/restored.db");
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    run(cli(&["restore", "--policy", p(&policy), "--to", p(&to)]));
+    assert_same_db(&f.db, &to);
 }
 
 /// The README says exit code 3 means "data failed authentication"; a

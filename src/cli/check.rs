@@ -30,8 +30,9 @@ pub async fn run(a: CheckArgs) -> Result<(), Failure> {
         let ev = custos::audit::Event::new("repair-index", "operator").policy(&policy.name);
         let ev = match &r {
             Ok(rep) => ev.detail(format!(
-                "{} index object(s) rebuilt, {} pack(s) unrepairable",
+                "{} index object(s) rebuilt, {} dropped, {} pack(s) unrepairable",
                 rep.rebuilt.len(),
+                rep.dropped.len(),
                 rep.unrepairable.len()
             )),
             Err(_) => super::audit::outcome_event(ev, &r),
@@ -43,6 +44,12 @@ pub async fn run(a: CheckArgs) -> Result<(), Failure> {
                 println!(
                     "repaired: {}:{o}: rebuilt from its pack's header",
                     rep.target
+                );
+            }
+            for d in &rep.dropped {
+                println!(
+                    "repaired: {}:{}: dropped, {}; the next backup stores its rows again",
+                    rep.target, d.object, d.why
                 );
             }
             for u in &rep.unrepairable {

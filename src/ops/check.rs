@@ -68,8 +68,8 @@ pub struct CheckReport {
 }
 
 /// What to do about a missing or damaged pack.
-const PACK_HINT: &str = "copy the pack from another target's copy of this repository, \
-or delete its index object (index/<pack id>) so that the next backup stores its chunks again";
+const PACK_HINT: &str = "repair it from another target's copy with `custos replicate --verify`; \
+without one, `custos check --repair-index` drops its index object so that the next backup stores its chunks again";
 
 /// How `--read-data` batches its work. The defaults suit any repository;
 /// tests use tiny bounds to cross every batch and wave boundary.

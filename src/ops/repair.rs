@@ -1,12 +1,23 @@
-//! `check --repair-index`: index objects rebuilt from their packs.
+//! `check --repair-index`: the index made to match the packs that are
+//! whole.
 //!
 //! A pack's header holds, sealed under the metadata key, the same entry
 //! table its index object holds (docs/FORMAT.md, "Packs" and "Index
 //! objects"). So an index object that is missing or unreadable, while its
 //! pack is whole, can be written again from the pack alone: the pack is
 //! read, hashed against its name, its header opened and checked, and the
-//! index object stored. Nothing is deleted and no pack is written; a pack
-//! that is itself damaged is reported and left as it is.
+//! index object stored.
+//!
+//! The other way round, the index object of a pack that is missing, or
+//! damaged (its size or its hash is not what its name says, read twice),
+//! is deleted: its chunks are then in no index, so the next backup stores
+//! the rows they held again, in new packs, and its snapshot restores. The
+//! damaged pack itself is left where it is (`check` names it as a pack in
+//! no index, prune deletes it later), and a pack whose index object was
+//! dropped by mistake gets it back from this same repair as long as the
+//! pack is there. Snapshots taken before keep naming the lost chunks and
+//! still fail to restore those rows; `replicate --verify` repairs the pack
+//! from a good copy where there is one (and copies its index object back).
 //!
 //! The repair holds the target's backup lock, so that it never races a
 //! backup that is writing the index object of a pack it just uploaded.
@@ -26,6 +37,9 @@ pub struct RepairReport {
     pub target: String,
     /// Index objects written again (`index/<pack id>`).
     pub rebuilt: Vec<String>,
+    /// Index objects deleted because their pack is missing or damaged
+    /// (`index/<pack id>`), with why.
+    pub dropped: Vec<Unrepairable>,
     /// Packs whose index object could not be rebuilt, and why.
     pub unrepairable: Vec<Unrepairable>,
 }
@@ -42,14 +56,43 @@ pub struct Unrepairable {
 pub async fn repair_index(policy: &Policy, target: Option<&str>) -> Result<RepairReport, OpsError> {
     let repo = MetaRepo::open(policy, target).await?;
     let lock = BackupLock::acquire(&repo.target).await?;
-    let r = run(&repo).await;
+    let r = run(&repo, &lock).await;
     let released = lock.release(&repo.target).await;
     let report = r?;
     released?;
     Ok(report)
 }
 
-async fn run(repo: &MetaRepo) -> Result<RepairReport, OpsError> {
+/// Why the pack at `path` is not whole (`None` if it is): missing, of
+/// another size than indexed, or not hashing to its name, each found
+/// twice (a read that fails in passing is not damage).
+async fn damage_of(
+    target: &crate::target::Target,
+    path: &str,
+    id: &Id,
+    size: u64,
+) -> Result<Option<String>, OpsError> {
+    let mut why = None;
+    for _ in 0..2 {
+        why = match target.head(path).await? {
+            None => Some("the pack is missing".to_string()),
+            Some(n) if n != size => {
+                Some(format!("the pack holds {n} bytes, not the indexed {size}"))
+            }
+            Some(_) => {
+                let bytes = target.get(path).await?;
+                (Id::hash(&bytes) != *id)
+                    .then(|| "the pack does not hash to its name (damaged)".to_string())
+            }
+        };
+        if why.is_none() {
+            return Ok(None);
+        }
+    }
+    Ok(why)
+}
+
+async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsError> {
     let (target, meta) = (&repo.target, &repo.meta);
     let index = Index::load_packs(target, meta).await?;
     let indexed: HashSet<Id> = index.packs.iter().map(|(id, _)| *id).collect();
@@ -57,13 +100,32 @@ async fn run(repo: &MetaRepo) -> Result<RepairReport, OpsError> {
         target: target.name.clone(),
         ..RepairReport::default()
     };
+    // Index objects of packs that are missing or damaged: dropped.
+    let mut dropped = HashSet::new();
+    for (id, size) in &index.packs {
+        let path = crate::repo::pack::pack_path(id);
+        let Some(why) = damage_of(target, &path, id, *size).await? else {
+            continue;
+        };
+        let object = index_path(id);
+        if !lock.held(target).await? {
+            return Err(OpsError::Integrity(format!(
+                "target `{}`: the repair lost the backup lock (taken over by another process) and stopped; run it again",
+                target.name
+            )));
+        }
+        target.delete(&object).await?;
+        tracing::warn!(target = %target.name, %object, %why, "index object dropped: its pack is not whole");
+        report.dropped.push(Unrepairable { object, why });
+        dropped.insert(*id);
+    }
     let mut unindexed: Vec<(String, Id)> = target
         .list("data/")
         .await?
         .into_iter()
         .filter_map(|(path, _)| {
             let id = Id::from_hex(path.rsplit('/').next()?)?;
-            (!indexed.contains(&id)).then_some((path, id))
+            (!indexed.contains(&id) && !dropped.contains(&id)).then_some((path, id))
         })
         .collect();
     unindexed.sort();
