@@ -287,8 +287,10 @@ async fn sweep(s3: Option<&S3Server>, default_cases: u64) {
         // unreachable, an I/O error): a damaged object of the repository
         // or of the vault's keys gets the integrity code (or, where age
         // cannot tell damage from another identity's object, 2).
-        let sealed =
-            authenticated || (in_vault && (object.starts_with("keys/") || object == "meta.age"));
+        // (A repository's marker deleted is a repository that lost it.)
+        let sealed = authenticated
+            || (in_vault && (object.starts_with("keys/") || object == "meta.age"))
+            || (!in_vault && object == "custos-repo.json" && kind == Damage::Delete);
         if sealed {
             for (what, out) in [("check", &chk), ("restore", &rst)] {
                 assert_ne!(

@@ -579,6 +579,28 @@ async fn index_objects_are_rebuilt_from_whole_packs_and_dropped_for_damaged_ones
     assert_same_db(&f.db, &to);
 }
 
+/// A repository that lost its `custos-repo.json` is not taken for an
+/// empty target: commands exit with the integrity code and say how to get
+/// the marker back, and `custos init`, as the message says, writes a new
+/// one and keeps every snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repository_without_its_marker_is_named_and_init_brings_it_back() {
+    let f = demo_fixture(9).await;
+    backup(&f.load(), &BackupOptions::default(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    std::fs::remove_file(f.target_dir().join("custos-repo.json")).unwrap();
+    let to = f.path("restored.db");
+    let rst = run_fail(cli(&["restore", "--policy", p(&f.policy), "--to", p(&to)]));
+    let text = all_output(&rst);
+    assert_eq!(code(&rst), 3, "{text}");
+    assert!(text.contains("custos-repo.json is missing"), "{text}");
+    assert_nothing_restored(&to);
+    run(cli(&["init", "--policy", p(&f.policy)]));
+    run(cli(&["restore", "--policy", p(&f.policy), "--to", p(&to)]));
+    assert_same_db(&f.db, &to);
+}
+
 /// The README says exit code 3 means "data failed authentication"; a
 /// restore that meets a corrupted pack should exit with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

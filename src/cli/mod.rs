@@ -163,7 +163,7 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
         };
     }
     let repo_code = |r: &RepoError| match r {
-        RepoError::Crypto { .. } | RepoError::Malformed { .. } => 3,
+        RepoError::Crypto { .. } | RepoError::Malformed { .. } | RepoError::MarkerLost { .. } => 3,
         RepoError::NoSnapshot(_) | RepoError::AmbiguousSnapshot(_) => 2,
         _ => 1,
     };

@@ -53,8 +53,14 @@ impl RepoMarker {
     /// Reads and validates the marker of a target.
     pub async fn load(target: &Target) -> Result<RepoMarker, RepoError> {
         let Some(bytes) = target.get_opt(MARKER_PATH).await? else {
-            return Err(RepoError::NoRepository {
-                target: target.name.clone(),
+            // Snapshots without a marker: a repository that lost it, not
+            // an empty target.
+            let lost = !target.list("snapshots/").await?.is_empty();
+            let target = target.name.clone();
+            return Err(if lost {
+                RepoError::MarkerLost { target }
+            } else {
+                RepoError::NoRepository { target }
             });
         };
         let obj = format!("{}:{}", target.name, MARKER_PATH);

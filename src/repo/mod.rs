@@ -39,6 +39,8 @@ pub enum RepoError {
     Malformed { object: String, why: String },
     #[error("target `{target}` holds no custos repository (no custos-repo.json); run `custos init` first")]
     NoRepository { target: String },
+    #[error("target `{target}` holds custos snapshots but its custos-repo.json is missing (deleted or lost): copy it from another target of this policy, or run `custos init`, which writes a new one (with the default chunking parameters) and keeps every snapshot")]
+    MarkerLost { target: String },
     #[error("target `{target}` already holds a custos repository; refusing to overwrite it")]
     AlreadyExists { target: String },
     #[error("target `{target}` holds repository format version {found}; this custos reads up to {supported}")]
