@@ -15,8 +15,10 @@ pub struct CheckArgs {
     /// Download every pack and decrypt every chunk snapshots refer to.
     #[arg(long)]
     read_data: bool,
-    /// First rebuild index objects that are missing or unreadable from
-    /// their packs' headers (under the backup lock; nothing is deleted).
+    /// First make the index match the packs that are whole: rebuild index
+    /// objects that are missing or unreadable from their packs' headers,
+    /// drop those of missing or damaged packs (under the backup lock; no
+    /// pack is deleted).
     #[arg(long)]
     repair_index: bool,
     #[arg(long)]

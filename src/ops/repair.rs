@@ -29,7 +29,7 @@ use crate::policy::Policy;
 use crate::repo::index::{index_path, Index, IndexFile};
 use crate::repo::pack::read_header;
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// What `repair_index` did.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -39,20 +39,22 @@ pub struct RepairReport {
     pub rebuilt: Vec<String>,
     /// Index objects deleted because their pack is missing or damaged
     /// (`index/<pack id>`), with why.
-    pub dropped: Vec<Unrepairable>,
-    /// Packs whose index object could not be rebuilt, and why.
-    pub unrepairable: Vec<Unrepairable>,
+    pub dropped: Vec<ObjectWhy>,
+    /// Packs whose index object could not be rebuilt (`<target>:data/…`),
+    /// and unreadable index objects whose pack is gone, with why.
+    pub unrepairable: Vec<ObjectWhy>,
 }
 
-/// A pack whose index object could not be rebuilt.
+/// An object and what became of it, or why not.
 #[derive(Clone, Debug, Serialize)]
-pub struct Unrepairable {
+pub struct ObjectWhy {
     pub object: String,
     pub why: String,
 }
 
-/// Rebuilds, on one target, every index object that is missing or
-/// unreadable from its pack's header.
+/// On one target: rebuilds every index object that is missing or
+/// unreadable from its pack's header, and drops the index object of every
+/// pack that is missing or damaged (see the module docs).
 pub async fn repair_index(policy: &Policy, target: Option<&str>) -> Result<RepairReport, OpsError> {
     let repo = MetaRepo::open(policy, target).await?;
     let lock = BackupLock::acquire(&repo.target).await?;
@@ -64,38 +66,46 @@ pub async fn repair_index(policy: &Policy, target: Option<&str>) -> Result<Repai
 }
 
 /// Why the pack at `path` is not whole (`None` if it is): missing, of
-/// another size than indexed, or not hashing to its name, each found
-/// twice (a read that fails in passing is not damage).
+/// another size than indexed, or not hashing to its name. `listed` is its
+/// size in the target's listing. Damage is confirmed by a second look (a
+/// read that fails in passing is not damage).
 async fn damage_of(
     target: &crate::target::Target,
     path: &str,
     id: &Id,
     size: u64,
+    listed: Option<u64>,
 ) -> Result<Option<String>, OpsError> {
-    let mut why = None;
-    for _ in 0..2 {
-        why = match target.head(path).await? {
-            None => Some("the pack is missing".to_string()),
-            Some(n) if n != size => {
-                Some(format!("the pack holds {n} bytes, not the indexed {size}"))
-            }
-            Some(_) => {
-                let bytes = target.get(path).await?;
-                (Id::hash(&bytes) != *id)
-                    .then(|| "the pack does not hash to its name (damaged)".to_string())
-            }
-        };
-        if why.is_none() {
-            return Ok(None);
-        }
+    if judge(target, path, id, size, listed).await?.is_none() {
+        return Ok(None);
     }
-    Ok(why)
+    judge(target, path, id, size, target.head(path).await?).await
+}
+
+/// One look at a pack seen with size `seen` (`None`: not there).
+async fn judge(
+    target: &crate::target::Target,
+    path: &str,
+    id: &Id,
+    size: u64,
+    seen: Option<u64>,
+) -> Result<Option<String>, OpsError> {
+    Ok(match seen {
+        None => Some("the pack is missing".to_string()),
+        Some(n) if n != size => Some(format!("the pack holds {n} bytes, not the indexed {size}")),
+        Some(_) => {
+            let bytes = target.get(path).await?;
+            (Id::hash(&bytes) != *id)
+                .then(|| "the pack does not hash to its name (damaged)".to_string())
+        }
+    })
 }
 
 async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsError> {
     let (target, meta) = (&repo.target, &repo.meta);
     let index = Index::load_packs(target, meta).await?;
     let indexed: HashSet<Id> = index.packs.iter().map(|(id, _)| *id).collect();
+    let listed: HashMap<String, u64> = target.list("data/").await?.into_iter().collect();
     let mut report = RepairReport {
         target: target.name.clone(),
         ..RepairReport::default()
@@ -104,7 +114,8 @@ async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsErro
     let mut dropped = HashSet::new();
     for (id, size) in &index.packs {
         let path = crate::repo::pack::pack_path(id);
-        let Some(why) = damage_of(target, &path, id, *size).await? else {
+        let seen = listed.get(&path).copied();
+        let Some(why) = damage_of(target, &path, id, *size, seen).await? else {
             continue;
         };
         let object = index_path(id);
@@ -116,24 +127,24 @@ async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsErro
         }
         target.delete(&object).await?;
         tracing::warn!(target = %target.name, %object, %why, "index object dropped: its pack is not whole");
-        report.dropped.push(Unrepairable { object, why });
+        report.dropped.push(ObjectWhy { object, why });
         dropped.insert(*id);
     }
-    let mut unindexed: Vec<(String, Id)> = target
-        .list("data/")
-        .await?
-        .into_iter()
-        .filter_map(|(path, _)| {
+    // Packs in no index (their index object missing or unreadable):
+    // rebuilt from their headers.
+    let mut unindexed: Vec<(String, Id)> = listed
+        .into_keys()
+        .filter_map(|path| {
             let id = Id::from_hex(path.rsplit('/').next()?)?;
             (!indexed.contains(&id) && !dropped.contains(&id)).then_some((path, id))
         })
         .collect();
     unindexed.sort();
-    let whole: HashSet<Id> = unindexed.iter().map(|(_, id)| *id).collect();
+    let present: HashSet<Id> = unindexed.iter().map(|(_, id)| *id).collect();
     for (path, id) in unindexed {
         let object = format!("{}:{path}", target.name);
         let bytes = target.get(&path).await?;
-        let unrepairable = |why: String| Unrepairable {
+        let unrepairable = |why: String| ObjectWhy {
             object: object.clone(),
             why,
         };
@@ -163,8 +174,8 @@ async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsErro
     // can be rebuilt.
     for (object, why) in &index.broken {
         let name = object.rsplit('/').next().unwrap_or("");
-        if Id::from_hex(name).is_some_and(|id| !whole.contains(&id)) {
-            report.unrepairable.push(Unrepairable {
+        if Id::from_hex(name).is_some_and(|id| !present.contains(&id)) {
+            report.unrepairable.push(ObjectWhy {
                 object: object.clone(),
                 why: format!("unreadable ({why}) and its pack is missing"),
             });
