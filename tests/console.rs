@@ -1011,15 +1011,18 @@ fn operator_runs_jobs_and_retention_requests_a_real_shred() {
 
     // An operator restores one customer's rows: those alone, and the
     // audit entry names the customer by pseudonym.
+    let restore_one = |to: &std::path::Path, subject: &str| {
+        let body = json!({"to": to, "subject": subject}).to_string();
+        http(
+            s.addr,
+            "POST",
+            "/api/v1/policies/crm/restore",
+            Some(otto),
+            Some(&body),
+        )
+    };
     let one = f.root.join("customer-2.db");
-    let body = json!({"to": one, "subject": "2"}).to_string();
-    let r = http(
-        s.addr,
-        "POST",
-        "/api/v1/policies/crm/restore",
-        Some(otto),
-        Some(&body),
-    );
+    let r = restore_one(&one, "2");
     assert_eq!(r.status, 200, "{}", r.body);
     let rep = r.json();
     assert_eq!(rep["partial"], true, "{rep}");
@@ -1047,6 +1050,26 @@ fn operator_runs_jobs_and_retention_requests_a_real_shred() {
             "partial: tables customers, cdrs; subject {pseudonym}"
         )]
     );
+
+    // A customer the vault has no key of is the request's fault (400, not
+    // a server error), says why, and makes no file.
+    let none = f.root.join("customer-none.db");
+    let r = restore_one(&none, "no-such-customer-4711");
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body
+            .contains("the shredding ledger records no shred of it")
+            && !r.body.contains("no-such-customer-4711"),
+        "{}",
+        r.body
+    );
+    assert!(!none.exists());
+    // A file in the way, without `force`: a conflict, the file untouched.
+    let before = std::fs::read(&one).unwrap();
+    let r = restore_one(&one, "2");
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("already exists"), "{}", r.body);
+    assert_eq!(std::fs::read(&one).unwrap(), before);
 
     // A job another agent is running (its lease is held) is refused, not
     // run beside it; once the lease is given back, it runs and is recorded

@@ -367,6 +367,27 @@ async fn erasing_a_subject_leaves_no_key_and_no_row_anywhere() {
         .dir
         .join(format!("targets/primary/certificates/{cid}.json"));
     assert_eq!(fs::read_to_string(on_primary).unwrap(), cert_text);
+
+    // A restore of the customer alone is refused, saying it was shredded,
+    // when, and under which certificate; it makes no file and names no id.
+    let to = env.dir.join("erased-customer.db");
+    let out = run_fail(
+        env.cli()
+            .args(["restore", "--policy"])
+            .arg(&env.policy_path)
+            .arg("--to")
+            .arg(&to)
+            .args(["--subject", &id]),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let says = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        says.contains("the subject's data was shredded on ")
+            && says.contains(&format!("(certificate {cid})")),
+        "{says}"
+    );
+    assert!(!says.contains(&format!(" {id} ")), "{says}");
+    assert!(!to.exists());
     let mut all = Vec::new();
     strings(&cert, &mut all);
     assert!(

@@ -528,7 +528,20 @@ pub(crate) async fn restore(
                     .detail(truncate(&e.to_string()))
                     .flag(FLAG_RESTORE_OUTSIDE_DRILL),
             );
-            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            // What the request asked for is wrong (no such table, target
+            // or snapshot, a customer without a key, a file in the way):
+            // the caller's to fix. Anything else is the server's side.
+            use crate::ops::OpsError as E;
+            let status = match &e {
+                E::Invalid(_) | E::UnknownTarget(_) | E::Unsupported(_) => StatusCode::BAD_REQUEST,
+                E::Sqlite(s)
+                    if matches!(**s, crate::store::sqlite::SqliteError::AlreadyExists { .. }) =>
+                {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            error(status, e.to_string())
         }
     }
 }

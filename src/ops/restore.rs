@@ -431,7 +431,7 @@ pub async fn restore(
 /// Checks a selection against the snapshot's tables (`names`) and turns
 /// its subject into the filter of the groups to open (the subject's key
 /// ids, its pseudonym noted in `report`).
-fn selection(
+async fn selection(
     snap_id: &str,
     names: &[&str],
     only: &Selection,
@@ -457,14 +457,41 @@ fn selection(
                 .flatten()
                 .collect::<Vec<_>>();
             if ids.is_empty() {
-                return Err(OpsError::Invalid(
-                    "--subject: the vault holds no key of the subject given: no snapshot holds rows of it, or they were shredded (`custos certificates list`)"
-                        .into(),
-                ));
+                return Err(OpsError::Invalid(format!(
+                    "--subject: {}",
+                    without_key(vault, &name).await
+                )));
             }
             report.subject = Some(name);
             Ok(GroupFilter::Subject(ids))
         }
+    }
+}
+
+/// Why the vault holds no key of the subject of pseudonym `name`, as the
+/// shredding ledger tells it: a shred it records (when, and the
+/// certificate), or none, and then the subject has no rows in any
+/// snapshot, or its key was lost (its groups are then damage, which
+/// `custos check` names). A key is found by its name (the pseudonym) only
+/// while the vault holds it; a destroyed key leaves a tombstone of its
+/// id, not its name, so the ledger is what can tell a shred apart.
+async fn without_key(vault: &Vault, name: &str) -> String {
+    match crate::shred::ledger::Ledger::load(vault).await {
+        Ok(ledger) => match ledger
+            .history
+            .iter()
+            .rev()
+            .find(|d| d.unit.kind == KeyKind::Subject && d.unit.name == name)
+        {
+            Some(d) => format!(
+                "the subject's data was shredded on {} (certificate {}): none of it can be restored",
+                d.destroyed, d.certificate
+            ),
+            None => "the vault holds no key of the subject given, and the shredding ledger records no shred of it: no snapshot holds rows of it (if one should, its key is lost: `custos check` names the keys missing from the vault)".into(),
+        },
+        Err(e) => format!(
+            "the vault holds no key of the subject given: no snapshot holds rows of it, or they were shredded (the shredding ledger could not be read to tell which: {e})"
+        ),
     }
 }
 
@@ -749,7 +776,7 @@ async fn restore_sqlite(
     // The selection is checked before the new file is made.
     let only = &opts.only;
     let names: Vec<&str> = sq.tables.iter().map(|t| t.name.as_str()).collect();
-    let filter = selection(&snap.id, &names, only, &vault, report)?;
+    let filter = selection(&snap.id, &names, only, &vault, report).await?;
     // A table selection keeps `sqlite_sequence`, so that an AUTOINCREMENT
     // table goes on from its counter (a subject's rows keep none: the
     // counters are not the customer's).
@@ -1271,7 +1298,7 @@ async fn restore_postgres(
     // The selection is checked before the database or file is touched.
     let only = &opts.only;
     let names: Vec<&str> = ps.tables.iter().map(|t| t.name.as_str()).collect();
-    let filter = selection(&snap.id, &names, only, &vault, report)?;
+    let filter = selection(&snap.id, &names, only, &vault, report).await?;
     // A part of the database may hold rows whose foreign keys point at
     // rows left out, so its foreign keys are not created (listed in the
     // report; the whole restore's schema has them).
