@@ -801,7 +801,7 @@ async fn restore_sqlite(
             Ok((r, counts))
         })
         .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
-    let mut cache = PackCache::new(target.clone(), 8);
+    let mut cache = PackCache::new(target.clone(), 8).without_pack_hashes();
     let total = sq
         .tables
         .iter()
@@ -1235,7 +1235,7 @@ async fn restore_files(
     };
     let keys = ChunkKeys::new(group_key(None, key, "files"));
     let mut r = FilesRestorer::create(&opts.to, opts.force)?;
-    let mut cache = PackCache::new(target.clone(), 8);
+    let mut cache = PackCache::new(target.clone(), 8).without_pack_hashes();
     let mut codec = Codec::new(3);
     progress.phase("restoring files", Some(fs.bytes), "bytes");
     for pid in &fs.pages {
@@ -1326,7 +1326,7 @@ async fn restore_postgres(
             SqlScript::create(&path, &schema, opts.force).map_err(pg)?,
         )),
     };
-    let mut cache = PackCache::new(target.clone(), 8);
+    let mut cache = PackCache::new(target.clone(), 8).without_pack_hashes();
     let mut codec = Codec::new(3);
     let total = ps
         .tables
