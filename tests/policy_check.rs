@@ -271,8 +271,9 @@ fn replication_without_an_offsite_target() {
     assert!(e.message.contains("offsite = true"), "{e}");
 }
 
-#[test]
-fn every_problem_of_every_file_is_reported_and_the_exit_code_is_2() {
+/// Two files with three problems: a bad grace (a.toml), then a policy
+/// name (`Billing`) and a cron expression (`nightly`) in b.toml.
+fn three_problems_in_two_files() -> tempfile::TempDir {
     let a = policy(
         "crm",
         "a.db",
@@ -285,7 +286,12 @@ fn every_problem_of_every_file_is_reported_and_the_exit_code_is_2() {
         "file:///srv/b/b",
         "\n[schedule]\nbackup = \"nightly\"\n",
     );
-    let d = folder(&[("a.toml", a), ("b.toml", b)]);
+    folder(&[("a.toml", a), ("b.toml", b)])
+}
+
+#[test]
+fn every_problem_of_every_file_is_reported_and_the_exit_code_is_2() {
+    let d = three_problems_in_two_files();
     let r = check_dir(d.path(), true).unwrap();
     let keys: Vec<&str> = r.problems.iter().map(|p| p.key.as_str()).collect();
     assert_eq!(keys, ["shred.grace", "policy.name", "schedule.backup"]);
@@ -321,4 +327,87 @@ fn the_shipped_example_policies_pass() {
         "examples cover the four data classes: {classes:?}"
     );
     assert!(r.policies.len() >= 4);
+}
+
+#[test]
+fn check_and_show_print_json_for_tools() {
+    // Problems: the same three as the text, with their places, and exit 2.
+    let d = three_problems_in_two_files();
+    let out = common::run_fail(
+        common::custos()
+            .args(["policy", "check", "--json"])
+            .arg(d.path()),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["files"].as_array().unwrap().len(), 2, "{v}");
+    let problems = v["problems"].as_array().unwrap();
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|p| p["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["shred.grace", "policy.name", "schedule.backup"]);
+    let grace = &problems[0];
+    assert!(
+        grace["file"].as_str().unwrap().ends_with("a.toml"),
+        "{grace}"
+    );
+    assert!(grace["line"].as_u64().unwrap() > 1, "{grace}");
+    assert!(grace["message"].as_str().unwrap().len() > 5, "{grace}");
+
+    // A good policy: ok, named; and shown with its defaults, credentials
+    // left out of every URL, durations in seconds and the next runs in
+    // order.
+    let good = policy(
+        "crm",
+        "crm.db",
+        "s3://backups/crm?endpoint=http://user:secret-token@127.0.0.1:9000",
+        "\n[shred]\ngrace = \"2w\"\n[schedule]\nbackup = \"0 0 1 * * *\"\n",
+    );
+    let d = folder(&[("crm.toml", good)]);
+    let out = common::run(
+        common::custos()
+            .args(["policy", "check", "--json", "--no-store"])
+            .arg(d.path()),
+    );
+    let v: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["policies"], serde_json::json!(["crm"]));
+    assert_eq!(v["problems"], serde_json::json!([]));
+
+    let out = common::run(
+        common::custos()
+            .args(["policy", "show", "--json"])
+            .arg(d.path().join("crm.toml")),
+    );
+    let text = common::stdout(&out);
+    assert!(!text.contains("secret-token"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["name"], "crm");
+    assert_eq!(v["store"]["kind"], "sqlite");
+    assert_eq!(v["store"]["tables"][0]["subject"], "id");
+    assert_eq!(v["shred"]["grace_s"], 14 * 86400);
+    assert_eq!(v["targets"][0]["primary"], true);
+    assert_eq!(v["targets"][0]["url"], "s3://backups/crm");
+    let backup = v["schedule"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "backup")
+        .unwrap();
+    assert_eq!(backup["cron"], "0 0 1 * * *");
+    let next: Vec<chrono::DateTime<chrono::Utc>> = backup["next_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(next.len(), 5);
+    assert!(next
+        .windows(2)
+        .all(|w| w[1] - w[0] == chrono::Duration::days(1)));
+    assert!(next
+        .iter()
+        .all(|t| t.format("%H:%M:%S").to_string() == "01:00:00"));
 }

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 use custos::policy::{check_dir, Policy};
 use custos::schedule::{Cron, JobKind};
+use serde_json::{json, Value};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -22,12 +23,21 @@ pub struct CheckArgs {
     /// Do not open the stores to check that tables and columns exist.
     #[arg(long)]
     no_store: bool,
+    /// One JSON object on stdout: `ok`, the files, the policies' names and
+    /// every problem (file, line, column, key, message). The exit code is
+    /// the same (2 if any problem).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
 pub struct ShowArgs {
     /// The policy file.
     policy: PathBuf,
+    /// One JSON object on stdout (durations in seconds; URLs without
+    /// credentials, as the text shows them).
+    #[arg(long)]
+    json: bool,
 }
 
 /// Problems found by `policy check` (exit code 2).
@@ -44,6 +54,33 @@ pub fn run(c: PolicyCmd) -> Result<()> {
 
 fn check(a: CheckArgs) -> Result<()> {
     let r = check_dir(&a.dir, !a.no_store)?;
+    if a.json {
+        let problems: Vec<_> = r
+            .problems
+            .iter()
+            .map(|p| {
+                json!({
+                    "file": p.file,
+                    // 0 when the problem has no place in the file.
+                    "line": p.line,
+                    "column": p.column,
+                    "key": p.key,
+                    "message": p.message,
+                })
+            })
+            .collect();
+        let out = json!({
+            "ok": r.is_ok(),
+            "files": r.files,
+            "policies": r.policies.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            "problems": problems,
+        });
+        println!("{out}");
+        if !r.is_ok() {
+            return Err(Problems(r.problems.len()).into());
+        }
+        return Ok(());
+    }
     for p in &r.problems {
         println!("{p}");
     }
@@ -60,6 +97,10 @@ fn check(a: CheckArgs) -> Result<()> {
 
 fn show(a: ShowArgs) -> Result<()> {
     let p = Policy::load(&a.policy)?;
+    if a.json {
+        println!("{}", show_json(&p, chrono::Utc::now()));
+        return Ok(());
+    }
     let d = |x: &std::time::Duration| humanize(x.as_secs());
     println!("policy {}  ({})", p.name, p.file.display());
     println!("[store]");
@@ -149,6 +190,90 @@ fn show(a: ShowArgs) -> Result<()> {
             .map_or("not set".to_string(), |n| n.to_string())
     );
     Ok(())
+}
+
+/// What `policy show` prints, as JSON: durations in seconds, the next
+/// five runs of each scheduled job as RFC 3339 UTC times.
+fn show_json(p: &Policy, now: chrono::DateTime<chrono::Utc>) -> Value {
+    let secs = |x: &std::time::Duration| x.as_secs();
+    let tables: Vec<Value> = p
+        .store
+        .tables
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "class": t.class.to_string(),
+                "subject": t.subject,
+                "period": t.period.as_ref().map(|x| json!({
+                    "column": x.column,
+                    "every": format!("{:?}", x.every).to_lowercase(),
+                })),
+                "retain": t.retain.as_ref().map(|x| json!({
+                    "for_s": secs(&x.for_),
+                    "after": x.after,
+                })),
+            })
+        })
+        .collect();
+    let files = p.store.root.is_some();
+    let jobs: Vec<Value> = JobKind::ALL
+        .iter()
+        .map(|job| {
+            let cron = job.cron(p);
+            let next: Vec<String> = cron
+                .and_then(|e| Cron::parse(e).ok())
+                .map(|c| {
+                    c.upcoming(now, 5)
+                        .into_iter()
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({"job": job.to_string(), "cron": cron, "next_runs": next})
+        })
+        .collect();
+    let s = &p.snapshots;
+    json!({
+        "name": p.name,
+        "file": p.file,
+        "store": {
+            "kind": p.store.kind.as_str(),
+            "path": p.store.path,
+            "url": p.store.url.as_deref().map(custos::target::redact_url),
+            "root": p.store.root,
+            "class": files.then(|| p.store.class.to_string()),
+            "default_class": (!files).then(|| p.store.default_class.to_string()),
+            "epoch": p.store.epoch.as_str(),
+            "tables": tables,
+        },
+        "keys": {
+            "identity": p.keys.identity,
+            "recipients": p.keys.recipients.len(),
+            "vault": p.keys.vault.iter().map(|v| custos::target::redact_url(v)).collect::<Vec<_>>(),
+        },
+        "targets": p.targets.iter().map(|t| json!({
+            "name": t.name,
+            "url": custos::target::redact_url(&t.url),
+            "offsite": t.offsite,
+            "primary": t.name == p.primary().name,
+        })).collect::<Vec<_>>(),
+        "schedule": {"catch_up": p.schedule.catch_up, "jobs": jobs},
+        "snapshots": {
+            "keep_last": s.keep_last,
+            "keep_hourly": s.keep_hourly,
+            "keep_daily": s.keep_daily,
+            "keep_weekly": s.keep_weekly,
+            "keep_monthly": s.keep_monthly,
+            "keep_yearly": s.keep_yearly,
+        },
+        "drill": {
+            "rto_s": p.drill.rto.as_ref().map(secs),
+            "asserts": p.drill.assert.len(),
+        },
+        "shred": {"grace_s": secs(&p.shred.grace)},
+        "replication": {"min_copies": p.replication.min_copies},
+    })
 }
 
 /// A duration in the largest unit that divides it (`3y`, `180d`, `30m`).
