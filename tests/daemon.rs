@@ -8,9 +8,8 @@ mod common;
 #[path = "common/faults_util.rs"]
 mod util;
 
-use common::{custos, run, stdout, S3Server};
+use common::{custos, run, start_moto, stdout, S3Server};
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -370,67 +369,6 @@ fn an_overrun_is_skipped_not_stacked() {
 // ---------------------------------------------------------------------------
 // Two daemons, one policy: moto
 // ---------------------------------------------------------------------------
-
-struct Moto {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_binary() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CUSTOS_MOTO_SERVER") {
-        return Some(PathBuf::from(p));
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let venv = target.join("moto-venv/bin/moto_server");
-    if venv.is_file() {
-        return Some(venv);
-    }
-    let on_path = Command::new("moto_server").arg("--help").output();
-    on_path
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|_| PathBuf::from("moto_server"))
-}
-
-fn start_moto() -> Option<Moto> {
-    let bin = moto_binary()?;
-    let mut child = Command::new(bin)
-        .args(["-H", "127.0.0.1", "-p", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    for stream in [
-        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
-        Box::new(child.stdout.take().unwrap()),
-    ] {
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if let Some(i) = line.find("Running on http://127.0.0.1:") {
-                    let _ = tx.send(line[i + "Running on ".len()..].trim().to_string());
-                }
-            }
-        });
-    }
-    let endpoint = rx.recv_timeout(Duration::from_secs(60)).ok()?;
-    let st = Command::new("curl")
-        .args(["-s", "-f", "-X", "PUT", &format!("{endpoint}/bkt")])
-        .status()
-        .ok()?;
-    assert!(st.success(), "cannot create a bucket on moto");
-    Some(Moto { child, endpoint })
-}
 
 #[test]
 fn two_daemons_on_one_policy_never_take_the_same_tick() {

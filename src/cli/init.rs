@@ -20,6 +20,13 @@ pub async fn run(a: InitArgs) -> Result<()> {
         &r,
     ));
     let r = r?;
+    for v in &r.vault_keeps_versions {
+        eprintln!(
+            "warning: {}; {}",
+            v.risk(),
+            custos::ops::VERSIONED_VAULT_HINT
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

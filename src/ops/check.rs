@@ -137,6 +137,19 @@ pub async fn check_with(
             Some("`custos check --repair-index` rebuilds it from its pack; until then the next backup stores its chunks again"),
         ));
     }
+    // Key vault locations whose bucket keeps object versions: a shred
+    // cannot reach the earlier versions (a bucket's setting can change
+    // after `init`, which warns too).
+    for v in super::vault_versioning(policy).await {
+        if v.versioning.keeps_versions() {
+            findings.push(Finding {
+                level: Level::Warning,
+                object: format!("vault:{}", v.location),
+                message: v.risk(),
+                hint: Some(super::VERSIONED_VAULT_HINT.into()),
+            });
+        }
+    }
     // Packs present on the target.
     let listed: HashMap<String, u64> = target.list("data/").await?.into_iter().collect();
     let mut indexed_packs = HashSet::new();

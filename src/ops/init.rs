@@ -17,6 +17,10 @@ pub struct InitReport {
     pub vault: Vec<String>,
     /// True when this run only completed an interrupted init.
     pub resumed: bool,
+    /// The vault locations whose store keeps earlier versions of objects
+    /// (S3 bucket versioning), and what it said: a key destroyed there
+    /// would outlive the destruction in them (`docs/SHREDDING.md`).
+    pub vault_keeps_versions: Vec<super::VaultVersioning>,
 }
 
 pub async fn init(policy: &Policy) -> Result<InitReport, OpsError> {
@@ -67,10 +71,16 @@ pub async fn init(policy: &Policy) -> Result<InitReport, OpsError> {
     for t in &missing {
         RepoMarker::new(&policy.name, &repo_id).create(t).await?;
     }
+    let vault_keeps_versions = super::vault_versioning(policy)
+        .await
+        .into_iter()
+        .filter(|v| v.versioning.keeps_versions())
+        .collect();
     Ok(InitReport {
         policy: policy.name.clone(),
         targets: missing.iter().map(|t| t.name.clone()).collect(),
         vault: vault_urls,
         resumed,
+        vault_keeps_versions,
     })
 }

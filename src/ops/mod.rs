@@ -83,6 +83,44 @@ pub fn select_target(policy: &Policy, name: Option<&str>) -> Result<Target, OpsE
     open_target(policy, t, false)
 }
 
+/// A vault location and whether its store keeps object versions.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VaultVersioning {
+    /// The location, without credentials.
+    pub location: String,
+    /// What its store answered (serialized as `off`, `enabled`,
+    /// `suspended`, `not asked (…)` or `unknown: why`).
+    pub versioning: crate::target::Versioning,
+}
+
+/// What to do about a vault location that keeps object versions.
+pub const VERSIONED_VAULT_HINT: &str = "use an unversioned bucket, or a lifecycle rule that expires noncurrent versions within the shred grace period (docs/SHREDDING.md)";
+
+impl VaultVersioning {
+    /// What a location that keeps object versions means for a shred, in
+    /// one sentence naming it (for `init`'s warning and `check`'s finding).
+    pub fn risk(&self) -> String {
+        format!(
+            "key vault location {} keeps object versions (S3 versioning {}): a key destroyed by a shred outlives it in earlier versions, which custos can neither list nor delete",
+            self.location,
+            self.versioning.describe()
+        )
+    }
+}
+
+/// Asks each of the policy's vault locations whether its store keeps
+/// object versions ([`crate::target::bucket_versioning`]).
+pub async fn vault_versioning(policy: &Policy) -> Vec<VaultVersioning> {
+    let mut out = Vec::new();
+    for url in &policy.keys.vault {
+        out.push(VaultVersioning {
+            location: crate::target::redact_url(url),
+            versioning: crate::target::bucket_versioning(url, &policy.s3).await,
+        });
+    }
+    out
+}
+
 /// Opens the policy's vault locations (S3 settings: the policy's `[s3]`).
 pub fn vault_locations(policy: &Policy, create: bool) -> Result<Vec<VaultLocation>, OpsError> {
     policy

@@ -74,6 +74,41 @@ pub struct Verification {
     pub reopened_vault_without_keys: bool,
     pub targets_unverified: Vec<String>,
     pub result: String,
+    /// Each vault location and whether its store keeps earlier versions
+    /// of objects (S3 bucket versioning), asked when the certificate is
+    /// made: the search above covers the objects a location lists, not
+    /// such versions.
+    pub vault_versioning: Vec<crate::ops::VaultVersioning>,
+    /// What that means for copies of the key, in words.
+    pub key_residual: String,
+}
+
+/// The certificate's statement on copies of the key that the search of
+/// the vault cannot see: earlier object versions kept by a location.
+fn key_residual(asked: &[crate::ops::VaultVersioning]) -> String {
+    let keeping: Vec<&str> = asked
+        .iter()
+        .filter(|v| v.versioning.keeps_versions())
+        .map(|v| v.location.as_str())
+        .collect();
+    if !keeping.is_empty() {
+        return format!(
+            "Earlier versions of vault objects may still hold the key: {} keep(s) object versions (S3 bucket versioning), which custos can neither list nor delete; they go only when the store's lifecycle rule expires noncurrent versions.",
+            keeping.join(", ")
+        );
+    }
+    let unknown: Vec<String> = asked
+        .iter()
+        .filter(|v| matches!(v.versioning, crate::target::Versioning::Unknown(_)))
+        .map(|v| format!("{} ({})", v.location, v.versioning.describe()))
+        .collect();
+    if !unknown.is_empty() {
+        return format!(
+            "Whether these vault locations keep object versions could not be asked: {}; no other S3 location keeps them.",
+            unknown.join(", ")
+        );
+    }
+    "No S3 vault location keeps object versions (snapshots of a folder location's file system cannot be seen from custos).".into()
 }
 
 /// The certificate's overall residual statement, built from the per-target
@@ -133,6 +168,13 @@ pub async fn issue(
     o: &Outcome,
     _run_now: DateTime<Utc>,
 ) -> Result<Issued, ShredError> {
+    let versioning = crate::ops::vault_versioning(policy).await;
+    for v in versioning.iter().filter(|v| v.versioning.keeps_versions()) {
+        tracing::warn!(
+            "{}; the certificate says earlier versions may still hold the destroyed key",
+            v.risk()
+        );
+    }
     let created_t = Utc::now();
     let id = new_id(created_t);
     let unit = j.request.unit.clone();
@@ -186,6 +228,8 @@ pub async fn issue(
             reopened_vault_without_keys: o.reopened_without_keys,
             targets_unverified: unverified,
             result: "passed: no vault object holds the key; no group of the unit resolves to a key".into(),
+            key_residual: key_residual(&versioning),
+            vault_versioning: versioning,
         },
         residual_ciphertext: residual_summary(&o.targets, sampled),
     };
@@ -401,6 +445,18 @@ fn rows(body: &Value) -> Vec<(String, String)> {
             vg("reopened_vault_without_keys"),
         ),
         ("Verification result".into(), vg("result")),
+        (
+            "Vault object versions".into(),
+            match ver.get("vault_versioning").and_then(Value::as_array) {
+                Some(a) => a
+                    .iter()
+                    .map(|l| format!("{}: {}", field(&l["location"]), field(&l["versioning"])))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                None => "-".into(),
+            },
+        ),
+        ("Residual key copies".into(), vg("key_residual")),
         ("Residual ciphertext".into(), g("residual_ciphertext")),
     ]);
     out

@@ -399,6 +399,21 @@ fn open_s3(
     s3: &S3Settings,
     credentials: Option<&S3Credentials>,
 ) -> Result<Arc<dyn ObjectStore>, TargetError> {
+    let builder = s3_builder(parsed, shown, s3, credentials)?;
+    let store = builder.build().map_err(|e| TargetError::Config {
+        url: shown.to_string(),
+        reason: scrub(&e.to_string()),
+    })?;
+    with_prefix(Arc::new(store), parsed.path(), shown)
+}
+
+/// The S3 client settings of an `s3://` URL (see [`open_url_with`]).
+fn s3_builder(
+    parsed: &url::Url,
+    shown: &str,
+    s3: &S3Settings,
+    credentials: Option<&S3Credentials>,
+) -> Result<AmazonS3Builder, TargetError> {
     let bucket = parsed.host_str().unwrap_or("").to_string();
     if bucket.is_empty() {
         return Err(TargetError::InvalidUrl {
@@ -442,15 +457,146 @@ fn open_s3(
         max_retries: s3.max_retries.unwrap_or(DEFAULT_S3_MAX_RETRIES),
         retry_timeout: Duration::from_secs(60),
     };
-    builder = builder
+    Ok(builder
         .with_virtual_hosted_style_request(false)
         .with_conditional_put(S3ConditionalPut::ETagMatch)
-        .with_retry(retry);
-    let store = builder.build().map_err(|e| TargetError::Config {
-        url: shown.to_string(),
-        reason: scrub(&e.to_string()),
-    })?;
-    with_prefix(Arc::new(store), parsed.path(), shown)
+        .with_retry(retry))
+}
+
+/// Whether a location's store keeps earlier versions of the objects
+/// written over or deleted in it. A key destroyed at a location that does
+/// outlives the destruction in those versions, which the object store
+/// interface can neither list nor delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Versioning {
+    /// Not an S3 bucket (a folder, memory): there is nothing to ask
+    /// (file system snapshots cannot be seen from here either).
+    NotAsked,
+    /// S3 versioning never enabled: an object written over or deleted is gone.
+    Off,
+    /// S3 versioning enabled: earlier versions are kept.
+    Enabled,
+    /// S3 versioning suspended: versions kept while it was enabled remain.
+    Suspended,
+    /// The bucket could not be asked (why).
+    Unknown(String),
+}
+
+impl Versioning {
+    /// Whether earlier versions of objects are (or may still be) kept.
+    pub fn keeps_versions(&self) -> bool {
+        matches!(self, Versioning::Enabled | Versioning::Suspended)
+    }
+
+    /// One word or phrase for reports: `off`, `enabled`, `suspended`,
+    /// `not asked (not an S3 bucket)`, `unknown: why`.
+    pub fn describe(&self) -> String {
+        match self {
+            Versioning::NotAsked => "not asked (not an S3 bucket)".into(),
+            Versioning::Off => "off".into(),
+            Versioning::Enabled => "enabled".into(),
+            Versioning::Suspended => "suspended".into(),
+            Versioning::Unknown(why) => format!("unknown: {why}"),
+        }
+    }
+}
+
+/// In reports and certificates, as [`Versioning::describe`] says it.
+impl Serialize for Versioning {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.describe())
+    }
+}
+
+/// Asks the bucket of an `s3://` URL whether it keeps object versions
+/// (`GetBucketVersioning`, signed with the credentials the store would
+/// use); any other URL is [`Versioning::NotAsked`]. Never fails: what
+/// could not be found out is [`Versioning::Unknown`], its reason without
+/// secrets.
+pub async fn bucket_versioning(url: &str, s3: &S3Settings) -> Versioning {
+    use object_store::aws::{AmazonS3ConfigKey, AwsAuthorizer};
+    use object_store::client::{HttpConnector, HttpRequestBody, ReqwestConnector};
+    use object_store::{ClientConfigKey, ClientOptions};
+    let shown = redact_url(url);
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Versioning::NotAsked;
+    };
+    if !matches!(parsed.scheme(), "s3" | "s3a") {
+        return Versioning::NotAsked;
+    }
+    let unknown = |why: String| Versioning::Unknown(scrub(&why));
+    let builder = match s3_builder(&parsed, &shown, s3, None) {
+        Ok(b) => b,
+        Err(e) => return unknown(e.to_string()),
+    };
+    let get = |k: AmazonS3ConfigKey| builder.get_config_value(&k);
+    let bucket = get(AmazonS3ConfigKey::Bucket).unwrap_or_default();
+    let region = get(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into());
+    let endpoint = get(AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    let allow_http = get(AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp))
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let store = match builder.build() {
+        Ok(s) => s,
+        Err(e) => return unknown(e.to_string()),
+    };
+    let credential = match store.credentials().get_credential().await {
+        Ok(c) => c,
+        Err(e) => return unknown(format!("no credentials: {e}")),
+    };
+    let uri = format!("{}/{bucket}?versioning", endpoint.trim_end_matches('/'));
+    let mut request = match http::Request::builder()
+        .method(http::Method::GET)
+        .uri(&uri)
+        .body(HttpRequestBody::from(bytes::Bytes::new()))
+    {
+        Ok(r) => r,
+        Err(e) => return unknown(e.to_string()),
+    };
+    if let Err(e) = AwsAuthorizer::new(&credential, "s3", &region).try_authorize(&mut request, None)
+    {
+        return unknown(e.to_string());
+    }
+    let options = ClientOptions::new()
+        .with_allow_http(allow_http)
+        .with_timeout(Duration::from_secs(30));
+    let client = match ReqwestConnector::default().connect(&options) {
+        Ok(c) => c,
+        Err(e) => return unknown(e.to_string()),
+    };
+    let response = match client.execute(request).await {
+        Ok(r) => r,
+        Err(e) => return unknown(e.to_string()),
+    };
+    let status = response.status();
+    let body = match response.into_body().bytes().await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => return unknown(e.to_string()),
+    };
+    if !status.is_success() {
+        // S3's error document names its code (`AccessDenied`, `NoSuchBucket`).
+        let code = xml_text(&body, "Code").unwrap_or_default();
+        return unknown(
+            format!("GetBucketVersioning answered {status} {code}")
+                .trim_end()
+                .into(),
+        );
+    }
+    match xml_text(&body, "Status").as_deref() {
+        Some("Enabled") => Versioning::Enabled,
+        Some("Suspended") => Versioning::Suspended,
+        // No status: versioning was never enabled on the bucket.
+        None => Versioning::Off,
+        Some(other) => unknown(format!("unexpected versioning status {other:?}")),
+    }
+}
+
+/// The text of the first `<tag>…</tag>` of a small XML document.
+fn xml_text(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].trim().to_string())
 }
 
 /// Secrets handed to S3 clients by this process, scrubbed from error texts.
@@ -924,6 +1070,34 @@ impl Target {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_versioning_answer_is_read_from_its_status_and_an_error_from_its_code() {
+        let enabled = r#"<?xml version="1.0"?><VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Status>Enabled</Status></VersioningConfiguration>"#;
+        assert_eq!(xml_text(enabled, "Status").as_deref(), Some("Enabled"));
+        // A bucket never versioned answers with no status at all.
+        let never = r#"<VersioningConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>"#;
+        assert_eq!(xml_text(never, "Status"), None);
+        let denied = "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        assert_eq!(xml_text(denied, "Code").as_deref(), Some("AccessDenied"));
+        assert_eq!(xml_text("<Status>cut short", "Status"), None);
+        assert!(Versioning::Enabled.keeps_versions() && Versioning::Suspended.keeps_versions());
+        assert!(!Versioning::Off.keeps_versions());
+        assert!(!Versioning::Unknown("x".into()).keeps_versions());
+        assert!(!Versioning::NotAsked.keeps_versions());
+    }
+
+    #[tokio::test]
+    async fn only_s3_urls_are_asked_about_versioning() {
+        let s3 = S3Settings::default();
+        for url in ["file:///tmp/vault", "memory://v", "not a url"] {
+            assert_eq!(
+                bucket_versioning(url, &s3).await,
+                Versioning::NotAsked,
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn redact_url_drops_user_info_and_query() {

@@ -20,6 +20,11 @@ pub mod s3;
 pub use fault::{FaultStore, OpCounts};
 pub use s3::S3Server;
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
 use std::borrow::BorrowMut;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -175,4 +180,75 @@ pub fn stdout(out: &Output) -> String {
 /// The stderr of an output as text.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// moto
+// ---------------------------------------------------------------------------
+
+/// A moto S3 server on 127.0.0.1 (its conditional puts have exactly one
+/// winner; it keeps bucket versioning), with a bucket `bkt`; killed on drop.
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// moto's server: `CUSTOS_MOTO_SERVER`, the venv `scripts/test.sh` makes
+/// under the target folder, or `moto_server` on the PATH.
+pub fn moto_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CUSTOS_MOTO_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let venv = target.join("moto-venv/bin/moto_server");
+    if venv.is_file() {
+        return Some(venv);
+    }
+    let on_path = Command::new("moto_server").arg("--help").output();
+    on_path
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| PathBuf::from("moto_server"))
+}
+
+/// Starts moto, or `None` when it is not installed (the caller skips
+/// loudly).
+pub fn start_moto() -> Option<Moto> {
+    let bin = moto_binary()?;
+    let mut child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stdout.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Some(i) = line.find("Running on http://127.0.0.1:") {
+                    let _ = tx.send(line[i + "Running on ".len()..].trim().to_string());
+                }
+            }
+        });
+    }
+    let endpoint = rx.recv_timeout(Duration::from_secs(60)).ok()?;
+    let st = Command::new("curl")
+        .args(["-s", "-f", "-X", "PUT", &format!("{endpoint}/bkt")])
+        .status()
+        .ok()?;
+    assert!(st.success(), "cannot create a bucket on moto");
+    Some(Moto { child, endpoint })
 }
