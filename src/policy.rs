@@ -160,6 +160,8 @@ pub struct Policy {
     pub shred: ShredConfig,
     /// `[replication]`: copies across targets.
     pub replication: ReplicationConfig,
+    /// `[resources]`: the threads and buffer memory of a job.
+    pub resources: ResourcesConfig,
 }
 
 /// `[store]`: where the records live.
@@ -395,6 +397,79 @@ pub struct ReplicationConfig {
 /// The default `[replication] concurrency`.
 pub const DEFAULT_REPLICATION_CONCURRENCY: u32 = 4;
 
+/// `[resources]`: what one job of the policy (a backup, restore, check or
+/// drill) may use of the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResourcesConfig {
+    /// Threads for a job's parallel stages (grouping rows, sealing and
+    /// opening chunks, sorting index entries); `None`: one per core the
+    /// process may run on (its CPU affinity and cgroup quota counted).
+    pub threads: Option<u32>,
+    /// Bytes of buffers a job fills: read windows of rows, packs being
+    /// filled and in flight, chunks being opened, index sort runs
+    /// ([`DEFAULT_BUFFER_MEMORY`]; from [`MIN_BUFFER_MEMORY`] to
+    /// [`MAX_BUFFER_MEMORY`]). What grows with the store (the key vault,
+    /// the chunk index) comes on top.
+    pub buffer_memory: u64,
+}
+
+/// The default `[resources] buffer_memory`: 256 MiB.
+pub const DEFAULT_BUFFER_MEMORY: u64 = 256 << 20;
+/// The least `[resources] buffer_memory`: 32 MiB.
+pub const MIN_BUFFER_MEMORY: u64 = 32 << 20;
+/// The most `[resources] buffer_memory`: 16 GiB.
+pub const MAX_BUFFER_MEMORY: u64 = 16 << 30;
+/// The most `[resources] threads`.
+pub const MAX_THREADS: u32 = 256;
+
+impl Default for ResourcesConfig {
+    fn default() -> Self {
+        ResourcesConfig {
+            threads: None,
+            buffer_memory: DEFAULT_BUFFER_MEMORY,
+        }
+    }
+}
+
+impl ResourcesConfig {
+    /// The threads a job's parallel stages use: `threads`, or one per core
+    /// the process may run on.
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            Some(n) => n.max(1) as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+
+    /// An eighth of the buffer memory (32 MiB by default): the share of a
+    /// backup's read window of rows (two are filled at once), of its open
+    /// packs, and of a check's wave of packs (two at once).
+    pub fn eighth(&self) -> usize {
+        usize::try_from(self.buffer_memory / 8).unwrap_or(usize::MAX)
+    }
+
+    /// Packs a restore holds at once to open a part of a window (8 by
+    /// default, at least 2): a quarter of the buffer memory in packs of
+    /// about 8 MiB.
+    pub fn restore_packs(&self) -> usize {
+        usize::try_from(self.buffer_memory / (32 << 20))
+            .unwrap_or(usize::MAX)
+            .max(2)
+    }
+
+    /// Bytes of index entries a restore sorts in one run (16 MiB by
+    /// default): a sixteenth of the buffer memory.
+    pub fn sort_run_bytes(&self) -> usize {
+        usize::try_from(self.buffer_memory / 16).unwrap_or(usize::MAX)
+    }
+
+    /// SQLite's page cache while a restore's rows go in through SQL, in
+    /// KiB (64 MiB by default): a quarter of the buffer memory.
+    pub fn restore_cache_kib(&self) -> u32 {
+        u32::try_from(self.buffer_memory / 4 / 1024).unwrap_or(u32::MAX)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Errors
 // ---------------------------------------------------------------------------
@@ -490,6 +565,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("`{s}` is too large for a duration"))
 }
 
+/// Parses a policy size: a positive whole number and a binary unit, no
+/// spaces: `512KiB`, `256MiB`, `2GiB` (`B` for bytes). The error says what
+/// is wrong, for the caller to place.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    const HINT: &str =
+        "write a whole number and a unit without spaces: 64MiB, 256MiB, 2GiB (KiB, MiB, GiB: powers of 1024)";
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let (num, unit) = s.split_at(digits);
+    if num.is_empty() {
+        return Err(format!("`{s}` is not a size: {HINT}"));
+    }
+    let per: u64 = match unit {
+        "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "" => return Err(format!("`{s}` has no unit: {HINT}")),
+        _ => return Err(format!("`{s}` has an unknown unit `{unit}`: {HINT}")),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is too large for a size"))?;
+    if n == 0 {
+        return Err(format!("`{s}` is zero: a size must be positive"));
+    }
+    n.checked_mul(per)
+        .ok_or_else(|| format!("`{s}` is too large for a size"))
+}
+
 /// Checks a cron expression the way the scheduler will read it (the `cron`
 /// crate: 6 or 7 fields, seconds first, or `@daily` and friends).
 pub fn parse_cron(s: &str) -> Result<cron::Schedule, String> {
@@ -528,6 +633,7 @@ struct RawFile {
     drill: Option<RawDrill>,
     shred: Option<RawShred>,
     replication: Option<RawReplication>,
+    resources: Option<RawResources>,
 }
 
 #[derive(Deserialize)]
@@ -642,6 +748,13 @@ struct RawAssert {
 struct RawShred {
     grace: Option<S>,
     min_retention: Option<BTreeMap<String, S>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    threads: Option<Spanned<u32>>,
+    buffer_memory: Option<S>,
 }
 
 #[derive(Deserialize)]
@@ -1025,6 +1138,40 @@ impl Checker<'_> {
             replication.min_copies = Some(n);
         }
 
+        // [resources]
+        let mut resources = ResourcesConfig::default();
+        if let Some(r) = raw.resources {
+            if let Some(t) = r.threads {
+                let n = *t.get_ref();
+                if !(1..=MAX_THREADS).contains(&n) {
+                    self.err(
+                        t.span(),
+                        "resources.threads",
+                        format!(
+                            "must be from 1 to {MAX_THREADS} (remove it for one thread per core)"
+                        ),
+                    );
+                }
+                resources.threads = Some(n);
+            }
+            if let Some(m) = r.buffer_memory {
+                match parse_size(m.get_ref()) {
+                    Ok(n) if (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(&n) => {
+                        resources.buffer_memory = n;
+                    }
+                    Ok(_) => self.err(
+                        m.span(),
+                        "resources.buffer_memory",
+                        format!(
+                            "`{}` is out of range: from 32MiB to 16GiB (the default is 256MiB)",
+                            m.get_ref()
+                        ),
+                    ),
+                    Err(why) => self.err(m.span(), "resources.buffer_memory", why),
+                }
+            }
+        }
+
         Policy {
             file: self.file.to_path_buf(),
             name: name.into_inner(),
@@ -1037,6 +1184,7 @@ impl Checker<'_> {
             drill,
             shred,
             replication,
+            resources,
         }
     }
 
@@ -2014,6 +2162,29 @@ mod tests {
 
     fn path_of(text: &str, needle: &str) -> String {
         key_path_at(text, text.find(needle).expect("needle in text"))
+    }
+
+    #[test]
+    fn sizes_are_whole_numbers_with_a_binary_unit() {
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("4096B"), Ok(4096));
+        for (bad, says) in [
+            ("", "not a size"),
+            ("MiB", "not a size"),
+            ("64", "no unit"),
+            ("64MB", "unknown unit `MB`"),
+            ("64mib", "unknown unit `mib`"),
+            ("1.5GiB", "unknown unit `.5GiB`"),
+            ("64 MiB", "unknown unit ` MiB`"),
+            ("0MiB", "zero"),
+            ("99999999999999999999MiB", "too large"),
+            ("17179869184GiB", "too large"),
+        ] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -133,6 +133,88 @@ fn bad_duration() {
 }
 
 #[test]
+fn resources_out_of_range_or_without_a_unit() {
+    // Each mistake alone, placed on its line and key, saying why.
+    for (extra, key, needle, says) in [
+        (
+            "threads = 0",
+            "resources.threads",
+            "threads",
+            "from 1 to 256",
+        ),
+        (
+            "buffer_memory = \"256\"",
+            "resources.buffer_memory",
+            "buffer_memory",
+            "has no unit",
+        ),
+        (
+            "buffer_memory = \"256MB\"",
+            "resources.buffer_memory",
+            "buffer_memory",
+            "unknown unit `MB`",
+        ),
+        (
+            "buffer_memory = \"8MiB\"",
+            "resources.buffer_memory",
+            "buffer_memory",
+            "from 32MiB to 16GiB",
+        ),
+    ] {
+        let text = policy(
+            "crm",
+            "crm.db",
+            "file:///srv/b/crm",
+            &format!("\n[resources]\n{extra}\n"),
+        );
+        let d = folder(&[("crm.toml", text.clone())]);
+        let e = only_problem(d.path());
+        assert_placed(&e, &d.path().join("crm.toml"), line_of(&text, needle), key);
+        assert!(e.message.contains(says), "{extra}: {e}");
+    }
+    // A section naming a setting custos does not have.
+    let text = policy(
+        "crm",
+        "crm.db",
+        "file:///srv/b/crm",
+        "\n[resources]\nmemory = \"1GiB\"\n",
+    );
+    let d = folder(&[("crm.toml", text.clone())]);
+    let e = only_problem(d.path());
+    assert_eq!(e.line, line_of(&text, "memory ="), "{e}");
+    assert!(e.to_string().contains("memory"), "{e}");
+}
+
+#[test]
+fn resources_are_read_with_their_defaults() {
+    let dir = common::tempdir();
+    let file = dir.path().join("crm.toml");
+    let read = |extra: &str| {
+        let text = policy("crm", "crm.db", "file:///srv/b/crm", extra);
+        custos::policy::Policy::from_str(&text, &file)
+            .unwrap()
+            .resources
+    };
+    let r = read("");
+    assert_eq!(r.threads, None);
+    assert_eq!(r.buffer_memory, 256 << 20);
+    assert!(r.threads() >= 1);
+    // The defaults are the budgets custos always had.
+    assert_eq!(
+        (r.eighth(), r.restore_packs(), r.sort_run_bytes()),
+        (32 << 20, 8, 16 << 20)
+    );
+    assert_eq!(r.restore_cache_kib(), 64 << 10);
+    let r = read("\n[resources]\nthreads = 3\nbuffer_memory = \"1GiB\"\n");
+    assert_eq!((r.threads, r.threads()), (Some(3), 3));
+    assert_eq!(r.buffer_memory, 1 << 30);
+    assert_eq!((r.eighth(), r.restore_packs()), (128 << 20, 32));
+    // The least: packs are never fewer than two.
+    let r = read("\n[resources]\nbuffer_memory = \"32MiB\"\n");
+    assert_eq!((r.eighth(), r.restore_packs()), (4 << 20, 2));
+}
+
+#[test]
 fn catch_up_must_be_a_boolean() {
     let text = policy(
         "crm",
@@ -410,4 +492,8 @@ fn check_and_show_print_json_for_tools() {
     assert!(next
         .iter()
         .all(|t| t.format("%H:%M:%S").to_string() == "01:00:00"));
+    // No [resources]: one thread per core, 256 MiB of buffers.
+    assert_eq!(v["resources"]["threads_set"], false);
+    assert!(v["resources"]["threads"].as_u64().unwrap() >= 1);
+    assert_eq!(v["resources"]["buffer_memory"], 256u64 << 20);
 }

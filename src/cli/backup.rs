@@ -26,7 +26,7 @@ pub async fn run(a: BackupArgs) -> Result<()> {
     let opts = BackupOptions {
         target: a.target,
         zstd_level: a.zstd_level.clamp(1, 19),
-        ..Default::default()
+        ..BackupOptions::for_policy(&policy)
     };
     let r =
         custos::ops::backup::backup(&policy, &opts, super::progress::for_terminal(a.json)).await;

@@ -195,7 +195,7 @@ async fn run_inner(a: DemoArgs) -> Result<()> {
         4,
         "First backup: every row encrypted under its shred group's key",
     );
-    let opts = BackupOptions::default();
+    let opts = BackupOptions::for_policy(&policy);
     let b1 = custos::ops::backup::backup(&policy, &opts, progress.clone()).await?;
     println!(
         "   snapshot {}: {} rows, {} read, {} stored, {:.1} s",

@@ -189,6 +189,17 @@ fn show(a: ShowArgs) -> Result<()> {
             .min_copies
             .map_or("not set".to_string(), |n| n.to_string())
     );
+    let r = &p.resources;
+    println!("[resources]");
+    println!(
+        "  threads = {}",
+        r.threads
+            .map_or(format!("{} (one per core)", r.threads()), |n| n.to_string())
+    );
+    println!(
+        "  buffer_memory = {}",
+        custos::ops::human_bytes(r.buffer_memory)
+    );
     Ok(())
 }
 
@@ -273,6 +284,11 @@ fn show_json(p: &Policy, now: chrono::DateTime<chrono::Utc>) -> Value {
         },
         "shred": {"grace_s": secs(&p.shred.grace)},
         "replication": {"min_copies": p.replication.min_copies},
+        "resources": {
+            "threads": p.resources.threads(),
+            "threads_set": p.resources.threads.is_some(),
+            "buffer_memory": p.resources.buffer_memory,
+        },
     })
 }
 

@@ -17,7 +17,7 @@ use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{
     group_key, subject_pseudonyms_hex, ChunkKeys, Id, Key32, MetaKey, PseudonymHex,
 };
-use crate::policy::{ExtensionConfig, NotBackedUp, Policy, StoreKind};
+use crate::policy::{ExtensionConfig, NotBackedUp, Policy, ResourcesConfig, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{Index, IndexObjects, PackSet};
@@ -64,17 +64,29 @@ pub struct BackupOptions {
 }
 
 impl Default for BackupOptions {
+    /// The options under the default `[resources]`.
     fn default() -> Self {
+        BackupOptions::for_resources(&ResourcesConfig::default())
+    }
+}
+
+impl BackupOptions {
+    /// The options a policy's `[resources]` sets: its threads, read windows
+    /// and open packs of an eighth of its buffer memory each (32 MiB by
+    /// default); the primary target, zstd level 3.
+    pub fn for_policy(policy: &Policy) -> Self {
+        BackupOptions::for_resources(&policy.resources)
+    }
+
+    fn for_resources(r: &ResourcesConfig) -> Self {
         BackupOptions {
             target: None,
             zstd_level: 3,
             pack_size: 8 << 20,
-            open_pack_budget: 32 << 20,
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+            open_pack_budget: r.eighth(),
+            workers: r.threads(),
             uploads: 3,
-            window_budget: 32 << 20,
+            window_budget: r.eighth(),
         }
     }
 }

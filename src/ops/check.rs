@@ -12,7 +12,7 @@ use super::restore::{
 };
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
-use crate::policy::Policy;
+use crate::policy::{Policy, ResourcesConfig, DEFAULT_BUFFER_MEMORY};
 use crate::progress::Progress;
 use crate::repo::cache::{PackCache, PackProblem};
 use crate::repo::index::{
@@ -84,11 +84,23 @@ pub struct Batching {
 }
 
 impl Default for Batching {
+    /// The batching under the default `[resources]`.
     fn default() -> Self {
+        Batching::for_resources(&ResourcesConfig::default())
+    }
+}
+
+impl Batching {
+    /// The batching a policy's `[resources]` sets: its threads, waves of an
+    /// eighth of its buffer memory, and a batch of chunks (about 100 bytes
+    /// each) of about a twentieth of it (the defaults: 32 MiB waves, 128 k
+    /// chunks).
+    pub fn for_resources(r: &ResourcesConfig) -> Self {
+        let scale = r.buffer_memory as f64 / DEFAULT_BUFFER_MEMORY as f64;
         Batching {
-            chunks: BATCH_CHUNKS,
-            wave_bytes: WAVE_BYTES,
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            chunks: ((BATCH_CHUNKS as f64 * scale) as usize).max(1 << 12),
+            wave_bytes: r.eighth(),
+            threads: r.threads(),
         }
     }
 }
@@ -101,7 +113,8 @@ pub async fn check(
     read_data: bool,
     progress: Arc<dyn Progress>,
 ) -> Result<CheckReport, OpsError> {
-    check_with(policy, target, read_data, Batching::default(), progress).await
+    let batching = Batching::for_resources(&policy.resources);
+    check_with(policy, target, read_data, batching, progress).await
 }
 
 /// [`check`] with the given batching.
@@ -340,14 +353,13 @@ pub async fn check_with(
 /// many bytes as 16, for about 100 MiB less peak memory.
 const TREE_PACKS: usize = 4;
 
-/// Chunks queued while walking the trees before they are opened: the queue
-/// is sorted by pack, so each pack of a batch is fetched once. About 100
-/// bytes a chunk (its id, location and a share of its group's keys).
+/// Chunks queued while walking the trees before they are opened, under the
+/// default `[resources]`: the queue is sorted by pack, so each pack of a
+/// batch is fetched once. About 100 bytes a chunk (its id, location and a
+/// share of its group's keys). Bytes of packs handed to the opening threads
+/// at once ([`Batching::wave_bytes`]): at most two such waves are held (one
+/// being opened, one being fetched).
 const BATCH_CHUNKS: usize = 1 << 17;
-
-/// Bytes of packs handed to the opening threads at once. At most two such
-/// waves are held (one being opened, one being fetched).
-const WAVE_BYTES: usize = 32 << 20;
 
 /// Chunks a thread takes from a wave at a time.
 const GRAB: usize = 512;

@@ -10,7 +10,7 @@
 
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
-use crate::policy::Policy;
+use crate::policy::{Policy, ResourcesConfig};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
@@ -21,7 +21,7 @@ use crate::store::files::{FileKind, FilesRestorer};
 use crate::store::postgres::{
     redact_url, restore_conn, PgConn, PgError, PgOutput, PgRestoreTo, PgRestorer, SqlScript,
 };
-use crate::store::sqlite::SqliteRestorer;
+use crate::store::sqlite::{SqliteRestorer, WriterBuffers};
 use crate::target::Target;
 use crate::vault::{KeyId, KeyKind, Vault};
 use bytes::Bytes;
@@ -407,6 +407,7 @@ pub async fn restore(
         )));
     }
     let src = Source {
+        resources: policy.resources,
         index: Locator::new(target.clone(), meta.clone()),
         target,
         vault,
@@ -532,6 +533,8 @@ fn without_foreign_keys(post_data: &str) -> (String, Vec<String>) {
 
 /// Where a restore reads from.
 struct Source {
+    /// The policy's `[resources]`: threads and buffers.
+    resources: ResourcesConfig,
     target: Arc<Target>,
     index: Locator,
     vault: Vault,
@@ -767,6 +770,7 @@ async fn restore_sqlite(
     report: &mut RestoreReport,
 ) -> Result<(), OpsError> {
     let Source {
+        resources,
         target,
         index: mut locator,
         vault,
@@ -782,7 +786,11 @@ async fn restore_sqlite(
     // counters are not the customer's).
     let selected =
         |name: &str| only.takes(name) || (only.subject.is_none() && name == "sqlite_sequence");
-    let restorer = SqliteRestorer::create(&opts.to, &sq.schema, opts.force)?;
+    let buffers = WriterBuffers {
+        sort_run_bytes: resources.sort_run_bytes(),
+        cache_kib: resources.restore_cache_kib(),
+    };
+    let restorer = SqliteRestorer::create_with(&opts.to, &sq.schema, opts.force, buffers)?;
     // The writer gets (table position in the snapshot, encoded rows in
     // pieces, each a run of whole rows). A message is a whole read window
     // (tens of MiB): handed over, never queued, so one window is being
@@ -801,7 +809,7 @@ async fn restore_sqlite(
             Ok((r, counts))
         })
         .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
-    let mut cache = PackCache::new(target.clone(), 8).without_pack_hashes();
+    let mut cache = PackCache::new(target.clone(), resources.restore_packs()).without_pack_hashes();
     let total = sq
         .tables
         .iter()
@@ -811,7 +819,7 @@ async fn restore_sqlite(
     // are read: the progress shows the selected tables' rows then.
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
-    let mut reader = WindowReader::new(matches!(filter, GroupFilter::Subject(_)));
+    let mut reader = WindowReader::new(matches!(filter, GroupFilter::Subject(_)), &resources);
     'tables: for (ti, t) in sq.tables.iter().enumerate() {
         if !selected(&t.name) {
             continue;
@@ -924,10 +932,6 @@ struct Place<'a> {
     table: &'a str,
 }
 
-/// Packs a part of a window may need at once: the part's chunks are opened
-/// from these, held in memory together.
-const PACKS_AT_ONCE: usize = 8;
-
 /// Reads a read window's groups: with their keys and chunk locations
 /// resolved beforehand ([`Located`], [`Parents`]), the packs of a part of the window fetched
 /// (each verified against its name, as always), and then the part's chunks
@@ -935,6 +939,10 @@ const PACKS_AT_ONCE: usize = 8;
 /// the rows come out in the order of the groups.
 struct WindowReader {
     codecs: Vec<Codec>,
+    /// Packs a part of a window may need at once: the part's chunks are
+    /// opened from these, held in memory together
+    /// ([`ResourcesConfig::restore_packs`]).
+    packs_at_once: usize,
     /// Fetch only the spans of packs that hold the groups read (a few
     /// groups of each pack: one customer's), not whole packs.
     sparse: bool,
@@ -949,10 +957,12 @@ struct Pending<'v> {
 }
 
 impl WindowReader {
-    fn new(sparse: bool) -> Self {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    fn new(sparse: bool, resources: &ResourcesConfig) -> Self {
         WindowReader {
-            codecs: (0..threads.clamp(1, 16)).map(|_| Codec::new(3)).collect(),
+            codecs: (0..resources.threads().clamp(1, 16))
+                .map(|_| Codec::new(3))
+                .collect(),
+            packs_at_once: resources.restore_packs(),
             sparse,
         }
     }
@@ -983,7 +993,7 @@ impl WindowReader {
         let mut part: Vec<Pending<'v>> = Vec::new();
         let mut locs: Vec<ChunkLoc> = Vec::new();
         while next < groups.len() {
-            // A part: as many groups as fit in PACKS_AT_ONCE packs.
+            // A part: as many groups as fit in `packs_at_once` packs.
             part.clear();
             locs.clear();
             let mut packs: Vec<u32> = Vec::new();
@@ -1029,7 +1039,7 @@ impl WindowReader {
                     }
                     locs.push(loc);
                 }
-                if !part.is_empty() && packs.len() + added > PACKS_AT_ONCE {
+                if !part.is_empty() && packs.len() + added > self.packs_at_once {
                     locs.truncate(start);
                     break;
                 }
@@ -1210,6 +1220,7 @@ async fn restore_files(
     report: &mut RestoreReport,
 ) -> Result<(), OpsError> {
     let Source {
+        resources,
         target,
         index: mut locator,
         vault,
@@ -1235,7 +1246,7 @@ async fn restore_files(
     };
     let keys = ChunkKeys::new(group_key(None, key, "files"));
     let mut r = FilesRestorer::create(&opts.to, opts.force)?;
-    let mut cache = PackCache::new(target.clone(), 8).without_pack_hashes();
+    let mut cache = PackCache::new(target.clone(), resources.restore_packs()).without_pack_hashes();
     let mut codec = Codec::new(3);
     progress.phase("restoring files", Some(fs.bytes), "bytes");
     for pid in &fs.pages {
@@ -1289,6 +1300,7 @@ async fn restore_postgres(
 ) -> Result<(), OpsError> {
     let pg = |e: PgError| OpsError::Invalid(format!("restore: {e}"));
     let Source {
+        resources,
         target,
         index: mut locator,
         vault,
@@ -1326,7 +1338,7 @@ async fn restore_postgres(
             SqlScript::create(&path, &schema, opts.force).map_err(pg)?,
         )),
     };
-    let mut cache = PackCache::new(target.clone(), 8).without_pack_hashes();
+    let mut cache = PackCache::new(target.clone(), resources.restore_packs()).without_pack_hashes();
     let mut codec = Codec::new(3);
     let total = ps
         .tables

@@ -108,8 +108,6 @@ impl JobOutcome {
 /// What jobs share: tunables from the command line.
 #[derive(Clone, Debug, Default)]
 pub struct JobContext {
-    /// Options of backups (target: always the primary here).
-    pub backup: BackupOptions,
     /// The local state directory (audit trail, reports, replication
     /// records). Without it, drill and retention jobs fail and backups are
     /// not audited.
@@ -177,10 +175,7 @@ pub async fn run_job(ctx: &JobContext, policy: &Policy, kind: JobKind) -> JobOut
 }
 
 async fn backup_job(ctx: &JobContext, policy: &Policy) -> JobOutcome {
-    let opts = BackupOptions {
-        target: None,
-        ..ctx.backup.clone()
-    };
+    let opts = BackupOptions::for_policy(policy);
     let r = match crate::ops::backup::backup(policy, &opts, Arc::new(NoProgress)).await {
         Ok(r) => r,
         Err(e) => return failed(e),

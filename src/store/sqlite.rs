@@ -1553,7 +1553,26 @@ pub struct SqliteRestorer {
     sequence: Vec<Row>,
     /// Scratch for [`insert_pieces`](Self::insert_pieces).
     spans: Vec<(i64, u64)>,
+    buffers: WriterBuffers,
     done: bool,
+}
+
+/// What a [`SqliteRestorer`] may hold in memory besides the rows given to
+/// it: the index entries a table's indexes sort in one run, all of them
+/// together, and SQLite's page cache while rows go in through SQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterBuffers {
+    pub sort_run_bytes: usize,
+    pub cache_kib: u32,
+}
+
+impl Default for WriterBuffers {
+    fn default() -> Self {
+        WriterBuffers {
+            sort_run_bytes: RUN_BYTES,
+            cache_kib: INSERT_CACHE_KIB,
+        }
+    }
 }
 
 impl fmt::Debug for SqliteRestorer {
@@ -1567,7 +1586,8 @@ impl fmt::Debug for SqliteRestorer {
 
 const ENCODINGS: [&str; 3] = ["UTF-8", "UTF-16le", "UTF-16be"];
 
-/// The restoring connection's page cache while rows go in, in KiB. Rows
+/// The restoring connection's page cache while rows go in, in KiB, by
+/// default ([`WriterBuffers`]). Rows
 /// go in in rowid order, but a `UNIQUE` column's index is updated in random
 /// order by every insert; at 4 GiB the benchmark's outgrows 16 MiB, and
 /// the restore was about 20% slower with it (PERFORMANCE.md, 4 GiB).
@@ -1585,6 +1605,16 @@ impl SqliteRestorer {
     /// temporary file in the same directory, set up for speed (no journal,
     /// no sync, one transaction); CHECK constraints are not re-evaluated.
     pub fn create(path: &Path, schema: &SqliteSchema, force: bool) -> Result<Self, SqliteError> {
+        SqliteRestorer::create_with(path, schema, force, WriterBuffers::default())
+    }
+
+    /// [`create`](Self::create), holding at most `buffers` in memory.
+    pub fn create_with(
+        path: &Path,
+        schema: &SqliteSchema,
+        force: bool,
+        buffers: WriterBuffers,
+    ) -> Result<Self, SqliteError> {
         if schema.version != SQLITE_SCHEMA_VERSION {
             return Err(SqliteError::BadSchema(format!(
                 "shape version {} (this build reads {})",
@@ -1656,6 +1686,7 @@ impl SqliteRestorer {
             targets: HashMap::new(),
             sequence: Vec::new(),
             spans: Vec::new(),
+            buffers,
             done: false,
         };
         // From here on, dropping `r` on error removes the temporary file.
@@ -1690,12 +1721,13 @@ impl SqliteRestorer {
             source,
         })?;
         self.conn = Some(conn);
+        let cache_kib = self.buffers.cache_kib;
         let settings = format!(
             "{file_settings}
              PRAGMA journal_mode = OFF;
              PRAGMA synchronous = OFF;
              PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA cache_size = -{INSERT_CACHE_KIB};
+             PRAGMA cache_size = -{cache_kib};
              PRAGMA foreign_keys = OFF;
              PRAGMA ignore_check_constraints = ON;
              BEGIN;"
@@ -2425,7 +2457,7 @@ impl SqliteRestorer {
                 let plan = target.cluster.take().expect("checked above");
                 // The table and its indexes share one run budget.
                 let dir = self.tmp_dir();
-                let share = RUN_BYTES / (1 + plan.indexes.len());
+                let share = self.buffers.sort_run_bytes / (1 + plan.indexes.len());
                 let build = IndexBuild::new(plan.spec, &dir).with_run_bytes(share);
                 let indexes = plan
                     .indexes
@@ -2482,7 +2514,7 @@ impl SqliteRestorer {
                 let dir = self.tmp_dir();
                 // The table's indexes share one run budget, so memory does
                 // not grow with their number.
-                let share = RUN_BYTES / specs.len().max(1);
+                let share = self.buffers.sort_run_bytes / specs.len().max(1);
                 let builds = specs
                     .into_iter()
                     .map(|spec| IndexBuild::new(spec, &dir).with_run_bytes(share))
