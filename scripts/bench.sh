@@ -2,7 +2,7 @@
 # Benchmark custos against restic and borg on the telecom demo database.
 #
 #   scripts/bench.sh [--size small|1g|4g] [--json] [--keep] [--tools custos,restic,borg]
-#                    [--history N]
+#                    [--history N] [--buffer-memory SIZE] [--threads N]
 #
 # In one run, on the same warm data, each tool backs the database up into a
 # local repository folder, backs it up again after a ~1% change, restores the
@@ -20,6 +20,9 @@
 # (the table then goes to stderr). Progress goes to stderr. Exit status 1 if
 # any step or any restore verification fails.
 #
+# --buffer-memory and --threads go into custos's policy as its [resources]
+# (docs/POLICY.md); without them custos runs with its defaults.
+#
 # Environment: CUSTOS_BIN=path uses that custos binary instead of building
 # one with `cargo build --release` (CARGO_TARGET_DIR is respected).
 set -euo pipefail
@@ -29,9 +32,11 @@ JSON=0
 KEEP=0
 TOOLS="custos,restic,borg"
 HISTORY=0
+BUFFER_MEMORY=
+THREADS=
 
 usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 while [ $# -gt 0 ]; do
@@ -44,12 +49,24 @@ while [ $# -gt 0 ]; do
         --tools=*) TOOLS="${1#--tools=}"; shift ;;
         --history) HISTORY="${2:?--history needs a number of rounds}"; shift 2 ;;
         --history=*) HISTORY="${1#--history=}"; shift ;;
+        --buffer-memory) BUFFER_MEMORY="${2:?--buffer-memory needs a size, e.g. 64MiB}"; shift 2 ;;
+        --buffer-memory=*) BUFFER_MEMORY="${1#--buffer-memory=}"; shift ;;
+        --threads) THREADS="${2:?--threads needs a number}"; shift 2 ;;
+        --threads=*) THREADS="${1#--threads=}"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown argument '$1' (try --help)" >&2; exit 2 ;;
     esac
 done
 case "$HISTORY" in
     ''|*[!0-9]*) echo "bench: --history must be a number of rounds (0 or more), not '$HISTORY'" >&2; exit 2 ;;
+esac
+case "$BUFFER_MEMORY" in
+    ''|[0-9]*[KMG]iB) ;;
+    *) echo "bench: --buffer-memory must be a size such as 64MiB or 1GiB, not '$BUFFER_MEMORY'" >&2; exit 2 ;;
+esac
+case "$THREADS" in
+    '') ;;
+    *[!0-9]*) echo "bench: --threads must be a number, not '$THREADS'" >&2; exit 2 ;;
 esac
 case "$SIZE" in
     small|1g|4g) ;;
@@ -214,6 +231,14 @@ vault = ["file://$CDIR/vault"]
 name = "primary"
 url = "file://$CDIR/target"
 TOML
+    if [ -n "$BUFFER_MEMORY$THREADS" ]; then
+        {
+            echo "[resources]"
+            if [ -n "$BUFFER_MEMORY" ]; then echo "buffer_memory = \"$BUFFER_MEMORY\""; fi
+            if [ -n "$THREADS" ]; then echo "threads = $THREADS"; fi
+        } >>"$POLICY"
+        NOTES+=("custos ran with [resources]${BUFFER_MEMORY:+ buffer_memory = $BUFFER_MEMORY}${THREADS:+ threads = $THREADS}")
+    fi
     "$CUSTOS" init --policy "$POLICY" >&2
 fi
 if has_tool restic; then restic --quiet -r "$RESTIC_REPO" init >&2; fi
