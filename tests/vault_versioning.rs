@@ -9,6 +9,8 @@
 //! loudly when moto is not installed.
 
 mod common;
+#[path = "common/roundtrip_util.rs"]
+mod util;
 
 use common::{custos, run, start_moto, stderr, stdout};
 use serde_json::Value;
@@ -86,42 +88,27 @@ fn a_vault_bucket_keeping_versions_is_named_at_init_and_in_the_certificate() {
         .args(["keys", "init", "--out"])
         .arg(dir.join("keys")));
     let policy = dir.join("crm.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            r#"[policy]
-name = "crm"
-
-[store]
-kind = "sqlite"
-path = "{db}"
-
-[[store.tables]]
-name = "customers"
-class = "identity"
-subject = "id"
-
-[keys]
-identity = "{keys}/service.age"
-recipients = []
-vault = ["s3://vault-plain/crm", "s3://vault-versioned/crm", "s3://vault-suspended/crm", "{folder}"]
-
-[s3]
-endpoint = "{ep}"
-region = "us-east-1"
-allow_http = true
-
-[[targets]]
-name = "primary"
-url = "{target}"
-"#,
-            db = db.display(),
-            keys = dir.join("keys").display(),
-            folder = common::file_url(&dir.join("vault-folder")),
-            target = common::file_url(&dir.join("target")),
+    let vaults = [
+        "s3://vault-plain/crm",
+        "s3://vault-versioned/crm",
+        "s3://vault-suspended/crm",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([common::file_url(&dir.join("vault-folder"))])
+    .collect::<Vec<_>>();
+    let text = format!(
+        "[policy]\nname = \"crm\"\n\n[store]\nkind = \"sqlite\"\npath = {}\n\n\
+         [[store.tables]]\nname = \"customers\"\nclass = \"identity\"\nsubject = \"id\"\n{}\n\
+         [s3]\nendpoint = \"{ep}\"\nregion = \"us-east-1\"\nallow_http = true\n",
+        util::toml_str(&db),
+        util::keys_and_targets(
+            &dir.join("keys").join("service.age"),
+            &vaults,
+            &[("primary", common::file_url(&dir.join("target")), false)]
         ),
-    )
-    .unwrap();
+    );
+    std::fs::write(&policy, text).unwrap();
 
     // init warns about the two buckets that keep versions, and only them.
     let out = run(cli(dir, &ep)
