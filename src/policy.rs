@@ -595,6 +595,30 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large for a size"))
 }
 
+/// Checks `[resources] threads` (or a command's `--threads`).
+pub fn check_threads(n: u32) -> Result<u32, String> {
+    if (1..=MAX_THREADS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "must be from 1 to {MAX_THREADS} (leave it out for one thread per core)"
+        ))
+    }
+}
+
+/// Reads `[resources] buffer_memory` (or a command's `--buffer-memory`):
+/// a size from [`MIN_BUFFER_MEMORY`] to [`MAX_BUFFER_MEMORY`].
+pub fn parse_buffer_memory(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "`{s}` is out of range: from 32MiB to 16GiB (the default is 256MiB)"
+        ))
+    }
+}
+
 /// Checks a cron expression the way the scheduler will read it (the `cron`
 /// crate: 6 or 7 fields, seconds first, or `@daily` and friends).
 pub fn parse_cron(s: &str) -> Result<cron::Schedule, String> {
@@ -1142,31 +1166,14 @@ impl Checker<'_> {
         let mut resources = ResourcesConfig::default();
         if let Some(r) = raw.resources {
             if let Some(t) = r.threads {
-                let n = *t.get_ref();
-                if !(1..=MAX_THREADS).contains(&n) {
-                    self.err(
-                        t.span(),
-                        "resources.threads",
-                        format!(
-                            "must be from 1 to {MAX_THREADS} (remove it for one thread per core)"
-                        ),
-                    );
+                match check_threads(*t.get_ref()) {
+                    Ok(n) => resources.threads = Some(n),
+                    Err(why) => self.err(t.span(), "resources.threads", why),
                 }
-                resources.threads = Some(n);
             }
             if let Some(m) = r.buffer_memory {
-                match parse_size(m.get_ref()) {
-                    Ok(n) if (MIN_BUFFER_MEMORY..=MAX_BUFFER_MEMORY).contains(&n) => {
-                        resources.buffer_memory = n;
-                    }
-                    Ok(_) => self.err(
-                        m.span(),
-                        "resources.buffer_memory",
-                        format!(
-                            "`{}` is out of range: from 32MiB to 16GiB (the default is 256MiB)",
-                            m.get_ref()
-                        ),
-                    ),
+                match parse_buffer_memory(m.get_ref()) {
+                    Ok(n) => resources.buffer_memory = n,
                     Err(why) => self.err(m.span(), "resources.buffer_memory", why),
                 }
             }

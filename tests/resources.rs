@@ -125,4 +125,48 @@ async fn the_least_buffer_memory_on_one_thread_restores_the_same_database() {
     let calls = |w: &[(String, usize)]| w.iter().find(|(n, _)| n == "calls").unwrap().1;
     assert_eq!(calls(&default_windows), 1, "{default_windows:?}");
     assert!(calls(&small_windows) >= 3, "{small_windows:?}");
+
+    // One run's flags over the policy's: the default policy's snapshot
+    // restored and checked under the least budget on one thread.
+    let path = default.join("policy.toml");
+    let again = default.join("again.db");
+    common::run(
+        common::custos()
+            .args([
+                "restore",
+                "--threads",
+                "1",
+                "--buffer-memory",
+                "32MiB",
+                "--policy",
+            ])
+            .arg(&path)
+            .arg("--to")
+            .arg(&again),
+    );
+    assert_same_db(&db, &again);
+    let out = common::run(
+        common::custos()
+            .args(["check", "--read-data", "--json", "--threads", "1"])
+            .args(["--buffer-memory", "32MiB", "--policy"])
+            .arg(&path),
+    );
+    let c: serde_json::Value = serde_json::from_str(&common::stdout(&out)).unwrap();
+    assert_eq!(c["ok"], true, "{c}");
+    // A value out of range is refused before anything is made.
+    let never = default.join("never.db");
+    let out = common::run_fail(
+        common::custos()
+            .args(["restore", "--buffer-memory", "16MiB", "--policy"])
+            .arg(&path)
+            .arg("--to")
+            .arg(&never),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        common::stderr(&out).contains("from 32MiB to 16GiB"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert!(!never.exists());
 }

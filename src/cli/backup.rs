@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct BackupArgs {
+    #[command(flatten)]
+    resources: super::resources::ResourceArgs,
     #[arg(long)]
     policy: PathBuf,
     /// Target to write to (default: the primary).
@@ -22,7 +24,7 @@ pub struct BackupArgs {
 }
 
 pub async fn run(a: BackupArgs) -> Result<()> {
-    let policy = super::load_policy(&a.policy)?;
+    let policy = a.resources.apply(super::load_policy(&a.policy)?);
     let opts = BackupOptions {
         target: a.target,
         zstd_level: a.zstd_level.clamp(1, 19),

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct CheckArgs {
+    #[command(flatten)]
+    resources: super::resources::ResourceArgs,
     #[arg(long)]
     policy: PathBuf,
     #[arg(long)]
@@ -26,7 +28,9 @@ pub struct CheckArgs {
 }
 
 pub async fn run(a: CheckArgs) -> Result<(), Failure> {
-    let policy = super::load_policy(&a.policy).map_err(wrap)?;
+    let policy = a
+        .resources
+        .apply(super::load_policy(&a.policy).map_err(wrap)?);
     let repair = if a.repair_index {
         let r = custos::ops::repair::repair_index(&policy, a.target.as_deref()).await;
         let ev = custos::audit::Event::new("repair-index", "operator").policy(&policy.name);

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct DrillArgs {
+    #[command(flatten)]
+    resources: super::resources::ResourceArgs,
     #[arg(long)]
     policy: PathBuf,
     /// `latest`, `random` (a random older snapshot) or a snapshot id.
@@ -34,7 +36,9 @@ fn bad_input(e: impl Into<anyhow::Error>) -> Failure {
 }
 
 pub async fn run(a: DrillArgs) -> Result<(), Failure> {
-    let policy = super::load_policy(&a.policy).map_err(wrap)?;
+    let policy = a
+        .resources
+        .apply(super::load_policy(&a.policy).map_err(wrap)?);
     let state = super::state_dir().map_err(wrap)?;
     let snapshot: SnapshotChoice = a.snapshot.parse().map_err(bad_input)?;
     let opts = DrillOptions {

@@ -22,6 +22,7 @@ mod policy;
 mod progress;
 mod replicate;
 mod reports;
+mod resources;
 mod restore;
 mod retention;
 mod run;

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct RestoreArgs {
+    #[command(flatten)]
+    resources: super::resources::ResourceArgs,
     #[arg(long)]
     policy: PathBuf,
     /// Snapshot id (or unique prefix), or `latest`.
@@ -38,7 +40,7 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(a: RestoreArgs) -> Result<()> {
-    let policy = super::load_policy(&a.policy)?;
+    let policy = a.resources.apply(super::load_policy(&a.policy)?);
     let opts = RestoreOptions {
         target: a.target,
         snapshot: a.snapshot,
