@@ -1148,31 +1148,6 @@ impl Window {
         })
     }
 
-    /// Whether the window ends before a row of `coords`: the row opens
-    /// another period bucket than the last row's and the window holds at
-    /// least half its `budget`. Rows of a period table mostly come in time
-    /// order, so windows then end where a period does, and a group (one
-    /// customer's period) is cut into a chunk for fewer windows; like an
-    /// anchor, the limit is set by the rows, so it falls at the same row
-    /// from one backup to the next.
-    fn ends_before(&self, budget: usize, coords: &GroupCoords) -> bool {
-        if self.bytes < budget / 2 {
-            return false;
-        }
-        let Some(bucket) = coords.bucket.as_deref() else {
-            return false;
-        };
-        self.runs
-            .last()
-            .is_some_and(|last| self.text(last.bucket) != Some(bucket.as_bytes()))
-    }
-
-    /// The last row added.
-    fn last_row(&self) -> Option<&[u8]> {
-        let &(start, len, _) = self.rows.last()?;
-        Some(&self.arena[start as usize..(start + len) as usize])
-    }
-
     /// Whether the window ends after `row`, just added: once it holds
     /// `budget` bytes, at the next anchor row (one every 8 KiB of rows on
     /// average, chosen by the row's content), or at twice the budget. Because anchors are
@@ -2822,33 +2797,24 @@ impl ReaderCtx {
                                 "stopping after an earlier failure".into(),
                             ));
                         }
-                        // The window ends after a row: its rowid is the
-                        // last of the window's range.
-                        let hand_over = |window: &mut Window, last: &[u8]| {
+                        window.add(coords, row);
+                        rows += 1;
+                        tbytes += row.len() as u64;
+                        if window.full(budget, row) {
+                            // The window ends after this row's rowid.
                             let to = has_rowid
-                                .then(|| crate::store::record::row_span(last).ok())
+                                .then(|| crate::store::record::row_span(row).ok())
                                 .flatten()
                                 .and_then(|(rowid, _)| rowid?.checked_add(1));
                             window.range.to = to;
                             window.stretch =
                                 window_stretch(leaves_ref, range, window.range, &fingerprint);
                             let next = free_rx.recv().map_err(|_| handed_over())?;
-                            let full = std::mem::replace(window, next);
+                            let full = std::mem::replace(&mut window, next);
                             window.range.from = to;
                             full_tx
                                 .send(Handover::Rows(full))
-                                .map_err(|_| handed_over())
-                        };
-                        if window.ends_before(budget, coords) {
-                            let last = window.last_row().expect("a window of half its budget");
-                            let last = last.to_vec();
-                            hand_over(&mut window, &last)?;
-                        }
-                        window.add(coords, row);
-                        rows += 1;
-                        tbytes += row.len() as u64;
-                        if window.full(budget, row) {
-                            hand_over(&mut window, row)?;
+                                .map_err(|_| handed_over())?;
                         }
                         since_progress += 1;
                         if since_progress == 4096 {
@@ -3184,9 +3150,6 @@ impl ReaderCtx {
             let batch = batch?;
             let n = batch.len() as u64;
             for (coords, row) in &batch {
-                if window.ends_before(self.window_budget, coords) {
-                    self.flush_window(&mut window, name, class, &mut acc, &prior)?;
-                }
                 window.add(coords, row);
                 rows += 1;
                 tbytes += row.len() as u64;
@@ -3838,32 +3801,6 @@ mod tests {
         assert_eq!(w.runs[0].subject, Coord::NONE);
         assert_eq!(w.coord(w.runs[0].bucket).as_deref(), Some("2026-03"));
         assert_eq!(w.text(w.runs[0].subject), None);
-    }
-
-    #[test]
-    fn a_window_ends_where_a_period_does_once_it_holds_half_its_budget() {
-        let budget = 100;
-        let row = [7u8; 10];
-        let mut w = Window::default();
-        // Below half the budget a new period goes into the window.
-        for _ in 0..4 {
-            w.add(&c(Some("a"), Some("2026-01")), &row);
-        }
-        assert!(!w.ends_before(budget, &c(Some("b"), Some("2026-02"))));
-        w.add(&c(Some("b"), Some("2026-01")), &row);
-        // At half of it: a row of another period starts the next window,
-        // a row of the same period (any subject) does not.
-        assert!(w.ends_before(budget, &c(Some("b"), Some("2026-02"))));
-        assert!(!w.ends_before(budget, &c(Some("c"), Some("2026-01"))));
-        // A row without a bucket (a period column left empty) goes in.
-        assert!(!w.ends_before(budget, &c(Some("a"), None)));
-        // Rows without a bucket (no period, no epoch) never end it early.
-        let mut w = Window::default();
-        for _ in 0..9 {
-            w.add(&c(Some("a"), None), &row);
-        }
-        assert!(!w.ends_before(budget, &c(Some("a"), None)));
-        assert_eq!(w.last_row(), Some(&row[..]));
     }
 
     #[test]
