@@ -28,6 +28,7 @@ use crate::crypto::Id;
 use crate::policy::Policy;
 use crate::repo::index::{index_path, Index, IndexFile};
 use crate::repo::pack::read_header;
+use crate::target::Target;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
@@ -101,6 +102,18 @@ async fn judge(
     })
 }
 
+/// Stops the repair before it writes or deletes an object if its backup
+/// lock was taken over (a lock left for 6 hours may be, FORMAT.md 5).
+async fn still_held(lock: &BackupLock, target: &Target) -> Result<(), OpsError> {
+    if lock.held(target).await? {
+        return Ok(());
+    }
+    Err(OpsError::Integrity(format!(
+        "target `{}`: the repair lost the backup lock (taken over by another process) and stopped; run it again",
+        target.name
+    )))
+}
+
 async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsError> {
     let (target, meta) = (&repo.target, &repo.meta);
     let index = Index::load_packs(target, meta).await?;
@@ -119,12 +132,7 @@ async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsErro
             continue;
         };
         let object = index_path(id);
-        if !lock.held(target).await? {
-            return Err(OpsError::Integrity(format!(
-                "target `{}`: the repair lost the backup lock (taken over by another process) and stopped; run it again",
-                target.name
-            )));
-        }
+        still_held(lock, target).await?;
         target.delete(&object).await?;
         tracing::warn!(target = %target.name, %object, %why, "index object dropped: its pack is not whole");
         report.dropped.push(ObjectWhy { object, why });
@@ -166,6 +174,7 @@ async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsErro
             pack_size: bytes.len() as u64,
             entries,
         };
+        still_held(lock, target).await?;
         file.store(target, meta).await?;
         tracing::warn!(target = %target.name, object = %index_path(&id), "index object rebuilt from its pack");
         report.rebuilt.push(index_path(&id));
@@ -182,4 +191,33 @@ async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsErro
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::S3Settings;
+
+    #[tokio::test]
+    async fn a_repair_whose_lock_was_taken_over_stops_before_writing() {
+        let url = "memory://repair-lock-taken-over";
+        let target = Target::open("t", url, false, &S3Settings::default(), true).unwrap();
+        let lock = BackupLock::acquire(&target).await.unwrap();
+        still_held(&lock, &target).await.unwrap();
+        // Another process takes the lock over as stale.
+        let other = super::super::lock::LockInfo {
+            token: "another process".into(),
+            ..lock.info().clone()
+        };
+        target
+            .put(
+                super::super::lock::LOCK_PATH,
+                serde_json::to_vec(&other).unwrap().into(),
+            )
+            .await
+            .unwrap();
+        let e = still_held(&lock, &target).await.unwrap_err();
+        assert!(matches!(e, OpsError::Integrity(_)), "{e}");
+        assert!(e.to_string().contains("lost the backup lock"), "{e}");
+    }
 }
