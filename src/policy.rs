@@ -402,8 +402,8 @@ pub const DEFAULT_REPLICATION_CONCURRENCY: u32 = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResourcesConfig {
     /// Threads for a job's parallel stages (grouping rows, sealing and
-    /// opening chunks, sorting index entries); `None`: one per core the
-    /// process may run on (its CPU affinity and cgroup quota counted).
+    /// opening chunks); `None`: one per core the process may run on (its
+    /// CPU affinity and cgroup quota counted).
     pub threads: Option<u32>,
     /// Bytes of buffers a job fills: read windows of rows, packs being
     /// filled and in flight, chunks being opened, index sort runs
@@ -455,6 +455,17 @@ impl ResourcesConfig {
         usize::try_from(self.buffer_memory / (32 << 20))
             .unwrap_or(usize::MAX)
             .max(2)
+    }
+
+    /// Chunks a check queues while walking the trees before it opens them
+    /// (128 k by default, at least 4 k): the queue is sorted by pack, so
+    /// each pack of a batch is fetched once; about 100 bytes a chunk (its
+    /// id, location and a share of its group's keys), so a twentieth of the
+    /// buffer memory.
+    pub fn check_batch_chunks(&self) -> usize {
+        usize::try_from(self.buffer_memory / 2048)
+            .unwrap_or(usize::MAX)
+            .max(1 << 12)
     }
 
     /// Bytes of index entries a restore sorts in one run (16 MiB by
@@ -538,31 +549,16 @@ const DAY: u64 = 24 * HOUR;
 /// each). The error says what is wrong, for the caller to place.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     const HINT: &str = "write a whole number and a unit without spaces: 30s, 30m, 12h, 180d, 2w, 6mo (30 days), 3y (365 days)";
-    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
-    let (num, unit) = s.split_at(digits);
-    if num.is_empty() {
-        return Err(format!("`{s}` is not a duration: {HINT}"));
-    }
-    let secs_per = match unit {
-        "s" => 1,
-        "m" => MINUTE,
-        "h" => HOUR,
-        "d" => DAY,
-        "w" => 7 * DAY,
-        "mo" => 30 * DAY,
-        "y" => 365 * DAY,
-        "" => return Err(format!("`{s}` has no unit: {HINT}")),
-        _ => return Err(format!("`{s}` has an unknown unit `{unit}`: {HINT}")),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is too large for a duration"))?;
-    if n == 0 {
-        return Err(format!("`{s}` is zero: a duration must be positive"));
-    }
-    n.checked_mul(secs_per)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{s}` is too large for a duration"))
+    const UNITS: [(&str, u64); 7] = [
+        ("s", 1),
+        ("m", MINUTE),
+        ("h", HOUR),
+        ("d", DAY),
+        ("w", 7 * DAY),
+        ("mo", 30 * DAY),
+        ("y", 365 * DAY),
+    ];
+    amount(s, "duration", &UNITS, HINT).map(Duration::from_secs)
 }
 
 /// Parses a policy size: a positive whole number and a binary unit, no
@@ -571,28 +567,38 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub fn parse_size(s: &str) -> Result<u64, String> {
     const HINT: &str =
         "write a whole number and a unit without spaces: 64MiB, 256MiB, 2GiB (KiB, MiB, GiB: powers of 1024)";
+    const UNITS: [(&str, u64); 5] = [
+        ("B", 1),
+        ("KiB", 1 << 10),
+        ("MiB", 1 << 20),
+        ("GiB", 1 << 30),
+        ("TiB", 1 << 40),
+    ];
+    amount(s, "size", &UNITS, HINT)
+}
+
+/// A positive whole number followed, without spaces, by one of `units`
+/// (its name and what one of it counts), as the count; `what` (`duration`,
+/// `size`) and `hint` go into the error.
+fn amount(s: &str, what: &str, units: &[(&str, u64)], hint: &str) -> Result<u64, String> {
     let digits = s.bytes().take_while(u8::is_ascii_digit).count();
     let (num, unit) = s.split_at(digits);
     if num.is_empty() {
-        return Err(format!("`{s}` is not a size: {HINT}"));
+        return Err(format!("`{s}` is not a {what}: {hint}"));
     }
-    let per: u64 = match unit {
-        "B" => 1,
-        "KiB" => 1 << 10,
-        "MiB" => 1 << 20,
-        "GiB" => 1 << 30,
-        "TiB" => 1 << 40,
-        "" => return Err(format!("`{s}` has no unit: {HINT}")),
-        _ => return Err(format!("`{s}` has an unknown unit `{unit}`: {HINT}")),
+    let per = match units.iter().find(|(name, _)| *name == unit) {
+        Some((_, per)) => *per,
+        None if unit.is_empty() => return Err(format!("`{s}` has no unit: {hint}")),
+        None => return Err(format!("`{s}` has an unknown unit `{unit}`: {hint}")),
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is too large for a size"))?;
+        .map_err(|_| format!("`{s}` is too large for a {what}"))?;
     if n == 0 {
-        return Err(format!("`{s}` is zero: a size must be positive"));
+        return Err(format!("`{s}` is zero: a {what} must be positive"));
     }
     n.checked_mul(per)
-        .ok_or_else(|| format!("`{s}` is too large for a size"))
+        .ok_or_else(|| format!("`{s}` is too large for a {what}"))
 }
 
 /// Checks `[resources] threads` (or a command's `--threads`).

@@ -12,7 +12,7 @@ use super::restore::{
 };
 use super::{OpenRepo, OpsError};
 use crate::crypto::{group_key, ChunkKeys, Id};
-use crate::policy::{Policy, ResourcesConfig, DEFAULT_BUFFER_MEMORY};
+use crate::policy::{Policy, ResourcesConfig};
 use crate::progress::Progress;
 use crate::repo::cache::{PackCache, PackProblem};
 use crate::repo::index::{
@@ -92,13 +92,12 @@ impl Default for Batching {
 
 impl Batching {
     /// The batching a policy's `[resources]` sets: its threads, waves of an
-    /// eighth of its buffer memory, and a batch of chunks (about 100 bytes
-    /// each) of about a twentieth of it (the defaults: 32 MiB waves, 128 k
-    /// chunks).
+    /// eighth of its buffer memory (at most two such waves are held: one
+    /// being opened, one being fetched), and a batch of chunks of about a
+    /// twentieth of it (the defaults: 32 MiB waves, 128 k chunks).
     pub fn for_resources(r: &ResourcesConfig) -> Self {
-        let scale = r.buffer_memory as f64 / DEFAULT_BUFFER_MEMORY as f64;
         Batching {
-            chunks: ((BATCH_CHUNKS as f64 * scale) as usize).max(1 << 12),
+            chunks: r.check_batch_chunks(),
             wave_bytes: r.eighth(),
             threads: r.threads(),
         }
@@ -352,14 +351,6 @@ pub async fn check_with(
 /// parent's packs in the same order, so a few suffice: at 1 GiB, 4 read as
 /// many bytes as 16, for about 100 MiB less peak memory.
 const TREE_PACKS: usize = 4;
-
-/// Chunks queued while walking the trees before they are opened, under the
-/// default `[resources]`: the queue is sorted by pack, so each pack of a
-/// batch is fetched once. About 100 bytes a chunk (its id, location and a
-/// share of its group's keys). Bytes of packs handed to the opening threads
-/// at once ([`Batching::wave_bytes`]): at most two such waves are held (one
-/// being opened, one being fetched).
-const BATCH_CHUNKS: usize = 1 << 17;
 
 /// Chunks a thread takes from a wave at a time.
 const GRAB: usize = 512;

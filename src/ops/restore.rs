@@ -531,6 +531,13 @@ fn without_foreign_keys(post_data: &str) -> (String, Vec<String>) {
     (out, left_out)
 }
 
+/// A restore's cache of packs: as many as its `[resources]` allow, each
+/// checked for its size, not hashed, since every blob a restore uses is
+/// authenticated on its own ([`PackCache::without_pack_hashes`]).
+fn pack_cache(target: &Arc<Target>, resources: &ResourcesConfig) -> PackCache {
+    PackCache::new(target.clone(), resources.restore_packs()).without_pack_hashes()
+}
+
 /// Where a restore reads from.
 struct Source {
     /// The policy's `[resources]`: threads and buffers.
@@ -809,7 +816,7 @@ async fn restore_sqlite(
             Ok((r, counts))
         })
         .map_err(|e| OpsError::Internal(format!("spawning the writer: {e}")))?;
-    let mut cache = PackCache::new(target.clone(), resources.restore_packs()).without_pack_hashes();
+    let mut cache = pack_cache(&target, &resources);
     let total = sq
         .tables
         .iter()
@@ -1246,7 +1253,7 @@ async fn restore_files(
     };
     let keys = ChunkKeys::new(group_key(None, key, "files"));
     let mut r = FilesRestorer::create(&opts.to, opts.force)?;
-    let mut cache = PackCache::new(target.clone(), resources.restore_packs()).without_pack_hashes();
+    let mut cache = pack_cache(&target, &resources);
     let mut codec = Codec::new(3);
     progress.phase("restoring files", Some(fs.bytes), "bytes");
     for pid in &fs.pages {
@@ -1338,7 +1345,7 @@ async fn restore_postgres(
             SqlScript::create(&path, &schema, opts.force).map_err(pg)?,
         )),
     };
-    let mut cache = PackCache::new(target.clone(), resources.restore_packs()).without_pack_hashes();
+    let mut cache = pack_cache(&target, &resources);
     let mut codec = Codec::new(3);
     let total = ps
         .tables
