@@ -54,7 +54,7 @@
 use crate::crypto::{Id, MetaKey};
 use crate::ops::{open_target, OpsError};
 use crate::policy::{Policy, DEFAULT_REPLICATION_CONCURRENCY};
-use crate::repo::marker::MARKER_PATH;
+use crate::repo::marker::{RepoMarker, MARKER_PATH};
 use crate::state::{StateDir, StateError};
 use crate::target::{redact_url, Target, TargetError};
 use bytes::Bytes;
@@ -474,6 +474,36 @@ impl Run<'_> {
                 object: object.to_string(),
                 message,
             });
+    }
+
+    /// Raises each reachable target's marker to the newest repository
+    /// format any of them names (FORMAT 3.1), once the markers are in
+    /// place and before packs and index objects are copied: copies are
+    /// byte for byte, so a target that receives newer objects must say
+    /// that it holds them.
+    async fn raise_markers(&self) {
+        let mut markers = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !n.is_up() {
+                continue;
+            }
+            match RepoMarker::load(&n.target).await {
+                Ok(m) => markers.push((i, m)),
+                Err(e) => self.problem(i, MARKER_PATH, format!("cannot read it: {e}")),
+            }
+        }
+        let Some(newest) = markers.iter().map(|(_, m)| m.version).max() else {
+            return;
+        };
+        for (i, mut m) in markers {
+            if let Err(e) = m.raise(&self.nodes[i].target, newest).await {
+                self.problem(
+                    i,
+                    MARKER_PATH,
+                    format!("cannot raise its format version to {newest}: {e}"),
+                );
+            }
+        }
     }
 
     /// Whether the primary listed `key` when the run started (false when
@@ -917,6 +947,9 @@ pub async fn replicate(
     let width = concurrency * run.nodes.len().max(1);
     let run_ref = &run;
     for (phase, keys) in by_phase.iter().enumerate() {
+        if phase == 1 {
+            run.raise_markers().await;
+        }
         // Owned keys: a closure over borrowed ones makes the future
         // non-`Send` for the daemon's spawned jobs.
         futures::stream::iter(keys.iter().cloned())

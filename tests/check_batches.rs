@@ -141,14 +141,19 @@ async fn damaged_chunks_and_packs_are_found_once_whatever_the_batching() {
     let stored: u64 = index.packs.iter().map(|p| p.1).sum();
     assert!(clean.bytes_read >= stored);
 
-    // Data packs by how many needed chunks they hold, most first.
+    // Data packs by how many needed chunks they hold, most first. Index
+    // entries name a chunk by its id's first 16 bytes.
+    let by_key: std::collections::HashMap<[u8; 16], Id> = needed
+        .iter()
+        .map(|id| (id.0[..16].try_into().unwrap(), *id))
+        .collect();
     let mut packs: Vec<(Id, Vec<custos::repo::index::IndexEntry>)> = Vec::new();
     for (pid, _) in &index.packs {
         let bytes = repo.target.get(&pack_path(pid)).await.unwrap();
         let entries: Vec<_> = read_header("pack", &bytes, &repo.meta)
             .unwrap()
             .into_iter()
-            .filter(|e| needed.contains(&e.id))
+            .filter(|e| by_key.contains_key(&e.key))
             .collect();
         if !entries.is_empty() {
             packs.push((*pid, entries));
@@ -178,7 +183,7 @@ async fn damaged_chunks_and_packs_are_found_once_whatever_the_batching() {
         for i in picks {
             let e = entries[i];
             bytes[e.offset as usize + e.len as usize / 2] ^= 0x10;
-            damaged.push(e.id);
+            damaged.push(by_key[&e.key]);
         }
         let new = Id::hash(&bytes);
         let size = bytes.len() as u64;

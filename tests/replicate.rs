@@ -997,3 +997,46 @@ async fn reports_certificates_and_audit_segments_reach_every_target_and_the_majo
     )
     .unwrap();
 }
+
+/// The format version of the repository marker in a `file://` target's
+/// folder, and a way to set it (as a repository written by a build of
+/// format version 1 would have it).
+fn marker_version(dir: &Path) -> (u64, String) {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("custos-repo.json")).unwrap()).unwrap();
+    (m["version"].as_u64().unwrap(), m["repo_id"].to_string())
+}
+
+fn set_marker_version(dir: &Path, version: u64) {
+    let path = dir.join("custos-repo.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    m["version"] = version.into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_of_format_version_1_is_raised_before_it_receives_newer_packs() {
+    let f = Fixture::new(11);
+    let dr = f.path("dr");
+    let (_, policy) = f.policy(&[("dr", file_url(&dr), "")], "");
+    custos::ops::init::init(&policy).await.unwrap();
+    set_marker_version(&dr, 1);
+    let (_, dr_id) = marker_version(&dr);
+    let b = backup_small(&policy).await;
+    assert_eq!(marker_version(&f.primary_dir()).0, 2);
+    assert_eq!(marker_version(&dr).0, 1, "a backup writes the primary only");
+
+    let r = replicate(&policy, &opts(&f, false, None)).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(target(&r, "dr").snapshots, vec![b.snapshot.clone()]);
+    assert_eq!(
+        marker_version(&dr),
+        (2, dr_id),
+        "raised, its repository id kept"
+    );
+    for p in pack_files(&dr) {
+        assert_eq!(std::fs::read(&p).unwrap()[8], 2, "{}", p.display());
+    }
+    restore_and_compare(&policy, "dr", &b.snapshot, &f.db, &f.path("from-dr.db")).await;
+    assert_check_clean(&policy, "dr").await;
+}

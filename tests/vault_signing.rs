@@ -53,6 +53,21 @@ fn setup(d: &Path) -> PathBuf {
     policy
 }
 
+/// The repository marker's format version.
+fn marker_version(d: &Path) -> u64 {
+    let m: Json =
+        serde_json::from_slice(&std::fs::read(d.join("target/custos-repo.json")).unwrap()).unwrap();
+    m["version"].as_u64().unwrap()
+}
+
+/// The versions of the packs on the target (each pack's ninth byte).
+fn pack_versions(d: &Path) -> std::collections::BTreeSet<u8> {
+    all_files(&d.join("target/data"))
+        .into_iter()
+        .map(|(_, bytes)| bytes[8])
+        .collect()
+}
+
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
@@ -179,10 +194,18 @@ fn an_unsigned_vault_is_refused_until_signed_once_then_reads_and_restores() {
             [],
         )
         .unwrap();
+    // The fixture's repository is of format version 1 (44-byte index
+    // entries); reading it changed nothing, and the first backup raises its
+    // marker before it writes packs of version 2 beside the old ones.
+    assert_eq!(marker_version(d), 1);
+    assert_eq!(pack_versions(d), [1].into());
     run(custos().args(["backup", "--policy", pol]));
+    assert_eq!(marker_version(d), 2);
+    assert_eq!(pack_versions(d), [1, 2].into());
     let out2 = d.join("out2.db");
     run(custos().args(["restore", "--policy", pol, "--to", p(&out2)]));
     assert_same_rows(&d.join("crm.db"), &out2);
+    run(custos().args(["check", "--policy", pol, "--read-data"]));
     assert_all_signed(d);
 
     // Again: nothing to do.

@@ -21,6 +21,7 @@ use crate::policy::{ExtensionConfig, NotBackedUp, Policy, ResourcesConfig, Store
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
 use crate::repo::index::{Index, IndexObjects, PackSet};
+use crate::repo::marker::FormatRaise;
 use crate::repo::pack::{pack_path, seal_chunks_into, Codec, PackWriter};
 use crate::repo::snapshot::{
     FilesSnapshot, PageList, PostgresSnapshot, Snapshot, SnapshotStats, SqliteSnapshot, StoreInfo,
@@ -453,6 +454,7 @@ async fn backup_locked(
     // Tree pages go to the packer directly (metadata packs).
     let sealed_pages = sealed_tx.clone();
     let placed = Arc::new(Mutex::new(Vec::new()));
+    let format = Arc::new(FormatRaise::new(marker.clone()));
     drop(sealed_tx);
     let packer = {
         let ctx = PackerCtx {
@@ -466,6 +468,7 @@ async fn backup_locked(
             uploads: Arc::new(tokio::sync::Semaphore::new(opts.uploads.max(1))),
             pools: pools.clone(),
             placed: placed.clone(),
+            format: format.clone(),
         };
         std::thread::Builder::new()
             .name("custos-packer".into())
@@ -538,7 +541,7 @@ async fn backup_locked(
             objects: IndexObjects::new(target.clone(), meta.clone(), BACKUP_KEPT_ENTRIES),
         };
         store_page_lists(
-            &target,
+            (&target, &format),
             &meta,
             tables,
             &mut found,
@@ -738,6 +741,8 @@ struct PackerCtx {
     pools: Arc<Pools>,
     /// Each pack written, with the read windows whose blobs it holds.
     placed: Arc<Mutex<Vec<(Id, PackSet)>>>,
+    /// Raises the repository's marker before the first pack is written.
+    format: Arc<FormatRaise>,
 }
 
 fn packer(ctx: PackerCtx, rx: Receiver<SealedBatch>) {
@@ -808,9 +813,11 @@ fn flush(ctx: &PackerCtx, (w, windows): (PackWriter, PackSet)) -> Option<UploadT
     let target = ctx.target.clone();
     let meta = ctx.meta.clone();
     let counters = ctx.counters.clone();
+    let format = ctx.format.clone();
     Some(ctx.handle.spawn(async move {
         let _permit = permit;
         let n = bytes.len() as u64;
+        format.before_write(&target).await?;
         target.put(&pack_path(&id), bytes.into()).await?;
         let index_bytes = index.store(&target, &meta).await?;
         counters
@@ -3211,7 +3218,7 @@ fn mark_window_packs(tables: &mut [TableEntry], known: &[WindowPacks], placed: &
 /// parent's lists: the parent was read through them, and packs of the
 /// metadata family are never deleted while a snapshot needs them.
 async fn store_page_lists(
-    target: &Target,
+    target: (&Target, &FormatRaise),
     meta: &MetaKey,
     tables: &mut [TableEntry],
     found: &mut StoredLists,
@@ -3325,7 +3332,7 @@ impl StoredLists {
 /// Stores a pack of page lists and its index object, then records where
 /// each of its parts lies.
 async fn put_lists(
-    target: &Target,
+    (target, format): (&Target, &FormatRaise),
     meta: &MetaKey,
     writer: PackWriter,
     pending: &mut Vec<(usize, Id, u32, u32)>,
@@ -3334,6 +3341,7 @@ async fn put_lists(
 ) -> Result<(), OpsError> {
     let (pack, bytes, index) = writer.finish(meta);
     let n = bytes.len() as u64;
+    format.before_write(target).await?;
     target.put(&pack_path(&pack), bytes.into()).await?;
     let index_bytes = index.store(target, meta).await?;
     counters

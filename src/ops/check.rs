@@ -1452,12 +1452,7 @@ mod tests {
     fn entries(offsets: &[u32]) -> Vec<IndexEntry> {
         offsets
             .iter()
-            .map(|&offset| IndexEntry {
-                id: Id::hash(&offset.to_le_bytes()),
-                offset,
-                len: 1,
-                raw_len: 1,
-            })
+            .map(|&offset| IndexEntry::new(&Id::hash(&offset.to_le_bytes()), offset, 1, 1))
             .collect()
     }
 

@@ -27,6 +27,7 @@ use super::{MetaRepo, OpsError};
 use crate::crypto::Id;
 use crate::policy::Policy;
 use crate::repo::index::{index_path, Index, IndexFile};
+use crate::repo::marker::FormatRaise;
 use crate::repo::pack::read_header;
 use crate::target::Target;
 use serde::Serialize;
@@ -116,6 +117,8 @@ async fn still_held(lock: &BackupLock, target: &Target) -> Result<(), OpsError> 
 
 async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsError> {
     let (target, meta) = (&repo.target, &repo.meta);
+    // Rebuilt index objects are of this build's format.
+    let format = FormatRaise::new(repo.marker.clone());
     let index = Index::load_packs(target, meta).await?;
     let indexed: HashSet<Id> = index.packs.iter().map(|(id, _)| *id).collect();
     let listed: HashMap<String, u64> = target.list("data/").await?.into_iter().collect();
@@ -175,6 +178,7 @@ async fn run(repo: &MetaRepo, lock: &BackupLock) -> Result<RepairReport, OpsErro
             entries,
         };
         still_held(lock, target).await?;
+        format.before_write(target).await?;
         file.store(target, meta).await?;
         tracing::warn!(target = %target.name, object = %index_path(&id), "index object rebuilt from its pack");
         report.rebuilt.push(index_path(&id));

@@ -2,34 +2,75 @@
 //! pack. They say where each chunk lies, so a backup knows which chunks are
 //! stored (dedup) and a restore fetches byte ranges.
 //!
-//! Sealed body (MetaKey, kind "index", name = pack id hex):
+//! Sealed body (MetaKey, kind "index", name = pack id hex; FORMAT 3.3):
 //! ```text
-//! "CIDX" | version u8 = 1 | pack id [32] | pack size u64 LE | count u32 LE
-//! | count × (chunk id [32] | offset u32 LE | sealed len u32 LE | raw len u32 LE)
+//! "CIDX" | version u8 | pack id [32] | pack size u64 LE | entry table
+//! version 2 (written): count u32 LE | count × (id prefix [16] | gap zigzag varint
+//!                                               | sealed len varint | raw len varint)
+//! version 1 (read):    count u32 LE | count × (chunk id [32] | offset u32 LE
+//!                                               | sealed len u32 LE | raw len u32 LE)
 //! ```
+//! A version 2 entry's offset is the previous entry's end (the first's:
+//! the pack's data start) plus its gap, so blobs written back to back cost
+//! one byte of offset. A pack's header holds the same entry table, of the
+//! pack's version.
 
-use super::RepoError;
+use super::{put_varint, take_varint, RepoError};
 use crate::crypto::{Id, MetaKey};
 use crate::target::Target;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-pub const ENTRY_LEN: usize = 44;
+/// Bytes of a version 1 entry: a whole chunk id and three u32.
+pub const ENTRY_LEN_V1: usize = 44;
+/// Fewest bytes of a version 2 entry: the id prefix and three one-byte
+/// varints.
+const ENTRY_MIN_V2: usize = 19;
+/// The entry-table version this build writes (index objects and pack
+/// headers); it reads 1 and 2.
+pub const ENTRIES_VERSION: u8 = 2;
+/// Where a pack's first blob starts ("CUSTOSPK" and the version byte): the
+/// base of a version 2 table's first gap.
+const DATA_START: u64 = 9;
 
+/// One blob of a pack: the first 16 bytes of its id (FORMAT 3.3: ids are
+/// keyed BLAKE3 outputs, so a prefix names one chunk of a repository with
+/// a collision chance below 2^-65 even at 2^32 chunks, and every reader
+/// checks what it opens against the whole id it asked for), where it lies,
+/// and its plaintext length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IndexEntry {
-    pub id: Id,
+    pub key: [u8; 16],
     pub offset: u32,
     pub len: u32,
     pub raw_len: u32,
 }
 
 impl IndexEntry {
-    /// One entry of an encoded entry table ([`ENTRY_LEN`] bytes).
-    pub(crate) fn decode(e: &[u8]) -> IndexEntry {
+    pub fn new(id: &Id, offset: u32, len: u32, raw_len: u32) -> IndexEntry {
+        IndexEntry {
+            key: id.0[..16].try_into().expect("16 bytes"),
+            offset,
+            len,
+            raw_len,
+        }
+    }
+
+    /// Whether this entry is the chunk `id`'s (its prefix matches).
+    pub fn names(&self, id: &Id) -> bool {
+        self.key == id.0[..16]
+    }
+
+    /// The entry's key as the in-memory index keeps it ([`key_of`]).
+    pub fn key(&self) -> u128 {
+        u128::from_be_bytes(self.key)
+    }
+
+    /// One entry of a version 1 table ([`ENTRY_LEN_V1`] bytes).
+    fn decode_v1(e: &[u8]) -> IndexEntry {
         let u = |i: usize| u32::from_le_bytes(e[i..i + 4].try_into().expect("4 bytes"));
         IndexEntry {
-            id: Id(e[..32].try_into().expect("32 bytes")),
+            key: e[..16].try_into().expect("16 bytes"),
             offset: u(32),
             len: u(36),
             raw_len: u(40),
@@ -48,68 +89,141 @@ pub fn index_path(pack: &Id) -> String {
     format!("index/{}", pack.to_hex())
 }
 
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
 impl IndexFile {
-    /// Appends the entry table (a count, then the entries) to `out`.
+    /// Appends the entry table (version [`ENTRIES_VERSION`]: a count, then
+    /// the entries) to `out`. Entries may be in any order; custos writes
+    /// them in offset order, where each gap is 0.
     pub(crate) fn encode_entries_into(entries: &[IndexEntry], out: &mut Vec<u8>) {
-        out.reserve(4 + entries.len() * ENTRY_LEN);
+        out.reserve(4 + entries.len() * 22);
         out.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        let mut end = DATA_START as i64;
         for e in entries {
-            out.extend_from_slice(&e.id.0);
-            out.extend_from_slice(&e.offset.to_le_bytes());
-            out.extend_from_slice(&e.len.to_le_bytes());
-            out.extend_from_slice(&e.raw_len.to_le_bytes());
+            out.extend_from_slice(&e.key);
+            put_varint(out, zigzag(i64::from(e.offset) - end));
+            put_varint(out, u64::from(e.len));
+            put_varint(out, u64::from(e.raw_len));
+            end = i64::from(e.offset) + i64::from(e.len);
         }
     }
 
-    pub(crate) fn decode_entries(object: &str, b: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
-        let table = Self::entry_table(object, b)?;
-        Ok(table
-            .chunks_exact(ENTRY_LEN)
-            .map(IndexEntry::decode)
-            .collect())
-    }
-
-    /// An encoded entry table's entries, [`ENTRY_LEN`] bytes each, once
-    /// its count is found to match its length.
-    pub(crate) fn entry_table<'b>(object: &str, b: &'b [u8]) -> Result<&'b [u8], RepoError> {
+    /// Decodes an entry table of `version` (1 or 2), calling `each` with
+    /// every entry in order. Refuses a count the bytes cannot hold, a
+    /// truncated or overlong table, and (version 2) an offset or length
+    /// beyond 32 bits.
+    pub(crate) fn for_each_entry(
+        object: &str,
+        version: u8,
+        b: &[u8],
+        mut each: impl FnMut(IndexEntry) -> Result<(), RepoError>,
+    ) -> Result<usize, RepoError> {
         if b.len() < 4 {
             return Err(RepoError::malformed(object, "entry table truncated"));
         }
         let count = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
-        if b.len() != 4 + count.saturating_mul(ENTRY_LEN) {
-            return Err(RepoError::malformed(
+        let body = &b[4..];
+        let declares = |holds: &str| {
+            RepoError::malformed(
                 object,
-                format!(
-                    "entry table declares {count} entries but holds {} bytes",
-                    b.len()
-                ),
-            ));
+                format!("entry table declares {count} entries but holds {holds}"),
+            )
+        };
+        match version {
+            1 => {
+                if body.len() != count.saturating_mul(ENTRY_LEN_V1) {
+                    return Err(declares(&format!("{} bytes", b.len())));
+                }
+                for e in body.chunks_exact(ENTRY_LEN_V1) {
+                    each(IndexEntry::decode_v1(e))?;
+                }
+            }
+            2 => {
+                if body.len() < count.saturating_mul(ENTRY_MIN_V2) {
+                    return Err(declares(&format!("{} bytes", b.len())));
+                }
+                let mut at = 0usize;
+                let mut end = DATA_START as i64;
+                let bad = |why: &str| RepoError::malformed(object, format!("entry table: {why}"));
+                let u32_of = |v: u64, what: &str| {
+                    u32::try_from(v).map_err(|_| bad(&format!("{what} beyond 32 bits")))
+                };
+                for _ in 0..count {
+                    let Some(key) = body.get(at..at + 16) else {
+                        return Err(bad("truncated"));
+                    };
+                    at += 16;
+                    let gap = take_varint(body, &mut at).map_err(bad)?;
+                    let len = u32_of(take_varint(body, &mut at).map_err(bad)?, "length")?;
+                    let raw_len = u32_of(take_varint(body, &mut at).map_err(bad)?, "raw length")?;
+                    let offset = end
+                        .checked_add(unzigzag(gap))
+                        .and_then(|o| u32::try_from(o).ok())
+                        .ok_or_else(|| bad("offset beyond 32 bits"))?;
+                    end = i64::from(offset) + i64::from(len);
+                    each(IndexEntry {
+                        key: key.try_into().expect("16 bytes"),
+                        offset,
+                        len,
+                        raw_len,
+                    })?;
+                }
+                if at != body.len() {
+                    return Err(declares("more bytes"));
+                }
+            }
+            v => {
+                return Err(RepoError::malformed(
+                    object,
+                    format!("entry table version {v}"),
+                ))
+            }
         }
-        Ok(&b[4..])
+        Ok(count)
+    }
+
+    pub(crate) fn decode_entries(
+        object: &str,
+        version: u8,
+        b: &[u8],
+    ) -> Result<Vec<IndexEntry>, RepoError> {
+        let mut out = Vec::new();
+        Self::for_each_entry(object, version, b, |e| {
+            out.push(e);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     /// The plaintext of the index object (what [`store`](Self::store)
     /// seals, encoded there after room for the nonce).
     #[cfg(test)]
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(48 + self.entries.len() * ENTRY_LEN);
+        let mut out = Vec::with_capacity(48 + self.entries.len() * 22);
         self.encode_into(&mut out);
         out
     }
 
     fn encode_into(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"CIDX");
-        out.push(1);
+        out.push(ENTRIES_VERSION);
         out.extend_from_slice(&self.pack.0);
         out.extend_from_slice(&self.pack_size.to_le_bytes());
         Self::encode_entries_into(&self.entries, out);
     }
 
+    /// Decodes an index object of version 1 or 2.
     pub fn decode(object: &str, b: &[u8]) -> Result<IndexFile, RepoError> {
         if b.len() < 45 || &b[..4] != b"CIDX" {
             return Err(RepoError::malformed(object, "not an index (bad magic)"));
         }
-        if b[4] != 1 {
+        if !(1..=ENTRIES_VERSION).contains(&b[4]) {
             return Err(RepoError::malformed(
                 object,
                 format!("index version {}", b[4]),
@@ -117,7 +231,7 @@ impl IndexFile {
         }
         let pack = Id(b[5..37].try_into().unwrap());
         let pack_size = u64::from_le_bytes(b[37..45].try_into().unwrap());
-        let entries = Self::decode_entries(object, &b[45..])?;
+        let entries = Self::decode_entries(object, b[4], &b[45..])?;
         for e in &entries {
             if e.offset as u64 + e.len as u64 > pack_size {
                 return Err(RepoError::malformed(object, "entry beyond the pack's size"));
@@ -130,12 +244,13 @@ impl IndexFile {
         })
     }
 
-    /// Writes the index object; returns its size in bytes.
+    /// Writes the index object (version [`ENTRIES_VERSION`]); returns its
+    /// size in bytes.
     pub async fn store(&self, target: &Target, meta: &MetaKey) -> Result<u64, RepoError> {
         let name = self.pack.to_hex();
         // Encoded after room for the nonce and sealed in place: one buffer.
         let mut sealed =
-            Vec::with_capacity(MetaKey::NONCE_ROOM + 48 + self.entries.len() * ENTRY_LEN + 16);
+            Vec::with_capacity(MetaKey::NONCE_ROOM + 48 + self.entries.len() * 22 + 16);
         sealed.extend_from_slice(&[0; MetaKey::NONCE_ROOM]);
         self.encode_into(&mut sealed);
         meta.seal_tail("index", &name, &mut sealed, 0);
@@ -208,7 +323,7 @@ impl Member {
 
 /// The in-memory key of an id: its first 16 bytes, big-endian, so keys
 /// sort as the ids do.
-fn key_of(id: &Id) -> u128 {
+pub fn key_of(id: &Id) -> u128 {
     u128::from_be_bytes(id.0[..16].try_into().unwrap())
 }
 
@@ -254,8 +369,7 @@ fn sort_on_two_threads<T: Send>(
 }
 
 impl ChunkMap {
-    fn push(&mut self, id: Id, loc: ChunkLoc) {
-        let key = key_of(&id);
+    fn push(&mut self, key: u128, loc: ChunkLoc) {
         if self.membership {
             self.keys.push(Member {
                 key: key.to_be_bytes(),
@@ -510,7 +624,7 @@ pub struct PacksIndex {
 }
 
 /// Index entries a restore or a check keeps from one read window to the
-/// next (consecutive windows share packs): about 44 MiB at most.
+/// next (consecutive windows share packs): about 28 MiB at most.
 pub const KEPT_INDEX_ENTRIES: usize = 1 << 20;
 
 /// A window naming more packs than this is read through the whole index
@@ -518,7 +632,7 @@ pub const KEPT_INDEX_ENTRIES: usize = 1 << 20;
 pub const MAX_WINDOW_PACKS: usize = 4096;
 
 impl IndexObjects {
-    /// `budget`: entries kept across calls (44 bytes each in memory).
+    /// `budget`: entries kept across calls (28 bytes each in memory).
     pub fn new(target: Arc<Target>, meta: Arc<MetaKey>, budget: usize) -> Self {
         IndexObjects {
             target,
@@ -668,7 +782,7 @@ impl Index {
         }
         for e in &f.entries {
             self.chunks.push(
-                e.id,
+                e.key(),
                 ChunkLoc {
                     pack: p,
                     offset: e.offset,
@@ -731,11 +845,14 @@ impl Index {
     ) -> Result<Index, RepoError> {
         use futures::stream::{self, StreamExt};
         let list = target.list("index/").await?;
-        // Reserve from the objects' sizes (an entry is 44 bytes sealed), so
-        // the table is not doubled while growing.
+        // Reserve from the objects' sizes (a version 2 entry is at least 19
+        // bytes sealed), so the table is not doubled while growing. Version
+        // 1 objects (44 bytes an entry) reserve twice what they fill; the
+        // pages never touched are never resident, and `seal` gives them
+        // back.
         let estimate = list
             .iter()
-            .map(|(_, n)| n / ENTRY_LEN as u64)
+            .map(|(_, n)| n / ENTRY_MIN_V2 as u64)
             .sum::<u64>()
             .min(1 << 28) as usize;
         if idx.packs_only {
@@ -819,12 +936,7 @@ mod tests {
             entries: ids
                 .iter()
                 .enumerate()
-                .map(|(i, b)| IndexEntry {
-                    id: Id([*b; 32]),
-                    offset: 9 + 10 * i as u32,
-                    len: 10,
-                    raw_len: 5,
-                })
+                .map(|(i, b)| IndexEntry::new(&Id([*b; 32]), 9 + 10 * i as u32, 10, 5))
                 .collect(),
         }
     }
@@ -879,12 +991,7 @@ mod tests {
                 pack: id(1_000_000 + pack),
                 pack_size: 1 << 20,
                 entries: (pack * per..pack * per + per)
-                    .map(|i| IndexEntry {
-                        id: id(i),
-                        offset: i,
-                        len: 1,
-                        raw_len: 1,
-                    })
+                    .map(|i| IndexEntry::new(&id(i), i, 1, 1))
                     .collect(),
             })
             .collect()
@@ -1002,12 +1109,7 @@ mod tests {
             pack: Id([1; 32]),
             pack_size: u64::MAX,
             entries: (0..n)
-                .map(|i| IndexEntry {
-                    id: alike(i),
-                    offset: i,
-                    len: 1,
-                    raw_len: 1,
-                })
+                .map(|i| IndexEntry::new(&alike(i), i, 1, 1))
                 .collect(),
         };
         let mut idx = Index::default();
@@ -1027,6 +1129,116 @@ mod tests {
             .iter()
             .zip(0..)
             .all(|(l, i)| l.map(|l| l.offset) == Some(i)));
+    }
+
+    /// A version 1 entry table, as earlier writers encoded it.
+    fn v1_table(entries: &[(Id, u32, u32, u32)]) -> Vec<u8> {
+        let mut out = (entries.len() as u32).to_le_bytes().to_vec();
+        for (id, offset, len, raw) in entries {
+            out.extend_from_slice(&id.0);
+            for v in [offset, len, raw] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn version_1_tables_and_objects_are_read_with_the_ids_prefixes() {
+        let rows = [(id(1), 9, 100, 80), (id(2), 109, 7, 7), (id(3), 40, 5, 300)];
+        let table = v1_table(&rows);
+        let got = IndexFile::decode_entries("x", 1, &table).unwrap();
+        let want: Vec<IndexEntry> = rows
+            .iter()
+            .map(|(i, o, l, r)| IndexEntry::new(i, *o, *l, *r))
+            .collect();
+        assert_eq!(got, want);
+        assert!(got
+            .iter()
+            .zip(&rows)
+            .all(|(e, r)| e.names(&r.0) && !e.names(&id(9))));
+        let mut object = b"CIDX\x01".to_vec();
+        object.extend_from_slice(&[4; 32]);
+        object.extend_from_slice(&1000u64.to_le_bytes());
+        object.extend_from_slice(&table);
+        let f = IndexFile::decode("x", &object).unwrap();
+        assert_eq!((f.pack, f.pack_size, f.entries), (Id([4; 32]), 1000, want));
+        // A version 1 table is 44 bytes an entry, exactly.
+        assert!(IndexFile::decode_entries("x", 1, &table[..table.len() - 1]).is_err());
+        assert!(IndexFile::decode_entries("x", 3, &table).is_err());
+    }
+
+    #[test]
+    fn version_2_entries_are_compact_and_keep_any_order() {
+        // Back to back, as a pack writer adds them: one byte of gap each.
+        let packed: Vec<IndexEntry> = (0..100u32)
+            .map(|i| IndexEntry::new(&id(i), 9 + 200 * i, 200, 300))
+            .collect();
+        let mut b = Vec::new();
+        IndexFile::encode_entries_into(&packed, &mut b);
+        assert_eq!(b.len(), 4 + 100 * (16 + 1 + 2 + 2));
+        assert_eq!(IndexFile::decode_entries("x", 2, &b).unwrap(), packed);
+        // Out of order, overlapping, at the ends of the 32-bit range.
+        let odd = vec![
+            IndexEntry::new(&id(1), u32::MAX - 10, 10, u32::MAX),
+            IndexEntry::new(&id(2), 9, 0, 0),
+            IndexEntry::new(&id(3), 5, 4, 1),
+            IndexEntry::new(&id(4), 5, 4, 1),
+            IndexEntry::new(&id(5), 0, u32::MAX, 0),
+        ];
+        b.clear();
+        IndexFile::encode_entries_into(&odd, &mut b);
+        assert_eq!(IndexFile::decode_entries("x", 2, &b).unwrap(), odd);
+        let f = IndexFile {
+            pack: id(7),
+            pack_size: 1 << 33,
+            entries: odd,
+        };
+        assert_eq!(IndexFile::decode("x", &f.encode()).unwrap(), f);
+    }
+
+    #[test]
+    fn hostile_version_2_tables_are_refused_by_what_is_wrong() {
+        let entries = [IndexEntry::new(&id(1), 9, 300, 400)];
+        let mut good = Vec::new();
+        IndexFile::encode_entries_into(&entries, &mut good);
+        let refused = |b: &[u8]| {
+            IndexFile::decode_entries("idx", 2, b)
+                .unwrap_err()
+                .to_string()
+        };
+        for n in 0..good.len() {
+            assert!(
+                IndexFile::decode_entries("x", 2, &good[..n]).is_err(),
+                "{n}"
+            );
+        }
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(refused(&longer).contains("holds more bytes"));
+        // A count the bytes cannot hold is refused before anything is
+        // allocated for it.
+        let mut many = good.clone();
+        many[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(refused(&many).contains("declares 4294967295 entries"));
+        // An offset before 0 or past 32 bits, a length past 32 bits, an
+        // overlong varint.
+        let entry = |gap: &[u8], len: &[u8]| {
+            let mut b = 1u32.to_le_bytes().to_vec();
+            b.extend_from_slice(&[1; 16]);
+            b.extend_from_slice(gap);
+            b.extend_from_slice(len);
+            b.push(1);
+            b
+        };
+        assert!(refused(&entry(&[19], &[1])).contains("offset beyond 32 bits"));
+        assert!(refused(&entry(&[0xfe, 0xff, 0xff, 0xff, 0x1f], &[1]))
+            .contains("offset beyond 32 bits"));
+        assert!(refused(&entry(&[0], &[0x80, 0x80, 0x80, 0x80, 0x10]))
+            .contains("length beyond 32 bits"));
+        assert!(refused(&entry(&[0xff; 11], &[1])).contains("varint too long"));
+        let fine = IndexFile::decode_entries("x", 2, &entry(&[0], &[1])).unwrap();
+        assert_eq!((fine[0].offset, fine[0].len, fine[0].raw_len), (9, 1, 1));
     }
 
     #[test]

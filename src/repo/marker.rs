@@ -11,8 +11,14 @@ use serde::{Deserialize, Serialize};
 
 pub const MARKER_PATH: &str = "custos-repo.json";
 pub const FORMAT_NAME: &str = "custos-repo";
-/// The newest repository format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest repository format version this build writes and reads. A
+/// repository's marker names the newest format of any object it may hold:
+/// version 2 packs and index objects have compact entry tables (FORMAT
+/// 3.2, 3.3); a version 1 repository holds only version 1 ones. This build
+/// reads both, and raises a version 1 marker ([`RepoMarker::raise`])
+/// before it writes a version 2 object there, so that a build that knows
+/// only version 1 refuses the repository instead of misreading it.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -50,6 +56,26 @@ impl RepoMarker {
         Ok(())
     }
 
+    /// Raises the marker of `target` (this one, as loaded from it) to
+    /// `version` if it is older, rewriting it in place with every other
+    /// field kept; returns whether it did. Called by every writer of
+    /// packs and index objects (backup, `check --repair-index`,
+    /// replication) before it writes one: a crash after the raise leaves a
+    /// repository of older objects under a newer marker, which this build
+    /// reads alike.
+    pub async fn raise(&mut self, target: &Target, version: u32) -> Result<bool, RepoError> {
+        if self.version >= version {
+            return Ok(false);
+        }
+        let mut raised = self.clone();
+        raised.version = version;
+        let body = serde_json::to_vec_pretty(&raised).expect("marker serializes");
+        target.put(MARKER_PATH, body.into()).await?;
+        tracing::info!(target = %target.name, from = self.version, to = version, "repository format raised");
+        *self = raised;
+        Ok(true)
+    }
+
     /// Reads and validates the marker of a target.
     pub async fn load(target: &Target) -> Result<RepoMarker, RepoError> {
         let Some(bytes) = target.get_opt(MARKER_PATH).await? else {
@@ -84,5 +110,94 @@ impl RepoMarker {
             .and_then(|_| m.files_chunking.validate())
             .map_err(|why| RepoError::malformed(&obj, why))?;
         Ok(m)
+    }
+}
+
+/// A repository's marker raised to [`FORMAT_VERSION`] once, by the first
+/// write that needs it ([`RepoMarker::raise`]): a backup that stores
+/// nothing, or fails before it stores anything, leaves the marker as it
+/// was.
+pub struct FormatRaise {
+    marker: RepoMarker,
+    done: tokio::sync::OnceCell<()>,
+}
+
+impl FormatRaise {
+    pub fn new(marker: RepoMarker) -> FormatRaise {
+        FormatRaise {
+            marker,
+            done: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Raises the marker if it is older than this build's format and was
+    /// not raised yet; concurrent callers wait for the one raising it.
+    pub async fn before_write(&self, target: &Target) -> Result<(), RepoError> {
+        if self.marker.version >= FORMAT_VERSION {
+            return Ok(());
+        }
+        self.done
+            .get_or_try_init(|| async {
+                let mut m = self.marker.clone();
+                m.raise(target, FORMAT_VERSION).await.map(|_| ())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memory(name: &str) -> Target {
+        let url = format!("memory://{name}");
+        Target::open(
+            "t",
+            &url,
+            false,
+            &crate::target::S3Settings::default(),
+            true,
+        )
+        .expect("memory target")
+    }
+
+    #[tokio::test]
+    async fn a_version_1_marker_is_raised_once_with_its_other_fields_kept() {
+        let target = memory("marker-raise");
+        let mut old = RepoMarker::new("crm", "0123456789abcdef");
+        old.version = 1;
+        old.create(&target).await.unwrap();
+        let loaded = RepoMarker::load(&target).await.unwrap();
+        assert_eq!(loaded.version, 1, "version 1 repositories are read");
+        let format = FormatRaise::new(loaded.clone());
+        format.before_write(&target).await.unwrap();
+        format.before_write(&target).await.unwrap();
+        let raised = RepoMarker::load(&target).await.unwrap();
+        assert_eq!(raised.version, FORMAT_VERSION);
+        assert_eq!(
+            RepoMarker {
+                version: 1,
+                ..raised.clone()
+            },
+            loaded
+        );
+        // A marker at this build's version (or newer) is not written.
+        let mut same = raised.clone();
+        assert!(!same.raise(&target, FORMAT_VERSION).await.unwrap());
+        assert!(!same.raise(&target, 1).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_marker_newer_than_this_build_is_refused() {
+        let target = memory("marker-newer");
+        let mut newer = RepoMarker::new("crm", "0123456789abcdef");
+        newer.version = FORMAT_VERSION + 1;
+        newer.create(&target).await.unwrap();
+        let e = RepoMarker::load(&target).await.unwrap_err();
+        assert!(
+            matches!(e, RepoError::UnsupportedVersion { found, .. } if found == FORMAT_VERSION + 1),
+            "{e}"
+        );
     }
 }

@@ -70,6 +70,31 @@ impl RepoError {
     }
 }
 
+/// Appends `v` as a LEB128 varint (7 bits a byte, low first; FORMAT 3.4).
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Reads a LEB128 varint of at most 10 bytes at `*at`, moving past it.
+pub(crate) fn take_varint(b: &[u8], at: &mut usize) -> Result<u64, &'static str> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let Some(&byte) = b.get(*at) else {
+            return Err("truncated");
+        };
+        *at += 1;
+        v |= ((byte & 0x7f) as u64) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err("varint too long")
+}
+
 /// zstd-compresses metadata before sealing.
 /// Each thread keeps one zstd context: creating one per tree page costs
 /// more than compressing the page.

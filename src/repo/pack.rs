@@ -5,21 +5,24 @@
 //! deletable. Layout (FORMAT "Packs"):
 //!
 //! ```text
-//! "CUSTOSPK" | version u8 = 1 | blob* | sealed header | header_len u32 LE | "CUSTOSPE"
+//! "CUSTOSPK" | version u8 (2; 1 read) | blob* | sealed header | header_len u32 LE | "CUSTOSPE"
 //! blob   = XChaCha20-Poly1305(group chunk key, nonce = f(chunk id), aad = chunk id ‖ group id)
 //!          of (codec u8 ‖ data), codec 0 = stored, 1 = zstd
-//! header = MetaKey-sealed (kind "pack-header", name "") index body (see `index`)
+//! header = MetaKey-sealed (kind "pack-header", name "") entry table of the
+//!          pack's version (see `index`)
 //! ```
 //! The pack id is the plain BLAKE3 hash of the whole pack, so anyone can
 //! check a pack's integrity without keys (replication does).
 
-use super::index::{IndexEntry, IndexFile};
+use super::index::{IndexEntry, IndexFile, ENTRIES_VERSION};
 use super::RepoError;
 use crate::crypto::{ChunkKeys, ChunkNonce, CryptoError, Id, MetaKey};
 
 pub const MAGIC: &[u8; 8] = b"CUSTOSPK";
 pub const END_MAGIC: &[u8; 8] = b"CUSTOSPE";
-pub const VERSION: u8 = 1;
+/// The version this build writes: its header's entry table is of the same
+/// version ([`ENTRIES_VERSION`]). Packs of version 1 are read.
+pub const VERSION: u8 = ENTRIES_VERSION;
 pub const HEADER_OFFSET: usize = 9;
 
 pub const CODEC_STORED: u8 = 0;
@@ -322,7 +325,7 @@ impl PackWriter {
 
     /// A writer whose buffer is reserved for a pack of about `pack_size`
     /// bytes: the chunks, the largest chunk that can overshoot and the
-    /// header (about 52 bytes per chunk, a fifth of the pack at worst).
+    /// header (about 21 bytes a chunk, 44 in version 1 packs).
     /// Growing an 8 MiB pack from a small buffer copied it several times
     /// and faulted in fresh pages at every step; reserved pages are only
     /// touched as the pack fills.
@@ -356,12 +359,8 @@ impl PackWriter {
     pub fn add(&mut self, id: Id, sealed: &[u8], raw_len: u32) {
         let offset = self.buf.len() as u32;
         self.buf.extend_from_slice(sealed);
-        self.entries.push(IndexEntry {
-            id,
-            offset,
-            len: sealed.len() as u32,
-            raw_len,
-        });
+        self.entries
+            .push(IndexEntry::new(&id, offset, sealed.len() as u32, raw_len));
     }
 
     /// Finishes the pack: returns its id, bytes and index.
@@ -394,8 +393,12 @@ pub fn read_header(
     meta: &MetaKey,
 ) -> Result<Vec<IndexEntry>, RepoError> {
     let mut body = Vec::new();
-    check_header(object, pack, meta, &mut body)?;
-    IndexFile::decode_entries(object, &body)
+    let mut out = Vec::new();
+    check_entries(object, pack, meta, &mut body, |e| {
+        out.push(e);
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 /// Checks the header of a whole pack as [`read_header`] does, its
@@ -408,14 +411,21 @@ pub fn check_header(
     meta: &MetaKey,
     body: &mut Vec<u8>,
 ) -> Result<usize, RepoError> {
+    check_entries(object, pack, meta, body, |_| Ok(()))
+}
+
+fn check_entries(
+    object: &str,
+    pack: &[u8],
+    meta: &MetaKey,
+    body: &mut Vec<u8>,
+    mut each: impl FnMut(IndexEntry) -> Result<(), RepoError>,
+) -> Result<usize, RepoError> {
     let data_end = open_header(object, pack, meta, body)?;
-    let table = IndexFile::entry_table(object, body)?;
-    let mut n = 0;
-    for e in table.chunks_exact(crate::repo::index::ENTRY_LEN) {
-        entry_in_pack(object, &IndexEntry::decode(e), data_end)?;
-        n += 1;
-    }
-    Ok(n)
+    IndexFile::for_each_entry(object, pack[8], body, |e| {
+        entry_in_pack(object, &e, data_end)?;
+        each(e)
+    })
 }
 
 /// Opens a pack's sealed header into `body`; returns where the pack's
@@ -433,7 +443,7 @@ fn open_header(
             "not a custos pack (bad magic or truncated)",
         ));
     }
-    if pack[8] != VERSION {
+    if !(1..=VERSION).contains(&pack[8]) {
         return Err(RepoError::malformed(
             object,
             format!("pack version {}", pack[8]),
@@ -661,6 +671,60 @@ mod tests {
         );
     }
 
+    /// A version 1 pack (a header of 44-byte entries with whole chunk ids,
+    /// as earlier builds wrote) reads as the version 2 pack of the same
+    /// chunks does, and the version 2 header is about half as large.
+    #[test]
+    fn version_1_packs_are_read_and_version_2_headers_are_smaller() {
+        let meta = MetaKey::new(&Key32::from_bytes([3; 32]));
+        let keys = ChunkKeys::new(Key32::from_bytes([4; 32]));
+        let mut codec = Codec::new(3);
+        let mut w = PackWriter::new();
+        let mut ids = Vec::new();
+        for i in 0..40u32 {
+            let plain = noise(150 + i as usize * 5, u64::from(i) + 9);
+            let id = keys.chunk_id(&plain);
+            let sealed = seal_chunk(&mut codec, &keys, &id, &plain);
+            w.add(id, &sealed, plain.len() as u32);
+            ids.push(id);
+        }
+        let (_, v2, index) = w.finish(&meta);
+        assert_eq!(v2[8], 2);
+        let entries = read_header("p", &v2, &meta).unwrap();
+        assert_eq!(entries, index.entries);
+        assert!(entries.iter().zip(&ids).all(|(e, id)| e.names(id)));
+        // The same chunks under a version 1 header.
+        let data_end = entries.last().map(|e| (e.offset + e.len) as usize).unwrap();
+        let mut v1 = v2[..data_end].to_vec();
+        v1[8] = 1;
+        let mut table = (ids.len() as u32).to_le_bytes().to_vec();
+        for (e, id) in entries.iter().zip(&ids) {
+            table.extend_from_slice(&id.0);
+            for v in [e.offset, e.len, e.raw_len] {
+                table.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        let sealed = meta.seal("pack-header", "", &table);
+        v1.extend_from_slice(&sealed);
+        v1.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+        v1.extend_from_slice(END_MAGIC);
+        assert_eq!(read_header("p", &v1, &meta).unwrap(), entries);
+        let mut body = Vec::new();
+        assert_eq!(check_header("p", &v1, &meta, &mut body).unwrap(), 40);
+        let header = |p: &[u8]| p.len() - data_end;
+        assert!(
+            header(&v2) * 2 < header(&v1),
+            "{} against {}",
+            header(&v2),
+            header(&v1)
+        );
+        // A version this build does not know is refused by name.
+        let mut v3 = v2.clone();
+        v3[8] = 3;
+        let e = read_header("p", &v3, &meta).unwrap_err().to_string();
+        assert!(e.contains("pack version 3"), "{e}");
+    }
+
     /// `check_header` finds what `read_header` finds, without the entries:
     /// the same count for a good pack, the same error for a damaged or
     /// hostile one, with its buffer reused from pack to pack.
@@ -681,12 +745,7 @@ mod tests {
         // writer holding the metadata key would.
         let hostile = {
             let mut p = good[..HEADER_OFFSET + 10].to_vec();
-            let entry = IndexEntry {
-                id: Id([7; 32]),
-                offset: HEADER_OFFSET as u32,
-                len: 11,
-                raw_len: 11,
-            };
+            let entry = IndexEntry::new(&Id([7; 32]), HEADER_OFFSET as u32, 11, 11);
             let mut plain = Vec::new();
             IndexFile::encode_entries_into(&[entry], &mut plain);
             let sealed = meta.seal("pack-header", "", &plain);

@@ -12,7 +12,7 @@
 
 use super::cache::PackCache;
 use super::index::{ChunkLoc, Index};
-use super::{compress_meta, decompress_meta, RepoError};
+use super::{compress_meta, decompress_meta, put_varint, take_varint, RepoError};
 use crate::crypto::{Id, MetaKey};
 use crate::store::files::FileEntry;
 use crate::vault::KeyId;
@@ -85,14 +85,6 @@ struct FilesBody<F> {
 /// Largest count or length a page may declare (hostile input bound).
 const MAX_DECLARED: u64 = 1 << 26;
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 struct Reader<'a> {
     b: &'a [u8],
     at: usize,
@@ -108,15 +100,7 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
     fn varint(&mut self) -> Result<u64, String> {
-        let mut v = 0u64;
-        for i in 0..10 {
-            let byte = self.take(1)?[0];
-            v |= ((byte & 0x7f) as u64) << (7 * i);
-            if byte & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("varint too long".into())
+        take_varint(self.b, &mut self.at).map_err(String::from)
     }
     fn bounded(&mut self) -> Result<usize, String> {
         let v = self.varint()?;

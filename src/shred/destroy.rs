@@ -28,7 +28,7 @@ use crate::crypto::{Id, MetaKey};
 use crate::ops::restore::{group_keys, GroupKeyProblem};
 use crate::policy::Policy;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{index_path, Index, IndexFile};
+use crate::repo::index::{index_path, key_of, Index, IndexFile};
 use crate::repo::pack::pack_path;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree::Page;
@@ -368,7 +368,9 @@ struct Scan<'a> {
     /// Every chunk of the units' groups in any snapshot of the target, with
     /// its units: a group has a time key and may have a subject key, so it
     /// can be of two units (the second `NO_UNIT` when it is of one).
-    chunks: HashMap<Id, [u32; 2]>,
+    /// Keyed as index entries name chunks (the id's first 16 bytes,
+    /// [`key_of`]).
+    chunks: HashMap<u128, [u32; 2]>,
 }
 
 /// The empty place of [`Scan::chunks`]'s second unit.
@@ -412,7 +414,7 @@ impl<'a> Scan<'a> {
     /// Counts a chunk as of `units`.
     fn add_chunks(&mut self, chunks: &[Id], units: [u32; 2]) {
         for c in chunks {
-            self.chunks.insert(*c, units);
+            self.chunks.insert(key_of(c), units);
         }
     }
 }
@@ -544,7 +546,7 @@ async fn delete_unit_packs(
     t: &crate::policy::TargetConfig,
     target: &crate::target::Target,
     vault: &Vault,
-    chunks: &HashMap<Id, [u32; 2]>,
+    chunks: &HashMap<u128, [u32; 2]>,
     live: &[usize],
     covs: &mut [TargetCoverage],
 ) -> Result<(), ShredError> {
@@ -588,7 +590,7 @@ async fn delete_unit_packs(
             })?;
         tally.clear();
         for e in &f.entries {
-            let Some(us) = chunks.get(&e.id) else {
+            let Some(us) = chunks.get(&e.key()) else {
                 continue;
             };
             for u in each(*us).filter(|u| is_live[*u]) {
