@@ -332,6 +332,35 @@ impl Id {
     pub fn hash(bytes: &[u8]) -> Id {
         Id(*blake3::hash(bytes).as_bytes())
     }
+
+    /// Whether this is a short chunk id (FORMAT 1.2, repository format 2):
+    /// 16 bytes of hash, then 16 zero bytes. A version 1 chunk id (32
+    /// bytes of keyed hash) ends in 16 zero bytes with probability 2^-128.
+    pub fn is_short(&self) -> bool {
+        self.0[16..] == [0; 16]
+    }
+
+    /// The short chunk id of a chunk whose keyed hash is `hash`: the
+    /// hash's last 16 bytes, then 16 zero bytes. The last, not the first:
+    /// a version 1 id is the whole hash, and indexes key ids by their first
+    /// 16 bytes, so the two ids of one content never share that key, and a
+    /// writer never takes a version 1 chunk (sealed under another nonce and
+    /// associated data) for its own.
+    pub fn short_chunk_id(hash: &[u8; 32]) -> Id {
+        let mut id = [0u8; 32];
+        id[..16].copy_from_slice(&hash[16..]);
+        Id(id)
+    }
+
+    /// Whether a chunk whose keyed hash is `hash` is the chunk this id
+    /// names: a short id by its 16 bytes, a version 1 id by all 32.
+    pub fn names_chunk_hash(&self, hash: &[u8; 32]) -> bool {
+        if self.is_short() {
+            self.0[..16] == hash[16..]
+        } else {
+            self.0 == *hash
+        }
+    }
 }
 
 /// Decodes hex digits of either case into `out`, which must be half as
@@ -541,14 +570,21 @@ impl ChunkKeys {
     /// The chunk ids of many plaintexts, each under its group's keys,
     /// side by side: `out[i]` = `items[i].0.chunk_id(items[i].1)`.
     pub fn chunk_ids(items: &[(&ChunkKeys, &[u8])], out: &mut Vec<Id>) {
+        let hashes = Self::chunk_hashes(items);
+        out.clear();
+        out.extend(hashes.iter().map(Id::short_chunk_id));
+    }
+
+    /// The keyed hashes of many plaintexts, each under its group's chunk
+    /// id key, side by side (what [`Id::names_chunk_hash`] checks).
+    pub fn chunk_hashes(items: &[(&ChunkKeys, &[u8])]) -> Vec<[u8; 32]> {
         let work: Vec<(&[u8; 32], &[u8])> = items
             .iter()
             .map(|(k, plain)| (k.id_key(), *plain))
             .collect();
-        let mut ids = vec![[0u8; 32]; items.len()];
-        lanes::hash_many(lanes::Mode::Keyed, &work, &mut ids);
-        out.clear();
-        out.extend(ids.into_iter().map(Id));
+        let mut hashes = vec![[0u8; 32]; items.len()];
+        lanes::hash_many(lanes::Mode::Keyed, &work, &mut hashes);
+        hashes
     }
 
     /// The nonces of many chunks, side by side: `out[i]` is the nonce
@@ -585,9 +621,20 @@ impl ChunkKeys {
         })
     }
 
-    /// The chunk id: keyed BLAKE3 of the plaintext under the group's id key.
+    /// The chunk id: the short id ([`Id::short_chunk_id`]) of the keyed
+    /// BLAKE3 of the plaintext under the group's id key.
     pub fn chunk_id(&self, plain: &[u8]) -> Id {
-        Id(*blake3::keyed_hash(self.id_key(), plain).as_bytes())
+        Id::short_chunk_id(&self.chunk_hash(plain))
+    }
+
+    /// The keyed BLAKE3 of a plaintext under the group's id key.
+    pub fn chunk_hash(&self, plain: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(self.id_key(), plain).as_bytes()
+    }
+
+    /// Whether `plain` is the content chunk `id` names (either form).
+    pub fn is_chunk(&self, plain: &[u8], id: &Id) -> bool {
+        id.names_chunk_hash(&self.chunk_hash(plain))
     }
 
     /// The nonce chunk `id` is sealed under (see [`nonces`](Self::nonces)
@@ -1102,8 +1149,16 @@ mod tests {
             );
             let plain = format!("chunk of group {i}");
             let id_key = derive("custos 2026 chunk id v1", &[g]);
-            let id = Id(*blake3::keyed_hash(id_key.expose(), plain.as_bytes()).as_bytes());
+            let hash = blake3::keyed_hash(id_key.expose(), plain.as_bytes());
+            let mut short = [0u8; 32];
+            short[..16].copy_from_slice(&hash.as_bytes()[16..]);
+            let id = Id(short);
             assert_eq!(k.chunk_id(plain.as_bytes()), id);
+            assert!(id.is_short() && k.is_chunk(plain.as_bytes(), &id));
+            // A version 1 id (the whole hash) still names the content.
+            let long = Id(*hash.as_bytes());
+            assert!(!long.is_short() && k.is_chunk(plain.as_bytes(), &long));
+            assert!(!k.is_chunk(b"other content", &id) && !k.is_chunk(b"other content", &long));
             let nonce_key = derive("custos 2026 chunk nonce v1", &[g]);
             let nonce = blake3::keyed_hash(nonce_key.expose(), &id.0);
             assert_eq!(k.nonce(&id).0, nonce.as_bytes()[..24]);

@@ -201,7 +201,7 @@ pub fn open_chunk_into(
     check_raw_len(raw_len)?;
     keys.open_into(id, sealed, body)?;
     decode_body(codec, body, raw_len, out)?;
-    if keys.chunk_id(&out[start..]) != *id {
+    if !keys.is_chunk(&out[start..], id) {
         out.truncate(start);
         return Err(ChunkError::Hash);
     }
@@ -243,11 +243,10 @@ pub fn open_chunks_into(
             (chunks[i].0, &out[range])
         })
         .collect();
-    let mut ids = Vec::with_capacity(done.len());
-    ChunkKeys::chunk_ids(&plains, &mut ids);
+    let hashes = ChunkKeys::chunk_hashes(&plains);
     drop(plains);
-    for (&i, got) in done.iter().zip(&ids) {
-        if got != chunks[i].1 {
+    for (&i, hash) in done.iter().zip(&hashes) {
+        if !chunks[i].1.names_chunk_hash(hash) {
             opened[i] = Err(ChunkError::Hash);
         }
     }

@@ -20,6 +20,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub const PAGE_VERSION: u32 = 1;
+/// The version of a group page whose chunk ids are all short (FORMAT 1.2,
+/// 3.4): each written as its 16 bytes of hash. A page naming any version 1
+/// chunk id is written as version [`PAGE_VERSION`], 32 bytes an id.
+pub const GROUP_PAGE_SHORT: u32 = 2;
 /// A group page of a period unit ends after a group whose tag's first two
 /// bytes (u16 LE) are zero modulo this. A closed period's pages never
 /// change, so they are larger: fewer ids for every snapshot to list.
@@ -121,9 +125,15 @@ impl<'a> Reader<'a> {
 /// Binary body of a group page (FORMAT 3.4). All groups of a page share one
 /// time unit and time key, written once.
 fn encode_groups(table: &str, groups: &[GroupEntry]) -> Vec<u8> {
+    let short = groups.iter().all(|g| g.chunks.iter().all(Id::is_short));
+    let (version, width) = if short {
+        (GROUP_PAGE_SHORT, 16)
+    } else {
+        (PAGE_VERSION, 32)
+    };
     let mut out = Vec::with_capacity(64 + groups.len() * 64);
     out.extend_from_slice(b"G");
-    out.push(PAGE_VERSION as u8);
+    out.push(version as u8);
     put_varint(&mut out, table.len() as u64);
     out.extend_from_slice(table.as_bytes());
     let (t, u) = groups
@@ -148,7 +158,7 @@ fn encode_groups(table: &str, groups: &[GroupEntry]) -> Vec<u8> {
         put_varint(&mut out, g.bytes);
         put_varint(&mut out, g.chunks.len() as u64);
         for c in &g.chunks {
-            out.extend_from_slice(&c.0);
+            out.extend_from_slice(&c.0[..width]);
         }
     }
     out
@@ -171,16 +181,30 @@ pub struct GroupRef<'a> {
     pub s: Option<KeyId>,
     pub rows: u64,
     pub bytes: u64,
-    /// The chunk ids, 32 bytes each.
+    /// The chunk ids, `width` bytes each.
     chunks: &'a [u8],
+    /// 32 (version 1 ids) or 16 (short ids, their zero bytes left out).
+    width: usize,
 }
 
 impl GroupRef<'_> {
-    /// The group's chunk ids, in order.
+    /// The group's chunk ids, in order (a short id with its 16 zero
+    /// bytes).
     pub fn chunks(&self) -> impl ExactSizeIterator<Item = Id> + '_ {
-        self.chunks
-            .chunks_exact(32)
-            .map(|c| Id(c.try_into().expect("32 bytes")))
+        self.chunks.chunks_exact(self.width).map(|c| {
+            let mut id = [0u8; 32];
+            id[..c.len()].copy_from_slice(c);
+            Id(id)
+        })
+    }
+}
+
+/// The width of a chunk id in a group page of version `v`.
+fn id_width(v: u32) -> Result<usize, String> {
+    match v {
+        PAGE_VERSION => Ok(32),
+        GROUP_PAGE_SHORT => Ok(16),
+        v => Err(format!("group page version {v}")),
     }
 }
 
@@ -195,10 +219,7 @@ pub fn scan_groups<'a>(
     if b.first() != Some(&b'G') {
         return Err("not a group page".into());
     }
-    let v = *b.get(1).ok_or("truncated")? as u32;
-    if v != PAGE_VERSION {
-        return Err(format!("group page version {v}"));
-    }
+    let width = id_width(*b.get(1).ok_or("truncated")? as u32)?;
     let mut r = Reader { b, at: 2 };
     let table = r.string()?;
     let t = r.key_id()?;
@@ -220,7 +241,7 @@ pub fn scan_groups<'a>(
         let rows = r.varint()?;
         let bytes = r.varint()?;
         let nc = r.bounded()?;
-        let chunks = r.take(nc.checked_mul(32).ok_or("truncated")?)?;
+        let chunks = r.take(nc.checked_mul(width).ok_or("truncated")?)?;
         each(
             &head,
             GroupRef {
@@ -229,6 +250,7 @@ pub fn scan_groups<'a>(
                 rows,
                 bytes,
                 chunks,
+                width,
             },
         );
     }
@@ -289,9 +311,7 @@ impl Page {
         match b.first() {
             Some(b'G') => {
                 let v = *b.get(1).ok_or("truncated")? as u32;
-                if v != PAGE_VERSION {
-                    return Err(format!("group page version {v}"));
-                }
+                id_width(v)?;
                 let (table, groups) = decode_groups(b)?;
                 Ok(Page::Groups {
                     version: v,
@@ -341,12 +361,12 @@ impl Page {
     /// Decodes an opened page's plaintext; errors name `object`.
     fn decode_opened(object: &str, plain: &[u8]) -> Result<Page, RepoError> {
         let page = Page::decode(plain).map_err(|why| RepoError::malformed(object, why))?;
-        let v = match &page {
-            Page::Groups { version, .. } | Page::Files { version, .. } => *version,
+        let known = match &page {
+            Page::Groups { version, .. } => id_width(*version).map(|_| ()),
+            Page::Files { version, .. } if *version == PAGE_VERSION => Ok(()),
+            Page::Files { version, .. } => Err(format!("page version {version}")),
         };
-        if v != PAGE_VERSION {
-            return Err(RepoError::malformed(object, format!("page version {v}")));
-        }
+        known.map_err(|why| RepoError::malformed(object, why))?;
         Ok(page)
     }
 
@@ -820,6 +840,58 @@ mod tests {
         };
         assert!(decode_list(&group.encode()).is_err());
         assert!(Page::decode(&b).is_err(), "a list is not a page");
+    }
+
+    #[test]
+    fn a_page_of_short_chunk_ids_writes_16_bytes_an_id_and_reads_them_back() {
+        let short = |i: u8| Id::short_chunk_id(&[i; 32]);
+        let mut groups = vec![entry(1, true), entry(2, false)];
+        for g in &mut groups {
+            g.chunks = g.chunks.iter().map(|c| short(c.0[0])).collect();
+        }
+        let p = Page::Groups {
+            version: GROUP_PAGE_SHORT,
+            table: "cdrs".into(),
+            groups: groups.clone(),
+        };
+        let b = p.encode();
+        assert_eq!(b[1] as u32, GROUP_PAGE_SHORT);
+        assert_eq!(Page::decode(&b).unwrap(), p);
+        let mut seen = Vec::new();
+        scan_groups(&b, |_, g| seen.push(g.chunks().collect::<Vec<_>>())).unwrap();
+        assert_eq!(
+            seen,
+            groups.iter().map(|g| g.chunks.clone()).collect::<Vec<_>>()
+        );
+        for n in 0..b.len() {
+            assert!(
+                Page::decode(&b[..n]).is_err(),
+                "prefix of {n} bytes accepted"
+            );
+        }
+        // The same groups with version 1 ids: 16 bytes more an id.
+        let long = Page::Groups {
+            version: PAGE_VERSION,
+            table: "cdrs".into(),
+            groups: vec![entry(1, true), entry(2, false)],
+        };
+        let lb = long.encode();
+        assert_eq!(lb[1] as u32, PAGE_VERSION);
+        assert_eq!(lb.len(), b.len() + 4 * 16);
+        // One version 1 id among short ones: the page is version 1.
+        groups[1].chunks[0] = Id([7; 32]);
+        let mixed = Page::Groups {
+            version: PAGE_VERSION,
+            table: "cdrs".into(),
+            groups,
+        };
+        let mb = mixed.encode();
+        assert_eq!(mb[1] as u32, PAGE_VERSION);
+        assert_eq!(Page::decode(&mb).unwrap(), mixed);
+        // A version this build does not know is refused by name.
+        let mut unknown = b.clone();
+        unknown[1] = 3;
+        assert_eq!(Page::decode(&unknown).unwrap_err(), "group page version 3");
     }
 
     #[test]
