@@ -1,6 +1,6 @@
 //! Criterion benches of the hot pieces of a backup: row encoding, chunking,
-//! chunk ids (keyed BLAKE3), sealing (zstd + XChaCha20-Poly1305) and pack
-//! writing; and of a restore's row path: stored rows decoded and written
+//! chunk ids (keyed BLAKE3), sealing (zstd + XChaCha20-Poly1305), pack
+//! writing and reading a pack's entry table; and of a restore's row path: stored rows decoded and written
 //! into a table's pages, with the entries of an index gathered and built;
 //! and the period labels a reader puts on each row.
 //! Run with `cargo bench --bench hot`; compare runs to spot
@@ -10,7 +10,7 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use custos::chunk::{ChunkParams, Chunker};
 use custos::crypto::{lanes, ChunkKeys, Key32, MetaKey};
-use custos::repo::pack::{open_chunk, seal_chunk, Codec, PackWriter};
+use custos::repo::pack::{open_chunk, read_header, seal_chunk, Codec, PackWriter};
 use custos::store::bulkload::{PageFile, TableLoad};
 use custos::store::indexbuild::{IndexBuild, IndexSpec, KeyColumn};
 use custos::store::pages::{ColumnRead, Layout};
@@ -186,6 +186,29 @@ fn bench(c: &mut Criterion) {
             }
             black_box(w.finish(&meta).0)
         })
+    });
+    g.finish();
+
+    // A pack of 40,000 small chunks (a full pack of call-record groups):
+    // its header's entry table opened and decoded, as `check
+    // --repair-index` reads it and as an index object is read.
+    let small: Vec<_> = data
+        .chunks(200)
+        .take(40_000)
+        .map(|c| {
+            let id = keys.chunk_id(c);
+            (id, seal_chunk(&mut codec, &keys, &id, c), c.len() as u32)
+        })
+        .collect();
+    let mut w = PackWriter::new();
+    for (id, s, raw) in &small {
+        w.add(*id, s, *raw);
+    }
+    let (_, pack, _) = w.finish(&meta);
+    let mut g = c.benchmark_group("index entries");
+    g.throughput(Throughput::Elements(small.len() as u64));
+    g.bench_function("a header of 40k entries opened and decoded", |b| {
+        b.iter(|| black_box(read_header("pack", &pack, &meta).unwrap().len()))
     });
     g.finish();
 }
