@@ -484,7 +484,9 @@ impl Run<'_> {
     async fn raise_markers(&self) {
         let mut markers = Vec::new();
         for (i, n) in self.nodes.iter().enumerate() {
-            if !n.is_up() {
+            // A target whose marker could not be put in place was reported
+            // then; it holds none to raise.
+            if !n.is_up() || n.failed.load(Ordering::SeqCst) {
                 continue;
             }
             match RepoMarker::load(&n.target).await {
