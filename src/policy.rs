@@ -620,7 +620,10 @@ pub fn parse_buffer_memory(s: &str) -> Result<u64, String> {
         Ok(n)
     } else {
         Err(format!(
-            "`{s}` is out of range: from 32MiB to 16GiB (the default is 256MiB)"
+            "`{s}` is out of range: from {}MiB to {}GiB (the default is {}MiB)",
+            MIN_BUFFER_MEMORY >> 20,
+            MAX_BUFFER_MEMORY >> 30,
+            DEFAULT_BUFFER_MEMORY >> 20
         ))
     }
 }

@@ -14,7 +14,8 @@ pub const FORMAT_NAME: &str = "custos-repo";
 /// The newest repository format version this build writes and reads. A
 /// repository's marker names the newest format of any object it may hold:
 /// version 2 packs and index objects have compact entry tables (FORMAT
-/// 3.2, 3.3); a version 1 repository holds only version 1 ones. This build
+/// 3.2, 3.3), chunk ids are short and group pages list them in 16 bytes
+/// (1.2, 3.4); a version 1 repository holds only version 1 ones. This build
 /// reads both, and raises a version 1 marker ([`RepoMarker::raise`])
 /// before it writes a version 2 object there, so that a build that knows
 /// only version 1 refuses the repository instead of misreading it.
@@ -45,10 +46,16 @@ impl RepoMarker {
         }
     }
 
+    /// The marker's bytes as stored: pretty-printed JSON.
+    fn body(&self) -> bytes::Bytes {
+        serde_json::to_vec_pretty(self)
+            .expect("marker serializes")
+            .into()
+    }
+
     /// Writes the marker, refusing if one exists (never clobbers).
     pub async fn create(&self, target: &Target) -> Result<(), RepoError> {
-        let body = serde_json::to_vec_pretty(self).expect("marker serializes");
-        if !target.put_new(MARKER_PATH, body.into()).await? {
+        if !target.put_new(MARKER_PATH, self.body()).await? {
             return Err(RepoError::AlreadyExists {
                 target: target.name.clone(),
             });
@@ -67,10 +74,11 @@ impl RepoMarker {
         if self.version >= version {
             return Ok(false);
         }
-        let mut raised = self.clone();
-        raised.version = version;
-        let body = serde_json::to_vec_pretty(&raised).expect("marker serializes");
-        target.put(MARKER_PATH, body.into()).await?;
+        let raised = RepoMarker {
+            version,
+            ..self.clone()
+        };
+        target.put(MARKER_PATH, raised.body()).await?;
         tracing::info!(target = %target.name, from = self.version, to = version, "repository format raised");
         *self = raised;
         Ok(true)

@@ -322,6 +322,9 @@ impl Page {
             Some(b'F') => {
                 let body: FilesBody<Vec<FileRecord>> =
                     serde_json::from_slice(&b[1..]).map_err(|e| e.to_string())?;
+                if body.version != PAGE_VERSION {
+                    return Err(format!("page version {}", body.version));
+                }
                 Ok(Page::Files {
                     version: body.version,
                     files: body.files,
@@ -360,14 +363,7 @@ impl Page {
 
     /// Decodes an opened page's plaintext; errors name `object`.
     fn decode_opened(object: &str, plain: &[u8]) -> Result<Page, RepoError> {
-        let page = Page::decode(plain).map_err(|why| RepoError::malformed(object, why))?;
-        let known = match &page {
-            Page::Groups { version, .. } => id_width(*version).map(|_| ()),
-            Page::Files { version, .. } if *version == PAGE_VERSION => Ok(()),
-            Page::Files { version, .. } => Err(format!("page version {version}")),
-        };
-        known.map_err(|why| RepoError::malformed(object, why))?;
-        Ok(page)
+        Page::decode(plain).map_err(|why| RepoError::malformed(object, why))
     }
 
     /// A sealed page's plaintext, checked against its id, not decoded
