@@ -1002,16 +1002,18 @@ async fn reports_certificates_and_audit_segments_reach_every_target_and_the_majo
 /// folder, and a way to set it (as a repository written by a build of
 /// format version 1 would have it).
 fn marker_version(dir: &Path) -> (u64, String) {
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("custos-repo.json")).unwrap()).unwrap();
+    let m = common::repo_marker(dir);
     (m["version"].as_u64().unwrap(), m["repo_id"].to_string())
 }
 
 fn set_marker_version(dir: &Path, version: u64) {
-    let path = dir.join("custos-repo.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut m = common::repo_marker(dir);
     m["version"] = version.into();
-    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("custos-repo.json"),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,9 +55,9 @@ fn setup(d: &Path) -> PathBuf {
 
 /// The repository marker's format version.
 fn marker_version(d: &Path) -> u64 {
-    let m: Json =
-        serde_json::from_slice(&std::fs::read(d.join("target/custos-repo.json")).unwrap()).unwrap();
-    m["version"].as_u64().unwrap()
+    common::repo_marker(&d.join("target"))["version"]
+        .as_u64()
+        .unwrap()
 }
 
 /// The versions of the packs on the target (each pack's ninth byte).

@@ -188,17 +188,27 @@ impl IndexFile {
         Ok(count)
     }
 
-    pub(crate) fn decode_entries(
-        object: &str,
-        version: u8,
-        b: &[u8],
-    ) -> Result<Vec<IndexEntry>, RepoError> {
+    fn decode_entries(object: &str, version: u8, b: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
         let mut out = Vec::new();
         Self::for_each_entry(object, version, b, |e| {
             out.push(e);
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// A version 1 entry table of whole ids `(id, offset, sealed len, raw
+    /// len)`, as earlier builds wrote one (tests of the readers).
+    #[cfg(test)]
+    pub(crate) fn v1_table(entries: &[(Id, u32, u32, u32)]) -> Vec<u8> {
+        let mut out = (entries.len() as u32).to_le_bytes().to_vec();
+        for (id, offset, len, raw) in entries {
+            out.extend_from_slice(&id.0);
+            for v in [offset, len, raw] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        out
     }
 
     /// The plaintext of the index object (what [`store`](Self::store)
@@ -1131,22 +1141,10 @@ mod tests {
             .all(|(l, i)| l.map(|l| l.offset) == Some(i)));
     }
 
-    /// A version 1 entry table, as earlier writers encoded it.
-    fn v1_table(entries: &[(Id, u32, u32, u32)]) -> Vec<u8> {
-        let mut out = (entries.len() as u32).to_le_bytes().to_vec();
-        for (id, offset, len, raw) in entries {
-            out.extend_from_slice(&id.0);
-            for v in [offset, len, raw] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-        }
-        out
-    }
-
     #[test]
     fn version_1_tables_and_objects_are_read_with_the_ids_prefixes() {
         let rows = [(id(1), 9, 100, 80), (id(2), 109, 7, 7), (id(3), 40, 5, 300)];
-        let table = v1_table(&rows);
+        let table = IndexFile::v1_table(&rows);
         let got = IndexFile::decode_entries("x", 1, &table).unwrap();
         let want: Vec<IndexEntry> = rows
             .iter()

@@ -673,21 +673,34 @@ mod tests {
     /// A version 1 pack (a header of 44-byte entries with whole chunk ids,
     /// as earlier builds wrote) reads as the version 2 pack of the same
     /// chunks does, and the version 2 header is about half as large.
-    #[test]
-    fn version_1_packs_are_read_and_version_2_headers_are_smaller() {
-        let meta = MetaKey::new(&Key32::from_bytes([3; 32]));
+    /// A pack of `n` chunks of noise, the `i`-th `base + i * step` bytes
+    /// long: its bytes, index and chunk ids.
+    fn pack_of(
+        meta: &MetaKey,
+        n: u32,
+        base: usize,
+        step: usize,
+        seed: u64,
+    ) -> (Vec<u8>, IndexFile, Vec<Id>) {
         let keys = ChunkKeys::new(Key32::from_bytes([4; 32]));
         let mut codec = Codec::new(3);
         let mut w = PackWriter::new();
         let mut ids = Vec::new();
-        for i in 0..40u32 {
-            let plain = noise(150 + i as usize * 5, u64::from(i) + 9);
+        for i in 0..n {
+            let plain = noise(base + i as usize * step, u64::from(i) + seed);
             let id = keys.chunk_id(&plain);
             let sealed = seal_chunk(&mut codec, &keys, &id, &plain);
             w.add(id, &sealed, plain.len() as u32);
             ids.push(id);
         }
-        let (_, v2, index) = w.finish(&meta);
+        let (_, bytes, index) = w.finish(meta);
+        (bytes, index, ids)
+    }
+
+    #[test]
+    fn version_1_packs_are_read_and_version_2_headers_are_smaller() {
+        let meta = MetaKey::new(&Key32::from_bytes([3; 32]));
+        let (v2, index, ids) = pack_of(&meta, 40, 150, 5, 9);
         assert_eq!(v2[8], 2);
         let entries = read_header("p", &v2, &meta).unwrap();
         assert_eq!(entries, index.entries);
@@ -696,13 +709,12 @@ mod tests {
         let data_end = entries.last().map(|e| (e.offset + e.len) as usize).unwrap();
         let mut v1 = v2[..data_end].to_vec();
         v1[8] = 1;
-        let mut table = (ids.len() as u32).to_le_bytes().to_vec();
-        for (e, id) in entries.iter().zip(&ids) {
-            table.extend_from_slice(&id.0);
-            for v in [e.offset, e.len, e.raw_len] {
-                table.extend_from_slice(&v.to_le_bytes());
-            }
-        }
+        let rows: Vec<_> = entries
+            .iter()
+            .zip(&ids)
+            .map(|(e, id)| (*id, e.offset, e.len, e.raw_len))
+            .collect();
+        let table = IndexFile::v1_table(&rows);
         let sealed = meta.seal("pack-header", "", &table);
         v1.extend_from_slice(&sealed);
         v1.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
@@ -730,16 +742,7 @@ mod tests {
     #[test]
     fn a_header_checked_in_place_agrees_with_the_header_read() {
         let meta = MetaKey::new(&Key32::from_bytes([3; 32]));
-        let keys = ChunkKeys::new(Key32::from_bytes([4; 32]));
-        let mut codec = Codec::new(3);
-        let mut w = PackWriter::new();
-        for i in 0..50u32 {
-            let plain = noise(100 + i as usize * 7, u64::from(i) + 1);
-            let id = keys.chunk_id(&plain);
-            let sealed = seal_chunk(&mut codec, &keys, &id, &plain);
-            w.add(id, &sealed, plain.len() as u32);
-        }
-        let (_, good, _) = w.finish(&meta);
+        let (good, _, _) = pack_of(&meta, 50, 100, 7, 1);
         // A header whose one entry runs past the chunks, sealed as a
         // writer holding the metadata key would.
         let hostile = {

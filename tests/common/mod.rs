@@ -252,3 +252,9 @@ pub fn start_moto() -> Option<Moto> {
     assert!(st.success(), "cannot create a bucket on moto");
     Some(Moto { child, endpoint })
 }
+
+/// The repository marker (`custos-repo.json`) in a `file://` target's
+/// folder, as JSON.
+pub fn repo_marker(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("custos-repo.json")).unwrap()).unwrap()
+}
