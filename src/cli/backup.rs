@@ -15,7 +15,7 @@ pub struct BackupArgs {
     /// Target to write to (default: the primary).
     #[arg(long)]
     target: Option<String>,
-    /// zstd level (1-19).
+    /// zstd level (1-19) of chunks of 1 KiB or more (smaller ones use LZ4).
     #[arg(long, default_value_t = 3)]
     zstd_level: i32,
     /// Print one JSON object.

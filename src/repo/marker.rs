@@ -15,11 +15,12 @@ pub const FORMAT_NAME: &str = "custos-repo";
 /// repository's marker names the newest format of any object it may hold:
 /// version 2 packs and index objects have compact entry tables (FORMAT
 /// 3.2, 3.3), chunk ids are short and group pages list them in 16 bytes
-/// (1.2, 3.4); a version 1 repository holds only version 1 ones. This build
-/// reads both, and raises a version 1 marker ([`RepoMarker::raise`])
-/// before it writes a version 2 object there, so that a build that knows
-/// only version 1 refuses the repository instead of misreading it.
-pub const FORMAT_VERSION: u32 = 2;
+/// (1.2, 3.4); version 3 adds chunks compressed as LZ4 blocks (codec 2,
+/// 3.2); a version 1 repository holds only version 1 objects. This build
+/// reads all three, and raises an older marker ([`RepoMarker::raise`])
+/// before it writes a newer object there, so that an older build refuses
+/// the repository instead of misreading it.
+pub const FORMAT_VERSION: u32 = 3;
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -7,7 +7,7 @@
 //! ```text
 //! "CUSTOSPK" | version u8 (2; 1 read) | blob* | sealed header | header_len u32 LE | "CUSTOSPE"
 //! blob   = XChaCha20-Poly1305(group chunk key, nonce = f(chunk id), aad = chunk id ‖ group id)
-//!          of (codec u8 ‖ data), codec 0 = stored, 1 = zstd
+//!          of (codec u8 ‖ data), codec 0 = stored, 1 = zstd, 2 = LZ4 block
 //! header = MetaKey-sealed (kind "pack-header", name "") entry table of the
 //!          pack's version (see `index`)
 //! ```
@@ -27,6 +27,9 @@ pub const HEADER_OFFSET: usize = 9;
 
 pub const CODEC_STORED: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
+/// An LZ4 block (the block format alone, no frame): its plaintext length
+/// is the entry's raw length. Repository format 3 (FORMAT 3.2).
+pub const CODEC_LZ4: u8 = 2;
 
 /// Largest chunk body a blob may declare when read back (hostile input bound).
 pub const MAX_RAW_CHUNK: u32 = 64 * 1024 * 1024;
@@ -41,33 +44,39 @@ pub fn pack_path(id: &Id) -> String {
 /// compressing a small chunk, so each thread keeps one.
 pub struct Codec {
     c: zstd::bulk::Compressor<'static>,
-    /// For chunks below [`SMALL_CHUNK`]: level -1, which skips building
-    /// Huffman tables for the literals (most of zstd's fixed cost per call
-    /// on a few hundred bytes); repeats within the chunk are still found.
-    small: zstd::bulk::Compressor<'static>,
     d: zstd::bulk::Decompressor<'static>,
     /// Compressed output, reused from chunk to chunk.
     scratch: Vec<u8>,
+    /// LZ4's output, reused likewise (its bytes initialised once).
+    lz4_out: Vec<u8>,
 }
 
-/// Chunks shorter than this are compressed with the small-chunk context.
+/// Chunks shorter than this are compressed as an LZ4 block, longer ones
+/// with zstd. On a few hundred bytes zstd's fixed cost dominates: each
+/// frame builds its sequence coding tables again (even at level -1,
+/// which custos used here before, and which leaves literals unencoded
+/// anyway), and its frame and block headers take about ten bytes. An LZ4
+/// block has no header and no entropy stage: on a sample of the 1 GiB
+/// benchmark's chunks it took about half the time, and, since more
+/// chunks then save the 8 bytes a compressed chunk must save, stored 2%
+/// fewer bytes (see PERFORMANCE, "Backup: small chunks as LZ4 blocks").
 pub const SMALL_CHUNK: usize = 1024;
 
 /// Chunks shorter than this are stored without trying to compress them.
-/// A zstd frame costs about ten bytes of its own and a compressed chunk
-/// must save more than eight, which a level -1 frame (no Huffman tables)
-/// almost never does below this size: on the 1 GiB benchmark's call
-/// records, no chunk under 128 bytes (a single row, 55% of the small
-/// chunks) came out smaller, yet each cost about 250 ns to try.
+/// A compressed chunk must save more than eight bytes, which almost no
+/// chunk under 128 bytes (a single row, about half the chunks) does: on
+/// the 1 GiB benchmark's call records none did as a zstd frame (about
+/// ten bytes of its own), and one of 44 k sampled chunks as an LZ4 block,
+/// yet each cost a few hundred nanoseconds to try.
 pub const MIN_COMPRESSED: usize = 128;
 
 impl Codec {
     pub fn new(level: i32) -> Self {
         Codec {
             c: zstd::bulk::Compressor::new(level).expect("zstd compression context"),
-            small: zstd::bulk::Compressor::new(level.min(-1)).expect("zstd compression context"),
             d: zstd::bulk::Decompressor::new().expect("zstd decompression context"),
             scratch: Vec::new(),
+            lz4_out: Vec::new(),
         }
     }
 }
@@ -131,24 +140,28 @@ fn nonces_of<'a>(chunks: impl Iterator<Item = (&'a ChunkKeys, &'a Id)>) -> Vec<C
 /// Appends the codec byte and the chunk's data (compressed when it
 /// helps) to `out`, and returns where they start.
 fn frame_chunk(codec: &mut Codec, plain: &[u8], out: &mut Vec<u8>) -> usize {
-    let c = if plain.len() < SMALL_CHUNK {
-        &mut codec.small
+    // Compressed output is kept only if it saves more than 8 bytes.
+    let (codec_byte, data) = if plain.len() < MIN_COMPRESSED {
+        (CODEC_STORED, plain)
+    } else if plain.len() < SMALL_CHUNK {
+        // LZ4 wants room for its worst case, whatever it writes.
+        let room = lz4_flex::block::get_maximum_output_size(plain.len());
+        if codec.lz4_out.len() < room {
+            codec.lz4_out.resize(room, 0);
+        }
+        match lz4_flex::block::compress_into(plain, &mut codec.lz4_out) {
+            Ok(n) if n + 8 < plain.len() => (CODEC_LZ4, &codec.lz4_out[..n]),
+            _ => (CODEC_STORED, plain),
+        }
     } else {
-        &mut codec.c
-    };
-    // Compressed output is kept only if it saves more than 8 bytes, so a
-    // buffer of `plain.len() - 9` bytes is enough (zstd fails early when
-    // its output would not fit, and the chunk is stored as is).
-    let fits = plain.len() >= MIN_COMPRESSED && {
+        // A buffer of `plain.len() - 9` bytes is enough: zstd fails early
+        // when its output would not fit, and the chunk is stored as is.
         codec.scratch.clear();
         codec.scratch.reserve(plain.len() - 9);
-        c.compress_to_buffer(plain, &mut codec.scratch)
-            .is_ok_and(|n| n + 8 < plain.len())
-    };
-    let (codec_byte, data) = if fits {
-        (CODEC_ZSTD, &codec.scratch[..])
-    } else {
-        (CODEC_STORED, plain)
+        match codec.c.compress_to_buffer(plain, &mut codec.scratch) {
+            Ok(n) if n + 8 < plain.len() => (CODEC_ZSTD, &codec.scratch[..]),
+            _ => (CODEC_STORED, plain),
+        }
     };
     let start = out.len();
     out.reserve(data.len() + 1 + 16);
@@ -284,6 +297,19 @@ fn decode_body(
             let mut tail = std::io::Cursor::new(&mut *out);
             tail.set_position(start as u64);
             match codec.d.decompress_to_buffer(&body[1..], &mut tail) {
+                Ok(n) => out.truncate(start + n),
+                Err(e) => {
+                    out.truncate(start);
+                    return Err(ChunkError::Decompress(e.to_string()));
+                }
+            }
+        }
+        Some(&CODEC_LZ4) => {
+            // The block's length is not in the block: it decodes into
+            // exactly `raw_len` bytes or fails (a block that would write
+            // more fails here, one that writes fewer at the check below).
+            out.resize(start + raw_len as usize, 0);
+            match lz4_flex::block::decompress_into(&body[1..], &mut out[start..]) {
                 Ok(n) => out.truncate(start + n),
                 Err(e) => {
                     out.truncate(start);
@@ -546,7 +572,12 @@ mod tests {
                     // Too short to try (even the repetitive text).
                     assert_eq!(c, CODEC_STORED, "{what} {n}");
                 } else {
-                    assert_eq!(c, CODEC_ZSTD, "{what} {n}");
+                    let want = if n < SMALL_CHUNK {
+                        CODEC_LZ4
+                    } else {
+                        CODEC_ZSTD
+                    };
+                    assert_eq!(c, want, "{what} {n}");
                     assert!(
                         sealed.len() < n,
                         "{what} {n}: {} bytes sealed",
@@ -555,6 +586,66 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A chunk sealed under `keys` whose body is `body` as given (codec
+    /// byte and data), as only a holder of the keys could make it.
+    fn sealed_body(keys: &ChunkKeys, id: &Id, body: &[u8]) -> Vec<u8> {
+        let mut out = body.to_vec();
+        keys.seal_tail(id, &mut out, 0);
+        out
+    }
+
+    #[test]
+    fn an_lz4_chunk_that_does_not_decode_to_its_length_is_refused_as_is() {
+        let keys = ChunkKeys::new(Key32::random());
+        let mut codec = Codec::new(3);
+        let plain: Vec<u8> = b"+4915112345678|voice|".repeat(20);
+        let id = keys.chunk_id(&plain);
+        let sealed = seal_chunk(&mut codec, &keys, &id, &plain);
+        let body = keys.open(&id, &sealed).unwrap();
+        assert_eq!(body[0], CODEC_LZ4);
+        let n = plain.len() as u32;
+        let refused = |sealed: &[u8], raw_len: u32, codec: &mut Codec| {
+            let mut out = b"kept".to_vec();
+            let e = open_chunk_into(
+                codec,
+                &keys,
+                &id,
+                sealed,
+                raw_len,
+                &mut Vec::new(),
+                &mut out,
+            )
+            .unwrap_err();
+            assert_eq!(out, b"kept", "{e}");
+            e
+        };
+        // The right block under the wrong length, either way.
+        for raw_len in [n - 1, n + 1] {
+            let e = refused(&sealed, raw_len, &mut codec);
+            assert!(
+                matches!(e, ChunkError::Decompress(_) | ChunkError::Length { .. }),
+                "{raw_len}: {e}"
+            );
+        }
+        // A block cut short, and one whose match reaches before its start.
+        let mut cut = body.clone();
+        cut.truncate(cut.len() - 3);
+        let e = refused(&sealed_body(&keys, &id, &cut), n, &mut codec);
+        assert!(matches!(e, ChunkError::Decompress(_)), "{e}");
+        // Token: 1 literal, a match of 4 + 15; offset 9 from 1 byte back.
+        let bad = [CODEC_LZ4, 0x1F, b'x', 9, 0, 0];
+        let e = refused(&sealed_body(&keys, &id, &bad), n, &mut codec);
+        assert!(matches!(e, ChunkError::Decompress(_)), "{e}");
+        // An unknown codec is named.
+        let e = refused(&sealed_body(&keys, &id, &[7, 1, 2, 3]), n, &mut codec);
+        assert!(matches!(e, ChunkError::Codec(7)), "{e}");
+        // And the chunk itself still opens.
+        assert_eq!(
+            open_chunk(&mut codec, &keys, &id, &sealed, n).unwrap(),
+            plain
+        );
     }
 
     #[test]
