@@ -142,3 +142,77 @@ pub(crate) fn decompress_meta(object: &str, data: &[u8]) -> Result<Vec<u8>, Repo
         })
         .map_err(|e| RepoError::malformed(object, format!("zstd: {e}")))
 }
+
+/// A zstd frame (RFC 8878) of `plain` in raw blocks, without compressing
+/// it: any zstd decoder reads it as it reads [`compress_meta`]'s frames.
+/// For metadata that is mostly keyed hashes and random key ids (group
+/// pages and list pages), which zstd cannot shrink: on the 1 GiB
+/// benchmark level 3 took about 8 µs a page to give back 100.1% of the
+/// plaintext, most of a first backup's metadata compression time.
+pub(crate) fn frame_meta_raw(plain: &[u8]) -> Vec<u8> {
+    const MAGIC: [u8; 4] = 0xFD2F_B528u32.to_le_bytes();
+    const BLOCK_MAX: usize = 128 * 1024;
+    let len = plain.len();
+    let mut out = Vec::with_capacity(len + 16 + 3 * (len / BLOCK_MAX));
+    out.extend_from_slice(&MAGIC);
+    // Frame header descriptor: the content size field's width in its top
+    // two bits; bit 5 says the window is the content (no window
+    // descriptor), which keeps the header as short as zstd's own; no
+    // checksum, no dictionary.
+    if len < 256 {
+        out.extend_from_slice(&[0x20, len as u8]);
+    } else if len < 256 + 65536 {
+        out.push(0x60);
+        out.extend_from_slice(&((len - 256) as u16).to_le_bytes());
+    } else {
+        // Larger: a window of 128 KiB (exponent 7, mantissa 0), so that no
+        // decoder's memory limit is met, and the size in 8 bytes.
+        out.extend_from_slice(&[0xC0, 7 << 3]);
+        out.extend_from_slice(&(len as u64).to_le_bytes());
+    }
+    let mut blocks = plain.chunks(BLOCK_MAX).peekable();
+    if blocks.peek().is_none() {
+        // An empty frame is one empty last block.
+        out.extend_from_slice(&[1, 0, 0]);
+    }
+    while let Some(b) = blocks.next() {
+        // Block header: last-block bit, type 0 (raw), size.
+        let last = u32::from(blocks.peek().is_none());
+        out.extend_from_slice(&((b.len() as u32) << 3 | last).to_le_bytes()[..3]);
+        out.extend_from_slice(b);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_frames_are_zstd_frames_of_their_content_at_every_size_class() {
+        let data: Vec<u8> = (0..400_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        for n in [
+            0, 1, 255, 256, 65_791, 65_792, 131_071, 131_072, 131_073, 262_144, 400_000,
+        ] {
+            let plain = &data[..n];
+            let frame = frame_meta_raw(plain);
+            let size = zstd::zstd_safe::get_frame_content_size(&frame);
+            assert_eq!(size.ok().flatten(), Some(n as u64), "{n}");
+            assert_eq!(decompress_meta("page", &frame).unwrap(), plain, "{n}");
+            // zstd's own streaming decoder agrees, and nothing is left over.
+            assert_eq!(zstd::stream::decode_all(&frame[..]).unwrap(), plain, "{n}");
+            let blocks = n.div_ceil(128 * 1024).max(1);
+            let header = match n {
+                0..=255 => 6,
+                256..=65_791 => 7,
+                _ => 14,
+            };
+            assert_eq!(frame.len(), header + 3 * blocks + n, "{n}");
+        }
+        // A frame cut short is refused, not read short.
+        let frame = frame_meta_raw(&data[..1000]);
+        assert!(decompress_meta("page", &frame[..frame.len() - 1]).is_err());
+    }
+}
