@@ -2106,7 +2106,6 @@ impl ReaderCtx {
         let (n, checksum) = self.store_groups(window, table, class, &mut pager, &mut acc.pages)?;
         if let Some(p) = pager.finish() {
             acc.pages.push(self.store_page(Page::Groups {
-                version: PAGE_VERSION,
                 table: table.to_string(),
                 groups: p,
             })?);
@@ -2357,7 +2356,6 @@ impl ReaderCtx {
                 for entry in entries {
                     for p in pager.push(entry) {
                         pages.push(self.store_page(Page::Groups {
-                            version: PAGE_VERSION,
                             table: table.to_string(),
                             groups: p,
                         })?);

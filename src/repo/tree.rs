@@ -68,8 +68,9 @@ pub struct FileRecord {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Page {
+    /// Written as version [`GROUP_PAGE_SHORT`] when every chunk id is
+    /// short, else [`PAGE_VERSION`] (the ids decide, see `encode_groups`).
     Groups {
-        version: u32,
         table: String,
         groups: Vec<GroupEntry>,
     },
@@ -310,14 +311,8 @@ impl Page {
     pub fn decode(b: &[u8]) -> Result<Page, String> {
         match b.first() {
             Some(b'G') => {
-                let v = *b.get(1).ok_or("truncated")? as u32;
-                id_width(v)?;
                 let (table, groups) = decode_groups(b)?;
-                Ok(Page::Groups {
-                    version: v,
-                    table,
-                    groups,
-                })
+                Ok(Page::Groups { table, groups })
             }
             Some(b'F') => {
                 let body: FilesBody<Vec<FileRecord>> =
@@ -708,7 +703,6 @@ mod tests {
 
     fn group_page(i: u8) -> Page {
         Page::Groups {
-            version: PAGE_VERSION,
             table: "calls".into(),
             groups: (0..5)
                 .map(|j| entry(i.wrapping_mul(5).wrapping_add(j), j % 2 == 0))
@@ -836,7 +830,6 @@ mod tests {
         lying[2] = 4;
         assert!(decode_list(&lying).is_err());
         let group = Page::Groups {
-            version: PAGE_VERSION,
             table: "t".into(),
             groups: vec![entry(1, true)],
         };
@@ -852,7 +845,6 @@ mod tests {
             g.chunks = g.chunks.iter().map(|c| short(c.0[0])).collect();
         }
         let p = Page::Groups {
-            version: GROUP_PAGE_SHORT,
             table: "cdrs".into(),
             groups: groups.clone(),
         };
@@ -873,7 +865,6 @@ mod tests {
         }
         // The same groups with version 1 ids: 16 bytes more an id.
         let long = Page::Groups {
-            version: PAGE_VERSION,
             table: "cdrs".into(),
             groups: vec![entry(1, true), entry(2, false)],
         };
@@ -883,7 +874,6 @@ mod tests {
         // One version 1 id among short ones: the page is version 1.
         groups[1].chunks[0] = Id([7; 32]);
         let mixed = Page::Groups {
-            version: PAGE_VERSION,
             table: "cdrs".into(),
             groups,
         };
@@ -899,7 +889,6 @@ mod tests {
     #[test]
     fn group_page_round_trips_and_rejects_garbage() {
         let p = Page::Groups {
-            version: PAGE_VERSION,
             table: "cdrs".into(),
             groups: vec![entry(1, true), entry(2, false)],
         };
