@@ -761,9 +761,6 @@ mod tests {
         );
     }
 
-    /// A version 1 pack (a header of 44-byte entries with whole chunk ids,
-    /// as earlier builds wrote) reads as the version 2 pack of the same
-    /// chunks does, and the version 2 header is about half as large.
     /// A pack of `n` chunks of noise, the `i`-th `base + i * step` bytes
     /// long: its bytes, index and chunk ids.
     fn pack_of(
@@ -788,6 +785,9 @@ mod tests {
         (bytes, index, ids)
     }
 
+    /// A version 1 pack (a header of 44-byte entries with whole chunk ids,
+    /// as earlier builds wrote) reads as the version 2 pack of the same
+    /// chunks does, and the version 2 header is about half as large.
     #[test]
     fn version_1_packs_are_read_and_version_2_headers_are_smaller() {
         let meta = MetaKey::new(&Key32::from_bytes([3; 32]));
