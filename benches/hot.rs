@@ -1,6 +1,7 @@
 //! Criterion benches of the hot pieces of a backup: row encoding, chunking,
-//! chunk ids (keyed BLAKE3), sealing (zstd + XChaCha20-Poly1305), pack
-//! writing and reading a pack's entry table; and of a restore's row path: stored rows decoded and written
+//! chunk ids (keyed BLAKE3), sealing (LZ4 under 1 KiB, else zstd; then
+//! XChaCha20-Poly1305), pack writing and reading a pack's entry table; and
+//! of a restore's row path: stored rows decoded and written
 //! into a table's pages, with the entries of an index gathered and built;
 //! and the period labels a reader puts on each row.
 //! Run with `cargo bench --bench hot`; compare runs to spot

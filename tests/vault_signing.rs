@@ -198,11 +198,12 @@ fn an_unsigned_vault_is_refused_until_signed_once_then_reads_and_restores() {
     // The fixture's repository is of format version 1 (44-byte index
     // entries, 32-byte chunk ids); reading it changed nothing, and the
     // first backup raises its marker to this build's format before it
-    // writes packs of version 2 beside the old ones (their small chunks LZ4
-    // blocks, the old ones zstd frames). The window it reads again holds groups that did
-    // not change: their short ids must not share an index key with their
-    // version 1 chunks, or the backup would take those (sealed under
-    // another nonce) for its own and the restore and check below fail.
+    // writes packs of version 2 beside the old ones (their small chunks
+    // LZ4 blocks, the old ones zstd frames). The window it reads again
+    // holds groups that did not change: their short ids must not share an
+    // index key with their version 1 chunks, or the backup would take
+    // those (sealed under another nonce) for its own and the restore and
+    // check below fail.
     assert_eq!(marker_version(d), 1);
     assert_eq!(pack_versions(d), [1].into());
     run(custos().args(["backup", "--policy", pol]));
