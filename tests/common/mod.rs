@@ -35,19 +35,34 @@ pub fn custos_bin() -> PathBuf {
 }
 
 /// A `Command` for the `custos` binary. Its state directory (audit log,
-/// job state) defaults to one temporary folder per test process, so that no
-/// test writes into the home directory; tests that look at the state pass
-/// `--state-dir` themselves.
+/// job state) defaults to one folder per test binary under cargo's target
+/// scratch directory, emptied when the test process first uses it, so that
+/// no test writes into the home directory and no run leaves a folder behind
+/// in the system's temporary directory (a `TempDir` held in a static is
+/// never dropped). Tests that look at the state pass `--state-dir`
+/// themselves.
 pub fn custos() -> Command {
-    static STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static STATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let state = STATE.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("custos-test-state-")
-            .tempdir()
-            .expect("a temporary state directory")
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let name = exe
+            .file_stem()
+            .expect("the test binary's name")
+            .to_string_lossy()
+            .into_owned();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join("custos-test-state")
+            .join(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot empty the test state directory: {e}"),
+        }
+        std::fs::create_dir_all(&dir).expect("a test state directory");
+        dir
     });
     let mut c = Command::new(custos_bin());
-    c.env("CUSTOS_STATE_DIR", state.path());
+    c.env("CUSTOS_STATE_DIR", state);
     c
 }
 
