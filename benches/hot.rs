@@ -1,9 +1,9 @@
 //! Criterion benches of the hot pieces of a backup: row encoding, chunking,
 //! chunk ids (keyed BLAKE3), sealing (LZ4 under 1 KiB, else zstd; then
-//! XChaCha20-Poly1305), pack writing and reading a pack's entry table; and
-//! of a restore's row path: stored rows decoded and written
-//! into a table's pages, with the entries of an index gathered and built;
-//! and the period labels a reader puts on each row.
+//! XChaCha20-Poly1305, its subkeys in SIMD lanes), pack writing and
+//! reading a pack's entry table; and of a restore's row path: stored rows
+//! decoded and written into a table's pages, with the entries of an index
+//! gathered and built; and the period labels a reader puts on each row.
 //! Run with `cargo bench --bench hot`; compare runs to spot
 //! regressions. Whole-system figures against restic and borg come from
 //! `scripts/bench.sh` (docs/PERFORMANCE.md).
@@ -165,6 +165,32 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // XChaCha20's subkey of every chunk sealed or opened (HChaCha20 of the
+    // group's key and the nonce's first 16 bytes): one at a time, and side
+    // by side in SIMD lanes.
+    let mut g = c.benchmark_group("HChaCha20, 1024 keys");
+    g.throughput(Throughput::Elements(1024));
+    let inputs: Vec<[u8; 16]> = (0..1024usize)
+        .map(|i| data[i..i + 16].try_into().expect("16 bytes"))
+        .collect();
+    let jobs: Vec<(&[u8; 32], &[u8; 16])> = lane_keys.iter().zip(&inputs).collect();
+    let mut out = vec![[0u8; 32]; jobs.len()];
+    g.bench_function("one at a time", |b| {
+        b.iter(|| {
+            for (o, (k, i)) in out.iter_mut().zip(&jobs) {
+                *o = lanes::hchacha_one(k, i);
+            }
+            black_box(out[0][0])
+        })
+    });
+    g.bench_function("in lanes", |b| {
+        b.iter(|| {
+            lanes::hchacha_many(black_box(&jobs), &mut out);
+            black_box(out[0][0])
+        })
+    });
     g.finish();
 
     let sealed: Vec<_> = data

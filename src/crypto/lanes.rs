@@ -17,6 +17,12 @@
 //! The compression function is that of the BLAKE3 specification (section
 //! 2.2): the IV, the message schedule and the flag values below are its
 //! constants.
+//!
+//! [`hchacha_many`] does the same for HChaCha20, the first half of
+//! XChaCha20 (draft-irtf-cfrg-xchacha, section 2.2): every chunk sealed
+//! or opened needs one, under its own group's key, and one at a time it
+//! cost about as much as the chunk's whole ChaCha20-Poly1305 of a short
+//! chunk's bytes.
 
 /// BLAKE3's IV (the SHA-256 IV).
 const IV: [u32; 8] = [
@@ -180,6 +186,73 @@ fn hash_many_with(k: Kernel, mode: Mode, jobs: &[(&[u8; 32], &[u8])], out: &mut 
     }
 }
 
+/// HChaCha20's constants ("expand 32-byte k").
+const SIGMA: [u32; 4] = [0x6170_7865, 0x3320_646E, 0x7962_2D32, 0x6B20_6574];
+
+/// `out[i]` = HChaCha20(`jobs[i].0`, `jobs[i].1`): the XChaCha20 subkey of
+/// a key and the first 16 bytes of a nonce, the same bytes as
+/// `chacha20::hchacha::<U10>`, up to 16 at a time.
+pub fn hchacha_many(jobs: &[(&[u8; 32], &[u8; 16])], out: &mut [[u8; 32]]) {
+    hchacha_many_with(kernel(), jobs, out);
+}
+
+fn hchacha_many_with(k: Kernel, jobs: &[(&[u8; 32], &[u8; 16])], out: &mut [[u8; 32]]) {
+    assert_eq!(jobs.len(), out.len(), "one output a key");
+    let lanes = match k {
+        Kernel::Avx512 => 16,
+        Kernel::Avx2 => 8,
+        Kernel::Portable => {
+            for (o, (key, input)) in out.iter_mut().zip(jobs) {
+                *o = hchacha_one(key, input);
+            }
+            return;
+        }
+    };
+    let mut lane_out = [[0u8; 32]; 16];
+    for (jobs, out) in jobs.chunks(lanes).zip(out.chunks_mut(lanes)) {
+        let n = jobs.len();
+        // SAFETY: the kernel was chosen by the CPU's features (`kernel`),
+        // or by a test that checked them.
+        unsafe {
+            match k {
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => x86::hchacha16(jobs, &mut lane_out),
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => x86::hchacha8(jobs, &mut lane_out),
+                _ => unreachable!("lanes only where the CPU has them"),
+            }
+        }
+        out.copy_from_slice(&lane_out[..n]);
+    }
+    // SAFETY: a valid, exclusive reference.
+    unsafe { std::ptr::write_volatile(&mut lane_out, [[0; 32]; 16]) };
+}
+
+/// HChaCha20 of one key and input, one word at a time.
+pub fn hchacha_one(key: &[u8; 32], input: &[u8; 16]) -> [u8; 32] {
+    let mut sub = chacha20::hchacha::<chacha20::cipher::consts::U10>(key.into(), input.into());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&sub);
+    zeroize::Zeroize::zeroize(sub.as_mut_slice());
+    out
+}
+
+/// The words of up to `L` HChaCha20 inputs (state words 4 to 15: the
+/// key's 8, then the input's 4), one row of 12 words a lane.
+fn hchacha_words<const L: usize>(jobs: &[(&[u8; 32], &[u8; 16])]) -> [[u32; L]; 12] {
+    let mut w = [[0u32; L]; 12];
+    let le = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes"));
+    for (l, (key, input)) in jobs.iter().enumerate() {
+        for i in 0..8 {
+            w[i][l] = le(&key[4 * i..4 * i + 4]);
+        }
+        for i in 0..4 {
+            w[8 + i][l] = le(&input[4 * i..4 * i + 4]);
+        }
+    }
+    w
+}
+
 /// The lanes' inputs for one block: each lane's 64 bytes (zero-padded),
 /// length, flags, and whether the lane takes part.
 struct Block<const L: usize> {
@@ -268,7 +341,7 @@ fn key_words<const L: usize>(jobs: &[(&[u8; 32], &[u8])]) -> [[u32; 8]; L] {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{key_words, most_blocks, write_out, Block, IV, SCHEDULE};
+    use super::{hchacha_words, key_words, most_blocks, write_out, Block, IV, SCHEDULE, SIGMA};
     use std::arch::x86_64::*;
 
     /// One G mixing step over four state vectors and two message vectors.
@@ -391,6 +464,125 @@ mod x86 {
         }
         wipe(&mut cv);
         write_out(&mut words, n, out);
+    }
+
+    /// One ChaCha quarter round over four state vectors.
+    macro_rules! qr {
+        ($add:ident, $xor:ident, $l16:expr, $l12:expr, $l8:expr, $l7:expr,
+         $v:ident, $a:expr, $b:expr, $c:expr, $d:expr) => {
+            $v[$a] = $add($v[$a], $v[$b]);
+            $v[$d] = $l16($xor($v[$d], $v[$a]));
+            $v[$c] = $add($v[$c], $v[$d]);
+            $v[$b] = $l12($xor($v[$b], $v[$c]));
+            $v[$a] = $add($v[$a], $v[$b]);
+            $v[$d] = $l8($xor($v[$d], $v[$a]));
+            $v[$c] = $add($v[$c], $v[$d]);
+            $v[$b] = $l7($xor($v[$b], $v[$c]));
+        };
+    }
+
+    /// HChaCha20's ten double rounds (columns, then diagonals).
+    macro_rules! hchacha_rounds {
+        ($add:ident, $xor:ident, $l16:expr, $l12:expr, $l8:expr, $l7:expr, $v:ident) => {
+            for _ in 0..10 {
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 0, 4, 8, 12);
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 1, 5, 9, 13);
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 2, 6, 10, 14);
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 3, 7, 11, 15);
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 0, 5, 10, 15);
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 1, 6, 11, 12);
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 2, 7, 8, 13);
+                qr!($add, $xor, $l16, $l12, $l8, $l7, $v, 3, 4, 9, 14);
+            }
+        };
+    }
+
+    /// HChaCha20 of up to 16 keys and inputs in the lanes of AVX-512
+    /// vectors; `out[l]` gets lane `l`'s subkey.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn hchacha16(jobs: &[(&[u8; 32], &[u8; 16])], out: &mut [[u8; 32]; 16]) {
+        let n = jobs.len();
+        debug_assert!(n <= 16);
+        let mut words = hchacha_words::<16>(jobs);
+        let mut v = [_mm512_setzero_si512(); 16];
+        for (i, c) in SIGMA.iter().enumerate() {
+            v[i] = _mm512_set1_epi32(*c as i32);
+        }
+        for (i, w) in words.iter().enumerate() {
+            // SAFETY: 64 readable bytes.
+            v[4 + i] = unsafe { _mm512_loadu_si512(w.as_ptr().cast()) };
+        }
+        wipe(&mut words);
+        hchacha_rounds!(
+            _mm512_add_epi32,
+            _mm512_xor_si512,
+            _mm512_rol_epi32::<16>,
+            _mm512_rol_epi32::<12>,
+            _mm512_rol_epi32::<8>,
+            _mm512_rol_epi32::<7>,
+            v
+        );
+        // The subkey is state words 0 to 3, then 12 to 15.
+        let mut sub = [[0u32; 16]; 8];
+        for (w, i) in [0, 1, 2, 3, 12, 13, 14, 15].into_iter().enumerate() {
+            // SAFETY: 64 writable bytes.
+            unsafe { _mm512_storeu_si512(sub[w].as_mut_ptr().cast(), v[i]) };
+        }
+        wipe(&mut v);
+        write_out(&mut sub, n, out);
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn rol12(x: __m256i) -> __m256i {
+        _mm256_or_si256(_mm256_slli_epi32::<12>(x), _mm256_srli_epi32::<20>(x))
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn rol8(x: __m256i) -> __m256i {
+        let k = _mm256_setr_epi8(
+            3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9, 10, 15, 12, 13, 14, 3, 0, 1, 2, 7, 4, 5, 6, 11, 8, 9,
+            10, 15, 12, 13, 14,
+        );
+        _mm256_shuffle_epi8(x, k)
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn rol7(x: __m256i) -> __m256i {
+        _mm256_or_si256(_mm256_slli_epi32::<7>(x), _mm256_srli_epi32::<25>(x))
+    }
+
+    /// As [`hchacha16`], eight keys in the lanes of AVX2 vectors (a
+    /// rotation by 16 is the same either way).
+    #[target_feature(enable = "avx2")]
+    pub(super) fn hchacha8(jobs: &[(&[u8; 32], &[u8; 16])], out: &mut [[u8; 32]; 16]) {
+        let n = jobs.len();
+        debug_assert!(n <= 8);
+        let mut words = hchacha_words::<8>(jobs);
+        let mut v = [_mm256_setzero_si256(); 16];
+        for (i, c) in SIGMA.iter().enumerate() {
+            v[i] = _mm256_set1_epi32(*c as i32);
+        }
+        for (i, w) in words.iter().enumerate() {
+            // SAFETY: 32 readable bytes.
+            v[4 + i] = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
+        }
+        wipe(&mut words);
+        hchacha_rounds!(
+            _mm256_add_epi32,
+            _mm256_xor_si256,
+            rot16,
+            rol12,
+            rol8,
+            rol7,
+            v
+        );
+        let mut sub = [[0u32; 8]; 8];
+        for (w, i) in [0, 1, 2, 3, 12, 13, 14, 15].into_iter().enumerate() {
+            // SAFETY: 32 writable bytes.
+            unsafe { _mm256_storeu_si256(sub[w].as_mut_ptr().cast(), v[i]) };
+        }
+        wipe(&mut v);
+        write_out(&mut sub, n, out);
     }
 
     /// `m[w]` = word `w` of every row (a 16 by 16 transpose of 32-bit words).
@@ -641,6 +833,45 @@ mod tests {
                     check(k, Mode::Keyed, &keys, &msgs);
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_kernel_gives_hchacha20s_output_for_every_batch_size() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for k in kernels() {
+            for n in [0usize, 1, 7, 8, 9, 15, 16, 17, 31, 33, 100] {
+                let keys: Vec<[u8; 32]> = (0..n).map(|_| rng.gen()).collect();
+                let inputs: Vec<[u8; 16]> = (0..n).map(|_| rng.gen()).collect();
+                let jobs: Vec<(&[u8; 32], &[u8; 16])> = keys.iter().zip(&inputs).collect();
+                let mut out = vec![[0u8; 32]; n];
+                hchacha_many_with(k, &jobs, &mut out);
+                for (i, (key, input)) in jobs.iter().enumerate() {
+                    let want = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+                        (*key).into(),
+                        (*input).into(),
+                    );
+                    assert_eq!(&out[i][..], &want[..], "{k:?}: key {i} of {n}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hchacha20_gives_the_xchacha_drafts_test_vector() {
+        // draft-irtf-cfrg-xchacha-03, section 2.2.1.
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let input: [u8; 16] = [
+            0x00, 0x00, 0x00, 0x09, 0x00, 0x00, 0x00, 0x4a, 0x00, 0x00, 0x00, 0x00, 0x31, 0x41,
+            0x59, 0x27,
+        ];
+        let want = "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc";
+        let hex = |b: &[u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(hex(&hchacha_one(&key, &input)), want);
+        for k in kernels() {
+            let mut out = [[0u8; 32]];
+            hchacha_many_with(k, &[(&key, &input)], &mut out);
+            assert_eq!(hex(&out[0]), want, "{k:?}");
         }
     }
 

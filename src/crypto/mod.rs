@@ -49,20 +49,37 @@ mod xchacha {
     use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
     use zeroize::Zeroize;
 
+    /// The IETF key and nonce of XChaCha20 under `key` and `nonce`.
     fn ietf_key(key: &[u8; 32], nonce: &[u8; 24]) -> (LessSafeKey, Nonce) {
-        let mut sub =
-            chacha20::hchacha::<chacha20::cipher::consts::U10>(key.into(), nonce[..16].into());
-        let unbound = UnboundKey::new(&CHACHA20_POLY1305, &sub)
+        let input: &[u8; 16] = nonce[..16].try_into().expect("16 of 24 bytes");
+        let mut sub = super::lanes::hchacha_one(key, input);
+        let ietf = ietf_of(&sub, nonce[16..].try_into().expect("8 of 24 bytes"));
+        sub.zeroize();
+        ietf
+    }
+
+    /// The IETF key and nonce of XChaCha20 whose subkey (HChaCha20 of the
+    /// key and the nonce's first 16 bytes) is `sub` and whose nonce ends
+    /// with `tail`.
+    fn ietf_of(sub: &[u8; 32], tail: &[u8; 8]) -> (LessSafeKey, Nonce) {
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, sub)
             .expect("a 32-byte key is a valid ChaCha20-Poly1305 key");
-        sub.as_mut_slice().zeroize();
         let mut n = [0u8; 12];
-        n[4..].copy_from_slice(&nonce[16..]);
+        n[4..].copy_from_slice(tail);
         (LessSafeKey::new(unbound), Nonce::assume_unique_for_key(n))
     }
 
     /// Encrypts `buf[from..]` in place and appends the 16-byte tag.
     pub fn seal(key: &[u8; 32], nonce: &[u8; 24], aad: &[u8], buf: &mut Vec<u8>, from: usize) {
-        let (k, n) = ietf_key(key, nonce);
+        seal_ietf(ietf_key(key, nonce), aad, buf, from);
+    }
+
+    /// As [`seal`], with the subkey and the nonce's tail given.
+    pub fn seal_sub(sub: &[u8; 32], tail: &[u8; 8], aad: &[u8], buf: &mut Vec<u8>, from: usize) {
+        seal_ietf(ietf_of(sub, tail), aad, buf, from);
+    }
+
+    fn seal_ietf((k, n): (LessSafeKey, Nonce), aad: &[u8], buf: &mut Vec<u8>, from: usize) {
         let tag = k
             .seal_in_place_separate_tag(n, Aad::from(aad), &mut buf[from..])
             .expect("ChaCha20-Poly1305 sealing cannot fail for in-memory buffers");
@@ -79,7 +96,26 @@ mod xchacha {
         sealed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
-        let (k, n) = ietf_key(key, nonce);
+        open_ietf(ietf_key(key, nonce), aad, sealed, out)
+    }
+
+    /// As [`open_into`], with the subkey and the nonce's tail given.
+    pub fn open_into_sub(
+        sub: &[u8; 32],
+        tail: &[u8; 8],
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
+        open_ietf(ietf_of(sub, tail), aad, sealed, out)
+    }
+
+    fn open_ietf(
+        (k, n): (LessSafeKey, Nonce),
+        aad: &[u8],
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), CryptoError> {
         out.clear();
         out.extend_from_slice(sealed);
         match k.open_in_place(n, Aad::from(aad), out) {
@@ -587,21 +623,42 @@ impl ChunkKeys {
         hashes
     }
 
-    /// The nonces of many chunks, side by side: `out[i]` is the nonce
-    /// chunk `items[i].1` of group `items[i].0` is sealed under.
+    /// The nonces of many chunks, side by side: `out[i]` is what chunk
+    /// `items[i].1` of group `items[i].0` is sealed under (its nonce's
+    /// XChaCha20 subkey, computed side by side too).
     pub fn nonces(items: &[(&ChunkKeys, &Id)], out: &mut Vec<ChunkNonce>) {
-        let work: Vec<(&[u8; 32], &[u8])> = items
-            .iter()
-            .map(|(k, id)| (&k.sealing()[1], &id.0[..]))
-            .collect();
-        let mut hashes = vec![[0u8; 32]; items.len()];
-        lanes::hash_many(lanes::Mode::Keyed, &work, &mut hashes);
         out.clear();
-        out.extend(
-            hashes
+        out.reserve(items.len());
+        // A few hundred at a time, so that the scratch space stays small
+        // and warm however many chunks a batch opens.
+        let mut hashes = [[0u8; 32]; lanes::BATCH];
+        let mut subs = [[0u8; 32]; lanes::BATCH];
+        let mut work: Vec<(&[u8; 32], &[u8])> = Vec::with_capacity(lanes::BATCH);
+        for part in items.chunks(lanes::BATCH) {
+            let n = part.len();
+            work.clear();
+            work.extend(part.iter().map(|(k, id)| (&k.sealing()[1], &id.0[..])));
+            lanes::hash_many(lanes::Mode::Keyed, &work, &mut hashes[..n]);
+            let inputs: Vec<(&[u8; 32], &[u8; 16])> = part
                 .iter()
-                .map(|h| ChunkNonce(h[..24].try_into().expect("24 of 32 bytes"))),
-        );
+                .zip(&hashes[..n])
+                .map(|((k, _), h)| (&k.sealing()[0], h[..16].try_into().expect("16 of 32 bytes")))
+                .collect();
+            lanes::hchacha_many(&inputs, &mut subs[..n]);
+            drop(inputs);
+            out.extend(
+                subs[..n]
+                    .iter()
+                    .zip(&hashes[..n])
+                    .map(|(sub, h)| ChunkNonce {
+                        sub: *sub,
+                        tail: h[16..24].try_into().expect("8 of 32 bytes"),
+                    }),
+            );
+        }
+        drop(work);
+        subs.zeroize();
+        hashes.zeroize();
     }
 
     /// The chunk id key, derived on first use.
@@ -641,7 +698,14 @@ impl ChunkKeys {
     /// for many at once).
     fn nonce(&self, id: &Id) -> ChunkNonce {
         let h = blake3::keyed_hash(&self.sealing()[1], &id.0);
-        ChunkNonce(h.as_bytes()[..24].try_into().expect("24 of 32 bytes"))
+        let h = h.as_bytes();
+        ChunkNonce {
+            sub: lanes::hchacha_one(
+                &self.sealing()[0],
+                h[..16].try_into().expect("16 of 32 bytes"),
+            ),
+            tail: h[16..24].try_into().expect("8 of 32 bytes"),
+        }
     }
 
     fn aad(&self, id: &Id) -> [u8; 80] {
@@ -676,8 +740,7 @@ impl ChunkKeys {
     /// As [`seal_tail`](Self::seal_tail), with the chunk's nonce given
     /// (from [`nonces`](Self::nonces)).
     pub fn seal_tail_with(&self, id: &Id, nonce: &ChunkNonce, buf: &mut Vec<u8>, start: usize) {
-        let s = self.sealing();
-        xchacha::seal(&s[0], &nonce.0, &self.aad(id), buf, start);
+        xchacha::seal_sub(&nonce.sub, &nonce.tail, &self.aad(id), buf, start);
     }
 
     /// Opens a sealed chunk body, checking it belongs to this id and group.
@@ -704,15 +767,25 @@ impl ChunkKeys {
         if sealed.len() < 16 {
             return Err(CryptoError::Truncated(sealed.len()));
         }
-        let s = self.sealing();
-        xchacha::open_into(&s[0], &nonce.0, &self.aad(id), sealed, out)
+        xchacha::open_into_sub(&nonce.sub, &nonce.tail, &self.aad(id), sealed, out)
     }
 }
 
-/// The nonce a chunk is sealed under: derived from its id under the
-/// group's nonce key (FORMAT "Chunks"), so it is never stored.
-#[derive(Clone, Copy)]
-pub struct ChunkNonce([u8; 24]);
+/// What a chunk is sealed under: its nonce, derived from its id under the
+/// group's nonce key (FORMAT "Chunks"), so never stored, held as XChaCha20
+/// uses it: the subkey (HChaCha20 of the group's encryption key and the
+/// nonce's first 16 bytes) and the nonce's last 8 bytes. The subkey is
+/// zeroized on drop.
+pub struct ChunkNonce {
+    sub: [u8; 32],
+    tail: [u8; 8],
+}
+
+impl Drop for ChunkNonce {
+    fn drop(&mut self) {
+        self.sub.zeroize();
+    }
+}
 
 /// Seals repository metadata objects under the repository metadata key.
 ///
@@ -1161,8 +1234,15 @@ mod tests {
             assert!(!k.is_chunk(b"other content", &id) && !k.is_chunk(b"other content", &long));
             let nonce_key = derive("custos 2026 chunk nonce v1", &[g]);
             let nonce = blake3::keyed_hash(nonce_key.expose(), &id.0);
-            assert_eq!(k.nonce(&id).0, nonce.as_bytes()[..24]);
             let enc_key = derive("custos 2026 chunk enc v1", &[g]);
+            // Held as XChaCha20 uses it: HChaCha20 of the encryption key
+            // and the nonce's first 16 bytes, then the nonce's last 8.
+            let sub = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+                enc_key.expose().into(),
+                nonce.as_bytes()[..16].into(),
+            );
+            assert_eq!(k.nonce(&id).sub[..], sub[..]);
+            assert_eq!(k.nonce(&id).tail, nonce.as_bytes()[16..24]);
             let mut sealed = plain.as_bytes().to_vec();
             xchacha::seal(
                 enc_key.expose(),
@@ -1192,7 +1272,9 @@ mod tests {
             assert_eq!(a.group_id, b.group_id, "group {i}");
             let id = a.chunk_id(&plains[i]);
             assert_eq!(id, ids[i], "chunk id of group {i}");
-            assert_eq!(a.nonce(&id).0, nonces[i].0, "nonce of group {i}");
+            let one = a.nonce(&id);
+            assert_eq!(one.sub, nonces[i].sub, "nonce subkey of group {i}");
+            assert_eq!(one.tail, nonces[i].tail, "nonce of group {i}");
             let mut sealed = plains[i].clone();
             b.seal_tail_with(&id, &nonces[i], &mut sealed, 0);
             assert_eq!(
