@@ -116,14 +116,17 @@ mod xchacha {
         sealed: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), CryptoError> {
-        out.clear();
-        out.extend_from_slice(sealed);
-        match k.open_in_place(n, Aad::from(aad), out) {
-            Ok(plain) => {
-                let len = plain.len();
-                out.truncate(len);
-                Ok(())
-            }
+        let Some(split) = sealed.len().checked_sub(16) else {
+            out.clear();
+            return Err(CryptoError::Authentication);
+        };
+        let (ciphertext, tag) = sealed.split_at(split);
+        // Decrypted from where the sealed bytes lie (a pack's buffer or
+        // mapping) straight into `out`, not copied there first; `out`'s
+        // bytes are all overwritten, so only its growth is zeroed.
+        out.resize(ciphertext.len(), 0);
+        match k.open_separate_gather(n, Aad::from(aad), ciphertext, tag, out) {
+            Ok(()) => Ok(()),
             Err(_) => {
                 out.clear();
                 Err(CryptoError::Authentication)
