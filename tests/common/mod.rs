@@ -35,35 +35,42 @@ pub fn custos_bin() -> PathBuf {
 }
 
 /// A `Command` for the `custos` binary. Its state directory (audit log,
-/// job state) defaults to one folder per test binary under cargo's target
-/// scratch directory, emptied when the test process first uses it, so that
-/// no test writes into the home directory and no run leaves a folder behind
-/// in the system's temporary directory (a `TempDir` held in a static is
-/// never dropped). Tests that look at the state pass `--state-dir`
-/// themselves.
+/// job state) defaults to one folder per test process, so that no test
+/// writes into the home directory; tests that look at the state pass
+/// `--state-dir` themselves. The folder is under cargo's target scratch
+/// directory and is removed when the process exits: a `TempDir` held in a
+/// static is never dropped, so each test process used to leave one behind
+/// in the system's temporary directory. One per process, not per binary,
+/// so that processes of one binary run side by side (one test a process,
+/// as some runners do) never empty each other's.
 pub fn custos() -> Command {
-    static STATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let state = STATE.get_or_init(|| {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let name = exe
-            .file_stem()
-            .expect("the test binary's name")
-            .to_string_lossy()
-            .into_owned();
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join("custos-test-state")
-            .join(name);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("cannot empty the test state directory: {e}"),
-        }
-        std::fs::create_dir_all(&dir).expect("a test state directory");
-        dir
-    });
     let mut c = Command::new(custos_bin());
-    c.env("CUSTOS_STATE_DIR", state);
+    c.env("CUSTOS_STATE_DIR", test_state_dir());
     c
+}
+
+static TEST_STATE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+
+/// The test process's default state folder (see [`custos`]), made on first
+/// use.
+fn test_state_dir() -> &'static Path {
+    extern "C" fn remove_test_state() {
+        if let Some(dir) = TEST_STATE.get() {
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
+    }
+    TEST_STATE
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("custos-test-state-")
+                .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+                .expect("a test state directory");
+            // SAFETY: registers a function without arguments to run at
+            // the process's normal exit; it only reads a static set here.
+            unsafe { libc::atexit(remove_test_state) };
+            dir
+        })
+        .path()
 }
 
 /// A fresh temporary directory, removed when the returned value drops.
