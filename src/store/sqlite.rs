@@ -1404,6 +1404,50 @@ fn each_row<'p>(
     Ok(())
 }
 
+/// Sorts a window's rows (rowid, span) as `sort_unstable` does. A
+/// window's rowids are a range the backup read, nearly every rowid of it
+/// a row: each row is then put at its rowid's place in `slots` (one pass,
+/// no comparisons), and the sort is left for sparse rowids or a rowid
+/// that repeats (a damaged or hostile snapshot; it fails later, as it
+/// would have). Sorting was about 2.5% of a restore's CPU time.
+fn sort_spans(spans: &mut Vec<(i64, u64)>, slots: &mut Vec<u64>) {
+    const EMPTY: u64 = u64::MAX;
+    let n = spans.len();
+    let (Some(lo), Some(hi)) = (
+        spans.iter().map(|s| s.0).min(),
+        spans.iter().map(|s| s.0).max(),
+    ) else {
+        return;
+    };
+    let range = i128::from(hi) - i128::from(lo) + 1;
+    if n < 64 || range > 4 * n as i128 {
+        spans.sort_unstable();
+        return;
+    }
+    slots.clear();
+    slots.resize(range as usize, EMPTY);
+    for &(rowid, span) in spans.iter() {
+        let slot = &mut slots[(rowid - lo) as usize];
+        if *slot != EMPTY || span == EMPTY {
+            spans.sort_unstable();
+            return;
+        }
+        *slot = span;
+    }
+    spans.clear();
+    spans.extend(
+        slots
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| s != EMPTY)
+            .map(|(k, &s)| (lo + k as i64, s)),
+    );
+    // Memory for a window's range, not kept past a large one.
+    if slots.capacity() > 1 << 22 {
+        *slots = Vec::new();
+    }
+}
+
 /// How [`SqliteSource::scan_natural_pages`] reads a table from its pages:
 /// the records' layout and where the coordinates' columns are.
 struct PageRead {
@@ -1553,6 +1597,8 @@ pub struct SqliteRestorer {
     sequence: Vec<Row>,
     /// Scratch for [`insert_pieces`](Self::insert_pieces).
     spans: Vec<(i64, u64)>,
+    /// Scratch for [`sort_spans`], kept from window to window.
+    slots: Vec<u64>,
     buffers: WriterBuffers,
     done: bool,
 }
@@ -1686,6 +1732,7 @@ impl SqliteRestorer {
             targets: HashMap::new(),
             sequence: Vec::new(),
             spans: Vec::new(),
+            slots: Vec::new(),
             buffers,
             done: false,
         };
@@ -2443,7 +2490,7 @@ impl SqliteRestorer {
         }
         let ordered = |spans: &[(i64, u64)]| spans.windows(2).all(|w| w[0].0 < w[1].0);
         if target.rowid && !ordered(spans) {
-            spans.sort_unstable();
+            sort_spans(spans, &mut self.slots);
         }
         // The table's pages are written directly while its rows come in
         // rowid order, each window after the last; otherwise its tree is
@@ -2784,6 +2831,43 @@ pub fn encode_rows<'r>(rows: impl IntoIterator<Item = &'r Row>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spans_sort_by_placing_as_by_comparing() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut slots = Vec::new();
+        for case in 0..400 {
+            let n = rng.gen_range(0..3000);
+            let base: i64 = match case % 4 {
+                0 => 1,
+                1 => i64::MAX - 5000,
+                2 => i64::MIN + 3,
+                _ => rng.gen_range(-1_000_000..1_000_000),
+            };
+            // Dense, gappy, sparse, and with a rowid repeated.
+            let spread = [1, 2, 5, 1000][case / 4 % 4];
+            let mut rowids: Vec<i64> = (0..n as i64)
+                .map(|k| base.saturating_add(k.saturating_mul(spread)))
+                .collect();
+            if case % 7 == 3 && n > 1 {
+                let (a, b) = (rng.gen_range(0..n), rng.gen_range(0..n));
+                rowids[a] = rowids[b];
+            }
+            let mut spans: Vec<(i64, u64)> = rowids
+                .iter()
+                .map(|&r| (r, rng.gen_range(0..1u64 << 50)))
+                .collect();
+            // Out of order, as a window's rows come by group.
+            for i in (1..spans.len()).rev() {
+                spans.swap(i, rng.gen_range(0..=i));
+            }
+            let mut want = spans.clone();
+            want.sort_unstable();
+            super::sort_spans(&mut spans, &mut slots);
+            assert_eq!(spans, want, "case {case}");
+        }
+    }
+
     use super::*;
 
     fn label(v: ValueRef<'_>, e: Every) -> Option<String> {
