@@ -1442,8 +1442,9 @@ fn sort_spans(spans: &mut Vec<(i64, u64)>, slots: &mut Vec<u64>) {
             .filter(|(_, &s)| s != EMPTY)
             .map(|(k, &s)| (lo + k as i64, s)),
     );
-    // Memory for a window's range, not kept past a large one.
-    if slots.capacity() > 1 << 22 {
+    // Kept for the next window up to 2 MiB: a larger range's slots
+    // (8 bytes a rowid) would stay in the peak for the rest of the run.
+    if slots.capacity() > 1 << 18 {
         *slots = Vec::new();
     }
 }
