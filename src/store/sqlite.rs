@@ -1409,7 +1409,7 @@ fn each_row<'p>(
 /// a row: each row is then put at its rowid's place in `slots` (one pass,
 /// no comparisons), and the sort is left for sparse rowids or a rowid
 /// that repeats (a damaged or hostile snapshot; it fails later, as it
-/// would have). Sorting was about 2.5% of a restore's CPU time.
+/// would have). The sort was about 2% of a restore's samples.
 fn sort_spans(spans: &mut Vec<(i64, u64)>, slots: &mut Vec<u64>) {
     const EMPTY: u64 = u64::MAX;
     let n = spans.len();
@@ -2832,6 +2832,8 @@ pub fn encode_rows<'r>(rows: impl IntoIterator<Item = &'r Row>) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn spans_sort_by_placing_as_by_comparing() {
         use rand::{Rng, SeedableRng};
@@ -2864,12 +2866,10 @@ mod tests {
             }
             let mut want = spans.clone();
             want.sort_unstable();
-            super::sort_spans(&mut spans, &mut slots);
+            sort_spans(&mut spans, &mut slots);
             assert_eq!(spans, want, "case {case}");
         }
     }
-
-    use super::*;
 
     fn label(v: ValueRef<'_>, e: Every) -> Option<String> {
         bucket_label(v, e)
