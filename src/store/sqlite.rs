@@ -1411,26 +1411,36 @@ fn each_row<'p>(
 /// that repeats (a damaged or hostile snapshot; it fails later, as it
 /// would have). The sort was about 2% of a restore's samples.
 fn sort_spans(spans: &mut Vec<(i64, u64)>, slots: &mut Vec<u64>) {
+    if !place_spans(spans, slots) {
+        spans.sort_unstable();
+    }
+    // Kept for the next window up to 2 MiB: a larger range's slots
+    // (8 bytes a rowid) would stay in the peak for the rest of the run.
+    if slots.capacity() > 1 << 18 {
+        *slots = Vec::new();
+    }
+}
+
+/// [`sort_spans`] by placing each row at its rowid's slot; false, with
+/// `spans` as they were, when the rowids are sparse or one repeats.
+fn place_spans(spans: &mut Vec<(i64, u64)>, slots: &mut Vec<u64>) -> bool {
     const EMPTY: u64 = u64::MAX;
     let n = spans.len();
-    let (Some(lo), Some(hi)) = (
-        spans.iter().map(|s| s.0).min(),
-        spans.iter().map(|s| s.0).max(),
-    ) else {
-        return;
+    let Some((lo, hi)) = spans.iter().fold(None, |b: Option<(i64, i64)>, &(r, _)| {
+        Some(b.map_or((r, r), |(lo, hi)| (lo.min(r), hi.max(r))))
+    }) else {
+        return true;
     };
     let range = i128::from(hi) - i128::from(lo) + 1;
     if n < 64 || range > 4 * n as i128 {
-        spans.sort_unstable();
-        return;
+        return false;
     }
     slots.clear();
     slots.resize(range as usize, EMPTY);
     for &(rowid, span) in spans.iter() {
         let slot = &mut slots[(rowid - lo) as usize];
         if *slot != EMPTY || span == EMPTY {
-            spans.sort_unstable();
-            return;
+            return false;
         }
         *slot = span;
     }
@@ -1442,11 +1452,7 @@ fn sort_spans(spans: &mut Vec<(i64, u64)>, slots: &mut Vec<u64>) {
             .filter(|(_, &s)| s != EMPTY)
             .map(|(k, &s)| (lo + k as i64, s)),
     );
-    // Kept for the next window up to 2 MiB: a larger range's slots
-    // (8 bytes a rowid) would stay in the peak for the rest of the run.
-    if slots.capacity() > 1 << 18 {
-        *slots = Vec::new();
-    }
+    true
 }
 
 /// How [`SqliteSource::scan_natural_pages`] reads a table from its pages:
