@@ -67,6 +67,12 @@ pub fn print_report(r: &BackupReport) {
             r.rows_reused, r.rows_unread
         );
     }
+    if r.windows_overlaid > 0 {
+        println!(
+            "  overlaid:         {} windows read again stored as their changed groups only",
+            r.windows_overlaid
+        );
+    }
     if !r.parents_unreadable.is_empty() {
         println!(
             "  warning:          newer snapshots unreadable, not used as parent: {} (run `custos check`)",

@@ -37,7 +37,7 @@ use crate::progress::{NoProgress, Progress};
 use crate::repo::cache::PackCache;
 use crate::repo::index::Index;
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::Page;
+use crate::repo::tree;
 use crate::repo::RepoError;
 use crate::signed::SignedError;
 use crate::state::{StateDir, StateError};
@@ -864,11 +864,11 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
             table: t.name.clone(),
             ..Default::default()
         };
-        for pid in &t.pages {
-            let Page::Groups { groups, .. } = Page::load(&mut cache, &index, &meta, pid).await?
-            else {
-                continue;
-            };
+        // Window by window: a group an overlay superseded is counted once.
+        for w in t.page_windows() {
+            let (groups, _) =
+                tree::load_window(&mut cache, &index, &meta, &t.pages[w.range], &w.overlays)
+                    .await?;
             for g in &groups {
                 if matches!(
                     group_keys(&vault, g, &t.name),

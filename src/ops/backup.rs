@@ -120,6 +120,10 @@ pub struct BackupReport {
     /// Of those, rows in stretches of a table whose b-tree pages matched the
     /// parent's: reused without being read at all.
     pub rows_unread: u64,
+    /// Read windows read again and stored as an overlay on the parent's
+    /// window over the same rows (FORMAT 3.4, "Overlay pages"): only the
+    /// groups that changed, not every page of the window.
+    pub windows_overlaid: u64,
     /// Snapshots of this policy newer than the parent whose bodies could
     /// not be read, so an older one served as parent (`check` says why).
     pub parents_unreadable: Vec<String>,
@@ -298,6 +302,8 @@ struct Counters {
     new_chunks: AtomicU64,
     rows_reused: AtomicU64,
     rows_unread: AtomicU64,
+    /// Read windows stored as an overlay on the parent's (FORMAT 3.4).
+    overlays: AtomicU64,
     /// Large objects of a postgres store left out (`large_objects = "skip"`).
     large_objects_skipped: AtomicU64,
     /// Rows of extension configuration tables left out
@@ -618,6 +624,7 @@ async fn backup_locked(
         },
         rows_reused: counters.rows_reused.load(Ordering::Relaxed),
         rows_unread: counters.rows_unread.load(Ordering::Relaxed),
+        windows_overlaid: counters.overlays.load(Ordering::Relaxed),
         parents_unreadable,
         large_objects_skipped: counters.large_objects_skipped.load(Ordering::Relaxed),
         extension_config_skipped: counters.extension_config_skipped.load(Ordering::Relaxed),
@@ -1355,6 +1362,179 @@ fn prior_windows(parent: Option<&mut Snapshot>, table: &str, class: &str) -> Pri
         out.list.push((w.clone(), own));
     }
     out
+}
+
+/// Overlays a backup keeps on a read window before it stores the window's
+/// groups on pages of their own again (FORMAT 3.4, "Overlay pages"): more
+/// keep each incremental smaller, and make every reader of the window
+/// read more pages and the repository keep the chunks the overlays
+/// superseded.
+const MAX_WINDOW_OVERLAYS: usize = 8;
+
+/// A window read again whose deletions would be more than one in this
+/// many of the parent window's groups gets pages of its own rather than an
+/// overlay: what an overlay deletes stays stored while its base is kept.
+const MAX_DELETED_SHARE: usize = 8;
+
+/// Pages of the parent's window read at once to draft an overlay (about
+/// 0.5 MB of pages of 8 groups).
+const BASE_PAGES_AT_ONCE: usize = 1024;
+
+/// A group of the parent's window as it stands, as little of it as an
+/// overlay needs: who it is, and a fingerprint of the rest.
+struct BaseGroup {
+    g: [u8; 8],
+    s: Option<KeyId>,
+    /// Its time key and unit, in [`OverlayBase::units`].
+    t: u16,
+    deletion: bool,
+    chunks: u32,
+    /// [`entry_print`] of the entry.
+    print: [u8; 16],
+}
+
+/// What an entry holds besides its keys and unit, in 16 bytes: equal
+/// prints mean equal rows, bytes and chunks. A chunk id is a keyed hash
+/// of the chunk (FORMAT 1.2): a group of one chunk (most) is printed by
+/// its id's first 16 bytes with its counts mixed in, others by a hash of
+/// the lot.
+fn entry_print(rows: u64, bytes: u64, mut chunks: impl ExactSizeIterator<Item = Id>) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if chunks.len() == 1 {
+        let id = chunks.next().expect("one chunk");
+        out.copy_from_slice(&id.0[..16]);
+        let mix = |x: u64| x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        let lo = u64::from_le_bytes(out[..8].try_into().unwrap()) ^ mix(rows);
+        let hi = u64::from_le_bytes(out[8..].try_into().unwrap()) ^ mix(bytes ^ 0x5555);
+        out[..8].copy_from_slice(&lo.to_le_bytes());
+        out[8..].copy_from_slice(&hi.to_le_bytes());
+        // Tells a group of one chunk from the hash of several.
+        out[0] |= 1;
+        return out;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(&rows.to_le_bytes()).update(&bytes.to_le_bytes());
+    h.update(&(chunks.len() as u64).to_le_bytes());
+    for c in chunks {
+        h.update(&c.0);
+    }
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out[0] &= !1;
+    out
+}
+
+/// The parent's window over the same rowids as a window read again, its
+/// groups as they stand ([`ReaderCtx::overlay_base`]).
+struct OverlayBase {
+    /// The parent window's pages, which an overlay keeps.
+    pages: Vec<Id>,
+    /// Its overlays' page counts, and where they start among its pages.
+    overlays: Vec<u64>,
+    starts: Vec<usize>,
+    /// Its groups as they stand, in page order.
+    groups: Vec<BaseGroup>,
+    /// The time keys and units its groups name.
+    units: Vec<(KeyId, Arc<str>)>,
+    /// `groups`' positions in the order of their tags (no two share one):
+    /// 4 bytes a group where a hash map took about 25.
+    by_tag: Vec<u32>,
+    /// The position after the last group found: the window's groups come
+    /// in the order the base's unchanged ones stand in.
+    next: usize,
+    /// Which of `groups` the window read has (changed or not).
+    seen: Vec<bool>,
+    /// The packs the parent window's mark lists: its pages' and every
+    /// chunk's they name.
+    packs: Vec<Id>,
+    /// Chunks its pages name besides those of the groups standing.
+    superseded_chunks: u64,
+    /// The subject keys its pages name besides those of the groups
+    /// standing.
+    superseded_keys: Vec<KeyId>,
+}
+
+impl OverlayBase {
+    /// The position of the group tagged `g`, if one is.
+    fn find(&mut self, g: &[u8; 8]) -> Option<usize> {
+        let at = match self.groups.get(self.next) {
+            Some(b) if b.g == *g => self.next,
+            _ => {
+                let k = self
+                    .by_tag
+                    .binary_search_by(|&i| self.groups[i as usize].g.cmp(g))
+                    .ok()?;
+                self.by_tag[k] as usize
+            }
+        };
+        self.next = at + 1;
+        Some(at)
+    }
+}
+
+/// Where a window's group is while its overlay is drafted.
+enum Pos {
+    /// The base's group, unchanged.
+    Base(u32),
+    /// A group new or changed: its place in [`OverlayDraft::changed`].
+    New(u32),
+}
+
+/// A window's groups compared with the parent's as they come
+/// ([`ReaderCtx::finish_window`] decides what is stored).
+struct OverlayDraft {
+    base: OverlayBase,
+    /// Every group of the window, in order.
+    order: Vec<Pos>,
+    /// The groups new or changed, in order.
+    changed: Vec<GroupEntry>,
+    /// The base's groups that came changed.
+    replaced: Vec<u32>,
+    /// Whether a group of the base came twice.
+    twice: bool,
+}
+
+impl OverlayDraft {
+    fn new(base: OverlayBase) -> Self {
+        OverlayDraft {
+            order: Vec::with_capacity(base.groups.len()),
+            base,
+            changed: Vec::new(),
+            replaced: Vec::new(),
+            twice: false,
+        }
+    }
+
+    fn push(&mut self, e: GroupEntry) {
+        let base = &mut self.base;
+        let found = base.find(&e.g).filter(|&i| {
+            let b = &base.groups[i];
+            b.s == e.s && base.units[b.t as usize].0 == e.t
+        });
+        if let Some(i) = found {
+            // A window holds a group once; were it named twice, an overlay
+            // could not say both, and the window gets pages of its own.
+            self.twice |= base.seen[i];
+            if !base.seen[i] {
+                base.seen[i] = true;
+                let print = entry_print(e.rows, e.bytes, e.chunks.iter().copied());
+                if base.groups[i].print == print {
+                    self.order.push(Pos::Base(i as u32));
+                    return;
+                }
+                self.replaced.push(i as u32);
+            }
+        }
+        self.order.push(Pos::New(self.changed.len() as u32));
+        self.changed.push(e);
+    }
+}
+
+/// Where a read window's group entries go as they come.
+enum WindowSink {
+    /// Onto pages of the window's own.
+    Pages(GroupPager),
+    /// Into a draft of an overlay on the parent's window.
+    Overlay(Box<OverlayDraft>),
 }
 
 /// Checks the parent's tree pages of a window before they stand in a new
@@ -2102,14 +2282,12 @@ impl ReaderCtx {
         self.work.window = self.window;
         self.hint = Some(PackSet::default());
         let pages_before = acc.pages.len();
-        let mut pager = GroupPager::default();
-        let (n, checksum) = self.store_groups(window, table, class, &mut pager, &mut acc.pages)?;
-        if let Some(p) = pager.finish() {
-            acc.pages.push(self.store_page(Page::Groups {
-                table: table.to_string(),
-                groups: p,
-            })?);
-        }
+        let mut sink = match self.overlay_base(table, window, prior) {
+            Some(base) => WindowSink::Overlay(Box::new(OverlayDraft::new(base))),
+            None => WindowSink::Pages(GroupPager::default()),
+        };
+        let (n, checksum) = self.store_groups(window, table, class, &mut sink, &mut acc.pages)?;
+        let (overlays, base_packs) = self.finish_window(table, sink, &mut acc.pages)?;
         acc.groups += n;
         acc.checksum = acc.checksum.wrapping_add(checksum);
         acc.windows.push(WindowMark {
@@ -2124,11 +2302,312 @@ impl ReaderCtx {
             stretch: window.stretch.map(hex::encode),
             packs: None,
             lists: Vec::new(),
+            overlays,
         });
-        let hint = std::mem::take(&mut self.hint);
-        self.hints.push(hint.map(|k| self.index.pack_ids(&k)));
+        let hint = std::mem::take(&mut self.hint).map(|k| {
+            let mut ids = self.index.pack_ids(&k);
+            if !base_packs.is_empty() {
+                ids.extend(base_packs);
+                ids.sort_unstable();
+                ids.dedup();
+            }
+            ids
+        });
+        self.hints.push(hint);
         window.clear();
         Ok(())
+    }
+
+    /// The parent's window over the same rowids as `window`, its groups as
+    /// they stand, if the window can be stored as an overlay on it (FORMAT
+    /// 3.4, "Overlay pages"): a rowid table's window read from its leaves,
+    /// a parent window with the same rowid range, a list of its packs and
+    /// fewer than [`MAX_WINDOW_OVERLAYS`] overlays, whose pages are all
+    /// readable group pages of `table` naming only keys still in the vault
+    /// (not destroyed, not being destroyed), and whose overlays apply.
+    /// `None` otherwise: the window is stored on pages of its own.
+    fn overlay_base(
+        &mut self,
+        table: &str,
+        window: &Window,
+        prior: &PriorWindows,
+    ) -> Option<OverlayBase> {
+        window.stretch?;
+        let (mark, pages) = prior.list.iter().find(|(m, _)| {
+            m.stretch.is_some() && m.from == window.range.from && m.to == window.range.to
+        })?;
+        let packs = mark.packs.clone()?;
+        if mark.overlays.len() >= MAX_WINDOW_OVERLAYS {
+            return None;
+        }
+        let starts = mark.overlay_starts()?;
+        // A cache of its own, dropped once the pages are read: packs stay
+        // mapped while cached, and the window's groups are grouped next.
+        let mut cache = PackCache::new(self.target.clone(), 1);
+        let index = self.index.clone();
+        // As many as the parent's window had (the mark says, and is not
+        // trusted beyond a bound), and room for what its overlays name.
+        let overlaid: u64 = mark.overlays.iter().sum();
+        let mut groups: Vec<BaseGroup> = Vec::with_capacity(
+            (mark.groups.saturating_add(overlaid.saturating_mul(64))).min(1 << 22) as usize,
+        );
+        let mut units: Vec<(KeyId, Arc<str>)> = Vec::new();
+        let mut entry_starts = Vec::with_capacity(starts.len());
+        // Read together, a part at a time (nearby pages with one request),
+        // and walked in place: a page's groups are not copied out.
+        let mut read = None;
+        for (i, id) in pages.iter().enumerate() {
+            for _ in starts.iter().filter(|&&s| s == i) {
+                entry_starts.push(groups.len());
+            }
+            if i % BASE_PAGES_AT_ONCE == 0 {
+                let part = &pages[i..(i + BASE_PAGES_AT_ONCE).min(pages.len())];
+                read = match self
+                    .handle
+                    .block_on(tree::PagesRead::fetch(&mut cache, &index, part))
+                {
+                    Ok(Ok(read)) => Some(read),
+                    Ok(Err(_)) => return None,
+                    Err(e) => {
+                        tracing::warn!(table, error = %e, "tree pages of the parent snapshot are unreadable; the window is stored on pages of its own");
+                        return None;
+                    }
+                };
+            }
+            let read = read.as_ref().expect("fetched at the part's first page");
+            let scanned =
+                read.plain(&self.meta, i % BASE_PAGES_AT_ONCE)
+                    .and_then(|(object, plain)| {
+                        let mut unit = None;
+                        let head = tree::scan_groups(&plain, |head, g| {
+                            let t = *unit.get_or_insert_with(|| {
+                                match units
+                                    .iter()
+                                    .position(|(t, u)| *t == head.t && **u == *head.unit)
+                                {
+                                    Some(k) => k,
+                                    None => {
+                                        units.push((head.t, head.unit.into()));
+                                        units.len() - 1
+                                    }
+                                }
+                            });
+                            let chunks = g.chunks();
+                            groups.push(BaseGroup {
+                                g: g.g,
+                                s: g.s,
+                                t: t.min(usize::from(u16::MAX)) as u16,
+                                deletion: g.rows == 0 && chunks.len() == 0,
+                                chunks: chunks.len() as u32,
+                                print: entry_print(g.rows, g.bytes, chunks),
+                            });
+                        })
+                        .map_err(|why| crate::repo::RepoError::malformed(object, why))?;
+                        Ok(head.table == table)
+                    });
+            match scanned {
+                Ok(true) if units.len() <= usize::from(u16::MAX) => {}
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored on pages of its own");
+                    return None;
+                }
+            }
+        }
+        let mut superseded_chunks = 0u64;
+        let mut superseded_keys = Vec::new();
+        let applied = tree::apply_overlays_by(
+            &mut groups,
+            &entry_starts,
+            |g| ((g.g, g.s, units[g.t as usize].0), g.deletion),
+            |g| {
+                superseded_chunks += u64::from(g.chunks);
+                superseded_keys.extend(g.s);
+            },
+        );
+        if let Err(why) = applied {
+            tracing::warn!(table, error = %why, "the overlays of a read window of the parent do not apply; the window is stored on pages of its own");
+            return None;
+        }
+        let mut by_tag: Vec<u32> = (0..groups.len() as u32).collect();
+        by_tag.sort_unstable_by_key(|&i| groups[i as usize].g);
+        if by_tag
+            .windows(2)
+            .any(|w| groups[w[0] as usize].g == groups[w[1] as usize].g)
+        {
+            return None;
+        }
+        Some(OverlayBase {
+            pages: pages.clone(),
+            overlays: mark.overlays.clone(),
+            starts,
+            seen: vec![false; groups.len()],
+            groups,
+            units,
+            by_tag,
+            next: 0,
+            packs,
+            superseded_chunks,
+            superseded_keys,
+        })
+    }
+
+    /// Stores what the window's groups left in `sink`: the last page, or
+    /// the overlay on the parent's window (or, if that would be as large
+    /// as the window, pages of its own). Returns the window's overlays and
+    /// the packs the parent's window lists if the window keeps its pages.
+    fn finish_window(
+        &mut self,
+        table: &str,
+        sink: WindowSink,
+        pages: &mut Vec<Id>,
+    ) -> Result<(Vec<u64>, Vec<Id>), OpsError> {
+        let page = |groups| Page::Groups {
+            table: table.to_string(),
+            groups,
+        };
+        let draft = match sink {
+            WindowSink::Pages(mut pager) => {
+                if let Some(p) = pager.finish() {
+                    pages.push(self.store_page(page(p))?);
+                }
+                return Ok((Vec::new(), Vec::new()));
+            }
+            WindowSink::Overlay(draft) => *draft,
+        };
+        let OverlayDraft {
+            base,
+            order,
+            changed,
+            replaced,
+            twice,
+        } = draft;
+        // The base's groups the window no longer has: deletions.
+        let mut deleted_chunks = 0u64;
+        let deletions: Vec<GroupEntry> = base
+            .groups
+            .iter()
+            .zip(&base.seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(g, _)| {
+                deleted_chunks += u64::from(g.chunks);
+                let (t, u) = &base.units[g.t as usize];
+                GroupEntry {
+                    g: g.g,
+                    s: g.s,
+                    t: *t,
+                    u: u.clone(),
+                    rows: 0,
+                    bytes: 0,
+                    chunks: Vec::new(),
+                }
+            })
+            .collect();
+        let size = changed.len() + deletions.len();
+        let replaced_chunks: u64 = replaced
+            .iter()
+            .map(|&i| u64::from(base.groups[i as usize].chunks))
+            .sum();
+        // Deletions keep what they delete: the base's pages still name
+        // it, so `prune` cannot free it until the window gets pages of its
+        // own. Many of them (a month's rows deleted by retention, say)
+        // and it gets them now.
+        let few_deletions = deletions.len() * MAX_DELETED_SHARE <= base.groups.len();
+        if !twice && size <= base.groups.len() && few_deletions && self.keys_live(&base, &replaced)
+        {
+            // The parent's pages stay named, and what they name.
+            self.counters.chunks.fetch_add(
+                base.pages.len() as u64 + base.superseded_chunks + replaced_chunks + deleted_chunks,
+                Ordering::Relaxed,
+            );
+            pages.extend_from_slice(&base.pages);
+            let mut overlays = base.overlays;
+            if size == 0 {
+                return Ok((overlays, base.packs));
+            }
+            let before = pages.len();
+            let mut pager = GroupPager::whole();
+            for e in changed.into_iter().chain(deletions) {
+                for p in pager.push(e) {
+                    pages.push(self.store_page(page(p))?);
+                }
+            }
+            if let Some(p) = pager.finish() {
+                pages.push(self.store_page(page(p))?);
+            }
+            self.counters.overlays.fetch_add(1, Ordering::Relaxed);
+            overlays.push((pages.len() - before) as u64);
+            return Ok((overlays, base.packs));
+        }
+        // Pages of its own, the groups in the order they came: the base's
+        // unchanged ones read again from its pages.
+        let state = self.base_entries(table, &base)?;
+        let mut changed: Vec<Option<GroupEntry>> = changed.into_iter().map(Some).collect();
+        let mut pager = GroupPager::default();
+        for pos in order {
+            let e = match pos {
+                Pos::Base(i) => state[i as usize].clone(),
+                Pos::New(j) => changed[j as usize].take().expect("each new entry once"),
+            };
+            for p in pager.push(e) {
+                pages.push(self.store_page(page(p))?);
+            }
+        }
+        if let Some(p) = pager.finish() {
+            pages.push(self.store_page(page(p))?);
+        }
+        Ok((Vec::new(), Vec::new()))
+    }
+
+    /// Whether every key the parent window's pages name is still in the
+    /// vault (not destroyed, not being destroyed), as for a window reused
+    /// whole: its time keys, and the subject keys of every group but those
+    /// the window read has unchanged (the grouping just found those keys
+    /// in the vault, usable).
+    fn keys_live(&self, base: &OverlayBase, replaced: &[u32]) -> bool {
+        let vault = self.vault.blocking_lock();
+        if base.units.iter().any(|(t, _)| vault.key(t).is_none()) {
+            return false;
+        }
+        let unseen = base
+            .groups
+            .iter()
+            .zip(&base.seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(g, _)| g);
+        let replaced = replaced.iter().map(|&i| &base.groups[i as usize]);
+        let wanted: Vec<Option<&KeyId>> = unseen
+            .chain(replaced)
+            .filter_map(|g| g.s.as_ref())
+            .chain(&base.superseded_keys)
+            .map(Some)
+            .collect();
+        vault.keys_many(&wanted).iter().all(Option::is_some)
+    }
+
+    /// The parent window's groups as they stand, whole, in the order of
+    /// [`OverlayBase::groups`].
+    fn base_entries(
+        &mut self,
+        table: &str,
+        base: &OverlayBase,
+    ) -> Result<Vec<GroupEntry>, OpsError> {
+        let mut cache = PackCache::new(self.target.clone(), 1);
+        let (state, _) = self.handle.block_on(tree::load_window(
+            &mut cache,
+            &self.index,
+            &self.meta,
+            &base.pages,
+            &base.starts,
+        ))?;
+        if state.len() != base.groups.len() {
+            return Err(OpsError::Internal(format!(
+                "table {table}: a read window of the parent read {} groups, then {}",
+                base.groups.len(),
+                state.len()
+            )));
+        }
+        Ok(state)
     }
 
     /// The keyed hasher every stretch digest of `table` starts from: what
@@ -2223,7 +2702,7 @@ impl ReaderCtx {
         window: &mut Window,
         table: &str,
         class: &str,
-        pager: &mut GroupPager,
+        sink: &mut WindowSink,
         pages: &mut Vec<Id>,
     ) -> Result<(u64, u128), OpsError> {
         let window = &*window;
@@ -2301,7 +2780,7 @@ impl ReaderCtx {
                 .collect();
             drop(done_tx);
             let paged =
-                self.page_batches((batches, ahead), &ticket_tx, &done_rx, table, pager, pages);
+                self.page_batches((batches, ahead), &ticket_tx, &done_rx, table, sink, pages);
             // The threads end once no batch is left to hand out.
             drop(ticket_tx);
             let mut joined = Ok(());
@@ -2334,7 +2813,7 @@ impl ReaderCtx {
         tickets: &Sender<usize>,
         done: &Receiver<GroupBatch>,
         table: &str,
-        pager: &mut GroupPager,
+        sink: &mut WindowSink,
         pages: &mut Vec<Id>,
     ) -> Result<u128, OpsError> {
         let stopped = || OpsError::Internal("the grouping threads stopped".into());
@@ -2354,11 +2833,16 @@ impl ReaderCtx {
             while let Some(entries) = waiting.remove(&next) {
                 next += 1;
                 for entry in entries {
-                    for p in pager.push(entry) {
-                        pages.push(self.store_page(Page::Groups {
-                            table: table.to_string(),
-                            groups: p,
-                        })?);
+                    match sink {
+                        WindowSink::Pages(pager) => {
+                            for p in pager.push(entry) {
+                                pages.push(self.store_page(Page::Groups {
+                                    table: table.to_string(),
+                                    groups: p,
+                                })?);
+                            }
+                        }
+                        WindowSink::Overlay(draft) => draft.push(entry),
                     }
                 }
                 if handed < batches {
@@ -3405,6 +3889,7 @@ mod tests {
                 stretch: Some(String::new()),
                 packs: None,
                 lists: Vec::new(),
+                overlays: Vec::new(),
             };
             p.list.push((mark, Vec::new()));
         }
@@ -3430,6 +3915,7 @@ mod tests {
             stretch: None,
             packs: None,
             lists: Vec::new(),
+            overlays: Vec::new(),
         };
         let table = TableEntry {
             name: "t".into(),
@@ -3561,6 +4047,7 @@ mod tests {
             stretch: None,
             packs: None,
             lists: Vec::new(),
+            overlays: Vec::new(),
         };
         let range = |from, to| RowidRange { from, to };
         // [10, 20) against ranges touching, inside, around and apart.

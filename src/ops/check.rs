@@ -1344,10 +1344,12 @@ impl Walk<'_> {
             }
         }
         for t in s.record_tables() {
-            for (wi, (range, packs)) in window_batches(t).into_iter().enumerate() {
-                let pages = &t.pages[range];
+            // An overlay's pages are checked like any (FORMAT 3.4): the
+            // base entries it stands in for are still stored and named.
+            for (wi, w) in window_batches(t).into_iter().enumerate() {
+                let pages = &t.pages[w.range];
                 if let Some(pack) = self
-                    .window(&t.name, pages, packs, &mut found_here, &object)
+                    .window(&t.name, pages, w.packs, &mut found_here, &object)
                     .await
                 {
                     short += 1;

@@ -16,7 +16,7 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
 use crate::repo::pack::{open_chunk, open_chunks_into, Codec, ToOpen, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
-use crate::repo::tree::{GroupEntry, Page, PagesRead};
+use crate::repo::tree::{self, GroupEntry, Page, PagesRead};
 use crate::store::files::{FileKind, FilesRestorer};
 use crate::store::postgres::{
     redact_url, restore_conn, PgConn, PgError, PgOutput, PgRestoreTo, PgRestorer, SqlScript,
@@ -338,30 +338,28 @@ pub async fn read_group(
     Ok(out)
 }
 
-/// The table's pages cut into read windows (ranges of `pages`), each with
-/// the packs its mark lists, so that a window's rows reach the writer
-/// together and go in in rowid order. A snapshot without window marks, or
-/// with marks that do not add up to its pages, gives one page a batch, and
-/// no pack lists.
-pub(super) fn window_batches(t: &TableEntry) -> Vec<(std::ops::Range<usize>, Option<&[Id]>)> {
-    // Counts read from the snapshot may be anything: a sum that wraps
-    // must not pass for the number of pages (the ranges below would then
-    // reach past them).
-    let marked = t
-        .windows
-        .iter()
-        .try_fold(0u64, |n, w| n.checked_add(w.pages));
-    if t.windows.is_empty() || marked != Some(t.pages.len() as u64) {
-        return (0..t.pages.len()).map(|i| (i..i + 1, None)).collect();
-    }
-    let mut at = 0usize;
-    t.windows
-        .iter()
-        .filter(|w| w.pages > 0)
-        .map(|w| {
-            let r = at..at + w.pages as usize;
-            at = r.end;
-            (r, w.packs.as_deref())
+/// One read window of a table ([`window_batches`]).
+pub(super) struct WindowPages<'a> {
+    /// The window's pages: a range of the table's `pages`.
+    pub range: std::ops::Range<usize>,
+    /// The packs its mark lists.
+    pub packs: Option<&'a [Id]>,
+    /// Where each of its overlays starts among its pages (FORMAT 3.4).
+    pub overlays: Vec<usize>,
+}
+
+/// The table's pages cut into read windows ([`TableEntry::page_windows`]),
+/// each with the packs its mark lists, so that a window's rows reach the
+/// writer together and go in in rowid order. A snapshot without window
+/// marks, or with marks that do not add up to its pages, gives one page a
+/// batch, and no pack lists.
+pub(super) fn window_batches(t: &TableEntry) -> Vec<WindowPages<'_>> {
+    t.page_windows()
+        .into_iter()
+        .map(|w| WindowPages {
+            packs: w.mark.and_then(|i| t.windows[i].packs.as_deref()),
+            range: w.range,
+            overlays: w.overlays,
         })
         .collect()
 }
@@ -601,7 +599,7 @@ impl Locator {
         cache: &mut PackCache,
         vault: &Vault,
         (snapshot, table): (&str, &str),
-        pages: &[Id],
+        (pages, overlays): (&[Id], &[usize]),
         packs: Option<&[Id]>,
         filter: &GroupFilter,
     ) -> Result<OpenWindow, OpsError> {
@@ -611,7 +609,7 @@ impl Locator {
             groups.retain(|(_, g)| filter.keeps(g));
             groups
         };
-        let read = match window_groups(cache, &index, &meta, table, pages).await? {
+        let read = match window_groups(cache, &index, &meta, table, (pages, overlays)).await? {
             Ok(groups) => {
                 let groups = kept(groups);
                 match Located::of(&index, &groups) {
@@ -632,7 +630,7 @@ impl Locator {
         let groups = match read {
             Ok(groups) => groups,
             Err(_) => kept(
-                window_groups(cache, &index, &meta, table, pages)
+                window_groups(cache, &index, &meta, table, (pages, overlays))
                     .await?
                     .map_err(|page| {
                         OpsError::Integrity(format!(
@@ -734,14 +732,19 @@ async fn window_groups(
     index: &Index,
     meta: &MetaKey,
     table: &str,
-    pages: &[Id],
+    (pages, overlays): (&[Id], &[usize]),
 ) -> Result<Result<Vec<(Id, GroupEntry)>, Id>, OpsError> {
     let read = match PagesRead::fetch(cache, index, pages).await? {
         Ok(read) => read,
         Err(page) => return Ok(Err(page)),
     };
     let mut groups = Vec::new();
+    // Where each overlay's entries start.
+    let mut starts = Vec::with_capacity(overlays.len());
     for (i, pid) in pages.iter().enumerate() {
+        for _ in overlays.iter().filter(|&&s| s == i) {
+            starts.push(groups.len());
+        }
         let Page::Groups {
             groups: gs,
             table: pt,
@@ -766,6 +769,8 @@ async fn window_groups(
         }
         groups.extend(gs.into_iter().map(|g| (*pid, g)));
     }
+    tree::apply_overlays(&mut groups, &starts, |(_, g)| g, |_| ())
+        .map_err(|why| OpsError::Invalid(format!("a read window of table {table}: {why}")))?;
     Ok(Ok(groups))
 }
 
@@ -839,12 +844,12 @@ async fn restore_sqlite(
             },
             ..Default::default()
         };
-        for (batch, packs) in window_batches(t) {
+        for w in window_batches(t) {
             // The window's index and groups, with the tree page naming each.
-            let pages = &t.pages[batch];
+            let pages = (&t.pages[w.range.clone()], &w.overlays[..]);
             let at = (snap.id.as_str(), t.name.as_str());
             let opened = locator
-                .open(&mut cache, &vault, at, pages, packs, &filter)
+                .open(&mut cache, &vault, at, pages, w.packs, &filter)
                 .await;
             let window = match opened {
                 Ok(w) => w,
@@ -1374,11 +1379,11 @@ async fn restore_postgres(
             },
             ..Default::default()
         };
-        for (batch, packs) in window_batches(t) {
-            let pages = &t.pages[batch];
+        for w in window_batches(t) {
+            let pages = (&t.pages[w.range.clone()], &w.overlays[..]);
             let at = (snap.id.as_str(), t.name.as_str());
             let (index, groups, _) = locator
-                .open(&mut cache, &vault, at, pages, packs, &filter)
+                .open(&mut cache, &vault, at, pages, w.packs, &filter)
                 .await?;
             if let GroupFilter::Subject(_) = filter {
                 tr.rows_expected = groups
@@ -1500,7 +1505,7 @@ mod tests {
         let ranges = |t: &TableEntry| -> Vec<(usize, usize)> {
             window_batches(t)
                 .into_iter()
-                .map(|(r, _)| (r.start, r.end))
+                .map(|w| (w.range.start, w.range.end))
                 .collect()
         };
         assert_eq!(ranges(&table(3, &[2, 0, 1])), [(0, 2), (2, 3)]);

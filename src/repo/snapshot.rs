@@ -132,6 +132,37 @@ pub struct WindowMark {
     /// and for a window of no pages.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lists: Vec<PageList>,
+    /// The window's **overlays** (FORMAT 3.4, "Overlay pages"), oldest
+    /// first: how many pages each holds, of the window's last pages. The
+    /// pages before them are the base. An entry of an overlay stands
+    /// instead of the entry of the same group on the pages before it, and
+    /// one of no rows and no chunks says the group's rows are gone. Empty
+    /// (and absent) when the window's pages hold its groups as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overlays: Vec<u64>,
+}
+
+/// The most overlays a reader accepts on one read window (a writer keeps
+/// far fewer, see `backup`).
+pub const MAX_OVERLAYS: usize = 256;
+
+impl WindowMark {
+    /// Where each overlay of the window starts, as a position among its
+    /// pages, oldest first (none when it has none); `None` if they do not
+    /// fit in its pages.
+    pub fn overlay_starts(&self) -> Option<Vec<usize>> {
+        let mut at = self.pages;
+        let mut starts = Vec::with_capacity(self.overlays.len());
+        for &n in self.overlays.iter().rev() {
+            if n == 0 {
+                return None;
+            }
+            at = at.checked_sub(n)?;
+            starts.push(at as usize);
+        }
+        starts.reverse();
+        Some(starts)
+    }
 }
 
 /// A list page's place: its tree id and where its sealed bytes lie, so a
@@ -147,6 +178,57 @@ pub struct PageList {
 
 /// The largest sealed list page a reader accepts (2^21 page ids).
 pub const MAX_LIST_BYTES: u32 = 64 << 20;
+
+/// One read window's pages ([`TableEntry::page_windows`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageWindow {
+    /// Its pages: a range of the table's `pages`.
+    pub range: std::ops::Range<usize>,
+    /// Where each of its overlays starts among them, oldest first.
+    pub overlays: Vec<usize>,
+    /// Its mark in the table's `windows`, if the marks count the pages.
+    pub mark: Option<usize>,
+}
+
+impl TableEntry {
+    /// The table's pages by read window, windows of no pages left out. A
+    /// table whose window marks do not count its pages (or that has none)
+    /// gives one page a window, no overlays: [`Snapshot::load`] refuses
+    /// such a table if it has overlays.
+    pub fn page_windows(&self) -> Vec<PageWindow> {
+        // Counts read from the snapshot may be anything: a sum that wraps
+        // must not pass for the number of pages (the ranges below would
+        // then reach past them).
+        let marked = self
+            .windows
+            .iter()
+            .try_fold(0u64, |n, w| n.checked_add(w.pages));
+        if self.windows.is_empty() || marked != Some(self.pages.len() as u64) {
+            return (0..self.pages.len())
+                .map(|i| PageWindow {
+                    range: i..i + 1,
+                    overlays: Vec::new(),
+                    mark: None,
+                })
+                .collect();
+        }
+        let mut at = 0usize;
+        self.windows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.pages > 0)
+            .map(|(i, w)| {
+                let range = at..at + w.pages as usize;
+                at = range.end;
+                PageWindow {
+                    range,
+                    overlays: w.overlay_starts().unwrap_or_default(),
+                    mark: Some(i),
+                }
+            })
+            .collect()
+    }
+}
 
 impl TableEntry {
     /// The page ids the snapshot object itself lists: those of the windows
@@ -303,7 +385,51 @@ impl Snapshot {
     pub async fn load(target: &Target, meta: &MetaKey, id: &str) -> Result<Snapshot, RepoError> {
         let mut s: Snapshot = load_as(target, meta, id).await?;
         s.read_page_lists(target, meta).await?;
+        s.check_overlays(&format!("{}:{}", target.name, snapshot_path(id)))?;
         Ok(s)
+    }
+
+    /// Refuses overlays (FORMAT 3.4) a reader could misplace: one of more
+    /// pages than its window, or in a table whose windows' page counts do
+    /// not add up to its pages (the windows could not be told apart).
+    fn check_overlays(&self, object: &str) -> Result<(), RepoError> {
+        for t in self.record_tables() {
+            if t.windows.iter().all(|w| w.overlays.is_empty()) {
+                continue;
+            }
+            if let Some((wi, w)) = t
+                .windows
+                .iter()
+                .enumerate()
+                .find(|(_, w)| w.overlays.len() > MAX_OVERLAYS || w.overlay_starts().is_none())
+            {
+                return Err(RepoError::malformed(
+                    object,
+                    format!(
+                        "table `{}`: read window {wi} has {} overlays of {:?} pages and {} pages in all",
+                        t.name,
+                        w.overlays.len(),
+                        &w.overlays[..w.overlays.len().min(8)],
+                        w.pages
+                    ),
+                ));
+            }
+            let n = t
+                .windows
+                .iter()
+                .try_fold(0u64, |n, w| n.checked_add(w.pages));
+            if n != Some(t.pages.len() as u64) {
+                return Err(RepoError::malformed(
+                    object,
+                    format!(
+                        "table `{}`: its read windows have overlays and do not count its {} pages",
+                        t.name,
+                        t.pages.len()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The page lists the snapshot's windows name (FORMAT 3.4): blobs it
@@ -465,7 +591,12 @@ impl Snapshot {
         let (read, mut bad) = read_all::<Snapshot>(target, meta).await?;
         let mut good = Vec::with_capacity(read.len());
         for mut s in read {
-            match s.read_page_lists(target, meta).await {
+            let object = format!("{}:{}", target.name, snapshot_path(&s.id));
+            match s
+                .read_page_lists(target, meta)
+                .await
+                .and_then(|()| s.check_overlays(&object))
+            {
                 Ok(()) => good.push(s),
                 Err(e) => bad.push((s.id, e)),
             }
@@ -743,6 +874,86 @@ mod tests {
         let id = "0123456789abcdef";
         let sealed = meta.seal("snapshot", id, &compress_meta(json.as_bytes()));
         open_as::<Snapshot>("t:snapshots/x", id, meta, &sealed)
+    }
+
+    fn mark(pages: u64, overlays: &[u64]) -> WindowMark {
+        WindowMark {
+            digest: String::new(),
+            rows: 1,
+            bytes: 1,
+            groups: 1,
+            checksum: String::new(),
+            pages,
+            from: None,
+            to: None,
+            stretch: None,
+            packs: None,
+            lists: Vec::new(),
+            overlays: overlays.to_vec(),
+        }
+    }
+
+    #[test]
+    fn overlays_that_do_not_fit_their_window_or_table_are_refused() {
+        assert_eq!(mark(5, &[]).overlay_starts(), Some(vec![]));
+        assert_eq!(mark(5, &[2, 1]).overlay_starts(), Some(vec![2, 4]));
+        assert_eq!(mark(3, &[3]).overlay_starts(), Some(vec![0]));
+        assert_eq!(mark(3, &[2, 2]).overlay_starts(), None);
+        assert_eq!(mark(3, &[0]).overlay_starts(), None);
+        assert_eq!(mark(3, &[u64::MAX]).overlay_starts(), None);
+        let snap = |windows: Vec<WindowMark>, pages: usize| {
+            let meta = MetaKey::new(&Key32::from_bytes([7; 32]));
+            let mut s = open(&meta, &files_snapshot("files", "")).unwrap();
+            s.files = None;
+            s.store.kind = "sqlite".into();
+            s.sqlite = Some(SqliteSnapshot {
+                schema: crate::store::sqlite::SqliteSchema {
+                    version: 1,
+                    entries: Vec::new(),
+                    tables: Vec::new(),
+                    user_version: 0,
+                    application_id: 0,
+                    page_size: 4096,
+                    auto_vacuum: 0,
+                    encoding: "UTF-8".into(),
+                    wal: false,
+                },
+                tables: vec![TableEntry {
+                    name: "t".into(),
+                    class: "c".into(),
+                    rows: 1,
+                    bytes: 1,
+                    checksum: String::new(),
+                    groups: 1,
+                    pages: (0..pages).map(|i| Id([i as u8; 32])).collect(),
+                    windows,
+                }],
+            });
+            s
+        };
+        assert!(snap(vec![mark(2, &[1]), mark(3, &[2, 1])], 5)
+            .check_overlays("x")
+            .is_ok());
+        let e = snap(vec![mark(2, &[1]), mark(3, &[2, 2])], 5)
+            .check_overlays("x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("read window 1 has 2 overlays"), "{e}");
+        // Marks that do not count the pages: the windows, and so the
+        // overlays, cannot be told apart.
+        let e = snap(vec![mark(2, &[1]), mark(3, &[])], 6)
+            .check_overlays("x")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("do not count its 6 pages"), "{e}");
+        let many = vec![1u64; MAX_OVERLAYS + 1];
+        assert!(
+            snap(vec![mark(MAX_OVERLAYS as u64 + 1, &many)], MAX_OVERLAYS + 1)
+                .check_overlays("x")
+                .is_err()
+        );
+        // Windows without overlays are not this check's business.
+        assert!(snap(vec![mark(2, &[])], 7).check_overlays("x").is_ok());
     }
 
     #[test]

@@ -56,6 +56,109 @@ pub struct GroupEntry {
     pub chunks: Vec<Id>,
 }
 
+/// What names one group on a page (FORMAT 3.4, "Overlay pages"): its
+/// tag, subject key id and time key id. An overlay entry with the same
+/// key as a base entry stands instead of it.
+pub type GroupKey = ([u8; 8], Option<KeyId>, KeyId);
+
+impl GroupEntry {
+    pub fn key(&self) -> GroupKey {
+        (self.g, self.s, self.t)
+    }
+
+    /// An overlay's deletion: the group's rows are gone from the window
+    /// (rows 0, no chunks; a group stored with rows has at least one).
+    pub fn is_deletion(&self) -> bool {
+        self.rows == 0 && self.chunks.is_empty()
+    }
+}
+
+/// A read window's groups as they stand, from its pages' entries in page
+/// order (FORMAT 3.4, "Overlay pages"): `starts` are the positions, in
+/// increasing order, of the first entry of each overlay, oldest first
+/// (none: the entries stand as they are). An entry stands unless a later
+/// overlay names its group; a deletion (no rows, no chunks) never stands.
+/// The entries left keep their order. `superseded` sees every entry that
+/// does not stand. Refuses an overlay that names a group twice, and a
+/// deletion outside an overlay.
+pub fn apply_overlays<T>(
+    entries: &mut Vec<T>,
+    starts: &[usize],
+    entry: impl Fn(&T) -> &GroupEntry,
+    superseded: impl FnMut(&T),
+) -> Result<(), String> {
+    apply_overlays_by(
+        entries,
+        starts,
+        |e| {
+            let g = entry(e);
+            (g.key(), g.is_deletion())
+        },
+        superseded,
+    )
+}
+
+/// [`apply_overlays`] on entries of any shape: `key` gives an entry's
+/// group key and whether it is a deletion.
+pub fn apply_overlays_by<T>(
+    entries: &mut Vec<T>,
+    starts: &[usize],
+    key: impl Fn(&T) -> (GroupKey, bool),
+    mut superseded: impl FnMut(&T),
+) -> Result<(), String> {
+    if starts.windows(2).any(|w| w[0] > w[1]) || starts.last().is_some_and(|&s| s > entries.len()) {
+        return Err("the overlays are out of order".into());
+    }
+    let base = starts.first().copied().unwrap_or(entries.len());
+    if let Some(e) = entries[..base].iter().find(|e| key(e).1) {
+        return Err(format!(
+            "group {} has no rows outside an overlay",
+            hex::encode(key(e).0 .0)
+        ));
+    }
+    if base == entries.len() {
+        return Ok(());
+    }
+    // Level 0 is the base, level k the k-th overlay: from the newest back,
+    // an entry stands if no later level named its group.
+    let mut bounds = Vec::with_capacity(starts.len() + 2);
+    bounds.push(0);
+    bounds.extend_from_slice(starts);
+    bounds.push(entries.len());
+    let mut stands = vec![true; entries.len()];
+    let mut named: std::collections::HashSet<GroupKey> =
+        std::collections::HashSet::with_capacity(entries.len() - base);
+    let mut level: std::collections::HashSet<GroupKey> = std::collections::HashSet::new();
+    for k in (0..bounds.len() - 1).rev() {
+        level.clear();
+        for (i, stand) in stands
+            .iter_mut()
+            .enumerate()
+            .take(bounds[k + 1])
+            .skip(bounds[k])
+        {
+            let (g, deletion) = key(&entries[i]);
+            if k > 0 && !level.insert(g) {
+                return Err(format!("an overlay names group {} twice", hex::encode(g.0)));
+            }
+            if deletion || named.contains(&g) {
+                *stand = false;
+            }
+        }
+        named.extend(level.drain());
+    }
+    let mut at = 0usize;
+    entries.retain(|e| {
+        let keep = stands[at];
+        at += 1;
+        if !keep {
+            superseded(e);
+        }
+        keep
+    });
+    Ok(())
+}
+
 /// One file (or directory or link) of a file-mode snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -498,6 +601,13 @@ impl PagesRead {
 
     /// Page `i` of the ids fetched, opened and checked against its id.
     pub fn page(&self, meta: &MetaKey, i: usize) -> Result<Page, RepoError> {
+        let (object, plain) = self.plain(meta, i)?;
+        Page::decode_opened(&object, &plain)
+    }
+
+    /// As [`page`](Self::page), the plaintext not decoded (see
+    /// [`scan_groups`]), with the name of the page for messages.
+    pub fn plain(&self, meta: &MetaKey, i: usize) -> Result<(String, Vec<u8>), RepoError> {
         let (id, loc, run) = &self.at[i];
         let (bytes, base, pack) = &self.runs[*run];
         let object = format!("{pack} (tree page {id})");
@@ -505,8 +615,43 @@ impl PagesRead {
         let sealed = bytes
             .get(from..from + loc.len as usize)
             .ok_or_else(|| RepoError::malformed(&object, "shorter than indexed"))?;
-        Page::open(&object, id, meta, sealed)
+        let plain = Page::open_plain(&object, id, meta, sealed)?;
+        Ok((object, plain))
     }
+}
+
+/// A read window's groups as they stand, and the entries of its pages
+/// that do not ([`apply_overlays`]), its `pages` read one by one through
+/// `index`; `overlays` are where its overlays start among them. Pages of
+/// files are passed over.
+pub async fn load_window(
+    cache: &mut PackCache,
+    index: &Index,
+    meta: &MetaKey,
+    pages: &[Id],
+    overlays: &[usize],
+) -> Result<(Vec<GroupEntry>, Vec<GroupEntry>), RepoError> {
+    let mut groups = Vec::new();
+    let mut starts = Vec::with_capacity(overlays.len());
+    for (i, pid) in pages.iter().enumerate() {
+        for _ in overlays.iter().filter(|&&s| s == i) {
+            starts.push(groups.len());
+        }
+        if let Page::Groups { groups: g, .. } = Page::load(cache, index, meta, pid).await? {
+            groups.extend(g);
+        }
+    }
+    let mut gone = Vec::new();
+    apply_overlays(&mut groups, &starts, |g| g, |g| gone.push(g.clone())).map_err(|why| {
+        RepoError::malformed(
+            format!(
+                "the read window of tree pages {}",
+                pages.first().map(Id::to_hex).unwrap_or_default()
+            ),
+            why,
+        )
+    })?;
+    Ok((groups, gone))
 }
 
 /// A read window's page ids as one blob, a **list page** (FORMAT 3.4):
@@ -620,16 +765,29 @@ pub async fn store_pages(
 #[derive(Default)]
 pub struct GroupPager {
     cur: Vec<GroupEntry>,
+    /// Cut only where the unit changes or a page is full (an overlay's
+    /// pages: written once, never found again by content).
+    whole: bool,
 }
 
 impl GroupPager {
+    /// A pager for an overlay (FORMAT 3.4): its pages are new in every
+    /// snapshot that writes one, so they are as large as a page may be,
+    /// fewer pages to seal, index and list.
+    pub fn whole() -> Self {
+        GroupPager {
+            cur: Vec::new(),
+            whole: true,
+        }
+    }
+
     /// Adds an entry; returns the pages completed by it (zero, one or two).
     pub fn push(&mut self, e: GroupEntry) -> Vec<Vec<GroupEntry>> {
         let mut done = Vec::new();
         if self.cur.last().is_some_and(|l| l.u != e.u) {
             done.push(std::mem::take(&mut self.cur));
         }
-        let b = u16::from_le_bytes([e.g[0], e.g[1]]).is_multiple_of(page_avg(&e.u));
+        let b = !self.whole && u16::from_le_bytes([e.g[0], e.g[1]]).is_multiple_of(page_avg(&e.u));
         self.cur.push(e);
         if b || self.cur.len() >= GROUP_PAGE_MAX {
             done.push(std::mem::take(&mut self.cur));
@@ -992,5 +1150,94 @@ mod tests {
         let mut other = b.clone();
         other[1] = 2;
         assert!(scan_groups(&other, |_, _| {}).is_err());
+    }
+
+    fn gone(e: &GroupEntry) -> GroupEntry {
+        GroupEntry {
+            rows: 0,
+            bytes: 0,
+            chunks: Vec::new(),
+            ..e.clone()
+        }
+    }
+
+    fn changed(e: &GroupEntry) -> GroupEntry {
+        GroupEntry {
+            rows: e.rows + 1,
+            chunks: vec![Id([0xee; 32])],
+            ..e.clone()
+        }
+    }
+
+    fn tags(v: &[GroupEntry]) -> Vec<(u8, u64)> {
+        v.iter().map(|g| (g.g[0], g.rows)).collect()
+    }
+
+    #[test]
+    fn overlays_stand_for_the_groups_they_name_newest_first() {
+        let base: Vec<GroupEntry> = (1..=5).map(|i| entry(i, i % 2 == 0)).collect();
+        // Overlay 1 changes group 2 and deletes group 3; overlay 2 changes
+        // group 2 again, brings group 3 back and adds group 9.
+        let o1 = vec![changed(&base[1]), gone(&base[2])];
+        let o2 = vec![changed(&changed(&base[1])), base[2].clone(), entry(9, true)];
+        let mut all: Vec<GroupEntry> = base.iter().chain(&o1).chain(&o2).cloned().collect();
+        let mut superseded = Vec::new();
+        apply_overlays(
+            &mut all,
+            &[5, 7],
+            |g| g,
+            |g| superseded.push((g.g[0], g.rows)),
+        )
+        .unwrap();
+        assert_eq!(
+            tags(&all),
+            [(1, 4), (4, 7), (5, 8), (2, 7), (3, 6), (9, 12)]
+        );
+        assert_eq!(
+            all[..3],
+            [base[0].clone(), base[3].clone(), base[4].clone()]
+        );
+        assert_eq!(all[3..], [o2[0].clone(), base[2].clone(), entry(9, true)]);
+        assert_eq!(superseded, [(2, 5), (3, 6), (2, 6), (3, 0)]);
+
+        // Only the first overlay: group 3 is gone, group 2 changed once.
+        let mut one: Vec<GroupEntry> = base.iter().chain(&o1).cloned().collect();
+        apply_overlays(&mut one, &[5], |g| g, |_| ()).unwrap();
+        assert_eq!(tags(&one), [(1, 4), (4, 7), (5, 8), (2, 6)]);
+
+        // No overlay: the entries stand as they are.
+        let mut none = base.clone();
+        apply_overlays(&mut none, &[], |g| g, |_| ()).unwrap();
+        assert_eq!(none, base);
+        // An overlay of the whole window (no base) is its groups.
+        let mut whole = base.clone();
+        apply_overlays(&mut whole, &[0], |g| g, |_| ()).unwrap();
+        assert_eq!(whole, base);
+    }
+
+    #[test]
+    fn overlays_that_name_a_group_twice_or_delete_in_the_base_are_refused() {
+        let base: Vec<GroupEntry> = (1..=3).map(|i| entry(i, true)).collect();
+        let mut twice: Vec<GroupEntry> = base
+            .iter()
+            .cloned()
+            .chain([changed(&base[0]), gone(&base[0])])
+            .collect();
+        let e = apply_overlays(&mut twice, &[3], |g| g, |_| ()).unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        // The same group in two overlays is what overlays are for.
+        let mut two: Vec<GroupEntry> = base
+            .iter()
+            .cloned()
+            .chain([changed(&base[0]), gone(&base[0])])
+            .collect();
+        apply_overlays(&mut two, &[3, 4], |g| g, |_| ()).unwrap();
+        assert_eq!(tags(&two), [(2, 5), (3, 6)]);
+        let mut deleted_base = vec![gone(&base[0]), base[1].clone()];
+        let e = apply_overlays(&mut deleted_base, &[], |g| g, |_| ()).unwrap_err();
+        assert!(e.contains("no rows"), "{e}");
+        let mut unordered = base.clone();
+        assert!(apply_overlays(&mut unordered, &[2, 1], |g| g, |_| ()).is_err());
+        assert!(apply_overlays(&mut unordered, &[4], |g| g, |_| ()).is_err());
     }
 }

@@ -31,7 +31,7 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::{index_path, key_of, Index, IndexFile};
 use crate::repo::pack::pack_path;
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::Page;
+use crate::repo::tree::{self, Page};
 use crate::vault::{AbsenceReport, DestroyReport, KeyId, Vault, VaultError};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -456,13 +456,23 @@ async fn scan_target(
             c.snapshots_scanned += 1;
         }
         for table in snap.record_tables() {
-            for pid in &table.pages {
-                let page = Page::load(&mut cache, &index, &meta, pid)
-                    .await
-                    .map_err(crate::ops::OpsError::from)?;
-                let Page::Groups { groups, .. } = page else {
-                    continue;
-                };
+            // Window by window: a group an overlay superseded (FORMAT 3.4)
+            // is counted once, and its chunks are still the unit's.
+            for w in table.page_windows() {
+                let (groups, gone) = tree::load_window(
+                    &mut cache,
+                    &index,
+                    &meta,
+                    &table.pages[w.range],
+                    &w.overlays,
+                )
+                .await
+                .map_err(crate::ops::OpsError::from)?;
+                for g in &gone {
+                    if let Some(us) = scan.units_of(&g.t, g.s.as_ref()) {
+                        scan.add_chunks(&g.chunks, us);
+                    }
+                }
                 for g in &groups {
                     let Some(us) = scan.units_of(&g.t, g.s.as_ref()) else {
                         continue;
