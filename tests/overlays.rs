@@ -264,3 +264,54 @@ async fn no_overlay_keeps_naming_a_key_destroyed_since() {
     assert_same_db(&db, &out);
     check_ok(&policy).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_whose_end_moved_is_overlaid_on_the_one_that_started_there() {
+    let (tmp, db, policy) = util::calls_setup(build, policy);
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    // The first calls grow by about 12 KB: the first window (32 KiB of
+    // rows) ends earlier, the next ones start elsewhere.
+    exec(
+        &db,
+        "UPDATE calls SET note = note || printf('%.60c', 'g') WHERE id <= 200;",
+    );
+    let second = backup_small(&policy).await;
+    let ranges = |s: &Snapshot| -> Vec<(Option<i64>, Option<i64>, usize)> {
+        let t = s
+            .record_tables()
+            .iter()
+            .find(|t| t.name == "calls")
+            .unwrap();
+        t.windows
+            .iter()
+            .map(|w| (w.from, w.to, w.overlays.len()))
+            .collect()
+    };
+    let repo = custos::ops::OpenRepo::open(&policy, None).await.unwrap();
+    let before = ranges(
+        &Snapshot::load(&repo.target, &repo.meta, &first.snapshot)
+            .await
+            .unwrap(),
+    );
+    let after = ranges(
+        &Snapshot::load(&repo.target, &repo.meta, &second.snapshot)
+            .await
+            .unwrap(),
+    );
+    let moved: Vec<_> = after
+        .iter()
+        .filter(|(from, to, _)| !before.iter().any(|(f, t, _)| f == from && t == to))
+        .collect();
+    assert!(!moved.is_empty(), "no window moved: {before:?} {after:?}");
+    assert!(
+        moved
+            .iter()
+            .any(|&&(from, _, n)| n > 0 && before.iter().any(|(f, ..)| *f == from)),
+        "a moved window starting where a parent's did was overlaid: {before:?} {after:?}"
+    );
+    let out = tmp.path().join("moved.db");
+    try_restore(&policy, &second.snapshot, &out).await.unwrap();
+    assert_same_db(&db, &out);
+    check_ok(&policy).await;
+}

@@ -2333,9 +2333,16 @@ impl ReaderCtx {
         prior: &PriorWindows,
     ) -> Option<OverlayBase> {
         window.stretch?;
-        let (mark, pages) = prior.list.iter().find(|(m, _)| {
-            m.stretch.is_some() && m.from == window.range.from && m.to == window.range.to
-        })?;
+        // The parent's window over the same rowids; else the one that
+        // starts, or ends, where this one does (a window's end moves when
+        // the rows before it grew or shrank past an anchor). Any window
+        // would do (the overlay says what differs); these differ least.
+        let (from, to) = (window.range.from, window.range.to);
+        let read = || prior.list.iter().filter(|(m, _)| m.stretch.is_some());
+        let (mark, pages) = read()
+            .find(|(m, _)| m.from == from && m.to == to)
+            .or_else(|| read().find(|(m, _)| m.from == from))
+            .or_else(|| read().find(|(m, _)| m.to == to))?;
         let packs = mark.packs.clone()?;
         if mark.overlays.len() >= MAX_WINDOW_OVERLAYS {
             return None;
