@@ -29,6 +29,14 @@ fn policy(d: &Path, db: &Path) -> Policy {
     Policy::load(&write_local_policy(d, "calls", db, util::CALLS_TABLES)).unwrap()
 }
 
+/// The calls database, its policy, a repository and a first backup.
+async fn started() -> (tempfile::TempDir, std::path::PathBuf, Policy, BackupReport) {
+    let (tmp, db, policy) = util::calls_setup(build, policy);
+    custos::ops::init::init(&policy).await.unwrap();
+    let first = backup_small(&policy).await;
+    (tmp, db, policy, first)
+}
+
 fn exec(db: &Path, sql: &str) {
     Connection::open(db).unwrap().execute_batch(sql).unwrap();
 }
@@ -127,10 +135,8 @@ fn change(db: &Path, r: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spread_changes_are_stored_as_overlays_and_every_snapshot_restores_exactly() {
-    let (tmp, db, policy) = util::calls_setup(build, policy);
-    custos::ops::init::init(&policy).await.unwrap();
+    let (tmp, db, policy, first) = started().await;
     let mut taken: Vec<(BackupReport, std::path::PathBuf)> = Vec::new();
-    let first = backup_small(&policy).await;
     assert_eq!(first.windows_overlaid, 0, "a first backup has no parent");
     let copy = tmp.path().join("v0.db");
     fs::copy(&db, &copy).unwrap();
@@ -169,9 +175,7 @@ async fn spread_changes_are_stored_as_overlays_and_every_snapshot_restores_exact
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_deleted_and_put_back_restores_as_it_was_each_time() {
-    let (tmp, db, policy) = util::calls_setup(build, policy);
-    custos::ops::init::init(&policy).await.unwrap();
-    backup_small(&policy).await;
+    let (tmp, db, policy, _) = started().await;
     let kept = tmp.path().join("kept.db");
     fs::copy(&db, &kept).unwrap();
     exec(
@@ -222,9 +226,7 @@ async fn a_group_deleted_and_put_back_restores_as_it_was_each_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_overlay_keeps_naming_a_key_destroyed_since() {
-    let (tmp, db, policy) = util::calls_setup(build, policy);
-    custos::ops::init::init(&policy).await.unwrap();
-    backup_small(&policy).await;
+    let (tmp, db, policy, _) = started().await;
     // Customer C007 leaves: its rows go, and an overlay says so on pages
     // that still name its key.
     exec(
@@ -267,9 +269,7 @@ async fn no_overlay_keeps_naming_a_key_destroyed_since() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_whose_end_moved_is_overlaid_on_the_one_that_started_there() {
-    let (tmp, db, policy) = util::calls_setup(build, policy);
-    custos::ops::init::init(&policy).await.unwrap();
-    let first = backup_small(&policy).await;
+    let (tmp, db, policy, first) = started().await;
     // The first calls grow by about 12 KB: the first window (32 KiB of
     // rows) ends earlier, the next ones start elsewhere.
     exec(

@@ -2339,10 +2339,16 @@ impl ReaderCtx {
         // would do (the overlay says what differs); these differ least.
         let (from, to) = (window.range.from, window.range.to);
         let read = || prior.list.iter().filter(|(m, _)| m.stretch.is_some());
+        // Not one of about twice its rows (a window that split): its
+        // deletions would be too many for an overlay, found only after
+        // the window is grouped.
+        let rows = window.rows.len() as u64;
+        let near =
+            |m: &WindowMark| m.rows <= rows + rows / 4 + 64 && rows <= m.rows + m.rows / 4 + 64;
         let (mark, pages) = read()
             .find(|(m, _)| m.from == from && m.to == to)
-            .or_else(|| read().find(|(m, _)| m.from == from))
-            .or_else(|| read().find(|(m, _)| m.to == to))?;
+            .or_else(|| read().find(|(m, _)| m.from == from && near(m)))
+            .or_else(|| read().find(|(m, _)| m.to == to && near(m)))?;
         let packs = mark.packs.clone()?;
         if mark.overlays.len() >= MAX_WINDOW_OVERLAYS {
             return None;
@@ -2489,13 +2495,16 @@ impl ReaderCtx {
             replaced,
             twice,
         } = draft;
-        // The base's groups the window no longer has: deletions.
+        // The base's groups the window no longer has: deletions, made
+        // only if an overlay may be stored (they hold each group's keys).
+        let unseen = base.seen.iter().filter(|seen| !**seen).count();
+        let few_deletions = unseen * MAX_DELETED_SHARE <= base.groups.len();
         let mut deleted_chunks = 0u64;
         let deletions: Vec<GroupEntry> = base
             .groups
             .iter()
             .zip(&base.seen)
-            .filter(|(_, seen)| !**seen)
+            .filter(|(_, seen)| !**seen && few_deletions)
             .map(|(g, _)| {
                 deleted_chunks += u64::from(g.chunks);
                 let (t, u) = &base.units[g.t as usize];
@@ -2510,7 +2519,7 @@ impl ReaderCtx {
                 }
             })
             .collect();
-        let size = changed.len() + deletions.len();
+        let size = changed.len() + unseen;
         let replaced_chunks: u64 = replaced
             .iter()
             .map(|&i| u64::from(base.groups[i as usize].chunks))
@@ -2519,7 +2528,6 @@ impl ReaderCtx {
         // it, so `prune` cannot free it until the window gets pages of its
         // own. Many of them (a month's rows deleted by retention, say)
         // and it gets them now.
-        let few_deletions = deletions.len() * MAX_DELETED_SHARE <= base.groups.len();
         if !twice && size <= base.groups.len() && few_deletions && self.keys_live(&base, &replaced)
         {
             // The parent's pages stay named, and what they name.
@@ -3938,17 +3946,7 @@ mod tests {
                 .map(|(i, &n)| window(i, n))
                 .collect(),
         };
-        let schema = crate::store::sqlite::SqliteSchema {
-            version: 1,
-            entries: Vec::new(),
-            tables: Vec::new(),
-            user_version: 0,
-            application_id: 0,
-            page_size: 4096,
-            auto_vacuum: 0,
-            encoding: "UTF-8".into(),
-            wal: false,
-        };
+        let schema = crate::store::sqlite::SqliteSchema::empty();
         Snapshot {
             version: 1,
             id: "p".into(),

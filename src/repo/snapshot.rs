@@ -907,17 +907,7 @@ mod tests {
             s.files = None;
             s.store.kind = "sqlite".into();
             s.sqlite = Some(SqliteSnapshot {
-                schema: crate::store::sqlite::SqliteSchema {
-                    version: 1,
-                    entries: Vec::new(),
-                    tables: Vec::new(),
-                    user_version: 0,
-                    application_id: 0,
-                    page_size: 4096,
-                    auto_vacuum: 0,
-                    encoding: "UTF-8".into(),
-                    wal: false,
-                },
+                schema: crate::store::sqlite::SqliteSchema::empty(),
                 tables: vec![TableEntry {
                     name: "t".into(),
                     class: "c".into(),

@@ -176,6 +176,24 @@ pub struct SqliteSchema {
     pub wal: bool,
 }
 
+#[cfg(test)]
+impl SqliteSchema {
+    /// A schema of no objects, for tests that need a snapshot's shape.
+    pub(crate) fn empty() -> Self {
+        SqliteSchema {
+            version: 1,
+            entries: Vec::new(),
+            tables: Vec::new(),
+            user_version: 0,
+            application_id: 0,
+            page_size: 4096,
+            auto_vacuum: 0,
+            encoding: "UTF-8".into(),
+            wal: false,
+        }
+    }
+}
+
 /// One row of `sqlite_schema`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SchemaEntry {
