@@ -3932,20 +3932,14 @@ mod tests {
             lists: Vec::new(),
             overlays: Vec::new(),
         };
-        let table = TableEntry {
-            name: "t".into(),
-            class: "c".into(),
-            rows: 1,
-            bytes: 1,
-            checksum: String::new(),
-            groups: 1,
-            pages: (0..pages).map(|i| Id([i as u8; 32])).collect(),
-            windows: counts
+        let table = TableEntry::of_pages(
+            pages,
+            counts
                 .iter()
                 .enumerate()
                 .map(|(i, &n)| window(i, n))
                 .collect(),
-        };
+        );
         let schema = crate::store::sqlite::SqliteSchema::empty();
         Snapshot {
             version: 1,

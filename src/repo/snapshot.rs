@@ -179,6 +179,24 @@ pub struct PageList {
 /// The largest sealed list page a reader accepts (2^21 page ids).
 pub const MAX_LIST_BYTES: u32 = 64 << 20;
 
+#[cfg(test)]
+impl TableEntry {
+    /// A table `t` of `pages` made-up page ids and these windows, for
+    /// tests of how pages are cut into windows.
+    pub(crate) fn of_pages(pages: usize, windows: Vec<WindowMark>) -> Self {
+        TableEntry {
+            name: "t".into(),
+            class: "c".into(),
+            rows: 1,
+            bytes: 1,
+            checksum: String::new(),
+            groups: 1,
+            pages: (0..pages).map(|i| Id([i as u8; 32])).collect(),
+            windows,
+        }
+    }
+}
+
 /// One read window's pages ([`TableEntry::page_windows`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageWindow {
@@ -908,16 +926,7 @@ mod tests {
             s.store.kind = "sqlite".into();
             s.sqlite = Some(SqliteSnapshot {
                 schema: crate::store::sqlite::SqliteSchema::empty(),
-                tables: vec![TableEntry {
-                    name: "t".into(),
-                    class: "c".into(),
-                    rows: 1,
-                    bytes: 1,
-                    checksum: String::new(),
-                    groups: 1,
-                    pages: (0..pages).map(|i| Id([i as u8; 32])).collect(),
-                    windows,
-                }],
+                tables: vec![TableEntry::of_pages(pages, windows)],
             });
             s
         };
