@@ -609,7 +609,9 @@ impl Locator {
             groups.retain(|(_, g)| filter.keeps(g));
             groups
         };
-        let read = match window_groups(cache, &index, &meta, table, (pages, overlays)).await? {
+        let read = match window_groups(cache, &index, &meta, (snapshot, table), (pages, overlays))
+            .await?
+        {
             Ok(groups) => {
                 let groups = kept(groups);
                 match Located::of(&index, &groups) {
@@ -630,7 +632,7 @@ impl Locator {
         let groups = match read {
             Ok(groups) => groups,
             Err(_) => kept(
-                window_groups(cache, &index, &meta, table, (pages, overlays))
+                window_groups(cache, &index, &meta, (snapshot, table), (pages, overlays))
                     .await?
                     .map_err(|page| {
                         OpsError::Integrity(format!(
@@ -731,7 +733,7 @@ async fn window_groups(
     cache: &mut PackCache,
     index: &Index,
     meta: &MetaKey,
-    table: &str,
+    (snapshot, table): (&str, &str),
     (pages, overlays): (&[Id], &[usize]),
 ) -> Result<Result<Vec<(Id, GroupEntry)>, Id>, OpsError> {
     let read = match PagesRead::fetch(cache, index, pages).await? {
@@ -770,7 +772,11 @@ async fn window_groups(
         groups.extend(gs.into_iter().map(|g| (*pid, g)));
     }
     tree::apply_overlays(&mut groups, &starts, |(_, g)| g, |_| ())
-        .map_err(|why| OpsError::Invalid(format!("a read window of table {table}: {why}")))?;
+        .map_err(|why| {
+        OpsError::Invalid(format!(
+            "snapshot {snapshot}, table {table}: a read window's overlays do not apply: {why} (damaged or hostile snapshot)"
+        ))
+    })?;
     Ok(Ok(groups))
 }
 
