@@ -2129,6 +2129,139 @@ impl GroupCtx<'_> {
     }
 }
 
+/// Reads the parent's window a window read again is overlaid on, on a
+/// thread of its own while the window is grouped: neither needs the other,
+/// and both were the reading thread's.
+struct BaseReader {
+    handle: tokio::runtime::Handle,
+    target: Arc<Target>,
+    /// The index of the window being stored (see [`ReaderCtx::index`]).
+    index: Arc<Index>,
+    meta: Arc<MetaKey>,
+}
+
+impl BaseReader {
+    /// The parent's window `mark` (its `pages`) as it stands, if the
+    /// window being stored can be an overlay on it: its pages are all
+    /// readable group pages of `table`, and its overlays apply. `None`
+    /// otherwise: the window is stored on pages of its own. (Whether the
+    /// keys its pages name are still in the vault is asked once the
+    /// window's groups are known, by [`ReaderCtx::keys_live`].)
+    fn read(&self, table: &str, mark: &WindowMark, pages: &[Id]) -> Option<OverlayBase> {
+        let packs = mark.packs.clone()?;
+        let starts = mark.overlay_starts()?;
+        // A cache of its own, dropped once the pages are read: packs stay
+        // mapped while cached.
+        let mut cache = PackCache::new(self.target.clone(), 1);
+        let index = self.index.clone();
+        // As many as the parent's window had (the mark says, and is not
+        // trusted beyond a bound), and room for what its overlays name.
+        let overlaid: u64 = mark.overlays.iter().sum();
+        let mut groups: Vec<BaseGroup> = Vec::with_capacity(
+            (mark.groups.saturating_add(overlaid.saturating_mul(64))).min(1 << 22) as usize,
+        );
+        let mut units: Vec<(KeyId, Arc<str>)> = Vec::new();
+        let mut entry_starts = Vec::with_capacity(starts.len());
+        // Read together, a part at a time (nearby pages with one request),
+        // and walked in place: a page's groups are not copied out.
+        let mut read = None;
+        for (i, id) in pages.iter().enumerate() {
+            for _ in starts.iter().filter(|&&s| s == i) {
+                entry_starts.push(groups.len());
+            }
+            if i % BASE_PAGES_AT_ONCE == 0 {
+                let part = &pages[i..(i + BASE_PAGES_AT_ONCE).min(pages.len())];
+                read = match self
+                    .handle
+                    .block_on(tree::PagesRead::fetch(&mut cache, &index, part))
+                {
+                    Ok(Ok(read)) => Some(read),
+                    Ok(Err(_)) => return None,
+                    Err(e) => {
+                        tracing::warn!(table, error = %e, "tree pages of the parent snapshot are unreadable; the window is stored on pages of its own");
+                        return None;
+                    }
+                };
+            }
+            let read = read.as_ref().expect("fetched at the part's first page");
+            let scanned =
+                read.plain(&self.meta, i % BASE_PAGES_AT_ONCE)
+                    .and_then(|(object, plain)| {
+                        let mut unit = None;
+                        let head = tree::scan_groups(&plain, |head, g| {
+                            let t = *unit.get_or_insert_with(|| {
+                                match units
+                                    .iter()
+                                    .position(|(t, u)| *t == head.t && **u == *head.unit)
+                                {
+                                    Some(k) => k,
+                                    None => {
+                                        units.push((head.t, head.unit.into()));
+                                        units.len() - 1
+                                    }
+                                }
+                            });
+                            let chunks = g.chunks();
+                            groups.push(BaseGroup {
+                                g: g.g,
+                                s: g.s,
+                                t: t.min(usize::from(u16::MAX)) as u16,
+                                deletion: g.rows == 0 && chunks.len() == 0,
+                                chunks: chunks.len() as u32,
+                                print: entry_print(g.rows, g.bytes, chunks),
+                            });
+                        })
+                        .map_err(|why| crate::repo::RepoError::malformed(object, why))?;
+                        Ok(head.table == table)
+                    });
+            match scanned {
+                Ok(true) if units.len() <= usize::from(u16::MAX) => {}
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored on pages of its own");
+                    return None;
+                }
+            }
+        }
+        let mut superseded_chunks = 0u64;
+        let mut superseded_keys = Vec::new();
+        let applied = tree::apply_overlays_by(
+            &mut groups,
+            &entry_starts,
+            |g| ((g.g, g.s, units[g.t as usize].0), g.deletion),
+            |g| {
+                superseded_chunks += u64::from(g.chunks);
+                superseded_keys.extend(g.s);
+            },
+        );
+        if let Err(why) = applied {
+            tracing::warn!(table, error = %why, "the overlays of a read window of the parent do not apply; the window is stored on pages of its own");
+            return None;
+        }
+        let mut by_tag: Vec<u32> = (0..groups.len() as u32).collect();
+        by_tag.sort_unstable_by_key(|&i| groups[i as usize].g);
+        if by_tag
+            .windows(2)
+            .any(|w| groups[w[0] as usize].g == groups[w[1] as usize].g)
+        {
+            return None;
+        }
+        Some(OverlayBase {
+            pages: pages.to_vec(),
+            overlays: mark.overlays.clone(),
+            starts,
+            seen: vec![false; groups.len()],
+            groups,
+            units,
+            by_tag,
+            next: 0,
+            packs,
+            superseded_chunks,
+            superseded_keys,
+        })
+    }
+}
+
 impl ReaderCtx {
     fn run(mut self) -> Result<ReadContent, OpsError> {
         let r = match self.policy.store.kind {
@@ -2276,13 +2409,33 @@ impl ReaderCtx {
             }
         }
         self.window_index(&window.range, prior)?;
-        window.group();
+        let base = match self.overlay_base(window, prior) {
+            None => {
+                window.group();
+                None
+            }
+            Some((mark, pages)) => {
+                let reader = self.base_reader();
+                std::thread::scope(|s| {
+                    let read = std::thread::Builder::new()
+                        .name("custos-base".into())
+                        .spawn_scoped(s, || reader.read(table, mark, pages));
+                    window.group();
+                    match read {
+                        Ok(read) => read
+                            .join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                        Err(_) => reader.read(table, mark, pages),
+                    }
+                })
+            }
+        };
         // Chunks and pages sent from here on belong to this window.
         self.window = self.hints.len() as u32;
         self.work.window = self.window;
         self.hint = Some(PackSet::default());
         let pages_before = acc.pages.len();
-        let mut sink = match self.overlay_base(table, window, prior) {
+        let mut sink = match base {
             Some(base) => WindowSink::Overlay(Box::new(OverlayDraft::new(base))),
             None => WindowSink::Pages(GroupPager::default()),
         };
@@ -2318,20 +2471,17 @@ impl ReaderCtx {
         Ok(())
     }
 
-    /// The parent's window over the same rowids as `window`, its groups as
-    /// they stand, if the window can be stored as an overlay on it (FORMAT
-    /// 3.4, "Overlay pages"): a rowid table's window read from its leaves,
-    /// a parent window with the same rowid range, a list of its packs and
-    /// fewer than [`MAX_WINDOW_OVERLAYS`] overlays, whose pages are all
-    /// readable group pages of `table` naming only keys still in the vault
-    /// (not destroyed, not being destroyed), and whose overlays apply.
-    /// `None` otherwise: the window is stored on pages of its own.
-    fn overlay_base(
-        &mut self,
-        table: &str,
+    /// The parent's window that `window` may be stored as an overlay on
+    /// (FORMAT 3.4, "Overlay pages"), if any: for a rowid table's window
+    /// read from its leaves, a parent window over the same rowids (else one
+    /// of about as many rows that starts or ends where it does) with a list
+    /// of its packs and fewer than [`MAX_WINDOW_OVERLAYS`] overlays.
+    /// [`BaseReader::read`] reads it.
+    fn overlay_base<'p>(
+        &self,
         window: &Window,
-        prior: &PriorWindows,
-    ) -> Option<OverlayBase> {
+        prior: &'p PriorWindows,
+    ) -> Option<(&'p WindowMark, &'p Vec<Id>)> {
         window.stretch?;
         // The parent's window over the same rowids; else the one that
         // starts, or ends, where this one does (a window's end moves when
@@ -2349,122 +2499,18 @@ impl ReaderCtx {
             .find(|(m, _)| m.from == from && m.to == to)
             .or_else(|| read().find(|(m, _)| m.from == from && near(m)))
             .or_else(|| read().find(|(m, _)| m.to == to && near(m)))?;
-        let packs = mark.packs.clone()?;
-        if mark.overlays.len() >= MAX_WINDOW_OVERLAYS {
-            return None;
-        }
-        let starts = mark.overlay_starts()?;
-        // A cache of its own, dropped once the pages are read: packs stay
-        // mapped while cached, and the window's groups are grouped next.
-        let mut cache = PackCache::new(self.target.clone(), 1);
-        let index = self.index.clone();
-        // As many as the parent's window had (the mark says, and is not
-        // trusted beyond a bound), and room for what its overlays name.
-        let overlaid: u64 = mark.overlays.iter().sum();
-        let mut groups: Vec<BaseGroup> = Vec::with_capacity(
-            (mark.groups.saturating_add(overlaid.saturating_mul(64))).min(1 << 22) as usize,
-        );
-        let mut units: Vec<(KeyId, Arc<str>)> = Vec::new();
-        let mut entry_starts = Vec::with_capacity(starts.len());
-        // Read together, a part at a time (nearby pages with one request),
-        // and walked in place: a page's groups are not copied out.
-        let mut read = None;
-        for (i, id) in pages.iter().enumerate() {
-            for _ in starts.iter().filter(|&&s| s == i) {
-                entry_starts.push(groups.len());
-            }
-            if i % BASE_PAGES_AT_ONCE == 0 {
-                let part = &pages[i..(i + BASE_PAGES_AT_ONCE).min(pages.len())];
-                read = match self
-                    .handle
-                    .block_on(tree::PagesRead::fetch(&mut cache, &index, part))
-                {
-                    Ok(Ok(read)) => Some(read),
-                    Ok(Err(_)) => return None,
-                    Err(e) => {
-                        tracing::warn!(table, error = %e, "tree pages of the parent snapshot are unreadable; the window is stored on pages of its own");
-                        return None;
-                    }
-                };
-            }
-            let read = read.as_ref().expect("fetched at the part's first page");
-            let scanned =
-                read.plain(&self.meta, i % BASE_PAGES_AT_ONCE)
-                    .and_then(|(object, plain)| {
-                        let mut unit = None;
-                        let head = tree::scan_groups(&plain, |head, g| {
-                            let t = *unit.get_or_insert_with(|| {
-                                match units
-                                    .iter()
-                                    .position(|(t, u)| *t == head.t && **u == *head.unit)
-                                {
-                                    Some(k) => k,
-                                    None => {
-                                        units.push((head.t, head.unit.into()));
-                                        units.len() - 1
-                                    }
-                                }
-                            });
-                            let chunks = g.chunks();
-                            groups.push(BaseGroup {
-                                g: g.g,
-                                s: g.s,
-                                t: t.min(usize::from(u16::MAX)) as u16,
-                                deletion: g.rows == 0 && chunks.len() == 0,
-                                chunks: chunks.len() as u32,
-                                print: entry_print(g.rows, g.bytes, chunks),
-                            });
-                        })
-                        .map_err(|why| crate::repo::RepoError::malformed(object, why))?;
-                        Ok(head.table == table)
-                    });
-            match scanned {
-                Ok(true) if units.len() <= usize::from(u16::MAX) => {}
-                Ok(_) => return None,
-                Err(e) => {
-                    tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored on pages of its own");
-                    return None;
-                }
-            }
-        }
-        let mut superseded_chunks = 0u64;
-        let mut superseded_keys = Vec::new();
-        let applied = tree::apply_overlays_by(
-            &mut groups,
-            &entry_starts,
-            |g| ((g.g, g.s, units[g.t as usize].0), g.deletion),
-            |g| {
-                superseded_chunks += u64::from(g.chunks);
-                superseded_keys.extend(g.s);
-            },
-        );
-        if let Err(why) = applied {
-            tracing::warn!(table, error = %why, "the overlays of a read window of the parent do not apply; the window is stored on pages of its own");
-            return None;
-        }
-        let mut by_tag: Vec<u32> = (0..groups.len() as u32).collect();
-        by_tag.sort_unstable_by_key(|&i| groups[i as usize].g);
-        if by_tag
-            .windows(2)
-            .any(|w| groups[w[0] as usize].g == groups[w[1] as usize].g)
-        {
-            return None;
-        }
-        Some(OverlayBase {
-            pages: pages.clone(),
-            overlays: mark.overlays.clone(),
-            starts,
-            seen: vec![false; groups.len()],
-            groups,
-            units,
-            by_tag,
-            next: 0,
-            packs,
-            superseded_chunks,
-            superseded_keys,
-        })
+        (mark.packs.is_some() && mark.overlays.len() < MAX_WINDOW_OVERLAYS).then_some((mark, pages))
     }
 
+    /// What [`BaseReader::read`] needs, taken from the reading thread.
+    fn base_reader(&self) -> BaseReader {
+        BaseReader {
+            handle: self.handle.clone(),
+            target: self.target.clone(),
+            index: self.index.clone(),
+            meta: self.meta.clone(),
+        }
+    }
     /// Stores what the window's groups left in `sink`: the last page, or
     /// the overlay on the parent's window (or, if that would be as large
     /// as the window, pages of its own). Returns the window's overlays and
