@@ -41,23 +41,30 @@ fn exec(db: &Path, sql: &str) {
     Connection::open(db).unwrap().execute_batch(sql).unwrap();
 }
 
-async fn check_ok(policy: &Policy) {
+async fn check_ok(policy: &Policy) -> custos::ops::check::CheckReport {
     let c = custos::ops::check::check(policy, None, true, Arc::new(NoProgress))
         .await
         .unwrap();
     assert!(c.ok, "check --read-data found problems: {:#?}", c.findings);
+    c
 }
 
 /// How many entries of the snapshot's pages, standing or not, name the
 /// subject key `key`.
 async fn entries_naming(policy: &Policy, id: &str, key: custos::vault::KeyId) -> usize {
+    naming(policy, id, key).await.1
+}
+
+/// How many groups of the snapshot, as they stand, name the subject key
+/// `key`; and how many entries of its pages, standing or not, do.
+async fn naming(policy: &Policy, id: &str, key: custos::vault::KeyId) -> (usize, usize) {
     let repo = custos::ops::OpenRepo::open(policy, None).await.unwrap();
     let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
         .await
         .unwrap();
     let mut cache = custos::repo::cache::PackCache::new(Arc::new(repo.target.clone()), 4);
     let snapshot = Snapshot::load(&repo.target, &repo.meta, id).await.unwrap();
-    let mut named = 0;
+    let (mut standing_named, mut named) = (0, 0);
     for t in snapshot.record_tables() {
         for w in t.page_windows() {
             let (standing, superseded) = custos::repo::tree::load_window(
@@ -69,14 +76,12 @@ async fn entries_naming(policy: &Policy, id: &str, key: custos::vault::KeyId) ->
             )
             .await
             .unwrap();
-            named += standing
-                .iter()
-                .chain(&superseded)
-                .filter(|g| g.s == Some(key))
-                .count();
+            let of_key = |g: &&custos::repo::tree::GroupEntry| g.s == Some(key);
+            standing_named += standing.iter().filter(of_key).count();
+            named += standing.iter().chain(&superseded).filter(of_key).count();
         }
     }
-    named
+    (standing_named, named)
 }
 
 async fn chains_of(policy: &Policy, id: &str) -> (Vec<usize>, usize) {
@@ -226,7 +231,7 @@ async fn a_group_deleted_and_put_back_restores_as_it_was_each_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_overlay_keeps_naming_a_key_destroyed_since() {
-    let (tmp, db, policy, _) = started().await;
+    let (tmp, db, policy, first) = started().await;
     // Customer C007 leaves: its rows go, and an overlay says so on pages
     // that still name its key.
     exec(
@@ -264,7 +269,16 @@ async fn no_overlay_keeps_naming_a_key_destroyed_since() {
     let r = try_restore(&policy, &after.snapshot, &out).await.unwrap();
     assert_eq!(r.rows_shredded, 0);
     assert_same_db(&db, &out);
-    check_ok(&policy).await;
+    // The check counts the groups shredded as they stand: the first
+    // snapshot's groups of the customer; not the second's, which its
+    // overlay deleted (their entries are on the base and the overlay).
+    let mut standing = 0;
+    for s in [&first.snapshot, &gone.snapshot, &after.snapshot] {
+        standing += naming(&policy, s, key).await.0;
+    }
+    assert_eq!(naming(&policy, &gone.snapshot, key).await.0, 0);
+    assert!(standing > 0);
+    assert_eq!(check_ok(&policy).await.groups_shredded, standing as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,7 @@ use crate::repo::index::{
 };
 use crate::repo::pack::{check_header, open_chunks_into, Codec, ToOpen};
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::Page;
+use crate::repo::tree::{self, Page};
 use crate::vault::KeyId;
 use bytes::Bytes;
 use serde::Serialize;
@@ -679,9 +679,14 @@ impl EntryPages {
 /// these alone (pages are named by their content, and neither the vault
 /// nor the index changes during a check), so a window named again finds
 /// what it found.
-fn window_key(table: u32, pages: &[Id], packs: Option<&[Id]>) -> [u8; 32] {
+fn window_key(table: u32, pages: &[Id], packs: Option<&[Id]>, overlays: &[usize]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(&table.to_le_bytes());
+    // Where its overlays start decides which groups stand.
+    h.update(&(overlays.len() as u64).to_le_bytes());
+    for &o in overlays {
+        h.update(&(o as u64).to_le_bytes());
+    }
     h.update(&(pages.len() as u64).to_le_bytes());
     for p in pages {
         h.update(&p.0);
@@ -1187,13 +1192,14 @@ impl Walk<'_> {
         table: &str,
         pages: &[Id],
         packs: Option<&[Id]>,
+        overlays: &[usize],
         found_here: &mut PageTally,
         object: &str,
     ) -> Option<Id> {
         let table_no = self.table_number(table);
         // A window of one page (as every page of a snapshot that records
         // no windows is) has its page's memo already.
-        let key = (pages.len() > 1).then(|| window_key(table_no, pages, packs));
+        let key = (pages.len() > 1).then(|| window_key(table_no, pages, packs, overlays));
         if let Some((tally, missing)) = key.and_then(|k| self.windows_seen.get(&k)) {
             found_here.add(tally);
             return *missing;
@@ -1203,6 +1209,14 @@ impl Walk<'_> {
         let missing = self
             .walk_window(table, table_no, pages, packs, &mut here, object)
             .await;
+        // Every entry walked counts; the groups shredded count as they
+        // stand (FORMAT 3.4): a group named on the base and on an overlay,
+        // or deleted by one, is not two groups, nor one.
+        if !overlays.is_empty() && here.shredded > 0 {
+            if let Some(n) = self.standing_shredded(table, pages, packs, overlays).await {
+                here.shredded = n;
+            }
+        }
         found_here.add(&here);
         // A window whose walk reported an error is walked again where it is
         // named again, so each snapshot's report names the error.
@@ -1210,6 +1224,41 @@ impl Walk<'_> {
             self.windows_seen.insert(key, (here, missing));
         }
         missing
+    }
+
+    /// How many groups of a read window with overlays, as they stand,
+    /// have keys destroyed. `None` if its pages cannot be read again (the
+    /// walk has reported why); the entries walked are counted then.
+    async fn standing_shredded(
+        &mut self,
+        table: &str,
+        pages: &[Id],
+        packs: Option<&[Id]>,
+        overlays: &[usize],
+    ) -> Option<u64> {
+        let listed = match packs.filter(|p| p.len() <= MAX_WINDOW_PACKS) {
+            Some(list) => self.objects.index_of(list).await.ok(),
+            None => None,
+        };
+        let index = match &listed {
+            Some(packs) => packs.index.clone(),
+            None => self.whole().await,
+        };
+        let read = tree::load_window(&mut self.cache, &index, self.meta, pages, overlays).await;
+        let (standing, _) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(table, error = %e, "a read window with overlays could not be read again; its groups shredded are counted by entry");
+                return None;
+            }
+        };
+        let parents = parent_keys_many(self.vault, standing.iter());
+        Some(
+            parents
+                .iter()
+                .filter(|p| matches!(p, Err(GroupKeyProblem::Shredded)))
+                .count() as u64,
+        )
     }
 
     /// [`Walk::window`], page by page.
@@ -1349,7 +1398,14 @@ impl Walk<'_> {
             for (wi, w) in window_batches(t).into_iter().enumerate() {
                 let pages = &t.pages[w.range];
                 if let Some(pack) = self
-                    .window(&t.name, pages, w.packs, &mut found_here, &object)
+                    .window(
+                        &t.name,
+                        pages,
+                        w.packs,
+                        &w.overlays,
+                        &mut found_here,
+                        &object,
+                    )
                     .await
                 {
                     short += 1;
