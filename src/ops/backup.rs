@@ -1391,6 +1391,9 @@ struct BaseGroup {
     chunks: u32,
     /// [`entry_print`] of the entry.
     print: [u8; 16],
+    /// Where its entry is among the entries of the window's pages, in
+    /// page order (see [`OverlayBase::page_ends`]).
+    at: u32,
 }
 
 /// What an entry holds besides its keys and unit, in 16 bytes: equal
@@ -1428,11 +1431,12 @@ fn entry_print(rows: u64, bytes: u64, mut chunks: impl ExactSizeIterator<Item = 
 struct OverlayBase {
     /// The parent window's pages, which an overlay keeps.
     pages: Vec<Id>,
-    /// Its overlays' page counts, and where they start among its pages.
+    /// Its overlays' page counts.
     overlays: Vec<u64>,
-    starts: Vec<usize>,
     /// Its groups as they stand, in page order.
     groups: Vec<BaseGroup>,
+    /// How many entries its pages hold, up to the end of each page.
+    page_ends: Vec<u32>,
     /// The time keys and units its groups name.
     units: Vec<(KeyId, Arc<str>)>,
     /// `groups`' positions in the order of their tags (no two share one):
@@ -1468,6 +1472,83 @@ impl OverlayBase {
         };
         self.next = at + 1;
         Some(at)
+    }
+}
+
+/// The entries of an [`OverlayBase`]'s groups, read again from its pages
+/// for a window stored on pages of its own after all. They are asked for
+/// in the window's order, which follows the base's pages and each
+/// overlay's (each in the window's order): a few decoded pages are kept,
+/// one for each level, not the window's entries whole (about 150 bytes
+/// a group, 38 MB for a window of call records at 4 GiB).
+struct BaseEntries<'b> {
+    reader: BaseReader,
+    base: &'b OverlayBase,
+    cache: PackCache,
+    /// Decoded pages (their position in `base.pages`), the latest used
+    /// last.
+    pages: Vec<(usize, Vec<GroupEntry>)>,
+}
+
+/// Decoded pages [`BaseEntries`] keeps: the base's and each overlay's.
+const BASE_ENTRY_PAGES: usize = MAX_WINDOW_OVERLAYS + 2;
+
+impl<'b> BaseEntries<'b> {
+    fn new(reader: BaseReader, base: &'b OverlayBase) -> Self {
+        BaseEntries {
+            cache: PackCache::new(reader.target.clone(), 1),
+            reader,
+            base,
+            pages: Vec::with_capacity(BASE_ENTRY_PAGES),
+        }
+    }
+
+    /// The entry of `base.groups[i]`.
+    fn entry(&mut self, table: &str, i: usize) -> Result<GroupEntry, OpsError> {
+        let at = self.base.groups[i].at;
+        let ends = &self.base.page_ends;
+        let p = ends.partition_point(|&end| end <= at);
+        let first = p.checked_sub(1).map_or(0, |q| ends[q]);
+        let k = match self.pages.iter().position(|(q, _)| *q == p) {
+            Some(k) => k,
+            None => {
+                let id = self.base.pages.get(p).ok_or_else(|| {
+                    OpsError::Internal(format!(
+                        "table {table}: a group of the parent's window is on no page"
+                    ))
+                })?;
+                let page = self.reader.handle.block_on(Page::load(
+                    &mut self.cache,
+                    &self.reader.index,
+                    &self.reader.meta,
+                    id,
+                ))?;
+                let Page::Groups { groups, .. } = page else {
+                    return Err(OpsError::Internal(format!(
+                        "table {table}: a page of the parent's window holds no groups"
+                    )));
+                };
+                if groups.len() != (ends[p] - first) as usize {
+                    return Err(OpsError::Internal(format!(
+                        "table {table}: a page of the parent's window read {} groups, then {}",
+                        ends[p] - first,
+                        groups.len()
+                    )));
+                }
+                if self.pages.len() == BASE_ENTRY_PAGES {
+                    self.pages.remove(0);
+                }
+                self.pages.push((p, groups));
+                self.pages.len() - 1
+            }
+        };
+        // The latest used last, so the first is the one to drop.
+        if k + 1 != self.pages.len() {
+            let used = self.pages.remove(k);
+            self.pages.push(used);
+        }
+        let (_, entries) = self.pages.last().expect("the page just used");
+        Ok(entries[(at - first) as usize].clone())
     }
 }
 
@@ -2162,6 +2243,7 @@ impl BaseReader {
         );
         let mut units: Vec<(KeyId, Arc<str>)> = Vec::new();
         let mut entry_starts = Vec::with_capacity(starts.len());
+        let mut page_ends = Vec::with_capacity(pages.len());
         // Read together, a part at a time (nearby pages with one request),
         // and walked in place: a page's groups are not copied out.
         let mut read = None;
@@ -2209,13 +2291,16 @@ impl BaseReader {
                                 deletion: g.rows == 0 && chunks.len() == 0,
                                 chunks: chunks.len() as u32,
                                 print: entry_print(g.rows, g.bytes, chunks),
+                                at: groups.len() as u32,
                             });
                         })
                         .map_err(|why| crate::repo::RepoError::malformed(object, why))?;
                         Ok(head.table == table)
                     });
             match scanned {
-                Ok(true) if units.len() <= usize::from(u16::MAX) => {}
+                Ok(true) if units.len() <= usize::from(u16::MAX) => {
+                    page_ends.push(u32::try_from(groups.len()).ok()?);
+                }
                 Ok(_) => return None,
                 Err(e) => {
                     tracing::warn!(page = %id, error = %e, "a tree page of the parent snapshot is unreadable; the window is stored on pages of its own");
@@ -2249,9 +2334,9 @@ impl BaseReader {
         Some(OverlayBase {
             pages: pages.to_vec(),
             overlays: mark.overlays.clone(),
-            starts,
             seen: vec![false; groups.len()],
             groups,
+            page_ends,
             units,
             by_tag,
             next: 0,
@@ -2601,13 +2686,14 @@ impl ReaderCtx {
             return Ok((overlays, base.packs));
         }
         // Pages of its own, the groups in the order they came: the base's
-        // unchanged ones read again from its pages.
-        let state = self.base_entries(table, &base)?;
+        // unchanged ones read again from its pages, a few pages at a time.
+        drop(deletions);
+        let mut entries = BaseEntries::new(self.base_reader(), &base);
         let mut changed: Vec<Option<GroupEntry>> = changed.into_iter().map(Some).collect();
         let mut pager = GroupPager::default();
         for pos in order {
             let e = match pos {
-                Pos::Base(i) => state[i as usize].clone(),
+                Pos::Base(i) => entries.entry(table, i as usize)?,
                 Pos::New(j) => changed[j as usize].take().expect("each new entry once"),
             };
             for p in pager.push(e) {
@@ -2644,31 +2730,6 @@ impl ReaderCtx {
             .map(Some)
             .collect();
         vault.keys_many(&wanted).iter().all(Option::is_some)
-    }
-
-    /// The parent window's groups as they stand, whole, in the order of
-    /// [`OverlayBase::groups`].
-    fn base_entries(
-        &mut self,
-        table: &str,
-        base: &OverlayBase,
-    ) -> Result<Vec<GroupEntry>, OpsError> {
-        let mut cache = PackCache::new(self.target.clone(), 1);
-        let (state, _) = self.handle.block_on(tree::load_window(
-            &mut cache,
-            &self.index,
-            &self.meta,
-            &base.pages,
-            &base.starts,
-        ))?;
-        if state.len() != base.groups.len() {
-            return Err(OpsError::Internal(format!(
-                "table {table}: a read window of the parent read {} groups, then {}",
-                base.groups.len(),
-                state.len()
-            )));
-        }
-        Ok(state)
     }
 
     /// The keyed hasher every stretch digest of `table` starts from: what
