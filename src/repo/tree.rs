@@ -688,10 +688,35 @@ impl PagesRead {
     }
 }
 
+/// Pages read together at most ([`load_pages`]): nearby ones are one
+/// request, and what is held decoded stays bounded.
+pub const PAGES_AT_ONCE: usize = 1024;
+
+/// The pages `ids`, read together through `index` ([`PagesRead`]) and
+/// opened in order. Callers walking many pages pass at most
+/// [`PAGES_AT_ONCE`] at a time: all of them are held at once.
+pub async fn load_pages(
+    cache: &mut PackCache,
+    index: &Index,
+    meta: &MetaKey,
+    ids: &[Id],
+) -> Result<Vec<Page>, RepoError> {
+    let read = match PagesRead::fetch(cache, index, ids).await? {
+        Ok(read) => read,
+        Err(missing) => {
+            return Err(RepoError::malformed(
+                format!("tree page {missing}"),
+                "in no index (repository damaged; run `custos check`)",
+            ))
+        }
+    };
+    (0..ids.len()).map(|i| read.page(meta, i)).collect()
+}
+
 /// A read window's groups as they stand, and the entries of its pages
-/// that do not ([`apply_overlays`]), its `pages` read one by one through
-/// `index`; `overlays` are where its overlays start among them. Pages of
-/// files are passed over.
+/// that do not ([`apply_overlays`]), its `pages` read through `index`
+/// [`PAGES_AT_ONCE`] at a time ([`load_pages`]); `overlays` are where its
+/// overlays start among them. Pages of files are passed over.
 pub async fn load_window(
     cache: &mut PackCache,
     index: &Index,
@@ -701,12 +726,16 @@ pub async fn load_window(
 ) -> Result<(Vec<GroupEntry>, Vec<GroupEntry>), RepoError> {
     let mut groups = Vec::new();
     let mut starts = Vec::with_capacity(overlays.len());
-    for (i, pid) in pages.iter().enumerate() {
-        for _ in overlays.iter().filter(|&&s| s == i) {
-            starts.push(groups.len());
-        }
-        if let Page::Groups { groups: g, .. } = Page::load(cache, index, meta, pid).await? {
-            groups.extend(g);
+    for (p, part) in pages.chunks(PAGES_AT_ONCE).enumerate() {
+        let loaded = load_pages(cache, index, meta, part).await?;
+        for (j, page) in loaded.into_iter().enumerate() {
+            let i = p * PAGES_AT_ONCE + j;
+            for _ in overlays.iter().filter(|&&s| s == i) {
+                starts.push(groups.len());
+            }
+            if let Page::Groups { groups: g, .. } = page {
+                groups.extend(g);
+            }
         }
     }
     let mut gone = Vec::new();
