@@ -1253,3 +1253,111 @@ async fn minimum_retention_refuses_young_units_and_a_policy_edit_cannot_lower_it
     assert_eq!(l.floors[0].seconds, 500 * 86_400);
     assert!(l.floors[0].raised.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_a_later_snapshot_names_again_are_certified_in_it_too() {
+    let mut env = setup().await;
+    // A third snapshot on each target in which only tickets changed: the
+    // other tables' read windows are the second snapshot's again (the
+    // same pages), and the run reads them once for both snapshots.
+    let db = env.dir.join("crm.db");
+    let changed = Connection::open(&db)
+        .unwrap()
+        .execute("UPDATE tickets SET status = 'closed' WHERE id % 7 = 0", [])
+        .unwrap();
+    assert!(changed > 0);
+    let mut snaps = Vec::new();
+    for t in ["primary", "dr"] {
+        let opts = custos::ops::backup::BackupOptions {
+            target: Some(t.to_string()),
+            ..Default::default()
+        };
+        let r = custos::ops::backup::backup(&env.policy, &opts, Arc::new(NoProgress))
+            .await
+            .unwrap();
+        snaps.push((t.to_string(), r.snapshot));
+    }
+    let copy = env.dir.join("crm-v2.db");
+    fs::copy(&db, &copy).unwrap();
+    env.versions.push((snaps, copy));
+
+    let subject = busy_customer(&env.versions[0].1);
+    let period = "consumption:2026-01";
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    for u in [
+        custos::shred::UnitSpec::Subject(subject.to_string()),
+        custos::shred::UnitSpec::Period(period.into()),
+    ] {
+        custos::shred::request(
+            &env.policy,
+            &state,
+            &dpo_request(u, true),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
+    let r = custos::shred::run(&env.policy, &state, &retention_run(chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 2, "{r:?}");
+    assert!(r.failed.is_empty(), "{r:?}");
+
+    // Each unit's rows in each of the three snapshots, on both targets.
+    let vault = custos::ops::open_vault(&env.policy).await.unwrap();
+    let pseudo = custos::crypto::subject_pseudonym(vault.pseudonym_key(), &subject.to_string());
+    let sum = |f: &dyn Fn(&Path) -> u64| env.versions.iter().map(|(_, db)| f(db)).sum::<u64>();
+    let expected = [
+        (
+            pseudo,
+            sum(&|db| rows_where(db, |col| format!("{col} = {subject}"))),
+        ),
+        (
+            period.to_string(),
+            sum(&|db| {
+                Connection::open(db)
+                    .unwrap()
+                    .query_row(
+                        "SELECT count(*) FROM cdrs WHERE started_at LIKE '2026-01%'",
+                        [],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .unwrap() as u64
+            }),
+        ),
+    ];
+    let certs: Vec<Value> = certificates(&env)
+        .iter()
+        .map(|p| serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    for (name, rows) in &expected {
+        let cert = certs
+            .iter()
+            .map(|c| &c["body"])
+            .find(|b| b["unit"]["name"] == name.as_str())
+            .unwrap_or_else(|| panic!("no certificate for {name}"));
+        assert_eq!(
+            cert["rows_unreadable"].as_u64().unwrap(),
+            2 * rows,
+            "{name}"
+        );
+        for t in ["primary", "dr"] {
+            let cov = target_cov(cert, t);
+            assert_eq!(cov["rows"].as_u64().unwrap(), *rows, "{name} on {t}: {cov}");
+            assert_eq!(cov["groups"], cov["groups_unreadable"], "{cov}");
+            assert_eq!(cov["snapshots_affected"].as_array().unwrap().len(), 3);
+        }
+    }
+
+    // And the third snapshot restores without either unit's rows.
+    restore_all(&env, |db, out| {
+        minus(db, out, |t, col| {
+            Some(if t == "cdrs" {
+                format!("{col} = {subject} OR started_at LIKE '2026-01%'")
+            } else {
+                format!("{col} = {subject}")
+            })
+        })
+    })
+    .await;
+}

@@ -427,6 +427,32 @@ fn each(units: [u32; 2]) -> impl Iterator<Item = usize> {
         .map(|u| u as usize)
 }
 
+/// What one read window adds to a unit's coverage ([`scan_target`]).
+#[derive(Clone, Copy, Default)]
+struct WindowShare {
+    unit: u32,
+    groups: u64,
+    rows: u64,
+    unreadable: u64,
+}
+
+/// Names a read window by what decides its groups as they stand: its
+/// table, its pages and where its overlays start.
+fn window_key(table: &str, pages: &[Id], overlays: &[usize]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(&(table.len() as u64).to_le_bytes());
+    h.update(table.as_bytes());
+    h.update(&(pages.len() as u64).to_le_bytes());
+    for p in pages {
+        h.update(&p.0);
+    }
+    h.update(&(overlays.len() as u64).to_le_bytes());
+    for &o in overlays {
+        h.update(&(o as u64).to_le_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
 /// Walks every snapshot of one target and counts each unit's groups.
 async fn scan_target(
     target: &crate::target::Target,
@@ -450,6 +476,10 @@ async fn scan_target(
         .map_err(crate::ops::OpsError::from)?;
     let mut cache = PackCache::new(Arc::new(target.clone()), 8);
     let name = &scan.target.name;
+    // What each read window added, per unit: a child snapshot names most
+    // of its parent's windows again (the same pages and overlays, so the
+    // same groups, keys and chunks), and is not read again for them.
+    let mut seen: HashMap<[u8; 32], Vec<WindowShare>> = HashMap::new();
     for snap in &snaps {
         let mut affected = vec![false; scan.covs.len()];
         for c in &mut scan.covs {
@@ -459,15 +489,24 @@ async fn scan_target(
             // Window by window: a group an overlay superseded (FORMAT 3.4)
             // is counted once, and its chunks are still the unit's.
             for w in table.page_windows() {
-                let (groups, gone) = tree::load_window(
-                    &mut cache,
-                    &index,
-                    &meta,
-                    &table.pages[w.range],
-                    &w.overlays,
-                )
-                .await
-                .map_err(crate::ops::OpsError::from)?;
+                let pages = &table.pages[w.range];
+                let key = window_key(&table.name, pages, &w.overlays);
+                if let Some(shares) = seen.get(&key) {
+                    for share in shares {
+                        let u = share.unit as usize;
+                        affected[u] = true;
+                        let cov = &mut scan.covs[u];
+                        cov.groups += share.groups;
+                        cov.rows = cov.rows.saturating_add(share.rows);
+                        cov.groups_unreadable += share.unreadable;
+                    }
+                    continue;
+                }
+                let mut shares: Vec<WindowShare> = Vec::new();
+                let (groups, gone) =
+                    tree::load_window(&mut cache, &index, &meta, pages, &w.overlays)
+                        .await
+                        .map_err(crate::ops::OpsError::from)?;
                 for g in &gone {
                     if let Some(us) = scan.units_of(&g.t, g.s.as_ref()) {
                         scan.add_chunks(&g.chunks, us);
@@ -484,6 +523,19 @@ async fn scan_target(
                     scan.add_chunks(&g.chunks, us);
                     for u in each(us) {
                         affected[u] = true;
+                        let share = match shares.iter().position(|x| x.unit as usize == u) {
+                            Some(k) => &mut shares[k],
+                            None => {
+                                shares.push(WindowShare {
+                                    unit: u as u32,
+                                    ..WindowShare::default()
+                                });
+                                shares.last_mut().expect("just pushed")
+                            }
+                        };
+                        share.groups += 1;
+                        share.rows = share.rows.saturating_add(g.rows);
+                        share.unreadable += u64::from(shredded);
                         let cov = &mut scan.covs[u];
                         cov.groups += 1;
                         cov.rows = cov.rows.saturating_add(g.rows);
@@ -503,18 +555,21 @@ async fn scan_target(
                         }
                     }
                 }
+                seen.insert(key, shares);
             }
         }
         if let Some(fs) = &snap.files {
             if let Some(us) = scan.units_of(&fs.key, None) {
                 let unreadable = vault.key(&fs.key).is_none();
-                for pid in &fs.pages {
-                    let page = Page::load(&mut cache, &index, &meta, pid)
+                for part in fs.pages.chunks(tree::PAGES_AT_ONCE) {
+                    let loaded = tree::load_pages(&mut cache, &index, &meta, part)
                         .await
                         .map_err(crate::ops::OpsError::from)?;
-                    if let Page::Files { files, .. } = page {
-                        for f in &files {
-                            scan.add_chunks(&f.chunks, us);
+                    for page in &loaded {
+                        if let Page::Files { files, .. } = page {
+                            for f in files {
+                                scan.add_chunks(&f.chunks, us);
+                            }
                         }
                     }
                 }
