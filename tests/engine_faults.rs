@@ -869,6 +869,47 @@ async fn truncated_tree_page_is_named_by_check_and_refused_by_restore() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_tree_page_stops_prune_before_it_deletes_anything() {
+    use custos::ops::prune::{forget_and_prune, PruneOptions};
+    let f = demo_fixture(37).await;
+    let policy = f.load();
+    backup(&policy, &BackupOptions::default(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    // One bit of the last tree page of the snapshot's largest table: prune
+    // reads the pages together, a part at a time, and must still refuse.
+    let repo = custos::ops::OpenRepo::open(&policy, None).await.unwrap();
+    let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    let (list, _) = custos::repo::snapshot::Snapshot::list(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    let snap = &list[0];
+    let table = snap
+        .record_tables()
+        .iter()
+        .max_by_key(|t| t.pages.len())
+        .unwrap();
+    assert!(table.pages.len() > 1, "{}", table.pages.len());
+    let loc = index.chunks[table.pages.last().unwrap()];
+    let pack = custos::repo::pack::pack_path(&index.pack_of(&loc).0);
+    flip_bit(
+        &f.target_dir().join(&pack),
+        (loc.offset + loc.len / 2) as usize,
+    );
+    let before = inventory(&f.target_dir());
+    let e = forget_and_prune(&policy, &PruneOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    for part in [snap.id.as_str(), pack.as_str(), "custos check"] {
+        assert!(e.contains(part), "names {part}: {e}");
+    }
+    assert_eq!(inventory(&f.target_dir()), before, "prune changed nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_a_keyholder_manifest_with_dotdot_paths() {
     use custos::repo::snapshot::Snapshot;
     use custos::repo::tree::{store_pages, Page};
