@@ -818,6 +818,23 @@ async fn restore_latest_refuses_when_a_snapshot_object_is_unreadable() {
     );
 }
 
+/// The primary target's whole chunk index and its snapshots.
+async fn index_and_snapshots(
+    policy: &Policy,
+) -> (
+    custos::repo::index::Index,
+    Vec<custos::repo::snapshot::Snapshot>,
+) {
+    let repo = custos::ops::OpenRepo::open(policy, None).await.unwrap();
+    let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    let (list, _) = custos::repo::snapshot::Snapshot::list(&repo.target, &repo.meta)
+        .await
+        .unwrap();
+    (index, list)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncated_tree_page_is_named_by_check_and_refused_by_restore() {
     let f = demo_fixture(31).await;
@@ -825,14 +842,7 @@ async fn truncated_tree_page_is_named_by_check_and_refused_by_restore() {
         .await
         .unwrap();
     // The packs that hold the snapshot's tree pages (metadata packs).
-    let policy = f.load();
-    let repo = custos::ops::OpenRepo::open(&policy, None).await.unwrap();
-    let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
-        .await
-        .unwrap();
-    let (list, _) = custos::repo::snapshot::Snapshot::list(&repo.target, &repo.meta)
-        .await
-        .unwrap();
+    let (index, list) = index_and_snapshots(&f.load()).await;
     let mut trees: Vec<String> = Vec::new();
     for t in &list[0].sqlite.as_ref().unwrap().tables {
         for pid in &t.pages {
@@ -876,15 +886,8 @@ async fn a_damaged_tree_page_stops_prune_before_it_deletes_anything() {
     backup(&policy, &BackupOptions::default(), Arc::new(NoProgress))
         .await
         .unwrap();
-    // One bit of the last tree page of the snapshot's largest table: prune
-    // reads the pages together, a part at a time, and must still refuse.
-    let repo = custos::ops::OpenRepo::open(&policy, None).await.unwrap();
-    let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
-        .await
-        .unwrap();
-    let (list, _) = custos::repo::snapshot::Snapshot::list(&repo.target, &repo.meta)
-        .await
-        .unwrap();
+    // One bit of the last tree page of the snapshot's largest table.
+    let (index, list) = index_and_snapshots(&policy).await;
     let snap = &list[0];
     let table = snap
         .record_tables()

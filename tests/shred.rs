@@ -133,17 +133,7 @@ async fn setup_with(worm_dr: bool) -> Env {
         if v > 0 {
             custos::demo::mutate(&db, 0.05, 11).unwrap();
         }
-        let mut snaps = Vec::new();
-        for t in ["primary", "dr"] {
-            let opts = custos::ops::backup::BackupOptions {
-                target: Some(t.to_string()),
-                ..Default::default()
-            };
-            let r = custos::ops::backup::backup(&policy, &opts, Arc::new(NoProgress))
-                .await
-                .unwrap();
-            snaps.push((t.to_string(), r.snapshot));
-        }
+        let snaps = backup_each_target(&policy).await;
         let copy = d.join(format!("crm-v{v}.db"));
         fs::copy(&db, &copy).unwrap();
         versions.push((snaps, copy));
@@ -159,6 +149,22 @@ async fn setup_with(worm_dr: bool) -> Env {
         policy,
         versions,
     }
+}
+
+/// One backup on each target; the snapshot id per target.
+async fn backup_each_target(policy: &Policy) -> Vec<(String, String)> {
+    let mut snaps = Vec::new();
+    for t in ["primary", "dr"] {
+        let opts = custos::ops::backup::BackupOptions {
+            target: Some(t.to_string()),
+            ..Default::default()
+        };
+        let r = custos::ops::backup::backup(policy, &opts, Arc::new(NoProgress))
+            .await
+            .unwrap();
+        snaps.push((t.to_string(), r.snapshot));
+    }
+    snaps
 }
 
 impl Env {
@@ -247,6 +253,22 @@ async fn restore_all(env: &Env, expect: impl Fn(&Path, &Path) -> u64) {
     }
 }
 
+/// [`restore_all`], expecting the rows of the customers whose subject
+/// column matches `customers` (e.g. `IN (1, 2)`) and every call of
+/// January 2026 to be gone.
+async fn restore_all_without(env: &Env, customers: &str) {
+    restore_all(env, |db, out| {
+        minus(db, out, |t, col| {
+            Some(if t == "cdrs" {
+                format!("{col} {customers} OR started_at LIKE '2026-01%'")
+            } else {
+                format!("{col} {customers}")
+            })
+        })
+    })
+    .await;
+}
+
 /// Every vault key shard at every location, decrypted with the identity.
 fn vault_plaintexts(env: &Env) -> Vec<(PathBuf, Vec<u8>)> {
     let id = custos::keys::load_identity(&env.identity).unwrap();
@@ -282,6 +304,55 @@ fn certificates(env: &Env) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// The bodies of every certificate stored.
+fn certificate_bodies(env: &Env) -> Vec<Value> {
+    certificates(env)
+        .iter()
+        .map(|p| {
+            let mut v: Value = serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap();
+            v["body"].take()
+        })
+        .collect()
+}
+
+/// The certificate of unit `name` among `certs`, checked to count `rows`
+/// on each of the two targets, every group unreadable, in `snapshots`
+/// snapshots on each.
+fn assert_counts<'a>(certs: &'a [Value], name: &str, rows: u64, snapshots: usize) -> &'a Value {
+    let cert = certs
+        .iter()
+        .find(|b| b["unit"]["name"] == name)
+        .unwrap_or_else(|| panic!("no certificate for {name}"));
+    assert_eq!(
+        cert["rows_unreadable"].as_u64().unwrap(),
+        2 * rows,
+        "{name}"
+    );
+    for t in ["primary", "dr"] {
+        let cov = target_cov(cert, t);
+        assert_eq!(cov["rows"].as_u64().unwrap(), rows, "{name} on {t}: {cov}");
+        assert_eq!(cov["groups"], cov["groups_unreadable"], "{cov}");
+        assert_eq!(
+            cov["snapshots_affected"].as_array().unwrap().len(),
+            snapshots,
+            "{name} on {t}: {cov}"
+        );
+    }
+    cert
+}
+
+/// Calls in January 2026 in `db` (the rows of unit `consumption:2026-01`).
+fn january_calls(db: &Path) -> u64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM cdrs WHERE started_at LIKE '2026-01%'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as u64
 }
 
 async fn key_bytes(env: &Env, kind: KeyKind, name: &str) -> Vec<u8> {
@@ -664,18 +735,31 @@ fn retention_run(now: chrono::DateTime<chrono::Utc>) -> custos::shred::RunOption
 /// Requests the destruction of `unit` without grace and runs it at once;
 /// exactly one unit must be destroyed.
 async fn destroy_now(env: &Env, state: &custos::state::StateDir, unit: custos::shred::UnitSpec) {
-    custos::shred::request(
-        &env.policy,
-        state,
-        &dpo_request(unit, true),
-        chrono::Utc::now(),
-    )
-    .await
-    .unwrap();
+    destroy_all_now(env, state, &[unit]).await;
+}
+
+/// Requests the destruction of every unit of `units` without grace, then
+/// destroys them in one run; each must be destroyed, none fail.
+async fn destroy_all_now(
+    env: &Env,
+    state: &custos::state::StateDir,
+    units: &[custos::shred::UnitSpec],
+) {
+    for u in units {
+        custos::shred::request(
+            &env.policy,
+            state,
+            &dpo_request(u.clone(), true),
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+    }
     let r = custos::shred::run(&env.policy, state, &retention_run(chrono::Utc::now()))
         .await
         .unwrap();
-    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    assert_eq!(r.destroyed.len(), units.len(), "{r:?}");
+    assert!(r.failed.is_empty(), "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -813,18 +897,8 @@ async fn one_run_destroys_several_units_and_certifies_each_as_its_own() {
         custos::shred::UnitSpec::Period(period.into()),
         custos::shred::UnitSpec::Subject(two[1].to_string()),
     ];
-    for u in &units {
-        let req = dpo_request(u.clone(), true);
-        custos::shred::request(&env.policy, &state, &req, chrono::Utc::now())
-            .await
-            .unwrap();
-    }
     let primary_before = packs(&env.dir.join("targets/primary"));
-    let r = custos::shred::run(&env.policy, &state, &retention_run(chrono::Utc::now()))
-        .await
-        .unwrap();
-    assert_eq!(r.destroyed.len(), 3, "{r:?}");
-    assert!(r.failed.is_empty(), "{r:?}");
+    destroy_all_now(&env, &state, &units).await;
 
     // Each certificate counts its own unit's rows in every snapshot of
     // every target, as the databases the snapshots were taken of hold them
@@ -839,47 +913,19 @@ async fn one_run_destroys_several_units_and_certifies_each_as_its_own() {
             .sum();
         (pseudo, rows)
     };
-    let january: u64 = env
-        .versions
-        .iter()
-        .map(|(_, db)| {
-            Connection::open(db)
-                .unwrap()
-                .query_row(
-                    "SELECT count(*) FROM cdrs WHERE started_at LIKE '2026-01%'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .unwrap() as u64
-        })
-        .sum();
+    let january: u64 = env.versions.iter().map(|(_, db)| january_calls(db)).sum();
     let expected = [
         customer(two[0]),
         (period.to_string(), january),
         customer(two[1]),
     ];
-    let certs: Vec<Value> = certificates(&env)
-        .iter()
-        .map(|p| serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap())
-        .collect();
+    let certs = certificate_bodies(&env);
     assert_eq!(certs.len(), 3);
     let mut deleted = 0;
     for (name, rows) in &expected {
-        let cert = certs
-            .iter()
-            .map(|c| &c["body"])
-            .find(|b| b["unit"]["name"] == name.as_str())
-            .unwrap_or_else(|| panic!("no certificate for {name}"));
-        assert_eq!(
-            cert["rows_unreadable"].as_u64().unwrap(),
-            2 * rows,
-            "{name}"
-        );
+        let cert = assert_counts(&certs, name, *rows, 2);
         for t in ["primary", "dr"] {
             let cov = target_cov(cert, t);
-            assert_eq!(cov["rows"].as_u64().unwrap(), *rows, "{name} on {t}: {cov}");
-            assert_eq!(cov["groups"], cov["groups_unreadable"], "{cov}");
-            assert_eq!(cov["snapshots_affected"].as_array().unwrap().len(), 2);
             assert!(cov["error"].is_null(), "{cov}");
             if name == period {
                 // The period owns whole packs; the customers share theirs.
@@ -901,17 +947,7 @@ async fn one_run_destroys_several_units_and_certifies_each_as_its_own() {
 
     // Every snapshot restores without the three units' rows, and nothing
     // else is missing; both targets still check clean.
-    let (a, b) = (two[0], two[1]);
-    restore_all(&env, |db, out| {
-        minus(db, out, |t, col| {
-            Some(if t == "cdrs" {
-                format!("{col} IN ({a}, {b}) OR started_at LIKE '2026-01%'")
-            } else {
-                format!("{col} IN ({a}, {b})")
-            })
-        })
-    })
-    .await;
+    restore_all_without(&env, &format!("IN ({}, {})", two[0], two[1])).await;
     for t in ["primary", "dr"] {
         let c = custos::ops::check::check(&env.policy, Some(t), true, Arc::new(NoProgress))
             .await
@@ -1266,17 +1302,7 @@ async fn windows_a_later_snapshot_names_again_are_certified_in_it_too() {
         .execute("UPDATE tickets SET status = 'closed' WHERE id % 7 = 0", [])
         .unwrap();
     assert!(changed > 0);
-    let mut snaps = Vec::new();
-    for t in ["primary", "dr"] {
-        let opts = custos::ops::backup::BackupOptions {
-            target: Some(t.to_string()),
-            ..Default::default()
-        };
-        let r = custos::ops::backup::backup(&env.policy, &opts, Arc::new(NoProgress))
-            .await
-            .unwrap();
-        snaps.push((t.to_string(), r.snapshot));
-    }
+    let snaps = backup_each_target(&env.policy).await;
     let copy = env.dir.join("crm-v2.db");
     fs::copy(&db, &copy).unwrap();
     env.versions.push((snaps, copy));
@@ -1284,24 +1310,11 @@ async fn windows_a_later_snapshot_names_again_are_certified_in_it_too() {
     let subject = busy_customer(&env.versions[0].1);
     let period = "consumption:2026-01";
     let state = custos::state::StateDir::at(&env.state).unwrap();
-    for u in [
+    let units = [
         custos::shred::UnitSpec::Subject(subject.to_string()),
         custos::shred::UnitSpec::Period(period.into()),
-    ] {
-        custos::shred::request(
-            &env.policy,
-            &state,
-            &dpo_request(u, true),
-            chrono::Utc::now(),
-        )
-        .await
-        .unwrap();
-    }
-    let r = custos::shred::run(&env.policy, &state, &retention_run(chrono::Utc::now()))
-        .await
-        .unwrap();
-    assert_eq!(r.destroyed.len(), 2, "{r:?}");
-    assert!(r.failed.is_empty(), "{r:?}");
+    ];
+    destroy_all_now(&env, &state, &units).await;
 
     // Each unit's rows in each of the three snapshots, on both targets.
     let vault = custos::ops::open_vault(&env.policy).await.unwrap();
@@ -1312,52 +1325,13 @@ async fn windows_a_later_snapshot_names_again_are_certified_in_it_too() {
             pseudo,
             sum(&|db| rows_where(db, |col| format!("{col} = {subject}"))),
         ),
-        (
-            period.to_string(),
-            sum(&|db| {
-                Connection::open(db)
-                    .unwrap()
-                    .query_row(
-                        "SELECT count(*) FROM cdrs WHERE started_at LIKE '2026-01%'",
-                        [],
-                        |r| r.get::<_, i64>(0),
-                    )
-                    .unwrap() as u64
-            }),
-        ),
+        (period.to_string(), sum(&january_calls)),
     ];
-    let certs: Vec<Value> = certificates(&env)
-        .iter()
-        .map(|p| serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap())
-        .collect();
+    let certs = certificate_bodies(&env);
     for (name, rows) in &expected {
-        let cert = certs
-            .iter()
-            .map(|c| &c["body"])
-            .find(|b| b["unit"]["name"] == name.as_str())
-            .unwrap_or_else(|| panic!("no certificate for {name}"));
-        assert_eq!(
-            cert["rows_unreadable"].as_u64().unwrap(),
-            2 * rows,
-            "{name}"
-        );
-        for t in ["primary", "dr"] {
-            let cov = target_cov(cert, t);
-            assert_eq!(cov["rows"].as_u64().unwrap(), *rows, "{name} on {t}: {cov}");
-            assert_eq!(cov["groups"], cov["groups_unreadable"], "{cov}");
-            assert_eq!(cov["snapshots_affected"].as_array().unwrap().len(), 3);
-        }
+        assert_counts(&certs, name, *rows, 3);
     }
 
     // And the third snapshot restores without either unit's rows.
-    restore_all(&env, |db, out| {
-        minus(db, out, |t, col| {
-            Some(if t == "cdrs" {
-                format!("{col} = {subject} OR started_at LIKE '2026-01%'")
-            } else {
-                format!("{col} = {subject}")
-            })
-        })
-    })
-    .await;
+    restore_all_without(&env, &format!("= {subject}")).await;
 }
