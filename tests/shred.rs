@@ -1335,3 +1335,54 @@ async fn windows_a_later_snapshot_names_again_are_certified_in_it_too() {
     // And the third snapshot restores without either unit's rows.
     restore_all_without(&env, &format!("= {subject}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_that_list_no_packs_or_wrong_ones_are_read_through_the_whole_index() {
+    let env = setup().await;
+    // A read window lists the packs of its pages (FORMAT 3.5), and the walk
+    // reads only their index objects. On the primary the second snapshot's
+    // windows list a pack that does not exist; on the off-site target the
+    // first snapshot's list nothing (as written before the lists existed).
+    // Those are read through the target's whole index, and certified the
+    // same.
+    let bogus = Some(vec![custos::crypto::Id([7; 32])]);
+    for (target, v, list) in [("primary", 1, bogus), ("dr", 0, None)] {
+        let repo = custos::ops::OpenRepo::open(&env.policy, Some(target))
+            .await
+            .unwrap();
+        let id = &env.versions[v]
+            .0
+            .iter()
+            .find(|(t, _)| t == target)
+            .unwrap()
+            .1;
+        let mut snap = custos::repo::snapshot::Snapshot::find(&repo.target, &repo.meta, id)
+            .await
+            .unwrap();
+        let tables = &mut snap.sqlite.as_mut().expect("a SQLite snapshot").tables;
+        for t in tables {
+            assert!(t.windows.iter().all(|w| w.packs.is_some()), "{}", t.name);
+            for w in &mut t.windows {
+                w.packs = list.clone();
+            }
+        }
+        snap.store(&repo.target, &repo.meta).await.unwrap();
+    }
+
+    let subject = busy_customer(&env.versions[0].1);
+    let period = "consumption:2026-01";
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let units = [
+        custos::shred::UnitSpec::Subject(subject.to_string()),
+        custos::shred::UnitSpec::Period(period.into()),
+    ];
+    destroy_all_now(&env, &state, &units).await;
+    let vault = custos::ops::open_vault(&env.policy).await.unwrap();
+    let pseudo = custos::crypto::subject_pseudonym(vault.pseudonym_key(), &subject.to_string());
+    let sum = |f: &dyn Fn(&Path) -> u64| env.versions.iter().map(|(_, db)| f(db)).sum::<u64>();
+    let certs = certificate_bodies(&env);
+    let customer_rows = sum(&|db| rows_where(db, |col| format!("{col} = {subject}")));
+    assert_counts(&certs, &pseudo, customer_rows, 2);
+    assert_counts(&certs, period, sum(&january_calls), 2);
+    restore_all_without(&env, &format!("= {subject}")).await;
+}
