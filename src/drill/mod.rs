@@ -35,7 +35,6 @@ use crate::ops::{OpenRepo, OpsError};
 use crate::policy::Policy;
 use crate::progress::{NoProgress, Progress};
 use crate::repo::cache::PackCache;
-use crate::repo::index::Index;
 use crate::repo::snapshot::Snapshot;
 use crate::repo::tree;
 use crate::repo::RepoError;
@@ -856,8 +855,11 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
         meta,
         ..
     } = repo;
-    let index = Index::load(&target, &meta).await?;
-    let mut cache = PackCache::new(Arc::new(target), 4);
+    // Through the index objects of the packs each window lists, not the
+    // target's whole index (see `tree::WindowIndex`).
+    let target = Arc::new(target);
+    let mut locate = tree::WindowIndex::new(target.clone(), Arc::new(meta));
+    let mut cache = PackCache::new(target, 4);
     let mut out = Vec::new();
     for t in tables {
         let mut st = ShreddedTable {
@@ -866,9 +868,10 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
         };
         // Window by window: a group an overlay superseded is counted once.
         for w in t.page_windows() {
-            let (groups, _) =
-                tree::load_window(&mut cache, &index, &meta, &t.pages[w.range], &w.overlays)
-                    .await?;
+            let listed = w.mark.and_then(|i| t.windows[i].packs.as_deref());
+            let (_, (groups, _)) = locate
+                .load_window(&mut cache, listed, &t.pages[w.range], &w.overlays)
+                .await?;
             for g in &groups {
                 if matches!(
                     group_keys(&vault, g, &t.name),

@@ -11,13 +11,14 @@
 //! rewrites one page, not every page after it.
 
 use super::cache::PackCache;
-use super::index::{ChunkLoc, Index};
+use super::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
 use super::{compress_meta, decompress_meta, frame_meta_raw, put_varint, take_varint, RepoError};
 use crate::crypto::{Id, MetaKey};
 use crate::store::files::FileEntry;
 use crate::vault::KeyId;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 pub const PAGE_VERSION: u32 = 1;
 /// The version of a group page whose chunk ids are all short (FORMAT 1.2,
@@ -749,6 +750,64 @@ pub async fn load_window(
         )
     })?;
     Ok((groups, gone))
+}
+
+/// Where a walk of read windows finds their pages: through the index
+/// objects of the packs a window lists (FORMAT 3.5), the most recent kept
+/// up to [`KEPT_INDEX_ENTRIES`], so memory follows the window, not the
+/// repository; or through the target's whole index, loaded once when
+/// first needed (a window listing no packs, too many, or not all of its
+/// pages). A restore finds a window's blobs the same way.
+pub struct WindowIndex {
+    objects: IndexObjects,
+    whole: Option<Arc<Index>>,
+    target: Arc<crate::target::Target>,
+    meta: Arc<MetaKey>,
+}
+
+impl WindowIndex {
+    pub fn new(target: Arc<crate::target::Target>, meta: Arc<MetaKey>) -> Self {
+        WindowIndex {
+            objects: IndexObjects::new(target.clone(), meta.clone(), KEPT_INDEX_ENTRIES),
+            whole: None,
+            target,
+            meta,
+        }
+    }
+
+    /// The target's whole index.
+    pub async fn whole(&mut self) -> Result<Arc<Index>, RepoError> {
+        if let Some(w) = &self.whole {
+            return Ok(w.clone());
+        }
+        let w = Arc::new(Index::load(&self.target, &self.meta).await?);
+        self.whole = Some(w.clone());
+        Ok(w)
+    }
+
+    /// A read window's groups as they stand and those superseded
+    /// ([`load_window`]), with the index that located its pages: that of
+    /// the packs it lists (`listed`), or else the whole index. A page
+    /// that cannot be read through the whole index either is an error.
+    pub async fn load_window(
+        &mut self,
+        cache: &mut PackCache,
+        listed: Option<&[Id]>,
+        pages: &[Id],
+        overlays: &[usize],
+    ) -> Result<(Arc<Index>, (Vec<GroupEntry>, Vec<GroupEntry>)), RepoError> {
+        if let Some(packs) = listed {
+            if self.whole.is_none() && packs.len() <= MAX_WINDOW_PACKS {
+                let index = self.objects.index_of(packs).await?.index.clone();
+                if let Ok(read) = load_window(cache, &index, &self.meta, pages, overlays).await {
+                    return Ok((index, read));
+                }
+            }
+        }
+        let index = self.whole().await?;
+        let read = load_window(cache, &index, &self.meta, pages, overlays).await?;
+        Ok((index, read))
+    }
 }
 
 /// A read window's page ids as one blob, a **list page** (FORMAT 3.4):

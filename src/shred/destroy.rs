@@ -28,12 +28,10 @@ use crate::crypto::{Id, MetaKey};
 use crate::ops::restore::{group_keys, GroupKeyProblem};
 use crate::policy::Policy;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{
-    index_path, key_of, Index, IndexFile, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS,
-};
+use crate::repo::index::{index_path, key_of, IndexFile};
 use crate::repo::pack::pack_path;
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::{self, GroupEntry, Page};
+use crate::repo::tree::{self, Page};
 use crate::vault::{AbsenceReport, DestroyReport, KeyId, Vault, VaultError};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -455,66 +453,6 @@ fn window_key(table: &str, pages: &[Id], overlays: &[usize]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Where [`scan_target`] finds a read window's pages and sampled chunks:
-/// the index objects of the packs the window lists, or the target's whole
-/// index, loaded once when first needed (as a restore finds them).
-struct WalkIndex<'a> {
-    objects: IndexObjects,
-    whole: Option<Arc<Index>>,
-    target: &'a crate::target::Target,
-    meta: &'a MetaKey,
-}
-
-impl WalkIndex<'_> {
-    /// The target's whole index.
-    async fn whole(&mut self) -> Result<Arc<Index>, ShredError> {
-        if let Some(w) = &self.whole {
-            return Ok(w.clone());
-        }
-        let w = Arc::new(
-            Index::load(self.target, self.meta)
-                .await
-                .map_err(crate::ops::OpsError::from)?,
-        );
-        self.whole = Some(w.clone());
-        Ok(w)
-    }
-
-    /// A read window's groups as they stand and those superseded
-    /// ([`tree::load_window`]), with the index that located its pages:
-    /// that of the packs it lists (`listed`), or the whole index if it
-    /// lists none, too many, or not all of its pages. A page that cannot
-    /// be read through the whole index either is an error.
-    async fn load_window(
-        &mut self,
-        cache: &mut PackCache,
-        listed: Option<&[Id]>,
-        pages: &[Id],
-        overlays: &[usize],
-    ) -> Result<(Arc<Index>, (Vec<GroupEntry>, Vec<GroupEntry>)), ShredError> {
-        if let Some(packs) = listed {
-            if self.whole.is_none() && packs.len() <= MAX_WINDOW_PACKS {
-                let index = self
-                    .objects
-                    .index_of(packs)
-                    .await
-                    .map_err(crate::ops::OpsError::from)?
-                    .index
-                    .clone();
-                if let Ok(read) = tree::load_window(cache, &index, self.meta, pages, overlays).await
-                {
-                    return Ok((index, read));
-                }
-            }
-        }
-        let index = self.whole().await?;
-        let read = tree::load_window(cache, &index, self.meta, pages, overlays)
-            .await
-            .map_err(crate::ops::OpsError::from)?;
-        Ok((index, read))
-    }
-}
-
 /// Walks every snapshot of one target and counts each unit's groups.
 async fn scan_target(
     target: &crate::target::Target,
@@ -533,20 +471,11 @@ async fn scan_target(
             ));
         }
     }
-    // A read window lists the packs of its pages and chunks (FORMAT 3.5):
-    // their index objects are read, not the target's whole index (about
-    // 0.9 GiB in memory at 4 GiB), which is loaded only for a window that
-    // lists none or whose list misses a page, and for snapshots of files.
-    let mut locate = WalkIndex {
-        objects: IndexObjects::new(
-            Arc::new(target.clone()),
-            Arc::new(meta.clone()),
-            KEPT_INDEX_ENTRIES,
-        ),
-        whole: None,
-        target,
-        meta: &meta,
-    };
+    // The index objects of the packs each window lists, not the target's
+    // whole index (about 0.9 GiB in memory at 4 GiB), which is loaded only
+    // for a window that lists none or whose list misses a page, and for
+    // snapshots of files.
+    let mut locate = tree::WindowIndex::new(Arc::new(target.clone()), Arc::new(meta.clone()));
     let mut cache = PackCache::new(Arc::new(target.clone()), 8);
     let name = &scan.target.name;
     // What each read window added, per unit: a child snapshot names most
@@ -579,7 +508,8 @@ async fn scan_target(
                 let listed = w.mark.and_then(|i| table.windows[i].packs.as_deref());
                 let (index, (groups, gone)) = locate
                     .load_window(&mut cache, listed, pages, &w.overlays)
-                    .await?;
+                    .await
+                    .map_err(crate::ops::OpsError::from)?;
                 for g in &gone {
                     if let Some(us) = scan.units_of(&g.t, g.s.as_ref()) {
                         scan.add_chunks(&g.chunks, us);
@@ -635,7 +565,7 @@ async fn scan_target(
             if let Some(us) = scan.units_of(&fs.key, None) {
                 let unreadable = vault.key(&fs.key).is_none();
                 for part in fs.pages.chunks(tree::PAGES_AT_ONCE) {
-                    let whole = locate.whole().await?;
+                    let whole = locate.whole().await.map_err(crate::ops::OpsError::from)?;
                     let loaded = tree::load_pages(&mut cache, &whole, &meta, part)
                         .await
                         .map_err(crate::ops::OpsError::from)?;

@@ -20,9 +20,8 @@ use super::{rfc3339, ShredError, Unit};
 use crate::crypto::{Id, MetaKey};
 use crate::policy::Policy;
 use crate::repo::cache::PackCache;
-use crate::repo::index::Index;
 use crate::repo::snapshot::Snapshot;
-use crate::repo::tree::Page;
+use crate::repo::tree;
 use crate::vault::{KeyId, KeyKind, Vault};
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -249,26 +248,32 @@ pub async fn subject_floors(
             why: format!("a snapshot of the primary target is unreadable ({e})"),
         });
     }
-    let index = Index::load(target, &meta)
-        .await
-        .map_err(crate::ops::OpsError::from)?;
+    // Through the index objects of the packs each window lists, not the
+    // target's whole index (see `tree::WindowIndex`).
+    let mut locate = tree::WindowIndex::new(Arc::new(target.clone()), Arc::new(meta.clone()));
     let mut cache = PackCache::new(Arc::new(target.clone()), 8);
     let mut seen: HashSet<Id> = HashSet::new();
     // (subject, unit label) pairs already weighed.
     let mut seen_units: HashSet<(KeyId, Arc<str>)> = HashSet::new();
     for snap in &snaps {
         for table in snap.record_tables() {
-            for pid in &table.pages {
-                if !seen.insert(*pid) {
+            for w in table.page_windows() {
+                // A window whose pages an earlier snapshot named was
+                // weighed already (its groups are on those pages).
+                let pages = &table.pages[w.range];
+                let mut fresh = false;
+                for pid in pages {
+                    fresh |= seen.insert(*pid);
+                }
+                if !fresh {
                     continue;
                 }
-                let page = Page::load(&mut cache, &index, &meta, pid)
+                let listed = w.mark.and_then(|i| table.windows[i].packs.as_deref());
+                let (_, (groups, gone)) = locate
+                    .load_window(&mut cache, listed, pages, &w.overlays)
                     .await
                     .map_err(crate::ops::OpsError::from)?;
-                let Page::Groups { groups, .. } = page else {
-                    continue;
-                };
-                for g in &groups {
+                for g in groups.iter().chain(&gone) {
                     let Some((s, name)) = g.s.as_ref().and_then(|s| of_key.get_key_value(s)) else {
                         continue;
                     };
