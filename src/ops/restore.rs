@@ -13,7 +13,7 @@ use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
 use crate::policy::{Policy, ResourcesConfig};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
+use crate::repo::index::{ChunkLoc, Index};
 use crate::repo::pack::{open_chunk, open_chunks_into, Codec, ToOpen, MAX_RAW_CHUNK};
 use crate::repo::snapshot::{Snapshot, TableEntry};
 use crate::repo::tree::{self, GroupEntry, Page, PagesRead};
@@ -552,42 +552,21 @@ struct Source {
 /// listing none (written before the lists existed), or whose list misses a
 /// blob, is read through the whole index, loaded once when first needed.
 struct Locator {
-    target: Arc<Target>,
+    windows: tree::WindowIndex,
     meta: Arc<MetaKey>,
-    objects: IndexObjects,
-    whole: Option<Arc<Index>>,
 }
 
 impl Locator {
     fn new(target: Arc<Target>, meta: Arc<MetaKey>) -> Self {
         Locator {
-            objects: IndexObjects::new(target.clone(), meta.clone(), KEPT_INDEX_ENTRIES),
-            target,
+            windows: tree::WindowIndex::new(target, meta.clone()),
             meta,
-            whole: None,
         }
     }
 
     /// The whole index (every index object of the target).
     async fn whole(&mut self) -> Result<Arc<Index>, OpsError> {
-        if let Some(w) = &self.whole {
-            return Ok(w.clone());
-        }
-        let w = Arc::new(Index::load(&self.target, &self.meta).await?);
-        self.whole = Some(w.clone());
-        Ok(w)
-    }
-
-    /// An index for a window listing `packs`: of those packs alone, or the
-    /// whole index if it lists none (or too many to be honest), or once
-    /// the whole index is loaded anyway.
-    async fn window(&mut self, packs: Option<&[Id]>) -> Result<Arc<Index>, OpsError> {
-        match packs {
-            Some(p) if self.whole.is_none() && p.len() <= MAX_WINDOW_PACKS => {
-                Ok(self.objects.index_of(p).await?.index.clone())
-            }
-            _ => self.whole().await,
-        }
+        Ok(self.windows.whole().await?)
     }
 
     /// A window's index and groups: through its packs when it lists them and
@@ -604,7 +583,7 @@ impl Locator {
         filter: &GroupFilter,
     ) -> Result<OpenWindow, OpsError> {
         let meta = self.meta.clone();
-        let index = self.window(packs).await?;
+        let index = self.windows.for_window(packs).await?;
         let kept = |mut groups: Vec<(Id, GroupEntry)>| {
             groups.retain(|(_, g)| filter.keeps(g));
             groups
@@ -621,7 +600,7 @@ impl Locator {
             }
             Err(page) => Err(page),
         };
-        if self.whole.is_none() {
+        if !self.windows.whole_loaded() {
             tracing::warn!(
                 snapshot,
                 table,
@@ -646,8 +625,8 @@ impl Locator {
     }
 
     fn report(&self, report: &mut RestoreReport) {
-        report.whole_index = self.whole.is_some();
-        report.index_objects_read = self.objects.fetched;
+        report.whole_index = self.windows.whole_loaded();
+        report.index_objects_read = self.windows.objects_read();
     }
 }
 

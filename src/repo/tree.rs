@@ -757,7 +757,7 @@ pub async fn load_window(
 /// up to [`KEPT_INDEX_ENTRIES`], so memory follows the window, not the
 /// repository; or through the target's whole index, loaded once when
 /// first needed (a window listing no packs, too many, or not all of its
-/// pages). A restore finds a window's blobs the same way.
+/// pages). A restore finds a window's blobs through one as well.
 pub struct WindowIndex {
     objects: IndexObjects,
     whole: Option<Arc<Index>>,
@@ -785,6 +785,28 @@ impl WindowIndex {
         Ok(w)
     }
 
+    /// Whether the whole index was loaded.
+    pub fn whole_loaded(&self) -> bool {
+        self.whole.is_some()
+    }
+
+    /// Index objects read for windows' packs so far.
+    pub fn objects_read(&self) -> u64 {
+        self.objects.fetched
+    }
+
+    /// The index to read a window listing `listed` through: of those
+    /// packs alone, or the whole index if it lists none (or too many to be
+    /// honest), or once the whole index is loaded anyway.
+    pub async fn for_window(&mut self, listed: Option<&[Id]>) -> Result<Arc<Index>, RepoError> {
+        match listed {
+            Some(packs) if self.whole.is_none() && packs.len() <= MAX_WINDOW_PACKS => {
+                Ok(self.objects.index_of(packs).await?.index.clone())
+            }
+            _ => self.whole().await,
+        }
+    }
+
     /// A read window's groups as they stand and those superseded
     /// ([`load_window`]), with the index that located its pages: that of
     /// the packs it lists (`listed`), or else the whole index. A page
@@ -796,12 +818,10 @@ impl WindowIndex {
         pages: &[Id],
         overlays: &[usize],
     ) -> Result<(Arc<Index>, (Vec<GroupEntry>, Vec<GroupEntry>)), RepoError> {
-        if let Some(packs) = listed {
-            if self.whole.is_none() && packs.len() <= MAX_WINDOW_PACKS {
-                let index = self.objects.index_of(packs).await?.index.clone();
-                if let Ok(read) = load_window(cache, &index, &self.meta, pages, overlays).await {
-                    return Ok((index, read));
-                }
+        let index = self.for_window(listed).await?;
+        if !self.whole_loaded() {
+            if let Ok(read) = load_window(cache, &index, &self.meta, pages, overlays).await {
+                return Ok((index, read));
             }
         }
         let index = self.whole().await?;

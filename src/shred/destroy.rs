@@ -564,8 +564,9 @@ async fn scan_target(
         if let Some(fs) = &snap.files {
             if let Some(us) = scan.units_of(&fs.key, None) {
                 let unreadable = vault.key(&fs.key).is_none();
+                // Pages of files are in no read window: the whole index.
+                let whole = locate.whole().await.map_err(crate::ops::OpsError::from)?;
                 for part in fs.pages.chunks(tree::PAGES_AT_ONCE) {
-                    let whole = locate.whole().await.map_err(crate::ops::OpsError::from)?;
                     let loaded = tree::load_pages(&mut cache, &whole, &meta, part)
                         .await
                         .map_err(crate::ops::OpsError::from)?;
