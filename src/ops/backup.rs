@@ -1376,10 +1376,6 @@ const MAX_WINDOW_OVERLAYS: usize = 8;
 /// overlay: what an overlay deletes stays stored while its base is kept.
 const MAX_DELETED_SHARE: usize = 8;
 
-/// Pages of the parent's window read at once to draft an overlay (about
-/// 0.5 MB of pages of 8 groups).
-const BASE_PAGES_AT_ONCE: usize = 1024;
-
 /// A group of the parent's window as it stands, as little of it as an
 /// overlay needs: who it is, and a fingerprint of the rest.
 struct BaseGroup {
@@ -2251,8 +2247,8 @@ impl BaseReader {
             for _ in starts.iter().filter(|&&s| s == i) {
                 entry_starts.push(groups.len());
             }
-            if i % BASE_PAGES_AT_ONCE == 0 {
-                let part = &pages[i..(i + BASE_PAGES_AT_ONCE).min(pages.len())];
+            if i % tree::PAGES_AT_ONCE == 0 {
+                let part = &pages[i..(i + tree::PAGES_AT_ONCE).min(pages.len())];
                 read = match self
                     .handle
                     .block_on(tree::PagesRead::fetch(&mut cache, &index, part))
@@ -2267,7 +2263,7 @@ impl BaseReader {
             }
             let read = read.as_ref().expect("fetched at the part's first page");
             let scanned =
-                read.plain(&self.meta, i % BASE_PAGES_AT_ONCE)
+                read.plain(&self.meta, i % tree::PAGES_AT_ONCE)
                     .and_then(|(object, plain)| {
                         let mut unit = None;
                         let head = tree::scan_groups(&plain, |head, g| {
