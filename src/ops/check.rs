@@ -226,7 +226,7 @@ pub async fn check_with(
         target: target.clone(),
         meta: &meta,
         vault: &vault,
-        objects: IndexObjects::new(target.clone(), meta.clone(), KEPT_INDEX_ENTRIES),
+        objects: IndexObjects::new(target.clone(), meta.clone(), KEPT_INDEX_ENTRIES).with_files(),
         whole: None,
         read_data,
         cache: PackCache::new(target.clone(), TREE_PACKS),

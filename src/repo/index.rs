@@ -189,7 +189,14 @@ impl IndexFile {
     }
 
     fn decode_entries(object: &str, version: u8, b: &[u8]) -> Result<Vec<IndexEntry>, RepoError> {
-        let mut out = Vec::new();
+        // Room for the entries the table declares, but no more than its
+        // bytes can hold (a hostile count is refused by the decoder), so
+        // the vector is not grown by doubling: half its capacity would
+        // stay allocated beside the entries while the object is kept.
+        let declared = b
+            .get(..4)
+            .map_or(0, |c| u32::from_le_bytes(c.try_into().unwrap()) as usize);
+        let mut out = Vec::with_capacity(declared.min(b.len() / ENTRY_MIN_V2));
         Self::for_each_entry(object, version, b, |e| {
             out.push(e);
             Ok(())
@@ -616,6 +623,9 @@ pub struct IndexObjects {
     last: Option<Arc<PacksIndex>>,
     kept_entries: usize,
     budget: usize,
+    /// Whether an index built keeps the objects it was built from
+    /// ([`PacksIndex::files`]); see [`IndexObjects::with_files`].
+    with_files: bool,
     /// Index objects fetched (cache misses), for reports and tests.
     pub fetched: u64,
     /// Indexes built, and given again (see [`IndexObjects::index_of`]).
@@ -626,8 +636,9 @@ pub struct IndexObjects {
 /// An index of some packs (see [`IndexObjects::index_of`]).
 pub struct PacksIndex {
     pub index: Arc<Index>,
-    /// The index objects it was built from: the index's pack `i` is
-    /// `files[i]`'s.
+    /// The index objects it was built from, if asked for
+    /// ([`IndexObjects::with_files`]): the index's pack `i` is `files[i]`'s.
+    /// Empty otherwise.
     pub files: Vec<Arc<IndexFile>>,
     /// The packs asked for, sorted, each once.
     packs: Vec<Id>,
@@ -651,10 +662,21 @@ impl IndexObjects {
             last: None,
             kept_entries: 0,
             budget,
+            with_files: false,
             fetched: 0,
             built: 0,
             reused: 0,
         }
+    }
+
+    /// Indexes built keep the index objects they were built from
+    /// ([`PacksIndex::files`], for a reader of the entries as stored).
+    /// Without, the objects of a window's packs beyond the budget are
+    /// freed once merged: the index holds their entries already, so a
+    /// window listing many packs no longer holds them twice.
+    pub fn with_files(mut self) -> Self {
+        self.with_files = true;
+        self
     }
 
     /// An index of just `packs` (duplicates ignored). A pack whose index
@@ -677,7 +699,10 @@ impl IndexObjects {
         let mut asked = packs.to_vec();
         asked.sort_unstable();
         asked.dedup();
-        let (index, files) = self.build(&asked).await?;
+        let (index, mut files) = self.build(&asked).await?;
+        if !self.with_files {
+            files = Vec::new();
+        }
         self.built += 1;
         let built = Arc::new(PacksIndex {
             index: Arc::new(index),
@@ -1241,14 +1266,58 @@ mod tests {
 
     #[test]
     fn index_object_round_trips_and_refuses_garbage() {
-        let f = file(4, &[1, 2, 3]);
+        let f = file(4, &[1, 2, 3, 4, 5]);
         let b = f.encode();
-        assert_eq!(IndexFile::decode("x", &b).unwrap(), f);
+        let decoded = IndexFile::decode("x", &b).unwrap();
+        assert_eq!(decoded, f);
+        // Sized to what the table declares, not grown by doubling (kept
+        // objects would hold the spare room).
+        assert_eq!(decoded.entries.capacity(), 5);
         for n in 0..b.len() {
             assert!(IndexFile::decode("x", &b[..n]).is_err(), "{n}");
         }
         let mut big = f.clone();
         big.pack_size = 10;
         assert!(IndexFile::decode("x", &big.encode()).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_index_of_some_packs_keeps_their_objects_only_when_asked() {
+        use crate::crypto::Key32;
+        use crate::target::S3Settings;
+        let t = Arc::new(
+            Target::open(
+                "t",
+                "memory://index-of",
+                false,
+                &S3Settings::default(),
+                true,
+            )
+            .unwrap(),
+        );
+        let meta = Arc::new(MetaKey::new(&Key32::random()));
+        let files = [file(1, &[10, 11]), file(2, &[20, 21, 22])];
+        for f in &files {
+            f.store(&t, &meta).await.unwrap();
+        }
+        let packs: Vec<Id> = files.iter().map(|f| f.pack).collect();
+        for with in [false, true] {
+            let mut objects = IndexObjects::new(t.clone(), meta.clone(), 1 << 10);
+            if with {
+                objects = objects.with_files();
+            }
+            let built = objects.index_of(&packs).await.unwrap();
+            // Either way every entry is found, in its own pack.
+            for f in &files {
+                for e in &f.entries {
+                    let id = Id([e.key[0]; 32]);
+                    let loc = built.index.chunks.get(&id).expect("entry found");
+                    assert_eq!(built.index.pack_of(loc).0, f.pack);
+                }
+            }
+            let mut kept: Vec<Id> = built.files.iter().map(|f| f.pack).collect();
+            kept.sort_unstable();
+            assert_eq!(kept, if with { packs.clone() } else { Vec::new() });
+        }
     }
 }
