@@ -150,7 +150,32 @@ async fn run(
             names.join("; ")
         )));
     }
-    let index = Index::load(target, meta).await?;
+    let times: Vec<(String, String)> = snaps
+        .iter()
+        .map(|s| (s.id.clone(), s.time.clone()))
+        .collect();
+    let decisions = keep_decisions(&policy.snapshots, &times);
+    let keep: HashSet<&str> = decisions
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.id.as_str())
+        .collect();
+    let kept = || snaps.iter().filter(|s| keep.contains(s.id.as_str()));
+    let pages_of = |s: &Snapshot| -> Vec<Id> {
+        let mut pages: Vec<Id> = s
+            .record_tables()
+            .iter()
+            .flat_map(|t| t.pages.iter().copied())
+            .collect();
+        if let Some(f) = &s.files {
+            pages.extend(f.pages.iter().copied());
+        }
+        pages
+    };
+    // A membership index: the pack of every chunk (20 bytes each, not the
+    // 32 of a full index: at 4 GiB of records, 27 M chunks), and where the
+    // kept snapshots' tree pages lie, which are read.
+    let index = Index::load_membership(target, meta, kept().flat_map(pages_of)).await?;
     if !index.broken.is_empty() {
         let names: Vec<String> = index
             .broken
@@ -165,24 +190,14 @@ async fn run(
             names.join("; ")
         )));
     }
-    let times: Vec<(String, String)> = snaps
-        .iter()
-        .map(|s| (s.id.clone(), s.time.clone()))
-        .collect();
-    let decisions = keep_decisions(&policy.snapshots, &times);
-    let keep: HashSet<&str> = decisions
-        .iter()
-        .filter(|d| d.keep)
-        .map(|d| d.id.as_str())
-        .collect();
 
     // Packs the kept snapshots refer to.
     let mut cache = PackCache::new(Arc::new(target.clone()), 8);
     let mut used = vec![false; index.packs.len()];
     let mut seen_pages: HashSet<Id> = HashSet::new();
     let mark = |id: &Id, used: &mut [bool]| {
-        if let Some(loc) = index.chunks.get(id) {
-            used[loc.pack as usize] = true;
+        if let Some(pack) = index.chunks.pack(id) {
+            used[pack as usize] = true;
         }
     };
     let pack_at: HashMap<Id, usize> = index
@@ -191,7 +206,7 @@ async fn run(
         .enumerate()
         .map(|(i, (id, _))| (*id, i))
         .collect();
-    for s in snaps.iter().filter(|s| keep.contains(s.id.as_str())) {
+    for s in kept() {
         // Its page lists are read by place, not through the index: their
         // packs are kept by name.
         for l in s.page_lists() {
@@ -204,16 +219,7 @@ async fn run(
             };
             used[i] = true;
         }
-        let mut pages: Vec<Id> = Vec::new();
-        pages.extend(
-            s.record_tables()
-                .iter()
-                .flat_map(|t| t.pages.iter().copied()),
-        );
-        if let Some(f) = &s.files {
-            pages.extend(f.pages.iter().copied());
-        }
-        for pid in pages {
+        for pid in pages_of(s) {
             if !seen_pages.insert(pid) {
                 continue;
             }
