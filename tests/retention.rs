@@ -319,6 +319,72 @@ async fn forget_and_prune_on_a_file_target_keeps_kept_snapshots_whole_and_shrink
     forget_and_prune_scenario(&f, || bytes_under(&target)).await;
 }
 
+/// A read window lists the packs of its blobs (FORMAT 3.5), and prune
+/// finds what a kept window needs through their index objects. A list
+/// that names a pack that does not exist, names none, or names its tree
+/// pages' packs but not its chunks' sends prune to the whole index for
+/// that window: nothing a kept snapshot needs is deleted, and what only
+/// the forgotten one needed is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_what_windows_need_when_their_pack_lists_are_wrong_or_missing() {
+    use custos::crypto::Id;
+    // (what, the list given a window's pages' packs)
+    type Rewrite = fn(Vec<Id>) -> Option<Vec<Id>>;
+    let rewrites: [(&str, Rewrite); 3] = [
+        ("a pack that does not exist", |_| Some(vec![Id([7; 32])])),
+        ("none", |_| None),
+        ("its pages' packs only", Some),
+    ];
+    for (what, rewrite) in rewrites {
+        let f = fixture(months, None, "\n[snapshots]\nkeep_last = 2\n").await;
+        let policy = f.load();
+        let (ids, copies) = three_snapshots(&f).await;
+        let repo = custos::ops::OpenRepo::open(&policy, None).await.unwrap();
+        let index = custos::repo::index::Index::load(&repo.target, &repo.meta)
+            .await
+            .unwrap();
+        let mut left_out = 0;
+        for id in &ids[1..] {
+            let mut snap = Snapshot::find(&repo.target, &repo.meta, id).await.unwrap();
+            let tables = &mut snap.sqlite.as_mut().expect("a SQLite snapshot").tables;
+            for t in tables {
+                for w in t.page_windows() {
+                    let mark = &mut t.windows[w.mark.expect("windows are marked")];
+                    let listed = mark.packs.clone().expect("every window lists its packs");
+                    let mut of_pages: Vec<Id> = t.pages[w.range]
+                        .iter()
+                        .map(|p| index.pack_of(&index.chunks[p]).0)
+                        .collect();
+                    of_pages.sort_unstable();
+                    of_pages.dedup();
+                    left_out += listed.iter().filter(|p| !of_pages.contains(p)).count();
+                    mark.packs = rewrite(of_pages);
+                }
+            }
+            snap.store(&repo.target, &repo.meta).await.unwrap();
+        }
+        // Some windows' chunks lie in packs their pages do not.
+        assert!(left_out > 0, "{what}");
+        drop((repo, index));
+        let target = f.path("target");
+        let before = bytes_under(&target);
+        let r = forget_and_prune(&policy, &PruneOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(r.forgotten, [ids[0].clone()], "{what}");
+        let after = bytes_under(&target);
+        assert!(
+            before - after >= 350_000,
+            "{what}: the target shrank by {} bytes only",
+            before - after
+        );
+        assert_check_read_data(&policy).await;
+        for (i, (id, copy)) in ids.iter().zip(&copies).enumerate().skip(1) {
+            restore_equal(&policy, id, copy, &f.path(&format!("restored-{i}.db"))).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_and_prune_on_an_s3_target_keeps_kept_snapshots_whole_and_shrinks_the_target() {
     let s3 = S3Server::start();

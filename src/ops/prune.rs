@@ -27,7 +27,7 @@ use crate::repo::cache::PackCache;
 use crate::repo::index::{index_path, Index};
 use crate::repo::pack::pack_path;
 use crate::repo::snapshot::{snapshot_path, Snapshot};
-use crate::repo::tree::Page;
+use crate::repo::tree::{self, Page, WindowIndex};
 use crate::retention::{keep_decisions, SnapshotDecision};
 use crate::target::Target;
 use serde::Serialize;
@@ -161,21 +161,11 @@ async fn run(
         .map(|d| d.id.as_str())
         .collect();
     let kept = || snaps.iter().filter(|s| keep.contains(s.id.as_str()));
-    let pages_of = |s: &Snapshot| -> Vec<Id> {
-        let mut pages: Vec<Id> = s
-            .record_tables()
-            .iter()
-            .flat_map(|t| t.pages.iter().copied())
-            .collect();
-        if let Some(f) = &s.files {
-            pages.extend(f.pages.iter().copied());
-        }
-        pages
-    };
-    // A membership index: the pack of every chunk (20 bytes each, not the
-    // 32 of a full index: at 4 GiB of records, 27 M chunks), and where the
-    // kept snapshots' tree pages lie, which are read.
-    let index = Index::load_membership(target, meta, kept().flat_map(pages_of)).await?;
+    // Every index object is read, but only its pack is kept (and its
+    // size): which packs a kept snapshot needs is found window by window,
+    // below, so memory follows a window, not the repository (the whole
+    // index, 32 bytes a chunk, was over 1 GiB at 4 GiB of records).
+    let index = Index::load_packs(target, meta).await?;
     if !index.broken.is_empty() {
         let names: Vec<String> = index
             .broken
@@ -192,14 +182,11 @@ async fn run(
     }
 
     // Packs the kept snapshots refer to.
-    let mut cache = PackCache::new(Arc::new(target.clone()), 8);
+    let shared = Arc::new(target.clone());
+    let mut cache = PackCache::new(shared.clone(), 8);
+    let mut locate = WindowIndex::new(shared, Arc::new(meta.clone()));
     let mut used = vec![false; index.packs.len()];
     let mut seen_pages: HashSet<Id> = HashSet::new();
-    let mark = |id: &Id, used: &mut [bool]| {
-        if let Some(pack) = index.chunks.pack(id) {
-            used[pack as usize] = true;
-        }
-    };
     let pack_at: HashMap<Id, usize> = index
         .packs
         .iter()
@@ -207,6 +194,12 @@ async fn run(
         .map(|(i, (id, _))| (*id, i))
         .collect();
     for s in kept() {
+        let damaged = |e: &dyn std::fmt::Display| {
+            OpsError::Integrity(format!(
+                "snapshot {} on target `{}`: {e}; prune deletes nothing until `custos check` passes",
+                s.id, target.name
+            ))
+        };
         // Its page lists are read by place, not through the index: their
         // packs are kept by name.
         for l in s.page_lists() {
@@ -219,28 +212,62 @@ async fn run(
             };
             used[i] = true;
         }
-        for pid in pages_of(s) {
-            if !seen_pages.insert(pid) {
+        // A read window's pages and chunks are found through the index
+        // objects of the packs it lists (FORMAT 3.5), where a restore
+        // finds them; a window that lists none, or whose list misses one
+        // of them, through the whole index, as are a files snapshot's.
+        let mut windows: Vec<(Option<&[Id]>, &[Id])> = Vec::new();
+        for t in s.record_tables() {
+            for w in t.page_windows() {
+                let listed = w.mark.and_then(|i| t.windows[i].packs.as_deref());
+                windows.push((listed, &t.pages[w.range]));
+            }
+        }
+        if let Some(f) = &s.files {
+            windows.push((None, &f.pages));
+        }
+        for (listed, pages) in windows {
+            // A page an earlier window named was walked with it (windows
+            // of later snapshots share their base pages): the packs of its
+            // blobs are marked. (A restore whose window's packs then miss
+            // one reads that window through the whole index.)
+            let fresh: Vec<Id> = pages
+                .iter()
+                .filter(|pid| seen_pages.insert(**pid))
+                .copied()
+                .collect();
+            if fresh.is_empty() {
                 continue;
             }
-            mark(&pid, &mut used);
-            let page = Page::load(&mut cache, &index, meta, &pid).await.map_err(|e| {
-                OpsError::Integrity(format!(
-                    "snapshot {} on target `{}`: {e}; prune deletes nothing until `custos check` passes",
-                    s.id, target.name
-                ))
-            })?;
-            match page {
-                Page::Groups { groups, .. } => {
-                    for g in &groups {
-                        g.chunks.iter().for_each(|c| mark(c, &mut used));
-                    }
+            let pages = &fresh[..];
+            let through = locate.for_window(listed).await.map_err(|e| damaged(&e))?;
+            let found = if locate.whole_loaded() {
+                None
+            } else {
+                window_packs(&mut cache, &through, meta, pages, true)
+                    .await
+                    .ok()
+                    .flatten()
+            };
+            let packs = match found {
+                Some(p) => p,
+                None => {
+                    let whole = locate.whole().await.map_err(|e| damaged(&e))?;
+                    window_packs(&mut cache, &whole, meta, pages, false)
+                        .await
+                        .map_err(|e| damaged(&e))?
+                        .unwrap_or_default()
                 }
-                Page::Files { files, .. } => {
-                    for f in &files {
-                        f.chunks.iter().for_each(|c| mark(c, &mut used));
-                    }
-                }
+            };
+            for p in packs {
+                // Not among the packs listed when prune started: an index
+                // object written since, which nothing may do under the lock.
+                let Some(&i) = pack_at.get(&p) else {
+                    return Err(damaged(&format!(
+                        "pack {p} holds what it refers to but was not listed when prune started"
+                    )));
+                };
+                used[i] = true;
             }
         }
     }
@@ -312,4 +339,66 @@ async fn run(
         "pruned"
     );
     Ok(report)
+}
+
+/// The packs holding a read window's tree pages and the chunks their
+/// entries name, found through `index`. `strict` (an index of the packs
+/// the window lists): `None` if one of them is not found or a page cannot
+/// be read, so that the caller asks the whole index. Through the whole
+/// index a page that cannot be found or read is an error, and a chunk no
+/// index object names is left out (it is in no pack; check reports it).
+async fn window_packs(
+    cache: &mut PackCache,
+    index: &Index,
+    meta: &crate::crypto::MetaKey,
+    pages: &[Id],
+    strict: bool,
+) -> Result<Option<Vec<Id>>, crate::repo::RepoError> {
+    let mut packs: Vec<u32> = Vec::new();
+    let mut add = |p: u32| {
+        if !packs.contains(&p) {
+            packs.push(p);
+        }
+    };
+    for part in pages.chunks(tree::PAGES_AT_ONCE) {
+        for pid in part {
+            let Some(loc) = index.chunks.get(pid) else {
+                if strict {
+                    return Ok(None);
+                }
+                return Err(crate::repo::RepoError::malformed(
+                    format!("tree page {pid}"),
+                    "no index object names it",
+                ));
+            };
+            add(loc.pack);
+        }
+        // Read together: nearby pages in one read.
+        let read = match tree::load_pages(cache, index, meta, part).await {
+            Ok(read) => read,
+            Err(_) if strict => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        for page in &read {
+            let chunks: Vec<&Id> = match page {
+                Page::Groups { groups, .. } => {
+                    groups.iter().flat_map(|g| g.chunks.iter()).collect()
+                }
+                Page::Files { files, .. } => files.iter().flat_map(|f| f.chunks.iter()).collect(),
+            };
+            for c in chunks {
+                match index.chunks.pack(c) {
+                    Some(pack) => add(pack),
+                    None if strict => return Ok(None),
+                    None => {}
+                }
+            }
+        }
+    }
+    Ok(Some(
+        packs
+            .into_iter()
+            .map(|p| index.packs[p as usize].0)
+            .collect(),
+    ))
 }
