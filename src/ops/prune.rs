@@ -24,7 +24,7 @@ use super::{MetaRepo, OpsError};
 use crate::crypto::Id;
 use crate::policy::Policy;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{index_path, Index};
+use crate::repo::index::{index_path, Index, PackSet};
 use crate::repo::pack::pack_path;
 use crate::repo::snapshot::{snapshot_path, Snapshot};
 use crate::repo::tree::{self, Page, WindowIndex};
@@ -239,26 +239,9 @@ async fn run(
             if fresh.is_empty() {
                 continue;
             }
-            let pages = &fresh[..];
-            let through = locate.for_window(listed).await.map_err(|e| damaged(&e))?;
-            let found = if locate.whole_loaded() {
-                None
-            } else {
-                window_packs(&mut cache, &through, meta, pages, true)
-                    .await
-                    .ok()
-                    .flatten()
-            };
-            let packs = match found {
-                Some(p) => p,
-                None => {
-                    let whole = locate.whole().await.map_err(|e| damaged(&e))?;
-                    window_packs(&mut cache, &whole, meta, pages, false)
-                        .await
-                        .map_err(|e| damaged(&e))?
-                        .unwrap_or_default()
-                }
-            };
+            let packs = window_packs(&mut locate, &mut cache, meta, listed, &fresh)
+                .await
+                .map_err(|e| damaged(&e))?;
             for p in packs {
                 // Not among the packs listed when prune started: an index
                 // object written since, which nothing may do under the lock.
@@ -341,25 +324,43 @@ async fn run(
     Ok(report)
 }
 
-/// The packs holding a read window's tree pages and the chunks their
-/// entries name, found through `index`. `strict` (an index of the packs
-/// the window lists): `None` if one of them is not found or a page cannot
-/// be read, so that the caller asks the whole index. Through the whole
-/// index a page that cannot be found or read is an error, and a chunk no
-/// index object names is left out (it is in no pack; check reports it).
+/// The packs holding a read window's tree pages (`pages`, those not
+/// walked before) and the chunks their entries name: through the index
+/// objects of the packs the window lists (`listed`) if they hold all of
+/// them, else through the target's whole index, as
+/// [`WindowIndex::load_window`] chooses.
 async fn window_packs(
+    locate: &mut WindowIndex,
+    cache: &mut PackCache,
+    meta: &crate::crypto::MetaKey,
+    listed: Option<&[Id]>,
+    pages: &[Id],
+) -> Result<Vec<Id>, crate::repo::RepoError> {
+    let index = locate.for_window(listed).await?;
+    if !locate.whole_loaded() {
+        if let Ok(Some(packs)) = packs_through(cache, &index, meta, pages, true).await {
+            return Ok(packs);
+        }
+    }
+    let whole = locate.whole().await?;
+    Ok(packs_through(cache, &whole, meta, pages, false)
+        .await?
+        .unwrap_or_default())
+}
+
+/// The packs holding `pages` and the chunks their entries name, found
+/// through `index`. `strict` (an index of some packs): `None` if one of
+/// them is not found or a page cannot be read. Else a page that cannot be
+/// found or read is an error, and a chunk no index object names is left
+/// out (it is in no pack; check reports it).
+async fn packs_through(
     cache: &mut PackCache,
     index: &Index,
     meta: &crate::crypto::MetaKey,
     pages: &[Id],
     strict: bool,
 ) -> Result<Option<Vec<Id>>, crate::repo::RepoError> {
-    let mut packs: Vec<u32> = Vec::new();
-    let mut add = |p: u32| {
-        if !packs.contains(&p) {
-            packs.push(p);
-        }
-    };
+    let mut packs = PackSet::default();
     for part in pages.chunks(tree::PAGES_AT_ONCE) {
         for pid in part {
             let Some(loc) = index.chunks.get(pid) else {
@@ -371,7 +372,7 @@ async fn window_packs(
                     "no index object names it",
                 ));
             };
-            add(loc.pack);
+            packs.add(loc.pack);
         }
         // Read together: nearby pages in one read.
         let read = match tree::load_pages(cache, index, meta, part).await {
@@ -380,25 +381,23 @@ async fn window_packs(
             Err(e) => return Err(e),
         };
         for page in &read {
-            let chunks: Vec<&Id> = match page {
-                Page::Groups { groups, .. } => {
-                    groups.iter().flat_map(|g| g.chunks.iter()).collect()
-                }
-                Page::Files { files, .. } => files.iter().flat_map(|f| f.chunks.iter()).collect(),
+            let mut missing = false;
+            let mut add = |c: &Id| match index.chunks.pack(c) {
+                Some(pack) => packs.add(pack),
+                None => missing = true,
             };
-            for c in chunks {
-                match index.chunks.pack(c) {
-                    Some(pack) => add(pack),
-                    None if strict => return Ok(None),
-                    None => {}
+            match page {
+                Page::Groups { groups, .. } => {
+                    groups.iter().flat_map(|g| &g.chunks).for_each(&mut add)
                 }
+                Page::Files { files, .. } => {
+                    files.iter().flat_map(|f| &f.chunks).for_each(&mut add)
+                }
+            }
+            if missing && strict {
+                return Ok(None);
             }
         }
     }
-    Ok(Some(
-        packs
-            .into_iter()
-            .map(|p| index.packs[p as usize].0)
-            .collect(),
-    ))
+    Ok(Some(index.pack_ids(&packs)))
 }
