@@ -1093,6 +1093,91 @@ async fn many_requests_at_once_are_each_decided_as_alone() {
     assert!(matches!(e, ShredError::BelowFloor { .. }), "{e}");
 }
 
+/// A subject's floor weighs every record of the subject in any snapshot,
+/// also one that only a later snapshot's overlay on an older window holds
+/// (the window's base pages were walked with the older snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_floor_sees_records_that_only_an_overlay_holds() {
+    use custos::shred::{ShredError, UnitSpec};
+    let env = setup().await;
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let strict = with_shred_extra(&env, "min_retention = { consumption = \"280d\" }\n");
+    let at = chrono::DateTime::parse_from_rfc3339("2026-12-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    // A customer whose calls were all before February in both snapshots
+    // (old enough at `at`), with calls in a window of the table that is
+    // not its last (one an incremental overlays, not one it extends).
+    let db = env.dir.join("crm.db");
+    let (customer, call): (i64, i64) = {
+        let c = Connection::open(&db).unwrap();
+        c.query_row(
+            "SELECT customer_id, min(id) FROM cdrs GROUP BY customer_id
+             HAVING max(started_at) < '2026-02'
+             ORDER BY min(id) LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let v0 = Connection::open(&env.versions[0].1).unwrap();
+    let before: String = v0
+        .query_row(
+            "SELECT max(started_at) FROM cdrs WHERE customer_id = ?1",
+            [customer],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(before.as_str() < "2026-02", "{before}");
+    // One of its calls moves to March 2026 (young at `at`: March ends
+    // 2026-04-01, + 280 days is 2027-01-06) and a third snapshot is taken.
+    let moved = Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE cdrs SET started_at = '2026-03-15T10:00:00Z' WHERE id = ?1",
+            [call],
+        )
+        .unwrap();
+    assert_eq!(moved, 1);
+    let third = backup_each_target(&env.policy).await;
+
+    let refused = || async {
+        let e = custos::shred::request(
+            &strict,
+            &state,
+            &dpo_request(UnitSpec::Subject(customer.to_string()), true),
+            at,
+        )
+        .await
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ShredError::BelowFloor { .. }), "{msg}");
+        assert!(
+            msg.contains("the subject has consumption records of period 2026-03"),
+            "{msg}"
+        );
+    };
+    refused().await;
+
+    // The same when the third snapshot's windows list a pack that does not
+    // exist (their pages are then found through the whole index).
+    let repo = custos::ops::OpenRepo::open(&env.policy, Some("primary"))
+        .await
+        .unwrap();
+    let id = &third.iter().find(|(t, _)| t == "primary").unwrap().1;
+    let mut snap = custos::repo::snapshot::Snapshot::find(&repo.target, &repo.meta, id)
+        .await
+        .unwrap();
+    for t in &mut snap.sqlite.as_mut().expect("a SQLite snapshot").tables {
+        for w in &mut t.windows {
+            w.packs = Some(vec![custos::crypto::Id([7; 32])]);
+        }
+    }
+    snap.store(&repo.target, &repo.meta).await.unwrap();
+    drop(repo);
+    refused().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_nothing_due_does_not_read_the_repository() {
     let tmp = common::tempdir();

@@ -328,7 +328,7 @@ async fn run(
 /// walked before) and the chunks their entries name: through the index
 /// objects of the packs the window lists (`listed`) if they hold all of
 /// them, else through the target's whole index, as
-/// [`WindowIndex::load_window`] chooses.
+/// [`WindowIndex::first`] and [`WindowIndex::again`] choose.
 async fn window_packs(
     locate: &mut WindowIndex,
     cache: &mut PackCache,
@@ -336,16 +336,18 @@ async fn window_packs(
     listed: Option<&[Id]>,
     pages: &[Id],
 ) -> Result<Vec<Id>, crate::repo::RepoError> {
-    let index = locate.for_window(listed).await?;
-    if !locate.whole_loaded() {
-        if let Ok(Some(packs)) = packs_through(cache, &index, meta, pages, true).await {
-            return Ok(packs);
-        }
+    let mut at = locate.first(listed).await?;
+    loop {
+        let e = match packs_through(cache, &at.index, meta, pages, !at.whole).await {
+            Ok(Some(packs)) => return Ok(packs),
+            Ok(None) => crate::repo::RepoError::malformed(
+                "a read window's pack list",
+                "misses one of its blobs",
+            ),
+            Err(e) => e,
+        };
+        at = locate.again(&at, e).await?;
     }
-    let whole = locate.whole().await?;
-    Ok(packs_through(cache, &whole, meta, pages, false)
-        .await?
-        .unwrap_or_default())
 }
 
 /// The packs holding `pages` and the chunks their entries name, found

@@ -714,9 +714,32 @@ impl IndexObjects {
     }
 
     async fn build(&mut self, packs: &[Id]) -> Result<(Index, Vec<Arc<IndexFile>>), RepoError> {
-        use futures::stream::{self, StreamExt};
         let mut idx = Index::default();
+        let (files, broken) = self.files(packs).await?;
+        idx.broken = broken;
+        idx.chunks
+            .entries
+            .reserve_exact(files.iter().map(|f| f.entries.len()).sum());
+        for f in &files {
+            idx.add(f);
+        }
+        idx.seal();
+        Ok((idx, files))
+    }
+
+    /// The index objects of `packs` (duplicates ignored), from those kept
+    /// or fetched (eight at a time), and those that could not be read,
+    /// named. A pack whose index object is gone is left out. What was
+    /// fetched is kept for the next calls, the oldest let go first beyond
+    /// the budget.
+    #[allow(clippy::type_complexity)]
+    pub async fn files(
+        &mut self,
+        packs: &[Id],
+    ) -> Result<(Vec<Arc<IndexFile>>, Vec<(String, String)>), RepoError> {
+        use futures::stream::{self, StreamExt};
         let mut files: Vec<Arc<IndexFile>> = Vec::with_capacity(packs.len());
+        let mut broken = Vec::new();
         let mut missing = Vec::new();
         for p in packs {
             if files.iter().any(|f| f.pack == *p) || missing.contains(p) {
@@ -770,16 +793,9 @@ impl IndexObjects {
                     self.kept.push_back(f.clone());
                     files.push(f);
                 }
-                Some(Err(broken)) => idx.broken.push(broken),
+                Some(Err(b)) => broken.push(b),
             }
         }
-        idx.chunks
-            .entries
-            .reserve_exact(files.iter().map(|f| f.entries.len()).sum());
-        for f in &files {
-            idx.add(f);
-        }
-        idx.seal();
         // Kept for the next windows (consecutive windows share packs),
         // oldest first out, within the budget.
         while self.kept_entries > self.budget {
@@ -788,7 +804,7 @@ impl IndexObjects {
             };
             self.kept_entries -= f.entries.len();
         }
-        Ok((idx, files))
+        Ok((files, broken))
     }
 }
 

@@ -763,6 +763,10 @@ pub struct WindowIndex {
     whole: Option<Arc<Index>>,
     target: Arc<crate::target::Target>,
     meta: Arc<MetaKey>,
+    /// Packs found holding a tree page of a window read before (metadata
+    /// packs, FORMAT 3.4): where [`for_pages`](Self::for_pages) looks for
+    /// the next windows' pages first.
+    page_packs: std::collections::HashSet<Id>,
 }
 
 impl WindowIndex {
@@ -772,6 +776,7 @@ impl WindowIndex {
             whole: None,
             target,
             meta,
+            page_packs: Default::default(),
         }
     }
 
@@ -807,6 +812,30 @@ impl WindowIndex {
         }
     }
 
+    /// The first index to read a window listing `listed` through
+    /// ([`for_window`](Self::for_window)). A read that fails through it
+    /// asks [`again`](Self::again) for the next.
+    pub async fn first(&mut self, listed: Option<&[Id]>) -> Result<Through, RepoError> {
+        let index = self.for_window(listed).await?;
+        Ok(Through {
+            index,
+            whole: self.whole_loaded(),
+        })
+    }
+
+    /// After a read through `tried` failed with `e` (a page or blob the
+    /// listed packs do not hold, or a page of theirs that does not open):
+    /// the whole index, or `e` itself if that was the whole index.
+    pub async fn again(&mut self, tried: &Through, e: RepoError) -> Result<Through, RepoError> {
+        if tried.whole {
+            return Err(e);
+        }
+        Ok(Through {
+            index: self.whole().await?,
+            whole: true,
+        })
+    }
+
     /// A read window's groups as they stand and those superseded
     /// ([`load_window`]), with the index that located its pages: that of
     /// the packs it lists (`listed`), or else the whole index. A page
@@ -818,16 +847,129 @@ impl WindowIndex {
         pages: &[Id],
         overlays: &[usize],
     ) -> Result<(Arc<Index>, (Vec<GroupEntry>, Vec<GroupEntry>)), RepoError> {
-        let index = self.for_window(listed).await?;
-        if !self.whole_loaded() {
-            if let Ok(read) = load_window(cache, &index, &self.meta, pages, overlays).await {
-                return Ok((index, read));
+        let mut at = self.first(listed).await?;
+        loop {
+            match load_window(cache, &at.index, &self.meta, pages, overlays).await {
+                Ok(read) => return Ok((at.index, read)),
+                Err(e) => at = self.again(&at, e).await?,
             }
         }
-        let index = self.whole().await?;
-        let read = load_window(cache, &index, &self.meta, pages, overlays).await?;
-        Ok((index, read))
     }
+
+    /// Some of a read window's pages (`pages`, e.g. those no window walked
+    /// before named), opened but not decoded (for [`scan_groups`]), each
+    /// with its name for messages: as stored, overlays not applied, so
+    /// every entry of every page is there, superseded or not. Read
+    /// [`PAGES_AT_ONCE`] at a time through an index of the window's listed
+    /// packs that locates these pages alone ([`for_pages`](Self::for_pages)),
+    /// else through the whole index, where a page not found is an error.
+    pub async fn load_plain_pages(
+        &mut self,
+        cache: &mut PackCache,
+        listed: Option<&[Id]>,
+        pages: &[Id],
+    ) -> Result<Vec<(String, Vec<u8>)>, RepoError> {
+        let mut at = match self.for_pages(listed, pages).await? {
+            Some(index) => Through {
+                index: Arc::new(index),
+                whole: false,
+            },
+            None => Through {
+                index: self.whole().await?,
+                whole: true,
+            },
+        };
+        'again: loop {
+            let mut read = Vec::with_capacity(pages.len());
+            for part in pages.chunks(PAGES_AT_ONCE) {
+                let got: Result<Vec<_>, _> = match PagesRead::fetch(cache, &at.index, part).await {
+                    Ok(Ok(got)) => (0..part.len()).map(|i| got.plain(&self.meta, i)).collect(),
+                    Ok(Err(missing)) => Err(RepoError::malformed(
+                        format!("tree page {missing}"),
+                        "in no index (repository damaged; run `custos check`)",
+                    )),
+                    Err(e) => Err(e),
+                };
+                match got {
+                    Ok(got) => read.extend(got),
+                    Err(e) => {
+                        at = self.again(&at, e).await?;
+                        continue 'again;
+                    }
+                }
+            }
+            return Ok(read);
+        }
+    }
+
+    /// An index that locates `pages` alone, not the chunks they name,
+    /// from the index objects of the packs the window lists (`listed`):
+    /// first those that held pages of windows read before (a window's
+    /// pages lie in the few metadata packs of the backups that wrote
+    /// them), then the others eight at a time, until every page is found.
+    /// `None` if the window lists no packs, or too many, or its packs do
+    /// not hold every page, or the whole index is loaded already.
+    async fn for_pages(
+        &mut self,
+        listed: Option<&[Id]>,
+        pages: &[Id],
+    ) -> Result<Option<Index>, RepoError> {
+        let Some(listed) = listed.filter(|l| l.len() <= MAX_WINDOW_PACKS) else {
+            return Ok(None);
+        };
+        if self.whole.is_some() {
+            return Ok(None);
+        }
+        let mut wanted: std::collections::HashMap<[u8; 16], bool> = pages
+            .iter()
+            .map(|p| (p.0[..16].try_into().expect("16 bytes"), false))
+            .collect();
+        let mut left = wanted.len();
+        let (first, rest): (Vec<Id>, Vec<Id>) =
+            listed.iter().partition(|p| self.page_packs.contains(*p));
+        let mut batches = vec![first];
+        batches.extend(rest.chunks(8).map(<[Id]>::to_vec));
+        let mut index = Index::default();
+        for batch in batches {
+            if left == 0 {
+                break;
+            }
+            let (files, _) = self.objects.files(&batch).await?;
+            for f in files {
+                let mut found = Vec::new();
+                for e in &f.entries {
+                    if let Some(seen) = wanted.get_mut(&e.key) {
+                        if !*seen {
+                            *seen = true;
+                            left -= 1;
+                            found.push(*e);
+                        }
+                    }
+                }
+                if !found.is_empty() {
+                    self.page_packs.insert(f.pack);
+                    index.add(&super::index::IndexFile {
+                        pack: f.pack,
+                        pack_size: f.pack_size,
+                        entries: found,
+                    });
+                }
+            }
+        }
+        if left > 0 {
+            return Ok(None);
+        }
+        index.seal();
+        Ok(Some(index))
+    }
+}
+
+/// An index a window's read goes through ([`WindowIndex::first`]).
+pub struct Through {
+    pub index: Arc<Index>,
+    /// Whether it is the target's whole index (else that of some packs:
+    /// what it does not find may be elsewhere).
+    pub whole: bool,
 }
 
 /// A read window's page ids as one blob, a **list page** (FORMAT 3.4):

@@ -231,6 +231,9 @@ pub async fn subject_floors(
     if of_key.is_empty() {
         return Ok(out);
     }
+    // Looked up for every group walked: sorted, searched without hashing.
+    let mut asked: Vec<KeyId> = of_key.keys().copied().collect();
+    asked.sort_unstable();
     let meta = MetaKey::new(vault.meta_key());
     let (snaps, bad) = Snapshot::list(target, &meta)
         .await
@@ -254,42 +257,66 @@ pub async fn subject_floors(
     let mut cache = PackCache::new(Arc::new(target.clone()), 8);
     let mut seen: HashSet<Id> = HashSet::new();
     // (subject, unit label) pairs already weighed.
-    let mut seen_units: HashSet<(KeyId, Arc<str>)> = HashSet::new();
+    let mut seen_units: HashSet<(KeyId, String)> = HashSet::new();
     for snap in &snaps {
         for table in snap.record_tables() {
             for w in table.page_windows() {
-                // A window whose pages an earlier snapshot named was
-                // weighed already (its groups are on those pages).
-                let pages = &table.pages[w.range];
-                let mut fresh = false;
-                for pid in pages {
-                    fresh |= seen.insert(*pid);
-                }
-                if !fresh {
+                // Only pages no earlier window named: the groups of the
+                // others were weighed with it (later snapshots name their
+                // parents' base pages again). Every entry of a page, as
+                // stored: one an overlay superseded or deleted still has
+                // its records in the packs.
+                let fresh: Vec<Id> = table.pages[w.range]
+                    .iter()
+                    .filter(|pid| seen.insert(**pid))
+                    .copied()
+                    .collect();
+                if fresh.is_empty() {
                     continue;
                 }
                 let listed = w.mark.and_then(|i| table.windows[i].packs.as_deref());
-                let (_, (groups, gone)) = locate
-                    .load_window(&mut cache, listed, pages, &w.overlays)
+                let read = locate
+                    .load_plain_pages(&mut cache, listed, &fresh)
                     .await
                     .map_err(crate::ops::OpsError::from)?;
-                for g in groups.iter().chain(&gone) {
-                    let Some((s, name)) = g.s.as_ref().and_then(|s| of_key.get_key_value(s)) else {
-                        continue;
-                    };
-                    if !seen_units.insert((*s, g.u.clone())) {
+                for (object, plain) in &read {
+                    // A record table's pages are group pages; a page of
+                    // files has no subject.
+                    if plain.first() == Some(&b'F') {
                         continue;
                     }
-                    // `period:<class>:<label>` or `epoch:<class>:<label>`.
-                    let mut parts = g.u.splitn(3, ':');
-                    let (_, class, label) = (parts.next(), parts.next(), parts.next());
-                    let (Some(class), Some(label)) = (class, label) else {
-                        continue;
-                    };
-                    if let Some((t, why)) = earliest(ledger, class, label) {
-                        let worst = out.worst.entry(name.clone()).or_default();
-                        if worst.as_ref().is_none_or(|(w, _)| t > *w) {
-                            *worst = Some((t, format!("the subject has {why}")));
+                    // Walked in place: the subjects asked about on the
+                    // page (all its groups share one time unit).
+                    let mut named: Vec<KeyId> = Vec::new();
+                    let head = tree::scan_groups(plain, |_, g| {
+                        if let Some(s) = g.s.filter(|s| asked.binary_search(s).is_ok()) {
+                            if !named.contains(&s) {
+                                named.push(s);
+                            }
+                        }
+                    })
+                    .map_err(|why| {
+                        crate::ops::OpsError::from(crate::repo::RepoError::malformed(
+                            object.as_str(),
+                            why,
+                        ))
+                    })?;
+                    for s in named {
+                        if !seen_units.insert((s, head.unit.to_string())) {
+                            continue;
+                        }
+                        let name = &of_key[&s];
+                        // `period:<class>:<label>` or `epoch:<class>:<label>`.
+                        let mut parts = head.unit.splitn(3, ':');
+                        let (_, class, label) = (parts.next(), parts.next(), parts.next());
+                        let (Some(class), Some(label)) = (class, label) else {
+                            continue;
+                        };
+                        if let Some((t, why)) = earliest(ledger, class, label) {
+                            let worst = out.worst.entry(name.clone()).or_default();
+                            if worst.as_ref().is_none_or(|(w, _)| t > *w) {
+                                *worst = Some((t, format!("the subject has {why}")));
+                            }
                         }
                     }
                 }
