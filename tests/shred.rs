@@ -1178,6 +1178,69 @@ async fn a_subject_floor_sees_records_that_only_an_overlay_holds() {
     refused().await;
 }
 
+/// A snapshot of the primary target that cannot be read: a subject
+/// request under a floor is refused (its records there cannot be weighed),
+/// and a destruction deletes no pack of that target and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_snapshot_refuses_a_floor_and_keeps_the_targets_packs() {
+    use custos::shred::{ShredError, UnitSpec};
+    let env = setup().await;
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let customer = busy_customer(&env.versions[1].1).to_string();
+    let first = &env.versions[0]
+        .0
+        .iter()
+        .find(|(t, _)| t == "primary")
+        .unwrap()
+        .1;
+    let object = env.dir.join(format!("targets/primary/snapshots/{first}"));
+    let mut bytes = fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    fs::write(&object, &bytes).unwrap();
+
+    let strict = with_shred_extra(&env, "min_retention = { consumption = \"1d\" }\n");
+    let e = custos::shred::request(
+        &strict,
+        &state,
+        &dpo_request(UnitSpec::Subject(customer.clone()), true),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, ShredError::FloorUnverifiable { .. }), "{msg}");
+    assert!(msg.contains(first.as_str()), "{msg}");
+    assert!(certificates(&env).is_empty());
+
+    // Without a floor the keys go, but the primary's packs stay: what the
+    // unreadable snapshot refers to cannot be told.
+    let plain = with_shred_extra(&env, "");
+    let primary_before = packs(&env.dir.join("targets/primary"));
+    custos::shred::request(
+        &plain,
+        &state,
+        &dpo_request(UnitSpec::Subject(customer), true),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let r = custos::shred::run(&plain, &state, &retention_run(chrono::Utc::now()))
+        .await
+        .unwrap();
+    assert_eq!(r.destroyed.len(), 1, "{r:?}");
+    let cert = certificate_bodies(&env).pop().unwrap();
+    let p = target_cov(&cert, "primary");
+    let error = p["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("1 snapshot object(s) unreadable") && error.contains(first.as_str()),
+        "{p}"
+    );
+    assert_eq!(p["packs_deleted"], 0, "{p}");
+    assert_eq!(p["residual"]["remains"], true, "{p}");
+    assert_eq!(packs(&env.dir.join("targets/primary")), primary_before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_with_nothing_due_does_not_read_the_repository() {
     let tmp = common::tempdir();

@@ -879,7 +879,7 @@ async fn list_shredded(repo: OpenRepo, snap: &Snapshot) -> Result<Vec<ShreddedTa
         // Window by window: a group an overlay superseded is counted once.
         for w in t.page_windows() {
             let listed = w.mark.and_then(|i| t.windows[i].packs.as_deref());
-            let (_, (groups, _)) = locate
+            let (groups, _) = locate
                 .load_window(&mut cache, listed, &t.pages[w.range], &w.overlays)
                 .await?;
             for g in &groups {

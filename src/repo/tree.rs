@@ -837,23 +837,45 @@ impl WindowIndex {
     }
 
     /// A read window's groups as they stand and those superseded
-    /// ([`load_window`]), with the index that located its pages: that of
-    /// the packs it lists (`listed`), or else the whole index. A page
-    /// that cannot be read through the whole index either is an error.
+    /// ([`load_window`]), its pages found through an index of them alone
+    /// ([`for_pages`](Self::for_pages)), else through the whole index. A
+    /// page that cannot be read through the whole index either is an
+    /// error. A caller that needs a chunk's place asks
+    /// [`first`](Self::first) for the index of the window's packs.
     pub async fn load_window(
         &mut self,
         cache: &mut PackCache,
         listed: Option<&[Id]>,
         pages: &[Id],
         overlays: &[usize],
-    ) -> Result<(Arc<Index>, (Vec<GroupEntry>, Vec<GroupEntry>)), RepoError> {
-        let mut at = self.first(listed).await?;
+    ) -> Result<(Vec<GroupEntry>, Vec<GroupEntry>), RepoError> {
+        let mut at = self.pages_first(listed, pages).await?;
         loop {
             match load_window(cache, &at.index, &self.meta, pages, overlays).await {
-                Ok(read) => return Ok((at.index, read)),
+                Ok(read) => return Ok(read),
                 Err(e) => at = self.again(&at, e).await?,
             }
         }
+    }
+
+    /// The first index to read `pages` of a window listing `listed`
+    /// through: one of those pages alone ([`for_pages`](Self::for_pages)),
+    /// or else the whole index.
+    async fn pages_first(
+        &mut self,
+        listed: Option<&[Id]>,
+        pages: &[Id],
+    ) -> Result<Through, RepoError> {
+        Ok(match self.for_pages(listed, pages).await? {
+            Some(index) => Through {
+                index: Arc::new(index),
+                whole: false,
+            },
+            None => Through {
+                index: self.whole().await?,
+                whole: true,
+            },
+        })
     }
 
     /// Some of a read window's pages (`pages`, e.g. those no window walked
@@ -869,16 +891,7 @@ impl WindowIndex {
         listed: Option<&[Id]>,
         pages: &[Id],
     ) -> Result<Vec<(String, Vec<u8>)>, RepoError> {
-        let mut at = match self.for_pages(listed, pages).await? {
-            Some(index) => Through {
-                index: Arc::new(index),
-                whole: false,
-            },
-            None => Through {
-                index: self.whole().await?,
-                whole: true,
-            },
-        };
+        let mut at = self.pages_first(listed, pages).await?;
         'again: loop {
             let mut read = Vec::with_capacity(pages.len());
             for part in pages.chunks(PAGES_AT_ONCE) {

@@ -244,20 +244,22 @@ pub async fn destroy_keys(
 /// once for every unit, not once a unit (a retention run may destroy
 /// hundreds). `targets` are the policy's targets, opened, in the policy's
 /// order. One result per unit, in order; a unit that fails keeps its
-/// journal entry, and no pack is deleted for it on a later target.
+/// journal entry, and no pack is deleted for it on a later target. The
+/// vault opened afresh is given back (`None` if it could not be opened,
+/// when every unit failed), for the caller to go on with.
 pub async fn prove(
     policy: &Policy,
     targets: &[crate::target::Target],
     units: Vec<(&JournalEntry, KeysGone)>,
-) -> Vec<Result<Outcome, ShredError>> {
+) -> (Vec<Result<Outcome, ShredError>>, Option<Vault>) {
     if units.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     let fresh = match crate::ops::open_vault(policy).await {
         Ok(v) => v,
         Err(e) => {
             let why = e.to_string();
-            return units
+            let failed = units
                 .iter()
                 .map(|(j, _)| {
                     Err(incomplete(
@@ -266,6 +268,7 @@ pub async fn prove(
                     ))
                 })
                 .collect();
+            return (failed, None);
         }
     };
     // The units' keys the fresh vault holds, fenced or not, by id and by
@@ -342,7 +345,7 @@ pub async fn prove(
             covs[u].push(cov);
         }
     }
-    units
+    let outcomes = units
         .into_iter()
         .zip(covs)
         .zip(failed)
@@ -356,7 +359,8 @@ pub async fn prove(
                 targets,
             }),
         })
-        .collect()
+        .collect();
+    (outcomes, Some(fresh))
 }
 
 /// The walk of one target for several units at once.
@@ -460,17 +464,12 @@ async fn scan_target(
     scan: &mut Scan<'_>,
 ) -> Result<(), ShredError> {
     let meta = MetaKey::new(vault.meta_key());
-    let (snaps, bad) = Snapshot::list(target, &meta)
+    // The snapshots' heads, then one snapshot at a time: a snapshot's page
+    // ids are held while it is walked, not every snapshot's at once.
+    let (heads, bad) = Snapshot::heads_with_ids(target, &meta)
         .await
         .map_err(crate::ops::OpsError::from)?;
-    if let Some(e) = bad.first() {
-        for c in &mut scan.covs {
-            c.error = Some(format!(
-                "{} snapshot object(s) unreadable (first: {e})",
-                bad.len()
-            ));
-        }
-    }
+    let mut unreadable: Vec<crate::repo::RepoError> = bad.into_iter().map(|(_, e)| e).collect();
     // The index objects of the packs each window lists, not the target's
     // whole index (about 0.9 GiB in memory at 4 GiB), which is loaded only
     // for a window that lists none or whose list misses a page, and for
@@ -482,7 +481,14 @@ async fn scan_target(
     // of its parent's windows again (the same pages and overlays, so the
     // same groups, keys and chunks), and is not read again for them.
     let mut seen: HashMap<[u8; 32], Vec<WindowShare>> = HashMap::new();
-    for snap in &snaps {
+    for head in &heads {
+        let snap = match Snapshot::load(target, &meta, &head.id).await {
+            Ok(snap) => snap,
+            Err(e) => {
+                unreadable.push(e);
+                continue;
+            }
+        };
         let mut affected = vec![false; scan.covs.len()];
         for c in &mut scan.covs {
             c.snapshots_scanned += 1;
@@ -506,10 +512,13 @@ async fn scan_target(
                 }
                 let mut shares: Vec<WindowShare> = Vec::new();
                 let listed = w.mark.and_then(|i| table.windows[i].packs.as_deref());
-                let (index, (groups, gone)) = locate
+                let (groups, gone) = locate
                     .load_window(&mut cache, listed, pages, &w.overlays)
                     .await
                     .map_err(crate::ops::OpsError::from)?;
+                // The index of the window's packs, built only if a chunk
+                // is sampled from it: finding the pages needs only theirs.
+                let mut index: Option<Arc<crate::repo::index::Index>> = None;
                 for g in &gone {
                     if let Some(us) = scan.units_of(&g.t, g.s.as_ref()) {
                         scan.add_chunks(&g.chunks, us);
@@ -546,6 +555,16 @@ async fn scan_target(
                             cov.groups_unreadable += 1;
                         }
                         if cov.sampled_chunks < SAMPLE_CHUNKS as u64 {
+                            let index = match &index {
+                                Some(index) => index.clone(),
+                                None => {
+                                    let through = locate
+                                        .first(listed)
+                                        .await
+                                        .map_err(crate::ops::OpsError::from)?;
+                                    index.insert(through.index).clone()
+                                }
+                            };
                             if let Some(loc) = g.chunks.first().and_then(|c| index.chunks.get(c)) {
                                 let blob = cache.blob(&index, loc).await.map_err(|e| {
                                     ShredError::Certificate(format!(
@@ -591,6 +610,14 @@ async fn scan_target(
             if a {
                 scan.covs[u].snapshots_affected.push(snap.id.clone());
             }
+        }
+    }
+    if let Some(e) = unreadable.first() {
+        for c in &mut scan.covs {
+            c.error = Some(format!(
+                "{} snapshot object(s) unreadable (first: {e})",
+                unreadable.len()
+            ));
         }
     }
     Ok(())

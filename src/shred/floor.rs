@@ -235,21 +235,26 @@ pub async fn subject_floors(
     let mut asked: Vec<KeyId> = of_key.keys().copied().collect();
     asked.sort_unstable();
     let meta = MetaKey::new(vault.meta_key());
-    let (snaps, bad) = Snapshot::list(target, &meta)
-        .await
-        .map_err(crate::ops::OpsError::from)?;
-    if let Some(e) = bad.first() {
+    let unverifiable = |e: &dyn std::fmt::Display| {
         let mut names: Vec<&String> = of_key.values().collect();
         names.sort();
         names.dedup();
-        return Err(ShredError::FloorUnverifiable {
+        ShredError::FloorUnverifiable {
             unit: names
                 .iter()
                 .map(|n| format!("subject:{n}"))
                 .collect::<Vec<_>>()
                 .join(", "),
             why: format!("a snapshot of the primary target is unreadable ({e})"),
-        });
+        }
+    };
+    // The snapshots' heads, then one snapshot at a time: a snapshot's page
+    // ids are held while it is walked, not every snapshot's at once.
+    let (heads, bad) = Snapshot::heads_with_ids(target, &meta)
+        .await
+        .map_err(crate::ops::OpsError::from)?;
+    if let Some((_, e)) = bad.first() {
+        return Err(unverifiable(e));
     }
     // Through the index objects of the packs each window lists, not the
     // target's whole index (see `tree::WindowIndex`).
@@ -258,7 +263,10 @@ pub async fn subject_floors(
     let mut seen: HashSet<Id> = HashSet::new();
     // (subject, unit label) pairs already weighed.
     let mut seen_units: HashSet<(KeyId, String)> = HashSet::new();
-    for snap in &snaps {
+    for head in &heads {
+        let snap = Snapshot::load(target, &meta, &head.id)
+            .await
+            .map_err(|e| unverifiable(&e))?;
         for table in snap.record_tables() {
             for w in table.page_windows() {
                 // Only pages no earlier window named: the groups of the
