@@ -385,6 +385,33 @@ async fn prune_keeps_what_windows_need_when_their_pack_lists_are_wrong_or_missin
     }
 }
 
+/// A snapshot object that cannot be read stops prune before it deletes
+/// anything: what the snapshot needs cannot be told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_nothing_while_a_snapshot_cannot_be_read() {
+    let f = fixture(months, None, "\n[snapshots]\nkeep_last = 2\n").await;
+    let policy = f.load();
+    let (ids, _) = three_snapshots(&f).await;
+    let object = f.path(&format!("target/snapshots/{}", ids[1]));
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&object, &bytes).unwrap();
+    let target = f.path("target");
+    let before = bytes_under(&target);
+    let e = forget_and_prune(&policy, &PruneOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("1 snapshot object(s) are unreadable, so prune cannot tell what they need")
+            && e.contains(&ids[1]),
+        "{e}"
+    );
+    assert_eq!(bytes_under(&target), before);
+    assert!(object.exists());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_and_prune_on_an_s3_target_keeps_kept_snapshots_whole_and_shrinks_the_target() {
     let s3 = S3Server::start();

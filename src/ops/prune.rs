@@ -139,16 +139,21 @@ async fn run(
 ) -> Result<PruneReport, OpsError> {
     let target = &repo.target;
     let meta = &repo.meta;
-    let (snaps, bad) = Snapshot::list_with_ids(target, meta).await?;
-    if !bad.is_empty() {
-        let names: Vec<String> = bad.iter().map(|(_, e)| e.to_string()).collect();
-        return Err(OpsError::Integrity(format!(
+    // The snapshots' heads; each snapshot is loaded (its page ids) when
+    // its windows are walked below, one at a time.
+    let (snaps, bad) = Snapshot::heads_with_ids(target, meta).await?;
+    let unreadable = |bad: &[String]| {
+        OpsError::Integrity(format!(
             "target `{}`: {} snapshot object(s) are unreadable, so prune cannot tell what they need: {}; \
              run `custos check` and repair or delete them first",
             target.name,
             bad.len(),
-            names.join("; ")
-        )));
+            bad.join("; ")
+        ))
+    };
+    if !bad.is_empty() {
+        let names: Vec<String> = bad.iter().map(|(_, e)| e.to_string()).collect();
+        return Err(unreadable(&names));
     }
     let times: Vec<(String, String)> = snaps
         .iter()
@@ -160,7 +165,6 @@ async fn run(
         .filter(|d| d.keep)
         .map(|d| d.id.as_str())
         .collect();
-    let kept = || snaps.iter().filter(|s| keep.contains(s.id.as_str()));
     // Every index object is read, but only its pack is kept (and its
     // size): which packs a kept snapshot needs is found window by window,
     // below, so memory follows a window, not the repository (the whole
@@ -193,7 +197,16 @@ async fn run(
         .enumerate()
         .map(|(i, (id, _))| (*id, i))
         .collect();
-    for s in kept() {
+    for head in &snaps {
+        // Every snapshot is read (one whose page lists cannot be read
+        // stops prune, as one whose object cannot be read does); the kept
+        // ones are walked.
+        let s = Snapshot::load(target, meta, &head.id)
+            .await
+            .map_err(|e| unreadable(&[e.to_string()]))?;
+        if !keep.contains(s.id.as_str()) {
+            continue;
+        }
         let damaged = |e: &dyn std::fmt::Display| {
             OpsError::Integrity(format!(
                 "snapshot {} on target `{}`: {e}; prune deletes nothing until `custos check` passes",
