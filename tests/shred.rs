@@ -984,13 +984,9 @@ async fn one_run_destroys_several_units_and_certifies_each_as_its_own() {
 async fn many_requests_at_once_are_each_decided_as_alone() {
     use custos::shred::{ShredError, UnitSpec};
     let env = setup().await;
-    let state = custos::state::StateDir::at(&env.state).unwrap();
     // 2026-03 ends 2026-04-01, + 280 days is 2027-01-06: young at `at`;
     // 2025-12 ends 2026-01-01, + 280 days is 2026-10-08: old enough.
-    let strict = with_shred_extra(&env, "min_retention = { consumption = \"280d\" }\n");
-    let at = chrono::DateTime::parse_from_rfc3339("2026-12-02T00:00:00Z")
-        .unwrap()
-        .with_timezone(&chrono::Utc);
+    let (state, strict, at) = floor_280d(&env);
     let young = busy_customer(&env.versions[1].1).to_string();
     // A customer whose last call, in every snapshot, is before February.
     let old: i64 = {
@@ -1100,11 +1096,7 @@ async fn many_requests_at_once_are_each_decided_as_alone() {
 async fn a_subject_floor_sees_records_that_only_an_overlay_holds() {
     use custos::shred::{ShredError, UnitSpec};
     let env = setup().await;
-    let state = custos::state::StateDir::at(&env.state).unwrap();
-    let strict = with_shred_extra(&env, "min_retention = { consumption = \"280d\" }\n");
-    let at = chrono::DateTime::parse_from_rfc3339("2026-12-02T00:00:00Z")
-        .unwrap()
-        .with_timezone(&chrono::Utc);
+    let (state, strict, at) = floor_280d(&env);
     // A customer whose calls were all before February in both snapshots
     // (old enough at `at`), with calls in a window of the table that is
     // not its last (one an incremental overlays, not one it extends).
@@ -1295,6 +1287,23 @@ async fn a_run_with_nothing_due_does_not_read_the_repository() {
     // snapshot, no index object), nothing deleted but the lock.
     assert_eq!(after.lists, before.lists, "{before:?} -> {after:?}");
     assert_eq!(after.deletes, before.deletes + 1, "{before:?} -> {after:?}");
+}
+
+/// The state directory, the policy with a 280-day floor for consumption
+/// records, and the time the floor tests decide at (2026-12-02).
+fn floor_280d(
+    env: &Env,
+) -> (
+    custos::state::StateDir,
+    Policy,
+    chrono::DateTime<chrono::Utc>,
+) {
+    let state = custos::state::StateDir::at(&env.state).unwrap();
+    let strict = with_shred_extra(env, "min_retention = { consumption = \"280d\" }\n");
+    let at = chrono::DateTime::parse_from_rfc3339("2026-12-02T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    (state, strict, at)
 }
 
 /// Rewrites the policy file with `extra` appended to `[shred]` (the last
