@@ -351,37 +351,29 @@ async fn window_packs(
 ) -> Result<Vec<Id>, crate::repo::RepoError> {
     let mut at = locate.first(listed).await?;
     loop {
-        let e = match packs_through(cache, &at.index, meta, pages, !at.whole).await {
-            Ok(Some(packs)) => return Ok(packs),
-            Ok(None) => crate::repo::RepoError::malformed(
-                "a read window's pack list",
-                "misses one of its blobs",
-            ),
-            Err(e) => e,
-        };
-        at = locate.again(&at, e).await?;
+        match packs_through(cache, &at.index, meta, pages, !at.whole).await {
+            Ok(packs) => return Ok(packs),
+            Err(e) => at = locate.again(&at, e).await?,
+        }
     }
 }
 
 /// The packs holding `pages` and the chunks their entries name, found
-/// through `index`. `strict` (an index of some packs): `None` if one of
-/// them is not found or a page cannot be read. Else a page that cannot be
-/// found or read is an error, and a chunk no index object names is left
-/// out (it is in no pack; check reports it).
+/// through `index`. A page that cannot be found or read is an error. A
+/// chunk no index object names is too if `strict` (an index of some
+/// packs: it may be in another), else it is left out (it is in no pack;
+/// check reports it).
 async fn packs_through(
     cache: &mut PackCache,
     index: &Index,
     meta: &crate::crypto::MetaKey,
     pages: &[Id],
     strict: bool,
-) -> Result<Option<Vec<Id>>, crate::repo::RepoError> {
+) -> Result<Vec<Id>, crate::repo::RepoError> {
     let mut packs = PackSet::default();
     for part in pages.chunks(tree::PAGES_AT_ONCE) {
         for pid in part {
             let Some(loc) = index.chunks.get(pid) else {
-                if strict {
-                    return Ok(None);
-                }
                 return Err(crate::repo::RepoError::malformed(
                     format!("tree page {pid}"),
                     "no index object names it",
@@ -390,11 +382,7 @@ async fn packs_through(
             packs.add(loc.pack);
         }
         // Read together: nearby pages in one read.
-        let read = match tree::load_pages(cache, index, meta, part).await {
-            Ok(read) => read,
-            Err(_) if strict => return Ok(None),
-            Err(e) => return Err(e),
-        };
+        let read = tree::load_pages(cache, index, meta, part).await?;
         for page in &read {
             let mut missing = false;
             let mut add = |c: &Id| match index.chunks.pack(c) {
@@ -410,9 +398,12 @@ async fn packs_through(
                 }
             }
             if missing && strict {
-                return Ok(None);
+                return Err(crate::repo::RepoError::malformed(
+                    "a read window's pack list",
+                    "misses a pack holding one of its chunks",
+                ));
             }
         }
     }
-    Ok(Some(index.pack_ids(&packs)))
+    Ok(index.pack_ids(&packs))
 }

@@ -11,7 +11,9 @@
 //! rewrites one page, not every page after it.
 
 use super::cache::PackCache;
-use super::index::{ChunkLoc, Index, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS};
+use super::index::{
+    ChunkLoc, Index, IndexEntry, IndexObjects, KEPT_INDEX_ENTRIES, MAX_WINDOW_PACKS,
+};
 use super::{compress_meta, decompress_meta, frame_meta_raw, put_varint, take_varint, RepoError};
 use crate::crypto::{Id, MetaKey};
 use crate::store::files::FileEntry;
@@ -702,16 +704,43 @@ pub async fn load_pages(
     meta: &MetaKey,
     ids: &[Id],
 ) -> Result<Vec<Page>, RepoError> {
-    let read = match PagesRead::fetch(cache, index, ids).await? {
-        Ok(read) => read,
-        Err(missing) => {
-            return Err(RepoError::malformed(
+    let read = fetch_located(cache, index, ids).await?;
+    (0..ids.len()).map(|i| read.page(meta, i)).collect()
+}
+
+/// The pages `ids`, opened but not decoded (for [`scan_groups`]), each
+/// with its name for messages: read through `index` [`PAGES_AT_ONCE`] at
+/// a time, as [`load_pages`] reads them.
+async fn read_plain_pages(
+    cache: &mut PackCache,
+    index: &Index,
+    meta: &MetaKey,
+    ids: &[Id],
+) -> Result<Vec<(String, Vec<u8>)>, RepoError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for part in ids.chunks(PAGES_AT_ONCE) {
+        let read = fetch_located(cache, index, part).await?;
+        for i in 0..part.len() {
+            out.push(read.plain(meta, i)?);
+        }
+    }
+    Ok(out)
+}
+
+/// [`PagesRead::fetch`], a page `index` does not locate an error naming it.
+async fn fetch_located(
+    cache: &mut PackCache,
+    index: &Index,
+    ids: &[Id],
+) -> Result<PagesRead, RepoError> {
+    PagesRead::fetch(cache, index, ids)
+        .await?
+        .map_err(|missing| {
+            RepoError::malformed(
                 format!("tree page {missing}"),
                 "in no index (repository damaged; run `custos check`)",
-            ))
-        }
-    };
-    (0..ids.len()).map(|i| read.page(meta, i)).collect()
+            )
+        })
 }
 
 /// A read window's groups as they stand, and the entries of its pages
@@ -830,6 +859,11 @@ impl WindowIndex {
         if tried.whole {
             return Err(e);
         }
+        self.through_whole().await
+    }
+
+    /// The whole index, to read through.
+    async fn through_whole(&mut self) -> Result<Through, RepoError> {
         Ok(Through {
             index: self.whole().await?,
             whole: true,
@@ -866,16 +900,13 @@ impl WindowIndex {
         listed: Option<&[Id]>,
         pages: &[Id],
     ) -> Result<Through, RepoError> {
-        Ok(match self.for_pages(listed, pages).await? {
-            Some(index) => Through {
+        match self.for_pages(listed, pages).await? {
+            Some(index) => Ok(Through {
                 index: Arc::new(index),
                 whole: false,
-            },
-            None => Through {
-                index: self.whole().await?,
-                whole: true,
-            },
-        })
+            }),
+            None => self.through_whole().await,
+        }
     }
 
     /// Some of a read window's pages (`pages`, e.g. those no window walked
@@ -892,26 +923,11 @@ impl WindowIndex {
         pages: &[Id],
     ) -> Result<Vec<(String, Vec<u8>)>, RepoError> {
         let mut at = self.pages_first(listed, pages).await?;
-        'again: loop {
-            let mut read = Vec::with_capacity(pages.len());
-            for part in pages.chunks(PAGES_AT_ONCE) {
-                let got: Result<Vec<_>, _> = match PagesRead::fetch(cache, &at.index, part).await {
-                    Ok(Ok(got)) => (0..part.len()).map(|i| got.plain(&self.meta, i)).collect(),
-                    Ok(Err(missing)) => Err(RepoError::malformed(
-                        format!("tree page {missing}"),
-                        "in no index (repository damaged; run `custos check`)",
-                    )),
-                    Err(e) => Err(e),
-                };
-                match got {
-                    Ok(got) => read.extend(got),
-                    Err(e) => {
-                        at = self.again(&at, e).await?;
-                        continue 'again;
-                    }
-                }
+        loop {
+            match read_plain_pages(cache, &at.index, &self.meta, pages).await {
+                Ok(read) => return Ok(read),
+                Err(e) => at = self.again(&at, e).await?,
             }
-            return Ok(read);
         }
     }
 
@@ -933,32 +949,28 @@ impl WindowIndex {
         if self.whole.is_some() {
             return Ok(None);
         }
-        let mut wanted: std::collections::HashMap<[u8; 16], bool> = pages
+        // The pages not found yet, as index entries name them.
+        let mut wanted: std::collections::HashSet<[u8; 16]> = pages
             .iter()
-            .map(|p| (p.0[..16].try_into().expect("16 bytes"), false))
+            .map(|p| p.0[..16].try_into().expect("16 bytes"))
             .collect();
-        let mut left = wanted.len();
         let (first, rest): (Vec<Id>, Vec<Id>) =
             listed.iter().partition(|p| self.page_packs.contains(*p));
         let mut batches = vec![first];
         batches.extend(rest.chunks(8).map(<[Id]>::to_vec));
         let mut index = Index::default();
         for batch in batches {
-            if left == 0 {
+            if wanted.is_empty() {
                 break;
             }
             let (files, _) = self.objects.files(&batch).await?;
             for f in files {
-                let mut found = Vec::new();
-                for e in &f.entries {
-                    if let Some(seen) = wanted.get_mut(&e.key) {
-                        if !*seen {
-                            *seen = true;
-                            left -= 1;
-                            found.push(*e);
-                        }
-                    }
-                }
+                let found: Vec<IndexEntry> = f
+                    .entries
+                    .iter()
+                    .filter(|e| wanted.remove(&e.key))
+                    .copied()
+                    .collect();
                 if !found.is_empty() {
                     self.page_packs.insert(f.pack);
                     index.add(&super::index::IndexFile {
@@ -969,7 +981,7 @@ impl WindowIndex {
                 }
             }
         }
-        if left > 0 {
+        if !wanted.is_empty() {
             return Ok(None);
         }
         index.seal();

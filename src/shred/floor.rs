@@ -288,50 +288,67 @@ pub async fn subject_floors(
                     .await
                     .map_err(crate::ops::OpsError::from)?;
                 for (object, plain) in &read {
-                    // A record table's pages are group pages; a page of
-                    // files has no subject.
-                    if plain.first() == Some(&b'F') {
-                        continue;
-                    }
-                    // Walked in place: the subjects asked about on the
-                    // page (all its groups share one time unit).
-                    let mut named: Vec<KeyId> = Vec::new();
-                    let head = tree::scan_groups(plain, |_, g| {
-                        if let Some(s) = g.s.filter(|s| asked.binary_search(s).is_ok()) {
-                            if !named.contains(&s) {
-                                named.push(s);
-                            }
-                        }
-                    })
-                    .map_err(|why| {
-                        crate::ops::OpsError::from(crate::repo::RepoError::malformed(
-                            object.as_str(),
-                            why,
-                        ))
-                    })?;
-                    for s in named {
-                        if !seen_units.insert((s, head.unit.to_string())) {
-                            continue;
-                        }
-                        let name = &of_key[&s];
-                        // `period:<class>:<label>` or `epoch:<class>:<label>`.
-                        let mut parts = head.unit.splitn(3, ':');
-                        let (_, class, label) = (parts.next(), parts.next(), parts.next());
-                        let (Some(class), Some(label)) = (class, label) else {
-                            continue;
-                        };
-                        if let Some((t, why)) = earliest(ledger, class, label) {
-                            let worst = out.worst.entry(name.clone()).or_default();
-                            if worst.as_ref().is_none_or(|(w, _)| t > *w) {
-                                *worst = Some((t, format!("the subject has {why}")));
-                            }
-                        }
-                    }
+                    weigh_page(
+                        object,
+                        plain,
+                        &asked,
+                        &of_key,
+                        ledger,
+                        &mut seen_units,
+                        &mut out,
+                    )?;
                 }
             }
         }
     }
     Ok(out)
+}
+
+/// Weighs one tree page (`plain`, named `object`) of the primary target
+/// into `out`: the time unit of its groups (a page's groups share one)
+/// for every subject asked about (`asked`, sorted; `of_key` names them)
+/// that has a group on it, once per (subject, unit) (`seen`). A page of
+/// files has no subject.
+fn weigh_page(
+    object: &str,
+    plain: &[u8],
+    asked: &[KeyId],
+    of_key: &HashMap<KeyId, String>,
+    ledger: &Ledger,
+    seen: &mut HashSet<(KeyId, String)>,
+    out: &mut SubjectFloors,
+) -> Result<(), ShredError> {
+    if plain.first() == Some(&b'F') {
+        return Ok(());
+    }
+    // Walked in place: the page's groups are not copied out.
+    let mut named: Vec<KeyId> = Vec::new();
+    let head = tree::scan_groups(plain, |_, g| {
+        if let Some(s) = g.s.filter(|s| asked.binary_search(s).is_ok()) {
+            if !named.contains(&s) {
+                named.push(s);
+            }
+        }
+    })
+    .map_err(|why| crate::ops::OpsError::from(crate::repo::RepoError::malformed(object, why)))?;
+    // `period:<class>:<label>` or `epoch:<class>:<label>`.
+    let mut parts = head.unit.splitn(3, ':');
+    let (_, class, label) = (parts.next(), parts.next(), parts.next());
+    let (Some(class), Some(label)) = (class, label) else {
+        return Ok(());
+    };
+    for s in named {
+        if !seen.insert((s, head.unit.to_string())) {
+            continue;
+        }
+        if let Some((t, why)) = earliest(ledger, class, label) {
+            let worst = out.worst.entry(of_key[&s].clone()).or_default();
+            if worst.as_ref().is_none_or(|(w, _)| t > *w) {
+                *worst = Some((t, format!("the subject has {why}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
