@@ -4,7 +4,8 @@
 //! public documents) is sealed here. The constructions are fixed by
 //! `docs/FORMAT.md`; changing one is a format change.
 //!
-//! * [`Key32`]: a 256-bit secret that zeroizes on drop and cannot be printed.
+//! * [`Key32`]: a 256-bit secret that zeroizes on drop and cannot be printed
+//!   ([`KeyBytes`]: its bytes, read in place).
 //! * [`group_key`]: the key of a shred group, derived in memory from its
 //!   subject key (if any) and its time key (period or class-epoch key). It is
 //!   never stored.
@@ -135,40 +136,39 @@ mod xchacha {
     }
 }
 
-/// A 256-bit secret key. Zeroized on drop; `Debug` is redacted; not
-/// serializable. Clone deliberately (each clone zeroizes itself).
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct Key32(Box<[u8; 32]>);
+/// A 256-bit secret key's bytes where they lie: zeroized on drop, `Debug`
+/// redacted, not serializable, not `Clone`. A [`Key32`] holds one in a box;
+/// the key vault holds one inline in each key's slot, where it was written
+/// (see `vault::table`). Functions that read a key take `&KeyBytes`, so
+/// either form can be passed.
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct KeyBytes([u8; 32]);
 
-impl Key32 {
-    /// A fresh key from the operating system's CSPRNG.
-    pub fn random() -> Self {
-        let mut k = Box::new([0u8; 32]);
-        rand::rngs::OsRng.fill_bytes(&mut k[..]);
-        Key32(k)
+impl KeyBytes {
+    /// All zero: a place for a key to be written into
+    /// ([`KeyBytes::fill_from`], [`KeyBytes::fill_random`]).
+    pub fn zeroed() -> Self {
+        KeyBytes([0; 32])
     }
 
-    /// Takes ownership of key bytes; the caller should zeroize its copy.
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        let mut b = bytes;
-        let k = Key32(Box::new(b));
-        b.zeroize();
-        k
+    /// Overwrites the key in place with `bytes`.
+    pub fn fill_from(&mut self, bytes: &[u8; 32]) {
+        self.0.copy_from_slice(bytes);
     }
 
-    /// Reads a key from a slice of exactly 32 bytes.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 32 {
-            return None;
-        }
-        let mut k = Box::new([0u8; 32]);
-        k.copy_from_slice(bytes);
-        Some(Key32(k))
+    /// Overwrites the key in place from the operating system's CSPRNG.
+    pub fn fill_random(&mut self) {
+        rand::rngs::OsRng.fill_bytes(&mut self.0);
     }
 
     /// The key bytes. Never log, print or store them outside the vault.
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// A copy of the key, in a box of its own.
+    pub fn boxed(&self) -> Key32 {
+        Key32::copied(&self.0)
     }
 
     /// A public commitment to this key (for certificates): it identifies the
@@ -178,9 +178,62 @@ impl Key32 {
     }
 }
 
-impl fmt::Debug for Key32 {
+impl fmt::Debug for KeyBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Key32(<redacted>)")
+    }
+}
+
+/// A 256-bit secret key, boxed so that a key moved is not left behind in
+/// a copy. Zeroized on drop; `Debug` is redacted; not serializable. Clone
+/// deliberately (each clone zeroizes itself). Reads through
+/// [`KeyBytes`] (`Deref`).
+pub struct Key32(Box<KeyBytes>);
+
+impl Key32 {
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn random() -> Self {
+        let mut k = Box::new(KeyBytes::zeroed());
+        k.fill_random();
+        Key32(k)
+    }
+
+    /// Takes ownership of key bytes; the caller should zeroize its copy.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        let mut b = bytes;
+        let k = Self::copied(&b);
+        b.zeroize();
+        k
+    }
+
+    /// Reads a key from a slice of exactly 32 bytes.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        Some(Self::copied(bytes.try_into().ok()?))
+    }
+
+    fn copied(bytes: &[u8; 32]) -> Self {
+        let mut k = Box::new(KeyBytes::zeroed());
+        k.fill_from(bytes);
+        Key32(k)
+    }
+}
+
+impl Clone for Key32 {
+    fn clone(&self) -> Self {
+        Self::copied(self.expose())
+    }
+}
+
+impl std::ops::Deref for Key32 {
+    type Target = KeyBytes;
+    fn deref(&self) -> &KeyBytes {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Key32 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
     }
 }
 
@@ -314,7 +367,7 @@ pub fn derive(context: &str, parts: &[&[u8]]) -> Key32 {
 /// or rows whose subject is NULL), `time` the period key or class-epoch key,
 /// `table_id` the table's name in the store. Destroying either parent key
 /// makes this key underivable.
-pub fn group_key(subject: Option<&Key32>, time: &Key32, table_id: &str) -> Key32 {
+pub fn group_key(subject: Option<&KeyBytes>, time: &KeyBytes, table_id: &str) -> Key32 {
     let zero = [0u8; 32];
     let (flag, s): (&[u8], &[u8]) = match subject {
         Some(k) => (b"S", &k.expose()[..]),
@@ -329,7 +382,7 @@ pub fn group_key(subject: Option<&Key32>, time: &Key32, table_id: &str) -> Key32
 /// [`group_key`] of many groups of one table at once (in SIMD lanes), as
 /// bytes (the caller zeroizes them): `out[i]` = `group_key(groups[i].0,
 /// groups[i].1, table_id)`.
-fn group_keys_bytes(groups: &[(Option<&Key32>, &Key32)], table_id: &str) -> Vec<[u8; 32]> {
+fn group_keys_bytes(groups: &[(Option<&KeyBytes>, &KeyBytes)], table_id: &str) -> Vec<[u8; 32]> {
     // The input `derive` lays out: each part length-prefixed.
     let n = 4 * 8 + 1 + 32 + 32 + table_id.len();
     let mut input = vec![0u8; n * groups.len()];
@@ -544,7 +597,7 @@ impl ChunkKeys {
     /// The keys of many groups of one table, derived side by side:
     /// `out[i]` = `ChunkKeys::new(group_key(groups[i].0, groups[i].1,
     /// table_id))`, without a boxed group key each.
-    pub fn of_groups(groups: &[(Option<&Key32>, &Key32)], table_id: &str) -> Vec<ChunkKeys> {
+    pub fn of_groups(groups: &[(Option<&KeyBytes>, &KeyBytes)], table_id: &str) -> Vec<ChunkKeys> {
         let mut keys = group_keys_bytes(groups, table_id);
         let jobs: Vec<(usize, &[u8; 32])> = keys.iter().map(|k| (GROUP_ID, k)).collect();
         let ids = derive_many_bytes(&jobs);
@@ -803,7 +856,7 @@ pub struct MetaKey {
 }
 
 impl MetaKey {
-    pub fn new(meta: &Key32) -> Self {
+    pub fn new(meta: &KeyBytes) -> Self {
         let enc = derive("custos 2026 meta enc v1", &[&meta.expose()[..]]);
         let mac = derive("custos 2026 meta mac v1", &[&meta.expose()[..]]);
         MetaKey { enc_key: enc, mac }
@@ -960,7 +1013,7 @@ impl RowTerms<'_> {
 /// A keyed pseudonym for a subject id: `hex(BLAKE3-keyed(pseudonym key,
 /// "subject\0" || canonical id))[..32]`. Stable for one vault, meaningless
 /// without its key.
-pub fn subject_pseudonym(pseudonym_key: &Key32, subject: &str) -> String {
+pub fn subject_pseudonym(pseudonym_key: &KeyBytes, subject: &str) -> String {
     subject_pseudonym_hex(pseudonym_key, subject)
         .as_str()
         .to_owned()
@@ -968,7 +1021,7 @@ pub fn subject_pseudonym(pseudonym_key: &Key32, subject: &str) -> String {
 
 /// [`subject_pseudonym`] in a buffer of its own: the same 32 hex digits,
 /// without allocating (a backup asks once per shred group).
-pub fn subject_pseudonym_hex(pseudonym_key: &Key32, subject: &str) -> PseudonymHex {
+pub fn subject_pseudonym_hex(pseudonym_key: &KeyBytes, subject: &str) -> PseudonymHex {
     const DOMAIN: &[u8] = b"subject\0";
     let mut buf = [0u8; 128];
     let n = DOMAIN.len() + subject.len();
@@ -994,7 +1047,7 @@ pub fn subject_pseudonym_hex(pseudonym_key: &Key32, subject: &str) -> PseudonymH
 /// of its text (UTF-8: a backup's window holds the ids it read as bytes,
 /// and validating each again would only cost).
 pub fn subject_pseudonyms_hex(
-    pseudonym_key: &Key32,
+    pseudonym_key: &KeyBytes,
     subjects: &[&[u8]],
     out: &mut Vec<PseudonymHex>,
 ) {
@@ -1195,20 +1248,20 @@ mod tests {
         let subjects: Vec<Key32> = (0..40u8).map(|i| Key32::from_bytes([i; 32])).collect();
         let time = Key32::from_bytes([200; 32]);
         for table in ["cdrs", "a table with a long name", ""] {
-            let parents: Vec<(Option<&Key32>, &Key32)> = subjects
+            let parents: Vec<(Option<&KeyBytes>, &KeyBytes)> = subjects
                 .iter()
                 .enumerate()
-                .map(|(i, s)| (if i % 3 == 0 { None } else { Some(s) }, &time))
+                .map(|(i, s)| (if i % 3 == 0 { None } else { Some(&**s) }, &*time))
                 .collect();
             let many = group_keys_bytes(&parents, table);
             for ((s, t), k) in parents.iter().zip(&many) {
                 assert_eq!(k, group_key(*s, t, table).expose(), "{table}");
             }
         }
-        let parents: Vec<(Option<&Key32>, &Key32)> = subjects
+        let parents: Vec<(Option<&KeyBytes>, &KeyBytes)> = subjects
             .iter()
             .enumerate()
-            .map(|(i, s)| (if i % 4 == 1 { None } else { Some(s) }, &time))
+            .map(|(i, s)| (if i % 4 == 1 { None } else { Some(&**s) }, &*time))
             .collect();
         let gks: Vec<Key32> = parents
             .iter()

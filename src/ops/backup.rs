@@ -15,7 +15,7 @@ use super::lock::BackupLock;
 use super::{OpenRepo, OpsError, SharedVault};
 use crate::chunk::{ChunkParams, Chunker};
 use crate::crypto::{
-    group_key, subject_pseudonyms_hex, ChunkKeys, Id, Key32, MetaKey, PseudonymHex,
+    group_key, subject_pseudonyms_hex, ChunkKeys, Id, Key32, KeyBytes, MetaKey, PseudonymHex,
 };
 use crate::policy::{ExtensionConfig, NotBackedUp, Policy, ResourcesConfig, StoreKind};
 use crate::progress::Progress;
@@ -2099,9 +2099,9 @@ impl GroupCtx<'_> {
         let mut small: Vec<(usize, OneChunk<'_>)> = Vec::new();
         let mut ids = Vec::new();
         for (run_slots, run_refs) in slots.chunks(KEYS_AT_ONCE).zip(refs.chunks(KEYS_AT_ONCE)) {
-            let parents: Vec<(Option<&Key32>, &Key32)> = run_refs
+            let parents: Vec<(Option<&KeyBytes>, &KeyBytes)> = run_refs
                 .iter()
-                .map(|r| (r.skey.as_ref(), &self.times[r.time as usize].key))
+                .map(|r| (r.skey.as_deref(), &*self.times[r.time as usize].key))
                 .collect();
             let keys: Vec<ChunkKeys> = ChunkKeys::of_groups(&parents, self.table);
             drop(parents);
@@ -2418,7 +2418,7 @@ impl ReaderCtx {
         let (kind, name) = time_key_name(class, None, &label);
         let mut v = self.vault.blocking_lock();
         let (id, k) = v.get_or_create(kind, &name);
-        (id, k.clone(), unit_label(kind, &name))
+        (id, k.boxed(), unit_label(kind, &name))
     }
 
     /// Takes one chunk (`id` is its chunk id under `keys`): dedup, hand to
@@ -2857,7 +2857,7 @@ impl ReaderCtx {
                     let (id, key) = v.get_or_create(kind, &name);
                     times.push(TimeRef {
                         id,
-                        key: key.clone(),
+                        key: key.boxed(),
                         unit: unit_label(kind, &name).into(),
                     });
                     last = Some(bucket);
@@ -2875,7 +2875,7 @@ impl ReaderCtx {
             for (i, pseudo) in self.subject_keys(&v, window, &mut refs) {
                 let (id, key) = v.get_or_create(KeyKind::Subject, pseudo.as_str());
                 refs[i].s = Some(id);
-                refs[i].skey = Some(key.clone());
+                refs[i].skey = Some(key.boxed());
             }
             refs
         };
@@ -3021,7 +3021,7 @@ impl ReaderCtx {
                         match found {
                             Some((id, key)) => {
                                 refs[*i].s = Some(id);
-                                refs[*i].skey = Some(key.clone());
+                                refs[*i].skey = Some(key.boxed());
                             }
                             None => missing.push((first + run * KEYS_AT_ONCE + i, *pseudo)),
                         }

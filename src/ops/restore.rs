@@ -9,7 +9,7 @@
 //! inserts rows, so network, decryption and SQLite overlap.
 
 use super::{OpenRepo, OpsError};
-use crate::crypto::{group_key, ChunkKeys, Id, Key32, MetaKey};
+use crate::crypto::{group_key, ChunkKeys, Id, KeyBytes, MetaKey};
 use crate::policy::{Policy, ResourcesConfig};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
@@ -221,7 +221,7 @@ pub fn parent_keys<'v>(
     let t = vault
         .key(&g.t)
         .ok_or_else(|| GroupKeyProblem::absent(vault, &g.t, false))?;
-    let s: Option<&Key32> = match &g.s {
+    let s: Option<&KeyBytes> = match &g.s {
         Some(id) => Some(
             vault
                 .key(id)
@@ -259,7 +259,7 @@ pub fn parent_keys_many<'v, 'g>(
 }
 
 /// A group's subject key (if any) and time key.
-pub type ParentKeys<'v> = (Option<&'v Key32>, &'v Key32);
+pub type ParentKeys<'v> = (Option<&'v KeyBytes>, &'v KeyBytes);
 
 /// The second half of [`group_keys`]: derives the group's keys and checks
 /// them against the group id the manifest names. A walk over many groups
@@ -289,7 +289,7 @@ pub fn keys_from_parents_many<'g>(
     groups: impl IntoIterator<Item = &'g GroupEntry>,
     table: &str,
 ) -> Vec<Result<ChunkKeys, GroupKeyProblem>> {
-    let found: Vec<(Option<&Key32>, &Key32)> = parents
+    let found: Vec<(Option<&KeyBytes>, &KeyBytes)> = parents
         .iter()
         .filter_map(|p| p.as_ref().ok().copied())
         .collect();
@@ -948,8 +948,8 @@ struct WindowReader {
 /// One group of a part: its keys (from the vault) and where its chunks are.
 struct Pending<'v> {
     group: usize,
-    subject: Option<&'v Key32>,
-    time: &'v Key32,
+    subject: Option<&'v KeyBytes>,
+    time: &'v KeyBytes,
     locs: std::ops::Range<usize>,
 }
 

@@ -44,7 +44,7 @@ mod table;
 
 pub use seal::VaultKeys;
 
-use crate::crypto::Key32;
+use crate::crypto::{Key32, KeyBytes};
 use age::x25519::{Identity, Recipient};
 use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
@@ -350,7 +350,7 @@ struct Payload {
 }
 
 /// An entry to encode: kind code, id, name, created, key.
-type EntryRef<'a> = (u8, &'a KeyId, NameRef<'a>, i64, &'a Key32);
+type EntryRef<'a> = (u8, &'a KeyId, NameRef<'a>, i64, &'a KeyBytes);
 
 /// Encodes a shard payload (see docs: "Shard payload") into a zeroizing buffer
 /// allocated once at its exact size and room for the signature.
@@ -1301,14 +1301,16 @@ impl Vault {
                                 conflicts.push((e.id, i, have.from as usize));
                             }
                         }
-                        None => entries.insert(Slot {
-                            id: e.id,
-                            name: e.name,
-                            created: e.created,
-                            key: e.key,
-                            kind,
-                            from: location_number(i),
-                        }),
+                        None => entries
+                            .insert(Slot {
+                                id: e.id,
+                                name: e.name,
+                                created: e.created,
+                                key: KeyBytes::zeroed(),
+                                kind,
+                                from: location_number(i),
+                            })
+                            .fill_from(e.key.expose()),
                     }
                 }
             }
@@ -1467,7 +1469,7 @@ impl Vault {
 
     /// The key of a unit, if present.
     /// A fenced unit (being destroyed) has none.
-    pub fn lookup(&self, kind: KeyKind, name: &str) -> Option<(KeyId, &Key32)> {
+    pub fn lookup(&self, kind: KeyKind, name: &str) -> Option<(KeyId, &KeyBytes)> {
         let k = (kind, name.to_string());
         if self.fenced.contains(&k) {
             return None;
@@ -1511,7 +1513,7 @@ impl Vault {
     /// sealed under it is committed. For a fenced unit (being destroyed) a
     /// new key is made but `persist` refuses to write it, so no data sealed
     /// under it can be committed.
-    pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &Key32) {
+    pub fn get_or_create(&mut self, kind: KeyKind, name: &str) -> (KeyId, &KeyBytes) {
         if let Some(e) = self.usable(kind, name) {
             // Reborrowed: the borrow checker cannot see that `e` ends here
             // on the other path.
@@ -1531,14 +1533,16 @@ impl Vault {
                 break id;
             }
         };
-        self.entries.insert(Slot {
-            id,
-            name: KeyName::new(name),
-            created: now(),
-            key: Key32::random(),
-            kind,
-            from: 0,
-        });
+        self.entries
+            .insert(Slot {
+                id,
+                name: KeyName::new(name),
+                created: now(),
+                key: KeyBytes::zeroed(),
+                kind,
+                from: 0,
+            })
+            .fill_random();
         self.entries.point_name(&id);
         self.created_here.insert(id);
         self.dirty.insert(Shard::of(kind, &id));
@@ -1555,7 +1559,7 @@ impl Vault {
         &'a self,
         kind: KeyKind,
         names: &[&str],
-    ) -> Vec<Option<(KeyId, &'a Key32)>> {
+    ) -> Vec<Option<(KeyId, &'a KeyBytes)>> {
         self.entries
             .named_many(kind, names)
             .into_iter()
@@ -1586,7 +1590,7 @@ impl Vault {
 
     /// The key with this id (any kind; not the repository keys). The key
     /// of a fenced unit (being destroyed) is not given out.
-    pub fn key(&self, id: &KeyId) -> Option<&Key32> {
+    pub fn key(&self, id: &KeyId) -> Option<&KeyBytes> {
         self.entries.get(id).and_then(|e| self.unfenced(e))
     }
 
@@ -1615,7 +1619,7 @@ impl Vault {
     /// [`Vault::key`] of many ids (`None` for `None`), looked up together
     /// so that their cache misses overlap (the table's `get_many`);
     /// each key's bytes are prefetched.
-    pub fn keys_many<'a>(&'a self, ids: &[Option<&KeyId>]) -> Vec<Option<&'a Key32>> {
+    pub fn keys_many<'a>(&'a self, ids: &[Option<&KeyId>]) -> Vec<Option<&'a KeyBytes>> {
         self.entries
             .get_many(ids)
             .into_iter()
@@ -1624,7 +1628,7 @@ impl Vault {
     }
 
     /// A slot's key, unless its unit is fenced (being destroyed).
-    fn unfenced<'a>(&self, e: &'a Slot) -> Option<&'a Key32> {
+    fn unfenced<'a>(&self, e: &'a Slot) -> Option<&'a KeyBytes> {
         (self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string())))
             .then_some(&e.key)
     }
@@ -1731,10 +1735,9 @@ impl Vault {
                         continue;
                     }
                     slot.insert(id, t);
-                    if let Some(e) = self.entries.remove(&id) {
+                    if self.entries.remove(&id).is_some() {
                         tracing::info!(key_id = %id, "a key destroyed elsewhere is dropped before persist");
                         self.created_here.remove(&id);
-                        drop(e);
                         dropped = true;
                     }
                 }
@@ -1918,12 +1921,11 @@ impl Vault {
         let t = now();
         let mut pending = self.pending_destroy.remove(&k).unwrap_or_default();
         for id in ids {
-            let e = self.entries.remove(&id).expect("listed above");
-            pending.push((id, e.key.commitment()));
+            let commitment = self.entries.remove(&id).expect("listed above");
+            pending.push((id, commitment));
             let shard = Shard::of(kind, &id);
             self.tombstones.entry(shard).or_default().insert(id, t);
             self.dirty.insert(shard);
-            drop(e); // zeroizes the key
         }
         if pending.is_empty() {
             return Err(VaultError::UnknownKey {

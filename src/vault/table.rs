@@ -3,16 +3,19 @@
 //!
 //! A vault holds a key per customer, so this is the one structure of a
 //! backup, restore or check that grows with the number of customers. A
-//! slot is 64 bytes (the key's 32 bytes are boxed beside it, so they are
-//! never moved), and the two lookups are tables of slot numbers: about
-//! 110 bytes a key in all, where a map from id to entry plus a name index
-//! took about 190. Slots live in fixed segments, so growing the table never
-//! copies it. The id lookup is a table of our own ([`super::ids`]), so that
+//! slot is 88 bytes with the key's 32 inline, and the two lookups are
+//! tables of slot numbers: about 100 bytes a key in all, where a map from
+//! id to entry plus a name index took about 190, and 64-byte slots with
+//! each key in a box of its own (48 bytes of heap with the allocator's
+//! header) about 125. Slots live in fixed segments, so growing the table
+//! never copies it and a key, written into its slot in place
+//! ([`KeyTable::insert`]), stays where it was written until it is taken
+//! out, when it is zeroized there ([`KeyTable::remove`]). The id lookup is a table of our own ([`super::ids`]), so that
 //! a walk's many lookups can be prefetched ([`KeyTable::get_many`]).
 
 use super::ids::IdIndex;
 use super::{KeyId, KeyKind};
-use crate::crypto::Key32;
+use crate::crypto::KeyBytes;
 use std::fmt;
 use std::hash::BuildHasher;
 
@@ -110,12 +113,14 @@ pub(super) struct Slot {
     pub id: KeyId,
     pub name: KeyName,
     pub created: i64,
-    pub key: Key32,
+    /// Written in place after the slot is in the table (see
+    /// [`KeyTable::insert`]).
+    pub key: KeyBytes,
     pub kind: KeyKind,
     /// The first vault location it was read from (its position in the
     /// vault's list), to name it when another location disagrees and to
     /// take its keys back if that location fails part-way. (In the
-    /// padding: a slot is 64 bytes with or without it.)
+    /// padding: a slot is 88 bytes with or without it.)
     pub from: u32,
 }
 
@@ -308,9 +313,12 @@ impl KeyTable {
         )
     }
 
-    /// Adds a key whose id is not in the table yet. Its name points at it
-    /// only through [`KeyTable::point_name`] or [`KeyTable::rebuild_names`].
-    pub fn insert(&mut self, slot: Slot) {
+    /// Adds a key whose id is not in the table yet, and gives its key's
+    /// place in the table to write the key into (`slot.key` should be
+    /// [`KeyBytes::zeroed`]): so the key is written once, where it stays,
+    /// not built elsewhere and moved in. Its name points at it only
+    /// through [`KeyTable::point_name`] or [`KeyTable::rebuild_names`].
+    pub fn insert(&mut self, slot: Slot) -> &mut KeyBytes {
         debug_assert!(!self.contains(&slot.id), "a key id is added twice");
         let i = u32::try_from(self.len).expect("fewer than 2^32 keys");
         let seed = self.seed;
@@ -323,6 +331,7 @@ impl KeyTable {
         let segments = &self.segments;
         self.by_id
             .insert(h, i, |j| id_hash(seed, &slot_at(segments, j).id));
+        &mut self.slot_mut(i).key
     }
 
     /// Points the key's (kind, name) at it, in place of any other key of
@@ -372,12 +381,17 @@ impl KeyTable {
         }
     }
 
-    /// Takes a key out of the table. If its name pointed at it, the name
-    /// now points nowhere: call [`KeyTable::rebuild_names`] after removing.
-    pub fn remove(&mut self, id: &KeyId) -> Option<Slot> {
+    /// Takes a key out of the table and gives its commitment
+    /// ([`KeyBytes::commitment`]). The key is zeroized in the table's
+    /// memory (the last slot is swapped into its place, and the slot taken
+    /// out is dropped where it then lies), not handed out. If its name
+    /// pointed at it, the name now points nowhere: call
+    /// [`KeyTable::rebuild_names`] after removing.
+    pub fn remove(&mut self, id: &KeyId) -> Option<[u8; 32]> {
         let i = self.find_id(id)?;
         let (segments, names, seed) = (&self.segments, &self.names, self.seed);
         let at = |j: u32| slot_at(segments, j);
+        let commitment = at(i).key.commitment();
         let nameh = name_hash(names, seed, at(i));
         self.by_id
             .remove(id_hash(seed, id), i, |j| id_hash(seed, &at(j).id));
@@ -390,20 +404,23 @@ impl KeyTable {
             let (idh, nameh) = (id_hash(seed, &s.id), name_hash(names, seed, s));
             self.by_id.renumber(idh, last, i);
             self.by_name.renumber(nameh, last, i);
-        }
-        let moved = {
-            let seg = self.segments.last_mut().expect("not empty");
-            let moved = seg.pop().expect("not empty");
-            if seg.is_empty() {
-                self.segments.pop();
+            let (a, b) = ((i as usize) / SEGMENT, (last as usize) / SEGMENT);
+            let (ai, bi) = ((i as usize) % SEGMENT, (last as usize) % SEGMENT);
+            if a == b {
+                self.segments[a].swap(ai, bi);
+            } else {
+                let (low, high) = self.segments.split_at_mut(b);
+                std::mem::swap(&mut low[a][ai], &mut high[0][bi]);
             }
-            moved
-        };
-        self.len -= 1;
-        if i == last {
-            return Some(moved);
         }
-        Some(std::mem::replace(self.slot_mut(i), moved))
+        let seg = self.segments.last_mut().expect("not empty");
+        // Dropped in place: its key is zeroized where it lies.
+        seg.truncate(seg.len() - 1);
+        if seg.is_empty() {
+            self.segments.pop();
+        }
+        self.len -= 1;
+        Some(commitment)
     }
 
     /// Every key, in no particular order.
@@ -426,7 +443,7 @@ mod tests {
             id: KeyId::random(),
             name: KeyName::new(name),
             created,
-            key: Key32::random(),
+            key: KeyBytes::zeroed(),
             kind,
             from: 0,
         }
@@ -505,9 +522,9 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_64_bytes() {
+    fn a_slot_is_88_bytes() {
         // The vault holds a slot per customer (module docs).
-        assert_eq!(std::mem::size_of::<Slot>(), 64);
+        assert_eq!(std::mem::size_of::<Slot>(), 88);
     }
 
     #[test]
@@ -541,11 +558,12 @@ mod tests {
     fn lookups_survive_removals_and_many_segments() {
         let mut t = KeyTable::default();
         let n = SEGMENT * 2 + 17;
+        let key_of = |k: usize| *blake3::hash(&k.to_le_bytes()).as_bytes();
         let mut ids = Vec::new();
         for k in 0..n {
             let s = slot(KeyKind::Subject, &format!("{k:032x}"), 5);
             ids.push(s.id);
-            t.insert(s);
+            t.insert(s).fill_from(&key_of(k));
         }
         t.rebuild_names();
         assert_eq!(t.len(), n);
@@ -553,8 +571,12 @@ mod tests {
         let mut gone = Vec::new();
         for (k, id) in ids.iter().enumerate() {
             if k % 3 == 0 || k == n - 1 {
-                let s = t.remove(id).expect("present");
-                assert_eq!(s.id, *id);
+                // The commitment of the key taken out, not of the slot
+                // moved into its place.
+                let mut want = KeyBytes::zeroed();
+                want.fill_from(&key_of(k));
+                assert_eq!(t.remove(id), Some(want.commitment()));
+                assert_eq!(t.remove(id), None);
                 gone.push(k);
             }
         }
@@ -566,6 +588,7 @@ mod tests {
                 assert!(t.get(id).is_none() && t.named(KeyKind::Subject, &name).is_none());
             } else {
                 assert_eq!(t.get(id).map(|s| s.name.to_string()), Some(name.clone()));
+                assert_eq!(t.get(id).map(|s| *s.key.expose()), Some(key_of(k)));
                 assert_eq!(t.named(KeyKind::Subject, &name).map(|s| s.id), Some(*id));
                 assert!(t.named(KeyKind::Period, &name).is_none());
             }
