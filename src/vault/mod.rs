@@ -34,7 +34,7 @@
 //! key is also hidden from [`Vault::lookup`] and [`Vault::key`], so no job
 //! reads it while it is being destroyed.
 //!
-//! In memory the unit keys are one [`table::KeyTable`] (about 110 bytes a
+//! In memory the unit keys are one [`table::KeyTable`] (about 105 bytes a
 //! key), and [`Vault::open`] reads each location a shard at a time into it,
 //! so opening holds no location's payloads in full.
 
@@ -1184,6 +1184,7 @@ impl Vault {
         // point are the payloads of a whole location held beside it (a
         // location of a million keys decodes to about 100 MiB).
         let mut entries = KeyTable::default();
+        entries.track_origins();
         let mut meta: Option<(KeyId, i64, Key32, usize)> = None;
         let mut pseudonym: Option<(KeyId, i64, Key32, usize)> = None;
         // Union of the tombstones of the locations read in full.
@@ -1295,21 +1296,15 @@ impl Vault {
                     match entries.get(&e.id) {
                         Some(have) => {
                             if have.kind != kind
-                                || have.name != e.name
+                                || entries.name(have) != e.name.as_ref()
                                 || have.key.expose() != e.key.expose()
                             {
-                                conflicts.push((e.id, i, have.from as usize));
+                                let from = entries.origin(&e.id).expect("tracked");
+                                conflicts.push((e.id, i, from as usize));
                             }
                         }
                         None => entries
-                            .insert(Slot {
-                                id: e.id,
-                                name: e.name,
-                                created: e.created,
-                                key: KeyBytes::zeroed(),
-                                kind,
-                                from: location_number(i),
-                            })
+                            .insert(e.id, kind, e.name, e.created, location_number(i))
                             .fill_from(e.key.expose()),
                     }
                 }
@@ -1320,12 +1315,7 @@ impl Vault {
                 tracing::warn!(url = %url, error = %source, "vault location unreadable");
                 unread.push((url, source.to_string()));
                 let from = location_number(i);
-                let added: Vec<KeyId> = entries
-                    .iter()
-                    .filter(|s| s.from == from)
-                    .map(|s| s.id)
-                    .collect();
-                for id in added {
+                for id in entries.ids_from(from) {
                     entries.remove(&id);
                 }
                 conflicts.retain(|c| c.1 != i);
@@ -1402,6 +1392,8 @@ impl Vault {
                 reason: "the repository keys are missing at every readable location".into(),
             });
         };
+        // Where each key was read from mattered only while merging.
+        entries.forget_origins();
 
         Ok(Merged {
             vault_id,
@@ -1493,7 +1485,7 @@ impl Vault {
             return out;
         }
         for e in self.entries.iter() {
-            if let Some(name) = asked.get(&(e.kind, e.name.as_ref())) {
+            if let Some(name) = asked.get(&(e.kind, self.entries.name(e))) {
                 out.entry((e.kind, name.to_string()))
                     .or_default()
                     .push(e.id);
@@ -1534,14 +1526,7 @@ impl Vault {
             }
         };
         self.entries
-            .insert(Slot {
-                id,
-                name: KeyName::new(name),
-                created: now(),
-                key: KeyBytes::zeroed(),
-                kind,
-                from: 0,
-            })
+            .insert(id, kind, KeyName::new(name), now(), 0)
             .fill_random();
         self.entries.point_name(&id);
         self.created_here.insert(id);
@@ -1629,15 +1614,18 @@ impl Vault {
 
     /// A slot's key, unless its unit is fenced (being destroyed).
     fn unfenced<'a>(&self, e: &'a Slot) -> Option<&'a KeyBytes> {
-        (self.fenced.is_empty() || !self.fenced.contains(&(e.kind, e.name.to_string())))
-            .then_some(&e.key)
+        (self.fenced.is_empty()
+            || !self
+                .fenced
+                .contains(&(e.kind, self.entries.name(e).to_string())))
+        .then_some(&e.key)
     }
 
     /// What the vault knows about one key, without its bytes.
     pub fn entry(&self, id: &KeyId) -> Option<EntryInfo> {
         self.entries.get(id).map(|e| EntryInfo {
             kind: e.kind,
-            name: e.name.to_string(),
+            name: self.entries.name(e).to_string(),
             key_id: *id,
             created: e.created,
         })
@@ -1700,7 +1688,7 @@ impl Vault {
         // Usually no unit is fenced; then there is nothing to compare.
         for id in self.created_here.iter().filter(|_| !fences.is_empty()) {
             if let Some(e) = self.entries.get(id) {
-                let k = (e.kind, e.name.to_string());
+                let k = (e.kind, self.entries.name(e).to_string());
                 if fences.contains(&k) {
                     return Err(VaultError::Fenced {
                         kind: k.0,
@@ -1806,7 +1794,13 @@ impl Vault {
                 .iter()
                 .map(|&i| {
                     let e = self.entries.slot(i);
-                    (e.kind.code(), &e.id, e.name.as_ref(), e.created, &e.key)
+                    (
+                        e.kind.code(),
+                        &e.id,
+                        self.entries.name(e),
+                        e.created,
+                        &e.key,
+                    )
                 })
                 .collect();
             let name = shard.name();
@@ -1915,7 +1909,7 @@ impl Vault {
         let ids: Vec<KeyId> = self
             .entries
             .iter()
-            .filter(|e| e.kind == kind && e.name.as_ref() == asked)
+            .filter(|e| e.kind == kind && self.entries.name(e) == asked)
             .map(|e| e.id)
             .collect();
         let t = now();

@@ -3,15 +3,18 @@
 //!
 //! A vault holds a key per customer, so this is the one structure of a
 //! backup, restore or check that grows with the number of customers. A
-//! slot is 88 bytes with the key's 32 inline, and the two lookups are
-//! tables of slot numbers: about 100 bytes a key in all, where a map from
-//! id to entry plus a name index took about 190, and 64-byte slots with
-//! each key in a box of its own (48 bytes of heap with the allocator's
-//! header) about 125. Slots live in fixed segments, so growing the table
-//! never copies it and a key, written into its slot in place
-//! ([`KeyTable::insert`]), stays where it was written until it is taken
-//! out, when it is zeroized there ([`KeyTable::remove`]). The id lookup is a table of our own ([`super::ids`]), so that
-//! a walk's many lookups can be prefetched ([`KeyTable::get_many`]).
+//! slot is 80 bytes with the key's 32 inline (names other than
+//! pseudonyms, and where a key was read from while the vault opens, are
+//! kept beside the slots), and the two lookups are tables of slot
+//! numbers: about 105 bytes a key in all (the two lookups about 24 of
+//! them), where a map from id to entry plus a name index took about 190,
+//! and 64-byte slots with each key in a box of its own about 120. Slots
+//! live in fixed segments, so growing the table never copies it, and a
+//! key, written into its slot in place ([`KeyTable::insert`]), stays
+//! where it was written until it is taken out, when it is zeroized there
+//! ([`KeyTable::remove`]). The id lookup is a table of our own
+//! ([`super::ids`]), so that a walk's many lookups can be prefetched
+//! ([`KeyTable::get_many`]).
 
 use super::ids::IdIndex;
 use super::{KeyId, KeyKind};
@@ -79,6 +82,19 @@ impl<'a> NameRef<'a> {
     }
 }
 
+impl fmt::Display for NameRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NameRef::Hex(b) => {
+                let mut text = [0u8; 32];
+                hex::encode_to_slice(b, &mut text).expect("32 bytes of room");
+                f.write_str(std::str::from_utf8(&text).expect("hex is ASCII"))
+            }
+            NameRef::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 impl KeyName {
     pub fn new(name: &str) -> KeyName {
         match NameRef::of(name) {
@@ -97,31 +113,59 @@ impl KeyName {
 
 impl fmt::Display for KeyName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyName::Hex(b) => {
-                let mut text = [0u8; 32];
-                hex::encode_to_slice(b, &mut text).expect("32 bytes of room");
-                f.write_str(std::str::from_utf8(&text).expect("hex is ASCII"))
-            }
-            KeyName::Text(t) => f.write_str(t),
-        }
+        self.as_ref().fmt(f)
     }
 }
 
-/// One unit key.
+/// A unit key's name as its slot holds it: a subject's pseudonym as its
+/// 16 bytes, any other name as its place in the table's list of texts
+/// (names of period and epoch keys: a few, one per period or epoch). 20
+/// bytes, where a [`KeyName`] (a box for text) takes 24: with the key
+/// inline, that is what keeps a slot at 80 bytes, not 88.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotName {
+    Hex([u8; 16]),
+    Text(u32),
+}
+
+/// One unit key. Its name is read through the table
+/// ([`KeyTable::name`]).
 pub(super) struct Slot {
     pub id: KeyId,
-    pub name: KeyName,
-    pub created: i64,
     /// Written in place after the slot is in the table (see
     /// [`KeyTable::insert`]).
     pub key: KeyBytes,
+    pub created: i64,
+    name: SlotName,
     pub kind: KeyKind,
-    /// The first vault location it was read from (its position in the
-    /// vault's list), to name it when another location disagrees and to
-    /// take its keys back if that location fails part-way. (In the
-    /// padding: a slot is 88 bytes with or without it.)
-    pub from: u32,
+}
+
+/// What a slot's name is read and hashed with: the texts of names that
+/// are not pseudonyms, and the hash keys.
+#[derive(Default)]
+struct Naming {
+    texts: Vec<Box<str>>,
+    names: std::hash::RandomState,
+    seed: Seed,
+}
+
+impl Naming {
+    fn of<'a>(&'a self, s: &Slot) -> NameRef<'a> {
+        match s.name {
+            SlotName::Hex(b) => NameRef::Hex(b),
+            SlotName::Text(i) => NameRef::Text(&self.texts[i as usize]),
+        }
+    }
+
+    /// The hash a slot is found by in the name table.
+    fn hash(&self, s: &Slot) -> u64 {
+        hash_name(&self.names, self.seed, s.kind, self.of(s))
+    }
+
+    /// Whether slot `s` has this kind and name.
+    fn is(&self, s: &Slot, kind: KeyKind, name: NameRef<'_>) -> bool {
+        s.kind == kind && self.of(s) == name
+    }
 }
 
 /// The unit keys, by id and by (kind, name). See the module docs.
@@ -134,8 +178,12 @@ pub(super) struct KeyTable {
     /// Slot numbers, hashed by (kind, name); one per name (see
     /// [`KeyTable::point_name`]).
     by_name: IdIndex,
-    names: std::hash::RandomState,
-    seed: Seed,
+    naming: Naming,
+    /// While a vault opens: each slot's first vault location it was read
+    /// from (its position in the vault's list), to name it when another
+    /// location disagrees and to take its keys back if that location
+    /// fails part-way ([`KeyTable::track_origins`]). Not kept after.
+    origins: Option<Vec<u32>>,
 }
 
 /// A per-table random key for hashing ids and pseudonyms: their bytes
@@ -180,11 +228,6 @@ fn slot_at(segments: &[Vec<Slot>], i: u32) -> &Slot {
     &segments[i / SEGMENT][i % SEGMENT]
 }
 
-/// The hash a slot is found by in the name table.
-fn name_hash(names: &std::hash::RandomState, seed: Seed, s: &Slot) -> u64 {
-    hash_name(names, seed, s.kind, s.name.as_ref())
-}
-
 /// The hash of a (kind, name). A hex name is a subject's pseudonym, a
 /// keyed hash of the subject, folded under the seed as ids are (see
 /// [`id_hash`]); SipHash over it was a fifth of opening a vault. Other
@@ -204,6 +247,11 @@ impl KeyTable {
         self.len
     }
 
+    /// The name of a slot of this table.
+    pub fn name<'a>(&'a self, s: &Slot) -> NameRef<'a> {
+        self.naming.of(s)
+    }
+
     /// The key in slot `i` (a number [`KeyTable::numbered`] gave).
     pub fn slot(&self, i: u32) -> &Slot {
         slot_at(&self.segments, i)
@@ -215,39 +263,38 @@ impl KeyTable {
     }
 
     fn name_hash(&self, kind: KeyKind, name: NameRef<'_>) -> u64 {
-        hash_name(&self.names, self.seed, kind, name)
+        hash_name(&self.naming.names, self.naming.seed, kind, name)
     }
 
     fn find_id(&self, id: &KeyId) -> Option<u32> {
         self.by_id
-            .find(id_hash(self.seed, id), |i| self.slot(i).id == *id)
+            .find(id_hash(self.naming.seed, id), |i| self.slot(i).id == *id)
     }
 
     /// The keys with these ids (`None` for `None`), looked up together:
     /// for a few ids at a time, each lookup's entry in the id table, then
-    /// its slot, then its key's bytes are asked for before the first is
-    /// read, so that their cache misses overlap (see [`super::ids`]).
+    /// its slot (the key is in it) are asked for before the first is read,
+    /// so that their cache misses overlap (see [`super::ids`]).
     pub fn get_many<'a>(&'a self, ids: &[Option<&KeyId>]) -> Vec<Option<&'a Slot>> {
+        let seed = self.naming.seed;
         self.find_many(
             &self.by_id,
             ids,
-            |id| id.map(|id| id_hash(self.seed, id)),
-            |s| crate::prefetch::line(&s.id),
+            |id| id.map(|id| id_hash(seed, id)),
             |id, s| id.is_some_and(|id| s.id == *id),
         )
     }
 
     /// Looks many items up through `index` a few at a time, so that their
-    /// cache misses overlap: each one's entry, then its slot (`touch`
-    /// asks for the part of it `is` reads), then its key's bytes are asked
-    /// for before the first is read. `hash` gives an item's hash (`None`:
-    /// nothing to look up); `is` tells whether a slot is the item's.
+    /// cache misses overlap: each one's entry, then its slot, then the
+    /// slot's second cache line (where the key ends) are asked for before
+    /// the first is read. `hash` gives an item's hash (`None`: nothing to
+    /// look up); `is` tells whether a slot is the item's.
     fn find_many<'a, T>(
         &'a self,
         index: &IdIndex,
         items: &[T],
         hash: impl Fn(&T) -> Option<u64>,
-        touch: impl Fn(&Slot),
         is: impl Fn(&T, &Slot) -> bool,
     ) -> Vec<Option<&'a Slot>> {
         const AHEAD: usize = 16;
@@ -262,16 +309,15 @@ impl KeyTable {
             }
             for h in hashes[..run.len()].iter().flatten() {
                 if let Some(i) = index.candidate(*h) {
-                    touch(self.slot(i));
+                    let s = self.slot(i);
+                    crate::prefetch::line(&s.id);
+                    crate::prefetch::line(&s.kind);
                 }
             }
             for (h, item) in hashes.iter().zip(run) {
                 let slot = h
                     .and_then(|h| index.find(h, |i| is(item, self.slot(i))))
                     .map(|i| self.slot(i));
-                if let Some(s) = slot {
-                    crate::prefetch::line(s.key.expose());
-                }
                 out.push(slot);
             }
         }
@@ -295,10 +341,8 @@ impl KeyTable {
     }
 
     fn find_name(&self, h: u64, kind: KeyKind, name: NameRef<'_>) -> Option<u32> {
-        self.by_name.find(h, |i| {
-            let s = self.slot(i);
-            s.kind == kind && s.name.as_ref() == name
-        })
+        self.by_name
+            .find(h, |i| self.naming.is(self.slot(i), kind, name))
     }
 
     /// [`KeyTable::named`] of many names of one kind, looked up together
@@ -308,25 +352,80 @@ impl KeyTable {
             &self.by_name,
             names,
             |name| Some(self.name_hash(kind, NameRef::of(name))),
-            |s| crate::prefetch::line(s),
-            |name, s| s.kind == kind && s.name.as_ref() == NameRef::of(name),
+            |name, s| self.naming.is(s, kind, NameRef::of(name)),
         )
     }
 
-    /// Adds a key whose id is not in the table yet, and gives its key's
-    /// place in the table to write the key into (`slot.key` should be
-    /// [`KeyBytes::zeroed`]): so the key is written once, where it stays,
-    /// not built elsewhere and moved in. Its name points at it only
-    /// through [`KeyTable::point_name`] or [`KeyTable::rebuild_names`].
-    pub fn insert(&mut self, slot: Slot) -> &mut KeyBytes {
-        debug_assert!(!self.contains(&slot.id), "a key id is added twice");
+    /// Keeps each slot's vault location from here on ([`KeyTable::insert`]'s
+    /// `from`), until [`KeyTable::forget_origins`].
+    pub fn track_origins(&mut self) {
+        self.origins = Some(Vec::with_capacity(self.len));
+    }
+
+    /// Drops the locations [`KeyTable::track_origins`] kept.
+    pub fn forget_origins(&mut self) {
+        self.origins = None;
+    }
+
+    /// The location the key with this id was read from, while they are
+    /// tracked.
+    pub fn origin(&self, id: &KeyId) -> Option<u32> {
+        let i = self.find_id(id)?;
+        self.origins.as_ref().map(|o| o[i as usize])
+    }
+
+    /// The ids of the keys read from location `from`, while locations are
+    /// tracked.
+    pub fn ids_from(&self, from: u32) -> Vec<KeyId> {
+        let Some(origins) = &self.origins else {
+            return Vec::new();
+        };
+        self.iter()
+            .zip(origins)
+            .filter(|(_, o)| **o == from)
+            .map(|(s, _)| s.id)
+            .collect()
+    }
+
+    /// Adds a key whose id is not in the table yet, read from vault
+    /// location `from` (see [`KeyTable::track_origins`]), and gives the
+    /// key's place in the table to write the key into: so the key is
+    /// written once, where it stays, not built elsewhere and moved in.
+    /// Its name points at it only through [`KeyTable::point_name`] or
+    /// [`KeyTable::rebuild_names`].
+    pub fn insert(
+        &mut self,
+        id: KeyId,
+        kind: KeyKind,
+        name: KeyName,
+        created: i64,
+        from: u32,
+    ) -> &mut KeyBytes {
+        debug_assert!(!self.contains(&id), "a key id is added twice");
         let i = u32::try_from(self.len).expect("fewer than 2^32 keys");
-        let seed = self.seed;
-        let h = id_hash(seed, &slot.id);
+        let name = match name {
+            KeyName::Hex(b) => SlotName::Hex(b),
+            KeyName::Text(t) => {
+                let at = u32::try_from(self.naming.texts.len()).expect("fewer than 2^32 names");
+                self.naming.texts.push(t);
+                SlotName::Text(at)
+            }
+        };
+        let seed = self.naming.seed;
+        let h = id_hash(seed, &id);
         if self.segments.last().is_none_or(|s| s.len() == SEGMENT) {
             self.segments.push(Vec::with_capacity(SEGMENT));
         }
-        self.segments.last_mut().expect("pushed").push(slot);
+        self.segments.last_mut().expect("pushed").push(Slot {
+            id,
+            key: KeyBytes::zeroed(),
+            created,
+            name,
+            kind,
+        });
+        if let Some(o) = &mut self.origins {
+            o.push(from);
+        }
         self.len += 1;
         let segments = &self.segments;
         self.by_id
@@ -338,17 +437,14 @@ impl KeyTable {
     /// that name. `id` must be in the table.
     pub fn point_name(&mut self, id: &KeyId) {
         let i = self.find_id(id).expect("the key is in the table");
-        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
+        let (segments, naming) = (&self.segments, &self.naming);
         let at = |j: u32| slot_at(segments, j);
-        let (kind, name) = (at(i).kind, at(i).name.as_ref());
-        let h = hash_name(names, seed, kind, name);
-        let pointed = self.by_name.find(h, |j| {
-            let s = at(j);
-            s.kind == kind && s.name.as_ref() == name
-        });
+        let (kind, name) = (at(i).kind, naming.of(at(i)));
+        let h = hash_name(&naming.names, naming.seed, kind, name);
+        let pointed = self.by_name.find(h, |j| naming.is(at(j), kind, name));
         match pointed {
             Some(j) => self.by_name.renumber(h, j, i),
-            None => self.by_name.insert(h, i, |j| name_hash(names, seed, at(j))),
+            None => self.by_name.insert(h, i, |j| naming.hash(at(j))),
         }
     }
 
@@ -359,16 +455,13 @@ impl KeyTable {
         // Room for every name at once: growing the table would hash every
         // name again at each doubling.
         self.by_name = IdIndex::with_capacity(self.len);
-        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
+        let (segments, naming) = (&self.segments, &self.naming);
         let at = |j: u32| slot_at(segments, j);
         for i in 0..self.len as u32 {
             let s = at(i);
-            let name = s.name.as_ref();
-            let h = name_hash(names, seed, s);
-            let pointed = self.by_name.find(h, |j| {
-                let o = at(j);
-                o.kind == s.kind && o.name.as_ref() == name
-            });
+            let name = naming.of(s);
+            let h = naming.hash(s);
+            let pointed = self.by_name.find(h, |j| naming.is(at(j), s.kind, name));
             match pointed {
                 Some(j) => {
                     let other = at(j);
@@ -376,7 +469,7 @@ impl KeyTable {
                         self.by_name.renumber(h, j, i);
                     }
                 }
-                None => self.by_name.insert(h, i, |j| name_hash(names, seed, at(j))),
+                None => self.by_name.insert(h, i, |j| naming.hash(at(j))),
             }
         }
     }
@@ -386,22 +479,23 @@ impl KeyTable {
     /// memory (the last slot is swapped into its place, and the slot taken
     /// out is dropped where it then lies), not handed out. If its name
     /// pointed at it, the name now points nowhere: call
-    /// [`KeyTable::rebuild_names`] after removing.
+    /// [`KeyTable::rebuild_names`] after removing. (A name kept as text
+    /// stays in the table's list of texts: they are few.)
     pub fn remove(&mut self, id: &KeyId) -> Option<[u8; 32]> {
         let i = self.find_id(id)?;
-        let (segments, names, seed) = (&self.segments, &self.names, self.seed);
+        let (segments, naming) = (&self.segments, &self.naming);
+        let seed = naming.seed;
         let at = |j: u32| slot_at(segments, j);
         let commitment = at(i).key.commitment();
-        let nameh = name_hash(names, seed, at(i));
+        let nameh = naming.hash(at(i));
         self.by_id
             .remove(id_hash(seed, id), i, |j| id_hash(seed, &at(j).id));
-        self.by_name
-            .remove(nameh, i, |j| name_hash(names, seed, at(j)));
+        self.by_name.remove(nameh, i, |j| naming.hash(at(j)));
         // The last slot moves into the hole.
         let last = (self.len - 1) as u32;
         if i != last {
             let s = at(last);
-            let (idh, nameh) = (id_hash(seed, &s.id), name_hash(names, seed, s));
+            let (idh, nameh) = (id_hash(seed, &s.id), naming.hash(s));
             self.by_id.renumber(idh, last, i);
             self.by_name.renumber(nameh, last, i);
             let (a, b) = ((i as usize) / SEGMENT, (last as usize) / SEGMENT);
@@ -412,6 +506,12 @@ impl KeyTable {
                 let (low, high) = self.segments.split_at_mut(b);
                 std::mem::swap(&mut low[a][ai], &mut high[0][bi]);
             }
+            if let Some(o) = &mut self.origins {
+                o.swap(i as usize, last as usize);
+            }
+        }
+        if let Some(o) = &mut self.origins {
+            o.pop();
         }
         let seg = self.segments.last_mut().expect("not empty");
         // Dropped in place: its key is zeroized where it lies.
@@ -438,15 +538,25 @@ impl KeyTable {
 mod tests {
     use super::*;
 
-    fn slot(kind: KeyKind, name: &str, created: i64) -> Slot {
-        Slot {
-            id: KeyId::random(),
-            name: KeyName::new(name),
-            created,
-            key: KeyBytes::zeroed(),
-            kind,
-            from: 0,
-        }
+    /// Adds a key of this kind, name and time with a random id; its id
+    /// and the place of its key.
+    fn put<'a>(
+        t: &'a mut KeyTable,
+        kind: KeyKind,
+        name: &str,
+        created: i64,
+    ) -> (KeyId, &'a mut KeyBytes) {
+        put_id(t, KeyId::random(), kind, name, created)
+    }
+
+    fn put_id<'a>(
+        t: &'a mut KeyTable,
+        id: KeyId,
+        kind: KeyKind,
+        name: &str,
+        created: i64,
+    ) -> (KeyId, &'a mut KeyBytes) {
+        (id, t.insert(id, kind, KeyName::new(name), created, 0))
     }
 
     #[test]
@@ -498,8 +608,9 @@ mod tests {
             b
         };
         let n = 4096u32;
-        let ids: std::collections::HashSet<u64> =
-            (0..n).map(|k| id_hash(t.seed, &KeyId(alike(k)))).collect();
+        let ids: std::collections::HashSet<u64> = (0..n)
+            .map(|k| id_hash(t.naming.seed, &KeyId(alike(k))))
+            .collect();
         let names: std::collections::HashSet<u64> = (0..n)
             .map(|k| t.name_hash(KeyKind::Subject, NameRef::Hex(alike(k))))
             .collect();
@@ -507,9 +618,13 @@ mod tests {
         // And such keys still go in and come out.
         let mut t = KeyTable::default();
         for k in 0..n {
-            let mut s = slot(KeyKind::Subject, &hex::encode(alike(k)), 5);
-            s.id = KeyId(alike(k));
-            t.insert(s);
+            put_id(
+                &mut t,
+                KeyId(alike(k)),
+                KeyKind::Subject,
+                &hex::encode(alike(k)),
+                5,
+            );
         }
         t.rebuild_names();
         for k in 0..n {
@@ -522,9 +637,78 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_is_88_bytes() {
+    fn a_slot_is_80_bytes() {
         // The vault holds a slot per customer (module docs).
-        assert_eq!(std::mem::size_of::<Slot>(), 88);
+        assert_eq!(std::mem::size_of::<Slot>(), 80);
+    }
+
+    #[test]
+    fn names_kept_as_text_survive_removals_and_moves() {
+        // Period and subject keys mixed over segments; every other period
+        // key removed, so slots with text names move into the holes.
+        let mut t = KeyTable::default();
+        let mut keys = Vec::new();
+        for k in 0..SEGMENT + 300 {
+            let (kind, name) = if k % 7 == 0 {
+                (KeyKind::Period, format!("consumption:{k}"))
+            } else {
+                (KeyKind::Subject, format!("{k:032x}"))
+            };
+            let (id, _) = put(&mut t, kind, &name, k as i64);
+            keys.push((id, kind, name));
+        }
+        t.rebuild_names();
+        let mut kept = Vec::new();
+        for (n, key) in keys.into_iter().enumerate() {
+            if key.1 == KeyKind::Period && n % 2 == 0 {
+                assert!(t.remove(&key.0).is_some());
+            } else {
+                kept.push(key);
+            }
+        }
+        t.rebuild_names();
+        assert_eq!(t.len(), kept.len());
+        for (id, kind, name) in &kept {
+            let s = t.get(id).expect("kept");
+            assert_eq!(t.name(s).to_string(), *name);
+            assert_eq!(s.kind, *kind);
+            assert_eq!(t.named(*kind, name).map(|s| s.id), Some(*id));
+        }
+        assert!(t.named(KeyKind::Period, "consumption:0").is_none());
+    }
+
+    #[test]
+    fn origins_are_kept_while_tracked_and_follow_moved_slots() {
+        let mut t = KeyTable::default();
+        t.track_origins();
+        let mut ids = Vec::new();
+        for k in 0..SEGMENT + 10 {
+            let id = KeyId::random();
+            t.insert(
+                id,
+                KeyKind::Subject,
+                KeyName::new(&format!("{k:032x}")),
+                1,
+                (k % 3) as u32,
+            );
+            ids.push(id);
+        }
+        // The first key's slot is taken by the last one.
+        t.remove(&ids[0]);
+        let last = ids[SEGMENT + 9];
+        assert_eq!(t.origin(&last), Some(((SEGMENT + 9) % 3) as u32));
+        let from_one: std::collections::HashSet<KeyId> = t.ids_from(1).into_iter().collect();
+        let want: std::collections::HashSet<KeyId> = (1..ids.len())
+            .filter(|k| k % 3 == 1)
+            .map(|k| ids[k])
+            .collect();
+        assert_eq!(from_one, want);
+        t.forget_origins();
+        assert_eq!(t.origin(&last), None);
+        assert!(t.ids_from(1).is_empty());
+        // Keys added after are not tracked.
+        t.insert(KeyId::random(), KeyKind::Subject, KeyName::new("x"), 1, 2);
+        assert!(t.ids_from(2).is_empty());
     }
 
     #[test]
@@ -561,9 +745,9 @@ mod tests {
         let key_of = |k: usize| *blake3::hash(&k.to_le_bytes()).as_bytes();
         let mut ids = Vec::new();
         for k in 0..n {
-            let s = slot(KeyKind::Subject, &format!("{k:032x}"), 5);
-            ids.push(s.id);
-            t.insert(s).fill_from(&key_of(k));
+            let (id, key) = put(&mut t, KeyKind::Subject, &format!("{k:032x}"), 5);
+            key.fill_from(&key_of(k));
+            ids.push(id);
         }
         t.rebuild_names();
         assert_eq!(t.len(), n);
@@ -587,7 +771,7 @@ mod tests {
             if gone.contains(&k) {
                 assert!(t.get(id).is_none() && t.named(KeyKind::Subject, &name).is_none());
             } else {
-                assert_eq!(t.get(id).map(|s| s.name.to_string()), Some(name.clone()));
+                assert_eq!(t.get(id).map(|s| t.name(s).to_string()), Some(name.clone()));
                 assert_eq!(t.get(id).map(|s| *s.key.expose()), Some(key_of(k)));
                 assert_eq!(t.named(KeyKind::Subject, &name).map(|s| s.id), Some(*id));
                 assert!(t.named(KeyKind::Period, &name).is_none());
@@ -639,11 +823,8 @@ mod tests {
             (KeyKind::Subject, pseudonym),
         ] {
             let mut t = KeyTable::default();
-            let late = slot(kind, name, 20);
-            let early = slot(kind, name, 10);
-            let (late_id, early_id) = (late.id, early.id);
-            t.insert(late);
-            t.insert(early);
+            let late_id = put(&mut t, kind, name, 20).0;
+            let early_id = put(&mut t, kind, name, 10).0;
             assert!(t.named(kind, name).is_none());
             t.rebuild_names();
             let named = |t: &KeyTable| t.named(kind, name).map(|s| s.id);
