@@ -413,6 +413,47 @@ async fn prune_deletes_nothing_while_a_snapshot_cannot_be_read() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_nothing_while_a_snapshots_page_list_cannot_be_read() {
+    // The snapshot object reads (its head is fine); one of its page lists,
+    // sealed in a metadata pack, does not. Prune reads each snapshot in
+    // full one at a time, after the heads: the second stage must stop it
+    // as the first does.
+    let f = fixture(months, None, "\n[snapshots]\nkeep_last = 2\n").await;
+    let policy = f.load();
+    let (ids, _) = three_snapshots(&f).await;
+    let repo = custos::ops::MetaRepo::open(&policy, None).await.unwrap();
+    let snap = Snapshot::find(&repo.target, &repo.meta, &ids[0])
+        .await
+        .unwrap();
+    let list = *snap.page_lists().next().expect("a page list");
+    let pack = f.path(&format!(
+        "target/{}",
+        custos::repo::pack::pack_path(&list.pack)
+    ));
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = list.offset as usize + list.len as usize / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&pack, &bytes).unwrap();
+    let target = f.path("target");
+    let before = bytes_under(&target);
+    // The oldest snapshot is the one to forget: its page list is read
+    // all the same, and it stops prune.
+    let e = forget_and_prune(&policy, &PruneOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("1 snapshot object(s) are unreadable, so prune cannot tell what they need")
+            && e.contains(&ids[0]),
+        "{e}"
+    );
+    assert_eq!(bytes_under(&target), before);
+    for id in &ids {
+        assert!(f.path(&format!("target/snapshots/{id}")).exists(), "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forget_and_prune_on_an_s3_target_keeps_kept_snapshots_whole_and_shrinks_the_target() {
     let s3 = S3Server::start();
     s3.create_bucket("crm");
