@@ -176,8 +176,11 @@ pub(super) struct KeyTable {
     /// Slot numbers, hashed by id.
     by_id: IdIndex,
     /// Slot numbers, hashed by (kind, name); one per name (see
-    /// [`KeyTable::point_name`]).
-    by_name: IdIndex,
+    /// [`KeyTable::point_name`]). Built when a name is first looked up
+    /// (see [`KeyTable::rebuild_names`]): a restore, a check or a drill
+    /// look keys up by id only, and never build it (6 bytes an entry, 12
+    /// MiB at a million keys).
+    by_name: std::sync::OnceLock<IdIndex>,
     naming: Naming,
     /// While a vault opens: each slot's first vault location it was read
     /// from (its position in the vault's list), to name it when another
@@ -240,6 +243,31 @@ fn hash_name(names: &std::hash::RandomState, seed: Seed, kind: KeyKind, name: Na
         }
         NameRef::Text(_) => names.hash_one((kind, name)),
     }
+}
+
+/// The name table of these slots: every name pointed at its earliest
+/// created key (ties: the smallest id).
+fn build_names(segments: &[Vec<Slot>], len: usize, naming: &Naming) -> IdIndex {
+    // Room for every name at once: growing the table would hash every
+    // name again at each doubling.
+    let mut by_name = IdIndex::with_capacity(len);
+    let at = |j: u32| slot_at(segments, j);
+    for i in 0..len as u32 {
+        let s = at(i);
+        let name = naming.of(s);
+        let h = naming.hash(s);
+        let pointed = by_name.find(h, |j| naming.is(at(j), s.kind, name));
+        match pointed {
+            Some(j) => {
+                let other = at(j);
+                if (s.created, s.id) < (other.created, other.id) {
+                    by_name.renumber(h, j, i);
+                }
+            }
+            None => by_name.insert(h, i, |j| naming.hash(at(j))),
+        }
+    }
+    by_name
 }
 
 impl KeyTable {
@@ -341,15 +369,22 @@ impl KeyTable {
     }
 
     fn find_name(&self, h: u64, kind: KeyKind, name: NameRef<'_>) -> Option<u32> {
-        self.by_name
+        self.names_index()
             .find(h, |i| self.naming.is(self.slot(i), kind, name))
+    }
+
+    /// The name table, built now if no name was looked up since it was
+    /// last dropped.
+    fn names_index(&self) -> &IdIndex {
+        self.by_name
+            .get_or_init(|| build_names(&self.segments, self.len, &self.naming))
     }
 
     /// [`KeyTable::named`] of many names of one kind, looked up together
     /// as [`KeyTable::get_many`] looks up ids.
     pub fn named_many<'a>(&'a self, kind: KeyKind, names: &[&str]) -> Vec<Option<&'a Slot>> {
         self.find_many(
-            &self.by_name,
+            self.names_index(),
             names,
             |name| Some(self.name_hash(kind, NameRef::of(name))),
             |name, s| self.naming.is(s, kind, NameRef::of(name)),
@@ -391,8 +426,8 @@ impl KeyTable {
     /// location `from` (see [`KeyTable::track_origins`]), and gives the
     /// key's place in the table to write the key into: so the key is
     /// written once, where it stays, not built elsewhere and moved in.
-    /// Its name points at it only through [`KeyTable::point_name`] or
-    /// [`KeyTable::rebuild_names`].
+    /// Point its name with [`KeyTable::point_name`] or
+    /// [`KeyTable::rebuild_names`] before a name is next looked up.
     pub fn insert(
         &mut self,
         id: KeyId,
@@ -437,41 +472,27 @@ impl KeyTable {
     /// that name. `id` must be in the table.
     pub fn point_name(&mut self, id: &KeyId) {
         let i = self.find_id(id).expect("the key is in the table");
+        // Built first (with every other name pointed as the rule has it),
+        // so that this key's stays pointed when it is built later.
+        self.names_index();
+        let by_name = self.by_name.get_mut().expect("built above");
         let (segments, naming) = (&self.segments, &self.naming);
         let at = |j: u32| slot_at(segments, j);
         let (kind, name) = (at(i).kind, naming.of(at(i)));
         let h = hash_name(&naming.names, naming.seed, kind, name);
-        let pointed = self.by_name.find(h, |j| naming.is(at(j), kind, name));
+        let pointed = by_name.find(h, |j| naming.is(at(j), kind, name));
         match pointed {
-            Some(j) => self.by_name.renumber(h, j, i),
-            None => self.by_name.insert(h, i, |j| naming.hash(at(j))),
+            Some(j) => by_name.renumber(h, j, i),
+            None => by_name.insert(h, i, |j| naming.hash(at(j))),
         }
     }
 
     /// Points every name at its earliest created key (ties: the smallest
     /// id). Other keys of the same name stay reachable by id, since data
-    /// may have been sealed under them.
+    /// may have been sealed under them. The name table is dropped here and
+    /// built so when a name is next looked up.
     pub fn rebuild_names(&mut self) {
-        // Room for every name at once: growing the table would hash every
-        // name again at each doubling.
-        self.by_name = IdIndex::with_capacity(self.len);
-        let (segments, naming) = (&self.segments, &self.naming);
-        let at = |j: u32| slot_at(segments, j);
-        for i in 0..self.len as u32 {
-            let s = at(i);
-            let name = naming.of(s);
-            let h = naming.hash(s);
-            let pointed = self.by_name.find(h, |j| naming.is(at(j), s.kind, name));
-            match pointed {
-                Some(j) => {
-                    let other = at(j);
-                    if (s.created, s.id) < (other.created, other.id) {
-                        self.by_name.renumber(h, j, i);
-                    }
-                }
-                None => self.by_name.insert(h, i, |j| naming.hash(at(j))),
-            }
-        }
+        self.by_name = std::sync::OnceLock::new();
     }
 
     /// Takes a key out of the table and gives its commitment
@@ -490,14 +511,19 @@ impl KeyTable {
         let nameh = naming.hash(at(i));
         self.by_id
             .remove(id_hash(seed, id), i, |j| id_hash(seed, &at(j).id));
-        self.by_name.remove(nameh, i, |j| naming.hash(at(j)));
+        let mut by_name = self.by_name.get_mut();
+        if let Some(t) = by_name.as_mut() {
+            t.remove(nameh, i, |j| naming.hash(at(j)));
+        }
         // The last slot moves into the hole.
         let last = (self.len - 1) as u32;
         if i != last {
             let s = at(last);
             let (idh, nameh) = (id_hash(seed, &s.id), naming.hash(s));
             self.by_id.renumber(idh, last, i);
-            self.by_name.renumber(nameh, last, i);
+            if let Some(t) = by_name {
+                t.renumber(nameh, last, i);
+            }
             let (a, b) = ((i as usize) / SEGMENT, (last as usize) / SEGMENT);
             let (ai, bi) = ((i as usize) % SEGMENT, (last as usize) % SEGMENT);
             if a == b {
@@ -825,8 +851,10 @@ mod tests {
             let mut t = KeyTable::default();
             let late_id = put(&mut t, kind, name, 20).0;
             let early_id = put(&mut t, kind, name, 10).0;
-            assert!(t.named(kind, name).is_none());
             t.rebuild_names();
+            // Looked up by id, the name table is not built; by name, it is.
+            assert!(t.get(&late_id).is_some() && t.get_many(&[Some(&early_id)])[0].is_some());
+            assert!(t.by_name.get().is_none());
             let named = |t: &KeyTable| t.named(kind, name).map(|s| s.id);
             assert_eq!(named(&t), Some(early_id), "{name}");
             t.point_name(&late_id);
@@ -835,6 +863,12 @@ mod tests {
             assert_eq!(named(&t), None, "{name}");
             t.rebuild_names();
             assert_eq!(named(&t), Some(early_id), "{name}");
+            // Pointed before the name table is built again: it stays
+            // pointed when the table is built.
+            let later_id = put(&mut t, kind, name, 30).0;
+            t.rebuild_names();
+            t.point_name(&later_id);
+            assert_eq!(named(&t), Some(later_id), "{name}");
             // The same name under another kind is another unit.
             assert!(t.named(KeyKind::Epoch, name).is_none(), "{name}");
         }
