@@ -385,43 +385,53 @@ async fn prune_keeps_what_windows_need_when_their_pack_lists_are_wrong_or_missin
     }
 }
 
-/// A snapshot object that cannot be read stops prune before it deletes
-/// anything: what the snapshot needs cannot be told.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prune_deletes_nothing_while_a_snapshot_cannot_be_read() {
-    let f = fixture(months, None, "\n[snapshots]\nkeep_last = 2\n").await;
-    let policy = f.load();
-    let (ids, _) = three_snapshots(&f).await;
-    let object = f.path(&format!("target/snapshots/{}", ids[1]));
-    let mut bytes = std::fs::read(&object).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x55;
-    std::fs::write(&object, &bytes).unwrap();
+/// Flips the byte at `at(length)` of a file: damage a reader must notice.
+fn flip_byte(path: &Path, at: impl FnOnce(usize) -> usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let i = at(bytes.len());
+    bytes[i] ^= 0x55;
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// Prune refuses, naming snapshot `id` as unreadable, and the target
+/// keeps every byte and every snapshot object.
+async fn prune_refuses_naming(f: &Fixture, ids: &[String], id: &str) {
     let target = f.path("target");
     let before = bytes_under(&target);
-    let e = forget_and_prune(&policy, &PruneOptions::default())
+    let e = forget_and_prune(&f.load(), &PruneOptions::default())
         .await
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("1 snapshot object(s) are unreadable, so prune cannot tell what they need")
-            && e.contains(&ids[1]),
+            && e.contains(id),
         "{e}"
     );
     assert_eq!(bytes_under(&target), before);
-    assert!(object.exists());
+    for id in ids {
+        assert!(f.path(&format!("target/snapshots/{id}")).exists(), "{id}");
+    }
 }
 
+/// A snapshot object that cannot be read stops prune before it deletes
+/// anything: what the snapshot needs cannot be told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_deletes_nothing_while_a_snapshot_cannot_be_read() {
+    let f = fixture(months, None, "\n[snapshots]\nkeep_last = 2\n").await;
+    let (ids, _) = three_snapshots(&f).await;
+    flip_byte(&f.path(&format!("target/snapshots/{}", ids[1])), |n| n / 2);
+    prune_refuses_naming(&f, &ids, &ids[1]).await;
+}
+
+/// The snapshot object reads (its head is fine); one of its page lists,
+/// sealed in a metadata pack, does not. Prune reads each snapshot in full
+/// one at a time, after the heads: the second stage must stop it as the
+/// first does, also for the snapshot it would forget.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_nothing_while_a_snapshots_page_list_cannot_be_read() {
-    // The snapshot object reads (its head is fine); one of its page lists,
-    // sealed in a metadata pack, does not. Prune reads each snapshot in
-    // full one at a time, after the heads: the second stage must stop it
-    // as the first does.
     let f = fixture(months, None, "\n[snapshots]\nkeep_last = 2\n").await;
-    let policy = f.load();
     let (ids, _) = three_snapshots(&f).await;
-    let repo = custos::ops::MetaRepo::open(&policy, None).await.unwrap();
+    let repo = custos::ops::MetaRepo::open(&f.load(), None).await.unwrap();
     let snap = Snapshot::find(&repo.target, &repo.meta, &ids[0])
         .await
         .unwrap();
@@ -430,27 +440,8 @@ async fn prune_deletes_nothing_while_a_snapshots_page_list_cannot_be_read() {
         "target/{}",
         custos::repo::pack::pack_path(&list.pack)
     ));
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let at = list.offset as usize + list.len as usize / 2;
-    bytes[at] ^= 0x55;
-    std::fs::write(&pack, &bytes).unwrap();
-    let target = f.path("target");
-    let before = bytes_under(&target);
-    // The oldest snapshot is the one to forget: its page list is read
-    // all the same, and it stops prune.
-    let e = forget_and_prune(&policy, &PruneOptions::default())
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("1 snapshot object(s) are unreadable, so prune cannot tell what they need")
-            && e.contains(&ids[0]),
-        "{e}"
-    );
-    assert_eq!(bytes_under(&target), before);
-    for id in &ids {
-        assert!(f.path(&format!("target/snapshots/{id}")).exists(), "{id}");
-    }
+    flip_byte(&pack, |_| list.offset as usize + list.len as usize / 2);
+    prune_refuses_naming(&f, &ids, &ids[0]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
