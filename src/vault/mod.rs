@@ -1394,6 +1394,7 @@ impl Vault {
         };
         // Where each key was read from mattered only while merging.
         entries.forget_origins();
+        entries.fit_ids();
 
         Ok(Merged {
             vault_id,

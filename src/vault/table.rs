@@ -397,6 +397,20 @@ impl KeyTable {
         self.origins = Some(Vec::with_capacity(self.len));
     }
 
+    /// Sizes the id table to the keys it holds: it grew by doubling while
+    /// they were read, and could be half empty (see [`super::ids`]).
+    pub fn fit_ids(&mut self) {
+        let seed = self.naming.seed;
+        let segments = &self.segments;
+        let mut by_id = IdIndex::with_capacity(self.len);
+        for (i, s) in (0..).zip(segments.iter().flatten()) {
+            by_id.insert(id_hash(seed, &s.id), i, |j| {
+                id_hash(seed, &slot_at(segments, j).id)
+            });
+        }
+        self.by_id = by_id;
+    }
+
     /// Drops the locations [`KeyTable::track_origins`] kept.
     pub fn forget_origins(&mut self) {
         self.origins = None;
@@ -831,6 +845,11 @@ mod tests {
             }
             let want = if kind == KeyKind::Subject { t.len() } else { 0 };
             assert_eq!(found, want);
+        }
+        // Sized to what is left, every key is still found by id.
+        t.fit_ids();
+        for (k, id) in ids.iter().enumerate() {
+            assert_eq!(t.get(id).is_some(), !gone.contains(&k));
         }
         let left: Vec<KeyId> = t.iter().map(|s| s.id).collect();
         for id in left {
