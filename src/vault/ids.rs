@@ -15,13 +15,14 @@
 //! of inserts and removals (shredding) does not slow lookups. A table
 //! made for a known count ([`IdIndex::with_capacity`]) is sized to it,
 //! not to the next power of two (which could leave it half empty: 12.6
-//! MB where 8.4 do at a million keys): a hash's low 32 bits are mapped
+//! MB where 8.3 do at a million keys): a hash's low 32 bits are mapped
 //! onto the table by a multiplication (Lemire's fast range), its top 16
 //! are its tag.
 //!
 //! Each entry is 6 bytes: the hash's top 16 bits (a tag, so that a probe
 //! past another key's entry seldom reads its slot) beside the slot number
-//! plus one (0: empty). That is 8 to 16 bytes a key, against 8 to 11 for
+//! plus one (0: empty). That is 8 bytes a key in a table sized to its
+//! count, up to 16 while one grows by doubling, against 8 to 11 for
 //! `hashbrown`'s table of slot numbers. (Entries of 8 bytes, tried first,
 //! raised a 4 GiB initial backup's peak by about 9 MiB, to 503 MiB.)
 

@@ -34,7 +34,7 @@
 //! key is also hidden from [`Vault::lookup`] and [`Vault::key`], so no job
 //! reads it while it is being destroyed.
 //!
-//! In memory the unit keys are one [`table::KeyTable`] (about 105 bytes a
+//! In memory the unit keys are one [`table::KeyTable`] (about 100 bytes a
 //! key), and [`Vault::open`] reads each location a shard at a time into it,
 //! so opening holds no location's payloads in full.
 

@@ -6,8 +6,8 @@
 //! slot is 80 bytes with the key's 32 inline (names other than
 //! pseudonyms, and where a key was read from while the vault opens, are
 //! kept beside the slots), and the two lookups are tables of slot
-//! numbers: about 105 bytes a key in all (the two lookups about 24 of
-//! them), where a map from id to entry plus a name index took about 190,
+//! numbers: about 100 bytes a key in all (the two lookups about 16 of
+//! them, sized to the keys, see [`super::ids`]), where a map from id to entry plus a name index took about 190,
 //! and 64-byte slots with each key in a box of its own about 120. Slots
 //! live in fixed segments, so growing the table never copies it, and a
 //! key, written into its slot in place ([`KeyTable::insert`]), stays
