@@ -6,9 +6,10 @@
 //! slot is 80 bytes with the key's 32 inline (names other than
 //! pseudonyms, and where a key was read from while the vault opens, are
 //! kept beside the slots), and the two lookups are tables of slot
-//! numbers: about 100 bytes a key in all (the two lookups about 16 of
-//! them, sized to the keys, see [`super::ids`]), where a map from id to entry plus a name index took about 190,
-//! and 64-byte slots with each key in a box of its own about 120. Slots
+//! numbers: about 100 bytes a key in all (the two lookups about 18 of
+//! them, sized to the keys and an eighth more, see [`super::ids`]),
+//! where a map from id to entry plus a name index took about 190, and
+//! 64-byte slots with each key in a box of its own about 120. Slots
 //! live in fixed segments, so growing the table never copies it, and a
 //! key, written into its slot in place ([`KeyTable::insert`]), stays
 //! where it was written until it is taken out, when it is zeroized there
@@ -248,9 +249,9 @@ fn hash_name(names: &std::hash::RandomState, seed: Seed, kind: KeyKind, name: Na
 /// The name table of these slots: every name pointed at its earliest
 /// created key (ties: the smallest id).
 fn build_names(segments: &[Vec<Slot>], len: usize, naming: &Naming) -> IdIndex {
-    // Room for every name at once: growing the table would hash every
-    // name again at each doubling.
-    let mut by_name = IdIndex::with_capacity(len);
+    // Room for every name at once (growing the table would hash every
+    // name again at each doubling), and for the names a backup adds.
+    let mut by_name = IdIndex::with_room(len);
     let at = |j: u32| slot_at(segments, j);
     for i in 0..len as u32 {
         let s = at(i);
@@ -397,12 +398,13 @@ impl KeyTable {
         self.origins = Some(Vec::with_capacity(self.len));
     }
 
-    /// Sizes the id table to the keys it holds: it grew by doubling while
-    /// they were read, and could be half empty (see [`super::ids`]).
+    /// Sizes the id table to the keys it holds, with room for the keys a
+    /// backup adds: it grew by doubling while they were read, and could be
+    /// half empty (see [`super::ids`]).
     pub fn fit_ids(&mut self) {
         let seed = self.naming.seed;
         let segments = &self.segments;
-        let mut by_id = IdIndex::with_capacity(self.len);
+        let mut by_id = IdIndex::with_room(self.len);
         for (i, s) in (0..).zip(segments.iter().flatten()) {
             by_id.insert(id_hash(seed, &s.id), i, |j| {
                 id_hash(seed, &slot_at(segments, j).id)
