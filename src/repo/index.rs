@@ -237,6 +237,32 @@ impl IndexFile {
 
     /// Decodes an index object of version 1 or 2.
     pub fn decode(object: &str, b: &[u8]) -> Result<IndexFile, RepoError> {
+        let (pack, pack_size) = Self::header(object, b)?;
+        let entries = Self::decode_entries(object, b[4], &b[45..])?;
+        for e in &entries {
+            Self::within(object, pack_size, e)?;
+        }
+        Ok(IndexFile {
+            pack,
+            pack_size,
+            entries,
+        })
+    }
+
+    /// Checks an index object as [`decode`](Self::decode) does without
+    /// keeping its entries: its pack, the pack's size and how many entries
+    /// it holds.
+    pub fn summary(object: &str, b: &[u8]) -> Result<(Id, u64, usize), RepoError> {
+        let (pack, pack_size) = Self::header(object, b)?;
+        let count = Self::for_each_entry(object, b[4], &b[45..], |e| {
+            Self::within(object, pack_size, &e)
+        })?;
+        Ok((pack, pack_size, count))
+    }
+
+    /// The pack and its size, from an index object's header (magic and
+    /// version checked).
+    fn header(object: &str, b: &[u8]) -> Result<(Id, u64), RepoError> {
         if b.len() < 45 || &b[..4] != b"CIDX" {
             return Err(RepoError::malformed(object, "not an index (bad magic)"));
         }
@@ -248,17 +274,14 @@ impl IndexFile {
         }
         let pack = Id(b[5..37].try_into().unwrap());
         let pack_size = u64::from_le_bytes(b[37..45].try_into().unwrap());
-        let entries = Self::decode_entries(object, b[4], &b[45..])?;
-        for e in &entries {
-            if e.offset as u64 + e.len as u64 > pack_size {
-                return Err(RepoError::malformed(object, "entry beyond the pack's size"));
-            }
+        Ok((pack, pack_size))
+    }
+
+    fn within(object: &str, pack_size: u64, e: &IndexEntry) -> Result<(), RepoError> {
+        if e.offset as u64 + e.len as u64 > pack_size {
+            return Err(RepoError::malformed(object, "entry beyond the pack's size"));
         }
-        Ok(IndexFile {
-            pack,
-            pack_size,
-            entries,
-        })
+        Ok(())
     }
 
     /// Writes the index object (version [`ENTRIES_VERSION`]); returns its
@@ -825,9 +848,7 @@ impl Index {
     /// Adds one index object; call [`Index::seal`] before looking up.
     pub fn add(&mut self, f: &IndexFile) {
         let p = self.packs.len() as u32;
-        self.packs.push((f.pack, f.pack_size));
-        self.entry_counts
-            .push(u32::try_from(f.entries.len()).unwrap_or(u32::MAX));
+        self.add_pack(f.pack, f.pack_size, f.entries.len());
         if self.packs_only {
             return;
         }
@@ -842,6 +863,14 @@ impl Index {
                 },
             );
         }
+    }
+
+    /// Adds a pack and how many entries its index object holds, without
+    /// its chunks.
+    fn add_pack(&mut self, pack: Id, size: u64, entries: usize) {
+        self.packs.push((pack, size));
+        self.entry_counts
+            .push(u32::try_from(entries).unwrap_or(u32::MAX));
     }
 
     /// Makes the index ready for lookups.
@@ -916,12 +945,17 @@ impl Index {
         idx.packs.reserve_exact(list.len());
         // Objects are decrypted on the blocking threads, one per core at a
         // time, while up to 16 are fetched; each is decoded and merged here.
-        // The plaintext's buffer is allocated and freed here too: memory an
-        // idle blocking thread allocated and another thread freed stays in
-        // that thread's heap until it allocates again.
+        // The plaintexts' buffers are taken and given back here, not on the
+        // blocking threads (memory an idle blocking thread allocated and
+        // another thread freed stays in that thread's heap until it
+        // allocates again), and used again from object to object, a few
+        // kept (one per core and two): each fresh one was faulted in page by
+        // page, then given back once its object was decoded.
         let opener = Arc::new(meta.clone());
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let decrypting = Arc::new(tokio::sync::Semaphore::new(cores));
+        let spare = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+        let spare = &spare;
         let mut results = stream::iter(list.into_iter().map(|(path, _)| {
             let (opener, decrypting) = (opener.clone(), decrypting.clone());
             async move {
@@ -931,7 +965,13 @@ impl Index {
                     .acquire_owned()
                     .await
                     .expect("the semaphore is never closed");
-                let mut plain = Vec::with_capacity(bytes.len());
+                let mut plain = spare
+                    .lock()
+                    .expect("the buffer list is never poisoned")
+                    .pop()
+                    .unwrap_or_default();
+                plain.clear();
+                plain.reserve(bytes.len());
                 let opening = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     let name = path.rsplit('/').next().unwrap_or("");
@@ -950,18 +990,33 @@ impl Index {
         while let Some(r) = results.next().await {
             let (object, opened, plain) = r?;
             let name = object.rsplit('/').next().unwrap_or("");
-            let parsed = opened
-                .and_then(|()| IndexFile::decode(&object, &plain).map_err(|e| e.to_string()))
-                .and_then(|f| {
-                    if f.pack.to_hex() == name {
-                        Ok(f)
-                    } else {
-                        Err("names another pack".to_string())
-                    }
-                });
-            match parsed {
-                Ok(f) => idx.add(&f),
-                Err(why) => idx.broken.push((object, why)),
+            let names = |pack: &Id| {
+                if pack.to_hex() == name {
+                    Ok(())
+                } else {
+                    Err("names another pack".to_string())
+                }
+            };
+            let added = opened.and_then(|()| {
+                if idx.packs_only {
+                    // Checked as a whole, but no entry is kept.
+                    let (pack, size, count) =
+                        IndexFile::summary(&object, &plain).map_err(|e| e.to_string())?;
+                    names(&pack)?;
+                    idx.add_pack(pack, size, count);
+                } else {
+                    let f = IndexFile::decode(&object, &plain).map_err(|e| e.to_string())?;
+                    names(&f.pack)?;
+                    idx.add(&f);
+                }
+                Ok(())
+            });
+            if let Err(why) = added {
+                idx.broken.push((object, why));
+            }
+            let mut kept = spare.lock().expect("the buffer list is never poisoned");
+            if kept.len() < cores + 2 {
+                kept.push(plain);
             }
         }
         idx.seal();
@@ -1295,6 +1350,87 @@ mod tests {
         let mut big = f.clone();
         big.pack_size = 10;
         assert!(IndexFile::decode("x", &big.encode()).is_err());
+    }
+
+    #[test]
+    fn a_summary_refuses_what_a_decode_refuses_and_counts_what_it_keeps() {
+        let f = file(7, &[1, 2, 3, 4]);
+        let b = f.encode();
+        assert_eq!(
+            IndexFile::summary("x", &b).unwrap(),
+            (f.pack, f.pack_size, f.entries.len())
+        );
+        // Every truncation, a bad magic, an unknown version and an entry
+        // beyond the pack's end: both refuse.
+        let mut bad: Vec<Vec<u8>> = (0..b.len()).map(|n| b[..n].to_vec()).collect();
+        let mut magic = b.clone();
+        magic[0] ^= 1;
+        let mut version = b.clone();
+        version[4] = ENTRIES_VERSION + 1;
+        let mut short = f.clone();
+        short.pack_size = 10;
+        bad.extend([magic, version, short.encode()]);
+        for (i, b) in bad.iter().enumerate() {
+            assert!(IndexFile::decode("x", b).is_err(), "{i}");
+            assert!(IndexFile::summary("x", b).is_err(), "{i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn packs_alone_are_loaded_as_the_whole_index_loads_them() {
+        use crate::crypto::Key32;
+        use crate::target::S3Settings;
+        let t = Target::open(
+            "t",
+            "memory://load-packs",
+            false,
+            &S3Settings::default(),
+            true,
+        )
+        .unwrap();
+        let meta = MetaKey::new(&Key32::random());
+        let files = [file(1, &[10, 11]), file(2, &[20, 21, 22]), file(3, &[30])];
+        for f in &files {
+            f.store(&t, &meta).await.unwrap();
+        }
+        // One object that does not open, one that names another pack.
+        t.put(&index_path(&Id([4; 32])), vec![9u8; 80].into())
+            .await
+            .unwrap();
+        let other = meta.seal("index", &Id([5; 32]).to_hex(), &file(6, &[60]).encode());
+        t.put(&index_path(&Id([5; 32])), other.into())
+            .await
+            .unwrap();
+
+        let whole = Index::load(&t, &meta).await.unwrap();
+        let packs = Index::load_packs(&t, &meta).await.unwrap();
+        let listed = |idx: &Index| {
+            let mut v: Vec<(Id, u64, u32)> = idx
+                .packs
+                .iter()
+                .zip(&idx.entry_counts)
+                .map(|(p, n)| (p.0, p.1, *n))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(listed(&packs), listed(&whole));
+        assert_eq!(
+            listed(&packs),
+            files
+                .iter()
+                .map(|f| (f.pack, f.pack_size, f.entries.len() as u32))
+                .collect::<Vec<_>>()
+        );
+        let broken = |idx: &Index| {
+            let mut v = idx.broken.clone();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(broken(&packs), broken(&whole));
+        assert_eq!(packs.broken.len(), 2);
+        assert!(packs.chunks.is_empty());
+        assert_eq!(whole.chunks.len(), 6);
     }
 
     #[tokio::test]
