@@ -1506,7 +1506,7 @@ const BASE_ENTRY_PAGES: usize = MAX_WINDOW_OVERLAYS + 2;
 impl<'b> BaseEntries<'b> {
     fn new(reader: BaseReader, base: &'b OverlayBase) -> Self {
         BaseEntries {
-            cache: PackCache::new(reader.target.clone(), 1),
+            cache: PackCache::new(reader.target.clone(), 1).copying_out(),
             reader,
             base,
             pages: Vec::with_capacity(BASE_ENTRY_PAGES),
@@ -2243,7 +2243,7 @@ impl BaseReader {
         let starts = mark.overlay_starts()?;
         // A cache of its own, dropped once the pages are read: packs stay
         // mapped while cached.
-        let mut cache = PackCache::new(self.target.clone(), 1);
+        let mut cache = PackCache::new(self.target.clone(), 1).copying_out();
         let index = self.index.clone();
         // As many as the parent's window had (the mark says, and is not
         // trusted beyond a bound), and room for what its overlays name.
@@ -2816,7 +2816,7 @@ impl ReaderCtx {
         let target = self.target.clone();
         let cache = self
             .pack_cache
-            .get_or_insert_with(|| PackCache::new(target, 4));
+            .get_or_insert_with(|| PackCache::new(target, 4).copying_out());
         let reuse = check.blobs(cache, table, pages, listed);
         self.lists = check.lists;
         let reuse = reuse?;
@@ -3161,7 +3161,7 @@ impl ReaderCtx {
         let mut bytes_read = 0u64;
         std::thread::scope(|scope| -> Result<(), OpsError> {
             scope.spawn(move || {
-                let mut cache = PackCache::new(target, 2);
+                let mut cache = PackCache::new(target, 2).copying_out();
                 for (t, (table, windows)) in to_check.into_iter().enumerate() {
                     for (i, pages, listed) in windows {
                         let reuse = check.blobs(&mut cache, &table, &pages, listed.as_deref());
@@ -3511,7 +3511,7 @@ impl ReaderCtx {
         let mut previous: HashMap<String, FileRecord> = HashMap::new();
         if let Some(p) = self.parent.as_ref().and_then(|p| p.files.clone()) {
             if p.key == key_id {
-                let mut cache = PackCache::new(self.target.clone(), 2);
+                let mut cache = PackCache::new(self.target.clone(), 2).copying_out();
                 for id in &p.pages {
                     let page = self.handle.block_on(Page::load(
                         &mut cache,

@@ -39,6 +39,9 @@ pub struct PackCache {
     /// Whether a pack fetched whole is hashed against its name (see
     /// [`PackCache::without_pack_hashes`]).
     hash_packs: bool,
+    /// Whether a few blobs read through the cache are copied out of their
+    /// pack (see [`PackCache::copying_out`]).
+    copy_out: bool,
 }
 
 impl PackCache {
@@ -53,7 +56,26 @@ impl PackCache {
             fetched: 0,
             reads: 0,
             hash_packs: true,
+            copy_out: false,
         }
+    }
+
+    /// A cache whose readers copy a few blobs out of their pack rather
+    /// than keep a slice of it ([`crate::repo::tree::PagesRead`]): for a
+    /// reader that keeps what it read longer than the cache keeps the
+    /// pack (a backup keeps the parent's pages of a window while it stores
+    /// the window, its caches hold one or two packs). A slice keeps the
+    /// whole pack, a mapping of a local pack read in whole: at 4 GiB, six
+    /// or so packs of 8 MiB at the incremental's peak.
+    pub fn copying_out(mut self) -> Self {
+        self.copy_out = true;
+        self
+    }
+
+    /// Whether blobs are copied out of their pack (see
+    /// [`PackCache::copying_out`]).
+    pub fn copies_out(&self) -> bool {
+        self.copy_out
     }
 
     /// A cache whose whole packs are checked for their size but not hashed

@@ -661,6 +661,14 @@ impl PagesRead {
                     e.to_string(),
                 )
             })?;
+            // A run much shorter than its pack is copied out if the cache
+            // says so: a slice of the pack keeps all of it (a mapping of a
+            // local pack, read in whole) for as long as these pages are kept.
+            let bytes = if cache.copies_out() && (bytes.len() as u64) < size / 2 {
+                Bytes::copy_from_slice(&bytes)
+            } else {
+                bytes
+            };
             for &k in &order[i..j] {
                 at[k].2 = runs.len();
             }
@@ -1277,6 +1285,48 @@ mod tests {
         assert_eq!(read.page(&meta, 3).unwrap(), a[3]);
         let e = read.page(&meta, 4).unwrap_err().to_string();
         assert!(e.contains(&format!("tree page {}", ids_a[4])), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_few_pages_are_copied_out_of_their_pack_when_the_cache_says_so() {
+        use crate::target::{S3Settings, Target};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let target =
+            Arc::new(Target::open("t", &url, false, &S3Settings::default(), true).unwrap());
+        let meta = MetaKey::new(&crate::crypto::Key32::random());
+        let a: Vec<Page> = (0..20).map(group_page).collect();
+        let ids = store_pages(&target, &meta, &a).await.unwrap();
+        let index = Index::load(&target, &meta).await.unwrap();
+        let (pack, size) = index.pack_of(index.chunks.get(&ids[0]).unwrap());
+        for copying in [true, false] {
+            let mut cache = PackCache::new(target.clone(), 1);
+            if copying {
+                cache = cache.copying_out();
+            }
+            let one = PagesRead::fetch(&mut cache, &index, &ids[..1])
+                .await
+                .unwrap()
+                .unwrap();
+            let all = PagesRead::fetch(&mut cache, &index, &ids)
+                .await
+                .unwrap()
+                .unwrap();
+            // The pack as the cache holds it: the bytes the runs were cut
+            // from.
+            let whole = cache.pack(pack, size).await.unwrap();
+            let within = |b: &Bytes| {
+                let (p, q) = (whole.as_ptr() as usize, b.as_ptr() as usize);
+                (p..p + whole.len()).contains(&q)
+            };
+            assert_eq!(within(&one.runs[0].0), !copying, "a page alone");
+            assert!(within(&all.runs[0].0), "the pages of a whole pack");
+            assert_eq!(one.page(&meta, 0).unwrap(), a[0]);
+            for (i, page) in a.iter().enumerate() {
+                assert_eq!(&all.page(&meta, i).unwrap(), page, "page {i}");
+            }
+        }
     }
 
     #[test]
