@@ -1219,15 +1219,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn pages_that_lie_together_in_a_pack_are_read_at_once() {
+    /// A `file://` target in a new folder (kept while the folder lives)
+    /// and a metadata key.
+    fn local_target() -> (tempfile::TempDir, Arc<crate::target::Target>, MetaKey) {
         use crate::target::{S3Settings, Target};
-        use std::sync::Arc;
         let dir = tempfile::tempdir().unwrap();
         let url = format!("file://{}", dir.path().display());
-        let target =
-            Arc::new(Target::open("t", &url, false, &S3Settings::default(), true).unwrap());
+        let target = Target::open("t", &url, false, &S3Settings::default(), true).unwrap();
         let meta = MetaKey::new(&crate::crypto::Key32::random());
+        (dir, Arc::new(target), meta)
+    }
+
+    #[tokio::test]
+    async fn pages_that_lie_together_in_a_pack_are_read_at_once() {
+        let (dir, target, meta) = local_target();
         let a: Vec<Page> = (0..20).map(group_page).collect();
         let b: Vec<Page> = (20..25).map(group_page).collect();
         let ids_a = store_pages(&target, &meta, &a).await.unwrap();
@@ -1289,13 +1294,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_few_pages_are_copied_out_of_their_pack_when_the_cache_says_so() {
-        use crate::target::{S3Settings, Target};
-        use std::sync::Arc;
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("file://{}", dir.path().display());
-        let target =
-            Arc::new(Target::open("t", &url, false, &S3Settings::default(), true).unwrap());
-        let meta = MetaKey::new(&crate::crypto::Key32::random());
+        let (_dir, target, meta) = local_target();
         let a: Vec<Page> = (0..20).map(group_page).collect();
         let ids = store_pages(&target, &meta, &a).await.unwrap();
         let index = Index::load(&target, &meta).await.unwrap();
