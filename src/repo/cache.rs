@@ -72,10 +72,11 @@ impl PackCache {
         self
     }
 
-    /// Whether blobs are copied out of their pack (see
-    /// [`PackCache::copying_out`]).
-    pub fn copies_out(&self) -> bool {
-        self.copy_out
+    /// Whether blobs of `pack` read through the cache are to be copied out
+    /// (see [`PackCache::copying_out`]): only while the pack is held whole,
+    /// since bytes read as a span are the span alone.
+    pub fn copies_out_of(&self, pack: &Id) -> bool {
+        self.copy_out && self.packs.contains_key(pack)
     }
 
     /// A cache whose whole packs are checked for their size but not hashed

@@ -664,7 +664,7 @@ impl PagesRead {
             // A run much shorter than its pack is copied out if the cache
             // says so: a slice of the pack keeps all of it (a mapping of a
             // local pack, read in whole) for as long as these pages are kept.
-            let bytes = if cache.copies_out() && (bytes.len() as u64) < size / 2 {
+            let bytes = if cache.copies_out_of(&pack) && (bytes.len() as u64) < size / 2 {
                 Bytes::copy_from_slice(&bytes)
             } else {
                 bytes
