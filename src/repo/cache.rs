@@ -60,23 +60,16 @@ impl PackCache {
         }
     }
 
-    /// A cache whose readers copy a few blobs out of their pack rather
-    /// than keep a slice of it ([`crate::repo::tree::PagesRead`]): for a
-    /// reader that keeps what it read longer than the cache keeps the
-    /// pack (a backup keeps the parent's pages of a window while it stores
-    /// the window, its caches hold one or two packs). A slice keeps the
-    /// whole pack, a mapping of a local pack read in whole: at 4 GiB, six
-    /// or so packs of 8 MiB at the incremental's peak.
+    /// A cache whose [`blobs_at`](Self::blobs_at) gives a copy of bytes
+    /// shorter than half their pack, not a slice of the pack held whole:
+    /// for a reader that keeps what it read longer than the cache keeps
+    /// the pack (a backup keeps the parent's pages of a window while it
+    /// stores the window, its caches hold one or two packs). A slice keeps
+    /// the whole pack, a mapping of a local pack read in whole: at 4 GiB,
+    /// six or so packs of 8 MiB at the incremental's peak.
     pub fn copying_out(mut self) -> Self {
         self.copy_out = true;
         self
-    }
-
-    /// Whether blobs of `pack` read through the cache are to be copied out
-    /// (see [`PackCache::copying_out`]): only while the pack is held whole,
-    /// since bytes read as a span are the span alone.
-    pub fn copies_out_of(&self, pack: &Id) -> bool {
-        self.copy_out && self.packs.contains_key(pack)
     }
 
     /// A cache whose whole packs are checked for their size but not hashed
@@ -269,7 +262,9 @@ impl PackCache {
     /// together, read at once), with the offset in the pack they start
     /// at: from the cached pack; or, for a pack verified whole before, the
     /// span alone (each blob in it is authenticated when opened); or else
-    /// the whole pack, fetched, verified against its name and cached.
+    /// the whole pack, fetched, verified against its name and cached (a
+    /// short span of it copied out, if the cache is
+    /// [`copying_out`](Self::copying_out)).
     pub async fn blobs_at(
         &mut self,
         id: Id,
@@ -288,7 +283,11 @@ impl PackCache {
         }
         // Of `size` bytes: a pack of another size is refused when fetched.
         let p = self.pack(id, size).await?;
-        Ok((p.slice(span.start as usize..span.end as usize), span.start))
+        let run = p.slice(span.start as usize..span.end as usize);
+        if self.copy_out && (run.len() as u64) < size / 2 {
+            return Ok((Bytes::copy_from_slice(&run), span.start));
+        }
+        Ok((run, span.start))
     }
 }
 

@@ -661,14 +661,6 @@ impl PagesRead {
                     e.to_string(),
                 )
             })?;
-            // A run much shorter than its pack is copied out if the cache
-            // says so: a slice of the pack keeps all of it (a mapping of a
-            // local pack, read in whole) for as long as these pages are kept.
-            let bytes = if cache.copies_out_of(&pack) && (bytes.len() as u64) < size / 2 {
-                Bytes::copy_from_slice(&bytes)
-            } else {
-                bytes
-            };
             for &k in &order[i..j] {
                 at[k].2 = runs.len();
             }
