@@ -95,8 +95,9 @@ impl IdIndex {
         }
     }
 
-    /// An empty table with room for `n` entries before it grows.
-    pub fn with_capacity(n: usize) -> IdIndex {
+    /// An empty table with room for `n` entries before it grows (and not
+    /// one more: a table made for a count is made [`with_room`](Self::with_room)).
+    fn with_capacity(n: usize) -> IdIndex {
         let size = (n.saturating_mul(4).div_ceil(3) + 1).max(MIN_CAPACITY);
         IdIndex {
             entries: vec![EMPTY; size],
