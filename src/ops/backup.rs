@@ -2171,6 +2171,9 @@ impl GroupCtx<'_> {
         // by side. `small` lists those groups (position in the run, bytes).
         let mut small: Vec<(usize, OneChunk<'_>)> = Vec::new();
         let mut ids = Vec::new();
+        // Where the index has each of `ids` (looked up together: the
+        // cache misses overlap).
+        let mut found = Vec::new();
         for (run_slots, run_refs) in slots.chunks(KEYS_AT_ONCE).zip(refs.chunks(KEYS_AT_ONCE)) {
             let parents: Vec<(Option<&KeyBytes>, &KeyBytes)> = run_refs
                 .iter()
@@ -2220,7 +2223,8 @@ impl GroupCtx<'_> {
                     .collect();
                 ChunkKeys::chunk_ids(&plains, &mut ids);
             }
-            let mut small_ids = small.iter().zip(&ids).peekable();
+            self.index.chunks.positions(&ids, &mut found);
+            let mut small_ids = small.iter().zip(&ids).zip(&found).peekable();
             for (i, (slot, r)) in run_slots.iter().zip(run_refs).enumerate() {
                 // The rows of a group are scattered over the window (read
                 // in rowid order, stored by group): start loading the next
@@ -2232,10 +2236,10 @@ impl GroupCtx<'_> {
                 let time = &self.times[r.time as usize];
                 let keys = &keys[i];
                 let mut chunks = Vec::new();
-                let mut emit = |c: &[u8], id: Id| {
+                let mut emit = |c: &[u8], id: Id, stored: Option<u32>| {
                     ReaderCtx::emit(
                         work,
-                        &self.index,
+                        stored,
                         None,
                         packs,
                         &self.counters,
@@ -2246,15 +2250,16 @@ impl GroupCtx<'_> {
                         id,
                     )
                 };
-                match small_ids.next_if(|((j, _), _)| *j == i) {
-                    // Gathered above, one chunk, its id known.
-                    Some(((_, c), id)) => {
+                match small_ids.next_if(|(((j, _), _), _)| *j == i) {
+                    // Gathered above, one chunk, its id and place known.
+                    Some((((_, c), id), at)) => {
                         // At most `min` bytes (`slot.bytes`): the one chunk
                         // `chunk_all` would cut.
                         let bytes = c.bytes(&gathered);
                         debug_assert!(bytes.len() <= min, "a slot's bytes are its rows'");
                         if !bytes.is_empty() {
-                            emit(bytes, *id)?;
+                            let stored = at.map(|k| self.index.chunks.pack_at(k));
+                            emit(bytes, *id, stored)?;
                         }
                     }
                     None => {
@@ -2272,7 +2277,10 @@ impl GroupCtx<'_> {
                             }
                             &gathered[from..]
                         };
-                        chunker.chunk_all(bytes, &mut |c| emit(c, keys.chunk_id(c)))?;
+                        chunker.chunk_all(bytes, &mut |c| {
+                            let id = keys.chunk_id(c);
+                            emit(c, id, self.index.chunks.pack(&id))
+                        })?;
                         // Only the run's one-chunk groups stay gathered.
                         gathered.truncate(from);
                     }
@@ -2487,12 +2495,12 @@ impl ReaderCtx {
         (id, k.boxed(), unit_label(kind, &name))
     }
 
-    /// Takes one chunk (`id` is its chunk id under `keys`): dedup, hand to
-    /// the workers.
+    /// Takes one chunk (`id` is its chunk id under `keys`; `stored`, the
+    /// pack `index` has it in, if any): dedup, hand to the workers.
     #[allow(clippy::too_many_arguments)]
     fn emit(
         work: &mut WorkSender,
-        index: &Index,
+        stored: Option<u32>,
         mut in_flight: Option<&mut HashSet<Id>>,
         packs: &mut PackSet,
         counters: &Counters,
@@ -2508,7 +2516,6 @@ impl ReaderCtx {
         // record groups check their own list (a repeat across two read
         // windows of one group is stored twice, harmlessly); file mode, one
         // group for the whole tree, keeps a set (`in_flight`).
-        let stored = index.chunks.pack(&id);
         if let Some(p) = stored {
             packs.add(p);
         }
@@ -3632,8 +3639,9 @@ impl ReaderCtx {
                         let in_flight = Some(&mut *in_flight);
                         let packs = &mut packs;
                         let id = keys.chunk_id(c);
+                        let stored = index.chunks.pack(&id);
                         Self::emit(
-                            work, index, in_flight, packs, counters, &keys, key_id, chunks, c, id,
+                            work, stored, in_flight, packs, counters, &keys, key_id, chunks, c, id,
                         )
                     };
                     let mut read = 0u64;
