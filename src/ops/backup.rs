@@ -915,10 +915,12 @@ struct Window {
     slots: Vec<Slot>,
     /// Every row of the window, in arrival order.
     arena: Vec<u8>,
-    /// Rows: (start in `arena`, length, next row of the group or `NONE`;
-    /// [`Window::add`] links the rows of a run, [`Window::group`] the
-    /// runs of a group).
-    rows: Vec<(u32, u32, u32)>,
+    /// Rows: (start in `arena`, length), in arrival order.
+    rows: Vec<(u32, u32)>,
+    /// The rows again, group after group ([`Window::group`] fills it; a
+    /// slot's rows are `order[first..first + rows]`), so that a group's
+    /// rows are found without following a chain of cache misses.
+    order: Vec<(u32, u32)>,
     /// Runs of consecutive rows with equal coordinates, in read order.
     runs: Vec<Run>,
     /// The coordinates' text of every run.
@@ -967,11 +969,9 @@ struct Slot {
     /// Its rows and their bytes (a window's offsets are 32-bit too).
     rows: u32,
     bytes: u32,
+    /// Where its rows start in [`Window::order`].
     first: u32,
-    last: u32,
 }
-
-const NONE: u32 = u32::MAX;
 
 /// Bytes a window's digest gathers before hashing them ([`Window::digest`]).
 const DIGEST_SCRATCH: usize = 64 << 10;
@@ -989,7 +989,7 @@ impl Window {
     fn add(&mut self, coords: &GroupCoords, row: &[u8]) {
         let at = self.rows.len() as u32;
         let len = row.len() as u32;
-        self.rows.push((self.arena.len() as u32, len, NONE));
+        self.rows.push((self.arena.len() as u32, len));
         self.arena.extend_from_slice(row);
         self.bytes += row.len();
         let subject = coords.subject.as_deref().map(str::as_bytes);
@@ -999,7 +999,6 @@ impl Window {
                 let run = self.runs.last_mut().expect("just seen");
                 run.rows += 1;
                 run.bytes += len;
-                self.rows[at as usize - 1].2 = at;
                 return;
             }
         }
@@ -1055,6 +1054,7 @@ impl Window {
         let Window {
             slots,
             rows,
+            order,
             runs,
             coord_bytes,
             ..
@@ -1106,11 +1106,17 @@ impl Window {
             }
             at = end;
         }
+        order.clear();
+        order.reserve_exact(rows.len());
         let mut prev: Option<u128> = None;
         for (i, &k) in keys.iter().enumerate() {
-            // Load the run this loop reads four runs on.
-            if let Some(&ahead) = keys.get(i + 4) {
+            // Load the run this loop reads eight runs on, and the first row
+            // of the one it reads four on (loaded four runs ago).
+            if let Some(&ahead) = keys.get(i + 8) {
                 crate::prefetch::line(&runs[ahead as u32 as usize]);
+            }
+            if let Some(&ahead) = keys.get(i + 4) {
+                crate::prefetch::line(&rows[runs[ahead as u32 as usize].first as usize]);
             }
             let run = &runs[k as u32 as usize];
             let same = prev.is_some_and(|p| {
@@ -1118,8 +1124,6 @@ impl Window {
             });
             if same {
                 let s = slots.last_mut().expect("a group started");
-                rows[s.last as usize].2 = run.first;
-                s.last = run.first + run.rows - 1;
                 s.rows += run.rows;
                 s.bytes += run.bytes;
             } else {
@@ -1128,10 +1132,11 @@ impl Window {
                     bucket: run.bucket,
                     rows: run.rows,
                     bytes: run.bytes,
-                    first: run.first,
-                    last: run.first + run.rows - 1,
+                    first: order.len() as u32,
                 });
             }
+            let first = run.first as usize;
+            order.extend_from_slice(&rows[first..first + run.rows as usize]);
             prev = Some(k);
         }
     }
@@ -1139,30 +1144,20 @@ impl Window {
     /// Asks the CPU to start loading a group's rows (at most the first 8,
     /// two cache lines each) into its caches.
     fn prefetch_rows(&self, slot: &Slot) {
-        let mut at = slot.first;
-        for _ in 0..8 {
-            if at == NONE {
-                break;
-            }
-            let (start, len, next) = self.rows[at as usize];
+        let first = slot.first as usize;
+        for &(start, len) in &self.order[first..first + slot.rows.min(8) as usize] {
             if let Some(row) = self.arena.get(start as usize..(start + len) as usize) {
                 crate::prefetch::head(row);
             }
-            at = next;
         }
     }
 
     /// A group's rows, in read order.
     fn group_rows<'a>(&'a self, slot: &Slot) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let mut at = slot.first;
-        std::iter::from_fn(move || {
-            if at == NONE {
-                return None;
-            }
-            let (start, len, next) = self.rows[at as usize];
-            at = next;
-            Some(&self.arena[start as usize..(start + len) as usize])
-        })
+        let first = slot.first as usize;
+        self.order[first..first + slot.rows as usize]
+            .iter()
+            .map(|&(start, len)| &self.arena[start as usize..(start + len) as usize])
     }
 
     /// Whether the window ends after `row`, just added: once it holds
@@ -1195,7 +1190,7 @@ impl Window {
         h.update(&(self.arena.len() as u64).to_le_bytes());
         h.update(&self.arena);
         scratch.clear();
-        for &(_, len, _) in &self.rows {
+        for &(_, len) in &self.rows {
             scratch.extend_from_slice(&len.to_le_bytes());
             feed(&mut h, scratch, DIGEST_SCRATCH);
         }
@@ -1224,6 +1219,7 @@ impl Window {
         self.slots.clear();
         self.arena.clear();
         self.rows.clear();
+        self.order.clear();
         self.runs.clear();
         self.coord_bytes.clear();
         self.bytes = 0;
@@ -4568,7 +4564,7 @@ mod tests {
         // compact key vault").
         assert_eq!(std::mem::size_of::<Coord>(), 8);
         assert_eq!(std::mem::size_of::<Run>(), 28);
-        assert_eq!(std::mem::size_of::<Slot>(), 32);
+        assert_eq!(std::mem::size_of::<Slot>(), 28);
         let mut w = Window::default();
         w.add(&c(None, Some("2026-03")), b"x");
         assert_eq!(w.runs[0].subject, Coord::NONE);
