@@ -917,10 +917,11 @@ struct Window {
     arena: Vec<u8>,
     /// Rows: (start in `arena`, length), in arrival order.
     rows: Vec<(u32, u32)>,
-    /// The rows again, group after group ([`Window::group`] fills it; a
-    /// slot's rows are `order[first..first + rows]`), so that a group's
-    /// rows are found without following a chain of cache misses.
-    order: Vec<(u32, u32)>,
+    /// The rows' numbers, group after group ([`Window::group`] fills it;
+    /// a slot's rows are `order[first..first + rows]`), so that a group's
+    /// rows are found by loads that do not wait for each other, not by
+    /// following a chain of cache misses.
+    order: Vec<u32>,
     /// Runs of consecutive rows with equal coordinates, in read order.
     runs: Vec<Run>,
     /// The coordinates' text of every run.
@@ -1110,13 +1111,9 @@ impl Window {
         order.reserve_exact(rows.len());
         let mut prev: Option<u128> = None;
         for (i, &k) in keys.iter().enumerate() {
-            // Load the run this loop reads eight runs on, and the first row
-            // of the one it reads four on (loaded four runs ago).
-            if let Some(&ahead) = keys.get(i + 8) {
-                crate::prefetch::line(&runs[ahead as u32 as usize]);
-            }
+            // Load the run this loop reads four runs on.
             if let Some(&ahead) = keys.get(i + 4) {
-                crate::prefetch::line(&rows[runs[ahead as u32 as usize].first as usize]);
+                crate::prefetch::line(&runs[ahead as u32 as usize]);
             }
             let run = &runs[k as u32 as usize];
             let same = prev.is_some_and(|p| {
@@ -1135,8 +1132,7 @@ impl Window {
                     first: order.len() as u32,
                 });
             }
-            let first = run.first as usize;
-            order.extend_from_slice(&rows[first..first + run.rows as usize]);
+            order.extend(run.first..run.first + run.rows);
             prev = Some(k);
         }
     }
@@ -1145,7 +1141,8 @@ impl Window {
     /// two cache lines each) into its caches.
     fn prefetch_rows(&self, slot: &Slot) {
         let first = slot.first as usize;
-        for &(start, len) in &self.order[first..first + slot.rows.min(8) as usize] {
+        for &at in &self.order[first..first + slot.rows.min(8) as usize] {
+            let (start, len) = self.rows[at as usize];
             if let Some(row) = self.arena.get(start as usize..(start + len) as usize) {
                 crate::prefetch::head(row);
             }
@@ -1157,7 +1154,10 @@ impl Window {
         let first = slot.first as usize;
         self.order[first..first + slot.rows as usize]
             .iter()
-            .map(|&(start, len)| &self.arena[start as usize..(start + len) as usize])
+            .map(|&at| {
+                let (start, len) = self.rows[at as usize];
+                &self.arena[start as usize..(start + len) as usize]
+            })
     }
 
     /// Whether the window ends after `row`, just added: once it holds
@@ -1477,15 +1477,15 @@ impl OverlayBase {
 /// Positions by 8-byte tag: the tags sorted, the positions beside them,
 /// and where each run of tags with the same top bits starts. A group's tag
 /// is derived from its key, so tags are uniform and a run holds about
-/// four: a look-up reads a run's start, a cache line of tags and a
-/// position, where a binary search through the positions into the groups
+/// four: a look-up reads a run's start and a cache line of tags and
+/// positions, where a binary search through the positions into the groups
 /// missed the cache twice a step (5% of an incremental's time at 1 GiB,
 /// with a window's new and changed groups out of the base's order).
-/// 13 bytes a position (4 with the binary search, about 25 with a hash
-/// map).
+/// 17 bytes a position (4 with the binary search, about 25 with a hash
+/// map), sorted where they were made.
 struct TagIndex {
-    tags: Vec<u64>,
-    at: Vec<u32>,
+    /// Each tag (as a big-endian integer) with its position, by tag.
+    tags: Vec<(u64, u32)>,
     /// `starts[p]`: the first of `tags` whose top `bits` bits are at
     /// least `p`; then the length.
     starts: Vec<u32>,
@@ -1528,8 +1528,7 @@ impl TagIndex {
         }
         starts.push(n as u32);
         Some(TagIndex {
-            tags: pairs.iter().map(|p| p.0).collect(),
-            at: pairs.iter().map(|p| p.1).collect(),
+            tags: pairs,
             starts,
             bits,
         })
@@ -1546,11 +1545,11 @@ impl TagIndex {
         // Tags alike in their top bits (a parent's pages are not trusted
         // to be uniform) are searched by halves, not scanned.
         let k = if b - a <= 16 {
-            self.tags[a..b].iter().position(|&x| x == t)?
+            self.tags[a..b].iter().position(|e| e.0 == t)?
         } else {
-            self.tags[a..b].binary_search(&t).ok()?
+            self.tags[a..b].binary_search_by_key(&t, |e| e.0).ok()?
         };
-        Some(self.at[a + k])
+        Some(self.tags[a + k].1)
     }
 }
 
