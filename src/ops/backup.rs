@@ -20,7 +20,7 @@ use crate::crypto::{
 use crate::policy::{ExtensionConfig, NotBackedUp, Policy, ResourcesConfig, StoreKind};
 use crate::progress::Progress;
 use crate::repo::cache::PackCache;
-use crate::repo::index::{Index, IndexObjects, PackSet};
+use crate::repo::index::{find_in_bucket, Buckets, Index, IndexObjects, PackSet};
 use crate::repo::marker::FormatRaise;
 use crate::repo::pack::{pack_path, seal_chunks_into, Codec, PackWriter};
 use crate::repo::snapshot::{
@@ -1474,82 +1474,48 @@ impl OverlayBase {
     }
 }
 
-/// Positions by 8-byte tag: the tags sorted, the positions beside them,
-/// and where each run of tags with the same top bits starts. A group's tag
-/// is derived from its key, so tags are uniform and a run holds about
-/// four: a look-up reads a run's start and a cache line of tags and
-/// positions, where a binary search through the positions into the groups
-/// missed the cache twice a step (5% of an incremental's time at 1 GiB,
-/// with a window's new and changed groups out of the base's order).
-/// 17 bytes a position (4 with the binary search, about 25 with a hash
-/// map), sorted where they were made.
+/// Positions by 8-byte tag: the tags sorted with their positions, in
+/// buckets of tags sharing their top bits ([`Buckets`]; a group's tag is
+/// derived from its key, so tags are uniform and a bucket holds about
+/// four): a look-up reads where its bucket starts and a cache line of tags
+/// and positions, where a binary search through the positions into the
+/// groups missed the cache twice a step (5% of an incremental's time at
+/// 1 GiB, with a window's new and changed groups out of the base's
+/// order). 17 bytes a position (4 with the binary search, about 25 with a
+/// hash map), sorted where they were made.
 struct TagIndex {
     /// Each tag (as a big-endian integer) with its position, by tag.
     tags: Vec<(u64, u32)>,
-    /// `starts[p]`: the first of `tags` whose top `bits` bits are at
-    /// least `p`; then the length.
-    starts: Vec<u32>,
-    bits: u32,
+    buckets: Buckets,
 }
 
 impl TagIndex {
     /// The index of `tags` (position `i` is the `i`th), or `None` if two
     /// are the same.
     fn new(tags: impl Iterator<Item = [u8; 8]>) -> Option<TagIndex> {
-        let mut pairs: Vec<(u64, u32)> = (0u32..)
+        let mut tags: Vec<(u64, u32)> = (0u32..)
             .zip(tags)
             .map(|(i, g)| (u64::from_be_bytes(g), i))
             .collect();
-        pairs.sort_unstable();
-        if pairs.windows(2).any(|w| w[0].0 == w[1].0) {
+        tags.sort_unstable();
+        if tags.windows(2).any(|w| w[0].0 == w[1].0) {
             return None;
         }
-        let n = pairs.len();
-        // About four tags a run: 2^bits ≥ n / 4.
-        let bits = if n < 8 {
-            0
-        } else {
-            (usize::BITS - (n / 4 - 1).leading_zeros()).min(24)
-        };
-        let top = |t: u64| {
-            if bits == 0 {
-                0
-            } else {
-                (t >> (64 - bits)) as usize
-            }
-        };
-        let mut starts = Vec::with_capacity((1 << bits) + 1);
-        let mut i = 0usize;
-        for p in 0..1usize << bits {
-            while i < n && top(pairs[i].0) < p {
-                i += 1;
-            }
-            starts.push(i as u32);
-        }
-        starts.push(n as u32);
-        Some(TagIndex {
-            tags: pairs,
-            starts,
-            bits,
-        })
+        let buckets = Buckets::new(tags.len(), |i| Self::key(tags[i].0));
+        Some(TagIndex { tags, buckets })
+    }
+
+    /// A tag as a [`Buckets`] key (in the top bits).
+    fn key(tag: u64) -> u128 {
+        u128::from(tag) << 64
     }
 
     fn find(&self, g: &[u8; 8]) -> Option<u32> {
         let t = u64::from_be_bytes(*g);
-        let p = if self.bits == 0 {
-            0
-        } else {
-            (t >> (64 - self.bits)) as usize
-        };
-        let (a, b) = (self.starts[p] as usize, self.starts[p + 1] as usize);
-        // Tags alike in their top bits (a parent's pages are not trusted
-        // to be uniform) are searched by halves, not scanned.
-        let k = if b - a <= 16 {
-            self.tags[a..b].iter().position(|e| e.0 == t)?
-        } else {
-            self.tags[a..b].binary_search_by_key(&t, |e| e.0).ok()?
-        };
-        Some(self.tags[a + k].1)
+        let (a, b) = self.buckets.of(Self::key(t));
+        let bucket = &self.tags[a as usize..b as usize];
+        let k = find_in_bucket(bucket, t, |e| e.0)?;
+        Some(bucket[k].1)
     }
 }
 

@@ -337,12 +337,11 @@ pub struct ChunkMap {
     wanted: HashSet<u128>,
     membership: bool,
     sorted: bool,
-    /// `buckets[p]` is the index of the first entry whose key's top `bits`
-    /// bits are at least `p`. Ids are uniform, so a bucket holds about four
-    /// entries (two cache lines) and a lookup is a short scan, not a binary
-    /// search, for about one byte of bucket table per entry.
-    buckets: Vec<u32>,
-    bits: u32,
+    /// Where the entries of each bucket of keys start. Ids are uniform, so
+    /// a bucket holds about four entries (two cache lines) and a lookup is
+    /// a short scan, not a binary search, for about one byte of bucket
+    /// table per entry.
+    buckets: Buckets,
 }
 
 /// An entry of a membership map: a key ([`key_of`], as bytes so that an
@@ -372,6 +371,70 @@ fn top_bits(key: u128, bits: u32) -> usize {
         0
     } else {
         (key >> (128 - bits)) as usize
+    }
+}
+
+/// Where each bucket of sorted keys starts, a bucket being the keys that
+/// share their top bits: for keys spread uniformly (chunk ids, group
+/// tags) a bucket holds about four, so a look-up reads where its bucket
+/// starts and scans a cache line or two ([`find_in_bucket`]) instead of
+/// searching the whole list by halves. Keys are given left-aligned in a
+/// `u128` (a shorter key in its top bits).
+#[derive(Default)]
+pub(crate) struct Buckets {
+    /// `starts[p]`: the first key whose top `bits` bits are at least `p`;
+    /// then the number of keys.
+    starts: Vec<u32>,
+    bits: u32,
+}
+
+impl Buckets {
+    /// The buckets of `n` sorted keys, `key(i)` being the `i`th.
+    pub(crate) fn new(n: usize, key: impl Fn(usize) -> u128) -> Buckets {
+        // About four keys a bucket: 2^bits ≥ n / 4.
+        let bits = if n < 8 {
+            0
+        } else {
+            (usize::BITS - (n / 4 - 1).leading_zeros()).min(28)
+        };
+        let nb = 1usize << bits;
+        let mut starts = Vec::with_capacity(nb + 1);
+        let mut i = 0usize;
+        for p in 0..nb {
+            while i < n && top_bits(key(i), bits) < p {
+                i += 1;
+            }
+            starts.push(i as u32);
+        }
+        starts.push(n as u32);
+        Buckets { starts, bits }
+    }
+
+    /// The positions of the keys in `key`'s bucket, from and to.
+    pub(crate) fn of(&self, key: u128) -> (u32, u32) {
+        let p = top_bits(key, self.bits);
+        (self.starts[p], self.starts[p + 1])
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.starts.capacity() * 4
+    }
+}
+
+/// Where the item whose key is `key` is in `bucket`, sorted by key. A
+/// bucket of uniform keys holds a few and is scanned; but stored objects
+/// can name any keys, and a bucket of many (keys alike in their top bits)
+/// is searched by halves: a scan made every look-up in it linear.
+pub(crate) fn find_in_bucket<T, K: Ord>(
+    bucket: &[T],
+    key: K,
+    key_of: impl Fn(&T) -> K,
+) -> Option<usize> {
+    const SCANNED: usize = 16;
+    if bucket.len() <= SCANNED {
+        bucket.iter().position(|e| key_of(e) == key)
+    } else {
+        bucket.binary_search_by_key(&key, key_of).ok()
     }
 }
 
@@ -456,23 +519,7 @@ impl ChunkMap {
             }
             self.sorted = true;
         }
-        let n = self.len();
-        // About four entries a bucket: 2^bits ≥ n / 4.
-        self.bits = if n < 8 {
-            0
-        } else {
-            (usize::BITS - (n / 4 - 1).leading_zeros()).min(28)
-        };
-        let nb = 1usize << self.bits;
-        self.buckets = Vec::with_capacity(nb + 1);
-        let mut i = 0usize;
-        for p in 0..nb {
-            while i < n && top_bits(self.key_at(i), self.bits) < p {
-                i += 1;
-            }
-            self.buckets.push(i as u32);
-        }
-        self.buckets.push(n as u32);
+        self.buckets = Buckets::new(self.len(), |i| self.key_at(i));
     }
 
     /// Where a chunk lies. In a membership map, only the ids named at load
@@ -484,17 +531,12 @@ impl ChunkMap {
         self.position(id).map(|i| &self.entries[i].1)
     }
 
+    /// The position of `key` among the entries `a..b` (its bucket).
     fn find(&self, key: u128, a: usize, b: usize) -> Option<usize> {
-        // A bucket holds about four entries when ids are uniform, and is
-        // scanned; but index objects can name any ids, and a bucket of
-        // many (ids alike in their top bits) is searched by halves, its
-        // entries being sorted: a scan made every look-up in it linear.
-        const SCANNED: usize = 16;
-        let found = match (self.membership, b - a <= SCANNED) {
-            (true, true) => self.keys[a..b].iter().position(|m| m.key() == key),
-            (true, false) => self.keys[a..b].binary_search_by_key(&key, Member::key).ok(),
-            (false, true) => self.entries[a..b].iter().position(|e| e.0 == key),
-            (false, false) => self.entries[a..b].binary_search_by_key(&key, |e| e.0).ok(),
+        let found = if self.membership {
+            find_in_bucket(&self.keys[a..b], key, Member::key)
+        } else {
+            find_in_bucket(&self.entries[a..b], key, |e| e.0)
         };
         found.map(|i| a + i)
     }
@@ -506,8 +548,8 @@ impl ChunkMap {
             return None;
         }
         let key = key_of(id);
-        let p = top_bits(key, self.bits);
-        self.find(key, self.buckets[p] as usize, self.buckets[p + 1] as usize)
+        let (a, b) = self.buckets.of(key);
+        self.find(key, a as usize, b as usize)
     }
 
     /// The positions of many ids, as [`ChunkMap::position`] gives each, into
@@ -550,8 +592,8 @@ impl ChunkMap {
         ids.into_iter()
             .map(|id| {
                 let key = key_of(id);
-                let p = top_bits(key, self.bits);
-                (key, self.buckets[p], self.buckets[p + 1])
+                let (a, b) = self.buckets.of(key);
+                (key, a, b)
             })
             .collect()
     }
@@ -601,7 +643,7 @@ impl ChunkMap {
         self.entries.capacity() * std::mem::size_of::<(u128, ChunkLoc)>()
             + self.keys.capacity() * std::mem::size_of::<Member>()
             + self.located.capacity() * 48
-            + self.buckets.capacity() * 4
+            + self.buckets.heap_bytes()
     }
 }
 
@@ -1117,7 +1159,7 @@ mod tests {
             idx.add(&files[1]);
             idx.seal();
             assert_eq!(idx.chunks.len(), n as usize);
-            assert!(idx.chunks.bits > 0);
+            assert!(idx.chunks.buckets.bits > 0);
             assert!(idx.chunks.entries.windows(2).all(|w| w[0].0 < w[1].0));
             for i in 0..n {
                 let loc = idx.chunks.get(&id(i)).expect("stored id");
