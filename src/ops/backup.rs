@@ -1540,7 +1540,7 @@ const BASE_ENTRY_PAGES: usize = MAX_WINDOW_OVERLAYS + 2;
 impl<'b> BaseEntries<'b> {
     fn new(reader: BaseReader, base: &'b OverlayBase) -> Self {
         BaseEntries {
-            cache: PackCache::new(reader.target.clone(), 1).copying_out(),
+            cache: tree_cache(reader.target.clone(), 1),
             reader,
             base,
             pages: Vec::with_capacity(BASE_ENTRY_PAGES),
@@ -2262,6 +2262,14 @@ impl GroupCtx<'_> {
     }
 }
 
+/// A cache of `packs` packs for the tree pages a backup reads (its
+/// parent's): a few pages are copied out of their pack, since a backup
+/// keeps them longer than the cache keeps the pack
+/// ([`PackCache::copying_out`]).
+fn tree_cache(target: Arc<Target>, packs: usize) -> PackCache {
+    PackCache::new(target, packs).copying_out()
+}
+
 /// Reads the parent's window a window read again is overlaid on, on a
 /// thread of its own while the window is grouped: neither needs the other,
 /// and both were the reading thread's.
@@ -2285,7 +2293,7 @@ impl BaseReader {
         let starts = mark.overlay_starts()?;
         // A cache of its own, dropped once the pages are read: packs stay
         // mapped while cached.
-        let mut cache = PackCache::new(self.target.clone(), 1).copying_out();
+        let mut cache = tree_cache(self.target.clone(), 1);
         let index = self.index.clone();
         // As many as the parent's window had (the mark says, and is not
         // trusted beyond a bound), and room for what its overlays name.
@@ -2848,9 +2856,7 @@ impl ReaderCtx {
         let lists = self.lists.take();
         let mut check = self.reuse_check(lists);
         let target = self.target.clone();
-        let cache = self
-            .pack_cache
-            .get_or_insert_with(|| PackCache::new(target, 4).copying_out());
+        let cache = self.pack_cache.get_or_insert_with(|| tree_cache(target, 4));
         let reuse = check.blobs(cache, table, pages, listed);
         self.lists = check.lists;
         let reuse = reuse?;
@@ -3195,7 +3201,7 @@ impl ReaderCtx {
         let mut bytes_read = 0u64;
         std::thread::scope(|scope| -> Result<(), OpsError> {
             scope.spawn(move || {
-                let mut cache = PackCache::new(target, 2).copying_out();
+                let mut cache = tree_cache(target, 2);
                 for (t, (table, windows)) in to_check.into_iter().enumerate() {
                     for (i, pages, listed) in windows {
                         let reuse = check.blobs(&mut cache, &table, &pages, listed.as_deref());
@@ -3545,7 +3551,7 @@ impl ReaderCtx {
         let mut previous: HashMap<String, FileRecord> = HashMap::new();
         if let Some(p) = self.parent.as_ref().and_then(|p| p.files.clone()) {
             if p.key == key_id {
-                let mut cache = PackCache::new(self.target.clone(), 2).copying_out();
+                let mut cache = tree_cache(self.target.clone(), 2);
                 for id in &p.pages {
                     let page = self.handle.block_on(Page::load(
                         &mut cache,
