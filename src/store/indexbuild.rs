@@ -218,6 +218,10 @@ fn prefix_of(key: &[u8]) -> [u64; 2] {
     ]
 }
 
+/// How far ahead of the entry it writes out a spill asks for an entry's
+/// bytes ([`IndexBuild::spill_run`]).
+const SPILL_AHEAD: usize = 8;
+
 /// Stretches of a run this short are sorted by comparisons
 /// ([`sort_starts`]).
 const RADIX_MIN: usize = 64;
@@ -711,7 +715,12 @@ impl IndexBuild {
         let f = self.spill.as_mut().expect("opened above");
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &*f);
         let start = self.spilled;
-        for s in &self.starts {
+        for (i, s) in self.starts.iter().enumerate() {
+            // The entries lie in the order they came, not sorted: the one
+            // a few places on is asked for ahead.
+            if let Some(ahead) = self.starts.get(i + SPILL_AHEAD) {
+                crate::prefetch::line(self.buf[ahead.at as usize..].as_ptr());
+            }
             let at = s.at as usize;
             let (_, end) = entry(&self.buf, at);
             out.write_all(&self.buf[at..end])?;
