@@ -173,7 +173,7 @@ pub struct IndexBuild {
     starts: Vec<Start>,
     /// Room the sort moves `starts` through ([`sort_starts`]), counted in
     /// the run's bytes.
-    sorted: Vec<Start>,
+    spare: Vec<Start>,
     dir: PathBuf,
     spill: Option<File>,
     spilled: u64,
@@ -488,7 +488,7 @@ impl IndexBuild {
             refused,
             buf: Vec::new(),
             starts: Vec::new(),
-            sorted: Vec::new(),
+            spare: Vec::new(),
             dir: dir.to_owned(),
             spill: None,
             spilled: 0,
@@ -673,7 +673,7 @@ impl IndexBuild {
             .extend_from_slice(&(self.key.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(&self.key);
         // Each entry takes its bytes and two starts: its own and its room
-        // in `sorted`.
+        // in `spare`.
         if self.buf.len() + 2 * self.starts.len() * std::mem::size_of::<Start>() >= self.run_bytes {
             self.spill_run()?;
         }
@@ -685,11 +685,11 @@ impl IndexBuild {
         self.refused = Some(why);
         self.buf = Vec::new();
         self.starts = Vec::new();
-        self.sorted = Vec::new();
+        self.spare = Vec::new();
     }
 
     fn sort_run(&mut self) {
-        sort_starts(&mut self.starts, &mut self.sorted, &self.buf);
+        sort_starts(&mut self.starts, &mut self.spare, &self.buf);
     }
 
     /// Sorts the current run and appends it to the temporary file.
