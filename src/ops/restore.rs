@@ -578,28 +578,26 @@ impl Locator {
         cache: &mut PackCache,
         vault: &Vault,
         (snapshot, table): (&str, &str),
-        (pages, overlays): (&[Id], &[usize]),
-        packs: Option<&[Id]>,
+        (pages, overlays, packs): (&[Id], &[usize], Option<&[Id]>),
         filter: &GroupFilter,
+        lists: WindowLists,
     ) -> Result<OpenWindow, OpsError> {
+        let WindowLists {
+            mut groups,
+            mut locs,
+        } = lists;
         let meta = self.meta.clone();
+        let at = (snapshot, table);
         let index = self.windows.for_window(packs).await?;
-        let kept = |mut groups: Vec<(Id, GroupEntry)>| {
+        let read = window_groups(cache, &index, &meta, at, (pages, overlays), &mut groups).await?;
+        if read.is_ok() {
             groups.retain(|(_, g)| filter.keeps(g));
-            groups
-        };
-        let read = match window_groups(cache, &index, &meta, (snapshot, table), (pages, overlays))
-            .await?
-        {
-            Ok(groups) => {
-                let groups = kept(groups);
-                match Located::of(&index, &groups) {
-                    l if l.complete(vault, &groups) => return Ok((index, groups, l)),
-                    _ => Ok(groups),
-                }
+            let located = Located::of(&index, &groups, locs);
+            if located.complete(vault, &groups) {
+                return Ok((index, groups, located));
             }
-            Err(page) => Err(page),
-        };
+            locs = located.locs;
+        }
         if !self.windows.whole_loaded() {
             tracing::warn!(
                 snapshot,
@@ -608,19 +606,17 @@ impl Locator {
             );
         }
         let index = self.whole().await?;
-        let groups = match read {
-            Ok(groups) => groups,
-            Err(_) => kept(
-                window_groups(cache, &index, &meta, (snapshot, table), (pages, overlays))
-                    .await?
-                    .map_err(|page| {
-                        OpsError::Integrity(format!(
-                            "snapshot {snapshot}, table {table}: tree page {page} is in no index (repository damaged; run `custos check`)"
-                        ))
-                    })?,
-            ),
-        };
-        let located = Located::of(&index, &groups);
+        if read.is_err() {
+            window_groups(cache, &index, &meta, at, (pages, overlays), &mut groups)
+                .await?
+                .map_err(|page| {
+                    OpsError::Integrity(format!(
+                        "snapshot {snapshot}, table {table}: tree page {page} is in no index (repository damaged; run `custos check`)"
+                    ))
+                })?;
+            groups.retain(|(_, g)| filter.keeps(g));
+        }
+        let located = Located::of(&index, &groups, locs);
         Ok((index, groups, located))
     }
 
@@ -634,6 +630,25 @@ impl Locator {
 /// where their chunks are.
 type OpenWindow = (Arc<Index>, Vec<(Id, GroupEntry)>, Located);
 
+/// The lists of a read window, kept from window to window: a window holds
+/// some 200 k to 300 k groups, and lists made anew for each would be
+/// faulted in afresh every time (freed memory goes back to the system at
+/// once, see `main.rs`).
+#[derive(Default)]
+struct WindowLists {
+    groups: Vec<(Id, GroupEntry)>,
+    locs: Vec<Option<ChunkLoc>>,
+}
+
+impl WindowLists {
+    /// The lists of a window read, emptied for the next.
+    fn of((_, mut groups, Located { mut locs }): OpenWindow) -> Self {
+        groups.clear();
+        locs.clear();
+        WindowLists { groups, locs }
+    }
+}
+
 /// Where a window's chunks are: every chunk of every group, group after
 /// group, looked up back to back so that the index's cache misses overlap
 /// (one group at a time, each look-up waited alone). `None` where the
@@ -646,9 +661,10 @@ struct Located {
 const LOCATE_BATCH: usize = 1 << 14;
 
 impl Located {
-    fn of(index: &Index, groups: &[(Id, GroupEntry)]) -> Self {
+    /// Locates `groups`' chunks, into `locs` (cleared first).
+    fn of(index: &Index, groups: &[(Id, GroupEntry)], mut locs: Vec<Option<ChunkLoc>>) -> Self {
         let mut ids = groups.iter().flat_map(|(_, g)| &g.chunks);
-        let mut locs = Vec::new();
+        locs.clear();
         loop {
             let before = locs.len();
             index
@@ -706,7 +722,8 @@ impl<'v> Parents<'v> {
     }
 }
 
-/// A window's groups from its tree pages, each with the page naming it;
+/// A window's groups from its tree pages, each with the page naming it,
+/// into `groups` (cleared first; its room is kept from window to window);
 /// `Ok(Err(page))` if `index` does not locate `page`.
 async fn window_groups(
     cache: &mut PackCache,
@@ -714,49 +731,50 @@ async fn window_groups(
     meta: &MetaKey,
     (snapshot, table): (&str, &str),
     (pages, overlays): (&[Id], &[usize]),
-) -> Result<Result<Vec<(Id, GroupEntry)>, Id>, OpsError> {
+    groups: &mut Vec<(Id, GroupEntry)>,
+) -> Result<Result<(), Id>, OpsError> {
+    groups.clear();
     let read = match PagesRead::fetch(cache, index, pages).await? {
         Ok(read) => read,
         Err(page) => return Ok(Err(page)),
     };
-    let mut groups = Vec::new();
     // Where each overlay's entries start.
     let mut starts = Vec::with_capacity(overlays.len());
     for (i, pid) in pages.iter().enumerate() {
         for _ in overlays.iter().filter(|&&s| s == i) {
             starts.push(groups.len());
         }
-        let Page::Groups {
-            groups: gs,
-            table: pt,
-            ..
-        } = read.page(meta, i)?
-        else {
+        let (object, plain) = read.plain(meta, i)?;
+        if plain.first() == Some(&b'F') {
             return Err(OpsError::Invalid(format!(
                 "tree {pid} of table {table} is not a group page"
             )));
+        }
+        // The page's groups go straight into the window's list. Where it
+        // has no room yet (the first window), it is made for as many
+        // groups a page as this one declares (capped, as the pages are
+        // not trusted), instead of growing a list of a few hundred
+        // thousand entries by copies into fresh memory.
+        let empty = groups.capacity() == 0;
+        let room = |count: usize| match empty {
+            true => count.saturating_mul(pages.len()).min(1 << 20),
+            false => 0,
         };
+        let pt = tree::decode_groups_into(&plain, groups, room, |g| (*pid, g))
+            .map_err(|why| crate::repo::RepoError::malformed(&object, why))?;
         if pt != table {
             return Err(OpsError::Invalid(format!(
                 "tree {pid} belongs to table {pt}, not {table}"
             )));
         }
-        if groups.capacity() == 0 {
-            // A window's pages list about as many groups each: room for
-            // all of them at once (capped, as the pages are not trusted),
-            // instead of growing a vector of a few hundred thousand
-            // entries by copies into fresh memory.
-            groups.reserve(gs.len().saturating_mul(pages.len()).min(1 << 20));
-        }
-        groups.extend(gs.into_iter().map(|g| (*pid, g)));
     }
-    tree::apply_overlays(&mut groups, &starts, |(_, g)| g, |_| ())
+    tree::apply_overlays(groups, &starts, |(_, g)| g, |_| ())
         .map_err(|why| {
         OpsError::Invalid(format!(
             "snapshot {snapshot}, table {table}: a read window's overlays do not apply: {why} (damaged or hostile snapshot)"
         ))
     })?;
-    Ok(Ok(groups))
+    Ok(Ok(()))
 }
 
 async fn restore_sqlite(
@@ -817,6 +835,7 @@ async fn restore_sqlite(
     progress.phase("restoring rows", Some(total), "rows");
     let mut fetch_err = None;
     let mut reader = WindowReader::new(matches!(filter, GroupFilter::Subject(_)), &resources);
+    let mut lists = WindowLists::default();
     'tables: for (ti, t) in sq.tables.iter().enumerate() {
         if !selected(&t.name) {
             continue;
@@ -829,12 +848,23 @@ async fn restore_sqlite(
             },
             ..Default::default()
         };
+        // The lists are kept from window to window of a table, not from
+        // table to table: a table's windows hold about as many groups
+        // each, and a list sized for another table's would stay that size.
+        lists = WindowLists::default();
         for w in window_batches(t) {
             // The window's index and groups, with the tree page naming each.
-            let pages = (&t.pages[w.range.clone()], &w.overlays[..]);
+            let pages = (&t.pages[w.range.clone()], &w.overlays[..], w.packs);
             let at = (snap.id.as_str(), t.name.as_str());
             let opened = locator
-                .open(&mut cache, &vault, at, pages, w.packs, &filter)
+                .open(
+                    &mut cache,
+                    &vault,
+                    at,
+                    pages,
+                    &filter,
+                    std::mem::take(&mut lists),
+                )
                 .await;
             let window = match opened {
                 Ok(w) => w,
@@ -871,6 +901,7 @@ async fn restore_sqlite(
                     break 'tables;
                 }
             };
+            lists = WindowLists::of(window);
             report.bytes += rows.iter().map(|p| p.len() as u64).sum::<u64>();
             if !rows.is_empty() && tx.send((ti, rows)).is_err() {
                 break 'tables; // the writer failed; its error follows
@@ -912,7 +943,7 @@ async fn restore_sqlite(
     locator.report(report);
     // Every row is in: the chunk index, the keys and the cached packs are
     // freed before SQLite builds the indexes, its hungriest step.
-    drop(reader);
+    drop((reader, lists));
     drop((cache, locator, vault));
     progress.phase("building indexes", None, "");
     restorer.finish()?;
@@ -934,7 +965,7 @@ struct Place<'a> {
 /// (each verified against its name, as always), and then the part's chunks
 /// opened on every core, each thread taking a contiguous run of groups so
 /// the rows come out in the order of the groups.
-struct WindowReader {
+struct WindowReader<'v> {
     codecs: Vec<Codec>,
     /// Packs a part of a window may need at once: the part's chunks are
     /// opened from these, held in memory together
@@ -943,6 +974,11 @@ struct WindowReader {
     /// Fetch only the spans of packs that hold the groups read (a few
     /// groups of each pack: one customer's), not whole packs.
     sparse: bool,
+    /// A part's groups and chunk locations, their room kept from part to
+    /// part and window to window (a part of call records holds some
+    /// 100 k groups).
+    part: Vec<Pending<'v>>,
+    locs: Vec<ChunkLoc>,
 }
 
 /// One group of a part: its keys (from the vault) and where its chunks are.
@@ -953,9 +989,12 @@ struct Pending<'v> {
     locs: std::ops::Range<usize>,
 }
 
-impl WindowReader {
+impl<'v> WindowReader<'v> {
     fn new(sparse: bool, resources: &ResourcesConfig) -> Self {
         WindowReader {
+            part: Vec::new(),
+            locs: Vec::new(),
+
             codecs: (0..resources.threads().clamp(1, 16))
                 .map(|_| Codec::new(3))
                 .collect(),
@@ -967,7 +1006,7 @@ impl WindowReader {
     /// The window's rows, group after group, in pieces of whole rows (one
     /// per opening thread and part, not copied together); shredded groups
     /// are counted in `tr` and skipped.
-    async fn read<'v>(
+    async fn read(
         &mut self,
         (index, groups, located): &OpenWindow,
         cache: &mut PackCache,
@@ -985,10 +1024,8 @@ impl WindowReader {
             from: 0,
             keys: Vec::with_capacity(PARENTS_BATCH),
         };
-        // A part's groups and chunk locations; their room is kept from
-        // part to part (a part of call records holds some 100 k groups).
-        let mut part: Vec<Pending<'v>> = Vec::new();
-        let mut locs: Vec<ChunkLoc> = Vec::new();
+        let mut part = std::mem::take(&mut self.part);
+        let mut locs = std::mem::take(&mut self.locs);
         while next < groups.len() {
             // A part: as many groups as fit in `packs_at_once` packs.
             part.clear();
@@ -1095,6 +1132,9 @@ impl WindowReader {
             }
             progress.advance(rows);
         }
+        part.clear();
+        locs.clear();
+        (self.part, self.locs) = (part, locs);
         Ok(out)
     }
 }
@@ -1343,6 +1383,7 @@ async fn restore_postgres(
         .filter(|t| only.takes(&t.name))
         .fold(0u64, |n, t| n.saturating_add(t.rows));
     progress.phase("restoring rows", Some(total), "rows");
+    let mut lists = WindowLists::default();
     for t in ps.tables.iter().filter(|t| only.takes(&t.name)) {
         let table = ps
             .schema
@@ -1365,17 +1406,18 @@ async fn restore_postgres(
             ..Default::default()
         };
         for w in window_batches(t) {
-            let pages = (&t.pages[w.range.clone()], &w.overlays[..]);
+            let pages = (&t.pages[w.range.clone()], &w.overlays[..], w.packs);
             let at = (snap.id.as_str(), t.name.as_str());
-            let (index, groups, _) = locator
-                .open(&mut cache, &vault, at, pages, w.packs, &filter)
+            let window = locator
+                .open(&mut cache, &vault, at, pages, &filter, lists)
                 .await?;
+            let (index, groups, _) = &window;
             if let GroupFilter::Subject(_) = filter {
                 tr.rows_expected = groups
                     .iter()
                     .fold(tr.rows_expected, |n, (_, g)| n.saturating_add(g.rows));
             }
-            for (pid, g) in &groups {
+            for (pid, g) in groups {
                 let keys = match group_keys(&vault, g, &t.name) {
                     Ok(k) => k,
                     Err(GroupKeyProblem::Shredded) => {
@@ -1402,11 +1444,12 @@ async fn restore_postgres(
                 };
                 let object = || format!("{}: table {} group {}", snap.id, t.name, hex::encode(g.g));
                 let bytes =
-                    read_group(&mut codec, &mut cache, &index, &keys, &g.chunks, object).await?;
+                    read_group(&mut codec, &mut cache, index, &keys, &g.chunks, object).await?;
                 report.bytes += bytes.len() as u64;
                 tr.rows_restored += out.insert_rows(&bytes).await.map_err(pg)?;
                 progress.advance(g.rows);
             }
+            lists = WindowLists::of(window);
         }
         if tr.rows_restored.saturating_add(tr.rows_shredded) != tr.rows_expected {
             return Err(OpsError::Integrity(format!(

@@ -437,13 +437,30 @@ pub fn scan_groups<'a>(
 
 fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
     let mut groups = Vec::new();
+    let table = decode_groups_into(b, &mut groups, |count| count.min(1 << 16), |g| g)?;
+    Ok((table.to_string(), groups))
+}
+
+/// Decodes a group page's plaintext (FORMAT 3.4) onto the end of `out`,
+/// each group through `wrap`: a caller gathering many pages' groups (a
+/// restore's read window) puts them straight into its list. Before the
+/// first group, `out` reserves `room(count)` more, `count` being the
+/// number of groups the page declares (not trusted: cap it). Returns the
+/// page's table; on an error, some groups may have been pushed.
+pub fn decode_groups_into<'a, T>(
+    b: &'a [u8],
+    out: &mut Vec<T>,
+    room: impl FnOnce(usize) -> usize,
+    mut wrap: impl FnMut(GroupEntry) -> T,
+) -> Result<&'a str, String> {
+    let mut room = Some(room);
     let mut u: Option<std::sync::Arc<str>> = None;
     let head = scan_groups(b, |head, g| {
-        if groups.is_empty() {
-            groups.reserve_exact(head.count.min(1 << 16));
+        if let Some(room) = room.take() {
+            out.reserve(room(head.count));
         }
         let u = u.get_or_insert_with(|| head.unit.into());
-        groups.push(GroupEntry {
+        out.push(wrap(GroupEntry {
             g: g.g,
             s: g.s,
             t: head.t,
@@ -451,9 +468,9 @@ fn decode_groups(b: &[u8]) -> Result<(String, Vec<GroupEntry>), String> {
             rows: g.rows,
             bytes: g.bytes,
             chunks: g.chunks().collect(),
-        });
+        }));
     })?;
-    Ok((head.table.to_string(), groups))
+    Ok(head.table)
 }
 
 /// The pack family of metadata blobs (tree pages): packs of this family
