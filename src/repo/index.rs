@@ -562,12 +562,13 @@ impl ChunkMap {
             out.resize(ids.len(), None);
             return;
         }
-        let ranges = self.bucket_ranges(ids);
-        out.extend(
-            ranges
-                .iter()
-                .map(|&(key, a, b)| self.find(key, a as usize, b as usize)),
-        );
+        self.each_bucket_range(ids, |ranges| {
+            out.extend(
+                ranges
+                    .iter()
+                    .map(|&(key, a, b)| self.find(key, a as usize, b as usize)),
+            )
+        });
     }
 
     /// The locations of many ids, as [`ChunkMap::get`] gives each, appended
@@ -579,23 +580,38 @@ impl ChunkMap {
             out.extend(ids.into_iter().map(|id| self.get(id).copied()));
             return;
         }
-        let ranges = self.bucket_ranges(ids);
-        out.extend(ranges.iter().map(|&(key, a, b)| {
-            self.find(key, a as usize, b as usize)
-                .map(|i| self.entries[i].1)
-        }));
+        self.each_bucket_range(ids, |ranges| {
+            out.extend(ranges.iter().map(|&(key, a, b)| {
+                self.find(key, a as usize, b as usize)
+                    .map(|i| self.entries[i].1)
+            }))
+        });
     }
 
-    /// Each id's key with the range of entries its bucket spans.
-    fn bucket_ranges<'a>(&self, ids: impl IntoIterator<Item = &'a Id>) -> Vec<(u128, u32, u32)> {
+    /// Each id's key with the range of entries its bucket spans, handed to
+    /// `each` [`RANGES_AT_ONCE`] ids at a time, in order. The buckets of a
+    /// batch are all read before `each` compares any entry, so that their
+    /// cache misses overlap; the batch is on the stack, not a list made
+    /// (and faulted in) for every call.
+    fn each_bucket_range<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a Id>,
+        mut each: impl FnMut(&[(u128, u32, u32)]),
+    ) {
         debug_assert!(self.sorted);
-        ids.into_iter()
-            .map(|id| {
-                let key = key_of(id);
-                let (a, b) = self.buckets.of(key);
-                (key, a, b)
-            })
-            .collect()
+        let mut ranges = [(0u128, 0u32, 0u32); RANGES_AT_ONCE];
+        let mut n = 0;
+        for id in ids {
+            let key = key_of(id);
+            let (a, b) = self.buckets.of(key);
+            ranges[n] = (key, a, b);
+            n += 1;
+            if n == RANGES_AT_ONCE {
+                each(&ranges);
+                n = 0;
+            }
+        }
+        each(&ranges[..n]);
     }
 
     /// The location of the entry at `pos` (from [`ChunkMap::position`]),
@@ -655,6 +671,11 @@ impl std::ops::Index<&Id> for ChunkMap {
 }
 
 const _: () = assert!(std::mem::size_of::<Member>() == 20);
+
+/// Ids whose buckets [`ChunkMap::each_bucket_range`] reads ahead of
+/// comparing their entries: enough misses in flight to overlap them all,
+/// in 8 KiB of stack.
+const RANGES_AT_ONCE: usize = 256;
 
 /// A small set of packs (positions in [`Index::packs`], or packs a backup
 /// writes), each once, in the order first added: the packs of a read
@@ -1101,18 +1122,24 @@ mod tests {
             idx.add(&file(pack, &ids));
         }
         idx.seal();
-        let mut ids = present.clone();
+        // Each id asked for three times: more ids than a batch of bucket
+        // reads (`RANGES_AT_ONCE`), so batches end in the middle.
+        let mut ids = [present.clone(), present.clone(), present.clone()].concat();
         for b in [240u8, 241, 250, 255] {
             ids.push(Id([b; 32]));
         }
         ids.reverse();
+        assert!(ids.len() > 2 * RANGES_AT_ONCE);
         let mut out = Vec::new();
         idx.chunks.positions(&ids, &mut out);
         assert_eq!(out.len(), ids.len());
         for (id, got) in ids.iter().zip(&out) {
             assert_eq!(*got, idx.chunks.position(id), "{id}");
         }
-        assert_eq!(out.iter().filter(|p| p.is_some()).count(), present.len());
+        assert_eq!(
+            out.iter().filter(|p| p.is_some()).count(),
+            3 * present.len()
+        );
         let mut locs = vec![None];
         idx.chunks.locs(&ids, &mut locs);
         assert_eq!(locs.len(), ids.len() + 1, "appended");
