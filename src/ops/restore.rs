@@ -992,14 +992,13 @@ struct Pending<'v> {
 impl<'v> WindowReader<'v> {
     fn new(sparse: bool, resources: &ResourcesConfig) -> Self {
         WindowReader {
-            part: Vec::new(),
-            locs: Vec::new(),
-
             codecs: (0..resources.threads().clamp(1, 16))
                 .map(|_| Codec::new(3))
                 .collect(),
             packs_at_once: resources.restore_packs(),
             sparse,
+            part: Vec::new(),
+            locs: Vec::new(),
         }
     }
 
@@ -1383,7 +1382,6 @@ async fn restore_postgres(
         .filter(|t| only.takes(&t.name))
         .fold(0u64, |n, t| n.saturating_add(t.rows));
     progress.phase("restoring rows", Some(total), "rows");
-    let mut lists = WindowLists::default();
     for t in ps.tables.iter().filter(|t| only.takes(&t.name)) {
         let table = ps
             .schema
@@ -1405,6 +1403,8 @@ async fn restore_postgres(
             },
             ..Default::default()
         };
+        // As in `restore_sqlite`: kept within a table.
+        let mut lists = WindowLists::default();
         for w in window_batches(t) {
             let pages = (&t.pages[w.range.clone()], &w.overlays[..], w.packs);
             let at = (snap.id.as_str(), t.name.as_str());
