@@ -246,7 +246,7 @@ fn sort_starts(starts: &mut [Start], spare: &mut Vec<Start>, buf: &[u8]) {
             at: 0,
         },
     );
-    radix_sort(starts, &mut spare[..starts.len()], 0, buf);
+    radix_sort(starts, spare, 0, buf);
 }
 
 /// [`sort_starts`] of entries whose prefixes share their first `k` bytes.
@@ -754,6 +754,9 @@ impl IndexBuild {
             return Ok(None);
         }
         self.spill_run()?;
+        // Every entry is in the file now: the run's room is not held
+        // through the merge.
+        (self.buf, self.starts, self.spare) = (Vec::new(), Vec::new(), Vec::new());
         let f = self.spill.as_ref().expect("runs were spilled");
         let (runs, batch_bytes) = (&self.runs, self.batch_bytes);
         // Two threads: this one merges the runs into batches of keys in
