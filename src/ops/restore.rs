@@ -756,9 +756,12 @@ async fn window_groups(
         // not trusted), instead of growing a list of a few hundred
         // thousand entries by copies into fresh memory.
         let empty = groups.capacity() == 0;
-        let room = |count: usize| match empty {
-            true => count.saturating_mul(pages.len()).min(1 << 20),
-            false => 0,
+        let room = |count: usize| {
+            if empty {
+                count.saturating_mul(pages.len()).min(1 << 20)
+            } else {
+                0
+            }
         };
         let pt = tree::decode_groups_into(&plain, groups, room, |g| (*pid, g))
             .map_err(|why| crate::repo::RepoError::malformed(&object, why))?;
