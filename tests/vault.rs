@@ -6,13 +6,14 @@ mod common;
 use age::x25519::Identity;
 use common::age_decrypt;
 use custos::keys::{self, KeysError};
-use custos::vault::{KeyKind, Vault, VaultError, VaultKeys, VaultLocation};
+use custos::vault::{KeyId, KeyKind, Vault, VaultError, VaultKeys, VaultLocation};
 use ed25519_dalek::SigningKey;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -262,6 +263,81 @@ async fn create_refuses_existing_vault_and_changes_nothing() {
     assert_eq!(o.vault_id(), v.vault_id());
 }
 
+/// A first backup asks for a read window's new subject keys at once
+/// (`get_or_create_each`): each name gets one key, the one asked for one
+/// at a time after; the keys fill a few subject shards (up to 4096 keys
+/// a shard) rather than all 256, so a persist rewrites those alone; a
+/// later session's new keys go to one more shard and leave the others'
+/// objects as they were; reopened, every key is found by name.
+#[tokio::test]
+async fn new_subject_keys_fill_few_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = fs_loc(&dir.path().join("a"));
+    let id = service();
+    let mut v = Vault::create(vec![a.clone()], &id, &[], "crm")
+        .await
+        .unwrap();
+    let names: Vec<String> = (0..10_000).map(|i| format!("p-{i}")).collect();
+    let mut asked: Vec<&str> = names.iter().map(String::as_str).collect();
+    asked.push(asked[17]);
+    let mut got: Vec<Option<(KeyId, [u8; 32])>> = vec![None; asked.len()];
+    v.get_or_create_each(KeyKind::Subject, &asked, |i, kid, k| {
+        assert!(got[i].is_none(), "name {i} handed out twice");
+        got[i] = Some((kid, *k.expose()));
+    });
+    let got: Vec<(KeyId, [u8; 32])> = got.into_iter().map(|g| g.unwrap()).collect();
+    assert_eq!(got[17], got[10_000], "a name asked twice gets one key");
+    let ids: HashSet<KeyId> = got.iter().map(|g| g.0).collect();
+    let bytes: HashSet<[u8; 32]> = got.iter().map(|g| g.1).collect();
+    assert_eq!((ids.len(), bytes.len()), (10_000, 10_000));
+    assert!(!bytes.contains(&[0u8; 32]));
+    for (name, (kid, k)) in names.iter().zip(&got) {
+        let (i, key) = v.get_or_create(KeyKind::Subject, name);
+        assert_eq!((i, key.expose()), (*kid, k));
+    }
+    let shards: BTreeSet<u8> = ids.iter().map(|i| i.0[0]).collect();
+    assert_eq!(shards.len(), 3, "10,000 keys, 4096 a shard: {shards:?}");
+    v.persist().await.unwrap();
+    let subject_objects = |all: Vec<(String, Vec<u8>)>| -> BTreeMap<String, Vec<u8>> {
+        all.into_iter()
+            .filter(|(n, _)| n.starts_with("keys/subject/"))
+            .collect()
+    };
+    let before = subject_objects(all_objects(&a).await);
+    let expect: BTreeSet<String> = shards
+        .iter()
+        .map(|b| format!("keys/subject/{b:02x}.age"))
+        .collect();
+    assert_eq!(before.keys().cloned().collect::<BTreeSet<_>>(), expect);
+    drop(v);
+
+    let mut o = Vault::open(vec![a.clone()], &id, &[]).await.unwrap();
+    let more: Vec<String> = (0..100).map(|i| format!("q-{i}")).collect();
+    let more: Vec<&str> = more.iter().map(String::as_str).collect();
+    let mut new_ids = BTreeSet::new();
+    o.get_or_create_each(KeyKind::Subject, &more, |_, kid, _| {
+        new_ids.insert(kid.0[0]);
+    });
+    assert_eq!(new_ids.len(), 1, "{new_ids:?}");
+    assert!(shards.is_disjoint(&new_ids), "the least filled shard");
+    o.persist().await.unwrap();
+    let after = subject_objects(all_objects(&a).await);
+    assert_eq!(after.len(), 4);
+    for (name, bytes) in &before {
+        assert_eq!(after.get(name), Some(bytes), "{name} was rewritten");
+    }
+    drop(o);
+
+    let r = Vault::open(vec![a.clone()], &id, &[]).await.unwrap();
+    for (name, (kid, k)) in names.iter().zip(&got) {
+        let (i, key) = r.lookup(KeyKind::Subject, name).unwrap();
+        assert_eq!((i, key.expose()), (*kid, k));
+    }
+    for name in &more {
+        assert!(r.lookup(KeyKind::Subject, name).is_some());
+    }
+}
+
 #[tokio::test]
 async fn missing_shard_is_repaired_by_next_persist() {
     let dir = tempfile::tempdir().unwrap();
@@ -407,9 +483,20 @@ async fn a_location_failing_mid_read_gives_nothing() {
     let mut v = Vault::create(vec![a.clone(), b_files.clone()], &id, &[], "crm")
         .await
         .unwrap();
+    // Keys made in four sessions: each session's new subject keys go to
+    // a shard of their own (the least filled).
     let mut ids = Vec::new();
-    for n in 0..64 {
-        ids.push(v.get_or_create(KeyKind::Subject, &format!("{n:032x}")).0);
+    for round in 0..4 {
+        for n in 0..16 {
+            ids.push(
+                v.get_or_create(KeyKind::Subject, &format!("{round}-{n:030x}"))
+                    .0,
+            );
+        }
+        v.persist().await.unwrap();
+        v = Vault::open(vec![a.clone(), b_files.clone()], &id, &[])
+            .await
+            .unwrap();
     }
     let (period, _) = v.get_or_create(KeyKind::Period, "consumption:2026-03");
     v.persist().await.unwrap();

@@ -2912,11 +2912,13 @@ impl ReaderCtx {
             // pseudonym and a few cache misses each, most of this thread's
             // work per group); the ones missing are created here after, in
             // order.
-            for (i, pseudo) in self.subject_keys(&v, window, &mut refs) {
-                let (id, key) = v.get_or_create(KeyKind::Subject, pseudo.as_str());
+            let missing = self.subject_keys(&v, window, &mut refs);
+            let names: Vec<&str> = missing.iter().map(|(_, p)| p.as_str()).collect();
+            v.get_or_create_each(KeyKind::Subject, &names, |n, id, key| {
+                let i = missing[n].0;
                 refs[i].s = Some(id);
                 refs[i].skey = Some(key.boxed());
-            }
+            });
             refs
         };
         self.persist_vault()?;
