@@ -5,9 +5,10 @@
 //!
 //! A backup reads most of its rows this way: SQLite's statement machinery,
 //! column accessors and per-value calls cost several times the decoding
-//! itself. Pages come through [`PageReader`] (`sqlite_dbpage`, on the
-//! source's own connection and read transaction), so the rows are those of
-//! the pinned snapshot, WAL frames included.
+//! itself. Pages come through [`PageReader`] (on the source's own
+//! connection and read transaction: from the file in rollback-journal
+//! mode, through `sqlite_dbpage` in WAL mode), so the rows are those of the
+//! pinned snapshot, WAL frames included.
 //!
 //! What a `SELECT` would do beyond reading a record is reproduced or
 //! refused, never guessed:
