@@ -1432,6 +1432,71 @@ mod tests {
             .collect()
     }
 
+    /// The merge gives every entry of every run once, in key order, for
+    /// any number of runs, runs of different lengths, empty ones and keys
+    /// that share their first 16 bytes.
+    #[test]
+    fn merged_runs_come_out_in_key_order() {
+        use std::io::Write;
+        let mut x = 0x2545_f491_u32;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        for k in 0..=9usize {
+            let dir = tempfile::tempdir().unwrap();
+            let mut f = File::create_new(dir.path().join("runs")).unwrap();
+            let (mut runs, mut all, mut at) = (Vec::new(), Vec::new(), 0u64);
+            for r in 0..k {
+                let mut keys: Vec<Vec<u8>> = (0..(r * 37 % 200))
+                    .map(|_| {
+                        let mut key = vec![7u8; 16 * (rand() as usize % 2)];
+                        let tail = rand() as usize % 30;
+                        key.extend((0..tail).map(|_| rand() as u8 % 4));
+                        key
+                    })
+                    .collect();
+                keys.sort();
+                let mut bytes = Vec::new();
+                for key in &keys {
+                    bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+                    bytes.extend_from_slice(key);
+                }
+                f.write_all(&bytes).unwrap();
+                runs.push((at, bytes.len() as u64));
+                at += bytes.len() as u64;
+                all.extend(keys);
+            }
+            all.sort();
+            // Small batches, so that many go round.
+            let (full_tx, full_rx) = sync_channel(1);
+            let (empty_tx, empty_rx) = sync_channel(3);
+            for _ in 0..3 {
+                empty_tx.send(Vec::new()).unwrap();
+            }
+            let mut got = Vec::new();
+            std::thread::scope(|s| {
+                let (f, runs) = (&f, &runs);
+                s.spawn(move || {
+                    merge_runs(f, runs, 100, &empty_rx, &full_tx).unwrap();
+                });
+                for batch in full_rx {
+                    let batch = batch.unwrap();
+                    let mut at = 0;
+                    while at < batch.len() {
+                        let (key, next) = entry(&batch, at);
+                        got.push(key.to_vec());
+                        at = next;
+                    }
+                    let _ = empty_tx.send(batch);
+                }
+            });
+            assert_eq!(got, all, "{k} runs");
+        }
+    }
+
     #[test]
     fn indexes_built_from_the_rows_pass_sqlites_check_and_serve_queries() {
         // Page sizes with index cells that spill (512), runs in memory and
