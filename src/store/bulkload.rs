@@ -827,7 +827,11 @@ pub(super) fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
         -0x8000_0000_0000..=0x7fff_ffff_ffff => (5, 6),
         _ => (6, 8),
     };
-    body.extend_from_slice(&i.to_be_bytes()[8 - width..]);
+    // Eight bytes written and the tail cut off: a store of a fixed size,
+    // not a call to copy a few bytes (one integer a value of a restore).
+    let at = body.len();
+    body.extend_from_slice(&(i << (64 - 8 * width)).to_be_bytes());
+    body.truncate(at + width);
     serial
 }
 
@@ -862,7 +866,10 @@ fn put_long_varint(out: &mut Vec<u8>, v: u64) {
         let byte = ((v >> (7 * i)) & 0x7f) as u8;
         b[k] = if i > 0 { byte | 0x80 } else { byte };
     }
-    out.extend_from_slice(&b[..n]);
+    // All eight written, then the tail cut off (see `int_serial`).
+    let at = out.len();
+    out.extend_from_slice(&b);
+    out.truncate(at + n);
 }
 
 /// The length of a record header whose serial types take `types` bytes:

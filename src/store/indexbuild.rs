@@ -1035,7 +1035,11 @@ impl<'f> RunReader<'f> {
 fn put_int(i: i64, out: &mut Vec<u8>) {
     let (len, n) = int_head(i);
     out.push(len);
-    out.extend_from_slice(&i.to_be_bytes()[8 - n..]);
+    // Eight bytes written and the tail cut off: a store of a fixed size,
+    // not a call to copy a few bytes.
+    let at = out.len();
+    out.extend_from_slice(&(i << (64 - 8 * n)).to_be_bytes());
+    out.truncate(at + n);
 }
 
 /// [`put_int`]'s length byte for `i`, and how many of its bytes follow:
@@ -1063,7 +1067,11 @@ fn put_int_key(i: i64, out: &mut Vec<u8>) {
     // The value's low n bytes first, then the byte after them.
     b[2..10].copy_from_slice(&((i as u64) << (8 * (8 - n))).to_be_bytes());
     b[2 + n] = WHOLE;
-    out.extend_from_slice(&b[..3 + n]);
+    // All eleven written, then the tail cut off: a store of a fixed size,
+    // not a call to copy a few bytes.
+    let at = out.len();
+    out.extend_from_slice(&b);
+    out.truncate(at + 3 + n);
 }
 
 /// The integer [`put_int`] wrote at `*at` (XORed with `inv`); moves `*at`
