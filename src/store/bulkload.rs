@@ -1313,6 +1313,52 @@ mod tests {
         assert!(matches!(PageFile::open(f()), Err(LoadError::Header(_))));
     }
 
+    /// Every integer comes back from the bytes and serial type
+    /// `int_serial` wrote (SQLite's record format: big-endian two's
+    /// complement in 1, 2, 3, 4, 6 or 8 bytes; 0 and 1 in the type alone),
+    /// in the fewest bytes, after bytes already in the record.
+    #[test]
+    fn integers_round_trip_through_their_serial_types() {
+        let mut values = vec![i64::MIN, i64::MIN + 1, i64::MAX, 0, -1, 1];
+        for shift in 0..64 {
+            for base in [1i64 << shift, (1i64 << shift).wrapping_neg()] {
+                values.extend([base.wrapping_sub(1), base, base.wrapping_add(1)]);
+            }
+        }
+        for v in values {
+            let mut body = vec![0xee; 3];
+            let serial = int_serial(v, &mut body);
+            let width = match serial {
+                8 | 9 => 0,
+                1..=4 => serial as usize,
+                5 => 6,
+                6 => 8,
+                other => panic!("serial type {other} for {v}"),
+            };
+            assert_eq!(body.len(), 3 + width, "{v}");
+            assert_eq!(&body[..3], &[0xee; 3]);
+            let got = match serial {
+                8 => 0,
+                9 => 1,
+                _ => {
+                    let mut b = [if body[3] & 0x80 != 0 { 0xff } else { 0 }; 8];
+                    b[8 - width..].copy_from_slice(&body[3..]);
+                    i64::from_be_bytes(b)
+                }
+            };
+            assert_eq!(got, v);
+            if width > 1 {
+                // No shorter width holds it.
+                let fits = |w: usize| {
+                    let bits = 8 * w as u32;
+                    v >= -(1i64 << (bits - 1)) && v < (1i64 << (bits - 1))
+                };
+                let shorter = [1usize, 2, 3, 4, 6].into_iter().filter(|&w| w < width);
+                assert!(shorter.clone().all(|w| !fits(w)), "{v} in {width} bytes");
+            }
+        }
+    }
+
     #[test]
     fn varints_round_trip_through_the_reader() {
         for v in [
