@@ -815,6 +815,19 @@ pub(super) fn whole(r: f64) -> bool {
     r.fract() == 0.0 && (-LIMIT..LIMIT).contains(&r) && !(r == 0.0 && r.is_sign_negative())
 }
 
+/// Integers at the edges of every width, of both signs, and the extremes:
+/// what the tests of integer encodings try.
+#[cfg(test)]
+pub(super) fn edge_integers() -> Vec<i64> {
+    let mut values = vec![i64::MIN, i64::MIN + 1, i64::MAX, 0, -1, 1];
+    for shift in 0..64 {
+        for base in [1i64 << shift, (1i64 << shift).wrapping_neg()] {
+            values.extend([base.wrapping_sub(1), base, base.wrapping_add(1)]);
+        }
+    }
+    values
+}
+
 /// Appends an integer's big-endian bytes to `body`; returns its serial type.
 pub(super) fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
     let (serial, width) = match i {
@@ -1319,12 +1332,7 @@ mod tests {
     /// in the fewest bytes, after bytes already in the record.
     #[test]
     fn integers_round_trip_through_their_serial_types() {
-        let mut values = vec![i64::MIN, i64::MIN + 1, i64::MAX, 0, -1, 1];
-        for shift in 0..64 {
-            for base in [1i64 << shift, (1i64 << shift).wrapping_neg()] {
-                values.extend([base.wrapping_sub(1), base, base.wrapping_add(1)]);
-            }
-        }
+        let values = edge_integers();
         for v in values {
             let mut body = vec![0xee; 3];
             let serial = int_serial(v, &mut body);
