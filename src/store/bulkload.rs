@@ -840,12 +840,20 @@ pub(super) fn int_serial(i: i64, body: &mut Vec<u8>) -> u64 {
         -0x8000_0000_0000..=0x7fff_ffff_ffff => (5, 6),
         _ => (6, 8),
     };
-    // Eight bytes written and the tail cut off: a store of a fixed size,
-    // not a call to copy a few bytes (one integer a value of a restore).
-    let at = body.len();
-    body.extend_from_slice(&(i << (64 - 8 * width)).to_be_bytes());
-    body.truncate(at + width);
+    put_first(body, &(i << (64 - 8 * width)).to_be_bytes(), width);
     serial
+}
+
+/// Appends the first `n` bytes of `b`: all of `b` is written, a store of
+/// a fixed size, and the rest cut off again, instead of a call to copy a
+/// slice whose length is known only at run time (a few bytes, once a value
+/// of a restore: integers, varints, index keys).
+#[inline]
+pub(super) fn put_first<const N: usize>(out: &mut Vec<u8>, b: &[u8; N], n: usize) {
+    debug_assert!(n <= N);
+    let at = out.len();
+    out.extend_from_slice(b);
+    out.truncate(at + n);
 }
 
 /// Appends a SQLite varint (big-endian groups of 7 bits, the ninth byte
@@ -879,10 +887,7 @@ fn put_long_varint(out: &mut Vec<u8>, v: u64) {
         let byte = ((v >> (7 * i)) & 0x7f) as u8;
         b[k] = if i > 0 { byte | 0x80 } else { byte };
     }
-    // All eight written, then the tail cut off (see `int_serial`).
-    let at = out.len();
-    out.extend_from_slice(&b);
-    out.truncate(at + n);
+    put_first(out, &b, n);
 }
 
 /// The length of a record header whose serial types take `types` bytes:
@@ -1332,8 +1337,7 @@ mod tests {
     /// in the fewest bytes, after bytes already in the record.
     #[test]
     fn integers_round_trip_through_their_serial_types() {
-        let values = edge_integers();
-        for v in values {
+        for v in edge_integers() {
             let mut body = vec![0xee; 3];
             let serial = int_serial(v, &mut body);
             let width = match serial {
@@ -1361,8 +1365,8 @@ mod tests {
                     let bits = 8 * w as u32;
                     v >= -(1i64 << (bits - 1)) && v < (1i64 << (bits - 1))
                 };
-                let shorter = [1usize, 2, 3, 4, 6].into_iter().filter(|&w| w < width);
-                assert!(shorter.clone().all(|w| !fits(w)), "{v} in {width} bytes");
+                let mut shorter = [1usize, 2, 3, 4, 6].into_iter().filter(|&w| w < width);
+                assert!(shorter.all(|w| !fits(w)), "{v} in {width} bytes");
             }
         }
     }

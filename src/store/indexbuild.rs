@@ -54,8 +54,8 @@
 //! constraint).
 
 use super::bulkload::{
-    header_len, index_max_local, int_serial, local_size, put_varint, whole, write_overflow,
-    LoadError, PageBuf, PageFile, Payload, INDEX_INTERIOR, INDEX_LEAF,
+    header_len, index_max_local, int_serial, local_size, put_first, put_varint, whole,
+    write_overflow, LoadError, PageBuf, PageFile, Payload, INDEX_INTERIOR, INDEX_LEAF,
 };
 pub use super::indexsql::Fold;
 use super::pages::Layout;
@@ -1035,11 +1035,7 @@ impl<'f> RunReader<'f> {
 fn put_int(i: i64, out: &mut Vec<u8>) {
     let (len, n) = int_head(i);
     out.push(len);
-    // Eight bytes written and the tail cut off: a store of a fixed size,
-    // not a call to copy a few bytes.
-    let at = out.len();
-    out.extend_from_slice(&(i << (64 - 8 * n)).to_be_bytes());
-    out.truncate(at + n);
+    put_first(out, &(i << (64 - 8 * n)).to_be_bytes(), n);
 }
 
 /// [`put_int`]'s length byte for `i`, and how many of its bytes follow:
@@ -1067,11 +1063,7 @@ fn put_int_key(i: i64, out: &mut Vec<u8>) {
     // The value's low n bytes first, then the byte after them.
     b[2..10].copy_from_slice(&((i as u64) << (8 * (8 - n))).to_be_bytes());
     b[2 + n] = WHOLE;
-    // All eleven written, then the tail cut off: a store of a fixed size,
-    // not a call to copy a few bytes.
-    let at = out.len();
-    out.extend_from_slice(&b);
-    out.truncate(at + 3 + n);
+    put_first(out, &b, 3 + n);
 }
 
 /// The integer [`put_int`] wrote at `*at` (XORed with `inv`); moves `*at`
