@@ -26,6 +26,12 @@ pub enum BtreeError {
     },
     #[error("page {page} of the table's b-tree is malformed: {why}")]
     Malformed { page: u32, why: &'static str },
+    #[error("reading page {page} from the database file: {source}")]
+    Io {
+        page: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One leaf of a table's b-tree.
@@ -670,23 +676,15 @@ impl<'c> PageReader<'c> {
             Err(e) if e.to_string().contains("no such table") => return Ok(None),
             Err(e) => return Err(sql_err("preparing to read pages")(e)),
         };
-        let pragma = |name: &str| -> Result<String, BtreeError> {
-            conn.query_row(&format!("PRAGMA main.{name}"), [], |r| {
-                r.get::<_, rusqlite::types::Value>(0)
-            })
-            .map(|v| match v {
-                rusqlite::types::Value::Integer(i) => i.to_string(),
-                rusqlite::types::Value::Text(t) => t,
-                _ => String::new(),
-            })
-            .map_err(sql_err("reading the page layout"))
+        let pragma = |name: &str| -> Result<i64, BtreeError> {
+            conn.query_row(&format!("PRAGMA main.{name}"), [], |r| r.get(0))
+                .map_err(sql_err("reading the page layout"))
         };
-        let number = |name: &str| -> Result<i64, BtreeError> {
-            Ok(pragma(name)?.parse::<i64>().unwrap_or(0))
-        };
-        let page_size = number("page_size")?.clamp(0, 1 << 16) as u32;
-        let page_count = number("page_count")?.clamp(0, u32::MAX as i64) as u32;
-        let wal = pragma("journal_mode")?.eq_ignore_ascii_case("wal");
+        let page_size = pragma("page_size")?.clamp(0, 1 << 16) as u32;
+        let page_count = pragma("page_count")?.clamp(0, u32::MAX as i64) as u32;
+        let journal: String = conn
+            .query_row("PRAGMA main.journal_mode", [], |r| r.get(0))
+            .map_err(sql_err("reading the journal mode"))?;
         let mut pages = PageReader {
             source: PageSource::Sql(stmt),
             page_size,
@@ -703,36 +701,28 @@ impl<'c> PageReader<'c> {
                 why: "a usable page size below 480 bytes",
             });
         }
-        if !wal && !conn.is_autocommit() {
-            if let Some(file) = conn
-                .path()
-                .filter(|p| !p.is_empty())
-                .and_then(|p| std::fs::File::open(p).ok())
-            {
-                let mut direct = PageReader {
-                    source: PageSource::File(file),
-                    page_size,
-                    page_count,
-                    usable: pages.usable,
-                };
-                let mut first = Vec::with_capacity(page_size as usize);
-                let whole = direct
-                    .source_len()
-                    .is_some_and(|n| n >= u64::from(page_count) * u64::from(page_size));
-                if whole && direct.read(1, &mut first).is_ok() && first == buf {
-                    return Ok(Some(direct));
-                }
+        if journal.eq_ignore_ascii_case("wal") || conn.is_autocommit() {
+            return Ok(Some(pages));
+        }
+        let file = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .and_then(|p| std::fs::File::open(p).ok())
+            .filter(|f| {
+                f.metadata()
+                    .is_ok_and(|m| m.len() >= u64::from(page_count) * u64::from(page_size))
+            });
+        if let Some(file) = file {
+            let mut direct = PageReader {
+                source: PageSource::File(file),
+                ..pages
+            };
+            let mut first = Vec::with_capacity(page_size as usize);
+            if direct.read(1, &mut first).is_ok() && first == buf {
+                return Ok(Some(direct));
             }
         }
         Ok(Some(pages))
-    }
-
-    /// The database file's length, when pages are read from it.
-    fn source_len(&self) -> Option<u64> {
-        match &self.source {
-            PageSource::File(f) => f.metadata().ok().map(|m| m.len()),
-            PageSource::Sql(_) => None,
-        }
     }
 
     /// Whether pages are read from the database file (not through SQL).
@@ -766,10 +756,7 @@ impl<'c> PageReader<'c> {
                 buf.resize(self.page_size as usize, 0);
                 let at = u64::from(pgno - 1) * u64::from(self.page_size);
                 f.read_exact_at(buf, at)
-                    .map_err(|_| BtreeError::Malformed {
-                        page: pgno,
-                        why: "a page past the end of the database file",
-                    })?;
+                    .map_err(|source| BtreeError::Io { page: pgno, source })?;
             }
         }
         if buf.len() != self.page_size as usize || buf.len() < 100 {
@@ -1071,6 +1058,21 @@ mod tests {
         }
         assert!(direct.read(direct.page_count + 1, &mut buf).is_err());
         drop(stmt);
+        // A file cut short under the reader (no SQLite writer could do it):
+        // an I/O error that names the page.
+        let last = direct.page_count;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(u64::from(last - 1) * u64::from(direct.page_size))
+            .unwrap();
+        let e = direct.read(last, &mut buf).unwrap_err();
+        assert!(
+            matches!(e, BtreeError::Io { page, .. } if page == last),
+            "{e}"
+        );
+        assert!(e.to_string().contains(&format!("page {last} ")), "{e}");
         c.execute_batch("COMMIT").unwrap();
 
         // WAL: a writer keeps its frames in the WAL (no checkpoint).
