@@ -217,10 +217,11 @@ impl Seed {
     }
 }
 
-/// Ids are random (drawn by [`KeyId::random`] from the OS CSPRNG);
+/// Ids are random (drawn from the OS CSPRNG; a new subject key's first
+/// byte is its shard, chosen, see `SubjectFill` in the vault module);
 /// SipHash over them cost a backup more than the lookups themselves, so
-/// they are folded under the table's [`Seed`] instead (a hostile shard
-/// cannot choose ids that collide).
+/// all 16 bytes are folded under the table's [`Seed`] instead (a hostile
+/// shard cannot choose ids that collide).
 fn id_hash(seed: Seed, id: &KeyId) -> u64 {
     seed.fold(&id.0)
 }
