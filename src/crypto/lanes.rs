@@ -233,7 +233,7 @@ pub fn hchacha_one(key: &[u8; 32], input: &[u8; 16]) -> [u8; 32] {
     let mut sub = chacha20::hchacha::<chacha20::cipher::consts::U10>(key.into(), input.into());
     let mut out = [0u8; 32];
     out.copy_from_slice(&sub);
-    zeroize::Zeroize::zeroize(sub.as_mut_slice());
+    super::wipe::bytes(sub.as_mut_slice());
     out
 }
 

@@ -20,12 +20,15 @@
 //!   the batch forms ([`ChunkKeys::of_groups`],
 //!   [`ChunkKeys::prepare`], [`ChunkKeys::chunk_ids`], [`ChunkKeys::nonces`],
 //!   [`MetaKey::row_terms`]) give the same bytes as the one-at-a-time ones.
+//! * [`wipe`]: zeroes keys and derivation inputs with ordinary stores that
+//!   the compiler may not elide (the `zeroize` crate's store per byte was
+//!   about 3% of a check's CPU).
 
 pub mod lanes;
+pub mod wipe;
 
 use rand::RngCore;
 use std::fmt;
-use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// Errors of this module. Deliberately carries no key or plaintext bytes.
 #[derive(Debug, thiserror::Error)]
@@ -48,14 +51,13 @@ pub enum CryptoError {
 mod xchacha {
     use super::CryptoError;
     use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
-    use zeroize::Zeroize;
 
     /// The IETF key and nonce of XChaCha20 under `key` and `nonce`.
     fn ietf_key(key: &[u8; 32], nonce: &[u8; 24]) -> (LessSafeKey, Nonce) {
         let input: &[u8; 16] = nonce[..16].try_into().expect("16 of 24 bytes");
         let mut sub = super::lanes::hchacha_one(key, input);
         let ietf = ietf_of(&sub, nonce[16..].try_into().expect("8 of 24 bytes"));
-        sub.zeroize();
+        super::wipe::bytes(&mut sub);
         ietf
     }
 
@@ -141,8 +143,13 @@ mod xchacha {
 /// the key vault holds one inline in each key's slot, where it was written
 /// (see `vault::table`). Functions that read a key take `&KeyBytes`, so
 /// either form can be passed.
-#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct KeyBytes([u8; 32]);
+
+impl Drop for KeyBytes {
+    fn drop(&mut self) {
+        wipe::bytes(&mut self.0);
+    }
+}
 
 impl KeyBytes {
     /// All zero: a place for a key to be written into
@@ -202,7 +209,7 @@ impl Key32 {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         let mut b = bytes;
         let k = Self::copied(&b);
-        b.zeroize();
+        wipe::bytes(&mut b);
         k
     }
 
@@ -288,7 +295,7 @@ fn derive_bytes(context: usize, key: &[u8; 32]) -> [u8; 32] {
         .update(&m)
         .finalize()
         .as_bytes();
-    m.zeroize();
+    wipe::bytes(&mut m);
     out
 }
 
@@ -305,9 +312,7 @@ fn derive_many_bytes(jobs: &[(usize, &[u8; 32])]) -> Vec<[u8; 32]> {
     let mut out = vec![[0u8; 32]; jobs.len()];
     lanes::hash_many(lanes::Mode::DeriveKey, &work, &mut out);
     drop(work);
-    for m in &mut inputs {
-        m.zeroize();
-    }
+    wipe::keys(&mut inputs);
     out
 }
 
@@ -327,7 +332,7 @@ fn keyed_many(key: &[u8; 32], input: &mut [u8], ends: &[usize]) -> Vec<[u8; 32]>
     let mut out = vec![[0u8; 32]; ends.len()];
     lanes::hash_many(lanes::Mode::Keyed, &work, &mut out);
     drop(work);
-    input.zeroize();
+    wipe::bytes(input);
     out
 }
 
@@ -348,10 +353,10 @@ pub fn derive(context: &str, parts: &[&[u8]]) -> Key32 {
             n += 8 + p.len();
         }
         h.update(&buf[..n]);
-        // Only the bytes written hold key material. Zeroizing is a
-        // volatile store per byte: the whole buffer was three quarters
-        // of a derivation's own time.
-        buf[..n].zeroize();
+        // Only the bytes written hold key material (zeroizing the whole
+        // buffer a byte at a time was three quarters of a derivation's
+        // own time).
+        wipe::bytes(&mut buf[..n]);
     } else {
         for p in parts {
             h.update(&(p.len() as u64).to_le_bytes());
@@ -403,7 +408,7 @@ fn group_keys_bytes(groups: &[(Option<&KeyBytes>, &KeyBytes)], table_id: &str) -
     let mut out = vec![[0u8; 32]; groups.len()];
     lanes::hash_many(lanes::Mode::DeriveKey, &work, &mut out);
     drop(work);
-    input.zeroize();
+    wipe::vec(&mut input);
     out
 }
 
@@ -566,13 +571,12 @@ struct GroupSecrets {
 
 impl Drop for GroupSecrets {
     fn drop(&mut self) {
-        self.group.zeroize();
+        wipe::bytes(&mut self.group);
         if let Some(k) = self.id.get_mut() {
-            k.zeroize();
+            wipe::bytes(k);
         }
         if let Some(k) = self.sealing.get_mut() {
-            k[0].zeroize();
-            k[1].zeroize();
+            wipe::keys(k);
         }
     }
 }
@@ -609,9 +613,7 @@ impl ChunkKeys {
                 group_id: Id(gid),
             })
             .collect();
-        for k in &mut keys {
-            k.zeroize();
-        }
+        wipe::keys(&mut keys);
         out
     }
 
@@ -654,9 +656,7 @@ impl ChunkKeys {
                 let _ = k.secrets.sealing.set([*enc_key, *nonce_key]);
             }
         }
-        for k in &mut derived {
-            k.zeroize();
-        }
+        wipe::keys(&mut derived);
     }
 
     /// The chunk ids of many plaintexts, each under its group's keys,
@@ -713,8 +713,8 @@ impl ChunkKeys {
             );
         }
         drop(work);
-        subs.zeroize();
-        hashes.zeroize();
+        wipe::keys(&mut subs);
+        wipe::keys(&mut hashes);
     }
 
     /// The chunk id key, derived on first use.
@@ -839,7 +839,7 @@ pub struct ChunkNonce {
 
 impl Drop for ChunkNonce {
     fn drop(&mut self) {
-        self.sub.zeroize();
+        wipe::bytes(&mut self.sub);
     }
 }
 
@@ -962,7 +962,7 @@ impl MetaKey {
             buf[domain.len() + 1..n].copy_from_slice(data);
             let id = Id(*blake3::keyed_hash(self.mac.expose(), &buf[..n]).as_bytes());
             // Only the bytes written (see `derive`).
-            buf[..n].zeroize();
+            wipe::bytes(&mut buf[..n]);
             return id;
         }
         let mut h = self.keyed_hasher(domain);
@@ -1029,7 +1029,7 @@ pub fn subject_pseudonym_hex(pseudonym_key: &KeyBytes, subject: &str) -> Pseudon
         buf[..DOMAIN.len()].copy_from_slice(DOMAIN);
         buf[DOMAIN.len()..n].copy_from_slice(subject.as_bytes());
         let d = blake3::keyed_hash(pseudonym_key.expose(), &buf[..n]);
-        buf[..n].zeroize();
+        wipe::bytes(&mut buf[..n]);
         d
     } else {
         let mut h = blake3::Hasher::new_keyed(pseudonym_key.expose());

@@ -57,7 +57,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 use table::{KeyName, KeyTable, NameRef, Slot};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 /// Name of the plaintext marker object.
 pub const MARKER: &str = "custos-vault.json";
@@ -331,7 +331,7 @@ impl FreshKeys {
     fn next(&mut self) -> (KeyId, &mut [u8]) {
         if self.at == self.buf.len() {
             let n = self.left.clamp(1, Self::AT_ONCE) * Self::EACH;
-            self.buf.zeroize();
+            crate::crypto::wipe::vec(&mut self.buf);
             self.buf.resize(n, 0);
             rand::rngs::OsRng.fill_bytes(&mut self.buf);
             self.at = 0;
@@ -1701,14 +1701,14 @@ impl Vault {
                     .get(&Shard::of(kind, &id))
                     .is_some_and(|t| t.contains_key(&id));
             if taken {
-                key.zeroize();
+                crate::crypto::wipe::bytes(key);
                 continue;
             }
             let bytes: &[u8; 32] = (&*key).try_into().expect("32 bytes");
             self.entries
                 .insert(id, kind, KeyName::new(name), now(), 0)
                 .fill_from(bytes);
-            key.zeroize();
+            crate::crypto::wipe::bytes(key);
             fresh.seen();
             self.entries.point_name(&id);
             self.created_here.insert(id);
