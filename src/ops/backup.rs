@@ -509,7 +509,7 @@ async fn backup_locked(
         // tree pages, and a copy held all through the backup cost its
         // size again at the peak.
         parent,
-        pages_out: sealed_pages,
+        pages_out: PageSender::new(sealed_pages, pools.clone()),
         window_budget: opts.window_budget,
         threads: opts.workers.max(1),
         pack_cache: None,
@@ -736,6 +736,56 @@ impl WorkSender {
     }
 }
 
+/// Gathers sealed tree pages into batches for the packer, as
+/// [`WorkSender`] gathers chunks for the workers. A page sent alone woke
+/// the packer each time: at 1 GiB the two threads' futex calls for it were
+/// about 4% of a first backup's CPU samples.
+struct PageSender {
+    tx: SyncSender<SealedBatch>,
+    pools: Arc<Pools>,
+    batch: SealedBatch,
+}
+
+impl PageSender {
+    fn new(tx: SyncSender<SealedBatch>, pools: Arc<Pools>) -> Self {
+        PageSender {
+            tx,
+            pools,
+            batch: SealedBatch::default(),
+        }
+    }
+
+    fn send(&mut self, id: Id, sealed: &[u8], window: u32) -> Result<(), OpsError> {
+        if self.batch.items.is_empty() && self.batch.data.capacity() == 0 {
+            self.batch = self.pools.sealed.take();
+            self.batch.data.reserve(BATCH_BYTES + sealed.len());
+        }
+        self.batch.data.extend_from_slice(sealed);
+        let len = sealed.len() as u32;
+        self.batch.items.push(Sealed {
+            id,
+            family: META_FAMILY,
+            len,
+            raw_len: len,
+            window,
+        });
+        if self.batch.data.len() >= BATCH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Hands over the pages gathered (the reader's last step).
+    fn flush(&mut self) -> Result<(), OpsError> {
+        if self.batch.items.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(std::mem::take(&mut self.batch))
+            .map_err(|_| OpsError::Internal("the packer stopped".into()))
+    }
+}
+
 struct PackerCtx {
     target: Arc<Target>,
     meta: Arc<MetaKey>,
@@ -886,7 +936,7 @@ struct ReaderCtx {
     now: chrono::DateTime<chrono::Utc>,
     parent: Option<Snapshot>,
     /// Sealed tree pages, straight to the packer.
-    pages_out: SyncSender<SealedBatch>,
+    pages_out: PageSender,
     window_budget: usize,
     /// Threads that chunk and hash a window's groups.
     threads: usize,
@@ -2418,6 +2468,7 @@ impl ReaderCtx {
         // Dropping `self` (the work and page senders) lets the workers and
         // the packer finish.
         r.and_then(|c| self.work.flush().map(|_| c))
+            .and_then(|c| self.pages_out.flush().map(|_| c))
     }
 
     /// With the parent's windows' lists (`lists`): makes `index` an index
@@ -3132,19 +3183,7 @@ impl ReaderCtx {
         self.counters.chunks.fetch_add(1, Ordering::Relaxed);
         if let Some(sealed) = sealed {
             self.counters.new_chunks.fetch_add(1, Ordering::Relaxed);
-            let len = sealed.len() as u32;
-            self.pages_out
-                .send(SealedBatch {
-                    data: sealed,
-                    items: vec![Sealed {
-                        id,
-                        family: META_FAMILY,
-                        len,
-                        raw_len: len,
-                        window,
-                    }],
-                })
-                .map_err(|_| OpsError::Internal("the packer stopped".into()))?;
+            self.pages_out.send(id, &sealed, window)?;
         }
         Ok(id)
     }
