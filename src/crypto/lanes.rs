@@ -376,6 +376,14 @@ mod x86 {
     }
 
     /// Writes zeros over vectors that held message or key words.
+    ///
+    /// Only arrays that live in memory are wiped: the message words (read
+    /// by index from the schedule), the keys' and the outputs' words. The
+    /// compression state and the rows being transposed live in registers;
+    /// wiping them took their address, so the compiler kept them in memory
+    /// and stored every step of the rounds there (in one build `hash16`
+    /// took half as long again for a one-block message), and the registers
+    /// themselves are overwritten by the next use anyway.
     fn wipe<T: Copy>(v: &mut [T]) {
         for x in v.iter_mut() {
             // SAFETY: `x` is a valid, aligned, exclusive reference; an
@@ -397,11 +405,21 @@ mod x86 {
         debug_assert!(n <= 16);
         let count = most_blocks(jobs);
         let mut keys = key_words::<16>(jobs);
+        // Word `w` of every lane's key, gathered (lane `l` reads
+        // `keys[l][w]`, 8 words further on than lane `l - 1`). Written out
+        // so: built word by word, the compiler chose gathers in one build
+        // and some 200 scalar moves and inserts in another, a quarter more
+        // time in this function for one-block messages.
+        let rows = _mm512_setr_epi32(
+            0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
+        );
         let mut cv = [_mm512_setzero_si512(); 8];
         for (w, c) in cv.iter_mut().enumerate() {
-            let col: [u32; 16] = std::array::from_fn(|l| keys[l][w]);
-            // SAFETY: 64 readable bytes.
-            *c = unsafe { _mm512_loadu_si512(col.as_ptr().cast()) };
+            // SAFETY: each lane reads one word of `keys` (at most word
+            // 15 * 8 + 7 of its 128).
+            *c = unsafe {
+                _mm512_i32gather_epi32::<4>(rows, keys.as_ptr().cast::<u32>().add(w).cast())
+            };
         }
         wipe(&mut keys);
         let mut m = [_mm512_setzero_si512(); 16];
@@ -413,7 +431,6 @@ mod x86 {
                 *row = unsafe { _mm512_loadu_si512(block.bytes[r].as_ptr().cast()) };
             }
             transpose16(&rows, &mut m);
-            wipe(&mut rows);
             // SAFETY: 64 readable bytes each.
             let (len, flags) = unsafe {
                 (
@@ -454,7 +471,6 @@ mod x86 {
                 let next = _mm512_xor_si512(v[w], v[w + 8]);
                 cv[w] = _mm512_mask_blend_epi32(active, cv[w], next);
             }
-            wipe(&mut v);
         }
         wipe(&mut m);
         let mut words = [[0u32; 16]; 8];
@@ -528,7 +544,6 @@ mod x86 {
             // SAFETY: 64 writable bytes.
             unsafe { _mm512_storeu_si512(sub[w].as_mut_ptr().cast(), v[i]) };
         }
-        wipe(&mut v);
         write_out(&mut sub, n, out);
     }
 
@@ -581,7 +596,6 @@ mod x86 {
             // SAFETY: 32 writable bytes.
             unsafe { _mm256_storeu_si256(sub[w].as_mut_ptr().cast(), v[i]) };
         }
-        wipe(&mut v);
         write_out(&mut sub, n, out);
     }
 
@@ -613,7 +627,6 @@ mod x86 {
             m[8 + c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(hi01, hi23);
             m[12 + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(hi01, hi23);
         }
-        wipe(&mut x);
     }
 
     #[target_feature(enable = "avx2")]
@@ -656,12 +669,15 @@ mod x86 {
         debug_assert!(n <= 8);
         let count = most_blocks(jobs);
         let mut keys = key_words::<8>(jobs);
-        let mut cv = [_mm256_setzero_si256(); 8];
-        for (w, c) in cv.iter_mut().enumerate() {
-            let col: [u32; 8] = std::array::from_fn(|l| keys[l][w]);
+        // Each lane's key as a row, transposed into words (as `hash16`
+        // gathers them, and for the same reason).
+        let mut rows = [_mm256_setzero_si256(); 8];
+        for (r, row) in rows.iter_mut().enumerate() {
             // SAFETY: 32 readable bytes.
-            *c = unsafe { _mm256_loadu_si256(col.as_ptr().cast()) };
+            *row = unsafe { _mm256_loadu_si256(keys[r].as_ptr().cast()) };
         }
+        let mut cv = [_mm256_setzero_si256(); 8];
+        transpose8(&rows, &mut cv);
         wipe(&mut keys);
         let mut m = [_mm256_setzero_si256(); 16];
         for j in 0..count {
@@ -677,7 +693,6 @@ mod x86 {
                     .try_into()
                     .expect("8 vectors");
                 transpose8(&rows, cols);
-                wipe(&mut rows);
             }
             // SAFETY: 32 readable bytes each.
             let (len, flags) = unsafe {
@@ -721,7 +736,6 @@ mod x86 {
                 let next = _mm256_xor_si256(v[w], v[w + 8]);
                 cv[w] = _mm256_blendv_epi8(cv[w], next, active);
             }
-            wipe(&mut v);
         }
         wipe(&mut m);
         let mut words = [[0u32; 8]; 8];
@@ -754,7 +768,6 @@ mod x86 {
             m[c] = _mm256_permute2x128_si256::<0x20>(x[c], x[4 + c]);
             m[4 + c] = _mm256_permute2x128_si256::<0x31>(x[c], x[4 + c]);
         }
-        wipe(&mut x);
     }
 }
 
