@@ -28,7 +28,7 @@ use crate::repo::snapshot::{
     TableEntry, WindowMark,
 };
 use crate::repo::tree::{
-    self, FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
+    self, ChunkIds, FilePager, FileRecord, GroupEntry, GroupPager, Page, META_FAMILY, PAGE_VERSION,
 };
 use crate::store::btree::StretchLeaves;
 use crate::store::files::{self, FileKind};
@@ -2246,7 +2246,7 @@ impl GroupCtx<'_> {
                 }
                 let time = &self.times[r.time as usize];
                 let keys = &keys[i];
-                let mut chunks = Vec::new();
+                let mut chunks = ChunkIds::new();
                 let mut emit = |c: &[u8], id: Id, stored: Option<u32>| {
                     ReaderCtx::emit(
                         work,
@@ -2518,7 +2518,7 @@ impl ReaderCtx {
     /// Takes one chunk (`id` is its chunk id under `keys`; `stored`, the
     /// pack `index` has it in, if any): dedup, hand to the workers.
     #[allow(clippy::too_many_arguments)]
-    fn emit(
+    fn emit<C: std::ops::Deref<Target = [Id]> + Extend<Id>>(
         work: &mut WorkSender,
         stored: Option<u32>,
         mut in_flight: Option<&mut HashSet<Id>>,
@@ -2526,7 +2526,7 @@ impl ReaderCtx {
         counters: &Counters,
         keys: &ChunkKeys,
         family: KeyId,
-        chunks: &mut Vec<Id>,
+        chunks: &mut C,
         data: &[u8],
         id: Id,
     ) -> Result<(), OpsError> {
@@ -2546,7 +2546,7 @@ impl ReaderCtx {
             counters.new_chunks.fetch_add(1, Ordering::Relaxed);
             work.send(keys, id, family, data)?;
         }
-        chunks.push(id);
+        chunks.extend([id]);
         Ok(())
     }
 
@@ -2749,7 +2749,7 @@ impl ReaderCtx {
                     u: u.clone(),
                     rows: 0,
                     bytes: 0,
-                    chunks: Vec::new(),
+                    chunks: ChunkIds::new(),
                 }
             })
             .collect();

@@ -808,7 +808,7 @@ struct NotHere(Option<WalkedPage>);
 struct WalkedPage {
     pid: Id,
     /// The readable groups' keys and chunks.
-    keyed: Vec<(ChunkKeys, Vec<Id>)>,
+    keyed: Vec<(ChunkKeys, tree::ChunkIds)>,
     /// Each chunk's position in the index walked, in `keyed`'s order.
     found: Vec<Option<usize>>,
     /// Shredded and mismatched groups (chunks missing are added later).
