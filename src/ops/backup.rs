@@ -708,32 +708,48 @@ impl WorkSender {
         family: KeyId,
         data: &[u8],
     ) -> Result<(), OpsError> {
-        if self.batch.items.is_empty() && self.batch.data.capacity() == 0 {
-            self.batch = self.pools.work.take();
-            self.batch.data.reserve(BATCH_BYTES + data.len());
-        }
-        self.batch.data.extend_from_slice(data);
-        self.batch.items.push(Work {
+        let work = Work {
             keys: keys.clone(),
             id,
             family,
             len: data.len() as u32,
             window: self.window,
-        });
-        if self.batch.data.len() >= BATCH_BYTES {
+        };
+        if gather(&mut self.batch, &self.pools.work, data, work) {
             self.flush()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), OpsError> {
-        if self.batch.items.is_empty() {
-            return Ok(());
-        }
-        self.tx
-            .send(std::mem::take(&mut self.batch))
-            .map_err(|_| OpsError::Internal("the sealing workers stopped".into()))
+        hand_over(&self.tx, &mut self.batch, "the sealing workers stopped")
     }
+}
+
+/// Adds an item and its bytes to `batch`, which is taken from `pool` when
+/// it has none yet; whether the batch is full.
+fn gather<I>(batch: &mut Batch<I>, pool: &Pool<I>, data: &[u8], item: I) -> bool {
+    if batch.items.is_empty() && batch.data.capacity() == 0 {
+        *batch = pool.take();
+        batch.data.reserve(BATCH_BYTES + data.len());
+    }
+    batch.data.extend_from_slice(data);
+    batch.items.push(item);
+    batch.data.len() >= BATCH_BYTES
+}
+
+/// Sends `batch` on (if it holds anything), leaving it empty; `gone` says
+/// which stage stopped if the channel is closed.
+fn hand_over<I>(
+    tx: &SyncSender<Batch<I>>,
+    batch: &mut Batch<I>,
+    gone: &str,
+) -> Result<(), OpsError> {
+    if batch.items.is_empty() {
+        return Ok(());
+    }
+    tx.send(std::mem::take(batch))
+        .map_err(|_| OpsError::Internal(gone.into()))
 }
 
 /// Gathers sealed tree pages into batches for the packer, as
@@ -756,20 +772,15 @@ impl PageSender {
     }
 
     fn send(&mut self, id: Id, sealed: &[u8], window: u32) -> Result<(), OpsError> {
-        if self.batch.items.is_empty() && self.batch.data.capacity() == 0 {
-            self.batch = self.pools.sealed.take();
-            self.batch.data.reserve(BATCH_BYTES + sealed.len());
-        }
-        self.batch.data.extend_from_slice(sealed);
         let len = sealed.len() as u32;
-        self.batch.items.push(Sealed {
+        let page = Sealed {
             id,
             family: META_FAMILY,
             len,
             raw_len: len,
             window,
-        });
-        if self.batch.data.len() >= BATCH_BYTES {
+        };
+        if gather(&mut self.batch, &self.pools.sealed, sealed, page) {
             self.flush()?;
         }
         Ok(())
@@ -777,12 +788,7 @@ impl PageSender {
 
     /// Hands over the pages gathered (the reader's last step).
     fn flush(&mut self) -> Result<(), OpsError> {
-        if self.batch.items.is_empty() {
-            return Ok(());
-        }
-        self.tx
-            .send(std::mem::take(&mut self.batch))
-            .map_err(|_| OpsError::Internal("the packer stopped".into()))
+        hand_over(&self.tx, &mut self.batch, "the packer stopped")
     }
 }
 
@@ -935,7 +941,7 @@ struct ReaderCtx {
     file_params: ChunkParams,
     now: chrono::DateTime<chrono::Utc>,
     parent: Option<Snapshot>,
-    /// Sealed tree pages, straight to the packer.
+    /// Sealed tree pages, in batches to the packer.
     pages_out: PageSender,
     window_budget: usize,
     /// Threads that chunk and hash a window's groups.
