@@ -13,21 +13,13 @@
 //! after it (a free, say) cannot make them dead. This is the barrier C
 //! libraries use after `memset` for the same purpose.
 //!
-//! On an architecture without stable inline assembly the `zeroize` crate
-//! is used instead.
+//! On architectures other than x86-64 and AArch64 the `zeroize` crate is
+//! used instead.
 
 /// Zeroes `bytes` (see the module's comment: never elided).
 #[inline]
 pub fn bytes(bytes: &mut [u8]) {
-    #[cfg(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "riscv32",
-        target_arch = "loongarch64"
-    ))]
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     {
         bytes.fill(0);
         // SAFETY: the block is empty: it reads and writes nothing, uses no
@@ -41,15 +33,7 @@ pub fn bytes(bytes: &mut [u8]) {
             )
         };
     }
-    #[cfg(not(any(
-        target_arch = "x86_64",
-        target_arch = "x86",
-        target_arch = "aarch64",
-        target_arch = "arm",
-        target_arch = "riscv64",
-        target_arch = "riscv32",
-        target_arch = "loongarch64"
-    )))]
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     zeroize::Zeroize::zeroize(bytes);
 }
 
