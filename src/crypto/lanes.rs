@@ -410,7 +410,7 @@ mod x86 {
         // so: built word by word, the compiler chose gathers in one build
         // and some 200 scalar moves and inserts in another, a quarter more
         // time in this function for one-block messages.
-        let rows = _mm512_setr_epi32(
+        let lane_words = _mm512_setr_epi32(
             0, 8, 16, 24, 32, 40, 48, 56, 64, 72, 80, 88, 96, 104, 112, 120,
         );
         let mut cv = [_mm512_setzero_si512(); 8];
@@ -418,7 +418,7 @@ mod x86 {
             // SAFETY: each lane reads one word of `keys` (at most word
             // 15 * 8 + 7 of its 128).
             *c = unsafe {
-                _mm512_i32gather_epi32::<4>(rows, keys.as_ptr().cast::<u32>().add(w).cast())
+                _mm512_i32gather_epi32::<4>(lane_words, keys.as_ptr().cast::<u32>().add(w).cast())
             };
         }
         wipe(&mut keys);
